@@ -1,0 +1,34 @@
+// swift-tools-version:6.0
+// Kith — a distributed customer-profile store. No package dependencies: the toolchain,
+// plus LMDB and OpenSSL's libcrypto from Debian through system library targets.
+import PackageDescription
+
+let package = Package(
+    name: "Kith",
+    platforms: [.macOS(.v14)],
+    targets: [
+        // C libraries, each behind one system library target and one shim header.
+        .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
+        .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+
+        // Pure cores: stdlib only, no I/O, no clocks, no global randomness.
+        .target(name: "KithCRDT"),
+        .target(name: "KithJSON", dependencies: ["KithCRDT"]),
+        .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"]),
+
+        // Storage and thin shells.
+        .target(name: "KithLMDB", dependencies: ["CLMDB"]),
+        .target(name: "KithCrypto", dependencies: ["CCrypto"]),
+        .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"]),
+
+        // Benchmarks: `make bench` prints `name: value` lines.
+        .executableTarget(name: "kith-bench", dependencies: ["KithStore"], path: "Benchmarks/KithBench"),
+
+        .testTarget(name: "KithCRDTTests", dependencies: ["KithCRDT"]),
+        .testTarget(name: "KithJSONTests", dependencies: ["KithJSON"]),
+        .testTarget(name: "KithProfileTests", dependencies: ["KithProfile"]),
+        .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB"]),
+        .testTarget(name: "KithStoreTests", dependencies: ["KithStore"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,332 @@
+/// Kith's compact binary encoding: LEB128 varints, zig-zag signed integers, length-prefixed
+/// bytes and strings, collections in canonical (sorted) order so equal values encode to equal bytes.
+///
+/// Decoding is strict: every length and count is checked against the bytes that remain *before*
+/// anything is allocated, strings must be valid UTF-8, and a value must consume its input exactly.
+
+/// Why a byte string could not be decoded; `offset` is where the reader stood.
+public struct BinaryDecodingError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case truncated, varintOverflow, lengthExceedsInput, invalidUTF8, unknownTag
+        case unsupportedVersion, trailingBytes, invalidValue
+    }
+
+    public var code: Code
+    public var offset: Int
+    public var detail: String
+
+    public init(_ code: Code, offset: Int, _ detail: String = "") {
+        self.code = code
+        self.offset = offset
+        self.detail = detail
+    }
+
+    public var description: String {
+        "binary decoding failed: \(code.rawValue) at byte \(offset)" + (detail.isEmpty ? "" : " (\(detail))")
+    }
+}
+
+/// A value with a canonical binary encoding.
+public protocol BinaryCodable {
+    func encode(to writer: inout BinaryWriter)
+    init(from reader: inout BinaryReader) throws
+}
+
+extension BinaryCodable {
+    /// The encoding of `self` as a fresh byte array.
+    public func encoded() -> [UInt8] {
+        var writer = BinaryWriter()
+        encode(to: &writer)
+        return writer.bytes
+    }
+
+    /// Decodes a value that must span all of `bytes`.
+    public init(decoding bytes: [UInt8]) throws {
+        var reader = BinaryReader(bytes)
+        self = try Self(from: &reader)
+        try reader.expectEnd()
+    }
+}
+
+public struct BinaryWriter: Sendable {
+    public private(set) var bytes: [UInt8]
+
+    public init(capacity: Int = 64) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+    }
+
+    public mutating func write(byte: UInt8) { bytes.append(byte) }
+
+    public mutating func write(varint value: UInt64) {
+        var v = value
+        while v >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
+            v >>= 7
+        }
+        bytes.append(UInt8(v))
+    }
+
+    public mutating func write(signed value: Int64) {
+        write(varint: UInt64(bitPattern: (value << 1) ^ (value >> 63)))
+    }
+
+    public mutating func write(count: Int) { write(varint: UInt64(count)) }
+
+    public mutating func write(bool value: Bool) { bytes.append(value ? 1 : 0) }
+
+    /// Eight bytes, big-endian: sorts like the number, for keys.
+    public mutating func write(bigEndian value: UInt64) {
+        for shift in stride(from: 56, through: 0, by: -8) { bytes.append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+    }
+
+    public mutating func write(bytes value: some Collection<UInt8>) {
+        write(count: value.count)
+        bytes.append(contentsOf: value)
+    }
+
+    public mutating func write(string value: String) {
+        var value = value
+        value.withUTF8 { write(bytes: $0) }
+    }
+
+    public mutating func write(raw value: some Sequence<UInt8>) { bytes.append(contentsOf: value) }
+
+    public mutating func write<T: BinaryCodable>(_ value: T) { value.encode(to: &self) }
+
+    /// A sorted sequence: count, then each element.
+    public mutating func write<C: Collection>(sequence: C, _ element: (inout BinaryWriter, C.Element) -> Void) {
+        write(count: sequence.count)
+        for item in sequence { element(&self, item) }
+    }
+}
+
+public struct BinaryReader: Sendable {
+    public let bytes: [UInt8]
+    public private(set) var offset: Int
+
+    public init(_ bytes: [UInt8]) {
+        self.bytes = bytes
+        offset = 0
+    }
+
+    public var remaining: Int { bytes.count - offset }
+    public var isAtEnd: Bool { offset == bytes.count }
+
+    public func expectEnd() throws {
+        if offset != bytes.count { throw BinaryDecodingError(.trailingBytes, offset: offset, "\(remaining) left") }
+    }
+
+    public mutating func readByte() throws -> UInt8 {
+        guard offset < bytes.count else { throw BinaryDecodingError(.truncated, offset: offset) }
+        defer { offset += 1 }
+        return bytes[offset]
+    }
+
+    public mutating func readVarint() throws -> UInt64 {
+        var result: UInt64 = 0
+        var shift: UInt64 = 0
+        while true {
+            let byte = try readByte()
+            if shift == 63 && byte > 1 { throw BinaryDecodingError(.varintOverflow, offset: offset - 1) }
+            result |= UInt64(byte & 0x7F) << shift
+            if byte & 0x80 == 0 { return result }
+            shift += 7
+            if shift > 63 { throw BinaryDecodingError(.varintOverflow, offset: offset - 1) }
+        }
+    }
+
+    public mutating func readSigned() throws -> Int64 {
+        let raw = try readVarint()
+        return Int64(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
+    }
+
+    public mutating func readBool() throws -> Bool {
+        switch try readByte() {
+        case 0: return false
+        case 1: return true
+        default: throw BinaryDecodingError(.invalidValue, offset: offset - 1, "bool")
+        }
+    }
+
+    public mutating func readBigEndianUInt64() throws -> UInt64 {
+        guard remaining >= 8 else { throw BinaryDecodingError(.truncated, offset: offset) }
+        var value: UInt64 = 0
+        for i in 0..<8 { value = value << 8 | UInt64(bytes[offset + i]) }
+        offset += 8
+        return value
+    }
+
+    /// A count of items that each take at least `minimumItemSize` bytes: bounded by the input.
+    public mutating func readCount(minimumItemSize: Int = 1) throws -> Int {
+        let start = offset
+        let raw = try readVarint()
+        guard raw <= UInt64(remaining / max(minimumItemSize, 1)) else {
+            throw BinaryDecodingError(.lengthExceedsInput, offset: start, "count \(raw)")
+        }
+        return Int(raw)
+    }
+
+    public mutating func readBytes() throws -> ArraySlice<UInt8> {
+        let length = try readCount()
+        defer { offset += length }
+        return bytes[offset..<offset + length]
+    }
+
+    public mutating func readString() throws -> String {
+        let start = offset
+        let slice = try readBytes()
+        guard let string = String(validating: slice, as: UTF8.self) else {
+            throw BinaryDecodingError(.invalidUTF8, offset: start)
+        }
+        return string
+    }
+
+    public mutating func read<T: BinaryCodable>(_ type: T.Type = T.self) throws -> T {
+        try T(from: &self)
+    }
+
+    /// Reads a count then that many elements.
+    public mutating func readSequence<T>(minimumItemSize: Int = 1, _ element: (inout BinaryReader) throws -> T) throws -> [T] {
+        let count = try readCount(minimumItemSize: minimumItemSize)
+        var items: [T] = []
+        items.reserveCapacity(count)
+        for _ in 0..<count { items.append(try element(&self)) }
+        return items
+    }
+}
+
+// MARK: - Encodings of the core types
+
+extension HybridTimestamp: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(signed: wallMillis)
+        writer.write(varint: UInt64(logical))
+        writer.write(varint: node)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let wall = try reader.readSigned()
+        let logical = try reader.readVarint()
+        guard logical <= UInt64(UInt32.max) else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "logical") }
+        self.init(wallMillis: wall, logical: UInt32(logical), node: try reader.readVarint())
+    }
+}
+
+extension LWWStamp: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(signed: time)
+        writer.write(string: tiebreak)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        self.init(time: try reader.readSigned(), tiebreak: try reader.readString())
+    }
+}
+
+extension LWWRegister: BinaryCodable where Value: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        stamp.encode(to: &writer)
+        value.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let stamp = try LWWStamp(from: &reader)
+        self.init(try Value(from: &reader), stamp: stamp)
+    }
+}
+
+extension GCounter: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(sequence: counts.sorted { $0.key < $1.key }) { w, entry in
+            w.write(varint: entry.key)
+            w.write(varint: entry.value)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let pairs = try reader.readSequence(minimumItemSize: 2) { r in (try r.readVarint(), try r.readVarint()) }
+        var counts: [UInt64: UInt64] = [:]
+        for (replica, count) in pairs {
+            guard counts.updateValue(count, forKey: replica) == nil, count > 0 else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "counter entry")
+            }
+        }
+        self.init(counts: counts)
+    }
+}
+
+extension PNCounter: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        increments.encode(to: &writer)
+        decrements.encode(to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        self.init(increments: try GCounter(from: &reader), decrements: try GCounter(from: &reader))
+    }
+}
+
+extension String: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) { writer.write(string: self) }
+    public init(from reader: inout BinaryReader) throws { self = try reader.readString() }
+}
+
+extension ORSet: BinaryCodable where Element: BinaryCodable, Tag: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        Self.encode(live, to: &writer)
+        Self.encode(removed, to: &writer)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let live = try Self.decodeTagMap(from: &reader)
+        let removed = try Self.decodeTagMap(from: &reader)
+        self.init(live: live, removed: removed)
+        guard self.live.values.reduce(0, { $0 + $1.count }) == live.values.reduce(0, { $0 + $1.count }) else {
+            throw BinaryDecodingError(.invalidValue, offset: reader.offset, "tag both live and removed")
+        }
+    }
+
+    private static func encode(_ map: [Element: Set<Tag>], to writer: inout BinaryWriter) {
+        writer.write(sequence: map.keys.sorted()) { w, element in
+            element.encode(to: &w)
+            w.write(sequence: map[element]!.sorted()) { w, tag in tag.encode(to: &w) }
+        }
+    }
+
+    private static func decodeTagMap(from reader: inout BinaryReader) throws -> [Element: Set<Tag>] {
+        var map: [Element: Set<Tag>] = [:]
+        let count = try reader.readCount(minimumItemSize: 2)
+        for _ in 0..<count {
+            let element = try Element(from: &reader)
+            let tags = try reader.readSequence { r in try Tag(from: &r) }
+            guard !tags.isEmpty, map[element] == nil, Set(tags).count == tags.count else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "or-set entry")
+            }
+            map[element] = Set(tags)
+        }
+        return map
+    }
+}
+
+extension CRDTMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(sequence: sortedKeys) { w, key in
+            key.encode(to: &w)
+            entries[key]!.encode(to: &w)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        var entries: [Key: Value] = [:]
+        let count = try reader.readCount(minimumItemSize: 2)
+        entries.reserveCapacity(count)
+        for _ in 0..<count {
+            let key = try Key(from: &reader)
+            guard entries.updateValue(try Value(from: &reader), forKey: key) == nil else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "duplicate map key")
+            }
+        }
+        self.init(entries)
+    }
+}

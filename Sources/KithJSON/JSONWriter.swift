@@ -1,0 +1,140 @@
+/// Writes JSON text into a byte buffer: compact, strings escaped per RFC 8259 (plus U+2028 and
+/// U+2029, so output can be embedded in JavaScript), numbers as their literals.
+public struct JSONWriter: Sendable {
+    public private(set) var bytes: [UInt8]
+
+    public init(capacity: Int = 256) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+    }
+
+    public var string: String { String(decoding: bytes, as: UTF8.self) }
+
+    public mutating func write(_ value: JSONValue) {
+        switch value {
+        case .null: raw("null")
+        case .bool(let b): raw(b ? "true" : "false")
+        case .number(let n): raw(n.literal)
+        case .string(let s): write(string: s)
+        case .array(let items):
+            writeArray(items) { w, item in w.write(item) }
+        case .object(let object):
+            bytes.append(UInt8(ascii: "{"))
+            for (i, member) in object.members.enumerated() {
+                if i > 0 { bytes.append(UInt8(ascii: ",")) }
+                write(string: member.key)
+                bytes.append(UInt8(ascii: ":"))
+                write(member.value)
+            }
+            bytes.append(UInt8(ascii: "}"))
+        }
+    }
+
+    public mutating func raw(_ text: String) {
+        var text = text
+        text.withUTF8 { bytes.append(contentsOf: $0) }
+    }
+
+    public mutating func raw(byte: UInt8) { bytes.append(byte) }
+
+    public mutating func write(integer: Int64) { raw(String(integer)) }
+
+    /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567).
+    public mutating func write(fixedPoint value: Int64, scale: Int) {
+        var digits = String(value.magnitude)
+        if digits.count <= scale { digits = String(repeating: "0", count: scale - digits.count + 1) + digits }
+        var integerPart = String(digits.dropLast(scale))
+        var fraction = String(digits.suffix(scale))
+        while fraction.hasSuffix("0") { fraction.removeLast() }
+        if value < 0 { integerPart = "-" + integerPart }
+        raw(fraction.isEmpty ? integerPart : integerPart + "." + fraction)
+    }
+
+    public mutating func write(string: String) {
+        bytes.append(UInt8(ascii: "\""))
+        var string = string
+        string.withUTF8 { utf8 in
+            var runStart = 0
+            var i = 0
+            while i < utf8.count {
+                let byte = utf8[i]
+                let escape: StaticString?
+                switch byte {
+                case UInt8(ascii: "\""): escape = "\\\""
+                case UInt8(ascii: "\\"): escape = "\\\\"
+                case 0x0A: escape = "\\n"
+                case 0x0D: escape = "\\r"
+                case 0x09: escape = "\\t"
+                case 0..<0x20: escape = nil
+                case 0xE2 where i + 2 < utf8.count && utf8[i + 1] == 0x80 && (utf8[i + 2] == 0xA8 || utf8[i + 2] == 0xA9):
+                    bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
+                    raw(utf8[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
+                    i += 3
+                    runStart = i
+                    continue
+                default:
+                    i += 1
+                    continue
+                }
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
+                if let escape {
+                    bytes.append(contentsOf: UnsafeBufferPointer(start: escape.utf8Start, count: escape.utf8CodeUnitCount))
+                } else {
+                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                    bytes.append(contentsOf: [0x5C, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+                }
+                i += 1
+                runStart = i
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
+        }
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    /// `[a,b,c]` with `element` writing each item.
+    public mutating func writeArray<C: Collection>(_ items: C, _ element: (inout JSONWriter, C.Element) -> Void) {
+        bytes.append(UInt8(ascii: "["))
+        for (i, item) in items.enumerated() {
+            if i > 0 { bytes.append(UInt8(ascii: ",")) }
+            element(&self, item)
+        }
+        bytes.append(UInt8(ascii: "]"))
+    }
+
+    /// `{...}`: `body` writes the members through the `ObjectWriter` it is handed.
+    public mutating func writeObject(_ body: (inout ObjectWriter) -> Void) {
+        var object = ObjectWriter(writer: self)
+        bytes = []
+        object.writer.bytes.append(UInt8(ascii: "{"))
+        body(&object)
+        object.writer.bytes.append(UInt8(ascii: "}"))
+        self = object.writer
+    }
+
+    public struct ObjectWriter {
+        var writer: JSONWriter
+        var first = true
+
+        /// Writes `"key":` and hands the writer to `value` to write the member's value.
+        public mutating func member(_ key: String, _ value: (inout JSONWriter) -> Void) {
+            if !first { writer.bytes.append(UInt8(ascii: ",")) }
+            first = false
+            writer.write(string: key)
+            writer.bytes.append(UInt8(ascii: ":"))
+            value(&writer)
+        }
+
+        public mutating func member(_ key: String, _ value: JSONValue) { member(key) { $0.write(value) } }
+        public mutating func member(_ key: String, string: String) { member(key) { $0.write(string: string) } }
+        public mutating func member(_ key: String, integer: Int64) { member(key) { $0.write(integer: integer) } }
+    }
+}
+
+extension JSONValue {
+    /// Compact JSON text.
+    public var jsonText: String {
+        var writer = JSONWriter()
+        writer.write(self)
+        return writer.string
+    }
+}
