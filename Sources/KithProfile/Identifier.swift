@@ -1,0 +1,144 @@
+import KithCRDT
+
+/// The kinds of identifier Kith resolves people by, in default priority order: the canonical key
+/// of a profile is its member of the highest-priority kind (smallest value within the kind).
+public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
+    case userId = 1
+    case email = 2
+    case phone = 3
+    case deviceId = 4
+    case anonymousId = 5
+
+    public var name: String {
+        switch self {
+        case .userId: "user_id"
+        case .email: "email"
+        case .phone: "phone"
+        case .deviceId: "device_id"
+        case .anonymousId: "anonymous_id"
+        }
+    }
+
+    public init?(name: String) {
+        guard let kind = Self.allCases.first(where: { $0.name == name }) else { return nil }
+        self = kind
+    }
+
+    public static func < (a: IdentifierKind, b: IdentifierKind) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// A typed identifier of a person, written `kind:value` (`user_id:u-1`, `email:a@example.com`).
+///
+/// Values are at most 255 bytes of UTF-8 without control characters, so that an identifier (and
+/// an identifier plus a messageId) always fits an LMDB key. Email values are trimmed and
+/// lower-cased: `A@Example.com` and `a@example.com` are one inbox, one person.
+public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public static let maximumValueBytes = 255
+
+    public let kind: IdentifierKind
+    public let value: String
+
+    /// Nil when the value is empty, too long or contains control characters.
+    public init?(kind: IdentifierKind, value: String) {
+        let normalized = kind == .email ? Self.trimmed(value).lowercased() : value
+        guard !normalized.isEmpty, normalized.utf8.count <= Self.maximumValueBytes,
+            !normalized.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+        else { return nil }
+        self.kind = kind
+        self.value = normalized
+    }
+
+    /// Parses `kind:value`.
+    public init?(parsing text: String) {
+        guard let colon = text.firstIndex(of: ":"), let kind = IdentifierKind(name: String(text[..<colon])) else {
+            return nil
+        }
+        self.init(kind: kind, value: String(text[text.index(after: colon)...]))
+    }
+
+    public var description: String { "\(kind.name):\(value)" }
+
+    public static func < (a: Identifier, b: Identifier) -> Bool {
+        a.kind != b.kind ? a.kind < b.kind : a.value < b.value
+    }
+
+    /// The storage key: one kind byte, then the value's UTF-8 (at most 256 bytes).
+    public var key: [UInt8] { [kind.rawValue] + Array(value.utf8) }
+
+    public init?(key: some Collection<UInt8>) {
+        guard let first = key.first, let kind = IdentifierKind(rawValue: first),
+            let value = String(validating: key.dropFirst(), as: UTF8.self)
+        else { return nil }
+        self.init(kind: kind, value: value)
+    }
+
+    private static func trimmed(_ s: String) -> Substring {
+        var sub = Substring(s)
+        while let c = sub.first, c.isWhitespace { sub.removeFirst() }
+        while let c = sub.last, c.isWhitespace { sub.removeLast() }
+        return sub
+    }
+}
+
+extension Identifier: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(byte: kind.rawValue)
+        writer.write(string: value)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let offset = reader.offset
+        guard let kind = IdentifierKind(rawValue: try reader.readByte()),
+            let identifier = Identifier(kind: kind, value: try reader.readString()), identifier.value.utf8.count > 0
+        else { throw BinaryDecodingError(.invalidValue, offset: offset, "identifier") }
+        self = identifier
+    }
+}
+
+/// Identity rules, as Segment's Unify has them: values that never identify anyone, how many
+/// identifiers of a kind one profile may hold, and which kind names a profile.
+public struct IdentityRules: Sendable, Equatable {
+    /// Values (compared trimmed and case-insensitively) that are treated as absent.
+    public var blockedValues: Set<String>
+    /// The most identifiers of a kind one profile may hold; kinds not listed are unlimited.
+    public var limits: [IdentifierKind: Int]
+    /// Kinds in priority order, for choosing a profile's canonical key.
+    public var priority: [IdentifierKind]
+
+    public init(
+        blockedValues: Set<String> = Self.defaultBlockedValues,
+        limits: [IdentifierKind: Int] = [.userId: 1],
+        priority: [IdentifierKind] = IdentifierKind.allCases
+    ) {
+        self.blockedValues = Set(blockedValues.map { $0.lowercased() })
+        self.limits = limits
+        self.priority = priority + IdentifierKind.allCases.filter { !priority.contains($0) }
+    }
+
+    public static let defaultBlockedValues: Set<String> = [
+        "null", "nil", "none", "undefined", "unknown", "anonymous", "0", "-1", "n/a", "na", "test", "[object object]",
+    ]
+
+    public func isBlocked(_ value: String) -> Bool {
+        blockedValues.contains(value.trimmingWhitespace().lowercased())
+    }
+
+    public func limit(for kind: IdentifierKind) -> Int { limits[kind] ?? Int.max }
+
+    /// The canonical member of a set of identifiers: the smallest of the highest-priority kind.
+    public func canonical(of members: some Collection<Identifier>) -> Identifier? {
+        for kind in priority {
+            if let best = members.filter({ $0.kind == kind }).min() { return best }
+        }
+        return nil
+    }
+}
+
+extension String {
+    func trimmingWhitespace() -> String {
+        var sub = Substring(self)
+        while let c = sub.first, c.isWhitespace { sub.removeFirst() }
+        while let c = sub.last, c.isWhitespace { sub.removeLast() }
+        return String(sub)
+    }
+}

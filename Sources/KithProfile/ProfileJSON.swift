@@ -1,0 +1,91 @@
+import KithJSON
+
+/// The JSON a reader gets for a profile. Shapes follow Segment's Profiles API where it has one
+/// (traits as an object, events as a list with `event`, `timestamp`, `properties`).
+extension ProfileView {
+    public func writeJSON(to writer: inout JSONWriter) {
+        writer.writeObject { object in
+            object.member("id", string: canonical.description)
+            object.member("identifiers") { $0.writeIdentifiers(members) }
+            object.member("traits") { $0.writeTraits(head) }
+            object.member("consent") { $0.writeConsent(head) }
+            if !head.groups.live.isEmpty {
+                object.member("groups") { w in w.writeArray(head.groups.elements) { $0.write(string: $1) } }
+            }
+            object.member("aggregates") { $0.writeAggregates(head) }
+            object.member("events") { w in w.writeArray(head.recent) { $0.writeEvent($1) } }
+        }
+    }
+
+    public var jsonBytes: [UInt8] {
+        var writer = JSONWriter(capacity: 1_024)
+        writeJSON(to: &writer)
+        return writer.bytes
+    }
+}
+
+extension JSONWriter {
+    mutating func writeIdentifiers(_ members: [Identifier]) {
+        writeObject { object in
+            for kind in IdentifierKind.allCases {
+                let values = members.filter { $0.kind == kind }.map(\.value)
+                if !values.isEmpty { object.member(kind.name) { w in w.writeArray(values) { $0.write(string: $1) } } }
+            }
+        }
+    }
+
+    mutating func writeTraits(_ head: SourceHead) {
+        writeObject { object in
+            for key in head.traits.sortedKeys { object.member(key, head.traits[key]!.value) }
+        }
+    }
+
+    mutating func writeConsent(_ head: SourceHead) {
+        writeObject { object in
+            for category in head.consent.sortedKeys {
+                let register = head.consent[category]!
+                object.member(category) { w in
+                    w.writeObject { o in
+                        o.member("status", string: register.granted ? "granted" : "denied")
+                        o.member("time", string: ISO8601.format(millis: register.stamp.time))
+                        o.member("source", string: register.source)
+                    }
+                }
+            }
+        }
+    }
+
+    mutating func writeAggregates(_ head: SourceHead) {
+        writeObject { object in
+            object.member("messages", integer: head.messageCount)
+            if let first = head.firstSeen { object.member("firstSeen", string: ISO8601.format(millis: first)) }
+            if let last = head.lastSeen { object.member("lastSeen", string: ISO8601.format(millis: last)) }
+            object.member("events") { w in
+                w.writeObject { o in
+                    for key in head.aggregates.keys.sorted() {
+                        let aggregate = head.aggregates[key]!
+                        o.member(key) { w in
+                            w.writeObject { e in
+                                e.member("count", integer: aggregate.count)
+                                if aggregate.revenueMicros != 0 {
+                                    e.member("revenue") { $0.write(fixedPoint: aggregate.revenueMicros, scale: 6) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    mutating func writeEvent(_ record: EventRecord) {
+        writeObject { object in
+            object.member("messageId", string: record.messageId)
+            object.member("type", string: record.type.rawValue)
+            object.member(record.type == .track ? "event" : "name", string: record.name)
+            object.member("timestamp", string: ISO8601.format(millis: record.time))
+            object.member("channel", string: record.channel)
+            object.member("properties", .object(record.properties))
+        }
+    }
+}

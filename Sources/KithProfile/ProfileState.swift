@@ -1,0 +1,180 @@
+import KithCRDT
+
+/// Computes the keyed hash under which an erased identifier is remembered, so that the forget
+/// set never holds the identifier itself. The store uses HMAC-SHA256 under a node secret.
+public protocol ForgetKeyHasher: Sendable {
+    func forgetKey(for identifier: Identifier) -> String
+}
+
+/// What applying one message did.
+public enum ApplyOutcome: Equatable, Sendable {
+    /// The message was new and its data is now part of the profile.
+    case applied
+    /// The message (by messageId) had already been absorbed: nothing changed.
+    case duplicate
+    /// The message's subject was erased after the message's event time: it was dropped.
+    case forgotten
+}
+
+/// Every profile of a replica as one pure value: source documents by identifier, the link graph,
+/// and the forget set. It is the reference model of what a store must hold (the store tests
+/// compare against it) and the state of a simulated node.
+///
+/// `merge` joins two replicas. The source documents, the graph and the forget set are each
+/// CRDTs; after a join, the forget set is applied to the rest (every part an erasure dominates
+/// is dropped), which every replica does with the same rule, so an old copy of erased data can
+/// never come back through a merge.
+public struct ProfileState: Equatable, Sendable {
+    public let configuration: ProfileConfiguration
+    public private(set) var documents: [Identifier: SourceDocument] = [:]
+    public private(set) var graph = IdentityGraph()
+    /// Forget key → erasure time (Unix ms): data dated at or before it is gone for good.
+    public private(set) var forgotten: [String: Int64] = [:]
+
+    public init(configuration: ProfileConfiguration = ProfileConfiguration()) {
+        self.configuration = configuration
+    }
+
+    public static func == (a: ProfileState, b: ProfileState) -> Bool {
+        a.configuration == b.configuration && a.documents == b.documents && a.graph == b.graph && a.forgotten == b.forgotten
+    }
+
+    // MARK: - Operations
+
+    @discardableResult
+    public mutating func apply(_ delta: ProfileDelta, hasher: some ForgetKeyHasher) -> ApplyOutcome {
+        if isForgotten(delta.subject, at: delta.times.eventTime, hasher) { return .forgotten }
+        var document = documents[delta.subject] ?? SourceDocument()
+        guard document.apply(delta, historyLimit: configuration.historyLimit) else { return .duplicate }
+        documents[delta.subject] = document
+        for peer in delta.links where !isForgotten(peer, at: delta.times.eventTime, hasher) {
+            graph.merge(key: LinkEdge(delta.subject, peer)!, LinkState(adds: [delta.stamp: delta.channel]))
+        }
+        return .applied
+    }
+
+    /// Unmerge: removes the link between `a` and `b` as of `stamp` (normally a node's HLC time).
+    public mutating func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) {
+        guard let edge = LinkEdge(a, b) else { return }
+        graph.merge(key: edge, LinkState(removedAt: stamp))
+    }
+
+    /// Erases the whole person `identifier` belongs to, as of `time`. Returns the erased members.
+    @discardableResult
+    public mutating func erase(_ identifier: Identifier, at time: Int64, hasher: some ForgetKeyHasher) -> [Identifier] {
+        let members = view(of: identifier)?.members ?? [identifier]
+        for member in members {
+            let key = hasher.forgetKey(for: member)
+            forgotten[key] = max(forgotten[key] ?? time, time)
+        }
+        applyForgetSet(hasher)
+        return members
+    }
+
+    public mutating func merge(_ other: ProfileState, hasher: some ForgetKeyHasher) {
+        precondition(configuration == other.configuration, "replicas must share one profile configuration")
+        for (identifier, document) in other.documents {
+            if var mine = documents[identifier] {
+                mine.merge(document, historyLimit: configuration.historyLimit)
+                documents[identifier] = mine
+            } else {
+                documents[identifier] = document
+            }
+        }
+        graph.merge(other.graph)
+        for (key, time) in other.forgotten { forgotten[key] = max(forgotten[key] ?? time, time) }
+        applyForgetSet(hasher)
+    }
+
+    private func forgottenTime(_ identifier: Identifier, _ hasher: some ForgetKeyHasher) -> Int64? {
+        forgotten.isEmpty ? nil : forgotten[hasher.forgetKey(for: identifier)]
+    }
+
+    private func isForgotten(_ identifier: Identifier, at time: Int64, _ hasher: some ForgetKeyHasher) -> Bool {
+        forgottenTime(identifier, hasher).map { time <= $0 } ?? false
+    }
+
+    private mutating func applyForgetSet(_ hasher: some ForgetKeyHasher) {
+        guard !forgotten.isEmpty else { return }
+        for (identifier, var document) in documents {
+            guard let time = forgottenTime(identifier, hasher) else { continue }
+            document.forget(upTo: time)
+            documents[identifier] = document.isEmpty ? nil : document
+        }
+        var kept = IdentityGraph()
+        for edge in graph.sortedKeys {
+            var state: LinkState? = graph[edge]
+            for endpoint in [edge.low, edge.high] {
+                if let time = forgottenTime(endpoint, hasher) { state = state?.forgetting(upTo: time) }
+            }
+            if let state { kept.merge(key: edge, state) }
+        }
+        graph = kept
+    }
+
+    // MARK: - Views
+
+    /// Every identifier the state knows: document keys and link endpoints.
+    public var identifiers: Set<Identifier> {
+        var all = Set(documents.keys)
+        for edge in graph.entries.keys {
+            all.insert(edge.low)
+            all.insert(edge.high)
+        }
+        return all
+    }
+
+    /// The profile `identifier` belongs to, or nil if the identifier is unknown.
+    public func view(of identifier: Identifier) -> ProfileView? {
+        guard identifiers.contains(identifier) else { return nil }
+        let adjacency = activeAdjacency()
+        let person = people(around: identifier, adjacency).first { $0.contains(identifier) }!
+        return assemble(person)
+    }
+
+    /// Every profile, ordered by canonical identifier.
+    public var views: [ProfileView] {
+        let adjacency = activeAdjacency()
+        var seen = Set<Identifier>()
+        var result: [ProfileView] = []
+        for identifier in identifiers.sorted() where !seen.contains(identifier) {
+            for person in people(around: identifier, adjacency) {
+                seen.formUnion(person)
+                result.append(assemble(person))
+            }
+        }
+        return result.sorted { $0.canonical < $1.canonical }
+    }
+
+    private func assemble(_ person: [Identifier]) -> ProfileView {
+        ProfileView.assemble(
+            members: person, heads: person.compactMap { documents[$0]?.head }, rules: configuration.rules,
+            historyLimit: configuration.historyLimit)
+    }
+
+    private func activeAdjacency() -> [Identifier: [(LinkEdge, LWWStamp)]] {
+        var adjacency: [Identifier: [(LinkEdge, LWWStamp)]] = [:]
+        for (edge, state) in graph.entries where state.isActive {
+            let order = state.firstAdd!
+            adjacency[edge.low, default: []].append((edge, order))
+            adjacency[edge.high, default: []].append((edge, order))
+        }
+        return adjacency
+    }
+
+    /// The people within the connected component (by active links) around `start`.
+    private func people(around start: Identifier, _ adjacency: [Identifier: [(LinkEdge, LWWStamp)]]) -> [[Identifier]] {
+        var nodes: Set<Identifier> = [start]
+        var queue = [start]
+        var links: [LinkEdge: LWWStamp] = [:]
+        while let node = queue.popLast() {
+            for (edge, order) in adjacency[node] ?? [] {
+                links[edge] = order
+                let next = edge.other(than: node)
+                if nodes.insert(next).inserted { queue.append(next) }
+            }
+        }
+        return IdentityResolver(rules: configuration.rules).people(
+            nodes: Array(nodes), links: links.map { (edge: $0.key, order: $0.value) })
+    }
+}
