@@ -24,11 +24,13 @@ let package = Package(
         // Benchmarks: `make bench` prints `name: value` lines.
         .executableTarget(name: "kith-bench", dependencies: ["KithStore"], path: "Benchmarks/KithBench"),
 
-        .testTarget(name: "KithCRDTTests", dependencies: ["KithCRDT"]),
-        .testTarget(name: "KithJSONTests", dependencies: ["KithJSON"]),
-        .testTarget(name: "KithProfileTests", dependencies: ["KithProfile"]),
-        .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB"]),
-        .testTarget(name: "KithStoreTests", dependencies: ["KithStore"]),
+        // Shared test helpers (seeded generators, law checks); used only by test targets.
+        .target(name: "KithTestSupport", dependencies: ["KithCRDT"]),
+        .testTarget(name: "KithCRDTTests", dependencies: ["KithCRDT", "KithTestSupport"]),
+        .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
+        .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),
+        .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
+        .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -91,6 +91,11 @@ public struct EventRecord: Equatable, Sendable, Comparable {
 public struct ConsentDecision: Equatable, Sendable {
     public var category: String
     public var granted: Bool
+
+    public init(category: String, granted: Bool) {
+        self.category = category
+        self.granted = granted
+    }
 }
 
 /// The CRDT delta a message produces: everything it says about its subject, stamped with the

@@ -1,4 +1,5 @@
 import KithCRDT
+import KithTestSupport
 import Testing
 
 private func randomStamp(_ r: inout SplitMix64) -> LWWStamp {

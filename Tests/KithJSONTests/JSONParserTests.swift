@@ -1,5 +1,6 @@
 import Foundation
 import KithCRDT
+import KithTestSupport
 import KithJSON
 import Testing
 
@@ -133,7 +134,3 @@ func randomJSON(_ r: inout SplitMix64, depth: Int) -> JSONValue {
     }
 }
 
-extension SplitMix64 {
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
-}

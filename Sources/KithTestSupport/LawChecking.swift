@@ -1,8 +1,9 @@
+// Helpers shared by the test targets (not linked into any product).
 import KithCRDT
 import Testing
 
 /// Checks the three join laws on `cases` seeded random triples and returns the seed of any failure.
-func expectJoinLaws<T: CRDT>(
+public func expectJoinLaws<T: CRDT>(
     _ type: T.Type, cases: Int = 1_000, seed: UInt64, sourceLocation: SourceLocation = #_sourceLocation,
     generate: (inout SplitMix64) -> T
 ) {
@@ -18,7 +19,7 @@ func expectJoinLaws<T: CRDT>(
 }
 
 /// Checks that encode then decode gives back an equal value, and that the encoding is canonical.
-func expectRoundTrips<T: CRDT & BinaryCodable>(
+public func expectRoundTrips<T: CRDT & BinaryCodable>(
     _ type: T.Type, cases: Int = 1_000, seed: UInt64, sourceLocation: SourceLocation = #_sourceLocation,
     generate: (inout SplitMix64) -> T
 ) {
@@ -33,6 +34,8 @@ func expectRoundTrips<T: CRDT & BinaryCodable>(
 }
 
 extension SplitMix64 {
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
+    /// A number in 0..<bound.
+    public mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+    /// True with the given probability in percent.
+    public mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
 }
