@@ -1,0 +1,215 @@
+import CLMDB
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A named database inside an environment. Only handles from `LMDBEnvironment.database` exist.
+public struct LMDBDatabase: Sendable, Hashable {
+    let handle: MDB_dbi
+    public let name: String
+}
+
+/// One LMDB environment (one `data.mdb` file) per process and path.
+///
+/// LMDB's rules, which this type enforces or documents:
+/// - Transactions are closures (`read`, `write`): commit on return, abort on throw, never held
+///   across an `await`. Values are copied out before the closure returns.
+/// - One write transaction at a time (LMDB serialises writers); readers never block writers.
+/// - Read transactions are not tied to threads (`MDB_NOTLS`), so tasks may hop threads.
+/// - The map grows instead of failing a write: on `MDB_MAP_FULL` the write is aborted, the map
+///   doubled (every other transaction of this process waits on the resize lock, as LMDB requires),
+///   and the write closure run again. Write closures must therefore only touch the transaction.
+/// - Stale reader slots left by crashed processes are cleared at open.
+/// - Never open the same path twice in one process (LMDB's locks are per process).
+public final class LMDBEnvironment: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        /// The initial map size; it doubles on demand up to `maximumMapSize`.
+        public var mapSize: Int = 256 << 20
+        public var maximumMapSize: Int = 1 << 40
+        public var maximumDatabases: UInt32 = 16
+        public var maximumReaders: UInt32 = 256
+        /// false: commits are not fsynced (MDB_NOSYNC); a crash of the OS may lose recent
+        /// commits, a crash of the process does not. Only for tests and throwaway data.
+        public var durable: Bool = true
+
+        public init() {}
+    }
+
+    public let path: String
+    private let env: OpaquePointer
+    private let configuration: Configuration
+    /// Held shared by every transaction, exclusively by a map resize.
+    private let resizeLock: UnsafeMutablePointer<pthread_rwlock_t>
+    private var closed = false
+    /// How many stale reader slots were cleared when the environment was opened.
+    public let staleReadersCleared: Int
+
+    /// Opens (creating if needed) the environment in directory `path`.
+    public init(path: String, configuration: Configuration = Configuration()) throws {
+        self.path = path
+        self.configuration = configuration
+        if mkdir(path, 0o700) != 0 && errno != EEXIST { throw LMDBError(returnCode: errno, operation: "mkdir \(path)") }
+        var env: OpaquePointer?
+        try LMDBError.check(mdb_env_create(&env), "mdb_env_create")
+        guard let env else { throw LMDBError(returnCode: ENOMEM, operation: "mdb_env_create") }
+        do {
+            try LMDBError.check(mdb_env_set_mapsize(env, configuration.mapSize), "mdb_env_set_mapsize")
+            try LMDBError.check(mdb_env_set_maxdbs(env, configuration.maximumDatabases), "mdb_env_set_maxdbs")
+            try LMDBError.check(mdb_env_set_maxreaders(env, configuration.maximumReaders), "mdb_env_set_maxreaders")
+            var flags = UInt32(MDB_NOTLS)
+            if !configuration.durable { flags |= UInt32(MDB_NOSYNC) }
+            try LMDBError.check(mdb_env_open(env, path, flags, 0o600), "mdb_env_open \(path)")
+            var dead: Int32 = 0
+            try LMDBError.check(mdb_reader_check(env, &dead), "mdb_reader_check")
+            staleReadersCleared = Int(dead)
+        } catch {
+            mdb_env_close(env)
+            throw error
+        }
+        self.env = env
+        resizeLock = .allocate(capacity: 1)
+        var attributes = pthread_rwlockattr_t()
+        pthread_rwlockattr_init(&attributes)
+        // Writer preference: a pending resize must not starve behind a stream of readers.
+        pthread_rwlockattr_setkind_np(&attributes, Int32(PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP))
+        pthread_rwlock_init(resizeLock, &attributes)
+        pthread_rwlockattr_destroy(&attributes)
+        // A bigger map left by an earlier run (or another process) is adopted.
+        try adoptMapSize()
+    }
+
+    deinit {
+        close()
+        pthread_rwlock_destroy(resizeLock)
+        resizeLock.deallocate()
+    }
+
+    /// Closes the environment. Every transaction must have ended.
+    public func close() {
+        guard !closed else { return }
+        closed = true
+        mdb_env_close(env)
+    }
+
+    /// Opens (creating if asked) a named database.
+    public func database(named name: String, create: Bool = true) throws -> LMDBDatabase {
+        try write { transaction in
+            var handle: MDB_dbi = 0
+            try LMDBError.check(
+                mdb_dbi_open(transaction.txn, name, create ? UInt32(MDB_CREATE) : 0, &handle), "mdb_dbi_open \(name)")
+            return LMDBDatabase(handle: handle, name: name)
+        }
+    }
+
+    // MARK: - Transactions
+
+    /// Runs `body` in a read-only snapshot.
+    public func read<T>(_ body: (borrowing LMDBReadTransaction) throws -> T) throws -> T {
+        pthread_rwlock_rdlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
+        let txn = try begin(flags: UInt32(MDB_RDONLY))
+        defer { mdb_txn_abort(txn) }  // a read transaction has nothing to commit
+        return try body(LMDBReadTransaction(txn: txn))
+    }
+
+    /// Runs `body` in a write transaction: committed when it returns, aborted when it throws.
+    /// If the map fills up, the map is grown and `body` runs again from the start.
+    public func write<T>(_ body: (borrowing LMDBWriteTransaction) throws -> T) throws -> T {
+        while true {
+            do {
+                return try writeOnce(body)
+            } catch let error as LMDBError where error.code == .mapFull {
+                try growMap()
+            }
+        }
+    }
+
+    private func writeOnce<T>(_ body: (borrowing LMDBWriteTransaction) throws -> T) throws -> T {
+        pthread_rwlock_rdlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
+        let txn = try begin(flags: 0)
+        let result: T
+        do {
+            result = try body(LMDBWriteTransaction(txn: txn))
+        } catch {
+            mdb_txn_abort(txn)
+            throw error
+        }
+        // mdb_txn_commit frees the transaction whether or not it succeeds.
+        try LMDBError.check(mdb_txn_commit(txn), "mdb_txn_commit")
+        return result
+    }
+
+    private func begin(flags: UInt32) throws -> OpaquePointer {
+        precondition(!closed, "transaction on a closed LMDB environment \(path)")
+        var txn: OpaquePointer?
+        var rc = mdb_txn_begin(env, nil, flags, &txn)
+        if rc == MDB_MAP_RESIZED {
+            // Another process grew the map: adopt its size (needs the exclusive lock).
+            pthread_rwlock_unlock(resizeLock)
+            defer { pthread_rwlock_rdlock(resizeLock) }
+            try adoptMapSize()
+            rc = MDB_MAP_RESIZED
+        }
+        if rc == MDB_MAP_RESIZED { rc = mdb_txn_begin(env, nil, flags, &txn) }
+        try LMDBError.check(rc, "mdb_txn_begin")
+        return txn!
+    }
+
+    private func adoptMapSize() throws {
+        pthread_rwlock_wrlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
+        try LMDBError.check(mdb_env_set_mapsize(env, 0), "mdb_env_set_mapsize")
+    }
+
+    private func growMap() throws {
+        pthread_rwlock_wrlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
+        let current = info().mapSize
+        guard current < configuration.maximumMapSize else {
+            throw LMDBError(returnCode: MDB_MAP_FULL, operation: "grow map beyond \(configuration.maximumMapSize) bytes")
+        }
+        try LMDBError.check(mdb_env_set_mapsize(env, min(current * 2, configuration.maximumMapSize)), "mdb_env_set_mapsize")
+    }
+
+    // MARK: - Operations
+
+    public struct Info: Sendable, Equatable {
+        /// The map's size (the most the file may grow to before the next resize).
+        public var mapSize: Int
+        /// Bytes of pages in use (last page number + 1, times the page size).
+        public var usedBytes: Int
+        public var pageSize: Int
+    }
+
+    public func info() -> Info {
+        var envInfo = MDB_envinfo()
+        var stat = MDB_stat()
+        mdb_env_info(env, &envInfo)
+        mdb_env_stat(env, &stat)
+        let pageSize = Int(stat.ms_psize)
+        return Info(mapSize: envInfo.me_mapsize, usedBytes: (envInfo.me_last_pgno + 1) * pageSize, pageSize: pageSize)
+    }
+
+    /// The size of `data.mdb` on disk.
+    public func fileSize() -> Int {
+        var status = stat()
+        return stat("\(path)/data.mdb", &status) == 0 ? Int(status.st_size) : 0
+    }
+
+    /// A consistent, compacted copy of the live environment into `directory` (created; must not
+    /// already hold a database). Writers keep going while it runs; the copy is of one snapshot.
+    public func backup(to directory: String) throws {
+        if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw LMDBError(returnCode: errno, operation: "mkdir \(directory)") }
+        if access("\(directory)/data.mdb", F_OK) == 0 { throw LMDBError(returnCode: EEXIST, operation: "backup into \(directory)") }
+        pthread_rwlock_rdlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
+        try LMDBError.check(mdb_env_copy2(env, directory, UInt32(MDB_CP_COMPACT)), "mdb_env_copy2 \(directory)")
+    }
+
+    /// Flushes to disk (useful when opened non-durable).
+    public func sync() throws {
+        try LMDBError.check(mdb_env_sync(env, 1), "mdb_env_sync")
+    }
+}

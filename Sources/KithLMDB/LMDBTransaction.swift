@@ -1,0 +1,168 @@
+import CLMDB
+
+/// What a scan callback asks for next.
+public enum ScanStep: Sendable {
+    case next, stop
+}
+
+/// A read-only view inside `LMDBEnvironment.read` (and the read half of a write transaction).
+/// Valid only inside the closure it was handed to; `~Copyable` so it cannot be stored.
+public struct LMDBReadTransaction: ~Copyable {
+    let txn: OpaquePointer
+
+    /// The value at `key`, copied out, or nil.
+    public func get(_ database: LMDBDatabase, _ key: [UInt8]) throws -> [UInt8]? {
+        try key.withUnsafeBytes { keyBytes in
+            var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
+            var v = MDB_val()
+            let rc = mdb_get(txn, database.handle, &k, &v)
+            if rc == MDB_NOTFOUND { return nil }
+            try LMDBError.check(rc, "mdb_get \(database.name)")
+            return copy(v)
+        }
+    }
+
+    public func contains(_ database: LMDBDatabase, _ key: [UInt8]) throws -> Bool {
+        try key.withUnsafeBytes { keyBytes in
+            var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
+            var v = MDB_val()
+            let rc = mdb_get(txn, database.handle, &k, &v)
+            if rc == MDB_NOTFOUND { return false }
+            try LMDBError.check(rc, "mdb_get \(database.name)")
+            return true
+        }
+    }
+
+    /// Visits entries in key order starting at the first key ≥ `start`, while `body` says `.next`.
+    public func scan(
+        _ database: LMDBDatabase, from start: [UInt8] = [], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep
+    ) throws {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(txn, database.handle, &cursor), "mdb_cursor_open \(database.name)")
+        defer { mdb_cursor_close(cursor) }
+        var startKey = start
+        var rc: Int32 = startKey.withUnsafeMutableBytes { bytes in
+            var k = MDB_val(mv_size: bytes.count, mv_data: bytes.baseAddress)
+            var v = MDB_val()
+            return bytes.isEmpty ? mdb_cursor_get(cursor, &k, &v, MDB_FIRST) : mdb_cursor_get(cursor, &k, &v, MDB_SET_RANGE)
+        }
+        while rc == 0 {
+            var k = MDB_val(), v = MDB_val()
+            try LMDBError.check(mdb_cursor_get(cursor, &k, &v, MDB_GET_CURRENT), "mdb_cursor_get \(database.name)")
+            if try body(copy(k), copy(v)) == .stop { return }
+            rc = mdb_cursor_get(cursor, &k, &v, MDB_NEXT)
+        }
+        if rc != MDB_NOTFOUND { try LMDBError.check(rc, "mdb_cursor_get \(database.name)") }
+    }
+
+    /// Visits every entry whose key starts with `prefix`, in key order.
+    public func scan(
+        _ database: LMDBDatabase, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep
+    ) throws {
+        try scan(database, from: prefix) { key, value in
+            guard key.starts(with: prefix) else { return .stop }
+            return try body(key, value)
+        }
+    }
+
+    /// The greatest key, or nil when the database is empty.
+    public func lastKey(_ database: LMDBDatabase) throws -> [UInt8]? {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(txn, database.handle, &cursor), "mdb_cursor_open \(database.name)")
+        defer { mdb_cursor_close(cursor) }
+        var k = MDB_val(), v = MDB_val()
+        let rc = mdb_cursor_get(cursor, &k, &v, MDB_LAST)
+        if rc == MDB_NOTFOUND { return nil }
+        try LMDBError.check(rc, "mdb_cursor_get \(database.name)")
+        return copy(k)
+    }
+
+    /// The number of entries.
+    public func count(_ database: LMDBDatabase) throws -> Int {
+        var stat = MDB_stat()
+        try LMDBError.check(mdb_stat(txn, database.handle, &stat), "mdb_stat \(database.name)")
+        return stat.ms_entries
+    }
+}
+
+/// A write transaction inside `LMDBEnvironment.write`.
+public struct LMDBWriteTransaction: ~Copyable {
+    let txn: OpaquePointer
+
+    public var reader: LMDBReadTransaction { LMDBReadTransaction(txn: txn) }
+
+    public func get(_ database: LMDBDatabase, _ key: [UInt8]) throws -> [UInt8]? { try reader.get(database, key) }
+
+    public func contains(_ database: LMDBDatabase, _ key: [UInt8]) throws -> Bool { try reader.contains(database, key) }
+
+    public func scan(
+        _ database: LMDBDatabase, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep
+    ) throws { try reader.scan(database, prefix: prefix, body) }
+
+    public func scan(
+        _ database: LMDBDatabase, from start: [UInt8] = [], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep
+    ) throws { try reader.scan(database, from: start, body) }
+
+    public func lastKey(_ database: LMDBDatabase) throws -> [UInt8]? { try reader.lastKey(database) }
+
+    public func count(_ database: LMDBDatabase) throws -> Int { try reader.count(database) }
+
+    public enum PutMode: Sendable {
+        /// Insert or replace.
+        case upsert
+        /// Insert only; returns false (and writes nothing) if the key exists.
+        case insertOnly
+        /// The key is greater than every key present (fast path for logs); LMDB checks it.
+        case append
+    }
+
+    /// Writes `value` at `key`. Returns false only for `.insertOnly` on an existing key.
+    @discardableResult
+    public func put(_ database: LMDBDatabase, _ key: [UInt8], _ value: [UInt8], mode: PutMode = .upsert) throws -> Bool {
+        let flags: UInt32 = switch mode {
+        case .upsert: 0
+        case .insertOnly: UInt32(MDB_NOOVERWRITE)
+        case .append: UInt32(MDB_APPEND)
+        }
+        return try key.withUnsafeBytes { keyBytes in
+            try value.withUnsafeBytes { valueBytes in
+                var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
+                var v = MDB_val(mv_size: valueBytes.count, mv_data: UnsafeMutableRawPointer(mutating: valueBytes.baseAddress))
+                let rc = mdb_put(txn, database.handle, &k, &v, flags)
+                if rc == MDB_KEYEXIST && mode == .insertOnly { return false }
+                try LMDBError.check(rc, "mdb_put \(database.name)")
+                return true
+            }
+        }
+    }
+
+    /// Deletes `key`; returns whether it was there.
+    @discardableResult
+    public func delete(_ database: LMDBDatabase, _ key: [UInt8]) throws -> Bool {
+        try key.withUnsafeBytes { keyBytes in
+            var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
+            let rc = mdb_del(txn, database.handle, &k, nil)
+            if rc == MDB_NOTFOUND { return false }
+            try LMDBError.check(rc, "mdb_del \(database.name)")
+            return true
+        }
+    }
+
+    /// Deletes every entry whose key starts with `prefix`; returns how many.
+    @discardableResult
+    public func deletePrefix(_ database: LMDBDatabase, _ prefix: [UInt8]) throws -> Int {
+        var keys: [[UInt8]] = []
+        try reader.scan(database, prefix: prefix) { key, _ in
+            keys.append(key)
+            return .next
+        }
+        for key in keys { try delete(database, key) }
+        return keys.count
+    }
+}
+
+@inline(__always)
+private func copy(_ value: MDB_val) -> [UInt8] {
+    guard value.mv_size > 0, let data = value.mv_data else { return [] }
+    return Array(UnsafeRawBufferPointer(start: data, count: value.mv_size))
+}

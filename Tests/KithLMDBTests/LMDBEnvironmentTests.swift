@@ -1,0 +1,189 @@
+import Foundation
+import KithLMDB
+import KithTestSupport
+import Testing
+
+/// A fresh directory under the system temp dir, removed by `cleanup`.
+func temporaryDirectory(_ name: String = #function) -> String {
+    let base = FileManager.default.temporaryDirectory.appendingPathComponent("kith-tests")
+    let path = base.appendingPathComponent("\(name.filter(\.isLetter))-\(UUID().uuidString)").path
+    try! FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    return path
+}
+
+func cleanup(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
+
+private func bytes(_ s: String) -> [UInt8] { Array(s.utf8) }
+
+private struct Planned: Error {}
+
+@Suite("LMDB environment")
+struct LMDBEnvironmentTests {
+    @Test func writesCommitOnReturnAndAbortOnThrow() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database(named: "things")
+        try env.write { txn in try txn.put(db, bytes("a"), bytes("1")) }
+        #expect(throws: Planned.self) {
+            try env.write { txn in
+                try txn.put(db, bytes("b"), bytes("2"))
+                throw Planned()
+            }
+        }
+        let (a, b) = try env.read { txn in (try txn.get(db, bytes("a")), try txn.get(db, bytes("b"))) }
+        #expect(a == bytes("1"))
+        #expect(b == nil)
+    }
+
+    @Test func dataSurvivesReopening() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        do {
+            let env = try LMDBEnvironment(path: path)
+            let db = try env.database(named: "things")
+            try env.write { txn in for i in 0..<1_000 { try txn.put(db, bytes("k\(i)"), bytes("v\(i)")) } }
+        }
+        let env = try LMDBEnvironment(path: path)
+        #expect(env.staleReadersCleared == 0)
+        let db = try env.database(named: "things", create: false)
+        let (count, last) = try env.read { txn in (try txn.count(db), try txn.get(db, bytes("k999"))) }
+        #expect(count == 1_000)
+        #expect(last == bytes("v999"))
+    }
+
+    @Test func insertOnlyAndAppendModes() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database(named: "log")
+        let (first, second, kept, outOfOrder) = try env.write { txn in
+            let first = try txn.put(db, [1], [1], mode: .insertOnly)
+            let second = try txn.put(db, [1], [2], mode: .insertOnly)
+            try txn.put(db, [2], [2], mode: .append)
+            var outOfOrder: LMDBError?
+            do { try txn.put(db, [0], [0], mode: .append) } catch let error as LMDBError { outOfOrder = error }
+            return (first, second, try txn.get(db, [1]), outOfOrder)
+        }
+        #expect(first && !second)
+        #expect(kept == [1])
+        #expect(outOfOrder?.code == .keyExists)
+    }
+
+    @Test func scansInKeyOrderByPrefixAndFromAKey() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database(named: "things")
+        try env.write { txn in
+            for key in ["b/2", "a/1", "b/1", "c/1", "b/3"] { try txn.put(db, bytes(key), bytes(key)) }
+        }
+        var seen: [String] = []
+        var firstTwo: [String] = []
+        let last = try env.read { txn in
+            try txn.scan(db, prefix: bytes("b/")) { key, _ in
+                seen.append(String(decoding: key, as: UTF8.self))
+                return .next
+            }
+            try txn.scan(db, from: bytes("b/2")) { key, _ in
+                firstTwo.append(String(decoding: key, as: UTF8.self))
+                return firstTwo.count == 2 ? .stop : .next
+            }
+            return try txn.lastKey(db)
+        }
+        #expect(seen == ["b/1", "b/2", "b/3"])
+        #expect(firstTwo == ["b/2", "b/3"])
+        #expect(last == bytes("c/1"))
+        let deleted = try env.write { txn in try txn.deletePrefix(db, bytes("b/")) }
+        let remaining = try env.read { txn in try txn.count(db) }
+        #expect(deleted == 3 && remaining == 2)
+    }
+
+    @Test func theMapGrowsInsteadOfFailingAWrite() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        var configuration = LMDBEnvironment.Configuration()
+        configuration.mapSize = 1 << 20
+        configuration.durable = false
+        let env = try LMDBEnvironment(path: path, configuration: configuration)
+        let db = try env.database(named: "big")
+        let value = [UInt8](repeating: 7, count: 4_000)
+        // Readers run concurrently with the writer while the map is resized under them.
+        let stop = ManagedAtomicFlag()
+        let readers = (0..<2).map { _ in
+            Thread.detach {
+                while !stop.isSet { _ = try? env.read { txn in try txn.get(db, [0, 0, 0, 1]) } }
+            }
+        }
+        for batch in 0..<40 {
+            try env.write { txn in
+                for i in 0..<100 { try txn.put(db, [0, 0, UInt8(batch), UInt8(i)], value) }
+            }
+        }
+        stop.set()
+        for reader in readers { reader.wait() }
+        #expect(env.info().mapSize > 1 << 20)
+        let count = try env.read { txn in try txn.count(db) }
+        #expect(count == 4_000)
+    }
+
+    @Test func backupIsACompactedConsistentCopy() throws {
+        let path = temporaryDirectory()
+        let copyPath = path + "-backup"
+        defer { cleanup(path); cleanup(copyPath) }
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database(named: "things")
+        try env.write { txn in for i in 0..<5_000 { try txn.put(db, bytes("k\(i)"), [UInt8](repeating: 1, count: 200)) } }
+        try env.write { txn in for i in 0..<4_000 { try txn.delete(db, bytes("k\(i)")) } }
+        try env.backup(to: copyPath)
+        #expect(throws: LMDBError.self) { try env.backup(to: copyPath) }
+        let copy = try LMDBEnvironment(path: copyPath)
+        let copied = try copy.database(named: "things", create: false)
+        let count = try copy.read { txn in try txn.count(copied) }
+        #expect(count == 1_000)
+        #expect(copy.fileSize() < env.fileSize())
+    }
+
+    @Test func errorsCarryTheCallAndLMDBsMessage() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database(named: "things")
+        do {
+            try env.write { txn in try txn.put(db, [UInt8](repeating: 1, count: 600), [1]) }
+            Issue.record("a 600-byte key was accepted")
+        } catch let error as LMDBError {
+            #expect(error.code == .badValueSize)
+            #expect(error.operation == "mdb_put things")
+        }
+        #expect(throws: LMDBError.self) { try env.database(named: "missing", create: false) }
+        #expect(throws: LMDBError.self) { try LMDBEnvironment(path: "/proc/kith-cannot-write-here") }
+    }
+}
+
+/// A flag shared with reader threads in the growth test.
+final class ManagedAtomicFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    var isSet: Bool { lock.withLock { value } }
+    func set() { lock.withLock { value = true } }
+}
+
+extension Thread {
+    /// Starts `body` on a new thread; `wait()` on the result joins it.
+    static func detach(_ body: @escaping @Sendable () -> Void) -> ThreadJoin {
+        let join = ThreadJoin()
+        let thread = Thread {
+            body()
+            join.finish()
+        }
+        thread.start()
+        return join
+    }
+}
+
+final class ThreadJoin: @unchecked Sendable {
+    private let done = DispatchSemaphore(value: 0)
+    func finish() { done.signal() }
+    func wait() { done.wait() }
+}
