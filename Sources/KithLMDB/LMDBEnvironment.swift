@@ -105,17 +105,21 @@ public final class LMDBEnvironment: @unchecked Sendable {
     // MARK: - Transactions
 
     /// Runs `body` in a read-only snapshot.
-    public func read<T>(_ body: (borrowing LMDBReadTransaction) throws -> T) throws -> T {
+    public func read<T>(_ body: (LMDBReadTransaction) throws -> T) throws -> T {
         pthread_rwlock_rdlock(resizeLock)
         defer { pthread_rwlock_unlock(resizeLock) }
         let txn = try begin(flags: UInt32(MDB_RDONLY))
-        defer { mdb_txn_abort(txn) }  // a read transaction has nothing to commit
-        return try body(LMDBReadTransaction(txn: txn))
+        let lifetime = TransactionLifetime()
+        defer {
+            lifetime.isOpen = false
+            mdb_txn_abort(txn)  // a read transaction has nothing to commit
+        }
+        return try body(LMDBReadTransaction(handle: txn, lifetime: lifetime))
     }
 
     /// Runs `body` in a write transaction: committed when it returns, aborted when it throws.
     /// If the map fills up, the map is grown and `body` runs again from the start.
-    public func write<T>(_ body: (borrowing LMDBWriteTransaction) throws -> T) throws -> T {
+    public func write<T>(_ body: (LMDBWriteTransaction) throws -> T) throws -> T {
         while true {
             do {
                 return try writeOnce(body)
@@ -125,13 +129,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
         }
     }
 
-    private func writeOnce<T>(_ body: (borrowing LMDBWriteTransaction) throws -> T) throws -> T {
+    private func writeOnce<T>(_ body: (LMDBWriteTransaction) throws -> T) throws -> T {
         pthread_rwlock_rdlock(resizeLock)
         defer { pthread_rwlock_unlock(resizeLock) }
         let txn = try begin(flags: 0)
+        let lifetime = TransactionLifetime()
+        defer { lifetime.isOpen = false }
         let result: T
         do {
-            result = try body(LMDBWriteTransaction(txn: txn))
+            result = try body(LMDBWriteTransaction(handle: txn, lifetime: lifetime))
         } catch {
             mdb_txn_abort(txn)
             throw error

@@ -5,10 +5,22 @@ public enum ScanStep: Sendable {
     case next, stop
 }
 
+/// Marks whether a transaction's closure is still running. Using a transaction after its
+/// closure returned would touch freed LMDB memory; the check turns that bug into a clear trap.
+final class TransactionLifetime: @unchecked Sendable {
+    var isOpen = true
+}
+
 /// A read-only view inside `LMDBEnvironment.read` (and the read half of a write transaction).
-/// Valid only inside the closure it was handed to; `~Copyable` so it cannot be stored.
-public struct LMDBReadTransaction: ~Copyable {
-    let txn: OpaquePointer
+/// Valid only inside the closure it was handed to; any use afterwards traps.
+public struct LMDBReadTransaction {
+    let handle: OpaquePointer
+    let lifetime: TransactionLifetime
+
+    var txn: OpaquePointer {
+        precondition(lifetime.isOpen, "LMDB transaction used after its closure returned")
+        return handle
+    }
 
     /// The value at `key`, copied out, or nil.
     public func get(_ database: LMDBDatabase, _ key: [UInt8]) throws -> [UInt8]? {
@@ -85,11 +97,14 @@ public struct LMDBReadTransaction: ~Copyable {
     }
 }
 
-/// A write transaction inside `LMDBEnvironment.write`.
-public struct LMDBWriteTransaction: ~Copyable {
-    let txn: OpaquePointer
+/// A write transaction inside `LMDBEnvironment.write`; any use after the closure returns traps.
+public struct LMDBWriteTransaction {
+    let handle: OpaquePointer
+    let lifetime: TransactionLifetime
 
-    public var reader: LMDBReadTransaction { LMDBReadTransaction(txn: txn) }
+    var txn: OpaquePointer { reader.txn }
+
+    public var reader: LMDBReadTransaction { LMDBReadTransaction(handle: handle, lifetime: lifetime) }
 
     public func get(_ database: LMDBDatabase, _ key: [UInt8]) throws -> [UInt8]? { try reader.get(database, key) }
 

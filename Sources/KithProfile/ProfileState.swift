@@ -59,16 +59,31 @@ public struct ProfileState: Equatable, Sendable {
         graph.merge(key: edge, LinkState(removedAt: stamp))
     }
 
-    /// Erases the whole person `identifier` belongs to, as of `time`. Returns the erased members.
+    /// Erases the whole person `identifier` belongs to. The erasure time is `time` or, if later,
+    /// the newest time of anything held about the person (a future-dated event from a client
+    /// with a fast clock, a link), so that an erasure always covers everything known at the
+    /// moment it is made. Returns the erased members.
     @discardableResult
     public mutating func erase(_ identifier: Identifier, at time: Int64, hasher: some ForgetKeyHasher) -> [Identifier] {
         let members = view(of: identifier)?.members ?? [identifier]
+        let erasureTime = erasureTime(of: Set(members), requested: time)
         for member in members {
             let key = hasher.forgetKey(for: member)
-            forgotten[key] = max(forgotten[key] ?? time, time)
+            forgotten[key] = max(forgotten[key] ?? erasureTime, erasureTime)
         }
         applyForgetSet(hasher)
         return members
+    }
+
+    private func erasureTime(of members: Set<Identifier>, requested: Int64) -> Int64 {
+        var time = requested
+        for member in members {
+            if let document = documents[member] { time = max(time, document.head.lastSeen ?? time) }
+        }
+        for (edge, state) in graph.entries where members.contains(edge.low) || members.contains(edge.high) {
+            for stamp in Array(state.adds.keys) + [state.removedAt].compactMap({ $0 }) { time = max(time, stamp.time) }
+        }
+        return time
     }
 
     public mutating func merge(_ other: ProfileState, hasher: some ForgetKeyHasher) {
@@ -114,10 +129,11 @@ public struct ProfileState: Equatable, Sendable {
 
     // MARK: - Views
 
-    /// Every identifier the state knows: document keys and link endpoints.
+    /// Every identifier the state knows: document keys and the endpoints of links that were ever
+    /// asserted (a removal that arrived before its link does not make an identifier known).
     public var identifiers: Set<Identifier> {
         var all = Set(documents.keys)
-        for edge in graph.entries.keys {
+        for (edge, state) in graph.entries where !state.adds.isEmpty {
             all.insert(edge.low)
             all.insert(edge.high)
         }

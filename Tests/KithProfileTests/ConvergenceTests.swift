@@ -88,7 +88,7 @@ struct ConvergenceTests {
             #expect(outcome == .forgotten, "seed \(seed)")
         }
         #expect(late == merged)
-        #expect(merged.forgotten[PlainHasher().forgetKey(for: erased)] == erasureTime)
+        #expect(merged.forgotten[PlainHasher().forgetKey(for: erased)].map { $0 >= erasureTime } == true)
     }
 
     @Test func profileStateMergeIsASemilattice() {

@@ -1,0 +1,53 @@
+import CCrypto
+
+/// Cryptography from OpenSSL's libcrypto. Nothing here is hand-written cryptography: these are
+/// thin, checked calls into the library.
+public enum Crypto {
+    /// HMAC-SHA256 of `message` under `key` (RFC 2104 / FIPS 198-1).
+    public static func hmacSHA256(key: [UInt8], message: [UInt8]) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let result = key.withUnsafeBytes { keyBytes in
+            message.withUnsafeBytes { messageBytes in
+                output.withUnsafeMutableBufferPointer { out in
+                    HMAC(
+                        EVP_sha256(), keyBytes.baseAddress, Int32(keyBytes.count),
+                        messageBytes.baseAddress?.assumingMemoryBound(to: UInt8.self), messageBytes.count,
+                        out.baseAddress, &length)
+                }
+            }
+        }
+        precondition(result != nil && length == 32, "HMAC-SHA256 failed in libcrypto")
+        return Array(output.prefix(Int(length)))
+    }
+
+    /// `count` bytes from the operating system's CSPRNG via libcrypto.
+    public static func randomBytes(_ count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let ok = bytes.withUnsafeMutableBufferPointer { RAND_bytes($0.baseAddress, Int32(count)) }
+        guard ok == 1 else { throw CryptoError(operation: "RAND_bytes") }
+        return bytes
+    }
+
+    /// Compares in time independent of where the inputs differ.
+    public static func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+        guard a.count == b.count else { return false }
+        return a.withUnsafeBytes { x in b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, a.count) == 0 } }
+    }
+
+    public static func hex(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count * 2)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+public struct CryptoError: Error, Sendable, CustomStringConvertible {
+    public var operation: String
+    public var description: String { "\(operation) failed in libcrypto" }
+}

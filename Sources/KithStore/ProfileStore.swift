@@ -1,0 +1,155 @@
+import KithCRDT
+import KithLMDB
+import KithProfile
+import Synchronization
+
+/// Where profiles live. Two implementations share one engine: `LMDBProfileStore` (durable, the
+/// default) and `MemoryProfileStore` (embedded, for simulation and tests).
+public protocol ProfileStore: AnyObject, Sendable {
+    /// Applies a batch of message deltas atomically — all of them or, if anything fails, none —
+    /// each with a change-log entry. Returns what happened to each message, in order.
+    @discardableResult func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+
+    /// The profile `identifier` belongs to, or nil if the identifier is unknown.
+    func view(of identifier: Identifier) throws -> ProfileView?
+
+    /// Unmerge: removes the link between two identifiers as of `stamp`.
+    func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws
+
+    /// Erases the whole person `identifier` belongs to (requested at `time`, Unix ms). Returns the
+    /// erased identifiers; only their forget keys remain.
+    @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> [Identifier]
+
+    /// Whether the source document of `subject` has absorbed the message `messageId`.
+    func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool
+
+    /// Change-log entries after local sequence `sequence`, at most `limit`.
+    func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
+
+    func statistics() throws -> StoreStatistics
+}
+
+/// The part both stores share: the engine over a backend's read and write transactions.
+protocol EngineBackedStore: ProfileStore {
+    var engine: StoreEngine { get }
+    func read<T>(_ body: (any StoreReading) throws -> T) throws -> T
+    func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T
+}
+
+extension EngineBackedStore {
+    public func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
+        try modify { context in try batch.map { try context.apply($0) } }
+    }
+
+    public func view(of identifier: Identifier) throws -> ProfileView? {
+        try read { reader in try engine.view(of: identifier, in: reader) }
+    }
+
+    public func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws {
+        try modify { context in try context.removeLink(a, b, stamp: stamp) }
+    }
+
+    public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> [Identifier] {
+        try modify { context in try context.erase(identifier, requestedAt: time) }
+    }
+
+    public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {
+        try read { reader in try reader.get(.ledger, separatorKey(subject.key, Array(messageId.utf8))) != nil }
+    }
+
+    public func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
+        try read { reader in try engine.changes(after: sequence, limit: limit, in: reader) }
+    }
+
+    public func statistics() throws -> StoreStatistics {
+        try read { reader in try engine.statistics(in: reader) }
+    }
+
+    private func modify<T>(_ body: (WriteContext<AnyStoreWriting>) throws -> T) throws -> T {
+        try write { txn in
+            let context = try WriteContext(engine: engine, txn: AnyStoreWriting(txn))
+            let result = try body(context)
+            try context.finish()
+            return result
+        }
+    }
+}
+
+/// Lets the engine's generic context run over either backend's transaction.
+struct AnyStoreWriting: StoreWriting {
+    let base: any StoreWriting
+    init(_ base: any StoreWriting) { self.base = base }
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try base.get(table, key) }
+    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try base.scan(table, prefix: prefix, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try base.lastKey(table) }
+    func count(_ table: Table) throws -> Int { try base.count(table) }
+    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
+        try base.put(table, key, value, mode: mode)
+    }
+    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool { try base.delete(table, key) }
+}
+
+/// The durable store: one LMDB environment in a directory.
+public final class LMDBProfileStore: EngineBackedStore {
+    let engine: StoreEngine
+    public let environment: LMDBEnvironment
+    private let tables: LMDBTables
+
+    public init(path: String, configuration: StoreConfiguration, lmdb: LMDBEnvironment.Configuration = .init()) throws {
+        engine = StoreEngine(configuration: configuration)
+        environment = try LMDBEnvironment(path: path, configuration: lmdb)
+        tables = try LMDBTables(environment: environment)
+        try checkFormat()
+    }
+
+    private func checkFormat() throws {
+        let format = try read { reader in try reader.get(.meta, Array("format".utf8)) }
+        if let format, format != [ProfileFormat.version] {
+            throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
+        }
+    }
+
+    func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
+        try environment.read { txn in try body(LMDBReading(transaction: txn, tables: tables)) }
+    }
+
+    func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
+        try environment.write { txn in try body(LMDBWriting(transaction: txn, tables: tables)) }
+    }
+
+    /// A compacted, consistent copy of the store into `directory`, taken while it keeps serving.
+    public func backup(to directory: String) throws { try environment.backup(to: directory) }
+
+    /// Bytes of pages in use per table are not exposed by LMDB cheaply; the environment's are.
+    public var usedBytes: Int { environment.info().usedBytes }
+}
+
+/// The embedded store: sorted in-memory tables behind a lock, atomic batches by undo log.
+public final class MemoryProfileStore: EngineBackedStore {
+    let engine: StoreEngine
+    private let storage: Mutex<MemoryTables>
+
+    /// `byteLimit` bounds keys and values held; a batch that would pass it fails whole.
+    public init(configuration: StoreConfiguration, byteLimit: Int = Int.max) {
+        engine = StoreEngine(configuration: configuration)
+        storage = Mutex(MemoryTables(byteLimit: byteLimit))
+    }
+
+    func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
+        try storage.withLock { tables in try body(MemoryReading(storage: tables)) }
+    }
+
+    func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
+        try storage.withLock { tables in
+            let writer = MemoryWriting(storage: tables)
+            do {
+                return try body(writer)
+            } catch {
+                writer.rollBack()
+                throw error
+            }
+        }
+    }
+}

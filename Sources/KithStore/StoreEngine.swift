@@ -1,0 +1,344 @@
+import KithCRDT
+import KithProfile
+
+/// The store's logic, written once over `StoreReading`/`StoreWriting`, so the LMDB store and the
+/// in-memory store behave identically (one contract test suite runs against both).
+struct StoreEngine: Sendable {
+    let configuration: StoreConfiguration
+    let hasher: HMACForgetKeyHasher
+
+    init(configuration: StoreConfiguration) {
+        self.configuration = configuration
+        hasher = HMACForgetKeyHasher(secret: configuration.forgetKeySecret)
+    }
+
+    func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
+        guard let canonical = try reader.get(.index, identifier.key), let bytes = try reader.get(.views, canonical) else {
+            return nil
+        }
+        return try decode(ProfileView.self, bytes, table: .views)
+    }
+
+    func statistics(in reader: some StoreReading) throws -> StoreStatistics {
+        let sequence = try reader.get(.meta, Array("sequence".utf8)).map { try decodeSequence($0) } ?? 0
+        return StoreStatistics(
+            profiles: try reader.count(.views), identifiers: try reader.count(.index), sources: try reader.count(.sources),
+            ledgerEntries: try reader.count(.ledger), links: try reader.count(.edges) / 2, changes: try reader.count(.changes),
+            forgotten: try reader.count(.forget), lastSequence: sequence)
+    }
+
+    func changes(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
+        var entries: [ChangeEntry] = []
+        try reader.scan(.changes, prefix: []) { key, value in
+            var keyReader = BinaryReader(key)
+            let position = try keyReader.readBigEndianUInt64()
+            if position <= sequence { return .next }
+            entries.append(try decode(value, table: .changes) { try ChangeEntry(sequence: position, decoding: $0) })
+            return entries.count < limit ? .next : .stop
+        }
+        return entries
+    }
+
+    func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
+        var reader = BinaryReader(bytes)
+        return try reader.readBigEndianUInt64()
+    }
+}
+
+func decode<T: BinaryCodable>(_ type: T.Type, _ bytes: [UInt8], table: Table) throws -> T {
+    try decode(bytes, table: table) { try ProfileFormat.decode(T.self, from: $0) }
+}
+
+func decode<T>(_ bytes: [UInt8], table: Table, _ body: ([UInt8]) throws -> T) throws -> T {
+    do { return try body(bytes) } catch { throw StoreCorruption(table: table.name, underlying: error) }
+}
+
+/// One write transaction's work: caches the heads and views it touches (a hot customer's head is
+/// decoded and encoded once per batch, not once per message) and writes them back in `finish`.
+final class WriteContext<Writer: StoreWriting> {
+    let engine: StoreEngine
+    let txn: Writer
+    private var sources: [[UInt8]: SourceHead] = [:]
+    private var dirtySources: Set<[UInt8]> = []
+    private var deletedSources: Set<[UInt8]> = []
+    private var views: [[UInt8]: ProfileView] = [:]
+    private var dirtyViews: Set<[UInt8]> = []
+    private var deletedViews: Set<[UInt8]> = []
+    private var index: [[UInt8]: [UInt8]?] = [:]
+    private var sequence: UInt64
+    private let anyForgotten: Bool
+
+    private var historyLimit: Int { engine.configuration.profile.historyLimit }
+
+    init(engine: StoreEngine, txn: Writer) throws {
+        self.engine = engine
+        self.txn = txn
+        sequence = try txn.get(.meta, Array("sequence".utf8)).map { try engine.decodeSequence($0) } ?? 0
+        anyForgotten = try txn.count(.forget) > 0
+        if try txn.get(.meta, Array("format".utf8)) == nil {
+            try txn.put(.meta, Array("format".utf8), [ProfileFormat.version], mode: .upsert)
+        }
+    }
+
+    /// Writes back everything cached. Must be called before the transaction commits.
+    func finish() throws {
+        for key in dirtySources { try txn.put(.sources, key, ProfileFormat.encode(sources[key]!), mode: .upsert) }
+        for key in deletedSources { try txn.delete(.sources, key) }
+        for key in dirtyViews { try txn.put(.views, key, ProfileFormat.encode(views[key]!), mode: .upsert) }
+        for key in deletedViews { try txn.delete(.views, key) }
+        try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
+    }
+
+    // MARK: Messages
+
+    func apply(_ delta: ProfileDelta) throws -> ApplyOutcome {
+        let time = delta.times.eventTime
+        if try isForgotten(delta.subject, at: time) { return .forgotten }
+        let subjectKey = delta.subject.key
+        let ledgerKey = separatorKey(subjectKey, Array(delta.messageId.utf8))
+        guard try txn.put(.ledger, ledgerKey, ProfileFormat.encode(LedgerEntry(delta: delta)), mode: .insertOnly) else { return .duplicate }
+
+        var head = try source(subjectKey) ?? SourceHead()
+        head.absorb(delta, historyLimit: historyLimit)
+        setSource(subjectKey, head)
+
+        var structureChanged = try register(delta.subject)
+        for peer in delta.links where try !isForgotten(peer, at: time) {
+            if try register(peer) { structureChanged = true }
+            if try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) { structureChanged = true }
+        }
+        if structureChanged {
+            try recompute(around: [delta.subject])
+        } else {
+            let canonical = try canonicalKey(subjectKey)!
+            var view = try self.view(canonical)!
+            view.head.absorb(delta, historyLimit: historyLimit)
+            setView(canonical, view)
+        }
+        try log(.message(delta))
+        return .applied
+    }
+
+    // MARK: Unmerge
+
+    func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws {
+        guard let edge = LinkEdge(a, b) else { return }
+        if try updateEdge(a, b, { $0.remove(stamp) }) { try recompute(around: [a, b]) }
+        try log(.unlink(edge, stamp))
+    }
+
+    // MARK: Erasure
+
+    /// Erases the person `identifier` belongs to. The erasure time is the requested time or, if
+    /// later, the newest time of anything held about them, so erasure always covers all of it.
+    func erase(_ identifier: Identifier, requestedAt requested: Int64) throws -> [Identifier] {
+        guard let canonical = try canonicalKey(identifier.key), let view = try self.view(canonical) else { return [] }
+        let members = view.members
+        let memberKeys = Set(members.map(\.key))
+        var time = max(requested, view.head.lastSeen ?? requested)
+        var outsideNeighbours: Set<Identifier> = []
+        var edgeKeys: [[UInt8]] = []
+        for member in members {
+            try txn.scan(.edges, prefix: separatorKey(member.key, [])) { key, value in
+                let summary = try decode(EdgeSummary.self, value, table: .edges)
+                time = max(time, summary.newestTime ?? time)
+                let peerKey = Array(key[(member.key.count + 1)...])
+                edgeKeys.append(key)
+                edgeKeys.append(separatorKey(peerKey, member.key))
+                if !memberKeys.contains(peerKey), let peer = Identifier(key: peerKey) { outsideNeighbours.insert(peer) }
+                return .next
+            }
+        }
+        var forgetKeys: [[UInt8]] = []
+        for member in members {
+            let forgetKey = engine.hasher.forgetKeyBytes(for: member)
+            forgetKeys.append(forgetKey)
+            let previous = try txn.get(.forget, forgetKey).map { try decodeTime($0) } ?? time
+            try txn.put(.forget, forgetKey, encodeTime(max(previous, time)), mode: .upsert)
+            try txn.delete(.hashes, forgetKey)
+            try txn.deletePrefix(.ledger, separatorKey(member.key, []))
+            deleteSource(member.key)
+            try setCanonical(member.key, nil)
+        }
+        for key in edgeKeys { try txn.delete(.edges, key) }
+        deleteView(canonical)
+        try purgeChanges(mentioning: memberKeys)
+        for neighbour in outsideNeighbours.sorted() { try recompute(around: [neighbour]) }
+        try log(.erasure(forgetKeys: forgetKeys, time: time))
+        return members
+    }
+
+    /// Removes every logged change that names an erased identifier. (Linear in the log; crypto-
+    /// shredding will replace this, see docs/storage.md.)
+    private func purgeChanges(mentioning memberKeys: Set<[UInt8]>) throws {
+        var doomed: [[UInt8]] = []
+        try txn.scan(.changes, prefix: []) { key, value in
+            let entry = try decode(value, table: .changes) { try ChangeEntry(sequence: 0, decoding: $0) }
+            let mentioned: [Identifier] = switch entry.change {
+            case .message(let delta): [delta.subject] + delta.links
+            case .unlink(let edge, _): [edge.low, edge.high]
+            case .erasure: []
+            }
+            if mentioned.contains(where: { memberKeys.contains($0.key) }) { doomed.append(key) }
+            return .next
+        }
+        for key in doomed { try txn.delete(.changes, key) }
+    }
+
+    // MARK: Identity
+
+    /// Makes sure `identifier` is known; returns true if it was new (its profile must be built).
+    private func register(_ identifier: Identifier) throws -> Bool {
+        guard try canonicalKey(identifier.key) == nil else { return false }
+        try txn.put(.hashes, engine.hasher.forgetKeyBytes(for: identifier), identifier.key, mode: .upsert)
+        return true
+    }
+
+    /// Updates the link between `a` and `b` in both directions; returns whether the identity
+    /// structure changed (the link turned on or off, or moved in the evaluation order).
+    private func updateEdge(_ a: Identifier, _ b: Identifier, _ change: (inout EdgeSummary) -> Void) throws -> Bool {
+        let forward = separatorKey(a.key, b.key)
+        let old = try txn.get(.edges, forward).map { try decode(EdgeSummary.self, $0, table: .edges) } ?? EdgeSummary()
+        var summary = old
+        change(&summary)
+        guard summary != old else { return false }
+        let bytes = ProfileFormat.encode(summary)
+        try txn.put(.edges, forward, bytes, mode: .upsert)
+        try txn.put(.edges, separatorKey(b.key, a.key), bytes, mode: .upsert)
+        return summary.isActive != old.isActive || (summary.isActive && summary.firstAdd != old.firstAdd)
+    }
+
+    /// Rebuilds the people in the connected components around `starts`, their views and index.
+    private func recompute(around starts: [Identifier]) throws {
+        var nodes = Set(starts)
+        var queue = starts
+        var links: [LinkEdge: LWWStamp] = [:]
+        while let node = queue.popLast() {
+            let prefix = separatorKey(node.key, [])
+            try txn.scan(.edges, prefix: prefix) { key, value in
+                let summary = try decode(EdgeSummary.self, value, table: .edges)
+                guard summary.isActive, let peer = Identifier(key: key[prefix.count...]) else { return .next }
+                links[LinkEdge(node, peer)!] = summary.firstAdd!
+                if nodes.insert(peer).inserted { queue.append(peer) }
+                return .next
+            }
+        }
+        var oldCanonicals: Set<[UInt8]> = []
+        for node in nodes { if let canonical = try canonicalKey(node.key) { oldCanonicals.insert(canonical) } }
+        let rules = engine.configuration.profile.rules
+        let people = IdentityResolver(rules: rules).people(nodes: Array(nodes), links: links.map { (edge: $0.key, order: $0.value) })
+        var newCanonicals: Set<[UInt8]> = []
+        for person in people {
+            let heads = try person.compactMap { try source($0.key) }
+            let view = ProfileView.assemble(members: person, heads: heads, rules: rules, historyLimit: historyLimit)
+            let canonical = view.canonical.key
+            newCanonicals.insert(canonical)
+            setView(canonical, view)
+            for member in person where try canonicalKey(member.key) != canonical { try setCanonical(member.key, canonical) }
+        }
+        for stale in oldCanonicals.subtracting(newCanonicals) { deleteView(stale) }
+    }
+
+    // MARK: Erasure checks
+
+    private func isForgotten(_ identifier: Identifier, at time: Int64) throws -> Bool {
+        guard anyForgotten, let bytes = try txn.get(.forget, engine.hasher.forgetKeyBytes(for: identifier)) else { return false }
+        return time <= (try decodeTime(bytes))
+    }
+
+    private func encodeTime(_ time: Int64) -> [UInt8] {
+        var writer = BinaryWriter(capacity: 10)
+        writer.write(signed: time)
+        return writer.bytes
+    }
+
+    private func decodeTime(_ bytes: [UInt8]) throws -> Int64 {
+        try decode(bytes, table: .forget) { bytes in
+            var reader = BinaryReader(bytes)
+            return try reader.readSigned()
+        }
+    }
+
+    // MARK: Change log
+
+    private func log(_ change: ChangeEntry.Change) throws {
+        sequence += 1
+        let entry = ChangeEntry(sequence: sequence, origin: engine.configuration.node, originSequence: sequence, change: change)
+        try txn.put(.changes, sequenceKey(sequence), entry.encoded(), mode: .append)
+    }
+
+    // MARK: Cached tables
+
+    private func source(_ key: [UInt8]) throws -> SourceHead? {
+        if let cached = sources[key] { return cached }
+        if deletedSources.contains(key) { return nil }
+        guard let bytes = try txn.get(.sources, key) else { return nil }
+        let head = try decode(SourceHead.self, bytes, table: .sources)
+        sources[key] = head
+        return head
+    }
+
+    private func setSource(_ key: [UInt8], _ head: SourceHead) {
+        sources[key] = head
+        dirtySources.insert(key)
+        deletedSources.remove(key)
+    }
+
+    private func deleteSource(_ key: [UInt8]) {
+        sources[key] = nil
+        dirtySources.remove(key)
+        deletedSources.insert(key)
+    }
+
+    private func view(_ key: [UInt8]) throws -> ProfileView? {
+        if let cached = views[key] { return cached }
+        if deletedViews.contains(key) { return nil }
+        guard let bytes = try txn.get(.views, key) else { return nil }
+        let view = try decode(ProfileView.self, bytes, table: .views)
+        views[key] = view
+        return view
+    }
+
+    private func setView(_ key: [UInt8], _ view: ProfileView) {
+        views[key] = view
+        dirtyViews.insert(key)
+        deletedViews.remove(key)
+    }
+
+    private func deleteView(_ key: [UInt8]) {
+        views[key] = nil
+        dirtyViews.remove(key)
+        deletedViews.insert(key)
+    }
+
+    private func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
+        if let cached = index[key] { return cached }
+        let found = try txn.get(.index, key)
+        index[key] = found
+        return found
+    }
+
+    private func setCanonical(_ key: [UInt8], _ canonical: [UInt8]?) throws {
+        index[key] = .some(canonical)
+        if let canonical { try txn.put(.index, key, canonical, mode: .upsert) } else { try txn.delete(.index, key) }
+    }
+}
+
+extension LedgerEntry {
+    init(delta: ProfileDelta) {
+        self.init(type: delta.type, name: delta.event?.name ?? "", time: delta.times.eventTime, revenueMicros: delta.event?.revenueMicros)
+    }
+}
+
+extension StoreWriting {
+    @discardableResult
+    func deletePrefix(_ table: Table, _ prefix: [UInt8]) throws -> Int {
+        var keys: [[UInt8]] = []
+        try scan(table, prefix: prefix) { key, _ in
+            keys.append(key)
+            return .next
+        }
+        for key in keys { try delete(table, key) }
+        return keys.count
+    }
+}

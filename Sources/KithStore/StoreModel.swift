@@ -1,0 +1,168 @@
+import KithCRDT
+import KithCrypto
+import KithProfile
+
+/// Settings of one store.
+public struct StoreConfiguration: Sendable {
+    /// This node's id: the origin of the changes it logs.
+    public var node: UInt64
+    /// The secret under which erased identifiers are hashed into forget keys. Keep it apart from
+    /// the data and its backups: with it, anyone could test guesses against the forget set.
+    public var forgetKeySecret: [UInt8]
+    public var profile: ProfileConfiguration
+
+    public init(node: UInt64, forgetKeySecret: [UInt8], profile: ProfileConfiguration = ProfileConfiguration()) {
+        precondition(forgetKeySecret.count >= 16, "the forget-key secret must have at least 16 bytes")
+        self.node = node
+        self.forgetKeySecret = forgetKeySecret
+        self.profile = profile
+    }
+}
+
+/// Forget keys as HMAC-SHA256 of the identifier's storage key under the store's secret.
+public struct HMACForgetKeyHasher: ForgetKeyHasher {
+    let secret: [UInt8]
+
+    public init(secret: [UInt8]) {
+        self.secret = secret
+    }
+
+    public func forgetKeyBytes(for identifier: Identifier) -> [UInt8] {
+        Crypto.hmacSHA256(key: secret, message: identifier.key)
+    }
+
+    public func forgetKey(for identifier: Identifier) -> String { Crypto.hex(forgetKeyBytes(for: identifier)) }
+}
+
+/// One entry of a node's change log: what changed, where it came from, and its place in the log.
+public struct ChangeEntry: Equatable, Sendable {
+    public enum Change: Equatable, Sendable {
+        case message(ProfileDelta)
+        case unlink(LinkEdge, LWWStamp)
+        /// Forget keys only: the log never carries an erased customer's identifiers.
+        case erasure(forgetKeys: [[UInt8]], time: Int64)
+    }
+
+    /// The position in this node's log.
+    public var sequence: UInt64
+    /// The node that first accepted the change, and its position in that node's log.
+    public var origin: UInt64
+    public var originSequence: UInt64
+    public var change: Change
+}
+
+extension ChangeEntry {
+    func encoded() -> [UInt8] {
+        var writer = BinaryWriter(capacity: 256)
+        writer.write(byte: ProfileFormat.version)
+        writer.write(varint: origin)
+        writer.write(varint: originSequence)
+        switch change {
+        case .message(let delta):
+            writer.write(byte: 1)
+            delta.encode(to: &writer)
+        case .unlink(let edge, let stamp):
+            writer.write(byte: 2)
+            edge.encode(to: &writer)
+            stamp.encode(to: &writer)
+        case .erasure(let keys, let time):
+            writer.write(byte: 3)
+            writer.write(sequence: keys) { w, key in w.write(bytes: key) }
+            writer.write(signed: time)
+        }
+        return writer.bytes
+    }
+
+    init(sequence: UInt64, decoding bytes: [UInt8]) throws {
+        var reader = BinaryReader(bytes)
+        guard try reader.readByte() == ProfileFormat.version else {
+            throw BinaryDecodingError(.unsupportedVersion, offset: 0, "change entry")
+        }
+        self.sequence = sequence
+        origin = try reader.readVarint()
+        originSequence = try reader.readVarint()
+        let kindOffset = reader.offset
+        switch try reader.readByte() {
+        case 1: change = .message(try ProfileDelta(from: &reader))
+        case 2: change = .unlink(try LinkEdge(from: &reader), try LWWStamp(from: &reader))
+        case 3:
+            let keys = try reader.readSequence { r in Array(try r.readBytes()) }
+            change = .erasure(forgetKeys: keys, time: try reader.readSigned())
+        default: throw BinaryDecodingError(.unknownTag, offset: kindOffset, "change kind")
+        }
+        try reader.expectEnd()
+    }
+}
+
+/// What the store keeps per link: enough to know whether it is active and where it stands in the
+/// rule-evaluation order. (The pure model keeps every add; see docs/identity.md.)
+struct EdgeSummary: Equatable, BinaryCodable {
+    var firstAdd: LWWStamp?
+    var lastAdd: LWWStamp?
+    var removedAt: LWWStamp?
+
+    init() {}
+
+    var isActive: Bool {
+        guard let lastAdd else { return false }
+        return removedAt.map { lastAdd >= $0 } ?? true
+    }
+
+    var newestTime: Int64? { [lastAdd?.time, removedAt?.time].compactMap { $0 }.max() }
+
+    mutating func add(_ stamp: LWWStamp) {
+        firstAdd = min(firstAdd ?? stamp, stamp)
+        lastAdd = max(lastAdd ?? stamp, stamp)
+    }
+
+    mutating func remove(_ stamp: LWWStamp) {
+        removedAt = max(removedAt ?? stamp, stamp)
+    }
+
+    func encode(to writer: inout BinaryWriter) {
+        for stamp in [firstAdd, lastAdd, removedAt] {
+            writer.write(bool: stamp != nil)
+            stamp?.encode(to: &writer)
+        }
+    }
+
+    init(from reader: inout BinaryReader) throws {
+        func optional() throws -> LWWStamp? { try reader.readBool() ? try LWWStamp(from: &reader) : nil }
+        firstAdd = try optional()
+        lastAdd = try optional()
+        removedAt = try optional()
+    }
+}
+
+/// Counts of what a store holds.
+public struct StoreStatistics: Equatable, Sendable {
+    public var profiles: Int
+    public var identifiers: Int
+    public var sources: Int
+    public var ledgerEntries: Int
+    public var links: Int
+    public var changes: Int
+    public var forgotten: Int
+    public var lastSequence: UInt64
+}
+
+/// A stored record that could not be decoded. Names the table, never the key (keys are personal data).
+public struct StoreCorruption: Error, CustomStringConvertible {
+    public var table: String
+    public var underlying: Error
+    public var description: String { "a record in table \(table) could not be decoded: \(underlying)" }
+}
+
+func separatorKey(_ prefix: [UInt8], _ suffix: [UInt8]) -> [UInt8] {
+    var key = prefix
+    key.reserveCapacity(prefix.count + 1 + suffix.count)
+    key.append(0)
+    key.append(contentsOf: suffix)
+    return key
+}
+
+func sequenceKey(_ sequence: UInt64) -> [UInt8] {
+    var writer = BinaryWriter(capacity: 8)
+    writer.write(bigEndian: sequence)
+    return writer.bytes
+}

@@ -1,0 +1,223 @@
+import KithLMDB
+import Synchronization
+
+/// The named tables of a Kith store (one LMDB named database each). See docs/storage.md.
+enum Table: Int, CaseIterable, Sendable {
+    /// "format" → format version; "sequence" → the last local change sequence.
+    case meta
+    /// identifier key → the identifier's own source head.
+    case sources
+    /// identifier key ‖ 0 ‖ messageId → ledger entry: every message a source has absorbed.
+    case ledger
+    /// identifier key ‖ 0 ‖ other identifier key → edge summary (both directions).
+    case edges
+    /// identifier key → canonical identifier key of the profile it belongs to.
+    case index
+    /// canonical identifier key → the profile view (members and combined head).
+    case views
+    /// local sequence (8 bytes, big-endian) → change entry, for replication.
+    case changes
+    /// forget key (HMAC of an erased identifier) → erasure time.
+    case forget
+    /// forget key → identifier key, so that an erasure shipped by forget key can be resolved.
+    case hashes
+
+    var name: String {
+        switch self {
+        case .meta: "meta"
+        case .sources: "sources"
+        case .ledger: "ledger"
+        case .edges: "edges"
+        case .index: "index"
+        case .views: "views"
+        case .changes: "changes"
+        case .forget: "forget"
+        case .hashes: "hashes"
+        }
+    }
+}
+
+enum PutMode: Sendable {
+    case upsert, insertOnly, append
+}
+
+/// Reads from a consistent snapshot of the tables.
+protocol StoreReading {
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]?
+    func scan(_ table: Table, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
+    func lastKey(_ table: Table) throws -> [UInt8]?
+    func count(_ table: Table) throws -> Int
+}
+
+/// Reads and writes inside one atomic transaction.
+protocol StoreWriting: StoreReading {
+    @discardableResult func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool
+    @discardableResult func delete(_ table: Table, _ key: [UInt8]) throws -> Bool
+}
+
+// MARK: - LMDB
+
+struct LMDBTables: Sendable {
+    let databases: [LMDBDatabase]
+
+    init(environment: LMDBEnvironment) throws {
+        databases = try Table.allCases.map { try environment.database(named: $0.name) }
+    }
+
+    subscript(table: Table) -> LMDBDatabase { databases[table.rawValue] }
+}
+
+struct LMDBReading: StoreReading {
+    let transaction: LMDBReadTransaction
+    let tables: LMDBTables
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try transaction.get(tables[table], key) }
+    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try transaction.scan(tables[table], prefix: prefix, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try transaction.lastKey(tables[table]) }
+    func count(_ table: Table) throws -> Int { try transaction.count(tables[table]) }
+}
+
+struct LMDBWriting: StoreWriting {
+    let transaction: LMDBWriteTransaction
+    let tables: LMDBTables
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try transaction.get(tables[table], key) }
+    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try transaction.scan(tables[table], prefix: prefix, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try transaction.lastKey(tables[table]) }
+    func count(_ table: Table) throws -> Int { try transaction.count(tables[table]) }
+
+    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
+        let lmdbMode: LMDBWriteTransaction.PutMode = switch mode {
+        case .upsert: .upsert
+        case .insertOnly: .insertOnly
+        case .append: .append
+        }
+        return try transaction.put(tables[table], key, value, mode: lmdbMode)
+    }
+
+    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool { try transaction.delete(tables[table], key) }
+}
+
+// MARK: - Memory
+
+/// Sorted in-memory tables: the embedded storage for simulation and tests. A write transaction
+/// keeps an undo log and rolls back when its closure throws, so batches are atomic here too.
+final class MemoryTables: @unchecked Sendable {
+    struct SortedTable {
+        var values: [[UInt8]: [UInt8]] = [:]
+        var keys: [[UInt8]] = []
+
+        func position(of key: [UInt8]) -> Int {
+            var low = 0, high = keys.count
+            while low < high {
+                let mid = (low + high) / 2
+                if keys[mid].lexicographicallyPrecedes(key) { low = mid + 1 } else { high = mid }
+            }
+            return low
+        }
+
+        mutating func set(_ key: [UInt8], _ value: [UInt8]?) {
+            if let value {
+                if values.updateValue(value, forKey: key) == nil { keys.insert(key, at: position(of: key)) }
+            } else if values.removeValue(forKey: key) != nil {
+                keys.remove(at: position(of: key))
+            }
+        }
+    }
+
+    var tables = [SortedTable](repeating: SortedTable(), count: Table.allCases.count)
+    /// The most bytes of keys and values the tables may hold; a write past it fails like a full disk.
+    let byteLimit: Int
+    var bytes = 0
+
+    init(byteLimit: Int) {
+        self.byteLimit = byteLimit
+    }
+}
+
+struct MemoryStoreFull: Error, CustomStringConvertible {
+    var limit: Int
+    var description: String { "the in-memory store is full (\(limit) bytes)" }
+}
+
+struct MemoryReading: StoreReading {
+    let storage: MemoryTables
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { storage.tables[table.rawValue].values[key] }
+
+    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        let sorted = storage.tables[table.rawValue]
+        var index = sorted.position(of: prefix)
+        // Collect first: the body may write to the same table.
+        var matches: [[UInt8]] = []
+        while index < sorted.keys.count, sorted.keys[index].starts(with: prefix) {
+            matches.append(sorted.keys[index])
+            index += 1
+        }
+        for key in matches {
+            guard let value = storage.tables[table.rawValue].values[key] else { continue }
+            if try body(key, value) == .stop { return }
+        }
+    }
+
+    func lastKey(_ table: Table) throws -> [UInt8]? { storage.tables[table.rawValue].keys.last }
+    func count(_ table: Table) throws -> Int { storage.tables[table.rawValue].keys.count }
+}
+
+final class MemoryWriting: StoreWriting {
+    let storage: MemoryTables
+    private var undo: [(Table, [UInt8], [UInt8]?)] = []
+
+    init(storage: MemoryTables) {
+        self.storage = storage
+    }
+
+    private var reading: MemoryReading { MemoryReading(storage: storage) }
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reading.get(table, key) }
+    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try reading.scan(table, prefix: prefix, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try reading.lastKey(table) }
+    func count(_ table: Table) throws -> Int { try reading.count(table) }
+
+    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
+        let old = storage.tables[table.rawValue].values[key]
+        switch mode {
+        case .insertOnly where old != nil: return false
+        case .append:
+            if let last = storage.tables[table.rawValue].keys.last, !last.lexicographicallyPrecedes(key) {
+                throw LMDBError(returnCode: -30799, operation: "append to \(table.name)")  // MDB_KEYEXIST, as LMDB says
+            }
+        default: break
+        }
+        let growth = key.count + value.count - (old.map { key.count + $0.count } ?? 0)
+        guard storage.bytes + growth <= storage.byteLimit else { throw MemoryStoreFull(limit: storage.byteLimit) }
+        undo.append((table, key, old))
+        storage.bytes += growth
+        storage.tables[table.rawValue].set(key, value)
+        return true
+    }
+
+    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
+        guard let old = storage.tables[table.rawValue].values[key] else { return false }
+        undo.append((table, key, old))
+        storage.bytes -= key.count + old.count
+        storage.tables[table.rawValue].set(key, nil)
+        return true
+    }
+
+    /// Restores every table to its state before this transaction.
+    func rollBack() {
+        for (table, key, old) in undo.reversed() {
+            let current = storage.tables[table.rawValue].values[key]
+            storage.bytes += (old.map { key.count + $0.count } ?? 0) - (current.map { key.count + $0.count } ?? 0)
+            storage.tables[table.rawValue].set(key, old)
+        }
+        undo.removeAll()
+    }
+}
