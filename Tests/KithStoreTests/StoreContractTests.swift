@@ -1,0 +1,311 @@
+import Foundation
+import KithCRDT
+import KithJSON
+import KithLMDB
+import KithProfile
+import KithTestSupport
+import Testing
+
+@testable import KithStore
+
+let secret = [UInt8](repeating: 7, count: 32)
+let configuration = StoreConfiguration(node: 1, forgetKeySecret: secret)
+let hmac = HMACForgetKeyHasher(secret: secret)
+
+/// The two store implementations every contract test runs against.
+enum StoreKind: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case lmdb, memory
+    var testDescription: String { rawValue }
+}
+
+/// A store and the directory it lives in (removed when the fixture goes away).
+final class StoreFixture {
+    let kind: StoreKind
+    let path: String
+    private(set) var store: any ProfileStore
+
+    init(_ kind: StoreKind, mapSize: Int? = nil, byteLimit: Int = Int.max) throws {
+        self.kind = kind
+        path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-store-\(UUID().uuidString)").path
+        store = try Self.open(kind, path: path, mapSize: mapSize, byteLimit: byteLimit)
+    }
+
+    static func open(_ kind: StoreKind, path: String, mapSize: Int? = nil, byteLimit: Int = Int.max) throws -> any ProfileStore {
+        switch kind {
+        case .memory: return MemoryProfileStore(configuration: configuration, byteLimit: byteLimit)
+        case .lmdb:
+            var lmdb = LMDBEnvironment.Configuration()
+            lmdb.durable = false
+            if let mapSize {
+                lmdb.mapSize = mapSize
+                lmdb.maximumMapSize = mapSize
+            }
+            return try LMDBProfileStore(path: path, configuration: configuration, lmdb: lmdb)
+        }
+    }
+
+    /// Closes and reopens an LMDB store from its directory.
+    func reopen() throws {
+        store = MemoryProfileStore(configuration: configuration)
+        store = try Self.open(kind, path: path)
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}
+
+/// Every table's entries, for checking what a store physically holds.
+func rawEntries(_ store: any ProfileStore) throws -> [(table: Table, key: [UInt8], value: [UInt8])] {
+    let backed = store as! any EngineBackedStore
+    return try backed.read { reader in
+        var all: [(Table, [UInt8], [UInt8])] = []
+        for table in Table.allCases {
+            try reader.scan(table, prefix: []) { key, value in
+                all.append((table, key, value))
+                return .next
+            }
+        }
+        return all
+    }
+}
+
+private func apply(_ deltas: [ProfileDelta], to store: any ProfileStore, random: inout SplitMix64) throws -> [ApplyOutcome] {
+    var outcomes: [ApplyOutcome] = []
+    var rest = deltas[...]
+    while !rest.isEmpty {
+        let size = 1 + random.below(120)
+        outcomes += try store.apply(Array(rest.prefix(size)))
+        rest = rest.dropFirst(size)
+    }
+    return outcomes
+}
+
+private func expectSameViews(_ store: any ProfileStore, _ reference: ProfileState, _ context: String) throws {
+    for identifier in reference.identifiers.sorted() {
+        let expected = reference.view(of: identifier).map { ProfileFormat.encode($0) }
+        let actual = try store.view(of: identifier).map { ProfileFormat.encode($0) }
+        if actual != expected {
+            // Report which profile differs, not the bytes (they would drown the log).
+            Issue.record("\(context): view of \(identifier) differs (\(actual?.count ?? 0) vs \(expected?.count ?? 0) bytes)")
+            return
+        }
+    }
+}
+
+@Suite("Profile store contract (LMDB and memory)")
+struct StoreContractTests {
+    @Test(arguments: StoreKind.allCases)
+    func holdsExactlyWhatTheReferenceModelHolds(_ kind: StoreKind) throws {
+        for seed in 0..<4 as Range<UInt64> {
+            let fixture = try StoreFixture(kind)
+            var random = SplitMix64(seed: seed)
+            let deltas = WorkloadGenerator.deltas(seed: 200 + seed, customers: 30, count: 1_500)
+            var reference = ProfileState()
+            let expectedOutcomes = deltas.map { reference.apply($0, hasher: hmac) }
+            let outcomes = try apply(deltas, to: fixture.store, random: &random)
+            #expect(outcomes == expectedOutcomes, "\(kind) seed \(seed)")
+            try expectSameViews(fixture.store, reference, "\(kind) seed \(seed)")
+            let stats = try fixture.store.statistics()
+            #expect(stats.profiles == reference.views.count)
+            #expect(stats.identifiers == reference.identifiers.count)
+        }
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func redeliveredBatchesChangeNothing(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let deltas = WorkloadGenerator.deltas(seed: 3, customers: 10, count: 300)
+        try fixture.store.apply(deltas)
+        let before = try rawEntries(fixture.store).map { "\($0.table)\($0.key)\($0.value)" }
+        let outcomes = try fixture.store.apply(deltas)
+        #expect(outcomes.allSatisfy { $0 == .duplicate })
+        #expect(try rawEntries(fixture.store).map { "\($0.table)\($0.key)\($0.value)" } == before)
+        #expect(try fixture.store.hasMessage(deltas[0].messageId, subject: deltas[0].subject))
+        #expect(try !fixture.store.hasMessage("never-sent", subject: deltas[0].subject))
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func aBatchThatFailsAppliesNothing(_ kind: StoreKind) throws {
+        // A store that runs out of room part-way through a batch: the whole batch is refused and
+        // nothing of it is visible, not even the messages before the one that did not fit.
+        let fixture = try StoreFixture(kind, mapSize: 2 << 20, byteLimit: 600_000)
+        let small = WorkloadGenerator.deltas(seed: 4, customers: 10, count: 100)
+        try fixture.store.apply(small)
+        let before = try rawEntries(fixture.store).count
+        let statsBefore = try fixture.store.statistics()
+        var big = WorkloadGenerator.deltas(seed: 5, customers: 2_000, count: 6_000)
+        let filler = String(repeating: "x", count: 2_000)
+        for i in big.indices { big[i].traits.members.append(JSONObject.Member("notes", .string(filler))) }
+        #expect(throws: (any Error).self) { try fixture.store.apply(big) }
+        #expect(try rawEntries(fixture.store).count == before)
+        #expect(try fixture.store.statistics() == statsBefore)
+        #expect(try !fixture.store.hasMessage(big[0].messageId, subject: big[0].subject))
+        try fixture.store.apply(Array(big.prefix(3)))  // the store still works afterwards
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func unmergeMatchesTheReferenceModel(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        var random = SplitMix64(seed: 8)
+        let deltas = WorkloadGenerator.deltas(seed: 9, customers: 8, count: 600)
+        var reference = ProfileState()
+        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        _ = try apply(deltas, to: fixture.store, random: &random)
+        let links = reference.graph.sortedKeys
+        for (i, edge) in links.enumerated() where i % 3 == 0 {
+            let stamp = LWWStamp(time: 1_760_000_000_000 + Int64(random.below(40_000)), tiebreak: "unmerge-\(i)")
+            reference.removeLink(edge.low, edge.high, stamp: stamp)
+            try fixture.store.removeLink(edge.high, edge.low, stamp: stamp)
+        }
+        try expectSameViews(fixture.store, reference, "\(kind) after unmerges")
+        // More messages after the unmerges still agree.
+        let more = WorkloadGenerator.deltas(seed: 10, customers: 8, count: 300)
+        for delta in more { reference.apply(delta, hasher: hmac) }
+        _ = try apply(more, to: fixture.store, random: &random)
+        try expectSameViews(fixture.store, reference, "\(kind) after more messages")
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func erasureLeavesOnlyForgetEntries(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let deltas = WorkloadGenerator.deltas(seed: 11, customers: 6, count: 500)
+        var reference = ProfileState()
+        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        try fixture.store.apply(deltas)
+        let target = Identifier(kind: .userId, value: "u-0")!
+        let erasedAt: Int64 = 1_760_000_010_000
+        let members = try fixture.store.erase(target, requestedAt: erasedAt)
+        #expect(members == reference.erase(target, at: erasedAt, hasher: hmac))
+        #expect(members.count >= 2)
+        try expectSameViews(fixture.store, reference, "\(kind) after erasure")
+        #expect(try fixture.store.view(of: target) == nil)
+
+        // Physically: no table holds an erased identifier in a key or a value; the forget table
+        // holds one keyed hash per member; the change log names none of them.
+        let entries = try rawEntries(fixture.store)
+        for member in members {
+            let needle = Array(member.value.utf8)
+            let holding = entries.filter { contains($0.key, needle) || contains($0.value, needle) }
+            #expect(holding.isEmpty, "\(kind): \(member) still in \(holding.map(\.table))")
+        }
+        #expect(entries.filter { $0.table == .forget }.count == members.count)
+        #expect(entries.filter { $0.table == .forget }.map(\.key).sorted { $0.lexicographicallyPrecedes($1) }
+            == members.map { hmac.forgetKeyBytes(for: $0) }.sorted { $0.lexicographicallyPrecedes($1) })
+
+        // Old copies are dropped; genuinely new data starts a new profile.
+        let retried = try fixture.store.apply(deltas.filter { members.contains($0.subject) })
+        #expect(retried.allSatisfy { $0 == .forgotten })
+        var fresh = deltas.first { $0.subject == target }!
+        fresh.messageId = "after-erasure"
+        fresh.times = MessageTimes(timestamp: erasedAt + 60_000, originalTimestamp: nil, sentAt: nil, receivedAt: erasedAt + 60_000)
+        fresh.event?.time = fresh.times.eventTime
+        #expect(try fixture.store.apply([fresh]) == [.applied])
+        #expect(try fixture.store.view(of: target)?.head.messageCount == 1)
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func theChangeLogRecordsEveryAppliedDeltaInOrder(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let deltas = WorkloadGenerator.deltas(seed: 12, customers: 10, count: 400)
+        let outcomes = try fixture.store.apply(deltas)
+        let applied = zip(deltas, outcomes).filter { $0.1 == .applied }.map(\.0)
+        var logged: [ChangeEntry] = []
+        var position: UInt64 = 0
+        while true {
+            let page = try fixture.store.changes(after: position, limit: 64)
+            guard let last = page.last else { break }
+            logged += page
+            position = last.sequence
+        }
+        #expect(logged.map(\.sequence) == Array(1...UInt64(applied.count)))
+        #expect(logged.allSatisfy { $0.origin == 1 && $0.originSequence == $0.sequence })
+        #expect(logged.map(\.change) == applied.map { .message($0) })
+        #expect(try fixture.store.statistics().lastSequence == UInt64(applied.count))
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func readsByAnyIdentifierReturnTheCanonicalProfile(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let parser = SegmentMessageParser()
+        let messages = [
+            #"{"type":"track","anonymousId":"a-1","event":"Product Viewed","messageId":"m1","timestamp":"2025-01-01T00:00:00Z"}"#,
+            #"{"type":"alias","previousId":"a-1","userId":"u-1","messageId":"m2","timestamp":"2025-01-01T00:00:01Z"}"#,
+            #"{"type":"identify","userId":"u-1","traits":{"email":"x@example.com"},"messageId":"m3","timestamp":"2025-01-01T00:00:02Z"}"#,
+        ]
+        try fixture.store.apply(messages.map { try parser.parse(try JSONParser.parse($0), receivedAt: 0) })
+        for text in ["user_id:u-1", "anonymous_id:a-1", "email:x@example.com"] {
+            let view = try fixture.store.view(of: Identifier(parsing: text)!)
+            #expect(view?.canonical == Identifier(parsing: "user_id:u-1"))
+            #expect(view?.members.count == 3)
+            #expect(view?.head.aggregates["Product Viewed"]?.count == 1)
+        }
+        #expect(try fixture.store.view(of: Identifier(parsing: "user_id:nobody")!) == nil)
+    }
+}
+
+@Suite("LMDB store")
+struct LMDBStoreTests {
+    @Test func dataSurvivesReopeningAndBackups() throws {
+        let fixture = try StoreFixture(.lmdb)
+        let deltas = WorkloadGenerator.deltas(seed: 13, customers: 20, count: 800)
+        var reference = ProfileState()
+        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        try fixture.store.apply(deltas)
+        let backupPath = fixture.path + "-backup"
+        defer { try? FileManager.default.removeItem(atPath: backupPath) }
+        try (fixture.store as! LMDBProfileStore).backup(to: backupPath)
+        try fixture.reopen()
+        try expectSameViews(fixture.store, reference, "reopened")
+        let restored = try LMDBProfileStore(path: backupPath, configuration: configuration)
+        try expectSameViews(restored, reference, "restored backup")
+        #expect(try restored.statistics() == fixture.store.statistics())
+    }
+
+    @Test func readersSeeConsistentProfilesWhileBatchesCommit() throws {
+        let fixture = try StoreFixture(.lmdb)
+        let store = fixture.store
+        let deltas = WorkloadGenerator.deltas(seed: 14, customers: 20, count: 3_000)
+        let failures = Counter()
+        let done = DispatchSemaphore(value: 0)
+        let stop = Counter()
+        Thread {
+            while stop.value == 0 {
+                for c in 0..<20 {
+                    do {
+                        if let view = try store.view(of: Identifier(kind: .userId, value: "u-\(c)")!) {
+                            if view.head.messageCount < Int64(view.head.aggregates.values.reduce(0) { $0 + $1.count }) { failures.add() }
+                        }
+                    } catch { failures.add() }
+                }
+            }
+            done.signal()
+        }.start()
+        for start in stride(from: 0, to: deltas.count, by: 100) {
+            try store.apply(Array(deltas[start..<min(start + 100, deltas.count)]))
+        }
+        stop.add()
+        done.wait()
+        #expect(failures.value == 0)
+    }
+
+    @Test func refusesAStoreWrittenInAnUnknownFormat() throws {
+        let fixture = try StoreFixture(.lmdb)
+        let backed = fixture.store as! LMDBProfileStore
+        try backed.write { txn in try txn.put(.meta, Array("format".utf8), [99], mode: .upsert) }
+        #expect(throws: StoreCorruption.self) { try fixture.reopen() }
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    var value: Int { lock.withLock { count } }
+    func add() { lock.withLock { count += 1 } }
+}
+
+func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+    guard needle.count <= haystack.count else { return false }
+    for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+        if haystack[start..<start + needle.count].elementsEqual(needle) { return true }
+    }
+    return false
+}

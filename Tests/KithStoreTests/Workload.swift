@@ -1,0 +1,89 @@
+import KithCRDT
+import KithTestSupport
+import KithJSON
+import KithProfile
+
+/// Forget keys for pure tests: readable, not keyed (the store uses HMAC-SHA256).
+struct PlainHasher: ForgetKeyHasher {
+    func forgetKey(for identifier: Identifier) -> String { "h(\(identifier))" }
+}
+
+
+/// Segment messages shaped like ../shared/workload/generate.py: identify (with email and other
+/// traits), track (by userId or an anonymous id, revenue on orders), alias, consent, ~5 % exact
+/// redeliveries, timestamps skewed by up to two seconds, a few customers much hotter than others.
+struct WorkloadGenerator {
+    var random: SplitMix64
+    let customers: Int
+    private var sent: [JSONValue] = []
+    private var index = 0
+    static let events = ["Page Viewed", "Product Viewed", "Order Completed", "Store Visit"]
+    static let categories = ["Analytics", "Advertising", "Personalization"]
+
+    init(seed: UInt64, customers: Int) {
+        random = SplitMix64(seed: seed)
+        self.customers = customers
+    }
+
+    mutating func next() -> JSONValue {
+        defer { index += 1 }
+        if !sent.isEmpty && random.chance(5) { return sent[random.below(sent.count)] }
+        // Skewed popularity: half the traffic goes to the first fifth of customers.
+        let c = random.chance(50) ? random.below(max(1, customers / 5)) : random.below(customers)
+        let userId = "u-\(c)"
+        let ms = 1_760_000_000_000 + Int64(index) * 50 + Int64(random.below(4_001)) - 2_000
+        var message: [String: JSONValue] = [
+            "messageId": .string("m-\(index)"), "timestamp": .string(ISO8601.format(millis: ms)),
+            "context": ["channel": .string(["web", "pos", "mobile"][random.below(3)])],
+        ]
+        let roll = random.below(100)
+        if roll < 30 {
+            var traits: [String: JSONValue] = [:]
+            if random.chance(40) { traits["email"] = .string("c\(c)@example.com") }
+            if random.chance(50) { traits["city"] = .string(["Leeds", "Paris", "Oslo"][random.below(3)]) }
+            if random.chance(30) { traits["plan"] = .string(["free", "plus"][random.below(2)]) }
+            message["type"] = "identify"
+            message["userId"] = .string(userId)
+            message["traits"] = object(traits)
+            if random.chance(20) { message["anonymousId"] = .string("a-\(c)-\(random.below(3))") }
+        } else if roll < 88 {
+            let event = Self.events[random.below(Self.events.count)]
+            var properties: [String: JSONValue] = ["sku": .string("s\(random.below(50))")]
+            if event == "Order Completed" {
+                properties["revenue"] = .number(JSONNumber(literal: "\(random.below(400)).\(random.below(100))")!)
+            }
+            message["type"] = "track"
+            message["event"] = .string(event)
+            message["properties"] = object(properties)
+            if random.chance(20) {
+                message["anonymousId"] = .string("a-\(c)-\(random.below(3))")
+            } else {
+                message["userId"] = .string(userId)
+            }
+        } else if roll < 94 {
+            message["type"] = "alias"
+            message["userId"] = .string(userId)
+            message["previousId"] = .string("a-\(c)-\(random.below(3))")
+        } else {
+            var preferences: [String: JSONValue] = [:]
+            for category in Self.categories { preferences[category] = .bool(random.chance(60)) }
+            message["type"] = "identify"
+            message["userId"] = .string(userId)
+            message["context"] = ["channel": "web", "consent": ["categoryPreferences": object(preferences)]]
+        }
+        let value = object(message)
+        sent.append(value)
+        return value
+    }
+
+    private func object(_ members: [String: JSONValue]) -> JSONValue {
+        .object(JSONObject(members.keys.sorted().map { JSONObject.Member($0, members[$0]!) }))
+    }
+
+    /// `count` messages parsed into deltas.
+    static func deltas(seed: UInt64, customers: Int, count: Int) -> [ProfileDelta] {
+        var generator = WorkloadGenerator(seed: seed, customers: customers)
+        let parser = SegmentMessageParser()
+        return (0..<count).map { _ in try! parser.parse(generator.next(), receivedAt: 1_760_000_100_000) }
+    }
+}
