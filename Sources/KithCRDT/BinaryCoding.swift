@@ -175,10 +175,18 @@ public struct BinaryReader: Sendable {
 
     public mutating func readString() throws -> String {
         let start = offset
-        let slice = try readBytes()
-        guard let string = String(validating: slice, as: UTF8.self) else {
-            throw BinaryDecodingError(.invalidUTF8, offset: start)
+        let length = try readCount()
+        let begin = offset
+        offset += length
+        let string: String? = bytes.withUnsafeBufferPointer { all in
+            let region = UnsafeBufferPointer(rebasing: all[begin..<offset])
+            // Most stored strings are ASCII: check that cheaply and skip the generic validator.
+            var ascii: UInt8 = 0
+            for byte in region { ascii |= byte }
+            if ascii < 0x80 { return String(decoding: region, as: UTF8.self) }
+            return String(validating: region, as: UTF8.self)
         }
+        guard let string else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
         return string
     }
 

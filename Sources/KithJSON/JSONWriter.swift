@@ -37,6 +37,8 @@ public struct JSONWriter: Sendable {
 
     public mutating func raw(byte: UInt8) { bytes.append(byte) }
 
+    public mutating func raw(bytes more: [UInt8]) { bytes.append(contentsOf: more) }
+
     public mutating func write(integer: Int64) { raw(String(integer)) }
 
     /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567).

@@ -88,14 +88,14 @@ extension EventRecord: BinaryCodable {
         writer.write(signed: time)
         writer.write(string: channel)
         writer.write(optionalSigned: revenueMicros)
-        JSONValue.object(properties).encode(to: &writer)
+        properties.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws {
         self.init(
             messageId: try reader.readString(), type: try MessageType(from: &reader), name: try reader.readString(),
             time: try reader.readSigned(), channel: try reader.readString(), revenueMicros: try reader.readOptionalSigned(),
-            properties: try reader.readObject())
+            properties: try RawJSON(from: &reader))
     }
 }
 

@@ -36,7 +36,7 @@ extension JSONWriter {
 
     mutating func writeTraits(_ head: SourceHead) {
         writeObject { object in
-            for key in head.traits.sortedKeys { object.member(key, head.traits[key]!.value) }
+            for key in head.traits.sortedKeys { object.member(key) { $0.write(raw: head.traits[key]!.value) } }
         }
     }
 
@@ -85,7 +85,7 @@ extension JSONWriter {
             object.member(record.type == .track ? "event" : "name", string: record.name)
             object.member("timestamp", string: ISO8601.format(millis: record.time))
             object.member("channel", string: record.channel)
-            object.member("properties", .object(record.properties))
+            object.member("properties") { $0.write(raw: record.properties) }
         }
     }
 }

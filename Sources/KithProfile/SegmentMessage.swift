@@ -69,7 +69,8 @@ public struct EventRecord: Equatable, Sendable, Comparable {
     public var channel: String
     /// Revenue in millionths of the currency unit, exact.
     public var revenueMicros: Int64?
-    public var properties: JSONObject
+    /// The event's properties as compact JSON text (an object).
+    public var properties: RawJSON
 
     /// The aggregate an event counts towards: the event name for `track`, prefixed for page/screen.
     public var aggregateKey: String { Self.aggregateKey(type: type, name: name) }
@@ -82,8 +83,8 @@ public struct EventRecord: Equatable, Sendable, Comparable {
     public static func < (a: EventRecord, b: EventRecord) -> Bool {
         if a.time != b.time { return a.time < b.time }
         if a.messageId != b.messageId { return a.messageId < b.messageId }
-        return (a.type, a.name, a.revenueMicros ?? Int64.min, a.channel, JSONValue.object(a.properties))
-            < (b.type, b.name, b.revenueMicros ?? Int64.min, b.channel, JSONValue.object(b.properties))
+        return (a.type, a.name, a.revenueMicros ?? Int64.min, a.channel, a.properties)
+            < (b.type, b.name, b.revenueMicros ?? Int64.min, b.channel, b.properties)
     }
 }
 
@@ -293,7 +294,7 @@ public struct SegmentMessageParser: Sendable {
         }
         return EventRecord(
             messageId: messageId, type: type, name: truncated(name, toBytes: 256), time: times.eventTime,
-            channel: channel, revenueMicros: revenue(properties), properties: properties)
+            channel: channel, revenueMicros: revenue(properties), properties: RawJSON(.object(properties)))
     }
 
     /// `properties.revenue` as a number or a numeric string, in exact micro-units.

@@ -53,7 +53,8 @@ public struct LedgerEntry: Equatable, Sendable, Comparable {
 /// A profile view is the same shape (the combination of its members' heads), which is why the
 /// store can keep views up to date by absorbing each delta into them as well.
 public struct SourceHead: Equatable, Sendable {
-    public var traits = CRDTMap<String, LWWRegister<JSONValue>>()
+    /// Trait values as compact JSON text, ordered by the writing message's stamp.
+    public var traits = CRDTMap<String, LWWRegister<RawJSON>>()
     public var consent = CRDTMap<String, ConsentRegister>()
     public var groups = ORSet<String, LWWStamp>()
     /// Newest first, at most the configured history length, at most one record per messageId.
@@ -71,14 +72,26 @@ public struct SourceHead: Equatable, Sendable {
     public mutating func absorb(_ delta: ProfileDelta, historyLimit: Int) {
         let stamp = delta.stamp
         for member in delta.traits.members {
-            traits.merge(key: member.key, LWWRegister(member.value, stamp: stamp))
+            traits.merge(key: member.key, LWWRegister(RawJSON(member.value), stamp: stamp))
         }
         for decision in delta.consent {
             consent.merge(key: decision.category, ConsentRegister(granted: decision.granted, stamp: stamp, source: delta.channel))
         }
         if let groupId = delta.groupId { groups.add(groupId, tag: stamp) }
         count(LedgerEntry(delta))
-        if let event = delta.event { recent = Self.newest(recent, [event], limit: historyLimit) }
+        if let event = delta.event { insertRecent(event, limit: historyLimit) }
+    }
+
+    /// Puts `event` into the newest-first history (one record per messageId, the greater wins).
+    mutating func insertRecent(_ event: EventRecord, limit: Int) {
+        if let existing = recent.firstIndex(where: { $0.messageId == event.messageId }) {
+            guard recent[existing] < event else { return }
+            recent.remove(at: existing)
+        }
+        let position = recent.firstIndex { $0 < event } ?? recent.count
+        guard position < limit else { return }
+        recent.insert(event, at: position)
+        if recent.count > limit { recent.removeLast() }
     }
 
     /// Adds the totals of one ledger entry.

@@ -98,9 +98,14 @@ final class WriteContext<Writer: StoreWriting> {
         let ledgerKey = separatorKey(subjectKey, Array(delta.messageId.utf8))
         guard try txn.put(.ledger, ledgerKey, ProfileFormat.encode(LedgerEntry(delta: delta)), mode: .insertOnly) else { return .duplicate }
 
+        // A source head keeps no history (limit 0): events live in the events table, and only
+        // views hold the newest few, so heads stay small and rewriting them stays cheap.
         var head = try source(subjectKey) ?? SourceHead()
-        head.absorb(delta, historyLimit: historyLimit)
+        head.absorb(delta, historyLimit: 0)
         setSource(subjectKey, head)
+        if let event = delta.event {
+            try txn.put(.events, eventKey(subjectKey, event), ProfileFormat.encode(event), mode: .upsert)
+        }
 
         var structureChanged = try register(delta.subject)
         for peer in delta.links where try !isForgotten(peer, at: time) {
@@ -157,6 +162,7 @@ final class WriteContext<Writer: StoreWriting> {
             try txn.put(.forget, forgetKey, encodeTime(max(previous, time)), mode: .upsert)
             try txn.delete(.hashes, forgetKey)
             try txn.deletePrefix(.ledger, separatorKey(member.key, []))
+            try txn.deletePrefix(.events, separatorKey(member.key, []))
             deleteSource(member.key)
             try setCanonical(member.key, nil)
         }
@@ -230,13 +236,42 @@ final class WriteContext<Writer: StoreWriting> {
         var newCanonicals: Set<[UInt8]> = []
         for person in people {
             let heads = try person.compactMap { try source($0.key) }
-            let view = ProfileView.assemble(members: person, heads: heads, rules: rules, historyLimit: historyLimit)
+            var view = ProfileView.assemble(members: person, heads: heads, rules: rules, historyLimit: historyLimit)
+            view.head.recent = try newestEvents(of: person)
             let canonical = view.canonical.key
             newCanonicals.insert(canonical)
             setView(canonical, view)
             for member in person where try canonicalKey(member.key) != canonical { try setCanonical(member.key, canonical) }
         }
         for stale in oldCanonicals.subtracting(newCanonicals) { deleteView(stale) }
+    }
+
+    /// The newest `historyLimit` events over all of `members`, read from the events table.
+    private func newestEvents(of members: [Identifier]) throws -> [EventRecord] {
+        var candidates: [EventRecord] = []
+        for member in members {
+            var taken: [EventRecord] = []
+            try txn.scan(.events, prefix: separatorKey(member.key, [])) { _, value in
+                let record = try decode(EventRecord.self, value, table: .events)
+                // Past the limit, only records tied in time with the last one taken can still
+                // belong to the newest (ties are ordered by messageId, newest first).
+                if taken.count >= historyLimit && record.time != taken.last?.time { return .stop }
+                taken.append(record)
+                return .next
+            }
+            candidates += taken
+        }
+        return Array(candidates.sorted(by: >).prefix(historyLimit))
+    }
+
+    private func eventKey(_ subjectKey: [UInt8], _ event: EventRecord) -> [UInt8] {
+        var writer = BinaryWriter(capacity: subjectKey.count + 9 + event.messageId.utf8.count)
+        writer.write(raw: subjectKey)
+        writer.write(byte: 0)
+        // Newest first: the complement of the order-preserving (sign-flipped) time.
+        writer.write(bigEndian: ~(UInt64(bitPattern: event.time) ^ (1 << 63)))
+        writer.write(raw: event.messageId.utf8)
+        return writer.bytes
     }
 
     // MARK: Erasure checks

@@ -11,6 +11,8 @@ enum Table: Int, CaseIterable, Sendable {
     case ledger
     /// identifier key ‖ 0 ‖ other identifier key → edge summary (both directions).
     case edges
+    /// identifier key ‖ 0 ‖ newest-first time (8 bytes) ‖ messageId → event record with properties.
+    case events
     /// identifier key → canonical identifier key of the profile it belongs to.
     case index
     /// canonical identifier key → the profile view (members and combined head).
@@ -28,6 +30,7 @@ enum Table: Int, CaseIterable, Sendable {
         case .sources: "sources"
         case .ledger: "ledger"
         case .edges: "edges"
+        case .events: "events"
         case .index: "index"
         case .views: "views"
         case .changes: "changes"

@@ -151,7 +151,7 @@ struct SourceDocumentTests {
         var document = SourceDocument()
         document.apply(newer, historyLimit: 5)
         document.apply(older, historyLimit: 5)
-        #expect(document.head.traits["city"]?.value == "Oslo")
+        #expect(document.head.traits["city"]?.value.value == "Oslo")
     }
 }
 

@@ -1,0 +1,136 @@
+// kith-bench: replays the deterministic touchpoint workload into a real LMDB store and prints
+// `name: value` lines. Run with `make bench` (release build). See docs/benchmarks.md.
+import Foundation
+import KithCRDT
+import KithJSON
+import KithProfile
+import KithStore
+
+struct Options {
+    var workload = ""
+    var dataDirectory = "Benchmarks/.work/lmdb"
+    var batchSize = 500
+    var reads = 1_000_000
+    var readSeconds = 10.0
+    var customers = 100_000
+
+    init(arguments: [String]) {
+        var iterator = arguments.dropFirst().makeIterator()
+        while let argument = iterator.next() {
+            guard let value = iterator.next() else { Self.fail("missing value for \(argument)") }
+            switch argument {
+            case "--workload": workload = value
+            case "--data-dir": dataDirectory = value
+            case "--batch": batchSize = Int(value) ?? 0
+            case "--reads": reads = Int(value) ?? 0
+            case "--read-seconds": readSeconds = Double(value) ?? 0
+            case "--customers": customers = Int(value) ?? 0
+            default: Self.fail("unknown option \(argument)")
+            }
+        }
+        if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N]")
+        }
+    }
+
+    static func fail(_ message: String) -> Never {
+        FileHandle.standardError.write(Data("kith-bench: \(message)\n".utf8))
+        exit(64)
+    }
+}
+
+func seconds(_ body: () throws -> Void) rethrows -> Double {
+    let start = DispatchTime.now().uptimeNanoseconds
+    try body()
+    return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+}
+
+func report(_ name: String, _ value: Double, decimals: Int = 0) {
+    print("\(name): \(String(format: "%.\(decimals)f", value))")
+}
+
+/// The byte ranges of the file's non-empty lines.
+func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
+    var ranges: [Range<Int>] = []
+    var start = 0
+    for i in 0..<bytes.count where bytes[i] == UInt8(ascii: "\n") {
+        if i > start { ranges.append(start..<i) }
+        start = i + 1
+    }
+    if start < bytes.count { ranges.append(start..<bytes.count) }
+    return ranges
+}
+
+let options = Options(arguments: CommandLine.arguments)
+guard let file = FileManager.default.contents(atPath: options.workload) else { Options.fail("cannot read \(options.workload)") }
+let receivedAt: Int64 = 1_760_100_000_000
+let parser = SegmentMessageParser()
+
+try [UInt8](file).withUnsafeBufferPointer { buffer in
+    let lines = lineRanges(buffer)
+    print("workload.messages: \(lines.count)")
+
+    // 1. Parsing alone: bytes → JSON → delta.
+    var parsed = 0
+    let parseTime = try seconds {
+        for range in lines {
+            let json = try JSONParser.parse(UnsafeBufferPointer(rebasing: buffer[range]))
+            _ = try parser.parse(json, receivedAt: receivedAt)
+            parsed += 1
+        }
+    }
+    report("apply.parse_only_events_per_s", Double(parsed) / parseTime)
+
+    // 2. Parse and apply in durable batches (every commit fsynced), into a fresh store.
+    try? FileManager.default.removeItem(atPath: options.dataDirectory)
+    let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32))
+    let store = try LMDBProfileStore(path: options.dataDirectory, configuration: configuration)
+    var outcomes: [ApplyOutcome: Int] = [:]
+    var batch: [ProfileDelta] = []
+    batch.reserveCapacity(options.batchSize)
+    let applyTime = try seconds {
+        for range in lines {
+            let json = try JSONParser.parse(UnsafeBufferPointer(rebasing: buffer[range]))
+            batch.append(try parser.parse(json, receivedAt: receivedAt))
+            if batch.count == options.batchSize {
+                for outcome in try store.apply(batch) { outcomes[outcome, default: 0] += 1 }
+                batch.removeAll(keepingCapacity: true)
+            }
+        }
+        if !batch.isEmpty { for outcome in try store.apply(batch) { outcomes[outcome, default: 0] += 1 } }
+    }
+    report("apply.events_per_s", Double(lines.count) / applyTime)
+    print("apply.applied: \(outcomes[.applied, default: 0])")
+    print("apply.duplicates: \(outcomes[.duplicate, default: 0])")
+
+    let statistics = try store.statistics()
+    let fileSize = store.environment.fileSize()
+    let used = store.usedBytes
+    print("store.profiles: \(statistics.profiles)")
+    print("store.identifiers: \(statistics.identifiers)")
+    print("store.change_log_entries: \(statistics.changes)")
+    print("lmdb.size_bytes: \(fileSize)")
+    print("lmdb.used_bytes: \(used)")
+    report("store.bytes_per_profile", Double(used) / Double(max(statistics.profiles, 1)))
+
+    // 3. Random point reads by user id, each view decoded and rendered as the reader's JSON.
+    var random = SplitMix64(seed: 2_025)
+    var found = 0, done = 0, bytes = 0
+    let identifiers = (0..<4_096).map { _ in
+        Identifier(kind: .userId, value: String(format: "u-%07d", Int(random.next() % UInt64(options.customers))))!
+    }
+    let readTime = try seconds {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(options.readSeconds * 1e9)
+        while done < options.reads {
+            if let view = try store.view(of: identifiers[done & 4_095]) {
+                found += 1
+                bytes += view.jsonBytes.count
+            }
+            done += 1
+            if done & 1_023 == 0 && DispatchTime.now().uptimeNanoseconds > deadline { break }
+        }
+    }
+    report("read.profiles_per_s", Double(done) / readTime)
+    report("read.hit_ratio", Double(found) / Double(done), decimals: 3)
+    report("read.mean_json_bytes", Double(bytes) / Double(max(found, 1)))
+}
