@@ -3,6 +3,10 @@
 // plus LMDB and OpenSSL's libcrypto from Debian through system library targets.
 import PackageDescription
 
+// Release builds optimise across modules: the pure cores are generic (CRDT maps, codecs), and
+// without this every call from the store into them goes through unspecialised generic code.
+let optimizeAcrossModules: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimization"], .when(configuration: .release))]
+
 let package = Package(
     name: "Kith",
     platforms: [.macOS(.v14)],
@@ -12,20 +16,21 @@ let package = Package(
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
 
         // Pure cores: stdlib only, no I/O, no clocks, no global randomness.
-        .target(name: "KithCRDT"),
-        .target(name: "KithJSON", dependencies: ["KithCRDT"]),
-        .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"]),
+        .target(name: "KithCRDT", swiftSettings: optimizeAcrossModules),
+        .target(name: "KithJSON", dependencies: ["KithCRDT"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"], swiftSettings: optimizeAcrossModules),
 
         // Storage and thin shells.
-        .target(name: "KithLMDB", dependencies: ["CLMDB"]),
-        .target(name: "KithCrypto", dependencies: ["CCrypto"]),
-        .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"]),
+        .target(name: "KithLMDB", dependencies: ["CLMDB"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
 
         // Benchmarks: `make bench` prints `name: value` lines.
-        .executableTarget(name: "kith-bench", dependencies: ["KithStore"], path: "Benchmarks/KithBench"),
+        .executableTarget(name: "kith-bench", dependencies: ["KithStore", "KithLMDB"], path: "Benchmarks/KithBench",
+            swiftSettings: optimizeAcrossModules),
 
         // Shared test helpers (seeded generators, law checks); used only by test targets.
-        .target(name: "KithTestSupport", dependencies: ["KithCRDT"]),
+        .target(name: "KithTestSupport", dependencies: ["KithCRDT"], swiftSettings: optimizeAcrossModules),
         .testTarget(name: "KithCRDTTests", dependencies: ["KithCRDT", "KithTestSupport"]),
         .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),

@@ -3,6 +3,7 @@
 import Foundation
 import KithCRDT
 import KithJSON
+import KithLMDB
 import KithProfile
 import KithStore
 
@@ -13,6 +14,8 @@ struct Options {
     var reads = 1_000_000
     var readSeconds = 10.0
     var customers = 100_000
+    /// false: commits are not fsynced (to separate disk cost from engine cost; not a real setting).
+    var durable = true
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -25,6 +28,7 @@ struct Options {
             case "--reads": reads = Int(value) ?? 0
             case "--read-seconds": readSeconds = Double(value) ?? 0
             case "--customers": customers = Int(value) ?? 0
+            case "--durable": durable = value != "false"
             default: Self.fail("unknown option \(argument)")
             }
         }
@@ -84,7 +88,11 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
     // 2. Parse and apply in durable batches (every commit fsynced), into a fresh store.
     try? FileManager.default.removeItem(atPath: options.dataDirectory)
     let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32))
-    let store = try LMDBProfileStore(path: options.dataDirectory, configuration: configuration)
+    var lmdb = LMDBEnvironment.Configuration()
+    lmdb.durable = options.durable
+    lmdb.mapSize = 4 << 30
+    let store = try LMDBProfileStore(path: options.dataDirectory, configuration: configuration, lmdb: lmdb)
+    print("apply.durable: \(options.durable)")
     var outcomes: [ApplyOutcome: Int] = [:]
     var batch: [ProfileDelta] = []
     batch.reserveCapacity(options.batchSize)
