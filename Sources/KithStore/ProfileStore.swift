@@ -54,7 +54,7 @@ extension EngineBackedStore {
     }
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {
-        try read { reader in try reader.get(.ledger, separatorKey(subject.key, Array(messageId.utf8))) != nil }
+        try read { reader in try reader.get(.documents, documentKey(subject.key, .ledger, messageId.utf8)) != nil }
     }
 
     public func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {

@@ -13,17 +13,26 @@ struct StoreEngine: Sendable {
     }
 
     func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
-        guard let canonical = try reader.get(.index, identifier.key), let bytes = try reader.get(.views, canonical) else {
-            return nil
-        }
-        return try decode(ProfileView.self, bytes, table: .views)
+        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)),
+            let bytes = try reader.get(.documents, documentKey(canonical, .view))
+        else { return nil }
+        return try decode(ProfileView.self, bytes, table: .documents)
     }
 
     func statistics(in reader: some StoreReading) throws -> StoreStatistics {
         let sequence = try reader.get(.meta, Array("sequence".utf8)).map { try decodeSequence($0) } ?? 0
+        // Counted by a scan of the documents table: linear in its size (fine for tests and
+        // benchmarks; the node's status endpoint will keep counters).
+        var parts: [DocumentPart: Int] = [:]
+        try reader.scan(.documents, prefix: []) { key, _ in
+            if let separator = key.firstIndex(of: 0), separator + 1 < key.count, let part = DocumentPart(rawValue: key[separator + 1]) {
+                parts[part, default: 0] += 1
+            }
+            return .next
+        }
         return StoreStatistics(
-            profiles: try reader.count(.views), identifiers: try reader.count(.index), sources: try reader.count(.sources),
-            ledgerEntries: try reader.count(.ledger), links: try reader.count(.edges) / 2, changes: try reader.count(.changes),
+            profiles: parts[.view, default: 0], identifiers: parts[.index, default: 0], sources: parts[.head, default: 0],
+            ledgerEntries: parts[.ledger, default: 0], links: parts[.edge, default: 0] / 2, changes: try reader.count(.changes),
             forgotten: try reader.count(.forget), lastSequence: sequence)
     }
 
@@ -82,10 +91,10 @@ final class WriteContext<Writer: StoreWriting> {
 
     /// Writes back everything cached. Must be called before the transaction commits.
     func finish() throws {
-        for key in dirtySources { try txn.put(.sources, key, ProfileFormat.encode(sources[key]!), mode: .upsert) }
-        for key in deletedSources { try txn.delete(.sources, key) }
-        for key in dirtyViews { try txn.put(.views, key, ProfileFormat.encode(views[key]!), mode: .upsert) }
-        for key in deletedViews { try txn.delete(.views, key) }
+        for key in dirtySources { try txn.put(.documents, documentKey(key, .head), ProfileFormat.encode(sources[key]!), mode: .upsert) }
+        for key in deletedSources { try txn.delete(.documents, documentKey(key, .head)) }
+        for key in dirtyViews { try txn.put(.documents, documentKey(key, .view), ProfileFormat.encode(views[key]!), mode: .upsert) }
+        for key in deletedViews { try txn.delete(.documents, documentKey(key, .view)) }
         try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
     }
 
@@ -95,8 +104,10 @@ final class WriteContext<Writer: StoreWriting> {
         let time = delta.times.eventTime
         if try isForgotten(delta.subject, at: time) { return .forgotten }
         let subjectKey = delta.subject.key
-        let ledgerKey = separatorKey(subjectKey, Array(delta.messageId.utf8))
-        guard try txn.put(.ledger, ledgerKey, ProfileFormat.encode(LedgerEntry(delta: delta)), mode: .insertOnly) else { return .duplicate }
+        let ledgerKey = documentKey(subjectKey, .ledger, delta.messageId.utf8)
+        guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(LedgerEntry(delta: delta)), mode: .insertOnly) else {
+            return .duplicate
+        }
 
         // A source head keeps no history (limit 0): events live in the events table, and only
         // views hold the newest few, so heads stay small and rewriting them stays cheap.
@@ -104,7 +115,7 @@ final class WriteContext<Writer: StoreWriting> {
         head.absorb(delta, historyLimit: 0)
         setSource(subjectKey, head)
         if let event = delta.event {
-            try txn.put(.events, eventKey(subjectKey, event), ProfileFormat.encode(event), mode: .upsert)
+            try txn.put(.documents, eventKey(subjectKey, event), ProfileFormat.encode(event), mode: .upsert)
         }
 
         var structureChanged = try register(delta.subject)
@@ -144,12 +155,12 @@ final class WriteContext<Writer: StoreWriting> {
         var outsideNeighbours: Set<Identifier> = []
         var edgeKeys: [[UInt8]] = []
         for member in members {
-            try txn.scan(.edges, prefix: separatorKey(member.key, [])) { key, value in
-                let summary = try decode(EdgeSummary.self, value, table: .edges)
+            let prefix = documentKey(member.key, .edge)
+            try txn.scan(.documents, prefix: prefix) { key, value in
+                let summary = try decode(EdgeSummary.self, value, table: .documents)
                 time = max(time, summary.newestTime ?? time)
-                let peerKey = Array(key[(member.key.count + 1)...])
-                edgeKeys.append(key)
-                edgeKeys.append(separatorKey(peerKey, member.key))
+                let peerKey = Array(key[prefix.count...])
+                edgeKeys.append(documentKey(peerKey, .edge, member.key))
                 if !memberKeys.contains(peerKey), let peer = Identifier(key: peerKey) { outsideNeighbours.insert(peer) }
                 return .next
             }
@@ -161,12 +172,12 @@ final class WriteContext<Writer: StoreWriting> {
             let previous = try txn.get(.forget, forgetKey).map { try decodeTime($0) } ?? time
             try txn.put(.forget, forgetKey, encodeTime(max(previous, time)), mode: .upsert)
             try txn.delete(.hashes, forgetKey)
-            try txn.deletePrefix(.ledger, separatorKey(member.key, []))
-            try txn.deletePrefix(.events, separatorKey(member.key, []))
             deleteSource(member.key)
             try setCanonical(member.key, nil)
+            // Everything else filed under the member: links, ledger, history, its view.
+            try txn.deletePrefix(.documents, documentPrefix(member.key))
         }
-        for key in edgeKeys { try txn.delete(.edges, key) }
+        for key in edgeKeys { try txn.delete(.documents, key) }
         deleteView(canonical)
         try purgeChanges(mentioning: memberKeys)
         for neighbour in outsideNeighbours.sorted() { try recompute(around: [neighbour]) }
@@ -203,14 +214,14 @@ final class WriteContext<Writer: StoreWriting> {
     /// Updates the link between `a` and `b` in both directions; returns whether the identity
     /// structure changed (the link turned on or off, or moved in the evaluation order).
     private func updateEdge(_ a: Identifier, _ b: Identifier, _ change: (inout EdgeSummary) -> Void) throws -> Bool {
-        let forward = separatorKey(a.key, b.key)
-        let old = try txn.get(.edges, forward).map { try decode(EdgeSummary.self, $0, table: .edges) } ?? EdgeSummary()
+        let forward = documentKey(a.key, .edge, b.key)
+        let old = try txn.get(.documents, forward).map { try decode(EdgeSummary.self, $0, table: .documents) } ?? EdgeSummary()
         var summary = old
         change(&summary)
         guard summary != old else { return false }
         let bytes = ProfileFormat.encode(summary)
-        try txn.put(.edges, forward, bytes, mode: .upsert)
-        try txn.put(.edges, separatorKey(b.key, a.key), bytes, mode: .upsert)
+        try txn.put(.documents, forward, bytes, mode: .upsert)
+        try txn.put(.documents, documentKey(b.key, .edge, a.key), bytes, mode: .upsert)
         return summary.isActive != old.isActive || (summary.isActive && summary.firstAdd != old.firstAdd)
     }
 
@@ -220,9 +231,9 @@ final class WriteContext<Writer: StoreWriting> {
         var queue = starts
         var links: [LinkEdge: LWWStamp] = [:]
         while let node = queue.popLast() {
-            let prefix = separatorKey(node.key, [])
-            try txn.scan(.edges, prefix: prefix) { key, value in
-                let summary = try decode(EdgeSummary.self, value, table: .edges)
+            let prefix = documentKey(node.key, .edge)
+            try txn.scan(.documents, prefix: prefix) { key, value in
+                let summary = try decode(EdgeSummary.self, value, table: .documents)
                 guard summary.isActive, let peer = Identifier(key: key[prefix.count...]) else { return .next }
                 links[LinkEdge(node, peer)!] = summary.firstAdd!
                 if nodes.insert(peer).inserted { queue.append(peer) }
@@ -251,8 +262,8 @@ final class WriteContext<Writer: StoreWriting> {
         var candidates: [EventRecord] = []
         for member in members {
             var taken: [EventRecord] = []
-            try txn.scan(.events, prefix: separatorKey(member.key, [])) { _, value in
-                let record = try decode(EventRecord.self, value, table: .events)
+            try txn.scan(.documents, prefix: documentKey(member.key, .event)) { _, value in
+                let record = try decode(EventRecord.self, value, table: .documents)
                 // Past the limit, only records tied in time with the last one taken can still
                 // belong to the newest (ties are ordered by messageId, newest first).
                 if taken.count >= historyLimit && record.time != taken.last?.time { return .stop }
@@ -265,9 +276,8 @@ final class WriteContext<Writer: StoreWriting> {
     }
 
     private func eventKey(_ subjectKey: [UInt8], _ event: EventRecord) -> [UInt8] {
-        var writer = BinaryWriter(capacity: subjectKey.count + 9 + event.messageId.utf8.count)
-        writer.write(raw: subjectKey)
-        writer.write(byte: 0)
+        var writer = BinaryWriter(capacity: subjectKey.count + 10 + event.messageId.utf8.count)
+        writer.write(raw: documentKey(subjectKey, .event))
         // Newest first: the complement of the order-preserving (sign-flipped) time.
         writer.write(bigEndian: ~(UInt64(bitPattern: event.time) ^ (1 << 63)))
         writer.write(raw: event.messageId.utf8)
@@ -307,8 +317,8 @@ final class WriteContext<Writer: StoreWriting> {
     private func source(_ key: [UInt8]) throws -> SourceHead? {
         if let cached = sources[key] { return cached }
         if deletedSources.contains(key) { return nil }
-        guard let bytes = try txn.get(.sources, key) else { return nil }
-        let head = try decode(SourceHead.self, bytes, table: .sources)
+        guard let bytes = try txn.get(.documents, documentKey(key, .head)) else { return nil }
+        let head = try decode(SourceHead.self, bytes, table: .documents)
         sources[key] = head
         return head
     }
@@ -328,8 +338,8 @@ final class WriteContext<Writer: StoreWriting> {
     private func view(_ key: [UInt8]) throws -> ProfileView? {
         if let cached = views[key] { return cached }
         if deletedViews.contains(key) { return nil }
-        guard let bytes = try txn.get(.views, key) else { return nil }
-        let view = try decode(ProfileView.self, bytes, table: .views)
+        guard let bytes = try txn.get(.documents, documentKey(key, .view)) else { return nil }
+        let view = try decode(ProfileView.self, bytes, table: .documents)
         views[key] = view
         return view
     }
@@ -348,14 +358,18 @@ final class WriteContext<Writer: StoreWriting> {
 
     private func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
         if let cached = index[key] { return cached }
-        let found = try txn.get(.index, key)
+        let found = try txn.get(.documents, documentKey(key, .index))
         index[key] = found
         return found
     }
 
     private func setCanonical(_ key: [UInt8], _ canonical: [UInt8]?) throws {
         index[key] = .some(canonical)
-        if let canonical { try txn.put(.index, key, canonical, mode: .upsert) } else { try txn.delete(.index, key) }
+        if let canonical {
+            try txn.put(.documents, documentKey(key, .index), canonical, mode: .upsert)
+        } else {
+            try txn.delete(.documents, documentKey(key, .index))
+        }
     }
 }
 

@@ -153,14 +153,6 @@ public struct StoreCorruption: Error, CustomStringConvertible {
     public var description: String { "a record in table \(table) could not be decoded: \(underlying)" }
 }
 
-func separatorKey(_ prefix: [UInt8], _ suffix: [UInt8]) -> [UInt8] {
-    var key = prefix
-    key.reserveCapacity(prefix.count + 1 + suffix.count)
-    key.append(0)
-    key.append(contentsOf: suffix)
-    return key
-}
-
 func sequenceKey(_ sequence: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 8)
     writer.write(bigEndian: sequence)

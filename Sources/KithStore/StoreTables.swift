@@ -5,18 +5,9 @@ import Synchronization
 enum Table: Int, CaseIterable, Sendable {
     /// "format" → format version; "sequence" → the last local change sequence.
     case meta
-    /// identifier key → the identifier's own source head.
-    case sources
-    /// identifier key ‖ 0 ‖ messageId → ledger entry: every message a source has absorbed.
-    case ledger
-    /// identifier key ‖ 0 ‖ other identifier key → edge summary (both directions).
-    case edges
-    /// identifier key ‖ 0 ‖ newest-first time (8 bytes) ‖ messageId → event record with properties.
-    case events
-    /// identifier key → canonical identifier key of the profile it belongs to.
-    case index
-    /// canonical identifier key → the profile view (members and combined head).
-    case views
+    /// Everything about one identifier under one key prefix (see `DocumentPart`): a batch that
+    /// touches a customer dirties one or two B-tree pages instead of one page per kind of record.
+    case documents
     /// local sequence (8 bytes, big-endian) → change entry, for replication.
     case changes
     /// forget key (HMAC of an erased identifier) → erasure time.
@@ -27,18 +18,43 @@ enum Table: Int, CaseIterable, Sendable {
     var name: String {
         switch self {
         case .meta: "meta"
-        case .sources: "sources"
-        case .ledger: "ledger"
-        case .edges: "edges"
-        case .events: "events"
-        case .index: "index"
-        case .views: "views"
+        case .documents: "documents"
         case .changes: "changes"
         case .forget: "forget"
         case .hashes: "hashes"
         }
     }
 }
+
+/// The records kept under one identifier in `documents`, in key order: identifier key ‖ 0 ‖ part ‖ suffix.
+/// Small records come first so they share a page; the ledger and history grow behind them.
+enum DocumentPart: UInt8, CaseIterable, Sendable {
+    /// → canonical identifier key of the identifier's profile.
+    case index = 1
+    /// → the identifier's own `SourceHead` (traits, consent, groups, totals; no history).
+    case head = 2
+    /// → the `ProfileView`, when this identifier is its profile's canonical one.
+    case view = 3
+    /// ‖ other identifier key → link summary (kept under both ends).
+    case edge = 4
+    /// ‖ messageId → `LedgerEntry`: every message the identifier's document has absorbed.
+    case ledger = 5
+    /// ‖ newest-first time (8 bytes) ‖ messageId → `EventRecord` with properties.
+    case event = 6
+}
+
+/// The key of part `part` of identifier `identifierKey` (identifier keys contain no 0 byte).
+func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffix: some Collection<UInt8> = [UInt8]()) -> [UInt8] {
+    var key = identifierKey
+    key.reserveCapacity(identifierKey.count + 2 + suffix.count)
+    key.append(0)
+    key.append(part.rawValue)
+    key.append(contentsOf: suffix)
+    return key
+}
+
+/// The prefix of every record of identifier `identifierKey`.
+func documentPrefix(_ identifierKey: [UInt8]) -> [UInt8] { identifierKey + [0] }
 
 enum PutMode: Sendable {
     case upsert, insertOnly, append
