@@ -319,22 +319,26 @@ extension ORSet: BinaryCodable where Element: BinaryCodable, Tag: BinaryCodable 
 
 extension CRDTMap: BinaryCodable where Key: BinaryCodable, Value: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
-        writer.write(sequence: sortedKeys) { w, key in
-            key.encode(to: &w)
-            entries[key]!.encode(to: &w)
+        writer.write(count: count)
+        for (key, value) in pairs {
+            key.encode(to: &writer)
+            value.encode(to: &writer)
         }
     }
 
+    /// Keys must be strictly ascending: the one canonical encoding, and no duplicates.
     public init(from reader: inout BinaryReader) throws {
-        var entries: [Key: Value] = [:]
         let count = try reader.readCount(minimumItemSize: 2)
-        entries.reserveCapacity(count)
+        var keys: [Key] = [], values: [Value] = []
+        keys.reserveCapacity(count)
+        values.reserveCapacity(count)
         for _ in 0..<count {
-            let key = try Key(from: &reader)
-            guard entries.updateValue(try Value(from: &reader), forKey: key) == nil else {
-                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "duplicate map key")
-            }
+            keys.append(try Key(from: &reader))
+            values.append(try Value(from: &reader))
         }
-        self.init(entries)
+        guard let storage = SortedDictionary(ascending: keys, values) else {
+            throw BinaryDecodingError(.invalidValue, offset: reader.offset, "map keys not strictly ascending")
+        }
+        self.init(storage: storage)
     }
 }

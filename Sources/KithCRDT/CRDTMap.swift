@@ -2,38 +2,45 @@
 ///
 /// Keys are never removed: "removing" a trait is a write of `null` into its register, which keeps
 /// the map a plain grow-only composition and avoids the causal context a removable map needs.
+/// Entries are kept in key order (`SortedDictionary`), the order their encoding uses.
 public struct CRDTMap<Key: Hashable & Comparable & Sendable, Value: CRDT>: CRDT {
-    public private(set) var entries: [Key: Value]
+    public private(set) var storage: SortedDictionary<Key, Value>
 
     public init(_ entries: [Key: Value] = [:]) {
-        self.entries = entries
+        storage = SortedDictionary(entries)
     }
 
-    public subscript(key: Key) -> Value? { entries[key] }
+    init(storage: SortedDictionary<Key, Value>) {
+        self.storage = storage
+    }
 
-    public var isEmpty: Bool { entries.isEmpty }
-    public var count: Int { entries.count }
+    public subscript(key: Key) -> Value? { storage[key] }
+
+    public var isEmpty: Bool { storage.isEmpty }
+    public var count: Int { storage.count }
 
     /// Keys in ascending order (the canonical order used by encodings).
-    public var sortedKeys: [Key] { entries.keys.sorted() }
+    public var sortedKeys: [Key] { storage.keys }
+
+    /// (key, value) pairs in ascending key order.
+    public var pairs: Zip2Sequence<[Key], [Value]> { storage.pairs }
 
     /// Joins `value` into the entry at `key`.
     public mutating func merge(key: Key, _ value: Value) {
-        if var current = entries[key] {
-            current.merge(value)
-            entries[key] = current
-        } else {
-            entries[key] = value
-        }
+        storage.update(key, default: value) { $0.merge(value) }
     }
 
     public mutating func merge(_ other: CRDTMap) {
-        for (key, value) in other.entries { merge(key: key, value) }
+        if storage.isEmpty {
+            storage = other.storage
+            return
+        }
+        for (key, value) in other.pairs { merge(key: key, value) }
     }
 
     /// Removes entries the predicate rejects. Not a CRDT operation: used only to apply the
     /// erasure forget set, which every replica applies with the same predicate.
     public mutating func retain(where keep: (Key, Value) -> Bool) {
-        entries = entries.filter { keep($0.key, $0.value) }
+        storage.removeAll { !keep($0, $1) }
     }
 }

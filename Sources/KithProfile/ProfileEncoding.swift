@@ -132,10 +132,11 @@ extension SourceHead: BinaryCodable {
         consent.encode(to: &writer)
         groups.encode(to: &writer)
         writer.write(sequence: recent) { w, record in record.encode(to: &w) }
-        writer.write(sequence: aggregates.keys.sorted()) { w, key in
-            w.write(string: key)
-            w.write(signed: aggregates[key]!.count)
-            w.write(signed: aggregates[key]!.revenueMicros)
+        writer.write(count: aggregates.count)
+        for (key, aggregate) in aggregates.pairs {
+            writer.write(string: key)
+            writer.write(signed: aggregate.count)
+            writer.write(signed: aggregate.revenueMicros)
         }
         writer.write(signed: messageCount)
         writer.write(optionalSigned: firstSeen)
@@ -151,8 +152,10 @@ extension SourceHead: BinaryCodable {
         let pairs = try reader.readSequence(minimumItemSize: 3) { r in
             (try r.readString(), EventAggregate(count: try r.readSigned(), revenueMicros: try r.readSigned()))
         }
-        aggregates = Dictionary(pairs, uniquingKeysWith: { a, _ in a })
-        guard aggregates.count == pairs.count else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "aggregates") }
+        guard let sorted = SortedDictionary(ascending: pairs.map(\.0), pairs.map(\.1)) else {
+            throw BinaryDecodingError(.invalidValue, offset: reader.offset, "aggregate names not strictly ascending")
+        }
+        aggregates = sorted
         messageCount = try reader.readSigned()
         firstSeen = try reader.readOptionalSigned()
         lastSeen = try reader.readOptionalSigned()

@@ -36,14 +36,13 @@ extension JSONWriter {
 
     mutating func writeTraits(_ head: SourceHead) {
         writeObject { object in
-            for key in head.traits.sortedKeys { object.member(key) { $0.write(raw: head.traits[key]!.value) } }
+            for (key, register) in head.traits.pairs { object.member(key) { $0.write(raw: register.value) } }
         }
     }
 
     mutating func writeConsent(_ head: SourceHead) {
         writeObject { object in
-            for category in head.consent.sortedKeys {
-                let register = head.consent[category]!
+            for (category, register) in head.consent.pairs {
                 object.member(category) { w in
                     w.writeObject { o in
                         o.member("status", string: register.granted ? "granted" : "denied")
@@ -62,8 +61,7 @@ extension JSONWriter {
             if let last = head.lastSeen { object.member("lastSeen", string: ISO8601.format(millis: last)) }
             object.member("events") { w in
                 w.writeObject { o in
-                    for key in head.aggregates.keys.sorted() {
-                        let aggregate = head.aggregates[key]!
+                    for (key, aggregate) in head.aggregates.pairs {
                         o.member(key) { w in
                             w.writeObject { e in
                                 e.member("count", integer: aggregate.count)

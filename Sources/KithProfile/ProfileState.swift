@@ -80,7 +80,7 @@ public struct ProfileState: Equatable, Sendable {
         for member in members {
             if let document = documents[member] { time = max(time, document.head.lastSeen ?? time) }
         }
-        for (edge, state) in graph.entries where members.contains(edge.low) || members.contains(edge.high) {
+        for (edge, state) in graph.pairs where members.contains(edge.low) || members.contains(edge.high) {
             for stamp in Array(state.adds.keys) + [state.removedAt].compactMap({ $0 }) { time = max(time, stamp.time) }
         }
         return time
@@ -133,7 +133,7 @@ public struct ProfileState: Equatable, Sendable {
     /// asserted (a removal that arrived before its link does not make an identifier known).
     public var identifiers: Set<Identifier> {
         var all = Set(documents.keys)
-        for (edge, state) in graph.entries where !state.adds.isEmpty {
+        for (edge, state) in graph.pairs where !state.adds.isEmpty {
             all.insert(edge.low)
             all.insert(edge.high)
         }
@@ -170,7 +170,7 @@ public struct ProfileState: Equatable, Sendable {
 
     private func activeAdjacency() -> [Identifier: [(LinkEdge, LWWStamp)]] {
         var adjacency: [Identifier: [(LinkEdge, LWWStamp)]] = [:]
-        for (edge, state) in graph.entries where state.isActive {
+        for (edge, state) in graph.pairs where state.isActive {
             let order = state.firstAdd!
             adjacency[edge.low, default: []].append((edge, order))
             adjacency[edge.high, default: []].append((edge, order))

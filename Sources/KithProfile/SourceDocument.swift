@@ -59,7 +59,7 @@ public struct SourceHead: Equatable, Sendable {
     public var groups = ORSet<String, LWWStamp>()
     /// Newest first, at most the configured history length, at most one record per messageId.
     public var recent: [EventRecord] = []
-    public var aggregates: [String: EventAggregate] = [:]
+    public var aggregates = SortedDictionary<String, EventAggregate>()
     public var messageCount: Int64 = 0
     public var firstSeen: Int64?
     public var lastSeen: Int64?
@@ -99,7 +99,7 @@ public struct SourceHead: Equatable, Sendable {
         messageCount += 1
         firstSeen = min(firstSeen ?? entry.time, entry.time)
         lastSeen = max(lastSeen ?? entry.time, entry.time)
-        if let (key, value) = entry.aggregate { aggregates[key, default: EventAggregate()].add(value) }
+        if let (key, value) = entry.aggregate { aggregates.update(key, default: EventAggregate()) { $0.add(value) } }
     }
 
     /// Joins the CRDT fields of `other` (not the totals, which depend on the ledgers).
@@ -117,7 +117,7 @@ public struct SourceHead: Equatable, Sendable {
         messageCount += other.messageCount
         firstSeen = [firstSeen, other.firstSeen].compactMap { $0 }.min()
         lastSeen = [lastSeen, other.lastSeen].compactMap { $0 }.max()
-        for (key, value) in other.aggregates { aggregates[key, default: EventAggregate()].add(value) }
+        for (key, value) in other.aggregates.pairs { aggregates.update(key, default: EventAggregate()) { $0.add(value) } }
     }
 
     /// The newest `limit` records of both lists, one per messageId (the greatest record wins).
@@ -182,7 +182,7 @@ public struct SourceDocument: Equatable, Sendable {
         head.messageCount = 0
         head.firstSeen = nil
         head.lastSeen = nil
-        head.aggregates = [:]
+        head.aggregates = SortedDictionary()
         for entry in ledger.values { head.count(entry) }
     }
 }

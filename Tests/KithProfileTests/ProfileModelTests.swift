@@ -256,7 +256,7 @@ struct ProfileEncodingTests {
             let json = try JSONParser.parse(view.jsonBytes)
             #expect(json["id"] == .string(view.canonical.description))
         }
-        for (edge, link) in state.graph.entries {
+        for (edge, link) in state.graph.pairs {
             #expect(try LinkEdge(decoding: edge.encoded()) == edge)
             #expect(try LinkState(decoding: link.encoded()) == link)
         }
