@@ -39,6 +39,9 @@ public struct JSONWriter: Sendable {
 
     public mutating func raw(bytes more: [UInt8]) { bytes.append(contentsOf: more) }
 
+    /// Lets `body` append text that it guarantees is valid JSON in this position.
+    public mutating func appendRaw(_ body: (inout [UInt8]) -> Void) { body(&bytes) }
+
     public mutating func write(integer: Int64) { raw(String(integer)) }
 
     /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567).

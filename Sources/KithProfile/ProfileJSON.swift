@@ -25,6 +25,15 @@ extension ProfileView {
 }
 
 extension JSONWriter {
+    /// An ISO 8601 time as a JSON string, written straight into the buffer.
+    mutating func write(time millis: Int64) {
+        appendRaw { bytes in
+            bytes.append(UInt8(ascii: "\""))
+            ISO8601.append(millis: millis, to: &bytes)
+            bytes.append(UInt8(ascii: "\""))
+        }
+    }
+
     mutating func writeIdentifiers(_ members: [Identifier]) {
         writeObject { object in
             for kind in IdentifierKind.allCases {
@@ -46,7 +55,7 @@ extension JSONWriter {
                 object.member(category) { w in
                     w.writeObject { o in
                         o.member("status", string: register.granted ? "granted" : "denied")
-                        o.member("time", string: ISO8601.format(millis: register.stamp.time))
+                        o.member("time") { $0.write(time: register.stamp.time) }
                         o.member("source", string: register.source)
                     }
                 }
@@ -57,8 +66,8 @@ extension JSONWriter {
     mutating func writeAggregates(_ head: SourceHead) {
         writeObject { object in
             object.member("messages", integer: head.messageCount)
-            if let first = head.firstSeen { object.member("firstSeen", string: ISO8601.format(millis: first)) }
-            if let last = head.lastSeen { object.member("lastSeen", string: ISO8601.format(millis: last)) }
+            if let first = head.firstSeen { object.member("firstSeen") { $0.write(time: first) } }
+            if let last = head.lastSeen { object.member("lastSeen") { $0.write(time: last) } }
             object.member("events") { w in
                 w.writeObject { o in
                     for (key, aggregate) in head.aggregates.pairs {
@@ -81,7 +90,7 @@ extension JSONWriter {
             object.member("messageId", string: record.messageId)
             object.member("type", string: record.type.rawValue)
             object.member(record.type == .track ? "event" : "name", string: record.name)
-            object.member("timestamp", string: ISO8601.format(millis: record.time))
+            object.member("timestamp") { $0.write(time: record.time) }
             object.member("channel", string: record.channel)
             object.member("properties") { $0.write(raw: record.properties) }
         }

@@ -66,15 +66,47 @@ public enum ISO8601 {
 
     /// `2025-10-09T08:26:40.123Z`.
     public static func format(millis: Int64) -> String {
-        let (daysPart, msOfDay) = floorDivide(millis, 86_400_000)
-        let (year, month, day) = civilFromDays(daysPart)
-        let h = msOfDay / 3_600_000, m = msOfDay / 60_000 % 60, s = msOfDay / 1_000 % 60, ms = msOfDay % 1_000
-        return "\(pad(year, 4))-\(pad(month, 2))-\(pad(day, 2))T\(pad(h, 2)):\(pad(m, 2)):\(pad(s, 2)).\(pad(ms, 3))Z"
+        var bytes: [UInt8] = []
+        append(millis: millis, to: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
     }
 
-    private static func pad(_ v: Int64, _ width: Int) -> String {
-        let s = String(v)
-        return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s
+    /// Appends the `format(millis:)` text to `bytes` without building intermediate strings
+    /// (profile reads render several times per profile).
+    public static func append(millis: Int64, to bytes: inout [UInt8]) {
+        let (daysPart, msOfDay) = floorDivide(millis, 86_400_000)
+        let (year, month, day) = civilFromDays(daysPart)
+        if year < 0 || year > 9_999 {  // outside RFC 3339's range: still a valid ISO 8601 expanded year
+            bytes.append(contentsOf: (year < 0 ? "-" : "+").utf8)
+            appendDigits(abs(year), 6, to: &bytes)
+        } else {
+            appendDigits(year, 4, to: &bytes)
+        }
+        let fields: [(Int64, Int, UInt8)] = [
+            (month, 2, UInt8(ascii: "-")), (day, 2, UInt8(ascii: "T")), (msOfDay / 3_600_000, 2, UInt8(ascii: ":")),
+            (msOfDay / 60_000 % 60, 2, UInt8(ascii: ":")), (msOfDay / 1_000 % 60, 2, UInt8(ascii: ".")),
+            (msOfDay % 1_000, 3, UInt8(ascii: "Z")),
+        ]
+        bytes.append(UInt8(ascii: "-"))
+        for (value, width, separator) in fields {
+            appendDigits(value, width, to: &bytes)
+            bytes.append(separator)
+        }
+    }
+
+    private static func appendDigits(_ value: Int64, _ width: Int, to bytes: inout [UInt8]) {
+        var digits = width
+        var divisor: Int64 = 1
+        while digits > 1 {
+            divisor *= 10
+            digits -= 1
+        }
+        var rest = value
+        while divisor > 0 {
+            bytes.append(UInt8(ascii: "0") + UInt8(rest / divisor % 10))
+            rest %= divisor
+            divisor /= 10
+        }
     }
 
     private static func floorDivide(_ a: Int64, _ b: Int64) -> (Int64, Int64) {
