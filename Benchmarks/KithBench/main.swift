@@ -119,7 +119,11 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
     print("store.change_log_entries: \(statistics.changes)")
     print("lmdb.size_bytes: \(fileSize)")
     print("lmdb.used_bytes: \(used)")
-    report("store.bytes_per_profile", Double(used) / Double(max(statistics.profiles, 1)))
+    let tables = try store.tableBytes()
+    for name in tables.keys.sorted() { print("lmdb.table_bytes.\(name): \(tables[name]!)") }
+    // Profile data only: the change log is replication state, truncated once peers have it.
+    report("store.bytes_per_profile", Double(tables["documents", default: 0]) / Double(max(statistics.profiles, 1)))
+    report("store.bytes_per_profile_with_change_log", Double(used) / Double(max(statistics.profiles, 1)))
 
     // 3. Random point reads by user id, each view decoded and rendered as the reader's JSON.
     var random = SplitMix64(seed: 2_025)

@@ -95,6 +95,13 @@ public struct LMDBReadTransaction {
         try LMDBError.check(mdb_stat(txn, database.handle, &stat), "mdb_stat \(database.name)")
         return stat.ms_entries
     }
+
+    /// Bytes of the pages the database occupies (branch, leaf and overflow pages).
+    public func bytes(_ database: LMDBDatabase) throws -> Int {
+        var stat = MDB_stat()
+        try LMDBError.check(mdb_stat(txn, database.handle, &stat), "mdb_stat \(database.name)")
+        return (stat.ms_branch_pages + stat.ms_leaf_pages + stat.ms_overflow_pages) * Int(stat.ms_psize)
+    }
 }
 
 /// A write transaction inside `LMDBEnvironment.write`; any use after the closure returns traps.

@@ -122,8 +122,17 @@ public final class LMDBProfileStore: EngineBackedStore {
     /// A compacted, consistent copy of the store into `directory`, taken while it keeps serving.
     public func backup(to directory: String) throws { try environment.backup(to: directory) }
 
-    /// Bytes of pages in use per table are not exposed by LMDB cheaply; the environment's are.
+    /// Bytes of pages in use by the whole environment.
     public var usedBytes: Int { environment.info().usedBytes }
+
+    /// Bytes of pages each table occupies, by table name.
+    public func tableBytes() throws -> [String: Int] {
+        try environment.read { txn in
+            var sizes: [String: Int] = [:]
+            for table in Table.allCases { sizes[table.name] = try txn.bytes(tables[table]) }
+            return sizes
+        }
+    }
 }
 
 /// The embedded store: sorted in-memory tables behind a lock, atomic batches by undo log.

@@ -12,10 +12,22 @@ struct StoreEngine: Sendable {
         hasher = HMACForgetKeyHasher(secret: configuration.forgetKeySecret)
     }
 
+    /// The profile of `identifier`. When the identifier is its profile's canonical one (the usual
+    /// read, by user id) its index entry and view sit side by side: one cursor pass reads both.
     func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
-        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)),
-            let bytes = try reader.get(.documents, documentKey(canonical, .view))
-        else { return nil }
+        let indexKey = documentKey(identifier.key, .index), viewKey = documentKey(identifier.key, .view)
+        var canonical: [UInt8]?
+        var ownView: [UInt8]?
+        try reader.scan(.documents, prefix: documentPrefix(identifier.key)) { key, value in
+            if key == indexKey {
+                canonical = value
+                return value == identifier.key ? .next : .stop
+            }
+            if key == viewKey { ownView = value }
+            return key.lexicographicallyPrecedes(viewKey) ? .next : .stop
+        }
+        guard let canonical else { return nil }
+        guard let bytes = try ownView ?? reader.get(.documents, documentKey(canonical, .view)) else { return nil }
         return try decode(ProfileView.self, bytes, table: .documents)
     }
 
