@@ -30,7 +30,7 @@ let package = Package(
             swiftSettings: optimizeAcrossModules),
 
         // Shared test helpers (seeded generators, law checks); used only by test targets.
-        .target(name: "KithTestSupport", dependencies: ["KithCRDT"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithTestSupport", dependencies: ["KithCRDT", "KithJSON", "KithProfile"], swiftSettings: optimizeAcrossModules),
         .testTarget(name: "KithCRDTTests", dependencies: ["KithCRDT", "KithTestSupport"]),
         .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),

@@ -34,16 +34,7 @@ public struct LMDBReadTransaction {
         }
     }
 
-    public func contains(_ database: LMDBDatabase, _ key: [UInt8]) throws -> Bool {
-        try key.withUnsafeBytes { keyBytes in
-            var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
-            var v = MDB_val()
-            let rc = mdb_get(txn, database.handle, &k, &v)
-            if rc == MDB_NOTFOUND { return false }
-            try LMDBError.check(rc, "mdb_get \(database.name)")
-            return true
-        }
-    }
+    public func contains(_ database: LMDBDatabase, _ key: [UInt8]) throws -> Bool { try get(database, key) != nil }
 
     /// Visits entries in key order starting at the first key ≥ `start`, while `body` says `.next`.
     public func scan(

@@ -65,30 +65,14 @@ extension EngineBackedStore {
         try read { reader in try engine.statistics(in: reader) }
     }
 
-    private func modify<T>(_ body: (WriteContext<AnyStoreWriting>) throws -> T) throws -> T {
+    private func modify<T>(_ body: (WriteContext) throws -> T) throws -> T {
         try write { txn in
-            let context = try WriteContext(engine: engine, txn: AnyStoreWriting(txn))
+            let context = try WriteContext(engine: engine, txn: txn)
             let result = try body(context)
             try context.finish()
             return result
         }
     }
-}
-
-/// Lets the engine's generic context run over either backend's transaction.
-struct AnyStoreWriting: StoreWriting {
-    let base: any StoreWriting
-    init(_ base: any StoreWriting) { self.base = base }
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try base.get(table, key) }
-    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try base.scan(table, prefix: prefix, body)
-    }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try base.lastKey(table) }
-    func count(_ table: Table) throws -> Int { try base.count(table) }
-    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
-        try base.put(table, key, value, mode: mode)
-    }
-    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool { try base.delete(table, key) }
 }
 
 /// The durable store: one LMDB environment in a directory.
@@ -112,7 +96,7 @@ public final class LMDBProfileStore: EngineBackedStore {
     }
 
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
-        try environment.read { txn in try body(LMDBReading(transaction: txn, tables: tables)) }
+        try environment.read { txn in try body(LMDBReading(reader: txn, tables: tables)) }
     }
 
     func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {

@@ -74,24 +74,58 @@ func decode<T>(_ bytes: [UInt8], table: Table, _ body: ([UInt8]) throws -> T) th
     do { return try body(bytes) } catch { throw StoreCorruption(table: table.name, underlying: error) }
 }
 
-/// One write transaction's work: caches the heads and views it touches (a hot customer's head is
-/// decoded and encoded once per batch, not once per message) and writes them back in `finish`.
-final class WriteContext<Writer: StoreWriting> {
+/// Records of one part (heads, views) that a transaction reads, changes, and writes back once at
+/// the end: a hot customer's head is decoded and encoded once per batch, not once per message.
+struct CachedRecords<Value: BinaryCodable> {
+    let part: DocumentPart
+    private var values: [[UInt8]: Value] = [:]
+    private var dirty: Set<[UInt8]> = []
+    private var deleted: Set<[UInt8]> = []
+
+    init(part: DocumentPart) {
+        self.part = part
+    }
+
+    mutating func get(_ key: [UInt8], from txn: any StoreWriting) throws -> Value? {
+        if let cached = values[key] { return cached }
+        if deleted.contains(key) { return nil }
+        guard let bytes = try txn.get(.documents, documentKey(key, part)) else { return nil }
+        let value = try decode(Value.self, bytes, table: .documents)
+        values[key] = value
+        return value
+    }
+
+    mutating func set(_ key: [UInt8], _ value: Value) {
+        values[key] = value
+        dirty.insert(key)
+        deleted.remove(key)
+    }
+
+    mutating func delete(_ key: [UInt8]) {
+        values[key] = nil
+        dirty.remove(key)
+        deleted.insert(key)
+    }
+
+    func writeBack(to txn: any StoreWriting) throws {
+        for key in dirty { try txn.put(.documents, documentKey(key, part), ProfileFormat.encode(values[key]!), mode: .upsert) }
+        for key in deleted { try txn.delete(.documents, documentKey(key, part)) }
+    }
+}
+
+/// One write transaction's work over the store's tables.
+final class WriteContext {
     let engine: StoreEngine
-    let txn: Writer
-    private var sources: [[UInt8]: SourceHead] = [:]
-    private var dirtySources: Set<[UInt8]> = []
-    private var deletedSources: Set<[UInt8]> = []
-    private var views: [[UInt8]: ProfileView] = [:]
-    private var dirtyViews: Set<[UInt8]> = []
-    private var deletedViews: Set<[UInt8]> = []
+    let txn: any StoreWriting
+    private var heads = CachedRecords<SourceHead>(part: .head)
+    private var views = CachedRecords<ProfileView>(part: .view)
     private var index: [[UInt8]: [UInt8]?] = [:]
     private var sequence: UInt64
     private let anyForgotten: Bool
 
     private var historyLimit: Int { engine.configuration.profile.historyLimit }
 
-    init(engine: StoreEngine, txn: Writer) throws {
+    init(engine: StoreEngine, txn: any StoreWriting) throws {
         self.engine = engine
         self.txn = txn
         sequence = try txn.get(.meta, Array("sequence".utf8)).map { try engine.decodeSequence($0) } ?? 0
@@ -103,10 +137,8 @@ final class WriteContext<Writer: StoreWriting> {
 
     /// Writes back everything cached. Must be called before the transaction commits.
     func finish() throws {
-        for key in dirtySources { try txn.put(.documents, documentKey(key, .head), ProfileFormat.encode(sources[key]!), mode: .upsert) }
-        for key in deletedSources { try txn.delete(.documents, documentKey(key, .head)) }
-        for key in dirtyViews { try txn.put(.documents, documentKey(key, .view), ProfileFormat.encode(views[key]!), mode: .upsert) }
-        for key in deletedViews { try txn.delete(.documents, documentKey(key, .view)) }
+        try heads.writeBack(to: txn)
+        try views.writeBack(to: txn)
         try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
     }
 
@@ -326,47 +358,12 @@ final class WriteContext<Writer: StoreWriting> {
 
     // MARK: Cached tables
 
-    private func source(_ key: [UInt8]) throws -> SourceHead? {
-        if let cached = sources[key] { return cached }
-        if deletedSources.contains(key) { return nil }
-        guard let bytes = try txn.get(.documents, documentKey(key, .head)) else { return nil }
-        let head = try decode(SourceHead.self, bytes, table: .documents)
-        sources[key] = head
-        return head
-    }
-
-    private func setSource(_ key: [UInt8], _ head: SourceHead) {
-        sources[key] = head
-        dirtySources.insert(key)
-        deletedSources.remove(key)
-    }
-
-    private func deleteSource(_ key: [UInt8]) {
-        sources[key] = nil
-        dirtySources.remove(key)
-        deletedSources.insert(key)
-    }
-
-    private func view(_ key: [UInt8]) throws -> ProfileView? {
-        if let cached = views[key] { return cached }
-        if deletedViews.contains(key) { return nil }
-        guard let bytes = try txn.get(.documents, documentKey(key, .view)) else { return nil }
-        let view = try decode(ProfileView.self, bytes, table: .documents)
-        views[key] = view
-        return view
-    }
-
-    private func setView(_ key: [UInt8], _ view: ProfileView) {
-        views[key] = view
-        dirtyViews.insert(key)
-        deletedViews.remove(key)
-    }
-
-    private func deleteView(_ key: [UInt8]) {
-        views[key] = nil
-        dirtyViews.remove(key)
-        deletedViews.insert(key)
-    }
+    private func source(_ key: [UInt8]) throws -> SourceHead? { try heads.get(key, from: txn) }
+    private func setSource(_ key: [UInt8], _ head: SourceHead) { heads.set(key, head) }
+    private func deleteSource(_ key: [UInt8]) { heads.delete(key) }
+    private func view(_ key: [UInt8]) throws -> ProfileView? { try views.get(key, from: txn) }
+    private func setView(_ key: [UInt8], _ view: ProfileView) { views.set(key, view) }
+    private func deleteView(_ key: [UInt8]) { views.delete(key) }
 
     private func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
         if let cached = index[key] { return cached }

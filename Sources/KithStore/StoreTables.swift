@@ -86,28 +86,31 @@ struct LMDBTables: Sendable {
     subscript(table: Table) -> LMDBDatabase { databases[table.rawValue] }
 }
 
-struct LMDBReading: StoreReading {
-    let transaction: LMDBReadTransaction
-    let tables: LMDBTables
-
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try transaction.get(tables[table], key) }
-    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try transaction.scan(tables[table], prefix: prefix, body)
-    }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try transaction.lastKey(tables[table]) }
-    func count(_ table: Table) throws -> Int { try transaction.count(tables[table]) }
+/// Reads from LMDB tables, shared by the read-only and the read-write adapter.
+protocol LMDBTableAccess: StoreReading {
+    var reader: LMDBReadTransaction { get }
+    var tables: LMDBTables { get }
 }
 
-struct LMDBWriting: StoreWriting {
+extension LMDBTableAccess {
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reader.get(tables[table], key) }
+    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try reader.scan(tables[table], prefix: prefix, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try reader.lastKey(tables[table]) }
+    func count(_ table: Table) throws -> Int { try reader.count(tables[table]) }
+}
+
+struct LMDBReading: LMDBTableAccess {
+    let reader: LMDBReadTransaction
+    let tables: LMDBTables
+}
+
+struct LMDBWriting: LMDBTableAccess, StoreWriting {
     let transaction: LMDBWriteTransaction
     let tables: LMDBTables
 
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try transaction.get(tables[table], key) }
-    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try transaction.scan(tables[table], prefix: prefix, body)
-    }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try transaction.lastKey(tables[table]) }
-    func count(_ table: Table) throws -> Int { try transaction.count(tables[table]) }
+    var reader: LMDBReadTransaction { transaction.reader }
 
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         let lmdbMode: LMDBWriteTransaction.PutMode = switch mode {
@@ -163,9 +166,12 @@ struct MemoryStoreFull: Error, CustomStringConvertible {
     var description: String { "the in-memory store is full (\(limit) bytes)" }
 }
 
-struct MemoryReading: StoreReading {
-    let storage: MemoryTables
+/// Reads from the in-memory tables, shared by the read-only and the read-write adapter.
+protocol MemoryTableAccess: StoreReading {
+    var storage: MemoryTables { get }
+}
 
+extension MemoryTableAccess {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { storage.tables[table.rawValue].values[key] }
 
     func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
@@ -187,22 +193,17 @@ struct MemoryReading: StoreReading {
     func count(_ table: Table) throws -> Int { storage.tables[table.rawValue].keys.count }
 }
 
-final class MemoryWriting: StoreWriting {
+struct MemoryReading: MemoryTableAccess {
+    let storage: MemoryTables
+}
+
+final class MemoryWriting: MemoryTableAccess, StoreWriting {
     let storage: MemoryTables
     private var undo: [(Table, [UInt8], [UInt8]?)] = []
 
     init(storage: MemoryTables) {
         self.storage = storage
     }
-
-    private var reading: MemoryReading { MemoryReading(storage: storage) }
-
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reading.get(table, key) }
-    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try reading.scan(table, prefix: prefix, body)
-    }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try reading.lastKey(table) }
-    func count(_ table: Table) throws -> Int { try reading.count(table) }
 
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         let old = storage.tables[table.rawValue].values[key]

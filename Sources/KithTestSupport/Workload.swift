@@ -1,31 +1,31 @@
 import KithCRDT
-import KithTestSupport
 import KithJSON
 import KithProfile
 
 /// Forget keys for pure tests: readable, not keyed (the store uses HMAC-SHA256).
-struct PlainHasher: ForgetKeyHasher {
-    func forgetKey(for identifier: Identifier) -> String { "h(\(identifier))" }
+public struct PlainHasher: ForgetKeyHasher {
+    public init() {}
+    public func forgetKey(for identifier: Identifier) -> String { "h(\(identifier))" }
 }
 
 
 /// Segment messages shaped like ../shared/workload/generate.py: identify (with email and other
 /// traits), track (by userId or an anonymous id, revenue on orders), alias, consent, ~5 % exact
 /// redeliveries, timestamps skewed by up to two seconds, a few customers much hotter than others.
-struct WorkloadGenerator {
-    var random: SplitMix64
-    let customers: Int
+public struct WorkloadGenerator {
+    public var random: SplitMix64
+    public let customers: Int
     private var sent: [JSONValue] = []
     private var index = 0
     static let events = ["Page Viewed", "Product Viewed", "Order Completed", "Store Visit"]
     static let categories = ["Analytics", "Advertising", "Personalization"]
 
-    init(seed: UInt64, customers: Int) {
+    public init(seed: UInt64, customers: Int) {
         random = SplitMix64(seed: seed)
         self.customers = customers
     }
 
-    mutating func next() -> JSONValue {
+    public mutating func next() -> JSONValue {
         defer { index += 1 }
         if !sent.isEmpty && random.chance(5) { return sent[random.below(sent.count)] }
         // Skewed popularity: half the traffic goes to the first fifth of customers.
@@ -81,7 +81,7 @@ struct WorkloadGenerator {
     }
 
     /// `count` messages parsed into deltas.
-    static func deltas(seed: UInt64, customers: Int, count: Int) -> [ProfileDelta] {
+    public static func deltas(seed: UInt64, customers: Int, count: Int) -> [ProfileDelta] {
         var generator = WorkloadGenerator(seed: seed, customers: customers)
         let parser = SegmentMessageParser()
         return (0..<count).map { _ in try! parser.parse(generator.next(), receivedAt: 1_760_000_100_000) }
