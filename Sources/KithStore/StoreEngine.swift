@@ -44,20 +44,30 @@ struct StoreEngine: Sendable {
         }
         return StoreStatistics(
             profiles: parts[.view, default: 0], identifiers: parts[.index, default: 0], sources: parts[.head, default: 0],
-            ledgerEntries: parts[.ledger, default: 0], links: parts[.edge, default: 0] / 2, changes: try reader.count(.changes),
+            ledgerEntries: parts[.ledger, default: 0], links: parts[.edge, default: 0] / 2, changes: try changeCount(in: reader),
             forgotten: try reader.count(.forget), lastSequence: sequence)
     }
 
     func changes(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
         var entries: [ChangeEntry] = []
-        try reader.scan(.changes, prefix: []) { key, value in
-            var keyReader = BinaryReader(key)
-            let position = try keyReader.readBigEndianUInt64()
-            if position <= sequence { return .next }
-            entries.append(try decode(value, table: .changes) { try ChangeEntry(sequence: position, decoding: $0) })
-            return entries.count < limit ? .next : .stop
+        try reader.scan(.changes, from: sequenceKey(sequence &+ 1)) { _, value in
+            for entry in try decode(value, table: .changes, ChangeRecord.decode) where entry.sequence > sequence {
+                entries.append(entry)
+                if entries.count == limit { return .stop }
+            }
+            return .next
         }
         return entries
+    }
+
+    /// How many entries the change log holds (decodes every record: linear in the log).
+    func changeCount(in reader: some StoreReading) throws -> Int {
+        var count = 0
+        try reader.scan(.changes, prefix: []) { _, value in
+            count += try decode(value, table: .changes, ChangeRecord.decode).count
+            return .next
+        }
+        return count
     }
 
     func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
@@ -121,6 +131,8 @@ final class WriteContext {
     private var views = CachedRecords<ProfileView>(part: .view)
     private var index: [[UInt8]: [UInt8]?] = [:]
     private var sequence: UInt64
+    /// Change-log entries of this transaction, written as one record by `finish`.
+    private var pendingChanges: [ChangeEntry] = []
     private let anyForgotten: Bool
 
     private var historyLimit: Int { engine.configuration.profile.historyLimit }
@@ -139,6 +151,9 @@ final class WriteContext {
     func finish() throws {
         try heads.writeBack(to: txn)
         try views.writeBack(to: txn)
+        if let last = pendingChanges.last {
+            try txn.put(.changes, sequenceKey(last.sequence), ChangeRecord.encode(pendingChanges), mode: .append)
+        }
         try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
     }
 
@@ -229,21 +244,21 @@ final class WriteContext {
         return members
     }
 
-    /// Removes every logged change that names an erased identifier. (Linear in the log; crypto-
-    /// shredding will replace this, see docs/storage.md.)
+    /// Removes every logged change that names an erased identifier, committed or pending.
+    /// (Linear in the log; crypto-shredding will replace this, see docs/storage.md.)
     private func purgeChanges(mentioning memberKeys: Set<[UInt8]>) throws {
-        var doomed: [[UInt8]] = []
+        func mentions(_ entry: ChangeEntry) -> Bool { entry.mentionedIdentifiers.contains { memberKeys.contains($0.key) } }
+        var rewrites: [([UInt8], [ChangeEntry])] = []
         try txn.scan(.changes, prefix: []) { key, value in
-            let entry = try decode(value, table: .changes) { try ChangeEntry(sequence: 0, decoding: $0) }
-            let mentioned: [Identifier] = switch entry.change {
-            case .message(let delta): [delta.subject] + delta.links
-            case .unlink(let edge, _): [edge.low, edge.high]
-            case .erasure: []
-            }
-            if mentioned.contains(where: { memberKeys.contains($0.key) }) { doomed.append(key) }
+            let entries = try decode(value, table: .changes, ChangeRecord.decode)
+            if entries.contains(where: mentions) { rewrites.append((key, entries.filter { !mentions($0) })) }
             return .next
         }
-        for key in doomed { try txn.delete(.changes, key) }
+        for (key, kept) in rewrites {
+            // Keys stay: a record keeps the key of its last original entry, which still sorts right.
+            if kept.isEmpty { try txn.delete(.changes, key) } else { try txn.put(.changes, key, ChangeRecord.encode(kept), mode: .upsert) }
+        }
+        pendingChanges.removeAll(where: mentions)
     }
 
     // MARK: Identity
@@ -352,8 +367,8 @@ final class WriteContext {
 
     private func log(_ change: ChangeEntry.Change) throws {
         sequence += 1
-        let entry = ChangeEntry(sequence: sequence, origin: engine.configuration.node, originSequence: sequence, change: change)
-        try txn.put(.changes, sequenceKey(sequence), entry.encoded(), mode: .append)
+        pendingChanges.append(
+            ChangeEntry(sequence: sequence, origin: engine.configuration.node, originSequence: sequence, change: change))
     }
 
     // MARK: Cached tables

@@ -52,9 +52,8 @@ public struct ChangeEntry: Equatable, Sendable {
 }
 
 extension ChangeEntry {
-    func encoded() -> [UInt8] {
-        var writer = BinaryWriter(capacity: 256)
-        writer.write(byte: ProfileFormat.version)
+    func encode(to writer: inout BinaryWriter) {
+        writer.write(varint: sequence)
         writer.write(varint: origin)
         writer.write(varint: originSequence)
         switch change {
@@ -70,15 +69,10 @@ extension ChangeEntry {
             writer.write(sequence: keys) { w, key in w.write(bytes: key) }
             writer.write(signed: time)
         }
-        return writer.bytes
     }
 
-    init(sequence: UInt64, decoding bytes: [UInt8]) throws {
-        var reader = BinaryReader(bytes)
-        guard try reader.readByte() == ProfileFormat.version else {
-            throw BinaryDecodingError(.unsupportedVersion, offset: 0, "change entry")
-        }
-        self.sequence = sequence
+    init(from reader: inout BinaryReader) throws {
+        sequence = try reader.readVarint()
         origin = try reader.readVarint()
         originSequence = try reader.readVarint()
         let kindOffset = reader.offset
@@ -90,7 +84,38 @@ extension ChangeEntry {
             change = .erasure(forgetKeys: keys, time: try reader.readSigned())
         default: throw BinaryDecodingError(.unknownTag, offset: kindOffset, "change kind")
         }
+    }
+
+    /// Identifiers the change names (none for an erasure, which carries forget keys only).
+    var mentionedIdentifiers: [Identifier] {
+        switch change {
+        case .message(let delta): [delta.subject] + delta.links
+        case .unlink(let edge, _): [edge.low, edge.high]
+        case .erasure: []
+        }
+    }
+}
+
+/// The change-log entries of one transaction, stored as one record keyed by the last entry's
+/// sequence: one append per batch instead of one per message. A reader looking for the entry
+/// after sequence s seeks to the first record whose key is at least s + 1.
+enum ChangeRecord {
+    static func encode(_ entries: [ChangeEntry]) -> [UInt8] {
+        var writer = BinaryWriter(capacity: 256 * entries.count)
+        writer.write(byte: ProfileFormat.version)
+        writer.write(count: entries.count)
+        for entry in entries { entry.encode(to: &writer) }
+        return writer.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) throws -> [ChangeEntry] {
+        var reader = BinaryReader(bytes)
+        guard try reader.readByte() == ProfileFormat.version else {
+            throw BinaryDecodingError(.unsupportedVersion, offset: 0, "change record")
+        }
+        let entries = try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) }
         try reader.expectEnd()
+        return entries
     }
 }
 

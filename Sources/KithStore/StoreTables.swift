@@ -63,9 +63,17 @@ enum PutMode: Sendable {
 /// Reads from a consistent snapshot of the tables.
 protocol StoreReading {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]?
-    func scan(_ table: Table, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
+    /// Visits entries in key order from the first key ≥ `start`, while `body` says `.next`.
+    func scan(_ table: Table, from start: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
     func lastKey(_ table: Table) throws -> [UInt8]?
     func count(_ table: Table) throws -> Int
+}
+
+extension StoreReading {
+    /// Visits every entry whose key starts with `prefix`, in key order.
+    func scan(_ table: Table, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws {
+        try scan(table, from: prefix) { key, value in key.starts(with: prefix) ? try body(key, value) : .stop }
+    }
 }
 
 /// Reads and writes inside one atomic transaction.
@@ -94,8 +102,8 @@ protocol LMDBTableAccess: StoreReading {
 
 extension LMDBTableAccess {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reader.get(tables[table], key) }
-    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try reader.scan(tables[table], prefix: prefix, body)
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try reader.scan(tables[table], from: start, body)
     }
     func lastKey(_ table: Table) throws -> [UInt8]? { try reader.lastKey(tables[table]) }
     func count(_ table: Table) throws -> Int { try reader.count(tables[table]) }
@@ -174,16 +182,10 @@ protocol MemoryTableAccess: StoreReading {
 extension MemoryTableAccess {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { storage.tables[table.rawValue].values[key] }
 
-    func scan(_ table: Table, prefix: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        // A snapshot of the keys from `start` on: the body may write to the same table.
         let sorted = storage.tables[table.rawValue]
-        var index = sorted.position(of: prefix)
-        // Collect first: the body may write to the same table.
-        var matches: [[UInt8]] = []
-        while index < sorted.keys.count, sorted.keys[index].starts(with: prefix) {
-            matches.append(sorted.keys[index])
-            index += 1
-        }
-        for key in matches {
+        for key in sorted.keys[sorted.position(of: start)...] {
             guard let value = storage.tables[table.rawValue].values[key] else { continue }
             if try body(key, value) == .stop { return }
         }

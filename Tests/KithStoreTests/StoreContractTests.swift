@@ -206,7 +206,9 @@ struct StoreContractTests {
     func theChangeLogRecordsEveryAppliedDeltaInOrder(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
         let deltas = WorkloadGenerator.deltas(seed: 12, customers: 10, count: 400)
-        let outcomes = try fixture.store.apply(deltas)
+        // Random batch sizes: pages of the log start and end inside and across batch records.
+        var random = SplitMix64(seed: 15)
+        let outcomes = try apply(deltas, to: fixture.store, random: &random)
         let applied = zip(deltas, outcomes).filter { $0.1 == .applied }.map(\.0)
         var logged: [ChangeEntry] = []
         var position: UInt64 = 0
