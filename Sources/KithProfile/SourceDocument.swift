@@ -83,7 +83,7 @@ public struct SourceHead: Equatable, Sendable {
     }
 
     /// Puts `event` into the newest-first history (one record per messageId, the greater wins).
-    mutating func insertRecent(_ event: EventRecord, limit: Int) {
+    public mutating func insertRecent(_ event: EventRecord, limit: Int) {
         if let existing = recent.firstIndex(where: { $0.messageId == event.messageId }) {
             guard recent[existing] < event else { return }
             recent.remove(at: existing)

@@ -164,18 +164,14 @@ final class WriteContext {
         if try isForgotten(delta.subject, at: time) { return .forgotten }
         let subjectKey = delta.subject.key
         let ledgerKey = documentKey(subjectKey, .ledger, delta.messageId.utf8)
-        guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(LedgerEntry(delta: delta)), mode: .insertOnly) else {
-            return .duplicate
-        }
+        let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event)
+        guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .insertOnly) else { return .duplicate }
 
-        // A source head keeps no history (limit 0): events live in the events table, and only
-        // views hold the newest few, so heads stay small and rewriting them stays cheap.
+        // A source head keeps no history (limit 0): events live in ledger rows, and only views
+        // hold the newest few, so heads stay small and rewriting them stays cheap.
         var head = try source(subjectKey) ?? SourceHead()
         head.absorb(delta, historyLimit: 0)
         setSource(subjectKey, head)
-        if let event = delta.event {
-            try txn.put(.documents, eventKey(subjectKey, event), ProfileFormat.encode(event), mode: .upsert)
-        }
 
         var structureChanged = try register(delta.subject)
         for peer in delta.links where try !isForgotten(peer, at: time) {
@@ -316,31 +312,32 @@ final class WriteContext {
         for stale in oldCanonicals.subtracting(newCanonicals) { deleteView(stale) }
     }
 
-    /// The newest `historyLimit` events over all of `members`, read from the events table.
+    /// The newest `historyLimit` events over all of `members`, read from their ledgers. Linear in
+    /// their histories; only a row whose (time, messageId) can still make the cut is fully decoded.
     private func newestEvents(of members: [Identifier]) throws -> [EventRecord] {
-        var candidates: [EventRecord] = []
+        var newest = SourceHead()
+        guard historyLimit > 0 else { return [] }
         for member in members {
-            var taken: [EventRecord] = []
-            try txn.scan(.documents, prefix: documentKey(member.key, .event)) { _, value in
-                let record = try decode(EventRecord.self, value, table: .documents)
-                // Past the limit, only records tied in time with the last one taken can still
-                // belong to the newest (ties are ordered by messageId, newest first).
-                if taken.count >= historyLimit && record.time != taken.last?.time { return .stop }
-                taken.append(record)
+            let prefix = documentKey(member.key, .ledger)
+            try txn.scan(.documents, prefix: prefix) { key, value in
+                try decode(value, table: .documents) { bytes in
+                    var reader = BinaryReader(bytes)
+                    guard try reader.readByte() == ProfileFormat.version else {
+                        throw BinaryDecodingError(.unsupportedVersion, offset: 0, "ledger row")
+                    }
+                    let entry = try LedgerEntry(from: &reader)
+                    guard entry.type.isEvent else { return }
+                    if newest.recent.count == historyLimit, let last = newest.recent.last {
+                        let messageId = String(decoding: key[prefix.count...], as: UTF8.self)
+                        guard (entry.time, messageId) > (last.time, last.messageId) else { return }
+                    }
+                    guard try reader.readBool() else { return }
+                    newest.insertRecent(try EventRecord(from: &reader), limit: historyLimit)
+                }
                 return .next
             }
-            candidates += taken
         }
-        return Array(candidates.sorted(by: >).prefix(historyLimit))
-    }
-
-    private func eventKey(_ subjectKey: [UInt8], _ event: EventRecord) -> [UInt8] {
-        var writer = BinaryWriter(capacity: subjectKey.count + 10 + event.messageId.utf8.count)
-        writer.write(raw: documentKey(subjectKey, .event))
-        // Newest first: the complement of the order-preserving (sign-flipped) time.
-        writer.write(bigEndian: ~(UInt64(bitPattern: event.time) ^ (1 << 63)))
-        writer.write(raw: event.messageId.utf8)
-        return writer.bytes
+        return newest.recent
     }
 
     // MARK: Erasure checks

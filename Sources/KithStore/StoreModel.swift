@@ -119,6 +119,30 @@ enum ChangeRecord {
     }
 }
 
+/// A row of a source's ledger: what the message was and, for a behavioural event, the event with
+/// its properties. One row per message keeps ingest to one insert; the newest events of a profile
+/// are also held in its view, so the rows are read back only when a view is rebuilt.
+struct LedgerRow: BinaryCodable {
+    var entry: LedgerEntry
+    var event: EventRecord?
+
+    init(entry: LedgerEntry, event: EventRecord?) {
+        self.entry = entry
+        self.event = event
+    }
+
+    func encode(to writer: inout BinaryWriter) {
+        entry.encode(to: &writer)
+        writer.write(bool: event != nil)
+        event?.encode(to: &writer)
+    }
+
+    init(from reader: inout BinaryReader) throws {
+        entry = try LedgerEntry(from: &reader)
+        event = try reader.readBool() ? try EventRecord(from: &reader) : nil
+    }
+}
+
 /// What the store keeps per link: enough to know whether it is active and where it stands in the
 /// rule-evaluation order. (The pure model keeps every add; see docs/identity.md.)
 struct EdgeSummary: Equatable, BinaryCodable {

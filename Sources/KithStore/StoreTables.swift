@@ -27,7 +27,7 @@ enum Table: Int, CaseIterable, Sendable {
 }
 
 /// The records kept under one identifier in `documents`, in key order: identifier key ‖ 0 ‖ part ‖ suffix.
-/// Small records come first so they share a page; the ledger and history grow behind them.
+/// Small records come first so they share a page; the ledger grows behind them.
 enum DocumentPart: UInt8, CaseIterable, Sendable {
     /// → canonical identifier key of the identifier's profile.
     case index = 1
@@ -37,10 +37,9 @@ enum DocumentPart: UInt8, CaseIterable, Sendable {
     case view = 3
     /// ‖ other identifier key → link summary (kept under both ends).
     case edge = 4
-    /// ‖ messageId → `LedgerEntry`: every message the identifier's document has absorbed.
+    /// ‖ messageId → `LedgerRow`: every message the identifier's document has absorbed, with
+    /// the event and its properties for behavioural messages.
     case ledger = 5
-    /// ‖ newest-first time (8 bytes) ‖ messageId → `EventRecord` with properties.
-    case event = 6
 }
 
 /// The key of part `part` of identifier `identifierKey` (identifier keys contain no 0 byte).
