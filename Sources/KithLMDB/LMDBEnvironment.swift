@@ -119,6 +119,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Runs `body` in a write transaction: committed when it returns, aborted when it throws.
     /// If the map fills up, the map is grown and `body` runs again from the start.
+    @discardableResult
     public func write<T>(_ body: (LMDBWriteTransaction) throws -> T) throws -> T {
         while true {
             do {

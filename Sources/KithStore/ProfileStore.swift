@@ -33,7 +33,7 @@ public protocol ProfileStore: AnyObject, Sendable {
 protocol EngineBackedStore: ProfileStore {
     var engine: StoreEngine { get }
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T
-    func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T
+    @discardableResult func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T
 }
 
 extension EngineBackedStore {
@@ -99,6 +99,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         try environment.read { txn in try body(LMDBReading(reader: txn, tables: tables)) }
     }
 
+    @discardableResult
     func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
         try environment.write { txn in try body(LMDBWriting(transaction: txn, tables: tables)) }
     }
