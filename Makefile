@@ -9,7 +9,10 @@ BENCH_CUSTOMERS ?= 100000
 BENCH_EVENTS ?= 1000000
 BENCH_DIR := Benchmarks/.work
 
-.PHONY: deps build test bench clean
+FUZZ_SECONDS ?= 60
+FUZZ_HARNESSES := json message binary
+
+.PHONY: deps build test bench fuzz clean
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -34,7 +37,24 @@ build: deps
 
 test: deps
 	$(SWIFT) build --build-tests
+	@# Replay the committed fuzz corpora (seeds and crash reproducers) through every harness.
+	@for h in $(FUZZ_HARNESSES); do .build/debug/kith-fuzz $$h Tests/FuzzCorpus/$$h || exit 1; done
 	$(SWIFT) test --skip-build --parallel
+
+# libFuzzer with AddressSanitizer, FUZZ_SECONDS per harness, from the committed seeds. A crash
+# leaves its input in .build-fuzz/artifacts/: copy it into Tests/FuzzCorpus/<harness>/ with the fix.
+fuzz: deps
+	$(SWIFT) build -c release --product kith-fuzz --scratch-path .build-fuzz \
+	  -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address
+	@mkdir -p .build-fuzz/artifacts
+	@for h in $(FUZZ_HARNESSES); do \
+	  mkdir -p .build-fuzz/corpus/$$h && cp -n Tests/FuzzCorpus/$$h/* .build-fuzz/corpus/$$h/ 2>/dev/null; \
+	  echo "fuzzing $$h for $(FUZZ_SECONDS) s"; \
+	  SWIFT_BACKTRACE=enable=no .build-fuzz/release/kith-fuzz $$h -max_total_time=$(FUZZ_SECONDS) \
+	    -artifact_prefix=.build-fuzz/artifacts/$$h- -print_final_stats=1 .build-fuzz/corpus/$$h 2>&1 \
+	    | grep -E "^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)|ERROR|SUMMARY" ; \
+	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
+	done
 
 # Benchmarks run a release build against the deterministic workload (generated once, cached).
 bench: deps
@@ -48,4 +68,4 @@ bench: deps
 	.build/release/kith-bench --workload $$f --data-dir $(BENCH_DIR)/lmdb
 
 clean:
-	rm -rf .build $(BENCH_DIR)
+	rm -rf .build .build-fuzz $(BENCH_DIR)

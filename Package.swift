@@ -25,6 +25,10 @@ let package = Package(
         .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
 
+        // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
+        .target(name: "CFuzzerDriver"),
+        .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile"]),
+
         // Benchmarks: `make bench` prints `name: value` lines.
         .executableTarget(name: "kith-bench", dependencies: ["KithStore", "KithLMDB"], path: "Benchmarks/KithBench",
             swiftSettings: optimizeAcrossModules),
