@@ -10,7 +10,7 @@ BENCH_EVENTS ?= 1000000
 BENCH_DIR := Benchmarks/.work
 
 FUZZ_SECONDS ?= 60
-FUZZ_HARNESSES := json message binary
+FUZZ_HARNESSES := json message binary http
 
 .PHONY: deps build test bench fuzz clean
 

@@ -19,6 +19,7 @@ let package = Package(
         .target(name: "KithCRDT", swiftSettings: optimizeAcrossModules),
         .target(name: "KithJSON", dependencies: ["KithCRDT"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithHTTP", swiftSettings: optimizeAcrossModules),
 
         // Storage and thin shells.
         .target(name: "KithLMDB", dependencies: ["CLMDB"], swiftSettings: optimizeAcrossModules),
@@ -27,7 +28,7 @@ let package = Package(
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
         .target(name: "CFuzzerDriver"),
-        .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile"]),
+        .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile", "KithHTTP"]),
 
         // Benchmarks: `make bench` prints `name: value` lines.
         .executableTarget(name: "kith-bench", dependencies: ["KithStore", "KithLMDB"], path: "Benchmarks/KithBench",
@@ -40,6 +41,7 @@ let package = Package(
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),
         .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
         .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithTestSupport"]),
+        .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

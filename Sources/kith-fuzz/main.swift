@@ -1,12 +1,13 @@
 // kith-fuzz: libFuzzer harnesses for Kith's decoders. `make fuzz` builds it with
 // -sanitize=fuzzer,address and runs each harness; see docs/testing.md.
 //
-//   kith-fuzz json|message|binary [libFuzzer options] [corpus directories]
+//   kith-fuzz json|message|binary|http [libFuzzer options] [corpus directories]
 //
 // Every harness checks a property, not just "no crash": what parses must re-encode and parse back
 // to the same value.
 import CFuzzerDriver
 import KithCRDT
+import KithHTTP
 import KithJSON
 import KithProfile
 
@@ -46,6 +47,28 @@ func fuzzBinary(_ bytes: UnsafeBufferPointer<UInt8>) {
     }
 }
 
+/// HTTP requests: the same steps whether the bytes arrive at once or one at a time.
+func fuzzHTTP(_ bytes: UnsafeBufferPointer<UInt8>) {
+    func steps(_ pieces: [ArraySlice<UInt8>]) -> [HTTPRequestParser.Step] {
+        var parser = HTTPRequestParser()
+        var result: [HTTPRequestParser.Step] = []
+        for piece in pieces {
+            parser.append(piece)
+            while true {
+                let step = parser.next()
+                if case .needMore = step { break }
+                result.append(step)
+                if case .failed = step { return result }
+            }
+        }
+        return result
+    }
+    let input = Array(bytes)
+    let whole = steps([input[...]])
+    let bytewise = steps(input.indices.map { input[$0...$0] })
+    guard whole == bytewise else { fatalError("HTTP parse depends on how the bytes were split") }
+}
+
 nonisolated(unsafe) var harness: (UnsafeBufferPointer<UInt8>) -> Void = fuzzJSON
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -54,10 +77,12 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     return 0
 }
 
-let harnesses: [String: (UnsafeBufferPointer<UInt8>) -> Void] = ["json": fuzzJSON, "message": fuzzMessage, "binary": fuzzBinary]
+let harnesses: [String: (UnsafeBufferPointer<UInt8>) -> Void] = [
+    "json": fuzzJSON, "message": fuzzMessage, "binary": fuzzBinary, "http": fuzzHTTP,
+]
 var arguments = CommandLine.arguments
 guard arguments.count >= 2, let chosen = harnesses[arguments[1]] else {
-    let usage = "usage: kith-fuzz json|message|binary [libFuzzer options] [corpus...]\n"
+    let usage = "usage: kith-fuzz json|message|binary|http [libFuzzer options] [corpus...]\n"
     _ = usage.withCString { write(2, $0, strlen($0)) }
     exit(64)
 }
