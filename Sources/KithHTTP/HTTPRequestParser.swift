@@ -74,6 +74,20 @@ public struct HTTPRequestParser: Sendable {
         buffer.append(contentsOf: bytes)
     }
 
+    /// Every step the buffered bytes allow now: complete requests, ending with the failure if
+    /// there is one (never `.needMore`).
+    public mutating func drain() -> [Step] {
+        var steps: [Step] = []
+        while true {
+            let step = next()
+            switch step {
+            case .needMore: return steps
+            case .failed: return steps + [step]
+            case .request: steps.append(step)
+            }
+        }
+    }
+
     /// Advances as far as the buffered bytes allow.
     public mutating func next() -> Step {
         while true {

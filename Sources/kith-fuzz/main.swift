@@ -54,12 +54,8 @@ func fuzzHTTP(_ bytes: UnsafeBufferPointer<UInt8>) {
         var result: [HTTPRequestParser.Step] = []
         for piece in pieces {
             parser.append(piece)
-            while true {
-                let step = parser.next()
-                if case .needMore = step { break }
-                result.append(step)
-                if case .failed = step { return result }
-            }
+            result += parser.drain()
+            if case .failed? = result.last { return result }
         }
         return result
     }

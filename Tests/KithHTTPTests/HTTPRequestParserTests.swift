@@ -12,12 +12,8 @@ private func parse(_ text: String, pieces: [Int]? = nil, limits: HTTPRequestPars
     for size in (pieces ?? [bytes.count]) + [bytes.count] where offset < bytes.count {
         parser.append(bytes[offset..<min(bytes.count, offset + size)])
         offset = min(bytes.count, offset + size)
-        while true {
-            let step = parser.next()
-            if case .needMore = step { break }
-            steps.append(step)
-            if case .failed = step { return steps }
-        }
+        steps += parser.drain()
+        if case .failed? = steps.last { return steps }
     }
     return steps
 }
