@@ -14,6 +14,7 @@ let package = Package(
         // C libraries, each behind one system library target and one shim header.
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Pure cores: stdlib only, no I/O, no clocks, no global randomness.
         .target(name: "KithCRDT", swiftSettings: optimizeAcrossModules),
@@ -24,6 +25,7 @@ let package = Package(
         // Storage and thin shells.
         .target(name: "KithLMDB", dependencies: ["CLMDB"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
@@ -42,6 +44,7 @@ let package = Package(
         .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
         .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithTestSupport"]),
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
+        .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )
