@@ -19,7 +19,7 @@ struct GzipTests {
         let text = Array(#"{"batch":[{"type":"track","userId":"u-1","event":"E"}]}"#.utf8)
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-gzip-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: path + ".gz") }
-        FileManager.default.createFile(atPath: path, contents: Data(text))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(text)))
         let gzip = Process()
         gzip.executableURL = URL(fileURLWithPath: "/bin/gzip")
         gzip.arguments = ["-9", path]
