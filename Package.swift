@@ -15,6 +15,7 @@ let package = Package(
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),
         .systemLibrary(name: "CCrypto", pkgConfig: "libcrypto", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLinux"),
 
         // Pure cores: stdlib only, no I/O, no clocks, no global randomness.
         .target(name: "KithCRDT", swiftSettings: optimizeAcrossModules),
@@ -26,6 +27,7 @@ let package = Package(
         .target(name: "KithLMDB", dependencies: ["CLMDB"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
@@ -45,6 +47,7 @@ let package = Package(
         .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithTestSupport"]),
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
+        .testTarget(name: "KithNetTests", dependencies: ["KithNet", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -60,6 +60,15 @@ public struct HTTPRequestParser: Sendable {
     /// Bytes received and not yet consumed by a complete request.
     public var bufferedBytes: Int { buffer.count - position }
 
+    /// Whether the request being read asked for `100-continue` and its body has not started: the
+    /// server should send `HTTP/1.1 100 Continue` (once).
+    public var awaitingContinue: Bool {
+        switch state {
+        case .fixedBody(let head, _), .chunkSize(let head): head.expectsContinue && head.body.isEmpty
+        default: false
+        }
+    }
+
     /// Whether the parser is between requests with nothing buffered (an idle connection).
     public var isIdle: Bool {
         if case .requestLine = state { return bufferedBytes == 0 }

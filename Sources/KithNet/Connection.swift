@@ -1,0 +1,180 @@
+import CLinux
+import KithHTTP
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One client connection, touched only on its loop's thread.
+///
+/// States: reading requests (pipelined ones queue up), each request holding a response slot in
+/// arrival order; responses leave in that order whatever order handlers answer in; after a
+/// request that closes the connection (or a parse error) nothing more is read, and the
+/// connection closes once everything queued has been written.
+final class Connection: @unchecked Sendable {
+    let descriptor: Int32
+    private unowned let worker: LoopWorker
+    private var parser: HTTPRequestParser
+    private var slots: [(response: HTTPResponse?, closes: Bool)] = []
+    private var output: [UInt8] = []
+    private var outputOffset = 0
+    private var readingStopped = false
+    private var sentContinue = false
+    private var isClosed = false
+    private var lastActivity = EventLoop.now()
+    private var requestStarted: UInt64?
+    private var watchingWrites = false
+
+    init(descriptor: Int32, worker: LoopWorker) {
+        self.descriptor = descriptor
+        self.worker = worker
+        parser = HTTPRequestParser(limits: worker.server.configuration.limits)
+    }
+
+    func handle(events: UInt32) {
+        if events & UInt32(EPOLLIN.rawValue | EPOLLHUP.rawValue | EPOLLERR.rawValue) != 0 { readAvailable() }
+        if !isClosed && events & UInt32(EPOLLOUT.rawValue) != 0 { flush() }
+    }
+
+    private func readAvailable() {
+        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
+        while !readingStopped && !isClosed {
+            let result = try? system("read") { buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) } }
+            switch result {
+            case .done(0)?, nil:
+                // The peer closed (or the read failed): finish what is queued, then close.
+                readingStopped = true
+                if slots.isEmpty { close() }
+                return
+            case .done(let count)?:
+                lastActivity = EventLoop.now()
+                if requestStarted == nil { requestStarted = lastActivity }
+                parser.append(buffer[0..<count])
+                process()
+            case .wouldBlock?:
+                return
+            }
+        }
+    }
+
+    private func process() {
+        for step in parser.drain() {
+            switch step {
+            case .request(let request):
+                let slot = slots.count
+                slots.append((nil, !request.keepAlive))
+                if !request.keepAlive { readingStopped = true }
+                sentContinue = false
+                deliver(request, to: slot)
+            case .failed(let error):
+                slots.append((HTTPResponse.error(error.status, code: error.code.rawValue, message: "the request was refused: \(error.code.rawValue)"), true))
+                readingStopped = true
+            case .needMore:
+                break
+            }
+        }
+        requestStarted = parser.isIdle ? nil : (requestStarted ?? EventLoop.now())
+        if parser.awaitingContinue && !sentContinue {
+            sentContinue = true
+            enqueueRaw(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
+        }
+        flush()
+    }
+
+    /// Hands the request to the server's handler; the answer comes back through the loop.
+    private func deliver(_ request: HTTPRequest, to slot: Int) {
+        let loop = worker.loop
+        let generation = ObjectIdentifier(self)
+        let answered = Answered()
+        let responder = HTTPResponder { [weak self] response in
+            guard answered.claim() else { return }
+            loop.execute { [weak self] in
+                guard let self, ObjectIdentifier(self) == generation else { return }
+                self.fill(slot, response)
+            }
+        }
+        worker.server.handler(request, responder)
+    }
+
+    private func fill(_ slot: Int, _ response: HTTPResponse) {
+        guard !isClosed, slot < slots.count else { return }
+        slots[slot].response = response
+        flush()
+    }
+
+    private func enqueueRaw(_ bytes: [UInt8]) {
+        output.append(contentsOf: bytes)
+    }
+
+    /// Moves answered responses (in order) to the output buffer and writes what the socket takes.
+    private func flush() {
+        var closeAfter = false
+        while let first = slots.first, let response = first.response {
+            enqueueRaw(response.serialized(closing: first.closes))
+            slots.removeFirst()
+            if first.closes {
+                closeAfter = true
+                slots.removeAll()
+            }
+        }
+        while outputOffset < output.count {
+            let result = try? system("write") {
+                output.withUnsafeBytes { write(descriptor, $0.baseAddress! + outputOffset, $0.count - outputOffset) }
+            }
+            switch result {
+            case .done(let written)?:
+                outputOffset += written
+                lastActivity = EventLoop.now()
+            case .wouldBlock?:
+                watchWrites(true)
+                return
+            case nil:
+                close()
+                return
+            }
+        }
+        output.removeAll(keepingCapacity: true)
+        outputOffset = 0
+        watchWrites(false)
+        if closeAfter || (readingStopped && slots.isEmpty) { close() }
+    }
+
+    private func watchWrites(_ on: Bool) {
+        guard on != watchingWrites, !isClosed else { return }
+        watchingWrites = on
+        let events = UInt32(EPOLLIN.rawValue) | (on ? UInt32(EPOLLOUT.rawValue) : 0)
+        try? worker.loop.modify(descriptor, events: events)
+    }
+
+    /// Closes connections that are too slow to send a request, or idle too long.
+    func expire(now: UInt64) {
+        let configuration = worker.server.configuration
+        if let started = requestStarted, now - started > configuration.requestTimeoutNanoseconds, slots.isEmpty {
+            slots.append((HTTPResponse.error(408, code: "request_timeout", message: "the request did not arrive in time"), true))
+            readingStopped = true
+            flush()
+        } else if parser.isIdle && slots.isEmpty && outputOffset == output.count
+            && now - lastActivity > configuration.idleTimeoutNanoseconds
+        {
+            close()
+        }
+    }
+
+    func close() {
+        guard !isClosed else { return }
+        isClosed = true
+        worker.loop.deregister(descriptor)
+        withExtendedLifetime(self) {
+            // Counted out before the peer can observe the close.
+            worker.closed(self)
+            Glibc.close(descriptor)
+        }
+    }
+}
+
+/// Makes sure a responder answers once.
+private final class Answered: @unchecked Sendable {
+    private let flag = Mutex(false)
+    func claim() -> Bool { flag.withLock { taken in defer { taken = true }; return !taken } }
+}

@@ -1,0 +1,207 @@
+import CLinux
+import KithHTTP
+import Synchronization
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A response to send. `Content-Length` and `Connection` are added by the server.
+public struct HTTPResponse: Equatable, Sendable {
+    public var status: Int
+    public var headers: [HTTPHeader]
+    public var body: [UInt8]
+
+    public init(status: Int, headers: [HTTPHeader] = [], body: [UInt8] = []) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
+    /// A JSON response.
+    public static func json(_ status: Int, _ body: [UInt8]) -> HTTPResponse {
+        HTTPResponse(status: status, headers: [HTTPHeader("Content-Type", "application/json")], body: body)
+    }
+
+    /// Kith's JSON error body: `{"error":{"code":"…","message":"…"}}` (code and message are
+    /// Kith's own words, never echoed input, so they need no escaping beyond quotes and backslashes).
+    public static func error(_ status: Int, code: String, message: String) -> HTTPResponse {
+        func escaped(_ s: String) -> String {
+            s.unicodeScalars.map { $0 == "\"" ? "\\\"" : $0 == "\\" ? "\\\\" : $0.value < 0x20 ? " " : String($0) }.joined()
+        }
+        return json(status, Array(#"{"error":{"code":"\#(escaped(code))","message":"\#(escaped(message))"}}"#.utf8))
+    }
+
+    func serialized(closing: Bool) -> [UInt8] {
+        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\n"
+        for header in headers { head += "\(header.name): \(header.value)\r\n" }
+        head += "Content-Length: \(body.count)\r\n"
+        if closing { head += "Connection: close\r\n" }
+        head += "\r\n"
+        return Array(head.utf8) + body
+    }
+
+    static func reason(_ status: Int) -> String {
+        switch status {
+        case 100: "Continue"
+        case 200: "OK"
+        case 201: "Created"
+        case 204: "No Content"
+        case 400: "Bad Request"
+        case 401: "Unauthorized"
+        case 403: "Forbidden"
+        case 404: "Not Found"
+        case 405: "Method Not Allowed"
+        case 408: "Request Timeout"
+        case 413: "Content Too Large"
+        case 414: "URI Too Long"
+        case 429: "Too Many Requests"
+        case 431: "Request Header Fields Too Large"
+        case 500: "Internal Server Error"
+        case 501: "Not Implemented"
+        case 503: "Service Unavailable"
+        case 505: "HTTP Version Not Supported"
+        default: "Status"
+        }
+    }
+}
+
+/// Answers one request, now or later, from any thread. Exactly one `respond` per request counts;
+/// later calls are ignored.
+public struct HTTPResponder: Sendable {
+    let deliver: @Sendable (HTTPResponse) -> Void
+    public func respond(_ response: HTTPResponse) { deliver(response) }
+}
+
+/// An HTTP/1.1 server on non-blocking sockets: one epoll loop per thread, each with its own
+/// listening socket on the same port (SO_REUSEPORT), so the kernel spreads connections.
+public final class HTTPServer: Sendable {
+    public struct Configuration: Sendable {
+        public var host = "127.0.0.1"
+        public var port: UInt16 = 0
+        public var loops = 2
+        public var limits = HTTPRequestParser.Limits()
+        /// A request must arrive whole within this time once its first byte has (slow clients,
+        /// slowloris); otherwise 408 and close.
+        public var requestTimeoutNanoseconds: UInt64 = 30_000_000_000
+        /// An idle keep-alive connection is closed after this.
+        public var idleTimeoutNanoseconds: UInt64 = 60_000_000_000
+        public var maximumConnections = 10_000
+        /// How often timeouts are checked.
+        public var tickNanoseconds: UInt64 = 250_000_000
+
+        public init() {}
+    }
+
+    public typealias Handler = @Sendable (HTTPRequest, HTTPResponder) -> Void
+
+    public let configuration: Configuration
+    let handler: Handler
+    let connectionCount = Atomic<Int>(0)
+    private let state = Mutex<(loops: [EventLoop], threads: [pthread_t], port: UInt16)>(([], [], 0))
+
+    public init(configuration: Configuration, handler: @escaping Handler) {
+        self.configuration = configuration
+        self.handler = handler
+    }
+
+    /// The number of open connections.
+    public var openConnections: Int { connectionCount.load(ordering: .relaxed) }
+
+    /// Binds and starts the loops; returns the port (useful with port 0).
+    public func start() throws(SystemError) -> UInt16 {
+        var port = configuration.port
+        var workers: [LoopWorker] = []
+        for _ in 0..<max(1, configuration.loops) {
+            let listener = try Listener.bind(host: configuration.host, port: port, reusePort: true)
+            port = listener.port
+            workers.append(try LoopWorker(server: self, listener: listener))
+        }
+        var threads: [pthread_t] = []
+        for worker in workers {
+            let box = Unmanaged.passRetained(worker).toOpaque()
+            var thread = pthread_t()
+            let created = pthread_create(&thread, nil, { raw in
+                let worker = Unmanaged<LoopWorker>.fromOpaque(raw!).takeRetainedValue()
+                worker.run()
+                return nil
+            }, box)
+            precondition(created == 0, "pthread_create failed: \(created)")
+            threads.append(thread)
+        }
+        let loops = workers.map(\.loop)
+        state.withLock { $0 = (loops, threads, port) }
+        return port
+    }
+
+    /// Stops accepting, lets every loop finish, and closes all connections.
+    public func stop() {
+        let (loops, threads, _) = state.withLock { current in
+            let taken = current
+            current = ([], [], current.port)
+            return taken
+        }
+        for loop in loops { loop.stop() }
+        for thread in threads { pthread_join(thread, nil) }
+    }
+}
+
+/// One loop thread: its listener and its connections.
+final class LoopWorker: @unchecked Sendable {
+    let loop: EventLoop
+    unowned let server: HTTPServer
+    let listener: Listener
+    /// Loop thread only.
+    var connections: [Int32: Connection] = [:]
+
+    init(server: HTTPServer, listener: Listener) throws(SystemError) {
+        self.server = server
+        self.listener = listener
+        loop = try EventLoop()
+    }
+
+    func run() {
+        do {
+            try loop.register(listener.descriptor, events: UInt32(EPOLLIN.rawValue)) { [unowned self] _ in self.acceptAll() }
+        } catch {
+            preconditionFailure("cannot watch the listener: \(error)")
+        }
+        loop.run(tickInterval: server.configuration.tickNanoseconds) { self.expireSlowAndIdle() }
+        loop.deregister(listener.descriptor)
+        close(listener.descriptor)
+        for connection in connections.values { connection.close() }
+    }
+
+    private func acceptAll() {
+        while let descriptor = try? listener.accept() {
+            if server.connectionCount.wrappingAdd(1, ordering: .relaxed).newValue > server.configuration.maximumConnections {
+                // Over the limit: say so and close, rather than leave the client hanging. (Counted
+                // out first, so that whoever reads the 503 sees the count it implies.)
+                server.connectionCount.wrappingSubtract(1, ordering: .relaxed)
+                let busy = HTTPResponse.error(503, code: "too_many_connections", message: "the server is at its connection limit")
+                _ = busy.serialized(closing: true).withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+                Glibc.close(descriptor)
+                continue
+            }
+            let connection = Connection(descriptor: descriptor, worker: self)
+            connections[descriptor] = connection
+            do {
+                try loop.register(descriptor, events: UInt32(EPOLLIN.rawValue)) { [unowned connection] events in
+                    connection.handle(events: events)
+                }
+            } catch {
+                connection.close()
+            }
+        }
+    }
+
+    private func expireSlowAndIdle() {
+        let now = EventLoop.now()
+        for connection in Array(connections.values) { connection.expire(now: now) }
+    }
+
+    func closed(_ connection: Connection) {
+        connections[connection.descriptor] = nil
+        server.connectionCount.wrappingSubtract(1, ordering: .relaxed)
+    }
+}

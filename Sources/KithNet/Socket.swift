@@ -1,0 +1,78 @@
+import CLinux
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A listening TCP socket, non-blocking, bound to an IPv4 or IPv6 literal address.
+struct Listener {
+    let descriptor: Int32
+    let port: UInt16
+
+    /// Binds `host:port` (port 0: any free port). `reusePort` lets several loops each have a
+    /// listener on the same port, with the kernel spreading connections between them.
+    static func bind(host: String, port: UInt16, reusePort: Bool, backlog: Int32 = 1_024) throws(SystemError) -> Listener {
+        var address = sockaddr_storage()
+        var length: socklen_t
+        let family: Int32
+        var v4 = sockaddr_in()
+        var v6 = sockaddr_in6()
+        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+            family = AF_INET
+            v4.sin_family = sa_family_t(AF_INET)
+            v4.sin_port = port.bigEndian
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            withUnsafeMutableBytes(of: &address) { $0.copyMemory(from: withUnsafeBytes(of: v4) { $0 }) }
+        } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
+            family = AF_INET6
+            v6.sin6_family = sa_family_t(AF_INET6)
+            v6.sin6_port = port.bigEndian
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+            withUnsafeMutableBytes(of: &address) { $0.copyMemory(from: withUnsafeBytes(of: v6) { $0 }) }
+        } else {
+            throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
+        }
+        let descriptor = try systemValue("socket") { socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        do {
+            try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1)
+            if reusePort { try setOption(descriptor, SOL_SOCKET, SO_REUSEPORT, 1) }
+            try withUnsafePointer(to: &address) { pointer throws(SystemError) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
+                    try systemValue("bind") { Glibc.bind(descriptor, sa, length) }
+                }
+            }
+            try systemValue("listen") { listen(descriptor, backlog) }
+            var bound = sockaddr_storage()
+            var boundLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            try withUnsafeMutablePointer(to: &bound) { pointer throws(SystemError) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
+                    try systemValue("getsockname") { getsockname(descriptor, sa, &boundLength) }
+                }
+            }
+            let boundPort = withUnsafeBytes(of: bound) { raw in
+                family == AF_INET
+                    ? UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self))
+                    : UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self))
+            }
+            return Listener(descriptor: descriptor, port: boundPort)
+        } catch {
+            close(descriptor)
+            throw error
+        }
+    }
+
+    /// The next pending connection (non-blocking, close-on-exec), or nil when there is none.
+    func accept() throws(SystemError) -> Int32? {
+        switch try system("accept4", { kith_accept_nonblocking(descriptor) }) {
+        case .done(let connection):
+            try? setOption(connection, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            return connection
+        case .wouldBlock: return nil
+        }
+    }
+}
+
+func setOption(_ descriptor: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(SystemError) {
+    var value = value
+    try systemValue("setsockopt") { setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
+}

@@ -1,0 +1,185 @@
+import Foundation
+import KithHTTP
+import KithNet
+import Testing
+
+/// A blocking test client on loopback, with a receive timeout so a hung server fails the test.
+final class TestClient {
+    let descriptor: Int32
+    private var received: [UInt8] = []
+
+    init(port: UInt16, timeoutSeconds: Int = 5) throws {
+        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        if result != 0 { throw SystemError(call: "connect", errno: errno) }
+    }
+
+    deinit { close(descriptor) }
+
+    func send(_ text: String) {
+        let bytes = Array(text.utf8)
+        _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
+    }
+
+    /// Reads one response (head and Content-Length body); nil if the connection closed first.
+    func readResponse() -> (status: Int, headers: [String: String], body: String)? {
+        while true {
+            if let end = received.firstRange(of: Array("\r\n\r\n".utf8)) {
+                let head = String(decoding: received[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+                var headers: [String: String] = [:]
+                for line in head.dropFirst() {
+                    let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
+                    if parts.count == 2 { headers[parts[0].lowercased()] = parts[1] }
+                }
+                let length = Int(headers["content-length"] ?? "0") ?? 0
+                if received.count >= end.upperBound + length {
+                    let body = String(decoding: received[end.upperBound..<end.upperBound + length], as: UTF8.self)
+                    received.removeFirst(end.upperBound + length)
+                    let status = Int(head[0].split(separator: " ")[1]) ?? 0
+                    return (status, headers, body)
+                }
+            }
+            guard readMore() else { return nil }
+        }
+    }
+
+    /// Whether the server has closed the connection (reads end of stream).
+    func isClosedByServer() -> Bool { received.isEmpty && !readMore() }
+
+    private func readMore() -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+        guard count > 0 else { return false }
+        received += buffer[0..<count]
+        return true
+    }
+}
+
+private func echoServer(_ configure: (inout HTTPServer.Configuration) -> Void = { _ in }) throws -> (HTTPServer, UInt16) {
+    var configuration = HTTPServer.Configuration()
+    configure(&configuration)
+    let server = HTTPServer(configuration: configuration) { request, responder in
+        responder.respond(HTTPResponse(status: 200, body: Array("\(request.method) \(request.target) \(request.body.count)".utf8)))
+    }
+    return (server, try server.start())
+}
+
+@Suite("HTTP server on loopback", .serialized)
+struct HTTPServerTests {
+    @Test func servesKeepAliveRequests() throws {
+        let (server, port) = try echoServer()
+        defer { server.stop() }
+        let client = try TestClient(port: port)
+        client.send("GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        #expect(client.readResponse()?.body == "GET /a 0")
+        client.send("POST /b HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        let second = client.readResponse()
+        #expect(second?.status == 200 && second?.body == "POST /b 3")
+        client.send("GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
+        #expect(client.readResponse()?.headers["connection"] == "close")
+        #expect(client.isClosedByServer())
+    }
+
+    @Test func pipelinedResponsesKeepRequestOrderWhateverOrderHandlersAnswer() throws {
+        let server = HTTPServer(configuration: HTTPServer.Configuration()) { request, responder in
+            // Later requests answer sooner: the server must still send responses in order.
+            let delay = request.target == "/1" ? 0.2 : request.target == "/2" ? 0.1 : 0
+            DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
+                responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
+            }
+        }
+        let port = try server.start()
+        defer { server.stop() }
+        let client = try TestClient(port: port)
+        client.send("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
+        #expect([client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body] == ["/1", "/2", "/3"])
+    }
+
+    @Test func refusesBadRequestsWithTheRightStatusThenCloses() throws {
+        let (server, port) = try echoServer()
+        defer { server.stop() }
+        let cases: [(String, Int)] = [
+            ("GET / HTTP/1.1\r\nX: " + String(repeating: "v", count: 20_000) + "\r\n\r\n", 431),
+            ("POST / HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n", 413),
+            ("GET /" + String(repeating: "p", count: 9_000) + " HTTP/1.1\r\n\r\n", 414),
+            ("NOT HTTP AT ALL\r\n\r\n", 400),
+        ]
+        for (text, status) in cases {
+            let client = try TestClient(port: port)
+            client.send(text)
+            let response = client.readResponse()
+            #expect(response?.status == status)
+            #expect(response?.body.contains("\"error\"") == true)
+            #expect(client.isClosedByServer())
+        }
+    }
+
+    @Test func slowClientsTimeOutAndIdleConnectionsClose() throws {
+        let (server, port) = try echoServer {
+            $0.requestTimeoutNanoseconds = 300_000_000
+            $0.idleTimeoutNanoseconds = 300_000_000
+            $0.tickNanoseconds = 50_000_000
+        }
+        defer { server.stop() }
+        let slow = try TestClient(port: port)
+        slow.send("GET / HTTP/1.1\r\nHost: x\r\n")  // never finishes its headers
+        #expect(slow.readResponse()?.status == 408)
+        #expect(slow.isClosedByServer())
+        let idle = try TestClient(port: port)
+        idle.send("GET / HTTP/1.1\r\n\r\n")
+        #expect(idle.readResponse()?.status == 200)
+        #expect(idle.isClosedByServer())  // closed after 300 ms of idleness
+        #expect(server.openConnections == 0)
+    }
+
+    @Test func answersExpectContinueBeforeTheBody() throws {
+        let (server, port) = try echoServer()
+        defer { server.stop() }
+        let client = try TestClient(port: port)
+        client.send("POST /v1/batch HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n")
+        #expect(client.readResponse()?.status == 100)
+        client.send("body")
+        #expect(client.readResponse()?.body == "POST /v1/batch 4")
+    }
+
+    @Test func refusesConnectionsBeyondTheLimit() throws {
+        let (server, port) = try echoServer { $0.maximumConnections = 2; $0.loops = 1 }
+        defer { server.stop() }
+        let first = try TestClient(port: port), second = try TestClient(port: port)
+        for client in [first, second] {
+            client.send("GET / HTTP/1.1\r\n\r\n")
+            #expect(client.readResponse()?.status == 200)
+        }
+        let third = try TestClient(port: port)
+        #expect(third.readResponse()?.status == 503)
+        #expect(server.openConnections == 2)
+    }
+
+    @Test func servesManyConcurrentClients() async throws {
+        let (server, port) = try echoServer()
+        defer { server.stop() }
+        let ok = await withTaskGroup(of: Int.self) { group in
+            for worker in 0..<8 {
+                group.addTask {
+                    guard let client = try? TestClient(port: port) else { return 0 }
+                    var count = 0
+                    for i in 0..<50 {
+                        client.send("GET /w\(worker)/\(i) HTTP/1.1\r\n\r\n")
+                        if client.readResponse()?.body == "GET /w\(worker)/\(i) 0" { count += 1 }
+                    }
+                    return count
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(ok == 400)
+    }
+}
