@@ -28,6 +28,10 @@ let package = Package(
         .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
+        .target(
+            name: "KithNode", dependencies: ["KithStore", "KithNet", "KithCompression", "KithCrypto"],
+            swiftSettings: optimizeAcrossModules),
+        .executableTarget(name: "kith", dependencies: ["KithNode"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.

@@ -21,6 +21,19 @@ public enum Crypto {
         return Array(output.prefix(Int(length)))
     }
 
+    /// SHA-256 of `message` (FIPS 180-4), through libcrypto's EVP interface.
+    public static func sha256(_ message: [UInt8]) -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let ok = message.withUnsafeBytes { input in
+            output.withUnsafeMutableBufferPointer { out in
+                EVP_Digest(input.baseAddress, input.count, out.baseAddress, &length, EVP_sha256(), nil)
+            }
+        }
+        precondition(ok == 1 && length == 32, "SHA-256 failed in libcrypto")
+        return Array(output.prefix(32))
+    }
+
     /// `count` bytes from the operating system's CSPRNG via libcrypto.
     public static func randomBytes(_ count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)

@@ -1,0 +1,163 @@
+import Foundation
+import KithCompression
+import KithCrypto
+import KithHTTP
+import KithJSON
+import KithLMDB
+import KithNet
+import KithProfile
+import KithStore
+import Synchronization
+
+/// One Kith node: the store, its single writer, and the HTTP API.
+public final class Node: Sendable {
+    public static let version = "0.1.0"
+    /// Segment's limits: 32 KB per message, 500 KB and 2,500 messages per batch.
+    static let maximumMessageBytes = 32 * 1024
+    static let maximumBatchBytes = 500 * 1024
+    static let maximumBatchMessages = 2_500
+    /// Pending commit jobs beyond which ingest answers 429 (load shedding).
+    static let maximumBacklog = 2_000
+
+    public let configuration: NodeConfiguration
+    let store: LMDBProfileStore
+    let committer: GroupCommitter
+    let writeKeys: [[UInt8]]
+    let tokenHashes: [[UInt8]]
+    let parser: SegmentMessageParser
+    let stopping = Atomic<Bool>(false)
+    let server: HTTPServer
+    let metrics = NodeMetrics()
+
+    public init(configuration: NodeConfiguration) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        let secret = try Self.loadSecret(configuration.secretFile ?? configuration.dataDirectory + ".secret")
+        var storeConfiguration = StoreConfiguration(
+            node: Self.nodeIdentifier(configuration.nodeName), forgetKeySecret: secret,
+            profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
+        storeConfiguration.profile.rules = IdentityRules()
+        store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration)
+        committer = GroupCommitter(store: store)
+        writeKeys = configuration.writeKeys.map { Array($0.utf8) }
+        tokenHashes = configuration.tokens.compactMap { Self.bytes(hex: $0.sha256) }
+        parser = SegmentMessageParser()
+        let (host, port) = try configuration.httpAddress()
+        var http = HTTPServer.Configuration()
+        http.host = host
+        http.port = port
+        http.loops = configuration.loops
+        let route = RouteBox()
+        server = HTTPServer(configuration: http) { request, responder in route.node?.handle(request, responder) }
+        route.node = self
+    }
+
+    /// Starts serving; returns the HTTP port.
+    public func start() throws -> UInt16 { try server.start() }
+
+    /// Graceful stop: no new connections, in-flight requests answered, queued writes committed.
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        server.stop()
+        committer.stop()
+        try? store.environment.sync()
+    }
+
+    // MARK: - Routing
+
+    func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let requestId = Self.requestIdentifier()
+        let started = DispatchTime.now().uptimeNanoseconds
+        let route = Self.routeName(request)
+        let respond: @Sendable (HTTPResponse) -> Void = { [metrics] response in
+            var response = response
+            response.headers.append(HTTPHeader("Request-Id", requestId))
+            metrics.record(route: route, status: response.status, seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
+            responder.respond(response)
+        }
+        let path = request.path
+        switch (request.method, path) {
+        case ("GET", "/livez"): respond(.json(200, Array(#"{"status":"ok"}"#.utf8)))
+        case ("GET", "/readyz"):
+            respond(stopping.load(ordering: .relaxed)
+                ? .error(503, code: "stopping", message: "the node is shutting down") : .json(200, Array(#"{"status":"ready"}"#.utf8)))
+        case ("GET", "/healthz"):
+            respond(.json(200, Array(#"{"status":"ok","node":"\#(configuration.nodeName)","version":"\#(Self.version)"}"#.utf8)))
+        case ("GET", "/metrics"): respond(metricsResponse())
+        case (_, _) where Self.ingestType(path) != nil:
+            guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
+            ingest(request, kind: Self.ingestType(path)!, respond: respond)
+        case ("GET", _) where path.hasPrefix("/v1/profiles/"):
+            readProfile(request, identifier: String(path.dropFirst("/v1/profiles/".count)), respond: respond)
+        case (_, "/livez"), (_, "/readyz"), (_, "/healthz"), (_, "/metrics"):
+            respond(.error(405, code: "method_not_allowed", message: "use GET"))
+        default:
+            respond(.error(404, code: "not_found", message: "no such endpoint"))
+        }
+    }
+
+    /// The ingest endpoint's message type: nil for other paths; `.some(nil)` for batch/import.
+    static func ingestType(_ path: Substring) -> MessageType?? {
+        switch path {
+        case "/v1/batch", "/v1/import": return .some(nil)
+        default:
+            guard path.hasPrefix("/v1/"), let type = MessageType(rawValue: String(path.dropFirst(4))) else { return nil }
+            return .some(type)
+        }
+    }
+
+    /// A route label for metrics: never a path with identifiers in it.
+    static func routeName(_ request: HTTPRequest) -> String {
+        let path = request.path
+        if path.hasPrefix("/v1/profiles/") { return "/v1/profiles/{identifier}" }
+        if ingestType(path) != nil || ["/livez", "/readyz", "/healthz", "/metrics"].contains(path) { return String(path) }
+        return "other"
+    }
+
+    // MARK: - Helpers
+
+    static func nodeIdentifier(_ name: String) -> UInt64 {
+        Crypto.sha256(Array(name.utf8)).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    static func requestIdentifier() -> String {
+        String(UInt64.random(in: 0...UInt64.max), radix: 16)
+    }
+
+    static func bytes(hex: String) -> [UInt8]? {
+        var result: [UInt8] = []
+        var digits = hex.utf8.makeIterator()
+        while let high = digits.next() {
+            guard let low = digits.next(), let h = hexValue(high), let l = hexValue(low) else { return nil }
+            result.append(h << 4 | l)
+        }
+        return result
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    /// Reads the forget-key secret, creating a random one (mode 0600) on first start.
+    static func loadSecret(_ path: String) throws -> [UInt8] {
+        if let data = FileManager.default.contents(atPath: path) {
+            guard data.count >= 32 else { throw ConfigurationError("\(path) holds fewer than 32 bytes of secret") }
+            return Array(data)
+        }
+        let secret = try Crypto.randomBytes(32)
+        guard FileManager.default.createFile(atPath: path, contents: Data(secret), attributes: [.posixPermissions: 0o600]) else {
+            throw ConfigurationError("cannot create secret file \(path)")
+        }
+        return secret
+    }
+}
+
+/// Lets the server's handler reach the node it belongs to without a retain cycle at init.
+private final class RouteBox: @unchecked Sendable {
+    weak var node: Node?
+}

@@ -1,0 +1,114 @@
+import Foundation
+import KithCrypto
+
+/// A node's settings: from a JSON file (`--config`), overridden by `KITH_*` environment
+/// variables, overridden by command-line flags.
+public struct NodeConfiguration: Codable, Sendable, Equatable {
+    public struct Token: Codable, Sendable, Equatable {
+        public var name: String
+        /// Hex SHA-256 of the bearer token: the config never holds the token itself.
+        public var sha256: String
+        /// `reader`, `ingest`, `admin` or `privacy` (roles are enforced with issue 6's principals).
+        public var role: String
+    }
+
+    public var nodeName = "kith-1"
+    public var dataDirectory = "./data"
+    /// `host:port` of the HTTP listener.
+    public var http = "127.0.0.1:7080"
+    public var writeKeys: [String] = []
+    public var tokens: [Token] = []
+    /// Event loops (threads) serving HTTP.
+    public var loops = 2
+    /// Recent events kept in each profile view.
+    public var historyLimit = 10
+    /// The file holding the secret that keys erased customers' hashes (created if missing).
+    /// Keep it apart from the data directory and its backups.
+    public var secretFile: String?
+
+    public init() {}
+
+    enum CodingKeys: String, CodingKey {
+        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        let defaults = NodeConfiguration()
+        nodeName = try container.decodeIfPresent(String.self, forKey: .nodeName) ?? defaults.nodeName
+        dataDirectory = try container.decodeIfPresent(String.self, forKey: .dataDirectory) ?? defaults.dataDirectory
+        http = try container.decodeIfPresent(String.self, forKey: .http) ?? defaults.http
+        writeKeys = try container.decodeIfPresent([String].self, forKey: .writeKeys) ?? []
+        tokens = try container.decodeIfPresent([Token].self, forKey: .tokens) ?? []
+        loops = try container.decodeIfPresent(Int.self, forKey: .loops) ?? defaults.loops
+        historyLimit = try container.decodeIfPresent(Int.self, forKey: .historyLimit) ?? defaults.historyLimit
+        secretFile = try container.decodeIfPresent(String.self, forKey: .secretFile)
+    }
+
+    /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
+    public static func load(file path: String) throws -> NodeConfiguration {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigurationError("cannot read configuration file \(path)")
+        }
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw ConfigurationError("\(path) is not a JSON object")
+        }
+        let known = Set(CodingKeys.allNames)
+        if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
+            throw ConfigurationError("\(path): unknown setting \"\(unknown)\"")
+        }
+        do {
+            return try JSONDecoder().decode(NodeConfiguration.self, from: data)
+        } catch {
+            throw ConfigurationError("\(path): \(error)")
+        }
+    }
+
+    /// Applies `KITH_*` environment variables.
+    public mutating func apply(environment: [String: String]) throws {
+        if let value = environment["KITH_NODE_NAME"] { nodeName = value }
+        if let value = environment["KITH_DATA_DIR"] { dataDirectory = value }
+        if let value = environment["KITH_HTTP"] { http = value }
+        if let value = environment["KITH_WRITE_KEY"] { writeKeys.append(value) }
+        if let value = environment["KITH_TOKEN"] { addToken(value) }
+        if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
+        try validate()
+    }
+
+    /// Adds an all-purpose admin token (for scripts and tests).
+    public mutating func addToken(_ token: String) {
+        tokens.append(Token(name: "command-line", sha256: Crypto.hex(Crypto.sha256(Array(token.utf8))), role: "admin"))
+    }
+
+    /// The HTTP listener's host and port.
+    public func httpAddress() throws -> (host: String, port: UInt16) {
+        guard let colon = http.lastIndex(of: ":"), let port = UInt16(http[http.index(after: colon)...]) else {
+            throw ConfigurationError("http must be host:port, got \"\(http)\"")
+        }
+        var host = String(http[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return (host, port)
+    }
+
+    public func validate() throws {
+        _ = try httpAddress()
+        guard !nodeName.isEmpty, nodeName.utf8.count <= 64 else { throw ConfigurationError("nodeName must be 1 to 64 bytes") }
+        guard (1...64).contains(loops) else { throw ConfigurationError("loops must be between 1 and 64") }
+        guard (0...1_000).contains(historyLimit) else { throw ConfigurationError("historyLimit must be between 0 and 1000") }
+        for token in tokens where token.sha256.count != 64 || !token.sha256.allSatisfy(\.isHexDigit) {
+            throw ConfigurationError("token \(token.name): sha256 must be 64 hex digits")
+        }
+        for token in tokens where !["reader", "ingest", "admin", "privacy"].contains(token.role) {
+            throw ConfigurationError("token \(token.name): role must be reader, ingest, admin or privacy")
+        }
+    }
+}
+
+extension NodeConfiguration.CodingKeys {
+    static let allNames = ["nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile"]
+}
+
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,51 @@
+import Synchronization
+
+/// Request counters and latency histograms, rendered in Prometheus' text format. Labels are
+/// route templates and status codes only: never identifiers.
+final class NodeMetrics: Sendable {
+    static let bucketBounds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
+
+    private struct Series {
+        var count = 0
+        var sum = 0.0
+        var buckets = [Int](repeating: 0, count: NodeMetrics.bucketBounds.count)
+    }
+
+    private let requests = Mutex<[String: [Int: Series]]>([:])
+    let receivedMessages = Atomic<Int>(0)
+
+    func record(route: String, status: Int, seconds: Double) {
+        requests.withLock { table in
+            var series = table[route, default: [:]][status, default: Series()]
+            series.count += 1
+            series.sum += seconds
+            for (index, bound) in Self.bucketBounds.enumerated() where seconds <= bound { series.buckets[index] += 1 }
+            table[route, default: [:]][status] = series
+        }
+    }
+
+    func prometheusText() -> String {
+        let snapshot = requests.withLock { $0 }
+        var text = "# HELP kith_http_requests_total HTTP requests by route and status.\n# TYPE kith_http_requests_total counter\n"
+        var latency = "# HELP kith_http_request_duration_seconds Time to answer, by route.\n# TYPE kith_http_request_duration_seconds histogram\n"
+        for route in snapshot.keys.sorted() {
+            var merged = Series()
+            for status in snapshot[route]!.keys.sorted() {
+                let series = snapshot[route]![status]!
+                text += "kith_http_requests_total{route=\"\(route)\",status=\"\(status)\"} \(series.count)\n"
+                merged.count += series.count
+                merged.sum += series.sum
+                for index in merged.buckets.indices { merged.buckets[index] += series.buckets[index] }
+            }
+            for (index, bound) in Self.bucketBounds.enumerated() {
+                latency += "kith_http_request_duration_seconds_bucket{route=\"\(route)\",le=\"\(bound)\"} \(merged.buckets[index])\n"
+            }
+            latency += "kith_http_request_duration_seconds_bucket{route=\"\(route)\",le=\"+Inf\"} \(merged.count)\n"
+            latency += "kith_http_request_duration_seconds_sum{route=\"\(route)\"} \(merged.sum)\n"
+            latency += "kith_http_request_duration_seconds_count{route=\"\(route)\"} \(merged.count)\n"
+        }
+        text += "# HELP kith_ingest_messages_total Messages accepted for commit.\n# TYPE kith_ingest_messages_total counter\n"
+        text += "kith_ingest_messages_total \(receivedMessages.load(ordering: .relaxed))\n"
+        return text + latency
+    }
+}

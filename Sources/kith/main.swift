@@ -1,0 +1,156 @@
+// kith: runs a Kith node (`kith serve`) and, in later steps, talks to one as an operator CLI.
+import Foundation
+import KithNode
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// sysexits-style exit codes.
+enum Exit: Int32 {
+    case ok = 0
+    case failure = 1
+    case usage = 64
+}
+
+/// A line on standard output, unbuffered (scripts and tests wait for these).
+func say(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}
+
+func fail(_ message: String, _ code: Exit) -> Never {
+    FileHandle.standardError.write(Data("kith: \(message)\n".utf8))
+    exit(code.rawValue)
+}
+
+let overview = """
+    OVERVIEW: Kith, a distributed customer-profile store.
+
+    USAGE: kith <subcommand>
+
+    OPTIONS:
+      -h, --help              Show help information.
+      --version               Show the version.
+
+    SUBCOMMANDS:
+      serve                   Run a node.
+      version                 Show the version.
+
+      See 'kith help <subcommand>' for detailed help.
+    """
+
+let serveHelp = """
+    OVERVIEW: Run a node: the HTTP API on --http, data in --data-dir.
+
+    USAGE: kith serve [--config <file>] [--data-dir <dir>] [--http <host:port>] [--node-name <name>]
+                      [--write-key <key>] [--token <token>] [--loops <n>]
+
+    OPTIONS:
+      --config <file>         A JSON configuration file.
+      --data-dir <dir>        Where the node keeps its data (env KITH_DATA_DIR; default ./data).
+      --http <host:port>      The HTTP listener (env KITH_HTTP; default 127.0.0.1:7080; port 0: any).
+      --node-name <name>      This node's name (env KITH_NODE_NAME).
+      --write-key <key>       Accept this write key for ingest (env KITH_WRITE_KEY).
+      --token <token>         Accept this bearer token, with every role (env KITH_TOKEN).
+      --loops <n>             HTTP event-loop threads (default 2).
+      -h, --help              Show help information.
+
+    Settings come from the file, then KITH_* environment variables, then flags.
+    SIGTERM or SIGINT stops the node gracefully.
+    """
+
+func serve(_ arguments: [String]) -> Never {
+    var configuration = NodeConfiguration()
+    var flags: [String: [String]] = [:]
+    var index = 0
+    let takesValue: Set = ["--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops"]
+    while index < arguments.count {
+        let argument = arguments[index]
+        if argument == "-h" || argument == "--help" {
+            print(serveHelp)
+            exit(Exit.ok.rawValue)
+        }
+        guard takesValue.contains(argument) else { fail("unknown option '\(argument)' (see 'kith serve --help')", .usage) }
+        guard index + 1 < arguments.count else { fail("missing value for '\(argument)'", .usage) }
+        flags[argument, default: []].append(arguments[index + 1])
+        index += 2
+    }
+    do {
+        if let file = flags["--config"]?.last { configuration = try NodeConfiguration.load(file: file) }
+        try configuration.apply(environment: ProcessInfo.processInfo.environment)
+        if let value = flags["--data-dir"]?.last { configuration.dataDirectory = value }
+        if let value = flags["--http"]?.last { configuration.http = value }
+        if let value = flags["--node-name"]?.last { configuration.nodeName = value }
+        if let value = flags["--loops"]?.last {
+            guard let loops = Int(value) else { fail("--loops takes a number", .usage) }
+            configuration.loops = loops
+        }
+        configuration.writeKeys += flags["--write-key"] ?? []
+        for token in flags["--token"] ?? [] { configuration.addToken(token) }
+        try configuration.validate()
+    } catch {
+        fail("\(error)", .usage)
+    }
+
+    signal(SIGPIPE, SIG_IGN)  // a client that goes away mid-write must not kill the node
+    let node: Node
+    let port: UInt16
+    do {
+        node = try Node(configuration: configuration)
+        port = try node.start()
+    } catch {
+        fail("cannot start: \(error)", .failure)
+    }
+    let host = (try? configuration.httpAddress().host) ?? "127.0.0.1"
+    say("kith: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(port) (node \(configuration.nodeName), data \(configuration.dataDirectory))")
+    notifySystemd("READY=1")
+
+    let stop = DispatchSemaphore(value: 0)
+    var sources: [DispatchSourceSignal] = []
+    for number in [SIGTERM, SIGINT] {
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { stop.signal() }
+        source.resume()
+        sources.append(source)
+    }
+    stop.wait()
+    notifySystemd("STOPPING=1")
+    say("kith: stopping")
+    node.stop()
+    say("kith: stopped")
+    exit(Exit.ok.rawValue)
+}
+
+/// sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET, if it is set.
+func notifySystemd(_ state: String) {
+    guard let path = ProcessInfo.processInfo.environment["NOTIFY_SOCKET"], !path.isEmpty else { return }
+    let descriptor = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    guard descriptor >= 0 else { return }
+    defer { close(descriptor) }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    var pathBytes = Array(path.utf8)
+    if pathBytes.first == UInt8(ascii: "@") { pathBytes[0] = 0 }  // abstract namespace
+    guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else { return }
+    withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes) }
+    let length = socklen_t(MemoryLayout<sa_family_t>.size + pathBytes.count)
+    _ = state.withCString { message in
+        withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(descriptor, message, strlen(message), 0, $0, length) }
+        }
+    }
+}
+
+let arguments = Array(CommandLine.arguments.dropFirst())
+switch arguments.first {
+case "serve": serve(Array(arguments.dropFirst()))
+case "version", "--version": print("kith \(Node.version)")
+case "help", "-h", "--help":
+    if arguments.count > 1, arguments[1] == "serve" { print(serveHelp) } else { print(overview) }
+case nil:
+    print(overview)
+    exit(Exit.usage.rawValue)
+case let command?:
+    fail("unknown command '\(command)' (see 'kith --help')", .usage)
+}
