@@ -12,7 +12,10 @@ BENCH_DIR := Benchmarks/.work
 FUZZ_SECONDS ?= 60
 FUZZ_HARNESSES := json message binary http
 
-.PHONY: deps build test bench fuzz clean
+DEMO_WRITE_KEY ?= demo-write-key
+DEMO_TOKEN ?= demo-token
+
+.PHONY: deps build test bench fuzz run clean
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -55,6 +58,15 @@ fuzz: deps
 	    | grep -E "^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)|ERROR|SUMMARY" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \
 	done
+
+# One node from cluster-configs/single-node.json, data under ./data/, stopped with Ctrl-C.
+run: deps
+	$(SWIFT) build -c release --product kith
+	@mkdir -p data
+	@echo "demo write key: $(DEMO_WRITE_KEY)   demo token: $(DEMO_TOKEN)"
+	@echo "try: curl -u $(DEMO_WRITE_KEY): -d '{\"userId\":\"u-1\",\"traits\":{\"name\":\"Ana\"}}' http://127.0.0.1:7080/v1/identify"
+	@echo "     curl -H 'Authorization: Bearer $(DEMO_TOKEN)' http://127.0.0.1:7080/v1/profiles/user_id:u-1"
+	.build/release/kith serve --config cluster-configs/single-node.json --write-key $(DEMO_WRITE_KEY) --token $(DEMO_TOKEN)
 
 # Benchmarks run a release build against the deterministic workload (generated once, cached).
 bench: deps

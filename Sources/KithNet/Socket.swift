@@ -22,13 +22,13 @@ struct Listener {
             v4.sin_family = sa_family_t(AF_INET)
             v4.sin_port = port.bigEndian
             length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutableBytes(of: &address) { $0.copyMemory(from: withUnsafeBytes(of: v4) { $0 }) }
+            withUnsafeMutableBytes(of: &address) { target in withUnsafeBytes(of: &v4) { target.copyMemory(from: $0) } }
         } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
             family = AF_INET6
             v6.sin6_family = sa_family_t(AF_INET6)
             v6.sin6_port = port.bigEndian
             length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            withUnsafeMutableBytes(of: &address) { $0.copyMemory(from: withUnsafeBytes(of: v6) { $0 }) }
+            withUnsafeMutableBytes(of: &address) { target in withUnsafeBytes(of: &v6) { target.copyMemory(from: $0) } }
         } else {
             throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
         }
@@ -49,11 +49,8 @@ struct Listener {
                     try systemValue("getsockname") { getsockname(descriptor, sa, &boundLength) }
                 }
             }
-            let boundPort = withUnsafeBytes(of: bound) { raw in
-                family == AF_INET
-                    ? UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self))
-                    : UInt16(bigEndian: raw.load(fromByteOffset: 2, as: UInt16.self))
-            }
+            // sin_port and sin6_port both sit at offset 2, in network byte order.
+            let boundPort = withUnsafeBytes(of: &bound) { UInt16(bigEndian: $0.loadUnaligned(fromByteOffset: 2, as: UInt16.self)) }
             return Listener(descriptor: descriptor, port: boundPort)
         } catch {
             close(descriptor)

@@ -1,67 +1,8 @@
 import Foundation
 import KithHTTP
 import KithNet
+import KithTestSupport
 import Testing
-
-/// A blocking test client on loopback, with a receive timeout so a hung server fails the test.
-final class TestClient {
-    let descriptor: Int32
-    private var received: [UInt8] = []
-
-    init(port: UInt16, timeoutSeconds: Int = 5) throws {
-        descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = port.bigEndian
-        inet_pton(AF_INET, "127.0.0.1", &address.sin_addr)
-        let result = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        if result != 0 { throw SystemError(call: "connect", errno: errno) }
-    }
-
-    deinit { close(descriptor) }
-
-    func send(_ text: String) {
-        let bytes = Array(text.utf8)
-        _ = bytes.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) }
-    }
-
-    /// Reads one response (head and Content-Length body); nil if the connection closed first.
-    func readResponse() -> (status: Int, headers: [String: String], body: String)? {
-        while true {
-            if let end = received.firstRange(of: Array("\r\n\r\n".utf8)) {
-                let head = String(decoding: received[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
-                var headers: [String: String] = [:]
-                for line in head.dropFirst() {
-                    let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-                    if parts.count == 2 { headers[parts[0].lowercased()] = parts[1] }
-                }
-                let length = Int(headers["content-length"] ?? "0") ?? 0
-                if received.count >= end.upperBound + length {
-                    let body = String(decoding: received[end.upperBound..<end.upperBound + length], as: UTF8.self)
-                    received.removeFirst(end.upperBound + length)
-                    let status = Int(head[0].split(separator: " ")[1]) ?? 0
-                    return (status, headers, body)
-                }
-            }
-            guard readMore() else { return nil }
-        }
-    }
-
-    /// Whether the server has closed the connection (reads end of stream).
-    func isClosedByServer() -> Bool { received.isEmpty && !readMore() }
-
-    private func readMore() -> Bool {
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-        guard count > 0 else { return false }
-        received += buffer[0..<count]
-        return true
-    }
-}
 
 private func echoServer(_ configure: (inout HTTPServer.Configuration) -> Void = { _ in }) throws -> (HTTPServer, UInt16) {
     var configuration = HTTPServer.Configuration()
@@ -86,6 +27,17 @@ struct HTTPServerTests {
         client.send("GET /c HTTP/1.1\r\nConnection: close\r\n\r\n")
         #expect(client.readResponse()?.headers["connection"] == "close")
         #expect(client.isClosedByServer())
+    }
+
+    @Test func listensOnTheConfiguredPort() throws {
+        let (probe, free) = try echoServer()  // find a free port, then ask for it by number
+        probe.stop()
+        let (server, port) = try echoServer { $0.port = free }
+        defer { server.stop() }
+        #expect(port == free)
+        let client = try TestClient(port: free)
+        client.send("GET /x HTTP/1.1\r\n\r\n")
+        #expect(client.readResponse()?.body == "GET /x 0")
     }
 
     @Test func pipelinedResponsesKeepRequestOrderWhateverOrderHandlersAnswer() throws {

@@ -1,0 +1,218 @@
+import Foundation
+import KithProfile
+import KithStore
+import KithTestSupport
+import Testing
+
+/// The built `kith` binary (KITH_BINARY overrides, e.g. for a release build).
+let kithBinary = ProcessInfo.processInfo.environment["KITH_BINARY"]
+    ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    .appendingPathComponent(".build/debug/kith").path
+
+/// Runs `kith` with `arguments` to completion; returns exit code, stdout and stderr.
+func runKith(_ arguments: [String]) throws -> (status: Int32, output: String, error: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: kithBinary)
+    process.arguments = arguments
+    let output = Pipe(), error = Pipe()
+    process.standardOutput = output
+    process.standardError = error
+    try process.run()
+    process.waitUntilExit()
+    return (
+        process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+        String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    )
+}
+
+/// A `kith serve` process on a free loopback port with its own data directory.
+final class NodeProcess {
+    let dataDirectory: String
+    private(set) var process: Process
+    private(set) var port: UInt16 = 0
+
+    init(dataDirectory: String? = nil) throws {
+        self.dataDirectory = dataDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("kith-node-\(UUID().uuidString)").path
+        process = Process()
+        try start()
+    }
+
+    func start() throws {
+        process = Process()
+        process.executableURL = URL(fileURLWithPath: kithBinary)
+        process.arguments = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        // The first line says where it listens.
+        var line = ""
+        let reader = output.fileHandleForReading
+        while !line.hasSuffix("\n") {
+            let byte = reader.readData(ofLength: 1)
+            guard !byte.isEmpty else { throw NodeStartFailed() }
+            line += String(decoding: byte, as: UTF8.self)
+        }
+        guard let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
+            let port = UInt16(line[range].split(separator: ":")[1])
+        else { throw NodeStartFailed() }
+        self.port = port
+    }
+
+    /// SIGTERM (graceful) or SIGKILL, then wait for the process to end.
+    func stop(kill: Bool = false) {
+        guard process.isRunning else { return }
+        Foundation.kill(process.processIdentifier, kill ? SIGKILL : SIGTERM)
+        process.waitUntilExit()
+    }
+
+    func request(_ method: String, _ path: String, body: [UInt8] = [], headers: [String] = []) throws
+        -> (status: Int, headers: [String: String], body: String)?
+    {
+        let client = try TestClient(port: port)
+        var head = "\(method) \(path) HTTP/1.1\r\nHost: kith\r\nConnection: close\r\nContent-Length: \(body.count)\r\n"
+        for header in headers { head += header + "\r\n" }
+        client.send(Array((head + "\r\n").utf8) + body)
+        return client.readResponse()
+    }
+
+    func ingest(_ path: String, _ json: String, headers: [String] = ["Authorization: Basic d2s6"]) throws -> Int? {
+        try request("POST", path, body: Array(json.utf8), headers: headers + ["Content-Type: application/json"])?.status
+    }
+
+    func profile(_ identifier: String) throws -> (status: Int, headers: [String: String], body: String)? {
+        try request("GET", "/v1/profiles/\(identifier)", headers: ["Authorization: Bearer tk"])
+    }
+
+    deinit {
+        stop(kill: true)
+        try? FileManager.default.removeItem(atPath: dataDirectory)
+        try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")
+    }
+}
+
+struct NodeStartFailed: Error {}
+
+@Suite("kith serve, as a real process", .serialized)
+struct KithProcessTests {
+    @Test func ingestThenReadByAnyIdentifier() throws {
+        let node = try NodeProcess()
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"email":"Ana@Example.com","name":"Ana"},"messageId":"m1"}"#) == 200)
+        let batch = #"{"batch":[{"type":"track","anonymousId":"a-1","event":"Order Completed","properties":{"revenue":19.99},"messageId":"m2"},{"type":"track","userId":"u-1","event":"Order Completed","properties":{"revenue":5},"messageId":"m3"}]}"#
+        #expect(try node.ingest("/v1/batch", batch) == 200)
+        #expect(try node.ingest("/v1/batch", batch) == 200)  // a client retry: counted once
+        let profile = try #require(try node.profile("email:ana%40example.com"))
+        #expect(profile.status == 200)
+        #expect(profile.headers["request-id"] != nil)
+        #expect(profile.body.contains(#""id":"user_id:u-1""#))
+        #expect(profile.body.contains(#""Order Completed":{"count":2,"revenue":24.99}"#))
+        #expect(try node.profile("user_id:nobody")?.status == 404)
+        #expect(try node.request("GET", "/v1/profiles/user_id:u-1")?.status == 401)
+    }
+
+    @Test func refusesBadIngestWithSegmentStyleErrors() throws {
+        let node = try NodeProcess()
+        #expect(try node.ingest("/v1/track", #"{"userId":"u-1","event":"E"}"#, headers: ["Authorization: Basic YmFkOg=="]) == 401)
+        #expect(try node.ingest("/v1/track", "{not json") == 400)
+        #expect(try node.ingest("/v1/track", #"{"event":"E"}"#) == 400)
+        // One bad message refuses the whole batch: nothing of it is stored.
+        let batch = #"{"batch":[{"type":"track","userId":"u-9","event":"E","messageId":"ok"},{"type":"track","event":"no user"}]}"#
+        let response = try node.request("POST", "/v1/batch", body: Array(batch.utf8), headers: ["Authorization: Basic d2s6"])
+        #expect(response?.status == 400)
+        #expect(response?.body.contains(#""code":"missing_field""#) == true)
+        #expect(try node.profile("user_id:u-9")?.status == 404)
+        #expect(try node.ingest("/v1/track", #"{"userId":"u-1","event":"E","properties":{"x":""# + String(repeating: "y", count: 40_000) + #""}}"#) == 400)
+        #expect(try node.request("GET", "/v1/track")?.status == 405)
+        #expect(try node.request("GET", "/nowhere")?.status == 404)
+    }
+
+    @Test func acceptsGzipBodiesAndTheWriteKeyInTheBody() throws {
+        let node = try NodeProcess()
+        let body = Array(#"{"writeKey":"wk","userId":"u-2","traits":{"plan":"plus"},"messageId":"g1"}"#.utf8)
+        let compressed = try gzip(body)
+        let status = try node.request("POST", "/v1/identify", body: compressed, headers: ["Content-Encoding: gzip"])?.status
+        #expect(status == 200)
+        #expect(try node.profile("user_id:u-2")?.body.contains(#""plan":"plus""#) == true)
+    }
+
+    @Test func dataSurvivesARestart() throws {
+        let node = try NodeProcess()
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-3","traits":{"city":"Oslo"},"messageId":"r1"}"#) == 200)
+        node.stop()
+        try node.start()
+        #expect(try node.profile("user_id:u-3")?.body.contains(#""city":"Oslo""#) == true)
+    }
+
+    /// kill -9 in the middle of a stream of batches: every batch that was acknowledged is there.
+    @Test func everyAcknowledgedMessageSurvivesKillMinus9() throws {
+        let node = try NodeProcess()
+        let acknowledged = AcknowledgedMessages()
+        let done = DispatchSemaphore(value: 0)
+        let port = node.port
+        Thread {
+            var batchNumber = 0
+            while batchNumber < 10_000 {
+                let ids = (0..<50).map { "k\(batchNumber)-\($0)" }
+                let messages = ids.map { #"{"type":"track","userId":"u-\#(batchNumber % 8)","event":"E","messageId":"\#($0)"}"# }
+                let body = Array(#"{"batch":[\#(messages.joined(separator: ","))]}"#.utf8)
+                guard let client = try? TestClient(port: port, timeoutSeconds: 2) else { break }
+                client.send(Array("POST /v1/batch HTTP/1.1\r\nAuthorization: Basic d2s6\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+                guard let response = client.readResponse() else { break }
+                if response.status == 200 { acknowledged.add(ids.map { ($0, "u-\(batchNumber % 8)") }) }
+                batchNumber += 1
+            }
+            done.signal()
+        }.start()
+        while acknowledged.count < 2_000 { usleep(10_000) }
+        node.stop(kill: true)
+        done.wait()
+        // Read the store directly (the process is gone): every acknowledged id must be there.
+        let secret = try #require(FileManager.default.contents(atPath: node.dataDirectory + ".secret"))
+        let store = try LMDBProfileStore(path: node.dataDirectory, configuration: StoreConfiguration(node: 9, forgetKeySecret: Array(secret)))
+        var missing = 0
+        for (id, user) in acknowledged.all {
+            if try !store.hasMessage(id, subject: Identifier(kind: .userId, value: user)!) { missing += 1 }
+        }
+        #expect(acknowledged.count >= 2_000)
+        #expect(missing == 0, "\(missing) acknowledged messages lost")
+    }
+
+    @Test func theCommandLineSpeaksSysexits() throws {
+        let help = try runKith(["--help"])
+        #expect(help.status == 0 && help.output.contains("SUBCOMMANDS:"))
+        #expect(try runKith(["serve", "--help"]).output.contains("USAGE: kith serve"))
+        #expect(try runKith(["version"]).output.hasPrefix("kith "))
+        let unknown = try runKith(["frobnicate"])
+        #expect(unknown.status == 64 && unknown.error.contains("unknown command"))
+        #expect(try runKith(["serve", "--bogus", "x"]).status == 64)
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-bad-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        FileManager.default.createFile(atPath: path, contents: Data(#"{"htp":"127.0.0.1:1"}"#.utf8))
+        let badConfig = try runKith(["serve", "--config", path])
+        #expect(badConfig.status == 64 && badConfig.error.contains("unknown setting \"htp\""))
+    }
+}
+
+/// (messageId, userId) pairs the node acknowledged, shared with the sending thread.
+final class AcknowledgedMessages: @unchecked Sendable {
+    private let lock = NSLock()
+    private var messages: [(String, String)] = []
+    func add(_ more: [(String, String)]) { lock.withLock { messages += more } }
+    var count: Int { lock.withLock { messages.count } }
+    var all: [(String, String)] { lock.withLock { messages } }
+}
+
+func gzip(_ bytes: [UInt8]) throws -> [UInt8] {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: "/bin/gzip")
+    process.arguments = ["-c"]
+    let input = Pipe(), output = Pipe()
+    process.standardInput = input
+    process.standardOutput = output
+    try process.run()
+    input.fileHandleForWriting.write(Data(bytes))
+    try input.fileHandleForWriting.close()
+    let result = output.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return Array(result)
+}
