@@ -52,7 +52,7 @@ let package = Package(
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithNetTests", dependencies: ["KithNet", "KithTestSupport"]),
-        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithTestSupport"]),
+        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithJSON", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -6,6 +6,7 @@ import KithJSON
 import KithLMDB
 import KithNet
 import KithProfile
+import KithCRDT
 import KithStore
 import Synchronization
 
@@ -23,7 +24,10 @@ public final class Node: Sendable {
     let store: LMDBProfileStore
     let committer: GroupCommitter
     let writeKeys: [[UInt8]]
-    let tokenHashes: [[UInt8]]
+    /// SHA-256 of each accepted bearer token, with its role.
+    let tokens: [(hash: [UInt8], role: String)]
+    let clock: Mutex<HybridLogicalClock>
+    let startedAt = Date()
     let parser: SegmentMessageParser
     let stopping = Atomic<Bool>(false)
     let server: HTTPServer
@@ -40,7 +44,8 @@ public final class Node: Sendable {
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration)
         committer = GroupCommitter(store: store)
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
-        tokenHashes = configuration.tokens.compactMap { Self.bytes(hex: $0.sha256) }
+        tokens = configuration.tokens.compactMap { token in Self.bytes(hex: token.sha256).map { ($0, token.role) } }
+        clock = Mutex(HybridLogicalClock(node: Self.nodeIdentifier(configuration.nodeName)))
         parser = SegmentMessageParser()
         let (host, port) = try configuration.httpAddress()
         var http = HTTPServer.Configuration()
@@ -87,8 +92,10 @@ public final class Node: Sendable {
         case (_, _) where Self.ingestType(path) != nil:
             guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
             ingest(request, kind: Self.ingestType(path)!, respond: respond)
-        case ("GET", _) where path.hasPrefix("/v1/profiles/"):
-            readProfile(request, identifier: String(path.dropFirst("/v1/profiles/".count)), respond: respond)
+        case (_, _) where path.hasPrefix("/v1/profiles/"):
+            profileRoute(request, Array(path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false)), respond: respond)
+        case ("GET", "/v1/admin/status"): adminStatus(request, respond: respond)
+        case ("POST", "/v1/admin/backup"): adminBackup(request, respond: respond)
         case (_, "/livez"), (_, "/readyz"), (_, "/healthz"), (_, "/metrics"):
             respond(.error(405, code: "method_not_allowed", message: "use GET"))
         default:
@@ -109,7 +116,11 @@ public final class Node: Sendable {
     /// A route label for metrics: never a path with identifiers in it.
     static func routeName(_ request: HTTPRequest) -> String {
         let path = request.path
-        if path.hasPrefix("/v1/profiles/") { return "/v1/profiles/{identifier}" }
+        if path.hasPrefix("/v1/profiles/") {
+            let parts = path.split(separator: "/")
+            return parts.count <= 3 ? "/v1/profiles/{identifier}" : "/v1/profiles/{identifier}/\(parts[3])"
+        }
+        if path.hasPrefix("/v1/admin/") { return String(path) }
         if ingestType(path) != nil || ["/livez", "/readyz", "/healthz", "/metrics"].contains(path) { return String(path) }
         return "other"
     }

@@ -26,7 +26,7 @@ extension ProfileView {
 
 extension JSONWriter {
     /// An ISO 8601 time as a JSON string, written straight into the buffer.
-    mutating func write(time millis: Int64) {
+    public mutating func write(time millis: Int64) {
         appendRaw { bytes in
             bytes.append(UInt8(ascii: "\""))
             ISO8601.append(millis: millis, to: &bytes)
@@ -34,7 +34,7 @@ extension JSONWriter {
         }
     }
 
-    mutating func writeIdentifiers(_ members: [Identifier]) {
+    public mutating func writeIdentifiers(_ members: [Identifier]) {
         writeObject { object in
             for kind in IdentifierKind.allCases {
                 let values = members.filter { $0.kind == kind }.map(\.value)
@@ -43,13 +43,13 @@ extension JSONWriter {
         }
     }
 
-    mutating func writeTraits(_ head: SourceHead) {
+    public mutating func writeTraits(_ head: SourceHead) {
         writeObject { object in
             for (key, register) in head.traits.pairs { object.member(key) { $0.write(raw: register.value) } }
         }
     }
 
-    mutating func writeConsent(_ head: SourceHead) {
+    public mutating func writeConsent(_ head: SourceHead) {
         writeObject { object in
             for (category, register) in head.consent.pairs {
                 object.member(category) { w in
@@ -63,7 +63,7 @@ extension JSONWriter {
         }
     }
 
-    mutating func writeAggregates(_ head: SourceHead) {
+    public mutating func writeAggregates(_ head: SourceHead) {
         writeObject { object in
             object.member("messages", integer: head.messageCount)
             if let first = head.firstSeen { object.member("firstSeen") { $0.write(time: first) } }
@@ -85,7 +85,7 @@ extension JSONWriter {
         }
     }
 
-    mutating func writeEvent(_ record: EventRecord) {
+    public mutating func writeEvent(_ record: EventRecord) {
         writeObject { object in
             object.member("messageId", string: record.messageId)
             object.member("type", string: record.type.rawValue)

@@ -23,6 +23,13 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// Whether the source document of `subject` has absorbed the message `messageId`.
     func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool
 
+    /// A page of the events of the profile `identifier` belongs to, newest first, strictly older
+    /// than `cursor` (nil: from the newest); `next` is the cursor of the following page.
+    func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int) throws -> (events: [EventRecord], next: EventCursor?)
+
+    /// The links that touch the members of the profile `identifier` belongs to.
+    func links(of identifier: Identifier) throws -> [StoredLink]
+
     /// Change-log entries after local sequence `sequence`, at most `limit`.
     func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
 
@@ -55,6 +62,16 @@ extension EngineBackedStore {
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {
         try read { reader in try reader.get(.documents, documentKey(subject.key, .ledger, messageId.utf8)) != nil }
+    }
+
+    public func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int) throws
+        -> (events: [EventRecord], next: EventCursor?)
+    {
+        try read { reader in try engine.events(of: identifier, before: cursor, limit: limit, in: reader) }
+    }
+
+    public func links(of identifier: Identifier) throws -> [StoredLink] {
+        try read { reader in try engine.links(of: identifier, in: reader) }
     }
 
     public func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {

@@ -60,6 +60,45 @@ struct StoreEngine: Sendable {
         return entries
     }
 
+    /// Events of the profile, newest first, older than `cursor`. Reads the members' ledgers:
+    /// linear in the profile's history (see docs/storage.md).
+    func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int, in reader: some StoreReading) throws
+        -> (events: [EventRecord], next: EventCursor?)
+    {
+        guard let view = try view(of: identifier, in: reader) else { return ([], nil) }
+        var events: [EventRecord] = []
+        for member in view.members {
+            try reader.scan(.documents, prefix: documentKey(member.key, .ledger)) { _, value in
+                let row = try decode(LedgerRow.self, value, table: .documents)
+                if let event = row.event, cursor.map({ (event.time, event.messageId) < ($0.time, $0.messageId) }) ?? true {
+                    events.append(event)
+                }
+                return .next
+            }
+        }
+        events.sort { ($0.time, $0.messageId) > ($1.time, $1.messageId) }
+        let page = Array(events.prefix(limit))
+        let next = events.count > limit ? page.last.map { EventCursor(time: $0.time, messageId: $0.messageId) } : nil
+        return (page, next)
+    }
+
+    func links(of identifier: Identifier, in reader: some StoreReading) throws -> [StoredLink] {
+        guard let view = try view(of: identifier, in: reader) else { return [] }
+        var links: [StoredLink] = []
+        for member in view.members {
+            let prefix = documentKey(member.key, .edge)
+            try reader.scan(.documents, prefix: prefix) { key, value in
+                let summary = try decode(EdgeSummary.self, value, table: .documents)
+                guard let peer = Identifier(key: key[prefix.count...]), member < peer || !view.members.contains(peer) else { return .next }
+                links.append(StoredLink(
+                    from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,
+                    removedAt: summary.removedAt))
+                return .next
+            }
+        }
+        return links
+    }
+
     /// How many entries the change log holds (decodes every record: linear in the log).
     func changeCount(in reader: some StoreReading) throws -> Int {
         var count = 0

@@ -183,6 +183,52 @@ struct EdgeSummary: Equatable, BinaryCodable {
     }
 }
 
+/// Where a page of events ends: the (time, messageId) of its last event.
+public struct EventCursor: Equatable, Sendable {
+    public var time: Int64
+    public var messageId: String
+
+    public init(time: Int64, messageId: String) {
+        self.time = time
+        self.messageId = messageId
+    }
+
+    /// `time.hex(messageId)`: opaque to clients, safe in a query string.
+    public var token: String { "\(time).\(Array(messageId.utf8).map { String(format2hex: $0) }.joined())" }
+
+    public init?(token: String) {
+        let parts = token.split(separator: ".", maxSplits: 1)
+        guard parts.count == 2, let time = Int64(parts[0]), parts[1].count % 2 == 0 else { return nil }
+        var bytes: [UInt8] = []
+        var index = parts[1].startIndex
+        while index < parts[1].endIndex {
+            let next = parts[1].index(index, offsetBy: 2)
+            guard let byte = UInt8(parts[1][index..<next], radix: 16) else { return nil }
+            bytes.append(byte)
+            index = next
+        }
+        guard let messageId = String(validating: bytes, as: UTF8.self) else { return nil }
+        self.init(time: time, messageId: messageId)
+    }
+}
+
+extension String {
+    init(format2hex byte: UInt8) {
+        let digits = Array("0123456789abcdef")
+        self.init([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
+    }
+}
+
+/// A link as the store holds it, for reads.
+public struct StoredLink: Equatable, Sendable {
+    public var from: Identifier
+    public var to: Identifier
+    public var active: Bool
+    public var firstAdd: LWWStamp?
+    public var lastAdd: LWWStamp?
+    public var removedAt: LWWStamp?
+}
+
 /// Counts of what a store holds.
 public struct StoreStatistics: Equatable, Sendable {
     public var profiles: Int

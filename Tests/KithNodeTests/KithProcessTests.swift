@@ -1,4 +1,5 @@
 import Foundation
+import KithJSON
 import KithProfile
 import KithStore
 import KithTestSupport
@@ -175,6 +176,44 @@ struct KithProcessTests {
         }
         #expect(acknowledged.count >= 2_000)
         #expect(missing == 0, "\(missing) acknowledged messages lost")
+    }
+
+    @Test func profileResourcesUnmergeAndAdmin() throws {
+        let node = try NodeProcess()
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"name":"Ana"},"messageId":"i1","timestamp":"2025-01-01T00:00:00Z"}"#) == 200)
+        let events = (0..<12).map { #"{"type":"track","userId":"u-1","event":"E","messageId":"e\#($0)","timestamp":"2025-01-01T00:00:\#($0 < 10 ? "0" : "")\#($0)Z"}"# }
+        #expect(try node.ingest("/v1/batch", #"{"batch":[\#(events.joined(separator: ","))]}"#) == 200)
+        #expect(try node.profile("user_id:u-1/traits")?.body == #"{"traits":{"name":"Ana"}}"#)
+        #expect(try node.profile("user_id:u-1/identifiers")?.body == #"{"identifiers":{"user_id":["u-1"],"anonymous_id":["a-1"]}}"#)
+
+        var seen: [String] = []
+        var cursor: String?
+        repeat {
+            let page = try #require(try node.profile("user_id:u-1/events?limit=5" + (cursor.map { "&cursor=\($0)" } ?? "")))
+            let json = try JSONParser.parse(page.body)
+            guard case .array(let items)? = json["events"] else { Issue.record("no events"); return }
+            seen += items.compactMap { $0["messageId"]?.stringValue }
+            cursor = json["cursor"]?["next"]?.stringValue
+        } while cursor != nil
+        #expect(seen == (0..<12).reversed().map { "e\($0)" })
+        #expect(try node.profile("user_id:u-1/events?limit=0")?.status == 400)
+        #expect(try node.profile("user_id:u-1/events?cursor=garbage")?.status == 400)
+        #expect(try node.profile("user_id:u-1/links")?.body.contains(#""active":true"#) == true)
+
+        let unlink = try node.request("DELETE", "/v1/profiles/user_id:u-1/links/anonymous_id:a-1", headers: ["Authorization: Bearer tk"])
+        #expect(unlink?.status == 200)
+        #expect(try node.profile("anonymous_id:a-1")?.body.contains(#""id":"anonymous_id:a-1""#) == true)
+        #expect(try node.request("DELETE", "/v1/profiles/user_id:u-1/links/email:x@y.z", headers: ["Authorization: Bearer tk"])?.status == 404)
+
+        let status = try node.request("GET", "/v1/admin/status", headers: ["Authorization: Bearer tk"])
+        #expect(status?.status == 200 && status?.body.contains(#""node":"kith-1""#) == true)
+        #expect(try node.request("GET", "/v1/admin/status")?.status == 401)
+        let backup = node.dataDirectory + "-backup"
+        defer { try? FileManager.default.removeItem(atPath: backup) }
+        let backedUp = try node.request("POST", "/v1/admin/backup", body: Array(#"{"directory":"\#(backup)"}"#.utf8), headers: ["Authorization: Bearer tk"])
+        #expect(backedUp?.status == 200)
+        #expect(FileManager.default.fileExists(atPath: backup + "/data.mdb"))
+        #expect(try node.request("GET", "/metrics")?.body.contains("kith_http_request_duration_seconds_bucket") == true)
     }
 
     @Test func theCommandLineSpeaksSysexits() throws {

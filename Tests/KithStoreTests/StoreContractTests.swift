@@ -225,6 +225,34 @@ struct StoreContractTests {
     }
 
     @Test(arguments: StoreKind.allCases)
+    func eventPagesCoverTheWholeHistoryNewestFirst(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let deltas = WorkloadGenerator.deltas(seed: 16, customers: 5, count: 400)
+        var reference = ProfileState()
+        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        try fixture.store.apply(deltas)
+        for view in reference.views {
+            let expected = view.members.flatMap { member in
+                (reference.documents[member]?.ledger ?? [:]).filter { $0.value.type.isEvent }.map { (time: $0.value.time, id: $0.key) }
+            }.sorted { ($0.time, $0.id) > ($1.time, $1.id) }.map(\.id)
+            var seen: [String] = []
+            var cursor: EventCursor?
+            repeat {
+                let page = try fixture.store.events(of: view.canonical, before: cursor, limit: 7)
+                seen += page.events.map(\.messageId)
+                cursor = page.next
+                #expect(page.events.count <= 7)
+            } while cursor != nil
+            #expect(seen == expected, "\(kind): events of \(view.canonical)")
+            if let first = cursor { #expect(EventCursor(token: first.token) == first) }
+        }
+        #expect(EventCursor(token: EventCursor(time: -5, messageId: "m-é/1").token) == EventCursor(time: -5, messageId: "m-é/1"))
+        #expect(EventCursor(token: "nonsense") == nil)
+        let links = try fixture.store.links(of: reference.views[0].canonical)
+        #expect(links.filter(\.active).count >= reference.views[0].members.count - 1)
+    }
+
+    @Test(arguments: StoreKind.allCases)
     func readsByAnyIdentifierReturnTheCanonicalProfile(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
         let parser = SegmentMessageParser()
