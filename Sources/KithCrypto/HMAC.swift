@@ -48,6 +48,26 @@ public enum Crypto {
         return a.withUnsafeBytes { x in b.withUnsafeBytes { y in CRYPTO_memcmp(x.baseAddress, y.baseAddress, a.count) == 0 } }
     }
 
+    /// Bytes from hex digits (either case); nil for an odd count or a non-hex character.
+    public static func bytes(hex: some StringProtocol) -> [UInt8]? {
+        var result: [UInt8] = []
+        var digits = hex.utf8.makeIterator()
+        while let high = digits.next() {
+            guard let low = digits.next(), let h = hexValue(high), let l = hexValue(low) else { return nil }
+            result.append(h << 4 | l)
+        }
+        return result
+    }
+
+    private static func hexValue(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
     public static func hex(_ bytes: [UInt8]) -> String {
         let digits = Array("0123456789abcdef".utf8)
         var out: [UInt8] = []

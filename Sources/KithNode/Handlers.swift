@@ -263,7 +263,7 @@ extension Node {
         while let byte = iterator.next() {
             if byte == UInt8(ascii: "%") {
                 guard let high = iterator.next(), let low = iterator.next(),
-                    let value = Self.bytes(hex: String(decoding: [high, low], as: UTF8.self))?.first
+                    let value = Crypto.bytes(hex: String(decoding: [high, low], as: UTF8.self))?.first
                 else { return nil }
                 decoded.append(value)
             } else {

@@ -44,7 +44,7 @@ public final class Node: Sendable {
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration)
         committer = GroupCommitter(store: store)
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
-        tokens = configuration.tokens.compactMap { token in Self.bytes(hex: token.sha256).map { ($0, token.role) } }
+        tokens = configuration.tokens.compactMap { token in Crypto.bytes(hex: token.sha256).map { ($0, token.role) } }
         clock = Mutex(HybridLogicalClock(node: Self.nodeIdentifier(configuration.nodeName)))
         parser = SegmentMessageParser()
         let (host, port) = try configuration.httpAddress()
@@ -133,25 +133,6 @@ public final class Node: Sendable {
 
     static func requestIdentifier() -> String {
         String(UInt64.random(in: 0...UInt64.max), radix: 16)
-    }
-
-    static func bytes(hex: String) -> [UInt8]? {
-        var result: [UInt8] = []
-        var digits = hex.utf8.makeIterator()
-        while let high = digits.next() {
-            guard let low = digits.next(), let h = hexValue(high), let l = hexValue(low) else { return nil }
-            result.append(h << 4 | l)
-        }
-        return result
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 
     /// Reads the forget-key secret, creating a random one (mode 0600) on first start.

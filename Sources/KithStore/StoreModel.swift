@@ -194,28 +194,14 @@ public struct EventCursor: Equatable, Sendable {
     }
 
     /// `time.hex(messageId)`: opaque to clients, safe in a query string.
-    public var token: String { "\(time).\(Array(messageId.utf8).map { String(format2hex: $0) }.joined())" }
+    public var token: String { "\(time).\(Crypto.hex(Array(messageId.utf8)))" }
 
     public init?(token: String) {
         let parts = token.split(separator: ".", maxSplits: 1)
-        guard parts.count == 2, let time = Int64(parts[0]), parts[1].count % 2 == 0 else { return nil }
-        var bytes: [UInt8] = []
-        var index = parts[1].startIndex
-        while index < parts[1].endIndex {
-            let next = parts[1].index(index, offsetBy: 2)
-            guard let byte = UInt8(parts[1][index..<next], radix: 16) else { return nil }
-            bytes.append(byte)
-            index = next
-        }
-        guard let messageId = String(validating: bytes, as: UTF8.self) else { return nil }
+        guard parts.count == 2, let time = Int64(parts[0]), let bytes = Crypto.bytes(hex: parts[1]),
+            let messageId = String(validating: bytes, as: UTF8.self)
+        else { return nil }
         self.init(time: time, messageId: messageId)
-    }
-}
-
-extension String {
-    init(format2hex byte: UInt8) {
-        let digits = Array("0123456789abcdef")
-        self.init([digits[Int(byte >> 4)], digits[Int(byte & 0xF)]])
     }
 }
 
