@@ -31,7 +31,7 @@ let package = Package(
         .target(
             name: "KithNode", dependencies: ["KithStore", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
-        .executableTarget(name: "kith", dependencies: ["KithNode"], swiftSettings: optimizeAcrossModules),
+        .executableTarget(name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.

@@ -96,6 +96,7 @@ public final class Node: Sendable {
             profileRoute(request, Array(path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false)), respond: respond)
         case ("GET", "/v1/admin/status"): adminStatus(request, respond: respond)
         case ("POST", "/v1/admin/backup"): adminBackup(request, respond: respond)
+        case ("GET", "/v1/admin/export"): adminExport(request, respond: respond)
         case (_, "/livez"), (_, "/readyz"), (_, "/healthz"), (_, "/metrics"):
             respond(.error(405, code: "method_not_allowed", message: "use GET"))
         default:

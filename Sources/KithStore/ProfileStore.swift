@@ -27,6 +27,9 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// than `cursor` (nil: from the newest); `next` is the cursor of the following page.
     func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int) throws -> (events: [EventRecord], next: EventCursor?)
 
+    /// Up to `limit` profiles in canonical-key order, after `canonical` (nil: from the start).
+    func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView]
+
     /// The links that touch the members of the profile `identifier` belongs to.
     func links(of identifier: Identifier) throws -> [StoredLink]
 
@@ -68,6 +71,10 @@ extension EngineBackedStore {
         -> (events: [EventRecord], next: EventCursor?)
     {
         try read { reader in try engine.events(of: identifier, before: cursor, limit: limit, in: reader) }
+    }
+
+    public func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView] {
+        try read { reader in try engine.profiles(after: canonical, limit: limit, in: reader) }
     }
 
     public func links(of identifier: Identifier) throws -> [StoredLink] {

@@ -82,6 +82,20 @@ struct StoreEngine: Sendable {
         return (page, next)
     }
 
+    /// Profiles in canonical-key order. A full scan of `documents` (views are one part among many).
+    func profiles(after canonical: Identifier?, limit: Int, in reader: some StoreReading) throws -> [ProfileView] {
+        var views: [ProfileView] = []
+        let start = canonical.map { documentKey($0.key, .view) + [0] } ?? []
+        try reader.scan(.documents, from: start) { key, value in
+            guard let separator = key.firstIndex(of: 0), separator + 1 < key.count,
+                key[separator + 1] == DocumentPart.view.rawValue, key.count == separator + 2
+            else { return .next }
+            views.append(try decode(ProfileView.self, value, table: .documents))
+            return views.count < limit ? .next : .stop
+        }
+        return views
+    }
+
     func links(of identifier: Identifier, in reader: some StoreReading) throws -> [StoredLink] {
         guard let view = try view(of: identifier, in: reader) else { return [] }
         var links: [StoredLink] = []

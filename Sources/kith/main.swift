@@ -34,6 +34,12 @@ let overview = """
 
     SUBCOMMANDS:
       serve                   Run a node.
+      status                  Show a node's status.
+      profile get             Read a profile.
+      import                  Send an NDJSON file of Segment messages to a node.
+      export                  Write every profile as NDJSON.
+      backup                  Take a live, compacted backup on the node's machine.
+      config check            Check a configuration file.
       version                 Show the version.
 
       See 'kith help <subcommand>' for detailed help.
@@ -145,9 +151,28 @@ func notifySystemd(_ state: String) {
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
 case "serve": serve(Array(arguments.dropFirst()))
+case "status": status(Array(arguments.dropFirst()))
+case "profile": profile(Array(arguments.dropFirst()))
+case "import": importFile(Array(arguments.dropFirst()))
+case "export": export(Array(arguments.dropFirst()))
+case "backup": backup(Array(arguments.dropFirst()))
+case "config": configCheck(Array(arguments.dropFirst()))
 case "version", "--version": print("kith \(Node.version)")
 case "help", "-h", "--help":
-    if arguments.count > 1, arguments[1] == "serve" { print(serveHelp) } else { print(overview) }
+    if arguments.count > 1, arguments[1] == "serve" { print(serveHelp) } else if arguments.count > 1 {
+        let command = arguments[1]
+        switch command {
+        case "status": status(["--help"])
+        case "profile": profile(["--help"])
+        case "import": importFile(["--help"])
+        case "export": export(["--help"])
+        case "backup": backup(["--help"])
+        case "config": configCheck(["--help"])
+        default: fail("unknown command '\(command)'", .usage)
+        }
+    } else {
+        print(overview)
+    }
 case nil:
     print(overview)
     exit(Exit.usage.rawValue)

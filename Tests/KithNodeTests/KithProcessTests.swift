@@ -19,11 +19,15 @@ func runKith(_ arguments: [String]) throws -> (status: Int32, output: String, er
     process.standardOutput = output
     process.standardError = error
     try process.run()
+    // Drain both pipes while the child runs: a child that writes more than a pipe holds would
+    // otherwise block forever waiting for us to read.
+    let errorText = Collected()
+    let errorReader = Thread { errorText.set(error.fileHandleForReading.readDataToEndOfFile()) }
+    errorReader.start()
+    let outputData = output.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    return (
-        process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-        String(decoding: error.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    )
+    while !errorText.isSet { usleep(1_000) }
+    return (process.terminationStatus, String(decoding: outputData, as: UTF8.self), String(decoding: errorText.data, as: UTF8.self))
 }
 
 /// A `kith serve` process on a free loopback port with its own data directory.
@@ -216,6 +220,37 @@ struct KithProcessTests {
         #expect(try node.request("GET", "/metrics")?.body.contains("kith_http_request_duration_seconds_bucket") == true)
     }
 
+    @Test func operatorCommandsAgainstALiveNode() throws {
+        let node = try NodeProcess()
+        let host = "127.0.0.1:\(node.port)"
+        var generator = WorkloadGenerator(seed: 5, customers: 30)
+        let lines = (0..<1_200).map { _ in generator.next().jsonText }
+        let file = node.dataDirectory + "-import.jsonl"
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        #expect(FileManager.default.createFile(atPath: file, contents: Data(lines.joined(separator: "\n").utf8)))
+        let imported = try runKith(["import", file, "--host", host, "--write-key", "wk"])
+        #expect(imported.status == 0)
+        #expect(imported.output.hasPrefix("imported 1200 messages in 3 batches"))
+
+        let status = try runKith(["status", "--host", host, "--token", "tk", "--format", "json"])
+        #expect(status.status == 0 && status.output.contains(#""committedMessages":1200"#))
+        let profile = try runKith(["profile", "get", "user_id:u-1", "--host", host, "--token", "tk", "--format", "json"])
+        #expect(profile.status == 0 && profile.output.contains(#""id":"user_id:u-1""#))
+        #expect(try runKith(["profile", "get", "user_id:nobody", "--host", host, "--token", "tk"]).status == 1)
+        #expect(try runKith(["profile", "get", "user_id:u-1", "--host", host]).status == 64)  // no token
+        #expect(try runKith(["status", "--host", "127.0.0.1:1", "--token", "tk"]).status == 1)  // nothing listens
+
+        let export = try runKith(["export", "--host", host, "--token", "tk"])
+        let ids = export.output.split(separator: "\n").compactMap { (try? JSONParser.parse(String($0)))?["id"]?.stringValue }
+        #expect(export.status == 0 && !ids.isEmpty && Set(ids).count == ids.count)
+        #expect(ids.contains("user_id:u-1"))
+
+        let backup = node.dataDirectory + "-cli-backup"
+        defer { try? FileManager.default.removeItem(atPath: backup) }
+        #expect(try runKith(["backup", backup, "--host", host, "--token", "tk"]).status == 0)
+        #expect(FileManager.default.fileExists(atPath: backup + "/data.mdb"))
+    }
+
     @Test func theCommandLineSpeaksSysexits() throws {
         let help = try runKith(["--help"])
         #expect(help.status == 0 && help.output.contains("SUBCOMMANDS:"))
@@ -229,7 +264,23 @@ struct KithProcessTests {
         FileManager.default.createFile(atPath: path, contents: Data(#"{"htp":"127.0.0.1:1"}"#.utf8))
         let badConfig = try runKith(["serve", "--config", path])
         #expect(badConfig.status == 64 && badConfig.error.contains("unknown setting \"htp\""))
+        #expect(try runKith(["config", "check", path]).status == 1)
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        #expect(try runKith(["config", "check", repository.appendingPathComponent("cluster-configs/single-node.json").path]).status == 0)
+        for command in ["status", "profile", "import", "export", "backup", "config"] {
+            let help = try runKith(["help", command])
+            #expect(help.status == 0 && help.output.contains("USAGE: kith \(command)"), "help for \(command)")
+        }
     }
+}
+
+/// Bytes read on another thread.
+final class Collected: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Data?
+    func set(_ data: Data) { lock.withLock { value = data } }
+    var isSet: Bool { lock.withLock { value != nil } }
+    var data: Data { lock.withLock { value ?? Data() } }
 }
 
 /// (messageId, userId) pairs the node acknowledged, shared with the sending thread.

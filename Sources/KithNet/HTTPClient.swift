@@ -1,0 +1,162 @@
+import KithHTTP
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// A small blocking HTTP/1.1 client for the operator CLI: one keep-alive connection, requests
+/// sent one at a time, responses framed by Content-Length (what Kith's server always sends).
+public final class HTTPClient {
+    public struct Response: Sendable {
+        public var status: Int
+        public var headers: [HTTPHeader]
+        public var body: [UInt8]
+
+        public func header(_ name: String) -> String? {
+            headers.first { $0.name.lowercased() == name.lowercased() }?.value
+        }
+    }
+
+    private let host: String
+    private let port: UInt16
+    private let timeoutSeconds: Int
+    private var descriptor: Int32 = -1
+    private var buffer: [UInt8] = []
+
+    /// `address` is `host:port` (IPv4, or a bracketed IPv6 literal, or `localhost`).
+    public init(address: String, timeoutSeconds: Int = 30) throws(SystemError) {
+        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
+            throw SystemError(call: "parse address \(address)", errno: EINVAL)
+        }
+        var host = String(address[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.host = host == "localhost" ? "127.0.0.1" : host
+        self.port = port
+        self.timeoutSeconds = timeoutSeconds
+    }
+
+    deinit { if descriptor >= 0 { close(descriptor) } }
+
+    public func request(_ method: String, _ target: String, headers: [HTTPHeader] = [], body: [UInt8] = []) throws(SystemError) -> Response {
+        if descriptor < 0 { try connect() }
+        var head = "\(method) \(target) HTTP/1.1\r\nHost: \(host)\r\nContent-Length: \(body.count)\r\n"
+        for header in headers { head += "\(header.name): \(header.value)\r\n" }
+        try send(Array((head + "\r\n").utf8) + body)
+        let response = try readResponse()
+        if response.header("connection")?.lowercased() == "close" {
+            close(descriptor)
+            descriptor = -1
+            buffer.removeAll()
+        }
+        return response
+    }
+
+    private func connect() throws(SystemError) {
+        let family: Int32 = host.contains(":") ? AF_INET6 : AF_INET
+        let socketDescriptor = try systemValue("socket") { socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        setsockopt(socketDescriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(socketDescriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var storage = sockaddr_storage()
+        let length: socklen_t
+        if family == AF_INET {
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = port.bigEndian
+            guard inet_pton(AF_INET, host, &address.sin_addr) == 1 else {
+                close(socketDescriptor)
+                throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
+            }
+            withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: &address) { target.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        } else {
+            var address = sockaddr_in6()
+            address.sin6_family = sa_family_t(AF_INET6)
+            address.sin6_port = port.bigEndian
+            guard inet_pton(AF_INET6, host, &address.sin6_addr) == 1 else {
+                close(socketDescriptor)
+                throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
+            }
+            withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: &address) { target.copyMemory(from: $0) } }
+            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        }
+        do {
+            try withUnsafePointer(to: &storage) { pointer throws(SystemError) in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
+                    try systemValue("connect") { Glibc.connect(socketDescriptor, sa, length) }
+                }
+            }
+        } catch {
+            close(socketDescriptor)
+            throw error
+        }
+        descriptor = socketDescriptor
+    }
+
+    private func send(_ bytes: [UInt8]) throws(SystemError) {
+        var offset = 0
+        while offset < bytes.count {
+            let written = try systemValue("write") { bytes.withUnsafeBytes { write(descriptor, $0.baseAddress! + offset, $0.count - offset) } }
+            offset += written
+        }
+    }
+
+    private func readResponse() throws(SystemError) -> Response {
+        while true {
+            if let end = buffer.firstRange(of: Array("\r\n\r\n".utf8)) {
+                let lines = String(decoding: buffer[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
+                let statusParts = lines[0].split(separator: " ")
+                guard statusParts.count >= 2, let status = Int(statusParts[1]) else {
+                    throw SystemError(call: "read response (malformed status line)", errno: EPROTO)
+                }
+                let headers = lines.dropFirst().compactMap { line -> HTTPHeader? in
+                    guard let colon = line.firstIndex(of: ":") else { return nil }
+                    return HTTPHeader(String(line[..<colon]), String(line[line.index(after: colon)...]).trimmingCharacters(in: " "))
+                }
+                let length = Int(headers.first { $0.name.lowercased() == "content-length" }?.value ?? "0") ?? 0
+                if buffer.count >= end.upperBound + length {
+                    let body = Array(buffer[end.upperBound..<end.upperBound + length])
+                    buffer.removeFirst(end.upperBound + length)
+                    if status == 100 { continue }
+                    return Response(status: status, headers: headers, body: body)
+                }
+            }
+            var chunk = [UInt8](repeating: 0, count: 65_536)
+            let count = try systemValue("read") { chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) } }
+            guard count > 0 else { throw SystemError(call: "read response (connection closed)", errno: ECONNRESET) }
+            buffer += chunk[0..<count]
+        }
+    }
+}
+
+extension String {
+    func components(separatedBy separator: String) -> [String] {
+        var parts: [String] = []
+        var rest = Substring(self)
+        while let range = rest.range(of: separator) {
+            parts.append(String(rest[..<range.lowerBound]))
+            rest = rest[range.upperBound...]
+        }
+        parts.append(String(rest))
+        return parts
+    }
+
+    func trimmingCharacters(in characters: String) -> String {
+        var sub = Substring(self)
+        while let c = sub.first, characters.contains(c) { sub.removeFirst() }
+        while let c = sub.last, characters.contains(c) { sub.removeLast() }
+        return String(sub)
+    }
+}
+
+extension Substring {
+    func range(of needle: String) -> Range<Substring.Index>? {
+        guard !needle.isEmpty else { return nil }
+        var index = startIndex
+        while index < endIndex {
+            if self[index...].hasPrefix(needle) { return index..<self.index(index, offsetBy: needle.count) }
+            index = self.index(after: index)
+        }
+        return nil
+    }
+}

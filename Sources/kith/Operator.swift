@@ -1,0 +1,190 @@
+import Foundation
+import KithHTTP
+import KithJSON
+import KithNet
+import KithNode
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Options shared by the commands that talk to a node.
+struct ClientOptions {
+    var host = ProcessInfo.processInfo.environment["KITH_HOST"] ?? "127.0.0.1:7080"
+    var token = ProcessInfo.processInfo.environment["KITH_TOKEN"]
+    var writeKey = ProcessInfo.processInfo.environment["KITH_WRITE_KEY"]
+    /// `table` on a terminal, `json` otherwise, unless `--format` says.
+    var format = isatty(STDOUT_FILENO) == 1 ? "table" : "json"
+    var positional: [String] = []
+
+    static let help = """
+          --host <host:port>      The node (env KITH_HOST; default 127.0.0.1:7080).
+          --token <token>         A bearer token (env KITH_TOKEN).
+          --format <format>       table or json (default: table on a terminal, json otherwise).
+          -h, --help              Show help information.
+        """
+
+    init(_ arguments: [String], help: String, extra: Set<String> = []) {
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            switch argument {
+            case "-h", "--help":
+                print(help)
+                exit(Exit.ok.rawValue)
+            case "--host", "--token", "--format", "--write-key":
+                guard index + 1 < arguments.count else { fail("missing value for '\(argument)'", .usage) }
+                let value = arguments[index + 1]
+                switch argument {
+                case "--host": host = value
+                case "--token": token = value
+                case "--write-key": writeKey = value
+                default:
+                    guard value == "table" || value == "json" else { fail("--format takes table or json", .usage) }
+                    format = value
+                }
+                index += 2
+            default:
+                guard !argument.hasPrefix("--") else { fail("unknown option '\(argument)'", .usage) }
+                positional.append(argument)
+                index += 1
+            }
+        }
+    }
+
+    func client() -> HTTPClient {
+        do { return try HTTPClient(address: host) } catch { fail("\(error)", .usage) }
+    }
+
+    var authorization: [HTTPHeader] {
+        guard let token else { fail("a token is required (--token or KITH_TOKEN)", .usage) }
+        return [HTTPHeader("Authorization", "Bearer \(token)")]
+    }
+}
+
+
+/// Sends one request and exits with a clear message when the node is unreachable or refuses.
+func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HTTPHeader] = [], body: [UInt8] = []) -> HTTPClient.Response {
+    let response: HTTPClient.Response
+    do { response = try client.request(method, target, headers: headers, body: body) } catch {
+        fail("cannot reach the node: \(error)", .failure)
+    }
+    guard (200..<300).contains(response.status) else {
+        let message = (try? JSONParser.parse(response.body))?["error"]?["message"]?.stringValue
+            ?? String(decoding: response.body, as: UTF8.self)
+        fail("the node answered \(response.status): \(message)", .failure)
+    }
+    return response
+}
+
+/// Prints a JSON object as `key  value` lines (table) or as JSON.
+func show(_ body: [UInt8], format: String) {
+    guard format == "table", case .object(let object)? = try? JSONParser.parse(body) else {
+        print(String(decoding: body, as: UTF8.self))
+        return
+    }
+    let width = object.members.map(\.key.count).max() ?? 0
+    for member in object.members {
+        let value = member.value.stringValue ?? member.value.jsonText
+        print(member.key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value)
+    }
+}
+
+func status(_ arguments: [String]) -> Never {
+    let options = ClientOptions(arguments, help: "OVERVIEW: Show a node's status.\n\nUSAGE: kith status [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    show(call(options.client(), "GET", "/v1/admin/status", headers: options.authorization).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}
+
+func profile(_ arguments: [String]) -> Never {
+    let help = "OVERVIEW: Read a profile.\n\nUSAGE: kith profile get <identifier> [options]\n\n  <identifier>            user_id:u-1, anonymous_id:a-9, email:a@example.com\n\nOPTIONS:\n" + ClientOptions.help
+    guard arguments.first == "get" else {
+        if arguments.first == "--help" || arguments.first == "-h" { print(help); exit(Exit.ok.rawValue) }
+        fail("usage: kith profile get <identifier> (see 'kith profile --help')", .usage)
+    }
+    let options = ClientOptions(Array(arguments.dropFirst()), help: help)
+    guard options.positional.count == 1 else { fail("kith profile get takes one identifier", .usage) }
+    let encoded = options.positional[0].addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? ""
+    show(call(options.client(), "GET", "/v1/profiles/\(encoded)", headers: options.authorization).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}
+
+func backup(_ arguments: [String]) -> Never {
+    let options = ClientOptions(arguments, help: "OVERVIEW: Take a live, compacted backup on the node's machine.\n\nUSAGE: kith backup <directory> [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    guard options.positional.count == 1 else { fail("kith backup takes one directory", .usage) }
+    var writer = JSONWriter()
+    writer.writeObject { $0.member("directory", string: options.positional[0]) }
+    show(call(options.client(), "POST", "/v1/admin/backup", headers: options.authorization, body: writer.bytes).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}
+
+func export(_ arguments: [String]) -> Never {
+    let options = ClientOptions(arguments, help: "OVERVIEW: Write every profile as NDJSON to standard output.\n\nUSAGE: kith export [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    let client = options.client()
+    var after: String?
+    repeat {
+        let query = "limit=1000" + (after.map { "&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? "") } ?? "")
+        let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization)
+        FileHandle.standardOutput.write(Data(response.body))
+        after = response.header("kith-next")
+    } while after != nil
+    exit(Exit.ok.rawValue)
+}
+
+func importFile(_ arguments: [String]) -> Never {
+    let help = "OVERVIEW: Send an NDJSON file of Segment messages to a node.\n\nUSAGE: kith import <file> [options]\n\nOPTIONS:\n      --write-key <key>       The write key (env KITH_WRITE_KEY).\n" + ClientOptions.help
+    let options = ClientOptions(arguments, help: help)
+    guard options.positional.count == 1 else { fail("kith import takes one file", .usage) }
+    guard let writeKey = options.writeKey else { fail("a write key is required (--write-key or KITH_WRITE_KEY)", .usage) }
+    guard let data = FileManager.default.contents(atPath: options.positional[0]) else { fail("cannot read \(options.positional[0])", .failure) }
+    let lines = data.split(separator: UInt8(ascii: "\n")).filter { !$0.allSatisfy { $0 == 0x20 || $0 == 0x0D } }
+    let client = options.client()
+    let authorization = HTTPHeader("Authorization", "Basic " + Data((writeKey + ":").utf8).base64EncodedString())
+    let terminal = isatty(STDERR_FILENO) == 1
+    let started = Date()
+    var sent = 0, failed = 0, batches = 0
+    var batch: [UInt8] = []
+    var count = 0
+    func flush() {
+        guard count > 0 else { return }
+        let body = Array(#"{"batch":["#.utf8) + batch + Array("]}".utf8)
+        let response = try? client.request("POST", "/v1/batch", headers: [authorization, HTTPHeader("Content-Type", "application/json")], body: body)
+        if response?.status == 200 { sent += count } else {
+            failed += count
+            if let response { FileHandle.standardError.write(Data("kith: a batch was refused (\(response.status)): \(String(decoding: response.body, as: UTF8.self))\n".utf8)) }
+        }
+        batches += 1
+        batch.removeAll(keepingCapacity: true)
+        count = 0
+        if terminal { FileHandle.standardError.write(Data("\rimported \(sent + failed)/\(lines.count)".utf8)) }
+    }
+    for line in lines {
+        if count == 500 || batch.count + line.count > 450_000 { flush() }
+        if count > 0 { batch.append(UInt8(ascii: ",")) }
+        batch += line
+        count += 1
+    }
+    flush()
+    if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
+    let seconds = Date().timeIntervalSince(started)
+    say("imported \(sent) messages in \(batches) batches in \(String(format: "%.1f", seconds)) s (\(Int(Double(sent) / max(seconds, 0.001)))/s), \(failed) failed")
+    exit(failed == 0 ? Exit.ok.rawValue : Exit.failure.rawValue)
+}
+
+func configCheck(_ arguments: [String]) -> Never {
+    guard arguments.first == "check", arguments.count == 2 else {
+        if arguments.contains("--help") || arguments.contains("-h") {
+            print("OVERVIEW: Check a configuration file.\n\nUSAGE: kith config check <file>")
+            exit(Exit.ok.rawValue)
+        }
+        fail("usage: kith config check <file>", .usage)
+    }
+    do {
+        let configuration = try NodeConfiguration.load(file: arguments[1])
+        try configuration.validate()
+        say("\(arguments[1]): ok (node \(configuration.nodeName), http \(configuration.http), data \(configuration.dataDirectory))")
+        exit(Exit.ok.rawValue)
+    } catch {
+        fail("\(error)", .failure)
+    }
+}
