@@ -12,26 +12,7 @@ struct Listener {
     /// Binds `host:port` (port 0: any free port). `reusePort` lets several loops each have a
     /// listener on the same port, with the kernel spreading connections between them.
     static func bind(host: String, port: UInt16, reusePort: Bool, backlog: Int32 = 1_024) throws(SystemError) -> Listener {
-        var address = sockaddr_storage()
-        var length: socklen_t
-        let family: Int32
-        var v4 = sockaddr_in()
-        var v6 = sockaddr_in6()
-        if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
-            family = AF_INET
-            v4.sin_family = sa_family_t(AF_INET)
-            v4.sin_port = port.bigEndian
-            length = socklen_t(MemoryLayout<sockaddr_in>.size)
-            withUnsafeMutableBytes(of: &address) { target in withUnsafeBytes(of: &v4) { target.copyMemory(from: $0) } }
-        } else if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
-            family = AF_INET6
-            v6.sin6_family = sa_family_t(AF_INET6)
-            v6.sin6_port = port.bigEndian
-            length = socklen_t(MemoryLayout<sockaddr_in6>.size)
-            withUnsafeMutableBytes(of: &address) { target in withUnsafeBytes(of: &v6) { target.copyMemory(from: $0) } }
-        } else {
-            throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
-        }
+        var (address, length, family) = try socketAddress(host: host, port: port)
         let descriptor = try systemValue("socket") { socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         do {
             try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1)
@@ -67,6 +48,26 @@ struct Listener {
         case .wouldBlock: return nil
         }
     }
+}
+
+/// The socket address of an IPv4 or IPv6 literal and a port.
+func socketAddress(host: String, port: UInt16) throws(SystemError) -> (sockaddr_storage, socklen_t, Int32) {
+    var storage = sockaddr_storage()
+    var v4 = sockaddr_in()
+    var v6 = sockaddr_in6()
+    if inet_pton(AF_INET, host, &v4.sin_addr) == 1 {
+        v4.sin_family = sa_family_t(AF_INET)
+        v4.sin_port = port.bigEndian
+        withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: &v4) { target.copyMemory(from: $0) } }
+        return (storage, socklen_t(MemoryLayout<sockaddr_in>.size), AF_INET)
+    }
+    if inet_pton(AF_INET6, host, &v6.sin6_addr) == 1 {
+        v6.sin6_family = sa_family_t(AF_INET6)
+        v6.sin6_port = port.bigEndian
+        withUnsafeMutableBytes(of: &storage) { target in withUnsafeBytes(of: &v6) { target.copyMemory(from: $0) } }
+        return (storage, socklen_t(MemoryLayout<sockaddr_in6>.size), AF_INET6)
+    }
+    throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
 }
 
 func setOption(_ descriptor: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(SystemError) {
