@@ -32,6 +32,7 @@ public final class Node: Sendable {
     let stopping = Atomic<Bool>(false)
     let server: HTTPServer
     let metrics = NodeMetrics()
+    public let log = Log()
 
     public init(configuration: NodeConfiguration) throws {
         try configuration.validate()
@@ -74,10 +75,19 @@ public final class Node: Sendable {
         let requestId = Self.requestIdentifier()
         let started = DispatchTime.now().uptimeNanoseconds
         let route = Self.routeName(request)
-        let respond: @Sendable (HTTPResponse) -> Void = { [metrics] response in
+        let logRequests = configuration.logRequests
+        let respond: @Sendable (HTTPResponse) -> Void = { [metrics, log] response in
             var response = response
             response.headers.append(HTTPHeader("Request-Id", requestId))
-            metrics.record(route: route, status: response.status, seconds: Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+            metrics.record(route: route, status: response.status, seconds: seconds)
+            if logRequests || response.status >= 500 {
+                log(response.status >= 500 ? .error : .info, "request", [
+                    ("request.id", .string(requestId)), ("http.method", .string(request.method)), ("http.route", .string(route)),
+                    ("http.status", .number(JSONNumber(Int64(response.status)))),
+                    ("duration_ms", .number(JSONNumber(literal: String(format: "%.3f", seconds * 1_000))!)),
+                ])
+            }
             responder.respond(response)
         }
         let path = request.path

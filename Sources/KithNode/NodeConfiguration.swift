@@ -25,11 +25,13 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// The file holding the secret that keys erased customers' hashes (created if missing).
     /// Keep it apart from the data directory and its backups.
     public var secretFile: String?
+    /// Log every request (request id, route template, status, duration; never paths or bodies).
+    public var logRequests = false
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile
+        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, logRequests
     }
 
     public init(from decoder: Decoder) throws {
@@ -43,6 +45,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         loops = try container.decodeIfPresent(Int.self, forKey: .loops) ?? defaults.loops
         historyLimit = try container.decodeIfPresent(Int.self, forKey: .historyLimit) ?? defaults.historyLimit
         secretFile = try container.decodeIfPresent(String.self, forKey: .secretFile)
+        logRequests = try container.decodeIfPresent(Bool.self, forKey: .logRequests) ?? false
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -72,6 +75,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_WRITE_KEY"] { writeKeys.append(value) }
         if let value = environment["KITH_TOKEN"] { addToken(value) }
         if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
+        if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         try validate()
     }
 
@@ -105,7 +109,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 }
 
 extension NodeConfiguration.CodingKeys {
-    static let allNames = ["nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile"]
+    static let allNames = ["nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "logRequests"]
 }
 
 public struct ConfigurationError: Error, CustomStringConvertible {

@@ -1,5 +1,6 @@
 // kith: runs a Kith node (`kith serve`) and, in later steps, talks to one as an operator CLI.
 import Foundation
+import KithJSON
 import KithNode
 
 #if canImport(Glibc)
@@ -108,6 +109,7 @@ func serve(_ arguments: [String]) -> Never {
         fail("cannot start: \(error)", .failure)
     }
     let host = (try? configuration.httpAddress().host) ?? "127.0.0.1"
+    node.log(.info, "node started", [("node.name", .string(configuration.nodeName)), ("http.port", .number(.init(Int64(port))))])
     say("kith: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(port) (node \(configuration.nodeName), data \(configuration.dataDirectory))")
     notifySystemd("READY=1")
 
@@ -124,6 +126,7 @@ func serve(_ arguments: [String]) -> Never {
     notifySystemd("STOPPING=1")
     say("kith: stopping")
     node.stop()
+    node.log(.info, "node stopped", [("node.name", .string(configuration.nodeName))])
     say("kith: stopped")
     exit(Exit.ok.rawValue)
 }

@@ -33,14 +33,21 @@ func runKith(_ arguments: [String]) throws -> (status: Int32, output: String, er
 /// A `kith serve` process on a free loopback port with its own data directory.
 final class NodeProcess {
     let dataDirectory: String
+    let environment: [String: String]
+    /// Where the node's standard error goes (its structured logs).
+    let logPath: String
     private(set) var process: Process
     private(set) var port: UInt16 = 0
 
-    init(dataDirectory: String? = nil) throws {
+    init(dataDirectory: String? = nil, environment: [String: String] = [:]) throws {
         self.dataDirectory = dataDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("kith-node-\(UUID().uuidString)").path
+        self.environment = environment
+        logPath = self.dataDirectory + ".log"
         process = Process()
         try start()
     }
+
+    var logs: String { String(decoding: FileManager.default.contents(atPath: logPath) ?? Data(), as: UTF8.self) }
 
     func start() throws {
         process = Process()
@@ -48,7 +55,9 @@ final class NodeProcess {
         process.arguments = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"]
         let output = Pipe()
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: logPath)
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()
         // The first line says where it listens.
         var line = ""
@@ -93,6 +102,7 @@ final class NodeProcess {
         stop(kill: true)
         try? FileManager.default.removeItem(atPath: dataDirectory)
         try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")
+        try? FileManager.default.removeItem(atPath: logPath)
     }
 }
 
@@ -249,6 +259,25 @@ struct KithProcessTests {
         defer { try? FileManager.default.removeItem(atPath: backup) }
         #expect(try runKith(["backup", backup, "--host", host, "--token", "tk"]).status == 0)
         #expect(FileManager.default.fileExists(atPath: backup + "/data.mdb"))
+    }
+
+    @Test func logsCarryRequestIdsAndNoPersonalData() throws {
+        let node = try NodeProcess(environment: ["KITH_LOG_REQUESTS": "1"])
+        let canaries = ["canary-user-7f3a", "canary.person@example.org", "Canary Street 9", "canary-anon-55"]
+        let identify = #"{"userId":"\#(canaries[0])","anonymousId":"\#(canaries[3])","traits":{"email":"\#(canaries[1])","address":"\#(canaries[2])"}}"#
+        #expect(try node.ingest("/v1/identify", identify) == 200)
+        #expect(try node.ingest("/v1/track", #"{"userId":"\#(canaries[0])"}"#) == 400)  // an error names no value either
+        let read = try node.profile("email:canary.person%40example.org")
+        #expect(read?.status == 200)
+        #expect(try node.profile("user_id:\(canaries[0])/nothing")?.status == 404)
+        node.stop()
+        let logs = node.logs
+        #expect(logs.contains(#""message":"request""#))
+        #expect(logs.contains(#""request.id":"\#(read?.headers["request-id"] ?? "missing")""#))
+        #expect(logs.contains(#""http.route":"/v1/profiles/{identifier}""#))
+        for canary in canaries + ["canary.person%40example.org"] {
+            #expect(!logs.lowercased().contains(canary.lowercased()), "\(canary) appeared in the logs")
+        }
     }
 
     @Test func theCommandLineSpeaksSysexits() throws {
