@@ -8,6 +8,7 @@ SWIFT ?= swift
 BENCH_CUSTOMERS ?= 100000
 BENCH_EVENTS ?= 1000000
 BENCH_DIR := Benchmarks/.work
+HTTP_BENCH_SECONDS ?= 10
 
 FUZZ_SECONDS ?= 60
 FUZZ_HARNESSES := json message binary http
@@ -77,7 +78,9 @@ bench: deps
 	  echo "generating workload ($(BENCH_CUSTOMERS) customers, $(BENCH_EVENTS) events) ..." >&2; \
 	  python3 ../shared/workload/generate.py --customers $(BENCH_CUSTOMERS) --events $(BENCH_EVENTS) --out $$f.tmp && mv $$f.tmp $$f; \
 	fi; \
-	.build/release/kith-bench --workload $$f --data-dir $(BENCH_DIR)/lmdb
+	.build/release/kith-bench --workload $$f --data-dir $(BENCH_DIR)/lmdb; \
+	$(SWIFT) build -c release --product kith >/dev/null && \
+	.build/release/kith-bench --workload $$f --http .build/release/kith --seconds $(HTTP_BENCH_SECONDS)
 
 clean:
 	rm -rf .build .build-fuzz $(BENCH_DIR)

@@ -16,6 +16,9 @@ struct Options {
     var customers = 100_000
     /// false: commits are not fsynced (to separate disk cost from engine cost; not a real setting).
     var durable = true
+    /// `--http <kith binary>`: run the HTTP benchmarks against that binary instead.
+    var kithBinary: String?
+    var seconds = 5.0
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -29,6 +32,8 @@ struct Options {
             case "--read-seconds": readSeconds = Double(value) ?? 0
             case "--customers": customers = Int(value) ?? 0
             case "--durable": durable = value != "false"
+            case "--http": kithBinary = value
+            case "--seconds": seconds = Double(value) ?? 0
             default: Self.fail("unknown option \(argument)")
             }
         }
@@ -67,6 +72,16 @@ func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
 
 let options = Options(arguments: CommandLine.arguments)
 guard let file = FileManager.default.contents(atPath: options.workload) else { Options.fail("cannot read \(options.workload)") }
+if let kithBinary = options.kithBinary {
+    let lines = [UInt8](file).split(separator: UInt8(ascii: "\n")).map(Array.init)
+    do {
+        try HTTPBenchmark(kithBinary: kithBinary, seconds: options.seconds, lines: lines, customers: options.customers).run()
+    } catch {
+        Options.fail("\(error)")
+    }
+    exit(0)
+}
+
 let receivedAt: Int64 = 1_760_100_000_000
 let parser = SegmentMessageParser()
 
