@@ -35,6 +35,9 @@ deps:
 	  fi; \
 	fi
 	@command -v $(SWIFT) >/dev/null || { echo "error: swift (6.x) not found on PATH" >&2; exit 1; }
+	@# Segment's own Python library, for the compatibility test (from PyPI).
+	@python3 -c "import segment.analytics" 2>/dev/null || python3 -m pip install -q segment-analytics-python 2>&1 | grep -v "^WARNING: Running pip as" || true
+	@python3 -c "import segment.analytics" 2>/dev/null || { echo "error: could not install segment-analytics-python (pip)" >&2; exit 1; }
 
 build: deps
 	$(SWIFT) build

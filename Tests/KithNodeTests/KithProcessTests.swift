@@ -280,6 +280,39 @@ struct KithProcessTests {
         }
     }
 
+    /// Segment's own Python library, unchanged but for its host, talks to Kith (gzip included).
+    @Test func segmentsPythonLibraryWorksUnchanged() throws {
+        let node = try NodeProcess()
+        let script = """
+            import segment.analytics as analytics
+            errors = []
+            analytics.write_key = "wk"
+            analytics.host = "http://127.0.0.1:\(node.port)"
+            analytics.gzip = True
+            analytics.on_error = lambda error, items: errors.append(str(error))
+            analytics.identify("py-user-1", {"email": "py@example.com", "name": "Py"}, anonymous_id="py-anon-1")
+            analytics.track("py-user-1", "Order Completed", {"revenue": 12.5})
+            analytics.page("py-user-1", "Docs", "Home")
+            analytics.alias("py-anon-2", "py-user-1")
+            analytics.flush()
+            print("errors:", errors)
+            """
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", script]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0 && text.contains("errors: []"), "\(text)")
+        let profile = try #require(try node.profile("anonymous_id:py-anon-2"))
+        #expect(profile.body.contains(#""id":"user_id:py-user-1""#))
+        #expect(profile.body.contains(#""Order Completed":{"count":1,"revenue":12.5}"#))
+        #expect(profile.body.contains(#""channel":"analytics-python""#))
+    }
+
     @Test func theCommandLineSpeaksSysexits() throws {
         let help = try runKith(["--help"])
         #expect(help.status == 0 && help.output.contains("SUBCOMMANDS:"))
