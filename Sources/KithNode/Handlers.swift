@@ -38,7 +38,9 @@ extension Node {
         var deltas: [ProfileDelta] = []
         deltas.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
-            guard RawJSON(message).bytes.count <= Self.maximumMessageBytes else {
+            // A body within the message limit cannot hold a message over it: only larger bodies
+            // pay for measuring each message.
+            guard body.count <= Self.maximumMessageBytes || RawJSON(message).bytes.count <= Self.maximumMessageBytes else {
                 return refuse(400, "payload_too_large", "message \(index) is larger than 32 KB")
             }
             do {
@@ -302,14 +304,12 @@ extension Node {
 
     func metricsResponse() -> HTTPResponse {
         var text = metrics.prometheusText()
-        text += "# HELP kith_open_connections Open HTTP connections.\n# TYPE kith_open_connections gauge\n"
-        text += "kith_open_connections \(server.openConnections)\n"
-        text += "# HELP kith_commits_total Write transactions committed.\n# TYPE kith_commits_total counter\n"
-        text += "kith_commits_total \(committer.commits.load(ordering: .relaxed))\n"
-        text += "# HELP kith_applied_messages_total Messages committed (new, duplicate or forgotten).\n# TYPE kith_applied_messages_total counter\n"
-        text += "kith_applied_messages_total \(committer.committedMessages.load(ordering: .relaxed))\n"
-        text += "# HELP kith_lmdb_size_bytes Size of the LMDB data file.\n# TYPE kith_lmdb_size_bytes gauge\n"
-        text += "kith_lmdb_size_bytes \(store.environment.fileSize())\n"
+        text += NodeMetrics.metric("kith_open_connections", "gauge", "Open HTTP connections.", server.openConnections)
+        text += NodeMetrics.metric("kith_commits_total", "counter", "Write transactions committed.", committer.commits.load(ordering: .relaxed))
+        text += NodeMetrics.metric(
+            "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
+            committer.committedMessages.load(ordering: .relaxed))
+        text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.environment.fileSize())
         return HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8))
     }
 }

@@ -24,6 +24,11 @@ final class NodeMetrics: Sendable {
         }
     }
 
+    /// One metric without labels, with its HELP and TYPE lines.
+    static func metric(_ name: String, _ type: String, _ help: String, _ value: some CustomStringConvertible) -> String {
+        "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
+    }
+
     func prometheusText() -> String {
         let snapshot = requests.withLock { $0 }
         var text = "# HELP kith_http_requests_total HTTP requests by route and status.\n# TYPE kith_http_requests_total counter\n"
@@ -44,8 +49,7 @@ final class NodeMetrics: Sendable {
             latency += "kith_http_request_duration_seconds_sum{route=\"\(route)\"} \(merged.sum)\n"
             latency += "kith_http_request_duration_seconds_count{route=\"\(route)\"} \(merged.count)\n"
         }
-        text += "# HELP kith_ingest_messages_total Messages accepted for commit.\n# TYPE kith_ingest_messages_total counter\n"
-        text += "kith_ingest_messages_total \(receivedMessages.load(ordering: .relaxed))\n"
+        text += Self.metric("kith_ingest_messages_total", "counter", "Messages accepted for commit.", receivedMessages.load(ordering: .relaxed))
         return text + latency
     }
 }
