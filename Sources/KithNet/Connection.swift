@@ -38,9 +38,8 @@ final class Connection: @unchecked Sendable {
     }
 
     private func readAvailable() {
-        var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         while !readingStopped && !isClosed {
-            let result = try? system("read") { buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) } }
+            let result = try? system("read") { worker.readBuffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) } }
             switch result {
             case .done(0)?, nil:
                 // The peer closed (or the read failed): finish what is queued, then close.
@@ -50,7 +49,7 @@ final class Connection: @unchecked Sendable {
             case .done(let count)?:
                 lastActivity = EventLoop.now()
                 if requestStarted == nil { requestStarted = lastActivity }
-                parser.append(buffer[0..<count])
+                parser.append(worker.readBuffer[0..<count])
                 process()
             case .wouldBlock?:
                 return

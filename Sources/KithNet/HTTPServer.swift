@@ -153,6 +153,8 @@ final class LoopWorker: @unchecked Sendable {
     let listener: Listener
     /// Loop thread only.
     var connections: [Int32: Connection] = [:]
+    /// Loop thread only: every connection of this loop reads into it (they never read at once).
+    var readBuffer = [UInt8](repeating: 0, count: 64 * 1024)
 
     init(server: HTTPServer, listener: Listener) throws(SystemError) {
         self.server = server
