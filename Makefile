@@ -73,7 +73,15 @@ run: deps
 	.build/release/kith serve --config cluster-configs/single-node.json --write-key $(DEMO_WRITE_KEY) --token $(DEMO_TOKEN)
 
 # Benchmarks run a release build against the deterministic workload (generated once, cached).
+# wrk drives the HTTP reads and nginx gives the ceiling beside them (both Debian packages).
+BENCH_APT_PACKAGES := wrk nginx-light
+
 bench: deps
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = "0" ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || echo "note: could not install$$missing" >&2; \
+	elif [ -n "$$missing" ]; then echo "note: install$$missing for the wrk and nginx figures" >&2; fi
 	$(SWIFT) build -c release --product kith-bench
 	@mkdir -p $(BENCH_DIR)
 	@f=$(BENCH_DIR)/workload-$(BENCH_CUSTOMERS)-$(BENCH_EVENTS).jsonl; \

@@ -39,7 +39,7 @@ let package = Package(
         .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile", "KithHTTP"]),
 
         // Benchmarks: `make bench` prints `name: value` lines.
-        .executableTarget(name: "kith-bench", dependencies: ["KithStore", "KithLMDB", "KithNet", "KithHTTP"], path: "Benchmarks/KithBench",
+        .executableTarget(name: "kith-bench", dependencies: ["KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON"], path: "Benchmarks/KithBench",
             swiftSettings: optimizeAcrossModules),
 
         // Shared test helpers (seeded generators, law checks); used only by test targets.

@@ -1,5 +1,6 @@
 import Foundation
 import KithHTTP
+import KithJSON
 import KithNet
 
 /// HTTP benchmarks against a real `kith serve` process on loopback: keep-alive client threads,
@@ -43,15 +44,130 @@ struct HTTPBenchmark {
         report("http.identify_per_s", identify.units / identify.seconds)
         report("http.identify_p99_ms", identify.p99 * 1_000, decimals: 2)
 
-        // Random profile reads by user id, 4 connections.
+        // Random reads of profiles that exist. wrk (Debian's) drives them when installed: our own
+        // blocking client costs more CPU than the server on these two shared cores.
         let bearer = HTTPHeader("Authorization", "Bearer bench-token")
-        let reads = load(address, connections: 4) { client, index in
-            let user = String(format: "u-%07d", (index &* 2_654_435_761) % customers)
-            let response = try client.request("GET", "/v1/profiles/user_id:\(user)", headers: [bearer])
-            return response.status == 200 || response.status == 404 ? 1 : 0
+        let identifiers = try existingProfiles(address, bearer)
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/wrk") {
+            let script = try wrkScript(paths: identifiers.map { "/v1/profiles/\($0)" }, token: "bench-token")
+            let ours = try wrk(url: "http://\(address)", script: script)
+            report("http.read_rps", ours.rps)
+            report("http.read_p99_ms", ours.p99Milliseconds, decimals: 2)
+            print("http.read_non_2xx: \(ours.non2xx)")
+            if let nginx = try nginxBaseline() {
+                report("http.nginx_rps", nginx.rps)
+                report("http.read_vs_nginx", ours.rps / nginx.rps, decimals: 2)
+            } else {
+                print("http.nginx_rps: nginx not installed")
+            }
+        } else {
+            let reads = load(address, connections: 4) { client, index in
+                let response = try client.request("GET", "/v1/profiles/\(identifiers[index % identifiers.count])", headers: [bearer])
+                return response.status == 200 ? 1 : 0
+            }
+            report("http.read_rps", reads.units / reads.seconds)
+            report("http.read_p99_ms", reads.p99 * 1_000, decimals: 2)
+            print("http.read_driver: kith-bench client (install wrk for the wrk figure)")
         }
-        report("http.read_rps", reads.units / reads.seconds)
-        report("http.read_p99_ms", reads.p99 * 1_000, decimals: 2)
+    }
+
+    /// Up to 20,000 canonical identifiers of stored profiles, from the admin export.
+    private func existingProfiles(_ address: String, _ bearer: HTTPHeader) throws -> [String] {
+        let client = try HTTPClient(address: address)
+        let response = try client.request("GET", "/v1/admin/export?limit=10000", headers: [bearer])
+        let identifiers = response.body.split(separator: UInt8(ascii: "\n")).compactMap { line -> String? in
+            (try? JSONParser.parse(Array(line)))?["id"]?.stringValue
+        }
+        guard !identifiers.isEmpty else { throw BenchmarkFailed("no profiles to read") }
+        return identifiers.map { $0.replacingOccurrences(of: "@", with: "%40") }
+    }
+
+    private func wrkScript(paths: [String], token: String) throws -> String {
+        let path = "Benchmarks/.work/reads.lua"
+        let list = paths.map { "\"\($0)\"" }.joined(separator: ",")
+        let script = """
+            paths = {\(list)}
+            math.randomseed(7)
+            request = function()
+              return wrk.format("GET", paths[math.random(1, #paths)], {["Authorization"] = "Bearer \(token)"})
+            end
+            """
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    struct WrkResult {
+        var rps: Double
+        var p99Milliseconds: Double
+        var non2xx: Int
+    }
+
+    /// `wrk -t2 -c16 --latency` for the benchmark's duration; the same command for nginx.
+    private func wrk(url: String, script: String?) throws -> WrkResult {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
+        process.arguments = ["-t2", "-c16", "-d\(Int(seconds))s", "--latency"] + (script.map { ["-s", $0] } ?? []) + [url]
+        let output = Pipe()
+        process.standardOutput = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        func number(after label: String) -> String? {
+            text.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix(label) }?
+                .split(separator: " ", omittingEmptySubsequences: true).dropFirst(label.split(separator: " ").count).first.map(String.init)
+        }
+        guard let rps = number(after: "Requests/sec:").flatMap(Double.init) else { throw BenchmarkFailed("wrk said: \(text)") }
+        let p99 = Self.milliseconds(number(after: "99%") ?? "0ms")
+        return WrkResult(rps: rps, p99Milliseconds: p99, non2xx: number(after: "Non-2xx or 3xx responses:").flatMap(Int.init) ?? 0)
+    }
+
+    /// wrk's latency text (`850.00us`, `2.39ms`, `1.02s`) in milliseconds.
+    static func milliseconds(_ text: String) -> Double {
+        for (suffix, scale) in [("us", 0.001), ("ms", 1.0), ("s", 1_000.0)] where text.hasSuffix(suffix) {
+            return (Double(text.dropLast(suffix.count)) ?? 0) * scale
+        }
+        return 0
+    }
+
+    /// nginx serving a fixed 300-byte body on loopback, measured by the same wrk command: the
+    /// ceiling of this machine for a trivial HTTP server.
+    private func nginxBaseline() throws -> WrkResult? {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else { return nil }
+        let directory = FileManager.default.currentDirectoryPath + "/Benchmarks/.work/nginx"
+        try FileManager.default.createDirectory(atPath: directory + "/logs", withIntermediateDirectories: true)
+        try String(repeating: "x", count: 300).write(toFile: directory + "/body.txt", atomically: true, encoding: .utf8)
+        let port = try freePort()
+        let config = """
+            worker_processes 2;
+            pid \(directory)/nginx.pid;
+            error_log \(directory)/logs/error.log;
+            events { worker_connections 1024; }
+            http {
+              access_log off;
+              server { listen 127.0.0.1:\(port); location / { root \(directory); try_files /body.txt =404; } }
+            }
+            """
+        try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
+        // In the foreground, as our own child: a daemonised nginx would outlive the benchmark.
+        let nginx = Process()
+        nginx.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
+        nginx.arguments = ["-c", directory + "/nginx.conf", "-p", directory, "-g", "daemon off;"]
+        nginx.standardOutput = FileHandle.nullDevice
+        nginx.standardError = FileHandle.nullDevice
+        try nginx.run()
+        defer {
+            nginx.terminate()
+            nginx.waitUntilExit()
+        }
+        usleep(300_000)
+        return try wrk(url: "http://127.0.0.1:\(port)/", script: nil)
+    }
+
+    private func freePort() throws -> UInt16 {
+        let probe = HTTPServer(configuration: HTTPServer.Configuration()) { _, responder in responder.respond(HTTPResponse(status: 200)) }
+        let port = try probe.start()
+        probe.stop()
+        return port
     }
 
     private func startNode(_ dataDirectory: String) throws -> (Process, UInt16) {
