@@ -84,11 +84,14 @@ final class Connection: @unchecked Sendable {
     /// Hands the request to the server's handler; the answer comes back through the loop.
     private func deliver(_ request: HTTPRequest, to slot: Int) {
         let loop = worker.loop
+        let server = worker.server
+        server.unansweredRequests.wrappingAdd(1, ordering: .relaxed)
         let generation = ObjectIdentifier(self)
         let answered = Answered()
         let responder = HTTPResponder { [weak self] response in
             guard answered.claim() else { return }
             loop.execute { [weak self] in
+                defer { server.unansweredRequests.wrappingSubtract(1, ordering: .relaxed) }
                 guard let self, ObjectIdentifier(self) == generation else { return }
                 self.fill(slot, response)
             }

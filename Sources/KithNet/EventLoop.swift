@@ -15,6 +15,8 @@ final class EventLoop: @unchecked Sendable {
     private var tasks: [() -> Void] = []
     private let incoming = Mutex<[@Sendable () -> Void]>([])
     private let stopRequested = Atomic<Bool>(false)
+    /// Set by the loop's owner: closes its listener (run on the loop thread). Loop thread only.
+    var stopAccepting: (() -> Void)?
 
     init() throws(SystemError) {
         epoll = try systemValue("epoll_create1") { epoll_create1(Int32(EPOLL_CLOEXEC)) }

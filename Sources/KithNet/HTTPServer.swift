@@ -98,6 +98,8 @@ public final class HTTPServer: Sendable {
     public let configuration: Configuration
     let handler: Handler
     let connectionCount = Atomic<Int>(0)
+    /// Requests handed to the handler whose responses have not been written yet.
+    let unansweredRequests = Atomic<Int>(0)
     private let state = Mutex<(loops: [EventLoop], threads: [pthread_t], port: UInt16)>(([], [], 0))
 
     public init(configuration: Configuration, handler: @escaping Handler) {
@@ -134,13 +136,17 @@ public final class HTTPServer: Sendable {
         return port
     }
 
-    /// Stops accepting, lets every loop finish, and closes all connections.
-    public func stop() {
+    /// Graceful stop: no new connections; requests already received are answered (waiting at most
+    /// `drainNanoseconds`); then every loop ends and every connection is closed.
+    public func stop(drainNanoseconds: UInt64 = 10_000_000_000) {
         let (loops, threads, _) = state.withLock { current in
             let taken = current
             current = ([], [], current.port)
             return taken
         }
+        for loop in loops { loop.execute { loop.stopAccepting?() } }
+        let deadline = EventLoop.now() + drainNanoseconds
+        while unansweredRequests.load(ordering: .relaxed) > 0 && EventLoop.now() < deadline { usleep(2_000) }
         for loop in loops { loop.stop() }
         for thread in threads { pthread_join(thread, nil) }
     }
@@ -162,16 +168,26 @@ final class LoopWorker: @unchecked Sendable {
         loop = try EventLoop()
     }
 
+    private var listening = true
+
     func run() {
         do {
             try loop.register(listener.descriptor, events: UInt32(EPOLLIN.rawValue)) { [unowned self] _ in self.acceptAll() }
         } catch {
             preconditionFailure("cannot watch the listener: \(error)")
         }
+        loop.stopAccepting = { [unowned self] in self.closeListener() }
         loop.run(tickInterval: server.configuration.tickNanoseconds) { self.expireSlowAndIdle() }
+        closeListener()
+        loop.stopAccepting = nil
+        for connection in connections.values { connection.close() }
+    }
+
+    private func closeListener() {
+        guard listening else { return }
+        listening = false
         loop.deregister(listener.descriptor)
         close(listener.descriptor)
-        for connection in connections.values { connection.close() }
     }
 
     private func acceptAll() {

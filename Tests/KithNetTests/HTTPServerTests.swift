@@ -115,6 +115,29 @@ struct HTTPServerTests {
         #expect(server.openConnections == 2)
     }
 
+    @Test func stoppingFinishesRequestsAlreadyReceived() throws {
+        let server = HTTPServer(configuration: HTTPServer.Configuration()) { _, responder in
+            DispatchQueue.global().asyncAfter(deadline: .now() + 0.3) { responder.respond(HTTPResponse(status: 200, body: Array("late".utf8))) }
+        }
+        let port = try server.start()
+        let client = try TestClient(port: port)
+        client.send("POST /slow HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        usleep(50_000)
+        let stopped = DispatchSemaphore(value: 0)
+        Thread {
+            server.stop()
+            stopped.signal()
+        }.start()
+        usleep(50_000)
+        // While draining, the server takes no new connections (refused, or closed unanswered).
+        if let late = try? TestClient(port: port, timeoutSeconds: 1) {
+            late.send("GET / HTTP/1.1\r\n\r\n")
+            #expect(late.readResponse() == nil)
+        }
+        #expect(client.readResponse()?.body == "late")
+        stopped.wait()
+    }
+
     @Test func servesManyConcurrentClients() async throws {
         let (server, port) = try echoServer()
         defer { server.stop() }
