@@ -32,7 +32,13 @@ extension Node {
         } else {
             guard case .array(let batch)? = json["batch"] else { return refuse(400, "invalid_request", "a batch needs a \"batch\" array") }
             guard batch.count <= Self.maximumBatchMessages else { return refuse(400, "payload_too_large", "a batch may hold at most 2500 messages") }
-            messages = batch
+            // Segment: a batch's top-level context applies to every call in it (a message's own
+            // context keys take precedence).
+            if case .object(let shared)? = json["context"] {
+                messages = batch.map { Self.withContext(shared, $0) }
+            } else {
+                messages = batch
+            }
         }
         let receivedAt = Int64(Date().timeIntervalSince1970 * 1_000)
         var deltas: [ProfileDelta] = []
@@ -49,7 +55,7 @@ extension Node {
                 return refuse(400, error.code.rawValue, (messages.count > 1 ? "message \(index): " : "") + error.message)
             }
         }
-        guard committer.backlog < Self.maximumBacklog else {
+        guard committer.backlog < configuration.ingestQueueLimit else {
             var response = HTTPResponse.json(429, Self.segmentError("too_many_requests", "the node is shedding load; retry"))
             response.headers.append(HTTPHeader("Retry-After", "1"))
             return respond(response)
@@ -62,6 +68,20 @@ extension Node {
                 respond(.json(503, Self.segmentError("unavailable", "the messages were not stored: \(error)")))
             }
         }
+    }
+
+    static func withContext(_ shared: JSONObject, _ message: JSONValue) -> JSONValue {
+        guard case .object(var object) = message else { return message }
+        var context = shared
+        if case .object(let own)? = object["context"] {
+            for member in own.members {
+                context.members.removeAll { $0.key == member.key }
+                context.members.append(member)
+            }
+        }
+        object.members.removeAll { $0.key == "context" }
+        object.members.append(JSONObject.Member("context", .object(context)))
+        return .object(object)
     }
 
     /// The write key as the basic-auth user name (empty password), or `writeKey` in the body.

@@ -17,8 +17,6 @@ public final class Node: Sendable {
     static let maximumMessageBytes = 32 * 1024
     static let maximumBatchBytes = 500 * 1024
     static let maximumBatchMessages = 2_500
-    /// Pending commit jobs beyond which ingest answers 429 (load shedding).
-    static let maximumBacklog = 2_000
 
     public let configuration: NodeConfiguration
     let store: LMDBProfileStore

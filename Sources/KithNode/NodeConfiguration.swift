@@ -27,11 +27,13 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var secretFile: String?
     /// Log every request (request id, route template, status, duration; never paths or bodies).
     public var logRequests = false
+    /// Ingest requests waiting for the writer beyond which new ones get 429 (load shedding).
+    public var ingestQueueLimit = 2_000
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, logRequests
+        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, logRequests, ingestQueueLimit
     }
 
     public init(from decoder: Decoder) throws {
@@ -46,6 +48,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         historyLimit = try container.decodeIfPresent(Int.self, forKey: .historyLimit) ?? defaults.historyLimit
         secretFile = try container.decodeIfPresent(String.self, forKey: .secretFile)
         logRequests = try container.decodeIfPresent(Bool.self, forKey: .logRequests) ?? false
+        ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -76,6 +79,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_TOKEN"] { addToken(value) }
         if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
+        if let value = environment["KITH_INGEST_QUEUE_LIMIT"] {
+            guard let limit = Int(value) else { throw ConfigurationError("KITH_INGEST_QUEUE_LIMIT must be a number") }
+            ingestQueueLimit = limit
+        }
         try validate()
     }
 
@@ -99,6 +106,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard !nodeName.isEmpty, nodeName.utf8.count <= 64 else { throw ConfigurationError("nodeName must be 1 to 64 bytes") }
         guard (1...64).contains(loops) else { throw ConfigurationError("loops must be between 1 and 64") }
         guard (0...1_000).contains(historyLimit) else { throw ConfigurationError("historyLimit must be between 0 and 1000") }
+        guard ingestQueueLimit >= 0 else { throw ConfigurationError("ingestQueueLimit must not be negative") }
         for token in tokens where token.sha256.count != 64 || !token.sha256.allSatisfy(\.isHexDigit) {
             throw ConfigurationError("token \(token.name): sha256 must be 64 hex digits")
         }
@@ -109,7 +117,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 }
 
 extension NodeConfiguration.CodingKeys {
-    static let allNames = ["nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "logRequests"]
+    static let allNames = [
+        "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "logRequests",
+        "ingestQueueLimit",
+    ]
 }
 
 public struct ConfigurationError: Error, CustomStringConvertible {

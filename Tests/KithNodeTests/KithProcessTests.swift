@@ -141,6 +141,25 @@ struct KithProcessTests {
         #expect(try node.request("GET", "/nowhere")?.status == 404)
     }
 
+    @Test func batchContextAppliesToEveryCall() throws {
+        let node = try NodeProcess()
+        let batch = #"{"context":{"channel":"kiosk","consent":{"categoryPreferences":{"Ads":false}}},"batch":[{"type":"identify","userId":"u-c","traits":{"a":1},"messageId":"c1","timestamp":"2025-01-01T00:00:02Z"},{"type":"track","userId":"u-c","event":"E","messageId":"c2","context":{"channel":"web"},"timestamp":"2025-01-01T00:00:01Z"}]}"#
+        #expect(try node.ingest("/v1/batch", batch) == 200)
+        let profile = try #require(try node.profile("user_id:u-c"))
+        #expect(profile.body.contains(#""Ads":{"status":"denied""#))
+        #expect(profile.body.contains(#""source":"kiosk""#), "the identify (later) took the batch's channel")
+        #expect(profile.body.contains(#""channel":"web""#), "a message's own context wins")
+    }
+
+    @Test func shedsLoadWith429AndRetryAfter() throws {
+        let node = try NodeProcess(environment: ["KITH_INGEST_QUEUE_LIMIT": "0"])
+        let response = try node.request(
+            "POST", "/v1/track", body: Array(#"{"userId":"u-1","event":"E"}"#.utf8), headers: ["Authorization: Basic d2s6"])
+        #expect(response?.status == 429)
+        #expect(response?.headers["retry-after"] == "1")
+        #expect(response?.body.contains(#""code":"too_many_requests""#) == true)
+    }
+
     @Test func acceptsGzipBodiesAndTheWriteKeyInTheBody() throws {
         let node = try NodeProcess()
         let body = Array(#"{"writeKey":"wk","userId":"u-2","traits":{"plan":"plus"},"messageId":"g1"}"#.utf8)
