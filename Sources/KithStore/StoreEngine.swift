@@ -279,7 +279,6 @@ final class WriteContext {
             forgetKeys.append(forgetKey)
             let previous = try txn.get(.forget, forgetKey).map { try decodeTime($0) } ?? time
             try txn.put(.forget, forgetKey, encodeTime(max(previous, time)), mode: .upsert)
-            try txn.delete(.hashes, forgetKey)
             deleteSource(member.key)
             try setCanonical(member.key, nil)
             // Everything else filed under the member: links, ledger, history, its view.
@@ -312,11 +311,11 @@ final class WriteContext {
 
     // MARK: Identity
 
-    /// Makes sure `identifier` is known; returns true if it was new (its profile must be built).
+    /// Whether `identifier` is new here (its profile must be built). No hash → identifier index is
+    /// kept: a node that receives an erasure as forget keys (replication) hashes its own index keys
+    /// instead, which is rare work, where keeping the index cost a random page write per new identifier.
     private func register(_ identifier: Identifier) throws -> Bool {
-        guard try canonicalKey(identifier.key) == nil else { return false }
-        try txn.put(.hashes, engine.hasher.forgetKeyBytes(for: identifier), identifier.key, mode: .upsert)
-        return true
+        try canonicalKey(identifier.key) == nil
     }
 
     /// Updates the link between `a` and `b` in both directions; returns whether the identity

@@ -12,8 +12,6 @@ enum Table: Int, CaseIterable, Sendable {
     case changes
     /// forget key (HMAC of an erased identifier) → erasure time.
     case forget
-    /// forget key → identifier key, so that an erasure shipped by forget key can be resolved.
-    case hashes
 
     var name: String {
         switch self {
@@ -21,7 +19,6 @@ enum Table: Int, CaseIterable, Sendable {
         case .documents: "documents"
         case .changes: "changes"
         case .forget: "forget"
-        case .hashes: "hashes"
         }
     }
 }
