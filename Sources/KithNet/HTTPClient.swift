@@ -58,7 +58,7 @@ public final class HTTPClient {
         setsockopt(socketDescriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(socketDescriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         do {
-            try withUnsafePointer(to: &storage) { pointer throws(SystemError) in
+            _ = try withUnsafePointer(to: &storage) { pointer throws(SystemError) in
                 try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
                     try systemValue("connect") { Glibc.connect(socketDescriptor, sa, length) }
                 }

@@ -17,7 +17,7 @@ struct Listener {
         do {
             try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1)
             if reusePort { try setOption(descriptor, SOL_SOCKET, SO_REUSEPORT, 1) }
-            try withUnsafePointer(to: &address) { pointer throws(SystemError) in
+            _ = try withUnsafePointer(to: &address) { pointer throws(SystemError) in
                 try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
                     try systemValue("bind") { Glibc.bind(descriptor, sa, length) }
                 }
@@ -25,7 +25,7 @@ struct Listener {
             try systemValue("listen") { listen(descriptor, backlog) }
             var bound = sockaddr_storage()
             var boundLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
-            try withUnsafeMutablePointer(to: &bound) { pointer throws(SystemError) in
+            _ = try withUnsafeMutablePointer(to: &bound) { pointer throws(SystemError) in
                 try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa throws(SystemError) in
                     try systemValue("getsockname") { getsockname(descriptor, sa, &boundLength) }
                 }

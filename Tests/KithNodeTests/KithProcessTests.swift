@@ -55,7 +55,7 @@ final class NodeProcess {
         process.arguments = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"]
         let output = Pipe()
         process.standardOutput = output
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()
@@ -342,7 +342,7 @@ struct KithProcessTests {
         #expect(try runKith(["serve", "--bogus", "x"]).status == 64)
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-bad-\(UUID().uuidString).json").path
         defer { try? FileManager.default.removeItem(atPath: path) }
-        FileManager.default.createFile(atPath: path, contents: Data(#"{"htp":"127.0.0.1:1"}"#.utf8))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(#"{"htp":"127.0.0.1:1"}"#.utf8)))
         let badConfig = try runKith(["serve", "--config", path])
         #expect(badConfig.status == 64 && badConfig.error.contains("unknown setting \"htp\""))
         #expect(try runKith(["config", "check", path]).status == 1)
