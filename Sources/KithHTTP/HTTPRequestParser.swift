@@ -221,7 +221,8 @@ public struct HTTPRequestParser: Sendable {
     }
 
     /// `name: value` with a token name, no space before the colon, optional white space around the value.
-    static func parseHeader(_ bytes: ArraySlice<UInt8>) -> HTTPHeader? {
+    /// (Requests and responses share this grammar; the CLI's client parses response headers with it.)
+    public static func parseHeader(_ bytes: ArraySlice<UInt8>) -> HTTPHeader? {
         guard let colon = bytes.firstIndex(of: UInt8(ascii: ":")), colon > bytes.startIndex else { return nil }
         let name = bytes[bytes.startIndex..<colon]
         guard name.allSatisfy(isTokenByte) else { return nil }  // also refuses obsolete line folding

@@ -81,15 +81,14 @@ public final class HTTPClient {
     private func readResponse() throws(SystemError) -> Response {
         while true {
             if let end = buffer.firstRange(of: Array("\r\n\r\n".utf8)) {
-                let lines = String(decoding: buffer[..<end.lowerBound], as: UTF8.self).components(separatedBy: "\r\n")
-                let statusParts = lines[0].split(separator: " ")
-                guard statusParts.count >= 2, let status = Int(statusParts[1]) else {
+                // Lines end in CRLF: split at LF, drop the CR.
+                let lines = buffer[..<end.lowerBound].split(separator: 0x0A, omittingEmptySubsequences: false)
+                    .map { $0.last == 0x0D ? $0.dropLast() : $0 }
+                let statusParts = lines[0].split(separator: UInt8(ascii: " "))
+                guard statusParts.count >= 2, let status = Int(String(decoding: statusParts[1], as: UTF8.self)) else {
                     throw SystemError(call: "read response (malformed status line)", errno: EPROTO)
                 }
-                let headers = lines.dropFirst().compactMap { line -> HTTPHeader? in
-                    guard let colon = line.firstIndex(of: ":") else { return nil }
-                    return HTTPHeader(String(line[..<colon]), String(line[line.index(after: colon)...]).trimmingCharacters(in: " "))
-                }
+                let headers = lines.dropFirst().compactMap { HTTPRequestParser.parseHeader($0) }
                 let length = Int(headers.first { $0.name.lowercased() == "content-length" }?.value ?? "0") ?? 0
                 if buffer.count >= end.upperBound + length {
                     let body = Array(buffer[end.upperBound..<end.upperBound + length])
@@ -103,37 +102,5 @@ public final class HTTPClient {
             guard count > 0 else { throw SystemError(call: "read response (connection closed)", errno: ECONNRESET) }
             buffer += chunk[0..<count]
         }
-    }
-}
-
-extension String {
-    func components(separatedBy separator: String) -> [String] {
-        var parts: [String] = []
-        var rest = Substring(self)
-        while let range = rest.range(of: separator) {
-            parts.append(String(rest[..<range.lowerBound]))
-            rest = rest[range.upperBound...]
-        }
-        parts.append(String(rest))
-        return parts
-    }
-
-    func trimmingCharacters(in characters: String) -> String {
-        var sub = Substring(self)
-        while let c = sub.first, characters.contains(c) { sub.removeFirst() }
-        while let c = sub.last, characters.contains(c) { sub.removeLast() }
-        return String(sub)
-    }
-}
-
-extension Substring {
-    func range(of needle: String) -> Range<Substring.Index>? {
-        guard !needle.isEmpty else { return nil }
-        var index = startIndex
-        while index < endIndex {
-            if self[index...].hasPrefix(needle) { return index..<self.index(index, offsetBy: needle.count) }
-            index = self.index(after: index)
-        }
-        return nil
     }
 }

@@ -26,9 +26,8 @@ extension Node {
         guard authorizedWriteKey(request, json) else { return refuse(401, "invalid_write_key", "a valid write key is required") }
 
         let messages: [JSONValue]
-        if let kind {
+        if kind != nil {
             messages = [json]
-            _ = kind
         } else {
             guard case .array(let batch)? = json["batch"] else { return refuse(400, "invalid_request", "a batch needs a \"batch\" array") }
             guard batch.count <= Self.maximumBatchMessages else { return refuse(400, "payload_too_large", "a batch may hold at most 2500 messages") }

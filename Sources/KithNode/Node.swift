@@ -36,10 +36,9 @@ public final class Node: Sendable {
         try configuration.validate()
         self.configuration = configuration
         let secret = try Self.loadSecret(configuration.secretFile ?? configuration.dataDirectory + ".secret")
-        var storeConfiguration = StoreConfiguration(
+        let storeConfiguration = StoreConfiguration(
             node: Self.nodeIdentifier(configuration.nodeName), forgetKeySecret: secret,
             profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
-        storeConfiguration.profile.rules = IdentityRules()
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration)
         committer = GroupCommitter(store: store)
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
@@ -89,6 +88,7 @@ public final class Node: Sendable {
             responder.respond(response)
         }
         let path = request.path
+        let ingestKind = Self.ingestType(path)
         switch (request.method, path) {
         case ("GET", "/livez"): respond(.json(200, Array(#"{"status":"ok"}"#.utf8)))
         case ("GET", "/readyz"):
@@ -97,9 +97,9 @@ public final class Node: Sendable {
         case ("GET", "/healthz"):
             respond(.json(200, Array(#"{"status":"ok","node":"\#(configuration.nodeName)","version":"\#(Self.version)"}"#.utf8)))
         case ("GET", "/metrics"): respond(metricsResponse())
-        case (_, _) where Self.ingestType(path) != nil:
+        case (_, _) where ingestKind != nil:
             guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
-            ingest(request, kind: Self.ingestType(path)!, respond: respond)
+            ingest(request, kind: ingestKind!, respond: respond)
         case (_, _) where path.hasPrefix("/v1/profiles/"):
             profileRoute(request, Array(path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false)), respond: respond)
         case ("GET", "/v1/admin/status"): adminStatus(request, respond: respond)

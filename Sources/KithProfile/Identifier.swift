@@ -40,7 +40,7 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
 
     /// Nil when the value is empty, too long or contains control characters.
     public init?(kind: IdentifierKind, value: String) {
-        let normalized = kind == .email ? Self.trimmed(value).lowercased() : value
+        let normalized = kind == .email ? value.trimmingWhitespace().lowercased() : value
         guard !normalized.isEmpty, normalized.utf8.count <= Self.maximumValueBytes,
             !normalized.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else { return nil }
@@ -70,13 +70,6 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
             let value = String(validating: key.dropFirst(), as: UTF8.self)
         else { return nil }
         self.init(kind: kind, value: value)
-    }
-
-    private static func trimmed(_ s: String) -> Substring {
-        var sub = Substring(s)
-        while let c = sub.first, c.isWhitespace { sub.removeFirst() }
-        while let c = sub.last, c.isWhitespace { sub.removeLast() }
-        return sub
     }
 }
 
