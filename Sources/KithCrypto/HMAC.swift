@@ -84,3 +84,31 @@ public struct CryptoError: Error, Sendable, CustomStringConvertible {
     public var operation: String
     public var description: String { "\(operation) failed in libcrypto" }
 }
+
+/// SHA-256 over data given in pieces (libcrypto's EVP digest context).
+public struct SHA256Stream: ~Copyable {
+    private let context: OpaquePointer
+
+    public init() {
+        guard let context = EVP_MD_CTX_new(), EVP_DigestInit_ex(context, EVP_sha256(), nil) == 1 else {
+            preconditionFailure("SHA-256 context could not be created in libcrypto")
+        }
+        self.context = context
+    }
+
+    public mutating func update(_ bytes: [UInt8]) {
+        let ok = bytes.withUnsafeBytes { EVP_DigestUpdate(context, $0.baseAddress, $0.count) }
+        precondition(ok == 1, "SHA-256 update failed in libcrypto")
+    }
+
+    /// The digest; the stream is used up.
+    public consuming func finish() -> [UInt8] {
+        var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
+        var length: UInt32 = 0
+        let ok = output.withUnsafeMutableBufferPointer { EVP_DigestFinal_ex(context, $0.baseAddress, &length) }
+        precondition(ok == 1 && length == 32, "SHA-256 final failed in libcrypto")
+        return Array(output.prefix(32))
+    }
+
+    deinit { EVP_MD_CTX_free(context) }
+}

@@ -45,17 +45,19 @@ public struct ProfileState: Equatable, Sendable {
     public mutating func apply(_ delta: ProfileDelta, hasher: some ForgetKeyHasher) -> ApplyOutcome {
         if isForgotten(delta.subject, at: delta.times.eventTime, hasher) { return .forgotten }
         var document = documents[delta.subject] ?? SourceDocument()
-        guard document.apply(delta, historyLimit: configuration.historyLimit) else { return .duplicate }
+        // A second copy is joined in too (see `SourceDocument.apply`), links included.
+        let isNew = document.apply(delta, historyLimit: configuration.historyLimit)
         documents[delta.subject] = document
         for peer in delta.links where !isForgotten(peer, at: delta.times.eventTime, hasher) {
             graph.merge(key: LinkEdge(delta.subject, peer)!, LinkState(adds: [delta.stamp: delta.channel]))
         }
-        return .applied
+        return isNew ? .applied : .duplicate
     }
 
     /// Unmerge: removes the link between `a` and `b` as of `stamp` (normally a node's HLC time).
-    public mutating func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) {
-        guard let edge = LinkEdge(a, b) else { return }
+    /// A removal dated at or before an endpoint's erasure is dominated by it and dropped.
+    public mutating func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp, hasher: some ForgetKeyHasher) {
+        guard let edge = LinkEdge(a, b), !isForgotten(a, at: stamp.time, hasher), !isForgotten(b, at: stamp.time, hasher) else { return }
         graph.merge(key: edge, LinkState(removedAt: stamp))
     }
 

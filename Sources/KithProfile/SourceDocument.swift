@@ -95,7 +95,7 @@ public struct SourceHead: Equatable, Sendable {
     }
 
     /// Adds the totals of one ledger entry.
-    mutating func count(_ entry: LedgerEntry) {
+    public mutating func count(_ entry: LedgerEntry) {
         messageCount += 1
         firstSeen = min(firstSeen ?? entry.time, entry.time)
         lastSeen = max(lastSeen ?? entry.time, entry.time)
@@ -103,7 +103,7 @@ public struct SourceHead: Equatable, Sendable {
     }
 
     /// Joins the CRDT fields of `other` (not the totals, which depend on the ledgers).
-    mutating func mergeFields(_ other: SourceHead, historyLimit: Int) {
+    public mutating func mergeFields(_ other: SourceHead, historyLimit: Int) {
         traits.merge(other.traits)
         consent.merge(other.consent)
         groups.merge(other.groups)
@@ -130,7 +130,7 @@ public struct SourceHead: Equatable, Sendable {
     }
 
     /// Drops everything dated at or before `time` (erasure); totals are recomputed by the caller.
-    mutating func dropFields(upTo time: Int64) {
+    public mutating func dropFields(upTo time: Int64) {
         traits.retain { _, register in register.stamp.time > time }
         consent.retain { _, register in register.stamp.time > time }
         groups = ORSet(
@@ -153,15 +153,24 @@ public struct SourceDocument: Equatable, Sendable {
 
     public var isEmpty: Bool { ledger.isEmpty && head.isEmpty }
 
-    /// Absorbs `delta`; returns false (and changes nothing) for a message already absorbed. A
-    /// second copy of a messageId is not looked into: redeliveries are exact copies in practice,
-    /// and when two differing copies do meet in a merge, the ledger keeps the greater one.
+    /// Absorbs `delta`; returns false for a message already absorbed. A second copy of a
+    /// messageId is joined in as a merge would join it: the same message redelivered to two
+    /// nodes gets two receive times, so two corrected event times, and every replica must end
+    /// with the same state whichever copy it saw first — the greater ledger entry, and the join
+    /// of both copies' fields.
     @discardableResult
     public mutating func apply(_ delta: ProfileDelta, historyLimit: Int) -> Bool {
-        guard ledger[delta.messageId] == nil else { return false }
-        ledger[delta.messageId] = LedgerEntry(delta)
-        head.absorb(delta, historyLimit: historyLimit)
-        return true
+        let entry = LedgerEntry(delta)
+        guard ledger[delta.messageId] != nil else {
+            ledger[delta.messageId] = entry
+            head.absorb(delta, historyLimit: historyLimit)
+            return true
+        }
+        var copy = SourceDocument()
+        copy.ledger[delta.messageId] = entry
+        copy.head.absorb(delta, historyLimit: historyLimit)
+        merge(copy, historyLimit: historyLimit)
+        return false
     }
 
     /// The join of two replicas of the same identifier's document.

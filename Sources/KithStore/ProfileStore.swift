@@ -37,6 +37,22 @@ public protocol ProfileStore: AnyObject, Sendable {
     func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
 
     func statistics() throws -> StoreStatistics
+
+    // MARK: Replication
+
+    /// Applies changes replicated from `peer` in one transaction, skipping those this replica
+    /// already holds (by version vector), and, when `position` is given, records that this node
+    /// has now read `peer`'s log through that position. Returns how many changes were new.
+    @discardableResult func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int
+
+    /// Which changes this replica holds, by origin.
+    func versionVector() throws -> VersionVector
+
+    /// How far this node has read `peer`'s change log (0: not at all).
+    func cursor(of peer: UInt64) throws -> UInt64
+
+    /// SHA-256 over every replicated row: equal exactly when two replicas hold the same data.
+    func contentDigest() throws -> [UInt8]
 }
 
 /// The part both stores share: the engine over a backend's read and write transactions.
@@ -83,6 +99,27 @@ extension EngineBackedStore {
 
     public func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
         try read { reader in try engine.changes(after: sequence, limit: limit, in: reader) }
+    }
+
+    public func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int {
+        try modify { context in
+            var applied = 0
+            for entry in entries where try context.applyReplicated(entry) { applied += 1 }
+            if let position { try context.setCursor(position, of: peer) }
+            return applied
+        }
+    }
+
+    public func versionVector() throws -> VersionVector {
+        try read { reader in try engine.versionVector(in: reader) }
+    }
+
+    public func cursor(of peer: UInt64) throws -> UInt64 {
+        try read { reader in try engine.cursor(of: peer, in: reader) }
+    }
+
+    public func contentDigest() throws -> [UInt8] {
+        try read { reader in try engine.contentDigest(in: reader) }
     }
 
     public func statistics() throws -> StoreStatistics {

@@ -1,4 +1,5 @@
 import KithCRDT
+import KithCrypto
 import KithProfile
 
 /// The store's logic, written once over `StoreReading`/`StoreWriting`, so the LMDB store and the
@@ -123,6 +124,36 @@ struct StoreEngine: Sendable {
         return count
     }
 
+    /// Which changes this replica holds: the stored vector for other origins, and this node's
+    /// own origin up to its last sequence (every own change is in its own log).
+    func versionVector(in reader: some StoreReading) throws -> VersionVector {
+        var vector = try reader.get(.meta, versionVectorKey).map { try decode(VersionVector.self, $0, table: .meta) } ?? VersionVector()
+        vector[configuration.node] = try reader.get(.meta, Array("sequence".utf8)).map { try decodeSequence($0) } ?? 0
+        return vector
+    }
+
+    func cursor(of peer: UInt64, in reader: some StoreReading) throws -> UInt64 {
+        try reader.get(.meta, cursorKey(peer)).map { try decodeSequence($0) } ?? 0
+    }
+
+    /// A SHA-256 over every replicated row (documents and forget set, in key order): equal on two
+    /// replicas exactly when they hold the same profiles, byte for byte. Node-local tables (the
+    /// change log, sequences, cursors) are left out.
+    func contentDigest(in reader: some StoreReading) throws -> [UInt8] {
+        var hasher = SHA256Stream()
+        for table in [Table.documents, .forget] {
+            hasher.update([UInt8(table.rawValue)])
+            try reader.scan(table, prefix: []) { key, value in
+                var writer = BinaryWriter(capacity: key.count + value.count + 4)
+                writer.write(bytes: key)
+                writer.write(bytes: value)
+                hasher.update(writer.bytes)
+                return .next
+            }
+        }
+        return hasher.finish()
+    }
+
     func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
         var reader = BinaryReader(bytes)
         return try reader.readBigEndianUInt64()
@@ -186,7 +217,9 @@ final class WriteContext {
     private var sequence: UInt64
     /// Change-log entries of this transaction, written as one record by `finish`.
     private var pendingChanges: [ChangeEntry] = []
-    private let anyForgotten: Bool
+    private var anyForgotten: Bool
+    /// The version vector, loaded when the transaction first applies a replicated change.
+    private var versions: VersionVector?
 
     private var historyLimit: Int { engine.configuration.profile.historyLimit }
 
@@ -208,17 +241,28 @@ final class WriteContext {
             try txn.put(.changes, sequenceKey(last.sequence), ChangeRecord.encode(pendingChanges), mode: .append)
         }
         try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
+        if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
     }
 
     // MARK: Messages
 
     func apply(_ delta: ProfileDelta) throws -> ApplyOutcome {
+        try apply(delta, origin: nil)
+    }
+
+    /// Applies a message accepted here (`origin` nil) or replicated from `origin`.
+    private func apply(_ delta: ProfileDelta, origin: (node: UInt64, sequence: UInt64)?) throws -> ApplyOutcome {
         let time = delta.times.eventTime
         if try isForgotten(delta.subject, at: time) { return .forgotten }
         let subjectKey = delta.subject.key
         let ledgerKey = documentKey(subjectKey, .ledger, delta.messageId.utf8)
-        let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event)
-        guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .insertOnly) else { return .duplicate }
+        var links: [Identifier] = []
+        for peer in delta.links where try !isForgotten(peer, at: time) { links.append(peer) }
+        let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event, links: links)
+        guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .insertOnly) else {
+            if try joinCopy(delta, row, at: ledgerKey) { try log(.message(delta), origin: origin) }
+            return .duplicate
+        }
 
         // A source head keeps no history (limit 0): events live in ledger rows, and only views
         // hold the newest few, so heads stay small and rewriting them stays cheap.
@@ -227,7 +271,7 @@ final class WriteContext {
         setSource(subjectKey, head)
 
         var structureChanged = try register(delta.subject)
-        for peer in delta.links where try !isForgotten(peer, at: time) {
+        for peer in links {
             if try register(peer) { structureChanged = true }
             if try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) { structureChanged = true }
         }
@@ -239,16 +283,54 @@ final class WriteContext {
             view.head.absorb(delta, historyLimit: historyLimit)
             setView(canonical, view)
         }
-        try log(.message(delta))
+        try log(.message(delta), origin: origin)
         return .applied
+    }
+
+    /// A second copy of a message already absorbed. An exact copy changes nothing. A differing
+    /// one (the same message redelivered to two nodes has two receive times, so two corrected
+    /// event times) is joined in as `SourceDocument.apply` joins it — the greater row kept, both
+    /// copies' fields joined — so replicas agree whichever copy each saw first. Returns whether
+    /// anything changed (then the copy is logged, so replicas further away see it too).
+    private func joinCopy(_ delta: ProfileDelta, _ row: LedgerRow, at ledgerKey: [UInt8]) throws -> Bool {
+        let existing = try decode(LedgerRow.self, try txn.get(.documents, ledgerKey)!, table: .documents)
+        guard existing != row else { return false }
+        if existing.isLess(than: row) { try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .upsert) }
+        var copy = SourceHead()
+        copy.absorb(delta, historyLimit: 0)
+        var head = try source(delta.subject.key) ?? SourceHead()
+        head.mergeFields(copy, historyLimit: 0)
+        try recount(&head, of: delta.subject)
+        setSource(delta.subject.key, head)
+        for peer in row.links { _ = try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) }
+        try recompute(around: [delta.subject] + row.links)
+        return true
+    }
+
+    /// Recomputes a head's totals from its identifier's ledger rows.
+    private func recount(_ head: inout SourceHead, of identifier: Identifier) throws {
+        head.messageCount = 0
+        head.firstSeen = nil
+        head.lastSeen = nil
+        head.aggregates = SortedDictionary()
+        try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { _, value in
+            head.count(try decode(LedgerRow.self, value, table: .documents).entry)
+            return .next
+        }
     }
 
     // MARK: Unmerge
 
     func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws {
         guard let edge = LinkEdge(a, b) else { return }
-        if try updateEdge(a, b, { $0.remove(stamp) }) { try recompute(around: [a, b]) }
-        try log(.unlink(edge, stamp))
+        try removeLink(edge, stamp: stamp, origin: nil)
+    }
+
+    private func removeLink(_ edge: LinkEdge, stamp: LWWStamp, origin: (node: UInt64, sequence: UInt64)?) throws {
+        // A removal dated at or before an endpoint's erasure is dominated by it (and its key would name the erased).
+        if try isForgotten(edge.low, at: stamp.time) || isForgotten(edge.high, at: stamp.time) { return }
+        if try updateEdge(edge.low, edge.high, { $0.remove(stamp) }) { try recompute(around: [edge.low, edge.high]) }
+        try log(.unlink(edge, stamp), origin: origin)
     }
 
     // MARK: Erasure
@@ -258,55 +340,227 @@ final class WriteContext {
     func erase(_ identifier: Identifier, requestedAt requested: Int64) throws -> [Identifier] {
         guard let canonical = try canonicalKey(identifier.key), let view = try self.view(canonical) else { return [] }
         let members = view.members
-        let memberKeys = Set(members.map(\.key))
         var time = max(requested, view.head.lastSeen ?? requested)
-        var outsideNeighbours: Set<Identifier> = []
-        var edgeKeys: [[UInt8]] = []
         for member in members {
-            let prefix = documentKey(member.key, .edge)
-            try txn.scan(.documents, prefix: prefix) { key, value in
-                let summary = try decode(EdgeSummary.self, value, table: .documents)
-                time = max(time, summary.newestTime ?? time)
-                let peerKey = Array(key[prefix.count...])
-                edgeKeys.append(documentKey(peerKey, .edge, member.key))
-                if !memberKeys.contains(peerKey), let peer = Identifier(key: peerKey) { outsideNeighbours.insert(peer) }
+            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { _, value in
+                time = max(time, try decode(EdgeSummary.self, value, table: .documents).newestTime ?? time)
                 return .next
             }
         }
-        var forgetKeys: [[UInt8]] = []
-        for member in members {
-            let forgetKey = engine.hasher.forgetKeyBytes(for: member)
-            forgetKeys.append(forgetKey)
-            let previous = try txn.get(.forget, forgetKey).map { try decodeTime($0) } ?? time
-            try txn.put(.forget, forgetKey, encodeTime(max(previous, time)), mode: .upsert)
-            deleteSource(member.key)
-            try setCanonical(member.key, nil)
-            // Everything else filed under the member: links, ledger, history, its view.
-            try txn.deletePrefix(.documents, documentPrefix(member.key))
-        }
-        for key in edgeKeys { try txn.delete(.documents, key) }
-        deleteView(canonical)
-        try purgeChanges(mentioning: memberKeys)
-        for neighbour in outsideNeighbours.sorted() { try recompute(around: [neighbour]) }
-        try log(.erasure(forgetKeys: forgetKeys, time: time))
+        let forgetKeys = members.map { engine.hasher.forgetKeyBytes(for: $0) }
+        try remember(forgetKeys, time: time)
+        try forget(members)
+        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: nil)
         return members
     }
 
-    /// Removes every logged change that names an erased identifier, committed or pending.
-    /// (Linear in the log; crypto-shredding will replace this, see docs/storage.md.)
-    private func purgeChanges(mentioning memberKeys: Set<[UInt8]>) throws {
-        func mentions(_ entry: ChangeEntry) -> Bool { entry.mentionedIdentifiers.contains { memberKeys.contains($0.key) } }
+    /// An erasure made on another node: it names forget keys only, so the identifiers held here
+    /// are found by hashing each (linear in the identifiers held; erasures are rare).
+    private func applyErasure(forgetKeys: [[UInt8]], time: Int64, origin: (node: UInt64, sequence: UInt64)) throws {
+        try remember(forgetKeys, time: time)
+        let wanted = Set(forgetKeys)
+        var members: [Identifier] = []
+        var start: [UInt8] = []
+        while true {
+            var next: [UInt8]?
+            try txn.scan(.documents, from: start) { key, _ in
+                next = Array(key[..<(key.firstIndex(of: 0) ?? key.endIndex)])
+                return .stop
+            }
+            guard let identifierKey = next else { break }
+            if let identifier = Identifier(key: identifierKey), wanted.contains(engine.hasher.forgetKeyBytes(for: identifier)) {
+                members.append(identifier)
+            }
+            start = identifierKey + [1]
+        }
+        try forget(members)
+        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
+    }
+
+    /// Adds forget-set entries (each keeps the latest erasure time).
+    private func remember(_ forgetKeys: [[UInt8]], time: Int64) throws {
+        for key in forgetKeys {
+            let previous = try txn.get(.forget, key).map { try decodeTime($0) } ?? time
+            try txn.put(.forget, key, encodeTime(max(previous, time)), mode: .upsert)
+        }
+        anyForgotten = true
+    }
+
+    /// Applies the forget set to `members` as `ProfileState` does: everything dated at or before
+    /// a member's erasure time goes — ledger rows, head fields, link assertions, and every
+    /// mention of the member in its neighbours' rows and in the change log. What is newer
+    /// survives (a replica may hold data the erasing node had not seen), and the people around
+    /// the members are rebuilt.
+    private func forget(_ members: [Identifier]) throws {
+        guard !members.isEmpty else { return }
+        var oldCanonicals: Set<[UInt8]> = []
+        var touched: Set<Identifier> = Set(members)
+        var edges: Set<LinkEdge> = []
+        for member in members {
+            if let canonical = try canonicalKey(member.key) { oldCanonicals.insert(canonical) }
+            let time = try forgottenTime(member)!
+            try forgetLedger(of: member, upTo: time)
+            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
+                if let peer = Identifier(key: key[(member.key.count + 2)...]) {
+                    edges.insert(LinkEdge(member, peer)!)
+                    touched.insert(peer)
+                }
+                return .next
+            }
+        }
+        for member in members {
+            for edge in edges where edge.low == member || edge.high == member {
+                try stripMentions(of: member, fromLedgerOf: edge.other(than: member))
+            }
+        }
+        for edge in edges.sorted() { try rebuildEdge(edge) }
+        try purgeChanges(mentioning: members)
+
+        var known: [Identifier] = []
+        for identifier in touched.sorted() {
+            if try isKnown(identifier) {
+                known.append(identifier)
+            } else {
+                deleteSource(identifier.key)
+                try setCanonical(identifier.key, nil)
+                try txn.deletePrefix(.documents, documentPrefix(identifier.key))
+            }
+        }
+        if !known.isEmpty { try recompute(around: known) }
+        for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
+    }
+
+    /// Drops the member's ledger rows dated at or before `time` and recomputes its head.
+    private func forgetLedger(of member: Identifier, upTo time: Int64) throws {
+        var dropped: [[UInt8]] = []
+        try txn.scan(.documents, prefix: documentKey(member.key, .ledger)) { key, value in
+            if try decode(LedgerRow.self, value, table: .documents).entry.time <= time { dropped.append(key) }
+            return .next
+        }
+        for key in dropped { try txn.delete(.documents, key) }
+        guard var head = try source(member.key) else { return }
+        head.dropFields(upTo: time)
+        try recount(&head, of: member)
+        if head.isEmpty { deleteSource(member.key) } else { setSource(member.key, head) }
+    }
+
+    /// Removes `member` from the links listed in `neighbour`'s ledger rows dated at or before
+    /// the member's erasure time: an erased identifier must not survive in anyone's rows.
+    private func stripMentions(of member: Identifier, fromLedgerOf neighbour: Identifier) throws {
+        let time = try forgottenTime(member)!
+        var rewrites: [([UInt8], LedgerRow)] = []
+        try txn.scan(.documents, prefix: documentKey(neighbour.key, .ledger)) { key, value in
+            var row = try decode(LedgerRow.self, value, table: .documents)
+            if row.entry.time <= time, row.links.contains(member) {
+                row.links.removeAll { $0 == member }
+                rewrites.append((key, row))
+            }
+            return .next
+        }
+        for (key, row) in rewrites { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+    }
+
+    /// Recomputes a link from the ledger rows that assert it, keeping only what is newer than
+    /// both endpoints' erasures (the summary alone cannot say which adds an erasure dominates).
+    private func rebuildEdge(_ edge: LinkEdge) throws {
+        let cutoff = max(try forgottenTime(edge.low) ?? .min, try forgottenTime(edge.high) ?? .min)
+        var summary = EdgeSummary()
+        for (subject, peer) in [(edge.low, edge.high), (edge.high, edge.low)] {
+            let prefix = documentKey(subject.key, .ledger)
+            try txn.scan(.documents, prefix: prefix) { key, value in
+                let row = try decode(LedgerRow.self, value, table: .documents)
+                if row.entry.time > cutoff, row.links.contains(peer) {
+                    summary.add(LWWStamp(time: row.entry.time, tiebreak: String(decoding: key[prefix.count...], as: UTF8.self)))
+                }
+                return .next
+            }
+        }
+        let forward = documentKey(edge.low.key, .edge, edge.high.key), backward = documentKey(edge.high.key, .edge, edge.low.key)
+        if let old = try txn.get(.documents, forward).map({ try decode(EdgeSummary.self, $0, table: .documents) }),
+            let removal = old.removedAt, removal.time > cutoff
+        {
+            summary.remove(removal)
+        }
+        if summary == EdgeSummary() {
+            try txn.delete(.documents, forward)
+            try txn.delete(.documents, backward)
+        } else {
+            let bytes = ProfileFormat.encode(summary)
+            try txn.put(.documents, forward, bytes, mode: .upsert)
+            try txn.put(.documents, backward, bytes, mode: .upsert)
+        }
+    }
+
+    /// Whether anything of `identifier` is held: its own data, or a link assertion (as in
+    /// `ProfileState.identifiers`, a removal alone does not make an identifier known).
+    private func isKnown(_ identifier: Identifier) throws -> Bool {
+        if try source(identifier.key) != nil { return true }
+        var asserted = false
+        try txn.scan(.documents, prefix: documentKey(identifier.key, .edge)) { _, value in
+            asserted = try decode(EdgeSummary.self, value, table: .documents).lastAdd != nil
+            return asserted ? .stop : .next
+        }
+        return asserted
+    }
+
+    /// Rewrites logged changes (committed or pending) so none names an erased member with data
+    /// the erasure dominates: such messages and unlinks are dropped, and a message about someone
+    /// else loses its link to the member. (Linear in the log; crypto-shredding will replace this,
+    /// see docs/storage.md.)
+    private func purgeChanges(mentioning members: [Identifier]) throws {
+        var cutoffs: [Identifier: Int64] = [:]
+        for member in members { cutoffs[member] = try forgottenTime(member)! }
+        func dominated(_ identifier: Identifier, _ time: Int64) -> Bool { cutoffs[identifier].map { time <= $0 } ?? false }
+        func purged(_ entry: ChangeEntry) -> ChangeEntry? {
+            var entry = entry
+            switch entry.change {
+            case .message(var delta):
+                let time = delta.times.eventTime
+                if dominated(delta.subject, time) { return nil }
+                delta.links.removeAll { dominated($0, time) }
+                entry.change = .message(delta)
+            case .unlink(let edge, let stamp):
+                if dominated(edge.low, stamp.time) || dominated(edge.high, stamp.time) { return nil }
+            case .erasure: break
+            }
+            return entry
+        }
         var rewrites: [([UInt8], [ChangeEntry])] = []
         try txn.scan(.changes, prefix: []) { key, value in
             let entries = try decode(value, table: .changes, ChangeRecord.decode)
-            if entries.contains(where: mentions) { rewrites.append((key, entries.filter { !mentions($0) })) }
+            let kept = entries.compactMap(purged)
+            if kept != entries { rewrites.append((key, kept)) }
             return .next
         }
         for (key, kept) in rewrites {
             // Keys stay: a record keeps the key of its last original entry, which still sorts right.
             if kept.isEmpty { try txn.delete(.changes, key) } else { try txn.put(.changes, key, ChangeRecord.encode(kept), mode: .upsert) }
         }
-        pendingChanges.removeAll(where: mentions)
+        pendingChanges = pendingChanges.compactMap(purged)
+    }
+
+    // MARK: Replication
+
+    /// Applies a change replicated from another node, unless this replica already holds it.
+    /// Returns whether it was new here.
+    func applyReplicated(_ entry: ChangeEntry) throws -> Bool {
+        if versions == nil { versions = try engine.versionVector(in: txn) }
+        guard entry.origin != engine.configuration.node, !versions!.covers(origin: entry.origin, sequence: entry.originSequence) else {
+            return false
+        }
+        versions!.advance(origin: entry.origin, to: entry.originSequence)
+        let origin = (node: entry.origin, sequence: entry.originSequence)
+        switch entry.change {
+        case .message(let delta): _ = try apply(delta, origin: origin)
+        case .unlink(let edge, let stamp): try removeLink(edge, stamp: stamp, origin: origin)
+        case .erasure(let keys, let time): try applyErasure(forgetKeys: keys, time: time, origin: origin)
+        }
+        return true
+    }
+
+    /// Records how far this node has read `peer`'s log.
+    func setCursor(_ position: UInt64, of peer: UInt64) throws {
+        try txn.put(.meta, cursorKey(peer), sequenceKey(position), mode: .upsert)
     }
 
     // MARK: Identity
@@ -395,8 +649,13 @@ final class WriteContext {
     // MARK: Erasure checks
 
     private func isForgotten(_ identifier: Identifier, at time: Int64) throws -> Bool {
-        guard anyForgotten, let bytes = try txn.get(.forget, engine.hasher.forgetKeyBytes(for: identifier)) else { return false }
-        return time <= (try decodeTime(bytes))
+        try forgottenTime(identifier).map { time <= $0 } ?? false
+    }
+
+    /// The erasure time of `identifier`, if it was ever erased.
+    private func forgottenTime(_ identifier: Identifier) throws -> Int64? {
+        guard anyForgotten, let bytes = try txn.get(.forget, engine.hasher.forgetKeyBytes(for: identifier)) else { return nil }
+        return try decodeTime(bytes)
     }
 
     private func encodeTime(_ time: Int64) -> [UInt8] {
@@ -414,10 +673,11 @@ final class WriteContext {
 
     // MARK: Change log
 
-    private func log(_ change: ChangeEntry.Change) throws {
+    /// Logs a change accepted here (`origin` nil: this node, at its new sequence) or replicated.
+    private func log(_ change: ChangeEntry.Change, origin: (node: UInt64, sequence: UInt64)?) throws {
         sequence += 1
-        pendingChanges.append(
-            ChangeEntry(sequence: sequence, origin: engine.configuration.node, originSequence: sequence, change: change))
+        let origin = origin ?? (engine.configuration.node, sequence)
+        pendingChanges.append(ChangeEntry(sequence: sequence, origin: origin.node, originSequence: origin.sequence, change: change))
     }
 
     // MARK: Cached tables

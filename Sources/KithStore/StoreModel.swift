@@ -49,10 +49,17 @@ public struct ChangeEntry: Equatable, Sendable {
     public var origin: UInt64
     public var originSequence: UInt64
     public var change: Change
+
+    public init(sequence: UInt64, origin: UInt64, originSequence: UInt64, change: Change) {
+        self.sequence = sequence
+        self.origin = origin
+        self.originSequence = originSequence
+        self.change = change
+    }
 }
 
-extension ChangeEntry {
-    func encode(to writer: inout BinaryWriter) {
+extension ChangeEntry: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
         writer.write(varint: sequence)
         writer.write(varint: origin)
         writer.write(varint: originSequence)
@@ -71,7 +78,7 @@ extension ChangeEntry {
         }
     }
 
-    init(from reader: inout BinaryReader) throws {
+    public init(from reader: inout BinaryReader) throws {
         sequence = try reader.readVarint()
         origin = try reader.readVarint()
         originSequence = try reader.readVarint()
@@ -119,27 +126,45 @@ enum ChangeRecord {
     }
 }
 
-/// A row of a source's ledger: what the message was and, for a behavioural event, the event with
-/// its properties. One row per message keeps ingest to one insert; the newest events of a profile
-/// are also held in its view, so the rows are read back only when a view is rebuilt.
-struct LedgerRow: BinaryCodable {
+/// A row of a source's ledger: what the message was, for a behavioural event the event with its
+/// properties, and the links it asserted. One row per message keeps ingest to one insert; the
+/// newest events of a profile are also held in its view, so the rows are read back only when a
+/// view is rebuilt. The links let an erasure that reaches a replica holding newer data than its
+/// origin did recompute exactly the link assertions that survive (see docs/replication.md).
+struct LedgerRow: BinaryCodable, Equatable {
     var entry: LedgerEntry
     var event: EventRecord?
+    /// Peers the message linked its subject to (those not erased when it was applied).
+    var links: [Identifier]
 
-    init(entry: LedgerEntry, event: EventRecord?) {
+    init(entry: LedgerEntry, event: EventRecord?, links: [Identifier]) {
         self.entry = entry
         self.event = event
+        self.links = links
+    }
+
+    /// Of two differing copies of one message, every replica keeps the greater.
+    func isLess(than other: LedgerRow) -> Bool {
+        if entry != other.entry { return entry < other.entry }
+        switch (event, other.event) {
+        case (nil, nil): return links.lexicographicallyPrecedes(other.links)
+        case (nil, _): return true
+        case (_, nil): return false
+        case (let a?, let b?): return a != b ? a < b : links.lexicographicallyPrecedes(other.links)
+        }
     }
 
     func encode(to writer: inout BinaryWriter) {
         entry.encode(to: &writer)
         writer.write(bool: event != nil)
         event?.encode(to: &writer)
+        writer.write(sequence: links) { w, link in link.encode(to: &w) }
     }
 
     init(from reader: inout BinaryReader) throws {
         entry = try LedgerEntry(from: &reader)
         event = try reader.readBool() ? try EventRecord(from: &reader) : nil
+        links = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
     }
 }
 
@@ -237,5 +262,15 @@ public struct StoreCorruption: Error, CustomStringConvertible {
 func sequenceKey(_ sequence: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 8)
     writer.write(bigEndian: sequence)
+    return writer.bytes
+}
+
+let versionVectorKey = Array("versions".utf8)
+
+/// meta key of how far this node has read `peer`'s change log.
+func cursorKey(_ peer: UInt64) -> [UInt8] {
+    var writer = BinaryWriter(capacity: 16)
+    writer.write(raw: "cursor:".utf8)
+    writer.write(bigEndian: peer)
     return writer.bytes
 }

@@ -12,7 +12,7 @@ enum ReplicaOperation {
     func run(on state: inout ProfileState) {
         switch self {
         case .message(let delta): state.apply(delta, hasher: PlainHasher())
-        case .unmerge(let a, let b, let stamp): state.removeLink(a, b, stamp: stamp)
+        case .unmerge(let a, let b, let stamp): state.removeLink(a, b, stamp: stamp, hasher: PlainHasher())
         case .erase(let identifier, let time): state.erase(identifier, at: time, hasher: PlainHasher())
         }
     }

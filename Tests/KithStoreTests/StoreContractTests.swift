@@ -153,7 +153,7 @@ struct StoreContractTests {
         let links = reference.graph.sortedKeys
         for (i, edge) in links.enumerated() where i % 3 == 0 {
             let stamp = LWWStamp(time: 1_760_000_000_000 + Int64(random.below(40_000)), tiebreak: "unmerge-\(i)")
-            reference.removeLink(edge.low, edge.high, stamp: stamp)
+            reference.removeLink(edge.low, edge.high, stamp: stamp, hasher: hmac)
             try fixture.store.removeLink(edge.high, edge.low, stamp: stamp)
         }
         try expectSameViews(fixture.store, reference, "\(kind) after unmerges")
