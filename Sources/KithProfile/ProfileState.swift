@@ -77,6 +77,12 @@ public struct ProfileState: Equatable, Sendable {
         return members
     }
 
+    /// An erasure made elsewhere, as it travels: forget keys and the erasure time.
+    public mutating func applyErasure(forgetKeys: [String], time: Int64, hasher: some ForgetKeyHasher) {
+        for key in forgetKeys { forgotten[key] = max(forgotten[key] ?? time, time) }
+        applyForgetSet(hasher)
+    }
+
     private func erasureTime(of members: Set<Identifier>, requested: Int64) -> Int64 {
         var time = requested
         for member in members {

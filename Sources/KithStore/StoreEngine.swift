@@ -276,7 +276,9 @@ final class WriteContext {
             if try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) { structureChanged = true }
         }
         if structureChanged {
-            try recompute(around: [delta.subject])
+            // The peers too: a link whose removal arrived first registers its peer inactive,
+            // out of reach of the subject's component, and the peer still needs its own profile.
+            try recompute(around: [delta.subject] + links)
         } else {
             let canonical = try canonicalKey(subjectKey)!
             var view = try self.view(canonical)!
@@ -294,8 +296,9 @@ final class WriteContext {
     /// anything changed (then the copy is logged, so replicas further away see it too).
     private func joinCopy(_ delta: ProfileDelta, _ row: LedgerRow, at ledgerKey: [UInt8]) throws -> Bool {
         let existing = try decode(LedgerRow.self, try txn.get(.documents, ledgerKey)!, table: .documents)
-        guard existing != row else { return false }
-        if existing.isLess(than: row) { try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .upsert) }
+        let joined = existing.joined(with: row)
+        guard joined != existing else { return false }
+        try txn.put(.documents, ledgerKey, ProfileFormat.encode(joined), mode: .upsert)
         var copy = SourceHead()
         copy.absorb(delta, historyLimit: 0)
         var head = try source(delta.subject.key) ?? SourceHead()
@@ -397,7 +400,6 @@ final class WriteContext {
         var touched: Set<Identifier> = Set(members)
         var edges: Set<LinkEdge> = []
         for member in members {
-            if let canonical = try canonicalKey(member.key) { oldCanonicals.insert(canonical) }
             let time = try forgottenTime(member)!
             try forgetLedger(of: member, upTo: time)
             try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
@@ -408,6 +410,7 @@ final class WriteContext {
                 return .next
             }
         }
+        for identifier in touched { if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) } }
         for member in members {
             for edge in edges where edge.low == member || edge.high == member {
                 try stripMentions(of: member, fromLedgerOf: edge.other(than: member))
@@ -421,9 +424,10 @@ final class WriteContext {
             if try isKnown(identifier) {
                 known.append(identifier)
             } else {
+                // Its edge rows stay: a removal newer than the erasure is kept, as in the model.
                 deleteSource(identifier.key)
                 try setCanonical(identifier.key, nil)
-                try txn.deletePrefix(.documents, documentPrefix(identifier.key))
+                try txn.deletePrefix(.documents, documentKey(identifier.key, .ledger))
             }
         }
         if !known.isEmpty { try recompute(around: known) }
@@ -433,11 +437,19 @@ final class WriteContext {
     /// Drops the member's ledger rows dated at or before `time` and recomputes its head.
     private func forgetLedger(of member: Identifier, upTo time: Int64) throws {
         var dropped: [[UInt8]] = []
+        var trimmed: [([UInt8], LedgerRow)] = []
         try txn.scan(.documents, prefix: documentKey(member.key, .ledger)) { key, value in
-            if try decode(LedgerRow.self, value, table: .documents).entry.time <= time { dropped.append(key) }
+            var row = try decode(LedgerRow.self, value, table: .documents)
+            if row.entry.time <= time {
+                dropped.append(key)
+            } else if let first = row.otherCopyTimes.first, first <= time {
+                row.otherCopyTimes.removeAll { $0 <= time }
+                trimmed.append((key, row))
+            }
             return .next
         }
         for key in dropped { try txn.delete(.documents, key) }
+        for (key, row) in trimmed { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
         guard var head = try source(member.key) else { return }
         head.dropFields(upTo: time)
         try recount(&head, of: member)
@@ -469,9 +481,9 @@ final class WriteContext {
             let prefix = documentKey(subject.key, .ledger)
             try txn.scan(.documents, prefix: prefix) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
-                if row.entry.time > cutoff, row.links.contains(peer) {
-                    summary.add(LWWStamp(time: row.entry.time, tiebreak: String(decoding: key[prefix.count...], as: UTF8.self)))
-                }
+                guard row.links.contains(peer) else { return .next }
+                let messageId = String(decoding: key[prefix.count...], as: UTF8.self)
+                for time in row.copyTimes where time > cutoff { summary.add(LWWStamp(time: time, tiebreak: messageId)) }
                 return .next
             }
         }

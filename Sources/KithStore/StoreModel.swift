@@ -136,11 +136,25 @@ struct LedgerRow: BinaryCodable, Equatable {
     var event: EventRecord?
     /// Peers the message linked its subject to (those not erased when it was applied).
     var links: [Identifier]
+    /// Event times of other, lesser copies of the message (ascending; usually none): each copy
+    /// asserted its links at its own time, and an erasure must know which assertions it dominates.
+    var otherCopyTimes: [Int64] = []
 
     init(entry: LedgerEntry, event: EventRecord?, links: [Identifier]) {
         self.entry = entry
         self.event = event
         self.links = links
+    }
+
+    /// The times of every copy absorbed, this row's own included.
+    var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
+
+    /// This row joined with another copy of the same message: the greater row, remembering the
+    /// times of both.
+    func joined(with other: LedgerRow) -> LedgerRow {
+        var result = isLess(than: other) ? other : self
+        result.otherCopyTimes = Set(copyTimes + other.copyTimes).subtracting([result.entry.time]).sorted()
+        return result
     }
 
     /// Of two differing copies of one message, every replica keeps the greater.
@@ -159,12 +173,14 @@ struct LedgerRow: BinaryCodable, Equatable {
         writer.write(bool: event != nil)
         event?.encode(to: &writer)
         writer.write(sequence: links) { w, link in link.encode(to: &w) }
+        writer.write(sequence: otherCopyTimes) { w, time in w.write(signed: time) }
     }
 
     init(from reader: inout BinaryReader) throws {
         entry = try LedgerEntry(from: &reader)
         event = try reader.readBool() ? try EventRecord(from: &reader) : nil
         links = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
+        otherCopyTimes = try reader.readSequence { r in try r.readSigned() }
     }
 }
 

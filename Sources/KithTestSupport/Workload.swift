@@ -15,6 +15,9 @@ public struct PlainHasher: ForgetKeyHasher {
 public struct WorkloadGenerator {
     public var random: SplitMix64
     public let customers: Int
+    /// Whether some messages carry `sentAt`, so that their corrected event time depends on when
+    /// the receiving node got them (two nodes then hold differing copies of a redelivery).
+    public var sendsSentAt = false
     private var sent: [JSONValue] = []
     private var index = 0
     static let events = ["Page Viewed", "Product Viewed", "Order Completed", "Store Visit"]
@@ -36,6 +39,7 @@ public struct WorkloadGenerator {
             "messageId": .string("m-\(index)"), "timestamp": .string(ISO8601.format(millis: ms)),
             "context": ["channel": .string(["web", "pos", "mobile"][random.below(3)])],
         ]
+        if sendsSentAt && random.chance(30) { message["sentAt"] = .string(ISO8601.format(millis: ms + Int64(random.below(300)))) }
         let roll = random.below(100)
         if roll < 30 {
             var traits: [String: JSONValue] = [:]
