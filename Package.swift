@@ -22,6 +22,7 @@ let package = Package(
         .target(name: "KithJSON", dependencies: ["KithCRDT"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithHTTP", swiftSettings: optimizeAcrossModules),
+        .target(name: "KithReplication", dependencies: ["KithCRDT", "KithProfile"], swiftSettings: optimizeAcrossModules),
 
         // Storage and thin shells.
         .target(name: "KithLMDB", dependencies: ["CLMDB"], swiftSettings: optimizeAcrossModules),
@@ -29,10 +30,12 @@ let package = Package(
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
         .target(
-            name: "KithNode", dependencies: ["KithStore", "KithNet", "KithCompression", "KithCrypto"],
+            name: "KithNode", dependencies: ["KithStore", "KithCluster", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
         .executableTarget(name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
+        // Replication over a store, with no I/O of its own: run on sockets by KithNode, in one process by the simulation.
+        .target(name: "KithCluster", dependencies: ["KithStore", "KithReplication"], swiftSettings: optimizeAcrossModules),
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
         .target(name: "CFuzzerDriver"),
@@ -52,6 +55,7 @@ let package = Package(
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithNetTests", dependencies: ["KithNet", "KithTestSupport"]),
+        .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),
         .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithJSON", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -572,6 +572,8 @@ final class WriteContext {
 
     /// Records how far this node has read `peer`'s log.
     func setCursor(_ position: UInt64, of peer: UInt64) throws {
+        // Only forward: a late duplicate reply must not rewind it.
+        if let current = try txn.get(.meta, cursorKey(peer)), try engine.decodeSequence(current) >= position { return }
         try txn.put(.meta, cursorKey(peer), sequenceKey(position), mode: .upsert)
     }
 

@@ -1,0 +1,183 @@
+import KithCRDT
+import KithProfile
+import KithReplication
+import KithStore
+
+/// Timing and sizes of replication, in milliseconds and bytes.
+public struct ReplicationSettings: Sendable {
+    /// How often each peer's log is pulled when nothing else prompts it (anti-entropy).
+    public var pullInterval: Int64 = 500
+    /// A pull not answered within this long is given up (the next one starts over).
+    public var pullTimeout: Int64 = 2_000
+    /// Bytes of changes one reply may carry.
+    public var pullBudget: UInt32 = 256 * 1024
+    /// Log entries read per reply at most.
+    public var scanLimit = 1_024
+
+    public init() {}
+}
+
+/// One cluster member's replication logic over its store: membership (SWIM), the push of changes
+/// it accepts, and the pull of what it lacks from every peer. It does no I/O of its own besides
+/// the store: messages go out through `send`, time comes in as arguments, so the same code runs
+/// on real sockets (`kith serve`) and in the deterministic simulation.
+public final class ClusterNode {
+    public let store: any ProfileStore
+    public private(set) var membership: Membership
+    public let settings: ReplicationSettings
+    private let send: (_ address: String, _ message: PeerMessage) -> Void
+    private var peers: [UInt64: PeerState] = [:]
+    /// Own changes up to this log position have been pushed (or were there before start).
+    private var pushedThrough: UInt64
+    /// The origin sequence of the last own change pushed: a push may be applied by a peer that
+    /// holds everything of ours up to it. After a start this is the log position, conservatively.
+    private var lastPushedOwn: UInt64
+    public private(set) var counters = Counters()
+
+    public struct Counters: Sendable, Equatable {
+        public var pullsSent = 0
+        public var changesReceived = 0
+        public var changesApplied = 0
+        public var pushesSent = 0
+        public var pushesRejected = 0
+        public var stalePullRepliesDropped = 0
+    }
+
+    /// What this node knows of one peer.
+    public struct PeerState: Sendable {
+        public var lastContact: Int64?
+        public var pullSentAt: Int64?
+        public var lastPullCompleted: Int64?
+        /// The peer's version vector as of its last pull from us.
+        public var versions: VersionVector?
+    }
+
+    public var id: UInt64 { membership.me.id }
+
+    public init(
+        store: any ProfileStore, me: Member, seeds: [String], membershipSettings: MembershipSettings = MembershipSettings(),
+        settings: ReplicationSettings = ReplicationSettings(), seed: UInt64, send: @escaping (String, PeerMessage) -> Void
+    ) throws {
+        self.store = store
+        self.settings = settings
+        self.send = send
+        membership = Membership(me: me, seeds: seeds, settings: membershipSettings, seed: seed)
+        pushedThrough = try store.versionVector()[me.id]
+        lastPushedOwn = pushedThrough
+    }
+
+    // MARK: Inputs
+
+    /// Advances time: membership probes, due pulls, and the push of any new own changes.
+    public func tick(now: Int64) throws {
+        perform(membership.tick(now: now), now: now)
+        for peer in membership.reachable {
+            var state = peers[peer.id, default: PeerState()]
+            if let sent = state.pullSentAt, now - sent < settings.pullTimeout { continue }
+            guard state.lastPullCompleted.map({ now - $0 >= settings.pullInterval }) ?? true || state.pullSentAt != nil else { continue }
+            state.pullSentAt = nil
+            peers[peer.id] = state
+            try pull(from: peer, now: now)
+        }
+        try pushOwnChanges()
+    }
+
+    /// Sends the changes this node accepted since the last push to every reachable peer.
+    public func pushOwnChanges() throws {
+        let entries = try store.changes(after: pushedThrough, limit: settings.scanLimit)
+        guard let last = entries.last else { return }
+        let own = entries.filter { $0.origin == id }
+        pushedThrough = last.sequence
+        guard let newest = own.last else { return }
+        let message = PeerMessage.push(previous: lastPushedOwn, entries: own)
+        lastPushedOwn = newest.originSequence
+        for peer in membership.reachable {
+            counters.pushesSent += 1
+            send(peer.address, message)
+        }
+    }
+
+    /// Handles one message from peer `sender` (its node id, from the authenticated frame).
+    public func receive(_ message: PeerMessage, from sender: UInt64, address: String, now: Int64) throws {
+        peers[sender, default: PeerState()].lastContact = now
+        switch message {
+        case .membership(let message): perform(membership.receive(message, from: address, now: now), now: now)
+        case .pull(let cursor, let versions, let budget):
+            peers[sender]?.versions = versions
+            send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget))
+        case .changes(let from, let through, let entries, let more):
+            counters.changesReceived += entries.count
+            guard from <= (try store.cursor(of: sender)) else {
+                counters.stalePullRepliesDropped += 1
+                return
+            }
+            counters.changesApplied += try store.applyReplicated(entries, from: sender, through: through)
+            peers[sender]?.pullSentAt = nil
+            peers[sender]?.lastPullCompleted = now
+            if more, let member = membership.members[sender] { try pull(from: member, now: now) }
+        case .push(let previous, let entries):
+            guard try store.versionVector()[sender] >= previous else {
+                counters.pushesRejected += 1
+                return
+            }
+            counters.changesApplied += try store.applyReplicated(entries, from: sender, through: nil)
+        }
+    }
+
+    /// Leaves the cluster: tells the others, then stays quiet.
+    public func leave() { perform(membership.leave(), now: 0) }
+
+    /// Joins through `address` now.
+    public func join(_ address: String) { perform(membership.join(address), now: 0) }
+
+    /// Starts a pull from `peer` now (repair, or a member back from away).
+    public func pull(from peer: Member, now: Int64) throws {
+        peers[peer.id, default: PeerState()].pullSentAt = now
+        counters.pullsSent += 1
+        send(peer.address, .pull(cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: settings.pullBudget))
+    }
+
+    /// Per reachable or known peer: what this node knows of it.
+    public var peerStates: [(member: Member, state: PeerState)] {
+        membership.members.values.sorted { $0.name < $1.name }.map { ($0, peers[$0.id] ?? PeerState()) }
+    }
+
+    // MARK: Helpers
+
+    /// The changes after `cursor` in this node's log that a peer holding `versions` lacks, up to
+    /// about `budget` bytes.
+    private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32) throws -> PeerMessage {
+        let scanned = try store.changes(after: cursor, limit: settings.scanLimit)
+        var entries: [ChangeEntry] = []
+        var bytes = 0
+        var through = cursor
+        for entry in scanned {
+            if !versions.covers(origin: entry.origin, sequence: entry.originSequence) {
+                var writer = BinaryWriter(capacity: 256)
+                entry.encode(to: &writer)
+                if bytes + writer.bytes.count > Int(budget) && !entries.isEmpty { break }
+                bytes += writer.bytes.count
+                entries.append(entry)
+            }
+            through = entry.sequence
+        }
+        let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
+        return .changes(from: cursor, through: through, entries: entries, more: more)
+    }
+
+    private func replyAddress(_ sender: UInt64, _ address: String) -> String {
+        membership.members[sender]?.address ?? address
+    }
+
+    private func perform(_ directives: [Membership.Directive], now: Int64) {
+        for directive in directives {
+            switch directive {
+            case .send(let address, let message): send(address, .membership(message))
+            case .memberUp(let member):
+                // Back or new: exchange logs now rather than at the next interval.
+                peers[member.id, default: PeerState()].lastPullCompleted = nil
+            case .memberDown(let member): peers[member.id]?.pullSentAt = nil
+            }
+        }
+    }
+}

@@ -1,0 +1,71 @@
+import KithCRDT
+
+/// One entry of a node's change log: what changed, where it came from, and its place in the log.
+public struct ChangeEntry: Equatable, Sendable {
+    public enum Change: Equatable, Sendable {
+        case message(ProfileDelta)
+        case unlink(LinkEdge, LWWStamp)
+        /// Forget keys only: the log never carries an erased customer's identifiers.
+        case erasure(forgetKeys: [[UInt8]], time: Int64)
+    }
+
+    /// The position in this node's log.
+    public var sequence: UInt64
+    /// The node that first accepted the change, and its position in that node's log.
+    public var origin: UInt64
+    public var originSequence: UInt64
+    public var change: Change
+
+    public init(sequence: UInt64, origin: UInt64, originSequence: UInt64, change: Change) {
+        self.sequence = sequence
+        self.origin = origin
+        self.originSequence = originSequence
+        self.change = change
+    }
+}
+
+extension ChangeEntry: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(varint: sequence)
+        writer.write(varint: origin)
+        writer.write(varint: originSequence)
+        switch change {
+        case .message(let delta):
+            writer.write(byte: 1)
+            delta.encode(to: &writer)
+        case .unlink(let edge, let stamp):
+            writer.write(byte: 2)
+            edge.encode(to: &writer)
+            stamp.encode(to: &writer)
+        case .erasure(let keys, let time):
+            writer.write(byte: 3)
+            writer.write(sequence: keys) { w, key in w.write(bytes: key) }
+            writer.write(signed: time)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        sequence = try reader.readVarint()
+        origin = try reader.readVarint()
+        originSequence = try reader.readVarint()
+        let kindOffset = reader.offset
+        switch try reader.readByte() {
+        case 1: change = .message(try ProfileDelta(from: &reader))
+        case 2: change = .unlink(try LinkEdge(from: &reader), try LWWStamp(from: &reader))
+        case 3:
+            let keys = try reader.readSequence { r in Array(try r.readBytes()) }
+            change = .erasure(forgetKeys: keys, time: try reader.readSigned())
+        default: throw BinaryDecodingError(.unknownTag, offset: kindOffset, "change kind")
+        }
+    }
+
+    /// Identifiers the change names (none for an erasure, which carries forget keys only).
+    public var mentionedIdentifiers: [Identifier] {
+        switch change {
+        case .message(let delta): [delta.subject] + delta.links
+        case .unlink(let edge, _): [edge.low, edge.high]
+        case .erasure: []
+        }
+    }
+}
+

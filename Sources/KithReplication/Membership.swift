@@ -1,0 +1,422 @@
+import KithCRDT
+
+/// What a node is for: `core` nodes hold the cluster's data and are expected to be up; `edge`
+/// nodes (a store, a kiosk) come and go, and one that is away for days is normal.
+public enum MemberRole: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case core = 0, edge = 1
+    public var description: String { self == .core ? "core" : "edge" }
+    public init?(name: String) {
+        guard let role = Self.allCases.first(where: { $0.description == name }) else { return nil }
+        self = role
+    }
+}
+
+/// A member's state as SWIM knows it. For an edge member, `dead` reads as "away": it is kept, not
+/// reaped, and raises no alarm.
+public enum MemberStatus: UInt8, Sendable, Comparable, CustomStringConvertible {
+    case alive = 0, suspect = 1, dead = 2, left = 3
+    public static func < (a: Self, b: Self) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { ["alive", "suspect", "dead", "left"][Int(rawValue)] }
+}
+
+/// One member as gossiped: who, where, what role, and its state at an incarnation.
+public struct Member: Equatable, Sendable {
+    public var id: UInt64
+    public var name: String
+    public var address: String
+    public var role: MemberRole
+    public var incarnation: UInt64
+    public var status: MemberStatus
+
+    public init(id: UInt64, name: String, address: String, role: MemberRole, incarnation: UInt64 = 0, status: MemberStatus = .alive) {
+        self.id = id
+        self.name = name
+        self.address = address
+        self.role = role
+        self.incarnation = incarnation
+        self.status = status
+    }
+
+    /// Whether this record overrides `other` for the same member (SWIM's precedence: a higher
+    /// incarnation wins; at equal incarnation the worse state wins, so a suspicion sticks until
+    /// the member refutes it with a new incarnation; `left` is final at any incarnation).
+    func overrides(_ other: Member) -> Bool {
+        if other.status == .left { return false }
+        if status == .left { return true }
+        if incarnation != other.incarnation { return incarnation > other.incarnation }
+        return status > other.status
+    }
+}
+
+/// Timing of the failure detector, in milliseconds.
+public struct MembershipSettings: Sendable {
+    public var probeInterval: Int64 = 1_000
+    public var probeTimeout: Int64 = 300
+    /// Members asked to probe a target that did not answer directly.
+    public var indirectProbes = 3
+    /// Suspicion lasts between `minimum` and `maximum` probe intervals times log2(members),
+    /// shorter as more members independently confirm it (Lifeguard §4.2).
+    public var suspicionMinimumIntervals: Int64 = 2
+    public var suspicionMaximumIntervals: Int64 = 6
+    public var expectedConfirmations = 3
+    /// A dead or departed core member is forgotten after this long.
+    public var reapAfter: Int64 = 24 * 3_600_000
+    /// How often one member believed dead (or away) is asked to rejoin: both sides of a healed
+    /// partition each believe the other dead, and without this would never speak again.
+    public var reconnectInterval: Int64 = 10_000
+    /// Most updates piggybacked on one message.
+    public var updatesPerMessage = 8
+    /// Local health (Lifeguard §4.1): probe timeouts stretch by up to this factor while this node
+    /// itself seems slow (missed acks, refuted suspicions).
+    public var maximumHealthPenalty = 8
+
+    public init() {}
+}
+
+/// SWIM membership (Das et al., 2002) with Lifeguard's suspicion and local health (Dadgar et
+/// al., 2018), as a pure instance: it never reads a clock or a socket. The shell feeds it time,
+/// randomness and messages, and carries out the directives it returns.
+public struct Membership: Sendable {
+    public enum Directive: Equatable, Sendable {
+        case send(to: String, MembershipMessage)
+        /// A member became reachable (a new member, or one back from suspicion, death or away).
+        case memberUp(Member)
+        /// A member became unreachable (dead, away, or left).
+        case memberDown(Member)
+    }
+
+    public let settings: MembershipSettings
+    public private(set) var me: Member
+    /// Every other member known, by id.
+    public private(set) var members: [UInt64: Member] = [:]
+    private var seeds: [String]
+    private var random: SplitMix64
+    private var probeOrder: [UInt64] = []
+    private var nextProbeAt: Int64 = 0
+    private var nextReconnectAt: Int64 = 0
+    private var nextProbeSequence: UInt64 = 0
+    private var probe: Probe?
+    /// Probes this node runs for others (ping-req): our probe sequence → who asked, their sequence.
+    private var relayed: [UInt64: (requester: String, sequence: UInt64, expires: Int64)] = [:]
+    private var suspicions: [UInt64: Suspicion] = [:]
+    private var downSince: [UInt64: Int64] = [:]
+    private var broadcasts: [Broadcast] = []
+    private var healthPenalty = 0
+
+    private struct Probe {
+        var target: UInt64
+        var sequence: UInt64
+        var deadline: Int64
+        var indirectSent = false
+        var endsAt: Int64
+    }
+
+    private struct Suspicion {
+        var started: Int64
+        var confirmations: Set<UInt64>
+    }
+
+    private struct Broadcast {
+        var member: Member
+        var remaining: Int
+    }
+
+    public init(me: Member, seeds: [String], settings: MembershipSettings = MembershipSettings(), seed: UInt64) {
+        self.me = me
+        self.seeds = seeds.filter { $0 != me.address }
+        self.settings = settings
+        random = SplitMix64(seed: seed)
+        enqueue(me)
+    }
+
+    /// Members that are up (alive or suspect), not this node.
+    public var reachable: [Member] {
+        members.values.filter { $0.status <= .suspect }.sorted { $0.id < $1.id }
+    }
+
+    /// Every member, this node included, by name.
+    public var all: [Member] { ([me] + members.values).sorted { $0.name < $1.name } }
+
+    // MARK: Inputs
+
+    /// Advances time: starts probes, escalates unanswered ones, expires suspicions, reaps.
+    public mutating func tick(now: Int64) -> [Directive] {
+        var directives: [Directive] = []
+        if members.values.allSatisfy({ $0.status >= .dead }), !seeds.isEmpty, now >= nextProbeAt, me.status != .left {
+            // Alone: (re)join through the seeds.
+            for seed in seeds { directives.append(.send(to: seed, message(.join))) }
+        }
+        if now >= nextReconnectAt && me.status != .left {
+            nextReconnectAt = now + settings.reconnectInterval
+            let down = members.values.filter { $0.status == .dead }.sorted { $0.id < $1.id }
+            if !down.isEmpty { directives.append(.send(to: down[Int(random.next() % UInt64(down.count))].address, message(.join))) }
+        }
+        directives += checkProbe(now: now)
+        if now >= nextProbeAt && probe == nil { directives += startProbe(now: now) }
+        directives += expireSuspicions(now: now)
+        reap(now: now)
+        relayed = relayed.filter { $0.value.expires > now }
+        return directives
+    }
+
+    /// Handles one message from the node at `address`.
+    public mutating func receive(_ message: MembershipMessage, from address: String, now: Int64) -> [Directive] {
+        var directives: [Directive] = []
+        for update in message.updates { directives += apply(update, from: message.sender.id, now: now) }
+        directives += apply(message.sender, from: message.sender.id, now: now, direct: true)
+        switch message.kind {
+        case .join:
+            directives.append(.send(to: address, self.message(.welcome, updates: [me] + Array(members.values).sorted { $0.id < $1.id })))
+        case .welcome: break
+        case .ping(let sequence):
+            directives.append(.send(to: address, self.message(.ack(sequence))))
+        case .pingRequest(let sequence, let target):
+            guard let member = members[target] else { break }
+            let ours = nextSequence()
+            relayed[ours] = (address, sequence, now + settings.probeInterval)
+            directives.append(.send(to: member.address, self.message(.ping(ours))))
+        case .ack(let sequence):
+            if let relay = relayed.removeValue(forKey: sequence) {
+                directives.append(.send(to: relay.requester, self.message(.ack(relay.sequence))))
+            } else if let probe, probe.sequence == sequence {
+                if !probe.indirectSent { healthPenalty = max(0, healthPenalty - 1) }
+                self.probe = nil
+            }
+        case .leave: break
+        }
+        return directives
+    }
+
+    /// Leaves the cluster gracefully: tells everyone, then stops probing.
+    public mutating func leave() -> [Directive] {
+        me.incarnation += 1
+        me.status = .left
+        let note = message(.leave, updates: [me])
+        return members.values.filter { $0.status <= .suspect }.map { .send(to: $0.address, note) }
+    }
+
+    /// Asks to join through `address` now (the `kith join` command).
+    public mutating func join(_ address: String) -> [Directive] {
+        if !seeds.contains(address) && address != me.address { seeds.append(address) }
+        return [.send(to: address, message(.join))]
+    }
+
+    /// A message to send with gossip piggybacked (up to the configured number of updates).
+    public mutating func message(_ kind: MembershipMessage.Kind, updates explicit: [Member] = []) -> MembershipMessage {
+        var updates = explicit
+        var index = 0
+        while updates.count < settings.updatesPerMessage && index < broadcasts.count {
+            if !updates.contains(where: { $0.id == broadcasts[index].member.id }) { updates.append(broadcasts[index].member) }
+            broadcasts[index].remaining -= 1
+            index += 1
+        }
+        broadcasts.removeAll { $0.remaining <= 0 }
+        return MembershipMessage(sender: me, kind: kind, updates: updates)
+    }
+
+    // MARK: Probing
+
+    private mutating func startProbe(now: Int64) -> [Directive] {
+        nextProbeAt = now + settings.probeInterval * Int64(healthPenalty + 1)
+        guard let target = nextTarget() else { return [] }
+        let sequence = nextSequence()
+        probe = Probe(
+            target: target, sequence: sequence, deadline: now + settings.probeTimeout * Int64(healthPenalty + 1),
+            endsAt: now + settings.probeInterval * Int64(healthPenalty + 1))
+        return [.send(to: members[target]!.address, message(.ping(sequence)))]
+    }
+
+    private mutating func checkProbe(now: Int64) -> [Directive] {
+        guard var probe else { return [] }
+        guard let target = members[probe.target], target.status <= .suspect else {
+            self.probe = nil
+            return []
+        }
+        if !probe.indirectSent && now >= probe.deadline {
+            probe.indirectSent = true
+            self.probe = probe
+            healthPenalty = min(settings.maximumHealthPenalty, healthPenalty + 1)
+            let helpers = members.values.filter { $0.id != target.id && $0.status == .alive && $0.role == .core }
+                .sorted { $0.id < $1.id }
+            return pick(settings.indirectProbes, from: helpers).map {
+                .send(to: $0.address, message(.pingRequest(probe.sequence, target: target.id)))
+            }
+        }
+        if now >= probe.endsAt {
+            self.probe = nil
+            return suspect(target, by: me.id, now: now)
+        }
+        return []
+    }
+
+    /// Round-robin over a shuffled list of members that can answer (SWIM §4.3).
+    private mutating func nextTarget() -> UInt64? {
+        while let candidate = probeOrder.popLast() {
+            if let member = members[candidate], member.status <= .suspect { return candidate }
+        }
+        let candidates = members.values.filter { $0.status <= .suspect }.map(\.id).sorted()
+        guard !candidates.isEmpty else { return nil }
+        probeOrder = shuffled(candidates)
+        return probeOrder.popLast()
+    }
+
+    // MARK: Suspicion
+
+    private mutating func suspect(_ member: Member, by accuser: UInt64, now: Int64) -> [Directive] {
+        guard member.status <= .suspect else { return [] }
+        var suspected = member
+        suspected.status = .suspect
+        members[member.id] = suspected
+        if var suspicion = suspicions[member.id] {
+            suspicion.confirmations.insert(accuser)
+            suspicions[member.id] = suspicion
+        } else {
+            suspicions[member.id] = Suspicion(started: now, confirmations: [accuser])
+            enqueue(suspected)
+        }
+        return []
+    }
+
+    private mutating func expireSuspicions(now: Int64) -> [Directive] {
+        var directives: [Directive] = []
+        for (id, suspicion) in suspicions.sorted(by: { $0.key < $1.key }) where now - suspicion.started >= suspicionTimeout(suspicion) {
+            suspicions[id] = nil
+            guard var member = members[id], member.status == .suspect else { continue }
+            member.status = .dead
+            members[id] = member
+            downSince[id] = now
+            enqueue(member)
+            directives.append(.memberDown(member))
+        }
+        return directives
+    }
+
+    /// Lifeguard's dynamic suspicion timeout: from the maximum down to the minimum as independent
+    /// confirmations arrive, both scaled by log2 of the cluster size (linear in the confirmations
+    /// where Lifeguard is logarithmic: with the expected three confirmations the two agree at the ends).
+    private func suspicionTimeout(_ suspicion: Suspicion) -> Int64 {
+        let scale = Int64(max(1, ceilingLog2(members.count + 1)))
+        let minimum = settings.suspicionMinimumIntervals * settings.probeInterval * scale
+        let maximum = settings.suspicionMaximumIntervals * settings.probeInterval * scale
+        let confirmations = Int64(min(settings.expectedConfirmations, max(0, suspicion.confirmations.count - 1)))
+        return maximum - (maximum - minimum) * confirmations / Int64(max(1, settings.expectedConfirmations))
+    }
+
+    // MARK: Gossip
+
+    /// Applies what another member says about `update`'s subject.
+    private mutating func apply(_ update: Member, from sender: UInt64, now: Int64, direct: Bool = false) -> [Directive] {
+        if update.id == me.id { return refute(update) }
+        guard let known = members[update.id] else {
+            guard update.status <= .suspect || update.role == .edge else { return [] }
+            members[update.id] = update
+            enqueue(update)
+            if update.status == .suspect { suspicions[update.id] = Suspicion(started: now, confirmations: [sender]) }
+            return update.status <= .suspect ? [.memberUp(update)] : []
+        }
+        // A message straight from a member proves it is alive at the incarnation it states.
+        if direct && update.incarnation >= known.incarnation && update.status == .alive && known.status != .left {
+            return markAlive(update, was: known)
+        }
+        guard update.overrides(known) else {
+            if update.status == .suspect && known.status == .suspect && update.incarnation == known.incarnation {
+                suspicions[update.id]?.confirmations.insert(sender)
+            }
+            return []
+        }
+        switch update.status {
+        case .alive: return markAlive(update, was: known)
+        case .suspect:
+            members[update.id] = update
+            enqueue(update)
+            suspicions[update.id] = Suspicion(started: now, confirmations: [sender])
+            return []
+        case .dead, .left:
+            members[update.id] = update
+            suspicions[update.id] = nil
+            downSince[update.id] = now
+            enqueue(update)
+            return known.status <= .suspect ? [.memberDown(update)] : []
+        }
+    }
+
+    private mutating func markAlive(_ update: Member, was known: Member) -> [Directive] {
+        var alive = update
+        alive.status = .alive
+        guard alive != known else { return [] }
+        members[update.id] = alive
+        suspicions[update.id] = nil
+        downSince[update.id] = nil
+        enqueue(alive)
+        return known.status >= .dead ? [.memberUp(alive)] : []
+    }
+
+    /// Someone says this node is suspect or dead: refute with a higher incarnation.
+    private mutating func refute(_ update: Member) -> [Directive] {
+        guard me.status != .left, update.status != .alive, update.incarnation >= me.incarnation else { return [] }
+        me.incarnation = update.incarnation + 1
+        healthPenalty = min(settings.maximumHealthPenalty, healthPenalty + 1)
+        enqueue(me)
+        return []
+    }
+
+    private mutating func enqueue(_ member: Member) {
+        broadcasts.removeAll { $0.member.id == member.id }
+        // SWIM's λ·log(n) retransmissions, λ = 3.
+        broadcasts.insert(Broadcast(member: member, remaining: 3 * max(1, ceilingLog2(members.count + 2))), at: 0)
+    }
+
+    /// Forgets core members dead or gone for longer than `reapAfter`. Edge members are kept:
+    /// an edge site away for days is expected back.
+    private mutating func reap(now: Int64) {
+        for (id, since) in downSince where now - since >= settings.reapAfter {
+            guard let member = members[id], member.role == .core || member.status == .left else { continue }
+            members[id] = nil
+            downSince[id] = nil
+        }
+    }
+
+    // MARK: Helpers
+
+    private mutating func nextSequence() -> UInt64 {
+        nextProbeSequence += 1
+        return nextProbeSequence
+    }
+
+    private mutating func shuffled(_ items: [UInt64]) -> [UInt64] {
+        var items = items
+        for index in stride(from: items.count - 1, to: 0, by: -1) {
+            items.swapAt(index, Int(random.next() % UInt64(index + 1)))
+        }
+        return items
+    }
+
+    private mutating func pick(_ count: Int, from members: [Member]) -> [Member] {
+        Array(shuffled(members.map(\.id)).prefix(count)).compactMap { id in members.first { $0.id == id } }
+    }
+}
+
+/// A membership message: who sends it, what it asks, and piggybacked updates.
+public struct MembershipMessage: Equatable, Sendable {
+    public enum Kind: Equatable, Sendable {
+        case ping(UInt64)
+        case ack(UInt64)
+        case pingRequest(UInt64, target: UInt64)
+        case join
+        case welcome
+        case leave
+    }
+
+    public var sender: Member
+    public var kind: Kind
+    public var updates: [Member]
+
+    public init(sender: Member, kind: Kind, updates: [Member]) {
+        self.sender = sender
+        self.kind = kind
+        self.updates = updates
+    }
+}
+
+/// ⌈log2(n)⌉ for n ≥ 1.
+func ceilingLog2(_ n: Int) -> Int { n <= 1 ? 0 : Int.bitWidth - (n - 1).leadingZeroBitCount }

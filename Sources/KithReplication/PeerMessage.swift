@@ -1,0 +1,139 @@
+import KithCRDT
+import KithProfile
+
+/// Everything nodes say to each other. Each travels as one authenticated frame
+/// (docs/wire-format.md); this is the frame's payload.
+public enum PeerMessage: Equatable, Sendable {
+    case membership(MembershipMessage)
+    /// "Send me what I lack from your log after `cursor`": the sender's position in the
+    /// receiver's log, the sender's version vector, and how many bytes of changes it wants.
+    case pull(cursor: UInt64, versions: VersionVector, budget: UInt32)
+    /// A reply to a pull: the changes in the sender's log positions (`from`, `through`] that the
+    /// puller lacked, and whether more follow.
+    case changes(from: UInt64, through: UInt64, entries: [ChangeEntry], more: Bool)
+    /// Changes the sender itself accepted, pushed right after commit. `previous`: the receiver
+    /// may apply them only if it already holds the sender's changes up to that sequence.
+    case push(previous: UInt64, entries: [ChangeEntry])
+
+    /// The frame type tag.
+    public var tag: UInt8 {
+        switch self {
+        case .membership: 1
+        case .pull: 2
+        case .changes: 3
+        case .push: 4
+        }
+    }
+
+    public static let knownTags: ClosedRange<UInt8> = 1...4
+}
+
+extension PeerMessage {
+    public func encodePayload() -> [UInt8] {
+        var writer = BinaryWriter(capacity: 64)
+        switch self {
+        case .membership(let message): message.encode(to: &writer)
+        case .pull(let cursor, let versions, let budget):
+            writer.write(varint: cursor)
+            versions.encode(to: &writer)
+            writer.write(varint: UInt64(budget))
+        case .changes(let from, let through, let entries, let more):
+            writer.write(varint: from)
+            writer.write(varint: through)
+            writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
+            writer.write(bool: more)
+        case .push(let previous, let entries):
+            writer.write(varint: previous)
+            writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
+        }
+        return writer.bytes
+    }
+
+    /// Decodes a payload strictly: every byte accounted for, counts checked against the input
+    /// before anything is allocated.
+    public init(tag: UInt8, payload: [UInt8]) throws {
+        var reader = BinaryReader(payload)
+        switch tag {
+        case 1: self = .membership(try MembershipMessage(from: &reader))
+        case 2:
+            let cursor = try reader.readVarint()
+            let versions = try VersionVector(from: &reader)
+            let budget = try reader.readVarint()
+            guard budget <= UInt64(UInt32.max) else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "budget") }
+            self = .pull(cursor: cursor, versions: versions, budget: UInt32(budget))
+        case 3:
+            let from = try reader.readVarint(), through = try reader.readVarint()
+            guard from <= through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "changes range") }
+            let entries = try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) }
+            self = .changes(from: from, through: through, entries: entries, more: try reader.readBool())
+        case 4:
+            let previous = try reader.readVarint()
+            self = .push(previous: previous, entries: try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) })
+        default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
+        }
+        try reader.expectEnd()
+    }
+}
+
+extension Member: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        writer.write(bigEndian: id)
+        writer.write(string: name)
+        writer.write(string: address)
+        writer.write(byte: role.rawValue)
+        writer.write(varint: incarnation)
+        writer.write(byte: status.rawValue)
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        id = try reader.readBigEndianUInt64()
+        name = try reader.readString()
+        address = try reader.readString()
+        let offset = reader.offset
+        guard let role = MemberRole(rawValue: try reader.readByte()) else { throw BinaryDecodingError(.invalidValue, offset: offset, "role") }
+        self.role = role
+        incarnation = try reader.readVarint()
+        guard let status = MemberStatus(rawValue: try reader.readByte()) else {
+            throw BinaryDecodingError(.invalidValue, offset: reader.offset - 1, "status")
+        }
+        self.status = status
+        guard name.utf8.count <= 64, address.utf8.count <= 300 else { throw BinaryDecodingError(.invalidValue, offset: offset, "member name or address too long") }
+    }
+}
+
+extension MembershipMessage: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        sender.encode(to: &writer)
+        switch kind {
+        case .ping(let sequence):
+            writer.write(byte: 1)
+            writer.write(varint: sequence)
+        case .ack(let sequence):
+            writer.write(byte: 2)
+            writer.write(varint: sequence)
+        case .pingRequest(let sequence, let target):
+            writer.write(byte: 3)
+            writer.write(varint: sequence)
+            writer.write(bigEndian: target)
+        case .join: writer.write(byte: 4)
+        case .welcome: writer.write(byte: 5)
+        case .leave: writer.write(byte: 6)
+        }
+        writer.write(sequence: updates) { w, member in member.encode(to: &w) }
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        sender = try Member(from: &reader)
+        let offset = reader.offset
+        switch try reader.readByte() {
+        case 1: kind = .ping(try reader.readVarint())
+        case 2: kind = .ack(try reader.readVarint())
+        case 3: kind = .pingRequest(try reader.readVarint(), target: try reader.readBigEndianUInt64())
+        case 4: kind = .join
+        case 5: kind = .welcome
+        case 6: kind = .leave
+        default: throw BinaryDecodingError(.unknownTag, offset: offset, "membership message kind")
+        }
+        updates = try reader.readSequence(minimumItemSize: 14) { r in try Member(from: &r) }
+    }
+}

@@ -1,0 +1,155 @@
+import KithCRDT
+import KithCluster
+import KithCrypto
+import KithProfile
+import KithReplication
+import KithStore
+import KithTestSupport
+
+/// A whole Kith cluster in one process: real `ClusterNode`s over in-memory stores, a seeded
+/// network that delays, drops, duplicates, reorders, partitions and clogs, skewed clocks, and
+/// crashes. Every message crosses the real payload codec. Same seed, same run.
+final class Simulation {
+    struct Faults {
+        var lossPercent = 0
+        var duplicatePercent = 0
+        var maximumDelay: Int64 = 20
+    }
+
+    /// A simulated machine: its store survives crashes (it stands for the disk), its
+    /// `ClusterNode` (all soft state) does not.
+    final class Machine {
+        let index: Int
+        let member: Member
+        let store: MemoryProfileStore
+        let skew: Int64
+        var node: ClusterNode?
+        var nextTick: Int64 = 0
+
+        init(index: Int, member: Member, store: MemoryProfileStore, skew: Int64) {
+            self.index = index
+            self.member = member
+            self.store = store
+            self.skew = skew
+        }
+    }
+
+    struct Delivery {
+        var at: Int64
+        var order: Int
+        var from: Int
+        var to: Int
+        var tag: UInt8
+        var payload: [UInt8]
+    }
+
+    let seed: UInt64
+    var random: SplitMix64
+    var now: Int64 = 0
+    var machines: [Machine] = []
+    var faults = Faults()
+    /// Directed links that drop everything: (from, to).
+    var blocked: Set<[Int]> = []
+    /// Directed links with very long delays until the given time.
+    var clogged: [[Int]: Int64] = [:]
+    private var queue: [Delivery] = []
+    private var order = 0
+    var delivered = 0
+    var bytesDelivered = 0
+    static let secret = [UInt8](repeating: 9, count: 32)
+    static let membershipSettings: MembershipSettings = {
+        var settings = MembershipSettings()
+        settings.probeInterval = 200
+        settings.probeTimeout = 80
+        settings.reconnectInterval = 1_000
+        return settings
+    }()
+    static let replicationSettings: ReplicationSettings = {
+        var settings = ReplicationSettings()
+        settings.pullInterval = 300
+        settings.pullTimeout = 1_000
+        settings.pullBudget = 16 * 1024
+        settings.scanLimit = 64
+        return settings
+    }()
+
+    init(seed: UInt64, nodes: Int, edges: Int) throws {
+        self.seed = seed
+        random = SplitMix64(seed: seed)
+        for index in 0..<nodes {
+            let role: MemberRole = index >= nodes - edges ? .edge : .core
+            let member = Member(id: UInt64(index + 1), name: "n\(index + 1)", address: "n\(index + 1)", role: role)
+            let store = MemoryProfileStore(configuration: StoreConfiguration(node: member.id, forgetKeySecret: Self.secret))
+            let skew = Int64(random.below(2_001)) - 1_000
+            machines.append(Machine(index: index, member: member, store: store, skew: skew))
+        }
+        for machine in machines { try start(machine) }
+    }
+
+    func clock(_ machine: Machine) -> Int64 { 1_760_000_000_000 + now + machine.skew }
+
+    func start(_ machine: Machine) throws {
+        let seeds = machines.filter { $0.member.role == .core && $0 !== machine }.prefix(2).map(\.member.address)
+        let index = machine.index
+        machine.node = try ClusterNode(
+            store: machine.store, me: machine.member, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
+            settings: Self.replicationSettings, seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
+        ) { [unowned self] address, message in
+            self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)
+        }
+        machine.nextTick = now
+    }
+
+    func crash(_ machine: Machine) { machine.node = nil }
+
+    private func transmit(from: Int, to: Int, _ message: PeerMessage) {
+        if blocked.contains([from, to]) || random.chance(faults.lossPercent) { return }
+        let payload = message.encodePayload()
+        var delay = 1 + Int64(random.below(Int(faults.maximumDelay)))
+        if let until = clogged[[from, to]], until > now { delay += 500 + Int64(random.below(1_500)) }
+        let copies = random.chance(faults.duplicatePercent) ? 2 : 1
+        for copy in 0..<copies {
+            order += 1
+            queue.append(Delivery(at: now + delay + Int64(copy) * Int64(random.below(50)), order: order, from: from, to: to, tag: message.tag, payload: payload))
+        }
+    }
+
+    /// Runs the cluster until `end` (simulated ms), ticking every node every 50 ms of its time.
+    func run(until end: Int64, between: (Simulation) throws -> Void = { _ in }) throws {
+        while now < end {
+            let nextTick = machines.compactMap { $0.node == nil ? nil : $0.nextTick }.min() ?? end
+            queue.sort { ($0.at, $0.order) < ($1.at, $1.order) }
+            let nextDelivery = queue.first?.at ?? end
+            now = max(now, min(nextTick, nextDelivery, end))
+            if let delivery = queue.first, delivery.at <= now {
+                queue.removeFirst()
+                try deliver(delivery)
+            } else {
+                for machine in machines where machine.node != nil && machine.nextTick <= now {
+                    machine.nextTick = now + 50
+                    try machine.node!.tick(now: clock(machine))
+                }
+                try between(self)
+            }
+        }
+    }
+
+    private func deliver(_ delivery: Delivery) throws {
+        let machine = machines[delivery.to]
+        guard let node = machine.node else { return }
+        delivered += 1
+        bytesDelivered += delivery.payload.count
+        let message = try PeerMessage(tag: delivery.tag, payload: delivery.payload)
+        try node.receive(message, from: machines[delivery.from].member.id, address: machines[delivery.from].member.address, now: clock(machine))
+    }
+
+    /// Removes every fault and brings every machine up.
+    func heal() throws {
+        faults = Faults()
+        blocked = []
+        clogged = [:]
+        for machine in machines where machine.node == nil { try start(machine) }
+    }
+
+    var isQuiet: Bool { queue.isEmpty }
+}

@@ -1,0 +1,158 @@
+import Foundation
+import KithCRDT
+import KithCluster
+import KithCrypto
+import KithProfile
+import KithReplication
+import KithStore
+import KithTestSupport
+import Testing
+
+/// Seeds: `KITH_SIM_SEED=n` replays one, `KITH_SIM_SEEDS=n` runs n (`make simulate`); CI runs 200.
+let simulationSeeds: [UInt64] = {
+    let environment = ProcessInfo.processInfo.environment
+    if let one = environment["KITH_SIM_SEED"].flatMap(UInt64.init) { return [one] }
+    let count = environment["KITH_SIM_SEEDS"].flatMap(UInt64.init) ?? 200
+    return Array(0..<count)
+}()
+
+/// What clients did and were told: the reference model gets every acknowledged operation.
+struct Ledger {
+    var reference = ProfileState()
+    var acknowledged: [ProfileDelta] = []
+    var erasures: [(keys: [[UInt8]], time: Int64)] = []
+    let hasher = HMACForgetKeyHasher(secret: Simulation.secret)
+}
+
+/// One seeded run: 3–7 nodes (some edge), faults during a busy phase, then healing; the
+/// checkers run at the end.
+func runScenario(seed: UInt64) throws -> [String] {
+    var setup = SplitMix64(seed: seed ^ 0x5EED)
+    let nodes = 3 + setup.below(5)
+    let edges = setup.below(min(2, nodes - 2) + 1)
+    let simulation = try Simulation(seed: seed, nodes: nodes, edges: edges)
+    simulation.faults = .init(lossPercent: setup.below(15), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(60)))
+    var generator = WorkloadGenerator(seed: seed, customers: 20)
+    generator.sendsSentAt = true
+    var ledger = Ledger()
+    let parser = SegmentMessageParser()
+
+    // Busy phase: clients write to any node that is up, while faults come and go.
+    try simulation.run(until: 15_000) { sim in
+        try clientStep(sim, &generator, parser, &ledger)
+        faultStep(sim)
+    }
+    // Healing: no faults, every node up, and time for anti-entropy to finish.
+    try simulation.heal()
+    var settled: Int64 = 15_000
+    repeat {
+        settled += 2_000
+        try simulation.run(until: settled)
+    } while try !converged(simulation) && settled < 60_000
+    if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil { try describe(simulation) }
+    return try check(simulation, ledger, seed: seed)
+}
+
+/// Prints each machine's replication state (KITH_SIM_VERBOSE=1), for reading a failing seed.
+private func describe(_ sim: Simulation) throws {
+    print("t=\(sim.now) delivered=\(sim.delivered) bytes=\(sim.bytesDelivered)")
+    for machine in sim.machines {
+        guard let node = machine.node else { continue }
+        let members = node.membership.all.map { "\($0.name):\($0.status)/\($0.incarnation)" }.joined(separator: " ")
+        print("\(machine.member.name) \(machine.member.role) vv=\(try machine.store.versionVector()) \(node.counters) members: \(members)")
+        print("   cursors: \(try sim.machines.map { try machine.store.cursor(of: $0.member.id) })")
+    }
+}
+
+private func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parser: SegmentMessageParser, _ ledger: inout Ledger) throws {
+    guard sim.random.chance(45) else { return }
+    let up = sim.machines.filter { $0.node != nil }
+    guard !up.isEmpty else { return }
+    let machine = up[sim.random.below(up.count)]
+    let roll = sim.random.below(1_000)
+    if roll < 970 {
+        let delta = try parser.parse(generator.next(), receivedAt: sim.clock(machine))
+        try machine.store.apply([delta])
+        ledger.reference.apply(delta, hasher: ledger.hasher)
+        ledger.acknowledged.append(delta)
+    } else if roll < 990 {
+        let c = sim.random.below(20)
+        let a = Identifier(kind: .userId, value: "u-\(c)")!, b = Identifier(kind: .anonymousId, value: "a-\(c)-\(sim.random.below(3))")!
+        let stamp = LWWStamp(time: sim.clock(machine), tiebreak: "\(machine.member.name)-\(sim.now)")
+        try machine.store.removeLink(a, b, stamp: stamp)
+        ledger.reference.removeLink(a, b, stamp: stamp, hasher: ledger.hasher)
+    } else {
+        let subject = Identifier(kind: .userId, value: "u-\(sim.random.below(20))")!
+        guard !(try machine.store.erase(subject, requestedAt: sim.clock(machine))).isEmpty,
+            case .erasure(let keys, let time) = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last?.change
+        else { return }
+        ledger.reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: ledger.hasher)
+        ledger.erasures.append((keys, time))
+    }
+    try machine.node?.pushOwnChanges()
+}
+
+/// Now and then: a partition (symmetric or one-way) starts or ends, a link clogs, a node
+/// crashes or restarts.
+private func faultStep(_ sim: Simulation) {
+    guard sim.random.chance(2) else { return }
+    let count = sim.machines.count
+    switch sim.random.below(5) {
+    case 0:
+        let side = Set((0..<count).filter { _ in sim.random.chance(50) })
+        for a in 0..<count { for b in 0..<count where side.contains(a) != side.contains(b) { sim.blocked.insert([a, b]) } }
+    case 1: sim.blocked.insert([sim.random.below(count), sim.random.below(count)])
+    case 2: sim.blocked = []
+    case 3: sim.clogged[[sim.random.below(count), sim.random.below(count)]] = sim.now + 3_000
+    default:
+        let machine = sim.machines[sim.random.below(count)]
+        if machine.node == nil { try? sim.start(machine) } else { sim.crash(machine) }
+    }
+}
+
+private func converged(_ sim: Simulation) throws -> Bool {
+    Set(try sim.machines.map { try $0.store.contentDigest() }).count == 1
+}
+
+/// The checkers: replicas byte-identical; every acknowledged message held (unless an erasure
+/// dominates it); no erased data back; every profile equal to the reference model's.
+private func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> [String] {
+    var failures: [String] = []
+    if !(try converged(sim)) { failures.append("replicas differ after healing") }
+    func erasedAt(_ identifier: Identifier) -> Int64? {
+        let key = ledger.hasher.forgetKeyBytes(for: identifier)
+        return ledger.erasures.filter { $0.keys.contains(key) }.map(\.time).max()
+    }
+    for machine in sim.machines {
+        for delta in ledger.acknowledged {
+            let held = try machine.store.hasMessage(delta.messageId, subject: delta.subject)
+            let erased = erasedAt(delta.subject).map { delta.times.eventTime <= $0 } ?? false
+            if held == erased {
+                failures.append("\(machine.member.name): message \(delta.messageId) \(erased ? "erased but present" : "acknowledged but missing")")
+                break
+            }
+        }
+        for identifier in ledger.reference.identifiers.sorted() {
+            let expected = ledger.reference.view(of: identifier).map { ProfileFormat.encode($0) }
+            if try machine.store.view(of: identifier).map({ ProfileFormat.encode($0) }) != expected {
+                failures.append("\(machine.member.name): profile of \(identifier) differs from the reference model")
+                break
+            }
+        }
+    }
+    return failures
+}
+
+@Suite("Deterministic cluster simulation")
+struct SimulationTests {
+    @Test func everySeedConvergesWithoutLossOrResurrection() throws {
+        var failed: [String] = []
+        for seed in simulationSeeds {
+            let failures = try runScenario(seed: seed)
+            if !failures.isEmpty {
+                failed.append("seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter KithSimulationTests")
+            }
+        }
+        #expect(failed.isEmpty, "\(failed.count) of \(simulationSeeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
+    }
+}
