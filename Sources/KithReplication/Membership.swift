@@ -121,6 +121,9 @@ public struct Membership: Sendable {
         var remaining: Int
     }
 
+    /// `me.incarnation` should grow across restarts (the shell passes its clock in milliseconds):
+    /// a restarted member that came back at a lower incarnation than the cluster last saw would
+    /// be ignored as stale until someone told it it was dead.
     public init(me: Member, seeds: [String], settings: MembershipSettings = MembershipSettings(), seed: UInt64) {
         self.me = me
         self.seeds = seeds.filter { $0 != me.address }
@@ -149,7 +152,11 @@ public struct Membership: Sendable {
         if now >= nextReconnectAt && me.status != .left {
             nextReconnectAt = now + settings.reconnectInterval
             let down = members.values.filter { $0.status == .dead }.sorted { $0.id < $1.id }
-            if !down.isEmpty { directives.append(.send(to: down[Int(random.next() % UInt64(down.count))].address, message(.join))) }
+            if !down.isEmpty {
+                // Tell it how we see it, so that it can refute with a higher incarnation.
+                let target = down[Int(random.next() % UInt64(down.count))]
+                directives.append(.send(to: target.address, message(.join, updates: [target])))
+            }
         }
         directives += checkProbe(now: now)
         if now >= nextProbeAt && probe == nil { directives += startProbe(now: now) }

@@ -91,8 +91,10 @@ final class Simulation {
     func start(_ machine: Machine) throws {
         let seeds = machines.filter { $0.member.role == .core && $0 !== machine }.prefix(2).map(\.member.address)
         let index = machine.index
+        var me = machine.member
+        me.incarnation = UInt64(clock(machine))
         machine.node = try ClusterNode(
-            store: machine.store, me: machine.member, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
+            store: machine.store, me: me, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
             settings: Self.replicationSettings, seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
         ) { [unowned self] address, message in
             self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)

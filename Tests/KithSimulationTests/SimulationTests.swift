@@ -123,10 +123,14 @@ private func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> 
         let key = ledger.hasher.forgetKeyBytes(for: identifier)
         return ledger.erasures.filter { $0.keys.contains(key) }.map(\.time).max()
     }
+    // A message is dated by its skew-corrected event time; a copy received later (a retry) has a
+    // later one, so a message is erased only if every copy of it is dated at or before the erasure.
+    var newestCopy: [String: Int64] = [:]
+    for delta in ledger.acknowledged { newestCopy[delta.messageId] = max(newestCopy[delta.messageId] ?? .min, delta.times.eventTime) }
     for machine in sim.machines {
         for delta in ledger.acknowledged {
             let held = try machine.store.hasMessage(delta.messageId, subject: delta.subject)
-            let erased = erasedAt(delta.subject).map { delta.times.eventTime <= $0 } ?? false
+            let erased = erasedAt(delta.subject).map { newestCopy[delta.messageId]! <= $0 } ?? false
             if held == erased {
                 failures.append("\(machine.member.name): message \(delta.messageId) \(erased ? "erased but present" : "acknowledged but missing")")
                 break
