@@ -48,8 +48,9 @@ public final class ClusterNode {
         public var lastContact: Int64?
         public var pullSentAt: Int64?
         public var lastPullCompleted: Int64?
-        /// The peer's version vector as of its last pull from us.
+        /// The peer's version vector and its position in our log, as of its last pull from us.
         public var versions: VersionVector?
+        public var cursor: UInt64 = 0
     }
 
     public var id: UInt64 { membership.me.id }
@@ -104,6 +105,7 @@ public final class ClusterNode {
         case .membership(let message): perform(membership.receive(message, from: address, now: now), now: now)
         case .pull(let cursor, let versions, let budget):
             peers[sender]?.versions = versions
+            peers[sender]?.cursor = cursor
             send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget))
         case .changes(let from, let through, let entries, let more):
             counters.changesReceived += entries.count
@@ -140,6 +142,21 @@ public final class ClusterNode {
     /// Per reachable or known peer: what this node knows of it.
     public var peerStates: [(member: Member, state: PeerState)] {
         membership.members.values.sorted { $0.name < $1.name }.map { ($0, peers[$0.id] ?? PeerState()) }
+    }
+
+    /// How much of this node's log `peer` still lacks, in changes and encoded bytes, as of its
+    /// last pull (nil if it never pulled). Reads at most `limit` log entries.
+    public func lag(of peer: UInt64, limit: Int = 100_000) throws -> (changes: Int, bytes: Int)? {
+        guard let state = peers[peer], let versions = state.versions else { return nil }
+        var changes = 0, bytes = 0
+        for entry in try store.changes(after: state.cursor, limit: limit)
+        where !versions.covers(origin: entry.origin, sequence: entry.originSequence) {
+            var writer = BinaryWriter(capacity: 256)
+            entry.encode(to: &writer)
+            changes += 1
+            bytes += writer.bytes.count
+        }
+        return (changes, bytes)
     }
 
     // MARK: Helpers

@@ -26,7 +26,11 @@ final class GroupCommitter: @unchecked Sendable {
     let committedMessages = Atomic<Int>(0)
     let commits = Atomic<Int>(0)
 
-    init(store: any ProfileStore, maximumMessagesPerCommit: Int = 10_000) {
+    /// Called on the writer thread after each commit (replication pushes the new changes).
+    let onCommit: @Sendable () -> Void
+
+    init(store: any ProfileStore, maximumMessagesPerCommit: Int = 10_000, onCommit: @escaping @Sendable () -> Void = {}) {
+        self.onCommit = onCommit
         self.store = store
         self.maximumMessagesPerCommit = maximumMessagesPerCommit
         let thread = Thread { [self] in run() }
@@ -88,6 +92,7 @@ final class GroupCommitter: @unchecked Sendable {
                 job.completion(.success(Array(outcomes[offset..<offset + job.deltas.count])))
                 offset += job.deltas.count
             }
+            onCommit()
         } catch {
             for job in group { job.completion(.failure(error)) }
         }

@@ -7,6 +7,8 @@ import KithLMDB
 import KithNet
 import KithProfile
 import KithCRDT
+import KithCluster
+import KithReplication
 import KithStore
 import Synchronization
 
@@ -30,17 +32,33 @@ public final class Node: Sendable {
     let stopping = Atomic<Bool>(false)
     let server: HTTPServer
     let metrics = NodeMetrics()
-    public let log = Log()
+    public let log: Log
+    /// Replication, when the node has a gossip address (nil: a node on its own).
+    let replication: ReplicationService?
+    /// This data directory's origin id: its changes are numbered under it (docs/replication.md).
+    public let origin: UInt64
 
     public init(configuration: NodeConfiguration) throws {
         try configuration.validate()
         self.configuration = configuration
+        let log = Log()
+        self.log = log
         let secret = try Self.loadSecret(configuration.secretFile ?? configuration.dataDirectory + ".secret")
+        try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
+        origin = try Self.loadOrigin(configuration.dataDirectory + "/origin")
         let storeConfiguration = StoreConfiguration(
-            node: Self.nodeIdentifier(configuration.nodeName), forgetKeySecret: secret,
-            profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
+            node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration)
-        committer = GroupCommitter(store: store)
+        if configuration.gossip != nil {
+            let (keys, sending) = try configuration.clusterKeys()
+            replication = try ReplicationService(
+                store: store, origin: origin, configuration: configuration, keys: ClusterKeys(keys: keys, sending: sending),
+                forgetKeySecret: secret, log: log)
+        } else {
+            replication = nil
+        }
+        let replication = self.replication
+        committer = GroupCommitter(store: store) { replication?.committed() }
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
         tokens = configuration.tokens.compactMap { token in Crypto.bytes(hex: token.sha256).map { ($0, token.role) } }
         clock = Mutex(HybridLogicalClock(node: Self.nodeIdentifier(configuration.nodeName)))
@@ -56,13 +74,21 @@ public final class Node: Sendable {
     }
 
     /// Starts serving; returns the HTTP port.
-    public func start() throws -> UInt16 { try server.start() }
+    public func start() throws -> UInt16 {
+        let port = try server.start()
+        replication?.start()
+        return port
+    }
+
+    /// The address peers reach this node on, when it replicates.
+    public var gossipAddress: String? { replication?.transport.address }
 
     /// Graceful stop: no new connections, in-flight requests answered, queued writes committed.
     public func stop() {
         stopping.store(true, ordering: .relaxed)
         server.stop()
         committer.stop()
+        replication?.stop()
         try? store.environment.sync()
     }
 
@@ -105,6 +131,9 @@ public final class Node: Sendable {
         case ("GET", "/v1/admin/status"): adminStatus(request, respond: respond)
         case ("POST", "/v1/admin/backup"): adminBackup(request, respond: respond)
         case ("GET", "/v1/admin/export"): adminExport(request, respond: respond)
+        case ("GET", "/v1/admin/members"), ("POST", "/v1/admin/join"), ("POST", "/v1/admin/leave"), ("POST", "/v1/admin/repair"),
+            ("GET", "/v1/admin/sync"):
+            clusterRoute(request, respond: respond)
         case (_, "/livez"), (_, "/readyz"), (_, "/healthz"), (_, "/metrics"):
             respond(.error(405, code: "method_not_allowed", message: "use GET"))
         default:
@@ -144,17 +173,39 @@ public final class Node: Sendable {
         String(UInt64.random(in: 0...UInt64.max), radix: 16)
     }
 
-    /// Reads the forget-key secret, creating a random one (mode 0600) on first start.
+    /// Reads the forget-key secret, creating a random one (mode 0600) on first start. Every node
+    /// of a cluster must share it (peers with another secret are refused).
     static func loadSecret(_ path: String) throws -> [UInt8] {
-        if let data = FileManager.default.contents(atPath: path) {
-            guard data.count >= 32 else { throw ConfigurationError("\(path) holds fewer than 32 bytes of secret") }
+        let secret = try loadOrCreate(path, Crypto.randomBytes(32))
+        guard secret.count >= 32 else { throw ConfigurationError("\(path) holds fewer than 32 bytes of secret") }
+        return secret
+    }
+
+    /// This data directory's origin id, chosen at random when the directory is new: a directory
+    /// restored from a backup or started empty must not reuse the sequence numbers its peers
+    /// have already seen under the old id.
+    static func loadOrigin(_ path: String) throws -> UInt64 {
+        let bytes = try loadOrCreate(path, Crypto.randomBytes(8))
+        guard bytes.count == 8 else { throw ConfigurationError("\(path) must hold 8 bytes") }
+        return bytes.reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// The file's bytes, or `fresh` written with O_EXCL (two nodes starting at once agree on one).
+    private static func loadOrCreate(_ path: String, _ fresh: @autoclosure () throws -> [UInt8]) throws -> [UInt8] {
+        if let data = FileManager.default.contents(atPath: path) { return Array(data) }
+        let bytes = try fresh()
+        let descriptor = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if descriptor < 0 {
+            guard errno == EEXIST, let data = FileManager.default.contents(atPath: path) else {
+                throw ConfigurationError("cannot create \(path): \(String(cString: strerror(errno)))")
+            }
             return Array(data)
         }
-        let secret = try Crypto.randomBytes(32)
-        guard FileManager.default.createFile(atPath: path, contents: Data(secret), attributes: [.posixPermissions: 0o600]) else {
-            throw ConfigurationError("cannot create secret file \(path)")
+        defer { close(descriptor) }
+        guard bytes.withUnsafeBytes({ write(descriptor, $0.baseAddress, $0.count) }) == bytes.count, fsync(descriptor) == 0 else {
+            throw ConfigurationError("cannot write \(path): \(String(cString: strerror(errno)))")
         }
-        return secret
+        return bytes
     }
 }
 

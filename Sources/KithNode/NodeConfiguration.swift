@@ -29,11 +29,22 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var logRequests = false
     /// Ingest requests waiting for the writer beyond which new ones get 429 (load shedding).
     public var ingestQueueLimit = 2_000
+    /// `host:port` of the peer (gossip) listener; nil runs the node alone.
+    public var gossip: String?
+    /// Peer addresses to join through.
+    public var seeds: [String] = []
+    /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
+    public var role = "core"
+    /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
+    public var clusterKeyFile: String?
+    /// A cluster key given directly (hex; from `KITH_CLUSTER_KEY`, never from a file or flag).
+    public var clusterKey: String?
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, logRequests, ingestQueueLimit
+        case gossip, seeds, role, clusterKeyFile
     }
 
     public init(from decoder: Decoder) throws {
@@ -49,6 +60,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         secretFile = try container.decodeIfPresent(String.self, forKey: .secretFile)
         logRequests = try container.decodeIfPresent(Bool.self, forKey: .logRequests) ?? false
         ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
+        gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
+        seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
+        role = try container.decodeIfPresent(String.self, forKey: .role) ?? defaults.role
+        clusterKeyFile = try container.decodeIfPresent(String.self, forKey: .clusterKeyFile)
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -79,6 +94,11 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_TOKEN"] { addToken(value) }
         if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
+        if let value = environment["KITH_GOSSIP"] { gossip = value }
+        if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
+        if let value = environment["KITH_ROLE"] { role = value }
+        if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
+        if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
         if let value = environment["KITH_INGEST_QUEUE_LIMIT"] {
             guard let limit = Int(value) else { throw ConfigurationError("KITH_INGEST_QUEUE_LIMIT must be a number") }
             ingestQueueLimit = limit
@@ -101,8 +121,35 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         return (host, port)
     }
 
+    /// A comma-separated list, blanks dropped.
+    public static func list(_ text: String) -> [String] {
+        text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+    }
+
+    /// The cluster keys from the key file or `KITH_CLUSTER_KEY`.
+    public func clusterKeys() throws -> (keys: [UInt8: [UInt8]], sending: UInt8) {
+        if let clusterKeyFile {
+            guard let text = try? String(contentsOfFile: clusterKeyFile, encoding: .utf8) else {
+                throw ConfigurationError("cannot read cluster key file \(clusterKeyFile)")
+            }
+            return try ClusterKeys.parse(text)
+        }
+        guard let clusterKey else { throw ConfigurationError("a clustered node needs a cluster key: set KITH_CLUSTER_KEY or clusterKeyFile") }
+        return try ClusterKeys.parse("1 \(clusterKey)")
+    }
+
     public func validate() throws {
         _ = try httpAddress()
+        if let gossip {
+            guard let colon = gossip.lastIndex(of: ":"), UInt16(gossip[gossip.index(after: colon)...]) != nil else {
+                throw ConfigurationError("gossip must be host:port, got \"\(gossip)\"")
+            }
+            _ = try clusterKeys()
+        }
+        guard ["core", "edge"].contains(role) else { throw ConfigurationError("role must be core or edge") }
+        for seed in seeds where seed.lastIndex(of: ":").flatMap({ UInt16(seed[seed.index(after: $0)...]) }) == nil {
+            throw ConfigurationError("seed \"\(seed)\" must be host:port")
+        }
         guard !nodeName.isEmpty, nodeName.utf8.count <= 64 else { throw ConfigurationError("nodeName must be 1 to 64 bytes") }
         guard (1...64).contains(loops) else { throw ConfigurationError("loops must be between 1 and 64") }
         guard (0...1_000).contains(historyLimit) else { throw ConfigurationError("historyLimit must be between 0 and 1000") }
@@ -119,7 +166,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "logRequests",
-        "ingestQueueLimit",
+        "ingestQueueLimit", "gossip", "seeds", "role", "clusterKeyFile",
     ]
 }
 

@@ -39,9 +39,10 @@ public struct Member: Equatable, Sendable {
 
     /// Whether this record overrides `other` for the same member (SWIM's precedence: a higher
     /// incarnation wins; at equal incarnation the worse state wins, so a suspicion sticks until
-    /// the member refutes it with a new incarnation; `left` is final at any incarnation).
+    /// the member refutes it with a new incarnation). A member that left comes back only by
+    /// rejoining, alive at a higher incarnation.
     func overrides(_ other: Member) -> Bool {
-        if other.status == .left { return false }
+        if other.status == .left { return status == .alive && incarnation > other.incarnation }
         if status == .left { return true }
         if incarnation != other.incarnation { return incarnation > other.incarnation }
         return status > other.status
@@ -322,7 +323,9 @@ public struct Membership: Sendable {
             return update.status <= .suspect ? [.memberUp(update)] : []
         }
         // A message straight from a member proves it is alive at the incarnation it states.
-        if direct && update.incarnation >= known.incarnation && update.status == .alive && known.status != .left {
+        if direct && update.status == .alive
+            && (update.incarnation > known.incarnation || (update.incarnation == known.incarnation && known.status != .left))
+        {
             return markAlive(update, was: known)
         }
         guard update.overrides(known) else {

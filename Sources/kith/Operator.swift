@@ -188,3 +188,80 @@ func configCheck(_ arguments: [String]) -> Never {
         fail("\(error)", .failure)
     }
 }
+
+// MARK: - Cluster
+
+func members(_ arguments: [String]) -> Never {
+    let options = ClientOptions(arguments, help: "OVERVIEW: List the cluster's members as this node sees them.\n\nUSAGE: kith members [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    let body = call(options.client(), "GET", "/v1/admin/members", headers: options.authorization).body
+    guard options.format == "table", case .array(let list)? = (try? JSONParser.parse(body))?["members"] else {
+        show(body, format: options.format)
+        exit(Exit.ok.rawValue)
+    }
+    let columns = ["name", "address", "role", "status", "incarnation"]
+    let rows = [columns.map { $0.uppercased() }] + list.map { member in columns.map { column in member[column].map(plain) ?? "" } }
+    let widths = columns.indices.map { column in rows.map { $0[column].count }.max()! }
+    for row in rows { say(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")) }
+    exit(Exit.ok.rawValue)
+}
+
+/// A JSON scalar as plain text (strings without quotes).
+private func plain(_ value: JSONValue) -> String {
+    value.stringValue ?? value.jsonText
+}
+
+func join(_ arguments: [String]) -> Never {
+    let options = ClientOptions(arguments, help: "OVERVIEW: Ask this node to join the cluster through a peer.\n\nUSAGE: kith join <host:port> [options]\n\n  <host:port>             A member's gossip address.\n\nOPTIONS:\n" + ClientOptions.help)
+    guard options.positional.count == 1 else { fail("kith join takes one gossip address", .usage) }
+    var writer = JSONWriter()
+    writer.writeObject { $0.member("address", string: options.positional[0]) }
+    show(call(options.client(), "POST", "/v1/admin/join", headers: options.authorization, body: writer.bytes).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}
+
+func leave(_ arguments: [String]) -> Never {
+    let options = ClientOptions(arguments, help: "OVERVIEW: Leave the cluster gracefully (the node keeps serving on its own).\n\nUSAGE: kith leave [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    show(call(options.client(), "POST", "/v1/admin/leave", headers: options.authorization).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}
+
+func repair(_ arguments: [String]) -> Never {
+    var rest = arguments
+    var peer: String?
+    if let index = rest.firstIndex(of: "--peer") {
+        guard index + 1 < rest.count else { fail("missing value for '--peer'", .usage) }
+        peer = rest[index + 1]
+        rest.removeSubrange(index...(index + 1))
+    }
+    let options = ClientOptions(rest, help: "OVERVIEW: Pull what this node lacks from its peers now, and show the progress.\n\nUSAGE: kith repair [--peer <name>] [options]\n\nOPTIONS:\n  --peer <name>           Repair from this member only.\n" + ClientOptions.help)
+    var writer = JSONWriter()
+    writer.writeObject { object in if let peer { object.member("peer", string: peer) } }
+    let client = options.client()
+    show(call(client, "POST", "/v1/admin/repair", headers: options.authorization, body: writer.bytes).body, format: options.format)
+    // Progress: the lag reported per peer until it stops shrinking or reaches zero (at most a minute).
+    var previous: Int64?
+    for _ in 0..<120 {
+        let status = (try? JSONParser.parse(call(client, "GET", "/v1/admin/sync", headers: options.authorization).body)) ?? .null
+        guard case .array(let peers)? = status["peers"] else { break }
+        let lag = peers.compactMap { peer -> Int64? in
+            guard case .number(let number)? = peer["lagMessages"] else { return nil }
+            return Int64(number.literal)
+        }.reduce(0, +)
+        say("repair: \(lag) messages behind across peers")
+        if lag == 0 || lag == previous { break }
+        previous = lag
+        Thread.sleep(forTimeInterval: 0.5)
+    }
+    exit(Exit.ok.rawValue)
+}
+
+func sync(_ arguments: [String]) -> Never {
+    let help = "OVERVIEW: Show replication per peer: last contact, lag in messages, frames and bytes.\n\nUSAGE: kith sync status [options]\n\nOPTIONS:\n" + ClientOptions.help
+    guard arguments.first == "status" else {
+        if arguments.first == "--help" || arguments.first == "-h" { print(help); exit(Exit.ok.rawValue) }
+        fail("usage: kith sync status (see 'kith sync --help')", .usage)
+    }
+    let options = ClientOptions(Array(arguments.dropFirst()), help: help)
+    show(call(options.client(), "GET", "/v1/admin/sync", headers: options.authorization).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}

@@ -41,6 +41,11 @@ let overview = """
       export                  Write every profile as NDJSON.
       backup                  Take a live, compacted backup on the node's machine.
       config check            Check a configuration file.
+      members                 List the cluster's members.
+      join                    Join the cluster through a peer.
+      leave                   Leave the cluster.
+      repair                  Pull what this node lacks from its peers now.
+      sync status             Show replication per peer.
       version                 Show the version.
 
       See 'kith help <subcommand>' for detailed help.
@@ -51,6 +56,8 @@ let serveHelp = """
 
     USAGE: kith serve [--config <file>] [--data-dir <dir>] [--http <host:port>] [--node-name <name>]
                       [--write-key <key>] [--token <token>] [--loops <n>]
+                      [--gossip <host:port>] [--seeds <host:port,...>] [--role core|edge]
+                      [--cluster-key-file <file>]
 
     OPTIONS:
       --config <file>         A JSON configuration file.
@@ -60,6 +67,10 @@ let serveHelp = """
       --write-key <key>       Accept this write key for ingest (env KITH_WRITE_KEY).
       --token <token>         Accept this bearer token, with every role (env KITH_TOKEN).
       --loops <n>             HTTP event-loop threads (default 2).
+      --gossip <host:port>    Replicate: the peer listener (env KITH_GOSSIP; port 0: any).
+      --seeds <list>          Peers to join through, comma-separated (env KITH_SEEDS).
+      --role <role>           core (default) or edge: an edge site may be away for days.
+      --cluster-key-file <f>  Cluster keys, 'id hex' per line, first sends (or env KITH_CLUSTER_KEY=hex).
       -h, --help              Show help information.
 
     Settings come from the file, then KITH_* environment variables, then flags.
@@ -70,7 +81,10 @@ func serve(_ arguments: [String]) -> Never {
     var configuration = NodeConfiguration()
     var flags: [String: [String]] = [:]
     var index = 0
-    let takesValue: Set = ["--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops"]
+    let takesValue: Set = [
+        "--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops", "--gossip", "--seeds", "--role",
+        "--cluster-key-file",
+    ]
     while index < arguments.count {
         let argument = arguments[index]
         if argument == "-h" || argument == "--help" {
@@ -92,6 +106,10 @@ func serve(_ arguments: [String]) -> Never {
             guard let loops = Int(value) else { fail("--loops takes a number", .usage) }
             configuration.loops = loops
         }
+        if let value = flags["--gossip"]?.last { configuration.gossip = value }
+        if let value = flags["--seeds"]?.last { configuration.seeds = NodeConfiguration.list(value) }
+        if let value = flags["--role"]?.last { configuration.role = value }
+        if let value = flags["--cluster-key-file"]?.last { configuration.clusterKeyFile = value }
         configuration.writeKeys += flags["--write-key"] ?? []
         for token in flags["--token"] ?? [] { configuration.addToken(token) }
         try configuration.validate()
@@ -111,6 +129,7 @@ func serve(_ arguments: [String]) -> Never {
     let host = (try? configuration.httpAddress().host) ?? "127.0.0.1"
     node.log(.info, "node started", [("node.name", .string(configuration.nodeName)), ("http.port", .number(.init(Int64(port))))])
     say("kith: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(port) (node \(configuration.nodeName), data \(configuration.dataDirectory))")
+    if let gossip = node.gossipAddress { say("kith: gossip on \(gossip) (role \(configuration.role))") }
     notifySystemd("READY=1")
 
     let stop = DispatchSemaphore(value: 0)
@@ -160,6 +179,11 @@ case "import": importFile(Array(arguments.dropFirst()))
 case "export": export(Array(arguments.dropFirst()))
 case "backup": backup(Array(arguments.dropFirst()))
 case "config": configCheck(Array(arguments.dropFirst()))
+case "members": members(Array(arguments.dropFirst()))
+case "join": join(Array(arguments.dropFirst()))
+case "leave": leave(Array(arguments.dropFirst()))
+case "repair": repair(Array(arguments.dropFirst()))
+case "sync": sync(Array(arguments.dropFirst()))
 case "version", "--version": print("kith \(Node.version)")
 case "help", "-h", "--help":
     if arguments.count > 1, arguments[1] == "serve" { print(serveHelp) } else if arguments.count > 1 {
@@ -171,6 +195,11 @@ case "help", "-h", "--help":
         case "export": export(["--help"])
         case "backup": backup(["--help"])
         case "config": configCheck(["--help"])
+        case "members": members(["--help"])
+        case "join": join(["--help"])
+        case "leave": leave(["--help"])
+        case "repair": repair(["--help"])
+        case "sync": sync(["--help"])
         default: fail("unknown command '\(command)'", .usage)
         }
     } else {

@@ -38,10 +38,15 @@ final class NodeProcess {
     let logPath: String
     private(set) var process: Process
     private(set) var port: UInt16 = 0
+    /// Extra `kith serve` flags (e.g. --gossip); may change between restarts.
+    var arguments: [String]
+    /// The peer listener's address, when started with --gossip.
+    private(set) var gossipAddress: String?
 
-    init(dataDirectory: String? = nil, environment: [String: String] = [:]) throws {
+    init(dataDirectory: String? = nil, environment: [String: String] = [:], arguments: [String] = []) throws {
         self.dataDirectory = dataDirectory ?? FileManager.default.temporaryDirectory.appendingPathComponent("kith-node-\(UUID().uuidString)").path
         self.environment = environment
+        self.arguments = arguments
         logPath = self.dataDirectory + ".log"
         process = Process()
         try start()
@@ -52,20 +57,29 @@ final class NodeProcess {
     func start() throws {
         process = Process()
         process.executableURL = URL(fileURLWithPath: kithBinary)
-        process.arguments = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"]
+        process.arguments = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"] + arguments
         let output = Pipe()
         process.standardOutput = output
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         process.standardError = FileHandle(forWritingAtPath: logPath)
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         try process.run()
-        // The first line says where it listens.
-        var line = ""
+        // The first line says where it listens; with --gossip, the second where peers reach it.
         let reader = output.fileHandleForReading
-        while !line.hasSuffix("\n") {
-            let byte = reader.readData(ofLength: 1)
-            guard !byte.isEmpty else { throw NodeStartFailed() }
-            line += String(decoding: byte, as: UTF8.self)
+        func readLine() throws -> String {
+            var line = ""
+            while !line.hasSuffix("\n") {
+                let byte = reader.readData(ofLength: 1)
+                guard !byte.isEmpty else { throw NodeStartFailed() }
+                line += String(decoding: byte, as: UTF8.self)
+            }
+            return line
+        }
+        let line = try readLine()
+        if arguments.contains("--gossip") {
+            let gossip = try readLine()
+            guard let range = gossip.range(of: #"127\.0\.0\.1:\d+"#, options: .regularExpression) else { throw NodeStartFailed() }
+            gossipAddress = String(gossip[range])
         }
         guard let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
             let port = UInt16(line[range].split(separator: ":")[1])

@@ -1,0 +1,91 @@
+import Foundation
+import KithCluster
+import KithHTTP
+import KithJSON
+import KithNet
+import KithReplication
+
+extension Node {
+    /// The cluster's admin endpoints: members, join, leave, repair, sync status.
+    func clusterRoute(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+        guard tokenRole(request) == "admin" else { return respond(.error(401, code: "unauthorized", message: "an admin token is required")) }
+        guard let replication else {
+            return respond(.error(409, code: "not_clustered", message: "this node runs alone: start it with --gossip to replicate"))
+        }
+        let body = (try? JSONParser.parse(request.body)) ?? .object(JSONObject())
+        do {
+            switch request.path {
+            case "/v1/admin/members":
+                let members = try replication.perform { node in node.membership.all }
+                respond(.json(200, Self.jsonBody(["members": .array(members.map(Self.json))])))
+            case "/v1/admin/join":
+                guard let address = body["address"]?.stringValue, address.contains(":") else {
+                    return respond(.error(400, code: "invalid_request", message: "send {\"address\": \"host:port\"}"))
+                }
+                try replication.perform { node in node.join(address) }
+                respond(.json(202, Self.jsonBody(["joining": .string(address)])))
+            case "/v1/admin/leave":
+                try replication.perform { node in node.leave() }
+                respond(.json(202, Self.jsonBody(["left": .bool(true)])))
+            case "/v1/admin/repair":
+                let wanted = body["peer"]?.stringValue
+                let started = try replication.perform { node -> [String] in
+                    let now = Int64(Date().timeIntervalSince1970 * 1_000)
+                    let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
+                    for peer in peers { try node.pull(from: peer, now: now) }
+                    return peers.map(\.name)
+                }
+                guard !started.isEmpty else {
+                    return respond(.error(404, code: "no_such_peer", message: wanted.map { "no reachable peer named \($0)" } ?? "no reachable peer"))
+                }
+                respond(.json(202, Self.jsonBody(["repairing": .array(started.map { .string($0) })])))
+            default:
+                respond(.json(200, Self.jsonBody(try syncStatus(replication))))
+            }
+        } catch {
+            respond(.error(503, code: "unavailable", message: "\(error)"))
+        }
+    }
+
+    /// Per peer: last contact, and how far behind this node it is (by its last pull).
+    private func syncStatus(_ replication: ReplicationService) throws -> JSONValue {
+        let metrics = replication.transport.metrics
+        let (peers, mine, lags) = try replication.perform { node in
+            (node.peerStates, try node.store.versionVector(), try node.peerStates.map { try node.lag(of: $0.member.id) })
+        }
+        let now = Int64(Date().timeIntervalSince1970 * 1_000)
+        return [
+            "versions": .string(mine.description),
+            "framesSent": .number(JSONNumber(Int64(metrics.framesSent.load(ordering: .relaxed)))),
+            "framesReceived": .number(JSONNumber(Int64(metrics.framesReceived.load(ordering: .relaxed)))),
+            "bytesSent": .number(JSONNumber(Int64(metrics.bytesSent.load(ordering: .relaxed)))),
+            "bytesReceived": .number(JSONNumber(Int64(metrics.bytesReceived.load(ordering: .relaxed)))),
+            "peers": .array(zip(peers, lags).map { peer, lag in
+                let (member, state) = peer
+                var object: [String: JSONValue] = ["name": .string(member.name), "status": .string(member.status.description)]
+                if let contact = state.lastContact { object["lastContactMsAgo"] = .number(JSONNumber(now - contact)) }
+                if let lag {
+                    object["lagMessages"] = .number(JSONNumber(Int64(lag.changes)))
+                    object["lagBytes"] = .number(JSONNumber(Int64(lag.bytes)))
+                }
+                return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
+            }),
+        ]
+    }
+
+    static func json(_ member: Member) -> JSONValue {
+        [
+            "name": .string(member.name), "address": .string(member.address), "role": .string(member.role.description),
+            "status": .string(member.role == .edge && member.status == .dead ? "away" : member.status.description),
+            "incarnation": .number(JSONNumber(Int64(truncatingIfNeeded: member.incarnation))),
+        ]
+    }
+}
+
+extension Node {
+    static func jsonBody(_ value: JSONValue) -> [UInt8] {
+        var writer = JSONWriter()
+        writer.write(value)
+        return writer.bytes
+    }
+}

@@ -1,0 +1,147 @@
+import Foundation
+import KithCRDT
+import KithCluster
+import KithCrypto
+import KithJSON
+import KithReplication
+import KithStore
+import Synchronization
+
+/// Runs a `ClusterNode` on real sockets: one thread owns it (the node is single-threaded by
+/// design, as in the simulation); peer messages, commits and operator calls reach it through an
+/// inbox, and it ticks every 50 ms on the wall clock.
+final class ReplicationService: @unchecked Sendable {
+    /// Items for the replication thread. Calls carry closures over the node, which only that
+    /// thread runs: hence unchecked.
+    private enum Work: @unchecked Sendable {
+        case message(PeerMessage, UInt64, String)
+        case committed
+        case call(() -> Void)
+    }
+
+    /// The queue into the replication thread.
+    private final class Inbox: Sendable {
+        let state = Mutex<(work: [Work], stopped: Bool)>(([], false))
+        let wakeup = DispatchSemaphore(value: 0)
+
+        /// Adds `work` unless stopped; returns whether it was added.
+        @discardableResult
+        func add(_ work: Work) -> Bool {
+            let added = state.withLock { state -> Bool in
+                guard !state.stopped else { return false }
+                state.work.append(work)
+                return true
+            }
+            if added { wakeup.signal() }
+            return added
+        }
+    }
+
+    let transport: PeerTransport
+    private var node: ClusterNode!
+    private let inbox = Inbox()
+    private let finished = DispatchSemaphore(value: 0)
+    private let keyFile: String?
+    private let log: Log
+
+    init(
+        store: any ProfileStore, origin: UInt64, configuration: NodeConfiguration, keys: ClusterKeys, forgetKeySecret: [UInt8], log: Log
+    ) throws {
+        self.log = log
+        keyFile = configuration.clusterKeyFile
+        let inbox = self.inbox
+        let fingerprint = Crypto.hmacSHA256(key: forgetKeySecret, message: Array("kith forget-key fingerprint".utf8))
+        transport = try PeerTransport(
+            me: origin, address: configuration.gossip!, keys: keys, fingerprint: fingerprint, log: log
+        ) { message, sender, address in inbox.add(.message(message, sender, address)) }
+        let member = Member(
+            id: origin, name: configuration.nodeName, address: transport.address, role: MemberRole(name: configuration.role)!,
+            incarnation: UInt64(Self.now()))
+        let transport = self.transport
+        node = try ClusterNode(
+            store: store, me: member, seeds: configuration.seeds, seed: UInt64.random(in: 0...UInt64.max)
+        ) { address, message in transport.send(message, to: address) }
+    }
+
+    func start() {
+        transport.start()
+        let thread = Thread { [self] in run() }
+        thread.name = "kith-replication"
+        thread.start()
+    }
+
+    /// Leaves the cluster (tells the peers) and stops.
+    func stop() {
+        _ = try? perform { node in node.leave() }
+        Thread.sleep(forTimeInterval: 0.1)  // let the leave notes go out
+        inbox.state.withLock { $0.stopped = true }
+        inbox.wakeup.signal()
+        finished.wait()
+        transport.stop()
+    }
+
+    /// The writer committed: push the new changes now rather than at the next tick.
+    func committed() {
+        inbox.add(.committed)
+    }
+
+    /// Runs `body` on the replication thread and returns its result (operator calls).
+    func perform<T>(_ body: @escaping (ClusterNode) throws -> T) throws -> T {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var result: Result<T, Error>?
+        let accepted = inbox.add(.call { [self] in
+            result = Result { try body(node) }
+            done.signal()
+        })
+        guard accepted else { throw NodeError.shuttingDown }
+        done.wait()
+        return try result!.get()
+    }
+
+    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
+
+    private func run() {
+        var nextTick: Int64 = 0
+        var nextKeyCheck: Int64 = 0
+        while true {
+            _ = inbox.wakeup.wait(timeout: .now() + .milliseconds(50))
+            let (work, stopped) = inbox.state.withLock { state in
+                defer { state.work.removeAll() }
+                return (state.work, state.stopped)
+            }
+            let now = Self.now()
+            do {
+                for item in work {
+                    switch item {
+                    case .message(let message, let sender, let address): try node.receive(message, from: sender, address: address, now: now)
+                    case .committed: try node.pushOwnChanges()
+                    case .call(let body): body()
+                    }
+                }
+                if now >= nextTick {
+                    nextTick = now + 50
+                    try node.tick(now: now)
+                }
+            } catch {
+                log(.error, "replication step failed", [("error", .string("\(error)"))])
+            }
+            if now >= nextKeyCheck {
+                nextKeyCheck = now + 5_000
+                reloadKeys()
+            }
+            if stopped { break }
+        }
+        finished.signal()
+    }
+
+    /// Re-reads the cluster key file (rotation without restart).
+    private func reloadKeys() {
+        guard let keyFile, let text = try? String(contentsOfFile: keyFile, encoding: .utf8) else { return }
+        do {
+            let (keys, sending) = try ClusterKeys.parse(text)
+            transport.keys.replace(keys: keys, sending: sending)
+        } catch {
+            log(.error, "cluster key file not reloaded", [("error", .string("\(error)"))])
+        }
+    }
+}

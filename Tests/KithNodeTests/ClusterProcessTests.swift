@@ -1,0 +1,123 @@
+import Foundation
+import KithCrypto
+import KithJSON
+import Testing
+
+/// Nodes of one cluster as real processes on loopback: a shared cluster key and forget-key secret.
+final class ClusterFixture {
+    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kith-cluster-\(UUID().uuidString)").path
+    let environment: [String: String]
+    private(set) var nodes: [NodeProcess] = []
+
+    init() throws {
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let secretFile = directory + "/forget.secret"
+        _ = FileManager.default.createFile(atPath: secretFile, contents: Data(try Crypto.randomBytes(32)))
+        environment = ["KITH_CLUSTER_KEY": Crypto.hex(try Crypto.randomBytes(32)), "KITH_SECRET_FILE": secretFile]
+    }
+
+    /// Starts a node named `name`, joining through `seeds`.
+    @discardableResult
+    func start(_ name: String, role: String = "core", seeds: [String] = []) throws -> NodeProcess {
+        var arguments = ["--node-name", name, "--gossip", "127.0.0.1:0", "--role", role]
+        if !seeds.isEmpty { arguments += ["--seeds", seeds.joined(separator: ",")] }
+        let node = try NodeProcess(dataDirectory: directory + "/" + name, environment: environment, arguments: arguments)
+        nodes.append(node)
+        return node
+    }
+
+    deinit {
+        for node in nodes { node.stop(kill: true) }
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// Polls `condition` every 100 ms for up to `seconds`.
+func eventually(_ seconds: Double, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return true }
+        Thread.sleep(forTimeInterval: 0.1)
+    }
+    return try condition()
+}
+
+/// A batch of `count` track calls spread over `customers` users, message ids from `first`.
+func trackBatch(prefix: String, first: Int, count: Int, customers: Int) -> String {
+    let calls = (first..<first + count).map { index in
+        #"{"type":"track","userId":"\#(prefix)-\#(index % customers)","event":"Visit","messageId":"\#(prefix)-m\#(index)","timestamp":"2026-01-01T00:00:00.000Z"}"#
+    }
+    return #"{"batch":["# + calls.joined(separator: ",") + "]}"
+}
+
+/// The number of messages the profile of `user` holds on `node` (0 when unknown).
+func messageCount(_ node: NodeProcess, _ user: String) throws -> Int {
+    guard let response = try node.profile("user_id:\(user)"), response.status == 200,
+        case .number(let count)? = try JSONParser.parse(Array(response.body.utf8))["aggregates"]?["messages"]
+    else { return 0 }
+    return Int(count.literal) ?? 0
+}
+
+@Suite("A cluster of kith processes", .serialized)
+struct ClusterProcessTests {
+    @Test func aWriteOnOneNodeIsReadableOnAnother() throws {
+        let cluster = try ClusterFixture()
+        let first = try cluster.start("n1")
+        try cluster.start("n2", seeds: [first.gossipAddress!])
+        let third = try cluster.start("n3", seeds: [first.gossipAddress!])
+        #expect(try first.ingest("/v1/identify", #"{"userId":"u-1","traits":{"plan":"plus"},"messageId":"m-1"}"#) == 200)
+        #expect(try eventually(10) { try third.profile("user_id:u-1")?.body.contains(#""plan":"plus""#) == true })
+        let members = try third.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])
+        #expect(members?.body.components(separatedBy: #""status":"alive""#).count == 4)
+    }
+
+    @Test func aKilledNodeCatchesUpAfterRestart() throws {
+        let cluster = try ClusterFixture()
+        let first = try cluster.start("n1")
+        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
+        try cluster.start("n3", seeds: [first.gossipAddress!])
+        #expect(try first.ingest("/v1/batch", trackBatch(prefix: "a", first: 0, count: 100, customers: 10)) == 200)
+        #expect(try eventually(10) { try messageCount(second, "a-9") == 10 })
+        second.stop(kill: true)
+        for round in 0..<5 {
+            #expect(try first.ingest("/v1/batch", trackBatch(prefix: "b", first: round * 200, count: 200, customers: 20)) == 200)
+        }
+        try second.start()
+        #expect(try eventually(20) { try (0..<20).allSatisfy { try messageCount(second, "b-\($0)") == 50 } })
+        #expect(try messageCount(second, "a-3") == 10)
+    }
+
+    @Test func anEdgeSiteWorksOfflineAndSyncsBothWaysOnReconnect() throws {
+        let cluster = try ClusterFixture()
+        let core = try cluster.start("core-1")
+        try cluster.start("core-2", seeds: [core.gossipAddress!])
+        let edge = try cluster.start("edge-1", role: "edge", seeds: [core.gossipAddress!])
+        #expect(try edge.ingest("/v1/identify", #"{"userId":"shopper","traits":{"store":"Leeds"},"messageId":"e-first"}"#) == 200)
+        #expect(try eventually(10) { try messageCount(core, "shopper") == 1 })
+
+        edge.stop()
+        for round in 0..<20 {
+            #expect(try core.ingest("/v1/batch", trackBatch(prefix: "c", first: round * 500, count: 500, customers: 1_000)) == 200)
+        }
+        // Back, but cut off from the core (its seed does not answer): it serves and takes writes alone.
+        edge.arguments = edge.arguments.map { $0 == core.gossipAddress! ? "127.0.0.1:1" : $0 }
+        try edge.start()
+        #expect(try edge.ingest("/v1/batch", trackBatch(prefix: "e", first: 0, count: 50, customers: 5)) == 200)
+        #expect(try messageCount(edge, "e-1") == 10)
+        #expect(try messageCount(edge, "c-1") == 0)
+
+        // Reconnect: the edge catches up with the core's 10,000 messages, the core gets the edge's 50.
+        let join = try edge.request("POST", "/v1/admin/join", body: Array(#"{"address":"\#(core.gossipAddress!)"}"#.utf8), headers: ["Authorization: Bearer tk"])
+        #expect(join?.status == 202)
+        #expect(try eventually(60) { try messageCount(edge, "c-999") == 10 })
+        #expect(try (0..<1_000).allSatisfy { try messageCount(edge, "c-\($0)") == 10 })
+        let reached = try eventually(20) { try (0..<5).allSatisfy { try messageCount(core, "e-\($0)") == 10 } }
+        #expect(reached)
+        if !reached {
+            for node in [core, edge] {
+                print(try node.request("GET", "/v1/admin/sync", headers: ["Authorization: Bearer tk"])?.body ?? "")
+                print(try node.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body ?? "")
+            }
+        }
+    }
+}
