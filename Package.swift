@@ -39,7 +39,7 @@ let package = Package(
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
         .target(name: "CFuzzerDriver"),
-        .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile", "KithHTTP"]),
+        .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile", "KithHTTP", "KithReplication"]),
 
         // Benchmarks: `make bench` prints `name: value` lines.
         .executableTarget(name: "kith-bench", dependencies: ["KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON"], path: "Benchmarks/KithBench",
@@ -55,6 +55,7 @@ let package = Package(
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithNetTests", dependencies: ["KithNet", "KithTestSupport"]),
+        .testTarget(name: "KithReplicationTests", dependencies: ["KithReplication", "KithCrypto", "KithTestSupport"]),
         .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),
         .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithJSON", "KithTestSupport"]),
     ],

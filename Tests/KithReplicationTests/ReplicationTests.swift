@@ -1,0 +1,213 @@
+import KithCRDT
+import KithCrypto
+import KithProfile
+import KithReplication
+import KithTestSupport
+import Testing
+
+/// HMAC-SHA256 keys by id, as the node uses them (KithNode's ClusterKeys, without the file handling).
+struct TestKeys: FrameAuthenticator {
+    var keys: [UInt8: [UInt8]]
+    var sendingKeyId: UInt8
+    func knows(keyId: UInt8) -> Bool { keys[keyId] != nil }
+    func tag(keyId: UInt8, _ message: [UInt8]) -> [UInt8] { Crypto.hmacSHA256(key: keys[keyId]!, message: message) }
+    func verify(keyId: UInt8, _ message: [UInt8], tag: ArraySlice<UInt8>) -> Bool {
+        keys[keyId].map { Crypto.constantTimeEquals(Crypto.hmacSHA256(key: $0, message: message), Array(tag)) } ?? false
+    }
+}
+
+let keyA = [UInt8](repeating: 1, count: 32), keyB = [UInt8](repeating: 2, count: 32)
+let nonce = [UInt8](repeating: 5, count: 16)
+let member = Member(id: 7, name: "n7", address: "127.0.0.1:7946", role: .edge, incarnation: 3)
+
+/// A connection's first frames: the peer's hello (tagged with zeros), then a ping tagged with our nonce.
+func connectionBytes(_ keys: TestKeys) -> (hello: [UInt8], ping: [UInt8]) {
+    var encoder = FrameEncoder(authenticator: keys, sender: 7)
+    let hello = encoder.encode(type: Frame.helloType, payload: Hello(nonce: nonce, forgetKeyFingerprint: Array(repeating: 0, count: 32), address: "a:1").payload)
+    encoder.receiverNonce = nonce
+    let message = PeerMessage.membership(MembershipMessage(sender: member, kind: .ping(1), updates: [member]))
+    return (hello, encoder.encode(type: message.tag, payload: message.encodePayload()))
+}
+
+func decodeAll(_ bytes: [UInt8], keys: TestKeys) -> Result<[Frame], FrameError> {
+    var decoder = FrameDecoder(authenticator: keys, nonce: nonce)
+    decoder.append(bytes)
+    var frames: [Frame] = []
+    do {
+        while let frame = try decoder.next() { frames.append(frame) }
+    } catch { return .failure(error) }
+    return .success(frames)
+}
+
+@Suite("Peer frames")
+struct FrameTests {
+    let keys = TestKeys(keys: [1: keyA], sendingKeyId: 1)
+
+    @Test func authenticFramesDecodeInOrder() throws {
+        let (hello, ping) = connectionBytes(keys)
+        let frames = try decodeAll(hello + ping, keys: keys).get()
+        #expect(frames.map(\.type) == [Frame.helloType, 1])
+        #expect(frames.map(\.sequence) == [1, 2])
+        #expect(try Hello(payload: frames[0].payload).address == "a:1")
+        #expect(try PeerMessage(tag: 1, payload: frames[1].payload) == .membership(MembershipMessage(sender: member, kind: .ping(1), updates: [member])))
+    }
+
+    @Test func everyTamperedByteIsRefused() {
+        let (hello, ping) = connectionBytes(keys)
+        let bytes = hello + ping
+        for index in bytes.indices {
+            var tampered = bytes
+            tampered[index] ^= 0x01
+            // Refused, or (for a length byte) still waiting for bytes that never come: never delivered.
+            if case .success(let frames) = decodeAll(tampered, keys: keys) { #expect(frames.count < 2, "byte \(index)") }
+        }
+    }
+
+    @Test func replayedAndForeignFramesAreRefused() {
+        let (hello, ping) = connectionBytes(keys)
+        #expect(decodeAll(hello + ping + ping, keys: keys) == .failure(.badSequence(expected: 3, got: 2)))
+        // A frame recorded on a connection with another nonce fails authentication here.
+        var other = FrameDecoder(authenticator: keys, nonce: [UInt8](repeating: 9, count: 16))
+        other.append(hello + ping)
+        #expect(throws: FrameError.authenticationFailed) { while try other.next() != nil {} }
+        #expect(decodeAll(ping, keys: keys) == .failure(.badSequence(expected: 1, got: 2)))
+        #expect(decodeAll(connectionBytes(TestKeys(keys: [1: keyB], sendingKeyId: 1)).hello, keys: keys) == .failure(.authenticationFailed))
+        #expect(decodeAll(Array("GET / HTTP/1.1\r\n".utf8), keys: keys) == .failure(.badMagic))
+    }
+
+    @Test func lengthIsCheckedBeforeThePayloadArrives() {
+        var encoder = FrameEncoder(authenticator: keys, sender: 7)
+        let big = encoder.encode(type: Frame.helloType, payload: [UInt8](repeating: 0, count: 100))
+        var decoder = FrameDecoder(authenticator: keys, nonce: nonce, maximumPayload: 64)
+        decoder.append(big.prefix(Frame.headerSize))
+        #expect(throws: FrameError.tooLarge(100)) { try decoder.next() }
+    }
+
+    @Test func keysRotateWithoutDowntime() throws {
+        // Install: both keys accepted, the old one still sends.
+        let installed = TestKeys(keys: [1: keyA, 2: keyB], sendingKeyId: 1)
+        let used = TestKeys(keys: [1: keyA, 2: keyB], sendingKeyId: 2)
+        let removed = TestKeys(keys: [2: keyB], sendingKeyId: 2)
+        // A node still on the old key talks to one that installed the new one, and back.
+        #expect(try decodeAll(connectionBytes(keys).hello, keys: installed).get().count == 1)
+        #expect(try decodeAll(connectionBytes(used).hello + connectionBytes(used).ping, keys: installed).get().count == 2)
+        #expect(try decodeAll(connectionBytes(used).hello, keys: removed).get().count == 1)
+        #expect(decodeAll(connectionBytes(keys).hello, keys: removed) == .failure(.unknownKey(1)))
+    }
+}
+
+@Suite("Peer messages")
+struct PeerMessageTests {
+    @Test func everyKindRoundTrips() throws {
+        let delta = WorkloadGenerator.deltas(seed: 3, customers: 5, count: 1)[0]
+        let entry = ChangeEntry(sequence: 4, origin: 9, originSequence: 3, change: .message(delta))
+        let erasure = ChangeEntry(sequence: 5, origin: 9, originSequence: 4, change: .erasure(forgetKeys: [[1, 2, 3]], time: 77))
+        let messages: [PeerMessage] = [
+            .membership(MembershipMessage(sender: member, kind: .pingRequest(4, target: 8), updates: [member])),
+            .membership(MembershipMessage(sender: member, kind: .welcome, updates: [])),
+            .pull(cursor: 12, versions: VersionVector([1: 4, 9: 2]), budget: 65_536),
+            .changes(from: 3, through: 5, entries: [entry, erasure], more: true),
+            .push(previous: 2, entries: [entry]),
+        ]
+        for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
+        var truncated = messages[3].encodePayload()
+        truncated.removeLast()
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[2].encodePayload() + [0]) }
+    }
+}
+
+/// A few members exchanging membership messages instantly, for scenario tests of SWIM alone.
+struct MembershipCluster {
+    var members: [Membership]
+    var down: Set<Int> = []
+    var now: Int64 = 0
+
+    init(count: Int, roles: [MemberRole]? = nil, settings: MembershipSettings = MembershipSettings()) {
+        members = (0..<count).map { index in
+            Membership(
+                me: Member(id: UInt64(index + 1), name: "n\(index + 1)", address: "n\(index + 1)", role: roles?[index] ?? .core, incarnation: 1),
+                seeds: index == 0 ? [] : ["n1"], settings: settings, seed: UInt64(index))
+        }
+    }
+
+    mutating func run(milliseconds: Int64) {
+        let end = now + milliseconds
+        while now < end {
+            now += 20
+            for index in members.indices where !down.contains(index) { deliver(members[index].tick(now: now), from: index) }
+        }
+    }
+
+    mutating func deliver(_ directives: [Membership.Directive], from sender: Int) {
+        var queue = directives.map { (sender, $0) }
+        while !queue.isEmpty {
+            let (from, directive) = queue.removeFirst()
+            guard case .send(let address, let message) = directive else { continue }
+            let target = Int(address.dropFirst())! - 1
+            guard !down.contains(target), !down.contains(from) else { continue }
+            queue += members[target].receive(message, from: members[from].me.address, now: now).map { (target, $0) }
+        }
+    }
+
+    func status(of id: UInt64, seenBy index: Int) -> MemberStatus? { members[index].members[id]?.status }
+}
+
+@Suite("Membership (SWIM)")
+struct MembershipTests {
+    @Test func membersJoinThroughASeedAndLearnEachOther() {
+        var cluster = MembershipCluster(count: 5)
+        cluster.run(milliseconds: 5_000)
+        for index in 0..<5 { #expect(cluster.members[index].reachable.count == 4, "n\(index + 1)") }
+    }
+
+    @Test func aSilentMemberIsSuspectedThenDeclaredDeadByAll() {
+        var cluster = MembershipCluster(count: 5)
+        cluster.run(milliseconds: 5_000)
+        cluster.down = [4]
+        cluster.run(milliseconds: 3_000)
+        #expect((0..<4).contains { cluster.status(of: 5, seenBy: $0) == .suspect } || (0..<4).allSatisfy { cluster.status(of: 5, seenBy: $0) == .dead })
+        cluster.run(milliseconds: 60_000)
+        for index in 0..<4 { #expect(cluster.status(of: 5, seenBy: index) == .dead) }
+    }
+
+    @Test func aSuspectedMemberRefutesWithAHigherIncarnation() {
+        var cluster = MembershipCluster(count: 4)
+        cluster.run(milliseconds: 5_000)
+        // n4 is cut off just long enough to be suspected, then comes back.
+        cluster.down = [3]
+        cluster.run(milliseconds: 2_500)
+        cluster.down = []
+        cluster.run(milliseconds: 15_000)
+        for index in 0..<3 { #expect(cluster.status(of: 4, seenBy: index) == .alive) }
+        #expect(cluster.members[3].me.incarnation > 1)
+    }
+
+    @Test func aMemberThatLeavesIsMarkedLeftAndCanRejoin() {
+        var cluster = MembershipCluster(count: 3)
+        cluster.run(milliseconds: 5_000)
+        cluster.deliver(cluster.members[2].leave(), from: 2)
+        for index in 0..<2 { #expect(cluster.status(of: 3, seenBy: index) == .left) }
+        var again = cluster.members[2].me
+        again.status = .alive
+        again.incarnation += 1
+        cluster.members[2] = Membership(me: again, seeds: ["n1"], seed: 99)
+        cluster.run(milliseconds: 5_000)
+        for index in 0..<2 { #expect(cluster.status(of: 3, seenBy: index) == .alive) }
+    }
+
+    @Test func aDeadCoreMemberIsReapedButAnEdgeAwayForLongIsKept() {
+        var settings = MembershipSettings()
+        settings.reapAfter = 60_000
+        var cluster = MembershipCluster(count: 3, roles: [.core, .core, .edge], settings: settings)
+        cluster.run(milliseconds: 5_000)
+        cluster.down = [1, 2]
+        cluster.run(milliseconds: 200_000)
+        #expect(cluster.status(of: 2, seenBy: 0) == nil)
+        #expect(cluster.status(of: 3, seenBy: 0) == .dead)
+        cluster.down = []
+        cluster.run(milliseconds: 30_000)
+        #expect(cluster.status(of: 3, seenBy: 0) == .alive)
+        #expect(cluster.status(of: 2, seenBy: 0) == .alive)
+    }
+}
