@@ -16,7 +16,10 @@ FUZZ_HARNESSES := json message binary http frame
 DEMO_WRITE_KEY ?= demo-write-key
 DEMO_TOKEN ?= demo-token
 
-.PHONY: deps build test bench fuzz run clean
+SIM_SEEDS ?= 5000
+CLUSTER ?= local-3
+
+.PHONY: deps build test bench fuzz run clean simulate cluster
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -41,6 +44,17 @@ deps:
 
 build: deps
 	$(SWIFT) build
+
+# The deterministic cluster simulation over many seeds (CI runs 200 inside `make test`).
+# One failing seed replays with: KITH_SIM_SEED=<n> swift test --filter KithSimulationTests
+simulate: deps
+	$(SWIFT) build --build-tests
+	KITH_SIM_SEEDS=$(SIM_SEEDS) $(SWIFT) test --skip-build --filter KithSimulationTests
+
+# Every node of cluster-configs/$(CLUSTER) (local-3 or edge-site) on this machine, until Ctrl-C.
+cluster: deps
+	$(SWIFT) build -c release --product kith
+	cluster-configs/start.sh cluster-configs/$(CLUSTER)
 
 test: deps
 	$(SWIFT) build --build-tests
