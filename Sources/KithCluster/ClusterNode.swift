@@ -72,15 +72,22 @@ public final class ClusterNode {
     /// Advances time: membership probes, due pulls, and the push of any new own changes.
     public func tick(now: Int64) throws {
         perform(membership.tick(now: now), now: now)
-        for peer in membership.reachable {
-            var state = peers[peer.id, default: PeerState()]
-            if let sent = state.pullSentAt, now - sent < settings.pullTimeout { continue }
-            guard state.lastPullCompleted.map({ now - $0 >= settings.pullInterval }) ?? true || state.pullSentAt != nil else { continue }
-            state.pullSentAt = nil
-            peers[peer.id] = state
-            try pull(from: peer, now: now)
-        }
+        try pullOneDuePeer(now: now)
         try pushOwnChanges()
+    }
+
+    /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
+    /// each bring the same missing changes (both are answered against the same version vector).
+    private func pullOneDuePeer(now: Int64) throws {
+        let reachable = membership.reachable
+        for peer in reachable {
+            guard let sent = peers[peer.id]?.pullSentAt else { continue }
+            if now - sent < settings.pullTimeout { return }
+            peers[peer.id]?.pullSentAt = nil
+        }
+        let due = reachable.filter { peer in peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true }
+        guard let next = due.min(by: { (peers[$0.id]?.lastPullCompleted ?? .min) < (peers[$1.id]?.lastPullCompleted ?? .min) }) else { return }
+        try pull(from: next, now: now)
     }
 
     /// Sends the changes this node accepted since the last push to every reachable peer.
