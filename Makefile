@@ -105,7 +105,8 @@ bench: deps
 	fi; \
 	.build/release/kith-bench --workload $$f --data-dir $(BENCH_DIR)/lmdb; \
 	$(SWIFT) build -c release --product kith >/dev/null && \
-	.build/release/kith-bench --workload $$f --http .build/release/kith --seconds $(HTTP_BENCH_SECONDS)
+	.build/release/kith-bench --workload $$f --http .build/release/kith --seconds $(HTTP_BENCH_SECONDS); \
+	.build/release/kith-bench --cluster .build/release/kith
 
 clean:
 	rm -rf .build .build-fuzz $(BENCH_DIR)

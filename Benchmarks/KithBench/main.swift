@@ -19,6 +19,8 @@ struct Options {
     /// `--http <kith binary>`: run the HTTP benchmarks against that binary instead.
     var kithBinary: String?
     var seconds = 5.0
+    /// `--cluster <kith binary>`: run the replication benchmarks against that binary instead.
+    var clusterBinary: String?
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -34,9 +36,11 @@ struct Options {
             case "--durable": durable = value != "false"
             case "--http": kithBinary = value
             case "--seconds": seconds = Double(value) ?? 0
+            case "--cluster": clusterBinary = value
             default: Self.fail("unknown option \(argument)")
             }
         }
+        if clusterBinary != nil { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
             Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N]")
         }
@@ -71,6 +75,10 @@ func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
 }
 
 let options = Options(arguments: CommandLine.arguments)
+if let clusterBinary = options.clusterBinary {
+    do { try ClusterBenchmark(kithBinary: clusterBinary).run() } catch { Options.fail("\(error)") }
+    exit(0)
+}
 guard let file = FileManager.default.contents(atPath: options.workload) else { Options.fail("cannot read \(options.workload)") }
 if let kithBinary = options.kithBinary {
     let lines = [UInt8](file).split(separator: UInt8(ascii: "\n")).map(Array.init)

@@ -1,0 +1,219 @@
+import Foundation
+import KithCRDT
+import KithCrypto
+import KithHTTP
+import KithJSON
+import KithNet
+import KithProfile
+
+/// Replication benchmarks against real `kith serve` processes on loopback:
+/// - `gossip.convergence_ms_p50`/`_p99`: 5 nodes; from a write's acknowledgement at one node until
+///   every node serves it;
+/// - `sync.catchup_s` and `sync.catchup_bytes_ratio`: an edge offline while 1 % of 100,000
+///   profiles changed; bytes on its peer links over the encoded size of the changes it lacked;
+/// - `antientropy.idle_bytes_per_s`: what a converged 3-node cluster sends when nothing changes.
+struct ClusterBenchmark {
+    let kithBinary: String
+    let directory = "Benchmarks/.work/cluster"
+    let environment: [String: String]
+
+    init(kithBinary: String) throws {
+        self.kithBinary = kithBinary
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let secret = directory + "/forget.secret"
+        _ = FileManager.default.createFile(atPath: secret, contents: Data(try Crypto.randomBytes(32)))
+        environment = ["KITH_CLUSTER_KEY": Crypto.hex(try Crypto.randomBytes(32)), "KITH_SECRET_FILE": secret]
+    }
+
+    func run() throws {
+        try convergence()
+        try catchUpAndIdle()
+    }
+
+    // MARK: Convergence
+
+    private func convergence() throws {
+        var nodes: [BenchNode] = []
+        defer { for node in nodes { node.stop() } }
+        nodes.append(try BenchNode(self, name: "c1", seeds: []))
+        for index in 2...5 { nodes.append(try BenchNode(self, name: "c\(index)", seeds: [nodes[0].gossip])) }
+        try waitForMembers(nodes, count: 5)
+        var times: [Double] = []
+        for index in 0..<200 {
+            let writer = nodes[index % nodes.count]
+            let body = #"{"userId":"conv-\#(index)","traits":{"n":\#(index)},"messageId":"conv-\#(index)"}"#
+            guard try writer.client.request("POST", "/v1/identify", headers: [BenchNode.writeKey], body: Array(body.utf8)).status == 200 else {
+                throw BenchmarkFailed("a convergence write was refused")
+            }
+            let acknowledged = DispatchTime.now().uptimeNanoseconds
+            var pending = Set(nodes.indices)
+            let deadline = Date().addingTimeInterval(10)
+            while !pending.isEmpty && Date() < deadline {
+                for node in pending where try nodes[node].client.request("GET", "/v1/profiles/user_id:conv-\(index)", headers: [BenchNode.token]).status == 200 {
+                    pending.remove(node)
+                }
+            }
+            guard pending.isEmpty else { throw BenchmarkFailed("write \(index) did not reach every node within 10 s") }
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - acknowledged) / 1e6)
+        }
+        times.sort()
+        report("gossip.convergence_ms_p50", times[times.count / 2], decimals: 2)
+        report("gossip.convergence_ms_p99", times[times.count * 99 / 100], decimals: 2)
+    }
+
+    // MARK: Catch-up and idle traffic
+
+    private func catchUpAndIdle() throws {
+        let core = try BenchNode(self, name: "core-1", seeds: [])
+        let second = try BenchNode(self, name: "core-2", seeds: [core.gossip])
+        var edge = try BenchNode(self, name: "edge-1", seeds: [core.gossip], role: "edge")
+        defer { for node in [core, second, edge] { node.stop() } }
+        try waitForMembers([core, second, edge], count: 3)
+
+        // 100,000 profiles, everywhere.
+        for start in stride(from: 0, to: 100_000, by: 500) {
+            try core.ingest((start..<start + 500).map { #"{"type":"identify","userId":"p-\#($0)","traits":{"plan":"free","city":"Leeds"},"messageId":"p-\#($0)-a","timestamp":"2026-01-01T00:00:00.000Z"}"# })
+        }
+        try waitUntil(120, "the edge to hold 100,000 profiles") { try edge.hasProfile("p-99999") && edge.lag(from: core) == 0 }
+
+        // Idle: a converged cluster.
+        Thread.sleep(forTimeInterval: 2)
+        let before = try [core, second, edge].map { try $0.bytesSent() }.reduce(0, +)
+        Thread.sleep(forTimeInterval: 10)
+        let after = try [core, second, edge].map { try $0.bytesSent() }.reduce(0, +)
+        report("antientropy.idle_bytes_per_s", Double(after - before) / 10)
+
+        // The edge goes away; 1 % of the profiles change.
+        edge.stop()
+        let changes = (0..<1_000).map { index in
+            #"{"type":"identify","userId":"p-\#(index * 100)","traits":{"plan":"plus"},"messageId":"p-\#(index * 100)-b","timestamp":"2026-01-02T00:00:00.000Z"}"#
+        }
+        for start in stride(from: 0, to: changes.count, by: 500) { try core.ingest(Array(changes[start..<start + 500])) }
+        let changedBytes = try encodedSize(of: changes)
+
+        let started = Date()
+        edge = try BenchNode(self, name: "edge-1", seeds: [core.gossip], role: "edge")
+        try waitUntil(120, "the edge to catch up") {
+            try edge.profileContains("p-99900", #""plan":"plus""#) && edge.lag(from: core) == 0 && edge.lag(from: second) == 0
+        }
+        let elapsed = Date().timeIntervalSince(started)
+        let wire = try edge.bytesSent() + edge.bytesReceived()
+        report("sync.catchup_s", elapsed, decimals: 2)
+        report("sync.catchup_bytes", Double(wire))
+        report("sync.changed_bytes", Double(changedBytes))
+        report("sync.catchup_bytes_ratio", Double(wire) / Double(changedBytes), decimals: 2)
+    }
+
+    /// The encoded size of the change-log entries the messages become (as they travel).
+    private func encodedSize(of messages: [String]) throws -> Int {
+        let parser = SegmentMessageParser()
+        var total = 0
+        for (index, message) in messages.enumerated() {
+            let delta = try parser.parse(try JSONParser.parse(Array(message.utf8)), receivedAt: 1_800_000_000_000)
+            var writer = BinaryWriter(capacity: 256)
+            ChangeEntry(sequence: UInt64(200_000 + index), origin: .max, originSequence: UInt64(200_000 + index), change: .message(delta))
+                .encode(to: &writer)
+            total += writer.bytes.count
+        }
+        return total
+    }
+
+    private func waitForMembers(_ nodes: [BenchNode], count: Int) throws {
+        try waitUntil(30, "\(count) members to see each other") {
+            try nodes.allSatisfy { node in
+                let body = try node.client.request("GET", "/v1/admin/members", headers: [BenchNode.token]).body
+                return String(decoding: body, as: UTF8.self).components(separatedBy: #""status":"alive""#).count == count + 1
+            }
+        }
+    }
+
+    private func waitUntil(_ seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if try condition() { return }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        throw BenchmarkFailed("timed out waiting for \(what)")
+    }
+}
+
+/// One `kith serve --gossip` process of the benchmark.
+final class BenchNode {
+    static let writeKey = HTTPHeader("Authorization", "Basic " + Data("bench:".utf8).base64EncodedString())
+    static let token = HTTPHeader("Authorization", "Bearer bench-token")
+    let name: String
+    let process = Process()
+    let client: HTTPClient
+    let gossip: String
+
+    init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core") throws {
+        self.name = name
+        process.executableURL = URL(fileURLWithPath: bench.kithBinary)
+        process.arguments = [
+            "serve", "--data-dir", bench.directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
+            "--role", role, "--write-key", "bench", "--token", "bench-token",
+        ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")])
+        process.environment = ProcessInfo.processInfo.environment.merging(bench.environment) { $1 }
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        func line() throws -> String {
+            var text = ""
+            while !text.hasSuffix("\n") {
+                let byte = output.fileHandleForReading.readData(ofLength: 1)
+                guard !byte.isEmpty else { throw BenchmarkFailed("kith serve \(name) did not start") }
+                text += String(decoding: byte, as: UTF8.self)
+            }
+            return text
+        }
+        let http = try line(), peer = try line()
+        guard let httpRange = http.range(of: #"127\.0\.0\.1:\d+"#, options: .regularExpression),
+            let gossipRange = peer.range(of: #"127\.0\.0\.1:\d+"#, options: .regularExpression)
+        else { throw BenchmarkFailed("cannot read the addresses of \(name)") }
+        client = try HTTPClient(address: String(http[httpRange]))
+        gossip = String(peer[gossipRange])
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        process.terminate()
+        process.waitUntilExit()
+    }
+
+    func ingest(_ messages: [String]) throws {
+        let body = #"{"batch":["# + messages.joined(separator: ",") + "]}"
+        guard try client.request("POST", "/v1/batch", headers: [Self.writeKey], body: Array(body.utf8)).status == 200 else {
+            throw BenchmarkFailed("a batch was refused by \(name)")
+        }
+    }
+
+    func hasProfile(_ user: String) throws -> Bool {
+        try client.request("GET", "/v1/profiles/user_id:\(user)", headers: [Self.token]).status == 200
+    }
+
+    func profileContains(_ user: String, _ text: String) throws -> Bool {
+        String(decoding: try client.request("GET", "/v1/profiles/user_id:\(user)", headers: [Self.token]).body, as: UTF8.self).contains(text)
+    }
+
+    private func sync() throws -> JSONValue {
+        try JSONParser.parse(try client.request("GET", "/v1/admin/sync", headers: [Self.token]).body)
+    }
+
+    private func number(_ value: JSONValue?) -> Int {
+        guard case .number(let number)? = value else { return 0 }
+        return Int(number.literal) ?? 0
+    }
+
+    func bytesSent() throws -> Int { number(try sync()["bytesSent"]) }
+    func bytesReceived() throws -> Int { number(try sync()["bytesReceived"]) }
+
+    /// How many changes `peer` holds that this node lacks, as `peer` last saw it (-1: unknown yet).
+    func lag(from peer: BenchNode) throws -> Int {
+        guard case .array(let peers)? = try peer.sync()["peers"],
+            let mine = peers.first(where: { $0["name"]?.stringValue == name }), mine["lagMessages"] != nil
+        else { return -1 }
+        return number(mine["lagMessages"])
+    }
+}
