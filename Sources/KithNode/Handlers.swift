@@ -329,6 +329,34 @@ extension Node {
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             committer.committedMessages.load(ordering: .relaxed))
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.environment.fileSize())
+        if let replication { text += replicationMetrics(replication) }
         return HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8))
+    }
+
+    /// Peer links and replication progress.
+    func replicationMetrics(_ replication: ReplicationService) -> String {
+        let transport = replication.transport.metrics
+        var text = ""
+        for (name, help, value) in [
+            ("kith_peer_frames_sent_total", "Peer frames sent.", transport.framesSent.load(ordering: .relaxed)),
+            ("kith_peer_frames_received_total", "Authentic peer frames received.", transport.framesReceived.load(ordering: .relaxed)),
+            ("kith_peer_bytes_sent_total", "Bytes sent on peer links.", transport.bytesSent.load(ordering: .relaxed)),
+            ("kith_peer_bytes_received_total", "Bytes received on peer links.", transport.bytesReceived.load(ordering: .relaxed)),
+            ("kith_peer_frames_dropped_total", "Frames dropped: queue full, peer unreachable, or refused on receipt.",
+             transport.framesDropped.load(ordering: .relaxed)),
+            ("kith_peer_connections_refused_total", "Peer connections refused (different forget-key secret).",
+             transport.connectionsRefused.load(ordering: .relaxed)),
+        ] {
+            text += NodeMetrics.metric(name, "counter", help, value)
+        }
+        guard let progress = try? replication.perform({ node in
+            (node.counters, try node.membership.reachable.compactMap { try node.lag(of: $0.id)?.changes }.reduce(0, +))
+        }) else { return text }
+        let (counters, lag) = progress
+        text += NodeMetrics.metric("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent)
+        text += NodeMetrics.metric("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied)
+        text += NodeMetrics.metric("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected)
+        text += NodeMetrics.metric("kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag)
+        return text
     }
 }

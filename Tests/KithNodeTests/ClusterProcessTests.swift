@@ -69,6 +69,11 @@ struct ClusterProcessTests {
         #expect(try eventually(10) { try third.profile("user_id:u-1")?.body.contains(#""plan":"plus""#) == true })
         let members = try third.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])
         #expect(members?.body.components(separatedBy: #""status":"alive""#).count == 4)
+        let metrics = try #require(try third.request("GET", "/metrics")?.body)
+        #expect(metrics.contains("kith_peer_frames_received_total"))
+        #expect(metrics.contains("kith_replication_changes_applied_total 1\n"))
+        let sync = try #require(try third.request("GET", "/v1/admin/sync", headers: ["Authorization: Bearer tk"])?.body)
+        #expect(sync.contains(#""name":"n1""#) && sync.contains("lastContactMsAgo"))
     }
 
     @Test func aKilledNodeCatchesUpAfterRestart() throws {
