@@ -96,13 +96,22 @@ func status(_ arguments: [String]) -> Never {
     exit(Exit.ok.rawValue)
 }
 
+/// The options of `kith <command> <subcommand> …`: help for -h, a usage error for anything else.
+func subcommandOptions(_ arguments: [String], _ subcommand: String, usage: String, help: String) -> ClientOptions {
+    guard arguments.first == subcommand else {
+        if arguments.first == "--help" || arguments.first == "-h" {
+            print(help)
+            exit(Exit.ok.rawValue)
+        }
+        let command = usage.split(separator: " ").prefix(2).joined(separator: " ")
+        fail("usage: \(usage) (see '\(command) --help')", .usage)
+    }
+    return ClientOptions(Array(arguments.dropFirst()), help: help)
+}
+
 func profile(_ arguments: [String]) -> Never {
     let help = "OVERVIEW: Read a profile.\n\nUSAGE: kith profile get <identifier> [options]\n\n  <identifier>            user_id:u-1, anonymous_id:a-9, email:a@example.com\n\nOPTIONS:\n" + ClientOptions.help
-    guard arguments.first == "get" else {
-        if arguments.first == "--help" || arguments.first == "-h" { print(help); exit(Exit.ok.rawValue) }
-        fail("usage: kith profile get <identifier> (see 'kith profile --help')", .usage)
-    }
-    let options = ClientOptions(Array(arguments.dropFirst()), help: help)
+    let options = subcommandOptions(arguments, "get", usage: "kith profile get <identifier>", help: help)
     guard options.positional.count == 1 else { fail("kith profile get takes one identifier", .usage) }
     let encoded = options.positional[0].addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? ""
     show(call(options.client(), "GET", "/v1/profiles/\(encoded)", headers: options.authorization).body, format: options.format)
@@ -112,9 +121,14 @@ func profile(_ arguments: [String]) -> Never {
 func backup(_ arguments: [String]) -> Never {
     let options = ClientOptions(arguments, help: "OVERVIEW: Take a live, compacted backup on the node's machine.\n\nUSAGE: kith backup <directory> [options]\n\nOPTIONS:\n" + ClientOptions.help)
     guard options.positional.count == 1 else { fail("kith backup takes one directory", .usage) }
+    postField(options, "/v1/admin/backup", "directory", options.positional[0])
+}
+
+/// POSTs `{"<field>": value}` to `path`, shows the answer, and exits.
+func postField(_ options: ClientOptions, _ path: String, _ field: String, _ value: String) -> Never {
     var writer = JSONWriter()
-    writer.writeObject { $0.member("directory", string: options.positional[0]) }
-    show(call(options.client(), "POST", "/v1/admin/backup", headers: options.authorization, body: writer.bytes).body, format: options.format)
+    writer.writeObject { $0.member(field, string: value) }
+    show(call(options.client(), "POST", path, headers: options.authorization, body: writer.bytes).body, format: options.format)
     exit(Exit.ok.rawValue)
 }
 
@@ -213,10 +227,7 @@ private func plain(_ value: JSONValue) -> String {
 func join(_ arguments: [String]) -> Never {
     let options = ClientOptions(arguments, help: "OVERVIEW: Ask this node to join the cluster through a peer.\n\nUSAGE: kith join <host:port> [options]\n\n  <host:port>             A member's gossip address.\n\nOPTIONS:\n" + ClientOptions.help)
     guard options.positional.count == 1 else { fail("kith join takes one gossip address", .usage) }
-    var writer = JSONWriter()
-    writer.writeObject { $0.member("address", string: options.positional[0]) }
-    show(call(options.client(), "POST", "/v1/admin/join", headers: options.authorization, body: writer.bytes).body, format: options.format)
-    exit(Exit.ok.rawValue)
+    postField(options, "/v1/admin/join", "address", options.positional[0])
 }
 
 func leave(_ arguments: [String]) -> Never {
@@ -257,11 +268,7 @@ func repair(_ arguments: [String]) -> Never {
 
 func sync(_ arguments: [String]) -> Never {
     let help = "OVERVIEW: Show replication per peer: last contact, lag in messages, frames and bytes.\n\nUSAGE: kith sync status [options]\n\nOPTIONS:\n" + ClientOptions.help
-    guard arguments.first == "status" else {
-        if arguments.first == "--help" || arguments.first == "-h" { print(help); exit(Exit.ok.rawValue) }
-        fail("usage: kith sync status (see 'kith sync --help')", .usage)
-    }
-    let options = ClientOptions(Array(arguments.dropFirst()), help: help)
+    let options = subcommandOptions(arguments, "status", usage: "kith sync status", help: help)
     show(call(options.client(), "GET", "/v1/admin/sync", headers: options.authorization).body, format: options.format)
     exit(Exit.ok.rawValue)
 }

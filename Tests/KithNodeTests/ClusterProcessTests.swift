@@ -125,4 +125,26 @@ struct ClusterProcessTests {
             }
         }
     }
+
+    @Test func theOperatorCommandsTalkToAClusteredNode() throws {
+        let cluster = try ClusterFixture()
+        let first = try cluster.start("n1")
+        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
+        let host = ["--host", "127.0.0.1:\(second.port)", "--token", "tk"]
+        #expect(try eventually(10) { try runKith(["members", "--format", "json"] + host).output.components(separatedBy: "alive").count == 3 })
+        let table = try runKith(["members", "--format", "table"] + host)
+        #expect(table.status == 0 && table.output.contains("NAME") && table.output.contains("n1"))
+        let repair = try runKith(["repair", "--peer", "n1"] + host)
+        #expect(repair.status == 0 && repair.output.contains("repair:"))
+        #expect(try runKith(["repair", "--peer", "nobody"] + host).status == 1)
+        #expect(try runKith(["sync", "status"] + host).output.contains("peers"))
+        #expect(try runKith(["sync", "oops"] + host).status == 64)
+        #expect(try runKith(["join", "127.0.0.1:\(first.gossipAddress!.split(separator: ":")[1])"] + host).status == 0)
+        #expect(try runKith(["leave"] + host).status == 0)
+        #expect(try eventually(10) { try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.contains(#""status":"left""#) == true })
+
+        let alone = try NodeProcess()
+        let refused = try runKith(["members", "--host", "127.0.0.1:\(alone.port)", "--token", "tk"])
+        #expect(refused.status == 1 && refused.error.contains("runs alone"))
+    }
 }
