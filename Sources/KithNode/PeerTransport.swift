@@ -203,10 +203,11 @@ private final class OutboundLink: @unchecked Sendable {
         if accepted { wakeup.signal() } else { transport.metrics.framesDropped.wrappingAdd(1, ordering: .relaxed) }
     }
 
+    /// The writer thread sees this at its next wake-up (a write in progress ends within its
+    /// 1 s timeout) and closes the connection itself: only that thread touches `stream`.
     func stop() {
         queue.withLock { $0.stopped = true }
         wakeup.signal()
-        stream?.close()
     }
 
     private func run() {
@@ -216,7 +217,10 @@ private final class OutboundLink: @unchecked Sendable {
                 defer { state.messages.removeAll() }
                 return (state.messages, state.stopped)
             }
-            if stopped { return }
+            if stopped {
+                stream?.close()
+                return
+            }
             do {
                 if stream == nil { try connect() }
                 for message in messages {
