@@ -41,6 +41,7 @@ public final class ClusterNode {
         public var pushesSent = 0
         public var pushesRejected = 0
         public var stalePullRepliesDropped = 0
+        public var erasuresAhead = 0
     }
 
     /// What this node knows of one peer.
@@ -114,11 +115,17 @@ public final class ClusterNode {
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
             send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget))
-        case .changes(let from, let through, let entries, let more):
+        case .changes(let from, let through, let entries, let more, let ahead):
             counters.changesReceived += entries.count
             guard from <= (try store.cursor(of: sender)) else {
                 counters.stalePullRepliesDropped += 1
                 return
+            }
+            let held = try store.versionVector()
+            for entry in ahead where !held.covers(origin: entry.origin, sequence: entry.originSequence) {
+                guard case .erasure(let keys, let time) = entry.change else { continue }
+                try store.applyErasureAhead(forgetKeys: keys, time: time)
+                counters.erasuresAhead += 1
             }
             counters.changesApplied += try store.applyReplicated(entries, from: sender, through: through)
             peers[sender]?.pullSentAt = nil
@@ -186,7 +193,9 @@ public final class ClusterNode {
             through = entry.sequence
         }
         let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
-        return .changes(from: cursor, through: through, entries: entries, more: more)
+        // Erasures further down a backlog go first: the customer is forgotten before the rest arrives.
+        let ahead = more ? try store.erasures(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
+        return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead)
     }
 
     private func replyAddress(_ sender: UInt64, _ address: String) -> String {

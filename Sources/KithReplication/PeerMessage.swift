@@ -9,8 +9,9 @@ public enum PeerMessage: Equatable, Sendable {
     /// receiver's log, the sender's version vector, and how many bytes of changes it wants.
     case pull(cursor: UInt64, versions: VersionVector, budget: UInt32)
     /// A reply to a pull: the changes in the sender's log positions (`from`, `through`] that the
-    /// puller lacked, and whether more follow.
-    case changes(from: UInt64, through: UInt64, entries: [ChangeEntry], more: Bool)
+    /// puller lacked, and whether more follow; `ahead`: erasures from later in the log the puller
+    /// lacks, sent ahead of the backlog so that they take effect first.
+    case changes(from: UInt64, through: UInt64, entries: [ChangeEntry], more: Bool, ahead: [ChangeEntry])
     /// Changes the sender itself accepted, pushed right after commit. `previous`: the receiver
     /// may apply them only if it already holds the sender's changes up to that sequence.
     case push(previous: UInt64, entries: [ChangeEntry])
@@ -37,11 +38,12 @@ extension PeerMessage {
             writer.write(varint: cursor)
             versions.encode(to: &writer)
             writer.write(varint: UInt64(budget))
-        case .changes(let from, let through, let entries, let more):
+        case .changes(let from, let through, let entries, let more, let ahead):
             writer.write(varint: from)
             writer.write(varint: through)
             writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
             writer.write(bool: more)
+            writer.write(sequence: ahead) { w, entry in entry.encode(to: &w) }
         case .push(let previous, let entries):
             writer.write(varint: previous)
             writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
@@ -65,7 +67,12 @@ extension PeerMessage {
             let from = try reader.readVarint(), through = try reader.readVarint()
             guard from <= through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "changes range") }
             let entries = try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) }
-            self = .changes(from: from, through: through, entries: entries, more: try reader.readBool())
+            let more = try reader.readBool()
+            let ahead = try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) }
+            guard ahead.allSatisfy({ if case .erasure = $0.change { true } else { false } }) else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "only erasures travel ahead")
+            }
+            self = .changes(from: from, through: through, entries: entries, more: more, ahead: ahead)
         case 4:
             let previous = try reader.readVarint()
             self = .push(previous: previous, entries: try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) })

@@ -132,6 +132,15 @@ struct StoreEngine: Sendable {
         return vector
     }
 
+    func erasures(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
+        var entries: [ChangeEntry] = []
+        try reader.scan(.erasures, from: sequenceKey(sequence &+ 1)) { _, value in
+            entries.append(try decode(ChangeEntry.self, value, table: .erasures))
+            return entries.count < limit ? .next : .stop
+        }
+        return entries
+    }
+
     func cursor(of peer: UInt64, in reader: some StoreReading) throws -> UInt64 {
         try reader.get(.meta, cursorKey(peer)).map { try decodeSequence($0) } ?? 0
     }
@@ -239,6 +248,9 @@ final class WriteContext {
         try views.writeBack(to: txn)
         if let last = pendingChanges.last {
             try txn.put(.changes, sequenceKey(last.sequence), ChangeRecord.encode(pendingChanges), mode: .append)
+        }
+        for entry in pendingChanges {
+            if case .erasure = entry.change { try txn.put(.erasures, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append) }
         }
         try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
@@ -361,7 +373,12 @@ final class WriteContext {
     /// are found by hashing each (linear in the identifiers held; erasures are rare).
     private func applyErasure(forgetKeys: [[UInt8]], time: Int64, origin: (node: UInt64, sequence: UInt64)) throws {
         try remember(forgetKeys, time: time)
-        let wanted = Set(forgetKeys)
+        try forget(try identifiers(hashingTo: Set(forgetKeys)))
+        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
+    }
+
+    /// The identifiers held here whose forget keys are in `wanted` (one seek per identifier).
+    private func identifiers(hashingTo wanted: Set<[UInt8]>) throws -> [Identifier] {
         var members: [Identifier] = []
         var start: [UInt8] = []
         while true {
@@ -376,8 +393,7 @@ final class WriteContext {
             }
             start = identifierKey + [1]
         }
-        try forget(members)
-        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
+        return members
     }
 
     /// Adds forget-set entries (each keeps the latest erasure time).
@@ -568,6 +584,14 @@ final class WriteContext {
         case .erasure(let keys, let time): try applyErasure(forgetKeys: keys, time: time, origin: origin)
         }
         return true
+    }
+
+    /// An erasure sent ahead of the backlog it sits in: its effect now, while its place in the
+    /// origin's order (version vector, log) waits for the entry itself, which is then applied
+    /// again, changes nothing, and is logged for the peers further away.
+    func applyErasureAhead(forgetKeys: [[UInt8]], time: Int64) throws {
+        try remember(forgetKeys, time: time)
+        try forget(try identifiers(hashingTo: Set(forgetKeys)))
     }
 
     /// Records how far this node has read `peer`'s log.

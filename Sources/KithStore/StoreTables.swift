@@ -12,6 +12,9 @@ enum Table: Int, CaseIterable, Sendable {
     case changes
     /// forget key (HMAC of an erased identifier) → erasure time.
     case forget
+    /// local sequence → an erasure entry of the change log, kept apart as well so that a peer
+    /// catching up on a long backlog can be sent erasures ahead of the data (node-local).
+    case erasures
 
     var name: String {
         switch self {
@@ -19,6 +22,7 @@ enum Table: Int, CaseIterable, Sendable {
         case .documents: "documents"
         case .changes: "changes"
         case .forget: "forget"
+        case .erasures: "erasures"
         }
     }
 }

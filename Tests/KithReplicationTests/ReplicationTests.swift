@@ -106,7 +106,7 @@ struct PeerMessageTests {
             .membership(MembershipMessage(sender: member, kind: .pingRequest(4, target: 8), updates: [member])),
             .membership(MembershipMessage(sender: member, kind: .welcome, updates: [])),
             .pull(cursor: 12, versions: VersionVector([1: 4, 9: 2]), budget: 65_536),
-            .changes(from: 3, through: 5, entries: [entry, erasure], more: true),
+            .changes(from: 3, through: 5, entries: [entry, erasure], more: true, ahead: [erasure]),
             .push(previous: 2, entries: [entry]),
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
@@ -114,6 +114,9 @@ struct PeerMessageTests {
         truncated.removeLast()
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[2].encodePayload() + [0]) }
+        // Only erasures may travel ahead of the log.
+        let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [entry])
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: wrongAhead.encodePayload()) }
     }
 }
 
