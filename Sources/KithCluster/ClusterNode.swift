@@ -41,7 +41,7 @@ public final class ClusterNode {
         public var pushesSent = 0
         public var pushesRejected = 0
         public var stalePullRepliesDropped = 0
-        public var erasuresAhead = 0
+        public var appliedAhead = 0
     }
 
     /// What this node knows of one peer.
@@ -123,9 +123,8 @@ public final class ClusterNode {
             }
             let held = try store.versionVector()
             for entry in ahead where !held.covers(origin: entry.origin, sequence: entry.originSequence) {
-                guard case .erasure(let keys, let time) = entry.change else { continue }
-                try store.applyErasureAhead(forgetKeys: keys, time: time)
-                counters.erasuresAhead += 1
+                try store.applyAhead(entry)
+                counters.appliedAhead += 1
             }
             counters.changesApplied += try store.applyReplicated(entries, from: sender, through: through)
             peers[sender]?.pullSentAt = nil
@@ -193,8 +192,9 @@ public final class ClusterNode {
             through = entry.sequence
         }
         let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
-        // Erasures further down a backlog go first: the customer is forgotten before the rest arrives.
-        let ahead = more ? try store.erasures(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
+        // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
+        // or a withdrawal holds, before the rest arrives.
+        let ahead = more ? try store.entriesAhead(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
         return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead)
     }
 

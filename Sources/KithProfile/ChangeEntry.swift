@@ -59,6 +59,16 @@ extension ChangeEntry: BinaryCodable {
         }
     }
 
+    /// Whether the change goes ahead of a backlog when a peer catches up: erasures, and messages
+    /// carrying consent decisions (so that a withdrawal takes effect before the rest arrives).
+    public var travelsAhead: Bool {
+        switch change {
+        case .erasure: true
+        case .message(let delta): !delta.consent.isEmpty
+        case .unlink: false
+        }
+    }
+
     /// Identifiers the change names (none for an erasure, which carries forget keys only).
     public var mentionedIdentifiers: [Identifier] {
         switch change {

@@ -10,7 +10,7 @@ public enum PeerMessage: Equatable, Sendable {
     case pull(cursor: UInt64, versions: VersionVector, budget: UInt32)
     /// A reply to a pull: the changes in the sender's log positions (`from`, `through`] that the
     /// puller lacked, and whether more follow; `ahead`: erasures from later in the log the puller
-    /// lacks, sent ahead of the backlog so that they take effect first.
+    /// lacks and consent decisions, sent ahead of the backlog so that they take effect first.
     case changes(from: UInt64, through: UInt64, entries: [ChangeEntry], more: Bool, ahead: [ChangeEntry])
     /// Changes the sender itself accepted, pushed right after commit. `previous`: the receiver
     /// may apply them only if it already holds the sender's changes up to that sequence.
@@ -69,8 +69,8 @@ extension PeerMessage {
             let entries = try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) }
             let more = try reader.readBool()
             let ahead = try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) }
-            guard ahead.allSatisfy({ if case .erasure = $0.change { true } else { false } }) else {
-                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "only erasures travel ahead")
+            guard ahead.allSatisfy(\.travelsAhead) else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "only erasures and consent decisions travel ahead")
             }
             self = .changes(from: from, through: through, entries: entries, more: more, ahead: ahead)
         case 4:

@@ -45,12 +45,13 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// has now read `peer`'s log through that position. Returns how many changes were new.
     @discardableResult func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int
 
-    /// Erasure entries of this node's log after local sequence `sequence`, at most `limit`.
-    func erasures(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
+    /// Entries of this node's log after local sequence `sequence` that travel ahead of a
+    /// backlog (erasures, consent decisions), at most `limit`.
+    func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
 
-    /// Applies the effect of an erasure ahead of its place in its origin's order (see
-    /// `ClusterNode`): the forget set and the data it dominates, nothing else.
-    func applyErasureAhead(forgetKeys: [[UInt8]], time: Int64) throws
+    /// Applies the effect of a change ahead of its place in its origin's order (see
+    /// `ClusterNode`): no version-vector or log entry until the change arrives in order.
+    func applyAhead(_ entry: ChangeEntry) throws
 
     /// Which changes this replica holds, by origin.
     func versionVector() throws -> VersionVector
@@ -117,12 +118,12 @@ extension EngineBackedStore {
         }
     }
 
-    public func erasures(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
-        try read { reader in try engine.erasures(after: sequence, limit: limit, in: reader) }
+    public func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
+        try read { reader in try engine.entriesAhead(after: sequence, limit: limit, in: reader) }
     }
 
-    public func applyErasureAhead(forgetKeys: [[UInt8]], time: Int64) throws {
-        try modify { context in try context.applyErasureAhead(forgetKeys: forgetKeys, time: time) }
+    public func applyAhead(_ entry: ChangeEntry) throws {
+        try modify { context in try context.applyAhead(entry) }
     }
 
     public func versionVector() throws -> VersionVector {

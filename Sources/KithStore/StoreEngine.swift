@@ -132,10 +132,10 @@ struct StoreEngine: Sendable {
         return vector
     }
 
-    func erasures(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
+    func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
         var entries: [ChangeEntry] = []
-        try reader.scan(.erasures, from: sequenceKey(sequence &+ 1)) { _, value in
-            entries.append(try decode(ChangeEntry.self, value, table: .erasures))
+        try reader.scan(.ahead, from: sequenceKey(sequence &+ 1)) { _, value in
+            entries.append(try decode(ChangeEntry.self, value, table: .ahead))
             return entries.count < limit ? .next : .stop
         }
         return entries
@@ -249,8 +249,8 @@ final class WriteContext {
         if let last = pendingChanges.last {
             try txn.put(.changes, sequenceKey(last.sequence), ChangeRecord.encode(pendingChanges), mode: .append)
         }
-        for entry in pendingChanges {
-            if case .erasure = entry.change { try txn.put(.erasures, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append) }
+        for entry in pendingChanges where entry.travelsAhead {
+            try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }
         try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
@@ -262,8 +262,10 @@ final class WriteContext {
         try apply(delta, origin: nil)
     }
 
-    /// Applies a message accepted here (`origin` nil) or replicated from `origin`.
-    private func apply(_ delta: ProfileDelta, origin: (node: UInt64, sequence: UInt64)?) throws -> ApplyOutcome {
+    /// Applies a message accepted here (`origin` nil) or replicated from `origin`, and logs it
+    /// (unless it is applied ahead of its place, `logged` false). A replicated copy is logged
+    /// even when this node already held it, so the peers that read only this node's log get it.
+    private func apply(_ delta: ProfileDelta, origin: (node: UInt64, sequence: UInt64)?, logged: Bool = true) throws -> ApplyOutcome {
         let time = delta.times.eventTime
         if try isForgotten(delta.subject, at: time) { return .forgotten }
         let subjectKey = delta.subject.key
@@ -272,7 +274,7 @@ final class WriteContext {
         for peer in delta.links where try !isForgotten(peer, at: time) { links.append(peer) }
         let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event, links: links)
         guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .insertOnly) else {
-            if try joinCopy(delta, row, at: ledgerKey) { try log(.message(delta), origin: origin) }
+            if try joinCopy(delta, row, at: ledgerKey) || origin != nil, logged { try log(.message(delta), origin: origin) }
             return .duplicate
         }
 
@@ -297,7 +299,7 @@ final class WriteContext {
             view.head.absorb(delta, historyLimit: historyLimit)
             setView(canonical, view)
         }
-        try log(.message(delta), origin: origin)
+        if logged { try log(.message(delta), origin: origin) }
         return .applied
     }
 
@@ -564,6 +566,17 @@ final class WriteContext {
             // Keys stay: a record keeps the key of its last original entry, which still sorts right.
             if kept.isEmpty { try txn.delete(.changes, key) } else { try txn.put(.changes, key, ChangeRecord.encode(kept), mode: .upsert) }
         }
+        // The copies that travel ahead of a backlog too.
+        var aheadRewrites: [([UInt8], ChangeEntry?)] = []
+        try txn.scan(.ahead, prefix: []) { key, value in
+            let entry = try decode(ChangeEntry.self, value, table: .ahead)
+            let kept = purged(entry)
+            if kept != entry { aheadRewrites.append((key, kept)) }
+            return .next
+        }
+        for (key, kept) in aheadRewrites {
+            if let kept { try txn.put(.ahead, key, ProfileFormat.encode(kept), mode: .upsert) } else { try txn.delete(.ahead, key) }
+        }
         pendingChanges = pendingChanges.compactMap(purged)
     }
 
@@ -586,12 +599,17 @@ final class WriteContext {
         return true
     }
 
-    /// An erasure sent ahead of the backlog it sits in: its effect now, while its place in the
-    /// origin's order (version vector, log) waits for the entry itself, which is then applied
-    /// again, changes nothing, and is logged for the peers further away.
-    func applyErasureAhead(forgetKeys: [[UInt8]], time: Int64) throws {
-        try remember(forgetKeys, time: time)
-        try forget(try identifiers(hashingTo: Set(forgetKeys)))
+    /// An erasure or consent decision sent ahead of the backlog it sits in: its effect now,
+    /// while its place in the origin's order (version vector, log) waits for the entry itself,
+    /// which is then applied again, changes nothing, and is logged for the peers further away.
+    func applyAhead(_ entry: ChangeEntry) throws {
+        switch entry.change {
+        case .erasure(let keys, let time):
+            try remember(keys, time: time)
+            try forget(try identifiers(hashingTo: Set(keys)))
+        case .message(let delta): _ = try apply(delta, origin: nil, logged: false)
+        case .unlink: break
+        }
     }
 
     /// Records how far this node has read `peer`'s log.

@@ -12,9 +12,10 @@ enum Table: Int, CaseIterable, Sendable {
     case changes
     /// forget key (HMAC of an erased identifier) → erasure time.
     case forget
-    /// local sequence → an erasure entry of the change log, kept apart as well so that a peer
-    /// catching up on a long backlog can be sent erasures ahead of the data (node-local).
-    case erasures
+    /// local sequence → a change-log entry that travels ahead of a backlog: erasures and messages
+    /// carrying consent decisions, kept apart as well so that a peer catching up can be sent
+    /// them before the rest (node-local).
+    case ahead
 
     var name: String {
         switch self {
@@ -22,7 +23,7 @@ enum Table: Int, CaseIterable, Sendable {
         case .documents: "documents"
         case .changes: "changes"
         case .forget: "forget"
-        case .erasures: "erasures"
+        case .ahead: "ahead"
         }
     }
 }

@@ -114,8 +114,9 @@ struct PeerMessageTests {
         truncated.removeLast()
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[2].encodePayload() + [0]) }
-        // Only erasures may travel ahead of the log.
-        let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [entry])
+        // Only erasures and consent decisions may travel ahead of the log.
+        let unlink = ChangeEntry(sequence: 6, origin: 9, originSequence: 5, change: .unlink(LinkEdge(delta.subject, Identifier(kind: .email, value: "x@y.z")!)!, LWWStamp(time: 1, tiebreak: "t")))
+        let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [unlink])
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: wrongAhead.encodePayload()) }
     }
 }

@@ -26,7 +26,7 @@ struct Ledger {
 
 /// One seeded run: 3–7 nodes (some edge), faults during a busy phase, then healing; the
 /// checkers run at the end.
-func runScenario(seed: UInt64) throws -> (failures: [String], erasuresAhead: Int) {
+func runScenario(seed: UInt64) throws -> (failures: [String], appliedAhead: Int) {
     var setup = SplitMix64(seed: seed ^ 0x5EED)
     let nodes = 3 + setup.below(5)
     let edges = setup.below(min(2, nodes - 2) + 1)
@@ -50,7 +50,7 @@ func runScenario(seed: UInt64) throws -> (failures: [String], erasuresAhead: Int
         try simulation.run(until: settled)
     } while try !converged(simulation) && settled < 60_000
     if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil { try describe(simulation) }
-    let ahead = simulation.machines.compactMap { $0.node?.counters.erasuresAhead }.reduce(0, +)
+    let ahead = simulation.machines.compactMap { $0.node?.counters.appliedAhead }.reduce(0, +)
     return (try check(simulation, ledger, seed: seed), ahead)
 }
 
@@ -152,16 +152,16 @@ private func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> 
 struct SimulationTests {
     @Test func everySeedConvergesWithoutLossOrResurrection() throws {
         var failed: [String] = []
-        var erasuresAhead = 0
+        var appliedAhead = 0
         for seed in simulationSeeds {
             let (failures, ahead) = try runScenario(seed: seed)
-            erasuresAhead += ahead
+            appliedAhead += ahead
             if !failures.isEmpty {
                 failed.append("seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter KithSimulationTests")
             }
         }
-        // Erasures sent ahead of a backlog happen in a run of many seeds (after crashes and partitions).
-        #expect(simulationSeeds.count < 50 || erasuresAhead > 0)
+        // Changes sent ahead of a backlog happen in a run of many seeds (after crashes and partitions).
+        #expect(simulationSeeds.count < 50 || appliedAhead > 0)
         #expect(failed.isEmpty, "\(failed.count) of \(simulationSeeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
     }
 }
