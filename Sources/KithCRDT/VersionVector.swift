@@ -22,25 +22,9 @@ public struct VersionVector: Equatable, Sendable, CustomStringConvertible {
     /// Whether the change `(origin, sequence)` is already covered.
     public func covers(origin: UInt64, sequence: UInt64) -> Bool { sequence <= self[origin] }
 
-    /// Whether this vector covers every change `other` covers.
-    public func dominates(_ other: VersionVector) -> Bool {
-        other.sequences.pairs.allSatisfy { origin, sequence in sequence <= self[origin] }
-    }
-
     /// Raises `origin` to `sequence` if that is higher.
     public mutating func advance(origin: UInt64, to sequence: UInt64) {
         if sequence > self[origin] { self[origin] = sequence }
-    }
-
-    /// The pointwise maximum (the join).
-    public mutating func merge(_ other: VersionVector) {
-        for (origin, sequence) in other.sequences.pairs { advance(origin: origin, to: sequence) }
-    }
-
-    /// How many changes `other` holds beyond this vector, counted by sequence distance (an
-    /// upper bound: sequences have gaps).
-    public func lag(behind other: VersionVector) -> UInt64 {
-        other.sequences.pairs.reduce(0) { total, pair in total + (pair.1 > self[pair.0] ? pair.1 - self[pair.0] : 0) }
     }
 
     public var description: String {

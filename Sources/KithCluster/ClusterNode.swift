@@ -121,10 +121,12 @@ public final class ClusterNode {
                 counters.stalePullRepliesDropped += 1
                 return
             }
-            let held = try store.versionVector()
-            for entry in ahead where !held.covers(origin: entry.origin, sequence: entry.originSequence) {
-                try store.applyAhead(entry)
-                counters.appliedAhead += 1
+            if !ahead.isEmpty {
+                let held = try store.versionVector()
+                for entry in ahead where !held.covers(origin: entry.origin, sequence: entry.originSequence) {
+                    try store.applyAhead(entry)
+                    counters.appliedAhead += 1
+                }
             }
             counters.changesApplied += try store.applyReplicated(entries, from: sender, through: through)
             peers[sender]?.pullSentAt = nil

@@ -51,7 +51,8 @@ extension Node {
     private func syncStatus(_ replication: ReplicationService) throws -> JSONValue {
         let metrics = replication.transport.metrics
         let (peers, mine, lags) = try replication.perform { node in
-            (node.peerStates, try node.store.versionVector(), try node.peerStates.map { try node.lag(of: $0.member.id) })
+            let peers = node.peerStates
+            return (peers, try node.store.versionVector(), try peers.map { try node.lag(of: $0.member.id) })
         }
         let now = Int64(Date().timeIntervalSince1970 * 1_000)
         return [

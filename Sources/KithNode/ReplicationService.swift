@@ -38,7 +38,7 @@ final class ReplicationService: @unchecked Sendable {
     }
 
     let transport: PeerTransport
-    private var node: ClusterNode!
+    private let node: ClusterNode
     private let inbox = Inbox()
     private let finished = DispatchSemaphore(value: 0)
     private let keyFile: String?

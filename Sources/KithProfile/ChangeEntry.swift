@@ -68,14 +68,5 @@ extension ChangeEntry: BinaryCodable {
         case .unlink: false
         }
     }
-
-    /// Identifiers the change names (none for an erasure, which carries forget keys only).
-    public var mentionedIdentifiers: [Identifier] {
-        switch change {
-        case .message(let delta): [delta.subject] + delta.links
-        case .unlink(let edge, _): [edge.low, edge.high]
-        case .erasure: []
-        }
-    }
 }
 

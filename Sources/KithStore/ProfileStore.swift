@@ -166,7 +166,7 @@ public final class LMDBProfileStore: EngineBackedStore {
     }
 
     private func checkFormat() throws {
-        let format = try read { reader in try reader.get(.meta, Array("format".utf8)) }
+        let format = try read { reader in try reader.get(.meta, formatMetaKey) }
         if let format, format != [ProfileFormat.version] {
             throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
         }

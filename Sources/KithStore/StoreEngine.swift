@@ -33,7 +33,7 @@ struct StoreEngine: Sendable {
     }
 
     func statistics(in reader: some StoreReading) throws -> StoreStatistics {
-        let sequence = try reader.get(.meta, Array("sequence".utf8)).map { try decodeSequence($0) } ?? 0
+        let sequence = try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
         // Counted by a scan of the documents table: linear in its size (fine for tests and
         // benchmarks; the node's status endpoint will keep counters).
         var parts: [DocumentPart: Int] = [:]
@@ -128,7 +128,7 @@ struct StoreEngine: Sendable {
     /// own origin up to its last sequence (every own change is in its own log).
     func versionVector(in reader: some StoreReading) throws -> VersionVector {
         var vector = try reader.get(.meta, versionVectorKey).map { try decode(VersionVector.self, $0, table: .meta) } ?? VersionVector()
-        vector[configuration.node] = try reader.get(.meta, Array("sequence".utf8)).map { try decodeSequence($0) } ?? 0
+        vector[configuration.node] = try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
         return vector
     }
 
@@ -235,10 +235,10 @@ final class WriteContext {
     init(engine: StoreEngine, txn: any StoreWriting) throws {
         self.engine = engine
         self.txn = txn
-        sequence = try txn.get(.meta, Array("sequence".utf8)).map { try engine.decodeSequence($0) } ?? 0
+        sequence = try txn.get(.meta, sequenceMetaKey).map { try engine.decodeSequence($0) } ?? 0
         anyForgotten = try txn.count(.forget) > 0
-        if try txn.get(.meta, Array("format".utf8)) == nil {
-            try txn.put(.meta, Array("format".utf8), [ProfileFormat.version], mode: .upsert)
+        if try txn.get(.meta, formatMetaKey) == nil {
+            try txn.put(.meta, formatMetaKey, [ProfileFormat.version], mode: .upsert)
         }
     }
 
@@ -252,7 +252,7 @@ final class WriteContext {
         for entry in pendingChanges where entry.travelsAhead {
             try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }
-        try txn.put(.meta, Array("sequence".utf8), sequenceKey(sequence), mode: .upsert)
+        try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
     }
 
@@ -265,7 +265,7 @@ final class WriteContext {
     /// Applies a message accepted here (`origin` nil) or replicated from `origin`, and logs it
     /// (unless it is applied ahead of its place, `logged` false). A replicated copy is logged
     /// even when this node already held it, so the peers that read only this node's log get it.
-    private func apply(_ delta: ProfileDelta, origin: (node: UInt64, sequence: UInt64)?, logged: Bool = true) throws -> ApplyOutcome {
+    private func apply(_ delta: ProfileDelta, origin: ChangeOrigin?, logged: Bool = true) throws -> ApplyOutcome {
         let time = delta.times.eventTime
         if try isForgotten(delta.subject, at: time) { return .forgotten }
         let subjectKey = delta.subject.key
@@ -343,7 +343,7 @@ final class WriteContext {
         try removeLink(edge, stamp: stamp, origin: nil)
     }
 
-    private func removeLink(_ edge: LinkEdge, stamp: LWWStamp, origin: (node: UInt64, sequence: UInt64)?) throws {
+    private func removeLink(_ edge: LinkEdge, stamp: LWWStamp, origin: ChangeOrigin?) throws {
         // A removal dated at or before an endpoint's erasure is dominated by it (and its key would name the erased).
         if try isForgotten(edge.low, at: stamp.time) || isForgotten(edge.high, at: stamp.time) { return }
         if try updateEdge(edge.low, edge.high, { $0.remove(stamp) }) { try recompute(around: [edge.low, edge.high]) }
@@ -373,10 +373,15 @@ final class WriteContext {
 
     /// An erasure made on another node: it names forget keys only, so the identifiers held here
     /// are found by hashing each (linear in the identifiers held; erasures are rare).
-    private func applyErasure(forgetKeys: [[UInt8]], time: Int64, origin: (node: UInt64, sequence: UInt64)) throws {
+    private func applyErasure(forgetKeys: [[UInt8]], time: Int64, origin: ChangeOrigin) throws {
+        try forgetHashed(forgetKeys, time: time)
+        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
+    }
+
+    /// The effect of an erasure that arrived as forget keys: the forget set, and the data here it dominates.
+    private func forgetHashed(_ forgetKeys: [[UInt8]], time: Int64) throws {
         try remember(forgetKeys, time: time)
         try forget(try identifiers(hashingTo: Set(forgetKeys)))
-        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
     }
 
     /// The identifiers held here whose forget keys are in `wanted` (one seek per identifier).
@@ -590,7 +595,7 @@ final class WriteContext {
             return false
         }
         versions!.advance(origin: entry.origin, to: entry.originSequence)
-        let origin = (node: entry.origin, sequence: entry.originSequence)
+        let origin = ChangeOrigin(node: entry.origin, sequence: entry.originSequence)
         switch entry.change {
         case .message(let delta): _ = try apply(delta, origin: origin)
         case .unlink(let edge, let stamp): try removeLink(edge, stamp: stamp, origin: origin)
@@ -604,9 +609,7 @@ final class WriteContext {
     /// which is then applied again, changes nothing, and is logged for the peers further away.
     func applyAhead(_ entry: ChangeEntry) throws {
         switch entry.change {
-        case .erasure(let keys, let time):
-            try remember(keys, time: time)
-            try forget(try identifiers(hashingTo: Set(keys)))
+        case .erasure(let keys, let time): try forgetHashed(keys, time: time)
         case .message(let delta): _ = try apply(delta, origin: nil, logged: false)
         case .unlink: break
         }
@@ -730,9 +733,9 @@ final class WriteContext {
     // MARK: Change log
 
     /// Logs a change accepted here (`origin` nil: this node, at its new sequence) or replicated.
-    private func log(_ change: ChangeEntry.Change, origin: (node: UInt64, sequence: UInt64)?) throws {
+    private func log(_ change: ChangeEntry.Change, origin: ChangeOrigin?) throws {
         sequence += 1
-        let origin = origin ?? (engine.configuration.node, sequence)
+        let origin = origin ?? ChangeOrigin(node: engine.configuration.node, sequence: sequence)
         pendingChanges.append(ChangeEntry(sequence: sequence, origin: origin.node, originSequence: origin.sequence, change: change))
     }
 

@@ -212,7 +212,17 @@ func sequenceKey(_ sequence: UInt64) -> [UInt8] {
     return writer.bytes
 }
 
+/// meta keys: the store's format version, the last local change sequence, and the version
+/// vector of replicated origins.
+let formatMetaKey = Array("format".utf8)
+let sequenceMetaKey = Array("sequence".utf8)
 let versionVectorKey = Array("versions".utf8)
+
+/// Where a logged change first came from: the node that accepted it and its sequence there.
+struct ChangeOrigin {
+    var node: UInt64
+    var sequence: UInt64
+}
 
 /// meta key of how far this node has read `peer`'s change log.
 func cursorKey(_ peer: UInt64) -> [UInt8] {

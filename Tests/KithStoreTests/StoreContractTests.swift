@@ -79,6 +79,14 @@ private func apply(_ deltas: [ProfileDelta], to store: any ProfileStore, random:
     return outcomes
 }
 
+/// Workload deltas, and the reference model holding all of them.
+func workloadWithReference(seed: UInt64, customers: Int, count: Int) -> ([ProfileDelta], ProfileState) {
+    let deltas = WorkloadGenerator.deltas(seed: seed, customers: customers, count: count)
+    var reference = ProfileState()
+    for delta in deltas { reference.apply(delta, hasher: hmac) }
+    return (deltas, reference)
+}
+
 private func expectSameViews(_ store: any ProfileStore, _ reference: ProfileState, _ context: String) throws {
     for identifier in reference.identifiers.sorted() {
         let expected = reference.view(of: identifier).map { ProfileFormat.encode($0) }
@@ -146,9 +154,7 @@ struct StoreContractTests {
     func unmergeMatchesTheReferenceModel(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
         var random = SplitMix64(seed: 8)
-        let deltas = WorkloadGenerator.deltas(seed: 9, customers: 8, count: 600)
-        var reference = ProfileState()
-        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        var (deltas, reference) = workloadWithReference(seed: 9, customers: 8, count: 600)
         _ = try apply(deltas, to: fixture.store, random: &random)
         let links = reference.graph.sortedKeys
         for (i, edge) in links.enumerated() where i % 3 == 0 {
@@ -167,9 +173,7 @@ struct StoreContractTests {
     @Test(arguments: StoreKind.allCases)
     func erasureLeavesOnlyForgetEntries(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
-        let deltas = WorkloadGenerator.deltas(seed: 11, customers: 6, count: 500)
-        var reference = ProfileState()
-        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        var (deltas, reference) = workloadWithReference(seed: 11, customers: 6, count: 500)
         try fixture.store.apply(deltas)
         let target = Identifier(kind: .userId, value: "u-0")!
         let erasedAt: Int64 = 1_760_000_010_000
@@ -227,9 +231,7 @@ struct StoreContractTests {
     @Test(arguments: StoreKind.allCases)
     func eventPagesCoverTheWholeHistoryNewestFirst(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
-        let deltas = WorkloadGenerator.deltas(seed: 16, customers: 5, count: 400)
-        var reference = ProfileState()
-        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        let (deltas, reference) = workloadWithReference(seed: 16, customers: 5, count: 400)
         try fixture.store.apply(deltas)
         for view in reference.views {
             let expected = view.members.flatMap { member in
@@ -276,9 +278,7 @@ struct StoreContractTests {
 struct LMDBStoreTests {
     @Test func dataSurvivesReopeningAndBackups() throws {
         let fixture = try StoreFixture(.lmdb)
-        let deltas = WorkloadGenerator.deltas(seed: 13, customers: 20, count: 800)
-        var reference = ProfileState()
-        for delta in deltas { reference.apply(delta, hasher: hmac) }
+        let (deltas, reference) = workloadWithReference(seed: 13, customers: 20, count: 800)
         try fixture.store.apply(deltas)
         let backupPath = fixture.path + "-backup"
         defer { try? FileManager.default.removeItem(atPath: backupPath) }
