@@ -23,6 +23,8 @@ let package = Package(
         .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithHTTP", swiftSettings: optimizeAcrossModules),
         .target(name: "KithReplication", dependencies: ["KithCRDT", "KithProfile"], swiftSettings: optimizeAcrossModules),
+        // Consent and purpose evaluation, masking, and the rendering of a profile as one read may see it.
+        .target(name: "KithPolicy", dependencies: ["KithCRDT", "KithJSON", "KithProfile"], swiftSettings: optimizeAcrossModules),
 
         // Storage and thin shells.
         .target(name: "KithLMDB", dependencies: ["CLMDB"], swiftSettings: optimizeAcrossModules),
@@ -30,7 +32,7 @@ let package = Package(
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
         .target(
-            name: "KithNode", dependencies: ["KithStore", "KithCluster", "KithNet", "KithCompression", "KithCrypto"],
+            name: "KithNode", dependencies: ["KithStore", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
         .executableTarget(name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
@@ -56,6 +58,7 @@ let package = Package(
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithNetTests", dependencies: ["KithNet", "KithTestSupport"]),
         .testTarget(name: "KithReplicationTests", dependencies: ["KithReplication", "KithCrypto", "KithTestSupport"]),
+        .testTarget(name: "KithPolicyTests", dependencies: ["KithPolicy", "KithTestSupport"]),
         .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),
         .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithJSON", "KithTestSupport"]),
     ],

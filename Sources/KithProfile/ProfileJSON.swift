@@ -49,9 +49,11 @@ extension JSONWriter {
         }
     }
 
+    /// The customer's consent decisions (Kith's own registers, such as restriction, are shown
+    /// by the privacy API, not here).
     public mutating func writeConsent(_ head: SourceHead) {
         writeObject { object in
-            for (category, register) in head.consent.pairs {
+            for (category, register) in head.consent.pairs where !category.hasPrefix(ConsentDecision.reservedPrefix) {
                 object.member(category) { w in
                     w.writeObject { o in
                         o.member("status", string: register.granted ? "granted" : "denied")

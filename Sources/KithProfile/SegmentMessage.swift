@@ -90,6 +90,13 @@ public struct EventRecord: Equatable, Sendable, Comparable {
 
 /// One customer's consent decision for a category from one message.
 public struct ConsentDecision: Equatable, Sendable {
+    /// Categories under this prefix are Kith's own; messages cannot set them.
+    public static let reservedPrefix = "kith:"
+    /// Restriction of processing (GDPR Art. 18) is a consent register: *denied* restricts. Being
+    /// a register, it replicates, travels ahead of a backlog and resolves concurrent decisions to
+    /// the restrictive side, exactly as consent does.
+    public static let processingCategory = "kith:processing"
+
     public var category: String
     public var granted: Bool
 
@@ -275,7 +282,9 @@ public struct SegmentMessageParser: Sendable {
     private func consentDecisions(_ context: JSONObject) -> [ConsentDecision] {
         guard case .object(let preferences)? = context["consent"]?["categoryPreferences"] else { return [] }
         var decisions: [ConsentDecision] = []
-        for member in preferences.members where !member.key.isEmpty && member.key.utf8.count <= 100 {
+        // `kith:` categories are Kith's own (restriction of processing): only the privacy API sets them.
+        for member in preferences.members
+        where !member.key.isEmpty && member.key.utf8.count <= 100 && !member.key.hasPrefix(ConsentDecision.reservedPrefix) {
             if case .bool(let granted) = member.value { decisions.append(ConsentDecision(category: member.key, granted: granted)) }
         }
         return decisions.sorted { $0.category < $1.category }

@@ -1,0 +1,233 @@
+import KithCRDT
+import KithJSON
+import KithProfile
+
+/// What one read showed: field names only, for the response's `withheld` list and for the audit.
+public struct ReadOutcome: Sendable, Equatable {
+    public var returned: [String] = []
+    public var masked: [String] = []
+    public var withheld: [Withheld] = []
+
+    public init() {}
+}
+
+extension ConsentState {
+    /// The consent of a profile view (the join of its members' decisions).
+    public init(_ head: SourceHead) {
+        var decisions: [String: Bool] = [:]
+        for (category, register) in head.consent.pairs where !category.hasPrefix(ConsentDecision.reservedPrefix) {
+            decisions[category] = register.granted
+        }
+        self.init(decisions: decisions, restricted: head.consent[ConsentDecision.processingCategory]?.granted == false)
+    }
+}
+
+/// Writes a profile as one read may see it: every field through `ReadDecision.decide`, and the
+/// outcome recorded as it goes. A withheld field's value is never read into the output — the
+/// decision is taken before the value is touched.
+public struct PolicyRenderer {
+    public let decision: ReadDecision
+    public private(set) var outcome = ReadOutcome()
+    private var recorded: Set<String> = []
+
+    public init(decision: ReadDecision) {
+        self.decision = decision
+    }
+
+    /// The whole profile, with `withheld` and `masked` lists at the end.
+    public mutating func profile(_ view: ProfileView) -> [UInt8] {
+        var writer = JSONWriter(capacity: 1_024)
+        writer.writeObject { object in
+            canonical(view.canonical, into: &object)
+            object.member("purpose", string: decision.purposeName)
+            object.member("identifiers") { identifiers(view.members, into: &$0) }
+            object.member("traits") { traits(view.head, into: &$0) }
+            object.member("consent") { $0.writeConsent(view.head) }
+            if !view.head.groups.live.isEmpty { groups(view.head, into: &object) }
+            if let aggregates = fieldDecision("aggregates") {
+                object.member("aggregates") { self.aggregates(view.head, aggregates, into: &$0) }
+            }
+            object.member("events") { events(view.head.recent, into: &$0) }
+            accountForHiddenRevenue(view.head)
+            lists(into: &object)
+        }
+        return writer.bytes
+    }
+
+    /// `{"traits": {...}, "withheld": [...], "masked": [...]}`.
+    public mutating func traitsResource(_ head: SourceHead) -> [UInt8] {
+        resource { renderer, object in object.member("traits") { renderer.traits(head, into: &$0) } }
+    }
+
+    public mutating func identifiersResource(_ members: [Identifier]) -> [UInt8] {
+        resource { renderer, object in object.member("identifiers") { renderer.identifiers(members, into: &$0) } }
+    }
+
+    /// A page of events; `cursor` writes the paging member.
+    public mutating func eventsResource(_ page: [EventRecord], cursor: (inout JSONWriter.ObjectWriter) -> Void) -> [UInt8] {
+        resource { renderer, object in
+            object.member("events") { renderer.events(page, into: &$0) }
+            cursor(&object)
+        }
+    }
+
+    private mutating func resource(_ body: (inout PolicyRenderer, inout JSONWriter.ObjectWriter) -> Void) -> [UInt8] {
+        var writer = JSONWriter()
+        var renderer = self
+        writer.writeObject { object in
+            object.member("purpose", string: renderer.decision.purposeName)
+            body(&renderer, &object)
+            renderer.lists(into: &object)
+        }
+        self = renderer
+        return writer.bytes
+    }
+
+    // MARK: - Fields
+
+    /// The decision for a field, recorded once; nil when it is withheld.
+    private mutating func fieldDecision(_ field: String) -> FieldDecision? {
+        let result = decision.decide(field)
+        guard recorded.insert(field).inserted else {
+            if case .withhold = result { return nil }
+            return result
+        }
+        switch result {
+        case .allow: outcome.returned.append(field)
+        case .mask: outcome.masked.append(field)
+        case .withhold(let withheld):
+            outcome.withheld.append(withheld)
+            return nil
+        }
+        return result
+    }
+
+    /// `id` is shown as its identifier kind is: plainly, masked, or not at all.
+    private func canonical(_ identifier: Identifier, into object: inout JSONWriter.ObjectWriter) {
+        switch decision.decide("identifiers." + identifier.kind.name) {
+        case .allow: object.member("id", string: identifier.description)
+        case .mask(let rule): object.member("id", string: identifier.kind.name + ":" + rule.mask(.string(identifier.value)))
+        case .withhold: break
+        }
+    }
+
+    private mutating func identifiers(_ members: [Identifier], into writer: inout JSONWriter) {
+        writer.writeObject { object in
+            for kind in IdentifierKind.allCases {
+                let values = members.filter { $0.kind == kind }.map(\.value)
+                guard !values.isEmpty, let shown = fieldDecision("identifiers." + kind.name) else { continue }
+                object.member(kind.name) { w in
+                    w.writeArray(values) { w, value in
+                        if case .mask(let rule) = shown { w.write(string: rule.mask(.string(value))) } else { w.write(string: value) }
+                    }
+                }
+            }
+        }
+    }
+
+    private mutating func traits(_ head: SourceHead, into writer: inout JSONWriter) {
+        writer.writeObject { object in
+            for (key, register) in head.traits.pairs {
+                guard let shown = fieldDecision("traits." + key) else { continue }
+                if case .mask(let rule) = shown {
+                    object.member(key, string: rule.mask(register.value.value))
+                } else {
+                    object.member(key) { $0.write(raw: register.value) }
+                }
+            }
+        }
+    }
+
+    private mutating func groups(_ head: SourceHead, into object: inout JSONWriter.ObjectWriter) {
+        guard let shown = fieldDecision("groups") else { return }
+        object.member("groups") { w in
+            w.writeArray(head.groups.elements) { w, group in
+                if case .mask(let rule) = shown { w.write(string: rule.mask(.string(group))) } else { w.write(string: group) }
+            }
+        }
+    }
+
+    /// Counts are behavioural; revenue sums are their own field (financial by default).
+    private mutating func aggregates(_ head: SourceHead, _ shown: FieldDecision, into writer: inout JSONWriter) {
+        let revenue = head.aggregates.pairs.contains { $0.1.revenueMicros != 0 } ? fieldDecision("revenue") : nil
+        let masked = shown != .allow
+        writer.writeObject { object in
+            object.member("messages") { w in masked ? w.write(string: MaskRule.hidden) : w.write(integer: head.messageCount) }
+            if !masked, let first = head.firstSeen { object.member("firstSeen") { $0.write(time: first) } }
+            if !masked, let last = head.lastSeen { object.member("lastSeen") { $0.write(time: last) } }
+            guard !masked else { return }
+            object.member("events") { w in
+                w.writeObject { o in
+                    for (key, aggregate) in head.aggregates.pairs {
+                        o.member(key) { w in
+                            w.writeObject { e in
+                                e.member("count", integer: aggregate.count)
+                                guard aggregate.revenueMicros != 0, let revenue else { return }
+                                if revenue == .allow {
+                                    e.member("revenue") { $0.write(fixedPoint: aggregate.revenueMicros, scale: 6) }
+                                } else {
+                                    e.member("revenue", string: MaskRule.hidden)
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Revenue lives inside aggregates and events; when both are hidden it is hidden with them,
+    /// and the outcome says so (as withheld with the aggregates' reason, or as masked).
+    private mutating func accountForHiddenRevenue(_ head: SourceHead) {
+        guard head.aggregates.pairs.contains(where: { $0.1.revenueMicros != 0 }), recorded.insert("revenue").inserted else { return }
+        if case .withhold(let withheld) = decision.decide("revenue") { return outcome.withheld.append(withheld) }
+        if var container = outcome.withheld.first(where: { $0.field == "aggregates" }) {
+            container.field = "revenue"
+            outcome.withheld.append(container)
+        } else {
+            outcome.masked.append("revenue")
+        }
+    }
+
+    /// Events with their properties; a revenue the read may not see is taken out of them. Masked
+    /// events show only that something happened, and when.
+    private mutating func events(_ records: [EventRecord], into writer: inout JSONWriter) {
+        guard !records.isEmpty, let shown = fieldDecision("events") else { return writer.writeArray([EventRecord]()) { _, _ in } }
+        guard shown == .allow else {
+            return writer.writeArray(records) { w, record in
+                w.writeObject { o in
+                    o.member("type", string: record.type.rawValue)
+                    o.member("timestamp") { $0.write(time: record.time) }
+                }
+            }
+        }
+        let revenue = records.contains { $0.revenueMicros != nil } ? fieldDecision("revenue") : .allow
+        writer.writeArray(records) { w, record in
+            guard revenue != .allow, record.revenueMicros != nil else { return w.writeEvent(record) }
+            var stripped = record
+            stripped.properties = Self.removingRevenue(record.properties, masked: revenue != nil)
+            w.writeEvent(stripped)
+        }
+    }
+
+    private static func removingRevenue(_ properties: RawJSON, masked: Bool) -> RawJSON {
+        guard case .object(var object) = properties.value else { return properties }
+        object.members.removeAll { $0.key == "revenue" }
+        if masked { object.members.append(JSONObject.Member("revenue", .string(MaskRule.hidden))) }
+        return RawJSON(.object(object))
+    }
+
+    private func lists(into object: inout JSONWriter.ObjectWriter) {
+        object.member("withheld") { w in
+            w.writeArray(outcome.withheld) { w, item in
+                w.writeObject { o in
+                    o.member("field", string: item.field)
+                    o.member("reason", string: item.reason.rawValue)
+                    if let category = item.category { o.member("category", string: category) }
+                    if let consent = item.consentCategory { o.member("consentCategory", string: consent) }
+                }
+            }
+        }
+        object.member("masked") { w in w.writeArray(outcome.masked) { $0.write(string: $1) } }
+    }
+}
