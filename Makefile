@@ -83,7 +83,7 @@ run: deps
 	@mkdir -p data
 	@echo "demo write key: $(DEMO_WRITE_KEY)   demo token: $(DEMO_TOKEN)"
 	@echo "try: curl -u $(DEMO_WRITE_KEY): -d '{\"userId\":\"u-1\",\"traits\":{\"name\":\"Ana\"}}' http://127.0.0.1:7080/v1/identify"
-	@echo "     curl -H 'Authorization: Bearer $(DEMO_TOKEN)' http://127.0.0.1:7080/v1/profiles/user_id:u-1"
+	@echo "     curl -H 'Authorization: Bearer $(DEMO_TOKEN)' 'http://127.0.0.1:7080/v1/profiles/user_id:u-1?purpose=support'"
 	.build/release/kith serve --config cluster-configs/single-node.json --write-key $(DEMO_WRITE_KEY) --token $(DEMO_TOKEN)
 
 # Benchmarks run a release build against the deterministic workload (generated once, cached).

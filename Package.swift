@@ -34,7 +34,7 @@ let package = Package(
         .target(
             name: "KithNode", dependencies: ["KithStore", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
-        .executableTarget(name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON"], swiftSettings: optimizeAcrossModules),
+        .executableTarget(name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // Replication over a store, with no I/O of its own: run on sockets by KithNode, in one process by the simulation.
         .target(name: "KithCluster", dependencies: ["KithStore", "KithReplication"], swiftSettings: optimizeAcrossModules),

@@ -50,7 +50,7 @@ struct ClusterBenchmark {
             var pending = Set(nodes.indices)
             let deadline = Date().addingTimeInterval(10)
             while !pending.isEmpty && Date() < deadline {
-                for node in pending where try nodes[node].client.request("GET", "/v1/profiles/user_id:conv-\(index)", headers: [BenchNode.token]).status == 200 {
+                for node in pending where try nodes[node].client.request("GET", "/v1/profiles/user_id:conv-\(index)?purpose=support", headers: [BenchNode.token]).status == 200 {
                     pending.remove(node)
                 }
             }
@@ -194,11 +194,11 @@ final class BenchNode {
     }
 
     func hasProfile(_ user: String) throws -> Bool {
-        try client.request("GET", "/v1/profiles/user_id:\(user)", headers: [Self.token]).status == 200
+        try client.request("GET", "/v1/profiles/user_id:\(user)?purpose=support", headers: [Self.token]).status == 200
     }
 
     func profileContains(_ user: String, _ text: String) throws -> Bool {
-        String(decoding: try client.request("GET", "/v1/profiles/user_id:\(user)", headers: [Self.token]).body, as: UTF8.self).contains(text)
+        String(decoding: try client.request("GET", "/v1/profiles/user_id:\(user)?purpose=support", headers: [Self.token]).body, as: UTF8.self).contains(text)
     }
 
     private func sync() throws -> JSONValue {

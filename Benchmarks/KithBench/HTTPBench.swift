@@ -49,7 +49,7 @@ struct HTTPBenchmark {
         let bearer = HTTPHeader("Authorization", "Bearer bench-token")
         let identifiers = try existingProfiles(address, bearer)
         if FileManager.default.isExecutableFile(atPath: "/usr/bin/wrk") {
-            let script = try wrkScript(paths: identifiers.map { "/v1/profiles/\($0)" }, token: "bench-token")
+            let script = try wrkScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=support" }, token: "bench-token")
             let ours = try wrk(url: "http://\(address)", script: script)
             report("http.read_rps", ours.rps)
             report("http.read_p99_ms", ours.p99Milliseconds, decimals: 2)
@@ -62,7 +62,7 @@ struct HTTPBenchmark {
             }
         } else {
             let reads = load(address, connections: 4) { client, index in
-                let response = try client.request("GET", "/v1/profiles/\(identifiers[index % identifiers.count])", headers: [bearer])
+                let response = try client.request("GET", "/v1/profiles/\(identifiers[index % identifiers.count])?purpose=support", headers: [bearer])
                 return response.status == 200 ? 1 : 0
             }
             report("http.read_rps", reads.units / reads.seconds)

@@ -56,6 +56,9 @@ public final class ClusterNode {
 
     public var id: UInt64 { membership.me.id }
 
+    /// Advertises this node's HTTP API address to the cluster (before it starts).
+    public func advertise(api: String) { membership.advertise(api: api) }
+
     public init(
         store: any ProfileStore, me: Member, seeds: [String], membershipSettings: MembershipSettings = MembershipSettings(),
         settings: ReplicationSettings = ReplicationSettings(), seed: UInt64, send: @escaping (String, PeerMessage) -> Void

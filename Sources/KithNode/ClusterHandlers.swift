@@ -3,12 +3,15 @@ import KithCluster
 import KithHTTP
 import KithJSON
 import KithNet
+import KithPolicy
 import KithReplication
 
 extension Node {
     /// The cluster's admin endpoints: members, join, leave, repair, sync status.
     func clusterRoute(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        guard tokenRole(request) == "admin" else { return respond(.error(401, code: "unauthorized", message: "an admin token is required")) }
+        // The member list (no personal data) also serves the privacy role's cluster-wide audit.
+        let roles: Set<Role> = request.method == "GET" && request.path == "/v1/admin/members" ? [.admin, .privacy] : [.admin]
+        guard authorized(request, roles, respond) != nil else { return }
         guard let replication else {
             return respond(.error(409, code: "not_clustered", message: "this node runs alone: start it with --gossip to replicate"))
         }
@@ -76,7 +79,8 @@ extension Node {
 
     static func json(_ member: Member) -> JSONValue {
         [
-            "name": .string(member.name), "address": .string(member.address), "role": .string(member.role.description),
+            "name": .string(member.name), "address": .string(member.address), "api": .string(member.api),
+            "role": .string(member.role.description),
             "status": .string(member.role == .edge && member.status == .dead ? "away" : member.status.description),
             "incarnation": .number(JSONNumber(Int64(truncatingIfNeeded: member.incarnation))),
         ]

@@ -4,6 +4,7 @@ import KithCrypto
 import KithHTTP
 import KithJSON
 import KithNet
+import KithPolicy
 import KithProfile
 import KithStore
 import KithCRDT
@@ -98,42 +99,6 @@ extension Node {
         return writeKeys.reduce(false) { found, key in Crypto.constantTimeEquals(key, candidate) || found }
     }
 
-    /// `/v1/profiles/{identifier}[/traits|/identifiers|/events|/links[/{other}]]`.
-    func profileRoute(_ request: HTTPRequest, _ parts: [Substring], respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        let unmerge = request.method == "DELETE" && parts.count == 3 && parts[1] == "links"
-        guard request.method == "GET" || unmerge else {
-            return respond(.error(405, code: "method_not_allowed", message: "profiles are read with GET; links are removed with DELETE"))
-        }
-        guard let role = tokenRole(request) else {
-            return respond(.error(401, code: "unauthorized", message: "a valid bearer token is required"))
-        }
-        guard role != "ingest", !unmerge || role == "admin" || role == "privacy" else {
-            return respond(.error(403, code: "forbidden", message: "this token's role may not do that"))
-        }
-        guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
-        if unmerge {
-            guard let other = Self.identifier(parts[2]) else { return respond(Self.invalidIdentifier) }
-            return self.unmerge(identifier, other, respond: respond)
-        }
-        do {
-            guard let view = try store.view(of: identifier) else {
-                return respond(.error(404, code: "not_found", message: "no profile has that identifier"))
-            }
-            switch parts.count == 1 ? "" : parts[1] {
-            case "" where parts.count == 1: respond(.json(200, view.jsonBytes))
-            case "traits": respond(.json(200, Self.object { $0.member("traits") { $0.writeTraits(view.head) } }))
-            case "identifiers": respond(.json(200, Self.object { $0.member("identifiers") { $0.writeIdentifiers(view.members) } }))
-            case "events": respond(try eventsPage(identifier, request))
-            case "links" where parts.count == 2: respond(.json(200, try linksBody(identifier)))
-            default: respond(.error(404, code: "not_found", message: "no such profile resource"))
-            }
-        } catch let error as QueryError {
-            respond(.error(400, code: "invalid_query", message: error.message))
-        } catch {
-            respond(.error(500, code: "storage_error", message: "the profile could not be read"))
-        }
-    }
-
     static let invalidIdentifier = HTTPResponse.error(
         400, code: "invalid_identifier", message: "identifiers look like user_id:u-1, anonymous_id:a-9 or email:a@example.com")
 
@@ -152,68 +117,8 @@ extension Node {
         var message: String
     }
 
-    /// `?limit=1..200&cursor=…`: a page of events, newest first.
-    private func eventsPage(_ identifier: Identifier, _ request: HTTPRequest) throws -> HTTPResponse {
-        let query = Self.queryItems(request.query)
-        let limit = try query["limit"].map { text -> Int in
-            guard let value = Int(text), (1...200).contains(value) else { throw QueryError(message: "limit must be 1 to 200") }
-            return value
-        } ?? 10
-        let cursor = try query["cursor"].map { text -> EventCursor in
-            guard let cursor = EventCursor(token: text) else { throw QueryError(message: "cursor is not one this API returned") }
-            return cursor
-        }
-        let page = try store.events(of: identifier, before: cursor, limit: limit)
-        return .json(200, Self.object { object in
-            object.member("events") { writer in writer.writeArray(page.events) { $0.writeEvent($1) } }
-            object.member("cursor") { writer in
-                writer.writeObject { c in
-                    if let next = page.next { c.member("next", string: next.token) } else { c.member("next", .null) }
-                }
-            }
-        })
-    }
-
-    private func linksBody(_ identifier: Identifier) throws -> [UInt8] {
-        let links = try store.links(of: identifier)
-        return Self.object { object in
-            object.member("links") { writer in
-                writer.writeArray(links) { writer, link in
-                    writer.writeObject { l in
-                        l.member("from", string: link.from.description)
-                        l.member("to", string: link.to.description)
-                        l.member("active") { $0.write(.bool(link.active)) }
-                        if let first = link.firstAdd { l.member("firstSeen") { $0.write(time: first.time) } }
-                        if let last = link.lastAdd { l.member("lastSeen") { $0.write(time: last.time) } }
-                        if let removed = link.removedAt { l.member("removedAt") { $0.write(time: removed.time) } }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Unmerge: remove the link as of now (the node's hybrid clock), off the event loop.
-    private func unmerge(_ a: Identifier, _ b: Identifier, respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        let now = Int64(Date().timeIntervalSince1970 * 1_000)
-        let stamp = clock.withLock { clock -> LWWStamp in
-            let time = clock.tick(physicalMillis: now)
-            return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")
-        }
-        DispatchQueue.global().async { [store] in
-            do {
-                guard try store.links(of: a).contains(where: { Set([$0.from, $0.to]) == Set([a, b]) }) else {
-                    return respond(.error(404, code: "not_found", message: "those identifiers are not linked"))
-                }
-                try store.removeLink(a, b, stamp: stamp)
-                respond(.json(200, Array(#"{"unlinked":true}"#.utf8)))
-            } catch {
-                respond(.error(503, code: "storage_error", message: "the link could not be removed"))
-            }
-        }
-    }
-
     func adminStatus(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
-        guard tokenRole(request) == "admin" else { return respond(.error(401, code: "unauthorized", message: "an admin token is required")) }
+        guard authorized(request, [.admin], respond) != nil else { return }
         let info = store.environment.info()
         respond(.json(200, Self.object { o in
             o.member("node", string: configuration.nodeName)
@@ -230,7 +135,7 @@ extension Node {
 
     /// `{"directory": "/path"}`: a compacted, consistent copy of the store, taken live.
     func adminBackup(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        guard tokenRole(request) == "admin" else { return respond(.error(401, code: "unauthorized", message: "an admin token is required")) }
+        guard authorized(request, [.admin], respond) != nil else { return }
         guard let directory = (try? JSONParser.parse(request.body))?["directory"]?.stringValue, !directory.isEmpty else {
             return respond(.error(400, code: "invalid_request", message: "send {\"directory\": \"/path/for/the/backup\"}"))
         }
@@ -251,7 +156,7 @@ extension Node {
     /// `?after=<canonical>&limit=1..10000`: one page of profiles as NDJSON; `Kith-Next` names
     /// where the next page starts (absent on the last page).
     func adminExport(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
-        guard tokenRole(request) == "admin" else { return respond(.error(401, code: "unauthorized", message: "an admin token is required")) }
+        guard authorized(request, [.admin], respond) != nil else { return }
         let query = Self.queryItems(request.query)
         let limit = query["limit"].flatMap(Int.init) ?? 1_000
         guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
@@ -275,13 +180,29 @@ extension Node {
         }
     }
 
-    /// The role of the request's bearer token, if it is one of ours.
-    func tokenRole(_ request: HTTPRequest) -> String? {
+    /// The principal of the request's bearer token, if it is one of ours.
+    func principal(_ request: HTTPRequest) -> Principal? {
         guard let authorization = request.header("authorization"), authorization.lowercased().hasPrefix("bearer ") else { return nil }
         let presented = Crypto.sha256(Array(authorization.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8))
-        var role: String?
-        for token in tokens where Crypto.constantTimeEquals(token.hash, presented) { role = token.role }
-        return role
+        var found: Principal?
+        // Every hash is compared, so timing says nothing about which one matched.
+        for entry in principals where Crypto.constantTimeEquals(entry.hash, presented) { found = entry.principal }
+        return found
+    }
+
+    /// The request's principal if it holds one of `roles`; otherwise answers 401 (no valid
+    /// token) or 403 (a role that may not do this) and returns nil.
+    func authorized(_ request: HTTPRequest, _ roles: Set<Role>, _ respond: (HTTPResponse) -> Void) -> Principal? {
+        guard let principal = principal(request) else {
+            respond(.error(401, code: "unauthorized", message: "a valid bearer token is required"))
+            return nil
+        }
+        guard roles.contains(principal.role) else {
+            let names = roles.map(\.rawValue).sorted().joined(separator: " or ")
+            respond(.error(403, code: "forbidden", message: "this needs the \(names) role; the token has \(principal.role.rawValue)"))
+            return nil
+        }
+        return principal
     }
 
     /// `a=1&b=x%20y` → ["a": "1", "b": "x y"] (the last value of a repeated name wins).

@@ -8,6 +8,7 @@ import KithNet
 import KithProfile
 import KithCRDT
 import KithCluster
+import KithPolicy
 import KithReplication
 import KithStore
 import Synchronization
@@ -24,8 +25,14 @@ public final class Node: Sendable {
     let store: LMDBProfileStore
     let committer: GroupCommitter
     let writeKeys: [[UInt8]]
-    /// SHA-256 of each accepted bearer token, with its role.
-    let tokens: [(hash: [UInt8], role: String)]
+    /// SHA-256 of each accepted bearer token, with its principal.
+    let principals: [(hash: [UInt8], principal: Principal)]
+    /// What each purpose may see (docs/privacy.md).
+    let policy: Policy
+    /// Who read which profile, for what, and what they saw.
+    let audit: ReadAudit
+    /// Keys profiles in the audit the way erased identifiers are keyed: never by the identifier.
+    let subjectHasher: HMACForgetKeyHasher
     let clock: Mutex<HybridLogicalClock>
     let startedAt = Date()
     let parser: SegmentMessageParser
@@ -60,7 +67,11 @@ public final class Node: Sendable {
         let replication = self.replication
         committer = GroupCommitter(store: store) { replication?.committed() }
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
-        tokens = configuration.tokens.compactMap { token in Crypto.bytes(hex: token.sha256).map { ($0, token.role) } }
+        let policy = try Self.loadPolicy(configuration.policyFile)
+        self.policy = policy
+        principals = try configuration.tokens.map { token in try Self.principal(token, policy) }
+        audit = try ReadAudit(path: configuration.dataDirectory + "/audit", retentionDays: configuration.auditRetentionDays, log: log)
+        subjectHasher = HMACForgetKeyHasher(secret: secret)
         clock = Mutex(HybridLogicalClock(node: Self.nodeIdentifier(configuration.nodeName)))
         parser = SegmentMessageParser()
         let (host, port) = try configuration.httpAddress()
@@ -76,7 +87,12 @@ public final class Node: Sendable {
     /// Starts serving; returns the HTTP port.
     public func start() throws -> UInt16 {
         let port = try server.start()
-        replication?.start()
+        if let replication {
+            // A wildcard listener is advertised at the host peers already reach this node on.
+            var host = try configuration.httpAddress().host
+            if ["0.0.0.0", "::", ""].contains(host) { host = String(replication.transport.address.split(separator: ":").dropLast().joined(separator: ":")) }
+            replication.start(api: (host.contains(":") ? "[\(host)]" : host) + ":\(port)")
+        }
         return port
     }
 
@@ -89,6 +105,7 @@ public final class Node: Sendable {
         server.stop()
         committer.stop()
         replication?.stop()
+        audit.stop()
         try? store.environment.sync()
     }
 
@@ -122,7 +139,9 @@ public final class Node: Sendable {
                 ? .error(503, code: "stopping", message: "the node is shutting down") : .json(200, Array(#"{"status":"ready"}"#.utf8)))
         case ("GET", "/healthz"):
             respond(.json(200, Array(#"{"status":"ok","node":"\#(configuration.nodeName)","version":"\#(Self.version)"}"#.utf8)))
-        case ("GET", "/metrics"): respond(metricsResponse())
+        case ("GET", "/metrics"):
+            guard authorized(request, [.admin], respond) != nil else { return }
+            respond(metricsResponse())
         case (_, _) where ingestKind != nil:
             guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
             ingest(request, kind: ingestKind!, respond: respond)
@@ -164,6 +183,36 @@ public final class Node: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// The policy file's policy, or the built-in one.
+    static func loadPolicy(_ path: String?) throws -> Policy {
+        guard let path else { return Policy.builtIn }
+        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigurationError("cannot read policy file \(path)") }
+        do {
+            return try Policy(parsing: Array(data))
+        } catch {
+            throw ConfigurationError("policy \(path): \(error)")
+        }
+    }
+
+    /// A configured token as a principal; `*` grants every purpose of the policy.
+    static func principal(_ token: NodeConfiguration.Token, _ policy: Policy) throws -> (hash: [UInt8], principal: Principal) {
+        guard let hash = Crypto.bytes(hex: token.sha256), let role = Role(rawValue: token.role) else {
+            throw ConfigurationError("token \(token.name) is invalid")
+        }
+        var purposes: [String] = []
+        for purpose in token.purposes {
+            if purpose == "*" {
+                purposes += policy.purposes.keys.sorted()
+            } else {
+                guard policy.purposes[purpose] != nil else {
+                    throw ConfigurationError("token \(token.name): the policy has no purpose \"\(purpose)\"")
+                }
+                purposes.append(purpose)
+            }
+        }
+        return (hash, Principal(name: token.name, role: role, purposes: purposes))
+    }
 
     static func nodeIdentifier(_ name: String) -> UInt64 {
         Crypto.sha256(Array(name.utf8)).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }

@@ -4,12 +4,30 @@ import KithCrypto
 /// A node's settings: from a JSON file (`--config`), overridden by `KITH_*` environment
 /// variables, overridden by command-line flags.
 public struct NodeConfiguration: Codable, Sendable, Equatable {
+    /// A principal: a caller of the API, known by the SHA-256 of its bearer token.
     public struct Token: Codable, Sendable, Equatable {
         public var name: String
         /// Hex SHA-256 of the bearer token: the config never holds the token itself.
         public var sha256: String
-        /// `reader`, `ingest`, `admin` or `privacy` (roles are enforced with issue 6's principals).
+        /// `reader`, `ingest`, `admin` or `privacy` (see docs/privacy.md).
         public var role: String
+        /// The purposes it may read for; `*` stands for every purpose of the policy.
+        public var purposes: [String]
+
+        public init(name: String, sha256: String, role: String, purposes: [String]) {
+            self.name = name
+            self.sha256 = sha256
+            self.role = role
+            self.purposes = purposes
+        }
+
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            name = try container.decode(String.self, forKey: .name)
+            sha256 = try container.decode(String.self, forKey: .sha256)
+            role = try container.decode(String.self, forKey: .role)
+            purposes = try container.decodeIfPresent([String].self, forKey: .purposes) ?? []
+        }
     }
 
     public var nodeName = "kith-1"
@@ -39,12 +57,17 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var clusterKeyFile: String?
     /// A cluster key given directly (hex; from `KITH_CLUSTER_KEY`, never from a file or flag).
     public var clusterKey: String?
+    /// The privacy policy (JSON, docs/privacy.md); nil uses the built-in policy, which is
+    /// `cluster-configs/policy.example.json`.
+    public var policyFile: String?
+    /// Days read-audit records are kept.
+    public var auditRetentionDays = 400
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, logRequests, ingestQueueLimit
-        case gossip, seeds, role, clusterKeyFile
+        case gossip, seeds, role, clusterKeyFile, policyFile, auditRetentionDays
     }
 
     public init(from decoder: Decoder) throws {
@@ -64,6 +87,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
         role = try container.decodeIfPresent(String.self, forKey: .role) ?? defaults.role
         clusterKeyFile = try container.decodeIfPresent(String.self, forKey: .clusterKeyFile)
+        policyFile = try container.decodeIfPresent(String.self, forKey: .policyFile)
+        auditRetentionDays = try container.decodeIfPresent(Int.self, forKey: .auditRetentionDays) ?? defaults.auditRetentionDays
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -92,6 +117,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_HTTP"] { http = value }
         if let value = environment["KITH_WRITE_KEY"] { writeKeys.append(value) }
         if let value = environment["KITH_TOKEN"] { addToken(value) }
+        if let value = environment["KITH_PRIVACY_TOKEN"] { addToken(value, role: "privacy") }
+        if let value = environment["KITH_POLICY_FILE"] { policyFile = value }
         if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
@@ -106,9 +133,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         try validate()
     }
 
-    /// Adds an all-purpose admin token (for scripts and tests).
-    public mutating func addToken(_ token: String) {
-        tokens.append(Token(name: "command-line", sha256: Crypto.hex(Crypto.sha256(Array(token.utf8))), role: "admin"))
+    /// Adds an all-purpose token given on the command line or in the environment (admin by
+    /// default; `--privacy-token` gives the privacy role).
+    public mutating func addToken(_ token: String, role: String = "admin") {
+        tokens.append(Token(name: "command-line-\(role)", sha256: Crypto.hex(Crypto.sha256(Array(token.utf8))), role: role, purposes: ["*"]))
     }
 
     /// The HTTP listener's host and port.
@@ -160,13 +188,14 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         for token in tokens where !["reader", "ingest", "admin", "privacy"].contains(token.role) {
             throw ConfigurationError("token \(token.name): role must be reader, ingest, admin or privacy")
         }
+        guard (1...36_500).contains(auditRetentionDays) else { throw ConfigurationError("auditRetentionDays must be 1 to 36500") }
     }
 }
 
 extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "logRequests",
-        "ingestQueueLimit", "gossip", "seeds", "role", "clusterKeyFile",
+        "ingestQueueLimit", "gossip", "seeds", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
     ]
 }
 

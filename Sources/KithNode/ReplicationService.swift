@@ -63,7 +63,9 @@ final class ReplicationService: @unchecked Sendable {
         ) { address, message in transport.send(message, to: address) }
     }
 
-    func start() {
+    /// Starts replicating, advertising `api` as where this node's HTTP API answers.
+    func start(api: String) {
+        node.advertise(api: api)
         transport.start()
         let thread = Thread { [self] in run() }
         thread.name = "kith-replication"

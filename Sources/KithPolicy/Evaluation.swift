@@ -93,15 +93,22 @@ public struct ReadDecision: Sendable {
 
     /// The purpose is the one requested, or the principal's only purpose.
     public init(policy: Policy, principal: Principal, requestedPurpose: String?, consent: ConsentState) throws(ReadRefusal) {
-        guard let name = requestedPurpose ?? (principal.purposes.count == 1 ? principal.purposes[0] : nil) else {
-            throw .purposeRequired
-        }
-        guard let purpose = policy.purposes[name] else { throw .unknownPurpose(name) }
-        guard principal.purposes.contains(name) else { throw .purposeNotHeld(name) }
+        let name = try Self.purpose(policy: policy, principal: principal, requested: requestedPurpose)
         self.purposeName = name
         self.policy = policy
-        self.purpose = purpose
+        self.purpose = policy.purposes[name]!
         self.blanket = Self.blanket(purpose: purpose, role: principal.role, consent: consent)
+    }
+
+    /// The purpose a read is for, checked against the policy and the principal (before the
+    /// profile is even looked up, so a refusal says nothing about whether it exists).
+    public static func purpose(policy: Policy, principal: Principal, requested: String?) throws(ReadRefusal) -> String {
+        guard let name = requested ?? (principal.purposes.count == 1 ? principal.purposes[0] : nil) else {
+            throw .purposeRequired
+        }
+        guard policy.purposes[name] != nil else { throw .unknownPurpose(name) }
+        guard principal.purposes.contains(name) else { throw .purposeNotHeld(name) }
+        return name
     }
 
     private static func blanket(purpose: Purpose, role: Role, consent: ConsentState) -> Withheld? {

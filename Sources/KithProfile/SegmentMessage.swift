@@ -72,6 +72,18 @@ public struct EventRecord: Equatable, Sendable, Comparable {
     /// The event's properties as compact JSON text (an object).
     public var properties: RawJSON
 
+    public init(
+        messageId: String, type: MessageType, name: String, time: Int64, channel: String, revenueMicros: Int64? = nil, properties: RawJSON
+    ) {
+        self.messageId = messageId
+        self.type = type
+        self.name = name
+        self.time = time
+        self.channel = channel
+        self.revenueMicros = revenueMicros
+        self.properties = properties
+    }
+
     /// The aggregate an event counts towards: the event name for `track`, prefixed for page/screen.
     public var aggregateKey: String { Self.aggregateKey(type: type, name: name) }
 
@@ -122,6 +134,22 @@ public struct ProfileDelta: Equatable, Sendable {
     /// Identifiers the message says are the same person as `subject` (sorted, unique).
     public var links: [Identifier]
     public var groupId: String?
+
+    public init(
+        messageId: String, type: MessageType, subject: Identifier, channel: String, times: MessageTimes, traits: JSONObject = JSONObject(),
+        consent: [ConsentDecision] = [], event: EventRecord? = nil, links: [Identifier] = [], groupId: String? = nil
+    ) {
+        self.messageId = messageId
+        self.type = type
+        self.subject = subject
+        self.channel = channel
+        self.times = times
+        self.traits = traits
+        self.consent = consent.sorted { $0.category < $1.category }
+        self.event = event
+        self.links = links
+        self.groupId = groupId
+    }
 
     /// The LWW stamp of everything this message writes.
     public var stamp: LWWStamp { LWWStamp(time: times.eventTime, tiebreak: messageId) }

@@ -24,6 +24,9 @@ public struct Member: Equatable, Sendable {
     public var id: UInt64
     public var name: String
     public var address: String
+    /// Where the member's HTTP API answers (for operator tools that ask every node, such as
+    /// the cluster-wide read audit); empty if not advertised.
+    public var api: String = ""
     public var role: MemberRole
     public var incarnation: UInt64
     public var status: MemberStatus
@@ -130,6 +133,13 @@ public struct Membership: Sendable {
         self.seeds = seeds.filter { $0 != me.address }
         self.settings = settings
         random = SplitMix64(seed: seed)
+        enqueue(me)
+    }
+
+    /// Sets the address of this node's HTTP API, gossiped with its record. Called once, before
+    /// the node starts (the API's port may be known only once it listens).
+    public mutating func advertise(api: String) {
+        me.api = api
         enqueue(me)
     }
 

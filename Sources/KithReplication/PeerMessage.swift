@@ -87,6 +87,7 @@ extension Member: BinaryCodable {
         writer.write(bigEndian: id)
         writer.write(string: name)
         writer.write(string: address)
+        writer.write(string: api)
         writer.write(byte: role.rawValue)
         writer.write(varint: incarnation)
         writer.write(byte: status.rawValue)
@@ -96,6 +97,7 @@ extension Member: BinaryCodable {
         id = try reader.readBigEndianUInt64()
         name = try reader.readString()
         address = try reader.readString()
+        api = try reader.readString()
         let offset = reader.offset
         guard let role = MemberRole(rawValue: try reader.readByte()) else { throw BinaryDecodingError(.invalidValue, offset: offset, "role") }
         self.role = role
@@ -104,7 +106,7 @@ extension Member: BinaryCodable {
             throw BinaryDecodingError(.invalidValue, offset: reader.offset - 1, "status")
         }
         self.status = status
-        guard name.utf8.count <= 64, address.utf8.count <= 300 else { throw BinaryDecodingError(.invalidValue, offset: offset, "member name or address too long") }
+        guard name.utf8.count <= 64, address.utf8.count <= 300, api.utf8.count <= 300 else { throw BinaryDecodingError(.invalidValue, offset: offset, "member name or address too long") }
     }
 }
 
@@ -141,6 +143,6 @@ extension MembershipMessage: BinaryCodable {
         case 6: kind = .leave
         default: throw BinaryDecodingError(.unknownTag, offset: offset, "membership message kind")
         }
-        updates = try reader.readSequence(minimumItemSize: 14) { r in try Member(from: &r) }
+        updates = try reader.readSequence(minimumItemSize: 15) { r in try Member(from: &r) }
     }
 }

@@ -355,7 +355,17 @@ final class WriteContext {
     /// Erases the person `identifier` belongs to. The erasure time is the requested time or, if
     /// later, the newest time of anything held about them, so erasure always covers all of it.
     func erase(_ identifier: Identifier, requestedAt requested: Int64) throws -> [Identifier] {
-        guard let canonical = try canonicalKey(identifier.key), let view = try self.view(canonical) else { return [] }
+        guard let canonical = try canonicalKey(identifier.key), let view = try self.view(canonical) else {
+            // Nothing held here — but another replica, or an edge site that is offline, may hold
+            // the customer: the erasure is remembered and replicated all the same, so their data
+            // is dropped wherever it is and whenever it arrives.
+            // Rows may still mention it (a neighbour's link): the same path as an erasure that
+            // arrives from a peer, so every replica ends up the same.
+            let forgetKeys = [engine.hasher.forgetKeyBytes(for: identifier)]
+            try forgetHashed(forgetKeys, time: requested)
+            try log(.erasure(forgetKeys: forgetKeys, time: requested), origin: nil)
+            return [identifier]
+        }
         let members = view.members
         var time = max(requested, view.head.lastSeen ?? requested)
         for member in members {

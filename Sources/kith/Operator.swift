@@ -16,6 +16,9 @@ struct ClientOptions {
     /// `table` on a terminal, `json` otherwise, unless `--format` says.
     var format = isatty(STDOUT_FILENO) == 1 ? "table" : "json"
     var positional: [String] = []
+    /// Command-specific options: those taking a value, and switches.
+    var values: [String: String] = [:]
+    var switches: Set<String> = []
 
     static let help = """
           --host <host:port>      The node (env KITH_HOST; default 127.0.0.1:7080).
@@ -24,7 +27,7 @@ struct ClientOptions {
           -h, --help              Show help information.
         """
 
-    init(_ arguments: [String], help: String, extra: Set<String> = []) {
+    init(_ arguments: [String], help: String, values valueOptions: Set<String> = [], switches switchOptions: Set<String> = []) {
         var index = 0
         while index < arguments.count {
             let argument = arguments[index]
@@ -32,6 +35,13 @@ struct ClientOptions {
             case "-h", "--help":
                 print(help)
                 exit(Exit.ok.rawValue)
+            case _ where switchOptions.contains(argument):
+                switches.insert(argument)
+                index += 1
+            case _ where valueOptions.contains(argument):
+                guard index + 1 < arguments.count else { fail("missing value for '\(argument)'", .usage) }
+                values[argument] = arguments[index + 1]
+                index += 2
             case "--host", "--token", "--format", "--write-key":
                 guard index + 1 < arguments.count else { fail("missing value for '\(argument)'", .usage) }
                 let value = arguments[index + 1]
@@ -97,7 +107,9 @@ func status(_ arguments: [String]) -> Never {
 }
 
 /// The options of `kith <command> <subcommand> …`: help for -h, a usage error for anything else.
-func subcommandOptions(_ arguments: [String], _ subcommand: String, usage: String, help: String) -> ClientOptions {
+func subcommandOptions(
+    _ arguments: [String], _ subcommand: String, usage: String, help: String, values: Set<String> = [], switches: Set<String> = []
+) -> ClientOptions {
     guard arguments.first == subcommand else {
         if arguments.first == "--help" || arguments.first == "-h" {
             print(help)
@@ -106,16 +118,35 @@ func subcommandOptions(_ arguments: [String], _ subcommand: String, usage: Strin
         let command = usage.split(separator: " ").prefix(2).joined(separator: " ")
         fail("usage: \(usage) (see '\(command) --help')", .usage)
     }
-    return ClientOptions(Array(arguments.dropFirst()), help: help)
+    return ClientOptions(Array(arguments.dropFirst()), help: help, values: values, switches: switches)
 }
 
 func profile(_ arguments: [String]) -> Never {
-    let help = "OVERVIEW: Read a profile.\n\nUSAGE: kith profile get <identifier> [options]\n\n  <identifier>            user_id:u-1, anonymous_id:a-9, email:a@example.com\n\nOPTIONS:\n" + ClientOptions.help
-    let options = subcommandOptions(arguments, "get", usage: "kith profile get <identifier>", help: help)
+    let help = """
+        OVERVIEW: Read a profile as a purpose may see it.
+
+        USAGE: kith profile get <identifier> [--purpose <purpose>] [options]
+
+          <identifier>            user_id:u-1, anonymous_id:a-9, email:a@example.com
+
+        OPTIONS:
+          --purpose <purpose>     Why it is read (needed when the token holds several purposes).
+
+        """ + ClientOptions.help
+    let options = subcommandOptions(arguments, "get", usage: "kith profile get <identifier>", help: help, values: ["--purpose"])
     guard options.positional.count == 1 else { fail("kith profile get takes one identifier", .usage) }
-    let encoded = options.positional[0].addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/"))) ?? ""
-    show(call(options.client(), "GET", "/v1/profiles/\(encoded)", headers: options.authorization).body, format: options.format)
+    let query = options.values["--purpose"].map { "?purpose=" + queryEncoded($0) } ?? ""
+    show(call(options.client(), "GET", profilePath(options.positional[0]) + query, headers: options.authorization).body, format: options.format)
     exit(Exit.ok.rawValue)
+}
+
+/// `/v1/profiles/<identifier, percent-encoded>`.
+func profilePath(_ identifier: String) -> String {
+    "/v1/profiles/" + (identifier.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/@"))) ?? "")
+}
+
+func queryEncoded(_ text: String) -> String {
+    text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? ""
 }
 
 func backup(_ arguments: [String]) -> Never {
@@ -220,7 +251,7 @@ func members(_ arguments: [String]) -> Never {
 }
 
 /// A JSON scalar as plain text (strings without quotes).
-private func plain(_ value: JSONValue) -> String {
+func plain(_ value: JSONValue) -> String {
     value.stringValue ?? value.jsonText
 }
 

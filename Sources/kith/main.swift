@@ -46,6 +46,11 @@ let overview = """
       leave                   Leave the cluster.
       repair                  Pull what this node lacks from its peers now.
       sync status             Show replication per peer.
+      consent get|set         Show or record a customer's consent.
+      erase                   Erase a customer everywhere (GDPR Art. 17).
+      export-subject          Everything held about a customer (Art. 15/20).
+      audit                   Who read a customer's data, from every node.
+      policy check            Check a privacy policy file.
       version                 Show the version.
 
       See 'kith help <subcommand>' for detailed help.
@@ -55,7 +60,8 @@ let serveHelp = """
     OVERVIEW: Run a node: the HTTP API on --http, data in --data-dir.
 
     USAGE: kith serve [--config <file>] [--data-dir <dir>] [--http <host:port>] [--node-name <name>]
-                      [--write-key <key>] [--token <token>] [--loops <n>]
+                      [--write-key <key>] [--token <token>] [--privacy-token <token>]
+                      [--policy <file>] [--loops <n>]
                       [--gossip <host:port>] [--seeds <host:port,...>] [--role core|edge]
                       [--cluster-key-file <file>]
 
@@ -65,7 +71,9 @@ let serveHelp = """
       --http <host:port>      The HTTP listener (env KITH_HTTP; default 127.0.0.1:7080; port 0: any).
       --node-name <name>      This node's name (env KITH_NODE_NAME).
       --write-key <key>       Accept this write key for ingest (env KITH_WRITE_KEY).
-      --token <token>         Accept this bearer token, with every role (env KITH_TOKEN).
+      --token <token>         Accept this bearer token: admin role, every purpose (env KITH_TOKEN).
+      --privacy-token <token> Accept this bearer token: privacy role, every purpose (env KITH_PRIVACY_TOKEN).
+      --policy <file>         The privacy policy (env KITH_POLICY_FILE; default: the built-in one).
       --loops <n>             HTTP event-loop threads (default 2).
       --gossip <host:port>    Replicate: the peer listener (env KITH_GOSSIP; port 0: any).
       --seeds <list>          Peers to join through, comma-separated (env KITH_SEEDS).
@@ -83,7 +91,7 @@ func serve(_ arguments: [String]) -> Never {
     var index = 0
     let takesValue: Set = [
         "--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops", "--gossip", "--seeds", "--role",
-        "--cluster-key-file",
+        "--cluster-key-file", "--privacy-token", "--policy",
     ]
     while index < arguments.count {
         let argument = arguments[index]
@@ -112,6 +120,8 @@ func serve(_ arguments: [String]) -> Never {
         if let value = flags["--cluster-key-file"]?.last { configuration.clusterKeyFile = value }
         configuration.writeKeys += flags["--write-key"] ?? []
         for token in flags["--token"] ?? [] { configuration.addToken(token) }
+        for token in flags["--privacy-token"] ?? [] { configuration.addToken(token, role: "privacy") }
+        if let value = flags["--policy"]?.last { configuration.policyFile = value }
         try configuration.validate()
     } catch {
         fail("\(error)", .usage)
@@ -184,6 +194,11 @@ case "join": join(Array(arguments.dropFirst()))
 case "leave": leave(Array(arguments.dropFirst()))
 case "repair": repair(Array(arguments.dropFirst()))
 case "sync": sync(Array(arguments.dropFirst()))
+case "consent": consent(Array(arguments.dropFirst()))
+case "erase": erase(Array(arguments.dropFirst()))
+case "export-subject": exportSubject(Array(arguments.dropFirst()))
+case "audit": auditCommand(Array(arguments.dropFirst()))
+case "policy": policy(Array(arguments.dropFirst()))
 case "version", "--version": print("kith \(Node.version)")
 case "help", "-h", "--help":
     if arguments.count > 1, arguments[1] == "serve" { print(serveHelp) } else if arguments.count > 1 {
@@ -200,6 +215,11 @@ case "help", "-h", "--help":
         case "leave": leave(["--help"])
         case "repair": repair(["--help"])
         case "sync": sync(["--help"])
+        case "consent": consent(["--help"])
+        case "erase": erase(["--help"])
+        case "export-subject": exportSubject(["--help"])
+        case "audit": auditCommand(["--help"])
+        case "policy": policy(["--help"])
         default: fail("unknown command '\(command)'", .usage)
         }
     } else {

@@ -13,7 +13,9 @@ final class ClusterFixture {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let secretFile = directory + "/forget.secret"
         _ = FileManager.default.createFile(atPath: secretFile, contents: Data(try Crypto.randomBytes(32)))
-        environment = ["KITH_CLUSTER_KEY": Crypto.hex(try Crypto.randomBytes(32)), "KITH_SECRET_FILE": secretFile]
+        environment = [
+            "KITH_CLUSTER_KEY": Crypto.hex(try Crypto.randomBytes(32)), "KITH_SECRET_FILE": secretFile, "KITH_PRIVACY_TOKEN": "pk",
+        ]
     }
 
     /// Starts a node named `name`, joining through `seeds`.
@@ -69,7 +71,7 @@ struct ClusterProcessTests {
         #expect(try eventually(10) { try third.profile("user_id:u-1")?.body.contains(#""plan":"plus""#) == true })
         let members = try third.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])
         #expect(members?.body.components(separatedBy: #""status":"alive""#).count == 4)
-        let metrics = try #require(try third.request("GET", "/metrics")?.body)
+        let metrics = try #require(try third.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body)
         #expect(metrics.contains("kith_peer_frames_received_total"))
         #expect(metrics.contains("kith_replication_changes_applied_total 1\n"))
         let sync = try #require(try third.request("GET", "/v1/admin/sync", headers: ["Authorization: Bearer tk"])?.body)

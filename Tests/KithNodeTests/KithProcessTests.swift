@@ -108,8 +108,10 @@ final class NodeProcess {
         try request("POST", path, body: Array(json.utf8), headers: headers + ["Content-Type: application/json"])?.status
     }
 
-    func profile(_ identifier: String) throws -> (status: Int, headers: [String: String], body: String)? {
-        try request("GET", "/v1/profiles/\(identifier)", headers: ["Authorization: Bearer tk"])
+    /// A read for `purpose` (the built-in policy's support purpose sees everything) with the admin token.
+    func profile(_ identifier: String, purpose: String = "support", token: String = "tk") throws -> (status: Int, headers: [String: String], body: String)? {
+        let separator = identifier.contains("?") ? "&" : "?"
+        return try request("GET", "/v1/profiles/\(identifier)\(separator)purpose=\(purpose)", headers: ["Authorization: Bearer \(token)"])
     }
 
     deinit {
@@ -230,8 +232,9 @@ struct KithProcessTests {
         #expect(try node.ingest("/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"name":"Ana"},"messageId":"i1","timestamp":"2025-01-01T00:00:00Z"}"#) == 200)
         let events = (0..<12).map { #"{"type":"track","userId":"u-1","event":"E","messageId":"e\#($0)","timestamp":"2025-01-01T00:00:\#($0 < 10 ? "0" : "")\#($0)Z"}"# }
         #expect(try node.ingest("/v1/batch", #"{"batch":[\#(events.joined(separator: ","))]}"#) == 200)
-        #expect(try node.profile("user_id:u-1/traits")?.body == #"{"traits":{"name":"Ana"}}"#)
-        #expect(try node.profile("user_id:u-1/identifiers")?.body == #"{"identifiers":{"user_id":["u-1"],"anonymous_id":["a-1"]}}"#)
+        #expect(try node.profile("user_id:u-1/traits")?.body == #"{"purpose":"support","traits":{"name":"Ana"},"withheld":[],"masked":[]}"#)
+        #expect(try node.profile("user_id:u-1/identifiers")?.body
+            == #"{"purpose":"support","identifiers":{"user_id":["u-1"],"anonymous_id":["a-1"]},"withheld":[],"masked":[]}"#)
 
         var seen: [String] = []
         var cursor: String?
@@ -260,7 +263,8 @@ struct KithProcessTests {
         let backedUp = try node.request("POST", "/v1/admin/backup", body: Array(#"{"directory":"\#(backup)"}"#.utf8), headers: ["Authorization: Bearer tk"])
         #expect(backedUp?.status == 200)
         #expect(FileManager.default.fileExists(atPath: backup + "/data.mdb"))
-        #expect(try node.request("GET", "/metrics")?.body.contains("kith_http_request_duration_seconds_bucket") == true)
+        #expect(try node.request("GET", "/metrics")?.status == 401, "metrics need an admin token")
+        #expect(try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains("kith_http_request_duration_seconds_bucket") == true)
     }
 
     @Test func operatorCommandsAgainstALiveNode() throws {
@@ -277,8 +281,10 @@ struct KithProcessTests {
 
         let status = try runKith(["status", "--host", host, "--token", "tk", "--format", "json"])
         #expect(status.status == 0 && status.output.contains(#""committedMessages":1200"#))
-        let profile = try runKith(["profile", "get", "user_id:u-1", "--host", host, "--token", "tk", "--format", "json"])
+        let profile = try runKith(["profile", "get", "user_id:u-1", "--purpose", "support", "--host", host, "--token", "tk", "--format", "json"])
         #expect(profile.status == 0 && profile.output.contains(#""id":"user_id:u-1""#))
+        let unstated = try runKith(["profile", "get", "user_id:u-1", "--host", host, "--token", "tk"])
+        #expect(unstated.status == 1 && unstated.error.contains("name one with ?purpose="))
         #expect(try runKith(["profile", "get", "user_id:nobody", "--host", host, "--token", "tk"]).status == 1)
         #expect(try runKith(["profile", "get", "user_id:u-1", "--host", host]).status == 64)  // no token
         #expect(try runKith(["status", "--host", "127.0.0.1:1", "--token", "tk"]).status == 1)  // nothing listens

@@ -1,0 +1,360 @@
+import Foundation
+import KithCRDT
+import KithCrypto
+import KithHTTP
+import KithJSON
+import KithNet
+import KithPolicy
+import KithProfile
+import KithStore
+
+/// `/v1/profiles/{identifier}[/…]`: reads through the privacy policy, and the privacy operations
+/// (consent, restriction, erasure, export, audit). See docs/privacy.md.
+extension Node {
+    typealias Respond = @Sendable (HTTPResponse) -> Void
+
+    func profileRoute(_ request: HTTPRequest, _ parts: [Substring], respond: @escaping Respond) {
+        let resource = parts.count > 1 ? String(parts[1]) : ""
+        let route = (request.method, resource, parts.count)
+        let roles: Set<Role>
+        switch route {
+        case ("GET", "", 1), ("GET", "traits", 2), ("GET", "identifiers", 2), ("GET", "events", 2), ("GET", "consent", 2):
+            roles = [.reader, .admin, .privacy]
+        case ("GET", "links", 2), ("DELETE", "links", 3): roles = [.admin, .privacy]
+        case ("PUT", "consent", 2), ("DELETE", "", 1), ("POST", "restrict", 2), ("DELETE", "restrict", 2), ("GET", "export", 2),
+            ("GET", "audit", 2):
+            roles = [.privacy]
+        case (_, "", 1), (_, "traits", 2), (_, "identifiers", 2), (_, "events", 2), (_, "consent", 2), (_, "links", 2), (_, "links", 3),
+            (_, "restrict", 2), (_, "export", 2), (_, "audit", 2):
+            return respond(.error(405, code: "method_not_allowed", message: "see docs/http-api.md for the methods of profile resources"))
+        default:
+            return respond(.error(404, code: "not_found", message: "no such profile resource"))
+        }
+        guard let principal = authorized(request, roles, respond) else { return }
+        guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
+        switch route {
+        case ("GET", "consent", _): consent(identifier, principal, respond: respond)
+        case ("PUT", "consent", _): setConsent(identifier, request, respond: respond)
+        case ("GET", "links", _): respond(Self.attempt { .json(200, try linksBody(identifier)) })
+        case ("DELETE", "links", _):
+            guard let other = Self.identifier(parts[2]) else { return respond(Self.invalidIdentifier) }
+            unmerge(identifier, other, respond: respond)
+        case ("DELETE", "", _): erase(identifier, respond: respond)
+        case ("POST", "restrict", _), ("DELETE", "restrict", _): restrict(identifier, request.method == "POST", respond: respond)
+        case ("GET", "export", _): exportSubject(identifier, principal, respond: respond)
+        case ("GET", "audit", _): auditTrail(identifier, request, respond: respond)
+        default: read(identifier, resource, request, principal, respond: respond)
+        }
+    }
+
+    // MARK: - Reads
+
+    /// A read for a purpose: the profile as the policy and the customer's consent let this
+    /// principal see it, recorded in the audit.
+    private func read(_ identifier: Identifier, _ resource: String, _ request: HTTPRequest, _ principal: Principal, respond: Respond) {
+        let query = Self.queryItems(request.query)
+        let purpose: String
+        do {
+            purpose = try ReadDecision.purpose(policy: policy, principal: principal, requested: query["purpose"])
+        } catch {
+            return respond(Self.refusal(error))
+        }
+        respond(Self.attempt {
+            guard let view = try store.view(of: identifier) else { return Self.notFound }
+            let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(view.head))
+            var renderer = PolicyRenderer(decision: decision)
+            let body: [UInt8]
+            switch resource {
+            case "traits": body = renderer.traitsResource(view.head)
+            case "identifiers": body = renderer.identifiersResource(view.members)
+            case "events": body = try eventsPage(identifier, query, &renderer)
+            default: body = renderer.profile(view)
+            }
+            recordRead(principal, purpose, resource.isEmpty ? "profile" : resource, view.members, renderer.outcome)
+            return Self.tagged(body, request)
+        })
+    }
+
+    /// `?limit=1..200&cursor=…`: a page of events, newest first.
+    private func eventsPage(_ identifier: Identifier, _ query: [String: String], _ renderer: inout PolicyRenderer) throws -> [UInt8] {
+        let limit = try query["limit"].map { text -> Int in
+            guard let value = Int(text), (1...200).contains(value) else { throw QueryError(message: "limit must be 1 to 200") }
+            return value
+        } ?? 10
+        let cursor = try query["cursor"].map { text -> EventCursor in
+            guard let cursor = EventCursor(token: text) else { throw QueryError(message: "cursor is not one this API returned") }
+            return cursor
+        }
+        let page = try store.events(of: identifier, before: cursor, limit: limit)
+        return renderer.eventsResource(page.events) { object in
+            object.member("cursor") { writer in
+                writer.writeObject { c in
+                    if let next = page.next { c.member("next", string: next.token) } else { c.member("next", .null) }
+                }
+            }
+        }
+    }
+
+    private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) {
+        audit.record(AuditRecord(
+            time: Self.nowMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
+            subjects: members.map(subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
+    }
+
+    /// The body with a strong ETag over exactly these bytes (so it can only say what the body
+    /// says); `If-None-Match` with the same tag gets 304.
+    static func tagged(_ body: [UInt8], _ request: HTTPRequest) -> HTTPResponse {
+        let tag = "\"" + Crypto.hex(Array(Crypto.sha256(body).prefix(12))) + "\""
+        if request.header("if-none-match") == tag { return HTTPResponse(status: 304, headers: [HTTPHeader("ETag", tag)]) }
+        var response = HTTPResponse.json(200, body)
+        response.headers.append(HTTPHeader("ETag", tag))
+        return response
+    }
+
+    static func refusal(_ refusal: ReadRefusal) -> HTTPResponse {
+        switch refusal {
+        case .purposeRequired:
+            .error(400, code: "purpose_required", message: "this token may read for several purposes: name one with ?purpose=")
+        case .unknownPurpose(let name): .error(400, code: "unknown_purpose", message: "the policy has no purpose \"\(name)\"")
+        case .purposeNotHeld(let name): .error(403, code: "purpose_not_permitted", message: "this token may not read for \"\(name)\"")
+        }
+    }
+
+    static let notFound = HTTPResponse.error(404, code: "not_found", message: "no profile has that identifier")
+
+    /// Runs a storage operation, mapping its failures to responses that name no data.
+    static func attempt(_ body: () throws -> HTTPResponse) -> HTTPResponse {
+        do {
+            return try body()
+        } catch let error as QueryError {
+            return .error(400, code: "invalid_query", message: error.message)
+        } catch {
+            return .error(500, code: "storage_error", message: "the profile could not be read")
+        }
+    }
+
+    static func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
+
+    // MARK: - Consent and restriction
+
+    /// The customer's consent decisions with times and sources, the restriction, and what each
+    /// category means in IAB TCF and Google Consent Mode. Needs no purpose: a service must be
+    /// able to learn what it may do.
+    private func consent(_ identifier: Identifier, _ principal: Principal, respond: Respond) {
+        respond(Self.attempt {
+            guard let view = try store.view(of: identifier) else { return Self.notFound }
+            var outcome = ReadOutcome()
+            outcome.returned = ["consent"]
+            recordRead(principal, "", "consent", view.members, outcome)
+            return .json(200, Self.object { object in
+                object.member("consent") { $0.writeConsent(view.head) }
+                object.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
+                object.member("mappings") { writer in
+                    writer.writeObject { mappings in
+                        for name in policy.consentCategories.keys.sorted() {
+                            let mapping = policy.consentCategories[name]!
+                            mappings.member(name) { w in
+                                w.writeObject { m in
+                                    m.member("tcf") { $0.writeArray(mapping.tcfPurposes) { $0.write(integer: Int64($1)) } }
+                                    m.member("googleConsentMode") { $0.writeArray(mapping.googleConsentMode) { $0.write(string: $1) } }
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+    }
+
+    static func writeRestriction(_ head: SourceHead, _ writer: inout JSONWriter) {
+        guard let register = head.consent[ConsentDecision.processingCategory] else { return writer.write(.bool(false)) }
+        writer.writeObject { o in
+            o.member("restricted") { $0.write(.bool(!register.granted)) }
+            o.member("time") { $0.write(time: register.stamp.time) }
+        }
+    }
+
+    /// `{"categoryPreferences": {"analytics": true, ...}, "source": "…", "timestamp": "…"}`:
+    /// recorded as Segment's "Segment Consent Preference Updated" event, so it is durable,
+    /// replicated and ahead of any backlog exactly like consent from a touchpoint.
+    private func setConsent(_ identifier: Identifier, _ request: HTTPRequest, respond: @escaping Respond) {
+        guard let body = try? JSONParser.parse(request.body), case .object(let preferences)? = body["categoryPreferences"],
+            !preferences.isEmpty
+        else {
+            return respond(.error(400, code: "invalid_request", message: "send {\"categoryPreferences\": {\"CATEGORY\": true or false, ...}}"))
+        }
+        var decisions: [ConsentDecision] = []
+        for member in preferences.members {
+            guard case .bool(let granted) = member.value, !member.key.isEmpty, member.key.utf8.count <= 100,
+                !member.key.hasPrefix(ConsentDecision.reservedPrefix)
+            else {
+                return respond(.error(400, code: "invalid_request", message: "each category needs true or false; names are 1 to 100 bytes and not kith:"))
+            }
+            decisions.append(ConsentDecision(category: member.key, granted: granted))
+        }
+        let now = Self.nowMillis()
+        var time = now
+        if let text = body["timestamp"] {
+            guard let parsed = text.stringValue.flatMap(ISO8601.parseMillis) else {
+                return respond(.error(400, code: "invalid_request", message: "timestamp must be an ISO 8601 time"))
+            }
+            time = parsed
+        }
+        let source = body["source"]?.stringValue.map { String($0.prefix(64)) } ?? "privacy-api"
+        let properties = JSONObject([JSONObject.Member("categoryPreferences", .object(preferences))])
+        let messageId = "consent-" + Crypto.hex((try? Crypto.randomBytes(12)) ?? [])
+        let times = MessageTimes(timestamp: time, originalTimestamp: nil, sentAt: nil, receivedAt: now)
+        let event = EventRecord(
+            messageId: messageId, type: .track, name: "Segment Consent Preference Updated", time: times.eventTime, channel: source,
+            properties: RawJSON(.object(properties)))
+        let delta = ProfileDelta(messageId: messageId, type: .track, subject: identifier, channel: source, times: times, consent: decisions, event: event)
+        commit(delta, answer: Self.object { $0.member("success") { $0.write(.bool(true)) } }, respond: respond)
+    }
+
+    /// Restriction of processing (Art. 18) on or off: a consent register of Kith's own.
+    private func restrict(_ identifier: Identifier, _ on: Bool, respond: @escaping Respond) {
+        let now = Self.nowMillis()
+        let messageId = (on ? "restrict-" : "unrestrict-") + Crypto.hex((try? Crypto.randomBytes(12)) ?? [])
+        let delta = ProfileDelta(
+            messageId: messageId, type: .identify, subject: identifier, channel: "privacy-api",
+            times: MessageTimes(timestamp: now, originalTimestamp: nil, sentAt: nil, receivedAt: now),
+            consent: [ConsentDecision(category: ConsentDecision.processingCategory, granted: !on)])
+        commit(delta, answer: Self.object { $0.member("restricted") { $0.write(.bool(on)) } }, respond: respond)
+    }
+
+    private func commit(_ delta: ProfileDelta, answer: [UInt8], respond: @escaping Respond) {
+        committer.submit([delta]) { result in
+            switch result {
+            case .success: respond(.json(200, answer))
+            case .failure: respond(.error(503, code: "unavailable", message: "the change was not stored; retry"))
+            }
+        }
+    }
+
+    // MARK: - Erasure, export, audit
+
+    /// Erases the whole person (Art. 17) on this node and, through replication, everywhere.
+    private func erase(_ identifier: Identifier, respond: @escaping Respond) {
+        let now = Self.nowMillis()
+        DispatchQueue.global().async { [store, replication, log] in
+            do {
+                let erased = try store.erase(identifier, requestedAt: now)
+                replication?.committed()
+                log(.info, "profile erased", [("identifiers", .number(JSONNumber(Int64(erased.count))))])
+                respond(.json(200, Self.object { o in
+                    o.member("erased") { $0.write(.bool(true)) }
+                    o.member("identifiers", integer: Int64(erased.count))
+                }))
+            } catch {
+                respond(.error(503, code: "storage_error", message: "the erasure was not stored; retry"))
+            }
+        }
+    }
+
+    /// Everything held about the customer (Art. 15 and 20): the full profile, links, every
+    /// event, consent with its history, restriction, and this node's read audit.
+    private func exportSubject(_ identifier: Identifier, _ principal: Principal, respond: Respond) {
+        respond(Self.attempt {
+            guard let view = try store.view(of: identifier) else { return Self.notFound }
+            var events: [EventRecord] = []
+            var cursor: EventCursor?
+            repeat {
+                let page = try store.events(of: identifier, before: cursor, limit: 1_000)
+                events += page.events
+                cursor = page.next
+            } while cursor != nil
+            let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
+            var outcome = ReadOutcome()
+            outcome.returned = ["export"]
+            recordRead(principal, "", "export", view.members, outcome)
+            return .json(200, Self.object { o in
+                o.member("exportedAt") { $0.write(time: Self.nowMillis()) }
+                o.member("node", string: configuration.nodeName)
+                o.member("profile") { $0.raw(bytes: view.jsonBytes) }
+                o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
+                o.member("consentHistory") { w in
+                    w.writeArray(events.filter { $0.name == "Segment Consent Preference Updated" }) { $0.writeEvent($1) }
+                }
+                o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
+                o.member("links") { $0.raw(bytes: (try? linksBody(identifier)) ?? Array("{}".utf8)) }
+                o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+            })
+        })
+    }
+
+    /// `?limit=1..10000`: this node's audit of reads of the customer, newest first.
+    private func auditTrail(_ identifier: Identifier, _ request: HTTPRequest, respond: Respond) {
+        let limit = Self.queryItems(request.query)["limit"].flatMap(Int.init) ?? 1_000
+        guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
+        respond(Self.attempt {
+            // An erased customer has no view left, but the audit still answers for the identifier.
+            let members = try store.view(of: identifier)?.members ?? [identifier]
+            let reads = try audit.records(about: members.map(subjectHasher.forgetKeyBytes(for:)), limit: limit)
+            return .json(200, Self.object { o in
+                o.member("node", string: configuration.nodeName)
+                o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+            })
+        })
+    }
+
+    static func writeAuditRecord(_ record: AuditRecord, _ writer: inout JSONWriter) {
+        writer.writeObject { o in
+            o.member("time") { $0.write(time: record.time) }
+            o.member("node", string: record.node)
+            o.member("principal", string: record.principal)
+            o.member("purpose", string: record.purpose)
+            o.member("resource", string: record.resource)
+            o.member("returned") { $0.writeArray(record.returned) { $0.write(string: $1) } }
+            o.member("masked") { $0.writeArray(record.masked) { $0.write(string: $1) } }
+            o.member("withheld") { w in
+                w.writeArray(record.withheld) { w, item in
+                    w.writeObject { i in
+                        i.member("field", string: item.field)
+                        i.member("reason", string: item.reason.rawValue)
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - Links
+
+    private func linksBody(_ identifier: Identifier) throws -> [UInt8] {
+        let links = try store.links(of: identifier)
+        return Self.object { object in
+            object.member("links") { writer in
+                writer.writeArray(links) { writer, link in
+                    writer.writeObject { l in
+                        l.member("from", string: link.from.description)
+                        l.member("to", string: link.to.description)
+                        l.member("active") { $0.write(.bool(link.active)) }
+                        if let first = link.firstAdd { l.member("firstSeen") { $0.write(time: first.time) } }
+                        if let last = link.lastAdd { l.member("lastSeen") { $0.write(time: last.time) } }
+                        if let removed = link.removedAt { l.member("removedAt") { $0.write(time: removed.time) } }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Unmerge: remove the link as of now (the node's hybrid clock), off the event loop.
+    private func unmerge(_ a: Identifier, _ b: Identifier, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+        let now = Int64(Date().timeIntervalSince1970 * 1_000)
+        let stamp = clock.withLock { clock -> LWWStamp in
+            let time = clock.tick(physicalMillis: now)
+            return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")
+        }
+        DispatchQueue.global().async { [store] in
+            do {
+                guard try store.links(of: a).contains(where: { Set([$0.from, $0.to]) == Set([a, b]) }) else {
+                    return respond(.error(404, code: "not_found", message: "those identifiers are not linked"))
+                }
+                try store.removeLink(a, b, stamp: stamp)
+                respond(.json(200, Array(#"{"unlinked":true}"#.utf8)))
+            } catch {
+                respond(.error(503, code: "storage_error", message: "the link could not be removed"))
+            }
+        }
+    }
+
+}
