@@ -54,6 +54,12 @@ struct HTTPBenchmark {
             report("http.read_rps", ours.rps)
             report("http.read_p99_ms", ours.p99Milliseconds, decimals: 2)
             print("http.read_non_2xx: \(ours.non2xx)")
+            // The same reads for a purpose whose policy masks contact data (support shows all).
+            let policyScript = try wrkScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=analytics" }, token: "bench-token")
+            let policy = try wrk(url: "http://\(address)", script: policyScript)
+            report("read.policy_rps", policy.rps)
+            report("read.policy_p99_ms", policy.p99Milliseconds, decimals: 2)
+            print("read.policy_non_2xx: \(policy.non2xx)")
             if let nginx = try nginxBaseline() {
                 report("http.nginx_rps", nginx.rps)
                 report("http.read_vs_nginx", ours.rps / nginx.rps, decimals: 2)

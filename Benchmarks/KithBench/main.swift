@@ -3,7 +3,10 @@
 import Foundation
 import KithCRDT
 import KithJSON
+import KithCrypto
 import KithLMDB
+import KithNode
+import KithPolicy
 import KithProfile
 import KithStore
 
@@ -168,4 +171,33 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
     report("read.profiles_per_s", Double(done) / readTime)
     report("read.hit_ratio", Double(found) / Double(done), decimals: 3)
     report("read.mean_json_bytes", Double(bytes) / Double(max(found, 1)))
+
+    // 4. The same reads as a node answers them: the policy for a purpose that masks contact
+    // data, the ETag over the filtered body, and a record handed to the (real, durable) audit.
+    let auditDirectory = options.dataDirectory + "-audit"
+    try? FileManager.default.removeItem(atPath: auditDirectory)
+    let audit = try ReadAudit(path: auditDirectory, retentionDays: 30, log: Log())
+    let hasher = HMACForgetKeyHasher(secret: [UInt8](repeating: 42, count: 32))
+    let analyst = Principal(name: "bench", role: .reader, purposes: ["analytics"])
+    var policyDone = 0, policyBytes = 0
+    let policyTime = try seconds {
+        while policyDone < done {
+            if let view = try store.view(of: identifiers[policyDone & 4_095]) {
+                let decision = try ReadDecision(policy: .builtIn, principal: analyst, requestedPurpose: "analytics", consent: ConsentState(view.head))
+                var renderer = PolicyRenderer(decision: decision)
+                let body = renderer.profile(view)
+                policyBytes += body.count + Crypto.sha256(body).count
+                audit.record(AuditRecord(
+                    time: receivedAt, principal: analyst.name, purpose: "analytics", node: "bench", resource: "profile",
+                    subjects: view.members.map(hasher.forgetKeyBytes(for:)), outcome: renderer.outcome))
+            }
+            policyDone += 1
+        }
+        try audit.flush()
+    }
+    audit.stop()
+    report("read.policy_profiles_per_s", Double(policyDone) / policyTime)
+    report("read.policy_cost_pct", (1 - (Double(policyDone) / policyTime) / (Double(done) / readTime)) * 100, decimals: 1)
+    print("read.policy_audit_records: \(audit.written.load(ordering: .relaxed))")
+    _ = policyBytes
 }

@@ -182,8 +182,14 @@ extension Node {
 
     /// The principal of the request's bearer token, if it is one of ours.
     func principal(_ request: HTTPRequest) -> Principal? {
-        guard let authorization = request.header("authorization"), authorization.lowercased().hasPrefix("bearer ") else { return nil }
-        let presented = Crypto.sha256(Array(authorization.dropFirst(7).trimmingCharacters(in: .whitespaces).utf8))
+        guard let authorization = request.header("authorization") else { return nil }
+        var bytes = Array(authorization.utf8)
+        let scheme = Array("bearer ".utf8)
+        guard bytes.count > scheme.count, zip(bytes, scheme).allSatisfy({ $0 | 0x20 == $1 }) else { return nil }
+        bytes.removeFirst(scheme.count)
+        while bytes.last == UInt8(ascii: " ") || bytes.last == UInt8(ascii: "\t") { bytes.removeLast() }
+        while bytes.first == UInt8(ascii: " ") || bytes.first == UInt8(ascii: "\t") { bytes.removeFirst() }
+        let presented = Crypto.sha256(bytes)
         var found: Principal?
         // Every hash is compared, so timing says nothing about which one matched.
         for entry in principals where Crypto.constantTimeEquals(entry.hash, presented) { found = entry.principal }
@@ -205,15 +211,21 @@ extension Node {
         return principal
     }
 
-    /// `a=1&b=x%20y` → ["a": "1", "b": "x y"] (the last value of a repeated name wins).
+    /// `a=1&b=x%20y` → ["a": "1", "b": "x y"] (the last value of a repeated name wins; `+` is a
+    /// space). Byte-level: every read parses its query, so no Foundation string searching.
     static func queryItems(_ query: Substring?) -> [String: String] {
         var items: [String: String] = [:]
-        for pair in (query ?? "").split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-            guard let name = percentDecoded(String(parts[0]).replacingOccurrences(of: "+", with: " ")) else { continue }
-            items[name] = parts.count == 2 ? percentDecoded(String(parts[1]).replacingOccurrences(of: "+", with: " ")) : ""
+        guard let query, !query.isEmpty else { return items }
+        for pair in query.utf8.split(separator: UInt8(ascii: "&")) {
+            let equals = pair.firstIndex(of: UInt8(ascii: "="))
+            guard let name = formDecoded(pair[..<(equals ?? pair.endIndex)]) else { continue }
+            items[name] = equals.map { formDecoded(pair[pair.index(after: $0)...]) } ?? ""
         }
         return items
+    }
+
+    private static func formDecoded(_ bytes: Substring.UTF8View.SubSequence) -> String? {
+        percentDecoded(bytes.map { $0 == UInt8(ascii: "+") ? UInt8(ascii: " ") : $0 })
     }
 
     static func segmentError(_ code: String, _ message: String) -> [UInt8] {
@@ -226,20 +238,33 @@ extension Node {
     }
 
     /// RFC 3986 percent-decoding of a path segment; nil for malformed escapes or invalid UTF-8.
-    static func percentDecoded(_ text: String) -> String? {
+    static func percentDecoded(_ text: String) -> String? { percentDecoded(Array(text.utf8)) }
+
+    static func percentDecoded(_ bytes: [UInt8]) -> String? {
+        guard bytes.contains(UInt8(ascii: "%")) else { return String(validating: bytes, as: UTF8.self) }
         var decoded: [UInt8] = []
-        var iterator = Array(text.utf8).makeIterator()
-        while let byte = iterator.next() {
-            if byte == UInt8(ascii: "%") {
-                guard let high = iterator.next(), let low = iterator.next(),
-                    let value = Crypto.bytes(hex: String(decoding: [high, low], as: UTF8.self))?.first
-                else { return nil }
-                decoded.append(value)
+        decoded.reserveCapacity(bytes.count)
+        var index = 0
+        while index < bytes.count {
+            if bytes[index] == UInt8(ascii: "%") {
+                guard index + 2 < bytes.count, let high = hexDigit(bytes[index + 1]), let low = hexDigit(bytes[index + 2]) else { return nil }
+                decoded.append(high << 4 | low)
+                index += 3
             } else {
-                decoded.append(byte)
+                decoded.append(bytes[index])
+                index += 1
             }
         }
         return String(validating: decoded, as: UTF8.self)
+    }
+
+    private static func hexDigit(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
+        default: nil
+        }
     }
 
     func metricsResponse() -> HTTPResponse {

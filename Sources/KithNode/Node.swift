@@ -174,8 +174,10 @@ public final class Node: Sendable {
     static func routeName(_ request: HTTPRequest) -> String {
         let path = request.path
         if path.hasPrefix("/v1/profiles/") {
-            let parts = path.split(separator: "/")
-            return parts.count <= 3 ? "/v1/profiles/{identifier}" : "/v1/profiles/{identifier}/\(parts[3])"
+            let rest = path.dropFirst("/v1/profiles/".count)
+            guard let slash = rest.firstIndex(of: "/") else { return "/v1/profiles/{identifier}" }
+            let resource = rest[rest.index(after: slash)...].prefix { $0 != "/" }
+            return "/v1/profiles/{identifier}/\(resource)"
         }
         if path.hasPrefix("/v1/admin/") { return String(path) }
         if ingestType(path) != nil || ["/livez", "/readyz", "/healthz", "/metrics"].contains(path) { return String(path) }

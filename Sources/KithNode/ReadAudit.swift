@@ -6,18 +6,18 @@ import Synchronization
 
 /// One profile read, as the audit keeps it: who, for what, which profile (by keyed hash only),
 /// and which fields were returned, masked and withheld — names, never values.
-struct AuditRecord: Equatable, Sendable {
-    var time: Int64
-    var principal: String
-    var purpose: String
-    var node: String
+public struct AuditRecord: Equatable, Sendable {
+    public var time: Int64
+    public var principal: String
+    public var purpose: String
+    public var node: String
     /// The resource read: `profile`, `traits`, `identifiers`, `events`, `consent`, `export`.
-    var resource: String
+    public var resource: String
     /// Keyed hashes of the profile's member identifiers at the time of the read.
-    var subjects: [[UInt8]]
-    var returned: [String]
-    var masked: [String]
-    var withheld: [Withheld]
+    public var subjects: [[UInt8]]
+    public var returned: [String]
+    public var masked: [String]
+    public var withheld: [Withheld]
 
     func encode(to writer: inout BinaryWriter) {
         writer.write(byte: 1)
@@ -32,7 +32,7 @@ struct AuditRecord: Equatable, Sendable {
         }
     }
 
-    init(time: Int64, principal: String, purpose: String, node: String, resource: String, subjects: [[UInt8]], outcome: ReadOutcome) {
+    public init(time: Int64, principal: String, purpose: String, node: String, resource: String, subjects: [[UInt8]], outcome: ReadOutcome) {
         self.time = time
         self.principal = principal
         self.purpose = purpose
@@ -74,7 +74,7 @@ struct AuditRecord: Equatable, Sendable {
 /// audit costs a read one buffer append, and a crash can lose at most the records of the last
 /// interval (docs/privacy.md says so). Records are indexed by each subject hash and by time;
 /// records older than the retention are swept once a minute.
-final class ReadAudit: @unchecked Sendable {
+public final class ReadAudit: @unchecked Sendable {
     static let flushInterval: DispatchTimeInterval = .milliseconds(10)
     static let bufferLimit = 8_192
 
@@ -89,9 +89,9 @@ final class ReadAudit: @unchecked Sendable {
     /// Orders records of the same millisecond; continues after the newest stored record.
     private var sequence: UInt64 = 0
     private var lastSweep: Int64 = 0
-    let written = Atomic<Int>(0)
+    public let written = Atomic<Int>(0)
 
-    init(path: String, retentionDays: Int, log: Log) throws {
+    public init(path: String, retentionDays: Int, log: Log) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         var configuration = LMDBEnvironment.Configuration()
         configuration.mapSize = 64 << 20
@@ -110,7 +110,7 @@ final class ReadAudit: @unchecked Sendable {
     }
 
     /// Queues a record; it is durable within `flushInterval`.
-    func record(_ record: AuditRecord) {
+    public func record(_ record: AuditRecord) {
         let full = buffer.withLock { state -> Bool in
             state.records.append(record)
             return state.records.count >= Self.bufferLimit
@@ -138,7 +138,7 @@ final class ReadAudit: @unchecked Sendable {
     }
 
     /// Commits whatever is buffered now.
-    func flush() throws {
+    public func flush() throws {
         let records = buffer.withLock { state -> [AuditRecord] in
             defer { state.records.removeAll(keepingCapacity: true) }
             return state.records
@@ -146,7 +146,7 @@ final class ReadAudit: @unchecked Sendable {
         try write(records)
     }
 
-    func stop() {
+    public func stop() {
         buffer.withLock { $0.stopped = true }
         wakeup.signal()
         finished.wait()
