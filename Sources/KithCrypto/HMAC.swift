@@ -53,13 +53,14 @@ public enum Crypto {
         var result: [UInt8] = []
         var digits = hex.utf8.makeIterator()
         while let high = digits.next() {
-            guard let low = digits.next(), let h = hexValue(high), let l = hexValue(low) else { return nil }
+            guard let low = digits.next(), let h = hexDigitValue(high), let l = hexDigitValue(low) else { return nil }
             result.append(h << 4 | l)
         }
         return result
     }
 
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
+    /// The value of one hex digit (either case), nil for any other byte.
+    public static func hexDigitValue(_ byte: UInt8) -> UInt8? {
         switch byte {
         case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
         case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10

@@ -33,7 +33,7 @@ extension Node {
             case "/v1/admin/repair":
                 let wanted = body["peer"]?.stringValue
                 let started = try replication.perform { node -> [String] in
-                    let now = Int64(Date().timeIntervalSince1970 * 1_000)
+                    let now = unixMillis()
                     let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
                     for peer in peers { try node.pull(from: peer, now: now) }
                     return peers.map(\.name)
@@ -57,7 +57,7 @@ extension Node {
             let peers = node.peerStates
             return (peers, try node.store.versionVector(), try peers.map { try node.lag(of: $0.member.id) })
         }
-        let now = Int64(Date().timeIntervalSince1970 * 1_000)
+        let now = unixMillis()
         return [
             "versions": .string(mine.description),
             "framesSent": .number(JSONNumber(Int64(metrics.framesSent.load(ordering: .relaxed)))),

@@ -40,7 +40,7 @@ extension Node {
                 messages = batch
             }
         }
-        let receivedAt = Int64(Date().timeIntervalSince1970 * 1_000)
+        let receivedAt = unixMillis()
         var deltas: [ProfileDelta] = []
         deltas.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
@@ -247,7 +247,7 @@ extension Node {
         var index = 0
         while index < bytes.count {
             if bytes[index] == UInt8(ascii: "%") {
-                guard index + 2 < bytes.count, let high = hexDigit(bytes[index + 1]), let low = hexDigit(bytes[index + 2]) else { return nil }
+                guard index + 2 < bytes.count, let high = Crypto.hexDigitValue(bytes[index + 1]), let low = Crypto.hexDigitValue(bytes[index + 2]) else { return nil }
                 decoded.append(high << 4 | low)
                 index += 3
             } else {
@@ -256,15 +256,6 @@ extension Node {
             }
         }
         return String(validating: decoded, as: UTF8.self)
-    }
-
-    private static func hexDigit(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 
     func metricsResponse() -> HTTPResponse {

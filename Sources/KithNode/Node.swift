@@ -260,6 +260,10 @@ public final class Node: Sendable {
     }
 }
 
+/// Wall-clock now in Unix milliseconds: the one clock reading behind message receive times,
+/// erasure and consent stamps, audit times and membership incarnations.
+func unixMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
+
 /// Lets the server's handler reach the node it belongs to without a retain cycle at init.
 private final class RouteBox: @unchecked Sendable {
     weak var node: Node?

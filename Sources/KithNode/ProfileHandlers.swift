@@ -97,7 +97,7 @@ extension Node {
 
     private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) {
         audit.record(AuditRecord(
-            time: Self.nowMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
+            time: unixMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
             subjects: members.map(subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
     }
 
@@ -132,8 +132,6 @@ extension Node {
             return .error(500, code: "storage_error", message: "the profile could not be read")
         }
     }
-
-    static func nowMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
 
     // MARK: - Consent and restriction
 
@@ -192,7 +190,7 @@ extension Node {
             }
             decisions.append(ConsentDecision(category: member.key, granted: granted))
         }
-        let now = Self.nowMillis()
+        let now = unixMillis()
         var time = now
         if let text = body["timestamp"] {
             guard let parsed = text.stringValue.flatMap(ISO8601.parseMillis) else {
@@ -213,7 +211,7 @@ extension Node {
 
     /// Restriction of processing (Art. 18) on or off: a consent register of Kith's own.
     private func restrict(_ identifier: Identifier, _ on: Bool, respond: @escaping Respond) {
-        let now = Self.nowMillis()
+        let now = unixMillis()
         let messageId = (on ? "restrict-" : "unrestrict-") + Crypto.hex((try? Crypto.randomBytes(12)) ?? [])
         let delta = ProfileDelta(
             messageId: messageId, type: .identify, subject: identifier, channel: "privacy-api",
@@ -235,7 +233,7 @@ extension Node {
 
     /// Erases the whole person (Art. 17) on this node and, through replication, everywhere.
     private func erase(_ identifier: Identifier, respond: @escaping Respond) {
-        let now = Self.nowMillis()
+        let now = unixMillis()
         DispatchQueue.global().async { [store, replication, log] in
             do {
                 let erased = try store.erase(identifier, requestedAt: now)
@@ -268,7 +266,7 @@ extension Node {
             outcome.returned = ["export"]
             recordRead(principal, "", "export", view.members, outcome)
             return .json(200, Self.object { o in
-                o.member("exportedAt") { $0.write(time: Self.nowMillis()) }
+                o.member("exportedAt") { $0.write(time: unixMillis()) }
                 o.member("node", string: configuration.nodeName)
                 o.member("profile") { $0.raw(bytes: view.jsonBytes) }
                 o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
@@ -339,7 +337,7 @@ extension Node {
 
     /// Unmerge: remove the link as of now (the node's hybrid clock), off the event loop.
     private func unmerge(_ a: Identifier, _ b: Identifier, respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        let now = Int64(Date().timeIntervalSince1970 * 1_000)
+        let now = unixMillis()
         let stamp = clock.withLock { clock -> LWWStamp in
             let time = clock.tick(physicalMillis: now)
             return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")

@@ -194,7 +194,7 @@ public final class ReadAudit: @unchecked Sendable {
 
     /// Deletes records older than the retention, at most once a minute.
     private func sweepIfDue() throws {
-        let now = Int64(Date().timeIntervalSince1970 * 1_000)
+        let now = unixMillis()
         guard now - lastSweep >= 60_000 else { return }
         lastSweep = now
         let cutoff = Self.bigEndian(UInt64(bitPattern: now - retentionMillis))

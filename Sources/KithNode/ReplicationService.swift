@@ -56,7 +56,7 @@ final class ReplicationService: @unchecked Sendable {
         ) { message, sender, address in inbox.add(.message(message, sender, address)) }
         let member = Member(
             id: origin, name: configuration.nodeName, address: transport.address, role: MemberRole(name: configuration.role)!,
-            incarnation: UInt64(Self.now()))
+            incarnation: UInt64(unixMillis()))
         let transport = self.transport
         node = try ClusterNode(
             store: store, me: member, seeds: configuration.seeds, seed: UInt64.random(in: 0...UInt64.max)
@@ -100,8 +100,6 @@ final class ReplicationService: @unchecked Sendable {
         return try result!.get()
     }
 
-    static func now() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
-
     private func run() {
         var nextTick: Int64 = 0
         var nextKeyCheck: Int64 = 0
@@ -111,7 +109,7 @@ final class ReplicationService: @unchecked Sendable {
                 defer { state.work.removeAll() }
                 return (state.work, state.stopped)
             }
-            let now = Self.now()
+            let now = unixMillis()
             do {
                 for item in work {
                     switch item {
