@@ -102,13 +102,17 @@ public struct PolicyRenderer {
         return result
     }
 
+    /// A string value as a decision that is not a withholding shows it: plainly or masked.
+    private static func shown(_ value: String, _ decision: FieldDecision) -> String {
+        if case .mask(let rule) = decision { return rule.mask(.string(value)) }
+        return value
+    }
+
     /// `id` is shown as its identifier kind is: plainly, masked, or not at all.
     private func canonical(_ identifier: Identifier, into object: inout JSONWriter.ObjectWriter) {
-        switch decision.decide("identifiers." + identifier.kind.name) {
-        case .allow: object.member("id", string: identifier.description)
-        case .mask(let rule): object.member("id", string: identifier.kind.name + ":" + rule.mask(.string(identifier.value)))
-        case .withhold: break
-        }
+        let shown = decision.decide("identifiers." + identifier.kind.name)
+        if case .withhold = shown { return }
+        object.member("id", string: identifier.kind.name + ":" + Self.shown(identifier.value, shown))
     }
 
     private mutating func identifiers(_ members: [Identifier], into writer: inout JSONWriter) {
@@ -118,7 +122,7 @@ public struct PolicyRenderer {
                 guard !values.isEmpty, let shown = fieldDecision("identifiers." + kind.name) else { continue }
                 object.member(kind.name) { w in
                     w.writeArray(values) { w, value in
-                        if case .mask(let rule) = shown { w.write(string: rule.mask(.string(value))) } else { w.write(string: value) }
+                        w.write(string: Self.shown(value, shown))
                     }
                 }
             }
@@ -142,38 +146,25 @@ public struct PolicyRenderer {
         guard let shown = fieldDecision("groups") else { return }
         object.member("groups") { w in
             w.writeArray(head.groups.elements) { w, group in
-                if case .mask(let rule) = shown { w.write(string: rule.mask(.string(group))) } else { w.write(string: group) }
+                w.write(string: Self.shown(group, shown))
             }
         }
     }
 
-    /// Counts are behavioural; revenue sums are their own field (financial by default).
+    /// Counts are behavioural; revenue sums are their own field (financial by default). Masked
+    /// aggregates show only that there are messages.
     private mutating func aggregates(_ head: SourceHead, _ shown: FieldDecision, into writer: inout JSONWriter) {
-        let revenue = head.aggregates.pairs.contains { $0.1.revenueMicros != 0 } ? fieldDecision("revenue") : nil
-        let masked = shown != .allow
-        writer.writeObject { object in
-            object.member("messages") { w in masked ? w.write(string: MaskRule.hidden) : w.write(integer: head.messageCount) }
-            if !masked, let first = head.firstSeen { object.member("firstSeen") { $0.write(time: first) } }
-            if !masked, let last = head.lastSeen { object.member("lastSeen") { $0.write(time: last) } }
-            guard !masked else { return }
-            object.member("events") { w in
-                w.writeObject { o in
-                    for (key, aggregate) in head.aggregates.pairs {
-                        o.member(key) { w in
-                            w.writeObject { e in
-                                e.member("count", integer: aggregate.count)
-                                guard aggregate.revenueMicros != 0, let revenue else { return }
-                                if revenue == .allow {
-                                    e.member("revenue") { $0.write(fixedPoint: aggregate.revenueMicros, scale: 6) }
-                                } else {
-                                    e.member("revenue", string: MaskRule.hidden)
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+        let decided = head.aggregates.pairs.contains { $0.1.revenueMicros != 0 } ? fieldDecision("revenue") : nil
+        guard shown == .allow else {
+            return writer.writeObject { object in object.member("messages", string: MaskRule.hidden) }
         }
+        let revenue: JSONWriter.RevenueDisplay
+        switch decided {
+        case .allow?: revenue = .plain
+        case .mask?: revenue = .replaced(by: MaskRule.hidden)
+        case .withhold?, nil: revenue = .omitted
+        }
+        writer.writeAggregates(head, revenue: revenue)
     }
 
     /// Revenue lives inside aggregates and events; when both are hidden it is hidden with them,
@@ -192,7 +183,7 @@ public struct PolicyRenderer {
     /// Events with their properties; a revenue the read may not see is taken out of them. Masked
     /// events show only that something happened, and when.
     private mutating func events(_ records: [EventRecord], into writer: inout JSONWriter) {
-        guard !records.isEmpty, let shown = fieldDecision("events") else { return writer.writeArray([EventRecord]()) { _, _ in } }
+        guard !records.isEmpty, let shown = fieldDecision("events") else { return writer.write(.array([])) }
         guard shown == .allow else {
             return writer.writeArray(records) { w, record in
                 w.writeObject { o in

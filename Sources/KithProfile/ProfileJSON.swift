@@ -65,7 +65,14 @@ extension JSONWriter {
         }
     }
 
-    public mutating func writeAggregates(_ head: SourceHead) {
+    /// How revenue sums are written: as numbers, replaced by a placeholder, or left out.
+    public enum RevenueDisplay: Sendable, Equatable {
+        case plain
+        case replaced(by: String)
+        case omitted
+    }
+
+    public mutating func writeAggregates(_ head: SourceHead, revenue: RevenueDisplay = .plain) {
         writeObject { object in
             object.member("messages", integer: head.messageCount)
             if let first = head.firstSeen { object.member("firstSeen") { $0.write(time: first) } }
@@ -76,8 +83,11 @@ extension JSONWriter {
                         o.member(key) { w in
                             w.writeObject { e in
                                 e.member("count", integer: aggregate.count)
-                                if aggregate.revenueMicros != 0 {
-                                    e.member("revenue") { $0.write(fixedPoint: aggregate.revenueMicros, scale: 6) }
+                                guard aggregate.revenueMicros != 0 else { return }
+                                switch revenue {
+                                case .plain: e.member("revenue") { $0.write(fixedPoint: aggregate.revenueMicros, scale: 6) }
+                                case .replaced(let text): e.member("revenue", string: text)
+                                case .omitted: break
                                 }
                             }
                         }
