@@ -7,6 +7,7 @@ import KithNet
 /// each bounded in time; both sides share this machine's cores.
 struct HTTPBenchmark {
     let kithBinary: String
+    let baselineBinary: String?
     let seconds: Double
     let lines: [[UInt8]]
     let customers: Int
@@ -15,7 +16,7 @@ struct HTTPBenchmark {
         let dataDirectory = "Benchmarks/.work/http-node"
         try? FileManager.default.removeItem(atPath: dataDirectory)
         try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")
-        let (process, port) = try startNode(dataDirectory)
+        var (process, port) = try startNode(kithBinary, dataDirectory)
         defer {
             process.terminate()
             process.waitUntilExit()
@@ -66,6 +67,11 @@ struct HTTPBenchmark {
             } else {
                 print("http.nginx_rps: nginx not installed")
             }
+            if let baselineBinary {
+                process.terminate()
+                process.waitUntilExit()
+                process = try policyCost(baselineBinary, dataDirectory, script: policyScript)
+            }
         } else {
             let reads = load(address, connections: 4) { client, index in
                 let response = try client.request("GET", "/v1/profiles/\(identifiers[index % identifiers.count])?purpose=support", headers: [bearer])
@@ -75,6 +81,28 @@ struct HTTPBenchmark {
             report("http.read_p99_ms", reads.p99 * 1_000, decimals: 2)
             print("http.read_driver: kith-bench client (install wrk for the wrk figure)")
         }
+    }
+
+    /// The same policy reads on a build from before the read policy and audit and on this one,
+    /// three rounds alternating on the same data (this machine's figures drift from run to run
+    /// by more than the difference): medians of each, and the cost as a share of the baseline.
+    /// Returns the last node started, still running.
+    private func policyCost(_ baselineBinary: String, _ dataDirectory: String, script: String) throws -> Process {
+        var baseline: [Double] = [], current: [Double] = []
+        var process: Process?
+        for round in 0..<6 {
+            process.map { $0.terminate(); $0.waitUntilExit() }
+            let isBaseline = round % 2 == 0
+            let (started, port) = try startNode(isBaseline ? baselineBinary : kithBinary, dataDirectory)
+            process = started
+            let rps = try wrk(url: "http://127.0.0.1:\(port)", script: script).rps
+            if isBaseline { baseline.append(rps) } else { current.append(rps) }
+        }
+        let median = { (values: [Double]) in values.sorted()[values.count / 2] }
+        report("read.baseline_rps", median(baseline))
+        report("read.policy_rps_alternated", median(current))
+        report("read.policy_http_cost_pct", (1 - median(current) / median(baseline)) * 100, decimals: 1)
+        return process!
     }
 
     /// Up to 20,000 canonical identifiers of stored profiles, from the admin export.
@@ -176,9 +204,9 @@ struct HTTPBenchmark {
         return port
     }
 
-    private func startNode(_ dataDirectory: String) throws -> (Process, UInt16) {
+    private func startNode(_ binary: String, _ dataDirectory: String) throws -> (Process, UInt16) {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: kithBinary)
+        process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = [
             "serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "bench", "--token", "bench-token",
         ]

@@ -21,6 +21,9 @@ struct Options {
     var durable = true
     /// `--http <kith binary>`: run the HTTP benchmarks against that binary instead.
     var kithBinary: String?
+    /// `--baseline <kith binary>`: with `--http`, also measure reads on a build from before the
+    /// read policy and audit (alternating with this one), to state what they cost.
+    var baselineBinary: String?
     var seconds = 5.0
     /// `--cluster <kith binary>`: run the replication benchmarks against that binary instead.
     var clusterBinary: String?
@@ -38,6 +41,7 @@ struct Options {
             case "--customers": customers = Int(value) ?? 0
             case "--durable": durable = value != "false"
             case "--http": kithBinary = value
+            case "--baseline": baselineBinary = value
             case "--seconds": seconds = Double(value) ?? 0
             case "--cluster": clusterBinary = value
             default: Self.fail("unknown option \(argument)")
@@ -45,7 +49,7 @@ struct Options {
         }
         if clusterBinary != nil { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N]")
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH")
         }
     }
 
@@ -86,7 +90,9 @@ guard let file = FileManager.default.contents(atPath: options.workload) else { O
 if let kithBinary = options.kithBinary {
     let lines = [UInt8](file).split(separator: UInt8(ascii: "\n")).map(Array.init)
     do {
-        try HTTPBenchmark(kithBinary: kithBinary, seconds: options.seconds, lines: lines, customers: options.customers).run()
+        try HTTPBenchmark(
+            kithBinary: kithBinary, baselineBinary: options.baselineBinary, seconds: options.seconds, lines: lines, customers: options.customers
+        ).run()
     } catch {
         Options.fail("\(error)")
     }
@@ -187,7 +193,7 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
                 var renderer = PolicyRenderer(decision: decision)
                 let body = renderer.profile(view)
                 policyBytes += body.count + Crypto.sha256(body).count
-                audit.record(AuditRecord(
+                try audit.record(AuditRecord(
                     time: receivedAt, principal: analyst.name, purpose: "analytics", node: "bench", resource: "profile",
                     subjects: view.members.map(hasher.forgetKeyBytes(for:)), outcome: renderer.outcome))
             }

@@ -21,13 +21,20 @@ public enum Crypto {
         return Array(output.prefix(Int(length)))
     }
 
+    /// SHA-256 fetched from the default provider once: `EVP_sha256()` in a call makes OpenSSL 3
+    /// look the implementation up again every time, which costs more than hashing a short input.
+    nonisolated(unsafe) static let sha256Digest: OpaquePointer = {
+        guard let digest = EVP_MD_fetch(nil, "SHA256", nil) else { preconditionFailure("SHA-256 is not available in libcrypto") }
+        return digest
+    }()
+
     /// SHA-256 of `message` (FIPS 180-4), through libcrypto's EVP interface.
     public static func sha256(_ message: [UInt8]) -> [UInt8] {
         var output = [UInt8](repeating: 0, count: Int(EVP_MAX_MD_SIZE))
         var length: UInt32 = 0
         let ok = message.withUnsafeBytes { input in
             output.withUnsafeMutableBufferPointer { out in
-                EVP_Digest(input.baseAddress, input.count, out.baseAddress, &length, EVP_sha256(), nil)
+                EVP_Digest(input.baseAddress, input.count, out.baseAddress, &length, sha256Digest, nil)
             }
         }
         precondition(ok == 1 && length == 32, "SHA-256 failed in libcrypto")
@@ -112,4 +119,45 @@ public struct SHA256Stream: ~Copyable {
     }
 
     deinit { EVP_MD_CTX_free(context) }
+}
+
+/// An HMAC-SHA256 key set up once in libcrypto, for a key that signs many short messages (the
+/// forget-key secret hashes an identifier on every read and erasure). Each message is signed
+/// on a duplicate of the keyed context, so one key serves any number of threads.
+public final class HMACKey: @unchecked Sendable {
+    /// Keyed and never used directly: only duplicated.
+    private let context: OpaquePointer
+
+    public init(_ key: [UInt8]) {
+        guard let mac = EVP_MAC_fetch(nil, "HMAC", nil) else { preconditionFailure("HMAC is not available in libcrypto") }
+        defer { EVP_MAC_free(mac) }
+        guard let context = EVP_MAC_CTX_new(mac) else { preconditionFailure("HMAC context could not be created in libcrypto") }
+        var digestName = Array("SHA256".utf8CString)
+        let ok = digestName.withUnsafeMutableBufferPointer { name in
+            var parameters = [OSSL_PARAM_construct_utf8_string("digest", name.baseAddress, 0), OSSL_PARAM_construct_end()]
+            return key.withUnsafeBytes { keyBytes in
+                EVP_MAC_init(context, keyBytes.baseAddress?.assumingMemoryBound(to: UInt8.self), keyBytes.count, &parameters)
+            }
+        }
+        precondition(ok == 1, "HMAC-SHA256 key setup failed in libcrypto")
+        self.context = context
+    }
+
+    deinit { EVP_MAC_CTX_free(context) }
+
+    /// HMAC-SHA256 of `message` under this key (the same bytes as `Crypto.hmacSHA256`).
+    public func authenticate(_ message: [UInt8]) -> [UInt8] {
+        guard let copy = EVP_MAC_CTX_dup(context) else { preconditionFailure("HMAC context could not be copied in libcrypto") }
+        defer { EVP_MAC_CTX_free(copy) }
+        var output = [UInt8](repeating: 0, count: 32)
+        var length = 0
+        let ok = message.withUnsafeBytes { input in
+            output.withUnsafeMutableBufferPointer { out in
+                EVP_MAC_update(copy, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count) == 1
+                    && EVP_MAC_final(copy, out.baseAddress, &length, 32) == 1
+            }
+        }
+        precondition(ok && length == 32, "HMAC-SHA256 failed in libcrypto")
+        return output
+    }
 }

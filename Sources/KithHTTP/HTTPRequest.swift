@@ -18,8 +18,7 @@ public struct HTTPRequest: Equatable, Sendable {
 
     /// The first value of header `name` (case-insensitive), if any.
     public func header(_ name: String) -> String? {
-        let lowered = name.lowercased()
-        return headers.first { $0.name.lowercased() == lowered }?.value
+        headers.first { $0.hasName(name) }?.value
     }
 
     /// Whether the connection stays open after this request (RFC 9112 §9.3).
@@ -30,12 +29,15 @@ public struct HTTPRequest: Equatable, Sendable {
     }
 
     /// The path without the query.
-    public var path: Substring { target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)[0] }
+    public var path: Substring {
+        guard let mark = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return target[...] }
+        return target[..<mark]
+    }
 
     /// The query string after `?`, if any.
     public var query: Substring? {
-        let parts = target.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
-        return parts.count == 2 ? parts[1] : nil
+        guard let mark = target.utf8.firstIndex(of: UInt8(ascii: "?")) else { return nil }
+        return target[target.utf8.index(after: mark)...]
     }
 }
 
@@ -46,6 +48,21 @@ public struct HTTPHeader: Equatable, Sendable {
     public init(_ name: String, _ value: String) {
         self.name = name
         self.value = value
+    }
+
+    /// Whether this field is `name`, compared ASCII case-insensitively as field names are
+    /// (RFC 9110 §5.1), without allocating: this runs for every header of every request.
+    public func hasName(_ name: String) -> Bool {
+        Self.equalIgnoringASCIICase(self.name, name)
+    }
+
+    public static func equalIgnoringASCIICase(_ left: String, _ right: String) -> Bool {
+        guard left.utf8.count == right.utf8.count else { return false }
+        return zip(left.utf8, right.utf8).allSatisfy { lowercase($0) == lowercase($1) }
+    }
+
+    private static func lowercase(_ byte: UInt8) -> UInt8 {
+        (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte) ? byte | 0x20 : byte
     }
 }
 

@@ -243,10 +243,10 @@ public struct HTTPRequestParser: Sendable {
     /// The body framing the head asks for (RFC 9112 §6.3), refusing ambiguous framing.
     private func bodyState(for head: Head) -> Result<State, HTTPParseError.Code> {
         var head = head
-        let lengths = head.headers.filter { $0.name.lowercased() == "content-length" }.map(\.value)
-        let encodings = head.headers.filter { $0.name.lowercased() == "transfer-encoding" }.map { $0.value.lowercased() }
+        let lengths = head.headers.filter { $0.hasName("content-length") }.map(\.value)
+        let encodings = head.headers.filter { $0.hasName("transfer-encoding") }.map { $0.value.lowercased() }
         head.expectsContinue = head.headers.contains {
-            $0.name.lowercased() == "expect" && $0.value.lowercased() == "100-continue"
+            $0.hasName("expect") && HTTPHeader.equalIgnoringASCIICase($0.value, "100-continue")
         } && head.version == .http11
         if !encodings.isEmpty {
             guard lengths.isEmpty else { return .failure(.conflictingFraming) }

@@ -13,7 +13,7 @@ public final class HTTPClient {
         public var body: [UInt8]
 
         public func header(_ name: String) -> String? {
-            headers.first { $0.name.lowercased() == name.lowercased() }?.value
+            headers.first { $0.hasName(name) }?.value
         }
     }
 
@@ -89,7 +89,7 @@ public final class HTTPClient {
                     throw SystemError(call: "read response (malformed status line)", errno: EPROTO)
                 }
                 let headers = lines.dropFirst().compactMap { HTTPRequestParser.parseHeader($0) }
-                let length = Int(headers.first { $0.name.lowercased() == "content-length" }?.value ?? "0") ?? 0
+                let length = Int(headers.first { $0.hasName("content-length") }?.value ?? "0") ?? 0
                 if buffer.count >= end.upperBound + length {
                     let body = Array(buffer[end.upperBound..<end.upperBound + length])
                     buffer.removeFirst(end.upperBound + length)

@@ -173,16 +173,23 @@ public final class Node: Sendable {
     /// A route label for metrics: never a path with identifiers in it.
     static func routeName(_ request: HTTPRequest) -> String {
         let path = request.path
-        if path.hasPrefix("/v1/profiles/") {
-            let rest = path.dropFirst("/v1/profiles/".count)
-            guard let slash = rest.firstIndex(of: "/") else { return "/v1/profiles/{identifier}" }
-            let resource = rest[rest.index(after: slash)...].prefix { $0 != "/" }
-            return "/v1/profiles/{identifier}/\(resource)"
+        let profiles = "/v1/profiles/"
+        if path.utf8.starts(with: profiles.utf8) {
+            let rest = path.utf8.dropFirst(profiles.utf8.count)
+            guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return "/v1/profiles/{identifier}" }
+            let resource = rest[rest.index(after: slash)...].prefix { $0 != UInt8(ascii: "/") }
+            return Self.profileRoutes[Substring(resource)] ?? "/v1/profiles/{identifier}/other"
         }
-        if path.hasPrefix("/v1/admin/") { return String(path) }
+        if path.utf8.starts(with: "/v1/admin/".utf8) { return String(path) }
         if ingestType(path) != nil || ["/livez", "/readyz", "/healthz", "/metrics"].contains(path) { return String(path) }
         return "other"
     }
+
+    /// Route names of the profile resources, built once: a name is made for every request.
+    private static let profileRoutes: [Substring: String] = Dictionary(
+        uniqueKeysWithValues: ["traits", "identifiers", "events", "consent", "restrict", "export", "audit", "links"].map {
+            (Substring($0), "/v1/profiles/{identifier}/\($0)")
+        })
 
     // MARK: - Helpers
 

@@ -70,7 +70,7 @@ extension Node {
             case "events": body = try eventsPage(identifier, query, &renderer)
             default: body = renderer.profile(view)
             }
-            recordRead(principal, purpose, resource.isEmpty ? "profile" : resource, view.members, renderer.outcome)
+            try recordRead(principal, purpose, resource.isEmpty ? "profile" : resource, view.members, renderer.outcome)
             return Self.tagged(body, request)
         })
     }
@@ -95,8 +95,8 @@ extension Node {
         }
     }
 
-    private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) {
-        audit.record(AuditRecord(
+    private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) throws {
+        try audit.record(AuditRecord(
             time: unixMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
             subjects: members.map(subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
     }
@@ -128,6 +128,8 @@ extension Node {
             return try body()
         } catch let error as QueryError {
             return .error(400, code: "invalid_query", message: error.message)
+        } catch is AuditUnavailable {
+            return .error(503, code: "audit_unavailable", message: "reads cannot be recorded in the audit now, so none are served; retry")
         } catch {
             return .error(500, code: "storage_error", message: "the profile could not be read")
         }
@@ -143,7 +145,7 @@ extension Node {
             guard let view = try store.view(of: identifier) else { return Self.notFound }
             var outcome = ReadOutcome()
             outcome.returned = ["consent"]
-            recordRead(principal, "", "consent", view.members, outcome)
+            try recordRead(principal, "", "consent", view.members, outcome)
             return .json(200, Self.object { object in
                 object.member("consent") { $0.writeConsent(view.head) }
                 object.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
@@ -264,7 +266,7 @@ extension Node {
             let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
             var outcome = ReadOutcome()
             outcome.returned = ["export"]
-            recordRead(principal, "", "export", view.members, outcome)
+            try recordRead(principal, "", "export", view.members, outcome)
             return .json(200, Self.object { o in
                 o.member("exportedAt") { $0.write(time: unixMillis()) }
                 o.member("node", string: configuration.nodeName)

@@ -25,7 +25,7 @@ public struct Principal: Sendable, Equatable {
 }
 
 /// Why a field was not shown. Reason codes are part of the API (docs/privacy.md).
-public enum WithholdReason: String, Sendable, Equatable {
+public enum WithholdReason: String, Sendable, Hashable {
     /// The customer restricted processing (GDPR Art. 18); only the privacy role sees the data.
     case restricted
     /// The customer denied a consent category the purpose needs.
@@ -39,7 +39,7 @@ public enum WithholdReason: String, Sendable, Equatable {
 }
 
 /// One field held back from a response: its name and why — never its value.
-public struct Withheld: Sendable, Equatable {
+public struct Withheld: Sendable, Hashable {
     public var field: String
     public var reason: WithholdReason
     public var category: String?

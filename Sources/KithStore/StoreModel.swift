@@ -21,14 +21,14 @@ public struct StoreConfiguration: Sendable {
 
 /// Forget keys as HMAC-SHA256 of the identifier's storage key under the store's secret.
 public struct HMACForgetKeyHasher: ForgetKeyHasher {
-    let secret: [UInt8]
+    let key: HMACKey
 
     public init(secret: [UInt8]) {
-        self.secret = secret
+        key = HMACKey(secret)
     }
 
     public func forgetKeyBytes(for identifier: Identifier) -> [UInt8] {
-        Crypto.hmacSHA256(key: secret, message: identifier.key)
+        key.authenticate(identifier.key)
     }
 
     public func forgetKey(for identifier: Identifier) -> String { Crypto.hex(forgetKeyBytes(for: identifier)) }

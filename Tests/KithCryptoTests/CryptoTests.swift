@@ -1,0 +1,53 @@
+import Dispatch
+import KithCrypto
+import KithCRDT
+import KithTestSupport
+import Testing
+
+@Suite("Crypto (libcrypto calls)")
+struct CryptoTests {
+    static func hex(_ text: String) -> [UInt8] { Crypto.bytes(hex: text)! }
+
+    @Test("SHA-256 matches FIPS 180-4 examples, one-shot and streamed")
+    func sha256() {
+        #expect(Crypto.sha256([]) == Self.hex("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"))
+        #expect(Crypto.sha256(Array("abc".utf8)) == Self.hex("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"))
+        var stream = SHA256Stream()
+        stream.update(Array("a".utf8))
+        stream.update(Array("bc".utf8))
+        #expect(stream.finish() == Crypto.sha256(Array("abc".utf8)))
+    }
+
+    @Test("HMAC-SHA256 matches RFC 4231 test cases 1 and 2, one-shot and with a prepared key")
+    func hmacVectors() {
+        let cases: [(key: [UInt8], message: String, tag: String)] = [
+            ([UInt8](repeating: 0x0b, count: 20), "Hi There", "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"),
+            (Array("Jefe".utf8), "what do ya want for nothing?", "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+        ]
+        for item in cases {
+            #expect(Crypto.hmacSHA256(key: item.key, message: Array(item.message.utf8)) == Self.hex(item.tag))
+            #expect(HMACKey(item.key).authenticate(Array(item.message.utf8)) == Self.hex(item.tag))
+        }
+    }
+
+    @Test("a prepared key gives the one-shot tag for any message, from many threads at once")
+    func preparedKeyAgreesConcurrently() {
+        var random = SplitMix64(seed: 42)
+        let secret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }
+        let key = HMACKey(secret)
+        let messages = (0..<256).map { index in (0..<(index % 70)).map { _ in UInt8.random(in: 0...255, using: &random) } }
+        let expected = messages.map { Crypto.hmacSHA256(key: secret, message: $0) }
+        let mismatches = Mismatches()
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            for (message, tag) in zip(messages, expected) where key.authenticate(message) != tag { mismatches.add() }
+        }
+        #expect(mismatches.count == 0)
+    }
+}
+
+final class Mismatches: @unchecked Sendable {
+    private let lock = DispatchQueue(label: "mismatches")
+    private var value = 0
+    func add() { lock.sync { value += 1 } }
+    var count: Int { lock.sync { value } }
+}
