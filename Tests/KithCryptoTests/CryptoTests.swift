@@ -51,3 +51,39 @@ final class Mismatches: @unchecked Sendable {
     func add() { lock.sync { value += 1 } }
     var count: Int { lock.sync { value } }
 }
+
+@Suite("AES-256-GCM")
+struct AESGCMTests {
+    static func hex(_ text: String) -> [UInt8] { Crypto.bytes(hex: text)! }
+
+    @Test("known answers: McGrew and Viega's GCM test cases 13 and 14 (256-bit zero key, zero nonce)")
+    func knownAnswers() throws {
+        let key = [UInt8](repeating: 0, count: 32), nonce = [UInt8](repeating: 0, count: 12)
+        let empty = try AESGCM.seal([], key: key, nonce: nonce, associatedData: [])
+        #expect(empty == nonce + Self.hex("530f8afbc74536b9a963b4f1c4cb738b"))
+        let block = try AESGCM.seal([UInt8](repeating: 0, count: 16), key: key, nonce: nonce, associatedData: [])
+        #expect(block == nonce + Self.hex("cea7403d4d606b6e074ec5d3baf39d18") + Self.hex("d0d1c8a799996bf0265b98b5d48ab919"))
+        #expect(try AESGCM.open(block, key: key, associatedData: []) == [UInt8](repeating: 0, count: 16))
+    }
+
+    @Test("round trips of random sizes; any changed byte, other key or other associated data fails to open")
+    func roundTripAndTampering() throws {
+        var random = SplitMix64(seed: 7)
+        func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &random) } }
+        for size in [0, 1, 15, 16, 17, 255, 4_096] {
+            let key = bytes(32), data = bytes(size), aad = bytes(size % 40)
+            let box = try AESGCM.seal(data, key: key, associatedData: aad)
+            #expect(box.count == size + AESGCM.overhead)
+            #expect(try AESGCM.open(box, key: key, associatedData: aad) == data)
+            #expect(try AESGCM.seal(data, key: key, associatedData: aad) != box, "a fresh nonce for every seal")
+            for index in [0, AESGCM.nonceSize, box.count - 1] where index < box.count {
+                var changed = box
+                changed[index] ^= 0x01
+                #expect(throws: AuthenticationFailure.self) { try AESGCM.open(changed, key: key, associatedData: aad) }
+            }
+            #expect(throws: AuthenticationFailure.self) { try AESGCM.open(box, key: bytes(32), associatedData: aad) }
+            #expect(throws: AuthenticationFailure.self) { try AESGCM.open(box, key: key, associatedData: aad + [1]) }
+        }
+        #expect(throws: AuthenticationFailure.self) { try AESGCM.open([1, 2, 3], key: bytes(32), associatedData: []) }
+    }
+}
