@@ -152,33 +152,96 @@ extension EngineBackedStore {
     }
 }
 
-/// The durable store: one LMDB environment in a directory.
+/// The durable store: one LMDB environment in a directory, sealed (see `Sealing`) under data
+/// keys kept in a file of their own, `keyFile` (by default the directory's path + `.keys`).
 public final class LMDBProfileStore: EngineBackedStore {
     let engine: StoreEngine
     public let environment: LMDBEnvironment
     private let tables: LMDBTables
+    private let sealing: Sealing
 
-    public init(path: String, configuration: StoreConfiguration, lmdb: LMDBEnvironment.Configuration = .init()) throws {
+    public init(path: String, configuration: StoreConfiguration, keyFile: String? = nil, lmdb: LMDBEnvironment.Configuration = .init()) throws {
         engine = StoreEngine(configuration: configuration)
         environment = try LMDBEnvironment(path: path, configuration: lmdb)
         tables = try LMDBTables(environment: environment)
+        sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
         try checkFormat()
+        try destroyRetiredKeys()
     }
 
+    /// The key file in use.
+    public var keyFile: String { sealing.keys.path }
+
     private func checkFormat() throws {
-        let format = try read { reader in try reader.get(.meta, formatMetaKey) }
-        if let format, format != [ProfileFormat.version] {
-            throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
+        try environment.write { txn in
+            let plain = LMDBWriting(transaction: txn, tables: tables)
+            if let format = try plain.get(.meta, formatMetaKey), format != [ProfileFormat.version] {
+                throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
+            }
+            switch try plain.get(.meta, sealedLayoutMetaKey) {
+            case [Self.sealedLayout]?: break
+            case nil where try plain.count(.documents) == 0: _ = try plain.put(.meta, sealedLayoutMetaKey, [Self.sealedLayout], mode: .upsert)
+            default:
+                throw StoreCorruption(
+                    table: "meta",
+                    underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "a store written without sealing, or in another sealed layout"))
+            }
         }
     }
 
+    static let sealedLayout: UInt8 = 1
+
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
-        try environment.read { txn in try body(LMDBReading(reader: txn, tables: tables)) }
+        try environment.read { txn in
+            try body(SealedReading(base: LMDBReading(reader: txn, tables: tables), session: SealingSession(sealing)))
+        }
     }
 
+    /// One write transaction. New data keys are made durable before the commit that first uses
+    /// them; keys an erasure retired are destroyed once it has committed (and, should the
+    /// process stop in between, at the next open: the erasure left their ids in `meta`). If the
+    /// transaction fails, its new keys are destroyed and retired ones reinstated. LMDB may run
+    /// the body again after growing the map, so each run has a session of its own.
     @discardableResult
     func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
-        try environment.write { txn in try body(LMDBWriting(transaction: txn, tables: tables)) }
+        var sessions: [SealingSession] = []
+        let result: T
+        do {
+            result = try environment.write { txn in
+                let session = SealingSession(sealing)
+                sessions.append(session)
+                let value = try body(SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session))
+                try sealing.keys.sync()
+                return value
+            }
+        } catch {
+            try? sealing.keys.destroy(sessions.flatMap(\.created))
+            sealing.keys.reinstate(sessions.flatMap(\.retired))
+            throw error
+        }
+        if sessions.contains(where: { !$0.retired.isEmpty }) { try destroyRetiredKeys() }
+        return result
+    }
+
+    /// Destroys the keys erasures have retired, then forgets their ids.
+    private func destroyRetiredKeys() throws {
+        let rows = try environment.read { txn in
+            var rows: [[UInt8]] = []
+            try LMDBReading(reader: txn, tables: tables).scan(.meta, prefix: Sealing.retiredPrefix) { key, _ in
+                rows.append(key)
+                return .next
+            }
+            return rows
+        }
+        guard !rows.isEmpty else { return }
+        try sealing.keys.destroy(rows.map { row in
+            let id = row.dropFirst(Sealing.retiredPrefix.count)
+            return DataKeyID(pseudonym: Array(id.prefix(Sealing.pseudonymSize)), generation: id.dropFirst(Sealing.pseudonymSize).reduce(0) { $0 << 8 | UInt64($1) })
+        })
+        try environment.write { txn in
+            let plain = LMDBWriting(transaction: txn, tables: tables)
+            for row in rows { _ = try plain.delete(.meta, row) }
+        }
     }
 
     /// A compacted, consistent copy of the store into `directory`, taken while it keeps serving.

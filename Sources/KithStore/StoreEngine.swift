@@ -13,22 +13,13 @@ struct StoreEngine: Sendable {
         hasher = HMACForgetKeyHasher(secret: configuration.forgetKeySecret)
     }
 
-    /// The profile of `identifier`. When the identifier is its profile's canonical one (the usual
-    /// read, by user id) its index entry and view sit side by side: one cursor pass reads both.
+    /// The profile of `identifier`: its index entry names the canonical identifier, whose view
+    /// it is. Two point reads (the usual read, by user id, finds both on one page), and no other
+    /// row of the identifier is read — in a sealed store each row read is a decryption.
     func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
-        let indexKey = documentKey(identifier.key, .index), viewKey = documentKey(identifier.key, .view)
-        var canonical: [UInt8]?
-        var ownView: [UInt8]?
-        try reader.scan(.documents, prefix: documentPrefix(identifier.key)) { key, value in
-            if key == indexKey {
-                canonical = value
-                return value == identifier.key ? .next : .stop
-            }
-            if key == viewKey { ownView = value }
-            return key.lexicographicallyPrecedes(viewKey) ? .next : .stop
-        }
-        guard let canonical else { return nil }
-        guard let bytes = try ownView ?? reader.get(.documents, documentKey(canonical, .view)) else { return nil }
+        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)),
+            let bytes = try reader.get(.documents, documentKey(canonical, .view))
+        else { return nil }
         return try decode(ProfileView.self, bytes, table: .documents)
     }
 
@@ -148,16 +139,22 @@ struct StoreEngine: Sendable {
     /// A SHA-256 over every replicated row (documents and forget set, in key order): equal on two
     /// replicas exactly when they hold the same profiles, byte for byte. Node-local tables (the
     /// change log, sequences, cursors) are left out.
+    /// Rows in plain key order (a sealed store scans in pseudonym order), so that stores of
+    /// either kind holding the same data agree. Holds every row in memory: for tests and checks.
     func contentDigest(in reader: some StoreReading) throws -> [UInt8] {
         var hasher = SHA256Stream()
         for table in [Table.documents, .forget] {
             hasher.update([UInt8(table.rawValue)])
+            var rows: [([UInt8], [UInt8])] = []
             try reader.scan(table, prefix: []) { key, value in
+                rows.append((key, value))
+                return .next
+            }
+            for (key, value) in rows.sorted(by: { $0.0.lexicographicallyPrecedes($1.0) }) {
                 var writer = BinaryWriter(capacity: key.count + value.count + 4)
                 writer.write(bytes: key)
                 writer.write(bytes: value)
                 hasher.update(writer.bytes)
-                return .next
             }
         }
         return hasher.finish()
@@ -394,23 +391,9 @@ final class WriteContext {
         try forget(try identifiers(hashingTo: Set(forgetKeys)))
     }
 
-    /// The identifiers held here whose forget keys are in `wanted` (one seek per identifier).
+    /// The identifiers held here whose forget keys are in `wanted`.
     private func identifiers(hashingTo wanted: Set<[UInt8]>) throws -> [Identifier] {
-        var members: [Identifier] = []
-        var start: [UInt8] = []
-        while true {
-            var next: [UInt8]?
-            try txn.scan(.documents, from: start) { key, _ in
-                next = Array(key[..<(key.firstIndex(of: 0) ?? key.endIndex)])
-                return .stop
-            }
-            guard let identifierKey = next else { break }
-            if let identifier = Identifier(key: identifierKey), wanted.contains(engine.hasher.forgetKeyBytes(for: identifier)) {
-                members.append(identifier)
-            }
-            start = identifierKey + [1]
-        }
-        return members
+        try txn.identifiers(withForgetKeys: wanted, hasher: engine.hasher)
     }
 
     /// Adds forget-set entries (each keeps the latest erasure time).
@@ -465,6 +448,8 @@ final class WriteContext {
         }
         if !known.isEmpty { try recompute(around: known) }
         for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
+        // Heads and views still cached here are written back at `finish`, under the new keys.
+        try txn.retireKeys(of: members)
     }
 
     /// Drops the member's ledger rows dated at or before `time` and recomputes its head.

@@ -31,6 +31,11 @@ public struct HMACForgetKeyHasher: ForgetKeyHasher {
         key.authenticate(identifier.key)
     }
 
+    /// The forget key of a stored identifier key (`Identifier.key`).
+    func forgetKeyBytes(forKey identifierKey: some Collection<UInt8>) -> [UInt8] {
+        key.authenticate(Array(identifierKey))
+    }
+
     public func forgetKey(for identifier: Identifier) -> String { Crypto.hex(forgetKeyBytes(for: identifier)) }
 }
 
@@ -215,6 +220,8 @@ func sequenceKey(_ sequence: UInt64) -> [UInt8] {
 /// meta keys: the store's format version, the last local change sequence, and the version
 /// vector of replicated origins.
 let formatMetaKey = Array("format".utf8)
+/// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
+let sealedLayoutMetaKey = Array("sealed".utf8)
 let sequenceMetaKey = Array("sequence".utf8)
 let versionVectorKey = Array("versions".utf8)
 

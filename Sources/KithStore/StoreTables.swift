@@ -1,4 +1,5 @@
 import KithLMDB
+import KithProfile
 import Synchronization
 
 /// The named tables of a Kith store (one LMDB named database each). See docs/storage.md.
@@ -68,6 +69,29 @@ protocol StoreReading {
     func scan(_ table: Table, from start: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
     func lastKey(_ table: Table) throws -> [UInt8]?
     func count(_ table: Table) throws -> Int
+    /// The identifiers held here whose forget keys are in `wanted`.
+    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
+}
+
+extension StoreReading {
+    /// Plain tables know no pseudonyms: hash each identifier held (one seek per identifier).
+    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        var members: [Identifier] = []
+        var start: [UInt8] = []
+        while true {
+            var next: [UInt8]?
+            try scan(.documents, from: start) { key, _ in
+                next = Array(key[..<(key.firstIndex(of: 0) ?? key.endIndex)])
+                return .stop
+            }
+            guard let identifierKey = next else { break }
+            if let identifier = Identifier(key: identifierKey[...]), wanted.contains(hasher.forgetKeyBytes(for: identifier)) {
+                members.append(identifier)
+            }
+            start = identifierKey + [1]
+        }
+        return members
+    }
 }
 
 extension StoreReading {
@@ -81,6 +105,13 @@ extension StoreReading {
 protocol StoreWriting: StoreReading {
     @discardableResult func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool
     @discardableResult func delete(_ table: Table, _ key: [UInt8]) throws -> Bool
+    /// The erased `identifiers`' data keys are to be destroyed when this transaction commits.
+    func retireKeys(of identifiers: [Identifier]) throws
+}
+
+extension StoreWriting {
+    /// Plain tables have no keys to destroy.
+    func retireKeys(of identifiers: [Identifier]) throws {}
 }
 
 // MARK: - LMDB

@@ -50,7 +50,10 @@ final class StoreFixture {
         store = try Self.open(kind, path: path)
     }
 
-    deinit { try? FileManager.default.removeItem(atPath: path) }
+    deinit {
+        try? FileManager.default.removeItem(atPath: path)
+        try? FileManager.default.removeItem(atPath: path + ".keys")
+    }
 }
 
 /// Every table's entries, for checking what a store physically holds.
@@ -285,7 +288,7 @@ struct LMDBStoreTests {
         try (fixture.store as! LMDBProfileStore).backup(to: backupPath)
         try fixture.reopen()
         try expectSameViews(fixture.store, reference, "reopened")
-        let restored = try LMDBProfileStore(path: backupPath, configuration: configuration)
+        let restored = try LMDBProfileStore(path: backupPath, configuration: configuration, keyFile: fixture.path + ".keys")
         try expectSameViews(restored, reference, "restored backup")
         #expect(try restored.statistics() == fixture.store.statistics())
     }

@@ -1,0 +1,355 @@
+import KithCRDT
+import KithCrypto
+import KithLMDB
+import KithProfile
+
+/// Sealing of the durable store (docs/storage.md, "Sealing"): every row that can hold personal
+/// data is encrypted with AES-256-GCM under a data key of the identifier that owns it, and LMDB
+/// keys name identifiers only by pseudonym. Erasure destroys the keys, so what LMDB leaves in
+/// free pages, and every backup taken before, can no longer be read.
+///
+/// The engine does not know: these adapters take and give the engine's plain keys and values.
+///
+/// `documents`: `pseudonym(owner) ‖ part ‖ suffix`, where an edge's suffix is the peer's
+/// pseudonym and a ledger row's its messageId; the value is `generation ‖ sealed box`, the
+/// sealed key being the associated data. An extra row `pseudonym ‖ 0` holds the owner's
+/// identifier key (sealed), so that scans can give the engine plain keys; an edge's plaintext
+/// starts with the peer's identifier key for the same reason.
+/// `changes` and `ahead`: each entry is sealed on its own under its owner's key (a message's
+/// subject, an unlink's lower end); erasures carry only forget keys and stay plain.
+/// `meta` and `forget` hold no personal data and pass through.
+struct Sealing: Sendable {
+    let keys: DataKeyStore
+    let hasher: HMACForgetKeyHasher
+
+    static let pseudonymSize = 16
+    /// The part of the row holding the owner's identifier key.
+    static let ownerPart: UInt8 = 0
+    /// `meta` rows `retired ‖ pseudonym ‖ generation`: keys of erased identifiers still to be
+    /// destroyed (written with the erasure, removed once the keys are gone).
+    static let retiredPrefix = Array("retired:".utf8)
+}
+
+/// What one transaction learned and changed: pseudonyms it computed, owners it saw, keys it
+/// created (to sync before commit, or destroy if it aborts) and retired (to destroy after
+/// commit, or reinstate if it aborts).
+final class SealingSession {
+    let sealing: Sealing
+    private var pseudonyms: [[UInt8]: [UInt8]] = [:]
+    var owners: [[UInt8]: [UInt8]] = [:]
+    var ownerRowsWritten: Set<[UInt8]> = []
+    var created: [DataKeyID] = []
+    var retired: [DataKeyID] = []
+
+    init(_ sealing: Sealing) {
+        self.sealing = sealing
+    }
+
+    func pseudonym(_ identifierKey: some Collection<UInt8>) -> [UInt8] {
+        let identifierKey = Array(identifierKey)
+        if let known = pseudonyms[identifierKey] { return known }
+        let pseudonym = Array(sealing.hasher.forgetKeyBytes(forKey: identifierKey).prefix(Sealing.pseudonymSize))
+        pseudonyms[identifierKey] = pseudonym
+        owners[pseudonym] = identifierKey
+        return pseudonym
+    }
+
+    /// The LMDB key of an engine key of `documents` (also of a prefix or scan start of one).
+    func sealedKey(_ plain: [UInt8]) -> [UInt8] {
+        guard !plain.isEmpty else { return [] }
+        guard let zero = plain.firstIndex(of: 0) else { return pseudonym(plain) }
+        var key = pseudonym(plain[..<zero])
+        guard zero + 1 < plain.count else { return key }
+        let part = plain[zero + 1]
+        key.append(part)
+        let suffix = plain[(zero + 2)...]
+        if part == DocumentPart.edge.rawValue, !suffix.isEmpty { key += pseudonym(suffix) } else { key += suffix }
+        return key
+    }
+
+    // MARK: - Boxes
+
+    func seal(_ plaintext: [UInt8], owner pseudonym: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
+        guard let (id, key, created) = try sealing.keys.currentKey(for: pseudonym, create: true) else { preconditionFailure() }
+        if created { self.created.append(id) }
+        var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 4)
+        writer.write(varint: id.generation)
+        writer.write(raw: try AESGCM.seal(plaintext, key: key, associatedData: associatedData))
+        return writer.bytes
+    }
+
+    /// The plaintext, or nil when the key that sealed it has been destroyed (its customer was
+    /// erased). A box that does not open under a live key is damage, and throws.
+    func open(_ sealed: [UInt8], owner pseudonym: [UInt8], associatedData: [UInt8], table: Table) throws -> [UInt8]? {
+        var reader = BinaryReader(sealed)
+        let generation = try reader.readVarint()
+        guard let key = sealing.keys.key(for: DataKeyID(pseudonym: pseudonym, generation: generation)) else { return nil }
+        do {
+            return try AESGCM.open(Array(sealed[reader.offset...]), key: key, associatedData: associatedData)
+        } catch {
+            throw StoreCorruption(table: table.name, underlying: error)
+        }
+    }
+
+    // MARK: - Change-log entries
+
+    /// `[count] (bytes(owner pseudonym or empty) ‖ bytes(sealed or plain entry))*`.
+    func sealEntries(_ entries: [ChangeEntry], table: Table, key: [UInt8]) throws -> [UInt8] {
+        var writer = BinaryWriter(capacity: 300 * entries.count)
+        writer.write(count: entries.count)
+        for (index, entry) in entries.enumerated() {
+            let plain = ProfileFormat.encode(entry)
+            guard let owner = Self.owner(of: entry) else {
+                writer.write(bytes: [UInt8]())
+                writer.write(bytes: plain)
+                continue
+            }
+            let pseudonym = pseudonym(owner)
+            writer.write(bytes: pseudonym)
+            writer.write(bytes: try seal(plain, owner: pseudonym, associatedData: Self.entryData(table, key, index)))
+        }
+        return writer.bytes
+    }
+
+    /// The entries whose keys still exist, in order.
+    func openEntries(_ bytes: [UInt8], table: Table, key: [UInt8]) throws -> [ChangeEntry] {
+        var reader = BinaryReader(bytes)
+        var entries: [ChangeEntry] = []
+        let count = try reader.readCount(minimumItemSize: 2)
+        for index in 0..<count {
+            let owner = Array(try reader.readBytes())
+            let body = Array(try reader.readBytes())
+            let plain = owner.isEmpty ? body : try open(body, owner: owner, associatedData: Self.entryData(table, key, index), table: table)
+            if let plain { entries.append(try decode(ChangeEntry.self, plain, table: table)) }
+        }
+        try reader.expectEnd()
+        return entries
+    }
+
+    static func owner(of entry: ChangeEntry) -> [UInt8]? {
+        switch entry.change {
+        case .message(let delta): delta.subject.key
+        case .unlink(let edge, _): edge.low.key
+        case .erasure: nil
+        }
+    }
+
+    private static func entryData(_ table: Table, _ key: [UInt8], _ index: Int) -> [UInt8] {
+        [UInt8(table.rawValue)] + key + [UInt8(truncatingIfNeeded: index >> 8), UInt8(truncatingIfNeeded: index)]
+    }
+}
+
+extension Sealing {
+    /// The owner pseudonyms of a sealed log record's entries.
+    static func entryOwners(_ bytes: [UInt8]) throws -> Set<[UInt8]> {
+        var reader = BinaryReader(bytes)
+        var owners: Set<[UInt8]> = []
+        for _ in 0..<(try reader.readCount(minimumItemSize: 2)) {
+            let owner = try reader.readBytes()
+            if !owner.isEmpty { owners.insert(Array(owner)) }
+            _ = try reader.readBytes()
+        }
+        return owners
+    }
+}
+
+/// Reads of sealed tables, giving the engine plain keys and values.
+struct SealedReading: StoreReading {
+    let base: any StoreReading
+    let session: SealingSession
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
+        switch table {
+        case .documents:
+            let sealedKey = session.sealedKey(key)
+            guard let value = try base.get(.documents, sealedKey) else { return nil }
+            return try openRow(sealedKey, value)?.value
+        case .changes:
+            return try base.get(table, key).map { ChangeRecord.encode(try session.openEntries($0, table: table, key: key)) }
+        case .ahead:
+            guard let value = try base.get(table, key) else { return nil }
+            return try session.openEntries(value, table: table, key: key).first.map { ProfileFormat.encode($0) }
+        case .meta, .forget:
+            return try base.get(table, key)
+        }
+    }
+
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        switch table {
+        case .documents:
+            try base.scan(.documents, from: session.sealedKey(start)) { key, value in
+                guard key.count > Sealing.pseudonymSize, key[Sealing.pseudonymSize] != Sealing.ownerPart,
+                    let row = try openRow(key, value)
+                else { return .next }
+                return try body(row.key, row.value)
+            }
+        case .changes:
+            try base.scan(table, from: start) { key, value in try body(key, ChangeRecord.encode(try session.openEntries(value, table: table, key: key))) }
+        case .ahead:
+            try base.scan(table, from: start) { key, value in
+                guard let entry = try session.openEntries(value, table: table, key: key).first else { return .next }
+                return try body(key, ProfileFormat.encode(entry))
+            }
+        case .meta, .forget:
+            try base.scan(table, from: start, body)
+        }
+    }
+
+    func lastKey(_ table: Table) throws -> [UInt8]? {
+        precondition(table != .documents, "documents are not in plain key order when sealed")
+        return try base.lastKey(table)
+    }
+
+    func count(_ table: Table) throws -> Int {
+        precondition(table != .documents, "sealed documents hold owner rows besides the engine's")
+        return try base.count(table)
+    }
+
+    /// An erasure's forget keys name the pseudonyms directly: one owner row read each, instead
+    /// of hashing every identifier held.
+    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try wanted.sorted { $0.lexicographicallyPrecedes($1) }.compactMap { forgetKey in
+            guard let owner = try ownerKey(Array(forgetKey.prefix(Sealing.pseudonymSize))), let identifier = Identifier(key: owner[...]),
+                hasher.forgetKeyBytes(for: identifier) == forgetKey
+            else { return nil }
+            return identifier
+        }
+    }
+
+    /// A row as the engine knows it, or nil when its key is destroyed.
+    private func openRow(_ key: [UInt8], _ value: [UInt8]) throws -> (key: [UInt8], value: [UInt8])? {
+        let pseudonym = Array(key.prefix(Sealing.pseudonymSize))
+        guard let owner = try ownerKey(pseudonym),
+            var plain = try session.open(value, owner: pseudonym, associatedData: key, table: .documents)
+        else { return nil }
+        let part = key[Sealing.pseudonymSize]
+        var plainKey = documentKey(owner, DocumentPart(rawValue: part) ?? .index)
+        if part == DocumentPart.edge.rawValue {
+            var reader = BinaryReader(plain)
+            plainKey += try reader.readBytes()
+            plain = Array(plain[reader.offset...])
+        } else {
+            plainKey += key[(Sealing.pseudonymSize + 1)...]
+        }
+        return (plainKey, plain)
+    }
+
+    /// The identifier key a pseudonym stands for: known from this transaction, or from its owner row.
+    func ownerKey(_ pseudonym: [UInt8]) throws -> [UInt8]? {
+        if let known = session.owners[pseudonym] { return known }
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        guard let value = try base.get(.documents, rowKey),
+            let owner = try session.open(value, owner: pseudonym, associatedData: rowKey, table: .documents)
+        else { return nil }
+        session.owners[pseudonym] = owner
+        return owner
+    }
+}
+
+/// Writes of sealed tables (reads as `SealedReading`).
+struct SealedWriting: StoreWriting {
+    let base: any StoreWriting
+    let session: SealingSession
+    private var reading: SealedReading { SealedReading(base: base, session: session) }
+
+    init(base: any StoreWriting, session: SealingSession) {
+        self.base = base
+        self.session = session
+    }
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reading.get(table, key) }
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try reading.scan(table, from: start, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try reading.lastKey(table) }
+    func count(_ table: Table) throws -> Int { try reading.count(table) }
+
+    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try reading.identifiers(withForgetKeys: wanted, hasher: hasher)
+    }
+
+    @discardableResult
+    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
+        switch table {
+        case .documents:
+            let zero = key.firstIndex(of: 0)!
+            let owner = Array(key[..<zero])
+            let pseudonym = session.pseudonym(owner)
+            try writeOwnerRow(pseudonym, owner)
+            let sealedKey = session.sealedKey(key)
+            var plaintext = value
+            if key[zero + 1] == DocumentPart.edge.rawValue {
+                var writer = BinaryWriter(capacity: value.count + 40)
+                writer.write(bytes: key[(zero + 2)...])
+                writer.write(raw: value)
+                plaintext = writer.bytes
+            }
+            if mode == .insertOnly, try base.get(.documents, sealedKey) != nil { return false }
+            return try base.put(.documents, sealedKey, try session.seal(plaintext, owner: pseudonym, associatedData: sealedKey), mode: mode)
+        case .changes:
+            return try base.put(table, key, try session.sealEntries(ChangeRecord.decode(value), table: table, key: key), mode: mode)
+        case .ahead:
+            return try base.put(table, key, try session.sealEntries([decode(ChangeEntry.self, value, table: table)], table: table, key: key), mode: mode)
+        case .meta, .forget:
+            return try base.put(table, key, value, mode: mode)
+        }
+    }
+
+    @discardableResult
+    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
+        try base.delete(table, table == .documents ? session.sealedKey(key) : key)
+    }
+
+    /// Retires every key of the erased `identifiers` (destroyed once the erasure commits) and
+    /// seals again, under a new key, whatever of theirs survived the erasure (data newer than it).
+    func retireKeys(of identifiers: [Identifier]) throws {
+        let pseudonyms = Set(identifiers.map { session.pseudonym($0.key) })
+        // Log entries of theirs that survived the erasure (newer than it) are sealed again
+        // too; the owners of a record's entries are readable without opening them.
+        var records: [(Table, [UInt8], [UInt8])] = []
+        for table in [Table.changes, .ahead] {
+            try base.scan(table, from: []) { key, value in
+                if try !pseudonyms.isDisjoint(with: Sealing.entryOwners(value)) { records.append((table, key, try reading.get(table, key) ?? [])) }
+                return .next
+            }
+        }
+        for identifier in identifiers {
+            let pseudonym = session.pseudonym(identifier.key)
+            var surviving: [([UInt8], [UInt8])] = []
+            try reading.scan(.documents, prefix: documentPrefix(identifier.key)) { key, value in
+                surviving.append((key, value))
+                return .next
+            }
+            var rows: [[UInt8]] = []
+            try base.scan(.documents, from: pseudonym) { key, _ in
+                guard key.starts(with: pseudonym) else { return .stop }
+                rows.append(key)
+                return .next
+            }
+            for row in rows { try base.delete(.documents, row) }
+            let retired = session.sealing.keys.retire(pseudonym)
+            session.retired += retired
+            session.ownerRowsWritten.remove(pseudonym)
+            for id in retired { try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert) }
+            for (key, value) in surviving { try put(.documents, key, value, mode: .upsert) }
+        }
+        for (table, key, plain) in records {
+            if table == .ahead, plain.isEmpty { continue }
+            try put(table, key, plain, mode: .upsert)
+        }
+    }
+
+    static func idBytes(_ id: DataKeyID) -> [UInt8] {
+        id.pseudonym + (0..<8).map { UInt8(truncatingIfNeeded: id.generation >> (56 - 8 * $0)) }
+    }
+
+    /// The row naming the owner of a pseudonym, once per owner (sealed like any other).
+    private func writeOwnerRow(_ pseudonym: [UInt8], _ owner: [UInt8]) throws {
+        guard !session.ownerRowsWritten.contains(pseudonym) else { return }
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        if try base.get(.documents, rowKey) == nil {
+            try base.put(.documents, rowKey, try session.seal(owner, owner: pseudonym, associatedData: rowKey), mode: .upsert)
+        }
+        session.ownerRowsWritten.insert(pseudonym)
+    }
+}
