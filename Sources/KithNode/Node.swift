@@ -55,7 +55,7 @@ public final class Node: Sendable {
         origin = try Self.loadOrigin(configuration.dataDirectory + "/origin")
         let storeConfiguration = StoreConfiguration(
             node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
-        store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration)
+        store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile)
         if configuration.gossip != nil {
             let (keys, sending) = try configuration.clusterKeys()
             replication = try ReplicationService(

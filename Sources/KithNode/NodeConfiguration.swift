@@ -43,6 +43,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// The file holding the secret that keys erased customers' hashes (created if missing).
     /// Keep it apart from the data directory and its backups.
     public var secretFile: String?
+    /// The file of the store's data keys (docs/storage.md, "Sealing"); by default the data
+    /// directory's path + `.keys`. Keep it apart from the data and its backups: erasure destroys
+    /// keys in this file, which is what makes erased data unreadable in old backups.
+    public var keyFile: String?
     /// Log every request (request id, route template, status, duration; never paths or bodies).
     public var logRequests = false
     /// Ingest requests waiting for the writer beyond which new ones get 429 (load shedding).
@@ -66,7 +70,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public init() {}
 
     enum CodingKeys: String, CodingKey {
-        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, logRequests, ingestQueueLimit
+        case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, role, clusterKeyFile, policyFile, auditRetentionDays
     }
 
@@ -81,6 +85,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         loops = try container.decodeIfPresent(Int.self, forKey: .loops) ?? defaults.loops
         historyLimit = try container.decodeIfPresent(Int.self, forKey: .historyLimit) ?? defaults.historyLimit
         secretFile = try container.decodeIfPresent(String.self, forKey: .secretFile)
+        keyFile = try container.decodeIfPresent(String.self, forKey: .keyFile)
         logRequests = try container.decodeIfPresent(Bool.self, forKey: .logRequests) ?? false
         ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
         gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
@@ -120,6 +125,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_PRIVACY_TOKEN"] { addToken(value, role: "privacy") }
         if let value = environment["KITH_POLICY_FILE"] { policyFile = value }
         if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
+        if let value = environment["KITH_KEY_FILE"] { keyFile = value }
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
         if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
@@ -194,7 +200,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 
 extension NodeConfiguration.CodingKeys {
     static let allNames = [
-        "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "logRequests",
+        "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
     ]
 }

@@ -57,6 +57,8 @@ final class DataKeyStore: @unchecked Sendable {
     }
 
     let path: String
+    /// Whether this open created the file: a store with data and a new key file has lost its keys.
+    private(set) var createdNow = false
     private let descriptor: Int32
     private let state = Mutex(State())
 
@@ -64,6 +66,11 @@ final class DataKeyStore: @unchecked Sendable {
         self.path = path
         descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw DataKeyError("cannot open the key file \(path): \(String(cString: strerror(errno)))") }
+        // One store at a time: two writers of slots would hand out the same slot twice.
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(descriptor)
+            throw DataKeyError("the key file \(path) is in use by another store")
+        }
         do {
             try load()
         } catch {
@@ -74,9 +81,16 @@ final class DataKeyStore: @unchecked Sendable {
 
     deinit { close(descriptor) }
 
+    /// Removes the file this open created (when the store refuses it), so that a later open
+    /// does not take the empty file for the store's keys.
+    func discardIfCreatedNow() {
+        if createdNow { unlink(path) }
+    }
+
     private func load() throws {
         let size = Int(lseek(descriptor, 0, SEEK_END))
         if size == 0 {
+            createdNow = true
             try write(KeySlot.header, at: 0)
             try synchronize()
             try synchronizeDirectory()
@@ -178,6 +192,11 @@ final class DataKeyStore: @unchecked Sendable {
 
     /// How many keys are live (for tests and statistics).
     var count: Int { state.withLock { $0.keys.count } }
+
+    /// Every live key of `pseudonym` (for tests).
+    func liveKeys(of pseudonym: [UInt8]) -> [[UInt8]] {
+        state.withLock { state in state.keys.filter { $0.key.pseudonym == pseudonym }.map(\.value.key) }
+    }
 
     // MARK: - File access
 

@@ -158,7 +158,7 @@ public final class LMDBProfileStore: EngineBackedStore {
     let engine: StoreEngine
     public let environment: LMDBEnvironment
     private let tables: LMDBTables
-    private let sealing: Sealing
+    let sealing: Sealing
 
     public init(path: String, configuration: StoreConfiguration, keyFile: String? = nil, lmdb: LMDBEnvironment.Configuration = .init()) throws {
         engine = StoreEngine(configuration: configuration)
@@ -179,7 +179,12 @@ public final class LMDBProfileStore: EngineBackedStore {
                 throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
             }
             switch try plain.get(.meta, sealedLayoutMetaKey) {
-            case [Self.sealedLayout]?: break
+            case [Self.sealedLayout]?:
+                if sealing.keys.createdNow, try plain.count(.documents) > 0 {
+                    sealing.keys.discardIfCreatedNow()
+                    throw DataKeyError(
+                        "the key file \(sealing.keys.path) did not exist, but this store holds sealed data: give the store's key file (--key-file)")
+                }
             case nil where try plain.count(.documents) == 0: _ = try plain.put(.meta, sealedLayoutMetaKey, [Self.sealedLayout], mode: .upsert)
             default:
                 throw StoreCorruption(

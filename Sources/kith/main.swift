@@ -61,7 +61,7 @@ let serveHelp = """
 
     USAGE: kith serve [--config <file>] [--data-dir <dir>] [--http <host:port>] [--node-name <name>]
                       [--write-key <key>] [--token <token>] [--privacy-token <token>]
-                      [--policy <file>] [--loops <n>]
+                      [--policy <file>] [--key-file <file>] [--loops <n>]
                       [--gossip <host:port>] [--seeds <host:port,...>] [--role core|edge]
                       [--cluster-key-file <file>]
 
@@ -74,6 +74,8 @@ let serveHelp = """
       --token <token>         Accept this bearer token: admin role, every purpose (env KITH_TOKEN).
       --privacy-token <token> Accept this bearer token: privacy role, every purpose (env KITH_PRIVACY_TOKEN).
       --policy <file>         The privacy policy (env KITH_POLICY_FILE; default: the built-in one).
+      --key-file <file>       The data keys (env KITH_KEY_FILE; default <data-dir>.keys). Keep it
+                              apart from the data and its backups: erasure destroys keys in it.
       --loops <n>             HTTP event-loop threads (default 2).
       --gossip <host:port>    Replicate: the peer listener (env KITH_GOSSIP; port 0: any).
       --seeds <list>          Peers to join through, comma-separated (env KITH_SEEDS).
@@ -91,7 +93,7 @@ func serve(_ arguments: [String]) -> Never {
     var index = 0
     let takesValue: Set = [
         "--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops", "--gossip", "--seeds", "--role",
-        "--cluster-key-file", "--privacy-token", "--policy",
+        "--cluster-key-file", "--privacy-token", "--policy", "--key-file",
     ]
     while index < arguments.count {
         let argument = arguments[index]
@@ -122,6 +124,7 @@ func serve(_ arguments: [String]) -> Never {
         for token in flags["--token"] ?? [] { configuration.addToken(token) }
         for token in flags["--privacy-token"] ?? [] { configuration.addToken(token, role: "privacy") }
         if let value = flags["--policy"]?.last { configuration.policyFile = value }
+        if let value = flags["--key-file"]?.last { configuration.keyFile = value }
         try configuration.validate()
     } catch {
         fail("\(error)", .usage)
