@@ -4,56 +4,61 @@
 import KithCrypto
 import Synchronization
 
-/// Which key sealed a row: the owner's pseudonym and the key's generation. An identifier gets a
-/// new generation when it is erased and its data that survives (newer than the erasure) is
-/// sealed again, so every key that ever sealed an erased customer's data can be destroyed.
+/// A data key: the slot of the key file holding it and the random tag written with it. The tag
+/// tells a key from a later one in the same slot, so a row sealed under a destroyed key is
+/// recognised as such (and not as damage) even after its slot is reused.
 struct DataKeyID: Hashable, Sendable {
-    var pseudonym: [UInt8]
-    var generation: UInt64
+    var slot: UInt32
+    var tag: UInt64
 }
 
 /// The slot layout of the key file, pure: `header (64 bytes)`, then 64-byte slots of
-/// `pseudonym (16) ‖ generation (8, big-endian) ‖ key (32) ‖ zero (8)`. An all-zero slot is free.
+/// `tag (8, big-endian, never 0) ‖ key (32) ‖ zero (24)`. An all-zero slot is free.
 enum KeySlot {
     static let size = 64
     static let headerSize = 64
-    static let magic = Array("KITHKEY1".utf8)
+    static let magic = Array("KITHKEY2".utf8)
 
     static var header: [UInt8] { magic + [UInt8](repeating: 0, count: headerSize - magic.count) }
 
-    static func offset(_ slot: Int) -> Int { headerSize + slot * size }
+    static func offset(_ slot: UInt32) -> Int { headerSize + Int(slot) * size }
 
-    static func encode(_ id: DataKeyID, key: [UInt8]) -> [UInt8] {
-        precondition(id.pseudonym.count == 16 && key.count == AESGCM.keySize)
-        let generation = (0..<8).map { UInt8(truncatingIfNeeded: id.generation >> (56 - 8 * $0)) }
-        return id.pseudonym + generation + key + [UInt8](repeating: 0, count: 8)
+    static func encode(tag: UInt64, key: [UInt8]) -> [UInt8] {
+        precondition(tag != 0 && key.count == AESGCM.keySize)
+        return bigEndian(tag) + key + [UInt8](repeating: 0, count: size - 8 - AESGCM.keySize)
     }
 
-    /// The key in a slot, or nil for a free slot.
-    static func decode(_ bytes: ArraySlice<UInt8>) -> (id: DataKeyID, key: [UInt8])? {
-        guard bytes.count == size, bytes.contains(where: { $0 != 0 }) else { return nil }
+    /// The tag and key in a slot, or nil for a free slot.
+    static func decode(_ bytes: ArraySlice<UInt8>) -> (tag: UInt64, key: [UInt8])? {
+        guard bytes.count == size else { return nil }
         let start = bytes.startIndex
-        let generation = bytes[(start + 16)..<(start + 24)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
-        return (DataKeyID(pseudonym: Array(bytes[start..<(start + 16)]), generation: generation), Array(bytes[(start + 24)..<(start + 56)]))
+        let tag = bytes[start..<(start + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
+        guard tag != 0 else { return nil }
+        return (tag, Array(bytes[(start + 8)..<(start + 8 + AESGCM.keySize)]))
     }
+
+    static func bigEndian(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
 }
 
 /// The data keys of one store, in a file of their own kept apart from the data and its backups
 /// (docs/storage.md, "Sealing"). A key is destroyed by overwriting its slot in place and syncing
 /// the file: LMDB never overwrites in place (old values linger in free pages until reused, and
-/// in every backup), which is exactly why the keys do not live in LMDB.
+/// in every backup), which is why the keys do not live in LMDB.
 ///
-/// Writers create keys with `currentKey(for:create:)` and must `sync()` before committing data
-/// sealed under a new key; readers find any live generation with `key(for:)`.
+/// Which identifier uses which key is recorded in the store itself (each sealed row names its
+/// key), committed with the data; this file only holds keys. Keys are made ahead, a pool at a
+/// time with one sync, so a new identifier costs no sync of its own. At open every key in the
+/// file counts as in use: the unused part of a pool from before a restart is not handed out
+/// again (at most `poolSize` slots per restart).
 final class DataKeyStore: @unchecked Sendable {
+    static let poolSize = 1_024
+
     private struct State {
-        var keys: [DataKeyID: (slot: Int, key: [UInt8])] = [:]
-        /// The generation new rows of a pseudonym are sealed with.
-        var current: [[UInt8]: UInt64] = [:]
-        var freeSlots: [Int] = []
-        var slotCount = 0
-        var nextGeneration: UInt64 = 1
-        var unsynced = false
+        /// Per slot: tag (0: free) and key.
+        var tags: [UInt64] = []
+        var keys: [[UInt8]] = []
+        /// Synced keys not yet handed out.
+        var pool: [DataKeyID] = []
     }
 
     let path: String
@@ -61,12 +66,14 @@ final class DataKeyStore: @unchecked Sendable {
     private(set) var createdNow = false
     private let descriptor: Int32
     private let state = Mutex(State())
+    /// Serialises pool refills and destruction (file writes and syncs).
+    private let fileLock = Mutex<Void>(())
 
     init(path: String) throws {
         self.path = path
         descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard descriptor >= 0 else { throw DataKeyError("cannot open the key file \(path): \(String(cString: strerror(errno)))") }
-        // One store at a time: two writers of slots would hand out the same slot twice.
+        // One store at a time: two stores would hand out the same slots.
         guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
             close(descriptor)
             throw DataKeyError("the key file \(path) is in use by another store")
@@ -101,101 +108,96 @@ final class DataKeyStore: @unchecked Sendable {
         }
         let bytes = try read(count: size, at: 0)
         guard Array(bytes.prefix(KeySlot.magic.count)) == KeySlot.magic else { throw DataKeyError("\(path) is not a Kith key file") }
+        let count = (size - KeySlot.headerSize) / KeySlot.size
         state.withLock { state in
-            state.slotCount = (size - KeySlot.headerSize) / KeySlot.size
-            for slot in 0..<state.slotCount {
+            state.tags.reserveCapacity(count)
+            state.keys.reserveCapacity(count)
+            for slot in 0..<UInt32(count) {
                 let start = KeySlot.offset(slot)
-                guard let (id, key) = KeySlot.decode(bytes[start..<(start + KeySlot.size)]) else {
-                    state.freeSlots.append(slot)
-                    continue
-                }
-                state.keys[id] = (slot, key)
-                state.current[id.pseudonym] = max(state.current[id.pseudonym] ?? 0, id.generation)
-                state.nextGeneration = max(state.nextGeneration, id.generation + 1)
+                let found = KeySlot.decode(bytes[start..<(start + KeySlot.size)])
+                state.tags.append(found?.tag ?? 0)
+                state.keys.append(found?.key ?? [])
             }
-            state.freeSlots.reverse()
         }
     }
 
-    /// The key that sealed rows of `id`, if it still exists.
+    /// The key of `id`, or nil when it has been destroyed.
     func key(for id: DataKeyID) -> [UInt8]? {
-        state.withLock { $0.keys[id]?.key }
-    }
-
-    /// The key new rows of `pseudonym` are sealed with; with `create`, a new one when there is
-    /// none (written to its slot now, durable at the next `sync()`). Returns nil only without
-    /// `create`.
-    func currentKey(for pseudonym: [UInt8], create: Bool) throws -> (id: DataKeyID, key: [UInt8], created: Bool)? {
-        if let found = state.withLock({ state -> (DataKeyID, [UInt8])? in
-            guard let generation = state.current[pseudonym] else { return nil }
-            let id = DataKeyID(pseudonym: pseudonym, generation: generation)
-            return state.keys[id].map { (id, $0.key) }
-        }) {
-            return (found.0, found.1, false)
-        }
-        guard create else { return nil }
-        let key = try Crypto.randomBytes(AESGCM.keySize)
-        let (id, slot) = state.withLock { state -> (DataKeyID, Int) in
-            let id = DataKeyID(pseudonym: pseudonym, generation: state.nextGeneration)
-            state.nextGeneration += 1
-            let slot = state.freeSlots.popLast() ?? state.slotCount
-            state.slotCount = max(state.slotCount, slot + 1)
-            state.keys[id] = (slot, key)
-            state.current[pseudonym] = id.generation
-            state.unsynced = true
-            return (id, slot)
-        }
-        try write(KeySlot.encode(id, key: key), at: KeySlot.offset(slot))
-        return (id, key, true)
-    }
-
-    /// Every generation of `pseudonym`, which stop being used for new rows at once; they stay
-    /// readable until `destroy` (or until `reinstate` when the transaction is abandoned).
-    func retire(_ pseudonym: [UInt8]) -> [DataKeyID] {
         state.withLock { state in
-            state.current[pseudonym] = nil
-            return state.keys.keys.filter { $0.pseudonym == pseudonym }.sorted { $0.generation < $1.generation }
+            Int(id.slot) < state.tags.count && state.tags[Int(id.slot)] == id.tag ? state.keys[Int(id.slot)] : nil
         }
     }
 
-    /// Undoes `retire` for a transaction that did not commit.
-    func reinstate(_ ids: [DataKeyID]) {
-        state.withLock { state in
-            for id in ids where state.keys[id] != nil {
-                state.current[id.pseudonym] = max(state.current[id.pseudonym] ?? 0, id.generation)
+    /// A new key, already durable. Refills the pool (one sync) when it is empty.
+    func issue() throws -> (id: DataKeyID, key: [UInt8]) {
+        while true {
+            if let issued = state.withLock({ state -> (DataKeyID, [UInt8])? in
+                guard let id = state.pool.popLast() else { return nil }
+                return (id, state.keys[Int(id.slot)])
+            }) {
+                return issued
             }
+            try refill()
         }
     }
 
-    /// Makes every key written so far durable.
-    func sync() throws {
-        guard state.withLock({ $0.unsynced }) else { return }
-        try synchronize()
-        state.withLock { $0.unsynced = false }
+    /// Keys issued to a transaction that did not commit go back to the pool.
+    func release(_ ids: [DataKeyID]) {
+        state.withLock { state in
+            for id in ids where state.tags[Int(id.slot)] == id.tag { state.pool.append(id) }
+        }
     }
 
     /// Overwrites the slots of `ids` with zeros in place and syncs: data sealed under them can
     /// no longer be opened, wherever a copy of it lies.
     func destroy(_ ids: [DataKeyID]) throws {
-        let slots = state.withLock { state in ids.compactMap { state.keys[$0]?.slot } }
-        guard !slots.isEmpty else { return }
-        for slot in slots { try write([UInt8](repeating: 0, count: KeySlot.size), at: KeySlot.offset(slot)) }
-        try synchronize()
-        state.withLock { state in
-            for id in ids {
-                guard let removed = state.keys.removeValue(forKey: id) else { continue }
-                state.freeSlots.append(removed.slot)
-                if state.current[id.pseudonym] == id.generation { state.current[id.pseudonym] = nil }
+        try fileLock.withLock { _ in
+            let live = state.withLock { state in ids.filter { Int($0.slot) < state.tags.count && state.tags[Int($0.slot)] == $0.tag } }
+            guard !live.isEmpty else { return }
+            for id in live { try write([UInt8](repeating: 0, count: KeySlot.size), at: KeySlot.offset(id.slot)) }
+            try synchronize()
+            state.withLock { state in
+                for id in live {
+                    state.tags[Int(id.slot)] = 0
+                    state.keys[Int(id.slot)] = []
+                }
             }
         }
     }
 
-    /// How many keys are live (for tests and statistics).
-    var count: Int { state.withLock { $0.keys.count } }
+    /// How many keys the file holds (issued or pooled).
+    var count: Int { state.withLock { $0.tags.filter { $0 != 0 }.count } }
 
-    /// Every live key of `pseudonym` (for tests).
-    func liveKeys(of pseudonym: [UInt8]) -> [[UInt8]] {
-        state.withLock { state in state.keys.filter { $0.key.pseudonym == pseudonym }.map(\.value.key) }
+    /// Makes `poolSize` keys: free slots first, then new ones at the end; one sync for all.
+    private func refill() throws {
+        try fileLock.withLock { _ in
+            guard state.withLock({ $0.pool.isEmpty }) else { return }
+            var made: [(DataKeyID, [UInt8])] = []
+            var free = state.withLock { state in state.tags.indices.filter { state.tags[$0] == 0 }.prefix(Self.poolSize).map { UInt32($0) } }
+            var next = UInt32(state.withLock { $0.tags.count })
+            while made.count < Self.poolSize {
+                let slot = free.isEmpty ? next : free.removeFirst()
+                if slot == next { next += 1 }
+                var tag: UInt64 = 0
+                while tag == 0 { tag = try Crypto.randomBytes(8).reduce(0) { $0 << 8 | UInt64($1) } }
+                let key = try Crypto.randomBytes(AESGCM.keySize)
+                try write(KeySlot.encode(tag: tag, key: key), at: KeySlot.offset(slot))
+                made.append((DataKeyID(slot: slot, tag: tag), key))
+            }
+            try synchronize()
+            state.withLock { state in
+                for (id, key) in made {
+                    while state.tags.count <= Int(id.slot) {
+                        state.tags.append(0)
+                        state.keys.append([])
+                    }
+                    state.tags[Int(id.slot)] = id.tag
+                    state.keys[Int(id.slot)] = key
+                }
+                // Lowest slots first, so that a file with holes fills them before it grows.
+                state.pool = made.map(\.0).reversed()
+            }
+        }
     }
 
     // MARK: - File access

@@ -172,6 +172,14 @@ public final class LMDBProfileStore: EngineBackedStore {
     /// The key file in use.
     public var keyFile: String { sealing.keys.path }
 
+    /// The key `identifier`'s rows are sealed with now, if it has any (for tests).
+    func dataKeyID(of identifier: Identifier) throws -> DataKeyID? {
+        try environment.read { txn in
+            let pseudonym = Array(engine.hasher.forgetKeyBytes(for: identifier).prefix(Sealing.pseudonymSize))
+            return try LMDBReading(reader: txn, tables: tables).get(.documents, pseudonym + [Sealing.ownerPart]).map { try SealingSession.keyID($0).id }
+        }
+    }
+
     private func checkFormat() throws {
         try environment.write { txn in
             let plain = LMDBWriting(transaction: txn, tables: tables)
@@ -202,11 +210,11 @@ public final class LMDBProfileStore: EngineBackedStore {
         }
     }
 
-    /// One write transaction. New data keys are made durable before the commit that first uses
-    /// them; keys an erasure retired are destroyed once it has committed (and, should the
-    /// process stop in between, at the next open: the erasure left their ids in `meta`). If the
-    /// transaction fails, its new keys are destroyed and retired ones reinstated. LMDB may run
-    /// the body again after growing the map, so each run has a session of its own.
+    /// One write transaction. Keys issued to it are durable already (made a pool at a time);
+    /// keys an erasure retired are destroyed once it has committed (and, should the process stop
+    /// in between, at the next open: the erasure left their ids in `meta`). If the transaction
+    /// fails, its issued keys go back to the pool. LMDB may run the body again after growing the
+    /// map, so each run has a session of its own.
     @discardableResult
     func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
         var sessions: [SealingSession] = []
@@ -215,16 +223,18 @@ public final class LMDBProfileStore: EngineBackedStore {
             result = try environment.write { txn in
                 let session = SealingSession(sealing)
                 sessions.append(session)
-                let value = try body(SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session))
-                try sealing.keys.sync()
+                let writer = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
+                let value = try body(writer)
+                try writer.finish()
                 return value
             }
         } catch {
-            try? sealing.keys.destroy(sessions.flatMap(\.created))
-            sealing.keys.reinstate(sessions.flatMap(\.retired))
+            sealing.keys.release(sessions.flatMap(\.issued))
             throw error
         }
-        if sessions.contains(where: { !$0.retired.isEmpty }) { try destroyRetiredKeys() }
+        // Only the last run committed: keys issued to the others were never used.
+        sealing.keys.release(sessions.dropLast().flatMap(\.issued))
+        if sessions.last?.retired.isEmpty == false { try destroyRetiredKeys() }
         return result
     }
 
@@ -239,10 +249,7 @@ public final class LMDBProfileStore: EngineBackedStore {
             return rows
         }
         guard !rows.isEmpty else { return }
-        try sealing.keys.destroy(rows.map { row in
-            let id = row.dropFirst(Sealing.retiredPrefix.count)
-            return DataKeyID(pseudonym: Array(id.prefix(Sealing.pseudonymSize)), generation: id.dropFirst(Sealing.pseudonymSize).reduce(0) { $0 << 8 | UInt64($1) })
-        })
+        try sealing.keys.destroy(rows.compactMap { SealedWriting.id(fromBytes: $0.dropFirst(Sealing.retiredPrefix.count)) })
         try environment.write { txn in
             let plain = LMDBWriting(transaction: txn, tables: tables)
             for row in rows { _ = try plain.delete(.meta, row) }

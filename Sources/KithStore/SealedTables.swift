@@ -11,10 +11,11 @@ import KithProfile
 /// The engine does not know: these adapters take and give the engine's plain keys and values.
 ///
 /// `documents`: `pseudonym(owner) ‖ part ‖ suffix`, where an edge's suffix is the peer's
-/// pseudonym and a ledger row's its messageId; the value is `generation ‖ sealed box`, the
-/// sealed key being the associated data. An extra row `pseudonym ‖ 0` holds the owner's
-/// identifier key (sealed), so that scans can give the engine plain keys; an edge's plaintext
-/// starts with the peer's identifier key for the same reason.
+/// pseudonym and a ledger row's its messageId; the value is `slot ‖ tag ‖ sealed box` (which
+/// key sealed it), the sealed key being the associated data. An extra row `pseudonym ‖ 0`
+/// holds the owner's identifier key, sealed under the owner's current key: it is what says
+/// which key the owner's new rows get, and lets scans give the engine plain keys. An edge's
+/// plaintext starts with the peer's identifier key for the same reason.
 /// `changes` and `ahead`: each entry is sealed on its own under its owner's key (a message's
 /// subject, an unlink's lower end); erasures carry only forget keys and stay plain.
 /// `meta` and `forget` hold no personal data and pass through.
@@ -25,21 +26,23 @@ struct Sealing: Sendable {
     static let pseudonymSize = 16
     /// The part of the row holding the owner's identifier key.
     static let ownerPart: UInt8 = 0
-    /// `meta` rows `retired ‖ pseudonym ‖ generation`: keys of erased identifiers still to be
-    /// destroyed (written with the erasure, removed once the keys are gone).
+    /// `meta` rows `retired ‖ slot ‖ tag`: keys of erased identifiers still to be destroyed
+    /// (written with the erasure, removed once the keys are gone).
     static let retiredPrefix = Array("retired:".utf8)
 }
 
-/// What one transaction learned and changed: pseudonyms it computed, owners it saw, keys it
-/// created (to sync before commit, or destroy if it aborts) and retired (to destroy after
-/// commit, or reinstate if it aborts).
+/// What one transaction learned and changed: pseudonyms it computed, owners it saw, the key
+/// each owner's new rows get, keys it was issued (returned to the pool if it aborts) and keys
+/// it retired (destroyed after it commits).
 final class SealingSession {
     let sealing: Sealing
     private var pseudonyms: [[UInt8]: [UInt8]] = [:]
     var owners: [[UInt8]: [UInt8]] = [:]
-    var ownerRowsWritten: Set<[UInt8]> = []
-    var created: [DataKeyID] = []
+    var currentKeys: [[UInt8]: (id: DataKeyID, key: [UInt8])] = [:]
+    var issued: [DataKeyID] = []
     var retired: [DataKeyID] = []
+    /// Owners some of whose rows this transaction deleted: their owner rows go if nothing else is left.
+    var deletedFrom: Set<[UInt8]> = []
 
     init(_ sealing: Sealing) {
         self.sealing = sealing
@@ -69,23 +72,30 @@ final class SealingSession {
 
     // MARK: - Boxes
 
-    func seal(_ plaintext: [UInt8], owner pseudonym: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
-        guard let (id, key, created) = try sealing.keys.currentKey(for: pseudonym, create: true) else { preconditionFailure() }
-        if created { self.created.append(id) }
-        var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 4)
-        writer.write(varint: id.generation)
+    static func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
+        var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 14)
+        writer.write(varint: UInt64(id.slot))
+        writer.write(bigEndian: id.tag)
         writer.write(raw: try AESGCM.seal(plaintext, key: key, associatedData: associatedData))
         return writer.bytes
     }
 
+    /// Which key sealed a box.
+    static func keyID(_ sealed: [UInt8]) throws -> (id: DataKeyID, offset: Int) {
+        var reader = BinaryReader(sealed)
+        let slot = try reader.readVarint()
+        let tag = try reader.readBigEndianUInt64()
+        guard slot <= UInt64(UInt32.max) else { throw BinaryDecodingError(.invalidValue, offset: 0, "key slot") }
+        return (DataKeyID(slot: UInt32(slot), tag: tag), reader.offset)
+    }
+
     /// The plaintext, or nil when the key that sealed it has been destroyed (its customer was
     /// erased). A box that does not open under a live key is damage, and throws.
-    func open(_ sealed: [UInt8], owner pseudonym: [UInt8], associatedData: [UInt8], table: Table) throws -> [UInt8]? {
-        var reader = BinaryReader(sealed)
-        let generation = try reader.readVarint()
-        guard let key = sealing.keys.key(for: DataKeyID(pseudonym: pseudonym, generation: generation)) else { return nil }
+    func open(_ sealed: [UInt8], associatedData: [UInt8], table: Table) throws -> [UInt8]? {
+        let (id, offset) = try Self.keyID(sealed)
+        guard let key = sealing.keys.key(for: id) else { return nil }
         do {
-            return try AESGCM.open(Array(sealed[reader.offset...]), key: key, associatedData: associatedData)
+            return try AESGCM.open(Array(sealed[offset...]), key: key, associatedData: associatedData)
         } catch {
             throw StoreCorruption(table: table.name, underlying: error)
         }
@@ -94,7 +104,9 @@ final class SealingSession {
     // MARK: - Change-log entries
 
     /// `[count] (bytes(owner pseudonym or empty) ‖ bytes(sealed or plain entry))*`.
-    func sealEntries(_ entries: [ChangeEntry], table: Table, key: [UInt8]) throws -> [UInt8] {
+    func sealEntries(
+        _ entries: [ChangeEntry], table: Table, key: [UInt8], currentKey: ([UInt8]) throws -> (id: DataKeyID, key: [UInt8])
+    ) throws -> [UInt8] {
         var writer = BinaryWriter(capacity: 300 * entries.count)
         writer.write(count: entries.count)
         for (index, entry) in entries.enumerated() {
@@ -105,8 +117,9 @@ final class SealingSession {
                 continue
             }
             let pseudonym = pseudonym(owner)
+            let (id, dataKey) = try currentKey(pseudonym)
             writer.write(bytes: pseudonym)
-            writer.write(bytes: try seal(plain, owner: pseudonym, associatedData: Self.entryData(table, key, index)))
+            writer.write(bytes: try Self.seal(plain, id, dataKey, associatedData: Self.entryData(table, key, index)))
         }
         return writer.bytes
     }
@@ -119,7 +132,7 @@ final class SealingSession {
         for index in 0..<count {
             let owner = Array(try reader.readBytes())
             let body = Array(try reader.readBytes())
-            let plain = owner.isEmpty ? body : try open(body, owner: owner, associatedData: Self.entryData(table, key, index), table: table)
+            let plain = owner.isEmpty ? body : try open(body, associatedData: Self.entryData(table, key, index), table: table)
             if let plain { entries.append(try decode(ChangeEntry.self, plain, table: table)) }
         }
         try reader.expectEnd()
@@ -140,14 +153,14 @@ final class SealingSession {
 }
 
 extension Sealing {
-    /// The owner pseudonyms of a sealed log record's entries.
-    static func entryOwners(_ bytes: [UInt8]) throws -> Set<[UInt8]> {
+    /// The owner pseudonyms of a sealed log record's entries, with the keys that sealed them.
+    static func entryOwners(_ bytes: [UInt8]) throws -> [(owner: [UInt8], key: DataKeyID)] {
         var reader = BinaryReader(bytes)
-        var owners: Set<[UInt8]> = []
+        var owners: [([UInt8], DataKeyID)] = []
         for _ in 0..<(try reader.readCount(minimumItemSize: 2)) {
             let owner = try reader.readBytes()
-            if !owner.isEmpty { owners.insert(Array(owner)) }
-            _ = try reader.readBytes()
+            let body = try reader.readBytes()
+            if !owner.isEmpty { owners.append((Array(owner), try SealingSession.keyID(Array(body)).id)) }
         }
         return owners
     }
@@ -219,9 +232,7 @@ struct SealedReading: StoreReading {
     /// A row as the engine knows it, or nil when its key is destroyed.
     private func openRow(_ key: [UInt8], _ value: [UInt8]) throws -> (key: [UInt8], value: [UInt8])? {
         let pseudonym = Array(key.prefix(Sealing.pseudonymSize))
-        guard let owner = try ownerKey(pseudonym),
-            var plain = try session.open(value, owner: pseudonym, associatedData: key, table: .documents)
-        else { return nil }
+        guard let owner = try ownerKey(pseudonym), var plain = try session.open(value, associatedData: key, table: .documents) else { return nil }
         let part = key[Sealing.pseudonymSize]
         var plainKey = documentKey(owner, DocumentPart(rawValue: part) ?? .index)
         if part == DocumentPart.edge.rawValue {
@@ -238,9 +249,9 @@ struct SealedReading: StoreReading {
     func ownerKey(_ pseudonym: [UInt8]) throws -> [UInt8]? {
         if let known = session.owners[pseudonym] { return known }
         let rowKey = pseudonym + [Sealing.ownerPart]
-        guard let value = try base.get(.documents, rowKey),
-            let owner = try session.open(value, owner: pseudonym, associatedData: rowKey, table: .documents)
-        else { return nil }
+        guard let value = try base.get(.documents, rowKey), let owner = try session.open(value, associatedData: rowKey, table: .documents) else {
+            return nil
+        }
         session.owners[pseudonym] = owner
         return owner
     }
@@ -275,7 +286,6 @@ struct SealedWriting: StoreWriting {
             let zero = key.firstIndex(of: 0)!
             let owner = Array(key[..<zero])
             let pseudonym = session.pseudonym(owner)
-            try writeOwnerRow(pseudonym, owner)
             let sealedKey = session.sealedKey(key)
             var plaintext = value
             if key[zero + 1] == DocumentPart.edge.rawValue {
@@ -285,11 +295,12 @@ struct SealedWriting: StoreWriting {
                 plaintext = writer.bytes
             }
             if mode == .insertOnly, try base.get(.documents, sealedKey) != nil { return false }
-            return try base.put(.documents, sealedKey, try session.seal(plaintext, owner: pseudonym, associatedData: sealedKey), mode: mode)
+            let (id, dataKey) = try currentKey(pseudonym, owner: owner)
+            return try base.put(.documents, sealedKey, try SealingSession.seal(plaintext, id, dataKey, associatedData: sealedKey), mode: mode)
         case .changes:
-            return try base.put(table, key, try session.sealEntries(ChangeRecord.decode(value), table: table, key: key), mode: mode)
+            return try base.put(table, key, try sealEntries(ChangeRecord.decode(value), table, key), mode: mode)
         case .ahead:
-            return try base.put(table, key, try session.sealEntries([decode(ChangeEntry.self, value, table: table)], table: table, key: key), mode: mode)
+            return try base.put(table, key, try sealEntries([decode(ChangeEntry.self, value, table: table)], table, key), mode: mode)
         case .meta, .forget:
             return try base.put(table, key, value, mode: mode)
         }
@@ -297,59 +308,110 @@ struct SealedWriting: StoreWriting {
 
     @discardableResult
     func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
-        try base.delete(table, table == .documents ? session.sealedKey(key) : key)
+        guard table == .documents else { return try base.delete(table, key) }
+        let sealedKey = session.sealedKey(key)
+        session.deletedFrom.insert(Array(sealedKey.prefix(Sealing.pseudonymSize)))
+        return try base.delete(.documents, sealedKey)
     }
 
-    /// Retires every key of the erased `identifiers` (destroyed once the erasure commits) and
-    /// seals again, under a new key, whatever of theirs survived the erasure (data newer than it).
+    /// Before commit: an owner row whose owner has no other row left is deleted, and its key
+    /// retired — it sealed the owner's identifier, which must not outlive the owner's data.
+    func finish() throws {
+        for pseudonym in session.deletedFrom.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
+            let rowKey = pseudonym + [Sealing.ownerPart]
+            var others = false
+            try base.scan(.documents, from: rowKey + [0]) { key, _ in
+                others = key.starts(with: pseudonym)
+                return .stop
+            }
+            guard !others, let row = try base.get(.documents, rowKey) else { continue }
+            let id = try SealingSession.keyID(row).id
+            try base.delete(.documents, rowKey)
+            session.currentKeys[pseudonym] = nil
+            if !session.retired.contains(id) {
+                session.retired.append(id)
+                try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert)
+            }
+        }
+    }
+
+    private func sealEntries(_ entries: [ChangeEntry], _ table: Table, _ key: [UInt8]) throws -> [UInt8] {
+        try session.sealEntries(entries, table: table, key: key) { pseudonym in
+            guard let owner = session.owners[pseudonym] else { preconditionFailure("a pseudonym this transaction did not compute") }
+            return try currentKey(pseudonym, owner: owner)
+        }
+    }
+
+    /// The key `pseudonym`'s new rows are sealed with: the one its owner row was sealed with,
+    /// or, for an owner without one (new, or erased in this transaction), a newly issued key,
+    /// recorded by writing the owner row under it.
+    private func currentKey(_ pseudonym: [UInt8], owner: [UInt8]) throws -> (id: DataKeyID, key: [UInt8]) {
+        if let known = session.currentKeys[pseudonym] { return known }
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        if let row = try base.get(.documents, rowKey) {
+            let id = try SealingSession.keyID(row).id
+            if let key = session.sealing.keys.key(for: id) {
+                session.currentKeys[pseudonym] = (id, key)
+                return (id, key)
+            }
+        }
+        let (id, key) = try session.sealing.keys.issue()
+        session.issued.append(id)
+        try base.put(.documents, rowKey, try SealingSession.seal(owner, id, key, associatedData: rowKey), mode: .upsert)
+        session.currentKeys[pseudonym] = (id, key)
+        return (id, key)
+    }
+
+    /// Retires every key that sealed data of the erased `identifiers` (destroyed once the
+    /// erasure commits) and seals again, under new keys, whatever of theirs survived the erasure
+    /// (data newer than it): their rows, and their entries in the log and in `ahead`.
     func retireKeys(of identifiers: [Identifier]) throws {
         let pseudonyms = Set(identifiers.map { session.pseudonym($0.key) })
-        // Log entries of theirs that survived the erasure (newer than it) are sealed again
-        // too; the owners of a record's entries are readable without opening them.
+        var retired: Set<DataKeyID> = []
+        // The owners of a log record's entries, and their keys, are readable without opening them.
         var records: [(Table, [UInt8], [UInt8])] = []
         for table in [Table.changes, .ahead] {
             try base.scan(table, from: []) { key, value in
-                if try !pseudonyms.isDisjoint(with: Sealing.entryOwners(value)) { records.append((table, key, try reading.get(table, key) ?? [])) }
+                let owned = try Sealing.entryOwners(value).filter { pseudonyms.contains($0.owner) }
+                guard !owned.isEmpty else { return .next }
+                retired.formUnion(owned.map(\.key))
+                records.append((table, key, try reading.get(table, key) ?? []))
                 return .next
             }
         }
+        var surviving: [([UInt8], [UInt8])] = []
         for identifier in identifiers {
-            let pseudonym = session.pseudonym(identifier.key)
-            var surviving: [([UInt8], [UInt8])] = []
             try reading.scan(.documents, prefix: documentPrefix(identifier.key)) { key, value in
                 surviving.append((key, value))
                 return .next
             }
+            let pseudonym = session.pseudonym(identifier.key)
             var rows: [[UInt8]] = []
-            try base.scan(.documents, from: pseudonym) { key, _ in
+            try base.scan(.documents, from: pseudonym) { key, value in
                 guard key.starts(with: pseudonym) else { return .stop }
                 rows.append(key)
+                retired.insert(try SealingSession.keyID(value).id)
                 return .next
             }
             for row in rows { try base.delete(.documents, row) }
-            let retired = session.sealing.keys.retire(pseudonym)
-            session.retired += retired
-            session.ownerRowsWritten.remove(pseudonym)
-            for id in retired { try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert) }
-            for (key, value) in surviving { try put(.documents, key, value, mode: .upsert) }
+            session.currentKeys[pseudonym] = nil
         }
-        for (table, key, plain) in records {
-            if table == .ahead, plain.isEmpty { continue }
-            try put(table, key, plain, mode: .upsert)
+        for id in retired.sorted(by: { ($0.slot, $0.tag) < ($1.slot, $1.tag) }) {
+            try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert)
         }
+        session.retired += retired
+        for (key, value) in surviving { try put(.documents, key, value, mode: .upsert) }
+        for (table, key, plain) in records where !(table == .ahead && plain.isEmpty) { try put(table, key, plain, mode: .upsert) }
     }
 
     static func idBytes(_ id: DataKeyID) -> [UInt8] {
-        id.pseudonym + (0..<8).map { UInt8(truncatingIfNeeded: id.generation >> (56 - 8 * $0)) }
+        (0..<4).map { UInt8(truncatingIfNeeded: id.slot >> (24 - 8 * $0)) } + KeySlot.bigEndian(id.tag)
     }
 
-    /// The row naming the owner of a pseudonym, once per owner (sealed like any other).
-    private func writeOwnerRow(_ pseudonym: [UInt8], _ owner: [UInt8]) throws {
-        guard !session.ownerRowsWritten.contains(pseudonym) else { return }
-        let rowKey = pseudonym + [Sealing.ownerPart]
-        if try base.get(.documents, rowKey) == nil {
-            try base.put(.documents, rowKey, try session.seal(owner, owner: pseudonym, associatedData: rowKey), mode: .upsert)
-        }
-        session.ownerRowsWritten.insert(pseudonym)
+    static func id(fromBytes bytes: ArraySlice<UInt8>) -> DataKeyID? {
+        guard bytes.count == 12 else { return nil }
+        let start = bytes.startIndex
+        return DataKeyID(
+            slot: bytes[start..<(start + 4)].reduce(0) { $0 << 8 | UInt32($1) }, tag: bytes[(start + 4)...].reduce(0) { $0 << 8 | UInt64($1) })
     }
 }

@@ -71,11 +71,12 @@ struct SealingTests {
 
         store = try Self.open(path)
         let erased = try #require(try store!.view(of: user)?.members)
-        let erasedKeys = erased.map { Array(hmac.forgetKeyBytes(for: $0).prefix(16)) }.flatMap { store!.sealing.keys.liveKeys(of: $0) }
+        let erasedKeys = try erased.compactMap { try store!.dataKeyID(of: $0).flatMap(store!.sealing.keys.key(for:)) }
         #expect(erasedKeys.count == 3)
         #expect(try store!.erase(user, requestedAt: Self.erasedAt).count == 3)
         #expect(try store!.view(of: user) == nil)
         #expect(try store!.view(of: Identifier(kind: .userId, value: "other-user")!) != nil)
+        for member in erased { #expect(try store!.dataKeyID(of: member) == nil, "no row is left that names \(member)") }
         store = nil
 
         let keyFile = try Self.bytes(path + ".keys")
@@ -100,19 +101,16 @@ struct SealingTests {
         let path = Self.directory()
         defer { Self.remove(path) }
         let user = Identifier(kind: .userId, value: "canary-user-0a9b")!
-        let pseudonym = Array(hmac.forgetKeyBytes(for: user).prefix(16))
         var store: LMDBProfileStore? = try Self.open(path)
         _ = try store!.apply(Self.canaryMessages())
-        let keys = store!.sealing.keys.liveKeys(of: pseudonym)
-        #expect(keys.count == 1)
+        let id = try #require(try store!.dataKeyID(of: user))
+        let key = try #require(store!.sealing.keys.key(for: id))
         // What an erasure leaves in meta, as if the process had stopped before destroying.
-        let id = DataKeyID(pseudonym: pseudonym, generation: 1)
-        #expect(store!.sealing.keys.key(for: id) == keys[0])
         try store!.write { txn in try txn.put(.meta, Sealing.retiredPrefix + SealedWriting.idBytes(id), [], mode: .upsert) }
         store = nil
         store = try Self.open(path)
-        #expect(store!.sealing.keys.liveKeys(of: pseudonym).isEmpty)
-        #expect(!contains(try Self.bytes(path + ".keys"), keys[0]))
+        #expect(store!.sealing.keys.key(for: id) == nil)
+        #expect(!contains(try Self.bytes(path + ".keys"), key))
         #expect(try store!.view(of: user) == nil)
         #expect(try store!.view(of: Identifier(kind: .userId, value: "other-user")!) != nil)
     }
@@ -122,17 +120,20 @@ struct SealingTests {
         let path = Self.directory()
         defer { Self.remove(path) }
         let user = Identifier(kind: .userId, value: "canary-user-0a9b")!
-        let pseudonym = Array(hmac.forgetKeyBytes(for: user).prefix(16))
+        let other = Identifier(kind: .userId, value: "other-user")!
         let store = try Self.open(path)
         _ = try store.apply(Self.canaryMessages())
-        let before = store.sealing.keys.liveKeys(of: pseudonym)
+        let before = try #require(try store.dataKeyID(of: user))
+        let otherKey = try #require(try store.dataKeyID(of: other))
         _ = try store.erase(user, requestedAt: Self.erasedAt)
+        #expect(try store.dataKeyID(of: user) == nil)
         let text = #"{"type":"identify","messageId":"c-3","userId":"canary-user-0a9b","timestamp":"2025-10-01T10:10:00Z","traits":{"plan":"new"}}"#
         var fresh = try SegmentMessageParser().parse(JSONParser.parse(Array(text.utf8)), receivedAt: Self.erasedAt + 1)
         fresh.times = MessageTimes(timestamp: Self.erasedAt + 60_000, originalTimestamp: nil, sentAt: nil, receivedAt: Self.erasedAt + 60_000)
         #expect(try store.apply([fresh]) == [.applied])
-        let after = store.sealing.keys.liveKeys(of: pseudonym)
-        #expect(after.count == 1 && !before.contains(after[0]))
+        let after = try #require(try store.dataKeyID(of: user))
+        #expect(after != before && store.sealing.keys.key(for: before) == nil && store.sealing.keys.key(for: after) != nil)
+        #expect(store.sealing.keys.key(for: otherKey) != nil)
         #expect(try store.view(of: user)?.head.traits["plan"] != nil)
         #expect(try store.view(of: user)?.head.traits["city"] == nil)
     }
@@ -161,50 +162,41 @@ struct SealingTests {
 
 @Suite("Data key file")
 struct DataKeyStoreTests {
-    @Test("keys survive reopening; destroying overwrites the slot in place; slots and generations are not reused wrongly")
+    @Test("keys are made a pool at a time and survive reopening; destroying overwrites the slot in place; freed slots are reused with new tags")
     func lifecycle() throws {
         let path = SealingTests.directory() + ".keys"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let a = [UInt8](repeating: 1, count: 16), b = [UInt8](repeating: 2, count: 16)
         var keys: DataKeyStore? = try DataKeyStore(path: path)
-        let first = try keys!.currentKey(for: a, create: true)!
-        let second = try keys!.currentKey(for: b, create: true)!
-        #expect(first.created && second.created && first.id.generation != second.id.generation)
-        #expect(try keys!.currentKey(for: a, create: true)!.key == first.key)
-        try keys!.sync()
+        let first = try keys!.issue(), second = try keys!.issue()
+        #expect(first.id != second.id && first.key != second.key)
+        #expect(keys!.key(for: first.id) == first.key)
+        #expect(try SealingTests.bytes(path).count == KeySlot.headerSize + DataKeyStore.poolSize * KeySlot.size)
         keys = nil
 
         keys = try DataKeyStore(path: path)
-        #expect(keys!.key(for: first.id) == first.key)
-        #expect(try keys!.currentKey(for: b, create: false)?.key == second.key)
-        let retired = keys!.retire(a)
-        #expect(retired == [first.id])
-        #expect(try keys!.currentKey(for: a, create: false) == nil)
-        #expect(keys!.key(for: first.id) == first.key, "readable until destroyed")
-        try keys!.destroy(retired)
+        #expect(keys!.key(for: first.id) == first.key && keys!.key(for: second.id) == second.key)
+        try keys!.destroy([first.id])
         #expect(keys!.key(for: first.id) == nil)
         let file = try SealingTests.bytes(path)
         #expect(!contains(file, first.key) && contains(file, second.key))
-        #expect(file.count == KeySlot.headerSize + 2 * KeySlot.size)
+        #expect(keys!.key(for: DataKeyID(slot: second.id.slot, tag: second.id.tag ^ 1)) == nil, "a tag that is not the slot's names no key")
 
-        // A new key for `a` takes the freed slot, with a newer generation.
-        let third = try keys!.currentKey(for: a, create: true)!
-        #expect(third.id.generation > second.id.generation)
-        #expect(try SealingTests.bytes(path).count == KeySlot.headerSize + 2 * KeySlot.size)
-        keys = nil
-        keys = try DataKeyStore(path: path)
-        #expect(keys!.key(for: third.id) == third.key && keys!.count == 2)
+        // After a restart every key in the file counts as issued: the next pool takes the freed
+        // slot first (with a new tag), then grows the file.
+        let third = try keys!.issue()
+        #expect(third.id.slot == first.id.slot && third.id.tag != first.id.tag)
+        #expect(keys!.key(for: first.id) == nil)
+        #expect(try SealingTests.bytes(path).count == KeySlot.headerSize + (2 * DataKeyStore.poolSize - 1) * KeySlot.size)
     }
 
-    @Test("an abandoned transaction's retirements are undone")
-    func reinstate() throws {
+    @Test("keys of a transaction that did not commit go back to the pool")
+    func release() throws {
         let path = SealingTests.directory() + ".keys"
         defer { try? FileManager.default.removeItem(atPath: path) }
         let keys = try DataKeyStore(path: path)
-        let a = [UInt8](repeating: 1, count: 16)
-        let first = try keys.currentKey(for: a, create: true)!
-        keys.reinstate(keys.retire(a))
-        #expect(try keys.currentKey(for: a, create: false)?.id == first.id)
+        let first = try keys.issue()
+        keys.release([first.id])
+        #expect(try keys.issue().id == first.id)
     }
 
     @Test("a damaged or foreign file is refused")
