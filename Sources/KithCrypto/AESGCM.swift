@@ -80,3 +80,95 @@ public struct CryptoFailure: Error, CustomStringConvertible {
     public init(_ operation: String) { self.operation = operation }
     public var description: String { "libcrypto failed: \(operation)" }
 }
+
+/// AES-256-GCM under one key, its key schedule computed once: for sealing or opening many boxes
+/// under the same key (one customer's rows in one transaction). Not for concurrent use.
+public final class AESGCMKey {
+    private let key: [UInt8]
+    private var encryption: OpaquePointer?
+    private var decryption: OpaquePointer?
+
+    public init(_ key: [UInt8]) {
+        precondition(key.count == AESGCM.keySize, "AES-256-GCM needs a 32-byte key")
+        self.key = key
+    }
+
+    deinit {
+        EVP_CIPHER_CTX_free(encryption)
+        EVP_CIPHER_CTX_free(decryption)
+    }
+
+    /// `nonce ‖ ciphertext ‖ tag`; the nonce must never repeat under this key.
+    public func seal(_ plaintext: [UInt8], nonce: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
+        precondition(nonce.count == AESGCM.nonceSize, "AES-256-GCM needs a 12-byte nonce")
+        let context = try prepared(&encryption, encrypting: true)
+        var box = nonce + [UInt8](repeating: 0, count: plaintext.count + AESGCM.tagSize)
+        var length: Int32 = 0
+        let ok = box.withUnsafeMutableBufferPointer { out -> Bool in
+            let body = out.baseAddress! + AESGCM.nonceSize
+            guard EVP_EncryptInit_ex2(context, nil, nil, nonce, nil) == 1,
+                associatedData.isEmpty || EVP_EncryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
+                plaintext.isEmpty || EVP_EncryptUpdate(context, body, &length, plaintext, Int32(plaintext.count)) == 1,
+                EVP_EncryptFinal_ex(context, body + plaintext.count, &length) == 1
+            else { return false }
+            return EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_GET_TAG, Int32(AESGCM.tagSize), body + plaintext.count) == 1
+        }
+        guard ok else { throw CryptoFailure("AES-256-GCM seal") }
+        return box
+    }
+
+    /// The plaintext of a box sealed under this key, or `AuthenticationFailure`.
+    public func open(_ box: ArraySlice<UInt8>, associatedData: [UInt8]) throws -> [UInt8] {
+        guard box.count >= AESGCM.overhead else { throw AuthenticationFailure() }
+        let context = try prepared(&decryption, encrypting: false)
+        let count = box.count - AESGCM.overhead
+        var plaintext = [UInt8](repeating: 0, count: count)
+        var tag = Array(box.suffix(AESGCM.tagSize))
+        var length: Int32 = 0
+        let ok = box.withUnsafeBufferPointer { input -> Bool in
+            plaintext.withUnsafeMutableBufferPointer { out -> Bool in
+                let body = input.baseAddress! + AESGCM.nonceSize
+                guard EVP_DecryptInit_ex2(context, nil, nil, input.baseAddress, nil) == 1,
+                    associatedData.isEmpty || EVP_DecryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
+                    count == 0 || EVP_DecryptUpdate(context, out.baseAddress, &length, body, Int32(count)) == 1,
+                    EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_SET_TAG, Int32(AESGCM.tagSize), &tag) == 1
+                else { return false }
+                var scratch = [UInt8](repeating: 0, count: 16)
+                return EVP_DecryptFinal_ex(context, &scratch, &length) == 1
+            }
+        }
+        guard ok else { throw AuthenticationFailure() }
+        return plaintext
+    }
+
+    /// A context with the key schedule set, made on first use.
+    private func prepared(_ slot: inout OpaquePointer?, encrypting: Bool) throws -> OpaquePointer {
+        if let slot { return slot }
+        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoFailure("EVP_CIPHER_CTX_new") }
+        let ok = encrypting
+            ? EVP_EncryptInit_ex2(context, AESGCM.cipher, key, nil, nil) : EVP_DecryptInit_ex2(context, AESGCM.cipher, key, nil, nil)
+        guard ok == 1 else {
+            EVP_CIPHER_CTX_free(context)
+            throw CryptoFailure("AES-256-GCM key setup")
+        }
+        slot = context
+        return context
+    }
+}
+
+/// Random nonces drawn from libcrypto's CSPRNG in blocks, so that each seal does not call it.
+public struct NonceSource {
+    private var buffer: [UInt8] = []
+    private var offset = 0
+
+    public init() {}
+
+    public mutating func next() throws -> [UInt8] {
+        if offset + AESGCM.nonceSize > buffer.count {
+            buffer = try Crypto.randomBytes(AESGCM.nonceSize * 256)
+            offset = 0
+        }
+        defer { offset += AESGCM.nonceSize }
+        return Array(buffer[offset..<(offset + AESGCM.nonceSize)])
+    }
+}

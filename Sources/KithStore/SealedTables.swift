@@ -36,9 +36,9 @@ struct Sealing: Sendable {
 /// it retired (destroyed after it commits).
 final class SealingSession {
     let sealing: Sealing
-    private var pseudonyms: [[UInt8]: [UInt8]] = [:]
-    var owners: [[UInt8]: [UInt8]] = [:]
-    var currentKeys: [[UInt8]: (id: DataKeyID, key: [UInt8])] = [:]
+    private var pseudonyms: [ByteKey: [UInt8]] = [:]
+    private var ownerKeys: [ByteKey: [UInt8]] = [:]
+    private var keysInUse: [ByteKey: (id: DataKeyID, key: [UInt8])] = [:]
     var issued: [DataKeyID] = []
     var retired: [DataKeyID] = []
     /// Owners some of whose rows this transaction deleted: their owner rows go if nothing else is left.
@@ -50,12 +50,22 @@ final class SealingSession {
 
     func pseudonym(_ identifierKey: some Collection<UInt8>) -> [UInt8] {
         let identifierKey = Array(identifierKey)
-        if let known = pseudonyms[identifierKey] { return known }
+        if let known = pseudonyms[ByteKey(identifierKey)] { return known }
         let pseudonym = Array(sealing.hasher.forgetKeyBytes(forKey: identifierKey).prefix(Sealing.pseudonymSize))
-        pseudonyms[identifierKey] = pseudonym
-        owners[pseudonym] = identifierKey
+        pseudonyms[ByteKey(identifierKey)] = pseudonym
+        ownerKeys[ByteKey(pseudonym)] = identifierKey
         return pseudonym
     }
+
+    /// The identifier key behind a pseudonym, when this transaction has seen it.
+    func owner(of pseudonym: [UInt8]) -> [UInt8]? { ownerKeys[ByteKey(pseudonym)] }
+
+    func remember(owner: [UInt8], of pseudonym: [UInt8]) { ownerKeys[ByteKey(pseudonym)] = owner }
+
+    /// The key an owner's new rows get in this transaction, once known.
+    func keyInUse(_ pseudonym: [UInt8]) -> (id: DataKeyID, key: [UInt8])? { keysInUse[ByteKey(pseudonym)] }
+
+    func setKeyInUse(_ pseudonym: [UInt8], _ key: (id: DataKeyID, key: [UInt8])?) { keysInUse[ByteKey(pseudonym)] = key }
 
     /// The LMDB key of an engine key of `documents` (also of a prefix or scan start of one).
     func sealedKey(_ plain: [UInt8]) -> [UInt8] {
@@ -72,11 +82,23 @@ final class SealingSession {
 
     // MARK: - Boxes
 
-    static func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
+    /// Keys with their schedules, for the rows of this transaction (most rows of a batch or a
+    /// read share a few owners' keys), and nonces drawn in blocks.
+    private var prepared: [DataKeyID: AESGCMKey] = [:]
+    private var nonces = NonceSource()
+
+    private func prepared(_ id: DataKeyID, _ key: [UInt8]) -> AESGCMKey {
+        if let known = prepared[id] { return known }
+        let made = AESGCMKey(key)
+        prepared[id] = made
+        return made
+    }
+
+    func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
         var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 14)
         writer.write(varint: UInt64(id.slot))
         writer.write(bigEndian: id.tag)
-        writer.write(raw: try AESGCM.seal(plaintext, key: key, associatedData: associatedData))
+        writer.write(raw: try prepared(id, key).seal(plaintext, nonce: try nonces.next(), associatedData: associatedData))
         return writer.bytes
     }
 
@@ -95,7 +117,7 @@ final class SealingSession {
         let (id, offset) = try Self.keyID(sealed)
         guard let key = sealing.keys.key(for: id) else { return nil }
         do {
-            return try AESGCM.open(Array(sealed[offset...]), key: key, associatedData: associatedData)
+            return try prepared(id, key).open(sealed[offset...], associatedData: associatedData)
         } catch {
             throw StoreCorruption(table: table.name, underlying: error)
         }
@@ -119,7 +141,7 @@ final class SealingSession {
             let pseudonym = pseudonym(owner)
             let (id, dataKey) = try currentKey(pseudonym)
             writer.write(bytes: pseudonym)
-            writer.write(bytes: try Self.seal(plain, id, dataKey, associatedData: Self.entryData(table, key, index)))
+            writer.write(bytes: try seal(plain, id, dataKey, associatedData: Self.entryData(table, key, index)))
         }
         return writer.bytes
     }
@@ -164,6 +186,13 @@ extension Sealing {
         }
         return owners
     }
+}
+
+/// Bytes as a dictionary key, hashed in one pass (an array of bytes hashes byte by byte).
+struct ByteKey: Hashable {
+    let bytes: [UInt8]
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
 }
 
 /// Reads of sealed tables, giving the engine plain keys and values.
@@ -247,12 +276,12 @@ struct SealedReading: StoreReading {
 
     /// The identifier key a pseudonym stands for: known from this transaction, or from its owner row.
     func ownerKey(_ pseudonym: [UInt8]) throws -> [UInt8]? {
-        if let known = session.owners[pseudonym] { return known }
+        if let known = session.owner(of: pseudonym) { return known }
         let rowKey = pseudonym + [Sealing.ownerPart]
         guard let value = try base.get(.documents, rowKey), let owner = try session.open(value, associatedData: rowKey, table: .documents) else {
             return nil
         }
-        session.owners[pseudonym] = owner
+        session.remember(owner: owner, of: pseudonym)
         return owner
     }
 }
@@ -296,7 +325,7 @@ struct SealedWriting: StoreWriting {
             }
             if mode == .insertOnly, try base.get(.documents, sealedKey) != nil { return false }
             let (id, dataKey) = try currentKey(pseudonym, owner: owner)
-            return try base.put(.documents, sealedKey, try SealingSession.seal(plaintext, id, dataKey, associatedData: sealedKey), mode: mode)
+            return try base.put(.documents, sealedKey, try session.seal(plaintext, id, dataKey, associatedData: sealedKey), mode: mode)
         case .changes:
             return try base.put(table, key, try sealEntries(ChangeRecord.decode(value), table, key), mode: mode)
         case .ahead:
@@ -327,7 +356,7 @@ struct SealedWriting: StoreWriting {
             guard !others, let row = try base.get(.documents, rowKey) else { continue }
             let id = try SealingSession.keyID(row).id
             try base.delete(.documents, rowKey)
-            session.currentKeys[pseudonym] = nil
+            session.setKeyInUse(pseudonym, nil)
             if !session.retired.contains(id) {
                 session.retired.append(id)
                 try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert)
@@ -337,7 +366,7 @@ struct SealedWriting: StoreWriting {
 
     private func sealEntries(_ entries: [ChangeEntry], _ table: Table, _ key: [UInt8]) throws -> [UInt8] {
         try session.sealEntries(entries, table: table, key: key) { pseudonym in
-            guard let owner = session.owners[pseudonym] else { preconditionFailure("a pseudonym this transaction did not compute") }
+            guard let owner = session.owner(of: pseudonym) else { preconditionFailure("a pseudonym this transaction did not compute") }
             return try currentKey(pseudonym, owner: owner)
         }
     }
@@ -346,19 +375,19 @@ struct SealedWriting: StoreWriting {
     /// or, for an owner without one (new, or erased in this transaction), a newly issued key,
     /// recorded by writing the owner row under it.
     private func currentKey(_ pseudonym: [UInt8], owner: [UInt8]) throws -> (id: DataKeyID, key: [UInt8]) {
-        if let known = session.currentKeys[pseudonym] { return known }
+        if let known = session.keyInUse(pseudonym) { return known }
         let rowKey = pseudonym + [Sealing.ownerPart]
         if let row = try base.get(.documents, rowKey) {
             let id = try SealingSession.keyID(row).id
             if let key = session.sealing.keys.key(for: id) {
-                session.currentKeys[pseudonym] = (id, key)
+                session.setKeyInUse(pseudonym, (id, key))
                 return (id, key)
             }
         }
         let (id, key) = try session.sealing.keys.issue()
         session.issued.append(id)
-        try base.put(.documents, rowKey, try SealingSession.seal(owner, id, key, associatedData: rowKey), mode: .upsert)
-        session.currentKeys[pseudonym] = (id, key)
+        try base.put(.documents, rowKey, try session.seal(owner, id, key, associatedData: rowKey), mode: .upsert)
+        session.setKeyInUse(pseudonym, (id, key))
         return (id, key)
     }
 
@@ -394,7 +423,7 @@ struct SealedWriting: StoreWriting {
                 return .next
             }
             for row in rows { try base.delete(.documents, row) }
-            session.currentKeys[pseudonym] = nil
+            session.setKeyInUse(pseudonym, nil)
         }
         for id in retired.sorted(by: { ($0.slot, $0.tag) < ($1.slot, $1.tag) }) {
             try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert)

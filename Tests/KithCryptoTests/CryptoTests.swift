@@ -87,3 +87,29 @@ struct AESGCMTests {
         #expect(throws: AuthenticationFailure.self) { try AESGCM.open([1, 2, 3], key: bytes(32), associatedData: []) }
     }
 }
+
+@Suite("AES-256-GCM with a prepared key")
+struct AESGCMKeyTests {
+    @Test("the same boxes as the one-shot calls, in both directions, many times over one key; tampering fails")
+    func agreesWithOneShot() throws {
+        var random = SplitMix64(seed: 11)
+        func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &random) } }
+        let raw = bytes(32)
+        let key = AESGCMKey(raw)
+        var nonces = NonceSource()
+        var seen = Set<[UInt8]>()
+        for size in [0, 1, 16, 33, 1_000, 5] {
+            let data = bytes(size), aad = bytes(size % 7), nonce = try nonces.next()
+            #expect(seen.insert(nonce).inserted)
+            let box = try key.seal(data, nonce: nonce, associatedData: aad)
+            #expect(box == (try AESGCM.seal(data, key: raw, nonce: nonce, associatedData: aad)))
+            #expect(try key.open(box[...], associatedData: aad) == data)
+            #expect(try AESGCM.open(box, key: raw, associatedData: aad) == data)
+            var changed = box
+            changed[changed.count - 1] ^= 0x80
+            #expect(throws: AuthenticationFailure.self) { try key.open(changed[...], associatedData: aad) }
+            #expect(try key.open(box[...], associatedData: aad) == data, "a failed open leaves the key usable")
+        }
+        for _ in 0..<600 { #expect(seen.insert(try nonces.next()).inserted) }
+    }
+}
