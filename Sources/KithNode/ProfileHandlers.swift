@@ -344,12 +344,14 @@ extension Node {
             let time = clock.tick(physicalMillis: now)
             return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")
         }
-        DispatchQueue.global().async { [store] in
+        DispatchQueue.global().async { [store, replication] in
             do {
                 guard try store.links(of: a).contains(where: { Set([$0.from, $0.to]) == Set([a, b]) }) else {
                     return respond(.error(404, code: "not_found", message: "those identifiers are not linked"))
                 }
                 try store.removeLink(a, b, stamp: stamp)
+                // Pushed to peers now, as the group committer's writes are.
+                replication?.committed()
                 respond(.json(200, Array(#"{"unlinked":true}"#.utf8)))
             } catch {
                 respond(.error(503, code: "storage_error", message: "the link could not be removed"))
