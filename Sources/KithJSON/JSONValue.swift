@@ -26,6 +26,11 @@ public enum JSONValue: Hashable, Sendable {
         return nil
     }
 
+    public var arrayValue: [JSONValue]? {
+        if case .array(let a) = self { return a }
+        return nil
+    }
+
     public var isNull: Bool { self == .null }
 }
 

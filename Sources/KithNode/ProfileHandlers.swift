@@ -264,6 +264,7 @@ extension Node {
                 cursor = page.next
             } while cursor != nil
             let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
+            let history = try store.consentHistory(of: identifier)
             var outcome = ReadOutcome()
             outcome.returned = ["export"]
             try recordRead(principal, "", "export", view.members, outcome)
@@ -272,9 +273,7 @@ extension Node {
                 o.member("node", string: configuration.nodeName)
                 o.member("profile") { $0.raw(bytes: view.jsonBytes) }
                 o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
-                o.member("consentHistory") { w in
-                    w.writeArray(events.filter { $0.name == "Segment Consent Preference Updated" }) { $0.writeEvent($1) }
-                }
+                o.member("consentHistory") { w in w.writeArray(history) { Self.writeConsentChange($1, &$0) } }
                 o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
                 o.member("links") { $0.raw(bytes: (try? linksBody(identifier)) ?? Array("{}".utf8)) }
                 o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
@@ -295,6 +294,21 @@ extension Node {
                 o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
             })
         })
+    }
+
+    /// `{"time", "messageId", "identifier", "source", "decisions": {"CATEGORY": true|false}}`.
+    static func writeConsentChange(_ change: ConsentChange, _ writer: inout JSONWriter) {
+        writer.writeObject { o in
+            o.member("time") { $0.write(time: change.time) }
+            o.member("messageId", string: change.messageId)
+            o.member("identifier", string: change.identifier.description)
+            o.member("source", string: change.source)
+            o.member("decisions") { w in
+                w.writeObject { d in
+                    for decision in change.decisions { d.member(decision.category) { $0.write(.bool(decision.granted)) } }
+                }
+            }
+        }
     }
 
     static func writeAuditRecord(_ record: AuditRecord, _ writer: inout JSONWriter) {

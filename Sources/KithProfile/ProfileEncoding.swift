@@ -5,7 +5,7 @@ import KithJSON
 /// (heads, views, deltas) are written with `ProfileFormat.encode`, which puts the format version
 /// first so a later version can read (or refuse) what an earlier one wrote.
 public enum ProfileFormat {
-    public static let version: UInt8 = 2
+    public static let version: UInt8 = 3
 
     public static func encode<T: BinaryCodable>(_ value: T) -> [UInt8] {
         var writer = BinaryWriter(capacity: 256)

@@ -27,6 +27,10 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// than `cursor` (nil: from the newest); `next` is the cursor of the following page.
     func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int) throws -> (events: [EventRecord], next: EventCursor?)
 
+    /// Every consent decision the messages of the profile `identifier` belongs to carried,
+    /// oldest first: the customer's consent history.
+    func consentHistory(of identifier: Identifier) throws -> [ConsentChange]
+
     /// Up to `limit` profiles in canonical-key order, after `canonical` (nil: from the start).
     func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView]
 
@@ -95,6 +99,10 @@ extension EngineBackedStore {
         -> (events: [EventRecord], next: EventCursor?)
     {
         try read { reader in try engine.events(of: identifier, before: cursor, limit: limit, in: reader) }
+    }
+
+    public func consentHistory(of identifier: Identifier) throws -> [ConsentChange] {
+        try read { reader in try engine.consentHistory(of: identifier, in: reader) }
     }
 
     public func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView] {

@@ -52,6 +52,26 @@ struct StoreEngine: Sendable {
         return entries
     }
 
+    /// Every consent decision the profile's messages carried, oldest first (linear in the
+    /// profile's history, like `events`).
+    func consentHistory(of identifier: Identifier, in reader: some StoreReading) throws -> [ConsentChange] {
+        guard let view = try view(of: identifier, in: reader) else { return [] }
+        var changes: [ConsentChange] = []
+        for member in view.members {
+            let prefix = documentKey(member.key, .ledger)
+            try reader.scan(.documents, prefix: prefix) { key, value in
+                let row = try decode(LedgerRow.self, value, table: .documents)
+                if !row.consent.isEmpty {
+                    changes.append(ConsentChange(
+                        identifier: member, messageId: String(decoding: key[prefix.count...], as: UTF8.self), time: row.entry.time,
+                        source: row.channel, decisions: row.consent))
+                }
+                return .next
+            }
+        }
+        return changes.sorted { ($0.time, $0.messageId) < ($1.time, $1.messageId) }
+    }
+
     /// Events of the profile, newest first, older than `cursor`. Reads the members' ledgers:
     /// linear in the profile's history (see docs/storage.md).
     func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int, in reader: some StoreReading) throws
@@ -269,7 +289,7 @@ final class WriteContext {
         let ledgerKey = documentKey(subjectKey, .ledger, delta.messageId.utf8)
         var links: [Identifier] = []
         for peer in delta.links where try !isForgotten(peer, at: time) { links.append(peer) }
-        let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event, links: links)
+        let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event, links: links, consent: delta.consent, channel: delta.channel)
         guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .insertOnly) else {
             if try joinCopy(delta, row, at: ledgerKey) || origin != nil, logged { try log(.message(delta), origin: origin) }
             return .duplicate

@@ -75,11 +75,17 @@ struct LedgerRow: BinaryCodable, Equatable {
     /// Event times of other, lesser copies of the message (ascending; usually none): each copy
     /// asserted its links at its own time, and an erasure must know which assertions it dominates.
     var otherCopyTimes: [Int64] = []
+    /// The consent decisions the message carried (context or a consent event), and its channel:
+    /// the customer's consent history, which the registers (latest decision only) do not keep.
+    var consent: [ConsentDecision] = []
+    var channel = ""
 
-    init(entry: LedgerEntry, event: EventRecord?, links: [Identifier]) {
+    init(entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "") {
         self.entry = entry
         self.event = event
         self.links = links
+        self.consent = consent
+        self.channel = consent.isEmpty ? "" : channel
     }
 
     /// The times of every copy absorbed, this row's own included.
@@ -97,11 +103,18 @@ struct LedgerRow: BinaryCodable, Equatable {
     func isLess(than other: LedgerRow) -> Bool {
         if entry != other.entry { return entry < other.entry }
         switch (event, other.event) {
-        case (nil, nil): return links.lexicographicallyPrecedes(other.links)
         case (nil, _): return true
         case (_, nil): return false
-        case (let a?, let b?): return a != b ? a < b : links.lexicographicallyPrecedes(other.links)
+        case (let a?, let b?) where a != b: return a < b
+        default: break
         }
+        if links != other.links { return links.lexicographicallyPrecedes(other.links) }
+        // Copies that differ only in what consent they carried: any fixed order will do.
+        return (Self.consentOrder(consent), channel) < (Self.consentOrder(other.consent), other.channel)
+    }
+
+    private static func consentOrder(_ decisions: [ConsentDecision]) -> String {
+        decisions.map { "\($0.category)=\($0.granted)" }.joined(separator: "\u{1}")
     }
 
     func encode(to writer: inout BinaryWriter) {
@@ -110,6 +123,11 @@ struct LedgerRow: BinaryCodable, Equatable {
         event?.encode(to: &writer)
         writer.write(sequence: links) { w, link in link.encode(to: &w) }
         writer.write(sequence: otherCopyTimes) { w, time in w.write(signed: time) }
+        writer.write(sequence: consent) { w, decision in
+            w.write(string: decision.category)
+            w.write(bool: decision.granted)
+        }
+        writer.write(string: channel)
     }
 
     init(from reader: inout BinaryReader) throws {
@@ -117,6 +135,8 @@ struct LedgerRow: BinaryCodable, Equatable {
         event = try reader.readBool() ? try EventRecord(from: &reader) : nil
         links = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
         otherCopyTimes = try reader.readSequence { r in try r.readSigned() }
+        consent = try reader.readSequence(minimumItemSize: 2) { r in ConsentDecision(category: try r.readString(), granted: try r.readBool()) }
+        channel = try reader.readString()
     }
 }
 
@@ -180,6 +200,18 @@ public struct EventCursor: Equatable, Sendable {
         else { return nil }
         self.init(time: time, messageId: messageId)
     }
+}
+
+/// Consent decisions one message carried, as the customer's consent history keeps them.
+public struct ConsentChange: Equatable, Sendable {
+    /// The identifier whose document absorbed the message.
+    public var identifier: Identifier
+    public var messageId: String
+    /// The message's (skew-corrected) time.
+    public var time: Int64
+    /// The message's channel: where the decision was made.
+    public var source: String
+    public var decisions: [ConsentDecision]
 }
 
 /// A link as the store holds it, for reads.

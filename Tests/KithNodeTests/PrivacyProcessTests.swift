@@ -119,7 +119,17 @@ struct PrivacyProcessTests {
         let export = try node.call("GET", path + "/export", token: "dpo")
         #expect(export.status == 200)
         for canary in Self.canaries { #expect(export.body.contains(canary)) }
-        #expect(export.body.contains("Segment Consent Preference Updated") && export.body.contains(#""principal":"ads""#))
+        #expect(export.body.contains(#""principal":"ads""#))
+        // The history holds every decision, oldest first: the message's context, the PUT, the
+        // restriction and its lifting (each with its source), not only the latest per category.
+        let exportJSON = try JSONParser.parse(Array(export.body.utf8))
+        let history = try #require(exportJSON["consentHistory"]?.arrayValue)
+        let decisions = history.map { change in
+            (change["decisions"]?.objectValue?.members.map { "\($0.key)=\($0.value == .bool(true))" } ?? []).joined(separator: ",")
+        }
+        #expect(decisions == ["advertising=false,analytics=true", "advertising=true", "kith:processing=false", "kith:processing=true"], "\(decisions)")
+        #expect(history[0]["messageId"]?.stringValue == "p-1" && history[0]["identifier"]?.stringValue == "user_id:u-priv")
+        #expect(history[1]["source"]?.stringValue == "preference-centre")
         let exported = try runKith(["export-subject", "user_id:u-priv", "--host", "127.0.0.1:\(node.port)", "--token", "dpo"])
         #expect(exported.status == 0 && exported.output.contains("teal-canary"))
 

@@ -209,3 +209,25 @@ struct DataKeyStoreTests {
         #expect(throws: DataKeyError.self) { try DataKeyStore(path: path) }
     }
 }
+
+@Suite("Consent history")
+struct ConsentHistoryTests {
+    @Test(arguments: StoreKind.allCases)
+    func everyDecisionOfEveryMemberOldestFirst(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let texts = [
+            #"{"type":"identify","messageId":"h-1","anonymousId":"a-h","timestamp":"2025-10-01T10:00:00Z","context":{"channel":"web","consent":{"categoryPreferences":{"analytics":true}}}}"#,
+            #"{"type":"identify","messageId":"h-2","userId":"u-h","timestamp":"2025-10-02T10:00:00Z","traits":{"plan":"gold"}}"#,
+            #"{"type":"track","messageId":"h-3","userId":"u-h","event":"Segment Consent Preference Updated","timestamp":"2025-10-03T10:00:00Z","context":{"consent":{"categoryPreferences":{"analytics":false}}}}"#,
+            #"{"type":"alias","messageId":"h-4","userId":"u-h","previousId":"a-h","timestamp":"2025-10-04T10:00:00Z"}"#,
+        ]
+        let deltas = try texts.map { try SegmentMessageParser().parse(JSONParser.parse(Array($0.utf8)), receivedAt: 1_760_000_000_000) }
+        _ = try fixture.store.apply(deltas)
+        let history = try fixture.store.consentHistory(of: Identifier(kind: .userId, value: "u-h")!)
+        #expect(history.map(\.messageId) == ["h-1", "h-3"])
+        #expect(history.map { $0.decisions.map(\.granted) } == [[true], [false]])
+        #expect(history.first?.identifier == Identifier(kind: .anonymousId, value: "a-h")!)
+        // The register keeps only the latest decision; the history keeps both.
+        #expect(try fixture.store.view(of: Identifier(kind: .userId, value: "u-h")!)?.head.consent["analytics"]?.granted == false)
+    }
+}
