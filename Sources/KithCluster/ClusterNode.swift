@@ -52,6 +52,9 @@ public final class ClusterNode {
         /// The peer's version vector and its position in our log, as of its last pull from us.
         public var versions: VersionVector?
         public var cursor: UInt64 = 0
+        /// This node's own changes the peer holds durably, through this origin sequence (from
+        /// its acknowledgements of pushes and from its pulls).
+        public var holdsOwnThrough: UInt64 = 0
     }
 
     public var id: UInt64 { membership.me.id }
@@ -117,6 +120,7 @@ public final class ClusterNode {
         case .pull(let cursor, let versions, let budget):
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
+            acknowledged(by: sender, through: versions[id])
             send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget))
         case .changes(let from, let through, let entries, let more, let ahead):
             counters.changesReceived += entries.count
@@ -136,12 +140,25 @@ public final class ClusterNode {
             peers[sender]?.lastPullCompleted = now
             if more, let member = membership.members[sender] { try pull(from: member, now: now) }
         case .push(let previous, let entries):
-            guard try store.versionVector()[sender] >= previous else {
+            if try store.versionVector()[sender] >= previous {
+                counters.changesApplied += try store.applyReplicated(entries, from: sender, through: nil)
+            } else {
                 counters.pushesRejected += 1
-                return
             }
-            counters.changesApplied += try store.applyReplicated(entries, from: sender, through: nil)
+            // Applied (durably) or not, the sender learns how far this node holds its changes.
+            send(replyAddress(sender, address), .acknowledge(through: try store.versionVector()[sender]))
+        case .acknowledge(let through):
+            acknowledged(by: sender, through: through)
         }
+    }
+
+    private func acknowledged(by peer: UInt64, through: UInt64) {
+        peers[peer, default: PeerState()].holdsOwnThrough = max(peers[peer]?.holdsOwnThrough ?? 0, through)
+    }
+
+    /// The peers known to hold this node's own change `originSequence` durably.
+    public func peersHolding(ownChange originSequence: UInt64) -> Set<UInt64> {
+        Set(peers.filter { $0.value.holdsOwnThrough >= originSequence }.map(\.key))
     }
 
     /// Leaves the cluster: tells the others, then stays quiet.

@@ -15,6 +15,9 @@ public enum PeerMessage: Equatable, Sendable {
     /// Changes the sender itself accepted, pushed right after commit. `previous`: the receiver
     /// may apply them only if it already holds the sender's changes up to that sequence.
     case push(previous: UInt64, entries: [ChangeEntry])
+    /// "I hold your own changes through origin sequence `through`, durably": the answer to a
+    /// push, which is how a write waiting for more replicas learns that they have it.
+    case acknowledge(through: UInt64)
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -23,10 +26,11 @@ public enum PeerMessage: Equatable, Sendable {
         case .pull: 2
         case .changes: 3
         case .push: 4
+        case .acknowledge: 5
         }
     }
 
-    public static let knownTags: ClosedRange<UInt8> = 1...4
+    public static let knownTags: ClosedRange<UInt8> = 1...5
 }
 
 extension PeerMessage {
@@ -47,6 +51,8 @@ extension PeerMessage {
         case .push(let previous, let entries):
             writer.write(varint: previous)
             writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
+        case .acknowledge(let through):
+            writer.write(varint: through)
         }
         return writer.bytes
     }
@@ -76,6 +82,7 @@ extension PeerMessage {
         case 4:
             let previous = try reader.readVarint()
             self = .push(previous: previous, entries: try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) })
+        case 5: self = .acknowledge(through: try reader.readVarint())
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()

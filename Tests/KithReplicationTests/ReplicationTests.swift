@@ -108,6 +108,7 @@ struct PeerMessageTests {
             .pull(cursor: 12, versions: VersionVector([1: 4, 9: 2]), budget: 65_536),
             .changes(from: 3, through: 5, entries: [entry, erasure], more: true, ahead: [erasure]),
             .push(previous: 2, entries: [entry]),
+            .acknowledge(through: 1_234_567),
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
         var truncated = messages[3].encodePayload()

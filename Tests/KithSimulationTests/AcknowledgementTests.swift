@@ -1,0 +1,36 @@
+import KithCRDT
+import KithCluster
+import KithProfile
+import KithStore
+import KithTestSupport
+import Testing
+
+/// The ground for write acknowledgement levels (issue 7): a node learns which peers hold its
+/// own changes durably, from their answers to its pushes and from their pulls.
+@Suite("Simulation: peers acknowledge what they hold")
+struct AcknowledgementTests {
+    @Test func aNodeLearnsWhichPeersHoldItsChanges() throws {
+        let sim = try Simulation(seed: 5, nodes: 3, edges: 0)
+        let writer = sim.machines[0]
+        try sim.run(until: 1_000)
+        let deltas = WorkloadGenerator.deltas(seed: 5, customers: 4, count: 3)
+        try writer.store.apply(deltas)
+        try writer.node!.pushOwnChanges()
+        let own = try writer.store.versionVector()[writer.member.id]
+        try sim.run(until: 1_200)
+        #expect(writer.node!.peersHolding(ownChange: own) == [2, 3])
+
+        // A peer cut off from the writer does not hold the next write; once the link is back,
+        // its pull tells the writer it caught up.
+        sim.blocked.formUnion([[0, 2], [2, 0]])
+        try writer.store.apply(WorkloadGenerator.deltas(seed: 6, customers: 4, count: 2))
+        try writer.node!.pushOwnChanges()
+        let next = try writer.store.versionVector()[writer.member.id]
+        try sim.run(until: 1_400)
+        #expect(writer.node!.peersHolding(ownChange: next) == [2])
+        #expect(writer.node!.peersHolding(ownChange: own) == [2, 3])
+        sim.blocked = []
+        try sim.run(until: 4_000)
+        #expect(writer.node!.peersHolding(ownChange: next) == [2, 3])
+    }
+}
