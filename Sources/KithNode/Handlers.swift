@@ -1,4 +1,5 @@
 import Foundation
+import KithCluster
 import KithCompression
 import KithCrypto
 import KithHTTP
@@ -22,6 +23,9 @@ extension Node {
             }
         }
         guard body.count <= Self.maximumBatchBytes else { return refuse(400, "payload_too_large", "a request body may be at most 500 KB") }
+        guard let concern = Self.queryItems(request.query)["w"].map(WriteConcern.init(rawValue:)) ?? .one else {
+            return refuse(400, "invalid_query", "w must be 1, quorum or all")
+        }
         let json: JSONValue
         do { json = try JSONParser.parse(body) } catch { return refuse(400, "invalid_json", "\(error)") }
         guard authorizedWriteKey(request, json) else { return refuse(401, "invalid_write_key", "a valid write key is required") }
@@ -61,13 +65,45 @@ extension Node {
             return respond(response)
         }
         metrics.receivedMessages.wrappingAdd(deltas.count, ordering: .relaxed)
-        committer.submit(deltas) { result in
+        committer.submit(deltas) { [self] result in
             switch result {
-            case .success: respond(.json(200, Array(#"{"success":true}"#.utf8)))
+            case .success where concern == .one: respond(.json(200, Array(#"{"success":true}"#.utf8)))
+            case .success: awaitReplicas(concern, respond: respond)
             case .failure(let error):
                 respond(.json(503, Self.segmentError("unavailable", "the messages were not stored: \(error)")))
             }
         }
+    }
+
+    /// How long a write with `w=quorum` or `w=all` waits for other replicas.
+    static let replicaWaitMillis: Int64 = 5_000
+
+    /// After a durable commit here: waits until as many replicas as `concern` asks hold this
+    /// node's changes so far (this request's among them), then answers how many do.
+    private func awaitReplicas(_ concern: WriteConcern, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+        let answer: @Sendable (Int, Int, Bool) -> Void = { held, required, met in
+            guard met else {
+                return respond(.json(503, Self.object { o in
+                    o.member("code", string: "insufficient_replicas")
+                    o.member(
+                        "message",
+                        string: "stored durably on \(held) of the \(required) replicas w=\(concern.rawValue) needs within \(Self.replicaWaitMillis / 1000) s; "
+                            + "the write stays applied where it landed and reaches the other replicas as they come back")
+                    o.member("acknowledged", integer: Int64(held))
+                    o.member("required", integer: Int64(required))
+                }))
+            }
+            respond(.json(200, Self.object { o in
+                o.member("success") { $0.write(.bool(true)) }
+                o.member("replicas", integer: Int64(held))
+            }))
+        }
+        // A node without peers is every replica there is.
+        guard let replication else { return answer(1, 1, true) }
+        guard let through = try? store.versionVector()[origin] else {
+            return respond(.json(503, Self.segmentError("unavailable", "the write is stored here, but its replicas could not be counted; retry")))
+        }
+        replication.awaitReplicas(ownThrough: through, concern: concern, timeoutMillis: Self.replicaWaitMillis, completion: answer)
     }
 
     static func withContext(_ shared: JSONObject, _ message: JSONValue) -> JSONValue {

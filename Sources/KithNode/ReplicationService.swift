@@ -17,7 +17,19 @@ final class ReplicationService: @unchecked Sendable {
         case message(PeerMessage, UInt64, String)
         case committed
         case call(() -> Void)
+        case wait(ReplicaWaiter)
     }
+
+    /// A write waiting until enough replicas hold it.
+    struct ReplicaWaiter {
+        var originSequence: UInt64
+        var concern: WriteConcern
+        var deadline: Int64
+        var completion: @Sendable (_ held: Int, _ required: Int, _ met: Bool) -> Void
+    }
+
+    /// Only the replication thread touches these.
+    private var waiters: [ReplicaWaiter] = []
 
     /// The queue into the replication thread.
     private final class Inbox: Sendable {
@@ -87,6 +99,29 @@ final class ReplicationService: @unchecked Sendable {
         inbox.add(.committed)
     }
 
+    /// Calls `completion` once this node's own changes through `originSequence` are held by as
+    /// many replicas as `concern` asks, or at `timeoutMillis` with how many held them.
+    func awaitReplicas(
+        ownThrough originSequence: UInt64, concern: WriteConcern, timeoutMillis: Int64,
+        completion: @escaping @Sendable (_ held: Int, _ required: Int, _ met: Bool) -> Void
+    ) {
+        let waiter = ReplicaWaiter(originSequence: originSequence, concern: concern, deadline: unixMillis() + timeoutMillis, completion: completion)
+        if !inbox.add(.wait(waiter)) { completion(1, concern.required(replicas: 1), false) }
+    }
+
+    /// Answers the waiters whose writes are now held widely enough, or whose time is up.
+    private func settleWaiters(now: Int64) {
+        guard !waiters.isEmpty else { return }
+        let replicas = node.replicaIDs.count
+        waiters.removeAll { waiter in
+            let held = node.replicasHolding(ownChange: waiter.originSequence)
+            let required = waiter.concern.required(replicas: replicas)
+            guard held >= required || now >= waiter.deadline else { return false }
+            waiter.completion(held, required, held >= required)
+            return true
+        }
+    }
+
     /// Runs `body` on the replication thread and returns its result (operator calls).
     func perform<T>(_ body: @escaping (ClusterNode) throws -> T) throws -> T {
         let done = DispatchSemaphore(value: 0)
@@ -116,6 +151,9 @@ final class ReplicationService: @unchecked Sendable {
                     case .message(let message, let sender, let address): try node.receive(message, from: sender, address: address, now: now)
                     case .committed: try node.pushOwnChanges()
                     case .call(let body): body()
+                    case .wait(let waiter):
+                        try node.pushOwnChanges()
+                        waiters.append(waiter)
                     }
                 }
                 if now >= nextTick {
@@ -125,12 +163,14 @@ final class ReplicationService: @unchecked Sendable {
             } catch {
                 log(.error, "replication step failed", [("error", .string("\(error)"))])
             }
+            settleWaiters(now: now)
             if now >= nextKeyCheck {
                 nextKeyCheck = now + 5_000
                 reloadKeys()
             }
             if stopped { break }
         }
+        for waiter in waiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaIDs.count), false) }
         finished.signal()
     }
 

@@ -150,3 +150,38 @@ struct ClusterProcessTests {
         #expect(refused.status == 1 && refused.error.contains("runs alone"))
     }
 }
+
+@Suite("Write acknowledgement levels, as real processes", .serialized)
+struct WriteConcernProcessTests {
+    @Test func quorumAndAllWaitForReplicasAndSayHowManyHeldTheWrite() throws {
+        let cluster = try ClusterFixture()
+        let first = try cluster.start("n1")
+        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
+        let third = try cluster.start("n3", seeds: [first.gossipAddress!])
+        #expect(try eventually(10) {
+            try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#).count == 4
+        })
+        func write(_ id: String, _ w: String) throws -> (status: Int, body: String) {
+            let response = try #require(try first.request(
+                "POST", "/v1/identify?w=\(w)", body: Array(#"{"userId":"\#(id)","traits":{"plan":"plus"},"messageId":"\#(id)"}"#.utf8),
+                headers: ["Authorization: Basic d2s6", "Content-Type: application/json"]))
+            return (response.status, response.body)
+        }
+        let all = try write("w-all", "all")
+        #expect(all.status == 200 && all.body.contains(#""replicas":3"#), "\(all)")
+        // Every replica held it when the answer came: the write is readable on the others at once.
+        #expect(try second.profile("user_id:w-all")?.status == 200 && third.profile("user_id:w-all")?.status == 200)
+        #expect(try write("w-bad", "two").status == 400)
+
+        third.stop(kill: true)
+        let quorum = try write("w-quorum", "quorum")
+        #expect(quorum.status == 200 && quorum.body.contains(#""replicas":2"#), "\(quorum)")
+        let refused = try write("w-all-2", "all")
+        #expect(refused.status == 503, "\(refused)")
+        #expect(refused.body.contains(#""code":"insufficient_replicas""#) && refused.body.contains(#""acknowledged":2"#) && refused.body.contains(#""required":3"#))
+        // Not acknowledged at w=all, but applied where it landed, and spreading.
+        #expect(try first.profile("user_id:w-all-2")?.status == 200)
+        #expect(try eventually(10) { try second.profile("user_id:w-all-2")?.status == 200 })
+        #expect(try write("w-one", "1").status == 200)
+    }
+}

@@ -34,3 +34,26 @@ struct AcknowledgementTests {
         #expect(writer.node!.peersHolding(ownChange: next) == [2, 3])
     }
 }
+
+@Suite("Write concern")
+struct WriteConcernTests {
+    @Test func requiredReplicas() {
+        #expect((1...7).map { WriteConcern.one.required(replicas: $0) } == [1, 1, 1, 1, 1, 1, 1])
+        #expect((1...7).map { WriteConcern.quorum.required(replicas: $0) } == [1, 2, 2, 3, 3, 4, 4])
+        #expect((1...7).map { WriteConcern.all.required(replicas: $0) } == [1, 2, 3, 4, 5, 6, 7])
+        #expect(WriteConcern(rawValue: "quorum") == .quorum && WriteConcern(rawValue: "2") == nil)
+    }
+
+    @Test func edgesHoldCopiesButAreNotCountedAsReplicas() throws {
+        let sim = try Simulation(seed: 8, nodes: 4, edges: 1)
+        try sim.run(until: 2_000)
+        let writer = sim.machines[0]
+        #expect(writer.node!.replicaIDs == [1, 2, 3])
+        try writer.store.apply(WorkloadGenerator.deltas(seed: 8, customers: 3, count: 2))
+        try writer.node!.pushOwnChanges()
+        try sim.run(until: 2_300)
+        let own = try writer.store.versionVector()[writer.member.id]
+        #expect(writer.node!.peersHolding(ownChange: own) == [2, 3, 4])
+        #expect(writer.node!.replicasHolding(ownChange: own) == 3)
+    }
+}
