@@ -27,6 +27,19 @@ public struct VersionVector: Equatable, Sendable, CustomStringConvertible {
         if sequence > self[origin] { self[origin] = sequence }
     }
 
+    /// Raises every origin to `other`'s sequence where that is higher (the join).
+    public mutating func merge(_ other: VersionVector) {
+        for (origin, sequence) in other.sequences.pairs { advance(origin: origin, to: sequence) }
+    }
+
+    /// The origins of which `other` holds changes this vector does not cover.
+    public func lacking(_ other: VersionVector) -> [UInt64] {
+        other.sequences.pairs.filter { self[$0.0] < $0.1 }.map(\.0)
+    }
+
+    /// Whether this vector covers everything `other` does.
+    public func covers(_ other: VersionVector) -> Bool { lacking(other).isEmpty }
+
     public var description: String {
         "[" + sequences.pairs.map { "\(String($0, radix: 16)):\($1)" }.joined(separator: ",") + "]"
     }

@@ -26,6 +26,9 @@ extension Node {
         guard let concern = Self.queryItems(request.query)["w"].map(WriteConcern.init(rawValue:)) ?? .one else {
             return refuse(400, "invalid_query", "w must be 1, quorum or all")
         }
+        guard let session = presentedSession(request) else {
+            return refuse(400, "invalid_session", "the \(SessionToken.header) header is not a token this API returned")
+        }
         let json: JSONValue
         do { json = try JSONParser.parse(body) } catch { return refuse(400, "invalid_json", "\(error)") }
         guard authorizedWriteKey(request, json) else { return refuse(401, "invalid_write_key", "a valid write key is required") }
@@ -66,12 +69,32 @@ extension Node {
         }
         metrics.receivedMessages.wrappingAdd(deltas.count, ordering: .relaxed)
         committer.submit(deltas) { [self] result in
+            let respond = withSessionToken(session, respond)
             switch result {
             case .success where concern == .one: respond(.json(200, Array(#"{"success":true}"#.utf8)))
             case .success: awaitReplicas(concern, respond: respond)
             case .failure(let error):
                 respond(.json(503, Self.segmentError("unavailable", "the messages were not stored: \(error)")))
             }
+        }
+    }
+
+    /// The session token a request presents: empty when it presents none, nil when it is not one of ours.
+    func presentedSession(_ request: HTTPRequest) -> VersionVector? {
+        guard let text = request.header(SessionToken.header) else { return VersionVector() }
+        return SessionToken.parse(text)
+    }
+
+    /// After a write committed here: `respond`, with the session token raised to this node's
+    /// own changes so far (which include the write), so that a read anywhere can ask for them.
+    func withSessionToken(_ presented: VersionVector, _ respond: @escaping @Sendable (HTTPResponse) -> Void) -> @Sendable (HTTPResponse) -> Void {
+        var token = presented
+        if let own = try? store.versionVector()[origin] { token.advance(origin: origin, to: own) }
+        let text = SessionToken.text(token)
+        return { response in
+            var response = response
+            if response.status == 200 || response.status == 503 { response.headers.append(HTTPHeader(SessionToken.header, text)) }
+            respond(response)
         }
     }
 

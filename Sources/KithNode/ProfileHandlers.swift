@@ -32,6 +32,76 @@ extension Node {
         }
         guard let principal = authorized(request, roles, respond) else { return }
         guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
+        guard request.method == "GET", let text = request.header(SessionToken.header) else {
+            return dispatch(route, identifier, request, principal, parts, respond: respond)
+        }
+        guard let token = SessionToken.parse(text) else {
+            return respond(.error(400, code: "invalid_session", message: "the \(SessionToken.header) header is not a token this API returned"))
+        }
+        withSession(token, respond: respond) { [self] respond in dispatch(route, identifier, request, principal, parts, respond: respond) }
+    }
+
+    /// How long a read that presents a session token waits for the changes the token covers.
+    static let sessionWaitMillis: Int64 = 2_000
+
+    /// Runs `body` once this node holds everything `token` covers (at once, or after waiting and
+    /// pulling from its peers), and answers with the token raised to what this node held; or
+    /// answers 503 `session_not_satisfied` naming the origins still missing.
+    private func withSession(_ token: VersionVector, respond: @escaping Respond, _ body: @escaping @Sendable (@escaping Respond) -> Void) {
+        let answer: @Sendable (VersionVector) -> Void = { held in
+            var merged = token
+            merged.merge(held)
+            let raised = merged
+            body { response in
+                var response = response
+                response.headers.append(HTTPHeader(SessionToken.header, SessionToken.text(raised)))
+                respond(response)
+            }
+        }
+        let check = sessionCheck
+        guard let missing = try? check(token) else {
+            return respond(.error(500, code: "storage_error", message: "the profile could not be read"))
+        }
+        if missing.isEmpty, let held = try? store.versionVector() { return answer(held) }
+        guard let replication else { return respond(Self.sessionNotSatisfied(missing)) }
+        let store = self.store
+        replication.awaitSession(token, timeoutMillis: Self.sessionWaitMillis, check: check) { satisfied in
+            DispatchQueue.global().async {
+                guard satisfied, let held = try? store.versionVector() else {
+                    return respond(Self.sessionNotSatisfied((try? check(token)) ?? missing))
+                }
+                answer(held)
+            }
+        }
+    }
+
+    /// The origins of `token` whose changes this node does not hold yet. This node holds an
+    /// origin's changes through n when it has applied that origin's own change n, or has read
+    /// that origin's log through position n (its log also numbers the changes it relayed, so a
+    /// token may name a position that is no change of the origin's own). Its own origin it holds.
+    var sessionCheck: @Sendable (VersionVector) throws -> [UInt64] {
+        let store = self.store, origin = self.origin
+        return { token in
+            let held = try store.versionVector()
+            return try held.lacking(token).filter { missing in
+                guard missing != origin else { return false }
+                return try store.cursor(of: missing) < token[missing]
+            }
+        }
+    }
+
+    static func sessionNotSatisfied(_ missing: [UInt64]) -> HTTPResponse {
+        .error(
+            503, code: "session_not_satisfied",
+            message: "this node does not yet hold every change the session covers (from origins "
+                + missing.map { String($0, radix: 16) }.joined(separator: ", ") + "); retry, or read where the write was made")
+    }
+
+    private func dispatch(
+        _ route: (String, String, Int), _ identifier: Identifier, _ request: HTTPRequest, _ principal: Principal, _ parts: [Substring],
+        respond: @escaping Respond
+    ) {
+        let resource = route.1
         switch route {
         case ("GET", "consent", _): consent(identifier, principal, respond: respond)
         case ("PUT", "consent", _): setConsent(identifier, request, respond: respond)
@@ -223,7 +293,8 @@ extension Node {
     }
 
     private func commit(_ delta: ProfileDelta, answer: [UInt8], respond: @escaping Respond) {
-        committer.submit([delta]) { result in
+        committer.submit([delta]) { [self] result in
+            let respond = withSessionToken(VersionVector(), respond)
             switch result {
             case .success: respond(.json(200, answer))
             case .failure: respond(.error(503, code: "unavailable", message: "the change was not stored; retry"))

@@ -18,7 +18,19 @@ final class ReplicationService: @unchecked Sendable {
         case committed
         case call(() -> Void)
         case wait(ReplicaWaiter)
+        case session(SessionWaiter)
     }
+
+    /// A read waiting until this node holds everything a session token covers.
+    struct SessionWaiter {
+        var token: VersionVector
+        var deadline: Int64
+        /// The origins of the token not yet held here.
+        var check: @Sendable (VersionVector) throws -> [UInt64]
+        var completion: @Sendable (_ satisfied: Bool) -> Void
+    }
+
+    private var sessionWaiters: [SessionWaiter] = []
 
     /// A write waiting until enough replicas hold it.
     struct ReplicaWaiter {
@@ -109,6 +121,29 @@ final class ReplicationService: @unchecked Sendable {
         if !inbox.add(.wait(waiter)) { completion(1, concern.required(replicas: 1), false) }
     }
 
+    /// Calls `completion` with this node's version vector once it covers `token`, or with nil
+    /// after `timeoutMillis`. Meanwhile it pulls from every reachable peer, so that a change
+    /// this node lacks comes now rather than at the next anti-entropy round.
+    func awaitSession(
+        _ token: VersionVector, timeoutMillis: Int64, check: @escaping @Sendable (VersionVector) throws -> [UInt64],
+        completion: @escaping @Sendable (_ satisfied: Bool) -> Void
+    ) {
+        let waiter = SessionWaiter(token: token, deadline: unixMillis() + timeoutMillis, check: check, completion: completion)
+        if !inbox.add(.session(waiter)) { completion(false) }
+    }
+
+    private func settleSessions(now: Int64) {
+        sessionWaiters.removeAll { waiter in
+            if (try? waiter.check(waiter.token))?.isEmpty == true {
+                waiter.completion(true)
+                return true
+            }
+            guard now >= waiter.deadline else { return false }
+            waiter.completion(false)
+            return true
+        }
+    }
+
     /// Answers the waiters whose writes are now held widely enough, or whose time is up.
     private func settleWaiters(now: Int64) {
         guard !waiters.isEmpty else { return }
@@ -154,6 +189,9 @@ final class ReplicationService: @unchecked Sendable {
                     case .wait(let waiter):
                         try node.pushOwnChanges()
                         waiters.append(waiter)
+                    case .session(let waiter):
+                        sessionWaiters.append(waiter)
+                        for peer in node.membership.reachable { try node.pull(from: peer, now: now) }
                     }
                 }
                 if now >= nextTick {
@@ -164,6 +202,7 @@ final class ReplicationService: @unchecked Sendable {
                 log(.error, "replication step failed", [("error", .string("\(error)"))])
             }
             settleWaiters(now: now)
+            settleSessions(now: now)
             if now >= nextKeyCheck {
                 nextKeyCheck = now + 5_000
                 reloadKeys()
@@ -171,6 +210,7 @@ final class ReplicationService: @unchecked Sendable {
             if stopped { break }
         }
         for waiter in waiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaIDs.count), false) }
+        for waiter in sessionWaiters { waiter.completion(false) }
         finished.signal()
     }
 

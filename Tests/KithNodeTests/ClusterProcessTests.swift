@@ -185,3 +185,39 @@ struct WriteConcernProcessTests {
         #expect(try write("w-one", "1").status == 200)
     }
 }
+
+@Suite("Session tokens, as real processes", .serialized)
+struct SessionTokenProcessTests {
+    @Test func aReadWithTheWritesTokenSeesTheWriteOnAnotherNode() throws {
+        let cluster = try ClusterFixture()
+        let first = try cluster.start("n1")
+        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
+        #expect(try eventually(10) {
+            try second.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#).count == 3
+        })
+        let write = try #require(try first.request(
+            "POST", "/v1/identify", body: Array(#"{"userId":"s-1","traits":{"plan":"plus"},"messageId":"s-1"}"#.utf8),
+            headers: ["Authorization: Basic d2s6"]))
+        let token = try #require(write.headers["kith-session"])
+        #expect(write.status == 200 && token.hasPrefix("1."))
+
+        func read(_ node: NodeProcess, _ token: String) throws -> (status: Int, headers: [String: String], body: String) {
+            try #require(try node.request(
+                "GET", "/v1/profiles/user_id:s-1?purpose=support", headers: ["Authorization: Bearer tk", "Kith-Session: \(token)"]))
+        }
+        let seen = try read(second, token)
+        #expect(seen.status == 200 && seen.body.contains(#""plan":"plus""#))
+        // The token that comes back covers at least what was presented: reading with it at the
+        // first node works too (monotonic reads).
+        let raised = try #require(seen.headers["kith-session"])
+        let again = try read(first, raised)
+        #expect(again.status == 200, "\(raised) \(again)")
+
+        // A token covering changes no node holds: the read waits, then says what is missing.
+        let fabricated = "1.01" + "7f" + "05"  // one entry: origin 127 (no node has that id), sequence 5
+        let waited = try read(second, fabricated)
+        #expect(waited.status == 503 && waited.body.contains("session_not_satisfied"), "\(waited)")
+        #expect(try read(second, "not-a-token").status == 400)
+        #expect(try read(second, "1.0102").status == 400, "a token with a truncated entry")
+    }
+}

@@ -57,3 +57,15 @@ struct WriteConcernTests {
         #expect(writer.node!.replicasHolding(ownChange: own) == 3)
     }
 }
+
+@Suite("Version vectors for sessions")
+struct SessionVectorTests {
+    @Test func mergeAndCoverage() {
+        var a = VersionVector([1: 5, 2: 3])
+        let b = VersionVector([2: 7, 3: 1])
+        #expect(a.lacking(b) == [2, 3] && !a.covers(b) && a.covers(VersionVector([1: 5])))
+        a.merge(b)
+        #expect(a == VersionVector([1: 5, 2: 7, 3: 1]) && a.covers(b) && a.lacking(b).isEmpty)
+        #expect(VersionVector().covers(VersionVector()))
+    }
+}
