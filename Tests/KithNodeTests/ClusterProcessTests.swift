@@ -28,6 +28,17 @@ final class ClusterFixture {
         return node
     }
 
+    /// Starts `count` nodes joining through the first and waits until the first sees all alive.
+    func startAll(_ count: Int) throws -> [NodeProcess] {
+        let first = try start("n1")
+        let others = try (2...count).map { try start("n\($0)", seeds: [first.gossipAddress!]) }
+        let joined = try eventually(10) {
+            try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#).count == count + 1
+        }
+        guard joined else { throw NodeStartFailed() }
+        return [first] + others
+    }
+
     deinit {
         for node in nodes { node.stop(kill: true) }
         try? FileManager.default.removeItem(atPath: directory)
@@ -155,12 +166,8 @@ struct ClusterProcessTests {
 struct WriteConcernProcessTests {
     @Test func quorumAndAllWaitForReplicasAndSayHowManyHeldTheWrite() throws {
         let cluster = try ClusterFixture()
-        let first = try cluster.start("n1")
-        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
-        let third = try cluster.start("n3", seeds: [first.gossipAddress!])
-        #expect(try eventually(10) {
-            try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#).count == 4
-        })
+        let nodes = try cluster.startAll(3)
+        let (first, second, third) = (nodes[0], nodes[1], nodes[2])
         func write(_ id: String, _ w: String) throws -> (status: Int, body: String) {
             let response = try #require(try first.request(
                 "POST", "/v1/identify?w=\(w)", body: Array(#"{"userId":"\#(id)","traits":{"plan":"plus"},"messageId":"\#(id)"}"#.utf8),
@@ -190,11 +197,8 @@ struct WriteConcernProcessTests {
 struct SessionTokenProcessTests {
     @Test func aReadWithTheWritesTokenSeesTheWriteOnAnotherNode() throws {
         let cluster = try ClusterFixture()
-        let first = try cluster.start("n1")
-        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
-        #expect(try eventually(10) {
-            try second.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#).count == 3
-        })
+        let nodes = try cluster.startAll(2)
+        let (first, second) = (nodes[0], nodes[1])
         let write = try #require(try first.request(
             "POST", "/v1/identify", body: Array(#"{"userId":"s-1","traits":{"plan":"plus"},"messageId":"s-1"}"#.utf8),
             headers: ["Authorization: Basic d2s6"]))
