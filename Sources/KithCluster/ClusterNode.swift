@@ -33,6 +33,8 @@ public final class ClusterNode {
     /// holds everything of ours up to it. After a start this is the log position, conservatively.
     private var lastPushedOwn: UInt64
     public private(set) var counters = Counters()
+    /// The number of the last pull request sent.
+    private var lastRequest: UInt64 = 0
 
     public struct Counters: Sendable, Equatable {
         public var pullsSent = 0
@@ -55,6 +57,9 @@ public final class ClusterNode {
         /// This node's own changes the peer holds durably, through this origin sequence (from
         /// its acknowledgements of pushes and from its pulls).
         public var holdsOwnThrough: UInt64 = 0
+        /// The last pull request whose chain of replies ended with nothing more to send: then
+        /// this node held everything the peer held when it answered that request.
+        public var caughtUpThrough: UInt64 = 0
     }
 
     public var id: UInt64 { membership.me.id }
@@ -117,12 +122,16 @@ public final class ClusterNode {
         peers[sender, default: PeerState()].lastContact = now
         switch message {
         case .membership(let message): perform(membership.receive(message, from: address, now: now), now: now)
-        case .pull(let cursor, let versions, let budget):
+        case .pull(let cursor, let versions, let budget, let request):
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
             acknowledged(by: sender, through: versions[id])
-            send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget))
-        case .changes(let from, let through, let entries, let more, let ahead):
+            send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget, request: request))
+            // Read repair, both ways: a puller that holds what this node lacks is pulled from now.
+            if try holdsLess(than: versions, of: sender), peers[sender]?.pullSentAt == nil, let member = membership.members[sender] {
+                try pull(from: member, now: now)
+            }
+        case .changes(let from, let through, let entries, let more, let ahead, let request):
             counters.changesReceived += entries.count
             guard from <= (try store.cursor(of: sender)) else {
                 counters.stalePullRepliesDropped += 1
@@ -138,7 +147,13 @@ public final class ClusterNode {
             counters.changesApplied += try store.applyReplicated(entries, from: sender, through: through)
             peers[sender]?.pullSentAt = nil
             peers[sender]?.lastPullCompleted = now
-            if more, let member = membership.members[sender] { try pull(from: member, now: now) }
+            if more, let member = membership.members[sender] {
+                // The chain continues under the request it answers.
+                try pull(from: member, now: now, request: request)
+            } else {
+                let previous = peers[sender]?.caughtUpThrough ?? 0
+                peers[sender]?.caughtUpThrough = max(previous, request)
+            }
         case .push(let previous, let entries):
             if try store.versionVector()[sender] >= previous {
                 counters.changesApplied += try store.applyReplicated(entries, from: sender, through: nil)
@@ -150,6 +165,17 @@ public final class ClusterNode {
         case .acknowledge(let through):
             acknowledged(by: sender, through: through)
         }
+    }
+
+    /// Whether `peer`, holding `versions`, holds changes this node lacks. A node's entry for its
+    /// own origin is its log position (its log also numbers what it relayed), so for the peer's
+    /// origin what counts is how far this node has read its log.
+    private func holdsLess(than versions: VersionVector, of peer: UInt64) throws -> Bool {
+        for origin in try store.versionVector().lacking(versions) where origin != id {
+            if origin != peer { return true }
+            if try store.cursor(of: peer) < versions[peer] { return true }
+        }
+        return false
     }
 
     private func acknowledged(by peer: UInt64, through: UInt64) {
@@ -167,11 +193,21 @@ public final class ClusterNode {
     /// Joins through `address` now.
     public func join(_ address: String) { perform(membership.join(address), now: 0) }
 
-    /// Starts a pull from `peer` now (repair, or a member back from away).
-    public func pull(from peer: Member, now: Int64) throws {
+    /// Starts a pull from `peer` now (repair, a member back from away, a quorum read); returns
+    /// its request number, which `caughtUpThrough` reaches when the peer has sent everything.
+    @discardableResult
+    public func pull(from peer: Member, now: Int64) throws -> UInt64 {
+        lastRequest += 1
+        try pull(from: peer, now: now, request: lastRequest)
+        return lastRequest
+    }
+
+    private func pull(from peer: Member, now: Int64, request: UInt64) throws {
         peers[peer.id, default: PeerState()].pullSentAt = now
         counters.pullsSent += 1
-        send(peer.address, .pull(cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: settings.pullBudget))
+        send(
+            peer.address,
+            .pull(cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: settings.pullBudget, request: request))
     }
 
     /// Per reachable or known peer: what this node knows of it.
@@ -198,7 +234,7 @@ public final class ClusterNode {
 
     /// The changes after `cursor` in this node's log that a peer holding `versions` lacks, up to
     /// about `budget` bytes.
-    private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32) throws -> PeerMessage {
+    private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws -> PeerMessage {
         let scanned = try store.changes(after: cursor, limit: settings.scanLimit)
         var entries: [ChangeEntry] = []
         var bytes = 0
@@ -217,7 +253,7 @@ public final class ClusterNode {
         // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
         // or a withdrawal holds, before the rest arrives.
         let ahead = more ? try store.entriesAhead(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
-        return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead)
+        return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead, request: request)
     }
 
     private func replyAddress(_ sender: UInt64, _ address: String) -> String {

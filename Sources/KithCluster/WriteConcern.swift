@@ -25,6 +25,12 @@ extension ClusterNode {
         Set(membership.members.values.filter { $0.role == .core }.map(\.id)).union([id])
     }
 
+    /// How many replicas a level counts against: the core members known, this node included, or
+    /// the configured count when that is larger (a node that has just started knows few peers).
+    public func replicaCount(configured: Int?) -> Int {
+        max(configured ?? 0, replicaIDs.count)
+    }
+
     /// How many replicas hold this node's own change `originSequence` durably, this node included.
     public func replicasHolding(ownChange originSequence: UInt64) -> Int {
         peersHolding(ownChange: originSequence).intersection(replicaIDs).count + 1

@@ -55,6 +55,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var gossip: String?
     /// Peer addresses to join through.
     public var seeds: [String] = []
+    /// How many core replicas the cluster has (docs/consistency.md). Write and read levels
+    /// count against the larger of this and the core members this node knows; set it, or a node
+    /// that has just started and knows no peers yet counts itself as the whole cluster.
+    public var replicas: Int?
     /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
     public var role = "core"
     /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
@@ -71,7 +75,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
-        case gossip, seeds, role, clusterKeyFile, policyFile, auditRetentionDays
+        case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays
     }
 
     public init(from decoder: Decoder) throws {
@@ -90,6 +94,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
         gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
         seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
+        replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
         role = try container.decodeIfPresent(String.self, forKey: .role) ?? defaults.role
         clusterKeyFile = try container.decodeIfPresent(String.self, forKey: .clusterKeyFile)
         policyFile = try container.decodeIfPresent(String.self, forKey: .policyFile)
@@ -129,6 +134,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
         if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
+        if let value = environment["KITH_REPLICAS"] {
+            guard let count = Int(value) else { throw ConfigurationError("KITH_REPLICAS must be a number") }
+            replicas = count
+        }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
@@ -181,6 +190,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             _ = try clusterKeys()
         }
         guard ["core", "edge"].contains(role) else { throw ConfigurationError("role must be core or edge") }
+        if let replicas, !(1...1_000).contains(replicas) { throw ConfigurationError("replicas must be 1 to 1000") }
         for seed in seeds where seed.lastIndex(of: ":").flatMap({ UInt16(seed[seed.index(after: $0)...]) }) == nil {
             throw ConfigurationError("seed \"\(seed)\" must be host:port")
         }
@@ -201,7 +211,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
-        "ingestQueueLimit", "gossip", "seeds", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
+        "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
     ]
 }
 

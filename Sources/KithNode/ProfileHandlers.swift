@@ -1,5 +1,6 @@
 import Foundation
 import KithCRDT
+import KithCluster
 import KithCrypto
 import KithHTTP
 import KithJSON
@@ -32,13 +33,61 @@ extension Node {
         }
         guard let principal = authorized(request, roles, respond) else { return }
         guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
-        guard request.method == "GET", let text = request.header(SessionToken.header) else {
-            return dispatch(route, identifier, request, principal, parts, respond: respond)
+        guard request.method == "GET" else { return dispatch(route, identifier, request, principal, parts, respond: respond) }
+        let query = Self.queryItems(request.query)
+        let level: WriteConcern?
+        switch query["consistency"] {
+        case nil, "local": level = nil
+        case "quorum": level = .quorum
+        case "all": level = .all
+        default: return respond(.error(400, code: "invalid_query", message: "consistency must be local, quorum or all"))
         }
-        guard let token = SessionToken.parse(text) else {
-            return respond(.error(400, code: "invalid_session", message: "the \(SessionToken.header) header is not a token this API returned"))
+        let session: VersionVector?
+        if let text = request.header(SessionToken.header) {
+            guard let token = SessionToken.parse(text) else {
+                return respond(.error(400, code: "invalid_session", message: "the \(SessionToken.header) header is not a token this API returned"))
+            }
+            session = token
+        } else {
+            session = nil
         }
-        withSession(token, respond: respond) { [self] respond in dispatch(route, identifier, request, principal, parts, respond: respond) }
+        withReplicaReads(level, degradedAllowed: query["degraded"] == "true", respond: respond) { [self] respond in
+            guard let session else { return dispatch(route, identifier, request, principal, parts, respond: respond) }
+            withSession(session, respond: respond) { [self] respond in dispatch(route, identifier, request, principal, parts, respond: respond) }
+        }
+    }
+
+    /// How long a read at `consistency=quorum` or `all` waits for the replicas.
+    static let replicaReadWaitMillis: Int64 = 2_000
+
+    /// Runs `body` once this node has pulled everything from as many replicas as `level` asks
+    /// (none for a local read), and tells in `Kith-Consistency` how many answered. When too few
+    /// answer in time: 503 `insufficient_replicas`, or with `degraded=true` the local answer
+    /// marked degraded.
+    private func withReplicaReads(
+        _ level: WriteConcern?, degradedAllowed: Bool, respond: @escaping Respond, _ body: @escaping @Sendable (@escaping Respond) -> Void
+    ) {
+        guard let level else { return body(respond) }
+        let answer: @Sendable (Int, Int, Bool) -> Void = { answered, required, met in
+            guard met || degradedAllowed else {
+                return respond(.json(503, Self.object { o in
+                    o.member("code", string: "insufficient_replicas")
+                    o.member("message", string: "\(answered) of the \(required) replicas consistency=\(level.rawValue) needs answered; retry, or allow a degraded answer with degraded=true")
+                    o.member("answered", integer: Int64(answered))
+                    o.member("required", integer: Int64(required))
+                }))
+            }
+            let note = (met ? level.rawValue : "degraded") + "; replicas=\(answered); required=\(required)"
+            DispatchQueue.global().async {
+                body { response in
+                    var response = response
+                    response.headers.append(HTTPHeader("Kith-Consistency", note))
+                    respond(response)
+                }
+            }
+        }
+        guard let replication else { return answer(1, 1, true) }
+        replication.awaitReplicaReads(level, timeoutMillis: Self.replicaReadWaitMillis, completion: answer)
     }
 
     /// How long a read that presents a session token waits for the changes the token covers.

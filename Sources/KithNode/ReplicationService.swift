@@ -19,7 +19,19 @@ final class ReplicationService: @unchecked Sendable {
         case call(() -> Void)
         case wait(ReplicaWaiter)
         case session(SessionWaiter)
+        case read(ReadWaiter)
     }
+
+    /// A read waiting until enough replicas have sent it everything they hold.
+    struct ReadWaiter {
+        var concern: WriteConcern
+        var deadline: Int64
+        /// Per replica asked: the number of the pull that asked it.
+        var requests: [UInt64: UInt64] = [:]
+        var completion: @Sendable (_ answered: Int, _ required: Int, _ met: Bool) -> Void
+    }
+
+    private var readWaiters: [ReadWaiter] = []
 
     /// A read waiting until this node holds everything a session token covers.
     struct SessionWaiter {
@@ -66,6 +78,7 @@ final class ReplicationService: @unchecked Sendable {
     private let inbox = Inbox()
     private let finished = DispatchSemaphore(value: 0)
     private let keyFile: String?
+    private let configuredReplicas: Int?
     private let log: Log
 
     init(
@@ -73,6 +86,7 @@ final class ReplicationService: @unchecked Sendable {
     ) throws {
         self.log = log
         keyFile = configuration.clusterKeyFile
+        configuredReplicas = configuration.replicas
         let inbox = self.inbox
         let fingerprint = Crypto.hmacSHA256(key: forgetKeySecret, message: Array("kith forget-key fingerprint".utf8))
         transport = try PeerTransport(
@@ -144,10 +158,45 @@ final class ReplicationService: @unchecked Sendable {
         }
     }
 
+    /// Calls `completion` once this node has pulled everything from as many replicas as
+    /// `concern` asks (itself included), each answering a pull sent now — so the node then holds
+    /// every write those replicas acknowledged before — or at `timeoutMillis` with how many did.
+    func awaitReplicaReads(
+        _ concern: WriteConcern, timeoutMillis: Int64, completion: @escaping @Sendable (_ answered: Int, _ required: Int, _ met: Bool) -> Void
+    ) {
+        let waiter = ReadWaiter(concern: concern, deadline: unixMillis() + timeoutMillis, completion: completion)
+        if !inbox.add(.read(waiter)) { completion(1, concern.required(replicas: 1), false) }
+    }
+
+    private func settleReads(now: Int64) throws {
+        guard !readWaiters.isEmpty else { return }
+        try askReplicas(now: now)
+        let replicas = node.replicaCount(configured: configuredReplicas)
+        let caughtUp = Dictionary(uniqueKeysWithValues: node.peerStates.map { ($0.member.id, $0.state.caughtUpThrough) })
+        readWaiters.removeAll { waiter in
+            let answered = 1 + waiter.requests.filter { (caughtUp[$0.key] ?? 0) >= $0.value }.count
+            let required = waiter.concern.required(replicas: replicas)
+            guard answered >= required || now >= waiter.deadline else { return false }
+            waiter.completion(answered, required, answered >= required)
+            return true
+        }
+    }
+
+    /// Sends a pull to every reachable replica a waiting read has not asked yet (a replica that
+    /// became reachable since the read began is asked too).
+    private func askReplicas(now: Int64) throws {
+        let replicas = node.replicaIDs
+        for index in readWaiters.indices {
+            for peer in node.membership.reachable where replicas.contains(peer.id) && readWaiters[index].requests[peer.id] == nil {
+                readWaiters[index].requests[peer.id] = try node.pull(from: peer, now: now)
+            }
+        }
+    }
+
     /// Answers the waiters whose writes are now held widely enough, or whose time is up.
     private func settleWaiters(now: Int64) {
         guard !waiters.isEmpty else { return }
-        let replicas = node.replicaIDs.count
+        let replicas = node.replicaCount(configured: configuredReplicas)
         waiters.removeAll { waiter in
             let held = node.replicasHolding(ownChange: waiter.originSequence)
             let required = waiter.concern.required(replicas: replicas)
@@ -192,6 +241,9 @@ final class ReplicationService: @unchecked Sendable {
                     case .session(let waiter):
                         sessionWaiters.append(waiter)
                         for peer in node.membership.reachable { try node.pull(from: peer, now: now) }
+                    case .read(let waiter):
+                        readWaiters.append(waiter)
+                        try askReplicas(now: now)
                     }
                 }
                 if now >= nextTick {
@@ -203,14 +255,16 @@ final class ReplicationService: @unchecked Sendable {
             }
             settleWaiters(now: now)
             settleSessions(now: now)
+            do { try settleReads(now: now) } catch { log(.error, "replica read step failed", [("error", .string("\(error)"))]) }
             if now >= nextKeyCheck {
                 nextKeyCheck = now + 5_000
                 reloadKeys()
             }
             if stopped { break }
         }
-        for waiter in waiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaIDs.count), false) }
+        for waiter in waiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaCount(configured: configuredReplicas)), false) }
         for waiter in sessionWaiters { waiter.completion(false) }
+        for waiter in readWaiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaCount(configured: configuredReplicas)), false) }
         finished.signal()
     }
 

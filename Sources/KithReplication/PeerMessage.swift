@@ -7,11 +7,13 @@ public enum PeerMessage: Equatable, Sendable {
     case membership(MembershipMessage)
     /// "Send me what I lack from your log after `cursor`": the sender's position in the
     /// receiver's log, the sender's version vector, and how many bytes of changes it wants.
-    case pull(cursor: UInt64, versions: VersionVector, budget: UInt32)
+    /// `request` numbers the sender's pulls; the replies echo it, so the sender knows which
+    /// pull a reply answers (a quorum read counts only replies to pulls it sent).
+    case pull(cursor: UInt64, versions: VersionVector, budget: UInt32, request: UInt64)
     /// A reply to a pull: the changes in the sender's log positions (`from`, `through`] that the
     /// puller lacked, and whether more follow; `ahead`: erasures from later in the log the puller
     /// lacks and consent decisions, sent ahead of the backlog so that they take effect first.
-    case changes(from: UInt64, through: UInt64, entries: [ChangeEntry], more: Bool, ahead: [ChangeEntry])
+    case changes(from: UInt64, through: UInt64, entries: [ChangeEntry], more: Bool, ahead: [ChangeEntry], request: UInt64)
     /// Changes the sender itself accepted, pushed right after commit. `previous`: the receiver
     /// may apply them only if it already holds the sender's changes up to that sequence.
     case push(previous: UInt64, entries: [ChangeEntry])
@@ -38,16 +40,18 @@ extension PeerMessage {
         var writer = BinaryWriter(capacity: 64)
         switch self {
         case .membership(let message): message.encode(to: &writer)
-        case .pull(let cursor, let versions, let budget):
+        case .pull(let cursor, let versions, let budget, let request):
             writer.write(varint: cursor)
             versions.encode(to: &writer)
             writer.write(varint: UInt64(budget))
-        case .changes(let from, let through, let entries, let more, let ahead):
+            writer.write(varint: request)
+        case .changes(let from, let through, let entries, let more, let ahead, let request):
             writer.write(varint: from)
             writer.write(varint: through)
             writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
             writer.write(bool: more)
             writer.write(sequence: ahead) { w, entry in entry.encode(to: &w) }
+            writer.write(varint: request)
         case .push(let previous, let entries):
             writer.write(varint: previous)
             writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
@@ -68,7 +72,7 @@ extension PeerMessage {
             let versions = try VersionVector(from: &reader)
             let budget = try reader.readVarint()
             guard budget <= UInt64(UInt32.max) else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "budget") }
-            self = .pull(cursor: cursor, versions: versions, budget: UInt32(budget))
+            self = .pull(cursor: cursor, versions: versions, budget: UInt32(budget), request: try reader.readVarint())
         case 3:
             let from = try reader.readVarint(), through = try reader.readVarint()
             guard from <= through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "changes range") }
@@ -78,7 +82,7 @@ extension PeerMessage {
             guard ahead.allSatisfy(\.travelsAhead) else {
                 throw BinaryDecodingError(.invalidValue, offset: reader.offset, "only erasures and consent decisions travel ahead")
             }
-            self = .changes(from: from, through: through, entries: entries, more: more, ahead: ahead)
+            self = .changes(from: from, through: through, entries: entries, more: more, ahead: ahead, request: try reader.readVarint())
         case 4:
             let previous = try reader.readVarint()
             self = .push(previous: previous, entries: try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) })

@@ -63,7 +63,7 @@ let serveHelp = """
                       [--write-key <key>] [--token <token>] [--privacy-token <token>]
                       [--policy <file>] [--key-file <file>] [--loops <n>]
                       [--gossip <host:port>] [--seeds <host:port,...>] [--role core|edge]
-                      [--cluster-key-file <file>]
+                      [--cluster-key-file <file>] [--replicas <n>]
 
     OPTIONS:
       --config <file>         A JSON configuration file.
@@ -81,6 +81,8 @@ let serveHelp = """
       --seeds <list>          Peers to join through, comma-separated (env KITH_SEEDS).
       --role <role>           core (default) or edge: an edge site may be away for days.
       --cluster-key-file <f>  Cluster keys, 'id hex' per line, first sends (or env KITH_CLUSTER_KEY=hex).
+      --replicas <n>          The cluster's core replicas, for w= and consistency= levels (env KITH_REPLICAS;
+                              default: the core members this node knows).
       -h, --help              Show help information.
 
     Settings come from the file, then KITH_* environment variables, then flags.
@@ -93,7 +95,7 @@ func serve(_ arguments: [String]) -> Never {
     var index = 0
     let takesValue: Set = [
         "--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops", "--gossip", "--seeds", "--role",
-        "--cluster-key-file", "--privacy-token", "--policy", "--key-file",
+        "--cluster-key-file", "--privacy-token", "--policy", "--key-file", "--replicas",
     ]
     while index < arguments.count {
         let argument = arguments[index]
@@ -125,6 +127,10 @@ func serve(_ arguments: [String]) -> Never {
         for token in flags["--privacy-token"] ?? [] { configuration.addToken(token, role: "privacy") }
         if let value = flags["--policy"]?.last { configuration.policyFile = value }
         if let value = flags["--key-file"]?.last { configuration.keyFile = value }
+        if let value = flags["--replicas"]?.last {
+            guard let count = Int(value) else { fail("--replicas takes a number", .usage) }
+            configuration.replicas = count
+        }
         try configuration.validate()
     } catch {
         fail("\(error)", .usage)

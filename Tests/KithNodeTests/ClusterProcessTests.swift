@@ -9,13 +9,16 @@ final class ClusterFixture {
     let environment: [String: String]
     private(set) var nodes: [NodeProcess] = []
 
-    init() throws {
+    /// `replicas`: the cluster's core replica count every node is told (`KITH_REPLICAS`).
+    init(replicas: Int? = nil) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let secretFile = directory + "/forget.secret"
         _ = FileManager.default.createFile(atPath: secretFile, contents: Data(try Crypto.randomBytes(32)))
-        environment = [
+        var environment = [
             "KITH_CLUSTER_KEY": Crypto.hex(try Crypto.randomBytes(32)), "KITH_SECRET_FILE": secretFile, "KITH_PRIVACY_TOKEN": "pk",
         ]
+        if let replicas { environment["KITH_REPLICAS"] = String(replicas) }
+        self.environment = environment
     }
 
     /// Starts a node named `name`, joining through `seeds`.
@@ -223,5 +226,39 @@ struct SessionTokenProcessTests {
         #expect(waited.status == 503 && waited.body.contains("session_not_satisfied"), "\(waited)")
         #expect(try read(second, "not-a-token").status == 400)
         #expect(try read(second, "1.0102").status == 400, "a token with a truncated entry")
+    }
+}
+
+@Suite("Read consistency levels, as real processes", .serialized)
+struct ReadConsistencyProcessTests {
+    @Test func aQuorumReadAfterAQuorumWriteSeesTheWriteOnANodeThatMissedIt() throws {
+        // Told the cluster's size: just restarted, the third node knows no peers yet.
+        let cluster = try ClusterFixture(replicas: 3)
+        let nodes = try cluster.startAll(3)
+        let (first, second, third) = (nodes[0], nodes[1], nodes[2])
+        third.stop(kill: true)
+        let write = try #require(try first.request(
+            "POST", "/v1/identify?w=quorum", body: Array(#"{"userId":"q-1","traits":{"plan":"plus"},"messageId":"q-1"}"#.utf8),
+            headers: ["Authorization: Basic d2s6"]))
+        #expect(write.status == 200 && write.body.contains(#""replicas":2"#))
+
+        // The third node comes back having missed the write; a quorum read there pulls from the
+        // others before it answers.
+        try third.start()
+        func read(_ node: NodeProcess, _ query: String) throws -> (status: Int, headers: [String: String], body: String) {
+            try #require(try node.request("GET", "/v1/profiles/user_id:q-1?purpose=support\(query)", headers: ["Authorization: Bearer tk"]))
+        }
+        let quorum = try read(third, "&consistency=quorum")
+        #expect(quorum.status == 200 && quorum.body.contains(#""plan":"plus""#), "\(quorum)")
+        #expect(quorum.headers["kith-consistency"]?.hasPrefix("quorum; replicas=") == true)
+        #expect(try read(third, "&consistency=sometimes").status == 400)
+
+        // With a replica down, `all` cannot be met: 503 with the count, or a degraded answer.
+        second.stop(kill: true)
+        let all = try read(third, "&consistency=all")
+        #expect(all.status == 503 && all.body.contains(#""code":"insufficient_replicas""#) && all.body.contains(#""required":3"#), "\(all)")
+        let degraded = try read(third, "&consistency=all&degraded=true")
+        #expect(degraded.status == 200 && degraded.headers["kith-consistency"]?.hasPrefix("degraded;") == true, "\(degraded)")
+        #expect(try read(third, "").headers["kith-consistency"] == nil, "a local read says nothing and asks no one")
     }
 }

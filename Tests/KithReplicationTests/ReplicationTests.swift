@@ -105,8 +105,8 @@ struct PeerMessageTests {
         let messages: [PeerMessage] = [
             .membership(MembershipMessage(sender: member, kind: .pingRequest(4, target: 8), updates: [member])),
             .membership(MembershipMessage(sender: member, kind: .welcome, updates: [])),
-            .pull(cursor: 12, versions: VersionVector([1: 4, 9: 2]), budget: 65_536),
-            .changes(from: 3, through: 5, entries: [entry, erasure], more: true, ahead: [erasure]),
+            .pull(cursor: 12, versions: VersionVector([1: 4, 9: 2]), budget: 65_536, request: 77),
+            .changes(from: 3, through: 5, entries: [entry, erasure], more: true, ahead: [erasure], request: 77),
             .push(previous: 2, entries: [entry]),
             .acknowledge(through: 1_234_567),
         ]
@@ -117,7 +117,7 @@ struct PeerMessageTests {
         #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[2].encodePayload() + [0]) }
         // Only erasures and consent decisions may travel ahead of the log.
         let unlink = ChangeEntry(sequence: 6, origin: 9, originSequence: 5, change: .unlink(LinkEdge(delta.subject, Identifier(kind: .email, value: "x@y.z")!)!, LWWStamp(time: 1, tiebreak: "t")))
-        let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [unlink])
+        let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [unlink], request: 1)
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: wrongAhead.encodePayload()) }
     }
 }
