@@ -125,18 +125,38 @@ func profile(_ arguments: [String]) -> Never {
     let help = """
         OVERVIEW: Read a profile as a purpose may see it.
 
-        USAGE: kith profile get <identifier> [--purpose <purpose>] [options]
+        USAGE: kith profile get <identifier> [--purpose <purpose>] [--consistency local|quorum|all]
+                                [--degraded] [--session <token>] [options]
 
           <identifier>            user_id:u-1, anonymous_id:a-9, email:a@example.com
 
         OPTIONS:
           --purpose <purpose>     Why it is read (needed when the token holds several purposes).
+          --consistency <level>   local (default), quorum or all: pull from that many replicas first.
+          --degraded              With a level: answer from this node if too few replicas answer.
+          --session <token>       A Kith-Session token: answer only once the node holds what it covers.
+                                  The raised token is printed on stderr.
 
         """ + ClientOptions.help
-    let options = subcommandOptions(arguments, "get", usage: "kith profile get <identifier>", help: help, values: ["--purpose"])
+    let options = subcommandOptions(
+        arguments, "get", usage: "kith profile get <identifier>", help: help, values: ["--purpose", "--consistency", "--session"],
+        switches: ["--degraded"])
     guard options.positional.count == 1 else { fail("kith profile get takes one identifier", .usage) }
-    let query = options.values["--purpose"].map { "?purpose=" + queryEncoded($0) } ?? ""
-    show(call(options.client(), "GET", profilePath(options.positional[0]) + query, headers: options.authorization).body, format: options.format)
+    var items: [String] = []
+    if let purpose = options.values["--purpose"] { items.append("purpose=" + queryEncoded(purpose)) }
+    if let level = options.values["--consistency"] {
+        guard ["local", "quorum", "all"].contains(level) else { fail("--consistency is local, quorum or all", .usage) }
+        items.append("consistency=" + level)
+    }
+    if options.switches.contains("--degraded") { items.append("degraded=true") }
+    var headers = options.authorization
+    if let session = options.values["--session"] { headers.append(HTTPHeader("Kith-Session", session)) }
+    let query = items.isEmpty ? "" : "?" + items.joined(separator: "&")
+    let response = call(options.client(), "GET", profilePath(options.positional[0]) + query, headers: headers)
+    for name in ["Kith-Consistency", "Kith-Session"] {
+        if let value = response.header(name) { FileHandle.standardError.write(Data("\(name): \(value)\n".utf8)) }
+    }
+    show(response.body, format: options.format)
     exit(Exit.ok.rawValue)
 }
 

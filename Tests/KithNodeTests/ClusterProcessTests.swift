@@ -252,6 +252,11 @@ struct ReadConsistencyProcessTests {
         #expect(quorum.status == 200 && quorum.body.contains(#""plan":"plus""#), "\(quorum)")
         #expect(quorum.headers["kith-consistency"]?.hasPrefix("quorum; replicas=") == true)
         #expect(try read(third, "&consistency=sometimes").status == 400)
+        let cli = try runKith([
+            "profile", "get", "user_id:q-1", "--purpose", "support", "--consistency", "quorum", "--host", "127.0.0.1:\(third.port)", "--token", "tk",
+        ])
+        #expect(cli.status == 0 && cli.output.contains("plus") && cli.error.contains("Kith-Consistency: quorum"), "\(cli)")
+        #expect(try runKith(["profile", "get", "user_id:q-1", "--consistency", "often", "--host", "127.0.0.1:\(third.port)", "--token", "tk"]).status == 64)
 
         // With a replica down, `all` cannot be met: 503 with the count, or a degraded answer.
         second.stop(kill: true)
