@@ -11,7 +11,10 @@ import KithProfile
 ///   every node serves it;
 /// - `sync.catchup_s` and `sync.catchup_bytes_ratio`: an edge offline while 1 % of 100,000
 ///   profiles changed; bytes on its peer links over the encoded size of the changes it lacked;
-/// - `antientropy.idle_bytes_per_s`: what a converged 3-node cluster sends when nothing changes.
+/// - `antientropy.idle_bytes_per_s`: what a converged 3-node cluster sends when nothing changes;
+/// - `read.local_p99_ms`, `read.quorum_p99_ms`, `read.session_p99_ms`, `write.local_p99_ms`,
+///   `write.quorum_p99_ms`: 3 core nodes; reads at one node (a session read right after a write
+///   at another, presenting its token), writes acknowledged at one node or at a majority.
 struct ClusterBenchmark {
     let kithBinary: String
     let directory = "Benchmarks/.work/cluster"
@@ -29,6 +32,55 @@ struct ClusterBenchmark {
     func run() throws {
         try convergence()
         try catchUpAndIdle()
+        try consistencyLatency()
+    }
+
+    // MARK: Consistency levels
+
+    private func consistencyLatency() throws {
+        var nodes: [BenchNode] = []
+        defer { for node in nodes { node.stop() } }
+        nodes.append(try BenchNode(self, name: "k1", seeds: [], replicas: 3))
+        for index in 2...3 { nodes.append(try BenchNode(self, name: "k\(index)", seeds: [nodes[0].gossip], replicas: 3)) }
+        try waitForMembers(nodes, count: 3)
+        let (writer, reader) = (nodes[0], nodes[1])
+        try writer.ingest((0..<1_000).map { #"{"type":"identify","userId":"lat-\#($0)","traits":{"n":\#($0)},"messageId":"lat-\#($0)"}"# })
+        try waitUntil(10, "the preload to reach the reading node") { try reader.hasProfile("lat-999") }
+
+        func timed(_ body: () throws -> Void) throws -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
+        }
+        func read(_ index: Int, _ query: String, _ headers: [HTTPHeader] = []) throws {
+            let response = try reader.client.request("GET", "/v1/profiles/user_id:lat-\(index)?purpose=support\(query)", headers: [BenchNode.token] + headers)
+            guard response.status == 200 else { throw BenchmarkFailed("a read answered \(response.status)") }
+        }
+        func write(_ index: Int, _ w: String) throws -> String {
+            let body = #"{"userId":"lat-w-\#(index)","traits":{"n":\#(index)},"messageId":"lat-w-\#(w)-\#(index)"}"#
+            let response = try writer.client.request("POST", "/v1/identify?w=\(w)", headers: [BenchNode.writeKey], body: Array(body.utf8))
+            guard response.status == 200, let token = response.header("kith-session") else { throw BenchmarkFailed("a write answered \(response.status)") }
+            return token
+        }
+        let rounds = 500
+        var figures: [String: [Double]] = [:]
+        for index in 0..<rounds {
+            figures["read.local", default: []].append(try timed { try read(index, "") })
+            figures["read.quorum", default: []].append(try timed { try read(index, "&consistency=quorum") })
+            figures["write.local", default: []].append(try timed { _ = try write(index, "1") })
+            let token = try write(index + rounds, "quorum")
+            figures["read.session", default: []].append(try timed {
+                let response = try reader.client.request(
+                    "GET", "/v1/profiles/user_id:lat-w-\(index + rounds)?purpose=support", headers: [BenchNode.token, HTTPHeader("Kith-Session", token)])
+                guard response.status == 200 else { throw BenchmarkFailed("a session read answered \(response.status)") }
+            })
+        }
+        for index in 0..<rounds { figures["write.quorum", default: []].append(try timed { _ = try write(index + 2 * rounds, "quorum") }) }
+        for name in ["read.local", "read.quorum", "read.session", "write.local", "write.quorum"] {
+            let sorted = figures[name]!.sorted()
+            report(name + "_p50_ms", sorted[sorted.count / 2], decimals: 2)
+            report(name + "_p99_ms", sorted[sorted.count * 99 / 100], decimals: 2)
+        }
     }
 
     // MARK: Convergence
@@ -151,13 +203,13 @@ final class BenchNode {
     let client: HTTPClient
     let gossip: String
 
-    init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core") throws {
+    init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core", replicas: Int? = nil) throws {
         self.name = name
         process.executableURL = URL(fileURLWithPath: bench.kithBinary)
         process.arguments = [
             "serve", "--data-dir", bench.directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
             "--role", role, "--write-key", "bench", "--token", "bench-token",
-        ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")])
+        ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]) + (replicas.map { ["--replicas", String($0)] } ?? [])
         process.environment = ProcessInfo.processInfo.environment.merging(bench.environment) { $1 }
         let output = Pipe()
         process.standardOutput = output
