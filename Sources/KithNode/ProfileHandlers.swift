@@ -124,19 +124,10 @@ extension Node {
         }
     }
 
-    /// The origins of `token` whose changes this node does not hold yet. This node holds an
-    /// origin's changes through n when it has applied that origin's own change n, or has read
-    /// that origin's log through position n (its log also numbers the changes it relayed, so a
-    /// token may name a position that is no change of the origin's own). Its own origin it holds.
+    /// The origins of a token whose changes this node does not hold yet (`SessionCoverage`).
     var sessionCheck: @Sendable (VersionVector) throws -> [UInt64] {
         let store = self.store, origin = self.origin
-        return { token in
-            let held = try store.versionVector()
-            return try held.lacking(token).filter { missing in
-                guard missing != origin else { return false }
-                return try store.cursor(of: missing) < token[missing]
-            }
-        }
+        return { token in try SessionCoverage.missing(token, in: store, origin: origin) }
     }
 
     static func sessionNotSatisfied(_ missing: [UInt64]) -> HTTPResponse {
