@@ -106,3 +106,68 @@ struct SessionSimulationTests {
         #expect(served > 1_000 && deferred > 10, "served \(served), deferred \(deferred)")
     }
 }
+
+/// Quorum reads after quorum writes, in the simulation: a write is acknowledged once a majority
+/// of the replicas hold it (`replicasHolding`), a read at any node first pulls from replicas
+/// until a majority (itself included) have answered a pull sent for it (`caughtUpThrough`), as
+/// the node shell does; under partitions and loss, every acknowledged write is then seen.
+func runQuorumScenario(seed: UInt64) throws -> (failures: [String], reads: Int) {
+    var setup = SplitMix64(seed: seed ^ 0x0C0C)
+    let sim = try Simulation(seed: seed, nodes: 3 + 2 * setup.below(2), edges: 0)
+    sim.faults = .init(lossPercent: setup.below(10), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(40)))
+    try sim.run(until: 1_000)
+    let majority = sim.machines.count / 2 + 1
+    var acknowledged: [(id: String, subject: Identifier)] = []
+    var failures: [String] = [], reads = 0
+
+    for round in 0..<30 {
+        // A partition now and then: a minority may be cut off, a majority stays connected.
+        sim.blocked = []
+        if round % 3 == 0 {
+            let cut = sim.random.below(sim.machines.count)
+            for other in sim.machines.indices where other != cut { sim.blocked.formUnion([[cut, other], [other, cut]]) }
+        }
+        let writer = sim.machines[sim.random.below(sim.machines.count)]
+        let id = "q\(seed)-\(round)"
+        let text = #"{"type":"identify","messageId":"\#(id)","userId":"quorum-\#(round % 5)","traits":{"round":\#(round)}}"#
+        try writer.store.apply([try SegmentMessageParser().parse(JSONParser.parse(Array(text.utf8)), receivedAt: sim.clock(writer))])
+        try writer.node!.pushOwnChanges()
+        let own = try writer.store.versionVector()[writer.member.id]
+        let deadline = sim.now + 2_000
+        while writer.node!.replicasHolding(ownChange: own) < majority && sim.now < deadline { try sim.run(until: sim.now + 20) }
+        if writer.node!.replicasHolding(ownChange: own) >= majority {
+            acknowledged.append((id, Identifier(kind: .userId, value: "quorum-\(round % 5)")!))
+        }
+
+        // A quorum read at another node: pull from the reachable replicas, wait for a majority.
+        let reader = sim.machines[sim.random.below(sim.machines.count)]
+        var requests: [UInt64: UInt64] = [:]
+        for peer in reader.node!.membership.reachable { requests[peer.id] = try reader.node!.pull(from: peer, now: sim.clock(reader)) }
+        func answered() -> Int {
+            let caughtUp = Dictionary(uniqueKeysWithValues: reader.node!.peerStates.map { ($0.member.id, $0.state.caughtUpThrough) })
+            return 1 + requests.filter { (caughtUp[$0.key] ?? 0) >= $0.value }.count
+        }
+        let readDeadline = sim.now + 2_000
+        while answered() < majority && sim.now < readDeadline { try sim.run(until: sim.now + 20) }
+        guard answered() >= majority else { continue }  // 503 at the shell: nothing to check
+        reads += 1
+        for write in acknowledged where try !reader.store.hasMessage(write.id, subject: write.subject) {
+            failures.append("round \(round): \(reader.member.name) answered a quorum read without the acknowledged write \(write.id)")
+        }
+    }
+    return (failures.prefix(3).map { "seed \(seed): \($0)" }, reads)
+}
+
+@Suite("Simulation: quorum reads after quorum writes")
+struct QuorumSimulationTests {
+    @Test func aQuorumReadSeesEveryQuorumWrite() throws {
+        var failed: [String] = [], reads = 0
+        for seed in simulationSeeds.prefix(100) {
+            let run = try runQuorumScenario(seed: seed)
+            failed += run.failures
+            reads += run.reads
+        }
+        #expect(failed.isEmpty, "\(failed.prefix(10).joined(separator: "\n"))")
+        #expect(reads > 1_000, "\(reads) quorum reads were answered")
+    }
+}
