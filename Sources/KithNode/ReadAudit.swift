@@ -238,8 +238,8 @@ public final class ReadAudit: @unchecked Sendable {
             var last = watermark
             try txn.scan(records, from: watermark) { key, value in
                 if key == watermark { return .next }
-                for subject in Set(try StoredAuditRecord.subjects(ofEncoded: value)) {
-                    try txn.put(subjects, Array(subject.prefix(Self.subjectPrefix)) + key, [])
+                for subject in try Self.distinctPrefixes(StoredAuditRecord.subjects(ofEncoded: value)) {
+                    try txn.put(subjects, subject + key, [])
                 }
                 last = key
                 done += 1
@@ -285,13 +285,24 @@ public final class ReadAudit: @unchecked Sendable {
                 return expired.count < limit ? .next : .stop
             }
             for (key, value) in expired {
-                for subject in Set(try StoredAuditRecord.subjects(ofEncoded: value)) {
-                    _ = try txn.delete(subjects, Array(subject.prefix(Self.subjectPrefix)) + key)
+                for subject in try Self.distinctPrefixes(StoredAuditRecord.subjects(ofEncoded: value)) {
+                    _ = try txn.delete(subjects, subject + key)
                 }
                 _ = try txn.delete(records, key)
             }
             return expired.count
         }
+    }
+
+    /// The index prefixes of a record's subjects, each once. A record has a handful of
+    /// subjects: comparing them pairwise costs less than hashing every byte into a set.
+    static func distinctPrefixes(_ subjects: [ArraySlice<UInt8>]) -> [[UInt8]] {
+        var prefixes: [[UInt8]] = []
+        for subject in subjects {
+            let prefix = Array(subject.prefix(subjectPrefix))
+            if !prefixes.contains(prefix) { prefixes.append(prefix) }
+        }
+        return prefixes
     }
 
     private static func bigEndian(_ value: UInt64) -> [UInt8] {
