@@ -203,9 +203,15 @@ struct SealedReading: StoreReading {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         switch table {
         case .documents:
+            // A point read needs only the value: no owner row, no key to rebuild.
             let sealedKey = session.sealedKey(key)
-            guard let value = try base.get(.documents, sealedKey) else { return nil }
-            return try openRow(sealedKey, value)?.value
+            guard let value = try base.get(.documents, sealedKey),
+                let plain = try session.open(value, associatedData: sealedKey, table: .documents)
+            else { return nil }
+            guard sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue else { return plain }
+            var reader = BinaryReader(plain)
+            _ = try reader.readBytes()
+            return Array(plain[reader.offset...])
         case .changes:
             return try base.get(table, key).map { ChangeRecord.encode(try session.openEntries($0, table: table, key: key)) }
         case .ahead:
