@@ -33,8 +33,9 @@ extension Node {
         }
         guard let principal = authorized(request, roles, respond) else { return }
         guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
-        guard request.method == "GET" else { return dispatch(route, identifier, request, principal, parts, respond: respond) }
+        // Parsed once: the read levels and the resource handlers all take their items from it.
         let query = Self.queryItems(request.query)
+        guard request.method == "GET" else { return dispatch(route, identifier, request, query, principal, parts, respond: respond) }
         let level: WriteConcern?
         switch query["consistency"] {
         case nil, "local": level = nil
@@ -52,8 +53,8 @@ extension Node {
             session = nil
         }
         withReplicaReads(level, degradedAllowed: query["degraded"] == "true", respond: respond) { [self] respond in
-            guard let session else { return dispatch(route, identifier, request, principal, parts, respond: respond) }
-            withSession(session, respond: respond) { [self] respond in dispatch(route, identifier, request, principal, parts, respond: respond) }
+            guard let session else { return dispatch(route, identifier, request, query, principal, parts, respond: respond) }
+            withSession(session, respond: respond) { [self] respond in dispatch(route, identifier, request, query, principal, parts, respond: respond) }
         }
     }
 
@@ -138,8 +139,8 @@ extension Node {
     }
 
     private func dispatch(
-        _ route: (String, String, Int), _ identifier: Identifier, _ request: HTTPRequest, _ principal: Principal, _ parts: [Substring],
-        respond: @escaping Respond
+        _ route: (String, String, Int), _ identifier: Identifier, _ request: HTTPRequest, _ query: [String: String], _ principal: Principal,
+        _ parts: [Substring], respond: @escaping Respond
     ) {
         let resource = route.1
         switch route {
@@ -152,8 +153,8 @@ extension Node {
         case ("DELETE", "", _): erase(identifier, respond: respond)
         case ("POST", "restrict", _), ("DELETE", "restrict", _): restrict(identifier, request.method == "POST", respond: respond)
         case ("GET", "export", _): exportSubject(identifier, principal, respond: respond)
-        case ("GET", "audit", _): auditTrail(identifier, request, respond: respond)
-        default: read(identifier, resource, request, principal, respond: respond)
+        case ("GET", "audit", _): auditTrail(identifier, query, respond: respond)
+        default: read(identifier, resource, request, query, principal, respond: respond)
         }
     }
 
@@ -161,8 +162,9 @@ extension Node {
 
     /// A read for a purpose: the profile as the policy and the customer's consent let this
     /// principal see it, recorded in the audit.
-    private func read(_ identifier: Identifier, _ resource: String, _ request: HTTPRequest, _ principal: Principal, respond: Respond) {
-        let query = Self.queryItems(request.query)
+    private func read(
+        _ identifier: Identifier, _ resource: String, _ request: HTTPRequest, _ query: [String: String], _ principal: Principal, respond: Respond
+    ) {
         let purpose: String
         do {
             purpose = try ReadDecision.purpose(policy: policy, principal: principal, requested: query["purpose"])
@@ -393,8 +395,8 @@ extension Node {
     }
 
     /// `?limit=1..10000`: this node's audit of reads of the customer, newest first.
-    private func auditTrail(_ identifier: Identifier, _ request: HTTPRequest, respond: Respond) {
-        let limit = Self.queryItems(request.query)["limit"].flatMap(Int.init) ?? 1_000
+    private func auditTrail(_ identifier: Identifier, _ query: [String: String], respond: Respond) {
+        let limit = query["limit"].flatMap(Int.init) ?? 1_000
         guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
         respond(Self.attempt {
             // An erased customer has no view left, but the audit still answers for the identifier.
