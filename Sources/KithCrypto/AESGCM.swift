@@ -23,49 +23,13 @@ public enum AESGCM {
 
     /// Sealing with a chosen nonce: for known-answer tests only. A nonce must never repeat under a key.
     public static func seal(_ plaintext: [UInt8], key: [UInt8], nonce: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
-        precondition(key.count == keySize && nonce.count == nonceSize, "AES-256-GCM needs a 32-byte key and a 12-byte nonce")
-        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoFailure("EVP_CIPHER_CTX_new") }
-        defer { EVP_CIPHER_CTX_free(context) }
-        var box = nonce + [UInt8](repeating: 0, count: plaintext.count + tagSize)
-        var length: Int32 = 0
-        let ok = box.withUnsafeMutableBufferPointer { out -> Bool in
-            let body = out.baseAddress! + nonceSize
-            guard EVP_EncryptInit_ex2(context, cipher, key, nonce, nil) == 1,
-                associatedData.isEmpty || EVP_EncryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
-                plaintext.isEmpty || EVP_EncryptUpdate(context, body, &length, plaintext, Int32(plaintext.count)) == 1,
-                EVP_EncryptFinal_ex(context, body + plaintext.count, &length) == 1
-            else { return false }
-            return EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_GET_TAG, Int32(tagSize), body + plaintext.count) == 1
-        }
-        guard ok else { throw CryptoFailure("AES-256-GCM seal") }
-        return box
+        try AESGCMKey(key).seal(plaintext, nonce: nonce, associatedData: associatedData)
     }
 
     /// The plaintext of a sealed box, or `AuthenticationFailure` when the box, the key or the
     /// associated data is not the one it was sealed with.
     public static func open(_ box: [UInt8], key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
-        precondition(key.count == keySize, "AES-256-GCM needs a 32-byte key")
-        guard box.count >= overhead else { throw AuthenticationFailure() }
-        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoFailure("EVP_CIPHER_CTX_new") }
-        defer { EVP_CIPHER_CTX_free(context) }
-        let count = box.count - overhead
-        var plaintext = [UInt8](repeating: 0, count: count)
-        var tag = Array(box[(nonceSize + count)...])
-        var length: Int32 = 0
-        let ok = box.withUnsafeBufferPointer { input -> Bool in
-            plaintext.withUnsafeMutableBufferPointer { out -> Bool in
-                let body = input.baseAddress! + nonceSize
-                guard EVP_DecryptInit_ex2(context, cipher, key, input.baseAddress, nil) == 1,
-                    associatedData.isEmpty || EVP_DecryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
-                    count == 0 || EVP_DecryptUpdate(context, out.baseAddress, &length, body, Int32(count)) == 1,
-                    EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_SET_TAG, Int32(tagSize), &tag) == 1
-                else { return false }
-                var scratch = [UInt8](repeating: 0, count: 16)
-                return EVP_DecryptFinal_ex(context, &scratch, &length) == 1
-            }
-        }
-        guard ok else { throw AuthenticationFailure() }
-        return plaintext
+        try AESGCMKey(key).open(box[...], associatedData: associatedData)
     }
 }
 
