@@ -165,9 +165,6 @@ final class DataKeyStore: @unchecked Sendable {
         }
     }
 
-    /// How many keys the file holds (issued or pooled).
-    var count: Int { state.withLock { $0.tags.filter { $0 != 0 }.count } }
-
     /// Makes `poolSize` keys: free slots first, then new ones at the end; one sync for all.
     private func refill() throws {
         try fileLock.withLock { _ in
