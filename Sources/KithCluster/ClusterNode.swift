@@ -128,7 +128,7 @@ public final class ClusterNode {
             acknowledged(by: sender, through: versions[id])
             send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget, request: request))
             // Read repair, both ways: a puller that holds what this node lacks is pulled from now.
-            if try holdsLess(than: versions, of: sender), peers[sender]?.pullSentAt == nil, let member = membership.members[sender] {
+            if try holdsLess(than: versions), peers[sender]?.pullSentAt == nil, let member = membership.members[sender] {
                 try pull(from: member, now: now)
             }
         case .changes(let from, let through, let entries, let more, let ahead, let request):
@@ -167,15 +167,10 @@ public final class ClusterNode {
         }
     }
 
-    /// Whether `peer`, holding `versions`, holds changes this node lacks. A node's entry for its
-    /// own origin is its log position (its log also numbers what it relayed), so for the peer's
-    /// origin what counts is how far this node has read its log.
-    private func holdsLess(than versions: VersionVector, of peer: UInt64) throws -> Bool {
-        for origin in try store.versionVector().lacking(versions) where origin != id {
-            if origin != peer { return true }
-            if try store.cursor(of: peer) < versions[peer] { return true }
-        }
-        return false
+    /// Whether a peer holding `versions` holds changes this node lacks: the rule a session read
+    /// applies (`SessionCoverage`), since a node's entry for its own origin is a log position.
+    private func holdsLess(than versions: VersionVector) throws -> Bool {
+        try !SessionCoverage.missing(versions, in: store, origin: id).isEmpty
     }
 
     private func acknowledged(by peer: UInt64, through: UInt64) {
