@@ -68,18 +68,7 @@ func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int
                 if sim.random.chance(50) { try write(client, at: machine) } else { try read(client, at: machine) }
             }
         }
-        guard sim.random.chance(2) else { return }
-        let count = sim.machines.count
-        switch sim.random.below(4) {
-        case 0:
-            let side = Set((0..<count).filter { _ in sim.random.chance(50) })
-            for a in 0..<count { for b in 0..<count where side.contains(a) != side.contains(b) { sim.blocked.insert([a, b]) } }
-        case 1: sim.blocked = []
-        case 2: sim.clogged[[sim.random.below(count), sim.random.below(count)]] = sim.now + 2_000
-        default:
-            let machine = sim.machines[sim.random.below(count)]
-            if machine.node == nil { try? sim.start(machine) } else { sim.crash(machine) }
-        }
+        sim.injectFault()
     }
     try sim.heal()
     try sim.run(until: 30_000)

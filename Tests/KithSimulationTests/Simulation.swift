@@ -145,6 +145,24 @@ final class Simulation {
         try node.receive(message, from: machines[delivery.from].member.id, address: machines[delivery.from].member.address, now: clock(machine))
     }
 
+    /// Now and then (2 % of calls): a partition (symmetric or one-way) starts or ends, a link
+    /// clogs, a node crashes or restarts.
+    func injectFault() {
+        guard random.chance(2) else { return }
+        let count = machines.count
+        switch random.below(5) {
+        case 0:
+            let side = Set((0..<count).filter { _ in random.chance(50) })
+            for a in 0..<count { for b in 0..<count where side.contains(a) != side.contains(b) { blocked.insert([a, b]) } }
+        case 1: blocked.insert([random.below(count), random.below(count)])
+        case 2: blocked = []
+        case 3: clogged[[random.below(count), random.below(count)]] = now + 3_000
+        default:
+            let machine = machines[random.below(count)]
+            if machine.node == nil { try? start(machine) } else { crash(machine) }
+        }
+    }
+
     /// Removes every fault and brings every machine up.
     func heal() throws {
         faults = Faults()

@@ -40,7 +40,7 @@ func runScenario(seed: UInt64) throws -> (failures: [String], appliedAhead: Int)
     // Busy phase: clients write to any node that is up, while faults come and go.
     try simulation.run(until: 15_000) { sim in
         try clientStep(sim, &generator, parser, &ledger)
-        faultStep(sim)
+        sim.injectFault()
     }
     // Healing: no faults, every node up, and time for anti-entropy to finish.
     try simulation.heal()
@@ -91,24 +91,6 @@ private func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator,
         ledger.erasures.append((keys, time))
     }
     try machine.node?.pushOwnChanges()
-}
-
-/// Now and then: a partition (symmetric or one-way) starts or ends, a link clogs, a node
-/// crashes or restarts.
-private func faultStep(_ sim: Simulation) {
-    guard sim.random.chance(2) else { return }
-    let count = sim.machines.count
-    switch sim.random.below(5) {
-    case 0:
-        let side = Set((0..<count).filter { _ in sim.random.chance(50) })
-        for a in 0..<count { for b in 0..<count where side.contains(a) != side.contains(b) { sim.blocked.insert([a, b]) } }
-    case 1: sim.blocked.insert([sim.random.below(count), sim.random.below(count)])
-    case 2: sim.blocked = []
-    case 3: sim.clogged[[sim.random.below(count), sim.random.below(count)]] = sim.now + 3_000
-    default:
-        let machine = sim.machines[sim.random.below(count)]
-        if machine.node == nil { try? sim.start(machine) } else { sim.crash(machine) }
-    }
 }
 
 private func converged(_ sim: Simulation) throws -> Bool {
