@@ -208,10 +208,7 @@ struct SealedReading: StoreReading {
             guard let value = try base.get(.documents, sealedKey),
                 let plain = try session.open(value, associatedData: sealedKey, table: .documents)
             else { return nil }
-            guard sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue else { return plain }
-            var reader = BinaryReader(plain)
-            _ = try reader.readBytes()
-            return Array(plain[reader.offset...])
+            return sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue ? try Self.splitEdge(plain).value : plain
         case .changes:
             return try base.get(table, key).map { ChangeRecord.encode(try session.openEntries($0, table: table, key: key)) }
         case .ahead:
@@ -269,15 +266,22 @@ struct SealedReading: StoreReading {
         let pseudonym = Array(key.prefix(Sealing.pseudonymSize))
         guard let owner = try ownerKey(pseudonym), var plain = try session.open(value, associatedData: key, table: .documents) else { return nil }
         let part = key[Sealing.pseudonymSize]
-        var plainKey = documentKey(owner, DocumentPart(rawValue: part) ?? .index)
+        var plainKey = documentPrefix(owner) + [part]
         if part == DocumentPart.edge.rawValue {
-            var reader = BinaryReader(plain)
-            plainKey += try reader.readBytes()
-            plain = Array(plain[reader.offset...])
+            let edge = try Self.splitEdge(plain)
+            plainKey += edge.peer
+            plain = edge.value
         } else {
             plainKey += key[(Sealing.pseudonymSize + 1)...]
         }
         return (plainKey, plain)
+    }
+
+    /// An edge's plaintext: the peer's identifier key, then the engine's value.
+    private static func splitEdge(_ plain: [UInt8]) throws -> (peer: ArraySlice<UInt8>, value: [UInt8]) {
+        var reader = BinaryReader(plain)
+        let peer = try reader.readBytes()
+        return (peer, Array(plain[reader.offset...]))
     }
 
     /// The identifier key a pseudonym stands for: known from this transaction, or from its owner row.
