@@ -43,7 +43,7 @@ public final class HTTPClient {
         for header in headers { head += "\(header.name): \(header.value)\r\n" }
         try send(Array((head + "\r\n").utf8) + body)
         let response = try readResponse()
-        if response.header("connection")?.lowercased() == "close" {
+        if let connection = response.header("connection"), HTTPHeader.equalIgnoringASCIICase(connection, "close") {
             close(descriptor)
             descriptor = -1
             buffer.removeAll()

@@ -17,7 +17,7 @@ extension Node {
             respond(.json(status, Self.segmentError(code, message)))
         }
         var body = request.body
-        if request.header("content-encoding")?.lowercased() == "gzip" {
+        if let encoding = request.header("content-encoding"), HTTPHeader.equalIgnoringASCIICase(encoding, "gzip") {
             do { body = try Gzip.decompress(body, limit: Self.maximumBatchBytes) } catch {
                 return refuse(400, error.code == .tooLarge ? "payload_too_large" : "invalid_gzip", "the gzip body is \(error.code.rawValue)")
             }
