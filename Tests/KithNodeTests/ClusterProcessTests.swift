@@ -174,7 +174,7 @@ struct WriteConcernProcessTests {
         func write(_ id: String, _ w: String) throws -> (status: Int, body: String) {
             let response = try #require(try first.request(
                 "POST", "/v1/identify?w=\(w)", body: Array(#"{"userId":"\#(id)","traits":{"plan":"plus"},"messageId":"\#(id)"}"#.utf8),
-                headers: ["Authorization: Basic d2s6", "Content-Type: application/json"]))
+                headers: ["Authorization: Basic d2s6", "Content-Type: application/json"], timeoutSeconds: 15))
             return (response.status, response.body)
         }
         let all = try write("w-all", "all")

@@ -94,10 +94,12 @@ final class NodeProcess {
         process.waitUntilExit()
     }
 
-    func request(_ method: String, _ path: String, body: [UInt8] = [], headers: [String] = []) throws
+    /// `timeoutSeconds`: how long to wait for the answer (longer for requests the node itself
+    /// holds, such as a write waiting for replicas).
+    func request(_ method: String, _ path: String, body: [UInt8] = [], headers: [String] = [], timeoutSeconds: Int = 5) throws
         -> (status: Int, headers: [String: String], body: String)?
     {
-        let client = try TestClient(port: port)
+        let client = try TestClient(port: port, timeoutSeconds: timeoutSeconds)
         var head = "\(method) \(path) HTTP/1.1\r\nHost: kith\r\nConnection: close\r\nContent-Length: \(body.count)\r\n"
         for header in headers { head += header + "\r\n" }
         client.send(Array((head + "\r\n").utf8) + body)
