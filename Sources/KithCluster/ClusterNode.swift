@@ -13,6 +13,15 @@ public struct ReplicationSettings: Sendable {
     public var pullBudget: UInt32 = 256 * 1024
     /// Log entries read per reply at most.
     public var scanLimit = 1_024
+    /// How often this node compares digest trees with one peer (each peer in turn), when its
+    /// log pulls from that peer have caught up. 0 turns anti-entropy by digests off.
+    public var antiEntropyInterval: Int64 = 30_000
+    /// A step of a tree comparison not answered within this long ends the comparison.
+    public var antiEntropyTimeout: Int64 = 5_000
+    /// Tree nodes asked about in one digest request.
+    public var digestNodesPerRequest = 64
+    /// Bytes of document states one documents message may carry (at least one state travels).
+    public var documentBudget = 1 << 20
 
     public init() {}
 }
@@ -25,16 +34,18 @@ public final class ClusterNode {
     public let store: any ProfileStore
     public private(set) var membership: Membership
     public let settings: ReplicationSettings
-    private let send: (_ address: String, _ message: PeerMessage) -> Void
-    private var peers: [UInt64: PeerState] = [:]
+    let send: (_ address: String, _ message: PeerMessage) -> Void
+    var peers: [UInt64: PeerState] = [:]
     /// Own changes up to this log position have been pushed (or were there before start).
     private var pushedThrough: UInt64
     /// The origin sequence of the last own change pushed: a push may be applied by a peer that
     /// holds everything of ours up to it. After a start this is the log position, conservatively.
     private var lastPushedOwn: UInt64
-    public private(set) var counters = Counters()
+    public internal(set) var counters = Counters()
     /// The number of the last pull request sent.
     private var lastRequest: UInt64 = 0
+    /// The tree comparison in flight, if any, and when each peer was last compared.
+    var antiEntropy = AntiEntropyState()
 
     public struct Counters: Sendable, Equatable {
         public var pullsSent = 0
@@ -44,6 +55,16 @@ public final class ClusterNode {
         public var pushesRejected = 0
         public var stalePullRepliesDropped = 0
         public var appliedAhead = 0
+        public var antiEntropyStarted = 0
+        public var antiEntropyCompleted = 0
+        public var antiEntropyAbandoned = 0
+        /// Document states sent and received by tree comparisons, and how many of those
+        /// received changed something here (a repair).
+        public var documentsSent = 0
+        public var documentsReceived = 0
+        public var documentsRepaired = 0
+        /// Documents too large for one message: left to the change log (docs/replication.md).
+        public var documentsTooLarge = 0
     }
 
     /// What this node knows of one peer.
@@ -86,6 +107,7 @@ public final class ClusterNode {
         perform(membership.tick(now: now), now: now)
         try pullOneDuePeer(now: now)
         try pushOwnChanges()
+        try compareTreesIfDue(now: now)
     }
 
     /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
@@ -164,6 +186,12 @@ public final class ClusterNode {
             send(replyAddress(sender, address), .acknowledge(through: try store.versionVector()[sender]))
         case .acknowledge(let through):
             acknowledged(by: sender, through: through)
+        case .digestRequest(let request, let nodes):
+            send(replyAddress(sender, address), .digestReply(request: request, children: try differingChildren(of: nodes)))
+        case .digestReply(let request, let children):
+            try received(children, request: request, from: sender, now: now)
+        case .documents(let request, let states, let wanted):
+            try received(states, wanted: wanted, request: request, from: sender, address: address, now: now)
         }
     }
 
@@ -251,7 +279,7 @@ public final class ClusterNode {
         return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead, request: request)
     }
 
-    private func replyAddress(_ sender: UInt64, _ address: String) -> String {
+    func replyAddress(_ sender: UInt64, _ address: String) -> String {
         membership.members[sender]?.address ?? address
     }
 

@@ -20,6 +20,15 @@ public enum PeerMessage: Equatable, Sendable {
     /// "I hold your own changes through origin sequence `through`, durably": the answer to a
     /// push, which is how a write waiting for more replicas learns that they have it.
     case acknowledge(through: UInt64)
+    /// Anti-entropy, from the node comparing trees: "here are my digests of these tree nodes
+    /// (forget-key prefixes); send me the children of those whose digest differs from yours".
+    case digestRequest(request: UInt64, nodes: [DigestEntry])
+    /// The answer: for each requested node that differs, the sender's children with a non-zero
+    /// digest (under a bucket, its forget keys).
+    case digestReply(request: UInt64, children: [DigestChildren])
+    /// Document states to join (the sender's, for keys whose digests differed), and the keys
+    /// whose states the sender wants back (empty in the answer).
+    case documents(request: UInt64, states: [DocumentState], wanted: [[UInt8]])
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -29,10 +38,18 @@ public enum PeerMessage: Equatable, Sendable {
         case .changes: 3
         case .push: 4
         case .acknowledge: 5
+        case .digestRequest: 6
+        case .digestReply: 7
+        case .documents: 8
         }
     }
 
-    public static let knownTags: ClosedRange<UInt8> = 1...5
+    public static let knownTags: ClosedRange<UInt8> = 1...8
+
+    /// The most tree nodes one digest request names, and forget keys one documents message wants.
+    public static let maximumNodesPerRequest = 256
+    /// Tree nodes are prefixes of at most this many bytes (deeper down are whole forget keys).
+    public static let treeDepth = 2
 }
 
 extension PeerMessage {
@@ -57,6 +74,19 @@ extension PeerMessage {
             writer.write(sequence: entries) { w, entry in entry.encode(to: &w) }
         case .acknowledge(let through):
             writer.write(varint: through)
+        case .digestRequest(let request, let nodes):
+            writer.write(varint: request)
+            writer.write(sequence: nodes) { w, node in node.encode(to: &w) }
+        case .digestReply(let request, let children):
+            writer.write(varint: request)
+            writer.write(sequence: children) { w, node in
+                w.write(bytes: node.node)
+                w.write(sequence: node.children) { w, child in child.encode(to: &w) }
+            }
+        case .documents(let request, let states, let wanted):
+            writer.write(varint: request)
+            writer.write(sequence: states) { w, state in state.encode(to: &w) }
+            writer.write(sequence: wanted) { w, key in w.write(raw: key) }
         }
         return writer.bytes
     }
@@ -87,9 +117,76 @@ extension PeerMessage {
             let previous = try reader.readVarint()
             self = .push(previous: previous, entries: try reader.readSequence(minimumItemSize: 4) { r in try ChangeEntry(from: &r) })
         case 5: self = .acknowledge(through: try reader.readVarint())
+        case 6:
+            let request = try reader.readVarint()
+            let nodes = try reader.readSequence(minimumItemSize: 17) { r in try DigestEntry.decodeNode(from: &r) }
+            guard nodes.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes") }
+            self = .digestRequest(request: request, nodes: nodes)
+        case 7:
+            let request = try reader.readVarint()
+            let children = try reader.readSequence(minimumItemSize: 2) { r in try DigestChildren(from: &r) }
+            guard children.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes") }
+            self = .digestReply(request: request, children: children)
+        case 8:
+            let request = try reader.readVarint()
+            let states = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize + 3) { r in try DocumentState(from: &r) }
+            let wanted = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize) { r in try r.readForgetKey() }
+            guard wanted.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many keys wanted") }
+            self = .documents(request: request, states: states, wanted: wanted)
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()
+    }
+}
+
+/// The children of one tree node, as a digest reply carries them.
+public struct DigestChildren: Equatable, Sendable {
+    public var node: [UInt8]
+    public var children: [DigestEntry]
+
+    public init(node: [UInt8], children: [DigestEntry]) {
+        self.node = node
+        self.children = children
+    }
+
+    init(from reader: inout BinaryReader) throws {
+        let offset = reader.offset
+        let node = Array(try reader.readBytes())
+        self.node = node
+        guard node.count <= PeerMessage.treeDepth else { throw BinaryDecodingError(.invalidValue, offset: offset, "tree node of \(node.count) bytes") }
+        // A bucket's children are whole forget keys; a range's or the root's, prefixes one byte longer.
+        let childSize = node.count == PeerMessage.treeDepth ? DocumentState.forgetKeySize : node.count + 1
+        children = try reader.readSequence(minimumItemSize: 17) { r in
+            let childOffset = r.offset
+            let entry = try DigestEntry.decodeNode(from: &r, maximumKey: DocumentState.forgetKeySize)
+            guard entry.key.count == childSize, entry.key.starts(with: node) else {
+                throw BinaryDecodingError(.invalidValue, offset: childOffset, "a child outside its tree node")
+            }
+            return entry
+        }
+    }
+}
+
+extension DigestEntry {
+    func encode(to writer: inout BinaryWriter) {
+        writer.write(bytes: key)
+        digest.encode(to: &writer)
+    }
+
+    static func decodeNode(from reader: inout BinaryReader, maximumKey: Int = PeerMessage.treeDepth) throws -> DigestEntry {
+        let offset = reader.offset
+        let key = Array(try reader.readBytes())
+        guard key.count <= maximumKey else { throw BinaryDecodingError(.invalidValue, offset: offset, "tree key of \(key.count) bytes") }
+        return DigestEntry(key: key, digest: try Digest128(from: &reader))
+    }
+}
+
+extension BinaryReader {
+    mutating func readForgetKey() throws -> [UInt8] {
+        var key: [UInt8] = []
+        key.reserveCapacity(DocumentState.forgetKeySize)
+        for _ in 0..<DocumentState.forgetKeySize { key.append(try readByte()) }
+        return key
     }
 }
 

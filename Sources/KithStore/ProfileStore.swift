@@ -65,6 +65,21 @@ public protocol ProfileStore: AnyObject, Sendable {
 
     /// SHA-256 over every replicated row: equal exactly when two replicas hold the same data.
     func contentDigest() throws -> [UInt8]
+
+    // MARK: Anti-entropy (see `DigestTree`)
+
+    /// The digest of a tree node (a forget-key prefix of 0 to 2 bytes) or of one forget key.
+    func digest(of node: [UInt8]) throws -> Digest128
+
+    /// The children of a tree node with a non-zero digest: the nodes one level down, or under a
+    /// bucket (2 bytes) the forget keys held.
+    func digestChildren(of node: [UInt8]) throws -> [DigestEntry]
+
+    /// What this replica holds under each forget key (keys it holds nothing of are left out).
+    func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState]
+
+    /// Joins a peer's document states in one transaction. Returns how many changed anything here.
+    @discardableResult func join(_ states: [DocumentState]) throws -> Int
 }
 
 /// The part both stores share: the engine over a backend's read and write transactions.
@@ -150,6 +165,39 @@ extension EngineBackedStore {
         try read { reader in try engine.statistics(in: reader) }
     }
 
+    public func digest(of node: [UInt8]) throws -> Digest128 {
+        try read { reader in try engine.digest(of: node, in: reader) }
+    }
+
+    public func digestChildren(of node: [UInt8]) throws -> [DigestEntry] {
+        try read { reader in try engine.digestChildren(of: node, in: reader) }
+    }
+
+    public func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState] {
+        try read { reader in try engine.documentStates(for: forgetKeys, in: reader) }
+    }
+
+    public func join(_ states: [DocumentState]) throws -> Int {
+        try modify { context in try states.reduce(0) { count, state in try context.join(state) ? count + 1 : count } }
+    }
+
+    /// The leaf digests computed from the rows, for checking the stored tree.
+    func recomputedDigests() throws -> [[UInt8]: Digest128] {
+        try read { reader in try engine.recomputedDigests(in: reader) }
+    }
+
+    /// The stored leaf digests.
+    func storedDigests() throws -> [[UInt8]: Digest128] {
+        try read { reader in
+            var leaves: [[UInt8]: Digest128] = [:]
+            try reader.scan(.digests, prefix: []) { key, _ in
+                leaves[key] = try engine.digest(of: key, in: reader)
+                return .next
+            }
+            return leaves
+        }
+    }
+
     private func modify<T>(_ body: (WriteContext) throws -> T) throws -> T {
         try write { txn in
             let context = try WriteContext(engine: engine, txn: txn)
@@ -175,6 +223,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
         try checkFormat()
         try destroyRetiredKeys()
+        try write { txn in try engine.ensureDigests(in: txn) }
     }
 
     /// The key file in use.
@@ -289,6 +338,7 @@ public final class MemoryProfileStore: EngineBackedStore {
     public init(configuration: StoreConfiguration, byteLimit: Int = Int.max) {
         engine = StoreEngine(configuration: configuration)
         storage = Mutex(MemoryTables(byteLimit: byteLimit))
+        try! write { txn in try engine.ensureDigests(in: txn) }
     }
 
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {

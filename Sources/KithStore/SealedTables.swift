@@ -214,7 +214,7 @@ struct SealedReading: StoreReading {
         case .ahead:
             guard let value = try base.get(table, key) else { return nil }
             return try session.openEntries(value, table: table, key: key).first.map { ProfileFormat.encode($0) }
-        case .meta, .forget:
+        case .meta, .forget, .digests, .merkle:
             return try base.get(table, key)
         }
     }
@@ -235,7 +235,7 @@ struct SealedReading: StoreReading {
                 guard let entry = try session.openEntries(value, table: table, key: key).first else { return .next }
                 return try body(key, ProfileFormat.encode(entry))
             }
-        case .meta, .forget:
+        case .meta, .forget, .digests, .merkle:
             try base.scan(table, from: start, body)
         }
     }
@@ -340,7 +340,7 @@ struct SealedWriting: StoreWriting {
             return try base.put(table, key, try sealEntries(ChangeRecord.decode(value), table, key), mode: mode)
         case .ahead:
             return try base.put(table, key, try sealEntries([decode(ChangeEntry.self, value, table: table)], table, key), mode: mode)
-        case .meta, .forget:
+        case .meta, .forget, .digests, .merkle:
             return try base.put(table, key, value, mode: mode)
         }
     }

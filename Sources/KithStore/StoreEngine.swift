@@ -237,6 +237,8 @@ struct CachedRecords<Value: BinaryCodable> {
 final class WriteContext {
     let engine: StoreEngine
     let txn: any StoreWriting
+    /// `txn` itself: every write goes through it, so the digest tree follows every change.
+    private let digesting: DigestingWriter
     private var heads = CachedRecords<SourceHead>(part: .head)
     private var views = CachedRecords<ProfileView>(part: .view)
     private var index: [[UInt8]: [UInt8]?] = [:]
@@ -251,7 +253,8 @@ final class WriteContext {
 
     init(engine: StoreEngine, txn: any StoreWriting) throws {
         self.engine = engine
-        self.txn = txn
+        digesting = DigestingWriter(base: txn, hasher: engine.hasher)
+        self.txn = digesting
         sequence = try txn.get(.meta, sequenceMetaKey).map { try engine.decodeSequence($0) } ?? 0
         anyForgotten = try txn.count(.forget) > 0
         if try txn.get(.meta, formatMetaKey) == nil {
@@ -271,6 +274,7 @@ final class WriteContext {
         }
         try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
+        try digesting.flush()
     }
 
     // MARK: Messages
@@ -630,6 +634,95 @@ final class WriteContext {
         }
     }
 
+    // MARK: Anti-entropy
+
+    /// Joins another replica's state of one forget key into this one. The result is what
+    /// holding both replicas' changes gives: ledger rows united (two copies of a message joined
+    /// as `joinCopy` joins them), head fields joined and totals recounted from the ledger, links
+    /// joined, the later erasure time kept and everything it dominates dropped — the same rules
+    /// as applying messages, so replicas repaired this way are byte-identical to replicas that
+    /// applied the changes. Nothing is logged: this repairs state, it is not a new change.
+    /// Returns whether anything changed here.
+    func join(_ state: DocumentState) throws -> Bool {
+        var changed = false
+        if let time = state.forgottenAt, try txn.get(.forget, state.forgetKey).map({ try decodeTime($0) < time }) ?? true {
+            try forgetHashed([state.forgetKey], time: time)
+            changed = true
+        }
+        guard let identifier = state.identifier else { return changed }
+        guard engine.hasher.forgetKeyBytes(for: identifier) == state.forgetKey else {
+            throw DocumentStateRejected("the identifier does not hash to the document's forget key")
+        }
+        let cutoff = try forgottenTime(identifier)
+        var incomingHead: SourceHead?
+        var ledgerChanged = false
+        var peers: [Identifier] = []
+        for row in state.rows {
+            switch DocumentPart(rawValue: row.part) {
+            case .head?: incomingHead = try decode(SourceHead.self, row.value, table: .documents)
+            case .ledger?: if try joinLedgerRow(row, of: identifier, cutoff: cutoff) { ledgerChanged = true }
+            case .edge?:
+                guard let peer = Identifier(key: row.suffix), peer != identifier else { throw DocumentStateRejected("a link to an invalid identifier") }
+                let summary = try decode(EdgeSummary.self, row.value, table: .documents)
+                peers.append(peer)
+                if try joinEdge(identifier, peer, summary) { changed = true }
+            default: throw DocumentStateRejected("a record of part \(row.part) does not travel")
+            }
+        }
+        if try joinHead(incomingHead, of: identifier, cutoff: cutoff, recount: ledgerChanged) { changed = true }
+        guard changed || ledgerChanged else { return false }
+        try recompute(around: [identifier] + peers)
+        return true
+    }
+
+    /// Joins one ledger row; returns whether the ledger changed.
+    private func joinLedgerRow(_ row: DocumentState.Row, of identifier: Identifier, cutoff: Int64?) throws -> Bool {
+        guard !row.suffix.isEmpty, row.suffix.count <= 200, !row.suffix.contains(0), String(validating: row.suffix, as: UTF8.self) != nil else {
+            throw DocumentStateRejected("an invalid messageId")
+        }
+        var incoming = try decode(LedgerRow.self, row.value, table: .documents)
+        if let cutoff {
+            if incoming.entry.time <= cutoff { return false }
+            incoming.otherCopyTimes.removeAll { $0 <= cutoff }
+        }
+        var links: [Identifier] = []
+        for peer in incoming.links where try !isForgotten(peer, at: incoming.entry.time) { links.append(peer) }
+        incoming.links = links
+        let key = documentKey(identifier.key, .ledger, row.suffix)
+        let existing = try txn.get(.documents, key).map { try decode(LedgerRow.self, $0, table: .documents) }
+        let joined = existing.map { $0.joined(with: incoming) } ?? incoming
+        guard joined != existing else { return false }
+        try txn.put(.documents, key, ProfileFormat.encode(joined), mode: .upsert)
+        return true
+    }
+
+    /// Joins one link summary under both ends; a link to an erased identifier is rebuilt from
+    /// the ledger rows that assert it, as an erasure rebuilds it. Returns whether it changed.
+    private func joinEdge(_ identifier: Identifier, _ peer: Identifier, _ summary: EdgeSummary) throws -> Bool {
+        let forward = documentKey(identifier.key, .edge, peer.key)
+        let before = try txn.get(.documents, forward)
+        _ = try updateEdge(identifier, peer) { $0.join(summary) }
+        if try forgottenTime(identifier) != nil || forgottenTime(peer) != nil { try rebuildEdge(LinkEdge(identifier, peer)!) }
+        return try txn.get(.documents, forward) != before
+    }
+
+    /// Joins the head's CRDT fields (what the erasure dominates dropped) and recounts its totals
+    /// when the ledger changed. Returns whether the head changed.
+    private func joinHead(_ incoming: SourceHead?, of identifier: Identifier, cutoff: Int64?, recount recounting: Bool) throws -> Bool {
+        guard incoming != nil || recounting else { return false }
+        let old = try source(identifier.key)
+        var head = old ?? SourceHead()
+        if var incoming {
+            if let cutoff { incoming.dropFields(upTo: cutoff) }
+            head.mergeFields(incoming, historyLimit: 0)
+        }
+        try recount(&head, of: identifier)
+        let joined = head.isEmpty ? nil : head
+        guard joined != old else { return false }
+        if let joined { setSource(identifier.key, joined) } else { deleteSource(identifier.key) }
+        return true
+    }
+
     /// Records how far this node has read `peer`'s log.
     func setCursor(_ position: UInt64, of peer: UInt64) throws {
         // Only forward: a late duplicate reply must not rewind it.
@@ -732,18 +825,8 @@ final class WriteContext {
         return try decodeTime(bytes)
     }
 
-    private func encodeTime(_ time: Int64) -> [UInt8] {
-        var writer = BinaryWriter(capacity: 10)
-        writer.write(signed: time)
-        return writer.bytes
-    }
-
-    private func decodeTime(_ bytes: [UInt8]) throws -> Int64 {
-        try decode(bytes, table: .forget) { bytes in
-            var reader = BinaryReader(bytes)
-            return try reader.readSigned()
-        }
-    }
+    private func encodeTime(_ time: Int64) -> [UInt8] { encodeForgetTime(time) }
+    private func decodeTime(_ bytes: [UInt8]) throws -> Int64 { try decodeForgetTime(bytes) }
 
     // MARK: Change log
 
@@ -777,6 +860,20 @@ final class WriteContext {
         } else {
             try txn.delete(.documents, documentKey(key, .index))
         }
+    }
+}
+
+/// A forget-set value: the erasure time.
+func encodeForgetTime(_ time: Int64) -> [UInt8] {
+    var writer = BinaryWriter(capacity: 10)
+    writer.write(signed: time)
+    return writer.bytes
+}
+
+func decodeForgetTime(_ bytes: [UInt8]) throws -> Int64 {
+    try decode(bytes, table: .forget) { bytes in
+        var reader = BinaryReader(bytes)
+        return try reader.readSigned()
     }
 }
 

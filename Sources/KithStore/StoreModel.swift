@@ -165,6 +165,13 @@ struct EdgeSummary: Equatable, BinaryCodable {
         removedAt = max(removedAt ?? stamp, stamp)
     }
 
+    /// Joins another replica's summary of the same link (first add the least, last add and removal the greatest).
+    mutating func join(_ other: EdgeSummary) {
+        if let first = other.firstAdd { add(first) }
+        if let last = other.lastAdd { add(last) }
+        if let removal = other.removedAt { remove(removal) }
+    }
+
     func encode(to writer: inout BinaryWriter) {
         for stamp in [firstAdd, lastAdd, removedAt] {
             writer.write(bool: stamp != nil)
@@ -255,6 +262,8 @@ let formatMetaKey = Array("format".utf8)
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
 let sealedLayoutMetaKey = Array("sealed".utf8)
 let sequenceMetaKey = Array("sequence".utf8)
+/// Present once the digest tree covers everything in the store (stores from before it are rebuilt at open).
+let digestsMetaKey = Array("digests".utf8)
 let versionVectorKey = Array("versions".utf8)
 
 /// Where a logged change first came from: the node that accepted it and its sequence there.
@@ -269,4 +278,11 @@ func cursorKey(_ peer: UInt64) -> [UInt8] {
     writer.write(raw: "cursor:".utf8)
     writer.write(bigEndian: peer)
     return writer.bytes
+}
+
+/// A document state from a peer that does not fit the store's rules; it is refused whole.
+public struct DocumentStateRejected: Error, CustomStringConvertible {
+    public let reason: String
+    init(_ reason: String) { self.reason = reason }
+    public var description: String { "document state refused: \(reason)" }
 }

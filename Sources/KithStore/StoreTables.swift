@@ -17,6 +17,12 @@ enum Table: Int, CaseIterable, Sendable {
     /// carrying consent decisions, kept apart as well so that a peer catching up can be sent
     /// them before the rest (node-local).
     case ahead
+    /// forget key → the digest of everything held under it (`Digest128`): the digest tree's
+    /// leaves, kept up to date at write time (see `DigestingWriter`).
+    case digests
+    /// tree node (level byte ‖ the first `level` bytes of the forget keys under it) → the sum of
+    /// the digests under it: the root (level 0), 256 ranges (1) and 65,536 buckets (2).
+    case merkle
 
     var name: String {
         switch self {
@@ -25,6 +31,8 @@ enum Table: Int, CaseIterable, Sendable {
         case .changes: "changes"
         case .forget: "forget"
         case .ahead: "ahead"
+        case .digests: "digests"
+        case .merkle: "merkle"
         }
     }
 }

@@ -1,0 +1,252 @@
+import KithCRDT
+import KithProfile
+import KithLMDB
+
+/// The digest tree over the key space of forget keys, for anti-entropy (docs/replication.md).
+///
+/// - A **leaf** is one forget key: the digest of the identifier's own records (head, links,
+///   ledger rows) and of its forget-set entry. The derived index and view rows are left out:
+///   replicas that hold the same sources derive the same ones.
+/// - Above the leaves: 65,536 **buckets** (the keys' first two bytes), 256 **ranges** (first
+///   byte) and the **root**. Each node's digest is the sum of the digests under it.
+///
+/// Digests are multiset sums (`Digest128`) of keyed row hashes, so a write updates them by
+/// adding the new rows' hashes and subtracting the old ones', with no rescan: `DigestingWriter`
+/// does it for every write of a transaction, and `flush` moves the sums up the tree once per
+/// transaction.
+enum DigestTree {
+    /// Depth of the buckets (bytes of prefix); the leaves below them are whole forget keys.
+    static let bucketDepth = 2
+
+    /// The `merkle` key of the node over `prefix` (0 to `bucketDepth` bytes).
+    static func nodeKey(_ prefix: some Collection<UInt8>) -> [UInt8] { [UInt8(prefix.count)] + prefix }
+
+    /// The nodes above a forget key, from the root down.
+    static func ancestors(of forgetKey: [UInt8]) -> [[UInt8]] {
+        (0...bucketDepth).map { nodeKey(forgetKey.prefix($0)) }
+    }
+
+    /// Whether a row counts toward its owner's digest.
+    static func isCovered(_ table: Table, _ key: [UInt8]) -> Bool {
+        switch table {
+        case .forget: return true
+        case .documents:
+            guard let zero = key.firstIndex(of: 0), zero + 1 < key.count else { return false }
+            return coveredParts.contains(key[zero + 1])
+        default: return false
+        }
+    }
+
+    static let coveredParts: Set<UInt8> = [DocumentPart.head.rawValue, DocumentPart.edge.rawValue, DocumentPart.ledger.rawValue]
+}
+
+extension HMACForgetKeyHasher {
+    /// The hash of one covered row: HMAC-SHA256 under the forget secret, so that a digest left in
+    /// a free page or a backup cannot be used to test guesses about erased data.
+    func rowDigest(_ table: Table, _ key: [UInt8], _ value: [UInt8]) -> Digest128 {
+        var writer = BinaryWriter(capacity: key.count + value.count + 4)
+        writer.write(byte: UInt8(table.rawValue))
+        writer.write(bytes: key)
+        writer.write(raw: value)
+        return Digest128(bytes: self.key.authenticate(writer.bytes))
+    }
+
+    /// The forget key that owns a covered row.
+    func owner(of table: Table, _ key: [UInt8]) -> [UInt8] {
+        table == .forget ? key : forgetKeyBytes(forKey: key[..<key.firstIndex(of: 0)!])
+    }
+}
+
+/// A write transaction that keeps the digest tree up to date: every put and delete of a covered
+/// row adds the new row's hash to its owner's digest and subtracts the old row's. The old value
+/// comes from what the transaction already read or wrote when it can (the engine reads heads,
+/// links and ledger rows before it rewrites them), else from one extra read.
+final class DigestingWriter: StoreWriting {
+    let base: any StoreWriting
+    private let hasher: HMACForgetKeyHasher
+    /// Covered rows' values as this transaction last saw them (nil: absent), by table.
+    private var known: [[[UInt8]: [UInt8]?]] = Array(repeating: [:], count: Table.allCases.count)
+    /// Forget key → the change of its digest in this transaction.
+    private var changes: [[UInt8]: Digest128] = [:]
+    private var owners: [[UInt8]: [UInt8]] = [:]
+
+    init(base: any StoreWriting, hasher: HMACForgetKeyHasher) {
+        self.base = base
+        self.hasher = hasher
+    }
+
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
+        let value = try base.get(table, key)
+        if DigestTree.isCovered(table, key) { known[table.rawValue][key] = .some(value) }
+        return value
+    }
+
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try base.scan(table, from: start, body)
+    }
+
+    func lastKey(_ table: Table) throws -> [UInt8]? { try base.lastKey(table) }
+    func count(_ table: Table) throws -> Int { try base.count(table) }
+
+    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try base.identifiers(withForgetKeys: wanted, hasher: hasher)
+    }
+
+    @discardableResult
+    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
+        guard DigestTree.isCovered(table, key) else { return try base.put(table, key, value, mode: mode) }
+        if mode == .insertOnly {
+            guard try base.put(table, key, value, mode: mode) else { return false }
+            record(table, key, old: nil, new: value)
+            return true
+        }
+        let old = try previous(table, key)
+        let stored = try base.put(table, key, value, mode: mode)
+        record(table, key, old: old, new: value)
+        return stored
+    }
+
+    @discardableResult
+    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
+        guard DigestTree.isCovered(table, key) else { return try base.delete(table, key) }
+        let old = try previous(table, key)
+        guard try base.delete(table, key) else { return false }
+        record(table, key, old: old, new: nil)
+        return true
+    }
+
+    func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
+
+    private func previous(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
+        if let seen = known[table.rawValue][key] { return seen }
+        return try base.get(table, key)
+    }
+
+    private func record(_ table: Table, _ key: [UInt8], old: [UInt8]?, new: [UInt8]?) {
+        known[table.rawValue][key] = .some(new)
+        guard old != new else { return }
+        let identifierKey = table == .forget ? key : Array(key[..<key.firstIndex(of: 0)!])
+        let owner = owners[identifierKey] ?? hasher.owner(of: table, key)
+        owners[identifierKey] = owner
+        var change = changes[owner] ?? .zero
+        if let old { change -= hasher.rowDigest(table, key, old) }
+        if let new { change += hasher.rowDigest(table, key, new) }
+        changes[owner] = change
+    }
+
+    /// Adds this transaction's changes to the leaves and the nodes above them. Call before commit.
+    func flush() throws {
+        var nodes: [[UInt8]: Digest128] = [:]
+        for (owner, change) in changes where !change.isZero {
+            try add(change, to: .digests, owner)
+            for node in DigestTree.ancestors(of: owner) { nodes[node, default: .zero] += change }
+        }
+        for (node, change) in nodes where !change.isZero { try add(change, to: .merkle, node) }
+        changes = [:]
+    }
+
+    private func add(_ change: Digest128, to table: Table, _ key: [UInt8]) throws {
+        let sum = try readDigest(base, table, key) + change
+        if sum.isZero { try base.delete(table, key) } else { try base.put(table, key, sum.bytes, mode: .upsert) }
+    }
+}
+
+/// A stored digest (zero when absent).
+func readDigest(_ reader: some StoreReading, _ table: Table, _ key: [UInt8]) throws -> Digest128 {
+    guard let bytes = try reader.get(table, key) else { return .zero }
+    return try readDigestValue(bytes, table)
+}
+
+extension StoreEngine {
+    /// The digest of a tree node (a prefix of 0 to `DigestTree.bucketDepth` bytes) or of one
+    /// forget key (a leaf).
+    func digest(of node: [UInt8], in reader: some StoreReading) throws -> Digest128 {
+        if node.count > DigestTree.bucketDepth { return try readDigest(reader, .digests, node) }
+        return try readDigest(reader, .merkle, DigestTree.nodeKey(node))
+    }
+
+    /// The children of a tree node with a non-zero digest, in key order: the nodes one level
+    /// down, or under a bucket the forget keys with their digests.
+    func digestChildren(of node: [UInt8], in reader: some StoreReading) throws -> [DigestEntry] {
+        precondition(node.count <= DigestTree.bucketDepth, "leaves have no children")
+        let table: Table = node.count == DigestTree.bucketDepth ? .digests : .merkle
+        let prefix = node.count == DigestTree.bucketDepth ? node : DigestTree.nodeKey(node + [0]).dropLast()
+        var children: [DigestEntry] = []
+        try reader.scan(table, prefix: Array(prefix)) { key, value in
+            let child = table == .digests ? key : Array(key.dropFirst())
+            children.append(DigestEntry(key: child, digest: try readDigestValue(value, table)))
+            return .next
+        }
+        return children
+    }
+
+    /// Every leaf digest computed from the rows themselves, without the stored tree: what the
+    /// tree must hold (checked by tests; used to build the tree for a store written before it).
+    func recomputedDigests(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
+        var leaves: [[UInt8]: Digest128] = [:]
+        var owners: [[UInt8]: [UInt8]] = [:]
+        for table in [Table.documents, .forget] {
+            try reader.scan(table, prefix: []) { key, value in
+                guard DigestTree.isCovered(table, key) else { return .next }
+                let identifierKey = table == .forget ? key : Array(key[..<key.firstIndex(of: 0)!])
+                let owner = owners[identifierKey] ?? hasher.owner(of: table, key)
+                owners[identifierKey] = owner
+                leaves[owner, default: .zero] += hasher.rowDigest(table, key, value)
+                return .next
+            }
+        }
+        return leaves.filter { !$0.value.isZero }
+    }
+
+    /// Replaces the stored tree by one computed from the rows.
+    func rebuildDigests(in txn: any StoreWriting) throws {
+        for table in [Table.digests, .merkle] { try txn.deletePrefix(table, []) }
+        var nodes: [[UInt8]: Digest128] = [:]
+        for (owner, digest) in try recomputedDigests(in: txn) {
+            try txn.put(.digests, owner, digest.bytes, mode: .upsert)
+            for node in DigestTree.ancestors(of: owner) { nodes[node, default: .zero] += digest }
+        }
+        for (node, digest) in nodes where !digest.isZero { try txn.put(.merkle, node, digest.bytes, mode: .upsert) }
+        try txn.put(.meta, digestsMetaKey, [1], mode: .upsert)
+    }
+
+    /// Builds the tree once for a store written before it existed.
+    func ensureDigests(in txn: any StoreWriting) throws {
+        guard try txn.get(.meta, digestsMetaKey) == nil else { return }
+        try rebuildDigests(in: txn)
+    }
+
+    /// What this replica holds under each of `forgetKeys` (none for a key it holds nothing of),
+    /// as anti-entropy ships it.
+    func documentStates(for forgetKeys: [[UInt8]], in reader: some StoreReading) throws -> [DocumentState] {
+        var identifiers: [[UInt8]: Identifier] = [:]
+        for identifier in try reader.identifiers(withForgetKeys: Set(forgetKeys), hasher: hasher) {
+            identifiers[hasher.forgetKeyBytes(for: identifier)] = identifier
+        }
+        var states: [DocumentState] = []
+        for forgetKey in forgetKeys {
+            let identifier = identifiers[forgetKey]
+            let forgottenAt = try reader.get(.forget, forgetKey).map { try decodeForgetTime($0) }
+            var rows: [DocumentState.Row] = []
+            if let identifier {
+                let prefix = documentPrefix(identifier.key)
+                try reader.scan(.documents, prefix: prefix) { key, value in
+                    if DigestTree.coveredParts.contains(key[prefix.count]) {
+                        rows.append(DocumentState.Row(part: key[prefix.count], suffix: Array(key[(prefix.count + 1)...]), value: value))
+                    }
+                    return .next
+                }
+            }
+            guard !rows.isEmpty || forgottenAt != nil else { continue }
+            states.append(DocumentState(forgetKey: forgetKey, identifier: rows.isEmpty ? nil : identifier, forgottenAt: forgottenAt, rows: rows))
+        }
+        return states
+    }
+}
+
+private func readDigestValue(_ bytes: [UInt8], _ table: Table) throws -> Digest128 {
+    try decode(bytes, table: table) { bytes in
+        guard bytes.count == Digest128.byteCount else { throw BinaryDecodingError(.invalidValue, offset: 0, "digest of \(bytes.count) bytes") }
+        return Digest128(bytes: bytes)
+    }
+}
