@@ -656,7 +656,10 @@ final class WriteContext {
         let cutoff = try forgottenTime(identifier)
         var incomingHead: SourceHead?
         var ledgerChanged = false
-        var peers: [Identifier] = []
+        // As when messages and unlinks apply: profiles are rebuilt around the identifier when its
+        // own data changed, and around a link's ends when the link turned on or off or moved in
+        // the rule order — a link that only gained a removal builds no profile for its ends.
+        var starts: [Identifier] = []
         for row in state.rows {
             switch DocumentPart(rawValue: row.part) {
             case .head?: incomingHead = try decode(SourceHead.self, row.value, table: .documents)
@@ -664,15 +667,16 @@ final class WriteContext {
             case .edge?:
                 guard let peer = Identifier(key: row.suffix), peer != identifier else { throw DocumentStateRejected("a link to an invalid identifier") }
                 let summary = try decode(EdgeSummary.self, row.value, table: .documents)
-                peers.append(peer)
-                if try joinEdge(identifier, peer, summary) { changed = true }
+                let (edgeChanged, structural) = try joinEdge(identifier, peer, summary)
+                if edgeChanged { changed = true }
+                if structural { starts += [identifier, peer] }
             default: throw DocumentStateRejected("a record of part \(row.part) does not travel")
             }
         }
-        if try joinHead(incomingHead, of: identifier, cutoff: cutoff, recount: ledgerChanged) { changed = true }
-        guard changed || ledgerChanged else { return false }
-        try recompute(around: [identifier] + peers)
-        return true
+        // A changed ledger row changes the view's newest events even when the head stays the same.
+        if try joinHead(incomingHead, of: identifier, cutoff: cutoff, recount: ledgerChanged) || ledgerChanged { starts.append(identifier) }
+        if !starts.isEmpty { try recompute(around: Array(Set(starts)).sorted()) }
+        return changed || !starts.isEmpty
     }
 
     /// Joins one ledger row; returns whether the ledger changed.
@@ -698,12 +702,17 @@ final class WriteContext {
 
     /// Joins one link summary under both ends; a link to an erased identifier is rebuilt from
     /// the ledger rows that assert it, as an erasure rebuilds it. Returns whether it changed.
-    private func joinEdge(_ identifier: Identifier, _ peer: Identifier, _ summary: EdgeSummary) throws -> Bool {
+    private func joinEdge(_ identifier: Identifier, _ peer: Identifier, _ summary: EdgeSummary) throws -> (changed: Bool, structural: Bool) {
         let forward = documentKey(identifier.key, .edge, peer.key)
-        let before = try txn.get(.documents, forward)
+        func stored() throws -> EdgeSummary? { try txn.get(.documents, forward).map { try decode(EdgeSummary.self, $0, table: .documents) } }
+        let before = try stored()
         _ = try updateEdge(identifier, peer) { $0.join(summary) }
         if try forgottenTime(identifier) != nil || forgottenTime(peer) != nil { try rebuildEdge(LinkEdge(identifier, peer)!) }
-        return try txn.get(.documents, forward) != before
+        let after = try stored()
+        let (old, new) = (before ?? EdgeSummary(), after ?? EdgeSummary())
+        // An end first seen in a link assertion gets its profile, as `apply` registers it.
+        let unregistered = try new.lastAdd != nil && (canonicalKey(identifier.key) == nil || canonicalKey(peer.key) == nil)
+        return (after != before, unregistered || new.isActive != old.isActive || (new.isActive && new.firstAdd != old.firstAdd))
     }
 
     /// Joins the head's CRDT fields (what the erasure dominates dropped) and recounts its totals

@@ -49,33 +49,12 @@ struct StoreReplicationTests {
     func replicasConvergeToTheReferenceModel(seed: UInt64) throws {
         var random = SplitMix64(seed: seed)
         let replicas = try (0..<3).map { try Replica(node: UInt64($0) + 1, lmdb: $0 == 1) }
-        var reference = ProfileState()
-        var generator = WorkloadGenerator(seed: seed, customers: 12)
-        generator.sendsSentAt = true
-        let parser = SegmentMessageParser()
-        let base: Int64 = 1_760_000_100_000
+        let work = RandomStoreWork(seed: seed)
 
         for step in 0..<500 {
             let replica = replicas[random.below(replicas.count)]
-            let roll = random.below(100)
-            if roll < 70 {
-                let receivedAt = base + Int64(step) * 10 + Int64(replica.node) * 7
-                let delta = try parser.parse(generator.next(), receivedAt: receivedAt)
-                try replica.store.apply([delta])
-                reference.apply(delta, hasher: hmac)
-            } else if roll < 75 {
-                let c = random.below(12)
-                let a = Identifier(kind: .userId, value: "u-\(c)")!, b = Identifier(kind: .anonymousId, value: "a-\(c)-\(random.below(3))")!
-                let stamp = LWWStamp(time: 1_760_000_000_000 + Int64(step) * 50, tiebreak: "node-\(replica.node)-\(step)")
-                try replica.store.removeLink(a, b, stamp: stamp)
-                reference.removeLink(a, b, stamp: stamp, hasher: hmac)
-            } else if roll < 77 {
-                let subject = Identifier(kind: .userId, value: "u-\(random.below(12))")!
-                let erased = try replica.store.erase(subject, requestedAt: 1_760_000_000_000 + Int64(step) * 40)
-                guard !erased.isEmpty, case .erasure(let keys, let time) = try replica.store.changes(after: 0, limit: .max).last!.change else {
-                    continue
-                }
-                reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: hmac)
+            if random.below(100) < 77 {
+                try work.operate(on: replica.store, node: replica.node, step: step, random: &random)
             } else {
                 let source = replicas[random.below(replicas.count)]
                 if source !== replica { try replica.pull(from: source, limit: 1 + random.below(40)) }
@@ -88,27 +67,71 @@ struct StoreReplicationTests {
             #expect(round < 10, "seed \(seed): replicas keep exchanging changes")
             if round >= 10 { return }
         }
-        let digests = try replicas.map { try $0.store.contentDigest() }
-        #expect(Set(digests).count == 1, "seed \(seed): replicas differ after full exchange")
-        if Set(digests).count != 1 {
-            // Name the kind of rows that differ (document part or forget set), never their bytes.
-            let rows = try replicas.map { replica in
-                Set(try rawEntries(replica.store).filter { $0.table == .documents || $0.table == .forget }.map { $0.key + [0xFF] + $0.value })
-            }
-            for (index, other) in rows.enumerated().dropFirst() {
-                let parts = rows[0].symmetricDifference(other).map { row in row.firstIndex(of: 0).map { row[$0 + 1] } ?? 0 }
-                Issue.record("seed \(seed): node 1 and node \(index + 1) differ in rows of parts \(Set(parts).sorted())")
+        try expectConverged(replicas, to: work, seed: seed)
+    }
+}
+
+/// Replicas byte-identical to each other, and every view equal to the reference model's.
+func expectConverged(_ replicas: [StoreReplicationTests.Replica], to work: RandomStoreWork, seed: UInt64) throws {
+    let digests = try replicas.map { try $0.store.contentDigest() }
+    #expect(Set(digests).count == 1, "seed \(seed): replicas differ after full exchange")
+    if Set(digests).count != 1 {
+        // Name the kind of rows that differ (document part or forget set), never their bytes.
+        let rows = try replicas.map { replica in
+            Set(try rawEntries(replica.store).filter { $0.table == .documents || $0.table == .forget }.map { $0.key + [0xFF] + $0.value })
+        }
+        for (index, other) in rows.enumerated().dropFirst() {
+            let parts = rows[0].symmetricDifference(other).map { row in row.firstIndex(of: 0).map { row[$0 + 1] } ?? 0 }
+            Issue.record("seed \(seed): node 1 and node \(index + 1) differ in rows of parts \(Set(parts).sorted())")
+            if ProcessInfo.processInfo.environment["KITH_DEBUG_ROWS"] != nil {
+                for row in rows[0].subtracting(other) { print("only 1:", String(decoding: row.prefix(60).map { $0 < 32 ? 46 : $0 }, as: UTF8.self)) }
+                for row in other.subtracting(rows[0]) { print("only \(index + 1):", String(decoding: row.prefix(60).map { $0 < 32 ? 46 : $0 }, as: UTF8.self)) }
             }
         }
-        for replica in replicas {
-            for identifier in reference.identifiers.sorted() {
-                let expected = reference.view(of: identifier).map { ProfileFormat.encode($0) }
-                let actual = try replica.store.view(of: identifier).map { ProfileFormat.encode($0) }
-                #expect(actual == expected, "seed \(seed): node \(replica.node), view of \(identifier)")
-                if actual != expected {
-                    return
-                }
-            }
+    }
+    for replica in replicas {
+        for identifier in work.reference.identifiers.sorted() {
+            let expected = work.reference.view(of: identifier).map { ProfileFormat.encode($0) }
+            let actual = try replica.store.view(of: identifier).map { ProfileFormat.encode($0) }
+            #expect(actual == expected, "seed \(seed): node \(replica.node), view of \(identifier)")
+            if actual != expected { return }
+        }
+    }
+}
+
+/// Random work shaped like the workload — messages, unlinks and erasures at random replicas —
+/// with the reference model fed every operation once.
+final class RandomStoreWork {
+    private(set) var reference = ProfileState()
+    private var generator: WorkloadGenerator
+    private let parser = SegmentMessageParser()
+    private let base: Int64 = 1_760_000_100_000
+    let customers = 12
+
+    init(seed: UInt64) {
+        generator = WorkloadGenerator(seed: seed, customers: customers)
+        generator.sendsSentAt = true
+    }
+
+    /// One operation at `store`: 70 in 77 a message, 5 an unlink, 2 an erasure.
+    func operate(on store: any ProfileStore, node: UInt64, step: Int, random: inout SplitMix64) throws {
+        let roll = random.below(77)
+        if roll < 70 {
+            let receivedAt = base + Int64(step) * 10 + Int64(node) * 7
+            let delta = try parser.parse(generator.next(), receivedAt: receivedAt)
+            try store.apply([delta])
+            reference.apply(delta, hasher: hmac)
+        } else if roll < 75 {
+            let c = random.below(customers)
+            let a = Identifier(kind: .userId, value: "u-\(c)")!, b = Identifier(kind: .anonymousId, value: "a-\(c)-\(random.below(3))")!
+            let stamp = LWWStamp(time: 1_760_000_000_000 + Int64(step) * 50, tiebreak: "node-\(node)-\(step)")
+            try store.removeLink(a, b, stamp: stamp)
+            reference.removeLink(a, b, stamp: stamp, hasher: hmac)
+        } else {
+            let subject = Identifier(kind: .userId, value: "u-\(random.below(customers))")!
+            let erased = try store.erase(subject, requestedAt: 1_760_000_000_000 + Int64(step) * 40)
+            guard !erased.isEmpty, case .erasure(let keys, let time) = try store.changes(after: 0, limit: .max).last!.change else { return }
+            reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: hmac)
         }
     }
 }

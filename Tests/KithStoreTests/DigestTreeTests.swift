@@ -1,0 +1,164 @@
+import Foundation
+import KithCRDT
+import KithJSON
+import KithLMDB
+import KithProfile
+import KithTestSupport
+import Testing
+
+@testable import KithStore
+
+/// The digest tree (anti-entropy): kept exact at write time, and enough on its own to bring
+/// replicas that never read each other's logs to the same bytes.
+@Suite("Digest tree")
+struct DigestTreeTests {
+    typealias Replica = StoreReplicationTests.Replica
+
+    /// After random messages, unlinks, erasures and log exchanges, each store's tree holds
+    /// exactly the digests computed from its rows, and every node is the sum of its children.
+    @Test(arguments: 0..<16 as Range<UInt64>)
+    func theTreeFollowsEveryWrite(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        let replicas = try (0..<2).map { try Replica(node: UInt64($0) + 1, lmdb: $0 == 1) }
+        let work = RandomStoreWork(seed: seed)
+        for step in 0..<300 {
+            let replica = replicas[random.below(replicas.count)]
+            if random.below(100) < 85 {
+                try work.operate(on: replica.store, node: replica.node, step: step, random: &random)
+            } else {
+                try replica.pull(from: replicas.first { $0 !== replica }!, limit: 1 + random.below(30))
+            }
+            if step % 50 == 49 { for replica in replicas { try expectTreeIsExact(replica.store, seed: seed) } }
+        }
+    }
+
+    /// Replicas that took writes independently and never read each other's change logs — as
+    /// if the logs were truncated — end byte-identical, and equal to the reference model, by
+    /// comparing trees and swapping the states of the keys that differ.
+    @Test(arguments: 0..<40 as Range<UInt64>)
+    func comparingTreesAloneConverges(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed)
+        let replicas = try (0..<3).map { try Replica(node: UInt64($0) + 1, lmdb: $0 == 1) }
+        let work = RandomStoreWork(seed: seed)
+        for step in 0..<300 {
+            let replica = replicas[random.below(replicas.count)]
+            try work.operate(on: replica.store, node: replica.node, step: step, random: &random)
+            // Now and then a partial repair between two replicas, mid-way through the writes.
+            if random.below(20) == 0 {
+                let other = replicas[random.below(replicas.count)]
+                if other !== replica { _ = try compare(replica.store, other.store, keyLimit: 1 + random.below(4)) }
+            }
+        }
+        var rounds = 0
+        while try replicas.reduce(0, { total, a in try total + replicas.filter { $0 !== a }.reduce(0) { try $0 + compare(a.store, $1.store) } }) > 0 {
+            rounds += 1
+            #expect(rounds < 4, "seed \(seed): comparisons keep finding differences")
+            if rounds >= 4 { return }
+        }
+        try expectConverged(replicas, to: work, seed: seed)
+        let roots = try replicas.map { try $0.store.digest(of: []) }
+        #expect(Set(roots).count == 1, "seed \(seed): converged replicas have different roots")
+        for replica in replicas { try expectTreeIsExact(replica.store, seed: seed) }
+    }
+
+    /// Converged replicas have equal roots, and a comparison finds nothing to send.
+    @Test func convergedReplicasExchangeOnlyTheRoot() throws {
+        let replicas = try (0..<2).map { try Replica(node: UInt64($0) + 1, lmdb: $0 == 0) }
+        let work = RandomStoreWork(seed: 99)
+        var random = SplitMix64(seed: 99)
+        for step in 0..<100 { try work.operate(on: replicas[0].store, node: 1, step: step, random: &random) }
+        try replicas[1].pull(from: replicas[0], limit: 10_000)
+        #expect(try replicas[0].store.digest(of: []) == replicas[1].store.digest(of: []))
+        #expect(try !replicas[0].store.digest(of: []).isZero)
+        #expect(try compare(replicas[0].store, replicas[1].store) == 0)
+    }
+
+    /// A state whose identifier does not hash to its forget key is refused, and nothing changes.
+    @Test(arguments: StoreKind.allCases)
+    func aForgedStateIsRefused(kind: StoreKind) throws {
+        let source = try StoreFixture(.memory), target = try StoreFixture(kind)
+        try source.store.apply([delta(user: "u-1", messageId: "m-1")])
+        try target.store.apply([delta(user: "u-2", messageId: "m-2")])
+        var state = try source.store.documentStates(for: [hmac.forgetKeyBytes(for: user("u-1"))])[0]
+        state.forgetKey = hmac.forgetKeyBytes(for: user("u-2"))
+        let before = try target.store.contentDigest()
+        #expect(throws: DocumentStateRejected.self) { try target.store.join([state]) }
+        #expect(try target.store.contentDigest() == before)
+    }
+
+    /// An erasure travels as a forget key with nothing else, and drops what it dominates.
+    @Test(arguments: StoreKind.allCases)
+    func anErasureTravelsAsItsForgetKey(kind: StoreKind) throws {
+        let erasing = try StoreFixture(.memory), holding = try StoreFixture(kind)
+        let message = delta(user: "u-1", messageId: "m-1")
+        for fixture in [erasing, holding] { try fixture.store.apply([message]) }
+        try erasing.store.erase(user("u-1"), requestedAt: message.times.eventTime + 1)
+        let states = try erasing.store.documentStates(for: [hmac.forgetKeyBytes(for: user("u-1"))])
+        #expect(states.count == 1 && states[0].identifier == nil && states[0].rows.isEmpty && states[0].forgottenAt != nil)
+        #expect(try holding.store.join(states) == 1)
+        #expect(try holding.store.view(of: user("u-1")) == nil)
+        #expect(try holding.store.contentDigest() == erasing.store.contentDigest())
+        #expect(try holding.store.join(states) == 0, "joining the same state twice changes nothing")
+    }
+
+    /// A store written before the tree existed gets it built when it opens.
+    @Test func theTreeIsBuiltForAnOlderStore() throws {
+        let fixture = try StoreFixture(.lmdb)
+        let work = RandomStoreWork(seed: 5)
+        var random = SplitMix64(seed: 5)
+        for step in 0..<80 { try work.operate(on: fixture.store, node: 1, step: step, random: &random) }
+        let root = try fixture.store.digest(of: [])
+        try #require(fixture.store as? LMDBProfileStore).write { txn in
+            for table in [Table.digests, .merkle] { try txn.deletePrefix(table, []) }
+            _ = try txn.delete(.meta, digestsMetaKey)
+        }
+        #expect(try fixture.store.digest(of: []).isZero)
+        try fixture.reopen()
+        #expect(try fixture.store.digest(of: []) == root)
+        try expectTreeIsExact(fixture.store, seed: 5)
+    }
+
+    // MARK: Helpers
+
+    private func user(_ id: String) -> Identifier { Identifier(kind: .userId, value: id)! }
+
+    private func delta(user id: String, messageId: String) -> ProfileDelta {
+        let json = #"{"type":"identify","userId":"\#(id)","messageId":"\#(messageId)","timestamp":"2025-10-09T10:00:00Z","traits":{"plan":"pro"}}"#
+        return try! SegmentMessageParser().parse(try! JSONParser.parse(json), receivedAt: 1_760_000_000_000)
+    }
+
+    private func expectTreeIsExact(_ store: any ProfileStore, seed: UInt64) throws {
+        let engineBacked = try #require(store as? any EngineBackedStore)
+        let leaves = try engineBacked.recomputedDigests()
+        #expect(try engineBacked.storedDigests() == leaves, "seed \(seed): stored leaves differ from the rows")
+        #expect(try store.digest(of: []) == leaves.values.reduce(.zero, +), "seed \(seed): the root is not the sum of the leaves")
+        for range in try store.digestChildren(of: []) {
+            let buckets = try store.digestChildren(of: range.key)
+            #expect(range.digest == buckets.reduce(.zero) { $0 + $1.digest }, "seed \(seed): range \(range.key)")
+            for bucket in buckets {
+                #expect(bucket.digest == (try store.digestChildren(of: bucket.key)).reduce(.zero) { $0 + $1.digest }, "seed \(seed): bucket \(bucket.key)")
+            }
+        }
+    }
+}
+
+/// Compares the trees of `a` and `b` as `ClusterNode` does (down where digests differ) and
+/// swaps the states of the differing keys, at most `keyLimit` of them. Returns how many keys differed.
+func compare(_ a: any ProfileStore, _ b: any ProfileStore, keyLimit: Int = .max) throws -> Int {
+    var nodes: [[UInt8]] = try a.digest(of: []) == b.digest(of: []) ? [] : [[]]
+    var keys: [[UInt8]] = []
+    while let node = nodes.popLast() {
+        let mine = try a.digestChildren(of: node), theirs = try b.digestChildren(of: node)
+        var digests: [[UInt8]: [Digest128?]] = [:]
+        for entry in mine { digests[entry.key, default: [nil, nil]][0] = entry.digest }
+        for entry in theirs { digests[entry.key, default: [nil, nil]][1] = entry.digest }
+        let differing = digests.filter { $0.value[0] != $0.value[1] }.map(\.key)
+        if node.count < 2 { nodes += differing } else { keys += differing }
+    }
+    keys = Array(keys.sorted { $0.lexicographicallyPrecedes($1) }.prefix(keyLimit))
+    guard !keys.isEmpty else { return 0 }
+    let fromA = try a.documentStates(for: keys)
+    try b.join(fromA)
+    try a.join(try b.documentStates(for: keys))
+    return keys.count
+}
