@@ -181,6 +181,23 @@ extension EngineBackedStore {
         try modify { context in try states.reduce(0) { count, state in try context.join(state) ? count + 1 : count } }
     }
 
+    /// Drops the change-log records through local sequence `sequence`, as log truncation will once
+    /// every member has read past a point (not done by nodes yet: docs/replication.md). Tests use
+    /// it to show that tree comparisons repair what no log holds any more.
+    func truncateLog(through sequence: UInt64) throws {
+        try write { txn in
+            for table in [Table.changes, .ahead] {
+                var keys: [[UInt8]] = []
+                try txn.scan(table, prefix: []) { key, _ in
+                    guard try engine.decodeSequence(key) <= sequence else { return .stop }
+                    keys.append(key)
+                    return .next
+                }
+                for key in keys { try txn.delete(table, key) }
+            }
+        }
+    }
+
     /// The leaf digests computed from the rows, for checking the stored tree.
     func recomputedDigests() throws -> [[UInt8]: Digest128] {
         try read { reader in try engine.recomputedDigests(in: reader) }

@@ -70,11 +70,21 @@ final class Simulation {
         settings.pullTimeout = 1_000
         settings.pullBudget = 16 * 1024
         settings.scanLimit = 64
+        settings.antiEntropyInterval = 2_000
+        settings.antiEntropyTimeout = 1_000
+        settings.digestNodesPerRequest = 16
+        settings.documentBudget = 16 * 1024
         return settings
     }()
+    let replicationSettings: ReplicationSettings
 
-    init(seed: UInt64, nodes: Int, edges: Int) throws {
+    /// `antiEntropy` false leaves repair to the change logs alone, so that a fault in log
+    /// replication is not hidden by tree comparisons.
+    init(seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true) throws {
         self.seed = seed
+        var settings = Self.replicationSettings
+        if !antiEntropy { settings.antiEntropyInterval = 0 }
+        replicationSettings = settings
         random = SplitMix64(seed: seed)
         for index in 0..<nodes {
             let role: MemberRole = index >= nodes - edges ? .edge : .core
@@ -95,7 +105,7 @@ final class Simulation {
         me.incarnation = UInt64(clock(machine))
         machine.node = try ClusterNode(
             store: machine.store, me: me, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
-            settings: Self.replicationSettings, seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
+            settings: replicationSettings, seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
         ) { [unowned self] address, message in
             self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)
         }
