@@ -21,6 +21,8 @@ struct AntiEntropyState {
     var exchange: Exchange?
     /// When a comparison with each peer last started.
     var lastStarted: [UInt64: Int64] = [:]
+    /// Peers an operator asked to compare with (`kith repair`), ahead of the interval.
+    var requested: Set<UInt64> = []
     var lastRequest: UInt64 = 0
 }
 
@@ -34,10 +36,18 @@ extension ClusterNode {
             antiEntropy.exchange = nil
             counters.antiEntropyAbandoned += 1
         }
+        let caughtUp = membership.reachable.filter { peer in
+            guard let state = peers[peer.id] else { return false }
+            return state.pullSentAt == nil && state.lastPullCompleted != nil
+        }
+        if let asked = caughtUp.filter({ antiEntropy.requested.contains($0.id) }).min(by: { $0.id < $1.id }) {
+            antiEntropy.requested.remove(asked.id)
+            try compareTrees(with: asked, now: now)
+            return
+        }
         guard settings.antiEntropyInterval > 0 else { return }
-        let due = membership.reachable.filter { peer in
-            guard let state = peers[peer.id], state.pullSentAt == nil, state.lastPullCompleted != nil else { return false }
-            return antiEntropy.lastStarted[peer.id].map { now - $0 >= settings.antiEntropyInterval } ?? true
+        let due = caughtUp.filter { peer in
+            antiEntropy.lastStarted[peer.id].map { now - $0 >= settings.antiEntropyInterval } ?? true
         }
         guard let peer = due.min(by: { (antiEntropy.lastStarted[$0.id] ?? .min, $0.id) < (antiEntropy.lastStarted[$1.id] ?? .min, $1.id) }) else {
             return
@@ -58,6 +68,20 @@ extension ClusterNode {
         try step(now: now)
         return exchange.request
     }
+
+    /// Asks for a tree comparison with each of `peers` as soon as this node has caught up with
+    /// its log (`kith repair`); they run one at a time.
+    public func requestTreeComparisons(with peers: [UInt64]) {
+        antiEntropy.requested.formUnion(peers)
+    }
+
+    /// Tree comparisons asked for and not yet finished (the one in flight included).
+    public var pendingTreeComparisons: Int {
+        antiEntropy.requested.count + (antiEntropy.exchange == nil ? 0 : 1)
+    }
+
+    /// When the last tree comparison with `peer` started (this node's clock), if ever.
+    public func lastTreeComparison(with peer: UInt64) -> Int64? { antiEntropy.lastStarted[peer] }
 
     /// Whether a tree comparison is in flight (with `peer`, if given).
     public func isComparingTrees(with peer: UInt64? = nil) -> Bool {

@@ -36,6 +36,8 @@ extension Node {
                     let now = unixMillis()
                     let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
                     for peer in peers { try node.pull(from: peer, now: now) }
+                    // Then compare digest trees with each: repairs what no log holds any more.
+                    node.requestTreeComparisons(with: peers.map(\.id))
                     return peers.map(\.name)
                 }
                 guard !started.isEmpty else {
@@ -53,21 +55,31 @@ extension Node {
     /// Per peer: last contact, and how far behind this node it is (by its last pull).
     private func syncStatus(_ replication: ReplicationService) throws -> JSONValue {
         let metrics = replication.transport.metrics
-        let (peers, mine, lags) = try replication.perform { node in
+        let (peers, mine, lags, counters, pending, compared) = try replication.perform { node in
             let peers = node.peerStates
-            return (peers, try node.store.versionVector(), try peers.map { try node.lag(of: $0.member.id) })
+            return (
+                peers, try node.store.versionVector(), try peers.map { try node.lag(of: $0.member.id) }, node.counters,
+                node.pendingTreeComparisons, peers.map { node.lastTreeComparison(with: $0.member.id) }
+            )
         }
         let now = unixMillis()
+        func number(_ value: Int) -> JSONValue { .number(JSONNumber(Int64(value))) }
         return [
+            "antiEntropy": [
+                "pending": number(pending), "completed": number(counters.antiEntropyCompleted),
+                "abandoned": number(counters.antiEntropyAbandoned), "documentsSent": number(counters.documentsSent),
+                "documentsReceived": number(counters.documentsReceived), "documentsRepaired": number(counters.documentsRepaired),
+            ],
             "versions": .string(mine.description),
             "framesSent": .number(JSONNumber(Int64(metrics.framesSent.load(ordering: .relaxed)))),
             "framesReceived": .number(JSONNumber(Int64(metrics.framesReceived.load(ordering: .relaxed)))),
             "bytesSent": .number(JSONNumber(Int64(metrics.bytesSent.load(ordering: .relaxed)))),
             "bytesReceived": .number(JSONNumber(Int64(metrics.bytesReceived.load(ordering: .relaxed)))),
-            "peers": .array(zip(peers, lags).map { peer, lag in
-                let (member, state) = peer
+            "peers": .array(zip(zip(peers, lags), compared).map { pair, compared in
+                let ((member, state), lag) = pair
                 var object: [String: JSONValue] = ["name": .string(member.name), "status": .string(member.status.description)]
                 if let contact = state.lastContact { object["lastContactMsAgo"] = .number(JSONNumber(now - contact)) }
+                if let compared { object["lastTreeComparisonMsAgo"] = .number(JSONNumber(now - compared)) }
                 if let lag {
                     object["lagMessages"] = .number(JSONNumber(Int64(lag.changes)))
                     object["lagBytes"] = .number(JSONNumber(Int64(lag.bytes)))

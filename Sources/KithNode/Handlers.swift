@@ -353,6 +353,10 @@ extension Node {
         text += NodeMetrics.metric("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied)
         text += NodeMetrics.metric("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected)
         text += NodeMetrics.metric("kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag)
+        text += NodeMetrics.metric("kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted)
+        text += NodeMetrics.metric("kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent)
+        text += NodeMetrics.metric(
+            "kith_antientropy_documents_repaired_total", "counter", "Document states received that changed something here.", counters.documentsRepaired)
         return text
     }
 }

@@ -295,7 +295,10 @@ func repair(_ arguments: [String]) -> Never {
         peer = rest[index + 1]
         rest.removeSubrange(index...(index + 1))
     }
-    let options = ClientOptions(rest, help: "OVERVIEW: Pull what this node lacks from its peers now, and show the progress.\n\nUSAGE: kith repair [--peer <name>] [options]\n\nOPTIONS:\n  --peer <name>           Repair from this member only.\n" + ClientOptions.help)
+    let options = ClientOptions(
+        rest,
+        help: "OVERVIEW: Pull what this node lacks from its peers now, then compare digest trees with them (repairing what no change log holds), and show the progress.\n\nUSAGE: kith repair [--peer <name>] [options]\n\nOPTIONS:\n  --peer <name>           Repair from this member only.\n"
+            + ClientOptions.help)
     var writer = JSONWriter()
     writer.writeObject { object in if let peer { object.member("peer", string: peer) } }
     let client = options.client()
@@ -312,6 +315,15 @@ func repair(_ arguments: [String]) -> Never {
         say("repair: \(lag) messages behind across peers")
         if lag == 0 || lag == previous { break }
         previous = lag
+        Thread.sleep(forTimeInterval: 0.5)
+    }
+    // Then the tree comparisons, one peer at a time, until none is left (at most two minutes).
+    for _ in 0..<240 {
+        let status = (try? JSONParser.parse(call(client, "GET", "/v1/admin/sync", headers: options.authorization).body)) ?? .null
+        guard case .number(let pending)? = status["antiEntropy"]?["pending"], case .number(let repaired)? = status["antiEntropy"]?["documentsRepaired"]
+        else { break }
+        say("repair: \(pending.literal) tree comparisons to go, \(repaired.literal) documents repaired here so far")
+        if pending.literal == "0" { break }
         Thread.sleep(forTimeInterval: 0.5)
     }
     exit(Exit.ok.rawValue)

@@ -88,6 +88,7 @@ struct ClusterProcessTests {
         let metrics = try #require(try third.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body)
         #expect(metrics.contains("kith_peer_frames_received_total"))
         #expect(metrics.contains("kith_replication_changes_applied_total 1\n"))
+        #expect(metrics.contains("kith_antientropy_documents_repaired_total 0\n"))
         let sync = try #require(try third.request("GET", "/v1/admin/sync", headers: ["Authorization: Bearer tk"])?.body)
         #expect(sync.contains(#""name":"n1""#) && sync.contains("lastContactMsAgo"))
     }
@@ -150,8 +151,14 @@ struct ClusterProcessTests {
         #expect(try eventually(10) { try runKith(["members", "--format", "json"] + host).output.components(separatedBy: "alive").count == 3 })
         let table = try runKith(["members", "--format", "table"] + host)
         #expect(table.status == 0 && table.output.contains("NAME") && table.output.contains("n1"))
+        // Write on the first node so that the trees are not empty, then repair: pulls, then a tree
+        // comparison that completes over the wire (converged: nothing to repair).
+        #expect(try first.ingest("/v1/identify", #"{"userId":"u-repair","traits":{"plan":"pro"},"messageId":"m-r"}"#) == 200)
+        #expect(try eventually(10) { try second.profile("user_id:u-repair")?.body.contains(#""plan":"pro""#) == true })
         let repair = try runKith(["repair", "--peer", "n1"] + host)
-        #expect(repair.status == 0 && repair.output.contains("repair:"))
+        #expect(repair.status == 0 && repair.output.contains("repair: 0 tree comparisons to go, 0 documents repaired"), "\(repair.output)")
+        let sync = try runKith(["sync", "status", "--format", "json"] + host).output
+        #expect(sync.contains("lastTreeComparisonMsAgo") && !sync.contains(#""completed":0"#), "\(sync)")
         #expect(try runKith(["repair", "--peer", "nobody"] + host).status == 1)
         #expect(try runKith(["sync", "status"] + host).output.contains("peers"))
         #expect(try runKith(["sync", "oops"] + host).status == 64)

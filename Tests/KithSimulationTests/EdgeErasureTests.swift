@@ -82,7 +82,7 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
 struct EdgeErasureTests {
     @Test func theCustomerStaysErasedEverywhereAfterTheEdgeReconnects() throws {
         var failed: [String] = []
-        for seed in simulationSeeds.prefix(60) { failed += try runEdgeErasureScenario(seed: seed) }
+        for seed in simulationSeeds(ci: 60) { failed += try runEdgeErasureScenario(seed: seed) }
         #expect(failed.isEmpty, "\(failed.prefix(10).joined(separator: "\n"))")
     }
 }

@@ -8,13 +8,15 @@ import KithStore
 import KithTestSupport
 import Testing
 
-/// Seeds: `KITH_SIM_SEED=n` replays one, `KITH_SIM_SEEDS=n` runs n (`make simulate`); CI runs 200.
-let simulationSeeds: [UInt64] = {
+/// Seeds: `KITH_SIM_SEED=n` replays one, `KITH_SIM_SEEDS=n` runs n of every scenario
+/// (`make simulate`); otherwise each scenario runs its CI share (the main one 200).
+func simulationSeeds(ci: UInt64) -> [UInt64] {
     let environment = ProcessInfo.processInfo.environment
     if let one = environment["KITH_SIM_SEED"].flatMap(UInt64.init) { return [one] }
-    let count = environment["KITH_SIM_SEEDS"].flatMap(UInt64.init) ?? 200
-    return Array(0..<count)
-}()
+    return Array(0..<(environment["KITH_SIM_SEEDS"].flatMap(UInt64.init) ?? ci))
+}
+
+let simulationSeeds = simulationSeeds(ci: 200)
 
 /// What clients did and were told: the reference model gets every acknowledged operation.
 struct Ledger {
