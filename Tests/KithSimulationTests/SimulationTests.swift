@@ -146,4 +146,6 @@ struct SimulationTests {
         }
         // Changes sent ahead of a backlog happen in a run of many seeds (after crashes and partitions).
         #expect(seeds.count < 50 || appliedAhead > 0)
-        #expect(failed.isEmpty, "\(failed.count) of \(simulationSeeds.count) X
+        #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
+    }
+}
