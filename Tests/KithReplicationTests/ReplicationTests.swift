@@ -120,6 +120,40 @@ struct PeerMessageTests {
         let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [unlink], request: 1)
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: wrongAhead.encodePayload()) }
     }
+
+    @Test func treeComparisonMessagesRoundTripAndAreDecodedStrictly() throws {
+        let key = [UInt8](repeating: 0xAB, count: 32)
+        let digest = Digest128(low: 1, high: 2)
+        let identifier = Identifier(kind: .userId, value: "u-1")!
+        let state = DocumentState(
+            forgetKey: key, identifier: identifier, forgottenAt: -5,
+            rows: [DocumentState.Row(part: 2, suffix: [], value: [3, 0]), DocumentState.Row(part: 5, suffix: Array("m-1".utf8), value: [3, 1])])
+        let messages: [PeerMessage] = [
+            .digestRequest(request: 7, nodes: [DigestEntry(key: [], digest: digest), DigestEntry(key: [0xAB, 0x01], digest: .zero)]),
+            .digestReply(request: 7, children: [
+                DigestChildren(node: [], children: [DigestEntry(key: [0xAB], digest: digest)]),
+                DigestChildren(node: [0xAB, 0xAB], children: [DigestEntry(key: key, digest: digest)]),
+            ]),
+            .documents(request: 7, states: [state, DocumentState(forgetKey: key, identifier: nil, forgottenAt: 9, rows: [])], wanted: [key]),
+        ]
+        for message in messages {
+            let payload = message.encodePayload()
+            #expect(try PeerMessage(tag: message.tag, payload: payload) == message)
+            for length in 0..<payload.count {
+                #expect(throws: (any Error).self) { try PeerMessage(tag: message.tag, payload: Array(payload.prefix(length))) }
+            }
+            #expect(throws: (any Error).self) { try PeerMessage(tag: message.tag, payload: payload + [0]) }
+        }
+        func refused(_ message: PeerMessage) -> Bool { (try? PeerMessage(tag: message.tag, payload: message.encodePayload())) == nil }
+        // Tree nodes are prefixes of at most two bytes; a child lies under its node, one level down.
+        #expect(refused(.digestRequest(request: 1, nodes: [DigestEntry(key: [1, 2, 3], digest: digest)])))
+        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [1], children: [DigestEntry(key: [2, 0], digest: digest)])])))
+        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [1, 2], children: [DigestEntry(key: [1, 2, 3], digest: digest)])])))
+        #expect(refused(.digestRequest(request: 1, nodes: Array(repeating: DigestEntry(key: [], digest: digest), count: 257))))
+        #expect(refused(.documents(request: 1, states: [], wanted: Array(repeating: key, count: 257))))
+        // Rows need an identifier to belong to.
+        #expect(refused(.documents(request: 1, states: [DocumentState(forgetKey: key, identifier: nil, forgottenAt: nil, rows: state.rows)], wanted: [])))
+    }
 }
 
 /// A few members exchanging membership messages instantly, for scenario tests of SWIM alone.
