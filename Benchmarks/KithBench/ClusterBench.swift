@@ -11,7 +11,9 @@ import KithProfile
 ///   every node serves it;
 /// - `sync.catchup_s` and `sync.catchup_bytes_ratio`: an edge offline while 1 % of 100,000
 ///   profiles changed; bytes on its peer links over the encoded size of the changes it lacked;
-/// - `antientropy.idle_bytes_per_s`: what a converged 3-node cluster sends when nothing changes;
+/// - `antientropy.idle_bytes_per_s`: what a converged 3-node cluster sends when nothing changes,
+///   with the tree comparisons it made meanwhile (every 5 s per node) and the document states
+///   they sent (none: converged trees have equal roots);
 /// - `read.local_p99_ms`, `read.quorum_p99_ms`, `read.session_p99_ms`, `write.local_p99_ms`,
 ///   `write.quorum_p99_ms`: 3 core nodes; reads at one node (a session read right after a write
 ///   at another, presenting its token), writes acknowledged at one node or at a majority.
@@ -129,12 +131,18 @@ struct ClusterBenchmark {
         }
         try waitUntil(120, "the edge to hold 100,000 profiles") { try edge.hasProfile("p-99999") && edge.lag(from: core) == 0 }
 
-        // Idle: a converged cluster.
+        // Idle: a converged cluster, over a window that holds several tree comparisons per node.
         Thread.sleep(forTimeInterval: 2)
-        let before = try [core, second, edge].map { try $0.bytesSent() }.reduce(0, +)
-        Thread.sleep(forTimeInterval: 10)
-        let after = try [core, second, edge].map { try $0.bytesSent() }.reduce(0, +)
-        report("antientropy.idle_bytes_per_s", Double(after - before) / 10)
+        let nodes = [core, second, edge]
+        let before = try nodes.map { try $0.bytesSent() }.reduce(0, +)
+        let comparisonsBefore = try nodes.map { try $0.treeComparisons() }.reduce(0, +)
+        let documentsBefore = try nodes.map { try $0.documentsSent() }.reduce(0, +)
+        Thread.sleep(forTimeInterval: 20)
+        let after = try nodes.map { try $0.bytesSent() }.reduce(0, +)
+        report("antientropy.idle_bytes_per_s", Double(after - before) / 20)
+        report("antientropy.idle_tree_comparisons", Double(try nodes.map { try $0.treeComparisons() }.reduce(0, +) - comparisonsBefore))
+        // A converged cluster exchanges digests only: no document state travels.
+        report("antientropy.idle_documents_sent", Double(try nodes.map { try $0.documentsSent() }.reduce(0, +) - documentsBefore))
 
         // The edge goes away; 1 % of the profiles change.
         edge.stop()
@@ -209,6 +217,8 @@ final class BenchNode {
         process.arguments = [
             "serve", "--data-dir", bench.directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
             "--role", role, "--write-key", "bench", "--token", "bench-token",
+            // Tree comparisons every 5 s rather than 30: the idle and catch-up figures include them.
+            "--anti-entropy-interval", "5",
         ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]) + (replicas.map { ["--replicas", String($0)] } ?? [])
         process.environment = ProcessInfo.processInfo.environment.merging(bench.environment) { $1 }
         let output = Pipe()
@@ -263,6 +273,8 @@ final class BenchNode {
     }
 
     func bytesSent() throws -> Int { number(try sync()["bytesSent"]) }
+    func treeComparisons() throws -> Int { number(try sync()["antiEntropy"]?["completed"]) }
+    func documentsSent() throws -> Int { number(try sync()["antiEntropy"]?["documentsSent"]) }
     func bytesReceived() throws -> Int { number(try sync()["bytesReceived"]) }
 
     /// How many changes `peer` holds that this node lacks, as `peer` last saw it (-1: unknown yet).

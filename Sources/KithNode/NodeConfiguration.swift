@@ -59,6 +59,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// count against the larger of this and the core members this node knows; set it, or a node
     /// that has just started and knows no peers yet counts itself as the whole cluster.
     public var replicas: Int?
+    /// Seconds between digest-tree comparisons with each peer in turn (anti-entropy that repairs
+    /// what no change log holds; docs/replication.md). 0 turns them off.
+    public var antiEntropyIntervalSeconds = 30
     /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
     public var role = "core"
     /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
@@ -75,7 +78,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
-        case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays
+        case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
     }
 
     public init(from decoder: Decoder) throws {
@@ -95,6 +98,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
         seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
         replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
+        antiEntropyIntervalSeconds =
+            try container.decodeIfPresent(Int.self, forKey: .antiEntropyIntervalSeconds) ?? defaults.antiEntropyIntervalSeconds
         role = try container.decodeIfPresent(String.self, forKey: .role) ?? defaults.role
         clusterKeyFile = try container.decodeIfPresent(String.self, forKey: .clusterKeyFile)
         policyFile = try container.decodeIfPresent(String.self, forKey: .policyFile)
@@ -137,6 +142,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_REPLICAS"] {
             guard let count = Int(value) else { throw ConfigurationError("KITH_REPLICAS must be a number") }
             replicas = count
+        }
+        if let value = environment["KITH_ANTI_ENTROPY_INTERVAL"] {
+            guard let seconds = Int(value) else { throw ConfigurationError("KITH_ANTI_ENTROPY_INTERVAL must be a number of seconds") }
+            antiEntropyIntervalSeconds = seconds
         }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
@@ -191,6 +200,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         }
         guard ["core", "edge"].contains(role) else { throw ConfigurationError("role must be core or edge") }
         if let replicas, !(1...1_000).contains(replicas) { throw ConfigurationError("replicas must be 1 to 1000") }
+        guard (0...86_400).contains(antiEntropyIntervalSeconds) else {
+            throw ConfigurationError("antiEntropyIntervalSeconds must be 0 (off) to 86400")
+        }
         for seed in seeds where seed.lastIndex(of: ":").flatMap({ UInt16(seed[seed.index(after: $0)...]) }) == nil {
             throw ConfigurationError("seed \"\(seed)\" must be host:port")
         }
@@ -212,6 +224,7 @@ extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
+        "antiEntropyIntervalSeconds",
     ]
 }
 

@@ -96,8 +96,10 @@ final class ReplicationService: @unchecked Sendable {
             id: origin, name: configuration.nodeName, address: transport.address, role: MemberRole(name: configuration.role)!,
             incarnation: UInt64(unixMillis()))
         let transport = self.transport
+        var settings = ReplicationSettings()
+        settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
         node = try ClusterNode(
-            store: store, me: member, seeds: configuration.seeds, seed: UInt64.random(in: 0...UInt64.max)
+            store: store, me: member, seeds: configuration.seeds, settings: settings, seed: UInt64.random(in: 0...UInt64.max)
         ) { address, message in transport.send(message, to: address) }
     }
 

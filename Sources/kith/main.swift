@@ -63,7 +63,7 @@ let serveHelp = """
                       [--write-key <key>] [--token <token>] [--privacy-token <token>]
                       [--policy <file>] [--key-file <file>] [--loops <n>]
                       [--gossip <host:port>] [--seeds <host:port,...>] [--role core|edge]
-                      [--cluster-key-file <file>] [--replicas <n>]
+                      [--cluster-key-file <file>] [--replicas <n>] [--anti-entropy-interval <seconds>]
 
     OPTIONS:
       --config <file>         A JSON configuration file.
@@ -83,6 +83,9 @@ let serveHelp = """
       --cluster-key-file <f>  Cluster keys, 'id hex' per line, first sends (or env KITH_CLUSTER_KEY=hex).
       --replicas <n>          The cluster's core replicas, for w= and consistency= levels (env KITH_REPLICAS;
                               default: the core members this node knows).
+      --anti-entropy-interval <seconds>
+                              Compare digest trees with each peer in turn this often (env
+                              KITH_ANTI_ENTROPY_INTERVAL; default 30; 0: off).
       -h, --help              Show help information.
 
     Settings come from the file, then KITH_* environment variables, then flags.
@@ -95,7 +98,7 @@ func serve(_ arguments: [String]) -> Never {
     var index = 0
     let takesValue: Set = [
         "--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops", "--gossip", "--seeds", "--role",
-        "--cluster-key-file", "--privacy-token", "--policy", "--key-file", "--replicas",
+        "--cluster-key-file", "--privacy-token", "--policy", "--key-file", "--replicas", "--anti-entropy-interval",
     ]
     while index < arguments.count {
         let argument = arguments[index]
@@ -127,6 +130,10 @@ func serve(_ arguments: [String]) -> Never {
         for token in flags["--privacy-token"] ?? [] { configuration.addToken(token, role: "privacy") }
         if let value = flags["--policy"]?.last { configuration.policyFile = value }
         if let value = flags["--key-file"]?.last { configuration.keyFile = value }
+        if let value = flags["--anti-entropy-interval"]?.last {
+            guard let seconds = Int(value) else { fail("--anti-entropy-interval takes a number of seconds", .usage) }
+            configuration.antiEntropyIntervalSeconds = seconds
+        }
         if let value = flags["--replicas"]?.last {
             guard let count = Int(value) else { fail("--replicas takes a number", .usage) }
             configuration.replicas = count
