@@ -68,3 +68,50 @@ public struct DigestEntry: Equatable, Sendable {
         self.digest = digest
     }
 }
+
+/// The shape of the digest tree over forget keys (anti-entropy, docs/replication.md): the root;
+/// 64 ranges (the keys' first 6 bits), each a one-byte node key; 4,096 buckets (first 12 bits),
+/// each a two-byte node key (big-endian); under a bucket, its 32-byte forget keys. Few enough
+/// buckets that a write transaction dirties few pages of them, enough that a bucket that
+/// differs names few keys.
+public enum DigestTreeShape {
+    public static let rangeCount = 64
+    public static let bucketCount = 4_096
+    public static let forgetKeySize = 32
+    public static let bucketsPerRange = bucketCount / rangeCount
+
+    /// The bucket a forget key falls in.
+    public static func bucket(of forgetKey: some Collection<UInt8>) -> Int {
+        let bytes = Array(forgetKey.prefix(2))
+        return Int(bytes[0]) << 4 | Int(bytes[1]) >> 4
+    }
+
+    public static func bucketKey(_ bucket: Int) -> [UInt8] { [UInt8(bucket >> 8), UInt8(bucket & 0xFF)] }
+    public static func bucketIndex(_ key: [UInt8]) -> Int { Int(key[0]) << 8 | Int(key[1]) }
+
+    /// The nodes above a forget key, from the root down.
+    public static func ancestors(of forgetKey: [UInt8]) -> [[UInt8]] {
+        let bucket = bucket(of: forgetKey)
+        return [[], [UInt8(bucket / (bucketsPerRange))], bucketKey(bucket)]
+    }
+
+    /// Whether `key` names a tree node (not a leaf): the root, a range or a bucket.
+    public static func isNode(_ key: [UInt8]) -> Bool {
+        switch key.count {
+        case 0: true
+        case 1: Int(key[0]) < rangeCount
+        case 2: bucketIndex(key) < bucketCount
+        default: false
+        }
+    }
+
+    /// Whether `child` is a child of the node `node`.
+    public static func isChild(_ child: [UInt8], of node: [UInt8]) -> Bool {
+        switch node.count {
+        case 0: return child.count == 1 && isNode(child)
+        case 1: return child.count == 2 && isNode(child) && bucketIndex(child) / (bucketsPerRange) == Int(node[0])
+        case 2: return child.count == forgetKeySize && bucket(of: child) == bucketIndex(node)
+        default: return false
+        }
+    }
+}

@@ -48,7 +48,7 @@ public enum PeerMessage: Equatable, Sendable {
 
     /// The most tree nodes one digest request names, and forget keys one documents message wants.
     public static let maximumNodesPerRequest = 256
-    /// Tree nodes are prefixes of at most this many bytes (deeper down are whole forget keys).
+    /// Tree node keys are at most this many bytes (`DigestTreeShape`; leaves are forget keys).
     public static let treeDepth = 2
 }
 
@@ -119,7 +119,7 @@ extension PeerMessage {
         case 5: self = .acknowledge(through: try reader.readVarint())
         case 6:
             let request = try reader.readVarint()
-            let nodes = try reader.readSequence(minimumItemSize: 17) { r in try DigestEntry.decodeNode(from: &r) }
+            let nodes = try reader.readSequence(minimumItemSize: 17) { r in try DigestEntry.decode(from: &r) }
             guard nodes.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes") }
             self = .digestRequest(request: request, nodes: nodes)
         case 7:
@@ -153,13 +153,12 @@ public struct DigestChildren: Equatable, Sendable {
         let offset = reader.offset
         let node = Array(try reader.readBytes())
         self.node = node
-        guard node.count <= PeerMessage.treeDepth else { throw BinaryDecodingError(.invalidValue, offset: offset, "tree node of \(node.count) bytes") }
-        // A bucket's children are whole forget keys; a range's or the root's, prefixes one byte longer.
-        let childSize = node.count == PeerMessage.treeDepth ? DocumentState.forgetKeySize : node.count + 1
+        guard DigestTreeShape.isNode(node) else { throw BinaryDecodingError(.invalidValue, offset: offset, "not a tree node") }
         children = try reader.readSequence(minimumItemSize: 17) { r in
             let childOffset = r.offset
-            let entry = try DigestEntry.decodeNode(from: &r, maximumKey: DocumentState.forgetKeySize)
-            guard entry.key.count == childSize, entry.key.starts(with: node) else {
+            let entry = try DigestEntry.decode(from: &r, maximumKey: DocumentState.forgetKeySize)
+            // A range's children are buckets in it, a bucket's the forget keys in it.
+            guard DigestTreeShape.isChild(entry.key, of: node) else {
                 throw BinaryDecodingError(.invalidValue, offset: childOffset, "a child outside its tree node")
             }
             return entry
@@ -173,10 +172,13 @@ extension DigestEntry {
         digest.encode(to: &writer)
     }
 
-    static func decodeNode(from reader: inout BinaryReader, maximumKey: Int = PeerMessage.treeDepth) throws -> DigestEntry {
+    /// A tree node (or, with `maximumKey` 32, a leaf) and its digest.
+    static func decode(from reader: inout BinaryReader, maximumKey: Int = PeerMessage.treeDepth) throws -> DigestEntry {
         let offset = reader.offset
         let key = Array(try reader.readBytes())
-        guard key.count <= maximumKey else { throw BinaryDecodingError(.invalidValue, offset: offset, "tree key of \(key.count) bytes") }
+        guard key.count <= maximumKey, key.count == DocumentState.forgetKeySize || DigestTreeShape.isNode(key) else {
+            throw BinaryDecodingError(.invalidValue, offset: offset, "not a tree node")
+        }
         return DigestEntry(key: key, digest: try Digest128(from: &reader))
     }
 }

@@ -6,25 +6,18 @@ import KithLMDB
 ///
 /// - A **leaf** is one forget key: the digest of the identifier's own records (head, links,
 ///   ledger rows) and of its forget-set entry. The derived index and view rows are left out:
-///   replicas that hold the same sources derive the same ones.
-/// - Above the leaves: 65,536 **buckets** (the keys' first two bytes), 256 **ranges** (first
-///   byte) and the **root**. Each node's digest is the sum of the digests under it.
+///   replicas that hold the same sources derive the same ones. Leaves are not stored: a bucket
+///   that differs has its leaves computed from its rows when a comparison asks (rare work).
+/// - Above the leaves, stored in `merkle` (`DigestTreeShape`): 4,096 **buckets**, 64
+///   **ranges** and the **root**. Each node's digest is the sum of the digests under it.
 ///
 /// Digests are multiset sums (`Digest128`) of keyed row hashes, so a write updates them by
 /// adding the new rows' hashes and subtracting the old ones', with no rescan: `DigestingWriter`
-/// does it for every write of a transaction, and `flush` moves the sums up the tree once per
-/// transaction.
+/// does it for every write of a transaction, and `flush` adds each transaction's changes to
+/// the few bucket, range and root rows they touch, once.
 enum DigestTree {
-    /// Depth of the buckets (bytes of prefix); the leaves below them are whole forget keys.
-    static let bucketDepth = 2
-
-    /// The `merkle` key of the node over `prefix` (0 to `bucketDepth` bytes).
-    static func nodeKey(_ prefix: some Collection<UInt8>) -> [UInt8] { [UInt8(prefix.count)] + prefix }
-
-    /// The nodes above a forget key, from the root down.
-    static func ancestors(of forgetKey: [UInt8]) -> [[UInt8]] {
-        (0...bucketDepth).map { nodeKey(forgetKey.prefix($0)) }
-    }
+    /// The `merkle` key of a node: its depth, then its key (`DigestTreeShape`).
+    static func nodeKey(_ node: [UInt8]) -> [UInt8] { [UInt8(node.count)] + node }
 
     /// Whether a row counts toward its owner's digest.
     static func isCovered(_ table: Table, _ key: [UInt8]) -> Bool {
@@ -37,7 +30,15 @@ enum DigestTree {
         }
     }
 
+    /// The tree's layout version in `meta` (a store with another is rebuilt at open).
+    static let layout: UInt8 = 2
+
     static let coveredParts: Set<UInt8> = [DocumentPart.head.rawValue, DocumentPart.edge.rawValue, DocumentPart.ledger.rawValue]
+
+    /// What owns a covered row before hashing: a document's identifier key, or a forget key itself.
+    static func owner(_ table: Table, _ key: [UInt8]) -> [UInt8] {
+        table == .forget ? key : Array(key[..<key.firstIndex(of: 0)!])
+    }
 }
 
 extension HMACForgetKeyHasher {
@@ -51,9 +52,9 @@ extension HMACForgetKeyHasher {
         return Digest128(bytes: self.key.authenticate(writer.bytes))
     }
 
-    /// The forget key that owns a covered row.
-    func owner(of table: Table, _ key: [UInt8]) -> [UInt8] {
-        table == .forget ? key : forgetKeyBytes(forKey: key[..<key.firstIndex(of: 0)!])
+    /// The forget key of a row's owner (`DigestTree.owner`).
+    func forgetKey(ofOwner owner: [UInt8], in table: Table) -> [UInt8] {
+        table == .forget ? owner : forgetKeyBytes(forKey: owner)
     }
 }
 
@@ -92,6 +93,10 @@ final class DigestingWriter: StoreWriting {
         try base.identifiers(withForgetKeys: wanted, hasher: hasher)
     }
 
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try base.identifiers(inBucket: bucket, hasher: hasher)
+    }
+
     @discardableResult
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         guard DigestTree.isCovered(table, key) else { return try base.put(table, key, value, mode: mode) }
@@ -125,29 +130,27 @@ final class DigestingWriter: StoreWriting {
     private func record(_ table: Table, _ key: [UInt8], old: [UInt8]?, new: [UInt8]?) {
         known[table.rawValue][key] = .some(new)
         guard old != new else { return }
-        let identifierKey = table == .forget ? key : Array(key[..<key.firstIndex(of: 0)!])
-        let owner = owners[identifierKey] ?? hasher.owner(of: table, key)
-        owners[identifierKey] = owner
+        let ownerKey = DigestTree.owner(table, key)
+        let owner = owners[ownerKey] ?? hasher.forgetKey(ofOwner: ownerKey, in: table)
+        owners[ownerKey] = owner
         var change = changes[owner] ?? .zero
         if let old { change -= hasher.rowDigest(table, key, old) }
         if let new { change += hasher.rowDigest(table, key, new) }
         changes[owner] = change
     }
 
-    /// Adds this transaction's changes to the leaves and the nodes above them. Call before commit.
+    /// Adds this transaction's changes to the nodes above the changed leaves. Call before commit.
     func flush() throws {
         var nodes: [[UInt8]: Digest128] = [:]
         for (owner, change) in changes where !change.isZero {
-            try add(change, to: .digests, owner)
-            for node in DigestTree.ancestors(of: owner) { nodes[node, default: .zero] += change }
+            for node in DigestTreeShape.ancestors(of: owner) { nodes[node, default: .zero] += change }
         }
-        for (node, change) in nodes where !change.isZero { try add(change, to: .merkle, node) }
+        for (node, change) in nodes where !change.isZero {
+            let key = DigestTree.nodeKey(node)
+            let sum = try readDigest(base, .merkle, key) + change
+            if sum.isZero { try base.delete(.merkle, key) } else { try base.put(.merkle, key, sum.bytes, mode: .upsert) }
+        }
         changes = [:]
-    }
-
-    private func add(_ change: Digest128, to table: Table, _ key: [UInt8]) throws {
-        let sum = try readDigest(base, table, key) + change
-        if sum.isZero { try base.delete(table, key) } else { try base.put(table, key, sum.bytes, mode: .upsert) }
     }
 }
 
@@ -158,39 +161,66 @@ func readDigest(_ reader: some StoreReading, _ table: Table, _ key: [UInt8]) thr
 }
 
 extension StoreEngine {
-    /// The digest of a tree node (a prefix of 0 to `DigestTree.bucketDepth` bytes) or of one
-    /// forget key (a leaf).
+    /// The digest of a tree node (`DigestTreeShape`) or of one forget key (a leaf, computed).
     func digest(of node: [UInt8], in reader: some StoreReading) throws -> Digest128 {
-        if node.count > DigestTree.bucketDepth { return try readDigest(reader, .digests, node) }
-        return try readDigest(reader, .merkle, DigestTree.nodeKey(node))
+        if DigestTreeShape.isNode(node) { return try readDigest(reader, .merkle, DigestTree.nodeKey(node)) }
+        return try leafDigests(of: [node], in: reader)[node] ?? .zero
     }
 
     /// The children of a tree node with a non-zero digest, in key order: the nodes one level
-    /// down, or under a bucket the forget keys with their digests.
+    /// down, or under a bucket its forget keys with their digests (computed from the rows).
     func digestChildren(of node: [UInt8], in reader: some StoreReading) throws -> [DigestEntry] {
-        precondition(node.count <= DigestTree.bucketDepth, "leaves have no children")
-        let table: Table = node.count == DigestTree.bucketDepth ? .digests : .merkle
-        let prefix = node.count == DigestTree.bucketDepth ? node : DigestTree.nodeKey(node + [0]).dropLast()
+        precondition(DigestTreeShape.isNode(node), "leaves have no children")
+        guard node.count < 2 else {
+            let bucket = DigestTreeShape.bucketIndex(node)
+            var keys = Set(try reader.identifiers(inBucket: bucket, hasher: hasher).map { hasher.forgetKeyBytes(for: $0) })
+            try reader.scan(.forget, prefix: [UInt8(bucket >> 4)]) { key, _ in
+                if DigestTreeShape.bucket(of: key) == bucket { keys.insert(key) }
+                return .next
+            }
+            return try leafDigests(of: Array(keys), in: reader).filter { !$0.value.isZero }
+                .map { DigestEntry(key: $0.key, digest: $0.value) }.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+        }
         var children: [DigestEntry] = []
-        try reader.scan(table, prefix: Array(prefix)) { key, value in
-            let child = table == .digests ? key : Array(key.dropFirst())
-            children.append(DigestEntry(key: child, digest: try readDigestValue(value, table)))
+        let first = node.isEmpty ? [UInt8(1), 0] : DigestTree.nodeKey(DigestTreeShape.bucketKey(Int(node[0]) * DigestTreeShape.bucketsPerRange))
+        try reader.scan(.merkle, from: first) { key, value in
+            let child = Array(key.dropFirst())
+            guard key[0] == node.count + 1, DigestTreeShape.isChild(child, of: node) else { return .stop }
+            children.append(DigestEntry(key: child, digest: try readDigestValue(value, .merkle)))
             return .next
         }
         return children
     }
 
+    /// The digests of forget keys, from their rows.
+    func leafDigests(of forgetKeys: [[UInt8]], in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
+        var leaves: [[UInt8]: Digest128] = [:]
+        for identifier in try reader.identifiers(withForgetKeys: Set(forgetKeys), hasher: hasher) {
+            let prefix = documentPrefix(identifier.key)
+            var digest = Digest128.zero
+            try reader.scan(.documents, prefix: prefix) { key, value in
+                if DigestTree.isCovered(.documents, key) { digest += hasher.rowDigest(.documents, key, value) }
+                return .next
+            }
+            leaves[hasher.forgetKeyBytes(for: identifier)] = digest
+        }
+        for forgetKey in forgetKeys {
+            if let value = try reader.get(.forget, forgetKey) { leaves[forgetKey, default: .zero] += hasher.rowDigest(.forget, forgetKey, value) }
+        }
+        return leaves
+    }
+
     /// Every leaf digest computed from the rows themselves, without the stored tree: what the
-    /// tree must hold (checked by tests; used to build the tree for a store written before it).
+    /// tree must sum (checked by tests; used to build the tree for a store written before it).
     func recomputedDigests(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
         var leaves: [[UInt8]: Digest128] = [:]
         var owners: [[UInt8]: [UInt8]] = [:]
         for table in [Table.documents, .forget] {
             try reader.scan(table, prefix: []) { key, value in
                 guard DigestTree.isCovered(table, key) else { return .next }
-                let identifierKey = table == .forget ? key : Array(key[..<key.firstIndex(of: 0)!])
-                let owner = owners[identifierKey] ?? hasher.owner(of: table, key)
-                owners[identifierKey] = owner
+                let ownerKey = DigestTree.owner(table, key)
+                let owner = owners[ownerKey] ?? hasher.forgetKey(ofOwner: ownerKey, in: table)
+                owners[ownerKey] = owner
                 leaves[owner, default: .zero] += hasher.rowDigest(table, key, value)
                 return .next
             }
@@ -198,21 +228,37 @@ extension StoreEngine {
         return leaves.filter { !$0.value.isZero }
     }
 
-    /// Replaces the stored tree by one computed from the rows.
-    func rebuildDigests(in txn: any StoreWriting) throws {
-        for table in [Table.digests, .merkle] { try txn.deletePrefix(table, []) }
+    /// The tree's nodes as they must be, summed from `leaves`.
+    static func nodes(over leaves: [[UInt8]: Digest128]) -> [[UInt8]: Digest128] {
         var nodes: [[UInt8]: Digest128] = [:]
-        for (owner, digest) in try recomputedDigests(in: txn) {
-            try txn.put(.digests, owner, digest.bytes, mode: .upsert)
-            for node in DigestTree.ancestors(of: owner) { nodes[node, default: .zero] += digest }
+        for (owner, digest) in leaves {
+            for node in DigestTreeShape.ancestors(of: owner) { nodes[node, default: .zero] += digest }
         }
-        for (node, digest) in nodes where !digest.isZero { try txn.put(.merkle, node, digest.bytes, mode: .upsert) }
-        try txn.put(.meta, digestsMetaKey, [1], mode: .upsert)
+        return nodes.filter { !$0.value.isZero }
     }
 
-    /// Builds the tree once for a store written before it existed.
+    /// The stored tree's nodes.
+    func storedNodes(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
+        var nodes: [[UInt8]: Digest128] = [:]
+        try reader.scan(.merkle, prefix: []) { key, value in
+            nodes[Array(key.dropFirst())] = try readDigestValue(value, .merkle)
+            return .next
+        }
+        return nodes
+    }
+
+    /// Replaces the stored tree by one computed from the rows.
+    func rebuildDigests(in txn: any StoreWriting) throws {
+        try txn.deletePrefix(.merkle, [])
+        for (node, digest) in Self.nodes(over: try recomputedDigests(in: txn)) {
+            try txn.put(.merkle, DigestTree.nodeKey(node), digest.bytes, mode: .upsert)
+        }
+        try txn.put(.meta, digestsMetaKey, [DigestTree.layout], mode: .upsert)
+    }
+
+    /// Builds the tree once for a store written before it existed (or in another layout).
     func ensureDigests(in txn: any StoreWriting) throws {
-        guard try txn.get(.meta, digestsMetaKey) == nil else { return }
+        guard try txn.get(.meta, digestsMetaKey) != [DigestTree.layout] else { return }
         try rebuildDigests(in: txn)
     }
 

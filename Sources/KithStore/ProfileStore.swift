@@ -68,11 +68,11 @@ public protocol ProfileStore: AnyObject, Sendable {
 
     // MARK: Anti-entropy (see `DigestTree`)
 
-    /// The digest of a tree node (a forget-key prefix of 0 to 2 bytes) or of one forget key.
+    /// The digest of a tree node (`DigestTreeShape`) or of one forget key.
     func digest(of node: [UInt8]) throws -> Digest128
 
     /// The children of a tree node with a non-zero digest: the nodes one level down, or under a
-    /// bucket (2 bytes) the forget keys held.
+    /// bucket the forget keys held.
     func digestChildren(of node: [UInt8]) throws -> [DigestEntry]
 
     /// What this replica holds under each forget key (keys it holds nothing of are left out).
@@ -203,16 +203,9 @@ extension EngineBackedStore {
         try read { reader in try engine.recomputedDigests(in: reader) }
     }
 
-    /// The stored leaf digests.
-    func storedDigests() throws -> [[UInt8]: Digest128] {
-        try read { reader in
-            var leaves: [[UInt8]: Digest128] = [:]
-            try reader.scan(.digests, prefix: []) { key, _ in
-                leaves[key] = try engine.digest(of: key, in: reader)
-                return .next
-            }
-            return leaves
-        }
+    /// The stored tree's nodes, and the nodes as they must be, summed from the rows.
+    func treeNodes() throws -> (stored: [[UInt8]: Digest128], expected: [[UInt8]: Digest128]) {
+        try read { reader in (try engine.storedNodes(in: reader), StoreEngine.nodes(over: try engine.recomputedDigests(in: reader))) }
     }
 
     private func modify<T>(_ body: (WriteContext) throws -> T) throws -> T {

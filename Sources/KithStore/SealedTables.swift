@@ -214,7 +214,7 @@ struct SealedReading: StoreReading {
         case .ahead:
             guard let value = try base.get(table, key) else { return nil }
             return try session.openEntries(value, table: table, key: key).first.map { ProfileFormat.encode($0) }
-        case .meta, .forget, .digests, .merkle:
+        case .meta, .forget, .merkle:
             return try base.get(table, key)
         }
     }
@@ -235,7 +235,7 @@ struct SealedReading: StoreReading {
                 guard let entry = try session.openEntries(value, table: table, key: key).first else { return .next }
                 return try body(key, ProfileFormat.encode(entry))
             }
-        case .meta, .forget, .digests, .merkle:
+        case .meta, .forget, .merkle:
             try base.scan(table, from: start, body)
         }
     }
@@ -259,6 +259,22 @@ struct SealedReading: StoreReading {
             else { return nil }
             return identifier
         }
+    }
+
+    /// Owners are in pseudonym order, and a pseudonym is a forget key's first bytes: a bucket's
+    /// owners are one run of the table, read by their owner rows.
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        var identifiers: [Identifier] = []
+        try base.scan(.documents, from: [UInt8(bucket >> 4), UInt8(bucket & 0xF) << 4]) { key, _ in
+            guard DigestTreeShape.bucket(of: key) == bucket else { return .stop }
+            if key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart,
+                let owner = try ownerKey(Array(key.prefix(Sealing.pseudonymSize))), let identifier = Identifier(key: owner[...])
+            {
+                identifiers.append(identifier)
+            }
+            return .next
+        }
+        return identifiers
     }
 
     /// A row as the engine knows it, or nil when its key is destroyed.
@@ -318,6 +334,10 @@ struct SealedWriting: StoreWriting {
         try reading.identifiers(withForgetKeys: wanted, hasher: hasher)
     }
 
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try reading.identifiers(inBucket: bucket, hasher: hasher)
+    }
+
     @discardableResult
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         switch table {
@@ -340,7 +360,7 @@ struct SealedWriting: StoreWriting {
             return try base.put(table, key, try sealEntries(ChangeRecord.decode(value), table, key), mode: mode)
         case .ahead:
             return try base.put(table, key, try sealEntries([decode(ChangeEntry.self, value, table: table)], table, key), mode: mode)
-        case .meta, .forget, .digests, .merkle:
+        case .meta, .forget, .merkle:
             return try base.put(table, key, value, mode: mode)
         }
     }

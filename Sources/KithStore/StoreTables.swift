@@ -1,3 +1,4 @@
+import KithCRDT
 import KithLMDB
 import KithProfile
 import Synchronization
@@ -17,11 +18,9 @@ enum Table: Int, CaseIterable, Sendable {
     /// carrying consent decisions, kept apart as well so that a peer catching up can be sent
     /// them before the rest (node-local).
     case ahead
-    /// forget key → the digest of everything held under it (`Digest128`): the digest tree's
-    /// leaves, kept up to date at write time (see `DigestingWriter`).
-    case digests
-    /// tree node (level byte ‖ the first `level` bytes of the forget keys under it) → the sum of
-    /// the digests under it: the root (level 0), 256 ranges (1) and 65,536 buckets (2).
+    /// tree node (its depth ‖ its key, `DigestTreeShape`) → the sum of the digests of the forget
+    /// keys under it: the root, 64 ranges and 4,096 buckets, kept up to date at write time
+    /// (see `DigestTree`).
     case merkle
 
     var name: String {
@@ -31,7 +30,6 @@ enum Table: Int, CaseIterable, Sendable {
         case .changes: "changes"
         case .forget: "forget"
         case .ahead: "ahead"
-        case .digests: "digests"
         case .merkle: "merkle"
         }
     }
@@ -79,11 +77,21 @@ protocol StoreReading {
     func count(_ table: Table) throws -> Int
     /// The identifiers held here whose forget keys are in `wanted`.
     func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
+    /// The identifiers held here whose forget keys fall in digest-tree bucket `bucket`.
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier]
 }
 
 extension StoreReading {
     /// Plain tables know no pseudonyms: hash each identifier held (one seek per identifier).
     func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try identifiers(where: { wanted.contains(hasher.forgetKeyBytes(for: $0)) })
+    }
+
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try identifiers(where: { DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0)) == bucket })
+    }
+
+    private func identifiers(where wanted: (Identifier) -> Bool) throws -> [Identifier] {
         var members: [Identifier] = []
         var start: [UInt8] = []
         while true {
@@ -93,7 +101,7 @@ extension StoreReading {
                 return .stop
             }
             guard let identifierKey = next else { break }
-            if let identifier = Identifier(key: identifierKey[...]), wanted.contains(hasher.forgetKeyBytes(for: identifier)) {
+            if let identifier = Identifier(key: identifierKey[...]), wanted(identifier) {
                 members.append(identifier)
             }
             start = identifierKey + [1]
