@@ -70,20 +70,28 @@ public struct DigestEntry: Equatable, Sendable {
 }
 
 /// The shape of the digest tree over forget keys (anti-entropy, docs/replication.md): the root;
-/// 64 ranges (the keys' first 6 bits), each a one-byte node key; 4,096 buckets (first 12 bits),
+/// 32 ranges (the keys' first 5 bits), each a one-byte node key; 1,024 buckets (first 10 bits),
 /// each a two-byte node key (big-endian); under a bucket, its 32-byte forget keys. Few enough
-/// buckets that a write transaction dirties few pages of them, enough that a bucket that
-/// differs names few keys.
+/// buckets that they fill a few pages, which a write transaction dirties besides its own (a
+/// tree with 65,536 buckets cost a quarter of durable ingest); a bucket that differs has its
+/// keys' digests computed from their rows (about 100 keys a bucket per 100,000 customers).
 public enum DigestTreeShape {
-    public static let rangeCount = 64
-    public static let bucketCount = 4_096
+    public static let rangeCount = 32
+    public static let bucketBits = 10
+    public static let bucketCount = 1 << bucketBits
     public static let forgetKeySize = 32
     public static let bucketsPerRange = bucketCount / rangeCount
 
-    /// The bucket a forget key falls in.
+    /// The bucket a forget key (or any key at least two bytes long that starts like one) falls in.
     public static func bucket(of forgetKey: some Collection<UInt8>) -> Int {
         let bytes = Array(forgetKey.prefix(2))
-        return Int(bytes[0]) << 4 | Int(bytes[1]) >> 4
+        return (Int(bytes[0]) << 8 | Int(bytes[1])) >> (16 - bucketBits)
+    }
+
+    /// The least two leading bytes of a key in `bucket`: where a scan of the bucket starts.
+    public static func firstBytes(ofBucket bucket: Int) -> [UInt8] {
+        let value = bucket << (16 - bucketBits)
+        return [UInt8(value >> 8), UInt8(value & 0xFF)]
     }
 
     public static func bucketKey(_ bucket: Int) -> [UInt8] { [UInt8(bucket >> 8), UInt8(bucket & 0xFF)] }

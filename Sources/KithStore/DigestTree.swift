@@ -8,7 +8,7 @@ import KithLMDB
 ///   ledger rows) and of its forget-set entry. The derived index and view rows are left out:
 ///   replicas that hold the same sources derive the same ones. Leaves are not stored: a bucket
 ///   that differs has its leaves computed from its rows when a comparison asks (rare work).
-/// - Above the leaves, stored in `merkle` (`DigestTreeShape`): 4,096 **buckets**, 64
+/// - Above the leaves, stored in `merkle` (`DigestTreeShape`): 1,024 **buckets**, 32
 ///   **ranges** and the **root**. Each node's digest is the sum of the digests under it.
 ///
 /// Digests are multiset sums (`Digest128`) of keyed row hashes, so a write updates them by
@@ -66,10 +66,10 @@ final class DigestingWriter: StoreWriting {
     let base: any StoreWriting
     private let hasher: HMACForgetKeyHasher
     /// Covered rows' values as this transaction last saw them (nil: absent), by table.
-    private var known: [[[UInt8]: [UInt8]?]] = Array(repeating: [:], count: Table.allCases.count)
+    private var known: [[ByteKey: [UInt8]?]] = Array(repeating: [:], count: Table.allCases.count)
     /// Forget key → the change of its digest in this transaction.
-    private var changes: [[UInt8]: Digest128] = [:]
-    private var owners: [[UInt8]: [UInt8]] = [:]
+    private var changes: [ByteKey: Digest128] = [:]
+    private var owners: [ByteKey: [UInt8]] = [:]
 
     init(base: any StoreWriting, hasher: HMACForgetKeyHasher) {
         self.base = base
@@ -78,7 +78,7 @@ final class DigestingWriter: StoreWriting {
 
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         let value = try base.get(table, key)
-        if DigestTree.isCovered(table, key) { known[table.rawValue][key] = .some(value) }
+        if DigestTree.isCovered(table, key) { known[table.rawValue][ByteKey(key)] = .some(value) }
         return value
     }
 
@@ -123,27 +123,27 @@ final class DigestingWriter: StoreWriting {
     func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
 
     private func previous(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
-        if let seen = known[table.rawValue][key] { return seen }
+        if let seen = known[table.rawValue][ByteKey(key)] { return seen }
         return try base.get(table, key)
     }
 
     private func record(_ table: Table, _ key: [UInt8], old: [UInt8]?, new: [UInt8]?) {
-        known[table.rawValue][key] = .some(new)
+        known[table.rawValue][ByteKey(key)] = .some(new)
         guard old != new else { return }
-        let ownerKey = DigestTree.owner(table, key)
-        let owner = owners[ownerKey] ?? hasher.forgetKey(ofOwner: ownerKey, in: table)
+        let ownerKey = ByteKey(DigestTree.owner(table, key))
+        let owner = owners[ownerKey] ?? hasher.forgetKey(ofOwner: ownerKey.bytes, in: table)
         owners[ownerKey] = owner
-        var change = changes[owner] ?? .zero
+        var change = Digest128.zero
         if let old { change -= hasher.rowDigest(table, key, old) }
         if let new { change += hasher.rowDigest(table, key, new) }
-        changes[owner] = change
+        changes[ByteKey(owner), default: .zero] += change
     }
 
     /// Adds this transaction's changes to the nodes above the changed leaves. Call before commit.
     func flush() throws {
         var nodes: [[UInt8]: Digest128] = [:]
         for (owner, change) in changes where !change.isZero {
-            for node in DigestTreeShape.ancestors(of: owner) { nodes[node, default: .zero] += change }
+            for node in DigestTreeShape.ancestors(of: owner.bytes) { nodes[node, default: .zero] += change }
         }
         for (node, change) in nodes where !change.isZero {
             let key = DigestTree.nodeKey(node)
@@ -174,7 +174,7 @@ extension StoreEngine {
         guard node.count < 2 else {
             let bucket = DigestTreeShape.bucketIndex(node)
             var keys = Set(try reader.identifiers(inBucket: bucket, hasher: hasher).map { hasher.forgetKeyBytes(for: $0) })
-            try reader.scan(.forget, prefix: [UInt8(bucket >> 4)]) { key, _ in
+            try reader.scan(.forget, prefix: [DigestTreeShape.firstBytes(ofBucket: bucket)[0]]) { key, _ in
                 if DigestTreeShape.bucket(of: key) == bucket { keys.insert(key) }
                 return .next
             }

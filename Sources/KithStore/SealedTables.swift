@@ -265,7 +265,7 @@ struct SealedReading: StoreReading {
     /// owners are one run of the table, read by their owner rows.
     func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         var identifiers: [Identifier] = []
-        try base.scan(.documents, from: [UInt8(bucket >> 4), UInt8(bucket & 0xF) << 4]) { key, _ in
+        try base.scan(.documents, from: DigestTreeShape.firstBytes(ofBucket: bucket)) { key, _ in
             guard DigestTreeShape.bucket(of: key) == bucket else { return .stop }
             if key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart,
                 let owner = try ownerKey(Array(key.prefix(Sealing.pseudonymSize))), let identifier = Identifier(key: owner[...])

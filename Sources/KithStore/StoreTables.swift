@@ -19,7 +19,7 @@ enum Table: Int, CaseIterable, Sendable {
     /// them before the rest (node-local).
     case ahead
     /// tree node (its depth ‖ its key, `DigestTreeShape`) → the sum of the digests of the forget
-    /// keys under it: the root, 64 ranges and 4,096 buckets, kept up to date at write time
+    /// keys under it: the root, 32 ranges and 1,024 buckets, kept up to date at write time
     /// (see `DigestTree`).
     case merkle
 

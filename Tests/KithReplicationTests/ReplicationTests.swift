@@ -129,11 +129,11 @@ struct PeerMessageTests {
             forgetKey: key, identifier: identifier, forgottenAt: -5,
             rows: [DocumentState.Row(part: 2, suffix: [], value: [3, 0]), DocumentState.Row(part: 5, suffix: Array("m-1".utf8), value: [3, 1])])
         let messages: [PeerMessage] = [
-            .digestRequest(request: 7, nodes: [DigestEntry(key: [], digest: digest), DigestEntry(key: [0x0A, 0xBA], digest: .zero)]),
+            .digestRequest(request: 7, nodes: [DigestEntry(key: [], digest: digest), DigestEntry(key: [0x02, 0xAE], digest: .zero)]),
             .digestReply(request: 7, children: [
-                DigestChildren(node: [], children: [DigestEntry(key: [42], digest: digest)]),
-                DigestChildren(node: [42], children: [DigestEntry(key: [0x0A, 0xBA], digest: digest)]),
-                DigestChildren(node: [0x0A, 0xBA], children: [DigestEntry(key: key, digest: digest)]),
+                DigestChildren(node: [], children: [DigestEntry(key: [21], digest: digest)]),
+                DigestChildren(node: [21], children: [DigestEntry(key: [0x02, 0xAE], digest: digest)]),
+                DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: key, digest: digest)]),
             ]),
             .documents(request: 7, states: [state, DocumentState(forgetKey: key, identifier: nil, forgottenAt: 9, rows: [])], wanted: [key]),
         ]
@@ -146,13 +146,13 @@ struct PeerMessageTests {
             #expect(throws: (any Error).self) { try PeerMessage(tag: message.tag, payload: payload + [0]) }
         }
         func refused(_ message: PeerMessage) -> Bool { (try? PeerMessage(tag: message.tag, payload: message.encodePayload())) == nil }
-        // Tree nodes are the root, 64 ranges and 4,096 buckets; a child lies under its node, one level down.
+        // Tree nodes are the root, 32 ranges and 1,024 buckets; a child lies under its node, one level down.
         #expect(refused(.digestRequest(request: 1, nodes: [DigestEntry(key: [1, 2, 3], digest: digest)])))
         #expect(refused(.digestRequest(request: 1, nodes: [DigestEntry(key: [64], digest: digest)])))
-        #expect(refused(.digestRequest(request: 1, nodes: [DigestEntry(key: [0x10, 0x00], digest: digest)])))
-        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [1], children: [DigestEntry(key: [0, 0x3F], digest: digest)])])))
-        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [0x0A, 0xBB], children: [DigestEntry(key: key, digest: digest)])])))
-        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [0x0A, 0xBA], children: [DigestEntry(key: [1, 2, 3], digest: digest)])])))
+        #expect(refused(.digestRequest(request: 1, nodes: [DigestEntry(key: [0x04, 0x00], digest: digest)])))
+        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [1], children: [DigestEntry(key: [0, 0x10], digest: digest)])])))
+        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [0x02, 0xAF], children: [DigestEntry(key: key, digest: digest)])])))
+        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: [1, 2, 3], digest: digest)])])))
         #expect(refused(.digestRequest(request: 1, nodes: Array(repeating: DigestEntry(key: [], digest: digest), count: 257))))
         #expect(refused(.documents(request: 1, states: [], wanted: Array(repeating: key, count: 257))))
         // Rows need an identifier to belong to.
