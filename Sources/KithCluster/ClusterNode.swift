@@ -14,7 +14,8 @@ public struct ReplicationSettings: Sendable {
     /// Log entries read per reply at most.
     public var scanLimit = 1_024
     /// How often this node compares digest trees with one peer (each peer in turn), when its
-    /// log pulls from that peer have caught up. 0 turns anti-entropy by digests off.
+    /// log pulls from that peer have caught up, and with a peer that comes back. 0 turns these
+    /// off (a comparison asked for with `requestTreeComparisons` still runs).
     public var antiEntropyInterval: Int64 = 30_000
     /// A step of a tree comparison not answered within this long ends the comparison.
     public var antiEntropyTimeout: Int64 = 5_000
@@ -288,8 +289,10 @@ public final class ClusterNode {
             switch directive {
             case .send(let address, let message): send(address, .membership(message))
             case .memberUp(let member):
-                // Back or new: exchange logs now rather than at the next interval.
+                // Back or new: exchange logs now rather than at the next interval, then compare
+                // trees once the log has caught up (what it missed may be in no log).
                 peers[member.id, default: PeerState()].lastPullCompleted = nil
+                if settings.antiEntropyInterval > 0 { antiEntropy.requested.insert(member.id) }
             case .memberDown(let member): peers[member.id]?.pullSentAt = nil
             }
         }
