@@ -13,11 +13,15 @@ struct StoreEngine: Sendable {
         hasher = HMACForgetKeyHasher(secret: configuration.forgetKeySecret)
     }
 
-    /// The profile of `identifier`: its index entry names the canonical identifier, whose view
-    /// it is. Two point reads (the usual read, by user id, finds both on one page), and no other
-    /// row of the identifier is read — in a sealed store each row read is a decryption.
+    /// The profile of `identifier`. Only a profile's canonical identifier holds a view row, so
+    /// a read by the canonical identifier (the usual read, by user id) is one point read; a read
+    /// by another identifier follows its index entry to the canonical one. No other row of the
+    /// identifier is read — in a sealed store each row read is a decryption.
     func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
-        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)),
+        if let bytes = try reader.get(.documents, documentKey(identifier.key, .view)) {
+            return try decode(ProfileView.self, bytes, table: .documents)
+        }
+        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)), canonical != identifier.key,
             let bytes = try reader.get(.documents, documentKey(canonical, .view))
         else { return nil }
         return try decode(ProfileView.self, bytes, table: .documents)
