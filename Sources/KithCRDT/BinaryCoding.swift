@@ -167,6 +167,13 @@ public struct BinaryReader: Sendable {
         return Int(raw)
     }
 
+    /// Exactly `count` bytes with no length before them (fixed-size fields: digests, keys).
+    public mutating func readRaw(_ count: Int) throws -> [UInt8] {
+        guard remaining >= count else { throw BinaryDecodingError(.truncated, offset: offset) }
+        defer { offset += count }
+        return Array(bytes[offset..<offset + count])
+    }
+
     public mutating func readBytes() throws -> ArraySlice<UInt8> {
         let length = try readCount()
         defer { offset += length }

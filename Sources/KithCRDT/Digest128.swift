@@ -50,10 +50,7 @@ extension Digest128: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) { writer.write(raw: bytes) }
 
     public init(from reader: inout BinaryReader) throws {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(Self.byteCount)
-        for _ in 0..<Self.byteCount { bytes.append(try reader.readByte()) }
-        self.init(bytes: bytes)
+        self.init(bytes: try reader.readRaw(Self.byteCount))
     }
 }
 
@@ -112,6 +109,9 @@ public enum DigestTreeShape {
         default: false
         }
     }
+
+    /// Whether `key` names a bucket, the nodes whose children are forget keys.
+    public static func isBucket(_ key: [UInt8]) -> Bool { key.count == 2 && isNode(key) }
 
     /// Whether `child` is a child of the node `node`.
     public static func isChild(_ child: [UInt8], of node: [UInt8]) -> Bool {

@@ -104,7 +104,7 @@ extension ClusterNode {
         guard var exchange = antiEntropy.exchange, exchange.request == request, exchange.peer == sender else { return }
         for node in children {
             let differing = Self.differing(mine: try store.digestChildren(of: node.node), theirs: node.children)
-            if node.node.count < PeerMessage.treeDepth {
+            if !DigestTreeShape.isBucket(node.node) {
                 for key in differing { exchange.nodes.append(DigestEntry(key: key, digest: try store.digest(of: key))) }
             } else {
                 exchange.keys += differing

@@ -53,10 +53,7 @@ extension DocumentState: BinaryCodable {
     }
 
     public init(from reader: inout BinaryReader) throws {
-        var key: [UInt8] = []
-        key.reserveCapacity(Self.forgetKeySize)
-        for _ in 0..<Self.forgetKeySize { key.append(try reader.readByte()) }
-        forgetKey = key
+        forgetKey = try reader.readRaw(Self.forgetKeySize)
         identifier = try reader.readBool() ? try Identifier(from: &reader) : nil
         forgottenAt = try reader.readBool() ? try reader.readSigned() : nil
         rows = try reader.readSequence(minimumItemSize: 3) { r in

@@ -48,8 +48,6 @@ public enum PeerMessage: Equatable, Sendable {
 
     /// The most tree nodes one digest request names, and forget keys one documents message wants.
     public static let maximumNodesPerRequest = 256
-    /// Tree node keys are at most this many bytes (`DigestTreeShape`; leaves are forget keys).
-    public static let treeDepth = 2
 }
 
 extension PeerMessage {
@@ -119,7 +117,12 @@ extension PeerMessage {
         case 5: self = .acknowledge(through: try reader.readVarint())
         case 6:
             let request = try reader.readVarint()
-            let nodes = try reader.readSequence(minimumItemSize: 17) { r in try DigestEntry.decode(from: &r) }
+            let nodes = try reader.readSequence(minimumItemSize: 17) { r in
+                let offset = r.offset
+                let node = try DigestEntry(from: &r)
+                guard DigestTreeShape.isNode(node.key) else { throw BinaryDecodingError(.invalidValue, offset: offset, "not a tree node") }
+                return node
+            }
             guard nodes.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes") }
             self = .digestRequest(request: request, nodes: nodes)
         case 7:
@@ -130,7 +133,7 @@ extension PeerMessage {
         case 8:
             let request = try reader.readVarint()
             let states = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize + 3) { r in try DocumentState(from: &r) }
-            let wanted = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize) { r in try r.readForgetKey() }
+            let wanted = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize) { r in try r.readRaw(DocumentState.forgetKeySize) }
             guard wanted.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many keys wanted") }
             self = .documents(request: request, states: states, wanted: wanted)
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
@@ -156,7 +159,7 @@ public struct DigestChildren: Equatable, Sendable {
         guard DigestTreeShape.isNode(node) else { throw BinaryDecodingError(.invalidValue, offset: offset, "not a tree node") }
         children = try reader.readSequence(minimumItemSize: 17) { r in
             let childOffset = r.offset
-            let entry = try DigestEntry.decode(from: &r, maximumKey: DocumentState.forgetKeySize)
+            let entry = try DigestEntry(from: &r)
             // A range's children are buckets in it, a bucket's the forget keys in it.
             guard DigestTreeShape.isChild(entry.key, of: node) else {
                 throw BinaryDecodingError(.invalidValue, offset: childOffset, "a child outside its tree node")
@@ -172,23 +175,12 @@ extension DigestEntry {
         digest.encode(to: &writer)
     }
 
-    /// A tree node (or, with `maximumKey` 32, a leaf) and its digest.
-    static func decode(from reader: inout BinaryReader, maximumKey: Int = PeerMessage.treeDepth) throws -> DigestEntry {
+    /// A tree node or a forget key, and its digest; where it may stand is for the caller to check.
+    init(from reader: inout BinaryReader) throws {
         let offset = reader.offset
         let key = Array(try reader.readBytes())
-        guard key.count <= maximumKey, key.count == DocumentState.forgetKeySize || DigestTreeShape.isNode(key) else {
-            throw BinaryDecodingError(.invalidValue, offset: offset, "not a tree node")
-        }
-        return DigestEntry(key: key, digest: try Digest128(from: &reader))
-    }
-}
-
-extension BinaryReader {
-    mutating func readForgetKey() throws -> [UInt8] {
-        var key: [UInt8] = []
-        key.reserveCapacity(DocumentState.forgetKeySize)
-        for _ in 0..<DocumentState.forgetKeySize { key.append(try readByte()) }
-        return key
+        guard key.count <= DocumentState.forgetKeySize else { throw BinaryDecodingError(.invalidValue, offset: offset, "tree key of \(key.count) bytes") }
+        self.init(key: key, digest: try Digest128(from: &reader))
     }
 }
 

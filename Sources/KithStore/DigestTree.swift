@@ -62,7 +62,7 @@ extension HMACForgetKeyHasher {
 /// row adds the new row's hash to its owner's digest and subtracts the old row's. The old value
 /// comes from what the transaction already read or wrote when it can (the engine reads heads,
 /// links and ledger rows before it rewrites them), else from one extra read.
-final class DigestingWriter: StoreWriting {
+final class DigestingWriter: StoreWriting, ReadingThrough {
     let base: any StoreWriting
     private let hasher: HMACForgetKeyHasher
     /// Covered rows' values as this transaction last saw them (nil: absent), by table.
@@ -76,25 +76,12 @@ final class DigestingWriter: StoreWriting {
         self.hasher = hasher
     }
 
+    var readThrough: any StoreReading { base }
+
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         let value = try base.get(table, key)
         if DigestTree.isCovered(table, key) { known[table.rawValue][ByteKey(key)] = .some(value) }
         return value
-    }
-
-    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try base.scan(table, from: start, body)
-    }
-
-    func lastKey(_ table: Table) throws -> [UInt8]? { try base.lastKey(table) }
-    func count(_ table: Table) throws -> Int { try base.count(table) }
-
-    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
-        try base.identifiers(withForgetKeys: wanted, hasher: hasher)
-    }
-
-    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
-        try base.identifiers(inBucket: bucket, hasher: hasher)
     }
 
     @discardableResult
@@ -164,22 +151,25 @@ extension StoreEngine {
     /// The digest of a tree node (`DigestTreeShape`) or of one forget key (a leaf, computed).
     func digest(of node: [UInt8], in reader: some StoreReading) throws -> Digest128 {
         if DigestTreeShape.isNode(node) { return try readDigest(reader, .merkle, DigestTree.nodeKey(node)) }
-        return try leafDigests(of: [node], in: reader)[node] ?? .zero
+        return try documentStates(for: [node], in: reader).first.map(leafDigest) ?? .zero
     }
 
     /// The children of a tree node with a non-zero digest, in key order: the nodes one level
     /// down, or under a bucket its forget keys with their digests (computed from the rows).
     func digestChildren(of node: [UInt8], in reader: some StoreReading) throws -> [DigestEntry] {
         precondition(DigestTreeShape.isNode(node), "leaves have no children")
-        guard node.count < 2 else {
+        guard !DigestTreeShape.isBucket(node) else {
             let bucket = DigestTreeShape.bucketIndex(node)
-            var keys = Set(try reader.identifiers(inBucket: bucket, hasher: hasher).map { hasher.forgetKeyBytes(for: $0) })
+            var identifiers: [[UInt8]: Identifier] = [:]
+            for identifier in try reader.identifiers(inBucket: bucket, hasher: hasher) { identifiers[hasher.forgetKeyBytes(for: identifier)] = identifier }
+            var keys = Set(identifiers.keys)
             try reader.scan(.forget, prefix: [DigestTreeShape.firstBytes(ofBucket: bucket)[0]]) { key, _ in
                 if DigestTreeShape.bucket(of: key) == bucket { keys.insert(key) }
                 return .next
             }
-            return try leafDigests(of: Array(keys), in: reader).filter { !$0.value.isZero }
-                .map { DigestEntry(key: $0.key, digest: $0.value) }.sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            let sorted = keys.sorted { $0.lexicographicallyPrecedes($1) }
+            return try documentStates(for: sorted, of: identifiers, in: reader).map { DigestEntry(key: $0.forgetKey, digest: leafDigest($0)) }
+                .filter { !$0.digest.isZero }
         }
         var children: [DigestEntry] = []
         let first = node.isEmpty ? [UInt8(1), 0] : DigestTree.nodeKey(DigestTreeShape.bucketKey(Int(node[0]) * DigestTreeShape.bucketsPerRange))
@@ -192,22 +182,16 @@ extension StoreEngine {
         return children
     }
 
-    /// The digests of forget keys, from their rows.
-    func leafDigests(of forgetKeys: [[UInt8]], in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
-        var leaves: [[UInt8]: Digest128] = [:]
-        for identifier in try reader.identifiers(withForgetKeys: Set(forgetKeys), hasher: hasher) {
-            let prefix = documentPrefix(identifier.key)
-            var digest = Digest128.zero
-            try reader.scan(.documents, prefix: prefix) { key, value in
-                if DigestTree.isCovered(.documents, key) { digest += hasher.rowDigest(.documents, key, value) }
-                return .next
+    /// A leaf's digest: the hashes of exactly the rows a document state ships, as stored.
+    func leafDigest(_ state: DocumentState) -> Digest128 {
+        var digest = Digest128.zero
+        if let identifier = state.identifier {
+            for row in state.rows {
+                digest += hasher.rowDigest(.documents, documentPrefix(identifier.key) + [row.part] + row.suffix, row.value)
             }
-            leaves[hasher.forgetKeyBytes(for: identifier)] = digest
         }
-        for forgetKey in forgetKeys {
-            if let value = try reader.get(.forget, forgetKey) { leaves[forgetKey, default: .zero] += hasher.rowDigest(.forget, forgetKey, value) }
-        }
-        return leaves
+        if let time = state.forgottenAt { digest += hasher.rowDigest(.forget, state.forgetKey, encodeForgetTime(time)) }
+        return digest
     }
 
     /// Every leaf digest computed from the rows themselves, without the stored tree: what the
@@ -269,6 +253,13 @@ extension StoreEngine {
         for identifier in try reader.identifiers(withForgetKeys: Set(forgetKeys), hasher: hasher) {
             identifiers[hasher.forgetKeyBytes(for: identifier)] = identifier
         }
+        return try documentStates(for: forgetKeys, of: identifiers, in: reader)
+    }
+
+    /// The states of `forgetKeys`, whose identifiers held here (by forget key) are known.
+    private func documentStates(for forgetKeys: [[UInt8]], of identifiers: [[UInt8]: Identifier], in reader: some StoreReading) throws
+        -> [DocumentState]
+    {
         var states: [DocumentState] = []
         for forgetKey in forgetKeys {
             let identifier = identifiers[forgetKey]

@@ -233,7 +233,8 @@ public final class LMDBProfileStore: EngineBackedStore {
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
         try checkFormat()
         try destroyRetiredKeys()
-        try write { txn in try engine.ensureDigests(in: txn) }
+        // A write transaction only when the tree is missing (a store written before it).
+        if try read({ try $0.get(.meta, digestsMetaKey) }) != [DigestTree.layout] { try write { txn in try engine.ensureDigests(in: txn) } }
     }
 
     /// The key file in use.
@@ -348,7 +349,6 @@ public final class MemoryProfileStore: EngineBackedStore {
     public init(configuration: StoreConfiguration, byteLimit: Int = Int.max) {
         engine = StoreEngine(configuration: configuration)
         storage = Mutex(MemoryTables(byteLimit: byteLimit))
-        try! write { txn in try engine.ensureDigests(in: txn) }
     }
 
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {

@@ -313,7 +313,7 @@ struct SealedReading: StoreReading {
 }
 
 /// Writes of sealed tables (reads as `SealedReading`).
-struct SealedWriting: StoreWriting {
+struct SealedWriting: StoreWriting, ReadingThrough {
     let base: any StoreWriting
     let session: SealingSession
     private var reading: SealedReading { SealedReading(base: base, session: session) }
@@ -323,20 +323,7 @@ struct SealedWriting: StoreWriting {
         self.session = session
     }
 
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reading.get(table, key) }
-    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try reading.scan(table, from: start, body)
-    }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try reading.lastKey(table) }
-    func count(_ table: Table) throws -> Int { try reading.count(table) }
-
-    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
-        try reading.identifiers(withForgetKeys: wanted, hasher: hasher)
-    }
-
-    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
-        try reading.identifiers(inBucket: bucket, hasher: hasher)
-    }
+    var readThrough: any StoreReading { reading }
 
     @discardableResult
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {

@@ -125,6 +125,27 @@ protocol StoreWriting: StoreReading {
     func retireKeys(of identifiers: [Identifier]) throws
 }
 
+/// A table view that reads through another one unchanged: the writers that change only how
+/// writes happen (sealing, the digest tree) forward every read but what they override.
+protocol ReadingThrough: StoreReading {
+    var readThrough: any StoreReading { get }
+}
+
+extension ReadingThrough {
+    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try readThrough.get(table, key) }
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try readThrough.scan(table, from: start, body)
+    }
+    func lastKey(_ table: Table) throws -> [UInt8]? { try readThrough.lastKey(table) }
+    func count(_ table: Table) throws -> Int { try readThrough.count(table) }
+    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try readThrough.identifiers(withForgetKeys: wanted, hasher: hasher)
+    }
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try readThrough.identifiers(inBucket: bucket, hasher: hasher)
+    }
+}
+
 extension StoreWriting {
     /// Plain tables have no keys to destroy.
     func retireKeys(of identifiers: [Identifier]) throws {}

@@ -154,7 +154,7 @@ func compare(_ a: any ProfileStore, _ b: any ProfileStore, keyLimit: Int = .max)
         for entry in mine { digests[entry.key, default: [nil, nil]][0] = entry.digest }
         for entry in theirs { digests[entry.key, default: [nil, nil]][1] = entry.digest }
         let differing = digests.filter { $0.value[0] != $0.value[1] }.map(\.key)
-        if node.count < 2 { nodes += differing } else { keys += differing }
+        if DigestTreeShape.isBucket(node) { keys += differing } else { nodes += differing }
     }
     keys = Array(keys.sorted { $0.lexicographicallyPrecedes($1) }.prefix(keyLimit))
     guard !keys.isEmpty else { return 0 }
