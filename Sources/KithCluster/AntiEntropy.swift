@@ -28,18 +28,15 @@ struct AntiEntropyState {
 
 extension ClusterNode {
     /// Starts a comparison with the peer compared least recently, if one is due: one at a time,
-    /// and only with a peer whose log this node has caught up with — during a backlog the trees
-    /// differ by what the log is bringing anyway, and comparing would ship it twice.
+    /// and only once each side has read the other's log — during a backlog, either way, the
+    /// trees differ by what the log is bringing anyway, and comparing would ship it twice.
     func compareTreesIfDue(now: Int64) throws {
         if let exchange = antiEntropy.exchange {
             guard now - exchange.sentAt >= settings.antiEntropyTimeout else { return }
             antiEntropy.exchange = nil
             counters.antiEntropyAbandoned += 1
         }
-        let caughtUp = membership.reachable.filter { peer in
-            guard let state = peers[peer.id] else { return false }
-            return state.pullSentAt == nil && state.lastPullCompleted != nil
-        }
+        let caughtUp = membership.reachable.filter { peer in peers[peer.id].map { $0.isCaughtUp && $0.hasReadOurLog } ?? false }
         if let asked = caughtUp.filter({ antiEntropy.requested.contains($0.id) }).min(by: { $0.id < $1.id }) {
             antiEntropy.requested.remove(asked.id)
             try compareTrees(with: asked, now: now)

@@ -82,6 +82,19 @@ public final class ClusterNode {
         /// The last pull request whose chain of replies ended with nothing more to send: then
         /// this node held everything the peer held when it answered that request.
         public var caughtUpThrough: UInt64 = 0
+        /// The request of the last pull sent to the peer (a chain of replies continues under it).
+        public var lastPullRequest: UInt64 = 0
+        /// Whether the last reply this node sent to the peer's pulls left nothing more to send:
+        /// the peer holds this node's log as of then (unless the reply is lost; it pulls again).
+        public var hasReadOurLog = false
+
+        /// Whether this node has read everything the peer's log held when last asked: the
+        /// newest pull's chain ended with nothing more, no pull is in flight, and the peer has
+        /// not come back since (that clears `lastPullCompleted`). A pull that timed out
+        /// mid-backlog does not count: its chain never ended.
+        public var isCaughtUp: Bool {
+            pullSentAt == nil && lastPullCompleted != nil && lastPullRequest > 0 && caughtUpThrough >= lastPullRequest
+        }
     }
 
     public var id: UInt64 { membership.me.id }
@@ -149,7 +162,9 @@ public final class ClusterNode {
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
             acknowledged(by: sender, through: versions[id])
-            send(replyAddress(sender, address), try reply(after: cursor, lacking: versions, budget: budget, request: request))
+            let answer = try reply(after: cursor, lacking: versions, budget: budget, request: request)
+            if case .changes(_, _, _, let more, _, _) = answer { peers[sender]?.hasReadOurLog = !more }
+            send(replyAddress(sender, address), answer)
             // Read repair, both ways: a puller that holds what this node lacks is pulled from now.
             if try holdsLess(than: versions), peers[sender]?.pullSentAt == nil, let member = membership.members[sender] {
                 try pull(from: member, now: now)
@@ -228,6 +243,7 @@ public final class ClusterNode {
 
     private func pull(from peer: Member, now: Int64, request: UInt64) throws {
         peers[peer.id, default: PeerState()].pullSentAt = now
+        peers[peer.id]?.lastPullRequest = request
         counters.pullsSent += 1
         send(
             peer.address,
@@ -292,6 +308,7 @@ public final class ClusterNode {
                 // Back or new: exchange logs now rather than at the next interval, then compare
                 // trees once the log has caught up (what it missed may be in no log).
                 peers[member.id, default: PeerState()].lastPullCompleted = nil
+                peers[member.id]?.hasReadOurLog = false
                 if settings.antiEntropyInterval > 0 { antiEntropy.requested.insert(member.id) }
             case .memberDown(let member): peers[member.id]?.pullSentAt = nil
             }
