@@ -161,6 +161,11 @@ public struct LMDBWriteTransaction {
         }
     }
 
+    /// Deletes `database` and everything in it from the environment; its handle must not be used again.
+    public func drop(_ database: LMDBDatabase) throws {
+        try LMDBError.check(mdb_drop(txn, database.handle, 1), "mdb_drop \(database.name)")
+    }
+
     /// Deletes every entry whose key starts with `prefix`; returns how many.
     @discardableResult
     public func deletePrefix(_ database: LMDBDatabase, _ prefix: [UInt8]) throws -> Int {

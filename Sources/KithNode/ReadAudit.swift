@@ -17,27 +17,29 @@ struct AuditShapeMissing: Error {}
 ///   commits the queue every `flushInterval` in one durable transaction to `records`, keyed by
 ///   time and sequence, so these writes are appends: a few pages a commit, however many records.
 ///   A crash loses at most the records of the last interval (docs/privacy.md says so).
-/// - The index by subject (`subjects`: 16 bytes of the keyed hash, then the record key) is
-///   derived from `records` and updated every `indexIntervalMillis` (or after `indexBacklog`
-///   records) in large batches: its keys are random, so each row dirties its own page, and
-///   large batches share pages where small ones would not. A watermark committed with the rows says how far it goes; a query indexes the
-///   rest first, and after a crash the next pass picks up where the watermark stopped.
+/// - The index by subject is derived from `records` by index passes (every `indexIntervalMillis`,
+///   or sooner after `indexBatch` records), each of which sorts its rows and appends them as one
+///   run (`AuditIndex.swift`); runs are merged a level up `fanIn` at a time, in chunks, between
+///   the commits of records. A watermark committed with each run says how far the index goes; a
+///   query indexes the rest first, and after a crash the next pass picks up where it stopped.
 /// - A failed commit keeps its batch queued; if the queue fills, `record` refuses and the read
 ///   is answered 503, because a read that cannot be audited must not be served.
-/// - Records older than the retention are swept once a minute.
+/// - Records older than the retention are swept once a minute, with the runs that index only them.
 public final class ReadAudit: @unchecked Sendable {
     static let flushInterval: DispatchTimeInterval = .milliseconds(10)
-    static let indexIntervalMillis: Int64 = 10_000
-    /// Index sooner when this many records wait, so that a query never has much to catch up.
-    static let indexBacklog = 200_000
+    static let indexIntervalMillis: Int64 = 1_000
+    /// Records a pass indexes in one run (and the backlog that starts a pass early).
+    static let indexBatch = 50_000
     static let queueLimit = 100_000
-    static let subjectPrefix = 16
 
     private let environment: LMDBEnvironment
     private let records: LMDBDatabase
-    private let subjects: LMDBDatabase
     private let meta: LMDBDatabase
     private let shapes: LMDBDatabase
+    /// The registry of complete runs: `level ‖ id` → rows, first and last record key.
+    private let runsTable: LMDBDatabase
+    /// The rows of each level's runs.
+    private let levelTables: [LMDBDatabase]
     /// Keys of shapes already stored, so a repeated shape costs a dictionary lookup. Touched
     /// only under `writeLock`; emptied when it grows past `shapeCacheLimit`.
     private var storedShapes: [[UInt8]: [UInt8]] = [:]
@@ -46,8 +48,10 @@ public final class ReadAudit: @unchecked Sendable {
     private let queue = Mutex<(queue: AuditQueue<PendingAuditRecord>, stopped: Bool)>((AuditQueue(limit: ReadAudit.queueLimit), false))
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
+    private let runsInBackground: Bool
     private let log: Log
-    /// Serialises this audit's write transactions; `sequence` is touched only under it.
+    /// Serialises this audit's write transactions; `sequence`, `merge` and the counters below
+    /// are touched only under it.
     private let writeLock = Mutex<Void>(())
     /// Orders records of the same millisecond; continues after the newest stored record.
     private var sequence: UInt64 = 0
@@ -58,42 +62,60 @@ public final class ReadAudit: @unchecked Sendable {
     private var lastSweep: Int64 = 0
     private var lastIndex: Int64 = 0
     private var unindexed = 0
+    private var merge: AuditMerge?
+    /// Rows a merge writes in one transaction (smaller in tests, to cut merges into chunks).
+    var mergeChunkRows = 100_000
     private var failing = false
     public let written = Atomic<Int>(0)
 
     private static let watermarkKey = Array("indexed".utf8)
+    private static let nextRunKey = Array("next-run".utf8)
     private static let formatKey = Array("format".utf8)
-    static let format: [UInt8] = [1]
+    /// 2: the subject index as runs. 1 had one `subjects` table, which is derived data: it is
+    /// dropped and the index rebuilt from the records.
+    static let format: [UInt8] = [2]
 
-    /// An audit environment of another layout is refused rather than misread.
+    /// An audit environment of an unknown layout is refused rather than misread.
     private func checkFormat() throws {
-        try environment.write { txn in
-            switch try txn.get(meta, Self.formatKey) {
-            case Self.format?: return
-            case nil where try txn.count(records) == 0: try txn.put(meta, Self.formatKey, Self.format)
-            default: throw ConfigurationError("the read audit at \(environment.path) has a layout this version does not read; move it away to start a new one")
+        let (format, empty) = try environment.read { txn in (try txn.get(meta, Self.formatKey), try txn.count(records) == 0) }
+        switch format {
+        case Self.format?: return
+        case nil where empty: try environment.write { txn in try txn.put(meta, Self.formatKey, Self.format) }
+        case [1]?:
+            let old = try environment.database(named: "subjects")
+            try environment.write { txn in
+                try txn.drop(old)
+                _ = try txn.delete(meta, Self.watermarkKey)
+                try txn.put(meta, Self.formatKey, Self.format)
             }
+        default: throw ConfigurationError("the read audit at \(environment.path) has a layout this version does not read; move it away to start a new one")
         }
     }
 
-    public init(path: String, retentionDays: Int, log: Log) throws {
+    /// `runsInBackground` false leaves flushing, indexing and merging to explicit calls (tests).
+    public init(path: String, retentionDays: Int, log: Log, runsInBackground: Bool = true) throws {
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         var configuration = LMDBEnvironment.Configuration()
         configuration.mapSize = 64 << 20
-        configuration.maximumDatabases = 8
-        environment = try LMDBEnvironment(path: path, configuration: configuration)
+        configuration.maximumDatabases = UInt32(AuditIndexLayout.levels + 8)
+        let environment = try LMDBEnvironment(path: path, configuration: configuration)
+        self.environment = environment
         records = try environment.database(named: "records")
-        subjects = try environment.database(named: "subjects")
         meta = try environment.database(named: "meta")
         shapes = try environment.database(named: "shapes")
+        runsTable = try environment.database(named: "runs")
+        levelTables = try (0..<AuditIndexLayout.levels).map { try environment.database(named: AuditIndexLayout.tableName(level: $0)) }
         retentionMillis = Int64(retentionDays) * 86_400_000
         self.log = log
+        self.runsInBackground = runsInBackground
         lastSweep = unixMillis()
         try checkFormat()
+        try deleteUnregisteredRows()
         if let last = try environment.read({ txn in try txn.lastKey(records) }) {
-            lastKeyTime = Self.integer(last[..<8])
-            sequence = Self.integer(last[8...])
+            lastKeyTime = integer(last[..<8])
+            sequence = integer(last[8...])
         }
+        guard runsInBackground else { return }
         let thread = Thread { [self] in run() }
         thread.name = "kith-audit"
         thread.start()
@@ -114,16 +136,18 @@ public final class ReadAudit: @unchecked Sendable {
         let wanted = Set(wanted)
         return try environment.read { txn in
             var keys = Set<[UInt8]>()
-            for subject in wanted {
-                let prefix = Array(subject.prefix(Self.subjectPrefix))
-                try txn.scan(subjects, prefix: prefix) { key, _ in
-                    keys.insert(Array(key.dropFirst(prefix.count)))
-                    return .next
+            for run in try registeredRuns(txn) {
+                for subject in wanted {
+                    try txn.scan(levelTables[run.level], prefix: AuditIndexLayout.row(run: run.id, subject: subject, recordKey: [])) { row, _ in
+                        keys.insert(AuditIndexLayout.recordKey(ofRow: row))
+                        return .next
+                    }
                 }
             }
             var found: [AuditRecord] = []
             var shapesRead: [[UInt8]: AuditShape] = [:]
             for key in keys.sorted(by: { $1.lexicographicallyPrecedes($0) }) where found.count < limit {
+                // Absent: swept, while a run that also indexes newer records still lists it.
                 guard let bytes = try txn.get(records, key) else { continue }
                 let stored = try StoredAuditRecord.decode(bytes)
                 // The index keeps a prefix of each hash: confirm the whole hash.
@@ -157,12 +181,47 @@ public final class ReadAudit: @unchecked Sendable {
         try writeLock.withLock { _ in
             lastIndex = unixMillis()
             unindexed = 0
-            while try indexBatch(limit: 50_000) == 50_000 {}
+            while try indexPass(limit: Self.indexBatch) == Self.indexBatch {}
         }
     }
 
+    /// Runs one chunk of the pending merge, starting the next merge if none is under way.
+    /// Returns false when there was nothing to merge.
+    @discardableResult
+    func mergeStep(now: Int64 = unixMillis()) throws -> Bool {
+        try writeLock.withLock { _ in
+            if merge == nil {
+                guard let sources = try AuditIndexLayout.nextMerge(environment.read(registeredRuns)) else { return false }
+                let cutoff = bigEndian(UInt64(clamping: now - retentionMillis))
+                merge = try environment.write { txn in AuditMerge(sources: sources, id: try allocateRun(txn), cutoff: cutoff) }
+            }
+            var next = merge!
+            let done = try environment.write { txn in
+                // On a copy: `write` may run this again from the start after growing the map.
+                next = merge!
+                guard try next.step(txn, tables: levelTables, limit: mergeChunkRows) else { return false }
+                for source in next.sources { _ = try txn.delete(runsTable, source.registryKey) }
+                if next.target.rows > 0 { try txn.put(runsTable, next.target.registryKey, next.target.encodedValue()) }
+                return true
+            }
+            merge = next
+            guard done else { return true }
+            merge = nil
+            for source in next.sources { try deleteRows(of: source.id, level: source.level) }
+            return true
+        }
+    }
+
+    /// The complete runs, level by level, oldest first.
+    func runs() throws -> [AuditRun] { try environment.read(registeredRuns) }
+
     public func stop() {
         queue.withLock { $0.stopped = true }
+        guard runsInBackground else {
+            try? flush()
+            try? index()
+            return
+        }
         wakeup.signal()
         finished.wait()
     }
@@ -174,6 +233,8 @@ public final class ReadAudit: @unchecked Sendable {
             do {
                 try flush()
                 if stopping || indexDue() { try index() }
+                // One chunk a turn, so that records keep being committed every interval.
+                if !stopping { try mergeStep() }
                 try sweepIfDue()
                 if failing { log(.info, "audit writes recovered", []) }
                 failing = false
@@ -189,65 +250,127 @@ public final class ReadAudit: @unchecked Sendable {
     }
 
     private func indexDue() -> Bool {
-        writeLock.withLock { _ in unindexed >= Self.indexBacklog || unixMillis() - lastIndex >= Self.indexIntervalMillis }
+        writeLock.withLock { _ in unindexed >= Self.indexBatch || unixMillis() - lastIndex >= Self.indexIntervalMillis }
     }
 
     /// Appends the batch to `records` in one durable transaction. Caller holds `writeLock`.
     private func write(_ batch: [PendingAuditRecord]) throws {
         var next = sequence
         var keyTime = lastKeyTime
-        do {
-            try environment.write { txn in
-                for record in batch {
-                    next += 1
-                    keyTime = max(keyTime, UInt64(clamping: record.time))
-                    let shapeKey = try storedShapeKey(record.shape, txn)
-                    try txn.put(
-                        records, Self.bigEndian(keyTime) + Self.bigEndian(next),
-                        StoredAuditRecord.encode(time: record.time, subjects: record.subjects, shapeKey: shapeKey), mode: .append)
-                }
+        var newShapes: [[UInt8]: [UInt8]] = [:]
+        try environment.write { txn in
+            // Everything from the start: `write` may run this again after growing the map.
+            (next, keyTime, newShapes) = (sequence, lastKeyTime, [:])
+            for record in batch {
+                next += 1
+                keyTime = max(keyTime, UInt64(clamping: record.time))
+                let shapeKey = try storedShapeKey(record.shape, txn, &newShapes)
+                try txn.put(
+                    records, bigEndian(keyTime) + bigEndian(next),
+                    StoredAuditRecord.encode(time: record.time, subjects: record.subjects, shapeKey: shapeKey), mode: .append)
             }
-        } catch {
-            storedShapes.removeAll()
-            throw error
         }
+        // Only shapes of a committed transaction are remembered as stored.
+        if storedShapes.count + newShapes.count > Self.shapeCacheLimit { storedShapes.removeAll(keepingCapacity: true) }
+        storedShapes.merge(newShapes) { old, _ in old }
         sequence = next
         lastKeyTime = keyTime
         unindexed += batch.count
         written.wrappingAdd(batch.count, ordering: .relaxed)
     }
 
-    /// The key of a stored shape, storing it first if this writer has not seen it. Caller holds
-    /// `writeLock`; `write` empties the cache when its transaction fails, so a cached key always
-    /// names a committed shape.
-    private func storedShapeKey(_ shape: [UInt8], _ txn: LMDBWriteTransaction) throws -> [UInt8] {
-        if let key = storedShapes[shape] { return key }
+    /// The key of a stored shape, storing it first if it is not known to be stored.
+    private func storedShapeKey(_ shape: [UInt8], _ txn: LMDBWriteTransaction, _ newShapes: inout [[UInt8]: [UInt8]]) throws -> [UInt8] {
+        if let key = storedShapes[shape] ?? newShapes[shape] { return key }
         let key = AuditShape.key(ofEncoded: shape)
         try txn.put(shapes, key, shape)
-        if storedShapes.count >= Self.shapeCacheLimit { storedShapes.removeAll(keepingCapacity: true) }
-        storedShapes[shape] = key
+        newShapes[shape] = key
         return key
     }
 
-    /// Indexes up to `limit` records after the watermark, moving it in the same transaction.
-    /// Returns how many it indexed. Caller holds `writeLock`.
-    private func indexBatch(limit: Int) throws -> Int {
+    /// Indexes up to `limit` records after the watermark as one new run of level 0, moving the
+    /// watermark in the same transaction. Returns how many it indexed. Caller holds `writeLock`.
+    private func indexPass(limit: Int) throws -> Int {
         try environment.write { txn in
             let watermark = try txn.get(meta, Self.watermarkKey) ?? []
+            var rows: [(subject: [UInt8], record: [UInt8])] = []
             var done = 0
-            var last = watermark
+            var (first, last): ([UInt8]?, [UInt8]) = (nil, watermark)
             try txn.scan(records, from: watermark) { key, value in
                 if key == watermark { return .next }
-                for subject in try Self.distinctPrefixes(StoredAuditRecord.subjects(ofEncoded: value)) {
-                    try txn.put(subjects, subject + key, [])
-                }
+                for subject in try Self.distinctPrefixes(StoredAuditRecord.subjects(ofEncoded: value)) { rows.append((subject, key)) }
+                first = first ?? key
                 last = key
                 done += 1
                 return done < limit ? .next : .stop
             }
-            if done > 0 { try txn.put(meta, Self.watermarkKey, last) }
+            guard let first else { return 0 }
+            if !rows.isEmpty {
+                rows.sort { $0.subject == $1.subject ? $0.record.lexicographicallyPrecedes($1.record) : $0.subject.lexicographicallyPrecedes($1.subject) }
+                let run = AuditRun(level: 0, id: try allocateRun(txn), rows: rows.count, firstRecord: first, lastRecord: last)
+                for row in rows {
+                    try txn.put(levelTables[0], AuditIndexLayout.row(run: run.id, subject: row.subject, recordKey: row.record), [], mode: .append)
+                }
+                try txn.put(runsTable, run.registryKey, run.encodedValue())
+            }
+            try txn.put(meta, Self.watermarkKey, last)
             return done
         }
+    }
+
+    /// A new run id: ids grow, so every run's rows are appended after its level's others.
+    private func allocateRun(_ txn: LMDBWriteTransaction) throws -> UInt64 {
+        let next = try txn.get(meta, Self.nextRunKey).map { integer($0[...]) } ?? 0
+        try txn.put(meta, Self.nextRunKey, bigEndian(next + 1))
+        return next
+    }
+
+    private func registeredRuns(_ txn: LMDBReadTransaction) throws -> [AuditRun] {
+        var runs: [AuditRun] = []
+        try txn.scan(runsTable) { key, value in
+            runs.append(try AuditRun(registryKey: key, value: value))
+            return .next
+        }
+        return runs
+    }
+
+    /// Deletes a run's rows, 50,000 a transaction.
+    private func deleteRows(of id: UInt64, level: Int) throws {
+        while try environment.write({ txn in try Self.deleteRows(txn, levelTables[level], prefix: bigEndian(id), limit: 50_000) }) == 50_000 {}
+    }
+
+    private static func deleteRows(_ txn: LMDBWriteTransaction, _ table: LMDBDatabase, prefix: [UInt8], limit: Int) throws -> Int {
+        var keys: [[UInt8]] = []
+        try txn.scan(table, prefix: prefix) { key, _ in
+            keys.append(key)
+            return keys.count < limit ? .next : .stop
+        }
+        for key in keys { try txn.delete(table, key) }
+        return keys.count
+    }
+
+    /// Rows of runs the registry does not list: a merge a crash interrupted, or the sources of
+    /// one whose deletion it interrupted. Runs at open.
+    private func deleteUnregisteredRows() throws {
+        let registered = Set(try runs().map(\.registryKey))
+        for level in 0..<AuditIndexLayout.levels {
+            var from: [UInt8] = []
+            while let row = try environment.read({ txn in try Self.firstKey(txn, levelTables[level], from: from) }) {
+                let id = integer(row.prefix(8))
+                if !registered.contains([UInt8(level)] + bigEndian(id)) { try deleteRows(of: id, level: level) }
+                guard id < UInt64.max else { break }
+                from = bigEndian(id + 1)
+            }
+        }
+    }
+
+    private static func firstKey(_ txn: LMDBReadTransaction, _ table: LMDBDatabase, from: [UInt8]) throws -> [UInt8]? {
+        var found: [UInt8]?
+        try txn.scan(table, from: from) { key, _ in
+            found = key
+            return .stop
+        }
+        return found
     }
 
     /// Sweeps once a minute (the first a minute after start).
@@ -258,40 +381,46 @@ public final class ReadAudit: @unchecked Sendable {
         try sweep(now: now)
     }
 
-    /// Deletes records older than the retention (and their index rows), in transactions of
-    /// 10,000 so that commits of new records are not held up long. Returns how many it deleted.
+    /// Deletes records older than the retention, in transactions of 10,000 so that commits of
+    /// new records are not held up long, and the runs that index nothing newer. Rows of older
+    /// records in runs that also index newer ones stay until a merge leaves them out (a query
+    /// skips them: their records are gone). Returns how many records it deleted.
     @discardableResult
     func sweep(now: Int64) throws -> Int {
-        let cutoff = Self.bigEndian(UInt64(clamping: now - retentionMillis))
+        let cutoff = bigEndian(UInt64(clamping: now - retentionMillis))
         var total = 0
         while true {
-            let deleted = try writeLock.withLock { _ in try sweepBatch(before: cutoff, limit: 10_000) }
+            let deleted = try writeLock.withLock { _ in try environment.write { txn in try sweepBatch(txn, before: cutoff, limit: 10_000) } }
             total += deleted
-            if deleted < 10_000 { return total }
+            if deleted < 10_000 { break }
         }
+        try writeLock.withLock { _ in
+            let expired = try runs().filter { $0.lastRecord.lexicographicallyPrecedes(cutoff) && !(merge?.sources.contains($0) ?? false) }
+            guard !expired.isEmpty else { return }
+            try environment.write { txn in
+                for run in expired { _ = try txn.delete(runsTable, run.registryKey) }
+            }
+            for run in expired { try deleteRows(of: run.id, level: run.level) }
+        }
+        return total
     }
 
-    /// How many records and index rows are stored (for tests and status).
+    /// How many records, index rows and shapes are stored (for tests and status).
     func counts() throws -> (records: Int, indexRows: Int, shapes: Int) {
-        try environment.read { txn in (try txn.count(records), try txn.count(subjects), try txn.count(shapes)) }
+        try environment.read { txn in
+            (try txn.count(records), try levelTables.reduce(0) { $0 + (try txn.count($1)) }, try txn.count(shapes))
+        }
     }
 
-    private func sweepBatch(before cutoff: [UInt8], limit: Int) throws -> Int {
-        try environment.write { txn in
-            var expired: [([UInt8], [UInt8])] = []
-            try txn.scan(records) { key, value in
-                guard key.lexicographicallyPrecedes(cutoff) else { return .stop }
-                expired.append((key, value))
-                return expired.count < limit ? .next : .stop
-            }
-            for (key, value) in expired {
-                for subject in try Self.distinctPrefixes(StoredAuditRecord.subjects(ofEncoded: value)) {
-                    _ = try txn.delete(subjects, subject + key)
-                }
-                _ = try txn.delete(records, key)
-            }
-            return expired.count
+    private func sweepBatch(_ txn: LMDBWriteTransaction, before cutoff: [UInt8], limit: Int) throws -> Int {
+        var expired: [[UInt8]] = []
+        try txn.scan(records) { key, _ in
+            guard key.lexicographicallyPrecedes(cutoff) else { return .stop }
+            expired.append(key)
+            return expired.count < limit ? .next : .stop
         }
+        for key in expired { _ = try txn.delete(records, key) }
+        return expired.count
     }
 
     /// The index prefixes of a record's subjects, each once. A record has a handful of
@@ -299,17 +428,9 @@ public final class ReadAudit: @unchecked Sendable {
     static func distinctPrefixes(_ subjects: [ArraySlice<UInt8>]) -> [[UInt8]] {
         var prefixes: [[UInt8]] = []
         for subject in subjects {
-            let prefix = Array(subject.prefix(subjectPrefix))
+            let prefix = Array(subject.prefix(AuditIndexLayout.prefixSize))
             if !prefixes.contains(prefix) { prefixes.append(prefix) }
         }
         return prefixes
-    }
-
-    private static func bigEndian(_ value: UInt64) -> [UInt8] {
-        (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) }
-    }
-
-    private static func integer(_ bytes: ArraySlice<UInt8>) -> UInt64 {
-        bytes.reduce(0) { $0 << 8 | UInt64($1) }
     }
 }

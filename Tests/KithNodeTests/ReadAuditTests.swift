@@ -1,4 +1,5 @@
 import Foundation
+import KithLMDB
 import KithPolicy
 import Testing
 
@@ -91,7 +92,7 @@ struct ReadAuditTests {
         #expect(try audit.records(about: [second], limit: 10).map(\.principal) == ["second"])
     }
 
-    @Test("the sweep deletes records older than the retention and their index rows, and nothing newer")
+    @Test("the sweep deletes records older than the retention and the runs that index only them, and nothing newer")
     func retention() throws {
         let path = Self.directory()
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -102,6 +103,8 @@ struct ReadAuditTests {
         for index in 0..<25_000 {
             try audit.record(Self.record(time: now - 2 * day + Int64(index), subjects: [Self.subject(UInt8(index % 200))]))
         }
+        try audit.flush()
+        try audit.index()
         try audit.record(Self.record(time: now - day + 60_000, principal: "kept", subjects: [Self.subject(1)]))
         try audit.flush()
         try audit.index()
@@ -110,5 +113,129 @@ struct ReadAuditTests {
         #expect(try audit.sweep(now: now) == 25_000)
         #expect(try audit.counts() == (1, 1, 2))
         #expect(try audit.records(about: [Self.subject(1)], limit: 10).map(\.principal) == ["kept"])
+    }
+
+    /// Subjects of the records of `merges`: record `i` of pass `p` is about subjects
+    /// `(p + i) % 5` and `(p * i) % 7 + 10`.
+    static func recordPasses(_ audit: ReadAudit, passes: Range<Int>, time: (Int) -> Int64, merge: Bool) throws -> [(principal: String, subjects: [[UInt8]])] {
+        var written: [(String, [[UInt8]])] = []
+        for pass in passes {
+            for index in 0..<3 {
+                let subjects = [Self.subject(UInt8((pass + index) % 5)), Self.subject(UInt8((pass * index) % 7 + 10))]
+                let principal = "p\(pass)-\(index)"
+                try audit.record(Self.record(time: time(pass), principal: principal, subjects: subjects))
+                written.append((principal, subjects))
+            }
+            try audit.flush()
+            try audit.index()
+            while merge, try audit.mergeStep() {}
+        }
+        return written
+    }
+
+    @Test("runs merged in chunks keep every record findable, and no level holds fanIn runs")
+    func merges() throws {
+        let path = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let audit = try ReadAudit(path: path, retentionDays: 30, log: Log(), runsInBackground: false)
+        defer { audit.stop() }
+        audit.mergeChunkRows = 5
+        let now = unixMillis()
+        let written = try Self.recordPasses(audit, passes: 0..<40, time: { now + Int64($0) }, merge: true)
+        let runs = try audit.runs()
+        #expect(runs.contains { $0.level >= 2 })
+        for level in 0..<AuditIndexLayout.levels { #expect(runs.filter { $0.level == level }.count < AuditIndexLayout.fanIn) }
+        #expect(try audit.counts().indexRows == 240)
+        #expect(runs.reduce(0) { $0 + $1.rows } == 240)
+        for byte in UInt8(0)..<20 {
+            let expected = written.filter { $0.subjects.contains(Self.subject(byte)) }.map(\.principal).reversed()
+            #expect(try audit.records(about: [Self.subject(byte)], limit: 1_000).map(\.principal) == Array(expected))
+        }
+    }
+
+    @Test("a merge cut short by a crash leaves no rows behind after reopening, and merges again")
+    func interruptedMerge() throws {
+        let path = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var audit: ReadAudit? = try ReadAudit(path: path, retentionDays: 30, log: Log(), runsInBackground: false)
+        audit!.mergeChunkRows = 4
+        let now = unixMillis()
+        let written = try Self.recordPasses(audit!, passes: 0..<4, time: { now + Int64($0) }, merge: false)
+        #expect(try audit!.runs().count == 4)
+        #expect(try audit!.mergeStep())
+        // Four rows of the new run are written but not registered: no query sees them twice.
+        #expect(try audit!.counts().indexRows == 28)
+        #expect(try audit!.records(about: [Self.subject(1)], limit: 100).count == written.filter { $0.subjects.contains(Self.subject(1)) }.count)
+        audit = nil  // no stop: as if the process died
+
+        let reopened = try ReadAudit(path: path, retentionDays: 30, log: Log(), runsInBackground: false)
+        defer { reopened.stop() }
+        #expect(try reopened.counts().indexRows == 24)
+        while try reopened.mergeStep() {}
+        #expect(try reopened.runs().map(\.level) == [1])
+        #expect(try reopened.counts().indexRows == 24)
+        for byte in UInt8(0)..<20 {
+            let expected = written.filter { $0.subjects.contains(Self.subject(byte)) }.map(\.principal).reversed()
+            #expect(try reopened.records(about: [Self.subject(byte)], limit: 100).map(\.principal) == Array(expected))
+        }
+    }
+
+    @Test("rows of swept records in a run that also indexes newer ones are skipped, and a merge leaves them out")
+    func expiredRowsInRuns() throws {
+        let path = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let audit = try ReadAudit(path: path, retentionDays: 1, log: Log(), runsInBackground: false)
+        defer { audit.stop() }
+        let now = unixMillis()
+        let day: Int64 = 86_400_000
+        // Pass p records reads at now + 10p + i about subject i; record keys follow those times.
+        func pass(_ pass: Int) throws {
+            for index in 0..<3 {
+                try audit.record(Self.record(time: now + Int64(10 * pass + index), principal: "p\(pass)-\(index)", subjects: [Self.subject(UInt8(index))]))
+            }
+            try audit.flush()
+            try audit.index()
+        }
+        for number in 0..<4 { try pass(number) }
+        #expect(try audit.counts().indexRows == 12)
+        // As if a day later: the reads before now + 11 are past the retention. Pass 0's run goes
+        // whole; pass 1's keeps the row of its first read, whose record is gone.
+        let later = now + day + 11
+        #expect(try audit.sweep(now: later) == 4)
+        #expect(try audit.counts().records == 8)
+        #expect(try audit.counts().indexRows == 9)
+        #expect(try audit.records(about: [Self.subject(0)], limit: 10).map(\.principal) == ["p3-0", "p2-0"])
+        #expect(try audit.records(about: [Self.subject(1)], limit: 10).map(\.principal) == ["p3-1", "p2-1", "p1-1"])
+        try pass(4)
+        while try audit.mergeStep(now: later) {}
+        #expect(try audit.runs().map(\.level) == [1])
+        #expect(try audit.counts().indexRows == 11)
+        #expect(try audit.records(about: [Self.subject(0)], limit: 10).map(\.principal) == ["p4-0", "p3-0", "p2-0"])
+    }
+
+    @Test("an audit of layout 1 drops its old index and indexes its records again")
+    func layoutOneIsReindexed() throws {
+        let path = Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        var audit: ReadAudit? = try ReadAudit(path: path, retentionDays: 30, log: Log(), runsInBackground: false)
+        let now = unixMillis()
+        try audit!.record(Self.record(time: now, principal: "first", subjects: [Self.subject(1)]))
+        try audit!.record(Self.record(time: now + 1, principal: "second", subjects: [Self.subject(1), Self.subject(2)]))
+        try audit!.flush()
+        audit = nil
+        // Make it layout 1: the old table, a watermark past every record, no runs.
+        let environment = try LMDBEnvironment(path: path, configuration: { var c = LMDBEnvironment.Configuration(); c.maximumDatabases = 24; return c }())
+        let meta = try environment.database(named: "meta")
+        let records = try environment.database(named: "records")
+        let old = try environment.database(named: "subjects")
+        try environment.write { txn in
+            try txn.put(meta, Array("format".utf8), [1])
+            try txn.put(meta, Array("indexed".utf8), try txn.lastKey(records)!)
+            try txn.put(old, [UInt8](repeating: 1, count: 32), [])
+        }
+        let reopened = try ReadAudit(path: path, retentionDays: 30, log: Log(), runsInBackground: false)
+        defer { reopened.stop() }
+        #expect(try reopened.records(about: [Self.subject(1)], limit: 10).map(\.principal) == ["second", "first"])
+        #expect(try reopened.records(about: [Self.subject(2)], limit: 10).map(\.principal) == ["second"])
     }
 }
