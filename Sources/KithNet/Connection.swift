@@ -17,6 +17,11 @@ final class Connection: @unchecked Sendable {
     private unowned let worker: LoopWorker
     private var parser: HTTPRequestParser
     private var slots: [(response: HTTPResponse?, closes: Bool)] = []
+    /// The number of the request whose slot is `slots[0]`: requests are numbered from 0 in
+    /// arrival order, and a response finds its slot by number, as slots before it leave.
+    private var firstSlotNumber = 0
+    /// Inside `process`, which writes whatever was answered when it ends.
+    private var processing = false
     private var output: [UInt8] = []
     private var outputOffset = 0
     private var readingStopped = false
@@ -58,14 +63,16 @@ final class Connection: @unchecked Sendable {
     }
 
     private func process() {
+        processing = true
+        defer { processing = false }
         for step in parser.drain() {
             switch step {
             case .request(let request):
-                let slot = slots.count
+                let number = firstSlotNumber + slots.count
                 slots.append((nil, !request.keepAlive))
                 if !request.keepAlive { readingStopped = true }
                 sentContinue = false
-                deliver(request, to: slot)
+                deliver(request, number: number)
             case .failed(let error):
                 slots.append((HTTPResponse.error(error.status, code: error.code.rawValue, message: "the request was refused: \(error.code.rawValue)"), true))
                 readingStopped = true
@@ -78,11 +85,14 @@ final class Connection: @unchecked Sendable {
             sentContinue = true
             enqueueRaw(Array("HTTP/1.1 100 Continue\r\n\r\n".utf8))
         }
+        processing = false
         flush()
     }
 
-    /// Hands the request to the server's handler; the answer comes back through the loop.
-    private func deliver(_ request: HTTPRequest, to slot: Int) {
+    /// Hands the request to the server's handler. An answer given on this loop's thread (most
+    /// are: reads answer at once) fills its slot directly; one from another thread (a write,
+    /// once durable) comes back through the loop.
+    private func deliver(_ request: HTTPRequest, number: Int) {
         let loop = worker.loop
         let server = worker.server
         server.unansweredRequests.wrappingAdd(1, ordering: .relaxed)
@@ -90,19 +100,21 @@ final class Connection: @unchecked Sendable {
         let answered = Answered()
         let responder = HTTPResponder { [weak self] response in
             guard answered.claim() else { return }
-            loop.execute { [weak self] in
+            let answer = { @Sendable [weak self] in
                 defer { server.unansweredRequests.wrappingSubtract(1, ordering: .relaxed) }
                 guard let self, ObjectIdentifier(self) == generation else { return }
-                self.fill(slot, response)
+                self.fill(number, response)
             }
+            if loop.isCurrentThread { answer() } else { loop.execute(answer) }
         }
         worker.server.handler(request, responder)
     }
 
-    private func fill(_ slot: Int, _ response: HTTPResponse) {
-        guard !isClosed, slot < slots.count else { return }
-        slots[slot].response = response
-        flush()
+    private func fill(_ number: Int, _ response: HTTPResponse) {
+        let index = number - firstSlotNumber
+        guard !isClosed, index >= 0, index < slots.count else { return }
+        slots[index].response = response
+        if !processing { flush() }
     }
 
     private func enqueueRaw(_ bytes: [UInt8]) {
@@ -115,8 +127,10 @@ final class Connection: @unchecked Sendable {
         while let first = slots.first, let response = first.response {
             enqueueRaw(response.serialized(closing: first.closes))
             slots.removeFirst()
+            firstSlotNumber += 1
             if first.closes {
                 closeAfter = true
+                firstSlotNumber += slots.count
                 slots.removeAll()
             }
         }

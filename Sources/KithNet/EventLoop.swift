@@ -15,6 +15,8 @@ final class EventLoop: @unchecked Sendable {
     private var tasks: [() -> Void] = []
     private let incoming = Mutex<[@Sendable () -> Void]>([])
     private let stopRequested = Atomic<Bool>(false)
+    /// The thread running the loop (`pthread_self`), 0 before `run`.
+    private let owner = Atomic<UInt>(0)
     /// Set by the loop's owner: closes its listener (run on the loop thread). Loop thread only.
     var stopAccepting: (() -> Void)?
 
@@ -60,10 +62,14 @@ final class EventLoop: @unchecked Sendable {
         _ = write(wakeup, &one, 8)
     }
 
+    /// Whether the caller runs on this loop's thread (and may touch what is registered with it).
+    var isCurrentThread: Bool { owner.load(ordering: .acquiring) == UInt(pthread_self()) }
+
     func stop() { execute { [unowned self] in self.stopRequested.store(true, ordering: .relaxed) } }
 
     /// Runs until `stop`. `tick` runs at least every `tickInterval` nanoseconds (for timeouts).
     func run(tickInterval: UInt64, tick: () -> Void) {
+        owner.store(UInt(pthread_self()), ordering: .releasing)
         var events = [epoll_event](repeating: epoll_event(), count: 256)
         var nextTick = Self.now() + tickInterval
         while !stopRequested.load(ordering: .relaxed) {

@@ -55,6 +55,29 @@ struct HTTPServerTests {
         #expect([client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body] == ["/1", "/2", "/3"])
     }
 
+    @Test func pipelinedResponsesAnsweredInOrderOneAtATimeReachTheirOwnRequests() throws {
+        let server = HTTPServer(configuration: HTTPServer.Configuration()) { request, responder in
+            // The first answers at once, so it is written before the others are answered.
+            let delay = request.target == "/1" ? 0 : request.target == "/2" ? 0.1 : 0.2
+            DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
+                responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
+            }
+        }
+        let port = try server.start()
+        defer { server.stop() }
+        let client = try TestClient(port: port)
+        client.send("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
+        #expect([client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body] == ["/1", "/2", "/3"])
+    }
+
+    @Test func pipelinedRequestsAnsweredOnTheLoopThreadGoOutTogetherInOrder() throws {
+        let (server, port) = try echoServer()
+        defer { server.stop() }
+        let client = try TestClient(port: port)
+        client.send("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
+        #expect([client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body] == ["GET /1 0", "GET /2 0", "GET /3 0"])
+    }
+
     @Test func refusesBadRequestsWithTheRightStatusThenCloses() throws {
         let (server, port) = try echoServer()
         defer { server.stop() }
