@@ -63,6 +63,9 @@ public final class ReadAudit: @unchecked Sendable {
     private var lastIndex: Int64 = 0
     private var unindexed = 0
     private var merge: AuditMerge?
+    /// Unregistered runs whose rows are still to be deleted, a chunk a turn (a query no longer
+    /// sees them; after a crash, the next open deletes them).
+    private var unregistered: [AuditRun] = []
     /// Rows a merge writes in one transaction (smaller in tests, to cut merges into chunks).
     var mergeChunkRows = 100_000
     private var failing = false
@@ -185,11 +188,17 @@ public final class ReadAudit: @unchecked Sendable {
         }
     }
 
-    /// Runs one chunk of the pending merge, starting the next merge if none is under way.
-    /// Returns false when there was nothing to merge.
+    /// Runs one chunk of index maintenance: deleting rows of unregistered runs first, else the
+    /// pending merge (starting the next merge if none is under way). Returns false when there
+    /// was nothing to do. One chunk a call, so that the audit thread commits records between.
     @discardableResult
     func mergeStep(now: Int64 = unixMillis()) throws -> Bool {
         try writeLock.withLock { _ in
+            if let run = unregistered.first {
+                let deleted = try environment.write { txn in try Self.deleteRows(txn, levelTables[run.level], prefix: bigEndian(run.id), limit: 50_000) }
+                if deleted < 50_000 { unregistered.removeFirst() }
+                return true
+            }
             if merge == nil {
                 guard let sources = try AuditIndexLayout.nextMerge(environment.read(registeredRuns)) else { return false }
                 let cutoff = bigEndian(UInt64(clamping: now - retentionMillis))
@@ -204,10 +213,8 @@ public final class ReadAudit: @unchecked Sendable {
                 if next.target.rows > 0 { try txn.put(runsTable, next.target.registryKey, next.target.encodedValue()) }
                 return true
             }
-            merge = next
-            guard done else { return true }
-            merge = nil
-            for source in next.sources { try deleteRows(of: source.id, level: source.level) }
+            merge = done ? nil : next
+            if done { unregistered += next.sources }
             return true
         }
     }
@@ -400,7 +407,7 @@ public final class ReadAudit: @unchecked Sendable {
             try environment.write { txn in
                 for run in expired { _ = try txn.delete(runsTable, run.registryKey) }
             }
-            for run in expired { try deleteRows(of: run.id, level: run.level) }
+            unregistered += expired
         }
         return total
     }
