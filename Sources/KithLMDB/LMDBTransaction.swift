@@ -166,13 +166,14 @@ public struct LMDBWriteTransaction {
         try LMDBError.check(mdb_drop(txn, database.handle, 1), "mdb_drop \(database.name)")
     }
 
-    /// Deletes every entry whose key starts with `prefix`; returns how many.
+    /// Deletes the entries whose key starts with `prefix`, at most `limit` of them (the first in
+    /// key order, so that a large deletion can be cut into transactions); returns how many.
     @discardableResult
-    public func deletePrefix(_ database: LMDBDatabase, _ prefix: [UInt8]) throws -> Int {
+    public func deletePrefix(_ database: LMDBDatabase, _ prefix: [UInt8], limit: Int = .max) throws -> Int {
         var keys: [[UInt8]] = []
         try reader.scan(database, prefix: prefix) { key, _ in
             keys.append(key)
-            return .next
+            return keys.count < limit ? .next : .stop
         }
         for key in keys { try delete(database, key) }
         return keys.count

@@ -64,7 +64,6 @@ final class Connection: @unchecked Sendable {
 
     private func process() {
         processing = true
-        defer { processing = false }
         for step in parser.drain() {
             switch step {
             case .request(let request):

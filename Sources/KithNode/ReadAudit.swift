@@ -31,6 +31,8 @@ public final class ReadAudit: @unchecked Sendable {
     /// Records a pass indexes in one run (and the backlog that starts a pass early).
     static let indexBatch = 50_000
     static let queueLimit = 100_000
+    /// Index rows deleted in one transaction (rows of merged or expired runs).
+    static let deletionChunk = 50_000
 
     private let environment: LMDBEnvironment
     private let records: LMDBDatabase
@@ -195,8 +197,7 @@ public final class ReadAudit: @unchecked Sendable {
     func mergeStep(now: Int64 = unixMillis()) throws -> Bool {
         try writeLock.withLock { _ in
             if let run = unregistered.first {
-                let deleted = try environment.write { txn in try Self.deleteRows(txn, levelTables[run.level], prefix: bigEndian(run.id), limit: 50_000) }
-                if deleted < 50_000 { unregistered.removeFirst() }
+                if try deleteChunk(of: run.id, level: run.level) < Self.deletionChunk { unregistered.removeFirst() }
                 return true
             }
             if merge == nil {
@@ -341,19 +342,9 @@ public final class ReadAudit: @unchecked Sendable {
         return runs
     }
 
-    /// Deletes a run's rows, 50,000 a transaction.
-    private func deleteRows(of id: UInt64, level: Int) throws {
-        while try environment.write({ txn in try Self.deleteRows(txn, levelTables[level], prefix: bigEndian(id), limit: 50_000) }) == 50_000 {}
-    }
-
-    private static func deleteRows(_ txn: LMDBWriteTransaction, _ table: LMDBDatabase, prefix: [UInt8], limit: Int) throws -> Int {
-        var keys: [[UInt8]] = []
-        try txn.scan(table, prefix: prefix) { key, _ in
-            keys.append(key)
-            return keys.count < limit ? .next : .stop
-        }
-        for key in keys { try txn.delete(table, key) }
-        return keys.count
+    /// Deletes up to `deletionChunk` of a run's rows in one transaction; returns how many.
+    private func deleteChunk(of id: UInt64, level: Int) throws -> Int {
+        try environment.write { txn in try txn.deletePrefix(levelTables[level], bigEndian(id), limit: Self.deletionChunk) }
     }
 
     /// Rows of runs the registry does not list: a merge a crash interrupted, or the sources of
@@ -364,7 +355,9 @@ public final class ReadAudit: @unchecked Sendable {
             var from: [UInt8] = []
             while let row = try environment.read({ txn in try Self.firstKey(txn, levelTables[level], from: from) }) {
                 let id = integer(row.prefix(8))
-                if !registered.contains([UInt8(level)] + bigEndian(id)) { try deleteRows(of: id, level: level) }
+                if !registered.contains([UInt8(level)] + bigEndian(id)) {
+                    while try deleteChunk(of: id, level: level) == Self.deletionChunk {}
+                }
                 guard id < UInt64.max else { break }
                 from = bigEndian(id + 1)
             }

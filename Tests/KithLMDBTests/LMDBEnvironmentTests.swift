@@ -94,9 +94,13 @@ struct LMDBEnvironmentTests {
         #expect(seen == ["b/1", "b/2", "b/3"])
         #expect(firstTwo == ["b/2", "b/3"])
         #expect(last == bytes("c/1"))
+        // A limited deletion takes the first keys in order and leaves the rest.
+        let firstChunk = try env.write { txn in try txn.deletePrefix(db, bytes("b/"), limit: 2) }
+        let left = try env.read { txn in try txn.get(db, bytes("b/3")) != nil && txn.get(db, bytes("b/2")) == nil }
+        #expect(firstChunk == 2 && left)
         let deleted = try env.write { txn in try txn.deletePrefix(db, bytes("b/")) }
         let remaining = try env.read { txn in try txn.count(db) }
-        #expect(deleted == 3 && remaining == 2)
+        #expect(deleted == 1 && remaining == 2)
     }
 
     @Test func theMapGrowsInsteadOfFailingAWrite() throws {

@@ -40,11 +40,11 @@ struct HTTPServerTests {
         #expect(client.readResponse()?.body == "GET /x 0")
     }
 
-    @Test func pipelinedResponsesKeepRequestOrderWhateverOrderHandlersAnswer() throws {
+    /// Sends /1, /2 and /3 pipelined to a server whose handler answers each, off the loop
+    /// thread, after `delay(target)` seconds; returns the bodies of the three responses read.
+    private func pipelinedBodies(delay: @escaping @Sendable (String) -> Double) throws -> [String?] {
         let server = HTTPServer(configuration: HTTPServer.Configuration()) { request, responder in
-            // Later requests answer sooner: the server must still send responses in order.
-            let delay = request.target == "/1" ? 0.2 : request.target == "/2" ? 0.1 : 0
-            DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
+            DispatchQueue.global().asyncAfter(deadline: .now() + delay(request.target)) {
                 responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
             }
         }
@@ -52,22 +52,17 @@ struct HTTPServerTests {
         defer { server.stop() }
         let client = try TestClient(port: port)
         client.send("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
-        #expect([client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body] == ["/1", "/2", "/3"])
+        return [client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body]
+    }
+
+    @Test func pipelinedResponsesKeepRequestOrderWhateverOrderHandlersAnswer() throws {
+        // Later requests answer sooner: the server must still send responses in order.
+        #expect(try pipelinedBodies { $0 == "/1" ? 0.2 : $0 == "/2" ? 0.1 : 0 } == ["/1", "/2", "/3"])
     }
 
     @Test func pipelinedResponsesAnsweredInOrderOneAtATimeReachTheirOwnRequests() throws {
-        let server = HTTPServer(configuration: HTTPServer.Configuration()) { request, responder in
-            // The first answers at once, so it is written before the others are answered.
-            let delay = request.target == "/1" ? 0 : request.target == "/2" ? 0.1 : 0.2
-            DispatchQueue.global().asyncAfter(deadline: .now() + delay) {
-                responder.respond(HTTPResponse(status: 200, body: Array(request.target.utf8)))
-            }
-        }
-        let port = try server.start()
-        defer { server.stop() }
-        let client = try TestClient(port: port)
-        client.send("GET /1 HTTP/1.1\r\n\r\nGET /2 HTTP/1.1\r\n\r\nGET /3 HTTP/1.1\r\n\r\n")
-        #expect([client.readResponse()?.body, client.readResponse()?.body, client.readResponse()?.body] == ["/1", "/2", "/3"])
+        // The first answers at once, so it is written before the others are answered.
+        #expect(try pipelinedBodies { $0 == "/1" ? 0 : $0 == "/2" ? 0.1 : 0.2 } == ["/1", "/2", "/3"])
     }
 
     @Test func pipelinedRequestsAnsweredOnTheLoopThreadGoOutTogetherInOrder() throws {
