@@ -226,7 +226,9 @@ struct HTTPBenchmark {
         ]
         let output = Pipe()
         process.standardOutput = output
-        process.standardError = FileHandle.nullDevice
+        // The node's log, kept for looking into refused requests after a run.
+        _ = FileManager.default.createFile(atPath: dataDirectory + ".log", contents: nil)
+        process.standardError = FileHandle(forWritingAtPath: dataDirectory + ".log") ?? FileHandle.nullDevice
         try process.run()
         var line = ""
         while !line.hasSuffix("\n") {

@@ -10,7 +10,17 @@ import Synchronization
 /// request's messages still land all together or not at all (a failed transaction fails every
 /// request in it, and none of their messages is applied).
 final class GroupCommitter: @unchecked Sendable {
-    typealias Completion = @Sendable (Result<[ApplyOutcome], Error>) -> Void
+    typealias Completion = @Sendable (Result<Committed, Error>) -> Void
+
+    /// What a durable commit gives each request in it.
+    struct Committed {
+        /// One outcome per delta of the request, in order.
+        var outcomes: [ApplyOutcome]
+        /// This node's own change sequence after the commit (its writes included), or nil when
+        /// it could not be read: session tokens and write concerns wait for it. Read once per
+        /// commit, not once per request.
+        var ownSequence: UInt64?
+    }
 
     private struct Job {
         var deltas: [ProfileDelta]
@@ -18,6 +28,8 @@ final class GroupCommitter: @unchecked Sendable {
     }
 
     private let store: any ProfileStore
+    /// This node's origin: the component of the version vector its own changes advance.
+    private let origin: UInt64
     private let maximumMessagesPerCommit: Int
     private let queue = Mutex<(jobs: [Job], stopped: Bool)>(([], false))
     private let wakeup = DispatchSemaphore(value: 0)
@@ -29,9 +41,10 @@ final class GroupCommitter: @unchecked Sendable {
     /// Called on the writer thread after each commit (replication pushes the new changes).
     let onCommit: @Sendable () -> Void
 
-    init(store: any ProfileStore, maximumMessagesPerCommit: Int = 10_000, onCommit: @escaping @Sendable () -> Void = {}) {
+    init(store: any ProfileStore, origin: UInt64, maximumMessagesPerCommit: Int = 10_000, onCommit: @escaping @Sendable () -> Void = {}) {
         self.onCommit = onCommit
         self.store = store
+        self.origin = origin
         self.maximumMessagesPerCommit = maximumMessagesPerCommit
         let thread = Thread { [self] in run() }
         thread.name = "kith-writer"
@@ -87,9 +100,10 @@ final class GroupCommitter: @unchecked Sendable {
             let outcomes = try store.apply(group.flatMap(\.deltas))
             committedMessages.wrappingAdd(outcomes.count, ordering: .relaxed)
             commits.wrappingAdd(1, ordering: .relaxed)
+            let ownSequence = try? store.versionVector()[origin]
             var offset = 0
             for job in group {
-                job.completion(.success(Array(outcomes[offset..<offset + job.deltas.count])))
+                job.completion(.success(Committed(outcomes: Array(outcomes[offset..<offset + job.deltas.count]), ownSequence: ownSequence)))
                 offset += job.deltas.count
             }
             onCommit()

@@ -69,10 +69,10 @@ extension Node {
         }
         metrics.receivedMessages.wrappingAdd(deltas.count, ordering: .relaxed)
         committer.submit(deltas) { [self] result in
-            let respond = withSessionToken(session, respond)
+            let respond = withSessionToken(session, ownSequence: try? result.get().ownSequence, respond)
             switch result {
             case .success where concern == .one: respond(.json(200, Array(#"{"success":true}"#.utf8)))
-            case .success: awaitReplicas(concern, respond: respond)
+            case .success(let committed): awaitReplicas(concern, through: committed.ownSequence, respond: respond)
             case .failure(let error):
                 respond(.json(503, Self.segmentError("unavailable", "the messages were not stored: \(error)")))
             }
@@ -86,10 +86,13 @@ extension Node {
     }
 
     /// After a write committed here: `respond`, with the session token raised to this node's
-    /// own changes so far (which include the write), so that a read anywhere can ask for them.
-    func withSessionToken(_ presented: VersionVector, _ respond: @escaping @Sendable (HTTPResponse) -> Void) -> @Sendable (HTTPResponse) -> Void {
+    /// own changes through `ownSequence` (the commit's, which include the write), so that a
+    /// read anywhere can ask for them.
+    func withSessionToken(_ presented: VersionVector, ownSequence: UInt64?, _ respond: @escaping @Sendable (HTTPResponse) -> Void)
+        -> @Sendable (HTTPResponse) -> Void
+    {
         var token = presented
-        if let own = try? store.versionVector()[origin] { token.advance(origin: origin, to: own) }
+        if let ownSequence { token.advance(origin: origin, to: ownSequence) }
         let text = SessionToken.text(token)
         return { response in
             var response = response
@@ -103,7 +106,7 @@ extension Node {
 
     /// After a durable commit here: waits until as many replicas as `concern` asks hold this
     /// node's changes so far (this request's among them), then answers how many do.
-    private func awaitReplicas(_ concern: WriteConcern, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+    private func awaitReplicas(_ concern: WriteConcern, through: UInt64?, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         let answer: @Sendable (Int, Int, Bool) -> Void = { held, required, met in
             guard met else {
                 return respond(.json(503, Self.object { o in
@@ -123,7 +126,7 @@ extension Node {
         }
         // A node without peers is every replica there is.
         guard let replication else { return answer(1, 1, true) }
-        guard let through = try? store.versionVector()[origin] else {
+        guard let through else {
             return respond(.json(503, Self.segmentError("unavailable", "the write is stored here, but its replicas could not be counted; retry")))
         }
         replication.awaitReplicas(ownThrough: through, concern: concern, timeoutMillis: Self.replicaWaitMillis, completion: answer)

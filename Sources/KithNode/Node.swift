@@ -65,7 +65,7 @@ public final class Node: Sendable {
             replication = nil
         }
         let replication = self.replication
-        committer = GroupCommitter(store: store) { replication?.committed() }
+        committer = GroupCommitter(store: store, origin: origin) { replication?.committed() }
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
         let policy = try Self.loadPolicy(configuration.policyFile)
         self.policy = policy

@@ -336,7 +336,7 @@ extension Node {
 
     private func commit(_ delta: ProfileDelta, answer: [UInt8], respond: @escaping Respond) {
         committer.submit([delta]) { [self] result in
-            let respond = withSessionToken(VersionVector(), respond)
+            let respond = withSessionToken(VersionVector(), ownSequence: try? result.get().ownSequence, respond)
             switch result {
             case .success: respond(.json(200, answer))
             case .failure: respond(.error(503, code: "unavailable", message: "the change was not stored; retry"))
