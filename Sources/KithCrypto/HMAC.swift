@@ -1,4 +1,5 @@
 import CCrypto
+import Synchronization
 
 /// Cryptography from OpenSSL's libcrypto. Nothing here is hand-written cryptography: these are
 /// thin, checked calls into the library.
@@ -122,11 +123,17 @@ public struct SHA256Stream: ~Copyable {
 }
 
 /// An HMAC-SHA256 key set up once in libcrypto, for a key that signs many short messages (the
-/// forget-key secret hashes an identifier on every read and erasure). Each message is signed
-/// on a duplicate of the keyed context, so one key serves any number of threads.
+/// forget-key secret hashes an identifier on every read and erasure, and every stored row on
+/// every write). Each message is signed on a context of its own, so one key serves any number
+/// of threads: a spare context reset to the key when one is free, else a duplicate of the keyed
+/// one (duplicating costs several allocations; resetting costs none).
 public final class HMACKey: @unchecked Sendable {
     /// Keyed and never used directly: only duplicated.
     private let context: OpaquePointer
+    /// Contexts done with a message, kept for the next ones (at most `spareLimit`), as their
+    /// addresses (a pointer is not `Sendable`; these are owned here alone).
+    private let spares = Mutex<[UInt]>([])
+    private static let spareLimit = 8
 
     public init(_ key: [UInt8]) {
         guard let mac = EVP_MAC_fetch(nil, "HMAC", nil) else { preconditionFailure("HMAC is not available in libcrypto") }
@@ -143,21 +150,44 @@ public final class HMACKey: @unchecked Sendable {
         self.context = context
     }
 
-    deinit { EVP_MAC_CTX_free(context) }
+    deinit {
+        EVP_MAC_CTX_free(context)
+        spares.withLock { spares in for spare in spares { EVP_MAC_CTX_free(OpaquePointer(bitPattern: spare)) } }
+    }
 
     /// HMAC-SHA256 of `message` under this key (the same bytes as `Crypto.hmacSHA256`).
     public func authenticate(_ message: [UInt8]) -> [UInt8] {
-        guard let copy = EVP_MAC_CTX_dup(context) else { preconditionFailure("HMAC context could not be copied in libcrypto") }
-        defer { EVP_MAC_CTX_free(copy) }
+        let working = take()
         var output = [UInt8](repeating: 0, count: 32)
         var length = 0
         let ok = message.withUnsafeBytes { input in
             output.withUnsafeMutableBufferPointer { out in
-                EVP_MAC_update(copy, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count) == 1
-                    && EVP_MAC_final(copy, out.baseAddress, &length, 32) == 1
+                EVP_MAC_update(working, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count) == 1
+                    && EVP_MAC_final(working, out.baseAddress, &length, 32) == 1
             }
         }
         precondition(ok && length == 32, "HMAC-SHA256 failed in libcrypto")
+        give(working)
         return output
+    }
+
+    /// A context ready for a new message under this key.
+    private func take() -> OpaquePointer {
+        if let spare = spares.withLock({ $0.popLast() }).flatMap(OpaquePointer.init(bitPattern:)) {
+            // A null key restarts the message under the key the context already holds.
+            guard EVP_MAC_init(spare, nil, 0, nil) == 1 else { preconditionFailure("HMAC context could not be reset in libcrypto") }
+            return spare
+        }
+        guard let copy = EVP_MAC_CTX_dup(context) else { preconditionFailure("HMAC context could not be copied in libcrypto") }
+        return copy
+    }
+
+    private func give(_ used: OpaquePointer) {
+        let kept = spares.withLock { spares -> Bool in
+            guard spares.count < Self.spareLimit else { return false }
+            spares.append(UInt(bitPattern: Int(bitPattern: used)))
+            return true
+        }
+        if !kept { EVP_MAC_CTX_free(used) }
     }
 }

@@ -166,21 +166,28 @@ final class DataKeyStore: @unchecked Sendable {
     }
 
     /// Makes `poolSize` keys: free slots first, then new ones at the end; one sync for all.
+    /// The randomness comes in one draw and the new slots at the end go in one write: a pool is
+    /// made every `poolSize` new identifiers, so its cost is paid on the ingest path.
     private func refill() throws {
         try fileLock.withLock { _ in
             guard state.withLock({ $0.pool.isEmpty }) else { return }
+            let (free, end) = state.withLock { state in
+                (state.tags.indices.filter { state.tags[$0] == 0 }.prefix(Self.poolSize).map { UInt32($0) }, UInt32(state.tags.count))
+            }
+            let slots = free + (end..<(end + UInt32(Self.poolSize - free.count)))
+            let random = try Crypto.randomBytes(Self.poolSize * (8 + AESGCM.keySize))
             var made: [(DataKeyID, [UInt8])] = []
-            var free = state.withLock { state in state.tags.indices.filter { state.tags[$0] == 0 }.prefix(Self.poolSize).map { UInt32($0) } }
-            var next = UInt32(state.withLock { $0.tags.count })
-            while made.count < Self.poolSize {
-                let slot = free.isEmpty ? next : free.removeFirst()
-                if slot == next { next += 1 }
-                var tag: UInt64 = 0
-                while tag == 0 { tag = try Crypto.randomBytes(8).reduce(0) { $0 << 8 | UInt64($1) } }
-                let key = try Crypto.randomBytes(AESGCM.keySize)
-                try write(KeySlot.encode(tag: tag, key: key), at: KeySlot.offset(slot))
+            var appended: [UInt8] = []
+            for (index, slot) in slots.enumerated() {
+                let start = index * (8 + AESGCM.keySize)
+                // A zero tag marks a free slot; one in 2^64 draws is replaced by 1.
+                let tag = max(1, random[start..<(start + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+                let key = Array(random[(start + 8)..<(start + 8 + AESGCM.keySize)])
+                let encoded = KeySlot.encode(tag: tag, key: key)
+                if slot >= end { appended += encoded } else { try write(encoded, at: KeySlot.offset(slot)) }
                 made.append((DataKeyID(slot: slot, tag: tag), key))
             }
+            if !appended.isEmpty { try write(appended, at: KeySlot.offset(end)) }
             try synchronize()
             state.withLock { state in
                 for (id, key) in made {

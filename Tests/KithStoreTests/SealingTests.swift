@@ -187,6 +187,13 @@ struct DataKeyStoreTests {
         #expect(third.id.slot == first.id.slot && third.id.tag != first.id.tag)
         #expect(keys!.key(for: first.id) == nil)
         #expect(try SealingTests.bytes(path).count == KeySlot.headerSize + (2 * DataKeyStore.poolSize - 1) * KeySlot.size)
+
+        // That pool was written as one reused slot and a run appended at the end: both are read back.
+        let fourth = try keys!.issue()
+        #expect(fourth.id.slot >= UInt32(DataKeyStore.poolSize))
+        keys = nil
+        keys = try DataKeyStore(path: path)
+        #expect(keys!.key(for: third.id) == third.key && keys!.key(for: fourth.id) == fourth.key)
     }
 
     @Test("keys of a transaction that did not commit go back to the pool")
