@@ -23,13 +23,13 @@ public enum AESGCM {
 
     /// Sealing with a chosen nonce: for known-answer tests only. A nonce must never repeat under a key.
     public static func seal(_ plaintext: [UInt8], key: [UInt8], nonce: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
-        try AESGCMKey(key).seal(plaintext, nonce: nonce, associatedData: associatedData)
+        try AESGCMContext().seal(plaintext, key: key, nonce: nonce, associatedData: associatedData)
     }
 
     /// The plaintext of a sealed box, or `AuthenticationFailure` when the box, the key or the
     /// associated data is not the one it was sealed with.
     public static func open(_ box: [UInt8], key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
-        try AESGCMKey(key).open(box[...], associatedData: associatedData)
+        try AESGCMContext().open(box[...], key: key, associatedData: associatedData)
     }
 }
 
@@ -45,33 +45,33 @@ public struct CryptoFailure: Error, CustomStringConvertible {
     public var description: String { "libcrypto failed: \(operation)" }
 }
 
-/// AES-256-GCM under one key, its key schedule computed once: for sealing or opening many boxes
-/// under the same key (one customer's rows in one transaction). Not for concurrent use.
-public final class AESGCMKey {
-    private let key: [UInt8]
+/// AES-256-GCM contexts kept for many boxes under changing keys (the rows of one transaction
+/// belong to many customers, each with a key of its own). A context is made once and re-keyed
+/// only when the key differs from the last one it used: making and freeing a libcrypto context
+/// for every key costs more than sealing a row. Not for concurrent use.
+public final class AESGCMContext {
     private var encryption: OpaquePointer?
     private var decryption: OpaquePointer?
+    /// The key each context holds now (empty: none yet).
+    private var encryptionKey: [UInt8] = []
+    private var decryptionKey: [UInt8] = []
 
-    public init(_ key: [UInt8]) {
-        precondition(key.count == AESGCM.keySize, "AES-256-GCM needs a 32-byte key")
-        self.key = key
-    }
+    public init() {}
 
     deinit {
         EVP_CIPHER_CTX_free(encryption)
         EVP_CIPHER_CTX_free(decryption)
     }
 
-    /// `nonce ‖ ciphertext ‖ tag`; the nonce must never repeat under this key.
-    public func seal(_ plaintext: [UInt8], nonce: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
+    /// `nonce ‖ ciphertext ‖ tag`; the nonce must never repeat under `key`.
+    public func seal(_ plaintext: [UInt8], key: [UInt8], nonce: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
         precondition(nonce.count == AESGCM.nonceSize, "AES-256-GCM needs a 12-byte nonce")
-        let context = try prepared(&encryption, encrypting: true)
+        let context = try prepared(&encryption, &encryptionKey, key, nonce: nonce, encrypting: true)
         var box = nonce + [UInt8](repeating: 0, count: plaintext.count + AESGCM.tagSize)
         var length: Int32 = 0
         let ok = box.withUnsafeMutableBufferPointer { out -> Bool in
             let body = out.baseAddress! + AESGCM.nonceSize
-            guard EVP_EncryptInit_ex2(context, nil, nil, nonce, nil) == 1,
-                associatedData.isEmpty || EVP_EncryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
+            guard associatedData.isEmpty || EVP_EncryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
                 plaintext.isEmpty || EVP_EncryptUpdate(context, body, &length, plaintext, Int32(plaintext.count)) == 1,
                 EVP_EncryptFinal_ex(context, body + plaintext.count, &length) == 1
             else { return false }
@@ -81,19 +81,19 @@ public final class AESGCMKey {
         return box
     }
 
-    /// The plaintext of a box sealed under this key, or `AuthenticationFailure`.
-    public func open(_ box: ArraySlice<UInt8>, associatedData: [UInt8]) throws -> [UInt8] {
+    /// The plaintext of a box sealed under `key`, or `AuthenticationFailure`.
+    public func open(_ box: ArraySlice<UInt8>, key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
         guard box.count >= AESGCM.overhead else { throw AuthenticationFailure() }
-        let context = try prepared(&decryption, encrypting: false)
         let count = box.count - AESGCM.overhead
         var plaintext = [UInt8](repeating: 0, count: count)
         var tag = Array(box.suffix(AESGCM.tagSize))
         var length: Int32 = 0
-        let ok = box.withUnsafeBufferPointer { input -> Bool in
-            plaintext.withUnsafeMutableBufferPointer { out -> Bool in
+        let ok = try box.withUnsafeBufferPointer { input -> Bool in
+            let nonce = UnsafeBufferPointer(rebasing: input[0..<AESGCM.nonceSize])
+            let context = try prepared(&decryption, &decryptionKey, key, nonce: Array(nonce), encrypting: false)
+            return plaintext.withUnsafeMutableBufferPointer { out -> Bool in
                 let body = input.baseAddress! + AESGCM.nonceSize
-                guard EVP_DecryptInit_ex2(context, nil, nil, input.baseAddress, nil) == 1,
-                    associatedData.isEmpty || EVP_DecryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
+                guard associatedData.isEmpty || EVP_DecryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
                     count == 0 || EVP_DecryptUpdate(context, out.baseAddress, &length, body, Int32(count)) == 1,
                     EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_GCM_SET_TAG, Int32(AESGCM.tagSize), &tag) == 1
                 else { return false }
@@ -105,17 +105,37 @@ public final class AESGCMKey {
         return plaintext
     }
 
-    /// A context with the key schedule set, made on first use.
-    private func prepared(_ slot: inout OpaquePointer?, encrypting: Bool) throws -> OpaquePointer {
-        if let slot { return slot }
-        guard let context = EVP_CIPHER_CTX_new() else { throw CryptoFailure("EVP_CIPHER_CTX_new") }
-        let ok = encrypting
-            ? EVP_EncryptInit_ex2(context, AESGCM.cipher, key, nil, nil) : EVP_DecryptInit_ex2(context, AESGCM.cipher, key, nil, nil)
+    /// The context, made on first use, set to `key` (its schedule computed again only when the
+    /// key changed) and to `nonce`, in one call.
+    private func prepared(_ slot: inout OpaquePointer?, _ current: inout [UInt8], _ key: [UInt8], nonce: [UInt8], encrypting: Bool) throws
+        -> OpaquePointer
+    {
+        precondition(key.count == AESGCM.keySize, "AES-256-GCM needs a 32-byte key")
+        let context: OpaquePointer
+        var cipher: OpaquePointer?
+        if let slot {
+            context = slot
+        } else {
+            guard let made = EVP_CIPHER_CTX_new() else { throw CryptoFailure("EVP_CIPHER_CTX_new") }
+            slot = made
+            context = made
+            cipher = AESGCM.cipher
+            current = []
+        }
+        let rekey = current != key
+        let ok = key.withUnsafeBufferPointer { keyBytes in
+            let keyPointer = rekey ? keyBytes.baseAddress : nil
+            return encrypting
+                ? EVP_EncryptInit_ex2(context, cipher, keyPointer, nonce, nil) : EVP_DecryptInit_ex2(context, cipher, keyPointer, nonce, nil)
+        }
         guard ok == 1 else {
+            // The context's state is unknown now: the next call starts from a new one.
             EVP_CIPHER_CTX_free(context)
+            slot = nil
+            current = []
             throw CryptoFailure("AES-256-GCM key setup")
         }
-        slot = context
+        current = key
         return context
     }
 }

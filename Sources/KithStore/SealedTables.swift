@@ -82,23 +82,16 @@ final class SealingSession {
 
     // MARK: - Boxes
 
-    /// Keys with their schedules, for the rows of this transaction (most rows of a batch or a
-    /// read share a few owners' keys), and nonces drawn in blocks.
-    private var prepared: [DataKeyID: AESGCMKey] = [:]
+    /// One libcrypto context for the rows of this transaction, re-keyed from owner to owner,
+    /// and nonces drawn in blocks.
+    private let cipher = AESGCMContext()
     private var nonces = NonceSource()
-
-    private func prepared(_ id: DataKeyID, _ key: [UInt8]) -> AESGCMKey {
-        if let known = prepared[id] { return known }
-        let made = AESGCMKey(key)
-        prepared[id] = made
-        return made
-    }
 
     func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
         var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 14)
         writer.write(varint: UInt64(id.slot))
         writer.write(bigEndian: id.tag)
-        writer.write(raw: try prepared(id, key).seal(plaintext, nonce: try nonces.next(), associatedData: associatedData))
+        writer.write(raw: try cipher.seal(plaintext, key: key, nonce: try nonces.next(), associatedData: associatedData))
         return writer.bytes
     }
 
@@ -117,7 +110,7 @@ final class SealingSession {
         let (id, offset) = try Self.keyID(sealed)
         guard let key = sealing.keys.key(for: id) else { return nil }
         do {
-            return try prepared(id, key).open(sealed[offset...], associatedData: associatedData)
+            return try cipher.open(sealed[offset...], key: key, associatedData: associatedData)
         } catch {
             throw StoreCorruption(table: table.name, underlying: error)
         }

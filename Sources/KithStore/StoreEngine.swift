@@ -317,7 +317,7 @@ final class WriteContext {
         if structureChanged {
             // The peers too: a link whose removal arrived first registers its peer inactive,
             // out of reach of the subject's component, and the peer still needs its own profile.
-            try recompute(around: [delta.subject] + links)
+            try recompute(around: [delta.subject] + links, absorbing: delta)
         } else {
             let canonical = try canonicalKey(subjectKey)!
             var view = try self.view(canonical)!
@@ -767,7 +767,13 @@ final class WriteContext {
     }
 
     /// Rebuilds the people in the connected components around `starts`, their views and index.
-    private func recompute(around starts: [Identifier]) throws {
+    ///
+    /// `absorbing` is the message being applied, when it is the only change to the ledgers that
+    /// the stored views do not reflect yet (`apply`). Then a person's newest events come from the
+    /// old views wherever a whole old profile went into it, with that message's event added,
+    /// and only the ledgers of the other members are read. Callers that changed ledger rows in
+    /// other ways (copies joined, erasures, repairs) pass nil, and every member's ledger is read.
+    private func recompute(around starts: [Identifier], absorbing delta: ProfileDelta? = nil) throws {
         var nodes = Set(starts)
         var queue = starts
         var links: [LinkEdge: LWWStamp] = [:]
@@ -782,14 +788,25 @@ final class WriteContext {
             }
         }
         var oldCanonicals: Set<[UInt8]> = []
-        for node in nodes { if let canonical = try canonicalKey(node.key) { oldCanonicals.insert(canonical) } }
+        var oldCanonicalOf: [Identifier: [UInt8]] = [:]
+        for node in nodes {
+            if let canonical = try canonicalKey(node.key) {
+                oldCanonicals.insert(canonical)
+                oldCanonicalOf[node] = canonical
+            }
+        }
+        // Read before any view is rewritten: a person split in two keeps one old canonical key.
+        var oldViews: [[UInt8]: ProfileView] = [:]
+        if delta != nil, historyLimit > 0 {
+            for canonical in oldCanonicals { if let view = try view(canonical) { oldViews[canonical] = view } }
+        }
         let rules = engine.configuration.profile.rules
         let people = IdentityResolver(rules: rules).people(nodes: Array(nodes), links: links.map { (edge: $0.key, order: $0.value) })
         var newCanonicals: Set<[UInt8]> = []
         for person in people {
             let heads = try person.compactMap { try source($0.key) }
             var view = ProfileView.assemble(members: person, heads: heads, rules: rules, historyLimit: historyLimit)
-            view.head.recent = try newestEvents(of: person)
+            view.head.recent = try newestEvents(of: person, oldViews: oldViews, oldCanonicalOf: oldCanonicalOf, absorbing: delta)
             let canonical = view.canonical.key
             newCanonicals.insert(canonical)
             setView(canonical, view)
@@ -798,12 +815,28 @@ final class WriteContext {
         for stale in oldCanonicals.subtracting(newCanonicals) { deleteView(stale) }
     }
 
-    /// The newest `historyLimit` events over all of `members`, read from their ledgers. Linear in
-    /// their histories; only a row whose (time, messageId) can still make the cut is fully decoded.
-    private func newestEvents(of members: [Identifier]) throws -> [EventRecord] {
+    /// The newest `historyLimit` events over all of `members`. An old view whose members all
+    /// belong to `members` already holds the newest events of its members (the newest of a
+    /// union are the newest of the parts' newest), so only the ledgers of members outside such
+    /// views are read. Linear in those members' histories; only a row whose (time, messageId)
+    /// can still make the cut is fully decoded. `absorbing`'s event is added (`recompute`).
+    private func newestEvents(
+        of members: [Identifier], oldViews: [[UInt8]: ProfileView] = [:], oldCanonicalOf: [Identifier: [UInt8]] = [:],
+        absorbing delta: ProfileDelta? = nil
+    ) throws -> [EventRecord] {
         var newest = SourceHead()
         guard historyLimit > 0 else { return [] }
-        for member in members {
+        let memberSet = Set(members)
+        var covered: Set<Identifier> = []
+        for canonical in Set(members.compactMap { oldCanonicalOf[$0] }) {
+            guard let old = oldViews[canonical], old.members.allSatisfy(memberSet.contains) else { continue }
+            covered.formUnion(old.members)
+            for event in old.head.recent { newest.insertRecent(event, limit: historyLimit) }
+        }
+        if let delta, memberSet.contains(delta.subject), delta.type.isEvent, let event = delta.event {
+            newest.insertRecent(event, limit: historyLimit)
+        }
+        for member in members where !covered.contains(member) {
             let prefix = documentKey(member.key, .ledger)
             try txn.scan(.documents, prefix: prefix) { key, value in
                 try decode(value, table: .documents) { bytes in

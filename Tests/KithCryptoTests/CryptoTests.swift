@@ -88,27 +88,30 @@ struct AESGCMTests {
     }
 }
 
-@Suite("AES-256-GCM with a prepared key")
-struct AESGCMKeyTests {
-    @Test("the same boxes as the one-shot calls, in both directions, many times over one key; tampering fails")
-    func agreesWithOneShot() throws {
+@Suite("AES-256-GCM with a kept context")
+struct AESGCMContextTests {
+    @Test("one context re-keyed between interleaved keys gives the one-shot boxes, in both directions; tampering and a wrong key fail and leave it usable")
+    func agreesWithOneShotAcrossKeys() throws {
         var random = SplitMix64(seed: 11)
         func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &random) } }
-        let raw = bytes(32)
-        let key = AESGCMKey(raw)
+        let keys = [bytes(32), bytes(32), bytes(32)]
+        let context = AESGCMContext()
         var nonces = NonceSource()
         var seen = Set<[UInt8]>()
-        for size in [0, 1, 16, 33, 1_000, 5] {
+        for (index, size) in [0, 1, 16, 33, 1_000, 5, 64, 2, 300].enumerated() {
+            // Two keys in a row, then a switch: both the kept schedule and a new one are used.
+            let key = keys[(index / 2) % keys.count], other = keys[(index / 2 + 1) % keys.count]
             let data = bytes(size), aad = bytes(size % 7), nonce = try nonces.next()
             #expect(seen.insert(nonce).inserted)
-            let box = try key.seal(data, nonce: nonce, associatedData: aad)
-            #expect(box == (try AESGCM.seal(data, key: raw, nonce: nonce, associatedData: aad)))
-            #expect(try key.open(box[...], associatedData: aad) == data)
-            #expect(try AESGCM.open(box, key: raw, associatedData: aad) == data)
+            let box = try context.seal(data, key: key, nonce: nonce, associatedData: aad)
+            #expect(box == (try AESGCM.seal(data, key: key, nonce: nonce, associatedData: aad)))
+            #expect(try context.open(box[...], key: key, associatedData: aad) == data)
+            #expect(try AESGCM.open(box, key: key, associatedData: aad) == data)
             var changed = box
             changed[changed.count - 1] ^= 0x80
-            #expect(throws: AuthenticationFailure.self) { try key.open(changed[...], associatedData: aad) }
-            #expect(try key.open(box[...], associatedData: aad) == data, "a failed open leaves the key usable")
+            #expect(throws: AuthenticationFailure.self) { try context.open(changed[...], key: key, associatedData: aad) }
+            #expect(throws: AuthenticationFailure.self) { try context.open(box[...], key: other, associatedData: aad) }
+            #expect(try context.open(box[...], key: key, associatedData: aad) == data, "a failed open leaves the context usable")
         }
         for _ in 0..<600 { #expect(seen.insert(try nonces.next()).inserted) }
     }

@@ -158,6 +158,34 @@ struct StoreContractTests {
         try fixture.store.apply(Array(big.prefix(3)))  // the store still works afterwards
     }
 
+    /// Clients send both ids on a track once they know the user, so an event can link two
+    /// people: the profile rebuilt around the new link must keep that event among its newest
+    /// (the rebuild takes the old profiles' newest events and adds the message's own).
+    @Test(arguments: StoreKind.allCases)
+    func eventsThatLinkPeopleMatchTheReferenceModel(_ kind: StoreKind) throws {
+        for seed in 0..<3 as Range<UInt64> {
+            let fixture = try StoreFixture(kind)
+            var random = SplitMix64(seed: 40 + seed)
+            let parser = SegmentMessageParser()
+            var deltas: [ProfileDelta] = []
+            for index in 0..<400 {
+                let time = 1_760_000_000_000 + Int64(random.below(100_000))
+                var message: [String: JSONValue] = [
+                    "type": "track", "event": .string(["Viewed", "Added", "Bought"][random.below(3)]), "messageId": .string("m-\(index)"),
+                    "timestamp": .string(ISO8601.format(millis: time)),
+                ]
+                if random.below(3) > 0 { message["userId"] = .string("u-\(random.below(6))") }
+                if message["userId"] == nil || random.below(2) == 0 { message["anonymousId"] = .string("a-\(random.below(15))") }
+                let object = JSONObject(message.keys.sorted().map { JSONObject.Member($0, message[$0]!) })
+                deltas.append(try parser.parse(.object(object), receivedAt: 1_760_000_100_000))
+            }
+            var reference = ProfileState()
+            for delta in deltas { reference.apply(delta, hasher: hmac) }
+            _ = try apply(deltas, to: fixture.store, random: &random)
+            try expectSameViews(fixture.store, reference, "\(kind) seed \(seed)")
+        }
+    }
+
     @Test(arguments: StoreKind.allCases)
     func unmergeMatchesTheReferenceModel(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
