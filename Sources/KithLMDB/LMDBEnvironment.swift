@@ -32,6 +32,13 @@ public final class LMDBEnvironment: @unchecked Sendable {
         /// false: commits are not fsynced (MDB_NOSYNC); a crash of the OS may lose recent
         /// commits, a crash of the process does not. Only for tests and throwaway data.
         public var durable: Bool = true
+        /// true (with `durable`): a commit does not sync its metadata page itself
+        /// (MDB_NOMETASYNC), so that a caller may let one sync cover several commits:
+        /// `write(deferringSync: true)` returns before its commit is durable, and the commit is
+        /// durable once a later `write` or `sync()` returns (each syncs the whole file). Every
+        /// other `write` syncs before it returns, as with this off. LMDB keeps its integrity
+        /// either way; an OS crash may only undo commits whose sync was deferred.
+        public var allowsDeferredSync: Bool = false
 
         public init() {}
     }
@@ -59,6 +66,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
             try LMDBError.check(mdb_env_set_maxreaders(env, configuration.maximumReaders), "mdb_env_set_maxreaders")
             var flags = UInt32(MDB_NOTLS)
             if !configuration.durable { flags |= UInt32(MDB_NOSYNC) }
+            if configuration.durable && configuration.allowsDeferredSync { flags |= UInt32(MDB_NOMETASYNC) }
             try LMDBError.check(mdb_env_open(env, path, flags, 0o600), "mdb_env_open \(path)")
             var dead: Int32 = 0
             try LMDBError.check(mdb_reader_check(env, &dead), "mdb_reader_check")
@@ -119,11 +127,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Runs `body` in a write transaction: committed when it returns, aborted when it throws.
     /// If the map fills up, the map is grown and `body` runs again from the start.
+    /// The commit is durable when this returns, unless `deferringSync` (see
+    /// `Configuration.allowsDeferredSync`; without it the flag changes nothing).
     @discardableResult
-    public func write<T>(_ body: (LMDBWriteTransaction) throws -> T) throws -> T {
+    public func write<T>(deferringSync: Bool = false, _ body: (LMDBWriteTransaction) throws -> T) throws -> T {
         while true {
             do {
-                return try writeOnce(body)
+                let result = try writeOnce(body)
+                if configuration.durable && configuration.allowsDeferredSync && !deferringSync { try sync() }
+                return result
             } catch let error as LMDBError where error.code == .mapFull {
                 try growMap()
             }
@@ -215,7 +227,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
         try LMDBError.check(mdb_env_copy2(env, directory, UInt32(MDB_CP_COMPACT)), "mdb_env_copy2 \(directory)")
     }
 
-    /// Flushes to disk (useful when opened non-durable).
+    /// Whether LMDB leaves the metadata sync out of commits (MDB_NOMETASYNC, from `allowsDeferredSync`).
+    public var defersMetaSync: Bool {
+        var flags: UInt32 = 0
+        mdb_env_get_flags(env, &flags)
+        return flags & UInt32(MDB_NOMETASYNC) != 0
+    }
+
+    /// Flushes every commit so far to disk: those whose sync was deferred, or all of them in
+    /// an environment opened non-durable.
     public func sync() throws {
         try LMDBError.check(mdb_env_sync(env, 1), "mdb_env_sync")
     }

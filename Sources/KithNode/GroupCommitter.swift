@@ -1,7 +1,26 @@
 import Foundation
+import KithCRDT
 import KithProfile
 import KithStore
 import Synchronization
+
+/// What group commit needs of a store (a protocol of its own, so tests can watch the order of
+/// commits, syncs and answers).
+protocol GroupCommitStore: Sendable {
+    func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+    func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+    func synchronize() throws
+    func versionVector() throws -> VersionVector
+}
+
+/// A profile store as group commit uses it.
+struct ProfileStoreCommits: GroupCommitStore {
+    let store: any ProfileStore
+    func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] { try store.apply(batch) }
+    func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] { try store.applyDeferringSync(batch) }
+    func synchronize() throws { try store.synchronize() }
+    func versionVector() throws -> VersionVector { try store.versionVector() }
+}
 
 /// The one writer of a node: requests hand it their deltas, it commits whatever has queued up in
 /// one write transaction (group commit), and answers each request once the transaction is durable.
@@ -9,6 +28,14 @@ import Synchronization
 /// One fsync then covers many requests, so durable ingest stays fast under concurrency; each
 /// request's messages still land all together or not at all (a failed transaction fails every
 /// request in it, and none of their messages is applied).
+///
+/// With `defersSync` (a store opened with `allowsDeferredSync`), a commit syncs its data pages
+/// but not its metadata page, and the writer goes on to the next group at once. A sync thread
+/// makes the committed groups durable with one sync for all that are waiting, then answers them:
+/// the writer no longer waits for the second of LMDB's two syncs per commit. Only for a node
+/// without peers: a committed change is readable before it is durable, and a peer must never copy
+/// a change its origin could lose in an OS crash (its sequence number would be reused for
+/// another change after the restart).
 final class GroupCommitter: @unchecked Sendable {
     typealias Completion = @Sendable (Result<Committed, Error>) -> Void
 
@@ -27,31 +54,46 @@ final class GroupCommitter: @unchecked Sendable {
         var completion: Completion
     }
 
-    private let store: any ProfileStore
+    private let store: any GroupCommitStore
     /// This node's origin: the component of the version vector its own changes advance.
     private let origin: UInt64
+    private let defersSync: Bool
     private let maximumMessagesPerCommit: Int
     private let queue = Mutex<(jobs: [Job], stopped: Bool)>(([], false))
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
+    /// Committed groups waiting for a sync (with `defersSync`), in commit order.
+    private let unsynced = Mutex<(groups: [(jobs: [Job], committed: [Committed])], stopped: Bool)>(([], false))
+    private let syncWakeup = DispatchSemaphore(value: 0)
+    private let syncFinished = DispatchSemaphore(value: 0)
     /// Messages committed and transactions run, for metrics.
     let committedMessages = Atomic<Int>(0)
     let commits = Atomic<Int>(0)
 
-    /// Called on the writer thread after each commit (replication pushes the new changes).
+    /// Called after each group is answered (replication pushes the new changes).
     let onCommit: @Sendable () -> Void
 
-    init(store: any ProfileStore, origin: UInt64, maximumMessagesPerCommit: Int = 10_000, onCommit: @escaping @Sendable () -> Void = {}) {
+    init(
+        store: any GroupCommitStore, origin: UInt64, defersSync: Bool = false, maximumMessagesPerCommit: Int = 10_000,
+        onCommit: @escaping @Sendable () -> Void = {}
+    ) {
         self.onCommit = onCommit
         self.store = store
         self.origin = origin
+        self.defersSync = defersSync
         self.maximumMessagesPerCommit = maximumMessagesPerCommit
         let thread = Thread { [self] in run() }
         thread.name = "kith-writer"
         thread.start()
+        if defersSync {
+            let syncer = Thread { [self] in runSyncs() }
+            syncer.name = "kith-sync"
+            syncer.start()
+        }
     }
 
-    /// Queues `deltas`; `completion` runs on the writer thread once they are durable (or failed).
+    /// Queues `deltas`; `completion` runs once they are durable (or failed), on the writer thread
+    /// or, with `defersSync`, on the sync thread.
     func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) {
         let accepted = queue.withLock { state -> Bool in
             guard !state.stopped else { return false }
@@ -64,19 +106,49 @@ final class GroupCommitter: @unchecked Sendable {
     /// Jobs waiting to be committed (for load shedding).
     var backlog: Int { queue.withLock { $0.jobs.count } }
 
-    /// Finishes what is queued, then stops the writer thread.
+    /// Finishes what is queued (committed and synced), then stops the threads.
     func stop() {
         queue.withLock { $0.stopped = true }
         wakeup.signal()
         finished.wait()
+        guard defersSync else { return }
+        unsynced.withLock { $0.stopped = true }
+        syncWakeup.signal()
+        syncFinished.wait()
     }
 
     private func run() {
         while true {
             wakeup.wait()
-            while let group = takeGroup() { commit(group) }
+            while let group = takeGroup() {
+                switch commit(group) {
+                case .success(let committed) where defersSync:
+                    unsynced.withLock { $0.groups.append((group, committed)) }
+                    syncWakeup.signal()
+                case let result: answer(group, result)
+                }
+            }
             if queue.withLock({ $0.stopped && $0.jobs.isEmpty }) {
                 finished.signal()
+                return
+            }
+        }
+    }
+
+    /// The sync thread: one sync for every group committed since the last, then their answers.
+    private func runSyncs() {
+        while true {
+            syncWakeup.wait()
+            let (groups, stopped) = unsynced.withLock { state in
+                defer { state.groups.removeAll() }
+                return (state.groups, state.stopped)
+            }
+            if !groups.isEmpty {
+                let synced = Result { try store.synchronize() }
+                for group in groups { answer(group.jobs, synced.map { group.committed }) }
+            }
+            if stopped {
+                syncFinished.signal()
                 return
             }
         }
@@ -95,19 +167,29 @@ final class GroupCommitter: @unchecked Sendable {
         }
     }
 
-    private func commit(_ group: [Job]) {
-        do {
-            let outcomes = try store.apply(group.flatMap(\.deltas))
+    /// Applies the group in one transaction: what each request gets, or why none of it applied.
+    private func commit(_ group: [Job]) -> Result<[Committed], Error> {
+        Result {
+            let deltas = group.flatMap(\.deltas)
+            let outcomes = try defersSync ? store.applyDeferringSync(deltas) : store.apply(deltas)
             committedMessages.wrappingAdd(outcomes.count, ordering: .relaxed)
             commits.wrappingAdd(1, ordering: .relaxed)
             let ownSequence = try? store.versionVector()[origin]
             var offset = 0
-            for job in group {
-                job.completion(.success(Committed(outcomes: Array(outcomes[offset..<offset + job.deltas.count]), ownSequence: ownSequence)))
-                offset += job.deltas.count
+            return group.map { job in
+                defer { offset += job.deltas.count }
+                return Committed(outcomes: Array(outcomes[offset..<offset + job.deltas.count]), ownSequence: ownSequence)
             }
+        }
+    }
+
+    /// Answers every request of a group (durable now, or failed).
+    private func answer(_ group: [Job], _ result: Result<[Committed], Error>) {
+        switch result {
+        case .success(let committed):
+            for (job, done) in zip(group, committed) { job.completion(.success(done)) }
             onCommit()
-        } catch {
+        case .failure(let error):
             for job in group { job.completion(.failure(error)) }
         }
     }

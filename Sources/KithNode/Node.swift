@@ -55,7 +55,11 @@ public final class Node: Sendable {
         origin = try Self.loadOrigin(configuration.dataDirectory + "/origin")
         let storeConfiguration = StoreConfiguration(
             node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
-        store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile)
+        // A node without peers lets one sync cover two group commits (`GroupCommitter`).
+        let standalone = configuration.gossip == nil
+        var lmdb = LMDBEnvironment.Configuration()
+        lmdb.allowsDeferredSync = standalone
+        store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         if configuration.gossip != nil {
             let (keys, sending) = try configuration.clusterKeys()
             replication = try ReplicationService(
@@ -65,7 +69,7 @@ public final class Node: Sendable {
             replication = nil
         }
         let replication = self.replication
-        committer = GroupCommitter(store: store, origin: origin) { replication?.committed() }
+        committer = GroupCommitter(store: ProfileStoreCommits(store: store), origin: origin, defersSync: standalone) { replication?.committed() }
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
         let policy = try Self.loadPolicy(configuration.policyFile)
         self.policy = policy

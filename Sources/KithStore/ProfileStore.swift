@@ -10,6 +10,14 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// each with a change-log entry. Returns what happened to each message, in order.
     @discardableResult func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
 
+    /// `apply`, except that a store opened to defer syncs (`allowsDeferredSync`) may return
+    /// before the batch is durable: it is durable once a later write or `synchronize()`
+    /// returns. Group commit uses it to let one sync cover two commits. Other stores: `apply`.
+    @discardableResult func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+
+    /// Makes every commit so far durable (commits whose sync was deferred).
+    func synchronize() throws
+
     /// The profile `identifier` belongs to, or nil if the identifier is unknown.
     func view(of identifier: Identifier) throws -> ProfileView?
 
@@ -86,12 +94,20 @@ public protocol ProfileStore: AnyObject, Sendable {
 protocol EngineBackedStore: ProfileStore {
     var engine: StoreEngine { get }
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T
-    @discardableResult func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T
+    @discardableResult func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T
 }
 
 extension EngineBackedStore {
+    @discardableResult func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
+        try write(deferringSync: false, body)
+    }
+
     public func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
         try modify { context in try batch.map { try context.apply($0) } }
+    }
+
+    public func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
+        try modify(deferringSync: true) { context in try batch.map { try context.apply($0) } }
     }
 
     public func view(of identifier: Identifier) throws -> ProfileView? {
@@ -208,8 +224,8 @@ extension EngineBackedStore {
         try read { reader in (try engine.storedNodes(in: reader), StoreEngine.nodes(over: try engine.recomputedDigests(in: reader))) }
     }
 
-    private func modify<T>(_ body: (WriteContext) throws -> T) throws -> T {
-        try write { txn in
+    private func modify<T>(deferringSync: Bool = false, _ body: (WriteContext) throws -> T) throws -> T {
+        try write(deferringSync: deferringSync) { txn in
             let context = try WriteContext(engine: engine, txn: txn)
             let result = try body(context)
             try context.finish()
@@ -239,6 +255,8 @@ public final class LMDBProfileStore: EngineBackedStore {
 
     /// The key file in use.
     public var keyFile: String { sealing.keys.path }
+
+    public func synchronize() throws { try environment.sync() }
 
     /// The key `identifier`'s rows are sealed with now, if it has any (for tests).
     func dataKeyID(of identifier: Identifier) throws -> DataKeyID? {
@@ -283,12 +301,13 @@ public final class LMDBProfileStore: EngineBackedStore {
     /// in between, at the next open: the erasure left their ids in `meta`). If the transaction
     /// fails, its issued keys go back to the pool. LMDB may run the body again after growing the
     /// map, so each run has a session of its own.
+    /// `deferringSync`: see `applyDeferringSync`.
     @discardableResult
-    func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
+    func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         var sessions: [SealingSession] = []
         let result: T
         do {
-            result = try environment.write { txn in
+            result = try environment.write(deferringSync: deferringSync) { txn in
                 let session = SealingSession(sealing)
                 sessions.append(session)
                 let writer = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
@@ -355,7 +374,10 @@ public final class MemoryProfileStore: EngineBackedStore {
         try storage.withLock { tables in try body(MemoryReading(storage: tables)) }
     }
 
-    func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
+    /// Memory holds nothing durable: there is nothing to sync.
+    public func synchronize() {}
+
+    func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)
             do {

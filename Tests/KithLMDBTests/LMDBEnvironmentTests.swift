@@ -103,6 +103,27 @@ struct LMDBEnvironmentTests {
         #expect(deleted == 1 && remaining == 2)
     }
 
+    @Test func deferredSyncsAreOnlyAskedFor() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        #expect(try !LMDBEnvironment(path: path + "-default").defersMetaSync)
+        cleanup(path + "-default")
+        var configuration = LMDBEnvironment.Configuration()
+        configuration.allowsDeferredSync = true
+        var env: LMDBEnvironment? = try LMDBEnvironment(path: path, configuration: configuration)
+        #expect(env!.defersMetaSync)
+        let db = try env!.database(named: "d")
+        // A deferred commit is visible at once, and durable after a sync (or any later write).
+        try env!.write(deferringSync: true) { txn in try txn.put(db, [1], [10]) }
+        #expect(try env!.read { txn in try txn.get(db, [1]) } == [10])
+        try env!.sync()
+        try env!.write { txn in try txn.put(db, [2], [20]) }
+        env = nil
+        let reopened = try LMDBEnvironment(path: path, configuration: configuration)
+        let again = try reopened.database(named: "d")
+        #expect(try reopened.read { txn in [try txn.get(again, [1]), try txn.get(again, [2])] } == [[10], [20]])
+    }
+
     @Test func theMapGrowsInsteadOfFailingAWrite() throws {
         let path = temporaryDirectory()
         defer { cleanup(path) }
