@@ -1,5 +1,6 @@
 import Foundation
 import KithCRDT
+import KithJSON
 import KithLMDB
 import KithPolicy
 import Synchronization
@@ -30,9 +31,13 @@ public final class ReadAudit: @unchecked Sendable {
     static let indexIntervalMillis: Int64 = 1_000
     /// Records a pass indexes in one run (and the backlog that starts a pass early).
     static let indexBatch = 50_000
-    static let queueLimit = 100_000
+    /// Records waiting for their commit before reads are refused: about five seconds of reads
+    /// at full speed, to ride out a slow sync of the disk (each record is about 250 bytes here).
+    static let queueLimit = 250_000
     /// Index rows deleted in one transaction (rows of merged or expired runs).
     static let deletionChunk = 50_000
+    /// A turn of the audit thread that takes this long is logged.
+    static let slowTurnMillis: Int64 = 250
 
     private let environment: LMDBEnvironment
     private let records: LMDBDatabase
@@ -239,11 +244,22 @@ public final class ReadAudit: @unchecked Sendable {
             _ = wakeup.wait(timeout: .now() + Self.flushInterval)
             let stopping = queue.withLock { $0.stopped }
             do {
+                let started = unixMillis()
                 try flush()
+                let flushed = unixMillis()
                 if stopping || indexDue() { try index() }
+                let indexed = unixMillis()
                 // One chunk a turn, so that records keep being committed every interval.
                 if !stopping { try mergeStep() }
+                let merged = unixMillis()
                 try sweepIfDue()
+                // Records wait in the queue for as long as a turn takes; a slow one is worth a line.
+                if unixMillis() - started >= Self.slowTurnMillis {
+                    log(.info, "audit turn was slow", [
+                        ("flush_ms", .number(JSONNumber(flushed - started))), ("index_ms", .number(JSONNumber(indexed - flushed))),
+                        ("merge_ms", .number(JSONNumber(merged - indexed))), ("sweep_ms", .number(JSONNumber(unixMillis() - merged))),
+                    ])
+                }
                 if failing { log(.info, "audit writes recovered", []) }
                 failing = false
             } catch {

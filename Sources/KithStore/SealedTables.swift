@@ -333,7 +333,8 @@ struct SealedWriting: StoreWriting, ReadingThrough {
                 writer.write(raw: value)
                 plaintext = writer.bytes
             }
-            if mode == .insertOnly, try base.get(.documents, sealedKey) != nil { return false }
+            // `.insertOnly` is left to LMDB (no read first): a copy already stored wastes one seal,
+            // and copies are rare. Its owner has a key already, so none is issued for it.
             let (id, dataKey) = try currentKey(pseudonym, owner: owner)
             return try base.put(.documents, sealedKey, try session.seal(plaintext, id, dataKey, associatedData: sealedKey), mode: mode)
         case .changes:
