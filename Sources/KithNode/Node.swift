@@ -55,7 +55,8 @@ public final class Node: Sendable {
         origin = try Self.loadOrigin(configuration.dataDirectory + "/origin")
         let storeConfiguration = StoreConfiguration(
             node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(historyLimit: configuration.historyLimit))
-        // A node without peers lets one sync cover two group commits (`GroupCommitter`).
+        // A node without peers makes committed groups durable on a sync thread while the writer
+        // goes on (`GroupCommitter`, docs/storage.md "Durability").
         let standalone = configuration.gossip == nil
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
