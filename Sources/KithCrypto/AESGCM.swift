@@ -48,8 +48,9 @@ public struct CryptoFailure: Error, CustomStringConvertible {
 /// AES-256-GCM contexts kept for many boxes under changing keys (the rows of one transaction
 /// belong to many customers, each with a key of its own). A context is made once and re-keyed
 /// only when the key differs from the last one it used: making and freeing a libcrypto context
-/// for every key costs more than sealing a row. Not for concurrent use.
-public final class AESGCMContext {
+/// for every key costs more than sealing a row. Not for concurrent use: one thread at a time
+/// (it may be handed from thread to thread, as a pool of them does).
+public final class AESGCMContext: @unchecked Sendable {
     private var encryption: OpaquePointer?
     private var decryption: OpaquePointer?
     /// The key each context holds now (empty: none yet).

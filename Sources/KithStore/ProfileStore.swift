@@ -337,6 +337,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         }
         guard !rows.isEmpty else { return }
         try sealing.keys.destroy(rows.compactMap { SealedWriting.id(fromBytes: $0.dropFirst(Sealing.retiredPrefix.count)) })
+        sealing.ciphers.removeAll()
         try environment.write { txn in
             let plain = LMDBWriting(transaction: txn, tables: tables)
             for row in rows { _ = try plain.delete(.meta, row) }

@@ -2,6 +2,7 @@ import KithCRDT
 import KithCrypto
 import KithLMDB
 import KithProfile
+import Synchronization
 
 /// Sealing of the durable store (docs/storage.md, "Sealing"): every row that can hold personal
 /// data is encrypted with AES-256-GCM under a data key of the identifier that owns it, and LMDB
@@ -22,6 +23,8 @@ import KithProfile
 struct Sealing: Sendable {
     let keys: DataKeyStore
     let hasher: HMACForgetKeyHasher
+    /// Cipher contexts of finished transactions, for the next ones.
+    let ciphers = CipherPool()
 
     static let pseudonymSize = 16
     /// The part of the row holding the owner's identifier key.
@@ -46,7 +49,10 @@ final class SealingSession {
 
     init(_ sealing: Sealing) {
         self.sealing = sealing
+        (cipher, cipherGeneration) = sealing.ciphers.take()
     }
+
+    deinit { sealing.ciphers.give(cipher, generation: cipherGeneration) }
 
     func pseudonym(_ identifierKey: some Collection<UInt8>) -> [UInt8] {
         let identifierKey = Array(identifierKey)
@@ -82,9 +88,10 @@ final class SealingSession {
 
     // MARK: - Boxes
 
-    /// One libcrypto context for the rows of this transaction, re-keyed from owner to owner,
-    /// and nonces drawn in blocks.
-    private let cipher = AESGCMContext()
+    /// One libcrypto context for the rows of this transaction, re-keyed from owner to owner
+    /// (taken from the pool and given back), and nonces drawn in blocks.
+    private let cipher: AESGCMContext
+    private let cipherGeneration: UInt64
     private var nonces = NonceSource()
 
     func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
@@ -179,6 +186,39 @@ extension Sealing {
         }
         return owners
     }
+}
+
+/// AES-GCM contexts kept between transactions: a read is one short transaction, and making and
+/// freeing a libcrypto context for each costs about as much as opening its row. At most
+/// `spareLimit` are kept (about one per thread that reads or writes at once).
+///
+/// A context holds the schedule of the last key it used. When keys are destroyed, `removeAll`
+/// frees the spares (libcrypto wipes them), and contexts taken before come back to be freed,
+/// not kept: no destroyed key outlives its destruction in a kept context.
+final class CipherPool: Sendable {
+    static let spareLimit = 16
+    private let state = Mutex<(spares: [AESGCMContext], generation: UInt64)>(([], 0))
+
+    /// A context, and the generation to give it back with.
+    func take() -> (context: AESGCMContext, generation: UInt64) {
+        let (spare, generation) = state.withLock { state in (state.spares.popLast(), state.generation) }
+        return (spare ?? AESGCMContext(), generation)
+    }
+
+    func give(_ context: AESGCMContext, generation: UInt64) {
+        state.withLock { state in
+            if generation == state.generation && state.spares.count < Self.spareLimit { state.spares.append(context) }
+        }
+    }
+
+    func removeAll() {
+        state.withLock { state in
+            state.spares.removeAll()
+            state.generation &+= 1
+        }
+    }
+
+    var spareCount: Int { state.withLock { $0.spares.count } }
 }
 
 /// Bytes as a dictionary key, hashed in one pass (an array of bytes hashes byte by byte).

@@ -138,6 +138,30 @@ struct SealingTests {
         #expect(try store.view(of: user)?.head.traits["city"] == nil)
     }
 
+    @Test("cipher contexts are kept between transactions, and none that may hold a destroyed key is kept after an erasure")
+    func cipherContextsAreDroppedWhenKeysAreDestroyed() throws {
+        let pool = CipherPool()
+        let first = pool.take()
+        pool.give(first.context, generation: first.generation)
+        let again = pool.take()
+        #expect(again.context === first.context && pool.spareCount == 0)
+        pool.removeAll()
+        pool.give(again.context, generation: again.generation)
+        #expect(pool.spareCount == 0, "taken before the keys were destroyed: freed, not kept")
+        let fresh = pool.take()
+        pool.give(fresh.context, generation: fresh.generation)
+        #expect(pool.spareCount == 1)
+
+        let path = Self.directory()
+        defer { Self.remove(path) }
+        let store = try Self.open(path)
+        _ = try store.apply(Self.canaryMessages())
+        #expect(try store.view(of: Identifier(kind: .userId, value: "other-user")!) != nil)
+        #expect(store.sealing.ciphers.spareCount > 0)
+        _ = try store.erase(Identifier(kind: .userId, value: "canary-user-0a9b")!, requestedAt: Self.erasedAt)
+        #expect(store.sealing.ciphers.spareCount == 0)
+    }
+
     @Test("a store with data refuses a key file that is not there, and keeps refusing")
     func missingKeyFileIsRefused() throws {
         let path = Self.directory()
