@@ -1,4 +1,5 @@
 import CLMDB
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -97,6 +98,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
     public func close() {
         guard !closed else { return }
         closed = true
+        dropSpareReaders()
         mdb_env_close(env)
     }
 
@@ -116,14 +118,49 @@ public final class LMDBEnvironment: @unchecked Sendable {
     public func read<T>(_ body: (LMDBReadTransaction) throws -> T) throws -> T {
         pthread_rwlock_rdlock(resizeLock)
         defer { pthread_rwlock_unlock(resizeLock) }
-        let txn = try begin(flags: UInt32(MDB_RDONLY))
+        let txn = try beginRead()
         let lifetime = TransactionLifetime()
         defer {
             lifetime.isOpen = false
-            mdb_txn_abort(txn)  // a read transaction has nothing to commit
+            endRead(txn)  // a read transaction has nothing to commit
         }
         return try body(LMDBReadTransaction(handle: txn, lifetime: lifetime))
     }
+
+    /// Read transactions that ended, reset, for the next reads to renew (`MDB_NOTLS` lets any
+    /// thread renew one): a renewal keeps the transaction's memory and its reader slot, where a
+    /// new one allocates and takes the reader table's lock. A reset transaction holds no
+    /// snapshot, so it keeps no old pages alive. Addresses, at most `spareReaderLimit`.
+    private let spareReaders = Mutex<[UInt]>([])
+    static let spareReaderLimit = 8
+
+    private func beginRead() throws -> OpaquePointer {
+        if let address = spareReaders.withLock({ $0.popLast() }), let txn = OpaquePointer(bitPattern: address) {
+            if mdb_txn_renew(txn) == MDB_SUCCESS { return txn }
+            mdb_txn_abort(txn)  // e.g. another process grew the map: a new transaction adopts it
+        }
+        return try begin(flags: UInt32(MDB_RDONLY))
+    }
+
+    private func endRead(_ txn: OpaquePointer) {
+        mdb_txn_reset(txn)
+        let kept = spareReaders.withLock { spares -> Bool in
+            guard spares.count < Self.spareReaderLimit else { return false }
+            spares.append(UInt(bitPattern: Int(bitPattern: txn)))
+            return true
+        }
+        if !kept { mdb_txn_abort(txn) }
+    }
+
+    /// Frees the spare read transactions (before the map is resized or the environment closed).
+    private func dropSpareReaders() {
+        for address in spareReaders.withLock({ spares in defer { spares.removeAll() }; return spares }) {
+            if let txn = OpaquePointer(bitPattern: address) { mdb_txn_abort(txn) }
+        }
+    }
+
+    /// How many ended read transactions are kept for renewal (for tests).
+    var spareReaderCount: Int { spareReaders.withLock { $0.count } }
 
     /// Runs `body` in a write transaction: committed when it returns, aborted when it throws.
     /// If the map fills up, the map is grown and `body` runs again from the start.
@@ -179,12 +216,14 @@ public final class LMDBEnvironment: @unchecked Sendable {
     private func adoptMapSize() throws {
         pthread_rwlock_wrlock(resizeLock)
         defer { pthread_rwlock_unlock(resizeLock) }
+        dropSpareReaders()
         try LMDBError.check(mdb_env_set_mapsize(env, 0), "mdb_env_set_mapsize")
     }
 
     private func growMap() throws {
         pthread_rwlock_wrlock(resizeLock)
         defer { pthread_rwlock_unlock(resizeLock) }
+        dropSpareReaders()
         let current = info().mapSize
         guard current < configuration.maximumMapSize else {
             throw LMDBError(returnCode: MDB_MAP_FULL, operation: "grow map beyond \(configuration.maximumMapSize) bytes")

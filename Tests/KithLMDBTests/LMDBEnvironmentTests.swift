@@ -1,5 +1,5 @@
 import Foundation
-import KithLMDB
+@testable import KithLMDB
 import KithTestSupport
 import Testing
 
@@ -101,6 +101,26 @@ struct LMDBEnvironmentTests {
         let deleted = try env.write { txn in try txn.deletePrefix(db, bytes("b/")) }
         let remaining = try env.read { txn in try txn.count(db) }
         #expect(deleted == 1 && remaining == 2)
+    }
+
+    @Test func endedReadsAreRenewedAndSeeTheNewestCommit() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        var configuration = LMDBEnvironment.Configuration()
+        configuration.durable = false
+        let env = try LMDBEnvironment(path: path, configuration: configuration)
+        let db = try env.database(named: "r")
+        for value in 0..<20 as Range<UInt8> {
+            try env.write { txn in try txn.put(db, [1], [value]) }
+            #expect(try env.read { txn in try txn.get(db, [1]) } == [value], "a renewed reader sees the commit before it")
+        }
+        #expect(env.spareReaderCount == 1)
+        // Many at once: each ends up kept or freed, never more than the limit kept.
+        DispatchQueue.concurrentPerform(iterations: 32) { _ in
+            for _ in 0..<50 { _ = try? env.read { txn in try txn.get(db, [1]) } }
+        }
+        #expect(env.spareReaderCount >= 1 && env.spareReaderCount <= LMDBEnvironment.spareReaderLimit)
+        #expect(try env.read { txn in try txn.get(db, [1]) } == [19])
     }
 
     @Test func deferredSyncsAreOnlyAskedFor() throws {
