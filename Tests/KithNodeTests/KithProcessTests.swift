@@ -195,16 +195,19 @@ struct KithProcessTests {
         #expect(try node.profile("user_id:u-3")?.body.contains(#""city":"Oslo""#) == true)
     }
 
-    /// kill -9 in the middle of a stream of batches: every batch that was acknowledged is there.
+    /// kill -9 in the middle of streams of batches from four clients at once (so that group
+    /// commits carry several requests and overlap with the syncs that answer them): every batch
+    /// that was acknowledged is there.
     @Test func everyAcknowledgedMessageSurvivesKillMinus9() throws {
         let node = try NodeProcess()
         let acknowledged = AcknowledgedMessages()
         let done = DispatchSemaphore(value: 0)
         let port = node.port
-        Thread {
+        let clients = 4
+        for clientNumber in 0..<clients { Thread {
             var batchNumber = 0
             while batchNumber < 10_000 {
-                let ids = (0..<50).map { "k\(batchNumber)-\($0)" }
+                let ids = (0..<50).map { "k\(clientNumber)-\(batchNumber)-\($0)" }
                 let messages = ids.map { #"{"type":"track","userId":"u-\#(batchNumber % 8)","event":"E","messageId":"\#($0)"}"# }
                 let body = Array(#"{"batch":[\#(messages.joined(separator: ","))]}"#.utf8)
                 guard let client = try? TestClient(port: port, timeoutSeconds: 2) else { break }
@@ -214,10 +217,10 @@ struct KithProcessTests {
                 batchNumber += 1
             }
             done.signal()
-        }.start()
+        }.start() }
         while acknowledged.count < 2_000 { usleep(10_000) }
         node.stop(kill: true)
-        done.wait()
+        for _ in 0..<clients { done.wait() }
         // Read the store directly (the process is gone): every acknowledged id must be there.
         let secret = try #require(FileManager.default.contents(atPath: node.dataDirectory + ".secret"))
         let store = try LMDBProfileStore(path: node.dataDirectory, configuration: StoreConfiguration(node: 9, forgetKeySecret: Array(secret)))
