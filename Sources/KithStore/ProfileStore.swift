@@ -12,7 +12,8 @@ public protocol ProfileStore: AnyObject, Sendable {
 
     /// `apply`, except that a store opened to defer syncs (`allowsDeferredSync`) may return
     /// before the batch is durable: it is durable once a later write or `synchronize()`
-    /// returns. Group commit uses it to let one sync cover two commits. Other stores: `apply`.
+    /// returns. Group commit uses it so that the writer need not wait for the sync that makes a
+    /// commit durable (one sync then covers every commit waiting for it). Other stores: `apply`.
     @discardableResult func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
 
     /// Makes every commit so far durable (commits whose sync was deferred).

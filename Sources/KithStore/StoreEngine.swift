@@ -787,14 +787,9 @@ final class WriteContext {
                 return .next
             }
         }
-        var oldCanonicals: Set<[UInt8]> = []
         var oldCanonicalOf: [Identifier: [UInt8]] = [:]
-        for node in nodes {
-            if let canonical = try canonicalKey(node.key) {
-                oldCanonicals.insert(canonical)
-                oldCanonicalOf[node] = canonical
-            }
-        }
+        for node in nodes { oldCanonicalOf[node] = try canonicalKey(node.key) }
+        let oldCanonicals = Set(oldCanonicalOf.values)
         // Read before any view is rewritten: a person split in two keeps one old canonical key.
         var oldViews: [[UInt8]: ProfileView] = [:]
         if delta != nil, historyLimit > 0 {
@@ -821,8 +816,7 @@ final class WriteContext {
     /// views are read. Linear in those members' histories; only a row whose (time, messageId)
     /// can still make the cut is fully decoded. `absorbing`'s event is added (`recompute`).
     private func newestEvents(
-        of members: [Identifier], oldViews: [[UInt8]: ProfileView] = [:], oldCanonicalOf: [Identifier: [UInt8]] = [:],
-        absorbing delta: ProfileDelta? = nil
+        of members: [Identifier], oldViews: [[UInt8]: ProfileView], oldCanonicalOf: [Identifier: [UInt8]], absorbing delta: ProfileDelta?
     ) throws -> [EventRecord] {
         var newest = SourceHead()
         guard historyLimit > 0 else { return [] }

@@ -119,6 +119,14 @@ struct ReadAuditTests {
 
     /// Subjects of the records of `merges`: record `i` of pass `p` is about subjects
     /// `(p + i) % 5` and `(p * i) % 7 + 10`.
+    /// Every subject of `recordPasses` finds exactly the records about it, newest first.
+    static func expectEverySubjectFindsItsRecords(_ audit: ReadAudit, _ written: [(principal: String, subjects: [[UInt8]])], limit: Int) throws {
+        for byte in UInt8(0)..<20 {
+            let expected = written.filter { $0.subjects.contains(subject(byte)) }.map(\.principal).reversed()
+            #expect(try audit.records(about: [subject(byte)], limit: limit).map(\.principal) == Array(expected))
+        }
+    }
+
     static func recordPasses(_ audit: ReadAudit, passes: Range<Int>, time: (Int) -> Int64, merge: Bool) throws -> [(principal: String, subjects: [[UInt8]])] {
         var written: [(String, [[UInt8]])] = []
         for pass in passes {
@@ -149,10 +157,7 @@ struct ReadAuditTests {
         for level in 0..<AuditIndexLayout.levels { #expect(runs.filter { $0.level == level }.count < AuditIndexLayout.fanIn) }
         #expect(try audit.counts().indexRows == 240)
         #expect(runs.reduce(0) { $0 + $1.rows } == 240)
-        for byte in UInt8(0)..<20 {
-            let expected = written.filter { $0.subjects.contains(Self.subject(byte)) }.map(\.principal).reversed()
-            #expect(try audit.records(about: [Self.subject(byte)], limit: 1_000).map(\.principal) == Array(expected))
-        }
+        try Self.expectEverySubjectFindsItsRecords(audit, written, limit: 1_000)
     }
 
     @Test("a merge cut short by a crash leaves no rows behind after reopening, and merges again")
@@ -176,10 +181,7 @@ struct ReadAuditTests {
         while try reopened.mergeStep() {}
         #expect(try reopened.runs().map(\.level) == [1])
         #expect(try reopened.counts().indexRows == 24)
-        for byte in UInt8(0)..<20 {
-            let expected = written.filter { $0.subjects.contains(Self.subject(byte)) }.map(\.principal).reversed()
-            #expect(try reopened.records(about: [Self.subject(byte)], limit: 100).map(\.principal) == Array(expected))
-        }
+        try Self.expectEverySubjectFindsItsRecords(reopened, written, limit: 100)
     }
 
     @Test("rows of swept records in a run that also indexes newer ones are skipped, and a merge leaves them out")
