@@ -109,6 +109,11 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
 
     func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
 
+    /// The change log is not covered by the tree.
+    func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
+        try base.putChanges(entries, at: key, mode: mode)
+    }
+
     private func previous(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         if let seen = known[table.rawValue][ByteKey(key)] { return seen }
         return try base.get(table, key)

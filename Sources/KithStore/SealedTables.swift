@@ -386,6 +386,11 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         }
     }
 
+    /// Each entry sealed as it is, without encoding the record and decoding it again (`put`).
+    func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
+        try base.put(.changes, key, try sealEntries(entries, .changes, key), mode: mode)
+    }
+
     @discardableResult
     func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
         guard table == .documents else { return try base.delete(table, key) }

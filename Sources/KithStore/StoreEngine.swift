@@ -271,7 +271,7 @@ final class WriteContext {
         try heads.writeBack(to: txn)
         try views.writeBack(to: txn)
         if let last = pendingChanges.last {
-            try txn.put(.changes, sequenceKey(last.sequence), ChangeRecord.encode(pendingChanges), mode: .append)
+            try txn.putChanges(pendingChanges, at: sequenceKey(last.sequence), mode: .append)
         }
         for entry in pendingChanges where entry.travelsAhead {
             try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
@@ -309,15 +309,22 @@ final class WriteContext {
         head.absorb(delta, historyLimit: 0)
         setSource(subjectKey, head)
 
-        var structureChanged = try register(delta.subject)
+        // Identifiers new here: their ledgers hold this message's row at most.
+        var fresh: Set<Identifier> = try register(delta.subject) ? [delta.subject] : []
+        var structureChanged = !fresh.isEmpty
         for peer in links {
-            if try register(peer) { structureChanged = true }
+            if try register(peer) {
+                structureChanged = true
+                fresh.insert(peer)
+            }
             if try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) { structureChanged = true }
         }
-        if structureChanged {
+        if links.isEmpty && fresh.contains(delta.subject) {
+            try startProfile(delta, head: head)
+        } else if structureChanged {
             // The peers too: a link whose removal arrived first registers its peer inactive,
             // out of reach of the subject's component, and the peer still needs its own profile.
-            try recompute(around: [delta.subject] + links, absorbing: delta)
+            try recompute(around: [delta.subject] + links, absorbing: delta, fresh: fresh)
         } else {
             let canonical = try canonicalKey(subjectKey)!
             var view = try self.view(canonical)!
@@ -326,6 +333,20 @@ final class WriteContext {
         }
         if logged { try log(.message(delta), origin: origin) }
         return .applied
+    }
+
+    /// The profile of a new identifier that its first message links to nothing: what `recompute`
+    /// builds for it, without the reads that cannot find anything. An identifier gets its index
+    /// entry whenever it gets a link or a ledger row (`recompute` registers every node it
+    /// reaches), so a new one has no links, and no ledger row but this message's.
+    private func startProfile(_ delta: ProfileDelta, head: SourceHead) throws {
+        let rules = engine.configuration.profile.rules
+        var view = ProfileView.assemble(members: [delta.subject], heads: [head], rules: rules, historyLimit: historyLimit)
+        var newest = SourceHead()
+        if historyLimit > 0, delta.type.isEvent, let event = delta.event { newest.insertRecent(event, limit: historyLimit) }
+        view.head.recent = newest.recent
+        setView(view.canonical.key, view)
+        try setCanonical(delta.subject.key, view.canonical.key)
     }
 
     /// A second copy of a message already absorbed. An exact copy changes nothing. A differing
@@ -771,9 +792,11 @@ final class WriteContext {
     /// `absorbing` is the message being applied, when it is the only change to the ledgers that
     /// the stored views do not reflect yet (`apply`). Then a person's newest events come from the
     /// old views wherever a whole old profile went into it, with that message's event added,
-    /// and only the ledgers of the other members are read. Callers that changed ledger rows in
-    /// other ways (copies joined, erasures, repairs) pass nil, and every member's ledger is read.
-    private func recompute(around starts: [Identifier], absorbing delta: ProfileDelta? = nil) throws {
+    /// and only the ledgers of the other members are read; not those of `fresh` identifiers
+    /// either (new with that message: its row is the only one they can hold). Callers that changed
+    /// ledger rows in other ways (copies joined, erasures, repairs) pass nil, and every member's
+    /// ledger is read.
+    private func recompute(around starts: [Identifier], absorbing delta: ProfileDelta? = nil, fresh: Set<Identifier> = []) throws {
         var nodes = Set(starts)
         var queue = starts
         var links: [LinkEdge: LWWStamp] = [:]
@@ -801,7 +824,7 @@ final class WriteContext {
         for person in people {
             let heads = try person.compactMap { try source($0.key) }
             var view = ProfileView.assemble(members: person, heads: heads, rules: rules, historyLimit: historyLimit)
-            view.head.recent = try newestEvents(of: person, oldViews: oldViews, oldCanonicalOf: oldCanonicalOf, absorbing: delta)
+            view.head.recent = try newestEvents(of: person, oldViews: oldViews, oldCanonicalOf: oldCanonicalOf, absorbing: delta, fresh: fresh)
             let canonical = view.canonical.key
             newCanonicals.insert(canonical)
             setView(canonical, view)
@@ -814,14 +837,16 @@ final class WriteContext {
     /// belong to `members` already holds the newest events of its members (the newest of a
     /// union are the newest of the parts' newest), so only the ledgers of members outside such
     /// views are read. Linear in those members' histories; only a row whose (time, messageId)
-    /// can still make the cut is fully decoded. `absorbing`'s event is added (`recompute`).
+    /// can still make the cut is fully decoded. `absorbing`'s event is added, and the ledgers of
+    /// `fresh` identifiers are not read (`recompute`).
     private func newestEvents(
-        of members: [Identifier], oldViews: [[UInt8]: ProfileView], oldCanonicalOf: [Identifier: [UInt8]], absorbing delta: ProfileDelta?
+        of members: [Identifier], oldViews: [[UInt8]: ProfileView], oldCanonicalOf: [Identifier: [UInt8]], absorbing delta: ProfileDelta?,
+        fresh: Set<Identifier>
     ) throws -> [EventRecord] {
         var newest = SourceHead()
         guard historyLimit > 0 else { return [] }
         let memberSet = Set(members)
-        var covered: Set<Identifier> = []
+        var covered = fresh
         for canonical in Set(members.compactMap { oldCanonicalOf[$0] }) {
             guard let old = oldViews[canonical], old.members.allSatisfy(memberSet.contains) else { continue }
             covered.formUnion(old.members)

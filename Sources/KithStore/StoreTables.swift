@@ -123,6 +123,9 @@ protocol StoreWriting: StoreReading {
     @discardableResult func delete(_ table: Table, _ key: [UInt8]) throws -> Bool
     /// The erased `identifiers`' data keys are to be destroyed when this transaction commits.
     func retireKeys(of identifiers: [Identifier]) throws
+    /// Stores a transaction's change-log entries as one record (`ChangeRecord`): a writer that
+    /// seals entries one by one takes them as values, not as a record to decode again.
+    func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws
 }
 
 /// A table view that reads through another one unchanged: the writers that change only how
@@ -149,6 +152,10 @@ extension ReadingThrough {
 extension StoreWriting {
     /// Plain tables have no keys to destroy.
     func retireKeys(of identifiers: [Identifier]) throws {}
+
+    func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
+        try put(.changes, key, ChangeRecord.encode(entries), mode: mode)
+    }
 }
 
 // MARK: - LMDB
