@@ -245,10 +245,10 @@ extension StoreEngine {
         try txn.put(.meta, digestsMetaKey, [DigestTree.layout], mode: .upsert)
     }
 
-    /// Builds the tree once for a store written before it existed (or in another layout).
-    func ensureDigests(in txn: any StoreWriting) throws {
-        guard try txn.get(.meta, digestsMetaKey) != [DigestTree.layout] else { return }
-        try rebuildDigests(in: txn)
+    /// Drops the tree, for a store opened without it: the next open with it rebuilds it.
+    func dropDigests(in txn: any StoreWriting) throws {
+        try txn.deletePrefix(.merkle, [])
+        try txn.delete(.meta, digestsMetaKey)
     }
 
     /// What this replica holds under each of `forgetKeys` (none for a key it holds nothing of),

@@ -183,11 +183,13 @@ extension EngineBackedStore {
     }
 
     public func digest(of node: [UInt8]) throws -> Digest128 {
-        try read { reader in try engine.digest(of: node, in: reader) }
+        guard engine.configuration.keepsDigestTree else { throw DigestTreeNotKept() }
+        return try read { reader in try engine.digest(of: node, in: reader) }
     }
 
     public func digestChildren(of node: [UInt8]) throws -> [DigestEntry] {
-        try read { reader in try engine.digestChildren(of: node, in: reader) }
+        guard engine.configuration.keepsDigestTree else { throw DigestTreeNotKept() }
+        return try read { reader in try engine.digestChildren(of: node, in: reader) }
     }
 
     public func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState] {
@@ -250,8 +252,14 @@ public final class LMDBProfileStore: EngineBackedStore {
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
         try checkFormat()
         try destroyRetiredKeys()
-        // A write transaction only when the tree is missing (a store written before it).
-        if try read({ try $0.get(.meta, digestsMetaKey) }) != [DigestTree.layout] { try write { txn in try engine.ensureDigests(in: txn) } }
+        // A write transaction only when the tree is to be built (missing, or dropped by a run
+        // without it) or dropped (a tree that writes no longer follow must not be trusted later).
+        let layout = try read { try $0.get(.meta, digestsMetaKey) }
+        if configuration.keepsDigestTree, layout != [DigestTree.layout] {
+            try write { txn in try engine.rebuildDigests(in: txn) }
+        } else if !configuration.keepsDigestTree, layout != nil {
+            try write { txn in try engine.dropDigests(in: txn) }
+        }
     }
 
     /// The key file in use.

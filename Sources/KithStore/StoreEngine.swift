@@ -242,7 +242,8 @@ final class WriteContext {
     let engine: StoreEngine
     let txn: any StoreWriting
     /// `txn` itself: every write goes through it, so the digest tree follows every change.
-    private let digesting: DigestingWriter
+    /// Keeps the digest tree, when the store has one; then `txn` is this writer.
+    private let digesting: DigestingWriter?
     private var heads = CachedRecords<SourceHead>(part: .head)
     private var views = CachedRecords<ProfileView>(part: .view)
     private var index: [[UInt8]: [UInt8]?] = [:]
@@ -257,8 +258,14 @@ final class WriteContext {
 
     init(engine: StoreEngine, txn: any StoreWriting) throws {
         self.engine = engine
-        digesting = DigestingWriter(base: txn, hasher: engine.hasher)
-        self.txn = digesting
+        if engine.configuration.keepsDigestTree {
+            let digesting = DigestingWriter(base: txn, hasher: engine.hasher)
+            self.digesting = digesting
+            self.txn = digesting
+        } else {
+            digesting = nil
+            self.txn = txn
+        }
         sequence = try txn.get(.meta, sequenceMetaKey).map { try engine.decodeSequence($0) } ?? 0
         anyForgotten = try txn.count(.forget) > 0
         if try txn.get(.meta, formatMetaKey) == nil {
@@ -278,7 +285,7 @@ final class WriteContext {
         }
         try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
-        try digesting.flush()
+        try digesting?.flush()
     }
 
     // MARK: Messages

@@ -118,7 +118,59 @@ struct DigestTreeTests {
         try expectTreeIsExact(fixture.store, seed: 5)
     }
 
+    /// A store opened without the tree (a node without peers) writes none and drops the one it
+    /// had, so that a tree the writes stopped following is never trusted later; opened with the
+    /// tree again, it has the one summed from its rows.
+    @Test func aStoreOpenedWithoutTheTreeDropsItAndGetsItRebuiltLater() throws {
+        let fixture = try StoreFixture(.lmdb)
+        let work = RandomStoreWork(seed: 6)
+        var random = SplitMix64(seed: 6)
+        for step in 0..<60 { try work.operate(on: fixture.store, node: 1, step: step, random: &random) }
+        try expectTreeIsExact(fixture.store, seed: 6)
+        try fixture.reopen(keepsDigestTree: false)
+        try expectNoTree(fixture.store)
+        #expect(throws: DigestTreeNotKept.self) { try fixture.store.digestChildren(of: []) }
+        for step in 60..<140 { try work.operate(on: fixture.store, node: 1, step: step, random: &random) }
+        try expectNoTree(fixture.store)
+        try fixture.reopen()
+        try expectTreeIsExact(fixture.store, seed: 6)
+    }
+
+    /// Without the tree, the same work leaves the same profiles and records.
+    @Test(arguments: StoreKind.allCases)
+    func storesWithAndWithoutTheTreeHoldTheSame(_ kind: StoreKind) throws {
+        let stores = try [true, false].map { keeps in
+            try StoreFixture.open(kind, path: FileManager.default.temporaryDirectory.appendingPathComponent("kith-tree-\(UUID().uuidString)").path,
+                keepsDigestTree: keeps)
+        }
+        for store in stores {
+            let work = RandomStoreWork(seed: 7)
+            var random = SplitMix64(seed: 7)
+            for step in 0..<150 { try work.operate(on: store, node: 1, step: step, random: &random) }
+        }
+        #expect(try stores[0].contentDigest() == stores[1].contentDigest())
+        for case let lmdb as LMDBProfileStore in stores {
+            try? FileManager.default.removeItem(atPath: lmdb.environment.path)
+            try? FileManager.default.removeItem(atPath: lmdb.keyFile)
+        }
+    }
+
     // MARK: Helpers
+
+    private func expectNoTree(_ store: any ProfileStore) throws {
+        let lmdb = try #require(store as? LMDBProfileStore)
+        #expect(try lmdb.read { try $0.get(.meta, digestsMetaKey) } == nil)
+        let nodes = try lmdb.read { reader in
+            var count = 0
+            try reader.scan(.merkle, prefix: []) { _, _ in
+                count += 1
+                return .next
+            }
+            return count
+        }
+        #expect(nodes == 0)
+        #expect(throws: DigestTreeNotKept.self) { try store.digest(of: []) }
+    }
 
     private func user(_ id: String) -> Identifier { Identifier(kind: .userId, value: id)! }
 

@@ -30,7 +30,11 @@ final class StoreFixture {
         store = try Self.open(kind, path: path, mapSize: mapSize, byteLimit: byteLimit)
     }
 
-    static func open(_ kind: StoreKind, path: String, mapSize: Int? = nil, byteLimit: Int = Int.max) throws -> any ProfileStore {
+    static func open(
+        _ kind: StoreKind, path: String, mapSize: Int? = nil, byteLimit: Int = Int.max, keepsDigestTree: Bool = true
+    ) throws -> any ProfileStore {
+        var configuration = configuration
+        configuration.keepsDigestTree = keepsDigestTree
         switch kind {
         case .memory: return MemoryProfileStore(configuration: configuration, byteLimit: byteLimit)
         case .lmdb:
@@ -45,9 +49,9 @@ final class StoreFixture {
     }
 
     /// Closes and reopens an LMDB store from its directory.
-    func reopen() throws {
+    func reopen(keepsDigestTree: Bool = true) throws {
         close()
-        store = try Self.open(kind, path: path)
+        store = try Self.open(kind, path: path, keepsDigestTree: keepsDigestTree)
     }
 
     /// Lets the store go (its environment and key file close with it).
