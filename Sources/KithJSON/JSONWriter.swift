@@ -42,7 +42,17 @@ public struct JSONWriter: Sendable {
     /// Lets `body` append text that it guarantees is valid JSON in this position.
     public mutating func appendRaw(_ body: (inout [UInt8]) -> Void) { body(&bytes) }
 
-    public mutating func write(integer: Int64) { raw(String(integer)) }
+    /// An integer's decimal literal, written digit by digit (no `String` made for it).
+    public mutating func write(integer: Int64) {
+        if integer < 0 { bytes.append(UInt8(ascii: "-")) }
+        let magnitude = integer.magnitude
+        var divisor: UInt64 = 1
+        while magnitude / divisor >= 10 { divisor *= 10 }
+        while divisor > 0 {
+            bytes.append(UInt8(ascii: "0") + UInt8(magnitude / divisor % 10))
+            divisor /= 10
+        }
+    }
 
     /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567).
     public mutating func write(fixedPoint value: Int64, scale: Int) {

@@ -36,9 +36,8 @@ extension JSONWriter {
 
     public mutating func writeIdentifiers(_ members: [Identifier]) {
         writeObject { object in
-            for kind in IdentifierKind.allCases {
-                let values = members.filter { $0.kind == kind }.map(\.value)
-                if !values.isEmpty { object.member(kind.name) { w in w.writeArray(values) { $0.write(string: $1) } } }
+            for kind in IdentifierKind.allCases where members.contains(where: { $0.kind == kind }) {
+                object.member(kind.name) { w in w.writeArray(members.lazy.filter { $0.kind == kind }) { $0.write(string: $1.value) } }
             }
         }
     }

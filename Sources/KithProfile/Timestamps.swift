@@ -82,16 +82,21 @@ public enum ISO8601 {
         } else {
             appendDigits(year, 4, to: &bytes)
         }
-        let fields: [(Int64, Int, UInt8)] = [
-            (month, 2, UInt8(ascii: "-")), (day, 2, UInt8(ascii: "T")), (msOfDay / 3_600_000, 2, UInt8(ascii: ":")),
-            (msOfDay / 60_000 % 60, 2, UInt8(ascii: ":")), (msOfDay / 1_000 % 60, 2, UInt8(ascii: ".")),
-            (msOfDay % 1_000, 3, UInt8(ascii: "Z")),
-        ]
+        // Field by field, not from a table of fields: a time is written for every event a
+        // profile read renders, and a table would be an allocation each time.
         bytes.append(UInt8(ascii: "-"))
-        for (value, width, separator) in fields {
-            appendDigits(value, width, to: &bytes)
-            bytes.append(separator)
-        }
+        appendDigits(month, 2, to: &bytes)
+        bytes.append(UInt8(ascii: "-"))
+        appendDigits(day, 2, to: &bytes)
+        bytes.append(UInt8(ascii: "T"))
+        appendDigits(msOfDay / 3_600_000, 2, to: &bytes)
+        bytes.append(UInt8(ascii: ":"))
+        appendDigits(msOfDay / 60_000 % 60, 2, to: &bytes)
+        bytes.append(UInt8(ascii: ":"))
+        appendDigits(msOfDay / 1_000 % 60, 2, to: &bytes)
+        bytes.append(UInt8(ascii: "."))
+        appendDigits(msOfDay % 1_000, 3, to: &bytes)
+        bytes.append(UInt8(ascii: "Z"))
     }
 
     private static func appendDigits(_ value: Int64, _ width: Int, to bytes: inout [UInt8]) {

@@ -108,6 +108,18 @@ struct JSONParserTests {
         writer.write(fixedPoint: 7_000_000, scale: 6)
         #expect(writer.string == "1.2345,-0.00005,7")
     }
+
+    /// Integers are written digit by digit: the same text as Swift's own description.
+    @Test func integersAreWrittenAsTheirDecimalLiterals() {
+        var random = SplitMix64(seed: 11)
+        var values: [Int64] = [0, 1, 9, 10, 99, 100, -1, -10, 1_000_000_007, .max, .min, .max - 1, .min + 1]
+        for _ in 0..<1_000 { values.append(Int64(bitPattern: random.next()) >> Int64(random.below(63))) }
+        for value in values {
+            var writer = JSONWriter()
+            writer.write(integer: value)
+            #expect(writer.string == String(value))
+        }
+    }
 }
 
 func randomNumberLiteral(_ r: inout SplitMix64) -> String {
