@@ -19,9 +19,9 @@ struct Options {
     var customers = 100_000
     /// false: commits are not fsynced (to separate disk cost from engine cost; not a real setting).
     var durable = true
-    /// Whether the store keeps the digest tree: false as a node without peers runs it (`make
-    /// run`), true as a node in a cluster does.
-    var digestTree = false
+    /// Whether the store keeps what only replication reads (digest tree, entries that travel
+    /// ahead): false as a node without peers runs it (`make run`), true as a node with peers.
+    var replicating = false
     /// `--http <kith binary>`: run the HTTP benchmarks against that binary instead.
     var kithBinary: String?
     /// `--baseline <kith binary>`: with `--http`, also measure reads on a build from before the
@@ -43,7 +43,7 @@ struct Options {
             case "--read-seconds": readSeconds = Double(value) ?? 0
             case "--customers": customers = Int(value) ?? 0
             case "--durable": durable = value != "false"
-            case "--digest-tree": digestTree = value != "false"
+            case "--replicating": replicating = value != "false"
             case "--http": kithBinary = value
             case "--baseline": baselineBinary = value
             case "--seconds": seconds = Double(value) ?? 0
@@ -53,7 +53,7 @@ struct Options {
         }
         if clusterBinary != nil { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--digest-tree true] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH")
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH")
         }
     }
 
@@ -123,13 +123,13 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
 
     // 2. Parse and apply in durable batches (every commit fsynced), into a fresh store.
     try? FileManager.default.removeItem(atPath: options.dataDirectory)
-    let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32), keepsDigestTree: options.digestTree)
+    let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32), replicates: options.replicating)
     var lmdb = LMDBEnvironment.Configuration()
     lmdb.durable = options.durable
     lmdb.mapSize = 4 << 30
     let store = try LMDBProfileStore(path: options.dataDirectory, configuration: configuration, lmdb: lmdb)
     print("apply.durable: \(options.durable)")
-    print("apply.digest_tree: \(options.digestTree)")
+    print("apply.replicating: \(options.replicating)")
     var outcomes: [ApplyOutcome: Int] = [:]
     var batch: [ProfileDelta] = []
     batch.reserveCapacity(options.batchSize)

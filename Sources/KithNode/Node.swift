@@ -54,12 +54,13 @@ public final class Node: Sendable {
         try FileManager.default.createDirectory(atPath: configuration.dataDirectory, withIntermediateDirectories: true)
         origin = try Self.loadOrigin(configuration.dataDirectory + "/origin")
         // A node without peers makes committed groups durable on a sync thread while the writer
-        // goes on (`GroupCommitter`, docs/storage.md "Durability"), and keeps no digest tree: it
-        // has no one to compare with (it is rebuilt when the node starts with peers).
+        // goes on (`GroupCommitter`, docs/storage.md "Durability"), and keeps no replication
+        // state (digest tree, entries that travel ahead): it has no one to send it to. Both are
+        // rebuilt when the node starts with peers.
         let standalone = configuration.gossip == nil
         let storeConfiguration = StoreConfiguration(
             node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(historyLimit: configuration.historyLimit),
-            keepsDigestTree: !standalone)
+            replicates: !standalone)
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)

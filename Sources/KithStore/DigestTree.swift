@@ -245,7 +245,7 @@ extension StoreEngine {
         try txn.put(.meta, digestsMetaKey, [DigestTree.layout], mode: .upsert)
     }
 
-    /// Drops the tree, for a store opened without it: the next open with it rebuilds it.
+    /// Drops the tree (`reconcileReplicationState`).
     func dropDigests(in txn: any StoreWriting) throws {
         try txn.deletePrefix(.merkle, [])
         try txn.delete(.meta, digestsMetaKey)

@@ -159,7 +159,8 @@ extension EngineBackedStore {
     }
 
     public func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
-        try read { reader in try engine.entriesAhead(after: sequence, limit: limit, in: reader) }
+        guard engine.configuration.replicates else { throw ReplicationStateNotKept() }
+        return try read { reader in try engine.entriesAhead(after: sequence, limit: limit, in: reader) }
     }
 
     public func applyAhead(_ entry: ChangeEntry) throws {
@@ -183,12 +184,12 @@ extension EngineBackedStore {
     }
 
     public func digest(of node: [UInt8]) throws -> Digest128 {
-        guard engine.configuration.keepsDigestTree else { throw DigestTreeNotKept() }
+        guard engine.configuration.replicates else { throw ReplicationStateNotKept() }
         return try read { reader in try engine.digest(of: node, in: reader) }
     }
 
     public func digestChildren(of node: [UInt8]) throws -> [DigestEntry] {
-        guard engine.configuration.keepsDigestTree else { throw DigestTreeNotKept() }
+        guard engine.configuration.replicates else { throw ReplicationStateNotKept() }
         return try read { reader in try engine.digestChildren(of: node, in: reader) }
     }
 
@@ -252,13 +253,8 @@ public final class LMDBProfileStore: EngineBackedStore {
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
         try checkFormat()
         try destroyRetiredKeys()
-        // A write transaction only when the tree is to be built (missing, or dropped by a run
-        // without it) or dropped (a tree that writes no longer follow must not be trusted later).
-        let layout = try read { try $0.get(.meta, digestsMetaKey) }
-        if configuration.keepsDigestTree, layout != [DigestTree.layout] {
-            try write { txn in try engine.rebuildDigests(in: txn) }
-        } else if !configuration.keepsDigestTree, layout != nil {
-            try write { txn in try engine.dropDigests(in: txn) }
+        if try read({ try engine.replicationStateNeedsWork(in: $0) }) {
+            try write { txn in try engine.reconcileReplicationState(in: txn) }
         }
     }
 

@@ -258,7 +258,7 @@ final class WriteContext {
 
     init(engine: StoreEngine, txn: any StoreWriting) throws {
         self.engine = engine
-        if engine.configuration.keepsDigestTree {
+        if engine.configuration.replicates {
             let digesting = DigestingWriter(base: txn, hasher: engine.hasher)
             self.digesting = digesting
             self.txn = digesting
@@ -280,7 +280,7 @@ final class WriteContext {
         if let last = pendingChanges.last {
             try txn.putChanges(pendingChanges, at: sequenceKey(last.sequence), mode: .append)
         }
-        for entry in pendingChanges where entry.travelsAhead {
+        for entry in pendingChanges where entry.travelsAhead && engine.configuration.replicates {
             try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }
         try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)

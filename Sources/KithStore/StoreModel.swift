@@ -10,26 +10,28 @@ public struct StoreConfiguration: Sendable {
     /// the data and its backups: with it, anyone could test guesses against the forget set.
     public var forgetKeySecret: [UInt8]
     public var profile: ProfileConfiguration
-    /// Whether writes keep the digest tree that anti-entropy compares (`DigestTree`). A node
-    /// without peers compares with no one and turns it off: keeping it costs about a sixth of
-    /// apply time and a few page writes per commit. A durable store opened without it drops the
-    /// tree it had, and one opened with it again rebuilds it from the rows.
-    public var keepsDigestTree: Bool
+    /// Whether the store keeps what only replication reads: the digest tree anti-entropy
+    /// compares (`DigestTree`) and the copies of the log entries that travel ahead of a backlog
+    /// (`Table.ahead`). A node without peers has no one to send them to and turns this off:
+    /// keeping them costs about a sixth of apply time and a few page writes per commit. A
+    /// durable store opened without them drops what it had of them, and one opened with them
+    /// again rebuilds them, the tree from the rows and the copies from the log.
+    public var replicates: Bool
 
     public init(
-        node: UInt64, forgetKeySecret: [UInt8], profile: ProfileConfiguration = ProfileConfiguration(), keepsDigestTree: Bool = true
+        node: UInt64, forgetKeySecret: [UInt8], profile: ProfileConfiguration = ProfileConfiguration(), replicates: Bool = true
     ) {
         precondition(forgetKeySecret.count >= 16, "the forget-key secret must have at least 16 bytes")
         self.node = node
         self.forgetKeySecret = forgetKeySecret
         self.profile = profile
-        self.keepsDigestTree = keepsDigestTree
+        self.replicates = replicates
     }
 }
 
-/// A digest-tree comparison asked of a store that does not keep the tree.
-public struct DigestTreeNotKept: Error, CustomStringConvertible {
-    public var description: String { "this store does not keep a digest tree (a node without peers)" }
+/// Replication state (digest tree, entries that travel ahead) asked of a store that keeps none.
+public struct ReplicationStateNotKept: Error, CustomStringConvertible {
+    public var description: String { "this store keeps no replication state (a node without peers)" }
 }
 
 /// Forget keys as HMAC-SHA256 of the identifier's storage key under the store's secret.
@@ -277,6 +279,8 @@ let sealedLayoutMetaKey = Array("sealed".utf8)
 let sequenceMetaKey = Array("sequence".utf8)
 /// Present once the digest tree covers everything in the store (stores from before it are rebuilt at open).
 let digestsMetaKey = Array("digests".utf8)
+/// Present once `ahead` holds a copy of every logged entry that travels ahead (`ReplicationState.swift`).
+let aheadMetaKey = Array("ahead".utf8)
 let versionVectorKey = Array("versions".utf8)
 
 /// Where a logged change first came from: the node that accepted it and its sequence there.

@@ -118,30 +118,41 @@ struct DigestTreeTests {
         try expectTreeIsExact(fixture.store, seed: 5)
     }
 
-    /// A store opened without the tree (a node without peers) writes none and drops the one it
-    /// had, so that a tree the writes stopped following is never trusted later; opened with the
-    /// tree again, it has the one summed from its rows.
-    @Test func aStoreOpenedWithoutTheTreeDropsItAndGetsItRebuiltLater() throws {
-        let fixture = try StoreFixture(.lmdb)
-        let work = RandomStoreWork(seed: 6)
-        var random = SplitMix64(seed: 6)
-        for step in 0..<60 { try work.operate(on: fixture.store, node: 1, step: step, random: &random) }
+    /// A store opened without replication state (a node without peers) writes none and drops
+    /// what it had, so that state the writes stopped following is never read later; opened to
+    /// replicate again, it has the tree summed from its rows and a copy of every logged entry
+    /// that travels ahead, exactly as a store that replicated all along.
+    @Test func aStoreWithoutPeersDropsItsReplicationStateAndRebuildsItLater() throws {
+        let fixture = try StoreFixture(.lmdb), throughout = try StoreFixture(.lmdb)
+        let work = RandomStoreWork(seed: 6), workThroughout = RandomStoreWork(seed: 6)
+        var random = SplitMix64(seed: 6), randomThroughout = SplitMix64(seed: 6)
+        func operate(_ steps: Range<Int>) throws {
+            for step in steps {
+                try work.operate(on: fixture.store, node: 1, step: step, random: &random)
+                try workThroughout.operate(on: throughout.store, node: 1, step: step, random: &randomThroughout)
+            }
+        }
+        try operate(0..<60)
         try expectTreeIsExact(fixture.store, seed: 6)
-        try fixture.reopen(keepsDigestTree: false)
-        try expectNoTree(fixture.store)
-        #expect(throws: DigestTreeNotKept.self) { try fixture.store.digestChildren(of: []) }
-        for step in 60..<140 { try work.operate(on: fixture.store, node: 1, step: step, random: &random) }
-        try expectNoTree(fixture.store)
+        try fixture.reopen(replicates: false)
+        try expectNoReplicationState(fixture.store)
+        try operate(60..<200)
+        try expectNoReplicationState(fixture.store)
         try fixture.reopen()
         try expectTreeIsExact(fixture.store, seed: 6)
+        let ahead = try throughout.store.entriesAhead(after: 0, limit: .max)
+        #expect(ahead.contains { if case .erasure = $0.change { true } else { false } })
+        #expect(ahead.contains { if case .message = $0.change { true } else { false } })
+        #expect(try fixture.store.entriesAhead(after: 0, limit: .max) == ahead)
+        #expect(try fixture.store.digest(of: []) == throughout.store.digest(of: []))
     }
 
-    /// Without the tree, the same work leaves the same profiles and records.
+    /// Without replication state, the same work leaves the same profiles and records.
     @Test(arguments: StoreKind.allCases)
-    func storesWithAndWithoutTheTreeHoldTheSame(_ kind: StoreKind) throws {
+    func storesWithAndWithoutReplicationStateHoldTheSame(_ kind: StoreKind) throws {
         let stores = try [true, false].map { keeps in
             try StoreFixture.open(kind, path: FileManager.default.temporaryDirectory.appendingPathComponent("kith-tree-\(UUID().uuidString)").path,
-                keepsDigestTree: keeps)
+                replicates: keeps)
         }
         for store in stores {
             let work = RandomStoreWork(seed: 7)
@@ -157,19 +168,23 @@ struct DigestTreeTests {
 
     // MARK: Helpers
 
-    private func expectNoTree(_ store: any ProfileStore) throws {
+    private func expectNoReplicationState(_ store: any ProfileStore) throws {
         let lmdb = try #require(store as? LMDBProfileStore)
         #expect(try lmdb.read { try $0.get(.meta, digestsMetaKey) } == nil)
-        let nodes = try lmdb.read { reader in
-            var count = 0
-            try reader.scan(.merkle, prefix: []) { _, _ in
-                count += 1
-                return .next
+        #expect(try lmdb.read { try $0.get(.meta, aheadMetaKey) } == nil)
+        for table in [Table.merkle, .ahead] {
+            let rows = try lmdb.read { reader in
+                var count = 0
+                try reader.scan(table, prefix: []) { _, _ in
+                    count += 1
+                    return .next
+                }
+                return count
             }
-            return count
+            #expect(rows == 0, "\(table.name) keeps \(rows) rows")
         }
-        #expect(nodes == 0)
-        #expect(throws: DigestTreeNotKept.self) { try store.digest(of: []) }
+        #expect(throws: ReplicationStateNotKept.self) { try store.entriesAhead(after: 0, limit: 10) }
+        #expect(throws: ReplicationStateNotKept.self) { try store.digest(of: []) }
     }
 
     private func user(_ id: String) -> Identifier { Identifier(kind: .userId, value: id)! }

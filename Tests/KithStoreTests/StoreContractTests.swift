@@ -31,10 +31,10 @@ final class StoreFixture {
     }
 
     static func open(
-        _ kind: StoreKind, path: String, mapSize: Int? = nil, byteLimit: Int = Int.max, keepsDigestTree: Bool = true
+        _ kind: StoreKind, path: String, mapSize: Int? = nil, byteLimit: Int = Int.max, replicates: Bool = true
     ) throws -> any ProfileStore {
         var configuration = configuration
-        configuration.keepsDigestTree = keepsDigestTree
+        configuration.replicates = replicates
         switch kind {
         case .memory: return MemoryProfileStore(configuration: configuration, byteLimit: byteLimit)
         case .lmdb:
@@ -49,9 +49,9 @@ final class StoreFixture {
     }
 
     /// Closes and reopens an LMDB store from its directory.
-    func reopen(keepsDigestTree: Bool = true) throws {
+    func reopen(replicates: Bool = true) throws {
         close()
-        store = try Self.open(kind, path: path, keepsDigestTree: keepsDigestTree)
+        store = try Self.open(kind, path: path, replicates: replicates)
     }
 
     /// Lets the store go (its environment and key file close with it).

@@ -1,0 +1,44 @@
+import KithProfile
+
+/// What a store keeps only for replication (`StoreConfiguration.replicates`): the digest tree
+/// that anti-entropy compares, and the copies of log entries that travel ahead of a backlog
+/// (`Table.ahead`). Both are derived, the tree from the rows and the copies from the log, so a
+/// store drops them while it has no peers and rebuilds them when it gets some. A mark in `meta`
+/// says that each is complete; a store opened to replicate rebuilds what has no mark.
+extension StoreEngine {
+    /// Whether opening the store must write to bring its replication state in line with its
+    /// configuration (most opens need not: they find both marks, or neither).
+    func replicationStateNeedsWork(in reader: some StoreReading) throws -> Bool {
+        let tree = try reader.get(.meta, digestsMetaKey), ahead = try reader.get(.meta, aheadMetaKey)
+        if configuration.replicates { return tree != [DigestTree.layout] || ahead != [Self.aheadLayout] }
+        return tree != nil || ahead != nil
+    }
+
+    /// Rebuilds what a replicating store lacks, or drops what a store without peers has: state
+    /// that writes stopped following must never be read later.
+    func reconcileReplicationState(in txn: any StoreWriting) throws {
+        if configuration.replicates {
+            if try txn.get(.meta, digestsMetaKey) != [DigestTree.layout] { try rebuildDigests(in: txn) }
+            if try txn.get(.meta, aheadMetaKey) != [Self.aheadLayout] { try rebuildAhead(in: txn) }
+        } else {
+            try dropDigests(in: txn)
+            _ = try txn.deletePrefix(.ahead, [])
+            try txn.delete(.meta, aheadMetaKey)
+        }
+    }
+
+    /// The `ahead` mark's value: the copies are those the log's entries call for (`travelsAhead`).
+    static let aheadLayout: UInt8 = 1
+
+    /// Copies every logged entry that travels ahead, as `WriteContext.finish` would have.
+    private func rebuildAhead(in txn: any StoreWriting) throws {
+        _ = try txn.deletePrefix(.ahead, [])
+        var copies: [ChangeEntry] = []
+        try txn.scan(.changes, prefix: []) { _, value in
+            copies += try ChangeRecord.decode(value).filter(\.travelsAhead)
+            return .next
+        }
+        for entry in copies { try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append) }
+        try txn.put(.meta, aheadMetaKey, [Self.aheadLayout], mode: .upsert)
+    }
+}
