@@ -143,6 +143,27 @@ struct ClusterProcessTests {
         }
     }
 
+    /// A node that ran alone kept no replication state (digest tree, copies that travel ahead);
+    /// restarted with peers, it rebuilds it: a new peer gets everything it took alone, consent
+    /// included, and a tree comparison between the two completes with nothing to repair.
+    @Test func aNodeThatRanAloneSharesWhatItHeldWhenItGetsPeers() throws {
+        let cluster = try ClusterFixture()
+        let first = try NodeProcess(dataDirectory: cluster.directory + "/n1", environment: cluster.environment, arguments: ["--node-name", "n1"])
+        #expect(try first.ingest("/v1/batch", trackBatch(prefix: "s", first: 0, count: 100, customers: 10)) == 200)
+        let consent = #"{"userId":"s-1","context":{"consent":{"categoryPreferences":{"advertising":false}}},"messageId":"s-consent"}"#
+        #expect(try first.ingest("/v1/identify", consent) == 200)
+        first.stop()
+        first.arguments += ["--gossip", "127.0.0.1:0", "--role", "core"]
+        try first.start()
+        let second = try cluster.start("n2", seeds: [first.gossipAddress!])
+        // Ten messages each, and the identify for s-1.
+        #expect(try eventually(20) { try (0..<10).allSatisfy { try messageCount(second, "s-\($0)") == ($0 == 1 ? 11 : 10) } })
+        #expect(try eventually(10) { try second.profile("user_id:s-1")?.body.contains(#""advertising":{"status":"denied""#) == true })
+        let repair = try runKith(["repair", "--peer", "n1", "--host", "127.0.0.1:\(second.port)", "--token", "tk"])
+        #expect(repair.status == 0 && repair.output.contains("repair: 0 tree comparisons to go, 0 documents repaired"), "\(repair.output)")
+        first.stop()
+    }
+
     @Test func theOperatorCommandsTalkToAClusteredNode() throws {
         let cluster = try ClusterFixture()
         let first = try cluster.start("n1")
