@@ -64,7 +64,7 @@ public final class Node: Sendable {
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
-        if configuration.gossip != nil {
+        if !standalone {
             let (keys, sending) = try configuration.clusterKeys()
             replication = try ReplicationService(
                 store: store, origin: origin, configuration: configuration, keys: ClusterKeys(keys: keys, sending: sending),

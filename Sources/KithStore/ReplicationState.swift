@@ -33,12 +33,9 @@ extension StoreEngine {
     /// Copies every logged entry that travels ahead, as `WriteContext.finish` would have.
     private func rebuildAhead(in txn: any StoreWriting) throws {
         _ = try txn.deletePrefix(.ahead, [])
-        var copies: [ChangeEntry] = []
-        try txn.scan(.changes, prefix: []) { _, value in
-            copies += try ChangeRecord.decode(value).filter(\.travelsAhead)
-            return .next
+        for entry in try changes(after: 0, limit: .max, in: txn) where entry.travelsAhead {
+            try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }
-        for entry in copies { try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append) }
         try txn.put(.meta, aheadMetaKey, [Self.aheadLayout], mode: .upsert)
     }
 }

@@ -240,9 +240,10 @@ struct CachedRecords<Value: BinaryCodable> {
 /// One write transaction's work over the store's tables.
 final class WriteContext {
     let engine: StoreEngine
+    /// Every write of the transaction goes through it: the digest tree's writer when the store
+    /// keeps the tree (so the tree follows every change), else the store's own.
     let txn: any StoreWriting
-    /// `txn` itself: every write goes through it, so the digest tree follows every change.
-    /// Keeps the digest tree, when the store has one; then `txn` is this writer.
+    /// The digest tree's writer, when the store keeps the tree (`txn` then).
     private let digesting: DigestingWriter?
     private var heads = CachedRecords<SourceHead>(part: .head)
     private var views = CachedRecords<ProfileView>(part: .view)
@@ -347,13 +348,9 @@ final class WriteContext {
     /// entry whenever it gets a link or a ledger row (`recompute` registers every node it
     /// reaches), so a new one has no links, and no ledger row but this message's.
     private func startProfile(_ delta: ProfileDelta, head: SourceHead) throws {
-        let rules = engine.configuration.profile.rules
-        var view = ProfileView.assemble(members: [delta.subject], heads: [head], rules: rules, historyLimit: historyLimit)
-        var newest = SourceHead()
-        if historyLimit > 0, delta.type.isEvent, let event = delta.event { newest.insertRecent(event, limit: historyLimit) }
-        view.head.recent = newest.recent
-        setView(view.canonical.key, view)
-        try setCanonical(delta.subject.key, view.canonical.key)
+        let person = [delta.subject]
+        let recent = try newestEvents(of: person, oldViews: [:], oldCanonicalOf: [:], absorbing: delta, fresh: Set(person))
+        _ = try storeProfile(of: person, heads: [head], recent: recent)
     }
 
     /// A second copy of a message already absorbed. An exact copy changes nothing. A differing
@@ -825,19 +822,26 @@ final class WriteContext {
         if delta != nil, historyLimit > 0 {
             for canonical in oldCanonicals { if let view = try view(canonical) { oldViews[canonical] = view } }
         }
-        let rules = engine.configuration.profile.rules
-        let people = IdentityResolver(rules: rules).people(nodes: Array(nodes), links: links.map { (edge: $0.key, order: $0.value) })
+        let people = IdentityResolver(rules: engine.configuration.profile.rules).people(
+            nodes: Array(nodes), links: links.map { (edge: $0.key, order: $0.value) })
         var newCanonicals: Set<[UInt8]> = []
         for person in people {
             let heads = try person.compactMap { try source($0.key) }
-            var view = ProfileView.assemble(members: person, heads: heads, rules: rules, historyLimit: historyLimit)
-            view.head.recent = try newestEvents(of: person, oldViews: oldViews, oldCanonicalOf: oldCanonicalOf, absorbing: delta, fresh: fresh)
-            let canonical = view.canonical.key
-            newCanonicals.insert(canonical)
-            setView(canonical, view)
-            for member in person where try canonicalKey(member.key) != canonical { try setCanonical(member.key, canonical) }
+            let recent = try newestEvents(of: person, oldViews: oldViews, oldCanonicalOf: oldCanonicalOf, absorbing: delta, fresh: fresh)
+            newCanonicals.insert(try storeProfile(of: person, heads: heads, recent: recent))
         }
         for stale in oldCanonicals.subtracting(newCanonicals) { deleteView(stale) }
+    }
+
+    /// Stores the profile of `person` (its view under its canonical key) and points every
+    /// member's index entry at it. Returns the canonical key.
+    private func storeProfile(of person: [Identifier], heads: [SourceHead], recent: [EventRecord]) throws -> [UInt8] {
+        var view = ProfileView.assemble(members: person, heads: heads, rules: engine.configuration.profile.rules, historyLimit: historyLimit)
+        view.head.recent = recent
+        let canonical = view.canonical.key
+        setView(canonical, view)
+        for member in person where try canonicalKey(member.key) != canonical { try setCanonical(member.key, canonical) }
+        return canonical
     }
 
     /// The newest `historyLimit` events over all of `members`. An old view whose members all
