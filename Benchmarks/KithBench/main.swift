@@ -30,6 +30,11 @@ struct Options {
     var seconds = 5.0
     /// `--cluster <kith binary>`: run the replication benchmarks against that binary instead.
     var clusterBinary: String?
+    /// `--lmdb-ceiling <scratch dir>`: measure bare LMDB with Kith's rows instead (the store at
+    /// `--data-dir`, built by an in-process run, gives the row sizes and the rows to read).
+    var ceilingScratch: String?
+    /// Messages written by each bare-LMDB write pattern.
+    var ceilingMessages = 1_000_000
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -48,12 +53,18 @@ struct Options {
             case "--baseline": baselineBinary = value
             case "--seconds": seconds = Double(value) ?? 0
             case "--cluster": clusterBinary = value
+            case "--lmdb-ceiling": ceilingScratch = value
+            case "--messages": ceilingMessages = Int(value) ?? 0
             default: Self.fail("unknown option \(argument)")
             }
         }
         if clusterBinary != nil { return }
+        if ceilingScratch != nil {
+            if ceilingMessages <= 0 || batchSize <= 0 || customers <= 0 { Self.fail("--messages, --batch and --customers take positive numbers") }
+            return
+        }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH")
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
         }
     }
 
@@ -88,6 +99,17 @@ func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
 let options = Options(arguments: CommandLine.arguments)
 if let clusterBinary = options.clusterBinary {
     do { try ClusterBenchmark(kithBinary: clusterBinary).run() } catch { Options.fail("\(error)") }
+    exit(0)
+}
+if let scratch = options.ceilingScratch {
+    do {
+        try LMDBCeiling(
+            store: options.dataDirectory, scratch: scratch, customers: options.customers, messages: options.ceilingMessages,
+            batchSize: options.batchSize, readSeconds: options.readSeconds
+        ).run()
+    } catch {
+        Options.fail("\(error)")
+    }
     exit(0)
 }
 guard let file = FileManager.default.contents(atPath: options.workload) else { Options.fail("cannot read \(options.workload)") }

@@ -40,12 +40,33 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
 
     /// Nil when the value is empty, too long or contains control characters.
     public init?(kind: IdentifierKind, value: String) {
+        // Stored, replicated and most received values are already in normal form: checked on
+        // their bytes, without the Unicode-aware trimming and lower-casing.
+        if Self.isNormal(value, kind: kind) {
+            self.kind = kind
+            self.value = value
+            return
+        }
         let normalized = kind == .email ? value.trimmingWhitespace().lowercased() : value
         guard !normalized.isEmpty, normalized.utf8.count <= Self.maximumValueBytes,
             !normalized.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else { return nil }
         self.kind = kind
         self.value = normalized
+    }
+
+    /// Whether `value` is valid for `kind` and already what normalizing it gives: not empty, not
+    /// too long, no control character (in UTF-8 those are single bytes), and for an email plain
+    /// ASCII with no upper-case letter and no whitespace at either end. A value this rejects
+    /// may still be valid; the full check decides.
+    private static func isNormal(_ value: String, kind: IdentifierKind) -> Bool {
+        let bytes = value.utf8
+        guard let first = bytes.first, let last = bytes.last, bytes.count <= maximumValueBytes else { return false }
+        if kind == .email {
+            guard first > 0x20, last > 0x20 else { return false }
+            return !bytes.contains { $0 < 0x20 || $0 >= 0x7F || ($0 >= 0x41 && $0 <= 0x5A) }
+        }
+        return !bytes.contains { $0 < 0x20 || $0 == 0x7F }
     }
 
     /// Parses `kind:value`.

@@ -1,3 +1,4 @@
+import Foundation
 import KithCRDT
 import KithJSON
 import KithProfile
@@ -103,6 +104,34 @@ struct SegmentMessageTests {
 
     @Test func rejectsTypeThatContradictsTheEndpoint() {
         #expect(throws: MessageError.self) { try delta(#"{"type":"track","userId":"u","event":"E"}"#, type: .identify) }
+    }
+}
+
+@Suite("Identifiers")
+struct IdentifierTests {
+    /// What the rule says a value becomes, written plainly: emails trimmed and lower-cased; nil
+    /// when empty, longer than 255 bytes or holding a control character.
+    static func expected(_ kind: IdentifierKind, _ value: String) -> String? {
+        let normalized = kind == .email ? value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased() : value
+        guard !normalized.isEmpty, normalized.utf8.count <= 255,
+            !normalized.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
+        else { return nil }
+        return normalized
+    }
+
+    /// The byte-level shortcut for values already in normal form must agree with the full rule
+    /// on every value: seeded random strings over the characters where the two could differ.
+    @Test func normalFormShortcutAgreesWithTheRule() {
+        let alphabet: [String] = ["a", "Z", "@", ".", "0", " ", "\t", "\n", "\u{7F}", "\u{1}", "É", "é", "ß", "\u{85}", "\u{A0}", "\u{2003}", "-", "_", "~", "\r\n"]
+        var random = SplitMix64(seed: 77)
+        for _ in 0..<5_000 {
+            let length = Int(random.next() % 12)
+            var value = (0..<length).map { _ in alphabet[Int(random.next() % UInt64(alphabet.count))] }.joined()
+            if random.next() % 50 == 0 { value = String(repeating: "x", count: 250 + Int(random.next() % 10)) }
+            for kind in IdentifierKind.allCases {
+                #expect(Identifier(kind: kind, value: value)?.value == Self.expected(kind, value), "\(kind) \(value.debugDescription)")
+            }
+        }
     }
 }
 
