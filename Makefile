@@ -104,6 +104,7 @@ bench: deps
 	  python3 ../shared/workload/generate.py --customers $(BENCH_CUSTOMERS) --events $(BENCH_EVENTS) --out $$f.tmp && mv $$f.tmp $$f; \
 	fi; \
 	.build/release/kith-bench --workload $$f --data-dir $(BENCH_DIR)/lmdb; \
+	.build/release/kith-bench --lmdb-ceiling $(BENCH_DIR)/ceiling --data-dir $(BENCH_DIR)/lmdb --read-seconds 3; \
 	$(SWIFT) build -c release --product kith >/dev/null && \
 	.build/release/kith-bench --workload $$f --http .build/release/kith --seconds $(HTTP_BENCH_SECONDS); \
 	.build/release/kith-bench --cluster .build/release/kith

@@ -40,6 +40,49 @@ enum KeySlot {
     static func bigEndian(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
 }
 
+/// Every slot's tag and key in memory, in one flat buffer of `tag (8) ‖ key (32)` a slot: a read
+/// of a random customer's row finds its key with one access to one place, where an array of
+/// tags and an array of separately allocated keys cost a cache miss each (measured: the key
+/// lookup was a tenth of a point read on the full workload's store).
+struct KeyTable {
+    private static let stride = 8 + AESGCM.keySize
+    private var bytes: [UInt8] = []
+
+    var count: Int { bytes.count / Self.stride }
+
+    /// Whether slot `id.slot` holds the key `id` names (a zero tag marks a free slot).
+    func holds(_ id: DataKeyID) -> Bool { Int(id.slot) < count && tag(Int(id.slot)) == id.tag }
+
+    func tag(_ slot: Int) -> UInt64 {
+        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: slot * Self.stride, as: UInt64.self) }
+    }
+
+    func key(_ slot: Int) -> [UInt8] {
+        let start = slot * Self.stride + 8
+        return Array(bytes[start..<(start + AESGCM.keySize)])
+    }
+
+    /// Adds free slots up to `count` slots.
+    mutating func grow(to count: Int) {
+        if count > self.count { bytes += [UInt8](repeating: 0, count: (count - self.count) * Self.stride) }
+    }
+
+    mutating func set(_ slot: Int, tag: UInt64, key: [UInt8]) {
+        precondition(tag != 0 && key.count == AESGCM.keySize)
+        let start = slot * Self.stride
+        withUnsafeBytes(of: tag) { bytes.replaceSubrange(start..<(start + 8), with: $0) }
+        bytes.replaceSubrange((start + 8)..<(start + Self.stride), with: key)
+    }
+
+    mutating func free(_ slot: Int) {
+        let start = slot * Self.stride
+        bytes.replaceSubrange(start..<(start + Self.stride), with: repeatElement(0, count: Self.stride))
+    }
+
+    /// The lowest free slots, at most `limit`.
+    func freeSlots(limit: Int) -> [Int] { Array((0..<count).lazy.filter { tag($0) == 0 }.prefix(limit)) }
+}
+
 /// The data keys of one store, in a file of their own kept apart from the data and its backups
 /// (docs/storage.md, "Sealing"). A key is destroyed by overwriting its slot in place and syncing
 /// the file: LMDB never overwrites in place (old values linger in free pages until reused, and
@@ -54,9 +97,7 @@ final class DataKeyStore: @unchecked Sendable {
     static let poolSize = 1_024
 
     private struct State {
-        /// Per slot: tag (0: free) and key.
-        var tags: [UInt64] = []
-        var keys: [[UInt8]] = []
+        var slots = KeyTable()
         /// Synced keys not yet handed out.
         var pool: [DataKeyID] = []
     }
@@ -110,13 +151,10 @@ final class DataKeyStore: @unchecked Sendable {
         guard Array(bytes.prefix(KeySlot.magic.count)) == KeySlot.magic else { throw DataKeyError("\(path) is not a Kith key file") }
         let count = (size - KeySlot.headerSize) / KeySlot.size
         state.withLock { state in
-            state.tags.reserveCapacity(count)
-            state.keys.reserveCapacity(count)
-            for slot in 0..<UInt32(count) {
-                let start = KeySlot.offset(slot)
-                let found = KeySlot.decode(bytes[start..<(start + KeySlot.size)])
-                state.tags.append(found?.tag ?? 0)
-                state.keys.append(found?.key ?? [])
+            state.slots.grow(to: count)
+            for slot in 0..<count {
+                let start = KeySlot.offset(UInt32(slot))
+                if let found = KeySlot.decode(bytes[start..<(start + KeySlot.size)]) { state.slots.set(slot, tag: found.tag, key: found.key) }
             }
         }
     }
@@ -124,7 +162,7 @@ final class DataKeyStore: @unchecked Sendable {
     /// The key of `id`, or nil when it has been destroyed.
     func key(for id: DataKeyID) -> [UInt8]? {
         state.withLock { state in
-            Int(id.slot) < state.tags.count && state.tags[Int(id.slot)] == id.tag ? state.keys[Int(id.slot)] : nil
+            state.slots.holds(id) ? state.slots.key(Int(id.slot)) : nil
         }
     }
 
@@ -133,7 +171,7 @@ final class DataKeyStore: @unchecked Sendable {
         while true {
             if let issued = state.withLock({ state -> (DataKeyID, [UInt8])? in
                 guard let id = state.pool.popLast() else { return nil }
-                return (id, state.keys[Int(id.slot)])
+                return (id, state.slots.key(Int(id.slot)))
             }) {
                 return issued
             }
@@ -144,7 +182,7 @@ final class DataKeyStore: @unchecked Sendable {
     /// Keys issued to a transaction that did not commit go back to the pool.
     func release(_ ids: [DataKeyID]) {
         state.withLock { state in
-            for id in ids where state.tags[Int(id.slot)] == id.tag { state.pool.append(id) }
+            for id in ids where state.slots.holds(id) { state.pool.append(id) }
         }
     }
 
@@ -152,15 +190,12 @@ final class DataKeyStore: @unchecked Sendable {
     /// no longer be opened, wherever a copy of it lies.
     func destroy(_ ids: [DataKeyID]) throws {
         try fileLock.withLock { _ in
-            let live = state.withLock { state in ids.filter { Int($0.slot) < state.tags.count && state.tags[Int($0.slot)] == $0.tag } }
+            let live = state.withLock { state in ids.filter { state.slots.holds($0) } }
             guard !live.isEmpty else { return }
             for id in live { try write([UInt8](repeating: 0, count: KeySlot.size), at: KeySlot.offset(id.slot)) }
             try synchronize()
             state.withLock { state in
-                for id in live {
-                    state.tags[Int(id.slot)] = 0
-                    state.keys[Int(id.slot)] = []
-                }
+                for id in live { state.slots.free(Int(id.slot)) }
             }
         }
     }
@@ -172,7 +207,7 @@ final class DataKeyStore: @unchecked Sendable {
         try fileLock.withLock { _ in
             guard state.withLock({ $0.pool.isEmpty }) else { return }
             let (free, end) = state.withLock { state in
-                (state.tags.indices.filter { state.tags[$0] == 0 }.prefix(Self.poolSize).map { UInt32($0) }, UInt32(state.tags.count))
+                (state.slots.freeSlots(limit: Self.poolSize).map { UInt32($0) }, UInt32(state.slots.count))
             }
             let slots = free + (end..<(end + UInt32(Self.poolSize - free.count)))
             let random = try Crypto.randomBytes(Self.poolSize * (8 + AESGCM.keySize))
@@ -191,12 +226,8 @@ final class DataKeyStore: @unchecked Sendable {
             try synchronize()
             state.withLock { state in
                 for (id, key) in made {
-                    while state.tags.count <= Int(id.slot) {
-                        state.tags.append(0)
-                        state.keys.append([])
-                    }
-                    state.tags[Int(id.slot)] = id.tag
-                    state.keys[Int(id.slot)] = key
+                    state.slots.grow(to: Int(id.slot) + 1)
+                    state.slots.set(Int(id.slot), tag: id.tag, key: key)
                 }
                 // Lowest slots first, so that a file with holes fills them before it grows.
                 state.pool = made.map(\.0).reversed()

@@ -39,8 +39,7 @@ struct Sealing: Sendable {
 /// it retired (destroyed after it commits).
 final class SealingSession {
     let sealing: Sealing
-    private var pseudonyms: [ByteKey: [UInt8]] = [:]
-    private var ownerKeys: [ByteKey: [UInt8]] = [:]
+    private var pseudonyms = PseudonymMemo()
     private var keysInUse: [ByteKey: (id: DataKeyID, key: [UInt8])] = [:]
     var issued: [DataKeyID] = []
     var retired: [DataKeyID] = []
@@ -56,17 +55,16 @@ final class SealingSession {
 
     func pseudonym(_ identifierKey: some Collection<UInt8>) -> [UInt8] {
         let identifierKey = Array(identifierKey)
-        if let known = pseudonyms[ByteKey(identifierKey)] { return known }
+        if let known = pseudonyms.pseudonym(of: identifierKey) { return known }
         let pseudonym = Array(sealing.hasher.forgetKeyBytes(forKey: identifierKey).prefix(Sealing.pseudonymSize))
-        pseudonyms[ByteKey(identifierKey)] = pseudonym
-        ownerKeys[ByteKey(pseudonym)] = identifierKey
+        pseudonyms.insert(owner: identifierKey, pseudonym: pseudonym)
         return pseudonym
     }
 
     /// The identifier key behind a pseudonym, when this transaction has seen it.
-    func owner(of pseudonym: [UInt8]) -> [UInt8]? { ownerKeys[ByteKey(pseudonym)] }
+    func owner(of pseudonym: [UInt8]) -> [UInt8]? { pseudonyms.owner(of: pseudonym) }
 
-    func remember(owner: [UInt8], of pseudonym: [UInt8]) { ownerKeys[ByteKey(pseudonym)] = owner }
+    func remember(owner: [UInt8], of pseudonym: [UInt8]) { pseudonyms.insert(owner: owner, pseudonym: pseudonym) }
 
     /// The key an owner's new rows get in this transaction, once known.
     func keyInUse(_ pseudonym: [UInt8]) -> (id: DataKeyID, key: [UInt8])? { keysInUse[ByteKey(pseudonym)] }
@@ -185,6 +183,43 @@ extension Sealing {
             if !owner.isEmpty { owners.append((Array(owner), try SealingSession.keyID(Array(body)).id)) }
         }
         return owners
+    }
+}
+
+/// The pseudonyms a session computed or learned, both ways (owner identifier key ↔ pseudonym).
+/// Most sessions are point reads that meet one or two: those stay in a short list, because two
+/// dictionaries' allocations and hashing cost more than the lookups they save (a fifth of a
+/// point read's reference counting, measured). Past `listLimit` the dictionaries take over.
+struct PseudonymMemo {
+    private static let listLimit = 4
+    private var list: [(owner: [UInt8], pseudonym: [UInt8])] = []
+    private var byOwner: [ByteKey: [UInt8]] = [:]
+    private var byPseudonym: [ByteKey: [UInt8]] = [:]
+
+    func pseudonym(of owner: [UInt8]) -> [UInt8]? {
+        if let entry = list.first(where: { $0.owner == owner }) { return entry.pseudonym }
+        return byOwner.isEmpty ? nil : byOwner[ByteKey(owner)]
+    }
+
+    func owner(of pseudonym: [UInt8]) -> [UInt8]? {
+        if let entry = list.first(where: { $0.pseudonym == pseudonym }) { return entry.owner }
+        return byPseudonym.isEmpty ? nil : byPseudonym[ByteKey(pseudonym)]
+    }
+
+    mutating func insert(owner: [UInt8], pseudonym: [UInt8]) {
+        if list.count < Self.listLimit, byOwner.isEmpty {
+            if !list.contains(where: { $0.pseudonym == pseudonym }) { list.append((owner, pseudonym)) }
+            return
+        }
+        if !list.isEmpty {
+            for entry in list {
+                byOwner[ByteKey(entry.owner)] = entry.pseudonym
+                byPseudonym[ByteKey(entry.pseudonym)] = entry.owner
+            }
+            list = []
+        }
+        byOwner[ByteKey(owner)] = pseudonym
+        byPseudonym[ByteKey(pseudonym)] = owner
     }
 }
 

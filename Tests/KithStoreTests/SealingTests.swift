@@ -184,6 +184,27 @@ struct SealingTests {
     }
 }
 
+@Suite("Pseudonym memo")
+struct PseudonymMemoTests {
+    /// A session's memo answers both ways for every pair it was given, before and after it
+    /// moves from its short list to its dictionaries, and for nothing else.
+    @Test(arguments: [1, 4, 5, 40])
+    func answersBothWaysForEveryPair(count: Int) {
+        var memo = PseudonymMemo()
+        let pairs = (0..<count).map { (owner: [UInt8(1)] + Array("u-\($0)".utf8), pseudonym: [UInt8($0)] + [UInt8](repeating: 9, count: 15)) }
+        for (index, pair) in pairs.enumerated() {
+            memo.insert(owner: pair.owner, pseudonym: pair.pseudonym)
+            memo.insert(owner: pair.owner, pseudonym: pair.pseudonym)  // learned twice (computed, then from a scan)
+            for earlier in pairs[...index] {
+                #expect(memo.pseudonym(of: earlier.owner) == earlier.pseudonym)
+                #expect(memo.owner(of: earlier.pseudonym) == earlier.owner)
+            }
+        }
+        #expect(memo.pseudonym(of: [1] + Array("u-none".utf8)) == nil)
+        #expect(memo.owner(of: [UInt8](repeating: 255, count: 16)) == nil)
+    }
+}
+
 @Suite("Data key file")
 struct DataKeyStoreTests {
     @Test("keys are made a pool at a time and survive reopening; destroying overwrites the slot in place; freed slots are reused with new tags")
@@ -204,6 +225,7 @@ struct DataKeyStoreTests {
         let file = try SealingTests.bytes(path)
         #expect(!contains(file, first.key) && contains(file, second.key))
         #expect(keys!.key(for: DataKeyID(slot: second.id.slot, tag: second.id.tag ^ 1)) == nil, "a tag that is not the slot's names no key")
+        #expect(keys!.key(for: DataKeyID(slot: 1 << 30, tag: second.id.tag)) == nil, "a slot past the file names no key")
 
         // After a restart every key in the file counts as issued: the next pool takes the freed
         // slot first (with a new tag), then grows the file.
