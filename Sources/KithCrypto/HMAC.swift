@@ -155,20 +155,20 @@ public final class HMACKey: @unchecked Sendable {
         spares.withLock { spares in for spare in spares { EVP_MAC_CTX_free(OpaquePointer(bitPattern: spare)) } }
     }
 
-    /// HMAC-SHA256 of `message` under this key (the same bytes as `Crypto.hmacSHA256`).
-    public func authenticate(_ message: [UInt8]) -> [UInt8] {
+    /// HMAC-SHA256 of `message` under this key (the same bytes as `Crypto.hmacSHA256`), or its
+    /// first `count` bytes (one allocation of the size wanted, for pseudonyms on the read path).
+    public func authenticate(_ message: some Collection<UInt8>, truncatedTo count: Int = 32) -> [UInt8] {
+        precondition((1...32).contains(count))
         let working = take()
-        var output = [UInt8](repeating: 0, count: 32)
-        var length = 0
-        let ok = message.withUnsafeBytes { input in
-            output.withUnsafeMutableBufferPointer { out in
-                EVP_MAC_update(working, input.baseAddress?.assumingMemoryBound(to: UInt8.self), input.count) == 1
-                    && EVP_MAC_final(working, out.baseAddress, &length, 32) == 1
-            }
+        defer { give(working) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
+            var length = 0
+            let updated =
+                message.withContiguousStorageIfAvailable { input in EVP_MAC_update(working, input.baseAddress, input.count) == 1 }
+                ?? Array(message).withUnsafeBufferPointer { input in EVP_MAC_update(working, input.baseAddress, input.count) == 1 }
+            precondition(updated && EVP_MAC_final(working, digest.baseAddress, &length, 32) == 1 && length == 32, "HMAC-SHA256 failed in libcrypto")
+            return Array(digest.prefix(count))
         }
-        precondition(ok && length == 32, "HMAC-SHA256 failed in libcrypto")
-        give(working)
-        return output
     }
 
     /// A context ready for a new message under this key.

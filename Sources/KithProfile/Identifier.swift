@@ -60,13 +60,17 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
     /// ASCII with no upper-case letter and no whitespace at either end. A value this rejects
     /// may still be valid; the full check decides.
     private static func isNormal(_ value: String, kind: IdentifierKind) -> Bool {
-        let bytes = value.utf8
-        guard let first = bytes.first, let last = bytes.last, bytes.count <= maximumValueBytes else { return false }
-        if kind == .email {
-            guard first > 0x20, last > 0x20 else { return false }
-            return !bytes.contains { $0 < 0x20 || $0 >= 0x7F || ($0 >= 0x41 && $0 <= 0x5A) }
-        }
-        return !bytes.contains { $0 < 0x20 || $0 == 0x7F }
+        // Native strings are contiguous UTF-8: one tight loop. Others take the full check.
+        value.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard let first = bytes.first, let last = bytes.last, bytes.count <= maximumValueBytes else { return false }
+            if kind == .email {
+                guard first > 0x20, last > 0x20 else { return false }
+                for byte in bytes where byte < 0x20 || byte >= 0x7F || (byte >= 0x41 && byte <= 0x5A) { return false }
+                return true
+            }
+            for byte in bytes where byte < 0x20 || byte == 0x7F { return false }
+            return true
+        } ?? false
     }
 
     /// Parses `kind:value`.

@@ -56,7 +56,7 @@ final class SealingSession {
     func pseudonym(_ identifierKey: some Collection<UInt8>) -> [UInt8] {
         let identifierKey = Array(identifierKey)
         if let known = pseudonyms.pseudonym(of: identifierKey) { return known }
-        let pseudonym = Array(sealing.hasher.forgetKeyBytes(forKey: identifierKey).prefix(Sealing.pseudonymSize))
+        let pseudonym = sealing.hasher.forgetKeyBytes(forKey: identifierKey, truncatedTo: Sealing.pseudonymSize)
         pseudonyms.insert(owner: identifierKey, pseudonym: pseudonym)
         return pseudonym
     }

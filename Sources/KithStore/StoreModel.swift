@@ -47,8 +47,8 @@ public struct HMACForgetKeyHasher: ForgetKeyHasher {
     }
 
     /// The forget key of a stored identifier key (`Identifier.key`).
-    func forgetKeyBytes(forKey identifierKey: some Collection<UInt8>) -> [UInt8] {
-        key.authenticate(Array(identifierKey))
+    func forgetKeyBytes(forKey identifierKey: some Collection<UInt8>, truncatedTo count: Int = 32) -> [UInt8] {
+        key.authenticate(identifierKey, truncatedTo: count)
     }
 
     public func forgetKey(for identifier: Identifier) -> String { Crypto.hex(forgetKeyBytes(for: identifier)) }

@@ -27,6 +27,10 @@ struct CryptoTests {
         for item in cases {
             #expect(Crypto.hmacSHA256(key: item.key, message: Array(item.message.utf8)) == Self.hex(item.tag))
             #expect(HMACKey(item.key).authenticate(Array(item.message.utf8)) == Self.hex(item.tag))
+            // Truncated (pseudonyms), from a slice, and from a collection with no contiguous storage.
+            let message = Array(("." + item.message).utf8)
+            #expect(HMACKey(item.key).authenticate(message.dropFirst(), truncatedTo: 16) == Array(Self.hex(item.tag).prefix(16)))
+            #expect(HMACKey(item.key).authenticate(Set([0])) == Crypto.hmacSHA256(key: item.key, message: [0]))
         }
     }
 
