@@ -28,21 +28,25 @@ struct LMDBCeiling {
         var head = 0, view = 0, ledger = 0, change = 0
     }
 
-    func run() throws {
-        let (sizes, viewKeys) = try measureStore()
-        print("ceiling.row_bytes: head \(sizes.head), view \(sizes.view), ledger \(sizes.ledger), change entry \(sizes.change)")
-        report("ceiling.read_gets_per_s", try readViews(viewKeys))
+    /// The sealed `documents` key layout, `pseudonym (16) ‖ part ‖ …`, and the parts measured:
+    /// KithStore's `Sealing.pseudonymSize` and `DocumentPart`, restated so that this benchmark
+    /// reads the file with LMDB alone.
+    private static let pseudonymSize = 16
+    private static let headPart: UInt8 = 2, viewPart: UInt8 = 3, ledgerPart: UInt8 = 5
 
-        try? FileManager.default.removeItem(atPath: scratch)
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        let scratchEnvironment = try Environment(path: scratch, flags: 0)
+    func run() throws {
+        let storeEnvironment = try Environment(path: store, flags: UInt32(MDB_RDONLY))
+        let (sizes, viewKeys) = try measure(storeEnvironment)
+        print("ceiling.row_bytes: head \(sizes.head), view \(sizes.view), ledger \(sizes.ledger), change entry \(sizes.change)")
+        report("ceiling.read_gets_per_s", try readViews(viewKeys, in: storeEnvironment))
+        storeEnvironment.close()
+
+        let scratchEnvironment = try freshScratch(flags: 0)
         report("ceiling.apply_events_per_s", try scratchEnvironment.write(messages: messages, batch: batchSize, customers: customers, rows: .kith(sizes), seed: 1))
         report("ceiling.one_put_events_per_s", try scratchEnvironment.write(messages: messages, batch: batchSize, customers: customers, rows: .onePut(sizes.ledger), seed: 2))
         scratchEnvironment.close()
         // The same rows with no sync at all: what is left is LMDB's CPU and the page cache.
-        try? FileManager.default.removeItem(atPath: scratch)
-        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
-        let unsynced = try Environment(path: scratch, flags: UInt32(MDB_NOSYNC))
+        let unsynced = try freshScratch(flags: UInt32(MDB_NOSYNC))
         report("ceiling.apply_unsynced_events_per_s", try unsynced.write(messages: messages, batch: batchSize, customers: customers, rows: .kith(sizes), seed: 3))
         try unsynced.sync()  // untimed: the group commits below must not flush this run's pages
         unsynced.close()
@@ -58,36 +62,39 @@ struct LMDBCeiling {
         try? FileManager.default.removeItem(atPath: scratch)
     }
 
-    /// Mean value sizes by part (`pseudonym(16) ‖ part ‖ …` keys of `documents`), the mean
-    /// change-log entry, and the keys of every view row.
-    private func measureStore() throws -> (RowSizes, [[UInt8]]) {
-        let environment = try Environment(path: store, flags: UInt32(MDB_RDONLY))
-        defer { environment.close() }
+    /// An empty environment in the scratch directory.
+    private func freshScratch(flags: UInt32) throws -> Environment {
+        try? FileManager.default.removeItem(atPath: scratch)
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        return try Environment(path: scratch, flags: flags)
+    }
+
+    /// Mean value sizes by part of the store's `documents`, the mean change-log entry, and the
+    /// keys of every view row.
+    private func measure(_ environment: Environment) throws -> (RowSizes, [[UInt8]]) {
         var totals: [UInt8: (bytes: Int, rows: Int)] = [:]
         var viewKeys: [[UInt8]] = []
         try environment.scan("documents") { key, value in
-            guard key.count > 16 else { return }
-            totals[key[16], default: (0, 0)].bytes += value.count
-            totals[key[16], default: (0, 0)].rows += 1
-            if key[16] == 3 { viewKeys.append(Array(key)) }
+            guard key.count > Self.pseudonymSize else { return }
+            let part = key[Self.pseudonymSize]
+            totals[part, default: (0, 0)].bytes += value.count
+            totals[part, default: (0, 0)].rows += 1
+            if part == Self.viewPart { viewKeys.append(Array(key)) }
         }
         func mean(_ part: UInt8) -> Int { totals[part].map { $0.bytes / max($0.rows, 1) } ?? 0 }
         // The meta row `sequence` numbers the newest change-log entry (big-endian): a store
         // without peers keeps its whole log, so it is also how many entries the log holds.
         let newest = try environment.get("meta", Array("sequence".utf8)) ?? []
         let entries = newest.count == 8 ? Int(newest.reduce(UInt64(0)) { $0 << 8 | UInt64($1) }) : 0
-        var sizes = RowSizes(head: mean(2), view: mean(3), ledger: mean(5))
+        var sizes = RowSizes(head: mean(Self.headPart), view: mean(Self.viewPart), ledger: mean(Self.ledgerPart))
         sizes.change = try environment.tableStatistics("changes").bytes / max(entries, 1)
         return (sizes, viewKeys)
     }
 
-    private func readViews(_ keys: [[UInt8]]) throws -> Double {
+    private func readViews(_ keys: [[UInt8]], in environment: Environment) throws -> Double {
         guard !keys.isEmpty else { throw BenchmarkFailed("the store at \(store) holds no view rows: run the in-process benchmark first") }
         var random = SplitMix64(seed: 2_025)
-        let order = keys.shuffled(using: &random)
-        let environment = try Environment(path: store, flags: UInt32(MDB_RDONLY))
-        defer { environment.close() }
-        return try environment.randomGets(order, seconds: readSeconds)
+        return try environment.randomGets(keys.shuffled(using: &random), seconds: readSeconds)
     }
 }
 
@@ -233,11 +240,11 @@ extension LMDBCeiling {
                             let messageId = withUnsafeBytes(of: random.next()) { Array($0) }
                             switch rows {
                             case .onePut(let size):
-                                try put(txn, documents, owner + [5] + messageId, size, MDB_NOOVERWRITE)
+                                try put(txn, documents, owner + [LMDBCeiling.ledgerPart] + messageId, size, MDB_NOOVERWRITE)
                             case .kith(let sizes):
-                                try put(txn, documents, owner + [5] + messageId, sizes.ledger, MDB_NOOVERWRITE)
-                                try put(txn, documents, owner + [2], sizes.head, 0)
-                                try put(txn, documents, owner + [3], sizes.view, 0)
+                                try put(txn, documents, owner + [LMDBCeiling.ledgerPart] + messageId, sizes.ledger, MDB_NOOVERWRITE)
+                                try put(txn, documents, owner + [LMDBCeiling.headPart], sizes.head, 0)
+                                try put(txn, documents, owner + [LMDBCeiling.viewPart], sizes.view, 0)
                             }
                         }
                         if case .kith(let sizes) = rows {

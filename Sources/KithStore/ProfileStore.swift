@@ -158,9 +158,14 @@ extension EngineBackedStore {
         }
     }
 
-    public func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
+    /// A read of what only a replicating store keeps (`StoreConfiguration.replicates`).
+    private func readReplicationState<T>(_ body: (any StoreReading) throws -> T) throws -> T {
         guard engine.configuration.replicates else { throw ReplicationStateNotKept() }
-        return try read { reader in try engine.entriesAhead(after: sequence, limit: limit, in: reader) }
+        return try read(body)
+    }
+
+    public func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] {
+        try readReplicationState { reader in try engine.entriesAhead(after: sequence, limit: limit, in: reader) }
     }
 
     public func applyAhead(_ entry: ChangeEntry) throws {
@@ -184,13 +189,11 @@ extension EngineBackedStore {
     }
 
     public func digest(of node: [UInt8]) throws -> Digest128 {
-        guard engine.configuration.replicates else { throw ReplicationStateNotKept() }
-        return try read { reader in try engine.digest(of: node, in: reader) }
+        try readReplicationState { reader in try engine.digest(of: node, in: reader) }
     }
 
     public func digestChildren(of node: [UInt8]) throws -> [DigestEntry] {
-        guard engine.configuration.replicates else { throw ReplicationStateNotKept() }
-        return try read { reader in try engine.digestChildren(of: node, in: reader) }
+        try readReplicationState { reader in try engine.digestChildren(of: node, in: reader) }
     }
 
     public func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState] {

@@ -33,9 +33,15 @@ extension StoreEngine {
     /// Copies every logged entry that travels ahead, as `WriteContext.finish` would have.
     private func rebuildAhead(in txn: any StoreWriting) throws {
         _ = try txn.deletePrefix(.ahead, [])
-        for entry in try changes(after: 0, limit: .max, in: txn) where entry.travelsAhead {
+        try keepAhead(try changes(after: 0, limit: .max, in: txn), in: txn)
+        try txn.put(.meta, aheadMetaKey, [Self.aheadLayout], mode: .upsert)
+    }
+
+    /// The `ahead` copies of those of `entries` (newly logged, in order) that travel ahead:
+    /// written by every commit of a replicating store, and by the rebuild.
+    func keepAhead(_ entries: [ChangeEntry], in txn: any StoreWriting) throws {
+        for entry in entries where entry.travelsAhead {
             try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }
-        try txn.put(.meta, aheadMetaKey, [Self.aheadLayout], mode: .upsert)
     }
 }

@@ -281,9 +281,7 @@ final class WriteContext {
         if let last = pendingChanges.last {
             try txn.putChanges(pendingChanges, at: sequenceKey(last.sequence), mode: .append)
         }
-        for entry in pendingChanges where entry.travelsAhead && engine.configuration.replicates {
-            try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
-        }
+        if engine.configuration.replicates { try engine.keepAhead(pendingChanges, in: txn) }
         try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
         try digesting?.flush()
