@@ -35,6 +35,9 @@ struct Options {
     var ceilingScratch: String?
     /// Messages written by each bare-LMDB write pattern.
     var ceilingMessages = 1_000_000
+    /// `--reads-only true`: skip parsing and applying and run the read phases on the store an
+    /// earlier run left at `--data-dir` (to measure read changes without rebuilding the store).
+    var readsOnly = false
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -55,6 +58,7 @@ struct Options {
             case "--cluster": clusterBinary = value
             case "--lmdb-ceiling": ceilingScratch = value
             case "--messages": ceilingMessages = Int(value) ?? 0
+            case "--reads-only": readsOnly = value != "false"
             default: Self.fail("unknown option \(argument)")
             }
         }
@@ -63,8 +67,9 @@ struct Options {
             if ceilingMessages <= 0 || batchSize <= 0 || customers <= 0 { Self.fail("--messages, --batch and --customers take positive numbers") }
             return
         }
+        if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
         }
     }
 
@@ -112,6 +117,20 @@ if let scratch = options.ceilingScratch {
     }
     exit(0)
 }
+/// The store of the in-process phases (the same settings for a fresh store and a reopened one).
+func openStore(_ options: Options) throws -> LMDBProfileStore {
+    let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32), replicates: options.replicating)
+    var lmdb = LMDBEnvironment.Configuration()
+    lmdb.durable = options.durable
+    lmdb.mapSize = 4 << 30
+    return try LMDBProfileStore(path: options.dataDirectory, configuration: configuration, lmdb: lmdb)
+}
+
+let receivedAt: Int64 = 1_760_100_000_000
+if options.readsOnly {
+    do { try measureReads(try openStore(options), options: options, receivedAt: receivedAt) } catch { Options.fail("\(error)") }
+    exit(0)
+}
 guard let file = FileManager.default.contents(atPath: options.workload) else { Options.fail("cannot read \(options.workload)") }
 if let kithBinary = options.kithBinary {
     let lines = [UInt8](file).split(separator: UInt8(ascii: "\n")).map(Array.init)
@@ -125,7 +144,6 @@ if let kithBinary = options.kithBinary {
     exit(0)
 }
 
-let receivedAt: Int64 = 1_760_100_000_000
 let parser = SegmentMessageParser()
 
 try [UInt8](file).withUnsafeBufferPointer { buffer in
@@ -145,11 +163,7 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
 
     // 2. Parse and apply in durable batches (every commit fsynced), into a fresh store.
     try? FileManager.default.removeItem(atPath: options.dataDirectory)
-    let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32), replicates: options.replicating)
-    var lmdb = LMDBEnvironment.Configuration()
-    lmdb.durable = options.durable
-    lmdb.mapSize = 4 << 30
-    let store = try LMDBProfileStore(path: options.dataDirectory, configuration: configuration, lmdb: lmdb)
+    let store = try openStore(options)
     print("apply.durable: \(options.durable)")
     print("apply.replicating: \(options.replicating)")
     var outcomes: [ApplyOutcome: Int] = [:]
@@ -184,54 +198,5 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
     report("store.bytes_per_profile", Double(tables["documents", default: 0]) / Double(max(statistics.profiles, 1)))
     report("store.bytes_per_profile_with_change_log", Double(used) / Double(max(statistics.profiles, 1)))
 
-    // 3. Random point reads by user id, each view decoded and rendered as the reader's JSON.
-    // Every customer's user id once, in a random order, then again: reads spread over the whole
-    // key space (a small set of ids read over and over would stay in the CPU's caches and
-    // flatter the figure by 10-15 %).
-    var random = SplitMix64(seed: 2_025)
-    var found = 0, done = 0, bytes = 0
-    let identifiers = (0..<options.customers).map { Identifier(kind: .userId, value: String(format: "u-%07d", $0))! }.shuffled(using: &random)
-    let readTime = try seconds {
-        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(options.readSeconds * 1e9)
-        while done < options.reads {
-            if let view = try store.view(of: identifiers[done % identifiers.count]) {
-                found += 1
-                bytes += view.jsonBytes.count
-            }
-            done += 1
-            if done & 1_023 == 0 && DispatchTime.now().uptimeNanoseconds > deadline { break }
-        }
-    }
-    report("read.profiles_per_s", Double(done) / readTime)
-    report("read.hit_ratio", Double(found) / Double(done), decimals: 3)
-    report("read.mean_json_bytes", Double(bytes) / Double(max(found, 1)))
-
-    // 4. The same reads as a node answers them: the policy for a purpose that masks contact
-    // data, the ETag over the filtered body, and a record handed to the (real, durable) audit.
-    let auditDirectory = options.dataDirectory + "-audit"
-    try? FileManager.default.removeItem(atPath: auditDirectory)
-    let audit = try ReadAudit(path: auditDirectory, retentionDays: 30, log: Log())
-    let hasher = HMACForgetKeyHasher(secret: [UInt8](repeating: 42, count: 32))
-    let analyst = Principal(name: "bench", role: .reader, purposes: ["analytics"])
-    var policyDone = 0, policyBytes = 0
-    let policyTime = try seconds {
-        while policyDone < done {
-            if let view = try store.view(of: identifiers[policyDone % identifiers.count]) {
-                let decision = try ReadDecision(policy: .builtIn, principal: analyst, requestedPurpose: "analytics", consent: ConsentState(view.head))
-                var renderer = PolicyRenderer(decision: decision)
-                let body = renderer.profile(view)
-                policyBytes += body.count + Crypto.sha256(body).count
-                try audit.record(AuditRecord(
-                    time: receivedAt, principal: analyst.name, purpose: "analytics", node: "bench", resource: "profile",
-                    subjects: view.members.map(hasher.forgetKeyBytes(for:)), outcome: renderer.outcome))
-            }
-            policyDone += 1
-        }
-        try audit.flush()
-    }
-    audit.stop()
-    report("read.policy_profiles_per_s", Double(policyDone) / policyTime)
-    report("read.policy_cost_pct", (1 - (Double(policyDone) / policyTime) / (Double(done) / readTime)) * 100, decimals: 1)
-    print("read.policy_audit_records: \(audit.written.load(ordering: .relaxed))")
-    _ = policyBytes
+    try measureReads(store, options: options, receivedAt: receivedAt)
 }

@@ -110,6 +110,13 @@ public struct BinaryReader: Sendable {
         offset = 0
     }
 
+    /// A reader that starts at `offset` (a position an earlier walk over the same bytes found).
+    public init(_ bytes: [UInt8], at offset: Int) {
+        precondition(offset >= 0 && offset <= bytes.count, "offset outside the bytes")
+        self.bytes = bytes
+        self.offset = offset
+    }
+
     public var remaining: Int { bytes.count - offset }
     public var isAtEnd: Bool { offset == bytes.count }
 
@@ -175,26 +182,45 @@ public struct BinaryReader: Sendable {
     }
 
     public mutating func readBytes() throws -> ArraySlice<UInt8> {
+        bytes[try readBytesRange()]
+    }
+
+    /// Where a length-prefixed byte string lies, without copying it.
+    public mutating func readBytesRange() throws -> Range<Int> {
         let length = try readCount()
         defer { offset += length }
-        return bytes[offset..<offset + length]
+        return offset..<offset + length
     }
 
     public mutating func readString() throws -> String {
         let start = offset
-        let length = try readCount()
-        let begin = offset
-        offset += length
+        let range = try readBytesRange()
         let string: String? = bytes.withUnsafeBufferPointer { all in
-            let region = UnsafeBufferPointer(rebasing: all[begin..<offset])
-            // Most stored strings are ASCII: check that cheaply and skip the generic validator.
-            var ascii: UInt8 = 0
-            for byte in region { ascii |= byte }
-            if ascii < 0x80 { return String(decoding: region, as: UTF8.self) }
+            let region = UnsafeBufferPointer(rebasing: all[range])
+            if Self.isASCII(region) { return String(decoding: region, as: UTF8.self) }
             return String(validating: region, as: UTF8.self)
         }
         guard let string else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
         return string
+    }
+
+    /// Where a string lies, checked as `readString` checks it (valid UTF-8) but not copied.
+    public mutating func readStringRange() throws -> Range<Int> {
+        let start = offset
+        let range = try readBytesRange()
+        let valid = bytes.withUnsafeBufferPointer { all in
+            let region = UnsafeBufferPointer(rebasing: all[range])
+            return Self.isASCII(region) || String(validating: region, as: UTF8.self) != nil
+        }
+        guard valid else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
+        return range
+    }
+
+    /// Most stored strings are ASCII: checked cheaply, so the generic validator runs only for the rest.
+    private static func isASCII(_ region: UnsafeBufferPointer<UInt8>) -> Bool {
+        var ascii: UInt8 = 0
+        for byte in region { ascii |= byte }
+        return ascii < 0x80
     }
 
     public mutating func read<T: BinaryCodable>(_ type: T.Type = T.self) throws -> T {

@@ -39,6 +39,9 @@ public struct JSONWriter: Sendable {
 
     public mutating func raw(bytes more: [UInt8]) { bytes.append(contentsOf: more) }
 
+    /// Bytes the caller guarantees are valid JSON in this position.
+    public mutating func raw(_ more: UnsafeBufferPointer<UInt8>) { bytes.append(contentsOf: more) }
+
     /// Lets `body` append text that it guarantees is valid JSON in this position.
     public mutating func appendRaw(_ body: (inout [UInt8]) -> Void) { body(&bytes) }
 
@@ -66,43 +69,51 @@ public struct JSONWriter: Sendable {
     }
 
     public mutating func write(string: String) {
-        bytes.append(UInt8(ascii: "\""))
         var string = string
-        string.withUTF8 { utf8 in
-            var runStart = 0
-            var i = 0
-            while i < utf8.count {
-                let byte = utf8[i]
-                let escape: StaticString?
-                switch byte {
-                case UInt8(ascii: "\""): escape = "\\\""
-                case UInt8(ascii: "\\"): escape = "\\\\"
-                case 0x0A: escape = "\\n"
-                case 0x0D: escape = "\\r"
-                case 0x09: escape = "\\t"
-                case 0..<0x20: escape = nil
-                case 0xE2 where i + 2 < utf8.count && utf8[i + 1] == 0x80 && (utf8[i + 2] == 0xA8 || utf8[i + 2] == 0xA9):
-                    bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
-                    raw(utf8[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
-                    i += 3
-                    runStart = i
-                    continue
-                default:
-                    i += 1
-                    continue
-                }
-                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
-                if let escape {
-                    bytes.append(contentsOf: UnsafeBufferPointer(start: escape.utf8Start, count: escape.utf8CodeUnitCount))
-                } else {
-                    let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                    bytes.append(contentsOf: [0x5C, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
-                }
+        string.withUTF8 { write(utf8: $0) }
+    }
+
+    /// A string given as its UTF-8 bytes (which must be valid UTF-8), quoted and escaped.
+    public mutating func write(utf8: UnsafeBufferPointer<UInt8>) {
+        bytes.append(UInt8(ascii: "\""))
+        var runStart = 0
+        var i = 0
+        while i < utf8.count {
+            let byte = utf8[i]
+            // Almost every byte is printable ASCII or a UTF-8 byte other than U+2028/9's lead.
+            if byte >= 0x20 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") && byte != 0xE2 {
                 i += 1
-                runStart = i
+                continue
             }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
+            let escape: StaticString?
+            switch byte {
+            case UInt8(ascii: "\""): escape = "\\\""
+            case UInt8(ascii: "\\"): escape = "\\\\"
+            case 0x0A: escape = "\\n"
+            case 0x0D: escape = "\\r"
+            case 0x09: escape = "\\t"
+            case 0..<0x20: escape = nil
+            case 0xE2 where i + 2 < utf8.count && utf8[i + 1] == 0x80 && (utf8[i + 2] == 0xA8 || utf8[i + 2] == 0xA9):
+                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
+                raw(utf8[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
+                i += 3
+                runStart = i
+                continue
+            default:
+                i += 1
+                continue
+            }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
+            if let escape {
+                bytes.append(contentsOf: UnsafeBufferPointer(start: escape.utf8Start, count: escape.utf8CodeUnitCount))
+            } else {
+                let hex: [UInt8] = Array("0123456789abcdef".utf8)
+                bytes.append(contentsOf: [0x5C, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
+            }
+            i += 1
+            runStart = i
         }
+        bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
         bytes.append(UInt8(ascii: "\""))
     }
 
@@ -132,9 +143,15 @@ public struct JSONWriter: Sendable {
 
         /// Writes `"key":` and hands the writer to `value` to write the member's value.
         public mutating func member(_ key: String, _ value: (inout JSONWriter) -> Void) {
+            var key = key
+            key.withUTF8 { member(utf8: $0, value) }
+        }
+
+        /// The same, with the key given as its UTF-8 bytes.
+        public mutating func member(utf8 key: UnsafeBufferPointer<UInt8>, _ value: (inout JSONWriter) -> Void) {
             if !first { writer.bytes.append(UInt8(ascii: ",")) }
             first = false
-            writer.write(string: key)
+            writer.write(utf8: key)
             writer.bytes.append(UInt8(ascii: ":"))
             value(&writer)
         }

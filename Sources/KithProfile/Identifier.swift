@@ -61,16 +61,25 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
     /// may still be valid; the full check decides.
     private static func isNormal(_ value: String, kind: IdentifierKind) -> Bool {
         // Native strings are contiguous UTF-8: one tight loop. Others take the full check.
-        value.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
-            guard let first = bytes.first, let last = bytes.last, bytes.count <= maximumValueBytes else { return false }
-            if kind == .email {
-                guard first > 0x20, last > 0x20 else { return false }
-                for byte in bytes where byte < 0x20 || byte >= 0x7F || (byte >= 0x41 && byte <= 0x5A) { return false }
-                return true
-            }
-            for byte in bytes where byte < 0x20 || byte == 0x7F { return false }
+        value.utf8.withContiguousStorageIfAvailable { isNormal(utf8: $0, kind: kind) } ?? false
+    }
+
+    static func isNormal(utf8 bytes: UnsafeBufferPointer<UInt8>, kind: IdentifierKind) -> Bool {
+        guard let first = bytes.first, let last = bytes.last, bytes.count <= maximumValueBytes else { return false }
+        if kind == .email {
+            guard first > 0x20, last > 0x20 else { return false }
+            for byte in bytes where byte < 0x20 || byte >= 0x7F || (byte >= 0x41 && byte <= 0x5A) { return false }
             return true
-        } ?? false
+        }
+        for byte in bytes where byte < 0x20 || byte == 0x7F { return false }
+        return true
+    }
+
+    /// Whether `utf8` (valid UTF-8) is a value of `kind` exactly as `init(kind:value:)` keeps it.
+    static func isStoredForm(utf8 bytes: UnsafeBufferPointer<UInt8>, kind: IdentifierKind) -> Bool {
+        if isNormal(utf8: bytes, kind: kind) { return true }
+        guard let identifier = Identifier(kind: kind, value: String(decoding: bytes, as: UTF8.self)) else { return false }
+        return identifier.value.utf8.elementsEqual(bytes)
     }
 
     /// Parses `kind:value`.

@@ -76,41 +76,43 @@ public enum ISO8601 {
     public static func append(millis: Int64, to bytes: inout [UInt8]) {
         let (daysPart, msOfDay) = floorDivide(millis, 86_400_000)
         let (year, month, day) = civilFromDays(daysPart)
-        if year < 0 || year > 9_999 {  // outside RFC 3339's range: still a valid ISO 8601 expanded year
-            bytes.append(contentsOf: (year < 0 ? "-" : "+").utf8)
-            appendDigits(abs(year), 6, to: &bytes)
-        } else {
-            appendDigits(year, 4, to: &bytes)
-        }
-        // Field by field, not from a table of fields: a time is written for every event a
-        // profile read renders, and a table would be an allocation each time.
-        bytes.append(UInt8(ascii: "-"))
-        appendDigits(month, 2, to: &bytes)
-        bytes.append(UInt8(ascii: "-"))
-        appendDigits(day, 2, to: &bytes)
-        bytes.append(UInt8(ascii: "T"))
-        appendDigits(msOfDay / 3_600_000, 2, to: &bytes)
-        bytes.append(UInt8(ascii: ":"))
-        appendDigits(msOfDay / 60_000 % 60, 2, to: &bytes)
-        bytes.append(UInt8(ascii: ":"))
-        appendDigits(msOfDay / 1_000 % 60, 2, to: &bytes)
-        bytes.append(UInt8(ascii: "."))
-        appendDigits(msOfDay % 1_000, 3, to: &bytes)
-        bytes.append(UInt8(ascii: "Z"))
-    }
-
-    private static func appendDigits(_ value: Int64, _ width: Int, to bytes: inout [UInt8]) {
-        var digits = width
-        var divisor: Int64 = 1
-        while digits > 1 {
-            divisor *= 10
-            digits -= 1
-        }
-        var rest = value
-        while divisor > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(rest / divisor % 10))
-            rest %= divisor
-            divisor /= 10
+        let expanded = year < 0 || year > 9_999  // outside RFC 3339's range: an ISO 8601 expanded year
+        // Written into a buffer on the stack and appended once: a time is written for every
+        // event a profile read renders, and an append per character was a tenth of a read.
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 27) { text in
+            var at = 0
+            func put(_ value: Int64, _ width: Int) {
+                var rest = value
+                for index in stride(from: at + width - 1, through: at, by: -1) {
+                    text[index] = UInt8(ascii: "0") + UInt8(rest % 10)
+                    rest /= 10
+                }
+                at += width
+            }
+            func put(_ character: Unicode.Scalar) {
+                text[at] = UInt8(ascii: character)
+                at += 1
+            }
+            if expanded {
+                put(year < 0 ? "-" : "+")
+                put(abs(year), 6)
+            } else {
+                put(year, 4)
+            }
+            put("-")
+            put(month, 2)
+            put("-")
+            put(day, 2)
+            put("T")
+            put(msOfDay / 3_600_000, 2)
+            put(":")
+            put(msOfDay / 60_000 % 60, 2)
+            put(":")
+            put(msOfDay / 1_000 % 60, 2)
+            put(".")
+            put(msOfDay % 1_000, 3)
+            put("Z")
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[..<at]))
         }
     }
 

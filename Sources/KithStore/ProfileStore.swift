@@ -22,6 +22,10 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// The profile `identifier` belongs to, or nil if the identifier is unknown.
     func view(of identifier: Identifier) throws -> ProfileView?
 
+    /// The same profile as it is stored, checked but not decoded: what a read renders to JSON
+    /// without building the view (`EncodedProfileView`).
+    func encodedView(of identifier: Identifier) throws -> EncodedProfileView?
+
     /// Unmerge: removes the link between two identifiers as of `stamp`.
     func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws
 
@@ -113,6 +117,10 @@ extension EngineBackedStore {
 
     public func view(of identifier: Identifier) throws -> ProfileView? {
         try read { reader in try engine.view(of: identifier, in: reader) }
+    }
+
+    public func encodedView(of identifier: Identifier) throws -> EncodedProfileView? {
+        try read { reader in try engine.encodedView(of: identifier, in: reader) }
     }
 
     public func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws {

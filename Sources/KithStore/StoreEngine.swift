@@ -18,13 +18,18 @@ struct StoreEngine: Sendable {
     /// by another identifier follows its index entry to the canonical one. No other row of the
     /// identifier is read — in a sealed store each row read is a decryption.
     func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
-        if let bytes = try reader.get(.documents, documentKey(identifier.key, .view)) {
-            return try decode(ProfileView.self, bytes, table: .documents)
-        }
-        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)), canonical != identifier.key,
-            let bytes = try reader.get(.documents, documentKey(canonical, .view))
-        else { return nil }
-        return try decode(ProfileView.self, bytes, table: .documents)
+        try viewRow(of: identifier, in: reader).map { try decode(ProfileView.self, $0, table: .documents) }
+    }
+
+    /// The same row checked but not decoded: what a read renders to JSON.
+    func encodedView(of identifier: Identifier, in reader: some StoreReading) throws -> EncodedProfileView? {
+        try viewRow(of: identifier, in: reader).map { try decode($0, table: .documents, EncodedProfileView.init) }
+    }
+
+    private func viewRow(of identifier: Identifier, in reader: some StoreReading) throws -> [UInt8]? {
+        if let bytes = try reader.get(.documents, documentKey(identifier.key, .view)) { return bytes }
+        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)), canonical != identifier.key else { return nil }
+        return try reader.get(.documents, documentKey(canonical, .view))
     }
 
     func statistics(in reader: some StoreReading) throws -> StoreStatistics {

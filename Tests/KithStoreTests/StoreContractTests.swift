@@ -103,7 +103,9 @@ private func expectSameViews(_ store: any ProfileStore, _ reference: ProfileStat
     for identifier in reference.identifiers.sorted() {
         let expected = reference.view(of: identifier).map { ProfileFormat.encode($0) }
         let actual = try store.view(of: identifier).map { ProfileFormat.encode($0) }
-        if actual != expected {
+        // What reads render: the same row, checked in place.
+        let rendered = try store.encodedView(of: identifier)?.bytes
+        if actual != expected || rendered != expected {
             // Report which profile differs, not the bytes (they would drown the log).
             Issue.record("\(context): view of \(identifier) differs (\(actual?.count ?? 0) vs \(expected?.count ?? 0) bytes)")
             return
@@ -309,8 +311,10 @@ struct StoreContractTests {
             #expect(view?.canonical == Identifier(parsing: "user_id:u-1"))
             #expect(view?.members.count == 3)
             #expect(view?.head.aggregates["Product Viewed"]?.count == 1)
+            #expect(try fixture.store.encodedView(of: Identifier(parsing: text)!)?.jsonBytes == view?.jsonBytes)
         }
         #expect(try fixture.store.view(of: Identifier(parsing: "user_id:nobody")!) == nil)
+        #expect(try fixture.store.encodedView(of: Identifier(parsing: "user_id:nobody")!) == nil)
     }
 }
 

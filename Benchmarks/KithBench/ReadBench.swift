@@ -1,0 +1,61 @@
+import Foundation
+import KithCRDT
+import KithCrypto
+import KithNode
+import KithPolicy
+import KithProfile
+import KithStore
+
+/// The in-process read phases, on a store an apply phase (this run's or an earlier one's) built.
+func measureReads(_ store: LMDBProfileStore, options: Options, receivedAt: Int64) throws {
+    // 3. Random point reads by user id, each stored view rendered as the reader's JSON.
+    // Every customer's user id once, in a random order, then again: reads spread over the whole
+    // key space (a small set of ids read over and over would stay in the CPU's caches and
+    // flatter the figure by 10-15 %).
+    var random = SplitMix64(seed: 2_025)
+    var found = 0, done = 0, bytes = 0
+    let identifiers = (0..<options.customers).map { Identifier(kind: .userId, value: String(format: "u-%07d", $0))! }.shuffled(using: &random)
+    let readTime = try seconds {
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(options.readSeconds * 1e9)
+        while done < options.reads {
+            if let view = try store.encodedView(of: identifiers[done % identifiers.count]) {
+                found += 1
+                bytes += view.jsonBytes.count
+            }
+            done += 1
+            if done & 1_023 == 0 && DispatchTime.now().uptimeNanoseconds > deadline { break }
+        }
+    }
+    report("read.profiles_per_s", Double(done) / readTime)
+    report("read.hit_ratio", Double(found) / Double(done), decimals: 3)
+    report("read.mean_json_bytes", Double(bytes) / Double(max(found, 1)))
+
+    // 4. The same reads as a node answers them: the policy for a purpose that masks contact
+    // data, the ETag over the filtered body, and a record handed to the (real, durable) audit.
+    let auditDirectory = options.dataDirectory + "-audit"
+    try? FileManager.default.removeItem(atPath: auditDirectory)
+    let audit = try ReadAudit(path: auditDirectory, retentionDays: 30, log: Log())
+    let hasher = HMACForgetKeyHasher(secret: [UInt8](repeating: 42, count: 32))
+    let analyst = Principal(name: "bench", role: .reader, purposes: ["analytics"])
+    var policyDone = 0, policyBytes = 0
+    let policyTime = try seconds {
+        while policyDone < done {
+            if let view = try store.view(of: identifiers[policyDone % identifiers.count]) {
+                let decision = try ReadDecision(policy: .builtIn, principal: analyst, requestedPurpose: "analytics", consent: ConsentState(view.head))
+                var renderer = PolicyRenderer(decision: decision)
+                let body = renderer.profile(view)
+                policyBytes += body.count + Crypto.sha256(body).count
+                try audit.record(AuditRecord(
+                    time: receivedAt, principal: analyst.name, purpose: "analytics", node: "bench", resource: "profile",
+                    subjects: view.members.map(hasher.forgetKeyBytes(for:)), outcome: renderer.outcome))
+            }
+            policyDone += 1
+        }
+        try audit.flush()
+    }
+    audit.stop()
+    report("read.policy_profiles_per_s", Double(policyDone) / policyTime)
+    report("read.policy_cost_pct", (1 - (Double(policyDone) / policyTime) / (Double(done) / readTime)) * 100, decimals: 1)
+    print("read.policy_audit_records: \(audit.written.load(ordering: .relaxed))")
+    _ = policyBytes
+}

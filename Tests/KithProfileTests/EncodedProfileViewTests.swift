@@ -1,0 +1,117 @@
+import KithCRDT
+import KithJSON
+import KithProfile
+import KithTestSupport
+import Testing
+
+/// Reads render profiles from their stored bytes (`EncodedProfileView`) while everything else
+/// decodes them (`ProfileView`): the two must show a reader the same bytes.
+@Suite("Encoded profile views")
+struct EncodedProfileViewTests {
+    @Test func rendersWhatTheDecodedViewRendersForWorkloadProfiles() throws {
+        for seed in UInt64(1)...4 {
+            var state = ProfileState()
+            for delta in WorkloadGenerator.deltas(seed: 40 + seed, customers: 25, count: 1_500) {
+                state.apply(delta, hasher: PlainHasher())
+            }
+            #expect(state.views.count > 10)
+            for view in state.views { try expectSameReading(view) }
+        }
+    }
+
+    @Test func rendersAwkwardValuesAsTheDecodedViewDoes() throws {
+        try expectSameReading(Self.awkwardView())
+        var empty = Self.awkwardView()
+        empty.head = SourceHead()
+        try expectSameReading(empty)
+    }
+
+    @Test func refusesEveryTruncationAndAnUnknownVersion() throws {
+        let bytes = ProfileFormat.encode(Self.awkwardView())
+        for length in 0..<bytes.count {
+            #expect(throws: BinaryDecodingError.self) { try EncodedProfileView(Array(bytes[..<length])) }
+        }
+        #expect(throws: BinaryDecodingError.self) { try EncodedProfileView(bytes + [0]) }
+        var versioned = bytes
+        versioned[0] = ProfileFormat.version &+ 1
+        #expect(throws: BinaryDecodingError.self) { try EncodedProfileView(versioned) }
+    }
+
+    /// Damaged bytes never stop the process: they are refused, or rendered. Bytes in the one
+    /// canonical form (what Kith writes: `encode(decode(bytes)) == bytes`) are accepted by both
+    /// readers and rendered alike. The full decoder also takes some non-canonical bytes (an
+    /// upper-case email it lower-cases, unsorted set elements it sorts) that the encoded view
+    /// refuses or shows as they lie.
+    @Test func damagedBytesAreRefusedOrRenderedAsDecoded() throws {
+        let good = ProfileFormat.encode(Self.awkwardView())
+        var random = SplitMix64(seed: 91)
+        var refused = 0, canonical = 0
+        for _ in 0..<5_000 {
+            var bytes = good
+            for _ in 0..<(1 + random.below(3)) { bytes[1 + random.below(bytes.count - 1)] = UInt8(truncatingIfNeeded: random.next()) }
+            let decoded = try? ProfileFormat.decode(ProfileView.self, from: bytes)
+            let isCanonical = decoded.map { ProfileFormat.encode($0) == bytes } ?? false
+            guard let encoded = try? EncodedProfileView(bytes) else {
+                refused += 1
+                #expect(!isCanonical)
+                continue
+            }
+            let json = encoded.jsonBytes
+            if let decoded, isCanonical {
+                canonical += 1
+                #expect(json == decoded.jsonBytes)
+            }
+        }
+        #expect(refused > 100 && canonical > 100)
+    }
+
+    @Test func writesExpandedYearsOutsideRFC3339() {
+        #expect(ISO8601.format(millis: 253_402_300_799_999) == "9999-12-31T23:59:59.999Z")
+        #expect(ISO8601.format(millis: 253_402_300_800_000) == "+010000-01-01T00:00:00.000Z")
+        #expect(ISO8601.format(millis: -62_167_219_200_000) == "0000-01-01T00:00:00.000Z")
+        #expect(ISO8601.format(millis: -62_167_219_200_001) == "-000001-12-31T23:59:59.999Z")
+        #expect(ISO8601.format(millis: -1) == "1969-12-31T23:59:59.999Z")
+    }
+
+    private func expectSameReading(_ view: ProfileView) throws {
+        let encoded = try EncodedProfileView(ProfileFormat.encode(view))
+        #expect(encoded.jsonBytes == view.jsonBytes, "\(String(decoding: encoded.jsonBytes, as: UTF8.self))")
+        #expect(try encoded.decoded() == view)
+    }
+
+    /// Every part filled, with strings that need escaping, non-ASCII text, a reserved consent
+    /// category (never shown), groups, revenue, and times outside RFC 3339's years.
+    static func awkwardView() -> ProfileView {
+        let stamp = { (time: Int64) in LWWStamp(time: time, tiebreak: "m-\(time)") }
+        var head = SourceHead()
+        for (key, value) in [("name", #""Zoë \"Q\" O'Brien""#), ("note\u{2028}", #""line\nbreak\t\\ and \u0001""#), ("µ", "[1,2.5,null,true]")] {
+            head.traits.merge(key: key, LWWRegister(try! RawJSON(validating: Array(value.utf8)), stamp: stamp(5)))
+        }
+        head.consent.merge(key: "Analytics", ConsentRegister(granted: true, stamp: stamp(-1), source: "pos \"till\" 4"))
+        head.consent.merge(key: "Ads\u{2029}", ConsentRegister(granted: false, stamp: stamp(253_402_300_800_000), source: "web"))
+        head.consent.merge(key: ConsentDecision.processingCategory, ConsentRegister(granted: false, stamp: stamp(9), source: "kith"))
+        head.groups.add("team \"α\"", tag: stamp(3))
+        head.groups.add("b\\c", tag: stamp(4))
+        head.groups.add("b\\c", tag: stamp(6))
+        head.groups.add("gone", tag: stamp(7))
+        head.groups.remove("gone")
+        head.recent = [
+            EventRecord(
+                messageId: "m\"2", type: .track, name: "Order \"Completed\"\n", time: -62_167_219_200_001, channel: "kiosk\u{0007}",
+                revenueMicros: 12_500_000, properties: try! RawJSON(validating: Array(#"{"revenue":12.5,"x":"\u2028"}"#.utf8))),
+            EventRecord(messageId: "m-1", type: .page, name: "Home", time: 1_760_000_000_123, channel: "web", properties: .emptyObject),
+        ]
+        head.aggregates = SortedDictionary(ascending: ["Home", "Order \"Completed\"\n"], [
+            EventAggregate(count: 1, revenueMicros: 0), EventAggregate(count: 2, revenueMicros: -1_000_001),
+        ])!
+        head.messageCount = 7
+        head.firstSeen = -62_167_219_200_001
+        head.lastSeen = 253_402_300_800_000
+        let members = [
+            Identifier(kind: .userId, value: "u-\"1\"")!, Identifier(kind: .email, value: "zoë@example.com")!,
+            Identifier(kind: .phone, value: "+44 \\ 7700")!, Identifier(kind: .anonymousId, value: "a-\u{2028}")!,
+            Identifier(kind: .anonymousId, value: "a-1")!,
+        ].sorted()
+        return ProfileView(canonical: members[0], members: members, head: head)
+    }
+}
