@@ -42,30 +42,48 @@ public struct JSONWriter: Sendable {
     /// Bytes the caller guarantees are valid JSON in this position.
     public mutating func raw(_ more: UnsafeBufferPointer<UInt8>) { bytes.append(contentsOf: more) }
 
+    /// Fixed text (punctuation and member names a renderer writes as one piece).
+    public mutating func raw(static text: StaticString) {
+        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
     /// Lets `body` append text that it guarantees is valid JSON in this position.
     public mutating func appendRaw(_ body: (inout [UInt8]) -> Void) { body(&bytes) }
 
     /// An integer's decimal literal, written digit by digit (no `String` made for it).
     public mutating func write(integer: Int64) {
-        if integer < 0 { bytes.append(UInt8(ascii: "-")) }
-        let magnitude = integer.magnitude
-        var divisor: UInt64 = 1
-        while magnitude / divisor >= 10 { divisor *= 10 }
-        while divisor > 0 {
-            bytes.append(UInt8(ascii: "0") + UInt8(magnitude / divisor % 10))
-            divisor /= 10
-        }
+        write(fixedPoint: integer, scale: 0)
     }
 
-    /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567).
+    /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567), without
+    /// trailing zeros in the fraction. Digits are written into a buffer on the stack, last
+    /// first, and appended once (revenue sums are written on every read of a buyer's profile).
     public mutating func write(fixedPoint value: Int64, scale: Int) {
-        var digits = String(value.magnitude)
-        if digits.count <= scale { digits = String(repeating: "0", count: scale - digits.count + 1) + digits }
-        var integerPart = String(digits.dropLast(scale))
-        var fraction = String(digits.suffix(scale))
-        while fraction.hasSuffix("0") { fraction.removeLast() }
-        if value < 0 { integerPart = "-" + integerPart }
-        raw(fraction.isEmpty ? integerPart : integerPart + "." + fraction)
+        precondition((0...18).contains(scale), "scale must be 0 to 18")
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 42) { text in
+            var at = text.count
+            func put(_ byte: UInt8) {
+                at -= 1
+                text[at] = byte
+            }
+            var rest = value.magnitude
+            var fraction = scale
+            while fraction > 0 && rest % 10 == 0 {  // trailing zeros of the fraction are left out
+                rest /= 10
+                fraction -= 1
+            }
+            for _ in 0..<fraction {
+                put(UInt8(ascii: "0") + UInt8(rest % 10))
+                rest /= 10
+            }
+            if fraction > 0 { put(UInt8(ascii: ".")) }
+            repeat {
+                put(UInt8(ascii: "0") + UInt8(rest % 10))
+                rest /= 10
+            } while rest > 0
+            if value < 0 { put(UInt8(ascii: "-")) }
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[at...]))
+        }
     }
 
     public mutating func write(string: String) {

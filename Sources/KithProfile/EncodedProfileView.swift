@@ -142,23 +142,25 @@ public struct EncodedProfileView: Sendable {
 
     private func writeConsent(_ text: Text, to writer: inout JSONWriter) {
         var r = reader(at: consentAt)
-        writer.writeObject { object in
-            for _ in 0..<Self.count(&r) {
-                let category = Self.range(&r)
-                let granted = Self.unchecked { try r.readBool() }
-                let time = Self.unchecked { try r.readSigned() }
-                _ = Self.range(&r)
-                let source = Self.range(&r)
-                guard !Self.isReserved(text[category]) else { continue }
-                object.member(utf8: text[category]) { w in
-                    w.writeObject { o in
-                        o.member("status", string: granted ? "granted" : "denied")
-                        o.member("time") { $0.write(time: time) }
-                        o.member("source") { $0.write(utf8: text[source]) }
-                    }
-                }
-            }
+        var first = true
+        writer.raw(byte: UInt8(ascii: "{"))
+        for _ in 0..<Self.count(&r) {
+            let category = Self.range(&r)
+            let granted = Self.unchecked { try r.readBool() }
+            let time = Self.unchecked { try r.readSigned() }
+            _ = Self.range(&r)
+            let source = Self.range(&r)
+            guard !Self.isReserved(text[category]) else { continue }
+            if !first { writer.raw(byte: UInt8(ascii: ",")) }
+            first = false
+            writer.write(utf8: text[category])
+            writer.raw(static: granted ? #":{"status":"granted","time":"# : #":{"status":"denied","time":"#)
+            writer.write(time: time)
+            writer.raw(static: #","source":"#)
+            writer.write(utf8: text[source])
+            writer.raw(byte: UInt8(ascii: "}"))
         }
+        writer.raw(byte: UInt8(ascii: "}"))
     }
 
     private func writeGroups(_ text: Text, to writer: inout JSONWriter) {
@@ -175,33 +177,40 @@ public struct EncodedProfileView: Sendable {
         let messages = Self.unchecked { try totals.readSigned() }
         let firstSeen = Self.unchecked { try totals.readOptionalSigned() }
         let lastSeen = Self.unchecked { try totals.readOptionalSigned() }
-        var r = reader(at: aggregatesAt)
-        writer.writeObject { object in
-            object.member("messages", integer: messages)
-            if let firstSeen { object.member("firstSeen") { $0.write(time: firstSeen) } }
-            if let lastSeen { object.member("lastSeen") { $0.write(time: lastSeen) } }
-            object.member("events") { w in
-                w.writeObject { o in
-                    for _ in 0..<Self.count(&r) {
-                        let name = Self.range(&r)
-                        let count = Self.unchecked { try r.readSigned() }
-                        let revenue = Self.unchecked { try r.readSigned() }
-                        o.member(utf8: text[name]) { w in
-                            w.writeObject { e in
-                                e.member("count", integer: count)
-                                if revenue != 0 { e.member("revenue") { $0.write(fixedPoint: revenue, scale: 6) } }
-                            }
-                        }
-                    }
-                }
-            }
+        writer.raw(static: #"{"messages":"#)
+        writer.write(integer: messages)
+        if let firstSeen {
+            writer.raw(static: #","firstSeen":"#)
+            writer.write(time: firstSeen)
         }
+        if let lastSeen {
+            writer.raw(static: #","lastSeen":"#)
+            writer.write(time: lastSeen)
+        }
+        writer.raw(static: #","events":{"#)
+        var r = reader(at: aggregatesAt)
+        for index in 0..<Self.count(&r) {
+            let name = Self.range(&r)
+            let count = Self.unchecked { try r.readSigned() }
+            let revenue = Self.unchecked { try r.readSigned() }
+            if index > 0 { writer.raw(byte: UInt8(ascii: ",")) }
+            writer.write(utf8: text[name])
+            writer.raw(static: #":{"count":"#)
+            writer.write(integer: count)
+            if revenue != 0 {
+                writer.raw(static: #","revenue":"#)
+                writer.write(fixedPoint: revenue, scale: 6)
+            }
+            writer.raw(byte: UInt8(ascii: "}"))
+        }
+        writer.raw(static: "}}")
     }
 
+    /// Each event as `JSONWriter.writeEvent` writes it, its fixed text written in whole pieces.
     private func writeEvents(_ text: Text, to writer: inout JSONWriter) {
         var r = reader(at: recentAt)
-        let count = Self.count(&r)
-        writer.writeArray(0..<count) { w, _ in
+        writer.raw(byte: UInt8(ascii: "["))
+        for index in 0..<Self.count(&r) {
             let messageId = Self.range(&r)
             let type = MessageType(code: Self.unchecked { try r.readByte() })!
             let name = Self.range(&r)
@@ -209,14 +218,30 @@ public struct EncodedProfileView: Sendable {
             let channel = Self.range(&r)
             _ = Self.unchecked { try r.readOptionalSigned() }
             let properties = Self.range(&r)
-            w.writeObject { object in
-                object.member("messageId") { $0.write(utf8: text[messageId]) }
-                object.member("type", string: type.rawValue)
-                object.member(type == .track ? "event" : "name") { $0.write(utf8: text[name]) }
-                object.member("timestamp") { $0.write(time: time) }
-                object.member("channel") { $0.write(utf8: text[channel]) }
-                object.member("properties") { $0.raw(text[properties]) }
-            }
+            writer.raw(static: index == 0 ? #"{"messageId":"# : #",{"messageId":"#)
+            writer.write(utf8: text[messageId])
+            writer.raw(static: Self.typeAndName(type))
+            writer.write(utf8: text[name])
+            writer.raw(static: #","timestamp":"#)
+            writer.write(time: time)
+            writer.raw(static: #","channel":"#)
+            writer.write(utf8: text[channel])
+            writer.raw(static: #","properties":"#)
+            writer.raw(text[properties])
+            writer.raw(byte: UInt8(ascii: "}"))
+        }
+        writer.raw(byte: UInt8(ascii: "]"))
+    }
+
+    /// The `type` member and the key of the name that follows it (`event` for a track).
+    private static func typeAndName(_ type: MessageType) -> StaticString {
+        switch type {
+        case .identify: #","type":"identify","name":"#
+        case .track: #","type":"track","event":"#
+        case .page: #","type":"page","name":"#
+        case .screen: #","type":"screen","name":"#
+        case .group: #","type":"group","name":"#
+        case .alias: #","type":"alias","name":"#
         }
     }
 

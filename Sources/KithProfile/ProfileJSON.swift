@@ -27,11 +27,7 @@ extension ProfileView {
 extension JSONWriter {
     /// An ISO 8601 time as a JSON string, written straight into the buffer.
     public mutating func write(time millis: Int64) {
-        appendRaw { bytes in
-            bytes.append(UInt8(ascii: "\""))
-            ISO8601.append(millis: millis, to: &bytes)
-            bytes.append(UInt8(ascii: "\""))
-        }
+        appendRaw { ISO8601.append(millis: millis, to: &$0, quoted: true) }
     }
 
     public mutating func writeIdentifiers(_ members: [Identifier]) {

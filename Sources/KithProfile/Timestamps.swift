@@ -71,47 +71,51 @@ public enum ISO8601 {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Appends the `format(millis:)` text to `bytes` without building intermediate strings
-    /// (profile reads render several times per profile).
-    public static func append(millis: Int64, to bytes: inout [UInt8]) {
+    /// Appends the `format(millis:)` text to `bytes` (in double quotes when `quoted`, as JSON
+    /// writes it) without building intermediate strings.
+    public static func append(millis: Int64, to bytes: inout [UInt8], quoted: Bool = false) {
         let (daysPart, msOfDay) = floorDivide(millis, 86_400_000)
         let (year, month, day) = civilFromDays(daysPart)
         let expanded = year < 0 || year > 9_999  // outside RFC 3339's range: an ISO 8601 expanded year
         // Written into a buffer on the stack and appended once: a time is written for every
         // event a profile read renders, and an append per character was a tenth of a read.
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 27) { text in
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 29) { text in
             var at = 0
-            func put(_ value: Int64, _ width: Int) {
-                var rest = value
-                for index in stride(from: at + width - 1, through: at, by: -1) {
-                    text[index] = UInt8(ascii: "0") + UInt8(rest % 10)
-                    rest /= 10
-                }
-                at += width
-            }
             func put(_ character: Unicode.Scalar) {
                 text[at] = UInt8(ascii: character)
                 at += 1
             }
+            func put(twoDigits value: Int64) {
+                text[at] = UInt8(ascii: "0") + UInt8(value / 10)
+                text[at + 1] = UInt8(ascii: "0") + UInt8(value % 10)
+                at += 2
+            }
+            if quoted { put("\"") }
             if expanded {
                 put(year < 0 ? "-" : "+")
-                put(abs(year), 6)
+                let magnitude = abs(year) % 1_000_000
+                put(twoDigits: magnitude / 10_000)
+                put(twoDigits: magnitude / 100 % 100)
             } else {
-                put(year, 4)
+                put(twoDigits: year / 100)
             }
+            put(twoDigits: abs(year) % 100)
             put("-")
-            put(month, 2)
+            put(twoDigits: month)
             put("-")
-            put(day, 2)
+            put(twoDigits: day)
             put("T")
-            put(msOfDay / 3_600_000, 2)
+            put(twoDigits: msOfDay / 3_600_000)
             put(":")
-            put(msOfDay / 60_000 % 60, 2)
+            put(twoDigits: msOfDay / 60_000 % 60)
             put(":")
-            put(msOfDay / 1_000 % 60, 2)
+            put(twoDigits: msOfDay / 1_000 % 60)
             put(".")
-            put(msOfDay % 1_000, 3)
+            put(twoDigits: msOfDay % 1_000 / 10)
+            text[at] = UInt8(ascii: "0") + UInt8(msOfDay % 10)
+            at += 1
             put("Z")
+            if quoted { put("\"") }
             bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[..<at]))
         }
     }

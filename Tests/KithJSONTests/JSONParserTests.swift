@@ -109,6 +109,29 @@ struct JSONParserTests {
         #expect(writer.string == "1.2345,-0.00005,7")
     }
 
+    /// Fixed-point values are written digit by digit: the same text as the plain decimal
+    /// arithmetic on strings that the writer once used.
+    @Test func fixedPointIsWrittenAsItsShortestExactDecimal() {
+        func reference(_ value: Int64, _ scale: Int) -> String {
+            var digits = String(value.magnitude)
+            if digits.count <= scale { digits = String(repeating: "0", count: scale - digits.count + 1) + digits }
+            let integerPart = (value < 0 ? "-" : "") + digits.dropLast(scale)
+            var fraction = String(digits.suffix(scale))
+            while fraction.hasSuffix("0") { fraction.removeLast() }
+            return fraction.isEmpty ? integerPart : integerPart + "." + fraction
+        }
+        var random = SplitMix64(seed: 12)
+        var values: [Int64] = [0, 1, -1, 10, 1_000_000, -1_000_000, 1_000_001, .max, .min, .max - 1, .min + 1]
+        for _ in 0..<3_000 { values.append(Int64(bitPattern: random.next()) >> Int64(random.below(64))) }
+        for value in values {
+            for scale in [0, 1, 2, 6, 9, 18] {
+                var writer = JSONWriter()
+                writer.write(fixedPoint: value, scale: scale)
+                #expect(writer.string == reference(value, scale), "\(value) scale \(scale)")
+            }
+        }
+    }
+
     /// Integers are written digit by digit: the same text as Swift's own description.
     @Test func integersAreWrittenAsTheirDecimalLiterals() {
         var random = SplitMix64(seed: 11)
