@@ -218,9 +218,19 @@ public struct BinaryReader: Sendable {
 
     /// Most stored strings are ASCII: checked cheaply, so the generic validator runs only for the rest.
     private static func isASCII(_ region: UnsafeBufferPointer<UInt8>) -> Bool {
-        var ascii: UInt8 = 0
-        for byte in region { ascii |= byte }
-        return ascii < 0x80
+        guard let start = region.baseAddress else { return true }
+        // Eight bytes at a time, then the rest one by one.
+        var high: UInt64 = 0
+        var index = 0
+        while index + 8 <= region.count {
+            high |= UnsafeRawPointer(start).loadUnaligned(fromByteOffset: index, as: UInt64.self)
+            index += 8
+        }
+        while index < region.count {
+            high |= UInt64(region[index])
+            index += 1
+        }
+        return high & 0x8080_8080_8080_8080 == 0
     }
 
     public mutating func read<T: BinaryCodable>(_ type: T.Type = T.self) throws -> T {

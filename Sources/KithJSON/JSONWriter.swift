@@ -91,9 +91,11 @@ public struct JSONWriter: Sendable {
         string.withUTF8 { write(utf8: $0) }
     }
 
-    /// A string given as its UTF-8 bytes (which must be valid UTF-8), quoted and escaped.
-    public mutating func write(utf8: UnsafeBufferPointer<UInt8>) {
+    /// A string given as its UTF-8 bytes (which must be valid UTF-8), quoted and escaped, after
+    /// `prefix` (text that needs no escaping).
+    public mutating func write(utf8: UnsafeBufferPointer<UInt8>, prefix: StaticString = "") {
         bytes.append(UInt8(ascii: "\""))
+        raw(static: prefix)
         var runStart = 0
         var i = 0
         while i < utf8.count {

@@ -107,25 +107,35 @@ public struct EncodedProfileView: Sendable {
         var r = reader(at: 1)
         let (kind, value) = Self.identifier(&r)
         // The canonical identifier's description, `kind:value`, as one JSON string.
-        var description = Array(kind.name.utf8)
-        description.append(UInt8(ascii: ":"))
-        description.append(contentsOf: text[value])
-        description.withUnsafeBufferPointer { writer.write(utf8: $0) }
+        writer.write(utf8: text[value], prefix: kind.descriptionPrefix)
     }
 
+    /// `{"user_id":[…],"email":[…],…}`: kinds in their order, each kind's members in theirs.
     private func writeIdentifiers(_ text: Text, to writer: inout JSONWriter) {
         var r = reader(at: membersAt)
         let count = Self.count(&r)
-        var members: [(kind: IdentifierKind, value: Range<Int>)] = []
-        members.reserveCapacity(count)
-        for _ in 0..<count { members.append(Self.identifier(&r)) }
-        writer.writeObject { object in
-            for kind in IdentifierKind.allCases where members.contains(where: { $0.kind == kind }) {
-                object.member(kind.name) { w in
-                    w.writeArray(members.lazy.filter { $0.kind == kind }) { w, member in w.write(utf8: text[member.value]) }
-                }
+        let start = r.offset
+        var present: UInt8 = 0
+        for _ in 0..<count { present |= 1 << Self.identifier(&r).kind.rawValue }
+        writer.raw(byte: UInt8(ascii: "{"))
+        var firstKind = true
+        for kind in IdentifierKind.allCases where present & (1 << kind.rawValue) != 0 {
+            writer.raw(static: firstKind ? "" : ",")
+            firstKind = false
+            writer.raw(static: kind.jsonKey)
+            writer.raw(byte: UInt8(ascii: "["))
+            var members = BinaryReader(bytes, at: start)
+            var firstValue = true
+            for _ in 0..<count {
+                let member = Self.identifier(&members)
+                guard member.kind == kind else { continue }
+                if !firstValue { writer.raw(byte: UInt8(ascii: ",")) }
+                firstValue = false
+                writer.write(utf8: text[member.value])
             }
+            writer.raw(byte: UInt8(ascii: "]"))
         }
+        writer.raw(byte: UInt8(ascii: "}"))
     }
 
     private func writeTraits(_ text: Text, to writer: inout JSONWriter) {

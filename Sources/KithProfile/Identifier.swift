@@ -19,6 +19,28 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
         }
     }
 
+    /// `"name":`, as a JSON member key.
+    var jsonKey: StaticString {
+        switch self {
+        case .userId: #""user_id":"#
+        case .email: #""email":"#
+        case .phone: #""phone":"#
+        case .deviceId: #""device_id":"#
+        case .anonymousId: #""anonymous_id":"#
+        }
+    }
+
+    /// `name:`, how an identifier's description begins.
+    var descriptionPrefix: StaticString {
+        switch self {
+        case .userId: "user_id:"
+        case .email: "email:"
+        case .phone: "phone:"
+        case .deviceId: "device_id:"
+        case .anonymousId: "anonymous_id:"
+        }
+    }
+
     public init?(name: String) {
         guard let kind = Self.allCases.first(where: { $0.name == name }) else { return nil }
         self = kind

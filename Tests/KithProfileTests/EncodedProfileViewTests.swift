@@ -26,6 +26,15 @@ struct EncodedProfileViewTests {
         try expectSameReading(empty)
     }
 
+    /// Every kind can be a profile's canonical identifier (the rules' priority decides).
+    @Test func rendersEveryKindOfCanonicalIdentifier() throws {
+        for kind in IdentifierKind.allCases {
+            var view = Self.awkwardView()
+            view.canonical = view.members.first { $0.kind == kind }!
+            try expectSameReading(view)
+        }
+    }
+
     @Test func refusesEveryTruncationAndAnUnknownVersion() throws {
         let bytes = ProfileFormat.encode(Self.awkwardView())
         for length in 0..<bytes.count {
@@ -109,7 +118,8 @@ struct EncodedProfileViewTests {
         head.lastSeen = 253_402_300_800_000
         let members = [
             Identifier(kind: .userId, value: "u-\"1\"")!, Identifier(kind: .email, value: "zoë@example.com")!,
-            Identifier(kind: .phone, value: "+44 \\ 7700")!, Identifier(kind: .anonymousId, value: "a-\u{2028}")!,
+            Identifier(kind: .phone, value: "+44 \\ 7700")!, Identifier(kind: .deviceId, value: "d/1")!,
+            Identifier(kind: .anonymousId, value: "a-\u{2028}")!,
             Identifier(kind: .anonymousId, value: "a-1")!,
         ].sorted()
         return ProfileView(canonical: members[0], members: members, head: head)
