@@ -120,7 +120,7 @@ public struct EncodedProfileView: Sendable {
         writer.raw(byte: UInt8(ascii: "{"))
         var firstKind = true
         for kind in IdentifierKind.allCases where present & (1 << kind.rawValue) != 0 {
-            writer.raw(static: firstKind ? "" : ",")
+            if !firstKind { writer.raw(byte: UInt8(ascii: ",")) }
             firstKind = false
             writer.raw(static: kind.jsonKey)
             writer.raw(byte: UInt8(ascii: "["))
