@@ -193,15 +193,8 @@ public struct BinaryReader: Sendable {
     }
 
     public mutating func readString() throws -> String {
-        let start = offset
-        let range = try readBytesRange()
-        let string: String? = bytes.withUnsafeBufferPointer { all in
-            let region = UnsafeBufferPointer(rebasing: all[range])
-            if Self.isASCII(region) { return String(decoding: region, as: UTF8.self) }
-            return String(validating: region, as: UTF8.self)
-        }
-        guard let string else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
-        return string
+        let range = try readStringRange()  // checked: valid UTF-8, so decoding repairs nothing
+        return bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[range]), as: UTF8.self) }
     }
 
     /// Where a string lies, checked as `readString` checks it (valid UTF-8) but not copied.

@@ -124,7 +124,7 @@ public struct EncodedProfileView: Sendable {
             firstKind = false
             writer.raw(static: kind.jsonKey)
             writer.raw(byte: UInt8(ascii: "["))
-            var members = BinaryReader(bytes, at: start)
+            var members = reader(at: start)
             var firstValue = true
             for _ in 0..<count {
                 let member = Self.identifier(&members)
