@@ -1,5 +1,6 @@
 #ifndef KITH_CCRYPTO_SHIM_H
 #define KITH_CCRYPTO_SHIM_H
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>

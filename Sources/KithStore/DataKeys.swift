@@ -23,18 +23,18 @@ enum KeySlot {
 
     static func offset(_ slot: UInt32) -> Int { headerSize + Int(slot) * size }
 
-    static func encode(tag: UInt64, key: [UInt8]) -> [UInt8] {
-        precondition(tag != 0 && key.count == AESGCM.keySize)
-        return bigEndian(tag) + key + [UInt8](repeating: 0, count: size - 8 - AESGCM.keySize)
+    static func encode(tag: UInt64, key: AESGCM.Key) -> [UInt8] {
+        precondition(tag != 0)
+        return bigEndian(tag) + key.byteArray + [UInt8](repeating: 0, count: size - 8 - AESGCM.keySize)
     }
 
     /// The tag and key in a slot, or nil for a free slot.
-    static func decode(_ bytes: ArraySlice<UInt8>) -> (tag: UInt64, key: [UInt8])? {
+    static func decode(_ bytes: ArraySlice<UInt8>) -> (tag: UInt64, key: AESGCM.Key)? {
         guard bytes.count == size else { return nil }
         let start = bytes.startIndex
         let tag = bytes[start..<(start + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
         guard tag != 0 else { return nil }
-        return (tag, Array(bytes[(start + 8)..<(start + 8 + AESGCM.keySize)]))
+        return (tag, AESGCM.Key(bytes[(start + 8)..<(start + 8 + AESGCM.keySize)])!)
     }
 
     static func bigEndian(_ value: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: value >> (56 - 8 * $0)) } }
@@ -57,9 +57,8 @@ struct KeyTable {
         bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: slot * Self.stride, as: UInt64.self) }
     }
 
-    func key(_ slot: Int) -> [UInt8] {
-        let start = slot * Self.stride + 8
-        return Array(bytes[start..<(start + AESGCM.keySize)])
+    func key(_ slot: Int) -> AESGCM.Key {
+        bytes.withUnsafeBytes { AESGCM.Key(loading: $0.baseAddress! + slot * Self.stride + 8) }
     }
 
     /// Adds free slots up to `count` slots.
@@ -67,11 +66,11 @@ struct KeyTable {
         if count > self.count { bytes += [UInt8](repeating: 0, count: (count - self.count) * Self.stride) }
     }
 
-    mutating func set(_ slot: Int, tag: UInt64, key: [UInt8]) {
-        precondition(tag != 0 && key.count == AESGCM.keySize)
+    mutating func set(_ slot: Int, tag: UInt64, key: AESGCM.Key) {
+        precondition(tag != 0)
         let start = slot * Self.stride
         withUnsafeBytes(of: tag) { bytes.replaceSubrange(start..<(start + 8), with: $0) }
-        bytes.replaceSubrange((start + 8)..<(start + Self.stride), with: key)
+        bytes.replaceSubrange((start + 8)..<(start + Self.stride), with: key.byteArray)
     }
 
     mutating func free(_ slot: Int) {
@@ -160,16 +159,16 @@ final class DataKeyStore: @unchecked Sendable {
     }
 
     /// The key of `id`, or nil when it has been destroyed.
-    func key(for id: DataKeyID) -> [UInt8]? {
+    func key(for id: DataKeyID) -> AESGCM.Key? {
         state.withLock { state in
             state.slots.holds(id) ? state.slots.key(Int(id.slot)) : nil
         }
     }
 
     /// A new key, already durable. Refills the pool (one sync) when it is empty.
-    func issue() throws -> (id: DataKeyID, key: [UInt8]) {
+    func issue() throws -> (id: DataKeyID, key: AESGCM.Key) {
         while true {
-            if let issued = state.withLock({ state -> (DataKeyID, [UInt8])? in
+            if let issued = state.withLock({ state -> (DataKeyID, AESGCM.Key)? in
                 guard let id = state.pool.popLast() else { return nil }
                 return (id, state.slots.key(Int(id.slot)))
             }) {
@@ -211,13 +210,13 @@ final class DataKeyStore: @unchecked Sendable {
             }
             let slots = free + (end..<(end + UInt32(Self.poolSize - free.count)))
             let random = try Crypto.randomBytes(Self.poolSize * (8 + AESGCM.keySize))
-            var made: [(DataKeyID, [UInt8])] = []
+            var made: [(DataKeyID, AESGCM.Key)] = []
             var appended: [UInt8] = []
             for (index, slot) in slots.enumerated() {
                 let start = index * (8 + AESGCM.keySize)
                 // A zero tag marks a free slot; one in 2^64 draws is replaced by 1.
                 let tag = max(1, random[start..<(start + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
-                let key = Array(random[(start + 8)..<(start + 8 + AESGCM.keySize)])
+                let key = AESGCM.Key(random[(start + 8)..<(start + 8 + AESGCM.keySize)])!
                 let encoded = KeySlot.encode(tag: tag, key: key)
                 if slot >= end { appended += encoded } else { try write(encoded, at: KeySlot.offset(slot)) }
                 made.append((DataKeyID(slot: slot, tag: tag), key))

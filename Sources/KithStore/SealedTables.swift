@@ -40,7 +40,7 @@ struct Sealing: Sendable {
 final class SealingSession {
     let sealing: Sealing
     private var pseudonyms = PseudonymMemo()
-    private var keysInUse: [ByteKey: (id: DataKeyID, key: [UInt8])] = [:]
+    private var keysInUse: [ByteKey: (id: DataKeyID, key: AESGCM.Key)] = [:]
     var issued: [DataKeyID] = []
     var retired: [DataKeyID] = []
     /// Owners some of whose rows this transaction deleted: their owner rows go if nothing else is left.
@@ -67,9 +67,9 @@ final class SealingSession {
     func remember(owner: [UInt8], of pseudonym: [UInt8]) { pseudonyms.insert(owner: owner, pseudonym: pseudonym) }
 
     /// The key an owner's new rows get in this transaction, once known.
-    func keyInUse(_ pseudonym: [UInt8]) -> (id: DataKeyID, key: [UInt8])? { keysInUse[ByteKey(pseudonym)] }
+    func keyInUse(_ pseudonym: [UInt8]) -> (id: DataKeyID, key: AESGCM.Key)? { keysInUse[ByteKey(pseudonym)] }
 
-    func setKeyInUse(_ pseudonym: [UInt8], _ key: (id: DataKeyID, key: [UInt8])?) { keysInUse[ByteKey(pseudonym)] = key }
+    func setKeyInUse(_ pseudonym: [UInt8], _ key: (id: DataKeyID, key: AESGCM.Key)?) { keysInUse[ByteKey(pseudonym)] = key }
 
     /// The LMDB key of an engine key of `documents` (also of a prefix or scan start of one).
     func sealedKey(_ plain: [UInt8]) -> [UInt8] {
@@ -92,7 +92,7 @@ final class SealingSession {
     private let cipherGeneration: UInt64
     private var nonces = NonceSource()
 
-    func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: [UInt8], associatedData: [UInt8]) throws -> [UInt8] {
+    func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: AESGCM.Key, associatedData: [UInt8]) throws -> [UInt8] {
         var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 14)
         writer.write(varint: UInt64(id.slot))
         writer.write(bigEndian: id.tag)
@@ -125,7 +125,7 @@ final class SealingSession {
 
     /// `[count] (bytes(owner pseudonym or empty) ‖ bytes(sealed or plain entry))*`.
     func sealEntries(
-        _ entries: [ChangeEntry], table: Table, key: [UInt8], currentKey: ([UInt8]) throws -> (id: DataKeyID, key: [UInt8])
+        _ entries: [ChangeEntry], table: Table, key: [UInt8], currentKey: ([UInt8]) throws -> (id: DataKeyID, key: AESGCM.Key)
     ) throws -> [UInt8] {
         var writer = BinaryWriter(capacity: 300 * entries.count)
         writer.write(count: entries.count)
@@ -465,7 +465,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
     /// The key `pseudonym`'s new rows are sealed with: the one its owner row was sealed with,
     /// or, for an owner without one (new, or erased in this transaction), a newly issued key,
     /// recorded by writing the owner row under it.
-    private func currentKey(_ pseudonym: [UInt8], owner: [UInt8]) throws -> (id: DataKeyID, key: [UInt8]) {
+    private func currentKey(_ pseudonym: [UInt8], owner: [UInt8]) throws -> (id: DataKeyID, key: AESGCM.Key) {
         if let known = session.keyInUse(pseudonym) { return known }
         let rowKey = pseudonym + [Sealing.ownerPart]
         if let row = try base.get(.documents, rowKey) {

@@ -104,19 +104,36 @@ struct AESGCMContextTests {
         var seen = Set<[UInt8]>()
         for (index, size) in [0, 1, 16, 33, 1_000, 5, 64, 2, 300].enumerated() {
             // Two keys in a row, then a switch: both the kept schedule and a new one are used.
-            let key = keys[(index / 2) % keys.count], other = keys[(index / 2 + 1) % keys.count]
+            let keyBytes = keys[(index / 2) % keys.count]
+            let key = try #require(AESGCM.Key(keyBytes)), other = try #require(AESGCM.Key(keys[(index / 2 + 1) % keys.count]))
             let data = bytes(size), aad = bytes(size % 7), nonce = try nonces.next()
             #expect(seen.insert(nonce).inserted)
             let box = try context.seal(data, key: key, nonce: nonce, associatedData: aad)
-            #expect(box == (try AESGCM.seal(data, key: key, nonce: nonce, associatedData: aad)))
+            #expect(box == (try AESGCM.seal(data, key: keyBytes, nonce: nonce, associatedData: aad)))
             #expect(try context.open(box[...], key: key, associatedData: aad) == data)
-            #expect(try AESGCM.open(box, key: key, associatedData: aad) == data)
-            var changed = box
-            changed[changed.count - 1] ^= 0x80
-            #expect(throws: AuthenticationFailure.self) { try context.open(changed[...], key: key, associatedData: aad) }
+            #expect(try AESGCM.open(box, key: keyBytes, associatedData: aad) == data)
+            // The nonce, the body and the tag each count: a change to any of them fails the open.
+            for position in Set([0, AESGCM.nonceSize, box.count - AESGCM.tagSize - 1, box.count - AESGCM.tagSize, box.count - 1]) where position < box.count {
+                var changed = box
+                changed[position] ^= 0x80
+                #expect(throws: AuthenticationFailure.self) { try context.open(changed[...], key: key, associatedData: aad) }
+            }
             #expect(throws: AuthenticationFailure.self) { try context.open(box[...], key: other, associatedData: aad) }
+            #expect(throws: AuthenticationFailure.self) { try context.open(box[...], key: key, associatedData: aad + [0]) }
+            #expect(throws: AuthenticationFailure.self) { try context.open(box.dropLast()[...], key: key, associatedData: aad) }
             #expect(try context.open(box[...], key: key, associatedData: aad) == data, "a failed open leaves the context usable")
+            let framed = bytes(index + 1) + box
+            #expect(try context.open(framed[(index + 1)...], key: key, associatedData: aad) == data, "a box inside a larger row opens from where its slice starts")
         }
         for _ in 0..<600 { #expect(seen.insert(try nonces.next()).inserted) }
+    }
+
+    @Test("a key is exactly 32 bytes, and keeps them in order")
+    func keyHoldsItsBytes() throws {
+        let bytes = (0..<32).map { UInt8($0 * 7 + 1) }
+        #expect(AESGCM.Key(bytes)?.byteArray == bytes)
+        #expect(bytes.withUnsafeBytes { AESGCM.Key(loading: $0.baseAddress!) } == AESGCM.Key(bytes))
+        #expect(AESGCM.Key(bytes.dropLast()) == nil && AESGCM.Key(bytes + [0]) == nil && AESGCM.Key([UInt8]()) == nil)
+        #expect(AESGCM.Key(bytes) != AESGCM.Key(bytes.dropLast() + [0]))
     }
 }
