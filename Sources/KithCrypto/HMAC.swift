@@ -125,14 +125,14 @@ public struct SHA256Stream: ~Copyable {
 /// An HMAC-SHA256 key set up once in libcrypto, for a key that signs many short messages (the
 /// forget-key secret hashes an identifier on every read and erasure, and every stored row on
 /// every write). Each message is signed on a context of its own, so one key serves any number
-/// of threads: a spare context reset to the key when one is free, else a duplicate of the keyed
-/// one (duplicating costs several allocations; resetting costs none).
+/// of threads: a spare context when one is free, else a duplicate of the keyed one (duplicating
+/// costs several allocations; reusing costs none). A caller that signs several messages in a
+/// row on one thread can hold a context of its own (`makeContext`).
 public final class HMACKey: @unchecked Sendable {
     /// Keyed and never used directly: only duplicated.
     private let context: OpaquePointer
-    /// Contexts done with a message, kept for the next ones (at most `spareLimit`), as their
-    /// addresses (a pointer is not `Sendable`; these are owned here alone).
-    private let spares = Mutex<[UInt]>([])
+    /// Contexts done with a message, kept for the next ones (at most `spareLimit`).
+    private let spares = Mutex<[HMACContext]>([])
     private static let spareLimit = 8
 
     public init(_ key: [UInt8]) {
@@ -150,44 +150,54 @@ public final class HMACKey: @unchecked Sendable {
         self.context = context
     }
 
-    deinit {
-        EVP_MAC_CTX_free(context)
-        spares.withLock { spares in for spare in spares { EVP_MAC_CTX_free(OpaquePointer(bitPattern: spare)) } }
-    }
+    deinit { EVP_MAC_CTX_free(context) }
+
+    /// A context of this key for the caller alone (one thread at a time).
+    public func makeContext() -> HMACContext { HMACContext(duplicating: context) }
 
     /// HMAC-SHA256 of `message` under this key (the same bytes as `Crypto.hmacSHA256`), or its
-    /// first `count` bytes (one allocation of the size wanted, for pseudonyms on the read path).
+    /// first `count` bytes.
     public func authenticate(_ message: some Collection<UInt8>, truncatedTo count: Int = 32) -> [UInt8] {
         precondition((1...32).contains(count))
-        let working = take()
-        defer { give(working) }
-        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
+        let working = spares.withLock { $0.popLast() } ?? makeContext()
+        defer {
+            spares.withLock { spares in
+                if spares.count < Self.spareLimit { spares.append(working) }
+            }
+        }
+        func mac(_ input: UnsafeRawBufferPointer) -> [UInt8] {
+            [UInt8](unsafeUninitializedCapacity: count) { output, initialized in
+                working.authenticate(input, into: UnsafeMutableRawBufferPointer(output))
+                initialized = count
+            }
+        }
+        return message.withContiguousStorageIfAvailable { mac(UnsafeRawBufferPointer($0)) } ?? Array(message).withUnsafeBytes(mac)
+    }
+}
+
+/// One HMAC-SHA256 context holding its key, for one thread at a time.
+public final class HMACContext: @unchecked Sendable {
+    private let context: OpaquePointer
+
+    init(duplicating keyed: OpaquePointer) {
+        guard let copy = EVP_MAC_CTX_dup(keyed) else { preconditionFailure("HMAC context could not be copied in libcrypto") }
+        context = copy
+    }
+
+    deinit { EVP_MAC_CTX_free(context) }
+
+    /// Writes the first `output.count` bytes (1 to 32) of the MAC of `message` to `output`.
+    public func authenticate(_ message: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        precondition((1...32).contains(output.count))
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 32) { digest in
             var length = 0
-            let updated =
-                message.withContiguousStorageIfAvailable { input in EVP_MAC_update(working, input.baseAddress, input.count) == 1 }
-                ?? Array(message).withUnsafeBufferPointer { input in EVP_MAC_update(working, input.baseAddress, input.count) == 1 }
-            precondition(updated && EVP_MAC_final(working, digest.baseAddress, &length, 32) == 1 && length == 32, "HMAC-SHA256 failed in libcrypto")
-            return Array(digest.prefix(count))
-        }
-    }
-
-    /// A context ready for a new message under this key.
-    private func take() -> OpaquePointer {
-        if let spare = spares.withLock({ $0.popLast() }).flatMap(OpaquePointer.init(bitPattern:)) {
             // A null key restarts the message under the key the context already holds.
-            guard EVP_MAC_init(spare, nil, 0, nil) == 1 else { preconditionFailure("HMAC context could not be reset in libcrypto") }
-            return spare
+            let ok =
+                EVP_MAC_init(context, nil, 0, nil) == 1
+                && EVP_MAC_update(context, message.baseAddress?.assumingMemoryBound(to: UInt8.self), message.count) == 1
+                && EVP_MAC_final(context, digest.baseAddress, &length, 32) == 1 && length == 32
+            precondition(ok, "HMAC-SHA256 failed in libcrypto")
+            output.copyMemory(from: UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(digest)[..<output.count]))
         }
-        guard let copy = EVP_MAC_CTX_dup(context) else { preconditionFailure("HMAC context could not be copied in libcrypto") }
-        return copy
-    }
-
-    private func give(_ used: OpaquePointer) {
-        let kept = spares.withLock { spares -> Bool in
-            guard spares.count < Self.spareLimit else { return false }
-            spares.append(UInt(bitPattern: Int(bitPattern: used)))
-            return true
-        }
-        if !kept { EVP_MAC_CTX_free(used) }
     }
 }

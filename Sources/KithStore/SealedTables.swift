@@ -24,7 +24,13 @@ struct Sealing: Sendable {
     let keys: DataKeyStore
     let hasher: HMACForgetKeyHasher
     /// Cipher contexts of finished transactions, for the next ones.
-    let ciphers = CipherPool()
+    let ciphers: CipherPool
+
+    init(keys: DataKeyStore, hasher: HMACForgetKeyHasher) {
+        self.keys = keys
+        self.hasher = hasher
+        ciphers = CipherPool(pseudonymKey: hasher.key)
+    }
 
     static let pseudonymSize = 16
     /// The part of the row holding the owner's identifier key.
@@ -48,15 +54,19 @@ final class SealingSession {
 
     init(_ sealing: Sealing) {
         self.sealing = sealing
-        (cipher, cipherGeneration) = sealing.ciphers.take()
+        (contexts, contextGeneration) = sealing.ciphers.take()
     }
 
-    deinit { sealing.ciphers.give(cipher, generation: cipherGeneration) }
+    deinit { sealing.ciphers.give(contexts, generation: contextGeneration) }
 
+    /// The first `Sealing.pseudonymSize` bytes of the identifier's forget key.
     func pseudonym(_ identifierKey: some Collection<UInt8>) -> [UInt8] {
         let identifierKey = Array(identifierKey)
         if let known = pseudonyms.pseudonym(of: identifierKey) { return known }
-        let pseudonym = sealing.hasher.forgetKeyBytes(forKey: identifierKey, truncatedTo: Sealing.pseudonymSize)
+        let pseudonym = [UInt8](unsafeUninitializedCapacity: Sealing.pseudonymSize) { output, initialized in
+            identifierKey.withUnsafeBytes { contexts.mac.authenticate($0, into: UnsafeMutableRawBufferPointer(output)) }
+            initialized = Sealing.pseudonymSize
+        }
         pseudonyms.insert(owner: identifierKey, pseudonym: pseudonym)
         return pseudonym
     }
@@ -86,10 +96,12 @@ final class SealingSession {
 
     // MARK: - Boxes
 
-    /// One libcrypto context for the rows of this transaction, re-keyed from owner to owner
-    /// (taken from the pool and given back), and nonces drawn in blocks.
-    private let cipher: AESGCMContext
-    private let cipherGeneration: UInt64
+    /// The libcrypto contexts of this transaction, taken from the pool and given back: one
+    /// AES-GCM context for its rows, re-keyed from owner to owner, and one HMAC context for its
+    /// pseudonyms. Nonces are drawn in blocks.
+    private let contexts: SessionContexts
+    private let contextGeneration: UInt64
+    private var cipher: AESGCMContext { contexts.cipher }
     private var nonces = NonceSource()
 
     func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: AESGCM.Key, associatedData: [UInt8]) throws -> [UInt8] {
@@ -223,26 +235,38 @@ struct PseudonymMemo {
     }
 }
 
-/// AES-GCM contexts kept between transactions: a read is one short transaction, and making and
-/// freeing a libcrypto context for each costs about as much as opening its row. At most
-/// `spareLimit` are kept (about one per thread that reads or writes at once).
+/// The libcrypto contexts one session works with.
+final class SessionContexts: Sendable {
+    let cipher = AESGCMContext()
+    let mac: HMACContext
+
+    init(pseudonymKey: HMACKey) { mac = pseudonymKey.makeContext() }
+}
+
+/// Contexts kept between transactions: a read is one short transaction, and making and freeing
+/// libcrypto contexts for each costs about as much as opening its row. At most `spareLimit`
+/// are kept (about one per thread that reads or writes at once); a session takes its contexts
+/// and gives them back under one lock each way.
 ///
-/// A context holds the schedule of the last key it used. When keys are destroyed, `removeAll`
-/// frees the spares (libcrypto wipes them), and contexts taken before come back to be freed,
-/// not kept: no destroyed key outlives its destruction in a kept context.
+/// A cipher context holds the schedule of the last key it used. When keys are destroyed,
+/// `removeAll` frees the spares (libcrypto wipes them), and contexts taken before come back to
+/// be freed, not kept: no destroyed key outlives its destruction in a kept context.
 final class CipherPool: Sendable {
     static let spareLimit = 16
-    private let state = Mutex<(spares: [AESGCMContext], generation: UInt64)>(([], 0))
+    private let pseudonymKey: HMACKey
+    private let state = Mutex<(spares: [SessionContexts], generation: UInt64)>(([], 0))
 
-    /// A context, and the generation to give it back with.
-    func take() -> (context: AESGCMContext, generation: UInt64) {
+    init(pseudonymKey: HMACKey) { self.pseudonymKey = pseudonymKey }
+
+    /// Contexts, and the generation to give them back with.
+    func take() -> (contexts: SessionContexts, generation: UInt64) {
         let (spare, generation) = state.withLock { state in (state.spares.popLast(), state.generation) }
-        return (spare ?? AESGCMContext(), generation)
+        return (spare ?? SessionContexts(pseudonymKey: pseudonymKey), generation)
     }
 
-    func give(_ context: AESGCMContext, generation: UInt64) {
+    func give(_ contexts: SessionContexts, generation: UInt64) {
         state.withLock { state in
-            if generation == state.generation && state.spares.count < Self.spareLimit { state.spares.append(context) }
+            if generation == state.generation && state.spares.count < Self.spareLimit { state.spares.append(contexts) }
         }
     }
 

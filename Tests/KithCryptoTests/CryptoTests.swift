@@ -34,6 +34,22 @@ struct CryptoTests {
         }
     }
 
+    @Test("a context of a key gives the key's tags, whole and truncated, one message after another")
+    func contextAgreesWithKey() {
+        var random = SplitMix64(seed: 43)
+        let secret = (0..<32).map { _ in UInt8.random(in: 0...255, using: &random) }
+        let key = HMACKey(secret)
+        let context = key.makeContext()
+        for index in 0..<200 {
+            let message = (0..<(index % 90)).map { _ in UInt8.random(in: 0...255, using: &random) }
+            let length = index % 32 + 1
+            var output = [UInt8](repeating: 0, count: length)
+            message.withUnsafeBytes { input in output.withUnsafeMutableBytes { context.authenticate(input, into: $0) } }
+            #expect(output == Array(Crypto.hmacSHA256(key: secret, message: message).prefix(length)))
+            #expect(key.authenticate(message, truncatedTo: length) == output)
+        }
+    }
+
     @Test("a prepared key gives the one-shot tag for any message, from many threads at once")
     func preparedKeyAgreesConcurrently() {
         var random = SplitMix64(seed: 42)

@@ -1,5 +1,6 @@
 import Foundation
 import KithCRDT
+import KithCrypto
 import KithJSON
 import KithLMDB
 import KithProfile
@@ -140,16 +141,16 @@ struct SealingTests {
 
     @Test("cipher contexts are kept between transactions, and none that may hold a destroyed key is kept after an erasure")
     func cipherContextsAreDroppedWhenKeysAreDestroyed() throws {
-        let pool = CipherPool()
+        let pool = CipherPool(pseudonymKey: HMACKey([UInt8](repeating: 9, count: 32)))
         let first = pool.take()
-        pool.give(first.context, generation: first.generation)
+        pool.give(first.contexts, generation: first.generation)
         let again = pool.take()
-        #expect(again.context === first.context && pool.spareCount == 0)
+        #expect(again.contexts === first.contexts && pool.spareCount == 0)
         pool.removeAll()
-        pool.give(again.context, generation: again.generation)
+        pool.give(again.contexts, generation: again.generation)
         #expect(pool.spareCount == 0, "taken before the keys were destroyed: freed, not kept")
         let fresh = pool.take()
-        pool.give(fresh.context, generation: fresh.generation)
+        pool.give(fresh.contexts, generation: fresh.generation)
         #expect(pool.spareCount == 1)
 
         let path = Self.directory()
