@@ -117,28 +117,32 @@ public final class AESGCMContext: @unchecked Sendable {
     }
 
     /// The plaintext of a box sealed under `key`, or `AuthenticationFailure`.
+    public func open(_ box: ArraySlice<UInt8>, key: AESGCM.Key, associatedData: [UInt8]) throws -> [UInt8] {
+        try box.withUnsafeBytes { box in try associatedData.withUnsafeBytes { try open(box, key: key, associatedData: $0) } }
+    }
+
+    /// The same for a box anywhere in memory (a sealed row where it lies in LMDB's map).
     ///
     /// Every read of a sealed row comes here, each under its customer's own key: the only
     /// allocation is the plaintext's (nonce and tag are handed to libcrypto where they lie in
     /// the box, the tag with the key and nonce in one call, and the key is held inline).
-    public func open(_ box: ArraySlice<UInt8>, key: AESGCM.Key, associatedData: [UInt8]) throws -> [UInt8] {
+    public func open(_ box: UnsafeRawBufferPointer, key: AESGCM.Key, associatedData: UnsafeRawBufferPointer) throws -> [UInt8] {
         guard box.count >= AESGCM.overhead else { throw AuthenticationFailure() }
         let count = box.count - AESGCM.overhead
+        let nonce = box.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let body = nonce + AESGCM.nonceSize
+        let context = try prepared(&decryption, &decryptionKey, key, nonce: nonce, tag: body + count)
         var opened = false
-        let plaintext = try box.withUnsafeBufferPointer { input in
-            let nonce = input.baseAddress!
-            let body = nonce + AESGCM.nonceSize
-            let context = try prepared(&decryption, &decryptionKey, key, nonce: nonce, tag: body + count)
-            return [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
-                var length: Int32 = 0
-                initialized = count
-                guard associatedData.isEmpty || EVP_DecryptUpdate(context, nil, &length, associatedData, Int32(associatedData.count)) == 1,
-                    count == 0 || EVP_DecryptUpdate(context, out.baseAddress, &length, body, Int32(count)) == 1
-                else { return }
-                // GCM's final step writes no bytes; it compares the tag.
-                withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { scratch in
-                    opened = EVP_DecryptFinal_ex(context, scratch.baseAddress, &length) == 1
-                }
+        let plaintext = [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
+            var length: Int32 = 0
+            initialized = count
+            let aad = associatedData.baseAddress?.assumingMemoryBound(to: UInt8.self)
+            guard associatedData.isEmpty || EVP_DecryptUpdate(context, nil, &length, aad, Int32(associatedData.count)) == 1,
+                count == 0 || EVP_DecryptUpdate(context, out.baseAddress, &length, body, Int32(count)) == 1
+            else { return }
+            // GCM's final step writes no bytes; it compares the tag.
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { scratch in
+                opened = EVP_DecryptFinal_ex(context, scratch.baseAddress, &length) == 1
             }
         }
         guard opened else { throw AuthenticationFailure() }

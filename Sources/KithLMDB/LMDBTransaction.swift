@@ -24,14 +24,20 @@ public struct LMDBReadTransaction {
 
     /// The value at `key`, copied out, or nil.
     public func get(_ database: LMDBDatabase, _ key: [UInt8]) throws -> [UInt8]? {
-        try key.withUnsafeBytes { keyBytes in
-            var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))
-            var v = MDB_val()
-            let rc = mdb_get(txn, database.handle, &k, &v)
-            if rc == MDB_NOTFOUND { return nil }
-            try LMDBError.check(rc, "mdb_get \(database.name)")
-            return copy(v)
-        }
+        try key.withUnsafeBytes { keyBytes in try withValue(database, keyBytes) { Array($0) } }
+    }
+
+    /// `body`'s result for the value at `key`, or nil when there is none. The value is lent
+    /// where it lies in LMDB's map, for `body` to read and copy what it keeps (a sealed row is
+    /// opened straight from there, with no copy in between). It is valid only while `body`
+    /// runs, and `body` must not write in this transaction (a write may move the page).
+    public func withValue<T>(_ database: LMDBDatabase, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+        var k = MDB_val(mv_size: key.count, mv_data: UnsafeMutableRawPointer(mutating: key.baseAddress))
+        var v = MDB_val()
+        let rc = mdb_get(txn, database.handle, &k, &v)
+        if rc == MDB_NOTFOUND { return nil }
+        try LMDBError.check(rc, "mdb_get \(database.name)")
+        return try body(UnsafeRawBufferPointer(start: v.mv_data, count: v.mv_size))
     }
 
     public func contains(_ database: LMDBDatabase, _ key: [UInt8]) throws -> Bool { try get(database, key) != nil }

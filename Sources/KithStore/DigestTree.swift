@@ -84,6 +84,11 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
         return value
     }
 
+    /// Through `get`, so that what is read is known here too.
+    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+        try get(table, Array(key)).map { try $0.withUnsafeBytes(body) }
+    }
+
     @discardableResult
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         guard DigestTree.isCovered(table, key) else { return try base.put(table, key, value, mode: mode) }

@@ -308,7 +308,7 @@ public final class LMDBProfileStore: EngineBackedStore {
 
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
         try environment.read { txn in
-            try body(SealedReading(base: LMDBReading(reader: txn, tables: tables), session: SealingSession(sealing)))
+            try body(SealedReading(base: LMDBReading(reader: txn, tables: tables), session: SealingSession(sealing, writing: false)))
         }
     }
 
@@ -324,7 +324,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         let result: T
         do {
             result = try environment.write(deferringSync: deferringSync) { txn in
-                let session = SealingSession(sealing)
+                let session = SealingSession(sealing, writing: true)
                 sessions.append(session)
                 let writer = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
                 let value = try body(writer)

@@ -51,9 +51,14 @@ final class SealingSession {
     var retired: [DataKeyID] = []
     /// Owners some of whose rows this transaction deleted: their owner rows go if nothing else is left.
     var deletedFrom: Set<[UInt8]> = []
+    /// Whether point reads remember the pseudonyms they compute. A write reads an identifier's
+    /// rows and then writes them, so it meets each pseudonym again; a read transaction is
+    /// mostly one point read, where remembering costs more than it could save.
+    private let remembersPointReads: Bool
 
-    init(_ sealing: Sealing) {
+    init(_ sealing: Sealing, writing: Bool) {
         self.sealing = sealing
+        remembersPointReads = writing
         (contexts, contextGeneration) = sealing.ciphers.take()
     }
 
@@ -69,6 +74,30 @@ final class SealingSession {
         }
         pseudonyms.insert(owner: identifierKey, pseudonym: pseudonym)
         return pseudonym
+    }
+
+    /// `body` given the LMDB key of the engine key `plain` of `documents`. For the rows a point
+    /// read asks for (an owner's view, index, head or ledger row) the key is made on the stack.
+    func withSealedKey<T>(_ plain: [UInt8], _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
+        guard let zero = plain.firstIndex(of: 0), zero + 1 < plain.count, plain[zero + 1] != DocumentPart.edge.rawValue else {
+            return try sealedKey(plain).withUnsafeBytes(body)
+        }
+        return try withUnsafeTemporaryAllocation(byteCount: Sealing.pseudonymSize + plain.count - zero - 1, alignment: 1) { key in
+            plain.withUnsafeBytes { plain in
+                writePseudonym(of: UnsafeRawBufferPointer(rebasing: plain[..<zero]), into: UnsafeMutableRawBufferPointer(rebasing: key[..<Sealing.pseudonymSize]))
+                UnsafeMutableRawBufferPointer(rebasing: key[Sealing.pseudonymSize...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: plain[(zero + 1)...]))
+            }
+            return try body(UnsafeRawBufferPointer(key))
+        }
+    }
+
+    private func writePseudonym(of identifierKey: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        if let known = pseudonyms.pseudonym(ofBytes: identifierKey) {
+            output.copyBytes(from: known)
+            return
+        }
+        contexts.mac.authenticate(identifierKey, into: output)
+        if remembersPointReads { pseudonyms.insert(owner: Array(identifierKey), pseudonym: Array(output)) }
     }
 
     /// The identifier key behind a pseudonym, when this transaction has seen it.
@@ -112,22 +141,40 @@ final class SealingSession {
         return writer.bytes
     }
 
-    /// Which key sealed a box.
+    /// Which key sealed a box: `varint(slot) ‖ tag (8 bytes, big-endian)` before it.
     static func keyID(_ sealed: [UInt8]) throws -> (id: DataKeyID, offset: Int) {
-        var reader = BinaryReader(sealed)
-        let slot = try reader.readVarint()
-        let tag = try reader.readBigEndianUInt64()
+        try sealed.withUnsafeBytes { try keyID($0) }
+    }
+
+    static func keyID(_ sealed: UnsafeRawBufferPointer) throws -> (id: DataKeyID, offset: Int) {
+        var slot: UInt64 = 0
+        var offset = 0
+        while true {
+            // A slot is a UInt32: at most five varint bytes.
+            guard offset < min(sealed.count, 5) else { throw BinaryDecodingError(.truncated, offset: offset, "key slot") }
+            let byte = sealed[offset]
+            slot |= UInt64(byte & 0x7F) << (7 * UInt64(offset))
+            offset += 1
+            if byte & 0x80 == 0 { break }
+        }
         guard slot <= UInt64(UInt32.max) else { throw BinaryDecodingError(.invalidValue, offset: 0, "key slot") }
-        return (DataKeyID(slot: UInt32(slot), tag: tag), reader.offset)
+        guard sealed.count >= offset + 8 else { throw BinaryDecodingError(.truncated, offset: offset, "key tag") }
+        let tag = (0..<8).reduce(UInt64(0)) { $0 << 8 | UInt64(sealed[offset + $1]) }
+        return (DataKeyID(slot: UInt32(slot), tag: tag), offset + 8)
     }
 
     /// The plaintext, or nil when the key that sealed it has been destroyed (its customer was
     /// erased). A box that does not open under a live key is damage, and throws.
     func open(_ sealed: [UInt8], associatedData: [UInt8], table: Table) throws -> [UInt8]? {
-        let (id, offset) = try Self.keyID(sealed)
-        guard let key = sealing.keys.key(for: id) else { return nil }
+        try sealed.withUnsafeBytes { sealed in try associatedData.withUnsafeBytes { try open(sealed, associatedData: $0, table: table) } }
+    }
+
+    /// The same for a row where it lies (in LMDB's map, lent by `withValue`).
+    func open(_ sealed: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer, table: Table) throws -> [UInt8]? {
         do {
-            return try cipher.open(sealed[offset...], key: key, associatedData: associatedData)
+            let (id, offset) = try Self.keyID(sealed)
+            guard let key = sealing.keys.key(for: id) else { return nil }
+            return try cipher.open(UnsafeRawBufferPointer(rebasing: sealed[offset...]), key: key, associatedData: associatedData)
         } catch {
             throw StoreCorruption(table: table.name, underlying: error)
         }
@@ -209,8 +256,12 @@ struct PseudonymMemo {
     private var byPseudonym: [ByteKey: [UInt8]] = [:]
 
     func pseudonym(of owner: [UInt8]) -> [UInt8]? {
-        if let entry = list.first(where: { $0.owner == owner }) { return entry.pseudonym }
-        return byOwner.isEmpty ? nil : byOwner[ByteKey(owner)]
+        owner.withUnsafeBytes { pseudonym(ofBytes: $0) }
+    }
+
+    func pseudonym(ofBytes owner: UnsafeRawBufferPointer) -> [UInt8]? {
+        if let entry = list.first(where: { $0.owner.withUnsafeBytes { $0.elementsEqual(owner) } }) { return entry.pseudonym }
+        return byOwner.isEmpty ? nil : byOwner[ByteKey(Array(owner))]
     }
 
     func owner(of pseudonym: [UInt8]) -> [UInt8]? {
@@ -295,12 +346,13 @@ struct SealedReading: StoreReading {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         switch table {
         case .documents:
-            // A point read needs only the value: no owner row, no key to rebuild.
-            let sealedKey = session.sealedKey(key)
-            guard let value = try base.get(.documents, sealedKey),
-                let plain = try session.open(value, associatedData: sealedKey, table: .documents)
-            else { return nil }
-            return sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue ? try Self.splitEdge(plain).value : plain
+            // A point read needs only the value: no owner row, no key to rebuild. The row is
+            // opened where it lies in the map: its plaintext is the only copy made.
+            return try session.withSealedKey(key) { sealedKey in
+                guard let plain = try base.withValue(.documents, sealedKey, { try session.open($0, associatedData: sealedKey, table: .documents) }) ?? nil
+                else { return nil }
+                return sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue ? try Self.splitEdge(plain).value : plain
+            }
         case .changes:
             return try base.get(table, key).map { ChangeRecord.encode(try session.openEntries($0, table: table, key: key)) }
         case .ahead:

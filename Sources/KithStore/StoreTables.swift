@@ -71,6 +71,9 @@ enum PutMode: Sendable {
 /// Reads from a consistent snapshot of the tables.
 protocol StoreReading {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]?
+    /// `body`'s result for the value at `key` (nil when there is none), the value lent for
+    /// `body` to read only while it runs: `body` must not write in this transaction.
+    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T?
     /// Visits entries in key order from the first key ≥ `start`, while `body` says `.next`.
     func scan(_ table: Table, from start: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
     func lastKey(_ table: Table) throws -> [UInt8]?
@@ -82,6 +85,11 @@ protocol StoreReading {
 }
 
 extension StoreReading {
+    /// A copy lent: for tables whose values are not in memory as bytes already.
+    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+        try get(table, Array(key)).map { try $0.withUnsafeBytes(body) }
+    }
+
     /// Plain tables know no pseudonyms: hash each identifier held (one seek per identifier).
     func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try identifiers(where: { wanted.contains(hasher.forgetKeyBytes(for: $0)) })
@@ -136,6 +144,9 @@ protocol ReadingThrough: StoreReading {
 
 extension ReadingThrough {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try readThrough.get(table, key) }
+    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+        try readThrough.withValue(table, key, body)
+    }
     func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
         try readThrough.scan(table, from: start, body)
     }
@@ -178,6 +189,9 @@ protocol LMDBTableAccess: StoreReading {
 
 extension LMDBTableAccess {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reader.get(tables[table], key) }
+    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+        try reader.withValue(tables[table], key, body)
+    }
     func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
         try reader.scan(tables[table], from: start, body)
     }

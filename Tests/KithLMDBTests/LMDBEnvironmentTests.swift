@@ -52,6 +52,34 @@ struct LMDBEnvironmentTests {
         #expect(last == bytes("v999"))
     }
 
+    @Test("a value is lent where it lies: the bytes get copies out, nil for a missing key, an empty value as empty")
+    func valuesAreLentInPlace() throws {
+        let path = temporaryDirectory()
+        defer { cleanup(path) }
+        let env = try LMDBEnvironment(path: path)
+        let db = try env.database(named: "things")
+        let large = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 * 31) }  // an overflow page
+        try env.write { txn in
+            try txn.put(db, bytes("small"), bytes("value"))
+            try txn.put(db, bytes("large"), large)
+            try txn.put(db, bytes("empty"), [])
+        }
+        try env.read { txn in
+            for key in ["small", "large", "empty"] {
+                let lent = try bytes(key).withUnsafeBytes { try txn.withValue(db, $0) { Array($0) } }
+                #expect(lent == (try txn.get(db, bytes(key))))
+            }
+            #expect(try bytes("large").withUnsafeBytes { try txn.withValue(db, $0) { $0.count } } == large.count)
+            #expect(try bytes("none").withUnsafeBytes { try txn.withValue(db, $0) { _ in true } } == nil)
+        }
+        // Inside a write, before and after a put in the same transaction.
+        try env.write { txn in
+            #expect(try bytes("small").withUnsafeBytes { try txn.reader.withValue(db, $0) { Array($0) } } == bytes("value"))
+            try txn.put(db, bytes("small"), bytes("changed"))
+            #expect(try bytes("small").withUnsafeBytes { try txn.reader.withValue(db, $0) { Array($0) } } == bytes("changed"))
+        }
+    }
+
     @Test func insertOnlyAndAppendModes() throws {
         let path = temporaryDirectory()
         defer { cleanup(path) }

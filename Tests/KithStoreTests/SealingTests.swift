@@ -97,6 +97,37 @@ struct SealingTests {
         })
     }
 
+    @Test("a sealed row changed or cut short on disk is reported as damage by every read of it, and reads again once restored")
+    func damagedRowsAreReportedAsDamage() throws {
+        let path = Self.directory()
+        defer { Self.remove(path) }
+        let user = Identifier(kind: .userId, value: "canary-user-0a9b")!
+        let store = try Self.open(path)
+        _ = try store.apply(Self.canaryMessages())
+        let viewKey = Array(store.engine.hasher.forgetKeyBytes(for: user).prefix(Sealing.pseudonymSize)) + [DocumentPart.view.rawValue]
+        let documents = try store.environment.database(named: Table.documents.name, create: false)
+        let original = try #require(try store.environment.read { try $0.get(documents, viewKey) })
+        let header = try SealingSession.keyID(original).offset
+        func changed(_ position: Int) -> [UInt8] {
+            var bytes = original
+            bytes[position] ^= 0x01
+            return bytes
+        }
+        let damaged: [(String, [UInt8])] = [
+            ("nonce", changed(header)), ("body", changed(header + AESGCM.nonceSize + 3)), ("tag", changed(original.count - 1)),
+            ("cut in the header", Array(original.prefix(header - 3))), ("cut in the box", Array(original.prefix(header + 20))),
+            ("empty", []),
+        ]
+        for (what, bytes) in damaged {
+            try store.environment.write { try $0.put(documents, viewKey, bytes) }
+            #expect(throws: StoreCorruption.self, "\(what)") { try store.view(of: user) }
+            #expect(throws: StoreCorruption.self, "\(what)") { try store.encodedView(of: user) }
+        }
+        try store.environment.write { try $0.put(documents, viewKey, original) }
+        #expect(try store.encodedView(of: user)?.decoded() == (try store.view(of: user)))
+        #expect(try store.view(of: user) != nil)
+    }
+
     @Test("keys an erasure retired are destroyed at the next open if the process stopped before")
     func retiredKeysAreDestroyedAtOpen() throws {
         let path = Self.directory()
