@@ -130,7 +130,21 @@ public struct BinaryReader: Sendable {
         return bytes[offset]
     }
 
+    /// Most varints in a record are one byte (lengths, counts, kinds): those are read inline,
+    /// the rest by the loop.
+    @inline(__always)
     public mutating func readVarint() throws -> UInt64 {
+        if offset < bytes.count {
+            let byte = bytes[offset]
+            if byte < 0x80 {
+                offset += 1
+                return UInt64(byte)
+            }
+        }
+        return try readLongVarint()
+    }
+
+    private mutating func readLongVarint() throws -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         while true {
@@ -168,7 +182,9 @@ public struct BinaryReader: Sendable {
     public mutating func readCount(minimumItemSize: Int = 1) throws -> Int {
         let start = offset
         let raw = try readVarint()
-        guard raw <= UInt64(remaining / max(minimumItemSize, 1)) else {
+        // `raw * size <= remaining`, without a division (this runs for every string and list).
+        let (needed, overflow) = raw.multipliedReportingOverflow(by: UInt64(max(minimumItemSize, 1)))
+        guard !overflow, needed <= UInt64(remaining) else {
             throw BinaryDecodingError(.lengthExceedsInput, offset: start, "count \(raw)")
         }
         return Int(raw)

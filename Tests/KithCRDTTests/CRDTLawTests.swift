@@ -234,6 +234,30 @@ struct BinaryEncodingTests {
         #expect(throws: BinaryDecodingError.self) { try reader.readString() }
     }
 
+    @Test("a count is accepted exactly when its items could fit in the bytes left, and a count that overflows when multiplied is refused")
+    func countsAreBoundedByTheInput() throws {
+        for size in 1...9 {
+            for left in 0...40 {
+                var writer = BinaryWriter()
+                writer.write(varint: UInt64(left / size))
+                writer.write(raw: [UInt8](repeating: 0, count: left))
+                var fits = BinaryReader(writer.bytes)
+                #expect(try fits.readCount(minimumItemSize: size) == left / size)
+                var tooMany = BinaryWriter()
+                tooMany.write(varint: UInt64(left / size + 1))
+                tooMany.write(raw: [UInt8](repeating: 0, count: left))
+                var reader = BinaryReader(tooMany.bytes)
+                #expect(throws: BinaryDecodingError.self) { try reader.readCount(minimumItemSize: size) }
+            }
+        }
+        var huge = BinaryWriter()
+        huge.write(varint: UInt64.max / 2 + 1)  // times 2 wraps to zero
+        var reader = BinaryReader(huge.bytes + [0, 0])
+        #expect(throws: BinaryDecodingError.self) { try reader.readCount(minimumItemSize: 2) }
+        var cut = BinaryReader([0x80, 0x80])  // a varint whose last byte is missing
+        #expect(throws: BinaryDecodingError.self) { try cut.readVarint() }
+    }
+
     @Test func rejectsOverlongVarints() {
         var reader = BinaryReader([UInt8](repeating: 0xFF, count: 10) + [0x01])
         #expect(throws: BinaryDecodingError.self) { try reader.readVarint() }
