@@ -43,9 +43,7 @@ public struct JSONWriter: Sendable {
     public mutating func raw(_ more: UnsafeBufferPointer<UInt8>) { bytes.append(contentsOf: more) }
 
     /// Fixed text (punctuation and member names a renderer writes as one piece).
-    public mutating func raw(static text: StaticString) {
-        bytes.append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
-    }
+    public mutating func raw(static text: StaticString) { bytes.append(static: text) }
 
     /// Lets `body` append text that it guarantees is valid JSON in this position.
     public mutating func appendRaw(_ body: (inout [UInt8]) -> Void) { body(&bytes) }
@@ -56,34 +54,9 @@ public struct JSONWriter: Sendable {
     }
 
     /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567), without
-    /// trailing zeros in the fraction. Digits are written into a buffer on the stack, last
-    /// first, and appended once (revenue sums are written on every read of a buyer's profile).
+    /// trailing zeros in the fraction (revenue sums are written on every read of a buyer's profile).
     public mutating func write(fixedPoint value: Int64, scale: Int) {
-        precondition((0...18).contains(scale), "scale must be 0 to 18")
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 42) { text in
-            var at = text.count
-            func put(_ byte: UInt8) {
-                at -= 1
-                text[at] = byte
-            }
-            var rest = value.magnitude
-            var fraction = scale
-            while fraction > 0 && rest % 10 == 0 {  // trailing zeros of the fraction are left out
-                rest /= 10
-                fraction -= 1
-            }
-            for _ in 0..<fraction {
-                put(UInt8(ascii: "0") + UInt8(rest % 10))
-                rest /= 10
-            }
-            if fraction > 0 { put(UInt8(ascii: ".")) }
-            repeat {
-                put(UInt8(ascii: "0") + UInt8(rest % 10))
-                rest /= 10
-            } while rest > 0
-            if value < 0 { put(UInt8(ascii: "-")) }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[at...]))
-        }
+        bytes.appendFixedPoint(value, scale: scale)
     }
 
     public mutating func write(string: String) {
@@ -94,47 +67,7 @@ public struct JSONWriter: Sendable {
     /// A string given as its UTF-8 bytes (which must be valid UTF-8), quoted and escaped, after
     /// `prefix` (text that needs no escaping).
     public mutating func write(utf8: UnsafeBufferPointer<UInt8>, prefix: StaticString = "") {
-        bytes.append(UInt8(ascii: "\""))
-        raw(static: prefix)
-        var runStart = 0
-        var i = 0
-        while i < utf8.count {
-            let byte = utf8[i]
-            // Almost every byte is printable ASCII or a UTF-8 byte other than U+2028/9's lead.
-            if byte >= 0x20 && byte != UInt8(ascii: "\"") && byte != UInt8(ascii: "\\") && byte != 0xE2 {
-                i += 1
-                continue
-            }
-            let escape: StaticString?
-            switch byte {
-            case UInt8(ascii: "\""): escape = "\\\""
-            case UInt8(ascii: "\\"): escape = "\\\\"
-            case 0x0A: escape = "\\n"
-            case 0x0D: escape = "\\r"
-            case 0x09: escape = "\\t"
-            case 0..<0x20: escape = nil
-            case 0xE2 where i + 2 < utf8.count && utf8[i + 1] == 0x80 && (utf8[i + 2] == 0xA8 || utf8[i + 2] == 0xA9):
-                bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
-                raw(utf8[i + 2] == 0xA8 ? "\\u2028" : "\\u2029")
-                i += 3
-                runStart = i
-                continue
-            default:
-                i += 1
-                continue
-            }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<i]))
-            if let escape {
-                bytes.append(contentsOf: UnsafeBufferPointer(start: escape.utf8Start, count: escape.utf8CodeUnitCount))
-            } else {
-                let hex: [UInt8] = Array("0123456789abcdef".utf8)
-                bytes.append(contentsOf: [0x5C, 0x75, 0x30, 0x30, hex[Int(byte >> 4)], hex[Int(byte & 0xF)]])
-            }
-            i += 1
-            runStart = i
-        }
-        bytes.append(contentsOf: UnsafeBufferPointer(rebasing: utf8[runStart..<utf8.count]))
-        bytes.append(UInt8(ascii: "\""))
+        bytes.appendString(utf8: utf8, prefix: prefix)
     }
 
     /// `[a,b,c]` with `element` writing each item.

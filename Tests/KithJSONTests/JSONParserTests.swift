@@ -57,6 +57,42 @@ struct JSONParserTests {
         #expect(foundation == tricky)
     }
 
+    @Test("strings are escaped the same wherever the byte to escape falls (the writer skips eight plain bytes at a time), into an array and into a JSONBuffer")
+    func escapingDoesNotDependOnPosition() throws {
+        func reference(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch scalar {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                case "\u{2028}": out += "\\u2028"
+                case "\u{2029}": out += "\\u2029"
+                case _ where scalar.value < 0x20: out += "\\u00" + String(format: "%02x", scalar.value)
+                default: out.unicodeScalars.append(scalar)
+                }
+            }
+            return out + "\""
+        }
+        let specials = ["\"", "\\", "\n", "\r", "\t", "\u{0}", "\u{1}", "\u{1f}", "\u{7f}", " ", "\u{2028}", "\u{2029}", "\u{2027}", "\u{202a}", "é", "😀", "€"]
+        for length in 0...26 {
+            for position in 0...length {
+                for special in specials {
+                    let text = String(repeating: "a", count: position) + special + String(repeating: "b", count: length - position)
+                    var writer = JSONWriter()
+                    writer.write(string: text)
+                    #expect(writer.string == reference(text), "\(text.debugDescription)")
+                    var buffer = JSONBuffer(capacity: 16)
+                    var utf8 = text
+                    utf8.withUTF8 { buffer.appendString(utf8: $0, prefix: "p:") }
+                    #expect(buffer.bytes() == Array(("\"p:" + reference(text).dropFirst()).utf8))
+                }
+            }
+        }
+    }
+
     @Test func randomValuesRoundTripThroughTextAndBinary() throws {
         var random = SplitMix64(seed: 51)
         for _ in 0..<2_000 {
