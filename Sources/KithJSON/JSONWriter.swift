@@ -115,6 +115,12 @@ public struct JSONWriter: Sendable {
     }
 }
 
+extension JSONWriter: JSONOutput {
+    public mutating func append(byte: UInt8) { bytes.append(byte) }
+    public mutating func append(_ more: UnsafeBufferPointer<UInt8>) { bytes.append(contentsOf: more) }
+    public mutating func append(upTo count: Int, _ write: (UnsafeMutablePointer<UInt8>) -> Int) { bytes.append(upTo: count, write) }
+}
+
 extension JSONValue {
     /// Compact JSON text.
     public var jsonText: String {

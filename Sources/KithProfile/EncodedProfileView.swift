@@ -71,176 +71,182 @@ public struct EncodedProfileView: Sendable {
         try ProfileFormat.decode(ProfileView.self, from: bytes)
     }
 
+    /// The JSON of `ProfileView.writeJSON`, written from the encoding.
     public var jsonBytes: [UInt8] {
-        var writer = JSONWriter(capacity: 1_024)
-        writeJSON(to: &writer)
-        return writer.bytes
+        var output = JSONBuffer(capacity: 2 * bytes.count + 256)
+        writeJSON(to: &output)
+        return output.bytes()
     }
 
-    /// The JSON of `ProfileView.writeJSON`, written from the encoding.
-    public func writeJSON(to writer: inout JSONWriter) {
-        bytes.withUnsafeBufferPointer { buffer in
-            let text = Text(buffer: buffer)
-            writer.writeObject { object in
-                object.member("id") { w in writeCanonical(text, to: &w) }
-                object.member("identifiers") { w in writeIdentifiers(text, to: &w) }
-                object.member("traits") { w in writeTraits(text, to: &w) }
-                object.member("consent") { w in writeConsent(text, to: &w) }
-                if hasGroups { object.member("groups") { w in writeGroups(text, to: &w) } }
-                object.member("aggregates") { w in writeAggregates(text, to: &w) }
-                object.member("events") { w in writeEvents(text, to: &w) }
+    /// Members in `ProfileView.writeJSON`'s order, which is not the stored one (aggregates
+    /// come before events, and their totals are stored last).
+    public func writeJSON<Output: JSONOutput & ~Copyable>(to output: inout Output) {
+        bytes.withUnsafeBufferPointer { text in
+            output.append(static: #"{"id":"#)
+            writeCanonical(text, to: &output)
+            output.append(static: #","identifiers":"#)
+            writeIdentifiers(text, to: &output)
+            output.append(static: #","traits":"#)
+            writeTraits(text, to: &output)
+            output.append(static: #","consent":"#)
+            writeConsent(text, to: &output)
+            if hasGroups {
+                output.append(static: #","groups":"#)
+                writeGroups(text, to: &output)
             }
+            output.append(static: #","aggregates":"#)
+            writeAggregates(text, to: &output)
+            output.append(static: #","events":"#)
+            writeEvents(text, to: &output)
+            output.append(byte: UInt8(ascii: "}"))
         }
     }
 
-    // MARK: - Rendering (re-reads what `init` checked, so a failed read is a broken invariant)
+    // MARK: - Rendering (re-reads what `init` checked)
 
-    /// The checked bytes, for slicing out what the renderer writes.
-    private struct Text {
-        let buffer: UnsafeBufferPointer<UInt8>
-        subscript(range: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: buffer[range]) }
-    }
-
-    private func reader(at offset: Int) -> BinaryReader { BinaryReader(bytes, at: offset) }
-
-    private func writeCanonical(_ text: Text, to writer: inout JSONWriter) {
-        var r = reader(at: 1)
-        let (kind, value) = Self.identifier(&r)
+    private func writeCanonical<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var r = CheckedBytes(text, at: 1)
+        let (kind, value) = r.identifier()
         // The canonical identifier's description, `kind:value`, as one JSON string.
-        writer.write(utf8: text[value], prefix: kind.descriptionPrefix)
+        output.appendString(utf8: r[value], prefix: kind.descriptionPrefix)
     }
 
     /// `{"user_id":[…],"email":[…],…}`: kinds in their order, each kind's members in theirs.
-    private func writeIdentifiers(_ text: Text, to writer: inout JSONWriter) {
-        var r = reader(at: membersAt)
-        let count = Self.count(&r)
+    private func writeIdentifiers<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var r = CheckedBytes(text, at: membersAt)
+        let count = r.count()
         let start = r.offset
         var present: UInt8 = 0
-        for _ in 0..<count { present |= 1 << Self.identifier(&r).kind.rawValue }
-        writer.raw(byte: UInt8(ascii: "{"))
+        for _ in 0..<count { present |= 1 << r.identifier().kind.rawValue }
+        output.append(byte: UInt8(ascii: "{"))
         var firstKind = true
         for kind in IdentifierKind.allCases where present & (1 << kind.rawValue) != 0 {
-            if !firstKind { writer.raw(byte: UInt8(ascii: ",")) }
+            if !firstKind { output.append(byte: UInt8(ascii: ",")) }
             firstKind = false
-            writer.raw(static: kind.jsonKey)
-            writer.raw(byte: UInt8(ascii: "["))
-            var members = reader(at: start)
+            output.append(static: kind.jsonKey)
+            output.append(byte: UInt8(ascii: "["))
+            var members = CheckedBytes(text, at: start)
             var firstValue = true
             for _ in 0..<count {
-                let member = Self.identifier(&members)
+                let member = members.identifier()
                 guard member.kind == kind else { continue }
-                if !firstValue { writer.raw(byte: UInt8(ascii: ",")) }
+                if !firstValue { output.append(byte: UInt8(ascii: ",")) }
                 firstValue = false
-                writer.write(utf8: text[member.value])
+                output.appendString(utf8: members[member.value])
             }
-            writer.raw(byte: UInt8(ascii: "]"))
+            output.append(byte: UInt8(ascii: "]"))
         }
-        writer.raw(byte: UInt8(ascii: "}"))
+        output.append(byte: UInt8(ascii: "}"))
     }
 
-    private func writeTraits(_ text: Text, to writer: inout JSONWriter) {
-        var r = reader(at: traitsAt)
-        writer.writeObject { object in
-            for _ in 0..<Self.count(&r) {
-                let key = Self.range(&r)
-                Self.skipStampUnchecked(&r)
-                let value = Self.range(&r)
-                object.member(utf8: text[key]) { $0.raw(text[value]) }
-            }
+    private func writeTraits<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var r = CheckedBytes(text, at: traitsAt)
+        output.append(byte: UInt8(ascii: "{"))
+        for index in 0..<r.count() {
+            let key = r.range()
+            r.skipStamp()
+            let value = r.range()
+            if index > 0 { output.append(byte: UInt8(ascii: ",")) }
+            output.appendString(utf8: r[key])
+            output.append(byte: UInt8(ascii: ":"))
+            output.append(r[value])
         }
+        output.append(byte: UInt8(ascii: "}"))
     }
 
-    private func writeConsent(_ text: Text, to writer: inout JSONWriter) {
-        var r = reader(at: consentAt)
+    private func writeConsent<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var r = CheckedBytes(text, at: consentAt)
         var first = true
-        writer.raw(byte: UInt8(ascii: "{"))
-        for _ in 0..<Self.count(&r) {
-            let category = Self.range(&r)
-            let granted = Self.unchecked { try r.readBool() }
-            let time = Self.unchecked { try r.readSigned() }
-            _ = Self.range(&r)
-            let source = Self.range(&r)
-            guard !Self.isReserved(text[category]) else { continue }
-            if !first { writer.raw(byte: UInt8(ascii: ",")) }
+        output.append(byte: UInt8(ascii: "{"))
+        for _ in 0..<r.count() {
+            let category = r.range()
+            let granted = r.bool()
+            let time = r.signed()
+            _ = r.range()
+            let source = r.range()
+            guard !Self.isReserved(r[category]) else { continue }
+            if !first { output.append(byte: UInt8(ascii: ",")) }
             first = false
-            writer.write(utf8: text[category])
-            writer.raw(static: granted ? #":{"status":"granted","time":"# : #":{"status":"denied","time":"#)
-            writer.write(time: time)
-            writer.raw(static: #","source":"#)
-            writer.write(utf8: text[source])
-            writer.raw(byte: UInt8(ascii: "}"))
+            output.appendString(utf8: r[category])
+            output.append(static: granted ? #":{"status":"granted","time":"# : #":{"status":"denied","time":"#)
+            ISO8601.append(millis: time, to: &output, quoted: true)
+            output.append(static: #","source":"#)
+            output.appendString(utf8: r[source])
+            output.append(byte: UInt8(ascii: "}"))
         }
-        writer.raw(byte: UInt8(ascii: "}"))
+        output.append(byte: UInt8(ascii: "}"))
     }
 
-    private func writeGroups(_ text: Text, to writer: inout JSONWriter) {
-        var r = reader(at: groupsAt)
-        let count = Self.count(&r)
-        writer.writeArray(0..<count) { w, _ in
-            w.write(utf8: text[Self.range(&r)])
-            for _ in 0..<Self.count(&r) { Self.skipStampUnchecked(&r) }
+    private func writeGroups<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var r = CheckedBytes(text, at: groupsAt)
+        output.append(byte: UInt8(ascii: "["))
+        for index in 0..<r.count() {
+            if index > 0 { output.append(byte: UInt8(ascii: ",")) }
+            output.appendString(utf8: r[r.range()])
+            for _ in 0..<r.count() { r.skipStamp() }
         }
+        output.append(byte: UInt8(ascii: "]"))
     }
 
-    private func writeAggregates(_ text: Text, to writer: inout JSONWriter) {
-        var totals = reader(at: totalsAt)
-        let messages = Self.unchecked { try totals.readSigned() }
-        let firstSeen = Self.unchecked { try totals.readOptionalSigned() }
-        let lastSeen = Self.unchecked { try totals.readOptionalSigned() }
-        writer.raw(static: #"{"messages":"#)
-        writer.write(integer: messages)
+    private func writeAggregates<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var totals = CheckedBytes(text, at: totalsAt)
+        let messages = totals.signed()
+        let firstSeen = totals.optionalSigned()
+        let lastSeen = totals.optionalSigned()
+        output.append(static: #"{"messages":"#)
+        output.appendFixedPoint(messages, scale: 0)
         if let firstSeen {
-            writer.raw(static: #","firstSeen":"#)
-            writer.write(time: firstSeen)
+            output.append(static: #","firstSeen":"#)
+            ISO8601.append(millis: firstSeen, to: &output, quoted: true)
         }
         if let lastSeen {
-            writer.raw(static: #","lastSeen":"#)
-            writer.write(time: lastSeen)
+            output.append(static: #","lastSeen":"#)
+            ISO8601.append(millis: lastSeen, to: &output, quoted: true)
         }
-        writer.raw(static: #","events":{"#)
-        var r = reader(at: aggregatesAt)
-        for index in 0..<Self.count(&r) {
-            let name = Self.range(&r)
-            let count = Self.unchecked { try r.readSigned() }
-            let revenue = Self.unchecked { try r.readSigned() }
-            if index > 0 { writer.raw(byte: UInt8(ascii: ",")) }
-            writer.write(utf8: text[name])
-            writer.raw(static: #":{"count":"#)
-            writer.write(integer: count)
+        output.append(static: #","events":{"#)
+        var r = CheckedBytes(text, at: aggregatesAt)
+        for index in 0..<r.count() {
+            let name = r.range()
+            let count = r.signed()
+            let revenue = r.signed()
+            if index > 0 { output.append(byte: UInt8(ascii: ",")) }
+            output.appendString(utf8: r[name])
+            output.append(static: #":{"count":"#)
+            output.appendFixedPoint(count, scale: 0)
             if revenue != 0 {
-                writer.raw(static: #","revenue":"#)
-                writer.write(fixedPoint: revenue, scale: 6)
+                output.append(static: #","revenue":"#)
+                output.appendFixedPoint(revenue, scale: 6)
             }
-            writer.raw(byte: UInt8(ascii: "}"))
+            output.append(byte: UInt8(ascii: "}"))
         }
-        writer.raw(static: "}}")
+        output.append(static: "}}")
     }
 
     /// Each event as `JSONWriter.writeEvent` writes it, its fixed text written in whole pieces.
-    private func writeEvents(_ text: Text, to writer: inout JSONWriter) {
-        var r = reader(at: recentAt)
-        writer.raw(byte: UInt8(ascii: "["))
-        for index in 0..<Self.count(&r) {
-            let messageId = Self.range(&r)
-            let type = MessageType(code: Self.unchecked { try r.readByte() })!
-            let name = Self.range(&r)
-            let time = Self.unchecked { try r.readSigned() }
-            let channel = Self.range(&r)
-            _ = Self.unchecked { try r.readOptionalSigned() }
-            let properties = Self.range(&r)
-            writer.raw(static: index == 0 ? #"{"messageId":"# : #",{"messageId":"#)
-            writer.write(utf8: text[messageId])
-            writer.raw(static: Self.typeAndName(type))
-            writer.write(utf8: text[name])
-            writer.raw(static: #","timestamp":"#)
-            writer.write(time: time)
-            writer.raw(static: #","channel":"#)
-            writer.write(utf8: text[channel])
-            writer.raw(static: #","properties":"#)
-            writer.raw(text[properties])
-            writer.raw(byte: UInt8(ascii: "}"))
+    private func writeEvents<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+        var r = CheckedBytes(text, at: recentAt)
+        output.append(byte: UInt8(ascii: "["))
+        for index in 0..<r.count() {
+            let messageId = r.range()
+            let type = MessageType(code: r.byte())!
+            let name = r.range()
+            let time = r.signed()
+            let channel = r.range()
+            _ = r.optionalSigned()
+            let properties = r.range()
+            output.append(static: index == 0 ? #"{"messageId":"# : #",{"messageId":"#)
+            output.appendString(utf8: r[messageId])
+            output.append(static: Self.typeAndName(type))
+            output.appendString(utf8: r[name])
+            output.append(static: #","timestamp":"#)
+            ISO8601.append(millis: time, to: &output, quoted: true)
+            output.append(static: #","channel":"#)
+            output.appendString(utf8: r[channel])
+            output.append(static: #","properties":"#)
+            output.append(r[properties])
+            output.append(byte: UInt8(ascii: "}"))
         }
-        writer.raw(byte: UInt8(ascii: "]"))
+        output.append(byte: UInt8(ascii: "]"))
     }
 
     /// The `type` member and the key of the name that follows it (`event` for a track).
@@ -260,23 +266,60 @@ public struct EncodedProfileView: Sendable {
         return category.count >= prefix.count && zip(category, prefix).allSatisfy { $0 == $1 }
     }
 
-    // MARK: - Reading checked bytes
+    /// A second walk over bytes `init` checked, for rendering: no errors to handle, and a trap
+    /// (never a read outside the bytes) should the two walks ever disagree.
+    private struct CheckedBytes {
+        let bytes: UnsafeBufferPointer<UInt8>
+        private(set) var offset: Int
 
-    /// A read of bytes `init` already checked: it cannot fail unless the two walks disagree.
-    private static func unchecked<T>(_ read: () throws -> T) -> T {
-        do { return try read() } catch { preconditionFailure("EncodedProfileView re-read what it checked and failed: \(error)") }
-    }
+        init(_ bytes: UnsafeBufferPointer<UInt8>, at offset: Int) {
+            self.bytes = bytes
+            self.offset = offset
+        }
 
-    private static func count(_ r: inout BinaryReader) -> Int { unchecked { try r.readCount() } }
-    private static func range(_ r: inout BinaryReader) -> Range<Int> { unchecked { try r.readBytesRange() } }
+        subscript(range: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: bytes[range]) }
 
-    private static func identifier(_ r: inout BinaryReader) -> (kind: IdentifierKind, value: Range<Int>) {
-        let kind = IdentifierKind(rawValue: unchecked { try r.readByte() })!
-        return (kind, range(&r))
-    }
+        mutating func byte() -> UInt8 {
+            precondition(offset < bytes.count, "EncodedProfileView re-read past what it checked")
+            defer { offset += 1 }
+            return bytes[offset]
+        }
 
-    private static func skipStampUnchecked(_ r: inout BinaryReader) {
-        unchecked { try skipStamp(&r) }
+        mutating func varint() -> UInt64 {
+            var value: UInt64 = 0
+            var shift: UInt64 = 0
+            while true {
+                let next = byte()
+                value |= UInt64(next & 0x7F) << shift
+                if next & 0x80 == 0 { return value }
+                shift += 7
+            }
+        }
+
+        mutating func signed() -> Int64 {
+            let raw = varint()
+            return Int64(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
+        }
+
+        mutating func count() -> Int { Int(varint()) }
+        mutating func bool() -> Bool { byte() != 0 }
+        mutating func optionalSigned() -> Int64? { bool() ? signed() : nil }
+
+        mutating func range() -> Range<Int> {
+            let length = count()
+            precondition(length <= bytes.count - offset, "EncodedProfileView re-read past what it checked")
+            defer { offset += length }
+            return offset..<(offset + length)
+        }
+
+        mutating func identifier() -> (kind: IdentifierKind, value: Range<Int>) {
+            (IdentifierKind(rawValue: byte())!, range())
+        }
+
+        mutating func skipStamp() {
+            _ = signed()
+            _ = range()
+        }
     }
 
     // MARK: - Checking walk

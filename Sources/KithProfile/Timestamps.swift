@@ -1,3 +1,5 @@
+import KithJSON
+
 /// ISO 8601 / RFC 3339 times as Segment clients send them, to and from Unix milliseconds.
 /// Pure arithmetic (Hinnant's civil-from-days algorithms): no Foundation, no time zone database.
 public enum ISO8601 {
@@ -71,53 +73,55 @@ public enum ISO8601 {
         return String(decoding: bytes, as: UTF8.self)
     }
 
-    /// Appends the `format(millis:)` text to `bytes` (in double quotes when `quoted`, as JSON
-    /// writes it) without building intermediate strings.
-    public static func append(millis: Int64, to bytes: inout [UInt8], quoted: Bool = false) {
+    /// Appends the `format(millis:)` text to `output` (in double quotes when `quoted`, as JSON
+    /// writes it) in place, without building intermediate strings: a time is written for every
+    /// event a profile read renders.
+    public static func append<Output: JSONOutput & ~Copyable>(millis: Int64, to output: inout Output, quoted: Bool = false) {
         let (daysPart, msOfDay) = floorDivide(millis, 86_400_000)
         let (year, month, day) = civilFromDays(daysPart)
         let expanded = year < 0 || year > 9_999  // outside RFC 3339's range: an ISO 8601 expanded year
-        // Written into a buffer on the stack and appended once: a time is written for every
-        // event a profile read renders, and an append per character was a tenth of a read.
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 29) { text in
+        output.append(upTo: 32) { text in
             var at = 0
-            func put(_ character: Unicode.Scalar) {
-                text[at] = UInt8(ascii: character)
-                at += 1
-            }
-            func put(twoDigits value: Int64) {
-                text[at] = UInt8(ascii: "0") + UInt8(value / 10)
-                text[at + 1] = UInt8(ascii: "0") + UInt8(value % 10)
-                at += 2
-            }
-            if quoted { put("\"") }
+            if quoted { put(UInt8(ascii: "\""), text, &at) }
             if expanded {
-                put(year < 0 ? "-" : "+")
+                put(year < 0 ? UInt8(ascii: "-") : UInt8(ascii: "+"), text, &at)
                 let magnitude = abs(year) % 1_000_000
-                put(twoDigits: magnitude / 10_000)
-                put(twoDigits: magnitude / 100 % 100)
+                putTwoDigits(magnitude / 10_000, text, &at)
+                putTwoDigits(magnitude / 100 % 100, text, &at)
             } else {
-                put(twoDigits: year / 100)
+                putTwoDigits(year / 100, text, &at)
             }
-            put(twoDigits: abs(year) % 100)
-            put("-")
-            put(twoDigits: month)
-            put("-")
-            put(twoDigits: day)
-            put("T")
-            put(twoDigits: msOfDay / 3_600_000)
-            put(":")
-            put(twoDigits: msOfDay / 60_000 % 60)
-            put(":")
-            put(twoDigits: msOfDay / 1_000 % 60)
-            put(".")
-            put(twoDigits: msOfDay % 1_000 / 10)
-            text[at] = UInt8(ascii: "0") + UInt8(msOfDay % 10)
-            at += 1
-            put("Z")
-            if quoted { put("\"") }
-            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: text[..<at]))
+            putTwoDigits(abs(year) % 100, text, &at)
+            put(UInt8(ascii: "-"), text, &at)
+            putTwoDigits(month, text, &at)
+            put(UInt8(ascii: "-"), text, &at)
+            putTwoDigits(day, text, &at)
+            put(UInt8(ascii: "T"), text, &at)
+            putTwoDigits(msOfDay / 3_600_000, text, &at)
+            put(UInt8(ascii: ":"), text, &at)
+            putTwoDigits(msOfDay / 60_000 % 60, text, &at)
+            put(UInt8(ascii: ":"), text, &at)
+            putTwoDigits(msOfDay / 1_000 % 60, text, &at)
+            put(UInt8(ascii: "."), text, &at)
+            putTwoDigits(msOfDay % 1_000 / 10, text, &at)
+            put(UInt8(ascii: "0") + UInt8(msOfDay % 10), text, &at)
+            put(UInt8(ascii: "Z"), text, &at)
+            if quoted { put(UInt8(ascii: "\""), text, &at) }
+            return at
         }
+    }
+
+    @inline(__always)
+    private static func put(_ byte: UInt8, _ text: UnsafeMutablePointer<UInt8>, _ at: inout Int) {
+        text[at] = byte
+        at += 1
+    }
+
+    @inline(__always)
+    private static func putTwoDigits(_ value: Int64, _ text: UnsafeMutablePointer<UInt8>, _ at: inout Int) {
+        text[at] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value / 10)
+        text[at + 1] = UInt8(ascii: "0") + UInt8(truncatingIfNeeded: value % 10)
+        at += 2
     }
 
     private static func floorDivide(_ a: Int64, _ b: Int64) -> (Int64, Int64) {
