@@ -27,8 +27,8 @@ struct StoreEngine: Sendable {
     }
 
     private func viewRow(of identifier: Identifier, in reader: some StoreReading) throws -> [UInt8]? {
-        if let bytes = try reader.get(.documents, documentKey(identifier.key, .view)) { return bytes }
-        guard let canonical = try reader.get(.documents, documentKey(identifier.key, .index)), canonical != identifier.key else { return nil }
+        if let bytes = try reader.get(.documents, documentKey(identifier, .view)) { return bytes }
+        guard let canonical = try reader.get(.documents, documentKey(identifier, .index)), canonical != identifier.key else { return nil }
         return try reader.get(.documents, documentKey(canonical, .view))
     }
 

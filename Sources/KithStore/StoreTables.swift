@@ -61,6 +61,20 @@ func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffix: some 
     return key
 }
 
+/// `documentKey(identifier.key, part)` made in one allocation (every point read starts here).
+func documentKey(_ identifier: Identifier, _ part: DocumentPart) -> [UInt8] {
+    var value = identifier.value
+    return value.withUTF8 { utf8 in
+        [UInt8](unsafeUninitializedCapacity: utf8.count + 3) { key, initialized in
+            key[0] = identifier.kind.rawValue
+            _ = UnsafeMutableBufferPointer(rebasing: key[1...]).initialize(from: utf8)
+            key[utf8.count + 1] = 0
+            key[utf8.count + 2] = part.rawValue
+            initialized = utf8.count + 3
+        }
+    }
+}
+
 /// The prefix of every record of identifier `identifierKey`.
 func documentPrefix(_ identifierKey: [UInt8]) -> [UInt8] { identifierKey + [0] }
 

@@ -115,6 +115,18 @@ private func expectSameViews(_ store: any ProfileStore, _ reference: ProfileStat
 
 @Suite("Profile store contract (LMDB and memory)")
 struct StoreContractTests {
+    @Test("a document key made from an identifier is the one made from its key, for every kind and part")
+    func documentKeysAgree() {
+        for kind in IdentifierKind.allCases {
+            for value in ["x", "user-0001234", "Zoë Ünïcode 😀", String(repeating: "long", count: 100)] {
+                guard let identifier = Identifier(kind: kind, value: value) else { continue }
+                for part in DocumentPart.allCases {
+                    #expect(documentKey(identifier, part) == documentKey(identifier.key, part), "\(identifier) \(part)")
+                }
+            }
+        }
+    }
+
     @Test(arguments: StoreKind.allCases)
     func holdsExactlyWhatTheReferenceModelHolds(_ kind: StoreKind) throws {
         for seed in 0..<4 as Range<UInt64> {
