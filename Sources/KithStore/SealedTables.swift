@@ -20,7 +20,10 @@ import Synchronization
 /// `changes` and `ahead`: each entry is sealed on its own under its owner's key (a message's
 /// subject, an unlink's lower end); erasures carry only forget keys and stay plain.
 /// `meta` and `forget` hold no personal data and pass through.
-struct Sealing: Sendable {
+///
+/// A class: every transaction's session holds it, and one reference is one retain (a struct of
+/// three references was three per read).
+final class Sealing: Sendable {
     let keys: DataKeyStore
     let hasher: HMACForgetKeyHasher
     /// Cipher contexts of finished transactions, for the next ones.
