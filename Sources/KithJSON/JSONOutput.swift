@@ -21,7 +21,7 @@ extension Array: JSONOutput where Element == UInt8 {
 
 extension JSONOutput where Self: ~Copyable {
     /// Fixed text (punctuation and member names written as one piece).
-    @inline(__always)
+    @inlinable
     public mutating func append(static text: StaticString) {
         append(UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
@@ -140,9 +140,11 @@ enum JSONEscaping {
 /// JSON text appended to memory the buffer owns: each write is a compare and a copy, with none
 /// of an array's uniqueness and capacity bookkeeping (a rendered profile is about 150 writes).
 public struct JSONBuffer: ~Copyable, JSONOutput {
-    private var start: UnsafeMutablePointer<UInt8>
-    private var count = 0
-    private var capacity: Int
+    // Inlinable where it is written to: the renderers that use it live in other modules, and
+    // a write of fixed text then compiles to a few moves.
+    @usableFromInline var start: UnsafeMutablePointer<UInt8>
+    @usableFromInline var count = 0
+    @usableFromInline var capacity: Int
 
     public init(capacity: Int = 1_024) {
         self.capacity = max(capacity, 16)
@@ -153,14 +155,14 @@ public struct JSONBuffer: ~Copyable, JSONOutput {
 
     public var isEmpty: Bool { count == 0 }
 
-    @inline(__always)
+    @inlinable
     public mutating func append(byte: UInt8) {
         reserve(1)
         start[count] = byte
         count += 1
     }
 
-    @inline(__always)
+    @inlinable
     public mutating func append(_ bytes: UnsafeBufferPointer<UInt8>) {
         guard let source = bytes.baseAddress else { return }
         reserve(bytes.count)
@@ -168,7 +170,7 @@ public struct JSONBuffer: ~Copyable, JSONOutput {
         count += bytes.count
     }
 
-    @inline(__always)
+    @inlinable
     public mutating func append(upTo limit: Int, _ write: (UnsafeMutablePointer<UInt8>) -> Int) {
         reserve(limit)
         let written = write(start + count)
@@ -184,13 +186,14 @@ public struct JSONBuffer: ~Copyable, JSONOutput {
         }
     }
 
-    @inline(__always)
-    private mutating func reserve(_ more: Int) {
+    @inlinable
+    mutating func reserve(_ more: Int) {
         if count + more > capacity { grow(toHold: count + more) }
     }
 
+    @usableFromInline
     @inline(never)
-    private mutating func grow(toHold needed: Int) {
+    mutating func grow(toHold needed: Int) {
         let larger = max(capacity * 2, needed)
         let moved = UnsafeMutablePointer<UInt8>.allocate(capacity: larger)
         moved.update(from: start, count: count)

@@ -285,7 +285,18 @@ public struct EncodedProfileView: Sendable {
             return bytes[offset]
         }
 
+        @inline(__always)
         mutating func varint() -> UInt64 {
+            precondition(offset < bytes.count, "EncodedProfileView re-read past what it checked")
+            let first = bytes[offset]
+            if first < 0x80 {
+                offset += 1
+                return UInt64(first)
+            }
+            return longVarint()
+        }
+
+        private mutating func longVarint() -> UInt64 {
             var value: UInt64 = 0
             var shift: UInt64 = 0
             while true {
