@@ -101,100 +101,112 @@ public struct BinaryWriter: Sendable {
     }
 }
 
+/// Reads the binary encoding. Its small reads are inlinable: decoders in every other module
+/// call them for each field, and a call per length byte was a fair part of a read.
 public struct BinaryReader: Sendable {
     public let bytes: [UInt8]
-    public private(set) var offset: Int
+    @usableFromInline var position: Int
+
+    public var offset: Int { position }
 
     public init(_ bytes: [UInt8]) {
         self.bytes = bytes
-        offset = 0
+        position = 0
     }
 
     /// A reader that starts at `offset` (a position an earlier walk over the same bytes found).
     public init(_ bytes: [UInt8], at offset: Int) {
         precondition(offset >= 0 && offset <= bytes.count, "offset outside the bytes")
         self.bytes = bytes
-        self.offset = offset
+        position = offset
     }
 
-    public var remaining: Int { bytes.count - offset }
-    public var isAtEnd: Bool { offset == bytes.count }
+    public var remaining: Int { bytes.count - position }
+    public var isAtEnd: Bool { position == bytes.count }
 
     public func expectEnd() throws {
-        if offset != bytes.count { throw BinaryDecodingError(.trailingBytes, offset: offset, "\(remaining) left") }
+        if position != bytes.count { throw BinaryDecodingError(.trailingBytes, offset: position, "\(remaining) left") }
     }
 
+    @inlinable
     public mutating func readByte() throws -> UInt8 {
-        guard offset < bytes.count else { throw BinaryDecodingError(.truncated, offset: offset) }
-        defer { offset += 1 }
-        return bytes[offset]
+        guard position < bytes.count else { throw BinaryDecodingError(.truncated, offset: position) }
+        defer { position += 1 }
+        return bytes[position]
     }
 
     /// Most varints in a record are one byte (lengths, counts, kinds): those are read inline,
     /// the rest by the loop.
-    @inline(__always)
+    @inlinable
     public mutating func readVarint() throws -> UInt64 {
-        if offset < bytes.count {
-            let byte = bytes[offset]
+        if position < bytes.count {
+            let byte = bytes[position]
             if byte < 0x80 {
-                offset += 1
+                position += 1
                 return UInt64(byte)
             }
         }
         return try readLongVarint()
     }
 
-    private mutating func readLongVarint() throws -> UInt64 {
+    @usableFromInline
+    mutating func readLongVarint() throws -> UInt64 {
         var result: UInt64 = 0
         var shift: UInt64 = 0
         while true {
             let byte = try readByte()
-            if shift == 63 && byte > 1 { throw BinaryDecodingError(.varintOverflow, offset: offset - 1) }
+            if shift == 63 && byte > 1 { throw BinaryDecodingError(.varintOverflow, offset: position - 1) }
             result |= UInt64(byte & 0x7F) << shift
             if byte & 0x80 == 0 { return result }
             shift += 7
-            if shift > 63 { throw BinaryDecodingError(.varintOverflow, offset: offset - 1) }
+            if shift > 63 { throw BinaryDecodingError(.varintOverflow, offset: position - 1) }
         }
     }
 
+    @inlinable
     public mutating func readSigned() throws -> Int64 {
         let raw = try readVarint()
         return Int64(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
     }
 
+    @inlinable
     public mutating func readBool() throws -> Bool {
         switch try readByte() {
         case 0: return false
         case 1: return true
-        default: throw BinaryDecodingError(.invalidValue, offset: offset - 1, "bool")
+        default: throw BinaryDecodingError(.invalidValue, offset: position - 1, "bool")
         }
     }
 
     public mutating func readBigEndianUInt64() throws -> UInt64 {
-        guard remaining >= 8 else { throw BinaryDecodingError(.truncated, offset: offset) }
+        guard remaining >= 8 else { throw BinaryDecodingError(.truncated, offset: position) }
         var value: UInt64 = 0
-        for i in 0..<8 { value = value << 8 | UInt64(bytes[offset + i]) }
-        offset += 8
+        for i in 0..<8 { value = value << 8 | UInt64(bytes[position + i]) }
+        position += 8
         return value
     }
 
     /// A count of items that each take at least `minimumItemSize` bytes: bounded by the input.
+    @inlinable
     public mutating func readCount(minimumItemSize: Int = 1) throws -> Int {
-        let start = offset
+        let start = position
         let raw = try readVarint()
         // `raw * size <= remaining`, without a division (this runs for every string and list).
         let (needed, overflow) = raw.multipliedReportingOverflow(by: UInt64(max(minimumItemSize, 1)))
-        guard !overflow, needed <= UInt64(remaining) else {
-            throw BinaryDecodingError(.lengthExceedsInput, offset: start, "count \(raw)")
-        }
+        guard !overflow, needed <= UInt64(bytes.count - position) else { throw Self.countExceedsInput(raw, at: start) }
         return Int(raw)
+    }
+
+    @usableFromInline
+    static func countExceedsInput(_ count: UInt64, at offset: Int) -> BinaryDecodingError {
+        BinaryDecodingError(.lengthExceedsInput, offset: offset, "count \(count)")
     }
 
     /// Exactly `count` bytes with no length before them (fixed-size fields: digests, keys).
     public mutating func readRaw(_ count: Int) throws -> [UInt8] {
-        guard remaining >= count else { throw BinaryDecodingError(.truncated, offset: offset) }
-        defer { offset += count }
-        return Array(bytes[offset..<offset + count])
+        guard remaining >= count else { throw BinaryDecodingError(.truncated, offset: position) }
+        defer { position += count }
+        return Array(bytes[position..<position + count])
     }
 
     public mutating func readBytes() throws -> ArraySlice<UInt8> {
@@ -202,10 +214,11 @@ public struct BinaryReader: Sendable {
     }
 
     /// Where a length-prefixed byte string lies, without copying it.
+    @inlinable
     public mutating func readBytesRange() throws -> Range<Int> {
         let length = try readCount()
-        defer { offset += length }
-        return offset..<offset + length
+        defer { position += length }
+        return position..<position + length
     }
 
     public mutating func readString() throws -> String {
@@ -214,21 +227,26 @@ public struct BinaryReader: Sendable {
     }
 
     /// Where a string lies, checked as `readString` checks it (valid UTF-8) but not copied.
+    @inlinable
     public mutating func readStringRange() throws -> Range<Int> {
-        let start = offset
+        let start = position
         let range = try readBytesRange()
-        let valid = bytes.withUnsafeBufferPointer { all in
-            let region = UnsafeBufferPointer(rebasing: all[range])
-            return Self.isASCII(region) || String(validating: region, as: UTF8.self) != nil
-        }
-        guard valid else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
+        guard Self.isValidUTF8(bytes, range) else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
         return range
     }
 
-    /// Most stored strings are ASCII: checked cheaply, so the generic validator runs only for the rest.
+    /// Most stored strings are ASCII: checked eight bytes at a time, so the generic validator
+    /// runs only for the rest.
+    @usableFromInline
+    static func isValidUTF8(_ bytes: [UInt8], _ range: Range<Int>) -> Bool {
+        bytes.withUnsafeBufferPointer { all in
+            let region = UnsafeBufferPointer(rebasing: all[range])
+            return isASCII(region) || String(validating: region, as: UTF8.self) != nil
+        }
+    }
+
     private static func isASCII(_ region: UnsafeBufferPointer<UInt8>) -> Bool {
         guard let start = region.baseAddress else { return true }
-        // Eight bytes at a time, then the rest one by one.
         var high: UInt64 = 0
         var index = 0
         while index + 8 <= region.count {
