@@ -70,4 +70,41 @@ func measureReads(_ store: LMDBProfileStore, options: Options, receivedAt: Int64
     report("read.policy_cost_pct", (1 - (Double(policyDone) / policyTime) / (Double(done) / readTime)) * 100, decimals: 1)
     print("read.policy_audit_records: \(audit.written.load(ordering: .relaxed))")
     _ = policyBytes
+    try measureCryptoCosts()
+}
+
+/// What libcrypto costs a point read of a sealed row, apart from LMDB and rendering: opening a
+/// view-sized box under a customer's own key (a new key schedule every time, as random reads
+/// meet them) or under the key used last, and the pseudonym (HMAC) of an identifier.
+func measureCryptoCosts() throws {
+    var random = SplitMix64(seed: 7)
+    func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) } }
+    let customers = 100_000, opens = 500_000
+    let keys = (0..<customers).map { _ in AESGCM.Key(bytes(AESGCM.keySize))! }
+    let plaintext = bytes(400), associatedData = bytes(17)
+    let context = AESGCMContext()
+    var nonces = NonceSource()
+    let boxes = try keys.map { try context.seal(plaintext, key: $0, nonce: try nonces.next(), associatedData: associatedData) }
+    let order = (0..<customers).shuffled(using: &random)
+    var opened = 0
+    let newKeyTime = try seconds {
+        for index in 0..<opens { opened += try context.open(boxes[order[index % customers]][...], key: keys[order[index % customers]], associatedData: associatedData).count }
+    }
+    report("read.cost.aes_open_new_key_ns", newKeyTime / Double(opens) * 1e9)
+    let sameKeyBoxes = try (0..<1_000).map { _ in try context.seal(plaintext, key: keys[0], nonce: try nonces.next(), associatedData: associatedData) }
+    let sameKeyTime = try seconds {
+        for index in 0..<opens { opened += try context.open(sameKeyBoxes[index % sameKeyBoxes.count][...], key: keys[0], associatedData: associatedData).count }
+    }
+    report("read.cost.aes_open_same_key_ns", sameKeyTime / Double(opens) * 1e9)
+    let mac = HMACKey(bytes(32)).makeContext()
+    let identifiers = (0..<customers).map { Array("\u{1}u-\(String(format: "%07d", $0))".utf8) }
+    var pseudonym = [UInt8](repeating: 0, count: 16)
+    let macTime = seconds {
+        for index in 0..<opens {
+            identifiers[order[index % customers]].withUnsafeBytes { input in pseudonym.withUnsafeMutableBytes { mac.authenticate(input, into: $0) } }
+            opened &+= Int(pseudonym[0])
+        }
+    }
+    report("read.cost.pseudonym_ns", macTime / Double(opens) * 1e9)
+    precondition(opened > 0)
 }
