@@ -352,8 +352,14 @@ struct SealedReading: StoreReading {
             // A point read needs only the value: no owner row, no key to rebuild. The row is
             // opened where it lies in the map: its plaintext is the only copy made.
             return try session.withSealedKey(key) { sealedKey in
-                guard let plain = try base.withValue(.documents, sealedKey, { try session.open($0, associatedData: sealedKey, table: .documents) }) ?? nil
-                else { return nil }
+                let opened = try base.withValue(.documents, sealedKey) { value in
+                    guard let plain = try session.open(value, associatedData: sealedKey, table: .documents) else {
+                        try checkErased(owner: sealedKey.prefix(Sealing.pseudonymSize))
+                        return nil as [UInt8]?
+                    }
+                    return plain
+                }
+                guard let plain = opened ?? nil else { return nil }
                 return sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue ? try Self.splitEdge(plain).value : plain
             }
         case .changes:
@@ -427,7 +433,11 @@ struct SealedReading: StoreReading {
     /// A row as the engine knows it, or nil when its key is destroyed.
     private func openRow(_ key: [UInt8], _ value: [UInt8]) throws -> (key: [UInt8], value: [UInt8])? {
         let pseudonym = Array(key.prefix(Sealing.pseudonymSize))
-        guard let owner = try ownerKey(pseudonym), var plain = try session.open(value, associatedData: key, table: .documents) else { return nil }
+        guard let owner = try ownerKey(pseudonym) else { return nil }
+        guard var plain = try session.open(value, associatedData: key, table: .documents) else {
+            try checkErased(owner: pseudonym)
+            return nil
+        }
         let part = key[Sealing.pseudonymSize]
         var plainKey = documentPrefix(owner) + [part]
         if part == DocumentPart.edge.rawValue {
@@ -438,6 +448,27 @@ struct SealedReading: StoreReading {
             plainKey += key[(Sealing.pseudonymSize + 1)...]
         }
         return (plainKey, plain)
+    }
+
+    /// A row whose key is destroyed is an erased owner's, and its owner row is sealed under a
+    /// destroyed key too: an erasure deletes or seals again every row of the owner in one
+    /// transaction, and each live row of an owner is sealed under the key its owner row names.
+    /// An owner row that still opens means the row's key header was damaged: that is reported,
+    /// not read as an erasure.
+    private func checkErased(owner pseudonym: some Collection<UInt8>) throws {
+        let rowKey = Array(pseudonym) + [Sealing.ownerPart]
+        guard let ownerRow = try base.get(.documents, rowKey) else { return }
+        let ownerKey: DataKeyID
+        do {
+            ownerKey = try SealingSession.keyID(ownerRow).id
+        } catch {
+            throw StoreCorruption(table: Table.documents.name, underlying: error)
+        }
+        guard session.sealing.keys.key(for: ownerKey) == nil else {
+            throw StoreCorruption(
+                table: Table.documents.name,
+                underlying: BinaryDecodingError(.invalidValue, offset: 0, "a row's key header names no live key, and its owner's row does"))
+        }
     }
 
     /// An edge's plaintext: the peer's identifier key, then the engine's value.

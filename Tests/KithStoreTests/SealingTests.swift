@@ -117,6 +117,8 @@ struct SealingTests {
             ("nonce", changed(header)), ("body", changed(header + AESGCM.nonceSize + 3)), ("tag", changed(original.count - 1)),
             ("cut in the header", Array(original.prefix(header - 3))), ("cut in the box", Array(original.prefix(header + 20))),
             ("empty", []),
+            // A header that names no live key while the owner's row does: damage, not an erasure.
+            ("key slot", changed(0)), ("key tag", changed(header - 1)),
         ]
         for (what, bytes) in damaged {
             try store.environment.write { try $0.put(documents, viewKey, bytes) }
@@ -126,6 +128,18 @@ struct SealingTests {
         try store.environment.write { try $0.put(documents, viewKey, original) }
         #expect(try store.encodedView(of: user)?.decoded() == (try store.view(of: user)))
         #expect(try store.view(of: user) != nil)
+
+        // The same for a row found by a scan (the customer's events).
+        let ledgerKey = Array(viewKey.dropLast()) + [DocumentPart.ledger.rawValue] + Array("c-2".utf8)
+        let ledger = try #require(try store.environment.read { try $0.get(documents, ledgerKey) })
+        let events = try store.events(of: user, before: nil, limit: 10).events
+        #expect(events.contains { $0.messageId == "c-2" })
+        var damagedLedger = ledger
+        damagedLedger[try SealingSession.keyID(ledger).offset - 1] ^= 0x01
+        try store.environment.write { try $0.put(documents, ledgerKey, damagedLedger) }
+        #expect(throws: StoreCorruption.self) { try store.events(of: user, before: nil, limit: 10) }
+        try store.environment.write { try $0.put(documents, ledgerKey, ledger) }
+        #expect(try store.events(of: user, before: nil, limit: 10).events == events)
     }
 
     @Test("keys an erasure retired are destroyed at the next open if the process stopped before")
