@@ -236,7 +236,7 @@ public struct EncodedProfileView: Sendable {
             let properties = r.range()
             output.append(static: index == 0 ? #"{"messageId":"# : #",{"messageId":"#)
             output.appendString(utf8: r[messageId])
-            output.append(static: Self.typeAndName(type))
+            output.append(static: type.jsonTypeAndNameKey)
             output.appendString(utf8: r[name])
             output.append(static: #","timestamp":"#)
             ISO8601.append(millis: time, to: &output, quoted: true)
@@ -247,18 +247,6 @@ public struct EncodedProfileView: Sendable {
             output.append(byte: UInt8(ascii: "}"))
         }
         output.append(byte: UInt8(ascii: "]"))
-    }
-
-    /// The `type` member and the key of the name that follows it (`event` for a track).
-    private static func typeAndName(_ type: MessageType) -> StaticString {
-        switch type {
-        case .identify: #","type":"identify","name":"#
-        case .track: #","type":"track","event":"#
-        case .page: #","type":"page","name":"#
-        case .screen: #","type":"screen","name":"#
-        case .group: #","type":"group","name":"#
-        case .alias: #","type":"alias","name":"#
-        }
     }
 
     private static func isReserved(_ category: UnsafeBufferPointer<UInt8>) -> Bool {

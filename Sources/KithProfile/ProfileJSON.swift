@@ -45,19 +45,21 @@ extension JSONWriter {
     }
 
     /// The customer's consent decisions (Kith's own registers, such as restriction, are shown
-    /// by the privacy API, not here).
+    /// by the privacy API, not here). Fixed text is written in whole pieces, as for events.
     public mutating func writeConsent(_ head: SourceHead) {
-        writeObject { object in
-            for (category, register) in head.consent.pairs where !category.hasPrefix(ConsentDecision.reservedPrefix) {
-                object.member(category) { w in
-                    w.writeObject { o in
-                        o.member("status", string: register.granted ? "granted" : "denied")
-                        o.member("time") { $0.write(time: register.stamp.time) }
-                        o.member("source", string: register.source)
-                    }
-                }
-            }
+        raw(byte: UInt8(ascii: "{"))
+        var first = true
+        for (category, register) in head.consent.pairs where !category.hasPrefix(ConsentDecision.reservedPrefix) {
+            if !first { raw(byte: UInt8(ascii: ",")) }
+            first = false
+            write(string: category)
+            raw(static: register.granted ? #":{"status":"granted","time":"# : #":{"status":"denied","time":"#)
+            write(time: register.stamp.time)
+            raw(static: #","source":"#)
+            write(string: register.source)
+            raw(byte: UInt8(ascii: "}"))
         }
+        raw(byte: UInt8(ascii: "}"))
     }
 
     /// How revenue sums are written: as numbers, replaced by a placeholder, or left out.
@@ -68,38 +70,65 @@ extension JSONWriter {
     }
 
     public mutating func writeAggregates(_ head: SourceHead, revenue: RevenueDisplay = .plain) {
-        writeObject { object in
-            object.member("messages", integer: head.messageCount)
-            if let first = head.firstSeen { object.member("firstSeen") { $0.write(time: first) } }
-            if let last = head.lastSeen { object.member("lastSeen") { $0.write(time: last) } }
-            object.member("events") { w in
-                w.writeObject { o in
-                    for (key, aggregate) in head.aggregates.pairs {
-                        o.member(key) { w in
-                            w.writeObject { e in
-                                e.member("count", integer: aggregate.count)
-                                guard aggregate.revenueMicros != 0 else { return }
-                                switch revenue {
-                                case .plain: e.member("revenue") { $0.write(fixedPoint: aggregate.revenueMicros, scale: 6) }
-                                case .replaced(let text): e.member("revenue", string: text)
-                                case .omitted: break
-                                }
-                            }
-                        }
-                    }
+        raw(static: #"{"messages":"#)
+        write(integer: head.messageCount)
+        if let first = head.firstSeen {
+            raw(static: #","firstSeen":"#)
+            write(time: first)
+        }
+        if let last = head.lastSeen {
+            raw(static: #","lastSeen":"#)
+            write(time: last)
+        }
+        raw(static: #","events":{"#)
+        for (index, (key, aggregate)) in head.aggregates.pairs.enumerated() {
+            if index > 0 { raw(byte: UInt8(ascii: ",")) }
+            write(string: key)
+            raw(static: #":{"count":"#)
+            write(integer: aggregate.count)
+            if aggregate.revenueMicros != 0 {
+                switch revenue {
+                case .plain:
+                    raw(static: #","revenue":"#)
+                    write(fixedPoint: aggregate.revenueMicros, scale: 6)
+                case .replaced(let text):
+                    raw(static: #","revenue":"#)
+                    write(string: text)
+                case .omitted: break
                 }
             }
+            raw(byte: UInt8(ascii: "}"))
         }
+        raw(static: "}}")
     }
 
+    /// An event: its fixed text (member names, the type) in whole pieces.
     public mutating func writeEvent(_ record: EventRecord) {
-        writeObject { object in
-            object.member("messageId", string: record.messageId)
-            object.member("type", string: record.type.rawValue)
-            object.member(record.type == .track ? "event" : "name", string: record.name)
-            object.member("timestamp") { $0.write(time: record.time) }
-            object.member("channel", string: record.channel)
-            object.member("properties") { $0.write(raw: record.properties) }
+        raw(static: #"{"messageId":"#)
+        write(string: record.messageId)
+        raw(static: record.type.jsonTypeAndNameKey)
+        write(string: record.name)
+        raw(static: #","timestamp":"#)
+        write(time: record.time)
+        raw(static: #","channel":"#)
+        write(string: record.channel)
+        raw(static: #","properties":"#)
+        write(raw: record.properties)
+        raw(byte: UInt8(ascii: "}"))
+    }
+}
+
+extension MessageType {
+    /// The `type` member of an event's JSON and the key of the name that follows it (`event`
+    /// for a track), as one piece of fixed text.
+    var jsonTypeAndNameKey: StaticString {
+        switch self {
+        case .identify: #","type":"identify","name":"#
+        case .track: #","type":"track","event":"#
+        case .page: #","type":"page","name":"#
+        case .screen: #","type":"screen","name":"#
+        case .group: #","type":"group","name":"#
+        case .alias: #","type":"alias","name":"#
         }
     }
 }
