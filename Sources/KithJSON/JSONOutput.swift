@@ -1,5 +1,5 @@
 /// Where JSON text is appended: the one definition of how strings are escaped and numbers
-/// written, shared by `JSONWriter` (over an array) and `JSONBuffer` (over memory of its own).
+/// written, shared by `JSONWriter` (over an array) and `JSONFixedOutput` (straight into the storage of the array it makes).
 public protocol JSONOutput: ~Copyable {
     mutating func append(byte: UInt8)
     mutating func append(_ bytes: UnsafeBufferPointer<UInt8>)
@@ -137,68 +137,64 @@ enum JSONEscaping {
     }
 }
 
-/// JSON text appended to memory the buffer owns: each write is a compare and a copy, with none
-/// of an array's uniqueness and capacity bookkeeping (a rendered profile is about 150 writes).
-public struct JSONBuffer: ~Copyable, JSONOutput {
-    // Inlinable where it is written to: the renderers that use it live in other modules, and
-    // a write of fixed text then compiles to a few moves.
-    @usableFromInline var start: UnsafeMutablePointer<UInt8>
-    @usableFromInline var count = 0
-    @usableFromInline var capacity: Int
-
-    public init(capacity: Int = 1_024) {
-        self.capacity = max(capacity, 16)
-        start = .allocate(capacity: self.capacity)
+extension Array where Element == UInt8 {
+    /// JSON text written by `write` straight into the new array's storage, `capacity` bytes of
+    /// it: no buffer of its own to copy from afterwards. Text that does not fit is written again
+    /// into four times the room (a renderer that knows its input estimates well, so this is rare).
+    public init(jsonCapacity capacity: Int, _ write: (inout JSONFixedOutput) -> Void) {
+        var room = Swift.max(capacity, 16)
+        while true {
+            var fitted = false
+            self.init(unsafeUninitializedCapacity: room) { storage, initialized in
+                var output = JSONFixedOutput(storage.baseAddress!, capacity: room)
+                write(&output)
+                fitted = !output.overflowed
+                initialized = fitted ? output.count : 0
+            }
+            if fitted { return }
+            room *= 4
+        }
     }
+}
 
-    deinit { start.deallocate() }
+/// JSON text written into a fixed amount of memory. A write that does not fit is not made, and
+/// marks the output as overflowed (its text is then incomplete: write it again with more room).
+/// Each write is a compare and a copy; its methods are inlinable into renderers in other modules.
+public struct JSONFixedOutput: ~Copyable, JSONOutput {
+    @usableFromInline let start: UnsafeMutablePointer<UInt8>
+    @usableFromInline let capacity: Int
+    @usableFromInline var written = 0
+    @usableFromInline var didOverflow = false
 
-    public var isEmpty: Bool { count == 0 }
+    public var count: Int { written }
+    public var overflowed: Bool { didOverflow }
+
+    @usableFromInline
+    init(_ start: UnsafeMutablePointer<UInt8>, capacity: Int) {
+        self.start = start
+        self.capacity = capacity
+    }
 
     @inlinable
     public mutating func append(byte: UInt8) {
-        reserve(1)
-        start[count] = byte
-        count += 1
+        guard written < capacity else { return didOverflow = true }
+        start[written] = byte
+        written += 1
     }
 
     @inlinable
     public mutating func append(_ bytes: UnsafeBufferPointer<UInt8>) {
         guard let source = bytes.baseAddress else { return }
-        reserve(bytes.count)
-        (start + count).update(from: source, count: bytes.count)
-        count += bytes.count
+        guard bytes.count <= capacity - written else { return didOverflow = true }
+        (start + written).update(from: source, count: bytes.count)
+        written += bytes.count
     }
 
     @inlinable
     public mutating func append(upTo limit: Int, _ write: (UnsafeMutablePointer<UInt8>) -> Int) {
-        reserve(limit)
-        let written = write(start + count)
-        precondition(written <= limit, "wrote past the space it asked for")
-        count += written
-    }
-
-    /// The text written, as an array of exactly its size.
-    public consuming func bytes() -> [UInt8] {
-        [UInt8](unsafeUninitializedCapacity: count) { out, initialized in
-            out.baseAddress!.update(from: start, count: count)
-            initialized = count
-        }
-    }
-
-    @inlinable
-    mutating func reserve(_ more: Int) {
-        if count + more > capacity { grow(toHold: count + more) }
-    }
-
-    @usableFromInline
-    @inline(never)
-    mutating func grow(toHold needed: Int) {
-        let larger = max(capacity * 2, needed)
-        let moved = UnsafeMutablePointer<UInt8>.allocate(capacity: larger)
-        moved.update(from: start, count: count)
-        start.deallocate()
-        start = moved
-        capacity = larger
+        guard limit <= capacity - written else { return didOverflow = true }
+        let added = write(start + written)
+        precondition(added <= limit, "wrote past the space it asked for")
+        written += added
     }
 }

@@ -72,10 +72,10 @@ public struct EncodedProfileView: Sendable {
     }
 
     /// The JSON of `ProfileView.writeJSON`, written from the encoding.
+    /// Written straight into the array returned. A profile's JSON is two to three times its
+    /// stored bytes (times, member names); four times is room for all but escape-heavy text.
     public var jsonBytes: [UInt8] {
-        var output = JSONBuffer(capacity: 2 * bytes.count + 256)
-        writeJSON(to: &output)
-        return output.bytes()
+        [UInt8](jsonCapacity: 4 * bytes.count + 256) { writeJSON(to: &$0) }
     }
 
     /// Members in `ProfileView.writeJSON`'s order, which is not the stored one (aggregates

@@ -35,6 +35,17 @@ struct EncodedProfileViewTests {
         }
     }
 
+    /// Reads write JSON straight into room estimated from the stored size; text made mostly of
+    /// escapes outgrows it and is written again with more.
+    @Test func rendersTextThatOutgrowsItsFirstRoom() throws {
+        var view = Self.awkwardView()
+        let controls = String(repeating: "\u{1}", count: 3_000)
+        view.head.traits.merge(key: controls, LWWRegister(try RawJSON(validating: Array(#"{"k":1}"#.utf8)), stamp: LWWStamp(time: 1, tiebreak: "t")))
+        let encoded = try EncodedProfileView(ProfileFormat.encode(view))
+        #expect(encoded.jsonBytes.count > 4 * encoded.bytes.count)
+        try expectSameReading(view)
+    }
+
     @Test func refusesEveryTruncationAndAnUnknownVersion() throws {
         let bytes = ProfileFormat.encode(Self.awkwardView())
         for length in 0..<bytes.count {
