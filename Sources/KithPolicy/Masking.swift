@@ -28,21 +28,20 @@ extension MaskRule {
     }
 
     /// Every digit but the last two becomes `*`; other characters stay (so the shape shows).
+    /// Worked on UTF-8 bytes: digits are ASCII, and no byte of a multi-byte character is one.
     static func maskDigits(_ text: String) -> String {
-        let digits = text.unicodeScalars.filter { ("0"..."9").contains($0) }.count
+        let digits = text.utf8.reduce(0) { $0 + (isDigit($1) ? 1 : 0) }
         guard digits > 2 else { return hidden }
         var remaining = digits
-        var result = String.UnicodeScalarView()
-        for scalar in text.unicodeScalars {
-            if ("0"..."9").contains(scalar) {
-                result.append(remaining > 2 ? "*" : scalar)
-                remaining -= 1
-            } else {
-                result.append(scalar)
-            }
+        let masked = text.utf8.map { byte -> UInt8 in
+            guard isDigit(byte) else { return byte }
+            defer { remaining -= 1 }
+            return remaining > 2 ? UInt8(ascii: "*") : byte
         }
-        return String(result)
+        return String(decoding: masked, as: UTF8.self)
     }
+
+    private static func isDigit(_ byte: UInt8) -> Bool { byte &- UInt8(ascii: "0") < 10 }
 
     /// `1984-05-02` (or `1984-05-02T…`, or `1984`) → `1984`.
     static func year(_ text: String) -> String {

@@ -92,6 +92,17 @@ public struct PolicyRenderer {
             if case .withhold = result { return nil }
             return result
         }
+        return record(field, result)
+    }
+
+    /// The same for a field this read decides in one place only, once: each trait and each
+    /// identifier kind. It needs no entry in `recorded` (hashing every trait's name was a tenth
+    /// of a policy read's rendering).
+    private mutating func decideOnce(_ field: String) -> FieldDecision? {
+        record(field, decision.decide(field))
+    }
+
+    private mutating func record(_ field: String, _ result: FieldDecision) -> FieldDecision? {
         switch result {
         case .allow: outcome.returned.append(field)
         case .mask: outcome.masked.append(field)
@@ -119,7 +130,7 @@ public struct PolicyRenderer {
         writer.writeObject { object in
             for kind in IdentifierKind.allCases {
                 let values = members.filter { $0.kind == kind }.map(\.value)
-                guard !values.isEmpty, let shown = fieldDecision("identifiers." + kind.name) else { continue }
+                guard !values.isEmpty, let shown = decideOnce("identifiers." + kind.name) else { continue }
                 object.member(kind.name) { w in
                     w.writeArray(values) { w, value in
                         w.write(string: Self.shown(value, shown))
@@ -132,7 +143,7 @@ public struct PolicyRenderer {
     private mutating func traits(_ head: SourceHead, into writer: inout JSONWriter) {
         writer.writeObject { object in
             for (key, register) in head.traits.pairs {
-                guard let shown = fieldDecision("traits." + key) else { continue }
+                guard let shown = decideOnce("traits." + key) else { continue }
                 if case .mask(let rule) = shown {
                     object.member(key, string: rule.mask(register.value.value))
                 } else {

@@ -32,7 +32,9 @@ import Testing
         let masked = Set(outcome.masked)
         let returned = Set(outcome.returned)
         #expect(withheld.isDisjoint(with: masked) && withheld.isDisjoint(with: returned) && masked.isDisjoint(with: returned))
-        #expect(withheld.count == outcome.withheld.count && masked.count == outcome.masked.count, "each field is listed once")
+        #expect(
+            withheld.count == outcome.withheld.count && masked.count == outcome.masked.count && returned.count == outcome.returned.count,
+            "each field is listed once")
         for (field, values) in canaries {
             let shown = returned.contains(field) || masked.contains(field)
             #expect(shown || withheld.contains(field), "\(field) is accounted for")

@@ -128,6 +128,8 @@ import Testing
         #expect(MaskRule.lastTwoDigits.mask("+44 7700 900123") == "+** **** ****23")
         #expect(MaskRule.lastTwoDigits.mask("12") == "***")
         #expect(MaskRule.lastTwoDigits.mask(.number(JSONNumber(5551234))) == "*****34")
+        // Non-ASCII text around the digits stays as it is.
+        #expect(MaskRule.lastTwoDigits.mask("☎ ٣ 0７7-55 12 €") == "☎ ٣ *７*-** 12 €")
         #expect(MaskRule.yearOnly.mask("1984-05-02") == "1984")
         #expect(MaskRule.yearOnly.mask("1984-05-02T10:00:00Z") == "1984")
         #expect(MaskRule.yearOnly.mask("May 2, 1984") == "***")
