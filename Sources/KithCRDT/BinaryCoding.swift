@@ -221,9 +221,17 @@ public struct BinaryReader: Sendable {
         return position..<position + length
     }
 
+    /// A string, checked as `readStringRange` checks it. Text that is not all ASCII is made by
+    /// the validating initialiser itself, so it is checked once, not checked and then decoded.
     public mutating func readString() throws -> String {
-        let range = try readStringRange()  // checked: valid UTF-8, so decoding repairs nothing
-        return bytes.withUnsafeBufferPointer { String(decoding: UnsafeBufferPointer(rebasing: $0[range]), as: UTF8.self) }
+        let start = position
+        let range = try readBytesRange()
+        let string = bytes.withUnsafeBufferPointer { all -> String? in
+            let region = UnsafeBufferPointer(rebasing: all[range])
+            return Self.isASCII(region) ? String(decoding: region, as: UTF8.self) : String(validating: region, as: UTF8.self)
+        }
+        guard let string else { throw BinaryDecodingError(.invalidUTF8, offset: start) }
+        return string
     }
 
     /// Where a string lies, checked as `readString` checks it (valid UTF-8) but not copied.

@@ -258,6 +258,23 @@ struct BinaryEncodingTests {
         #expect(throws: BinaryDecodingError.self) { try cut.readVarint() }
     }
 
+    @Test("strings read back as written, ASCII or not; invalid UTF-8 is refused where its length starts")
+    func stringsAreCheckedOnce() throws {
+        for text in ["", "plain", "zoë", "日本語", "😀 and a\u{2028}", String(repeating: "é", count: 100)] {
+            var writer = BinaryWriter()
+            writer.write(string: text)
+            writer.write(string: "after")
+            var reader = BinaryReader(writer.bytes)
+            #expect(try reader.readString() == text)
+            #expect(try reader.readString() == "after")
+        }
+        for invalid: [UInt8] in [[0xC3, 0x28], [0xE2, 0x82], [0xED, 0xA0, 0x80], [0x61, 0xFF]] {
+            var reader = BinaryReader([0x41] + [UInt8(invalid.count)] + invalid)
+            _ = try reader.readByte()
+            #expect(throws: BinaryDecodingError(.invalidUTF8, offset: 1)) { try reader.readString() }
+        }
+    }
+
     @Test func rejectsOverlongVarints() {
         var reader = BinaryReader([UInt8](repeating: 0xFF, count: 10) + [0x01])
         #expect(throws: BinaryDecodingError.self) { try reader.readVarint() }
