@@ -88,6 +88,7 @@ public struct ReadDecision: Sendable {
     public let purposeName: String
     let policy: Policy
     let purpose: Purpose
+    private let rules: PurposeRules
     /// Set when the whole profile is withheld (restriction or consent), with the reason.
     let blanket: Withheld?
 
@@ -97,6 +98,7 @@ public struct ReadDecision: Sendable {
         self.purposeName = name
         self.policy = policy
         self.purpose = policy.purposes[name]!
+        self.rules = policy.rules[name]!
         self.blanket = Self.blanket(purpose: purpose, role: principal.role, consent: consent)
     }
 
@@ -128,17 +130,17 @@ public struct ReadDecision: Sendable {
     public var withholdsEverything: Bool { blanket != nil }
 
     public func decide(_ field: String) -> FieldDecision {
-        let category = policy.category(of: field)
+        let rule = rules.rule(for: field)
         if var blanket {
             blanket.field = field
-            blanket.category = category
+            blanket.category = rule?.category
             return .withhold(blanket)
         }
-        guard let category else { return .withhold(Withheld(field: field, reason: .unknownField)) }
-        switch purpose.access[category] ?? .withhold {
+        guard let rule else { return .withhold(Withheld(field: field, reason: .unknownField)) }
+        switch rule.access {
         case .allow: return .allow
         case .mask: return .mask(policy.masks[field] ?? .redact)
-        case .withhold: return .withhold(Withheld(field: field, reason: .purposeExcludesCategory, category: category))
+        case .withhold: return .withhold(Withheld(field: field, reason: .purposeExcludesCategory, category: rule.category))
         }
     }
 }

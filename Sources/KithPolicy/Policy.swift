@@ -8,12 +8,17 @@ public struct Policy: Sendable, Equatable {
     /// Data categories, as the policy declares them (`contact`, `demographic`, ...).
     public var categories: [String]
     /// Field path (`traits.email`, `identifiers.email`, `events`, `revenue`) → category.
-    public var fields: [String: String]
+    public var fields: [String: String] { didSet { rules = Self.rules(fields, unknownFields, purposes) } }
     /// What a field the policy does not name is treated as.
-    public var unknownFields: UnknownFieldRule
+    public var unknownFields: UnknownFieldRule { didSet { rules = Self.rules(fields, unknownFields, purposes) } }
     /// Consent category → its equivalents in IAB TCF v2.2 and Google Consent Mode.
     public var consentCategories: [String: ConsentMapping]
-    public var purposes: [String: Purpose]
+    public var purposes: [String: Purpose] { didSet { rules = Self.rules(fields, unknownFields, purposes) } }
+    /// Per purpose, each named field's category and the purpose's access to it, and the same
+    /// for fields the policy does not name: a read's decision for a field is one lookup, not a
+    /// lookup of its category and then of the access (a read decides a field per trait and
+    /// per identifier kind). Derived from `fields`, `unknownFields` and `purposes`, kept in step.
+    private(set) var rules: [String: PurposeRules] = [:]
     /// Field path → how its value is masked when a purpose sees its category masked.
     public var masks: [String: MaskRule]
 
@@ -27,6 +32,15 @@ public struct Policy: Sendable, Equatable {
         self.consentCategories = consentCategories
         self.purposes = purposes
         self.masks = masks
+        rules = Self.rules(fields, unknownFields, purposes)
+    }
+
+    private static func rules(_ fields: [String: String], _ unknown: UnknownFieldRule, _ purposes: [String: Purpose]) -> [String: PurposeRules] {
+        purposes.mapValues { purpose in
+            func rule(_ category: String) -> FieldRule { FieldRule(category: category, access: purpose.access[category] ?? .withhold) }
+            let unknownRule: FieldRule? = if case .category(let category) = unknown { rule(category) } else { nil }
+            return PurposeRules(named: fields.mapValues(rule), unknown: unknownRule)
+        }
     }
 
     /// The category of a field path.
@@ -35,6 +49,20 @@ public struct Policy: Sendable, Equatable {
         if case .category(let category) = unknownFields { return category }
         return nil
     }
+}
+
+/// A field's category and what one purpose may see of it.
+struct FieldRule: Sendable, Equatable {
+    var category: String
+    var access: Access
+}
+
+/// One purpose's rules: for each field the policy names, and for any other (nil: withheld).
+struct PurposeRules: Sendable, Equatable {
+    var named: [String: FieldRule]
+    var unknown: FieldRule?
+
+    func rule(for field: String) -> FieldRule? { named[field] ?? unknown }
 }
 
 /// The treatment of fields the policy does not name.

@@ -53,6 +53,51 @@ import Testing
         }
     }
 
+    /// A field's decision is its category's access for the purpose (the category named for it,
+    /// else the unknown-field rule's), whatever the policy; and it follows the policy when the
+    /// policy is changed.
+    @Test(arguments: 0..<100) func decisionsFollowCategoryAndAccess(seed: UInt64) throws {
+        var random = SplitMix64(seed: seed &* 104_729 &+ 7)
+        var policy = try Self.randomPolicy(&random)
+        let fields = Self.traitPool.map { "traits." + $0 } + ["traits.unnamed", "events", "aggregates", "revenue", "groups", "identifiers.email", "identifiers.user_id"]
+        func expected(_ field: String, _ purpose: String, blanket: Withheld?) -> FieldDecision {
+            var category = policy.fields[field]
+            if category == nil, case .category(let unknown) = policy.unknownFields { category = unknown }
+            if var blanket {
+                blanket.field = field
+                blanket.category = category
+                return .withhold(blanket)
+            }
+            guard let category else { return .withhold(Withheld(field: field, reason: .unknownField)) }
+            switch policy.purposes[purpose]!.access[category] ?? .withhold {
+            case .allow: return .allow
+            case .mask: return .mask(policy.masks[field] ?? .redact)
+            case .withhold: return .withhold(Withheld(field: field, reason: .purposeExcludesCategory, category: category))
+            }
+        }
+        func check() throws {
+            for purpose in policy.purposes.keys.sorted() {
+                let principal = Principal(name: "p", role: .reader, purposes: [purpose])
+                let granted = ConsentState(decisions: Dictionary(uniqueKeysWithValues: Self.consentPool.map { ($0, true) }))
+                let open = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: granted)
+                let restricted = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(restricted: true))
+                for field in fields {
+                    #expect(open.decide(field) == expected(field, purpose, blanket: nil), "\(purpose) \(field)")
+                    #expect(restricted.decide(field) == expected(field, purpose, blanket: Withheld(field: "", reason: .restricted)))
+                }
+            }
+        }
+        try check()
+        policy.unknownFields = seed % 2 == 0 ? .withhold : .category(Policy.defaultCategories[0])
+        try check()
+        policy.fields["traits.unnamed"] = Policy.defaultCategories[Int(seed % UInt64(Policy.defaultCategories.count))]
+        policy.fields["events"] = nil
+        try check()
+        let name = policy.purposes.keys.sorted()[0]
+        policy.purposes[name]!.access = Dictionary(uniqueKeysWithValues: Policy.defaultCategories.map { ($0, Access.mask) })
+        try check()
+    }
+
     /// A policy over the default categories with random mappings, masks, consent and access.
     static func randomPolicy(_ random: inout SplitMix64) throws -> Policy {
         let categories = Policy.defaultCategories
