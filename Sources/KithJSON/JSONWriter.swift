@@ -39,14 +39,8 @@ public struct JSONWriter: Sendable {
 
     public mutating func raw(bytes more: [UInt8]) { bytes.append(contentsOf: more) }
 
-    /// Bytes the caller guarantees are valid JSON in this position.
-    public mutating func raw(_ more: UnsafeBufferPointer<UInt8>) { bytes.append(contentsOf: more) }
-
     /// Fixed text (punctuation and member names a renderer writes as one piece).
     public mutating func raw(static text: StaticString) { bytes.append(static: text) }
-
-    /// Lets `body` append text that it guarantees is valid JSON in this position.
-    public mutating func appendRaw(_ body: (inout [UInt8]) -> Void) { body(&bytes) }
 
     /// An integer's decimal literal, written digit by digit (no `String` made for it).
     public mutating func write(integer: Int64) {

@@ -87,7 +87,6 @@ public enum ReadRefusal: Error, Equatable {
 public struct ReadDecision: Sendable {
     public let purposeName: String
     let policy: Policy
-    let purpose: Purpose
     private let rules: PurposeRules
     /// Set when the whole profile is withheld (restriction or consent), with the reason.
     let blanket: Withheld?
@@ -97,9 +96,8 @@ public struct ReadDecision: Sendable {
         let name = try Self.purpose(policy: policy, principal: principal, requested: requestedPurpose)
         self.purposeName = name
         self.policy = policy
-        self.purpose = policy.purposes[name]!
         self.rules = policy.rules[name]!
-        self.blanket = Self.blanket(purpose: purpose, role: principal.role, consent: consent)
+        self.blanket = Self.blanket(purpose: policy.purposes[name]!, role: principal.role, consent: consent)
     }
 
     /// The purpose a read is for, checked against the policy and the principal (before the

@@ -27,7 +27,7 @@ extension ProfileView {
 extension JSONWriter {
     /// An ISO 8601 time as a JSON string, written straight into the buffer.
     public mutating func write(time millis: Int64) {
-        appendRaw { ISO8601.append(millis: millis, to: &$0, quoted: true) }
+        ISO8601.append(millis: millis, to: &self, quoted: true)
     }
 
     public mutating func writeIdentifiers(_ members: [Identifier]) {
