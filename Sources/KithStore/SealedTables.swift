@@ -117,7 +117,13 @@ final class SealingSession {
     func sealedKey(_ plain: [UInt8]) -> [UInt8] {
         guard !plain.isEmpty else { return [] }
         guard let zero = plain.firstIndex(of: 0) else { return pseudonym(plain) }
-        var key = pseudonym(plain[..<zero])
+        return sealedKey(plain, separatorAt: zero, ownerPseudonym: pseudonym(plain[..<zero]))
+    }
+
+    /// `sealedKey(plain)` for a key whose owner ends at `zero` and whose owner's pseudonym the
+    /// caller has already.
+    func sealedKey(_ plain: [UInt8], separatorAt zero: Int, ownerPseudonym: [UInt8]) -> [UInt8] {
+        var key = ownerPseudonym
         guard zero + 1 < plain.count else { return key }
         let part = plain[zero + 1]
         key.append(part)
@@ -510,7 +516,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
             let zero = key.firstIndex(of: 0)!
             let owner = Array(key[..<zero])
             let pseudonym = session.pseudonym(owner)
-            let sealedKey = session.sealedKey(key)
+            let sealedKey = session.sealedKey(key, separatorAt: zero, ownerPseudonym: pseudonym)
             var plaintext = value
             if key[zero + 1] == DocumentPart.edge.rawValue {
                 var writer = BinaryWriter(capacity: value.count + 40)

@@ -207,38 +207,62 @@ func decode<T>(_ bytes: [UInt8], table: Table, _ body: ([UInt8]) throws -> T) th
 /// the end: a hot customer's head is decoded and encoded once per batch, not once per message.
 struct CachedRecords<Value: BinaryCodable> {
     let part: DocumentPart
-    private var values: [[UInt8]: Value] = [:]
-    private var dirty: Set<[UInt8]> = []
-    private var deleted: Set<[UInt8]> = []
+    private var values: [ByteKey: Value] = [:]
+    private var dirty: Set<ByteKey> = []
+    private var deleted: Set<ByteKey> = []
 
     init(part: DocumentPart) {
         self.part = part
     }
 
     mutating func get(_ key: [UInt8], from txn: any StoreWriting) throws -> Value? {
-        if let cached = values[key] { return cached }
-        if deleted.contains(key) { return nil }
-        guard let bytes = try txn.get(.documents, documentKey(key, part)) else { return nil }
-        let value = try decode(Value.self, bytes, table: .documents)
-        values[key] = value
+        let cacheKey = ByteKey(key)
+        if let cached = values[cacheKey] { return cached }
+        guard let value = try stored(cacheKey, from: txn) else { return nil }
+        values[cacheKey] = value
         return value
     }
 
-    mutating func set(_ key: [UInt8], _ value: Value) {
+    /// Changes the record (or `initial`, when there is none) where it is: it leaves the cache
+    /// while `body` runs, so the cache's reference does not make every change copy the record's
+    /// storage, and goes back, to be written, after. Nil, without calling `body`, when there is
+    /// no record and no `initial`. A throw leaves it out of the cache; the transaction, which
+    /// aborts on any throw, is not used again.
+    mutating func modify<T>(
+        _ key: [UInt8], from txn: any StoreWriting, initial: () -> Value? = { nil }, _ body: (inout Value) throws -> T
+    ) throws -> T? {
+        let cacheKey = ByteKey(key)
+        guard var value = try values.removeValue(forKey: cacheKey) ?? stored(cacheKey, from: txn) ?? initial() else { return nil }
+        let result = try body(&value)
+        set(cacheKey, value)
+        return result
+    }
+
+    mutating func set(_ key: [UInt8], _ value: Value) { set(ByteKey(key), value) }
+
+    mutating func delete(_ key: [UInt8]) {
+        let cacheKey = ByteKey(key)
+        values[cacheKey] = nil
+        dirty.remove(cacheKey)
+        deleted.insert(cacheKey)
+    }
+
+    func writeBack(to txn: any StoreWriting) throws {
+        for key in dirty { try txn.put(.documents, documentKey(key.bytes, part), ProfileFormat.encode(values[key]!), mode: .upsert) }
+        for key in deleted { try txn.delete(.documents, documentKey(key.bytes, part)) }
+    }
+
+    private mutating func set(_ key: ByteKey, _ value: Value) {
         values[key] = value
         dirty.insert(key)
         deleted.remove(key)
     }
 
-    mutating func delete(_ key: [UInt8]) {
-        values[key] = nil
-        dirty.remove(key)
-        deleted.insert(key)
-    }
-
-    func writeBack(to txn: any StoreWriting) throws {
-        for key in dirty { try txn.put(.documents, documentKey(key, part), ProfileFormat.encode(values[key]!), mode: .upsert) }
-        for key in deleted { try txn.delete(.documents, documentKey(key, part)) }
+    /// The record as stored, unless this transaction deleted it.
+    private func stored(_ key: ByteKey, from txn: any StoreWriting) throws -> Value? {
+        if deleted.contains(key) { return nil }
+        guard let bytes = try txn.get(.documents, documentKey(key.bytes, part)) else { return nil }
+        return try decode(Value.self, bytes, table: .documents)
     }
 }
 
@@ -252,7 +276,7 @@ final class WriteContext {
     private let digesting: DigestingWriter?
     private var heads = CachedRecords<SourceHead>(part: .head)
     private var views = CachedRecords<ProfileView>(part: .view)
-    private var index: [[UInt8]: [UInt8]?] = [:]
+    private var index: [ByteKey: [UInt8]?] = [:]
     private var sequence: UInt64
     /// Change-log entries of this transaction, written as one record by `finish`.
     private var pendingChanges: [ChangeEntry] = []
@@ -316,9 +340,10 @@ final class WriteContext {
 
         // A source head keeps no history (limit 0): events live in ledger rows, and only views
         // hold the newest few, so heads stay small and rewriting them stays cheap.
-        var head = try source(subjectKey) ?? SourceHead()
-        head.absorb(delta, historyLimit: 0)
-        setSource(subjectKey, head)
+        let head = try heads.modify(subjectKey, from: txn, initial: { SourceHead() }) { head in
+            head.absorb(delta, historyLimit: 0)
+            return head
+        }!
 
         // Identifiers new here: their ledgers hold this message's row at most.
         var fresh: Set<Identifier> = try register(delta.subject) ? [delta.subject] : []
@@ -338,9 +363,7 @@ final class WriteContext {
             try recompute(around: [delta.subject] + links, absorbing: delta, fresh: fresh)
         } else {
             let canonical = try canonicalKey(subjectKey)!
-            var view = try self.view(canonical)!
-            view.head.absorb(delta, historyLimit: historyLimit)
-            setView(canonical, view)
+            try views.modify(canonical, from: txn) { $0.head.absorb(delta, historyLimit: historyLimit) }!
         }
         if logged { try log(.message(delta), origin: origin) }
         return .applied
@@ -926,14 +949,14 @@ final class WriteContext {
     private func deleteView(_ key: [UInt8]) { views.delete(key) }
 
     private func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
-        if let cached = index[key] { return cached }
+        if let cached = index[ByteKey(key)] { return cached }
         let found = try txn.get(.documents, documentKey(key, .index))
-        index[key] = found
+        index[ByteKey(key)] = found
         return found
     }
 
     private func setCanonical(_ key: [UInt8], _ canonical: [UInt8]?) throws {
-        index[key] = .some(canonical)
+        index[ByteKey(key)] = .some(canonical)
         if let canonical {
             try txn.put(.documents, documentKey(key, .index), canonical, mode: .upsert)
         } else {
