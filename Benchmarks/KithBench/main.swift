@@ -38,6 +38,9 @@ struct Options {
     /// `--reads-only true`: skip parsing and applying and run the read phases on the store an
     /// earlier run left at `--data-dir` (to measure read changes without rebuilding the store).
     var readsOnly = false
+    /// `--parse-thread false`: parse each batch on the applying thread, between commits, instead
+    /// of on a thread of its own while the batch before is applied (as a node's event loops do).
+    var parseThread = true
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -59,6 +62,7 @@ struct Options {
             case "--lmdb-ceiling": ceilingScratch = value
             case "--messages": ceilingMessages = Int(value) ?? 0
             case "--reads-only": readsOnly = value != "false"
+            case "--parse-thread": parseThread = value != "false"
             default: Self.fail("unknown option \(argument)")
             }
         }
@@ -69,7 +73,7 @@ struct Options {
         }
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
         }
     }
 
@@ -146,7 +150,8 @@ if let kithBinary = options.kithBinary {
 
 let parser = SegmentMessageParser()
 
-try [UInt8](file).withUnsafeBufferPointer { buffer in
+let bytes = [UInt8](file)
+try bytes.withUnsafeBufferPointer { buffer in
     let lines = lineRanges(buffer)
     print("workload.messages: \(lines.count)")
 
@@ -166,19 +171,15 @@ try [UInt8](file).withUnsafeBufferPointer { buffer in
     let store = try openStore(options)
     print("apply.durable: \(options.durable)")
     print("apply.replicating: \(options.replicating)")
+    print("apply.parse_thread: \(options.parseThread)")
     var outcomes: [ApplyOutcome: Int] = [:]
-    var batch: [ProfileDelta] = []
-    batch.reserveCapacity(options.batchSize)
     let applyTime = try seconds {
-        for range in lines {
-            let json = try JSONParser.parse(UnsafeBufferPointer(rebasing: buffer[range]))
-            batch.append(try parser.parse(json, receivedAt: receivedAt))
-            if batch.count == options.batchSize {
-                for outcome in try store.apply(batch) { outcomes[outcome, default: 0] += 1 }
-                batch.removeAll(keepingCapacity: true)
-            }
+        let batches = ParsedBatches(bytes: bytes, lines: lines, batchSize: options.batchSize, receivedAt: receivedAt)
+        defer { batches.stop() }
+        if options.parseThread { batches.startParsing() }
+        while let batch = try batches.next() {
+            for outcome in try store.apply(batch) { outcomes[outcome, default: 0] += 1 }
         }
-        if !batch.isEmpty { for outcome in try store.apply(batch) { outcomes[outcome, default: 0] += 1 } }
     }
     report("apply.events_per_s", Double(lines.count) / applyTime)
     print("apply.applied: \(outcomes[.applied, default: 0])")
