@@ -181,6 +181,9 @@ try bytes.withUnsafeBufferPointer { buffer in
             for outcome in try store.apply(batch) { outcomes[outcome, default: 0] += 1 }
         }
     }
+    // Every message must have been given to the store once, whichever thread parsed it.
+    let given = outcomes.values.reduce(0, +)
+    if given != lines.count { Options.fail("the store was given \(given) of \(lines.count) messages") }
     report("apply.events_per_s", Double(lines.count) / applyTime)
     print("apply.applied: \(outcomes[.applied, default: 0])")
     print("apply.duplicates: \(outcomes[.duplicate, default: 0])")

@@ -47,6 +47,10 @@ enum KeySlot {
 struct KeyTable {
     private static let stride = 8 + AESGCM.keySize
     private var bytes: [UInt8] = []
+    /// The slots with a zero tag, kept as slots change: finding free slots by scanning every
+    /// slot made each pool of new keys cost a pass over all keys (quadratic in a store's life,
+    /// and done holding the lock that every read's key lookup takes).
+    private var freeSet: Set<Int> = []
 
     var count: Int { bytes.count / Self.stride }
 
@@ -63,7 +67,9 @@ struct KeyTable {
 
     /// Adds free slots up to `count` slots.
     mutating func grow(to count: Int) {
-        if count > self.count { bytes += [UInt8](repeating: 0, count: (count - self.count) * Self.stride) }
+        guard count > self.count else { return }
+        freeSet.formUnion(self.count..<count)
+        bytes += [UInt8](repeating: 0, count: (count - self.count) * Self.stride)
     }
 
     mutating func set(_ slot: Int, tag: UInt64, key: AESGCM.Key) {
@@ -71,15 +77,17 @@ struct KeyTable {
         let start = slot * Self.stride
         withUnsafeBytes(of: tag) { bytes.replaceSubrange(start..<(start + 8), with: $0) }
         bytes.replaceSubrange((start + 8)..<(start + Self.stride), with: key.byteArray)
+        freeSet.remove(slot)
     }
 
     mutating func free(_ slot: Int) {
         let start = slot * Self.stride
         bytes.replaceSubrange(start..<(start + Self.stride), with: repeatElement(0, count: Self.stride))
+        freeSet.insert(slot)
     }
 
-    /// The lowest free slots, at most `limit`.
-    func freeSlots(limit: Int) -> [Int] { Array((0..<count).lazy.filter { tag($0) == 0 }.prefix(limit)) }
+    /// The lowest free slots, at most `limit`: linear in the free slots, not in all slots.
+    func freeSlots(limit: Int) -> [Int] { Array(freeSet.sorted().prefix(limit)) }
 }
 
 /// The data keys of one store, in a file of their own kept apart from the data and its backups

@@ -298,6 +298,25 @@ struct DataKeyStoreTests {
         #expect(try keys.issue().id == first.id)
     }
 
+    @Test("the free slots a pool is made from are the lowest slots with a zero tag, after any growth, setting and freeing", arguments: 0..<20)
+    func freeSlotsFollowChanges(seed: UInt64) {
+        var random = SplitMix64(seed: seed)
+        var table = KeyTable()
+        for _ in 0..<400 {
+            let change = random.next() % 4
+            if change == 0 || table.count == 0 {
+                table.grow(to: table.count + Int(random.next() % 20))
+            } else if change < 3 {
+                table.set(Int(random.next() % UInt64(table.count)), tag: random.next() | 1, key: AESGCM.Key([UInt8](repeating: 7, count: AESGCM.keySize))!)
+            } else {
+                table.free(Int(random.next() % UInt64(table.count)))
+            }
+            let limit = Int(random.next() % 40)
+            let scanned = Array((0..<table.count).filter { table.tag($0) == 0 }.prefix(limit))
+            #expect(table.freeSlots(limit: limit) == scanned)
+        }
+    }
+
     @Test("a damaged or foreign file is refused")
     func refusesDamage() throws {
         let path = SealingTests.directory() + ".keys"
