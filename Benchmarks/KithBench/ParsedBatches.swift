@@ -23,7 +23,9 @@ final class ParsedBatches: @unchecked Sendable {
     private var parsingFailure: Error?
     private var stopped = false
     private var thread: Thread?
-    /// The next line to parse when batches are parsed on the applying thread.
+
+    /// The next line to parse when batches are parsed on the applying thread (no parsing thread
+    /// was started, so only that thread touches it).
     private var nextLine = 0
 
     init(bytes: [UInt8], lines: [Range<Int>], batchSize: Int, receivedAt: Int64) {

@@ -54,6 +54,18 @@ struct KeyTable {
 
     var count: Int { bytes.count / Self.stride }
 
+    init() {}
+
+    /// The table of a key file's `count` slots; `decode` gives a slot's tag and key, nil for a
+    /// free one. Only free slots enter the free set, so loading a file of live keys does not
+    /// leave a set sized for all of them behind.
+    init(count: Int, decode: (Int) -> (tag: UInt64, key: AESGCM.Key)?) {
+        bytes = [UInt8](repeating: 0, count: count * Self.stride)
+        for slot in 0..<count {
+            if let found = decode(slot) { set(slot, tag: found.tag, key: found.key) } else { freeSet.insert(slot) }
+        }
+    }
+
     /// Whether slot `id.slot` holds the key `id` names (a zero tag marks a free slot).
     func holds(_ id: DataKeyID) -> Bool { Int(id.slot) < count && tag(Int(id.slot)) == id.tag }
 
@@ -157,13 +169,11 @@ final class DataKeyStore: @unchecked Sendable {
         let bytes = try read(count: size, at: 0)
         guard Array(bytes.prefix(KeySlot.magic.count)) == KeySlot.magic else { throw DataKeyError("\(path) is not a Kith key file") }
         let count = (size - KeySlot.headerSize) / KeySlot.size
-        state.withLock { state in
-            state.slots.grow(to: count)
-            for slot in 0..<count {
-                let start = KeySlot.offset(UInt32(slot))
-                if let found = KeySlot.decode(bytes[start..<(start + KeySlot.size)]) { state.slots.set(slot, tag: found.tag, key: found.key) }
-            }
+        let slots = KeyTable(count: count) { slot in
+            let start = KeySlot.offset(UInt32(slot))
+            return KeySlot.decode(bytes[start..<(start + KeySlot.size)])
         }
+        state.withLock { $0.slots = slots }
     }
 
     /// The key of `id`, or nil when it has been destroyed.

@@ -949,9 +949,10 @@ final class WriteContext {
     private func deleteView(_ key: [UInt8]) { views.delete(key) }
 
     private func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
-        if let cached = index[ByteKey(key)] { return cached }
+        let cacheKey = ByteKey(key)
+        if let cached = index[cacheKey] { return cached }
         let found = try txn.get(.documents, documentKey(key, .index))
-        index[ByteKey(key)] = found
+        index[cacheKey] = found
         return found
     }
 

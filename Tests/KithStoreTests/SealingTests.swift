@@ -315,6 +315,10 @@ struct DataKeyStoreTests {
             let scanned = Array((0..<table.count).filter { table.tag($0) == 0 }.prefix(limit))
             #expect(table.freeSlots(limit: limit) == scanned)
         }
+        // A table loaded from the same slots (as from the key file) finds the same free slots.
+        let loaded = KeyTable(count: table.count) { table.tag($0) == 0 ? nil : (table.tag($0), table.key($0)) }
+        #expect(loaded.freeSlots(limit: table.count) == table.freeSlots(limit: table.count))
+        #expect((0..<table.count).allSatisfy { loaded.tag($0) == table.tag($0) && loaded.key($0) == table.key($0) })
     }
 
     @Test("a damaged or foreign file is refused")
