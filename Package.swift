@@ -9,7 +9,7 @@ let optimizeAcrossModules: [SwiftSetting] = [.unsafeFlags(["-cross-module-optimi
 
 let package = Package(
     name: "Kith",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     targets: [
         // C libraries, each behind one system library target and one shim header.
         .systemLibrary(name: "CLMDB", pkgConfig: "lmdb", providers: [.apt(["liblmdb-dev"])]),

@@ -71,6 +71,17 @@ public struct BinaryWriter: Sendable {
         write(varint: UInt64(bitPattern: (value << 1) ^ (value >> 63)))
     }
 
+    /// A 128-bit signed value, zigzag and base 128 like `write(signed:)`: a value that fits in
+    /// 64 bits is written as the same bytes, so a field can widen without changing stored rows.
+    public mutating func write(signed128 value: Int128) {
+        var v = UInt128(bitPattern: (value << 1) ^ (value >> 127))
+        while v >= 0x80 {
+            bytes.append(UInt8(truncatingIfNeeded: v) | 0x80)
+            v >>= 7
+        }
+        bytes.append(UInt8(v))
+    }
+
     public mutating func write(count: Int) { write(varint: UInt64(count)) }
 
     public mutating func write(bool value: Bool) { bytes.append(value ? 1 : 0) }
@@ -167,6 +178,21 @@ public struct BinaryReader: Sendable {
     public mutating func readSigned() throws -> Int64 {
         let raw = try readVarint()
         return Int64(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
+    }
+
+    /// Reads what `write(signed128:)` wrote: at most 19 bytes, refusing bits beyond 128.
+    public mutating func readSigned128() throws -> Int128 {
+        var raw: UInt128 = 0
+        var shift = 0
+        while true {
+            let byte = try readByte()
+            if shift == 126 && byte > 3 { throw BinaryDecodingError(.varintOverflow, offset: position - 1) }
+            raw |= UInt128(byte & 0x7F) << shift
+            if byte & 0x80 == 0 { break }
+            shift += 7
+            if shift > 126 { throw BinaryDecodingError(.varintOverflow, offset: position - 1) }
+        }
+        return Int128(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
     }
 
     @inlinable

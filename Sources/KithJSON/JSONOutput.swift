@@ -64,7 +64,20 @@ extension JSONOutput where Self: ~Copyable {
     /// `value / 10^scale` as an exact decimal literal (e.g. 1234567, 6 → 1.234567), without
     /// trailing zeros in the fraction, written in place (no `String` made for it).
     public mutating func appendFixedPoint(_ value: Int64, scale: Int) {
+        appendFixedPoint(magnitude: value.magnitude, negative: value < 0, scale: scale)
+    }
+
+    /// The same for sums that may outgrow 64 bits (revenue totals are carried exactly in 128).
+    public mutating func appendFixedPoint128(_ value: Int128, scale: Int) {
+        if let small = Int64(exactly: value) { return appendFixedPoint(small, scale: scale) }
+        appendFixedPoint(magnitude: value.magnitude, negative: value < 0, scale: scale)
+    }
+
+    private mutating func appendFixedPoint<Magnitude: FixedWidthInteger & UnsignedInteger>(
+        magnitude: Magnitude, negative: Bool, scale: Int
+    ) {
         precondition((0...18).contains(scale), "scale must be 0 to 18")
+        // At most 39 digits, a point and a sign.
         append(upTo: 42) { text in
             // Written last digit first into a scratch area, then moved to the front.
             var digits: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0)
@@ -74,7 +87,7 @@ extension JSONOutput where Self: ~Copyable {
                     at -= 1
                     scratch[at] = byte
                 }
-                var rest = value.magnitude
+                var rest = magnitude
                 var fraction = scale
                 while fraction > 0 && rest % 10 == 0 {  // trailing zeros of the fraction are left out
                     rest /= 10
@@ -89,7 +102,7 @@ extension JSONOutput where Self: ~Copyable {
                     put(UInt8(ascii: "0") + UInt8(rest % 10))
                     rest /= 10
                 } while rest > 0
-                if value < 0 { put(UInt8(ascii: "-")) }
+                if negative { put(UInt8(ascii: "-")) }
                 let written = scratch.count - at
                 UnsafeMutableRawPointer(text).copyMemory(from: scratch.baseAddress! + at, byteCount: written)
                 return written

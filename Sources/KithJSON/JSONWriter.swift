@@ -53,6 +53,10 @@ public struct JSONWriter: Sendable {
         bytes.appendFixedPoint(value, scale: scale)
     }
 
+    public mutating func write(fixedPoint128 value: Int128, scale: Int) {
+        bytes.appendFixedPoint128(value, scale: scale)
+    }
+
     public mutating func write(string: String) {
         var string = string
         string.withUTF8 { write(utf8: $0) }

@@ -56,7 +56,7 @@ public struct EncodedProfileView: Sendable {
         try Self.skipSequence(&reader, minimumItemSize: 3) { r in
             _ = try r.readStringRange()
             _ = try r.readSigned()
-            _ = try r.readSigned()
+            _ = try r.readSigned128()
         }
         totalsAt = reader.offset
         _ = try reader.readSigned()
@@ -208,14 +208,14 @@ public struct EncodedProfileView: Sendable {
         for index in 0..<r.count() {
             let name = r.range()
             let count = r.signed()
-            let revenue = r.signed()
+            let revenue = r.signed128()
             if index > 0 { output.append(byte: UInt8(ascii: ",")) }
             output.appendString(utf8: r[name])
             output.append(static: #":{"count":"#)
             output.appendFixedPoint(count, scale: 0)
             if revenue != 0 {
                 output.append(static: #","revenue":"#)
-                output.appendFixedPoint(revenue, scale: 6)
+                output.appendFixedPoint128(revenue, scale: 6)
             }
             output.append(byte: UInt8(ascii: "}"))
         }
@@ -298,6 +298,19 @@ public struct EncodedProfileView: Sendable {
         mutating func signed() -> Int64 {
             let raw = varint()
             return Int64(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
+        }
+
+        /// A revenue sum (`write(signed128:)`), checked by the walk that made the view.
+        mutating func signed128() -> Int128 {
+            var raw: UInt128 = 0
+            var shift = 0
+            while true {
+                let next = byte()
+                raw |= UInt128(next & 0x7F) << shift
+                if next & 0x80 == 0 { break }
+                shift += 7
+            }
+            return Int128(bitPattern: (raw >> 1) ^ (0 &- (raw & 1)))
         }
 
         mutating func count() -> Int { Int(varint()) }

@@ -41,6 +41,26 @@ extension BinaryReader {
         try readBool() ? try readSigned() : nil
     }
 
+    /// A message time inside `MessageTimes.representable`.
+    mutating func readTime() throws -> Int64 {
+        let offset = self.offset
+        let time = try readSigned()
+        guard MessageTimes.representable.contains(time) else { throw BinaryDecodingError(.invalidValue, offset: offset, "time outside ±10^15 ms") }
+        return time
+    }
+
+    mutating func readOptionalTime() throws -> Int64? {
+        try readBool() ? try readTime() : nil
+    }
+
+    /// One event's revenue inside `Revenue.limits`: sums of them cannot overflow.
+    mutating func readOptionalRevenue() throws -> Int64? {
+        let offset = self.offset
+        guard let micros = try readOptionalSigned() else { return nil }
+        guard Revenue.isRepresentable(micros) else { throw BinaryDecodingError(.invalidValue, offset: offset, "revenue outside ±10^18 micro-units") }
+        return micros
+    }
+
     mutating func readOptional<T: BinaryCodable>(_ type: T.Type = T.self) throws -> T? {
         try readBool() ? try T(from: &self) : nil
     }
@@ -72,11 +92,13 @@ extension MessageTimes: BinaryCodable {
         writer.write(optionalSigned: sentAt)
     }
 
+    /// Refuses times outside `MessageTimes.representable` (a damaged row or a peer's bad frame
+    /// must not reach the skew arithmetic).
     public init(from reader: inout BinaryReader) throws {
-        let received = try reader.readSigned()
+        let received = try reader.readTime()
         self.init(
-            timestamp: try reader.readOptionalSigned(), originalTimestamp: try reader.readOptionalSigned(),
-            sentAt: try reader.readOptionalSigned(), receivedAt: received)
+            timestamp: try reader.readOptionalTime(), originalTimestamp: try reader.readOptionalTime(),
+            sentAt: try reader.readOptionalTime(), receivedAt: received)
     }
 }
 
@@ -94,7 +116,7 @@ extension EventRecord: BinaryCodable {
     public init(from reader: inout BinaryReader) throws {
         self.init(
             messageId: try reader.readString(), type: try MessageType(from: &reader), name: try reader.readString(),
-            time: try reader.readSigned(), channel: try reader.readString(), revenueMicros: try reader.readOptionalSigned(),
+            time: try reader.readSigned(), channel: try reader.readString(), revenueMicros: try reader.readOptionalRevenue(),
             properties: try RawJSON(from: &reader))
     }
 }
@@ -110,7 +132,7 @@ extension LedgerEntry: BinaryCodable {
     public init(from reader: inout BinaryReader) throws {
         self.init(
             type: try MessageType(from: &reader), name: try reader.readString(), time: try reader.readSigned(),
-            revenueMicros: try reader.readOptionalSigned())
+            revenueMicros: try reader.readOptionalRevenue())
     }
 }
 
@@ -136,7 +158,7 @@ extension SourceHead: BinaryCodable {
         for (key, aggregate) in aggregates.pairs {
             writer.write(string: key)
             writer.write(signed: aggregate.count)
-            writer.write(signed: aggregate.revenueMicros)
+            writer.write(signed128: aggregate.revenueMicros)
         }
         writer.write(signed: messageCount)
         writer.write(optionalSigned: firstSeen)
@@ -150,7 +172,7 @@ extension SourceHead: BinaryCodable {
         groups = try ORSet(from: &reader)
         recent = try reader.readSequence(minimumItemSize: 8) { r in try EventRecord(from: &r) }
         let pairs = try reader.readSequence(minimumItemSize: 3) { r in
-            (try r.readString(), EventAggregate(count: try r.readSigned(), revenueMicros: try r.readSigned()))
+            (try r.readString(), EventAggregate(count: try r.readSigned(), revenueMicros: try r.readSigned128()))
         }
         guard let sorted = SortedDictionary(ascending: pairs.map(\.0), pairs.map(\.1)) else {
             throw BinaryDecodingError(.invalidValue, offset: reader.offset, "aggregate names not strictly ascending")

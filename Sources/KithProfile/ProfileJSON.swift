@@ -90,7 +90,7 @@ extension JSONWriter {
                 switch revenue {
                 case .plain:
                     raw(static: #","revenue":"#)
-                    write(fixedPoint: aggregate.revenueMicros, scale: 6)
+                    write(fixedPoint128: aggregate.revenueMicros, scale: 6)
                 case .replaced(let text):
                     raw(static: #","revenue":"#)
                     write(string: text)

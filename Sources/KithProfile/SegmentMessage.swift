@@ -36,10 +36,21 @@ public struct MessageError: Error, Equatable, Sendable, CustomStringConvertible 
 
 /// The four times of a message, in Unix milliseconds, and the event time Kith orders it by.
 ///
-/// As Segment does, the event time corrects the client's clock skew:
-/// `eventTime = receivedAt − (sentAt − originalTimestamp)` when the client sent `sentAt`,
-/// otherwise the client's own timestamp, otherwise the time Kith received it.
+/// As Segment does, the client's time is corrected for its clock skew:
+/// `receivedAt − (sentAt − originalTimestamp)` when the client sent `sentAt`, otherwise the
+/// client's own timestamp, otherwise the time Kith received it. The **event time** — the order
+/// of the data, its LWW stamp, and what an erasure is compared with — is that time, but never
+/// later than `receivedAt`: no client clock can date data after the moment a node took it in,
+/// so no client can push a profile into the future or place data beyond an erasure made after
+/// it was received (docs/crdt.md, "Which clock orders what"). The client's times are kept as
+/// given, and `clientTime` says when the order differs from what the client said.
 public struct MessageTimes: Equatable, Sendable {
+    /// Times Kith represents: within ±10^15 ms of 1970 (about ±31,700 years), so that the
+    /// arithmetic on them cannot overflow. Parsed ISO 8601 times (years 0000–9999) are inside;
+    /// decoders refuse anything outside.
+    public static let limit: Int64 = 1_000_000_000_000_000
+    public static let representable = -limit...limit
+
     public var eventTime: Int64
     public var timestamp: Int64?
     public var originalTimestamp: Int64?
@@ -47,16 +58,28 @@ public struct MessageTimes: Equatable, Sendable {
     public var receivedAt: Int64
 
     public init(timestamp: Int64?, originalTimestamp: Int64?, sentAt: Int64?, receivedAt: Int64) {
+        for time in [timestamp, originalTimestamp, sentAt, receivedAt] {
+            precondition(time.map(Self.representable.contains) ?? true, "message time \(time!) is outside ±10^15 ms")
+        }
         self.timestamp = timestamp
         self.originalTimestamp = originalTimestamp
         self.sentAt = sentAt
         self.receivedAt = receivedAt
+        eventTime = min(Self.clientTime(timestamp: timestamp, originalTimestamp: originalTimestamp, sentAt: sentAt, receivedAt: receivedAt), receivedAt)
+    }
+
+    /// The client's time of the event, skew-corrected as Segment does, before the ceiling.
+    public var clientTime: Int64 {
+        Self.clientTime(timestamp: timestamp, originalTimestamp: originalTimestamp, sentAt: sentAt, receivedAt: receivedAt)
+    }
+
+    /// Whether the client dated the event after the node received it (its time is then not the order).
+    public var isClientTimeAhead: Bool { clientTime > receivedAt }
+
+    private static func clientTime(timestamp: Int64?, originalTimestamp: Int64?, sentAt: Int64?, receivedAt: Int64) -> Int64 {
         let original = originalTimestamp ?? timestamp
-        if let original, let sentAt {
-            eventTime = receivedAt - (sentAt - original)
-        } else {
-            eventTime = original ?? receivedAt
-        }
+        if let original, let sentAt { return receivedAt - (sentAt - original) }
+        return original ?? receivedAt
     }
 }
 
@@ -331,16 +354,25 @@ public struct SegmentMessageParser: Sendable {
         }
         return EventRecord(
             messageId: messageId, type: type, name: truncated(name, toBytes: 256), time: times.eventTime,
-            channel: channel, revenueMicros: revenue(properties), properties: RawJSON(.object(properties)))
+            channel: channel, revenueMicros: try revenue(properties), properties: RawJSON(.object(properties)))
     }
 
-    /// `properties.revenue` as a number or a numeric string, in exact micro-units.
-    private func revenue(_ properties: JSONObject) -> Int64? {
+    /// `properties.revenue` as a number or a numeric string, in exact micro-units. Text that is
+    /// not a number is not revenue (it stays a property); a number outside ±10^12 is refused,
+    /// never rounded, wrapped or left out of the totals unsaid.
+    private func revenue(_ properties: JSONObject) throws(MessageError) -> Int64? {
+        let number: JSONNumber
         switch properties["revenue"] {
-        case .number(let n)?: return n.fixedPoint(scale: 6)
-        case .string(let s)?: return JSONNumber(literal: s)?.fixedPoint(scale: 6)
+        case .number(let n)?: number = n
+        case .string(let s)?:
+            guard let n = JSONNumber(literal: s) else { return nil }
+            number = n
         default: return nil
         }
+        guard let micros = number.fixedPoint(scale: 6), Revenue.isRepresentable(micros) else {
+            throw MessageError(.invalidField, field: "properties.revenue", "properties.revenue must be a number from -1000000000000 to 1000000000000")
+        }
+        return micros
     }
 }
 

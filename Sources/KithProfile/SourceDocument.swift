@@ -2,19 +2,31 @@ import KithCRDT
 import KithJSON
 
 /// Exact totals of one kind of event: how many distinct messages, and their revenue in micro-units.
+///
+/// One event's revenue is at most `Revenue.limitMicros` in magnitude (ingest refuses more), so
+/// a 128-bit sum is exact for any count an Int64 can hold: totals never wrap and never depend on
+/// the order of addition (docs/crdt.md, "Exact aggregates").
 public struct EventAggregate: Equatable, Sendable {
     public var count: Int64 = 0
-    public var revenueMicros: Int64 = 0
+    public var revenueMicros: Int128 = 0
 
-    public init(count: Int64 = 0, revenueMicros: Int64 = 0) {
+    public init(count: Int64 = 0, revenueMicros: Int128 = 0) {
         self.count = count
         self.revenueMicros = revenueMicros
     }
 
     mutating func add(_ other: EventAggregate) {
         count += other.count
-        revenueMicros &+= other.revenueMicros
+        revenueMicros += other.revenueMicros
     }
+}
+
+/// The revenue one event may carry: ±10^12 currency units, in millionths (±10^18, inside Int64).
+public enum Revenue {
+    public static let limitMicros: Int64 = 1_000_000_000_000_000_000
+    public static let limits = -limitMicros...limitMicros
+
+    public static func isRepresentable(_ micros: Int64) -> Bool { limits.contains(micros) }
 }
 
 /// What the ledger remembers of every message a source document has absorbed: enough to
@@ -40,7 +52,7 @@ public struct LedgerEntry: Equatable, Sendable, Comparable {
 
     var aggregate: (key: String, value: EventAggregate)? {
         guard type.isEvent else { return nil }
-        return (EventRecord.aggregateKey(type: type, name: name), EventAggregate(count: 1, revenueMicros: revenueMicros ?? 0))
+        return (EventRecord.aggregateKey(type: type, name: name), EventAggregate(count: 1, revenueMicros: Int128(revenueMicros ?? 0)))
     }
 
     /// Time first, so that the entry kept for a messageId always matches the history record kept.
