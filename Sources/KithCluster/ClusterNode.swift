@@ -47,6 +47,10 @@ public final class ClusterNode {
     private var lastRequest: UInt64 = 0
     /// The tree comparison in flight, if any, and when each peer was last compared.
     var antiEntropy = AntiEntropyState()
+    /// Peers' clocks as measured from membership round trips.
+    public private(set) var clockOffsets: ClockOffsets
+    private let hasSeeds: Bool
+    private let startedAt: Int64
 
     public struct Counters: Sendable, Equatable {
         public var pullsSent = 0
@@ -104,11 +108,15 @@ public final class ClusterNode {
 
     public init(
         store: any ProfileStore, me: Member, seeds: [String], membershipSettings: MembershipSettings = MembershipSettings(),
-        settings: ReplicationSettings = ReplicationSettings(), seed: UInt64, send: @escaping (String, PeerMessage) -> Void
+        settings: ReplicationSettings = ReplicationSettings(), clockSettings: ClockSettings = ClockSettings(), startedAt: Int64 = .min / 2,
+        seed: UInt64, send: @escaping (String, PeerMessage) -> Void
     ) throws {
         self.store = store
         self.settings = settings
         self.send = send
+        clockOffsets = ClockOffsets(settings: clockSettings)
+        hasSeeds = !seeds.filter { $0 != me.address }.isEmpty
+        self.startedAt = startedAt
         membership = Membership(me: me, seeds: seeds, settings: membershipSettings, seed: seed)
         pushedThrough = try store.versionVector()[me.id]
         lastPushedOwn = pushedThrough
@@ -117,8 +125,13 @@ public final class ClusterNode {
     // MARK: Inputs
 
     /// Advances time: membership probes, due pulls, and the push of any new own changes.
-    public func tick(now: Int64) throws {
-        perform(membership.tick(now: now), now: now)
+    /// `now` drives every timer (probes, suspicions, pulls, comparisons): the shell passes a
+    /// clock that never jumps. `wall` is the wall clock, which stamps membership messages so that
+    /// peers measure it; nil when `now` is the wall clock too (the simulation). A wall clock set
+    /// back by hours must not stop the timers for hours, and one set right must be measured anew.
+    public func tick(now: Int64, wall: Int64? = nil) throws {
+        if let wall { clockOffsets.observe(wall: wall, monotonic: now) }
+        perform(membership.tick(now: now, wall: wall), now: now)
         try pullOneDuePeer(now: now)
         try pushOwnChanges()
         try compareTreesIfDue(now: now)
@@ -154,10 +167,11 @@ public final class ClusterNode {
     }
 
     /// Handles one message from peer `sender` (its node id, from the authenticated frame).
-    public func receive(_ message: PeerMessage, from sender: UInt64, address: String, now: Int64) throws {
+    /// `now` and `wall` as for `tick`.
+    public func receive(_ message: PeerMessage, from sender: UInt64, address: String, now: Int64, wall: Int64? = nil) throws {
         peers[sender, default: PeerState()].lastContact = now
         switch message {
-        case .membership(let message): perform(membership.receive(message, from: address, now: now), now: now)
+        case .membership(let message): perform(membership.receive(message, from: address, now: now, wall: wall), now: now)
         case .pull(let cursor, let versions, let budget, let request):
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
@@ -296,6 +310,12 @@ public final class ClusterNode {
         return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead, request: request)
     }
 
+    /// Whether this node's clock may date writes and erasures now (`ClockOffsets.check`).
+    public func clockCheck(now: Int64) -> ClockCheck {
+        let core = membership.members.values.filter { $0.role == .core && $0.status != .left }.map(\.id).sorted()
+        return clockOffsets.check(coreMembers: core, hasSeeds: hasSeeds, isEdge: membership.me.role == .edge, startedAt: startedAt, now: now)
+    }
+
     func replyAddress(_ sender: UInt64, _ address: String) -> String {
         membership.members[sender]?.address ?? address
     }
@@ -311,6 +331,7 @@ public final class ClusterNode {
                 peers[member.id]?.hasReadOurLog = false
                 if settings.antiEntropyInterval > 0 { antiEntropy.requested.insert(member.id) }
             case .memberDown(let member): peers[member.id]?.pullSentAt = nil
+            case .clockSample(let sample): clockOffsets.record(sample)
             }
         }
     }

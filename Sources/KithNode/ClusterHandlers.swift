@@ -19,8 +19,12 @@ extension Node {
         do {
             switch request.path {
             case "/v1/admin/members":
-                let members = try replication.perform { node in node.membership.all }
-                respond(.json(200, Self.jsonBody(["members": .array(members.map(Self.json))])))
+                let (members, me) = try replication.perform { node in (node.membership.all, node.membership.me.id) }
+                let clock = replication.clock.withLock { $0 }
+                let peers = Dictionary(clock.peers.map { ($0.clock.peer, $0.clock) }, uniquingKeysWith: { a, _ in a })
+                respond(.json(200, Self.jsonBody(["members": .array(members.map { member in
+                    Self.json(member, clock: member.id == me ? clock.check : nil, peerClock: peers[member.id])
+                })])))
             case "/v1/admin/join":
                 guard let address = body["address"]?.stringValue, address.contains(":") else {
                     return respond(.error(400, code: "invalid_request", message: "send {\"address\": \"host:port\"}"))
@@ -33,7 +37,7 @@ extension Node {
             case "/v1/admin/repair":
                 let wanted = body["peer"]?.stringValue
                 let started = try replication.perform { node -> [String] in
-                    let now = unixMillis()
+                    let now = monotonicMillis()
                     let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
                     for peer in peers { try node.pull(from: peer, now: now) }
                     // Then compare digest trees with each: repairs what no log holds any more.
@@ -62,7 +66,7 @@ extension Node {
                 node.pendingTreeComparisons, peers.map { node.lastTreeComparison(with: $0.member.id) }
             )
         }
-        let now = unixMillis()
+        let now = monotonicMillis()
         func number(_ value: Int) -> JSONValue { .number(JSONNumber(Int64(value))) }
         return [
             "antiEntropy": [
@@ -89,13 +93,27 @@ extension Node {
         ]
     }
 
-    static func json(_ member: Member) -> JSONValue {
-        [
+    /// A member as `kith members` shows it. `clock`: this node's own check (its offset from the
+    /// cluster and whether it takes writes); `peerClock`: a peer's offset from this node.
+    static func json(_ member: Member, clock: ClockCheck? = nil, peerClock: PeerClock? = nil) -> JSONValue {
+        let base: JSONValue = [
             "name": .string(member.name), "address": .string(member.address), "api": .string(member.api),
             "role": .string(member.role.description),
             "status": .string(member.role == .edge && member.status == .dead ? "away" : member.status.description),
             "incarnation": .number(JSONNumber(Int64(truncatingIfNeeded: member.incarnation))),
         ]
+        guard var object = base.objectValue else { preconditionFailure("a member is a JSON object") }
+        if let clock {
+            object.members.append(JSONObject.Member("self", .bool(true)))
+            if let offset = clock.offset { object.members.append(JSONObject.Member("clockOffsetMs", .number(JSONNumber(offset)))) }
+            object.members.append(JSONObject.Member("clock", .string(clock.verdict.rawValue)))
+        }
+        if let peerClock {
+            // The peer's clock minus this node's, as this node measured it.
+            object.members.append(JSONObject.Member("clockOffsetMs", .number(JSONNumber(peerClock.offset))))
+            object.members.append(JSONObject.Member("clockUncertaintyMs", .number(JSONNumber(peerClock.uncertainty))))
+        }
+        return .object(object)
     }
 }
 

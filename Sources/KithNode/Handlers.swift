@@ -32,6 +32,8 @@ extension Node {
         let json: JSONValue
         do { json = try JSONParser.parse(body) } catch { return refuse(400, "invalid_json", "\(error)") }
         guard authorizedWriteKey(request, json) else { return refuse(401, "invalid_write_key", "a valid write key is required") }
+        // Messages are dated by this node's clock (no later than their receipt): not while it is untrusted.
+        if let refusal = clockRefusal(segment: true) { return respond(refusal) }
 
         let messages: [JSONValue]
         if kind != nil {
@@ -192,6 +194,19 @@ extension Node {
             o.member("openConnections", integer: Int64(server.openConnections))
             o.member("commits", integer: Int64(committer.commits.load(ordering: .relaxed)))
             o.member("committedMessages", integer: Int64(committer.committedMessages.load(ordering: .relaxed)))
+            if let check = clockCheck {
+                o.member("clock") { w in
+                    w.writeObject { c in
+                        c.member("verdict", string: check.verdict.rawValue)
+                        c.member("acceptsWrites") { $0.write(.bool(check.allowsWrites)) }
+                        if let offset = check.offset { c.member("offsetMs", integer: offset) }
+                        c.member("maxOffsetMs", integer: check.maximumOffset)
+                        c.member("coreMembersAgreeing", integer: Int64(check.agreeing))
+                        c.member("coreMembersMeasured", integer: Int64(check.measured))
+                        c.member("coreMembers", integer: Int64(check.members))
+                    }
+                }
+            }
         }))
     }
 
@@ -332,6 +347,21 @@ extension Node {
         return HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8))
     }
 
+    /// This node's clock against the cluster's, and each measured peer's offset.
+    func clockMetrics(_ clock: ReplicationService.ClockState) -> String {
+        var text = NodeMetrics.metric(
+            "kith_clock_within_bound", "gauge", "1 while this node's clock is within the bound of the cluster's (writes accepted), else 0.",
+            clock.check.allowsWrites ? 1 : 0)
+        text += NodeMetrics.metric("kith_clock_max_offset_ms", "gauge", "The configured bound on this node's clock offset.", clock.check.maximumOffset)
+        if let offset = clock.check.offset {
+            text += NodeMetrics.metric("kith_clock_offset_ms", "gauge", "This node's clock minus the median of the reachable core members' and its own.", offset)
+        }
+        text += NodeMetrics.metric("kith_clock_jumps_total", "counter", "Jumps of the wall clock against the monotonic clock.", clock.jumps)
+        text += "# HELP kith_peer_clock_offset_ms A peer's clock minus this node's, from the shortest recent round trip.\n# TYPE kith_peer_clock_offset_ms gauge\n"
+        for peer in clock.peers { text += "kith_peer_clock_offset_ms{peer=\"\(peer.name)\"} \(peer.clock.offset)\n" }
+        return text
+    }
+
     /// Peer links and replication progress.
     func replicationMetrics(_ replication: ReplicationService) -> String {
         let transport = replication.transport.metrics
@@ -348,6 +378,11 @@ extension Node {
         ] {
             text += NodeMetrics.metric(name, "counter", help, value)
         }
+        text += "# HELP kith_peer_connections_closed_total Inbound peer connections closed for bad input, by reason (warnings about them are rate-limited).\n# TYPE kith_peer_connections_closed_total counter\n"
+        for (reason, count) in transport.closedConnections.withLock({ $0.totals }).sorted(by: { $0.key < $1.key }) {
+            text += "kith_peer_connections_closed_total{reason=\"\(reason)\"} \(count)\n"
+        }
+        text += clockMetrics(replication.clock.withLock { $0 })
         guard let progress = try? replication.perform({ node in
             (node.counters, try node.membership.reachable.compactMap { try node.lag(of: $0.id)?.changes }.reduce(0, +))
         }) else { return text }

@@ -143,8 +143,8 @@ public final class Node: Sendable {
         switch (request.method, path) {
         case ("GET", "/livez"): respond(.json(200, Array(#"{"status":"ok"}"#.utf8)))
         case ("GET", "/readyz"):
-            respond(stopping.load(ordering: .relaxed)
-                ? .error(503, code: "stopping", message: "the node is shutting down") : .json(200, Array(#"{"status":"ready"}"#.utf8)))
+            if stopping.load(ordering: .relaxed) { return respond(.error(503, code: "stopping", message: "the node is shutting down")) }
+            respond(clockRefusal() ?? .json(200, Array(#"{"status":"ready"}"#.utf8)))
         case ("GET", "/healthz"):
             respond(.json(200, Array(#"{"status":"ok","node":"\#(configuration.nodeName)","version":"\#(Self.version)"}"#.utf8)))
         case ("GET", "/metrics"):

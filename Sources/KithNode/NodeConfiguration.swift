@@ -73,12 +73,16 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var policyFile: String?
     /// Days read-audit records are kept.
     public var auditRetentionDays = 400
+    /// Milliseconds this node's clock may be from a majority of the core members it reaches
+    /// before it refuses writes and erasures (docs/replication.md, "Clocks").
+    public var maxClockOffsetMillis: Int64 = 500
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
+        case maxClockOffsetMillis
     }
 
     public init(from decoder: Decoder) throws {
@@ -104,6 +108,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         clusterKeyFile = try container.decodeIfPresent(String.self, forKey: .clusterKeyFile)
         policyFile = try container.decodeIfPresent(String.self, forKey: .policyFile)
         auditRetentionDays = try container.decodeIfPresent(Int.self, forKey: .auditRetentionDays) ?? defaults.auditRetentionDays
+        maxClockOffsetMillis = try container.decodeIfPresent(Int64.self, forKey: .maxClockOffsetMillis) ?? defaults.maxClockOffsetMillis
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -146,6 +151,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_ANTI_ENTROPY_INTERVAL"] {
             guard let seconds = Int(value) else { throw ConfigurationError("KITH_ANTI_ENTROPY_INTERVAL must be a number of seconds") }
             antiEntropyIntervalSeconds = seconds
+        }
+        if let value = environment["KITH_MAX_CLOCK_OFFSET_MS"] {
+            guard let millis = Int64(value) else { throw ConfigurationError("KITH_MAX_CLOCK_OFFSET_MS must be a number of milliseconds") }
+            maxClockOffsetMillis = millis
         }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
@@ -217,6 +226,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError("token \(token.name): role must be reader, ingest, admin or privacy")
         }
         guard (1...36_500).contains(auditRetentionDays) else { throw ConfigurationError("auditRetentionDays must be 1 to 36500") }
+        guard (10...3_600_000).contains(maxClockOffsetMillis) else { throw ConfigurationError("maxClockOffsetMillis must be 10 to 3600000") }
     }
 }
 
@@ -224,7 +234,7 @@ extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
-        "antiEntropyIntervalSeconds",
+        "antiEntropyIntervalSeconds", "maxClockOffsetMillis",
     ]
 }
 

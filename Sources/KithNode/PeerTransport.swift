@@ -1,5 +1,7 @@
 import Foundation
+import KithCRDT
 import KithCrypto
+import KithJSON
 import KithNet
 import KithReplication
 import Synchronization
@@ -58,6 +60,8 @@ final class TransportMetrics: Sendable {
     let bytesReceived = Atomic<Int>(0)
     let framesDropped = Atomic<Int>(0)
     let connectionsRefused = Atomic<Int>(0)
+    /// Inbound connections closed for bad input, by reason, and which of them reach the log.
+    let closedConnections = Mutex(WarningLimiter())
 }
 
 /// Kith's peer links over TCP: a listener whose connections each get a reader thread, and one
@@ -168,10 +172,39 @@ final class PeerTransport: @unchecked Sendable {
                 }
             }
         } catch {
-            if running.load(ordering: .relaxed) {
-                metrics.framesDropped.wrappingAdd(1, ordering: .relaxed)
-                log(.warning, "peer connection closed", [("peer.address", .string(peer?.hello.address ?? "unknown")), ("error", .string("\(error)"))])
+            guard running.load(ordering: .relaxed) else { return }
+            metrics.framesDropped.wrappingAdd(1, ordering: .relaxed)
+            let reason = Self.reason(error)
+            // Anyone who can reach the gossip port can cause these: counted always, logged at a bounded rate.
+            let decision = metrics.closedConnections.withLock { $0.admit(reason, now: monotonicMillis()) }
+            guard case .log(let suppressed) = decision else { return }
+            var fields: [(String, JSONValue)] = [
+                ("peer.address", .string(peer?.hello.address ?? "unknown")), ("reason", .string(reason)), ("error", .string("\(error)")),
+            ]
+            if suppressed > 0 { fields.append(("suppressed", .number(JSONNumber(Int64(suppressed))))) }
+            log(.warning, "peer connection closed", fields)
+        }
+    }
+
+    /// Why a connection was closed, as a metric label.
+    static func reason(_ error: any Error) -> String {
+        switch error {
+        case let frame as FrameError:
+            switch frame {
+            case .badMagic: return "bad_magic"
+            case .unsupportedVersion: return "unsupported_version"
+            case .unknownType: return "unknown_type"
+            case .unknownKey: return "unknown_key"
+            case .reservedBitsSet: return "reserved_bits"
+            case .tooLarge: return "too_large"
+            case .badSequence: return "bad_sequence"
+            case .authenticationFailed: return "authentication_failed"
+            case .expectedHello: return "expected_hello"
+            case .malformedHello: return "malformed_hello"
             }
+        case is BinaryDecodingError: return "malformed_message"
+        case is ConfigurationError: return "secret_mismatch"
+        default: return "connection_error"
         }
     }
 }

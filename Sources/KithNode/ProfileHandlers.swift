@@ -335,6 +335,7 @@ extension Node {
     }
 
     private func commit(_ delta: ProfileDelta, answer: [UInt8], respond: @escaping Respond) {
+        if let refusal = clockRefusal() { return respond(refusal) }
         committer.submit([delta]) { [self] result in
             let respond = withSessionToken(VersionVector(), ownSequence: try? result.get().ownSequence, respond)
             switch result {
@@ -347,20 +348,45 @@ extension Node {
     // MARK: - Erasure, export, audit
 
     /// Erases the whole person (Art. 17) on this node and, through replication, everywhere.
+    ///
+    /// Accepted at this node's hybrid-clock time, and only while its clock is within the bound.
+    /// The answer waits until this node's clock has passed the erasure's boundary by twice the
+    /// bound (`ClockCheck.erasureAcknowledgement`): then any node within the bound dates what it
+    /// accepts afterwards after the boundary, so no write acknowledged after this answer, with
+    /// a time after it, is ever dropped (docs/replication.md, "Erasures and clocks").
     private func erase(_ identifier: Identifier, respond: @escaping Respond) {
-        let now = unixMillis()
+        if let refusal = clockRefusal() { return respond(refusal) }
+        let acceptedAt = clock.withLock { $0.tick(physicalMillis: unixMillis()).wallMillis }
+        let check = clockCheck
         DispatchQueue.global().async { [store, replication, log] in
+            let erasure: Erasure
             do {
-                let erased = try store.erase(identifier, requestedAt: now)
-                replication?.committed()
-                log(.info, "profile erased", [("identifiers", .number(JSONNumber(Int64(erased.count))))])
-                respond(.json(200, Self.object { o in
-                    o.member("erased") { $0.write(.bool(true)) }
-                    o.member("identifiers", integer: Int64(erased.count))
-                }))
+                erasure = try store.erase(identifier, requestedAt: acceptedAt)
             } catch {
-                respond(.error(503, code: "storage_error", message: "the erasure was not stored; retry"))
+                return respond(.error(503, code: "storage_error", message: "the erasure was not stored; retry"))
             }
+            replication?.committed()
+            let answer = HTTPResponse.json(200, Self.object { o in
+                o.member("erased") { $0.write(.bool(true)) }
+                o.member("identifiers", integer: Int64(erasure.members.count))
+                o.member("boundary") { $0.write(time: erasure.boundary) }
+            })
+            var fields: [(String, JSONValue)] = [
+                ("identifiers", .number(JSONNumber(Int64(erasure.members.count)))), ("boundary_ms", .number(JSONNumber(erasure.boundary))),
+            ]
+            guard let check else {
+                log(.info, "profile erased", fields)
+                return respond(answer)
+            }
+            let wait = check.erasureAcknowledgement(boundary: erasure.boundary, acceptedAt: acceptedAt) - unixMillis()
+            fields.append(("wait_ms", .number(JSONNumber(max(0, wait)))))
+            if check.isBoundaryAhead(erasure.boundary, acceptedAt: acceptedAt) {
+                log(.error, "erasure boundary is ahead of this node's clock: data held about the person was dated by a clock out of bound, and writes dated before the boundary are dropped", fields)
+            } else {
+                log(.info, "profile erased", fields)
+            }
+            guard wait > 0 else { return respond(answer) }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(wait))) { respond(answer) }
         }
     }
 
@@ -466,6 +492,7 @@ extension Node {
 
     /// Unmerge: remove the link as of now (the node's hybrid clock), off the event loop.
     private func unmerge(_ a: Identifier, _ b: Identifier, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+        if let refusal = clockRefusal() { return respond(refusal) }
         let now = unixMillis()
         let stamp = clock.withLock { clock -> LWWStamp in
             let time = clock.tick(physicalMillis: now)

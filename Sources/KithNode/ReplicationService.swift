@@ -73,6 +73,18 @@ final class ReplicationService: @unchecked Sendable {
         }
     }
 
+    /// This node's clock as the cluster measures it, published by the replication thread after
+    /// every tick so that request handlers read it without waiting on that thread.
+    struct ClockState: Sendable {
+        var check: ClockCheck
+        /// Each measured member: its name and clock.
+        var peers: [(name: String, clock: PeerClock)]
+        var jumps: Int
+    }
+
+    let clock: Mutex<ClockState>
+    private var lastClockLog: (verdict: ClockCheck.Verdict, at: Int64)?
+
     let transport: PeerTransport
     private let node: ClusterNode
     private let inbox = Inbox()
@@ -98,9 +110,16 @@ final class ReplicationService: @unchecked Sendable {
         let transport = self.transport
         var settings = ReplicationSettings()
         settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
-        node = try ClusterNode(
-            store: store, me: member, seeds: configuration.seeds, settings: settings, seed: UInt64.random(in: 0...UInt64.max)
+        var clockSettings = ClockSettings()
+        clockSettings.maximumOffset = configuration.maxClockOffsetMillis
+        clockSettings.jumpThreshold = max(1, configuration.maxClockOffsetMillis / 2)
+        let now = monotonicMillis()
+        let node = try ClusterNode(
+            store: store, me: member, seeds: configuration.seeds, settings: settings, clockSettings: clockSettings, startedAt: now,
+            seed: UInt64.random(in: 0...UInt64.max)
         ) { address, message in transport.send(message, to: address) }
+        self.node = node
+        clock = Mutex(ClockState(check: node.clockCheck(now: now), peers: [], jumps: 0))
     }
 
     /// Starts replicating, advertising `api` as where this node's HTTP API answers.
@@ -133,7 +152,7 @@ final class ReplicationService: @unchecked Sendable {
         ownThrough originSequence: UInt64, concern: WriteConcern, timeoutMillis: Int64,
         completion: @escaping @Sendable (_ held: Int, _ required: Int, _ met: Bool) -> Void
     ) {
-        let waiter = ReplicaWaiter(originSequence: originSequence, concern: concern, deadline: unixMillis() + timeoutMillis, completion: completion)
+        let waiter = ReplicaWaiter(originSequence: originSequence, concern: concern, deadline: monotonicMillis() + timeoutMillis, completion: completion)
         if !inbox.add(.wait(waiter)) { completion(1, concern.required(replicas: 1), false) }
     }
 
@@ -144,7 +163,7 @@ final class ReplicationService: @unchecked Sendable {
         _ token: VersionVector, timeoutMillis: Int64, check: @escaping @Sendable (VersionVector) throws -> [UInt64],
         completion: @escaping @Sendable (_ satisfied: Bool) -> Void
     ) {
-        let waiter = SessionWaiter(token: token, deadline: unixMillis() + timeoutMillis, check: check, completion: completion)
+        let waiter = SessionWaiter(token: token, deadline: monotonicMillis() + timeoutMillis, check: check, completion: completion)
         if !inbox.add(.session(waiter)) { completion(false) }
     }
 
@@ -166,7 +185,7 @@ final class ReplicationService: @unchecked Sendable {
     func awaitReplicaReads(
         _ concern: WriteConcern, timeoutMillis: Int64, completion: @escaping @Sendable (_ answered: Int, _ required: Int, _ met: Bool) -> Void
     ) {
-        let waiter = ReadWaiter(concern: concern, deadline: unixMillis() + timeoutMillis, completion: completion)
+        let waiter = ReadWaiter(concern: concern, deadline: monotonicMillis() + timeoutMillis, completion: completion)
         if !inbox.add(.read(waiter)) { completion(1, concern.required(replicas: 1), false) }
     }
 
@@ -230,11 +249,14 @@ final class ReplicationService: @unchecked Sendable {
                 defer { state.work.removeAll() }
                 return (state.work, state.stopped)
             }
-            let now = unixMillis()
+            // Timers and deadlines run on the monotonic clock (a wall clock set back must not stall
+            // them); the wall clock only stamps membership messages, for measuring offsets.
+            let now = monotonicMillis()
+            let wall = unixMillis()
             do {
                 for item in work {
                     switch item {
-                    case .message(let message, let sender, let address): try node.receive(message, from: sender, address: address, now: now)
+                    case .message(let message, let sender, let address): try node.receive(message, from: sender, address: address, now: now, wall: wall)
                     case .committed: try node.pushOwnChanges()
                     case .call(let body): body()
                     case .wait(let waiter):
@@ -250,7 +272,8 @@ final class ReplicationService: @unchecked Sendable {
                 }
                 if now >= nextTick {
                     nextTick = now + 50
-                    try node.tick(now: now)
+                    try node.tick(now: now, wall: wall)
+                    publishClock(now: now)
                 }
             } catch {
                 log(.error, "replication step failed", [("error", .string("\(error)"))])
@@ -270,6 +293,25 @@ final class ReplicationService: @unchecked Sendable {
         finished.signal()
     }
 
+    /// Publishes the clock check and says so in the log when it changes, and every 30 s while
+    /// writes are refused (loudly: the operator has to set the clock right).
+    private func publishClock(now: Int64) {
+        let check = node.clockCheck(now: now)
+        let peers = node.membership.members.values.sorted { $0.name < $1.name }.compactMap { member in
+            node.clockOffsets.clock(of: member.id).map { (name: member.name, clock: $0) }
+        }
+        let jumps = node.clockOffsets.jumps
+        clock.withLock { $0 = ClockState(check: check, peers: peers, jumps: jumps) }
+        let changed = lastClockLog?.verdict != check.verdict
+        guard changed || (!check.allowsWrites && now - (lastClockLog?.at ?? .min / 2) >= 30_000) else { return }
+        // A node that starts unmeasured measures within a round trip or two: only say so if it lasts.
+        if lastClockLog == nil && check.verdict != .offsetTooLarge { return lastClockLog = (check.verdict, now) }
+        lastClockLog = (check.verdict, now)
+        var fields: [(String, JSONValue)] = [("verdict", .string(check.verdict.rawValue)), ("max_offset_ms", .number(JSONNumber(check.maximumOffset)))]
+        if let offset = check.offset { fields.append(("offset_ms", .number(JSONNumber(offset)))) }
+        log(check.allowsWrites ? .info : .error, check.allowsWrites ? "clock within bound: writes accepted" : check.explanation, fields)
+    }
+
     /// Re-reads the cluster key file (rotation without restart).
     private func reloadKeys() {
         guard let keyFile, let text = try? String(contentsOfFile: keyFile, encoding: .utf8) else { return }
@@ -281,3 +323,6 @@ final class ReplicationService: @unchecked Sendable {
         }
     }
 }
+
+/// Milliseconds of a clock that never jumps (CLOCK_MONOTONIC), to notice the wall clock jumping.
+func monotonicMillis() -> Int64 { Int64(DispatchTime.now().uptimeNanoseconds / 1_000_000) }

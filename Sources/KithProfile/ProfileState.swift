@@ -6,6 +6,21 @@ public protocol ForgetKeyHasher: Sendable {
     func forgetKey(for identifier: Identifier) -> String
 }
 
+/// An erasure as made: the person's identifiers, and its boundary — everything about them dated
+/// at or before it is gone. The boundary is the time the erasure was accepted or, if later, the
+/// newest time held about the person; every such time is at most the receipt of its message
+/// (`MessageTimes`), so the boundary is never ahead of the clocks of the nodes that took the
+/// data in (docs/crdt.md, "Which clock orders what").
+public struct Erasure: Equatable, Sendable {
+    public var members: [Identifier]
+    public var boundary: Int64
+
+    public init(members: [Identifier], boundary: Int64) {
+        self.members = members
+        self.boundary = boundary
+    }
+}
+
 /// What applying one message did.
 public enum ApplyOutcome: Equatable, Sendable {
     /// The message was new and its data is now part of the profile.

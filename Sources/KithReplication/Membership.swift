@@ -87,6 +87,8 @@ public struct Membership: Sendable {
         case memberUp(Member)
         /// A member became unreachable (dead, away, or left).
         case memberDown(Member)
+        /// A round trip to a member, for measuring its clock (`ClockOffsets`).
+        case clockSample(ClockSample)
     }
 
     public let settings: MembershipSettings
@@ -106,6 +108,9 @@ public struct Membership: Sendable {
     private var downSince: [UInt64: Int64] = [:]
     private var broadcasts: [Broadcast] = []
     private var healthPenalty = 0
+    /// The time of the latest input: messages are stamped with it, so that peers can measure
+    /// this node's clock from their round trips.
+    private var clock: Int64 = 0
 
     private struct Probe {
         var target: UInt64
@@ -154,7 +159,9 @@ public struct Membership: Sendable {
     // MARK: Inputs
 
     /// Advances time: starts probes, escalates unanswered ones, expires suspicions, reaps.
-    public mutating func tick(now: Int64) -> [Directive] {
+    /// `wall`: the wall clock, which stamps messages, when `now` (the timers' clock) is another.
+    public mutating func tick(now: Int64, wall: Int64? = nil) -> [Directive] {
+        clock = wall ?? now
         var directives: [Directive] = []
         if members.values.allSatisfy({ $0.status >= .dead }), !seeds.isEmpty, now >= nextProbeAt, me.status != .left {
             // Alone: (re)join through the seeds.
@@ -177,25 +184,33 @@ public struct Membership: Sendable {
         return directives
     }
 
-    /// Handles one message from the node at `address`.
-    public mutating func receive(_ message: MembershipMessage, from address: String, now: Int64) -> [Directive] {
+    /// Handles one message from the node at `address`; `now` and `wall` as for `tick`.
+    public mutating func receive(_ message: MembershipMessage, from address: String, now: Int64, wall: Int64? = nil) -> [Directive] {
+        clock = wall ?? now
         var directives: [Directive] = []
         for update in message.updates { directives += apply(update, from: message.sender.id, now: now) }
         directives += apply(message.sender, from: message.sender.id, now: now, direct: true)
         switch message.kind {
         case .join:
-            directives.append(.send(to: address, self.message(.welcome, updates: [me] + Array(members.values).sorted { $0.id < $1.id })))
-        case .welcome: break
+            directives.append(
+                .send(to: address, self.message(.welcome(echo: message.sentAt), updates: [me] + Array(members.values).sorted { $0.id < $1.id })))
+            // A ping outside the probe round, so that this node measures the newcomer's clock now
+            // rather than when the round reaches it.
+            directives.append(.send(to: address, self.message(.ping(nextSequence()))))
+        case .welcome(let echo):
+            directives += clockSample(message, echo: echo)
         case .ping(let sequence):
-            directives.append(.send(to: address, self.message(.ack(sequence))))
+            directives.append(.send(to: address, self.message(.ack(sequence, echo: message.sentAt))))
         case .pingRequest(let sequence, let target):
             guard let member = members[target] else { break }
             let ours = nextSequence()
             relayed[ours] = (address, sequence, now + settings.probeInterval)
             directives.append(.send(to: member.address, self.message(.ping(ours))))
-        case .ack(let sequence):
+        case .ack(let sequence, let echo):
+            directives += clockSample(message, echo: echo)
             if let relay = relayed.removeValue(forKey: sequence) {
-                directives.append(.send(to: relay.requester, self.message(.ack(relay.sequence))))
+                // The requester did not send the ping this answers: no time to echo.
+                directives.append(.send(to: relay.requester, self.message(.ack(relay.sequence, echo: nil))))
             } else if let probe, probe.sequence == sequence {
                 if !probe.indirectSent { healthPenalty = max(0, healthPenalty - 1) }
                 self.probe = nil
@@ -203,6 +218,13 @@ public struct Membership: Sendable {
         case .leave: break
         }
         return directives
+    }
+
+    /// A round trip completed by `message`, which echoes this node's wall time `echo`; it came
+    /// back at `clock`, the wall time of this input.
+    private func clockSample(_ message: MembershipMessage, echo: Int64?) -> [Directive] {
+        guard let echo, message.sender.id != me.id else { return [] }
+        return [.clockSample(ClockSample(peer: message.sender.id, sentAt: echo, peerTime: message.sentAt, receivedAt: clock))]
     }
 
     /// Leaves the cluster gracefully: tells everyone, then stops probing.
@@ -229,7 +251,7 @@ public struct Membership: Sendable {
             index += 1
         }
         broadcasts.removeAll { $0.remaining <= 0 }
-        return MembershipMessage(sender: me, kind: kind, updates: updates)
+        return MembershipMessage(sender: me, kind: kind, updates: updates, sentAt: clock)
     }
 
     // MARK: Probing
@@ -420,21 +442,26 @@ public struct Membership: Sendable {
 public struct MembershipMessage: Equatable, Sendable {
     public enum Kind: Equatable, Sendable {
         case ping(UInt64)
-        case ack(UInt64)
+        /// `echo`: the `sentAt` of the ping answered, when this node received that ping itself.
+        case ack(UInt64, echo: Int64?)
         case pingRequest(UInt64, target: UInt64)
         case join
-        case welcome
+        /// `echo`: the join's `sentAt`.
+        case welcome(echo: Int64?)
         case leave
     }
 
     public var sender: Member
     public var kind: Kind
     public var updates: [Member]
+    /// The sender's clock when it made the message (Unix ms).
+    public var sentAt: Int64
 
-    public init(sender: Member, kind: Kind, updates: [Member]) {
+    public init(sender: Member, kind: Kind, updates: [Member], sentAt: Int64 = 0) {
         self.sender = sender
         self.kind = kind
         self.updates = updates
+        self.sentAt = sentAt
     }
 }
 

@@ -215,19 +215,23 @@ extension Member: BinaryCodable {
 extension MembershipMessage: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
         sender.encode(to: &writer)
+        writer.write(signed: sentAt)
         switch kind {
         case .ping(let sequence):
             writer.write(byte: 1)
             writer.write(varint: sequence)
-        case .ack(let sequence):
+        case .ack(let sequence, let echo):
             writer.write(byte: 2)
             writer.write(varint: sequence)
+            writer.write(optionalTime: echo)
         case .pingRequest(let sequence, let target):
             writer.write(byte: 3)
             writer.write(varint: sequence)
             writer.write(bigEndian: target)
         case .join: writer.write(byte: 4)
-        case .welcome: writer.write(byte: 5)
+        case .welcome(let echo):
+            writer.write(byte: 5)
+            writer.write(optionalTime: echo)
         case .leave: writer.write(byte: 6)
         }
         writer.write(sequence: updates) { w, member in member.encode(to: &w) }
@@ -235,16 +239,38 @@ extension MembershipMessage: BinaryCodable {
 
     public init(from reader: inout BinaryReader) throws {
         sender = try Member(from: &reader)
+        sentAt = try reader.readClockTime()
         let offset = reader.offset
         switch try reader.readByte() {
         case 1: kind = .ping(try reader.readVarint())
-        case 2: kind = .ack(try reader.readVarint())
+        case 2: kind = .ack(try reader.readVarint(), echo: try reader.readOptionalClockTime())
         case 3: kind = .pingRequest(try reader.readVarint(), target: try reader.readBigEndianUInt64())
         case 4: kind = .join
-        case 5: kind = .welcome
+        case 5: kind = .welcome(echo: try reader.readOptionalClockTime())
         case 6: kind = .leave
         default: throw BinaryDecodingError(.unknownTag, offset: offset, "membership message kind")
         }
         updates = try reader.readSequence(minimumItemSize: 15) { r in try Member(from: &r) }
+    }
+}
+
+extension BinaryWriter {
+    fileprivate mutating func write(optionalTime time: Int64?) {
+        write(bool: time != nil)
+        if let time { write(signed: time) }
+    }
+}
+
+extension BinaryReader {
+    /// A node's clock reading, within the times Kith represents (so that offsets cannot overflow).
+    fileprivate mutating func readClockTime() throws -> Int64 {
+        let offset = self.offset
+        let time = try readSigned()
+        guard MessageTimes.representable.contains(time) else { throw BinaryDecodingError(.invalidValue, offset: offset, "clock time outside ±10^15 ms") }
+        return time
+    }
+
+    fileprivate mutating func readOptionalClockTime() throws -> Int64? {
+        try readBool() ? try readClockTime() : nil
     }
 }

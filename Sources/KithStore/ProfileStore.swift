@@ -29,9 +29,10 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// Unmerge: removes the link between two identifiers as of `stamp`.
     func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws
 
-    /// Erases the whole person `identifier` belongs to (requested at `time`, Unix ms). Returns the
-    /// erased identifiers; only their forget keys remain.
-    @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> [Identifier]
+    /// Erases the whole person `identifier` belongs to, accepted at `time` (this node's hybrid
+    /// clock, Unix ms). Returns the erased identifiers (only their forget keys remain) and the
+    /// boundary: everything about them dated at or before it is gone, here and wherever it arrives.
+    @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure
 
     /// Whether the source document of `subject` has absorbed the message `messageId`.
     func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool
@@ -127,7 +128,7 @@ extension EngineBackedStore {
         try modify { context in try context.removeLink(a, b, stamp: stamp) }
     }
 
-    public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> [Identifier] {
+    public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure {
         try modify { context in try context.erase(identifier, requestedAt: time) }
     }
 

@@ -430,7 +430,7 @@ final class WriteContext {
 
     /// Erases the person `identifier` belongs to. The erasure time is the requested time or, if
     /// later, the newest time of anything held about them, so erasure always covers all of it.
-    func erase(_ identifier: Identifier, requestedAt requested: Int64) throws -> [Identifier] {
+    func erase(_ identifier: Identifier, requestedAt requested: Int64) throws -> Erasure {
         guard let canonical = try canonicalKey(identifier.key), let view = try self.view(canonical) else {
             // Nothing held here — but another replica, or an edge site that is offline, may hold
             // the customer: the erasure is remembered and replicated all the same, so their data
@@ -440,7 +440,7 @@ final class WriteContext {
             let forgetKeys = [engine.hasher.forgetKeyBytes(for: identifier)]
             try forgetHashed(forgetKeys, time: requested)
             try log(.erasure(forgetKeys: forgetKeys, time: requested), origin: nil)
-            return [identifier]
+            return Erasure(members: [identifier], boundary: requested)
         }
         let members = view.members
         var time = max(requested, view.head.lastSeen ?? requested)
@@ -454,7 +454,7 @@ final class WriteContext {
         try remember(forgetKeys, time: time)
         try forget(members)
         try log(.erasure(forgetKeys: forgetKeys, time: time), origin: nil)
-        return members
+        return Erasure(members: members, boundary: time)
     }
 
     /// An erasure made on another node: it names forget keys only, so the identifiers held here

@@ -18,6 +18,8 @@ public struct WorkloadGenerator {
     /// Whether some messages carry `sentAt`, so that their corrected event time depends on when
     /// the receiving node got them (two nodes then hold differing copies of a redelivery).
     public var sendsSentAt = false
+    /// Percent of messages dated a year ahead with no `sentAt` (a client whose clock is wrong).
+    public var futureDatedPercent = 0
     private var sent: [JSONValue] = []
     private var index = 0
     static let events = ["Page Viewed", "Product Viewed", "Order Completed", "Store Visit"]
@@ -28,18 +30,27 @@ public struct WorkloadGenerator {
         self.customers = customers
     }
 
-    public mutating func next() -> JSONValue {
+    /// The next message, dated 50 ms after the one before (give or take the client's skew).
+    public mutating func next() -> JSONValue { next(at: nil) }
+
+    /// The next message, dated `now` give or take two seconds of client clock skew (nil: 50 ms
+    /// after the one before, from 1,760,000,000,000).
+    public mutating func next(at now: Int64?) -> JSONValue {
         defer { index += 1 }
         if !sent.isEmpty && random.chance(5) { return sent[random.below(sent.count)] }
         // Skewed popularity: half the traffic goes to the first fifth of customers.
         let c = random.chance(50) ? random.below(max(1, customers / 5)) : random.below(customers)
         let userId = "u-\(c)"
-        let ms = 1_760_000_000_000 + Int64(index) * 50 + Int64(random.below(4_001)) - 2_000
+        let ms = (now ?? 1_760_000_000_000 + Int64(index) * 50) + Int64(random.below(4_001)) - 2_000
         var message: [String: JSONValue] = [
             "messageId": .string("m-\(index)"), "timestamp": .string(ISO8601.format(millis: ms)),
             "context": ["channel": .string(["web", "pos", "mobile"][random.below(3)])],
         ]
-        if sendsSentAt && random.chance(30) { message["sentAt"] = .string(ISO8601.format(millis: ms + Int64(random.below(300)))) }
+        if futureDatedPercent > 0 && random.chance(futureDatedPercent) {
+            message["timestamp"] = .string(ISO8601.format(millis: ms + 365 * 86_400_000))
+        } else if sendsSentAt && random.chance(30) {
+            message["sentAt"] = .string(ISO8601.format(millis: ms + Int64(random.below(300))))
+        }
         let roll = random.below(100)
         if roll < 30 {
             var traits: [String: JSONValue] = [:]

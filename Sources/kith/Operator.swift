@@ -263,8 +263,17 @@ func members(_ arguments: [String]) -> Never {
         show(body, format: options.format)
         exit(Exit.ok.rawValue)
     }
-    let columns = ["name", "address", "role", "status", "incarnation"]
-    let rows = [columns.map { $0.uppercased() }] + list.map { member in columns.map { column in member[column].map(plain) ?? "" } }
+    // CLOCK: a peer's offset from this node (± the measurement's uncertainty); on this node's own
+    // row, its offset from the cluster and whether that lets it take writes.
+    let columns = ["name", "address", "role", "status", "incarnation", "clock"]
+    func clock(_ member: JSONValue) -> String {
+        guard let offset = member["clockOffsetMs"].map(plain) else { return member["clock"].map(plain) ?? "" }
+        if let verdict = member["clock"].map(plain) { return "\(offset) ms (\(verdict))" }
+        return "\(offset) ms ±\(member["clockUncertaintyMs"].map(plain) ?? "?")"
+    }
+    let rows = [columns.map { $0.uppercased() }] + list.map { member in
+        columns.map { column in column == "clock" ? clock(member) : member[column].map(plain) ?? "" }
+    }
     let widths = columns.indices.map { column in rows.map { $0[column].count }.max()! }
     for row in rows { say(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")) }
     exit(Exit.ok.rawValue)

@@ -64,6 +64,7 @@ let serveHelp = """
                       [--policy <file>] [--key-file <file>] [--loops <n>]
                       [--gossip <host:port>] [--seeds <host:port,...>] [--role core|edge]
                       [--cluster-key-file <file>] [--replicas <n>] [--anti-entropy-interval <seconds>]
+                      [--max-clock-offset <ms>]
 
     OPTIONS:
       --config <file>         A JSON configuration file.
@@ -86,6 +87,9 @@ let serveHelp = """
       --anti-entropy-interval <seconds>
                               Compare digest trees with each peer in turn this often (env
                               KITH_ANTI_ENTROPY_INTERVAL; default 30; 0: off).
+      --max-clock-offset <ms> Refuse writes and erasures while this node's clock is further than this
+                              from a majority of the core members it reaches (env
+                              KITH_MAX_CLOCK_OFFSET_MS; default 500).
       -h, --help              Show help information.
 
     Settings come from the file, then KITH_* environment variables, then flags.
@@ -99,6 +103,7 @@ func serve(_ arguments: [String]) -> Never {
     let takesValue: Set = [
         "--config", "--data-dir", "--http", "--node-name", "--write-key", "--token", "--loops", "--gossip", "--seeds", "--role",
         "--cluster-key-file", "--privacy-token", "--policy", "--key-file", "--replicas", "--anti-entropy-interval",
+        "--max-clock-offset",
     ]
     while index < arguments.count {
         let argument = arguments[index]
@@ -133,6 +138,10 @@ func serve(_ arguments: [String]) -> Never {
         if let value = flags["--anti-entropy-interval"]?.last {
             guard let seconds = Int(value) else { fail("--anti-entropy-interval takes a number of seconds", .usage) }
             configuration.antiEntropyIntervalSeconds = seconds
+        }
+        if let value = flags["--max-clock-offset"]?.last {
+            guard let millis = Int64(value) else { fail("--max-clock-offset takes a number of milliseconds", .usage) }
+            configuration.maxClockOffsetMillis = millis
         }
         if let value = flags["--replicas"]?.last {
             guard let count = Int(value) else { fail("--replicas takes a number", .usage) }

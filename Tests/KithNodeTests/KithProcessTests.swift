@@ -56,8 +56,16 @@ final class NodeProcess {
 
     func start() throws {
         process = Process()
-        process.executableURL = URL(fileURLWithPath: kithBinary)
-        process.arguments = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"] + arguments
+        let serve = ["serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "wk", "--token", "tk"] + arguments
+        if environment["LD_PRELOAD"] != nil {
+            // Started straight from Foundation's Process with a library preloaded (libfaketime),
+            // the node saw no arguments at all; through env(1) it sees them.
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = [kithBinary] + serve
+        } else {
+            process.executableURL = URL(fileURLWithPath: kithBinary)
+            process.arguments = serve
+        }
         let output = Pipe()
         process.standardOutput = output
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)

@@ -104,17 +104,20 @@ struct PeerMessageTests {
         let erasure = ChangeEntry(sequence: 5, origin: 9, originSequence: 4, change: .erasure(forgetKeys: [[1, 2, 3]], time: 77))
         let messages: [PeerMessage] = [
             .membership(MembershipMessage(sender: member, kind: .pingRequest(4, target: 8), updates: [member])),
-            .membership(MembershipMessage(sender: member, kind: .welcome, updates: [])),
+            .membership(MembershipMessage(sender: member, kind: .welcome(echo: 1_760_000_000_123), updates: [], sentAt: 1_760_000_000_456)),
+            .membership(MembershipMessage(sender: member, kind: .welcome(echo: nil), updates: [])),
+            .membership(MembershipMessage(sender: member, kind: .ack(7, echo: -5), updates: [], sentAt: 9)),
+            .membership(MembershipMessage(sender: member, kind: .ack(7, echo: nil), updates: [])),
             .pull(cursor: 12, versions: VersionVector([1: 4, 9: 2]), budget: 65_536, request: 77),
             .changes(from: 3, through: 5, entries: [entry, erasure], more: true, ahead: [erasure], request: 77),
             .push(previous: 2, entries: [entry]),
             .acknowledge(through: 1_234_567),
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
-        var truncated = messages[3].encodePayload()
+        var truncated = messages[6].encodePayload()
         truncated.removeLast()
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }
-        #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[2].encodePayload() + [0]) }
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[5].encodePayload() + [0]) }
         // Only erasures and consent decisions may travel ahead of the log.
         let unlink = ChangeEntry(sequence: 6, origin: 9, originSequence: 5, change: .unlink(LinkEdge(delta.subject, Identifier(kind: .email, value: "x@y.z")!)!, LWWStamp(time: 1, tiebreak: "t")))
         let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [unlink], request: 1)

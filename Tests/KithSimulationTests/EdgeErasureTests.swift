@@ -26,8 +26,7 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
         var delta = try SegmentMessageParser().parse(JSONParser.parse(Array(text.utf8)), receivedAt: time)
         delta.times = MessageTimes(timestamp: time, originalTimestamp: nil, sentAt: nil, receivedAt: time)
         try machine.store.apply([delta])
-        ledger.reference.apply(delta, hasher: ledger.hasher)
-        ledger.acknowledged.append(delta)
+        ledger.acknowledge(delta, at: sim.now)
         try machine.node?.pushOwnChanges()
     }
 
@@ -44,7 +43,7 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
         return try core.store.changes(after: core.store.versionVector()[core.member.id] - 1, limit: 1).last?.change
     }() else { return ["seed \(seed): the erasure was not logged"] }
     ledger.reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: ledger.hasher)
-    ledger.erasures.append((keys, time))
+    ledger.erasures.append(.init(keys: keys, boundary: time))
     try core.node?.pushOwnChanges()
     // Offline, the edge takes messages queued before the erasure and new ones after it.
     try send(edge, dated: time - 1)

@@ -7,8 +7,9 @@ import KithStore
 import KithTestSupport
 
 /// A whole Kith cluster in one process: real `ClusterNode`s over in-memory stores, a seeded
-/// network that delays, drops, duplicates, reorders, partitions and clogs, skewed clocks, and
-/// crashes. Every message crosses the real payload codec. Same seed, same run.
+/// network that delays, drops, duplicates, reorders, partitions and clogs, clocks that are
+/// offset and drift (one of them hours fast, if asked), and crashes. Every message crosses the
+/// real payload codec. Same seed, same run.
 final class Simulation {
     struct Faults {
         var lossPercent = 0
@@ -22,15 +23,18 @@ final class Simulation {
         let index: Int
         let member: Member
         let store: MemoryProfileStore
+        /// The machine's clock: `skew` ms off, running `drift` parts per million fast or slow.
         let skew: Int64
+        let drift: Int64
         var node: ClusterNode?
         var nextTick: Int64 = 0
 
-        init(index: Int, member: Member, store: MemoryProfileStore, skew: Int64) {
+        init(index: Int, member: Member, store: MemoryProfileStore, skew: Int64, drift: Int64) {
             self.index = index
             self.member = member
             self.store = store
             self.skew = skew
+            self.drift = drift
         }
     }
 
@@ -76,11 +80,13 @@ final class Simulation {
         settings.documentBudget = 16 * 1024
         return settings
     }()
+    static let clockSettings = ClockSettings()
     let replicationSettings: ReplicationSettings
 
     /// `antiEntropy` false leaves repair to the change logs alone, so that a fault in log
-    /// replication is not hidden by tree comparisons.
-    init(seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true) throws {
+    /// replication is not hidden by tree comparisons. `fastClock`: the second machine's clock
+    /// runs two hours ahead (it must refuse to date writes; nothing it holds may swallow others').
+    init(seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true, fastClock: Bool = false) throws {
         self.seed = seed
         var settings = Self.replicationSettings
         if !antiEntropy { settings.antiEntropyInterval = 0 }
@@ -90,13 +96,18 @@ final class Simulation {
             let role: MemberRole = index >= nodes - edges ? .edge : .core
             let member = Member(id: UInt64(index + 1), name: "n\(index + 1)", address: "n\(index + 1)", role: role)
             let store = MemoryProfileStore(configuration: StoreConfiguration(node: member.id, forgetKeySecret: Self.secret))
-            let skew = Int64(random.below(2_001)) - 1_000
-            machines.append(Machine(index: index, member: member, store: store, skew: skew))
+            var skew = Int64(random.below(901)) - 450
+            if fastClock && index == 1 { skew += 7_200_000 }
+            let drift = Int64(random.below(201)) - 100
+            machines.append(Machine(index: index, member: member, store: store, skew: skew, drift: drift))
         }
         for machine in machines { try start(machine) }
     }
 
-    func clock(_ machine: Machine) -> Int64 { 1_760_000_000_000 + now + machine.skew }
+    /// True time 0 of the simulation, as a Unix time.
+    static let epoch: Int64 = 1_760_000_000_000
+
+    func clock(_ machine: Machine) -> Int64 { Self.epoch + now + machine.skew + now * machine.drift / 1_000_000 }
 
     func start(_ machine: Machine) throws {
         let seeds = machines.filter { $0.member.role == .core && $0 !== machine }.prefix(2).map(\.member.address)
@@ -105,7 +116,7 @@ final class Simulation {
         me.incarnation = UInt64(clock(machine))
         machine.node = try ClusterNode(
             store: machine.store, me: me, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
-            settings: replicationSettings, seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
+            settings: replicationSettings, clockSettings: Self.clockSettings, startedAt: clock(machine), seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
         ) { [unowned self] address, message in
             self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)
         }
@@ -113,6 +124,11 @@ final class Simulation {
     }
 
     func crash(_ machine: Machine) { machine.node = nil }
+
+    /// The node's own rule on whether its clock may date a write now (a crashed machine takes none).
+    func acceptsWrites(_ machine: Machine) -> Bool {
+        machine.node?.clockCheck(now: clock(machine)).allowsWrites ?? false
+    }
 
     private func transmit(from: Int, to: Int, _ message: PeerMessage) {
         if blocked.contains([from, to]) || random.chance(faults.lossPercent) { return }

@@ -18,23 +18,71 @@ func simulationSeeds(ci: UInt64) -> [UInt64] {
 
 /// What clients did and were told: the reference model gets every acknowledged operation.
 struct Ledger {
+    /// An erasure as its client saw it: accepted at `acceptedAt` (the erasing node's clock),
+    /// answered at `acknowledgedAt` (simulated time), dominating what is dated up to `boundary`
+    /// (its time on the cluster's hybrid clock: `acceptedAt` or the newest time held, if later).
+    struct ErasureRecord {
+        var keys: [[UInt8]]
+        var boundary: Int64
+        var acceptedAt: Int64 = .min
+        var acknowledgedAt: Int64 = .max
+        /// The erasing machine (for a failure's description).
+        var machine = -1
+    }
+
     var reference = ProfileState()
     var acknowledged: [ProfileDelta] = []
-    var erasures: [(keys: [[UInt8]], time: Int64)] = []
+    /// When each acknowledged message was answered (simulated time) and by which machine, by index.
+    var acknowledgedAt: [Int64] = []
+    var acknowledgedBy: [Int] = []
+    var erasures: [ErasureRecord] = []
+    /// Writes and erasures a node refused because its clock was not trusted.
+    var refusedForClock = 0
     let hasher = HMACForgetKeyHasher(secret: Simulation.secret)
+
+    /// Pairs of an erasure and a message about its customer acknowledged after the erasure was
+    /// answered: each was received by a node whose clock had passed the boundary.
+    func writtenAfterErasures() -> [(erasure: ErasureRecord, message: ProfileDelta, machine: Int)] {
+        var pairs: [(erasure: ErasureRecord, message: ProfileDelta, machine: Int)] = []
+        for erasure in erasures {
+            for (index, delta) in acknowledged.enumerated()
+            where acknowledgedAt[index] >= erasure.acknowledgedAt && erasure.keys.contains(hasher.forgetKeyBytes(for: delta.subject))
+            {
+                pairs.append((erasure, delta, acknowledgedBy[index]))
+            }
+        }
+        return pairs
+    }
+
+    mutating func acknowledge(_ delta: ProfileDelta, at time: Int64, by machine: Int = -1) {
+        reference.apply(delta, hasher: hasher)
+        acknowledged.append(delta)
+        acknowledgedAt.append(time)
+        acknowledgedBy.append(machine)
+    }
 }
 
 /// One seeded run: 3–7 nodes (some edge), faults during a busy phase, then healing; the
 /// checkers run at the end.
-func runScenario(seed: UInt64) throws -> (failures: [String], appliedAhead: Int) {
+/// What a run exercised, so that a checker that never had anything to check is noticed.
+struct ScenarioCounts {
+    var appliedAhead = 0
+    var refusedForClock = 0
+    /// Messages acknowledged after an erasure about its customer, dated after its acceptance.
+    var writtenAfterErasures = 0
+}
+
+func runScenario(seed: UInt64) throws -> (failures: [String], counts: ScenarioCounts) {
     var setup = SplitMix64(seed: seed ^ 0x5EED)
     let nodes = 3 + setup.below(5)
     let edges = setup.below(min(2, nodes - 2) + 1)
     // Odd seeds compare trees as well; even seeds leave all repair to the change logs.
-    let simulation = try Simulation(seed: seed, nodes: nodes, edges: edges, antiEntropy: seed % 2 == 1)
+    // Every fourth seed: one node's clock is two hours fast.
+    let simulation = try Simulation(seed: seed, nodes: nodes, edges: edges, antiEntropy: seed % 2 == 1, fastClock: seed % 4 == 3)
     simulation.faults = .init(lossPercent: setup.below(15), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(60)))
     var generator = WorkloadGenerator(seed: seed, customers: 20)
     generator.sendsSentAt = true
+    generator.futureDatedPercent = 2
     var ledger = Ledger()
     let parser = SegmentMessageParser()
 
@@ -51,8 +99,11 @@ func runScenario(seed: UInt64) throws -> (failures: [String], appliedAhead: Int)
         try simulation.run(until: settled)
     } while try !converged(simulation) && settled < 60_000
     if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil { try describe(simulation) }
-    let ahead = simulation.machines.compactMap { $0.node?.counters.appliedAhead }.reduce(0, +)
-    return (try check(simulation, ledger, seed: seed), ahead)
+    var counts = ScenarioCounts()
+    counts.appliedAhead = simulation.machines.compactMap { $0.node?.counters.appliedAhead }.reduce(0, +)
+    counts.refusedForClock = ledger.refusedForClock
+    counts.writtenAfterErasures = ledger.writtenAfterErasures().count
+    return (try check(simulation, ledger, seed: seed), counts)
 }
 
 /// Prints each machine's replication state (KITH_SIM_VERBOSE=1), for reading a failing seed.
@@ -72,12 +123,18 @@ func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parse
     guard !up.isEmpty else { return }
     let machine = up[sim.random.below(up.count)]
     let roll = sim.random.below(1_000)
-    if roll < 970 {
-        let delta = try parser.parse(generator.next(), receivedAt: sim.clock(machine))
+    // The node's own clock rule, as `kith serve` applies it: no write or erasure is dated by a
+    // clock the cluster does not agree with.
+    guard sim.acceptsWrites(machine) else {
+        ledger.refusedForClock += 1
+        return
+    }
+    if roll < 960 {
+        // Clients' clocks are right give or take two seconds; the nodes' are off by up to one.
+        let delta = try parser.parse(generator.next(at: Simulation.epoch + sim.now), receivedAt: sim.clock(machine))
         try machine.store.apply([delta])
-        ledger.reference.apply(delta, hasher: ledger.hasher)
-        ledger.acknowledged.append(delta)
-    } else if roll < 990 {
+        ledger.acknowledge(delta, at: sim.now, by: machine.index)
+    } else if roll < 980 {
         let c = sim.random.below(20)
         let a = Identifier(kind: .userId, value: "u-\(c)")!, b = Identifier(kind: .anonymousId, value: "a-\(c)-\(sim.random.below(3))")!
         let stamp = LWWStamp(time: sim.clock(machine), tiebreak: "\(machine.member.name)-\(sim.now)")
@@ -85,11 +142,17 @@ func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parse
         ledger.reference.removeLink(a, b, stamp: stamp, hasher: ledger.hasher)
     } else {
         let subject = Identifier(kind: .userId, value: "u-\(sim.random.below(20))")!
-        guard !(try machine.store.erase(subject, requestedAt: sim.clock(machine))).isEmpty,
-            case .erasure(let keys, let time) = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last?.change
+        let acceptedAt = sim.clock(machine)
+        let erasure = try machine.store.erase(subject, requestedAt: acceptedAt)
+        guard !erasure.members.isEmpty,
+            case .erasure(let keys, let time) = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last?.change,
+            let check = machine.node?.clockCheck(now: acceptedAt)
         else { return }
+        precondition(time == erasure.boundary, "the logged erasure time \(time) is not the boundary returned \(erasure.boundary)")
         ledger.reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: ledger.hasher)
-        ledger.erasures.append((keys, time))
+        // Answered once the erasing node's clock reads `erasureAcknowledgement` (the node waits).
+        let answeredAt = sim.now + max(0, check.erasureAcknowledgement(boundary: erasure.boundary, acceptedAt: acceptedAt) - acceptedAt)
+        ledger.erasures.append(.init(keys: keys, boundary: time, acceptedAt: acceptedAt, acknowledgedAt: answeredAt, machine: machine.index))
     }
     try machine.node?.pushOwnChanges()
 }
@@ -105,12 +168,32 @@ func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> [String]
     if !(try converged(sim)) { failures.append("replicas differ after healing") }
     func erasedAt(_ identifier: Identifier) -> Int64? {
         let key = ledger.hasher.forgetKeyBytes(for: identifier)
-        return ledger.erasures.filter { $0.keys.contains(key) }.map(\.time).max()
+        return ledger.erasures.filter { $0.keys.contains(key) }.map(\.boundary).max()
     }
     // A message is dated by its skew-corrected event time; a copy received later (a retry) has a
     // later one, so a message is erased only if every copy of it is dated at or before the erasure.
     var newestCopy: [String: Int64] = [:]
     for delta in ledger.acknowledged { newestCopy[delta.messageId] = max(newestCopy[delta.messageId] ?? .min, delta.times.eventTime) }
+    // No erasure swallows what is written after it is answered: its boundary is at most twice the
+    // clock bound past its acceptance, and every node that takes a message after the answer has
+    // a clock past the boundary — so a message its client dates then (or later) is never within
+    // it, whatever the clocks of the nodes involved said. (Only a message its client dated at or
+    // before the boundary is erased, as the rule says.)
+    let bound = 2 * Simulation.clockSettings.maximumOffset
+    for erasure in ledger.erasures where erasure.boundary - erasure.acceptedAt > bound && erasure.machine >= 0 {
+        failures.append("an erasure's boundary is \(erasure.boundary - erasure.acceptedAt) ms past its acceptance (at most \(bound))")
+        break
+    }
+    for (erasure, delta, by) in ledger.writtenAfterErasures() where delta.times.receivedAt <= erasure.boundary {
+        func clock(_ index: Int) -> String {
+            guard sim.machines.indices.contains(index) else { return "?" }
+            let machine = sim.machines[index]
+            return "\(machine.member.name) (clock \(sim.clock(machine) - Simulation.epoch - sim.now) ms off)"
+        }
+        failures.append(
+            "message \(delta.messageId), acknowledged by \(clock(by)) after an erasure by \(clock(erasure.machine)) was answered, was received \(erasure.boundary - delta.times.receivedAt) ms before its boundary")
+        break
+    }
     for machine in sim.machines {
         for delta in ledger.acknowledged {
             let held = try machine.store.hasMessage(delta.messageId, subject: delta.subject)
@@ -135,17 +218,21 @@ func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> [String]
 struct SimulationTests {
     @Test func everySeedConvergesWithoutLossOrResurrection() throws {
         var failed: [String] = []
-        var appliedAhead = 0
+        var appliedAhead = 0, refusedForClock = 0, writtenAfterErasures = 0
         let seeds = simulationSeeds(ci: 200)
         for seed in seeds {
-            let (failures, ahead) = try runScenario(seed: seed)
-            appliedAhead += ahead
+            let (failures, counts) = try runScenario(seed: seed)
+            appliedAhead += counts.appliedAhead
+            refusedForClock += counts.refusedForClock
+            writtenAfterErasures += counts.writtenAfterErasures
             if !failures.isEmpty {
                 failed.append("seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter KithSimulationTests")
             }
         }
         // Changes sent ahead of a backlog happen in a run of many seeds (after crashes and partitions).
         #expect(seeds.count < 50 || appliedAhead > 0)
+        // Nodes with a clock two hours fast were refused, and erasures had writes after them to check.
+        #expect(seeds.count < 50 || (refusedForClock > 0 && writtenAfterErasures > 0), "refused \(refusedForClock), written after erasures \(writtenAfterErasures)")
         #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
     }
 }

@@ -74,7 +74,7 @@ struct SealingTests {
         let erased = try #require(try store!.view(of: user)?.members)
         let erasedKeys = try erased.compactMap { try store!.dataKeyID(of: $0).flatMap(store!.sealing.keys.key(for:)) }
         #expect(erasedKeys.count == 3)
-        #expect(try store!.erase(user, requestedAt: Self.erasedAt).count == 3)
+        #expect(try store!.erase(user, requestedAt: Self.erasedAt).members.count == 3)
         #expect(try store!.view(of: user) == nil)
         #expect(try store!.view(of: Identifier(kind: .userId, value: "other-user")!) != nil)
         for member in erased { #expect(try store!.dataKeyID(of: member) == nil, "no row is left that names \(member)") }

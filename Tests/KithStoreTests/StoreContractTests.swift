@@ -231,7 +231,7 @@ struct StoreContractTests {
         try fixture.store.apply(deltas)
         let target = Identifier(kind: .userId, value: "u-0")!
         let erasedAt: Int64 = 1_760_000_010_000
-        let members = try fixture.store.erase(target, requestedAt: erasedAt)
+        let members = try fixture.store.erase(target, requestedAt: erasedAt).members
         #expect(members == reference.erase(target, at: erasedAt, hasher: hmac))
         #expect(members.count >= 2)
         try expectSameViews(fixture.store, reference, "\(kind) after erasure")

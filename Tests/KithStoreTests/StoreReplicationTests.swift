@@ -130,7 +130,7 @@ final class RandomStoreWork {
         } else {
             let subject = Identifier(kind: .userId, value: "u-\(random.below(customers))")!
             let erased = try store.erase(subject, requestedAt: 1_760_000_000_000 + Int64(step) * 40)
-            guard !erased.isEmpty, case .erasure(let keys, let time) = try store.changes(after: 0, limit: .max).last!.change else { return }
+            guard !erased.members.isEmpty, case .erasure(let keys, let time) = try store.changes(after: 0, limit: .max).last!.change else { return }
             reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: hmac)
         }
     }
