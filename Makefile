@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 # Debian packages the build links against (system library targets) and the tools make targets use.
-APT_PACKAGES := liblmdb-dev libssl-dev zlib1g-dev pkg-config python3
+APT_PACKAGES := liblmdb-dev libssl-dev zlib1g-dev pkg-config python3 faketime
 SWIFT ?= swift
 BENCH_CUSTOMERS ?= 100000
 BENCH_EVENTS ?= 1000000
@@ -19,7 +19,7 @@ DEMO_TOKEN ?= demo-token
 SIM_SEEDS ?= 5000
 CLUSTER ?= local-3
 
-.PHONY: deps build test bench fuzz run clean simulate cluster
+.PHONY: deps build test bench fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -51,6 +51,11 @@ simulate: deps
 	$(SWIFT) build --build-tests
 	KITH_SIM_SEEDS=$(SIM_SEEDS) $(SWIFT) test --skip-build --filter KithSimulationTests
 
+# Failure detection and rejoin of three real nodes (stop/continue trials; several minutes).
+failure-detection: deps
+	$(SWIFT) build -c release --product kith
+	python3 Benchmarks/scripts/failure-detection.py --kith .build/release/kith
+
 # Every node of cluster-configs/$(CLUSTER) (local-3 or edge-site) on this machine, until Ctrl-C.
 cluster: deps
 	$(SWIFT) build -c release --product kith
@@ -65,13 +70,21 @@ test: deps
 # libFuzzer with AddressSanitizer, FUZZ_SECONDS per harness, from the committed seeds. A crash
 # leaves its input in .build-fuzz/artifacts/: copy it into Tests/FuzzCorpus/<harness>/ with the fix.
 fuzz: deps
+	@$(MAKE) --no-print-directory fuzz-run FUZZ_LIMIT=-max_total_time=$(FUZZ_SECONDS) FUZZ_WHAT="for $(FUZZ_SECONDS) s"
+
+# Each harness for FUZZ_RUNS executions (10 million by default; hours in all on two cores).
+FUZZ_RUNS ?= 10000000
+fuzz-long: deps
+	@$(MAKE) --no-print-directory fuzz-run FUZZ_LIMIT=-runs=$(FUZZ_RUNS) FUZZ_WHAT="for $(FUZZ_RUNS) runs"
+
+fuzz-run:
 	$(SWIFT) build -c release --product kith-fuzz --scratch-path .build-fuzz \
 	  -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address
 	@mkdir -p .build-fuzz/artifacts
 	@for h in $(FUZZ_HARNESSES); do \
 	  mkdir -p .build-fuzz/corpus/$$h && cp -n Tests/FuzzCorpus/$$h/* .build-fuzz/corpus/$$h/ 2>/dev/null; \
-	  echo "fuzzing $$h for $(FUZZ_SECONDS) s"; \
-	  SWIFT_BACKTRACE=enable=no .build-fuzz/release/kith-fuzz $$h -max_total_time=$(FUZZ_SECONDS) \
+	  echo "fuzzing $$h $(FUZZ_WHAT)"; \
+	  SWIFT_BACKTRACE=enable=no .build-fuzz/release/kith-fuzz $$h $(FUZZ_LIMIT) \
 	    -artifact_prefix=.build-fuzz/artifacts/$$h- -print_final_stats=1 .build-fuzz/corpus/$$h 2>&1 \
 	    | grep -E "^(Done|stat::number_of_executed_units|stat::average_exec_per_sec)|ERROR|SUMMARY" ; \
 	  test $${PIPESTATUS[0]} -eq 0 || exit 1; \

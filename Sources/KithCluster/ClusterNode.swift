@@ -70,6 +70,8 @@ public final class ClusterNode {
         public var documentsRepaired = 0
         /// Documents too large for one message: left to the change log (docs/replication.md).
         public var documentsTooLarge = 0
+        /// Members this node saw go down (dead, away or left): a false death shows here.
+        public var membersDown = 0
     }
 
     /// What this node knows of one peer.
@@ -330,7 +332,9 @@ public final class ClusterNode {
                 peers[member.id, default: PeerState()].lastPullCompleted = nil
                 peers[member.id]?.hasReadOurLog = false
                 if settings.antiEntropyInterval > 0 { antiEntropy.requested.insert(member.id) }
-            case .memberDown(let member): peers[member.id]?.pullSentAt = nil
+            case .memberDown(let member):
+                peers[member.id]?.pullSentAt = nil
+                counters.membersDown += 1
             case .clockSample(let sample): clockOffsets.record(sample)
             }
         }

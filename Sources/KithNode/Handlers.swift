@@ -388,6 +388,8 @@ extension Node {
         }) else { return text }
         let (counters, lag) = progress
         text += NodeMetrics.metric("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent)
+        text += NodeMetrics.metric(
+            "kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown)
         text += NodeMetrics.metric("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied)
         text += NodeMetrics.metric("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected)
         text += NodeMetrics.metric("kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag)

@@ -41,15 +41,16 @@ extension BinaryReader {
         try readBool() ? try readSigned() : nil
     }
 
-    /// A message time inside `MessageTimes.representable`.
-    mutating func readTime() throws -> Int64 {
+    /// A time inside `MessageTimes.representable` (message times, and nodes' clock readings on
+    /// the wire), so that the arithmetic on it cannot overflow.
+    public mutating func readTime() throws -> Int64 {
         let offset = self.offset
         let time = try readSigned()
         guard MessageTimes.representable.contains(time) else { throw BinaryDecodingError(.invalidValue, offset: offset, "time outside ±10^15 ms") }
         return time
     }
 
-    mutating func readOptionalTime() throws -> Int64? {
+    public mutating func readOptionalTime() throws -> Int64? {
         try readBool() ? try readTime() : nil
     }
 

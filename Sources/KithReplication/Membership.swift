@@ -58,18 +58,34 @@ public struct MembershipSettings: Sendable {
     public var probeTimeout: Int64 = 300
     /// Members asked to probe a target that did not answer directly.
     public var indirectProbes = 3
-    /// Suspicion lasts between `minimum` and `maximum` probe intervals times log2(members),
-    /// shorter as more members independently confirm it (Lifeguard §4.2).
-    public var suspicionMinimumIntervals: Int64 = 2
-    public var suspicionMaximumIntervals: Int64 = 6
+    /// Suspicion lasts between `minimum` and `maximum` probe intervals times ⌈log10(members)⌉
+    /// (1 up to ten members), shorter as more members independently confirm it (Lifeguard §4.2).
+    /// At the defaults a stopped member of a small cluster is declared dead about 5 s after it
+    /// stopped (suspected within a probe round or two, confirmed by another member, then 2.5 s),
+    /// and a member paused for up to 3 s (a stalled VM, a long GC) refutes in time: suspicion
+    /// starts a probe round into the pause and lasts 2.5 s more (docs/replication.md, "Membership").
+    public var suspicionMinimumIntervals = 2.5
+    public var suspicionMaximumIntervals = 6.0
+    /// Confirmations that shorten suspicion to its minimum; fewer when fewer members can give
+    /// them (Lifeguard's k = min(K, n − 2)).
     public var expectedConfirmations = 3
     /// A dead or departed core member is forgotten after this long.
     public var reapAfter: Int64 = 24 * 3_600_000
-    /// How often one member believed dead (or away) is asked to rejoin: both sides of a healed
-    /// partition each believe the other dead, and without this would never speak again.
-    public var reconnectInterval: Int64 = 10_000
+    /// How often members believed dead (or away) are asked to rejoin, up to
+    /// `reconnectsPerInterval` of them each time: both sides of a healed partition each believe
+    /// the other dead, and without this would never speak again. A question is one small
+    /// message, so asking every second costs little and brings a healed partition back within
+    /// a second or two.
+    public var reconnectInterval: Int64 = 1_000
+    public var reconnectsPerInterval = 3
     /// Most updates piggybacked on one message.
     public var updatesPerMessage = 8
+    /// While updates wait to be spread, every `gossipInterval` they go to up to `gossipFanout`
+    /// live members in a ping of their own (memberlist's gossip: 200 ms, 3), rather than only on
+    /// the next probe: a suspicion reaches the others, and their confirmations come back, within
+    /// a fraction of a second instead of a probe round or two.
+    public var gossipInterval: Int64 = 200
+    public var gossipFanout = 3
     /// Local health (Lifeguard §4.1): probe timeouts stretch by up to this factor while this node
     /// itself seems slow (missed acks, refuted suspicions).
     public var maximumHealthPenalty = 8
@@ -100,6 +116,7 @@ public struct Membership: Sendable {
     private var probeOrder: [UInt64] = []
     private var nextProbeAt: Int64 = 0
     private var nextReconnectAt: Int64 = 0
+    private var nextGossipAt: Int64 = 0
     private var nextProbeSequence: UInt64 = 0
     private var probe: Probe?
     /// Probes this node runs for others (ping-req): our probe sequence → who asked, their sequence.
@@ -108,11 +125,15 @@ public struct Membership: Sendable {
     private var downSince: [UInt64: Int64] = [:]
     private var broadcasts: [Broadcast] = []
     private var healthPenalty = 0
+    /// When this node last received any membership message: a probe that fails while others
+    /// are heard from says the target is down, not that this node is slow.
+    private var lastReceivedAt: Int64 = .min
     /// The time of the latest input: messages are stamped with it, so that peers can measure
     /// this node's clock from their round trips.
     private var clock: Int64 = 0
 
     private struct Probe {
+        var startedAt: Int64
         var target: UInt64
         var sequence: UInt64
         var deadline: Int64
@@ -170,14 +191,17 @@ public struct Membership: Sendable {
         if now >= nextReconnectAt && me.status != .left {
             nextReconnectAt = now + settings.reconnectInterval
             let down = members.values.filter { $0.status == .dead }.sorted { $0.id < $1.id }
-            if !down.isEmpty {
-                // Tell it how we see it, so that it can refute with a higher incarnation.
-                let target = down[Int(random.next() % UInt64(down.count))]
+            // Tell each how we see it, so that it can refute with a higher incarnation.
+            for target in pick(settings.reconnectsPerInterval, from: down) {
                 directives.append(.send(to: target.address, message(.join, updates: [target])))
             }
         }
         directives += checkProbe(now: now)
         if now >= nextProbeAt && probe == nil { directives += startProbe(now: now) }
+        if now >= nextGossipAt && me.status != .left {
+            nextGossipAt = now + settings.gossipInterval
+            directives += gossip()
+        }
         directives += expireSuspicions(now: now)
         reap(now: now)
         relayed = relayed.filter { $0.value.expires > now }
@@ -187,6 +211,7 @@ public struct Membership: Sendable {
     /// Handles one message from the node at `address`; `now` and `wall` as for `tick`.
     public mutating func receive(_ message: MembershipMessage, from address: String, now: Int64, wall: Int64? = nil) -> [Directive] {
         clock = wall ?? now
+        lastReceivedAt = now
         var directives: [Directive] = []
         for update in message.updates { directives += apply(update, from: message.sender.id, now: now) }
         directives += apply(message.sender, from: message.sender.id, now: now, direct: true)
@@ -254,6 +279,14 @@ public struct Membership: Sendable {
         return MembershipMessage(sender: me, kind: kind, updates: updates, sentAt: clock)
     }
 
+    /// Pending updates to a few live members, in pings outside the probe round (their acks
+    /// only measure clocks).
+    private mutating func gossip() -> [Directive] {
+        guard !broadcasts.isEmpty else { return [] }
+        let live = members.values.filter { $0.status == .alive }.sorted { $0.id < $1.id }
+        return pick(settings.gossipFanout, from: live).map { .send(to: $0.address, message(.ping(nextSequence()))) }
+    }
+
     // MARK: Probing
 
     private mutating func startProbe(now: Int64) -> [Directive] {
@@ -261,7 +294,7 @@ public struct Membership: Sendable {
         guard let target = nextTarget() else { return [] }
         let sequence = nextSequence()
         probe = Probe(
-            target: target, sequence: sequence, deadline: now + settings.probeTimeout * Int64(healthPenalty + 1),
+            startedAt: now, target: target, sequence: sequence, deadline: now + settings.probeTimeout * Int64(healthPenalty + 1),
             endsAt: now + settings.probeInterval * Int64(healthPenalty + 1))
         return [.send(to: members[target]!.address, message(.ping(sequence)))]
     }
@@ -275,7 +308,11 @@ public struct Membership: Sendable {
         if !probe.indirectSent && now >= probe.deadline {
             probe.indirectSent = true
             self.probe = probe
-            healthPenalty = min(settings.maximumHealthPenalty, healthPenalty + 1)
+            // Lifeguard raises local health when the helpers do not answer (no nacks): the fault
+            // may be here. Kith has no nacks; it takes silence from every member since the probe
+            // began as that sign. A target that is simply down must not slow this node's probing,
+            // or every failure would be detected later than the last.
+            if lastReceivedAt < probe.startedAt { healthPenalty = min(settings.maximumHealthPenalty, healthPenalty + 1) }
             let helpers = members.values.filter { $0.id != target.id && $0.status == .alive && $0.role == .core }
                 .sorted { $0.id < $1.id }
             return pick(settings.indirectProbes, from: helpers).map {
@@ -335,11 +372,13 @@ public struct Membership: Sendable {
     /// confirmations arrive, both scaled by log2 of the cluster size (linear in the confirmations
     /// where Lifeguard is logarithmic: with the expected three confirmations the two agree at the ends).
     private func suspicionTimeout(_ suspicion: Suspicion) -> Int64 {
-        let scale = Int64(max(1, ceilingLog2(members.count + 1)))
-        let minimum = settings.suspicionMinimumIntervals * settings.probeInterval * scale
-        let maximum = settings.suspicionMaximumIntervals * settings.probeInterval * scale
-        let confirmations = Int64(min(settings.expectedConfirmations, max(0, suspicion.confirmations.count - 1)))
-        return maximum - (maximum - minimum) * confirmations / Int64(max(1, settings.expectedConfirmations))
+        let scale = Double(ceilingLog10(members.count + 1))
+        let minimum = Int64(settings.suspicionMinimumIntervals * Double(settings.probeInterval) * scale)
+        let maximum = Int64(settings.suspicionMaximumIntervals * Double(settings.probeInterval) * scale)
+        // Members that could confirm: all but this node and the suspect.
+        let expected = Int64(max(1, min(settings.expectedConfirmations, members.count - 1)))
+        let confirmations = min(expected, Int64(max(0, suspicion.confirmations.count - 1)))
+        return maximum - (maximum - minimum) * confirmations / expected
     }
 
     // MARK: Gossip
@@ -467,3 +506,13 @@ public struct MembershipMessage: Equatable, Sendable {
 
 /// ⌈log2(n)⌉ for n ≥ 1.
 func ceilingLog2(_ n: Int) -> Int { n <= 1 ? 0 : Int.bitWidth - (n - 1).leadingZeroBitCount }
+
+/// ⌈log10(n)⌉, at least 1: the suspicion scale (memberlist's), 1 for up to ten members.
+func ceilingLog10(_ n: Int) -> Int {
+    var scale = 1, reach = 10
+    while reach < n {
+        scale += 1
+        reach = reach > Int.max / 10 ? Int.max : reach * 10
+    }
+    return scale
+}

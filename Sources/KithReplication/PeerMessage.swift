@@ -239,14 +239,14 @@ extension MembershipMessage: BinaryCodable {
 
     public init(from reader: inout BinaryReader) throws {
         sender = try Member(from: &reader)
-        sentAt = try reader.readClockTime()
+        sentAt = try reader.readTime()
         let offset = reader.offset
         switch try reader.readByte() {
         case 1: kind = .ping(try reader.readVarint())
-        case 2: kind = .ack(try reader.readVarint(), echo: try reader.readOptionalClockTime())
+        case 2: kind = .ack(try reader.readVarint(), echo: try reader.readOptionalTime())
         case 3: kind = .pingRequest(try reader.readVarint(), target: try reader.readBigEndianUInt64())
         case 4: kind = .join
-        case 5: kind = .welcome(echo: try reader.readOptionalClockTime())
+        case 5: kind = .welcome(echo: try reader.readOptionalTime())
         case 6: kind = .leave
         default: throw BinaryDecodingError(.unknownTag, offset: offset, "membership message kind")
         }
@@ -261,16 +261,3 @@ extension BinaryWriter {
     }
 }
 
-extension BinaryReader {
-    /// A node's clock reading, within the times Kith represents (so that offsets cannot overflow).
-    fileprivate mutating func readClockTime() throws -> Int64 {
-        let offset = self.offset
-        let time = try readSigned()
-        guard MessageTimes.representable.contains(time) else { throw BinaryDecodingError(.invalidValue, offset: offset, "clock time outside ±10^15 ms") }
-        return time
-    }
-
-    fileprivate mutating func readOptionalClockTime() throws -> Int64? {
-        try readBool() ? try readClockTime() : nil
-    }
-}

@@ -6,7 +6,9 @@ import Testing
 /// from a file on every call, so a test can set it wrong and then right while the node runs.
 /// The monotonic clock is left alone, as an NTP step leaves it.
 struct SkewedClock {
-    static let library = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
+    /// Where Debian's `faketime` package puts the library (`make deps` installs it).
+    static let library = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map { "/usr/lib/\($0)/faketime/libfaketime.so.1" }
+        .first { FileManager.default.fileExists(atPath: $0) } ?? "libfaketime.so.1 (install Debian's faketime package: make deps)"
     let file: String
 
     init(directory: String, offset: String) throws {

@@ -220,13 +220,21 @@ struct MembershipTests {
     @Test func aSuspectedMemberRefutesWithAHigherIncarnation() {
         var cluster = MembershipCluster(count: 4)
         cluster.run(milliseconds: 5_000)
-        // n4 is cut off just long enough to be suspected, then comes back.
+        // n4 is cut off just long enough to be suspected, then comes back: its direct answers
+        // (or a refutation, if the suspicion still reaches it) make it alive everywhere.
         cluster.down = [3]
         cluster.run(milliseconds: 2_500)
+        #expect((0..<3).contains { cluster.status(of: 4, seenBy: $0) == .suspect }, "suspected while cut off")
         cluster.down = []
         cluster.run(milliseconds: 15_000)
         for index in 0..<3 { #expect(cluster.status(of: 4, seenBy: index) == .alive) }
-        #expect(cluster.members[3].me.incarnation > 1)
+        // Told it is suspected, a member refutes with a higher incarnation, which overrides the suspicion.
+        var suspected = cluster.members[3].me
+        suspected.status = .suspect
+        let incarnation = suspected.incarnation
+        cluster.deliver([.send(to: "n4", MembershipMessage(sender: cluster.members[0].me, kind: .ping(99), updates: [suspected]))], from: 0)
+        #expect(cluster.members[3].me.incarnation == incarnation + 1)
+        for index in 0..<3 { #expect(cluster.members[index].members[4]?.incarnation == incarnation + 1 || cluster.status(of: 4, seenBy: index) == .alive) }
     }
 
     @Test func aMemberThatLeavesIsMarkedLeftAndCanRejoin() {
