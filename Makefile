@@ -51,10 +51,11 @@ simulate: deps
 	$(SWIFT) build --build-tests
 	KITH_SIM_SEEDS=$(SIM_SEEDS) $(SWIFT) test --skip-build --filter KithSimulationTests
 
-# Failure detection and rejoin of three real nodes (stop/continue trials; several minutes).
+# Failure detection and rejoin of three real nodes (stop/continue trials, and as root a two-sided
+# partition through a network namespace; several minutes).
 failure-detection: deps
 	$(SWIFT) build -c release --product kith
-	python3 Benchmarks/scripts/failure-detection.py --kith .build/release/kith
+	python3 Benchmarks/scripts/failure-detection.py --kith .build/release/kith $$([ "$$(id -u)" = 0 ] && echo --netns)
 
 # Every node of cluster-configs/$(CLUSTER) (local-3 or edge-site) on this machine, until Ctrl-C.
 cluster: deps

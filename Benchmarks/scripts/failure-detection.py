@@ -7,9 +7,12 @@ Three nodes on 127.0.0.1. Prints `name: value` lines:
   --trials trials (p50, p99, max), then it is continued and the time until all see it alive.
 - false deaths: one node is stopped and continued --pauses times for 1 to 3 s each; the number of
   times any node declared any member dead (`kith_membership_members_down_total`) must stay 0.
-- rejoin: a node is cut off for --partition seconds (with --netns: its own network namespace,
-  the veth taken down; without: SIGSTOP, which stops only one side), then healed; the time until
-  every member sees every other alive.
+- rejoin after a stop: a node is stopped for --partition seconds, then continued (one-sided: it
+  never sees the others die); the time until every member sees every other alive.
+- rejoin after a partition (--netns, as root): a fourth cluster whose third node runs in a network
+  namespace of its own joined by a veth pair (addresses 10.213.0.1 and 10.213.0.2, this script's
+  own test hosts); the link is taken down for --partition seconds, both sides declare the other
+  dead, then it is brought up; the time until every member sees every other alive.
 
 Usage: python3 Benchmarks/scripts/failure-detection.py [--kith .build/release/kith] [--trials 20]
 Every process it starts is stopped by its id when it ends.
@@ -31,21 +34,22 @@ TOKEN = "fd-token"
 
 
 class Node:
-    def __init__(self, kith, directory, name, seeds, env):
+    def __init__(self, kith, directory, name, seeds, env, host="127.0.0.1", prefix=()):
         self.name = name
-        args = [kith, "serve", "--data-dir", os.path.join(directory, name), "--http", "127.0.0.1:0",
-                "--node-name", name, "--gossip", "127.0.0.1:0", "--token", TOKEN]
+        self.host = host
+        args = list(prefix) + [kith, "serve", "--data-dir", os.path.join(directory, name), "--http", f"{host}:0",
+                               "--node-name", name, "--gossip", f"{host}:0", "--token", TOKEN]
         if seeds:
             args += ["--seeds", ",".join(seeds)]
         self.log = open(os.path.join(directory, name + ".log"), "w")
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, env=env, text=True)
         first = self.process.stdout.readline()
         second = self.process.stdout.readline()
-        self.port = int(re.search(r"127\.0\.0\.1:(\d+)", first).group(1))
-        self.gossip = re.search(r"(127\.0\.0\.1:\d+)", second).group(1)
+        self.port = int(re.search(re.escape(host) + r":(\d+)", first).group(1))
+        self.gossip = re.search("(" + re.escape(host) + r":\d+)", second).group(1)
 
     def get(self, path):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
+        request = urllib.request.Request(f"http://{self.host}:{self.port}{path}", headers={"Authorization": f"Bearer {TOKEN}"})
         with urllib.request.urlopen(request, timeout=2) as response:
             return response.read().decode()
 
@@ -60,7 +64,7 @@ class Node:
 
     def stop(self):
         if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGCONT)
+            os.kill(self.process.pid, signal.SIGCONT)  # a stopped process cannot act on SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
@@ -98,6 +102,8 @@ def main():
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--pauses", type=int, default=10)
     parser.add_argument("--partition", type=float, default=30)
+    parser.add_argument("--netns", action="store_true", help="also a two-sided partition through a network namespace (root)")
+    parser.add_argument("--only-netns", action="store_true", help="only the two-sided partition")
     arguments = parser.parse_args()
 
     directory = tempfile.mkdtemp(prefix="kith-fd-")
@@ -105,6 +111,12 @@ def main():
         secret.write(os.urandom(32))
     env = dict(os.environ, KITH_CLUSTER_KEY=os.urandom(32).hex(), KITH_SECRET_FILE=os.path.join(directory, "secret"))
     nodes = []
+    if arguments.only_netns:
+        try:
+            partition(arguments, directory, env)
+        finally:
+            shutil.rmtree(directory, ignore_errors=True)
+        return
     try:
         nodes.append(Node(arguments.kith, directory, "n1", [], env))
         for name in ["n2", "n3"]:
@@ -152,10 +164,52 @@ def main():
         rejoin = wait_until(lambda: all_alive(nodes), 60)
         print(f"rejoin_after_stop.partition_s: {arguments.partition:.0f}")
         print(f"rejoin_after_stop.all_alive_s: {rejoin if rejoin is not None else float('nan'):.2f}")
+        if arguments.netns:
+            partition(arguments, directory, env)
     finally:
         for node in nodes:
             node.stop()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+NAMESPACE, ROOT_LINK, INNER_LINK = "kith-fd", "kith-fd0", "kith-fd1"
+
+
+def run(*command):
+    subprocess.run(command, check=True)
+
+
+def partition(arguments, directory, env):
+    """Both sides of a real partition declare the other dead; the time until all are alive after the heal."""
+    run("ip", "netns", "add", NAMESPACE)
+    nodes = []
+    try:
+        run("ip", "link", "add", ROOT_LINK, "type", "veth", "peer", "name", INNER_LINK)
+        run("ip", "link", "set", INNER_LINK, "netns", NAMESPACE)
+        run("ip", "addr", "add", "10.213.0.1/24", "dev", ROOT_LINK)
+        run("ip", "link", "set", ROOT_LINK, "up")
+        run("ip", "netns", "exec", NAMESPACE, "ip", "addr", "add", "10.213.0.2/24", "dev", INNER_LINK)
+        run("ip", "netns", "exec", NAMESPACE, "ip", "link", "set", INNER_LINK, "up")
+        run("ip", "netns", "exec", NAMESPACE, "ip", "link", "set", "lo", "up")
+        nodes.append(Node(arguments.kith, directory, "p1", [], env, host="10.213.0.1"))
+        nodes.append(Node(arguments.kith, directory, "p2", [nodes[0].gossip], env, host="10.213.0.1"))
+        nodes.append(Node(arguments.kith, directory, "p3", [nodes[0].gossip], env, host="10.213.0.2",
+                          prefix=("ip", "netns", "exec", NAMESPACE)))
+        if wait_until(lambda: all_alive(nodes), 20) is None:
+            sys.exit("the partition cluster did not form")
+        run("ip", "link", "set", ROOT_LINK, "down")
+        cut = wait_until(lambda: all(n.statuses().get("p3") == "dead" for n in nodes[:2]), 30)
+        time.sleep(max(0, arguments.partition - (cut or 0)))
+        run("ip", "link", "set", ROOT_LINK, "up")
+        healed = wait_until(lambda: all_alive(nodes), 60)
+        print(f"partition.seconds: {arguments.partition:.0f}")
+        print(f"partition.declared_dead_s: {cut if cut is not None else float('nan'):.2f}")
+        print(f"partition.rejoin_all_alive_s: {healed if healed is not None else float('nan'):.2f}")
+    finally:
+        for node in nodes:
+            node.stop()
+        subprocess.run(["ip", "link", "del", ROOT_LINK], check=False)
+        subprocess.run(["ip", "netns", "del", NAMESPACE], check=False)
 
 
 if __name__ == "__main__":
