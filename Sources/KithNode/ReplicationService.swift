@@ -112,7 +112,6 @@ final class ReplicationService: @unchecked Sendable {
         settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
-        clockSettings.jumpThreshold = max(1, configuration.maxClockOffsetMillis / 2)
         let now = monotonicMillis()
         let node = try ClusterNode(
             store: store, me: member, seeds: configuration.seeds, settings: settings, clockSettings: clockSettings, startedAt: now,

@@ -77,8 +77,8 @@ public struct ProfileState: Equatable, Sendable {
     }
 
     /// Erases the whole person `identifier` belongs to. The erasure time is `time` or, if later,
-    /// the newest time of anything held about the person (a future-dated event from a client
-    /// with a fast clock, a link), so that an erasure always covers everything known at the
+    /// the newest time of anything held about the person (every such time is at most the receipt of
+    /// its message, `MessageTimes`), so that an erasure always covers everything known at the
     /// moment it is made. Returns the erased members.
     @discardableResult
     public mutating func erase(_ identifier: Identifier, at time: Int64, hasher: some ForgetKeyHasher) -> [Identifier] {

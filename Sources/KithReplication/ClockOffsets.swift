@@ -4,9 +4,9 @@ public struct ClockSettings: Sendable, Equatable {
     /// refuses writes and erasures (CockroachDB's `--max-offset`, for the same reason: erasure
     /// boundaries and event times are only as right as the clocks that made them).
     public var maximumOffset: Int64 = 500
-    /// A change of the wall clock against the monotonic clock larger than this is a jump: every
-    /// measurement is dropped and the clock is measured afresh before it is trusted again.
-    public var jumpThreshold: Int64 = 250
+    /// A change of the wall clock against the monotonic clock larger than this (half the bound) is
+    /// a jump: every measurement is dropped and the clock is measured afresh before it is trusted again.
+    public var jumpThreshold: Int64 { max(1, maximumOffset / 2) }
     /// Round trips kept per peer; the one with the shortest round trip is the estimate (NTP's
     /// clock filter: the shortest trip has the least room for asymmetric delay).
     public var samplesPerPeer = 4
