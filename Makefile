@@ -121,7 +121,8 @@ bench: deps
 	.build/release/kith-bench --lmdb-ceiling $(BENCH_DIR)/ceiling --data-dir $(BENCH_DIR)/lmdb --read-seconds 3; \
 	$(SWIFT) build -c release --product kith >/dev/null && \
 	.build/release/kith-bench --workload $$f --http .build/release/kith --seconds $(HTTP_BENCH_SECONDS); \
-	.build/release/kith-bench --cluster .build/release/kith
+	.build/release/kith-bench --cluster .build/release/kith; \
+	.build/release/kith-bench --catch-up $(BENCH_DIR)/catch-up --customers 2000
 
 clean:
 	rm -rf .build .build-fuzz $(BENCH_DIR)

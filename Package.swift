@@ -44,7 +44,7 @@ let package = Package(
         .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile", "KithHTTP", "KithReplication"]),
 
         // Benchmarks: `make bench` prints `name: value` lines.
-        .executableTarget(name: "kith-bench", dependencies: ["CLMDB", "KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy"], path: "Benchmarks/KithBench",
+        .executableTarget(name: "kith-bench", dependencies: ["CLMDB", "KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy", "KithTestSupport"], path: "Benchmarks/KithBench",
             swiftSettings: optimizeAcrossModules),
 
         // Shared test helpers (seeded generators, law checks); used only by test targets.

@@ -41,6 +41,9 @@ struct Options {
     /// `--parse-thread false`: parse each batch on the applying thread, between commits, instead
     /// of on a thread of its own while the batch before is applied (as a node's event loops do).
     var parseThread = true
+    /// `--catch-up <scratch dir>`: measure catch-up after a partition, with and without
+    /// redelivered copies in the backlog, instead (`CatchUpBenchmark`).
+    var catchUpScratch: String?
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -63,17 +66,22 @@ struct Options {
             case "--messages": ceilingMessages = Int(value) ?? 0
             case "--reads-only": readsOnly = value != "false"
             case "--parse-thread": parseThread = value != "false"
+            case "--catch-up": catchUpScratch = value
             default: Self.fail("unknown option \(argument)")
             }
         }
         if clusterBinary != nil { return }
+        if catchUpScratch != nil {
+            if customers <= 0 { Self.fail("--customers takes a positive number") }
+            return
+        }
         if ceilingScratch != nil {
             if ceilingMessages <= 0 || batchSize <= 0 || customers <= 0 { Self.fail("--messages, --batch and --customers take positive numbers") }
             return
         }
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
+            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
         }
     }
 
@@ -108,6 +116,10 @@ func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
 let options = Options(arguments: CommandLine.arguments)
 if let clusterBinary = options.clusterBinary {
     do { try ClusterBenchmark(kithBinary: clusterBinary).run() } catch { Options.fail("\(error)") }
+    exit(0)
+}
+if let scratch = options.catchUpScratch {
+    do { try CatchUpBenchmark(scratch: scratch, customers: options.customers, durable: options.durable).run() } catch { Options.fail("\(error)") }
     exit(0)
 }
 if let scratch = options.ceilingScratch {

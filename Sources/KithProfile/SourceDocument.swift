@@ -19,6 +19,12 @@ public struct EventAggregate: Equatable, Sendable {
         count += other.count
         revenueMicros += other.revenueMicros
     }
+
+    mutating func subtract(_ other: EventAggregate) {
+        precondition(count >= other.count, "subtracting \(other.count) events from a total of \(count)")
+        count -= other.count
+        revenueMicros -= other.revenueMicros
+    }
 }
 
 /// The revenue one event may carry: ±10^12 currency units, in millionths (±10^18, inside Int64).
@@ -112,6 +118,26 @@ public struct SourceHead: Equatable, Sendable {
         firstSeen = min(firstSeen ?? entry.time, entry.time)
         lastSeen = max(lastSeen ?? entry.time, entry.time)
         if let (key, value) = entry.aggregate { aggregates.update(key, default: EventAggregate()) { $0.add(value) } }
+    }
+
+    /// Replaces the totals of one counted ledger entry with those of another copy of the same
+    /// message that orders at or after it (the copy a ledger keeps when two differ), without
+    /// reading the other entries. Returns false, changing nothing, when they are needed: the
+    /// replaced entry may have been the earliest, and a later copy can move `firstSeen`.
+    public mutating func recount(replacing old: LedgerEntry, with new: LedgerEntry) -> Bool {
+        precondition(!(new < old), "a joined copy orders before the entry it replaces: \(new) < \(old)")
+        guard let first = firstSeen, messageCount > 0 else {
+            preconditionFailure("replacing an entry in totals that count none (\(messageCount) messages)")
+        }
+        if new == old { return true }
+        guard new.time == old.time || first < old.time else { return false }
+        lastSeen = max(lastSeen ?? new.time, new.time)
+        if let (key, value) = old.aggregate {
+            aggregates.update(key, default: EventAggregate()) { $0.subtract(value) }
+            aggregates.removeAll { name, total in name == key && total.count == 0 }
+        }
+        if let (key, value) = new.aggregate { aggregates.update(key, default: EventAggregate()) { $0.add(value) } }
+        return true
     }
 
     /// Joins the CRDT fields of `other` (not the totals, which depend on the ledgers).

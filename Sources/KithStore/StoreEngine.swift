@@ -384,19 +384,56 @@ final class WriteContext {
     /// event times) is joined in as `SourceDocument.apply` joins it — the greater row kept, both
     /// copies' fields joined — so replicas agree whichever copy each saw first. Returns whether
     /// anything changed (then the copy is logged, so replicas further away see it too).
+    ///
+    /// A catch-up after a partition joins thousands of such copies, so a copy costs what it
+    /// changes: only when it changes who is linked to whom, or may move a first-seen time, are
+    /// the ledgers read again and the profiles around it rebuilt.
     private func joinCopy(_ delta: ProfileDelta, _ row: LedgerRow, at ledgerKey: [UInt8]) throws -> Bool {
         let existing = try decode(LedgerRow.self, try txn.get(.documents, ledgerKey)!, table: .documents)
         let joined = existing.joined(with: row)
         guard joined != existing else { return false }
         try txn.put(.documents, ledgerKey, ProfileFormat.encode(joined), mode: .upsert)
+        var structureChanged = false
+        for peer in row.links {
+            if try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) { structureChanged = true }
+        }
         var copy = SourceHead()
         copy.absorb(delta, historyLimit: 0)
         var head = try source(delta.subject.key) ?? SourceHead()
         head.mergeFields(copy, historyLimit: 0)
+        if !structureChanged, try absorbCopy(copy, replacing: existing, with: joined, into: &head, of: delta.subject) {
+            setSource(delta.subject.key, head)
+            return true
+        }
         try recount(&head, of: delta.subject)
         setSource(delta.subject.key, head)
-        for peer in row.links { _ = try updateEdge(delta.subject, peer, { $0.add(delta.stamp) }) }
         try recompute(around: [delta.subject] + row.links)
+        return true
+    }
+
+    /// What a joined copy changes in its subject's head (whose fields already hold the copy's)
+    /// and in its profile, made without reading a ledger: the fields join the copy's, the totals
+    /// count the joined row's entry instead of the old one, and the newest events hold the
+    /// joined row's event. The result is what `recount` and `recompute` would build. Returns
+    /// false, having changed nothing, when it cannot be had that way: a first-seen time may
+    /// move, or an event would leave a full list of newest events that only ledgers can refill.
+    private func absorbCopy(
+        _ copy: SourceHead, replacing old: LedgerRow, with joined: LedgerRow, into head: inout SourceHead, of subject: Identifier
+    ) throws -> Bool {
+        guard joined.event != nil || old.event == nil else { return false }
+        guard let canonical = try canonicalKey(subject.key), var view = try view(canonical) else { return false }
+        var newHead = head
+        guard newHead.recount(replacing: old.entry, with: joined.entry), view.head.recount(replacing: old.entry, with: joined.entry) else {
+            return false
+        }
+        view.head.mergeFields(copy, historyLimit: historyLimit)
+        if let event = joined.event, joined.event != old.event {
+            // The joined event orders at or after the old one (rows order by entry, then event,
+            // the order of history), so it replaces the old one or joins the list newer than it.
+            view.head.insertRecent(event, limit: historyLimit)
+        }
+        head = newHead
+        setView(canonical, view)
         return true
     }
 

@@ -18,6 +18,10 @@ public struct WorkloadGenerator {
     /// Whether some messages carry `sentAt`, so that their corrected event time depends on when
     /// the receiving node got them (two nodes then hold differing copies of a redelivery).
     public var sendsSentAt = false
+    /// With `sendsSentAt`, the percent of messages that carry it.
+    public var sentAtPercent = 30
+    /// What message ids start with (generators feeding different nodes need different ones).
+    public var messageIdPrefix = "m-"
     /// Percent of messages dated a year ahead with no `sentAt` (a client whose clock is wrong).
     public var futureDatedPercent = 0
     private var sent: [JSONValue] = []
@@ -43,12 +47,12 @@ public struct WorkloadGenerator {
         let userId = "u-\(c)"
         let ms = (now ?? 1_760_000_000_000 + Int64(index) * 50) + Int64(random.below(4_001)) - 2_000
         var message: [String: JSONValue] = [
-            "messageId": .string("m-\(index)"), "timestamp": .string(ISO8601.format(millis: ms)),
+            "messageId": .string("\(messageIdPrefix)\(index)"), "timestamp": .string(ISO8601.format(millis: ms)),
             "context": ["channel": .string(["web", "pos", "mobile"][random.below(3)])],
         ]
         if futureDatedPercent > 0 && random.chance(futureDatedPercent) {
             message["timestamp"] = .string(ISO8601.format(millis: ms + 365 * 86_400_000))
-        } else if sendsSentAt && random.chance(30) {
+        } else if sendsSentAt && random.chance(sentAtPercent) {
             message["sentAt"] = .string(ISO8601.format(millis: ms + Int64(random.below(300))))
         }
         let roll = random.below(100)

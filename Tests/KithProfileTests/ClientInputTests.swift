@@ -122,6 +122,42 @@ struct RevenueTests {
             #expect(merged.head.aggregates == one.head.aggregates)
         }
     }
+
+    /// Property: replacing one counted entry by a later-ordered copy of it (a differing
+    /// redelivery joined in) gives the totals a count from scratch gives, or declines.
+    @Test func replacingAnEntryInTheTotalsEqualsCountingAgain() throws {
+        var random = SplitMix64(seed: 11)
+        let names = ["Order Completed", "Page Viewed"]
+        var replaced = 0, declined = 0
+        for _ in 0..<300 {
+            var entries = (0..<(1 + random.below(8))).map { _ in
+                LedgerEntry(
+                    type: random.chance(80) ? .track : .identify, name: names[random.below(2)], time: Int64(random.below(20)),
+                    revenueMicros: random.chance(50) ? Int64(random.below(1_000)) - 300 : nil)
+            }
+            var head = SourceHead()
+            for entry in entries { head.count(entry) }
+            let index = random.below(entries.count)
+            var copy = entries[index]
+            copy.time += Int64(random.below(3))
+            if random.chance(30) { copy.revenueMicros = (copy.revenueMicros ?? 0) + 1 }
+            if random.chance(10) { copy.name = names[random.below(2)] }
+            guard !(copy < entries[index]) else { continue }
+            let before = head
+            guard head.recount(replacing: entries[index], with: copy) else {
+                #expect(head == before, "a declined replacement changed the totals")
+                #expect(copy.time > entries[index].time && before.firstSeen == entries[index].time)
+                declined += 1
+                continue
+            }
+            entries[index] = copy
+            var counted = SourceHead()
+            for entry in entries { counted.count(entry) }
+            #expect(head == counted, "replacing \(before) entry \(index) with \(copy)")
+            replaced += 1
+        }
+        #expect(replaced > 100 && declined > 10, "the cases were not all reached: \(replaced) replaced, \(declined) declined")
+    }
 }
 
 @Suite("Decoders refuse what they cannot represent")
