@@ -318,7 +318,7 @@ extension Node {
         let times = MessageTimes(timestamp: time, originalTimestamp: nil, sentAt: nil, receivedAt: now)
         let event = EventRecord(
             messageId: messageId, type: .track, name: "Segment Consent Preference Updated", time: times.eventTime, channel: source,
-            properties: RawJSON(.object(properties)))
+            properties: RawJSON(.object(properties)), clientTimestamp: times.clientTimestampAhead)
         let delta = ProfileDelta(messageId: messageId, type: .track, subject: identifier, channel: source, times: times, consent: decisions, event: event)
         commit(delta, answer: Self.object { $0.member("success") { $0.write(.bool(true)) } }, respond: respond)
     }

@@ -228,9 +228,11 @@ public struct EncodedProfileView: Sendable {
         output.append(byte: UInt8(ascii: "["))
         for index in 0..<r.count() {
             let messageId = r.range()
-            let type = MessageType(code: r.byte())!
+            let typeByte = r.byte()
+            let type = MessageType(code: typeByte & ~clientTimestampFlag)!
             let name = r.range()
             let time = r.signed()
+            let clientTimestamp = typeByte & clientTimestampFlag != 0 ? r.signed() : nil
             let channel = r.range()
             _ = r.optionalSigned()
             let properties = r.range()
@@ -240,6 +242,10 @@ public struct EncodedProfileView: Sendable {
             output.appendString(utf8: r[name])
             output.append(static: #","timestamp":"#)
             ISO8601.append(millis: time, to: &output, quoted: true)
+            if let clientTimestamp {
+                output.append(static: #","clientTimestamp":"#)
+                ISO8601.append(millis: clientTimestamp, to: &output, quoted: true)
+            }
             output.append(static: #","channel":"#)
             output.appendString(utf8: r[channel])
             output.append(static: #","properties":"#)
@@ -377,10 +383,10 @@ public struct EncodedProfileView: Sendable {
 
     private static func skipEvent(_ r: inout BinaryReader) throws {
         _ = try r.readStringRange()
-        let offset = r.offset
-        guard MessageType(code: try r.readByte()) != nil else { throw BinaryDecodingError(.unknownTag, offset: offset, "message type") }
+        let (_, hasClientTimestamp) = try EventRecord.readType(&r)
         _ = try r.readStringRange()
         _ = try r.readSigned()
+        if hasClientTimestamp { _ = try r.readTime() }
         _ = try r.readStringRange()
         _ = try r.readOptionalSigned()
         try skipJSONText(&r)

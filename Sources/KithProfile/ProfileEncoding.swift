@@ -103,22 +103,39 @@ extension MessageTimes: BinaryCodable {
     }
 }
 
+/// An event record's type byte: the message type's code, and this bit when the client's own
+/// timestamp follows the event time (records written before it existed never set it).
+let clientTimestampFlag: UInt8 = 0x80
+
 extension EventRecord: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
         writer.write(string: messageId)
-        type.encode(to: &writer)
+        writer.write(byte: type.code | (clientTimestamp == nil ? 0 : clientTimestampFlag))
         writer.write(string: name)
         writer.write(signed: time)
+        if let clientTimestamp { writer.write(signed: clientTimestamp) }
         writer.write(string: channel)
         writer.write(optionalSigned: revenueMicros)
         properties.encode(to: &writer)
     }
 
     public init(from reader: inout BinaryReader) throws {
+        let messageId = try reader.readString()
+        let (type, hasClientTimestamp) = try Self.readType(&reader)
+        let name = try reader.readString()
+        let time = try reader.readSigned()
+        let clientTimestamp = hasClientTimestamp ? try reader.readTime() : nil
         self.init(
-            messageId: try reader.readString(), type: try MessageType(from: &reader), name: try reader.readString(),
-            time: try reader.readSigned(), channel: try reader.readString(), revenueMicros: try reader.readOptionalRevenue(),
-            properties: try RawJSON(from: &reader))
+            messageId: messageId, type: type, name: name, time: time, channel: try reader.readString(),
+            revenueMicros: try reader.readOptionalRevenue(), properties: try RawJSON(from: &reader), clientTimestamp: clientTimestamp)
+    }
+
+    /// The type byte: the message type, and whether the client's timestamp follows the time.
+    static func readType(_ reader: inout BinaryReader) throws -> (type: MessageType, hasClientTimestamp: Bool) {
+        let offset = reader.offset
+        let byte = try reader.readByte()
+        guard let type = MessageType(code: byte & ~clientTimestampFlag) else { throw BinaryDecodingError(.unknownTag, offset: offset, "message type") }
+        return (type, byte & clientTimestampFlag != 0)
     }
 }
 

@@ -110,6 +110,10 @@ extension JSONWriter {
         write(string: record.name)
         raw(static: #","timestamp":"#)
         write(time: record.time)
+        if let clientTimestamp = record.clientTimestamp {
+            raw(static: #","clientTimestamp":"#)
+            write(time: clientTimestamp)
+        }
         raw(static: #","channel":"#)
         write(string: record.channel)
         raw(static: #","properties":"#)

@@ -76,6 +76,10 @@ public struct MessageTimes: Equatable, Sendable {
     /// Whether the client dated the event after the node received it (its time is then not the order).
     public var isClientTimeAhead: Bool { clientTime > receivedAt }
 
+    /// The timestamp the client gave, when it dated the event after the node received it: kept
+    /// beside the event time and shown in reads, so that what the client said is not lost.
+    public var clientTimestampAhead: Int64? { isClientTimeAhead ? originalTimestamp ?? timestamp : nil }
+
     private static func clientTime(timestamp: Int64?, originalTimestamp: Int64?, sentAt: Int64?, receivedAt: Int64) -> Int64 {
         let original = originalTimestamp ?? timestamp
         if let original, let sentAt { return receivedAt - (sentAt - original) }
@@ -94,9 +98,13 @@ public struct EventRecord: Equatable, Sendable, Comparable {
     public var revenueMicros: Int64?
     /// The event's properties as compact JSON text (an object).
     public var properties: RawJSON
+    /// The timestamp the client gave, when it dated the event after its receipt and `time` was
+    /// held at the receipt instead (`MessageTimes.clientTimestampAhead`); nil otherwise.
+    public var clientTimestamp: Int64?
 
     public init(
-        messageId: String, type: MessageType, name: String, time: Int64, channel: String, revenueMicros: Int64? = nil, properties: RawJSON
+        messageId: String, type: MessageType, name: String, time: Int64, channel: String, revenueMicros: Int64? = nil, properties: RawJSON,
+        clientTimestamp: Int64? = nil
     ) {
         self.messageId = messageId
         self.type = type
@@ -105,6 +113,7 @@ public struct EventRecord: Equatable, Sendable, Comparable {
         self.channel = channel
         self.revenueMicros = revenueMicros
         self.properties = properties
+        self.clientTimestamp = clientTimestamp
     }
 
     /// The aggregate an event counts towards: the event name for `track`, prefixed for page/screen.
@@ -118,8 +127,8 @@ public struct EventRecord: Equatable, Sendable, Comparable {
     public static func < (a: EventRecord, b: EventRecord) -> Bool {
         if a.time != b.time { return a.time < b.time }
         if a.messageId != b.messageId { return a.messageId < b.messageId }
-        return (a.type, a.name, a.revenueMicros ?? Int64.min, a.channel, a.properties)
-            < (b.type, b.name, b.revenueMicros ?? Int64.min, b.channel, b.properties)
+        return (a.type, a.name, a.revenueMicros ?? Int64.min, a.channel, a.properties, a.clientTimestamp ?? Int64.min)
+            < (b.type, b.name, b.revenueMicros ?? Int64.min, b.channel, b.properties, b.clientTimestamp ?? Int64.min)
     }
 }
 
@@ -354,7 +363,8 @@ public struct SegmentMessageParser: Sendable {
         }
         return EventRecord(
             messageId: messageId, type: type, name: truncated(name, toBytes: 256), time: times.eventTime,
-            channel: channel, revenueMicros: try revenue(properties), properties: RawJSON(.object(properties)))
+            channel: channel, revenueMicros: try revenue(properties), properties: RawJSON(.object(properties)),
+            clientTimestamp: times.clientTimestampAhead)
     }
 
     /// `properties.revenue` as a number or a numeric string, in exact micro-units. Text that is

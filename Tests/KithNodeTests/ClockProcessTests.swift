@@ -1,5 +1,6 @@
 import Foundation
 import KithJSON
+import KithProfile
 import Testing
 
 /// libfaketime (Debian's `faketime` package), preloaded into one node: its wall clock is read
@@ -46,6 +47,11 @@ struct ClockProcessTests {
         #expect(try eventually(5) { try nodes.allSatisfy { try $0.request("GET", "/readyz")?.status == 200 } })
         let aYearAhead = iso(Date().addingTimeInterval(365 * 86_400))
         #expect(try nodes[0].ingest("/v1/track", track("u-future", "ahead", at: aYearAhead)) == 200)
+        // Ordered at its receipt, and the client's own timestamp shown beside it.
+        let read = try nodes[0].profile("user_id:u-future")
+        let event = try read.map { try JSONParser.parse(Array($0.body.utf8))["events"]?.arrayValue?.first } ?? nil
+        #expect(event?["clientTimestamp"]?.stringValue.flatMap(ISO8601.parseMillis) == ISO8601.parseMillis(aYearAhead))
+        #expect(event?["timestamp"]?.stringValue.flatMap(ISO8601.parseMillis).map { $0 < ISO8601.parseMillis(aYearAhead)! - 86_400_000 } == true)
         let erased = try nodes[0].request("DELETE", "/v1/profiles/user_id:u-future", headers: erase)
         #expect(erased?.status == 200, "\(erased?.body ?? "no answer")")
         var acknowledged = 0

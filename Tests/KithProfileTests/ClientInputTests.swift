@@ -26,6 +26,43 @@ struct EventTimeCeilingTests {
         #expect(d.times.clientTime == received + yearMillis && d.times.isClientTimeAhead)
     }
 
+    @Test func aClampedEventShowsTheClientsTimestampInReads() throws {
+        let ahead = received + yearMillis
+        var document = SourceDocument()
+        document.apply(
+            try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m1","timestamp":"\#(ISO8601.format(millis: ahead))"}"#), historyLimit: 5)
+        document.apply(
+            try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m2","timestamp":"\#(ISO8601.format(millis: received - 1))"}"#), historyLimit: 5)
+        #expect(document.head.recent.map(\.clientTimestamp) == [ahead, nil])
+        let user = Identifier(kind: .userId, value: "u")!
+        let view = ProfileView(canonical: user, members: [user], head: document.head)
+        let events = try JSONParser.parse(view.jsonBytes)["events"]?.arrayValue ?? []
+        #expect(events.map { $0["timestamp"] } == [.string(ISO8601.format(millis: received)), .string(ISO8601.format(millis: received - 1))])
+        #expect(events.map { $0["clientTimestamp"] } == [.string(ISO8601.format(millis: ahead)), nil])
+        // Stored, decoded and rendered from the stored bytes alike.
+        let bytes = ProfileFormat.encode(view)
+        #expect(try ProfileFormat.decode(ProfileView.self, from: bytes) == view)
+        #expect(try EncodedProfileView(bytes).jsonBytes == view.jsonBytes)
+    }
+
+    @Test func eventRecordsWrittenBeforeTheClientTimestampDecodeUnchanged() throws {
+        // An event record as stored before the flag existed: messageId "m", type track (1), name "E",
+        // time 5 (zigzag 10), channel "", no revenue, properties {}.
+        let old: [UInt8] = [1, 0x6D, 1, 1, 0x45, 10, 0, 0, 2, 0x7B, 0x7D]
+        var reader = BinaryReader(old)
+        let record = try EventRecord(from: &reader)
+        #expect(record == EventRecord(messageId: "m", type: .track, name: "E", time: 5, channel: "", properties: RawJSON(.object(JSONObject()))))
+        var writer = BinaryWriter()
+        record.encode(to: &writer)
+        #expect(writer.bytes == old)
+        // The flag with a time outside the representable range is refused.
+        var bad = old
+        bad[2] |= 0x80
+        bad.insert(contentsOf: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01], at: 6)
+        var badReader = BinaryReader(bad)
+        #expect(throws: BinaryDecodingError.self) { try EventRecord(from: &badReader) }
+    }
+
     @Test func pastAndSkewCorrectedTimesAreKept() throws {
         let past = try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m","timestamp":"\#(ISO8601.format(millis: received - 5_000))"}"#)
         #expect(past.times.eventTime == received - 5_000 && !past.times.isClientTimeAhead)
