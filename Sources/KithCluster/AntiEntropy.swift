@@ -115,7 +115,17 @@ extension ClusterNode {
     /// with this node), they are sent; if they answer this node's comparison, it goes on.
     func received(_ states: [DocumentState], wanted: [[UInt8]], request: UInt64, from sender: UInt64, address: String, now: Int64) throws {
         counters.documentsReceived += states.count
-        if !states.isEmpty { counters.documentsRepaired += try store.join(states) }
+        guard !states.isEmpty else { return try continueComparison(wanted: wanted, request: request, from: sender, address: address, now: now) }
+        let store = self.store
+        try write({ ReplicatedWrite(changed: try store.join(states)) }) { [self] written in
+            counters.documentsRepaired += written.changed
+            try continueComparison(wanted: wanted, request: request, from: sender, address: address, now: now)
+        }
+    }
+
+    /// After the states a peer sent are joined: the states it wants are sent back, or this
+    /// node's own comparison goes on.
+    private func continueComparison(wanted: [[UInt8]], request: UInt64, from sender: UInt64, address: String, now: Int64) throws {
         if !wanted.isEmpty {
             let (states, _) = try statesWithinBudget(for: wanted)
             counters.documentsSent += states.count

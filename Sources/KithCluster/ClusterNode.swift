@@ -27,15 +27,47 @@ public struct ReplicationSettings: Sendable {
     public init() {}
 }
 
+/// What a replicated write did: how many changes or documents it changed (and how many entries
+/// it applied ahead of their place), or that it was refused on the writer's own reading of the
+/// store (a push with a gap, a stale pull reply).
+public struct ReplicatedWrite: Sendable, Equatable {
+    public var changed = 0
+    public var appliedAhead = 0
+    public var refused = false
+
+    public init(changed: Int = 0, appliedAhead: Int = 0, refused: Bool = false) {
+        self.changed = changed
+        self.appliedAhead = appliedAhead
+        self.refused = refused
+    }
+
+    public static let refusal = ReplicatedWrite(refused: true)
+}
+
+/// How a node's writes reach its store: `write` runs a write (on whatever thread owns the
+/// store's write transactions), then `then` runs with its result on the node's own thread.
+/// A shell that throws from it (or from `then`) reports the error as `receive` and `tick` do.
+public typealias StoreWriter = (
+    _ write: @escaping @Sendable () throws -> ReplicatedWrite, _ then: @escaping (ReplicatedWrite) throws -> Void
+) throws -> Void
+
 /// One cluster member's replication logic over its store: membership (SWIM), the push of changes
-/// it accepts, and the pull of what it lacks from every peer. It does no I/O of its own besides
-/// the store: messages go out through `send`, time comes in as arguments, so the same code runs
-/// on real sockets (`kith serve`) and in the deterministic simulation.
+/// it accepts, and the pull of what it lacks from every peer. It does no I/O of its own: messages
+/// go out through `send`, writes through `write`, time comes in as arguments, so the same code
+/// runs on real sockets (`kith serve`, where a write is a job of the node's one writer and its
+/// continuation comes back through the replication thread's inbox) and in the deterministic
+/// simulation (where a write runs at once). It reads the store directly: reads never wait.
 public final class ClusterNode {
     public let store: any ProfileStore
     public private(set) var membership: Membership
     public let settings: ReplicationSettings
     let send: (_ address: String, _ message: PeerMessage) -> Void
+    let write: StoreWriter
+
+    /// Writes at once on the calling thread, then continues (the simulation, tests).
+    public static func writeAtOnce(_ write: @escaping @Sendable () throws -> ReplicatedWrite, then: @escaping (ReplicatedWrite) throws -> Void) throws {
+        try then(try write())
+    }
     var peers: [UInt64: PeerState] = [:]
     /// Own changes up to this log position have been pushed (or were there before start).
     private var pushedThrough: UInt64
@@ -111,11 +143,12 @@ public final class ClusterNode {
     public init(
         store: any ProfileStore, me: Member, seeds: [String], membershipSettings: MembershipSettings = MembershipSettings(),
         settings: ReplicationSettings = ReplicationSettings(), clockSettings: ClockSettings = ClockSettings(), startedAt: Int64 = .min / 2,
-        seed: UInt64, send: @escaping (String, PeerMessage) -> Void
+        seed: UInt64, write: @escaping StoreWriter = ClusterNode.writeAtOnce, send: @escaping (String, PeerMessage) -> Void
     ) throws {
         self.store = store
         self.settings = settings
         self.send = send
+        self.write = write
         clockOffsets = ClockOffsets(settings: clockSettings)
         hasSeeds = !seeds.filter { $0 != me.address }.isEmpty
         self.startedAt = startedAt
@@ -187,35 +220,35 @@ public final class ClusterNode {
             }
         case .changes(let from, let through, let entries, let more, let ahead, let request):
             counters.changesReceived += entries.count
-            guard from <= (try store.cursor(of: sender)) else {
-                counters.stalePullRepliesDropped += 1
-                return
-            }
-            if !ahead.isEmpty {
-                let held = try store.versionVector()
-                for entry in ahead where !held.covers(origin: entry.origin, sequence: entry.originSequence) {
-                    try store.applyAhead(entry)
-                    counters.appliedAhead += 1
+            let store = self.store
+            // The writer decides staleness: an earlier reply's write may still be queued.
+            try write({
+                guard from <= (try store.cursor(of: sender)) else { return .refusal }
+                var written = ReplicatedWrite()
+                if !ahead.isEmpty {
+                    let held = try store.versionVector()
+                    for entry in ahead where !held.covers(origin: entry.origin, sequence: entry.originSequence) {
+                        try store.applyAhead(entry)
+                        written.appliedAhead += 1
+                    }
                 }
-            }
-            counters.changesApplied += try store.applyReplicated(entries, from: sender, through: through)
-            peers[sender]?.pullSentAt = nil
-            peers[sender]?.lastPullCompleted = now
-            if more, let member = membership.members[sender] {
-                // The chain continues under the request it answers.
-                try pull(from: member, now: now, request: request)
-            } else {
-                let previous = peers[sender]?.caughtUpThrough ?? 0
-                peers[sender]?.caughtUpThrough = max(previous, request)
+                written.changed = try store.applyReplicated(entries, from: sender, through: through)
+                return written
+            }) { [self] written in
+                guard !written.refused else { return counters.stalePullRepliesDropped += 1 }
+                counters.appliedAhead += written.appliedAhead
+                try pulled(written.changed, from: sender, more: more, request: request, now: now)
             }
         case .push(let previous, let entries):
-            if try store.versionVector()[sender] >= previous {
-                counters.changesApplied += try store.applyReplicated(entries, from: sender, through: nil)
-            } else {
-                counters.pushesRejected += 1
+            let store = self.store
+            try write({
+                guard try store.versionVector()[sender] >= previous else { return .refusal }
+                return ReplicatedWrite(changed: try store.applyReplicated(entries, from: sender, through: nil))
+            }) { [self] written in
+                if written.refused { counters.pushesRejected += 1 } else { counters.changesApplied += written.changed }
+                // Applied (durably) or not, the sender learns how far this node holds its changes.
+                send(replyAddress(sender, address), .acknowledge(through: try self.store.versionVector()[sender]))
             }
-            // Applied (durably) or not, the sender learns how far this node holds its changes.
-            send(replyAddress(sender, address), .acknowledge(through: try store.versionVector()[sender]))
         case .acknowledge(let through):
             acknowledged(by: sender, through: through)
         case .digestRequest(let request, let nodes):
@@ -224,6 +257,20 @@ public final class ClusterNode {
             try received(children, request: request, from: sender, now: now)
         case .documents(let request, let states, let wanted):
             try received(states, wanted: wanted, request: request, from: sender, address: address, now: now)
+        }
+    }
+
+    /// A pull reply applied: the pull is done, and its chain goes on or has caught up.
+    private func pulled(_ applied: Int, from sender: UInt64, more: Bool, request: UInt64, now: Int64) throws {
+        counters.changesApplied += applied
+        peers[sender]?.pullSentAt = nil
+        peers[sender]?.lastPullCompleted = now
+        if more, let member = membership.members[sender] {
+            // The chain continues under the request it answers.
+            try pull(from: member, now: now, request: request)
+        } else {
+            let previous = peers[sender]?.caughtUpThrough ?? 0
+            peers[sender]?.caughtUpThrough = max(previous, request)
         }
     }
 

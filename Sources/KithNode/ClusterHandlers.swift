@@ -4,6 +4,7 @@ import KithHTTP
 import KithJSON
 import KithNet
 import KithPolicy
+import KithCRDT
 import KithReplication
 
 extension Node {
@@ -15,71 +16,90 @@ extension Node {
         guard let replication else {
             return respond(.error(409, code: "not_clustered", message: "this node runs alone: start it with --gossip to replicate"))
         }
+        // A body that is not JSON reads as no options (each route says what it needs).
         let body = (try? JSONParser.parse(request.body)) ?? .object(JSONObject())
-        do {
-            switch request.path {
-            case "/v1/admin/members":
-                let (members, me) = try replication.perform { node in (node.membership.all, node.membership.me.id) }
+        /// Runs `work` on the replication thread and answers with `render` of its result.
+        func answer<T: Sendable>(_ work: @escaping (ClusterNode) throws -> T, _ render: @escaping @Sendable (T) -> HTTPResponse) {
+            replication.call(work) { result in
+                switch result {
+                case .success(let value): respond(render(value))
+                case .failure(let error): respond(.error(503, code: "unavailable", message: "\(error)"))
+                }
+            }
+        }
+        switch request.path {
+        case "/v1/admin/members":
+            answer({ node in (node.membership.all, node.membership.me.id) }) { [replication] members, me in
                 let clock = replication.clock.withLock { $0 }
                 let peers = Dictionary(clock.peers.map { ($0.clock.peer, $0.clock) }, uniquingKeysWith: { a, _ in a })
-                respond(.json(200, Self.jsonBody(["members": .array(members.map { member in
+                return .json(200, Self.jsonBody(["members": .array(members.map { member in
                     Self.json(member, clock: member.id == me ? clock.check : nil, peerClock: peers[member.id])
-                })])))
-            case "/v1/admin/join":
-                guard let address = body["address"]?.stringValue, address.contains(":") else {
-                    return respond(.error(400, code: "invalid_request", message: "send {\"address\": \"host:port\"}"))
-                }
-                try replication.perform { node in node.join(address) }
-                respond(.json(202, Self.jsonBody(["joining": .string(address)])))
-            case "/v1/admin/leave":
-                try replication.perform { node in node.leave() }
-                respond(.json(202, Self.jsonBody(["left": .bool(true)])))
-            case "/v1/admin/repair":
-                let wanted = body["peer"]?.stringValue
-                let started = try replication.perform { node -> [String] in
-                    let now = monotonicMillis()
-                    let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
-                    for peer in peers { try node.pull(from: peer, now: now) }
-                    // Then compare digest trees with each: repairs what no log holds any more.
-                    node.requestTreeComparisons(with: peers.map(\.id))
-                    return peers.map(\.name)
-                }
-                guard !started.isEmpty else {
-                    return respond(.error(404, code: "no_such_peer", message: wanted.map { "no reachable peer named \($0)" } ?? "no reachable peer"))
-                }
-                respond(.json(202, Self.jsonBody(["repairing": .array(started.map { .string($0) })])))
-            default:
-                respond(.json(200, Self.jsonBody(try syncStatus(replication))))
+                })]))
             }
-        } catch {
-            respond(.error(503, code: "unavailable", message: "\(error)"))
+        case "/v1/admin/join":
+            guard let address = body["address"]?.stringValue, address.contains(":") else {
+                return respond(.error(400, code: "invalid_request", message: "send {\"address\": \"host:port\"}"))
+            }
+            answer({ node in node.join(address) }) { _ in .json(202, Self.jsonBody(["joining": .string(address)])) }
+        case "/v1/admin/leave":
+            answer({ node in node.leave() }) { _ in .json(202, Self.jsonBody(["left": .bool(true)])) }
+        case "/v1/admin/repair":
+            let wanted = body["peer"]?.stringValue
+            answer({ node -> [String] in
+                let now = monotonicMillis()
+                let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
+                for peer in peers { try node.pull(from: peer, now: now) }
+                // Then compare digest trees with each: repairs what no log holds any more.
+                node.requestTreeComparisons(with: peers.map(\.id))
+                return peers.map(\.name)
+            }) { started in
+                guard !started.isEmpty else {
+                    return .error(404, code: "no_such_peer", message: wanted.map { "no reachable peer named \($0)" } ?? "no reachable peer")
+                }
+                return .json(202, Self.jsonBody(["repairing": .array(started.map { .string($0) })]))
+            }
+        default:
+            answer(SyncProgress.init) { [replication] progress in .json(200, Self.jsonBody(Self.syncStatus(progress, replication))) }
+        }
+    }
+
+    /// What `kith sync status` shows of the replication core, read on its thread.
+    struct SyncProgress: Sendable {
+        var peers: [(member: Member, state: ClusterNode.PeerState)]
+        var versions: VersionVector
+        var lags: [(changes: Int, bytes: Int)?]
+        var counters: ClusterNode.Counters
+        var pending: Int
+        var compared: [Int64?]
+
+        init(_ node: ClusterNode) throws {
+            peers = node.peerStates
+            versions = try node.store.versionVector()
+            lags = try peers.map { try node.lag(of: $0.member.id) }
+            counters = node.counters
+            pending = node.pendingTreeComparisons
+            compared = peers.map { node.lastTreeComparison(with: $0.member.id) }
         }
     }
 
     /// Per peer: last contact, and how far behind this node it is (by its last pull).
-    private func syncStatus(_ replication: ReplicationService) throws -> JSONValue {
+    private static func syncStatus(_ progress: SyncProgress, _ replication: ReplicationService) -> JSONValue {
         let metrics = replication.transport.metrics
-        let (peers, mine, lags, counters, pending, compared) = try replication.perform { node in
-            let peers = node.peerStates
-            return (
-                peers, try node.store.versionVector(), try peers.map { try node.lag(of: $0.member.id) }, node.counters,
-                node.pendingTreeComparisons, peers.map { node.lastTreeComparison(with: $0.member.id) }
-            )
-        }
+        let counters = progress.counters
         let now = monotonicMillis()
         func number(_ value: Int) -> JSONValue { .number(JSONNumber(Int64(value))) }
         return [
             "antiEntropy": [
-                "pending": number(pending), "completed": number(counters.antiEntropyCompleted),
+                "pending": number(progress.pending), "completed": number(counters.antiEntropyCompleted),
                 "abandoned": number(counters.antiEntropyAbandoned), "documentsSent": number(counters.documentsSent),
                 "documentsReceived": number(counters.documentsReceived), "documentsRepaired": number(counters.documentsRepaired),
             ],
-            "versions": .string(mine.description),
+            "versions": .string(progress.versions.description),
             "framesSent": .number(JSONNumber(Int64(metrics.framesSent.load(ordering: .relaxed)))),
             "framesReceived": .number(JSONNumber(Int64(metrics.framesReceived.load(ordering: .relaxed)))),
             "bytesSent": .number(JSONNumber(Int64(metrics.bytesSent.load(ordering: .relaxed)))),
             "bytesReceived": .number(JSONNumber(Int64(metrics.bytesReceived.load(ordering: .relaxed)))),
-            "peers": .array(zip(zip(peers, lags), compared).map { pair, compared in
+            "peers": .array(zip(zip(progress.peers, progress.lags), progress.compared).map { pair, compared in
                 let ((member, state), lag) = pair
                 var object: [String: JSONValue] = ["name": .string(member.name), "status": .string(member.status.description)]
                 if let contact = state.lastContact { object["lastContactMsAgo"] = .number(JSONNumber(now - contact)) }

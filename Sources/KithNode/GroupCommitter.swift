@@ -24,6 +24,9 @@ struct ProfileStoreCommits: GroupCommitStore {
 
 /// The one writer of a node: requests hand it their deltas, it commits whatever has queued up in
 /// one write transaction (group commit), and answers each request once the transaction is durable.
+/// Every other write of the node (erasure, unmerge, replicated changes, repairs) is a task run on
+/// the same thread between groups, so that no write transaction starts anywhere else
+/// (`ProfileStore.claimWriter`) and group-commit latency depends only on what this queue holds.
 ///
 /// One fsync then covers many requests, so durable ingest stays fast under concurrency; each
 /// request's messages still land all together or not at all (a failed transaction fails every
@@ -49,7 +52,14 @@ final class GroupCommitter: @unchecked Sendable {
         var ownSequence: UInt64?
     }
 
-    private struct Job {
+    /// Queued work: messages to commit in a group, or a task that opens its own transaction.
+    private enum Job {
+        case messages([ProfileDelta], Completion)
+        case task(@Sendable () -> Void)
+    }
+
+    /// Messages of one request in a group.
+    private struct Request {
         var deltas: [ProfileDelta]
         var completion: Completion
     }
@@ -63,7 +73,7 @@ final class GroupCommitter: @unchecked Sendable {
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     /// Committed groups waiting for a sync (with `defersSync`), in commit order.
-    private let unsynced = Mutex<(groups: [(jobs: [Job], committed: [Committed])], stopped: Bool)>(([], false))
+    private let unsynced = Mutex<(groups: [(requests: [Request], committed: [Committed])], stopped: Bool)>(([], false))
     private let syncWakeup = DispatchSemaphore(value: 0)
     private let syncFinished = DispatchSemaphore(value: 0)
     /// Messages committed and transactions run, for metrics.
@@ -73,16 +83,20 @@ final class GroupCommitter: @unchecked Sendable {
     /// Called after each group is answered (replication pushes the new changes).
     let onCommit: @Sendable () -> Void
 
+    /// `claim` runs first on the writer thread (a store records its one writer there).
     init(
         store: any GroupCommitStore, origin: UInt64, defersSync: Bool = false, maximumMessagesPerCommit: Int = 10_000,
-        onCommit: @escaping @Sendable () -> Void = {}
+        claim: @escaping @Sendable () -> Void = {}, onCommit: @escaping @Sendable () -> Void = {}
     ) {
         self.onCommit = onCommit
         self.store = store
         self.origin = origin
         self.defersSync = defersSync
         self.maximumMessagesPerCommit = maximumMessagesPerCommit
-        let thread = Thread { [self] in run() }
+        let thread = Thread { [self] in
+            claim()
+            run()
+        }
         thread.name = "kith-writer"
         thread.start()
         if defersSync {
@@ -97,10 +111,24 @@ final class GroupCommitter: @unchecked Sendable {
     func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) {
         let accepted = queue.withLock { state -> Bool in
             guard !state.stopped else { return false }
-            state.jobs.append(Job(deltas: deltas, completion: completion))
+            state.jobs.append(.messages(deltas, completion))
             return true
         }
         if accepted { wakeup.signal() } else { completion(.failure(NodeError.shuttingDown)) }
+    }
+
+    /// Runs `task` on the writer thread, after what is queued before it. A task that writes opens
+    /// its own transaction; it is never batched with others. Returns false (without running it)
+    /// once the writer is stopping.
+    @discardableResult
+    func perform(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let accepted = queue.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.jobs.append(.task(task))
+            return true
+        }
+        if accepted { wakeup.signal() }
+        return accepted
     }
 
     /// Jobs waiting to be committed (for load shedding).
@@ -120,7 +148,11 @@ final class GroupCommitter: @unchecked Sendable {
     private func run() {
         while true {
             wakeup.wait()
-            while let group = takeGroup() {
+            while let next = takeNext() {
+                guard case .group(let group) = next else {
+                    if case .task(let task) = next { task() }
+                    continue
+                }
                 switch commit(group) {
                 case .success(let committed) where defersSync:
                     unsynced.withLock { $0.groups.append((group, committed)) }
@@ -145,7 +177,7 @@ final class GroupCommitter: @unchecked Sendable {
             }
             if !groups.isEmpty {
                 let synced = Result { try store.synchronize() }
-                for group in groups { answer(group.jobs, synced.map { group.committed }) }
+                for group in groups { answer(group.requests, synced.map { group.committed }) }
             }
             if stopped {
                 syncFinished.signal()
@@ -154,21 +186,34 @@ final class GroupCommitter: @unchecked Sendable {
         }
     }
 
-    private func takeGroup() -> [Job]? {
-        queue.withLock { state -> [Job]? in
-            guard !state.jobs.isEmpty else { return nil }
-            var taken: [Job] = []
-            var messages = 0
-            while let job = state.jobs.first, taken.isEmpty || messages + job.deltas.count <= maximumMessagesPerCommit {
-                taken.append(state.jobs.removeFirst())
-                messages += job.deltas.count
+    private enum Next {
+        case group([Request])
+        case task(@Sendable () -> Void)
+    }
+
+    /// The next task, or the message requests queued before the next task, up to the limit.
+    private func takeNext() -> Next? {
+        queue.withLock { state -> Next? in
+            guard let first = state.jobs.first else { return nil }
+            if case .task(let task) = first {
+                state.jobs.removeFirst()
+                return .task(task)
             }
-            return taken
+            var taken: [Request] = []
+            var messages = 0
+            while case .messages(let deltas, let completion)? = state.jobs.first,
+                taken.isEmpty || messages + deltas.count <= maximumMessagesPerCommit
+            {
+                state.jobs.removeFirst()
+                taken.append(Request(deltas: deltas, completion: completion))
+                messages += deltas.count
+            }
+            return .group(taken)
         }
     }
 
     /// Applies the group in one transaction: what each request gets, or why none of it applied.
-    private func commit(_ group: [Job]) -> Result<[Committed], Error> {
+    private func commit(_ group: [Request]) -> Result<[Committed], Error> {
         Result {
             let deltas = group.flatMap(\.deltas)
             let outcomes = try defersSync ? store.applyDeferringSync(deltas) : store.apply(deltas)
@@ -184,7 +229,7 @@ final class GroupCommitter: @unchecked Sendable {
     }
 
     /// Answers every request of a group (durable now, or failed).
-    private func answer(_ group: [Job], _ result: Result<[Committed], Error>) {
+    private func answer(_ group: [Request], _ result: Result<[Committed], Error>) {
         switch result {
         case .success(let committed):
             for (job, done) in zip(group, committed) { job.completion(.success(done)) }

@@ -335,7 +335,9 @@ extension Node {
         return String(validating: decoded, as: UTF8.self)
     }
 
-    func metricsResponse() -> HTTPResponse {
+    /// Answers `/metrics`; the replication core's progress is read on its thread, and left out
+    /// if that thread does not answer in time.
+    func metrics(respond: @escaping @Sendable (HTTPResponse) -> Void) {
         var text = metrics.prometheusText()
         text += NodeMetrics.metric("kith_open_connections", "gauge", "Open HTTP connections.", server.openConnections)
         text += NodeMetrics.metric("kith_commits_total", "counter", "Write transactions committed.", committer.commits.load(ordering: .relaxed))
@@ -343,8 +345,18 @@ extension Node {
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             committer.committedMessages.load(ordering: .relaxed))
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.environment.fileSize())
-        if let replication { text += replicationMetrics(replication) }
-        return HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8))
+        let answer: @Sendable (String) -> Void = { text in
+            respond(HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8)))
+        }
+        guard let replication else { return answer(text) }
+        text += replicationMetrics(replication)
+        let linksAndClock = text
+        replication.call({ node in
+            (node.counters, try node.membership.reachable.compactMap { try node.lag(of: $0.id)?.changes }.reduce(0, +))
+        }) { result in
+            guard case .success(let (counters, lag)) = result else { return answer(linksAndClock) }
+            answer(linksAndClock + Self.replicationProgress(counters, lag: lag))
+        }
     }
 
     /// This node's clock against the cluster's, and each measured peer's offset.
@@ -383,11 +395,12 @@ extension Node {
             text += "kith_peer_connections_closed_total{reason=\"\(reason)\"} \(count)\n"
         }
         text += clockMetrics(replication.clock.withLock { $0 })
-        guard let progress = try? replication.perform({ node in
-            (node.counters, try node.membership.reachable.compactMap { try node.lag(of: $0.id)?.changes }.reduce(0, +))
-        }) else { return text }
-        let (counters, lag) = progress
-        text += NodeMetrics.metric("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent)
+        return text
+    }
+
+    /// The replication core's counters and the changes reachable peers lack.
+    static func replicationProgress(_ counters: ClusterNode.Counters, lag: Int) -> String {
+        var text = NodeMetrics.metric("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent)
         text += NodeMetrics.metric(
             "kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown)
         text += NodeMetrics.metric("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied)

@@ -45,6 +45,12 @@ public final class Node: Sendable {
     /// This data directory's origin id: its changes are numbered under it (docs/replication.md).
     public let origin: UInt64
 
+    /// Tells replication of each commit (it is created after the writer, which needs the link).
+    private final class CommitListener: Sendable {
+        let replication = Mutex<ReplicationService?>(nil)
+        func committed() { replication.withLock { $0 }?.committed() }
+    }
+
     public init(configuration: NodeConfiguration) throws {
         try configuration.validate()
         self.configuration = configuration
@@ -64,16 +70,24 @@ public final class Node: Sendable {
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
         store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
+        // The one writer: every write transaction of the node runs on its thread (the store
+        // checks this in debug builds). Its commits prompt replication to push.
+        let pushes = CommitListener()
+        let store = self.store
+        let committer = GroupCommitter(
+            store: ProfileStoreCommits(store: store), origin: origin, defersSync: standalone, claim: { store.claimWriter() }
+        ) { pushes.committed() }
+        self.committer = committer
         if !standalone {
             let (keys, sending) = try configuration.clusterKeys()
-            replication = try ReplicationService(
+            let replication = try ReplicationService(
                 store: store, origin: origin, configuration: configuration, keys: ClusterKeys(keys: keys, sending: sending),
-                forgetKeySecret: secret, log: log)
+                forgetKeySecret: secret, log: log, writer: { committer.perform($0) })
+            pushes.replication.withLock { $0 = replication }
+            self.replication = replication
         } else {
             replication = nil
         }
-        let replication = self.replication
-        committer = GroupCommitter(store: ProfileStoreCommits(store: store), origin: origin, defersSync: standalone) { replication?.committed() }
         writeKeys = configuration.writeKeys.map { Array($0.utf8) }
         let policy = try Self.loadPolicy(configuration.policyFile)
         self.policy = policy
@@ -111,8 +125,10 @@ public final class Node: Sendable {
     public func stop() {
         stopping.store(true, ordering: .relaxed)
         server.stop()
-        committer.stop()
+        // Replication first: its queued writes then finish with the writer's, and nothing
+        // submits more once the writer stops.
         replication?.stop()
+        committer.stop()
         audit.stop()
         try? store.environment.sync()
     }
@@ -149,7 +165,7 @@ public final class Node: Sendable {
             respond(.json(200, Array(#"{"status":"ok","node":"\#(configuration.nodeName)","version":"\#(Self.version)"}"#.utf8)))
         case ("GET", "/metrics"):
             guard authorized(request, [.admin], respond) != nil else { return }
-            respond(metricsResponse())
+            metrics(respond: respond)
         case (_, _) where ingestKind != nil:
             guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
             ingest(request, kind: ingestKind!, respond: respond)

@@ -358,7 +358,8 @@ extension Node {
         if let refusal = clockRefusal() { return respond(refusal) }
         let acceptedAt = clock.withLock { $0.tick(physicalMillis: unixMillis()).wallMillis }
         let check = clockCheck
-        DispatchQueue.global().async { [store, replication, log] in
+        // A job of the one writer, queued behind the messages accepted before it.
+        let queued = committer.perform { [store, replication, log] in
             let erasure: Erasure
             do {
                 erasure = try store.erase(identifier, requestedAt: acceptedAt)
@@ -388,6 +389,7 @@ extension Node {
             guard wait > 0 else { return respond(answer) }
             DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(wait))) { respond(answer) }
         }
+        if !queued { respond(.error(503, code: "unavailable", message: "the node is shutting down; retry at another")) }
     }
 
     /// Everything held about the customer (Art. 15 and 20): the full profile, links, every
@@ -490,7 +492,7 @@ extension Node {
         }
     }
 
-    /// Unmerge: remove the link as of now (the node's hybrid clock), off the event loop.
+    /// Unmerge: remove the link as of now (the node's hybrid clock), a job of the one writer.
     private func unmerge(_ a: Identifier, _ b: Identifier, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         if let refusal = clockRefusal() { return respond(refusal) }
         let now = unixMillis()
@@ -498,7 +500,7 @@ extension Node {
             let time = clock.tick(physicalMillis: now)
             return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")
         }
-        DispatchQueue.global().async { [store, replication] in
+        let queued = committer.perform { [store, replication] in
             do {
                 guard try store.links(of: a).contains(where: { Set([$0.from, $0.to]) == Set([a, b]) }) else {
                     return respond(.error(404, code: "not_found", message: "those identifiers are not linked"))
@@ -511,6 +513,7 @@ extension Node {
                 respond(.error(503, code: "storage_error", message: "the link could not be removed"))
             }
         }
+        if !queued { respond(.error(503, code: "unavailable", message: "the node is shutting down; retry at another")) }
     }
 
 }

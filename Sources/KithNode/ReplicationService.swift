@@ -17,6 +17,8 @@ final class ReplicationService: @unchecked Sendable {
         case message(PeerMessage, UInt64, String)
         case committed
         case call(() -> Void)
+        /// The rest of a replicated write, once the writer has run it (`ClusterNode.write`).
+        case written(() throws -> Void)
         case wait(ReplicaWaiter)
         case session(SessionWaiter)
         case read(ReadWaiter)
@@ -93,8 +95,11 @@ final class ReplicationService: @unchecked Sendable {
     private let configuredReplicas: Int?
     private let log: Log
 
+    /// `writer` runs a write on the node's one writer thread (`GroupCommitter.perform`); false
+    /// once it is stopping.
     init(
-        store: any ProfileStore, origin: UInt64, configuration: NodeConfiguration, keys: ClusterKeys, forgetKeySecret: [UInt8], log: Log
+        store: any ProfileStore, origin: UInt64, configuration: NodeConfiguration, keys: ClusterKeys, forgetKeySecret: [UInt8], log: Log,
+        writer: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
     ) throws {
         self.log = log
         keyFile = configuration.clusterKeyFile
@@ -113,9 +118,19 @@ final class ReplicationService: @unchecked Sendable {
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()
+        // Replicated writes are jobs of the node's one writer; what follows each comes back
+        // through the inbox, so that only this thread touches the node.
+        let write: StoreWriter = { write, then in
+            let rest = Continuation(run: then)
+            let accepted = writer {
+                let result = Result { try write() }
+                inbox.add(.written { try rest.run(try result.get()) })
+            }
+            if !accepted { throw NodeError.shuttingDown }
+        }
         let node = try ClusterNode(
             store: store, me: member, seeds: configuration.seeds, settings: settings, clockSettings: clockSettings, startedAt: now,
-            seed: UInt64.random(in: 0...UInt64.max)
+            seed: UInt64.random(in: 0...UInt64.max), write: write
         ) { address, message in transport.send(message, to: address) }
         self.node = node
         clock = Mutex(ClockState(check: node.clockCheck(now: now), peers: [], jumps: 0))
@@ -132,12 +147,17 @@ final class ReplicationService: @unchecked Sendable {
 
     /// Leaves the cluster (tells the peers) and stops.
     func stop() {
-        _ = try? perform { node in node.leave() }
+        inbox.add(.call { [node] in node.leave() })
         Thread.sleep(forTimeInterval: 0.1)  // let the leave notes go out
         inbox.state.withLock { $0.stopped = true }
         inbox.wakeup.signal()
         finished.wait()
         transport.stop()
+    }
+
+    /// A peer's message, as the transport hands it over: handled in turn on the replication thread.
+    func deliver(_ message: PeerMessage, from sender: UInt64, address: String) {
+        inbox.add(.message(message, sender, address))
     }
 
     /// The writer committed: push the new changes now rather than at the next tick.
@@ -226,17 +246,28 @@ final class ReplicationService: @unchecked Sendable {
         }
     }
 
-    /// Runs `body` on the replication thread and returns its result (operator calls).
-    func perform<T>(_ body: @escaping (ClusterNode) throws -> T) throws -> T {
-        let done = DispatchSemaphore(value: 0)
-        nonisolated(unsafe) var result: Result<T, Error>?
-        let accepted = inbox.add(.call { [self] in
-            result = Result { try body(node) }
-            done.signal()
+    /// The rest of a replicated write: it holds the node, so only the replication thread runs it.
+    private struct Continuation: @unchecked Sendable {
+        let run: (ReplicatedWrite) throws -> Void
+    }
+
+    /// Runs `body` on the replication thread and calls `completion` with its result (operator
+    /// calls, metrics), or with `ReplicationBusy` once `timeoutMillis` have passed without the
+    /// thread running it, whichever comes first. `completion` runs once, on either thread: an
+    /// event loop hands it a responder and goes on, it never waits.
+    func call<T: Sendable>(
+        timeoutMillis: Int = 2_000, _ body: @escaping (ClusterNode) throws -> T,
+        completion: @escaping @Sendable (Result<T, Error>) -> Void
+    ) {
+        let once = Once()
+        let accepted = inbox.add(.call { [node] in
+            let result = Result { try body(node) }
+            if once.claim() { completion(result) }
         })
-        guard accepted else { throw NodeError.shuttingDown }
-        done.wait()
-        return try result!.get()
+        guard accepted else { return completion(.failure(NodeError.shuttingDown)) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(timeoutMillis)) {
+            if once.claim() { completion(.failure(ReplicationBusy(millis: timeoutMillis))) }
+        }
     }
 
     private func run() {
@@ -252,30 +283,19 @@ final class ReplicationService: @unchecked Sendable {
             // them); the wall clock only stamps membership messages, for measuring offsets.
             let now = monotonicMillis()
             let wall = unixMillis()
-            do {
-                for item in work {
-                    switch item {
-                    case .message(let message, let sender, let address): try node.receive(message, from: sender, address: address, now: now, wall: wall)
-                    case .committed: try node.pushOwnChanges()
-                    case .call(let body): body()
-                    case .wait(let waiter):
-                        try node.pushOwnChanges()
-                        waiters.append(waiter)
-                    case .session(let waiter):
-                        sessionWaiters.append(waiter)
-                        for peer in node.membership.reachable { try node.pull(from: peer, now: now) }
-                    case .read(let waiter):
-                        readWaiters.append(waiter)
-                        try askReplicas(now: now)
-                    }
+            // Each item on its own: one that fails (a refused document state, a store error)
+            // must not drop the items after it, whose callers wait for an answer.
+            for item in work {
+                do {
+                    try handle(item, now: now, wall: wall)
+                } catch {
+                    log(.error, "replication step failed", [("error", .string("\(error)"))])
                 }
-                if now >= nextTick {
-                    nextTick = now + 50
-                    try node.tick(now: now, wall: wall)
-                    publishClock(now: now)
-                }
-            } catch {
-                log(.error, "replication step failed", [("error", .string("\(error)"))])
+            }
+            if now >= nextTick {
+                nextTick = now + 50
+                do { try node.tick(now: now, wall: wall) } catch { log(.error, "replication tick failed", [("error", .string("\(error)"))]) }
+                publishClock(now: now)
             }
             settleWaiters(now: now)
             settleSessions(now: now)
@@ -290,6 +310,25 @@ final class ReplicationService: @unchecked Sendable {
         for waiter in sessionWaiters { waiter.completion(false) }
         for waiter in readWaiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaCount(configured: configuredReplicas)), false) }
         finished.signal()
+    }
+
+    private func handle(_ item: Work, now: Int64, wall: Int64) throws {
+        switch item {
+        case .message(let message, let sender, let address): try node.receive(message, from: sender, address: address, now: now, wall: wall)
+        case .committed: try node.pushOwnChanges()
+        case .call(let body): body()
+        case .written(let rest): try rest()
+        case .wait(let waiter):
+            // Registered before anything can throw: the waiter is answered by its deadline.
+            waiters.append(waiter)
+            try node.pushOwnChanges()
+        case .session(let waiter):
+            sessionWaiters.append(waiter)
+            for peer in node.membership.reachable { try node.pull(from: peer, now: now) }
+        case .read(let waiter):
+            readWaiters.append(waiter)
+            try askReplicas(now: now)
+        }
     }
 
     /// Publishes the clock check and says so in the log when it changes, and every 30 s while
@@ -321,6 +360,20 @@ final class ReplicationService: @unchecked Sendable {
             log(.error, "cluster key file not reloaded", [("error", .string("\(error)"))])
         }
     }
+}
+
+/// A call into the replication thread not run within its deadline (the thread is busy or stuck).
+struct ReplicationBusy: Error, CustomStringConvertible {
+    var millis: Int
+    var description: String { "the replication thread did not answer within \(millis) ms" }
+}
+
+/// Lets exactly one of several racing paths complete a waiter.
+final class Once: Sendable {
+    private let done = Atomic<Bool>(false)
+
+    /// True for the first caller only.
+    func claim() -> Bool { done.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged }
 }
 
 /// Milliseconds of a clock that never jumps (CLOCK_MONOTONIC), to notice the wall clock jumping.

@@ -19,6 +19,10 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// Makes every commit so far durable (commits whose sync was deferred).
     func synchronize() throws
 
+    /// From now on only the calling thread opens write transactions (a node's one writer);
+    /// debug builds stop when another thread tries.
+    func claimWriter()
+
     /// The profile `identifier` belongs to, or nil if the identifier is unknown.
     func view(of identifier: Identifier) throws -> ProfileView?
 
@@ -99,6 +103,7 @@ public protocol ProfileStore: AnyObject, Sendable {
 /// The part both stores share: the engine over a backend's read and write transactions.
 protocol EngineBackedStore: ProfileStore {
     var engine: StoreEngine { get }
+    var writerClaim: WriterClaim { get }
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T
     @discardableResult func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T
 }
@@ -107,6 +112,8 @@ extension EngineBackedStore {
     @discardableResult func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
         try write(deferringSync: false, body)
     }
+
+    public func claimWriter() { writerClaim.claim() }
 
     public func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
         try modify { context in try batch.map { try context.apply($0) } }
@@ -254,6 +261,7 @@ extension EngineBackedStore {
 /// keys kept in a file of their own, `keyFile` (by default the directory's path + `.keys`).
 public final class LMDBProfileStore: EngineBackedStore {
     let engine: StoreEngine
+    let writerClaim = WriterClaim()
     public let environment: LMDBEnvironment
     private let tables: LMDBTables
     let sealing: Sealing
@@ -321,6 +329,7 @@ public final class LMDBProfileStore: EngineBackedStore {
     /// `deferringSync`: see `applyDeferringSync`.
     @discardableResult
     func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
+        writerClaim.check()
         var sessions: [SealingSession] = []
         let result: T
         do {
@@ -380,6 +389,7 @@ public final class LMDBProfileStore: EngineBackedStore {
 /// The embedded store: sorted in-memory tables behind a lock, atomic batches by undo log.
 public final class MemoryProfileStore: EngineBackedStore {
     let engine: StoreEngine
+    let writerClaim = WriterClaim()
     private let storage: Mutex<MemoryTables>
 
     /// `byteLimit` bounds keys and values held; a batch that would pass it fails whole.
@@ -396,7 +406,8 @@ public final class MemoryProfileStore: EngineBackedStore {
     public func synchronize() {}
 
     func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
-        try storage.withLock { tables in
+        writerClaim.check()
+        return try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)
             do {
                 return try body(writer)
