@@ -23,6 +23,9 @@ public struct ReplicationSettings: Sendable {
     public var digestNodesPerRequest = 64
     /// Bytes of document states one documents message may carry (at least one state travels).
     public var documentBudget = 1 << 20
+    /// How many core replicas the cluster has, if configured: write and read levels count
+    /// against the larger of this and the core members known (`replicaCount`).
+    public var replicas: Int?
 
     public init() {}
 }
@@ -79,6 +82,8 @@ public final class ClusterNode {
     private var lastRequest: UInt64 = 0
     /// The tree comparison in flight, if any, and when each peer was last compared.
     var antiEntropy = AntiEntropyState()
+    /// Callers waiting for replicas or for their session (`startWait`).
+    var waits = PendingWaits()
     /// Peers' clocks as measured from membership round trips.
     public private(set) var clockOffsets: ClockOffsets
     private let hasSeeds: Bool

@@ -108,19 +108,23 @@ extension Node {
                 respond(response)
             }
         }
-        let check = sessionCheck
-        guard let missing = try? check(token) else {
+        // The common case without a hop to the replication thread: a read here, by the rule the
+        // node's wait applies (`SessionCoverage`).
+        let missing: [UInt64], held: VersionVector
+        do {
+            missing = try sessionCheck(token)
+            held = try store.versionVector()
+        } catch {
             return respond(.error(500, code: "storage_error", message: "the profile could not be read"))
         }
-        if missing.isEmpty, let held = try? store.versionVector() { return answer(held) }
+        if missing.isEmpty { return answer(held) }
         guard let replication else { return respond(Self.sessionNotSatisfied(missing)) }
         let store = self.store
-        replication.awaitSession(token, timeoutMillis: Self.sessionWaitMillis, check: check) { satisfied in
+        replication.awaitSession(token, timeoutMillis: Self.sessionWaitMillis) { missing in
+            // Off the replication thread: the read that follows is the handler's.
             DispatchQueue.global().async {
-                guard satisfied, let held = try? store.versionVector() else {
-                    return respond(Self.sessionNotSatisfied((try? check(token)) ?? missing))
-                }
-                answer(held)
+                guard missing.isEmpty else { return respond(Self.sessionNotSatisfied(missing)) }
+                do { answer(try store.versionVector()) } catch { respond(.error(500, code: "storage_error", message: "the profile could not be read")) }
             }
         }
     }

@@ -19,43 +19,15 @@ final class ReplicationService: @unchecked Sendable {
         case call(() -> Void)
         /// The rest of a replicated write, once the writer has run it (`ClusterNode.write`).
         case written(() throws -> Void)
-        case wait(ReplicaWaiter)
-        case session(SessionWaiter)
-        case read(ReadWaiter)
+        /// A caller's wait, decided by the node (`ClusterNode.startWait`); its deadline is on
+        /// the monotonic clock.
+        case wait(ConsistencyWait, deadline: Int64, completion: @Sendable (ConsistencyOutcome) -> Void)
     }
 
-    /// A read waiting until enough replicas have sent it everything they hold.
-    struct ReadWaiter {
-        var concern: WriteConcern
-        var deadline: Int64
-        /// Per replica asked: the number of the pull that asked it.
-        var requests: [UInt64: UInt64] = [:]
-        var completion: @Sendable (_ answered: Int, _ required: Int, _ met: Bool) -> Void
-    }
-
-    private var readWaiters: [ReadWaiter] = []
-
-    /// A read waiting until this node holds everything a session token covers.
-    struct SessionWaiter {
-        var token: VersionVector
-        var deadline: Int64
-        /// The origins of the token not yet held here.
-        var check: @Sendable (VersionVector) throws -> [UInt64]
-        var completion: @Sendable (_ satisfied: Bool) -> Void
-    }
-
-    private var sessionWaiters: [SessionWaiter] = []
-
-    /// A write waiting until enough replicas hold it.
-    struct ReplicaWaiter {
-        var originSequence: UInt64
-        var concern: WriteConcern
-        var deadline: Int64
-        var completion: @Sendable (_ held: Int, _ required: Int, _ met: Bool) -> Void
-    }
-
-    /// Only the replication thread touches these.
-    private var waiters: [ReplicaWaiter] = []
+    /// The callers waiting, by the number the node knows their wait by. Only the replication
+    /// thread touches these.
+    private var waitCompletions: [UInt64: @Sendable (ConsistencyOutcome) -> Void] = [:]
+    private var lastWait: UInt64 = 0
 
     /// The queue into the replication thread.
     private final class Inbox: Sendable {
@@ -90,10 +62,13 @@ final class ReplicationService: @unchecked Sendable {
     let transport: PeerTransport
     private let node: ClusterNode
     private let inbox = Inbox()
+    /// Deadlines of calls into the replication thread, kept off that thread.
+    private let deadlines = Deadlines(name: "kith-deadlines")
     private let finished = DispatchSemaphore(value: 0)
     private let keyFile: String?
-    private let configuredReplicas: Int?
     private let log: Log
+    /// This node's origin id.
+    private let origin: UInt64
 
     /// `writer` runs a write on the node's one writer thread (`GroupCommitter.perform`); false
     /// once it is stopping.
@@ -102,8 +77,8 @@ final class ReplicationService: @unchecked Sendable {
         writer: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
     ) throws {
         self.log = log
+        self.origin = origin
         keyFile = configuration.clusterKeyFile
-        configuredReplicas = configuration.replicas
         let inbox = self.inbox
         let fingerprint = Crypto.hmacSHA256(key: forgetKeySecret, message: Array("kith forget-key fingerprint".utf8))
         transport = try PeerTransport(
@@ -115,6 +90,7 @@ final class ReplicationService: @unchecked Sendable {
         let transport = self.transport
         var settings = ReplicationSettings()
         settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
+        settings.replicas = configuration.replicas
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()
@@ -152,6 +128,7 @@ final class ReplicationService: @unchecked Sendable {
         inbox.state.withLock { $0.stopped = true }
         inbox.wakeup.signal()
         finished.wait()
+        deadlines.stop()
         transport.stop()
     }
 
@@ -171,30 +148,20 @@ final class ReplicationService: @unchecked Sendable {
         ownThrough originSequence: UInt64, concern: WriteConcern, timeoutMillis: Int64,
         completion: @escaping @Sendable (_ held: Int, _ required: Int, _ met: Bool) -> Void
     ) {
-        let waiter = ReplicaWaiter(originSequence: originSequence, concern: concern, deadline: monotonicMillis() + timeoutMillis, completion: completion)
-        if !inbox.add(.wait(waiter)) { completion(1, concern.required(replicas: 1), false) }
+        wait(.replicas(ownThrough: originSequence, concern: concern), timeoutMillis: timeoutMillis) { outcome in
+            guard case .replicas(let held, let required, let met) = outcome else { preconditionFailure("a replica wait ended \(outcome)") }
+            completion(held, required, met)
+        }
     }
 
-    /// Calls `completion` with this node's version vector once it covers `token`, or with nil
-    /// after `timeoutMillis`. Meanwhile it pulls from every reachable peer, so that a change
-    /// this node lacks comes now rather than at the next anti-entropy round.
-    func awaitSession(
-        _ token: VersionVector, timeoutMillis: Int64, check: @escaping @Sendable (VersionVector) throws -> [UInt64],
-        completion: @escaping @Sendable (_ satisfied: Bool) -> Void
-    ) {
-        let waiter = SessionWaiter(token: token, deadline: monotonicMillis() + timeoutMillis, check: check, completion: completion)
-        if !inbox.add(.session(waiter)) { completion(false) }
-    }
-
-    private func settleSessions(now: Int64) {
-        sessionWaiters.removeAll { waiter in
-            if (try? waiter.check(waiter.token))?.isEmpty == true {
-                waiter.completion(true)
-                return true
-            }
-            guard now >= waiter.deadline else { return false }
-            waiter.completion(false)
-            return true
+    /// Calls `completion` with the origins of `token` this node still lacks (none: satisfied)
+    /// once it holds everything the token covers, or after `timeoutMillis`. Meanwhile it pulls
+    /// from every reachable peer, so that a change it lacks comes now rather than at the next
+    /// anti-entropy round.
+    func awaitSession(_ token: VersionVector, timeoutMillis: Int64, completion: @escaping @Sendable (_ missing: [UInt64]) -> Void) {
+        wait(.session(token), timeoutMillis: timeoutMillis) { outcome in
+            guard case .session(let missing) = outcome else { preconditionFailure("a session wait ended \(outcome)") }
+            completion(missing)
         }
     }
 
@@ -204,45 +171,24 @@ final class ReplicationService: @unchecked Sendable {
     func awaitReplicaReads(
         _ concern: WriteConcern, timeoutMillis: Int64, completion: @escaping @Sendable (_ answered: Int, _ required: Int, _ met: Bool) -> Void
     ) {
-        let waiter = ReadWaiter(concern: concern, deadline: monotonicMillis() + timeoutMillis, completion: completion)
-        if !inbox.add(.read(waiter)) { completion(1, concern.required(replicas: 1), false) }
-    }
-
-    private func settleReads(now: Int64) throws {
-        guard !readWaiters.isEmpty else { return }
-        try askReplicas(now: now)
-        let replicas = node.replicaCount(configured: configuredReplicas)
-        let caughtUp = Dictionary(uniqueKeysWithValues: node.peerStates.map { ($0.member.id, $0.state.caughtUpThrough) })
-        readWaiters.removeAll { waiter in
-            let answered = 1 + waiter.requests.filter { (caughtUp[$0.key] ?? 0) >= $0.value }.count
-            let required = waiter.concern.required(replicas: replicas)
-            guard answered >= required || now >= waiter.deadline else { return false }
-            waiter.completion(answered, required, answered >= required)
-            return true
+        wait(.replicaReads(concern), timeoutMillis: timeoutMillis) { outcome in
+            guard case .replicas(let answered, let required, let met) = outcome else { preconditionFailure("a replica read ended \(outcome)") }
+            completion(answered, required, met)
         }
     }
 
-    /// Sends a pull to every reachable replica a waiting read has not asked yet (a replica that
-    /// became reachable since the read began is asked too).
-    private func askReplicas(now: Int64) throws {
-        let replicas = node.replicaIDs
-        for index in readWaiters.indices {
-            for peer in node.membership.reachable where replicas.contains(peer.id) && readWaiters[index].requests[peer.id] == nil {
-                readWaiters[index].requests[peer.id] = try node.pull(from: peer, now: now)
-            }
-        }
+    /// Hands `wait` to the node; `completion` runs on the replication thread with its outcome,
+    /// by the deadline at the latest (or at once, unmet, when the node is stopping).
+    private func wait(_ wait: ConsistencyWait, timeoutMillis: Int64, completion: @escaping @Sendable (ConsistencyOutcome) -> Void) {
+        let deadline = monotonicMillis() + timeoutMillis
+        if !inbox.add(.wait(wait, deadline: deadline, completion: completion)) { completion(wait.unmet(replicas: 1, origin: origin)) }
     }
 
-    /// Answers the waiters whose writes are now held widely enough, or whose time is up.
-    private func settleWaiters(now: Int64) {
-        guard !waiters.isEmpty else { return }
-        let replicas = node.replicaCount(configured: configuredReplicas)
-        waiters.removeAll { waiter in
-            let held = node.replicasHolding(ownChange: waiter.originSequence)
-            let required = waiter.concern.required(replicas: replicas)
-            guard held >= required || now >= waiter.deadline else { return false }
-            waiter.completion(held, required, held >= required)
-            return true
+    /// Answers the callers whose waits the node has decided: met, or out of time.
+    private func settleWaits(now: Int64) {
+        for (number, outcome, error) in node.settleWaits(now: now) {
+            if let error { log(.error, "a wait ended unmet: its state could not be read", [("error", .string("\(error)"))]) }
+            waitCompletions.removeValue(forKey: number)?(outcome)
         }
     }
 
@@ -265,7 +211,7 @@ final class ReplicationService: @unchecked Sendable {
             if once.claim() { completion(result) }
         })
         guard accepted else { return completion(.failure(NodeError.shuttingDown)) }
-        DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(timeoutMillis)) {
+        deadlines.after(millis: timeoutMillis) {
             if once.claim() { completion(.failure(ReplicationBusy(millis: timeoutMillis))) }
         }
     }
@@ -297,18 +243,14 @@ final class ReplicationService: @unchecked Sendable {
                 do { try node.tick(now: now, wall: wall) } catch { log(.error, "replication tick failed", [("error", .string("\(error)"))]) }
                 publishClock(now: now)
             }
-            settleWaiters(now: now)
-            settleSessions(now: now)
-            do { try settleReads(now: now) } catch { log(.error, "replica read step failed", [("error", .string("\(error)"))]) }
+            settleWaits(now: now)
             if now >= nextKeyCheck {
                 nextKeyCheck = now + 5_000
                 reloadKeys()
             }
             if stopped { break }
         }
-        for waiter in waiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaCount(configured: configuredReplicas)), false) }
-        for waiter in sessionWaiters { waiter.completion(false) }
-        for waiter in readWaiters { waiter.completion(1, waiter.concern.required(replicas: node.replicaCount(configured: configuredReplicas)), false) }
+        for (number, outcome) in node.endWaits() { waitCompletions.removeValue(forKey: number)?(outcome) }
         finished.signal()
     }
 
@@ -318,16 +260,20 @@ final class ReplicationService: @unchecked Sendable {
         case .committed: try node.pushOwnChanges()
         case .call(let body): body()
         case .written(let rest): try rest()
-        case .wait(let waiter):
-            // Registered before anything can throw: the waiter is answered by its deadline.
-            waiters.append(waiter)
-            try node.pushOwnChanges()
-        case .session(let waiter):
-            sessionWaiters.append(waiter)
-            for peer in node.membership.reachable { try node.pull(from: peer, now: now) }
-        case .read(let waiter):
-            readWaiters.append(waiter)
-            try askReplicas(now: now)
+        case .wait(let wait, let deadline, let completion):
+            lastWait += 1
+            let number = lastWait
+            do {
+                guard let outcome = try node.startWait(number, wait, deadline: deadline, now: now) else {
+                    return waitCompletions[number] = completion
+                }
+                completion(outcome)
+            } catch {
+                // Whatever the node took on is answered by `settleWaits`; a wait it did not
+                // take is answered here, unmet.
+                if node.isWaiting(number) { waitCompletions[number] = completion } else { completion(node.unmet(wait)) }
+                throw error
+            }
         }
     }
 

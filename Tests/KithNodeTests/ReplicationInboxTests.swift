@@ -113,3 +113,20 @@ struct ReplicationInboxTests {
         #expect(answered.withLock { (try? $0?.get()) == nil && $0 != nil }, "the late call was not answered with an error")
     }
 }
+
+@Suite("Deadlines")
+struct DeadlinesTests {
+    @Test func closuresRunInDeadlineOrderAndNotBefore() {
+        let deadlines = Deadlines(name: "test-deadlines")
+        let ran = Mutex<[(Int, Double)]>([])
+        let start = Date()
+        for (index, millis) in [(1, 120), (2, 40), (3, 80)] {
+            deadlines.after(millis: millis) { ran.withLock { $0.append((index, Date().timeIntervalSince(start) * 1_000)) } }
+        }
+        while ran.withLock({ $0.count }) < 3 && Date().timeIntervalSince(start) < 3 { Thread.sleep(forTimeInterval: 0.005) }
+        deadlines.stop()
+        let order = ran.withLock { $0 }
+        #expect(order.map(\.0) == [2, 3, 1])
+        #expect(zip(order, [40.0, 80, 120]).allSatisfy { $0.1 >= $1 }, "a closure ran before its deadline: \(order)")
+    }
+}

@@ -9,11 +9,11 @@ import Testing
 
 /// Issue 7's checker: clients that carry their session token from node to node, under
 /// partitions, loss, delays and crashes, never read a state without their own writes, and never
-/// see their profile go back — whenever a node serves the read (its store covers the token by
-/// `SessionCoverage`, the rule the node's HTTP shell applies). A read a node cannot serve yet
-/// makes it pull from its peers, as the shell does; after healing, every client's read is
-/// served everywhere.
-func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int, deferred: Int) {
+/// see their profile go back — whenever a node serves the read. Whether and when it does is the
+/// node's own decision (`ClusterNode.startWait(.session)`, settled as the node runs, as the HTTP
+/// shell carries it out): at once, after pulling what it lacks, or not within the deadline (a
+/// 503). After healing, every client's read is served everywhere.
+func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int, deferred: Int, servedAfterWaiting: Int) {
     var setup = SplitMix64(seed: seed ^ 0x5E55)
     let sim = try Simulation(seed: seed, nodes: 3 + setup.below(3), edges: 0)
     sim.faults = .init(lossPercent: setup.below(15), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(60)))
@@ -24,7 +24,7 @@ func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int
         var lastSeen: Int64 = 0
     }
     var clients = [Client](repeating: Client(), count: 4)
-    var failures: [String] = [], served = 0, deferred = 0, count = 0
+    var failures: [String] = [], served = 0, deferred = 0, servedAfterWaiting = 0, timedOut = 0, count = 0
 
     func write(_ client: Int, at machine: Simulation.Machine) throws {
         count += 1
@@ -36,17 +36,40 @@ func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int
         clients[client].token.advance(origin: machine.member.id, to: try machine.store.versionVector()[machine.member.id])
     }
 
-    /// Returns whether the machine served the read.
-    @discardableResult
-    func read(_ client: Int, at machine: Simulation.Machine) throws -> Bool {
-        let missing = try SessionCoverage.missing(clients[client].token, in: machine.store, origin: machine.member.id)
-        guard missing.isEmpty else {
-            if let node = machine.node {
-                for peer in node.membership.reachable { try node.pull(from: peer, now: sim.clock(machine)) }
-            }
+    /// Reads waiting at a node: (machine, the wait's number, the machine's crash count then) → client.
+    var waiting: [(machine: Simulation.Machine, number: UInt64, crashes: Int, client: Int)] = []
+
+    /// Starts a read; serves it now if the node says the session is covered.
+    func read(_ client: Int, at machine: Simulation.Machine) throws {
+        let (number, outcome) = try sim.startWait(.session(clients[client].token), at: machine)
+        guard let outcome else {
             deferred += 1
-            return false
+            return waiting.append((machine, number, machine.crashes, client))
         }
+        #expect(outcome.isMet, "a wait decided at once is met")
+        try serve(client, at: machine)
+    }
+
+    /// The reads whose waits the nodes decided: served if met, a 503 otherwise.
+    func serveDecidedReads() throws {
+        var still: [(machine: Simulation.Machine, number: UInt64, crashes: Int, client: Int)] = []
+        for read in waiting {
+            guard read.machine.crashes == read.crashes else { continue }  // the connection was reset
+            guard let outcome = read.machine.outcomes.removeValue(forKey: read.number) else {
+                still.append(read)
+                continue
+            }
+            if outcome.isMet {
+                servedAfterWaiting += 1
+                try serve(read.client, at: read.machine)
+            } else {
+                timedOut += 1
+            }
+        }
+        waiting = still
+    }
+
+    func serve(_ client: Int, at machine: Simulation.Machine) throws {
         served += 1
         let subject = Identifier(kind: .userId, value: "client-\(client)")!
         for id in clients[client].written where try !machine.store.hasMessage(id, subject: subject) {
@@ -57,7 +80,6 @@ func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int
         if seen < clients[client].lastSeen { failures.append("\(machine.member.name) showed client \(client) \(seen) messages after \(clients[client].lastSeen)") }
         clients[client].lastSeen = max(clients[client].lastSeen, seen)
         clients[client].token.merge(try machine.store.versionVector())
-        return true
     }
 
     try sim.run(until: 12_000) { sim in
@@ -65,47 +87,59 @@ func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int
             let up = sim.machines.filter { $0.node != nil }
             if !up.isEmpty {
                 let client = sim.random.below(clients.count), machine = up[sim.random.below(up.count)]
-                if sim.random.chance(50) { try write(client, at: machine) } else { try read(client, at: machine) }
+                // A client waits for its read's answer before its next request, as over HTTP.
+                if !waiting.contains(where: { $0.client == client && $0.machine.crashes == $0.crashes }) {
+                    if sim.random.chance(50) { try write(client, at: machine) } else { try read(client, at: machine) }
+                }
             }
         }
+        try serveDecidedReads()
         sim.injectFault()
     }
     try sim.heal()
     try sim.run(until: 30_000)
+    try serveDecidedReads()
     for client in clients.indices {
-        for machine in sim.machines where try !read(client, at: machine) {
-            failures.append("\(machine.member.name) still cannot serve client \(client) after healing")
+        for machine in sim.machines {
+            let (number, immediate) = try sim.startWait(.session(clients[client].token), at: machine)
+            guard let outcome = try immediate ?? sim.awaitOutcome(number, at: machine), outcome.isMet else {
+                failures.append("\(machine.member.name) still cannot serve client \(client) after healing")
+                continue
+            }
+            try serve(client, at: machine)
         }
     }
-    return (failures.prefix(3).map { "seed \(seed): \($0)" }, served, deferred)
+    return (failures.prefix(3).map { "seed \(seed): \($0)" }, served, deferred, servedAfterWaiting)
 }
 
 @Suite("Simulation: sessions across nodes")
 struct SessionSimulationTests {
     @Test func clientsNeverMissTheirWritesOrGoBackInTime() throws {
-        var failed: [String] = [], served = 0, deferred = 0
+        var failed: [String] = [], served = 0, deferred = 0, servedAfterWaiting = 0
         for seed in simulationSeeds(ci: 200) {
             let run = try runSessionScenario(seed: seed)
             failed += run.failures
             served += run.served
             deferred += run.deferred
+            servedAfterWaiting += run.servedAfterWaiting
         }
         #expect(failed.isEmpty, "\(failed.prefix(10).joined(separator: "\n"))")
-        // Both paths happen: reads served at once and reads a node had to wait for.
-        #expect(served > 1_000 && deferred > 10, "served \(served), deferred \(deferred)")
+        // Every path happens: reads served at once, reads a node had to wait for, and among
+        // those, reads it served once it had pulled what the session covers.
+        #expect(served > 1_000 && deferred > 10 && servedAfterWaiting > 5, "served \(served), deferred \(deferred), after waiting \(servedAfterWaiting)")
     }
 }
 
-/// Quorum reads after quorum writes, in the simulation: a write is acknowledged once a majority
-/// of the replicas hold it (`replicasHolding`), a read at any node first pulls from replicas
-/// until a majority (itself included) have answered a pull sent for it (`caughtUpThrough`), as
-/// the node shell does; under partitions and loss, every acknowledged write is then seen.
+/// Quorum reads after quorum writes, in the simulation: a write is acknowledged when its node
+/// decides a majority of the replicas hold it (`startWait(.replicas)`), a read is answered when
+/// its node decides a majority (itself included) have answered the pulls it sent for the read
+/// (`startWait(.replicaReads)`), exactly as the HTTP shell carries those decisions out; under
+/// partitions and loss, every acknowledged write is then seen.
 func runQuorumScenario(seed: UInt64) throws -> (failures: [String], reads: Int) {
     var setup = SplitMix64(seed: seed ^ 0x0C0C)
     let sim = try Simulation(seed: seed, nodes: 3 + 2 * setup.below(2), edges: 0)
     sim.faults = .init(lossPercent: setup.below(10), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(40)))
     try sim.run(until: 1_000)
-    let majority = sim.machines.count / 2 + 1
     var acknowledged: [(id: String, subject: Identifier)] = []
     var failures: [String] = [], reads = 0
 
@@ -120,25 +154,16 @@ func runQuorumScenario(seed: UInt64) throws -> (failures: [String], reads: Int) 
         let id = "q\(seed)-\(round)"
         let text = #"{"type":"identify","messageId":"\#(id)","userId":"quorum-\#(round % 5)","traits":{"round":\#(round)}}"#
         try writer.store.apply([try SegmentMessageParser().parse(JSONParser.parse(Array(text.utf8)), receivedAt: sim.clock(writer))])
-        try writer.node!.pushOwnChanges()
         let own = try writer.store.versionVector()[writer.member.id]
-        let deadline = sim.now + 2_000
-        while writer.node!.replicasHolding(ownChange: own) < majority && sim.now < deadline { try sim.run(until: sim.now + 20) }
-        if writer.node!.replicasHolding(ownChange: own) >= majority {
+        let write = try sim.startWait(.replicas(ownThrough: own, concern: .quorum), at: writer)
+        if let outcome = try write.outcome ?? sim.awaitOutcome(write.number, at: writer), outcome.isMet {
             acknowledged.append((id, Identifier(kind: .userId, value: "quorum-\(round % 5)")!))
         }
 
-        // A quorum read at another node: pull from the reachable replicas, wait for a majority.
+        // A quorum read at another node.
         let reader = sim.machines[sim.random.below(sim.machines.count)]
-        var requests: [UInt64: UInt64] = [:]
-        for peer in reader.node!.membership.reachable { requests[peer.id] = try reader.node!.pull(from: peer, now: sim.clock(reader)) }
-        func answered() -> Int {
-            let caughtUp = Dictionary(uniqueKeysWithValues: reader.node!.peerStates.map { ($0.member.id, $0.state.caughtUpThrough) })
-            return 1 + requests.filter { (caughtUp[$0.key] ?? 0) >= $0.value }.count
-        }
-        let readDeadline = sim.now + 2_000
-        while answered() < majority && sim.now < readDeadline { try sim.run(until: sim.now + 20) }
-        guard answered() >= majority else { continue }  // 503 at the shell: nothing to check
+        let read = try sim.startWait(.replicaReads(.quorum), at: reader)
+        guard let outcome = try read.outcome ?? sim.awaitOutcome(read.number, at: reader), outcome.isMet else { continue }  // a 503: nothing to check
         reads += 1
         for write in acknowledged where try !reader.store.hasMessage(write.id, subject: write.subject) {
             failures.append("round \(round): \(reader.member.name) answered a quorum read without the acknowledged write \(write.id)")

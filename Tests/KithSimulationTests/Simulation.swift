@@ -28,6 +28,12 @@ final class Simulation {
         let drift: Int64
         var node: ClusterNode?
         var nextTick: Int64 = 0
+        /// Waits the node has decided (`ClusterNode.settleWaits`), by number, until a scenario
+        /// takes them; and the waits it was given, so that numbers stay unique.
+        var outcomes: [UInt64: ConsistencyOutcome] = [:]
+        var lastWait: UInt64 = 0
+        /// Crashes so far: a wait started before one is never answered (its caller sees a reset).
+        var crashes = 0
 
         init(index: Int, member: Member, store: MemoryProfileStore, skew: Int64, drift: Int64) {
             self.index = index
@@ -123,7 +129,39 @@ final class Simulation {
         machine.nextTick = now
     }
 
-    func crash(_ machine: Machine) { machine.node = nil }
+    func crash(_ machine: Machine) {
+        machine.node = nil
+        machine.outcomes = [:]
+        machine.crashes += 1
+    }
+
+    /// A caller's wait at `machine`, as the node's shell starts one (deadline `timeout` ms on the
+    /// machine's clock): the outcome if decided at once, else the wait's number; the node
+    /// decides it within the deadline and `run` puts it in `machine.outcomes`.
+    func startWait(_ wait: ConsistencyWait, at machine: Machine, timeout: Int64 = 2_000) throws -> (number: UInt64, outcome: ConsistencyOutcome?) {
+        guard let node = machine.node else { preconditionFailure("a wait at \(machine.member.name), which is down") }
+        machine.lastWait += 1
+        let outcome = try node.startWait(machine.lastWait, wait, deadline: clock(machine) + timeout, now: clock(machine))
+        return (machine.lastWait, outcome)
+    }
+
+    /// Runs until the wait numbered `number` at `machine` is decided; nil if the machine crashed.
+    func awaitOutcome(_ number: UInt64, at machine: Machine) throws -> ConsistencyOutcome? {
+        let crashes = machine.crashes
+        while machine.outcomes[number] == nil && machine.crashes == crashes { try run(until: now + 20) }
+        return machine.outcomes.removeValue(forKey: number)
+    }
+
+    /// Collects the waits each node decides now.
+    private func settleWaits() {
+        for machine in machines {
+            guard let node = machine.node, node.waitsInProgress > 0 else { continue }
+            for (number, outcome, error) in node.settleWaits(now: clock(machine)) {
+                precondition(error == nil, "\(machine.member.name) could not read a wait's state: \(error!)")
+                machine.outcomes[number] = outcome
+            }
+        }
+    }
 
     /// The node's own rule on whether its clock may date a write now (a crashed machine takes none).
     func acceptsWrites(_ machine: Machine) -> Bool {
@@ -152,11 +190,13 @@ final class Simulation {
             if let delivery = queue.first, delivery.at <= now {
                 queue.removeFirst()
                 try deliver(delivery)
+                settleWaits()
             } else {
                 for machine in machines where machine.node != nil && machine.nextTick <= now {
                     machine.nextTick = now + 50
                     try machine.node!.tick(now: clock(machine))
                 }
+                settleWaits()
                 try between(self)
             }
         }
