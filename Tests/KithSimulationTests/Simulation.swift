@@ -34,6 +34,9 @@ final class Simulation {
         var lastWait: UInt64 = 0
         /// Crashes so far: a wait started before one is never answered (its caller sees a reset).
         var crashes = 0
+        /// The node's writes queued for its one writer, in order, each with when it commits.
+        /// A crash loses those not yet committed (their senders were never answered).
+        var writes: [(at: Int64, write: () throws -> ReplicatedWrite, then: (ReplicatedWrite) throws -> Void)] = []
 
         init(index: Int, member: Member, store: MemoryProfileStore, skew: Int64, drift: Int64) {
             self.index = index
@@ -122,7 +125,13 @@ final class Simulation {
         me.incarnation = UInt64(clock(machine))
         machine.node = try ClusterNode(
             store: machine.store, me: me, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
-            settings: replicationSettings, clockSettings: Self.clockSettings, startedAt: clock(machine), seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now)
+            settings: replicationSettings, clockSettings: Self.clockSettings, startedAt: clock(machine), seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now),
+            write: { [unowned self, unowned machine] write, then in
+                // As on a node: the write waits its turn at the one writer, commits 1–20 ms
+                // later, and the node goes on meanwhile; the rest runs when it has committed.
+                let at = max(machine.writes.last?.at ?? now, now) + 1 + Int64(random.below(20))
+                machine.writes.append((at, write, then))
+            }
         ) { [unowned self] address, message in
             self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)
         }
@@ -131,6 +140,7 @@ final class Simulation {
 
     func crash(_ machine: Machine) {
         machine.node = nil
+        machine.writes = []
         machine.outcomes = [:]
         machine.crashes += 1
     }
@@ -186,8 +196,13 @@ final class Simulation {
             let nextTick = machines.compactMap { $0.node == nil ? nil : $0.nextTick }.min() ?? end
             queue.sort { ($0.at, $0.order) < ($1.at, $1.order) }
             let nextDelivery = queue.first?.at ?? end
-            now = max(now, min(nextTick, nextDelivery, end))
-            if let delivery = queue.first, delivery.at <= now {
+            let nextWrite = machines.compactMap { $0.node == nil ? nil : $0.writes.first?.at }.min() ?? end
+            now = max(now, min(nextTick, nextDelivery, nextWrite, end))
+            if let machine = machines.first(where: { $0.node != nil && ($0.writes.first?.at ?? .max) <= now }) {
+                let (_, write, then) = machine.writes.removeFirst()
+                try then(try write())
+                settleWaits()
+            } else if let delivery = queue.first, delivery.at <= now {
                 queue.removeFirst()
                 try deliver(delivery)
                 settleWaits()
