@@ -47,7 +47,7 @@ public struct JSONNumber: Hashable, Sendable, CustomStringConvertible {
         var bytes = Array(literal.utf8)
         let valid = bytes.withUnsafeMutableBufferPointer { buffer -> Bool in
             var parser = JSONParser(UnsafeBufferPointer(buffer), maximumDepth: 1)
-            return (try? parser.parseNumberLiteral()) != nil && parser.index == buffer.count
+            return (try? parser.parseNumberLiteral()) != nil && parser.index == buffer.count  // the question is whether it parses
         }
         guard valid, !literal.isEmpty else { return nil }
         self.literal = literal

@@ -21,7 +21,7 @@ public struct RawJSON: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 
     /// The parsed value (the text is always valid JSON).
-    public var value: JSONValue { (try? JSONParser.parse(bytes)) ?? .null }
+    public var value: JSONValue { (try? JSONParser.parse(bytes)) ?? .null }  // bytes are checked JSON when made: cannot fail
 
     public var description: String { String(decoding: bytes, as: UTF8.self) }
 

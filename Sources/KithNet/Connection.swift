@@ -44,6 +44,7 @@ final class Connection: @unchecked Sendable {
 
     private func readAvailable() {
         while !readingStopped && !isClosed {
+            // A failed read (reset by the peer) ends the connection as end of input does.
             let result = try? system("read") { worker.readBuffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) } }
             switch result {
             case .done(0)?, nil:
@@ -134,6 +135,7 @@ final class Connection: @unchecked Sendable {
             }
         }
         while outputOffset < output.count {
+            // A failed write (reset, broken pipe) closes the connection.
             let result = try? system("write") {
                 output.withUnsafeBytes { write(descriptor, $0.baseAddress! + outputOffset, $0.count - outputOffset) }
             }
@@ -159,7 +161,11 @@ final class Connection: @unchecked Sendable {
         guard on != watchingWrites, !isClosed else { return }
         watchingWrites = on
         let events = UInt32(EPOLLIN.rawValue) | (on ? UInt32(EPOLLOUT.rawValue) : 0)
-        try? worker.loop.modify(descriptor, events: events)
+        do {
+            try worker.loop.modify(descriptor, events: events)
+        } catch {
+            close()  // a connection the loop can no longer watch would hang
+        }
     }
 
     /// Closes connections that are too slow to send a request, or idle too long.

@@ -52,7 +52,7 @@ final class EventLoop: @unchecked Sendable {
     /// Stops watching `descriptor` (before it is closed).
     func deregister(_ descriptor: Int32) {
         handlers[descriptor] = nil
-        _ = try? systemValue("epoll_ctl del") { epoll_ctl(epoll, EPOLL_CTL_DEL, descriptor, nil) }
+        _ = try? systemValue("epoll_ctl del") { epoll_ctl(epoll, EPOLL_CTL_DEL, descriptor, nil) }  // closing removes it anyway
     }
 
     /// Runs `body` on the loop thread soon. Safe from any thread.
@@ -83,7 +83,7 @@ final class EventLoop: @unchecked Sendable {
         while !stopRequested.load(ordering: .relaxed) {
             let now = Self.now()
             let timeout = Int32(clamping: now >= nextTick ? 0 : (nextTick - now) / 1_000_000 + 1)
-            let count = (try? systemValue("epoll_wait") { epoll_wait(epoll, &events, Int32(events.count), timeout) }) ?? 0
+            let count = (try? systemValue("epoll_wait") { epoll_wait(epoll, &events, Int32(events.count), timeout) }) ?? 0  // EINTR: wait again
             for event in events.prefix(Int(count)) {
                 handlers[event.data.fd]?(event.events)
             }

@@ -191,7 +191,7 @@ final class LoopWorker: @unchecked Sendable {
     }
 
     private func acceptAll() {
-        while let descriptor = try? listener.accept() {
+        while let descriptor = try? listener.accept() {  // until EAGAIN: nothing more to accept now
             if server.connectionCount.wrappingAdd(1, ordering: .relaxed).newValue > server.configuration.maximumConnections {
                 // Over the limit: say so and close, rather than leave the client hanging. (Counted
                 // out first, so that whoever reads the 503 sees the count it implies.)

@@ -43,7 +43,7 @@ struct Listener {
     func accept() throws(SystemError) -> Int32? {
         switch try system("accept4", { kith_accept_nonblocking(descriptor) }) {
         case .done(let connection):
-            try? setOption(connection, Int32(IPPROTO_TCP), TCP_NODELAY, 1)
+            try? setOption(connection, Int32(IPPROTO_TCP), TCP_NODELAY, 1)  // the connection works without it, only slower
             return connection
         case .wouldBlock: return nil
         }

@@ -219,7 +219,7 @@ final class GroupCommitter: @unchecked Sendable {
             let outcomes = try defersSync ? store.applyDeferringSync(deltas) : store.apply(deltas)
             committedMessages.wrappingAdd(outcomes.count, ordering: .relaxed)
             commits.wrappingAdd(1, ordering: .relaxed)
-            let ownSequence = try? store.versionVector()[origin]
+            let ownSequence = try? store.versionVector()[origin]  // nil: its waiters answer 503 (`Committed.ownSequence`)
             var offset = 0
             return group.map { job in
                 defer { offset += job.deltas.count }

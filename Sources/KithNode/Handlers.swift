@@ -71,7 +71,7 @@ extension Node {
         }
         metrics.receivedMessages.wrappingAdd(deltas.count, ordering: .relaxed)
         committer.submit(deltas) { [self] result in
-            let respond = withSessionToken(session, ownSequence: try? result.get().ownSequence, respond)
+            let respond = withSessionToken(session, ownSequence: try? result.get().ownSequence, respond)  // failed: no sequence to add
             switch result {
             case .success where concern == .one: respond(.json(200, Array(#"{"success":true}"#.utf8)))
             case .success(let committed): awaitReplicas(concern, through: committed.ownSequence, respond: respond)
@@ -213,12 +213,14 @@ extension Node {
     /// `{"directory": "/path"}`: a compacted, consistent copy of the store, taken live.
     func adminBackup(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         guard authorized(request, [.admin], respond) != nil else { return }
+        // A body that is not JSON is answered 400, as one without a directory.
         guard let directory = (try? JSONParser.parse(request.body))?["directory"]?.stringValue, !directory.isEmpty else {
             return respond(.error(400, code: "invalid_request", message: "send {\"directory\": \"/path/for/the/backup\"}"))
         }
         DispatchQueue.global().async { [store] in
             do {
                 try store.backup(to: directory)
+                // The copy is made; its size is only reported (0 if it cannot be read back).
                 let size = (try? FileManager.default.attributesOfItem(atPath: directory + "/data.mdb")[.size] as? Int) ?? 0
                 respond(.json(200, Self.object { o in
                     o.member("directory", string: directory)

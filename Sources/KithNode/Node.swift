@@ -130,7 +130,7 @@ public final class Node: Sendable {
         replication?.stop()
         committer.stop()
         audit.stop()
-        try? store.environment.sync()
+        do { try store.environment.sync() } catch { log(.error, "the store could not be synced at stop", [("error", .string("\(error)"))]) }
     }
 
     // MARK: - Routing

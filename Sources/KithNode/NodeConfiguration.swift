@@ -116,7 +116,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationError("cannot read configuration file \(path)")
         }
-        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {  // reported as the error below
             throw ConfigurationError("\(path) is not a JSON object")
         }
         let known = Set(CodingKeys.allNames)
@@ -190,7 +190,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// The cluster keys from the key file or `KITH_CLUSTER_KEY`.
     public func clusterKeys() throws -> (keys: [UInt8: [UInt8]], sending: UInt8) {
         if let clusterKeyFile {
-            guard let text = try? String(contentsOfFile: clusterKeyFile, encoding: .utf8) else {
+            guard let text = try? String(contentsOfFile: clusterKeyFile, encoding: .utf8) else {  // reported as the error below
                 throw ConfigurationError("cannot read cluster key file \(clusterKeyFile)")
             }
             return try ClusterKeys.parse(text)

@@ -134,6 +134,7 @@ final class PeerTransport: @unchecked Sendable {
 
     private func acceptLoop() {
         while running.load(ordering: .relaxed) {
+            // Nothing within 200 ms (or a connection that failed at once): look at `running` again.
             guard let stream = try? listener.accept(timeoutMilliseconds: 200, connectionTimeoutMilliseconds: 30_000) else { continue }
             inbound.withLock { $0.append(stream) }
             let thread = Thread { [self] in
@@ -148,8 +149,13 @@ final class PeerTransport: @unchecked Sendable {
     /// Reads one inbound connection: the peer's hello, ours back, then its frames until it ends.
     private func serve(_ stream: TCPStream) {
         defer { stream.close() }
-        let nonce = (try? Crypto.randomBytes(Frame.nonceSize)) ?? []
-        guard nonce.count == Frame.nonceSize else { return }
+        let nonce: [UInt8]
+        do {
+            nonce = try Crypto.randomBytes(Frame.nonceSize)
+        } catch {
+            // Without a fresh nonce the peer's frames cannot be told from replays: refuse it.
+            return log(.error, "peer connection refused: no random bytes for its nonce", [("error", .string("\(error)"))])
+        }
         var decoder = FrameDecoder(authenticator: keys, nonce: nonce)
         var encoder = FrameEncoder(authenticator: keys, sender: me)
         var peer: (id: UInt64, hello: Hello)?

@@ -294,6 +294,7 @@ extension Node {
     /// recorded as Segment's "Segment Consent Preference Updated" event, so it is durable,
     /// replicated and ahead of any backlog exactly like consent from a touchpoint.
     private func setConsent(_ identifier: Identifier, _ request: HTTPRequest, respond: @escaping Respond) {
+        // A body that is not JSON is answered 400 below, as one without preferences.
         guard let body = try? JSONParser.parse(request.body), case .object(let preferences)? = body["categoryPreferences"],
             !preferences.isEmpty
         else {
@@ -318,7 +319,7 @@ extension Node {
         }
         let source = body["source"]?.stringValue.map { String($0.prefix(64)) } ?? "privacy-api"
         let properties = JSONObject([JSONObject.Member("categoryPreferences", .object(preferences))])
-        let messageId = "consent-" + Crypto.hex((try? Crypto.randomBytes(12)) ?? [])
+        guard let messageId = Self.newMessageId("consent-", respond: respond) else { return }
         let times = MessageTimes(timestamp: time, originalTimestamp: nil, sentAt: nil, receivedAt: now)
         let event = EventRecord(
             messageId: messageId, type: .track, name: "Segment Consent Preference Updated", time: times.eventTime, channel: source,
@@ -327,10 +328,22 @@ extension Node {
         commit(delta, answer: Self.object { $0.member("success") { $0.write(.bool(true)) } }, respond: respond)
     }
 
+    /// A fresh message id for a change the node makes itself: `prefix` and 96 random bits. A
+    /// constant id would make every later change of the customer a duplicate answered 200, so
+    /// without random bytes the request is answered 503 instead (nil returned).
+    static func newMessageId(_ prefix: String, random: () throws -> [UInt8] = { try Crypto.randomBytes(12) }, respond: Respond) -> String? {
+        do {
+            return prefix + Crypto.hex(try random())
+        } catch {
+            respond(.error(503, code: "unavailable", message: "no random bytes for a message id (\(error)); retry"))
+            return nil
+        }
+    }
+
     /// Restriction of processing (Art. 18) on or off: a consent register of Kith's own.
     private func restrict(_ identifier: Identifier, _ on: Bool, respond: @escaping Respond) {
         let now = unixMillis()
-        let messageId = (on ? "restrict-" : "unrestrict-") + Crypto.hex((try? Crypto.randomBytes(12)) ?? [])
+        guard let messageId = Self.newMessageId(on ? "restrict-" : "unrestrict-", respond: respond) else { return }
         let delta = ProfileDelta(
             messageId: messageId, type: .identify, subject: identifier, channel: "privacy-api",
             times: MessageTimes(timestamp: now, originalTimestamp: nil, sentAt: nil, receivedAt: now),
@@ -341,7 +354,7 @@ extension Node {
     private func commit(_ delta: ProfileDelta, answer: [UInt8], respond: @escaping Respond) {
         if let refusal = clockRefusal() { return respond(refusal) }
         committer.submit([delta]) { [self] result in
-            let respond = withSessionToken(VersionVector(), ownSequence: try? result.get().ownSequence, respond)
+            let respond = withSessionToken(VersionVector(), ownSequence: try? result.get().ownSequence, respond)  // failed: no sequence to add
             switch result {
             case .success: respond(.json(200, answer))
             case .failure: respond(.error(503, code: "unavailable", message: "the change was not stored; retry"))
@@ -410,6 +423,7 @@ extension Node {
             } while cursor != nil
             let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
             let history = try store.consentHistory(of: identifier)
+            let links = try linksBody(identifier)
             var outcome = ReadOutcome()
             outcome.returned = ["export"]
             try recordRead(principal, "", "export", view.members, outcome)
@@ -420,7 +434,7 @@ extension Node {
                 o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
                 o.member("consentHistory") { w in w.writeArray(history) { Self.writeConsentChange($1, &$0) } }
                 o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
-                o.member("links") { $0.raw(bytes: (try? linksBody(identifier)) ?? Array("{}".utf8)) }
+                o.member("links") { $0.raw(bytes: links) }
                 o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
             })
         })

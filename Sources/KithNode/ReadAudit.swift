@@ -231,8 +231,12 @@ public final class ReadAudit: @unchecked Sendable {
     public func stop() {
         queue.withLock { $0.stopped = true }
         guard runsInBackground else {
-            try? flush()
-            try? index()
+            do {
+                try flush()
+                try index()
+            } catch {
+                log(.error, "read audit not flushed at stop", [("error", .string("\(error)"))])
+            }
             return
         }
         wakeup.signal()

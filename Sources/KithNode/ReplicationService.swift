@@ -66,6 +66,8 @@ final class ReplicationService: @unchecked Sendable {
     private let deadlines = Deadlines(name: "kith-deadlines")
     private let finished = DispatchSemaphore(value: 0)
     private let keyFile: String?
+    /// Whether the last reload of the key file failed (so that it is logged once).
+    private var keyFileFailing = false
     private let log: Log
     /// This node's origin id.
     private let origin: UInt64
@@ -296,14 +298,17 @@ final class ReplicationService: @unchecked Sendable {
         log(check.allowsWrites ? .info : .error, check.allowsWrites ? "clock within bound: writes accepted" : check.explanation, fields)
     }
 
-    /// Re-reads the cluster key file (rotation without restart).
+    /// Re-reads the cluster key file (rotation without restart). A file that cannot be read or
+    /// parsed keeps the keys in use, and is logged once until it reads again.
     private func reloadKeys() {
-        guard let keyFile, let text = try? String(contentsOfFile: keyFile, encoding: .utf8) else { return }
+        guard let keyFile else { return }
         do {
-            let (keys, sending) = try ClusterKeys.parse(text)
+            let (keys, sending) = try ClusterKeys.parse(try String(contentsOfFile: keyFile, encoding: .utf8))
             transport.keys.replace(keys: keys, sending: sending)
+            keyFileFailing = false
         } catch {
-            log(.error, "cluster key file not reloaded", [("error", .string("\(error)"))])
+            if !keyFileFailing { log(.error, "cluster key file not reloaded; the keys in use stay", [("error", .string("\(error)"))]) }
+            keyFileFailing = true
         }
     }
 }

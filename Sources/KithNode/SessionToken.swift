@@ -18,6 +18,7 @@ enum SessionToken {
     static func parse(_ text: String) -> VersionVector? {
         guard text.hasPrefix(prefix), text.utf8.count <= 2 + 2 * 4_096, let bytes = Crypto.bytes(hex: text.dropFirst(prefix.count)) else { return nil }
         var reader = BinaryReader(bytes)
+        // Not decodable: not a token this version made (the caller answers 400).
         guard let versions = try? VersionVector(from: &reader), (try? reader.expectEnd()) != nil else { return nil }
         return versions
     }

@@ -27,7 +27,7 @@ public func expectRoundTrips<T: CRDT & BinaryCodable>(
     for index in 0..<cases {
         let value = generate(&random)
         let bytes = value.encoded()
-        let decoded = try? T(decoding: bytes)
+        let decoded = try? T(decoding: bytes)  // a failure is reported as a mismatch below
         #expect(decoded == value, "round trip: \(T.self) case \(index) seed \(seed)", sourceLocation: sourceLocation)
         #expect(decoded?.encoded() == bytes, "canonical: \(T.self) case \(index)", sourceLocation: sourceLocation)
     }

@@ -18,33 +18,33 @@ import KithReplication
 
 /// JSON text: parse; whatever parses must write and parse back to the same value.
 func fuzzJSON(_ bytes: UnsafeBufferPointer<UInt8>) {
-    guard let value = try? JSONParser.parse(bytes) else { return }
+    guard let value = try? JSONParser.parse(bytes) else { return }  // fuzz input: not decoding is an expected outcome
     let text = value.jsonText
-    guard let again = try? JSONParser.parse(text), again == value else { fatalError("JSON did not round-trip: \(text)") }
-    guard (try? JSONValue(decoding: value.encoded())) == value else { fatalError("JSON binary encoding did not round-trip") }
+    guard let again = try? JSONParser.parse(text), again == value else { fatalError("JSON did not round-trip: \(text)") }  // fuzz input: not decoding is an expected outcome
+    guard (try? JSONValue(decoding: value.encoded())) == value else { fatalError("JSON binary encoding did not round-trip") }  // fuzz input: not decoding is an expected outcome
 }
 
 /// A Segment message: parse to a delta; a delta must round-trip through its stored encoding.
 func fuzzMessage(_ bytes: UnsafeBufferPointer<UInt8>) {
-    guard let json = try? JSONParser.parse(bytes) else { return }
+    guard let json = try? JSONParser.parse(bytes) else { return }  // fuzz input: not decoding is an expected outcome
     for type in [nil] + MessageType.allCases.map(Optional.some) {
-        guard let delta = try? SegmentMessageParser().parse(json, defaultType: type, receivedAt: 1_760_000_000_000) else { continue }
+        guard let delta = try? SegmentMessageParser().parse(json, defaultType: type, receivedAt: 1_760_000_000_000) else { continue }  // fuzz input: not decoding is an expected outcome
         let encoded = ProfileFormat.encode(delta)
-        guard (try? ProfileFormat.decode(ProfileDelta.self, from: encoded)) == delta else { fatalError("delta did not round-trip") }
+        guard (try? ProfileFormat.decode(ProfileDelta.self, from: encoded)) == delta else { fatalError("delta did not round-trip") }  // fuzz input: not decoding is an expected outcome
     }
 }
 
 /// Stored records: arbitrary bytes must be refused or decode to a value that re-encodes the same.
 func fuzzBinary(_ bytes: UnsafeBufferPointer<UInt8>) {
     let input = Array(bytes)
-    if let view = try? ProfileFormat.decode(ProfileView.self, from: input) {
-        guard (try? ProfileFormat.decode(ProfileView.self, from: ProfileFormat.encode(view))) == view else { fatalError("view") }
+    if let view = try? ProfileFormat.decode(ProfileView.self, from: input) {  // fuzz input: not decoding is an expected outcome
+        guard (try? ProfileFormat.decode(ProfileView.self, from: ProfileFormat.encode(view))) == view else { fatalError("view") }  // fuzz input: not decoding is an expected outcome
     }
-    if let head = try? ProfileFormat.decode(SourceHead.self, from: input) {
-        guard (try? ProfileFormat.decode(SourceHead.self, from: ProfileFormat.encode(head))) == head else { fatalError("head") }
+    if let head = try? ProfileFormat.decode(SourceHead.self, from: input) {  // fuzz input: not decoding is an expected outcome
+        guard (try? ProfileFormat.decode(SourceHead.self, from: ProfileFormat.encode(head))) == head else { fatalError("head") }  // fuzz input: not decoding is an expected outcome
     }
-    if let delta = try? ProfileFormat.decode(ProfileDelta.self, from: input) {
-        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(delta))) == delta else { fatalError("delta") }
+    if let delta = try? ProfileFormat.decode(ProfileDelta.self, from: input) {  // fuzz input: not decoding is an expected outcome
+        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(delta))) == delta else { fatalError("delta") }  // fuzz input: not decoding is an expected outcome
     }
 }
 
@@ -96,8 +96,8 @@ func fuzzFrame(_ bytes: UnsafeBufferPointer<UInt8>) {
     let bytewise = frames(input.indices.map { input[$0...$0] })
     guard whole.0 == bytewise.0, (whole.1 == nil) == (bytewise.1 == nil) else { fatalError("frames depend on how the bytes were split") }
     for frame in whole.0 where frame.type != Frame.helloType {
-        guard let message = try? PeerMessage(tag: frame.type, payload: frame.payload) else { continue }
-        guard (try? PeerMessage(tag: message.tag, payload: message.encodePayload())) == message else { fatalError("message did not round-trip") }
+        guard let message = try? PeerMessage(tag: frame.type, payload: frame.payload) else { continue }  // fuzz input: not decoding is an expected outcome
+        guard (try? PeerMessage(tag: message.tag, payload: message.encodePayload())) == message else { fatalError("message did not round-trip") }  // fuzz input: not decoding is an expected outcome
     }
 }
 

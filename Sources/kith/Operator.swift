@@ -80,7 +80,7 @@ func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HT
         fail("cannot reach the node: \(error)", .failure)
     }
     guard (200..<300).contains(response.status) else {
-        let message = (try? JSONParser.parse(response.body))?["error"]?["message"]?.stringValue
+        let message = (try? JSONParser.parse(response.body))?["error"]?["message"]?.stringValue  // not JSON: the body as text
             ?? String(decoding: response.body, as: UTF8.self)
         fail("the node answered \(response.status): \(message)", .failure)
     }
@@ -89,7 +89,7 @@ func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HT
 
 /// Prints a JSON object as `key  value` lines (table) or as JSON.
 func show(_ body: [UInt8], format: String) {
-    guard format == "table", case .object(let object)? = try? JSONParser.parse(body) else {
+    guard format == "table", case .object(let object)? = try? JSONParser.parse(body) else {  // not JSON: printed as it came
         print(String(decoding: body, as: UTF8.self))
         return
     }
@@ -213,10 +213,15 @@ func importFile(_ arguments: [String]) -> Never {
     func flush() {
         guard count > 0 else { return }
         let body = Array(#"{"batch":["#.utf8) + batch + Array("]}".utf8)
-        let response = try? client.request("POST", "/v1/batch", headers: [authorization, HTTPHeader("Content-Type", "application/json")], body: body)
-        if response?.status == 200 { sent += count } else {
+        do {
+            let response = try client.request("POST", "/v1/batch", headers: [authorization, HTTPHeader("Content-Type", "application/json")], body: body)
+            if response.status == 200 { sent += count } else {
+                failed += count
+                FileHandle.standardError.write(Data("kith: a batch was refused (\(response.status)): \(String(decoding: response.body, as: UTF8.self))\n".utf8))
+            }
+        } catch {
             failed += count
-            if let response { FileHandle.standardError.write(Data("kith: a batch was refused (\(response.status)): \(String(decoding: response.body, as: UTF8.self))\n".utf8)) }
+            FileHandle.standardError.write(Data("kith: a batch was not sent: \(error)\n".utf8))
         }
         batches += 1
         batch.removeAll(keepingCapacity: true)
@@ -259,7 +264,7 @@ func configCheck(_ arguments: [String]) -> Never {
 func members(_ arguments: [String]) -> Never {
     let options = ClientOptions(arguments, help: "OVERVIEW: List the cluster's members as this node sees them.\n\nUSAGE: kith members [options]\n\nOPTIONS:\n" + ClientOptions.help)
     let body = call(options.client(), "GET", "/v1/admin/members", headers: options.authorization).body
-    guard options.format == "table", case .array(let list)? = (try? JSONParser.parse(body))?["members"] else {
+    guard options.format == "table", case .array(let list)? = (try? JSONParser.parse(body))?["members"] else {  // not a list: printed as it came
         show(body, format: options.format)
         exit(Exit.ok.rawValue)
     }
@@ -315,6 +320,7 @@ func repair(_ arguments: [String]) -> Never {
     // Progress: the lag reported per peer until it stops shrinking or reaches zero (at most a minute).
     var previous: Int64?
     for _ in 0..<120 {
+        // An answer that is not JSON ends the progress report (the repair goes on at the node).
         let status = (try? JSONParser.parse(call(client, "GET", "/v1/admin/sync", headers: options.authorization).body)) ?? .null
         guard case .array(let peers)? = status["peers"] else { break }
         let lag = peers.compactMap { peer -> Int64? in
@@ -328,6 +334,7 @@ func repair(_ arguments: [String]) -> Never {
     }
     // Then the tree comparisons, one peer at a time, until none is left (at most two minutes).
     for _ in 0..<240 {
+        // As above: not JSON ends the report.
         let status = (try? JSONParser.parse(call(client, "GET", "/v1/admin/sync", headers: options.authorization).body)) ?? .null
         guard case .number(let pending)? = status["antiEntropy"]?["pending"], case .number(let repaired)? = status["antiEntropy"]?["documentsRepaired"]
         else { break }

@@ -103,6 +103,7 @@ func auditCommand(_ arguments: [String]) -> Never {
     let limit = options.values["--limit"] ?? "1000"
     let path = profilePath(identifier) + "/audit?limit=" + queryEncoded(limit)
     var nodes = [options.host]
+    // A node that cannot list members (alone, or unreachable) is asked alone.
     let members = try? options.client().request("GET", "/v1/admin/members", headers: options.authorization)
     if let members, members.status == 200, case .array(let list)? = (try? JSONParser.parse(members.body))?["members"] {
         nodes = list.compactMap { $0["api"]?.stringValue }.filter { !$0.isEmpty }
@@ -111,6 +112,7 @@ func auditCommand(_ arguments: [String]) -> Never {
     var reads: [JSONValue] = []
     var unreachable: [String] = []
     for node in nodes {
+        // A node that does not answer is listed as unreachable below.
         guard let client = try? HTTPClient(address: node), let response = try? client.request("GET", path, headers: options.authorization),
             response.status == 200, case .array(let list)? = (try? JSONParser.parse(response.body))?["reads"]
         else {

@@ -161,7 +161,7 @@ func serve(_ arguments: [String]) -> Never {
     } catch {
         fail("cannot start: \(error)", .failure)
     }
-    let host = (try? configuration.httpAddress().host) ?? "127.0.0.1"
+    let host = (try? configuration.httpAddress().host) ?? "127.0.0.1"  // `serve` reports a bad address itself
     node.log(.info, "node started", [("node.name", .string(configuration.nodeName)), ("http.port", .number(.init(Int64(port))))])
     say("kith: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(port) (node \(configuration.nodeName), data \(configuration.dataDirectory))")
     if let gossip = node.gossipAddress { say("kith: gossip on \(gossip) (role \(configuration.role))") }
