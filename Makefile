@@ -19,7 +19,7 @@ DEMO_TOKEN ?= demo-token
 SIM_SEEDS ?= 5000
 CLUSTER ?= local-3
 
-.PHONY: deps build test bench fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
+.PHONY: deps build test lint format bench fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -62,11 +62,18 @@ cluster: deps
 	$(SWIFT) build -c release --product kith
 	cluster-configs/start.sh cluster-configs/$(CLUSTER)
 
-test: deps
+test: deps lint
 	$(SWIFT) build --build-tests
 	@# Replay the committed fuzz corpora (seeds and crash reproducers) through every harness.
 	@for h in $(FUZZ_HARNESSES); do .build/debug/kith-fuzz $$h Tests/FuzzCorpus/$$h || exit 1; done
 	$(SWIFT) test --skip-build --parallel
+
+# The toolchain's formatter, with the repository's .swift-format: `make format` fixes what it finds.
+lint:
+	$(SWIFT) format lint --strict --recursive Sources Tests Benchmarks Package.swift
+
+format:
+	$(SWIFT) format format --in-place --recursive Sources Tests Benchmarks Package.swift
 
 # libFuzzer with AddressSanitizer, FUZZ_SECONDS per harness, from the committed seeds. A crash
 # leaves its input in .build-fuzz/artifacts/: copy it into Tests/FuzzCorpus/<harness>/ with the fix.

@@ -34,7 +34,8 @@ let package = Package(
         .target(
             name: "KithNode", dependencies: ["KithStore", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
-        .executableTarget(name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules),
+        .executableTarget(
+            name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // Replication over a store, with no I/O of its own: run on sockets by KithNode, in one process by the simulation.
         .target(name: "KithCluster", dependencies: ["KithStore", "KithReplication"], swiftSettings: optimizeAcrossModules),
@@ -44,7 +45,11 @@ let package = Package(
         .executableTarget(name: "kith-fuzz", dependencies: ["CFuzzerDriver", "KithProfile", "KithHTTP", "KithReplication"]),
 
         // Benchmarks: `make bench` prints `name: value` lines.
-        .executableTarget(name: "kith-bench", dependencies: ["CLMDB", "KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy", "KithTestSupport"], path: "Benchmarks/KithBench",
+        .executableTarget(
+            name: "kith-bench",
+            dependencies: [
+                "CLMDB", "KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy", "KithTestSupport",
+            ], path: "Benchmarks/KithBench",
             swiftSettings: optimizeAcrossModules),
 
         // Shared test helpers (seeded generators, law checks); used only by test targets.

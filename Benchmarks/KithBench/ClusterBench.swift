@@ -55,13 +55,16 @@ struct ClusterBenchmark {
             return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6
         }
         func read(_ index: Int, _ query: String, _ headers: [HTTPHeader] = []) throws {
-            let response = try reader.client.request("GET", "/v1/profiles/user_id:lat-\(index)?purpose=support\(query)", headers: [BenchNode.token] + headers)
+            let response = try reader.client.request(
+                "GET", "/v1/profiles/user_id:lat-\(index)?purpose=support\(query)", headers: [BenchNode.token] + headers)
             guard response.status == 200 else { throw BenchmarkFailed("a read answered \(response.status)") }
         }
         func write(_ index: Int, _ w: String) throws -> String {
             let body = #"{"userId":"lat-w-\#(index)","traits":{"n":\#(index)},"messageId":"lat-w-\#(w)-\#(index)"}"#
             let response = try writer.client.request("POST", "/v1/identify?w=\(w)", headers: [BenchNode.writeKey], body: Array(body.utf8))
-            guard response.status == 200, let token = response.header("kith-session") else { throw BenchmarkFailed("a write answered \(response.status)") }
+            guard response.status == 200, let token = response.header("kith-session") else {
+                throw BenchmarkFailed("a write answered \(response.status)")
+            }
             return token
         }
         let rounds = 500
@@ -71,11 +74,13 @@ struct ClusterBenchmark {
             figures["read.quorum", default: []].append(try timed { try read(index, "&consistency=quorum") })
             figures["write.local", default: []].append(try timed { _ = try write(index, "1") })
             let token = try write(index + rounds, "quorum")
-            figures["read.session", default: []].append(try timed {
-                let response = try reader.client.request(
-                    "GET", "/v1/profiles/user_id:lat-w-\(index + rounds)?purpose=support", headers: [BenchNode.token, HTTPHeader("Kith-Session", token)])
-                guard response.status == 200 else { throw BenchmarkFailed("a session read answered \(response.status)") }
-            })
+            figures["read.session", default: []].append(
+                try timed {
+                    let response = try reader.client.request(
+                        "GET", "/v1/profiles/user_id:lat-w-\(index + rounds)?purpose=support",
+                        headers: [BenchNode.token, HTTPHeader("Kith-Session", token)])
+                    guard response.status == 200 else { throw BenchmarkFailed("a session read answered \(response.status)") }
+                })
         }
         for index in 0..<rounds { figures["write.quorum", default: []].append(try timed { _ = try write(index + 2 * rounds, "quorum") }) }
         for name in ["read.local", "read.quorum", "read.session", "write.local", "write.quorum"] {
@@ -104,7 +109,10 @@ struct ClusterBenchmark {
             var pending = Set(nodes.indices)
             let deadline = Date().addingTimeInterval(10)
             while !pending.isEmpty && Date() < deadline {
-                for node in pending where try nodes[node].client.request("GET", "/v1/profiles/user_id:conv-\(index)?purpose=support", headers: [BenchNode.token]).status == 200 {
+                for node in pending
+                where try nodes[node].client.request("GET", "/v1/profiles/user_id:conv-\(index)?purpose=support", headers: [BenchNode.token]).status
+                    == 200
+                {
                     pending.remove(node)
                 }
             }
@@ -127,7 +135,10 @@ struct ClusterBenchmark {
 
         // 100,000 profiles, everywhere.
         for start in stride(from: 0, to: 100_000, by: 500) {
-            try core.ingest((start..<start + 500).map { #"{"type":"identify","userId":"p-\#($0)","traits":{"plan":"free","city":"Leeds"},"messageId":"p-\#($0)-a","timestamp":"2026-01-01T00:00:00.000Z"}"# })
+            try core.ingest(
+                (start..<start + 500).map {
+                    #"{"type":"identify","userId":"p-\#($0)","traits":{"plan":"free","city":"Leeds"},"messageId":"p-\#($0)-a","timestamp":"2026-01-01T00:00:00.000Z"}"#
+                })
         }
         try waitUntil(120, "the edge to hold 100,000 profiles") { try edge.hasProfile("p-99999") && edge.lag(from: core) == 0 }
 
@@ -214,12 +225,13 @@ final class BenchNode {
     init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core", replicas: Int? = nil) throws {
         self.name = name
         process.executableURL = URL(fileURLWithPath: bench.kithBinary)
-        process.arguments = [
-            "serve", "--data-dir", bench.directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
-            "--role", role, "--write-key", "bench", "--token", "bench-token",
-            // Tree comparisons every 5 s rather than 30: the idle and catch-up figures include them.
-            "--anti-entropy-interval", "5",
-        ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]) + (replicas.map { ["--replicas", String($0)] } ?? [])
+        process.arguments =
+            [
+                "serve", "--data-dir", bench.directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
+                "--role", role, "--write-key", "bench", "--token", "bench-token",
+                // Tree comparisons every 5 s rather than 30: the idle and catch-up figures include them.
+                "--anti-entropy-interval", "5",
+            ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]) + (replicas.map { ["--replicas", String($0)] } ?? [])
         process.environment = ProcessInfo.processInfo.environment.merging(bench.environment) { $1 }
         let output = Pipe()
         process.standardOutput = output
@@ -260,7 +272,8 @@ final class BenchNode {
     }
 
     func profileContains(_ user: String, _ text: String) throws -> Bool {
-        String(decoding: try client.request("GET", "/v1/profiles/user_id:\(user)?purpose=support", headers: [Self.token]).body, as: UTF8.self).contains(text)
+        String(decoding: try client.request("GET", "/v1/profiles/user_id:\(user)?purpose=support", headers: [Self.token]).body, as: UTF8.self)
+            .contains(text)
     }
 
     private func sync() throws -> JSONValue {

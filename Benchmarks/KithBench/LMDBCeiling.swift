@@ -42,12 +42,18 @@ struct LMDBCeiling {
         storeEnvironment.close()
 
         let scratchEnvironment = try freshScratch(flags: 0)
-        report("ceiling.apply_events_per_s", try scratchEnvironment.write(messages: messages, batch: batchSize, customers: customers, rows: .kith(sizes), seed: 1))
-        report("ceiling.one_put_events_per_s", try scratchEnvironment.write(messages: messages, batch: batchSize, customers: customers, rows: .onePut(sizes.ledger), seed: 2))
+        report(
+            "ceiling.apply_events_per_s",
+            try scratchEnvironment.write(messages: messages, batch: batchSize, customers: customers, rows: .kith(sizes), seed: 1))
+        report(
+            "ceiling.one_put_events_per_s",
+            try scratchEnvironment.write(messages: messages, batch: batchSize, customers: customers, rows: .onePut(sizes.ledger), seed: 2))
         scratchEnvironment.close()
         // The same rows with no sync at all: what is left is LMDB's CPU and the page cache.
         let unsynced = try freshScratch(flags: UInt32(MDB_NOSYNC))
-        report("ceiling.apply_unsynced_events_per_s", try unsynced.write(messages: messages, batch: batchSize, customers: customers, rows: .kith(sizes), seed: 3))
+        report(
+            "ceiling.apply_unsynced_events_per_s",
+            try unsynced.write(messages: messages, batch: batchSize, customers: customers, rows: .kith(sizes), seed: 3))
         try unsynced.sync()  // untimed: the group commits below must not flush this run's pages
         unsynced.close()
 
@@ -56,7 +62,9 @@ struct LMDBCeiling {
         // Metadata not synced per commit: Kith's writer leaves that sync to its sync thread.
         let deferred = try Environment(path: scratch, flags: UInt32(MDB_NOMETASYNC))
         for group in [8, 16] {
-            report("ceiling.commit\(group)_events_per_s", try deferred.write(messages: 40_000, batch: group, customers: customers, rows: .kith(sizes), seed: UInt64(group)))
+            report(
+                "ceiling.commit\(group)_events_per_s",
+                try deferred.write(messages: 40_000, batch: group, customers: customers, rows: .kith(sizes), seed: UInt64(group)))
         }
         deferred.close()
         try? FileManager.default.removeItem(atPath: scratch)
@@ -152,7 +160,9 @@ extension LMDBCeiling {
                 var key = MDB_val(), value = MDB_val()
                 var code = mdb_cursor_get(cursor, &key, &value, MDB_FIRST)
                 while code == 0 {
-                    body(UnsafeRawBufferPointer(start: key.mv_data, count: key.mv_size), UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size))
+                    body(
+                        UnsafeRawBufferPointer(start: key.mv_data, count: key.mv_size),
+                        UnsafeRawBufferPointer(start: value.mv_data, count: value.mv_size))
                     code = mdb_cursor_get(cursor, &key, &value, MDB_NEXT)
                 }
                 guard code == MDB_NOTFOUND else { throw BenchmarkFailed("LMDB scan: \(String(cString: mdb_strerror(code)))") }

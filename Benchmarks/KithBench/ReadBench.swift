@@ -57,9 +57,10 @@ func measureReads(_ store: LMDBProfileStore, options: Options, receivedAt: Int64
                 var renderer = PolicyRenderer(decision: decision)
                 let body = renderer.profile(view)
                 policyBytes += body.count + Crypto.sha256(body).count
-                try audit.record(AuditRecord(
-                    time: receivedAt, principal: analyst.name, purpose: "analytics", node: "bench", resource: "profile",
-                    subjects: view.members.map(hasher.forgetKeyBytes(for:)), outcome: renderer.outcome))
+                try audit.record(
+                    AuditRecord(
+                        time: receivedAt, principal: analyst.name, purpose: "analytics", node: "bench", resource: "profile",
+                        subjects: view.members.map(hasher.forgetKeyBytes(for:)), outcome: renderer.outcome))
             }
             policyDone += 1
         }
@@ -88,12 +89,18 @@ func measureCryptoCosts() throws {
     let order = (0..<customers).shuffled(using: &random)
     var opened = 0
     let newKeyTime = try seconds {
-        for index in 0..<opens { opened += try context.open(boxes[order[index % customers]][...], key: keys[order[index % customers]], associatedData: associatedData).count }
+        for index in 0..<opens {
+            opened += try context.open(boxes[order[index % customers]][...], key: keys[order[index % customers]], associatedData: associatedData)
+                .count
+        }
     }
     report("read.cost.aes_open_new_key_ns", newKeyTime / Double(opens) * 1e9)
-    let sameKeyBoxes = try (0..<1_000).map { _ in try context.seal(plaintext, key: keys[0], nonce: try nonces.next(), associatedData: associatedData) }
+    let sameKeyBoxes = try (0..<1_000).map { _ in try context.seal(plaintext, key: keys[0], nonce: try nonces.next(), associatedData: associatedData)
+    }
     let sameKeyTime = try seconds {
-        for index in 0..<opens { opened += try context.open(sameKeyBoxes[index % sameKeyBoxes.count][...], key: keys[0], associatedData: associatedData).count }
+        for index in 0..<opens {
+            opened += try context.open(sameKeyBoxes[index % sameKeyBoxes.count][...], key: keys[0], associatedData: associatedData).count
+        }
     }
     report("read.cost.aes_open_same_key_ns", sameKeyTime / Double(opens) * 1e9)
     let mac = HMACKey(bytes(32)).makeContext()

@@ -2,8 +2,8 @@
 // `name: value` lines. Run with `make bench` (release build). See docs/benchmarks.md.
 import Foundation
 import KithCRDT
-import KithJSON
 import KithCrypto
+import KithJSON
 import KithLMDB
 import KithNode
 import KithPolicy
@@ -81,7 +81,9 @@ struct Options {
         }
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
-            Self.fail("usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]")
+            Self.fail(
+                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
+            )
         }
     }
 

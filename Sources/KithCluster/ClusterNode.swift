@@ -68,7 +68,8 @@ public final class ClusterNode {
     let write: StoreWriter
 
     /// Writes at once on the calling thread, then continues (the simulation, tests).
-    public static func writeAtOnce(_ write: @escaping @Sendable () throws -> ReplicatedWrite, then: @escaping (ReplicatedWrite) throws -> Void) throws {
+    public static func writeAtOnce(_ write: @escaping @Sendable () throws -> ReplicatedWrite, then: @escaping (ReplicatedWrite) throws -> Void) throws
+    {
         try then(try write())
     }
     var peers: [UInt64: PeerState] = [:]
@@ -360,7 +361,8 @@ public final class ClusterNode {
         let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
         // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
         // or a withdrawal holds, before the rest arrives.
-        let ahead = more ? try store.entriesAhead(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
+        let ahead =
+            more ? try store.entriesAhead(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
         return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead, request: request)
     }
 

@@ -245,9 +245,10 @@ public struct HTTPRequestParser: Sendable {
         var head = head
         let lengths = head.headers.filter { $0.hasName("content-length") }.map(\.value)
         let encodings = head.headers.filter { $0.hasName("transfer-encoding") }.map { $0.value.lowercased() }
-        head.expectsContinue = head.headers.contains {
-            $0.hasName("expect") && HTTPHeader.equalIgnoringASCIICase($0.value, "100-continue")
-        } && head.version == .http11
+        head.expectsContinue =
+            head.headers.contains {
+                $0.hasName("expect") && HTTPHeader.equalIgnoringASCIICase($0.value, "100-continue")
+            } && head.version == .http11
         if !encodings.isEmpty {
             guard lengths.isEmpty else { return .failure(.conflictingFraming) }
             let codings = encodings.joined(separator: ",").split(separator: ",").map { $0.trimmingSpaces() }

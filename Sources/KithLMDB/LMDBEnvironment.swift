@@ -154,7 +154,9 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Frees the spare read transactions (before the map is resized or the environment closed).
     private func dropSpareReaders() {
-        for address in spareReaders.withLock({ spares in defer { spares.removeAll() }; return spares }) {
+        for address in spareReaders.withLock({ spares in
+            defer { spares.removeAll() }; return spares
+        }) {
             if let txn = OpaquePointer(bitPattern: address) { mdb_txn_abort(txn) }
         }
     }

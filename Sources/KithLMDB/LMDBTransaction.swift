@@ -138,11 +138,12 @@ public struct LMDBWriteTransaction {
     /// Writes `value` at `key`. Returns false only for `.insertOnly` on an existing key.
     @discardableResult
     public func put(_ database: LMDBDatabase, _ key: [UInt8], _ value: [UInt8], mode: PutMode = .upsert) throws -> Bool {
-        let flags: UInt32 = switch mode {
-        case .upsert: 0
-        case .insertOnly: UInt32(MDB_NOOVERWRITE)
-        case .append: UInt32(MDB_APPEND)
-        }
+        let flags: UInt32 =
+            switch mode {
+            case .upsert: 0
+            case .insertOnly: UInt32(MDB_NOOVERWRITE)
+            case .append: UInt32(MDB_APPEND)
+            }
         return try key.withUnsafeBytes { keyBytes in
             try value.withUnsafeBytes { valueBytes in
                 var k = MDB_val(mv_size: keyBytes.count, mv_data: UnsafeMutableRawPointer(mutating: keyBytes.baseAddress))

@@ -74,7 +74,8 @@ final class Connection: @unchecked Sendable {
                 sentContinue = false
                 deliver(request, number: number)
             case .failed(let error):
-                slots.append((HTTPResponse.error(error.status, code: error.code.rawValue, message: "the request was refused: \(error.code.rawValue)"), true))
+                slots.append(
+                    (HTTPResponse.error(error.status, code: error.code.rawValue, message: "the request was refused: \(error.code.rawValue)"), true))
                 readingStopped = true
             case .needMore:
                 break
@@ -197,5 +198,9 @@ final class Connection: @unchecked Sendable {
 /// Makes sure a responder answers once.
 private final class Answered: @unchecked Sendable {
     private let flag = Mutex(false)
-    func claim() -> Bool { flag.withLock { taken in defer { taken = true }; return !taken } }
+    func claim() -> Bool {
+        flag.withLock { taken in
+            defer { taken = true }; return !taken
+        }
+    }
 }

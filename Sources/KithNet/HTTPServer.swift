@@ -123,11 +123,13 @@ public final class HTTPServer: Sendable {
         for worker in workers {
             let box = Unmanaged.passRetained(worker).toOpaque()
             var thread = pthread_t()
-            let created = pthread_create(&thread, nil, { raw in
-                let worker = Unmanaged<LoopWorker>.fromOpaque(raw!).takeRetainedValue()
-                worker.run()
-                return nil
-            }, box)
+            let created = pthread_create(
+                &thread, nil,
+                { raw in
+                    let worker = Unmanaged<LoopWorker>.fromOpaque(raw!).takeRetainedValue()
+                    worker.run()
+                    return nil
+                }, box)
             precondition(created == 0, "pthread_create failed: \(created)")
             threads.append(thread)
         }

@@ -13,7 +13,9 @@ struct Listener {
     /// listener on the same port, with the kernel spreading connections between them.
     static func bind(host: String, port: UInt16, reusePort: Bool, backlog: Int32 = 1_024) throws(SystemError) -> Listener {
         var (address, length, family) = try socketAddress(host: host, port: port)
-        let descriptor = try systemValue("socket") { socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let descriptor = try systemValue("socket") {
+            socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        }
         do {
             try setOption(descriptor, SOL_SOCKET, SO_REUSEADDR, 1)
             if reusePort { try setOption(descriptor, SOL_SOCKET, SO_REUSEPORT, 1) }

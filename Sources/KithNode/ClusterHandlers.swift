@@ -1,10 +1,10 @@
 import Foundation
+import KithCRDT
 import KithCluster
 import KithHTTP
 import KithJSON
 import KithNet
 import KithPolicy
-import KithCRDT
 import KithReplication
 
 extension Node {
@@ -32,9 +32,14 @@ extension Node {
             answer({ node in (node.membership.all, node.membership.me.id) }) { [replication] members, me in
                 let clock = replication.clock.withLock { $0 }
                 let peers = Dictionary(clock.peers.map { ($0.clock.peer, $0.clock) }, uniquingKeysWith: { a, _ in a })
-                return .json(200, Self.jsonBody(["members": .array(members.map { member in
-                    Self.json(member, clock: member.id == me ? clock.check : nil, peerClock: peers[member.id])
-                })]))
+                return .json(
+                    200,
+                    Self.jsonBody([
+                        "members": .array(
+                            members.map { member in
+                                Self.json(member, clock: member.id == me ? clock.check : nil, peerClock: peers[member.id])
+                            })
+                    ]))
             }
         case "/v1/admin/join":
             guard let address = body["address"]?.stringValue, address.contains(":") else {
@@ -99,17 +104,18 @@ extension Node {
             "framesReceived": .number(JSONNumber(Int64(metrics.framesReceived.load(ordering: .relaxed)))),
             "bytesSent": .number(JSONNumber(Int64(metrics.bytesSent.load(ordering: .relaxed)))),
             "bytesReceived": .number(JSONNumber(Int64(metrics.bytesReceived.load(ordering: .relaxed)))),
-            "peers": .array(zip(zip(progress.peers, progress.lags), progress.compared).map { pair, compared in
-                let ((member, state), lag) = pair
-                var object: [String: JSONValue] = ["name": .string(member.name), "status": .string(member.status.description)]
-                if let contact = state.lastContact { object["lastContactMsAgo"] = .number(JSONNumber(now - contact)) }
-                if let compared { object["lastTreeComparisonMsAgo"] = .number(JSONNumber(now - compared)) }
-                if let lag {
-                    object["lagMessages"] = .number(JSONNumber(Int64(lag.changes)))
-                    object["lagBytes"] = .number(JSONNumber(Int64(lag.bytes)))
-                }
-                return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
-            }),
+            "peers": .array(
+                zip(zip(progress.peers, progress.lags), progress.compared).map { pair, compared in
+                    let ((member, state), lag) = pair
+                    var object: [String: JSONValue] = ["name": .string(member.name), "status": .string(member.status.description)]
+                    if let contact = state.lastContact { object["lastContactMsAgo"] = .number(JSONNumber(now - contact)) }
+                    if let compared { object["lastTreeComparisonMsAgo"] = .number(JSONNumber(now - compared)) }
+                    if let lag {
+                        object["lagMessages"] = .number(JSONNumber(Int64(lag.changes)))
+                        object["lagBytes"] = .number(JSONNumber(Int64(lag.bytes)))
+                    }
+                    return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
+                }),
         ]
     }
 

@@ -1,4 +1,5 @@
 import Foundation
+import KithCRDT
 import KithCluster
 import KithCompression
 import KithCrypto
@@ -8,7 +9,6 @@ import KithNet
 import KithPolicy
 import KithProfile
 import KithStore
-import KithCRDT
 
 extension Node {
     /// Segment's HTTP Tracking API: one message, or a batch; all of it is applied or none.
@@ -111,20 +111,27 @@ extension Node {
     private func awaitReplicas(_ concern: WriteConcern, through: UInt64?, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         let answer: @Sendable (Int, Int, Bool) -> Void = { held, required, met in
             guard met else {
-                return respond(.json(503, Self.object { o in
-                    o.member("code", string: "insufficient_replicas")
-                    o.member(
-                        "message",
-                        string: "stored durably on \(held) of the \(required) replicas w=\(concern.rawValue) needs within \(Self.replicaWaitMillis / 1000) s; "
-                            + "the write stays applied where it landed and reaches the other replicas as they come back")
-                    o.member("acknowledged", integer: Int64(held))
-                    o.member("required", integer: Int64(required))
-                }))
+                return respond(
+                    .json(
+                        503,
+                        Self.object { o in
+                            o.member("code", string: "insufficient_replicas")
+                            o.member(
+                                "message",
+                                string:
+                                    "stored durably on \(held) of the \(required) replicas w=\(concern.rawValue) needs within \(Self.replicaWaitMillis / 1000) s; "
+                                    + "the write stays applied where it landed and reaches the other replicas as they come back")
+                            o.member("acknowledged", integer: Int64(held))
+                            o.member("required", integer: Int64(required))
+                        }))
             }
-            respond(.json(200, Self.object { o in
-                o.member("success") { $0.write(.bool(true)) }
-                o.member("replicas", integer: Int64(held))
-            }))
+            respond(
+                .json(
+                    200,
+                    Self.object { o in
+                        o.member("success") { $0.write(.bool(true)) }
+                        o.member("replicas", integer: Int64(held))
+                    }))
         }
         // A node without peers is every replica there is.
         guard let replication else { return answer(1, 1, true) }
@@ -184,30 +191,33 @@ extension Node {
     func adminStatus(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
         guard authorized(request, [.admin], respond) != nil else { return }
         let info = store.environment.info()
-        respond(.json(200, Self.object { o in
-            o.member("node", string: configuration.nodeName)
-            o.member("version", string: Self.version)
-            o.member("uptimeSeconds", integer: Int64(Date().timeIntervalSince(startedAt)))
-            o.member("dataDirectory", string: configuration.dataDirectory)
-            o.member("lmdbFileBytes", integer: Int64(store.environment.fileSize()))
-            o.member("lmdbMapBytes", integer: Int64(info.mapSize))
-            o.member("openConnections", integer: Int64(server.openConnections))
-            o.member("commits", integer: Int64(committer.commits.load(ordering: .relaxed)))
-            o.member("committedMessages", integer: Int64(committer.committedMessages.load(ordering: .relaxed)))
-            if let check = clockCheck {
-                o.member("clock") { w in
-                    w.writeObject { c in
-                        c.member("verdict", string: check.verdict.rawValue)
-                        c.member("acceptsWrites") { $0.write(.bool(check.allowsWrites)) }
-                        if let offset = check.offset { c.member("offsetMs", integer: offset) }
-                        c.member("maxOffsetMs", integer: check.maximumOffset)
-                        c.member("coreMembersAgreeing", integer: Int64(check.agreeing))
-                        c.member("coreMembersMeasured", integer: Int64(check.measured))
-                        c.member("coreMembers", integer: Int64(check.members))
+        respond(
+            .json(
+                200,
+                Self.object { o in
+                    o.member("node", string: configuration.nodeName)
+                    o.member("version", string: Self.version)
+                    o.member("uptimeSeconds", integer: Int64(Date().timeIntervalSince(startedAt)))
+                    o.member("dataDirectory", string: configuration.dataDirectory)
+                    o.member("lmdbFileBytes", integer: Int64(store.environment.fileSize()))
+                    o.member("lmdbMapBytes", integer: Int64(info.mapSize))
+                    o.member("openConnections", integer: Int64(server.openConnections))
+                    o.member("commits", integer: Int64(committer.commits.load(ordering: .relaxed)))
+                    o.member("committedMessages", integer: Int64(committer.committedMessages.load(ordering: .relaxed)))
+                    if let check = clockCheck {
+                        o.member("clock") { w in
+                            w.writeObject { c in
+                                c.member("verdict", string: check.verdict.rawValue)
+                                c.member("acceptsWrites") { $0.write(.bool(check.allowsWrites)) }
+                                if let offset = check.offset { c.member("offsetMs", integer: offset) }
+                                c.member("maxOffsetMs", integer: check.maximumOffset)
+                                c.member("coreMembersAgreeing", integer: Int64(check.agreeing))
+                                c.member("coreMembersMeasured", integer: Int64(check.measured))
+                                c.member("coreMembers", integer: Int64(check.members))
+                            }
+                        }
                     }
-                }
-            }
-        }))
+                }))
     }
 
     /// `{"directory": "/path"}`: a compacted, consistent copy of the store, taken live.
@@ -222,10 +232,13 @@ extension Node {
                 try store.backup(to: directory)
                 // The copy is made; its size is only reported (0 if it cannot be read back).
                 let size = (try? FileManager.default.attributesOfItem(atPath: directory + "/data.mdb")[.size] as? Int) ?? 0
-                respond(.json(200, Self.object { o in
-                    o.member("directory", string: directory)
-                    o.member("bytes", integer: Int64(size))
-                }))
+                respond(
+                    .json(
+                        200,
+                        Self.object { o in
+                            o.member("directory", string: directory)
+                            o.member("bytes", integer: Int64(size))
+                        }))
             } catch {
                 respond(.error(409, code: "backup_failed", message: "\(error)"))
             }
@@ -326,7 +339,8 @@ extension Node {
         var index = 0
         while index < bytes.count {
             if bytes[index] == UInt8(ascii: "%") {
-                guard index + 2 < bytes.count, let high = Crypto.hexDigitValue(bytes[index + 1]), let low = Crypto.hexDigitValue(bytes[index + 2]) else { return nil }
+                guard index + 2 < bytes.count, let high = Crypto.hexDigitValue(bytes[index + 1]), let low = Crypto.hexDigitValue(bytes[index + 2])
+                else { return nil }
                 decoded.append(high << 4 | low)
                 index += 3
             } else {
@@ -366,12 +380,15 @@ extension Node {
         var text = NodeMetrics.metric(
             "kith_clock_within_bound", "gauge", "1 while this node's clock is within the bound of the cluster's (writes accepted), else 0.",
             clock.check.allowsWrites ? 1 : 0)
-        text += NodeMetrics.metric("kith_clock_max_offset_ms", "gauge", "The configured bound on this node's clock offset.", clock.check.maximumOffset)
+        text += NodeMetrics.metric(
+            "kith_clock_max_offset_ms", "gauge", "The configured bound on this node's clock offset.", clock.check.maximumOffset)
         if let offset = clock.check.offset {
-            text += NodeMetrics.metric("kith_clock_offset_ms", "gauge", "This node's clock minus the median of the reachable core members' and its own.", offset)
+            text += NodeMetrics.metric(
+                "kith_clock_offset_ms", "gauge", "This node's clock minus the median of the reachable core members' and its own.", offset)
         }
         text += NodeMetrics.metric("kith_clock_jumps_total", "counter", "Jumps of the wall clock against the monotonic clock.", clock.jumps)
-        text += "# HELP kith_peer_clock_offset_ms A peer's clock minus this node's, from the shortest recent round trip.\n# TYPE kith_peer_clock_offset_ms gauge\n"
+        text +=
+            "# HELP kith_peer_clock_offset_ms A peer's clock minus this node's, from the shortest recent round trip.\n# TYPE kith_peer_clock_offset_ms gauge\n"
         for peer in clock.peers { text += "kith_peer_clock_offset_ms{peer=\"\(peer.name)\"} \(peer.clock.offset)\n" }
         return text
     }
@@ -385,14 +402,19 @@ extension Node {
             ("kith_peer_frames_received_total", "Authentic peer frames received.", transport.framesReceived.load(ordering: .relaxed)),
             ("kith_peer_bytes_sent_total", "Bytes sent on peer links.", transport.bytesSent.load(ordering: .relaxed)),
             ("kith_peer_bytes_received_total", "Bytes received on peer links.", transport.bytesReceived.load(ordering: .relaxed)),
-            ("kith_peer_frames_dropped_total", "Frames dropped: queue full, peer unreachable, or refused on receipt.",
-             transport.framesDropped.load(ordering: .relaxed)),
-            ("kith_peer_connections_refused_total", "Peer connections refused (different forget-key secret).",
-             transport.connectionsRefused.load(ordering: .relaxed)),
+            (
+                "kith_peer_frames_dropped_total", "Frames dropped: queue full, peer unreachable, or refused on receipt.",
+                transport.framesDropped.load(ordering: .relaxed)
+            ),
+            (
+                "kith_peer_connections_refused_total", "Peer connections refused (different forget-key secret).",
+                transport.connectionsRefused.load(ordering: .relaxed)
+            ),
         ] {
             text += NodeMetrics.metric(name, "counter", help, value)
         }
-        text += "# HELP kith_peer_connections_closed_total Inbound peer connections closed for bad input, by reason (warnings about them are rate-limited).\n# TYPE kith_peer_connections_closed_total counter\n"
+        text +=
+            "# HELP kith_peer_connections_closed_total Inbound peer connections closed for bad input, by reason (warnings about them are rate-limited).\n# TYPE kith_peer_connections_closed_total counter\n"
         for (reason, count) in transport.closedConnections.withLock({ $0.totals }).sorted(by: { $0.key < $1.key }) {
             text += "kith_peer_connections_closed_total{reason=\"\(reason)\"} \(count)\n"
         }
@@ -406,12 +428,17 @@ extension Node {
         text += NodeMetrics.metric(
             "kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown)
         text += NodeMetrics.metric("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied)
-        text += NodeMetrics.metric("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected)
-        text += NodeMetrics.metric("kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag)
-        text += NodeMetrics.metric("kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted)
-        text += NodeMetrics.metric("kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent)
         text += NodeMetrics.metric(
-            "kith_antientropy_documents_repaired_total", "counter", "Document states received that changed something here.", counters.documentsRepaired)
+            "kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected)
+        text += NodeMetrics.metric(
+            "kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag)
+        text += NodeMetrics.metric(
+            "kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted)
+        text += NodeMetrics.metric(
+            "kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent)
+        text += NodeMetrics.metric(
+            "kith_antientropy_documents_repaired_total", "counter", "Document states received that changed something here.",
+            counters.documentsRepaired)
         return text
     }
 }

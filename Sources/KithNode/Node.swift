@@ -1,14 +1,14 @@
 import Foundation
+import KithCRDT
+import KithCluster
 import KithCompression
 import KithCrypto
 import KithHTTP
 import KithJSON
 import KithLMDB
 import KithNet
-import KithProfile
-import KithCRDT
-import KithCluster
 import KithPolicy
+import KithProfile
 import KithReplication
 import KithStore
 import Synchronization
@@ -112,7 +112,9 @@ public final class Node: Sendable {
         if let replication {
             // A wildcard listener is advertised at the host peers already reach this node on.
             var host = try configuration.httpAddress().host
-            if ["0.0.0.0", "::", ""].contains(host) { host = String(replication.transport.address.split(separator: ":").dropLast().joined(separator: ":")) }
+            if ["0.0.0.0", "::", ""].contains(host) {
+                host = String(replication.transport.address.split(separator: ":").dropLast().joined(separator: ":"))
+            }
             replication.start(api: (host.contains(":") ? "[\(host)]" : host) + ":\(port)")
         }
         return port
@@ -146,11 +148,13 @@ public final class Node: Sendable {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
             metrics.record(route: route, status: response.status, seconds: seconds)
             if logRequests || response.status >= 500 {
-                log(response.status >= 500 ? .error : .info, "request", [
-                    ("request.id", .string(requestId)), ("http.method", .string(request.method)), ("http.route", .string(route)),
-                    ("http.status", .number(JSONNumber(Int64(response.status)))),
-                    ("duration_ms", .number(JSONNumber(literal: String(format: "%.3f", seconds * 1_000))!)),
-                ])
+                log(
+                    response.status >= 500 ? .error : .info, "request",
+                    [
+                        ("request.id", .string(requestId)), ("http.method", .string(request.method)), ("http.route", .string(route)),
+                        ("http.status", .number(JSONNumber(Int64(response.status)))),
+                        ("duration_ms", .number(JSONNumber(literal: String(format: "%.3f", seconds * 1_000))!)),
+                    ])
             }
             responder.respond(response)
         }
@@ -170,7 +174,8 @@ public final class Node: Sendable {
             guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
             ingest(request, kind: ingestKind!, respond: respond)
         case (_, _) where path.hasPrefix("/v1/profiles/"):
-            profileRoute(request, Array(path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false)), respond: respond)
+            profileRoute(
+                request, Array(path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false)), respond: respond)
         case ("GET", "/v1/admin/status"): adminStatus(request, respond: respond)
         case ("POST", "/v1/admin/backup"): adminBackup(request, respond: respond)
         case ("GET", "/v1/admin/export"): adminExport(request, respond: respond)

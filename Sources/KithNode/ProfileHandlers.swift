@@ -54,7 +54,8 @@ extension Node {
         }
         withReplicaReads(level, degradedAllowed: query["degraded"] == "true", respond: respond) { [self] respond in
             guard let session else { return dispatch(route, identifier, request, query, principal, parts, respond: respond) }
-            withSession(session, respond: respond) { [self] respond in dispatch(route, identifier, request, query, principal, parts, respond: respond) }
+            withSession(session, respond: respond) { [self] respond in dispatch(route, identifier, request, query, principal, parts, respond: respond)
+            }
         }
     }
 
@@ -71,12 +72,19 @@ extension Node {
         guard let level else { return body(respond) }
         let answer: @Sendable (Int, Int, Bool) -> Void = { answered, required, met in
             guard met || degradedAllowed else {
-                return respond(.json(503, Self.object { o in
-                    o.member("code", string: "insufficient_replicas")
-                    o.member("message", string: "\(answered) of the \(required) replicas consistency=\(level.rawValue) needs answered; retry, or allow a degraded answer with degraded=true")
-                    o.member("answered", integer: Int64(answered))
-                    o.member("required", integer: Int64(required))
-                }))
+                return respond(
+                    .json(
+                        503,
+                        Self.object { o in
+                            o.member("code", string: "insufficient_replicas")
+                            o.member(
+                                "message",
+                                string:
+                                    "\(answered) of the \(required) replicas consistency=\(level.rawValue) needs answered; retry, or allow a degraded answer with degraded=true"
+                            )
+                            o.member("answered", integer: Int64(answered))
+                            o.member("required", integer: Int64(required))
+                        }))
             }
             let note = (met ? level.rawValue : "degraded") + "; replicas=\(answered); required=\(required)"
             DispatchQueue.global().async {
@@ -124,7 +132,9 @@ extension Node {
             // Off the replication thread: the read that follows is the handler's.
             DispatchQueue.global().async {
                 guard missing.isEmpty else { return respond(Self.sessionNotSatisfied(missing)) }
-                do { answer(try store.versionVector()) } catch { respond(.error(500, code: "storage_error", message: "the profile could not be read")) }
+                do { answer(try store.versionVector()) } catch {
+                    respond(.error(500, code: "storage_error", message: "the profile could not be read"))
+                }
             }
         }
     }
@@ -175,28 +185,30 @@ extension Node {
         } catch {
             return respond(Self.refusal(error))
         }
-        respond(Self.attempt {
-            guard let view = try store.view(of: identifier) else { return Self.notFound }
-            let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(view.head))
-            var renderer = PolicyRenderer(decision: decision)
-            let body: [UInt8]
-            switch resource {
-            case "traits": body = renderer.traitsResource(view.head)
-            case "identifiers": body = renderer.identifiersResource(view.members)
-            case "events": body = try eventsPage(identifier, query, &renderer)
-            default: body = renderer.profile(view)
-            }
-            try recordRead(principal, purpose, resource.isEmpty ? "profile" : resource, view.members, renderer.outcome)
-            return Self.tagged(body, request)
-        })
+        respond(
+            Self.attempt {
+                guard let view = try store.view(of: identifier) else { return Self.notFound }
+                let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(view.head))
+                var renderer = PolicyRenderer(decision: decision)
+                let body: [UInt8]
+                switch resource {
+                case "traits": body = renderer.traitsResource(view.head)
+                case "identifiers": body = renderer.identifiersResource(view.members)
+                case "events": body = try eventsPage(identifier, query, &renderer)
+                default: body = renderer.profile(view)
+                }
+                try recordRead(principal, purpose, resource.isEmpty ? "profile" : resource, view.members, renderer.outcome)
+                return Self.tagged(body, request)
+            })
     }
 
     /// `?limit=1..200&cursor=…`: a page of events, newest first.
     private func eventsPage(_ identifier: Identifier, _ query: [String: String], _ renderer: inout PolicyRenderer) throws -> [UInt8] {
-        let limit = try query["limit"].map { text -> Int in
-            guard let value = Int(text), (1...200).contains(value) else { throw QueryError(message: "limit must be 1 to 200") }
-            return value
-        } ?? 10
+        let limit =
+            try query["limit"].map { text -> Int in
+                guard let value = Int(text), (1...200).contains(value) else { throw QueryError(message: "limit must be 1 to 200") }
+                return value
+            } ?? 10
         let cursor = try query["cursor"].map { text -> EventCursor in
             guard let cursor = EventCursor(token: text) else { throw QueryError(message: "cursor is not one this API returned") }
             return cursor
@@ -212,9 +224,10 @@ extension Node {
     }
 
     private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) throws {
-        try audit.record(AuditRecord(
-            time: unixMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
-            subjects: members.map(subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
+        try audit.record(
+            AuditRecord(
+                time: unixMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
+                subjects: members.map(subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
     }
 
     /// The body with a strong ETag over exactly these bytes (so it can only say what the body
@@ -257,29 +270,32 @@ extension Node {
     /// category means in IAB TCF and Google Consent Mode. Needs no purpose: a service must be
     /// able to learn what it may do.
     private func consent(_ identifier: Identifier, _ principal: Principal, respond: Respond) {
-        respond(Self.attempt {
-            guard let view = try store.view(of: identifier) else { return Self.notFound }
-            var outcome = ReadOutcome()
-            outcome.returned = ["consent"]
-            try recordRead(principal, "", "consent", view.members, outcome)
-            return .json(200, Self.object { object in
-                object.member("consent") { $0.writeConsent(view.head) }
-                object.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
-                object.member("mappings") { writer in
-                    writer.writeObject { mappings in
-                        for name in policy.consentCategories.keys.sorted() {
-                            let mapping = policy.consentCategories[name]!
-                            mappings.member(name) { w in
-                                w.writeObject { m in
-                                    m.member("tcf") { $0.writeArray(mapping.tcfPurposes) { $0.write(integer: Int64($1)) } }
-                                    m.member("googleConsentMode") { $0.writeArray(mapping.googleConsentMode) { $0.write(string: $1) } }
+        respond(
+            Self.attempt {
+                guard let view = try store.view(of: identifier) else { return Self.notFound }
+                var outcome = ReadOutcome()
+                outcome.returned = ["consent"]
+                try recordRead(principal, "", "consent", view.members, outcome)
+                return .json(
+                    200,
+                    Self.object { object in
+                        object.member("consent") { $0.writeConsent(view.head) }
+                        object.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
+                        object.member("mappings") { writer in
+                            writer.writeObject { mappings in
+                                for name in policy.consentCategories.keys.sorted() {
+                                    let mapping = policy.consentCategories[name]!
+                                    mappings.member(name) { w in
+                                        w.writeObject { m in
+                                            m.member("tcf") { $0.writeArray(mapping.tcfPurposes) { $0.write(integer: Int64($1)) } }
+                                            m.member("googleConsentMode") { $0.writeArray(mapping.googleConsentMode) { $0.write(string: $1) } }
+                                        }
+                                    }
                                 }
                             }
                         }
-                    }
-                }
+                    })
             })
-        })
     }
 
     static func writeRestriction(_ head: SourceHead, _ writer: inout JSONWriter) {
@@ -305,7 +321,8 @@ extension Node {
             guard case .bool(let granted) = member.value, !member.key.isEmpty, member.key.utf8.count <= 100,
                 !member.key.hasPrefix(ConsentDecision.reservedPrefix)
             else {
-                return respond(.error(400, code: "invalid_request", message: "each category needs true or false; names are 1 to 100 bytes and not kith:"))
+                return respond(
+                    .error(400, code: "invalid_request", message: "each category needs true or false; names are 1 to 100 bytes and not kith:"))
             }
             decisions.append(ConsentDecision(category: member.key, granted: granted))
         }
@@ -324,7 +341,8 @@ extension Node {
         let event = EventRecord(
             messageId: messageId, type: .track, name: "Segment Consent Preference Updated", time: times.eventTime, channel: source,
             properties: RawJSON(.object(properties)), clientTimestamp: times.clientTimestampAhead)
-        let delta = ProfileDelta(messageId: messageId, type: .track, subject: identifier, channel: source, times: times, consent: decisions, event: event)
+        let delta = ProfileDelta(
+            messageId: messageId, type: .track, subject: identifier, channel: source, times: times, consent: decisions, event: event)
         commit(delta, answer: Self.object { $0.member("success") { $0.write(.bool(true)) } }, respond: respond)
     }
 
@@ -384,11 +402,13 @@ extension Node {
                 return respond(.error(503, code: "storage_error", message: "the erasure was not stored; retry"))
             }
             replication?.committed()
-            let answer = HTTPResponse.json(200, Self.object { o in
-                o.member("erased") { $0.write(.bool(true)) }
-                o.member("identifiers", integer: Int64(erasure.members.count))
-                o.member("boundary") { $0.write(time: erasure.boundary) }
-            })
+            let answer = HTTPResponse.json(
+                200,
+                Self.object { o in
+                    o.member("erased") { $0.write(.bool(true)) }
+                    o.member("identifiers", integer: Int64(erasure.members.count))
+                    o.member("boundary") { $0.write(time: erasure.boundary) }
+                })
             var fields: [(String, JSONValue)] = [
                 ("identifiers", .number(JSONNumber(Int64(erasure.members.count)))), ("boundary_ms", .number(JSONNumber(erasure.boundary))),
             ]
@@ -399,7 +419,10 @@ extension Node {
             let wait = check.erasureAcknowledgement(boundary: erasure.boundary, acceptedAt: acceptedAt) - unixMillis()
             fields.append(("wait_ms", .number(JSONNumber(max(0, wait)))))
             if check.isBoundaryAhead(erasure.boundary, acceptedAt: acceptedAt) {
-                log(.error, "erasure boundary is ahead of this node's clock: data held about the person was dated by a clock out of bound, and writes dated before the boundary are dropped", fields)
+                log(
+                    .error,
+                    "erasure boundary is ahead of this node's clock: data held about the person was dated by a clock out of bound, and writes dated before the boundary are dropped",
+                    fields)
             } else {
                 log(.info, "profile erased", fields)
             }
@@ -412,47 +435,53 @@ extension Node {
     /// Everything held about the customer (Art. 15 and 20): the full profile, links, every
     /// event, consent with its history, restriction, and this node's read audit.
     private func exportSubject(_ identifier: Identifier, _ principal: Principal, respond: Respond) {
-        respond(Self.attempt {
-            guard let view = try store.view(of: identifier) else { return Self.notFound }
-            var events: [EventRecord] = []
-            var cursor: EventCursor?
-            repeat {
-                let page = try store.events(of: identifier, before: cursor, limit: 1_000)
-                events += page.events
-                cursor = page.next
-            } while cursor != nil
-            let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
-            let history = try store.consentHistory(of: identifier)
-            let links = try linksBody(identifier)
-            var outcome = ReadOutcome()
-            outcome.returned = ["export"]
-            try recordRead(principal, "", "export", view.members, outcome)
-            return .json(200, Self.object { o in
-                o.member("exportedAt") { $0.write(time: unixMillis()) }
-                o.member("node", string: configuration.nodeName)
-                o.member("profile") { $0.raw(bytes: view.jsonBytes) }
-                o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
-                o.member("consentHistory") { w in w.writeArray(history) { Self.writeConsentChange($1, &$0) } }
-                o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
-                o.member("links") { $0.raw(bytes: links) }
-                o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+        respond(
+            Self.attempt {
+                guard let view = try store.view(of: identifier) else { return Self.notFound }
+                var events: [EventRecord] = []
+                var cursor: EventCursor?
+                repeat {
+                    let page = try store.events(of: identifier, before: cursor, limit: 1_000)
+                    events += page.events
+                    cursor = page.next
+                } while cursor != nil
+                let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
+                let history = try store.consentHistory(of: identifier)
+                let links = try linksBody(identifier)
+                var outcome = ReadOutcome()
+                outcome.returned = ["export"]
+                try recordRead(principal, "", "export", view.members, outcome)
+                return .json(
+                    200,
+                    Self.object { o in
+                        o.member("exportedAt") { $0.write(time: unixMillis()) }
+                        o.member("node", string: configuration.nodeName)
+                        o.member("profile") { $0.raw(bytes: view.jsonBytes) }
+                        o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
+                        o.member("consentHistory") { w in w.writeArray(history) { Self.writeConsentChange($1, &$0) } }
+                        o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
+                        o.member("links") { $0.raw(bytes: links) }
+                        o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+                    })
             })
-        })
     }
 
     /// `?limit=1..10000`: this node's audit of reads of the customer, newest first.
     private func auditTrail(_ identifier: Identifier, _ query: [String: String], respond: Respond) {
         let limit = query["limit"].flatMap(Int.init) ?? 1_000
         guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
-        respond(Self.attempt {
-            // An erased customer has no view left, but the audit still answers for the identifier.
-            let members = try store.view(of: identifier)?.members ?? [identifier]
-            let reads = try audit.records(about: members.map(subjectHasher.forgetKeyBytes(for:)), limit: limit)
-            return .json(200, Self.object { o in
-                o.member("node", string: configuration.nodeName)
-                o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+        respond(
+            Self.attempt {
+                // An erased customer has no view left, but the audit still answers for the identifier.
+                let members = try store.view(of: identifier)?.members ?? [identifier]
+                let reads = try audit.records(about: members.map(subjectHasher.forgetKeyBytes(for:)), limit: limit)
+                return .json(
+                    200,
+                    Self.object { o in
+                        o.member("node", string: configuration.nodeName)
+                        o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+                    })
             })
-        })
     }
 
     /// `{"time", "messageId", "identifier", "source", "decisions": {"CATEGORY": true|false}}`.

@@ -98,7 +98,8 @@ public final class ReadAudit: @unchecked Sendable {
                 _ = try txn.delete(meta, Self.watermarkKey)
                 try txn.put(meta, Self.formatKey, Self.format)
             }
-        default: throw ConfigurationError("the read audit at \(environment.path) has a layout this version does not read; move it away to start a new one")
+        default:
+            throw ConfigurationError("the read audit at \(environment.path) has a layout this version does not read; move it away to start a new one")
         }
     }
 
@@ -259,10 +260,12 @@ public final class ReadAudit: @unchecked Sendable {
                 try sweepIfDue()
                 // Records wait in the queue for as long as a turn takes; a slow one is worth a line.
                 if unixMillis() - started >= Self.slowTurnMillis {
-                    log(.info, "audit turn was slow", [
-                        ("flush_ms", .number(JSONNumber(flushed - started))), ("index_ms", .number(JSONNumber(indexed - flushed))),
-                        ("merge_ms", .number(JSONNumber(merged - indexed))), ("sweep_ms", .number(JSONNumber(unixMillis() - merged))),
-                    ])
+                    log(
+                        .info, "audit turn was slow",
+                        [
+                            ("flush_ms", .number(JSONNumber(flushed - started))), ("index_ms", .number(JSONNumber(indexed - flushed))),
+                            ("merge_ms", .number(JSONNumber(merged - indexed))), ("sweep_ms", .number(JSONNumber(unixMillis() - merged))),
+                        ])
                 }
                 if failing { log(.info, "audit writes recovered", []) }
                 failing = false
@@ -334,7 +337,9 @@ public final class ReadAudit: @unchecked Sendable {
             }
             guard let first else { return 0 }
             if !rows.isEmpty {
-                rows.sort { $0.subject == $1.subject ? $0.record.lexicographicallyPrecedes($1.record) : $0.subject.lexicographicallyPrecedes($1.subject) }
+                rows.sort {
+                    $0.subject == $1.subject ? $0.record.lexicographicallyPrecedes($1.record) : $0.subject.lexicographicallyPrecedes($1.subject)
+                }
                 let run = AuditRun(level: 0, id: try allocateRun(txn), rows: rows.count, firstRecord: first, lastRecord: last)
                 for row in rows {
                     try txn.put(levelTables[0], AuditIndexLayout.row(run: run.id, subject: row.subject, recordKey: row.record), [], mode: .append)

@@ -208,10 +208,11 @@ final class ReplicationService: @unchecked Sendable {
         completion: @escaping @Sendable (Result<T, Error>) -> Void
     ) {
         let once = Once()
-        let accepted = inbox.add(.call { [node] in
-            let result = Result { try body(node) }
-            if once.claim() { completion(result) }
-        })
+        let accepted = inbox.add(
+            .call { [node] in
+                let result = Result { try body(node) }
+                if once.claim() { completion(result) }
+            })
         guard accepted else { return completion(.failure(NodeError.shuttingDown)) }
         deadlines.after(millis: timeoutMillis) {
             if once.claim() { completion(.failure(ReplicationBusy(millis: timeoutMillis))) }
@@ -293,7 +294,9 @@ final class ReplicationService: @unchecked Sendable {
         // A node that starts unmeasured measures within a round trip or two: only say so if it lasts.
         if lastClockLog == nil && check.verdict != .offsetTooLarge { return lastClockLog = (check.verdict, now) }
         lastClockLog = (check.verdict, now)
-        var fields: [(String, JSONValue)] = [("verdict", .string(check.verdict.rawValue)), ("max_offset_ms", .number(JSONNumber(check.maximumOffset)))]
+        var fields: [(String, JSONValue)] = [
+            ("verdict", .string(check.verdict.rawValue)), ("max_offset_ms", .number(JSONNumber(check.maximumOffset))),
+        ]
         if let offset = check.offset { fields.append(("offset_ms", .number(JSONNumber(offset)))) }
         log(check.allowsWrites ? .info : .error, check.allowsWrites ? "clock within bound: writes accepted" : check.explanation, fields)
     }

@@ -16,7 +16,9 @@ enum SessionToken {
 
     /// The token's version vector, or nil for a token this version did not make.
     static func parse(_ text: String) -> VersionVector? {
-        guard text.hasPrefix(prefix), text.utf8.count <= 2 + 2 * 4_096, let bytes = Crypto.bytes(hex: text.dropFirst(prefix.count)) else { return nil }
+        guard text.hasPrefix(prefix), text.utf8.count <= 2 + 2 * 4_096, let bytes = Crypto.bytes(hex: text.dropFirst(prefix.count)) else {
+            return nil
+        }
         var reader = BinaryReader(bytes)
         // Not decodable: not a token this version made (the caller answers 400).
         guard let versions = try? VersionVector(from: &reader), (try? reader.expectEnd()) != nil else { return nil }

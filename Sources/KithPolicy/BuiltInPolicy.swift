@@ -6,60 +6,60 @@ extension Policy {
     }()
 
     static let builtInText = #"""
-{
-  "version": 1,
-  "categories": ["contact", "demographic", "behavioral", "financial", "sensitive", "identity"],
-  "fields": {
-    "traits.email": "contact",
-    "traits.phone": "contact",
-    "traits.address": "contact",
-    "traits.birthday": "demographic",
-    "traits.age": "demographic",
-    "traits.gender": "demographic",
-    "traits.plan": "behavioral",
-    "events": "behavioral",
-    "revenue": "financial"
-  },
-  "unknownFields": "sensitive",
-  "consentCategories": {
-    "analytics": {"tcf": [7, 8, 9, 10], "googleConsentMode": ["analytics_storage"]},
-    "advertising": {"tcf": [1, 2, 3, 4, 7], "googleConsentMode": ["ad_storage", "ad_user_data", "ad_personalization"]},
-    "personalization": {"tcf": [1, 5, 6], "googleConsentMode": ["personalization_storage"]},
-    "functional": {"tcf": [1], "googleConsentMode": ["functionality_storage", "security_storage"]}
-  },
-  "purposes": {
-    "support": {
-      "consent": [],
-      "categories": {
-        "contact": "allow", "demographic": "allow", "behavioral": "allow", "financial": "allow",
-        "identity": "allow", "sensitive": "allow"
-      }
-    },
-    "analytics": {
-      "consent": ["analytics"],
-      "unknownConsent": "opt-out",
-      "categories": {
-        "contact": "mask", "demographic": "allow", "behavioral": "allow", "financial": "allow", "identity": "allow"
-      }
-    },
-    "personalization": {
-      "consent": ["personalization"],
-      "unknownConsent": "opt-in",
-      "categories": {"contact": "mask", "demographic": "allow", "behavioral": "allow", "identity": "allow"}
-    },
-    "advertising": {
-      "consent": ["advertising"],
-      "unknownConsent": "opt-in",
-      "categories": {"contact": "mask", "demographic": "mask", "behavioral": "allow", "identity": "allow"}
-    }
-  },
-  "masks": {
-    "traits.email": "email",
-    "identifiers.email": "email",
-    "traits.phone": "last-two-digits",
-    "identifiers.phone": "last-two-digits",
-    "traits.birthday": "year-only"
-  }
-}
-"""#
+        {
+          "version": 1,
+          "categories": ["contact", "demographic", "behavioral", "financial", "sensitive", "identity"],
+          "fields": {
+            "traits.email": "contact",
+            "traits.phone": "contact",
+            "traits.address": "contact",
+            "traits.birthday": "demographic",
+            "traits.age": "demographic",
+            "traits.gender": "demographic",
+            "traits.plan": "behavioral",
+            "events": "behavioral",
+            "revenue": "financial"
+          },
+          "unknownFields": "sensitive",
+          "consentCategories": {
+            "analytics": {"tcf": [7, 8, 9, 10], "googleConsentMode": ["analytics_storage"]},
+            "advertising": {"tcf": [1, 2, 3, 4, 7], "googleConsentMode": ["ad_storage", "ad_user_data", "ad_personalization"]},
+            "personalization": {"tcf": [1, 5, 6], "googleConsentMode": ["personalization_storage"]},
+            "functional": {"tcf": [1], "googleConsentMode": ["functionality_storage", "security_storage"]}
+          },
+          "purposes": {
+            "support": {
+              "consent": [],
+              "categories": {
+                "contact": "allow", "demographic": "allow", "behavioral": "allow", "financial": "allow",
+                "identity": "allow", "sensitive": "allow"
+              }
+            },
+            "analytics": {
+              "consent": ["analytics"],
+              "unknownConsent": "opt-out",
+              "categories": {
+                "contact": "mask", "demographic": "allow", "behavioral": "allow", "financial": "allow", "identity": "allow"
+              }
+            },
+            "personalization": {
+              "consent": ["personalization"],
+              "unknownConsent": "opt-in",
+              "categories": {"contact": "mask", "demographic": "allow", "behavioral": "allow", "identity": "allow"}
+            },
+            "advertising": {
+              "consent": ["advertising"],
+              "unknownConsent": "opt-in",
+              "categories": {"contact": "mask", "demographic": "mask", "behavioral": "allow", "identity": "allow"}
+            }
+          },
+          "masks": {
+            "traits.email": "email",
+            "identifiers.email": "email",
+            "traits.phone": "last-two-digits",
+            "identifiers.phone": "last-two-digits",
+            "traits.birthday": "year-only"
+          }
+        }
+        """#
 }

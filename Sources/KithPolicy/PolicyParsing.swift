@@ -42,7 +42,8 @@ extension Policy {
         guard case .object(let root) = json else { throw PolicyError("", "a policy is a JSON object") }
         try Self.refuseUnknownKeys(root, "", ["version", "categories", "fields", "unknownFields", "consentCategories", "purposes", "masks"])
         guard root["version"] == .number(JSONNumber(1)) else { throw PolicyError("version", "must be 1") }
-        let categories = try root["categories"].map { value throws(PolicyError) in try Self.strings(value, "categories") }
+        let categories =
+            try root["categories"].map { value throws(PolicyError) in try Self.strings(value, "categories") }
             ?? Self.defaultCategories
         guard !categories.isEmpty, Set(categories).count == categories.count else {
             throw PolicyError("categories", "must be a non-empty list without repeats")

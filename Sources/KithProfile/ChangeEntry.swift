@@ -69,4 +69,3 @@ extension ChangeEntry: BinaryCodable {
         }
     }
 }
-

@@ -134,7 +134,9 @@ extension EventRecord: BinaryCodable {
     static func readType(_ reader: inout BinaryReader) throws -> (type: MessageType, hasClientTimestamp: Bool) {
         let offset = reader.offset
         let byte = try reader.readByte()
-        guard let type = MessageType(code: byte & ~clientTimestampFlag) else { throw BinaryDecodingError(.unknownTag, offset: offset, "message type") }
+        guard let type = MessageType(code: byte & ~clientTimestampFlag) else {
+            throw BinaryDecodingError(.unknownTag, offset: offset, "message type")
+        }
         return (type, byte & clientTimestampFlag != 0)
     }
 }

@@ -65,7 +65,8 @@ public struct MessageTimes: Equatable, Sendable {
         self.originalTimestamp = originalTimestamp
         self.sentAt = sentAt
         self.receivedAt = receivedAt
-        eventTime = min(Self.clientTime(timestamp: timestamp, originalTimestamp: originalTimestamp, sentAt: sentAt, receivedAt: receivedAt), receivedAt)
+        eventTime = min(
+            Self.clientTime(timestamp: timestamp, originalTimestamp: originalTimestamp, sentAt: sentAt, receivedAt: receivedAt), receivedAt)
     }
 
     /// The client's time of the event, skew-corrected as Segment does, before the ceiling.
@@ -334,7 +335,8 @@ public struct SegmentMessageParser: Sendable {
     }
 
     private func channelName(_ message: JSONObject, context: JSONObject) -> String {
-        let name = context["channel"]?.stringValue ?? message["channel"]?.stringValue
+        let name =
+            context["channel"]?.stringValue ?? message["channel"]?.stringValue
             ?? context["library"]?["name"]?.stringValue ?? "unknown"
         return truncated(name, toBytes: 64)
     }

@@ -82,7 +82,8 @@ public struct ClockCheck: Equatable, Sendable {
         case .withinBound: return "this node's clock is within \(maximumOffset) ms of the cluster's"
         case .offsetTooLarge:
             let figure = offset.map { "\($0) ms" } ?? "an unknown amount"
-            return "this node's clock is \(figure) from the cluster's (at most \(maximumOffset) ms allowed; \(agreeing) of the \(members) other core members agree with it): writes and erasures are refused until it is set right"
+            return
+                "this node's clock is \(figure) from the cluster's (at most \(maximumOffset) ms allowed; \(agreeing) of the \(members) other core members agree with it): writes and erasures are refused until it is set right"
         case .unmeasured:
             return "this node has not yet measured its clock against the cluster's: writes and erasures wait until it has"
         }

@@ -127,7 +127,8 @@ public struct FrameDecoder: Sendable {
         guard authenticator.verify(keyId: keyId, signed, tag: buffer[(total - Frame.tagSize)..<total]) else { throw .authenticationFailed }
         guard (expectedSequence == 1) == (type == Frame.helloType) else { throw .expectedHello }
         expectedSequence += 1
-        let frame = Frame(type: type, sender: bigEndian(buffer[8..<16]), sequence: sequence, payload: Array(buffer[Frame.headerSize..<(total - Frame.tagSize)]))
+        let frame = Frame(
+            type: type, sender: bigEndian(buffer[8..<16]), sequence: sequence, payload: Array(buffer[Frame.headerSize..<(total - Frame.tagSize)]))
         buffer.removeFirst(total)
         return frame
     }

@@ -123,18 +123,24 @@ extension PeerMessage {
                 guard DigestTreeShape.isNode(node.key) else { throw BinaryDecodingError(.invalidValue, offset: offset, "not a tree node") }
                 return node
             }
-            guard nodes.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes") }
+            guard nodes.count <= Self.maximumNodesPerRequest else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes")
+            }
             self = .digestRequest(request: request, nodes: nodes)
         case 7:
             let request = try reader.readVarint()
             let children = try reader.readSequence(minimumItemSize: 2) { r in try DigestChildren(from: &r) }
-            guard children.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes") }
+            guard children.count <= Self.maximumNodesPerRequest else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many tree nodes")
+            }
             self = .digestReply(request: request, children: children)
         case 8:
             let request = try reader.readVarint()
             let states = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize + 3) { r in try DocumentState(from: &r) }
             let wanted = try reader.readSequence(minimumItemSize: DocumentState.forgetKeySize) { r in try r.readRaw(DocumentState.forgetKeySize) }
-            guard wanted.count <= Self.maximumNodesPerRequest else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many keys wanted") }
+            guard wanted.count <= Self.maximumNodesPerRequest else {
+                throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many keys wanted")
+            }
             self = .documents(request: request, states: states, wanted: wanted)
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
@@ -179,7 +185,9 @@ extension DigestEntry {
     init(from reader: inout BinaryReader) throws {
         let offset = reader.offset
         let key = Array(try reader.readBytes())
-        guard key.count <= DocumentState.forgetKeySize else { throw BinaryDecodingError(.invalidValue, offset: offset, "tree key of \(key.count) bytes") }
+        guard key.count <= DocumentState.forgetKeySize else {
+            throw BinaryDecodingError(.invalidValue, offset: offset, "tree key of \(key.count) bytes")
+        }
         self.init(key: key, digest: try Digest128(from: &reader))
     }
 }
@@ -208,7 +216,9 @@ extension Member: BinaryCodable {
             throw BinaryDecodingError(.invalidValue, offset: reader.offset - 1, "status")
         }
         self.status = status
-        guard name.utf8.count <= 64, address.utf8.count <= 300, api.utf8.count <= 300 else { throw BinaryDecodingError(.invalidValue, offset: offset, "member name or address too long") }
+        guard name.utf8.count <= 64, address.utf8.count <= 300, api.utf8.count <= 300 else {
+            throw BinaryDecodingError(.invalidValue, offset: offset, "member name or address too long")
+        }
     }
 }
 
@@ -260,4 +270,3 @@ extension BinaryWriter {
         if let time { write(signed: time) }
     }
 }
-

@@ -1,8 +1,9 @@
+import KithCrypto
+import Synchronization
+
 #if canImport(Glibc)
     import Glibc
 #endif
-import KithCrypto
-import Synchronization
 
 /// A data key: the slot of the key file holding it and the random tag written with it. The tag
 /// tells a key from a later one in the same slot, so a row sealed under a destroyed key is

@@ -1,6 +1,6 @@
 import KithCRDT
-import KithProfile
 import KithLMDB
+import KithProfile
 
 /// The digest tree over the key space of forget keys, for anti-entropy (docs/replication.md).
 ///
@@ -171,7 +171,9 @@ extension StoreEngine {
         guard !DigestTreeShape.isBucket(node) else {
             let bucket = DigestTreeShape.bucketIndex(node)
             var identifiers: [[UInt8]: Identifier] = [:]
-            for identifier in try reader.identifiers(inBucket: bucket, hasher: hasher) { identifiers[hasher.forgetKeyBytes(for: identifier)] = identifier }
+            for identifier in try reader.identifiers(inBucket: bucket, hasher: hasher) {
+                identifiers[hasher.forgetKeyBytes(for: identifier)] = identifier
+            }
             var keys = Set(identifiers.keys)
             try reader.scan(.forget, prefix: [DigestTreeShape.firstBytes(ofBucket: bucket)[0]]) { key, _ in
                 if DigestTreeShape.bucket(of: key) == bucket { keys.insert(key) }

@@ -287,7 +287,9 @@ public final class LMDBProfileStore: EngineBackedStore {
     func dataKeyID(of identifier: Identifier) throws -> DataKeyID? {
         try environment.read { txn in
             let pseudonym = Array(engine.hasher.forgetKeyBytes(for: identifier).prefix(Sealing.pseudonymSize))
-            return try LMDBReading(reader: txn, tables: tables).get(.documents, pseudonym + [Sealing.ownerPart]).map { try SealingSession.keyID($0).id }
+            return try LMDBReading(reader: txn, tables: tables).get(.documents, pseudonym + [Sealing.ownerPart]).map {
+                try SealingSession.keyID($0).id
+            }
         }
     }
 

@@ -87,8 +87,11 @@ final class SealingSession {
         }
         return try withUnsafeTemporaryAllocation(byteCount: Sealing.pseudonymSize + plain.count - zero - 1, alignment: 1) { key in
             plain.withUnsafeBytes { plain in
-                writePseudonym(of: UnsafeRawBufferPointer(rebasing: plain[..<zero]), into: UnsafeMutableRawBufferPointer(rebasing: key[..<Sealing.pseudonymSize]))
-                UnsafeMutableRawBufferPointer(rebasing: key[Sealing.pseudonymSize...]).copyMemory(from: UnsafeRawBufferPointer(rebasing: plain[(zero + 1)...]))
+                writePseudonym(
+                    of: UnsafeRawBufferPointer(rebasing: plain[..<zero]), into: UnsafeMutableRawBufferPointer(rebasing: key[..<Sealing.pseudonymSize])
+                )
+                UnsafeMutableRawBufferPointer(rebasing: key[Sealing.pseudonymSize...]).copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: plain[(zero + 1)...]))
             }
             return try body(UnsafeRawBufferPointer(key))
         }
@@ -388,7 +391,9 @@ struct SealedReading: StoreReading {
                 return try body(row.key, row.value)
             }
         case .changes:
-            try base.scan(table, from: start) { key, value in try body(key, ChangeRecord.encode(try session.openEntries(value, table: table, key: key))) }
+            try base.scan(table, from: start) { key, value in
+                try body(key, ChangeRecord.encode(try session.openEntries(value, table: table, key: key)))
+            }
         case .ahead:
             try base.scan(table, from: start) { key, value in
                 guard let entry = try session.openEntries(value, table: table, key: key).first else { return .next }

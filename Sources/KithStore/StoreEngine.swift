@@ -71,9 +71,10 @@ struct StoreEngine: Sendable {
             try reader.scan(.documents, prefix: prefix) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
                 if !row.consent.isEmpty {
-                    changes.append(ConsentChange(
-                        identifier: member, messageId: String(decoding: key[prefix.count...], as: UTF8.self), time: row.entry.time,
-                        source: row.channel, decisions: row.consent))
+                    changes.append(
+                        ConsentChange(
+                            identifier: member, messageId: String(decoding: key[prefix.count...], as: UTF8.self), time: row.entry.time,
+                            source: row.channel, decisions: row.consent))
                 }
                 return .next
             }
@@ -125,9 +126,10 @@ struct StoreEngine: Sendable {
             try reader.scan(.documents, prefix: prefix) { key, value in
                 let summary = try decode(EdgeSummary.self, value, table: .documents)
                 guard let peer = Identifier(key: key[prefix.count...]), member < peer || !view.members.contains(peer) else { return .next }
-                links.append(StoredLink(
-                    from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,
-                    removedAt: summary.removedAt))
+                links.append(
+                    StoredLink(
+                        from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,
+                        removedAt: summary.removedAt))
                 return .next
             }
         }
@@ -757,7 +759,9 @@ final class WriteContext {
             case .head?: incomingHead = try decode(SourceHead.self, row.value, table: .documents)
             case .ledger?: if try joinLedgerRow(row, of: identifier, cutoff: cutoff) { ledgerChanged = true }
             case .edge?:
-                guard let peer = Identifier(key: row.suffix), peer != identifier else { throw DocumentStateRejected("a link to an invalid identifier") }
+                guard let peer = Identifier(key: row.suffix), peer != identifier else {
+                    throw DocumentStateRejected("a link to an invalid identifier")
+                }
                 let summary = try decode(EdgeSummary.self, row.value, table: .documents)
                 let (edgeChanged, structural) = try joinEdge(identifier, peer, summary)
                 if edgeChanged { changed = true }

@@ -225,11 +225,12 @@ struct LMDBWriting: LMDBTableAccess, StoreWriting {
     var reader: LMDBReadTransaction { transaction.reader }
 
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
-        let lmdbMode: LMDBWriteTransaction.PutMode = switch mode {
-        case .upsert: .upsert
-        case .insertOnly: .insertOnly
-        case .append: .append
-        }
+        let lmdbMode: LMDBWriteTransaction.PutMode =
+            switch mode {
+            case .upsert: .upsert
+            case .insertOnly: .insertOnly
+            case .append: .append
+            }
         return try transaction.put(tables[table], key, value, mode: lmdbMode)
     }
 

@@ -4,7 +4,9 @@
 //   kith-fuzz json|message|binary|http|frame [libFuzzer options] [corpus directories]
 //
 // Every harness checks a property, not just "no crash": what parses must re-encode and parse back
-// to the same value.
+// to the same value. The inputs are random, so a decode that fails (`try?` giving nil) is an
+// expected outcome here, never an error to report: only a trap or a value that does not round-trip
+// is a finding.
 import CFuzzerDriver
 import KithCRDT
 import KithHTTP
@@ -18,33 +20,33 @@ import KithReplication
 
 /// JSON text: parse; whatever parses must write and parse back to the same value.
 func fuzzJSON(_ bytes: UnsafeBufferPointer<UInt8>) {
-    guard let value = try? JSONParser.parse(bytes) else { return }  // fuzz input: not decoding is an expected outcome
+    guard let value = try? JSONParser.parse(bytes) else { return }
     let text = value.jsonText
-    guard let again = try? JSONParser.parse(text), again == value else { fatalError("JSON did not round-trip: \(text)") }  // fuzz input: not decoding is an expected outcome
-    guard (try? JSONValue(decoding: value.encoded())) == value else { fatalError("JSON binary encoding did not round-trip") }  // fuzz input: not decoding is an expected outcome
+    guard let again = try? JSONParser.parse(text), again == value else { fatalError("JSON did not round-trip: \(text)") }
+    guard (try? JSONValue(decoding: value.encoded())) == value else { fatalError("JSON binary encoding did not round-trip") }
 }
 
 /// A Segment message: parse to a delta; a delta must round-trip through its stored encoding.
 func fuzzMessage(_ bytes: UnsafeBufferPointer<UInt8>) {
-    guard let json = try? JSONParser.parse(bytes) else { return }  // fuzz input: not decoding is an expected outcome
+    guard let json = try? JSONParser.parse(bytes) else { return }
     for type in [nil] + MessageType.allCases.map(Optional.some) {
-        guard let delta = try? SegmentMessageParser().parse(json, defaultType: type, receivedAt: 1_760_000_000_000) else { continue }  // fuzz input: not decoding is an expected outcome
+        guard let delta = try? SegmentMessageParser().parse(json, defaultType: type, receivedAt: 1_760_000_000_000) else { continue }
         let encoded = ProfileFormat.encode(delta)
-        guard (try? ProfileFormat.decode(ProfileDelta.self, from: encoded)) == delta else { fatalError("delta did not round-trip") }  // fuzz input: not decoding is an expected outcome
+        guard (try? ProfileFormat.decode(ProfileDelta.self, from: encoded)) == delta else { fatalError("delta did not round-trip") }
     }
 }
 
 /// Stored records: arbitrary bytes must be refused or decode to a value that re-encodes the same.
 func fuzzBinary(_ bytes: UnsafeBufferPointer<UInt8>) {
     let input = Array(bytes)
-    if let view = try? ProfileFormat.decode(ProfileView.self, from: input) {  // fuzz input: not decoding is an expected outcome
-        guard (try? ProfileFormat.decode(ProfileView.self, from: ProfileFormat.encode(view))) == view else { fatalError("view") }  // fuzz input: not decoding is an expected outcome
+    if let view = try? ProfileFormat.decode(ProfileView.self, from: input) {
+        guard (try? ProfileFormat.decode(ProfileView.self, from: ProfileFormat.encode(view))) == view else { fatalError("view") }
     }
-    if let head = try? ProfileFormat.decode(SourceHead.self, from: input) {  // fuzz input: not decoding is an expected outcome
-        guard (try? ProfileFormat.decode(SourceHead.self, from: ProfileFormat.encode(head))) == head else { fatalError("head") }  // fuzz input: not decoding is an expected outcome
+    if let head = try? ProfileFormat.decode(SourceHead.self, from: input) {
+        guard (try? ProfileFormat.decode(SourceHead.self, from: ProfileFormat.encode(head))) == head else { fatalError("head") }
     }
-    if let delta = try? ProfileFormat.decode(ProfileDelta.self, from: input) {  // fuzz input: not decoding is an expected outcome
-        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(delta))) == delta else { fatalError("delta") }  // fuzz input: not decoding is an expected outcome
+    if let delta = try? ProfileFormat.decode(ProfileDelta.self, from: input) {
+        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(delta))) == delta else { fatalError("delta") }
     }
 }
 
@@ -96,8 +98,8 @@ func fuzzFrame(_ bytes: UnsafeBufferPointer<UInt8>) {
     let bytewise = frames(input.indices.map { input[$0...$0] })
     guard whole.0 == bytewise.0, (whole.1 == nil) == (bytewise.1 == nil) else { fatalError("frames depend on how the bytes were split") }
     for frame in whole.0 where frame.type != Frame.helloType {
-        guard let message = try? PeerMessage(tag: frame.type, payload: frame.payload) else { continue }  // fuzz input: not decoding is an expected outcome
-        guard (try? PeerMessage(tag: message.tag, payload: message.encodePayload())) == message else { fatalError("message did not round-trip") }  // fuzz input: not decoding is an expected outcome
+        guard let message = try? PeerMessage(tag: frame.type, payload: frame.payload) else { continue }
+        guard (try? PeerMessage(tag: message.tag, payload: message.encodePayload())) == message else { fatalError("message did not round-trip") }
     }
 }
 

@@ -72,7 +72,6 @@ struct ClientOptions {
     }
 }
 
-
 /// Sends one request and exits with a clear message when the node is unreachable or refuses.
 func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HTTPHeader] = [], body: [UInt8] = []) -> HTTPClient.Response {
     let response: HTTPClient.Response
@@ -80,7 +79,8 @@ func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HT
         fail("cannot reach the node: \(error)", .failure)
     }
     guard (200..<300).contains(response.status) else {
-        let message = (try? JSONParser.parse(response.body))?["error"]?["message"]?.stringValue  // not JSON: the body as text
+        let message =
+            (try? JSONParser.parse(response.body))?["error"]?["message"]?.stringValue  // not JSON: the body as text
             ?? String(decoding: response.body, as: UTF8.self)
         fail("the node answered \(response.status): \(message)", .failure)
     }
@@ -170,7 +170,10 @@ func queryEncoded(_ text: String) -> String {
 }
 
 func backup(_ arguments: [String]) -> Never {
-    let options = ClientOptions(arguments, help: "OVERVIEW: Take a live, compacted backup on the node's machine.\n\nUSAGE: kith backup <directory> [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    let options = ClientOptions(
+        arguments,
+        help: "OVERVIEW: Take a live, compacted backup on the node's machine.\n\nUSAGE: kith backup <directory> [options]\n\nOPTIONS:\n"
+            + ClientOptions.help)
     guard options.positional.count == 1 else { fail("kith backup takes one directory", .usage) }
     postField(options, "/v1/admin/backup", "directory", options.positional[0])
 }
@@ -184,11 +187,17 @@ func postField(_ options: ClientOptions, _ path: String, _ field: String, _ valu
 }
 
 func export(_ arguments: [String]) -> Never {
-    let options = ClientOptions(arguments, help: "OVERVIEW: Write every profile as NDJSON to standard output.\n\nUSAGE: kith export [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    let options = ClientOptions(
+        arguments,
+        help: "OVERVIEW: Write every profile as NDJSON to standard output.\n\nUSAGE: kith export [options]\n\nOPTIONS:\n" + ClientOptions.help)
     let client = options.client()
     var after: String?
     repeat {
-        let query = "limit=1000" + (after.map { "&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? "") } ?? "")
+        let query =
+            "limit=1000"
+            + (after.map {
+                "&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? "")
+            } ?? "")
         let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization)
         FileHandle.standardOutput.write(Data(response.body))
         after = response.header("kith-next")
@@ -197,7 +206,9 @@ func export(_ arguments: [String]) -> Never {
 }
 
 func importFile(_ arguments: [String]) -> Never {
-    let help = "OVERVIEW: Send an NDJSON file of Segment messages to a node.\n\nUSAGE: kith import <file> [options]\n\nOPTIONS:\n      --write-key <key>       The write key (env KITH_WRITE_KEY).\n" + ClientOptions.help
+    let help =
+        "OVERVIEW: Send an NDJSON file of Segment messages to a node.\n\nUSAGE: kith import <file> [options]\n\nOPTIONS:\n      --write-key <key>       The write key (env KITH_WRITE_KEY).\n"
+        + ClientOptions.help
     let options = ClientOptions(arguments, help: help)
     guard options.positional.count == 1 else { fail("kith import takes one file", .usage) }
     guard let writeKey = options.writeKey else { fail("a write key is required (--write-key or KITH_WRITE_KEY)", .usage) }
@@ -214,10 +225,14 @@ func importFile(_ arguments: [String]) -> Never {
         guard count > 0 else { return }
         let body = Array(#"{"batch":["#.utf8) + batch + Array("]}".utf8)
         do {
-            let response = try client.request("POST", "/v1/batch", headers: [authorization, HTTPHeader("Content-Type", "application/json")], body: body)
-            if response.status == 200 { sent += count } else {
+            let response = try client.request(
+                "POST", "/v1/batch", headers: [authorization, HTTPHeader("Content-Type", "application/json")], body: body)
+            if response.status == 200 {
+                sent += count
+            } else {
                 failed += count
-                FileHandle.standardError.write(Data("kith: a batch was refused (\(response.status)): \(String(decoding: response.body, as: UTF8.self))\n".utf8))
+                FileHandle.standardError.write(
+                    Data("kith: a batch was refused (\(response.status)): \(String(decoding: response.body, as: UTF8.self))\n".utf8))
             }
         } catch {
             failed += count
@@ -237,7 +252,9 @@ func importFile(_ arguments: [String]) -> Never {
     flush()
     if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
     let seconds = Date().timeIntervalSince(started)
-    say("imported \(sent) messages in \(batches) batches in \(String(format: "%.1f", seconds)) s (\(Int(Double(sent) / max(seconds, 0.001)))/s), \(failed) failed")
+    say(
+        "imported \(sent) messages in \(batches) batches in \(String(format: "%.1f", seconds)) s (\(Int(Double(sent) / max(seconds, 0.001)))/s), \(failed) failed"
+    )
     exit(failed == 0 ? Exit.ok.rawValue : Exit.failure.rawValue)
 }
 
@@ -262,7 +279,9 @@ func configCheck(_ arguments: [String]) -> Never {
 // MARK: - Cluster
 
 func members(_ arguments: [String]) -> Never {
-    let options = ClientOptions(arguments, help: "OVERVIEW: List the cluster's members as this node sees them.\n\nUSAGE: kith members [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    let options = ClientOptions(
+        arguments,
+        help: "OVERVIEW: List the cluster's members as this node sees them.\n\nUSAGE: kith members [options]\n\nOPTIONS:\n" + ClientOptions.help)
     let body = call(options.client(), "GET", "/v1/admin/members", headers: options.authorization).body
     guard options.format == "table", case .array(let list)? = (try? JSONParser.parse(body))?["members"] else {  // not a list: printed as it came
         show(body, format: options.format)
@@ -276,9 +295,11 @@ func members(_ arguments: [String]) -> Never {
         if let verdict = member["clock"].map(plain) { return "\(offset) ms (\(verdict))" }
         return "\(offset) ms ±\(member["clockUncertaintyMs"].map(plain) ?? "?")"
     }
-    let rows = [columns.map { $0.uppercased() }] + list.map { member in
-        columns.map { column in column == "clock" ? clock(member) : member[column].map(plain) ?? "" }
-    }
+    let rows =
+        [columns.map { $0.uppercased() }]
+        + list.map { member in
+            columns.map { column in column == "clock" ? clock(member) : member[column].map(plain) ?? "" }
+        }
     let widths = columns.indices.map { column in rows.map { $0[column].count }.max()! }
     for row in rows { say(zip(row, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")) }
     exit(Exit.ok.rawValue)
@@ -290,13 +311,20 @@ func plain(_ value: JSONValue) -> String {
 }
 
 func join(_ arguments: [String]) -> Never {
-    let options = ClientOptions(arguments, help: "OVERVIEW: Ask this node to join the cluster through a peer.\n\nUSAGE: kith join <host:port> [options]\n\n  <host:port>             A member's gossip address.\n\nOPTIONS:\n" + ClientOptions.help)
+    let options = ClientOptions(
+        arguments,
+        help:
+            "OVERVIEW: Ask this node to join the cluster through a peer.\n\nUSAGE: kith join <host:port> [options]\n\n  <host:port>             A member's gossip address.\n\nOPTIONS:\n"
+            + ClientOptions.help)
     guard options.positional.count == 1 else { fail("kith join takes one gossip address", .usage) }
     postField(options, "/v1/admin/join", "address", options.positional[0])
 }
 
 func leave(_ arguments: [String]) -> Never {
-    let options = ClientOptions(arguments, help: "OVERVIEW: Leave the cluster gracefully (the node keeps serving on its own).\n\nUSAGE: kith leave [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    let options = ClientOptions(
+        arguments,
+        help: "OVERVIEW: Leave the cluster gracefully (the node keeps serving on its own).\n\nUSAGE: kith leave [options]\n\nOPTIONS:\n"
+            + ClientOptions.help)
     show(call(options.client(), "POST", "/v1/admin/leave", headers: options.authorization).body, format: options.format)
     exit(Exit.ok.rawValue)
 }
@@ -311,7 +339,8 @@ func repair(_ arguments: [String]) -> Never {
     }
     let options = ClientOptions(
         rest,
-        help: "OVERVIEW: Pull what this node lacks from its peers now, then compare digest trees with them (repairing what no change log holds), and show the progress.\n\nUSAGE: kith repair [--peer <name>] [options]\n\nOPTIONS:\n  --peer <name>           Repair from this member only.\n"
+        help:
+            "OVERVIEW: Pull what this node lacks from its peers now, then compare digest trees with them (repairing what no change log holds), and show the progress.\n\nUSAGE: kith repair [--peer <name>] [options]\n\nOPTIONS:\n  --peer <name>           Repair from this member only.\n"
             + ClientOptions.help)
     var writer = JSONWriter()
     writer.writeObject { object in if let peer { object.member("peer", string: peer) } }
@@ -336,7 +365,8 @@ func repair(_ arguments: [String]) -> Never {
     for _ in 0..<240 {
         // As above: not JSON ends the report.
         let status = (try? JSONParser.parse(call(client, "GET", "/v1/admin/sync", headers: options.authorization).body)) ?? .null
-        guard case .number(let pending)? = status["antiEntropy"]?["pending"], case .number(let repaired)? = status["antiEntropy"]?["documentsRepaired"]
+        guard case .number(let pending)? = status["antiEntropy"]?["pending"],
+            case .number(let repaired)? = status["antiEntropy"]?["documentsRepaired"]
         else { break }
         say("repair: \(pending.literal) tree comparisons to go, \(repaired.literal) documents repaired here so far")
         if pending.literal == "0" { break }
@@ -346,7 +376,9 @@ func repair(_ arguments: [String]) -> Never {
 }
 
 func sync(_ arguments: [String]) -> Never {
-    let help = "OVERVIEW: Show replication per peer: last contact, lag in messages, frames and bytes.\n\nUSAGE: kith sync status [options]\n\nOPTIONS:\n" + ClientOptions.help
+    let help =
+        "OVERVIEW: Show replication per peer: last contact, lag in messages, frames and bytes.\n\nUSAGE: kith sync status [options]\n\nOPTIONS:\n"
+        + ClientOptions.help
     let options = subcommandOptions(arguments, "status", usage: "kith sync status", help: help)
     show(call(options.client(), "GET", "/v1/admin/sync", headers: options.authorization).body, format: options.format)
     exit(Exit.ok.rawValue)

@@ -44,8 +44,11 @@ func consent(_ arguments: [String]) -> Never {
     guard !preferences.isEmpty else { fail("kith consent set needs at least one category=true|false", .usage) }
     var body = JSONObject([JSONObject.Member("categoryPreferences", .object(JSONObject(preferences)))])
     if let source = options.values["--source"] { body.members.append(JSONObject.Member("source", .string(source))) }
-    show(call(options.client(), "PUT", path, headers: options.authorization + [HTTPHeader("Content-Type", "application/json")],
-        body: Array(JSONValue.object(body).jsonText.utf8)).body, format: options.format)
+    show(
+        call(
+            options.client(), "PUT", path, headers: options.authorization + [HTTPHeader("Content-Type", "application/json")],
+            body: Array(JSONValue.object(body).jsonText.utf8)
+        ).body, format: options.format)
     exit(Exit.ok.rawValue)
 }
 
@@ -76,11 +79,15 @@ func erase(_ arguments: [String]) -> Never {
 }
 
 func exportSubject(_ arguments: [String]) -> Never {
-    let help = "OVERVIEW: Everything held about a customer, as JSON (GDPR Art. 15 and 20).\n\nUSAGE: kith export-subject <identifier> [options]\n\nOPTIONS:\n" + ClientOptions.help
+    let help =
+        "OVERVIEW: Everything held about a customer, as JSON (GDPR Art. 15 and 20).\n\nUSAGE: kith export-subject <identifier> [options]\n\nOPTIONS:\n"
+        + ClientOptions.help
     let options = ClientOptions(arguments, help: help)
     guard options.positional.count == 1 else { fail("kith export-subject takes one identifier", .usage) }
-    print(String(decoding: call(options.client(), "GET", profilePath(options.positional[0]) + "/export", headers: options.authorization).body,
-        as: UTF8.self))
+    print(
+        String(
+            decoding: call(options.client(), "GET", profilePath(options.positional[0]) + "/export", headers: options.authorization).body,
+            as: UTF8.self))
     exit(Exit.ok.rawValue)
 }
 
@@ -122,7 +129,9 @@ func auditCommand(_ arguments: [String]) -> Never {
         reads += list
     }
     reads.sort { ($0["time"]?.stringValue ?? "") > ($1["time"]?.stringValue ?? "") }
-    let report: JSONValue = ["reads": .array(reads), "nodes": .array(nodes.map { .string($0) }), "unreachable": .array(unreachable.map { .string($0) })]
+    let report: JSONValue = [
+        "reads": .array(reads), "nodes": .array(nodes.map { .string($0) }), "unreachable": .array(unreachable.map { .string($0) }),
+    ]
     if options.format == "table" {
         for read in reads {
             let fields = ["time", "node", "principal", "purpose", "resource"].map { read[$0]?.stringValue ?? "" }
@@ -151,7 +160,9 @@ func policy(_ arguments: [String]) -> Never {
         for name in policy.purposes.keys.sorted() {
             let purpose = policy.purposes[name]!
             let access = policy.categories.map { "\($0)=\((purpose.access[$0] ?? .withhold).rawValue)" }.joined(separator: " ")
-            let consent = purpose.consent.isEmpty ? "no consent needed" : "needs \(purpose.consent.joined(separator: ", ")) (\(purpose.unknownConsent.rawValue))"
+            let consent =
+                purpose.consent.isEmpty
+                ? "no consent needed" : "needs \(purpose.consent.joined(separator: ", ")) (\(purpose.unknownConsent.rawValue))"
             say("  purpose \(name): \(consent); \(access)")
         }
         exit(Exit.ok.rawValue)

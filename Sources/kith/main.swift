@@ -163,7 +163,9 @@ func serve(_ arguments: [String]) -> Never {
     }
     let host = (try? configuration.httpAddress().host) ?? "127.0.0.1"  // `serve` reports a bad address itself
     node.log(.info, "node started", [("node.name", .string(configuration.nodeName)), ("http.port", .number(.init(Int64(port))))])
-    say("kith: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(port) (node \(configuration.nodeName), data \(configuration.dataDirectory))")
+    say(
+        "kith: listening on http://\(host.contains(":") ? "[\(host)]" : host):\(port) (node \(configuration.nodeName), data \(configuration.dataDirectory))"
+    )
     if let gossip = node.gossipAddress { say("kith: gossip on \(gossip) (role \(configuration.role))") }
     notifySystemd("READY=1")
 
@@ -226,7 +228,9 @@ case "audit": auditCommand(Array(arguments.dropFirst()))
 case "policy": policy(Array(arguments.dropFirst()))
 case "version", "--version": print("kith \(Node.version)")
 case "help", "-h", "--help":
-    if arguments.count > 1, arguments[1] == "serve" { print(serveHelp) } else if arguments.count > 1 {
+    if arguments.count > 1, arguments[1] == "serve" {
+        print(serveHelp)
+    } else if arguments.count > 1 {
         let command = arguments[1]
         switch command {
         case "status": status(["--help"])

@@ -1,6 +1,6 @@
 import Foundation
-import KithCompression
 import KithCRDT
+import KithCompression
 import KithTestSupport
 import Testing
 

@@ -1,6 +1,6 @@
 import Dispatch
-import KithCrypto
 import KithCRDT
+import KithCrypto
 import KithTestSupport
 import Testing
 
@@ -110,7 +110,9 @@ struct AESGCMTests {
 
 @Suite("AES-256-GCM with a kept context")
 struct AESGCMContextTests {
-    @Test("one context re-keyed between interleaved keys gives the one-shot boxes, in both directions; tampering and a wrong key fail and leave it usable")
+    @Test(
+        "one context re-keyed between interleaved keys gives the one-shot boxes, in both directions; tampering and a wrong key fail and leave it usable"
+    )
     func agreesWithOneShotAcrossKeys() throws {
         var random = SplitMix64(seed: 11)
         func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8.random(in: 0...255, using: &random) } }
@@ -129,7 +131,8 @@ struct AESGCMContextTests {
             #expect(try context.open(box[...], key: key, associatedData: aad) == data)
             #expect(try AESGCM.open(box, key: keyBytes, associatedData: aad) == data)
             // The nonce, the body and the tag each count: a change to any of them fails the open.
-            for position in Set([0, AESGCM.nonceSize, box.count - AESGCM.tagSize - 1, box.count - AESGCM.tagSize, box.count - 1]) where position < box.count {
+            for position in Set([0, AESGCM.nonceSize, box.count - AESGCM.tagSize - 1, box.count - AESGCM.tagSize, box.count - 1])
+            where position < box.count {
                 var changed = box
                 changed[position] ^= 0x80
                 #expect(throws: AuthenticationFailure.self) { try context.open(changed[...], key: key, associatedData: aad) }
@@ -139,7 +142,9 @@ struct AESGCMContextTests {
             #expect(throws: AuthenticationFailure.self) { try context.open(box.dropLast()[...], key: key, associatedData: aad) }
             #expect(try context.open(box[...], key: key, associatedData: aad) == data, "a failed open leaves the context usable")
             let framed = bytes(index + 1) + box
-            #expect(try context.open(framed[(index + 1)...], key: key, associatedData: aad) == data, "a box inside a larger row opens from where its slice starts")
+            #expect(
+                try context.open(framed[(index + 1)...], key: key, associatedData: aad) == data,
+                "a box inside a larger row opens from where its slice starts")
         }
         for _ in 0..<600 { #expect(seen.insert(try nonces.next()).inserted) }
     }

@@ -80,22 +80,23 @@ struct HTTPRequestParserTests {
         #expect(requests(parse("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n")).first?.keepAlive == true)
     }
 
-    @Test(arguments: [
-        ("GET / HTTP/1.1\n\n", 400), ("GET /\r\n\r\n", 400), ("GET  / HTTP/1.1\r\n\r\n", 400), ("G(T / HTTP/1.1\r\n\r\n", 400),
-        ("GET / HTTP/2.0\r\n\r\n", 505), ("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
-        ("GET / HTTP/1.1\r\nName : x\r\n\r\n", 400), ("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400),
-        ("GET / HTTP/1.1\r\n: empty\r\n\r\n", 400), ("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400), ("POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nContent-Length: 600000\r\n\r\n", 413),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
-        ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", 400),
-        ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n80001\r\n", 413),
-    ] as [(String, Int)])
+    @Test(
+        arguments: [
+            ("GET / HTTP/1.1\n\n", 400), ("GET /\r\n\r\n", 400), ("GET  / HTTP/1.1\r\n\r\n", 400), ("G(T / HTTP/1.1\r\n\r\n", 400),
+            ("GET / HTTP/2.0\r\n\r\n", 505), ("GET / HTTP/1.1\r\nBad Header: x\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\nName : x\r\n\r\n", 400), ("GET / HTTP/1.1\r\nA: b\r\n folded\r\n\r\n", 400),
+            ("GET / HTTP/1.1\r\n: empty\r\n\r\n", 400), ("GET / HTTP/1.1\r\nA: b\rc\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400), ("POST / HTTP/1.1\r\nContent-Length: 1e3\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nContent-Length: 600000\r\n\r\n", 413),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n", 400),
+            ("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n80001\r\n", 413),
+        ] as [(String, Int)])
     func refusesMalformedAndAmbiguousRequests(_ text: String, _ status: Int) {
         #expect(failure(text) == status, "\(text.debugDescription)")
     }

@@ -1,7 +1,7 @@
 import Foundation
 import KithCRDT
-import KithTestSupport
 import KithJSON
+import KithTestSupport
 import Testing
 
 @Suite("JSON parser")
@@ -12,7 +12,9 @@ struct JSONParserTests {
         #expect(value["type"] == "identify")
         #expect(value["traits"]?["age"] == .number(JSONNumber(literal: "42")!))
         #expect(value["traits"]?["x"] == .null)
-        #expect(value["n"] == .array([.number(JSONNumber(literal: "1.5e3")!), .number(JSONNumber(literal: "-0")!), .number(JSONNumber(literal: "0.25")!)]))
+        #expect(
+            value["n"]
+                == .array([.number(JSONNumber(literal: "1.5e3")!), .number(JSONNumber(literal: "-0")!), .number(JSONNumber(literal: "0.25")!)]))
         #expect(value.jsonText == text)
     }
 
@@ -57,7 +59,9 @@ struct JSONParserTests {
         #expect(foundation == tricky)
     }
 
-    @Test("strings are escaped the same wherever the byte to escape falls (the writer skips eight plain bytes at a time), into an array and into fixed room")
+    @Test(
+        "strings are escaped the same wherever the byte to escape falls (the writer skips eight plain bytes at a time), into an array and into fixed room"
+    )
     func escapingDoesNotDependOnPosition() throws {
         func reference(_ text: String) -> String {
             var out = "\""
@@ -76,7 +80,9 @@ struct JSONParserTests {
             }
             return out + "\""
         }
-        let specials = ["\"", "\\", "\n", "\r", "\t", "\u{0}", "\u{1}", "\u{1f}", "\u{7f}", " ", "\u{2028}", "\u{2029}", "\u{2027}", "\u{202a}", "é", "😀", "€"]
+        let specials = [
+            "\"", "\\", "\n", "\r", "\t", "\u{0}", "\u{1}", "\u{1f}", "\u{7f}", " ", "\u{2028}", "\u{2029}", "\u{2027}", "\u{202a}", "é", "😀", "€",
+        ]
         for length in 0...26 {
             for position in 0...length {
                 for special in specials {
@@ -204,4 +210,3 @@ func randomJSON(_ r: inout SplitMix64, depth: Int) -> JSONValue {
         return .object(JSONObject(members))
     }
 }
-

@@ -1,7 +1,8 @@
 import Foundation
-@testable import KithLMDB
 import KithTestSupport
 import Testing
+
+@testable import KithLMDB
 
 /// A fresh directory under the system temp dir, removed by `cleanup`.
 func temporaryDirectory(_ name: String = #function) -> String {

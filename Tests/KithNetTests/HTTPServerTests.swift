@@ -121,7 +121,9 @@ struct HTTPServerTests {
     }
 
     @Test func refusesConnectionsBeyondTheLimit() throws {
-        let (server, port) = try echoServer { $0.maximumConnections = 2; $0.loops = 1 }
+        let (server, port) = try echoServer {
+            $0.maximumConnections = 2; $0.loops = 1
+        }
         defer { server.stop() }
         let first = try TestClient(port: port), second = try TestClient(port: port)
         for client in [first, second] {

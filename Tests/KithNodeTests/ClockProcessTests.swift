@@ -8,7 +8,8 @@ import Testing
 /// The monotonic clock is left alone, as an NTP step leaves it.
 struct SkewedClock {
     /// Where Debian's `faketime` package puts the library (`make deps` installs it).
-    static let library = ["x86_64-linux-gnu", "aarch64-linux-gnu"].map { "/usr/lib/\($0)/faketime/libfaketime.so.1" }
+    static let library =
+        ["x86_64-linux-gnu", "aarch64-linux-gnu"].map { "/usr/lib/\($0)/faketime/libfaketime.so.1" }
         .first { FileManager.default.fileExists(atPath: $0) } ?? "libfaketime.so.1 (install Debian's faketime package: make deps)"
     let file: String
 
@@ -95,9 +96,11 @@ struct ClockProcessTests {
         #expect(try fast.request("DELETE", "/v1/profiles/user_id:u-clock", headers: erase)?.status == 503)
         #expect(try eventually(5) { try first.request("GET", "/readyz")?.status == 200 && second.request("GET", "/readyz")?.status == 200 })
         // n1 measures n3 from its own round trips, and publishes each tick: it may lag n3's own verdict.
-        #expect(try eventually(5) {
-            try first.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains("kith_peer_clock_offset_ms{peer=\"n3\"} 7") == true
-        })
+        #expect(
+            try eventually(5) {
+                try first.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains("kith_peer_clock_offset_ms{peer=\"n3\"} 7")
+                    == true
+            })
 
         // An erasure on a node within the bound; every write after it is held everywhere,
         // the fast node included (it still replicates; it only refuses to date data).

@@ -38,7 +38,8 @@ final class ClusterFixture {
         let first = try start("n1")
         let others = try (2...count).map { try start("n\($0)", seeds: [first.gossipAddress!]) }
         let joined = try eventually(10) {
-            try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#).count == count + 1
+            try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.components(separatedBy: #""status":"alive""#)
+                .count == count + 1
         }
         guard joined else { throw NodeStartFailed() }
         return [first] + others
@@ -131,7 +132,8 @@ struct ClusterProcessTests {
         #expect(try messageCount(edge, "c-1") == 0)
 
         // Reconnect: the edge catches up with the core's 10,000 messages, the core gets the edge's 50.
-        let join = try edge.request("POST", "/v1/admin/join", body: Array(#"{"address":"\#(core.gossipAddress!)"}"#.utf8), headers: ["Authorization: Bearer tk"])
+        let join = try edge.request(
+            "POST", "/v1/admin/join", body: Array(#"{"address":"\#(core.gossipAddress!)"}"#.utf8), headers: ["Authorization: Bearer tk"])
         #expect(join?.status == 202)
         #expect(try eventually(60) { try messageCount(edge, "c-999") == 10 })
         #expect(try (0..<1_000).allSatisfy { try messageCount(edge, "c-\($0)") == 10 })
@@ -187,7 +189,10 @@ struct ClusterProcessTests {
         #expect(try runKith(["sync", "oops"] + host).status == 64)
         #expect(try runKith(["join", "127.0.0.1:\(first.gossipAddress!.split(separator: ":")[1])"] + host).status == 0)
         #expect(try runKith(["leave"] + host).status == 0)
-        #expect(try eventually(10) { try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.contains(#""status":"left""#) == true })
+        #expect(
+            try eventually(10) {
+                try first.request("GET", "/v1/admin/members", headers: ["Authorization: Bearer tk"])?.body.contains(#""status":"left""#) == true
+            })
 
         let alone = try NodeProcess()
         let refused = try runKith(["members", "--host", "127.0.0.1:\(alone.port)", "--token", "tk"])
@@ -202,9 +207,10 @@ struct WriteConcernProcessTests {
         let nodes = try cluster.startAll(3)
         let (first, second, third) = (nodes[0], nodes[1], nodes[2])
         func write(_ id: String, _ w: String) throws -> (status: Int, body: String) {
-            let response = try #require(try first.request(
-                "POST", "/v1/identify?w=\(w)", body: Array(#"{"userId":"\#(id)","traits":{"plan":"plus"},"messageId":"\#(id)"}"#.utf8),
-                headers: ["Authorization: Basic d2s6", "Content-Type: application/json"], timeoutSeconds: 15))
+            let response = try #require(
+                try first.request(
+                    "POST", "/v1/identify?w=\(w)", body: Array(#"{"userId":"\#(id)","traits":{"plan":"plus"},"messageId":"\#(id)"}"#.utf8),
+                    headers: ["Authorization: Basic d2s6", "Content-Type: application/json"], timeoutSeconds: 15))
             return (response.status, response.body)
         }
         let all = try write("w-all", "all")
@@ -218,7 +224,9 @@ struct WriteConcernProcessTests {
         #expect(quorum.status == 200 && quorum.body.contains(#""replicas":2"#), "\(quorum)")
         let refused = try write("w-all-2", "all")
         #expect(refused.status == 503, "\(refused)")
-        #expect(refused.body.contains(#""code":"insufficient_replicas""#) && refused.body.contains(#""acknowledged":2"#) && refused.body.contains(#""required":3"#))
+        #expect(
+            refused.body.contains(#""code":"insufficient_replicas""#) && refused.body.contains(#""acknowledged":2"#)
+                && refused.body.contains(#""required":3"#))
         // Not acknowledged at w=all, but applied where it landed, and spreading.
         #expect(try first.profile("user_id:w-all-2")?.status == 200)
         #expect(try eventually(10) { try second.profile("user_id:w-all-2")?.status == 200 })
@@ -232,15 +240,17 @@ struct SessionTokenProcessTests {
         let cluster = try ClusterFixture()
         let nodes = try cluster.startAll(2)
         let (first, second) = (nodes[0], nodes[1])
-        let write = try #require(try first.request(
-            "POST", "/v1/identify", body: Array(#"{"userId":"s-1","traits":{"plan":"plus"},"messageId":"s-1"}"#.utf8),
-            headers: ["Authorization: Basic d2s6"]))
+        let write = try #require(
+            try first.request(
+                "POST", "/v1/identify", body: Array(#"{"userId":"s-1","traits":{"plan":"plus"},"messageId":"s-1"}"#.utf8),
+                headers: ["Authorization: Basic d2s6"]))
         let token = try #require(write.headers["kith-session"])
         #expect(write.status == 200 && token.hasPrefix("1."))
 
         func read(_ node: NodeProcess, _ token: String) throws -> (status: Int, headers: [String: String], body: String) {
-            try #require(try node.request(
-                "GET", "/v1/profiles/user_id:s-1?purpose=support", headers: ["Authorization: Bearer tk", "Kith-Session: \(token)"]))
+            try #require(
+                try node.request(
+                    "GET", "/v1/profiles/user_id:s-1?purpose=support", headers: ["Authorization: Bearer tk", "Kith-Session: \(token)"]))
         }
         let seen = try read(second, token)
         #expect(seen.status == 200 && seen.body.contains(#""plan":"plus""#))
@@ -267,9 +277,10 @@ struct ReadConsistencyProcessTests {
         let nodes = try cluster.startAll(3)
         let (first, second, third) = (nodes[0], nodes[1], nodes[2])
         third.stop(kill: true)
-        let write = try #require(try first.request(
-            "POST", "/v1/identify?w=quorum", body: Array(#"{"userId":"q-1","traits":{"plan":"plus"},"messageId":"q-1"}"#.utf8),
-            headers: ["Authorization: Basic d2s6"]))
+        let write = try #require(
+            try first.request(
+                "POST", "/v1/identify?w=quorum", body: Array(#"{"userId":"q-1","traits":{"plan":"plus"},"messageId":"q-1"}"#.utf8),
+                headers: ["Authorization: Basic d2s6"]))
         #expect(write.status == 200 && write.body.contains(#""replicas":2"#))
 
         // The third node comes back having missed the write; a quorum read there pulls from the
@@ -286,7 +297,9 @@ struct ReadConsistencyProcessTests {
             "profile", "get", "user_id:q-1", "--purpose", "support", "--consistency", "quorum", "--host", "127.0.0.1:\(third.port)", "--token", "tk",
         ])
         #expect(cli.status == 0 && cli.output.contains("plus") && cli.error.contains("Kith-Consistency: quorum"), "\(cli)")
-        #expect(try runKith(["profile", "get", "user_id:q-1", "--consistency", "often", "--host", "127.0.0.1:\(third.port)", "--token", "tk"]).status == 64)
+        #expect(
+            try runKith(["profile", "get", "user_id:q-1", "--consistency", "often", "--host", "127.0.0.1:\(third.port)", "--token", "tk"]).status
+                == 64)
 
         // With a replica down, `all` cannot be met: 503 with the count, or a degraded answer.
         second.stop(kill: true)

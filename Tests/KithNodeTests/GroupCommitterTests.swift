@@ -70,7 +70,10 @@ struct GroupCommitterTests {
         log.enumerated().allSatisfy { index, line in
             guard line.hasPrefix("answer "), line.hasSuffix(" stored") else { return true }
             let messageId = line.split(separator: " ")[1]
-            guard let committed = log.firstIndex(where: { $0.hasPrefix("commit ") && $0.split(separator: " ")[2].split(separator: ",").contains(messageId) })
+            guard
+                let committed = log.firstIndex(where: {
+                    $0.hasPrefix("commit ") && $0.split(separator: " ")[2].split(separator: ",").contains(messageId)
+                })
             else { return false }
             return log[committed..<index].contains("sync")
         }
@@ -94,8 +97,9 @@ struct GroupCommitterTests {
 
     @Test("without deferral every commit syncs itself and is answered at once")
     func synchronousCommitsAnswerAtOnce() {
-        #expect(Self.run(RecordingCommitStore(), defersSync: false) == [
-            "synced commit 1: m1", "answer m1 stored", "synced commit 2: m2,m3", "answer m2 stored", "answer m3 stored",
-        ])
+        #expect(
+            Self.run(RecordingCommitStore(), defersSync: false) == [
+                "synced commit 1: m1", "answer m1 stored", "synced commit 2: m2,m3", "answer m2 stored", "answer m3 stored",
+            ])
     }
 }

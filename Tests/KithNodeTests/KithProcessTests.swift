@@ -6,7 +6,8 @@ import KithTestSupport
 import Testing
 
 /// The built `kith` binary (KITH_BINARY overrides, e.g. for a release build).
-let kithBinary = ProcessInfo.processInfo.environment["KITH_BINARY"]
+let kithBinary =
+    ProcessInfo.processInfo.environment["KITH_BINARY"]
     ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
     .appendingPathComponent(".build/debug/kith").path
 
@@ -119,7 +120,9 @@ final class NodeProcess {
     }
 
     /// A read for `purpose` (the built-in policy's support purpose sees everything) with the admin token.
-    func profile(_ identifier: String, purpose: String = "support", token: String = "tk") throws -> (status: Int, headers: [String: String], body: String)? {
+    func profile(_ identifier: String, purpose: String = "support", token: String = "tk") throws -> (
+        status: Int, headers: [String: String], body: String
+    )? {
         let separator = identifier.contains("?") ? "&" : "?"
         return try request("GET", "/v1/profiles/\(identifier)\(separator)purpose=\(purpose)", headers: ["Authorization: Bearer \(token)"])
     }
@@ -138,8 +141,11 @@ struct NodeStartFailed: Error {}
 struct KithProcessTests {
     @Test func ingestThenReadByAnyIdentifier() throws {
         let node = try NodeProcess()
-        #expect(try node.ingest("/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"email":"Ana@Example.com","name":"Ana"},"messageId":"m1"}"#) == 200)
-        let batch = #"{"batch":[{"type":"track","anonymousId":"a-1","event":"Order Completed","properties":{"revenue":19.99},"messageId":"m2"},{"type":"track","userId":"u-1","event":"Order Completed","properties":{"revenue":5},"messageId":"m3"}]}"#
+        #expect(
+            try node.ingest(
+                "/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"email":"Ana@Example.com","name":"Ana"},"messageId":"m1"}"#) == 200)
+        let batch =
+            #"{"batch":[{"type":"track","anonymousId":"a-1","event":"Order Completed","properties":{"revenue":19.99},"messageId":"m2"},{"type":"track","userId":"u-1","event":"Order Completed","properties":{"revenue":5},"messageId":"m3"}]}"#
         #expect(try node.ingest("/v1/batch", batch) == 200)
         #expect(try node.ingest("/v1/batch", batch) == 200)  // a client retry: counted once
         let profile = try #require(try node.profile("email:ana%40example.com"))
@@ -162,14 +168,17 @@ struct KithProcessTests {
         #expect(response?.status == 400)
         #expect(response?.body.contains(#""code":"missing_field""#) == true)
         #expect(try node.profile("user_id:u-9")?.status == 404)
-        #expect(try node.ingest("/v1/track", #"{"userId":"u-1","event":"E","properties":{"x":""# + String(repeating: "y", count: 40_000) + #""}}"#) == 400)
+        #expect(
+            try node.ingest("/v1/track", #"{"userId":"u-1","event":"E","properties":{"x":""# + String(repeating: "y", count: 40_000) + #""}}"#) == 400
+        )
         #expect(try node.request("GET", "/v1/track")?.status == 405)
         #expect(try node.request("GET", "/nowhere")?.status == 404)
     }
 
     @Test func batchContextAppliesToEveryCall() throws {
         let node = try NodeProcess()
-        let batch = #"{"context":{"channel":"kiosk","consent":{"categoryPreferences":{"Ads":false}}},"batch":[{"type":"identify","userId":"u-c","traits":{"a":1},"messageId":"c1","timestamp":"2025-01-01T00:00:02Z"},{"type":"track","userId":"u-c","event":"E","messageId":"c2","context":{"channel":"web"},"timestamp":"2025-01-01T00:00:01Z"}]}"#
+        let batch =
+            #"{"context":{"channel":"kiosk","consent":{"categoryPreferences":{"Ads":false}}},"batch":[{"type":"identify","userId":"u-c","traits":{"a":1},"messageId":"c1","timestamp":"2025-01-01T00:00:02Z"},{"type":"track","userId":"u-c","event":"E","messageId":"c2","context":{"channel":"web"},"timestamp":"2025-01-01T00:00:01Z"}]}"#
         #expect(try node.ingest("/v1/batch", batch) == 200)
         let profile = try #require(try node.profile("user_id:u-c"))
         #expect(profile.body.contains(#""Ads":{"status":"denied""#))
@@ -212,20 +221,22 @@ struct KithProcessTests {
         let done = DispatchSemaphore(value: 0)
         let port = node.port
         let clients = 4
-        for clientNumber in 0..<clients { Thread {
-            var batchNumber = 0
-            while batchNumber < 10_000 {
-                let ids = (0..<50).map { "k\(clientNumber)-\(batchNumber)-\($0)" }
-                let messages = ids.map { #"{"type":"track","userId":"u-\#(batchNumber % 8)","event":"E","messageId":"\#($0)"}"# }
-                let body = Array(#"{"batch":[\#(messages.joined(separator: ","))]}"#.utf8)
-                guard let client = try? TestClient(port: port, timeoutSeconds: 2) else { break }
-                client.send(Array("POST /v1/batch HTTP/1.1\r\nAuthorization: Basic d2s6\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
-                guard let response = client.readResponse() else { break }
-                if response.status == 200 { acknowledged.add(ids.map { ($0, "u-\(batchNumber % 8)") }) }
-                batchNumber += 1
-            }
-            done.signal()
-        }.start() }
+        for clientNumber in 0..<clients {
+            Thread {
+                var batchNumber = 0
+                while batchNumber < 10_000 {
+                    let ids = (0..<50).map { "k\(clientNumber)-\(batchNumber)-\($0)" }
+                    let messages = ids.map { #"{"type":"track","userId":"u-\#(batchNumber % 8)","event":"E","messageId":"\#($0)"}"# }
+                    let body = Array(#"{"batch":[\#(messages.joined(separator: ","))]}"#.utf8)
+                    guard let client = try? TestClient(port: port, timeoutSeconds: 2) else { break }
+                    client.send(Array("POST /v1/batch HTTP/1.1\r\nAuthorization: Basic d2s6\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+                    guard let response = client.readResponse() else { break }
+                    if response.status == 200 { acknowledged.add(ids.map { ($0, "u-\(batchNumber % 8)") }) }
+                    batchNumber += 1
+                }
+                done.signal()
+            }.start()
+        }
         while acknowledged.count < 2_000 { usleep(10_000) }
         node.stop(kill: true)
         for _ in 0..<clients { done.wait() }
@@ -242,12 +253,18 @@ struct KithProcessTests {
 
     @Test func profileResourcesUnmergeAndAdmin() throws {
         let node = try NodeProcess()
-        #expect(try node.ingest("/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"name":"Ana"},"messageId":"i1","timestamp":"2025-01-01T00:00:00Z"}"#) == 200)
-        let events = (0..<12).map { #"{"type":"track","userId":"u-1","event":"E","messageId":"e\#($0)","timestamp":"2025-01-01T00:00:\#($0 < 10 ? "0" : "")\#($0)Z"}"# }
+        #expect(
+            try node.ingest(
+                "/v1/identify", #"{"userId":"u-1","anonymousId":"a-1","traits":{"name":"Ana"},"messageId":"i1","timestamp":"2025-01-01T00:00:00Z"}"#)
+                == 200)
+        let events = (0..<12).map {
+            #"{"type":"track","userId":"u-1","event":"E","messageId":"e\#($0)","timestamp":"2025-01-01T00:00:\#($0 < 10 ? "0" : "")\#($0)Z"}"#
+        }
         #expect(try node.ingest("/v1/batch", #"{"batch":[\#(events.joined(separator: ","))]}"#) == 200)
         #expect(try node.profile("user_id:u-1/traits")?.body == #"{"purpose":"support","traits":{"name":"Ana"},"withheld":[],"masked":[]}"#)
-        #expect(try node.profile("user_id:u-1/identifiers")?.body
-            == #"{"purpose":"support","identifiers":{"user_id":["u-1"],"anonymous_id":["a-1"]},"withheld":[],"masked":[]}"#)
+        #expect(
+            try node.profile("user_id:u-1/identifiers")?.body
+                == #"{"purpose":"support","identifiers":{"user_id":["u-1"],"anonymous_id":["a-1"]},"withheld":[],"masked":[]}"#)
 
         var seen: [String] = []
         var cursor: String?
@@ -273,11 +290,14 @@ struct KithProcessTests {
         #expect(try node.request("GET", "/v1/admin/status")?.status == 401)
         let backup = node.dataDirectory + "-backup"
         defer { try? FileManager.default.removeItem(atPath: backup) }
-        let backedUp = try node.request("POST", "/v1/admin/backup", body: Array(#"{"directory":"\#(backup)"}"#.utf8), headers: ["Authorization: Bearer tk"])
+        let backedUp = try node.request(
+            "POST", "/v1/admin/backup", body: Array(#"{"directory":"\#(backup)"}"#.utf8), headers: ["Authorization: Bearer tk"])
         #expect(backedUp?.status == 200)
         #expect(FileManager.default.fileExists(atPath: backup + "/data.mdb"))
         #expect(try node.request("GET", "/metrics")?.status == 401, "metrics need an admin token")
-        #expect(try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains("kith_http_request_duration_seconds_bucket") == true)
+        #expect(
+            try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains("kith_http_request_duration_seconds_bucket")
+                == true)
     }
 
     @Test func operatorCommandsAgainstALiveNode() throws {
@@ -316,7 +336,8 @@ struct KithProcessTests {
     @Test func logsCarryRequestIdsAndNoPersonalData() throws {
         let node = try NodeProcess(environment: ["KITH_LOG_REQUESTS": "1"])
         let canaries = ["canary-user-7f3a", "canary.person@example.org", "Canary Street 9", "canary-anon-55"]
-        let identify = #"{"userId":"\#(canaries[0])","anonymousId":"\#(canaries[3])","traits":{"email":"\#(canaries[1])","address":"\#(canaries[2])"}}"#
+        let identify =
+            #"{"userId":"\#(canaries[0])","anonymousId":"\#(canaries[3])","traits":{"email":"\#(canaries[1])","address":"\#(canaries[2])"}}"#
         #expect(try node.ingest("/v1/identify", identify) == 200)
         #expect(try node.ingest("/v1/track", #"{"userId":"\#(canaries[0])"}"#) == 400)  // an error names no value either
         let read = try node.profile("email:canary.person%40example.org")

@@ -22,7 +22,8 @@ func privacyConfiguration(directory: String) throws -> String {
 
 extension NodeProcess {
     func call(_ method: String, _ path: String, token: String, body: String = "") throws -> (status: Int, headers: [String: String], body: String) {
-        try #require(try request(method, path, body: Array(body.utf8), headers: ["Authorization: Bearer \(token)", "Content-Type: application/json"]))
+        try #require(
+            try request(method, path, body: Array(body.utf8), headers: ["Authorization: Bearer \(token)", "Content-Type: application/json"]))
     }
 }
 
@@ -127,7 +128,8 @@ struct PrivacyProcessTests {
         let decisions = history.map { change in
             (change["decisions"]?.objectValue?.members.map { "\($0.key)=\($0.value == .bool(true))" } ?? []).joined(separator: ",")
         }
-        #expect(decisions == ["advertising=false,analytics=true", "advertising=true", "kith:processing=false", "kith:processing=true"], "\(decisions)")
+        #expect(
+            decisions == ["advertising=false,analytics=true", "advertising=true", "kith:processing=false", "kith:processing=true"], "\(decisions)")
         #expect(history[0]["messageId"]?.stringValue == "p-1" && history[0]["identifier"]?.stringValue == "user_id:u-priv")
         #expect(history[1]["source"]?.stringValue == "preference-centre")
         let exported = try runKith(["export-subject", "user_id:u-priv", "--host", "127.0.0.1:\(node.port)", "--token", "dpo"])
@@ -162,7 +164,9 @@ struct PrivacyProcessTests {
         #expect(try node.call("GET", "/v1/profiles/user_id:u-priv/audit", token: "dpo").status == 200)
         // Erasing an identifier this node has never seen is remembered all the same.
         #expect(try node.call("DELETE", "/v1/profiles/user_id:never-seen", token: "dpo").status == 200)
-        #expect(try node.ingest("/v1/identify", #"{"userId":"never-seen","messageId":"late","timestamp":"2026-01-01T00:00:00Z","traits":{"a":1}}"#) == 200)
+        #expect(
+            try node.ingest("/v1/identify", #"{"userId":"never-seen","messageId":"late","timestamp":"2026-01-01T00:00:00Z","traits":{"a":1}}"#) == 200
+        )
         #expect(try node.profile("user_id:never-seen")?.status == 404)
     }
 
@@ -179,14 +183,19 @@ struct PrivacyProcessTests {
         edge.arguments = edge.arguments.map { $0 == core.gossipAddress! ? "127.0.0.1:1" : $0 }
         #expect(try core.request("DELETE", "/v1/profiles/user_id:u-priv", headers: ["Authorization: Bearer tk"])?.status == 403)
         try edge.start()
-        #expect(try edge.ingest("/v1/track", #"{"userId":"u-priv","event":"Offline Visit","messageId":"p-offline","timestamp":"2026-01-02T00:00:00Z"}"#) == 200)
+        #expect(
+            try edge.ingest("/v1/track", #"{"userId":"u-priv","event":"Offline Visit","messageId":"p-offline","timestamp":"2026-01-02T00:00:00Z"}"#)
+                == 200)
 
         // Erased at the core (privacy token) while the edge is away.
         #expect(try runKith(["erase", "user_id:u-priv", "--host", "127.0.0.1:\(core.port)", "--token", "pk", "--yes"]).status == 0)
         #expect(try core.profile("user_id:u-priv")?.status == 404)
 
         // Reconnect: the erasure reaches the edge, and the edge's data does not come back.
-        #expect(try edge.request("POST", "/v1/admin/join", body: Array(#"{"address":"\#(core.gossipAddress!)"}"#.utf8), headers: ["Authorization: Bearer tk"])?.status == 202)
+        #expect(
+            try edge.request(
+                "POST", "/v1/admin/join", body: Array(#"{"address":"\#(core.gossipAddress!)"}"#.utf8), headers: ["Authorization: Bearer tk"])?.status
+                == 202)
         #expect(try eventually(20) { try edge.profile("user_id:u-priv")?.status == 404 })
         Thread.sleep(forTimeInterval: 1.5)  // several pull rounds both ways
         #expect(try core.profile("user_id:u-priv")?.status == 404)

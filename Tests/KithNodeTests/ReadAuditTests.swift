@@ -12,7 +12,8 @@ struct ReadAuditTests {
         outcome.returned = ["traits.plan"]
         outcome.masked = ["traits.email"]
         outcome.withheld = [Withheld(field: "traits.phone", reason: .consentDenied, category: "contact", consentCategory: "marketing")]
-        return AuditRecord(time: time, principal: principal, purpose: "analytics", node: "n1", resource: "profile", subjects: subjects, outcome: outcome)
+        return AuditRecord(
+            time: time, principal: principal, purpose: "analytics", node: "n1", resource: "profile", subjects: subjects, outcome: outcome)
     }
 
     static func subject(_ byte: UInt8) -> [UInt8] { [UInt8](repeating: byte, count: 32) }
@@ -127,7 +128,9 @@ struct ReadAuditTests {
         }
     }
 
-    static func recordPasses(_ audit: ReadAudit, passes: Range<Int>, time: (Int) -> Int64, merge: Bool) throws -> [(principal: String, subjects: [[UInt8]])] {
+    static func recordPasses(_ audit: ReadAudit, passes: Range<Int>, time: (Int) -> Int64, merge: Bool) throws -> [(
+        principal: String, subjects: [[UInt8]]
+    )] {
         var written: [(String, [[UInt8]])] = []
         for pass in passes {
             for index in 0..<3 {
@@ -195,7 +198,8 @@ struct ReadAuditTests {
         // Pass p records reads at now + 10p + i about subject i; record keys follow those times.
         func pass(_ pass: Int) throws {
             for index in 0..<3 {
-                try audit.record(Self.record(time: now + Int64(10 * pass + index), principal: "p\(pass)-\(index)", subjects: [Self.subject(UInt8(index))]))
+                try audit.record(
+                    Self.record(time: now + Int64(10 * pass + index), principal: "p\(pass)-\(index)", subjects: [Self.subject(UInt8(index))]))
             }
             try audit.flush()
             try audit.index()
@@ -229,7 +233,11 @@ struct ReadAuditTests {
         try audit!.flush()
         audit = nil
         // Make it layout 1: the old table, a watermark past every record, no runs.
-        let environment = try LMDBEnvironment(path: path, configuration: { var c = LMDBEnvironment.Configuration(); c.maximumDatabases = 24; return c }())
+        let environment = try LMDBEnvironment(
+            path: path,
+            configuration: {
+                var c = LMDBEnvironment.Configuration(); c.maximumDatabases = 24; return c
+            }())
         let meta = try environment.database(named: "meta")
         let records = try environment.database(named: "records")
         let old = try environment.database(named: "subjects")

@@ -1,10 +1,10 @@
 import Foundation
 import KithCRDT
 import KithCluster
+import KithCrypto
 import KithHTTP
 import KithJSON
 import KithNet
-import KithCrypto
 import KithProfile
 import KithReplication
 import Synchronization
@@ -35,7 +35,11 @@ private final class LoneReplicatingNode {
     /// A peer's document state the store refuses: its identifier does not hash to its forget key.
     static let refusedState = PeerMessage.documents(
         request: 1,
-        states: [DocumentState(forgetKey: [UInt8](repeating: 7, count: DocumentState.forgetKeySize), identifier: Identifier(kind: .userId, value: "u-1"), forgottenAt: nil, rows: [])],
+        states: [
+            DocumentState(
+                forgetKey: [UInt8](repeating: 7, count: DocumentState.forgetKeySize), identifier: Identifier(kind: .userId, value: "u-1"),
+                forgottenAt: nil, rows: [])
+        ],
         wanted: [])
 
     deinit {

@@ -48,7 +48,8 @@ struct WarningLimiterTests {
             _ = client.isClosedByServer()  // waits until the node has closed it
         }
         let counted = try eventually(10) {
-            try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains(#"kith_peer_connections_closed_total{reason="bad_magic"} 200"#) == true
+            try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains(
+                #"kith_peer_connections_closed_total{reason="bad_magic"} 200"#) == true
         }
         #expect(counted)
         let lines = node.logs.split(separator: "\n").filter { $0.contains("peer connection closed") }

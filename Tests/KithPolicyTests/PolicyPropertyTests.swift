@@ -45,7 +45,9 @@ import Testing
             }
             guard !returned.contains(field) else { continue }
             for value in values {
-                #expect(!body.contains(value), "seed \(seed): \(field) is \(withheld.contains(field) ? "withheld" : "masked") but its value is in the body")
+                #expect(
+                    !body.contains(value),
+                    "seed \(seed): \(field) is \(withheld.contains(field) ? "withheld" : "masked") but its value is in the body")
             }
         }
         if withheld.contains("events") || masked.contains("events") {
@@ -59,7 +61,10 @@ import Testing
     @Test(arguments: 0..<100) func decisionsFollowCategoryAndAccess(seed: UInt64) throws {
         var random = SplitMix64(seed: seed &* 104_729 &+ 7)
         var policy = try Self.randomPolicy(&random)
-        let fields = Self.traitPool.map { "traits." + $0 } + ["traits.unnamed", "events", "aggregates", "revenue", "groups", "identifiers.email", "identifiers.user_id"]
+        let fields =
+            Self.traitPool.map { "traits." + $0 } + [
+                "traits.unnamed", "events", "aggregates", "revenue", "groups", "identifiers.email", "identifiers.user_id",
+            ]
         func expected(_ field: String, _ purpose: String, blanket: Withheld?) -> FieldDecision {
             var category = policy.fields[field]
             if category == nil, case .category(let unknown) = policy.unknownFields { category = unknown }
@@ -80,7 +85,8 @@ import Testing
                 let principal = Principal(name: "p", role: .reader, purposes: [purpose])
                 let granted = ConsentState(decisions: Dictionary(uniqueKeysWithValues: Self.consentPool.map { ($0, true) }))
                 let open = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: granted)
-                let restricted = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(restricted: true))
+                let restricted = try ReadDecision(
+                    policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(restricted: true))
                 for field in fields {
                     #expect(open.decide(field) == expected(field, purpose, blanket: nil), "\(purpose) \(field)")
                     #expect(restricted.decide(field) == expected(field, purpose, blanket: Withheld(field: "", reason: .restricted)))
@@ -116,11 +122,16 @@ import Testing
         var purposes = JSONObject()
         for name in ["p1", "p2", "p3"] {
             var access = JSONObject()
-            for category in categories where random.next() % 4 != 0 { access.members.append(.init(category, .string(pick(["allow", "mask", "withhold"])))) }
+            for category in categories where random.next() % 4 != 0 {
+                access.members.append(.init(category, .string(pick(["allow", "mask", "withhold"]))))
+            }
             let consent = consentPool.filter { _ in random.next() % 3 == 0 }.map { JSONValue.string($0) }
-            purposes.members.append(.init(name, [
-                "consent": .array(consent), "unknownConsent": .string(pick(["opt-in", "opt-out"])), "categories": .object(access),
-            ]))
+            purposes.members.append(
+                .init(
+                    name,
+                    [
+                        "consent": .array(consent), "unknownConsent": .string(pick(["opt-in", "opt-out"])), "categories": .object(access),
+                    ]))
         }
         let document: JSONValue = [
             "version": 1, "fields": .object(fields), "masks": .object(masks), "unknownFields": .string(pick(["withhold", "sensitive", "contact"])),
@@ -155,10 +166,12 @@ import Testing
             traits.members.append(.init(trait, .string(value)))
             canaries["traits." + trait] = [value]
         }
-        var messages: [JSONValue] = [[
-            "type": "identify", "messageId": "m-identify", "userId": .string(userId), "traits": .object(traits),
-            "timestamp": "2026-01-01T00:00:00Z",
-        ]]
+        var messages: [JSONValue] = [
+            [
+                "type": "identify", "messageId": "m-identify", "userId": .string(userId), "traits": .object(traits),
+                "timestamp": "2026-01-01T00:00:00Z",
+            ]
+        ]
         for index in 0..<Int(random.next() % 4) {
             let revenue = "\(900_000 + seed).\(index)7"
             messages.append([

@@ -36,18 +36,28 @@ import Testing
             (#"{"version":1,"purposes":{"p":{}},"colour":1}"#, "colour: is not a policy setting"),
             (#"{"version":1,"purposes":{}}"#, "purposes: a policy needs at least one purpose"),
             (#"{"version":1,"fields":{"traits.x":"secret"},"purposes":{"p":{}}}"#, "fields.traits.x: must name a declared category"),
-            (#"{"version":1,"fields":{"nickname":"contact"},"purposes":{"p":{}}}"#, "fields.nickname: " + "a field is traits.NAME, identifiers.KIND, events, aggregates, groups or revenue"),
+            (
+                #"{"version":1,"fields":{"nickname":"contact"},"purposes":{"p":{}}}"#,
+                "fields.nickname: " + "a field is traits.NAME, identifiers.KIND, events, aggregates, groups or revenue"
+            ),
             (#"{"version":1,"unknownFields":"maybe","purposes":{"p":{}}}"#, #"unknownFields: must be "withhold" or a declared category"#),
-            (#"{"version":1,"consentCategories":{"ads":{"tcf":[12]}},"purposes":{"p":{}}}"#, "consentCategories.ads.tcf: TCF v2.2 purposes are numbered 1 to 11"),
-            (#"{"version":1,"consentCategories":{"ads":{"googleConsentMode":["ads"]}},"purposes":{"p":{}}}"#,
-             #"consentCategories.ads.googleConsentMode: "ads" is not a Google Consent Mode type"#),
+            (
+                #"{"version":1,"consentCategories":{"ads":{"tcf":[12]}},"purposes":{"p":{}}}"#,
+                "consentCategories.ads.tcf: TCF v2.2 purposes are numbered 1 to 11"
+            ),
+            (
+                #"{"version":1,"consentCategories":{"ads":{"googleConsentMode":["ads"]}},"purposes":{"p":{}}}"#,
+                #"consentCategories.ads.googleConsentMode: "ads" is not a Google Consent Mode type"#
+            ),
             (#"{"version":1,"purposes":{"p":{"consent":["ads"]}}}"#, #"purposes.p.consent: "ads" is not in consentCategories"#),
             (#"{"version":1,"purposes":{"p":{"unknownConsent":"maybe"}}}"#, #"purposes.p.unknownConsent: must be "opt-in" or "opt-out""#),
             (#"{"version":1,"purposes":{"p":{"categories":{"contact":"show"}}}}"#, "purposes.p.categories.contact: must be allow, mask or withhold"),
             (#"{"version":1,"purposes":{"p":{"categories":{"secret":"allow"}}}}"#, "purposes.p.categories.secret: is not a declared category"),
             (#"{"version":1,"purposes":{"p":{},"p":{}}}"#, "invalid JSON: duplicateKey at byte 32"),
-            (#"{"version":1,"masks":{"traits.email":"scramble"},"purposes":{"p":{}}}"#,
-             "masks.traits.email: must be one of email, last-two-digits, year-only, redact"),
+            (
+                #"{"version":1,"masks":{"traits.email":"scramble"},"purposes":{"p":{}}}"#,
+                "masks.traits.email: must be one of email, last-two-digits, year-only, redact"
+            ),
             (#"{"version":1,"categories":["a","a"],"purposes":{"p":{}}}"#, "categories: must be a non-empty list without repeats"),
         ]
         for (text, expected) in cases {
@@ -73,7 +83,9 @@ import Testing
     let twoPurposes = Principal(name: "crm", role: .reader, purposes: ["support", "advertising"])
 
     @Test func purposesAreCheckedBeforeAnyField() throws {
-        #expect(throws: ReadRefusal.purposeRequired) { try ReadDecision(policy: policy, principal: twoPurposes, requestedPurpose: nil, consent: .init()) }
+        #expect(throws: ReadRefusal.purposeRequired) {
+            try ReadDecision(policy: policy, principal: twoPurposes, requestedPurpose: nil, consent: .init())
+        }
         #expect(throws: ReadRefusal.purposeNotHeld("analytics")) {
             try ReadDecision(policy: policy, principal: twoPurposes, requestedPurpose: "analytics", consent: .init())
         }
@@ -91,14 +103,17 @@ import Testing
                 .decide(field)
         }
         #expect(try decide("analytics", [:]) == .allow, "analytics is opt-out: unknown consent permits")
-        #expect(try decide("analytics", ["analytics": false])
-            == .withhold(Withheld(field: "events", reason: .consentDenied, category: "behavioral", consentCategory: "analytics")))
-        #expect(try decide("advertising", [:])
-            == .withhold(Withheld(field: "events", reason: .consentUnknown, category: "behavioral", consentCategory: "advertising")))
+        #expect(
+            try decide("analytics", ["analytics": false])
+                == .withhold(Withheld(field: "events", reason: .consentDenied, category: "behavioral", consentCategory: "analytics")))
+        #expect(
+            try decide("advertising", [:])
+                == .withhold(Withheld(field: "events", reason: .consentUnknown, category: "behavioral", consentCategory: "advertising")))
         #expect(try decide("advertising", ["advertising": true]) == .allow)
         #expect(try decide("advertising", ["advertising": true], "traits.email") == .mask(.email))
-        #expect(try decide("advertising", ["advertising": true], "revenue")
-            == .withhold(Withheld(field: "revenue", reason: .purposeExcludesCategory, category: "financial")))
+        #expect(
+            try decide("advertising", ["advertising": true], "revenue")
+                == .withhold(Withheld(field: "revenue", reason: .purposeExcludesCategory, category: "financial")))
         #expect(try decide("support", ["advertising": false, "analytics": false]) == .allow, "support needs no consent")
     }
 
@@ -111,7 +126,8 @@ import Testing
     }
 
     @Test func unknownFieldsFollowTheStatedDefault() throws {
-        let strict = try Policy(parsing: Array(#"{"version":1,"unknownFields":"withhold","purposes":{"p":{"categories":{"sensitive":"allow"}}}}"#.utf8))
+        let strict = try Policy(
+            parsing: Array(#"{"version":1,"unknownFields":"withhold","purposes":{"p":{"categories":{"sensitive":"allow"}}}}"#.utf8))
         let principal = Principal(name: "p", role: .reader, purposes: ["p"])
         let decision = try ReadDecision(policy: strict, principal: principal, requestedPurpose: "p", consent: .init())
         #expect(decision.decide("traits.shoeSize") == .withhold(Withheld(field: "traits.shoeSize", reason: .unknownField)))

@@ -30,9 +30,11 @@ struct EventTimeCeilingTests {
         let ahead = received + yearMillis
         var document = SourceDocument()
         document.apply(
-            try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m1","timestamp":"\#(ISO8601.format(millis: ahead))"}"#), historyLimit: 5)
+            try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m1","timestamp":"\#(ISO8601.format(millis: ahead))"}"#), historyLimit: 5
+        )
         document.apply(
-            try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m2","timestamp":"\#(ISO8601.format(millis: received - 1))"}"#), historyLimit: 5)
+            try delta(#"{"type":"track","userId":"u","event":"E","messageId":"m2","timestamp":"\#(ISO8601.format(millis: received - 1))"}"#),
+            historyLimit: 5)
         #expect(document.head.recent.map(\.clientTimestamp) == [ahead, nil])
         let user = Identifier(kind: .userId, value: "u")!
         let view = ProfileView(canonical: user, members: [user], head: document.head)
@@ -68,7 +70,8 @@ struct EventTimeCeilingTests {
         #expect(past.times.eventTime == received - 5_000 && !past.times.isClientTimeAhead)
         // A client clock a year fast that sends sentAt is corrected as Segment does, not clamped.
         let sent = try delta(
-            #"{"type":"track","userId":"u","event":"E","messageId":"m","timestamp":"\#(ISO8601.format(millis: received + yearMillis - 3_000))","sentAt":"\#(ISO8601.format(millis: received + yearMillis))"}"#)
+            #"{"type":"track","userId":"u","event":"E","messageId":"m","timestamp":"\#(ISO8601.format(millis: received + yearMillis - 3_000))","sentAt":"\#(ISO8601.format(millis: received + yearMillis))"}"#
+        )
         #expect(sent.times.eventTime == received - 3_000)
     }
 
@@ -119,12 +122,14 @@ struct RevenueTests {
         var document = SourceDocument()
         for index in 0..<20 {
             document.apply(
-                try delta(#"{"type":"track","userId":"u","event":"Order Completed","messageId":"m\#(index)","properties":{"revenue":1000000000000}}"#),
+                try delta(
+                    #"{"type":"track","userId":"u","event":"Order Completed","messageId":"m\#(index)","properties":{"revenue":1000000000000}}"#),
                 historyLimit: 5)
         }
         let total = document.head.aggregates["Order Completed"]!.revenueMicros
         #expect(total == Int128(20) * Int128(Revenue.limitMicros))
-        let view = ProfileView(canonical: Identifier(kind: .userId, value: "u")!, members: [Identifier(kind: .userId, value: "u")!], head: document.head)
+        let view = ProfileView(
+            canonical: Identifier(kind: .userId, value: "u")!, members: [Identifier(kind: .userId, value: "u")!], head: document.head)
         let json = try JSONParser.parse(view.jsonBytes)
         #expect(json["aggregates"]?["events"]?["Order Completed"]?["revenue"] == .number(JSONNumber(literal: "20000000000000")!))
         // The stored form round-trips and renders the same from its bytes.
@@ -147,7 +152,9 @@ struct RevenueTests {
                 var literal = JSONWriter()
                 literal.write(fixedPoint: micros, scale: 6)
                 deltas.append(
-                    try delta(#"{"type":"track","userId":"u","event":"Order Completed","messageId":"m\#(index)","properties":{"revenue":\#(literal.string)}}"#))
+                    try delta(
+                        #"{"type":"track","userId":"u","event":"Order Completed","messageId":"m\#(index)","properties":{"revenue":\#(literal.string)}}"#
+                    ))
             }
             var one = SourceDocument(), other = SourceDocument(), merged = SourceDocument()
             for d in deltas { one.apply(d, historyLimit: 3) }
@@ -207,7 +214,9 @@ struct DecoderLimitTests {
     }
 
     @Test func timesAtTheLimitDecodeAndBeyondAreRefused() throws {
-        for (time, accepted) in [(MessageTimes.limit, true), (-MessageTimes.limit, true), (MessageTimes.limit + 1, false), (Int64.max, false), (Int64.min, false)] {
+        for (time, accepted) in [
+            (MessageTimes.limit, true), (-MessageTimes.limit, true), (MessageTimes.limit + 1, false), (Int64.max, false), (Int64.min, false),
+        ] {
             var writer = BinaryWriter()
             writer.write(signed: time)
             for _ in 0..<3 {

@@ -121,9 +121,11 @@ struct EncodedProfileViewTests {
                 revenueMicros: 12_500_000, properties: try! RawJSON(validating: Array(#"{"revenue":12.5,"x":"\u2028"}"#.utf8))),
             EventRecord(messageId: "m-1", type: .page, name: "Home", time: 1_760_000_000_123, channel: "web", properties: .emptyObject),
         ]
-        head.aggregates = SortedDictionary(ascending: ["Home", "Order \"Completed\"\n"], [
-            EventAggregate(count: 1, revenueMicros: 0), EventAggregate(count: 2, revenueMicros: -1_000_001),
-        ])!
+        head.aggregates = SortedDictionary(
+            ascending: ["Home", "Order \"Completed\"\n"],
+            [
+                EventAggregate(count: 1, revenueMicros: 0), EventAggregate(count: 2, revenueMicros: -1_000_001),
+            ])!
         head.messageCount = 7
         head.firstSeen = -62_167_219_200_001
         head.lastSeen = 253_402_300_800_000

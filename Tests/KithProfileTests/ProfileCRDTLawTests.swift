@@ -24,7 +24,8 @@ private func randomDocument(_ r: inout SplitMix64) -> SourceDocument {
     var document = SourceDocument()
     let parser = SegmentMessageParser()
     for _ in 0..<r.below(6) {
-        let text = #"{"type":"track","userId":"u","event":"E\#(r.below(2))","messageId":"m\#(r.below(6))","timestamp":"2025-01-01T00:00:0\#(r.below(4))Z","properties":{"revenue":\#(r.below(3))},"context":{"consent":{"categoryPreferences":{"Ads":\#(r.chance(50))}},"traits":{}}}"#
+        let text =
+            #"{"type":"track","userId":"u","event":"E\#(r.below(2))","messageId":"m\#(r.below(6))","timestamp":"2025-01-01T00:00:0\#(r.below(4))Z","properties":{"revenue":\#(r.below(3))},"context":{"consent":{"categoryPreferences":{"Ads":\#(r.chance(50))}},"traits":{}}}"#
         let delta = try! parser.parse(try! JSONParser.parse(text), receivedAt: 0)
         document.apply(delta, historyLimit: 3)
     }

@@ -17,7 +17,9 @@ private func id(_ text: String) -> Identifier { Identifier(parsing: text)! }
 @Suite("Segment messages")
 struct SegmentMessageTests {
     @Test func identifyTakesTraitsFromTraitsAndContextTraits() throws {
-        let d = try delta(#"{"type":"identify","userId":"u-1","messageId":"m1","traits":{"plan":"plus","email":"A@Example.com "},"context":{"traits":{"plan":"free","city":"Oslo"},"channel":"web"}}"#)
+        let d = try delta(
+            #"{"type":"identify","userId":"u-1","messageId":"m1","traits":{"plan":"plus","email":"A@Example.com "},"context":{"traits":{"plan":"free","city":"Oslo"},"channel":"web"}}"#
+        )
         #expect(d.subject == id("user_id:u-1"))
         #expect(d.traits["plan"] == "plus")
         #expect(d.traits["city"] == "Oslo")
@@ -39,16 +41,20 @@ struct SegmentMessageTests {
         #expect(d.links == [id("anonymous_id:a-1")])
     }
 
-    @Test(arguments: [
-        ("2025-10-09T08:26:40.123Z", 1_759_998_400_123), ("2025-10-09T08:26:40.123+00:00", 1_759_998_400_123),
-        ("2025-10-09T08:26:40.123456Z", 1_759_998_400_123), ("2025-10-09T10:26:40.123456+02:00", 1_759_998_400_123),
-        ("2025-10-09T08:26:40Z", 1_759_998_400_000), ("2025-10-09T03:26:40.1-05:00", 1_759_998_400_100),
-    ] as [(String, Int64)])
+    @Test(
+        arguments: [
+            ("2025-10-09T08:26:40.123Z", 1_759_998_400_123), ("2025-10-09T08:26:40.123+00:00", 1_759_998_400_123),
+            ("2025-10-09T08:26:40.123456Z", 1_759_998_400_123), ("2025-10-09T10:26:40.123456+02:00", 1_759_998_400_123),
+            ("2025-10-09T08:26:40Z", 1_759_998_400_000), ("2025-10-09T03:26:40.1-05:00", 1_759_998_400_100),
+        ] as [(String, Int64)])
     func parsesClientTimestamps(_ text: String, _ millis: Int64) {
         #expect(ISO8601.parseMillis(text) == millis)
     }
 
-    @Test(arguments: ["2025-13-01T00:00:00Z", "2025-02-30T00:00:00Z", "2025-10-09T08:26:40", "2025-10-09", "yesterday", "2025-10-09T08:26:40.Z", "2025-10-09T24:00:00Z"])
+    @Test(arguments: [
+        "2025-13-01T00:00:00Z", "2025-02-30T00:00:00Z", "2025-10-09T08:26:40", "2025-10-09", "yesterday", "2025-10-09T08:26:40.Z",
+        "2025-10-09T24:00:00Z",
+    ])
     func rejectsMalformedTimestamps(_ text: String) {
         #expect(ISO8601.parseMillis(text) == nil)
     }
@@ -65,7 +71,9 @@ struct SegmentMessageTests {
         // The client's clock is 10 minutes fast: it stamped the event at 12:10 and sent it at 12:11,
         // and Kith received it at 12:01:05, so the event really happened at 12:00:05.
         let d = try parser.parse(
-            try JSONParser.parse(#"{"type":"track","userId":"u","event":"E","messageId":"m","timestamp":"2025-01-01T12:10:00.000Z","sentAt":"2025-01-01T12:11:00.000Z"}"#),
+            try JSONParser.parse(
+                #"{"type":"track","userId":"u","event":"E","messageId":"m","timestamp":"2025-01-01T12:10:00.000Z","sentAt":"2025-01-01T12:11:00.000Z"}"#
+            ),
             receivedAt: ISO8601.parseMillis("2025-01-01T12:01:05.000Z")!)
         #expect(d.times.eventTime == ISO8601.parseMillis("2025-01-01T12:00:05.000Z"))
         #expect(d.times.timestamp == ISO8601.parseMillis("2025-01-01T12:10:00.000Z"))
@@ -75,7 +83,9 @@ struct SegmentMessageTests {
     }
 
     @Test func readsConsentAndRevenue() throws {
-        let d = try delta(#"{"type":"track","userId":"u","event":"Order Completed","messageId":"m","properties":{"revenue":"19.99"},"context":{"consent":{"categoryPreferences":{"Advertising":false,"Analytics":true,"Bad":"yes"}}}}"#)
+        let d = try delta(
+            #"{"type":"track","userId":"u","event":"Order Completed","messageId":"m","properties":{"revenue":"19.99"},"context":{"consent":{"categoryPreferences":{"Advertising":false,"Analytics":true,"Bad":"yes"}}}}"#
+        )
         #expect(d.consent == [ConsentDecision(category: "Advertising", granted: false), ConsentDecision(category: "Analytics", granted: true)])
         #expect(d.event?.revenueMicros == 19_990_000)
     }
@@ -122,7 +132,9 @@ struct IdentifierTests {
     /// The byte-level shortcut for values already in normal form must agree with the full rule
     /// on every value: seeded random strings over the characters where the two could differ.
     @Test func normalFormShortcutAgreesWithTheRule() {
-        let alphabet: [String] = ["a", "Z", "@", ".", "0", " ", "\t", "\n", "\u{7F}", "\u{1}", "É", "é", "ß", "\u{85}", "\u{A0}", "\u{2003}", "-", "_", "~", "\r\n"]
+        let alphabet: [String] = [
+            "a", "Z", "@", ".", "0", " ", "\t", "\n", "\u{7F}", "\u{1}", "É", "é", "ß", "\u{85}", "\u{A0}", "\u{2003}", "-", "_", "~", "\r\n",
+        ]
         var random = SplitMix64(seed: 77)
         for _ in 0..<5_000 {
             let length = Int(random.next() % 12)
@@ -152,7 +164,9 @@ struct SourceDocumentTests {
     @Test func aggregatesStayExactBeyondTheBoundedHistory() throws {
         var document = SourceDocument()
         for i in 0..<50 {
-            let d = try delta(#"{"type":"track","userId":"u","event":"Order Completed","messageId":"m\#(i)","timestamp":"2025-01-01T00:00:\#(String(format2(i)))Z","properties":{"revenue":0.1}}"#)
+            let d = try delta(
+                #"{"type":"track","userId":"u","event":"Order Completed","messageId":"m\#(i)","timestamp":"2025-01-01T00:00:\#(String(format2(i)))Z","properties":{"revenue":0.1}}"#
+            )
             document.apply(d, historyLimit: 5)
         }
         #expect(document.head.recent.count == 5)
@@ -161,9 +175,15 @@ struct SourceDocumentTests {
     }
 
     @Test func concurrentConsentDecisionsResolveToDenied() throws {
-        let granted = try delta(#"{"type":"identify","userId":"u","messageId":"z","timestamp":"2025-01-01T00:00:00Z","context":{"consent":{"categoryPreferences":{"Ads":true}}}}"#)
-        let denied = try delta(#"{"type":"identify","userId":"u","messageId":"a","timestamp":"2025-01-01T00:00:00Z","context":{"consent":{"categoryPreferences":{"Ads":false}}}}"#)
-        let later = try delta(#"{"type":"identify","userId":"u","messageId":"b","timestamp":"2025-01-01T00:00:01Z","context":{"consent":{"categoryPreferences":{"Ads":true}}}}"#)
+        let granted = try delta(
+            #"{"type":"identify","userId":"u","messageId":"z","timestamp":"2025-01-01T00:00:00Z","context":{"consent":{"categoryPreferences":{"Ads":true}}}}"#
+        )
+        let denied = try delta(
+            #"{"type":"identify","userId":"u","messageId":"a","timestamp":"2025-01-01T00:00:00Z","context":{"consent":{"categoryPreferences":{"Ads":false}}}}"#
+        )
+        let later = try delta(
+            #"{"type":"identify","userId":"u","messageId":"b","timestamp":"2025-01-01T00:00:01Z","context":{"consent":{"categoryPreferences":{"Ads":true}}}}"#
+        )
         for order in [[granted, denied], [denied, granted]] {
             var document = SourceDocument()
             for d in order { document.apply(d, historyLimit: 5) }
@@ -227,14 +247,20 @@ struct IdentityResolutionTests {
             #"{"type":"alias","previousId":"a-1","userId":"u-1","messageId":"m2","timestamp":"2025-01-01T00:00:01Z"}"#,
         ])
         #expect(s.view(of: id("anonymous_id:a-1"))?.canonical == id("user_id:u-1"))
-        s.removeLink(id("user_id:u-1"), id("anonymous_id:a-1"), stamp: LWWStamp(time: ISO8601.parseMillis("2025-01-02T00:00:00Z")!, tiebreak: "op-1"), hasher: PlainHasher())
+        s.removeLink(
+            id("user_id:u-1"), id("anonymous_id:a-1"), stamp: LWWStamp(time: ISO8601.parseMillis("2025-01-02T00:00:00Z")!, tiebreak: "op-1"),
+            hasher: PlainHasher())
         #expect(s.view(of: id("anonymous_id:a-1"))?.canonical == id("anonymous_id:a-1"))
         #expect(s.view(of: id("anonymous_id:a-1"))?.head.aggregates["Store Visit"]?.count == 1)
         // An old copy of the alias arriving late does not undo the unmerge; new evidence does re-link.
         var copy = s
-        copy.apply(try delta(#"{"type":"alias","previousId":"a-1","userId":"u-1","messageId":"m2-copy","timestamp":"2025-01-01T00:00:05Z"}"#), hasher: PlainHasher())
+        copy.apply(
+            try delta(#"{"type":"alias","previousId":"a-1","userId":"u-1","messageId":"m2-copy","timestamp":"2025-01-01T00:00:05Z"}"#),
+            hasher: PlainHasher())
         #expect(copy.view(of: id("anonymous_id:a-1"))?.canonical == id("anonymous_id:a-1"))
-        copy.apply(try delta(#"{"type":"alias","previousId":"a-1","userId":"u-1","messageId":"m9","timestamp":"2025-01-03T00:00:00Z"}"#), hasher: PlainHasher())
+        copy.apply(
+            try delta(#"{"type":"alias","previousId":"a-1","userId":"u-1","messageId":"m9","timestamp":"2025-01-03T00:00:00Z"}"#),
+            hasher: PlainHasher())
         #expect(copy.view(of: id("anonymous_id:a-1"))?.canonical == id("user_id:u-1"))
     }
 
@@ -316,6 +342,13 @@ struct ProfileEncodingTests {
         #expect(json["consent"]?["Analytics"]?["status"] == "granted")
         #expect(json["aggregates"]?["events"]?["Order Completed"]?["revenue"] == .number(JSONNumber(literal: "12.5")!))
         #expect(json["aggregates"]?["messages"] == 2)
-        #expect(json["events"] == .array([try #require(JSONParser.parse(#"{"messageId":"m2","type":"track","event":"Order Completed","timestamp":"2025-01-01T00:00:01.000Z","channel":"unknown","properties":{"revenue":12.5}}"#) as JSONValue?)]))
+        #expect(
+            json["events"]
+                == .array([
+                    try #require(
+                        JSONParser.parse(
+                            #"{"messageId":"m2","type":"track","event":"Order Completed","timestamp":"2025-01-01T00:00:01.000Z","channel":"unknown","properties":{"revenue":12.5}}"#
+                        ) as JSONValue?)
+                ]))
     }
 }

@@ -105,7 +105,8 @@ struct ClockOffsetTests {
     func theMajorityRule(_ peers: [Int64], _ uncertainty: Int64, _ allowed: Bool) {
         var offsets = ClockOffsets()
         for (index, offset) in peers.enumerated() {
-            offsets.record(ClockSample(peer: UInt64(index + 2), sentAt: 1_000, peerTime: 1_000 + uncertainty + offset, receivedAt: 1_000 + 2 * uncertainty))
+            offsets.record(
+                ClockSample(peer: UInt64(index + 2), sentAt: 1_000, peerTime: 1_000 + uncertainty + offset, receivedAt: 1_000 + 2 * uncertainty))
         }
         let check = offsets.check(coreMembers: peers.indices.map { UInt64($0 + 2) }, hasSeeds: true, isEdge: false, startedAt: 0, now: 60_000)
         #expect(check.allowsWrites == allowed, "\(check)")

@@ -23,7 +23,8 @@ let member = Member(id: 7, name: "n7", address: "127.0.0.1:7946", role: .edge, i
 /// A connection's first frames: the peer's hello (tagged with zeros), then a ping tagged with our nonce.
 func connectionBytes(_ keys: TestKeys) -> (hello: [UInt8], ping: [UInt8]) {
     var encoder = FrameEncoder(authenticator: keys, sender: 7)
-    let hello = encoder.encode(type: Frame.helloType, payload: Hello(nonce: nonce, forgetKeyFingerprint: Array(repeating: 0, count: 32), address: "a:1").payload)
+    let hello = encoder.encode(
+        type: Frame.helloType, payload: Hello(nonce: nonce, forgetKeyFingerprint: Array(repeating: 0, count: 32), address: "a:1").payload)
     encoder.receiverNonce = nonce
     let message = PeerMessage.membership(MembershipMessage(sender: member, kind: .ping(1), updates: [member]))
     return (hello, encoder.encode(type: message.tag, payload: message.encodePayload()))
@@ -49,7 +50,8 @@ struct FrameTests {
         #expect(frames.map(\.type) == [Frame.helloType, 1])
         #expect(frames.map(\.sequence) == [1, 2])
         #expect(try Hello(payload: frames[0].payload).address == "a:1")
-        #expect(try PeerMessage(tag: 1, payload: frames[1].payload) == .membership(MembershipMessage(sender: member, kind: .ping(1), updates: [member])))
+        #expect(
+            try PeerMessage(tag: 1, payload: frames[1].payload) == .membership(MembershipMessage(sender: member, kind: .ping(1), updates: [member])))
     }
 
     @Test func everyTamperedByteIsRefused() {
@@ -119,7 +121,9 @@ struct PeerMessageTests {
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 2, payload: messages[5].encodePayload() + [0]) }
         // Only erasures and consent decisions may travel ahead of the log.
-        let unlink = ChangeEntry(sequence: 6, origin: 9, originSequence: 5, change: .unlink(LinkEdge(delta.subject, Identifier(kind: .email, value: "x@y.z")!)!, LWWStamp(time: 1, tiebreak: "t")))
+        let unlink = ChangeEntry(
+            sequence: 6, origin: 9, originSequence: 5,
+            change: .unlink(LinkEdge(delta.subject, Identifier(kind: .email, value: "x@y.z")!)!, LWWStamp(time: 1, tiebreak: "t")))
         let wrongAhead = PeerMessage.changes(from: 3, through: 5, entries: [], more: true, ahead: [unlink], request: 1)
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: wrongAhead.encodePayload()) }
     }
@@ -133,11 +137,13 @@ struct PeerMessageTests {
             rows: [DocumentState.Row(part: 2, suffix: [], value: [3, 0]), DocumentState.Row(part: 5, suffix: Array("m-1".utf8), value: [3, 1])])
         let messages: [PeerMessage] = [
             .digestRequest(request: 7, nodes: [DigestEntry(key: [], digest: digest), DigestEntry(key: [0x02, 0xAE], digest: .zero)]),
-            .digestReply(request: 7, children: [
-                DigestChildren(node: [], children: [DigestEntry(key: [21], digest: digest)]),
-                DigestChildren(node: [21], children: [DigestEntry(key: [0x02, 0xAE], digest: digest)]),
-                DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: key, digest: digest)]),
-            ]),
+            .digestReply(
+                request: 7,
+                children: [
+                    DigestChildren(node: [], children: [DigestEntry(key: [21], digest: digest)]),
+                    DigestChildren(node: [21], children: [DigestEntry(key: [0x02, 0xAE], digest: digest)]),
+                    DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: key, digest: digest)]),
+                ]),
             .documents(request: 7, states: [state, DocumentState(forgetKey: key, identifier: nil, forgottenAt: 9, rows: [])], wanted: [key]),
         ]
         for message in messages {
@@ -155,11 +161,14 @@ struct PeerMessageTests {
         #expect(refused(.digestRequest(request: 1, nodes: [DigestEntry(key: [0x04, 0x00], digest: digest)])))
         #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [1], children: [DigestEntry(key: [0, 0x10], digest: digest)])])))
         #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [0x02, 0xAF], children: [DigestEntry(key: key, digest: digest)])])))
-        #expect(refused(.digestReply(request: 1, children: [DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: [1, 2, 3], digest: digest)])])))
+        #expect(
+            refused(
+                .digestReply(request: 1, children: [DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: [1, 2, 3], digest: digest)])])))
         #expect(refused(.digestRequest(request: 1, nodes: Array(repeating: DigestEntry(key: [], digest: digest), count: 257))))
         #expect(refused(.documents(request: 1, states: [], wanted: Array(repeating: key, count: 257))))
         // Rows need an identifier to belong to.
-        #expect(refused(.documents(request: 1, states: [DocumentState(forgetKey: key, identifier: nil, forgottenAt: nil, rows: state.rows)], wanted: [])))
+        #expect(
+            refused(.documents(request: 1, states: [DocumentState(forgetKey: key, identifier: nil, forgottenAt: nil, rows: state.rows)], wanted: [])))
     }
 }
 
@@ -212,7 +221,8 @@ struct MembershipTests {
         cluster.run(milliseconds: 5_000)
         cluster.down = [4]
         cluster.run(milliseconds: 3_000)
-        #expect((0..<4).contains { cluster.status(of: 5, seenBy: $0) == .suspect } || (0..<4).allSatisfy { cluster.status(of: 5, seenBy: $0) == .dead })
+        #expect(
+            (0..<4).contains { cluster.status(of: 5, seenBy: $0) == .suspect } || (0..<4).allSatisfy { cluster.status(of: 5, seenBy: $0) == .dead })
         cluster.run(milliseconds: 60_000)
         for index in 0..<4 { #expect(cluster.status(of: 5, seenBy: index) == .dead) }
     }
@@ -234,7 +244,9 @@ struct MembershipTests {
         let incarnation = suspected.incarnation
         cluster.deliver([.send(to: "n4", MembershipMessage(sender: cluster.members[0].me, kind: .ping(99), updates: [suspected]))], from: 0)
         #expect(cluster.members[3].me.incarnation == incarnation + 1)
-        for index in 0..<3 { #expect(cluster.members[index].members[4]?.incarnation == incarnation + 1 || cluster.status(of: 4, seenBy: index) == .alive) }
+        for index in 0..<3 {
+            #expect(cluster.members[index].members[4]?.incarnation == incarnation + 1 || cluster.status(of: 4, seenBy: index) == .alive)
+        }
     }
 
     @Test func aMemberThatLeavesIsMarkedLeftAndCanRejoin() {

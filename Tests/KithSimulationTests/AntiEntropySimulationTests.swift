@@ -50,7 +50,9 @@ struct AntiEntropySimulationTests {
             let (failures, count) = try runTruncatedLogScenario(seed: seed)
             repaired += count
             if !failures.isEmpty {
-                failed.append("seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter AntiEntropySimulationTests")
+                failed.append(
+                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter AntiEntropySimulationTests"
+                )
             }
         }
         #expect(repaired > 0, "the isolated nodes were repaired by tree comparisons")

@@ -22,7 +22,8 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
     /// A message for the customer on `machine`, dated `time` (ms), with a trait and an event.
     func send(_ machine: Simulation.Machine, dated time: Int64) throws {
         count += 1
-        let text = #"{"type":"identify","messageId":"edge-\#(seed)-\#(count)","userId":"u-1","traits":{"visit":\#(count)},"context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#
+        let text =
+            #"{"type":"identify","messageId":"edge-\#(seed)-\#(count)","userId":"u-1","traits":{"visit":\#(count)},"context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#
         var delta = try SegmentMessageParser().parse(JSONParser.parse(Array(text.utf8)), receivedAt: time)
         delta.times = MessageTimes(timestamp: time, originalTimestamp: nil, sentAt: nil, receivedAt: time)
         try machine.store.apply([delta])
@@ -38,10 +39,12 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
     for other in [0, 1] { sim.blocked.formUnion([[2, other], [other, 2]]) }
     try sim.run(until: 2_500)
     let erasedAt = sim.clock(core)
-    guard case .erasure(let keys, let time)? = try {
-        _ = try core.store.erase(customer, requestedAt: erasedAt)
-        return try core.store.changes(after: core.store.versionVector()[core.member.id] - 1, limit: 1).last?.change
-    }() else { return ["seed \(seed): the erasure was not logged"] }
+    guard
+        case .erasure(let keys, let time)? = try {
+            _ = try core.store.erase(customer, requestedAt: erasedAt)
+            return try core.store.changes(after: core.store.versionVector()[core.member.id] - 1, limit: 1).last?.change
+        }()
+    else { return ["seed \(seed): the erasure was not logged"] }
     ledger.reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: ledger.hasher)
     ledger.erasures.append(.init(keys: keys, boundary: time))
     try core.node?.pushOwnChanges()
@@ -66,7 +69,9 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
         for delta in ledger.acknowledged {
             let erased = delta.times.eventTime <= time
             if try machine.store.hasMessage(delta.messageId, subject: delta.subject) == erased {
-                failures.append("\(machine.member.name): \(delta.messageId) \(erased ? "dated before the erasure but present" : "newer than the erasure but missing")")
+                failures.append(
+                    "\(machine.member.name): \(delta.messageId) \(erased ? "dated before the erasure but present" : "newer than the erasure but missing")"
+                )
             }
         }
         let expected = ledger.reference.view(of: customer).map { ProfileFormat.encode($0) }

@@ -77,7 +77,9 @@ func runSessionScenario(seed: UInt64) throws -> (failures: [String], served: Int
             break
         }
         let seen = try machine.store.view(of: subject)?.head.messageCount ?? 0
-        if seen < clients[client].lastSeen { failures.append("\(machine.member.name) showed client \(client) \(seen) messages after \(clients[client].lastSeen)") }
+        if seen < clients[client].lastSeen {
+            failures.append("\(machine.member.name) showed client \(client) \(seen) messages after \(clients[client].lastSeen)")
+        }
         clients[client].lastSeen = max(clients[client].lastSeen, seen)
         clients[client].token.merge(try machine.store.versionVector())
     }
@@ -126,7 +128,8 @@ struct SessionSimulationTests {
         #expect(failed.isEmpty, "\(failed.prefix(10).joined(separator: "\n"))")
         // Every path happens: reads served at once, reads a node had to wait for, and among
         // those, reads it served once it had pulled what the session covers.
-        #expect(served > 1_000 && deferred > 10 && servedAfterWaiting > 5, "served \(served), deferred \(deferred), after waiting \(servedAfterWaiting)")
+        #expect(
+            served > 1_000 && deferred > 10 && servedAfterWaiting > 5, "served \(served), deferred \(deferred), after waiting \(servedAfterWaiting)")
     }
 }
 

@@ -125,7 +125,8 @@ final class Simulation {
         me.incarnation = UInt64(clock(machine))
         machine.node = try ClusterNode(
             store: machine.store, me: me, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
-            settings: replicationSettings, clockSettings: Self.clockSettings, startedAt: clock(machine), seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now),
+            settings: replicationSettings, clockSettings: Self.clockSettings, startedAt: clock(machine),
+            seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now),
             write: { [unowned self, unowned machine] write, then in
                 // As on a node: the write waits its turn at the one writer, commits 1–20 ms
                 // later, and the node goes on meanwhile; the rest runs when it has committed.
@@ -186,7 +187,9 @@ final class Simulation {
         let copies = random.chance(faults.duplicatePercent) ? 2 : 1
         for copy in 0..<copies {
             order += 1
-            queue.append(Delivery(at: now + delay + Int64(copy) * Int64(random.below(50)), order: order, from: from, to: to, tag: message.tag, payload: payload))
+            queue.append(
+                Delivery(
+                    at: now + delay + Int64(copy) * Int64(random.below(50)), order: order, from: from, to: to, tag: message.tag, payload: payload))
         }
     }
 

@@ -46,8 +46,7 @@ struct Ledger {
         var pairs: [(erasure: ErasureRecord, message: ProfileDelta, machine: Int)] = []
         for erasure in erasures {
             for (index, delta) in acknowledged.enumerated()
-            where acknowledgedAt[index] >= erasure.acknowledgedAt && erasure.keys.contains(hasher.forgetKeyBytes(for: delta.subject))
-            {
+            where acknowledgedAt[index] >= erasure.acknowledgedAt && erasure.keys.contains(hasher.forgetKeyBytes(for: delta.subject)) {
                 pairs.append((erasure, delta, acknowledgedBy[index]))
             }
         }
@@ -145,7 +144,8 @@ func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parse
         let acceptedAt = sim.clock(machine)
         let erasure = try machine.store.erase(subject, requestedAt: acceptedAt)
         guard !erasure.members.isEmpty,
-            case .erasure(let keys, let time) = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last?.change,
+            case .erasure(let keys, let time) = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last?
+                .change,
             let check = machine.node?.clockCheck(now: acceptedAt)
         else { return }
         precondition(time == erasure.boundary, "the logged erasure time \(time) is not the boundary returned \(erasure.boundary)")
@@ -191,7 +191,8 @@ func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> [String]
             return "\(machine.member.name) (clock \(sim.clock(machine) - Simulation.epoch - sim.now) ms off)"
         }
         failures.append(
-            "message \(delta.messageId), acknowledged by \(clock(by)) after an erasure by \(clock(erasure.machine)) was answered, was received \(erasure.boundary - delta.times.receivedAt) ms before its boundary")
+            "message \(delta.messageId), acknowledged by \(clock(by)) after an erasure by \(clock(erasure.machine)) was answered, was received \(erasure.boundary - delta.times.receivedAt) ms before its boundary"
+        )
         break
     }
     for machine in sim.machines {
@@ -226,13 +227,17 @@ struct SimulationTests {
             refusedForClock += counts.refusedForClock
             writtenAfterErasures += counts.writtenAfterErasures
             if !failures.isEmpty {
-                failed.append("seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter KithSimulationTests")
+                failed.append(
+                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter KithSimulationTests"
+                )
             }
         }
         // Changes sent ahead of a backlog happen in a run of many seeds (after crashes and partitions).
         #expect(seeds.count < 50 || appliedAhead > 0)
         // Nodes with a clock two hours fast were refused, and erasures had writes after them to check.
-        #expect(seeds.count < 50 || (refusedForClock > 0 && writtenAfterErasures > 0), "refused \(refusedForClock), written after erasures \(writtenAfterErasures)")
+        #expect(
+            seeds.count < 50 || (refusedForClock > 0 && writtenAfterErasures > 0),
+            "refused \(refusedForClock), written after erasures \(writtenAfterErasures)")
         #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
     }
 }

@@ -151,7 +151,8 @@ struct DigestTreeTests {
     @Test(arguments: StoreKind.allCases)
     func storesWithAndWithoutReplicationStateHoldTheSame(_ kind: StoreKind) throws {
         let stores = try [true, false].map { keeps in
-            try StoreFixture.open(kind, path: FileManager.default.temporaryDirectory.appendingPathComponent("kith-tree-\(UUID().uuidString)").path,
+            try StoreFixture.open(
+                kind, path: FileManager.default.temporaryDirectory.appendingPathComponent("kith-tree-\(UUID().uuidString)").path,
                 replicates: keeps)
         }
         for store in stores {
@@ -197,7 +198,8 @@ struct DigestTreeTests {
     private func expectTreeIsExact(_ store: any ProfileStore, seed: UInt64) throws {
         let engineBacked = try #require(store as? any EngineBackedStore)
         let (stored, expected) = try engineBacked.treeNodes()
-        #expect(stored == expected, "seed \(seed): the stored tree (\(stored.count) nodes) differs from the one summed from the rows (\(expected.count))")
+        #expect(
+            stored == expected, "seed \(seed): the stored tree (\(stored.count) nodes) differs from the one summed from the rows (\(expected.count))")
         // Leaves computed by bucket (as a comparison asks) are the leaves summed from the rows.
         let leaves = try engineBacked.recomputedDigests()
         var listed: [[UInt8]: Digest128] = [:]

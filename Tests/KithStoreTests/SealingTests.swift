@@ -49,7 +49,9 @@ struct SealingTests {
         return canaries.filter { contains(data, Array($0.utf8)) }
     }
 
-    @Test("no canary is ever on disk in plain text; after erasure a backup taken before it cannot be read, and the key file holds none of the erased keys")
+    @Test(
+        "no canary is ever on disk in plain text; after erasure a backup taken before it cannot be read, and the key file holds none of the erased keys"
+    )
     func erasureShredsBackups() throws {
         let path = Self.directory(), backup = path + "-backup"
         defer { Self.remove(path, backup) }
@@ -91,10 +93,11 @@ struct SealingTests {
         #expect(try restored!.view(of: Identifier(kind: .anonymousId, value: "anon-canary-55e1")!) == nil)
         #expect(try restored!.view(of: Identifier(kind: .userId, value: "other-user")!) != nil)
         #expect(try restored!.events(of: user, before: nil, limit: 10).events.isEmpty)
-        #expect(try restored!.changes(after: 0, limit: 100).allSatisfy { entry in
-            if case .message(let delta) = entry.change { return delta.subject.value == "other-user" }
-            return true
-        })
+        #expect(
+            try restored!.changes(after: 0, limit: 100).allSatisfy { entry in
+                if case .message(let delta) = entry.change { return delta.subject.value == "other-user" }
+                return true
+            })
     }
 
     @Test("a sealed row changed or cut short on disk is reported as damage by every read of it, and reads again once restored")
@@ -307,7 +310,8 @@ struct DataKeyStoreTests {
             if change == 0 || table.count == 0 {
                 table.grow(to: table.count + Int(random.next() % 20))
             } else if change < 3 {
-                table.set(Int(random.next() % UInt64(table.count)), tag: random.next() | 1, key: AESGCM.Key([UInt8](repeating: 7, count: AESGCM.keySize))!)
+                table.set(
+                    Int(random.next() % UInt64(table.count)), tag: random.next() | 1, key: AESGCM.Key([UInt8](repeating: 7, count: AESGCM.keySize))!)
             } else {
                 table.free(Int(random.next() % UInt64(table.count)))
             }

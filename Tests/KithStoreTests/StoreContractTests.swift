@@ -246,8 +246,9 @@ struct StoreContractTests {
             #expect(holding.isEmpty, "\(kind): \(member) still in \(holding.map(\.table))")
         }
         #expect(entries.filter { $0.table == .forget }.count == members.count)
-        #expect(entries.filter { $0.table == .forget }.map(\.key).sorted { $0.lexicographicallyPrecedes($1) }
-            == members.map { hmac.forgetKeyBytes(for: $0) }.sorted { $0.lexicographicallyPrecedes($1) })
+        #expect(
+            entries.filter { $0.table == .forget }.map(\.key).sorted { $0.lexicographicallyPrecedes($1) }
+                == members.map { hmac.forgetKeyBytes(for: $0) }.sorted { $0.lexicographicallyPrecedes($1) })
 
         // Old copies are dropped; genuinely new data starts a new profile.
         let retried = try fixture.store.apply(deltas.filter { members.contains($0.subject) })

@@ -62,7 +62,9 @@ struct StoreReplicationTests {
         }
 
         var round = 0
-        while try replicas.reduce(0, { total, replica in try total + replicas.filter { $0 !== replica }.reduce(0) { try $0 + replica.pull(from: $1, limit: 1_000) } }) > 0 {
+        while try replicas.reduce(
+            0, { total, replica in try total + replicas.filter { $0 !== replica }.reduce(0) { try $0 + replica.pull(from: $1, limit: 1_000) } }) > 0
+        {
             round += 1
             #expect(round < 10, "seed \(seed): replicas keep exchanging changes")
             if round >= 10 { return }
@@ -85,7 +87,9 @@ func expectConverged(_ replicas: [StoreReplicationTests.Replica], to work: Rando
             Issue.record("seed \(seed): node 1 and node \(index + 1) differ in rows of parts \(Set(parts).sorted())")
             if ProcessInfo.processInfo.environment["KITH_DEBUG_ROWS"] != nil {
                 for row in rows[0].subtracting(other) { print("only 1:", String(decoding: row.prefix(60).map { $0 < 32 ? 46 : $0 }, as: UTF8.self)) }
-                for row in other.subtracting(rows[0]) { print("only \(index + 1):", String(decoding: row.prefix(60).map { $0 < 32 ? 46 : $0 }, as: UTF8.self)) }
+                for row in other.subtracting(rows[0]) {
+                    print("only \(index + 1):", String(decoding: row.prefix(60).map { $0 < 32 ? 46 : $0 }, as: UTF8.self))
+                }
             }
         }
     }
