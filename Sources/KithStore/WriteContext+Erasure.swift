@@ -1,0 +1,239 @@
+import KithCRDT
+import KithCrypto
+import KithProfile
+
+/// Erasure: the cascade that forgets a person here, and erasures that arrive from peers.
+extension WriteContext {
+    // MARK: Erasure
+
+    /// Erases the person `identifier` belongs to. The erasure time is the requested time or, if
+    /// later, the newest time of anything held about them, so erasure always covers all of it.
+    func erase(_ identifier: Identifier, requestedAt requested: Int64) throws -> Erasure {
+        guard let canonical = try canonicalKey(identifier.key), let view = try self.view(canonical) else {
+            // Nothing held here — but another replica, or an edge site that is offline, may hold
+            // the customer: the erasure is remembered and replicated all the same, so their data
+            // is dropped wherever it is and whenever it arrives.
+            // Rows may still mention it (a neighbour's link): the same path as an erasure that
+            // arrives from a peer, so every replica ends up the same.
+            let forgetKeys = [engine.hasher.forgetKeyBytes(for: identifier)]
+            try forgetHashed(forgetKeys, time: requested)
+            try log(.erasure(forgetKeys: forgetKeys, time: requested), origin: nil)
+            return Erasure(members: [identifier], boundary: requested)
+        }
+        let members = view.members
+        var time = max(requested, view.head.lastSeen ?? requested)
+        for member in members {
+            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { _, value in
+                time = max(time, try decode(EdgeSummary.self, value, table: .documents).newestTime ?? time)
+                return .next
+            }
+        }
+        let forgetKeys = members.map { engine.hasher.forgetKeyBytes(for: $0) }
+        try remember(forgetKeys, time: time)
+        try forget(members)
+        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: nil)
+        return Erasure(members: members, boundary: time)
+    }
+
+    /// An erasure made on another node: it names forget keys only, so the identifiers held here
+    /// are found by hashing each (linear in the identifiers held; erasures are rare).
+    func applyErasure(forgetKeys: [[UInt8]], time: Int64, origin: ChangeOrigin) throws {
+        try forgetHashed(forgetKeys, time: time)
+        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
+    }
+
+    /// The effect of an erasure that arrived as forget keys: the forget set, and the data here it dominates.
+    func forgetHashed(_ forgetKeys: [[UInt8]], time: Int64) throws {
+        try remember(forgetKeys, time: time)
+        try forget(try identifiers(hashingTo: Set(forgetKeys)))
+    }
+
+    /// The identifiers held here whose forget keys are in `wanted`.
+    private func identifiers(hashingTo wanted: Set<[UInt8]>) throws -> [Identifier] {
+        try txn.identifiers(withForgetKeys: wanted, hasher: engine.hasher)
+    }
+
+    /// Adds forget-set entries (each keeps the latest erasure time).
+    private func remember(_ forgetKeys: [[UInt8]], time: Int64) throws {
+        for key in forgetKeys {
+            let previous = try txn.get(.forget, key).map { try decodeTime($0) } ?? time
+            try txn.put(.forget, key, encodeTime(max(previous, time)), mode: .upsert)
+        }
+        anyForgotten = true
+    }
+
+    /// Applies the forget set to `members` as `ProfileState` does: everything dated at or before
+    /// a member's erasure time goes — ledger rows, head fields, link assertions, and every
+    /// mention of the member in its neighbours' rows and in the change log. What is newer
+    /// survives (a replica may hold data the erasing node had not seen), and the people around
+    /// the members are rebuilt.
+    private func forget(_ members: [Identifier]) throws {
+        guard !members.isEmpty else { return }
+        var oldCanonicals: Set<[UInt8]> = []
+        var touched: Set<Identifier> = Set(members)
+        var edges: Set<LinkEdge> = []
+        for member in members {
+            let time = try forgottenTime(member)!
+            try forgetLedger(of: member, upTo: time)
+            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
+                if let peer = Identifier(key: key[(member.key.count + 2)...]) {
+                    edges.insert(LinkEdge(member, peer)!)
+                    touched.insert(peer)
+                }
+                return .next
+            }
+        }
+        for identifier in touched { if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) } }
+        for member in members {
+            for edge in edges where edge.low == member || edge.high == member {
+                try stripMentions(of: member, fromLedgerOf: edge.other(than: member))
+            }
+        }
+        for edge in edges.sorted() { try rebuildEdge(edge) }
+        try purgeChanges(mentioning: members)
+
+        var known: [Identifier] = []
+        for identifier in touched.sorted() {
+            if try isKnown(identifier) {
+                known.append(identifier)
+            } else {
+                // Its edge rows stay: a removal newer than the erasure is kept, as in the model.
+                deleteSource(identifier.key)
+                try setCanonical(identifier.key, nil)
+                try txn.deletePrefix(.documents, documentKey(identifier.key, .ledger))
+            }
+        }
+        if !known.isEmpty { try recompute(around: known) }
+        for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
+        // Heads and views still cached here are written back at `finish`, under the new keys.
+        try txn.retireKeys(of: members)
+    }
+
+    /// Drops the member's ledger rows dated at or before `time` and recomputes its head.
+    private func forgetLedger(of member: Identifier, upTo time: Int64) throws {
+        var dropped: [[UInt8]] = []
+        var trimmed: [([UInt8], LedgerRow)] = []
+        try txn.scan(.documents, prefix: documentKey(member.key, .ledger)) { key, value in
+            var row = try decode(LedgerRow.self, value, table: .documents)
+            if row.entry.time <= time {
+                dropped.append(key)
+            } else if let first = row.otherCopyTimes.first, first <= time {
+                row.otherCopyTimes.removeAll { $0 <= time }
+                trimmed.append((key, row))
+            }
+            return .next
+        }
+        for key in dropped { try txn.delete(.documents, key) }
+        for (key, row) in trimmed { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+        guard var head = try source(member.key) else { return }
+        head.dropFields(upTo: time)
+        try recount(&head, of: member)
+        if head.isEmpty { deleteSource(member.key) } else { setSource(member.key, head) }
+    }
+
+    /// Removes `member` from the links listed in `neighbour`'s ledger rows dated at or before
+    /// the member's erasure time: an erased identifier must not survive in anyone's rows.
+    private func stripMentions(of member: Identifier, fromLedgerOf neighbour: Identifier) throws {
+        let time = try forgottenTime(member)!
+        var rewrites: [([UInt8], LedgerRow)] = []
+        try txn.scan(.documents, prefix: documentKey(neighbour.key, .ledger)) { key, value in
+            var row = try decode(LedgerRow.self, value, table: .documents)
+            if row.entry.time <= time, row.links.contains(member) {
+                row.links.removeAll { $0 == member }
+                rewrites.append((key, row))
+            }
+            return .next
+        }
+        for (key, row) in rewrites { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+    }
+
+    /// Recomputes a link from the ledger rows that assert it, keeping only what is newer than
+    /// both endpoints' erasures (the summary alone cannot say which adds an erasure dominates).
+    func rebuildEdge(_ edge: LinkEdge) throws {
+        let cutoff = max(try forgottenTime(edge.low) ?? .min, try forgottenTime(edge.high) ?? .min)
+        var summary = EdgeSummary()
+        for (subject, peer) in [(edge.low, edge.high), (edge.high, edge.low)] {
+            let prefix = documentKey(subject.key, .ledger)
+            try txn.scan(.documents, prefix: prefix) { key, value in
+                let row = try decode(LedgerRow.self, value, table: .documents)
+                guard row.links.contains(peer) else { return .next }
+                let messageId = String(decoding: key[prefix.count...], as: UTF8.self)
+                for time in row.copyTimes where time > cutoff { summary.add(LWWStamp(time: time, tiebreak: messageId)) }
+                return .next
+            }
+        }
+        let forward = documentKey(edge.low.key, .edge, edge.high.key), backward = documentKey(edge.high.key, .edge, edge.low.key)
+        if let old = try txn.get(.documents, forward).map({ try decode(EdgeSummary.self, $0, table: .documents) }),
+            let removal = old.removedAt, removal.time > cutoff
+        {
+            summary.remove(removal)
+        }
+        if summary == EdgeSummary() {
+            try txn.delete(.documents, forward)
+            try txn.delete(.documents, backward)
+        } else {
+            let bytes = ProfileFormat.encode(summary)
+            try txn.put(.documents, forward, bytes, mode: .upsert)
+            try txn.put(.documents, backward, bytes, mode: .upsert)
+        }
+    }
+
+    /// Whether anything of `identifier` is held: its own data, or a link assertion (as in
+    /// `ProfileState.identifiers`, a removal alone does not make an identifier known).
+    private func isKnown(_ identifier: Identifier) throws -> Bool {
+        if try source(identifier.key) != nil { return true }
+        var asserted = false
+        try txn.scan(.documents, prefix: documentKey(identifier.key, .edge)) { _, value in
+            asserted = try decode(EdgeSummary.self, value, table: .documents).lastAdd != nil
+            return asserted ? .stop : .next
+        }
+        return asserted
+    }
+
+    /// Rewrites logged changes (committed or pending) so none names an erased member with data
+    /// the erasure dominates: such messages and unlinks are dropped, and a message about someone
+    /// else loses its link to the member. (Linear in the log; crypto-shredding will replace this,
+    /// see docs/storage.md.)
+    private func purgeChanges(mentioning members: [Identifier]) throws {
+        var cutoffs: [Identifier: Int64] = [:]
+        for member in members { cutoffs[member] = try forgottenTime(member)! }
+        func dominated(_ identifier: Identifier, _ time: Int64) -> Bool { cutoffs[identifier].map { time <= $0 } ?? false }
+        func purged(_ entry: ChangeEntry) -> ChangeEntry? {
+            var entry = entry
+            switch entry.change {
+            case .message(var delta):
+                let time = delta.times.eventTime
+                if dominated(delta.subject, time) { return nil }
+                delta.links.removeAll { dominated($0, time) }
+                entry.change = .message(delta)
+            case .unlink(let edge, let stamp):
+                if dominated(edge.low, stamp.time) || dominated(edge.high, stamp.time) { return nil }
+            case .erasure: break
+            }
+            return entry
+        }
+        var rewrites: [([UInt8], [ChangeEntry])] = []
+        try txn.scan(.changes, prefix: []) { key, value in
+            let entries = try decode(value, table: .changes, ChangeRecord.decode)
+            let kept = entries.compactMap(purged)
+            if kept != entries { rewrites.append((key, kept)) }
+            return .next
+        }
+        for (key, kept) in rewrites {
+            // Keys stay: a record keeps the key of its last original entry, which still sorts right.
+            if kept.isEmpty { try txn.delete(.changes, key) } else { try txn.put(.changes, key, ChangeRecord.encode(kept), mode: .upsert) }
+        }
+        // The copies that travel ahead of a backlog too.
+        var aheadRewrites: [([UInt8], ChangeEntry?)] = []
+        try txn.scan(.ahead, prefix: []) { key, value in
+            let entry = try decode(ChangeEntry.self, value, table: .ahead)
+            let kept = purged(entry)
+            if kept != entry { aheadRewrites.append((key, kept)) }
+            return .next
+        }
+        for (key, kept) in aheadRewrites {
+            if let kept { try txn.put(.ahead, key, ProfileFormat.encode(kept), mode: .upsert) } else { try txn.delete(.ahead, key) }
+        }
+        pendingChanges = pendingChanges.compactMap(purged)
+    }
+}

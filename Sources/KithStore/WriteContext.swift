@@ -1,0 +1,202 @@
+import KithCRDT
+import KithCrypto
+import KithProfile
+
+/// Records of one part (heads, views) that a transaction reads, changes, and writes back once at
+/// the end: a hot customer's head is decoded and encoded once per batch, not once per message.
+struct CachedRecords<Value: BinaryCodable> {
+    let part: DocumentPart
+    private var values: [ByteKey: Value] = [:]
+    private var dirty: Set<ByteKey> = []
+    private var deleted: Set<ByteKey> = []
+
+    init(part: DocumentPart) {
+        self.part = part
+    }
+
+    mutating func get(_ key: [UInt8], from txn: any StoreWriting) throws -> Value? {
+        let cacheKey = ByteKey(key)
+        if let cached = values[cacheKey] { return cached }
+        guard let value = try stored(cacheKey, from: txn) else { return nil }
+        values[cacheKey] = value
+        return value
+    }
+
+    /// Changes the record (or `initial`, when there is none) where it is: it leaves the cache
+    /// while `body` runs, so the cache's reference does not make every change copy the record's
+    /// storage, and goes back, to be written, after. Nil, without calling `body`, when there is
+    /// no record and no `initial`. A throw leaves it out of the cache; the transaction, which
+    /// aborts on any throw, is not used again.
+    mutating func modify<T>(
+        _ key: [UInt8], from txn: any StoreWriting, initial: () -> Value? = { nil }, _ body: (inout Value) throws -> T
+    ) throws -> T? {
+        let cacheKey = ByteKey(key)
+        guard var value = try values.removeValue(forKey: cacheKey) ?? stored(cacheKey, from: txn) ?? initial() else { return nil }
+        let result = try body(&value)
+        set(cacheKey, value)
+        return result
+    }
+
+    mutating func set(_ key: [UInt8], _ value: Value) { set(ByteKey(key), value) }
+
+    mutating func delete(_ key: [UInt8]) {
+        let cacheKey = ByteKey(key)
+        values[cacheKey] = nil
+        dirty.remove(cacheKey)
+        deleted.insert(cacheKey)
+    }
+
+    func writeBack(to txn: any StoreWriting) throws {
+        for key in dirty { try txn.put(.documents, documentKey(key.bytes, part), ProfileFormat.encode(values[key]!), mode: .upsert) }
+        for key in deleted { try txn.delete(.documents, documentKey(key.bytes, part)) }
+    }
+
+    private mutating func set(_ key: ByteKey, _ value: Value) {
+        values[key] = value
+        dirty.insert(key)
+        deleted.remove(key)
+    }
+
+    /// The record as stored, unless this transaction deleted it.
+    private func stored(_ key: ByteKey, from txn: any StoreWriting) throws -> Value? {
+        if deleted.contains(key) { return nil }
+        guard let bytes = try txn.get(.documents, documentKey(key.bytes, part)) else { return nil }
+        return try decode(Value.self, bytes, table: .documents)
+    }
+}
+
+/// One write transaction's work over the store's tables.
+final class WriteContext {
+    let engine: StoreEngine
+    /// Every write of the transaction goes through it: the digest tree's writer when the store
+    /// keeps the tree (so the tree follows every change), else the store's own.
+    let txn: any StoreWriting
+    /// The digest tree's writer, when the store keeps the tree (`txn` then).
+    private let digesting: DigestingWriter?
+    var heads = CachedRecords<SourceHead>(part: .head)
+    var views = CachedRecords<ProfileView>(part: .view)
+    private var index: [ByteKey: [UInt8]?] = [:]
+    private var sequence: UInt64
+    /// Change-log entries of this transaction, written as one record by `finish`.
+    var pendingChanges: [ChangeEntry] = []
+    var anyForgotten: Bool
+    /// The version vector, loaded when the transaction first applies a replicated change.
+    var versions: VersionVector?
+
+    var historyLimit: Int { engine.configuration.profile.historyLimit }
+
+    init(engine: StoreEngine, txn: any StoreWriting) throws {
+        self.engine = engine
+        if engine.configuration.replicates {
+            let digesting = DigestingWriter(base: txn, hasher: engine.hasher)
+            self.digesting = digesting
+            self.txn = digesting
+        } else {
+            digesting = nil
+            self.txn = txn
+        }
+        sequence = try txn.get(.meta, sequenceMetaKey).map { try engine.decodeSequence($0) } ?? 0
+        anyForgotten = try txn.count(.forget) > 0
+        if try txn.get(.meta, formatMetaKey) == nil {
+            try txn.put(.meta, formatMetaKey, [ProfileFormat.version], mode: .upsert)
+        }
+    }
+
+    /// Writes back everything cached. Must be called before the transaction commits.
+    func finish() throws {
+        try heads.writeBack(to: txn)
+        try views.writeBack(to: txn)
+        if let last = pendingChanges.last {
+            try txn.putChanges(pendingChanges, at: sequenceKey(last.sequence), mode: .append)
+        }
+        if engine.configuration.replicates { try engine.keepAhead(pendingChanges, in: txn) }
+        try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)
+        if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
+        try digesting?.flush()
+    }
+}
+
+extension WriteContext {
+    // MARK: Erasure checks
+
+    func isForgotten(_ identifier: Identifier, at time: Int64) throws -> Bool {
+        try forgottenTime(identifier).map { time <= $0 } ?? false
+    }
+
+    /// The erasure time of `identifier`, if it was ever erased.
+    func forgottenTime(_ identifier: Identifier) throws -> Int64? {
+        guard anyForgotten, let bytes = try txn.get(.forget, engine.hasher.forgetKeyBytes(for: identifier)) else { return nil }
+        return try decodeTime(bytes)
+    }
+
+    func encodeTime(_ time: Int64) -> [UInt8] { encodeForgetTime(time) }
+    func decodeTime(_ bytes: [UInt8]) throws -> Int64 { try decodeForgetTime(bytes) }
+
+    // MARK: Change log
+
+    /// Logs a change accepted here (`origin` nil: this node, at its new sequence) or replicated.
+    func log(_ change: ChangeEntry.Change, origin: ChangeOrigin?) throws {
+        sequence += 1
+        let origin = origin ?? ChangeOrigin(node: engine.configuration.node, sequence: sequence)
+        pendingChanges.append(ChangeEntry(sequence: sequence, origin: origin.node, originSequence: origin.sequence, change: change))
+    }
+
+    // MARK: Cached tables
+
+    func source(_ key: [UInt8]) throws -> SourceHead? { try heads.get(key, from: txn) }
+    func setSource(_ key: [UInt8], _ head: SourceHead) { heads.set(key, head) }
+    func deleteSource(_ key: [UInt8]) { heads.delete(key) }
+    func view(_ key: [UInt8]) throws -> ProfileView? { try views.get(key, from: txn) }
+    func setView(_ key: [UInt8], _ view: ProfileView) { views.set(key, view) }
+    func deleteView(_ key: [UInt8]) { views.delete(key) }
+
+    func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
+        let cacheKey = ByteKey(key)
+        if let cached = index[cacheKey] { return cached }
+        let found = try txn.get(.documents, documentKey(key, .index))
+        index[cacheKey] = found
+        return found
+    }
+
+    func setCanonical(_ key: [UInt8], _ canonical: [UInt8]?) throws {
+        index[ByteKey(key)] = .some(canonical)
+        if let canonical {
+            try txn.put(.documents, documentKey(key, .index), canonical, mode: .upsert)
+        } else {
+            try txn.delete(.documents, documentKey(key, .index))
+        }
+    }
+}
+
+/// A forget-set value: the erasure time.
+func encodeForgetTime(_ time: Int64) -> [UInt8] {
+    var writer = BinaryWriter(capacity: 10)
+    writer.write(signed: time)
+    return writer.bytes
+}
+
+func decodeForgetTime(_ bytes: [UInt8]) throws -> Int64 {
+    try decode(bytes, table: .forget) { bytes in
+        var reader = BinaryReader(bytes)
+        return try reader.readSigned()
+    }
+}
+
+extension LedgerEntry {
+    init(delta: ProfileDelta) {
+        self.init(type: delta.type, name: delta.event?.name ?? "", time: delta.times.eventTime, revenueMicros: delta.event?.revenueMicros)
+    }
+}
+
+extension StoreWriting {
+    @discardableResult
+    func deletePrefix(_ table: Table, _ prefix: [UInt8]) throws -> Int {
+        var keys: [[UInt8]] = []
+        try scan(table, prefix: prefix) { key, _ in
+            keys.append(key)
+            return .next
+        }
+        for key in keys { try delete(table, key) }
+        return keys.count
+    }
+}
