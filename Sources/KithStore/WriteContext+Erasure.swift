@@ -73,11 +73,11 @@ extension WriteContext {
         var touched: Set<Identifier> = Set(members)
         var edges: Set<LinkEdge> = []
         for member in members {
-            let time = try forgottenTime(member)!
+            let time = try erasureTime(of: member)
             try forgetLedger(of: member, upTo: time)
             try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
                 if let peer = Identifier(key: key[(member.key.count + 2)...]) {
-                    edges.insert(LinkEdge(member, peer)!)
+                    edges.insert(link(member, peer))
                     touched.insert(peer)
                 }
                 return .next
@@ -134,7 +134,7 @@ extension WriteContext {
     /// Removes `member` from the links listed in `neighbour`'s ledger rows dated at or before
     /// the member's erasure time: an erased identifier must not survive in anyone's rows.
     private func stripMentions(of member: Identifier, fromLedgerOf neighbour: Identifier) throws {
-        let time = try forgottenTime(member)!
+        let time = try erasureTime(of: member)
         var rewrites: [([UInt8], LedgerRow)] = []
         try txn.scan(.documents, prefix: documentKey(neighbour.key, .ledger)) { key, value in
             var row = try decode(LedgerRow.self, value, table: .documents)
@@ -196,7 +196,7 @@ extension WriteContext {
     /// see docs/storage.md.)
     private func purgeChanges(mentioning members: [Identifier]) throws {
         var cutoffs: [Identifier: Int64] = [:]
-        for member in members { cutoffs[member] = try forgottenTime(member)! }
+        for member in members { cutoffs[member] = try erasureTime(of: member) }
         func dominated(_ identifier: Identifier, _ time: Int64) -> Bool { cutoffs[identifier].map { time <= $0 } ?? false }
         func purged(_ entry: ChangeEntry) -> ChangeEntry? {
             var entry = entry

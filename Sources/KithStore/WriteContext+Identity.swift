@@ -59,7 +59,10 @@ extension WriteContext {
             try txn.scan(.documents, prefix: prefix) { key, value in
                 let summary = try decode(EdgeSummary.self, value, table: .documents)
                 guard summary.isActive, let peer = Identifier(key: key[prefix.count...]) else { return .next }
-                links[LinkEdge(node, peer)!] = summary.firstAdd!
+                guard let firstAdd = summary.firstAdd else {
+                    preconditionFailure("the active link of \(pseudonym(node)) to \(pseudonym(peer)) was never added: \(summary)")
+                }
+                links[link(node, peer)] = firstAdd
                 if nodes.insert(peer).inserted { queue.append(peer) }
                 return .next
             }

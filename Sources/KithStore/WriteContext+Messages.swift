@@ -50,7 +50,9 @@ extension WriteContext {
             // out of reach of the subject's component, and the peer still needs its own profile.
             try recompute(around: [delta.subject] + links, absorbing: delta, fresh: fresh)
         } else {
-            let canonical = try canonicalKey(subjectKey)!
+            guard let canonical = try canonicalKey(subjectKey) else {
+                preconditionFailure("\(pseudonym(delta.subject)) has a ledger but no index entry, and its message changed no structure")
+            }
             try views.modify(canonical, from: txn) { $0.head.absorb(delta, historyLimit: historyLimit) }!
         }
         if logged { try log(.message(delta), origin: origin) }
@@ -77,7 +79,10 @@ extension WriteContext {
     /// changes: only when it changes who is linked to whom, or may move a first-seen time, are
     /// the ledgers read again and the profiles around it rebuilt.
     private func joinCopy(_ delta: ProfileDelta, _ row: LedgerRow, at ledgerKey: [UInt8]) throws -> Bool {
-        let existing = try decode(LedgerRow.self, try txn.get(.documents, ledgerKey)!, table: .documents)
+        guard let stored = try txn.get(.documents, ledgerKey) else {
+            preconditionFailure("the ledger row of a message of \(pseudonym(delta.subject)) refused an insert but is not there")
+        }
+        let existing = try decode(LedgerRow.self, stored, table: .documents)
         let joined = existing.joined(with: row)
         guard joined != existing else { return false }
         try txn.put(.documents, ledgerKey, ProfileFormat.encode(joined), mode: .upsert)

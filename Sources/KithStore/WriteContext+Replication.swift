@@ -9,11 +9,13 @@ extension WriteContext {
     /// Applies a change replicated from another node, unless this replica already holds it.
     /// Returns whether it was new here.
     func applyReplicated(_ entry: ChangeEntry) throws -> Bool {
-        if versions == nil { versions = try engine.versionVector(in: txn) }
-        guard entry.origin != engine.configuration.node, !versions!.covers(origin: entry.origin, sequence: entry.originSequence) else {
+        var held = try versions ?? engine.versionVector(in: txn)
+        guard entry.origin != engine.configuration.node, !held.covers(origin: entry.origin, sequence: entry.originSequence) else {
+            versions = held
             return false
         }
-        versions!.advance(origin: entry.origin, to: entry.originSequence)
+        held.advance(origin: entry.origin, to: entry.originSequence)
+        versions = held
         let origin = ChangeOrigin(node: entry.origin, sequence: entry.originSequence)
         switch entry.change {
         case .message(let delta): _ = try apply(delta, origin: origin)

@@ -46,8 +46,15 @@ struct CachedRecords<Value: BinaryCodable> {
         deleted.insert(cacheKey)
     }
 
+    /// The keys this transaction changed or deleted.
+    var touched: Set<ByteKey> { dirty.union(deleted) }
+
     func writeBack(to txn: any StoreWriting) throws {
-        for key in dirty { try txn.put(.documents, documentKey(key.bytes, part), ProfileFormat.encode(values[key]!), mode: .upsert) }
+        precondition(dirty.isDisjoint(with: deleted), "\(dirty.intersection(deleted).count) \(part) records both changed and deleted")
+        for key in dirty {
+            guard let value = values[key] else { preconditionFailure("a changed \(part) record is not in the cache") }
+            try txn.put(.documents, documentKey(key.bytes, part), ProfileFormat.encode(value), mode: .upsert)
+        }
         for key in deleted { try txn.delete(.documents, documentKey(key.bytes, part)) }
     }
 
@@ -113,6 +120,50 @@ final class WriteContext {
         try txn.put(.meta, sequenceMetaKey, sequenceKey(sequence), mode: .upsert)
         if let versions { try txn.put(.meta, versionVectorKey, ProfileFormat.encode(versions), mode: .upsert) }
         try digesting?.flush()
+        #if DEBUG
+            try checkInvariants()
+        #endif
+    }
+
+    /// What must hold of the rows this transaction touched, checked before it commits in debug
+    /// builds (where every test and the simulation run): each index entry names a view that
+    /// lists the identifier; each view's members point back at it; each link row has its
+    /// mirror under the other end. A violation stops the process naming the rows by pseudonym
+    /// (never by identifier: the message may reach a log).
+    func checkInvariants() throws {
+        func named(_ key: [UInt8]) -> String { Crypto.hex(Array(engine.hasher.forgetKeyBytes(forKey: key, truncatedTo: 8))) }
+        var identifiers = Set(index.keys.map(\.bytes))
+        for canonical in views.touched.map(\.bytes) {
+            identifiers.insert(canonical)
+            guard let bytes = try txn.get(.documents, documentKey(canonical, .view)) else { continue }
+            let view = try decode(ProfileView.self, bytes, table: .documents)
+            precondition(view.canonical.key == canonical, "the view stored under \(named(canonical)) is \(named(view.canonical.key))'s")
+            for member in view.members {
+                let points = try txn.get(.documents, documentKey(member.key, .index))
+                precondition(
+                    points == canonical,
+                    "member \(named(member.key)) of the view of \(named(canonical)) points at \(points.map(named) ?? "no view")")
+            }
+        }
+        for identifier in identifiers {
+            if let canonical = try txn.get(.documents, documentKey(identifier, .index)) {
+                guard let bytes = try txn.get(.documents, documentKey(canonical, .view)) else {
+                    preconditionFailure("the index entry of \(named(identifier)) names \(named(canonical)), which has no view")
+                }
+                let view = try decode(ProfileView.self, bytes, table: .documents)
+                precondition(
+                    view.members.contains { $0.key == identifier },
+                    "the view of \(named(canonical)) does not list \(named(identifier)), whose index entry names it")
+            }
+            let prefix = documentKey(identifier, .edge)
+            try txn.scan(.documents, prefix: prefix) { key, value in
+                let peer = Array(key[prefix.count...])
+                let mirror = try txn.get(.documents, documentKey(peer, .edge, identifier))
+                precondition(
+                    mirror == value, "the link row of \(named(identifier)) to \(named(peer)) has \(mirror == nil ? "no" : "a different") mirror")
+                return .next
+            }
+        }
     }
 }
 
@@ -149,6 +200,26 @@ extension WriteContext {
     func view(_ key: [UInt8]) throws -> ProfileView? { try views.get(key, from: txn) }
     func setView(_ key: [UInt8], _ view: ProfileView) { views.set(key, view) }
     func deleteView(_ key: [UInt8]) { views.delete(key) }
+
+    /// An identifier as the store's invariants name it: a prefix of its forget key, never the
+    /// identifier itself (a failure message may reach a log).
+    func pseudonym(_ identifier: Identifier) -> String {
+        Crypto.hex(Array(engine.hasher.forgetKeyBytes(forKey: identifier.key, truncatedTo: 8)))
+    }
+
+    /// The link between two identifiers the store holds a row for (never one to itself).
+    func link(_ a: Identifier, _ b: Identifier) -> LinkEdge {
+        guard let edge = LinkEdge(a, b) else { preconditionFailure("a link row of \(pseudonym(a)) to itself") }
+        return edge
+    }
+
+    /// The erasure time of an identifier being forgotten (its forget entry is written first).
+    func erasureTime(of identifier: Identifier) throws -> Int64 {
+        guard let time = try forgottenTime(identifier) else {
+            preconditionFailure("\(pseudonym(identifier)) is being forgotten but has no forget entry")
+        }
+        return time
+    }
 
     func canonicalKey(_ key: [UInt8]) throws -> [UInt8]? {
         let cacheKey = ByteKey(key)
