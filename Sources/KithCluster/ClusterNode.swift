@@ -61,7 +61,7 @@ public typealias StoreWriter = (
 /// continuation comes back through the replication thread's inbox) and in the deterministic
 /// simulation (where a write runs at once). It reads the store directly: reads never wait.
 public final class ClusterNode {
-    public let store: any ProfileStore
+    public let store: any ReplicaStore
     public private(set) var membership: Membership
     public let settings: ReplicationSettings
     let send: (_ address: String, _ message: PeerMessage) -> Void
@@ -147,7 +147,7 @@ public final class ClusterNode {
     public func advertise(api: String) { membership.advertise(api: api) }
 
     public init(
-        store: any ProfileStore, me: Member, seeds: [String], membershipSettings: MembershipSettings = MembershipSettings(),
+        store: any ReplicaStore, me: Member, seeds: [String], membershipSettings: MembershipSettings = MembershipSettings(),
         settings: ReplicationSettings = ReplicationSettings(), clockSettings: ClockSettings = ClockSettings(), startedAt: Int64 = .min / 2,
         seed: UInt64, write: @escaping StoreWriter = ClusterNode.writeAtOnce, send: @escaping (String, PeerMessage) -> Void
     ) throws {

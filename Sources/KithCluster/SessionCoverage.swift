@@ -10,7 +10,7 @@ public enum SessionCoverage {
     /// has read that origin's log through position n (a log also numbers the changes its node
     /// relayed, so a token may name a position that is no change of the origin's own). Its own
     /// origin it always holds.
-    public static func missing(_ token: VersionVector, in store: any ProfileStore, origin: UInt64) throws -> [UInt64] {
+    public static func missing(_ token: VersionVector, in store: any ReplicaStore, origin: UInt64) throws -> [UInt64] {
         let held = try store.versionVector()
         var missing: [UInt64] = []
         for lacking in held.lacking(token) where lacking != origin {

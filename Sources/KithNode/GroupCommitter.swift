@@ -15,7 +15,7 @@ protocol GroupCommitStore: Sendable {
 
 /// A profile store as group commit uses it.
 struct ProfileStoreCommits: GroupCommitStore {
-    let store: any ProfileStore
+    let store: any ProfileWriting & ReplicaStore
     func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] { try store.apply(batch) }
     func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] { try store.applyDeferringSync(batch) }
     func synchronize() throws { try store.synchronize() }

@@ -75,7 +75,7 @@ final class ReplicationService: @unchecked Sendable {
     /// `writer` runs a write on the node's one writer thread (`GroupCommitter.perform`); false
     /// once it is stopping.
     init(
-        store: any ProfileStore, origin: UInt64, configuration: NodeConfiguration, keys: ClusterKeys, forgetKeySecret: [UInt8], log: Log,
+        store: any ReplicaStore, origin: UInt64, configuration: NodeConfiguration, keys: ClusterKeys, forgetKeySecret: [UInt8], log: Log,
         writer: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
     ) throws {
         self.log = log

@@ -3,40 +3,19 @@ import KithLMDB
 import KithProfile
 import Synchronization
 
-/// Where profiles live. Two implementations share one engine: `LMDBProfileStore` (durable, the
-/// default) and `MemoryProfileStore` (embedded, for simulation and tests).
-public protocol ProfileStore: AnyObject, Sendable {
-    /// Applies a batch of message deltas atomically — all of them or, if anything fails, none —
-    /// each with a change-log entry. Returns what happened to each message, in order.
-    @discardableResult func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+/// Where profiles live, by role: what request handlers read, what the one writer writes, and
+/// what replication reads and writes. Two implementations share one engine: `LMDBProfileStore`
+/// (durable, the default) and `MemoryProfileStore` (embedded, for simulation and tests).
+public protocol ProfileStore: ProfileReading, ProfileWriting, ReplicaStore {}
 
-    /// `apply`, except that a store opened to defer syncs (`allowsDeferredSync`) may return
-    /// before the batch is durable: it is durable once a later write or `synchronize()`
-    /// returns. Group commit uses it so that the writer need not wait for the sync that makes a
-    /// commit durable (one sync then covers every commit waiting for it). Other stores: `apply`.
-    @discardableResult func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
-
-    /// Makes every commit so far durable (commits whose sync was deferred).
-    func synchronize() throws
-
-    /// From now on only the calling thread opens write transactions (a node's one writer);
-    /// debug builds stop when another thread tries.
-    func claimWriter()
-
+/// Reads of profiles, as request handlers make them: any thread, never waiting for the writer.
+public protocol ProfileReading: AnyObject, Sendable {
     /// The profile `identifier` belongs to, or nil if the identifier is unknown.
     func view(of identifier: Identifier) throws -> ProfileView?
 
     /// The same profile as it is stored, checked but not decoded: what a read renders to JSON
     /// without building the view (`EncodedProfileView`).
     func encodedView(of identifier: Identifier) throws -> EncodedProfileView?
-
-    /// Unmerge: removes the link between two identifiers as of `stamp`.
-    func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws
-
-    /// Erases the whole person `identifier` belongs to, accepted at `time` (this node's hybrid
-    /// clock, Unix ms). Returns the erased identifiers (only their forget keys remain) and the
-    /// boundary: everything about them dated at or before it is gone, here and wherever it arrives.
-    @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure
 
     /// Whether the source document of `subject` has absorbed the message `messageId`.
     func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool
@@ -55,12 +34,42 @@ public protocol ProfileStore: AnyObject, Sendable {
     /// The links that touch the members of the profile `identifier` belongs to.
     func links(of identifier: Identifier) throws -> [StoredLink]
 
+    func statistics() throws -> StoreStatistics
+}
+
+/// Writes of profiles, made by a node's one writer (`claimWriter`).
+public protocol ProfileWriting: AnyObject, Sendable {
+    /// Applies a batch of message deltas atomically — all of them or, if anything fails, none —
+    /// each with a change-log entry. Returns what happened to each message, in order.
+    @discardableResult func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+
+    /// `apply`, except that a store opened to defer syncs (`allowsDeferredSync`) may return
+    /// before the batch is durable: it is durable once a later write or `synchronize()`
+    /// returns. Group commit uses it so that the writer need not wait for the sync that makes a
+    /// commit durable (one sync then covers every commit waiting for it). Other stores: `apply`.
+    @discardableResult func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome]
+
+    /// Makes every commit so far durable (commits whose sync was deferred).
+    func synchronize() throws
+
+    /// From now on only the calling thread opens write transactions (a node's one writer);
+    /// debug builds stop when another thread tries.
+    func claimWriter()
+
+    /// Unmerge: removes the link between two identifiers as of `stamp`.
+    func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws
+
+    /// Erases the whole person `identifier` belongs to, accepted at `time` (this node's hybrid
+    /// clock, Unix ms). Returns the erased identifiers (only their forget keys remain) and the
+    /// boundary: everything about them dated at or before it is gone, here and wherever it arrives.
+    @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure
+}
+
+/// What replication reads and writes: the change log, version vectors and cursors, entries that
+/// travel ahead, and the digest tree of anti-entropy (see `DigestTree`).
+public protocol ReplicaStore: AnyObject, Sendable {
     /// Change-log entries after local sequence `sequence`, at most `limit`.
     func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
-
-    func statistics() throws -> StoreStatistics
-
-    // MARK: Replication
 
     /// Applies changes replicated from `peer` in one transaction, skipping those this replica
     /// already holds (by version vector), and, when `position` is given, records that this node
@@ -83,8 +92,6 @@ public protocol ProfileStore: AnyObject, Sendable {
 
     /// SHA-256 over every replicated row: equal exactly when two replicas hold the same data.
     func contentDigest() throws -> [UInt8]
-
-    // MARK: Anti-entropy (see `DigestTree`)
 
     /// The digest of a tree node (`DigestTreeShape`) or of one forget key.
     func digest(of node: [UInt8]) throws -> Digest128
