@@ -24,8 +24,8 @@ enum DigestTree {
         switch table {
         case .forget: return true
         case .documents:
-            guard let zero = key.firstIndex(of: 0), zero + 1 < key.count else { return false }
-            return coveredParts.contains(key[zero + 1])
+            guard let row = RowKey(key) else { return false }
+            return coveredParts.contains(row.partByte)
         default: return false
         }
     }
@@ -37,7 +37,7 @@ enum DigestTree {
 
     /// What owns a covered row before hashing: a document's identifier key, or a forget key itself.
     static func owner(_ table: Table, _ key: [UInt8]) -> [UInt8] {
-        table == .forget ? key : Array(key[..<key.firstIndex(of: 0)!])
+        table == .forget ? key : Array(RowKey(stored: key).owner)
     }
 }
 
@@ -280,8 +280,9 @@ extension StoreEngine {
             if let identifier {
                 let prefix = documentPrefix(identifier.key)
                 try reader.scan(.documents, prefix: prefix) { key, value in
-                    if DigestTree.coveredParts.contains(key[prefix.count]) {
-                        rows.append(DocumentState.Row(part: key[prefix.count], suffix: Array(key[(prefix.count + 1)...]), value: value))
+                    let row = RowKey(stored: key)
+                    if DigestTree.coveredParts.contains(row.partByte) {
+                        rows.append(DocumentState.Row(part: row.partByte, suffix: Array(row.suffix), value: value))
                     }
                     return .next
                 }

@@ -82,9 +82,8 @@ final class SealingSession {
     /// `body` given the LMDB key of the engine key `plain` of `documents`. For the rows a point
     /// read asks for (an owner's view, index, head or ledger row) the key is made on the stack.
     func withSealedKey<T>(_ plain: [UInt8], _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T {
-        guard let zero = plain.firstIndex(of: 0), zero + 1 < plain.count, plain[zero + 1] != DocumentPart.edge.rawValue else {
-            return try sealedKey(plain).withUnsafeBytes(body)
-        }
+        guard let row = RowKey(plain), row.part != .edge else { return try sealedKey(plain).withUnsafeBytes(body) }
+        let zero = row.ownerCount
         return try withUnsafeTemporaryAllocation(byteCount: Sealing.pseudonymSize + plain.count - zero - 1, alignment: 1) { key in
             plain.withUnsafeBytes { plain in
                 writePseudonym(
@@ -119,6 +118,7 @@ final class SealingSession {
     /// The LMDB key of an engine key of `documents` (also of a prefix or scan start of one).
     func sealedKey(_ plain: [UInt8]) -> [UInt8] {
         guard !plain.isEmpty else { return [] }
+        // A prefix or scan start may end before its part, so it is not always a `RowKey`.
         guard let zero = plain.firstIndex(of: 0) else { return pseudonym(plain) }
         return sealedKey(plain, separatorAt: zero, ownerPseudonym: pseudonym(plain[..<zero]))
     }
@@ -518,14 +518,14 @@ struct SealedWriting: StoreWriting, ReadingThrough {
     func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         switch table {
         case .documents:
-            let zero = key.firstIndex(of: 0)!
-            let owner = Array(key[..<zero])
+            let row = RowKey(stored: key)
+            let owner = Array(row.owner)
             let pseudonym = session.pseudonym(owner)
-            let sealedKey = session.sealedKey(key, separatorAt: zero, ownerPseudonym: pseudonym)
+            let sealedKey = session.sealedKey(key, separatorAt: row.ownerCount, ownerPseudonym: pseudonym)
             var plaintext = value
-            if key[zero + 1] == DocumentPart.edge.rawValue {
+            if row.part == .edge {
                 var writer = BinaryWriter(capacity: value.count + 40)
-                writer.write(bytes: key[(zero + 2)...])
+                writer.write(bytes: row.suffix)
                 writer.write(raw: value)
                 plaintext = writer.bytes
             }

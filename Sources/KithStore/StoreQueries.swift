@@ -38,7 +38,7 @@ struct StoreEngine: Sendable {
         // benchmarks; the node's status endpoint will keep counters).
         var parts: [DocumentPart: Int] = [:]
         try reader.scan(.documents, prefix: []) { key, _ in
-            if let separator = key.firstIndex(of: 0), separator + 1 < key.count, let part = DocumentPart(rawValue: key[separator + 1]) {
+            if let part = RowKey(key)?.part {
                 parts[part, default: 0] += 1
             }
             return .next
@@ -73,7 +73,7 @@ struct StoreEngine: Sendable {
                 if !row.consent.isEmpty {
                     changes.append(
                         ConsentChange(
-                            identifier: member, messageId: String(decoding: key[prefix.count...], as: UTF8.self), time: row.entry.time,
+                            identifier: member, messageId: String(decoding: RowKey(stored: key).suffix, as: UTF8.self), time: row.entry.time,
                             source: row.channel, decisions: row.consent))
                 }
                 return .next
@@ -109,9 +109,7 @@ struct StoreEngine: Sendable {
         var views: [ProfileView] = []
         let start = canonical.map { documentKey($0.key, .view) + [0] } ?? []
         try reader.scan(.documents, from: start) { key, value in
-            guard let separator = key.firstIndex(of: 0), separator + 1 < key.count,
-                key[separator + 1] == DocumentPart.view.rawValue, key.count == separator + 2
-            else { return .next }
+            guard let row = RowKey(key), row.part == .view, row.suffix.isEmpty else { return .next }
             views.append(try decode(ProfileView.self, value, table: .documents))
             return views.count < limit ? .next : .stop
         }
@@ -125,7 +123,7 @@ struct StoreEngine: Sendable {
             let prefix = documentKey(member.key, .edge)
             try reader.scan(.documents, prefix: prefix) { key, value in
                 let summary = try decode(EdgeSummary.self, value, table: .documents)
-                guard let peer = Identifier(key: key[prefix.count...]), member < peer || !view.members.contains(peer) else { return .next }
+                guard let peer = Identifier(key: RowKey(stored: key).suffix), member < peer || !view.members.contains(peer) else { return .next }
                 links.append(
                     StoredLink(
                         from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,

@@ -51,6 +51,39 @@ enum DocumentPart: UInt8, CaseIterable, Sendable {
     case ledger = 5
 }
 
+/// A key of the `documents` table, read: `owner ‖ 0 ‖ part ‖ suffix`. The owner is an identifier's
+/// key (a kind byte, never 0, then a value with no 0 byte), so the first 0 byte ends it; the part
+/// is a `DocumentPart`; the suffix is what the part names: a peer's identifier key for an edge,
+/// a messageId for a ledger row, nothing for the others. `documentKey` writes them.
+struct RowKey<Bytes: Collection<UInt8>> {
+    let bytes: Bytes
+    private let separator: Bytes.Index
+
+    /// Nil for bytes that are not a row key (no separator, or no part after it).
+    init?(_ bytes: Bytes) {
+        guard let separator = bytes.firstIndex(of: 0), bytes.index(after: separator) != bytes.endIndex else { return nil }
+        self.bytes = bytes
+        self.separator = separator
+    }
+
+    /// The owning identifier's key.
+    var owner: Bytes.SubSequence { bytes[..<separator] }
+    /// Its length: the offset of the separator.
+    var ownerCount: Int { bytes.distance(from: bytes.startIndex, to: separator) }
+    /// The part's byte (`DocumentPart`'s raw value, or an unknown one).
+    var partByte: UInt8 { bytes[bytes.index(after: separator)] }
+    var part: DocumentPart? { DocumentPart(rawValue: partByte) }
+    var suffix: Bytes.SubSequence { bytes[bytes.index(separator, offsetBy: 2)...] }
+}
+
+extension RowKey {
+    /// A row key the store wrote itself: not one is a precondition, stated with the table's name.
+    init(stored bytes: Bytes) {
+        guard let key = RowKey(bytes) else { preconditionFailure("a documents key of \(bytes.count) bytes with no part") }
+        self = key
+    }
+}
+
 /// The key of part `part` of identifier `identifierKey` (identifier keys contain no 0 byte).
 func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffix: some Collection<UInt8> = [UInt8]()) -> [UInt8] {
     var key = identifierKey
@@ -119,7 +152,7 @@ extension StoreReading {
         while true {
             var next: [UInt8]?
             try scan(.documents, from: start) { key, _ in
-                next = Array(key[..<(key.firstIndex(of: 0) ?? key.endIndex)])
+                next = Array(RowKey(key)?.owner ?? key[...])
                 return .stop
             }
             guard let identifierKey = next else { break }

@@ -76,7 +76,7 @@ extension WriteContext {
             let time = try erasureTime(of: member)
             try forgetLedger(of: member, upTo: time)
             try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
-                if let peer = Identifier(key: key[(member.key.count + 2)...]) {
+                if let peer = Identifier(key: RowKey(stored: key).suffix) {
                     edges.insert(link(member, peer))
                     touched.insert(peer)
                 }
@@ -157,7 +157,7 @@ extension WriteContext {
             try txn.scan(.documents, prefix: prefix) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
                 guard row.links.contains(peer) else { return .next }
-                let messageId = String(decoding: key[prefix.count...], as: UTF8.self)
+                let messageId = String(decoding: RowKey(stored: key).suffix, as: UTF8.self)
                 for time in row.copyTimes where time > cutoff { summary.add(LWWStamp(time: time, tiebreak: messageId)) }
                 return .next
             }

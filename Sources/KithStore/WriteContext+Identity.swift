@@ -58,7 +58,7 @@ extension WriteContext {
             let prefix = documentKey(node.key, .edge)
             try txn.scan(.documents, prefix: prefix) { key, value in
                 let summary = try decode(EdgeSummary.self, value, table: .documents)
-                guard summary.isActive, let peer = Identifier(key: key[prefix.count...]) else { return .next }
+                guard summary.isActive, let peer = Identifier(key: RowKey(stored: key).suffix) else { return .next }
                 guard let firstAdd = summary.firstAdd else {
                     preconditionFailure("the active link of \(pseudonym(node)) to \(pseudonym(peer)) was never added: \(summary)")
                 }
@@ -130,7 +130,7 @@ extension WriteContext {
                     let entry = try LedgerEntry(from: &reader)
                     guard entry.type.isEvent else { return }
                     if newest.recent.count == historyLimit, let last = newest.recent.last {
-                        let messageId = String(decoding: key[prefix.count...], as: UTF8.self)
+                        let messageId = String(decoding: RowKey(stored: key).suffix, as: UTF8.self)
                         guard (entry.time, messageId) > (last.time, last.messageId) else { return }
                     }
                     guard try reader.readBool() else { return }

@@ -157,7 +157,7 @@ final class WriteContext {
             }
             let prefix = documentKey(identifier, .edge)
             try txn.scan(.documents, prefix: prefix) { key, value in
-                let peer = Array(key[prefix.count...])
+                let peer = Array(RowKey(stored: key).suffix)
                 let mirror = try txn.get(.documents, documentKey(peer, .edge, identifier))
                 precondition(
                     mirror == value, "the link row of \(named(identifier)) to \(named(peer)) has \(mirror == nil ? "no" : "a different") mirror")
