@@ -102,8 +102,9 @@ struct ClusterBenchmark {
         for index in 0..<200 {
             let writer = nodes[index % nodes.count]
             let body = #"{"userId":"conv-\#(index)","traits":{"n":\#(index)},"messageId":"conv-\#(index)"}"#
-            guard try writer.client.request("POST", "/v1/identify", headers: [BenchNode.writeKey], body: Array(body.utf8)).status == 200 else {
-                throw BenchmarkFailed("a convergence write was refused")
+            let answer = try writer.client.request("POST", "/v1/identify", headers: [BenchNode.writeKey], body: Array(body.utf8))
+            guard answer.status == 200 else {
+                throw BenchmarkFailed("a convergence write was refused (\(answer.status)): \(String(decoding: answer.body, as: UTF8.self))")
             }
             let acknowledged = DispatchTime.now().uptimeNanoseconds
             var pending = Set(nodes.indices)
@@ -201,6 +202,8 @@ struct ClusterBenchmark {
                 return String(decoding: body, as: UTF8.self).components(separatedBy: #""status":"alive""#).count == count + 1
             }
         }
+        // A node takes writes once it has measured its clock against the others (`/readyz`).
+        try waitUntil(30, "every node to be ready") { try nodes.allSatisfy { try $0.client.request("GET", "/readyz").status == 200 } }
     }
 
     private func waitUntil(_ seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
