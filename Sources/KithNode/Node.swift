@@ -140,7 +140,8 @@ public final class Node: Sendable {
     func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let requestId = Self.requestIdentifier()
         let started = DispatchTime.now().uptimeNanoseconds
-        let route = Self.routeName(request)
+        let match = Self.routes.match(method: request.method, path: request.path)
+        let route = Self.routeName(match)
         let logRequests = configuration.logRequests
         let respond: @Sendable (HTTPResponse) -> Void = { [metrics, log] response in
             var response = response
@@ -158,67 +159,8 @@ public final class Node: Sendable {
             }
             responder.respond(response)
         }
-        let path = request.path
-        let ingestKind = Self.ingestType(path)
-        switch (request.method, path) {
-        case ("GET", "/livez"): respond(.json(200, Array(#"{"status":"ok"}"#.utf8)))
-        case ("GET", "/readyz"):
-            if stopping.load(ordering: .relaxed) { return respond(.error(503, code: "stopping", message: "the node is shutting down")) }
-            respond(clockRefusal() ?? .json(200, Array(#"{"status":"ready"}"#.utf8)))
-        case ("GET", "/healthz"):
-            respond(.json(200, Array(#"{"status":"ok","node":"\#(configuration.nodeName)","version":"\#(Self.version)"}"#.utf8)))
-        case ("GET", "/metrics"):
-            guard authorized(request, [.admin], respond) != nil else { return }
-            metrics(respond: respond)
-        case (_, _) where ingestKind != nil:
-            guard request.method == "POST" else { return respond(.error(405, code: "method_not_allowed", message: "use POST")) }
-            ingest(request, kind: ingestKind!, respond: respond)
-        case (_, _) where path.hasPrefix("/v1/profiles/"):
-            profileRoute(
-                request, Array(path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false)), respond: respond)
-        case ("GET", "/v1/admin/status"): adminStatus(request, respond: respond)
-        case ("POST", "/v1/admin/backup"): adminBackup(request, respond: respond)
-        case ("GET", "/v1/admin/export"): adminExport(request, respond: respond)
-        case ("GET", "/v1/admin/members"), ("POST", "/v1/admin/join"), ("POST", "/v1/admin/leave"), ("POST", "/v1/admin/repair"),
-            ("GET", "/v1/admin/sync"):
-            clusterRoute(request, respond: respond)
-        case (_, "/livez"), (_, "/readyz"), (_, "/healthz"), (_, "/metrics"):
-            respond(.error(405, code: "method_not_allowed", message: "use GET"))
-        default:
-            respond(.error(404, code: "not_found", message: "no such endpoint"))
-        }
+        self.route(request, match, respond: respond)
     }
-
-    /// The ingest endpoint's message type: nil for other paths; `.some(nil)` for batch/import.
-    static func ingestType(_ path: Substring) -> MessageType?? {
-        switch path {
-        case "/v1/batch", "/v1/import": return .some(nil)
-        default:
-            guard path.hasPrefix("/v1/"), let type = MessageType(rawValue: String(path.dropFirst(4))) else { return nil }
-            return .some(type)
-        }
-    }
-
-    /// A route label for metrics: never a path with identifiers in it.
-    static func routeName(_ request: HTTPRequest) -> String {
-        let path = request.path
-        let profiles = "/v1/profiles/"
-        if path.utf8.starts(with: profiles.utf8) {
-            let rest = path.utf8.dropFirst(profiles.utf8.count)
-            guard let slash = rest.firstIndex(of: UInt8(ascii: "/")) else { return "/v1/profiles/{identifier}" }
-            let resource = rest[rest.index(after: slash)...].prefix { $0 != UInt8(ascii: "/") }
-            return Self.profileRoutes[Substring(resource)] ?? "/v1/profiles/{identifier}/other"
-        }
-        if path.utf8.starts(with: "/v1/admin/".utf8) { return String(path) }
-        if ingestType(path) != nil || ["/livez", "/readyz", "/healthz", "/metrics"].contains(path) { return String(path) }
-        return "other"
-    }
-
-    /// Route names of the profile resources, built once: a name is made for every request.
-    private static let profileRoutes: [Substring: String] = Dictionary(
-        uniqueKeysWithValues: ["traits", "identifiers", "events", "consent", "restrict", "export", "audit", "links"].map {
-            (Substring($0), "/v1/profiles/{identifier}/\($0)")
-        })
 
     // MARK: - Helpers
 

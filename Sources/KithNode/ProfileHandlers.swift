@@ -14,27 +14,15 @@ import KithStore
 extension Node {
     typealias Respond = @Sendable (HTTPResponse) -> Void
 
-    func profileRoute(_ request: HTTPRequest, _ parts: [Substring], respond: @escaping Respond) {
-        let resource = parts.count > 1 ? String(parts[1]) : ""
-        let route = (request.method, resource, parts.count)
-        let roles: Set<Role>
-        switch route {
-        case ("GET", "", 1), ("GET", "traits", 2), ("GET", "identifiers", 2), ("GET", "events", 2), ("GET", "consent", 2):
-            roles = [.reader, .admin, .privacy]
-        case ("GET", "links", 2), ("DELETE", "links", 3): roles = [.admin, .privacy]
-        case ("PUT", "consent", 2), ("DELETE", "", 1), ("POST", "restrict", 2), ("DELETE", "restrict", 2), ("GET", "export", 2),
-            ("GET", "audit", 2):
-            roles = [.privacy]
-        case (_, "", 1), (_, "traits", 2), (_, "identifiers", 2), (_, "events", 2), (_, "consent", 2), (_, "links", 2), (_, "links", 3),
-            (_, "restrict", 2), (_, "export", 2), (_, "audit", 2):
-            return respond(.error(405, code: "method_not_allowed", message: "see docs/http-api.md for the methods of profile resources"))
-        default:
-            return respond(.error(404, code: "not_found", message: "no such profile resource"))
-        }
-        guard let principal = authorized(request, roles, respond) else { return }
+    /// A profile resource (`/v1/profiles/{identifier}…`, routes in `Node.routes`): its caller
+    /// already holds a role the route allows.
+    func profileRoute(_ call: RouteCall) {
+        let (request, respond, principal) = (call.request, call.respond, call.caller)
+        let parts = Array(request.path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false))
+        let route = (request.method, parts.count > 1 ? String(parts[1]) : "", parts.count)
         guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
         // Parsed once: the read levels and the resource handlers all take their items from it.
-        let query = Self.queryItems(request.query)
+        let query = request.queryItems
         guard request.method == "GET" else { return dispatch(route, identifier, request, query, principal, parts, respond: respond) }
         let level: WriteConcern?
         switch query["consistency"] {

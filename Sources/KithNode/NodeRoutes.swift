@@ -1,0 +1,129 @@
+import KithHTTP
+import KithNet
+import KithPolicy
+import KithProfile
+
+/// Who may call a route.
+enum Access: Sendable, Equatable {
+    case anyone
+    /// Segment's write key, which may also come in the body (`writeKey`), checked by the ingest
+    /// handler: its refusals take Segment's error shape.
+    case writeKey
+    /// A bearer token whose principal has one of these roles: 401 without one, 403 with another.
+    case roles(Set<Role>)
+}
+
+/// A route of the node's API: who may call it, and what answers it.
+struct NodeRoute: Sendable {
+    typealias Handler = @Sendable (Node, RouteCall) -> Void
+    let access: Access
+    let handler: Handler
+}
+
+/// One call of a route, as its handler gets it: the request, the path's parameters, the
+/// caller (for `.roles` routes), and where the answer goes.
+struct RouteCall: Sendable {
+    let request: HTTPRequest
+    let parameters: [String: Substring]
+    let principal: Principal?
+    let respond: @Sendable (HTTPResponse) -> Void
+
+    /// The caller of a `.roles` route (the table checked it before the handler runs).
+    var caller: Principal {
+        guard let principal else { preconditionFailure("a handler of a route without roles asked for its caller") }
+        return principal
+    }
+}
+
+extension Node {
+    static let readers: Set<Role> = [.reader, .admin, .privacy]
+
+    /// Every route of the node's HTTP API (docs/http-api.md). 404, 405 and the role checks
+    /// (401, 403) are decided from this table alone, before any handler runs.
+    static let routes = RouteTable<NodeRoute>(
+        [
+            .init("GET", "/livez", NodeRoute(access: .anyone) { _, call in call.respond(.json(200, Array(#"{"status":"ok"}"#.utf8))) }),
+            .init("GET", "/readyz", NodeRoute(access: .anyone) { node, call in node.ready(respond: call.respond) }),
+            .init(
+                "GET", "/healthz",
+                NodeRoute(access: .anyone) { node, call in
+                    call.respond(.json(200, Array(#"{"status":"ok","node":"\#(node.configuration.nodeName)","version":"\#(Node.version)"}"#.utf8)))
+                }),
+            .init("GET", "/metrics", NodeRoute(access: .roles([.admin])) { node, call in node.metrics(respond: call.respond) }),
+            .init("POST", "/v1/batch", NodeRoute(access: .writeKey) { node, call in node.ingest(call.request, kind: nil, respond: call.respond) }),
+            .init("POST", "/v1/import", NodeRoute(access: .writeKey) { node, call in node.ingest(call.request, kind: nil, respond: call.respond) }),
+        ]
+            + MessageType.allCases.map { kind in
+                .init(
+                    "POST", "/v1/\(kind.rawValue)",
+                    NodeRoute(access: .writeKey) { node, call in node.ingest(call.request, kind: kind, respond: call.respond) })
+            }
+            + profileRoutes
+            + [
+                .init(
+                    "GET", "/v1/admin/status",
+                    NodeRoute(access: .roles([.admin])) { node, call in node.adminStatus(call.request, respond: call.respond) }),
+                .init(
+                    "POST", "/v1/admin/backup",
+                    NodeRoute(access: .roles([.admin])) { node, call in node.adminBackup(call.request, respond: call.respond) }),
+                .init(
+                    "GET", "/v1/admin/export",
+                    NodeRoute(access: .roles([.admin])) { node, call in node.adminExport(call.request, respond: call.respond) }),
+                // The member list (no personal data) also serves the privacy role's cluster-wide audit.
+                .init("GET", "/v1/admin/members", NodeRoute(access: .roles([.admin, .privacy])) { node, call in node.clusterRoute(call) }),
+                .init("POST", "/v1/admin/join", NodeRoute(access: .roles([.admin])) { node, call in node.clusterRoute(call) }),
+                .init("POST", "/v1/admin/leave", NodeRoute(access: .roles([.admin])) { node, call in node.clusterRoute(call) }),
+                .init("POST", "/v1/admin/repair", NodeRoute(access: .roles([.admin])) { node, call in node.clusterRoute(call) }),
+                .init("GET", "/v1/admin/sync", NodeRoute(access: .roles([.admin])) { node, call in node.clusterRoute(call) }),
+            ])
+
+    /// The profile resources: `/v1/profiles/{identifier}` and what hangs under it.
+    private static var profileRoutes: [RouteTable<NodeRoute>.Route] {
+        func route(_ method: String, _ pattern: String, _ roles: Set<Role>) -> RouteTable<NodeRoute>.Route {
+            .init(method, "/v1/profiles/{identifier}" + pattern, NodeRoute(access: .roles(roles)) { node, call in node.profileRoute(call) })
+        }
+        return [
+            route("GET", "", readers), route("DELETE", "", [.privacy]),
+            route("GET", "/traits", readers), route("GET", "/identifiers", readers), route("GET", "/events", readers),
+            route("GET", "/consent", readers), route("PUT", "/consent", [.privacy]),
+            route("POST", "/restrict", [.privacy]), route("DELETE", "/restrict", [.privacy]),
+            route("GET", "/export", [.privacy]), route("GET", "/audit", [.privacy]),
+            route("GET", "/links", [.admin, .privacy]), route("DELETE", "/links/{other}", [.admin, .privacy]),
+        ]
+    }
+
+    /// The name of a matched route in metrics and logs: its pattern, never a path with
+    /// identifiers in it.
+    static func routeName(_ match: RouteTable<NodeRoute>.Match) -> String {
+        switch match {
+        case .notFound: "other"
+        case .methodNotAllowed(_, let pattern): pattern.description
+        case .found(let route, _): route.pattern.description
+        }
+    }
+
+    /// Answers a request through its match in the table: 404, 405 (with `Allow`), then the
+    /// route's access (401, 403), then its handler.
+    func route(_ request: HTTPRequest, _ match: RouteTable<NodeRoute>.Match, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+        switch match {
+        case .notFound: respond(.error(404, code: "not_found", message: "no such endpoint"))
+        case .methodNotAllowed(let allowed, _):
+            var response = HTTPResponse.error(405, code: "method_not_allowed", message: "use \(allowed.joined(separator: " or "))")
+            response.headers.append(HTTPHeader("Allow", allowed.joined(separator: ", ")))
+            respond(response)
+        case .found(let route, let parameters):
+            var principal: Principal?
+            if case .roles(let roles) = route.value.access {
+                guard let caller = authorized(request, roles, respond) else { return }
+                principal = caller
+            }
+            route.value.handler(self, RouteCall(request: request, parameters: parameters, principal: principal, respond: respond))
+        }
+    }
+
+    /// `/readyz`: 503 while stopping or while the clock is out of bound or unmeasured.
+    func ready(respond: @Sendable (HTTPResponse) -> Void) {
+        if stopping.load(ordering: .relaxed) { return respond(.error(503, code: "stopping", message: "the node is shutting down")) }
+        respond(clockRefusal() ?? .json(200, Array(#"{"status":"ready"}"#.utf8)))
+    }
+}
