@@ -32,11 +32,13 @@ let package = Package(
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
         .target(
-            name: "KithNode", dependencies: ["KithStore", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
+            name: "KithNode", dependencies: ["KithStore", "KithStoreLMDB", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
         .executableTarget(
             name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules),
-        .target(name: "KithStore", dependencies: ["KithProfile", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithStore", dependencies: ["KithProfile", "KithCrypto"], swiftSettings: optimizeAcrossModules),
+        // The durable store: LMDB, sealing, the key file. Kept apart so the replication core does not link LMDB.
+        .target(name: "KithStoreLMDB", dependencies: ["KithStore", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // Replication over a store, with no I/O of its own: run on sockets by KithNode, in one process by the simulation.
         .target(name: "KithCluster", dependencies: ["KithStore", "KithReplication"], swiftSettings: optimizeAcrossModules),
 
@@ -48,7 +50,8 @@ let package = Package(
         .executableTarget(
             name: "kith-bench",
             dependencies: [
-                "CLMDB", "KithStore", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy", "KithTestSupport",
+                "CLMDB", "KithStore", "KithStoreLMDB", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy",
+                "KithTestSupport",
             ], path: "Benchmarks/KithBench",
             swiftSettings: optimizeAcrossModules),
 
@@ -58,7 +61,7 @@ let package = Package(
         .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),
         .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
-        .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithTestSupport"]),
+        .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithStoreLMDB", "KithLMDB", "KithTestSupport"]),
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithCryptoTests", dependencies: ["KithCrypto", "KithCRDT", "KithTestSupport"]),
@@ -66,7 +69,7 @@ let package = Package(
         .testTarget(name: "KithReplicationTests", dependencies: ["KithReplication", "KithCrypto", "KithTestSupport"]),
         .testTarget(name: "KithPolicyTests", dependencies: ["KithPolicy", "KithTestSupport"]),
         .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),
-        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithJSON", "KithTestSupport"]),
+        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithStoreLMDB", "KithJSON", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

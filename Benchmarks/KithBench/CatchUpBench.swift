@@ -4,6 +4,7 @@ import KithJSON
 import KithLMDB
 import KithProfile
 import KithStore
+import KithStoreLMDB
 import KithTestSupport
 
 /// Catch-up after a partition, with and without redelivered copies in the backlog

@@ -5,6 +5,7 @@ import KithNode
 import KithPolicy
 import KithProfile
 import KithStore
+import KithStoreLMDB
 
 /// The in-process read phases, on a store an apply phase (this run's or an earlier one's) built.
 func measureReads(_ store: LMDBProfileStore, options: Options, receivedAt: Int64) throws {

@@ -9,6 +9,7 @@ import KithNode
 import KithPolicy
 import KithProfile
 import KithStore
+import KithStoreLMDB
 
 struct Options {
     var workload = ""

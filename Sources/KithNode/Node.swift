@@ -11,6 +11,7 @@ import KithPolicy
 import KithProfile
 import KithReplication
 import KithStore
+import KithStoreLMDB
 import Synchronization
 
 /// One Kith node: the store, its single writer, and the HTTP API.

@@ -1,5 +1,4 @@
 import KithCRDT
-import KithLMDB
 import KithProfile
 
 /// The digest tree over the key space of forget keys, for anti-entropy (docs/replication.md).
@@ -15,12 +14,12 @@ import KithProfile
 /// adding the new rows' hashes and subtracting the old ones', with no rescan: `DigestingWriter`
 /// does it for every write of a transaction, and `flush` adds each transaction's changes to
 /// the few bucket, range and root rows they touch, once.
-enum DigestTree {
+package enum DigestTree {
     /// The `merkle` key of a node: its depth, then its key (`DigestTreeShape`).
-    static func nodeKey(_ node: [UInt8]) -> [UInt8] { [UInt8(node.count)] + node }
+    package static func nodeKey(_ node: [UInt8]) -> [UInt8] { [UInt8(node.count)] + node }
 
     /// Whether a row counts toward its owner's digest.
-    static func isCovered(_ table: Table, _ key: [UInt8]) -> Bool {
+    package static func isCovered(_ table: Table, _ key: [UInt8]) -> Bool {
         switch table {
         case .forget: return true
         case .documents:
@@ -31,12 +30,12 @@ enum DigestTree {
     }
 
     /// The tree's layout version in `meta` (a store with another is rebuilt at open).
-    static let layout: UInt8 = 2
+    package static let layout: UInt8 = 2
 
-    static let coveredParts: Set<UInt8> = [DocumentPart.head.rawValue, DocumentPart.edge.rawValue, DocumentPart.ledger.rawValue]
+    package static let coveredParts: Set<UInt8> = [DocumentPart.head.rawValue, DocumentPart.edge.rawValue, DocumentPart.ledger.rawValue]
 
     /// What owns a covered row before hashing: a document's identifier key, or a forget key itself.
-    static func owner(_ table: Table, _ key: [UInt8]) -> [UInt8] {
+    package static func owner(_ table: Table, _ key: [UInt8]) -> [UInt8] {
         table == .forget ? key : Array(RowKey(stored: key).owner)
     }
 }
@@ -44,7 +43,7 @@ enum DigestTree {
 extension HMACForgetKeyHasher {
     /// The hash of one covered row: HMAC-SHA256 under the forget secret, so that a digest left in
     /// a free page or a backup cannot be used to test guesses about erased data.
-    func rowDigest(_ table: Table, _ key: [UInt8], _ value: [UInt8]) -> Digest128 {
+    package func rowDigest(_ table: Table, _ key: [UInt8], _ value: [UInt8]) -> Digest128 {
         var writer = BinaryWriter(capacity: key.count + value.count + 4)
         writer.write(byte: UInt8(table.rawValue))
         writer.write(bytes: key)
@@ -53,7 +52,7 @@ extension HMACForgetKeyHasher {
     }
 
     /// The forget key of a row's owner (`DigestTree.owner`).
-    func forgetKey(ofOwner owner: [UInt8], in table: Table) -> [UInt8] {
+    package func forgetKey(ofOwner owner: [UInt8], in table: Table) -> [UInt8] {
         table == .forget ? owner : forgetKeyBytes(forKey: owner)
     }
 }
@@ -62,8 +61,8 @@ extension HMACForgetKeyHasher {
 /// row adds the new row's hash to its owner's digest and subtracts the old row's. The old value
 /// comes from what the transaction already read or wrote when it can (the engine reads heads,
 /// links and ledger rows before it rewrites them), else from one extra read.
-final class DigestingWriter: StoreWriting, ReadingThrough {
-    let base: any StoreWriting
+package final class DigestingWriter: StoreWriting, ReadingThrough {
+    package let base: any StoreWriting
     private let hasher: HMACForgetKeyHasher
     /// Covered rows' values as this transaction last saw them (nil: absent), by table.
     private var known: [[ByteKey: [UInt8]?]] = Array(repeating: [:], count: Table.allCases.count)
@@ -71,26 +70,26 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
     private var changes: [ByteKey: Digest128] = [:]
     private var owners: [ByteKey: [UInt8]] = [:]
 
-    init(base: any StoreWriting, hasher: HMACForgetKeyHasher) {
+    package init(base: any StoreWriting, hasher: HMACForgetKeyHasher) {
         self.base = base
         self.hasher = hasher
     }
 
-    var readThrough: any StoreReading { base }
+    package var readThrough: any StoreReading { base }
 
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
+    package func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         let value = try base.get(table, key)
         if DigestTree.isCovered(table, key) { known[table.rawValue][ByteKey(key)] = .some(value) }
         return value
     }
 
     /// Through `get`, so that what is read is known here too.
-    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+    package func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
         try get(table, Array(key)).map { try $0.withUnsafeBytes(body) }
     }
 
     @discardableResult
-    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
+    package func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         guard DigestTree.isCovered(table, key) else { return try base.put(table, key, value, mode: mode) }
         if mode == .insertOnly {
             guard try base.put(table, key, value, mode: mode) else { return false }
@@ -104,7 +103,7 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
     }
 
     @discardableResult
-    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
+    package func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
         guard DigestTree.isCovered(table, key) else { return try base.delete(table, key) }
         let old = try previous(table, key)
         guard try base.delete(table, key) else { return false }
@@ -112,10 +111,10 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
         return true
     }
 
-    func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
+    package func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
 
     /// The change log is not covered by the tree.
-    func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
+    package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try base.putChanges(entries, at: key, mode: mode)
     }
 
@@ -137,7 +136,7 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
     }
 
     /// Adds this transaction's changes to the nodes above the changed leaves. Call before commit.
-    func flush() throws {
+    package func flush() throws {
         var nodes: [[UInt8]: Digest128] = [:]
         for (owner, change) in changes where !change.isZero {
             for node in DigestTreeShape.ancestors(of: owner.bytes) { nodes[node, default: .zero] += change }
@@ -152,21 +151,21 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
 }
 
 /// A stored digest (zero when absent).
-func readDigest(_ reader: some StoreReading, _ table: Table, _ key: [UInt8]) throws -> Digest128 {
+package func readDigest(_ reader: some StoreReading, _ table: Table, _ key: [UInt8]) throws -> Digest128 {
     guard let bytes = try reader.get(table, key) else { return .zero }
     return try readDigestValue(bytes, table)
 }
 
 extension StoreEngine {
     /// The digest of a tree node (`DigestTreeShape`) or of one forget key (a leaf, computed).
-    func digest(of node: [UInt8], in reader: some StoreReading) throws -> Digest128 {
+    package func digest(of node: [UInt8], in reader: some StoreReading) throws -> Digest128 {
         if DigestTreeShape.isNode(node) { return try readDigest(reader, .merkle, DigestTree.nodeKey(node)) }
         return try documentStates(for: [node], in: reader).first.map(leafDigest) ?? .zero
     }
 
     /// The children of a tree node with a non-zero digest, in key order: the nodes one level
     /// down, or under a bucket its forget keys with their digests (computed from the rows).
-    func digestChildren(of node: [UInt8], in reader: some StoreReading) throws -> [DigestEntry] {
+    package func digestChildren(of node: [UInt8], in reader: some StoreReading) throws -> [DigestEntry] {
         precondition(DigestTreeShape.isNode(node), "leaves have no children")
         guard !DigestTreeShape.isBucket(node) else {
             let bucket = DigestTreeShape.bucketIndex(node)
@@ -195,7 +194,7 @@ extension StoreEngine {
     }
 
     /// A leaf's digest: the hashes of exactly the rows a document state ships, as stored.
-    func leafDigest(_ state: DocumentState) -> Digest128 {
+    package func leafDigest(_ state: DocumentState) -> Digest128 {
         var digest = Digest128.zero
         if let identifier = state.identifier {
             for row in state.rows {
@@ -208,7 +207,7 @@ extension StoreEngine {
 
     /// Every leaf digest computed from the rows themselves, without the stored tree: what the
     /// tree must sum (checked by tests; used to build the tree for a store written before it).
-    func recomputedDigests(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
+    package func recomputedDigests(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
         var leaves: [[UInt8]: Digest128] = [:]
         var owners: [[UInt8]: [UInt8]] = [:]
         for table in [Table.documents, .forget] {
@@ -225,7 +224,7 @@ extension StoreEngine {
     }
 
     /// The tree's nodes as they must be, summed from `leaves`.
-    static func nodes(over leaves: [[UInt8]: Digest128]) -> [[UInt8]: Digest128] {
+    package static func nodes(over leaves: [[UInt8]: Digest128]) -> [[UInt8]: Digest128] {
         var nodes: [[UInt8]: Digest128] = [:]
         for (owner, digest) in leaves {
             for node in DigestTreeShape.ancestors(of: owner) { nodes[node, default: .zero] += digest }
@@ -234,7 +233,7 @@ extension StoreEngine {
     }
 
     /// The stored tree's nodes.
-    func storedNodes(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
+    package func storedNodes(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
         var nodes: [[UInt8]: Digest128] = [:]
         try reader.scan(.merkle, prefix: []) { key, value in
             nodes[Array(key.dropFirst())] = try readDigestValue(value, .merkle)
@@ -244,7 +243,7 @@ extension StoreEngine {
     }
 
     /// Replaces the stored tree by one computed from the rows.
-    func rebuildDigests(in txn: any StoreWriting) throws {
+    package func rebuildDigests(in txn: any StoreWriting) throws {
         try txn.deletePrefix(.merkle, [])
         for (node, digest) in Self.nodes(over: try recomputedDigests(in: txn)) {
             try txn.put(.merkle, DigestTree.nodeKey(node), digest.bytes, mode: .upsert)
@@ -253,14 +252,14 @@ extension StoreEngine {
     }
 
     /// Drops the tree (`reconcileReplicationState`).
-    func dropDigests(in txn: any StoreWriting) throws {
+    package func dropDigests(in txn: any StoreWriting) throws {
         try txn.deletePrefix(.merkle, [])
         try txn.delete(.meta, digestsMetaKey)
     }
 
     /// What this replica holds under each of `forgetKeys` (none for a key it holds nothing of),
     /// as anti-entropy ships it.
-    func documentStates(for forgetKeys: [[UInt8]], in reader: some StoreReading) throws -> [DocumentState] {
+    package func documentStates(for forgetKeys: [[UInt8]], in reader: some StoreReading) throws -> [DocumentState] {
         var identifiers: [[UInt8]: Identifier] = [:]
         for identifier in try reader.identifiers(withForgetKeys: Set(forgetKeys), hasher: hasher) {
             identifiers[hasher.forgetKeyBytes(for: identifier)] = identifier

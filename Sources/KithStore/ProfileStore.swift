@@ -1,5 +1,4 @@
 import KithCRDT
-import KithLMDB
 import KithProfile
 import Synchronization
 
@@ -108,7 +107,7 @@ public protocol ReplicaStore: AnyObject, Sendable {
 }
 
 /// The part both stores share: the engine over a backend's read and write transactions.
-protocol EngineBackedStore: ProfileStore {
+package protocol EngineBackedStore: ProfileStore {
     var engine: StoreEngine { get }
     var writerClaim: WriterClaim { get }
     func read<T>(_ body: (any StoreReading) throws -> T) throws -> T
@@ -116,7 +115,7 @@ protocol EngineBackedStore: ProfileStore {
 }
 
 extension EngineBackedStore {
-    @discardableResult func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
+    @discardableResult package func write<T>(_ body: (any StoreWriting) throws -> T) throws -> T {
         try write(deferringSync: false, body)
     }
 
@@ -264,141 +263,10 @@ extension EngineBackedStore {
     }
 }
 
-/// The durable store: one LMDB environment in a directory, sealed (see `Sealing`) under data
-/// keys kept in a file of their own, `keyFile` (by default the directory's path + `.keys`).
-public final class LMDBProfileStore: EngineBackedStore {
-    let engine: StoreEngine
-    let writerClaim = WriterClaim()
-    public let environment: LMDBEnvironment
-    private let tables: LMDBTables
-    let sealing: Sealing
-
-    public init(path: String, configuration: StoreConfiguration, keyFile: String? = nil, lmdb: LMDBEnvironment.Configuration = .init()) throws {
-        engine = StoreEngine(configuration: configuration)
-        environment = try LMDBEnvironment(path: path, configuration: lmdb)
-        tables = try LMDBTables(environment: environment)
-        sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
-        try checkFormat()
-        try destroyRetiredKeys()
-        if try read({ try engine.replicationStateNeedsWork(in: $0) }) {
-            try write { txn in try engine.reconcileReplicationState(in: txn) }
-        }
-    }
-
-    /// The key file in use.
-    public var keyFile: String { sealing.keys.path }
-
-    public func synchronize() throws { try environment.sync() }
-
-    /// The key `identifier`'s rows are sealed with now, if it has any (for tests).
-    func dataKeyID(of identifier: Identifier) throws -> DataKeyID? {
-        try environment.read { txn in
-            let pseudonym = Array(engine.hasher.forgetKeyBytes(for: identifier).prefix(Sealing.pseudonymSize))
-            return try LMDBReading(reader: txn, tables: tables).get(.documents, pseudonym + [Sealing.ownerPart]).map {
-                try SealingSession.keyID($0).id
-            }
-        }
-    }
-
-    private func checkFormat() throws {
-        try environment.write { txn in
-            let plain = LMDBWriting(transaction: txn, tables: tables)
-            if let format = try plain.get(.meta, formatMetaKey), format != [ProfileFormat.version] {
-                throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
-            }
-            switch try plain.get(.meta, sealedLayoutMetaKey) {
-            case [Self.sealedLayout]?:
-                if sealing.keys.createdNow, try plain.count(.documents) > 0 {
-                    sealing.keys.discardIfCreatedNow()
-                    throw DataKeyError(
-                        "the key file \(sealing.keys.path) did not exist, but this store holds sealed data: give the store's key file (--key-file)")
-                }
-            case nil where try plain.count(.documents) == 0: _ = try plain.put(.meta, sealedLayoutMetaKey, [Self.sealedLayout], mode: .upsert)
-            default:
-                throw StoreCorruption(
-                    table: "meta",
-                    underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "a store written without sealing, or in another sealed layout"))
-            }
-        }
-    }
-
-    static let sealedLayout: UInt8 = 1
-
-    func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
-        try environment.read { txn in
-            try body(SealedReading(base: LMDBReading(reader: txn, tables: tables), session: SealingSession(sealing, writing: false)))
-        }
-    }
-
-    /// One write transaction. Keys issued to it are durable already (made a pool at a time);
-    /// keys an erasure retired are destroyed once it has committed (and, should the process stop
-    /// in between, at the next open: the erasure left their ids in `meta`). If the transaction
-    /// fails, its issued keys go back to the pool. LMDB may run the body again after growing the
-    /// map, so each run has a session of its own.
-    /// `deferringSync`: see `applyDeferringSync`.
-    @discardableResult
-    func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
-        writerClaim.check()
-        var sessions: [SealingSession] = []
-        let result: T
-        do {
-            result = try environment.write(deferringSync: deferringSync) { txn in
-                let session = SealingSession(sealing, writing: true)
-                sessions.append(session)
-                let writer = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
-                let value = try body(writer)
-                try writer.finish()
-                return value
-            }
-        } catch {
-            sealing.keys.release(sessions.flatMap(\.issued))
-            throw error
-        }
-        // Only the last run committed: keys issued to the others were never used.
-        sealing.keys.release(sessions.dropLast().flatMap(\.issued))
-        if sessions.last?.retired.isEmpty == false { try destroyRetiredKeys() }
-        return result
-    }
-
-    /// Destroys the keys erasures have retired, then forgets their ids.
-    private func destroyRetiredKeys() throws {
-        let rows = try environment.read { txn in
-            var rows: [[UInt8]] = []
-            try LMDBReading(reader: txn, tables: tables).scan(.meta, prefix: Sealing.retiredPrefix) { key, _ in
-                rows.append(key)
-                return .next
-            }
-            return rows
-        }
-        guard !rows.isEmpty else { return }
-        try sealing.keys.destroy(rows.compactMap { SealedWriting.id(fromBytes: $0.dropFirst(Sealing.retiredPrefix.count)) })
-        sealing.ciphers.removeAll()
-        try environment.write { txn in
-            let plain = LMDBWriting(transaction: txn, tables: tables)
-            for row in rows { _ = try plain.delete(.meta, row) }
-        }
-    }
-
-    /// A compacted, consistent copy of the store into `directory`, taken while it keeps serving.
-    public func backup(to directory: String) throws { try environment.backup(to: directory) }
-
-    /// Bytes of pages in use by the whole environment.
-    public var usedBytes: Int { environment.info().usedBytes }
-
-    /// Bytes of pages each table occupies, by table name.
-    public func tableBytes() throws -> [String: Int] {
-        try environment.read { txn in
-            var sizes: [String: Int] = [:]
-            for table in Table.allCases { sizes[table.name] = try txn.bytes(tables[table]) }
-            return sizes
-        }
-    }
-}
-
 /// The embedded store: sorted in-memory tables behind a lock, atomic batches by undo log.
 public final class MemoryProfileStore: EngineBackedStore {
-    let engine: StoreEngine
-    let writerClaim = WriterClaim()
+    package let engine: StoreEngine
+    package let writerClaim = WriterClaim()
     private let storage: Mutex<MemoryTables>
 
     /// `byteLimit` bounds keys and values held; a batch that would pass it fails whole.
@@ -407,14 +275,14 @@ public final class MemoryProfileStore: EngineBackedStore {
         storage = Mutex(MemoryTables(byteLimit: byteLimit))
     }
 
-    func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
+    package func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
         try storage.withLock { tables in try body(MemoryReading(storage: tables)) }
     }
 
     /// Memory holds nothing durable: there is nothing to sync.
     public func synchronize() {}
 
-    func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
+    package func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         writerClaim.check()
         return try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)

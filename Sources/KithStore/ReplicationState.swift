@@ -8,7 +8,7 @@ import KithProfile
 extension StoreEngine {
     /// Whether opening the store must write to bring its replication state in line with its
     /// configuration (most opens need not: they find both marks, or neither).
-    func replicationStateNeedsWork(in reader: some StoreReading) throws -> Bool {
+    package func replicationStateNeedsWork(in reader: some StoreReading) throws -> Bool {
         let tree = try reader.get(.meta, digestsMetaKey), ahead = try reader.get(.meta, aheadMetaKey)
         if configuration.replicates { return tree != [DigestTree.layout] || ahead != [Self.aheadLayout] }
         return tree != nil || ahead != nil
@@ -16,7 +16,7 @@ extension StoreEngine {
 
     /// Rebuilds what a replicating store lacks, or drops what a store without peers has: state
     /// that writes stopped following must never be read later.
-    func reconcileReplicationState(in txn: any StoreWriting) throws {
+    package func reconcileReplicationState(in txn: any StoreWriting) throws {
         if configuration.replicates {
             if try txn.get(.meta, digestsMetaKey) != [DigestTree.layout] { try rebuildDigests(in: txn) }
             if try txn.get(.meta, aheadMetaKey) != [Self.aheadLayout] { try rebuildAhead(in: txn) }
@@ -28,7 +28,7 @@ extension StoreEngine {
     }
 
     /// The `ahead` mark's value: the copies are those the log's entries call for (`travelsAhead`).
-    static let aheadLayout: UInt8 = 1
+    package static let aheadLayout: UInt8 = 1
 
     /// Copies every logged entry that travels ahead, as `WriteContext.finish` would have.
     private func rebuildAhead(in txn: any StoreWriting) throws {
@@ -39,7 +39,7 @@ extension StoreEngine {
 
     /// The `ahead` copies of those of `entries` (newly logged, in order) that travel ahead:
     /// written by every commit of a replicating store, and by the rebuild.
-    func keepAhead(_ entries: [ChangeEntry], in txn: any StoreWriting) throws {
+    package func keepAhead(_ entries: [ChangeEntry], in txn: any StoreWriting) throws {
         for entry in entries where entry.travelsAhead {
             try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }

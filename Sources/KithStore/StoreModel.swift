@@ -36,7 +36,7 @@ public struct ReplicationStateNotKept: Error, CustomStringConvertible {
 
 /// Forget keys as HMAC-SHA256 of the identifier's storage key under the store's secret.
 public struct HMACForgetKeyHasher: ForgetKeyHasher {
-    let key: HMACKey
+    package let key: HMACKey
 
     public init(secret: [UInt8]) {
         key = HMACKey(secret)
@@ -47,7 +47,7 @@ public struct HMACForgetKeyHasher: ForgetKeyHasher {
     }
 
     /// The forget key of a stored identifier key (`Identifier.key`).
-    func forgetKeyBytes(forKey identifierKey: some Collection<UInt8>, truncatedTo count: Int = 32) -> [UInt8] {
+    package func forgetKeyBytes(forKey identifierKey: some Collection<UInt8>, truncatedTo count: Int = 32) -> [UInt8] {
         key.authenticate(identifierKey, truncatedTo: count)
     }
 
@@ -57,8 +57,8 @@ public struct HMACForgetKeyHasher: ForgetKeyHasher {
 /// The change-log entries of one transaction, stored as one record keyed by the last entry's
 /// sequence: one append per batch instead of one per message. A reader looking for the entry
 /// after sequence s seeks to the first record whose key is at least s + 1.
-enum ChangeRecord {
-    static func encode(_ entries: [ChangeEntry]) -> [UInt8] {
+package enum ChangeRecord {
+    package static func encode(_ entries: [ChangeEntry]) -> [UInt8] {
         var writer = BinaryWriter(capacity: 256 * entries.count)
         writer.write(byte: ProfileFormat.version)
         writer.write(count: entries.count)
@@ -66,7 +66,7 @@ enum ChangeRecord {
         return writer.bytes
     }
 
-    static func decode(_ bytes: [UInt8]) throws -> [ChangeEntry] {
+    package static func decode(_ bytes: [UInt8]) throws -> [ChangeEntry] {
         var reader = BinaryReader(bytes)
         guard try reader.readByte() == ProfileFormat.version else {
             throw BinaryDecodingError(.unsupportedVersion, offset: 0, "change record")
@@ -82,20 +82,20 @@ enum ChangeRecord {
 /// newest events of a profile are also held in its view, so the rows are read back only when a
 /// view is rebuilt. The links let an erasure that reaches a replica holding newer data than its
 /// origin did recompute exactly the link assertions that survive (see docs/replication.md).
-struct LedgerRow: BinaryCodable, Equatable {
-    var entry: LedgerEntry
-    var event: EventRecord?
+package struct LedgerRow: BinaryCodable, Equatable {
+    package var entry: LedgerEntry
+    package var event: EventRecord?
     /// Peers the message linked its subject to (those not erased when it was applied).
-    var links: [Identifier]
+    package var links: [Identifier]
     /// Event times of other, lesser copies of the message (ascending; usually none): each copy
     /// asserted its links at its own time, and an erasure must know which assertions it dominates.
-    var otherCopyTimes: [Int64] = []
+    package var otherCopyTimes: [Int64] = []
     /// The consent decisions the message carried (context or a consent event), and its channel:
     /// the customer's consent history, which the registers (latest decision only) do not keep.
-    var consent: [ConsentDecision] = []
-    var channel = ""
+    package var consent: [ConsentDecision] = []
+    package var channel = ""
 
-    init(entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "") {
+    package init(entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "") {
         self.entry = entry
         self.event = event
         self.links = links
@@ -104,18 +104,18 @@ struct LedgerRow: BinaryCodable, Equatable {
     }
 
     /// The times of every copy absorbed, this row's own included.
-    var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
+    package var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
 
     /// This row joined with another copy of the same message: the greater row, remembering the
     /// times of both.
-    func joined(with other: LedgerRow) -> LedgerRow {
+    package func joined(with other: LedgerRow) -> LedgerRow {
         var result = isLess(than: other) ? other : self
         result.otherCopyTimes = Set(copyTimes + other.copyTimes).subtracting([result.entry.time]).sorted()
         return result
     }
 
     /// Of two differing copies of one message, every replica keeps the greater.
-    func isLess(than other: LedgerRow) -> Bool {
+    package func isLess(than other: LedgerRow) -> Bool {
         if entry != other.entry { return entry < other.entry }
         switch (event, other.event) {
         case (nil, _): return true
@@ -132,7 +132,7 @@ struct LedgerRow: BinaryCodable, Equatable {
         decisions.map { "\($0.category)=\($0.granted)" }.joined(separator: "\u{1}")
     }
 
-    func encode(to writer: inout BinaryWriter) {
+    package func encode(to writer: inout BinaryWriter) {
         entry.encode(to: &writer)
         writer.write(bool: event != nil)
         event?.encode(to: &writer)
@@ -145,7 +145,7 @@ struct LedgerRow: BinaryCodable, Equatable {
         writer.write(string: channel)
     }
 
-    init(from reader: inout BinaryReader) throws {
+    package init(from reader: inout BinaryReader) throws {
         entry = try LedgerEntry(from: &reader)
         event = try reader.readBool() ? try EventRecord(from: &reader) : nil
         links = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
@@ -157,44 +157,44 @@ struct LedgerRow: BinaryCodable, Equatable {
 
 /// What the store keeps per link: enough to know whether it is active and where it stands in the
 /// rule-evaluation order. (The pure model keeps every add; see docs/identity.md.)
-struct EdgeSummary: Equatable, BinaryCodable {
-    var firstAdd: LWWStamp?
-    var lastAdd: LWWStamp?
-    var removedAt: LWWStamp?
+package struct EdgeSummary: Equatable, BinaryCodable {
+    package var firstAdd: LWWStamp?
+    package var lastAdd: LWWStamp?
+    package var removedAt: LWWStamp?
 
-    init() {}
+    package init() {}
 
-    var isActive: Bool {
+    package var isActive: Bool {
         guard let lastAdd else { return false }
         return removedAt.map { lastAdd >= $0 } ?? true
     }
 
-    var newestTime: Int64? { [lastAdd?.time, removedAt?.time].compactMap { $0 }.max() }
+    package var newestTime: Int64? { [lastAdd?.time, removedAt?.time].compactMap { $0 }.max() }
 
-    mutating func add(_ stamp: LWWStamp) {
+    package mutating func add(_ stamp: LWWStamp) {
         firstAdd = min(firstAdd ?? stamp, stamp)
         lastAdd = max(lastAdd ?? stamp, stamp)
     }
 
-    mutating func remove(_ stamp: LWWStamp) {
+    package mutating func remove(_ stamp: LWWStamp) {
         removedAt = max(removedAt ?? stamp, stamp)
     }
 
     /// Joins another replica's summary of the same link (first add the least, last add and removal the greatest).
-    mutating func join(_ other: EdgeSummary) {
+    package mutating func join(_ other: EdgeSummary) {
         if let first = other.firstAdd { add(first) }
         if let last = other.lastAdd { add(last) }
         if let removal = other.removedAt { remove(removal) }
     }
 
-    func encode(to writer: inout BinaryWriter) {
+    package func encode(to writer: inout BinaryWriter) {
         for stamp in [firstAdd, lastAdd, removedAt] {
             writer.write(bool: stamp != nil)
             stamp?.encode(to: &writer)
         }
     }
 
-    init(from reader: inout BinaryReader) throws {
+    package init(from reader: inout BinaryReader) throws {
         func optional() throws -> LWWStamp? { try reader.readBool() ? try LWWStamp(from: &reader) : nil }
         firstAdd = try optional()
         lastAdd = try optional()
@@ -263,9 +263,14 @@ public struct StoreCorruption: Error, CustomStringConvertible {
     public var table: String
     public var underlying: Error
     public var description: String { "a record in table \(table) could not be decoded: \(underlying)" }
+
+    package init(table: String, underlying: Error) {
+        self.table = table
+        self.underlying = underlying
+    }
 }
 
-func sequenceKey(_ sequence: UInt64) -> [UInt8] {
+package func sequenceKey(_ sequence: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 8)
     writer.write(bigEndian: sequence)
     return writer.bytes
@@ -273,24 +278,24 @@ func sequenceKey(_ sequence: UInt64) -> [UInt8] {
 
 /// meta keys: the store's format version, the last local change sequence, and the version
 /// vector of replicated origins.
-let formatMetaKey = Array("format".utf8)
+package let formatMetaKey = Array("format".utf8)
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
-let sealedLayoutMetaKey = Array("sealed".utf8)
-let sequenceMetaKey = Array("sequence".utf8)
+package let sealedLayoutMetaKey = Array("sealed".utf8)
+package let sequenceMetaKey = Array("sequence".utf8)
 /// Present once the digest tree covers everything in the store (stores from before it are rebuilt at open).
-let digestsMetaKey = Array("digests".utf8)
+package let digestsMetaKey = Array("digests".utf8)
 /// Present once `ahead` holds a copy of every logged entry that travels ahead (`ReplicationState.swift`).
-let aheadMetaKey = Array("ahead".utf8)
-let versionVectorKey = Array("versions".utf8)
+package let aheadMetaKey = Array("ahead".utf8)
+package let versionVectorKey = Array("versions".utf8)
 
 /// Where a logged change first came from: the node that accepted it and its sequence there.
-struct ChangeOrigin {
-    var node: UInt64
-    var sequence: UInt64
+package struct ChangeOrigin {
+    package var node: UInt64
+    package var sequence: UInt64
 }
 
 /// meta key of how far this node has read `peer`'s change log.
-func cursorKey(_ peer: UInt64) -> [UInt8] {
+package func cursorKey(_ peer: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 16)
     writer.write(raw: "cursor:".utf8)
     writer.write(bigEndian: peer)
@@ -300,6 +305,6 @@ func cursorKey(_ peer: UInt64) -> [UInt8] {
 /// A document state from a peer that does not fit the store's rules; it is refused whole.
 public struct DocumentStateRejected: Error, CustomStringConvertible {
     public let reason: String
-    init(_ reason: String) { self.reason = reason }
+    package init(_ reason: String) { self.reason = reason }
     public var description: String { "document state refused: \(reason)" }
 }

@@ -4,11 +4,11 @@ import KithProfile
 
 /// The store's logic, written once over `StoreReading`/`StoreWriting`, so the LMDB store and the
 /// in-memory store behave identically (one contract test suite runs against both).
-struct StoreEngine: Sendable {
-    let configuration: StoreConfiguration
-    let hasher: HMACForgetKeyHasher
+package struct StoreEngine: Sendable {
+    package let configuration: StoreConfiguration
+    package let hasher: HMACForgetKeyHasher
 
-    init(configuration: StoreConfiguration) {
+    package init(configuration: StoreConfiguration) {
         self.configuration = configuration
         hasher = HMACForgetKeyHasher(secret: configuration.forgetKeySecret)
     }
@@ -17,12 +17,12 @@ struct StoreEngine: Sendable {
     /// a read by the canonical identifier (the usual read, by user id) is one point read; a read
     /// by another identifier follows its index entry to the canonical one. No other row of the
     /// identifier is read — in a sealed store each row read is a decryption.
-    func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
+    package func view(of identifier: Identifier, in reader: some StoreReading) throws -> ProfileView? {
         try viewRow(of: identifier, in: reader).map { try decode(ProfileView.self, $0, table: .documents) }
     }
 
     /// The same row checked but not decoded: what a read renders to JSON.
-    func encodedView(of identifier: Identifier, in reader: some StoreReading) throws -> EncodedProfileView? {
+    package func encodedView(of identifier: Identifier, in reader: some StoreReading) throws -> EncodedProfileView? {
         try viewRow(of: identifier, in: reader).map { try decode($0, table: .documents, EncodedProfileView.init) }
     }
 
@@ -32,7 +32,7 @@ struct StoreEngine: Sendable {
         return try reader.get(.documents, documentKey(canonical, .view))
     }
 
-    func statistics(in reader: some StoreReading) throws -> StoreStatistics {
+    package func statistics(in reader: some StoreReading) throws -> StoreStatistics {
         let sequence = try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
         // Counted by a scan of the documents table: linear in its size (fine for tests and
         // benchmarks; the node's status endpoint will keep counters).
@@ -49,7 +49,7 @@ struct StoreEngine: Sendable {
             forgotten: try reader.count(.forget), lastSequence: sequence)
     }
 
-    func changes(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
+    package func changes(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
         var entries: [ChangeEntry] = []
         try reader.scan(.changes, from: sequenceKey(sequence &+ 1)) { _, value in
             for entry in try decode(value, table: .changes, ChangeRecord.decode) where entry.sequence > sequence {
@@ -63,7 +63,7 @@ struct StoreEngine: Sendable {
 
     /// Every consent decision the profile's messages carried, oldest first (linear in the
     /// profile's history, like `events`).
-    func consentHistory(of identifier: Identifier, in reader: some StoreReading) throws -> [ConsentChange] {
+    package func consentHistory(of identifier: Identifier, in reader: some StoreReading) throws -> [ConsentChange] {
         guard let view = try view(of: identifier, in: reader) else { return [] }
         var changes: [ConsentChange] = []
         for member in view.members {
@@ -84,7 +84,7 @@ struct StoreEngine: Sendable {
 
     /// Events of the profile, newest first, older than `cursor`. Reads the members' ledgers:
     /// linear in the profile's history (see docs/storage.md).
-    func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int, in reader: some StoreReading) throws
+    package func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int, in reader: some StoreReading) throws
         -> (events: [EventRecord], next: EventCursor?)
     {
         guard let view = try view(of: identifier, in: reader) else { return ([], nil) }
@@ -105,7 +105,7 @@ struct StoreEngine: Sendable {
     }
 
     /// Profiles in canonical-key order. A full scan of `documents` (views are one part among many).
-    func profiles(after canonical: Identifier?, limit: Int, in reader: some StoreReading) throws -> [ProfileView] {
+    package func profiles(after canonical: Identifier?, limit: Int, in reader: some StoreReading) throws -> [ProfileView] {
         var views: [ProfileView] = []
         let start = canonical.map { documentKey($0.key, .view) + [0] } ?? []
         try reader.scan(.documents, from: start) { key, value in
@@ -116,7 +116,7 @@ struct StoreEngine: Sendable {
         return views
     }
 
-    func links(of identifier: Identifier, in reader: some StoreReading) throws -> [StoredLink] {
+    package func links(of identifier: Identifier, in reader: some StoreReading) throws -> [StoredLink] {
         guard let view = try view(of: identifier, in: reader) else { return [] }
         var links: [StoredLink] = []
         for member in view.members {
@@ -135,7 +135,7 @@ struct StoreEngine: Sendable {
     }
 
     /// How many entries the change log holds (decodes every record: linear in the log).
-    func changeCount(in reader: some StoreReading) throws -> Int {
+    package func changeCount(in reader: some StoreReading) throws -> Int {
         var count = 0
         try reader.scan(.changes, prefix: []) { _, value in
             count += try decode(value, table: .changes, ChangeRecord.decode).count
@@ -146,13 +146,13 @@ struct StoreEngine: Sendable {
 
     /// Which changes this replica holds: the stored vector for other origins, and this node's
     /// own origin up to its last sequence (every own change is in its own log).
-    func versionVector(in reader: some StoreReading) throws -> VersionVector {
+    package func versionVector(in reader: some StoreReading) throws -> VersionVector {
         var vector = try reader.get(.meta, versionVectorKey).map { try decode(VersionVector.self, $0, table: .meta) } ?? VersionVector()
         vector[configuration.node] = try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
         return vector
     }
 
-    func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
+    package func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
         var entries: [ChangeEntry] = []
         try reader.scan(.ahead, from: sequenceKey(sequence &+ 1)) { _, value in
             entries.append(try decode(ChangeEntry.self, value, table: .ahead))
@@ -161,7 +161,7 @@ struct StoreEngine: Sendable {
         return entries
     }
 
-    func cursor(of peer: UInt64, in reader: some StoreReading) throws -> UInt64 {
+    package func cursor(of peer: UInt64, in reader: some StoreReading) throws -> UInt64 {
         try reader.get(.meta, cursorKey(peer)).map { try decodeSequence($0) } ?? 0
     }
 
@@ -170,7 +170,7 @@ struct StoreEngine: Sendable {
     /// change log, sequences, cursors) are left out.
     /// Rows in plain key order (a sealed store scans in pseudonym order), so that stores of
     /// either kind holding the same data agree. Holds every row in memory: for tests and checks.
-    func contentDigest(in reader: some StoreReading) throws -> [UInt8] {
+    package func contentDigest(in reader: some StoreReading) throws -> [UInt8] {
         var hasher = SHA256Stream()
         for table in [Table.documents, .forget] {
             hasher.update([UInt8(table.rawValue)])
@@ -189,16 +189,16 @@ struct StoreEngine: Sendable {
         return hasher.finish()
     }
 
-    func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
+    package func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
         var reader = BinaryReader(bytes)
         return try reader.readBigEndianUInt64()
     }
 }
 
-func decode<T: BinaryCodable>(_ type: T.Type, _ bytes: [UInt8], table: Table) throws -> T {
+package func decode<T: BinaryCodable>(_ type: T.Type, _ bytes: [UInt8], table: Table) throws -> T {
     try decode(bytes, table: table) { try ProfileFormat.decode(T.self, from: $0) }
 }
 
-func decode<T>(_ bytes: [UInt8], table: Table, _ body: ([UInt8]) throws -> T) throws -> T {
+package func decode<T>(_ bytes: [UInt8], table: Table, _ body: ([UInt8]) throws -> T) throws -> T {
     do { return try body(bytes) } catch { throw StoreCorruption(table: table.name, underlying: error) }
 }

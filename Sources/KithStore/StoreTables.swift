@@ -1,10 +1,9 @@
 import KithCRDT
-import KithLMDB
 import KithProfile
 import Synchronization
 
 /// The named tables of a Kith store (one LMDB named database each). See docs/storage.md.
-enum Table: Int, CaseIterable, Sendable {
+package enum Table: Int, CaseIterable, Sendable {
     /// "format" → format version; "sequence" → the last local change sequence.
     case meta
     /// Everything about one identifier under one key prefix (see `DocumentPart`): a batch that
@@ -23,7 +22,7 @@ enum Table: Int, CaseIterable, Sendable {
     /// (see `DigestTree`).
     case merkle
 
-    var name: String {
+    package var name: String {
         switch self {
         case .meta: "meta"
         case .documents: "documents"
@@ -37,7 +36,7 @@ enum Table: Int, CaseIterable, Sendable {
 
 /// The records kept under one identifier in `documents`, in key order: identifier key ‖ 0 ‖ part ‖ suffix.
 /// Small records come first so they share a page; the ledger grows behind them.
-enum DocumentPart: UInt8, CaseIterable, Sendable {
+package enum DocumentPart: UInt8, CaseIterable, Sendable {
     /// → canonical identifier key of the identifier's profile.
     case index = 1
     /// → the identifier's own `SourceHead` (traits, consent, groups, totals; no history).
@@ -55,37 +54,37 @@ enum DocumentPart: UInt8, CaseIterable, Sendable {
 /// key (a kind byte, never 0, then a value with no 0 byte), so the first 0 byte ends it; the part
 /// is a `DocumentPart`; the suffix is what the part names: a peer's identifier key for an edge,
 /// a messageId for a ledger row, nothing for the others. `documentKey` writes them.
-struct RowKey<Bytes: Collection<UInt8>> {
-    let bytes: Bytes
+package struct RowKey<Bytes: Collection<UInt8>> {
+    package let bytes: Bytes
     private let separator: Bytes.Index
 
     /// Nil for bytes that are not a row key (no separator, or no part after it).
-    init?(_ bytes: Bytes) {
+    package init?(_ bytes: Bytes) {
         guard let separator = bytes.firstIndex(of: 0), bytes.index(after: separator) != bytes.endIndex else { return nil }
         self.bytes = bytes
         self.separator = separator
     }
 
     /// The owning identifier's key.
-    var owner: Bytes.SubSequence { bytes[..<separator] }
+    package var owner: Bytes.SubSequence { bytes[..<separator] }
     /// Its length: the offset of the separator.
-    var ownerCount: Int { bytes.distance(from: bytes.startIndex, to: separator) }
+    package var ownerCount: Int { bytes.distance(from: bytes.startIndex, to: separator) }
     /// The part's byte (`DocumentPart`'s raw value, or an unknown one).
-    var partByte: UInt8 { bytes[bytes.index(after: separator)] }
-    var part: DocumentPart? { DocumentPart(rawValue: partByte) }
-    var suffix: Bytes.SubSequence { bytes[bytes.index(separator, offsetBy: 2)...] }
+    package var partByte: UInt8 { bytes[bytes.index(after: separator)] }
+    package var part: DocumentPart? { DocumentPart(rawValue: partByte) }
+    package var suffix: Bytes.SubSequence { bytes[bytes.index(separator, offsetBy: 2)...] }
 }
 
 extension RowKey {
     /// A row key the store wrote itself: not one is a precondition, stated with the table's name.
-    init(stored bytes: Bytes) {
+    package init(stored bytes: Bytes) {
         guard let key = RowKey(bytes) else { preconditionFailure("a documents key of \(bytes.count) bytes with no part") }
         self = key
     }
 }
 
 /// The key of part `part` of identifier `identifierKey` (identifier keys contain no 0 byte).
-func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffix: some Collection<UInt8> = [UInt8]()) -> [UInt8] {
+package func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffix: some Collection<UInt8> = [UInt8]()) -> [UInt8] {
     var key = identifierKey
     key.reserveCapacity(identifierKey.count + 2 + suffix.count)
     key.append(0)
@@ -95,7 +94,7 @@ func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffix: some 
 }
 
 /// `documentKey(identifier.key, part)` made in one allocation (every point read starts here).
-func documentKey(_ identifier: Identifier, _ part: DocumentPart) -> [UInt8] {
+package func documentKey(_ identifier: Identifier, _ part: DocumentPart) -> [UInt8] {
     var value = identifier.value
     return value.withUTF8 { utf8 in
         [UInt8](unsafeUninitializedCapacity: utf8.count + 3) { key, initialized in
@@ -109,14 +108,32 @@ func documentKey(_ identifier: Identifier, _ part: DocumentPart) -> [UInt8] {
 }
 
 /// The prefix of every record of identifier `identifierKey`.
-func documentPrefix(_ identifierKey: [UInt8]) -> [UInt8] { identifierKey + [0] }
+package func documentPrefix(_ identifierKey: [UInt8]) -> [UInt8] { identifierKey + [0] }
 
-enum PutMode: Sendable {
+/// Bytes as a dictionary key, hashed in one pass (an array of bytes hashes byte by byte).
+package struct ByteKey: Hashable {
+    package let bytes: [UInt8]
+    package init(_ bytes: [UInt8]) { self.bytes = bytes }
+    package func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
+}
+
+/// What a scan's body asks for next.
+package enum ScanStep: Sendable {
+    case next, stop
+}
+
+/// An append whose key does not sort after the table's last (LMDB's `MDB_KEYEXIST` for it).
+package struct AppendOutOfOrder: Error, CustomStringConvertible {
+    package let table: String
+    package var description: String { "append to \(table) out of key order" }
+}
+
+package enum PutMode: Sendable {
     case upsert, insertOnly, append
 }
 
 /// Reads from a consistent snapshot of the tables.
-protocol StoreReading {
+package protocol StoreReading {
     func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]?
     /// `body`'s result for the value at `key` (nil when there is none), the value lent for
     /// `body` to read only while it runs: `body` must not write in this transaction.
@@ -133,16 +150,16 @@ protocol StoreReading {
 
 extension StoreReading {
     /// A copy lent: for tables whose values are not in memory as bytes already.
-    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+    package func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
         try get(table, Array(key)).map { try $0.withUnsafeBytes(body) }
     }
 
     /// Plain tables know no pseudonyms: hash each identifier held (one seek per identifier).
-    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+    package func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try identifiers(where: { wanted.contains(hasher.forgetKeyBytes(for: $0)) })
     }
 
-    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+    package func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try identifiers(where: { DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0)) == bucket })
     }
 
@@ -167,13 +184,13 @@ extension StoreReading {
 
 extension StoreReading {
     /// Visits every entry whose key starts with `prefix`, in key order.
-    func scan(_ table: Table, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws {
+    package func scan(_ table: Table, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws {
         try scan(table, from: prefix) { key, value in key.starts(with: prefix) ? try body(key, value) : .stop }
     }
 }
 
 /// Reads and writes inside one atomic transaction.
-protocol StoreWriting: StoreReading {
+package protocol StoreWriting: StoreReading {
     @discardableResult func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool
     @discardableResult func delete(_ table: Table, _ key: [UInt8]) throws -> Bool
     /// The erased `identifiers`' data keys are to be destroyed when this transaction commits.
@@ -185,89 +202,35 @@ protocol StoreWriting: StoreReading {
 
 /// A table view that reads through another one unchanged: the writers that change only how
 /// writes happen (sealing, the digest tree) forward every read but what they override.
-protocol ReadingThrough: StoreReading {
+package protocol ReadingThrough: StoreReading {
     var readThrough: any StoreReading { get }
 }
 
 extension ReadingThrough {
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try readThrough.get(table, key) }
-    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
+    package func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try readThrough.get(table, key) }
+    package func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
         try readThrough.withValue(table, key, body)
     }
-    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+    package func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
         try readThrough.scan(table, from: start, body)
     }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try readThrough.lastKey(table) }
-    func count(_ table: Table) throws -> Int { try readThrough.count(table) }
-    func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+    package func lastKey(_ table: Table) throws -> [UInt8]? { try readThrough.lastKey(table) }
+    package func count(_ table: Table) throws -> Int { try readThrough.count(table) }
+    package func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try readThrough.identifiers(withForgetKeys: wanted, hasher: hasher)
     }
-    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+    package func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try readThrough.identifiers(inBucket: bucket, hasher: hasher)
     }
 }
 
 extension StoreWriting {
     /// Plain tables have no keys to destroy.
-    func retireKeys(of identifiers: [Identifier]) throws {}
+    package func retireKeys(of identifiers: [Identifier]) throws {}
 
-    func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
+    package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try put(.changes, key, ChangeRecord.encode(entries), mode: mode)
     }
-}
-
-// MARK: - LMDB
-
-struct LMDBTables: Sendable {
-    let databases: [LMDBDatabase]
-
-    init(environment: LMDBEnvironment) throws {
-        databases = try Table.allCases.map { try environment.database(named: $0.name) }
-    }
-
-    subscript(table: Table) -> LMDBDatabase { databases[table.rawValue] }
-}
-
-/// Reads from LMDB tables, shared by the read-only and the read-write adapter.
-protocol LMDBTableAccess: StoreReading {
-    var reader: LMDBReadTransaction { get }
-    var tables: LMDBTables { get }
-}
-
-extension LMDBTableAccess {
-    func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? { try reader.get(tables[table], key) }
-    func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
-        try reader.withValue(tables[table], key, body)
-    }
-    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        try reader.scan(tables[table], from: start, body)
-    }
-    func lastKey(_ table: Table) throws -> [UInt8]? { try reader.lastKey(tables[table]) }
-    func count(_ table: Table) throws -> Int { try reader.count(tables[table]) }
-}
-
-struct LMDBReading: LMDBTableAccess {
-    let reader: LMDBReadTransaction
-    let tables: LMDBTables
-}
-
-struct LMDBWriting: LMDBTableAccess, StoreWriting {
-    let transaction: LMDBWriteTransaction
-    let tables: LMDBTables
-
-    var reader: LMDBReadTransaction { transaction.reader }
-
-    func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
-        let lmdbMode: LMDBWriteTransaction.PutMode =
-            switch mode {
-            case .upsert: .upsert
-            case .insertOnly: .insertOnly
-            case .append: .append
-            }
-        return try transaction.put(tables[table], key, value, mode: lmdbMode)
-    }
-
-    func delete(_ table: Table, _ key: [UInt8]) throws -> Bool { try transaction.delete(tables[table], key) }
 }
 
 // MARK: - Memory
@@ -351,7 +314,7 @@ final class MemoryWriting: MemoryTableAccess, StoreWriting {
         case .insertOnly where old != nil: return false
         case .append:
             if let last = storage.tables[table.rawValue].keys.last, !last.lexicographicallyPrecedes(key) {
-                throw LMDBError(returnCode: -30799, operation: "append to \(table.name)")  // MDB_KEYEXIST, as LMDB says
+                throw AppendOutOfOrder(table: table.name)
             }
         default: break
         }

@@ -6,13 +6,15 @@ import Synchronization
 /// commit's latency must depend only on what its queue holds, never on a write it cannot see.
 /// Checked in debug builds, where every test runs; a store nobody claimed (tools, tests of
 /// the store alone) may be written from any thread.
-final class WriterClaim: Sendable {
+package final class WriterClaim: Sendable {
     private let owner = Mutex<pthread_t?>(nil)
 
-    func claim() { owner.withLock { $0 = pthread_self() } }
+    package init() {}
+
+    package func claim() { owner.withLock { $0 = pthread_self() } }
 
     /// Stops a debug build when a write transaction starts off the claimed thread.
-    func check() {
+    package func check() {
         assert(
             owner.withLock { owner in owner.map { pthread_equal($0, pthread_self()) != 0 } ?? true },
             "a write transaction started on thread '\(Thread.current.name ?? "unnamed")', not on the store's one writer")

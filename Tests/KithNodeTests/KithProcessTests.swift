@@ -2,6 +2,7 @@ import Foundation
 import KithJSON
 import KithProfile
 import KithStore
+import KithStoreLMDB
 import KithTestSupport
 import Testing
 

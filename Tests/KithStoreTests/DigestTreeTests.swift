@@ -7,6 +7,7 @@ import KithTestSupport
 import Testing
 
 @testable import KithStore
+@testable import KithStoreLMDB
 
 /// The digest tree (anti-entropy): kept exact at write time, and enough on its own to bring
 /// replicas that never read each other's logs to the same bytes.

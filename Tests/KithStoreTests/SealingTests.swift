@@ -7,6 +7,7 @@ import KithProfile
 import Testing
 
 @testable import KithStore
+@testable import KithStoreLMDB
 
 /// Crypto-shredding, checked on the bytes on disk: docs/storage.md, "Sealing".
 @Suite("Sealing and crypto-shredding")

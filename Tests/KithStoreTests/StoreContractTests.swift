@@ -7,6 +7,7 @@ import KithTestSupport
 import Testing
 
 @testable import KithStore
+@testable import KithStoreLMDB
 
 let secret = [UInt8](repeating: 7, count: 32)
 let configuration = StoreConfiguration(node: 1, forgetKeySecret: secret)

@@ -7,6 +7,7 @@ import KithTestSupport
 import Testing
 
 @testable import KithStore
+@testable import KithStoreLMDB
 
 /// Replicas that accept writes independently and read each other's change logs in random pieces
 /// must end byte-identical, and equal to the reference model fed every operation once.

@@ -1,4 +1,5 @@
 import KithCrypto
+import KithStore
 import Synchronization
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ import KithCRDT
 import KithCrypto
 import KithLMDB
 import KithProfile
+import KithStore
 import Synchronization
 
 /// Sealing of the durable store (docs/storage.md, "Sealing"): every row that can hold personal
@@ -343,13 +344,6 @@ final class CipherPool: Sendable {
     var spareCount: Int { state.withLock { $0.spares.count } }
 }
 
-/// Bytes as a dictionary key, hashed in one pass (an array of bytes hashes byte by byte).
-struct ByteKey: Hashable {
-    let bytes: [UInt8]
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-    func hash(into hasher: inout Hasher) { bytes.withUnsafeBytes { hasher.combine(bytes: $0) } }
-}
-
 /// Reads of sealed tables, giving the engine plain keys and values.
 struct SealedReading: StoreReading {
     let base: any StoreReading
@@ -381,7 +375,7 @@ struct SealedReading: StoreReading {
         }
     }
 
-    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> KithStore.ScanStep) throws {
         switch table {
         case .documents:
             try base.scan(.documents, from: session.sealedKey(start)) { key, value in
