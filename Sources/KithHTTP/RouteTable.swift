@@ -2,7 +2,7 @@
 /// in braces that match one whole segment (still percent-encoded) each.
 public struct PathPattern: Sendable, Equatable, CustomStringConvertible {
     enum Segment: Sendable, Equatable {
-        case literal(Substring)
+        case literal([UInt8])
         case parameter(String)
     }
 
@@ -15,24 +15,27 @@ public struct PathPattern: Sendable, Equatable, CustomStringConvertible {
         precondition(pattern.hasPrefix("/"), "a path pattern starts with /: \(pattern)")
         description = pattern
         segments = pattern.dropFirst().split(separator: "/", omittingEmptySubsequences: false).map { segment in
-            guard segment.hasPrefix("{") && segment.hasSuffix("}") else { return .literal(segment) }
+            guard segment.hasPrefix("{") && segment.hasSuffix("}") else { return .literal(Array(segment.utf8)) }
             return .parameter(String(segment.dropFirst().dropLast()))
         }
     }
 
-    /// The parameters of `path` if it matches, by name.
-    func match(_ path: [Substring]) -> [String: Substring]? {
-        guard path.count == segments.count else { return nil }
-        var parameters: [String: Substring] = [:]
+    /// Whether `path` (its segments) matches: literals byte for byte, parameters non-empty.
+    func matches(_ path: [Substring.UTF8View.SubSequence]) -> Bool {
+        guard path.count == segments.count else { return false }
         for (segment, part) in zip(segments, path) {
             switch segment {
-            case .literal(let text): guard part == text else { return nil }
-            case .parameter(let name):
-                guard !part.isEmpty else { return nil }
-                parameters[name] = part
+            case .literal(let bytes): guard part.elementsEqual(bytes) else { return false }
+            case .parameter: guard !part.isEmpty else { return false }
             }
         }
-        return parameters
+        return true
+    }
+
+    /// The value of parameter `name` in a path this pattern matched.
+    func parameter(_ name: String, in path: [Substring.UTF8View.SubSequence]) -> Substring? {
+        guard let index = segments.firstIndex(of: .parameter(name)) else { return nil }
+        return Substring(path[index])
     }
 }
 
@@ -52,8 +55,16 @@ public struct RouteTable<Value: Sendable>: Sendable {
         }
     }
 
+    /// The parameters of a matched path, read by name when a handler asks (most never do).
+    public struct Parameters: Sendable {
+        let pattern: PathPattern
+        let segments: [Substring.UTF8View.SubSequence]
+
+        public subscript(name: String) -> Substring? { pattern.parameter(name, in: segments) }
+    }
+
     public enum Match {
-        case found(Route, parameters: [String: Substring])
+        case found(Route, parameters: Parameters)
         /// The path exists under other methods (`allowed`, for the `Allow` header), as `pattern`.
         case methodNotAllowed(allowed: [String], pattern: PathPattern)
         case notFound
@@ -73,12 +84,12 @@ public struct RouteTable<Value: Sendable>: Sendable {
     /// The route for `method` and `path`. Literal segments win over parameters: the first
     /// route listed that matches is taken, so list specific patterns before general ones.
     public func match(method: String, path: Substring) -> Match {
-        let segments = path.dropFirst().split(separator: "/", omittingEmptySubsequences: false)
+        let segments = path.utf8.dropFirst().split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
         var allowed: [String] = []
         var pattern: PathPattern?
         for route in routes {
-            guard let parameters = route.pattern.match(segments) else { continue }
-            if route.method == method { return .found(route, parameters: parameters) }
+            guard route.pattern.matches(segments) else { continue }
+            if route.method == method { return .found(route, parameters: Parameters(pattern: route.pattern, segments: segments)) }
             if !allowed.contains(route.method) { allowed.append(route.method) }
             pattern = pattern ?? route.pattern
         }

@@ -24,7 +24,7 @@ struct NodeRoute: Sendable {
 /// caller (for `.roles` routes), and where the answer goes.
 struct RouteCall: Sendable {
     let request: HTTPRequest
-    let parameters: [String: Substring]
+    let parameters: RouteTable<NodeRoute>.Parameters
     let principal: Principal?
     let respond: @Sendable (HTTPResponse) -> Void
 

@@ -54,33 +54,30 @@ package enum DocumentPart: UInt8, CaseIterable, Sendable {
 /// key (a kind byte, never 0, then a value with no 0 byte), so the first 0 byte ends it; the part
 /// is a `DocumentPart`; the suffix is what the part names: a peer's identifier key for an edge,
 /// a messageId for a ledger row, nothing for the others. `documentKey` writes them.
-package struct RowKey<Bytes: Collection<UInt8>> {
-    package let bytes: Bytes
-    private let separator: Bytes.Index
+package struct RowKey {
+    package let bytes: [UInt8]
+    /// The offset of the separator: the owner's length.
+    package let ownerCount: Int
 
     /// Nil for bytes that are not a row key (no separator, or no part after it).
-    package init?(_ bytes: Bytes) {
-        guard let separator = bytes.firstIndex(of: 0), bytes.index(after: separator) != bytes.endIndex else { return nil }
+    @inlinable package init?(_ bytes: [UInt8]) {
+        guard let separator = bytes.firstIndex(of: 0), separator + 1 < bytes.count else { return nil }
         self.bytes = bytes
-        self.separator = separator
+        ownerCount = separator
     }
 
-    /// The owning identifier's key.
-    package var owner: Bytes.SubSequence { bytes[..<separator] }
-    /// Its length: the offset of the separator.
-    package var ownerCount: Int { bytes.distance(from: bytes.startIndex, to: separator) }
-    /// The part's byte (`DocumentPart`'s raw value, or an unknown one).
-    package var partByte: UInt8 { bytes[bytes.index(after: separator)] }
-    package var part: DocumentPart? { DocumentPart(rawValue: partByte) }
-    package var suffix: Bytes.SubSequence { bytes[bytes.index(separator, offsetBy: 2)...] }
-}
-
-extension RowKey {
-    /// A row key the store wrote itself: not one is a precondition, stated with the table's name.
-    package init(stored bytes: Bytes) {
+    /// A row key the store wrote itself: not one is a precondition.
+    @inlinable package init(stored bytes: [UInt8]) {
         guard let key = RowKey(bytes) else { preconditionFailure("a documents key of \(bytes.count) bytes with no part") }
         self = key
     }
+
+    /// The owning identifier's key.
+    @inlinable package var owner: ArraySlice<UInt8> { bytes[..<ownerCount] }
+    /// The part's byte (`DocumentPart`'s raw value, or an unknown one).
+    @inlinable package var partByte: UInt8 { bytes[ownerCount + 1] }
+    @inlinable package var part: DocumentPart? { DocumentPart(rawValue: partByte) }
+    @inlinable package var suffix: ArraySlice<UInt8> { bytes[(ownerCount + 2)...] }
 }
 
 /// The key of part `part` of identifier `identifierKey` (identifier keys contain no 0 byte).
