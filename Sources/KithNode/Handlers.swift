@@ -106,24 +106,29 @@ extension Node {
     /// How long a write with `w=quorum` or `w=all` waits for other replicas.
     static let replicaWaitMillis: Int64 = 5_000
 
+    /// 503 `insufficient_replicas`: too few replicas held a write (`counted` names them
+    /// `acknowledged`) or answered a read (`answered`) in time.
+    static func insufficientReplicas(_ message: String, counted: (name: String, count: Int), required: Int) -> HTTPResponse {
+        .json(
+            503,
+            object { o in
+                o.member("code", string: "insufficient_replicas")
+                o.member("message", string: message)
+                o.member(counted.name, integer: Int64(counted.count))
+                o.member("required", integer: Int64(required))
+            })
+    }
+
     /// After a durable commit here: waits until as many replicas as `concern` asks hold this
     /// node's changes so far (this request's among them), then answers how many do.
     private func awaitReplicas(_ concern: WriteConcern, through: UInt64?, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         let answer: @Sendable (Int, Int, Bool) -> Void = { held, required, met in
             guard met else {
                 return respond(
-                    .json(
-                        503,
-                        Self.object { o in
-                            o.member("code", string: "insufficient_replicas")
-                            o.member(
-                                "message",
-                                string:
-                                    "stored durably on \(held) of the \(required) replicas w=\(concern.rawValue) needs within \(Self.replicaWaitMillis / 1000) s; "
-                                    + "the write stays applied where it landed and reaches the other replicas as they come back")
-                            o.member("acknowledged", integer: Int64(held))
-                            o.member("required", integer: Int64(required))
-                        }))
+                    Self.insufficientReplicas(
+                        "stored durably on \(held) of the \(required) replicas w=\(concern.rawValue) needs within \(Self.replicaWaitMillis / 1000) s; "
+                            + "the write stays applied where it landed and reaches the other replicas as they come back",
+                        counted: ("acknowledged", held), required: required))
             }
             respond(
                 .json(

@@ -61,18 +61,9 @@ extension Node {
         let answer: @Sendable (Int, Int, Bool) -> Void = { answered, required, met in
             guard met || degradedAllowed else {
                 return respond(
-                    .json(
-                        503,
-                        Self.object { o in
-                            o.member("code", string: "insufficient_replicas")
-                            o.member(
-                                "message",
-                                string:
-                                    "\(answered) of the \(required) replicas consistency=\(level.rawValue) needs answered; retry, or allow a degraded answer with degraded=true"
-                            )
-                            o.member("answered", integer: Int64(answered))
-                            o.member("required", integer: Int64(required))
-                        }))
+                    Self.insufficientReplicas(
+                        "\(answered) of the \(required) replicas consistency=\(level.rawValue) needs answered; retry, or allow a degraded answer with degraded=true",
+                        counted: ("answered", answered), required: required))
             }
             let note = (met ? level.rawValue : "degraded") + "; replicas=\(answered); required=\(required)"
             DispatchQueue.global().async {
@@ -211,6 +202,14 @@ extension Node {
         }
     }
 
+    /// A read of a whole resource without a purpose (the privacy role's consent and export
+    /// views), recorded as returning that resource.
+    private func recordWholeRead(_ principal: Principal, _ resource: String, _ members: [Identifier]) throws {
+        var outcome = ReadOutcome()
+        outcome.returned = [resource]
+        try recordRead(principal, "", resource, members, outcome)
+    }
+
     private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) throws {
         try audit.record(
             AuditRecord(
@@ -261,9 +260,7 @@ extension Node {
         respond(
             Self.attempt {
                 guard let view = try store.view(of: identifier) else { return Self.notFound }
-                var outcome = ReadOutcome()
-                outcome.returned = ["consent"]
-                try recordRead(principal, "", "consent", view.members, outcome)
+                try recordWholeRead(principal, "consent", view.members)
                 return .json(
                     200,
                     Self.object { object in
@@ -436,9 +433,7 @@ extension Node {
                 let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
                 let history = try store.consentHistory(of: identifier)
                 let links = try linksBody(identifier)
-                var outcome = ReadOutcome()
-                outcome.returned = ["export"]
-                try recordRead(principal, "", "export", view.members, outcome)
+                try recordWholeRead(principal, "export", view.members)
                 return .json(
                     200,
                     Self.object { o in
