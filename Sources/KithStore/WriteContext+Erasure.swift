@@ -195,23 +195,10 @@ extension WriteContext {
     /// else loses its link to the member. (Linear in the log; crypto-shredding will replace this,
     /// see docs/storage.md.)
     private func purgeChanges(mentioning members: [Identifier]) throws {
-        var cutoffs: [Identifier: Int64] = [:]
-        for member in members { cutoffs[member] = try erasureTime(of: member) }
-        func dominated(_ identifier: Identifier, _ time: Int64) -> Bool { cutoffs[identifier].map { time <= $0 } ?? false }
-        func purged(_ entry: ChangeEntry) -> ChangeEntry? {
-            var entry = entry
-            switch entry.change {
-            case .message(var delta):
-                let time = delta.times.eventTime
-                if dominated(delta.subject, time) { return nil }
-                delta.links.removeAll { dominated($0, time) }
-                entry.change = .message(delta)
-            case .unlink(let edge, let stamp):
-                if dominated(edge.low, stamp.time) || dominated(edge.high, stamp.time) { return nil }
-            case .erasure: break
-            }
-            return entry
-        }
+        var times: [Identifier: Int64] = [:]
+        for member in members { times[member] = try erasureTime(of: member) }
+        let cutoffs = ErasureCutoffs(times: times)
+        let purged = cutoffs.purged
         var rewrites: [([UInt8], [ChangeEntry])] = []
         try txn.scan(.changes, prefix: []) { key, value in
             let entries = try decode(value, table: .changes, ChangeRecord.decode)
