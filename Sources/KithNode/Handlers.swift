@@ -194,7 +194,6 @@ extension Node {
     }
 
     func adminStatus(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
-        let info = store.environment.info()
         respond(
             .json(
                 200,
@@ -203,8 +202,8 @@ extension Node {
                     o.member("version", string: Self.version)
                     o.member("uptimeSeconds", integer: Int64(Date().timeIntervalSince(startedAt)))
                     o.member("dataDirectory", string: configuration.dataDirectory)
-                    o.member("lmdbFileBytes", integer: Int64(store.environment.fileSize()))
-                    o.member("lmdbMapBytes", integer: Int64(info.mapSize))
+                    o.member("lmdbFileBytes", integer: Int64(store.fileBytes))
+                    o.member("lmdbMapBytes", integer: Int64(store.mapBytes))
                     o.member("openConnections", integer: Int64(server.openConnections))
                     o.member("commits", integer: Int64(committer.commits.load(ordering: .relaxed)))
                     o.member("committedMessages", integer: Int64(committer.committedMessages.load(ordering: .relaxed)))
@@ -325,7 +324,7 @@ extension Node {
         text += NodeMetrics.metric(
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             committer.committedMessages.load(ordering: .relaxed))
-        text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.environment.fileSize())
+        text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.fileBytes)
         let answer: @Sendable (String) -> Void = { text in
             respond(HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8)))
         }

@@ -23,7 +23,7 @@ public final class Node: Sendable {
     static let maximumBatchMessages = 2_500
 
     public let configuration: NodeConfiguration
-    let store: LMDBProfileStore
+    let store: any NodeStore
     let committer: GroupCommitter
     let writeKeys: [[UInt8]]
     /// SHA-256 of each accepted bearer token, with its principal.
@@ -52,7 +52,13 @@ public final class Node: Sendable {
         func committed() { replication.withLock { $0 }?.committed() }
     }
 
-    public init(configuration: NodeConfiguration) throws {
+    public convenience init(configuration: NodeConfiguration) throws {
+        try self.init(configuration: configuration, storeInMemory: false)
+    }
+
+    /// `storeInMemory`: profiles in a `MemoryProfileStore` instead of LMDB (the in-process API
+    /// tests; the secret, origin and read audit still live under the data directory).
+    init(configuration: NodeConfiguration, storeInMemory: Bool) throws {
         try configuration.validate()
         self.configuration = configuration
         let log = Log()
@@ -70,7 +76,10 @@ public final class Node: Sendable {
             replicates: !standalone)
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
-        store = try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
+        store =
+            storeInMemory
+            ? MemoryProfileStore(configuration: storeConfiguration)
+            : try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         // The one writer: every write transaction of the node runs on its thread (the store
         // checks this in debug builds). Its commits prompt replication to push.
         let pushes = CommitListener()
@@ -133,7 +142,7 @@ public final class Node: Sendable {
         replication?.stop()
         committer.stop()
         audit.stop()
-        do { try store.environment.sync() } catch { log(.error, "the store could not be synced at stop", [("error", .string("\(error)"))]) }
+        do { try store.synchronize() } catch { log(.error, "the store could not be synced at stop", [("error", .string("\(error)"))]) }
     }
 
     // MARK: - Routing

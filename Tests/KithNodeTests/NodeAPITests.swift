@@ -9,8 +9,8 @@ import Testing
 
 @testable import KithNode
 
-/// A node built in the test and driven through `Node.handle` with a recording responder: every
-/// route, its refusals and its answers, without a socket.
+/// A node built in the test over the in-memory store and driven through `Node.handle` with a
+/// recording responder: every route, its refusals and its answers, without a socket.
 private final class InProcessNode {
     let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kith-api-\(UUID().uuidString)").path
     let node: Node
@@ -28,7 +28,7 @@ private final class InProcessNode {
             NodeConfiguration.Token(name: role.rawValue, sha256: Crypto.hex(Crypto.sha256(Array(token.utf8))), role: role.rawValue, purposes: ["*"])
         }
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        node = try Node(configuration: configuration)
+        node = try Node(configuration: configuration, storeInMemory: true)
     }
 
     /// The node's answer to one request, waited for (handlers may answer on another thread).
@@ -163,6 +163,8 @@ struct NodeAPITests {
         let metrics = api.call("GET", "/metrics", role: .admin)
         #expect(metrics?.status == 200 && String(decoding: metrics?.body ?? [], as: UTF8.self).contains("kith_commits_total"))
         #expect(api.call("GET", "/v1/admin/export?limit=0", role: .admin)?.status == 400)
+        // A store in memory has no file to copy: the backup says so.
+        #expect(api.call("POST", "/v1/admin/backup", role: .admin, body: #"{"directory":"/tmp/x"}"#)?.errorCode == "backup_failed")
         for (method, target) in [("GET", "/v1/admin/members"), ("POST", "/v1/admin/join"), ("GET", "/v1/admin/sync")] {
             let answer = api.call(method, target, role: .admin, body: #"{"address":"127.0.0.1:1"}"#)
             #expect(answer?.status == 409 && answer?.errorCode == "not_clustered", "\(target)")
