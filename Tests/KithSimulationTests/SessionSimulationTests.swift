@@ -179,12 +179,12 @@ func runQuorumScenario(seed: UInt64) throws -> (failures: [String], reads: Int) 
 struct QuorumSimulationTests {
     @Test func aQuorumReadSeesEveryQuorumWrite() throws {
         var failed: [String] = [], reads = 0
-        for seed in simulationSeeds(ci: 100) {
+        for seed in simulationSeeds(ci: 200) {
             let run = try runQuorumScenario(seed: seed)
             failed += run.failures
             reads += run.reads
         }
         #expect(failed.isEmpty, "\(failed.prefix(10).joined(separator: "\n"))")
-        #expect(reads > 1_000, "\(reads) quorum reads were answered")
+        #expect(reads > 2_000, "\(reads) quorum reads were answered")
     }
 }
