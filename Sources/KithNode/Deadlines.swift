@@ -21,8 +21,9 @@ final class Deadlines: Sendable {
         thread.start()
     }
 
-    /// Runs `body` `millis` from now (once; never, if stopped first).
-    func after(millis: Int, _ body: @escaping @Sendable () -> Void) {
+    /// Runs `body` `millis` from now, once. Refused (false: never run) once `stop` has begun.
+    @discardableResult
+    func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool {
         let at = DispatchTime.now().uptimeNanoseconds + UInt64(max(0, millis)) * 1_000_000
         let added = state.withLock { state -> Bool in
             guard !state.stopped else { return false }
@@ -33,9 +34,11 @@ final class Deadlines: Sendable {
             return true
         }
         if added { wakeup.signal() }
+        return added
     }
 
-    /// Runs what is due now, drops the rest, and stops the thread.
+    /// Stops taking closures, runs each one queued at its deadline (every waiter is answered,
+    /// none early: the callers' deadlines are seconds at most), then stops the thread.
     func stop() {
         state.withLock { $0.stopped = true }
         wakeup.signal()
@@ -51,7 +54,7 @@ final class Deadlines: Sendable {
                 return (Array(state.entries.prefix(count)), state.entries.dropFirst(count).first?.at, state.stopped)
             }
             for entry in due { entry.body() }
-            if stopped {
+            if stopped && next == nil {
                 finished.signal()
                 return
             }

@@ -412,7 +412,15 @@ extension Node {
                 log(.info, "profile erased", fields)
             }
             guard wait > 0 else { return respond(answer) }
-            DispatchQueue.global().asyncAfter(deadline: .now() + .milliseconds(Int(wait))) { respond(answer) }
+            // A clock check exists only with replication, whose timer thread answers on time.
+            guard let replication else { return respond(answer) }
+            let timed = replication.deadlines.after(millis: Int(wait)) { respond(answer) }
+            if !timed {
+                // Stopping: the erasure is stored, but it may not be acknowledged before its wait.
+                respond(
+                    .error(503, code: "unavailable", message: "the node is stopping: the erasure is stored; repeat it at another node to be answered")
+                )
+            }
         }
         if !queued { respond(.error(503, code: "unavailable", message: "the node is shutting down; retry at another")) }
     }

@@ -62,8 +62,9 @@ final class ReplicationService: @unchecked Sendable {
     let transport: PeerTransport
     private let node: ClusterNode
     private let inbox = Inbox()
-    /// Deadlines of calls into the replication thread, kept off that thread.
-    private let deadlines = Deadlines(name: "kith-deadlines")
+    /// Deadlines of calls into the replication thread, kept off that thread (also the node's
+    /// other timed answers: an erasure answered once the clock has passed its boundary).
+    let deadlines = Deadlines(name: "kith-deadlines")
     private let finished = DispatchSemaphore(value: 0)
     private let keyFile: String?
     /// Whether the last reload of the key file failed (so that it is logged once).

@@ -136,6 +136,18 @@ struct DeadlinesTests {
         #expect(order.map(\.0) == [2, 3, 1])
         #expect(zip(order, [40.0, 80, 120]).allSatisfy { $0.1 >= $1 }, "a closure ran before its deadline: \(order)")
     }
+
+    /// Stopping answers every waiter queued, at its deadline (not early), and takes no more.
+    @Test func stoppingRunsWhatIsQueuedAtItsDeadlineAndRefusesMore() {
+        let deadlines = Deadlines(name: "test-deadlines")
+        let ran = Mutex<Double?>(nil)
+        let start = Date()
+        #expect(deadlines.after(millis: 150) { ran.withLock { $0 = Date().timeIntervalSince(start) * 1_000 } })
+        deadlines.stop()
+        let at = ran.withLock { $0 }
+        #expect(at.map { $0 >= 150 } == true, "ran at \(at.map { "\($0) ms" } ?? "never")")
+        #expect(!deadlines.after(millis: 1) {})
+    }
 }
 
 @Suite("Message ids the node makes")
