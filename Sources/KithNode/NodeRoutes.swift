@@ -79,16 +79,17 @@ extension Node {
 
     /// The profile resources: `/v1/profiles/{identifier}` and what hangs under it.
     private static var profileRoutes: [RouteTable<NodeRoute>.Route] {
-        func route(_ method: String, _ pattern: String, _ roles: Set<Role>) -> RouteTable<NodeRoute>.Route {
-            .init(method, "/v1/profiles/{identifier}" + pattern, NodeRoute(access: .roles(roles)) { node, call in node.profileRoute(call) })
+        func route(_ method: String, _ pattern: String, _ roles: Set<Role>, _ action: ProfileAction) -> RouteTable<NodeRoute>.Route {
+            .init(method, "/v1/profiles/{identifier}" + pattern, NodeRoute(access: .roles(roles)) { node, call in node.profileRoute(call, action) })
         }
         return [
-            route("GET", "", readers), route("DELETE", "", [.privacy]),
-            route("GET", "/traits", readers), route("GET", "/identifiers", readers), route("GET", "/events", readers),
-            route("GET", "/consent", readers), route("PUT", "/consent", [.privacy]),
-            route("POST", "/restrict", [.privacy]), route("DELETE", "/restrict", [.privacy]),
-            route("GET", "/export", [.privacy]), route("GET", "/audit", [.privacy]),
-            route("GET", "/links", [.admin, .privacy]), route("DELETE", "/links/{other}", [.admin, .privacy]),
+            route("GET", "", readers, .read(resource: "")), route("DELETE", "", [.privacy], .erase),
+            route("GET", "/traits", readers, .read(resource: "traits")), route("GET", "/identifiers", readers, .read(resource: "identifiers")),
+            route("GET", "/events", readers, .read(resource: "events")),
+            route("GET", "/consent", readers, .consent), route("PUT", "/consent", [.privacy], .setConsent),
+            route("POST", "/restrict", [.privacy], .restrict(true)), route("DELETE", "/restrict", [.privacy], .restrict(false)),
+            route("GET", "/export", [.privacy], .export), route("GET", "/audit", [.privacy], .audit),
+            route("GET", "/links", [.admin, .privacy], .links), route("DELETE", "/links/{other}", [.admin, .privacy], .unlink),
         ]
     }
 

@@ -14,16 +14,25 @@ import KithStore
 extension Node {
     typealias Respond = @Sendable (HTTPResponse) -> Void
 
-    /// A profile resource (`/v1/profiles/{identifier}…`, routes in `Node.routes`): its caller
-    /// already holds a role the route allows.
-    func profileRoute(_ call: RouteCall) {
+    /// What a profile route does (each route of `Node.routes` under `/v1/profiles/` names one).
+    enum ProfileAction: Sendable {
+        /// A read for a purpose: the whole profile ("") or one part of it.
+        case read(resource: String)
+        case consent, setConsent, links, unlink, erase, export, audit
+        case restrict(Bool)
+    }
+
+    /// A profile resource (`/v1/profiles/{identifier}…`): its caller already holds a role the
+    /// route allows. Reads first wait for the consistency or session they ask for.
+    func profileRoute(_ call: RouteCall, _ action: ProfileAction) {
         let (request, respond, principal) = (call.request, call.respond, call.caller)
-        let parts = Array(request.path.dropFirst("/v1/profiles/".count).split(separator: "/", omittingEmptySubsequences: false))
-        let route = (request.method, parts.count > 1 ? String(parts[1]) : "", parts.count)
-        guard let identifier = Self.identifier(parts.first) else { return respond(Self.invalidIdentifier) }
+        guard let identifier = Self.identifier(call.parameters["identifier"]) else { return respond(Self.invalidIdentifier) }
         // Parsed once: the read levels and the resource handlers all take their items from it.
         let query = request.queryItems
-        guard request.method == "GET" else { return dispatch(route, identifier, request, query, principal, parts, respond: respond) }
+        let dispatch: @Sendable (@escaping Respond) -> Void = { [self] respond in
+            perform(action, identifier, request, query, principal, call.parameters, respond: respond)
+        }
+        guard request.method == "GET" else { return dispatch(respond) }
         let level: WriteConcern?
         switch query["consistency"] {
         case nil, "local": level = nil
@@ -41,9 +50,8 @@ extension Node {
             session = nil
         }
         withReplicaReads(level, degradedAllowed: query["degraded"] == "true", respond: respond) { [self] respond in
-            guard let session else { return dispatch(route, identifier, request, query, principal, parts, respond: respond) }
-            withSession(session, respond: respond) { [self] respond in dispatch(route, identifier, request, query, principal, parts, respond: respond)
-            }
+            guard let session else { return dispatch(respond) }
+            withSession(session, respond: respond) { respond in dispatch(respond) }
         }
     }
 
@@ -131,23 +139,22 @@ extension Node {
                 + missing.map { String($0, radix: 16) }.joined(separator: ", ") + "); retry, or read where the write was made")
     }
 
-    private func dispatch(
-        _ route: (String, String, Int), _ identifier: Identifier, _ request: HTTPRequest, _ query: [String: String], _ principal: Principal,
-        _ parts: [Substring], respond: @escaping Respond
+    private func perform(
+        _ action: ProfileAction, _ identifier: Identifier, _ request: HTTPRequest, _ query: [String: String], _ principal: Principal,
+        _ parameters: RouteTable<NodeRoute>.Parameters, respond: @escaping Respond
     ) {
-        let resource = route.1
-        switch route {
-        case ("GET", "consent", _): consent(identifier, principal, respond: respond)
-        case ("PUT", "consent", _): setConsent(identifier, request, respond: respond)
-        case ("GET", "links", _): respond(Self.attempt { .json(200, try linksBody(identifier)) })
-        case ("DELETE", "links", _):
-            guard let other = Self.identifier(parts[2]) else { return respond(Self.invalidIdentifier) }
+        switch action {
+        case .read(let resource): read(identifier, resource, request, query, principal, respond: respond)
+        case .consent: consent(identifier, principal, respond: respond)
+        case .setConsent: setConsent(identifier, request, respond: respond)
+        case .links: respond(Self.attempt { .json(200, try linksBody(identifier)) })
+        case .unlink:
+            guard let other = Self.identifier(parameters["other"]) else { return respond(Self.invalidIdentifier) }
             unmerge(identifier, other, respond: respond)
-        case ("DELETE", "", _): erase(identifier, respond: respond)
-        case ("POST", "restrict", _), ("DELETE", "restrict", _): restrict(identifier, request.method == "POST", respond: respond)
-        case ("GET", "export", _): exportSubject(identifier, principal, respond: respond)
-        case ("GET", "audit", _): auditTrail(identifier, query, respond: respond)
-        default: read(identifier, resource, request, query, principal, respond: respond)
+        case .erase: erase(identifier, respond: respond)
+        case .restrict(let on): restrict(identifier, on, respond: respond)
+        case .export: exportSubject(identifier, principal, respond: respond)
+        case .audit: auditTrail(identifier, query, respond: respond)
         }
     }
 
