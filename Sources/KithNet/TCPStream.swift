@@ -8,19 +8,30 @@ import CLinux
 public final class TCPStream: @unchecked Sendable {
     private let descriptor: Int32
     private var closed = false
+    /// The socket options that could not be set: the link works without them, only worse (no
+    /// timeouts, slower, slower to notice a cut). This module has no log; its owner says so.
+    public private(set) var optionsNotSet: [String] = []
 
     init(descriptor: Int32, timeoutMilliseconds: Int) {
         self.descriptor = descriptor
         var timeout = timeval(tv_sec: timeoutMilliseconds / 1_000, tv_usec: (timeoutMilliseconds % 1_000) * 1_000)
-        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        try? setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1)  // a peer link works without it, only slower
+        for (name, option) in [("SO_RCVTIMEO", SO_RCVTIMEO), ("SO_SNDTIMEO", SO_SNDTIMEO)]
+        where setsockopt(descriptor, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size)) != 0 {
+            optionsNotSet.append(name)
+        }
+        set("TCP_NODELAY") { () throws(SystemError) in try setOption(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, 1) }
         // Data the peer's kernel has not acknowledged for this long closes the connection. Without
         // it a link cut by a partition kept its socket, retransmitting with exponential backoff,
         // and after the heal carried nothing until the next retransmission: 24 s to rejoin after
         // a 30 s partition. Kernels acknowledge whatever the process is doing, so a slow peer is
         // not cut off.
-        try? setOption(descriptor, Int32(IPPROTO_TCP), Self.userTimeoutOption, Self.userTimeoutMilliseconds)  // as TCP_NODELAY
+        set("TCP_USER_TIMEOUT") { () throws(SystemError) in
+            try setOption(descriptor, Int32(IPPROTO_TCP), Self.userTimeoutOption, Self.userTimeoutMilliseconds)
+        }
+    }
+
+    private func set(_ name: String, _ body: () throws(SystemError) -> Void) {
+        do { try body() } catch { optionsNotSet.append(name) }
     }
 
     /// TCP_USER_TIMEOUT (RFC 5482; Linux `netinet/tcp.h`), which Glibc's Swift module does not name.

@@ -78,6 +78,8 @@ final class PeerTransport: @unchecked Sendable {
     let metrics = TransportMetrics()
     private let deliver: Deliver
     private let log: Log
+    /// Whether refused socket options were logged (once per process).
+    private let socketOptionsWarning = Once()
     private let listener: TCPListener
     private let links = Mutex<[String: OutboundLink]>([:])
     private let running = Atomic<Bool>(true)
@@ -136,6 +138,7 @@ final class PeerTransport: @unchecked Sendable {
         while running.load(ordering: .relaxed) {
             // Nothing within 200 ms (or a connection that failed at once): look at `running` again.
             guard let stream = try? listener.accept(timeoutMilliseconds: 200, connectionTimeoutMilliseconds: 30_000) else { continue }
+            warnIfDegraded(stream)
             inbound.withLock { $0.append(stream) }
             let thread = Thread { [self] in
                 serve(stream)
@@ -144,6 +147,13 @@ final class PeerTransport: @unchecked Sendable {
             thread.name = "kith-peer-in"
             thread.start()
         }
+    }
+
+    /// Says once per process that peer sockets lack options (the kernel refused them): the links
+    /// work, but without their timeouts or with slower notice of a cut.
+    func warnIfDegraded(_ stream: TCPStream) {
+        guard !stream.optionsNotSet.isEmpty, socketOptionsWarning.claim() else { return }
+        log(.error, "peer sockets work without some options the kernel refused", [("options", .string(stream.optionsNotSet.joined(separator: ",")))])
     }
 
     /// Reads one inbound connection: the peer's hello, ours back, then its frames until it ends.
@@ -280,6 +290,7 @@ private final class OutboundLink: @unchecked Sendable {
     /// Opens the connection: our hello, then the peer's, whose nonce tags everything we send after.
     private func connect() throws {
         let stream = try TCPStream.connect(to: address, timeoutMilliseconds: 1_000)
+        transport.warnIfDegraded(stream)
         let nonce = try Crypto.randomBytes(Frame.nonceSize)
         var encoder = FrameEncoder(authenticator: transport.keys, sender: transport.me)
         try stream.write(encoder.encode(type: Frame.helloType, payload: transport.hello(nonce: nonce).payload))
