@@ -59,8 +59,8 @@ extension ClusterNode {
     /// deadline at the latest.
     public func startWait(_ number: UInt64, _ wait: ConsistencyWait, deadline: Int64, now: Int64) throws -> ConsistencyOutcome? {
         precondition(waits.byNumber[number] == nil, "wait \(number) is already in progress: \(waits.byNumber[number]!)")
-        var pending = PendingWaits.Pending(wait: wait, deadline: deadline)
-        if let outcome = try outcome(of: &pending, now: now, settling: false) { return outcome }
+        let pending = PendingWaits.Pending(wait: wait, deadline: deadline)
+        if let outcome = try outcome(of: pending, now: now, settling: false) { return outcome }
         waits.byNumber[number] = pending
         switch wait {
         case .replicas: try pushOwnChanges()
@@ -78,7 +78,7 @@ extension ClusterNode {
             var pending = waits.byNumber[number]!
             do {
                 if case .replicaReads = pending.wait { try askReplicas(&pending, now: now) }
-                if let outcome = try outcome(of: &pending, now: now, settling: true) {
+                if let outcome = try outcome(of: pending, now: now, settling: true) {
                     settled.append((number, outcome, nil))
                     waits.byNumber[number] = nil
                 } else {
@@ -110,7 +110,7 @@ extension ClusterNode {
     }
 
     /// The outcome if the wait is decided: met, or (when settling) past its deadline.
-    private func outcome(of pending: inout PendingWaits.Pending, now: Int64, settling: Bool) throws -> ConsistencyOutcome? {
+    private func outcome(of pending: PendingWaits.Pending, now: Int64, settling: Bool) throws -> ConsistencyOutcome? {
         let expired = settling && now >= pending.deadline
         switch pending.wait {
         case .replicas(let ownThrough, let concern):
@@ -121,8 +121,9 @@ extension ClusterNode {
             let missing = try SessionCoverage.missing(token, in: store, origin: id)
             return missing.isEmpty || expired ? .session(missing: missing) : nil
         case .replicaReads(let concern):
-            let caughtUp = Dictionary(uniqueKeysWithValues: peerStates.map { ($0.member.id, $0.state.caughtUpThrough) })
-            let answered = 1 + pending.requests.filter { (caughtUp[$0.key] ?? 0) >= $0.value }.count
+            // A replica counts while it is a member and has answered the pull sent for this read.
+            let answered =
+                1 + pending.requests.filter { membership.members[$0.key] != nil && (peers[$0.key]?.caughtUpThrough ?? 0) >= $0.value }.count
             let required = concern.required(replicas: replicaCount(configured: settings.replicas))
             return answered >= required || expired ? .replicas(count: answered, required: required, met: answered >= required) : nil
         }

@@ -105,14 +105,13 @@ extension Node {
         }
         // The common case without a hop to the replication thread: a read here, by the rule the
         // node's wait applies (`SessionCoverage`).
-        let missing: [UInt64], held: VersionVector
+        let missing: [UInt64]
         do {
             missing = try sessionCheck(token)
-            held = try store.versionVector()
+            if missing.isEmpty { return answer(try store.versionVector()) }
         } catch {
             return respond(.error(500, code: "storage_error", message: "the profile could not be read"))
         }
-        if missing.isEmpty { return answer(held) }
         guard let replication else { return respond(Self.sessionNotSatisfied(missing)) }
         let store = self.store
         replication.awaitSession(token, timeoutMillis: Self.sessionWaitMillis) { missing in
