@@ -69,8 +69,12 @@ test: deps lint
 	$(SWIFT) test --skip-build --parallel
 
 # The toolchain's formatter, with the repository's .swift-format: `make format` fixes what it finds.
+# The API decides every answer without sockets, threads or clocks of its own (docs/architecture.md);
+# only its log lines carry the wall time they were written at.
 lint:
 	$(SWIFT) format lint --strict --recursive Sources Tests Benchmarks Package.swift
+	@if grep -rnE '^import (KithNet|Dispatch|Glibc|CLinux)|DispatchQueue|DispatchTime|Thread[.( ]|pthread_|Date\(\)' --exclude=Log.swift Sources/KithAPI; then \
+	  echo "Sources/KithAPI must not use sockets, threads or clocks: take them from the node (Services.swift)"; exit 1; fi
 
 format:
 	$(SWIFT) format format --in-place --recursive Sources Tests Benchmarks Package.swift

@@ -31,11 +31,22 @@ let package = Package(
         .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
+        // The HTTP API as a route table over protocols (writer, replication, audit, host): no
+        // sockets, threads or clocks of its own, so every route is tested in process.
         .target(
-            name: "KithNode", dependencies: ["KithStore", "KithStoreLMDB", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
+            name: "KithAPI",
+            dependencies: [
+                "KithHTTP", "KithJSON", "KithCRDT", "KithProfile", "KithPolicy", "KithStore", "KithCluster", "KithReplication", "KithCrypto",
+                "KithCompression",
+            ],
+            swiftSettings: optimizeAcrossModules),
+        .target(
+            name: "KithNode",
+            dependencies: ["KithAPI", "KithStore", "KithStoreLMDB", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
         .executableTarget(
-            name: "kith", dependencies: ["KithNode", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules),
+            name: "kith", dependencies: ["KithNode", "KithAPI", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules
+        ),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // The durable store: LMDB, sealing, the key file. Kept apart so the replication core does not link LMDB.
         .target(name: "KithStoreLMDB", dependencies: ["KithStore", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
@@ -50,7 +61,8 @@ let package = Package(
         .executableTarget(
             name: "kith-bench",
             dependencies: [
-                "CLMDB", "KithStore", "KithStoreLMDB", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithPolicy",
+                "CLMDB", "KithStore", "KithStoreLMDB", "KithLMDB", "KithNet", "KithHTTP", "KithJSON", "KithCrypto", "KithNode", "KithAPI",
+                "KithPolicy",
                 "KithTestSupport",
             ], path: "Benchmarks/KithBench",
             swiftSettings: optimizeAcrossModules),
@@ -69,7 +81,13 @@ let package = Package(
         .testTarget(name: "KithReplicationTests", dependencies: ["KithReplication", "KithCrypto", "KithTestSupport"]),
         .testTarget(name: "KithPolicyTests", dependencies: ["KithPolicy", "KithTestSupport"]),
         .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),
-        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithStore", "KithStoreLMDB", "KithJSON", "KithTestSupport"]),
+        .testTarget(
+            name: "KithAPITests",
+            dependencies: [
+                "KithAPI", "KithStore", "KithCluster", "KithProfile", "KithReplication", "KithJSON", "KithHTTP", "KithPolicy", "KithCrypto",
+                "KithCompression", "KithTestSupport",
+            ]),
+        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithAPI", "KithStore", "KithStoreLMDB", "KithJSON", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

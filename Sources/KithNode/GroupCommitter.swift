@@ -1,4 +1,5 @@
 import Foundation
+import KithAPI
 import KithCRDT
 import KithProfile
 import KithStore
@@ -39,18 +40,10 @@ struct ProfileStoreCommits: GroupCommitStore {
 /// without peers: a committed change is readable before it is durable, and a peer must never copy
 /// a change its origin could lose in an OS crash (its sequence number would be reused for
 /// another change after the restart).
-final class GroupCommitter: @unchecked Sendable {
+final class GroupCommitter: APIWriter, @unchecked Sendable {
     typealias Completion = @Sendable (Result<Committed, Error>) -> Void
 
-    /// What a durable commit gives each request in it.
-    struct Committed {
-        /// One outcome per delta of the request, in order.
-        var outcomes: [ApplyOutcome]
-        /// This node's own change sequence after the commit (its writes included), or nil when
-        /// it could not be read: session tokens and write concerns wait for it. Read once per
-        /// commit, not once per request.
-        var ownSequence: UInt64?
-    }
+    typealias Committed = WriteCommitted
 
     /// Queued work: messages to commit in a group, or a task that opens its own transaction.
     private enum Job {
@@ -77,8 +70,8 @@ final class GroupCommitter: @unchecked Sendable {
     private let syncWakeup = DispatchSemaphore(value: 0)
     private let syncFinished = DispatchSemaphore(value: 0)
     /// Messages committed and transactions run, for metrics.
-    let committedMessages = Atomic<Int>(0)
-    let commits = Atomic<Int>(0)
+    let committedMessageCount = Atomic<Int>(0)
+    let commitCount = Atomic<Int>(0)
 
     /// Called after each group is answered (replication pushes the new changes).
     let onCommit: @Sendable () -> Void
@@ -130,6 +123,9 @@ final class GroupCommitter: @unchecked Sendable {
         if accepted { wakeup.signal() }
         return accepted
     }
+
+    var commits: Int { commitCount.load(ordering: .relaxed) }
+    var committedMessages: Int { committedMessageCount.load(ordering: .relaxed) }
 
     /// Jobs waiting to be committed (for load shedding).
     var backlog: Int { queue.withLock { $0.jobs.count } }
@@ -217,8 +213,8 @@ final class GroupCommitter: @unchecked Sendable {
         Result {
             let deltas = group.flatMap(\.deltas)
             let outcomes = try defersSync ? store.applyDeferringSync(deltas) : store.apply(deltas)
-            committedMessages.wrappingAdd(outcomes.count, ordering: .relaxed)
-            commits.wrappingAdd(1, ordering: .relaxed)
+            committedMessageCount.wrappingAdd(outcomes.count, ordering: .relaxed)
+            commitCount.wrappingAdd(1, ordering: .relaxed)
             let ownSequence = try? store.versionVector()[origin]  // nil: its waiters answer 503 (`Committed.ownSequence`)
             var offset = 0
             return group.map { job in

@@ -1,4 +1,5 @@
 import Foundation
+import KithAPI
 import KithCRDT
 import KithCluster
 import KithCompression
@@ -14,32 +15,19 @@ import KithStore
 import KithStoreLMDB
 import Synchronization
 
-/// One Kith node: the store, its single writer, and the HTTP API.
+/// One Kith node: the store, its single writer, replication, the read audit and the HTTP
+/// server, wired around the API (`NodeAPI`, which decides every answer).
 public final class Node: Sendable {
-    public static let version = "0.1.0"
-    /// Segment's limits: 32 KB per message, 500 KB and 2,500 messages per batch.
-    static let maximumMessageBytes = 32 * 1024
-    static let maximumBatchBytes = 500 * 1024
-    static let maximumBatchMessages = 2_500
+    public static let version = NodeAPI.version
 
     public let configuration: NodeConfiguration
     let store: any NodeStore
     let committer: GroupCommitter
-    let writeKeys: [[UInt8]]
-    /// SHA-256 of each accepted bearer token, with its principal.
-    let principals: [(hash: [UInt8], principal: Principal)]
-    /// What each purpose may see (docs/privacy.md).
-    let policy: Policy
     /// Who read which profile, for what, and what they saw.
     let audit: ReadAudit
-    /// Keys profiles in the audit the way erased identifiers are keyed: never by the identifier.
-    let subjectHasher: HMACForgetKeyHasher
-    let clock: Mutex<HybridLogicalClock>
-    let startedAt = Date()
-    let parser: SegmentMessageParser
-    let stopping = Atomic<Bool>(false)
     let server: HTTPServer
-    let metrics = NodeMetrics()
+    /// The routes and their handlers.
+    let api: NodeAPI
     public let log: Log
     /// Replication, when the node has a gossip address (nil: a node on its own).
     let replication: ReplicationService?
@@ -52,13 +40,7 @@ public final class Node: Sendable {
         func committed() { replication.withLock { $0 }?.committed() }
     }
 
-    public convenience init(configuration: NodeConfiguration) throws {
-        try self.init(configuration: configuration, storeInMemory: false)
-    }
-
-    /// `storeInMemory`: profiles in a `MemoryProfileStore` instead of LMDB (the in-process API
-    /// tests; the secret, origin and read audit still live under the data directory).
-    init(configuration: NodeConfiguration, storeInMemory: Bool) throws {
+    public init(configuration: NodeConfiguration) throws {
         try configuration.validate()
         self.configuration = configuration
         let log = Log()
@@ -76,14 +58,12 @@ public final class Node: Sendable {
             replicates: !standalone)
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
-        store =
-            storeInMemory
-            ? MemoryProfileStore(configuration: storeConfiguration)
-            : try LMDBProfileStore(path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
+        let store = try LMDBProfileStore(
+            path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
+        self.store = store
         // The one writer: every write transaction of the node runs on its thread (the store
         // checks this in debug builds). Its commits prompt replication to push.
         let pushes = CommitListener()
-        let store = self.store
         let committer = GroupCommitter(
             store: ProfileStoreCommits(store: store), origin: origin, defersSync: standalone, claim: { store.claimWriter() }
         ) { pushes.committed() }
@@ -98,22 +78,24 @@ public final class Node: Sendable {
         } else {
             replication = nil
         }
-        writeKeys = configuration.writeKeys.map { Array($0.utf8) }
         let policy = try Self.loadPolicy(configuration.policyFile)
-        self.policy = policy
-        principals = try configuration.tokens.map { token in try Self.principal(token, policy) }
         audit = try ReadAudit(path: configuration.dataDirectory + "/audit", retentionDays: configuration.auditRetentionDays, log: log)
-        subjectHasher = HMACForgetKeyHasher(secret: secret)
-        clock = Mutex(HybridLogicalClock(node: Self.nodeIdentifier(configuration.nodeName)))
-        parser = SegmentMessageParser()
         let (host, port) = try configuration.httpAddress()
         var http = HTTPServer.Configuration()
         http.host = host
         http.port = port
         http.loops = configuration.loops
         let route = RouteBox()
-        server = HTTPServer(configuration: http) { request, responder in route.node?.handle(request, responder) }
-        route.node = self
+        server = HTTPServer(configuration: http) { request, responder in route.api?.handle(request, responder) }
+        let settings = NodeAPI.Settings(
+            nodeName: configuration.nodeName, dataDirectory: configuration.dataDirectory, origin: origin,
+            ingestQueueLimit: configuration.ingestQueueLimit, logRequests: configuration.logRequests, writeKeys: configuration.writeKeys,
+            principals: try configuration.tokens.map { token in try Self.principal(token, policy) }, policy: policy,
+            subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: Self.nodeIdentifier(configuration.nodeName))
+        api = NodeAPI(
+            settings: settings, store: store, writer: committer, replication: replication, audit: audit, host: ProcessHost(server: server),
+            log: log)
+        route.api = api
     }
 
     /// Starts serving; returns the HTTP port.
@@ -135,7 +117,7 @@ public final class Node: Sendable {
 
     /// Graceful stop: no new connections, in-flight requests answered, queued writes committed.
     public func stop() {
-        stopping.store(true, ordering: .relaxed)
+        api.stop()
         server.stop()
         // Replication first: its queued writes then finish with the writer's, and nothing
         // submits more once the writer stops.
@@ -143,33 +125,6 @@ public final class Node: Sendable {
         committer.stop()
         audit.stop()
         do { try store.synchronize() } catch { log(.error, "the store could not be synced at stop", [("error", .string("\(error)"))]) }
-    }
-
-    // MARK: - Routing
-
-    func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
-        let requestId = Self.requestIdentifier()
-        let started = DispatchTime.now().uptimeNanoseconds
-        let match = Self.routes.match(method: request.method, path: request.path)
-        let route = Self.routeName(match)
-        let logRequests = configuration.logRequests
-        let respond: @Sendable (HTTPResponse) -> Void = { [metrics, log] response in
-            var response = response
-            response.headers.append(HTTPHeader("Request-Id", requestId))
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-            metrics.record(route: route, status: response.status, seconds: seconds)
-            if logRequests || response.status >= 500 {
-                log(
-                    response.status >= 500 ? .error : .info, "request",
-                    [
-                        ("request.id", .string(requestId)), ("http.method", .string(request.method)), ("http.route", .string(route)),
-                        ("http.status", .number(JSONNumber(Int64(response.status)))),
-                        ("duration_ms", .number(JSONNumber(literal: String(format: "%.3f", seconds * 1_000))!)),
-                    ])
-            }
-            responder.respond(response)
-        }
-        self.route(request, match, respond: respond)
     }
 
     // MARK: - Helpers
@@ -252,7 +207,17 @@ public final class Node: Sendable {
 /// erasure and consent stamps, audit times and membership incarnations.
 func unixMillis() -> Int64 { Int64(Date().timeIntervalSince1970 * 1_000) }
 
-/// Lets the server's handler reach the node it belongs to without a retain cycle at init.
+/// Lets the server's handler reach the API without a retain cycle at init.
 private final class RouteBox: @unchecked Sendable {
-    weak var node: Node?
+    weak var api: NodeAPI?
+}
+
+/// The process as the API's host: the server's connections, the system's clocks, and
+/// Dispatch's global queue for work that may wait.
+struct ProcessHost: APIHost {
+    let server: HTTPServer
+    var openConnections: Int { server.openConnections }
+    func wallMillis() -> Int64 { unixMillis() }
+    func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+    func background(_ work: @escaping @Sendable () -> Void) { DispatchQueue.global().async(execute: work) }
 }

@@ -1,4 +1,5 @@
 import Foundation
+import KithAPI
 import KithCRDT
 import KithCrypto
 import KithJSON

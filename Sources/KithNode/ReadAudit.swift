@@ -1,12 +1,10 @@
 import Foundation
+import KithAPI
 import KithCRDT
 import KithJSON
 import KithLMDB
 import KithPolicy
 import Synchronization
-
-/// The audit could not keep up or could not write: reads are refused (503) until it recovers.
-public struct AuditUnavailable: Error {}
 
 /// A stored read names a shape that is not there: the audit environment is damaged.
 struct AuditShapeMissing: Error {}
@@ -26,7 +24,7 @@ struct AuditShapeMissing: Error {}
 /// - A failed commit keeps its batch queued; if the queue fills, `record` refuses and the read
 ///   is answered 503, because a read that cannot be audited must not be served.
 /// - Records older than the retention are swept once a minute, with the runs that index only them.
-public final class ReadAudit: @unchecked Sendable {
+public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     static let flushInterval: DispatchTimeInterval = .milliseconds(10)
     static let indexIntervalMillis: Int64 = 1_000
     /// Records a pass indexes in one run (and the backlog that starts a pass early).
@@ -141,7 +139,7 @@ public final class ReadAudit: @unchecked Sendable {
     }
 
     /// Records whose subjects include any of `subjects`, newest first, at most `limit`.
-    func records(about wanted: [[UInt8]], limit: Int) throws -> [AuditRecord] {
+    public func records(about wanted: [[UInt8]], limit: Int) throws -> [AuditRecord] {
         try flush()
         try index()
         let wanted = Set(wanted)

@@ -1,4 +1,5 @@
 import Foundation
+import KithAPI
 import KithCRDT
 import KithCluster
 import KithCrypto
@@ -10,7 +11,7 @@ import Synchronization
 /// Runs a `ClusterNode` on real sockets: one thread owns it (the node is single-threaded by
 /// design, as in the simulation); peer messages, commits and operator calls reach it through an
 /// inbox, and it ticks every 50 ms on the wall clock.
-final class ReplicationService: @unchecked Sendable {
+final class ReplicationService: APIReplication, @unchecked Sendable {
     /// Items for the replication thread. Calls carry closures over the node, which only that
     /// thread runs: hence unchecked.
     private enum Work: @unchecked Sendable {
@@ -47,16 +48,8 @@ final class ReplicationService: @unchecked Sendable {
         }
     }
 
-    /// This node's clock as the cluster measures it, published by the replication thread after
-    /// every tick so that request handlers read it without waiting on that thread.
-    struct ClockState: Sendable {
-        var check: ClockCheck
-        /// Each measured member: its name and clock.
-        var peers: [(name: String, clock: PeerClock)]
-        var jumps: Int
-    }
-
-    let clock: Mutex<ClockState>
+    /// The latest clock check, published after every tick (`clock` reads it).
+    private let publishedClock: Mutex<ClockState>
     private var lastClockLog: (verdict: ClockCheck.Verdict, at: Int64)?
 
     let transport: PeerTransport
@@ -112,7 +105,7 @@ final class ReplicationService: @unchecked Sendable {
             seed: UInt64.random(in: 0...UInt64.max), write: write
         ) { address, message in transport.send(message, to: address) }
         self.node = node
-        clock = Mutex(ClockState(check: node.clockCheck(now: now), peers: [], jumps: 0))
+        publishedClock = Mutex(ClockState(check: node.clockCheck(now: now), peers: [], jumps: 0))
     }
 
     /// Starts replicating, advertising `api` as where this node's HTTP API answers.
@@ -134,6 +127,23 @@ final class ReplicationService: @unchecked Sendable {
         deadlines.stop()
         transport.stop()
     }
+
+    var clock: ClockState { publishedClock.withLock { $0 } }
+
+    var links: PeerLinkTotals {
+        let metrics = transport.metrics
+        var totals = PeerLinkTotals()
+        totals.framesSent = metrics.framesSent.load(ordering: .relaxed)
+        totals.framesReceived = metrics.framesReceived.load(ordering: .relaxed)
+        totals.bytesSent = metrics.bytesSent.load(ordering: .relaxed)
+        totals.bytesReceived = metrics.bytesReceived.load(ordering: .relaxed)
+        totals.framesDropped = metrics.framesDropped.load(ordering: .relaxed)
+        totals.connectionsRefused = metrics.connectionsRefused.load(ordering: .relaxed)
+        totals.closedConnections = metrics.closedConnections.withLock { $0.totals }
+        return totals
+    }
+
+    func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool { deadlines.after(millis: millis, body) }
 
     /// A peer's message, as the transport hands it over: handled in turn on the replication thread.
     func deliver(_ message: PeerMessage, from sender: UInt64, address: String) {
@@ -289,7 +299,7 @@ final class ReplicationService: @unchecked Sendable {
             node.clockOffsets.clock(of: member.id).map { (name: member.name, clock: $0) }
         }
         let jumps = node.clockOffsets.jumps
-        clock.withLock { $0 = ClockState(check: check, peers: peers, jumps: jumps) }
+        publishedClock.withLock { $0 = ClockState(check: check, peers: peers, jumps: jumps) }
         let changed = lastClockLog?.verdict != check.verdict
         guard changed || (!check.allowsWrites && now - (lastClockLog?.at ?? .min / 2) >= 30_000) else { return }
         // A node that starts unmeasured measures within a round trip or two: only say so if it lasts.

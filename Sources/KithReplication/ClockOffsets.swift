@@ -74,6 +74,15 @@ public struct ClockCheck: Equatable, Sendable {
     public var measured: Int
     public var agreeing: Int
 
+    public init(verdict: Verdict, offset: Int64?, maximumOffset: Int64, members: Int, measured: Int, agreeing: Int) {
+        self.verdict = verdict
+        self.offset = offset
+        self.maximumOffset = maximumOffset
+        self.members = members
+        self.measured = measured
+        self.agreeing = agreeing
+    }
+
     public var allowsWrites: Bool { verdict == .withinBound }
 
     /// A sentence for the log and for a refused request's JSON error.

@@ -1,4 +1,5 @@
 import Foundation
+import KithAPI
 import KithLMDB
 import KithPolicy
 import Testing

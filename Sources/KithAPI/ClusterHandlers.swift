@@ -1,13 +1,11 @@
-import Foundation
 import KithCRDT
 import KithCluster
 import KithHTTP
 import KithJSON
-import KithNet
 import KithPolicy
 import KithReplication
 
-extension Node {
+extension NodeAPI {
     /// The cluster's admin endpoints: members, join, leave, repair, sync status.
     func clusterRoute(_ call: RouteCall) {
         let (request, respond) = (call.request, call.respond)
@@ -28,7 +26,7 @@ extension Node {
         switch request.path {
         case "/v1/admin/members":
             answer({ node in (node.membership.all, node.membership.me.id) }) { [replication] members, me in
-                let clock = replication.clock.withLock { $0 }
+                let clock = replication.clock
                 let peers = Dictionary(clock.peers.map { ($0.clock.peer, $0.clock) }, uniquingKeysWith: { a, _ in a })
                 return .json(
                     200,
@@ -48,8 +46,8 @@ extension Node {
             answer({ node in node.leave() }) { _ in .json(202, Self.jsonBody(["left": .bool(true)])) }
         case "/v1/admin/repair":
             let wanted = body["peer"]?.stringValue
-            answer({ node -> [String] in
-                let now = monotonicMillis()
+            answer({ [host] node -> [String] in
+                let now = host.monotonicMillis()
                 let peers = node.membership.reachable.filter { wanted == nil || $0.name == wanted }
                 for peer in peers { try node.pull(from: peer, now: now) }
                 // Then compare digest trees with each: repairs what no log holds any more.
@@ -62,7 +60,9 @@ extension Node {
                 return .json(202, Self.jsonBody(["repairing": .array(started.map { .string($0) })]))
             }
         default:
-            answer(SyncProgress.init) { [replication] progress in .json(200, Self.jsonBody(Self.syncStatus(progress, replication))) }
+            answer(SyncProgress.init) { [replication, host] progress in
+                .json(200, Self.jsonBody(Self.syncStatus(progress, replication.links, now: host.monotonicMillis())))
+            }
         }
     }
 
@@ -85,11 +85,10 @@ extension Node {
         }
     }
 
-    /// Per peer: last contact, and how far behind this node it is (by its last pull).
-    private static func syncStatus(_ progress: SyncProgress, _ replication: ReplicationService) -> JSONValue {
-        let metrics = replication.transport.metrics
+    /// Per peer: last contact, and how far behind this node it is (by its last pull). `now`: the
+    /// monotonic clock the replication core dates contacts by.
+    private static func syncStatus(_ progress: SyncProgress, _ links: PeerLinkTotals, now: Int64) -> JSONValue {
         let counters = progress.counters
-        let now = monotonicMillis()
         func number(_ value: Int) -> JSONValue { .number(JSONNumber(Int64(value))) }
         return [
             "antiEntropy": [
@@ -98,10 +97,8 @@ extension Node {
                 "documentsReceived": number(counters.documentsReceived), "documentsRepaired": number(counters.documentsRepaired),
             ],
             "versions": .string(progress.versions.description),
-            "framesSent": .number(JSONNumber(Int64(metrics.framesSent.load(ordering: .relaxed)))),
-            "framesReceived": .number(JSONNumber(Int64(metrics.framesReceived.load(ordering: .relaxed)))),
-            "bytesSent": .number(JSONNumber(Int64(metrics.bytesSent.load(ordering: .relaxed)))),
-            "bytesReceived": .number(JSONNumber(Int64(metrics.bytesReceived.load(ordering: .relaxed)))),
+            "framesSent": number(links.framesSent), "framesReceived": number(links.framesReceived),
+            "bytesSent": number(links.bytesSent), "bytesReceived": number(links.bytesReceived),
             "peers": .array(
                 zip(zip(progress.peers, progress.lags), progress.compared).map { pair, compared in
                     let ((member, state), lag) = pair
@@ -141,7 +138,7 @@ extension Node {
     }
 }
 
-extension Node {
+extension NodeAPI {
     static func jsonBody(_ value: JSONValue) -> [UInt8] {
         var writer = JSONWriter()
         writer.write(value)

@@ -1,5 +1,4 @@
 import KithHTTP
-import KithNet
 import KithPolicy
 import KithProfile
 
@@ -15,7 +14,7 @@ enum Access: Sendable, Equatable {
 
 /// A route of the node's API: who may call it, and what answers it.
 struct NodeRoute: Sendable {
-    typealias Handler = @Sendable (Node, RouteCall) -> Void
+    typealias Handler = @Sendable (NodeAPI, RouteCall) -> Void
     let access: Access
     let handler: Handler
 }
@@ -35,7 +34,7 @@ struct RouteCall: Sendable {
     }
 }
 
-extension Node {
+extension NodeAPI {
     static let readers: Set<Role> = [.reader, .admin, .privacy]
 
     /// Every route of the node's HTTP API (docs/http-api.md). 404, 405 and the role checks
@@ -47,7 +46,7 @@ extension Node {
             .init(
                 "GET", "/healthz",
                 NodeRoute(access: .anyone) { node, call in
-                    call.respond(.json(200, Array(#"{"status":"ok","node":"\#(node.configuration.nodeName)","version":"\#(Node.version)"}"#.utf8)))
+                    call.respond(.json(200, Array(#"{"status":"ok","node":"\#(node.settings.nodeName)","version":"\#(NodeAPI.version)"}"#.utf8)))
                 }),
             .init("GET", "/metrics", NodeRoute(access: .roles([.admin])) { node, call in node.metrics(respond: call.respond) }),
             .init("POST", "/v1/batch", NodeRoute(access: .writeKey) { node, call in node.ingest(call.request, kind: nil, respond: call.respond) }),

@@ -1,20 +1,18 @@
-import Foundation
 import KithCRDT
 import KithCluster
 import KithCrypto
 import KithHTTP
 import KithJSON
-import KithNet
 import KithPolicy
 import KithProfile
 import KithStore
 
 /// `/v1/profiles/{identifier}[/…]`: reads through the privacy policy, and the privacy operations
 /// (consent, restriction, erasure, export, audit). See docs/privacy.md.
-extension Node {
+extension NodeAPI {
     typealias Respond = @Sendable (HTTPResponse) -> Void
 
-    /// What a profile route does (each route of `Node.routes` under `/v1/profiles/` names one).
+    /// What a profile route does (each route of `NodeAPI.routes` under `/v1/profiles/` names one).
     enum ProfileAction: Sendable {
         /// A read for a purpose: the whole profile ("") or one part of it.
         case read(resource: String)
@@ -66,7 +64,7 @@ extension Node {
         _ level: WriteConcern?, degradedAllowed: Bool, respond: @escaping Respond, _ body: @escaping @Sendable (@escaping Respond) -> Void
     ) {
         guard let level else { return body(respond) }
-        let answer: @Sendable (Int, Int, Bool) -> Void = { answered, required, met in
+        let answer: @Sendable (Int, Int, Bool) -> Void = { [host] answered, required, met in
             guard met || degradedAllowed else {
                 return respond(
                     Self.insufficientReplicas(
@@ -74,7 +72,7 @@ extension Node {
                         counted: ("answered", answered), required: required))
             }
             let note = (met ? level.rawValue : "degraded") + "; replicas=\(answered); required=\(required)"
-            DispatchQueue.global().async {
+            host.background {
                 body { response in
                     var response = response
                     response.headers.append(HTTPHeader("Kith-Consistency", note))
@@ -114,9 +112,9 @@ extension Node {
         }
         guard let replication else { return respond(Self.sessionNotSatisfied(missing)) }
         let store = self.store
-        replication.awaitSession(token, timeoutMillis: Self.sessionWaitMillis) { missing in
+        replication.awaitSession(token, timeoutMillis: Self.sessionWaitMillis) { [host] missing in
             // Off the replication thread: the read that follows is the handler's.
-            DispatchQueue.global().async {
+            host.background {
                 guard missing.isEmpty else { return respond(Self.sessionNotSatisfied(missing)) }
                 do { answer(try store.versionVector()) } catch {
                     respond(.error(500, code: "storage_error", message: "the profile could not be read"))
@@ -219,8 +217,8 @@ extension Node {
     private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) throws {
         try audit.record(
             AuditRecord(
-                time: unixMillis(), principal: principal.name, purpose: purpose, node: configuration.nodeName, resource: resource,
-                subjects: members.map(subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
+                time: host.wallMillis(), principal: principal.name, purpose: purpose, node: settings.nodeName, resource: resource,
+                subjects: members.map(settings.subjectHasher.forgetKeyBytes(for:)), outcome: outcome))
     }
 
     /// The body with a strong ETag over exactly these bytes (so it can only say what the body
@@ -317,7 +315,7 @@ extension Node {
             }
             decisions.append(ConsentDecision(category: member.key, granted: granted))
         }
-        let now = unixMillis()
+        let now = changeTime()
         var time = now
         if let text = body["timestamp"] {
             guard let parsed = text.stringValue.flatMap(ISO8601.parseMillis) else {
@@ -351,7 +349,7 @@ extension Node {
 
     /// Restriction of processing (Art. 18) on or off: a consent register of Kith's own.
     private func restrict(_ identifier: Identifier, _ on: Bool, respond: @escaping Respond) {
-        let now = unixMillis()
+        let now = changeTime()
         guard let messageId = Self.newMessageId(on ? "restrict-" : "unrestrict-", respond: respond) else { return }
         let delta = ProfileDelta(
             messageId: messageId, type: .identify, subject: identifier, channel: "privacy-api",
@@ -362,7 +360,7 @@ extension Node {
 
     private func commit(_ delta: ProfileDelta, answer: [UInt8], respond: @escaping Respond) {
         if let refusal = clockRefusal() { return respond(refusal) }
-        committer.submit([delta]) { [self] result in
+        writer.submit([delta]) { [self] result in
             let respond = withSessionToken(VersionVector(), ownSequence: try? result.get().ownSequence, respond)  // failed: no sequence to add
             switch result {
             case .success: respond(.json(200, answer))
@@ -382,10 +380,10 @@ extension Node {
     /// a time after it, is ever dropped (docs/replication.md, "Erasures and clocks").
     private func erase(_ identifier: Identifier, respond: @escaping Respond) {
         if let refusal = clockRefusal() { return respond(refusal) }
-        let acceptedAt = clock.withLock { $0.tick(physicalMillis: unixMillis()).wallMillis }
+        let acceptedAt = clock.withLock { $0.tick(physicalMillis: host.wallMillis()).wallMillis }
         let check = clockCheck
         // A job of the one writer, queued behind the messages accepted before it.
-        let queued = committer.perform { [store, replication, log] in
+        let queued = writer.perform { [store, replication, log, host] in
             let erasure: Erasure
             do {
                 erasure = try store.erase(identifier, requestedAt: acceptedAt)
@@ -407,7 +405,7 @@ extension Node {
                 log(.info, "profile erased", fields)
                 return respond(answer)
             }
-            let wait = check.erasureAcknowledgement(boundary: erasure.boundary, acceptedAt: acceptedAt) - unixMillis()
+            let wait = check.erasureAcknowledgement(boundary: erasure.boundary, acceptedAt: acceptedAt) - host.wallMillis()
             fields.append(("wait_ms", .number(JSONNumber(max(0, wait)))))
             if check.isBoundaryAhead(erasure.boundary, acceptedAt: acceptedAt) {
                 log(
@@ -420,7 +418,7 @@ extension Node {
             guard wait > 0 else { return respond(answer) }
             // A clock check exists only with replication, whose timer thread answers on time.
             guard let replication else { return respond(answer) }
-            let timed = replication.deadlines.after(millis: Int(wait)) { respond(answer) }
+            let timed = replication.after(millis: Int(wait)) { respond(answer) }
             if !timed {
                 // Stopping: the erasure is stored, but it may not be acknowledged before its wait.
                 respond(
@@ -444,15 +442,15 @@ extension Node {
                     events += page.events
                     cursor = page.next
                 } while cursor != nil
-                let reads = try audit.records(about: view.members.map(subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
+                let reads = try audit.records(about: view.members.map(settings.subjectHasher.forgetKeyBytes(for:)), limit: 100_000)
                 let history = try store.consentHistory(of: identifier)
                 let links = try linksBody(identifier)
                 try recordWholeRead(principal, "export", view.members)
                 return .json(
                     200,
                     Self.object { o in
-                        o.member("exportedAt") { $0.write(time: unixMillis()) }
-                        o.member("node", string: configuration.nodeName)
+                        o.member("exportedAt") { $0.write(time: host.wallMillis()) }
+                        o.member("node", string: settings.nodeName)
                         o.member("profile") { $0.raw(bytes: view.jsonBytes) }
                         o.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
                         o.member("consentHistory") { w in w.writeArray(history) { Self.writeConsentChange($1, &$0) } }
@@ -471,11 +469,11 @@ extension Node {
             Self.attempt {
                 // An erased customer has no view left, but the audit still answers for the identifier.
                 let members = try store.view(of: identifier)?.members ?? [identifier]
-                let reads = try audit.records(about: members.map(subjectHasher.forgetKeyBytes(for:)), limit: limit)
+                let reads = try audit.records(about: members.map(settings.subjectHasher.forgetKeyBytes(for:)), limit: limit)
                 return .json(
                     200,
                     Self.object { o in
-                        o.member("node", string: configuration.nodeName)
+                        o.member("node", string: settings.nodeName)
                         o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
                     })
             })
@@ -539,18 +537,18 @@ extension Node {
     /// Unmerge: remove the link as of now (the node's hybrid clock), a job of the one writer.
     private func unmerge(_ a: Identifier, _ b: Identifier, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         if let refusal = clockRefusal() { return respond(refusal) }
-        let now = unixMillis()
+        let now = host.wallMillis()
         let stamp = clock.withLock { clock -> LWWStamp in
             let time = clock.tick(physicalMillis: now)
             return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")
         }
-        let queued = committer.perform { [store, replication] in
+        let queued = writer.perform { [store, replication] in
             do {
                 guard try store.links(of: a).contains(where: { Set([$0.from, $0.to]) == Set([a, b]) }) else {
                     return respond(.error(404, code: "not_found", message: "those identifiers are not linked"))
                 }
                 try store.removeLink(a, b, stamp: stamp)
-                // Pushed to peers now, as the group committer's writes are.
+                // Pushed to peers now, as the group writer's writes are.
                 replication?.committed()
                 respond(.json(200, Array(#"{"unlinked":true}"#.utf8)))
             } catch {

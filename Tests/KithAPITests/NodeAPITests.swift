@@ -1,78 +1,24 @@
 import Foundation
-import KithCrypto
+import KithCRDT
 import KithHTTP
 import KithJSON
-import KithNet
 import KithPolicy
-import Synchronization
 import Testing
 
-@testable import KithNode
-
-/// A node built in the test over the in-memory store and driven through `Node.handle` with a
-/// recording responder: every route, its refusals and its answers, without a socket.
-private final class InProcessNode {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kith-api-\(UUID().uuidString)").path
-    let node: Node
-    static let writeKey = "wk-test"
-    /// One bearer token per role, each granted every purpose.
-    static let tokens: [Role: String] = Dictionary(uniqueKeysWithValues: Role.allCases.map { ($0, "token-\($0.rawValue)") })
-
-    init() throws {
-        var configuration = NodeConfiguration()
-        configuration.dataDirectory = directory + "/data"
-        configuration.secretFile = directory + "/secret"
-        configuration.http = "127.0.0.1:0"
-        configuration.writeKeys = [Self.writeKey]
-        configuration.tokens = Self.tokens.map { role, token in
-            NodeConfiguration.Token(name: role.rawValue, sha256: Crypto.hex(Crypto.sha256(Array(token.utf8))), role: role.rawValue, purposes: ["*"])
-        }
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        node = try Node(configuration: configuration, storeInMemory: true)
-    }
-
-    /// The node's answer to one request, waited for (handlers may answer on another thread).
-    func call(_ method: String, _ target: String, role: Role? = nil, headers: [HTTPHeader] = [], body: String = "") -> HTTPResponse? {
-        var headers = headers
-        if let role { headers.append(HTTPHeader("Authorization", "Bearer \(Self.tokens[role]!)")) }
-        let answered = Mutex<HTTPResponse?>(nil)
-        let request = HTTPRequest(method: method, target: target, version: .http11, headers: headers, body: Array(body.utf8))
-        node.handle(request, HTTPResponder { response in answered.withLock { if $0 == nil { $0 = response } } })
-        let deadline = Date().addingTimeInterval(5)
-        while Date() < deadline {
-            if let response = answered.withLock({ $0 }) { return response }
-            Thread.sleep(forTimeInterval: 0.002)
-        }
-        return nil
-    }
-
-    func ingest(_ path: String, _ body: String) -> HTTPResponse? {
-        call("POST", path, headers: [HTTPHeader("Authorization", "Basic " + Data("\(Self.writeKey):".utf8).base64EncodedString())], body: body)
-    }
-
-    deinit {
-        node.stop()
-        try? FileManager.default.removeItem(atPath: directory)  // a temporary directory; a leftover is harmless
-    }
-}
-
-extension HTTPResponse {
-    fileprivate var json: JSONValue? { try? JSONParser.parse(body) }  // nil: not JSON, which the callers check
-    fileprivate var errorCode: String? { json?["error"]?["code"]?.stringValue ?? json?["code"]?.stringValue }
-}
+@testable import KithAPI
 
 /// A concrete path for a route's pattern.
 private func path(_ pattern: String) -> String {
     pattern.replacingOccurrences(of: "{identifier}", with: "user_id:u-api").replacingOccurrences(of: "{other}", with: "anonymous_id:a-api")
 }
 
-@Suite("The HTTP API in process", .serialized)
+@Suite("The HTTP API in process")
 struct NodeAPITests {
     /// Every route of the table, with its access: no credentials → 401; a role the route does
     /// not allow → 403; an allowed role → past both (whatever the handler answers then).
     @Test func everyRouteRefusesTheWrongCallerAndAdmitsTheRightOne() throws {
-        let api = try InProcessNode()
-        for route in Node.routes.routes {
+        let api = try TestAPI()
+        for route in NodeAPI.routes.routes {
             let target = path(route.pattern.description) + (route.pattern.description.hasPrefix("/v1/profiles/") ? "?purpose=support" : "")
             let name = "\(route.method) \(route.pattern)"
             switch route.value.access {
@@ -99,7 +45,7 @@ struct NodeAPITests {
     /// What only the privacy role may do (docs/privacy.md): erase, consent and restriction
     /// changes, the customer's export and audit trail.
     @Test func thePrivacyRoleAloneErasesChangesConsentAndExports() {
-        let privacyOnly = Node.routes.routes.filter { $0.value.access == .roles([.privacy]) }.map { "\($0.method) \($0.pattern)" }
+        let privacyOnly = NodeAPI.routes.routes.filter { $0.value.access == .roles([.privacy]) }.map { "\($0.method) \($0.pattern)" }
         #expect(
             Set(privacyOnly) == [
                 "DELETE /v1/profiles/{identifier}", "PUT /v1/profiles/{identifier}/consent", "POST /v1/profiles/{identifier}/restrict",
@@ -110,7 +56,7 @@ struct NodeAPITests {
     /// A path the table knows under other methods answers 405 with `Allow`; an unknown one 404;
     /// both with a JSON error body.
     @Test func unknownPathsAndMethodsAreRefusedWithTheRightStatus() throws {
-        let api = try InProcessNode()
+        let api = try TestAPI()
         let profile = api.call("PATCH", "/v1/profiles/user_id:u-1", role: .admin)
         #expect(profile?.status == 405 && profile?.errorCode == "method_not_allowed")
         #expect(profile?.headers.first { $0.name == "Allow" }?.value == "GET, DELETE")
@@ -124,7 +70,7 @@ struct NodeAPITests {
 
     /// Purposes: a read needs one, known to the policy and held by the token.
     @Test func readsNeedAPurposeTheTokenHolds() throws {
-        let api = try InProcessNode()
+        let api = try TestAPI()
         #expect(api.ingest("/v1/identify", #"{"userId":"u-p","traits":{"plan":"plus"},"messageId":"m-p"}"#)?.status == 200)
         #expect(api.call("GET", "/v1/profiles/user_id:u-p", role: .reader)?.status == 400)
         #expect(api.call("GET", "/v1/profiles/user_id:u-p?purpose=astrology", role: .reader)?.status == 400)
@@ -136,7 +82,7 @@ struct NodeAPITests {
 
     /// The life of one customer through the privacy routes, in process.
     @Test func aCustomerThroughConsentRestrictionExportAndErasure() throws {
-        let api = try InProcessNode()
+        let api = try TestAPI()
         #expect(api.ingest("/v1/identify", #"{"userId":"u-c","anonymousId":"a-c","traits":{"city":"Leeds"},"messageId":"m-c"}"#)?.status == 200)
         #expect(api.ingest("/v1/track", #"{"userId":"u-c","event":"Visit","messageId":"m-t"}"#)?.status == 200)
         let consent = api.call("PUT", "/v1/profiles/user_id:u-c/consent", role: .privacy, body: #"{"categoryPreferences":{"analytics":false}}"#)
@@ -158,7 +104,7 @@ struct NodeAPITests {
 
     /// Operations, in process: status, metrics, export; the cluster routes on a node alone say so.
     @Test func operatorRoutesAnswer() throws {
-        let api = try InProcessNode()
+        let api = try TestAPI()
         #expect(api.call("GET", "/v1/admin/status", role: .admin)?.status == 200)
         let metrics = api.call("GET", "/metrics", role: .admin)
         #expect(metrics?.status == 200 && String(decoding: metrics?.body ?? [], as: UTF8.self).contains("kith_commits_total"))
@@ -169,46 +115,5 @@ struct NodeAPITests {
             let answer = api.call(method, target, role: .admin, body: #"{"address":"127.0.0.1:1"}"#)
             #expect(answer?.status == 409 && answer?.errorCode == "not_clustered", "\(target)")
         }
-    }
-}
-
-@Suite("Route table")
-struct RouteTableTests {
-    let table = RouteTable<Int>([
-        .init("GET", "/v1/profiles/{identifier}", 1), .init("DELETE", "/v1/profiles/{identifier}", 2),
-        .init("GET", "/v1/profiles/{identifier}/links", 3), .init("DELETE", "/v1/profiles/{identifier}/links/{other}", 4),
-        .init("GET", "/v1/admin/status", 5), .init("GET", "/v1/{anything}", 6),
-    ])
-
-    @Test func matchesMethodPatternAndParameters() {
-        guard case .found(let route, let parameters) = table.match(method: "DELETE", path: "/v1/profiles/user_id:u%2F1/links/email:a") else {
-            Issue.record("no match")
-            return
-        }
-        #expect(route.value == 4 && parameters["identifier"] == "user_id:u%2F1" && parameters["other"] == "email:a" && parameters["none"] == nil)
-        // A literal listed first wins over a parameter that would also match.
-        guard case .found(let status, _) = table.match(method: "GET", path: "/v1/admin/status") else {
-            Issue.record("no match")
-            return
-        }
-        #expect(status.value == 5)
-    }
-
-    @Test func otherMethodsAndUnknownPaths() {
-        guard case .methodNotAllowed(let allowed, let pattern) = table.match(method: "PUT", path: "/v1/profiles/x") else {
-            Issue.record("not 405")
-            return
-        }
-        #expect(allowed == ["GET", "DELETE"] && pattern.description == "/v1/profiles/{identifier}")
-        for path in ["/v1/profiles/x/y", "/v2/x", "/v1/profiles/", "/", "/v1/profiles//links"] {
-            if case .notFound = table.match(method: "GET", path: Substring(path)) {} else { Issue.record("\(path) matched") }
-        }
-    }
-
-    @Test func queryItemsAndPercentDecoding() {
-        let request = HTTPRequest(method: "GET", target: "/x?purpose=support&name=a+b%21&empty&bad=%zz", version: .http11, headers: [], body: [])
-        #expect(request.queryItems == ["purpose": "support", "name": "a b!", "empty": ""])
-        #expect(HTTPRequest.percentDecoded("email:a%40example.com") == "email:a@example.com")
-        #expect(HTTPRequest.percentDecoded("%e2%82%ac") == "€" && HTTPRequest.percentDecoded("%ff") == nil && HTTPRequest.percentDecoded("%4") == nil)
     }
 }

@@ -2,7 +2,7 @@ import Synchronization
 
 /// Request counters and latency histograms, rendered in Prometheus' text format. Labels are
 /// route templates and status codes only: never identifiers.
-final class NodeMetrics: Sendable {
+public final class NodeMetrics: Sendable {
     static let bucketBounds: [Double] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5]
 
     private struct Series {

@@ -1,14 +1,13 @@
 import KithHTTP
 import KithJSON
-import KithNet
 import KithReplication
 
 /// Writes and erasures wait for a clock the cluster agrees with (docs/replication.md, "Clocks"):
 /// every handler that dates data asks here first. The check is the replication thread's latest,
 /// read without waiting on that thread.
-extension Node {
+extension NodeAPI {
     /// This node's clock check; nil for a node on its own (nobody to compare with).
-    var clockCheck: ClockCheck? { replication?.clock.withLock { $0.check } }
+    var clockCheck: ClockCheck? { replication?.clock.check }
 
     /// 503 while this node's clock may not date writes, naming the offset; nil when it may.
     /// `segment`: the ingest endpoints' error shape (`{"code","message"}`) instead of Kith's.

@@ -1,3 +1,4 @@
+// Foundation for base64 in the write key check, and nothing else: the API has no sockets or threads.
 import Foundation
 import KithCRDT
 import KithCluster
@@ -5,12 +6,11 @@ import KithCompression
 import KithCrypto
 import KithHTTP
 import KithJSON
-import KithNet
 import KithPolicy
 import KithProfile
 import KithStore
 
-extension Node {
+extension NodeAPI {
     /// Segment's HTTP Tracking API: one message, or a batch; all of it is applied or none.
     func ingest(_ request: HTTPRequest, kind: MessageType?, respond: @escaping @Sendable (HTTPResponse) -> Void) {
         func refuse(_ status: Int, _ code: String, _ message: String) {
@@ -49,7 +49,7 @@ extension Node {
                 messages = batch
             }
         }
-        let receivedAt = unixMillis()
+        let receivedAt = host.wallMillis()
         var deltas: [ProfileDelta] = []
         deltas.reserveCapacity(messages.count)
         for (index, message) in messages.enumerated() {
@@ -64,13 +64,13 @@ extension Node {
                 return refuse(400, error.code.rawValue, (messages.count > 1 ? "message \(index): " : "") + error.message)
             }
         }
-        guard committer.backlog < configuration.ingestQueueLimit else {
+        guard writer.backlog < settings.ingestQueueLimit else {
             var response = HTTPResponse.json(429, Self.segmentError("too_many_requests", "the node is shedding load; retry"))
             response.headers.append(HTTPHeader("Retry-After", "1"))
             return respond(response)
         }
         metrics.receivedMessages.wrappingAdd(deltas.count, ordering: .relaxed)
-        committer.submit(deltas) { [self] result in
+        writer.submit(deltas) { [self] result in
             let respond = withSessionToken(session, ownSequence: try? result.get().ownSequence, respond)  // failed: no sequence to add
             switch result {
             case .success where concern == .one: respond(.json(200, Array(#"{"success":true}"#.utf8)))
@@ -198,15 +198,15 @@ extension Node {
             .json(
                 200,
                 Self.object { o in
-                    o.member("node", string: configuration.nodeName)
+                    o.member("node", string: settings.nodeName)
                     o.member("version", string: Self.version)
-                    o.member("uptimeSeconds", integer: Int64(Date().timeIntervalSince(startedAt)))
-                    o.member("dataDirectory", string: configuration.dataDirectory)
+                    o.member("uptimeSeconds", integer: (host.monotonicMillis() - startedAt) / 1_000)
+                    o.member("dataDirectory", string: settings.dataDirectory)
                     o.member("lmdbFileBytes", integer: Int64(store.fileBytes))
                     o.member("lmdbMapBytes", integer: Int64(store.mapBytes))
-                    o.member("openConnections", integer: Int64(server.openConnections))
-                    o.member("commits", integer: Int64(committer.commits.load(ordering: .relaxed)))
-                    o.member("committedMessages", integer: Int64(committer.committedMessages.load(ordering: .relaxed)))
+                    o.member("openConnections", integer: Int64(host.openConnections))
+                    o.member("commits", integer: Int64(writer.commits))
+                    o.member("committedMessages", integer: Int64(writer.committedMessages))
                     if let check = clockCheck {
                         o.member("clock") { w in
                             w.writeObject { c in
@@ -229,11 +229,10 @@ extension Node {
         guard let directory = (try? JSONParser.parse(request.body))?["directory"]?.stringValue, !directory.isEmpty else {
             return respond(.error(400, code: "invalid_request", message: "send {\"directory\": \"/path/for/the/backup\"}"))
         }
-        DispatchQueue.global().async { [store] in
+        // A copy of the whole store takes a while: off the event loop.
+        host.background { [store] in
             do {
-                try store.backup(to: directory)
-                // The copy is made; its size is only reported (0 if it cannot be read back).
-                let size = (try? FileManager.default.attributesOfItem(atPath: directory + "/data.mdb")[.size] as? Int) ?? 0
+                let size = try store.backup(into: directory)
                 respond(
                     .json(
                         200,
@@ -285,7 +284,7 @@ extension Node {
         let presented = Crypto.sha256(bytes)
         var found: Principal?
         // Every hash is compared, so timing says nothing about which one matched.
-        for entry in principals where Crypto.constantTimeEquals(entry.hash, presented) { found = entry.principal }
+        for entry in settings.principals where Crypto.constantTimeEquals(entry.hash, presented) { found = entry.principal }
         return found
     }
 
@@ -319,11 +318,11 @@ extension Node {
     /// if that thread does not answer in time.
     func metrics(respond: @escaping @Sendable (HTTPResponse) -> Void) {
         var text = metrics.prometheusText()
-        text += NodeMetrics.metric("kith_open_connections", "gauge", "Open HTTP connections.", server.openConnections)
-        text += NodeMetrics.metric("kith_commits_total", "counter", "Write transactions committed.", committer.commits.load(ordering: .relaxed))
+        text += NodeMetrics.metric("kith_open_connections", "gauge", "Open HTTP connections.", host.openConnections)
+        text += NodeMetrics.metric("kith_commits_total", "counter", "Write transactions committed.", writer.commits)
         text += NodeMetrics.metric(
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
-            committer.committedMessages.load(ordering: .relaxed))
+            writer.committedMessages)
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.fileBytes)
         let answer: @Sendable (String) -> Void = { text in
             respond(HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8)))
@@ -340,7 +339,7 @@ extension Node {
     }
 
     /// This node's clock against the cluster's, and each measured peer's offset.
-    func clockMetrics(_ clock: ReplicationService.ClockState) -> String {
+    func clockMetrics(_ clock: ClockState) -> String {
         var text = NodeMetrics.metric(
             "kith_clock_within_bound", "gauge", "1 while this node's clock is within the bound of the cluster's (writes accepted), else 0.",
             clock.check.allowsWrites ? 1 : 0)
@@ -358,31 +357,31 @@ extension Node {
     }
 
     /// Peer links and replication progress.
-    func replicationMetrics(_ replication: ReplicationService) -> String {
-        let transport = replication.transport.metrics
+    func replicationMetrics(_ replication: any APIReplication) -> String {
+        let links = replication.links
         var text = ""
         for (name, help, value) in [
-            ("kith_peer_frames_sent_total", "Peer frames sent.", transport.framesSent.load(ordering: .relaxed)),
-            ("kith_peer_frames_received_total", "Authentic peer frames received.", transport.framesReceived.load(ordering: .relaxed)),
-            ("kith_peer_bytes_sent_total", "Bytes sent on peer links.", transport.bytesSent.load(ordering: .relaxed)),
-            ("kith_peer_bytes_received_total", "Bytes received on peer links.", transport.bytesReceived.load(ordering: .relaxed)),
+            ("kith_peer_frames_sent_total", "Peer frames sent.", links.framesSent),
+            ("kith_peer_frames_received_total", "Authentic peer frames received.", links.framesReceived),
+            ("kith_peer_bytes_sent_total", "Bytes sent on peer links.", links.bytesSent),
+            ("kith_peer_bytes_received_total", "Bytes received on peer links.", links.bytesReceived),
             (
                 "kith_peer_frames_dropped_total", "Frames dropped: queue full, peer unreachable, or refused on receipt.",
-                transport.framesDropped.load(ordering: .relaxed)
+                links.framesDropped
             ),
             (
                 "kith_peer_connections_refused_total", "Peer connections refused (different forget-key secret).",
-                transport.connectionsRefused.load(ordering: .relaxed)
+                links.connectionsRefused
             ),
         ] {
             text += NodeMetrics.metric(name, "counter", help, value)
         }
         text +=
             "# HELP kith_peer_connections_closed_total Inbound peer connections closed for bad input, by reason (warnings about them are rate-limited).\n# TYPE kith_peer_connections_closed_total counter\n"
-        for (reason, count) in transport.closedConnections.withLock({ $0.totals }).sorted(by: { $0.key < $1.key }) {
+        for (reason, count) in links.closedConnections.sorted(by: { $0.key < $1.key }) {
             text += "kith_peer_connections_closed_total{reason=\"\(reason)\"} \(count)\n"
         }
-        text += clockMetrics(replication.clock.withLock { $0 })
+        text += clockMetrics(replication.clock)
         return text
     }
 

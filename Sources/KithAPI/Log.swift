@@ -4,7 +4,11 @@ import KithJSON
 /// Structured logs: one JSON object a line on standard error. Callers pass only ids, routes,
 /// counts and error codes: never trait values, emails, identifiers or request bodies.
 public struct Log: Sendable {
-    public enum Level: String, Sendable { case debug, info, warning, error }
+    public enum Level: String, Sendable {
+        case debug, info, warning, error
+        /// As a minimum: nothing is written (tests whose refusals are expected).
+        case off
+    }
 
     public var minimum: Level
 
@@ -31,6 +35,7 @@ public struct Log: Sendable {
         case .info: 1
         case .warning: 2
         case .error: 3
+        case .off: 4
         }
     }
 }

@@ -1,0 +1,148 @@
+import KithCRDT
+import KithHTTP
+import KithJSON
+import KithPolicy
+import KithProfile
+import KithStore
+import Synchronization
+
+/// A node's HTTP API: requests in, responses out, through the route table (`NodeAPI.routes`).
+/// It owns no socket, thread or clock: the node around it (KithNode's `Node`) hands it the
+/// writer, the replication core, the audit and the host as protocols (Services.swift), and the
+/// in-process tests hand it doubles, so every status code and error body is decided here and
+/// tested without a process.
+public final class NodeAPI: Sendable {
+    public static let version = "0.1.0"
+    /// Segment's limits: 32 KB per message, 500 KB and 2,500 messages per batch.
+    static let maximumMessageBytes = 32 * 1024
+    static let maximumBatchBytes = 500 * 1024
+    static let maximumBatchMessages = 2_500
+
+    /// What the node's configuration tells the API.
+    public struct Settings: Sendable {
+        public var nodeName: String
+        /// Shown in status only.
+        public var dataDirectory: String
+        /// This node's origin: its own changes advance this component of session tokens.
+        public var origin: UInt64
+        /// Queued writer jobs beyond which ingest answers 429.
+        public var ingestQueueLimit: Int
+        /// Log every request (otherwise only those answered 5xx).
+        public var logRequests: Bool
+        /// Segment write keys accepted for ingest.
+        public var writeKeys: [String]
+        /// SHA-256 of each accepted bearer token, with its principal.
+        public var principals: [(hash: [UInt8], principal: Principal)]
+        /// What each purpose may see (docs/privacy.md).
+        public var policy: Policy
+        /// Keys profiles in the audit the way erased identifiers are keyed: never by the identifier.
+        public var subjectHasher: HMACForgetKeyHasher
+        /// This node in hybrid-clock stamps of unlinks and erasures.
+        public var clockNode: UInt64
+
+        public init(
+            nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
+            principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher, clockNode: UInt64
+        ) {
+            self.nodeName = nodeName
+            self.dataDirectory = dataDirectory
+            self.origin = origin
+            self.ingestQueueLimit = ingestQueueLimit
+            self.logRequests = logRequests
+            self.writeKeys = writeKeys
+            self.principals = principals
+            self.policy = policy
+            self.subjectHasher = subjectHasher
+            self.clockNode = clockNode
+        }
+    }
+
+    let settings: Settings
+    let writeKeys: [[UInt8]]
+    var policy: Policy { settings.policy }
+    var origin: UInt64 { settings.origin }
+    let store: any NodeStore
+    let writer: any APIWriter
+    /// Nil for a node on its own: no replicas to wait for, no clock to agree with.
+    let replication: (any APIReplication)?
+    let audit: any APIReadAudit
+    let host: any APIHost
+    public let log: Log
+    let clock: Mutex<HybridLogicalClock>
+    let parser = SegmentMessageParser()
+    let stopping = Atomic<Bool>(false)
+    private let lastChangeTime = Mutex<Int64>(.min / 2)
+    let startedAt: Int64
+    public let metrics = NodeMetrics()
+
+    public init(
+        settings: Settings, store: any NodeStore, writer: any APIWriter, replication: (any APIReplication)?, audit: any APIReadAudit,
+        host: any APIHost, log: Log
+    ) {
+        self.settings = settings
+        writeKeys = settings.writeKeys.map { Array($0.utf8) }
+        self.store = store
+        self.writer = writer
+        self.replication = replication
+        self.audit = audit
+        self.host = host
+        self.log = log
+        clock = Mutex(HybridLogicalClock(node: settings.clockNode))
+        startedAt = host.monotonicMillis()
+    }
+
+    /// The time of a consent or restriction change this node makes on request: later than the
+    /// previous one's, so that two changes asked within one millisecond keep the order they
+    /// were asked in (a register is last-writer-wins by time, then by the random message id).
+    func changeTime() -> Int64 {
+        let now = host.wallMillis()
+        return lastChangeTime.withLock { last in
+            last = max(now, last + 1)
+            return last
+        }
+    }
+
+    /// From now on `/readyz` answers 503: the node is stopping.
+    public func stop() { stopping.store(true, ordering: .relaxed) }
+
+    /// Answers `request` through `responder`, with a `Request-Id`, counted in the metrics and
+    /// logged (every request, or only 5xx answers).
+    public func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let requestId = Self.requestIdentifier()
+        let started = host.monotonicNanos()
+        let match = Self.routes.match(method: request.method, path: request.path)
+        let route = Self.routeName(match)
+        let logRequests = settings.logRequests
+        let respond: @Sendable (HTTPResponse) -> Void = { [metrics, log, host] response in
+            var response = response
+            response.headers.append(HTTPHeader("Request-Id", requestId))
+            let nanos = host.monotonicNanos() - started
+            let seconds = Double(nanos) / 1e9
+            metrics.record(route: route, status: response.status, seconds: seconds)
+            if logRequests || response.status >= 500 {
+                log(
+                    response.status >= 500 ? .error : .info, "request",
+                    [
+                        ("request.id", .string(requestId)), ("http.method", .string(request.method)), ("http.route", .string(route)),
+                        ("http.status", .number(JSONNumber(Int64(response.status)))),
+                        ("duration_ms", .number(Self.millis(microseconds: nanos / 1_000))),
+                    ])
+            }
+            responder.respond(response)
+        }
+        self.route(request, match, respond: respond)
+    }
+
+    /// Milliseconds with three decimals, as logs show durations.
+    static func millis(microseconds: UInt64) -> JSONNumber {
+        let fraction = String(microseconds % 1_000)
+        guard let number = JSONNumber(literal: "\(microseconds / 1_000)." + String(repeating: "0", count: 3 - fraction.count) + fraction) else {
+            preconditionFailure("\(microseconds) µs did not make a JSON number")
+        }
+        return number
+    }
+
+    static func requestIdentifier() -> String {
+        String(UInt64.random(in: 0...UInt64.max), radix: 16)
+    }
+}

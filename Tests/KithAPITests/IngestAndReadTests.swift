@@ -1,0 +1,138 @@
+import Foundation
+import KithCompression
+import KithHTTP
+import KithJSON
+import KithPolicy
+import Testing
+
+@testable import KithAPI
+
+/// Segment's tracking API and the profile resources, in process (once real-process tests;
+/// what only a process shows — restart, kill -9, backup files, the CLI, logs — stays there).
+@Suite("Ingest and reads, in process")
+struct IngestAndReadTests {
+    func read(_ test: TestAPI, _ resource: String) -> HTTPResponse? {
+        test.call("GET", "/v1/profiles/\(resource)\(resource.contains("?") ? "&" : "?")purpose=support", role: .admin)
+    }
+
+    @Test func ingestThenReadByAnyIdentifier() throws {
+        let test = try TestAPI()
+        let identify = #"{"userId":"u-1","anonymousId":"a-1","traits":{"email":"Ana@Example.com","name":"Ana"},"messageId":"m1"}"#
+        #expect(test.ingest("/v1/identify", identify)?.status == 200)
+        let batch =
+            #"{"batch":[{"type":"track","anonymousId":"a-1","event":"Order Completed","properties":{"revenue":19.99},"messageId":"m2"},{"type":"track","userId":"u-1","event":"Order Completed","properties":{"revenue":5},"messageId":"m3"}]}"#
+        #expect(test.ingest("/v1/batch", batch)?.status == 200)
+        #expect(test.ingest("/v1/batch", batch)?.status == 200)  // a client retry: counted once
+        let profile = try #require(read(test, "email:ana%40example.com"))
+        #expect(profile.status == 200 && profile.header("Request-Id") != nil)
+        #expect(profile.text.contains(#""id":"user_id:u-1""#))
+        #expect(profile.text.contains(#""Order Completed":{"count":2,"revenue":24.99}"#))
+        #expect(read(test, "user_id:nobody")?.status == 404)
+        #expect(test.call("GET", "/v1/profiles/user_id:u-1")?.status == 401)
+    }
+
+    @Test func refusesBadIngestWithSegmentStyleErrors() throws {
+        let test = try TestAPI()
+        let badKey = test.send(
+            "POST", "/v1/track", headers: [HTTPHeader("Authorization", "Basic YmFkOg==")], body: Array(#"{"userId":"u-1","event":"E"}"#.utf8))
+        #expect(badKey?.status == 401 && badKey?.json?["code"] == "invalid_write_key")
+        #expect(test.ingest("/v1/track", "{not json")?.json?["code"] == "invalid_json")
+        #expect(test.ingest("/v1/track", #"{"event":"E"}"#)?.status == 400)
+        // One bad message refuses the whole batch: nothing of it is stored.
+        let batch = #"{"batch":[{"type":"track","userId":"u-9","event":"E","messageId":"ok"},{"type":"track","event":"no user"}]}"#
+        let refused = try #require(test.ingest("/v1/batch", batch))
+        #expect(refused.status == 400 && refused.json?["code"] == "missing_field" && refused.text.contains("message 1"))
+        #expect(read(test, "user_id:u-9")?.status == 404)
+        let large = #"{"userId":"u-1","event":"E","properties":{"x":""# + String(repeating: "y", count: 40_000) + #""}}"#
+        #expect(test.ingest("/v1/track", large)?.json?["code"] == "payload_too_large")
+        #expect(test.ingest("/v1/batch", #"{"batch":{}}"#)?.json?["code"] == "invalid_request")
+        let tooMany = #"{"batch":["# + Array(repeating: #"{"type":"track","userId":"u","event":"E"}"#, count: 2_501).joined(separator: ",") + "]}"
+        #expect(test.ingest("/v1/batch", tooMany)?.json?["code"] == "payload_too_large")
+        #expect(test.ingest("/v1/track", Array(repeating: 0x20, count: 500 * 1024 + 1))?.json?["code"] == "payload_too_large")
+    }
+
+    @Test func batchContextAppliesToEveryCall() throws {
+        let test = try TestAPI()
+        let batch =
+            #"{"context":{"channel":"kiosk","consent":{"categoryPreferences":{"Ads":false}}},"batch":[{"type":"identify","userId":"u-c","traits":{"a":1},"messageId":"c1","timestamp":"2025-01-01T00:00:02Z"},{"type":"track","userId":"u-c","event":"E","messageId":"c2","context":{"channel":"web"},"timestamp":"2025-01-01T00:00:01Z"}]}"#
+        #expect(test.ingest("/v1/batch", batch)?.status == 200)
+        let profile = try #require(read(test, "user_id:u-c")).text
+        #expect(profile.contains(#""Ads":{"status":"denied""#))
+        #expect(profile.contains(#""source":"kiosk""#), "the identify (later) took the batch's channel")
+        #expect(profile.contains(#""channel":"web""#), "a message's own context wins")
+    }
+
+    @Test func acceptsGzipBodiesAndTheWriteKeyInTheBody() throws {
+        let test = try TestAPI()
+        let body = Gzip.compress(Array(#"{"writeKey":"wk-test","userId":"u-2","traits":{"plan":"plus"},"messageId":"g1"}"#.utf8))
+        #expect(test.send("POST", "/v1/identify", headers: [HTTPHeader("Content-Encoding", "gzip")], body: body)?.status == 200)
+        #expect(read(test, "user_id:u-2")?.text.contains(#""plan":"plus""#) == true)
+        let corrupt = test.ingest("/v1/identify", Array(body.dropLast(4)), headers: [HTTPHeader("Content-Encoding", "gzip")])
+        #expect(corrupt?.status == 400 && corrupt?.json?["code"] == "invalid_gzip")
+        let bomb = Gzip.compress(Array(repeating: 0x20, count: 600 * 1024))
+        #expect(test.ingest("/v1/identify", bomb, headers: [HTTPHeader("Content-Encoding", "GZIP")])?.json?["code"] == "payload_too_large")
+    }
+
+    @Test func profileResourcesEventPagesAndUnmerge() throws {
+        let test = try TestAPI()
+        let identify = #"{"userId":"u-1","anonymousId":"a-1","traits":{"name":"Ana"},"messageId":"i1","timestamp":"2025-01-01T00:00:00Z"}"#
+        #expect(test.ingest("/v1/identify", identify)?.status == 200)
+        let events = (0..<12).map {
+            #"{"type":"track","userId":"u-1","event":"E","messageId":"e\#($0)","timestamp":"2025-01-01T00:00:\#($0 < 10 ? "0" : "")\#($0)Z"}"#
+        }
+        #expect(test.ingest("/v1/batch", #"{"batch":[\#(events.joined(separator: ","))]}"#)?.status == 200)
+        #expect(read(test, "user_id:u-1/traits")?.text == #"{"purpose":"support","traits":{"name":"Ana"},"withheld":[],"masked":[]}"#)
+        #expect(
+            read(test, "user_id:u-1/identifiers")?.text
+                == #"{"purpose":"support","identifiers":{"user_id":["u-1"],"anonymous_id":["a-1"]},"withheld":[],"masked":[]}"#)
+
+        var seen: [String] = []
+        var cursor: String?
+        repeat {
+            let page = try #require(read(test, "user_id:u-1/events?limit=5" + (cursor.map { "&cursor=\($0)" } ?? "")))
+            let json = try #require(page.json)
+            seen += (json["events"]?.arrayValue ?? []).compactMap { $0["messageId"]?.stringValue }
+            cursor = json["cursor"]?["next"]?.stringValue
+        } while cursor != nil && seen.count < 20
+        #expect(seen == (0..<12).reversed().map { "e\($0)" })
+        #expect(read(test, "user_id:u-1/events?limit=0")?.errorCode == "invalid_query")
+        #expect(read(test, "user_id:u-1/events?cursor=garbage")?.errorCode == "invalid_query")
+        #expect(test.call("GET", "/v1/profiles/user_id:u-1/links", role: .admin)?.text.contains(#""active":true"#) == true)
+
+        #expect(test.call("DELETE", "/v1/profiles/user_id:u-1/links/anonymous_id:a-1", role: .admin)?.status == 200)
+        #expect(read(test, "anonymous_id:a-1")?.text.contains(#""id":"anonymous_id:a-1""#) == true)
+        #expect(test.call("DELETE", "/v1/profiles/user_id:u-1/links/email:x@y.z", role: .admin)?.status == 404)
+        #expect(test.call("DELETE", "/v1/profiles/user_id:u-1/links/nonsense", role: .admin)?.errorCode == "invalid_identifier")
+    }
+
+    @Test func statusMetricsAndHealth() throws {
+        let test = try TestAPI()
+        #expect(test.ingest("/v1/identify", #"{"userId":"u-1","messageId":"s1"}"#)?.status == 200)
+        test.host.monotonic.add(7_000_000_000, ordering: .relaxed)
+        let status = try #require(test.call("GET", "/v1/admin/status", role: .admin)?.json)
+        #expect(status["node"] == "api-test" && status["uptimeSeconds"] == 7 && status["commits"] == 1 && status["committedMessages"] == 1)
+        #expect(status["openConnections"] == 3 && status["clock"] == nil, "a node alone has no clock check")
+        let metrics = try #require(test.call("GET", "/metrics", role: .admin)).text
+        #expect(metrics.contains(#"kith_http_requests_total{route="/v1/identify",status="200"} 1"#))
+        #expect(metrics.contains("kith_ingest_messages_total 1") && metrics.contains("kith_applied_messages_total 1"))
+        #expect(test.call("GET", "/healthz")?.json?["node"] == "api-test")
+        #expect(test.call("GET", "/readyz")?.status == 200)
+        test.api.stop()
+        #expect(test.call("GET", "/readyz")?.errorCode == "stopping")
+    }
+
+    @Test func exportPagesThroughEveryProfile() throws {
+        let test = try TestAPI()
+        for index in 0..<5 { #expect(test.ingest("/v1/identify", #"{"userId":"u-\#(index)","messageId":"x\#(index)"}"#)?.status == 200) }
+        var ids: [String] = []
+        var after: String?
+        repeat {
+            let page = try #require(test.call("GET", "/v1/admin/export?limit=2" + (after.map { "&after=\($0)" } ?? ""), role: .admin))
+            #expect(page.status == 200 && page.header("Content-Type") == "application/x-ndjson")
+            ids += page.text.split(separator: "\n").compactMap { try? JSONParser.parse(Array($0.utf8))["id"]?.stringValue }  // nil: fails below
+            after = page.header("Kith-Next")
+        } while after != nil && ids.count < 10
+        #expect(ids == (0..<5).map { "user_id:u-\($0)" })
+        #expect(test.call("GET", "/v1/admin/export?after=nonsense", role: .admin)?.errorCode == "invalid_identifier")
+    }
+}

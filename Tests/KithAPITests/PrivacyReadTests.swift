@@ -1,0 +1,154 @@
+import Foundation
+import KithHTTP
+import KithJSON
+import KithPolicy
+import Testing
+
+@testable import KithAPI
+
+/// Consent and purposes at read time, in process (the CLI's audit and export, and the node's
+/// logs, are tested against a real process in PrivacyProcessTests).
+@Suite("Consent and privacy at read time, in process")
+struct PrivacyReadTests {
+    static let canaries = ["ana.canary@example.com", "+44 7700 900123", "1984-05-02", "Canary Lane 7", "teal-canary"]
+    static let identify = #"""
+        {"userId":"u-priv","messageId":"p-1","timestamp":"2026-01-01T00:00:00Z",
+         "traits":{"email":"ana.canary@example.com","phone":"+44 7700 900123","birthday":"1984-05-02","address":"Canary Lane 7",
+                   "plan":"gold","favouriteColour":"teal-canary"},
+         "context":{"consent":{"categoryPreferences":{"analytics":true,"advertising":false}}}}
+        """#
+    static let path = "/v1/profiles/user_id:u-priv"
+
+    /// One principal per role and purpose; each token's text is its name.
+    func start() throws -> TestAPI {
+        let test = try TestAPI(tokens: [
+            .init(name: "bi", role: .reader, purposes: ["analytics"]), .init(name: "ads", role: .reader, purposes: ["advertising"]),
+            .init(name: "crm", role: .reader, purposes: ["support", "advertising"]), .init(name: "dpo", role: .privacy, purposes: ["support"]),
+            .init(name: "pipe", role: .ingest, purposes: []),
+        ])
+        #expect(test.ingest("/v1/identify", Self.identify)?.status == 200)
+        return test
+    }
+
+    func leaks(_ response: HTTPResponse?, _ canary: String) -> Bool {
+        guard let response else { return false }
+        return response.text.contains(canary) || response.headers.contains { $0.value.contains(canary) }
+    }
+
+    @Test func purposesMaskWithholdAndTagWhatEachReaderSees() throws {
+        let test = try start()
+        // Analytics (its only purpose, implied): contact masked, demographic shown, unknown
+        // fields (sensitive) withheld with a reason and without their value.
+        let analytics = try #require(test.call("GET", Self.path, token: "bi"))
+        #expect(analytics.status == 200)
+        #expect(analytics.json?["traits"]?["email"] == "a***@example.com" && analytics.json?["traits"]?["phone"] == "+** **** ****23")
+        #expect(analytics.json?["traits"]?["birthday"] == "1984-05-02" && analytics.json?["traits"]?["favouriteColour"] == nil)
+        #expect(analytics.text.contains(#"{"field":"traits.favouriteColour","reason":"purpose_excludes_category","category":"sensitive"}"#))
+        for canary in ["ana.canary@example.com", "+44 7700 900123", "teal-canary"] { #expect(!leaks(analytics, canary), "\(canary)") }
+        let etag = try #require(analytics.header("ETag"))
+        let again = try #require(test.call("GET", Self.path, token: "bi", headers: [HTTPHeader("If-None-Match", etag)]))
+        #expect(again.status == 304 && again.body.isEmpty)
+
+        // Advertising, denied by the customer: nothing but the reasons.
+        let advertising = test.call("GET", Self.path, token: "ads")
+        #expect(advertising?.status == 200)
+        for canary in Self.canaries + ["gold"] { #expect(!leaks(advertising, canary), "\(canary) leaked to a denied purpose") }
+        #expect(advertising?.text.contains(#""reason":"consent_denied""#) == true)
+        #expect(advertising?.text.contains(#""consentCategory":"advertising""#) == true)
+    }
+
+    @Test func principalsNeedTheirPurposeAndRole() throws {
+        let test = try start()
+        #expect(test.call("GET", Self.path, token: "crm")?.errorCode == "purpose_required", "two purposes: one must be named")
+        #expect(test.call("GET", Self.path + "?purpose=analytics", token: "crm")?.errorCode == "purpose_not_permitted")
+        #expect(test.call("GET", Self.path + "?purpose=lunch", token: "crm")?.errorCode == "unknown_purpose")
+        #expect(test.call("GET", Self.path + "?purpose=support", token: "crm")?.text.contains("ana.canary@example.com") == true)
+        #expect(test.call("GET", Self.path, token: "pipe")?.status == 403, "an ingest token does not read")
+        #expect(test.call("GET", Self.path, token: "nobody")?.status == 401)
+        #expect(test.call("GET", Self.path, headers: [HTTPHeader("Authorization", "Bearer")])?.status == 401)
+        #expect(test.call("GET", Self.path, headers: [HTTPHeader("Authorization", "bEaReR  bi ")])?.status == 200, "scheme in any case, spaces")
+    }
+
+    @Test func consentSetThroughTheAPIChangesWhatAdvertisingSees() throws {
+        let test = try start()
+        let consent = #"{"categoryPreferences":{"advertising":true},"source":"preference-centre"}"#
+        #expect(test.call("PUT", Self.path + "/consent", token: "bi", body: consent)?.status == 403)
+        let reserved = #"{"categoryPreferences":{"kith:processing":true}}"#
+        #expect(test.call("PUT", Self.path + "/consent", token: "dpo", body: reserved)?.errorCode == "invalid_request")
+        #expect(test.call("PUT", Self.path + "/consent", token: "dpo", body: "{}")?.errorCode == "invalid_request")
+        let badTime = #"{"categoryPreferences":{"advertising":true},"timestamp":"yesterday"}"#
+        #expect(test.call("PUT", Self.path + "/consent", token: "dpo", body: badTime)?.errorCode == "invalid_request")
+        #expect(test.call("PUT", Self.path + "/consent", token: "dpo", body: consent)?.status == 200)
+        let state = try #require(test.call("GET", Self.path + "/consent", token: "bi")).text
+        #expect(state.contains(#""advertising":{"status":"granted""#) && state.contains("preference-centre"))
+        #expect(state.contains(#""ad_user_data""#), "the consent categories' Google Consent Mode types")
+        let granted = test.call("GET", Self.path, token: "ads")?.json
+        #expect(granted?["traits"]?["email"] == "a***@example.com" && granted?["traits"]?["plan"] == "gold")
+    }
+
+    @Test func restrictionWithholdsFromEveryPurposeButThePrivacyRole() throws {
+        let test = try start()
+        #expect(test.call("POST", Self.path + "/restrict", token: "bi")?.status == 403)
+        #expect(test.call("POST", Self.path + "/restrict", token: "dpo")?.status == 200)
+        let restricted = test.call("GET", Self.path, token: "bi")
+        #expect(restricted?.text.contains(#""reason":"restricted""#) == true && !leaks(restricted, "gold"))
+        #expect(test.call("GET", Self.path, token: "dpo")?.text.contains("ana.canary@example.com") == true)
+        #expect(test.call("DELETE", Self.path + "/restrict", token: "dpo")?.status == 200)
+        #expect(test.call("GET", Self.path, token: "bi")?.text.contains("gold") == true)
+    }
+
+    /// The audit says who read what for which purpose, and never a value; the export holds
+    /// everything, with every consent decision in order.
+    @Test func theAuditAndTheExport() throws {
+        let test = try start()
+        #expect(test.call("GET", Self.path, token: "bi")?.status == 200)
+        #expect(test.call("GET", Self.path, token: "ads")?.status == 200)
+        #expect(
+            test.call("PUT", Self.path + "/consent", token: "dpo", body: #"{"categoryPreferences":{"advertising":true},"source":"pc"}"#)?.status
+                == 200)
+        #expect(test.call("POST", Self.path + "/restrict", token: "dpo")?.status == 200)
+        #expect(test.call("GET", Self.path, token: "bi")?.status == 200)
+        #expect(test.call("DELETE", Self.path + "/restrict", token: "dpo")?.status == 200)
+        let audit = try #require(test.call("GET", Self.path + "/audit", token: "dpo"))
+        #expect(audit.status == 200 && audit.text.contains(#""principal":"bi","purpose":"analytics""#))
+        #expect(audit.text.contains(#""principal":"ads","purpose":"advertising""#) && audit.text.contains(#""reason":"restricted""#))
+        for canary in Self.canaries { #expect(!leaks(audit, canary)) }
+        #expect(test.call("GET", Self.path + "/audit", token: "bi")?.status == 403)
+        #expect(test.call("GET", Self.path + "/audit?limit=0", token: "dpo")?.errorCode == "invalid_query")
+
+        let export = try #require(test.call("GET", Self.path + "/export", token: "dpo"))
+        #expect(export.status == 200 && export.text.contains(#""principal":"ads""#))
+        for canary in Self.canaries { #expect(export.text.contains(canary)) }
+        let history = try #require(export.json?["consentHistory"]?.arrayValue)
+        let decisions = history.map { change in
+            (change["decisions"]?.objectValue?.members.map { "\($0.key)=\($0.value == .bool(true))" } ?? []).joined(separator: ",")
+        }
+        #expect(
+            decisions == ["advertising=false,analytics=true", "advertising=true", "kith:processing=false", "kith:processing=true"], "\(decisions)")
+        #expect(history[0]["messageId"] == "p-1" && history[0]["identifier"] == "user_id:u-priv" && history[1]["source"] == "pc")
+    }
+
+    @Test func erasureDropsLateArrivalsAndNewerDataStartsAfresh() throws {
+        let test = try start()
+        #expect(test.call("DELETE", Self.path, token: "bi")?.status == 403)
+        let erased = test.call("DELETE", Self.path, token: "dpo")
+        #expect(erased?.status == 200 && erased?.json?["erased"] == .bool(true) && erased?.json?["identifiers"] == 2, "user id and email")
+        #expect(test.call("GET", Self.path, token: "dpo")?.status == 404)
+        // A retry of an old message (an edge site that was offline) is dropped.
+        #expect(test.ingest("/v1/identify", Self.identify.replacingOccurrences(of: "p-1", with: "p-retry"))?.status == 200)
+        #expect(test.call("GET", Self.path, token: "dpo")?.status == 404)
+        // Newer data starts a new profile, with nothing of the old one.
+        test.host.wall.add(1_000, ordering: .relaxed)
+        #expect(test.ingest("/v1/identify", #"{"userId":"u-priv","messageId":"p-new","traits":{"plan":"new"}}"#)?.status == 200)
+        let fresh = try #require(test.call("GET", Self.path, token: "dpo"))
+        #expect(fresh.status == 200 && fresh.text.contains(#""plan":"new""#))
+        for canary in Self.canaries { #expect(!leaks(fresh, canary)) }
+        // The audit still answers for the identifier, by its keyed hash.
+        #expect(test.call("GET", Self.path + "/audit", token: "dpo")?.status == 200)
+        // Erasing an identifier this node has never seen is remembered all the same.
+        #expect(test.call("DELETE", "/v1/profiles/user_id:never-seen", token: "dpo")?.status == 200)
+        let late = #"{"userId":"never-seen","messageId":"late","timestamp":"2025-01-01T00:00:00Z","traits":{"a":1}}"#
+        #expect(test.ingest("/v1/identify", late)?.status == 200)
+        #expect(test.call("GET", "/v1/profiles/user_id:never-seen", token: "dpo")?.status == 404)
+    }
+}
