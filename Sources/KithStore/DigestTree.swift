@@ -14,12 +14,12 @@ import KithProfile
 /// adding the new rows' hashes and subtracting the old ones', with no rescan: `DigestingWriter`
 /// does it for every write of a transaction, and `flush` adds each transaction's changes to
 /// the few bucket, range and root rows they touch, once.
-package enum DigestTree {
+enum DigestTree {
     /// The `merkle` key of a node: its depth, then its key (`DigestTreeShape`).
-    package static func nodeKey(_ node: [UInt8]) -> [UInt8] { [UInt8(node.count)] + node }
+    static func nodeKey(_ node: [UInt8]) -> [UInt8] { [UInt8(node.count)] + node }
 
     /// Whether a row counts toward its owner's digest.
-    package static func isCovered(_ table: Table, _ key: [UInt8]) -> Bool {
+    static func isCovered(_ table: Table, _ key: [UInt8]) -> Bool {
         switch table {
         case .forget: return true
         case .documents:
@@ -32,7 +32,7 @@ package enum DigestTree {
     /// The tree's layout version in `meta` (a store with another is rebuilt at open).
     package static let layout: UInt8 = 2
 
-    package static let coveredParts: Set<UInt8> = [DocumentPart.head.rawValue, DocumentPart.edge.rawValue, DocumentPart.ledger.rawValue]
+    static let coveredParts: Set<UInt8> = [DocumentPart.head.rawValue, DocumentPart.edge.rawValue, DocumentPart.ledger.rawValue]
 
     /// What owns a covered row before hashing: a document's identifier key, or a forget key itself.
     package static func owner(_ table: Table, _ key: [UInt8]) -> [UInt8] {
@@ -43,7 +43,7 @@ package enum DigestTree {
 extension HMACForgetKeyHasher {
     /// The hash of one covered row: HMAC-SHA256 under the forget secret, so that a digest left in
     /// a free page or a backup cannot be used to test guesses about erased data.
-    package func rowDigest(_ table: Table, _ key: [UInt8], _ value: [UInt8]) -> Digest128 {
+    func rowDigest(_ table: Table, _ key: [UInt8], _ value: [UInt8]) -> Digest128 {
         var writer = BinaryWriter(capacity: key.count + value.count + 4)
         writer.write(byte: UInt8(table.rawValue))
         writer.write(bytes: key)
@@ -61,7 +61,7 @@ extension HMACForgetKeyHasher {
 /// row adds the new row's hash to its owner's digest and subtracts the old row's. The old value
 /// comes from what the transaction already read or wrote when it can (the engine reads heads,
 /// links and ledger rows before it rewrites them), else from one extra read.
-package final class DigestingWriter: StoreWriting, ReadingThrough {
+final class DigestingWriter: StoreWriting, ReadingThrough {
     package let base: any StoreWriting
     private let hasher: HMACForgetKeyHasher
     /// Covered rows' values as this transaction last saw them (nil: absent), by table.
@@ -151,7 +151,7 @@ package final class DigestingWriter: StoreWriting, ReadingThrough {
 }
 
 /// A stored digest (zero when absent).
-package func readDigest(_ reader: some StoreReading, _ table: Table, _ key: [UInt8]) throws -> Digest128 {
+func readDigest(_ reader: some StoreReading, _ table: Table, _ key: [UInt8]) throws -> Digest128 {
     guard let bytes = try reader.get(table, key) else { return .zero }
     return try readDigestValue(bytes, table)
 }
@@ -194,7 +194,7 @@ extension StoreEngine {
     }
 
     /// A leaf's digest: the hashes of exactly the rows a document state ships, as stored.
-    package func leafDigest(_ state: DocumentState) -> Digest128 {
+    func leafDigest(_ state: DocumentState) -> Digest128 {
         var digest = Digest128.zero
         if let identifier = state.identifier {
             for row in state.rows {
@@ -233,7 +233,7 @@ extension StoreEngine {
     }
 
     /// The stored tree's nodes.
-    package func storedNodes(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
+    func storedNodes(in reader: some StoreReading) throws -> [[UInt8]: Digest128] {
         var nodes: [[UInt8]: Digest128] = [:]
         try reader.scan(.merkle, prefix: []) { key, value in
             nodes[Array(key.dropFirst())] = try readDigestValue(value, .merkle)
@@ -243,7 +243,7 @@ extension StoreEngine {
     }
 
     /// Replaces the stored tree by one computed from the rows.
-    package func rebuildDigests(in txn: any StoreWriting) throws {
+    func rebuildDigests(in txn: any StoreWriting) throws {
         try txn.deletePrefix(.merkle, [])
         for (node, digest) in Self.nodes(over: try recomputedDigests(in: txn)) {
             try txn.put(.merkle, DigestTree.nodeKey(node), digest.bytes, mode: .upsert)
@@ -252,7 +252,7 @@ extension StoreEngine {
     }
 
     /// Drops the tree (`reconcileReplicationState`).
-    package func dropDigests(in txn: any StoreWriting) throws {
+    func dropDigests(in txn: any StoreWriting) throws {
         try txn.deletePrefix(.merkle, [])
         try txn.delete(.meta, digestsMetaKey)
     }

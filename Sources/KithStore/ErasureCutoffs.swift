@@ -1,8 +1,10 @@
+import KithCRDT
 import KithProfile
 
 /// The erasure times of the people an erasure forgets, and what each dominates: the decisions
-/// of the erasure cascade about logged changes, made without the store, so that they can be
-/// tested on their own (the write context reads the times and carries the decisions out).
+/// of the erasure cascade about ledger rows and logged changes, made without the store, so that
+/// they can be tested on their own (the write context reads the times and rows and carries the
+/// decisions out).
 struct ErasureCutoffs: Equatable {
     let times: [Identifier: Int64]
 
@@ -28,5 +30,46 @@ struct ErasureCutoffs: Equatable {
         case .erasure: break
         }
         return entry
+    }
+
+    /// What becomes of one of an erased member's own ledger rows.
+    enum LedgerFate: Equatable {
+        case keep, drop
+        case rewrite(LedgerRow)
+    }
+
+    /// A row of `member`'s ledger dated at or before its cutoff goes; a later row forgets the
+    /// times of its other copies the cutoff dominates (each copy asserted the row's links at
+    /// its own time, and those assertions are erased).
+    func fate(ofOwn row: LedgerRow, of member: Identifier) -> LedgerFate {
+        guard let cutoff = times[member] else { return .keep }
+        if row.entry.time <= cutoff { return .drop }
+        guard row.otherCopyTimes.contains(where: { $0 <= cutoff }) else { return .keep }
+        var row = row
+        row.otherCopyTimes.removeAll { $0 <= cutoff }
+        return .rewrite(row)
+    }
+
+    /// A neighbour's ledger row without its link to `member`, when the member's cutoff
+    /// dominates the row; nil when the row stays as it is. An erased identifier must not
+    /// survive in anyone's rows.
+    func stripped(_ row: LedgerRow, of member: Identifier) -> LedgerRow? {
+        guard dominates(member, at: row.entry.time), row.links.contains(member) else { return nil }
+        var row = row
+        row.links.removeAll { $0 == member }
+        return row
+    }
+}
+
+extension EdgeSummary {
+    /// A link's summary rebuilt after an erasure from what survives `cutoff` (the later of its
+    /// two ends' erasure times): the adds of every asserting copy dated after it, and the old
+    /// removal if it is after it. The summary alone cannot say which adds an erasure dominates,
+    /// so the adds come from the ledger rows that assert the link.
+    static func rebuilt(adds: [LWWStamp], removal: LWWStamp?, cutoff: Int64) -> EdgeSummary {
+        var summary = EdgeSummary()
+        for add in adds where add.time > cutoff { summary.add(add) }
+        if let removal, removal.time > cutoff { summary.remove(removal) }
+        return summary
     }
 }

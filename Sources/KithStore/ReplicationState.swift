@@ -28,7 +28,7 @@ extension StoreEngine {
     }
 
     /// The `ahead` mark's value: the copies are those the log's entries call for (`travelsAhead`).
-    package static let aheadLayout: UInt8 = 1
+    static let aheadLayout: UInt8 = 1
 
     /// Copies every logged entry that travels ahead, as `WriteContext.finish` would have.
     private func rebuildAhead(in txn: any StoreWriting) throws {
@@ -39,7 +39,7 @@ extension StoreEngine {
 
     /// The `ahead` copies of those of `entries` (newly logged, in order) that travel ahead:
     /// written by every commit of a replicating store, and by the rebuild.
-    package func keepAhead(_ entries: [ChangeEntry], in txn: any StoreWriting) throws {
+    func keepAhead(_ entries: [ChangeEntry], in txn: any StoreWriting) throws {
         for entry in entries where entry.travelsAhead {
             try txn.put(.ahead, sequenceKey(entry.sequence), ProfileFormat.encode(entry), mode: .append)
         }

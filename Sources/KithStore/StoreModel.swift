@@ -82,20 +82,20 @@ package enum ChangeRecord {
 /// newest events of a profile are also held in its view, so the rows are read back only when a
 /// view is rebuilt. The links let an erasure that reaches a replica holding newer data than its
 /// origin did recompute exactly the link assertions that survive (see docs/replication.md).
-package struct LedgerRow: BinaryCodable, Equatable {
+struct LedgerRow: BinaryCodable, Equatable {
     package var entry: LedgerEntry
     package var event: EventRecord?
     /// Peers the message linked its subject to (those not erased when it was applied).
     package var links: [Identifier]
     /// Event times of other, lesser copies of the message (ascending; usually none): each copy
     /// asserted its links at its own time, and an erasure must know which assertions it dominates.
-    package var otherCopyTimes: [Int64] = []
+    var otherCopyTimes: [Int64] = []
     /// The consent decisions the message carried (context or a consent event), and its channel:
     /// the customer's consent history, which the registers (latest decision only) do not keep.
     package var consent: [ConsentDecision] = []
     package var channel = ""
 
-    package init(entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "") {
+    init(entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "") {
         self.entry = entry
         self.event = event
         self.links = links
@@ -104,7 +104,7 @@ package struct LedgerRow: BinaryCodable, Equatable {
     }
 
     /// The times of every copy absorbed, this row's own included.
-    package var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
+    var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
 
     /// This row joined with another copy of the same message: the greater row, remembering the
     /// times of both.
@@ -115,7 +115,7 @@ package struct LedgerRow: BinaryCodable, Equatable {
     }
 
     /// Of two differing copies of one message, every replica keeps the greater.
-    package func isLess(than other: LedgerRow) -> Bool {
+    func isLess(than other: LedgerRow) -> Bool {
         if entry != other.entry { return entry < other.entry }
         switch (event, other.event) {
         case (nil, _): return true
@@ -157,7 +157,7 @@ package struct LedgerRow: BinaryCodable, Equatable {
 
 /// What the store keeps per link: enough to know whether it is active and where it stands in the
 /// rule-evaluation order. (The pure model keeps every add; see docs/identity.md.)
-package struct EdgeSummary: Equatable, BinaryCodable {
+struct EdgeSummary: Equatable, BinaryCodable {
     package var firstAdd: LWWStamp?
     package var lastAdd: LWWStamp?
     package var removedAt: LWWStamp?
@@ -169,7 +169,7 @@ package struct EdgeSummary: Equatable, BinaryCodable {
         return removedAt.map { lastAdd >= $0 } ?? true
     }
 
-    package var newestTime: Int64? { [lastAdd?.time, removedAt?.time].compactMap { $0 }.max() }
+    var newestTime: Int64? { [lastAdd?.time, removedAt?.time].compactMap { $0 }.max() }
 
     package mutating func add(_ stamp: LWWStamp) {
         firstAdd = min(firstAdd ?? stamp, stamp)
@@ -270,7 +270,7 @@ public struct StoreCorruption: Error, CustomStringConvertible {
     }
 }
 
-package func sequenceKey(_ sequence: UInt64) -> [UInt8] {
+func sequenceKey(_ sequence: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 8)
     writer.write(bigEndian: sequence)
     return writer.bytes
@@ -281,21 +281,21 @@ package func sequenceKey(_ sequence: UInt64) -> [UInt8] {
 package let formatMetaKey = Array("format".utf8)
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
 package let sealedLayoutMetaKey = Array("sealed".utf8)
-package let sequenceMetaKey = Array("sequence".utf8)
+let sequenceMetaKey = Array("sequence".utf8)
 /// Present once the digest tree covers everything in the store (stores from before it are rebuilt at open).
 package let digestsMetaKey = Array("digests".utf8)
 /// Present once `ahead` holds a copy of every logged entry that travels ahead (`ReplicationState.swift`).
 package let aheadMetaKey = Array("ahead".utf8)
-package let versionVectorKey = Array("versions".utf8)
+let versionVectorKey = Array("versions".utf8)
 
 /// Where a logged change first came from: the node that accepted it and its sequence there.
-package struct ChangeOrigin {
+struct ChangeOrigin {
     package var node: UInt64
     package var sequence: UInt64
 }
 
 /// meta key of how far this node has read `peer`'s change log.
-package func cursorKey(_ peer: UInt64) -> [UInt8] {
+func cursorKey(_ peer: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 16)
     writer.write(raw: "cursor:".utf8)
     writer.write(bigEndian: peer)

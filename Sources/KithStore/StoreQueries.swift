@@ -64,22 +64,31 @@ package struct StoreEngine: Sendable {
     /// Every consent decision the profile's messages carried, oldest first (linear in the
     /// profile's history, like `events`).
     package func consentHistory(of identifier: Identifier, in reader: some StoreReading) throws -> [ConsentChange] {
-        guard let view = try view(of: identifier, in: reader) else { return [] }
         var changes: [ConsentChange] = []
+        try scanMembers(of: identifier, .ledger, in: reader) { member, _, key, value in
+            let row = try decode(LedgerRow.self, value, table: .documents)
+            guard !row.consent.isEmpty else { return }
+            changes.append(
+                ConsentChange(
+                    identifier: member, messageId: String(decoding: RowKey(stored: key).suffix, as: UTF8.self), time: row.entry.time,
+                    source: row.channel, decisions: row.consent))
+        }
+        return changes.sorted { ($0.time, $0.messageId) < ($1.time, $1.messageId) }
+    }
+
+    /// Runs `body` on each row of `part` of every member of `identifier`'s profile (on none
+    /// when no profile has it), with the member and all the members.
+    private func scanMembers(
+        of identifier: Identifier, _ part: DocumentPart, in reader: some StoreReading,
+        _ body: (_ member: Identifier, _ members: [Identifier], _ key: [UInt8], _ value: [UInt8]) throws -> Void
+    ) throws {
+        guard let view = try view(of: identifier, in: reader) else { return }
         for member in view.members {
-            let prefix = documentKey(member.key, .ledger)
-            try reader.scan(.documents, prefix: prefix) { key, value in
-                let row = try decode(LedgerRow.self, value, table: .documents)
-                if !row.consent.isEmpty {
-                    changes.append(
-                        ConsentChange(
-                            identifier: member, messageId: String(decoding: RowKey(stored: key).suffix, as: UTF8.self), time: row.entry.time,
-                            source: row.channel, decisions: row.consent))
-                }
+            try reader.scan(.documents, prefix: documentKey(member.key, part)) { key, value in
+                try body(member, view.members, key, value)
                 return .next
             }
         }
-        return changes.sorted { ($0.time, $0.messageId) < ($1.time, $1.messageId) }
     }
 
     /// Events of the profile, newest first, older than `cursor`. Reads the members' ledgers:
@@ -87,15 +96,11 @@ package struct StoreEngine: Sendable {
     package func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int, in reader: some StoreReading) throws
         -> (events: [EventRecord], next: EventCursor?)
     {
-        guard let view = try view(of: identifier, in: reader) else { return ([], nil) }
         var events: [EventRecord] = []
-        for member in view.members {
-            try reader.scan(.documents, prefix: documentKey(member.key, .ledger)) { _, value in
-                let row = try decode(LedgerRow.self, value, table: .documents)
-                if let event = row.event, cursor.map({ (event.time, event.messageId) < ($0.time, $0.messageId) }) ?? true {
-                    events.append(event)
-                }
-                return .next
+        try scanMembers(of: identifier, .ledger, in: reader) { _, _, _, value in
+            let row = try decode(LedgerRow.self, value, table: .documents)
+            if let event = row.event, cursor.map({ (event.time, event.messageId) < ($0.time, $0.messageId) }) ?? true {
+                events.append(event)
             }
         }
         events.sort { ($0.time, $0.messageId) > ($1.time, $1.messageId) }
@@ -117,25 +122,21 @@ package struct StoreEngine: Sendable {
     }
 
     package func links(of identifier: Identifier, in reader: some StoreReading) throws -> [StoredLink] {
-        guard let view = try view(of: identifier, in: reader) else { return [] }
         var links: [StoredLink] = []
-        for member in view.members {
-            let prefix = documentKey(member.key, .edge)
-            try reader.scan(.documents, prefix: prefix) { key, value in
-                let summary = try decode(EdgeSummary.self, value, table: .documents)
-                guard let peer = Identifier(key: RowKey(stored: key).suffix), member < peer || !view.members.contains(peer) else { return .next }
-                links.append(
-                    StoredLink(
-                        from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,
-                        removedAt: summary.removedAt))
-                return .next
-            }
+        try scanMembers(of: identifier, .edge, in: reader) { member, members, key, value in
+            let summary = try decode(EdgeSummary.self, value, table: .documents)
+            // Each link once: from its lesser end when both ends are members.
+            guard let peer = Identifier(key: RowKey(stored: key).suffix), member < peer || !members.contains(peer) else { return }
+            links.append(
+                StoredLink(
+                    from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,
+                    removedAt: summary.removedAt))
         }
         return links
     }
 
     /// How many entries the change log holds (decodes every record: linear in the log).
-    package func changeCount(in reader: some StoreReading) throws -> Int {
+    func changeCount(in reader: some StoreReading) throws -> Int {
         var count = 0
         try reader.scan(.changes, prefix: []) { _, value in
             count += try decode(value, table: .changes, ChangeRecord.decode).count
@@ -189,7 +190,7 @@ package struct StoreEngine: Sendable {
         return hasher.finish()
     }
 
-    package func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
+    func decodeSequence(_ bytes: [UInt8]) throws -> UInt64 {
         var reader = BinaryReader(bytes)
         return try reader.readBigEndianUInt64()
     }

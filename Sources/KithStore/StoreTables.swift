@@ -120,7 +120,7 @@ package enum ScanStep: Sendable {
 }
 
 /// An append whose key does not sort after the table's last (LMDB's `MDB_KEYEXIST` for it).
-package struct AppendOutOfOrder: Error, CustomStringConvertible {
+struct AppendOutOfOrder: Error, CustomStringConvertible {
     package let table: String
     package var description: String { "append to \(table) out of key order" }
 }

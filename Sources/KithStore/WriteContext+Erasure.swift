@@ -69,12 +69,14 @@ extension WriteContext {
     /// the members are rebuilt.
     private func forget(_ members: [Identifier]) throws {
         guard !members.isEmpty else { return }
+        var times: [Identifier: Int64] = [:]
+        for member in members { times[member] = try erasureTime(of: member) }
+        let cutoffs = ErasureCutoffs(times: times)
         var oldCanonicals: Set<[UInt8]> = []
         var touched: Set<Identifier> = Set(members)
         var edges: Set<LinkEdge> = []
         for member in members {
-            let time = try erasureTime(of: member)
-            try forgetLedger(of: member, upTo: time)
+            try forgetLedger(of: member, cutoffs)
             try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
                 if let peer = Identifier(key: RowKey(stored: key).suffix) {
                     edges.insert(link(member, peer))
@@ -86,11 +88,11 @@ extension WriteContext {
         for identifier in touched { if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) } }
         for member in members {
             for edge in edges where edge.low == member || edge.high == member {
-                try stripMentions(of: member, fromLedgerOf: edge.other(than: member))
+                try stripMentions(of: member, fromLedgerOf: edge.other(than: member), cutoffs)
             }
         }
         for edge in edges.sorted() { try rebuildEdge(edge) }
-        try purgeChanges(mentioning: members)
+        try purgeChanges(cutoffs)
 
         var known: [Identifier] = []
         for identifier in touched.sorted() {
@@ -109,17 +111,16 @@ extension WriteContext {
         try txn.retireKeys(of: members)
     }
 
-    /// Drops the member's ledger rows dated at or before `time` and recomputes its head.
-    private func forgetLedger(of member: Identifier, upTo time: Int64) throws {
+    /// Drops or trims the member's ledger rows as its cutoff decides, and recomputes its head.
+    private func forgetLedger(of member: Identifier, _ cutoffs: ErasureCutoffs) throws {
+        guard let time = cutoffs.times[member] else { preconditionFailure("\(pseudonym(member)) is forgotten without an erasure time") }
         var dropped: [[UInt8]] = []
         var trimmed: [([UInt8], LedgerRow)] = []
         try txn.scan(.documents, prefix: documentKey(member.key, .ledger)) { key, value in
-            var row = try decode(LedgerRow.self, value, table: .documents)
-            if row.entry.time <= time {
-                dropped.append(key)
-            } else if let first = row.otherCopyTimes.first, first <= time {
-                row.otherCopyTimes.removeAll { $0 <= time }
-                trimmed.append((key, row))
+            switch cutoffs.fate(ofOwn: try decode(LedgerRow.self, value, table: .documents), of: member) {
+            case .keep: break
+            case .drop: dropped.append(key)
+            case .rewrite(let row): trimmed.append((key, row))
             }
             return .next
         }
@@ -131,17 +132,11 @@ extension WriteContext {
         if head.isEmpty { deleteSource(member.key) } else { setSource(member.key, head) }
     }
 
-    /// Removes `member` from the links listed in `neighbour`'s ledger rows dated at or before
-    /// the member's erasure time: an erased identifier must not survive in anyone's rows.
-    private func stripMentions(of member: Identifier, fromLedgerOf neighbour: Identifier) throws {
-        let time = try erasureTime(of: member)
+    /// Removes `member` from the links listed in `neighbour`'s ledger rows its cutoff dominates.
+    private func stripMentions(of member: Identifier, fromLedgerOf neighbour: Identifier, _ cutoffs: ErasureCutoffs) throws {
         var rewrites: [([UInt8], LedgerRow)] = []
         try txn.scan(.documents, prefix: documentKey(neighbour.key, .ledger)) { key, value in
-            var row = try decode(LedgerRow.self, value, table: .documents)
-            if row.entry.time <= time, row.links.contains(member) {
-                row.links.removeAll { $0 == member }
-                rewrites.append((key, row))
-            }
+            if let row = cutoffs.stripped(try decode(LedgerRow.self, value, table: .documents), of: member) { rewrites.append((key, row)) }
             return .next
         }
         for (key, row) in rewrites { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
@@ -151,23 +146,19 @@ extension WriteContext {
     /// both endpoints' erasures (the summary alone cannot say which adds an erasure dominates).
     func rebuildEdge(_ edge: LinkEdge) throws {
         let cutoff = max(try forgottenTime(edge.low) ?? .min, try forgottenTime(edge.high) ?? .min)
-        var summary = EdgeSummary()
+        var adds: [LWWStamp] = []
         for (subject, peer) in [(edge.low, edge.high), (edge.high, edge.low)] {
-            let prefix = documentKey(subject.key, .ledger)
-            try txn.scan(.documents, prefix: prefix) { key, value in
+            try txn.scan(.documents, prefix: documentKey(subject.key, .ledger)) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
                 guard row.links.contains(peer) else { return .next }
                 let messageId = String(decoding: RowKey(stored: key).suffix, as: UTF8.self)
-                for time in row.copyTimes where time > cutoff { summary.add(LWWStamp(time: time, tiebreak: messageId)) }
+                adds += row.copyTimes.map { LWWStamp(time: $0, tiebreak: messageId) }
                 return .next
             }
         }
         let forward = documentKey(edge.low.key, .edge, edge.high.key), backward = documentKey(edge.high.key, .edge, edge.low.key)
-        if let old = try txn.get(.documents, forward).map({ try decode(EdgeSummary.self, $0, table: .documents) }),
-            let removal = old.removedAt, removal.time > cutoff
-        {
-            summary.remove(removal)
-        }
+        let old = try txn.get(.documents, forward).map { try decode(EdgeSummary.self, $0, table: .documents) }
+        let summary = EdgeSummary.rebuilt(adds: adds, removal: old?.removedAt, cutoff: cutoff)
         if summary == EdgeSummary() {
             try txn.delete(.documents, forward)
             try txn.delete(.documents, backward)
@@ -194,10 +185,7 @@ extension WriteContext {
     /// the erasure dominates: such messages and unlinks are dropped, and a message about someone
     /// else loses its link to the member. (Linear in the log; crypto-shredding will replace this,
     /// see docs/storage.md.)
-    private func purgeChanges(mentioning members: [Identifier]) throws {
-        var times: [Identifier: Int64] = [:]
-        for member in members { times[member] = try erasureTime(of: member) }
-        let cutoffs = ErasureCutoffs(times: times)
+    private func purgeChanges(_ cutoffs: ErasureCutoffs) throws {
         let purged = cutoffs.purged
         var rewrites: [([UInt8], [ChangeEntry])] = []
         try txn.scan(.changes, prefix: []) { key, value in

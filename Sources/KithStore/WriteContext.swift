@@ -240,13 +240,13 @@ extension WriteContext {
 }
 
 /// A forget-set value: the erasure time.
-package func encodeForgetTime(_ time: Int64) -> [UInt8] {
+func encodeForgetTime(_ time: Int64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 10)
     writer.write(signed: time)
     return writer.bytes
 }
 
-package func decodeForgetTime(_ bytes: [UInt8]) throws -> Int64 {
+func decodeForgetTime(_ bytes: [UInt8]) throws -> Int64 {
     try decode(bytes, table: .forget) { bytes in
         var reader = BinaryReader(bytes)
         return try reader.readSigned()

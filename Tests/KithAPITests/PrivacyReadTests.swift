@@ -2,6 +2,7 @@ import Foundation
 import KithHTTP
 import KithJSON
 import KithPolicy
+import KithTestSupport
 import Testing
 
 @testable import KithAPI
@@ -10,13 +11,8 @@ import Testing
 /// logs, are tested against a real process in PrivacyProcessTests).
 @Suite("Consent and privacy at read time, in process")
 struct PrivacyReadTests {
-    static let canaries = ["ana.canary@example.com", "+44 7700 900123", "1984-05-02", "Canary Lane 7", "teal-canary"]
-    static let identify = #"""
-        {"userId":"u-priv","messageId":"p-1","timestamp":"2026-01-01T00:00:00Z",
-         "traits":{"email":"ana.canary@example.com","phone":"+44 7700 900123","birthday":"1984-05-02","address":"Canary Lane 7",
-                   "plan":"gold","favouriteColour":"teal-canary"},
-         "context":{"consent":{"categoryPreferences":{"analytics":true,"advertising":false}}}}
-        """#
+    static let canaries = PrivacyCanaries.values
+    static let identify = PrivacyCanaries.identify
     static let path = "/v1/profiles/user_id:u-priv"
 
     /// One principal per role and purpose; each token's text is its name.

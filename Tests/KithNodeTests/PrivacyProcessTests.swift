@@ -1,6 +1,7 @@
 import Foundation
 import KithCrypto
 import KithJSON
+import KithTestSupport
 import Testing
 
 /// A configuration file with one principal per role and purpose (tokens are their names).
@@ -29,13 +30,8 @@ extension NodeProcess {
 
 @Suite("consent and privacy at read time, as real processes", .serialized)
 struct PrivacyProcessTests {
-    static let canaries = ["ana.canary@example.com", "+44 7700 900123", "1984-05-02", "Canary Lane 7", "teal-canary"]
-    static let identify = #"""
-        {"userId":"u-priv","messageId":"p-1","timestamp":"2026-01-01T00:00:00Z",
-         "traits":{"email":"ana.canary@example.com","phone":"+44 7700 900123","birthday":"1984-05-02","address":"Canary Lane 7",
-                   "plan":"gold","favouriteColour":"teal-canary"},
-         "context":{"consent":{"categoryPreferences":{"analytics":true,"advertising":false}}}}
-        """#
+    static let canaries = PrivacyCanaries.values
+    static let identify = PrivacyCanaries.identify
 
     func startNode() throws -> NodeProcess {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kith-privacy-\(UUID().uuidString)").path

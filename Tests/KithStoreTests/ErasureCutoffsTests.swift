@@ -5,7 +5,8 @@ import Testing
 
 @testable import KithStore
 
-/// The erasure cascade's decisions about logged changes, on their own (no store).
+/// The erasure cascade's decisions about ledger rows, links and logged changes, on their own
+/// (no store).
 @Suite("Erasure cutoffs")
 struct ErasureCutoffsTests {
     let erased = Identifier(kind: .userId, value: "u-erased")!
@@ -44,5 +45,39 @@ struct ErasureCutoffsTests {
         let later = ChangeEntry(sequence: 3, origin: 1, originSequence: 3, change: .unlink(edge, LWWStamp(time: cutoff + 1, tiebreak: "y")))
         let erasure = ChangeEntry(sequence: 4, origin: 1, originSequence: 4, change: .erasure(forgetKeys: [[1, 2, 3]], time: cutoff))
         #expect(cutoffs.purged(unlink) == nil && cutoffs.purged(later) == later && cutoffs.purged(erasure) == erasure)
+    }
+
+    func row(at time: Int64, links: [Identifier] = [], copies: [Int64] = []) -> LedgerRow {
+        var row = LedgerRow(entry: LedgerEntry(type: .identify, name: "", time: time, revenueMicros: nil), event: nil, links: links)
+        row.otherCopyTimes = copies
+        return row
+    }
+
+    @Test func theErasedMembersRowsGoUpToTheCutoffAndForgetTheCopiesItDominates() {
+        let cutoffs = ErasureCutoffs(times: [erased: cutoff])
+        #expect(cutoffs.fate(ofOwn: row(at: cutoff), of: erased) == .drop)
+        #expect(cutoffs.fate(ofOwn: row(at: cutoff + 1), of: erased) == .keep)
+        // A later copy of a message also seen before the cutoff: the earlier copies' times go.
+        let copied = row(at: cutoff + 5, copies: [cutoff - 10, cutoff, cutoff + 2])
+        #expect(cutoffs.fate(ofOwn: copied, of: erased) == .rewrite(row(at: cutoff + 5, copies: [cutoff + 2])))
+        #expect(cutoffs.fate(ofOwn: row(at: 0), of: other) == .keep, "someone not erased keeps every row")
+    }
+
+    @Test func aNeighboursRowsLoseTheErasedOnlyWhereTheCutoffDominatesThem() {
+        let cutoffs = ErasureCutoffs(times: [erased: cutoff])
+        let third = Identifier(kind: .email, value: "c@example.com")!
+        #expect(cutoffs.stripped(row(at: cutoff, links: [erased, third]), of: erased) == row(at: cutoff, links: [third]))
+        #expect(cutoffs.stripped(row(at: cutoff + 1, links: [erased]), of: erased) == nil, "asserted after the erasure")
+        #expect(cutoffs.stripped(row(at: cutoff, links: [third]), of: erased) == nil, "no link to the erased")
+    }
+
+    @Test func aLinkKeepsOnlyTheAssertionsAndRemovalAfterTheCutoff() {
+        let early = LWWStamp(time: cutoff - 1, tiebreak: "a"), late = LWWStamp(time: cutoff + 3, tiebreak: "b")
+        let later = LWWStamp(time: cutoff + 9, tiebreak: "c")
+        let rebuilt = EdgeSummary.rebuilt(adds: [early, later, late], removal: LWWStamp(time: cutoff, tiebreak: "r"), cutoff: cutoff)
+        #expect(rebuilt.firstAdd == late && rebuilt.lastAdd == later && rebuilt.removedAt == nil && rebuilt.isActive)
+        let removed = EdgeSummary.rebuilt(adds: [late], removal: later, cutoff: cutoff)
+        #expect(removed.removedAt == later && !removed.isActive)
+        #expect(EdgeSummary.rebuilt(adds: [early], removal: nil, cutoff: cutoff) == EdgeSummary(), "nothing survives: the link goes")
     }
 }
