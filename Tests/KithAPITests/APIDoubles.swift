@@ -108,6 +108,14 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
             verdict: verdict, offset: offset, maximumOffset: maximumOffset, members: 2, measured: 2, agreeing: verdict == .withinBound ? 2 : 0)
     }
 
+    /// A peer named `name` joins this node's cluster (its membership sees it alive).
+    func meet(_ name: String, id: UInt64) throws {
+        let peer = Member(id: id, name: name, address: "127.0.0.1:\(id)", role: .core)
+        try lock.withLock {
+            try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer])), from: id, address: peer.address, now: 0)
+        }
+    }
+
     /// Runs the timers set so far, and returns their delays.
     func fireTimers() -> [Int] {
         let due = timers.withLock { timers in
@@ -236,11 +244,12 @@ final class TestAPI {
     /// answers at once). `token`: a bearer token by its text (one of `init`'s `tokens`),
     /// instead of a role's.
     func call(
-        _ method: String, _ target: String, role: Role? = nil, token: String? = nil, headers: [HTTPHeader] = [], body: String = ""
+        _ method: String, _ target: String, role: Role? = nil, token: String? = nil, headers: [HTTPHeader] = [], body: String = "",
+        firingTimers: Bool = false
     ) -> HTTPResponse? {
         var headers = headers
         if let token = token ?? role.map({ Self.tokens[$0]! }) { headers.append(HTTPHeader("Authorization", "Bearer \(token)")) }
-        return send(method, target, headers: headers, body: Array(body.utf8))
+        return send(method, target, headers: headers, body: Array(body.utf8), firingTimers: firingTimers)
     }
 
     func ingest(_ path: String, _ body: String, headers: [HTTPHeader] = []) -> HTTPResponse? {
@@ -253,10 +262,13 @@ final class TestAPI {
         return send("POST", path, headers: [authorization] + headers, body: body)
     }
 
-    func send(_ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8]) -> HTTPResponse? {
+    /// `firingTimers`: the replication core's timers fire before the answer is taken (an
+    /// erasure's acknowledgement waits for one).
+    func send(_ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8], firingTimers: Bool = false) -> HTTPResponse? {
         let answered = Mutex<[HTTPResponse]>([])
         let request = HTTPRequest(method: method, target: target, version: .http11, headers: headers, body: body)
         api.handle(request, HTTPResponder { response in answered.withLock { $0.append(response) } })
+        if firingTimers { _ = replication?.fireTimers() }
         let responses = answered.withLock { $0 }
         if responses.count > 1 { Issue.record("\(method) \(target) was answered \(responses.count) times") }
         return responses.first

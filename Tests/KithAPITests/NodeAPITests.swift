@@ -3,6 +3,7 @@ import KithCRDT
 import KithHTTP
 import KithJSON
 import KithPolicy
+import KithProfile
 import Testing
 
 @testable import KithAPI
@@ -114,6 +115,87 @@ struct NodeAPITests {
         for (method, target) in [("GET", "/v1/admin/members"), ("POST", "/v1/admin/join"), ("GET", "/v1/admin/sync")] {
             let answer = api.call(method, target, role: .admin, body: #"{"address":"127.0.0.1:1"}"#)
             #expect(answer?.status == 409 && answer?.errorCode == "not_clustered", "\(target)")
+        }
+    }
+}
+
+/// Every route answered with success, in process: a table of one successful call per route,
+/// checked against `NodeAPI.routes`, so a route added without one fails here.
+@Suite("Every route's success, in process")
+struct EveryRouteSucceedsTests {
+    struct Call {
+        var method: String
+        var pattern: String
+        var target: String
+        var role: Role?
+        var body: String = ""
+        var status = 200
+    }
+
+    static let profile = "/v1/profiles/user_id:u-ok"
+    static let message: [MessageType: String] = [
+        .identify: #"{"userId":"u-ok","anonymousId":"a-ok","traits":{"plan":"plus"}}"#, .track: #"{"userId":"u-ok","event":"Visit"}"#,
+        .page: #"{"userId":"u-ok","name":"Home"}"#, .screen: #"{"userId":"u-ok","name":"Basket"}"#,
+        .group: #"{"userId":"u-ok","groupId":"g-1","traits":{"name":"Acme"}}"#, .alias: #"{"userId":"u-ok","previousId":"a-old"}"#,
+    ]
+
+    /// In order: writes first, reads next, the link and the profile removed last.
+    static var calls: [Call] {
+        let read = "?purpose=support"
+        let p = "/v1/profiles/{identifier}"
+        return MessageType.allCases.map { Call(method: "POST", pattern: "/v1/\($0.rawValue)", target: "/v1/\($0.rawValue)", body: message[$0]!) }
+            + [
+                Call(method: "POST", pattern: "/v1/batch", target: "/v1/batch", body: #"{"batch":[{"type":"track","userId":"u-ok","event":"B"}]}"#),
+                Call(method: "POST", pattern: "/v1/import", target: "/v1/import", body: #"{"batch":[{"type":"track","userId":"u-ok","event":"I"}]}"#),
+                Call(method: "GET", pattern: "/livez", target: "/livez"), Call(method: "GET", pattern: "/readyz", target: "/readyz"),
+                Call(method: "GET", pattern: "/healthz", target: "/healthz"),
+                Call(method: "GET", pattern: "/metrics", target: "/metrics", role: .admin),
+                Call(method: "GET", pattern: p, target: profile + read, role: .reader),
+                Call(method: "GET", pattern: p + "/traits", target: profile + "/traits" + read, role: .reader),
+                Call(method: "GET", pattern: p + "/identifiers", target: profile + "/identifiers" + read, role: .reader),
+                Call(method: "GET", pattern: p + "/events", target: profile + "/events" + read, role: .reader),
+                Call(method: "GET", pattern: p + "/consent", target: profile + "/consent", role: .reader),
+                Call(
+                    method: "PUT", pattern: p + "/consent", target: profile + "/consent", role: .privacy,
+                    body: #"{"categoryPreferences":{"analytics":true}}"#),
+                Call(method: "POST", pattern: p + "/restrict", target: profile + "/restrict", role: .privacy),
+                Call(method: "DELETE", pattern: p + "/restrict", target: profile + "/restrict", role: .privacy),
+                Call(method: "GET", pattern: p + "/export", target: profile + "/export", role: .privacy),
+                Call(method: "GET", pattern: p + "/audit", target: profile + "/audit", role: .privacy),
+                Call(method: "GET", pattern: p + "/links", target: profile + "/links", role: .admin),
+                Call(method: "GET", pattern: "/v1/admin/status", target: "/v1/admin/status", role: .admin),
+                Call(method: "GET", pattern: "/v1/admin/export", target: "/v1/admin/export", role: .admin),
+                // A store in memory has no file to copy; the copy itself is tested against LMDB
+                // in a real process (KithProcessTests).
+                Call(
+                    method: "POST", pattern: "/v1/admin/backup", target: "/v1/admin/backup", role: .admin, body: #"{"directory":"/tmp/none"}"#,
+                    status: 409),
+                Call(method: "GET", pattern: "/v1/admin/members", target: "/v1/admin/members", role: .admin),
+                Call(method: "GET", pattern: "/v1/admin/sync", target: "/v1/admin/sync", role: .admin),
+                Call(method: "POST", pattern: "/v1/admin/repair", target: "/v1/admin/repair", role: .admin, body: #"{"peer":"peer-2"}"#, status: 202),
+                Call(
+                    method: "POST", pattern: "/v1/admin/join", target: "/v1/admin/join", role: .admin, body: #"{"address":"127.0.0.1:9"}"#,
+                    status: 202),
+                Call(method: "POST", pattern: "/v1/admin/leave", target: "/v1/admin/leave", role: .admin, status: 202),
+                Call(method: "DELETE", pattern: p + "/links/{other}", target: profile + "/links/anonymous_id:a-ok", role: .admin),
+                Call(method: "DELETE", pattern: p, target: profile, role: .privacy),
+            ]
+    }
+
+    @Test func everyRouteHasASuccessfulCall() {
+        let table = Set(NodeAPI.routes.routes.map { "\($0.method) \($0.pattern)" })
+        let called = Set(Self.calls.map { "\($0.method) \($0.pattern)" })
+        #expect(table == called, "no successful call for \(table.subtracting(called).sorted()); unknown \(called.subtracting(table).sorted())")
+    }
+
+    @Test func everyRouteSucceeds() throws {
+        let test = try TestAPI(replicated: true)
+        try test.replication!.meet("peer-2", id: 2)
+        for call in Self.calls {
+            let answer =
+                call.role == nil && call.method == "POST"
+                ? test.ingest(call.target, call.body) : test.call(call.method, call.target, role: call.role, body: call.body, firingTimers: true)
+            #expect(answer?.status == call.status, "\(call.method) \(call.target): \(answer?.status ?? 0) \(answer?.text ?? "no answer")")
         }
     }
 }
