@@ -13,6 +13,8 @@ public final class NodeMetrics: Sendable {
 
     private let requests = Mutex<[String: [Int: Series]]>([:])
     let receivedMessages = Atomic<Int>(0)
+    /// Reads of profiles holding consent under names the policy does not map (no names, no values).
+    let unmappedConsentReads = Atomic<Int>(0)
 
     func record(route: String, status: Int, seconds: Double) {
         requests.withLock { table in
@@ -50,6 +52,9 @@ public final class NodeMetrics: Sendable {
             latency += "kith_http_request_duration_seconds_count{route=\"\(route)\"} \(merged.count)\n"
         }
         text += Self.metric("kith_ingest_messages_total", "counter", "Messages accepted for commit.", receivedMessages.load(ordering: .relaxed))
+        text += Self.metric(
+            "kith_consent_unmapped_reads_total", "counter", "Reads of profiles with consent under names the policy does not map.",
+            unmappedConsentReads.load(ordering: .relaxed))
         return text + latency
     }
 }

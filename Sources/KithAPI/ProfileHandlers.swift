@@ -171,7 +171,9 @@ extension NodeAPI {
         respond(
             Self.attempt {
                 guard let view = try store.view(of: identifier) else { return Self.notFound }
-                let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: ConsentState(view.head))
+                let consent = ConsentState(view.head, vocabulary: policy.consentVocabulary)
+                if !consent.unmapped.isEmpty { metrics.unmappedConsentReads.wrappingAdd(1, ordering: .relaxed) }
+                let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: consent)
                 var renderer = PolicyRenderer(decision: decision)
                 let body: [UInt8]
                 switch resource {
@@ -257,9 +259,10 @@ extension NodeAPI {
 
     // MARK: - Consent and restriction
 
-    /// The customer's consent decisions with times and sources, the restriction, and what each
-    /// category means in IAB TCF and Google Consent Mode. Needs no purpose: a service must be
-    /// able to learn what it may do.
+    /// The customer's consent decisions with times and sources as they came, each policy
+    /// category's decision and the name it came under, the names the policy does not map, the
+    /// restriction, and what each category means in IAB TCF and Google Consent Mode. Needs no
+    /// purpose: a service must be able to learn what it may do.
     private func consent(_ identifier: Identifier, _ principal: Principal, respond: Respond) {
         respond(
             Self.attempt {
@@ -269,6 +272,24 @@ extension NodeAPI {
                     200,
                     Self.object { object in
                         object.member("consent") { $0.writeConsent(view.head) }
+                        let resolved = ConsentState(view.head, vocabulary: policy.consentVocabulary)
+                        object.member("categories") { writer in
+                            writer.writeObject { categories in
+                                for name in policy.consentCategories.keys.sorted() {
+                                    categories.member(name) { w in
+                                        w.writeObject { c in
+                                            switch resolved.decisions[name] {
+                                            case true?: c.member("status", string: "granted")
+                                            case false?: c.member("status", string: "denied")
+                                            case nil: c.member("status", string: "unknown")
+                                            }
+                                            if let by = resolved.decidedBy[name] { c.member("decidedBy", string: by) }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                        object.member("unmapped") { $0.writeArray(resolved.unmapped) { $0.write(string: $1) } }
                         object.member("restricted") { writer in Self.writeRestriction(view.head, &writer) }
                         object.member("mappings") { writer in
                             writer.writeObject { mappings in
@@ -276,6 +297,7 @@ extension NodeAPI {
                                     let mapping = policy.consentCategories[name]!
                                     mappings.member(name) { w in
                                         w.writeObject { m in
+                                            m.member("aliases") { $0.writeArray(mapping.aliases) { $0.write(string: $1) } }
                                             m.member("tcf") { $0.writeArray(mapping.tcfPurposes) { $0.write(integer: Int64($1)) } }
                                             m.member("googleConsentMode") { $0.writeArray(mapping.googleConsentMode) { $0.write(string: $1) } }
                                         }

@@ -22,10 +22,13 @@ extension Policy {
           },
           "unknownFields": "sensitive",
           "consentCategories": {
-            "analytics": {"tcf": [7, 8, 9, 10], "googleConsentMode": ["analytics_storage"]},
-            "advertising": {"tcf": [1, 2, 3, 4, 7], "googleConsentMode": ["ad_storage", "ad_user_data", "ad_personalization"]},
+            "analytics": {"aliases": ["performance", "C0002"], "tcf": [7, 8, 9, 10], "googleConsentMode": ["analytics_storage"]},
+            "advertising": {
+              "aliases": ["marketing", "targeting", "C0004"], "tcf": [1, 2, 3, 4, 7],
+              "googleConsentMode": ["ad_storage", "ad_user_data", "ad_personalization"]
+            },
             "personalization": {"tcf": [1, 5, 6], "googleConsentMode": ["personalization_storage"]},
-            "functional": {"tcf": [1], "googleConsentMode": ["functionality_storage", "security_storage"]}
+            "functional": {"aliases": ["C0003"], "tcf": [1], "googleConsentMode": ["functionality_storage", "security_storage"]}
           },
           "purposes": {
             "support": {

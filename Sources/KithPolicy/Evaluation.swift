@@ -60,14 +60,21 @@ public enum FieldDecision: Sendable, Equatable {
     case withhold(Withheld)
 }
 
-/// The consent that bears on a read: each category's decision (absent: never collected) and
-/// whether processing is restricted.
+/// The consent that bears on a read: each policy category's decision (absent: never
+/// collected), the name each was decided under, the names the policy does not map, and whether
+/// processing is restricted.
 public struct ConsentState: Sendable, Equatable {
     public var decisions: [String: Bool]
+    /// Category → the name its decision came under (`Advertising`, `ad_storage`).
+    public var decidedBy: [String: String]
+    /// Names decisions came under that resolve to no category: kept, shown, never applied.
+    public var unmapped: [String]
     public var restricted: Bool
 
-    public init(decisions: [String: Bool] = [:], restricted: Bool = false) {
+    public init(decisions: [String: Bool] = [:], decidedBy: [String: String] = [:], unmapped: [String] = [], restricted: Bool = false) {
         self.decisions = decisions
+        self.decidedBy = decidedBy
+        self.unmapped = unmapped
         self.restricted = restricted
     }
 }

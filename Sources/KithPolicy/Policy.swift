@@ -11,8 +11,10 @@ public struct Policy: Sendable, Equatable {
     public var fields: [String: String] { didSet { rules = Self.rules(fields, unknownFields, purposes) } }
     /// What a field the policy does not name is treated as.
     public var unknownFields: UnknownFieldRule { didSet { rules = Self.rules(fields, unknownFields, purposes) } }
-    /// Consent category → its equivalents in IAB TCF v2.2 and Google Consent Mode.
-    public var consentCategories: [String: ConsentMapping]
+    /// Consent category → its aliases and its equivalents in IAB TCF v2.2 and Google Consent Mode.
+    public var consentCategories: [String: ConsentMapping] { didSet { consentVocabulary = ConsentVocabulary(consentCategories) } }
+    /// How the names touchpoints send resolve to `consentCategories`, kept in step with them.
+    public private(set) var consentVocabulary: ConsentVocabulary
     public var purposes: [String: Purpose] { didSet { rules = Self.rules(fields, unknownFields, purposes) } }
     /// Per purpose, each named field's category and the purpose's access to it, and the same
     /// for fields the policy does not name: a read's decision for a field is one lookup, not a
@@ -30,6 +32,7 @@ public struct Policy: Sendable, Equatable {
         self.fields = fields
         self.unknownFields = unknownFields
         self.consentCategories = consentCategories
+        consentVocabulary = ConsentVocabulary(consentCategories)
         self.purposes = purposes
         self.masks = masks
         rules = Self.rules(fields, unknownFields, purposes)
@@ -101,14 +104,18 @@ public struct Purpose: Sendable, Equatable {
     }
 }
 
-/// A consent category's counterparts in the two consent frameworks touchpoints most often speak.
+/// A consent category's other names (`ConsentVocabulary`), and its counterparts in the two
+/// consent frameworks touchpoints most often speak.
 public struct ConsentMapping: Sendable, Equatable {
+    /// Names touchpoints send for this category (`Advertising`, `C0004`), compared without case.
+    public var aliases: [String]
     /// IAB TCF v2.2 purpose ids (1–11).
     public var tcfPurposes: [Int]
     /// Google Consent Mode v2 types (`ad_storage`, `analytics_storage`, ...).
     public var googleConsentMode: [String]
 
-    public init(tcfPurposes: [Int], googleConsentMode: [String]) {
+    public init(tcfPurposes: [Int], googleConsentMode: [String], aliases: [String] = []) {
+        self.aliases = aliases
         self.tcfPurposes = tcfPurposes
         self.googleConsentMode = googleConsentMode
     }

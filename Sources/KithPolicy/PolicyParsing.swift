@@ -1,4 +1,5 @@
 import KithJSON
+import KithProfile
 
 extension Policy {
     /// Data categories when a policy does not declare its own.
@@ -60,7 +61,13 @@ extension Policy {
         let unknownFields = try Self.unknownFieldRule(root["unknownFields"], declared)
         var consentCategories: [String: ConsentMapping] = [:]
         for (name, value) in try Self.members(root["consentCategories"], "consentCategories") {
+            guard !name.hasPrefix(ConsentDecision.reservedPrefix) else {
+                throw PolicyError("consentCategories.\(name)", "names starting with \(ConsentDecision.reservedPrefix) are Kith's own")
+            }
             consentCategories[name] = try Self.consentMapping(value, "consentCategories.\(name)")
+        }
+        if let name = ConsentVocabulary(consentCategories).conflicts.first {
+            throw PolicyError("consentCategories", "\"\(name)\" names two categories (names and aliases are compared without case)")
         }
         var purposes: [String: Purpose] = [:]
         for (name, value) in try Self.members(root["purposes"], "purposes") {
@@ -99,7 +106,11 @@ extension Policy {
 
     private static func consentMapping(_ value: JSONValue, _ path: String) throws(PolicyError) -> ConsentMapping {
         guard case .object(let object) = value else { throw PolicyError(path, "must be an object") }
-        try refuseUnknownKeys(object, path, ["tcf", "googleConsentMode"])
+        try refuseUnknownKeys(object, path, ["aliases", "tcf", "googleConsentMode"])
+        let aliases = try object["aliases"].map { value throws(PolicyError) in try strings(value, path + ".aliases") } ?? []
+        for alias in aliases where alias.isEmpty || alias.utf8.count > 100 || alias.hasPrefix(ConsentDecision.reservedPrefix) {
+            throw PolicyError(path + ".aliases", "an alias is 1 to 100 bytes and does not start with \(ConsentDecision.reservedPrefix)")
+        }
         var tcf: [Int] = []
         if let list = object["tcf"] {
             guard case .array(let items) = list else { throw PolicyError(path + ".tcf", "must be a list of TCF purpose ids") }
@@ -114,7 +125,7 @@ extension Policy {
         for mode in modes where !ConsentMapping.googleConsentModeTypes.contains(mode) {
             throw PolicyError(path + ".googleConsentMode", "\"\(mode)\" is not a Google Consent Mode type")
         }
-        return ConsentMapping(tcfPurposes: tcf, googleConsentMode: modes)
+        return ConsentMapping(tcfPurposes: tcf, googleConsentMode: modes, aliases: aliases)
     }
 
     private static func purpose(_ value: JSONValue, _ path: String, _ declared: Set<String>, _ consentNames: Set<String>) throws(PolicyError)

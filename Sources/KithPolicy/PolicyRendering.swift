@@ -12,13 +12,30 @@ public struct ReadOutcome: Sendable, Equatable {
 }
 
 extension ConsentState {
-    /// The consent of a profile view (the join of its members' decisions).
-    public init(_ head: SourceHead) {
-        var decisions: [String: Bool] = [:]
-        for (category, register) in head.consent.pairs where !category.hasPrefix(ConsentDecision.reservedPrefix) {
-            decisions[category] = register.granted
+    /// The consent of a profile view (the join of its members' decisions), each decision
+    /// resolved to its category through `vocabulary`. Several names may decide one category
+    /// (`advertising` from one touchpoint, `ad_storage` from another): the latest decision wins,
+    /// by the same rule as two decisions under one name (`ConsentRegister`).
+    public init(_ head: SourceHead, vocabulary: ConsentVocabulary) {
+        var winners: [String: (name: String, register: ConsentRegister)] = [:]
+        var unmapped: [String] = []
+        for (name, register) in head.consent.pairs where !name.hasPrefix(ConsentDecision.reservedPrefix) {
+            guard let category = vocabulary.category(of: name) else {
+                unmapped.append(name)
+                continue
+            }
+            guard let current = winners[category] else {
+                winners[category] = (name, register)
+                continue
+            }
+            var merged = current.register
+            merged.merge(register)
+            // The register that wins the join names the decision (identical registers: the first name).
+            if merged != current.register { winners[category] = (name, register) }
         }
-        self.init(decisions: decisions, restricted: head.consent[ConsentDecision.processingCategory]?.granted == false)
+        self.init(
+            decisions: winners.mapValues(\.register.granted), decidedBy: winners.mapValues(\.name), unmapped: unmapped,
+            restricted: head.consent[ConsentDecision.processingCategory]?.granted == false)
     }
 }
 

@@ -147,26 +147,62 @@ func auditCommand(_ arguments: [String]) -> Never {
 }
 
 func policy(_ arguments: [String]) -> Never {
-    let help = "OVERVIEW: Check a privacy policy file.\n\nUSAGE: kith policy check <file>\n"
+    let help =
+        "OVERVIEW: Check a privacy policy file: its purposes, and the consent names each category answers to.\n"
+        + "With --store, also read every profile of the node at --host and list the consent names its\n"
+        + "customers' decisions came under that the policy does not map (exit status 1 if there are any).\n\n"
+        + "USAGE: kith policy check <file> [--store] [options]\n\nOPTIONS:\n"
+        + "      --store                 Check the node's profiles against the policy's consent names.\n" + ClientOptions.help
     guard arguments.first == "check" else {
         if ["-h", "--help"].contains(arguments.first) { print(help); exit(Exit.ok.rawValue) }
-        fail("usage: kith policy check <file>", .usage)
+        fail("usage: kith policy check <file> [--store]", .usage)
     }
-    guard arguments.count == 2 else { fail("usage: kith policy check <file>", .usage) }
-    guard let data = FileManager.default.contents(atPath: arguments[1]) else { fail("cannot read \(arguments[1])", .failure) }
-    do {
-        let policy = try Policy(parsing: Array(data))
-        say("\(arguments[1]): ok")
-        for name in policy.purposes.keys.sorted() {
-            let purpose = policy.purposes[name]!
-            let access = policy.categories.map { "\($0)=\((purpose.access[$0] ?? .withhold).rawValue)" }.joined(separator: " ")
-            let consent =
-                purpose.consent.isEmpty
-                ? "no consent needed" : "needs \(purpose.consent.joined(separator: ", ")) (\(purpose.unknownConsent.rawValue))"
-            say("  purpose \(name): \(consent); \(access)")
-        }
+    let options = ClientOptions(Array(arguments.dropFirst()), help: help, switches: ["--store"])
+    guard options.positional.count == 1 else { fail("usage: kith policy check <file> [--store]", .usage) }
+    let file = options.positional[0]
+    guard let data = FileManager.default.contents(atPath: file) else { fail("cannot read \(file)", .failure) }
+    let policy: Policy
+    do { policy = try Policy(parsing: Array(data)) } catch { fail("\(file): \(error)", .failure) }
+    say("\(file): ok")
+    for name in policy.consentCategories.keys.sorted() {
+        say("  consent \(name): answers to \(policy.consentVocabulary.names(of: name).joined(separator: ", "))")
+    }
+    for name in policy.purposes.keys.sorted() {
+        let purpose = policy.purposes[name]!
+        let access = policy.categories.map { "\($0)=\((purpose.access[$0] ?? .withhold).rawValue)" }.joined(separator: " ")
+        let consent =
+            purpose.consent.isEmpty
+            ? "no consent needed" : "needs \(purpose.consent.joined(separator: ", ")) (\(purpose.unknownConsent.rawValue))"
+        say("  purpose \(name): \(consent); \(access)")
+    }
+    guard options.switches.contains("--store") else { exit(Exit.ok.rawValue) }
+    let unmapped = unmappedConsentNames(policy.consentVocabulary, options)
+    guard !unmapped.isEmpty else {
+        say("every consent name in the store maps to a category")
         exit(Exit.ok.rawValue)
-    } catch {
-        fail("\(arguments[1]): \(error)", .failure)
     }
+    say("consent names in the store that the policy does not map (profiles holding them):")
+    for (name, count) in unmapped { say("  \(name) (\(count))") }
+    exit(Exit.failure.rawValue)
+}
+
+/// The consent names held by the node's profiles that `vocabulary` does not map, with how many
+/// profiles hold each, by name. Pages through the node's export.
+func unmappedConsentNames(_ vocabulary: ConsentVocabulary, _ options: ClientOptions) -> [(name: String, profiles: Int)] {
+    let client = options.client()
+    var counts: [String: Int] = [:]
+    var after: String?
+    repeat {
+        let query = "limit=1000" + (after.map { "&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") } ?? "")
+        let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization)
+        for line in response.body.split(separator: UInt8(ascii: "\n")) {
+            // A line that is not a profile has no consent to check (the node writes only profiles).
+            guard case .object(let consent)? = (try? JSONParser.parse(Array(line)))?["consent"] else { continue }
+            for member in consent.members where !member.key.hasPrefix("kith:") && vocabulary.category(of: member.key) == nil {
+                counts[member.key, default: 0] += 1
+            }
+        }
+        after = response.header("kith-next")
+    } while after != nil
+    return counts.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
 }

@@ -82,6 +82,30 @@ struct PrivacyReadTests {
         #expect(granted?["traits"]?["email"] == "a***@example.com" && granted?["traits"]?["plan"] == "gold")
     }
 
+    /// Segment's consent tooling sends capitalised category names, OneTrust its group ids:
+    /// both decide the policy's categories; a name the policy does not map is shown and counted,
+    /// never applied.
+    @Test func consentUnderTheNamesTouchpointsSendIsApplied() throws {
+        let test = try start()
+        test.host.wall.add(1_000, ordering: .relaxed)
+        let later = #"{"userId":"u-priv","context":{"consent":{"categoryPreferences":{"Advertising":true,"Newsletter":false}}}}"#
+        #expect(test.ingest("/v1/identify", later)?.status == 200)
+        #expect(test.call("GET", Self.path, token: "ads")?.json?["traits"]?["plan"] == "gold", "a capitalised grant shows the data")
+        let consent = try #require(test.call("GET", Self.path + "/consent", token: "dpo")?.json)
+        #expect(consent["categories"]?["advertising"]?["status"] == "granted" && consent["categories"]?["advertising"]?["decidedBy"] == "Advertising")
+        #expect(consent["categories"]?["analytics"]?["status"] == "granted" && consent["categories"]?["functional"]?["status"] == "unknown")
+        #expect(consent["unmapped"] == ["Newsletter"] && consent["consent"]?["Newsletter"]?["status"] == "denied")
+        #expect(consent["mappings"]?["advertising"]?["aliases"]?.arrayValue?.contains("C0004") == true)
+        test.host.wall.add(1_000, ordering: .relaxed)
+        let denied = #"{"userId":"u-priv","context":{"consent":{"categoryPreferences":{"C0004":false}}}}"#
+        #expect(test.ingest("/v1/identify", denied)?.status == 200)
+        let read = test.call("GET", Self.path, token: "ads")
+        #expect(read?.text.contains(#""reason":"consent_denied""#) == true && read?.text.contains(#""consentCategory":"advertising""#) == true)
+        #expect(!leaks(read, "gold"))
+        let metrics = test.call("GET", "/metrics", role: .admin)?.text ?? ""
+        #expect(metrics.contains("kith_consent_unmapped_reads_total 2"), "two reads saw the unmapped name")
+    }
+
     @Test func restrictionWithholdsFromEveryPurposeButThePrivacyRole() throws {
         let test = try start()
         #expect(test.call("POST", Self.path + "/restrict", token: "bi")?.status == 403)

@@ -306,6 +306,9 @@ struct KithProcessTests {
             analytics.track("py-user-1", "Order Completed", {"revenue": 12.5})
             analytics.page("py-user-1", "Docs", "Home")
             analytics.alias("py-anon-2", "py-user-1")
+            # The capitalised category names Segment's consent tooling sends.
+            consent = {"consent": {"categoryPreferences": {"Advertising": False, "Analytics": True}}}
+            analytics.identify("py-user-1", {"plan": "gold"}, context=consent)
             analytics.flush()
             print("errors:", errors)
             """
@@ -323,6 +326,30 @@ struct KithProcessTests {
         #expect(profile.body.contains(#""id":"user_id:py-user-1""#))
         #expect(profile.body.contains(#""Order Completed":{"count":1,"revenue":12.5}"#))
         #expect(profile.body.contains(#""channel":"analytics-python""#))
+        // Built-in policy: analytics granted shows the plan; advertising denied says why.
+        let analytics = try #require(try node.profile("user_id:py-user-1", purpose: "analytics"))
+        #expect(analytics.body.contains(#""plan":"gold""#), "\(analytics.body)")
+        let advertising = try #require(try node.profile("user_id:py-user-1", purpose: "advertising"))
+        #expect(advertising.body.contains(#""reason":"consent_denied""#) && advertising.body.contains(#""consentCategory":"advertising""#))
+        #expect(!advertising.body.contains("gold"))
+    }
+
+    /// `kith policy check --store` lists the consent names the node's customers hold that the
+    /// policy does not map, and how many profiles hold each.
+    @Test func policyCheckListsTheConsentNamesThePolicyDoesNotMap() throws {
+        let node = try NodeProcess()
+        let policy = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../cluster-configs/policy.example.json")
+        let check = ["policy", "check", policy.path, "--store", "--host", "127.0.0.1:\(node.port)", "--token", "tk"]
+        let clean = try runKith(check)
+        #expect(clean.status == 0 && clean.output.contains("every consent name in the store maps"), "\(clean.output)\(clean.error)")
+        #expect(clean.output.contains("consent advertising: answers to ad_personalization, ad_storage, ad_user_data, advertising, c0004"))
+        for (user, preferences) in [("u-1", #"{"Advertising":true,"Newsletter":false}"#), ("u-2", #"{"newsletter":true,"C0004":false}"#)] {
+            let message = #"{"userId":"\#(user)","context":{"consent":{"categoryPreferences":\#(preferences)}}}"#
+            #expect(try node.ingest("/v1/identify", message) == 200)
+        }
+        let found = try runKith(check)
+        #expect(found.status == 1, "\(found.output)\(found.error)")
+        #expect(found.output.contains("  Newsletter (1)\n  newsletter (1)\n") && !found.output.contains("Advertising ("))
     }
 
     @Test func theCommandLineSpeaksSysexits() throws {

@@ -1,0 +1,51 @@
+/// How the names touchpoints send consent under resolve to the policy's consent categories.
+///
+/// Touchpoints do not agree on names: Segment's consent tooling sends `Advertising`, OneTrust
+/// sends group ids such as `C0004`, Google Consent Mode has `ad_storage`, IAB TCF numbers its
+/// purposes. Kith stores every decision under the name it came with and resolves names here, at
+/// read time, so a vocabulary change applies to every decision already held. A name resolves to
+/// a category by, in order:
+/// - the category's own name or one of its `aliases`, compared case-insensitively;
+/// - a Google Consent Mode type the category maps (`ad_storage`), or `tcf:N` for a TCF purpose
+///   it maps, when that type or purpose maps to no other category (TCF purpose 1 is needed by
+///   several categories, so `tcf:1` decides none of them: it stays unmapped).
+/// A name that resolves to nothing is unmapped: kept and shown, never applied.
+public struct ConsentVocabulary: Sendable, Equatable {
+    /// Folded name → the category it decides.
+    private var categories: [String: String] = [:]
+    /// Names that the policy itself gives to two categories (a parsed policy has none).
+    public private(set) var conflicts: [String] = []
+
+    public init(_ mappings: [String: ConsentMapping]) {
+        var explicit: [String: String] = [:]
+        var conflicts: Set<String> = []
+        for (category, mapping) in mappings.sorted(by: { $0.key < $1.key }) {
+            for name in [category] + mapping.aliases {
+                let folded = Self.fold(name)
+                if let other = explicit[folded], other != category { conflicts.insert(folded) } else { explicit[folded] = category }
+            }
+        }
+        var framework: [String: Set<String>] = [:]
+        for (category, mapping) in mappings {
+            for type in mapping.googleConsentMode { framework[Self.fold(type), default: []].insert(category) }
+            for purpose in mapping.tcfPurposes { framework["tcf:\(purpose)", default: []].insert(category) }
+        }
+        for (name, owners) in framework where owners.count == 1 && explicit[name] == nil { explicit[name] = owners.first! }
+        for name in conflicts { explicit.removeValue(forKey: name) }
+        categories = explicit
+        self.conflicts = conflicts.sorted()
+    }
+
+    /// Every name (folded) that decides `category`, sorted.
+    public func names(of category: String) -> [String] { categories.filter { $0.value == category }.keys.sorted() }
+
+    /// The category a decision under `name` decides, or nil when the name is unmapped.
+    public func category(of name: String) -> String? { categories[Self.fold(name)] }
+
+    /// Names compare without case: ASCII letters only, so the folding is the same on every
+    /// node and every platform.
+    static func fold(_ name: String) -> String {
+        guard name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return name }
+        return String(decoding: name.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+    }
+}
