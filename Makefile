@@ -11,7 +11,7 @@ BENCH_DIR := Benchmarks/.work
 HTTP_BENCH_SECONDS ?= 10
 
 FUZZ_SECONDS ?= 60
-FUZZ_HARNESSES := json message binary http frame
+FUZZ_HARNESSES := json message binary http frame identifier
 
 DEMO_WRITE_KEY ?= demo-write-key
 DEMO_TOKEN ?= demo-token

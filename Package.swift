@@ -45,7 +45,8 @@ let package = Package(
             dependencies: ["KithAPI", "KithStore", "KithStoreLMDB", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
         .executableTarget(
-            name: "kith", dependencies: ["KithNode", "KithAPI", "KithNet", "KithHTTP", "KithJSON", "KithPolicy"], swiftSettings: optimizeAcrossModules
+            name: "kith", dependencies: ["KithNode", "KithAPI", "KithNet", "KithHTTP", "KithJSON", "KithPolicy", "KithProfile"],
+            swiftSettings: optimizeAcrossModules
         ),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // The durable store: LMDB, sealing, the key file. Kept apart so the replication core does not link LMDB.
@@ -87,7 +88,8 @@ let package = Package(
                 "KithAPI", "KithStore", "KithCluster", "KithProfile", "KithReplication", "KithJSON", "KithHTTP", "KithPolicy", "KithCrypto",
                 "KithCompression", "KithTestSupport",
             ]),
-        .testTarget(name: "KithNodeTests", dependencies: ["KithNode", "KithAPI", "KithStore", "KithStoreLMDB", "KithJSON", "KithTestSupport"]),
+        .testTarget(
+            name: "KithNodeTests", dependencies: ["KithNode", "KithAPI", "KithStore", "KithStoreLMDB", "KithJSON", "KithProfile", "KithTestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

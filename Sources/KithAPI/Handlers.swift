@@ -176,11 +176,33 @@ extension NodeAPI {
     }
 
     static let invalidIdentifier = HTTPResponse.error(
-        400, code: "invalid_identifier", message: "identifiers look like user_id:u-1, anonymous_id:a-9 or email:a@example.com")
+        400, code: "invalid_identifier",
+        message: "identifiers look like user_id:u-1, anonymous_id:a-9, email:a@example.com or phone:+442079460000 (percent-encoded as needed)")
 
-    static func identifier(_ segment: Substring?) -> Identifier? {
-        guard let segment, let decoded = HTTPRequest.percentDecoded(segment) else { return nil }
-        return Identifier(parsing: decoded)
+    /// The identifier a path segment or query value names (percent-decoded), or the answer
+    /// refusing it: an unknown kind is told the kinds there are; a national phone number is read
+    /// in the configured region.
+    func identifier(_ segment: Substring?) -> Result<Identifier, IdentifierRefusal> {
+        guard let segment, let text = HTTPRequest.percentDecoded(segment), let colon = text.firstIndex(of: ":") else {
+            return .failure(IdentifierRefusal(response: Self.invalidIdentifier))
+        }
+        guard let kind = IdentifierKind(name: String(text[..<colon])) else {
+            return .failure(
+                IdentifierRefusal(
+                    response: .error(
+                        400, code: "unknown_identifier_kind",
+                        message: "\"\(text[..<colon].prefix(64))\" is not an identifier kind; the kinds are "
+                            + IdentifierKind.allCases.map(\.name).joined(separator: ", "))))
+        }
+        var value = String(text[text.index(after: colon)...])
+        if kind == .phone, let phone = PhoneNumber.normalized(value, region: settings.identifierSources.phoneRegion) { value = phone }
+        guard let identifier = Identifier(kind: kind, value: value) else { return .failure(IdentifierRefusal(response: Self.invalidIdentifier)) }
+        return .success(identifier)
+    }
+
+    /// Why a request's identifier was refused: the answer to give.
+    struct IdentifierRefusal: Error {
+        var response: HTTPResponse
     }
 
     static func object(_ body: (inout JSONWriter.ObjectWriter) -> Void) -> [UInt8] {
@@ -254,8 +276,10 @@ extension NodeAPI {
         guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
         var after: Identifier?
         if let text = query["after"] {
-            guard let identifier = Identifier(parsing: text) else { return respond(Self.invalidIdentifier) }
-            after = identifier
+            switch identifier(Substring(text)) {
+            case .success(let identifier): after = identifier
+            case .failure(let refusal): return respond(refusal.response)
+            }
         }
         do {
             let views = try store.profiles(after: after, limit: limit)

@@ -39,11 +39,15 @@ public final class NodeAPI: Sendable {
         public var subjectHasher: HMACForgetKeyHasher
         /// This node in hybrid-clock stamps of unlinks and erasures.
         public var clockNode: UInt64
+        /// Where messages carry identifiers (and the region national phone numbers are read in).
+        public var identifierSources: IdentifierSources
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
-            principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher, clockNode: UInt64
+            principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher, clockNode: UInt64,
+            identifierSources: IdentifierSources = .builtIn
         ) {
+            self.identifierSources = identifierSources
             self.nodeName = nodeName
             self.dataDirectory = dataDirectory
             self.origin = origin
@@ -69,7 +73,7 @@ public final class NodeAPI: Sendable {
     let host: any APIHost
     public let log: Log
     let clock: Mutex<HybridLogicalClock>
-    let parser = SegmentMessageParser()
+    let parser: SegmentMessageParser
     let stopping = Atomic<Bool>(false)
     private let lastChangeTime = Mutex<Int64>(.min / 2)
     let startedAt: Int64
@@ -88,6 +92,7 @@ public final class NodeAPI: Sendable {
         self.host = host
         self.log = log
         clock = Mutex(HybridLogicalClock(node: settings.clockNode))
+        parser = SegmentMessageParser(sources: settings.identifierSources)
         startedAt = host.monotonicMillis()
     }
 

@@ -24,7 +24,11 @@ extension NodeAPI {
     /// route allows. Reads first wait for the consistency or session they ask for.
     func profileRoute(_ call: RouteCall, _ action: ProfileAction) {
         let (request, respond, principal) = (call.request, call.respond, call.caller)
-        guard let identifier = Self.identifier(call.parameters["identifier"]) else { return respond(Self.invalidIdentifier) }
+        let identifier: Identifier
+        switch self.identifier(call.parameters["identifier"]) {
+        case .success(let named): identifier = named
+        case .failure(let refusal): return respond(refusal.response)
+        }
         // Parsed once: the read levels and the resource handlers all take their items from it.
         let query = request.queryItems
         let dispatch: @Sendable (@escaping Respond) -> Void = { [self] respond in
@@ -146,8 +150,10 @@ extension NodeAPI {
         case .setConsent: setConsent(identifier, request, respond: respond)
         case .links: respond(Self.attempt { .json(200, try linksBody(identifier)) })
         case .unlink:
-            guard let other = Self.identifier(parameters["other"]) else { return respond(Self.invalidIdentifier) }
-            unmerge(identifier, other, respond: respond)
+            switch self.identifier(parameters["other"]) {
+            case .success(let other): unmerge(identifier, other, respond: respond)
+            case .failure(let refusal): respond(refusal.response)
+            }
         case .erase: erase(identifier, respond: respond)
         case .restrict(let on): restrict(identifier, on, respond: respond)
         case .export: exportSubject(identifier, principal, respond: respond)

@@ -1,5 +1,6 @@
 import Foundation
 import KithCrypto
+import KithProfile
 
 /// A node's settings: from a JSON file (`--config`), overridden by `KITH_*` environment
 /// variables, overridden by command-line flags.
@@ -27,6 +28,75 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             sha256 = try container.decode(String.self, forKey: .sha256)
             role = try container.decode(String.self, forKey: .role)
             purposes = try container.decodeIfPresent([String].self, forKey: .purposes) ?? []
+        }
+    }
+
+    /// Where messages carry identifiers beyond the built-in places (docs/identity.md,
+    /// "Identifier kinds and where they come from").
+    public struct Identity: Codable, Sendable, Equatable {
+        /// ISO 3166-1 code of the region national phone numbers are read in (`GB`).
+        public var phoneRegion: String?
+        /// For a region not in Kith's table: its country calling code and trunk prefix.
+        public var phoneCountryCode: String?
+        public var phoneTrunkPrefix: String?
+        /// Field path (`traits.loyaltyCard`, `context.app.installId`, `properties.deviceId`) →
+        /// the kind of identifier found there.
+        public var sources: [String: String] = [:]
+        /// `context.externalIds[].type` → kind (types named as a kind map to it by default).
+        public var externalIdTypes: [String: String] = [:]
+
+        public init() {}
+
+        enum CodingKeys: String, CodingKey, CaseIterable {
+            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, sources, externalIdTypes
+        }
+
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            phoneRegion = try container.decodeIfPresent(String.self, forKey: .phoneRegion)
+            phoneCountryCode = try container.decodeIfPresent(String.self, forKey: .phoneCountryCode)
+            phoneTrunkPrefix = try container.decodeIfPresent(String.self, forKey: .phoneTrunkPrefix)
+            sources = try container.decodeIfPresent([String: String].self, forKey: .sources) ?? [:]
+            externalIdTypes = try container.decodeIfPresent([String: String].self, forKey: .externalIdTypes) ?? [:]
+        }
+
+        /// The sources in force: the built-in ones and these. Throws on a path, kind or region
+        /// that cannot be used, naming it.
+        public func identifierSources() throws -> IdentifierSources {
+            func kind(_ name: String, _ what: String) throws -> IdentifierKind {
+                guard let kind = IdentifierKind(name: name) else {
+                    throw ConfigurationError(
+                        "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.allCases.map(\.name).joined(separator: ", "))
+                }
+                return kind
+            }
+            var extra: [IdentifierSources.Source] = []
+            for (path, name) in sources.sorted(by: { $0.key < $1.key }) {
+                guard let source = IdentifierSources.Source(path: path, kind: try kind(name, "source \(path)")) else {
+                    throw ConfigurationError("identity: source \"\(path)\" must be traits.NAME, context.PATH or properties.NAME")
+                }
+                extra.append(source)
+            }
+            var types: [String: IdentifierKind] = [:]
+            for (type, name) in externalIdTypes { types[type] = try kind(name, "externalIdTypes.\(type)") }
+            var region: PhoneNumber.Region?
+            if let phoneCountryCode {
+                guard (1...3).contains(phoneCountryCode.count), phoneCountryCode.allSatisfy(\.isASCII), phoneCountryCode.allSatisfy(\.isNumber) else {
+                    throw ConfigurationError("identity: phoneCountryCode must be 1 to 3 digits")
+                }
+                let trunk = phoneTrunkPrefix ?? ""
+                guard trunk.count <= 2, trunk.allSatisfy(\.isASCII), trunk.allSatisfy(\.isNumber) else {
+                    throw ConfigurationError("identity: phoneTrunkPrefix must be at most 2 digits")
+                }
+                region = PhoneNumber.Region(code: phoneRegion ?? "", countryCode: phoneCountryCode, trunkPrefix: trunk)
+            } else if let phoneRegion {
+                guard let known = PhoneNumber.Region(code: phoneRegion) else {
+                    throw ConfigurationError(
+                        "identity: phoneRegion \"\(phoneRegion)\" is not in Kith's table; give phoneCountryCode and phoneTrunkPrefix")
+                }
+                region = known
+            }
+            return IdentifierSources.builtIn.adding(extra, externalIdTypes: types, phoneRegion: region)
         }
     }
 
@@ -76,13 +146,15 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// Milliseconds this node's clock may be from a majority of the core members it reaches
     /// before it refuses writes and erasures (docs/replication.md, "Clocks").
     public var maxClockOffsetMillis: Int64 = 500
+    /// Where messages carry identifiers (phone region, field paths, external id types).
+    public var identity = Identity()
 
     public init() {}
 
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis
+        case maxClockOffsetMillis, identity
     }
 
     public init(from decoder: Decoder) throws {
@@ -109,6 +181,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         policyFile = try container.decodeIfPresent(String.self, forKey: .policyFile)
         auditRetentionDays = try container.decodeIfPresent(Int.self, forKey: .auditRetentionDays) ?? defaults.auditRetentionDays
         maxClockOffsetMillis = try container.decodeIfPresent(Int64.self, forKey: .maxClockOffsetMillis) ?? defaults.maxClockOffsetMillis
+        identity = try container.decodeIfPresent(Identity.self, forKey: .identity) ?? Identity()
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -122,6 +195,12 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         let known = Set(CodingKeys.allNames)
         if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
             throw ConfigurationError("\(path): unknown setting \"\(unknown)\"")
+        }
+        if let identity = object["identity"] as? [String: Any] {
+            let settings = Set(Identity.CodingKeys.allCases.map(\.rawValue))
+            if let unknown = identity.keys.sorted().first(where: { !settings.contains($0) }) {
+                throw ConfigurationError("\(path): unknown setting \"identity.\(unknown)\"")
+            }
         }
         do {
             return try JSONDecoder().decode(NodeConfiguration.self, from: data)
@@ -157,6 +236,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             maxClockOffsetMillis = millis
         }
         if let value = environment["KITH_ROLE"] { role = value }
+        if let value = environment["KITH_PHONE_REGION"] { identity.phoneRegion = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
         if let value = environment["KITH_INGEST_QUEUE_LIMIT"] {
@@ -227,6 +307,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         }
         guard (1...36_500).contains(auditRetentionDays) else { throw ConfigurationError("auditRetentionDays must be 1 to 36500") }
         guard (10...3_600_000).contains(maxClockOffsetMillis) else { throw ConfigurationError("maxClockOffsetMillis must be 10 to 3600000") }
+        _ = try identity.identifierSources()
     }
 }
 
@@ -234,7 +315,7 @@ extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
-        "antiEntropyIntervalSeconds", "maxClockOffsetMillis",
+        "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity",
     ]
 }
 

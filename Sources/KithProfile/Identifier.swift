@@ -53,7 +53,9 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
 ///
 /// Values are at most 255 bytes of UTF-8 without control characters, so that an identifier (and
 /// an identifier plus a messageId) always fits an LMDB key. Email values are trimmed and
-/// lower-cased: `A@Example.com` and `a@example.com` are one inbox, one person.
+/// lower-cased: `A@Example.com` and `a@example.com` are one inbox, one person. Phone values are
+/// E.164 (`PhoneNumber`): `+44 20 7946 0000` is `+442079460000`; a national number is not a
+/// phone identifier until a region makes it international (`PhoneNumber.normalized(_:region:)`).
 public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertible {
     public static let maximumValueBytes = 255
 
@@ -69,7 +71,14 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
             self.value = value
             return
         }
-        let normalized = kind == .email ? value.trimmingWhitespace().lowercased() : value
+        let normalized: String
+        switch kind {
+        case .email: normalized = value.trimmingWhitespace().lowercased()
+        case .phone:
+            guard let phone = PhoneNumber.normalized(value) else { return nil }
+            normalized = phone
+        default: normalized = value
+        }
         guard !normalized.isEmpty, normalized.utf8.count <= Self.maximumValueBytes,
             !normalized.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
         else { return nil }
@@ -88,6 +97,7 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
 
     static func isNormal(utf8 bytes: UnsafeBufferPointer<UInt8>, kind: IdentifierKind) -> Bool {
         guard let first = bytes.first, let last = bytes.last, bytes.count <= maximumValueBytes else { return false }
+        if kind == .phone { return PhoneNumber.isNormal(utf8: bytes) }
         if kind == .email {
             guard first > 0x20, last > 0x20 else { return false }
             for byte in bytes where byte < 0x20 || byte >= 0x7F || (byte >= 0x41 && byte <= 0x5A) { return false }
@@ -98,7 +108,7 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
     }
 
     /// Whether `utf8` (valid UTF-8) is a value of `kind` exactly as `init(kind:value:)` keeps it.
-    static func isStoredForm(utf8 bytes: UnsafeBufferPointer<UInt8>, kind: IdentifierKind) -> Bool {
+    package static func isStoredForm(utf8 bytes: UnsafeBufferPointer<UInt8>, kind: IdentifierKind) -> Bool {
         if isNormal(utf8: bytes, kind: kind) { return true }
         guard let identifier = Identifier(kind: kind, value: String(decoding: bytes, as: UTF8.self)) else { return false }
         return identifier.value.utf8.elementsEqual(bytes)

@@ -193,9 +193,11 @@ public struct ProfileDelta: Equatable, Sendable {
 public struct SegmentMessageParser: Sendable {
     public static let maximumMessageIdBytes = 200
     public var rules: IdentityRules
+    public var sources: IdentifierSources
 
-    public init(rules: IdentityRules = IdentityRules()) {
+    public init(rules: IdentityRules = IdentityRules(), sources: IdentifierSources = .builtIn) {
         self.rules = rules
+        self.sources = sources
     }
 
     /// Parses one message. `defaultType` is the type implied by the endpoint (`/v1/track`);
@@ -207,8 +209,12 @@ public struct SegmentMessageParser: Sendable {
         let userId = try identifierValue(message, "userId", kind: .userId)
         let anonymousId = try identifierValue(message, "anonymousId", kind: .anonymousId)
 
+        var traits = JSONObject()
+        if type == .identify { traits = try mergedTraits(message, context: context) }
+        let found = foundIdentifiers(message, context: context, traits: type == .identify ? traits : nil)
+
         let subject: Identifier
-        var links: [Identifier] = []
+        var links: [Identifier] = found
         if type == .alias {
             guard let userId else { throw MessageError(.missingField, field: "userId", "alias needs a userId") }
             guard let previous = try identifierValue(message, "previousId", kind: .anonymousId) else {
@@ -218,21 +224,15 @@ public struct SegmentMessageParser: Sendable {
             links.append(previous)
             if let anonymousId { links.append(anonymousId) }
         } else {
-            guard let primary = userId ?? anonymousId else {
-                throw MessageError(.missingField, field: "userId", "a message needs a userId or an anonymousId")
+            // A touchpoint that knows the customer only by, say, a phone number or a card: the
+            // message is about the identifier that would name their profile.
+            guard let primary = userId ?? anonymousId ?? rules.canonical(of: found) else {
+                throw MessageError(
+                    .missingField, field: "userId",
+                    "a message needs a userId, an anonymousId or another identifier (email, phone, device id, external ids)")
             }
             subject = primary
             if let userId, let anonymousId { links.append(anonymousId == subject ? userId : anonymousId) }
-        }
-
-        var traits = JSONObject()
-        if type == .identify {
-            traits = try mergedTraits(message, context: context)
-            if let email = traits["email"]?.stringValue, email.contains("@"), !rules.isBlocked(email),
-                let identifier = Identifier(kind: .email, value: email)
-            {
-                links.append(identifier)
-            }
         }
         links = Array(Set(links.filter { $0 != subject })).sorted()
 
@@ -257,6 +257,42 @@ public struct SegmentMessageParser: Sendable {
             throw MessageError(.invalidField, field: "type", "type \(type.rawValue) sent to the \(defaultType.rawValue) endpoint")
         }
         return type
+    }
+
+    /// The identifiers at the configured paths and in `context.externalIds`: values that are not
+    /// usable identifiers of their kind are skipped, never refused.
+    private func foundIdentifiers(_ message: JSONObject, context: JSONObject, traits: JSONObject?) -> [Identifier] {
+        var found: [Identifier] = []
+        for source in sources.sources {
+            if let text = sources.value(at: source, message: message, context: context, traits: traits),
+                let identifier = usableIdentifier(source.kind, text)
+            {
+                found.append(identifier)
+            }
+        }
+        if case .array(let entries)? = context["externalIds"] {
+            for entry in entries {
+                guard let type = entry["type"]?.stringValue, let kind = sources.externalIdTypes[type], let id = entry["id"]?.stringValue,
+                    let identifier = usableIdentifier(kind, id)
+                else { continue }
+                found.append(identifier)
+            }
+        }
+        return found
+    }
+
+    /// `text` as an identifier of `kind`, unless it is blocked or not a value of that kind: an
+    /// email needs an `@`; a phone number is brought to E.164 (`PhoneNumber`).
+    private func usableIdentifier(_ kind: IdentifierKind, _ text: String) -> Identifier? {
+        guard !rules.isBlocked(text) else { return nil }
+        switch kind {
+        case .email: guard text.contains("@") else { return nil }
+        case .phone:
+            guard let phone = PhoneNumber.normalized(text, region: sources.phoneRegion) else { return nil }
+            return Identifier(kind: .phone, value: phone)
+        default: break
+        }
+        return Identifier(kind: kind, value: text)
     }
 
     /// A string (or a number, which some clients send) that is not null, empty or blocked.

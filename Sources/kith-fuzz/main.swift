@@ -1,7 +1,7 @@
 // kith-fuzz: libFuzzer harnesses for Kith's decoders. `make fuzz` builds it with
 // -sanitize=fuzzer,address and runs each harness; see docs/testing.md.
 //
-//   kith-fuzz json|message|binary|http|frame [libFuzzer options] [corpus directories]
+//   kith-fuzz json|message|binary|http|frame|identifier [libFuzzer options] [corpus directories]
 //
 // Every harness checks a property, not just "no crash": what parses must re-encode and parse back
 // to the same value. The inputs are random, so a decode that fails (`try?` giving nil) is an
@@ -103,6 +103,25 @@ func fuzzFrame(_ bytes: UnsafeBufferPointer<UInt8>) {
     }
 }
 
+/// Identifier values: every kind's normal form is stable (normalising what it gives gives it
+/// again, and it is the stored form the decoders accept); a phone number in any region comes out
+/// as E.164 or not at all.
+func fuzzIdentifier(_ bytes: UnsafeBufferPointer<UInt8>) {
+    guard let text = String(validating: bytes, as: UTF8.self) else { return }
+    for kind in IdentifierKind.allCases {
+        guard let identifier = Identifier(kind: kind, value: text) else { continue }
+        guard Identifier(kind: kind, value: identifier.value) == identifier else { fatalError("\(kind.name) normal form is not stable") }
+        let stored = Array(identifier.value.utf8)
+        guard stored.withUnsafeBufferPointer({ Identifier.isStoredForm(utf8: $0, kind: kind) }) else { fatalError("not a stored form") }
+    }
+    for region in [nil, PhoneNumber.Region(code: "GB"), PhoneNumber.Region(code: "US"), PhoneNumber.Region(code: "IT")] {
+        guard let phone = PhoneNumber.normalized(text, region: region) else { continue }
+        guard PhoneNumber.normalized(phone) == phone, phone.first == "+", (8...16).contains(phone.utf8.count),
+            phone.utf8.dropFirst().allSatisfy({ $0 >= 0x30 && $0 <= 0x39 })
+        else { fatalError("phone \(phone) is not E.164") }
+    }
+}
+
 nonisolated(unsafe) var harness: (UnsafeBufferPointer<UInt8>) -> Void = fuzzJSON
 
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -112,11 +131,11 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
 }
 
 let harnesses: [String: (UnsafeBufferPointer<UInt8>) -> Void] = [
-    "json": fuzzJSON, "message": fuzzMessage, "binary": fuzzBinary, "http": fuzzHTTP, "frame": fuzzFrame,
+    "json": fuzzJSON, "message": fuzzMessage, "binary": fuzzBinary, "http": fuzzHTTP, "frame": fuzzFrame, "identifier": fuzzIdentifier,
 ]
 var arguments = CommandLine.arguments
 guard arguments.count >= 2, let chosen = harnesses[arguments[1]] else {
-    let usage = "usage: kith-fuzz json|message|binary|http|frame [libFuzzer options] [corpus...]\n"
+    let usage = "usage: kith-fuzz json|message|binary|http|frame|identifier [libFuzzer options] [corpus...]\n"
     _ = usage.withCString { write(2, $0, strlen($0)) }
     exit(64)
 }

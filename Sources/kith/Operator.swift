@@ -3,6 +3,7 @@ import KithHTTP
 import KithJSON
 import KithNet
 import KithNode
+import KithProfile
 
 #if canImport(Glibc)
     import Glibc
@@ -270,6 +271,18 @@ func configCheck(_ arguments: [String]) -> Never {
         let configuration = try NodeConfiguration.load(file: arguments[1])
         try configuration.validate()
         say("\(arguments[1]): ok (node \(configuration.nodeName), http \(configuration.http), data \(configuration.dataDirectory))")
+        let sources = try configuration.identity.identifierSources()
+        for kind in IdentifierKind.allCases {
+            let paths = sources.sources.filter { $0.kind == kind }.map(\.path)
+            let types = sources.externalIdTypes.filter { $0.value == kind }.keys.sorted().map { "externalIds type \($0)" }
+            let fixed = [IdentifierKind.userId: ["userId"], .anonymousId: ["anonymousId", "alias previousId"]][kind] ?? []
+            say("  \(kind.name) from \((fixed + paths + types).joined(separator: ", "))")
+        }
+        if let region = sources.phoneRegion {
+            say("  national phone numbers read as +\(region.countryCode) (\(region.code.isEmpty ? "configured" : region.code))")
+        } else {
+            say("  national phone numbers are not identifiers (no identity.phoneRegion)")
+        }
         exit(Exit.ok.rawValue)
     } catch {
         fail("\(error)", .failure)

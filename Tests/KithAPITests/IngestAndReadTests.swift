@@ -3,6 +3,7 @@ import KithCompression
 import KithHTTP
 import KithJSON
 import KithPolicy
+import KithProfile
 import Testing
 
 @testable import KithAPI
@@ -134,5 +135,51 @@ struct IngestAndReadTests {
         } while after != nil && ids.count < 10
         #expect(ids == (0..<5).map { "user_id:u-\($0)" })
         #expect(test.call("GET", "/v1/admin/export?after=nonsense", role: .admin)?.errorCode == "invalid_identifier")
+    }
+}
+
+/// Every touchpoint joins the single view: identifiers beyond user and anonymous ids, and reads,
+/// unmerge, export and erasure by any kind.
+@Suite("Identifier kinds, in process")
+struct IdentifierKindTests {
+    static let britain = IdentifierSources.builtIn.adding(
+        [IdentifierSources.Source(path: "traits.loyaltyPhone", kind: .phone)!], externalIdTypes: ["pos_device": .deviceId],
+        phoneRegion: PhoneNumber.Region(code: "GB"))
+
+    /// A POS message known only by a phone, a call-centre message by the national form of it,
+    /// and a web identify carrying it: one profile, read the same by each.
+    @Test func touchpointsKnowingTheCustomerDifferentlyMeetInOneProfile() throws {
+        let test = try TestAPI(identifierSources: Self.britain)
+        let messages = [
+            #"{"type":"track","event":"Order Completed","context":{"externalIds":[{"id":"till-4","type":"pos_device","collection":"users","encoding":"none"}],"traits":{"phone":"+44 20 7946 0000"}}}"#,
+            #"{"type":"track","event":"Call","context":{"traits":{"phone":"020 7946 0000"}}}"#,
+            #"{"type":"identify","userId":"u-web","traits":{"email":"Ana@Example.com","loyaltyPhone":"(020) 7946-0000"}}"#,
+        ]
+        for message in messages { #expect(test.ingest("/v1/batch", #"{"batch":[\#(message)]}"#)?.status == 200) }
+        for target in [
+            "phone:%2B442079460000", "phone:%2B44%2020%207946%200000", "phone:020%207946%200000", "email:ana%40example.com", "user_id:u-web",
+            "device_id:till-4",
+        ] {
+            let read = test.call("GET", "/v1/profiles/\(target)?purpose=support", role: .reader)
+            #expect(read?.json?["id"] == "user_id:u-web", "\(target): \(read?.text ?? "no answer")")
+        }
+        let identifiers = test.call("GET", "/v1/profiles/phone:%2B442079460000/identifiers?purpose=support", role: .reader)?.json
+        #expect(identifiers?["identifiers"]?["phone"] == ["+442079460000"] && identifiers?["identifiers"]?["device_id"] == ["till-4"])
+        #expect(test.call("GET", "/v1/profiles/phone:%2B442079460000/export", role: .privacy)?.status == 200)
+        // The POS message linked its phone to the till.
+        #expect(test.call("DELETE", "/v1/profiles/user_id:u-web/links/device_id:till-4", role: .admin)?.status == 404)
+        #expect(test.call("DELETE", "/v1/profiles/phone:%2B442079460000/links/device_id:till-4", role: .admin)?.status == 200)
+        #expect(test.call("GET", "/v1/profiles/device_id:till-4?purpose=support", role: .reader)?.json?["id"] == "device_id:till-4")
+        #expect(test.call("DELETE", "/v1/profiles/phone:020%207946%200000", role: .privacy)?.json?["identifiers"] == 3)
+        #expect(test.call("GET", "/v1/profiles/email:ana%40example.com?purpose=support", role: .reader)?.status == 404)
+    }
+
+    @Test func unknownKindsAreToldTheKindsThereAre() throws {
+        let test = try TestAPI()
+        let answer = try #require(test.call("GET", "/v1/profiles/loyalty_card:123?purpose=support", role: .reader))
+        #expect(answer.status == 400 && answer.errorCode == "unknown_identifier_kind")
+        #expect(answer.json?["error"]?["message"]?.stringValue?.hasSuffix("user_id, email, phone, device_id, anonymous_id") == true)
+        // Without a region a national number names no phone identifier.
+        #expect(test.call("GET", "/v1/profiles/phone:020%207946%200000?purpose=support", role: .reader)?.errorCode == "invalid_identifier")
     }
 }

@@ -152,7 +152,7 @@ struct PrivacyReadTests {
         let test = try start()
         #expect(test.call("DELETE", Self.path, token: "bi")?.status == 403)
         let erased = test.call("DELETE", Self.path, token: "dpo")
-        #expect(erased?.status == 200 && erased?.json?["erased"] == .bool(true) && erased?.json?["identifiers"] == 2, "user id and email")
+        #expect(erased?.status == 200 && erased?.json?["erased"] == .bool(true) && erased?.json?["identifiers"] == 3, "user id, email and phone")
         #expect(test.call("GET", Self.path, token: "dpo")?.status == 404)
         // A retry of an old message (an edge site that was offline) is dropped.
         #expect(test.ingest("/v1/identify", Self.identify.replacingOccurrences(of: "p-1", with: "p-retry"))?.status == 200)

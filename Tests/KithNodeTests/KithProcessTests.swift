@@ -352,6 +352,21 @@ struct KithProcessTests {
         #expect(found.output.contains("  Newsletter (1)\n  newsletter (1)\n") && !found.output.contains("Advertising ("))
     }
 
+    /// `kith config check` says where each kind of identifier comes from, and refuses a
+    /// configuration naming a kind there is not.
+    @Test func configCheckPrintsTheIdentifierSourcesInForce() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-identity-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: path) }  // a temporary file; a leftover is harmless
+        FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"phoneRegion":"GB","sources":{"traits.mobile":"phone"}}}"#.utf8))
+        let check = try runKith(["config", "check", path])
+        #expect(check.status == 0, "\(check.error)")
+        #expect(check.output.contains("  phone from traits.phone, context.traits.phone, traits.mobile, externalIds type phone\n"))
+        #expect(check.output.contains("national phone numbers read as +44 (GB)"))
+        FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"sources":{"traits.card":"loyalty"}}}"#.utf8))
+        let refused = try runKith(["config", "check", path])
+        #expect(refused.status == 1 && refused.error.contains("names kind \"loyalty\""), "\(refused.error)")
+    }
+
     @Test func theCommandLineSpeaksSysexits() throws {
         let help = try runKith(["--help"])
         #expect(help.status == 0 && help.output.contains("SUBCOMMANDS:"))

@@ -131,7 +131,7 @@ struct EncodedProfileViewTests {
         head.lastSeen = 253_402_300_800_000
         let members = [
             Identifier(kind: .userId, value: "u-\"1\"")!, Identifier(kind: .email, value: "zoë@example.com")!,
-            Identifier(kind: .phone, value: "+44 \\ 7700")!, Identifier(kind: .deviceId, value: "d/1")!,
+            Identifier(kind: .phone, value: "+44 7700 900123")!, Identifier(kind: .deviceId, value: "d\\/1")!,
             Identifier(kind: .anonymousId, value: "a-\u{2028}")!,
             Identifier(kind: .anonymousId, value: "a-1")!,
         ].sorted()

@@ -119,9 +119,11 @@ struct SegmentMessageTests {
 
 @Suite("Identifiers")
 struct IdentifierTests {
-    /// What the rule says a value becomes, written plainly: emails trimmed and lower-cased; nil
-    /// when empty, longer than 255 bytes or holding a control character.
+    /// What the rule says a value becomes, written plainly: emails trimmed and lower-cased, phone
+    /// numbers in E.164 (`PhoneNumber`, tested on its own); nil when empty, longer than 255 bytes
+    /// or holding a control character.
     static func expected(_ kind: IdentifierKind, _ value: String) -> String? {
+        if kind == .phone { return PhoneNumber.normalized(value) }
         let normalized = kind == .email ? value.trimmingCharacters(in: .whitespacesAndNewlines).lowercased() : value
         guard !normalized.isEmpty, normalized.utf8.count <= 255,
             !normalized.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F })
@@ -134,6 +136,7 @@ struct IdentifierTests {
     @Test func normalFormShortcutAgreesWithTheRule() {
         let alphabet: [String] = [
             "a", "Z", "@", ".", "0", " ", "\t", "\n", "\u{7F}", "\u{1}", "É", "é", "ß", "\u{85}", "\u{A0}", "\u{2003}", "-", "_", "~", "\r\n",
+            "+", "4", "7", "(", "1234",
         ]
         var random = SplitMix64(seed: 77)
         for _ in 0..<5_000 {
