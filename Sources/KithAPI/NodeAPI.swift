@@ -41,13 +41,16 @@ public final class NodeAPI: Sendable {
         public var clockNode: UInt64
         /// Where messages carry identifiers (and the region national phone numbers are read in).
         public var identifierSources: IdentifierSources
+        /// Which values identify nobody (the parser's part of the identity rules).
+        public var identityRules: IdentityRules
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
             principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher, clockNode: UInt64,
-            identifierSources: IdentifierSources = .builtIn
+            identifierSources: IdentifierSources = .builtIn, identityRules: IdentityRules = .builtIn
         ) {
             self.identifierSources = identifierSources
+            self.identityRules = identityRules
             self.nodeName = nodeName
             self.dataDirectory = dataDirectory
             self.origin = origin
@@ -92,7 +95,7 @@ public final class NodeAPI: Sendable {
         self.host = host
         self.log = log
         clock = Mutex(HybridLogicalClock(node: settings.clockNode))
-        parser = SegmentMessageParser(sources: settings.identifierSources)
+        parser = SegmentMessageParser(rules: settings.identityRules, sources: settings.identifierSources)
         startedAt = host.monotonicMillis()
     }
 

@@ -553,6 +553,9 @@ extension NodeAPI {
                         l.member("from", string: link.from.description)
                         l.member("to", string: link.to.description)
                         l.member("active") { $0.write(.bool(link.active)) }
+                        // Whether the profile follows the link, and the identity rule when it does not.
+                        l.member("kept") { $0.write(.bool(link.active && link.refusedBy == nil)) }
+                        if let refusal = link.refusedBy { l.member("rule", string: refusal.description) }
                         if let first = link.firstAdd { l.member("firstSeen") { $0.write(time: first.time) } }
                         if let last = link.lastAdd { l.member("lastSeen") { $0.write(time: last.time) } }
                         if let removed = link.removedAt { l.member("removedAt") { $0.write(time: removed.time) } }

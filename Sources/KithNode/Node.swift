@@ -53,14 +53,24 @@ public final class Node: Sendable {
         // state (digest tree, entries that travel ahead): it has no one to send it to. Both are
         // rebuilt when the node starts with peers.
         let standalone = configuration.gossip == nil
+        let rules = try configuration.identity.identityRules()
         let storeConfiguration = StoreConfiguration(
-            node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(historyLimit: configuration.historyLimit),
+            node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(rules: rules, historyLimit: configuration.historyLimit),
             replicates: !standalone)
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = standalone
         let store = try LMDBProfileStore(
             path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         self.store = store
+        // Profiles built under other identity rules are built again before the node serves
+        // (and before the writer claims the store): the same links and rules make the same
+        // profiles on every replica.
+        if try store.identityRulesNeedWork() {
+            log(.info, "bringing profiles under identity rules version \(rules.version)")
+            var batches = 0
+            while try !store.reevaluateIdentity(buckets: 16) { batches += 1 }
+            log(.info, "profiles under identity rules version \(rules.version)", [("batches", .number(JSONNumber(Int64(batches + 1))))])
+        }
         // The one writer: every write transaction of the node runs on its thread (the store
         // checks this in debug builds). Its commits prompt replication to push.
         let pushes = CommitListener()
@@ -92,7 +102,7 @@ public final class Node: Sendable {
             ingestQueueLimit: configuration.ingestQueueLimit, logRequests: configuration.logRequests, writeKeys: configuration.writeKeys,
             principals: try configuration.tokens.map { token in try Self.principal(token, policy) }, policy: policy,
             subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: Self.nodeIdentifier(configuration.nodeName),
-            identifierSources: try configuration.identity.identifierSources())
+            identifierSources: try configuration.identity.identifierSources(), identityRules: rules)
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit, host: ProcessHost(server: server),
             log: log)

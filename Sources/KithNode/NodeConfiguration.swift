@@ -44,11 +44,23 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         public var sources: [String: String] = [:]
         /// `context.externalIds[].type` → kind (types named as a kind map to it by default).
         public var externalIdTypes: [String: String] = [:]
+        /// The identity rules' version: change it with the rules below, and every node brings
+        /// its profiles under the new rules when it starts (docs/identity.md).
+        public var rulesVersion = 0
+        /// Values that identify nobody: `"*"` for every kind, or a kind's name → values
+        /// (compared trimmed, without case). `"*"` replaces the built-in list when given.
+        public var blocked: [String: [String]] = [:]
+        /// Kind → regular expressions a whole value must not match.
+        public var blockedPatterns: [String: [String]] = [:]
+        /// Kind → the most identifiers of it one profile holds (default: one user_id).
+        public var limits: [String: Int]?
+        /// Kinds in the order that names a profile (the rest follow in the default order).
+        public var priority: [String]?
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, sources, externalIdTypes
+            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, sources, externalIdTypes, rulesVersion, blocked, blockedPatterns, limits, priority
         }
 
         public init(from decoder: Decoder) throws {
@@ -58,6 +70,41 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             phoneTrunkPrefix = try container.decodeIfPresent(String.self, forKey: .phoneTrunkPrefix)
             sources = try container.decodeIfPresent([String: String].self, forKey: .sources) ?? [:]
             externalIdTypes = try container.decodeIfPresent([String: String].self, forKey: .externalIdTypes) ?? [:]
+            rulesVersion = try container.decodeIfPresent(Int.self, forKey: .rulesVersion) ?? 0
+            blocked = try container.decodeIfPresent([String: [String]].self, forKey: .blocked) ?? [:]
+            blockedPatterns = try container.decodeIfPresent([String: [String]].self, forKey: .blockedPatterns) ?? [:]
+            limits = try container.decodeIfPresent([String: Int].self, forKey: .limits)
+            priority = try container.decodeIfPresent([String].self, forKey: .priority)
+        }
+
+        /// The identity rules in force. Throws on an unknown kind, a limit below 1 or a pattern
+        /// that is not a regular expression, naming it.
+        public func identityRules() throws -> IdentityRules {
+            func kind(_ name: String, _ what: String) throws -> IdentifierKind {
+                guard let kind = IdentifierKind(name: name) else {
+                    throw ConfigurationError(
+                        "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.allCases.map(\.name).joined(separator: ", "))
+                }
+                return kind
+            }
+            var byKind: [IdentifierKind: Set<String>] = [:]
+            for (name, values) in blocked where name != "*" { byKind[try kind(name, "blocked")] = Set(values) }
+            var patterns: [IdentifierKind: [String]] = [:]
+            for (name, list) in blockedPatterns { patterns[try kind(name, "blockedPatterns")] = list }
+            var kindLimits: [IdentifierKind: Int] = [.userId: 1]
+            if let limits {
+                kindLimits = [:]
+                for (name, limit) in limits { kindLimits[try kind(name, "limits")] = limit }
+            }
+            let order = try (priority ?? []).map { try kind($0, "priority") }
+            guard Set(order).count == order.count else { throw ConfigurationError("identity: priority names a kind twice") }
+            do {
+                return try IdentityRules(
+                    version: rulesVersion, blockedValues: blocked["*"].map(Set.init) ?? IdentityRules.defaultBlockedValues, blockedByKind: byKind,
+                    blockedPatterns: patterns, limits: kindLimits, priority: order)
+            } catch {
+                throw ConfigurationError("identity: \(error)")
+            }
         }
 
         /// The sources in force: the built-in ones and these. Throws on a path, kind or region
@@ -308,6 +355,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard (1...36_500).contains(auditRetentionDays) else { throw ConfigurationError("auditRetentionDays must be 1 to 36500") }
         guard (10...3_600_000).contains(maxClockOffsetMillis) else { throw ConfigurationError("maxClockOffsetMillis must be 10 to 3600000") }
         _ = try identity.identifierSources()
+        _ = try identity.identityRules()
     }
 }
 

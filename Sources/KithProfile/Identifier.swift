@@ -154,45 +154,6 @@ extension Identifier: BinaryCodable {
     }
 }
 
-/// Identity rules, as Segment's Unify has them: values that never identify anyone, how many
-/// identifiers of a kind one profile may hold, and which kind names a profile.
-public struct IdentityRules: Sendable, Equatable {
-    /// Values (compared trimmed and case-insensitively) that are treated as absent.
-    public var blockedValues: Set<String>
-    /// The most identifiers of a kind one profile may hold; kinds not listed are unlimited.
-    public var limits: [IdentifierKind: Int]
-    /// Kinds in priority order, for choosing a profile's canonical key.
-    public var priority: [IdentifierKind]
-
-    public init(
-        blockedValues: Set<String> = Self.defaultBlockedValues,
-        limits: [IdentifierKind: Int] = [.userId: 1],
-        priority: [IdentifierKind] = IdentifierKind.allCases
-    ) {
-        self.blockedValues = Set(blockedValues.map { $0.lowercased() })
-        self.limits = limits
-        self.priority = priority + IdentifierKind.allCases.filter { !priority.contains($0) }
-    }
-
-    public static let defaultBlockedValues: Set<String> = [
-        "null", "nil", "none", "undefined", "unknown", "anonymous", "0", "-1", "n/a", "na", "test", "[object object]",
-    ]
-
-    public func isBlocked(_ value: String) -> Bool {
-        blockedValues.contains(value.trimmingWhitespace().lowercased())
-    }
-
-    public func limit(for kind: IdentifierKind) -> Int { limits[kind] ?? Int.max }
-
-    /// The canonical member of a set of identifiers: the smallest of the highest-priority kind.
-    public func canonical(of members: some Collection<Identifier>) -> Identifier? {
-        for kind in priority {
-            if let best = members.filter({ $0.kind == kind }).min() { return best }
-        }
-        return nil
-    }
-}
-
 extension String {
     func trimmingWhitespace() -> String {
         var sub = Substring(self)

@@ -69,8 +69,8 @@ public typealias IdentityGraph = CRDTMap<LinkEdge, LinkState>
 /// Turns a set of identifiers and their active links into people, obeying the identity rules.
 ///
 /// Links are taken one at a time in one total order (earliest assertion first, then the edge), and
-/// a link is accepted only if the two groups it would join together stay within every per-kind
-/// limit. Every replica with the same links therefore computes the same people, whatever order the
+/// a link is accepted only if the rules do not refuse joining the two groups it connects
+/// (`IdentityRules.refusal`: no blocked member, every kind within its limit). Every replica with the same links therefore computes the same people, whatever order the
 /// links arrived in. A shared in-store tablet's anonymous id, say, joins the first customer who
 /// used it and is refused for the next, instead of gluing customers together.
 public struct IdentityResolver: Sendable {
@@ -86,7 +86,7 @@ public struct IdentityResolver: Sendable {
         var index: [Identifier: Int] = [:]
         for (i, node) in sortedNodes.enumerated() { index[node] = i }
         var parent = Array(sortedNodes.indices)
-        var counts: [[IdentifierKind: Int]] = sortedNodes.map { [$0.kind: 1] }
+        var tallies = sortedNodes.map { IdentifierTally([$0], rules: rules) }
 
         func root(_ i: Int) -> Int {
             var i = i
@@ -101,11 +101,10 @@ public struct IdentityResolver: Sendable {
             guard let a = index[link.edge.low], let b = index[link.edge.high] else { continue }
             let ra = root(a), rb = root(b)
             if ra == rb { continue }
-            let joined = counts[ra].merging(counts[rb], uniquingKeysWith: +)
-            guard joined.allSatisfy({ $0.value <= rules.limit(for: $0.key) }) else { continue }
+            guard rules.refusal(joining: tallies[ra], with: tallies[rb]) == nil else { continue }
             let (keep, drop) = ra < rb ? (ra, rb) : (rb, ra)
             parent[drop] = keep
-            counts[keep] = joined
+            tallies[keep].add(tallies[drop])
         }
 
         var groups: [Int: [Identifier]] = [:]

@@ -31,7 +31,7 @@ public struct ProfileConfiguration: Sendable, Equatable {
     /// How many recent events (with their properties) a profile keeps; totals stay exact beyond it.
     public var historyLimit: Int
 
-    public init(rules: IdentityRules = IdentityRules(), historyLimit: Int = 10) {
+    public init(rules: IdentityRules = .builtIn, historyLimit: Int = 10) {
         precondition(historyLimit >= 0, "historyLimit must not be negative")
         self.rules = rules
         self.historyLimit = historyLimit

@@ -195,7 +195,7 @@ public struct SegmentMessageParser: Sendable {
     public var rules: IdentityRules
     public var sources: IdentifierSources
 
-    public init(rules: IdentityRules = IdentityRules(), sources: IdentifierSources = .builtIn) {
+    public init(rules: IdentityRules = .builtIn, sources: IdentifierSources = .builtIn) {
         self.rules = rules
         self.sources = sources
     }
@@ -284,7 +284,7 @@ public struct SegmentMessageParser: Sendable {
     /// `text` as an identifier of `kind`, unless it is blocked or not a value of that kind: an
     /// email needs an `@`; a phone number is brought to E.164 (`PhoneNumber`).
     private func usableIdentifier(_ kind: IdentifierKind, _ text: String) -> Identifier? {
-        guard !rules.isBlocked(text) else { return nil }
+        guard !rules.isBlocked(text, kind: kind) else { return nil }
         switch kind {
         case .email: guard text.contains("@") else { return nil }
         case .phone:
@@ -297,7 +297,7 @@ public struct SegmentMessageParser: Sendable {
 
     /// A string (or a number, which some clients send) that is not null, empty or blocked.
     private func identifierValue(_ message: JSONObject, _ field: String, kind: IdentifierKind) throws(MessageError) -> Identifier? {
-        guard let text = try optionalString(message, field), !rules.isBlocked(text) else { return nil }
+        guard let text = try optionalString(message, field), !rules.isBlocked(text, kind: kind) else { return nil }
         guard let identifier = Identifier(kind: kind, value: text) else {
             throw MessageError(.invalidField, field: field, "\(field) must be 1 to 255 bytes without control characters")
         }

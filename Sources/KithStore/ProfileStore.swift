@@ -62,6 +62,14 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// clock, Unix ms). Returns the erased identifiers (only their forget keys remain) and the
     /// boundary: everything about them dated at or before it is gone, here and wherever it arrives.
     @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure
+
+    /// Whether some profiles may have been built under other identity rules than the
+    /// configured ones (`IdentityRules.version`).
+    func identityRulesNeedWork() throws -> Bool
+
+    /// One step of computing every profile again under the configured identity rules:
+    /// `buckets` of the digest tree's 1,024, in one transaction. True once all are done.
+    func reevaluateIdentity(buckets: Int) throws -> Bool
 }
 
 /// What replication reads and writes: the change log, version vectors and cursors, entries that
@@ -143,6 +151,14 @@ extension EngineBackedStore {
 
     public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure {
         try modify { context in try context.erase(identifier, requestedAt: time) }
+    }
+
+    public func identityRulesNeedWork() throws -> Bool {
+        try read { reader in try engine.identityRulesNeedWork(in: reader) }
+    }
+
+    public func reevaluateIdentity(buckets: Int) throws -> Bool {
+        try modify { context in try engine.reevaluateIdentity(buckets: buckets, in: context) }
     }
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {
@@ -273,6 +289,13 @@ public final class MemoryProfileStore: EngineBackedStore {
     public init(configuration: StoreConfiguration, byteLimit: Int = Int.max) {
         engine = StoreEngine(configuration: configuration)
         storage = Mutex(MemoryTables(byteLimit: byteLimit))
+    }
+
+    /// A store holding a copy of `other`'s tables under `configuration`: the same data opened
+    /// with other settings, as a durable store is after a restart (tests, the simulation).
+    public init(configuration: StoreConfiguration, copying other: MemoryProfileStore) {
+        engine = StoreEngine(configuration: configuration)
+        storage = Mutex(other.storage.withLock { $0 })
     }
 
     package func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {

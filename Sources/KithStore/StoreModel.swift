@@ -244,6 +244,9 @@ public struct StoredLink: Equatable, Sendable {
     public var firstAdd: LWWStamp?
     public var lastAdd: LWWStamp?
     public var removedAt: LWWStamp?
+    /// For an active link the profile does not follow: the identity rule that keeps the two
+    /// apart (`IdentityRules.refusal` of the two profiles as they stand).
+    public var refusedBy: LinkRefusal?
 }
 
 /// Counts of what a store holds.

@@ -123,14 +123,25 @@ package struct StoreEngine: Sendable {
 
     package func links(of identifier: Identifier, in reader: some StoreReading) throws -> [StoredLink] {
         var links: [StoredLink] = []
+        var outside: [Int] = []
+        var profileMembers: [Identifier] = []
         try scanMembers(of: identifier, .edge, in: reader) { member, members, key, value in
+            profileMembers = members
             let summary = try decode(EdgeSummary.self, value, table: .documents)
             // Each link once: from its lesser end when both ends are members.
             guard let peer = Identifier(key: RowKey(stored: key).suffix), member < peer || !members.contains(peer) else { return }
+            if summary.isActive && !members.contains(peer) { outside.append(links.count) }
             links.append(
                 StoredLink(
                     from: member, to: peer, active: summary.isActive, firstAdd: summary.firstAdd, lastAdd: summary.lastAdd,
                     removedAt: summary.removedAt))
+        }
+        // An active link to someone outside the profile: the rules keep the two profiles apart.
+        let rules = configuration.profile.rules
+        for index in outside {
+            let peer = links[index].to
+            let peerMembers = try view(of: peer, in: reader)?.members ?? [peer]
+            links[index].refusedBy = rules.refusal(joining: profileMembers, with: peerMembers)
         }
         return links
     }

@@ -50,7 +50,9 @@ extension WriteContext {
     /// either (new with that message: its row is the only one they can hold). Callers that changed
     /// ledger rows in other ways (copies joined, erasures, repairs) pass nil, and every member's
     /// ledger is read.
-    func recompute(around starts: [Identifier], absorbing delta: ProfileDelta? = nil, fresh: Set<Identifier> = []) throws {
+    /// Returns the identifiers of the components.
+    @discardableResult
+    func recompute(around starts: [Identifier], absorbing delta: ProfileDelta? = nil, fresh: Set<Identifier> = []) throws -> Set<Identifier> {
         var nodes = Set(starts)
         var queue = starts
         var links: [LinkEdge: LWWStamp] = [:]
@@ -84,6 +86,20 @@ extension WriteContext {
             newCanonicals.insert(try storeProfile(of: person, heads: heads, recent: recent))
         }
         for stale in oldCanonicals.subtracting(newCanonicals) { deleteView(stale) }
+        return nodes
+    }
+
+    /// Computes again, under the rules in force, the people of every component with a member
+    /// in digest-tree buckets `buckets` (a store's profiles were built under other rules:
+    /// `StoreEngine.reevaluateIdentity`). A component reaching into several batches is computed
+    /// once in each: the result is the same.
+    func reevaluateIdentity(buckets: Range<Int>) throws {
+        var done: Set<Identifier> = []
+        for bucket in buckets {
+            for identifier in try txn.identifiers(inBucket: bucket, hasher: engine.hasher) where !done.contains(identifier) {
+                done.formUnion(try recompute(around: [identifier]))
+            }
+        }
     }
 
     /// Stores the profile of `person` (its view under its canonical key) and points every

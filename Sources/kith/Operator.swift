@@ -278,6 +278,15 @@ func configCheck(_ arguments: [String]) -> Never {
             let fixed = [IdentifierKind.userId: ["userId"], .anonymousId: ["anonymousId", "alias previousId"]][kind] ?? []
             say("  \(kind.name) from \((fixed + paths + types).joined(separator: ", "))")
         }
+        let rules = try configuration.identity.identityRules()
+        let limits = IdentifierKind.allCases.compactMap { kind in rules.limits[kind].map { "at most \($0) \(kind.name)" } }
+        say("  identity rules version \(rules.version): " + (limits.isEmpty ? "no limits" : limits.joined(separator: ", ") + " a profile"))
+        say("  a profile is named by its " + rules.priority.map(\.name).joined(separator: ", then "))
+        say("  blocked for every kind: " + rules.blockedValues.sorted().joined(separator: ", "))
+        for kind in IdentifierKind.allCases {
+            let values = (rules.blockedByKind[kind] ?? []).sorted() + (rules.blockedPatterns[kind] ?? []).map { "/\($0)/" }
+            if !values.isEmpty { say("  blocked \(kind.name): " + values.joined(separator: ", ")) }
+        }
         if let region = sources.phoneRegion {
             say("  national phone numbers read as +\(region.countryCode) (\(region.code.isEmpty ? "configured" : region.code))")
         } else {

@@ -352,6 +352,35 @@ struct KithProcessTests {
         #expect(found.output.contains("  Newsletter (1)\n  newsletter (1)\n") && !found.output.contains("Advertising ("))
     }
 
+    /// A node restarted under tighter identity rules splits the profiles built under the old
+    /// ones before it serves, and a profile's links say which rule keeps an identifier out.
+    @Test func aRestartUnderNewIdentityRulesRebuildsTheProfiles() throws {
+        let config = FileManager.default.temporaryDirectory.appendingPathComponent("kith-rules-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: config) }  // a temporary file; a leftover is harmless
+        func rules(version: Int, anonymous: Int) {
+            let text = #"{"identity":{"rulesVersion":\#(version),"limits":{"user_id":1,"anonymous_id":\#(anonymous)}}}"#
+            FileManager.default.createFile(atPath: config, contents: Data(text.utf8))
+        }
+        rules(version: 1, anonymous: 5)
+        let node = try NodeProcess(arguments: ["--config", config])
+        for index in 0..<3 {
+            let message =
+                #"{"userId":"u-1","anonymousId":"tablet-\#(index)","messageId":"t\#(index)","timestamp":"2026-03-0\#(index + 1)T10:00:00Z"}"#
+            #expect(try node.ingest("/v1/identify", message) == 200)
+        }
+        #expect(try node.profile("user_id:u-1/identifiers")?.body.contains(#""anonymous_id":["tablet-0","tablet-1","tablet-2"]"#) == true)
+        node.stop()
+        rules(version: 2, anonymous: 1)
+        try node.start()
+        #expect(try node.profile("user_id:u-1/identifiers")?.body.contains(#""anonymous_id":["tablet-0"]"#) == true)
+        #expect(try node.profile("anonymous_id:tablet-2")?.body.contains(#""id":"anonymous_id:tablet-2""#) == true)
+        let links = try node.request("GET", "/v1/profiles/user_id:u-1/links", headers: ["Authorization: Bearer tk"])?.body ?? ""
+        #expect(
+            links.contains(#""to":"anonymous_id:tablet-2","active":true,"kept":false,"rule":"limit: a profile holds at most 1 anonymous_id""#),
+            "\(links)")
+        #expect(node.logs.contains("profiles under identity rules version 2"))
+    }
+
     /// `kith config check` says where each kind of identifier comes from, and refuses a
     /// configuration naming a kind there is not.
     @Test func configCheckPrintsTheIdentifierSourcesInForce() throws {

@@ -27,6 +27,17 @@ struct NodeConfigurationIdentityTests {
         #expect(try NodeConfiguration().identity.identifierSources() == .builtIn)
     }
 
+    @Test func identityRulesComeIntoForce() throws {
+        let rules = try load(
+            #"{"identity":{"rulesVersion":3,"blocked":{"*":["none"],"email":["noreply@x.io"]},"blockedPatterns":{"phone":["\\+1555\\d+"]},"limits":{"anonymous_id":5},"priority":["email"]}}"#
+        ).identity.identityRules()
+        #expect(rules.version == 3 && rules.blockedValues == ["none"] && rules.blockedByKind == [.email: ["noreply@x.io"]])
+        #expect(rules.limits == [.anonymousId: 5], "limits given replace the default one user_id")
+        #expect(rules.priority.first == .email && rules.priority.count == 5)
+        #expect(rules.isBlocked("+15550123", kind: .phone) && !rules.isBlocked("test", kind: .userId))
+        #expect(try NodeConfiguration().identity.identityRules() == .builtIn)
+    }
+
     @Test func mistakesAreRefusedByName() {
         for (json, message) in [
             (#"{"identity":{"phoneRegion":"XX"}}"#, "phoneRegion \"XX\" is not in Kith's table"),
@@ -35,6 +46,10 @@ struct NodeConfigurationIdentityTests {
             (#"{"identity":{"externalIdTypes":{"x":"nope"}}}"#, "externalIdTypes.x names kind \"nope\""),
             (#"{"identity":{"phoneCountryCode":"4a"}}"#, "phoneCountryCode must be 1 to 3 digits"),
             (#"{"identity":{"colour":"blue"}}"#, "unknown setting \"identity.colour\""),
+            (#"{"identity":{"limits":{"email":0}}}"#, "the limit of email must be at least 1"),
+            (#"{"identity":{"blockedPatterns":{"phone":["("]}}}"#, "is not a regular expression"),
+            (#"{"identity":{"priority":["email","email"]}}"#, "priority names a kind twice"),
+            (#"{"identity":{"blocked":{"card":["x"]}}}"#, "blocked names kind \"card\""),
         ] {
             do {
                 try load(json).validate()

@@ -1,0 +1,162 @@
+/// Identity rules, as Segment's Unify has them: values that never identify anyone, how many
+/// identifiers of a kind one profile may hold, and which kind names a profile.
+///
+/// The rules decide at two moments: when a message is parsed (a blocked value is no
+/// identifier), and whenever a component's people are computed from its links
+/// (`IdentityResolver`: a link is kept only if neither end is blocked and the two groups it
+/// joins stay within every limit). Because the second runs over the links held, a change of
+/// rules reaches old data too: a store that finds its profiles built under another `version`
+/// computes them all again (`ProfileWriting.reevaluateIdentity`), and every replica with the
+/// same links and rules ends with the same profiles.
+public struct IdentityRules: Sendable, Equatable {
+    /// Names the rules in force; a store rebuilds its profiles when the version it built them
+    /// under differs. Change it with any other field.
+    public var version: Int
+    /// Values (compared trimmed and case-insensitively) that identify nobody, of any kind.
+    public var blockedValues: Set<String>
+    /// The same, for one kind only.
+    public var blockedByKind: [IdentifierKind: Set<String>]
+    /// Regular expressions a whole (trimmed) value of the kind must not match.
+    public var blockedPatterns: [IdentifierKind: [String]] { didSet { compiled = BlockedPatterns(blockedPatterns) } }
+    /// The most identifiers of a kind one profile may hold; kinds not listed are unlimited.
+    public var limits: [IdentifierKind: Int]
+    /// Kinds in priority order, for choosing a profile's canonical key.
+    public var priority: [IdentifierKind]
+    private var compiled: BlockedPatterns
+
+    public init(
+        version: Int = 0, blockedValues: Set<String> = Self.defaultBlockedValues, blockedByKind: [IdentifierKind: Set<String>] = [:],
+        blockedPatterns: [IdentifierKind: [String]] = [:], limits: [IdentifierKind: Int] = [.userId: 1],
+        priority: [IdentifierKind] = IdentifierKind.allCases
+    ) throws(IdentityRuleError) {
+        self.version = version
+        self.blockedValues = Set(blockedValues.map { $0.lowercased() })
+        self.blockedByKind = blockedByKind.mapValues { Set($0.map { $0.lowercased() }) }
+        self.blockedPatterns = blockedPatterns
+        self.limits = limits
+        self.priority = priority + IdentifierKind.allCases.filter { !priority.contains($0) }
+        compiled = try BlockedPatterns(validating: blockedPatterns)
+        for (kind, limit) in limits where limit < 1 { throw IdentityRuleError("the limit of \(kind.name) must be at least 1") }
+    }
+
+    /// The built-in rules: the default blocked values, one user id per profile, the kinds'
+    /// default priority.
+    public static let builtIn: IdentityRules = {
+        do { return try IdentityRules() } catch { preconditionFailure("the built-in identity rules are invalid: \(error)") }
+    }()
+
+    public static let defaultBlockedValues: Set<String> = [
+        "null", "nil", "none", "undefined", "unknown", "anonymous", "0", "-1", "n/a", "na", "test", "[object object]",
+    ]
+
+    /// Whether `value` identifies nobody, whatever its kind.
+    public func isBlocked(_ value: String) -> Bool {
+        blockedValues.contains(value.trimmingWhitespace().lowercased())
+    }
+
+    /// Whether `value`, as an identifier of `kind`, identifies nobody.
+    public func isBlocked(_ value: String, kind: IdentifierKind) -> Bool {
+        let trimmed = value.trimmingWhitespace()
+        let folded = trimmed.lowercased()
+        if blockedValues.contains(folded) || blockedByKind[kind]?.contains(folded) == true { return true }
+        return compiled.matches(trimmed, kind: kind)
+    }
+
+    public func limit(for kind: IdentifierKind) -> Int { limits[kind] ?? Int.max }
+
+    /// Why two groups of identifiers may not become one person, or nil when they may: an
+    /// identifier blocked by the rules, or a kind over its limit. The one rule behind both the
+    /// resolver's decisions and the reasons a profile's links give.
+    public func refusal(joining a: IdentifierTally, with b: IdentifierTally) -> LinkRefusal? {
+        if let kind = a.blocked ?? b.blocked { return .blocked(kind) }
+        for kind in IdentifierKind.allCases where a.count(of: kind) + b.count(of: kind) > limit(for: kind) {
+            return .limit(kind, limit(for: kind))
+        }
+        return nil
+    }
+
+    public func refusal(joining a: some Collection<Identifier>, with b: some Collection<Identifier>) -> LinkRefusal? {
+        refusal(joining: IdentifierTally(a, rules: self), with: IdentifierTally(b, rules: self))
+    }
+
+    /// The canonical member of a set of identifiers: the smallest of the highest-priority kind.
+    public func canonical(of members: some Collection<Identifier>) -> Identifier? {
+        for kind in priority {
+            if let best = members.filter({ $0.kind == kind }).min() { return best }
+        }
+        return nil
+    }
+
+    public static func == (a: IdentityRules, b: IdentityRules) -> Bool {
+        (a.version, a.blockedValues, a.blockedByKind, a.blockedPatterns, a.limits, a.priority)
+            == (b.version, b.blockedValues, b.blockedByKind, b.blockedPatterns, b.limits, b.priority)
+    }
+}
+
+/// What the rules need to know of a group of identifiers: how many of each kind it holds, and
+/// whether one of them is blocked.
+public struct IdentifierTally: Sendable, Equatable {
+    private var counts: [IdentifierKind: Int] = [:]
+    /// The kind of a blocked member, if the group has one.
+    public private(set) var blocked: IdentifierKind?
+
+    public init(_ identifiers: some Collection<Identifier>, rules: IdentityRules) {
+        for identifier in identifiers {
+            counts[identifier.kind, default: 0] += 1
+            if blocked == nil, rules.isBlocked(identifier.value, kind: identifier.kind) { blocked = identifier.kind }
+        }
+    }
+
+    public func count(of kind: IdentifierKind) -> Int { counts[kind, default: 0] }
+
+    /// The tally of the two groups as one.
+    public mutating func add(_ other: IdentifierTally) {
+        counts.merge(other.counts, uniquingKeysWith: +)
+        blocked = blocked ?? other.blocked
+    }
+}
+
+/// Why the identity rules keep two identifiers apart.
+public enum LinkRefusal: Sendable, Equatable, CustomStringConvertible {
+    /// An end is a value of this kind the rules block.
+    case blocked(IdentifierKind)
+    /// Joining would give a profile more identifiers of this kind than the limit.
+    case limit(IdentifierKind, Int)
+
+    public var description: String {
+        switch self {
+        case .blocked(let kind): "blocked: the \(kind.name) is a value the rules block"
+        case .limit(let kind, let limit): "limit: a profile holds at most \(limit) \(kind.name)"
+        }
+    }
+}
+
+public struct IdentityRuleError: Error, Equatable, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// The rules' blocked patterns, compiled once. `Regex` holds no mutable state once built, and
+/// matching only reads it, so sharing it between threads is safe.
+private struct BlockedPatterns: @unchecked Sendable {
+    private var patterns: [IdentifierKind: [Regex<AnyRegexOutput>]] = [:]
+
+    init(validating sources: [IdentifierKind: [String]]) throws(IdentityRuleError) {
+        for (kind, list) in sources {
+            for source in list {
+                do { patterns[kind, default: []].append(try Regex(source)) } catch {
+                    throw IdentityRuleError("the \(kind.name) pattern \"\(source)\" is not a regular expression: \(error)")
+                }
+            }
+        }
+    }
+
+    /// Patterns already validated (the rules' own setter).
+    init(_ sources: [IdentifierKind: [String]]) {
+        do { try self.init(validating: sources) } catch { preconditionFailure("\(error)") }
+    }
+
+    func matches(_ value: String, kind: IdentifierKind) -> Bool {
+        patterns[kind]?.contains { (try? $0.wholeMatch(in: value)) != nil } ?? false  // a match that throws matched nothing
+    }
+}
