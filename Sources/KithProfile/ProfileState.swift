@@ -40,7 +40,7 @@ public enum ApplyOutcome: Equatable, Sendable {
 /// is dropped), which every replica does with the same rule, so an old copy of erased data can
 /// never come back through a merge.
 public struct ProfileState: Equatable, Sendable {
-    public let configuration: ProfileConfiguration
+    public private(set) var configuration: ProfileConfiguration
     public private(set) var documents: [Identifier: SourceDocument] = [:]
     public private(set) var graph = IdentityGraph()
     /// Forget key → erasure time (Unix ms): data dated at or before it is gone for good.
@@ -48,6 +48,13 @@ public struct ProfileState: Equatable, Sendable {
 
     public init(configuration: ProfileConfiguration = ProfileConfiguration()) {
         self.configuration = configuration
+    }
+
+    /// The same documents, links and erasures under other identity rules: profiles are derived
+    /// from them, so every view follows the new rules at once (what a store's re-evaluation
+    /// must reach).
+    public mutating func adopt(_ rules: IdentityRules) {
+        configuration.rules = rules
     }
 
     public static func == (a: ProfileState, b: ProfileState) -> Bool {

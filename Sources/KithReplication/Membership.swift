@@ -195,6 +195,14 @@ public struct Membership: Sendable {
             for target in pick(settings.reconnectsPerInterval, from: down) {
                 directives.append(.send(to: target.address, message(.join, updates: [target])))
             }
+            // Seeds this node knows nothing of: a node that starts while the cluster is
+            // partitioned learns only its own side, and when every node of both sides has
+            // restarted that way neither knows the other is there to ask. Asking the seeds
+            // brings the halves together once the partition heals.
+            let known = Set(members.values.map(\.address))
+            for seed in seeds where !known.contains(seed) && !members.values.allSatisfy({ $0.status >= .dead }) {
+                directives.append(.send(to: seed, message(.join)))
+            }
         }
         directives += checkProbe(now: now)
         if now >= nextProbeAt && probe == nil { directives += startProbe(now: now) }

@@ -143,6 +143,8 @@ package protocol StoreReading {
     func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
     /// The identifiers held here whose forget keys fall in digest-tree bucket `bucket`.
     func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier]
+    /// The same for a run of buckets, in bucket order.
+    func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
 }
 
 extension StoreReading {
@@ -158,6 +160,17 @@ extension StoreReading {
 
     package func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try identifiers(where: { DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0)) == bucket })
+    }
+
+    /// Plain tables: one pass over every identifier, hashing each once.
+    package func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        var found: [(bucket: Int, identifier: Identifier)] = []
+        _ = try identifiers(where: { identifier in
+            let bucket = DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: identifier))
+            if buckets.contains(bucket) { found.append((bucket, identifier)) }
+            return false
+        })
+        return found.sorted { ($0.bucket, $0.identifier) < ($1.bucket, $1.identifier) }.map(\.identifier)
     }
 
     private func identifiers(where wanted: (Identifier) -> Bool) throws -> [Identifier] {
@@ -218,6 +231,10 @@ extension ReadingThrough {
     }
     package func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try readThrough.identifiers(inBucket: bucket, hasher: hasher)
+    }
+
+    package func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try readThrough.identifiers(inBuckets: buckets, hasher: hasher)
     }
 }
 

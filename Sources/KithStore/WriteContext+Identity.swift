@@ -95,10 +95,11 @@ extension WriteContext {
     /// once in each: the result is the same.
     func reevaluateIdentity(buckets: Range<Int>) throws {
         var done: Set<Identifier> = []
-        for bucket in buckets {
-            for identifier in try txn.identifiers(inBucket: bucket, hasher: engine.hasher) where !done.contains(identifier) {
-                done.formUnion(try recompute(around: [identifier]))
-            }
+        for identifier in try txn.identifiers(inBuckets: buckets, hasher: engine.hasher) where !done.contains(identifier) {
+            // Only identifiers in a profile: one with rows but none (an erased identifier
+            // that keeps a link's removal) is known to nobody and must stay so.
+            guard try canonicalKey(identifier.key) != nil else { continue }
+            done.formUnion(try recompute(around: [identifier]))
         }
     }
 

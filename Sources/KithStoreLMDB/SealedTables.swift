@@ -419,6 +419,11 @@ struct SealedReading: StoreReading {
         }
     }
 
+    /// Sealed: the buckets one run each (`identifiers(inBucket:)`).
+    func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        try buckets.flatMap { try identifiers(inBucket: $0, hasher: hasher) }
+    }
+
     /// Owners are in pseudonym order, and a pseudonym is a forget key's first bytes: a bucket's
     /// owners are one run of the table, read by their owner rows.
     func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {

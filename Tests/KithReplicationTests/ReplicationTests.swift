@@ -176,6 +176,8 @@ struct PeerMessageTests {
 struct MembershipCluster {
     var members: [Membership]
     var down: Set<Int> = []
+    /// Directed links that drop everything: (from, to), by index.
+    var blocked: Set<[Int]> = []
     var now: Int64 = 0
 
     init(count: Int, roles: [MemberRole]? = nil, settings: MembershipSettings = MembershipSettings()) {
@@ -200,7 +202,7 @@ struct MembershipCluster {
             let (from, directive) = queue.removeFirst()
             guard case .send(let address, let message) = directive else { continue }
             let target = Int(address.dropFirst())! - 1
-            guard !down.contains(target), !down.contains(from) else { continue }
+            guard !down.contains(target), !down.contains(from), !blocked.contains([from, target]) else { continue }
             queue += members[target].receive(message, from: members[from].me.address, now: now).map { (target, $0) }
         }
     }
@@ -260,6 +262,23 @@ struct MembershipTests {
         cluster.members[2] = Membership(me: again, seeds: ["n1"], seed: 99)
         cluster.run(milliseconds: 5_000)
         for index in 0..<2 { #expect(cluster.status(of: 3, seenBy: index) == .alive) }
+    }
+
+    /// Nodes that start while the cluster is partitioned learn only their own side. Once the
+    /// partition heals, a side that knows nothing of the other still finds it through its seeds.
+    @Test func halvesThatStartedApartFindEachOtherThroughTheirSeeds() {
+        var cluster = MembershipCluster(count: 4)
+        for a in 0..<2 { for b in 2..<4 { cluster.blocked.formUnion([[a, b], [b, a]]) } }
+        cluster.run(milliseconds: 5_000)
+        // n3 and n4 cannot reach their seed; an operator joins them to each other.
+        cluster.deliver(cluster.members[3].join("n3"), from: 3)
+        cluster.run(milliseconds: 3_000)
+        #expect(cluster.members[2].reachable.map(\.name) == ["n4"] && cluster.members[0].reachable.map(\.name) == ["n2"])
+        cluster.blocked = []
+        cluster.run(milliseconds: 10_000)
+        for index in 0..<4 {
+            #expect(cluster.members[index].reachable.count == 3, "n\(index + 1) sees \(cluster.members[index].reachable.map(\.name))")
+        }
     }
 
     @Test func aDeadCoreMemberIsReapedButAnEdgeAwayForLongIsKept() {

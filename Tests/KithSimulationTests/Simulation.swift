@@ -22,7 +22,8 @@ final class Simulation {
     final class Machine {
         let index: Int
         let member: Member
-        let store: MemoryProfileStore
+        /// Replaced, with the same data, when the machine restarts under other settings.
+        var store: MemoryProfileStore
         /// The machine's clock: `skew` ms off, running `drift` parts per million fast or slow.
         let skew: Int64
         let drift: Int64
@@ -137,6 +138,17 @@ final class Simulation {
             self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)
         }
         machine.nextTick = now
+    }
+
+    /// Stops `machine` and starts it again over the same data under `rules`, bringing its
+    /// profiles under them first, as `kith serve` does when its configured rules change.
+    func restart(_ machine: Machine, under rules: IdentityRules) throws {
+        crash(machine)
+        machine.store = MemoryProfileStore(
+            configuration: StoreConfiguration(node: machine.member.id, forgetKeySecret: Self.secret, profile: ProfileConfiguration(rules: rules)),
+            copying: machine.store)
+        while try !machine.store.reevaluateIdentity(buckets: 128) {}
+        try start(machine)
     }
 
     func crash(_ machine: Machine) {

@@ -241,3 +241,60 @@ struct SimulationTests {
         #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
     }
 }
+
+/// The identity rules change while the cluster runs: machines restart one at a time under
+/// tighter rules (one anonymous id a profile), then under looser ones (two), with faults,
+/// unmerges and erasures going on. Every replica must end with the reference model's profiles
+/// under the final rules: the same links and rules, the same profiles, with no coordinator.
+func runRulesChangeScenario(seed: UInt64) throws -> [String] {
+    var setup = SplitMix64(seed: seed ^ 0x2217)
+    let nodes = 3 + setup.below(4)
+    let simulation = try Simulation(seed: seed, nodes: nodes, edges: setup.below(2), antiEntropy: seed % 2 == 1)
+    simulation.faults = .init(lossPercent: setup.below(10), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(40)))
+    var generator = WorkloadGenerator(seed: seed, customers: 12)
+    var ledger = Ledger()
+    let parser = SegmentMessageParser()
+    let tight = try IdentityRules(version: 2, limits: [.userId: 1, .anonymousId: 1])
+    let loose = try IdentityRules(version: 3, limits: [.userId: 1, .anonymousId: 2])
+    // Each machine restarts under the tight rules at its own moment in 4–8 s, under the loose
+    // ones in 9–13 s.
+    var restarts = simulation.machines.flatMap { machine in
+        [
+            (at: 4_000 + Int64(setup.below(4_000)), machine: machine, rules: tight),
+            (at: 9_000 + Int64(setup.below(4_000)), machine: machine, rules: loose),
+        ]
+    }.sorted { $0.at < $1.at }
+    try simulation.run(until: 15_000) { sim in
+        while let next = restarts.first, next.at <= sim.now {
+            restarts.removeFirst()
+            try sim.restart(next.machine, under: next.rules)
+        }
+        try clientStep(sim, &generator, parser, &ledger)
+        sim.injectFault()
+    }
+    try simulation.heal()
+    var settled: Int64 = 15_000
+    repeat {
+        settled += 2_000
+        try simulation.run(until: settled)
+    } while try !converged(simulation) && settled < 60_000
+    ledger.reference.adopt(loose)
+    return try check(simulation, ledger, seed: seed)
+}
+
+@Suite("Deterministic cluster simulation: identity rules that change")
+struct RulesChangeSimulationTests {
+    @Test func everySeedEndsWithTheProfilesOfTheFinalRules() throws {
+        var failed: [String] = []
+        let seeds = simulationSeeds(ci: 40)
+        for seed in seeds {
+            let failures = try runRulesChangeScenario(seed: seed)
+            if !failures.isEmpty {
+                failed.append(
+                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter RulesChangeSimulationTests"
+                )
+            }
+        }
+        #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
+    }
+}

@@ -91,6 +91,20 @@ struct IdentityRulesChangeTests {
         #expect(again.links.isEmpty)
     }
 
+    /// An unmerge that comes after an erasure (from a peer that had not heard of it) leaves the
+    /// erased identifiers a link's removal and nothing else: computing profiles again must not
+    /// give them profiles.
+    @Test func erasedIdentifiersStayUnknown() throws {
+        let store = try Self.store(Self.rules(anonymousLimit: 5, version: 1), [0])
+        let user = Identifier(kind: .userId, value: "u-1")!, tablet = Identifier(kind: .anonymousId, value: "tablet-0")!
+        let erasure = try store.erase(user, requestedAt: 1_780_000_000_000)
+        try store.removeLink(user, tablet, stamp: LWWStamp(time: erasure.boundary + 10_000, tiebreak: "unlink"))
+        #expect(try store.view(of: tablet) == nil && store.view(of: user) == nil && store.links(of: user).isEmpty)
+        let again = try Self.reopened(store, Self.rules(anonymousLimit: 1, version: 2))
+        #expect(try again.view(of: tablet) == nil && again.view(of: user) == nil, "no profile for an identifier erased")
+        #expect(try Self.profiles(again).isEmpty)
+    }
+
     @Test func rulesThatCannotHoldAreRefused() {
         #expect(throws: IdentityRuleError.self) { try IdentityRules(blockedPatterns: [.phone: ["(unclosed"]]) }
         #expect(throws: IdentityRuleError.self) { try IdentityRules(limits: [.email: 0]) }
