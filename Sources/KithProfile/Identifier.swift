@@ -156,6 +156,9 @@ extension Identifier: BinaryCodable {
 
 extension String {
     func trimmingWhitespace() -> String {
+        // Most values start and end with a visible ASCII character: nothing to trim, and no
+        // Unicode property lookups to find that out.
+        if let first = utf8.first, let last = utf8.last, (0x21..<0x7F).contains(first), (0x21..<0x7F).contains(last) { return self }
         var sub = Substring(self)
         while let c = sub.first, c.isWhitespace { sub.removeFirst() }
         while let c = sub.last, c.isWhitespace { sub.removeLast() }

@@ -10,18 +10,31 @@ import KithJSON
 /// phone that is not a number) is not an identifier; the message is still accepted.
 public struct IdentifierSources: Sendable, Equatable {
     public struct Source: Sendable, Equatable {
+        /// Where a path starts.
+        enum Root: Sendable, Equatable {
+            case traits, context, properties
+        }
+
         public var path: String
         public var kind: IdentifierKind
-        /// `path` split at its dots: the root (`traits`, `context`, `properties`) and the rest.
-        let components: [String]
+        let root: Root
+        /// The objects to go through below the root, and the field holding the value.
+        let objects: [String]
+        let field: String
 
         public init?(path: String, kind: IdentifierKind) {
             let components = path.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
-            guard components.count >= 2, ["traits", "context", "properties"].contains(components[0]), !components.contains(where: \.isEmpty)
-            else { return nil }
+            guard components.count >= 2, !components.contains(where: \.isEmpty) else { return nil }
+            switch components[0] {
+            case "traits": root = .traits
+            case "context": root = .context
+            case "properties": root = .properties
+            default: return nil
+            }
             self.path = path
             self.kind = kind
-            self.components = components
+            objects = Array(components.dropFirst().dropLast())
+            field = components[components.count - 1]
         }
     }
 
@@ -61,13 +74,16 @@ public struct IdentifierSources: Sendable, Equatable {
     /// call's merged traits; other calls have none (a group call's traits are the group's).
     func value(at source: Source, message: JSONObject, context: JSONObject, traits: JSONObject?) -> String? {
         var object: JSONObject?
-        switch source.components[0] {
-        case "traits": object = traits
-        case "context": object = context
-        default: object = message["properties"]?.objectValue
+        switch source.root {
+        case .traits: object = traits
+        case .context: object = context
+        case .properties: object = message["properties"]?.objectValue
         }
-        for component in source.components.dropFirst().dropLast() { object = object?[component]?.objectValue }
-        switch object?[source.components[source.components.count - 1]] {
+        for name in source.objects {
+            guard let inner = object?[name]?.objectValue else { return nil }
+            object = inner
+        }
+        switch object?[source.field] {
         case .string(let text)?: return text
         case .number(let number)?: return number.literal
         default: return nil

@@ -51,16 +51,31 @@ public struct IdentityRules: Sendable, Equatable {
 
     /// Whether `value` identifies nobody, whatever its kind.
     public func isBlocked(_ value: String) -> Bool {
-        blockedValues.contains(value.trimmingWhitespace().lowercased())
+        blockedValues.contains(Self.folded(value.trimmingWhitespace()))
     }
 
     /// Whether `value`, as an identifier of `kind`, identifies nobody.
     public func isBlocked(_ value: String, kind: IdentifierKind) -> Bool {
         let trimmed = value.trimmingWhitespace()
-        let folded = trimmed.lowercased()
-        if blockedValues.contains(folded) || blockedByKind[kind]?.contains(folded) == true { return true }
+        let folded = Self.folded(trimmed)
+        if blockedValues.contains(folded) { return true }
+        // Rules of a kind are the exception: most checks end here without another lookup.
+        guard hasKindRules else { return false }
+        if blockedByKind[kind]?.contains(folded) == true { return true }
         return compiled.matches(trimmed, kind: kind)
     }
+
+    /// `text` lower-cased; a string with no upper-case ASCII and nothing beyond ASCII is its
+    /// own lower case, without a copy.
+    private static func folded(_ text: String) -> String {
+        let own = text.utf8.withContiguousStorageIfAvailable { bytes in
+            for byte in bytes where byte >= 0x80 || (byte >= 0x41 && byte <= 0x5A) { return false }
+            return true
+        }
+        return own == true ? text : text.lowercased()
+    }
+
+    private var hasKindRules: Bool { !blockedByKind.isEmpty || !blockedPatterns.isEmpty }
 
     public func limit(for kind: IdentifierKind) -> Int { limits[kind] ?? Int.max }
 
