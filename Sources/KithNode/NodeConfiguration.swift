@@ -77,26 +77,28 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             priority = try container.decodeIfPresent([String].self, forKey: .priority)
         }
 
+        /// The kind named `name`, or an error naming `what` gave it and the kinds there are.
+        static func kind(_ name: String, _ what: String) throws -> IdentifierKind {
+            guard let kind = IdentifierKind(name: name) else {
+                throw ConfigurationError(
+                    "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.allCases.map(\.name).joined(separator: ", "))
+            }
+            return kind
+        }
+
         /// The identity rules in force. Throws on an unknown kind, a limit below 1 or a pattern
         /// that is not a regular expression, naming it.
         public func identityRules() throws -> IdentityRules {
-            func kind(_ name: String, _ what: String) throws -> IdentifierKind {
-                guard let kind = IdentifierKind(name: name) else {
-                    throw ConfigurationError(
-                        "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.allCases.map(\.name).joined(separator: ", "))
-                }
-                return kind
-            }
             var byKind: [IdentifierKind: Set<String>] = [:]
-            for (name, values) in blocked where name != "*" { byKind[try kind(name, "blocked")] = Set(values) }
+            for (name, values) in blocked where name != "*" { byKind[try Self.kind(name, "blocked")] = Set(values) }
             var patterns: [IdentifierKind: [String]] = [:]
-            for (name, list) in blockedPatterns { patterns[try kind(name, "blockedPatterns")] = list }
+            for (name, list) in blockedPatterns { patterns[try Self.kind(name, "blockedPatterns")] = list }
             var kindLimits: [IdentifierKind: Int] = [.userId: 1]
             if let limits {
                 kindLimits = [:]
-                for (name, limit) in limits { kindLimits[try kind(name, "limits")] = limit }
+                for (name, limit) in limits { kindLimits[try Self.kind(name, "limits")] = limit }
             }
-            let order = try (priority ?? []).map { try kind($0, "priority") }
+            let order = try (priority ?? []).map { try Self.kind($0, "priority") }
             guard Set(order).count == order.count else { throw ConfigurationError("identity: priority names a kind twice") }
             do {
                 return try IdentityRules(
@@ -110,22 +112,15 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         /// The sources in force: the built-in ones and these. Throws on a path, kind or region
         /// that cannot be used, naming it.
         public func identifierSources() throws -> IdentifierSources {
-            func kind(_ name: String, _ what: String) throws -> IdentifierKind {
-                guard let kind = IdentifierKind(name: name) else {
-                    throw ConfigurationError(
-                        "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.allCases.map(\.name).joined(separator: ", "))
-                }
-                return kind
-            }
             var extra: [IdentifierSources.Source] = []
             for (path, name) in sources.sorted(by: { $0.key < $1.key }) {
-                guard let source = IdentifierSources.Source(path: path, kind: try kind(name, "source \(path)")) else {
+                guard let source = IdentifierSources.Source(path: path, kind: try Self.kind(name, "source \(path)")) else {
                     throw ConfigurationError("identity: source \"\(path)\" must be traits.NAME, context.PATH or properties.NAME")
                 }
                 extra.append(source)
             }
             var types: [String: IdentifierKind] = [:]
-            for (type, name) in externalIdTypes { types[type] = try kind(name, "externalIdTypes.\(type)") }
+            for (type, name) in externalIdTypes { types[type] = try Self.kind(name, "externalIdTypes.\(type)") }
             var region: PhoneNumber.Region?
             if let phoneCountryCode {
                 guard (1...3).contains(phoneCountryCode.count), phoneCountryCode.allSatisfy(\.isASCII), phoneCountryCode.allSatisfy(\.isNumber) else {

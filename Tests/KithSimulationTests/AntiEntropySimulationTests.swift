@@ -31,12 +31,7 @@ func runTruncatedLogScenario(seed: UInt64, antiEntropy: Bool = true) throws -> (
     for machine in sim.machines where machine.index != isolated {
         try machine.store.truncateLog(through: .max)
     }
-    try sim.heal()
-    var settled: Int64 = 10_000
-    repeat {
-        settled += 2_000
-        try sim.run(until: settled)
-    } while try !converged(sim) && settled < 60_000
+    try sim.healAndSettle(from: 10_000)
     let repaired = sim.machines[isolated].node?.counters.documentsRepaired ?? 0
     return (try check(sim, ledger, seed: seed), repaired)
 }

@@ -56,12 +56,7 @@ func runEdgeErasureScenario(seed: UInt64) throws -> [String] {
         try send(edge, dated: sim.random.chance(50) ? time - 1 - Int64(sim.random.below(1_500)) : time + 1 + Int64(sim.random.below(3_000)))
     }
     // Reconnect, and let anti-entropy finish.
-    try sim.heal()
-    var settled: Int64 = 6_000
-    repeat {
-        settled += 2_000
-        try sim.run(until: settled)
-    } while Set(try sim.machines.map { try $0.store.contentDigest() }).count != 1 && settled < 40_000
+    try sim.healAndSettle(from: 6_000, limit: 40_000)
 
     var failures: [String] = []
     if Set(try sim.machines.map { try $0.store.contentDigest() }).count != 1 { failures.append("replicas differ after reconnecting") }

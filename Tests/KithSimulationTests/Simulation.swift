@@ -267,5 +267,16 @@ final class Simulation {
         for machine in machines where machine.node == nil { try start(machine) }
     }
 
+    /// Heals (`heal`), then runs in steps of 2 s from `start` until every replica holds the
+    /// same content, or until `limit` of simulated time.
+    func healAndSettle(from start: Int64, limit: Int64 = 60_000) throws {
+        try heal()
+        var settled = start
+        repeat {
+            settled += 2_000
+            try run(until: settled)
+        } while try Set(machines.map { try $0.store.contentDigest() }).count > 1 && settled < limit
+    }
+
     var isQuiet: Bool { queue.isEmpty }
 }

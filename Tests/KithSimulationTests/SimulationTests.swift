@@ -91,12 +91,7 @@ func runScenario(seed: UInt64) throws -> (failures: [String], counts: ScenarioCo
         sim.injectFault()
     }
     // Healing: no faults, every node up, and time for anti-entropy to finish.
-    try simulation.heal()
-    var settled: Int64 = 15_000
-    repeat {
-        settled += 2_000
-        try simulation.run(until: settled)
-    } while try !converged(simulation) && settled < 60_000
+    try simulation.healAndSettle(from: 15_000)
     if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil { try describe(simulation) }
     var counts = ScenarioCounts()
     counts.appliedAhead = simulation.machines.compactMap { $0.node?.counters.appliedAhead }.reduce(0, +)
@@ -272,12 +267,7 @@ func runRulesChangeScenario(seed: UInt64) throws -> [String] {
         try clientStep(sim, &generator, parser, &ledger)
         sim.injectFault()
     }
-    try simulation.heal()
-    var settled: Int64 = 15_000
-    repeat {
-        settled += 2_000
-        try simulation.run(until: settled)
-    } while try !converged(simulation) && settled < 60_000
+    try simulation.healAndSettle(from: 15_000)
     ledger.reference.adopt(loose)
     return try check(simulation, ledger, seed: seed)
 }
