@@ -391,6 +391,8 @@ struct KithProcessTests {
         #expect(check.status == 0, "\(check.error)")
         #expect(check.output.contains("  phone from traits.phone, context.traits.phone, traits.mobile, externalIds type phone\n"))
         #expect(check.output.contains("national phone numbers read as +44 (GB)"))
+        #expect(check.output.contains("  identity rules version 0: at most 1 user_id a profile\n"), "\(check.output)")
+        #expect(check.output.contains("  a profile is named by its user_id, then email, then phone, then device_id, then anonymous_id\n"))
         FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"sources":{"traits.card":"loyalty"}}}"#.utf8))
         let refused = try runKith(["config", "check", path])
         #expect(refused.status == 1 && refused.error.contains("names kind \"loyalty\""), "\(refused.error)")
