@@ -78,7 +78,8 @@ public final class NodeAPI: Sendable {
     let clock: Mutex<HybridLogicalClock>
     let parser: SegmentMessageParser
     let stopping = Atomic<Bool>(false)
-    private let lastChangeTime = Mutex<Int64>(.min / 2)
+    /// The time of the last privacy change made here, per customer named (recent ones only).
+    private let lastChangeTimes = Mutex<[Identifier: Int64]>([:])
     let startedAt: Int64
     public let metrics = NodeMetrics()
 
@@ -99,14 +100,22 @@ public final class NodeAPI: Sendable {
         startedAt = host.monotonicMillis()
     }
 
-    /// The time of a consent or restriction change this node makes on request: later than the
-    /// previous one's, so that two changes asked within one millisecond keep the order they
-    /// were asked in (a register is last-writer-wins by time, then by the random message id).
-    func changeTime() -> Int64 {
+    /// The time of a consent or restriction change this node makes on request about
+    /// `identifier`: later than the previous one's about it, so that two changes asked within
+    /// one millisecond keep the order they were asked in (a register is last-writer-wins by
+    /// time, and denied wins a tie). Per customer, so that many changes a second about many
+    /// customers never date any of them ahead of the clock; entries older than a second are
+    /// dropped, since the clock has passed them.
+    func changeTime(for identifier: Identifier) -> Int64 {
+        // Keyed by the profile, so that changes asked through two of its identifiers keep
+        // their order too; a failed read keys by the identifier named (its order still holds).
+        let identifier = ((try? store.view(of: identifier)) ?? nil)?.canonical ?? identifier
         let now = host.wallMillis()
-        return lastChangeTime.withLock { last in
-            last = max(now, last + 1)
-            return last
+        return lastChangeTimes.withLock { times in
+            if times.count > 4_096 { times = times.filter { $0.value >= now - 1_000 } }
+            let time = max(now, (times[identifier] ?? .min / 2) + 1)
+            times[identifier] = time
+            return time
         }
     }
 

@@ -343,7 +343,7 @@ extension NodeAPI {
             }
             decisions.append(ConsentDecision(category: member.key, granted: granted))
         }
-        let now = changeTime()
+        let now = changeTime(for: identifier)
         var time = now
         if let text = body["timestamp"] {
             guard let parsed = text.stringValue.flatMap(ISO8601.parseMillis) else {
@@ -377,7 +377,7 @@ extension NodeAPI {
 
     /// Restriction of processing (Art. 18) on or off: a consent register of Kith's own.
     private func restrict(_ identifier: Identifier, _ on: Bool, respond: @escaping Respond) {
-        let now = changeTime()
+        let now = changeTime(for: identifier)
         guard let messageId = Self.newMessageId(on ? "restrict-" : "unrestrict-", respond: respond) else { return }
         let delta = ProfileDelta(
             messageId: messageId, type: .identify, subject: identifier, channel: "privacy-api",

@@ -195,6 +195,22 @@ struct ReplicatedAPITests {
         }
     }
 
+    /// Keeping the order of one customer's changes never dates another customer's ahead of
+    /// the clock, however many come in one millisecond.
+    @Test func manyCustomersChangingAtOnceAreDatedByTheClock() throws {
+        let test = try TestAPI()
+        for index in 0..<50 {
+            #expect(test.ingest("/v1/identify", #"{"userId":"u-\#(index)","anonymousId":"a-\#(index)","messageId":"i-\#(index)"}"#)?.status == 200)
+            #expect(test.call("POST", "/v1/profiles/user_id:u-\(index)/restrict", role: .privacy)?.status == 200)
+        }
+        let wall = ISO8601.format(millis: test.host.wall.load(ordering: .relaxed))
+        let last = test.call("GET", "/v1/profiles/user_id:u-49/consent", role: .privacy)?.json
+        #expect(last?["restricted"]?["time"]?.stringValue == wall, "\(last?["restricted"] ?? .null)")
+        // One customer's changes through two of its identifiers keep their order.
+        #expect(test.call("DELETE", "/v1/profiles/anonymous_id:a-7/restrict", role: .privacy)?.status == 200)
+        #expect(test.call("GET", "/v1/profiles/user_id:u-7/consent", role: .privacy)?.json?["restricted"]?["restricted"] == .bool(false))
+    }
+
     // MARK: Operators
 
     @Test func clusterRoutesRunOnTheReplicationCore() throws {
