@@ -54,13 +54,16 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         public var blockedPatterns: [String: [String]] = [:]
         /// Kind → the most identifiers of it one profile holds (default: one user_id).
         public var limits: [String: Int]?
+        /// Kind → days its limit counts within ("5 within 7 days"); the kind needs a limit.
+        public var limitWindowDays: [String: Int] = [:]
         /// Kinds in the order that names a profile (the rest follow in the default order).
         public var priority: [String]?
 
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, sources, externalIdTypes, rulesVersion, blocked, blockedPatterns, limits, priority
+            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, sources, externalIdTypes, rulesVersion, blocked, blockedPatterns, limits,
+                limitWindowDays, priority
         }
 
         public init(from decoder: Decoder) throws {
@@ -74,6 +77,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             blocked = try container.decodeIfPresent([String: [String]].self, forKey: .blocked) ?? [:]
             blockedPatterns = try container.decodeIfPresent([String: [String]].self, forKey: .blockedPatterns) ?? [:]
             limits = try container.decodeIfPresent([String: Int].self, forKey: .limits)
+            limitWindowDays = try container.decodeIfPresent([String: Int].self, forKey: .limitWindowDays) ?? [:]
             priority = try container.decodeIfPresent([String].self, forKey: .priority)
         }
 
@@ -98,12 +102,17 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
                 kindLimits = [:]
                 for (name, limit) in limits { kindLimits[try Self.kind(name, "limits")] = limit }
             }
+            var windows: [IdentifierKind: Int64] = [:]
+            for (name, days) in limitWindowDays {
+                guard (1...3_650).contains(days) else { throw ConfigurationError("identity: limitWindowDays.\(name) must be 1 to 3650 days") }
+                windows[try Self.kind(name, "limitWindowDays")] = Int64(days) * 86_400_000
+            }
             let order = try (priority ?? []).map { try Self.kind($0, "priority") }
             guard Set(order).count == order.count else { throw ConfigurationError("identity: priority names a kind twice") }
             do {
                 return try IdentityRules(
                     version: rulesVersion, blockedValues: blocked["*"].map(Set.init) ?? IdentityRules.defaultBlockedValues, blockedByKind: byKind,
-                    blockedPatterns: patterns, limits: kindLimits, priority: order)
+                    blockedPatterns: patterns, limits: kindLimits, windows: windows, priority: order)
             } catch {
                 throw ConfigurationError("identity: \(error)")
             }

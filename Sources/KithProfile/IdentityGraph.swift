@@ -86,7 +86,14 @@ public struct IdentityResolver: Sendable {
         var index: [Identifier: Int] = [:]
         for (i, node) in sortedNodes.enumerated() { index[node] = i }
         var parent = Array(sortedNodes.indices)
-        var tallies = sortedNodes.map { IdentifierTally([$0], rules: rules) }
+        // An identifier's time, for limits with a window: its earliest link's first assertion.
+        var firstLinked: [Identifier: Int64] = [:]
+        if !rules.windows.isEmpty {
+            for link in links {
+                for end in [link.edge.low, link.edge.high] { firstLinked[end] = min(firstLinked[end] ?? .max, link.order.time) }
+            }
+        }
+        var tallies = sortedNodes.map { node in IdentifierTally([node], rules: rules) { firstLinked[$0] ?? .max } }
 
         func root(_ i: Int) -> Int {
             var i = i

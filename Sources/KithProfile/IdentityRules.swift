@@ -20,13 +20,17 @@ public struct IdentityRules: Sendable, Equatable {
     public var blockedPatterns: [IdentifierKind: [String]] { didSet { compiled = BlockedPatterns(blockedPatterns) } }
     /// The most identifiers of a kind one profile may hold; kinds not listed are unlimited.
     public var limits: [IdentifierKind: Int]
+    /// Kind → a window (ms) its limit counts within: "5 anonymous ids within 7 days" lets a
+    /// profile gather more over time, never more than 5 first linked within any 7 days. An
+    /// identifier's time is the first assertion of its earliest link in the component.
+    public var windows: [IdentifierKind: Int64]
     /// Kinds in priority order, for choosing a profile's canonical key.
     public var priority: [IdentifierKind]
     private var compiled: BlockedPatterns
 
     public init(
         version: Int = 0, blockedValues: Set<String> = Self.defaultBlockedValues, blockedByKind: [IdentifierKind: Set<String>] = [:],
-        blockedPatterns: [IdentifierKind: [String]] = [:], limits: [IdentifierKind: Int] = [.userId: 1],
+        blockedPatterns: [IdentifierKind: [String]] = [:], limits: [IdentifierKind: Int] = [.userId: 1], windows: [IdentifierKind: Int64] = [:],
         priority: [IdentifierKind] = IdentifierKind.allCases
     ) throws(IdentityRuleError) {
         self.version = version
@@ -34,9 +38,13 @@ public struct IdentityRules: Sendable, Equatable {
         self.blockedByKind = blockedByKind.mapValues { Set($0.map { $0.lowercased() }) }
         self.blockedPatterns = blockedPatterns
         self.limits = limits
+        self.windows = windows
         self.priority = priority + IdentifierKind.allCases.filter { !priority.contains($0) }
         compiled = try BlockedPatterns(validating: blockedPatterns)
         for (kind, limit) in limits where limit < 1 { throw IdentityRuleError("the limit of \(kind.name) must be at least 1") }
+        for (kind, window) in windows where window < 1 || limits[kind] == nil {
+            throw IdentityRuleError("the window of \(kind.name) must be positive and go with a limit of \(kind.name)")
+        }
     }
 
     /// The built-in rules: the default blocked values, one user id per profile, the kinds'
@@ -85,7 +93,11 @@ public struct IdentityRules: Sendable, Equatable {
     public func refusal(joining a: IdentifierTally, with b: IdentifierTally) -> LinkRefusal? {
         if let kind = a.blocked ?? b.blocked { return .blocked(kind) }
         for kind in IdentifierKind.allCases where a.count(of: kind) + b.count(of: kind) > limit(for: kind) {
-            return .limit(kind, limit(for: kind))
+            guard let window = windows[kind] else { return .limit(kind, limit(for: kind)) }
+            // Only identifiers first linked within one window count together.
+            if IdentifierTally.mostWithin(window, a.times(of: kind), b.times(of: kind)) > limit(for: kind) {
+                return .limitWithin(kind, limit(for: kind), window)
+            }
         }
         return nil
     }
@@ -104,7 +116,7 @@ public struct IdentityRules: Sendable, Equatable {
 
     public static func == (a: IdentityRules, b: IdentityRules) -> Bool {
         (a.version, a.blockedValues, a.blockedByKind, a.blockedPatterns, a.limits, a.priority)
-            == (b.version, b.blockedValues, b.blockedByKind, b.blockedPatterns, b.limits, b.priority)
+            == (b.version, b.blockedValues, b.blockedByKind, b.blockedPatterns, b.limits, b.priority) && a.windows == b.windows
     }
 }
 
@@ -112,22 +124,44 @@ public struct IdentityRules: Sendable, Equatable {
 /// whether one of them is blocked.
 public struct IdentifierTally: Sendable, Equatable {
     private var counts: [IdentifierKind: Int] = [:]
+    /// For kinds whose limit has a window: each member's time, ascending.
+    private var times: [IdentifierKind: [Int64]] = [:]
     /// The kind of a blocked member, if the group has one.
     public private(set) var blocked: IdentifierKind?
 
-    public init(_ identifiers: some Collection<Identifier>, rules: IdentityRules) {
+    /// `time(of:)`: when an identifier was first linked, for kinds whose limit has a window;
+    /// without it every member counts as linked at once (the strictest reading).
+    public init(_ identifiers: some Collection<Identifier>, rules: IdentityRules, time: (Identifier) -> Int64 = { _ in 0 }) {
         for identifier in identifiers {
             counts[identifier.kind, default: 0] += 1
+            if rules.windows[identifier.kind] != nil { times[identifier.kind, default: []].append(time(identifier)) }
             if blocked == nil, rules.isBlocked(identifier.value, kind: identifier.kind) { blocked = identifier.kind }
         }
+        for kind in times.keys { times[kind]!.sort() }
     }
 
     public func count(of kind: IdentifierKind) -> Int { counts[kind, default: 0] }
 
+    func times(of kind: IdentifierKind) -> [Int64] { times[kind] ?? [] }
+
     /// The tally of the two groups as one.
     public mutating func add(_ other: IdentifierTally) {
         counts.merge(other.counts, uniquingKeysWith: +)
+        times.merge(other.times) { ($0 + $1).sorted() }
         blocked = blocked ?? other.blocked
+    }
+
+    /// The most of two ascending lists of times, taken together, that lie within `window`
+    /// (inclusive) of one another.
+    static func mostWithin(_ window: Int64, _ a: [Int64], _ b: [Int64]) -> Int {
+        let all = (a + b).sorted()
+        var most = 0
+        var start = 0
+        for end in all.indices {
+            while all[end] - all[start] > window { start += 1 }
+            most = max(most, end - start + 1)
+        }
+        return most
     }
 }
 
@@ -137,12 +171,25 @@ public enum LinkRefusal: Sendable, Equatable, CustomStringConvertible {
     case blocked(IdentifierKind)
     /// Joining would give a profile more identifiers of this kind than the limit.
     case limit(IdentifierKind, Int)
+    /// The same, counting those first linked within the window (ms).
+    case limitWithin(IdentifierKind, Int, Int64)
 
     public var description: String {
         switch self {
         case .blocked(let kind): "blocked: the \(kind.name) is a value the rules block"
         case .limit(let kind, let limit): "limit: a profile holds at most \(limit) \(kind.name)"
+        case .limitWithin(let kind, let limit, let window):
+            "limit: a profile gains at most \(limit) \(kind.name) within \(Self.duration(window))"
         }
+    }
+}
+
+extension LinkRefusal {
+    /// A window as people write it: whole days, else hours, else milliseconds.
+    static func duration(_ millis: Int64) -> String {
+        if millis % 86_400_000 == 0 { return "\(millis / 86_400_000) days" }
+        if millis % 3_600_000 == 0 { return "\(millis / 3_600_000) hours" }
+        return "\(millis) ms"
     }
 }
 

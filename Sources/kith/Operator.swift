@@ -279,7 +279,11 @@ func configCheck(_ arguments: [String]) -> Never {
             say("  \(kind.name) from \((fixed + paths + types).joined(separator: ", "))")
         }
         let rules = try configuration.identity.identityRules()
-        let limits = IdentifierKind.allCases.compactMap { kind in rules.limits[kind].map { "at most \($0) \(kind.name)" } }
+        let limits = IdentifierKind.allCases.compactMap { kind in
+            rules.limits[kind].map { limit in
+                "at most \(limit) \(kind.name)" + (rules.windows[kind].map { " within \($0 / 86_400_000) days" } ?? "")
+            }
+        }
         say("  identity rules version \(rules.version): " + (limits.isEmpty ? "no limits" : limits.joined(separator: ", ") + " a profile"))
         say("  a profile is named by its " + rules.priority.map(\.name).joined(separator: ", then "))
         say("  blocked for every kind: " + rules.blockedValues.sorted().joined(separator: ", "))

@@ -33,6 +33,8 @@ struct NodeConfigurationIdentityTests {
         ).identity.identityRules()
         #expect(rules.version == 3 && rules.blockedValues == ["none"] && rules.blockedByKind == [.email: ["noreply@x.io"]])
         #expect(rules.limits == [.anonymousId: 5], "limits given replace the default one user_id")
+        let windowed = try load(#"{"identity":{"limits":{"anonymous_id":5},"limitWindowDays":{"anonymous_id":7}}}"#).identity.identityRules()
+        #expect(windowed.windows == [.anonymousId: 7 * 86_400_000])
         #expect(rules.priority.first == .email && rules.priority.count == 5)
         #expect(rules.isBlocked("+15550123", kind: .phone) && !rules.isBlocked("test", kind: .userId))
         #expect(try NodeConfiguration().identity.identityRules() == .builtIn)
@@ -49,6 +51,11 @@ struct NodeConfigurationIdentityTests {
             (#"{"identity":{"limits":{"email":0}}}"#, "the limit of email must be at least 1"),
             (#"{"identity":{"blockedPatterns":{"phone":["("]}}}"#, "is not a regular expression"),
             (#"{"identity":{"priority":["email","email"]}}"#, "priority names a kind twice"),
+            (#"{"identity":{"limitWindowDays":{"email":7}}}"#, "the window of email must be positive and go with a limit of email"),
+            (
+                #"{"identity":{"limits":{"anonymous_id":5},"limitWindowDays":{"anonymous_id":0}}}"#,
+                "limitWindowDays.anonymous_id must be 1 to 3650 days"
+            ),
             (#"{"identity":{"blocked":{"card":["x"]}}}"#, "blocked names kind \"card\""),
         ] {
             do {

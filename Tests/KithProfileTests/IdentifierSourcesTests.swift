@@ -115,3 +115,47 @@ struct IdentifierSourcesTests {
         #expect(views == [["user_id:u-7,email:ana@example.com,phone:+442079460000"]], "\(views)")
     }
 }
+
+/// A limit within a window of time: a profile gathers identifiers of a kind over time, never more
+/// than the limit first linked within any one window.
+@Suite("Identity limits within a window")
+struct IdentityWindowTests {
+    static let day: Int64 = 86_400_000
+    let user = Identifier(kind: .userId, value: "u-1")!
+
+    func devices(_ days: [Int64]) -> (nodes: [Identifier], links: [(edge: LinkEdge, order: LWWStamp)]) {
+        let anonymous = days.indices.map { Identifier(kind: .anonymousId, value: "a-\($0)")! }
+        let links = zip(anonymous, days).map { device, day in
+            (edge: LinkEdge(user, device)!, order: LWWStamp(time: 1_780_000_000_000 + day * Self.day, tiebreak: device.value))
+        }
+        return ([user] + anonymous, links)
+    }
+
+    @Test func aProfileGathersDevicesOverTimeButNotTooManyAtOnce() throws {
+        let rules = try IdentityRules(limits: [.userId: 1, .anonymousId: 2], windows: [.anonymousId: 7 * Self.day])
+        // Days 0, 1, 3, 10, 11, 30: within any 7 days at most two may join.
+        let (nodes, links) = devices([0, 1, 3, 10, 11, 30])
+        let people = IdentityResolver(rules: rules).people(nodes: nodes, links: links)
+        let profile = try #require(people.first { $0.contains(user) })
+        #expect(profile.map(\.value) == ["u-1", "a-0", "a-1", "a-3", "a-4", "a-5"], "a-2 (day 3) is the third within a week")
+        #expect(people.count == 2)
+        // Without the window, the limit is two in all; with the same links in any order, the same people.
+        let plain = try IdentityRules(limits: [.userId: 1, .anonymousId: 2])
+        #expect(IdentityResolver(rules: plain).people(nodes: nodes, links: links).first { $0.contains(user) }?.count == 3)
+        var random = SplitMix64(seed: 5)
+        for _ in 0..<20 {
+            #expect(IdentityResolver(rules: rules).people(nodes: nodes.shuffled(using: &random), links: links.shuffled(using: &random)) == people)
+        }
+    }
+
+    @Test func theRefusalNamesTheWindow() throws {
+        let rules = try IdentityRules(limits: [.userId: 1, .anonymousId: 1], windows: [.anonymousId: 2 * Self.day])
+        let a = Identifier(kind: .anonymousId, value: "a")!, b = Identifier(kind: .anonymousId, value: "b")!
+        let early = IdentifierTally([user, a], rules: rules) { $0 == a ? 0 : .max }
+        #expect(
+            rules.refusal(joining: early, with: IdentifierTally([b], rules: rules) { _ in Self.day }) == .limitWithin(.anonymousId, 1, 2 * Self.day))
+        #expect(rules.refusal(joining: early, with: IdentifierTally([b], rules: rules) { _ in 3 * Self.day }) == nil)
+        #expect(LinkRefusal.limitWithin(.anonymousId, 1, 2 * Self.day).description == "limit: a profile gains at most 1 anonymous_id within 2 days")
+        #expect(throws: IdentityRuleError.self) { try IdentityRules(limits: [.userId: 1], windows: [.email: Self.day]) }
+    }
+}
