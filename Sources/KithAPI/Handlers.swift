@@ -59,7 +59,10 @@ extension NodeAPI {
                 return refuse(400, "payload_too_large", "message \(index) is larger than 32 KB")
             }
             do {
-                deltas.append(try parser.parse(message, defaultType: kind, receivedAt: receivedAt))
+                let delta = try parser.parse(message, defaultType: kind, receivedAt: receivedAt)
+                deltas.append(delta)
+                // A group call also writes the group's own document.
+                if let group = try parser.groupDelta(message, for: delta) { deltas.append(group) }
             } catch {
                 return refuse(400, error.code.rawValue, (messages.count > 1 ? "message \(index): " : "") + error.message)
             }

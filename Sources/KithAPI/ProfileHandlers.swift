@@ -140,6 +140,16 @@ extension NodeAPI {
                 + missing.map { String($0, radix: 16) }.joined(separator: ", ") + "); retry, or read where the write was made")
     }
 
+    /// `/v1/groups/{groupId}`: a group's document (its `group` calls' traits), read for a purpose
+    /// through the policy like a profile.
+    func groupRoute(_ call: RouteCall) {
+        guard let text = call.parameters["groupId"].flatMap(HTTPRequest.percentDecoded), let group = Identifier(kind: .groupId, value: text)
+        else {
+            return call.respond(.error(400, code: "invalid_identifier", message: "a group id is 1 to 255 bytes without control characters"))
+        }
+        read(group, "", call.request, call.request.queryItems, call.caller, respond: call.respond)
+    }
+
     private func perform(
         _ action: ProfileAction, _ identifier: Identifier, _ request: HTTPRequest, _ query: [String: String], _ principal: Principal,
         _ parameters: RouteTable<NodeRoute>.Parameters, respond: @escaping Respond

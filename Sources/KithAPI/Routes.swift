@@ -60,6 +60,11 @@ extension NodeAPI {
             + profileRoutes
             + [
                 .init(
+                    "GET", "/v1/groups/{groupId}",
+                    NodeRoute(access: .roles(readers)) { api, call in api.groupRoute(call) })
+            ]
+            + [
+                .init(
                     "GET", "/v1/admin/status",
                     NodeRoute(access: .roles([.admin])) { node, call in node.adminStatus(call.request, respond: call.respond) }),
                 .init(

@@ -83,9 +83,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
 
         /// The kind named `name`, or an error naming `what` gave it and the kinds there are.
         static func kind(_ name: String, _ what: String) throws -> IdentifierKind {
-            guard let kind = IdentifierKind(name: name) else {
+            guard let kind = IdentifierKind(name: name), kind != .groupId else {
                 throw ConfigurationError(
-                    "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.allCases.map(\.name).joined(separator: ", "))
+                    "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.people.map(\.name).joined(separator: ", "))
             }
             return kind
         }

@@ -8,6 +8,9 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
     case phone = 3
     case deviceId = 4
     case anonymousId = 5
+    /// A group (an account, a household) of a `group` call: a document of its own, never linked
+    /// to a person (`SegmentMessageParser.groupDelta`).
+    case groupId = 6
 
     public var name: String {
         switch self {
@@ -16,6 +19,7 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
         case .phone: "phone"
         case .deviceId: "device_id"
         case .anonymousId: "anonymous_id"
+        case .groupId: "group_id"
         }
     }
 
@@ -27,6 +31,7 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
         case .phone: #""phone":"#
         case .deviceId: #""device_id":"#
         case .anonymousId: #""anonymous_id":"#
+        case .groupId: #""group_id":"#
         }
     }
 
@@ -38,6 +43,7 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
         case .phone: "phone:"
         case .deviceId: "device_id:"
         case .anonymousId: "anonymous_id:"
+        case .groupId: "group_id:"
         }
     }
 
@@ -47,6 +53,9 @@ public enum IdentifierKind: UInt8, CaseIterable, Comparable, Sendable {
     }
 
     public static func < (a: IdentifierKind, b: IdentifierKind) -> Bool { a.rawValue < b.rawValue }
+
+    /// The kinds that identify people: every kind but `groupId`.
+    public static let people: [IdentifierKind] = allCases.filter { $0 != .groupId }
 }
 
 /// A typed identifier of a person, written `kind:value` (`user_id:u-1`, `email:a@example.com`).

@@ -59,7 +59,7 @@ public struct IdentifierSources: Sendable, Equatable {
             Source(path: "traits.phone", kind: .phone)!, Source(path: "context.traits.phone", kind: .phone)!,
             Source(path: "context.device.id", kind: .deviceId)!,
         ],
-        externalIdTypes: Dictionary(uniqueKeysWithValues: IdentifierKind.allCases.map { ($0.name, $0) }), phoneRegion: nil)
+        externalIdTypes: Dictionary(uniqueKeysWithValues: IdentifierKind.people.map { ($0.name, $0) }), phoneRegion: nil)
 
     /// The built-in sources with `extra` after them, and `externalIdTypes` over the built-in ones.
     public func adding(_ extra: [Source], externalIdTypes more: [String: IdentifierKind], phoneRegion region: PhoneNumber.Region?) -> Self {

@@ -245,6 +245,21 @@ public struct SegmentMessageParser: Sendable {
             links: links, groupId: type == .group ? try requiredString(message, "groupId") : nil)
     }
 
+    /// The group document's share of a `group` call (`person`, parsed from `json`): a delta about
+    /// `group_id:{groupId}` carrying the call's traits, with a message id derived from the call's
+    /// (so a retried call is one change), or nil for any other call. The group's traits never
+    /// reach the person's document; the person's holds only that they belong to the group.
+    public func groupDelta(_ json: JSONValue, for person: ProfileDelta) throws(MessageError) -> ProfileDelta? {
+        guard person.type == .group, let groupId = person.groupId, case .object(let message) = json else { return nil }
+        guard let subject = Identifier(kind: .groupId, value: groupId) else {
+            throw MessageError(.invalidField, field: "groupId", "groupId must be 1 to 255 bytes without control characters")
+        }
+        let traits = try objectField(message, "traits", name: "traits")
+        return ProfileDelta(
+            messageId: person.messageId + "#group", type: .identify, subject: subject, channel: person.channel, times: person.times,
+            traits: traits)
+    }
+
     private func messageType(_ message: JSONObject, defaultType: MessageType?) throws(MessageError) -> MessageType {
         guard let raw = message["type"], !raw.isNull else {
             guard let defaultType else { throw MessageError(.missingField, field: "type", "a message needs a type") }

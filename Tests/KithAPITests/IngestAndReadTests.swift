@@ -178,8 +178,38 @@ struct IdentifierKindTests {
         let test = try TestAPI()
         let answer = try #require(test.call("GET", "/v1/profiles/loyalty_card:123?purpose=support", role: .reader))
         #expect(answer.status == 400 && answer.errorCode == "unknown_identifier_kind")
-        #expect(answer.json?["error"]?["message"]?.stringValue?.hasSuffix("user_id, email, phone, device_id, anonymous_id") == true)
+        #expect(answer.json?["error"]?["message"]?.stringValue?.hasSuffix("user_id, email, phone, device_id, anonymous_id, group_id") == true)
         // Without a region a national number names no phone identifier.
         #expect(test.call("GET", "/v1/profiles/phone:020%207946%200000?purpose=support", role: .reader)?.errorCode == "invalid_identifier")
+    }
+}
+
+/// Groups (accounts, households): a group call's traits go to the group's own document, read
+/// through the policy like a profile; the person's profile lists the group.
+@Suite("Groups, in process")
+struct GroupTests {
+    @Test func aGroupCallKeepsItsTraitsInTheGroupsDocument() throws {
+        let test = try TestAPI()
+        let call =
+            #"{"type":"group","userId":"u-9","groupId":"acme","messageId":"g-1","traits":{"name":"Acme Ltd","plan":"enterprise","employees":120}}"#
+        #expect(test.ingest("/v1/batch", #"{"batch":[\#(call)]}"#)?.status == 200)
+        #expect(test.ingest("/v1/group", call)?.status == 200, "a retry is one change")
+        let group = try #require(test.call("GET", "/v1/groups/acme?purpose=support", role: .reader))
+        #expect(group.status == 200 && group.json?["id"] == "group_id:acme" && group.json?["traits"]?["name"] == "Acme Ltd")
+        #expect(group.json?["traits"]?["employees"] == 120)
+        // The person holds the membership, not the group's traits.
+        let person = try #require(test.call("GET", "/v1/profiles/user_id:u-9?purpose=support", role: .reader)?.json)
+        #expect(person["groups"] == ["acme"] && person["traits"]?["plan"] == nil)
+        // The policy applies: the built-in analytics purpose withholds fields it does not name.
+        let analytics = test.call("GET", "/v1/groups/acme?purpose=analytics", role: .reader)
+        #expect(analytics?.status == 200 && analytics?.text.contains("Acme Ltd") == false)
+        // A later call changes the traits; erasing the group leaves the person.
+        test.host.wall.add(1_000, ordering: .relaxed)
+        #expect(test.ingest("/v1/group", #"{"userId":"u-2","groupId":"acme","traits":{"plan":"team"}}"#)?.status == 200)
+        #expect(test.call("GET", "/v1/groups/acme?purpose=support", role: .reader)?.json?["traits"]?["plan"] == "team")
+        #expect(test.call("DELETE", "/v1/profiles/group_id:acme", role: .privacy)?.status == 200)
+        #expect(test.call("GET", "/v1/groups/acme?purpose=support", role: .reader)?.status == 404)
+        #expect(test.call("GET", "/v1/profiles/user_id:u-9?purpose=support", role: .reader)?.status == 200)
+        #expect(test.call("GET", "/v1/groups/%00?purpose=support", role: .reader)?.errorCode == "invalid_identifier")
     }
 }

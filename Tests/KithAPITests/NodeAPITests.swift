@@ -163,6 +163,7 @@ struct EveryRouteSucceedsTests {
                 Call(method: "GET", pattern: p + "/export", target: profile + "/export", role: .privacy),
                 Call(method: "GET", pattern: p + "/audit", target: profile + "/audit", role: .privacy),
                 Call(method: "GET", pattern: p + "/links", target: profile + "/links", role: .admin),
+                Call(method: "GET", pattern: "/v1/groups/{groupId}", target: "/v1/groups/g-1?purpose=support", role: .reader),
                 Call(method: "GET", pattern: "/v1/admin/status", target: "/v1/admin/status", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/export", target: "/v1/admin/export", role: .admin),
                 // A store in memory has no file to copy; the copy itself is tested against LMDB

@@ -133,7 +133,7 @@ struct EncodedProfileViewTests {
             Identifier(kind: .userId, value: "u-\"1\"")!, Identifier(kind: .email, value: "zoë@example.com")!,
             Identifier(kind: .phone, value: "+44 7700 900123")!, Identifier(kind: .deviceId, value: "d\\/1")!,
             Identifier(kind: .anonymousId, value: "a-\u{2028}")!,
-            Identifier(kind: .anonymousId, value: "a-1")!,
+            Identifier(kind: .anonymousId, value: "a-1")!, Identifier(kind: .groupId, value: "g/\"1\"")!,
         ].sorted()
         return ProfileView(canonical: members[0], members: members, head: head)
     }
