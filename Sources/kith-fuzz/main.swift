@@ -33,6 +33,10 @@ func fuzzMessage(_ bytes: UnsafeBufferPointer<UInt8>) {
         guard let delta = try? SegmentMessageParser().parse(json, defaultType: type, receivedAt: 1_760_000_000_000) else { continue }
         let encoded = ProfileFormat.encode(delta)
         guard (try? ProfileFormat.decode(ProfileDelta.self, from: encoded)) == delta else { fatalError("delta did not round-trip") }
+        // A group call's change to the group's document round-trips too, and names only the group.
+        guard let group = try? SegmentMessageParser().groupDelta(json, for: delta) else { continue }
+        guard group.subject.kind == .groupId, group.links.isEmpty, group.messageId == delta.messageId + "#group" else { fatalError("group delta") }
+        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(group))) == group else { fatalError("group delta did not round-trip") }
     }
 }
 
