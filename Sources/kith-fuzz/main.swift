@@ -36,7 +36,9 @@ func fuzzMessage(_ bytes: UnsafeBufferPointer<UInt8>) {
         // A group call's change to the group's document round-trips too, and names only the group.
         guard let group = try? SegmentMessageParser().groupDelta(json, for: delta) else { continue }
         guard group.subject.kind == .groupId, group.links.isEmpty, group.messageId == delta.messageId + "#group" else { fatalError("group delta") }
-        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(group))) == group else { fatalError("group delta did not round-trip") }
+        guard (try? ProfileFormat.decode(ProfileDelta.self, from: ProfileFormat.encode(group))) == group else {
+            fatalError("group delta did not round-trip")
+        }
     }
 }
 
