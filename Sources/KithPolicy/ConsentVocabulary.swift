@@ -11,41 +11,60 @@
 ///   several categories, so `tcf:1` decides none of them: it stays unmapped).
 /// A name that resolves to nothing is unmapped: kept and shown, never applied.
 public struct ConsentVocabulary: Sendable, Equatable {
-    /// Folded name → the category it decides.
-    private var categories: [String: String] = [:]
+    /// Name (compared without case) → the category it decides.
+    private var categories: [FoldedName: String] = [:]
     /// Names that the policy itself gives to two categories (a parsed policy has none).
     public private(set) var conflicts: [String] = []
 
     public init(_ mappings: [String: ConsentMapping]) {
-        var explicit: [String: String] = [:]
-        var conflicts: Set<String> = []
+        var explicit: [FoldedName: String] = [:]
+        var conflicts: Set<FoldedName> = []
         for (category, mapping) in mappings.sorted(by: { $0.key < $1.key }) {
             for name in [category] + mapping.aliases {
-                let folded = Self.fold(name)
+                let folded = FoldedName(name)
                 if let other = explicit[folded], other != category { conflicts.insert(folded) } else { explicit[folded] = category }
             }
         }
-        var framework: [String: Set<String>] = [:]
+        var framework: [FoldedName: Set<String>] = [:]
         for (category, mapping) in mappings {
-            for type in mapping.googleConsentMode { framework[Self.fold(type), default: []].insert(category) }
-            for purpose in mapping.tcfPurposes { framework["tcf:\(purpose)", default: []].insert(category) }
+            for type in mapping.googleConsentMode { framework[FoldedName(type), default: []].insert(category) }
+            for purpose in mapping.tcfPurposes { framework[FoldedName("tcf:\(purpose)"), default: []].insert(category) }
         }
         for (name, owners) in framework where owners.count == 1 && explicit[name] == nil { explicit[name] = owners.first! }
         for name in conflicts { explicit.removeValue(forKey: name) }
         categories = explicit
-        self.conflicts = conflicts.sorted()
+        self.conflicts = conflicts.map { Self.fold($0.text) }.sorted()
     }
 
     /// Every name (folded) that decides `category`, sorted.
-    public func names(of category: String) -> [String] { categories.filter { $0.value == category }.keys.sorted() }
+    public func names(of category: String) -> [String] { categories.filter { $0.value == category }.keys.map { Self.fold($0.text) }.sorted() }
 
     /// The category a decision under `name` decides, or nil when the name is unmapped.
-    public func category(of name: String) -> String? { categories[Self.fold(name)] }
+    public func category(of name: String) -> String? { categories[FoldedName(name)] }
 
     /// Names compare without case: ASCII letters only, so the folding is the same on every
     /// node and every platform.
     static func fold(_ name: String) -> String {
         guard name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return name }
         return String(decoding: name.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
+    }
+}
+
+/// A name that hashes and compares with ASCII letters folded to lower case, byte by byte: a
+/// read resolves each decision's name without making a lower-cased copy of it.
+struct FoldedName: Hashable, Sendable {
+    let text: String
+
+    init(_ text: String) { self.text = text }
+
+    private static func fold(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5A ? byte + 0x20 : byte }
+
+    static func == (a: FoldedName, b: FoldedName) -> Bool {
+        a.text.utf8.count == b.text.utf8.count && zip(a.text.utf8, b.text.utf8).allSatisfy { fold($0) == fold($1) }
+    }
+
+    func hash(into hasher: inout Hasher) {
+        for byte in text.utf8 { hasher.combine(Self.fold(byte)) }
+        hasher.combine(text.utf8.count)
     }
 }
