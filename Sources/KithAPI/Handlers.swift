@@ -197,9 +197,10 @@ extension NodeAPI {
                         message: "\"\(text[..<colon].prefix(64))\" is not an identifier kind; the kinds are "
                             + IdentifierKind.allCases.map(\.name).joined(separator: ", "))))
         }
-        var value = String(text[text.index(after: colon)...])
-        if kind == .phone, let phone = PhoneNumber.normalized(value, region: settings.identifierSources.phoneRegion) { value = phone }
-        guard let identifier = Identifier(kind: kind, value: value) else { return .failure(IdentifierRefusal(response: Self.invalidIdentifier)) }
+        let value = String(text[text.index(after: colon)...])
+        guard let identifier = Identifier(kind: kind, value: value, phoneRegion: settings.identifierSources.phoneRegion) else {
+            return .failure(IdentifierRefusal(response: Self.invalidIdentifier))
+        }
         return .success(identifier)
     }
 

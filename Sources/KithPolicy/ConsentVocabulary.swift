@@ -33,29 +33,27 @@ public struct ConsentVocabulary: Sendable, Equatable {
         for (name, owners) in framework where owners.count == 1 && explicit[name] == nil { explicit[name] = owners.first! }
         for name in conflicts { explicit.removeValue(forKey: name) }
         categories = explicit
-        self.conflicts = conflicts.map { Self.fold($0.text) }.sorted()
+        self.conflicts = conflicts.map(\.folded).sorted()
     }
 
     /// Every name (folded) that decides `category`, sorted.
-    public func names(of category: String) -> [String] { categories.filter { $0.value == category }.keys.map { Self.fold($0.text) }.sorted() }
+    public func names(of category: String) -> [String] { categories.filter { $0.value == category }.keys.map(\.folded).sorted() }
 
     /// The category a decision under `name` decides, or nil when the name is unmapped.
     public func category(of name: String) -> String? { categories[FoldedName(name)] }
 
-    /// Names compare without case: ASCII letters only, so the folding is the same on every
-    /// node and every platform.
-    static func fold(_ name: String) -> String {
-        guard name.utf8.contains(where: { $0 >= 0x41 && $0 <= 0x5A }) else { return name }
-        return String(decoding: name.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)
-    }
 }
 
 /// A name that hashes and compares with ASCII letters folded to lower case, byte by byte: a
-/// read resolves each decision's name without making a lower-cased copy of it.
+/// read resolves each decision's name without making a lower-cased copy of it. ASCII letters
+/// only, so the folding is the same on every node and every platform.
 struct FoldedName: Hashable, Sendable {
     let text: String
 
     init(_ text: String) { self.text = text }
+
+    /// The name as it compares: ASCII letters in lower case.
+    var folded: String { String(decoding: text.utf8.map(Self.fold), as: UTF8.self) }
 
     private static func fold(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5A ? byte + 0x20 : byte }
 

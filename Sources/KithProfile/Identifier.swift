@@ -95,6 +95,17 @@ public struct Identifier: Hashable, Comparable, Sendable, CustomStringConvertibl
         self.value = normalized
     }
 
+    /// `init(kind:value:)`, with a national phone number read in `phoneRegion` (the one place a
+    /// region turns a value into a phone identifier: messages and API paths alike).
+    public init?(kind: IdentifierKind, value: String, phoneRegion: PhoneNumber.Region?) {
+        guard kind == .phone, let phoneRegion else {
+            self.init(kind: kind, value: value)
+            return
+        }
+        guard let phone = PhoneNumber.normalized(value, region: phoneRegion) else { return nil }
+        self.init(kind: .phone, value: phone)
+    }
+
     /// Whether `value` is valid for `kind` and already what normalizing it gives: not empty, not
     /// too long, no control character (in UTF-8 those are single bytes), and for an email plain
     /// ASCII with no upper-case letter and no whitespace at either end. A value this rejects

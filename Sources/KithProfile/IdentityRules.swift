@@ -57,11 +57,6 @@ public struct IdentityRules: Sendable, Equatable {
         "null", "nil", "none", "undefined", "unknown", "anonymous", "0", "-1", "n/a", "na", "test", "[object object]",
     ]
 
-    /// Whether `value` identifies nobody, whatever its kind.
-    public func isBlocked(_ value: String) -> Bool {
-        blockedValues.contains(Self.folded(value.trimmingWhitespace()))
-    }
-
     /// Whether `value`, as an identifier of `kind`, identifies nobody.
     public func isBlocked(_ value: String, kind: IdentifierKind) -> Bool {
         let trimmed = value.trimmingWhitespace()

@@ -299,15 +299,8 @@ public struct SegmentMessageParser: Sendable {
     /// `text` as an identifier of `kind`, unless it is blocked or not a value of that kind: an
     /// email needs an `@`; a phone number is brought to E.164 (`PhoneNumber`).
     private func usableIdentifier(_ kind: IdentifierKind, _ text: String) -> Identifier? {
-        guard !rules.isBlocked(text, kind: kind) else { return nil }
-        switch kind {
-        case .email: guard text.contains("@") else { return nil }
-        case .phone:
-            guard let phone = PhoneNumber.normalized(text, region: sources.phoneRegion) else { return nil }
-            return Identifier(kind: .phone, value: phone)
-        default: break
-        }
-        return Identifier(kind: kind, value: text)
+        guard !rules.isBlocked(text, kind: kind), kind != .email || text.contains("@") else { return nil }
+        return Identifier(kind: kind, value: text, phoneRegion: sources.phoneRegion)
     }
 
     /// A string (or a number, which some clients send) that is not null, empty or blocked.

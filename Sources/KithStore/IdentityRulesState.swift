@@ -11,11 +11,12 @@ extension StoreEngine {
     /// `identity-rules-next` → the version being brought in, and the next bucket to compute.
     static let identityRulesProgressMetaKey = Array("identity-rules-next".utf8)
 
-    var rulesVersion: Int64 { Int64(configuration.profile.rules.version) }
+    /// The configured version, stored big-endian as sequence numbers are.
+    var rulesVersion: UInt64 { UInt64(bitPattern: Int64(configuration.profile.rules.version)) }
 
     /// Whether some profiles may have been built under other rules than the configured ones.
     package func identityRulesNeedWork(in reader: some StoreReading) throws -> Bool {
-        let stored = try reader.get(.meta, Self.identityRulesMetaKey).map { try Self.decodeVersion($0) } ?? 0
+        let stored = try reader.get(.meta, Self.identityRulesMetaKey).map { try decodeSequence($0) } ?? 0
         return stored != rulesVersion
     }
 
@@ -27,29 +28,19 @@ extension StoreEngine {
         let txn = context.txn
         guard try identityRulesNeedWork(in: txn) else { return true }
         var next = 0
-        if let progress = try txn.get(.meta, Self.identityRulesProgressMetaKey), progress.count == 10,
-            try Self.decodeVersion(Array(progress.prefix(8))) == rulesVersion
+        if let progress = try txn.get(.meta, Self.identityRulesProgressMetaKey), progress.count == 16,
+            try decodeSequence(Array(progress.prefix(8))) == rulesVersion
         {
-            next = Int(progress[8]) << 8 | Int(progress[9])
+            next = Int(min(try decodeSequence(Array(progress.suffix(8))), UInt64(DigestTreeShape.bucketCount)))
         }
         let end = min(next + buckets, DigestTreeShape.bucketCount)
         try context.reevaluateIdentity(buckets: next..<end)
         guard end == DigestTreeShape.bucketCount else {
-            try txn.put(
-                .meta, Self.identityRulesProgressMetaKey, Self.encodeVersion(rulesVersion) + [UInt8(end >> 8), UInt8(end & 0xFF)], mode: .upsert)
+            try txn.put(.meta, Self.identityRulesProgressMetaKey, sequenceKey(rulesVersion) + sequenceKey(UInt64(end)), mode: .upsert)
             return false
         }
         try txn.delete(.meta, Self.identityRulesProgressMetaKey)
-        try txn.put(.meta, Self.identityRulesMetaKey, Self.encodeVersion(rulesVersion), mode: .upsert)
+        try txn.put(.meta, Self.identityRulesMetaKey, sequenceKey(rulesVersion), mode: .upsert)
         return true
-    }
-
-    static func encodeVersion(_ version: Int64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: version >> (56 - 8 * $0)) } }
-
-    static func decodeVersion(_ bytes: [UInt8]) throws -> Int64 {
-        guard bytes.count == 8 else {
-            throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.invalidValue, offset: 0, "rules version"))
-        }
-        return bytes.reduce(0) { $0 << 8 | Int64($1) }
     }
 }
