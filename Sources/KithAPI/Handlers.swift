@@ -186,19 +186,19 @@ extension NodeAPI {
     /// refusing it: an unknown kind is told the kinds there are; a national phone number is read
     /// in the configured region.
     func identifier(_ segment: Substring?) -> Result<Identifier, IdentifierRefusal> {
-        guard let segment, let text = HTTPRequest.percentDecoded(segment), let colon = text.firstIndex(of: ":") else {
+        guard let segment, let text = HTTPRequest.percentDecoded(segment), let (name, value) = text.splitAtFirstColon() else {
             return .failure(IdentifierRefusal(response: Self.invalidIdentifier))
         }
-        guard let kind = IdentifierKind(name: String(text[..<colon])) else {
+        let sources = settings.identifierSources
+        guard let kind = IdentifierKind(name: name), kind == .groupId || sources.kinds.contains(kind) else {
             return .failure(
                 IdentifierRefusal(
                     response: .error(
                         400, code: "unknown_identifier_kind",
-                        message: "\"\(text[..<colon].prefix(64))\" is not an identifier kind; the kinds are "
-                            + IdentifierKind.allCases.map(\.name).joined(separator: ", "))))
+                        message: "\"\(name.prefix(64))\" is not an identifier kind; the kinds are "
+                            + (sources.kinds + [.groupId]).map(\.name).joined(separator: ", "))))
         }
-        let value = String(text[text.index(after: colon)...])
-        guard let identifier = Identifier(kind: kind, value: value, phoneRegion: settings.identifierSources.phoneRegion) else {
+        guard let identifier = sources.identifier(kind, value) else {
             return .failure(IdentifierRefusal(response: Self.invalidIdentifier))
         }
         return .success(identifier)

@@ -39,6 +39,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         /// For a region not in Kith's table: its country calling code and trunk prefix.
         public var phoneCountryCode: String?
         public var phoneTrunkPrefix: String?
+        /// Custom kinds: name (`loyalty_card`) → the form its values are compared in (`exact`,
+        /// `trimmed`, `lowercase`, `uppercase`, `digits`). Every node must configure a kind
+        /// with the same form; a node without it still keeps and replicates its identifiers.
+        public var kinds: [String: String] = [:]
         /// Field path (`traits.loyaltyCard`, `context.app.installId`, `properties.deviceId`) →
         /// the kind of identifier found there.
         public var sources: [String: String] = [:]
@@ -62,7 +66,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         public init() {}
 
         enum CodingKeys: String, CodingKey, CaseIterable {
-            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, sources, externalIdTypes, rulesVersion, blocked, blockedPatterns, limits,
+            case phoneRegion, phoneCountryCode, phoneTrunkPrefix, kinds, sources, externalIdTypes, rulesVersion, blocked, blockedPatterns, limits,
                 limitWindowDays, priority
         }
 
@@ -71,6 +75,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             phoneRegion = try container.decodeIfPresent(String.self, forKey: .phoneRegion)
             phoneCountryCode = try container.decodeIfPresent(String.self, forKey: .phoneCountryCode)
             phoneTrunkPrefix = try container.decodeIfPresent(String.self, forKey: .phoneTrunkPrefix)
+            kinds = try container.decodeIfPresent([String: String].self, forKey: .kinds) ?? [:]
             sources = try container.decodeIfPresent([String: String].self, forKey: .sources) ?? [:]
             externalIdTypes = try container.decodeIfPresent([String: String].self, forKey: .externalIdTypes) ?? [:]
             rulesVersion = try container.decodeIfPresent(Int.self, forKey: .rulesVersion) ?? 0
@@ -81,11 +86,31 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             priority = try container.decodeIfPresent([String].self, forKey: .priority)
         }
 
+        /// The custom kinds and their forms. Throws on a name that cannot be a kind's or a form
+        /// there is not, naming it.
+        public func customKinds() throws -> [IdentifierKind: ValueForm] {
+            var custom: [IdentifierKind: ValueForm] = [:]
+            for (name, formName) in kinds {
+                guard let kind = IdentifierKind(custom: name) else {
+                    throw ConfigurationError(
+                        "identity: kind \"\(name)\" must be 1 to \(IdentifierKind.maximumNameBytes) of a-z, 0-9 and _, start with a letter, "
+                            + "and not be a built-in kind's name")
+                }
+                guard let form = ValueForm(rawValue: formName) else {
+                    throw ConfigurationError(
+                        "identity: kind \(name) has form \"\(formName)\"; forms are " + ValueForm.allCases.map(\.rawValue).joined(separator: ", "))
+                }
+                custom[kind] = form
+            }
+            return custom
+        }
+
         /// The kind named `name`, or an error naming `what` gave it and the kinds there are.
-        static func kind(_ name: String, _ what: String) throws -> IdentifierKind {
-            guard let kind = IdentifierKind(name: name), kind != .groupId else {
+        func kind(_ name: String, _ what: String) throws -> IdentifierKind {
+            guard let kind = IdentifierKind(name: name), kind != .groupId, !kind.isCustom || kinds[name] != nil else {
                 throw ConfigurationError(
-                    "identity: \(what) names kind \"\(name)\"; kinds are " + IdentifierKind.people.map(\.name).joined(separator: ", "))
+                    "identity: \(what) names kind \"\(name)\"; kinds are "
+                        + (IdentifierKind.people.map(\.name) + kinds.keys.sorted()).joined(separator: ", "))
             }
             return kind
         }
@@ -94,20 +119,20 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         /// that is not a regular expression, naming it.
         public func identityRules() throws -> IdentityRules {
             var byKind: [IdentifierKind: Set<String>] = [:]
-            for (name, values) in blocked where name != "*" { byKind[try Self.kind(name, "blocked")] = Set(values) }
+            for (name, values) in blocked where name != "*" { byKind[try kind(name, "blocked")] = Set(values) }
             var patterns: [IdentifierKind: [String]] = [:]
-            for (name, list) in blockedPatterns { patterns[try Self.kind(name, "blockedPatterns")] = list }
+            for (name, list) in blockedPatterns { patterns[try kind(name, "blockedPatterns")] = list }
             var kindLimits: [IdentifierKind: Int] = [.userId: 1]
             if let limits {
                 kindLimits = [:]
-                for (name, limit) in limits { kindLimits[try Self.kind(name, "limits")] = limit }
+                for (name, limit) in limits { kindLimits[try kind(name, "limits")] = limit }
             }
             var windows: [IdentifierKind: Int64] = [:]
             for (name, days) in limitWindowDays {
                 guard (1...3_650).contains(days) else { throw ConfigurationError("identity: limitWindowDays.\(name) must be 1 to 3650 days") }
-                windows[try Self.kind(name, "limitWindowDays")] = Int64(days) * 86_400_000
+                windows[try kind(name, "limitWindowDays")] = Int64(days) * 86_400_000
             }
-            let order = try (priority ?? []).map { try Self.kind($0, "priority") }
+            let order = try (priority ?? []).map { try kind($0, "priority") }
             guard Set(order).count == order.count else { throw ConfigurationError("identity: priority names a kind twice") }
             do {
                 return try IdentityRules(
@@ -123,13 +148,13 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         public func identifierSources() throws -> IdentifierSources {
             var extra: [IdentifierSources.Source] = []
             for (path, name) in sources.sorted(by: { $0.key < $1.key }) {
-                guard let source = IdentifierSources.Source(path: path, kind: try Self.kind(name, "source \(path)")) else {
+                guard let source = IdentifierSources.Source(path: path, kind: try kind(name, "source \(path)")) else {
                     throw ConfigurationError("identity: source \"\(path)\" must be traits.NAME, context.PATH or properties.NAME")
                 }
                 extra.append(source)
             }
             var types: [String: IdentifierKind] = [:]
-            for (type, name) in externalIdTypes { types[type] = try Self.kind(name, "externalIdTypes.\(type)") }
+            for (type, name) in externalIdTypes { types[type] = try kind(name, "externalIdTypes.\(type)") }
             var region: PhoneNumber.Region?
             if let phoneCountryCode {
                 guard (1...3).contains(phoneCountryCode.count), phoneCountryCode.allSatisfy(\.isASCII), phoneCountryCode.allSatisfy(\.isNumber) else {
@@ -147,7 +172,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
                 }
                 region = known
             }
-            return IdentifierSources.builtIn.adding(extra, externalIdTypes: types, phoneRegion: region)
+            return IdentifierSources.builtIn.adding(extra, externalIdTypes: types, phoneRegion: region, customKinds: try customKinds())
         }
     }
 

@@ -87,12 +87,16 @@ extension Policy {
             purposes: purposes, masks: masks)
     }
 
-    static let fieldPathHelp = "a field is traits.NAME, identifiers.KIND, events, aggregates, groups or revenue"
+    static let fieldPathHelp = "a field is traits.NAME, identifiers.KIND (a built-in or custom kind), events, aggregates, groups or revenue"
 
     static func isFieldPath(_ field: String) -> Bool {
         if ["events", "aggregates", "groups", "revenue"].contains(field) { return true }
         if field.hasPrefix("traits.") { return field.count > "traits.".count }
-        if field.hasPrefix("identifiers.") { return ["user_id", "email", "phone", "device_id", "anonymous_id"].contains(field.dropFirst(12)) }
+        if field.hasPrefix("identifiers.") {
+            // A person's kind: built in, or a custom kind's name (`identifiers.loyalty_card`).
+            guard let kind = IdentifierKind(name: String(field.dropFirst(12))) else { return false }
+            return kind != .groupId
+        }
         return false
     }
 

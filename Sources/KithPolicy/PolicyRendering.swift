@@ -145,7 +145,7 @@ public struct PolicyRenderer {
 
     private mutating func identifiers(_ members: [Identifier], into writer: inout JSONWriter) {
         writer.writeObject { object in
-            for kind in IdentifierKind.allCases {
+            for kind in members.kinds {
                 let values = members.filter { $0.kind == kind }.map(\.value)
                 guard !values.isEmpty, let shown = decideOnce("identifiers." + kind.name) else { continue }
                 object.member(kind.name) { w in

@@ -106,21 +106,28 @@ public struct EncodedProfileView: Sendable {
 
     private func writeCanonical<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: 1)
-        let (kind, value) = r.identifier()
-        // The canonical identifier's description, `kind:value`, as one JSON string.
-        output.appendString(utf8: r[value], prefix: kind.descriptionPrefix)
+        let (code, stored) = r.identifier()
+        // The canonical identifier's description, `kind:value`, as one JSON string (a custom
+        // kind's stored value is that already).
+        if let kind = IdentifierKind(builtInCode: code) {
+            output.appendString(utf8: r[stored], prefix: kind.descriptionPrefix)
+        } else {
+            output.appendString(utf8: r[stored])
+        }
     }
 
-    /// `{"user_id":[…],"email":[…],…}`: kinds in their order, each kind's members in theirs.
+    /// `{"user_id":[…],"email":[…],…,"loyalty_card":[…]}`: kinds in their order, each kind's
+    /// members in theirs. Members are encoded in order, so custom kinds come last, each kind's
+    /// members together.
     private func writeIdentifiers<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: membersAt)
         let count = r.count()
         let start = r.offset
         var present: UInt8 = 0
-        for _ in 0..<count { present |= 1 << r.identifier().kind.rawValue }
+        for _ in 0..<count { present |= 1 << r.identifier().code }
         output.append(byte: UInt8(ascii: "{"))
         var firstKind = true
-        for kind in IdentifierKind.allCases where present & (1 << kind.rawValue) != 0 {
+        for kind in IdentifierKind.builtIn where present & (1 << kind.code) != 0 {
             if !firstKind { output.append(byte: UInt8(ascii: ",")) }
             firstKind = false
             output.append(static: kind.jsonKey)
@@ -129,14 +136,51 @@ public struct EncodedProfileView: Sendable {
             var firstValue = true
             for _ in 0..<count {
                 let member = members.identifier()
-                guard member.kind == kind else { continue }
+                guard member.code == kind.code else { continue }
                 if !firstValue { output.append(byte: UInt8(ascii: ",")) }
                 firstValue = false
-                output.appendString(utf8: members[member.value])
+                output.appendString(utf8: members[member.stored])
             }
             output.append(byte: UInt8(ascii: "]"))
         }
+        if present & (1 << IdentifierKind.customCode) != 0 {
+            writeCustomIdentifiers(text, count: count, start: start, firstKind: firstKind, to: &output)
+        }
         output.append(byte: UInt8(ascii: "}"))
+    }
+
+    /// The custom kinds' members, `"name":[values]` a kind, kinds in the order they first
+    /// appear (members are sorted, so in kind order); each member's stored value is
+    /// `name:value` (checked by `init`).
+    private func writeCustomIdentifiers<Output: JSONOutput & ~Copyable>(
+        _ text: UnsafeBufferPointer<UInt8>, count: Int, start: Int, firstKind: Bool, to output: inout Output
+    ) {
+        func custom(_ r: inout CheckedBytes) -> (name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>)? {
+            let member = r.identifier()
+            guard member.code == IdentifierKind.customCode else { return nil }
+            let stored = r[member.stored]
+            let colon = stored.firstIndex(of: 0x3A)!
+            return (UnsafeBufferPointer(rebasing: stored[..<colon]), UnsafeBufferPointer(rebasing: stored[(colon + 1)...]))
+        }
+        var names: [UnsafeBufferPointer<UInt8>] = []
+        var r = CheckedBytes(text, at: start)
+        for _ in 0..<count {
+            if let member = custom(&r), !names.contains(where: { $0.elementsEqual(member.name) }) { names.append(member.name) }
+        }
+        for (index, name) in names.enumerated() {
+            if index > 0 || !firstKind { output.append(byte: UInt8(ascii: ",")) }
+            output.appendString(utf8: name)
+            output.append(static: ":[")
+            var members = CheckedBytes(text, at: start)
+            var firstValue = true
+            for _ in 0..<count {
+                guard let member = custom(&members), member.name.elementsEqual(name) else { continue }
+                if !firstValue { output.append(byte: UInt8(ascii: ",")) }
+                firstValue = false
+                output.appendString(utf8: member.value)
+            }
+            output.append(byte: UInt8(ascii: "]"))
+        }
     }
 
     private func writeTraits<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
@@ -330,8 +374,9 @@ public struct EncodedProfileView: Sendable {
             return offset..<(offset + length)
         }
 
-        mutating func identifier() -> (kind: IdentifierKind, value: Range<Int>) {
-            (IdentifierKind(rawValue: byte())!, range())
+        /// A member's kind code and stored value (`Identifier.storedValue`).
+        mutating func identifier() -> (code: UInt8, stored: Range<Int>) {
+            (byte(), range())
         }
 
         mutating func skipStamp() {
@@ -352,9 +397,9 @@ public struct EncodedProfileView: Sendable {
     /// `Identifier(kind:value:)` keeps (so the view shows what decoding would give).
     private static func skipIdentifier(_ r: inout BinaryReader) throws {
         let offset = r.offset
-        guard let kind = IdentifierKind(rawValue: try r.readByte()) else { throw BinaryDecodingError(.invalidValue, offset: offset, "identifier") }
+        let code = try r.readByte()
         let value = try r.readStringRange()
-        let stored = r.bytes.withUnsafeBufferPointer { Identifier.isStoredForm(utf8: UnsafeBufferPointer(rebasing: $0[value]), kind: kind) }
+        let stored = r.bytes.withUnsafeBufferPointer { Identifier.isStoredForm(code: code, utf8: UnsafeBufferPointer(rebasing: $0[value])) }
         guard stored else { throw BinaryDecodingError(.invalidValue, offset: offset, "identifier") }
     }
 

@@ -1,8 +1,8 @@
 import KithJSON
 
 /// Where messages carry identifiers besides `userId`, `anonymousId` and alias's `previousId`:
-/// field paths and Segment's `context.externalIds`, each giving identifiers of one kind, and the
-/// region national phone numbers are read in.
+/// field paths and Segment's `context.externalIds`, each giving identifiers of one kind; the
+/// region national phone numbers are read in; and the custom kinds, each with its value form.
 ///
 /// A path is `traits.NAME` (an identify call's traits, `context.traits` under them),
 /// `context.A.B…` (any call's context), or `properties.NAME` (a track call's properties). A value
@@ -43,11 +43,29 @@ public struct IdentifierSources: Sendable, Equatable {
     public var externalIdTypes: [String: IdentifierKind]
     /// Where a phone number without `+` or `00` is read (nil: such numbers are not identifiers).
     public var phoneRegion: PhoneNumber.Region?
+    /// The custom kinds configured, with the form their values are brought to.
+    public var customKinds: [IdentifierKind: ValueForm]
 
-    public init(sources: [Source], externalIdTypes: [String: IdentifierKind], phoneRegion: PhoneNumber.Region?) {
+    public init(
+        sources: [Source], externalIdTypes: [String: IdentifierKind], phoneRegion: PhoneNumber.Region?,
+        customKinds: [IdentifierKind: ValueForm] = [:]
+    ) {
         self.sources = sources
         self.externalIdTypes = externalIdTypes
         self.phoneRegion = phoneRegion
+        self.customKinds = customKinds
+    }
+
+    /// The kinds of people's identifiers: the built-in ones, then the custom ones in order.
+    public var kinds: [IdentifierKind] { IdentifierKind.people + customKinds.keys.sorted() }
+
+    /// `text` as an identifier of `kind` in the kind's normal form: a national phone number read
+    /// in `phoneRegion`, a custom kind's value in its form. Nil when it is no value of the kind
+    /// (or the custom kind is not configured here). Messages and API paths alike come through it.
+    public func identifier(_ kind: IdentifierKind, _ text: String) -> Identifier? {
+        guard kind.isCustom else { return Identifier(kind: kind, value: text, phoneRegion: phoneRegion) }
+        guard let form = customKinds[kind], let value = form.normalized(text) else { return nil }
+        return Identifier(kind: kind, value: value)
     }
 
     /// With no configuration: email and phone from traits (an identify call's, and any call's
@@ -61,12 +79,18 @@ public struct IdentifierSources: Sendable, Equatable {
         ],
         externalIdTypes: Dictionary(uniqueKeysWithValues: IdentifierKind.people.map { ($0.name, $0) }), phoneRegion: nil)
 
-    /// The built-in sources with `extra` after them, and `externalIdTypes` over the built-in ones.
-    public func adding(_ extra: [Source], externalIdTypes more: [String: IdentifierKind], phoneRegion region: PhoneNumber.Region?) -> Self {
+    /// These sources with `extra` after them, `externalIdTypes` over these (a custom kind is
+    /// also the external id type of its name), and the custom kinds.
+    public func adding(
+        _ extra: [Source], externalIdTypes more: [String: IdentifierKind], phoneRegion region: PhoneNumber.Region?,
+        customKinds: [IdentifierKind: ValueForm] = [:]
+    ) -> Self {
         var sources = self
         sources.sources += extra.filter { !self.sources.contains($0) }
+        for kind in customKinds.keys { sources.externalIdTypes[kind.name] = kind }
         sources.externalIdTypes.merge(more) { _, new in new }
         sources.phoneRegion = region
+        sources.customKinds.merge(customKinds) { _, new in new }
         return sources
     }
 
@@ -88,5 +112,44 @@ public struct IdentifierSources: Sendable, Equatable {
         case .number(let number)?: return number.literal
         default: return nil
         }
+    }
+}
+
+/// The one form a custom kind's values are compared, stored and replicated in: two writings of a
+/// card number meet only if this brings them together.
+public enum ValueForm: String, Sendable, CaseIterable {
+    /// As sent.
+    case exact
+    /// Without whitespace at either end.
+    case trimmed
+    /// Trimmed and lower-cased (codes that ignore case).
+    case lowercase
+    /// Trimmed and upper-cased.
+    case uppercase
+    /// Digits only: spaces and `-./()` dropped (`1234 5678-90` is `1234567890`); a value with
+    /// any other character is no value of the kind.
+    case digits
+
+    /// `text` in this form; nil when nothing is left or (`digits`) something other than a digit
+    /// or a separator is there.
+    public func normalized(_ text: String) -> String? {
+        let value: String
+        switch self {
+        case .exact: value = text
+        case .trimmed: value = text.trimmingWhitespace()
+        case .lowercase: value = text.trimmingWhitespace().lowercased()
+        case .uppercase: value = text.trimmingWhitespace().uppercased()
+        case .digits:
+            var digits: [UInt8] = []
+            for byte in text.utf8 {
+                switch byte {
+                case 0x30...0x39: digits.append(byte)
+                case 0x20, 0x09, 0x2D, 0x2E, 0x2F, 0x28, 0x29: continue
+                default: return nil
+                }
+            }
+            value = String(decoding: digits, as: UTF8.self)
+        }
+        return value.isEmpty ? nil : value
     }
 }

@@ -19,27 +19,32 @@ public struct IdentityRules: Sendable, Equatable {
     /// Regular expressions a whole (trimmed) value of the kind must not match.
     public var blockedPatterns: [IdentifierKind: [String]] { didSet { compiled = BlockedPatterns(blockedPatterns) } }
     /// The most identifiers of a kind one profile may hold; kinds not listed are unlimited.
-    public var limits: [IdentifierKind: Int]
+    public var limits: [IdentifierKind: Int] { didSet { limitedKinds = limits.keys.sorted() } }
+    /// `limits`' kinds in order: the order refusals are looked for in.
+    private var limitedKinds: [IdentifierKind]
     /// Kind → a window (ms) its limit counts within: "5 anonymous ids within 7 days" lets a
     /// profile gather more over time, never more than 5 first linked within any 7 days. An
     /// identifier's time is the first assertion of its earliest link in the component.
     public var windows: [IdentifierKind: Int64]
-    /// Kinds in priority order, for choosing a profile's canonical key.
+    /// Kinds in priority order, for choosing a profile's canonical key: the built-in kinds
+    /// not named follow in their default order, and custom kinds not named come after all of
+    /// them (in name order).
     public var priority: [IdentifierKind]
     private var compiled: BlockedPatterns
 
     public init(
         version: Int = 0, blockedValues: Set<String> = Self.defaultBlockedValues, blockedByKind: [IdentifierKind: Set<String>] = [:],
         blockedPatterns: [IdentifierKind: [String]] = [:], limits: [IdentifierKind: Int] = [.userId: 1], windows: [IdentifierKind: Int64] = [:],
-        priority: [IdentifierKind] = IdentifierKind.allCases
+        priority: [IdentifierKind] = IdentifierKind.builtIn
     ) throws(IdentityRuleError) {
         self.version = version
         self.blockedValues = Set(blockedValues.map { $0.lowercased() })
         self.blockedByKind = blockedByKind.mapValues { Set($0.map { $0.lowercased() }) }
         self.blockedPatterns = blockedPatterns
         self.limits = limits
+        limitedKinds = limits.keys.sorted()
         self.windows = windows
-        self.priority = priority + IdentifierKind.allCases.filter { !priority.contains($0) }
+        self.priority = priority + IdentifierKind.builtIn.filter { !priority.contains($0) }
         compiled = try BlockedPatterns(validating: blockedPatterns)
         for (kind, limit) in limits where limit < 1 { throw IdentityRuleError("the limit of \(kind.name) must be at least 1") }
         for (kind, window) in windows where window < 1 || limits[kind] == nil {
@@ -87,7 +92,7 @@ public struct IdentityRules: Sendable, Equatable {
     /// resolver's decisions and the reasons a profile's links give.
     public func refusal(joining a: IdentifierTally, with b: IdentifierTally) -> LinkRefusal? {
         if let kind = a.blocked ?? b.blocked { return .blocked(kind) }
-        for kind in IdentifierKind.allCases where a.count(of: kind) + b.count(of: kind) > limit(for: kind) {
+        for kind in limitedKinds where a.count(of: kind) + b.count(of: kind) > limit(for: kind) {
             guard let window = windows[kind] else { return .limit(kind, limit(for: kind)) }
             // Only identifiers first linked within one window count together.
             if IdentifierTally.mostWithin(window, a.times(of: kind), b.times(of: kind)) > limit(for: kind) {
@@ -101,12 +106,13 @@ public struct IdentityRules: Sendable, Equatable {
         refusal(joining: IdentifierTally(a, rules: self), with: IdentifierTally(b, rules: self))
     }
 
-    /// The canonical member of a set of identifiers: the smallest of the highest-priority kind.
+    /// The canonical member of a set of identifiers: the smallest of the highest-priority kind
+    /// (the smallest of all when no kind of it is in `priority`: custom kinds not named there).
     public func canonical(of members: some Collection<Identifier>) -> Identifier? {
         for kind in priority {
             if let best = members.filter({ $0.kind == kind }).min() { return best }
         }
-        return nil
+        return members.min()
     }
 
     public static func == (a: IdentityRules, b: IdentityRules) -> Bool {

@@ -32,7 +32,7 @@ extension JSONWriter {
 
     public mutating func writeIdentifiers(_ members: [Identifier]) {
         writeObject { object in
-            for kind in IdentifierKind.allCases where members.contains(where: { $0.kind == kind }) {
+            for kind in members.kinds {
                 object.member(kind.name) { w in w.writeArray(members.lazy.filter { $0.kind == kind }) { $0.write(string: $1.value) } }
             }
         }

@@ -297,10 +297,11 @@ public struct SegmentMessageParser: Sendable {
     }
 
     /// `text` as an identifier of `kind`, unless it is blocked or not a value of that kind: an
-    /// email needs an `@`; a phone number is brought to E.164 (`PhoneNumber`).
+    /// email needs an `@`; a phone number is brought to E.164 (`PhoneNumber`), a custom kind's
+    /// value to its configured form.
     private func usableIdentifier(_ kind: IdentifierKind, _ text: String) -> Identifier? {
         guard !rules.isBlocked(text, kind: kind), kind != .email || text.contains("@") else { return nil }
-        return Identifier(kind: kind, value: text, phoneRegion: sources.phoneRegion)
+        return sources.identifier(kind, text)
     }
 
     /// A string (or a number, which some clients send) that is not null, empty or blocked.

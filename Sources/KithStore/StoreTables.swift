@@ -92,10 +92,10 @@ package func documentKey(_ identifierKey: [UInt8], _ part: DocumentPart, _ suffi
 
 /// `documentKey(identifier.key, part)` made in one allocation (every point read starts here).
 package func documentKey(_ identifier: Identifier, _ part: DocumentPart) -> [UInt8] {
-    var value = identifier.value
+    var value = identifier.storedValue
     return value.withUTF8 { utf8 in
         [UInt8](unsafeUninitializedCapacity: utf8.count + 3) { key, initialized in
-            key[0] = identifier.kind.rawValue
+            key[0] = identifier.kind.code
             _ = UnsafeMutableBufferPointer(rebasing: key[1...]).initialize(from: utf8)
             key[utf8.count + 1] = 0
             key[utf8.count + 2] = part.rawValue

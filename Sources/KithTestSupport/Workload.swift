@@ -64,6 +64,14 @@ public struct WorkloadGenerator {
             message["userId"] = .string(userId)
             message["traits"] = object(traits)
             if random.chance(20) { message["anonymousId"] = .string("a-\(c)-\(random.below(3))") }
+            // Every fifth customer has a loyalty card (a custom kind), drawing nothing from the
+            // random stream: seeds give the messages they gave before, plus the card.
+            if c % 5 == 0 {
+                message["context"] = [
+                    "channel": message["context"]!["channel"]!,
+                    "externalIds": [["id": .string("\(7_000 + c)"), "type": "loyalty_card", "collection": "users", "encoding": "none"]],
+                ]
+            }
         } else if roll < 88 {
             let event = Self.events[random.below(Self.events.count)]
             var properties: [String: JSONValue] = ["sku": .string("s\(random.below(50))")]
@@ -98,10 +106,21 @@ public struct WorkloadGenerator {
         .object(JSONObject(members.keys.sorted().map { JSONObject.Member($0, members[$0]!) }))
     }
 
+    /// The built-in sources and the `loyalty_card` kind the generator's cards are of: a parser
+    /// without it takes no card from the messages.
+    public static let identifierSources = IdentifierSources.builtIn.adding(
+        [], externalIdTypes: [:], phoneRegion: nil, customKinds: [IdentifierKind(custom: "loyalty_card")!: .digits])
+
     /// `count` messages parsed into deltas.
     public static func deltas(seed: UInt64, customers: Int, count: Int) -> [ProfileDelta] {
         var generator = WorkloadGenerator(seed: seed, customers: customers)
-        let parser = SegmentMessageParser()
+        let parser = SegmentMessageParser(sources: identifierSources)
         return (0..<count).map { _ in try! parser.parse(generator.next(), receivedAt: 1_760_000_100_000) }
     }
+}
+
+extension IdentifierKind {
+    /// The built-in kinds and custom ones whose names test the ordering of keys: `card1` sorts
+    /// before `card` (`1` before `:`), `card` before `loyalty_card`.
+    public static let examples: [IdentifierKind] = builtIn + ["card", "card1", "loyalty_card"].map { IdentifierKind(custom: $0)! }
 }

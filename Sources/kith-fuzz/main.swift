@@ -114,11 +114,16 @@ func fuzzFrame(_ bytes: UnsafeBufferPointer<UInt8>) {
 /// as E.164 or not at all.
 func fuzzIdentifier(_ bytes: UnsafeBufferPointer<UInt8>) {
     guard let text = String(validating: bytes, as: UTF8.self) else { return }
-    for kind in IdentifierKind.allCases {
+    for kind in IdentifierKind.builtIn + [IdentifierKind(custom: "loyalty_card")!] {
         guard let identifier = Identifier(kind: kind, value: text) else { continue }
         guard Identifier(kind: kind, value: identifier.value) == identifier else { fatalError("\(kind.name) normal form is not stable") }
-        let stored = Array(identifier.value.utf8)
-        guard stored.withUnsafeBufferPointer({ Identifier.isStoredForm(utf8: $0, kind: kind) }) else { fatalError("not a stored form") }
+        let stored = Array(identifier.storedValue.utf8)
+        guard stored.withUnsafeBufferPointer({ Identifier.isStoredForm(code: kind.code, utf8: $0) }) else { fatalError("not a stored form") }
+        guard Identifier(key: identifier.key) == identifier else { fatalError("\(identifier) does not round-trip through its key") }
+    }
+    for form in ValueForm.allCases {
+        guard let value = form.normalized(text) else { continue }
+        guard form.normalized(value) == value else { fatalError("value form \(form) is not stable") }
     }
     for region in [nil, PhoneNumber.Region(code: "GB"), PhoneNumber.Region(code: "US"), PhoneNumber.Region(code: "IT")] {
         guard let phone = PhoneNumber.normalized(text, region: region) else { continue }

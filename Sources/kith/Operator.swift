@@ -272,22 +272,24 @@ func configCheck(_ arguments: [String]) -> Never {
         try configuration.validate()
         say("\(arguments[1]): ok (node \(configuration.nodeName), http \(configuration.http), data \(configuration.dataDirectory))")
         let sources = try configuration.identity.identifierSources()
-        for kind in IdentifierKind.people {
+        for kind in sources.kinds {
             let paths = sources.sources.filter { $0.kind == kind }.map(\.path)
             let types = sources.externalIdTypes.filter { $0.value == kind }.keys.sorted().map { "externalIds type \($0)" }
             let fixed = [IdentifierKind.userId: ["userId"], .anonymousId: ["anonymousId", "alias previousId"]][kind] ?? []
-            say("  \(kind.name) from \((fixed + paths + types).joined(separator: ", "))")
+            let form = sources.customKinds[kind].map { " (custom kind, values \($0.rawValue))" } ?? ""
+            say("  \(kind.name)\(form) from \((fixed + paths + types).joined(separator: ", "))")
         }
         let rules = try configuration.identity.identityRules()
-        let limits = IdentifierKind.people.compactMap { kind in
+        let limits = sources.kinds.compactMap { kind in
             rules.limits[kind].map { limit in
                 "at most \(limit) \(kind.name)" + (rules.windows[kind].map { " within \($0 / 86_400_000) days" } ?? "")
             }
         }
         say("  identity rules version \(rules.version): " + (limits.isEmpty ? "no limits" : limits.joined(separator: ", ") + " a profile"))
-        say("  a profile is named by its " + rules.priority.filter { $0 != .groupId }.map(\.name).joined(separator: ", then "))
+        let naming = rules.priority.filter { $0 != .groupId } + sources.customKinds.keys.sorted().filter { !rules.priority.contains($0) }
+        say("  a profile is named by its " + naming.map(\.name).joined(separator: ", then "))
         say("  blocked for every kind: " + rules.blockedValues.sorted().joined(separator: ", "))
-        for kind in IdentifierKind.people {
+        for kind in sources.kinds {
             let values = (rules.blockedByKind[kind] ?? []).sorted() + (rules.blockedPatterns[kind] ?? []).map { "/\($0)/" }
             if !values.isEmpty { say("  blocked \(kind.name): " + values.joined(separator: ", ")) }
         }

@@ -174,6 +174,34 @@ struct IdentifierKindTests {
         #expect(test.call("GET", "/v1/profiles/email:ana%40example.com?purpose=support", role: .reader)?.status == 404)
     }
 
+    /// A loyalty card as a kind of its own: read, unmerged, exported and erased by it, in its
+    /// value form whatever way the path writes it.
+    @Test func aCustomKindWorksEverywhereABuiltInOneDoes() throws {
+        let card = IdentifierKind(custom: "loyalty_card")!
+        let sources = Self.britain.adding(
+            [IdentifierSources.Source(path: "traits.loyaltyCard", kind: card)!], externalIdTypes: ["pos_card": card], phoneRegion: nil,
+            customKinds: [card: .digits])
+        let test = try TestAPI(identifierSources: sources)
+        let messages = [
+            #"{"type":"track","event":"Order Completed","context":{"externalIds":[{"id":"1234 5678","type":"pos_card","collection":"users","encoding":"none"}]}}"#,
+            #"{"type":"identify","anonymousId":"a-web","traits":{"loyaltyCard":"1234-5678","email":"ana@example.com"}}"#,
+        ]
+        for message in messages { #expect(test.ingest("/v1/batch", #"{"batch":[\#(message)]}"#)?.status == 200) }
+        for target in ["loyalty_card:12345678", "loyalty_card:1234%205678", "loyalty_card:1234-5678", "email:ana%40example.com"] {
+            let read = test.call("GET", "/v1/profiles/\(target)/identifiers?purpose=support", role: .reader)
+            #expect(read?.json?["identifiers"]?["loyalty_card"] == ["12345678"], "\(target): \(read?.text ?? "no answer")")
+        }
+        #expect(test.call("GET", "/v1/profiles/loyalty_card:12ab?purpose=support", role: .reader)?.errorCode == "invalid_identifier")
+        let unknown = test.call("GET", "/v1/profiles/member_no:1?purpose=support", role: .reader)
+        #expect(unknown?.json?["error"]?["message"]?.stringValue?.contains("anonymous_id, loyalty_card, group_id") == true)
+        #expect(test.call("GET", "/v1/profiles/loyalty_card:12345678/export", role: .privacy)?.status == 200)
+        #expect(test.call("DELETE", "/v1/profiles/anonymous_id:a-web/links/loyalty_card:12345678", role: .admin)?.status == 200)
+        #expect(test.call("GET", "/v1/profiles/loyalty_card:12345678?purpose=support", role: .reader)?.json?["id"] == "loyalty_card:12345678")
+        #expect(test.call("DELETE", "/v1/profiles/loyalty_card:1234%205678", role: .privacy)?.json?["identifiers"] == 1)
+        #expect(test.call("GET", "/v1/profiles/loyalty_card:12345678?purpose=support", role: .reader)?.status == 404)
+        #expect(test.call("GET", "/v1/profiles/email:ana%40example.com?purpose=support", role: .reader)?.status == 200)
+    }
+
     @Test func unknownKindsAreToldTheKindsThereAre() throws {
         let test = try TestAPI()
         let answer = try #require(test.call("GET", "/v1/profiles/loyalty_card:123?purpose=support", role: .reader))

@@ -386,13 +386,21 @@ struct KithProcessTests {
     @Test func configCheckPrintsTheIdentifierSourcesInForce() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-identity-\(UUID().uuidString).json").path
         defer { try? FileManager.default.removeItem(atPath: path) }  // a temporary file; a leftover is harmless
-        FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"phoneRegion":"GB","sources":{"traits.mobile":"phone"}}}"#.utf8))
+        FileManager.default.createFile(
+            atPath: path,
+            contents: Data(
+                #"{"identity":{"phoneRegion":"GB","kinds":{"loyalty_card":"digits"},"sources":{"traits.mobile":"phone","traits.card":"loyalty_card"}}}"#
+                    .utf8))
         let check = try runKith(["config", "check", path])
         #expect(check.status == 0, "\(check.error)")
         #expect(check.output.contains("  phone from traits.phone, context.traits.phone, traits.mobile, externalIds type phone\n"))
         #expect(check.output.contains("national phone numbers read as +44 (GB)"))
         #expect(check.output.contains("  identity rules version 0: at most 1 user_id a profile\n"), "\(check.output)")
-        #expect(check.output.contains("  a profile is named by its user_id, then email, then phone, then device_id, then anonymous_id\n"))
+        #expect(
+            check.output.contains("  loyalty_card (custom kind, values digits) from traits.card, externalIds type loyalty_card\n"), "\(check.output)")
+        #expect(
+            check.output.contains(
+                "  a profile is named by its user_id, then email, then phone, then device_id, then anonymous_id, then loyalty_card\n"))
         FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"sources":{"traits.card":"loyalty"}}}"#.utf8))
         let refused = try runKith(["config", "check", path])
         #expect(refused.status == 1 && refused.error.contains("names kind \"loyalty\""), "\(refused.error)")

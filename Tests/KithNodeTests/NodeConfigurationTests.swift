@@ -35,15 +35,37 @@ struct NodeConfigurationIdentityTests {
         #expect(rules.limits == [.anonymousId: 5], "limits given replace the default one user_id")
         let windowed = try load(#"{"identity":{"limits":{"anonymous_id":5},"limitWindowDays":{"anonymous_id":7}}}"#).identity.identityRules()
         #expect(windowed.windows == [.anonymousId: 7 * 86_400_000])
-        #expect(rules.priority.first == .email && rules.priority.count == IdentifierKind.allCases.count)
+        #expect(rules.priority.first == .email && rules.priority.count == IdentifierKind.builtIn.count)
         #expect(rules.isBlocked("+15550123", kind: .phone) && !rules.isBlocked("test", kind: .userId))
         #expect(try NodeConfiguration().identity.identityRules() == .builtIn)
+    }
+
+    @Test func customKindsComeIntoForceWithTheirSourcesRulesAndPriority() throws {
+        let identity = try load(
+            #"{"identity":{"kinds":{"loyalty_card":"digits","member_no":"uppercase"},"sources":{"traits.loyaltyCard":"loyalty_card"},"externalIdTypes":{"pos_card":"loyalty_card"},"limits":{"loyalty_card":1,"user_id":1},"priority":["loyalty_card","user_id"],"blocked":{"member_no":["X0"]}}}"#
+        ).identity
+        let card = IdentifierKind(custom: "loyalty_card")!
+        let member = IdentifierKind(custom: "member_no")!
+        let sources = try identity.identifierSources()
+        #expect(sources.customKinds == [card: .digits, member: .uppercase])
+        #expect(sources.kinds == IdentifierKind.people + [card, member])
+        #expect(sources.externalIdTypes["pos_card"] == card && sources.externalIdTypes["member_no"] == member)
+        #expect(sources.identifier(card, "12 34")?.value == "1234" && sources.identifier(member, " ab1 ")?.value == "AB1")
+        let rules = try identity.identityRules()
+        #expect(rules.limits == [card: 1, .userId: 1] && rules.priority.prefix(2) == [card, .userId] && rules.blockedByKind == [member: ["x0"]])
     }
 
     @Test func mistakesAreRefusedByName() {
         for (json, message) in [
             (#"{"identity":{"phoneRegion":"XX"}}"#, "phoneRegion \"XX\" is not in Kith's table"),
             (#"{"identity":{"sources":{"traits.card":"loyalty_card"}}}"#, "kinds are user_id, email, phone, device_id, anonymous_id"),
+            (
+                #"{"identity":{"kinds":{"card":"digits"},"sources":{"traits.card":"loyalty_card"}}}"#,
+                "kinds are user_id, email, phone, device_id, anonymous_id, card"
+            ),
+            (#"{"identity":{"kinds":{"Card":"digits"}}}"#, "kind \"Card\" must be 1 to 32 of a-z"),
+            (#"{"identity":{"kinds":{"email":"digits"}}}"#, "not be a built-in kind's name"),
+            (#"{"identity":{"kinds":{"card":"hex"}}}"#, "kind card has form \"hex\"; forms are exact, trimmed, lowercase, uppercase, digits"),
             (#"{"identity":{"sources":{"userId":"user_id"}}}"#, "must be traits.NAME, context.PATH or properties.NAME"),
             (#"{"identity":{"externalIdTypes":{"x":"nope"}}}"#, "externalIdTypes.x names kind \"nope\""),
             (#"{"identity":{"phoneCountryCode":"4a"}}"#, "phoneCountryCode must be 1 to 3 digits"),

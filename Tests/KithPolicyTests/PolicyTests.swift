@@ -38,7 +38,12 @@ import Testing
             (#"{"version":1,"fields":{"traits.x":"secret"},"purposes":{"p":{}}}"#, "fields.traits.x: must name a declared category"),
             (
                 #"{"version":1,"fields":{"nickname":"contact"},"purposes":{"p":{}}}"#,
-                "fields.nickname: " + "a field is traits.NAME, identifiers.KIND, events, aggregates, groups or revenue"
+                "fields.nickname: " + "a field is traits.NAME, identifiers.KIND (a built-in or custom kind), events, aggregates, groups or revenue"
+            ),
+            (
+                #"{"version":1,"fields":{"identifiers.Card":"contact"},"purposes":{"p":{}}}"#,
+                "fields.identifiers.Card: "
+                    + "a field is traits.NAME, identifiers.KIND (a built-in or custom kind), events, aggregates, groups or revenue"
             ),
             (#"{"version":1,"unknownFields":"maybe","purposes":{"p":{}}}"#, #"unknownFields: must be "withhold" or a declared category"#),
             (
@@ -68,6 +73,13 @@ import Testing
                 #expect(error.description == expected, "\(text)")
             }
         }
+    }
+
+    /// A custom kind's identifiers are a field like any other: named, or unknown until named.
+    @Test func customKindsAreFieldsOfTheirOwn() throws {
+        let policy = try Policy(parsing: Array(#"{"version":1,"fields":{"identifiers.loyalty_card":"identity"},"purposes":{"p":{}}}"#.utf8))
+        #expect(policy.category(of: "identifiers.loyalty_card") == "identity")
+        #expect(policy.category(of: "identifiers.member_no") == "sensitive")
     }
 
     @Test func defaultsForUndeclaredCategoriesAreDropped() throws {

@@ -15,6 +15,7 @@ struct EncodedProfileViewTests {
                 state.apply(delta, hasher: PlainHasher())
             }
             #expect(state.views.count > 10)
+            #expect(state.views.contains { $0.members.contains { $0.kind.isCustom } }, "the workload's loyalty cards")
             for view in state.views { try expectSameReading(view) }
         }
     }
@@ -28,7 +29,7 @@ struct EncodedProfileViewTests {
 
     /// Every kind can be a profile's canonical identifier (the rules' priority decides).
     @Test func rendersEveryKindOfCanonicalIdentifier() throws {
-        for kind in IdentifierKind.allCases {
+        for kind in IdentifierKind.examples {
             var view = Self.awkwardView()
             view.canonical = view.members.first { $0.kind == kind }!
             try expectSameReading(view)
@@ -134,6 +135,9 @@ struct EncodedProfileViewTests {
             Identifier(kind: .phone, value: "+44 7700 900123")!, Identifier(kind: .deviceId, value: "d\\/1")!,
             Identifier(kind: .anonymousId, value: "a-\u{2028}")!,
             Identifier(kind: .anonymousId, value: "a-1")!, Identifier(kind: .groupId, value: "g/\"1\"")!,
+            Identifier(kind: IdentifierKind(custom: "card")!, value: "12:\"34\"")!, Identifier(kind: IdentifierKind(custom: "card1")!, value: "9")!,
+            Identifier(kind: IdentifierKind(custom: "loyalty_card")!, value: "0042")!,
+            Identifier(kind: IdentifierKind(custom: "card")!, value: "0001")!,
         ].sorted()
         return ProfileView(canonical: members[0], members: members, head: head)
     }

@@ -19,7 +19,7 @@ func runTruncatedLogScenario(seed: UInt64, antiEntropy: Bool = true) throws -> (
     var generator = WorkloadGenerator(seed: seed, customers: 20)
     generator.sendsSentAt = true
     var ledger = Ledger()
-    let parser = SegmentMessageParser()
+    let parser = SegmentMessageParser(sources: WorkloadGenerator.identifierSources)
     let isolated = setup.below(sim.machines.count)
 
     try sim.run(until: 4_000) { sim in try clientStep(sim, &generator, parser, &ledger) }

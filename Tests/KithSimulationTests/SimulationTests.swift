@@ -83,7 +83,7 @@ func runScenario(seed: UInt64) throws -> (failures: [String], counts: ScenarioCo
     generator.sendsSentAt = true
     generator.futureDatedPercent = 2
     var ledger = Ledger()
-    let parser = SegmentMessageParser()
+    let parser = SegmentMessageParser(sources: WorkloadGenerator.identifierSources)
 
     // Busy phase: clients write to any node that is up, while faults come and go.
     try simulation.run(until: 15_000) { sim in
@@ -248,7 +248,7 @@ func runRulesChangeScenario(seed: UInt64) throws -> [String] {
     simulation.faults = .init(lossPercent: setup.below(10), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(40)))
     var generator = WorkloadGenerator(seed: seed, customers: 12)
     var ledger = Ledger()
-    let parser = SegmentMessageParser()
+    let parser = SegmentMessageParser(sources: WorkloadGenerator.identifierSources)
     let tight = try IdentityRules(version: 2, limits: [.userId: 1, .anonymousId: 1])
     let loose = try IdentityRules(version: 3, limits: [.userId: 1, .anonymousId: 2])
     // Each machine restarts under the tight rules at its own moment in 4–8 s, under the loose

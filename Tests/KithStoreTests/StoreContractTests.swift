@@ -118,7 +118,7 @@ private func expectSameViews(_ store: any ProfileStore, _ reference: ProfileStat
 struct StoreContractTests {
     @Test("a document key made from an identifier is the one made from its key, for every kind and part")
     func documentKeysAgree() {
-        for kind in IdentifierKind.allCases {
+        for kind in IdentifierKind.examples {
             for value in ["x", "user-0001234", "Zoë Ünïcode 😀", String(repeating: "long", count: 100)] {
                 guard let identifier = Identifier(kind: kind, value: value) else { continue }
                 for part in DocumentPart.allCases {
