@@ -4,6 +4,7 @@ import KithHTTP
 import KithJSON
 import KithPolicy
 import KithReplication
+import KithStore
 
 extension NodeAPI {
     /// The cluster's admin endpoints: members, join, leave, repair, sync status.
@@ -74,6 +75,8 @@ extension NodeAPI {
         var counters: ClusterNode.Counters
         var pending: Int
         var compared: [Int64?]
+        var log: LogExtent
+        var truncation: LogTruncationPlan?
 
         init(_ node: ClusterNode) throws {
             peers = node.peerStates
@@ -82,6 +85,8 @@ extension NodeAPI {
             counters = node.counters
             pending = node.pendingTreeComparisons
             compared = peers.map { node.lastTreeComparison(with: $0.member.id) }
+            log = try node.store.logExtent()
+            truncation = node.logTruncationPlan
         }
     }
 
@@ -97,6 +102,12 @@ extension NodeAPI {
                 "documentsReceived": number(counters.documentsReceived), "documentsRepaired": number(counters.documentsRepaired),
             ],
             "versions": .string(progress.versions.description),
+            "changeLog": [
+                "truncatedThrough": .number(JSONNumber(Int64(clamping: progress.log.truncatedThrough))),
+                "last": .number(JSONNumber(Int64(clamping: progress.log.last))),
+                "span": .number(JSONNumber(Int64(clamping: progress.log.span))),
+                "recordsTruncated": number(counters.logRecordsTruncated), "resyncsCompleted": number(counters.resyncsCompleted),
+            ],
             "framesSent": number(links.framesSent), "framesReceived": number(links.framesReceived),
             "bytesSent": number(links.bytesSent), "bytesReceived": number(links.bytesReceived),
             "peers": .array(
@@ -109,6 +120,12 @@ extension NodeAPI {
                         object["lagMessages"] = .number(JSONNumber(Int64(lag.changes)))
                         object["lagBytes"] = .number(JSONNumber(Int64(lag.bytes)))
                     }
+                    // How far it has read this node's log, and whether truncation waits for it.
+                    if let reader = progress.truncation?.readers.first(where: { $0.id == member.id }) {
+                        if let read = reader.readThrough { object["readThrough"] = .number(JSONNumber(Int64(clamping: read))) }
+                        object["holdsLogBack"] = .bool(reader.holdsBack)
+                    }
+                    if let past = state.truncatedPast { object["behindTruncatedLogThrough"] = .number(JSONNumber(Int64(clamping: past))) }
                     return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
                 }),
         ]

@@ -352,6 +352,13 @@ extension NodeAPI {
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             writer.committedMessages)
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.fileBytes)
+        if let log = try? store.logExtent() {  // a log that cannot be read is left out; the other metrics still answer
+            text += NodeMetrics.metric(
+                "kith_change_log_span", "gauge", "Local sequences the change log holds (an upper bound on its entries).", Int(clamping: log.span))
+            text += NodeMetrics.metric(
+                "kith_change_log_truncated_through", "gauge", "The local sequence through which the change log was truncated.",
+                Int(clamping: log.truncatedThrough))
+        }
         let answer: @Sendable (String) -> Void = { text in
             respond(HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8)))
         }
@@ -430,6 +437,12 @@ extension NodeAPI {
         text += NodeMetrics.metric(
             "kith_antientropy_documents_repaired_total", "counter", "Document states received that changed something here.",
             counters.documentsRepaired)
+        text += NodeMetrics.metric(
+            "kith_change_log_records_truncated_total", "counter", "Change-log records dropped, every member having read them.",
+            counters.logRecordsTruncated)
+        text += NodeMetrics.metric(
+            "kith_change_log_resyncs_total", "counter", "Tree comparisons that brought a peer behind the truncated log up to date.",
+            counters.resyncsCompleted)
         return text
     }
 }

@@ -16,6 +16,13 @@ struct AntiEntropyState {
         var nodes: [DigestEntry] = []
         /// Forget keys whose states differ, still to swap.
         var keys: [[UInt8]] = []
+        /// For a comparison that brings a peer behind this node's truncated log up to date: this
+        /// node's last log position when it began. The tree is walked whole before any state is
+        /// swapped, so that erasures can go first.
+        var resyncThrough: UInt64?
+        var keysOrdered = false
+        /// States too large to send: the comparison did not bring the peer everything.
+        var skipped = 0
     }
 
     var exchange: Exchange?
@@ -23,6 +30,9 @@ struct AntiEntropyState {
     var lastStarted: [UInt64: Int64] = [:]
     /// Peers an operator asked to compare with (`kith repair`), ahead of the interval.
     var requested: Set<UInt64> = []
+    /// Peers whose pulls found their cursor behind this node's truncated log: compared with
+    /// first, whether or not they have caught up (they cannot, from the log).
+    var resyncRequested: Set<UInt64> = []
     var lastRequest: UInt64 = 0
 }
 
@@ -35,6 +45,11 @@ extension ClusterNode {
             guard now - exchange.sentAt >= settings.antiEntropyTimeout else { return }
             antiEntropy.exchange = nil
             counters.antiEntropyAbandoned += 1
+        }
+        if let behind = membership.reachable.first(where: { antiEntropy.resyncRequested.contains($0.id) }) {
+            antiEntropy.resyncRequested.remove(behind.id)
+            try compareTrees(with: behind, now: now, resyncThrough: try store.logExtent().last)
+            return
         }
         let caughtUp = membership.reachable.filter { peer in peers[peer.id].map { $0.isCaughtUp && $0.hasReadOurLog } ?? false }
         if let asked = caughtUp.filter({ antiEntropy.requested.contains($0.id) }).min(by: { $0.id < $1.id }) {
@@ -56,9 +71,14 @@ extension ClusterNode {
     /// request number. A comparison already in flight is given up.
     @discardableResult
     public func compareTrees(with peer: Member, now: Int64) throws -> UInt64 {
+        try compareTrees(with: peer, now: now, resyncThrough: nil)
+    }
+
+    private func compareTrees(with peer: Member, now: Int64, resyncThrough: UInt64?) throws -> UInt64 {
         antiEntropy.lastRequest += 1
         antiEntropy.lastStarted[peer.id] = now
         var exchange = AntiEntropyState.Exchange(peer: peer.id, address: peer.address, request: antiEntropy.lastRequest, sentAt: now)
+        exchange.resyncThrough = resyncThrough
         exchange.nodes = [DigestEntry(key: [], digest: try store.digest(of: []))]
         antiEntropy.exchange = exchange
         counters.antiEntropyStarted += 1
@@ -136,13 +156,22 @@ extension ClusterNode {
     }
 
     /// Sends the comparison's next message: document states first (the tree walk's result),
-    /// then the next tree nodes; with neither left, the comparison is done.
+    /// then the next tree nodes; with neither left, the comparison is done. A resync walks the
+    /// whole tree first, then swaps states with the erased keys ahead of the rest.
     private func step(now: Int64) throws {
         guard var exchange = antiEntropy.exchange else { return }
         exchange.sentAt = now
-        if !exchange.keys.isEmpty {
+        let walkFirst = exchange.resyncThrough != nil && !exchange.nodes.isEmpty
+        if exchange.resyncThrough != nil, exchange.nodes.isEmpty, !exchange.keysOrdered {
+            let erased = try store.erased(among: exchange.keys)
+            exchange.keys = exchange.keys.filter { erased.contains($0) } + exchange.keys.filter { !erased.contains($0) }
+            exchange.keysOrdered = true
+        }
+        if !exchange.keys.isEmpty && !walkFirst {
             let batch = Array(exchange.keys.prefix(PeerMessage.maximumNodesPerRequest))
+            let tooLarge = counters.documentsTooLarge
             let (states, sentKeys) = try statesWithinBudget(for: batch)
+            exchange.skipped += counters.documentsTooLarge - tooLarge
             exchange.keys.removeFirst(sentKeys)
             antiEntropy.exchange = exchange
             counters.documentsSent += states.count
@@ -155,6 +184,7 @@ extension ClusterNode {
         } else {
             antiEntropy.exchange = nil
             counters.antiEntropyCompleted += 1
+            if let through = exchange.resyncThrough, exchange.skipped == 0 { resynced(exchange.peer, through: through) }
         }
     }
 

@@ -26,6 +26,13 @@ public struct ReplicationSettings: Sendable {
     /// How many core replicas the cluster has, if configured: write and read levels count
     /// against the larger of this and the core members known (`replicaCount`).
     public var replicas: Int?
+    /// A member silent for longer than this no longer holds log truncation back; when it comes
+    /// back it is brought up to date by a tree comparison (`LogTruncationPlan`). 30 days.
+    public var maxOfflineWindow: Int64 = 30 * 86_400_000
+    /// How often this node looks for log entries every member has read. 0 never truncates.
+    public var truncationInterval: Int64 = 10_000
+    /// Change-log records dropped per write at most (a truncation never holds the writer long).
+    public var truncationChunk = 1_000
 
     public init() {}
 }
@@ -85,6 +92,9 @@ public final class ClusterNode {
     var antiEntropy = AntiEntropyState()
     /// Callers waiting for replicas or for their session (`startWait`).
     var waits = PendingWaits()
+    /// Log truncation: when it was last planned, its plan, and peers brought up to date by
+    /// comparison.
+    var truncation = TruncationState()
     /// Peers' clocks as measured from membership round trips.
     public private(set) var clockOffsets: ClockOffsets
     private let hasSeeds: Bool
@@ -110,6 +120,13 @@ public final class ClusterNode {
         public var documentsTooLarge = 0
         /// Members this node saw go down (dead, away or left): a false death shows here.
         public var membersDown = 0
+        /// Change-log records this node dropped, every member having read them.
+        public var logRecordsTruncated = 0
+        /// Pulls answered with `logTruncated` (sent), and such answers received.
+        public var truncatedLogRepliesSent = 0
+        public var truncatedLogRepliesReceived = 0
+        /// Tree comparisons that brought a peer behind this node's truncated log up to date.
+        public var resyncsCompleted = 0
     }
 
     /// What this node knows of one peer.
@@ -131,6 +148,9 @@ public final class ClusterNode {
         /// Whether the last reply this node sent to the peer's pulls left nothing more to send:
         /// the peer holds this node's log as of then (unless the reply is lost; it pulls again).
         public var hasReadOurLog = false
+        /// Set when the peer answered a pull with `logTruncated`: its log is gone through this
+        /// position, and it is comparing trees with this node before it answers from its log.
+        public var truncatedPast: UInt64?
 
         /// Whether this node has read everything the peer's log held when last asked: the
         /// newest pull's chain ended with nothing more, no pull is in flight, and the peer has
@@ -176,6 +196,7 @@ public final class ClusterNode {
         try pullOneDuePeer(now: now)
         try pushOwnChanges()
         try compareTreesIfDue(now: now)
+        try truncateLogIfDue(now: now)
     }
 
     /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
@@ -217,7 +238,12 @@ public final class ClusterNode {
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
             acknowledged(by: sender, through: versions[id])
-            let answer = try reply(after: cursor, lacking: versions, budget: budget, request: request)
+            guard let start = try logPosition(answering: cursor, from: sender) else {
+                counters.truncatedLogRepliesSent += 1
+                send(replyAddress(sender, address), .logTruncated(through: try store.logExtent().truncatedThrough, request: request))
+                return
+            }
+            let answer = try reply(after: start, answering: cursor, lacking: versions, budget: budget, request: request)
             if case .changes(_, _, _, let more, _, _) = answer { peers[sender]?.hasReadOurLog = !more }
             send(replyAddress(sender, address), answer)
             // Read repair, both ways: a puller that holds what this node lacks is pulled from now.
@@ -263,6 +289,13 @@ public final class ClusterNode {
             try received(children, request: request, from: sender, now: now)
         case .documents(let request, let states, let wanted):
             try received(states, wanted: wanted, request: request, from: sender, address: address, now: now)
+        case .logTruncated(let through, _):
+            // The pull is over, but nothing was read: not caught up. The peer compares trees
+            // with this node and then answers the next pull from its log.
+            counters.truncatedLogRepliesReceived += 1
+            peers[sender]?.pullSentAt = nil
+            peers[sender]?.lastPullCompleted = now
+            peers[sender]?.truncatedPast = through
         }
     }
 
@@ -271,6 +304,7 @@ public final class ClusterNode {
         counters.changesApplied += applied
         peers[sender]?.pullSentAt = nil
         peers[sender]?.lastPullCompleted = now
+        peers[sender]?.truncatedPast = nil
         if more, let member = membership.members[sender] {
             // The chain continues under the request it answers.
             try pull(from: member, now: now, request: request)
@@ -341,13 +375,16 @@ public final class ClusterNode {
 
     // MARK: Helpers
 
-    /// The changes after `cursor` in this node's log that a peer holding `versions` lacks, up to
-    /// about `budget` bytes.
-    private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws -> PeerMessage {
-        let scanned = try store.changes(after: cursor, limit: settings.scanLimit)
+    /// The changes after `start` in this node's log that a peer holding `versions` lacks, up to
+    /// about `budget` bytes, as the answer to a pull from `cursor` (`start` is later when a tree
+    /// comparison brought the peer past its cursor).
+    private func reply(after start: UInt64, answering cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws
+        -> PeerMessage
+    {
+        let scanned = try store.changes(after: start, limit: settings.scanLimit)
         var entries: [ChangeEntry] = []
         var bytes = 0
-        var through = cursor
+        var through = start
         for entry in scanned {
             if !versions.covers(origin: entry.origin, sequence: entry.originSequence) {
                 var writer = BinaryWriter(capacity: 256)
@@ -358,7 +395,7 @@ public final class ClusterNode {
             }
             through = entry.sequence
         }
-        let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
+        let more = through < (scanned.last?.sequence ?? start) || scanned.count == settings.scanLimit
         // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
         // or a withdrawal holds, before the rest arrives.
         let ahead =

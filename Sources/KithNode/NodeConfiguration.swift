@@ -208,6 +208,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// Seconds between digest-tree comparisons with each peer in turn (anti-entropy that repairs
     /// what no change log holds; docs/replication.md). 0 turns them off.
     public var antiEntropyIntervalSeconds = 30
+    /// How long a member may be silent before it stops holding this node's change-log
+    /// truncation back (`30d`, `12h`, `90m`, `45s`); it is then brought up to date by a tree
+    /// comparison when it returns (docs/replication.md, "Log truncation").
+    public var maxOfflineWindow = "30d"
     /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
     public var role = "core"
     /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
@@ -230,7 +234,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis, identity
+        case maxClockOffsetMillis, identity, maxOfflineWindow
     }
 
     public init(from decoder: Decoder) throws {
@@ -258,6 +262,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         auditRetentionDays = try container.decodeIfPresent(Int.self, forKey: .auditRetentionDays) ?? defaults.auditRetentionDays
         maxClockOffsetMillis = try container.decodeIfPresent(Int64.self, forKey: .maxClockOffsetMillis) ?? defaults.maxClockOffsetMillis
         identity = try container.decodeIfPresent(Identity.self, forKey: .identity) ?? Identity()
+        maxOfflineWindow = try container.decodeIfPresent(String.self, forKey: .maxOfflineWindow) ?? defaults.maxOfflineWindow
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -312,6 +317,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             maxClockOffsetMillis = millis
         }
         if let value = environment["KITH_ROLE"] { role = value }
+        if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
         if let value = environment["KITH_PHONE_REGION"] { identity.phoneRegion = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
@@ -385,6 +391,19 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard (10...3_600_000).contains(maxClockOffsetMillis) else { throw ConfigurationError("maxClockOffsetMillis must be 10 to 3600000") }
         _ = try identity.identifierSources()
         _ = try identity.identityRules()
+        _ = try maxOfflineWindowMillis()
+    }
+
+    /// `maxOfflineWindow` in milliseconds: a whole number and a unit (`s`, `m`, `h`, `d`),
+    /// from one second to ten years.
+    public func maxOfflineWindowMillis() throws -> Int64 {
+        let units: [Character: Int64] = ["s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000]
+        guard let unit = maxOfflineWindow.last.flatMap({ units[$0] }), let count = Int64(maxOfflineWindow.dropLast()), count > 0,
+            count <= 3_650 * 86_400_000 / unit
+        else {
+            throw ConfigurationError("maxOfflineWindow must be a whole number and a unit (s, m, h or d), at most 3650d, got \"\(maxOfflineWindow)\"")
+        }
+        return count * unit
     }
 }
 
@@ -392,7 +411,7 @@ extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
-        "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity",
+        "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow",
     ]
 }
 

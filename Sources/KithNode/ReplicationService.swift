@@ -87,6 +87,7 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         var settings = ReplicationSettings()
         settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
         settings.replicas = configuration.replicas
+        settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()

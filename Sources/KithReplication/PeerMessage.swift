@@ -29,6 +29,11 @@ public enum PeerMessage: Equatable, Sendable {
     /// Document states to join (the sender's, for keys whose digests differed), and the keys
     /// whose states the sender wants back (empty in the answer).
     case documents(request: UInt64, states: [DocumentState], wanted: [[UInt8]])
+    /// A reply to a pull whose cursor is behind what the sender's log still holds: its entries
+    /// through `through` are gone (truncated once every member had read them). The sender
+    /// compares trees with the puller instead, and answers its pulls from the log once that
+    /// comparison has ended (docs/replication.md, "Log truncation").
+    case logTruncated(through: UInt64, request: UInt64)
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -41,10 +46,11 @@ public enum PeerMessage: Equatable, Sendable {
         case .digestRequest: 6
         case .digestReply: 7
         case .documents: 8
+        case .logTruncated: 9
         }
     }
 
-    public static let knownTags: ClosedRange<UInt8> = 1...8
+    public static let knownTags: ClosedRange<UInt8> = 1...9
 
     /// The most tree nodes one digest request names, and forget keys one documents message wants.
     public static let maximumNodesPerRequest = 256
@@ -85,6 +91,9 @@ extension PeerMessage {
             writer.write(varint: request)
             writer.write(sequence: states) { w, state in state.encode(to: &w) }
             writer.write(sequence: wanted) { w, key in w.write(raw: key) }
+        case .logTruncated(let through, let request):
+            writer.write(varint: through)
+            writer.write(varint: request)
         }
         return writer.bytes
     }
@@ -142,6 +151,9 @@ extension PeerMessage {
                 throw BinaryDecodingError(.invalidValue, offset: reader.offset, "too many keys wanted")
             }
             self = .documents(request: request, states: states, wanted: wanted)
+        case 9:
+            let through = try reader.readVarint()
+            self = .logTruncated(through: through, request: try reader.readVarint())
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()

@@ -100,6 +100,17 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// SHA-256 over every replicated row: equal exactly when two replicas hold the same data.
     func contentDigest() throws -> [UInt8]
 
+    /// How much of this node's change log is held: what truncation dropped, and the newest entry.
+    func logExtent() throws -> LogExtent
+
+    /// Drops the change log's records through local sequence `sequence`, at most `limit` of them
+    /// (and the copies of their entries that travel ahead of a backlog), in one transaction.
+    /// Returns how many records went: call again while that is `limit`.
+    @discardableResult func truncateLog(through sequence: UInt64, limit: Int) throws -> Int
+
+    /// The forget keys among `forgetKeys` this replica holds an erasure of.
+    func erased(among forgetKeys: [[UInt8]]) throws -> Set<[UInt8]>
+
     /// The digest of a tree node (`DigestTreeShape`) or of one forget key.
     func digest(of node: [UInt8]) throws -> Digest128
 
@@ -242,21 +253,17 @@ extension EngineBackedStore {
         try modify { context in try states.reduce(0) { count, state in try context.join(state) ? count + 1 : count } }
     }
 
-    /// Drops the change-log records through local sequence `sequence`, as log truncation will once
-    /// every member has read past a point (not done by nodes yet: docs/replication.md). Tests use
-    /// it to show that tree comparisons repair what no log holds any more.
-    func truncateLog(through sequence: UInt64) throws {
-        try write { txn in
-            for table in [Table.changes, .ahead] {
-                var keys: [[UInt8]] = []
-                try txn.scan(table, prefix: []) { key, _ in
-                    guard try engine.decodeSequence(key) <= sequence else { return .stop }
-                    keys.append(key)
-                    return .next
-                }
-                for key in keys { try txn.delete(table, key) }
-            }
-        }
+    public func logExtent() throws -> LogExtent {
+        try read { reader in try engine.logExtent(in: reader) }
+    }
+
+    public func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
+        precondition(limit > 0, "a truncation must be allowed to drop at least one record (limit \(limit))")
+        return try write { txn in try engine.truncateLog(through: sequence, limit: limit, in: txn) }
+    }
+
+    public func erased(among forgetKeys: [[UInt8]]) throws -> Set<[UInt8]> {
+        try read { reader in Set(try forgetKeys.filter { try reader.get(.forget, $0) != nil }) }
     }
 
     /// The leaf digests computed from the rows, for checking the stored tree.

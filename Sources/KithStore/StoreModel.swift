@@ -290,6 +290,24 @@ package let digestsMetaKey = Array("digests".utf8)
 /// Present once `ahead` holds a copy of every logged entry that travels ahead (`ReplicationState.swift`).
 package let aheadMetaKey = Array("ahead".utf8)
 let versionVectorKey = Array("versions".utf8)
+/// The highest local sequence log truncation has dropped (absent: none).
+let logTruncatedMetaKey = Array("log-truncated".utf8)
+
+/// How much of a node's change log is held: entries through `truncatedThrough` are gone (every
+/// member had read them, or was away too long to count), entries after it through `last` are held
+/// (less any an erasure dropped).
+public struct LogExtent: Sendable, Equatable {
+    public var truncatedThrough: UInt64
+    public var last: UInt64
+
+    public init(truncatedThrough: UInt64, last: UInt64) {
+        self.truncatedThrough = truncatedThrough
+        self.last = last
+    }
+
+    /// Sequences the log spans: an upper bound on the entries it holds.
+    public var span: UInt64 { last - min(last, truncatedThrough) }
+}
 
 /// Where a logged change first came from: the node that accepted it and its sequence there.
 struct ChangeOrigin {

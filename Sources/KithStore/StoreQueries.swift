@@ -164,6 +164,12 @@ package struct StoreEngine: Sendable {
         return vector
     }
 
+    package func logExtent(in reader: some StoreReading) throws -> LogExtent {
+        LogExtent(
+            truncatedThrough: try reader.get(.meta, logTruncatedMetaKey).map { try decodeSequence($0) } ?? 0,
+            last: try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0)
+    }
+
     package func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {
         var entries: [ChangeEntry] = []
         try reader.scan(.ahead, from: sequenceKey(sequence &+ 1)) { _, value in

@@ -116,6 +116,16 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
         }
     }
 
+    /// A message from the peer `id` (met before), at `now`.
+    func receive(_ message: PeerMessage, from id: UInt64, now: Int64) throws {
+        try lock.withLock { try node.receive(message, from: id, address: "127.0.0.1:\(id)", now: now) }
+    }
+
+    /// The replication core's timers at `now` (pulls, pushes, log truncation).
+    func tick(now: Int64) throws {
+        try lock.withLock { try node.tick(now: now) }
+    }
+
     /// Runs the timers set so far, and returns their delays.
     func fireTimers() -> [Int] {
         let due = timers.withLock { timers in

@@ -230,6 +230,24 @@ struct ReplicatedAPITests {
         #expect(test.call("GET", "/v1/admin/sync", role: .admin)?.errorCode == "unavailable")
     }
 
+    /// Sync status says how far each member has read this node's log and whether truncation
+    /// waits for it; metrics give the log's extent.
+    @Test func syncStatusAndMetricsShowTheChangeLogAndItsReaders() throws {
+        let test = try TestAPI(replicated: true)
+        for n in 1...3 { #expect(test.ingest("/v1/identify", #"{"userId":"u-\#(n)","messageId":"m-\#(n)"}"#)?.status == 200) }
+        try test.replication!.meet("reader", id: 9)
+        try test.replication!.receive(.pull(cursor: 2, versions: VersionVector(), budget: 1_024, request: 1), from: 9, now: 10)
+        try test.replication!.tick(now: 20)
+        let sync = try #require(test.call("GET", "/v1/admin/sync", role: .admin)?.json)
+        #expect(sync["changeLog"]?["last"] == 3 && sync["changeLog"]?["truncatedThrough"] == 2 && sync["changeLog"]?["span"] == 1)
+        let reader = try #require(sync["peers"]?.arrayValue?.first)
+        #expect(reader["name"] == "reader" && reader["readThrough"] == 2 && reader["holdsLogBack"] == .bool(true))
+        let metrics = try #require(test.call("GET", "/metrics", role: .admin)).text
+        for line in ["kith_change_log_span 1", "kith_change_log_truncated_through 2", "kith_change_log_records_truncated_total 2"] {
+            #expect(metrics.contains(line), "\(line)")
+        }
+    }
+
     @Test func metricsIncludeTheClockTheLinksAndTheCoreWhenItAnswers() throws {
         let test = try TestAPI(replicated: true)
         test.replication!.script.withLock { $0.links.closedConnections = ["bad_frame": 2] }

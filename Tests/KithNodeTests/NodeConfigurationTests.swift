@@ -89,3 +89,19 @@ struct NodeConfigurationIdentityTests {
         }
     }
 }
+
+@Suite("Node configuration: log truncation")
+struct NodeConfigurationTruncationTests {
+    @Test func maxOfflineWindowIsANumberAndAUnit() throws {
+        var configuration = NodeConfiguration()
+        #expect(try configuration.maxOfflineWindowMillis() == 30 * 86_400_000, "30 days by default")
+        for (text, millis) in [("12h", Int64(43_200_000)), ("90m", 5_400_000), ("45s", 45_000), ("3650d", 315_360_000_000)] {
+            configuration.maxOfflineWindow = text
+            #expect(try configuration.maxOfflineWindowMillis() == millis, "\(text)")
+        }
+        for text in ["", "30", "d", "0d", "-1d", "3651d", "1.5d", "30w", " 30d"] {
+            configuration.maxOfflineWindow = text
+            #expect(throws: ConfigurationError.self, "\(text)") { try configuration.maxOfflineWindowMillis() }
+        }
+    }
+}

@@ -114,8 +114,10 @@ struct PeerMessageTests {
             .changes(from: 3, through: 5, entries: [entry, erasure], more: true, ahead: [erasure], request: 77),
             .push(previous: 2, entries: [entry]),
             .acknowledge(through: 1_234_567),
+            .logTruncated(through: 9_876, request: 78),
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 9, payload: messages[7].encodePayload() + [0]) }
         var truncated = messages[6].encodePayload()
         truncated.removeLast()
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }

@@ -88,6 +88,9 @@ final class Simulation {
         settings.antiEntropyTimeout = 1_000
         settings.digestNodesPerRequest = 16
         settings.documentBudget = 16 * 1024
+        // Logs are truncated as members read them, in small chunks, every scenario long.
+        settings.truncationInterval = 1_500
+        settings.truncationChunk = 8
         return settings
     }()
     static let clockSettings = ClockSettings()
@@ -96,10 +99,12 @@ final class Simulation {
     /// `antiEntropy` false leaves repair to the change logs alone, so that a fault in log
     /// replication is not hidden by tree comparisons. `fastClock`: the second machine's clock
     /// runs two hours ahead (it must refuse to date writes; nothing it holds may swallow others').
-    init(seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true, fastClock: Bool = false) throws {
+    /// `maxOfflineWindow`: how long a silent member holds log truncation back (30 days unless given).
+    init(seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true, fastClock: Bool = false, maxOfflineWindow: Int64? = nil) throws {
         self.seed = seed
         var settings = Self.replicationSettings
         if !antiEntropy { settings.antiEntropyInterval = 0 }
+        if let maxOfflineWindow { settings.maxOfflineWindow = maxOfflineWindow }
         replicationSettings = settings
         random = SplitMix64(seed: seed)
         for index in 0..<nodes {

@@ -1,0 +1,70 @@
+import KithReplication
+import KithStore
+
+/// What a node keeps between the steps of log truncation.
+struct TruncationState {
+    /// When this node began counting its members' silence (its first tick).
+    var since: Int64?
+    var lastPlanned: Int64?
+    /// The last plan made, for `kith sync status`.
+    var plan: LogTruncationPlan?
+    /// A truncation write is queued or running.
+    var writing = false
+    /// Peer → the position in this node's log through which a completed tree comparison brought
+    /// it: its pulls from behind the truncated part are answered from there.
+    var resynced: [UInt64: UInt64] = [:]
+}
+
+extension ClusterNode {
+    /// The position in this node's log to answer a pull from `cursor` from: the cursor itself,
+    /// unless entries after it are truncated. Then the position a finished tree comparison with
+    /// the peer reached, or nil, and a comparison is asked for (`compareTreesIfDue` runs it first).
+    func logPosition(answering cursor: UInt64, from peer: UInt64) throws -> UInt64? {
+        let truncated = try store.logExtent().truncatedThrough
+        guard cursor < truncated else {
+            truncation.resynced[peer] = nil
+            return cursor
+        }
+        if let reached = truncation.resynced[peer], reached >= truncated { return reached }
+        antiEntropy.resyncRequested.insert(peer)
+        return nil
+    }
+
+    /// Every `truncationInterval`: plans which log entries every member has read, and drops up to
+    /// `truncationChunk` records of them through the writer (planning again at once while more
+    /// are left).
+    func truncateLogIfDue(now: Int64) throws {
+        let since = truncation.since ?? now
+        truncation.since = since
+        guard settings.truncationInterval > 0, !truncation.writing else { return }
+        if let last = truncation.lastPlanned, now - last < settings.truncationInterval { return }
+        truncation.lastPlanned = now
+        let extent = try store.logExtent()
+        var contacts: [UInt64: LogTruncationPlan.Contact] = [:]
+        for (member, state) in peers {
+            contacts[member] = LogTruncationPlan.Contact(lastHeard: state.lastContact, readThrough: state.versions == nil ? nil : state.cursor)
+        }
+        let plan = LogTruncationPlan.plan(
+            log: extent, members: Array(membership.members.values), contacts: contacts, since: since, now: now,
+            maxOfflineWindow: settings.maxOfflineWindow)
+        truncation.plan = plan
+        guard plan.truncates(extent) else { return }
+        truncation.writing = true
+        let store = self.store, through = plan.through, chunk = settings.truncationChunk
+        try write({ ReplicatedWrite(changed: try store.truncateLog(through: through, limit: chunk)) }) { [self] written in
+            truncation.writing = false
+            counters.logRecordsTruncated += written.changed
+            if written.changed == chunk { truncation.lastPlanned = nil }
+        }
+    }
+
+    /// The last truncation plan: who holds the log back, and how far each member has read.
+    public var logTruncationPlan: LogTruncationPlan? { truncation.plan }
+
+    /// A resync comparison with `peer` ended having swapped every differing document: the peer
+    /// holds everything this node's log held through `through`.
+    func resynced(_ peer: UInt64, through: UInt64) {
+        truncation.resynced[peer] = max(truncation.resynced[peer] ?? 0, through)
+        counters.resyncsCompleted += 1
+    }
+}
