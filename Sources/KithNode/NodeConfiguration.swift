@@ -212,6 +212,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// truncation back (`30d`, `12h`, `90m`, `45s`); it is then brought up to date by a tree
     /// comparison when it returns (docs/replication.md, "Log truncation").
     public var maxOfflineWindow = "30d"
+    /// Seconds between looks for change-log entries every member has read. 0 never truncates.
+    public var logTruncationIntervalSeconds = 10
     /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
     public var role = "core"
     /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
@@ -234,7 +236,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis, identity, maxOfflineWindow
+        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds
     }
 
     public init(from decoder: Decoder) throws {
@@ -263,6 +265,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         maxClockOffsetMillis = try container.decodeIfPresent(Int64.self, forKey: .maxClockOffsetMillis) ?? defaults.maxClockOffsetMillis
         identity = try container.decodeIfPresent(Identity.self, forKey: .identity) ?? Identity()
         maxOfflineWindow = try container.decodeIfPresent(String.self, forKey: .maxOfflineWindow) ?? defaults.maxOfflineWindow
+        logTruncationIntervalSeconds =
+            try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -318,6 +322,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
+        if let value = environment["KITH_LOG_TRUNCATION_INTERVAL"] {
+            guard let seconds = Int(value) else { throw ConfigurationError("KITH_LOG_TRUNCATION_INTERVAL must be a number of seconds") }
+            logTruncationIntervalSeconds = seconds
+        }
         if let value = environment["KITH_PHONE_REGION"] { identity.phoneRegion = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
@@ -392,6 +400,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         _ = try identity.identifierSources()
         _ = try identity.identityRules()
         _ = try maxOfflineWindowMillis()
+        guard (0...86_400).contains(logTruncationIntervalSeconds) else {
+            throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
+        }
     }
 
     /// `maxOfflineWindow` in milliseconds: a whole number and a unit (`s`, `m`, `h`, `d`),
@@ -411,7 +422,7 @@ extension NodeConfiguration.CodingKeys {
     static let allNames = [
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
-        "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow",
+        "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
     ]
 }
 

@@ -88,6 +88,7 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
         settings.replicas = configuration.replicas
         settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
+        settings.truncationInterval = Int64(configuration.logTruncationIntervalSeconds) * 1_000
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()
