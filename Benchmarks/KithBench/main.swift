@@ -218,4 +218,17 @@ try bytes.withUnsafeBufferPointer { buffer in
     report("store.bytes_per_profile_with_change_log", Double(used) / Double(max(statistics.profiles, 1)))
 
     try measureReads(store, options: options, receivedAt: receivedAt)
+
+    // Stored bytes against the JSON of the messages held: the data file with the whole change
+    // log, then the pages the tables hold once the log is truncated (as once every member has read
+    // it). The file keeps its size: freed pages are what further writes fill first, and what a
+    // compacted copy (`kith backup`) leaves out.
+    let jsonBytes = lines.reduce(0) { $0 + $1.count }
+    print("store.json_bytes: \(jsonBytes)")
+    report("store.size_vs_json", Double(fileSize) / Double(jsonBytes), decimals: 2)
+    let truncated = try seconds { try store.truncateLog(through: .max, limit: .max) }
+    report("store.truncate_seconds", truncated, decimals: 2)
+    let held = try store.tableBytes().values.reduce(0, +)
+    print("lmdb.table_bytes_truncated: \(held)")
+    report("store.size_vs_json_truncated", Double(held) / Double(jsonBytes), decimals: 2)
 }
