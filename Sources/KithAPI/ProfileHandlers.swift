@@ -495,8 +495,42 @@ extension NodeAPI {
                         o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
                         o.member("links") { $0.raw(bytes: links) }
                         o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
+                        o.member("retention") { Self.writeRetention(view, events, settings.policy.retention, &$0) }
                     })
             })
+    }
+
+    /// For every trait and event held: the purpose that keeps it, for how long, and when it
+    /// expires (a datum no rule names is kept as long as the profile: `"kept": "no rule"`).
+    static func writeRetention(_ view: ProfileView, _ events: [EventRecord], _ rules: RetentionRules, _ writer: inout JSONWriter) {
+        func keep(_ keep: RetentionRules.Keep?, expiresAt: Int64?, into w: inout JSONWriter) {
+            w.writeObject { o in
+                guard let keep, let expiresAt else { return o.member("kept", string: "no rule") }
+                o.member("purpose", string: keep.purpose)
+                o.member("days") { $0.write(.number(JSONNumber(keep.millis / 86_400_000))) }
+                o.member("expiresAt") { $0.write(time: expiresAt) }
+            }
+        }
+        writer.writeObject { o in
+            o.member("traits") { w in
+                w.writeObject { traits in
+                    for (name, register) in view.head.traits.pairs {
+                        traits.member(name) {
+                            keep(rules.keep(forTrait: name), expiresAt: rules.expiry(ofTrait: name, updatedAt: register.stamp.time), into: &$0)
+                        }
+                    }
+                }
+            }
+            o.member("events") { w in
+                w.writeObject { byMessage in
+                    for event in events {
+                        byMessage.member(event.messageId) {
+                            keep(rules.keep(forEvent: event.name), expiresAt: rules.expiry(ofEvent: event.name, at: event.time), into: &$0)
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// `?limit=1..10000`: this node's audit of reads of the customer, newest first.

@@ -25,6 +25,8 @@ public final class Node: Sendable {
     let committer: GroupCommitter
     /// Who read which profile, for what, and what they saw.
     let audit: ReadAudit
+    /// Drops what the policy's retention rules say has expired, in the background.
+    let sweeper: RetentionSweeper
     let server: HTTPServer
     /// The routes and their handlers.
     let api: NodeAPI
@@ -89,6 +91,9 @@ public final class Node: Sendable {
             replication = nil
         }
         let policy = try Self.loadPolicy(configuration.policyFile)
+        sweeper = RetentionSweeper(
+            rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), log: log
+        ) { committer.perform($0) }
         audit = try ReadAudit(path: configuration.dataDirectory + "/audit", retentionDays: configuration.auditRetentionDays, log: log)
         let (host, port) = try configuration.httpAddress()
         var http = HTTPServer.Configuration()
@@ -112,6 +117,7 @@ public final class Node: Sendable {
     /// Starts serving; returns the HTTP port.
     public func start() throws -> UInt16 {
         let port = try server.start()
+        sweeper.start()
         if let replication {
             // A wildcard listener is advertised at the host peers already reach this node on.
             var host = try configuration.httpAddress().host
@@ -133,6 +139,7 @@ public final class Node: Sendable {
         // Replication first: its queued writes then finish with the writer's, and nothing
         // submits more once the writer stops.
         replication?.stop()
+        sweeper.stop()
         committer.stop()
         audit.stop()
         do { try store.synchronize() } catch { log(.error, "the store could not be synced at stop", [("error", .string("\(error)"))]) }

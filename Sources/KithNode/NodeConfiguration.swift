@@ -214,6 +214,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var maxOfflineWindow = "30d"
     /// Seconds between looks for change-log entries every member has read. 0 never truncates.
     public var logTruncationIntervalSeconds = 10
+    /// Seconds between passes of the retention sweep (the policy's `retention`, docs/privacy.md).
+    public var retentionSweepSeconds = 3_600
     /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
     public var role = "core"
     /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
@@ -236,7 +238,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds
+        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds
     }
 
     public init(from decoder: Decoder) throws {
@@ -267,6 +269,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         maxOfflineWindow = try container.decodeIfPresent(String.self, forKey: .maxOfflineWindow) ?? defaults.maxOfflineWindow
         logTruncationIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
+        retentionSweepSeconds = try container.decodeIfPresent(Int.self, forKey: .retentionSweepSeconds) ?? defaults.retentionSweepSeconds
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -322,6 +325,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
+        if let value = environment["KITH_RETENTION_SWEEP_INTERVAL"] {
+            guard let seconds = Int(value) else { throw ConfigurationError("KITH_RETENTION_SWEEP_INTERVAL must be a number of seconds") }
+            retentionSweepSeconds = seconds
+        }
         if let value = environment["KITH_LOG_TRUNCATION_INTERVAL"] {
             guard let seconds = Int(value) else { throw ConfigurationError("KITH_LOG_TRUNCATION_INTERVAL must be a number of seconds") }
             logTruncationIntervalSeconds = seconds
@@ -403,6 +410,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard (0...86_400).contains(logTruncationIntervalSeconds) else {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
+        guard (1...604_800).contains(retentionSweepSeconds) else { throw ConfigurationError("retentionSweepSeconds must be 1 to 604800") }
     }
 
     /// `maxOfflineWindow` in milliseconds: a whole number and a unit (`s`, `m`, `h`, `d`),
@@ -423,6 +431,7 @@ extension NodeConfiguration.CodingKeys {
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
+        "retentionSweepSeconds",
     ]
 }
 

@@ -1,4 +1,5 @@
 import KithJSON
+import KithProfile
 
 /// What a store's privacy policy says: which category each profile field belongs to, what each
 /// purpose may see of each category, which consent each purpose needs, and how masked values
@@ -23,6 +24,8 @@ public struct Policy: Sendable, Equatable {
     private(set) var rules: [String: PurposeRules] = [:]
     /// Field path → how its value is masked when a purpose sees its category masked.
     public var masks: [String: MaskRule]
+    /// How long events and traits are kept, and for which purpose (`retention`; none: kept).
+    public var retention = RetentionRules.none
 
     public init(
         categories: [String], fields: [String: String], unknownFields: UnknownFieldRule,

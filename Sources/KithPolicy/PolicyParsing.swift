@@ -41,7 +41,8 @@ extension Policy {
 
     public init(json: JSONValue) throws(PolicyError) {
         guard case .object(let root) = json else { throw PolicyError("", "a policy is a JSON object") }
-        try Self.refuseUnknownKeys(root, "", ["version", "categories", "fields", "unknownFields", "consentCategories", "purposes", "masks"])
+        try Self.refuseUnknownKeys(
+            root, "", ["version", "categories", "fields", "unknownFields", "consentCategories", "purposes", "masks", "retention"])
         guard root["version"] == .number(JSONNumber(1)) else { throw PolicyError("version", "must be 1") }
         let categories =
             try root["categories"].map { value throws(PolicyError) in try Self.strings(value, "categories") }
@@ -85,6 +86,8 @@ extension Policy {
         self.init(
             categories: categories, fields: fields, unknownFields: unknownFields, consentCategories: consentCategories,
             purposes: purposes, masks: masks)
+        retention = try Self.retention(
+            root["retention"], fields: fields, unknownFields: unknownFields, declared: declared, purposes: Set(purposes.keys))
     }
 
     static let fieldPathHelp = "a field is traits.NAME, identifiers.KIND (a built-in or custom kind), events, aggregates, groups or revenue"
@@ -166,7 +169,7 @@ extension Policy {
         return object.members.map { ($0.key, $0.value) }
     }
 
-    private static func strings(_ value: JSONValue, _ path: String) throws(PolicyError) -> [String] {
+    static func strings(_ value: JSONValue, _ path: String) throws(PolicyError) -> [String] {
         guard case .array(let items) = value else { throw PolicyError(path, "must be a list of strings") }
         var result: [String] = []
         for item in items {
@@ -176,7 +179,7 @@ extension Policy {
         return result
     }
 
-    private static func refuseUnknownKeys(_ object: JSONObject, _ path: String, _ known: Set<String>) throws(PolicyError) {
+    static func refuseUnknownKeys(_ object: JSONObject, _ path: String, _ known: Set<String>) throws(PolicyError) {
         if let unknown = object.members.first(where: { !known.contains($0.key) }) {
             throw PolicyError(path.isEmpty ? unknown.key : "\(path).\(unknown.key)", "is not a policy setting")
         }

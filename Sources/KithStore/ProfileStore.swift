@@ -70,6 +70,10 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// One step of computing every profile again under the configured identity rules:
     /// `buckets` of the digest tree's 1,024, in one transaction. True once all are done.
     func reevaluateIdentity(buckets: Int) throws -> Bool
+
+    /// One step of the retention sweep: drops what `rules` say has expired at `now` from the
+    /// identifiers of the next `buckets` buckets, in one transaction (docs/storage.md, "Retention").
+    @discardableResult func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep
 }
 
 /// What replication reads and writes: the change log, version vectors and cursors, entries that
@@ -170,6 +174,10 @@ extension EngineBackedStore {
 
     public func reevaluateIdentity(buckets: Int) throws -> Bool {
         try modify { context in try engine.reevaluateIdentity(buckets: buckets, in: context) }
+    }
+
+    public func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep {
+        try modify { context in try engine.expire(under: rules, now: now, buckets: buckets, in: context) }
     }
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {

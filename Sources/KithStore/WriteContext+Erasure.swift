@@ -171,7 +171,7 @@ extension WriteContext {
 
     /// Whether anything of `identifier` is held: its own data, or a link assertion (as in
     /// `ProfileState.identifiers`, a removal alone does not make an identifier known).
-    private func isKnown(_ identifier: Identifier) throws -> Bool {
+    func isKnown(_ identifier: Identifier) throws -> Bool {
         if try source(identifier.key) != nil { return true }
         var asserted = false
         try txn.scan(.documents, prefix: documentKey(identifier.key, .edge)) { _, value in

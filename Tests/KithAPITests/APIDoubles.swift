@@ -230,13 +230,12 @@ final class TestAPI {
     /// `tokens`: more principals besides one per role (`TestAPI.tokens`).
     init(
         replicated: Bool = false, ingestQueueLimit: Int = 1_000, tokens extra: [Token] = [],
-        identifierSources: IdentifierSources = .builtIn
+        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn
     ) throws {
         let secret = Array(repeating: UInt8(7), count: 32)
         store = MemoryProfileStore(configuration: StoreConfiguration(node: Self.origin, forgetKeySecret: secret, replicates: replicated))
         writer = InlineWriter(store: store, origin: Self.origin)
         replication = replicated ? try ScriptedReplication(store: store, origin: Self.origin) : nil
-        let policy = Policy.builtIn
         let principals =
             Self.tokens.map { role, token in
                 (

@@ -172,3 +172,25 @@ struct PrivacyReadTests {
         #expect(test.call("GET", "/v1/profiles/user_id:never-seen", token: "dpo")?.status == 404)
     }
 }
+
+/// The subject export says, for every trait and event, the purpose that keeps it and when it expires.
+@Suite("Retention in the subject export, in process")
+struct RetentionExportTests {
+    @Test func theExportStatesEachFieldsRetention() throws {
+        var policy = Policy.builtIn
+        policy.retention.eventsByName["Order Completed"] = .init(millis: 2_557 * 86_400_000, purpose: "support")
+        policy.retention.traitsByName["plan"] = .init(millis: 30 * 86_400_000, purpose: "support")
+        let test = try TestAPI(policy: policy)
+        let messages = [
+            #"{"type":"identify","userId":"u-x","traits":{"plan":"plus","city":"Leeds"},"messageId":"i-1","timestamp":"2026-01-01T00:00:00Z"}"#,
+            #"{"type":"track","userId":"u-x","event":"Order Completed","messageId":"o-1","timestamp":"2026-01-02T00:00:00Z"}"#,
+        ]
+        for message in messages { #expect(test.ingest("/v1/batch", #"{"batch":[\#(message)]}"#)?.status == 200) }
+        let export = try #require(test.call("GET", "/v1/profiles/user_id:u-x/export", role: .privacy)?.json)
+        let retention = try #require(export["retention"])
+        #expect(retention["traits"]?["plan"]?["purpose"] == "support" && retention["traits"]?["plan"]?["days"] == 30)
+        #expect(retention["traits"]?["plan"]?["expiresAt"] != nil && retention["traits"]?["city"]?["kept"] == "no rule")
+        #expect(
+            retention["events"]?["o-1"]?["days"] == 2557 && retention["events"]?["o-1"]?["expiresAt"]?.stringValue?.hasPrefix("2033-01-0") == true)
+    }
+}

@@ -334,6 +334,28 @@ struct KithProcessTests {
         #expect(!advertising.body.contains("gold"))
     }
 
+    /// A node whose policy keeps page views 30 days drops older ones in the background, while
+    /// it serves: the profile's totals and history no longer count them; newer ones stay.
+    @Test func theRetentionSweepDropsWhatThePolicyNoLongerKeeps() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../cluster-configs/policy.example.json")
+        var policy = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: example)) as? [String: Any])
+        policy["retention"] = [["events": ["Page Viewed"], "days": 30, "purpose": "support"]]
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-policy-\(UUID().uuidString).json").path
+        defer { try? FileManager.default.removeItem(atPath: path) }  // a temporary file; a leftover is harmless
+        #expect(FileManager.default.createFile(atPath: path, contents: try JSONSerialization.data(withJSONObject: policy)))
+        let node = try NodeProcess(environment: ["KITH_POLICY_FILE": path, "KITH_RETENTION_SWEEP_INTERVAL": "1"])
+        let old = ISO8601DateFormatter().string(from: Date().addingTimeInterval(-400 * 86_400))
+        let new = ISO8601DateFormatter().string(from: Date().addingTimeInterval(-5 * 86_400))
+        let calls = [("p-old", old, "Page Viewed"), ("p-new", new, "Page Viewed"), ("o-old", old, "Order Completed")].map { id, time, event in
+            #"{"type":"track","userId":"u-r","event":"\#(event)","messageId":"\#(id)","timestamp":"\#(time)"}"#
+        }
+        #expect(try node.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
+        #expect(try eventually(10) { try messageCount(node, "u-r") == 2 }, "the old page view expires; the old order has no rule")
+        let profile = try #require(try node.profile("user_id:u-r")?.body)
+        #expect(!profile.contains("p-old") && profile.contains("p-new") && profile.contains("o-old"), "\(profile)")
+        #expect(eventually(10) { node.logs.contains("retention pass") })
+    }
+
     /// `kith policy check --store` lists the consent names the node's customers hold that the
     /// policy does not map, and how many profiles hold each.
     @Test func policyCheckListsTheConsentNamesThePolicyDoesNotMap() throws {

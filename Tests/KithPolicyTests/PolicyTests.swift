@@ -75,6 +75,45 @@ import Testing
         }
     }
 
+    /// Retention rules resolve to what each piece of data needs: by name over category, the
+    /// longer of two, categories through the policy's own fields.
+    @Test func retentionRulesResolveAgainstTheFields() throws {
+        let policy = try Policy(
+            parsing: Array(
+                #"""
+                {"version":1,"fields":{"traits.favouriteColour":"behavioral"},
+                 "purposes":{"tax":{},"analytics":{},"support":{}},
+                 "retention":[{"events":["Order Completed"],"days":2557,"purpose":"tax"},
+                              {"category":"behavioral","days":396,"purpose":"analytics"},
+                              {"events":["Order Completed"],"days":30,"purpose":"support"},
+                              {"traits":["email"],"days":730,"purpose":"support"}]}
+                """#.utf8))
+        let day: Int64 = 86_400_000
+        let rules = policy.retention
+        #expect(rules.keep(forEvent: "Order Completed") == .init(millis: 2_557 * day, purpose: "tax"))
+        #expect(rules.keep(forEvent: "Page Viewed") == .init(millis: 396 * day, purpose: "analytics"), "events are behavioral")
+        #expect(rules.keep(forTrait: "favouriteColour")?.purpose == "analytics" && rules.keep(forTrait: "email")?.purpose == "support")
+        #expect(rules.keep(forTrait: "plan") == nil)
+        #expect(try Policy(parsing: Array(#"{"version":1,"purposes":{"p":{}}}"#.utf8)).retention.isEmpty)
+        for (retention, message) in [
+            (#"{"events":["E"],"days":0,"purpose":"p"}"#, "retention[0].days: must be a whole number of days from 1 to 36500"),
+            (
+                #"{"events":["E"],"days":1,"purpose":"q"}"#,
+                "retention[0].purpose: must name a purpose of the policy (the one that justifies keeping the data)"
+            ),
+            (#"{"events":["E"],"traits":["t"],"days":1,"purpose":"p"}"#, "retention[0]: a rule names exactly one of events, traits or category"),
+            (#"{"category":"secret","days":1,"purpose":"p"}"#, "retention[0].category: must name a declared category"),
+            (#"{"events":["E"],"days":1,"purpose":"p","why":"x"}"#, "retention[0].why: is not a policy setting"),
+        ] {
+            #expect(throws: PolicyError.self) { try Policy(parsing: Array(#"{"version":1,"purposes":{"p":{}},"retention":[\#(retention)]}"#.utf8)) }
+            do {
+                _ = try Policy(parsing: Array(#"{"version":1,"purposes":{"p":{}},"retention":[\#(retention)]}"#.utf8))
+            } catch {
+                #expect(error.description == message, "\(retention)")
+            }
+        }
+    }
+
     /// A custom kind's identifiers are a field like any other: named, or unknown until named.
     @Test func customKindsAreFieldsOfTheirOwn() throws {
         let policy = try Policy(parsing: Array(#"{"version":1,"fields":{"identifiers.loyalty_card":"identity"},"purposes":{"p":{}}}"#.utf8))

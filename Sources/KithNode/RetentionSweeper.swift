@@ -1,0 +1,114 @@
+import Dispatch
+import Foundation
+import KithAPI
+import KithJSON
+import KithProfile
+import KithStore
+import Synchronization
+
+/// Runs the retention sweep (`ProfileWriting.expire`) in the background: a pass over the whole
+/// store every `interval`, one step at a time, each step a job of the one writer queued behind
+/// whatever ingest is already waiting — so a sweep never holds ingest back for longer than one
+/// step (a few buckets' identifiers). Its own thread waits for each step; no event loop does.
+final class RetentionSweeper: @unchecked Sendable {
+    struct Totals: Sendable, Equatable {
+        var passes = 0
+        var eventsDropped = 0
+        var traitsDropped = 0
+    }
+
+    private let rules: RetentionRules
+    private let store: any ProfileStore
+    private let interval: Double
+    private let buckets: Int
+    private let perform: (@escaping @Sendable () -> Void) -> Bool
+    private let log: Log
+    private let stopping = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    private let state = NSLock()
+    private var stopped = false
+    private var started = false
+    private var totals = Totals()
+
+    /// `perform` runs a job on the writer (false once the writer stops).
+    init(
+        rules: RetentionRules, store: any ProfileStore, interval: Double, buckets: Int = 8, log: Log,
+        perform: @escaping (@escaping @Sendable () -> Void) -> Bool
+    ) {
+        precondition(interval > 0 && buckets > 0, "a retention sweep every \(interval) s over \(buckets) buckets a step")
+        self.rules = rules
+        self.store = store
+        self.interval = interval
+        self.buckets = buckets
+        self.log = log
+        self.perform = perform
+    }
+
+    /// What the sweeps have dropped since the node started.
+    var dropped: Totals { state.withLock { totals } }
+
+    func start() {
+        guard !rules.isEmpty else { return }
+        state.withLock { started = true }
+        let thread = Thread { [self] in
+            defer { finished.signal() }
+            while stopping.wait(timeout: .now() + interval) == .timedOut {
+                guard sweepOnce() else { return }
+            }
+        }
+        thread.name = "kith-retention"
+        thread.start()
+    }
+
+    /// Stops after the step under way.
+    func stop() {
+        let running = state.withLock {
+            stopped = true
+            return started
+        }
+        guard running else { return }
+        stopping.signal()
+        finished.wait()
+    }
+
+    /// One pass, step by step. False when the node is stopping or the writer refused a step.
+    private func sweepOnce() -> Bool {
+        var pass = RetentionStep()
+        while !pass.passEnded {
+            if state.withLock({ stopped }) { return false }
+            let done = DispatchSemaphore(value: 0)
+            let outcome = Mutex<Result<RetentionStep, any Error>?>(nil)
+            let (rules, store, buckets) = (rules, store, buckets)
+            let accepted = perform {
+                outcome.withLock { $0 = Result { try store.expire(under: rules, now: unixMillis(), buckets: buckets) } }
+                done.signal()
+            }
+            guard accepted else { return false }
+            done.wait()
+            switch outcome.withLock({ $0 }) {
+            case .success(let step)?:
+                pass.eventsDropped += step.eventsDropped
+                pass.traitsDropped += step.traitsDropped
+                pass.identifiers += step.identifiers
+                pass.passEnded = step.passEnded
+            case .failure(let error)?:
+                log(.error, "a retention step failed; the next pass tries again", [("error", .string("\(error)"))])
+                return true
+            case nil:
+                preconditionFailure("a retention step signalled without an outcome")
+            }
+        }
+        state.withLock {
+            totals.passes += 1
+            totals.eventsDropped += pass.eventsDropped
+            totals.traitsDropped += pass.traitsDropped
+        }
+        log(
+            .info, "retention pass",
+            [
+                ("identifiers", .number(JSONNumber(Int64(pass.identifiers)))), ("eventsDropped", .number(JSONNumber(Int64(pass.eventsDropped)))),
+                ("traitsDropped", .number(JSONNumber(Int64(pass.traitsDropped)))),
+            ])
+        return true
+    }
+}

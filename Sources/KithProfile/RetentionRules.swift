@@ -1,0 +1,72 @@
+/// How long data is kept, and for which purpose: the policy's retention rules resolved to what
+/// each piece of stored data needs (docs/privacy.md, "Retention").
+///
+/// Expiry is a pure function of the data's own time (an event's time, a trait's last update),
+/// these rules and a time passed in, so every replica that sweeps at or after the same time
+/// drops the same data with no coordination; and it only grows with time, so data dropped on
+/// one replica and still held on another is dropped there too at its next sweep. Data no rule
+/// names is kept.
+public struct RetentionRules: Sendable, Equatable {
+    /// How long one kind of data is kept, and the purpose that justifies keeping it that long.
+    public struct Keep: Sendable, Equatable {
+        public var millis: Int64
+        public var purpose: String
+
+        public init(millis: Int64, purpose: String) {
+            precondition(millis > 0, "data is kept for a positive time, not \(millis) ms")
+            self.millis = millis
+            self.purpose = purpose
+        }
+
+        /// The longer of two (a datum two rules name is kept as long as either purpose needs it).
+        public func longer(_ other: Keep?) -> Keep {
+            guard let other, other.millis > millis || (other.millis == millis && other.purpose < purpose) else { return self }
+            return other
+        }
+    }
+
+    /// Events by name (a track call's event, a page's or screen's name).
+    public var eventsByName: [String: Keep] = [:]
+    /// Events no rule names by name (the category the policy puts `events` in).
+    public var events: Keep?
+    /// Traits by name, then by the category the policy puts the trait in.
+    public var traitsByName: [String: Keep] = [:]
+    public var traitsByCategory: [String: Keep] = [:]
+    /// Trait name → its category, as the policy says (`traits.NAME` fields), and the category of
+    /// traits it does not name.
+    public var traitCategories: [String: String] = [:]
+    public var unnamedTraitCategory: String?
+
+    public init() {}
+
+    public static let none = RetentionRules()
+
+    public var isEmpty: Bool { eventsByName.isEmpty && events == nil && traitsByName.isEmpty && traitsByCategory.isEmpty }
+
+    /// How long an event named `name` is kept; nil: as long as the profile.
+    public func keep(forEvent name: String) -> Keep? { eventsByName[name] ?? events }
+
+    /// How long trait `name` is kept after its last update; nil: as long as the profile.
+    public func keep(forTrait name: String) -> Keep? {
+        if let keep = traitsByName[name] { return keep }
+        return (traitCategories[name] ?? unnamedTraitCategory).flatMap { traitsByCategory[$0] }
+    }
+
+    /// When an event named `name` dated `time` expires (it is gone at and after that time).
+    public func expiry(ofEvent name: String, at time: Int64) -> Int64? {
+        keep(forEvent: name).map { time.addingReportingOverflow($0.millis).overflow ? .max : time + $0.millis }
+    }
+
+    /// When trait `name`, last updated at `time`, expires.
+    public func expiry(ofTrait name: String, updatedAt time: Int64) -> Int64? {
+        keep(forTrait: name).map { time.addingReportingOverflow($0.millis).overflow ? .max : time + $0.millis }
+    }
+
+    public func isExpired(event name: String, at time: Int64, now: Int64) -> Bool {
+        expiry(ofEvent: name, at: time).map { $0 <= now } ?? false
+    }
+
+    public func isExpired(trait name: String, updatedAt time: Int64, now: Int64) -> Bool {
+        expiry(ofTrait: name, updatedAt: time).map { $0 <= now } ?? false
+    }
+}

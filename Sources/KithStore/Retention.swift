@@ -1,0 +1,86 @@
+import KithCRDT
+import KithProfile
+
+/// What one step of a retention sweep did.
+public struct RetentionStep: Sendable, Equatable {
+    /// Identifiers looked at, events (ledger rows) and traits dropped.
+    public var identifiers = 0
+    public var eventsDropped = 0
+    public var traitsDropped = 0
+    /// This step ended a pass over every bucket (the next step starts another).
+    public var passEnded = false
+
+    public init() {}
+}
+
+/// Retention: the store drops what the policy's retention rules say has expired at a time it is
+/// given (`RetentionRules`, pure), a few digest-tree buckets per transaction, going round every
+/// bucket in turn. Nothing is logged: every replica sweeps its own data under the same rules,
+/// and expiry only grows with time, so replicas end holding the same rows.
+extension StoreEngine {
+    /// `retention-next` → the next bucket the sweep looks at (absent: the first).
+    static let retentionProgressMetaKey = Array("retention-next".utf8)
+
+    func expire(under rules: RetentionRules, now: Int64, buckets: Int, in context: WriteContext) throws -> RetentionStep {
+        precondition(buckets > 0, "a retention step covers at least one bucket, not \(buckets)")
+        let txn = context.txn
+        let next =
+            try txn.get(.meta, Self.retentionProgressMetaKey).map { Int(min(try decodeSequence($0), UInt64(DigestTreeShape.bucketCount))) } ?? 0
+        let end = min(next + buckets, DigestTreeShape.bucketCount)
+        var step = rules.isEmpty ? RetentionStep() : try context.expire(buckets: next..<end, under: rules, now: now)
+        if end == DigestTreeShape.bucketCount {
+            try txn.delete(.meta, Self.retentionProgressMetaKey)
+            step.passEnded = true
+        } else {
+            try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(end)), mode: .upsert)
+        }
+        return step
+    }
+}
+
+extension WriteContext {
+    /// Drops the expired events (ledger rows) and traits of every identifier in `buckets`,
+    /// recounts their heads, and rebuilds the profiles around them from what is left. An
+    /// identifier left with nothing (no data, no link) leaves its profile, as after an erasure.
+    func expire(buckets: Range<Int>, under rules: RetentionRules, now: Int64) throws -> RetentionStep {
+        var step = RetentionStep()
+        var changed: [Identifier] = []
+        for identifier in try txn.identifiers(inBuckets: buckets, hasher: engine.hasher) {
+            step.identifiers += 1
+            var expired: [[UInt8]] = []
+            try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { key, value in
+                let entry = try decode(LedgerRow.self, value, table: .documents).entry
+                if entry.type.isEvent, rules.isExpired(event: entry.name, at: entry.time, now: now) { expired.append(key) }
+                return .next
+            }
+            for key in expired { try txn.delete(.documents, key) }
+            step.eventsDropped += expired.count
+            var head = try source(identifier.key) ?? SourceHead()
+            let traits = head.traits.count
+            head.traits.retain { name, register in !rules.isExpired(trait: name, updatedAt: register.stamp.time, now: now) }
+            step.traitsDropped += traits - head.traits.count
+            guard !expired.isEmpty || head.traits.count != traits else { continue }
+            try recount(&head, of: identifier)
+            if head.isEmpty { deleteSource(identifier.key) } else { setSource(identifier.key, head) }
+            changed.append(identifier)
+        }
+        guard !changed.isEmpty else { return step }
+        var oldCanonicals: Set<[UInt8]> = []
+        var known: [Identifier] = []
+        for identifier in changed {
+            if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) }
+            if try isKnown(identifier) {
+                known.append(identifier)
+            } else {
+                try setCanonical(identifier.key, nil)
+            }
+        }
+        var done: Set<Identifier> = []
+        for identifier in known where !done.contains(identifier) {
+            guard try canonicalKey(identifier.key) != nil else { continue }
+            done.formUnion(try recompute(around: [identifier]))
+        }
+        for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
+        return step
+    }
+}

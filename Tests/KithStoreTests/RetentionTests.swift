@@ -1,0 +1,131 @@
+import Foundation
+import KithCRDT
+import KithJSON
+import KithProfile
+import Testing
+
+@testable import KithStore
+
+/// The retention rules on their own: which rule keeps what, and when it expires.
+@Suite("Retention rules")
+struct RetentionRulesTests {
+    static let day: Int64 = 86_400_000
+
+    static let rules: RetentionRules = {
+        var rules = RetentionRules()
+        rules.eventsByName["Order Completed"] = .init(millis: 2_557 * day, purpose: "tax")
+        rules.events = .init(millis: 396 * day, purpose: "analytics")
+        rules.traitsByName["favouriteColour"] = .init(millis: 30 * day, purpose: "personalization")
+        rules.traitsByCategory["contact"] = .init(millis: 730 * day, purpose: "support")
+        rules.traitCategories = ["email": "contact", "plan": "account"]
+        rules.unnamedTraitCategory = "sensitive"
+        return rules
+    }()
+
+    @Test func aRuleByNameWinsOverTheCategoryAndUnnamedDataIsKept() {
+        let rules = Self.rules
+        #expect(rules.keep(forEvent: "Order Completed")?.purpose == "tax" && rules.keep(forEvent: "Page Viewed")?.purpose == "analytics")
+        #expect(rules.keep(forTrait: "favouriteColour")?.purpose == "personalization" && rules.keep(forTrait: "email")?.purpose == "support")
+        #expect(rules.keep(forTrait: "plan") == nil && rules.keep(forTrait: "nickname") == nil, "no rule for account or sensitive")
+        #expect(RetentionRules.none.isEmpty && RetentionRules.none.expiry(ofEvent: "Order Completed", at: 0) == nil)
+    }
+
+    /// Expiry is the data's own time plus the rule: gone at and after it, whoever asks.
+    @Test func expiryIsTheTimeOfTheDataPlusTheRule() {
+        let rules = Self.rules
+        let time: Int64 = 1_700_000_000_000
+        #expect(rules.expiry(ofEvent: "Page Viewed", at: time) == time + 396 * Self.day)
+        #expect(!rules.isExpired(event: "Page Viewed", at: time, now: time + 396 * Self.day - 1))
+        #expect(rules.isExpired(event: "Page Viewed", at: time, now: time + 396 * Self.day))
+        #expect(rules.isExpired(trait: "email", updatedAt: time, now: time + 731 * Self.day))
+        #expect(!rules.isExpired(trait: "plan", updatedAt: .min, now: .max))
+        // A time at the far end of the range expires never rather than wrapping around.
+        #expect(rules.expiry(ofEvent: "Page Viewed", at: .max - 1) == .max)
+        // Of two rules naming the same data, the longer keeps it.
+        let short = RetentionRules.Keep(millis: Self.day, purpose: "b")
+        #expect(short.longer(.init(millis: 2 * Self.day, purpose: "a")).purpose == "a" && short.longer(nil) == short)
+    }
+}
+
+/// The sweep in both stores: what it drops, what it rebuilds, and that two replicas given the
+/// same data and the same time end the same.
+@Suite("Retention sweep (LMDB and memory)")
+struct RetentionSweepTests {
+    static let day: Int64 = 86_400_000
+    static let now: Int64 = 1_780_000_000_000
+
+    static let rules: RetentionRules = {
+        var rules = RetentionRules()
+        rules.eventsByName["Order Completed"] = .init(millis: 2_557 * day, purpose: "tax")
+        rules.events = .init(millis: 396 * day, purpose: "analytics")
+        rules.traitsByName["favouriteColour"] = .init(millis: 30 * day, purpose: "personalization")
+        return rules
+    }()
+
+    func delta(_ text: String, daysAgo: Int64) throws -> ProfileDelta {
+        try SegmentMessageParser().parse(try JSONParser.parse(Array(text.utf8)), receivedAt: Self.now - daysAgo * Self.day)
+    }
+
+    /// A customer with events and traits of every age, and one known only by an old event.
+    func messages() throws -> [ProfileDelta] {
+        [
+            try delta(#"{"type":"track","userId":"u-1","event":"Page Viewed","messageId":"old-page"}"#, daysAgo: 400),
+            try delta(#"{"type":"track","userId":"u-1","event":"Page Viewed","messageId":"new-page"}"#, daysAgo: 10),
+            try delta(#"{"type":"track","userId":"u-1","event":"Order Completed","messageId":"old-order","properties":{"revenue":5}}"#, daysAgo: 400),
+            try delta(#"{"type":"identify","userId":"u-1","traits":{"favouriteColour":"teal","plan":"plus"},"messageId":"id-1"}"#, daysAgo: 40),
+            try delta(#"{"type":"identify","userId":"u-1","anonymousId":"a-1","traits":{"city":"Leeds"},"messageId":"id-2"}"#, daysAgo: 20),
+            try delta(#"{"type":"track","userId":"u-gone","event":"Page Viewed","messageId":"gone-page"}"#, daysAgo: 500),
+        ]
+    }
+
+    func sweep(_ store: any ProfileStore, now: Int64 = Self.now) throws -> RetentionStep {
+        var total = RetentionStep()
+        repeat {
+            let step = try store.expire(under: Self.rules, now: now, buckets: 100)
+            total.eventsDropped += step.eventsDropped
+            total.traitsDropped += step.traitsDropped
+            total.passEnded = step.passEnded
+        } while !total.passEnded
+        return total
+    }
+
+    @Test(arguments: StoreKind.allCases)
+    func expiredEventsAndTraitsGoAndTheProfileIsRebuilt(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        let store = fixture.store
+        _ = try store.apply(try messages())
+        let step = try sweep(store)
+        #expect(step.eventsDropped == 2 && step.traitsDropped == 1, "\(step)")
+        let view = try #require(try store.view(of: Identifier(kind: .anonymousId, value: "a-1")!))
+        #expect(view.head.messageCount == 4 && view.head.aggregates.keys == ["Order Completed", "Page Viewed"])
+        #expect(view.head.aggregates["Page Viewed"]?.count == 1 && view.head.recent.map(\.messageId).contains("old-page") == false)
+        #expect(view.head.traits["favouriteColour"] == nil && view.head.traits["plan"] != nil && view.head.traits["city"] != nil)
+        #expect(try store.hasMessage("old-order", subject: Identifier(kind: .userId, value: "u-1")!), "kept 7 years for tax")
+        #expect(try !store.hasMessage("old-page", subject: Identifier(kind: .userId, value: "u-1")!))
+        // Known only by an expired event: nothing left, no profile.
+        #expect(try store.view(of: Identifier(kind: .userId, value: "u-gone")!) == nil)
+        // A second pass at the same time drops nothing more.
+        let again = try sweep(store)
+        #expect(again.eventsDropped == 0 && again.traitsDropped == 0)
+    }
+
+    /// Same data, same rules, same time: the same rows dropped, byte for byte, wherever the
+    /// sweep stopped between steps and in whatever order the messages came.
+    @Test(arguments: StoreKind.allCases)
+    func replicasSweptAtTheSameTimeHoldTheSameRows(_ kind: StoreKind) throws {
+        let one = try StoreFixture(kind)
+        let other = try StoreFixture(kind)
+        _ = try one.store.apply(try messages())
+        _ = try other.store.apply(try messages().reversed())
+        _ = try sweep(one.store)
+        var steps = 0
+        repeat { steps += 1 } while try !other.store.expire(under: Self.rules, now: Self.now, buckets: 7).passEnded
+        #expect(steps > 1)
+        #expect(try one.store.contentDigest() == other.store.contentDigest())
+        // A sweep earlier in time drops less: expiry grows with time only.
+        let early = try StoreFixture(kind)
+        _ = try early.store.apply(try messages())
+        let step = try sweep(early.store, now: Self.now - 100 * Self.day)
+        #expect(step.eventsDropped == 1 && step.traitsDropped == 0, "\(step)")
+    }
+}
