@@ -30,6 +30,7 @@ extension WriteContext {
         // own data changed, and around a link's ends when the link turned on or off or moved in
         // the rule order — a link that only gained a removal builds no profile for its ends.
         var starts: [Identifier] = []
+        var edges: [(peer: Identifier, summary: EdgeSummary)] = []
         for row in state.rows {
             switch DocumentPart(rawValue: row.part) {
             case .head?: incomingHead = try decode(SourceHead.self, row.value, table: .documents)
@@ -38,12 +39,17 @@ extension WriteContext {
                 guard let peer = Identifier(key: row.suffix), peer != identifier else {
                     throw DocumentStateRejected("a link to an invalid identifier")
                 }
-                let summary = try decode(EdgeSummary.self, row.value, table: .documents)
-                let (edgeChanged, structural) = try joinEdge(identifier, peer, summary)
-                if edgeChanged { changed = true }
-                if structural { starts += [identifier, peer] }
+                edges.append((peer, try decode(EdgeSummary.self, row.value, table: .documents)))
             default: throw DocumentStateRejected("a record of part \(row.part) does not travel")
             }
+        }
+        // Links after the ledger rows: a link to an erased identifier is rebuilt from the rows
+        // that assert it, and this state's rows must be among them (rows sort after links, so
+        // joining in row order rebuilt such a link without the assertions that came with it).
+        for (peer, summary) in edges {
+            let (edgeChanged, structural) = try joinEdge(identifier, peer, summary)
+            if edgeChanged { changed = true }
+            if structural { starts += [identifier, peer] }
         }
         // A changed ledger row changes the view's newest events even when the head stays the same.
         if try joinHead(incomingHead, of: identifier, cutoff: cutoff, recount: ledgerChanged) || ledgerChanged { starts.append(identifier) }

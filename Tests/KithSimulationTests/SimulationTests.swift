@@ -36,6 +36,8 @@ struct Ledger {
     var acknowledgedAt: [Int64] = []
     var acknowledgedBy: [Int] = []
     var erasures: [ErasureRecord] = []
+    /// Unlinks applied, in order.
+    var unlinks: [(a: Identifier, b: Identifier, stamp: LWWStamp)] = []
     /// Writes and erasures a node refused because its clock was not trusted.
     var refusedForClock = 0
     let hasher = HMACForgetKeyHasher(secret: Simulation.secret)
@@ -134,6 +136,7 @@ func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parse
         let stamp = LWWStamp(time: sim.clock(machine), tiebreak: "\(machine.member.name)-\(sim.now)")
         try machine.store.removeLink(a, b, stamp: stamp)
         ledger.reference.removeLink(a, b, stamp: stamp, hasher: ledger.hasher)
+        ledger.unlinks.append((a, b, stamp))
     } else {
         let subject = Identifier(kind: .userId, value: "u-\(sim.random.below(20))")!
         let acceptedAt = sim.clock(machine)

@@ -168,6 +168,32 @@ struct DigestTreeTests {
         }
     }
 
+    /// A link to an erased customer, asserted after the erasure, reaches a replica that holds the
+    /// erasure by a document state: the link is rebuilt from the state's own ledger rows, so it
+    /// holds there as where it was asserted. (Rows sort after links; joining in row order once
+    /// rebuilt the link before its assertion had arrived, and dropped it. The retention
+    /// simulation found it, through a resync after log truncation.)
+    @Test(arguments: StoreKind.allCases)
+    func aLinkAssertedAfterAnErasureArrivesWithItsDocument(_ kind: StoreKind) throws {
+        let source = try StoreFixture(kind), target = try StoreFixture(kind)
+        let erased = user("u-e")
+        let parse = { (json: String, at: Int64) in try SegmentMessageParser().parse(try JSONParser.parse(Array(json.utf8)), receivedAt: at) }
+        let before = try parse(#"{"type":"identify","userId":"u-e","anonymousId":"a-e","messageId":"m-1"}"#, 1_760_000_000_000)
+        for store in [source.store, target.store] {
+            _ = try store.apply([before])
+            try store.erase(erased, requestedAt: 1_760_000_001_000)
+        }
+        let after = try parse(#"{"type":"identify","userId":"u-e","anonymousId":"a-e","messageId":"m-2"}"#, 1_760_000_002_000)
+        _ = try source.store.apply([after])
+        // The other end's state first: then the assertion (the subject's ledger row) comes last.
+        let hasher = HMACForgetKeyHasher(secret: configuration.forgetKeySecret)
+        for identifier in [Identifier(kind: .anonymousId, value: "a-e")!, erased] {
+            _ = try target.store.join(try source.store.documentStates(for: [hasher.forgetKeyBytes(for: identifier)]))
+        }
+        #expect(try target.store.view(of: erased)?.members.count == 2)
+        #expect(try target.store.contentDigest() == source.store.contentDigest())
+    }
+
     // MARK: Helpers
 
     private func expectNoReplicationState(_ store: any ProfileStore) throws {

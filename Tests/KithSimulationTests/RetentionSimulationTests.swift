@@ -1,0 +1,160 @@
+import Foundation
+import KithCRDT
+import KithCluster
+import KithCrypto
+import KithJSON
+import KithProfile
+import KithReplication
+import KithTestSupport
+import Testing
+
+@testable import KithStore
+
+/// Retention under replication: every machine sweeps its own store now and then at its own
+/// clock while everyone writes, faults come and go, logs are truncated, and one member is away
+/// past the offline window; rows one machine dropped come back from others and go again. After
+/// healing, every machine sweeps at one time: replicas byte-identical, nothing expired left
+/// anywhere, every profile equal to the reference model built from what the rules keep, and
+/// the rows those of a store given only the kept data.
+extension Ledger {
+    /// A store holding exactly what this ledger acknowledged, unlinked and erased: what every
+    /// replica must hold, row for row.
+    func store() throws -> MemoryProfileStore {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1_000, forgetKeySecret: Simulation.secret))
+        _ = try store.apply(acknowledged)
+        for unlink in unlinks { try store.removeLink(unlink.a, unlink.b, stamp: unlink.stamp) }
+        let erasures = self.erasures.enumerated().map { index, erasure in
+            ChangeEntry(
+                sequence: 0, origin: 999, originSequence: UInt64(index + 1), change: .erasure(forgetKeys: erasure.keys, time: erasure.boundary))
+        }
+        try store.applyReplicated(erasures, from: 999, through: nil)
+        return store
+    }
+
+    /// The ledger as if the data `rules` let expire by `now` had never been written: expired
+    /// events' messages left out (a message's time is its newest copy's, as a ledger row keeps
+    /// it), expired traits taken out of the messages that set them. Also returns the messages
+    /// left out.
+    func keeping(_ rules: RetentionRules, at now: Int64) -> (ledger: Ledger, expired: [ProfileDelta]) {
+        var newestCopy: [String: Int64] = [:]
+        for delta in acknowledged { newestCopy[delta.messageId] = max(newestCopy[delta.messageId] ?? .min, delta.times.eventTime) }
+        var kept = Ledger()
+        kept.erasures = erasures
+        kept.unlinks = unlinks
+        var expired: [ProfileDelta] = []
+        for (index, delta) in acknowledged.enumerated() {
+            if delta.type.isEvent, let event = delta.event, rules.isExpired(event: event.name, at: newestCopy[delta.messageId]!, now: now) {
+                expired.append(delta)
+                continue
+            }
+            var stripped = delta
+            stripped.traits = JSONObject(
+                delta.traits.members.filter { !rules.isExpired(trait: $0.key, updatedAt: delta.stamp.time, now: now) })
+            kept.acknowledge(stripped, at: acknowledgedAt[index], by: acknowledgedBy[index])
+        }
+        for unlink in unlinks { kept.reference.removeLink(unlink.a, unlink.b, stamp: unlink.stamp, hasher: hasher) }
+        for erasure in erasures { kept.reference.applyErasure(forgetKeys: erasure.keys.map(Crypto.hex), time: erasure.boundary, hasher: hasher) }
+        return (kept, expired)
+    }
+}
+
+func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: Int) {
+    var setup = SplitMix64(seed: seed ^ 0x4E7)
+    let sim = try Simulation(seed: seed, nodes: 3 + setup.below(2), edges: setup.below(2), antiEntropy: seed % 2 == 1, maxOfflineWindow: 4_000)
+    sim.faults = .init(lossPercent: setup.below(10), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(40)))
+    var rules = RetentionRules()
+    rules.eventsByName["Page Viewed"] = .init(millis: 3_000, purpose: "analytics")
+    rules.events = .init(millis: 8_000, purpose: "analytics")
+    rules.traitsByName["city"] = .init(millis: 5_000, purpose: "personalization")
+    var generator = WorkloadGenerator(seed: seed, customers: 20)
+    generator.sendsSentAt = true
+    var ledger = Ledger()
+    let parser = SegmentMessageParser(sources: WorkloadGenerator.identifierSources)
+    var dropped = 0
+    var nextSweep = Array(repeating: Int64(setup.below(1_000)), count: sim.machines.count)
+    func sweep(_ machine: Simulation.Machine, at now: Int64) throws {
+        repeat {
+            let step = try machine.store.expire(under: rules, now: now, buckets: 1 + setup.below(300))
+            dropped += step.eventsDropped + step.traitsDropped
+            if step.passEnded { break }
+        } while true
+    }
+
+    // One member is away from 3 s to 11 s, past the 4 s window: logs are truncated past it.
+    let away = sim.machines.count - 1 - setup.below(2)
+    let busy: (Simulation) throws -> Void = { sim in
+        try clientStep(sim, &generator, parser, &ledger)
+        sim.injectFault()
+        for machine in sim.machines where machine.node != nil && sim.now >= nextSweep[machine.index] {
+            try sweep(machine, at: sim.clock(machine))
+            nextSweep[machine.index] = sim.now + 700 + Int64(setup.below(800))
+        }
+    }
+    try sim.run(until: 3_000, between: busy)
+    let cut = sim.machines.indices.filter { $0 != away }.flatMap { [[away, $0], [$0, away]] }
+    for pair in cut { sim.blocked.insert(pair) }
+    try sim.run(until: 11_000, between: busy)
+    for pair in cut { sim.blocked.remove(pair) }
+    try sim.run(until: 15_000, between: busy)
+    try sim.healAndSettle(from: 15_000)
+    // One time for every machine, past every clock: then replication settles, and a last sweep
+    // drops whatever a peer sent back in the meantime.
+    let now = Simulation.epoch + sim.now + 5_000
+    for machine in sim.machines { try sweep(machine, at: now) }
+    try sim.run(until: sim.now + 4_000)
+    for machine in sim.machines { try sweep(machine, at: now) }
+
+    let (kept, expired) = ledger.keeping(rules, at: now)
+    var failures = try check(sim, kept, seed: seed)
+    // Row for row what a store given only the kept data holds.
+    let expected = try kept.store()
+    if try sim.machines[0].store.contentDigest() != expected.contentDigest() {
+        failures.append("the replicas hold other rows than a store given only what the rules keep")
+        if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil {
+            func rows(_ store: MemoryProfileStore) throws -> [[UInt8]: [UInt8]] {
+                try store.read { reader in
+                    var rows: [[UInt8]: [UInt8]] = [:]
+                    for table in [Table.documents, .forget] {
+                        try reader.scan(table, prefix: []) { key, value in
+                            rows[[UInt8(table.rawValue)] + key] = value
+                            return .next
+                        }
+                    }
+                    return rows
+                }
+            }
+            let mine = try rows(sim.machines[0].store), theirs = try rows(expected)
+            for key in Set(mine.keys).union(theirs.keys) where mine[key] != theirs[key] {
+                print(
+                    "row \(String(decoding: key.map { $0 < 32 ? 46 : $0 }, as: UTF8.self)): replica \(mine[key]?.count ?? -1) bytes, kept-only \(theirs[key]?.count ?? -1)"
+                )
+            }
+        }
+    }
+    for machine in sim.machines {
+        if let message = try expired.first(where: { try machine.store.hasMessage($0.messageId, subject: $0.subject) }) {
+            failures.append("\(machine.member.name): message \(message.messageId) expired but present")
+        }
+    }
+    if expired.isEmpty { failures.append("nothing expired: the scenario checked nothing") }
+    return (failures, dropped)
+}
+
+@Suite("Retention in the simulation")
+struct RetentionSimulationTests {
+    @Test func everyReplicaKeepsExactlyWhatTheRulesKeep() throws {
+        var failed: [String] = []
+        var dropped = 0
+        for seed in simulationSeeds(ci: 40) {
+            let (failures, count) = try runRetentionScenario(seed: seed)
+            dropped += count
+            if !failures.isEmpty {
+                failed.append(
+                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter RetentionSimulationTests"
+                )
+            }
+        }
+        #expect(dropped > 0)
+        #expect(failed.isEmpty, "\(failed.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
+    }
+}
