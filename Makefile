@@ -126,7 +126,7 @@ bench: deps
 	@f=$(BENCH_DIR)/workload-$(BENCH_CUSTOMERS)-$(BENCH_EVENTS).jsonl; \
 	if [ ! -s $$f ]; then \
 	  echo "generating workload ($(BENCH_CUSTOMERS) customers, $(BENCH_EVENTS) events) ..." >&2; \
-	  python3 ../shared/workload/generate.py --customers $(BENCH_CUSTOMERS) --events $(BENCH_EVENTS) --out $$f.tmp && mv $$f.tmp $$f; \
+	  python3 Benchmarks/scripts/generate-workload.py --customers $(BENCH_CUSTOMERS) --events $(BENCH_EVENTS) --out $$f.tmp && mv $$f.tmp $$f; \
 	fi; \
 	.build/release/kith-bench --workload $$f --data-dir $(BENCH_DIR)/lmdb; \
 	.build/release/kith-bench --lmdb-ceiling $(BENCH_DIR)/ceiling --data-dir $(BENCH_DIR)/lmdb --read-seconds 3; \

@@ -8,7 +8,7 @@ public struct PlainHasher: ForgetKeyHasher {
     public func forgetKey(for identifier: Identifier) -> String { "h(\(identifier))" }
 }
 
-/// Segment messages shaped like ../shared/workload/generate.py: identify (with email and other
+/// Segment messages shaped like Benchmarks/scripts/generate-workload.py: identify (with email and other
 /// traits), track (by userId or an anonymous id, revenue on orders), alias, consent, ~5 % exact
 /// redeliveries, timestamps skewed by up to two seconds, a few customers much hotter than others.
 public struct WorkloadGenerator {
