@@ -16,18 +16,25 @@ struct TruncationState {
 }
 
 extension ClusterNode {
-    /// The position in this node's log to answer a pull from `cursor` from: the cursor itself,
-    /// unless entries after it are truncated. Then the position a finished tree comparison with
-    /// the peer reached, or nil, and a comparison is asked for (`compareTreesIfDue` runs it first).
-    func logPosition(answering cursor: UInt64, from peer: UInt64) throws -> UInt64? {
+    /// How to answer a pull from `cursor`: from the log, if it holds everything after the
+    /// cursor; else by moving the peer's cursor to where a finished tree comparison with it
+    /// reached; else by saying the log is truncated, and asking for that comparison
+    /// (`compareTreesIfDue` runs it first).
+    enum PullAnswer: Equatable {
+        case fromLog
+        case resumed(at: UInt64)
+        case truncated(through: UInt64)
+    }
+
+    func pullAnswer(to cursor: UInt64, from peer: UInt64) throws -> PullAnswer {
         let truncated = try store.logExtent().truncatedThrough
         guard cursor < truncated else {
             truncation.resynced[peer] = nil
-            return cursor
+            return .fromLog
         }
-        if let reached = truncation.resynced[peer], reached >= truncated { return reached }
+        if let reached = truncation.resynced[peer], reached >= truncated { return .resumed(at: reached) }
         antiEntropy.resyncRequested.insert(peer)
-        return nil
+        return .truncated(through: truncated)
     }
 
     /// Every `truncationInterval`: plans which log entries every member has read, and drops up to

@@ -127,6 +127,9 @@ public final class ClusterNode {
         public var truncatedLogRepliesReceived = 0
         /// Tree comparisons that brought a peer behind this node's truncated log up to date.
         public var resyncsCompleted = 0
+        /// Peers' logs this node resumed reading after such a comparison (its own log then
+        /// counts as truncated through its last entry).
+        public var logsResumed = 0
     }
 
     /// What this node knows of one peer.
@@ -238,12 +241,15 @@ public final class ClusterNode {
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
             acknowledged(by: sender, through: versions[id])
-            guard let start = try logPosition(answering: cursor, from: sender) else {
+            switch try pullAnswer(to: cursor, from: sender) {
+            case .fromLog: break
+            case .truncated(let through):
                 counters.truncatedLogRepliesSent += 1
-                send(replyAddress(sender, address), .logTruncated(through: try store.logExtent().truncatedThrough, request: request))
-                return
+                return send(replyAddress(sender, address), .logTruncated(through: through, request: request))
+            case .resumed(let position):
+                return send(replyAddress(sender, address), .logResumed(from: cursor, through: position, request: request))
             }
-            let answer = try reply(after: start, answering: cursor, lacking: versions, budget: budget, request: request)
+            let answer = try reply(after: cursor, lacking: versions, budget: budget, request: request)
             if case .changes(_, _, _, let more, _, _) = answer { peers[sender]?.hasReadOurLog = !more }
             send(replyAddress(sender, address), answer)
             // Read repair, both ways: a puller that holds what this node lacks is pulled from now.
@@ -296,6 +302,17 @@ public final class ClusterNode {
             peers[sender]?.pullSentAt = nil
             peers[sender]?.lastPullCompleted = now
             peers[sender]?.truncatedPast = through
+        case .logResumed(let from, let through, let request):
+            let store = self.store
+            try write({
+                guard from == (try store.cursor(of: sender)) else { return .refusal }
+                try store.resumeLog(from: sender, at: through)
+                return ReplicatedWrite()
+            }) { [self] written in
+                guard !written.refused else { return counters.stalePullRepliesDropped += 1 }
+                counters.logsResumed += 1
+                try pulled(0, from: sender, more: true, request: request, now: now)
+            }
         }
     }
 
@@ -375,16 +392,13 @@ public final class ClusterNode {
 
     // MARK: Helpers
 
-    /// The changes after `start` in this node's log that a peer holding `versions` lacks, up to
-    /// about `budget` bytes, as the answer to a pull from `cursor` (`start` is later when a tree
-    /// comparison brought the peer past its cursor).
-    private func reply(after start: UInt64, answering cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws
-        -> PeerMessage
-    {
-        let scanned = try store.changes(after: start, limit: settings.scanLimit)
+    /// The changes after `cursor` in this node's log that a peer holding `versions` lacks, up to
+    /// about `budget` bytes.
+    private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws -> PeerMessage {
+        let scanned = try store.changes(after: cursor, limit: settings.scanLimit)
         var entries: [ChangeEntry] = []
         var bytes = 0
-        var through = start
+        var through = cursor
         for entry in scanned {
             if !versions.covers(origin: entry.origin, sequence: entry.originSequence) {
                 var writer = BinaryWriter(capacity: 256)
@@ -395,7 +409,7 @@ public final class ClusterNode {
             }
             through = entry.sequence
         }
-        let more = through < (scanned.last?.sequence ?? start) || scanned.count == settings.scanLimit
+        let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
         // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
         // or a withdrawal holds, before the rest arrives.
         let ahead =

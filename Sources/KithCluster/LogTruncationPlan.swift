@@ -61,6 +61,7 @@ public struct LogTruncationPlan: Sendable, Equatable {
         return LogTruncationPlan(through: max(through, log.truncatedThrough), readers: readers)
     }
 
-    /// Whether the plan drops anything from a log of extent `log`.
-    public func truncates(_ log: LogExtent) -> Bool { through > log.truncatedThrough }
+    /// Whether the plan drops anything from a log of extent `log` (records of a log marked
+    /// incomplete below its truncation point included).
+    public func truncates(_ log: LogExtent) -> Bool { through > log.truncatedThrough || log.holdsTruncatedRecords }
 }

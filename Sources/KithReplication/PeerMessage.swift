@@ -34,6 +34,11 @@ public enum PeerMessage: Equatable, Sendable {
     /// compares trees with the puller instead, and answers its pulls from the log once that
     /// comparison has ended (docs/replication.md, "Log truncation").
     case logTruncated(through: UInt64, request: UInt64)
+    /// A reply to a pull from behind the sender's truncated log once a tree comparison has
+    /// brought the puller everything the sender's log held through `through`: the puller's
+    /// cursor moves from `from` to `through`. The puller's own log then lacks what the comparison
+    /// brought, so it serves its log only from there on (docs/replication.md, "Log truncation").
+    case logResumed(from: UInt64, through: UInt64, request: UInt64)
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -47,10 +52,11 @@ public enum PeerMessage: Equatable, Sendable {
         case .digestReply: 7
         case .documents: 8
         case .logTruncated: 9
+        case .logResumed: 10
         }
     }
 
-    public static let knownTags: ClosedRange<UInt8> = 1...9
+    public static let knownTags: ClosedRange<UInt8> = 1...10
 
     /// The most tree nodes one digest request names, and forget keys one documents message wants.
     public static let maximumNodesPerRequest = 256
@@ -92,6 +98,10 @@ extension PeerMessage {
             writer.write(sequence: states) { w, state in state.encode(to: &w) }
             writer.write(sequence: wanted) { w, key in w.write(raw: key) }
         case .logTruncated(let through, let request):
+            writer.write(varint: through)
+            writer.write(varint: request)
+        case .logResumed(let from, let through, let request):
+            writer.write(varint: from)
             writer.write(varint: through)
             writer.write(varint: request)
         }
@@ -154,6 +164,10 @@ extension PeerMessage {
         case 9:
             let through = try reader.readVarint()
             self = .logTruncated(through: through, request: try reader.readVarint())
+        case 10:
+            let from = try reader.readVarint(), through = try reader.readVarint()
+            guard from < through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "resumed range") }
+            self = .logResumed(from: from, through: through, request: try reader.readVarint())
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()

@@ -115,6 +115,10 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// The forget keys among `forgetKeys` this replica holds an erasure of.
     func erased(among forgetKeys: [[UInt8]]) throws -> Set<[UInt8]>
 
+    /// A tree comparison with `peer` brought this node its log through `position`: the cursor
+    /// moves there, and this node's own log is marked truncated through its last entry.
+    func resumeLog(from peer: UInt64, at position: UInt64) throws
+
     /// The digest of a tree node (`DigestTreeShape`) or of one forget key.
     func digest(of node: [UInt8]) throws -> Digest128
 
@@ -268,6 +272,10 @@ extension EngineBackedStore {
     public func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
         precondition(limit > 0, "a truncation must be allowed to drop at least one record (limit \(limit))")
         return try write { txn in try engine.truncateLog(through: sequence, limit: limit, in: txn) }
+    }
+
+    public func resumeLog(from peer: UInt64, at position: UInt64) throws {
+        try modify { context in try context.resumeLog(from: peer, at: position) }
     }
 
     public func erased(among forgetKeys: [[UInt8]]) throws -> Set<[UInt8]> {

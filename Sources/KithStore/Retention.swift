@@ -48,18 +48,28 @@ extension WriteContext {
         for identifier in try txn.identifiers(inBuckets: buckets, hasher: engine.hasher) {
             step.identifiers += 1
             var expired: [[UInt8]] = []
+            var trimmed: [([UInt8], LedgerRow)] = []
             try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { key, value in
-                let entry = try decode(LedgerRow.self, value, table: .documents).entry
-                if entry.type.isEvent, rules.isExpired(event: entry.name, at: entry.time, now: now) { expired.append(key) }
+                var row = try decode(LedgerRow.self, value, table: .documents)
+                guard row.entry.type.isEvent else { return .next }
+                if rules.isExpired(event: row.entry.name, at: row.entry.time, now: now) {
+                    expired.append(key)
+                } else if row.otherCopyTimes.contains(where: { rules.isExpired(event: row.entry.name, at: $0, now: now) }) {
+                    // Copies of the message dated earlier go too: a replica that swept the first
+                    // copy before the next arrived holds the same row as one that saw both.
+                    row.otherCopyTimes.removeAll { rules.isExpired(event: row.entry.name, at: $0, now: now) }
+                    trimmed.append((key, row))
+                }
                 return .next
             }
             for key in expired { try txn.delete(.documents, key) }
+            for (key, row) in trimmed { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
             step.eventsDropped += expired.count
             var head = try source(identifier.key) ?? SourceHead()
             let traits = head.traits.count
             head.traits.retain { name, register in !rules.isExpired(trait: name, updatedAt: register.stamp.time, now: now) }
             step.traitsDropped += traits - head.traits.count
-            guard !expired.isEmpty || head.traits.count != traits else { continue }
+            guard !expired.isEmpty || !trimmed.isEmpty || head.traits.count != traits else { continue }
             try recount(&head, of: identifier)
             if head.isEmpty { deleteSource(identifier.key) } else { setSource(identifier.key, head) }
             changed.append(identifier)

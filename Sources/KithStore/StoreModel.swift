@@ -299,11 +299,18 @@ let logTruncatedMetaKey = Array("log-truncated".utf8)
 public struct LogExtent: Sendable, Equatable {
     public var truncatedThrough: UInt64
     public var last: UInt64
+    /// The key (last sequence) of the oldest record held, if any.
+    public var oldestRecord: UInt64?
 
-    public init(truncatedThrough: UInt64, last: UInt64) {
+    public init(truncatedThrough: UInt64, last: UInt64, oldestRecord: UInt64? = nil) {
         self.truncatedThrough = truncatedThrough
         self.last = last
+        self.oldestRecord = oldestRecord
     }
+
+    /// Records at or below `truncatedThrough` are still held: a log marked incomplete
+    /// (`resumeLog`) keeps its records until truncation drops them.
+    public var holdsTruncatedRecords: Bool { oldestRecord.map { $0 <= truncatedThrough } ?? false }
 
     /// Sequences the log spans: an upper bound on the entries it holds.
     public var span: UInt64 { last - min(last, truncatedThrough) }

@@ -165,9 +165,14 @@ package struct StoreEngine: Sendable {
     }
 
     package func logExtent(in reader: some StoreReading) throws -> LogExtent {
-        LogExtent(
+        var oldest: UInt64?
+        try reader.scan(.changes, from: []) { key, _ in
+            oldest = try decodeSequence(key)
+            return .stop
+        }
+        return LogExtent(
             truncatedThrough: try reader.get(.meta, logTruncatedMetaKey).map { try decodeSequence($0) } ?? 0,
-            last: try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0)
+            last: try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0, oldestRecord: oldest)
     }
 
     package func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {

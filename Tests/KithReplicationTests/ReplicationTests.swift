@@ -115,9 +115,14 @@ struct PeerMessageTests {
             .push(previous: 2, entries: [entry]),
             .acknowledge(through: 1_234_567),
             .logTruncated(through: 9_876, request: 78),
+            .logResumed(from: 12, through: 9_876, request: 79),
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 9, payload: messages[7].encodePayload() + [0]) }
+        // A resumed log moves a cursor forward, never back or nowhere.
+        #expect(throws: (any Error).self) {
+            try PeerMessage(tag: 10, payload: PeerMessage.logResumed(from: 9, through: 9, request: 1).encodePayload())
+        }
         var truncated = messages[6].encodePayload()
         truncated.removeLast()
         #expect(throws: (any Error).self) { try PeerMessage(tag: 3, payload: truncated) }

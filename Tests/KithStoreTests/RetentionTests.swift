@@ -122,6 +122,18 @@ struct RetentionSweepTests {
         repeat { steps += 1 } while try !other.store.expire(under: Self.rules, now: Self.now, buckets: 7).passEnded
         #expect(steps > 1)
         #expect(try one.store.contentDigest() == other.store.contentDigest())
+        // A message redelivered later, with a later event time: a replica that swept the first
+        // copy before the second came ends as one that saw both copies, once both have swept.
+        let first = try delta(#"{"type":"track","userId":"u-2","event":"Page Viewed","messageId":"twice"}"#, daysAgo: 500)
+        let second = try delta(#"{"type":"track","userId":"u-2","event":"Page Viewed","messageId":"twice"}"#, daysAgo: 3)
+        _ = try one.store.apply([first])
+        _ = try sweep(one.store)
+        _ = try one.store.apply([second])
+        _ = try other.store.apply([first, second])
+        _ = try sweep(one.store)
+        _ = try sweep(other.store)
+        #expect(try one.store.contentDigest() == other.store.contentDigest())
+        #expect(try one.store.hasMessage("twice", subject: Identifier(kind: .userId, value: "u-2")!))
         // A sweep earlier in time drops less: expiry grows with time only.
         let early = try StoreFixture(kind)
         _ = try early.store.apply(try messages())
