@@ -231,4 +231,7 @@ try bytes.withUnsafeBufferPointer { buffer in
     let held = try store.tableBytes().values.reduce(0, +)
     print("lmdb.table_bytes_truncated: \(held)")
     report("store.size_vs_json_truncated", Double(held) / Double(jsonBytes), decimals: 2)
+
+    // 4. What retention sweeps cost ingest (alternated, medians).
+    try measureRetentionCost(bytes: bytes, lines: lines, options: options, receivedAt: receivedAt)
 }
