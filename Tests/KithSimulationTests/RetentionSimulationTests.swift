@@ -83,25 +83,7 @@ func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: 
 
     // One member is away from 3 s to 11 s, past the 4 s window: logs are truncated past it.
     let away = sim.machines.count - 1 - setup.below(2)
-    let traced = ProcessInfo.processInfo.environment["KITH_SIM_MESSAGE"]
-    var held: [Bool] = Array(repeating: false, count: sim.machines.count)
-    var cursors: [UInt64] = Array(repeating: 0, count: sim.machines.count)
-    func trace(_ sim: Simulation) throws {
-        guard let traced, let delta = ledger.acknowledged.first(where: { $0.messageId == traced }) else { return }
-        for machine in sim.machines {
-            let now = try machine.store.hasMessage(traced, subject: delta.subject)
-            let cursor = try machine.store.cursor(of: 1) &* 1_000 &+ (try machine.store.versionVector()[1])
-            if now != held[machine.index] || cursor != cursors[machine.index] {
-                print(
-                    "t=\(sim.now) \(machine.member.name) holds \(now) cursor(n1) \(cursor) vv \(try machine.store.versionVector()) up \(machine.node != nil) n1 log \(try sim.machines[0].store.logExtent())"
-                )
-                held[machine.index] = now
-                cursors[machine.index] = cursor
-            }
-        }
-    }
     let busy: (Simulation) throws -> Void = { sim in
-        try trace(sim)
         try clientStep(sim, &generator, parser, &ledger)
         sim.injectFault()
         for machine in sim.machines where machine.node != nil && sim.now >= nextSweep[machine.index] {
@@ -115,10 +97,6 @@ func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: 
     try sim.run(until: 11_000, between: busy)
     for pair in cut { sim.blocked.remove(pair) }
     try sim.run(until: 15_000, between: busy)
-    if traced != nil {
-        try sim.heal()
-        try sim.run(until: 40_000) { sim in try trace(sim) }
-    }
     try sim.healAndSettle(from: 15_000)
     // One time for every machine, past every clock: then replication settles, and a last sweep
     // drops whatever a peer sent back in the meantime.
@@ -140,26 +118,6 @@ func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: 
             print(
                 "   peers: \(machine.node?.peerStates.map { "\($0.member.name) \($0.member.status) caughtUp=\($0.state.isCaughtUp) truncPast=\($0.state.truncatedPast.map(String.init) ?? "-")" } ?? [])"
             )
-        }
-        if let wanted = ProcessInfo.processInfo.environment["KITH_SIM_MESSAGE"] {
-            for (index, delta) in ledger.acknowledged.enumerated() where delta.messageId == wanted {
-                print(
-                    "\(wanted): by n\(ledger.acknowledgedBy[index] + 1) at \(ledger.acknowledgedAt[index]) t=\(delta.times.eventTime - Simulation.epoch) \(delta.type) subject \(delta.subject) links \(delta.links) held \(try sim.machines.map { try $0.store.hasMessage(wanted, subject: delta.subject) })"
-                )
-            }
-            for erasure in ledger.erasures {
-                print(
-                    "erasure by n\(erasure.machine + 1) boundary \(erasure.boundary - Simulation.epoch) acked \(erasure.acknowledgedAt) keys \(erasure.keys.map { $0.prefix(2) })"
-                )
-            }
-            if let delta = ledger.acknowledged.first(where: { $0.messageId == wanted }) {
-                for identifier in [delta.subject] + delta.links {
-                    let key = ledger.hasher.forgetKeyBytes(for: identifier)
-                    print(
-                        "\(identifier) key \(key.prefix(2)) forgotten at \(try sim.machines.map { machine in try machine.store.read { try $0.get(.forget, key) }.map { _ in "yes" } ?? "no" })"
-                    )
-                }
-            }
         }
     }
     let (kept, expired) = ledger.keeping(rules, at: now)
