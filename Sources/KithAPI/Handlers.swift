@@ -352,6 +352,12 @@ extension NodeAPI {
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             writer.committedMessages)
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.fileBytes)
+        let retention = host.retention
+        text += NodeMetrics.metric("kith_retention_passes_total", "counter", "Retention sweeps over the whole store finished.", retention.passes)
+        text += NodeMetrics.metric(
+            "kith_retention_events_dropped_total", "counter", "Events dropped because their retention had passed.", retention.eventsDropped)
+        text += NodeMetrics.metric(
+            "kith_retention_traits_dropped_total", "counter", "Traits dropped because their retention had passed.", retention.traitsDropped)
         if let log = try? store.logExtent() {  // a log that cannot be read is left out; the other metrics still answer
             text += NodeMetrics.metric(
                 "kith_change_log_span", "gauge", "Local sequences the change log holds (an upper bound on its entries).", Int(clamping: log.span))

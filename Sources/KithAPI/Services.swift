@@ -128,6 +128,21 @@ public protocol APIHost: Sendable {
     /// Runs `work` off the caller's thread: storage reads after a wait completed on the
     /// replication thread, and backups.
     func background(_ work: @escaping @Sendable () -> Void)
+    /// What the retention sweeps have dropped since the node started (metrics).
+    var retention: RetentionTotals { get }
+}
+
+/// Retention passes finished, and the events and traits they dropped.
+public struct RetentionTotals: Sendable, Equatable {
+    public var passes = 0
+    public var eventsDropped = 0
+    public var traitsDropped = 0
+
+    public init(passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0) {
+        self.passes = passes
+        self.eventsDropped = eventsDropped
+        self.traitsDropped = traitsDropped
+    }
 }
 
 extension APIHost {

@@ -109,7 +109,8 @@ public final class Node: Sendable {
             subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: Self.nodeIdentifier(configuration.nodeName),
             identifierSources: try configuration.identity.identifierSources(), identityRules: rules)
         api = NodeAPI(
-            settings: settings, store: store, writer: committer, replication: replication, audit: audit, host: ProcessHost(server: server),
+            settings: settings, store: store, writer: committer, replication: replication, audit: audit,
+            host: ProcessHost(server: server, sweeper: sweeper),
             log: log)
         route.api = api
     }
@@ -234,6 +235,8 @@ private final class RouteBox: @unchecked Sendable {
 /// Dispatch's global queue for work that may wait.
 struct ProcessHost: APIHost {
     let server: HTTPServer
+    let sweeper: RetentionSweeper
+    var retention: RetentionTotals { sweeper.dropped }
     var openConnections: Int { server.openConnections }
     func wallMillis() -> Int64 { unixMillis() }
     func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

@@ -11,11 +11,6 @@ import Synchronization
 /// whatever ingest is already waiting — so a sweep never holds ingest back for longer than one
 /// step (a few buckets' identifiers). Its own thread waits for each step; no event loop does.
 final class RetentionSweeper: @unchecked Sendable {
-    struct Totals: Sendable, Equatable {
-        var passes = 0
-        var eventsDropped = 0
-        var traitsDropped = 0
-    }
 
     private let rules: RetentionRules
     private let store: any ProfileStore
@@ -28,7 +23,7 @@ final class RetentionSweeper: @unchecked Sendable {
     private let state = NSLock()
     private var stopped = false
     private var started = false
-    private var totals = Totals()
+    private var totals = RetentionTotals()
 
     /// `perform` runs a job on the writer (false once the writer stops).
     init(
@@ -45,7 +40,7 @@ final class RetentionSweeper: @unchecked Sendable {
     }
 
     /// What the sweeps have dropped since the node started.
-    var dropped: Totals { state.withLock { totals } }
+    var dropped: RetentionTotals { state.withLock { totals } }
 
     func start() {
         guard !rules.isEmpty else { return }

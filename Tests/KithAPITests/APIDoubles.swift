@@ -203,6 +203,7 @@ final class TestHost: APIHost, Sendable {
     func wallMillis() -> Int64 { wall.load(ordering: .relaxed) }
     func monotonicNanos() -> UInt64 { monotonic.load(ordering: .relaxed) }
     func background(_ work: @escaping @Sendable () -> Void) { work() }
+    var retention: RetentionTotals { RetentionTotals(passes: 2, eventsDropped: 5, traitsDropped: 1) }
 }
 
 /// An API over the in-memory store and the doubles above, replicating or alone, driven through

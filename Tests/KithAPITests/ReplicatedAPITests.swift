@@ -243,7 +243,10 @@ struct ReplicatedAPITests {
         let reader = try #require(sync["peers"]?.arrayValue?.first)
         #expect(reader["name"] == "reader" && reader["readThrough"] == 2 && reader["holdsLogBack"] == .bool(true))
         let metrics = try #require(test.call("GET", "/metrics", role: .admin)).text
-        for line in ["kith_change_log_span 1", "kith_change_log_truncated_through 2", "kith_change_log_records_truncated_total 2"] {
+        for line in [
+            "kith_change_log_span 1", "kith_change_log_truncated_through 2", "kith_change_log_records_truncated_total 2",
+            "kith_retention_passes_total 2", "kith_retention_events_dropped_total 5", "kith_retention_traits_dropped_total 1",
+        ] {
             #expect(metrics.contains(line), "\(line)")
         }
     }

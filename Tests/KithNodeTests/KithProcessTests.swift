@@ -354,6 +354,8 @@ struct KithProcessTests {
         let profile = try #require(try node.profile("user_id:u-r")?.body)
         #expect(!profile.contains("p-old") && profile.contains("p-new") && profile.contains("o-old"), "\(profile)")
         #expect(eventually(10) { node.logs.contains("retention pass") })
+        let metrics = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
+        #expect(metrics.contains("kith_retention_events_dropped_total 1\n") && !metrics.contains("kith_retention_passes_total 0\n"), "\(metrics)")
     }
 
     /// `kith policy check --store` lists the consent names the node's customers hold that the
