@@ -43,12 +43,15 @@ public final class NodeAPI: Sendable {
         public var identifierSources: IdentifierSources
         /// Which values identify nobody (the parser's part of the identity rules).
         public var identityRules: IdentityRules
+        /// The oldest, in ms before receipt, a message may be dated (`maxEventAge`; nil: any).
+        public var maxEventAge: Int64?
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
             principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher, clockNode: UInt64,
-            identifierSources: IdentifierSources = .builtIn, identityRules: IdentityRules = .builtIn
+            identifierSources: IdentifierSources = .builtIn, identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil
         ) {
+            self.maxEventAge = maxEventAge
             self.identifierSources = identifierSources
             self.identityRules = identityRules
             self.nodeName = nodeName
@@ -96,7 +99,7 @@ public final class NodeAPI: Sendable {
         self.host = host
         self.log = log
         clock = Mutex(HybridLogicalClock(node: settings.clockNode))
-        parser = SegmentMessageParser(rules: settings.identityRules, sources: settings.identifierSources)
+        parser = SegmentMessageParser(rules: settings.identityRules, sources: settings.identifierSources, maximumAge: settings.maxEventAge)
         startedAt = host.monotonicMillis()
     }
 

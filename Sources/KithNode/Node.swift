@@ -107,7 +107,8 @@ public final class Node: Sendable {
             ingestQueueLimit: configuration.ingestQueueLimit, logRequests: configuration.logRequests, writeKeys: configuration.writeKeys,
             principals: try configuration.tokens.map { token in try Self.principal(token, policy) }, policy: policy,
             subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: Self.nodeIdentifier(configuration.nodeName),
-            identifierSources: try configuration.identity.identifierSources(), identityRules: rules)
+            identifierSources: try configuration.identity.identifierSources(), identityRules: rules,
+            maxEventAge: try configuration.maxEventAgeMillis())
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit,
             host: ProcessHost(server: server, sweeper: sweeper),

@@ -212,6 +212,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// truncation back (`30d`, `12h`, `90m`, `45s`); it is then brought up to date by a tree
     /// comparison when it returns (docs/replication.md, "Log truncation").
     public var maxOfflineWindow = "30d"
+    /// The oldest a message may be dated, before its receipt (`400d`; units as `maxOfflineWindow`);
+    /// older messages are refused at ingest. Unset: any age. Must be longer than the window.
+    public var maxEventAge: String?
     /// Seconds between looks for change-log entries every member has read. 0 never truncates.
     public var logTruncationIntervalSeconds = 10
     /// Seconds between passes of the retention sweep (the policy's `retention`, docs/privacy.md).
@@ -238,7 +241,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds
+        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
     }
 
     public init(from decoder: Decoder) throws {
@@ -270,6 +273,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         logTruncationIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
         retentionSweepSeconds = try container.decodeIfPresent(Int.self, forKey: .retentionSweepSeconds) ?? defaults.retentionSweepSeconds
+        maxEventAge = try container.decodeIfPresent(String.self, forKey: .maxEventAge)
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -325,6 +329,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
+        if let value = environment["KITH_MAX_EVENT_AGE"] { maxEventAge = value }
         if let value = environment["KITH_RETENTION_SWEEP_INTERVAL"] {
             guard let seconds = Int(value) else { throw ConfigurationError("KITH_RETENTION_SWEEP_INTERVAL must be a number of seconds") }
             retentionSweepSeconds = seconds
@@ -406,21 +411,28 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard (10...3_600_000).contains(maxClockOffsetMillis) else { throw ConfigurationError("maxClockOffsetMillis must be 10 to 3600000") }
         _ = try identity.identifierSources()
         _ = try identity.identityRules()
-        _ = try maxOfflineWindowMillis()
+        let window = try maxOfflineWindowMillis()
+        if let age = try maxEventAgeMillis(), age <= window {
+            throw ConfigurationError("maxEventAge (\(maxEventAge ?? "")) must be longer than maxOfflineWindow (\(maxOfflineWindow))")
+        }
         guard (0...86_400).contains(logTruncationIntervalSeconds) else {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
         guard (1...604_800).contains(retentionSweepSeconds) else { throw ConfigurationError("retentionSweepSeconds must be 1 to 604800") }
     }
 
-    /// `maxOfflineWindow` in milliseconds: a whole number and a unit (`s`, `m`, `h`, `d`),
-    /// from one second to ten years.
-    public func maxOfflineWindowMillis() throws -> Int64 {
+    /// `maxOfflineWindow` in milliseconds.
+    public func maxOfflineWindowMillis() throws -> Int64 { try Self.millis(maxOfflineWindow, "maxOfflineWindow") }
+
+    /// `maxEventAge` in milliseconds; nil when unset.
+    public func maxEventAgeMillis() throws -> Int64? { try maxEventAge.map { try Self.millis($0, "maxEventAge") } }
+
+    /// A duration as configured: a whole number and a unit (`s`, `m`, `h`, `d`), from one second
+    /// to ten years.
+    static func millis(_ text: String, _ name: String) throws -> Int64 {
         let units: [Character: Int64] = ["s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000]
-        guard let unit = maxOfflineWindow.last.flatMap({ units[$0] }), let count = Int64(maxOfflineWindow.dropLast()), count > 0,
-            count <= 3_650 * 86_400_000 / unit
-        else {
-            throw ConfigurationError("maxOfflineWindow must be a whole number and a unit (s, m, h or d), at most 3650d, got \"\(maxOfflineWindow)\"")
+        guard let unit = text.last.flatMap({ units[$0] }), let count = Int64(text.dropLast()), count > 0, count <= 3_650 * 86_400_000 / unit else {
+            throw ConfigurationError("\(name) must be a whole number and a unit (s, m, h or d), at most 3650d, got \"\(text)\"")
         }
         return count * unit
     }
@@ -431,7 +443,7 @@ extension NodeConfiguration.CodingKeys {
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
-        "retentionSweepSeconds",
+        "retentionSweepSeconds", "maxEventAge",
     ]
 }
 

@@ -194,10 +194,16 @@ public struct SegmentMessageParser: Sendable {
     public static let maximumMessageIdBytes = 200
     public var rules: IdentityRules
     public var sources: IdentifierSources
+    /// The oldest a message may be dated, in ms before its receipt (`maxEventAge`); nil: any age.
+    /// Data dated older never enters, so what an erasure or retention dropped that long ago
+    /// cannot come back through ingest.
+    public var maximumAge: Int64?
 
-    public init(rules: IdentityRules = .builtIn, sources: IdentifierSources = .builtIn) {
+    public init(rules: IdentityRules = .builtIn, sources: IdentifierSources = .builtIn, maximumAge: Int64? = nil) {
+        precondition(maximumAge.map { $0 > 0 } ?? true, "a maximum age is positive, not \(maximumAge ?? 0)")
         self.rules = rules
         self.sources = sources
+        self.maximumAge = maximumAge
     }
 
     /// Parses one message. `defaultType` is the type implied by the endpoint (`/v1/track`);
@@ -237,6 +243,11 @@ public struct SegmentMessageParser: Sendable {
         links = Array(Set(links.filter { $0 != subject })).sorted()
 
         let times = try messageTimes(message, receivedAt: receivedAt)
+        if let maximumAge, times.eventTime < receivedAt - maximumAge {
+            throw MessageError(
+                .invalidField, field: "timestamp",
+                "timestamp is more than \(maximumAge / 86_400_000) days before the message was received (maxEventAge)")
+        }
         let messageId = try messageIdentifier(message, json: json)
         let channel = channelName(message, context: context)
         return ProfileDelta(

@@ -231,7 +231,7 @@ final class TestAPI {
     /// `tokens`: more principals besides one per role (`TestAPI.tokens`).
     init(
         replicated: Bool = false, ingestQueueLimit: Int = 1_000, tokens extra: [Token] = [],
-        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn
+        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn, maxEventAge: Int64? = nil
     ) throws {
         let secret = Array(repeating: UInt8(7), count: 32)
         store = MemoryProfileStore(configuration: StoreConfiguration(node: Self.origin, forgetKeySecret: secret, replicates: replicated))
@@ -250,7 +250,7 @@ final class TestAPI {
         let settings = NodeAPI.Settings(
             nodeName: "api-test", dataDirectory: "/nowhere", origin: Self.origin, ingestQueueLimit: ingestQueueLimit, logRequests: false,
             writeKeys: [Self.writeKey], principals: principals, policy: policy, subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: 1,
-            identifierSources: identifierSources)
+            identifierSources: identifierSources, maxEventAge: maxEventAge)
         api = NodeAPI(settings: settings, store: store, writer: writer, replication: replication, audit: audit, host: host, log: Log(minimum: .off))
     }
 

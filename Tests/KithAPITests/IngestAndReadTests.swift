@@ -241,3 +241,18 @@ struct GroupTests {
         #expect(test.call("GET", "/v1/groups/%00?purpose=support", role: .reader)?.errorCode == "invalid_identifier")
     }
 }
+
+/// A node with `maxEventAge` refuses a batch holding a message dated older, Segment-style, and
+/// takes it within the age.
+@Suite("The oldest date ingest takes, in process")
+struct MaximumEventAgeTests {
+    @Test func aBatchWithAMessageTooOldIsRefused() throws {
+        let test = try TestAPI(maxEventAge: 30 * 86_400_000)
+        let old = #"{"type":"track","userId":"u-old","event":"E","timestamp":"2020-01-01T00:00:00Z"}"#
+        let fresh = #"{"type":"track","userId":"u-new","event":"E"}"#
+        let refused = try #require(test.ingest("/v1/batch", #"{"batch":[\#(fresh),\#(old)]}"#))
+        #expect(refused.status == 400 && refused.text.contains("timestamp"), "\(refused.text)")
+        #expect(test.call("GET", "/v1/profiles/user_id:u-new?purpose=support", role: .reader)?.status == 404, "the whole batch is refused")
+        #expect(test.ingest("/v1/track", fresh)?.status == 200)
+    }
+}

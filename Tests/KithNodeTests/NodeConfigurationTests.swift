@@ -104,4 +104,17 @@ struct NodeConfigurationTruncationTests {
             #expect(throws: ConfigurationError.self, "\(text)") { try configuration.maxOfflineWindowMillis() }
         }
     }
+
+    /// `maxEventAge` is off unless set, and must be longer than the offline window.
+    @Test func maxEventAgeMustOutlastTheOfflineWindow() throws {
+        var configuration = NodeConfiguration()
+        #expect(try configuration.maxEventAgeMillis() == nil)
+        configuration.maxEventAge = "400d"
+        try configuration.validate()
+        #expect(try configuration.maxEventAgeMillis() == 400 * 86_400_000)
+        configuration.maxEventAge = "30d"
+        #expect(throws: ConfigurationError.self) { try configuration.validate() }
+        configuration.maxEventAge = "soon"
+        #expect(throws: ConfigurationError.self) { try configuration.validate() }
+    }
 }

@@ -94,6 +94,28 @@ struct EventTimeCeilingTests {
     }
 }
 
+/// `maxEventAge`: a message dated longer before its receipt than the age is refused, naming
+/// the field; one dated within it, or with no age set, is taken.
+@Suite("Client clocks: the oldest date taken")
+struct MaximumAgeTests {
+    @Test func aMessageOlderThanTheMaximumAgeIsRefused() throws {
+        let day: Int64 = 86_400_000
+        let aged = SegmentMessageParser(maximumAge: 30 * day)
+        func message(daysBefore days: Int64) throws -> JSONValue {
+            try JSONParser.parse(#"{"type":"track","userId":"u","event":"E","timestamp":"\#(ISO8601.format(millis: received - days * day))"}"#)
+        }
+        let tooOld = try message(daysBefore: 31)
+        do {
+            _ = try aged.parse(tooOld, receivedAt: received)
+            Issue.record("a message 31 days old was taken under a 30-day maximum age")
+        } catch {
+            #expect(error.field == "timestamp" && error.message.contains("30 days"), "\(error)")
+        }
+        #expect(try aged.parse(try message(daysBefore: 29), receivedAt: received).times.eventTime == received - 29 * day)
+        #expect(try parser.parse(try message(daysBefore: 3_000), receivedAt: received).times.eventTime == received - 3_000 * day)
+    }
+}
+
 @Suite("Revenue: a representable range, exact sums")
 struct RevenueTests {
     @Test(arguments: ["9000000000000", "1e308", "-1e13", "\"1000000000000.000001\"", "123456789012345678901234567890"])
