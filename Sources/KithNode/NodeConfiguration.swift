@@ -315,36 +315,24 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
         if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
-        if let value = environment["KITH_REPLICAS"] {
-            guard let count = Int(value) else { throw ConfigurationError("KITH_REPLICAS must be a number") }
-            replicas = count
+        /// The whole number `name` holds, if set; `unit` names what it counts in the error.
+        func number(_ name: String, _ unit: String) throws -> Int? {
+            guard let value = environment[name] else { return nil }
+            guard let number = Int(value) else { throw ConfigurationError("\(name) must be a number\(unit)") }
+            return number
         }
-        if let value = environment["KITH_ANTI_ENTROPY_INTERVAL"] {
-            guard let seconds = Int(value) else { throw ConfigurationError("KITH_ANTI_ENTROPY_INTERVAL must be a number of seconds") }
-            antiEntropyIntervalSeconds = seconds
-        }
-        if let value = environment["KITH_MAX_CLOCK_OFFSET_MS"] {
-            guard let millis = Int64(value) else { throw ConfigurationError("KITH_MAX_CLOCK_OFFSET_MS must be a number of milliseconds") }
-            maxClockOffsetMillis = millis
-        }
+        if let count = try number("KITH_REPLICAS", "") { replicas = count }
+        if let seconds = try number("KITH_ANTI_ENTROPY_INTERVAL", " of seconds") { antiEntropyIntervalSeconds = seconds }
+        if let millis = try number("KITH_MAX_CLOCK_OFFSET_MS", " of milliseconds") { maxClockOffsetMillis = Int64(millis) }
         if let value = environment["KITH_ROLE"] { role = value }
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
         if let value = environment["KITH_MAX_EVENT_AGE"] { maxEventAge = value }
-        if let value = environment["KITH_RETENTION_SWEEP_INTERVAL"] {
-            guard let seconds = Int(value) else { throw ConfigurationError("KITH_RETENTION_SWEEP_INTERVAL must be a number of seconds") }
-            retentionSweepSeconds = seconds
-        }
-        if let value = environment["KITH_LOG_TRUNCATION_INTERVAL"] {
-            guard let seconds = Int(value) else { throw ConfigurationError("KITH_LOG_TRUNCATION_INTERVAL must be a number of seconds") }
-            logTruncationIntervalSeconds = seconds
-        }
+        if let seconds = try number("KITH_RETENTION_SWEEP_INTERVAL", " of seconds") { retentionSweepSeconds = seconds }
+        if let seconds = try number("KITH_LOG_TRUNCATION_INTERVAL", " of seconds") { logTruncationIntervalSeconds = seconds }
         if let value = environment["KITH_PHONE_REGION"] { identity.phoneRegion = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
-        if let value = environment["KITH_INGEST_QUEUE_LIMIT"] {
-            guard let limit = Int(value) else { throw ConfigurationError("KITH_INGEST_QUEUE_LIMIT must be a number") }
-            ingestQueueLimit = limit
-        }
+        if let limit = try number("KITH_INGEST_QUEUE_LIMIT", "") { ingestQueueLimit = limit }
         try validate()
     }
 

@@ -118,3 +118,25 @@ struct NodeConfigurationTruncationTests {
         #expect(throws: ConfigurationError.self) { try configuration.validate() }
     }
 }
+
+@Suite("Node configuration: the environment")
+struct NodeConfigurationEnvironmentTests {
+    @Test func numbersComeInAndNonNumbersAreRefusedByName() throws {
+        var configuration = NodeConfiguration()
+        try configuration.apply(environment: [
+            "KITH_REPLICAS": "3", "KITH_ANTI_ENTROPY_INTERVAL": "60", "KITH_MAX_CLOCK_OFFSET_MS": "250", "KITH_RETENTION_SWEEP_INTERVAL": "90",
+            "KITH_LOG_TRUNCATION_INTERVAL": "5", "KITH_INGEST_QUEUE_LIMIT": "10", "KITH_MAX_OFFLINE_WINDOW": "7d", "KITH_MAX_EVENT_AGE": "8d",
+        ])
+        #expect(configuration.replicas == 3 && configuration.antiEntropyIntervalSeconds == 60 && configuration.maxClockOffsetMillis == 250)
+        #expect(configuration.retentionSweepSeconds == 90 && configuration.logTruncationIntervalSeconds == 5 && configuration.ingestQueueLimit == 10)
+        #expect(try configuration.maxOfflineWindowMillis() == 7 * 86_400_000 && configuration.maxEventAgeMillis() == 8 * 86_400_000)
+        for (name, message) in [
+            ("KITH_REPLICAS", "KITH_REPLICAS must be a number"),
+            ("KITH_LOG_TRUNCATION_INTERVAL", "KITH_LOG_TRUNCATION_INTERVAL must be a number of seconds"),
+        ] {
+            var other = NodeConfiguration()
+            #expect(throws: ConfigurationError.self) { try other.apply(environment: [name: "three"]) }
+            do { try other.apply(environment: [name: "three"]) } catch { #expect("\(error)" == message) }
+        }
+    }
+}

@@ -54,13 +54,8 @@ struct RetentionSweepTests {
     static let day: Int64 = 86_400_000
     static let now: Int64 = 1_780_000_000_000
 
-    static let rules: RetentionRules = {
-        var rules = RetentionRules()
-        rules.eventsByName["Order Completed"] = .init(millis: 2_557 * day, purpose: "tax")
-        rules.events = .init(millis: 396 * day, purpose: "analytics")
-        rules.traitsByName["favouriteColour"] = .init(millis: 30 * day, purpose: "personalization")
-        return rules
-    }()
+    /// The rules above: no rule for `plan` (account) or `city` (unnamed, sensitive).
+    static let rules = RetentionRulesTests.rules
 
     func delta(_ text: String, daysAgo: Int64) throws -> ProfileDelta {
         try SegmentMessageParser().parse(try JSONParser.parse(Array(text.utf8)), receivedAt: Self.now - daysAgo * Self.day)
