@@ -176,6 +176,71 @@ struct ClusterProcessTests {
         }
     }
 
+    /// An edge away past the offline window, holding messages about a customer erased meanwhile
+    /// and an event whose retention has passed, comes back: the cores truncated their logs past
+    /// it, so it is brought up to date by comparison, erasures first. Nothing erased or expired
+    /// reappears on any node, and its newer messages are kept.
+    @Test func anEdgeAwayPastTheWindowBringsNothingErasedOrExpiredBack() throws {
+        let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../cluster-configs/policy.example.json")
+        var policy = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: example)) as? [String: Any])
+        policy["retention"] = [["events": ["Page Viewed"], "days": 30, "purpose": "support"]]
+        let cluster = try ClusterFixture()
+        let policyPath = cluster.directory + "/policy.json"
+        #expect(FileManager.default.createFile(atPath: policyPath, contents: try JSONSerialization.data(withJSONObject: policy)))
+        let fast = [
+            "KITH_MAX_OFFLINE_WINDOW": "3s", "KITH_LOG_TRUNCATION_INTERVAL": "1", "KITH_RETENTION_SWEEP_INTERVAL": "1",
+            "KITH_POLICY_FILE": policyPath,
+        ]
+        let core = try cluster.start("core-1", extraEnvironment: fast)
+        let other = try cluster.start("core-2", seeds: [core.gossipAddress!], extraEnvironment: fast)
+        let edge = try cluster.start("edge-1", role: "edge", seeds: [core.gossipAddress!], extraEnvironment: fast)
+        #expect(try edge.ingest("/v1/identify", #"{"userId":"u-x","traits":{"plan":"gold"},"messageId":"x-1"}"#) == 200)
+        #expect(try eventually(10) { try messageCount(core, "u-x") == 1 && messageCount(other, "u-x") == 1 })
+
+        // Away past the window while the cores take writes: their logs are truncated past it.
+        edge.stop()
+        for round in 0..<6 {
+            #expect(try core.ingest("/v1/batch", trackBatch(prefix: "c", first: round * 100, count: 100, customers: 20)) == 200)
+            Thread.sleep(forTimeInterval: 1)
+        }
+        // Back but cut off: it takes a message about u-x, an event already past its retention,
+        // and a message about someone new.
+        edge.arguments = edge.arguments.map { $0 == core.gossipAddress! ? "127.0.0.1:1" : $0 }
+        try edge.start()
+        let old = ISO8601DateFormatter().string(from: Date().addingTimeInterval(-40 * 86_400))
+        let calls = [
+            #"{"type":"track","userId":"u-x","event":"Visit","messageId":"x-2"}"#,
+            #"{"type":"track","userId":"u-y","event":"Page Viewed","messageId":"y-old","timestamp":"\#(old)"}"#,
+            #"{"type":"track","userId":"u-z","event":"Visit","messageId":"z-1"}"#,
+        ]
+        #expect(try edge.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
+        // Meanwhile the core erases u-x: the edge's message about u-x is dated before the erasure.
+        Thread.sleep(forTimeInterval: 0.2)
+        let erased = try core.request("DELETE", "/v1/profiles/user_id:u-x", headers: ["Authorization: Bearer pk"])
+        #expect(erased?.status == 200, "\(erased?.body ?? "no answer")")
+
+        let join = try edge.request(
+            "POST", "/v1/admin/join", body: Array(#"{"address":"\#(core.gossipAddress!)"}"#.utf8), headers: ["Authorization: Bearer tk"])
+        #expect(join?.status == 202)
+        let nodes = [core, other, edge]
+        let converged = try eventually(40) {
+            try nodes.allSatisfy { node in
+                try messageCount(node, "u-z") == 1 && messageCount(node, "u-x") == 0 && messageCount(node, "u-y") == 0
+                    && messageCount(node, "c-19") == 30
+            }
+        }
+        let counts = try nodes.map { node in try ["u-z", "u-x", "u-y", "c-19"].map { try messageCount(node, $0) } }
+        #expect(converged, "\(counts)")
+        // The cores' logs were truncated past what the edge had read (its first message and
+        // little more) while it was away: it came back by tree comparison, a resync or the
+        // comparison a member coming back gets, whichever ran first under this machine's load.
+        let truncated = try [core, other].map { node in
+            let text = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
+            return text.firstMatch(of: /kith_change_log_truncated_through (\d+)/).flatMap { Int($0.output.1) } ?? 0
+        }
+        #expect(truncated.allSatisfy { $0 > 100 }, "\(truncated)")
+    }
+
     /// A node that ran alone kept no replication state (digest tree, copies that travel ahead);
     /// restarted with peers, it rebuilds it: a new peer gets everything it took alone, consent
     /// included, and a tree comparison between the two completes with nothing to repair.
