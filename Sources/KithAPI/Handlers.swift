@@ -449,6 +449,9 @@ extension NodeAPI {
         text += NodeMetrics.metric(
             "kith_change_log_resyncs_total", "counter", "Tree comparisons that brought a peer behind the truncated log up to date.",
             counters.resyncsCompleted)
+        text += NodeMetrics.metric(
+            "kith_change_log_truncations_failed_total", "counter", "Log truncations that failed (tried again at the next plan).",
+            counters.logTruncationsFailed)
         return text
     }
 }

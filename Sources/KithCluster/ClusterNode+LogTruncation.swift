@@ -58,8 +58,13 @@ extension ClusterNode {
         guard plan.truncates(extent) else { return }
         truncation.writing = true
         let store = self.store, through = plan.through, chunk = settings.truncationChunk
-        try write({ ReplicatedWrite(changed: try store.truncateLog(through: through, limit: chunk)) }) { [self] written in
+        // A failed truncation is counted and tried again at the next plan: the continuation must
+        // run on every path, or `writing` would stay set and the log would never shrink again.
+        try write({
+            do { return ReplicatedWrite(changed: try store.truncateLog(through: through, limit: chunk)) } catch { return .refusal }
+        }) { [self] written in
             truncation.writing = false
+            guard !written.refused else { return counters.logTruncationsFailed += 1 }
             counters.logRecordsTruncated += written.changed
             if written.changed == chunk { truncation.lastPlanned = nil }
         }

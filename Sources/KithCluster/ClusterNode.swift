@@ -120,8 +120,10 @@ public final class ClusterNode {
         public var documentsTooLarge = 0
         /// Members this node saw go down (dead, away or left): a false death shows here.
         public var membersDown = 0
-        /// Change-log records this node dropped, every member having read them.
+        /// Change-log records this node dropped, every member having read them, and truncations
+        /// that failed (tried again at the next plan).
         public var logRecordsTruncated = 0
+        public var logTruncationsFailed = 0
         /// Pulls answered with `logTruncated` (sent), and such answers received.
         public var truncatedLogRepliesSent = 0
         public var truncatedLogRepliesReceived = 0

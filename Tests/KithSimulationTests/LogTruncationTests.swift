@@ -1,6 +1,7 @@
 import Foundation
 import KithCRDT
 import KithCluster
+import KithJSON
 import KithProfile
 import KithReplication
 import KithTestSupport
@@ -135,5 +136,64 @@ struct LogTruncationSimulationTests {
             #expect(extent.truncatedThrough > 0 && extent.span < extent.last / 4, "\(machine.member.name): \(extent)")
         }
         #expect(try check(sim, ledger, seed: 5).isEmpty)
+    }
+}
+
+/// A store whose first log truncation fails: the rest is the memory store's.
+final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
+    let store: MemoryProfileStore
+    var failuresLeft = 1
+    init(_ store: MemoryProfileStore) { self.store = store }
+    struct Failure: Error {}
+
+    func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
+        if failuresLeft > 0 {
+            failuresLeft -= 1
+            throw Failure()
+        }
+        return try store.truncateLog(through: sequence, limit: limit)
+    }
+    func changes(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] { try store.changes(after: sequence, limit: limit) }
+    func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int {
+        try store.applyReplicated(entries, from: peer, through: position)
+    }
+    func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] { try store.entriesAhead(after: sequence, limit: limit) }
+    func applyAhead(_ entry: ChangeEntry) throws { try store.applyAhead(entry) }
+    func versionVector() throws -> VersionVector { try store.versionVector() }
+    func cursor(of peer: UInt64) throws -> UInt64 { try store.cursor(of: peer) }
+    func contentDigest() throws -> [UInt8] { try store.contentDigest() }
+    func logExtent() throws -> LogExtent { try store.logExtent() }
+    func erased(among forgetKeys: [[UInt8]]) throws -> Set<[UInt8]> { try store.erased(among: forgetKeys) }
+    func resumeLog(from peer: UInt64, at position: UInt64) throws { try store.resumeLog(from: peer, at: position) }
+    func digest(of node: [UInt8]) throws -> Digest128 { try store.digest(of: node) }
+    func digestChildren(of node: [UInt8]) throws -> [DigestEntry] { try store.digestChildren(of: node) }
+    func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState] { try store.documentStates(for: forgetKeys) }
+    func join(_ states: [DocumentState]) throws -> Int { try store.join(states) }
+}
+
+@Suite("Log truncation in a node")
+struct LogTruncationNodeTests {
+    /// A truncation that fails is counted and tried again at the next plan; it never stops
+    /// truncation for good.
+    @Test func aFailedTruncationIsTriedAgain() throws {
+        let memory = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
+        for n in 1...3 {
+            _ = try memory.apply([
+                try SegmentMessageParser().parse(try JSONParser.parse(Array(#"{"type":"identify","userId":"u-\#(n)"}"#.utf8)), receivedAt: 1)
+            ])
+        }
+        let store = StoreFailingOneTruncation(memory)
+        var settings = ReplicationSettings()
+        settings.truncationInterval = 100
+        let me = Member(id: 1, name: "n1", address: "n1", role: .core)
+        let node = try ClusterNode(store: store, me: me, seeds: [], settings: settings, seed: 1) { _, _ in }
+        // One member, which has read everything.
+        let peer = Member(id: 2, name: "n2", address: "n2", role: .core)
+        try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer])), from: 2, address: "n2", now: 0)
+        try node.receive(.pull(cursor: 3, versions: VersionVector(), budget: 1_024, request: 1), from: 2, address: "n2", now: 10)
+        try node.tick(now: 20)
+        #expect(try node.counters.logTruncationsFailed == 1 && memory.logExtent().truncatedThrough == 0)
+        try node.tick(now: 200)
+        #expect(try node.counters.logRecordsTruncated == 3 && memory.logExtent().truncatedThrough == 3)
     }
 }
