@@ -24,23 +24,35 @@ extension StoreEngine {
     /// the next `buckets` buckets in `context`'s transaction. Returns true once every profile is
     /// under them (and says so in `meta`).
     func reevaluateIdentity(buckets: Int, in context: WriteContext) throws -> Bool {
-        precondition(buckets > 0, "a step of re-evaluation covers at least one bucket, not \(buckets)")
-        let txn = context.txn
-        guard try identityRulesNeedWork(in: txn) else { return true }
+        guard try identityRulesNeedWork(in: context.txn) else { return true }
+        let ended = try bucketStep(Self.identityRulesProgressMetaKey, of: sequenceKey(rulesVersion), buckets: buckets, in: context.txn) {
+            try context.reevaluateIdentity(buckets: $0)
+        }
+        guard ended else { return false }
+        try context.txn.put(.meta, Self.identityRulesMetaKey, sequenceKey(rulesVersion), mode: .upsert)
+        return true
+    }
+
+    /// One step of work that goes over the digest tree's buckets a few at a time, one
+    /// transaction each, resuming where the last step ended: `progressKey` in `meta` holds `pass`
+    /// (what the work is for; progress of another pass starts over) and the next bucket. Runs
+    /// `body` over this step's buckets, then records the next bucket, or removes the key when the
+    /// pass has covered every bucket. Returns whether it has.
+    func bucketStep(
+        _ progressKey: [UInt8], of pass: [UInt8], buckets: Int, in txn: any StoreWriting, _ body: (Range<Int>) throws -> Void
+    ) throws -> Bool {
+        precondition(buckets > 0, "a step covers at least one bucket, not \(buckets)")
         var next = 0
-        if let progress = try txn.get(.meta, Self.identityRulesProgressMetaKey), progress.count == 16,
-            try decodeSequence(Array(progress.prefix(8))) == rulesVersion
-        {
+        if let progress = try txn.get(.meta, progressKey), progress.count == pass.count + 8, progress.starts(with: pass) {
             next = Int(min(try decodeSequence(Array(progress.suffix(8))), UInt64(DigestTreeShape.bucketCount)))
         }
         let end = min(next + buckets, DigestTreeShape.bucketCount)
-        try context.reevaluateIdentity(buckets: next..<end)
+        try body(next..<end)
         guard end == DigestTreeShape.bucketCount else {
-            try txn.put(.meta, Self.identityRulesProgressMetaKey, sequenceKey(rulesVersion) + sequenceKey(UInt64(end)), mode: .upsert)
+            try txn.put(.meta, progressKey, pass + sequenceKey(UInt64(end)), mode: .upsert)
             return false
         }
-        try txn.delete(.meta, Self.identityRulesProgressMetaKey)
-        try txn.put(.meta, Self.identityRulesMetaKey, sequenceKey(rulesVersion), mode: .upsert)
+        try txn.delete(.meta, progressKey)
         return true
     }
 }

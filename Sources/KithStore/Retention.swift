@@ -22,17 +22,9 @@ extension StoreEngine {
     static let retentionProgressMetaKey = Array("retention-next".utf8)
 
     func expire(under rules: RetentionRules, now: Int64, buckets: Int, in context: WriteContext) throws -> RetentionStep {
-        precondition(buckets > 0, "a retention step covers at least one bucket, not \(buckets)")
-        let txn = context.txn
-        let next =
-            try txn.get(.meta, Self.retentionProgressMetaKey).map { Int(min(try decodeSequence($0), UInt64(DigestTreeShape.bucketCount))) } ?? 0
-        let end = min(next + buckets, DigestTreeShape.bucketCount)
-        var step = rules.isEmpty ? RetentionStep() : try context.expire(buckets: next..<end, under: rules, now: now)
-        if end == DigestTreeShape.bucketCount {
-            try txn.delete(.meta, Self.retentionProgressMetaKey)
-            step.passEnded = true
-        } else {
-            try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(end)), mode: .upsert)
+        var step = RetentionStep()
+        step.passEnded = try bucketStep(Self.retentionProgressMetaKey, of: [], buckets: buckets, in: context.txn) { range in
+            if !rules.isEmpty { step = try context.expire(buckets: range, under: rules, now: now) }
         }
         return step
     }
@@ -74,23 +66,7 @@ extension WriteContext {
             if head.isEmpty { deleteSource(identifier.key) } else { setSource(identifier.key, head) }
             changed.append(identifier)
         }
-        guard !changed.isEmpty else { return step }
-        var oldCanonicals: Set<[UInt8]> = []
-        var known: [Identifier] = []
-        for identifier in changed {
-            if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) }
-            if try isKnown(identifier) {
-                known.append(identifier)
-            } else {
-                try setCanonical(identifier.key, nil)
-            }
-        }
-        var done: Set<Identifier> = []
-        for identifier in known where !done.contains(identifier) {
-            guard try canonicalKey(identifier.key) != nil else { continue }
-            done.formUnion(try recompute(around: [identifier]))
-        }
-        for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
+        try rebuildProfiles(around: changed)
         return step
     }
 }

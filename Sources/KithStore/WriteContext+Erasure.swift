@@ -72,7 +72,6 @@ extension WriteContext {
         var times: [Identifier: Int64] = [:]
         for member in members { times[member] = try erasureTime(of: member) }
         let cutoffs = ErasureCutoffs(times: times)
-        var oldCanonicals: Set<[UInt8]> = []
         var touched: Set<Identifier> = Set(members)
         var edges: Set<LinkEdge> = []
         for member in members {
@@ -85,7 +84,6 @@ extension WriteContext {
                 return .next
             }
         }
-        for identifier in touched { if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) } }
         for member in members {
             for edge in edges where edge.low == member || edge.high == member {
                 try stripMentions(of: member, fromLedgerOf: edge.other(than: member), cutoffs)
@@ -93,20 +91,7 @@ extension WriteContext {
         }
         for edge in edges.sorted() { try rebuildEdge(edge) }
         try purgeChanges(cutoffs)
-
-        var known: [Identifier] = []
-        for identifier in touched.sorted() {
-            if try isKnown(identifier) {
-                known.append(identifier)
-            } else {
-                // Its edge rows stay: a removal newer than the erasure is kept, as in the model.
-                deleteSource(identifier.key)
-                try setCanonical(identifier.key, nil)
-                try txn.deletePrefix(.documents, documentKey(identifier.key, .ledger))
-            }
-        }
-        if !known.isEmpty { try recompute(around: known) }
-        for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
+        try rebuildProfiles(around: touched.sorted())
         // Heads and views still cached here are written back at `finish`, under the new keys.
         try txn.retireKeys(of: members)
     }
@@ -140,6 +125,27 @@ extension WriteContext {
             return .next
         }
         for (key, row) in rewrites { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+    }
+
+    /// Rebuilds the profiles around `identifiers`, whose own data just shrank (an erasure, an
+    /// expiry): one no longer known leaves its profile and keeps nothing but its links' rows (a
+    /// removal newer than an erasure is kept, as in the model); the people of the others are
+    /// computed again; views no longer under a canonical key go.
+    func rebuildProfiles(around identifiers: [Identifier]) throws {
+        var oldCanonicals: Set<[UInt8]> = []
+        var known: [Identifier] = []
+        for identifier in identifiers {
+            if let canonical = try canonicalKey(identifier.key) { oldCanonicals.insert(canonical) }
+            if try isKnown(identifier) {
+                known.append(identifier)
+            } else {
+                deleteSource(identifier.key)
+                try setCanonical(identifier.key, nil)
+                try txn.deletePrefix(.documents, documentKey(identifier.key, .ledger))
+            }
+        }
+        if !known.isEmpty { try recompute(around: known) }
+        for canonical in oldCanonicals where try canonicalKey(canonical) != canonical { deleteView(canonical) }
     }
 
     /// Recomputes a link from the ledger rows that assert it, keeping only what is newer than
