@@ -428,30 +428,34 @@ extension NodeAPI {
 
     /// The replication core's counters and the changes reachable peers lack.
     static func replicationProgress(_ counters: ClusterNode.Counters, lag: Int) -> String {
-        var text = NodeMetrics.metric("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent)
-        text += NodeMetrics.metric(
-            "kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown)
-        text += NodeMetrics.metric("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied)
-        text += NodeMetrics.metric(
-            "kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected)
-        text += NodeMetrics.metric(
-            "kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag)
-        text += NodeMetrics.metric(
-            "kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted)
-        text += NodeMetrics.metric(
-            "kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent)
-        text += NodeMetrics.metric(
-            "kith_antientropy_documents_repaired_total", "counter", "Document states received that changed something here.",
-            counters.documentsRepaired)
-        text += NodeMetrics.metric(
-            "kith_change_log_records_truncated_total", "counter", "Change-log records dropped, every member having read them.",
-            counters.logRecordsTruncated)
-        text += NodeMetrics.metric(
-            "kith_change_log_resyncs_total", "counter", "Tree comparisons that brought a peer behind the truncated log up to date.",
-            counters.resyncsCompleted)
-        text += NodeMetrics.metric(
-            "kith_change_log_truncations_failed_total", "counter", "Log truncations that failed (tried again at the next plan).",
-            counters.logTruncationsFailed)
+        var text = ""
+        for (name, type, help, value) in [
+            ("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent),
+            ("kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown),
+            ("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied),
+            ("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected),
+            ("kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag),
+            ("kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted),
+            ("kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent),
+            (
+                "kith_antientropy_documents_repaired_total", "counter", "Document states received that changed something here.",
+                counters.documentsRepaired
+            ),
+            (
+                "kith_change_log_records_truncated_total", "counter", "Change-log records dropped, every member having read them.",
+                counters.logRecordsTruncated
+            ),
+            (
+                "kith_change_log_resyncs_total", "counter", "Tree comparisons that brought a peer behind the truncated log up to date.",
+                counters.resyncsCompleted
+            ),
+            (
+                "kith_change_log_truncations_failed_total", "counter", "Log truncations that failed (tried again at the next plan).",
+                counters.logTruncationsFailed
+            ),
+        ] {
+            text += NodeMetrics.metric(name, type, help, value)
+        }
         return text
     }
 }
