@@ -133,7 +133,13 @@ bench: deps
 	$(SWIFT) build -c release --product kith >/dev/null && \
 	.build/release/kith-bench --workload $$f --http .build/release/kith --seconds $(HTTP_BENCH_SECONDS); \
 	.build/release/kith-bench --cluster .build/release/kith; \
-	.build/release/kith-bench --catch-up $(BENCH_DIR)/catch-up --customers 2000
+	.build/release/kith-bench --catch-up $(BENCH_DIR)/catch-up --customers 2000; \
+	y=$(BENCH_DIR)/year-5000-365000.jsonl; \
+	if [ ! -s $$y ]; then \
+	  echo "generating a year of messages (5000 customers, 10 % churn a day) ..." >&2; \
+	  python3 Benchmarks/scripts/generate-workload.py --customers 5000 --events 365000 --interval-ms 86400 --churn-per-day 0.1 --out $$y.tmp && mv $$y.tmp $$y; \
+	fi; \
+	.build/release/kith-bench --year $$y --data-dir $(BENCH_DIR)/year
 
 clean:
 	rm -rf .build .build-fuzz $(BENCH_DIR)

@@ -41,8 +41,7 @@ func measureRetentionCost(bytes: [UInt8], lines: [Range<Int>], options: Options,
                 var step = RetentionStep()
                 stepTime += try seconds { step = try store.expire(under: rules, now: newest, buckets: 8) }
                 steps += 1
-                totals.eventsDropped += step.eventsDropped
-                totals.traitsDropped += step.traitsDropped
+                totals.add(step)
             }
         }
         batches.stop()

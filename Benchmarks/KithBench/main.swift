@@ -45,6 +45,9 @@ struct Options {
     /// `--catch-up <scratch dir>`: measure catch-up after a partition, with and without
     /// redelivered copies in the backlog, instead (`CatchUpBenchmark`).
     var catchUpScratch: String?
+    /// `--year <workload>`: measure storage over a simulated year instead (`YearBenchmark`),
+    /// with `--data-dir` as its scratch directory.
+    var yearWorkload: String?
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -68,10 +71,15 @@ struct Options {
             case "--reads-only": readsOnly = value != "false"
             case "--parse-thread": parseThread = value != "false"
             case "--catch-up": catchUpScratch = value
+            case "--year": yearWorkload = value
             default: Self.fail("unknown option \(argument)")
             }
         }
         if clusterBinary != nil { return }
+        if yearWorkload != nil {
+            if batchSize <= 0 { Self.fail("--batch takes a positive number") }
+            return
+        }
         if catchUpScratch != nil {
             if customers <= 0 { Self.fail("--customers takes a positive number") }
             return
@@ -83,7 +91,7 @@ struct Options {
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
             Self.fail(
-                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
+                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
             )
         }
     }
@@ -102,6 +110,21 @@ func seconds(_ body: () throws -> Void) rethrows -> Double {
 
 func report(_ name: String, _ value: Double, decimals: Int = 0) {
     print("\(name): \(String(format: "%.\(decimals)f", value))")
+}
+
+/// Where a store's bytes go, per message held: each part's rows of `documents`, their keys,
+/// what sealing adds to their values, and the plaintext; beside the messages' JSON and the
+/// table's pages (the rest of which is LMDB's node headers and the pages' free space).
+func reportRowSizes(_ store: LMDBProfileStore, prefix: String, messages: Int, jsonBytes: Int) throws {
+    let messages = Double(messages)
+    for (part, size) in try store.documentRowSizes().sorted(by: { $0.key < $1.key }) {
+        print("\(prefix).rows.\(part): \(size.rows)")
+        report("\(prefix).bytes_per_message.\(part).key", Double(size.keyBytes) / messages)
+        report("\(prefix).bytes_per_message.\(part).sealing", Double(size.sealingBytes) / messages)
+        report("\(prefix).bytes_per_message.\(part).plaintext", Double(size.valueBytes - size.sealingBytes) / messages)
+    }
+    report("\(prefix).bytes_per_message.json", Double(jsonBytes) / messages)
+    report("\(prefix).bytes_per_message.documents_pages", Double(try store.tableBytes()["documents", default: 0]) / messages)
 }
 
 /// The byte ranges of the file's non-empty lines.
@@ -123,6 +146,14 @@ if let clusterBinary = options.clusterBinary {
 }
 if let scratch = options.catchUpScratch {
     do { try CatchUpBenchmark(scratch: scratch, customers: options.customers, durable: options.durable).run() } catch { Options.fail("\(error)") }
+    exit(0)
+}
+if let workload = options.yearWorkload {
+    do {
+        try YearBenchmark(workload: workload, scratch: options.dataDirectory, durable: options.durable, batchSize: options.batchSize).run()
+    } catch {
+        Options.fail("\(error)")
+    }
     exit(0)
 }
 if let scratch = options.ceilingScratch {
@@ -231,6 +262,7 @@ try bytes.withUnsafeBufferPointer { buffer in
     let held = try store.tableBytes().values.reduce(0, +)
     print("lmdb.table_bytes_truncated: \(held)")
     report("store.size_vs_json_truncated", Double(held) / Double(jsonBytes), decimals: 2)
+    try reportRowSizes(store, prefix: "store", messages: lines.count, jsonBytes: jsonBytes)
 
     // 4. What retention sweeps cost ingest (alternated, medians).
     try measureRetentionCost(bytes: bytes, lines: lines, options: options, receivedAt: receivedAt)

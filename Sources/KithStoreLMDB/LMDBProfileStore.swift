@@ -1,5 +1,6 @@
 import Foundation
 import KithCRDT
+import KithCrypto
 import KithLMDB
 import KithProfile
 import KithStore
@@ -131,6 +132,29 @@ public final class LMDBProfileStore: EngineBackedStore {
         try environment.read { txn in
             var sizes: [String: Int] = [:]
             for table in Table.allCases { sizes[table.name] = try txn.bytes(tables[table]) }
+            return sizes
+        }
+    }
+
+    /// What the rows of `documents` hold, by part (`owner` for the rows holding identifier keys):
+    /// how many, their key bytes, and their value bytes with what sealing adds to each (key id,
+    /// nonce and tag). Page overhead is the table's pages less these (docs/storage.md, "Where
+    /// the bytes go").
+    public func documentRowSizes() throws -> [String: (rows: Int, keyBytes: Int, valueBytes: Int, sealingBytes: Int)] {
+        try environment.read { txn in
+            var sizes: [String: (rows: Int, keyBytes: Int, valueBytes: Int, sealingBytes: Int)] = [:]
+            try LMDBReading(reader: txn, tables: tables).scan(.documents, from: []) { key, value in
+                let partByte = key.count > Sealing.pseudonymSize ? key[Sealing.pseudonymSize] : Sealing.ownerPart
+                let name = partByte == Sealing.ownerPart ? "owner" : DocumentPart(rawValue: partByte).map { "\($0)" } ?? "part\(partByte)"
+                let sealing = (try SealingSession.keyID(value).offset) + AESGCM.overhead
+                var size = sizes[name, default: (0, 0, 0, 0)]
+                size.rows += 1
+                size.keyBytes += key.count
+                size.valueBytes += value.count
+                size.sealingBytes += sealing
+                sizes[name] = size
+                return .next
+            }
             return sizes
         }
     }

@@ -23,6 +23,11 @@ public struct WorkloadGenerator {
     public var messageIdPrefix = "m-"
     /// Percent of messages dated a year ahead with no `sentAt` (a client whose clock is wrong).
     public var futureDatedPercent = 0
+    /// Customer churn: every `dayMillis` of message time after the first message, `percent` of
+    /// the pool leaves for good and as many new customers arrive (the pool on day d is customers
+    /// d·percent·customers/100 onwards). Nil: one pool for ever. Draws nothing from `random`.
+    public var churn: (dayMillis: Int64, percent: Int)?
+    private var firstTime: Int64?
     private var sent: [JSONValue] = []
     private var index = 0
     static let events = ["Page Viewed", "Product Viewed", "Order Completed", "Store Visit"]
@@ -42,9 +47,15 @@ public struct WorkloadGenerator {
         defer { index += 1 }
         if !sent.isEmpty && random.chance(5) { return sent[random.below(sent.count)] }
         // Skewed popularity: half the traffic goes to the first fifth of customers.
-        let c = random.chance(50) ? random.below(max(1, customers / 5)) : random.below(customers)
+        var c = random.chance(50) ? random.below(max(1, customers / 5)) : random.below(customers)
+        let time = now ?? 1_760_000_000_000 + Int64(index) * 50
+        if let churn {
+            let first = firstTime ?? time
+            firstTime = first
+            c += Int((time - first) / churn.dayMillis) * churn.percent * customers / 100
+        }
         let userId = "u-\(c)"
-        let ms = (now ?? 1_760_000_000_000 + Int64(index) * 50) + Int64(random.below(4_001)) - 2_000
+        let ms = time + Int64(random.below(4_001)) - 2_000
         var message: [String: JSONValue] = [
             "messageId": .string("\(messageIdPrefix)\(index)"), "timestamp": .string(ISO8601.format(millis: ms)),
             "context": ["channel": .string(["web", "pos", "mobile"][random.below(3)])],

@@ -10,8 +10,9 @@ import Testing
 
 @testable import KithStore
 
-/// Retention under replication: every machine sweeps its own store now and then at its own
-/// clock while everyone writes, faults come and go, logs are truncated, and one member is away
+/// Retention under replication, over 30 simulated days of 500 ms with a tenth of the customers
+/// churning daily: every machine sweeps its own store now and then at its own clock while
+/// everyone writes, faults come and go, logs are truncated, and one member is away
 /// past the offline window; rows one machine dropped come back from others and go again. After
 /// healing, every machine sweeps at one time: replicas byte-identical, nothing expired left
 /// anywhere, every profile equal to the reference model built from what the rules keep, and
@@ -67,8 +68,11 @@ func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: 
     rules.eventsByName["Page Viewed"] = .init(millis: 3_000, purpose: "analytics")
     rules.events = .init(millis: 8_000, purpose: "analytics")
     rules.traitsByName["city"] = .init(millis: 5_000, purpose: "personalization")
+    // A simulated day is 500 ms: the run spans 30 days, with a tenth of the customers replaced
+    // every day, so that most profiles stop receiving messages and are left to the rules.
     var generator = WorkloadGenerator(seed: seed, customers: 20)
     generator.sendsSentAt = true
+    generator.churn = (dayMillis: 500, percent: 10)
     var ledger = Ledger()
     let parser = SegmentMessageParser(sources: WorkloadGenerator.identifierSources)
     var dropped = 0

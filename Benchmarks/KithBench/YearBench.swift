@@ -1,0 +1,174 @@
+import Foundation
+import KithJSON
+import KithLMDB
+import KithProfile
+import KithStore
+import KithStoreLMDB
+
+/// Storage over a simulated year (issue 23): a workload whose messages span a year, with a tenth
+/// of the customers replaced every day (`generate-workload.py --interval-ms 86400
+/// --churn-per-day 0.1`), applied in order into one store that sweeps retention once a
+/// simulated week and truncates its change log as a cluster does once every member has read it.
+/// Every 30 simulated days it prints the store's pages and the JSON bytes of the messages the
+/// rules still keep; at the end it builds a second store from only the kept messages and
+/// compares compacted copies of both: what a year of writes, sweeps and freed pages leaves
+/// beyond what the rules keep.
+struct YearBenchmark {
+    let workload: String
+    let scratch: String
+    let durable: Bool
+    let batchSize: Int
+
+    /// Later than every message of the workload, so each message's event time is its own
+    /// timestamp (an event time is never after the time a node received the message).
+    static let receivedAt: Int64 = 1_800_000_000_000
+    static let day: Int64 = 86_400_000
+
+    static var rules: RetentionRules {
+        var rules = RetentionRules()
+        rules.events = .init(millis: 30 * day, purpose: "analytics")
+        rules.eventsByName["Order Completed"] = .init(millis: 7 * 366 * day, purpose: "tax")
+        rules.traitsByName["city"] = .init(millis: 90 * day, purpose: "personalization")
+        return rules
+    }
+
+    /// What the rules need to know of a message to say whether it is kept.
+    struct Held {
+        var messageId: String
+        var eventName: String?
+        var eventTime: Int64
+        var jsonBytes: Int
+
+        func isKept(under rules: RetentionRules, now: Int64) -> Bool {
+            guard let eventName else { return true }
+            return !rules.isExpired(event: eventName, at: eventTime, now: now)
+        }
+    }
+
+    func run() throws {
+        guard let file = FileManager.default.contents(atPath: workload) else { Options.fail("cannot read \(workload)") }
+        let bytes = [UInt8](file)
+        let lines = bytes.withUnsafeBufferPointer { lineRanges($0) }
+        try? FileManager.default.removeItem(atPath: scratch)  // a previous run's scratch, if any
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: scratch) }  // scratch; the next run removes a leftover
+
+        let rules = Self.rules
+        let store = try openScratchStore("\(scratch)/year")
+        var held: [Held] = []
+        var seen = Set<String>()
+        var firstTime: Int64?
+        var nextSweep = Int64.min, nextReport = Int64.min
+        var swept = RetentionStep()
+        let batches = ParsedBatches(bytes: bytes, lines: lines, batchSize: batchSize, receivedAt: Self.receivedAt)
+        batches.startParsing()
+        defer { batches.stop() }
+        var line = 0
+        var newest = Int64.min
+        let applyTime = try seconds {
+            while let batch = try batches.next() {
+                _ = try store.apply(batch)
+                for delta in batch {
+                    defer { line += 1 }
+                    newest = max(newest, delta.times.eventTime)
+                    guard seen.insert(delta.messageId).inserted else { continue }
+                    held.append(
+                        Held(messageId: delta.messageId, eventName: delta.event?.name, eventTime: delta.times.eventTime, jsonBytes: lines[line].count)
+                    )
+                }
+                let start = firstTime ?? newest
+                firstTime = start
+                if nextSweep == .min { (nextSweep, nextReport) = (start + 7 * Self.day, start + 30 * Self.day) }
+                if newest >= nextSweep {
+                    swept.add(try sweep(store, under: rules, now: newest))
+                    nextSweep += 7 * Self.day
+                }
+                if newest >= nextReport {
+                    try reportDay(Int((newest - start) / Self.day), store, held: held, now: newest)
+                    nextReport += 30 * Self.day
+                }
+            }
+        }
+        swept.add(try sweep(store, under: rules, now: newest))
+        try reportDay(Int((newest - (firstTime ?? newest)) / Self.day), store, held: held, now: newest)
+        report("year.apply_events_per_s", Double(lines.count) / applyTime)
+        print("year.events_dropped: \(swept.eventsDropped)")
+        print("year.traits_dropped: \(swept.traitsDropped)")
+
+        // The same rules over only the messages they keep, applied into a fresh store.
+        let keptIds = Set(held.filter { $0.isKept(under: rules, now: newest) }.map(\.messageId))
+        let keptLines = try keptLineRanges(bytes: bytes, lines: lines, keptIds: keptIds)
+        let reference = try openScratchStore("\(scratch)/kept")
+        let keptBatches = ParsedBatches(bytes: bytes, lines: keptLines, batchSize: batchSize, receivedAt: Self.receivedAt)
+        while let batch = try keptBatches.next() { _ = try reference.apply(batch) }
+        _ = try sweep(reference, under: rules, now: newest)
+
+        try store.backup(to: "\(scratch)/year-compacted")
+        try reference.backup(to: "\(scratch)/kept-compacted")
+        let compacted = try fileBytes("\(scratch)/year-compacted/data.mdb")
+        let keptCompacted = try fileBytes("\(scratch)/kept-compacted/data.mdb")
+        let keptJSON = held.filter { keptIds.contains($0.messageId) }.reduce(0) { $0 + $1.jsonBytes }
+        print("year.file_bytes: \(store.environment.fileSize())")
+        print("year.compacted_bytes: \(compacted)")
+        print("year.kept_store_compacted_bytes: \(keptCompacted)")
+        print("year.kept_json_bytes: \(keptJSON)")
+        report("year.size_vs_kept_store", Double(compacted) / Double(keptCompacted), decimals: 2)
+        report("year.file_vs_kept_store", Double(store.environment.fileSize()) / Double(keptCompacted), decimals: 2)
+        report("year.size_vs_kept_json", Double(compacted) / Double(keptJSON), decimals: 2)
+        print("year.profiles: \(try store.statistics().profiles)")
+        print("year.identifiers: \(try store.statistics().identifiers)")
+        try reportRowSizes(store, prefix: "year", messages: keptIds.count, jsonBytes: keptJSON)
+    }
+
+    private func openScratchStore(_ path: String) throws -> LMDBProfileStore {
+        let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32))
+        var lmdb = LMDBEnvironment.Configuration()
+        lmdb.durable = durable
+        lmdb.mapSize = 4 << 30
+        return try LMDBProfileStore(path: path, configuration: configuration, lmdb: lmdb)
+    }
+
+    /// One whole retention pass at `now`, then the change log truncated (as once every member
+    /// of a cluster has read it).
+    private func sweep(_ store: LMDBProfileStore, under rules: RetentionRules, now: Int64) throws -> RetentionStep {
+        var total = RetentionStep()
+        while true {
+            let step = try store.expire(under: rules, now: now, buckets: 64)
+            total.add(step)
+            if step.passEnded { break }
+        }
+        _ = try store.truncateLog(through: .max, limit: .max)
+        return total
+    }
+
+    private func reportDay(_ day: Int, _ store: LMDBProfileStore, held: [Held], now: Int64) throws {
+        let name = String(format: "year.day_%03d", day)
+        let pages = try store.tableBytes().values.reduce(0, +)
+        let keptJSON = held.reduce(0) { $0 + ($1.isKept(under: Self.rules, now: now) ? $1.jsonBytes : 0) }
+        print("\(name).file_bytes: \(store.environment.fileSize())")
+        print("\(name).table_bytes: \(pages)")
+        print("\(name).kept_json_bytes: \(keptJSON)")
+    }
+
+    /// The lines of the messages in `keptIds` (re-deliveries included: a store counts them once).
+    private func keptLineRanges(bytes: [UInt8], lines: [Range<Int>], keptIds: Set<String>) throws -> [Range<Int>] {
+        let parser = SegmentMessageParser()
+        return try bytes.withUnsafeBufferPointer { buffer in
+            try lines.filter { range in
+                let delta = try parser.parse(try JSONParser.parse(UnsafeBufferPointer(rebasing: buffer[range])), receivedAt: Self.receivedAt)
+                return keptIds.contains(delta.messageId)
+            }
+        }
+    }
+
+    private func fileBytes(_ path: String) throws -> Int {
+        (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+    }
+}
+
+extension RetentionStep {
+    mutating func add(_ other: RetentionStep) {
+        eventsDropped += other.eventsDropped
+        traitsDropped += other.traitsDropped
+    }
+}
