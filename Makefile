@@ -19,7 +19,7 @@ DEMO_TOKEN ?= demo-token
 SIM_SEEDS ?= 5000
 CLUSTER ?= local-3
 
-.PHONY: deps build test lint format bench fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
+.PHONY: deps build test lint format bench bench-peers fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -140,6 +140,26 @@ bench: deps
 	  python3 Benchmarks/scripts/generate-workload.py --customers 5000 --events 365000 --interval-ms 86400 --churn-per-day 0.1 --out $$y.tmp && mv $$y.tmp $$y; \
 	fi; \
 	.build/release/kith-bench --year $$y --data-dir $(BENCH_DIR)/year
+
+# Kith beside PostgreSQL and nginx in one run (issue 25's shapes; Benchmarks/KithBench/PeersBench.swift).
+PEERS_APT_PACKAGES := wrk nginx-light postgresql
+PEERS_BENCH_SECONDS ?= 5
+PEERS_BENCH_ROUNDS ?= 3
+
+bench-peers: deps
+	@missing=""; for p in $(PEERS_APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = "0" ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) || echo "note: could not install$$missing" >&2; \
+	elif [ -n "$$missing" ]; then echo "note: install$$missing first" >&2; fi
+	$(SWIFT) build -c release --product kith-bench
+	$(SWIFT) build -c release --product kith
+	@mkdir -p $(BENCH_DIR)
+	@f=$(BENCH_DIR)/workload-20000-200000.jsonl; \
+	if [ ! -s $$f ]; then \
+	  python3 Benchmarks/scripts/generate-workload.py --customers 20000 --events 200000 --out $$f.tmp && mv $$f.tmp $$f; \
+	fi; \
+	.build/release/kith-bench --vs-postgres .build/release/kith --workload $$f --seconds $(PEERS_BENCH_SECONDS) --rounds $(PEERS_BENCH_ROUNDS)
 
 clean:
 	rm -rf .build .build-fuzz $(BENCH_DIR)

@@ -194,26 +194,26 @@ struct ClusterBenchmark {
         }
         return total
     }
+}
 
-    private func waitForMembers(_ nodes: [BenchNode], count: Int) throws {
-        try waitUntil(30, "\(count) members to see each other") {
-            try nodes.allSatisfy { node in
-                let body = try node.client.request("GET", "/v1/admin/members", headers: [BenchNode.token]).body
-                return String(decoding: body, as: UTF8.self).components(separatedBy: #""status":"alive""#).count == count + 1
-            }
+func waitForMembers(_ nodes: [BenchNode], count: Int) throws {
+    try waitUntil(30, "\(count) members to see each other") {
+        try nodes.allSatisfy { node in
+            let body = try node.client.request("GET", "/v1/admin/members", headers: [BenchNode.token]).body
+            return String(decoding: body, as: UTF8.self).components(separatedBy: #""status":"alive""#).count == count + 1
         }
-        // A node takes writes once it has measured its clock against the others (`/readyz`).
-        try waitUntil(30, "every node to be ready") { try nodes.allSatisfy { try $0.client.request("GET", "/readyz").status == 200 } }
     }
+    // A node takes writes once it has measured its clock against the others (`/readyz`).
+    try waitUntil(30, "every node to be ready") { try nodes.allSatisfy { try $0.client.request("GET", "/readyz").status == 200 } }
+}
 
-    private func waitUntil(_ seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(seconds)
-        while Date() < deadline {
-            if try condition() { return }
-            Thread.sleep(forTimeInterval: 0.02)
-        }
-        throw BenchmarkFailed("timed out waiting for \(what)")
+func waitUntil(_ seconds: Double, _ what: String, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return }
+        Thread.sleep(forTimeInterval: 0.02)
     }
+    throw BenchmarkFailed("timed out waiting for \(what)")
 }
 
 /// One `kith serve --gossip` process of the benchmark.
@@ -223,19 +223,32 @@ final class BenchNode {
     let name: String
     let process = Process()
     let client: HTTPClient
+    /// Its HTTP address, `127.0.0.1:port`.
+    let address: String
     let gossip: String
 
-    init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core", replicas: Int? = nil) throws {
+    convenience init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core", replicas: Int? = nil) throws {
+        try self.init(
+            kithBinary: bench.kithBinary, directory: bench.directory, environment: bench.environment, name: name, seeds: seeds, role: role,
+            replicas: replicas)
+    }
+
+    /// A node of a cluster whose members share `environment` (cluster key, forget secret), with
+    /// its data in `directory/name`.
+    init(
+        kithBinary: String, directory: String, environment: [String: String], name: String, seeds: [String], role: String = "core",
+        replicas: Int? = nil
+    ) throws {
         self.name = name
-        process.executableURL = URL(fileURLWithPath: bench.kithBinary)
+        process.executableURL = URL(fileURLWithPath: kithBinary)
         process.arguments =
             [
-                "serve", "--data-dir", bench.directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
+                "serve", "--data-dir", directory + "/" + name, "--http", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--node-name", name,
                 "--role", role, "--write-key", "bench", "--token", "bench-token",
                 // Tree comparisons every 5 s rather than 30: the idle and catch-up figures include them.
                 "--anti-entropy-interval", "5",
             ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]) + (replicas.map { ["--replicas", String($0)] } ?? [])
-        process.environment = ProcessInfo.processInfo.environment.merging(bench.environment) { $1 }
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let output = Pipe()
         process.standardOutput = output
         process.standardError = FileHandle.nullDevice
@@ -253,7 +266,8 @@ final class BenchNode {
         guard let httpRange = http.range(of: #"127\.0\.0\.1:\d+"#, options: .regularExpression),
             let gossipRange = peer.range(of: #"127\.0\.0\.1:\d+"#, options: .regularExpression)
         else { throw BenchmarkFailed("cannot read the addresses of \(name)") }
-        client = try HTTPClient(address: String(http[httpRange]))
+        address = String(http[httpRange])
+        client = try HTTPClient(address: address)
         gossip = String(peer[gossipRange])
     }
 

@@ -47,12 +47,12 @@ struct HTTPBenchmark {
         // stored the workload's own, and redeliveries would measure duplicate handling instead.
         let identifies = lines.compactMap { line -> (before: [UInt8], after: [UInt8])? in
             guard String(decoding: line, as: UTF8.self).contains(#""type":"identify""#) else { return nil }
-            return Self.splitAtMessageId(line)
+            return splitAtMessageId(line)
         }
         // wrk drives them when installed (as the reads below): on these two shared cores our own
         // blocking client threads take more CPU than the node.
-        if FileManager.default.isExecutableFile(atPath: "/usr/bin/wrk") {
-            let result = try wrk(url: "http://\(address)", script: try identifyScript(identifies))
+        if Wrk.isInstalled {
+            let result = try Wrk(seconds: seconds).run(url: "http://\(address)", script: try identifyScript(identifies))
             report("http.identify_per_s", result.rps)
             report("http.identify_p99_ms", result.p99Milliseconds, decimals: 2)
             print("http.identify_non_2xx: \(result.non2xx)")
@@ -72,19 +72,19 @@ struct HTTPBenchmark {
         // blocking client costs more CPU than the server on these two shared cores.
         let bearer = HTTPHeader("Authorization", "Bearer bench-token")
         let identifiers = try existingProfiles(address, bearer)
-        if FileManager.default.isExecutableFile(atPath: "/usr/bin/wrk") {
-            let script = try wrkScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=support" }, token: "bench-token")
-            let ours = try wrk(url: "http://\(address)", script: script)
+        if Wrk.isInstalled {
+            let script = try readScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=support" }, token: "bench-token")
+            let ours = try Wrk(seconds: seconds).run(url: "http://\(address)", script: script)
             report("http.read_rps", ours.rps)
             report("http.read_p99_ms", ours.p99Milliseconds, decimals: 2)
             print("http.read_non_2xx: \(ours.non2xx)")
             // The same reads for a purpose whose policy masks contact data (support shows all).
-            let policyScript = try wrkScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=analytics" }, token: "bench-token")
-            let policy = try wrk(url: "http://\(address)", script: policyScript)
+            let policyScript = try readScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=analytics" }, token: "bench-token")
+            let policy = try Wrk(seconds: seconds).run(url: "http://\(address)", script: policyScript)
             report("read.policy_rps", policy.rps)
             report("read.policy_p99_ms", policy.p99Milliseconds, decimals: 2)
             print("read.policy_non_2xx: \(policy.non2xx)")
-            if let nginx = try nginxBaseline() {
+            if let nginx = try nginxBaseline(Wrk(seconds: seconds)) {
                 report("http.nginx_rps", nginx.rps)
                 report("http.read_vs_nginx", ours.rps / nginx.rps, decimals: 2)
             } else {
@@ -133,7 +133,7 @@ struct HTTPBenchmark {
                 process.waitUntilExit()
                 (process, port) = try startNode(isBaseline ? baselineBinary : kithBinary, isBaseline ? baselineDirectory : dataDirectory)
             }
-            let rps = try wrk(url: "http://127.0.0.1:\(port)", script: script).rps
+            let rps = try Wrk(seconds: seconds).run(url: "http://127.0.0.1:\(port)", script: script).rps
             if isBaseline { baseline.append(rps) } else { current.append(rps) }
         }
         let median = { (values: [Double]) in values.sorted()[values.count / 2] }
@@ -152,155 +152,6 @@ struct HTTPBenchmark {
         }
         guard !identifiers.isEmpty else { throw BenchmarkFailed("no profiles to read") }
         return identifiers.map { $0.replacingOccurrences(of: "@", with: "%40") }
-    }
-
-    /// A message's bytes before and after its messageId's value.
-    static func splitAtMessageId(_ line: [UInt8]) -> (before: [UInt8], after: [UInt8])? {
-        let key = Array(#""messageId":""#.utf8)
-        guard let start = line.indices.first(where: { line[$0...].starts(with: key) }).map({ $0 + key.count }),
-            let end = line[start...].firstIndex(of: UInt8(ascii: "\""))
-        else { return nil }
-        return (Array(line[..<start]), Array(line[end...]))
-    }
-
-    /// A wrk script posting identifies built from `templates` (at most 20,000 of them), each with
-    /// a messageId no other request has: wrk thread number and a counter.
-    private func identifyScript(_ templates: [(before: [UInt8], after: [UInt8])]) throws -> String {
-        let path = "Benchmarks/.work/identify.lua"
-        let quoted = templates.prefix(20_000).compactMap { template -> String? in
-            let before = String(decoding: template.before, as: UTF8.self), after = String(decoding: template.after, as: UTF8.self)
-            guard !before.contains("]==]"), !after.contains("]==]") else { return nil }
-            return "{[==[\(before)]==],[==[\(after)]==]}"
-        }
-        let script = """
-            bodies = {\(quoted.joined(separator: ",\n"))}
-            local threads = 0
-            function setup(thread)
-              threads = threads + 1
-              thread:set("id", threads)
-            end
-            counter = 0
-            request = function()
-              counter = counter + 1
-              local body = bodies[(counter * 7919) % #bodies + 1]
-              return wrk.format("POST", "/v1/identify", {["Authorization"] = "Basic \(Data("bench:".utf8).base64EncodedString())",
-                ["Content-Type"] = "application/json"}, body[1] .. "bench-" .. id .. "-" .. counter .. body[2])
-            end
-            """
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
-    private func wrkScript(paths: [String], token: String) throws -> String {
-        let path = "Benchmarks/.work/reads.lua"
-        let list = paths.map { "\"\($0)\"" }.joined(separator: ",")
-        let script = """
-            paths = {\(list)}
-            math.randomseed(7)
-            request = function()
-              return wrk.format("GET", paths[math.random(1, #paths)], {["Authorization"] = "Bearer \(token)"})
-            end
-            """
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
-    }
-
-    struct WrkResult {
-        var rps: Double
-        var p99Milliseconds: Double
-        var non2xx: Int
-    }
-
-    /// `wrk -t2 -c16 --latency` for the benchmark's duration; the same command for nginx.
-    private func wrk(url: String, script: String?) throws -> WrkResult {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/wrk")
-        process.arguments = ["-t2", "-c16", "-d\(Int(seconds))s", "--latency"] + (script.map { ["-s", $0] } ?? []) + [url]
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        func number(after label: String) -> String? {
-            text.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix(label) }?
-                .split(separator: " ", omittingEmptySubsequences: true).dropFirst(label.split(separator: " ").count).first.map(String.init)
-        }
-        guard let rps = number(after: "Requests/sec:").flatMap(Double.init) else { throw BenchmarkFailed("wrk said: \(text)") }
-        let p99 = Self.milliseconds(number(after: "99%") ?? "0ms")
-        return WrkResult(rps: rps, p99Milliseconds: p99, non2xx: number(after: "Non-2xx or 3xx responses:").flatMap(Int.init) ?? 0)
-    }
-
-    /// wrk's latency text (`850.00us`, `2.39ms`, `1.02s`) in milliseconds.
-    static func milliseconds(_ text: String) -> Double {
-        for (suffix, scale) in [("us", 0.001), ("ms", 1.0), ("s", 1_000.0)] where text.hasSuffix(suffix) {
-            return (Double(text.dropLast(suffix.count)) ?? 0) * scale
-        }
-        return 0
-    }
-
-    /// nginx serving a fixed 300-byte body on loopback, measured by the same wrk command: the
-    /// ceiling of this machine for a trivial HTTP server.
-    private func nginxBaseline() throws -> WrkResult? {
-        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else { return nil }
-        let directory = FileManager.default.currentDirectoryPath + "/Benchmarks/.work/nginx"
-        try FileManager.default.createDirectory(atPath: directory + "/logs", withIntermediateDirectories: true)
-        try String(repeating: "x", count: 300).write(toFile: directory + "/body.txt", atomically: true, encoding: .utf8)
-        let port = try freePort()
-        let config = """
-            worker_processes 2;
-            pid \(directory)/nginx.pid;
-            error_log \(directory)/logs/error.log;
-            events { worker_connections 1024; }
-            http {
-              access_log off;
-              server { listen 127.0.0.1:\(port); location / { root \(directory); try_files /body.txt =404; } }
-            }
-            """
-        try config.write(toFile: directory + "/nginx.conf", atomically: true, encoding: .utf8)
-        // In the foreground, as our own child: a daemonised nginx would outlive the benchmark.
-        let nginx = Process()
-        nginx.executableURL = URL(fileURLWithPath: "/usr/sbin/nginx")
-        nginx.arguments = ["-c", directory + "/nginx.conf", "-p", directory, "-g", "daemon off;"]
-        nginx.standardOutput = FileHandle.nullDevice
-        nginx.standardError = FileHandle.nullDevice
-        try nginx.run()
-        defer {
-            nginx.terminate()
-            nginx.waitUntilExit()
-        }
-        usleep(300_000)
-        return try wrk(url: "http://127.0.0.1:\(port)/", script: nil)
-    }
-
-    private func freePort() throws -> UInt16 {
-        let probe = HTTPServer(configuration: HTTPServer.Configuration()) { _, responder in responder.respond(HTTPResponse(status: 200)) }
-        let port = try probe.start()
-        probe.stop()
-        return port
-    }
-
-    private func startNode(_ binary: String, _ dataDirectory: String) throws -> (Process, UInt16) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = [
-            "serve", "--data-dir", dataDirectory, "--http", "127.0.0.1:0", "--write-key", "bench", "--token", "bench-token",
-        ]
-        let output = Pipe()
-        process.standardOutput = output
-        // The node's log, kept for looking into refused requests after a run.
-        _ = FileManager.default.createFile(atPath: dataDirectory + ".log", contents: nil)
-        process.standardError = FileHandle(forWritingAtPath: dataDirectory + ".log") ?? FileHandle.nullDevice
-        try process.run()
-        var line = ""
-        while !line.hasSuffix("\n") {
-            let byte = output.fileHandleForReading.readData(ofLength: 1)
-            guard !byte.isEmpty else { throw BenchmarkFailed("kith serve did not start") }
-            line += String(decoding: byte, as: UTF8.self)
-        }
-        guard let range = line.range(of: #"127\.0\.0\.1:(\d+)"#, options: .regularExpression),
-            let port = UInt16(line[range].split(separator: ":")[1])
-        else { throw BenchmarkFailed("cannot read the port from: \(line)") }
-        return (process, port)
     }
 
     struct Result {

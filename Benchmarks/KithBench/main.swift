@@ -48,6 +48,10 @@ struct Options {
     /// `--year <workload>`: measure storage over a simulated year instead (`YearBenchmark`),
     /// with `--data-dir` as its scratch directory.
     var yearWorkload: String?
+    /// `--vs-postgres <kith binary>`: measure that binary beside PostgreSQL and nginx instead
+    /// (`PeersBenchmark`), `--rounds` times alternated, `--seconds` a shape.
+    var postgresComparisonBinary: String?
+    var rounds = 3
 
     init(arguments: [String]) {
         var iterator = arguments.dropFirst().makeIterator()
@@ -72,10 +76,16 @@ struct Options {
             case "--parse-thread": parseThread = value != "false"
             case "--catch-up": catchUpScratch = value
             case "--year": yearWorkload = value
+            case "--vs-postgres": postgresComparisonBinary = value
+            case "--rounds": rounds = Int(value) ?? 0
             default: Self.fail("unknown option \(argument)")
             }
         }
         if clusterBinary != nil { return }
+        if postgresComparisonBinary != nil {
+            if workload.isEmpty || rounds <= 0 || seconds < 1 { Self.fail("--vs-postgres needs --workload, --rounds ≥ 1 and --seconds ≥ 1") }
+            return
+        }
         if yearWorkload != nil {
             if batchSize <= 0 { Self.fail("--batch takes a positive number") }
             return
@@ -91,7 +101,7 @@ struct Options {
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
             Self.fail(
-                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
+                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
             )
         }
     }
@@ -182,6 +192,13 @@ if options.readsOnly {
     exit(0)
 }
 guard let file = FileManager.default.contents(atPath: options.workload) else { Options.fail("cannot read \(options.workload)") }
+if let kithBinary = options.postgresComparisonBinary {
+    let lines = [UInt8](file).split(separator: UInt8(ascii: "\n")).map(Array.init)
+    do { try PeersBenchmark(kithBinary: kithBinary, lines: lines, seconds: options.seconds, rounds: options.rounds).run() } catch {
+        Options.fail("\(error)")
+    }
+    exit(0)
+}
 if let kithBinary = options.kithBinary {
     let lines = [UInt8](file).split(separator: UInt8(ascii: "\n")).map(Array.init)
     do {
