@@ -220,7 +220,7 @@ public final class ClusterNode {
 
     /// Sends the changes this node accepted since the last push to every reachable peer.
     public func pushOwnChanges() throws {
-        let entries = try store.changes(after: pushedThrough, limit: settings.scanLimit)
+        let entries = try durableChanges(after: pushedThrough)
         guard let last = entries.last else { return }
         let own = entries.filter { $0.origin == id }
         pushedThrough = last.sequence
@@ -394,10 +394,19 @@ public final class ClusterNode {
 
     // MARK: Helpers
 
+    /// Entries of this node's log after `sequence` that are on disk for good, up to the scan
+    /// limit: a peer that read an entry a crash could still undo would skip the different
+    /// change that takes its sequence number after the restart.
+    func durableChanges(after sequence: UInt64) throws -> [ChangeEntry] {
+        let durable = try store.durableLogSequence()
+        guard durable > sequence else { return [] }
+        return try store.changes(after: sequence, limit: settings.scanLimit).filter { $0.sequence <= durable }
+    }
+
     /// The changes after `cursor` in this node's log that a peer holding `versions` lacks, up to
     /// about `budget` bytes.
     private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws -> PeerMessage {
-        let scanned = try store.changes(after: cursor, limit: settings.scanLimit)
+        let scanned = try durableChanges(after: cursor)
         var entries: [ChangeEntry] = []
         var bytes = 0
         var through = cursor
@@ -414,8 +423,12 @@ public final class ClusterNode {
         let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
         // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
         // or a withdrawal holds, before the rest arrives.
+        let durable = try store.durableLogSequence()
         let ahead =
-            more ? try store.entriesAhead(after: through, limit: 64).filter { !versions.covers(origin: $0.origin, sequence: $0.originSequence) } : []
+            more
+            ? try store.entriesAhead(after: through, limit: 64).filter {
+                $0.sequence <= durable && !versions.covers(origin: $0.origin, sequence: $0.originSequence)
+            } : []
         return .changes(from: cursor, through: through, entries: entries, more: more, ahead: ahead, request: request)
     }
 

@@ -36,10 +36,11 @@ struct ProfileStoreCommits: GroupCommitStore {
 /// With `defersSync` (a store opened with `allowsDeferredSync`), a commit syncs its data pages
 /// but not its metadata page, and the writer goes on to the next group at once. A sync thread
 /// makes the committed groups durable with one sync for all that are waiting, then answers them:
-/// the writer no longer waits for the second of LMDB's two syncs per commit. Only for a node
-/// without peers: a committed change is readable before it is durable, and a peer must never copy
-/// a change its origin could lose in an OS crash (its sequence number would be reused for
-/// another change after the restart).
+/// the writer no longer waits for the second of LMDB's two syncs per commit. A committed change
+/// is readable before it is durable, and a peer must never copy a change its origin could lose
+/// in an OS crash (its sequence number would be reused for another change after the restart):
+/// replication reads only the log the store says is durable (`durableLogSequence`), and pushes
+/// once a group is answered, after its sync.
 final class GroupCommitter: APIWriter, @unchecked Sendable {
     typealias Completion = @Sendable (Result<Committed, Error>) -> Void
 

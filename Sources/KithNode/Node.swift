@@ -59,8 +59,11 @@ public final class Node: Sendable {
         let storeConfiguration = StoreConfiguration(
             node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(rules: rules, historyLimit: configuration.historyLimit),
             replicates: !standalone)
+        // Commits of messages defer LMDB's second sync (docs/storage.md, "Durability"): on a
+        // node with peers too, since replication reads only entries already on disk
+        // (`ReplicaStore.durableLogSequence`).
         var lmdb = LMDBEnvironment.Configuration()
-        lmdb.allowsDeferredSync = standalone
+        lmdb.allowsDeferredSync = true
         let store = try LMDBProfileStore(
             path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         self.store = store
@@ -77,7 +80,7 @@ public final class Node: Sendable {
         // checks this in debug builds). Its commits prompt replication to push.
         let pushes = CommitListener()
         let committer = GroupCommitter(
-            store: ProfileStoreCommits(store: store), origin: origin, defersSync: standalone, claim: { store.claimWriter() }
+            store: ProfileStoreCommits(store: store), origin: origin, defersSync: true, claim: { store.claimWriter() }
         ) { pushes.committed() }
         self.committer = committer
         if !standalone {

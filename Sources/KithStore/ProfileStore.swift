@@ -107,6 +107,12 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// How much of this node's change log is held: what truncation dropped, and the newest entry.
     func logExtent() throws -> LogExtent
 
+    /// The newest entry of this node's log that is on disk for good. Entries after it were
+    /// committed with their sync deferred (`applyDeferringSync`) and an operating-system crash
+    /// could still undo them, after which their sequence numbers would go to other changes: no
+    /// peer may read them yet (docs/storage.md, "Durability").
+    func durableLogSequence() throws -> UInt64
+
     /// Drops the change log's records through local sequence `sequence`, at most `limit` of them
     /// (and the copies of their entries that travel ahead of a backlog), in one transaction.
     /// Returns how many records went: call again while that is `limit`.
@@ -269,6 +275,11 @@ extension EngineBackedStore {
         try read { reader in try engine.logExtent(in: reader) }
     }
 
+    /// A store that holds nothing on disk, or syncs every commit: its whole log.
+    public func durableLogSequence() throws -> UInt64 {
+        try read { reader in try engine.lastSequence(in: reader) }
+    }
+
     public func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
         precondition(limit > 0, "a truncation must be allowed to drop at least one record (limit \(limit))")
         return try write { txn in try engine.truncateLog(through: sequence, limit: limit, in: txn) }
@@ -325,15 +336,27 @@ public final class MemoryProfileStore: EngineBackedStore {
         try storage.withLock { tables in try body(MemoryReading(storage: tables)) }
     }
 
-    /// Memory holds nothing durable: there is nothing to sync.
-    public func synchronize() {}
+    /// While commits with a deferred sync wait for `synchronize`: the last log entry before
+    /// them. Memory holds nothing durable; this plays a durable store's sync, so that what
+    /// replicates only durable entries can be tested on it.
+    private let durableWhileDeferred = Mutex<UInt64?>(nil)
+
+    public func synchronize() { durableWhileDeferred.withLock { $0 = nil } }
+
+    public func durableLogSequence() throws -> UInt64 {
+        if let durable = durableWhileDeferred.withLock({ $0 }) { return durable }
+        return try read { reader in try engine.lastSequence(in: reader) }
+    }
 
     package func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         writerClaim.check()
         return try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)
+            let before = deferringSync ? try engine.lastSequence(in: writer) : 0
             do {
-                return try body(writer)
+                let result = try body(writer)
+                durableWhileDeferred.withLock { durable in durable = deferringSync ? durable ?? before : nil }
+                return result
             } catch {
                 writer.rollBack()
                 throw error

@@ -164,6 +164,11 @@ package struct StoreEngine: Sendable {
         return vector
     }
 
+    /// The local sequence of the newest change-log entry (0: none yet).
+    package func lastSequence(in reader: some StoreReading) throws -> UInt64 {
+        try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
+    }
+
     package func logExtent(in reader: some StoreReading) throws -> LogExtent {
         var oldest: UInt64?
         try reader.scan(.changes, from: []) { key, _ in

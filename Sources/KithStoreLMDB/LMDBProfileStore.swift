@@ -14,6 +14,9 @@ public final class LMDBProfileStore: EngineBackedStore {
     public let environment: LMDBEnvironment
     private let tables: LMDBTables
     let sealing: Sealing
+    /// The log sequence of the newest commit, and of the newest one known to be on disk (they
+    /// differ while commits whose sync was deferred wait for `synchronize`).
+    private let logSequences = Mutex<(committed: UInt64, durable: UInt64)>((0, 0))
 
     public init(path: String, configuration: StoreConfiguration, keyFile: String? = nil, lmdb: LMDBEnvironment.Configuration = .init()) throws {
         engine = StoreEngine(configuration: configuration)
@@ -25,12 +28,23 @@ public final class LMDBProfileStore: EngineBackedStore {
         if try read({ try engine.replicationStateNeedsWork(in: $0) }) {
             try write { txn in try engine.reconcileReplicationState(in: txn) }
         }
+        // A process that stopped after a deferred commit left it in the page cache, not on
+        // disk: one sync makes everything this store holds durable before peers may read it.
+        if environment.defersMetaSync { try environment.sync() }
+        let last = try read { try engine.lastSequence(in: $0) }
+        logSequences.withLock { $0 = (last, last) }
     }
 
     /// The key file in use.
     public var keyFile: String { sealing.keys.path }
 
-    public func synchronize() throws { try environment.sync() }
+    public func synchronize() throws {
+        let committed = logSequences.withLock { $0.committed }
+        try environment.sync()
+        logSequences.withLock { $0.durable = max($0.durable, committed) }
+    }
+
+    public func durableLogSequence() -> UInt64 { logSequences.withLock { $0.durable } }
 
     /// The key `identifier`'s rows are sealed with now, if it has any (for tests).
     func dataKeyID(of identifier: Identifier) throws -> DataKeyID? {
@@ -82,6 +96,7 @@ public final class LMDBProfileStore: EngineBackedStore {
     package func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         writerClaim.check()
         var sessions: [SealingSession] = []
+        var lastSequence: UInt64 = 0
         let result: T
         do {
             result = try environment.write(deferringSync: deferringSync) { txn in
@@ -90,11 +105,19 @@ public final class LMDBProfileStore: EngineBackedStore {
                 let writer = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
                 let value = try body(writer)
                 try writer.finish()
+                lastSequence = try engine.lastSequence(in: writer)
                 return value
             }
         } catch {
             sealing.keys.release(sessions.flatMap(\.issued))
             throw error
+        }
+        // A commit that synced (every commit, unless deferred in a store that allows it) makes
+        // every commit before it durable too.
+        let synced = !(deferringSync && environment.defersMetaSync)
+        logSequences.withLock { sequences in
+            sequences.committed = max(sequences.committed, lastSequence)
+            if synced { sequences.durable = sequences.committed }
         }
         // Only the last run committed: keys issued to the others were never used.
         sealing.keys.release(sessions.dropLast().flatMap(\.issued))

@@ -163,6 +163,7 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
     func cursor(of peer: UInt64) throws -> UInt64 { try store.cursor(of: peer) }
     func contentDigest() throws -> [UInt8] { try store.contentDigest() }
     func logExtent() throws -> LogExtent { try store.logExtent() }
+    func durableLogSequence() throws -> UInt64 { try store.durableLogSequence() }
     func erased(among forgetKeys: [[UInt8]]) throws -> Set<[UInt8]> { try store.erased(among: forgetKeys) }
     func resumeLog(from peer: UInt64, at position: UInt64) throws { try store.resumeLog(from: peer, at: position) }
     func digest(of node: [UInt8]) throws -> Digest128 { try store.digest(of: node) }
