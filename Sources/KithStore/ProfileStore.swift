@@ -336,26 +336,42 @@ public final class MemoryProfileStore: EngineBackedStore {
         try storage.withLock { tables in try body(MemoryReading(storage: tables)) }
     }
 
-    /// While commits with a deferred sync wait for `synchronize`: the last log entry before
-    /// them. Memory holds nothing durable; this plays a durable store's sync, so that what
-    /// replicates only durable entries can be tested on it.
-    private let durableWhileDeferred = Mutex<UInt64?>(nil)
+    /// What a disk would hold while commits with a deferred sync wait for `synchronize`: the
+    /// tables as they were before the first of them, and the last log entry then. Memory holds
+    /// nothing durable; this plays a durable store's sync and an operating-system crash
+    /// (`loseUnsyncedCommits`), so that the simulation judges what replicates only durable entries.
+    private let lastSynced = Mutex<(tables: [MemoryTables.SortedTable], bytes: Int, sequence: UInt64)?>(nil)
 
-    public func synchronize() { durableWhileDeferred.withLock { $0 = nil } }
+    public func synchronize() { lastSynced.withLock { $0 = nil } }
 
     public func durableLogSequence() throws -> UInt64 {
-        if let durable = durableWhileDeferred.withLock({ $0 }) { return durable }
+        if let durable = lastSynced.withLock({ $0?.sequence }) { return durable }
         return try read { reader in try engine.lastSequence(in: reader) }
+    }
+
+    /// An operating-system crash: the commits whose sync was deferred and has not happened are
+    /// gone, as LMDB's would be with their metadata page unsynced.
+    public func loseUnsyncedCommits() {
+        guard
+            let synced = lastSynced.withLock({ state in
+                defer { state = nil }; return state
+            })
+        else { return }
+        storage.withLock { tables in
+            tables.tables = synced.tables
+            tables.bytes = synced.bytes
+        }
     }
 
     package func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         writerClaim.check()
         return try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)
-            let before = deferringSync ? try engine.lastSequence(in: writer) : 0
+            let before = deferringSync ? (tables.tables, tables.bytes, try engine.lastSequence(in: writer)) : nil
             do {
                 let result = try body(writer)
-                durableWhileDeferred.withLock { durable in durable = deferringSync ? durable ?? before : nil }
+                // A synced commit makes every commit before it durable too.
+                lastSynced.withLock { synced in synced = before.map { synced ?? $0 } }
                 return result
             } catch {
                 writer.rollBack()

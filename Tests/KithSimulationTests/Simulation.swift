@@ -38,6 +38,11 @@ final class Simulation {
         /// The node's writes queued for its one writer, in order, each with when it commits.
         /// A crash loses those not yet committed (their senders were never answered).
         var writes: [(at: Int64, write: () throws -> ReplicatedWrite, then: (ReplicatedWrite) throws -> Void)] = []
+        /// Client messages committed with their sync deferred, waiting for the sync at `syncAt`
+        /// to be answered; then, answered, until a scenario takes them (`takeSyncedMessages`).
+        var unsynced: [(delta: ProfileDelta, at: Int64)] = []
+        var syncAt: Int64?
+        var synced: [(delta: ProfileDelta, at: Int64)] = []
 
         init(index: Int, member: Member, store: MemoryProfileStore, skew: Int64, drift: Int64) {
             self.index = index
@@ -58,6 +63,10 @@ final class Simulation {
     }
 
     let seed: UInt64
+    /// Whether client messages may be committed as a node's group commit does, with LMDB's second
+    /// sync deferred to a sync thread (`commitDeferringSync`), and whether a crash may be an
+    /// operating-system crash that loses what was not synced yet.
+    var defersSyncs = false
     var random: SplitMix64
     var now: Int64 = 0
     var machines: [Machine] = []
@@ -143,6 +152,31 @@ final class Simulation {
             self.transmit(from: index, to: Int(address.dropFirst())! - 1, message)
         }
         machine.nextTick = now
+        // Opening a store syncs what a stopped process left unsynced (LMDBProfileStore.init).
+        machine.store.synchronize()
+    }
+
+    /// Commits a client's message as group commit does: its sync deferred, the sync thread
+    /// making it durable 1–10 ms later, and only then is it answered (`takeSyncedMessages`).
+    func commitDeferringSync(_ delta: ProfileDelta, at machine: Machine) throws {
+        try machine.store.applyDeferringSync([delta])
+        machine.unsynced.append((delta, now))
+        if machine.syncAt == nil { machine.syncAt = now + 1 + Int64(random.below(10)) }
+    }
+
+    /// The client messages answered since the last call, with when they were committed and where.
+    func takeSyncedMessages() -> [(delta: ProfileDelta, at: Int64, machine: Int)] {
+        defer { for machine in machines { machine.synced = [] } }
+        return machines.flatMap { machine in machine.synced.map { ($0.delta, $0.at, machine.index) } }
+    }
+
+    private func synchronize(_ machine: Machine) throws {
+        machine.store.synchronize()
+        machine.synced += machine.unsynced
+        machine.unsynced = []
+        machine.syncAt = nil
+        // As a node does once a group is answered.
+        try machine.node?.pushOwnChanges()
     }
 
     /// Stops `machine` and starts it again over the same data under `rules`, bringing its
@@ -156,7 +190,14 @@ final class Simulation {
         try start(machine)
     }
 
-    func crash(_ machine: Machine) {
+    /// The process stops: queued writes are lost to their senders. Messages committed but not
+    /// answered stay (in the page cache; the restart syncs them), and their clients' retries are
+    /// answered as duplicates: they count as acknowledged. `losingUnsynced`: the operating system
+    /// stops too, and commits not synced yet are gone, unanswered (their clients give up).
+    func crash(_ machine: Machine, losingUnsynced: Bool = false) {
+        if losingUnsynced { machine.store.loseUnsyncedCommits() } else { machine.synced += machine.unsynced }
+        machine.unsynced = []
+        machine.syncAt = nil
         machine.node = nil
         machine.writes = []
         machine.outcomes = [:]
@@ -217,8 +258,12 @@ final class Simulation {
             queue.sort { ($0.at, $0.order) < ($1.at, $1.order) }
             let nextDelivery = queue.first?.at ?? end
             let nextWrite = machines.compactMap { $0.node == nil ? nil : $0.writes.first?.at }.min() ?? end
-            now = max(now, min(nextTick, nextDelivery, nextWrite, end))
-            if let machine = machines.first(where: { $0.node != nil && ($0.writes.first?.at ?? .max) <= now }) {
+            let nextSync = machines.compactMap { $0.node == nil ? nil : $0.syncAt }.min() ?? end
+            now = max(now, min(nextTick, nextDelivery, nextWrite, nextSync, end))
+            if let machine = machines.first(where: { $0.node != nil && ($0.syncAt ?? .max) <= now }) {
+                try synchronize(machine)
+                settleWaits()
+            } else if let machine = machines.first(where: { $0.node != nil && ($0.writes.first?.at ?? .max) <= now }) {
                 let (_, write, then) = machine.writes.removeFirst()
                 try then(try write())
                 settleWaits()
@@ -260,7 +305,11 @@ final class Simulation {
         case 3: clogged[[random.below(count), random.below(count)]] = now + 3_000
         default:
             let machine = machines[random.below(count)]
-            if machine.node == nil { try? start(machine) } else { crash(machine) }
+            if machine.node == nil {
+                try? start(machine)
+            } else {
+                crash(machine, losingUnsynced: defersSyncs && random.chance(50))
+            }
         }
     }
 
