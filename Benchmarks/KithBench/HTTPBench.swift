@@ -146,7 +146,7 @@ struct HTTPBenchmark {
     /// Up to 20,000 canonical identifiers of stored profiles, from the admin export.
     private func existingProfiles(_ address: String, _ bearer: HTTPHeader) throws -> [String] {
         let client = try HTTPClient(address: address)
-        let response = try client.request("GET", "/v1/admin/export?limit=10000", headers: [bearer])
+        let response = try client.request("GET", "/v1/admin/export?limit=10000&purpose=support", headers: [bearer])
         let identifiers = response.body.split(separator: UInt8(ascii: "\n")).compactMap { line -> String? in
             (try? JSONParser.parse(Array(line)))?["id"]?.stringValue
         }

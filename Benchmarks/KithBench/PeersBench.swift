@@ -131,7 +131,7 @@ struct PeersBenchmark {
 
     /// Up to 10,000 canonical identifiers of stored profiles, from the admin export.
     private func existingProfiles(_ address: String) throws -> [String] {
-        let response = try HTTPClient(address: address).request("GET", "/v1/admin/export?limit=10000", headers: [BenchNode.token])
+        let response = try HTTPClient(address: address).request("GET", "/v1/admin/export?limit=10000&purpose=support", headers: [BenchNode.token])
         let identifiers = response.body.split(separator: UInt8(ascii: "\n")).compactMap { line -> String? in
             (try? JSONParser.parse(Array(line)))?["id"]?.stringValue
         }

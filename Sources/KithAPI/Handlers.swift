@@ -272,34 +272,6 @@ extension NodeAPI {
         }
     }
 
-    /// `?after=<canonical>&limit=1..10000`: one page of profiles as NDJSON; `Kith-Next` names
-    /// where the next page starts (absent on the last page).
-    func adminExport(_ request: HTTPRequest, respond: @Sendable (HTTPResponse) -> Void) {
-        let query = request.queryItems
-        let limit = query["limit"].flatMap(Int.init) ?? 1_000
-        guard (1...10_000).contains(limit) else { return respond(.error(400, code: "invalid_query", message: "limit must be 1 to 10000")) }
-        var after: Identifier?
-        if let text = query["after"] {
-            switch identifier(Substring(text)) {
-            case .success(let identifier): after = identifier
-            case .failure(let refusal): return respond(refusal.response)
-            }
-        }
-        do {
-            let views = try store.profiles(after: after, limit: limit)
-            var body: [UInt8] = []
-            for view in views {
-                body += view.jsonBytes
-                body.append(UInt8(ascii: "\n"))
-            }
-            var response = HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "application/x-ndjson")], body: body)
-            if views.count == limit, let last = views.last { response.headers.append(HTTPHeader("Kith-Next", last.canonical.description)) }
-            respond(response)
-        } catch {
-            respond(.error(500, code: "storage_error", message: "the profiles could not be read"))
-        }
-    }
-
     /// The principal of the request's bearer token, if it is one of ours.
     func principal(_ request: HTTPRequest) -> Principal? {
         guard let authorization = request.header("authorization") else { return nil }

@@ -45,12 +45,16 @@ public final class NodeAPI: Sendable {
         public var identityRules: IdentityRules
         /// The oldest, in ms before receipt, a message may be dated (`maxEventAge`; nil: any).
         public var maxEventAge: Int64?
+        /// Seals the cursors of walks over every profile (export).
+        public var exportCursor: ExportCursor
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
-            principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher, clockNode: UInt64,
-            identifierSources: IdentifierSources = .builtIn, identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil
+            principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher,
+            exportCursor: ExportCursor, clockNode: UInt64, identifierSources: IdentifierSources = .builtIn,
+            identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil
         ) {
+            self.exportCursor = exportCursor
             self.maxEventAge = maxEventAge
             self.identifierSources = identifierSources
             self.identityRules = identityRules
@@ -70,6 +74,7 @@ public final class NodeAPI: Sendable {
     let settings: Settings
     let writeKeys: [[UInt8]]
     var policy: Policy { settings.policy }
+    var exportCursor: ExportCursor { settings.exportCursor }
     var origin: UInt64 { settings.origin }
     let store: any NodeStore
     let writer: any APIWriter

@@ -232,7 +232,7 @@ extension NodeAPI {
         try recordRead(principal, "", resource, members, outcome)
     }
 
-    private func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) throws {
+    func recordRead(_ principal: Principal, _ purpose: String, _ resource: String, _ members: [Identifier], _ outcome: ReadOutcome) throws {
         try audit.record(
             AuditRecord(
                 time: host.wallMillis(), principal: principal.name, purpose: purpose, node: settings.nodeName, resource: resource,

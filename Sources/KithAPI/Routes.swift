@@ -72,7 +72,10 @@ extension NodeAPI {
                     NodeRoute(access: .roles([.admin])) { node, call in node.adminBackup(call.request, respond: call.respond) }),
                 .init(
                     "GET", "/v1/admin/export",
-                    NodeRoute(access: .roles([.admin])) { node, call in node.adminExport(call.request, respond: call.respond) }),
+                    NodeRoute(access: .roles([.admin])) { node, call in node.adminExport(call) }),
+                .init(
+                    "GET", "/v1/admin/consent-names",
+                    NodeRoute(access: .roles([.admin, .privacy])) { node, call in node.adminConsentNames(call) }),
                 // The member list (no personal data) also serves the privacy role's cluster-wide audit.
                 .init("GET", "/v1/admin/members", NodeRoute(access: .roles([.admin, .privacy])) { node, call in node.clusterRoute(call) }),
                 .init("POST", "/v1/admin/join", NodeRoute(access: .roles([.admin])) { node, call in node.clusterRoute(call) }),

@@ -109,7 +109,8 @@ public final class Node: Sendable {
             nodeName: configuration.nodeName, dataDirectory: configuration.dataDirectory, origin: origin,
             ingestQueueLimit: configuration.ingestQueueLimit, logRequests: configuration.logRequests, writeKeys: configuration.writeKeys,
             principals: try configuration.tokens.map { token in try Self.principal(token, policy) }, policy: policy,
-            subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: Self.nodeIdentifier(configuration.nodeName),
+            subjectHasher: HMACForgetKeyHasher(secret: secret), exportCursor: ExportCursor(secret: secret),
+            clockNode: Self.nodeIdentifier(configuration.nodeName),
             identifierSources: try configuration.identity.identifierSources(), identityRules: rules,
             maxEventAge: try configuration.maxEventAgeMillis())
         api = NodeAPI(

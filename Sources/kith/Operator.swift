@@ -190,19 +190,20 @@ func postField(_ options: ClientOptions, _ path: String, _ field: String, _ valu
 func export(_ arguments: [String]) -> Never {
     let options = ClientOptions(
         arguments,
-        help: "OVERVIEW: Write every profile as NDJSON to standard output.\n\nUSAGE: kith export [options]\n\nOPTIONS:\n" + ClientOptions.help)
+        help: "OVERVIEW: Write every profile as NDJSON to standard output, each as a read for the purpose shows it\n"
+            + "(withheld and masked fields as in a profile read; every profile written to the read audit).\n\n"
+            + "USAGE: kith export --purpose <purpose> [options]\n\nOPTIONS:\n"
+            + "      --purpose <purpose>     The purpose the export reads for (required).\n" + ClientOptions.help,
+        values: ["--purpose"])
+    guard let purpose = options.values["--purpose"] else { fail("kith export needs --purpose <purpose>", .usage) }
     let client = options.client()
-    var after: String?
+    var cursor: String?
     repeat {
-        let query =
-            "limit=1000"
-            + (after.map {
-                "&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+"))) ?? "")
-            } ?? "")
+        let query = "limit=1000&purpose=" + queryEncoded(purpose) + (cursor.map { "&cursor=" + $0 } ?? "")
         let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization)
         FileHandle.standardOutput.write(Data(response.body))
-        after = response.header("kith-next")
-    } while after != nil
+        cursor = response.header("kith-next")
+    } while cursor != nil
     exit(Exit.ok.rawValue)
 }
 

@@ -187,22 +187,22 @@ func policy(_ arguments: [String]) -> Never {
 }
 
 /// The consent names held by the node's profiles that `vocabulary` does not map, with how many
-/// profiles hold each, by name. Pages through the node's export.
+/// profiles hold each, by name. Pages through the node's counts of consent names (no personal data).
 func unmappedConsentNames(_ vocabulary: ConsentVocabulary, _ options: ClientOptions) -> [(name: String, profiles: Int)] {
     let client = options.client()
     var counts: [String: Int] = [:]
-    var after: String?
+    var cursor: String?
     repeat {
-        let query = "limit=1000" + (after.map { "&after=" + ($0.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "") } ?? "")
-        let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization)
-        for line in response.body.split(separator: UInt8(ascii: "\n")) {
-            // A line that is not a profile has no consent to check (the node writes only profiles).
-            guard case .object(let consent)? = (try? JSONParser.parse(Array(line)))?["consent"] else { continue }
-            for member in consent.members where !member.key.hasPrefix("kith:") && vocabulary.category(of: member.key) == nil {
-                counts[member.key, default: 0] += 1
-            }
+        let response = call(
+            client, "GET", "/v1/admin/consent-names?limit=1000" + (cursor.map { "&cursor=" + $0 } ?? ""), headers: options.authorization)
+        guard case .object(let names)? = (try? JSONParser.parse(response.body))?["names"] else {
+            fail("the node answered without consent names", .failure)
         }
-        after = response.header("kith-next")
-    } while after != nil
+        for member in names.members where vocabulary.category(of: member.key) == nil {
+            guard case .number(let count) = member.value, let profiles = Int(count.literal) else { continue }  // the node writes integers
+            counts[member.key, default: 0] += profiles
+        }
+        cursor = response.header("kith-next")
+    } while cursor != nil
     return counts.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
 }

@@ -249,7 +249,8 @@ final class TestAPI {
             }
         let settings = NodeAPI.Settings(
             nodeName: "api-test", dataDirectory: "/nowhere", origin: Self.origin, ingestQueueLimit: ingestQueueLimit, logRequests: false,
-            writeKeys: [Self.writeKey], principals: principals, policy: policy, subjectHasher: HMACForgetKeyHasher(secret: secret), clockNode: 1,
+            writeKeys: [Self.writeKey], principals: principals, policy: policy, subjectHasher: HMACForgetKeyHasher(secret: secret),
+            exportCursor: ExportCursor(secret: secret), clockNode: 1,
             identifierSources: identifierSources, maxEventAge: maxEventAge)
         api = NodeAPI(settings: settings, store: store, writer: writer, replication: replication, audit: audit, host: host, log: Log(minimum: .off))
     }

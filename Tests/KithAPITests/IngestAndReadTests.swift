@@ -126,15 +126,73 @@ struct IngestAndReadTests {
         let test = try TestAPI()
         for index in 0..<5 { #expect(test.ingest("/v1/identify", #"{"userId":"u-\#(index)","messageId":"x\#(index)"}"#)?.status == 200) }
         var ids: [String] = []
-        var after: String?
+        var cursor: String?
         repeat {
-            let page = try #require(test.call("GET", "/v1/admin/export?limit=2" + (after.map { "&after=\($0)" } ?? ""), role: .admin))
+            let page = try #require(
+                test.call("GET", "/v1/admin/export?purpose=support&limit=2" + (cursor.map { "&cursor=\($0)" } ?? ""), role: .admin))
             #expect(page.status == 200 && page.header("Content-Type") == "application/x-ndjson")
             ids += page.text.split(separator: "\n").compactMap { try? JSONParser.parse(Array($0.utf8))["id"]?.stringValue }  // nil: fails below
-            after = page.header("Kith-Next")
-        } while after != nil && ids.count < 10
+            cursor = page.header("Kith-Next")
+            // The cursor names no customer.
+            #expect(cursor.map { !$0.contains("u-") && !$0.contains("user_id") } ?? true)
+        } while cursor != nil && ids.count < 10
         #expect(ids == (0..<5).map { "user_id:u-\($0)" })
-        #expect(test.call("GET", "/v1/admin/export?after=nonsense", role: .admin)?.errorCode == "invalid_identifier")
+        #expect(test.call("GET", "/v1/admin/export?purpose=support&cursor=user_id:u-1", role: .admin)?.errorCode == "invalid_cursor")
+        #expect(test.call("GET", "/v1/admin/export?purpose=support&limit=0", role: .admin)?.errorCode == "invalid_query")
+    }
+
+    /// A bulk export shows each profile as a read for its purpose does, writes each to the read
+    /// audit, and is refused without a purpose.
+    @Test func exportGoesThroughThePrivacyModel() throws {
+        let test = try TestAPI()
+        let identify = #"{"userId":"u-1","traits":{"email":"ana@example.com","name":"Ana","plan":"plus"},"messageId":"p1"}"#
+        #expect(test.ingest("/v1/identify", identify)?.status == 200)
+        #expect(test.ingest("/v1/identify", #"{"userId":"u-2","traits":{"name":"Ben"},"messageId":"p2"}"#)?.status == 200)
+        #expect(test.call("POST", "/v1/profiles/user_id:u-2/restrict", role: .privacy)?.status == 200)
+
+        #expect(test.call("GET", "/v1/admin/export", role: .admin)?.errorCode == "purpose_required")
+        #expect(test.call("GET", "/v1/admin/export?purpose=nonsense", role: .admin)?.errorCode == "unknown_purpose")
+        #expect(test.call("GET", "/v1/admin/export?purpose=support", role: .reader)?.status == 403)
+        for purpose in ["support", "analytics", "personalization"] {
+            let before = test.audit.records.count
+            let export = try #require(test.call("GET", "/v1/admin/export?purpose=\(purpose)", role: .admin))
+            #expect(export.status == 200, "\(export.text)")
+            let lines = export.text.split(separator: "\n").map(String.init)
+            let exported = test.audit.records.dropFirst(before)
+            #expect(exported.count == 2 && exported.allSatisfy { $0.purpose == purpose && $0.resource == "export" }, "\(exported)")
+            // Each line is what a read of that profile for the purpose returns.
+            for (index, user) in ["u-1", "u-2"].enumerated() {
+                let read = test.call("GET", "/v1/profiles/user_id:\(user)?purpose=\(purpose)", role: .admin)
+                #expect(lines.count == 2 && read?.text == lines[index], "\(purpose) \(user)")
+            }
+            if purpose != "support" { #expect(!export.text.contains("ana@example.com"), "\(purpose): \(export.text)") }
+            #expect(!export.text.contains("Ben"), "a restricted profile is exported as a read shows it: \(export.text)")
+        }
+    }
+
+    /// The consent names clients used, counted over the profiles (no personal data), page by page.
+    @Test func consentNamesAreCountedOverEveryProfile() throws {
+        let test = try TestAPI()
+        let messages = [
+            #"{"userId":"u-1","messageId":"c1","context":{"consent":{"categoryPreferences":{"Advertising":false,"Analytics":true}}}}"#,
+            #"{"userId":"u-2","messageId":"c2","context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#,
+            #"{"userId":"u-3","messageId":"c3","traits":{"name":"Cy"}}"#,
+        ]
+        for message in messages { #expect(test.ingest("/v1/identify", message)?.status == 200) }
+        var counts: [String: Int] = [:]
+        var cursor: String?
+        var pages = 0
+        repeat {
+            let page = try #require(test.call("GET", "/v1/admin/consent-names?limit=2" + (cursor.map { "&cursor=\($0)" } ?? ""), role: .privacy))
+            guard case .object(let names)? = page.json?["names"] else { Issue.record("no names: \(page.text)"); return }
+            for member in names.members {
+                guard case .number(let count) = member.value else { continue }  // not a count: the expectation below fails
+                counts[member.key, default: 0] += Int(count.literal) ?? 0
+            }
+            cursor = page.header("Kith-Next")
+            pages += 1
+        } while cursor != nil && pages < 5
+        #expect(counts == ["Advertising": 1, "Analytics": 2] && pages == 2, "\(counts) in \(pages) pages")
     }
 }
 

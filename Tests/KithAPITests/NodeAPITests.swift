@@ -165,7 +165,8 @@ struct EveryRouteSucceedsTests {
                 Call(method: "GET", pattern: p + "/links", target: profile + "/links", role: .admin),
                 Call(method: "GET", pattern: "/v1/groups/{groupId}", target: "/v1/groups/g-1?purpose=support", role: .reader),
                 Call(method: "GET", pattern: "/v1/admin/status", target: "/v1/admin/status", role: .admin),
-                Call(method: "GET", pattern: "/v1/admin/export", target: "/v1/admin/export", role: .admin),
+                Call(method: "GET", pattern: "/v1/admin/export", target: "/v1/admin/export?purpose=support", role: .admin),
+                Call(method: "GET", pattern: "/v1/admin/consent-names", target: "/v1/admin/consent-names", role: .privacy),
                 // A store in memory has no file to copy; the copy itself is tested against LMDB
                 // in a real process (KithProcessTests).
                 Call(

@@ -261,10 +261,15 @@ struct KithProcessTests {
         #expect(try runKith(["profile", "get", "user_id:u-1", "--host", host]).status == 64)  // no token
         #expect(try runKith(["status", "--host", "127.0.0.1:1", "--token", "tk"]).status == 1)  // nothing listens
 
-        let export = try runKith(["export", "--host", host, "--token", "tk"])
+        let export = try runKith(["export", "--purpose", "support", "--host", host, "--token", "tk"])
         let ids = export.output.split(separator: "\n").compactMap { (try? JSONParser.parse(String($0)))?["id"]?.stringValue }
         #expect(export.status == 0 && !ids.isEmpty && Set(ids).count == ids.count)
         #expect(ids.contains("user_id:u-1"))
+        // Every line is a read for the purpose; without one the export is refused.
+        let exported = export.output.split(separator: "\n").compactMap { try? JSONParser.parse(String($0)) }
+        #expect(exported.count == ids.count && exported.allSatisfy { $0["purpose"]?.stringValue == "support" })
+        let unstatedExport = try runKith(["export", "--host", host, "--token", "tk"])
+        #expect(unstatedExport.status == 64 && unstatedExport.error.contains("--purpose"))
 
         let backup = node.dataDirectory + "-cli-backup"
         defer { try? FileManager.default.removeItem(atPath: backup) }
