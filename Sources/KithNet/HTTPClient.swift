@@ -23,15 +23,12 @@ public final class HTTPClient {
     private var descriptor: Int32 = -1
     private var buffer: [UInt8] = []
 
-    /// `address` is `host:port` (IPv4, or a bracketed IPv6 literal, or `localhost`).
-    public init(address: String, timeoutSeconds: Int = 30) throws(SystemError) {
-        guard let colon = address.lastIndex(of: ":"), let port = UInt16(address[address.index(after: colon)...]) else {
-            throw SystemError(call: "parse address \(address)", errno: EINVAL)
-        }
-        var host = String(address[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        self.host = host == "localhost" ? "127.0.0.1" : host
-        self.port = port
+    /// `address` as `NodeAddress` reads it: `host:port`, `http://host:port`, a host alone
+    /// (port 7080), IPv6 literals; host names are resolved when the client connects.
+    public init(address: String, timeoutSeconds: Int = 30) throws(NodeAddress.Invalid) {
+        let parsed = try NodeAddress(parsing: address)
+        self.host = parsed.host
+        self.port = parsed.port
         self.timeoutSeconds = timeoutSeconds
     }
 
@@ -51,8 +48,21 @@ public final class HTTPClient {
         return response
     }
 
+    /// Connects to the first of the host's addresses that answers.
     private func connect() throws(SystemError) {
-        var (storage, length, family) = try socketAddress(host: host, port: port)
+        var failure = SystemError(call: "connect \(host)", errno: EHOSTUNREACH)
+        for var (storage, length, family) in try resolvedAddresses(host: host, port: port) {
+            do {
+                descriptor = try connect(to: &storage, length, family)
+                return
+            } catch {
+                failure = error
+            }
+        }
+        throw failure
+    }
+
+    private func connect(to storage: inout sockaddr_storage, _ length: socklen_t, _ family: Int32) throws(SystemError) -> Int32 {
         let socketDescriptor = try systemValue("socket") { socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
         var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(socketDescriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -67,7 +77,7 @@ public final class HTTPClient {
             close(socketDescriptor)
             throw error
         }
-        descriptor = socketDescriptor
+        return socketDescriptor
     }
 
     private func send(_ bytes: [UInt8]) throws(SystemError) {

@@ -72,6 +72,30 @@ func socketAddress(host: String, port: UInt16) throws(SystemError) -> (sockaddr_
     throw SystemError(call: "inet_pton \(host)", errno: EINVAL)
 }
 
+/// `socketAddress` for an IP literal; otherwise every address of the name (IPv4 and IPv6, in the
+/// system resolver's order), to try in turn. It blocks: for clients only, never on an event loop.
+func resolvedAddresses(host: String, port: UInt16) throws(SystemError) -> [(sockaddr_storage, socklen_t, Int32)] {
+    if let literal = try? socketAddress(host: host, port: port) { return [literal] }  // not a literal: resolved below
+    var hints = addrinfo()
+    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    var found: UnsafeMutablePointer<addrinfo>?
+    let status = getaddrinfo(host, String(port), &hints, &found)
+    guard status == 0, found != nil else { throw SystemError(call: "resolve \(host): \(String(cString: gai_strerror(status)))", errno: EINVAL) }
+    defer { freeaddrinfo(found) }
+    var addresses: [(sockaddr_storage, socklen_t, Int32)] = []
+    var next = found
+    while let entry = next {
+        var storage = sockaddr_storage()
+        let length = entry.pointee.ai_addrlen
+        withUnsafeMutableBytes(of: &storage) { target in
+            target.copyMemory(from: UnsafeRawBufferPointer(start: entry.pointee.ai_addr, count: Int(length)))
+        }
+        addresses.append((storage, length, entry.pointee.ai_family))
+        next = entry.pointee.ai_next
+    }
+    return addresses
+}
+
 func setOption(_ descriptor: Int32, _ level: Int32, _ name: Int32, _ value: Int32) throws(SystemError) {
     var value = value
     try systemValue("setsockopt") { setsockopt(descriptor, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }

@@ -22,7 +22,8 @@ struct ClientOptions {
     var switches: Set<String> = []
 
     static let help = """
-          --host <host:port>      The node (env KITH_HOST; default 127.0.0.1:7080).
+          --host <address>        The node: host:port, http://host:port, or a host alone for port 7080
+                                  (env KITH_HOST; default 127.0.0.1:7080).
           --token <token>         A bearer token (env KITH_TOKEN).
           --format <format>       table or json (default: table on a terminal, json otherwise).
           -h, --help              Show help information.

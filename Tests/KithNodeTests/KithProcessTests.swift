@@ -260,6 +260,13 @@ struct KithProcessTests {
         #expect(try runKith(["profile", "get", "user_id:nobody", "--host", host, "--token", "tk"]).status == 1)
         #expect(try runKith(["profile", "get", "user_id:u-1", "--host", host]).status == 64)  // no token
         #expect(try runKith(["status", "--host", "127.0.0.1:1", "--token", "tk"]).status == 1)  // nothing listens
+        // Addresses as URLs and names, as etcdctl and consul users write them; a clear refusal for TLS.
+        for address in ["http://127.0.0.1:\(node.port)", "http://localhost:\(node.port)/", "localhost:\(node.port)"] {
+            let viaURL = try runKith(["status", "--host", address, "--token", "tk", "--format", "json"])
+            #expect(viaURL.status == 0 && viaURL.output.contains(#""committedMessages":1200"#), "\(address): \(viaURL.error)")
+        }
+        let tls = try runKith(["status", "--host", "https://127.0.0.1:\(node.port)", "--token", "tk"])
+        #expect(tls.status == 64 && tls.error.contains("https:// is not supported"), "\(tls.error)")
 
         let export = try runKith(["export", "--purpose", "support", "--host", host, "--token", "tk"])
         let ids = export.output.split(separator: "\n").compactMap { (try? JSONParser.parse(String($0)))?["id"]?.stringValue }
