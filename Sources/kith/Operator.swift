@@ -208,59 +208,6 @@ func export(_ arguments: [String]) -> Never {
     exit(Exit.ok.rawValue)
 }
 
-func importFile(_ arguments: [String]) -> Never {
-    let help =
-        "OVERVIEW: Send an NDJSON file of Segment messages to a node.\n\nUSAGE: kith import <file> [options]\n\nOPTIONS:\n      --write-key <key>       The write key (env KITH_WRITE_KEY).\n"
-        + ClientOptions.help
-    let options = ClientOptions(arguments, help: help)
-    guard options.positional.count == 1 else { fail("kith import takes one file", .usage) }
-    guard let writeKey = options.writeKey else { fail("a write key is required (--write-key or KITH_WRITE_KEY)", .usage) }
-    guard let data = FileManager.default.contents(atPath: options.positional[0]) else { fail("cannot read \(options.positional[0])", .failure) }
-    let lines = data.split(separator: UInt8(ascii: "\n")).filter { !$0.allSatisfy { $0 == 0x20 || $0 == 0x0D } }
-    let client = options.client()
-    let authorization = HTTPHeader("Authorization", "Basic " + Data((writeKey + ":").utf8).base64EncodedString())
-    let terminal = isatty(STDERR_FILENO) == 1
-    let started = Date()
-    var sent = 0, failed = 0, batches = 0
-    var batch: [UInt8] = []
-    var count = 0
-    func flush() {
-        guard count > 0 else { return }
-        let body = Array(#"{"batch":["#.utf8) + batch + Array("]}".utf8)
-        do {
-            let response = try client.request(
-                "POST", "/v1/batch", headers: [authorization, HTTPHeader("Content-Type", "application/json")], body: body)
-            if response.status == 200 {
-                sent += count
-            } else {
-                failed += count
-                FileHandle.standardError.write(
-                    Data("kith: a batch was refused (\(response.status)): \(String(decoding: response.body, as: UTF8.self))\n".utf8))
-            }
-        } catch {
-            failed += count
-            FileHandle.standardError.write(Data("kith: a batch was not sent: \(error)\n".utf8))
-        }
-        batches += 1
-        batch.removeAll(keepingCapacity: true)
-        count = 0
-        if terminal { FileHandle.standardError.write(Data("\rimported \(sent + failed)/\(lines.count)".utf8)) }
-    }
-    for line in lines {
-        if count == 500 || batch.count + line.count > 450_000 { flush() }
-        if count > 0 { batch.append(UInt8(ascii: ",")) }
-        batch += line
-        count += 1
-    }
-    flush()
-    if terminal { FileHandle.standardError.write(Data("\n".utf8)) }
-    let seconds = Date().timeIntervalSince(started)
-    say(
-        "imported \(sent) messages in \(batches) batches in \(String(format: "%.1f", seconds)) s (\(Int(Double(sent) / max(seconds, 0.001)))/s), \(failed) failed"
-    )
-    exit(failed == 0 ? Exit.ok.rawValue : Exit.failure.rawValue)
-}
-
 func configCheck(_ arguments: [String]) -> Never {
     guard arguments.first == "check", arguments.count == 2 else {
         if arguments.contains("--help") || arguments.contains("-h") {

@@ -239,6 +239,42 @@ struct KithProcessTests {
                 == true)
     }
 
+    /// `kith import` keeps a checkpoint beside the file while batches are accepted; a run that
+    /// failed says so (exit 1) and `--resume` starts where the checkpoint says.
+    @Test func importResumesFromItsCheckpoint() throws {
+        let node = try NodeProcess()
+        let host = "127.0.0.1:\(node.port)"
+        let lines = (0..<1_200).map { index in #"{"type":"identify","userId":"imp-\#(index)","messageId":"imp-\#(index)","traits":{"n":\#(index)}}"# }
+        let file = node.dataDirectory + "-resume.jsonl"
+        let checkpoint = file + ".kith-import"
+        defer {
+            try? FileManager.default.removeItem(atPath: file)  // scratch
+            try? FileManager.default.removeItem(atPath: checkpoint)  // scratch
+        }
+        #expect(FileManager.default.createFile(atPath: file, contents: Data((lines.joined(separator: "\n") + "\n").utf8)))
+        #expect(try runKith(["import", file, "--resume", "--host", host, "--write-key", "wk"]).status == 64, "nothing to resume yet")
+
+        // Every batch refused (a wrong write key): the checkpoint stays at the start.
+        let refused = try runKith(["import", file, "--host", host, "--write-key", "wrong"])
+        #expect(refused.status == 1 && refused.output.contains("imported 0 messages") && refused.error.contains("--resume"), "\(refused)")
+        #expect(FileManager.default.contents(atPath: checkpoint) == nil, "no batch was accepted, so no checkpoint was written")
+
+        // A run cut short: a checkpoint after the first 500 lines, as an accepted batch writes it.
+        let firstBatch = lines.prefix(500).reduce(0) { $0 + $1.utf8.count + 1 }
+        #expect(FileManager.default.createFile(atPath: checkpoint, contents: Data(#"{"offset":\#(firstBatch),"sent":500}"#.utf8)))
+        let resumed = try runKith(["import", file, "--resume", "--host", host, "--write-key", "wk"])
+        #expect(resumed.status == 0 && resumed.output.contains("resuming at byte \(firstBatch) (500 messages sent before)"), "\(resumed)")
+        #expect(resumed.output.contains("imported 700 messages in 2 batches"), "\(resumed.output)")
+        #expect(FileManager.default.contents(atPath: checkpoint) == nil, "a finished import removes its checkpoint")
+        #expect(
+            try node.profile("user_id:imp-1199")?.status == 200 && node.profile("user_id:imp-499")?.status == 404,
+            "only lines after the checkpoint were sent")
+
+        let whole = try runKith(["import", file, "--host", host, "--write-key", "wk"])
+        #expect(whole.status == 0 && whole.output.contains("imported 1200 messages in 3 batches"), "\(whole.output)")
+        #expect(try node.profile("user_id:imp-0")?.status == 200)
+    }
+
     @Test func operatorCommandsAgainstALiveNode() throws {
         let node = try NodeProcess()
         let host = "127.0.0.1:\(node.port)"
