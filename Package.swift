@@ -31,6 +31,8 @@ let package = Package(
         .target(name: "KithCrypto", dependencies: ["CCrypto"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithCompression", dependencies: ["CZlib"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithNet", dependencies: ["KithHTTP", "CLinux"], swiftSettings: optimizeAcrossModules),
+        // How the CLI shows documents to people (tables, humanized sizes, durations and times).
+        .target(name: "KithTerminal", dependencies: ["KithJSON"], swiftSettings: optimizeAcrossModules),
         // The HTTP API as a route table over protocols (writer, replication, audit, host): no
         // sockets, threads or clocks of its own, so every route is tested in process.
         .target(
@@ -45,7 +47,7 @@ let package = Package(
             dependencies: ["KithAPI", "KithStore", "KithStoreLMDB", "KithCluster", "KithPolicy", "KithNet", "KithCompression", "KithCrypto"],
             swiftSettings: optimizeAcrossModules),
         .executableTarget(
-            name: "kith", dependencies: ["KithNode", "KithAPI", "KithNet", "KithHTTP", "KithJSON", "KithPolicy", "KithProfile"],
+            name: "kith", dependencies: ["KithNode", "KithAPI", "KithNet", "KithHTTP", "KithJSON", "KithPolicy", "KithProfile", "KithTerminal"],
             swiftSettings: optimizeAcrossModules
         ),
         .target(name: "KithStore", dependencies: ["KithProfile", "KithCrypto"], swiftSettings: optimizeAcrossModules),
@@ -79,6 +81,7 @@ let package = Package(
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithCryptoTests", dependencies: ["KithCrypto", "KithCRDT", "KithTestSupport"]),
         .testTarget(name: "KithNetTests", dependencies: ["KithNet", "KithTestSupport"]),
+        .testTarget(name: "KithTerminalTests", dependencies: ["KithTerminal", "KithJSON"]),
         .testTarget(name: "KithReplicationTests", dependencies: ["KithReplication", "KithCrypto", "KithTestSupport"]),
         .testTarget(name: "KithPolicyTests", dependencies: ["KithPolicy", "KithTestSupport"]),
         .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),

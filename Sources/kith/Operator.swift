@@ -4,6 +4,7 @@ import KithJSON
 import KithNet
 import KithNode
 import KithProfile
+import KithTerminal
 
 #if canImport(Glibc)
     import Glibc
@@ -89,17 +90,13 @@ func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HT
     return response
 }
 
-/// Prints a JSON object as `key  value` lines (table) or as JSON.
+/// Prints a JSON document as a table for people (`HumanTable`) or as the JSON the node sent.
 func show(_ body: [UInt8], format: String) {
-    guard format == "table", case .object(let object)? = try? JSONParser.parse(body) else {  // not JSON: printed as it came
+    guard format == "table", let document = try? JSONParser.parse(body) else {  // not JSON: printed as it came
         print(String(decoding: body, as: UTF8.self))
         return
     }
-    let width = object.members.map(\.key.count).max() ?? 0
-    for member in object.members {
-        let value = member.value.stringValue ?? member.value.jsonText
-        print(member.key.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + value)
-    }
+    print(HumanTable.render(document))
 }
 
 func status(_ arguments: [String]) -> Never {

@@ -289,6 +289,23 @@ struct KithProcessTests {
 
         let status = try runKith(["status", "--host", host, "--token", "tk", "--format", "json"])
         #expect(status.status == 0 && status.output.contains(#""committedMessages":1200"#))
+        #expect((try? JSONParser.parse(status.output)) != nil, "--format json prints only JSON: \(status.output)")
+        // For people: rows, sizes and durations humanized; by default on a terminal, and when asked.
+        let table = try runKith(["status", "--host", host, "--token", "tk", "--format", "table"])
+        let rows = table.output.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).map(String.init) }
+        #expect(rows.contains { $0.first == "lmdbFileBytes" && ["KiB", "MiB"].contains($0.last) }, "\(table.output)")
+        #expect(rows.contains { $0.first == "uptimeSeconds" && $0.last?.hasSuffix("s") == true }, "\(table.output)")
+        #expect(rows.contains { $0 == ["committedMessages", "1200"] }, "\(table.output)")
+        let terminal = Process()
+        terminal.executableURL = URL(fileURLWithPath: "/usr/bin/script")
+        terminal.arguments = ["-qec", "\(kithBinary) status --host \(host) --token tk", "/dev/null"]
+        let screen = Pipe()
+        terminal.standardOutput = screen
+        terminal.standardInput = FileHandle.nullDevice
+        try terminal.run()
+        let shown = String(decoding: screen.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        terminal.waitUntilExit()
+        #expect(terminal.terminationStatus == 0 && shown.contains("committedMessages") && !shown.contains("{"), "a table on a terminal: \(shown)")
         let profile = try runKith(["profile", "get", "user_id:u-1", "--purpose", "support", "--host", host, "--token", "tk", "--format", "json"])
         #expect(profile.status == 0 && profile.output.contains(#""id":"user_id:u-1""#))
         let unstated = try runKith(["profile", "get", "user_id:u-1", "--host", host, "--token", "tk"])
