@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 # Debian packages the build links against (system library targets) and the tools make targets use.
-APT_PACKAGES := liblmdb-dev libssl-dev zlib1g-dev pkg-config python3 faketime
+APT_PACKAGES := liblmdb-dev libssl-dev zlib1g-dev pkg-config python3 faketime zsh
 SWIFT ?= swift
 BENCH_CUSTOMERS ?= 100000
 BENCH_EVENTS ?= 1000000

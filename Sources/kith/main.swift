@@ -51,6 +51,7 @@ let overview = """
       export-subject          Everything held about a customer (Art. 15/20).
       audit                   Who read a customer's data, from every node.
       policy check            Check a privacy policy file.
+      completion bash|zsh     Print a shell completion script.
       version                 Show the version.
 
       See 'kith help <subcommand>' for detailed help.
@@ -209,54 +210,20 @@ func notifySystemd(_ state: String) {
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 switch arguments.first {
-case "serve": serve(Array(arguments.dropFirst()))
-case "status": status(Array(arguments.dropFirst()))
-case "profile": profile(Array(arguments.dropFirst()))
-case "import": importFile(Array(arguments.dropFirst()))
-case "export": export(Array(arguments.dropFirst()))
-case "backup": backup(Array(arguments.dropFirst()))
-case "config": configCheck(Array(arguments.dropFirst()))
-case "members": members(Array(arguments.dropFirst()))
-case "join": join(Array(arguments.dropFirst()))
-case "leave": leave(Array(arguments.dropFirst()))
-case "repair": repair(Array(arguments.dropFirst()))
-case "sync": sync(Array(arguments.dropFirst()))
-case "consent": consent(Array(arguments.dropFirst()))
-case "erase": erase(Array(arguments.dropFirst()))
-case "export-subject": exportSubject(Array(arguments.dropFirst()))
-case "audit": auditCommand(Array(arguments.dropFirst()))
-case "policy": policy(Array(arguments.dropFirst()))
 case "version", "--version": print("kith \(Node.version)")
 case "help", "-h", "--help":
     if arguments.count > 1, arguments[1] == "serve" {
         print(serveHelp)
     } else if arguments.count > 1 {
-        let command = arguments[1]
-        switch command {
-        case "status": status(["--help"])
-        case "profile": profile(["--help"])
-        case "import": importFile(["--help"])
-        case "export": export(["--help"])
-        case "backup": backup(["--help"])
-        case "config": configCheck(["--help"])
-        case "members": members(["--help"])
-        case "join": join(["--help"])
-        case "leave": leave(["--help"])
-        case "repair": repair(["--help"])
-        case "sync": sync(["--help"])
-        case "consent": consent(["--help"])
-        case "erase": erase(["--help"])
-        case "export-subject": exportSubject(["--help"])
-        case "audit": auditCommand(["--help"])
-        case "policy": policy(["--help"])
-        default: fail("unknown command '\(command)'", .usage)
-        }
+        guard let command = commands.first(where: { $0.name == arguments[1] }) else { fail("unknown command '\(arguments[1])'", .usage) }
+        command.run(["--help"])
     } else {
         print(overview)
     }
 case nil:
     print(overview)
     exit(Exit.usage.rawValue)
-case let command?:
-    fail("unknown command '\(command)' (see 'kith --help')", .usage)
+case let name?:
+    guard let command = commands.first(where: { $0.name == name }) else { fail("unknown command '\(name)' (see 'kith --help')", .usage) }
+    command.run(Array(arguments.dropFirst()))
 }

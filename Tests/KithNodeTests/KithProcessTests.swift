@@ -275,6 +275,48 @@ struct KithProcessTests {
         #expect(try node.profile("user_id:imp-0")?.status == 200)
     }
 
+    /// `kith completion bash|zsh` prints scripts that complete commands, their subcommands and
+    /// options, read by the shells themselves.
+    @Test func completionScriptsCompleteInBothShells() throws {
+        func shell(_ path: String, _ script: String) throws -> String {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: path)
+            process.arguments = ["-c", script]
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            process.waitUntilExit()
+            return text
+        }
+        let bash = try shell(
+            "/bin/bash",
+            """
+            source <(\(kithBinary) completion bash)
+            for line in "1 kith st" "2 kith import --r" "2 kith serve --gos" "2 kith profile g" "2 kith help exp"; do
+              set -- $line; COMP_CWORD=$1; shift; COMP_WORDS=("$@"); _kith; echo "[${COMPREPLY[*]}]"
+            done
+            """)
+        #expect(bash == "[status]\n[--resume]\n[--gossip]\n[get]\n[export export-subject]\n", "\(bash)")
+        let zsh = try shell(
+            "/usr/bin/zsh",
+            """
+            script=/tmp/_kith_$$
+            \(kithBinary) completion zsh > $script && zsh -n $script && echo syntax-ok
+            compdef() { }; _files() { }; compadd() { shift; print -r -- "$*"; }
+            source $script; rm -f $script
+            words=(kith import --r); CURRENT=3; _kith
+            words=(kith s); CURRENT=2; _kith
+            """)
+        let lines = zsh.split(separator: "\n").map(String.init)
+        #expect(lines.first == "syntax-ok" && lines.count == 3, "\(zsh)")
+        #expect(lines.dropFirst().first?.split(separator: " ").contains("--resume") == true, "\(zsh)")
+        #expect(lines.last?.split(separator: " ").contains("status") == true, "\(zsh)")
+        #expect(try runKith(["completion", "fish"]).status == 64)
+        #expect(try runKith(["help", "completion"]).output.contains("USAGE: kith completion bash|zsh"))
+    }
+
     @Test func operatorCommandsAgainstALiveNode() throws {
         let node = try NodeProcess()
         let host = "127.0.0.1:\(node.port)"
