@@ -32,6 +32,22 @@ func runKith(_ arguments: [String]) throws -> (status: Int32, output: String, er
     return (process.terminationStatus, String(decoding: outputData, as: UTF8.self), String(decoding: errorText.data, as: UTF8.self))
 }
 
+/// Runs a program to its end with no input: its exit status and what it printed (standard
+/// output and error together; small outputs only, read after a single pipe).
+func runProgram(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = output
+    process.standardInput = FileHandle.nullDevice
+    try process.run()
+    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, text)
+}
+
 /// A `kith serve` process on a free loopback port with its own data directory.
 final class NodeProcess {
     let dataDirectory: String
@@ -278,18 +294,7 @@ struct KithProcessTests {
     /// `kith completion bash|zsh` prints scripts that complete commands, their subcommands and
     /// options, read by the shells themselves.
     @Test func completionScriptsCompleteInBothShells() throws {
-        func shell(_ path: String, _ script: String) throws -> String {
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = ["-c", script]
-            let output = Pipe()
-            process.standardOutput = output
-            process.standardError = output
-            try process.run()
-            let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            return text
-        }
+        func shell(_ path: String, _ script: String) throws -> String { try runProgram(path, ["-c", script]).output }
         let bash = try shell(
             "/bin/bash",
             """
@@ -338,16 +343,10 @@ struct KithProcessTests {
         #expect(rows.contains { $0.first == "lmdbFileBytes" && ["KiB", "MiB"].contains($0.last) }, "\(table.output)")
         #expect(rows.contains { $0.first == "uptimeSeconds" && $0.last?.hasSuffix("s") == true }, "\(table.output)")
         #expect(rows.contains { $0 == ["committedMessages", "1200"] }, "\(table.output)")
-        let terminal = Process()
-        terminal.executableURL = URL(fileURLWithPath: "/usr/bin/script")
-        terminal.arguments = ["-qec", "\(kithBinary) status --host \(host) --token tk", "/dev/null"]
-        let screen = Pipe()
-        terminal.standardOutput = screen
-        terminal.standardInput = FileHandle.nullDevice
-        try terminal.run()
-        let shown = String(decoding: screen.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        terminal.waitUntilExit()
-        #expect(terminal.terminationStatus == 0 && shown.contains("committedMessages") && !shown.contains("{"), "a table on a terminal: \(shown)")
+        let terminal = try runProgram("/usr/bin/script", ["-qec", "\(kithBinary) status --host \(host) --token tk", "/dev/null"])
+        #expect(
+            terminal.status == 0 && terminal.output.contains("committedMessages") && !terminal.output.contains("{"),
+            "a table on a terminal: \(terminal.output)")
         let profile = try runKith(["profile", "get", "user_id:u-1", "--purpose", "support", "--host", host, "--token", "tk", "--format", "json"])
         #expect(profile.status == 0 && profile.output.contains(#""id":"user_id:u-1""#))
         let unstated = try runKith(["profile", "get", "user_id:u-1", "--host", host, "--token", "tk"])
@@ -419,16 +418,8 @@ struct KithProcessTests {
             analytics.flush()
             print("errors:", errors)
             """
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", "-c", script]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0 && text.contains("errors: []"), "\(text)")
+        let python = try runProgram("/usr/bin/env", ["python3", "-c", script])
+        #expect(python.status == 0 && python.output.contains("errors: []"), "\(python.output)")
         let profile = try #require(try node.profile("anonymous_id:py-anon-2"))
         #expect(profile.body.contains(#""id":"user_id:py-user-1""#))
         #expect(profile.body.contains(#""Order Completed":{"count":1,"revenue":12.5}"#))
