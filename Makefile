@@ -63,6 +63,10 @@ cluster: deps
 	cluster-configs/start.sh cluster-configs/$(CLUSTER)
 
 test: deps lint
+	@# The alerting rules, checked and unit-tested when promtool is installed (Debian's prometheus).
+	@if command -v promtool >/dev/null; then \
+	  promtool check rules docs/operations/kith-alerts.yml && (cd docs/operations && promtool test rules kith-alerts.test.yml) || exit 1; \
+	else echo "note: promtool not installed; alerting rules not checked (apt-get install prometheus)" >&2; fi
 	$(SWIFT) build --build-tests
 	@# Replay the committed fuzz corpora (seeds and crash reproducers) through every harness.
 	@for h in $(FUZZ_HARNESSES); do .build/debug/kith-fuzz $$h Tests/FuzzCorpus/$$h || exit 1; done

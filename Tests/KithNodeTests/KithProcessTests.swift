@@ -250,9 +250,16 @@ struct KithProcessTests {
         let again = try node.request(
             "POST", "/v1/admin/backup", body: Array(#"{"directory":"\#(backup)"}"#.utf8), headers: ["Authorization: Bearer tk"])
         #expect(again?.status == 409, "a backup never overwrites one")
-        #expect(
-            try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body.contains("kith_http_request_duration_seconds_bucket")
-                == true)
+        let metrics = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
+        #expect(metrics.contains("kith_http_request_duration_seconds_bucket"))
+        // Prometheus's own linter, when installed (Debian's prometheus package; docs/operations.md).
+        if FileManager.default.isExecutableFile(atPath: "/usr/bin/promtool") {
+            let file = node.dataDirectory + "-metrics.txt"
+            defer { try? FileManager.default.removeItem(atPath: file) }  // scratch
+            #expect(FileManager.default.createFile(atPath: file, contents: Data(metrics.utf8)))
+            let lint = try runProgram("/bin/sh", ["-c", "/usr/bin/promtool check metrics < '\(file)'"])
+            #expect(lint.status == 0, "promtool check metrics: \(lint.output)")
+        }
     }
 
     /// `kith import` keeps a checkpoint beside the file while batches are accepted; a run that
