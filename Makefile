@@ -67,6 +67,10 @@ test: deps lint
 	@if command -v promtool >/dev/null; then \
 	  promtool check rules docs/operations/kith-alerts.yml && (cd docs/operations && promtool test rules kith-alerts.test.yml) || exit 1; \
 	else echo "note: promtool not installed; alerting rules not checked (apt-get install prometheus)" >&2; fi
+	@# The OpenAPI description is valid OpenAPI 3.1 (openapi-spec-validator, from PyPI); a test
+	@# checks that it and the route table name the same routes.
+	@python3 -c 'import openapi_spec_validator' 2>/dev/null || python3 -m pip install --quiet openapi-spec-validator
+	python3 -c 'from openapi_spec_validator import validate; from openapi_spec_validator.readers import read_from_filename; validate(read_from_filename("docs/openapi.yaml")[0])'
 	$(SWIFT) build --build-tests
 	@# Replay the committed fuzz corpora (seeds and crash reproducers) through every harness.
 	@for h in $(FUZZ_HARNESSES); do .build/debug/kith-fuzz $$h Tests/FuzzCorpus/$$h || exit 1; done
