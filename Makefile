@@ -3,7 +3,7 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := test
 
 # Debian packages the build links against (system library targets) and the tools make targets use.
-APT_PACKAGES := liblmdb-dev libssl-dev zlib1g-dev pkg-config python3 faketime zsh
+APT_PACKAGES := liblmdb-dev libssl-dev zlib1g-dev pkg-config python3 faketime zsh curl
 SWIFT ?= swift
 BENCH_CUSTOMERS ?= 100000
 BENCH_EVENTS ?= 1000000
@@ -19,7 +19,7 @@ DEMO_TOKEN ?= demo-token
 SIM_SEEDS ?= 5000
 CLUSTER ?= local-3
 
-.PHONY: deps build test lint format bench bench-peers fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
+.PHONY: deps build test lint format bench bench-peers schemathesis fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -75,6 +75,14 @@ test: deps lint
 	@# Replay the committed fuzz corpora (seeds and crash reproducers) through every harness.
 	@for h in $(FUZZ_HARNESSES); do .build/debug/kith-fuzz $$h Tests/FuzzCorpus/$$h || exit 1; done
 	$(SWIFT) test --skip-build --parallel
+	@# The contract against a live node: a bounded Schemathesis run (`make schemathesis` runs more).
+	Tests/Contract/schemathesis.sh .build/debug/kith 5
+
+# Schemathesis (PyPI) against a live node started and stopped by the script (docs/openapi.yaml).
+SCHEMATHESIS_EXAMPLES ?= 100
+schemathesis: deps
+	$(SWIFT) build --product kith
+	Tests/Contract/schemathesis.sh .build/debug/kith $(SCHEMATHESIS_EXAMPLES)
 
 # The toolchain's formatter, with the repository's .swift-format: `make format` fixes what it finds.
 # The API decides every answer without sockets, threads or clocks of its own (docs/architecture.md);
