@@ -337,6 +337,11 @@ extension NodeAPI {
                 "kith_change_log_truncated_through", "gauge", "The local sequence through which the change log was truncated.",
                 Int(clamping: log.truncatedThrough))
         }
+        let auditQueue = audit.queue
+        text += NodeMetrics.metric(
+            "kith_audit_queue_records", "gauge", "Read-audit records waiting for the audit's writer (reads are refused once it is full).",
+            auditQueue.records)
+        text += NodeMetrics.metric("kith_audit_queue_limit", "gauge", "How many records the read-audit queue holds.", auditQueue.limit)
         let answer: @Sendable (String) -> Void = { text in
             respond(HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/plain; version=0.0.4")], body: Array(text.utf8)))
         }
@@ -344,10 +349,10 @@ extension NodeAPI {
         text += replicationMetrics(replication)
         let linksAndClock = text
         replication.call({ node in
-            (node.counters, try node.membership.reachable.compactMap { try node.lag(of: $0.id)?.changes }.reduce(0, +))
+            (node.counters, try node.membership.reachable.compactMap { peer in try node.lag(of: peer.id).map { (peer.name, $0.changes) } })
         }) { result in
-            guard case .success(let (counters, lag)) = result else { return answer(linksAndClock) }
-            answer(linksAndClock + Self.replicationProgress(counters, lag: lag))
+            guard case .success(let (counters, lags)) = result else { return answer(linksAndClock) }
+            answer(linksAndClock + Self.replicationProgress(counters, lags: lags))
         }
     }
 
@@ -399,14 +404,15 @@ extension NodeAPI {
     }
 
     /// The replication core's counters and the changes reachable peers lack.
-    static func replicationProgress(_ counters: ClusterNode.Counters, lag: Int) -> String {
-        var text = ""
+    static func replicationProgress(_ counters: ClusterNode.Counters, lags: [(peer: String, changes: Int)]) -> String {
+        var text =
+            "# HELP kith_replication_peer_lag_changes Changes here that a reachable peer lacks, as of its last pull.\n# TYPE kith_replication_peer_lag_changes gauge\n"
+        for (peer, changes) in lags.sorted(by: { $0.peer < $1.peer }) { text += "kith_replication_peer_lag_changes{peer=\"\(peer)\"} \(changes)\n" }
         for (name, type, help, value) in [
             ("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent),
             ("kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown),
             ("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied),
             ("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected),
-            ("kith_replication_peer_lag_changes", "gauge", "Changes here that reachable peers lack, as of their last pull.", lag),
             ("kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted),
             ("kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent),
             (

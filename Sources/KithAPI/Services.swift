@@ -110,6 +110,8 @@ public protocol APIReadAudit: Sendable {
     func record(_ record: AuditRecord) throws
     /// Reads of any of `subjects` (keyed hashes), newest first.
     func records(about subjects: [[UInt8]], limit: Int) throws -> [AuditRecord]
+    /// Records waiting for the audit's writer, and how many it holds before reads are refused.
+    var queue: (records: Int, limit: Int) { get }
 }
 
 /// Reads cannot be recorded in the audit now.

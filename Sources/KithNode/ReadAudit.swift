@@ -32,6 +32,8 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     /// Records waiting for their commit before reads are refused: about five seconds of reads
     /// at full speed, to ride out a slow sync of the disk (each record is about 250 bytes here).
     static let queueLimit = 250_000
+
+    public var queue: (records: Int, limit: Int) { (queueState.withLock { $0.queue.pending.count }, Self.queueLimit) }
     /// Index rows deleted in one transaction (rows of merged or expired runs).
     static let deletionChunk = 50_000
     /// A turn of the audit thread that takes this long is logged.
@@ -50,7 +52,7 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     private var storedShapes: [[UInt8]: [UInt8]] = [:]
     static let shapeCacheLimit = 10_000
     private let retentionMillis: Int64
-    private let queue = Mutex<(queue: AuditQueue<PendingAuditRecord>, stopped: Bool)>((AuditQueue(limit: ReadAudit.queueLimit), false))
+    private let queueState = Mutex<(queue: AuditQueue<PendingAuditRecord>, stopped: Bool)>((AuditQueue(limit: ReadAudit.queueLimit), false))
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     private let runsInBackground: Bool
@@ -134,7 +136,7 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     /// and its queue is full: the caller must not serve the read.
     public func record(_ record: AuditRecord) throws {
         let pending = PendingAuditRecord(time: record.time, subjects: record.subjects, shape: record.shape.encoded())
-        let accepted = queue.withLock { $0.queue.append(pending) }
+        let accepted = queueState.withLock { $0.queue.append(pending) }
         guard accepted else { throw AuditUnavailable() }
     }
 
@@ -174,12 +176,12 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     /// Commits whatever is queued now. A batch that fails stays queued, ahead of newer records.
     public func flush() throws {
         try writeLock.withLock { _ in
-            let batch = queue.withLock { $0.queue.take() }
+            let batch = queueState.withLock { $0.queue.take() }
             guard !batch.isEmpty else { return }
             do {
                 try write(batch)
             } catch {
-                queue.withLock { $0.queue.putBack(batch) }
+                queueState.withLock { $0.queue.putBack(batch) }
                 throw error
             }
         }
@@ -228,7 +230,7 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     func runs() throws -> [AuditRun] { try environment.read(registeredRuns) }
 
     public func stop() {
-        queue.withLock { $0.stopped = true }
+        queueState.withLock { $0.stopped = true }
         guard runsInBackground else {
             do {
                 try flush()
@@ -245,7 +247,7 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     private func run() {
         while true {
             _ = wakeup.wait(timeout: .now() + Self.flushInterval)
-            let stopping = queue.withLock { $0.stopped }
+            let stopping = queueState.withLock { $0.stopped }
             do {
                 let started = unixMillis()
                 try flush()

@@ -181,6 +181,8 @@ final class MemoryAudit: APIReadAudit, Sendable {
 
     func refuse() { state.withLock { $0.refusing = true } }
     var records: [AuditRecord] { state.withLock { $0.records } }
+    /// Records are kept at once: none wait; full once refusing.
+    var queue: (records: Int, limit: Int) { state.withLock { $0.refusing ? (1, 1) : (0, 1) } }
 
     func record(_ record: AuditRecord) throws {
         try state.withLock { state in

@@ -37,6 +37,14 @@ struct OperationsDocsTests {
         }
     }
 
+    /// The audit queue is a gauge an alert watches: it shows the records waiting.
+    @Test func theAuditQueueIsMeasured() throws {
+        let api = try TestAPI()
+        #expect(try #require(api.call("GET", "/metrics", role: .admin)).text.contains("kith_audit_queue_records 0\n"))
+        api.audit.refuse()
+        #expect(try #require(api.call("GET", "/metrics", role: .admin)).text.contains("kith_audit_queue_records 1\n"))
+    }
+
     @Test func everyAlertHasItsRunbookSection() throws {
         let rules = try Self.text("docs/operations/kith-alerts.yml")
         let alerts = rules.split(separator: "\n").compactMap { line -> String? in
