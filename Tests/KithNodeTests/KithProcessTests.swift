@@ -296,6 +296,11 @@ struct KithProcessTests {
         let whole = try runKith(["import", file, "--host", host, "--write-key", "wk"])
         #expect(whole.status == 0 && whole.output.contains("imported 1200 messages in 3 batches"), "\(whole.output)")
         #expect(try node.profile("user_id:imp-0")?.status == 200)
+        #expect(!whole.error.contains("s left"), "no progress line without a terminal: \(whole.error)")
+        // On a terminal: a progress line with the rate, the share of the file done and the time left.
+        let onTerminal = try runProgram("/usr/bin/script", ["-qec", "\(kithBinary) import \(file) --host \(host) --write-key wk", "/dev/null"])
+        #expect(onTerminal.status == 0 && onTerminal.output.contains("/s · ") && onTerminal.output.contains(" % · "), "\(onTerminal.output)")
+        #expect(onTerminal.output.contains("s left") && onTerminal.output.contains("imported 1200 messages"), "\(onTerminal.output)")
     }
 
     /// `kith completion bash|zsh` prints scripts that complete commands, their subcommands and
