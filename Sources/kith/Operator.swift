@@ -190,15 +190,29 @@ func export(_ arguments: [String]) -> Never {
         arguments,
         help: "OVERVIEW: Write every profile as NDJSON to standard output, each as a read for the purpose shows it\n"
             + "(withheld and masked fields as in a profile read; every profile written to the read audit).\n\n"
-            + "USAGE: kith export --purpose <purpose> [options]\n\nOPTIONS:\n"
-            + "      --purpose <purpose>     The purpose the export reads for (required).\n" + ClientOptions.help,
-        values: ["--purpose"])
+            + "USAGE: kith export --purpose <purpose> [--cursor <cursor>] [options]\n\nOPTIONS:\n"
+            + "      --purpose <purpose>     The purpose the export reads for (required).\n"
+            + "      --cursor <cursor>       Start after an earlier export stopped (the cursor it printed).\n" + ClientOptions.help,
+        values: ["--purpose", "--cursor"])
     guard let purpose = options.values["--purpose"] else { fail("kith export needs --purpose <purpose>", .usage) }
     let client = options.client()
-    var cursor: String?
+    var cursor: String? = options.values["--cursor"]
     repeat {
-        let query = "limit=1000&purpose=" + queryEncoded(purpose) + (cursor.map { "&cursor=" + $0 } ?? "")
-        let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization)
+        var query = "limit=1000&purpose=" + queryEncoded(purpose)
+        var resume = ""
+        if let cursor {
+            query += "&cursor=" + cursor
+            resume = "; resume with --cursor " + cursor
+        }
+        let response: HTTPClient.Response
+        do { response = try client.request("GET", "/v1/admin/export?" + query, headers: options.authorization) } catch {
+            fail("cannot reach the node: \(error)" + resume, .failure)
+        }
+        guard response.status == 200 else {
+            let parsed: JSONValue? = try? JSONParser.parse(response.body)  // not JSON: the body as text
+            let message: String = parsed?["error"]?["message"]?.stringValue ?? String(decoding: response.body, as: UTF8.self)
+            fail("the node answered \(response.status): " + message + resume, .failure)
+        }
         FileHandle.standardOutput.write(Data(response.body))
         cursor = response.header("kith-next")
     } while cursor != nil

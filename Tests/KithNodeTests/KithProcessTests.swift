@@ -383,6 +383,14 @@ struct KithProcessTests {
         #expect(exported.count == ids.count && exported.allSatisfy { $0["purpose"]?.stringValue == "support" })
         let unstatedExport = try runKith(["export", "--host", host, "--token", "tk"])
         #expect(unstatedExport.status == 64 && unstatedExport.error.contains("--purpose"))
+        // Resuming from a cursor the node gave: only the profiles after it.
+        let page = try #require(try node.request("GET", "/v1/admin/export?purpose=support&limit=5", headers: ["Authorization: Bearer tk"]))
+        let cursor = try #require(page.headers["kith-next"] ?? page.headers["Kith-Next"])
+        let rest = try runKith(["export", "--purpose", "support", "--cursor", cursor, "--host", host, "--token", "tk"])
+        let restIds = rest.output.split(separator: "\n").compactMap { (try? JSONParser.parse(String($0)))?["id"]?.stringValue }
+        #expect(rest.status == 0 && restIds == Array(ids.dropFirst(5)), "\(rest.error)")
+        let forged = try runKith(["export", "--purpose", "support", "--cursor", "00ff", "--host", host, "--token", "tk"])
+        #expect(forged.status == 1 && forged.error.contains("cursor is not one this cluster returned"), "\(forged.error)")
 
         let backup = node.dataDirectory + "-cli-backup"
         defer { try? FileManager.default.removeItem(atPath: backup) }
