@@ -368,9 +368,9 @@ extension NodeAPI {
                 "kith_clock_offset_ms", "gauge", "This node's clock minus the median of the reachable core members' and its own.", offset)
         }
         text += NodeMetrics.metric("kith_clock_jumps_total", "counter", "Jumps of the wall clock against the monotonic clock.", clock.jumps)
-        text +=
-            "# HELP kith_peer_clock_offset_ms A peer's clock minus this node's, from the shortest recent round trip.\n# TYPE kith_peer_clock_offset_ms gauge\n"
-        for peer in clock.peers { text += "kith_peer_clock_offset_ms{peer=\"\(peer.name)\"} \(peer.clock.offset)\n" }
+        text += NodeMetrics.family(
+            "kith_peer_clock_offset_ms", "gauge", "A peer's clock minus this node's, from the shortest recent round trip.", label: "peer",
+            clock.peers.map { ($0.name, $0.clock.offset) })
         return text
     }
 
@@ -394,20 +394,19 @@ extension NodeAPI {
         ] {
             text += NodeMetrics.metric(name, "counter", help, value)
         }
-        text +=
-            "# HELP kith_peer_connections_closed_total Inbound peer connections closed for bad input, by reason (warnings about them are rate-limited).\n# TYPE kith_peer_connections_closed_total counter\n"
-        for (reason, count) in links.closedConnections.sorted(by: { $0.key < $1.key }) {
-            text += "kith_peer_connections_closed_total{reason=\"\(reason)\"} \(count)\n"
-        }
+        text += NodeMetrics.family(
+            "kith_peer_connections_closed_total", "counter",
+            "Inbound peer connections closed for bad input, by reason (warnings about them are rate-limited).", label: "reason",
+            links.closedConnections.sorted(by: { $0.key < $1.key }).map { ($0.key, $0.value) })
         text += clockMetrics(replication.clock)
         return text
     }
 
     /// The replication core's counters and the changes reachable peers lack.
     static func replicationProgress(_ counters: ClusterNode.Counters, lags: [(peer: String, changes: Int)]) -> String {
-        var text =
-            "# HELP kith_replication_peer_lag_changes Changes here that a reachable peer lacks, as of its last pull.\n# TYPE kith_replication_peer_lag_changes gauge\n"
-        for (peer, changes) in lags.sorted(by: { $0.peer < $1.peer }) { text += "kith_replication_peer_lag_changes{peer=\"\(peer)\"} \(changes)\n" }
+        var text = NodeMetrics.family(
+            "kith_replication_peer_lag_changes", "gauge", "Changes here that a reachable peer lacks, as of its last pull.", label: "peer",
+            lags.sorted(by: { $0.peer < $1.peer }).map { ($0.peer, $0.changes) })
         for (name, type, help, value) in [
             ("kith_replication_pulls_total", "counter", "Pulls (repairs) sent to peers.", counters.pullsSent),
             ("kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown),

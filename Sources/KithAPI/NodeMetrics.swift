@@ -31,6 +31,14 @@ public final class NodeMetrics: Sendable {
         "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n\(name) \(value)\n"
     }
 
+    /// One metric with a series per value of one label (peer names, reasons: never identifiers),
+    /// in the order given, with its HELP and TYPE lines.
+    static func family(
+        _ name: String, _ type: String, _ help: String, label: String, _ series: [(value: String, count: some CustomStringConvertible)]
+    ) -> String {
+        series.reduce("# HELP \(name) \(help)\n# TYPE \(name) \(type)\n") { text, one in text + "\(name){\(label)=\"\(one.value)\"} \(one.count)\n" }
+    }
+
     func prometheusText() -> String {
         let snapshot = requests.withLock { $0 }
         var text = "# HELP kith_http_requests_total HTTP requests by route and status.\n# TYPE kith_http_requests_total counter\n"

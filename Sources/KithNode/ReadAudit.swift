@@ -32,8 +32,6 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
     /// Records waiting for their commit before reads are refused: about five seconds of reads
     /// at full speed, to ride out a slow sync of the disk (each record is about 250 bytes here).
     static let queueLimit = 250_000
-
-    public var queue: (records: Int, limit: Int) { (queueState.withLock { $0.queue.pending.count }, Self.queueLimit) }
     /// Index rows deleted in one transaction (rows of merged or expired runs).
     static let deletionChunk = 50_000
     /// A turn of the audit thread that takes this long is logged.
@@ -172,6 +170,8 @@ public final class ReadAudit: APIReadAudit, @unchecked Sendable {
             return found
         }
     }
+
+    public var queue: (records: Int, limit: Int) { queueState.withLock { ($0.queue.pending.count, $0.queue.limit) } }
 
     /// Commits whatever is queued now. A batch that fails stays queued, ahead of newer records.
     public func flush() throws {
