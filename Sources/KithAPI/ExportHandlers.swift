@@ -37,11 +37,9 @@ extension NodeAPI {
                     body.append(UInt8(ascii: "\n"))
                     try recordRead(principal, purpose, "export", view.members, renderer.outcome)
                 }
-                var response = HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "application/x-ndjson")], body: body)
-                if views.count == page.limit, let last = views.last {
-                    response.headers.append(HTTPHeader("Kith-Next", try exportCursor.token(after: last.canonical)))
-                }
-                return response
+                return try nextPage(
+                    HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "application/x-ndjson")], body: body), after: views,
+                    limit: page.limit)
             })
     }
 
@@ -61,7 +59,7 @@ extension NodeAPI {
                 for view in views {
                     for (name, _) in view.head.consent.pairs where !name.hasPrefix(ConsentDecision.reservedPrefix) { counts[name, default: 0] += 1 }
                 }
-                var response = HTTPResponse.json(
+                let response = HTTPResponse.json(
                     200,
                     Self.object { object in
                         object.member("names") { writer in
@@ -70,11 +68,17 @@ extension NodeAPI {
                             }
                         }
                     })
-                if views.count == page.limit, let last = views.last {
-                    response.headers.append(HTTPHeader("Kith-Next", try exportCursor.token(after: last.canonical)))
-                }
-                return response
+                return try nextPage(response, after: views, limit: page.limit)
             })
+    }
+
+    /// `response` with `Kith-Next` naming where the walk goes on after `views`, unless the page
+    /// came back short (the last one).
+    private func nextPage(_ response: HTTPResponse, after views: [ProfileView], limit: Int) throws -> HTTPResponse {
+        guard views.count == limit, let last = views.last else { return response }
+        var response = response
+        response.headers.append(HTTPHeader("Kith-Next", try exportCursor.token(after: last.canonical)))
+        return response
     }
 
     /// A walk's page: `limit` (1 to 10,000, 1,000 by default) and where the cursor says the last

@@ -76,16 +76,19 @@ struct ClientOptions {
 }
 
 /// Sends one request and exits with a clear message when the node is unreachable or refuses.
-func call(_ client: HTTPClient, _ method: String, _ target: String, headers: [HTTPHeader] = [], body: [UInt8] = []) -> HTTPClient.Response {
+/// `then`, when given, ends the failure message (how to go on after it).
+func call(
+    _ client: HTTPClient, _ method: String, _ target: String, headers: [HTTPHeader] = [], body: [UInt8] = [], then: String = ""
+) -> HTTPClient.Response {
     let response: HTTPClient.Response
     do { response = try client.request(method, target, headers: headers, body: body) } catch {
-        fail("cannot reach the node: \(error)", .failure)
+        fail("cannot reach the node: \(error)" + then, .failure)
     }
     guard (200..<300).contains(response.status) else {
         let message =
             (try? JSONParser.parse(response.body))?["error"]?["message"]?.stringValue  // not JSON: the body as text
             ?? String(decoding: response.body, as: UTF8.self)
-        fail("the node answered \(response.status): \(message)", .failure)
+        fail("the node answered \(response.status): " + message + then, .failure)
     }
     return response
 }
@@ -204,15 +207,7 @@ func export(_ arguments: [String]) -> Never {
             query += "&cursor=" + cursor
             resume = "; resume with --cursor " + cursor
         }
-        let response: HTTPClient.Response
-        do { response = try client.request("GET", "/v1/admin/export?" + query, headers: options.authorization) } catch {
-            fail("cannot reach the node: \(error)" + resume, .failure)
-        }
-        guard response.status == 200 else {
-            let parsed: JSONValue? = try? JSONParser.parse(response.body)  // not JSON: the body as text
-            let message: String = parsed?["error"]?["message"]?.stringValue ?? String(decoding: response.body, as: UTF8.self)
-            fail("the node answered \(response.status): " + message + resume, .failure)
-        }
+        let response = call(client, "GET", "/v1/admin/export?" + query, headers: options.authorization, then: resume)
         FileHandle.standardOutput.write(Data(response.body))
         cursor = response.header("kith-next")
     } while cursor != nil
