@@ -49,9 +49,9 @@ extension ClusterNode {
         if let behind = membership.reachable.first(where: { antiEntropy.resyncRequested.contains($0.id) }) {
             antiEntropy.resyncRequested.remove(behind.id)
             // What the comparison brings the peer is this node's log through its last durable
-            // entry at least: later entries may be undone by a crash, so the peer reads them
-            // from the log once they are on disk.
-            try compareTrees(with: behind, now: now, resyncThrough: min(try store.logExtent().last, try store.durableLogSequence()))
+            // entry at least (never past its last entry): later entries may be undone by a
+            // crash, so the peer reads them from the log once they are on disk.
+            try compareTrees(with: behind, now: now, resyncThrough: try store.durableLogSequence())
             return
         }
         let caughtUp = membership.reachable.filter { peer in peers[peer.id].map { $0.isCaughtUp && $0.hasReadOurLog } ?? false }

@@ -220,7 +220,7 @@ public final class ClusterNode {
 
     /// Sends the changes this node accepted since the last push to every reachable peer.
     public func pushOwnChanges() throws {
-        let entries = try durableChanges(after: pushedThrough)
+        let entries = try durableChanges(after: pushedThrough, through: store.durableLogSequence())
         guard let last = entries.last else { return }
         let own = entries.filter { $0.origin == id }
         pushedThrough = last.sequence
@@ -394,11 +394,11 @@ public final class ClusterNode {
 
     // MARK: Helpers
 
-    /// Entries of this node's log after `sequence` that are on disk for good, up to the scan
-    /// limit: a peer that read an entry a crash could still undo would skip the different
-    /// change that takes its sequence number after the restart.
-    func durableChanges(after sequence: UInt64) throws -> [ChangeEntry] {
-        let durable = try store.durableLogSequence()
+    /// Entries of this node's log after `sequence` and through `durable` (the store's
+    /// `durableLogSequence`: on disk for good), up to the scan limit: a peer that read an entry a
+    /// crash could still undo would skip the different change that takes its sequence number
+    /// after the restart.
+    func durableChanges(after sequence: UInt64, through durable: UInt64) throws -> [ChangeEntry] {
         guard durable > sequence else { return [] }
         return try store.changes(after: sequence, limit: settings.scanLimit).filter { $0.sequence <= durable }
     }
@@ -406,7 +406,8 @@ public final class ClusterNode {
     /// The changes after `cursor` in this node's log that a peer holding `versions` lacks, up to
     /// about `budget` bytes.
     private func reply(after cursor: UInt64, lacking versions: VersionVector, budget: UInt32, request: UInt64) throws -> PeerMessage {
-        let scanned = try durableChanges(after: cursor)
+        let durable = try store.durableLogSequence()
+        let scanned = try durableChanges(after: cursor, through: durable)
         var entries: [ChangeEntry] = []
         var bytes = 0
         var through = cursor
@@ -423,7 +424,6 @@ public final class ClusterNode {
         let more = through < (scanned.last?.sequence ?? cursor) || scanned.count == settings.scanLimit
         // Erasures and consent decisions further down a backlog go first: a customer is forgotten,
         // or a withdrawal holds, before the rest arrives.
-        let durable = try store.durableLogSequence()
         let ahead =
             more
             ? try store.entriesAhead(after: through, limit: 64).filter {

@@ -367,11 +367,14 @@ public final class MemoryProfileStore: EngineBackedStore {
         writerClaim.check()
         return try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)
-            let before = deferringSync ? (tables.tables, tables.bytes, try engine.lastSequence(in: writer)) : nil
+            // The disk's state is taken before the first deferred commit only: holding the
+            // tables again would make every later commit copy what it changes.
+            let before =
+                deferringSync && lastSynced.withLock({ $0 == nil }) ? (tables.tables, tables.bytes, try engine.lastSequence(in: writer)) : nil
             do {
                 let result = try body(writer)
                 // A synced commit makes every commit before it durable too.
-                lastSynced.withLock { synced in synced = before.map { synced ?? $0 } }
+                lastSynced.withLock { synced in synced = deferringSync ? synced ?? before : nil }
                 return result
             } catch {
                 writer.rollBack()

@@ -33,7 +33,7 @@ package struct StoreEngine: Sendable {
     }
 
     package func statistics(in reader: some StoreReading) throws -> StoreStatistics {
-        let sequence = try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
+        let sequence = try lastSequence(in: reader)
         // Counted by a scan of the documents table: linear in its size (fine for tests and
         // benchmarks; the node's status endpoint will keep counters).
         var parts: [DocumentPart: Int] = [:]
@@ -160,7 +160,7 @@ package struct StoreEngine: Sendable {
     /// own origin up to its last sequence (every own change is in its own log).
     package func versionVector(in reader: some StoreReading) throws -> VersionVector {
         var vector = try reader.get(.meta, versionVectorKey).map { try decode(VersionVector.self, $0, table: .meta) } ?? VersionVector()
-        vector[configuration.node] = try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0
+        vector[configuration.node] = try lastSequence(in: reader)
         return vector
     }
 
@@ -177,7 +177,7 @@ package struct StoreEngine: Sendable {
         }
         return LogExtent(
             truncatedThrough: try reader.get(.meta, logTruncatedMetaKey).map { try decodeSequence($0) } ?? 0,
-            last: try reader.get(.meta, sequenceMetaKey).map { try decodeSequence($0) } ?? 0, oldestRecord: oldest)
+            last: try lastSequence(in: reader), oldestRecord: oldest)
     }
 
     package func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {

@@ -102,7 +102,7 @@ final class WriteContext {
             digesting = nil
             self.txn = txn
         }
-        sequence = try txn.get(.meta, sequenceMetaKey).map { try engine.decodeSequence($0) } ?? 0
+        sequence = try engine.lastSequence(in: txn)
         anyForgotten = try txn.count(.forget) > 0
         if try txn.get(.meta, formatMetaKey) == nil {
             try txn.put(.meta, formatMetaKey, [ProfileFormat.version], mode: .upsert)
