@@ -1,5 +1,6 @@
 import Foundation
 import KithHTTP
+import KithJSON
 import KithNet
 
 /// The processes the HTTP benchmarks drive or compare with: wrk, nginx, a standalone `kith
@@ -151,6 +152,13 @@ func freePort() throws -> UInt16 {
     return port
 }
 
+/// `startNode` over a data directory emptied first (its secret file too): a node with no data.
+func startFreshNode(_ binary: String, _ dataDirectory: String) throws -> (Process, UInt16) {
+    try? FileManager.default.removeItem(atPath: dataDirectory)  // a previous run's, if any
+    try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")  // a previous run's, if any
+    return try startNode(binary, dataDirectory)
+}
+
 /// `kith serve` without peers on a loopback port of its own choosing, write key `bench`, token
 /// `bench-token`; its log goes to `dataDirectory.log`.
 func startNode(_ binary: String, _ dataDirectory: String) throws -> (Process, UInt16) {
@@ -175,4 +183,15 @@ func startNode(_ binary: String, _ dataDirectory: String) throws -> (Process, UI
         let port = UInt16(line[range].split(separator: ":")[1])
     else { throw BenchmarkFailed("cannot read the port from: \(line)") }
     return (process, port)
+}
+
+/// Up to 10,000 canonical identifiers of the node's profiles (percent-encoded for paths), from
+/// the export for the support purpose, read with the benchmarks' admin token.
+func existingProfiles(_ address: String) throws -> [String] {
+    let response = try HTTPClient(address: address).request("GET", "/v1/admin/export?limit=10000&purpose=support", headers: [BenchNode.token])
+    let identifiers = response.body.split(separator: UInt8(ascii: "\n")).compactMap { line -> String? in
+        (try? JSONParser.parse(Array(line)))?["id"]?.stringValue  // not a profile line: skipped
+    }
+    guard !identifiers.isEmpty else { throw BenchmarkFailed("no profiles to read") }
+    return identifiers.map { $0.replacingOccurrences(of: "@", with: "%40") }
 }

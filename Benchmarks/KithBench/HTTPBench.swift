@@ -14,9 +14,7 @@ struct HTTPBenchmark {
 
     func run() throws {
         let dataDirectory = "Benchmarks/.work/http-node"
-        try? FileManager.default.removeItem(atPath: dataDirectory)
-        try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")
-        var (process, port) = try startNode(kithBinary, dataDirectory)
+        var (process, port) = try startFreshNode(kithBinary, dataDirectory)
         defer {
             process.terminate()
             process.waitUntilExit()
@@ -71,7 +69,7 @@ struct HTTPBenchmark {
         // Random reads of profiles that exist. wrk (Debian's) drives them when installed: our own
         // blocking client costs more CPU than the server on these two shared cores.
         let bearer = HTTPHeader("Authorization", "Bearer bench-token")
-        let identifiers = try existingProfiles(address, bearer)
+        let identifiers = try existingProfiles(address)
         if Wrk.isInstalled {
             let script = try readScript(paths: identifiers.map { "/v1/profiles/\($0)?purpose=support" }, token: "bench-token")
             let ours = try Wrk(seconds: seconds).run(url: "http://\(address)", script: script)
@@ -116,9 +114,7 @@ struct HTTPBenchmark {
         _ baselineBinary: String, _ dataDirectory: String, script: String, batches: [[UInt8]], authorization: HTTPHeader
     ) throws -> Process {
         let baselineDirectory = "Benchmarks/.work/http-baseline"
-        try? FileManager.default.removeItem(atPath: baselineDirectory)
-        try? FileManager.default.removeItem(atPath: baselineDirectory + ".secret")
-        var (process, port) = try startNode(baselineBinary, baselineDirectory)
+        var (process, port) = try startFreshNode(baselineBinary, baselineDirectory)
         let client = try HTTPClient(address: "127.0.0.1:\(port)")
         for batch in batches {
             guard try client.request("POST", "/v1/batch", headers: [authorization], body: batch).status == 200 else {
@@ -141,17 +137,6 @@ struct HTTPBenchmark {
         report("read.policy_rps_alternated", median(current))
         report("read.policy_http_cost_pct", (1 - median(current) / median(baseline)) * 100, decimals: 1)
         return process
-    }
-
-    /// Up to 20,000 canonical identifiers of stored profiles, from the admin export.
-    private func existingProfiles(_ address: String, _ bearer: HTTPHeader) throws -> [String] {
-        let client = try HTTPClient(address: address)
-        let response = try client.request("GET", "/v1/admin/export?limit=10000&purpose=support", headers: [bearer])
-        let identifiers = response.body.split(separator: UInt8(ascii: "\n")).compactMap { line -> String? in
-            (try? JSONParser.parse(Array(line)))?["id"]?.stringValue
-        }
-        guard !identifiers.isEmpty else { throw BenchmarkFailed("no profiles to read") }
-        return identifiers.map { $0.replacingOccurrences(of: "@", with: "%40") }
     }
 
     struct Result {

@@ -31,9 +31,7 @@ struct PeersBenchmark {
         progress("starting kith: one node alone, three with peers")
 
         let dataDirectory = "Benchmarks/.work/peers-node"
-        try? FileManager.default.removeItem(atPath: dataDirectory)
-        try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")
-        let (node, port) = try startNode(kithBinary, dataDirectory)
+        let (node, port) = try startFreshNode(kithBinary, dataDirectory)
         defer {
             node.terminate()
             node.waitUntilExit()
@@ -127,16 +125,6 @@ struct PeersBenchmark {
             let response = try client.request("POST", "/v1/batch", headers: [BenchNode.writeKey], body: body)
             guard response.status == 200 else { throw BenchmarkFailed("the preload was refused (\(response.status))") }
         }
-    }
-
-    /// Up to 10,000 canonical identifiers of stored profiles, from the admin export.
-    private func existingProfiles(_ address: String) throws -> [String] {
-        let response = try HTTPClient(address: address).request("GET", "/v1/admin/export?limit=10000&purpose=support", headers: [BenchNode.token])
-        let identifiers = response.body.split(separator: UInt8(ascii: "\n")).compactMap { line -> String? in
-            (try? JSONParser.parse(Array(line)))?["id"]?.stringValue
-        }
-        guard !identifiers.isEmpty else { throw BenchmarkFailed("no profiles to read") }
-        return identifiers.map { $0.replacingOccurrences(of: "@", with: "%40") }
     }
 
     /// 200 batch bodies of 100 workload messages each, split at their messageIds.

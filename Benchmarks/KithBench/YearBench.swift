@@ -1,5 +1,4 @@
 import Foundation
-import KithJSON
 import KithLMDB
 import KithProfile
 import KithStore
@@ -57,6 +56,9 @@ struct YearBenchmark {
         let store = try openScratchStore("\(scratch)/year")
         var held: [Held] = []
         var seen = Set<String>()
+        /// Each line's messageId, to pick the kept lines out at the end without parsing again.
+        var lineIds: [String] = []
+        lineIds.reserveCapacity(lines.count)
         var firstTime: Int64?
         var nextSweep = Int64.min, nextReport = Int64.min
         var swept = RetentionStep()
@@ -70,6 +72,7 @@ struct YearBenchmark {
                 _ = try store.apply(batch)
                 for delta in batch {
                     defer { line += 1 }
+                    lineIds.append(delta.messageId)
                     newest = max(newest, delta.times.eventTime)
                     guard seen.insert(delta.messageId).inserted else { continue }
                     held.append(
@@ -97,7 +100,7 @@ struct YearBenchmark {
 
         // The same rules over only the messages they keep, applied into a fresh store.
         let keptIds = Set(held.filter { $0.isKept(under: rules, now: newest) }.map(\.messageId))
-        let keptLines = try keptLineRanges(bytes: bytes, lines: lines, keptIds: keptIds)
+        let keptLines = zip(lines, lineIds).filter { keptIds.contains($0.1) }.map(\.0)
         let reference = try openScratchStore("\(scratch)/kept")
         let keptBatches = ParsedBatches(bytes: bytes, lines: keptLines, batchSize: batchSize, receivedAt: Self.receivedAt)
         while let batch = try keptBatches.next() { _ = try reference.apply(batch) }
@@ -148,17 +151,6 @@ struct YearBenchmark {
         print("\(name).file_bytes: \(store.environment.fileSize())")
         print("\(name).table_bytes: \(pages)")
         print("\(name).kept_json_bytes: \(keptJSON)")
-    }
-
-    /// The lines of the messages in `keptIds` (re-deliveries included: a store counts them once).
-    private func keptLineRanges(bytes: [UInt8], lines: [Range<Int>], keptIds: Set<String>) throws -> [Range<Int>] {
-        let parser = SegmentMessageParser()
-        return try bytes.withUnsafeBufferPointer { buffer in
-            try lines.filter { range in
-                let delta = try parser.parse(try JSONParser.parse(UnsafeBufferPointer(rebasing: buffer[range])), receivedAt: Self.receivedAt)
-                return keptIds.contains(delta.messageId)
-            }
-        }
     }
 
     private func fileBytes(_ path: String) throws -> Int {
