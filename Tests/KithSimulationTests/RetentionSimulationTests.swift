@@ -166,20 +166,14 @@ func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: 
 @Suite("Retention in the simulation")
 struct RetentionSimulationTests {
     @Test func everyReplicaKeepsExactlyWhatTheRulesKeep() throws {
-        var failed: [String] = []
         var dropped = 0
         var expired = 0
-        for seed in simulationSeeds(ci: 40) {
+        try expectEverySeedPasses(ci: 40, replay: "RetentionSimulationTests") { seed in
             let (failures, count, gone) = try runRetentionScenario(seed: seed)
             dropped += count
             expired += gone
-            if !failures.isEmpty {
-                failed.append(
-                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter RetentionSimulationTests"
-                )
-            }
+            return failures
         }
         #expect(dropped > 0 && expired > 0, "rows dropped by sweeps \(dropped), messages expired \(expired)")
-        #expect(failed.isEmpty, "\(failed.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
     }
 }

@@ -16,6 +16,28 @@ func simulationSeeds(ci: UInt64) -> [UInt64] {
     return Array(0..<(environment["KITH_SIM_SEEDS"].flatMap(UInt64.init) ?? ci))
 }
 
+/// Runs `scenario` on every seed of this run (`simulationSeeds`) and expects it to report no
+/// failure on any; a failing seed is listed with the command that replays it (`swift test
+/// --filter <filter>`). Returns how many seeds ran.
+@discardableResult
+func expectEverySeedPasses(
+    ci: UInt64, replay filter: String, sourceLocation: SourceLocation = #_sourceLocation, _ scenario: (UInt64) throws -> [String]
+) rethrows -> Int {
+    var failed: [String] = []
+    let seeds = simulationSeeds(ci: ci)
+    for seed in seeds {
+        let failures = try scenario(seed)
+        if !failures.isEmpty {
+            failed.append(
+                "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter \(filter)")
+        }
+    }
+    #expect(
+        failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))",
+        sourceLocation: sourceLocation)
+    return seeds.count
+}
+
 /// What clients did and were told: the reference model gets every acknowledged operation.
 struct Ledger {
     /// An erasure as its client saw it: accepted at `acceptedAt` (the erasing node's clock),
@@ -228,27 +250,20 @@ func check(_ sim: Simulation, _ ledger: Ledger, seed: UInt64) throws -> [String]
 @Suite("Deterministic cluster simulation")
 struct SimulationTests {
     @Test func everySeedConvergesWithoutLossOrResurrection() throws {
-        var failed: [String] = []
         var appliedAhead = 0, refusedForClock = 0, writtenAfterErasures = 0
-        let seeds = simulationSeeds(ci: 200)
-        for seed in seeds {
+        let seeds = try expectEverySeedPasses(ci: 200, replay: "KithSimulationTests") { seed in
             let (failures, counts) = try runScenario(seed: seed)
             appliedAhead += counts.appliedAhead
             refusedForClock += counts.refusedForClock
             writtenAfterErasures += counts.writtenAfterErasures
-            if !failures.isEmpty {
-                failed.append(
-                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter KithSimulationTests"
-                )
-            }
+            return failures
         }
         // Changes sent ahead of a backlog happen in a run of many seeds (after crashes and partitions).
-        #expect(seeds.count < 50 || appliedAhead > 0)
+        #expect(seeds < 50 || appliedAhead > 0)
         // Nodes with a clock two hours fast were refused, and erasures had writes after them to check.
         #expect(
-            seeds.count < 50 || (refusedForClock > 0 && writtenAfterErasures > 0),
+            seeds < 50 || (refusedForClock > 0 && writtenAfterErasures > 0),
             "refused \(refusedForClock), written after erasures \(writtenAfterErasures)")
-        #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
     }
 }
 
@@ -290,16 +305,6 @@ func runRulesChangeScenario(seed: UInt64) throws -> [String] {
 @Suite("Deterministic cluster simulation: identity rules that change")
 struct RulesChangeSimulationTests {
     @Test func everySeedEndsWithTheProfilesOfTheFinalRules() throws {
-        var failed: [String] = []
-        let seeds = simulationSeeds(ci: 40)
-        for seed in seeds {
-            let failures = try runRulesChangeScenario(seed: seed)
-            if !failures.isEmpty {
-                failed.append(
-                    "seed \(seed): \(failures.prefix(3).joined(separator: "; "))\n  replay: KITH_SIM_SEED=\(seed) swift test --filter RulesChangeSimulationTests"
-                )
-            }
-        }
-        #expect(failed.isEmpty, "\(failed.count) of \(seeds.count) seeds failed:\n\(failed.prefix(10).joined(separator: "\n"))")
+        try expectEverySeedPasses(ci: 40, replay: "RulesChangeSimulationTests") { seed in try runRulesChangeScenario(seed: seed) }
     }
 }
