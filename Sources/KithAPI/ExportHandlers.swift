@@ -27,6 +27,9 @@ extension NodeAPI {
         }
         respond(
             Self.attempt {
+                // Where the change feed takes over from this page: taken before the page is
+                // read, so every change the page may lack comes after it (docs/feed.md).
+                let feed = FeedTokenText.text(try feedTokenNow())
                 let views = try store.profiles(after: page.after, limit: page.limit)
                 var body: [UInt8] = []
                 for view in views {
@@ -37,9 +40,8 @@ extension NodeAPI {
                     body.append(UInt8(ascii: "\n"))
                     try recordRead(principal, purpose, "export", view.members, renderer.outcome)
                 }
-                return try nextPage(
-                    HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "application/x-ndjson")], body: body), after: views,
-                    limit: page.limit)
+                let headers = [HTTPHeader("Content-Type", "application/x-ndjson"), HTTPHeader("Kith-Feed-Token", feed)]
+                return try nextPage(HTTPResponse(status: 200, headers: headers, body: body), after: views, limit: page.limit)
             })
     }
 

@@ -90,6 +90,8 @@ public final class NodeAPI: Sendable {
     private let lastChangeTimes = Mutex<[Identifier: Int64]>([:])
     let startedAt: Int64
     public let metrics = NodeMetrics()
+    /// Long polls of the change feed waiting for the log to grow.
+    let feedWaiters = FeedWaiters()
 
     public init(
         settings: Settings, store: any NodeStore, writer: any APIWriter, replication: (any APIReplication)?, audit: any APIReadAudit,
@@ -127,8 +129,16 @@ public final class NodeAPI: Sendable {
         }
     }
 
-    /// From now on `/readyz` answers 503: the node is stopping.
-    public func stop() { stopping.store(true, ordering: .relaxed) }
+    /// From now on `/readyz` answers 503: the node is stopping. Long polls of the change feed
+    /// are answered now.
+    public func stop() {
+        stopping.store(true, ordering: .relaxed)
+        feedWaiters.stop()
+    }
+
+    /// The change log grew (a commit of the writer, local or replicated): long polls of the
+    /// change feed walk again. Never waits; called on the writer's thread.
+    public func logAdvanced() { feedWaiters.logAdvanced() }
 
     /// Answers `request` through `responder`, with a `Request-Id`, counted in the metrics and
     /// logged (every request, or only 5xx answers).

@@ -59,9 +59,10 @@ extension NodeAPI {
             }
             + profileRoutes
             + [
+                .init("GET", "/v1/changes", NodeRoute(access: .roles(readers)) { api, call in api.changes(call) }),
                 .init(
                     "GET", "/v1/groups/{groupId}",
-                    NodeRoute(access: .roles(readers)) { api, call in api.groupRoute(call) })
+                    NodeRoute(access: .roles(readers)) { api, call in api.groupRoute(call) }),
             ]
             + [
                 .init(

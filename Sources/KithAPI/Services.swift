@@ -130,6 +130,9 @@ public protocol APIHost: Sendable {
     /// Runs `work` off the caller's thread: storage reads after a wait completed on the
     /// replication thread, and backups.
     func background(_ work: @escaping @Sendable () -> Void)
+    /// Runs `body` `millis` from now on a timer that nothing else blocks (long polls' deadlines);
+    /// false, without running it, once the node is stopping.
+    func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool
     /// What the retention sweeps have dropped since the node started (metrics).
     var retention: RetentionTotals { get }
 }

@@ -39,8 +39,12 @@ final class Deadlines: Sendable {
 
     /// Stops taking closures, runs each one queued at its deadline (every waiter is answered,
     /// none early: the callers' deadlines are seconds at most), then stops the thread.
-    func stop() {
-        state.withLock { $0.stopped = true }
+    /// `early`: runs them all now instead (their waiters were answered already).
+    func stop(early: Bool = false) {
+        state.withLock { state in
+            state.stopped = true
+            if early { for index in state.entries.indices { state.entries[index].at = 0 } }
+        }
         wakeup.signal()
         finished.wait()
     }

@@ -31,15 +31,23 @@ public final class Node: Sendable {
     /// The routes and their handlers.
     let api: NodeAPI
     public let log: Log
+    /// The deadlines of the change feed's long polls.
+    let feedDeadlines = Deadlines(name: "kith-feed")
     /// Replication, when the node has a gossip address (nil: a node on its own).
     let replication: ReplicationService?
     /// This data directory's origin id: its changes are numbered under it (docs/replication.md).
     public let origin: UInt64
 
-    /// Tells replication of each commit (it is created after the writer, which needs the link).
+    /// Tells replication of each commit, and the change feed of each commit local or
+    /// replicated (both are created after the writer, which needs the link).
     private final class CommitListener: Sendable {
         let replication = Mutex<ReplicationService?>(nil)
-        func committed() { replication.withLock { $0 }?.committed() }
+        let feed = Mutex<NodeAPI?>(nil)
+        func committed() {
+            replication.withLock { $0 }?.committed()
+            logAdvanced()
+        }
+        func logAdvanced() { feed.withLock { $0 }?.logAdvanced() }
     }
 
     public init(configuration: NodeConfiguration) throws {
@@ -87,7 +95,13 @@ public final class Node: Sendable {
             let (keys, sending) = try configuration.clusterKeys()
             let replication = try ReplicationService(
                 store: store, origin: origin, configuration: configuration, keys: ClusterKeys(keys: keys, sending: sending),
-                forgetKeySecret: secret, log: log, writer: { committer.perform($0) })
+                forgetKeySecret: secret, log: log,
+                writer: { task in
+                    committer.perform {
+                        task()
+                        pushes.logAdvanced()
+                    }
+                })
             pushes.replication.withLock { $0 = replication }
             self.replication = replication
         } else {
@@ -115,9 +129,10 @@ public final class Node: Sendable {
             maxEventAge: try configuration.maxEventAgeMillis())
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit,
-            host: ProcessHost(server: server, sweeper: sweeper),
+            host: ProcessHost(server: server, sweeper: sweeper, deadlines: feedDeadlines),
             log: log)
         route.api = api
+        pushes.feed.withLock { $0 = api }
     }
 
     /// Starts serving; returns the HTTP port.
@@ -141,6 +156,8 @@ public final class Node: Sendable {
     /// Graceful stop: no new connections, in-flight requests answered, queued writes committed.
     public func stop() {
         api.stop()
+        // The long polls were answered by the API's stop: their timers have nothing left to do.
+        feedDeadlines.stop(early: true)
         server.stop()
         // Replication first: its queued writes then finish with the writer's, and nothing
         // submits more once the writer stops.
@@ -241,7 +258,9 @@ private final class RouteBox: @unchecked Sendable {
 struct ProcessHost: APIHost {
     let server: HTTPServer
     let sweeper: RetentionSweeper
+    let deadlines: Deadlines
     var retention: RetentionTotals { sweeper.dropped }
+    func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool { deadlines.after(millis: millis, body) }
     var openConnections: Int { server.openConnections }
     func wallMillis() -> Int64 { unixMillis() }
     func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

@@ -1,4 +1,5 @@
 import KithCRDT
+import KithProfile
 
 /// Dropping the change log's oldest records once every member has read them (the decision is
 /// `LogTruncationPlan`'s in KithCluster; this carries it out). A record holds the entries of one
@@ -12,13 +13,20 @@ extension StoreEngine {
         let target = max(min(sequence, extent.last), extent.truncatedThrough)
         guard target > extent.truncatedThrough || extent.holdsTruncatedRecords else { return 0 }
         var keys: [[UInt8]] = []
-        try txn.scan(.changes, from: []) { key, _ in
+        // What goes is remembered by origin: a change feed's token from another node resumes
+        // here only if it covers every dropped entry (`ChangeFeed`).
+        var floor = extent.floor
+        try txn.scan(.changes, from: []) { key, value in
             guard try decodeSequence(key) <= target else { return .stop }
             keys.append(key)
+            for entry in try decode(value, table: .changes, ChangeRecord.decode) {
+                floor.advance(origin: entry.origin, to: entry.originSequence)
+            }
             return keys.count < limit ? .next : .stop
         }
         guard let lastKey = keys.last else { return 0 }
         for key in keys { try txn.delete(.changes, key) }
+        if floor != extent.floor { try txn.put(.meta, logFloorMetaKey, ProfileFormat.encode(floor), mode: .upsert) }
         let through = try decodeSequence(lastKey)
         // The copies that travel ahead of a backlog go with the entries they copy.
         var ahead: [[UInt8]] = []
@@ -44,5 +52,6 @@ extension WriteContext {
         let extent = try engine.logExtent(in: txn)
         let through = max(extent.truncatedThrough, extent.last)  // nothing is logged in this transaction
         try txn.put(.meta, logTruncatedMetaKey, sequenceKey(through), mode: .upsert)
+        try txn.put(.meta, logRebuiltMetaKey, sequenceKey(through), mode: .upsert)
     }
 }

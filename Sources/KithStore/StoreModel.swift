@@ -292,6 +292,12 @@ package let aheadMetaKey = Array("ahead".utf8)
 let versionVectorKey = Array("versions".utf8)
 /// The highest local sequence log truncation has dropped (absent: none).
 let logTruncatedMetaKey = Array("log-truncated".utf8)
+/// The version vector of the entries truncation dropped: per origin, the highest sequence gone
+/// (absent: none). A change feed resumes from another node's token only above it.
+let logFloorMetaKey = Array("log-floor".utf8)
+/// Present once a tree comparison rebuilt the log (`resumeLog`): changes arrived that no entry
+/// holds, so no token from another node can be resumed here (docs/feed.md).
+let logRebuiltMetaKey = Array("log-rebuilt".utf8)
 
 /// How much of a node's change log is held: entries through `truncatedThrough` are gone (every
 /// member had read them, or was away too long to count), entries after it through `last` are held
@@ -301,11 +307,17 @@ public struct LogExtent: Sendable, Equatable {
     public var last: UInt64
     /// The key (last sequence) of the oldest record held, if any.
     public var oldestRecord: UInt64?
+    /// Per origin, the highest sequence of the entries truncation dropped.
+    public var floor: VersionVector
+    /// A tree comparison brought changes that no entry of this log holds (`resumeLog`).
+    public var rebuilt: Bool
 
-    public init(truncatedThrough: UInt64, last: UInt64, oldestRecord: UInt64? = nil) {
+    public init(truncatedThrough: UInt64, last: UInt64, oldestRecord: UInt64? = nil, floor: VersionVector = VersionVector(), rebuilt: Bool = false) {
         self.truncatedThrough = truncatedThrough
         self.last = last
         self.oldestRecord = oldestRecord
+        self.floor = floor
+        self.rebuilt = rebuilt
     }
 
     /// Records at or below `truncatedThrough` are still held: a log marked incomplete

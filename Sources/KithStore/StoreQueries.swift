@@ -177,7 +177,9 @@ package struct StoreEngine: Sendable {
         }
         return LogExtent(
             truncatedThrough: try reader.get(.meta, logTruncatedMetaKey).map { try decodeSequence($0) } ?? 0,
-            last: try lastSequence(in: reader), oldestRecord: oldest)
+            last: try lastSequence(in: reader), oldestRecord: oldest,
+            floor: try reader.get(.meta, logFloorMetaKey).map { try decode(VersionVector.self, $0, table: .meta) } ?? VersionVector(),
+            rebuilt: try reader.get(.meta, logRebuiltMetaKey) != nil)
     }
 
     package func entriesAhead(after sequence: UInt64, limit: Int, in reader: some StoreReading) throws -> [ChangeEntry] {

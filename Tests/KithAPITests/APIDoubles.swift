@@ -206,6 +206,23 @@ final class TestHost: APIHost, Sendable {
     func monotonicNanos() -> UInt64 { monotonic.load(ordering: .relaxed) }
     func background(_ work: @escaping @Sendable () -> Void) { work() }
     var retention: RetentionTotals { RetentionTotals(passes: 2, eventsDropped: 5, traitsDropped: 1) }
+
+    /// Timers wait until the test fires them (`fireTimers`).
+    private let timers = Mutex<[@Sendable () -> Void]>([])
+    func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool {
+        timers.withLock { $0.append(body) }
+        return true
+    }
+
+    /// Runs the timers set so far; returns how many ran.
+    @discardableResult func fireTimers() -> Int {
+        let due = timers.withLock { timers in
+            defer { timers.removeAll() }
+            return timers
+        }
+        for timer in due { timer() }
+        return due.count
+    }
 }
 
 /// An API over the in-memory store and the doubles above, replicating or alone, driven through

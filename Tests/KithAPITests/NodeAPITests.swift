@@ -164,6 +164,7 @@ struct EveryRouteSucceedsTests {
                 Call(method: "GET", pattern: p + "/audit", target: profile + "/audit", role: .privacy),
                 Call(method: "GET", pattern: p + "/links", target: profile + "/links", role: .admin),
                 Call(method: "GET", pattern: "/v1/groups/{groupId}", target: "/v1/groups/g-1?purpose=support", role: .reader),
+                Call(method: "GET", pattern: "/v1/changes", target: "/v1/changes?purpose=support&since=0", role: .reader),
                 Call(method: "GET", pattern: "/v1/admin/status", target: "/v1/admin/status", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/export", target: "/v1/admin/export?purpose=support", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/consent-names", target: "/v1/admin/consent-names", role: .privacy),
