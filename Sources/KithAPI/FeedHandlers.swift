@@ -100,6 +100,7 @@ extension NodeAPI {
         switch walked {
         case .success(let page): return page
         case .failure(let expired):
+            metrics.feedTokensExpired.add(1, ordering: .relaxed)
             throw WalkRefusal(
                 response: .error(
                     410, code: "feed_token_expired",
@@ -112,6 +113,7 @@ extension NodeAPI {
     private func feedBody(_ page: FeedPage, _ request: FeedRequest) throws -> [UInt8] {
         var records: [[UInt8]] = []
         for entry in page.given { records += try feedRecords(entry, request) }
+        metrics.feedRecords.add(records.count, ordering: .relaxed)
         var writer = JSONWriter(capacity: 256 + records.reduce(0) { $0 + $1.count })
         writer.writeObject { object in
             object.member("changes") { writer in writer.writeArray(records) { $0.raw(bytes: $1) } }
@@ -182,6 +184,7 @@ extension NodeAPI {
             if full { return object.member("profile") { $0.raw(bytes: profile) } }
             if let identifiers = rendered["identifiers"] { object.member("identifiers", identifiers) }
             guard let delta else { return }
+            object.member("messageId", string: delta.messageId)
             if case .object(let traits)? = rendered["traits"], !delta.traits.isEmpty {
                 let changed = Set(delta.traits.members.map(\.key))
                 object.member("traits", .object(JSONObject(traits.members.filter { changed.contains($0.key) })))

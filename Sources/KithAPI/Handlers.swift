@@ -337,6 +337,8 @@ extension NodeAPI {
                 "kith_change_log_truncated_through", "gauge", "The local sequence through which the change log was truncated.",
                 Int(clamping: log.truncatedThrough))
         }
+        text += NodeMetrics.metric(
+            "kith_feed_polls_waiting", "gauge", "Change-feed long polls waiting for the log to grow.", feedWaiters.count)
         let auditQueue = audit.queue
         text += NodeMetrics.metric(
             "kith_audit_queue_records", "gauge", "Read-audit records waiting for the audit's writer (reads are refused once it is full).",

@@ -15,6 +15,9 @@ public final class NodeMetrics: Sendable {
     let receivedMessages = Atomic<Int>(0)
     /// Reads of profiles holding consent under names the policy does not map (no names, no values).
     let unmappedConsentReads = Atomic<Int>(0)
+    /// Change-feed records given to consumers, and tokens answered 410.
+    let feedRecords = Atomic<Int>(0)
+    let feedTokensExpired = Atomic<Int>(0)
 
     func record(route: String, status: Int, seconds: Double) {
         requests.withLock { table in
@@ -63,6 +66,12 @@ public final class NodeMetrics: Sendable {
         text += Self.metric(
             "kith_consent_unmapped_reads_total", "counter", "Reads of profiles with consent under names the policy does not map.",
             unmappedConsentReads.load(ordering: .relaxed))
+        text += Self.metric(
+            "kith_feed_records_total", "counter", "Change-feed records given to consumers (after the read policy).",
+            feedRecords.load(ordering: .relaxed))
+        text += Self.metric(
+            "kith_feed_tokens_expired_total", "counter", "Change-feed requests answered 410: the log no longer held what the token lacked.",
+            feedTokensExpired.load(ordering: .relaxed))
         return text + latency
     }
 }

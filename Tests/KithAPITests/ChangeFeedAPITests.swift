@@ -1,4 +1,5 @@
 import KithCRDT
+import KithCluster
 import KithHTTP
 import KithJSON
 import KithPolicy
@@ -223,6 +224,49 @@ import Testing
         #expect(test.host.fireTimers() == 1, "its one timer, which finds it answered")
         #expect(third.responses.withLock { $0.count } == 1)
         #expect(poll(token).responses.withLock { $0.count } == 1, "a stopping node waits for nothing")
+    }
+
+    /// Truncation takes the start of the log away: a token behind it is answered 410 with the
+    /// way to resync, and the export's feed token is where a resynced consumer goes on.
+    @Test func aTokenTheLogNoLongerHoldsIsToldToResync() throws {
+        let test = try TestAPI(replicated: true)
+        identify(test, "u-1", #"{"name":"Ana"}"#, "m1")
+        let early = try page(test, "since=0&purpose=support&limit=1").next
+        identify(test, "u-2", #"{"name":"Ben"}"#, "m2")
+        identify(test, "u-3", #"{"name":"Cy"}"#, "m3")
+        #expect(try test.store.truncateLog(through: 2, limit: 100) > 0)
+        for since in ["0", early] {
+            let refused = test.call("GET", "/v1/changes?purpose=support&since=\(since)", role: .reader)
+            #expect(refused?.status == 410 && refused?.errorCode == "feed_token_expired", "\(since): \(refused?.text ?? "")")
+            #expect(refused?.text.contains("/v1/admin/export") == true)
+        }
+        let metrics = try #require(test.call("GET", "/metrics", role: .admin)).text
+        #expect(metrics.contains("kith_feed_tokens_expired_total 2\n"), "\(metrics)")
+        // Resync: the export's first page says where the feed takes over.
+        let export = try #require(test.call("GET", "/v1/admin/export?purpose=support", role: .admin))
+        let resume = try #require(export.header("Kith-Feed-Token"))
+        #expect(try page(test, "since=\(resume)&purpose=support").records.isEmpty, "the export holds everything so far")
+        identify(test, "u-4", #"{"name":"Di"}"#, "m4")
+        #expect(try page(test, "since=\(resume)&purpose=support").records.map { $0["id"] } == ["user_id:u-4"])
+    }
+
+    /// A token from another node resumes here from the oldest entry held, passing over what it
+    /// covers; one that lacks entries truncation dropped here is refused.
+    @Test func aTokenFromAnotherNodeResumesAboveWhatTruncationDropped() throws {
+        let test = try TestAPI(replicated: true)
+        for index in 1...4 { identify(test, "u-\(index)", #"{"name":"N\#(index)"}"#, "m\(index)") }
+        #expect(try test.store.truncateLog(through: 1, limit: 100) == 1)
+        // Another node's consumer was given this node's changes 1 and 2.
+        let covering = FeedToken(versions: VersionVector([TestAPI.origin: 2]), node: 0xB0B, position: 7)
+        let resumed = try page(test, "since=\(FeedTokenText.text(covering))&purpose=support")
+        #expect(resumed.records.map { $0["id"] } == ["user_id:u-3", "user_id:u-4"], "\(resumed.text)")
+        let lacking = FeedToken(versions: VersionVector(), node: 0xB0B, position: 7)
+        #expect(test.call("GET", "/v1/changes?purpose=support&since=\(FeedTokenText.text(lacking))", role: .reader)?.status == 410)
+        // Its own token behind the truncation: refused too; at it: served.
+        let own = FeedToken(versions: VersionVector([TestAPI.origin: 1]), node: TestAPI.origin, position: 1)
+        #expect(try page(test, "since=\(FeedTokenText.text(own))&purpose=support").records.count == 3)
+        let ahead = FeedToken(versions: VersionVector(), node: TestAPI.origin, position: 9)
+        #expect(test.call("GET", "/v1/changes?purpose=support&since=\(FeedTokenText.text(ahead))", role: .reader)?.status == 410)
     }
 }
 
