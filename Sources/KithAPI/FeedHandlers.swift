@@ -39,7 +39,93 @@ extension NodeAPI {
         do { token = try request.token ?? feedTokenNow() } catch {
             return call.respond(.error(500, code: "storage_error", message: "the change log could not be read"))
         }
+        if call.request.header("accept")?.contains("text/event-stream") == true {
+            return feedStream(request, from: token, respond: call.respond)
+        }
         feedAnswer(request, from: token, deadline: deadline, respond: call.respond)
+    }
+
+    /// How often an event stream with nothing to say sends a comment, so that the client and
+    /// the proxies between know it is alive (and the server's idle timeout does not end it).
+    static let feedHeartbeatMillis = 15_000
+    /// Bytes an event stream may have waiting for a slow client before the walk pauses.
+    static let feedStreamBacklogBytes = 1 << 20
+
+    /// `Accept: text/event-stream`: the feed as Server-Sent Events, for as long as the client
+    /// stays. Each record is one event; the last event of each page carries the token after it
+    /// as its `id`, which a reconnecting client sends back as `Last-Event-ID`. A token the log
+    /// no longer holds is refused before the stream starts (410, as for a long poll).
+    private func feedStream(_ request: FeedRequest, from token: FeedToken, respond: Respond) {
+        let page: FeedPage
+        let events: [UInt8]
+        do {
+            page = try feedWalk(from: token, request)
+            events = try feedEvents(page, request)
+        } catch let refusal as WalkRefusal {
+            return respond(refusal.response)
+        } catch {
+            return respond(Self.attempt { throw error })
+        }
+        let stream = HTTPBodyStream()
+        let headers = [HTTPHeader("Content-Type", "text/event-stream"), HTTPHeader("Cache-Control", "no-cache")]
+        respond(HTTPResponse(status: 200, headers: headers, stream: stream))
+        stream.send(Array("retry: 2000\n\n".utf8) + events)
+        feedStreamNext(request, after: page, stream: stream)
+    }
+
+    /// What an event stream does after sending `page`: walks on at once while the log holds
+    /// more, and otherwise waits for a commit, sending a heartbeat every `feedHeartbeatMillis`.
+    private func feedStreamNext(_ request: FeedRequest, after page: FeedPage, stream: HTTPBodyStream) {
+        guard !stream.isClosed else { return }
+        guard !stopping.load(ordering: .relaxed) else { return stream.finish() }
+        let walk: @Sendable () -> Void = { [self] in feedStreamStep(request, from: page.token, stream: stream) }
+        if stream.unwrittenBytes > Self.feedStreamBacklogBytes {
+            // A slow client: wait for the socket to take what is queued.
+            if !host.after(millis: 50, { [host] in host.background(walk) }) { stream.finish() }
+            return
+        }
+        if !page.given.isEmpty || !page.atEnd { return host.background(walk) }
+        let seen = feedWaiters.generation
+        let waiter = FeedWaiters.Waiter { [self] expired, id in
+            if !expired { feedWaiters.done(id) }
+            host.background {
+                if expired && !self.stopping.load(ordering: .relaxed) { stream.send(Array(": keep-alive\n\n".utf8)) }
+                self.feedStreamNext(request, after: FeedPage(given: [], token: page.token, atEnd: false), stream: stream)
+            }
+        }
+        switch feedWaiters.wait(waiter, id: nil, unless: seen) {
+        case .waiting(let id, _):
+            if !host.after(millis: Self.feedHeartbeatMillis, { [feedWaiters] in feedWaiters.expire(id) }) { feedWaiters.expire(id) }
+        case .logAdvanced: host.background(walk)
+        case .over: stream.finish()
+        }
+    }
+
+    /// One walk of an event stream, its events sent.
+    private func feedStreamStep(_ request: FeedRequest, from token: FeedToken, stream: HTTPBodyStream) {
+        guard !stream.isClosed else { return }
+        do {
+            let page = try feedWalk(from: token, request)
+            stream.send(try feedEvents(page, request))
+            feedStreamNext(request, after: page, stream: stream)
+        } catch {
+            // The log moved past the stream (truncated while the client was slow) or could not
+            // be read: an error event, and the stream ends; the client resumes or resyncs.
+            let response = (error as? WalkRefusal)?.response ?? Self.attempt { throw error }
+            stream.send(Array("event: error\ndata: ".utf8) + response.body + Array("\n\n".utf8))
+            stream.finish()
+        }
+    }
+
+    /// A page as events: `data:` each record, `id:` the token after the page on its last one.
+    private func feedEvents(_ page: FeedPage, _ request: FeedRequest) throws -> [UInt8] {
+        let records = try feedRecords(page, request)
+        var bytes: [UInt8] = []
+        for (index, record) in records.enumerated() {
+            if index == records.count - 1 { bytes += Array("id: \(FeedTokenText.text(page.token))\n".utf8) }
+            bytes += Array("data: ".utf8) + record + Array("\n\n".utf8)
+        }
+        return bytes
     }
 
     /// Walks from `token`; answers at once when something was given, the walk stopped short of
@@ -109,11 +195,17 @@ extension NodeAPI {
         }
     }
 
-    /// `{"changes": [...], "next": TOKEN}`, each change through the read policy and the audit.
-    private func feedBody(_ page: FeedPage, _ request: FeedRequest) throws -> [UInt8] {
+    /// The records of a page, each change through the read policy and the audit.
+    private func feedRecords(_ page: FeedPage, _ request: FeedRequest) throws -> [[UInt8]] {
         var records: [[UInt8]] = []
         for entry in page.given { records += try feedRecords(entry, request) }
         metrics.feedRecords.add(records.count, ordering: .relaxed)
+        return records
+    }
+
+    /// `{"changes": [...], "next": TOKEN}`.
+    private func feedBody(_ page: FeedPage, _ request: FeedRequest) throws -> [UInt8] {
+        let records = try feedRecords(page, request)
         var writer = JSONWriter(capacity: 256 + records.reduce(0) { $0 + $1.count })
         writer.writeObject { object in
             object.member("changes") { writer in writer.writeArray(records) { $0.raw(bytes: $1) } }
@@ -211,7 +303,8 @@ extension NodeAPI {
             return .failure(WalkRefusal(response: Self.refusal(error)))
         }
         var token: FeedToken?
-        switch query["since"] {
+        // An event stream's client reconnects with the id of the last event it had.
+        switch query["since"] ?? call.request.header("last-event-id") {
         case nil, "now": token = nil
         case "0": token = FeedToken(versions: VersionVector(), node: origin, position: 0)
         case let text?:

@@ -3,11 +3,15 @@ public struct HTTPResponse: Equatable, Sendable {
     public var status: Int
     public var headers: [HTTPHeader]
     public var body: [UInt8]
+    /// A body sent a piece at a time instead of `body` (`HTTPBodyStream`): no `Content-Length`,
+    /// and the connection closes when it ends.
+    public var stream: HTTPBodyStream?
 
-    public init(status: Int, headers: [HTTPHeader] = [], body: [UInt8] = []) {
+    public init(status: Int, headers: [HTTPHeader] = [], body: [UInt8] = [], stream: HTTPBodyStream? = nil) {
         self.status = status
         self.headers = headers
         self.body = body
+        self.stream = stream
     }
 
     /// A JSON response.
@@ -28,8 +32,8 @@ public struct HTTPResponse: Equatable, Sendable {
     package func serialized(closing: Bool) -> [UInt8] {
         var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\n"
         for header in headers { head += "\(header.name): \(header.value)\r\n" }
-        head += "Content-Length: \(body.count)\r\n"
-        if closing { head += "Connection: close\r\n" }
+        if stream == nil { head += "Content-Length: \(body.count)\r\n" }
+        if closing || stream != nil { head += "Connection: close\r\n" }
         head += "\r\n"
         return Array(head.utf8) + body
     }

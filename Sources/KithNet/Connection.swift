@@ -30,6 +30,10 @@ final class Connection: @unchecked Sendable {
     private var lastActivity = EventLoop.now()
     private var requestStarted: UInt64?
     private var watchingWrites = false
+    /// The body being streamed after the last response's head (`HTTPBodyStream`): nothing more
+    /// is read but the end of input, and the connection closes when the stream finishes.
+    private var streaming: HTTPBodyStream?
+    private var streamFinished = false
 
     init(descriptor: Int32, worker: LoopWorker) {
         self.descriptor = descriptor
@@ -43,7 +47,7 @@ final class Connection: @unchecked Sendable {
     }
 
     private func readAvailable() {
-        while !readingStopped && !isClosed {
+        while (!readingStopped || streaming != nil) && !isClosed {
             // A failed read (reset by the peer) ends the connection as end of input does.
             let result = try? system("read") { worker.readBuffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) } }
             switch result {
@@ -52,6 +56,8 @@ final class Connection: @unchecked Sendable {
                 readingStopped = true
                 if slots.isEmpty { close() }
                 return
+            case .done? where streaming != nil:
+                continue  // while a body streams, input is read only to learn when the client leaves
             case .done(let count)?:
                 lastActivity = EventLoop.now()
                 if requestStarted == nil { requestStarted = lastActivity }
@@ -129,6 +135,11 @@ final class Connection: @unchecked Sendable {
             enqueueRaw(response.serialized(closing: first.closes))
             slots.removeFirst()
             firstSlotNumber += 1
+            if let stream = response.stream {
+                // The last response on this connection: its body follows as it is sent.
+                startStreaming(stream)
+                break
+            }
             if first.closes {
                 closeAfter = true
                 firstSlotNumber += slots.count
@@ -144,6 +155,7 @@ final class Connection: @unchecked Sendable {
             case .done(let written)?:
                 outputOffset += written
                 lastActivity = EventLoop.now()
+                streaming?.written(written)
             case .wouldBlock?:
                 watchWrites(true)
                 return
@@ -155,7 +167,29 @@ final class Connection: @unchecked Sendable {
         output.removeAll(keepingCapacity: true)
         outputOffset = 0
         watchWrites(false)
-        if closeAfter || (readingStopped && slots.isEmpty) { close() }
+        if streaming != nil {
+            if streamFinished { close() }
+        } else if closeAfter || (readingStopped && slots.isEmpty) {
+            close()
+        }
+    }
+
+    /// Sends `stream`'s pieces after the head just queued. They come back through the loop
+    /// (from any thread, and never inside `flush`).
+    private func startStreaming(_ stream: HTTPBodyStream) {
+        streaming = stream
+        readingStopped = true
+        firstSlotNumber += slots.count
+        slots.removeAll()
+        let loop = worker.loop
+        let generation = ObjectIdentifier(self)
+        stream.attach { [weak self] piece in
+            loop.execute { [weak self] in
+                guard let self, ObjectIdentifier(self) == generation, !self.isClosed else { return }
+                if let piece { self.enqueueRaw(piece) } else { self.streamFinished = true }
+                self.flush()
+            }
+        }
     }
 
     private func watchWrites(_ on: Bool) {
@@ -186,6 +220,7 @@ final class Connection: @unchecked Sendable {
     func close() {
         guard !isClosed else { return }
         isClosed = true
+        streaming?.closed()
         worker.loop.deregister(descriptor)
         withExtendedLifetime(self) {
             // Counted out before the peer can observe the close.

@@ -59,6 +59,18 @@ public final class TestClient {
         }
     }
 
+    /// Reads until the received text contains `marker` (or the server closes, or the receive
+    /// timeout passes); returns everything received so far and keeps nothing back. For bodies
+    /// without a length, such as an event stream.
+    public func readUntil(_ marker: String) -> String {
+        while !String(decoding: received, as: UTF8.self).contains(marker), readMore() {}
+        defer { received = [] }
+        return String(decoding: received, as: UTF8.self)
+    }
+
+    /// Closes the connection from the client's side.
+    public func shutdownWriting() { shutdown(descriptor, Int32(SHUT_RDWR)) }
+
     /// Whether the server has closed the connection (reads end of stream).
     public func isClosedByServer() -> Bool { received.isEmpty && !readMore() }
 

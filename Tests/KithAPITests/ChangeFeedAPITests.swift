@@ -268,9 +268,76 @@ import Testing
         let ahead = FeedToken(versions: VersionVector(), node: TestAPI.origin, position: 9)
         #expect(test.call("GET", "/v1/changes?purpose=support&since=\(FeedTokenText.text(ahead))", role: .reader)?.status == 410)
     }
+
+    /// `Accept: text/event-stream`: a record an event, the token after each page as the `id` of
+    /// its last event, heartbeats while nothing happens, a reconnect with `Last-Event-ID` that
+    /// gives nothing twice, and the stream finished when the node stops.
+    @Test func anEventStreamFollowsTheLogAndResumesFromItsLastEventId() throws {
+        let test = try TestAPI()
+        identify(test, "u-1", #"{"name":"Ana"}"#, "m1")
+        identify(test, "u-2", #"{"name":"Ben"}"#, "m2")
+        func open(_ headers: [HTTPHeader]) throws -> (stream: HTTPBodyStream, received: Received) {
+            let response = try #require(
+                test.call(
+                    "GET", "/v1/changes?purpose=support", role: .reader, headers: [HTTPHeader("Accept", "text/event-stream")] + headers))
+            #expect(response.status == 200 && response.header("Content-Type") == "text/event-stream")
+            let stream = try #require(response.stream)
+            let received = Received()
+            stream.attach { piece in received.add(piece) }
+            return (stream, received)
+        }
+        let (stream, received) = try open([HTTPHeader("Last-Event-ID", "0")])
+        #expect(received.events.map { $0.data?["id"]?.stringValue } == ["user_id:u-1", "user_id:u-2"], "\(received.text)")
+        #expect(received.events.map { $0.id != nil } == [false, true], "the id on the page's last event")
+        #expect(received.text.hasPrefix("retry: 2000\n\n"))
+
+        identify(test, "u-3", #"{"name":"Cy"}"#, "m3")
+        test.api.logAdvanced()
+        #expect(received.events.compactMap { $0.data?["id"]?.stringValue }.last == "user_id:u-3")
+        #expect(test.host.fireTimers() >= 1)
+        #expect(received.text.hasSuffix(": keep-alive\n\n"), "a heartbeat while nothing happens")
+        let lastId = try #require(received.events.compactMap(\.id).last)
+
+        // The client goes away; a commit sends it nothing more.
+        stream.closed()
+        identify(test, "u-4", #"{"name":"Di"}"#, "m4")
+        test.api.logAdvanced()
+        _ = test.host.fireTimers()
+        #expect(!received.text.contains("u-4"))
+        // It comes back with the last id it had: only what it missed.
+        let (again, resumed) = try open([HTTPHeader("Last-Event-ID", lastId)])
+        #expect(resumed.events.compactMap { $0.data?["id"]?.stringValue } == ["user_id:u-4"], "\(resumed.text)")
+        test.api.stop()
+        #expect(resumed.finished && !again.isClosed)
+        // A token the log does not hold is refused before any stream starts.
+        let refused = test.call(
+            "GET", "/v1/changes?purpose=support&since=garbage", role: .reader, headers: [HTTPHeader("Accept", "text/event-stream")])
+        #expect(refused?.status == 400 && refused?.stream == nil)
+    }
 }
 
 /// What a handler answered so far (a long poll answers later than its call returns).
 final class Answers: Sendable {
     let responses = Mutex<[HTTPResponse]>([])
+}
+
+/// What an event stream sent, as the server would write it.
+final class Received: Sendable {
+    private let pieces = Mutex<(bytes: [UInt8], finished: Bool)>(([], false))
+    func add(_ piece: [UInt8]?) {
+        pieces.withLock { state in
+            if let piece { state.bytes += piece } else { state.finished = true }
+        }
+    }
+    var text: String { String(decoding: pieces.withLock { $0.bytes }, as: UTF8.self) }
+    var finished: Bool { pieces.withLock { $0.finished } }
+    /// The events (blocks with `data:`), each with its `id` if it has one.
+    var events: [(id: String?, data: JSONValue?)] {
+        text.components(separatedBy: "\n\n").compactMap { block in
+            let lines = block.split(separator: "\n")
+            guard let data = lines.first(where: { $0.hasPrefix("data: ") }) else { return nil }
+            let id = lines.first { $0.hasPrefix("id: ") }.map { String($0.dropFirst(4)) }
+            return (id, try? JSONParser.parse(Array(data.dropFirst(6).utf8)))  // nil: not JSON, which the callers check
+        }
+    }
 }

@@ -29,6 +29,42 @@ struct HTTPServerTests {
         #expect(client.isClosedByServer())
     }
 
+    /// A streamed body: the head goes out with no length, pieces follow as they are sent
+    /// from another thread, the connection closes when the stream finishes; a client that
+    /// leaves is told to the stream.
+    @Test func streamsABodyUntilItFinishesOrTheClientLeaves() throws {
+        let streams = StreamBox()
+        let server = HTTPServer(configuration: HTTPServer.Configuration()) { _, responder in
+            let stream = HTTPBodyStream()
+            stream.send(Array("first\n".utf8))  // before the head is out: kept until it is
+            streams.add(stream)
+            responder.respond(HTTPResponse(status: 200, headers: [HTTPHeader("Content-Type", "text/event-stream")], stream: stream))
+        }
+        let port = try server.start()
+        defer { server.stop() }
+        let client = try TestClient(port: port)
+        client.send("GET /s HTTP/1.1\r\n\r\n")
+        let head = client.readUntil("first\n")
+        #expect(head.contains("HTTP/1.1 200") && !head.lowercased().contains("content-length") && head.contains("Connection: close"))
+        let stream = try #require(streams.first)
+        DispatchQueue.global().async {
+            stream.send(Array("second\n".utf8))
+            stream.finish()
+        }
+        #expect(client.readUntil("second\n").hasSuffix("second\n"))
+        #expect(client.isClosedByServer(), "the connection closes when the stream finishes")
+
+        // A client that leaves: the stream learns it, and sends nothing more.
+        let leaving = try TestClient(port: port)
+        leaving.send("GET /s HTTP/1.1\r\n\r\n")
+        _ = leaving.readUntil("first\n")
+        let second = try #require(streams.all.last)
+        let closed = DispatchSemaphore(value: 0)
+        second.onClose { closed.signal() }
+        leaving.shutdownWriting()
+        #expect(closed.wait(timeout: .now() + 5) == .success && second.isClosed)
+    }
+
     @Test func listensOnTheConfiguredPort() throws {
         let (probe, free) = try echoServer()  // find a free port, then ask for it by number
         probe.stop()
@@ -177,4 +213,13 @@ struct HTTPServerTests {
         }
         #expect(ok == 400)
     }
+}
+
+/// The streams a test server's handler made.
+private final class StreamBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var streams: [HTTPBodyStream] = []
+    func add(_ stream: HTTPBodyStream) { lock.withLock { streams.append(stream) } }
+    var first: HTTPBodyStream? { lock.withLock { streams.first } }
+    var all: [HTTPBodyStream] { lock.withLock { streams } }
 }

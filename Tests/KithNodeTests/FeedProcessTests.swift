@@ -88,4 +88,19 @@ struct FeedProcessTests {
         let record = try JSONParser.parse(Array(answer.body.utf8))["changes"]?.arrayValue?.first
         #expect(answer.status == 200 && record?["messageId"] == "lp-1" && record?["traits"]?["plan"] == "plus", "\(answer.body)")
     }
+
+    /// The feed as Server-Sent Events from a real node: a write reaches the open stream.
+    @Test func anEventStreamDeliversWritesAsTheyLand() throws {
+        let cluster = try ClusterFixture()
+        let node = try cluster.start("n1")
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-1","messageId":"sse-1"}"#) == 200)
+        let client = try TestClient(port: node.port, timeoutSeconds: 10)
+        client.send(
+            "GET /v1/changes?purpose=support&since=0 HTTP/1.1\r\nHost: kith\r\nAuthorization: Bearer tk\r\nAccept: text/event-stream\r\n\r\n")
+        let first = client.readUntil(#""messageId":"sse-1""#)
+        #expect(first.contains("Content-Type: text/event-stream") && first.contains("data: {"), "\(first)")
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-2","messageId":"sse-2"}"#) == 200)
+        let second = client.readUntil(#""messageId":"sse-2""#)
+        #expect(second.contains("id: f1.") && second.contains(#""messageId":"sse-2""#), "\(second)")
+    }
 }
