@@ -35,6 +35,7 @@ struct ClusterBenchmark {
         try convergence()
         try catchUpAndIdle()
         try consistencyLatency()
+        try feedDelivery()
     }
 
     // MARK: Consistency levels

@@ -31,6 +31,8 @@ struct Options {
     var seconds = 5.0
     /// `--cluster <kith binary>`: run the replication benchmarks against that binary instead.
     var clusterBinary: String?
+    /// `--feed <kith binary>`: only the change-feed part of `--cluster` (`ClusterBenchmark.feedDelivery`).
+    var feedBinary: String?
     /// `--lmdb-ceiling <scratch dir>`: measure bare LMDB with Kith's rows instead (the store at
     /// `--data-dir`, built by an in-process run, gives the row sizes and the rows to read).
     var ceilingScratch: String?
@@ -70,6 +72,7 @@ struct Options {
             case "--baseline": baselineBinary = value
             case "--seconds": seconds = Double(value) ?? 0
             case "--cluster": clusterBinary = value
+            case "--feed": feedBinary = value
             case "--lmdb-ceiling": ceilingScratch = value
             case "--messages": ceilingMessages = Int(value) ?? 0
             case "--reads-only": readsOnly = value != "false"
@@ -81,7 +84,7 @@ struct Options {
             default: Self.fail("unknown option \(argument)")
             }
         }
-        if clusterBinary != nil { return }
+        if clusterBinary != nil || feedBinary != nil { return }
         if postgresComparisonBinary != nil {
             if workload.isEmpty || rounds <= 0 || seconds < 1 { Self.fail("--vs-postgres needs --workload, --rounds ≥ 1 and --seconds ≥ 1") }
             return
@@ -101,7 +104,7 @@ struct Options {
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
             Self.fail(
-                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
+                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --feed KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
             )
         }
     }
@@ -150,6 +153,10 @@ func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
 }
 
 let options = Options(arguments: CommandLine.arguments)
+if let feedBinary = options.feedBinary {
+    do { try ClusterBenchmark(kithBinary: feedBinary).feedDelivery() } catch { Options.fail("\(error)") }
+    exit(0)
+}
 if let clusterBinary = options.clusterBinary {
     do { try ClusterBenchmark(kithBinary: clusterBinary).run() } catch { Options.fail("\(error)") }
     exit(0)
