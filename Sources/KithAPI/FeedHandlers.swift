@@ -178,7 +178,7 @@ extension NodeAPI {
     }
 
     /// One walk of this node's log for `request`, from `token` (`ChangeFeed.walk`).
-    private func feedWalk(from token: FeedToken, _ request: FeedRequest) throws -> FeedPage {
+    func feedWalk(from token: FeedToken, _ request: FeedRequest) throws -> FeedPage {
         let durable = try store.durableLogSequence()
         let walked = try ChangeFeed.walk(
             from: token, node: origin, log: try store.logExtent(), durable: durable, filter: request.filter, limit: request.limit,
@@ -196,7 +196,7 @@ extension NodeAPI {
     }
 
     /// The records of a page, each change through the read policy and the audit.
-    private func feedRecords(_ page: FeedPage, _ request: FeedRequest) throws -> [[UInt8]] {
+    func feedRecords(_ page: FeedPage, _ request: FeedRequest) throws -> [[UInt8]] {
         var records: [[UInt8]] = []
         for entry in page.given { records += try feedRecords(entry, request) }
         metrics.feedRecords.add(records.count, ordering: .relaxed)
@@ -228,6 +228,8 @@ extension NodeAPI {
                     object.member("erasedKeys") { $0.writeArray(keys) { $0.write(string: Crypto.hex($1)) } }
                 }
             ]
+        case .setting:
+            return []
         case .unlink(let edge, let stamp):
             var records: [[UInt8]] = []
             var shown: Set<Identifier> = []

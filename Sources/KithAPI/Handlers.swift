@@ -339,6 +339,7 @@ extension NodeAPI {
         }
         text += NodeMetrics.metric(
             "kith_feed_polls_waiting", "gauge", "Change-feed long polls waiting for the log to grow.", feedWaiters.count)
+        text += webhookMetrics()
         let auditQueue = audit.queue
         text += NodeMetrics.metric(
             "kith_audit_queue_records", "gauge", "Read-audit records waiting for the audit's writer (reads are refused once it is full).",

@@ -47,14 +47,17 @@ public final class NodeAPI: Sendable {
         public var maxEventAge: Int64?
         /// Seals the cursors of walks over every profile (export).
         public var exportCursor: ExportCursor
+        /// Derives each webhook subscription's secret and signs its deliveries.
+        public var webhookSigner: WebhookSigner
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
             principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher,
             exportCursor: ExportCursor, clockNode: UInt64, identifierSources: IdentifierSources = .builtIn,
-            identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil
+            identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil, webhookSigner: WebhookSigner
         ) {
             self.exportCursor = exportCursor
+            self.webhookSigner = webhookSigner
             self.maxEventAge = maxEventAge
             self.identifierSources = identifierSources
             self.identityRules = identityRules
@@ -92,6 +95,9 @@ public final class NodeAPI: Sendable {
     public let metrics = NodeMetrics()
     /// Long polls of the change feed waiting for the log to grow.
     let feedWaiters = FeedWaiters()
+    /// The webhook subscriptions this node delivers, and what their deliveries came to.
+    let webhookRuns = Mutex<[String: WebhookRun]>([:])
+    let webhookTotals = Mutex(WebhookTotals())
 
     public init(
         settings: Settings, store: any NodeStore, writer: any APIWriter, replication: (any APIReplication)?, audit: any APIReadAudit,
@@ -139,6 +145,14 @@ public final class NodeAPI: Sendable {
     /// The change log grew (a commit of the writer, local or replicated): long polls of the
     /// change feed walk again. Never waits; called on the writer's thread.
     public func logAdvanced() { feedWaiters.logAdvanced() }
+
+    /// A write this API made on the writer outside a group commit (an erasure, an unmerge, a
+    /// setting): replication pushes it now, and the change feed's waiters walk again, as after
+    /// a group commit.
+    func committedOutsideGroup() {
+        replication?.committed()
+        logAdvanced()
+    }
 
     /// Answers `request` through `responder`, with a `Request-Id`, counted in the metrics and
     /// logged (every request, or only 5xx answers).

@@ -421,14 +421,14 @@ extension NodeAPI {
         let acceptedAt = clock.withLock { $0.tick(physicalMillis: host.wallMillis()).wallMillis }
         let check = clockCheck
         // A job of the one writer, queued behind the messages accepted before it.
-        let queued = writer.perform { [store, replication, log, host] in
+        let queued = writer.perform { [self, store, log, host] in
             let erasure: Erasure
             do {
                 erasure = try store.erase(identifier, requestedAt: acceptedAt)
             } catch {
                 return respond(.error(503, code: "storage_error", message: "the erasure was not stored; retry"))
             }
-            replication?.committed()
+            committedOutsideGroup()
             let answer = HTTPResponse.json(
                 200,
                 Self.object { o in
@@ -617,14 +617,14 @@ extension NodeAPI {
             let time = clock.tick(physicalMillis: now)
             return LWWStamp(time: time.wallMillis, tiebreak: "unlink:\(time.node):\(time.logical)")
         }
-        let queued = writer.perform { [store, replication] in
+        let queued = writer.perform { [self, store] in
             do {
                 guard try store.links(of: a).contains(where: { Set([$0.from, $0.to]) == Set([a, b]) }) else {
                     return respond(.error(404, code: "not_found", message: "those identifiers are not linked"))
                 }
                 try store.removeLink(a, b, stamp: stamp)
                 // Pushed to peers now, as the group writer's writes are.
-                replication?.committed()
+                committedOutsideGroup()
                 respond(.json(200, Array(#"{"unlinked":true}"#.utf8)))
             } catch {
                 respond(.error(503, code: "storage_error", message: "the link could not be removed"))

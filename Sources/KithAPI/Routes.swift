@@ -60,6 +60,11 @@ extension NodeAPI {
             + profileRoutes
             + [
                 .init("GET", "/v1/changes", NodeRoute(access: .roles(readers)) { api, call in api.changes(call) }),
+                .init("GET", "/v1/subscriptions", NodeRoute(access: .roles([.admin])) { api, call in api.listSubscriptions(call) }),
+                .init("PUT", "/v1/subscriptions/{name}", NodeRoute(access: .roles([.admin])) { api, call in api.putSubscription(call) }),
+                .init("GET", "/v1/subscriptions/{name}", NodeRoute(access: .roles([.admin])) { api, call in api.getSubscription(call) }),
+                .init("DELETE", "/v1/subscriptions/{name}", NodeRoute(access: .roles([.admin])) { api, call in api.deleteSubscription(call) }),
+                .init("POST", "/v1/subscriptions/{name}/replay", NodeRoute(access: .roles([.admin])) { api, call in api.replaySubscription(call) }),
                 .init(
                     "GET", "/v1/groups/{groupId}",
                     NodeRoute(access: .roles(readers)) { api, call in api.groupRoute(call) }),

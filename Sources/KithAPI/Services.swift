@@ -1,5 +1,6 @@
 import KithCRDT
 import KithCluster
+import KithHTTP
 import KithProfile
 import KithReplication
 import KithStore
@@ -63,6 +64,8 @@ public protocol APIReplication: Sendable {
         timeoutMillis: Int, _ body: @escaping (ClusterNode) throws -> T, completion: @escaping @Sendable (Result<T, any Error>) -> Void)
     /// Runs `body` after `millis`; false, without running it, when the node is stopping.
     func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool
+    /// Every member this node knows, itself included, as of the replication thread's last tick.
+    var members: [Member] { get }
 }
 
 extension APIReplication {
@@ -133,6 +136,10 @@ public protocol APIHost: Sendable {
     /// Runs `body` `millis` from now on a timer that nothing else blocks (long polls' deadlines);
     /// false, without running it, once the node is stopping.
     func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool
+    /// POSTs `body` to a webhook receiver, off the caller's thread; `completion` gets the answer's
+    /// status, or the failure (refused, reset, no answer within `timeoutMillis`).
+    func post(
+        _ url: WebhookURL, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int, completion: @escaping @Sendable (Result<Int, any Error>) -> Void)
     /// What the retention sweeps have dropped since the node started (metrics).
     var retention: RetentionTotals { get }
 }

@@ -63,6 +63,7 @@ public struct FeedFilter: Equatable, Sendable {
     public func passes(_ change: ChangeEntry.Change) -> Bool {
         switch change {
         case .erasure: return true
+        case .setting: return false
         case .unlink(let edge, _): return kinds.map { $0.contains(edge.low.kind) || $0.contains(edge.high.kind) } ?? true
         case .message(let delta):
             if !delta.consent.isEmpty { return true }

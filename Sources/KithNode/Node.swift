@@ -126,7 +126,7 @@ public final class Node: Sendable {
             subjectHasher: HMACForgetKeyHasher(secret: secret), exportCursor: ExportCursor(secret: secret),
             clockNode: Self.nodeIdentifier(configuration.nodeName),
             identifierSources: try configuration.identity.identifierSources(), identityRules: rules,
-            maxEventAge: try configuration.maxEventAgeMillis())
+            maxEventAge: try configuration.maxEventAgeMillis(), webhookSigner: WebhookSigner(secret: secret))
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit,
             host: ProcessHost(server: server, sweeper: sweeper, deadlines: feedDeadlines),
@@ -139,6 +139,7 @@ public final class Node: Sendable {
     public func start() throws -> UInt16 {
         let port = try server.start()
         sweeper.start()
+        api.startWebhooks()
         if let replication {
             // A wildcard listener is advertised at the host peers already reach this node on.
             var host = try configuration.httpAddress().host
@@ -261,6 +262,19 @@ struct ProcessHost: APIHost {
     let deadlines: Deadlines
     var retention: RetentionTotals { sweeper.dropped }
     func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool { deadlines.after(millis: millis, body) }
+
+    /// On Dispatch's global queue: a delivery waits on its receiver, never on a loop.
+    func post(
+        _ url: WebhookURL, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int, completion: @escaping @Sendable (Result<Int, any Error>) -> Void
+    ) {
+        DispatchQueue.global().async {
+            completion(
+                Result {
+                    let client = try HTTPClient(address: url.address, timeoutSeconds: max(1, timeoutMillis / 1_000))
+                    return try client.request("POST", url.target, headers: headers + [HTTPHeader("Connection", "close")], body: body).status
+                })
+        }
+    }
     var openConnections: Int { server.openConnections }
     func wallMillis() -> Int64 { unixMillis() }
     func monotonicNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }

@@ -50,6 +50,8 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
 
     /// The latest clock check, published after every tick (`clock` reads it).
     private let publishedClock: Mutex<ClockState>
+    /// Every member, this node included, published after every tick (`members` reads it).
+    private let publishedMembers = Mutex<[Member]>([])
     private var lastClockLog: (verdict: ClockCheck.Verdict, at: Int64)?
 
     let transport: PeerTransport
@@ -131,6 +133,7 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
     }
 
     var clock: ClockState { publishedClock.withLock { $0 } }
+    var members: [Member] { publishedMembers.withLock { $0 } }
 
     var links: PeerLinkTotals {
         let metrics = transport.metrics
@@ -302,6 +305,8 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         }
         let jumps = node.clockOffsets.jumps
         publishedClock.withLock { $0 = ClockState(check: check, peers: peers, jumps: jumps) }
+        let members = node.membership.all
+        publishedMembers.withLock { $0 = members }
         let changed = lastClockLog?.verdict != check.verdict
         guard changed || (!check.allowsWrites && now - (lastClockLog?.at ?? .min / 2) >= 30_000) else { return }
         // A node that starts unmeasured measures within a round trip or two: only say so if it lasts.

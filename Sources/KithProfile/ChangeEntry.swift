@@ -7,6 +7,10 @@ public struct ChangeEntry: Equatable, Sendable {
         case unlink(LinkEdge, LWWStamp)
         /// Forget keys only: the log never carries an erased customer's identifiers.
         case erasure(forgetKeys: [[UInt8]], time: Int64)
+        /// A cluster setting (a webhook subscription, its delivery state): a last-writer-wins
+        /// register under `name`, replicated as changes are. No customer's data: settings never
+        /// reach the change feed. An empty value removes the setting (and stays, as a tombstone).
+        case setting(name: String, value: [UInt8], stamp: LWWStamp)
     }
 
     /// The position in this node's log.
@@ -41,6 +45,11 @@ extension ChangeEntry: BinaryCodable {
             writer.write(byte: 3)
             writer.write(sequence: keys) { w, key in w.write(bytes: key) }
             writer.write(signed: time)
+        case .setting(let name, let value, let stamp):
+            writer.write(byte: 4)
+            writer.write(string: name)
+            writer.write(bytes: value)
+            stamp.encode(to: &writer)
         }
     }
 
@@ -55,6 +64,7 @@ extension ChangeEntry: BinaryCodable {
         case 3:
             let keys = try reader.readSequence { r in Array(try r.readBytes()) }
             change = .erasure(forgetKeys: keys, time: try reader.readSigned())
+        case 4: change = .setting(name: try reader.readString(), value: Array(try reader.readBytes()), stamp: try LWWStamp(from: &reader))
         default: throw BinaryDecodingError(.unknownTag, offset: kindOffset, "change kind")
         }
     }
@@ -65,7 +75,7 @@ extension ChangeEntry: BinaryCodable {
         switch change {
         case .erasure: true
         case .message(let delta): !delta.consent.isEmpty
-        case .unlink: false
+        case .unlink, .setting: false
         }
     }
 }

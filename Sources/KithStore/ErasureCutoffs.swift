@@ -27,7 +27,7 @@ struct ErasureCutoffs: Equatable {
             entry.change = .message(delta)
         case .unlink(let edge, let stamp):
             if dominates(edge.low, at: stamp.time) || dominates(edge.high, at: stamp.time) { return nil }
-        case .erasure: break
+        case .erasure, .setting: break
         }
         return entry
     }

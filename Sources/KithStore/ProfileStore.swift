@@ -27,6 +27,9 @@ public protocol ProfileReading: AnyObject, Sendable {
     /// oldest first: the customer's consent history.
     func consentHistory(of identifier: Identifier) throws -> [ConsentChange]
 
+    /// The cluster settings whose names begin with `prefix` (`StoredSetting`), removed ones too.
+    func settings(prefix: String) throws -> [StoredSetting]
+
     /// Up to `limit` profiles in canonical-key order, after `canonical` (nil: from the start).
     func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView]
 
@@ -54,6 +57,10 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// From now on only the calling thread opens write transactions (a node's one writer);
     /// debug builds stop when another thread tries.
     func claimWriter()
+
+    /// Writes the cluster setting `name` (an empty value removes it) as of `stamp`, logged and
+    /// replicated as a change; an older stamp than the one stored changes nothing but is logged.
+    func setSetting(_ name: String, _ value: [UInt8], stamp: LWWStamp) throws
 
     /// Unmerge: removes the link between two identifiers as of `stamp`.
     func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws
@@ -172,6 +179,14 @@ extension EngineBackedStore {
 
     public func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp) throws {
         try modify { context in try context.removeLink(a, b, stamp: stamp) }
+    }
+
+    public func setSetting(_ name: String, _ value: [UInt8], stamp: LWWStamp) throws {
+        try modify { context in try context.setSetting(name, value, stamp: stamp, origin: nil) }
+    }
+
+    public func settings(prefix: String) throws -> [StoredSetting] {
+        try read { reader in try engine.settings(prefix: prefix, in: reader) }
     }
 
     public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure {

@@ -21,6 +21,7 @@ extension WriteContext {
         case .message(let delta): _ = try apply(delta, origin: origin)
         case .unlink(let edge, let stamp): try removeLink(edge, stamp: stamp, origin: origin)
         case .erasure(let keys, let time): try applyErasure(forgetKeys: keys, time: time, origin: origin)
+        case .setting(let name, let value, let stamp): try setSetting(name, value, stamp: stamp, origin: origin)
         }
         return true
     }
@@ -32,7 +33,7 @@ extension WriteContext {
         switch entry.change {
         case .erasure(let keys, let time): try forgetHashed(keys, time: time)
         case .message(let delta): _ = try apply(delta, origin: nil, logged: false)
-        case .unlink: break
+        case .unlink, .setting: break
         }
     }
 

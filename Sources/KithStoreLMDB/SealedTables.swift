@@ -235,7 +235,7 @@ final class SealingSession {
         switch entry.change {
         case .message(let delta): delta.subject.key
         case .unlink(let edge, _): edge.low.key
-        case .erasure: nil
+        case .erasure, .setting: nil
         }
     }
 

@@ -32,6 +32,9 @@ include-path = "/v1/changes"
 parameters = { wait = 0 }
 TOML
 st run "${common[@]}" --exclude-tag ingest --exclude-tag feed -H "Authorization: Bearer tk"
-st --config-file "$directory/feed.toml" run "${common[@]}" --include-tag feed -H "Authorization: Bearer tk"
+# Subscriptions are left out: a fuzzed url would have the node deliver to hosts the fuzzer made
+# up (beyond loopback). Their routes are checked in process (WebhookAPITests, NodeAPITests).
+st --config-file "$directory/feed.toml" run "${common[@]}" --include-tag feed --exclude-path-regex '^/v1/subscriptions' \
+  -H "Authorization: Bearer tk"
 st run "${common[@]}" --include-tag profiles -H "Authorization: Bearer ptk"
 st run "${common[@]}" --include-tag ingest --auth wk:

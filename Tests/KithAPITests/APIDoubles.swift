@@ -85,6 +85,8 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
         var callsTimeOut = false
         /// Timers are refused, as when the node is stopping.
         var timersRefused = false
+        /// The members the replication thread last published (this node and its peers).
+        var members: [Member] = []
     }
     struct Busy: Error {}
 
@@ -173,6 +175,8 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
         timers.withLock { $0.append((millis, body)) }
         return true
     }
+
+    var members: [Member] { script.withLock { $0.members } }
 }
 
 /// The read audit in memory; it can be made to refuse records, as a full audit queue does.
@@ -212,6 +216,18 @@ final class TestHost: APIHost, Sendable {
     func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool {
         timers.withLock { $0.append(body) }
         return true
+    }
+
+    /// What webhook receivers answer (status or failure), in order; 200 once the script runs out.
+    let receiverScript = Mutex<[Result<Int, any Error>]>([])
+    /// Deliveries made: where, with which headers and body.
+    let deliveries = Mutex<[(url: WebhookURL, headers: [HTTPHeader], body: [UInt8], answered: Int?)]>([])
+    func post(
+        _ url: WebhookURL, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int, completion: @escaping @Sendable (Result<Int, any Error>) -> Void
+    ) {
+        let answer = receiverScript.withLock { $0.isEmpty ? .success(200) : $0.removeFirst() }
+        deliveries.withLock { $0.append((url, headers, body, try? answer.get())) }  // nil: the receiver failed
+        completion(answer)
     }
 
     /// Runs the timers set so far; returns how many ran.
@@ -270,7 +286,7 @@ final class TestAPI {
             nodeName: "api-test", dataDirectory: "/nowhere", origin: Self.origin, ingestQueueLimit: ingestQueueLimit, logRequests: false,
             writeKeys: [Self.writeKey], principals: principals, policy: policy, subjectHasher: HMACForgetKeyHasher(secret: secret),
             exportCursor: ExportCursor(secret: secret), clockNode: 1,
-            identifierSources: identifierSources, maxEventAge: maxEventAge)
+            identifierSources: identifierSources, maxEventAge: maxEventAge, webhookSigner: WebhookSigner(secret: secret))
         api = NodeAPI(settings: settings, store: store, writer: writer, replication: replication, audit: audit, host: host, log: Log(minimum: .off))
     }
 

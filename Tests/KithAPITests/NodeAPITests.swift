@@ -165,6 +165,13 @@ struct EveryRouteSucceedsTests {
                 Call(method: "GET", pattern: p + "/links", target: profile + "/links", role: .admin),
                 Call(method: "GET", pattern: "/v1/groups/{groupId}", target: "/v1/groups/g-1?purpose=support", role: .reader),
                 Call(method: "GET", pattern: "/v1/changes", target: "/v1/changes?purpose=support&since=0", role: .reader),
+                Call(
+                    method: "PUT", pattern: "/v1/subscriptions/{name}", target: "/v1/subscriptions/crm", role: .admin,
+                    body: #"{"url":"http://127.0.0.1:9/hook","purpose":"support"}"#, status: 201),
+                Call(method: "GET", pattern: "/v1/subscriptions", target: "/v1/subscriptions", role: .admin),
+                Call(method: "GET", pattern: "/v1/subscriptions/{name}", target: "/v1/subscriptions/crm", role: .admin),
+                Call(method: "POST", pattern: "/v1/subscriptions/{name}/replay", target: "/v1/subscriptions/crm/replay", role: .admin, status: 202),
+                Call(method: "DELETE", pattern: "/v1/subscriptions/{name}", target: "/v1/subscriptions/crm", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/status", target: "/v1/admin/status", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/export", target: "/v1/admin/export?purpose=support", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/consent-names", target: "/v1/admin/consent-names", role: .privacy),

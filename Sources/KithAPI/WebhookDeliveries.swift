@@ -1,0 +1,328 @@
+import KithCRDT
+import KithCluster
+import KithHTTP
+import KithJSON
+import KithPolicy
+import KithProfile
+import Synchronization
+
+/// What the node delivering a subscription knows of it (only that node: the rest is in the
+/// replicated progress it writes).
+struct WebhookRun: Sendable {
+    var progress: SubscriptionProgress
+    var failures = 0
+    var lastFailure: Int64?
+    var lastError: String?
+    var inFlight = false
+    /// Progress not yet written as a setting, and when it last was (monotonic ms).
+    var unsaved = false
+    var savedAt: Int64 = .min / 2
+    /// Dead letters being delivered again, oldest first.
+    var replaying: [SubscriptionProgress.DeadLetter] = []
+    /// When this node last wrote the definition again, so that nodes back from a resync learn it.
+    var reassertedAt: Int64 = .min / 2
+}
+
+/// Delivery outcomes since the node started (metrics; no identifiers).
+struct WebhookTotals: Sendable {
+    var delivered = 0
+    var failed = 0
+    var deadLettered = 0
+}
+
+/// Webhook deliveries (docs/feed.md, "Webhooks"): every `webhookTickMillis` the node reads the
+/// subscriptions, delivers those it owns (`SubscriptionOwnership`) one batch at a time in feed
+/// order — each record through the read policy for the subscription's purpose and the read
+/// audit, as a feed read — signed, retried with backoff (`WebhookRetryPolicy`), parked as dead
+/// letters after the bound, and writes its progress as a replicated setting at most once a
+/// second, so that the next owner goes on from there (at least once).
+extension NodeAPI {
+    static let webhookTickMillis = 100
+    static let webhookBatch = 100
+    static let webhookTimeoutMillis = 5_000
+    static let webhookSaveMillis: Int64 = 1_000
+    static let webhookReassertMillis: Int64 = 600_000
+
+    /// Starts the deliveries' timer (a node calls it once it serves).
+    public func startWebhooks() { scheduleWebhookTick() }
+
+    private func scheduleWebhookTick() {
+        let scheduled = host.after(millis: Self.webhookTickMillis) { [self] in
+            host.background {
+                guard !self.stopping.load(ordering: .relaxed) else { return }
+                self.webhookTick()
+                self.scheduleWebhookTick()
+            }
+        }
+        _ = scheduled  // false: the node is stopping, and deliveries stop with it
+    }
+
+    /// One pass over the subscriptions.
+    func webhookTick() {
+        let subscriptions: [Subscription]
+        let replays: [String: Int64]
+        do {
+            subscriptions = try liveSubscriptions()
+            replays = Dictionary(
+                try store.settings(prefix: Subscription.replayPrefix).map {
+                    (String($0.name.dropFirst(Subscription.replayPrefix.count)), $0.stamp.time)
+                }
+            ) { a, _ in a }
+        } catch {
+            return log(.error, "webhook subscriptions could not be read", [("error", .string("\(error)"))])
+        }
+        let owned = subscriptions.filter { subscriptionOwner($0.name) == origin }
+        webhookRuns.withLock { runs in
+            for name in runs.keys where !owned.contains(where: { $0.name == name }) { runs[name] = nil }
+        }
+        for subscription in owned { step(subscription, replayRequested: replays[subscription.name]) }
+    }
+
+    /// The subscriptions in force (removed ones are tombstones, left out).
+    func liveSubscriptions() throws -> [Subscription] {
+        try store.settings(prefix: Subscription.settingPrefix).compactMap { setting in
+            guard !setting.value.isEmpty else { return nil }
+            // A setting this version cannot read is left alone (a newer node wrote it).
+            return (try? JSONParser.parse(setting.value)).flatMap(Subscription.init(stored:))
+        }
+    }
+
+    /// The member that delivers `name` (this node, when it has no peers).
+    func subscriptionOwner(_ name: String) -> UInt64? {
+        guard let replication else { return origin }
+        return SubscriptionOwnership.owner(of: name, among: replication.members)
+    }
+
+    /// What the owner does for one subscription now: nothing while a delivery is out or the
+    /// backoff runs, else the next batch (dead letters being replayed first), or parks the batch.
+    private func step(_ subscription: Subscription, replayRequested: Int64?) {
+        let now = host.monotonicMillis()
+        guard
+            var run = webhookRuns.withLock({ runs -> WebhookRun? in
+                if runs[subscription.name] == nil { runs[subscription.name] = loadRun(subscription) }
+                guard let run = runs[subscription.name], !run.inFlight else { return nil }
+                return run
+            })
+        else { return }
+        if let requested = replayRequested, requested > run.progress.replayedRequest {
+            run.replaying += run.progress.deadLetters
+            run.progress.deadLetters = []
+            run.progress.replayedRequest = requested
+            run.unsaved = true
+        }
+        if now - run.reassertedAt >= Self.webhookReassertMillis {
+            run.reassertedAt = now
+            reassert(subscription.name)
+        }
+        let from = run.replaying.first?.from ?? run.progress.token
+        let request = FeedRequest(
+            purpose: subscription.purpose,
+            principal: Principal(name: "subscription:\(subscription.name)", role: .reader, purposes: [subscription.purpose]),
+            token: from, filter: subscription.filter, limit: Self.webhookBatch, full: subscription.full, waitMillis: 0)
+        let decision = WebhookRetryPolicy().decide(failures: run.failures, lastFailure: run.lastFailure, now: now)
+        if case .wait = decision { return save(subscription.name, run, now: now) }
+        let page: FeedPage
+        let records: [[UInt8]]
+        do {
+            page = try feedWalk(from: from, request)
+            records = decision == .deliver ? try feedRecords(page, request) : []
+        } catch let refusal as WalkRefusal {
+            // The log moved past the subscription (its owner was away longer than truncation
+            // waits): the gap is parked as a dead letter, and delivery goes on from now.
+            return skipGap(subscription, run, reason: refusal.response, now: now)
+        } catch {
+            return log(.error, "a webhook batch could not be read", [("subscription", .string(subscription.name)), ("error", .string("\(error)"))])
+        }
+        if decision == .deadLetter {
+            run.failures = 0
+            run.lastFailure = nil
+            park(&run, from: from, through: page.token, records: page.given.count, error: run.lastError ?? "failed")
+            advance(&run, to: page.token)
+            webhookTotals.withLock { $0.deadLettered += 1 }
+            return save(subscription.name, run, now: now, immediately: true)
+        }
+        guard !records.isEmpty else {
+            // Nothing to send: the walk passed over what the filters leave out.
+            if page.token != from { advance(&run, to: page.token) }
+            return save(subscription.name, run, now: now)
+        }
+        run.inFlight = true
+        webhookRuns.withLock { $0[subscription.name] = run }
+        send(subscription, records: records, page: page, now: now)
+    }
+
+    /// POSTs one batch, signed; its outcome updates the run.
+    private func send(_ subscription: Subscription, records: [[UInt8]], page: FeedPage, now: Int64) {
+        var writer = JSONWriter(capacity: 128 + records.reduce(0) { $0 + $1.count })
+        writer.writeObject { object in
+            object.member("subscription", string: subscription.name)
+            object.member("changes") { writer in writer.writeArray(records) { $0.raw(bytes: $1) } }
+            object.member("next", string: FeedTokenText.text(page.token))
+        }
+        let body = writer.bytes
+        let secret = settings.webhookSigner.secret(for: subscription.name, generation: subscription.generation)
+        let headers = [
+            HTTPHeader("Content-Type", "application/json"), HTTPHeader("Kith-Subscription", subscription.name),
+            HTTPHeader("Kith-Signature", settings.webhookSigner.signature(body, secret: secret, at: host.wallMillis() / 1_000)),
+        ]
+        host.post(subscription.url, headers: headers, body: body, timeoutMillis: Self.webhookTimeoutMillis) { [self] result in
+            let finished = host.monotonicMillis()
+            var failure: String?
+            switch result {
+            case .success(let status) where (200..<300).contains(status): failure = nil
+            case .success(let status): failure = "the receiver answered \(status)"
+            case .failure(let error): failure = "no answer: \(error)"
+            }
+            guard
+                var run = webhookRuns.withLock({ runs -> WebhookRun? in
+                    runs[subscription.name]?.inFlight = false
+                    return runs[subscription.name]
+                })
+            else { return }
+            if let failure {
+                run.failures += 1
+                run.lastFailure = finished
+                run.lastError = failure
+                webhookTotals.withLock { $0.failed += 1 }
+            } else {
+                run.failures = 0
+                run.lastFailure = nil
+                run.progress.delivered += records.count
+                advance(&run, to: page.token)
+                webhookTotals.withLock { $0.delivered += 1 }
+            }
+            save(subscription.name, run, now: finished)
+        }
+    }
+
+    /// Moves the run past a batch: the replay at its head, or the subscription's own place.
+    private func advance(_ run: inout WebhookRun, to token: FeedToken) {
+        guard var replay = run.replaying.first else {
+            run.progress.token = token
+            run.unsaved = true
+            return
+        }
+        if token.versions.covers(replay.through.versions) {
+            run.replaying.removeFirst()
+        } else {
+            replay.from = token
+            run.replaying[0] = replay
+        }
+        run.unsaved = true
+    }
+
+    private func park(_ run: inout WebhookRun, from: FeedToken, through: FeedToken, records: Int, error: String) {
+        let id = (run.progress.deadLetters.map(\.id).max() ?? 0) + 1
+        run.progress.deadLetters.append(
+            SubscriptionProgress.DeadLetter(id: id, from: from, through: through, records: records, failedAt: host.wallMillis(), error: error))
+        run.progress.deadLetters = Array(run.progress.deadLetters.suffix(SubscriptionProgress.deadLetterLimit))
+        run.unsaved = true
+    }
+
+    private func skipGap(_ subscription: Subscription, _ run: WebhookRun, reason: HTTPResponse, now: Int64) {
+        var run = run
+        do {
+            let current = try feedTokenNow()
+            park(
+                &run, from: run.replaying.first?.from ?? run.progress.token, through: current, records: 0,
+                error: "the change log no longer holds this range")
+            if run.replaying.isEmpty { run.progress.token = current } else { run.replaying.removeFirst() }
+            run.unsaved = true
+            save(subscription.name, run, now: now, immediately: true)
+        } catch {
+            log(.error, "a webhook's place could not be moved on", [("subscription", .string(subscription.name)), ("error", .string("\(error)"))])
+        }
+    }
+
+    /// Keeps `run`, and writes its progress as a setting when a second has passed since the
+    /// last write (or `immediately`): through the one writer, replicated like any change.
+    private func save(_ name: String, _ run: WebhookRun, now: Int64, immediately: Bool = false) {
+        var run = run
+        let due = run.unsaved && (immediately || now - run.savedAt >= Self.webhookSaveMillis)
+        if due {
+            run.unsaved = false
+            run.savedAt = now
+        }
+        webhookRuns.withLock { runs in
+            guard runs[name] != nil else { return }  // no longer this node's to deliver
+            runs[name] = run
+        }
+        guard due else { return }
+        writeSetting(Subscription.progressPrefix + name, JSONWriter.bytes(run.progress.json))
+    }
+
+    /// The run of a subscription this node has just come to deliver: from the progress its
+    /// last owner wrote, or from the subscription's start.
+    private func loadRun(_ subscription: Subscription) -> WebhookRun {
+        let stored = (try? store.settings(prefix: Subscription.progressPrefix + subscription.name))?  // unreadable: start over, at least once
+            .first { $0.name == Subscription.progressPrefix + subscription.name && !$0.value.isEmpty }
+        let progress = stored.flatMap { (try? JSONParser.parse($0.value)).flatMap(SubscriptionProgress.init(stored:)) }  // nil: as never delivered
+        return WebhookRun(progress: progress ?? SubscriptionProgress(token: subscription.start))
+    }
+
+    /// Writes a subscription's definition again with its own stamp, so that a node back from a
+    /// resync (which brings no settings) learns it; a newer one elsewhere is unchanged by it.
+    private func reassert(_ name: String) {
+        guard
+            let setting = try? store.settings(prefix: Subscription.settingPrefix + name).first(where: { $0.name == Subscription.settingPrefix + name }
+            )  // unreadable: next time
+        else { return }
+        _ = writer.perform { [self] in
+            do {
+                try store.setSetting(setting.name, setting.value, stamp: setting.stamp)
+                committedOutsideGroup()
+            } catch {
+                log(.error, "a subscription could not be written again", [("error", .string("\(error)"))])
+            }
+        }
+    }
+
+    /// Writes a setting now, stamped by this node's hybrid clock, on the one writer.
+    @discardableResult
+    func writeSetting(_ name: String, _ value: [UInt8], then: (@Sendable (Bool) -> Void)? = nil) -> Bool {
+        let now = host.wallMillis()
+        let stamp = clock.withLock { clock -> LWWStamp in
+            let time = clock.tick(physicalMillis: now)
+            return LWWStamp(time: time.wallMillis, tiebreak: "setting:\(time.node):\(time.logical)")
+        }
+        let queued = writer.perform { [self] in
+            do {
+                try store.setSetting(name, value, stamp: stamp)
+                committedOutsideGroup()
+                then?(true)
+            } catch {
+                log(.error, "a setting could not be written", [("setting", .string(name)), ("error", .string("\(error)"))])
+                then?(false)
+            }
+        }
+        if !queued { then?(false) }
+        return queued
+    }
+}
+
+extension NodeAPI {
+    /// Deliveries by outcome, and the lag and dead letters of each subscription this node
+    /// delivers (labelled by subscription name, an operator's word: never an identifier).
+    func webhookMetrics() -> String {
+        let totals = webhookTotals.withLock { $0 }
+        var text = NodeMetrics.family(
+            "kith_webhook_deliveries_total", "counter", "Webhook batches by outcome (a failed attempt is retried until parked).", label: "outcome",
+            [("delivered", totals.delivered), ("failed", totals.failed), ("dead_lettered", totals.deadLettered)])
+        let runs = webhookRuns.withLock { $0 }.sorted { $0.key < $1.key }
+        text += NodeMetrics.family(
+            "kith_webhook_lag_changes", "gauge", "Change-log entries after the place a subscription this node delivers has reached.",
+            label: "subscription", runs.map { (value: $0.key, count: (try? webhookLag($0.value.progress.token)) ?? 0) })  // unreadable log: 0
+        text += NodeMetrics.family(
+            "kith_webhook_dead_letters", "gauge", "Parked batches of a subscription this node delivers.", label: "subscription",
+            runs.map { (value: $0.key, count: $0.value.progress.deadLetters.count + $0.value.replaying.count) })
+        return text
+    }
+}
+
+extension JSONWriter {
+    static func bytes(_ value: JSONValue) -> [UInt8] {
+        var writer = JSONWriter()
+        writer.write(value)
+        return writer.bytes
+    }
+}
