@@ -29,6 +29,13 @@ let commands: [Command] = [
     Command(name: "export-subject", run: exportSubject, words: clientOptions),
     Command(name: "audit", run: auditCommand, words: ["--profile"] + clientOptions),
     Command(name: "policy", run: policy, words: ["check", "--store"] + clientOptions),
+    Command(
+        name: "subscriptions", run: subscriptions,
+        words: [
+            "list", "status", "set", "delete", "replay", "--url", "--purpose", "--events", "--traits", "--kinds", "--view", "--since",
+            "--rotate-secret",
+        ]
+            + clientOptions),
     Command(name: "completion", run: completion, words: ["bash", "zsh"]),
 ]
 

@@ -51,6 +51,7 @@ let overview = """
       export-subject          Everything held about a customer (Art. 15/20).
       audit                   Who read a customer's data, from every node.
       policy check            Check a privacy policy file.
+      subscriptions           Webhook subscriptions: list, status, set, delete, replay.
       completion bash|zsh     Print a shell completion script.
       version                 Show the version.
 
