@@ -67,6 +67,8 @@ extension NodeAPI {
             return respond(Self.attempt { throw error })
         }
         let stream = HTTPBodyStream()
+        metrics.feedStreams.add(1, ordering: .relaxed)
+        stream.onClose { [metrics] in metrics.feedStreams.subtract(1, ordering: .relaxed) }
         let headers = [HTTPHeader("Content-Type", "text/event-stream"), HTTPHeader("Cache-Control", "no-cache")]
         respond(HTTPResponse(status: 200, headers: headers, stream: stream))
         stream.send(Array("retry: 2000\n\n".utf8) + events)

@@ -18,6 +18,8 @@ public final class NodeMetrics: Sendable {
     /// Change-feed records given to consumers, and tokens answered 410.
     let feedRecords = Atomic<Int>(0)
     let feedTokensExpired = Atomic<Int>(0)
+    /// Change-feed event streams open now.
+    let feedStreams = Atomic<Int>(0)
 
     func record(route: String, status: Int, seconds: Double) {
         requests.withLock { table in
@@ -69,6 +71,7 @@ public final class NodeMetrics: Sendable {
         text += Self.metric(
             "kith_feed_records_total", "counter", "Change-feed records given to consumers (after the read policy).",
             feedRecords.load(ordering: .relaxed))
+        text += Self.metric("kith_feed_streams_open", "gauge", "Change-feed event streams open now.", feedStreams.load(ordering: .relaxed))
         text += Self.metric(
             "kith_feed_tokens_expired_total", "counter", "Change-feed requests answered 410: the log no longer held what the token lacked.",
             feedTokensExpired.load(ordering: .relaxed))

@@ -226,6 +226,22 @@ import Testing
         #expect(poll(token).responses.withLock { $0.count } == 1, "a stopping node waits for nothing")
     }
 
+    /// An erasure (a write outside a group commit) wakes a waiting long poll by itself.
+    @Test func anErasureWakesALongPoll() throws {
+        let test = try TestAPI()
+        identify(test, "u-1", #"{"name":"Ana"}"#, "m1")
+        let token = try page(test, "purpose=support").next
+        let answered = Answers()
+        let request = HTTPRequest(
+            method: "GET", target: "/v1/changes?purpose=support&wait=30&since=\(token)", version: .http11,
+            headers: [HTTPHeader("Authorization", "Bearer \(TestAPI.tokens[.reader]!)")], body: [])
+        test.api.handle(request, HTTPResponder { response in answered.responses.withLock { $0.append(response) } })
+        #expect(answered.responses.withLock { $0.isEmpty })
+        #expect(test.call("DELETE", "/v1/profiles/user_id:u-1", role: .privacy, firingTimers: true)?.status == 200)
+        let records = answered.responses.withLock { $0.first?.json?["changes"]?.arrayValue }
+        #expect(records?.map { $0["kind"] } == ["erasure"], "\(String(describing: records))")
+    }
+
     /// Truncation takes the start of the log away: a token behind it is answered 410 with the
     /// way to resync, and the export's feed token is where a resynced consumer goes on.
     @Test func aTokenTheLogNoLongerHoldsIsToldToResync() throws {
@@ -297,9 +313,11 @@ import Testing
         #expect(test.host.fireTimers() >= 1)
         #expect(received.text.hasSuffix(": keep-alive\n\n"), "a heartbeat while nothing happens")
         let lastId = try #require(received.events.compactMap(\.id).last)
+        #expect(test.call("GET", "/metrics", role: .admin)?.text.contains("kith_feed_streams_open 1\n") == true)
 
         // The client goes away; a commit sends it nothing more.
         stream.closed()
+        #expect(test.call("GET", "/metrics", role: .admin)?.text.contains("kith_feed_streams_open 0\n") == true)
         identify(test, "u-4", #"{"name":"Di"}"#, "m4")
         test.api.logAdvanced()
         _ = test.host.fireTimers()

@@ -106,6 +106,8 @@ func runFeedScenario(seed: UInt64) throws -> (failures: [String], moves: Int, ex
                     guard !consumer.given.contains(change), !consumer.beforeStart.contains(change),
                         !consumer.truncatedBeforeStart.contains(where: { $0.covers(origin: change.origin, sequence: change.sequence) })
                     else { continue }
+                    // A cluster setting is no change of a customer: never given, always passed over.
+                    if case .setting = entry.change { continue }
                     // A change of a customer erased since: the erasure drops it from every log
                     // (a node it has not reached yet still holds it), and nobody is given it.
                     if case .message(let delta) = entry.change,
@@ -123,6 +125,12 @@ func runFeedScenario(seed: UInt64) throws -> (failures: [String], moves: Int, ex
     try sim.run(until: 10_000) { sim in
         sim.injectFault()
         try clientStep(sim, &generator, parser, &ledger)
+        // Cluster settings (webhook subscriptions and their progress) written here and there.
+        if sim.random.chance(3), let machine = sim.machines.filter({ $0.node != nil }).randomElement(using: &sim.random) {
+            let stamp = LWWStamp(time: sim.clock(machine), tiebreak: machine.member.name)
+            try machine.store.setSetting("s:\(sim.random.below(4))", [UInt8(truncatingIfNeeded: sim.random.below(256))], stamp: stamp)
+            try machine.node?.pushOwnChanges()
+        }
         guard sim.random.chance(30) else { return }
         let index = sim.random.below(consumers.count)
         let up = sim.machines.filter { $0.node != nil }
@@ -137,6 +145,11 @@ func runFeedScenario(seed: UInt64) throws -> (failures: [String], moves: Int, ex
     }
     try sim.healAndSettle(from: 10_000)
     try checkTokensClaimOnlyWhatWasGiven()
+    // Settings converge as changes do: the newest stamp of each, everywhere.
+    let settings = try sim.machines.map { try $0.store.settings(prefix: "s:") }
+    if Set(settings.map { $0.map { "\($0.name)=\($0.value)@\($0.stamp)" } }).count > 1 {
+        failures.append("settings differ after healing: \(settings.map { $0.map(\.value) })")
+    }
     // Every change of every origin the logs hold or dropped. (Not the version vectors: they
     // count positions of an origin's log that hold changes it relayed, not changes of its own.)
     var everything = VersionVector()
