@@ -261,14 +261,15 @@ extension NodeAPI {
         let event = delta?.event.map { renderer.eventsResource([$0]) { _ in } }
         let record = try Self.feedRecordBody(
             profile: profile, event: event, kind: kind, change: change, time: time, delta: delta, full: request.full,
-            keys: view.members.map { Crypto.hex(settings.subjectHasher.forgetKeyBytes(for: $0)) })
+            keys: view.members.map { Crypto.hex(settings.subjectHasher.forgetKeyBytes(for: $0)) }, restricted: consent.restricted)
         try recordRead(request.principal, request.purpose, "feed", view.members, renderer.outcome)
         return record
     }
 
     /// Writes a record from a rendered read (`profile`, and `event` rendered the same way).
     static func feedRecordBody(
-        profile: [UInt8], event: [UInt8]?, kind: String, change: String, time: Int64, delta: ProfileDelta?, full: Bool, keys: [String]
+        profile: [UInt8], event: [UInt8]?, kind: String, change: String, time: Int64, delta: ProfileDelta?, full: Bool, keys: [String],
+        restricted: Bool
     ) throws -> [UInt8] {
         let rendered = try JSONParser.parse(profile)
         return object { object in
@@ -289,6 +290,10 @@ extension NodeAPI {
                 object.member("event", shown)
             }
             if !delta.consent.isEmpty, let consent = rendered["consent"] { object.member("consent", consent) }
+            // A restriction of processing (or its lifting): whether the profile is restricted now.
+            if delta.consent.contains(where: { $0.category == ConsentDecision.processingCategory }) {
+                object.member("restricted", .bool(restricted))
+            }
             if !delta.links.isEmpty { object.member("merged", .bool(true)) }
             if case .array(let withheld)? = rendered["withheld"], !withheld.isEmpty { object.member("withheld", .array(withheld)) }
         }

@@ -75,13 +75,13 @@ extension NodeAPI {
             guard let token = FeedTokenText.parse(text) else { return refuse("since must be 0, now or a token the feed returned") }
             start = token
         }
-        let since = body["since"]
         // A new subscription starts now unless told otherwise; an update keeps its place.
-        let origin = existing == nil && since == nil ? (try? feedTokenNow()) ?? start : start  // unreadable log: from its start
+        let startsNow = existing == nil && body["since"] == nil
         let rotate = body["rotateSecret"] == .bool(true)
         let subscription = Subscription(
             name: name, url: url, purpose: purpose, filter: filter, full: full,
-            generation: (existing?.generation ?? 0) + (existing == nil || rotate ? 1 : 0), start: origin)
+            generation: (existing?.generation ?? 0) + (existing == nil || rotate ? 1 : 0),
+            start: startsNow ? (try? feedTokenNow()) ?? start : start)  // unreadable log: from its start
         let secret = settings.webhookSigner.secret(for: name, generation: subscription.generation)
         let created = existing == nil
         let queued = writeSetting(Subscription.settingPrefix + name, JSONWriter.bytes(subscription.json)) { written in

@@ -93,6 +93,9 @@ import Testing
         #expect(try changes("traits=plan") == ["?", "?"])
         #expect(try changes("kinds=anonymous_id") == ["anonymous_id:a-9/Viewed", "?"])
         #expect(try changes("") == ["user_id:u-1", "?", "user_id:u-1/Order Completed", "anonymous_id:a-9/Viewed", "?"])
+        let restriction = try page(test, "since=0&purpose=support", role: .admin).records.last
+        #expect(restriction?["restricted"] == .bool(true) && test.call("DELETE", "/v1/profiles/user_id:u-2/restrict", role: .privacy)?.status == 200)
+        #expect(try page(test, "since=0&purpose=support", role: .admin).records.last?["restricted"] == .bool(false), "lifted: shown as it is now")
         let refused = test.call("GET", "/v1/changes?since=0&purpose=support&kinds=shoe_size", role: .admin)
         #expect(refused?.errorCode == "unknown_identifier_kind" && refused?.text.contains("user_id") == true)
     }

@@ -116,6 +116,14 @@ struct WebhookProcessTests {
         #expect(receiver.deliveries.count >= 3, "several batches: \(receiver.deliveries.map(\.count))")
         let status = try #require(try node.request("GET", "/v1/subscriptions/crm", headers: ["Authorization: Bearer tk"]))
         #expect(status.body.contains(#""delivered":250"#) && status.body.contains(#""failures":0"#), "\(status.body)")
+        // A restart: the subscription and its place survive; what comes next is delivered.
+        Thread.sleep(forTimeInterval: 1.2)  // the progress is written at most once a second
+        node.stop()
+        try node.start()
+        #expect(try node.ingest("/v1/identify", #"{"userId":"c-0","messageId":"after-restart"}"#) == 200)
+        #expect(try eventually(10) { receiver.deliveries.flatMap { $0 }.contains("after-restart") })
+        let again = receiver.deliveries.flatMap { $0 }.filter { $0.hasPrefix("w-") }
+        #expect(again.count < 2 * sent.count, "at most a batch again after the restart, not the whole feed: \(again.count)")
     }
 
     /// The node that delivers a subscription is killed: another takes over from the progress it
