@@ -357,25 +357,12 @@ extension NodeAPI {
     }
 }
 
-/// The change feed's token as text: `f1.` and the hex of its binary form (`FeedToken`). Like
-/// `Kith-Session`, it names origins and sequences only, never a customer.
+/// The change feed's token as text: `f1.` and the hex of its binary form (`FeedToken`).
 enum FeedTokenText {
     static let prefix = "f1."
 
-    static func text(_ token: FeedToken) -> String {
-        var writer = BinaryWriter(capacity: 24)
-        token.encode(to: &writer)
-        return prefix + Crypto.hex(writer.bytes)
-    }
+    static func text(_ token: FeedToken) -> String { TokenText.text(token, prefix: prefix) }
 
     /// The token, or nil for text this version did not make.
-    static func parse(_ text: String) -> FeedToken? {
-        guard text.hasPrefix(prefix), text.utf8.count <= 3 + 2 * 4_096, let bytes = Crypto.bytes(hex: text.dropFirst(prefix.count)) else {
-            return nil
-        }
-        var reader = BinaryReader(bytes)
-        // Not decodable: not a token this version made (the caller answers 400).
-        guard let token = try? FeedToken(from: &reader), (try? reader.expectEnd()) != nil else { return nil }
-        return token
-    }
+    static func parse(_ text: String) -> FeedToken? { TokenText.parse(text, prefix: prefix) }
 }

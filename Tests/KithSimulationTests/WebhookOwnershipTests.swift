@@ -6,9 +6,7 @@ import Testing
 @Suite("Webhook ownership and retries")
 struct WebhookOwnershipTests {
     static func member(_ id: UInt64, _ status: MemberStatus = .alive, role: MemberRole = .core) -> Member {
-        var member = Member(id: id, name: "n\(id)", address: "n\(id)", role: role)
-        member.status = status
-        return member
+        LogTruncationPlanTests.member(id, status, role: role)
     }
 
     @Test func everyNodeNamesTheSameOwnerAndOnlyAnAliveCoreOne() {
