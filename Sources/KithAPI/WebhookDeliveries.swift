@@ -142,8 +142,14 @@ extension NodeAPI {
             return save(subscription.name, run, now: now, immediately: true)
         }
         guard !records.isEmpty else {
-            // Nothing to send: the walk passed over what the filters leave out.
-            if page.token != from { advance(&run, to: page.token) }
+            // Nothing to send: the walk passed over what the filters leave out (settings among
+            // them, this progress's own writes too). Passing over is not worth a write: that
+            // write would be one more entry to pass over, a second later, for ever.
+            if page.token != from {
+                let unsaved = run.unsaved
+                advance(&run, to: page.token)
+                run.unsaved = unsaved
+            }
             return save(subscription.name, run, now: now)
         }
         run.inFlight = true

@@ -83,6 +83,18 @@ import Testing
         test.api.webhookTick()
         #expect(bodies(test).last?["changes"]?.arrayValue?.compactMap { $0["messageId"]?.stringValue } == ["m3"])
         #expect(test.call("GET", "/v1/subscriptions/ads", role: .admin)?.json?["delivered"] == 3)
+        // Idle: once its progress is written, nothing more is (a write for passing over its own
+        // writes would go on for ever).
+        for _ in 0..<3 {
+            test.host.monotonic.add(2_000_000_000, ordering: .relaxed)
+            test.api.webhookTick()
+        }
+        let settled = try test.store.logExtent().last
+        for _ in 0..<5 {
+            test.host.monotonic.add(2_000_000_000, ordering: .relaxed)
+            test.api.webhookTick()
+        }
+        #expect(try test.store.logExtent().last == settled, "an idle subscription writes nothing")
     }
 
     /// A failing receiver gets the same batch again after a growing wait; after the last
