@@ -30,7 +30,7 @@ extension NodeAPI {
                 // Where the change feed takes over from this page: taken before the page is
                 // read, so every change the page may lack comes after it (docs/feed.md).
                 let feed = FeedTokenText.text(try feedTokenNow())
-                let views = try store.profiles(after: page.after, limit: page.limit)
+                let views = try store.profiles(after: page.after, limit: page.limit).map(readable)
                 var body: [UInt8] = []
                 for view in views {
                     let consent = ConsentState(view.head, vocabulary: policy.consentVocabulary)

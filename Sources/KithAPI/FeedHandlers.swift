@@ -236,13 +236,13 @@ extension NodeAPI {
             var records: [[UInt8]] = []
             var shown: Set<Identifier> = []
             for end in [edge.low, edge.high] {
-                guard let view = try store.view(of: end), shown.insert(view.canonical).inserted else { continue }
+                guard let view = try store.view(of: end).map(readable), shown.insert(view.canonical).inserted else { continue }
                 records.append(try feedRecord(view, kind: "unmerge", change: change, time: stamp.time, delta: nil, request))
             }
             return records
         case .message(let delta):
             // A customer erased or expired since: nothing to show.
-            guard let view = try store.view(of: delta.subject) else { return [] }
+            guard let view = try store.view(of: delta.subject).map(readable) else { return [] }
             return [try feedRecord(view, kind: "change", change: change, time: delta.times.eventTime, delta: delta, request)]
         }
     }

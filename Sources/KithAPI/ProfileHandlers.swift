@@ -186,7 +186,7 @@ extension NodeAPI {
         }
         respond(
             Self.attempt {
-                guard let view = try store.view(of: identifier) else { return Self.notFound }
+                guard let view = try store.view(of: identifier).map(readable) else { return Self.notFound }
                 let consent = ConsentState(view.head, vocabulary: policy.consentVocabulary)
                 if !consent.unmapped.isEmpty { metrics.unmappedConsentReads.wrappingAdd(1, ordering: .relaxed) }
                 let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: consent)
@@ -215,13 +215,22 @@ extension NodeAPI {
             return cursor
         }
         let page = try store.events(of: identifier, before: cursor, limit: limit)
-        return renderer.eventsResource(page.events) { object in
+        // A page may come back short by the events expired but not yet swept; `next` goes on.
+        return renderer.eventsResource(policy.retention.unexpired(page.events, now: host.wallMillis())) { object in
             object.member("cursor") { writer in
                 writer.writeObject { c in
                     if let next = page.next { c.member("next", string: next.token) } else { c.member("next", .null) }
                 }
             }
         }
+    }
+
+    /// `view` as reads show it now: without what the retention rules say has expired, whether or
+    /// not the background sweep has dropped it yet (`RetentionRules.unexpired`).
+    func readable(_ view: ProfileView) -> ProfileView {
+        var view = view
+        view.head = policy.retention.unexpired(view.head, now: host.wallMillis())
+        return view
     }
 
     /// A read of a whole resource without a purpose (the privacy role's consent and export

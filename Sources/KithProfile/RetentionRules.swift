@@ -70,3 +70,22 @@ public struct RetentionRules: Sendable, Equatable {
         expiry(ofTrait: name, updatedAt: time).map { $0 <= now } ?? false
     }
 }
+
+extension RetentionRules {
+    /// `head` as a read at `now` may show it: the traits and recent events these rules say have
+    /// expired are left out. The sweep drops them from the store later (`expire`, in bounded
+    /// steps, so a pass over a large store takes a while); a read never shows them in between.
+    /// Totals (message counts, revenue) stay as counted until the sweep recounts them.
+    public func unexpired(_ head: SourceHead, now: Int64) -> SourceHead {
+        guard !isEmpty else { return head }
+        var visible = head
+        visible.traits.retain { name, register in !isExpired(trait: name, updatedAt: register.stamp.time, now: now) }
+        visible.recent.removeAll { $0.type.isEvent && isExpired(event: $0.name, at: $0.time, now: now) }
+        return visible
+    }
+
+    /// `events` without those these rules say have expired at `now`.
+    public func unexpired(_ events: [EventRecord], now: Int64) -> [EventRecord] {
+        isEmpty ? events : events.filter { !($0.type.isEvent && isExpired(event: $0.name, at: $0.time, now: now)) }
+    }
+}

@@ -193,4 +193,35 @@ struct RetentionExportTests {
         #expect(
             retention["events"]?["o-1"]?["days"] == 2557 && retention["events"]?["o-1"]?["expiresAt"]?.stringValue?.hasPrefix("2033-01-0") == true)
     }
+
+    /// Reads never show what has expired, whether or not the sweep has dropped it yet: the
+    /// profile, its traits and events, the bulk export and the change feed alike.
+    @Test func readsLeaveOutWhatExpiredBeforeTheSweep() throws {
+        var policy = Policy.builtIn
+        policy.retention.eventsByName["Viewed"] = .init(millis: 30 * 86_400_000, purpose: "analytics")
+        policy.retention.traitsByName["city"] = .init(millis: 90 * 86_400_000, purpose: "support")
+        let test = try TestAPI(policy: policy)
+        // The test host's clock is 2026-05-28: the city (January) and the view (January) have
+        // expired; the plan (no rule) and the order (no rule) stay.
+        let messages = [
+            #"{"type":"identify","userId":"u-x","traits":{"city":"Leeds"},"messageId":"i-1","timestamp":"2026-01-01T00:00:00Z"}"#,
+            #"{"type":"identify","userId":"u-x","traits":{"plan":"plus"},"messageId":"i-2","timestamp":"2026-05-01T00:00:00Z"}"#,
+            #"{"type":"track","userId":"u-x","event":"Viewed","messageId":"v-1","timestamp":"2026-01-02T00:00:00Z"}"#,
+            #"{"type":"track","userId":"u-x","event":"Order Completed","messageId":"o-1","timestamp":"2026-01-03T00:00:00Z"}"#,
+        ]
+        for message in messages { #expect(test.ingest("/v1/batch", #"{"batch":[\#(message)]}"#)?.status == 200) }
+        let reads = [
+            "/v1/profiles/user_id:u-x?purpose=support", "/v1/profiles/user_id:u-x/traits?purpose=support",
+            "/v1/profiles/user_id:u-x/events?purpose=support&limit=10", "/v1/admin/export?purpose=support",
+            "/v1/changes?purpose=support&since=0&view=full",
+        ]
+        for read in reads {
+            let text = try #require(test.call("GET", read, role: .admin)).text
+            #expect(!text.contains("Leeds") && !text.contains("v-1"), "\(read): \(text)")
+        }
+        let profile = try #require(test.call("GET", reads[0], role: .admin)).text
+        #expect(profile.contains(#""plan":"plus""#) && profile.contains("o-1"), "what no rule names stays: \(profile)")
+        // The store still holds them until the sweep: the subject export says so.
+        #expect(try #require(test.call("GET", "/v1/profiles/user_id:u-x/export", role: .privacy)).text.contains("Leeds"))
+    }
 }
