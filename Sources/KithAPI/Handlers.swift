@@ -330,6 +330,9 @@ extension NodeAPI {
             "kith_retention_events_dropped_total", "counter", "Events dropped because their retention had passed.", retention.eventsDropped)
         text += NodeMetrics.metric(
             "kith_retention_traits_dropped_total", "counter", "Traits dropped because their retention had passed.", retention.traitsDropped)
+        text += NodeMetrics.metric(
+            "kith_retention_grants_lapsed_total", "counter", "Consent grants dropped because their retention had passed (they read as never given).",
+            retention.grantsDropped)
         if let log = try? store.logExtent() {  // a log that cannot be read is left out; the other metrics still answer
             text += NodeMetrics.metric(
                 "kith_change_log_span", "gauge", "Local sequences the change log holds (an upper bound on its entries).", Int(clamping: log.span))

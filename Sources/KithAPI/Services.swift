@@ -149,11 +149,14 @@ public struct RetentionTotals: Sendable, Equatable {
     public var passes = 0
     public var eventsDropped = 0
     public var traitsDropped = 0
+    /// Consent grants that lapsed under a consent retention rule.
+    public var grantsDropped = 0
 
-    public init(passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0) {
+    public init(passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0) {
         self.passes = passes
         self.eventsDropped = eventsDropped
         self.traitsDropped = traitsDropped
+        self.grantsDropped = grantsDropped
     }
 }
 

@@ -84,6 +84,7 @@ final class RetentionSweeper: @unchecked Sendable {
             case .success(let step)?:
                 pass.eventsDropped += step.eventsDropped
                 pass.traitsDropped += step.traitsDropped
+                pass.grantsDropped += step.grantsDropped
                 pass.identifiers += step.identifiers
                 pass.passEnded = step.passEnded
             case .failure(let error)?:
@@ -97,12 +98,14 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.passes += 1
             totals.eventsDropped += pass.eventsDropped
             totals.traitsDropped += pass.traitsDropped
+            totals.grantsDropped += pass.grantsDropped
         }
         log(
             .info, "retention pass",
             [
                 ("identifiers", .number(JSONNumber(Int64(pass.identifiers)))), ("eventsDropped", .number(JSONNumber(Int64(pass.eventsDropped)))),
                 ("traitsDropped", .number(JSONNumber(Int64(pass.traitsDropped)))),
+                ("grantsDropped", .number(JSONNumber(Int64(pass.grantsDropped)))),
             ])
         return true
     }

@@ -87,7 +87,8 @@ extension Policy {
             categories: categories, fields: fields, unknownFields: unknownFields, consentCategories: consentCategories,
             purposes: purposes, masks: masks)
         retention = try Self.retention(
-            root["retention"], fields: fields, unknownFields: unknownFields, declared: declared, purposes: Set(purposes.keys))
+            root["retention"], fields: fields, unknownFields: unknownFields, declared: declared, purposes: Set(purposes.keys),
+            vocabulary: consentVocabulary)
     }
 
     static let fieldPathHelp = "a field is traits.NAME, identifiers.KIND (a built-in or custom kind), events, aggregates, groups or revenue"

@@ -8,18 +8,21 @@ import KithProfile
 /// "retention": [
 ///   {"events": ["Order Completed"], "days": 2557, "purpose": "tax"},
 ///   {"category": "behavioral", "days": 396, "purpose": "analytics"},
-///   {"traits": ["favouriteColour"], "days": 730, "purpose": "personalization"}
+///   {"traits": ["favouriteColour"], "days": 730, "purpose": "personalization"},
+///   {"consent": ["advertising"], "days": 395, "purpose": "advertising"}
 /// ]
 /// ```
 ///
 /// A category rule covers the events when the policy puts `events` in that category, and every
 /// trait in it. A rule by name wins over a category rule; of two rules naming the same data, the
-/// longer keeps it.
+/// longer keeps it. A consent rule makes grants of those consent categories lapse (under any
+/// name that decides them): the customer is asked again.
 extension Policy {
     static let longestRetentionDays = 36_500
 
     static func retention(
-        _ value: JSONValue?, fields: [String: String], unknownFields: UnknownFieldRule, declared: Set<String>, purposes: Set<String>
+        _ value: JSONValue?, fields: [String: String], unknownFields: UnknownFieldRule, declared: Set<String>, purposes: Set<String>,
+        vocabulary: ConsentVocabulary
     )
         throws(PolicyError) -> RetentionRules
     {
@@ -31,7 +34,7 @@ extension Policy {
         for (index, item) in items.enumerated() {
             let path = "retention[\(index)]"
             guard case .object(let rule) = item else { throw PolicyError(path, "a rule is an object") }
-            try refuseUnknownKeys(rule, path, ["events", "traits", "category", "days", "purpose"])
+            try refuseUnknownKeys(rule, path, ["events", "traits", "category", "consent", "days", "purpose"])
             guard case .number(let number)? = rule["days"], let days = Int(number.literal), (1...longestRetentionDays).contains(days) else {
                 throw PolicyError("\(path).days", "must be a whole number of days from 1 to \(longestRetentionDays)")
             }
@@ -39,9 +42,16 @@ extension Policy {
                 throw PolicyError("\(path).purpose", "must name a purpose of the policy (the one that justifies keeping the data)")
             }
             let keep = RetentionRules.Keep(millis: Int64(days) * 86_400_000, purpose: purpose)
-            let targets = ["events", "traits", "category"].filter { rule[$0] != nil }
-            guard targets.count == 1 else { throw PolicyError(path, "a rule names exactly one of events, traits or category") }
-            if let events = rule["events"] {
+            let targets = ["events", "traits", "category", "consent"].filter { rule[$0] != nil }
+            guard targets.count == 1 else { throw PolicyError(path, "a rule names exactly one of events, traits, category or consent") }
+            if let consent = rule["consent"] {
+                for category in try strings(consent, "\(path).consent") {
+                    guard !vocabulary.names(of: category).isEmpty else {
+                        throw PolicyError("\(path).consent", "must name consent categories of the policy (\"\(category)\" is not one)")
+                    }
+                    for name in vocabulary.names(of: category) { rules.grantsByName[name] = keep.longer(rules.grantsByName[name]) }
+                }
+            } else if let events = rule["events"] {
                 for name in try strings(events, "\(path).events") { rules.eventsByName[name] = keep.longer(rules.eventsByName[name]) }
             } else if let traits = rule["traits"] {
                 for name in try strings(traits, "\(path).traits") { rules.traitsByName[name] = keep.longer(rules.traitsByName[name]) }

@@ -36,12 +36,30 @@ public struct RetentionRules: Sendable, Equatable {
     /// traits it does not name.
     public var traitCategories: [String: String] = [:]
     public var unnamedTraitCategory: String?
+    /// Consent grants by the name they came under (ASCII letters folded to lower case: every
+    /// name the policy's vocabulary maps to a category a rule names). A grant expires and then
+    /// reads as never given; a denial never expires (a withdrawal must not lapse into consent).
+    public var grantsByName: [String: Keep] = [:]
 
     public init() {}
 
     public static let none = RetentionRules()
 
-    public var isEmpty: Bool { eventsByName.isEmpty && events == nil && traitsByName.isEmpty && traitsByCategory.isEmpty }
+    public var isEmpty: Bool {
+        eventsByName.isEmpty && events == nil && traitsByName.isEmpty && traitsByCategory.isEmpty && grantsByName.isEmpty
+    }
+
+    /// How long a consent grant under `name` counts; nil: until it is changed.
+    public func keep(forGrant name: String) -> Keep? {
+        grantsByName.isEmpty ? nil : grantsByName[String(decoding: name.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)]
+    }
+
+    /// Whether `register` (a decision under `name`) is a grant that has lapsed at `now`.
+    public func isExpired(grant register: ConsentRegister, name: String, now: Int64) -> Bool {
+        guard register.granted, let keep = keep(forGrant: name) else { return false }
+        let time = register.stamp.time
+        return (time.addingReportingOverflow(keep.millis).overflow ? .max : time + keep.millis) <= now
+    }
 
     /// How long an event named `name` is kept; nil: as long as the profile.
     public func keep(forEvent name: String) -> Keep? { eventsByName[name] ?? events }
@@ -80,6 +98,7 @@ extension RetentionRules {
         guard !isEmpty else { return head }
         var visible = head
         visible.traits.retain { name, register in !isExpired(trait: name, updatedAt: register.stamp.time, now: now) }
+        visible.consent.retain { name, register in !isExpired(grant: register, name: name, now: now) }
         visible.recent.removeAll { $0.type.isEvent && isExpired(event: $0.name, at: $0.time, now: now) }
         return visible
     }

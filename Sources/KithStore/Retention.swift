@@ -7,6 +7,8 @@ public struct RetentionStep: Sendable, Equatable {
     public var identifiers = 0
     public var eventsDropped = 0
     public var traitsDropped = 0
+    /// Consent grants that lapsed (a grant kept past its rule reads as never given).
+    public var grantsDropped = 0
     /// This step ended a pass over every bucket (the next step starts another).
     public var passEnded = false
 
@@ -61,7 +63,10 @@ extension WriteContext {
             let traits = head.traits.count
             head.traits.retain { name, register in !rules.isExpired(trait: name, updatedAt: register.stamp.time, now: now) }
             step.traitsDropped += traits - head.traits.count
-            guard !expired.isEmpty || !trimmed.isEmpty || head.traits.count != traits else { continue }
+            let decisions = head.consent.count
+            head.consent.retain { name, register in !rules.isExpired(grant: register, name: name, now: now) }
+            step.grantsDropped += decisions - head.consent.count
+            guard !expired.isEmpty || !trimmed.isEmpty || head.traits.count != traits || head.consent.count != decisions else { continue }
             try recount(&head, of: identifier)
             if head.isEmpty { deleteSource(identifier.key) } else { setSource(identifier.key, head) }
             changed.append(identifier)

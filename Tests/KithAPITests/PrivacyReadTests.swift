@@ -224,4 +224,23 @@ struct RetentionExportTests {
         // The store still holds them until the sweep: the subject export says so.
         #expect(try #require(test.call("GET", "/v1/profiles/user_id:u-x/export", role: .privacy)).text.contains("Leeds"))
     }
+
+    /// A consent grant kept past its rule lapses at read time: the customer reads as never
+    /// asked (an opt-in purpose sees nothing), while a denial of the same age still denies.
+    @Test func aLapsedGrantReadsAsNeverGiven() throws {
+        var policy = Policy.builtIn
+        for name in ["advertising", "c0004", "marketing"] {
+            policy.retention.grantsByName[name] = .init(millis: 365 * 86_400_000, purpose: "advertising")
+        }
+        let test = try TestAPI(policy: policy)
+        let messages = [
+            #"{"type":"identify","userId":"u-old","traits":{"plan":"gold"},"messageId":"g-1","timestamp":"2025-01-01T00:00:00Z","context":{"consent":{"categoryPreferences":{"C0004":true}}}}"#,
+            #"{"type":"identify","userId":"u-new","traits":{"plan":"gold"},"messageId":"g-2","timestamp":"2026-05-01T00:00:00Z","context":{"consent":{"categoryPreferences":{"Marketing":true}}}}"#,
+        ]
+        for message in messages { #expect(test.ingest("/v1/batch", #"{"batch":[\#(message)]}"#)?.status == 200) }
+        let old = try #require(test.call("GET", "/v1/profiles/user_id:u-old?purpose=advertising", role: .admin))
+        #expect(!old.text.contains("gold") && old.text.contains("consent_unknown"), "\(old.text)")
+        let fresh = try #require(test.call("GET", "/v1/profiles/user_id:u-new?purpose=advertising", role: .admin))
+        #expect(fresh.text.contains("gold"), "\(fresh.text)")
+    }
 }

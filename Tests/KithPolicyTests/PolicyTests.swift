@@ -1,9 +1,10 @@
 import Foundation
 import KithCRDT
 import KithJSON
-import KithPolicy
 import KithProfile
 import Testing
+
+@testable import KithPolicy
 
 @Suite struct PolicyParsingTests {
     @Test func theBuiltInPolicyIsTheExampleFile() throws {
@@ -95,13 +96,30 @@ import Testing
         #expect(rules.keep(forTrait: "favouriteColour")?.purpose == "analytics" && rules.keep(forTrait: "email")?.purpose == "support")
         #expect(rules.keep(forTrait: "plan") == nil)
         #expect(try Policy(parsing: Array(#"{"version":1,"purposes":{"p":{}}}"#.utf8)).retention.isEmpty)
+        // A consent rule covers every name that decides its category: aliases, Consent Mode
+        // types, TCF purposes the category alone has, in any case.
+        let text = Policy.builtInText.replacingOccurrences(
+            of: #""masks": {"#, with: #""retention": [{"consent": ["advertising"], "days": 395, "purpose": "advertising"}], "masks": {"#)
+        let withConsent = try Policy(parsing: Array(text.utf8))
+        let grants = withConsent.retention
+        for name in ["advertising", "Marketing", "C0004", "ad_storage"] {
+            #expect(grants.keep(forGrant: name) == .init(millis: 395 * day, purpose: "advertising"), "\(name)")
+        }
+        #expect(grants.keep(forGrant: "analytics") == nil && grants.keep(forGrant: "Personalization") == nil)
         for (retention, message) in [
             (#"{"events":["E"],"days":0,"purpose":"p"}"#, "retention[0].days: must be a whole number of days from 1 to 36500"),
             (
                 #"{"events":["E"],"days":1,"purpose":"q"}"#,
                 "retention[0].purpose: must name a purpose of the policy (the one that justifies keeping the data)"
             ),
-            (#"{"events":["E"],"traits":["t"],"days":1,"purpose":"p"}"#, "retention[0]: a rule names exactly one of events, traits or category"),
+            (
+                #"{"events":["E"],"traits":["t"],"days":1,"purpose":"p"}"#,
+                "retention[0]: a rule names exactly one of events, traits, category or consent"
+            ),
+            (
+                #"{"consent":["telepathy"],"days":1,"purpose":"p"}"#,
+                #"retention[0].consent: must name consent categories of the policy ("telepathy" is not one)"#
+            ),
             (#"{"category":"secret","days":1,"purpose":"p"}"#, "retention[0].category: must name a declared category"),
             (#"{"events":["E"],"days":1,"purpose":"p","why":"x"}"#, "retention[0].why: is not a policy setting"),
         ] {

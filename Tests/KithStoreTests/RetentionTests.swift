@@ -104,6 +104,33 @@ struct RetentionSweepTests {
         #expect(again.eventsDropped == 0 && again.traitsDropped == 0)
     }
 
+    /// A consent grant kept past its rule lapses (reads as never given) in the sweep; a denial
+    /// of the same age stays, and a fresh grant stays.
+    @Test(arguments: StoreKind.allCases)
+    func lapsedGrantsGoAndDenialsStay(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        var rules = Self.rules
+        for name in ["advertising", "c0004"] { rules.grantsByName[name] = .init(millis: 365 * Self.day, purpose: "advertising") }
+        rules.grantsByName["analytics"] = .init(millis: 365 * Self.day, purpose: "analytics")
+        _ = try fixture.store.apply([
+            try delta(
+                #"{"type":"identify","userId":"u-c","messageId":"c-1","context":{"consent":{"categoryPreferences":{"C0004":true,"analytics":false}}}}"#,
+                daysAgo: 400),
+            try delta(
+                #"{"type":"identify","userId":"u-d","messageId":"c-2","context":{"consent":{"categoryPreferences":{"Advertising":true}}}}"#,
+                daysAgo: 30),
+        ])
+        var dropped = 0
+        repeat {
+            let step = try fixture.store.expire(under: rules, now: Self.now, buckets: 100)
+            dropped += step.grantsDropped
+            if step.passEnded { break }
+        } while true
+        let old = try #require(try fixture.store.view(of: Identifier(kind: .userId, value: "u-c")!))
+        #expect(old.head.consent["C0004"] == nil && old.head.consent["analytics"]?.granted == false && dropped == 1, "\(old.head.consent)")
+        #expect(try fixture.store.view(of: Identifier(kind: .userId, value: "u-d")!)?.head.consent["Advertising"]?.granted == true)
+    }
+
     /// Same data, same rules, same time: the same rows dropped, byte for byte, wherever the
     /// sweep stopped between steps and in whatever order the messages came.
     @Test(arguments: StoreKind.allCases)
