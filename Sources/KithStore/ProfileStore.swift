@@ -80,7 +80,9 @@ public protocol ProfileWriting: AnyObject, Sendable {
 
     /// One step of the retention sweep: drops what `rules` say has expired at `now` from the
     /// identifiers of the next `buckets` buckets, in one transaction (docs/storage.md, "Retention").
-    @discardableResult func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep
+    /// At most `identifiers` identifiers a step, whatever the buckets hold: a large store's
+    /// buckets hold many, and a step is one transaction the writer's other jobs wait behind.
+    @discardableResult func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int) throws -> RetentionStep
 }
 
 /// What replication reads and writes: the change log, version vectors and cursors, entries that
@@ -146,6 +148,13 @@ public protocol ReplicaStore: AnyObject, Sendable {
     @discardableResult func join(_ states: [DocumentState]) throws -> Int
 }
 
+extension ProfileWriting {
+    /// A retention step of at most `buckets` buckets and 2,000 identifiers.
+    @discardableResult public func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep {
+        try expire(under: rules, now: now, buckets: buckets, identifiers: 2_000)
+    }
+}
+
 /// The part both stores share: the engine over a backend's read and write transactions.
 package protocol EngineBackedStore: ProfileStore {
     var engine: StoreEngine { get }
@@ -201,8 +210,8 @@ extension EngineBackedStore {
         try modify { context in try engine.reevaluateIdentity(buckets: buckets, in: context) }
     }
 
-    public func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep {
-        try modify { context in try engine.expire(under: rules, now: now, buckets: buckets, in: context) }
+    public func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int) throws -> RetentionStep {
+        try modify { context in try engine.expire(under: rules, now: now, buckets: buckets, identifiers: identifiers, in: context) }
     }
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {

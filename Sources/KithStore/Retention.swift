@@ -20,26 +20,72 @@ public struct RetentionStep: Sendable, Equatable {
 /// bucket in turn. Nothing is logged: every replica sweeps its own data under the same rules,
 /// and expiry only grows with time, so replicas end holding the same rows.
 extension StoreEngine {
-    /// `retention-next` → the next bucket the sweep looks at (absent: the first).
+    /// `retention-next` → where the sweep goes on: a bucket (8 bytes), and the key of the last
+    /// identifier done in it when a step stopped inside it (absent: the first bucket).
     static let retentionProgressMetaKey = Array("retention-next".utf8)
 
-    func expire(under rules: RetentionRules, now: Int64, buckets: Int, in context: WriteContext) throws -> RetentionStep {
-        var step = RetentionStep()
-        step.passEnded = try bucketStep(Self.retentionProgressMetaKey, of: [], buckets: buckets, in: context.txn) { range in
-            if !rules.isEmpty { step = try context.expire(buckets: range, under: rules, now: now) }
+    /// One step: from where the last one stopped, the identifiers of up to `buckets` buckets in
+    /// bucket then identifier order, at most `identifiers` of them.
+    func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers limit: Int, in context: WriteContext) throws -> RetentionStep {
+        precondition(buckets > 0 && limit > 0, "a retention step covers at least one bucket and one identifier, not \(buckets) and \(limit)")
+        let txn = context.txn
+        var bucket = 0
+        var after: [UInt8]?
+        if let progress = try txn.get(.meta, Self.retentionProgressMetaKey), progress.count >= 8 {
+            bucket = Int(min(try decodeSequence(Array(progress.prefix(8))), UInt64(DigestTreeShape.bucketCount)))
+            if progress.count > 8 { after = Array(progress.dropFirst(8)) }
         }
+        var step = RetentionStep()
+        // One read of the step's buckets (a store without pseudonyms finds them in one pass),
+        // then each bucket in identifier order, so that a step that stops inside a bucket knows
+        // where to go on.
+        let end = min(bucket + buckets, DigestTreeShape.bucketCount)
+        let byBucket = Dictionary(grouping: try txn.identifiers(inBuckets: bucket..<end, hasher: hasher)) {
+            DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0))
+        }
+        while bucket < end, step.identifiers < limit {
+            var held = (byBucket[bucket] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            if let after { held.removeAll { !after.lexicographicallyPrecedes($0.key) } }
+            let taken = Array(held.prefix(limit - step.identifiers))
+            if !rules.isEmpty {
+                step.add(try context.expire(taken, under: rules, now: now))
+            } else {
+                step.identifiers += taken.count
+            }
+            if taken.count < held.count {
+                try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(bucket)) + taken.last!.key, mode: .upsert)
+                return step
+            }
+            bucket += 1
+            after = nil
+        }
+        guard bucket == DigestTreeShape.bucketCount else {
+            try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(bucket)), mode: .upsert)
+            return step
+        }
+        try txn.delete(.meta, Self.retentionProgressMetaKey)
+        step.passEnded = true
         return step
     }
 }
 
+extension RetentionStep {
+    mutating func add(_ other: RetentionStep) {
+        identifiers += other.identifiers
+        eventsDropped += other.eventsDropped
+        traitsDropped += other.traitsDropped
+        grantsDropped += other.grantsDropped
+    }
+}
+
 extension WriteContext {
-    /// Drops the expired events (ledger rows) and traits of every identifier in `buckets`,
+    /// Drops the expired events (ledger rows), traits and consent grants of `identifiers`,
     /// recounts their heads, and rebuilds the profiles around them from what is left. An
     /// identifier left with nothing (no data, no link) leaves its profile, as after an erasure.
-    func expire(buckets: Range<Int>, under rules: RetentionRules, now: Int64) throws -> RetentionStep {
+    func expire(_ identifiers: [Identifier], under rules: RetentionRules, now: Int64) throws -> RetentionStep {
         var step = RetentionStep()
         var changed: [Identifier] = []
-        for identifier in try txn.identifiers(inBuckets: buckets, hasher: engine.hasher) {
+        for identifier in identifiers {
             step.identifiers += 1
             var expired: [[UInt8]] = []
             var trimmed: [([UInt8], LedgerRow)] = []

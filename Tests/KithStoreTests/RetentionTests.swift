@@ -104,6 +104,24 @@ struct RetentionSweepTests {
         #expect(again.eventsDropped == 0 && again.traitsDropped == 0)
     }
 
+    /// A step takes at most its identifiers, however many a bucket holds, and goes on inside
+    /// a bucket where the last one stopped: every identifier once a pass, nothing left behind.
+    @Test(arguments: StoreKind.allCases)
+    func stepsAreBoundedByIdentifiers(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        _ = try fixture.store.apply(
+            try (0..<60).map { index in
+                try delta(#"{"type":"track","userId":"b-\#(index)","event":"Page Viewed","messageId":"p-\#(index)"}"#, daysAgo: 400)
+            })
+        var steps: [RetentionStep] = []
+        repeat {
+            steps.append(try fixture.store.expire(under: Self.rules, now: Self.now, buckets: 1_024, identifiers: 7))
+        } while !steps.last!.passEnded
+        #expect(steps.allSatisfy { $0.identifiers <= 7 } && steps.map(\.identifiers).reduce(0, +) == 60, "\(steps.map(\.identifiers))")
+        #expect(steps.count == 9 && steps.map(\.eventsDropped).reduce(0, +) == 60)
+        #expect(try (0..<60).allSatisfy { try fixture.store.view(of: Identifier(kind: .userId, value: "b-\($0)")!) == nil })
+    }
+
     /// A consent grant kept past its rule lapses (reads as never given) in the sweep; a denial
     /// of the same age stays, and a fresh grant stays.
     @Test(arguments: StoreKind.allCases)
