@@ -1,4 +1,5 @@
 import KithCRDT
+import KithCluster
 import KithHTTP
 import KithJSON
 import KithPolicy
@@ -49,13 +50,17 @@ public final class NodeAPI: Sendable {
         public var exportCursor: ExportCursor
         /// Derives each webhook subscription's secret and signs its deliveries.
         public var webhookSigner: WebhookSigner
+        /// When a failed webhook batch goes again, and when it is parked.
+        public var webhookRetry: WebhookRetryPolicy
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],
             principals: [(hash: [UInt8], principal: Principal)], policy: Policy, subjectHasher: HMACForgetKeyHasher,
             exportCursor: ExportCursor, clockNode: UInt64, identifierSources: IdentifierSources = .builtIn,
-            identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil, webhookSigner: WebhookSigner
+            identityRules: IdentityRules = .builtIn, maxEventAge: Int64? = nil, webhookSigner: WebhookSigner,
+            webhookRetry: WebhookRetryPolicy = WebhookRetryPolicy()
         ) {
+            self.webhookRetry = webhookRetry
             self.exportCursor = exportCursor
             self.webhookSigner = webhookSigner
             self.maxEventAge = maxEventAge

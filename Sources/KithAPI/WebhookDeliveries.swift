@@ -119,7 +119,7 @@ extension NodeAPI {
             purpose: subscription.purpose,
             principal: Principal(name: "subscription:\(subscription.name)", role: .reader, purposes: [subscription.purpose]),
             token: from, filter: subscription.filter, limit: Self.webhookBatch, full: subscription.full, waitMillis: 0)
-        let decision = WebhookRetryPolicy().decide(failures: run.failures, lastFailure: run.lastFailure, now: now)
+        let decision = settings.webhookRetry.decide(failures: run.failures, lastFailure: run.lastFailure, now: now)
         if case .wait = decision { return save(subscription.name, run, now: now) }
         let page: FeedPage
         let records: [[UInt8]]

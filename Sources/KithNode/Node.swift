@@ -126,7 +126,8 @@ public final class Node: Sendable {
             subjectHasher: HMACForgetKeyHasher(secret: secret), exportCursor: ExportCursor(secret: secret),
             clockNode: Self.nodeIdentifier(configuration.nodeName),
             identifierSources: try configuration.identity.identifierSources(), identityRules: rules,
-            maxEventAge: try configuration.maxEventAgeMillis(), webhookSigner: WebhookSigner(secret: secret))
+            maxEventAge: try configuration.maxEventAgeMillis(), webhookSigner: WebhookSigner(secret: secret),
+            webhookRetry: configuration.webhookRetry)
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit,
             host: ProcessHost(server: server, sweeper: sweeper, deadlines: feedDeadlines),

@@ -1,4 +1,5 @@
 import Foundation
+import KithCluster
 import KithCrypto
 import KithProfile
 
@@ -219,6 +220,11 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var logTruncationIntervalSeconds = 10
     /// Seconds between passes of the retention sweep (the policy's `retention`, docs/privacy.md).
     public var retentionSweepSeconds = 3_600
+    /// Webhook retries (docs/feed.md): the first wait, the longest, and the attempts before a
+    /// batch is parked as a dead letter.
+    public var webhookFirstRetryMillis = 1_000
+    public var webhookMaxRetryMillis = 60_000
+    public var webhookAttempts = 8
     /// `core` or `edge` (an edge site may be away for days; see docs/replication.md).
     public var role = "core"
     /// The cluster key file (`id hex` per line, the first sends); or `KITH_CLUSTER_KEY`.
@@ -242,6 +248,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
         case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
+        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts
     }
 
     public init(from decoder: Decoder) throws {
@@ -274,6 +281,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
         retentionSweepSeconds = try container.decodeIfPresent(Int.self, forKey: .retentionSweepSeconds) ?? defaults.retentionSweepSeconds
         maxEventAge = try container.decodeIfPresent(String.self, forKey: .maxEventAge)
+        webhookFirstRetryMillis = try container.decodeIfPresent(Int.self, forKey: .webhookFirstRetryMillis) ?? defaults.webhookFirstRetryMillis
+        webhookMaxRetryMillis = try container.decodeIfPresent(Int.self, forKey: .webhookMaxRetryMillis) ?? defaults.webhookMaxRetryMillis
+        webhookAttempts = try container.decodeIfPresent(Int.self, forKey: .webhookAttempts) ?? defaults.webhookAttempts
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -333,6 +343,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
         if let limit = try number("KITH_INGEST_QUEUE_LIMIT", "") { ingestQueueLimit = limit }
+        if let millis = try number("KITH_WEBHOOK_FIRST_RETRY_MS", " of milliseconds") { webhookFirstRetryMillis = millis }
+        if let millis = try number("KITH_WEBHOOK_MAX_RETRY_MS", " of milliseconds") { webhookMaxRetryMillis = millis }
+        if let attempts = try number("KITH_WEBHOOK_ATTEMPTS", "") { webhookAttempts = attempts }
         try validate()
     }
 
@@ -407,6 +420,18 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
         guard (1...604_800).contains(retentionSweepSeconds) else { throw ConfigurationError("retentionSweepSeconds must be 1 to 604800") }
+        guard (1...3_600_000).contains(webhookFirstRetryMillis), (webhookFirstRetryMillis...86_400_000).contains(webhookMaxRetryMillis),
+            (1...1_000).contains(webhookAttempts)
+        else {
+            throw ConfigurationError(
+                "webhook retries: webhookFirstRetryMillis 1 to 3600000, webhookMaxRetryMillis from it to 86400000, webhookAttempts 1 to 1000")
+        }
+    }
+
+    /// The webhook retry rule these settings make.
+    public var webhookRetry: WebhookRetryPolicy {
+        WebhookRetryPolicy(
+            firstDelayMillis: Int64(webhookFirstRetryMillis), maximumDelayMillis: Int64(webhookMaxRetryMillis), maximumAttempts: webhookAttempts)
     }
 
     /// `maxOfflineWindow` in milliseconds.
@@ -431,7 +456,7 @@ extension NodeConfiguration.CodingKeys {
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
-        "retentionSweepSeconds", "maxEventAge",
+        "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
     ]
 }
 

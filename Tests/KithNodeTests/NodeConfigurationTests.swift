@@ -1,4 +1,5 @@
 import Foundation
+import KithCluster
 import KithProfile
 import Testing
 
@@ -137,6 +138,14 @@ struct NodeConfigurationEnvironmentTests {
             var other = NodeConfiguration()
             #expect(throws: ConfigurationError.self) { try other.apply(environment: [name: "three"]) }
             do { try other.apply(environment: [name: "three"]) } catch { #expect("\(error)" == message) }
+        }
+        // Webhook retries: taken, and refused out of range.
+        var retries = NodeConfiguration()
+        try retries.apply(environment: ["KITH_WEBHOOK_FIRST_RETRY_MS": "20", "KITH_WEBHOOK_MAX_RETRY_MS": "50", "KITH_WEBHOOK_ATTEMPTS": "3"])
+        #expect(retries.webhookRetry == WebhookRetryPolicy(firstDelayMillis: 20, maximumDelayMillis: 50, maximumAttempts: 3))
+        for environment in [["KITH_WEBHOOK_ATTEMPTS": "0"], ["KITH_WEBHOOK_FIRST_RETRY_MS": "5000", "KITH_WEBHOOK_MAX_RETRY_MS": "10"]] {
+            var other = NodeConfiguration()
+            #expect(throws: ConfigurationError.self) { try other.apply(environment: environment) }
         }
     }
 }

@@ -4,13 +4,13 @@ import Testing
 
 /// A webhook receiver on loopback, in Python (its own HTTP server and its own HMAC, so the
 /// signature is checked by code that is not Kith's): it answers the first `failures` deliveries
-/// 500, holds the next one past the node's 5 s timeout, then accepts; it writes each accepted
+/// 500, holds the next one past the node's 5 s timeout (when it `hangs`), then accepts; it writes each accepted
 /// delivery's messageIds, one line a delivery, and `bad-signature` for any signature that does
 /// not verify.
 final class WebhookReceiver {
     static let script = #"""
         import hashlib, hmac, http.server, json, sys, time
-        secret, failures, out = sys.argv[1].encode(), int(sys.argv[2]), sys.argv[3]
+        secret, failures, out, hang = sys.argv[1].encode(), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "hang"
         seen = {"n": 0}
         class Handler(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args): pass
@@ -20,7 +20,7 @@ final class WebhookReceiver {
                 n = seen["n"]
                 if n <= failures:
                     self.send_response(500); self.send_header("Content-Length", "0"); self.end_headers(); return
-                if n == failures + 1:
+                if n == failures + 1 and hang:
                     time.sleep(7)
                     return
                 fields = dict(part.split("=", 1) for part in self.headers["Kith-Signature"].split(","))
@@ -40,12 +40,12 @@ final class WebhookReceiver {
     let output: String
     let port: UInt16
 
-    init(secret: String, failures: Int, directory: String) throws {
+    init(secret: String, failures: Int, hangs: Bool = true, directory: String) throws {
         let scriptPath = directory + "/receiver.py"
         output = directory + "/received.txt"
         try Self.script.write(toFile: scriptPath, atomically: true, encoding: .utf8)
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", scriptPath, secret, String(failures), output]
+        process.arguments = ["python3", scriptPath, secret, String(failures), output, hangs ? "hang" : "no-hang"]
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()
@@ -163,6 +163,32 @@ struct WebhookProcessTests {
         }
         let arrived = try eventually(30) { Set(receiver.deliveries.flatMap { $0 }).isSuperset(of: sent) }
         #expect(arrived, "missing after the owner died: \(Set(sent).subtracting(receiver.deliveries.flatMap { $0 }).sorted())")
+    }
+
+    /// A receiver down for every attempt: the batch is parked, later changes go on, and a replay
+    /// delivers the parked batch once the receiver is back (retries sped up by configuration).
+    @Test func deadLettersAreReplayedOnceTheReceiverRecovers() throws {
+        let cluster = try ClusterFixture()
+        let node = try cluster.start(
+            "n1", extraEnvironment: ["KITH_WEBHOOK_FIRST_RETRY_MS": "20", "KITH_WEBHOOK_MAX_RETRY_MS": "50", "KITH_WEBHOOK_ATTEMPTS": "3"])
+        let secret = try Self.subscribe(node, "crm", port: 9)
+        let receiver = try WebhookReceiver(secret: secret, failures: 3, hangs: false, directory: cluster.directory)
+        _ = try node.request(
+            "PUT", "/v1/subscriptions/crm",
+            body: Array(#"{"url":"http://127.0.0.1:\#(receiver.port)/hooks/kith","purpose":"support","since":"now"}"#.utf8),
+            headers: ["Authorization: Bearer tk"])
+        #expect(try node.ingest("/v1/identify", #"{"userId":"d-1","messageId":"dead-1"}"#) == 200)
+        let common = ["--host", "127.0.0.1:\(node.port)", "--token", "tk", "--format", "json"]
+        #expect(
+            try eventually(10) { try runKith(["subscriptions", "status", "crm"] + common).output.contains(#""deadLetters":1"#) },
+            "parked after three failed attempts")
+        #expect(try node.ingest("/v1/identify", #"{"userId":"d-2","messageId":"dead-2"}"#) == 200)
+        #expect(try eventually(10) { receiver.deliveries.flatMap { $0 }.contains("dead-2") }, "delivery goes on after the parked batch")
+        #expect(!receiver.deliveries.flatMap { $0 }.contains("dead-1"))
+        #expect(try runKith(["subscriptions", "replay", "crm"] + common).status == 0)
+        #expect(try eventually(10) { receiver.deliveries.flatMap { $0 }.contains("dead-1") }, "replayed: \(receiver.deliveries)")
+        #expect(!receiver.deliveries.flatMap { $0 }.contains("bad-signature"))
+        #expect(try eventually(5) { try runKith(["subscriptions", "status", "crm"] + common).output.contains(#""deadLetters":0"#) })
     }
 
     /// `kith subscriptions` sets, lists, shows, replays and deletes, and refuses what is wrong.
