@@ -418,6 +418,11 @@ extension NodeAPI {
             ("kith_membership_members_down_total", "counter", "Members this node saw go down (declared dead, away or left).", counters.membersDown),
             ("kith_replication_changes_applied_total", "counter", "Replicated changes new here.", counters.changesApplied),
             ("kith_replication_pushes_rejected_total", "counter", "Pushes refused for a gap (a pull fills it).", counters.pushesRejected),
+            (
+                "kith_replication_push_writes_total", "counter",
+                "Write transactions that applied peers' pushes (pushes waiting on one share the next).",
+                counters.pushBatches
+            ),
             ("kith_antientropy_comparisons_total", "counter", "Digest-tree comparisons this node finished.", counters.antiEntropyCompleted),
             ("kith_antientropy_documents_sent_total", "counter", "Document states sent by tree comparisons.", counters.documentsSent),
             (

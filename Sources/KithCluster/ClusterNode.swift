@@ -44,11 +44,14 @@ public struct ReplicatedWrite: Sendable, Equatable {
     public var changed = 0
     public var appliedAhead = 0
     public var refused = false
+    /// Pushes of a batch refused for a gap (the next pull fills it).
+    public var refusedPushes = 0
 
-    public init(changed: Int = 0, appliedAhead: Int = 0, refused: Bool = false) {
+    public init(changed: Int = 0, appliedAhead: Int = 0, refused: Bool = false, refusedPushes: Int = 0) {
         self.changed = changed
         self.appliedAhead = appliedAhead
         self.refused = refused
+        self.refusedPushes = refusedPushes
     }
 
     public static let refusal = ReplicatedWrite(refused: true)
@@ -80,6 +83,14 @@ public final class ClusterNode {
         try then(try write())
     }
     var peers: [UInt64: PeerState] = [:]
+    /// Pushes from each peer waiting to be written, and whether a write of them is in flight.
+    private var pushes: [UInt64: PendingPushes] = [:]
+
+    struct PendingPushes {
+        var queued: [PushedChanges] = []
+        var writing = false
+        var address = ""
+    }
     /// Own changes up to this log position have been pushed (or were there before start).
     private var pushedThrough: UInt64
     /// The origin sequence of the last own change pushed: a push may be applied by a peer that
@@ -106,6 +117,8 @@ public final class ClusterNode {
         public var changesApplied = 0
         public var pushesSent = 0
         public var pushesRejected = 0
+        /// Write transactions that applied pushes (several pushes may share one).
+        public var pushBatches = 0
         public var stalePullRepliesDropped = 0
         public var appliedAhead = 0
         public var antiEntropyStarted = 0
@@ -280,15 +293,11 @@ public final class ClusterNode {
                 try pulled(written.changed, from: sender, more: more, request: request, now: now)
             }
         case .push(let previous, let entries):
-            let store = self.store
-            try write({
-                guard try store.versionVector()[sender] >= previous else { return .refusal }
-                return ReplicatedWrite(changed: try store.applyReplicated(entries, from: sender, through: nil))
-            }) { [self] written in
-                if written.refused { counters.pushesRejected += 1 } else { counters.changesApplied += written.changed }
-                // Applied (durably) or not, the sender learns how far this node holds its changes.
-                send(replyAddress(sender, address), .acknowledge(through: try self.store.versionVector()[sender]))
-            }
+            // Pushes that arrive while one of the sender's is being written wait, and go in one
+            // transaction after it: a peer under load applies one commit (one sync) for many.
+            pushes[sender, default: PendingPushes()].queued.append(PushedChanges(previous: previous, entries: entries))
+            pushes[sender]?.address = replyAddress(sender, address)
+            try writePushes(from: sender)
         case .acknowledge(let through):
             acknowledged(by: sender, through: through)
         case .digestRequest(let request, let nodes):
@@ -315,6 +324,31 @@ public final class ClusterNode {
                 counters.logsResumed += 1
                 try pulled(0, from: sender, more: true, request: request, now: now)
             }
+        }
+    }
+
+    /// Writes the pushes waiting from `sender`, unless a write of its pushes is in flight (its
+    /// completion writes them then).
+    private func writePushes(from sender: UInt64) throws {
+        guard var pending = pushes[sender], !pending.writing, !pending.queued.isEmpty else { return }
+        let batch = pending.queued
+        pending.queued = []
+        pending.writing = true
+        pushes[sender] = pending
+        let store = self.store
+        try write({
+            let (changed, refused) = try store.applyPushes(batch, from: sender)
+            return ReplicatedWrite(changed: changed, refusedPushes: refused)
+        }) { [self] written in
+            pushes[sender]?.writing = false
+            counters.pushesRejected += written.refusedPushes
+            counters.changesApplied += written.changed
+            counters.pushBatches += 1
+            // Applied (durably) or not, the sender learns how far this node holds its changes.
+            if let address = pushes[sender]?.address {
+                send(address, .acknowledge(through: try self.store.versionVector()[sender]))
+            }
+            try writePushes(from: sender)
         }
     }
 

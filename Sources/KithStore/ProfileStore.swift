@@ -96,6 +96,11 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// has now read `peer`'s log through that position. Returns how many changes were new.
     @discardableResult func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int
 
+    /// Applies pushes from `peer` in one transaction, in order: each only if this replica holds
+    /// the peer's changes up to its `previous` (no gap), as the changes before it left them.
+    /// Returns how many changes were new, and how many pushes were refused for a gap.
+    func applyPushes(_ pushes: [PushedChanges], from peer: UInt64) throws -> (changed: Int, refused: Int)
+
     /// Entries of this node's log after local sequence `sequence` that travel ahead of a
     /// backlog (erasures, consent decisions), at most `limit`.
     func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry]
@@ -152,6 +157,18 @@ extension ProfileWriting {
     /// A retention step of at most `buckets` buckets and 2,000 identifiers.
     @discardableResult public func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep {
         try expire(under: rules, now: now, buckets: buckets, identifiers: 2_000)
+    }
+}
+
+/// One push of a peer's own changes: applied only by a replica that holds the peer's changes up
+/// to `previous` (`PeerMessage.push`).
+public struct PushedChanges: Sendable, Equatable {
+    public var previous: UInt64
+    public var entries: [ChangeEntry]
+
+    public init(previous: UInt64, entries: [ChangeEntry]) {
+        self.previous = previous
+        self.entries = entries
     }
 }
 
@@ -246,6 +263,22 @@ extension EngineBackedStore {
             for entry in entries where try context.applyReplicated(entry) { applied += 1 }
             if let position { try context.setCursor(position, of: peer) }
             return applied
+        }
+    }
+
+    public func applyPushes(_ pushes: [PushedChanges], from peer: UInt64) throws -> (changed: Int, refused: Int) {
+        try modify { context in
+            var changed = 0
+            var refused = 0
+            for push in pushes {
+                let held = try context.versions ?? engine.versionVector(in: context.txn)
+                guard held[peer] >= push.previous else {
+                    refused += 1
+                    continue
+                }
+                for entry in push.entries where try context.applyReplicated(entry) { changed += 1 }
+            }
+            return (changed, refused)
         }
     }
 

@@ -151,6 +151,9 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
     func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int {
         try store.applyReplicated(entries, from: peer, through: position)
     }
+    func applyPushes(_ pushes: [PushedChanges], from peer: UInt64) throws -> (changed: Int, refused: Int) {
+        try store.applyPushes(pushes, from: peer)
+    }
     func entriesAhead(after sequence: UInt64, limit: Int) throws -> [ChangeEntry] { try store.entriesAhead(after: sequence, limit: limit) }
     func applyAhead(_ entry: ChangeEntry) throws { try store.applyAhead(entry) }
     func versionVector() throws -> VersionVector { try store.versionVector() }
@@ -190,5 +193,52 @@ struct LogTruncationNodeTests {
         #expect(try node.counters.logTruncationsFailed == 1 && memory.logExtent().truncatedThrough == 0)
         try node.tick(now: 200)
         #expect(try node.counters.logRecordsTruncated == 3 && memory.logExtent().truncatedThrough == 3)
+    }
+}
+
+/// Pushes that arrive while one of the same peer's is being written go together in the next
+/// write, each still checked for a gap in order.
+@Suite("Pushes written together")
+struct PushBatchingTests {
+    func entries(from origin: UInt64, _ sequences: ClosedRange<UInt64>) throws -> [ChangeEntry] {
+        try sequences.map { n in
+            let delta = try SegmentMessageParser().parse(
+                try JSONParser.parse(Array(#"{"type":"identify","userId":"p-\#(n)","messageId":"m-\#(n)"}"#.utf8)), receivedAt: 1)
+            return ChangeEntry(sequence: n, origin: origin, originSequence: n, change: .message(delta))
+        }
+    }
+
+    @Test func aStoreAppliesPushesInOrderAndRefusesOneWithAGap() throws {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
+        let pushes = [
+            PushedChanges(previous: 0, entries: try entries(from: 2, 1...2)),
+            PushedChanges(previous: 5, entries: try entries(from: 2, 6...6)),  // 3 to 5 never arrived
+            PushedChanges(previous: 2, entries: try entries(from: 2, 3...3)),
+        ]
+        let (changed, refused) = try store.applyPushes(pushes, from: 2)
+        #expect(try changed == 3 && refused == 1 && store.versionVector()[2] == 3)
+    }
+
+    @Test func pushesArrivingDuringAWriteShareTheNext() throws {
+        let memory = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
+        // A writer that holds each write until the test runs it, as a busy writer thread does.
+        final class HeldWrites: @unchecked Sendable {
+            var queued: [() throws -> Void] = []
+        }
+        let held = HeldWrites()
+        let me = Member(id: 1, name: "n1", address: "n1", role: .core)
+        let node = try ClusterNode(
+            store: memory, me: me, seeds: [], seed: 1,
+            write: { write, then in held.queued.append { try then(try write()) } }
+        ) { _, _ in }
+        let peer = Member(id: 2, name: "n2", address: "n2", role: .core)
+        try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer])), from: 2, address: "n2", now: 0)
+        try node.receive(.push(previous: 0, entries: try entries(from: 2, 1...1)), from: 2, address: "n2", now: 1)
+        try node.receive(.push(previous: 1, entries: try entries(from: 2, 2...2)), from: 2, address: "n2", now: 2)
+        try node.receive(.push(previous: 2, entries: try entries(from: 2, 3...4)), from: 2, address: "n2", now: 3)
+        #expect(held.queued.count == 1, "one write in flight; the later pushes wait for it")
+        while !held.queued.isEmpty { try held.queued.removeFirst()() }
+        #expect(node.counters.pushBatches == 2 && node.counters.changesApplied == 4 && node.counters.pushesRejected == 0)
+        #expect(try memory.versionVector()[2] == 4)
     }
 }
