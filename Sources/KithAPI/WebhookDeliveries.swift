@@ -19,7 +19,8 @@ struct WebhookRun: Sendable {
     var savedAt: Int64 = .min / 2
     /// Dead letters being delivered again, oldest first.
     var replaying: [SubscriptionProgress.DeadLetter] = []
-    /// When this node last wrote the definition again, so that nodes back from a resync learn it.
+    /// When this node last wrote the definition and the progress again, so that nodes back from a
+    /// resync learn them.
     var reassertedAt: Int64 = .min / 2
 }
 
@@ -111,8 +112,11 @@ extension NodeAPI {
             run.unsaved = true
         }
         if now - run.reassertedAt >= Self.webhookReassertMillis {
+            // The definition and the progress again, so that a node back from a resync (which
+            // brings no settings) knows both should it come to deliver.
             run.reassertedAt = now
             reassert(subscription.name)
+            run.unsaved = true
         }
         let from = run.replaying.first?.from ?? run.progress.token
         let request = FeedRequest(
