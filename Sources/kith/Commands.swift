@@ -17,6 +17,7 @@ let commands: [Command] = [
     Command(name: "profile", run: profile, words: ["get", "--purpose", "--consistency", "--degraded", "--session"] + clientOptions),
     Command(name: "import", run: importFile, words: ["--write-key", "--resume"] + clientOptions),
     Command(name: "export", run: export, words: ["--purpose"] + clientOptions),
+    Command(name: "changes", run: changes, words: ["--purpose", "--since", "--follow", "--limit"] + clientOptions),
     Command(name: "backup", run: backup, words: clientOptions),
     Command(name: "config", run: configCheck, words: ["check", "--help"]),
     Command(name: "members", run: members, words: clientOptions),

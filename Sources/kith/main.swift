@@ -39,6 +39,7 @@ let overview = """
       profile get             Read a profile.
       import                  Send an NDJSON file of Segment messages to a node.
       export                  Write every profile as NDJSON.
+      changes                 Print the change feed as NDJSON (--follow to keep waiting).
       backup                  Take a live, compacted backup on the node's machine.
       config check            Check a configuration file.
       members                 List the cluster's members.

@@ -103,4 +103,50 @@ struct FeedProcessTests {
         let second = client.readUntil(#""messageId":"sse-2""#)
         #expect(second.contains("id: f1.") && second.contains(#""messageId":"sse-2""#), "\(second)")
     }
+
+    /// `kith changes` prints the feed as NDJSON and says where to resume; `--follow` prints a
+    /// change as it lands.
+    @Test func theChangesCommandPrintsAndResumes() throws {
+        let cluster = try ClusterFixture()
+        let node = try cluster.start("n1")
+        for id in ["cc-1", "cc-2"] { #expect(try node.ingest("/v1/identify", #"{"userId":"u-\#(id)","messageId":"\#(id)"}"#) == 200) }
+        let common = ["--host", "127.0.0.1:\(node.port)", "--token", "tk", "--purpose", "support"]
+        let first = try runKith(["changes", "--since", "0"] + common)
+        let lines = first.output.split(separator: "\n")
+        #expect(first.status == 0 && lines.count == 2 && lines[1].contains(#""messageId":"cc-2""#), "\(first)")
+        let next = try #require(first.error.split(separator: "\n").last.flatMap { $0.hasPrefix("next: ") ? String($0.dropFirst(6)) : nil })
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-cc-3","messageId":"cc-3"}"#) == 200)
+        let resumed = try runKith(["changes", "--since", next] + common)
+        #expect(resumed.status == 0 && resumed.output.split(separator: "\n").count == 1 && resumed.output.contains("cc-3"), "\(resumed)")
+        #expect(try runKith(["changes"] + common.dropLast(2)).status == 64, "a purpose is required")
+        let expired = try runKith(["changes", "--since", "f1.zz"] + common)
+        #expect(expired.status == 1 && expired.error.contains("not a token"), "\(expired)")
+
+        // Following: a change written later is printed as it lands, and where to resume with it.
+        let follower = Process()
+        follower.executableURL = URL(fileURLWithPath: kithBinary)
+        follower.arguments = ["changes", "--follow", "--since", next] + common
+        let output = Pipe(), errors = Pipe()
+        follower.standardOutput = output
+        follower.standardError = errors
+        try follower.run()
+        defer {
+            kill(follower.processIdentifier, SIGKILL)
+            follower.waitUntilExit()
+        }
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-cc-4","messageId":"cc-4"}"#) == 200)
+        let printed = Collected()
+        let reader = Thread {
+            var text = Data()
+            while !String(decoding: text, as: UTF8.self).contains("cc-4") {
+                let chunk = output.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                text += chunk
+            }
+            printed.set(text)
+        }
+        reader.start()
+        #expect(try eventually(10) { printed.isSet }, "the follower printed nothing")
+        #expect(String(decoding: printed.data, as: UTF8.self).contains(#""messageId":"cc-4""#))
+    }
 }
