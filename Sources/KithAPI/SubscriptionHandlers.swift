@@ -168,10 +168,7 @@ extension NodeAPI {
         let ownerName = owner == origin ? settings.nodeName : replication?.members.first { $0.id == owner }?.name
         object.members.append(.init("deliveredBy", ownerName.map { .string($0) } ?? .null))
         let run = webhookRuns.withLock { $0[subscription.name] }
-        let stored = try store.settings(prefix: Subscription.progressPrefix + subscription.name)
-            .first { $0.name == Subscription.progressPrefix + subscription.name }
-            .flatMap { (try? JSONParser.parse($0.value)).flatMap(SubscriptionProgress.init(stored:)) }  // unreadable: shown as none
-        let progress = run?.progress ?? stored ?? SubscriptionProgress(token: subscription.start)
+        let progress = try run?.progress ?? storedProgress(subscription.name) ?? SubscriptionProgress(token: subscription.start)
         object.members.append(.init("delivered", .number(JSONNumber(Int64(progress.delivered)))))
         object.members.append(.init("deadLetters", .number(JSONNumber(Int64(progress.deadLetters.count + (run?.replaying.count ?? 0))))))
         if let run {

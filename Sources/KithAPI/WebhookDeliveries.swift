@@ -264,37 +264,36 @@ extension NodeAPI {
     /// The run of a subscription this node has just come to deliver: from the progress its
     /// last owner wrote, or from the subscription's start.
     private func loadRun(_ subscription: Subscription) -> WebhookRun {
-        let stored = (try? store.settings(prefix: Subscription.progressPrefix + subscription.name))?  // unreadable: start over, at least once
-            .first { $0.name == Subscription.progressPrefix + subscription.name && !$0.value.isEmpty }
-        let progress = stored.flatMap { (try? JSONParser.parse($0.value)).flatMap(SubscriptionProgress.init(stored:)) }  // nil: as never delivered
-        return WebhookRun(progress: progress ?? SubscriptionProgress(token: subscription.start))
+        // Unreadable: it starts over from the subscription's start (at least once).
+        WebhookRun(progress: (try? storedProgress(subscription.name)) ?? SubscriptionProgress(token: subscription.start))
+    }
+
+    /// The progress the deliverer of `name` last wrote, if any (nil too for one this version
+    /// cannot read: a newer node wrote it).
+    func storedProgress(_ name: String) throws -> SubscriptionProgress? {
+        guard let setting = try store.setting(named: Subscription.progressPrefix + name), !setting.value.isEmpty else { return nil }
+        return (try? JSONParser.parse(setting.value)).flatMap(SubscriptionProgress.init(stored:))
     }
 
     /// Writes a subscription's definition again with its own stamp, so that a node back from a
     /// resync (which brings no settings) learns it; a newer one elsewhere is unchanged by it.
     private func reassert(_ name: String) {
-        guard
-            let setting = try? store.settings(prefix: Subscription.settingPrefix + name).first(where: { $0.name == Subscription.settingPrefix + name }
-            )  // unreadable: next time
-        else { return }
-        _ = writer.perform { [self] in
-            do {
-                try store.setSetting(setting.name, setting.value, stamp: setting.stamp)
-                committedOutsideGroup()
-            } catch {
-                log(.error, "a subscription could not be written again", [("error", .string("\(error)"))])
-            }
-        }
+        // Unreadable now: written again at the next reassertion.
+        guard let setting = try? store.setting(named: Subscription.settingPrefix + name) else { return }
+        writeSetting(setting.name, setting.value, stamp: setting.stamp)
     }
 
-    /// Writes a setting now, stamped by this node's hybrid clock, on the one writer.
+    /// Writes a setting on the one writer, stamped by this node's hybrid clock now (or with
+    /// `stamp`: a setting written again as it was).
     @discardableResult
-    func writeSetting(_ name: String, _ value: [UInt8], then: (@Sendable (Bool) -> Void)? = nil) -> Bool {
+    func writeSetting(_ name: String, _ value: [UInt8], stamp: LWWStamp? = nil, then: (@Sendable (Bool) -> Void)? = nil) -> Bool {
         let now = host.wallMillis()
-        let stamp = clock.withLock { clock -> LWWStamp in
-            let time = clock.tick(physicalMillis: now)
-            return LWWStamp(time: time.wallMillis, tiebreak: "setting:\(time.node):\(time.logical)")
-        }
+        let stamp =
+            stamp
+            ?? clock.withLock { clock -> LWWStamp in
+                let time = clock.tick(physicalMillis: now)
+                return LWWStamp(time: time.wallMillis, tiebreak: "setting:\(time.node):\(time.logical)")
+            }
         let queued = writer.perform { [self] in
             do {
                 try store.setSetting(name, value, stamp: stamp)

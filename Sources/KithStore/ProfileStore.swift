@@ -30,6 +30,9 @@ public protocol ProfileReading: AnyObject, Sendable {
     /// The cluster settings whose names begin with `prefix` (`StoredSetting`), removed ones too.
     func settings(prefix: String) throws -> [StoredSetting]
 
+    /// The cluster setting named exactly `name`, if any.
+    func setting(named name: String) throws -> StoredSetting?
+
     /// Up to `limit` profiles in canonical-key order, after `canonical` (nil: from the start).
     func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView]
 
@@ -213,6 +216,10 @@ extension EngineBackedStore {
 
     public func settings(prefix: String) throws -> [StoredSetting] {
         try read { reader in try engine.settings(prefix: prefix, in: reader) }
+    }
+
+    public func setting(named name: String) throws -> StoredSetting? {
+        try read { reader in try engine.setting(named: name, in: reader) }
     }
 
     public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure {

@@ -48,6 +48,11 @@ extension StoreEngine {
         return StoredSetting(name: name, value: value, stamp: stamp)
     }
 
+    /// The setting named exactly `name`, if any (a removed one too).
+    package func setting(named name: String, in reader: some StoreReading) throws -> StoredSetting? {
+        try reader.get(.meta, settingKey(name)).map { bytes in try decode(bytes, table: .meta) { try Self.decodeSetting(name, $0) } }
+    }
+
     /// The settings whose names begin with `prefix`, in name order.
     package func settings(prefix: String, in reader: some StoreReading) throws -> [StoredSetting] {
         var found: [StoredSetting] = []

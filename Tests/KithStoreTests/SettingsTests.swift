@@ -33,6 +33,9 @@ struct SettingsTests {
         let before = try a.logExtent().last
         try a.setSetting("subscription:crm", Array("v0".utf8), stamp: old)
         #expect(try a.logExtent().last == before + 1 && a.settings(prefix: "subscription:crm").first?.value == Array("v2".utf8))
+        // By exact name: a setting whose name only begins with it is another one.
+        try a.setSetting("subscription:crm2", Array("v9".utf8), stamp: new)
+        #expect(try a.setting(named: "subscription:crm")?.value == Array("v2".utf8) && a.setting(named: "subscription:cr") == nil)
         // Not the replicas' content: settings leave the content digest alone.
         #expect(try a.contentDigest() == Self.store(1).contentDigest())
     }
