@@ -1,3 +1,5 @@
+import KithProfile
+
 /// How the names touchpoints send consent under resolve to the policy's consent categories.
 ///
 /// Touchpoints do not agree on names: Segment's consent tooling sends `Advertising`, OneTrust
@@ -53,9 +55,9 @@ struct FoldedName: Hashable, Sendable {
     init(_ text: String) { self.text = text }
 
     /// The name as it compares: ASCII letters in lower case.
-    var folded: String { String(decoding: text.utf8.map(Self.fold), as: UTF8.self) }
+    var folded: String { ASCIIFolding.folded(text) }
 
-    private static func fold(_ byte: UInt8) -> UInt8 { byte >= 0x41 && byte <= 0x5A ? byte + 0x20 : byte }
+    private static func fold(_ byte: UInt8) -> UInt8 { ASCIIFolding.fold(byte) }
 
     static func == (a: FoldedName, b: FoldedName) -> Bool {
         a.text.utf8.count == b.text.utf8.count && zip(a.text.utf8, b.text.utf8).allSatisfy { fold($0) == fold($1) }

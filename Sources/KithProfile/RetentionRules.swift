@@ -51,7 +51,7 @@ public struct RetentionRules: Sendable, Equatable {
 
     /// How long a consent grant under `name` counts; nil: until it is changed.
     public func keep(forGrant name: String) -> Keep? {
-        grantsByName.isEmpty ? nil : grantsByName[String(decoding: name.utf8.map { $0 >= 0x41 && $0 <= 0x5A ? $0 + 0x20 : $0 }, as: UTF8.self)]
+        grantsByName.isEmpty ? nil : grantsByName[ASCIIFolding.folded(name)]
     }
 
     /// Whether `register` (a decision under `name`) is a grant that has lapsed at `now`.
