@@ -69,29 +69,8 @@ struct Subscription: Equatable, Sendable {
     }
 }
 
-/// How far a subscription's deliveries have gone, and the batches parked after failing.
-struct SubscriptionProgress: Equatable, Sendable {
-    /// The feed token after the last batch delivered or parked.
-    var token: FeedToken
-    var delivered: Int = 0
-    var deadLetters: [DeadLetter] = []
-    /// The replay request last carried out (its stamp's time).
-    var replayedRequest: Int64 = 0
-
-    /// A batch that failed every attempt: the feed between two tokens (never the records
-    /// themselves, which would outlive a later erasure), rendered again when replayed.
-    struct DeadLetter: Equatable, Sendable {
-        var id: Int
-        var from: FeedToken
-        var through: FeedToken
-        var records: Int
-        var failedAt: Int64
-        var error: String
-    }
-
-    /// The newest dead letters kept: older ones go (and are counted in the metrics).
-    static let deadLetterLimit = 100
-
+/// A subscription's progress as the setting `subscription-progress:NAME` holds it (JSON).
+extension SubscriptionProgress {
     var json: JSONValue {
         .object(
             JSONObject([
@@ -112,18 +91,13 @@ struct SubscriptionProgress: Equatable, Sendable {
             ]))
     }
 
-    init(token: FeedToken) { self.token = token }
-
     init?(stored json: JSONValue) {
         func integer(_ value: JSONValue?) -> Int64? {
             guard case .number(let number)? = value else { return nil }
             return Int64(number.literal)
         }
         guard let token = json["token"]?.stringValue.flatMap(FeedTokenText.parse) else { return nil }
-        self.token = token
-        delivered = Int(integer(json["delivered"]) ?? 0)
-        replayedRequest = integer(json["replayedRequest"]) ?? 0
-        deadLetters = (json["deadLetters"]?.arrayValue ?? []).compactMap { letter in
+        let deadLetters = (json["deadLetters"]?.arrayValue ?? []).compactMap { letter -> DeadLetter? in
             guard let id = integer(letter["id"]), let from = letter["from"]?.stringValue.flatMap(FeedTokenText.parse),
                 let through = letter["through"]?.stringValue.flatMap(FeedTokenText.parse)
             else { return nil }
@@ -131,6 +105,9 @@ struct SubscriptionProgress: Equatable, Sendable {
                 id: Int(id), from: from, through: through, records: Int(integer(letter["records"]) ?? 0), failedAt: integer(letter["failedAt"]) ?? 0,
                 error: letter["error"]?.stringValue ?? "")
         }
+        self.init(
+            token: token, delivered: Int(integer(json["delivered"]) ?? 0), deadLetters: deadLetters,
+            replayedRequest: integer(json["replayedRequest"]) ?? 0)
     }
 }
 

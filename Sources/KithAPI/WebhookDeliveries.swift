@@ -6,24 +6,6 @@ import KithPolicy
 import KithProfile
 import Synchronization
 
-/// What the node delivering a subscription knows of it (only that node: the rest is in the
-/// replicated progress it writes).
-struct WebhookRun: Sendable {
-    var progress: SubscriptionProgress
-    var failures = 0
-    var lastFailure: Int64?
-    var lastError: String?
-    var inFlight = false
-    /// Progress not yet written as a setting, and when it last was (monotonic ms).
-    var unsaved = false
-    var savedAt: Int64 = .min / 2
-    /// Dead letters being delivered again, oldest first.
-    var replaying: [SubscriptionProgress.DeadLetter] = []
-    /// When this node last wrote the definition and the progress again, so that nodes back from a
-    /// resync learn them.
-    var reassertedAt: Int64 = .min / 2
-}
-
 /// Delivery outcomes since the node started (metrics; no identifiers).
 struct WebhookTotals: Sendable {
     var delivered = 0
@@ -105,20 +87,11 @@ extension NodeAPI {
                 return run
             })
         else { return }
-        if let requested = replayRequested, requested > run.progress.replayedRequest {
-            run.replaying += run.progress.deadLetters
-            run.progress.deadLetters = []
-            run.progress.replayedRequest = requested
-            run.unsaved = true
-        }
-        if now - run.reassertedAt >= Self.webhookReassertMillis {
-            // The definition and the progress again, so that a node back from a resync (which
-            // brings no settings) knows both should it come to deliver.
-            run.reassertedAt = now
-            reassert(subscription.name)
-            run.unsaved = true
-        }
-        let from = run.replaying.first?.from ?? run.progress.token
+        if let requested = replayRequested { run.replayRequested(at: requested) }
+        // The definition and the progress again, so that a node back from a resync (which
+        // brings no settings) knows both should it come to deliver.
+        if run.reassertIfDue(now: now, every: Self.webhookReassertMillis) { reassert(subscription.name) }
+        let from = run.from
         let request = FeedRequest(
             purpose: subscription.purpose,
             principal: Principal(name: "subscription:\(subscription.name)", role: .reader, purposes: [subscription.purpose]),
@@ -130,30 +103,18 @@ extension NodeAPI {
         do {
             page = try feedWalk(from: from, request)
             records = decision == .deliver ? try feedRecords(page, request) : []
-        } catch let refusal as WalkRefusal {
-            // The log moved past the subscription (its owner was away longer than truncation
-            // waits): the gap is parked as a dead letter, and delivery goes on from now.
-            return skipGap(subscription, run, reason: refusal.response, now: now)
+        } catch is WalkRefusal {
+            return skipGap(subscription, run, now: now)
         } catch {
             return log(.error, "a webhook batch could not be read", [("subscription", .string(subscription.name)), ("error", .string("\(error)"))])
         }
         if decision == .deadLetter {
-            run.failures = 0
-            run.lastFailure = nil
-            park(&run, from: from, through: page.token, records: page.given.count, error: run.lastError ?? "failed")
-            advance(&run, to: page.token)
+            run.park(through: page.token, records: page.given.count, at: host.wallMillis())
             webhookTotals.withLock { $0.deadLettered += 1 }
             return save(subscription.name, run, now: now, immediately: true)
         }
         guard !records.isEmpty else {
-            // Nothing to send: the walk passed over what the filters leave out (settings among
-            // them, this progress's own writes too). Passing over is not worth a write: that
-            // write would be one more entry to pass over, a second later, for ever.
-            if page.token != from {
-                let unsaved = run.unsaved
-                advance(&run, to: page.token)
-                run.unsaved = unsaved
-            }
+            run.passedOver(to: page.token)
             return save(subscription.name, run, now: now)
         }
         run.inFlight = true
@@ -190,54 +151,22 @@ extension NodeAPI {
                 })
             else { return }
             if let failure {
-                run.failures += 1
-                run.lastFailure = finished
-                run.lastError = failure
+                run.failed(at: finished, error: failure)
                 webhookTotals.withLock { $0.failed += 1 }
             } else {
-                run.failures = 0
-                run.lastFailure = nil
-                run.progress.delivered += records.count
-                advance(&run, to: page.token)
+                run.delivered(records: records.count, through: page.token)
                 webhookTotals.withLock { $0.delivered += 1 }
             }
             save(subscription.name, run, now: finished)
         }
     }
 
-    /// Moves the run past a batch: the replay at its head, or the subscription's own place.
-    private func advance(_ run: inout WebhookRun, to token: FeedToken) {
-        guard var replay = run.replaying.first else {
-            run.progress.token = token
-            run.unsaved = true
-            return
-        }
-        if token.versions.covers(replay.through.versions) {
-            run.replaying.removeFirst()
-        } else {
-            replay.from = token
-            run.replaying[0] = replay
-        }
-        run.unsaved = true
-    }
-
-    private func park(_ run: inout WebhookRun, from: FeedToken, through: FeedToken, records: Int, error: String) {
-        let id = (run.progress.deadLetters.map(\.id).max() ?? 0) + 1
-        run.progress.deadLetters.append(
-            SubscriptionProgress.DeadLetter(id: id, from: from, through: through, records: records, failedAt: host.wallMillis(), error: error))
-        run.progress.deadLetters = Array(run.progress.deadLetters.suffix(SubscriptionProgress.deadLetterLimit))
-        run.unsaved = true
-    }
-
-    private func skipGap(_ subscription: Subscription, _ run: WebhookRun, reason: HTTPResponse, now: Int64) {
+    /// The log moved past the subscription (its owner was away longer than truncation waits):
+    /// the gap is parked as a dead letter, and delivery goes on from now.
+    private func skipGap(_ subscription: Subscription, _ run: WebhookRun, now: Int64) {
         var run = run
         do {
-            let current = try feedTokenNow()
-            park(
-                &run, from: run.replaying.first?.from ?? run.progress.token, through: current, records: 0,
-                error: "the change log no longer holds this range")
-            if run.replaying.isEmpty { run.progress.token = current } else { run.replaying.removeFirst() }
-            run.unsaved = true
+            run.skipGap(to: try feedTokenNow(), at: host.wallMillis())
             save(subscription.name, run, now: now, immediately: true)
         } catch {
             log(.error, "a webhook's place could not be moved on", [("subscription", .string(subscription.name)), ("error", .string("\(error)"))])
@@ -248,11 +177,7 @@ extension NodeAPI {
     /// last write (or `immediately`): through the one writer, replicated like any change.
     private func save(_ name: String, _ run: WebhookRun, now: Int64, immediately: Bool = false) {
         var run = run
-        let due = run.unsaved && (immediately || now - run.savedAt >= Self.webhookSaveMillis)
-        if due {
-            run.unsaved = false
-            run.savedAt = now
-        }
+        let due = run.takeSave(now: now, every: Self.webhookSaveMillis, immediately: immediately)
         webhookRuns.withLock { runs in
             guard runs[name] != nil else { return }  // no longer this node's to deliver
             runs[name] = run
