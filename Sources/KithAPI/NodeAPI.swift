@@ -100,6 +100,8 @@ public final class NodeAPI: Sendable {
     public let metrics = NodeMetrics()
     /// Long polls of the change feed waiting for the log to grow.
     let feedWaiters = FeedWaiters()
+    /// Reads waiting for the commit of writes acknowledged before them (`afterAcknowledgedWrites`).
+    let commitWaiters = FeedWaiters()
     /// The webhook subscriptions this node delivers, and what their deliveries came to.
     let webhookRuns = Mutex<[String: WebhookRun]>([:])
     let webhookTotals = Mutex(WebhookTotals())
@@ -145,11 +147,16 @@ public final class NodeAPI: Sendable {
     public func stop() {
         stopping.store(true, ordering: .relaxed)
         feedWaiters.stop()
+        commitWaiters.stop()
     }
 
     /// The change log grew (a commit of the writer, local or replicated): long polls of the
-    /// change feed walk again. Never waits; called on the writer's thread.
-    public func logAdvanced() { feedWaiters.logAdvanced() }
+    /// change feed walk again, and reads waiting for a commit look again. Never waits; called
+    /// on the writer's thread.
+    public func logAdvanced() {
+        commitWaiters.logAdvanced()
+        feedWaiters.logAdvanced()
+    }
 
     /// A write this API made on the writer outside a group commit (an erasure, an unmerge, a
     /// setting): replication pushes it now, and the change feed's waiters walk again, as after

@@ -51,9 +51,11 @@ extension NodeAPI {
         } else {
             session = nil
         }
-        withReplicaReads(level, degradedAllowed: query["degraded"] == "true", respond: respond) { [self] respond in
-            guard let session else { return dispatch(respond) }
-            withSession(session, respond: respond) { respond in dispatch(respond) }
+        afterAcknowledgedWrites(token: session?[origin] ?? 0, respond: respond) { [self] respond in
+            withReplicaReads(level, degradedAllowed: query["degraded"] == "true", respond: respond) { [self] respond in
+                guard let session else { return dispatch(respond) }
+                withSession(session, respond: respond) { respond in dispatch(respond) }
+            }
         }
     }
 
@@ -147,7 +149,9 @@ extension NodeAPI {
         else {
             return call.respond(.error(400, code: "invalid_identifier", message: "a group id is 1 to 255 bytes without control characters"))
         }
-        read(group, "", call.request, call.request.queryItems, call.caller, respond: call.respond)
+        afterAcknowledgedWrites(respond: call.respond) { [self] respond in
+            read(group, "", call.request, call.request.queryItems, call.caller, respond: respond)
+        }
     }
 
     private func perform(

@@ -21,6 +21,17 @@ public protocol APIWriter: Sendable {
     /// Runs `task` on the writer after what is queued before it (a task that writes opens its
     /// own transaction); false, without running it, once the writer is stopping.
     func perform(_ task: @escaping @Sendable () -> Void) -> Bool
+    /// The highest local log sequence a write was acknowledged with, and the highest of those
+    /// committed (readable). A writer that acknowledges only after its commit is readable
+    /// (`GroupCommitter`) keeps both at 0; one that acknowledges once a write is in its
+    /// write-ahead log (`LoggedWriter`) makes a read wait while the first is ahead.
+    var acknowledgedLogSequence: UInt64 { get }
+    var committedLogSequence: UInt64 { get }
+}
+
+extension APIWriter {
+    public var acknowledgedLogSequence: UInt64 { 0 }
+    public var committedLogSequence: UInt64 { 0 }
 }
 
 /// What a durable commit gives each request in it.

@@ -41,7 +41,7 @@ struct ProfileStoreCommits: GroupCommitStore {
 /// in an OS crash (its sequence number would be reused for another change after the restart):
 /// replication reads only the log the store says is durable (`durableLogSequence`), and pushes
 /// once a group is answered, after its sync.
-final class GroupCommitter: APIWriter, @unchecked Sendable {
+final class GroupCommitter: NodeWriter, @unchecked Sendable {
     typealias Completion = @Sendable (Result<Committed, Error>) -> Void
 
     typealias Committed = WriteCommitted
@@ -235,6 +235,12 @@ final class GroupCommitter: APIWriter, @unchecked Sendable {
             for job in group { job.completion(.failure(error)) }
         }
     }
+}
+
+/// A node's one writer, as the node drives it.
+protocol NodeWriter: APIWriter {
+    /// Finishes what is queued, durably and answered, then stops the writer's threads.
+    func stop()
 }
 
 enum NodeError: Error, CustomStringConvertible {

@@ -22,7 +22,7 @@ public final class Node: Sendable {
 
     public let configuration: NodeConfiguration
     let store: any NodeStore
-    let committer: GroupCommitter
+    let committer: any NodeWriter
     /// Who read which profile, for what, and what they saw.
     let audit: ReadAudit
     /// Drops what the policy's retention rules say has expired, in the background.
@@ -87,9 +87,16 @@ public final class Node: Sendable {
         // The one writer: every write transaction of the node runs on its thread (the store
         // checks this in debug builds). Its commits prompt replication to push.
         let pushes = CommitListener()
-        let committer = GroupCommitter(
-            store: ProfileStoreCommits(store: store), origin: origin, defersSync: true, claim: { store.claimWriter() }
-        ) { pushes.committed() }
+        let committer: any NodeWriter
+        if configuration.writeAheadLog {
+            let writeLog = try Self.recoverWriteLog(
+                configuration.dataDirectory + "/wal", store: store, log: log, segmentLimit: configuration.writeLogSegmentBytes)
+            committer = LoggedWriter(store: store, log: writeLog, claim: { store.claimWriter() }) { pushes.committed() }
+        } else {
+            committer = GroupCommitter(
+                store: ProfileStoreCommits(store: store), origin: origin, defersSync: true, claim: { store.claimWriter() }
+            ) { pushes.committed() }
+        }
         self.committer = committer
         if !standalone {
             let (keys, sending) = try configuration.clusterKeys()
@@ -171,6 +178,42 @@ public final class Node: Sendable {
     }
 
     // MARK: - Helpers
+
+    /// Applies the write-ahead log's records that the store does not hold yet (acknowledged
+    /// writes a crash kept out of LMDB), durably, and opens the log after them. Damage — a
+    /// record cut short or failing its checksum, as a crash mid-append leaves — ends what is
+    /// read: the records before it are applied, nothing after it, and the log says what went.
+    static func recoverWriteLog(_ directory: String, store: LMDBProfileStore, log: Log, segmentLimit: Int = 32 << 20) throws -> WriteAheadLog {
+        let applied = try store.writeLogApplied()
+        let recovery = try WriteAheadLog.recover(directory: directory, after: applied)
+        if let damage = recovery.damage {
+            log(
+                .warning, "the write log ends early; what follows the damage was set aside (.damaged files)",
+                [("damage", .string(damage)), ("droppedBytes", .number(JSONNumber(Int64(recovery.droppedBytes))))])
+        }
+        var records = recovery.records[...]
+        var last = applied
+        var messages = 0
+        while !records.isEmpty {
+            // Transactions of at most 10,000 messages: a long log replays in bounded steps.
+            var taken = 0
+            try store.applyGroups(
+                next: {
+                    guard let record = records.first, taken == 0 || taken + record.deltas.count <= 10_000 else { return nil }
+                    records.removeFirst()
+                    taken += record.deltas.count
+                    last = record.sequence
+                    return record.deltas
+                }, applied: { _, _, _ in }, logPosition: { last })
+            messages += taken
+        }
+        if !recovery.records.isEmpty {
+            log(
+                .info, "applied the write log's records the store did not hold",
+                [("records", .number(JSONNumber(Int64(recovery.records.count)))), ("messages", .number(JSONNumber(Int64(messages))))])
+        }
+        return try WriteAheadLog(directory: directory, after: max(last, recovery.lastSequence), segmentLimit: segmentLimit)
+    }
 
     /// The policy file's policy, or the built-in one.
     static func loadPolicy(_ path: String?) throws -> Policy {

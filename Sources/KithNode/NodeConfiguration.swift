@@ -198,6 +198,13 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var logRequests = false
     /// Ingest requests waiting for the writer beyond which new ones get 429 (load shedding).
     public var ingestQueueLimit = 2_000
+    /// Acknowledge writes once they are in the write-ahead log, and apply them to LMDB in large
+    /// transactions (docs/storage.md, "The write-ahead log"); false: once each group's LMDB
+    /// commit is durable, as before the log.
+    public var writeAheadLog = true
+    /// The size past which the write-ahead log starts a new segment (and drops the applied
+    /// ones) at the next commit; env `KITH_WRITE_LOG_SEGMENT_BYTES` only (tests make it small).
+    public var writeLogSegmentBytes = 32 << 20
     /// `host:port` of the peer (gossip) listener; nil runs the node alone.
     public var gossip: String?
     /// Peer addresses to join through.
@@ -248,7 +255,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
         case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
-        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts
+        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog
     }
 
     public init(from decoder: Decoder) throws {
@@ -265,6 +272,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         keyFile = try container.decodeIfPresent(String.self, forKey: .keyFile)
         logRequests = try container.decodeIfPresent(Bool.self, forKey: .logRequests) ?? false
         ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
+        writeAheadLog = try container.decodeIfPresent(Bool.self, forKey: .writeAheadLog) ?? defaults.writeAheadLog
         gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
         seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
         replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
@@ -323,6 +331,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_SECRET_FILE"] { secretFile = value }
         if let value = environment["KITH_KEY_FILE"] { keyFile = value }
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
+        if let value = environment["KITH_WRITE_AHEAD_LOG"] { writeAheadLog = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
         if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
         /// The whole number `name` holds, if set; `unit` names what it counts in the error.
@@ -343,6 +352,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
         if let limit = try number("KITH_INGEST_QUEUE_LIMIT", "") { ingestQueueLimit = limit }
+        if let bytes = try number("KITH_WRITE_LOG_SEGMENT_BYTES", "") { writeLogSegmentBytes = bytes }
         if let millis = try number("KITH_WEBHOOK_FIRST_RETRY_MS", " of milliseconds") { webhookFirstRetryMillis = millis }
         if let millis = try number("KITH_WEBHOOK_MAX_RETRY_MS", " of milliseconds") { webhookMaxRetryMillis = millis }
         if let attempts = try number("KITH_WEBHOOK_ATTEMPTS", "") { webhookAttempts = attempts }
@@ -457,6 +467,7 @@ extension NodeConfiguration.CodingKeys {
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
         "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
+        "writeAheadLog",
     ]
 }
 

@@ -57,6 +57,22 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// Makes every commit so far durable (commits whose sync was deferred).
     func synchronize() throws
 
+    /// The write-ahead log's transaction (docs/storage.md, "The write-ahead log"): applies the
+    /// groups `next` hands out, one after another, until it returns nil, then records
+    /// `logPosition()` as the last log record applied and commits, durably. After each group,
+    /// `applied(index, outcomes, logSequence)` with the local log sequence so far (this node's
+    /// own changes through it are in the group's reach). If the transaction runs again (LMDB
+    /// grew its map), the groups taken so far are applied again first and reported again; they
+    /// come out the same, as applying is deterministic. A group that fails aborts the whole
+    /// transaction with its error: the caller knows which group it handed out last.
+    func applyGroups(
+        next: () throws -> [ProfileDelta]?, applied: (_ index: Int, _ outcomes: [ApplyOutcome], _ logSequence: UInt64) throws -> Void,
+        logPosition: () -> UInt64
+    ) throws
+
+    /// The last write-ahead-log record applied here (0: none).
+    func writeLogApplied() throws -> UInt64
+
     /// From now on only the calling thread opens write transactions (a node's one writer);
     /// debug builds stop when another thread tries.
     func claimWriter()
@@ -196,6 +212,28 @@ extension EngineBackedStore {
 
     public func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
         try modify(deferringSync: true) { context in try batch.map { try context.apply($0) } }
+    }
+
+    public func applyGroups(
+        next: () throws -> [ProfileDelta]?, applied: (_ index: Int, _ outcomes: [ApplyOutcome], _ logSequence: UInt64) throws -> Void,
+        logPosition: () -> UInt64
+    ) throws {
+        var taken: [[ProfileDelta]] = []
+        try modify { context in
+            func apply(_ group: [ProfileDelta], _ index: Int) throws {
+                try applied(index, try group.map { try context.apply($0) }, context.logSequence)
+            }
+            for (index, group) in taken.enumerated() { try apply(group, index) }
+            while let group = try next() {
+                taken.append(group)
+                try apply(group, taken.count - 1)
+            }
+            try context.txn.put(.meta, writeLogAppliedMetaKey, sequenceKey(logPosition()), mode: .upsert)
+        }
+    }
+
+    public func writeLogApplied() throws -> UInt64 {
+        try read { reader in try reader.get(.meta, writeLogAppliedMetaKey).map { try engine.decodeSequence($0) } ?? 0 }
     }
 
     public func view(of identifier: Identifier) throws -> ProfileView? {

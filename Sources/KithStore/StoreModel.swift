@@ -298,6 +298,9 @@ let logFloorMetaKey = Array("log-floor".utf8)
 /// Present once a tree comparison rebuilt the log (`resumeLog`): changes arrived that no entry
 /// holds, so no token from another node can be resumed here (docs/feed.md).
 let logRebuiltMetaKey = Array("log-rebuilt".utf8)
+/// The last record of the node's write-ahead log applied here (absent: none), written in the
+/// transaction that applied it (`ProfileWriting.applyGroups`).
+let writeLogAppliedMetaKey = Array("write-log-applied".utf8)
 
 /// How much of a node's change log is held: entries through `truncatedThrough` are gone (every
 /// member had read them, or was away too long to count), entries after it through `last` are held

@@ -84,6 +84,8 @@ final class WriteContext {
     var views = CachedRecords<ProfileView>(part: .view)
     private var index: [ByteKey: [UInt8]?] = [:]
     private var sequence: UInt64
+    /// The local log sequence so far: this node's own component of its version vector.
+    var logSequence: UInt64 { sequence }
     /// Change-log entries of this transaction, written as one record by `finish`.
     var pendingChanges: [ChangeEntry] = []
     var anyForgotten: Bool

@@ -51,3 +51,15 @@ struct GzipTests {
         #expect(throws: GzipError.self) { try Gzip.decompress([], limit: 100) }
     }
 }
+
+@Suite("CRC-32")
+struct ChecksumTests {
+    @Test("zlib's CRC-32: the standard check value, and continued over pieces")
+    func checkValue() {
+        // The CRC-32 check value of "123456789" (ISO-HDLC, as gzip uses).
+        #expect(Checksum.crc32(Array("123456789".utf8)) == 0xCBF4_3926)
+        let bytes = Array("the quick brown fox".utf8)
+        #expect(Checksum.crc32(bytes[7...], continuing: Checksum.crc32(bytes[..<7])) == Checksum.crc32(bytes))
+        #expect(Checksum.crc32([]) == 0)
+    }
+}

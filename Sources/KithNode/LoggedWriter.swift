@@ -1,0 +1,287 @@
+import Dispatch
+import Foundation
+import KithAPI
+import KithProfile
+import KithStore
+import Synchronization
+
+/// The one writer of a node with a write-ahead log (docs/storage.md, "The write-ahead log").
+///
+/// Each request's messages are applied in an LMDB transaction that stays open while more
+/// arrive (`WriteLogBatching` says when it ends), then appended to the log as one record; a sync
+/// thread syncs the log once for every record waiting and answers their requests. The
+/// transaction commits later, with LMDB's normal sync, recording the last record it holds; only
+/// then can the log drop those records. A crash loses no acknowledged request: the node applies
+/// the records after the store's recorded point before it serves (`Node`).
+///
+/// Applying before appending gives each request its exact place in the change log before it is
+/// acknowledged: the session token a write returns names the change this node will commit (a
+/// replay after a crash applies the same records in the same order from the same state, so it
+/// gets the same sequence numbers). A read that comes after an acknowledgement waits for the
+/// commit that makes the write visible (`acknowledgedLogSequence`, NodeAPI).
+///
+/// Every other write of the node (erasures, replicated changes, repairs) is a task run on the
+/// same thread between transactions, as with `GroupCommitter`.
+final class LoggedWriter: NodeWriter, @unchecked Sendable {
+    typealias Completion = @Sendable (Result<WriteCommitted, Error>) -> Void
+
+    private enum Job {
+        case messages([ProfileDelta], Completion)
+        case task(@Sendable () -> Void)
+    }
+
+    /// A request taken into the open transaction.
+    private struct Request {
+        var deltas: [ProfileDelta]
+        var completion: Completion
+        /// The local log sequence after its messages, once applied.
+        var logSequence: UInt64?
+    }
+
+    private let store: any ProfileWriting & ReplicaStore
+    private let log: WriteAheadLog
+    private let batching: WriteLogBatching
+    private let queue = Mutex<(jobs: [Job], stopped: Bool)>(([], false))
+    private let wakeup = DispatchSemaphore(value: 0)
+    private let finished = DispatchSemaphore(value: 0)
+    /// Requests applied and appended, waiting for the log's sync; then answered.
+    private let unsynced = Mutex<(answers: [(Completion, WriteCommitted)], stopped: Bool)>(([], false))
+    private let syncWakeup = DispatchSemaphore(value: 0)
+    private let syncFinished = DispatchSemaphore(value: 0)
+    private let acknowledged = Atomic<UInt64>(0)
+    private let committed = Atomic<UInt64>(0)
+    let committedMessageCount = Atomic<Int>(0)
+    let commitCount = Atomic<Int>(0)
+    let logSyncCount = Atomic<Int>(0)
+    /// Called after each transaction commits (replication pushes, waiting reads look again).
+    let onCommit: @Sendable () -> Void
+
+    init(
+        store: any ProfileWriting & ReplicaStore, log: WriteAheadLog, batching: WriteLogBatching = WriteLogBatching(),
+        claim: @escaping @Sendable () -> Void = {}, onCommit: @escaping @Sendable () -> Void = {}
+    ) {
+        self.store = store
+        self.log = log
+        self.batching = batching
+        self.onCommit = onCommit
+        let thread = Thread { [self] in
+            claim()
+            run()
+        }
+        thread.name = "kith-writer"
+        thread.start()
+        let syncer = Thread { [self] in runSyncs() }
+        syncer.name = "kith-log-sync"
+        syncer.start()
+    }
+
+    func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) {
+        let accepted = queue.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.jobs.append(.messages(deltas, completion))
+            return true
+        }
+        if accepted { wakeup.signal() } else { completion(.failure(NodeError.shuttingDown)) }
+    }
+
+    @discardableResult
+    func perform(_ task: @escaping @Sendable () -> Void) -> Bool {
+        let accepted = queue.withLock { state -> Bool in
+            guard !state.stopped else { return false }
+            state.jobs.append(.task(task))
+            return true
+        }
+        if accepted { wakeup.signal() }
+        return accepted
+    }
+
+    var backlog: Int { queue.withLock { $0.jobs.count } }
+    var commits: Int { commitCount.load(ordering: .relaxed) }
+    var committedMessages: Int { committedMessageCount.load(ordering: .relaxed) }
+    var acknowledgedLogSequence: UInt64 { acknowledged.load(ordering: .acquiring) }
+    var committedLogSequence: UInt64 { committed.load(ordering: .acquiring) }
+    var writeLogBytes: Int { log.openSegmentBytes }
+
+    /// Finishes what is queued (applied, committed, answered), then stops the threads.
+    func stop() {
+        queue.withLock { $0.stopped = true }
+        wakeup.signal()
+        finished.wait()
+        unsynced.withLock { $0.stopped = true }
+        syncWakeup.signal()
+        syncFinished.wait()
+    }
+
+    // MARK: The writer thread
+
+    private func run() {
+        while true {
+            if wakeup.wait(timeout: .now() + .seconds(10)) == .timedOut {
+                // Idle: everything appended is committed. An old segment goes now rather than
+                // at the next commit, which may be far off.
+                rotateLog()
+                continue
+            }
+            while let job = peek() {
+                switch job {
+                case .task:
+                    if case .task(let task) = take() { task() }
+                case .messages: runTransaction()
+                }
+            }
+            if queue.withLock({ $0.stopped && $0.jobs.isEmpty }) {
+                finished.signal()
+                return
+            }
+        }
+    }
+
+    private func peek() -> Job? { queue.withLock { $0.jobs.first } }
+
+    private func take() -> Job? {
+        queue.withLock { state in state.jobs.isEmpty ? nil : state.jobs.removeFirst() }
+    }
+
+    /// One transaction: requests taken while `batching` allows, each applied, appended and
+    /// handed to the sync thread; then the commit. A request whose messages cannot be applied
+    /// (or appended) fails alone: the transaction runs again without it, the requests before it
+    /// applied again to the same effect.
+    private func runTransaction() {
+        var requests: [Request] = []
+        var appended = 0
+        var messages = 0
+        let started = DispatchTime.now().uptimeNanoseconds
+        var attempts = 0
+        while true {
+            var handedOut = 0
+            do {
+                try store.applyGroups(
+                    next: {
+                        if handedOut < requests.count {
+                            handedOut += 1
+                            return requests[handedOut - 1].deltas
+                        }
+                        guard let taken = nextRequest(started: started, messages: messages) else { return nil }
+                        requests.append(Request(deltas: taken.0, completion: taken.1))
+                        messages += taken.0.count
+                        handedOut += 1
+                        return taken.0
+                    },
+                    applied: { index, outcomes, logSequence in
+                        if index < appended {
+                            // Applied again (the map grew, or a later request failed): it must
+                            // land where its acknowledgement said.
+                            precondition(
+                                requests[index].logSequence == logSequence,
+                                "request \(index) applied again at log sequence \(logSequence), first at \(requests[index].logSequence ?? 0)")
+                            return
+                        }
+                        precondition(index == appended, "request \(index) applied before request \(appended) was appended")
+                        _ = try log.append(requests[index].deltas)
+                        requests[index].logSequence = logSequence
+                        appended += 1
+                        handToSync(requests[index].completion, WriteCommitted(outcomes: outcomes, ownSequence: logSequence))
+                    },
+                    logPosition: { [log] in log.nextSequence - 1 })
+                break
+            } catch {
+                if handedOut > appended {
+                    // The last request handed out failed before its record was appended: it is
+                    // answered with the error, and the others are applied again without it.
+                    let failed = requests.remove(at: appended)
+                    messages -= failed.deltas.count
+                    failed.completion(.failure(error))
+                    continue
+                }
+                // The commit failed, with acknowledged requests in it: they are in the log, so
+                // they must reach the store. A few tries; then stop, and the restart replays them.
+                attempts += 1
+                guard attempts < 3 else {
+                    fatalError("the store could not commit \(appended) logged requests (\(error)); a restart applies them from the write log")
+                }
+                continue
+            }
+        }
+        guard !requests.isEmpty else { return }
+        // Visible now: reads waiting for these acknowledgements go ahead.
+        committed.max(requests.compactMap(\.logSequence).max() ?? 0, ordering: .releasing)
+        commitCount.wrappingAdd(1, ordering: .relaxed)
+        committedMessageCount.wrappingAdd(messages, ordering: .relaxed)
+        rotateLog()
+        onCommit()
+    }
+
+    /// Called when every record appended is committed.
+    private func rotateLog() {
+        do { try log.store(appliedThrough: log.nextSequence - 1) } catch {
+            // The old segments stay until the next rotation tries again; nothing is lost.
+            FileHandle.standardError.write(Data("kith: the write log could not start a new segment: \(error)\n".utf8))
+        }
+    }
+
+    /// The next request for the open transaction, or nil when it should commit now.
+    private func nextRequest(started: UInt64, messages: Int) -> ([ProfileDelta], Completion)? {
+        var idleSince: UInt64? = nil
+        while true {
+            let now = DispatchTime.now().uptimeNanoseconds
+            let next: WriteLogBatching.Next
+            switch peek() {
+            case .task?: next = .task
+            case .messages(let deltas, _)?: next = .request(messages: deltas.count)
+            case nil:
+                // A stopping writer commits what it holds at once.
+                if queue.withLock({ $0.stopped }) { return nil }
+                idleSince = idleSince ?? now
+                next = .nothing(idleNanoseconds: now - idleSince!)
+            }
+            switch batching.decide(next, age: now - started, messages: messages) {
+            case .commit: return nil
+            case .take:
+                guard case .messages(let deltas, let completion)? = take() else {
+                    preconditionFailure("the writer's queue changed under it: only the writer takes jobs")
+                }
+                return (deltas, completion)
+            case .wait(let nanoseconds):
+                // A submit's signal may be taken here: the loop looks at the queue itself.
+                _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(nanoseconds)))
+            }
+        }
+    }
+
+    // MARK: The sync thread
+
+    private func handToSync(_ completion: @escaping Completion, _ committed: WriteCommitted) {
+        unsynced.withLock { $0.answers.append((completion, committed)) }
+        syncWakeup.signal()
+    }
+
+    /// One sync of the log for every record appended since the last, then their answers.
+    private func runSyncs() {
+        while true {
+            syncWakeup.wait()
+            let (answers, stopped) = unsynced.withLock { state in
+                defer { state.answers.removeAll() }
+                return (state.answers, state.stopped)
+            }
+            if !answers.isEmpty {
+                do {
+                    try log.sync()
+                    logSyncCount.wrappingAdd(1, ordering: .relaxed)
+                } catch {
+                    // Whether the records reached the disk is unknown, and the page cache may
+                    // have dropped them (a failed fsync is not retried safely): stop, and the
+                    // restart reads what the log holds.
+                    fatalError("\(error)")
+                }
+                let highest = answers.compactMap(\.1.ownSequence).max() ?? 0
+                // Raised before the answers go out: a read that follows one waits for its commit.
+                acknowledged.max(highest, ordering: .releasing)
+                for (completion, committed) in answers { completion(.success(committed)) }
+            }
+            if stopped {
+                syncFinished.signal()
+                return
+            }
+        }
+    }
+}

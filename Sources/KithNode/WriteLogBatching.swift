@@ -1,0 +1,45 @@
+/// When the writer of a node with a write-ahead log ends the LMDB transaction it is filling
+/// (docs/storage.md, "The write-ahead log"), pure: the writer asks before each group, and does
+/// what it is told.
+///
+/// Requests are acknowledged once their record is synced in the log, so the transaction can
+/// stay open while more arrive: fewer, larger commits, each writing a page once for many
+/// messages. It ends when a task is next (tasks open their own transactions), when it has grown
+/// old (reads wait for it: this bounds how long), when it is full, or when no request has come
+/// for a moment (a lone writer's read then waits little).
+struct WriteLogBatching: Equatable, Sendable {
+    /// How long a transaction stays open at most: what a read waiting for an acknowledged write
+    /// waits at most, besides the commit itself.
+    var maximumAgeNanoseconds: UInt64 = 20_000_000
+    /// How long the writer waits for another request before it commits.
+    var idleNanoseconds: UInt64 = 1_000_000
+    var maximumMessages = 10_000
+
+    enum Next: Equatable {
+        /// Nothing queued, for `idleNanoseconds` so far.
+        case nothing(idleNanoseconds: UInt64)
+        /// A request of this many messages.
+        case request(messages: Int)
+        case task
+    }
+
+    enum Decision: Equatable {
+        case take
+        /// Wait at most this long for a request, then ask again.
+        case wait(nanoseconds: UInt64)
+        case commit
+    }
+
+    /// What to do with `next`, in a transaction open for `age` holding `messages` messages.
+    func decide(_ next: Next, age: UInt64, messages: Int) -> Decision {
+        switch next {
+        case .task: return .commit
+        case .request(let size):
+            if messages == 0 { return .take }
+            return age >= maximumAgeNanoseconds || messages + size > maximumMessages ? .commit : .take
+        case .nothing(let idle):
+            if messages == 0 || age >= maximumAgeNanoseconds || idle >= idleNanoseconds { return .commit }
+            return .wait(nanoseconds: min(idleNanoseconds - idle, maximumAgeNanoseconds - age))
+        }
+    }
+}

@@ -1,0 +1,97 @@
+import Foundation
+import KithCRDT
+import KithProfile
+import KithStore
+import KithStoreLMDB
+import KithTestSupport
+import Testing
+
+/// A real node killed with SIGKILL at random moments, again and again, while clients write:
+/// during ingest, during the writer's apply and commit, during the log's rotation (segments of
+/// 4 KB rotate after nearly every commit). Every acknowledged message must be there at the end.
+@Suite("Write-ahead log, real processes", .serialized)
+struct WriteLogProcessTests {
+    @Test func noAcknowledgedMessageIsLostAcrossFiftyKills() throws {
+        let node = try NodeProcess(environment: ["KITH_WRITE_LOG_SEGMENT_BYTES": "4096"])
+        let acknowledged = AcknowledgedMessages()
+        var generator = SplitMix64(seed: UInt64(ProcessInfo.processInfo.environment["KITH_KILL_SEED"] ?? "") ?? 25)
+        let cycles = Int(ProcessInfo.processInfo.environment["KITH_KILL_CYCLES"] ?? "") ?? 50
+        var replays = 0
+        for cycle in 0..<cycles {
+            if cycle > 0 { try node.start() }
+            if node.logs.contains("applied the write log") { replays += 1 }
+            let port = node.port
+            let stop = ManagedAtomicFlag()
+            let done = DispatchGroup()
+            for client in 0..<3 {
+                done.enter()
+                Thread {
+                    defer { done.leave() }
+                    var number = 0
+                    while !stop.isSet, number < 2_000 {
+                        // Single identifies and small batches, about eight customers.
+                        let count = client == 0 ? 1 : 5
+                        let ids = (0..<count).map { "c\(cycle)-\(client)-\(number)-\($0)" }
+                        let user = "u-\((cycle + number) % 8)"
+                        let messages = ids.map { #"{"type":"identify","userId":"\#(user)","traits":{"n":\#(number)},"messageId":"\#($0)"}"# }
+                        let body = Array(#"{"batch":[\#(messages.joined(separator: ","))]}"#.utf8)
+                        guard let connection = try? TestClient(port: port, timeoutSeconds: 2) else { return }
+                        connection.send(
+                            Array("POST /v1/batch HTTP/1.1\r\nAuthorization: Basic d2s6\r\nContent-Length: \(body.count)\r\n\r\n".utf8) + body)
+                        guard let response = connection.readResponse() else { return }
+                        if response.status == 200 { acknowledged.add(ids.map { ($0, user) }) }
+                        number += 1
+                    }
+                }.start()
+            }
+            // A moment between 20 and 220 ms into the load.
+            usleep(useconds_t(20_000 + Int(generator.next() % 200_000)))
+            node.stop(kill: true)
+            stop.set()
+            done.wait()
+        }
+        // Once more, to replay what the last kill left, then a graceful stop to read the store.
+        try node.start()
+        let read = try node.request("GET", "/v1/profiles/user_id:u-1?purpose=support", headers: ["Authorization: Bearer tk"])
+        #expect(read?.status == 200)
+        node.stop()
+        let secret = try #require(FileManager.default.contents(atPath: node.dataDirectory + ".secret"))
+        let store = try LMDBProfileStore(path: node.dataDirectory, configuration: StoreConfiguration(node: 9, forgetKeySecret: Array(secret)))
+        var missing: [String] = []
+        for (id, user) in acknowledged.all where try !store.hasMessage(id, subject: Identifier(kind: .userId, value: user)!) {
+            missing.append(id)
+        }
+        #expect(acknowledged.count >= cycles * 20, "only \(acknowledged.count) messages acknowledged in \(cycles) cycles")
+        #expect(missing.isEmpty, "\(missing.count) acknowledged messages lost, e.g. \(missing.prefix(5))")
+        // Kills land before commits often enough that restarts had records to apply.
+        #expect(replays > 0, "no restart applied records from the write log")
+        #expect(!node.logs.contains("\"level\":\"error\""), "\(node.logs.suffix(2_000))")
+    }
+
+    /// Writes are answered before their commit; a read that follows the answer on the same node
+    /// still sees the write (it waits for the commit), with or without the write's token.
+    @Test func aReadAfterAnAcknowledgedWriteSeesIt() throws {
+        let node = try NodeProcess()
+        defer { node.stop() }
+        for number in 0..<150 {
+            let body = Array(#"{"userId":"u-read","traits":{"n":\#(number)},"messageId":"r-\#(number)"}"#.utf8)
+            let write = try node.request("POST", "/v1/identify", body: body, headers: ["Authorization: Basic d2s6"])
+            #expect(write?.status == 200)
+            let headers = ["Authorization: Bearer tk"] + (number % 2 == 0 ? [] : ["Kith-Session: " + (write?.headers["kith-session"] ?? "")])
+            let read = try node.request("GET", "/v1/profiles/user_id:u-read/traits?purpose=support", headers: headers)
+            #expect(read?.status == 200)
+            guard read?.body.contains(#""n":\#(number)"#) == true else {
+                Issue.record("write \(number) was not visible to the read after it: \(read?.body ?? "no answer")")
+                return
+            }
+        }
+    }
+}
+
+/// A flag one thread sets and others read.
+final class ManagedAtomicFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
