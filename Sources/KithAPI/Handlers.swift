@@ -324,6 +324,11 @@ extension NodeAPI {
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             writer.committedMessages)
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.fileBytes)
+        text += NodeMetrics.metric("kith_write_log_bytes", "gauge", "Bytes in the write-ahead log's open segment.", writer.writeLogBytes)
+        text += NodeMetrics.metric(
+            "kith_write_log_syncs_total", "counter", "Syncs of the write-ahead log (each answers every write waiting).", writer.writeLogSyncs)
+        text += NodeMetrics.metric(
+            "kith_reads_waiting_for_commit", "gauge", "Reads waiting for the commit of writes acknowledged before them.", commitWaiters.count)
         let retention = host.retention
         text += NodeMetrics.metric("kith_retention_passes_total", "counter", "Retention sweeps over the whole store finished.", retention.passes)
         text += NodeMetrics.metric(

@@ -72,7 +72,10 @@ extension NodeAPI {
             + [
                 .init(
                     "GET", "/v1/admin/status",
-                    NodeRoute(access: .roles([.admin])) { node, call in node.adminStatus(call.request, respond: call.respond) }),
+                    NodeRoute(access: .roles([.admin])) { node, call in
+                        // Its counts include every write acknowledged before it, as a read's data does.
+                        node.afterAcknowledgedWrites(respond: call.respond) { respond in node.adminStatus(call.request, respond: respond) }
+                    }),
                 .init(
                     "POST", "/v1/admin/backup",
                     NodeRoute(access: .roles([.admin])) { node, call in node.adminBackup(call.request, respond: call.respond) }),

@@ -27,11 +27,16 @@ public protocol APIWriter: Sendable {
     /// write-ahead log (`LoggedWriter`) makes a read wait while the first is ahead.
     var acknowledgedLogSequence: UInt64 { get }
     var committedLogSequence: UInt64 { get }
+    /// The write-ahead log's open segment, and its syncs so far (0 without a log).
+    var writeLogBytes: Int { get }
+    var writeLogSyncs: Int { get }
 }
 
 extension APIWriter {
     public var acknowledgedLogSequence: UInt64 { 0 }
     public var committedLogSequence: UInt64 { 0 }
+    public var writeLogBytes: Int { 0 }
+    public var writeLogSyncs: Int { 0 }
 }
 
 /// What a durable commit gives each request in it.

@@ -45,7 +45,18 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     private let wakeup = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
     /// Requests applied and appended, waiting for the log's sync; then answered.
-    private let unsynced = Mutex<(answers: [(Completion, WriteCommitted)], stopped: Bool)>(([], false))
+    /// What the sync thread has to do: answers waiting for the log's sync, a store commit
+    /// waiting for its own (then the segments before `removeBefore` can go).
+    private struct SyncWork {
+        var answers: [(Completion, WriteCommitted)] = []
+        var syncing = false
+        var storeCommitted = false
+        var removeBefore: UInt64? = nil
+        var stopped = false
+    }
+    private let unsynced = Mutex(SyncWork())
+    /// Requests appended to the log but not yet written to its file (the writer's alone).
+    private var unwritten: [(Completion, WriteCommitted)] = []
     private let syncWakeup = DispatchSemaphore(value: 0)
     private let syncFinished = DispatchSemaphore(value: 0)
     private let acknowledged = Atomic<UInt64>(0)
@@ -101,6 +112,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     var acknowledgedLogSequence: UInt64 { acknowledged.load(ordering: .acquiring) }
     var committedLogSequence: UInt64 { committed.load(ordering: .acquiring) }
     var writeLogBytes: Int { log.openSegmentBytes }
+    var writeLogSyncs: Int { logSyncCount.load(ordering: .relaxed) }
 
     /// Finishes what is queued (applied, committed, answered), then stops the threads.
     func stop() {
@@ -119,7 +131,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
             if wakeup.wait(timeout: .now() + .seconds(10)) == .timedOut {
                 // Idle: everything appended is committed. An old segment goes now rather than
                 // at the next commit, which may be far off.
-                rotateLog()
+                rotateLog(idle: true)
                 continue
             }
             while let job = peek() {
@@ -156,6 +168,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
             var handedOut = 0
             do {
                 try store.applyGroups(
+                    deferringSync: true,
                     next: {
                         if handedOut < requests.count {
                             handedOut += 1
@@ -177,17 +190,17 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                             return
                         }
                         precondition(index == appended, "request \(index) applied before request \(appended) was appended")
-                        _ = try log.append(requests[index].deltas)
+                        _ = log.append(requests[index].deltas)
                         requests[index].logSequence = logSequence
                         appended += 1
-                        handToSync(requests[index].completion, WriteCommitted(outcomes: outcomes, ownSequence: logSequence))
+                        unwritten.append((requests[index].completion, WriteCommitted(outcomes: outcomes, ownSequence: logSequence)))
                     },
                     logPosition: { [log] in log.nextSequence - 1 })
                 break
             } catch {
                 if handedOut > appended {
-                    // The last request handed out failed before its record was appended: it is
-                    // answered with the error, and the others are applied again without it.
+                    // The last request handed out failed to apply: it is answered with the
+                    // error, and the others are applied again without it.
                     let failed = requests.remove(at: appended)
                     messages -= failed.deltas.count
                     failed.completion(.failure(error))
@@ -203,20 +216,30 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
             }
         }
         guard !requests.isEmpty else { return }
-        // Visible now: reads waiting for these acknowledgements go ahead.
-        committed.max(requests.compactMap(\.logSequence).max() ?? 0, ordering: .releasing)
         commitCount.wrappingAdd(1, ordering: .relaxed)
         committedMessageCount.wrappingAdd(messages, ordering: .relaxed)
+        // Visible now: reads waiting for these acknowledgements go ahead (after the counts, so
+        // that a status that waited counts them).
+        committed.max(requests.compactMap(\.logSequence).max() ?? 0, ordering: .releasing)
         rotateLog()
-        onCommit()
     }
 
-    /// Called when every record appended is committed.
-    private func rotateLog() {
-        do { try log.store(appliedThrough: log.nextSequence - 1) } catch {
-            // The old segments stay until the next rotation tries again; nothing is lost.
+    /// Called when every record appended is committed: a new segment if the open one is due,
+    /// and the sync thread makes the commit durable, then deletes the old segments and tells
+    /// replication and the change feed (which read only durable entries).
+    private func rotateLog(idle: Bool = false) {
+        var rotatedAt: UInt64? = nil
+        do { rotatedAt = try log.rotateIfDue(appliedThrough: log.nextSequence - 1) } catch {
+            // The segment stays open until the next rotation tries again; nothing is lost.
             FileHandle.standardError.write(Data("kith: the write log could not start a new segment: \(error)\n".utf8))
         }
+        // Idle with nothing to rotate: no commit since the last time, nothing to do.
+        if idle && rotatedAt == nil { return }
+        unsynced.withLock { state in
+            state.storeCommitted = true
+            if let rotatedAt { state.removeBefore = rotatedAt }
+        }
+        syncWakeup.signal()
     }
 
     /// The next request for the open transaction, or nil when it should commit now.
@@ -230,18 +253,27 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
             case .messages(let deltas, _)?: next = .request(messages: deltas.count)
             case nil:
                 // A stopping writer commits what it holds at once.
-                if queue.withLock({ $0.stopped }) { return nil }
+                if queue.withLock({ $0.stopped }) {
+                    writeAndHandToSync()
+                    return nil
+                }
                 idleSince = idleSince ?? now
                 next = .nothing(idleNanoseconds: now - idleSince!)
             }
             switch batching.decide(next, age: now - started, messages: messages) {
-            case .commit: return nil
+            case .commit:
+                writeAndHandToSync()
+                return nil
             case .take:
+                // Records go to the file while the sync thread is free, so that one sync is
+                // always under way with every record since the last; more wait for it.
+                if unsynced.withLock({ !$0.syncing && $0.answers.isEmpty }) { writeAndHandToSync() }
                 guard case .messages(let deltas, let completion)? = take() else {
                     preconditionFailure("the writer's queue changed under it: only the writer takes jobs")
                 }
                 return (deltas, completion)
             case .wait(let nanoseconds):
+                writeAndHandToSync()
                 // A submit's signal may be taken here: the loop looks at the queue itself.
                 _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(nanoseconds)))
             }
@@ -250,20 +282,32 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
 
     // MARK: The sync thread
 
-    private func handToSync(_ completion: @escaping Completion, _ committed: WriteCommitted) {
-        unsynced.withLock { $0.answers.append((completion, committed)) }
+    /// Writes the records appended since the last time to the log's file, and gives their
+    /// requests to the sync thread.
+    private func writeAndHandToSync() {
+        guard !unwritten.isEmpty else { return }
+        log.flush()
+        let answers = unwritten
+        unwritten.removeAll(keepingCapacity: true)
+        unsynced.withLock { $0.answers += answers }
         syncWakeup.signal()
     }
 
-    /// One sync of the log for every record appended since the last, then their answers.
+    /// One sync of the log for every record appended since the last, then their answers; one
+    /// sync of the store for every commit since the last, then what waited for it.
     private func runSyncs() {
         while true {
             syncWakeup.wait()
-            let (answers, stopped) = unsynced.withLock { state in
-                defer { state.answers.removeAll() }
-                return (state.answers, state.stopped)
+            let work = unsynced.withLock { state in
+                defer {
+                    let stopped = state.stopped
+                    state = SyncWork()
+                    state.syncing = true
+                    state.stopped = stopped
+                }
+                return state
             }
-            if !answers.isEmpty {
+            if !work.answers.isEmpty {
                 do {
                     try log.sync()
                     logSyncCount.wrappingAdd(1, ordering: .relaxed)
@@ -273,12 +317,25 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                     // restart reads what the log holds.
                     fatalError("\(error)")
                 }
-                let highest = answers.compactMap(\.1.ownSequence).max() ?? 0
+                let highest = work.answers.compactMap(\.1.ownSequence).max() ?? 0
                 // Raised before the answers go out: a read that follows one waits for its commit.
                 acknowledged.max(highest, ordering: .releasing)
-                for (completion, committed) in answers { completion(.success(committed)) }
+                for (completion, committed) in work.answers { completion(.success(committed)) }
             }
-            if stopped {
+            unsynced.withLock { $0.syncing = false }
+            if work.storeCommitted {
+                do {
+                    try store.synchronize()
+                    if let first = work.removeBefore { try log.removeSegments(before: first) }
+                } catch {
+                    // The commit stays in the page cache and its records in the log: the next
+                    // sync, or the restart's replay, makes them durable. Nothing is deleted.
+                    FileHandle.standardError.write(Data("kith: the store could not be synced: \(error)\n".utf8))
+                    if let first = work.removeBefore { unsynced.withLock { $0.removeBefore = $0.removeBefore ?? first } }
+                }
+                onCommit()
+            }
+            if work.stopped {
                 syncFinished.signal()
                 return
             }

@@ -198,6 +198,7 @@ public final class Node: Sendable {
             // Transactions of at most 10,000 messages: a long log replays in bounded steps.
             var taken = 0
             try store.applyGroups(
+                deferringSync: false,
                 next: {
                     guard let record = records.first, taken == 0 || taken + record.deltas.count <= 10_000 else { return nil }
                     records.removeFirst()

@@ -116,24 +116,31 @@ final class WriteAheadLog: @unchecked Sendable {
         current.withLock { close($0.descriptor) }
     }
 
-    /// Appends one request's record and returns its number. Durable once `sync` returns.
-    func append(_ deltas: [ProfileDelta]) throws -> UInt64 {
+    /// Appends one request's record and returns its number. The record is written by the next
+    /// `flush`, and durable once a `sync` after that returns.
+    func append(_ deltas: [ProfileDelta]) -> UInt64 {
         let sequence = nextSequence
-        let record = WriteLogFormat.record(sequence: sequence, deltas: deltas)
-        try current.withLock { segment in
-            do { try Self.writeAll(segment.descriptor, record) } catch {
-                // A record written in part must not stay in front of the next one (recovery
-                // would stop there and drop every record after it): cut it off, or stop.
-                guard ftruncate(segment.descriptor, off_t(segment.bytes)) == 0 else {
-                    fatalError("the write log could neither take a record (\(error)) nor be cut back: \(Self.errorText())")
-                }
-                throw error
-            }
-            segment.bytes += record.count
-        }
+        pending += WriteLogFormat.record(sequence: sequence, deltas: deltas)
         nextSequence += 1
-        appendedBytes.wrappingAdd(record.count, ordering: .relaxed)
         return sequence
+    }
+
+    /// Records appended and not yet written (the writer's alone).
+    private var pending: [UInt8] = []
+
+    /// Writes the records appended since the last flush, in one system call. A failure stops
+    /// the process: the records are applied in the writer's open transaction and belong to
+    /// requests not yet answered; the restart finds in the log exactly what reached it.
+    func flush() {
+        guard !pending.isEmpty else { return }
+        current.withLock { segment in
+            do { try Self.writeAll(segment.descriptor, pending) } catch {
+                fatalError("the write log could not take \(pending.count) bytes: \(error)")
+            }
+            segment.bytes += pending.count
+        }
+        appendedBytes.wrappingAdd(pending.count, ordering: .relaxed)
+        pending.removeAll(keepingCapacity: true)
     }
 
     /// Makes every record appended so far durable.
@@ -143,26 +150,38 @@ final class WriteAheadLog: @unchecked Sendable {
         }
     }
 
-    /// After a transaction holding every record appended so far is durable in the store (or
-    /// when the writer is idle, everything committed): once the open segment passes its size or
-    /// age limit, a new one starts and the others go.
-    func store(appliedThrough applied: UInt64) throws {
+    /// When every record appended so far is committed in the store (after a commit, or while
+    /// the writer is idle): once the open segment passes its size or age limit, a new one
+    /// starts. Returns the new segment's first record: the older segments can go once the
+    /// store's commits are durable (`removeSegments(before:)`).
+    func rotateIfDue(appliedThrough applied: UInt64) throws -> UInt64? {
         precondition(applied == nextSequence - 1, "the store applied the write log through \(applied), but \(nextSequence - 1) were appended")
-        let rotated = try current.withLock { segment -> Bool in
+        precondition(pending.isEmpty, "rotating the write log with \(pending.count) bytes not written")
+        return try current.withLock { segment -> UInt64? in
             guard segment.bytes >= segmentLimit || (segment.bytes > 0 && Self.uptime() - segment.opened >= segmentAgeLimitNanoseconds) else {
-                return false
+                return nil
             }
             guard fdatasync(segment.descriptor) == 0 else { throw WriteLogError(description: "fdatasync of the write log: \(Self.errorText())") }
             let descriptor = try Self.create(directory, first: nextSequence)
             close(segment.descriptor)
             segment = Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime())
-            return true
+            return nextSequence
         }
-        guard rotated else { return }
-        for (name, first) in try Self.segments(in: directory) where first < nextSequence {
+    }
+
+    /// Deletes the segments before the one starting at `first`: call only once the store holds
+    /// their records durably.
+    func removeSegments(before first: UInt64) throws {
+        for (name, start) in try Self.segments(in: directory) where start < first {
             try FileManager.default.removeItem(atPath: directory + "/" + name)
         }
         try Self.syncDirectory(directory)
+    }
+
+    /// `rotateIfDue` and `removeSegments` at once, for a caller whose store commits are durable
+    /// when they return.
+    func store(appliedThrough applied: UInt64) throws {
+        if let first = try rotateIfDue(appliedThrough: applied) { try removeSegments(before: first) }
     }
 
     /// Bytes in the open segment (the log's size between rotations).

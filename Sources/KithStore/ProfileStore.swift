@@ -59,15 +59,16 @@ public protocol ProfileWriting: AnyObject, Sendable {
 
     /// The write-ahead log's transaction (docs/storage.md, "The write-ahead log"): applies the
     /// groups `next` hands out, one after another, until it returns nil, then records
-    /// `logPosition()` as the last log record applied and commits, durably. After each group,
-    /// `applied(index, outcomes, logSequence)` with the local log sequence so far (this node's
+    /// `logPosition()` as the last log record applied and commits: durably, unless
+    /// `deferringSync` (then as `applyDeferringSync`: durable at the next `synchronize`). After
+    /// each group, `applied(index, outcomes, logSequence)` with the local log sequence so far (this node's
     /// own changes through it are in the group's reach). If the transaction runs again (LMDB
     /// grew its map), the groups taken so far are applied again first and reported again; they
     /// come out the same, as applying is deterministic. A group that fails aborts the whole
     /// transaction with its error: the caller knows which group it handed out last.
     func applyGroups(
-        next: () throws -> [ProfileDelta]?, applied: (_ index: Int, _ outcomes: [ApplyOutcome], _ logSequence: UInt64) throws -> Void,
-        logPosition: () -> UInt64
+        deferringSync: Bool, next: () throws -> [ProfileDelta]?,
+        applied: (_ index: Int, _ outcomes: [ApplyOutcome], _ logSequence: UInt64) throws -> Void, logPosition: () -> UInt64
     ) throws
 
     /// The last write-ahead-log record applied here (0: none).
@@ -215,11 +216,11 @@ extension EngineBackedStore {
     }
 
     public func applyGroups(
-        next: () throws -> [ProfileDelta]?, applied: (_ index: Int, _ outcomes: [ApplyOutcome], _ logSequence: UInt64) throws -> Void,
-        logPosition: () -> UInt64
+        deferringSync: Bool, next: () throws -> [ProfileDelta]?,
+        applied: (_ index: Int, _ outcomes: [ApplyOutcome], _ logSequence: UInt64) throws -> Void, logPosition: () -> UInt64
     ) throws {
         var taken: [[ProfileDelta]] = []
-        try modify { context in
+        try modify(deferringSync: deferringSync) { context in
             func apply(_ group: [ProfileDelta], _ index: Int) throws {
                 try applied(index, try group.map { try context.apply($0) }, context.logSequence)
             }

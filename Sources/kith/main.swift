@@ -157,6 +157,18 @@ func serve(_ arguments: [String]) -> Never {
 
     signal(SIGPIPE, SIG_IGN)  // a client that goes away mid-write must not kill the node
     let node: Node
+    // The signal handlers come first: a SIGTERM that arrives while the node starts (a
+    // supervisor, or a test, stopping it as soon as it listens) stops it once started. Set up
+    // after, it would be lost (SIG_IGN discards a pending signal).
+    let stop = DispatchSemaphore(value: 0)
+    var sources: [DispatchSourceSignal] = []
+    for number in [SIGTERM, SIGINT] {
+        signal(number, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+        source.setEventHandler { stop.signal() }
+        source.resume()
+        sources.append(source)
+    }
     let port: UInt16
     do {
         node = try Node(configuration: configuration)
@@ -172,15 +184,6 @@ func serve(_ arguments: [String]) -> Never {
     if let gossip = node.gossipAddress { say("kith: gossip on \(gossip) (role \(configuration.role))") }
     notifySystemd("READY=1")
 
-    let stop = DispatchSemaphore(value: 0)
-    var sources: [DispatchSourceSignal] = []
-    for number in [SIGTERM, SIGINT] {
-        signal(number, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
-        source.setEventHandler { stop.signal() }
-        source.resume()
-        sources.append(source)
-    }
     stop.wait()
     notifySystemd("STOPPING=1")
     say("kith: stopping")

@@ -32,12 +32,16 @@ struct WriteAheadLogTests {
         var records: [[String]] = []
         for index in 0..<count {
             let ids = (0...(index % 3)).map { "m\(index)-\($0)" }
-            let sequence = try log.append(ids.map { delta($0) })
+            let sequence = log.append(ids.map { delta($0) })
             #expect(sequence == UInt64(index + 1))
             records.append(ids)
             // A rotation point every few records (the writer calls this after each commit).
-            if index % 4 == 3 { try log.store(appliedThrough: sequence) }
+            if index % 4 == 3 {
+                log.flush()
+                try log.store(appliedThrough: sequence)
+            }
         }
+        log.flush()
         try log.sync()
         return (directory, records)
     }
@@ -80,7 +84,8 @@ struct WriteAheadLogTests {
             // Once the store holds what was recovered, the log continues after it, and the next
             // recovery reads the new record whole.
             let log = try WriteAheadLog(directory: copy, after: recovery.lastSequence)
-            _ = try log.append([Self.delta("after")])
+            _ = log.append([Self.delta("after")])
+            log.flush()
             try log.sync()
             let again = try WriteAheadLog.recover(directory: copy, after: recovery.lastSequence)
             #expect(again.damage == nil, "cut at \(cut)")
@@ -148,7 +153,8 @@ struct WriteAheadLogTests {
         let copy = Self.scratch()
         try FileManager.default.createDirectory(atPath: copy, withIntermediateDirectories: true)
         let log = try WriteAheadLog(directory: copy, after: 4)
-        _ = try log.append([Self.delta("late")])
+        _ = log.append([Self.delta("late")])
+        log.flush()
         try log.sync()
         let late = try WriteAheadLog.recover(directory: copy, after: 0)
         #expect(late.records.isEmpty)

@@ -85,6 +85,10 @@ struct WriteLogProcessTests {
                 return
             }
         }
+        // Every write was answered after a sync of the log.
+        let metrics = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
+        let syncs = metrics.split(separator: "\n").first { $0.hasPrefix("kith_write_log_syncs_total ") }.flatMap { Int($0.split(separator: " ")[1]) }
+        #expect((syncs ?? 0) >= 150, "\(metrics.prefix(400))")
     }
 }
 
