@@ -13,7 +13,9 @@ import KithNet
 /// - `feed.one_node.delivery_ms_p50`/`_p99`: 100 single writes a second for 5 s, from each
 ///   request's sending to the consumer's receipt of its record (the durable write included);
 /// - the same two latencies with the writes at one node of three and the consumer at another
-///   (`feed.cluster.…`: replication included).
+///   (`feed.cluster.…`: replication included);
+/// - `visibility.one_node.ms_p50`/`_p99` and `visibility.cluster.…`: from a write's
+///   acknowledgement until a read without a token shows it, at full ingest (`visibility`).
 extension ClusterBenchmark {
     func feedDelivery() throws {
         let fresh = directory + "/feed-one"
@@ -25,6 +27,7 @@ extension ClusterBenchmark {
         let single = "127.0.0.1:\(port)"
         try feedThroughput(writer: single, consumer: single, prefix: "feed.one_node")
         try feedLatency(writer: single, consumer: single, prefix: "feed.one_node")
+        try visibility(writer: single, reader: single, prefix: "visibility.one_node")
 
         var nodes: [BenchNode] = []
         defer { for node in nodes { node.stop() } }
@@ -33,6 +36,55 @@ extension ClusterBenchmark {
         try waitForMembers(nodes, count: 3)
         try feedThroughput(writer: nodes[0].address, consumer: nodes[1].address, prefix: "feed.cluster")
         try feedLatency(writer: nodes[0].address, consumer: nodes[1].address, prefix: "feed.cluster")
+        try visibility(writer: nodes[0].address, reader: nodes[1].address, prefix: "visibility.cluster")
+    }
+
+    /// How long after its acknowledgement a write is seen by a read without a session token,
+    /// at full ingest (docs/consistency.md): a loader sends batches of 100 to `writer` as fast
+    /// as they are taken while 200 single writes, one every 20 ms, are each read at `reader`
+    /// every millisecond until the read shows them. On the node that took the write the first
+    /// read shows it (it waits for the commit); elsewhere replication decides.
+    private func visibility(writer: String, reader: String, prefix: String) throws {
+        let run = UUID().uuidString.prefix(8)
+        let loading = ManagedFlag()
+        let loader = Thread { [self] in
+            guard let client = try? HTTPClient(address: writer) else { return }
+            var sent = 0
+            while !loading.isSet {
+                let batch = (0..<100).map { index in
+                    #"{"type":"identify","userId":"load-\#((sent + index) % 5_000)","traits":{"n":\#(sent + index)},"messageId":"v\#(run)-\#(sent + index)"}"#
+                }
+                let body = #"{"batch":["# + batch.joined(separator: ",") + "]}"
+                guard (try? client.request("POST", "/v1/batch", headers: [BenchNode.writeKey], body: Array(body.utf8)))?.status == 200 else { return }
+                sent += 100
+            }
+        }
+        loader.start()
+        defer { loading.set() }
+        Thread.sleep(forTimeInterval: 0.5)
+        let writes = try HTTPClient(address: writer)
+        let reads = try HTTPClient(address: reader)
+        var delays: [Double] = []
+        for index in 0..<200 {
+            let user = "vis-\(run)-\(index)"
+            let body = #"{"userId":"\#(user)","traits":{"probe":\#(index)},"messageId":"p\#(run)-\#(index)"}"#
+            guard try writes.request("POST", "/v1/identify", headers: [BenchNode.writeKey], body: Array(body.utf8)).status == 200 else {
+                throw BenchmarkFailed("a write was refused")
+            }
+            let acknowledged = DispatchTime.now().uptimeNanoseconds
+            let deadline = acknowledged + 10_000_000_000
+            while true {
+                let read = try reads.request("GET", "/v1/profiles/user_id:\(user)/traits?purpose=support", headers: [BenchNode.token])
+                if read.status == 200 { break }
+                guard DispatchTime.now().uptimeNanoseconds < deadline else { throw BenchmarkFailed("write \(index) not visible after 10 s") }
+                Thread.sleep(forTimeInterval: 0.001)
+            }
+            delays.append(Double(DispatchTime.now().uptimeNanoseconds - acknowledged) / 1e6)
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        delays.sort()
+        report("\(prefix).ms_p50", delays[delays.count / 2], decimals: 2)
+        report("\(prefix).ms_p99", delays[delays.count * 99 / 100], decimals: 2)
     }
 
     private func feedThroughput(writer: String, consumer: String, prefix: String) throws {
@@ -84,6 +136,14 @@ extension ClusterBenchmark {
         report("\(prefix).delivery_ms_p50", latencies[latencies.count / 2], decimals: 2)
         report("\(prefix).delivery_ms_p99", latencies[latencies.count * 99 / 100], decimals: 2)
     }
+}
+
+/// A flag one thread sets and another reads.
+final class ManagedFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
 }
 
 /// One consumer of `GET /v1/changes` as an event stream, reading on a thread of its own and

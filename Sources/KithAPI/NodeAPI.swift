@@ -153,6 +153,10 @@ public final class NodeAPI: Sendable {
     /// The change log grew (a commit of the writer, local or replicated): long polls of the
     /// change feed walk again, and reads waiting for a commit look again. Never waits; called
     /// on the writer's thread.
+    /// The writer committed writes it had acknowledged (durable in its write-ahead log, not
+    /// yet synced in the store): reads waiting for them look again. Never waits.
+    public func writesVisible() { commitWaiters.logAdvanced() }
+
     public func logAdvanced() {
         commitWaiters.logAdvanced()
         feedWaiters.logAdvanced()

@@ -64,16 +64,20 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     let committedMessageCount = Atomic<Int>(0)
     let commitCount = Atomic<Int>(0)
     let logSyncCount = Atomic<Int>(0)
-    /// Called after each transaction commits (replication pushes, waiting reads look again).
+    /// Called once a transaction's commit is durable (replication pushes, the feed walks).
     let onCommit: @Sendable () -> Void
+    /// Called right after a transaction commits: reads waiting for it look again.
+    let onVisible: @Sendable () -> Void
 
     init(
         store: any ProfileWriting & ReplicaStore, log: WriteAheadLog, batching: WriteLogBatching = WriteLogBatching(),
-        claim: @escaping @Sendable () -> Void = {}, onCommit: @escaping @Sendable () -> Void = {}
+        claim: @escaping @Sendable () -> Void = {}, onVisible: @escaping @Sendable () -> Void = {},
+        onCommit: @escaping @Sendable () -> Void = {}
     ) {
         self.store = store
         self.log = log
         self.batching = batching
+        self.onVisible = onVisible
         self.onCommit = onCommit
         let thread = Thread { [self] in
             claim()
@@ -221,6 +225,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         // Visible now: reads waiting for these acknowledgements go ahead (after the counts, so
         // that a status that waited counts them).
         committed.max(requests.compactMap(\.logSequence).max() ?? 0, ordering: .releasing)
+        onVisible()
         rotateLog()
     }
 

@@ -48,6 +48,8 @@ public final class Node: Sendable {
             logAdvanced()
         }
         func logAdvanced() { feed.withLock { $0 }?.logAdvanced() }
+        /// Committed, not yet durable: reads waiting for acknowledged writes may go ahead.
+        func visible() { feed.withLock { $0 }?.writesVisible() }
     }
 
     public init(configuration: NodeConfiguration) throws {
@@ -91,7 +93,13 @@ public final class Node: Sendable {
         if configuration.writeAheadLog {
             let writeLog = try Self.recoverWriteLog(
                 configuration.dataDirectory + "/wal", store: store, log: log, segmentLimit: configuration.writeLogSegmentBytes)
-            committer = LoggedWriter(store: store, log: writeLog, claim: { store.claimWriter() }) { pushes.committed() }
+            var batching = WriteLogBatching()
+            batching.maximumAgeNanoseconds = UInt64(configuration.writeLogMaxAgeMillis) * 1_000_000
+            committer = LoggedWriter(
+                store: store, log: writeLog, batching: batching, claim: { store.claimWriter() }, onVisible: { pushes.visible() }
+            ) {
+                pushes.committed()
+            }
         } else {
             committer = GroupCommitter(
                 store: ProfileStoreCommits(store: store), origin: origin, defersSync: true, claim: { store.claimWriter() }

@@ -205,6 +205,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// The size past which the write-ahead log starts a new segment (and drops the applied
     /// ones) at the next commit; env `KITH_WRITE_LOG_SEGMENT_BYTES` only (tests make it small).
     public var writeLogSegmentBytes = 32 << 20
+    /// How long the writer keeps a transaction open at most (`WriteLogBatching`); env
+    /// `KITH_WRITE_LOG_MAX_AGE_MILLIS` only. Reads of acknowledged writes wait up to this plus
+    /// the commit; larger commits fewer pages per message.
+    public var writeLogMaxAgeMillis = 15
     /// `host:port` of the peer (gossip) listener; nil runs the node alone.
     public var gossip: String?
     /// Peer addresses to join through.
@@ -353,6 +357,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
         if let limit = try number("KITH_INGEST_QUEUE_LIMIT", "") { ingestQueueLimit = limit }
         if let bytes = try number("KITH_WRITE_LOG_SEGMENT_BYTES", "") { writeLogSegmentBytes = bytes }
+        if let millis = try number("KITH_WRITE_LOG_MAX_AGE_MILLIS", "") { writeLogMaxAgeMillis = millis }
         if let millis = try number("KITH_WEBHOOK_FIRST_RETRY_MS", " of milliseconds") { webhookFirstRetryMillis = millis }
         if let millis = try number("KITH_WEBHOOK_MAX_RETRY_MS", " of milliseconds") { webhookMaxRetryMillis = millis }
         if let attempts = try number("KITH_WEBHOOK_ATTEMPTS", "") { webhookAttempts = attempts }
@@ -412,6 +417,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         guard (1...64).contains(loops) else { throw ConfigurationError("loops must be between 1 and 64") }
         guard (0...1_000).contains(historyLimit) else { throw ConfigurationError("historyLimit must be between 0 and 1000") }
         guard ingestQueueLimit >= 0 else { throw ConfigurationError("ingestQueueLimit must not be negative") }
+        guard (1...1_000).contains(writeLogMaxAgeMillis) else { throw ConfigurationError("KITH_WRITE_LOG_MAX_AGE_MILLIS must be 1 to 1000") }
+        guard writeLogSegmentBytes >= 1 else { throw ConfigurationError("KITH_WRITE_LOG_SEGMENT_BYTES must be positive") }
         for token in tokens where token.sha256.count != 64 || !token.sha256.allSatisfy(\.isHexDigit) {
             throw ConfigurationError("token \(token.name): sha256 must be 64 hex digits")
         }

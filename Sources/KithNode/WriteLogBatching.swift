@@ -10,7 +10,7 @@
 struct WriteLogBatching: Equatable, Sendable {
     /// How long a transaction stays open at most: what a read waiting for an acknowledged write
     /// waits at most, besides the commit itself.
-    var maximumAgeNanoseconds: UInt64 = 20_000_000
+    var maximumAgeNanoseconds: UInt64 = 15_000_000
     /// How long the writer waits for another request before it commits.
     var idleNanoseconds: UInt64 = 1_000_000
     var maximumMessages = 10_000

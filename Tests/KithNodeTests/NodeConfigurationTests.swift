@@ -147,5 +147,14 @@ struct NodeConfigurationEnvironmentTests {
             var other = NodeConfiguration()
             #expect(throws: ConfigurationError.self) { try other.apply(environment: environment) }
         }
+        // The write-ahead log: on by default, off when asked; its limits taken, and refused out of range.
+        var logged = NodeConfiguration()
+        #expect(logged.writeAheadLog && logged.writeLogMaxAgeMillis == 15 && logged.writeLogSegmentBytes == 32 << 20)
+        try logged.apply(environment: ["KITH_WRITE_AHEAD_LOG": "0", "KITH_WRITE_LOG_MAX_AGE_MILLIS": "5", "KITH_WRITE_LOG_SEGMENT_BYTES": "4096"])
+        #expect(!logged.writeAheadLog && logged.writeLogMaxAgeMillis == 5 && logged.writeLogSegmentBytes == 4_096)
+        for environment in [["KITH_WRITE_LOG_MAX_AGE_MILLIS": "0"], ["KITH_WRITE_LOG_SEGMENT_BYTES": "0"]] {
+            var other = NodeConfiguration()
+            #expect(throws: ConfigurationError.self) { try other.apply(environment: environment) }
+        }
     }
 }
