@@ -47,7 +47,7 @@ extension ClusterBenchmark {
     private func visibility(writer: String, reader: String, prefix: String) throws {
         let run = UUID().uuidString.prefix(8)
         let loading = ManagedFlag()
-        let loader = Thread { [self] in
+        let loader = Thread {
             guard let client = try? HTTPClient(address: writer) else { return }
             var sent = 0
             while !loading.isSet {

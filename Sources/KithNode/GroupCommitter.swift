@@ -46,12 +46,6 @@ final class GroupCommitter: NodeWriter, @unchecked Sendable {
 
     typealias Committed = WriteCommitted
 
-    /// Queued work: messages to commit in a group, or a task that opens its own transaction.
-    private enum Job {
-        case messages([ProfileDelta], Completion)
-        case task(@Sendable () -> Void)
-    }
-
     /// Messages of one request in a group.
     private struct Request {
         var deltas: [ProfileDelta]
@@ -63,8 +57,7 @@ final class GroupCommitter: NodeWriter, @unchecked Sendable {
     private let origin: UInt64
     private let defersSync: Bool
     private let maximumMessagesPerCommit: Int
-    private let queue = Mutex<(jobs: [Job], stopped: Bool)>(([], false))
-    private let wakeup = DispatchSemaphore(value: 0)
+    private let queue = WriterQueue()
     private let finished = DispatchSemaphore(value: 0)
     /// Committed groups waiting for a sync (with `defersSync`), in commit order.
     private let unsynced = Mutex<(groups: [(requests: [Request], committed: [Committed])], stopped: Bool)>(([], false))
@@ -102,39 +95,23 @@ final class GroupCommitter: NodeWriter, @unchecked Sendable {
 
     /// Queues `deltas`; `completion` runs once they are durable (or failed), on the writer thread
     /// or, with `defersSync`, on the sync thread.
-    func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) {
-        let accepted = queue.withLock { state -> Bool in
-            guard !state.stopped else { return false }
-            state.jobs.append(.messages(deltas, completion))
-            return true
-        }
-        if accepted { wakeup.signal() } else { completion(.failure(NodeError.shuttingDown)) }
-    }
+    func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) { queue.submit(deltas, completion: completion) }
 
     /// Runs `task` on the writer thread, after what is queued before it. A task that writes opens
     /// its own transaction; it is never batched with others. Returns false (without running it)
     /// once the writer is stopping.
     @discardableResult
-    func perform(_ task: @escaping @Sendable () -> Void) -> Bool {
-        let accepted = queue.withLock { state -> Bool in
-            guard !state.stopped else { return false }
-            state.jobs.append(.task(task))
-            return true
-        }
-        if accepted { wakeup.signal() }
-        return accepted
-    }
+    func perform(_ task: @escaping @Sendable () -> Void) -> Bool { queue.perform(task) }
 
     var commits: Int { commitCount.load(ordering: .relaxed) }
     var committedMessages: Int { committedMessageCount.load(ordering: .relaxed) }
 
     /// Jobs waiting to be committed (for load shedding).
-    var backlog: Int { queue.withLock { $0.jobs.count } }
+    var backlog: Int { queue.backlog }
 
     /// Finishes what is queued (committed and synced), then stops the threads.
     func stop() {
-        queue.withLock { $0.stopped = true }
-        wakeup.signal()
+        queue.stop()
         finished.wait()
         guard defersSync else { return }
         unsynced.withLock { $0.stopped = true }
@@ -144,7 +121,7 @@ final class GroupCommitter: NodeWriter, @unchecked Sendable {
 
     private func run() {
         while true {
-            wakeup.wait()
+            queue.wakeup.wait()
             while let next = takeNext() {
                 guard case .group(let group) = next else {
                     if case .task(let task) = next { task() }
@@ -157,7 +134,7 @@ final class GroupCommitter: NodeWriter, @unchecked Sendable {
                 case let result: answer(group, result)
                 }
             }
-            if queue.withLock({ $0.stopped && $0.jobs.isEmpty }) {
+            if queue.stoppedAndEmpty {
                 finished.signal()
                 return
             }
@@ -190,18 +167,18 @@ final class GroupCommitter: NodeWriter, @unchecked Sendable {
 
     /// The next task, or the message requests queued before the next task, up to the limit.
     private func takeNext() -> Next? {
-        queue.withLock { state -> Next? in
-            guard let first = state.jobs.first else { return nil }
+        queue.withJobs { jobs -> Next? in
+            guard let first = jobs.first else { return nil }
             if case .task(let task) = first {
-                state.jobs.removeFirst()
+                jobs.removeFirst()
                 return .task(task)
             }
             var taken: [Request] = []
             var messages = 0
-            while case .messages(let deltas, let completion)? = state.jobs.first,
+            while case .messages(let deltas, let completion)? = jobs.first,
                 taken.isEmpty || messages + deltas.count <= maximumMessagesPerCommit
             {
-                state.jobs.removeFirst()
+                jobs.removeFirst()
                 taken.append(Request(deltas: deltas, completion: completion))
                 messages += deltas.count
             }

@@ -25,11 +25,6 @@ import Synchronization
 final class LoggedWriter: NodeWriter, @unchecked Sendable {
     typealias Completion = @Sendable (Result<WriteCommitted, Error>) -> Void
 
-    private enum Job {
-        case messages([ProfileDelta], Completion)
-        case task(@Sendable () -> Void)
-    }
-
     /// A request taken into the open transaction.
     private struct Request {
         var deltas: [ProfileDelta]
@@ -41,8 +36,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     private let store: any ProfileWriting & ReplicaStore
     private let log: WriteAheadLog
     private let batching: WriteLogBatching
-    private let queue = Mutex<(jobs: [Job], stopped: Bool)>(([], false))
-    private let wakeup = DispatchSemaphore(value: 0)
+    private let queue = WriterQueue()
     private let finished = DispatchSemaphore(value: 0)
     /// Requests applied and appended, waiting for the log's sync; then answered.
     /// What the sync thread has to do: answers waiting for the log's sync, a store commit
@@ -90,27 +84,12 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         syncer.start()
     }
 
-    func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) {
-        let accepted = queue.withLock { state -> Bool in
-            guard !state.stopped else { return false }
-            state.jobs.append(.messages(deltas, completion))
-            return true
-        }
-        if accepted { wakeup.signal() } else { completion(.failure(NodeError.shuttingDown)) }
-    }
+    func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) { queue.submit(deltas, completion: completion) }
 
     @discardableResult
-    func perform(_ task: @escaping @Sendable () -> Void) -> Bool {
-        let accepted = queue.withLock { state -> Bool in
-            guard !state.stopped else { return false }
-            state.jobs.append(.task(task))
-            return true
-        }
-        if accepted { wakeup.signal() }
-        return accepted
-    }
+    func perform(_ task: @escaping @Sendable () -> Void) -> Bool { queue.perform(task) }
 
-    var backlog: Int { queue.withLock { $0.jobs.count } }
+    var backlog: Int { queue.backlog }
     var commits: Int { commitCount.load(ordering: .relaxed) }
     var committedMessages: Int { committedMessageCount.load(ordering: .relaxed) }
     var acknowledgedLogSequence: UInt64 { acknowledged.load(ordering: .acquiring) }
@@ -120,8 +99,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
 
     /// Finishes what is queued (applied, committed, answered), then stops the threads.
     func stop() {
-        queue.withLock { $0.stopped = true }
-        wakeup.signal()
+        queue.stop()
         finished.wait()
         unsynced.withLock { $0.stopped = true }
         syncWakeup.signal()
@@ -132,30 +110,24 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
 
     private func run() {
         while true {
-            if wakeup.wait(timeout: .now() + .seconds(10)) == .timedOut {
+            if queue.wakeup.wait(timeout: .now() + .seconds(10)) == .timedOut {
                 // Idle: everything appended is committed. An old segment goes now rather than
                 // at the next commit, which may be far off.
                 rotateLog(idle: true)
                 continue
             }
-            while let job = peek() {
+            while let job = queue.peek() {
                 switch job {
                 case .task:
-                    if case .task(let task) = take() { task() }
+                    if case .task(let task) = queue.take() { task() }
                 case .messages: runTransaction()
                 }
             }
-            if queue.withLock({ $0.stopped && $0.jobs.isEmpty }) {
+            if queue.stoppedAndEmpty {
                 finished.signal()
                 return
             }
         }
-    }
-
-    private func peek() -> Job? { queue.withLock { $0.jobs.first } }
-
-    private func take() -> Job? {
-        queue.withLock { state in state.jobs.isEmpty ? nil : state.jobs.removeFirst() }
     }
 
     /// One transaction: requests taken while `batching` allows, each applied, appended and
@@ -253,12 +225,12 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         while true {
             let now = DispatchTime.now().uptimeNanoseconds
             let next: WriteLogBatching.Next
-            switch peek() {
+            switch queue.peek() {
             case .task?: next = .task
             case .messages(let deltas, _)?: next = .request(messages: deltas.count)
             case nil:
                 // A stopping writer commits what it holds at once.
-                if queue.withLock({ $0.stopped }) {
+                if queue.stopped {
                     writeAndHandToSync()
                     return nil
                 }
@@ -273,14 +245,14 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                 // Records go to the file while the sync thread is free, so that one sync is
                 // always under way with every record since the last; more wait for it.
                 if unsynced.withLock({ !$0.syncing && $0.answers.isEmpty }) { writeAndHandToSync() }
-                guard case .messages(let deltas, let completion)? = take() else {
+                guard case .messages(let deltas, let completion)? = queue.take() else {
                     preconditionFailure("the writer's queue changed under it: only the writer takes jobs")
                 }
                 return (deltas, completion)
             case .wait(let nanoseconds):
                 writeAndHandToSync()
                 // A submit's signal may be taken here: the loop looks at the queue itself.
-                _ = wakeup.wait(timeout: .now() + .nanoseconds(Int(nanoseconds)))
+                _ = queue.wakeup.wait(timeout: .now() + .nanoseconds(Int(nanoseconds)))
             }
         }
     }

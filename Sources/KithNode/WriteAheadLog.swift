@@ -113,7 +113,7 @@ final class WriteAheadLog: @unchecked Sendable {
     }
 
     deinit {
-        current.withLock { close($0.descriptor) }
+        current.withLock { _ = close($0.descriptor) }
     }
 
     /// Appends one request's record and returns its number. The record is written by the next
