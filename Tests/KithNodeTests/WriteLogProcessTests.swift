@@ -6,6 +6,8 @@ import KithStoreLMDB
 import KithTestSupport
 import Testing
 
+@testable import KithNode
+
 /// A real node killed with SIGKILL at random moments, again and again, while clients write:
 /// during ingest, during the writer's apply and commit, during the log's rotation (segments of
 /// 4 KB rotate after nearly every commit). Every acknowledged message must be there at the end.
@@ -66,6 +68,50 @@ struct WriteLogProcessTests {
         // Kills land before commits often enough that restarts had records to apply.
         #expect(replays > 0, "no restart applied records from the write log")
         #expect(!node.logs.contains("\"level\":\"error\""), "\(node.logs.suffix(2_000))")
+    }
+
+    /// A log whose tail a crash left torn: the node applies the whole records before the damage,
+    /// nothing after it, says in its log what it dropped, and serves.
+    @Test func aTornLogTailIsReportedAndTheRecordsBeforeItApplied() throws {
+        let node = try NodeProcess()
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-torn","traits":{"n":1},"messageId":"torn-1"}"#) == 200)
+        node.stop()
+        // What a crash between a sync and the commit, then a torn append, leaves: one whole
+        // record the store does not hold, then half of another.
+        let directory = node.dataDirectory + "/wal"
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasSuffix(".log") })
+        let start = try #require(UInt64(segment.dropLast(4), radix: 16))
+        let held = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
+        let first = (WriteLogFormat.scan(held, first: start).records.last?.sequence ?? start - 1) + 1
+        let received = MessageTimes(timestamp: 1_700_000_000_000, originalTimestamp: nil, sentAt: nil, receivedAt: 1_700_000_000_000)
+        let whole = WriteLogFormat.record(
+            sequence: first,
+            deltas: [
+                ProfileDelta(
+                    messageId: "torn-2", type: .identify, subject: Identifier(kind: .userId, value: "u-torn")!, channel: "test", times: received)
+            ])
+        let torn = WriteLogFormat.record(
+            sequence: first + 1,
+            deltas: [
+                ProfileDelta(
+                    messageId: "torn-3", type: .identify, subject: Identifier(kind: .userId, value: "u-torn")!, channel: "test", times: received)
+            ])
+        let handle = try #require(FileHandle(forWritingAtPath: directory + "/" + segment))
+        handle.seekToEndOfFile()
+        handle.write(Data(whole + torn.prefix(torn.count / 2)))
+        handle.closeFile()
+
+        try node.start()
+        #expect(node.logs.contains("the write log ends early"), "\(node.logs)")
+        #expect(node.logs.contains(#""droppedBytes":\#(torn.count / 2)"#), "\(node.logs)")
+        #expect(node.logs.contains(#""records":1"#), "\(node.logs)")
+        #expect(try node.profile("user_id:u-torn")?.status == 200)
+        node.stop()
+        let secret = try #require(FileManager.default.contents(atPath: node.dataDirectory + ".secret"))
+        let store = try LMDBProfileStore(path: node.dataDirectory, configuration: StoreConfiguration(node: 9, forgetKeySecret: Array(secret)))
+        let subject = Identifier(kind: .userId, value: "u-torn")!
+        #expect(try store.hasMessage("torn-1", subject: subject) && store.hasMessage("torn-2", subject: subject))
+        #expect(try !store.hasMessage("torn-3", subject: subject))
     }
 
     /// Writes are answered before their commit; a read that follows the answer on the same node
