@@ -47,9 +47,10 @@ final class WriteAheadLog: @unchecked Sendable {
         var bytes: Int
         var opened: UInt64
     }
-    /// The open segment; the sync thread syncs it while the writer appends (the lock orders a
-    /// rotation against both).
-    private let current: Mutex<Segment>
+    /// The open segment, and descriptors of segments a rotation closed that the sync thread may
+    /// still be syncing (closed by its next sync). The lock is held only to read or switch
+    /// them, never across a write or a sync: a sync must not hold up the writer's next write.
+    private let current: Mutex<(segment: Segment, retired: [Int32])>
     /// The number the next record gets (the writer's alone).
     private(set) var nextSequence: UInt64
     /// Bytes appended since the log was opened, for metrics.
@@ -107,13 +108,15 @@ final class WriteAheadLog: @unchecked Sendable {
         nextSequence = lastSequence + 1
         let old = try Self.segments(in: directory)
         let descriptor = try Self.create(directory, first: nextSequence)
-        current = Mutex(Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime()))
+        current = Mutex((Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime()), []))
         for (name, first) in old where first != nextSequence { try FileManager.default.removeItem(atPath: directory + "/" + name) }
         try Self.syncDirectory(directory)
     }
 
     deinit {
-        current.withLock { _ = close($0.descriptor) }
+        current.withLock { files in
+            for descriptor in files.retired + [files.segment.descriptor] { close(descriptor) }
+        }
     }
 
     /// Appends one request's record and returns its number. The record is written by the next
@@ -133,21 +136,27 @@ final class WriteAheadLog: @unchecked Sendable {
     /// requests not yet answered; the restart finds in the log exactly what reached it.
     func flush() {
         guard !pending.isEmpty else { return }
-        current.withLock { segment in
-            do { try Self.writeAll(segment.descriptor, pending) } catch {
-                fatalError("the write log could not take \(pending.count) bytes: \(error)")
-            }
-            segment.bytes += pending.count
+        // Only the writer writes and rotates: the segment cannot change under it.
+        let (descriptor, offset) = current.withLock { ($0.segment.descriptor, $0.segment.bytes) }
+        do { try Self.writeAll(descriptor, pending) } catch {
+            fatalError("the write log could not take \(pending.count) bytes at \(offset): \(error)")
         }
+        current.withLock { $0.segment.bytes += pending.count }
         appendedBytes.wrappingAdd(pending.count, ordering: .relaxed)
         pending.removeAll(keepingCapacity: true)
     }
 
-    /// Makes every record appended so far durable.
+    /// Makes every record written so far (by `flush`) durable. Called by one thread at a time.
+    /// A rotation meanwhile syncs the segment it closes, so records written before it are
+    /// durable whichever segment this syncs.
     func sync() throws {
-        try current.withLock { segment in
-            guard fdatasync(segment.descriptor) == 0 else { throw WriteLogError(description: "fdatasync of the write log: \(Self.errorText())") }
+        let (descriptor, retired) = current.withLock { files in
+            defer { files.retired.removeAll() }
+            return (files.segment.descriptor, files.retired)
         }
+        // Retired before this call: the previous sync, the only other user, has returned.
+        for old in retired { close(old) }
+        guard fdatasync(descriptor) == 0 else { throw WriteLogError(description: "fdatasync of the write log: \(Self.errorText())") }
     }
 
     /// When every record appended so far is committed in the store (after a commit, or while
@@ -157,14 +166,16 @@ final class WriteAheadLog: @unchecked Sendable {
     func rotateIfDue(appliedThrough applied: UInt64) throws -> UInt64? {
         precondition(applied == nextSequence - 1, "the store applied the write log through \(applied), but \(nextSequence - 1) were appended")
         precondition(pending.isEmpty, "rotating the write log with \(pending.count) bytes not written")
-        return try current.withLock { segment -> UInt64? in
+        return try current.withLock { files -> UInt64? in
+            let segment = files.segment
             guard segment.bytes >= segmentLimit || (segment.bytes > 0 && Self.uptime() - segment.opened >= segmentAgeLimitNanoseconds) else {
                 return nil
             }
             guard fdatasync(segment.descriptor) == 0 else { throw WriteLogError(description: "fdatasync of the write log: \(Self.errorText())") }
             let descriptor = try Self.create(directory, first: nextSequence)
-            close(segment.descriptor)
-            segment = Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime())
+            // The sync thread may be syncing the old segment now: it closes it next time.
+            files.retired.append(segment.descriptor)
+            files.segment = Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime())
             return nextSequence
         }
     }
@@ -185,7 +196,7 @@ final class WriteAheadLog: @unchecked Sendable {
     }
 
     /// Bytes in the open segment (the log's size between rotations).
-    var openSegmentBytes: Int { current.withLock { $0.bytes } }
+    var openSegmentBytes: Int { current.withLock { $0.segment.bytes } }
 
     // MARK: Files
 
