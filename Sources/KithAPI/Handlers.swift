@@ -233,6 +233,7 @@ extension NodeAPI {
                     o.member("openConnections", integer: Int64(host.openConnections))
                     o.member("commits", integer: Int64(writer.commits))
                     o.member("committedMessages", integer: Int64(writer.committedMessages))
+                    o.member("writeLogBytes", integer: Int64(writer.writeLogBytes))
                     if let check = clockCheck {
                         o.member("clock") { w in
                             w.writeObject { c in

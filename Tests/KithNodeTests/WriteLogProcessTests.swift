@@ -135,6 +135,10 @@ struct WriteLogProcessTests {
         let metrics = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
         let syncs = metrics.split(separator: "\n").first { $0.hasPrefix("kith_write_log_syncs_total ") }.flatMap { Int($0.split(separator: " ")[1]) }
         #expect((syncs ?? 0) >= 150, "\(metrics.prefix(400))")
+        // The status counts them all, and shows the log holding their records.
+        let status = try node.request("GET", "/v1/admin/status", headers: ["Authorization: Bearer tk"])?.body ?? ""
+        #expect(status.contains(#""committedMessages":150"#), "\(status)")
+        #expect(!status.contains(#""writeLogBytes":0"#) && status.contains(#""writeLogBytes":"#), "\(status)")
     }
 }
 
