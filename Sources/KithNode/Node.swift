@@ -77,6 +77,21 @@ public final class Node: Sendable {
         let store = try LMDBProfileStore(
             path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         self.store = store
+        // Writes answered from the write-ahead log before a crash reach the store first, before
+        // anything else writes: replayed from the state they were first applied to, they land
+        // where their answers said. Also when the log is now turned off (a log left by an
+        // earlier run still holds answered writes).
+        let writeLogDirectory = configuration.dataDirectory + "/wal"
+        var writeLog: WriteAheadLog? = nil
+        if configuration.writeAheadLog || FileManager.default.fileExists(atPath: writeLogDirectory) {
+            let recovered = try Self.recoverWriteLog(writeLogDirectory, store: store, log: log, segmentLimit: configuration.writeLogSegmentBytes)
+            if configuration.writeAheadLog {
+                writeLog = recovered
+            } else {
+                // Everything it held is in the store now.
+                try FileManager.default.removeItem(atPath: writeLogDirectory)
+            }
+        }
         // Profiles built under other identity rules are built again before the node serves
         // (and before the writer claims the store): the same links and rules make the same
         // profiles on every replica.
@@ -90,9 +105,7 @@ public final class Node: Sendable {
         // checks this in debug builds). Its commits prompt replication to push.
         let pushes = CommitListener()
         let committer: any NodeWriter
-        if configuration.writeAheadLog {
-            let writeLog = try Self.recoverWriteLog(
-                configuration.dataDirectory + "/wal", store: store, log: log, segmentLimit: configuration.writeLogSegmentBytes)
+        if let writeLog {
             var batching = WriteLogBatching()
             batching.maximumAgeNanoseconds = UInt64(configuration.writeLogMaxAgeMillis) * 1_000_000
             committer = LoggedWriter(

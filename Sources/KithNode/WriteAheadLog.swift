@@ -173,6 +173,8 @@ final class WriteAheadLog: @unchecked Sendable {
             }
             guard fdatasync(segment.descriptor) == 0 else { throw WriteLogError(description: "fdatasync of the write log: \(Self.errorText())") }
             let descriptor = try Self.create(directory, first: nextSequence)
+            // The new file's name must be durable before any record in it is answered.
+            try Self.syncDirectory(directory)
             // The sync thread may be syncing the old segment now: it closes it next time.
             files.retired.append(segment.descriptor)
             files.segment = Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime())

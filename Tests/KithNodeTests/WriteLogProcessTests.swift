@@ -114,6 +114,36 @@ struct WriteLogProcessTests {
         #expect(try !store.hasMessage("torn-3", subject: subject))
     }
 
+    /// A node restarted with the log turned off still applies what the log holds (answered
+    /// writes a crash kept from the store), then does without it.
+    @Test func turningTheLogOffStillAppliesWhatItHolds() throws {
+        let node = try NodeProcess()
+        #expect(try node.ingest("/v1/identify", #"{"userId":"u-off","traits":{"n":1},"messageId":"off-1"}"#) == 200)
+        node.stop()
+        let directory = node.dataDirectory + "/wal"
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasSuffix(".log") })
+        let start = try #require(UInt64(segment.dropLast(4), radix: 16))
+        let held = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
+        let next = (WriteLogFormat.scan(held, first: start).records.last?.sequence ?? start - 1) + 1
+        let received = MessageTimes(timestamp: 1_700_000_000_000, originalTimestamp: nil, sentAt: nil, receivedAt: 1_700_000_000_000)
+        let subject = Identifier(kind: .userId, value: "u-off")!
+        let record = WriteLogFormat.record(
+            sequence: next, deltas: [ProfileDelta(messageId: "off-2", type: .identify, subject: subject, channel: "test", times: received)])
+        let handle = try #require(FileHandle(forWritingAtPath: directory + "/" + segment))
+        handle.seekToEndOfFile()
+        handle.write(Data(record))
+        handle.closeFile()
+
+        let without = try NodeProcess(dataDirectory: node.dataDirectory, environment: ["KITH_WRITE_AHEAD_LOG": "0"])
+        #expect(without.logs.contains(#""records":1"#), "\(without.logs)")
+        #expect(!FileManager.default.fileExists(atPath: directory))
+        #expect(try without.ingest("/v1/identify", #"{"userId":"u-off","traits":{"n":3},"messageId":"off-3"}"#) == 200)
+        without.stop()
+        let secret = try #require(FileManager.default.contents(atPath: node.dataDirectory + ".secret"))
+        let store = try LMDBProfileStore(path: node.dataDirectory, configuration: StoreConfiguration(node: 9, forgetKeySecret: Array(secret)))
+        for id in ["off-1", "off-2", "off-3"] { #expect(try store.hasMessage(id, subject: subject), "\(id)") }
+    }
+
     /// Writes are answered before their commit; a read that follows the answer on the same node
     /// still sees the write (it waits for the commit), with or without the write's token.
     @Test func aReadAfterAnAcknowledgedWriteSeesIt() throws {
