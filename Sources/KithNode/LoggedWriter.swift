@@ -39,12 +39,14 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     private let queue = WriterQueue()
     private let finished = DispatchSemaphore(value: 0)
     /// Requests applied and appended, waiting for the log's sync; then answered.
-    /// What the sync thread has to do: answers waiting for the log's sync, a store commit
-    /// waiting for its own (then the segments before `removeBefore` can go).
+    /// What the sync thread has to do: answers waiting for the log's sync; commits whose log
+    /// entries replication may read once their records are synced (`committedThrough`); and,
+    /// after a rotation, the store's sync, then the segments before `removeBefore` can go.
     private struct SyncWork {
         var answers: [(Completion, WriteCommitted)] = []
         var syncing = false
         var storeCommitted = false
+        var committedThrough: UInt64 = 0
         var removeBefore: UInt64? = nil
         var stopped = false
     }
@@ -201,9 +203,10 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         rotateLog()
     }
 
-    /// Called when every record appended is committed: a new segment if the open one is due,
-    /// and the sync thread makes the commit durable, then deletes the old segments and tells
-    /// replication and the change feed (which read only durable entries).
+    /// Called when every record appended is committed: a new segment if the open one is due.
+    /// The sync thread then lets replication and the change feed read the commit's entries,
+    /// which the log holds once their records are synced, and after a rotation syncs the store
+    /// and deletes the old segments.
     private func rotateLog(idle: Bool = false) {
         var rotatedAt: UInt64? = nil
         do { rotatedAt = try log.rotateIfDue(appliedThrough: log.nextSequence - 1) } catch {
@@ -212,8 +215,10 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         }
         // Idle with nothing to rotate: no commit since the last time, nothing to do.
         if idle && rotatedAt == nil { return }
+        let through = committed.load(ordering: .acquiring)
         unsynced.withLock { state in
             state.storeCommitted = true
+            state.committedThrough = max(state.committedThrough, through)
             if let rotatedAt { state.removeBefore = rotatedAt }
         }
         syncWakeup.signal()
@@ -270,8 +275,8 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         syncWakeup.signal()
     }
 
-    /// One sync of the log for every record appended since the last, then their answers; one
-    /// sync of the store for every commit since the last, then what waited for it.
+    /// One sync of the log for every record appended since the last, then their answers; then
+    /// the commits since the last, which those syncs made replayable.
     private func runSyncs() {
         while true {
             syncWakeup.wait()
@@ -301,16 +306,23 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
             }
             unsynced.withLock { $0.syncing = false }
             if work.storeCommitted {
-                do {
-                    try store.synchronize()
-                    if let first = work.removeBefore { try log.removeSegments(before: first) }
-                } catch {
-                    // The commit stays in the page cache and its records in the log: the next
-                    // sync, or the restart's replay, makes them durable. Nothing is deleted.
-                    FileHandle.standardError.write(Data("kith: the store could not be synced: \(error)\n".utf8))
-                    if let first = work.removeBefore { unsynced.withLock { $0.removeBefore = $0.removeBefore ?? first } }
-                }
+                // The commit's records were handed here before the commit, so they are synced
+                // now (by this round or an earlier one): after any crash the node replays them
+                // to these same entries. Peers may copy them without waiting for LMDB's sync.
+                store.logIsDurable(through: work.committedThrough)
                 onCommit()
+            }
+            if let first = work.removeBefore {
+                do {
+                    // The segments go only once the store holds their records for good.
+                    try store.synchronize()
+                    try log.removeSegments(before: first)
+                } catch {
+                    // The commits stay in the page cache and their records in the log: the next
+                    // rotation tries again, or the restart replays them. Nothing is deleted.
+                    FileHandle.standardError.write(Data("kith: the store could not be synced: \(error)\n".utf8))
+                    unsynced.withLock { $0.removeBefore = $0.removeBefore ?? first }
+                }
             }
             if work.stopped {
                 syncFinished.signal()

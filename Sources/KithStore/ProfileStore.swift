@@ -57,6 +57,12 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// Makes every commit so far durable (commits whose sync was deferred).
     func synchronize() throws
 
+    /// The caller vouches that this node's log entries through local sequence `sequence`, all
+    /// committed, survive any crash without a `synchronize`: its write-ahead log holds what
+    /// replays to exactly these entries (docs/storage.md, "The write-ahead log"). Replication may
+    /// read them now (`ReplicaStore.durableLogSequence`).
+    func logIsDurable(through sequence: UInt64)
+
     /// The write-ahead log's transaction (docs/storage.md, "The write-ahead log"): applies the
     /// groups `next` hands out, one after another, until it returns nil, then records
     /// `logPosition()` as the last log record applied and commits: durably, unless
@@ -446,6 +452,9 @@ public final class MemoryProfileStore: EngineBackedStore {
     private let lastSynced = Mutex<(tables: [MemoryTables.SortedTable], bytes: Int, sequence: UInt64)?>(nil)
 
     public func synchronize() { lastSynced.withLock { $0 = nil } }
+
+    /// Memory keeps no write-ahead log to vouch for entries: they are made durable outright.
+    public func logIsDurable(through sequence: UInt64) { synchronize() }
 
     public func durableLogSequence() throws -> UInt64 {
         if let durable = lastSynced.withLock({ $0?.sequence }) { return durable }

@@ -46,6 +46,13 @@ public final class LMDBProfileStore: EngineBackedStore {
 
     public func durableLogSequence() -> UInt64 { logSequences.withLock { $0.durable } }
 
+    public func logIsDurable(through sequence: UInt64) {
+        logSequences.withLock { sequences in
+            precondition(sequence <= sequences.committed, "log entries through \(sequence) vouched durable, only \(sequences.committed) committed")
+            sequences.durable = max(sequences.durable, sequence)
+        }
+    }
+
     /// The key `identifier`'s rows are sealed with now, if it has any (for tests).
     func dataKeyID(of identifier: Identifier) throws -> DataKeyID? {
         try environment.read { txn in

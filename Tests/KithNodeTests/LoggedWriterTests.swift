@@ -85,6 +85,22 @@ struct LoggedWriterTests {
         #expect(try WriteAheadLog.recover(directory: crashed + "/wal", after: 40).records.isEmpty)
     }
 
+    @Test("a commit's entries are readable by replication once its records are synced")
+    func entriesDurableThroughTheLog() throws {
+        let path = WriteAheadLogTests.scratch()
+        let store = try Self.openStore(path)
+        let log = try Node.recoverWriteLog(path + "/wal", store: store, log: Log())
+        let writer = LoggedWriter(store: store, log: log, claim: { store.claimWriter() })
+        let sequences = Self.submit(writer, 5, prefix: "d")
+        #expect(sequences.last == 10)
+        // No rotation is due, so the store is not synced: only the log vouches for the entries.
+        let deadline = Date().addingTimeInterval(5)
+        while store.durableLogSequence() < 10 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+        #expect(store.durableLogSequence() == 10)
+        #expect(writer.committedLogSequence == 10)
+        writer.stop()
+    }
+
     @Test("a request that cannot be applied fails alone; the others land where their answers said")
     func failedRequestAlone() throws {
         let path = WriteAheadLogTests.scratch()
