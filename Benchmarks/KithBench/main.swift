@@ -10,6 +10,7 @@ import KithPolicy
 import KithProfile
 import KithStore
 import KithStoreLMDB
+import Synchronization
 
 struct Options {
     var workload = ""
@@ -273,6 +274,39 @@ try bytes.withUnsafeBufferPointer { buffer in
     report("store.bytes_per_profile_with_change_log", Double(used) / Double(max(statistics.profiles, 1)))
 
     try measureReads(store, options: options, receivedAt: receivedAt)
+
+    // 2b. The same batches through a node's writer with its write-ahead log, into a fresh store:
+    // each batch durable when answered (synced in the log), four in flight as four clients
+    // would have; LMDB commits as the writer decides (docs/storage.md, "The write-ahead log").
+    if options.durable {
+        let loggedDirectory = options.dataDirectory + "-logged"
+        try? FileManager.default.removeItem(atPath: loggedDirectory)  // a previous run's, if any
+        var loggedOptions = options
+        loggedOptions.dataDirectory = loggedDirectory
+        let loggedStore = try openStore(loggedOptions)
+        let writer = try LoggedWriterHandle(store: loggedStore, directory: loggedDirectory + "/wal")
+        let inFlight = DispatchSemaphore(value: 4)
+        let answered = DispatchGroup()
+        let failures = Mutex(0)
+        let loggedTime = try seconds {
+            let batches = ParsedBatches(bytes: bytes, lines: lines, batchSize: options.batchSize, receivedAt: receivedAt)
+            while let batch = try batches.next() {
+                inFlight.wait()
+                answered.enter()
+                writer.submit(batch) { result in
+                    if case .failure = result { failures.withLock { $0 += 1 } }
+                    inFlight.signal()
+                    answered.leave()
+                }
+            }
+            answered.wait()
+        }
+        writer.stop()
+        if failures.withLock({ $0 }) > 0 { Options.fail("the writer refused \(failures.withLock { $0 }) batches") }
+        report("apply.logged_events_per_s", Double(lines.count) / loggedTime)
+        try? FileManager.default.removeItem(atPath: loggedDirectory)  // scratch space only
+        try? FileManager.default.removeItem(atPath: loggedDirectory + ".keys")  // its key file, scratch too
+    }
 
     // Stored bytes against the JSON of the messages held: the data file with the whole change
     // log, then the pages the tables hold once the log is truncated (as once every member has read

@@ -3,6 +3,7 @@ import Foundation
 import KithAPI
 import KithProfile
 import KithStore
+import KithStoreLMDB
 import Synchronization
 
 /// The one writer of a node with a write-ahead log (docs/storage.md, "The write-ahead log").
@@ -329,5 +330,19 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                 return
             }
         }
+    }
+}
+
+/// A node's writer with a write-ahead log over a store, for the in-process benchmark
+/// (`kith-bench`): submit requests, stop to commit what is open. The log is recovered first.
+package struct LoggedWriterHandle: Sendable {
+    package let submit: @Sendable ([ProfileDelta], @escaping @Sendable (Result<WriteCommitted, Error>) -> Void) -> Void
+    package let stop: @Sendable () -> Void
+
+    package init(store: LMDBProfileStore, directory: String) throws {
+        let log = try Node.recoverWriteLog(directory, store: store, log: Log())
+        let writer = LoggedWriter(store: store, log: log, claim: { store.claimWriter() })
+        submit = { deltas, completion in writer.submit(deltas, completion: completion) }
+        stop = { writer.stop() }
     }
 }
