@@ -146,7 +146,7 @@ struct FeedProcessTests {
             printed.set(text)
         }
         reader.start()
-        #expect(try eventually(10) { printed.isSet }, "the follower printed nothing")
+        #expect(eventually(10) { printed.isSet }, "the follower printed nothing")
         #expect(String(decoding: printed.data, as: UTF8.self).contains(#""messageId":"cc-4""#))
     }
 }

@@ -505,7 +505,7 @@ struct KithProcessTests {
         defer { try? FileManager.default.removeItem(atPath: config) }  // a temporary file; a leftover is harmless
         func rules(version: Int, anonymous: Int) {
             let text = #"{"identity":{"rulesVersion":\#(version),"limits":{"user_id":1,"anonymous_id":\#(anonymous)}}}"#
-            FileManager.default.createFile(atPath: config, contents: Data(text.utf8))
+            #expect(FileManager.default.createFile(atPath: config, contents: Data(text.utf8)))
         }
         rules(version: 1, anonymous: 5)
         let node = try NodeProcess(arguments: ["--config", config])
@@ -532,11 +532,12 @@ struct KithProcessTests {
     @Test func configCheckPrintsTheIdentifierSourcesInForce() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-identity-\(UUID().uuidString).json").path
         defer { try? FileManager.default.removeItem(atPath: path) }  // a temporary file; a leftover is harmless
-        FileManager.default.createFile(
-            atPath: path,
-            contents: Data(
-                #"{"identity":{"phoneRegion":"GB","kinds":{"loyalty_card":"digits"},"sources":{"traits.mobile":"phone","traits.card":"loyalty_card"}}}"#
-                    .utf8))
+        #expect(
+            FileManager.default.createFile(
+                atPath: path,
+                contents: Data(
+                    #"{"identity":{"phoneRegion":"GB","kinds":{"loyalty_card":"digits"},"sources":{"traits.mobile":"phone","traits.card":"loyalty_card"}}}"#
+                        .utf8)))
         let check = try runKith(["config", "check", path])
         #expect(check.status == 0, "\(check.error)")
         #expect(check.output.contains("  phone from traits.phone, context.traits.phone, traits.mobile, externalIds type phone\n"))
@@ -547,7 +548,7 @@ struct KithProcessTests {
         #expect(
             check.output.contains(
                 "  a profile is named by its user_id, then email, then phone, then device_id, then anonymous_id, then loyalty_card\n"))
-        FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"sources":{"traits.card":"loyalty"}}}"#.utf8))
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(#"{"identity":{"sources":{"traits.card":"loyalty"}}}"#.utf8)))
         let refused = try runKith(["config", "check", path])
         #expect(refused.status == 1 && refused.error.contains("names kind \"loyalty\""), "\(refused.error)")
     }
