@@ -166,16 +166,28 @@ extension NodeAPI {
     /// The write key as the basic-auth user name (empty password), or `writeKey` in the body.
     private func authorizedWriteKey(_ request: HTTPRequest, _ json: JSONValue) -> Bool {
         var candidate: [UInt8]?
-        if let authorization = request.header("authorization"), authorization.lowercased().hasPrefix("basic "),
-            let decoded = Data(base64Encoded: String(authorization.dropFirst(6)).trimmingCharacters(in: .whitespaces))
-        {
-            candidate = Array(decoded.prefix { $0 != UInt8(ascii: ":") })
+        if let authorization = request.header("authorization"), let credentials = Self.basicCredentials(authorization) {
+            candidate = Array(credentials.prefix { $0 != UInt8(ascii: ":") })
         } else if let key = json["writeKey"]?.stringValue {
             candidate = Array(key.utf8)
         }
         guard let candidate, !candidate.isEmpty else { return false }
         // Compare against every key in constant time, so timing reveals nothing about them.
         return writeKeys.reduce(false) { found, key in Crypto.constantTimeEquals(key, candidate) || found }
+    }
+
+    /// The decoded credentials of a `Basic` authorization (the scheme in any case), or nil.
+    /// Works on the header's bytes: every ingest request carries one, and the String and
+    /// CharacterSet route cost a tenth of an event loop's time under single identifies.
+    static func basicCredentials(_ authorization: String) -> Data? {
+        var bytes = authorization.utf8[...]
+        let scheme = Array("basic ".utf8)
+        guard bytes.count > scheme.count, zip(bytes, scheme).allSatisfy({ ASCIIFolding.fold($0) == $1 }) else { return nil }
+        bytes = bytes.dropFirst(scheme.count)
+        let blank: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+        while let first = bytes.first, blank(first) { bytes = bytes.dropFirst() }
+        while let last = bytes.last, blank(last) { bytes = bytes.dropLast() }
+        return Data(base64Encoded: Data(bytes))
     }
 
     static let invalidIdentifier = HTTPResponse.error(

@@ -32,6 +32,22 @@ struct IngestAndReadTests {
         #expect(test.call("GET", "/v1/profiles/user_id:u-1")?.status == 401)
     }
 
+    @Test func basicAuthorizationIsReadAsClientsSendIt() throws {
+        let key = Data("wk:".utf8).base64EncodedString()
+        for header in ["Basic \(key)", "basic \(key)", "BASIC   \(key)\t ", "bAsIc \(key)"] {
+            #expect(NodeAPI.basicCredentials(header) == Data("wk:".utf8), "\(header)")
+        }
+        for header in ["Bearer \(key)", "Basic", "Basic ", "Basic not*base64", "Basic\(key)", ""] {
+            #expect(NodeAPI.basicCredentials(header) == nil, "\(header)")
+        }
+        // The scheme in any case reaches the key check, which then decides.
+        let test = try TestAPI()
+        let lower = test.send(
+            "POST", "/v1/track", headers: [HTTPHeader("Authorization", "basic " + Data("\(TestAPI.writeKey):".utf8).base64EncodedString())],
+            body: Array(#"{"userId":"u-1","event":"E"}"#.utf8))
+        #expect(lower?.status == 200)
+    }
+
     @Test func refusesBadIngestWithSegmentStyleErrors() throws {
         let test = try TestAPI()
         let badKey = test.send(
