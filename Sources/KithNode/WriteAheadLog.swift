@@ -10,15 +10,12 @@ import Synchronization
 /// directory, each named by the sequence number of its first record, appended by the node's one
 /// writer and synced by its sync thread. A request is acknowledged once its record is synced;
 /// the writer applies records to LMDB in large transactions that record how far they got
-/// (`WriteAheadLog.appliedMetaKey`), and a segment goes once a synced transaction holds all of it.
+/// (`ProfileWriting.writeLogApplied`), and a segment goes once a synced store holds all of it.
 ///
 /// Records are framed by `WriteLogFormat`. What a crash can leave — a record cut at any byte, a
 /// tail of garbage — ends the readable log at the last whole record; what follows is reported
 /// and set aside (renamed `.damaged`), never applied.
 final class WriteAheadLog: @unchecked Sendable {
-    /// The meta key under which a store records the last record it applied.
-    static let appliedMetaKey = "write-log-applied"
-
     struct WriteLogError: Error, CustomStringConvertible {
         var description: String
     }
