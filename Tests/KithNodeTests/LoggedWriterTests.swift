@@ -23,6 +23,14 @@ struct LoggedWriterTests {
         return try LMDBProfileStore(path: path, configuration: StoreConfiguration(node: 1, forgetKeySecret: secret), lmdb: lmdb)
     }
 
+    /// A fresh store, its log, and a writer over both.
+    static func freshWriter(batching: WriteLogBatching = WriteLogBatching()) throws -> (LMDBProfileStore, LoggedWriter, String) {
+        let path = WriteAheadLogTests.scratch()
+        let store = try openStore(path)
+        let log = try Node.recoverWriteLog(path + "/wal", store: store, log: Log())
+        return (store, LoggedWriter(store: store, log: log, batching: batching, claim: { store.claimWriter() }), path)
+    }
+
     /// Submits `count` requests of two messages each (about `customers` customers); waits for
     /// every answer; returns the answers' log sequences, in submission order.
     static func submit(_ writer: LoggedWriter, _ count: Int, prefix: String, customers: Int = 7) -> [UInt64] {
@@ -44,12 +52,9 @@ struct LoggedWriterTests {
 
     @Test("answers come before the commit; a store rebuilt from the log holds what they named")
     func answeredFromTheLog() throws {
-        let path = WriteAheadLogTests.scratch()
-        let store = try Self.openStore(path)
-        let log = try Node.recoverWriteLog(path + "/wal", store: store, log: Log())
         // A transaction that stays open for the whole test: nothing of it commits until stop.
         let open = WriteLogBatching(maximumAgeNanoseconds: 60_000_000_000, idleNanoseconds: 60_000_000_000)
-        let writer = LoggedWriter(store: store, log: log, batching: open, claim: { store.claimWriter() })
+        let (store, writer, path) = try Self.freshWriter(batching: open)
         let sequences = Self.submit(writer, 40, prefix: "a")
         #expect(sequences.count == 40)
         // Every message is one change here, in the order the requests were taken.
@@ -87,10 +92,7 @@ struct LoggedWriterTests {
 
     @Test("a commit's entries are readable by replication once its records are synced")
     func entriesDurableThroughTheLog() throws {
-        let path = WriteAheadLogTests.scratch()
-        let store = try Self.openStore(path)
-        let log = try Node.recoverWriteLog(path + "/wal", store: store, log: Log())
-        let writer = LoggedWriter(store: store, log: log, claim: { store.claimWriter() })
+        let (store, writer, _) = try Self.freshWriter()
         let sequences = Self.submit(writer, 5, prefix: "d")
         #expect(sequences.last == 10)
         // No rotation is due, so the store is not synced: only the log vouches for the entries.
@@ -103,10 +105,7 @@ struct LoggedWriterTests {
 
     @Test("a request that cannot be applied fails alone; the others land where their answers said")
     func failedRequestAlone() throws {
-        let path = WriteAheadLogTests.scratch()
-        let store = try Self.openStore(path)
-        let log = try Node.recoverWriteLog(path + "/wal", store: store, log: Log())
-        let writer = LoggedWriter(store: store, log: log, claim: { store.claimWriter() })
+        let (store, writer, path) = try Self.freshWriter()
         let first = Self.submit(writer, 5, prefix: "b")
         // A message the store refuses: its id puts its ledger key over LMDB's key limit (the
         // API refuses such ids before; this writer must cope all the same).

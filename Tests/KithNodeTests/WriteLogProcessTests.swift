@@ -78,32 +78,11 @@ struct WriteLogProcessTests {
         node.stop()
         // What a crash between a sync and the commit, then a torn append, leaves: one whole
         // record the store does not hold, then half of another.
-        let directory = node.dataDirectory + "/wal"
-        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasSuffix(".log") })
-        let start = try #require(UInt64(segment.dropLast(4), radix: 16))
-        let held = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
-        let first = (WriteLogFormat.scan(held, first: start).records.last?.sequence ?? start - 1) + 1
-        let received = MessageTimes(timestamp: 1_700_000_000_000, originalTimestamp: nil, sentAt: nil, receivedAt: 1_700_000_000_000)
-        let whole = WriteLogFormat.record(
-            sequence: first,
-            deltas: [
-                ProfileDelta(
-                    messageId: "torn-2", type: .identify, subject: Identifier(kind: .userId, value: "u-torn")!, channel: "test", times: received)
-            ])
-        let torn = WriteLogFormat.record(
-            sequence: first + 1,
-            deltas: [
-                ProfileDelta(
-                    messageId: "torn-3", type: .identify, subject: Identifier(kind: .userId, value: "u-torn")!, channel: "test", times: received)
-            ])
-        let handle = try #require(FileHandle(forWritingAtPath: directory + "/" + segment))
-        handle.seekToEndOfFile()
-        handle.write(Data(whole + torn.prefix(torn.count / 2)))
-        handle.closeFile()
+        let tornBytes = try Self.appendToLog(of: node, ["torn-2", "torn-3"], user: "u-torn", keepingOfLast: 0.5)
 
         try node.start()
         #expect(node.logs.contains("the write log ends early"), "\(node.logs)")
-        #expect(node.logs.contains(#""droppedBytes":\#(torn.count / 2)"#), "\(node.logs)")
+        #expect(node.logs.contains(#""droppedBytes":\#(tornBytes)"#), "\(node.logs)")
         #expect(node.logs.contains(#""records":1"#), "\(node.logs)")
         #expect(try node.profile("user_id:u-torn")?.status == 200)
         node.stop()
@@ -121,18 +100,8 @@ struct WriteLogProcessTests {
         #expect(try node.ingest("/v1/identify", #"{"userId":"u-off","traits":{"n":1},"messageId":"off-1"}"#) == 200)
         node.stop()
         let directory = node.dataDirectory + "/wal"
-        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasSuffix(".log") })
-        let start = try #require(UInt64(segment.dropLast(4), radix: 16))
-        let held = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
-        let next = (WriteLogFormat.scan(held, first: start).records.last?.sequence ?? start - 1) + 1
-        let received = MessageTimes(timestamp: 1_700_000_000_000, originalTimestamp: nil, sentAt: nil, receivedAt: 1_700_000_000_000)
+        _ = try Self.appendToLog(of: node, ["off-2"], user: "u-off")
         let subject = Identifier(kind: .userId, value: "u-off")!
-        let record = WriteLogFormat.record(
-            sequence: next, deltas: [ProfileDelta(messageId: "off-2", type: .identify, subject: subject, channel: "test", times: received)])
-        let handle = try #require(FileHandle(forWritingAtPath: directory + "/" + segment))
-        handle.seekToEndOfFile()
-        handle.write(Data(record))
-        handle.closeFile()
 
         let without = try NodeProcess(dataDirectory: node.dataDirectory, environment: ["KITH_WRITE_AHEAD_LOG": "0"])
         #expect(without.logs.contains(#""records":1"#), "\(without.logs)")
@@ -169,6 +138,35 @@ struct WriteLogProcessTests {
         let status = try node.request("GET", "/v1/admin/status", headers: ["Authorization: Bearer tk"])?.body ?? ""
         #expect(status.contains(#""committedMessages":150"#), "\(status)")
         #expect(!status.contains(#""writeLogBytes":0"#) && status.contains(#""writeLogBytes":"#), "\(status)")
+    }
+}
+
+extension WriteLogProcessTests {
+    /// Appends records of one identify each (message ids `ids`, about `user`) to the log of a
+    /// stopped node, numbered after its last record, the last cut to `keepingOfLast` of its
+    /// bytes (1: whole). Returns how many bytes of the last record it wrote.
+    static func appendToLog(of node: NodeProcess, _ ids: [String], user: String, keepingOfLast: Double = 1) throws -> Int {
+        let directory = node.dataDirectory + "/wal"
+        let segment = try #require(try FileManager.default.contentsOfDirectory(atPath: directory).first { $0.hasSuffix(".log") })
+        let start = try #require(UInt64(segment.dropLast(4), radix: 16))
+        let held = try [UInt8](Data(contentsOf: URL(fileURLWithPath: directory + "/" + segment)))
+        let next = (WriteLogFormat.scan(held, first: start).records.last?.sequence ?? start - 1) + 1
+        let received = MessageTimes(timestamp: 1_700_000_000_000, originalTimestamp: nil, sentAt: nil, receivedAt: 1_700_000_000_000)
+        let subject = try #require(Identifier(kind: .userId, value: user))
+        var bytes: [UInt8] = []
+        var lastBytes = 0
+        for (offset, id) in ids.enumerated() {
+            let record = WriteLogFormat.record(
+                sequence: next + UInt64(offset),
+                deltas: [ProfileDelta(messageId: id, type: .identify, subject: subject, channel: "test", times: received)])
+            lastBytes = offset == ids.count - 1 ? Int(Double(record.count) * keepingOfLast) : record.count
+            bytes += record.prefix(lastBytes)
+        }
+        let handle = try #require(FileHandle(forWritingAtPath: directory + "/" + segment))
+        handle.seekToEndOfFile()
+        handle.write(Data(bytes))
+        handle.closeFile()
+        return lastBytes
     }
 }
 
