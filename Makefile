@@ -19,7 +19,7 @@ DEMO_TOKEN ?= demo-token
 SIM_SEEDS ?= 5000
 CLUSTER ?= local-3
 
-.PHONY: deps build test lint format bench bench-peers schemathesis fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection
+.PHONY: deps build test lint format bench bench-peers schemathesis fuzz fuzz-long fuzz-run run clean simulate cluster failure-detection kill-loop
 
 # Install what is missing. As root: apt-get. Otherwise: say exactly what to install and stop.
 deps:
@@ -50,6 +50,14 @@ build: deps
 simulate: deps
 	$(SWIFT) build --build-tests
 	KITH_SIM_SEEDS=$(SIM_SEEDS) $(SWIFT) test --skip-build --filter KithSimulationTests
+
+# The write-ahead log under kill -9: KILL_CYCLES cycles (500 by default; `make test` runs 50) of a
+# node killed at a random moment while three clients write; nothing acknowledged may be lost.
+KILL_CYCLES ?= 500
+kill-loop: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) build --product kith
+	KITH_KILL_CYCLES=$(KILL_CYCLES) KITH_KILL_SEED=$$(date +%s) $(SWIFT) test --skip-build --filter noAcknowledgedMessageIsLostAcrossFiftyKills
 
 # Failure detection and rejoin of three real nodes (stop/continue trials, and as root a two-sided
 # partition through a network namespace; several minutes).
