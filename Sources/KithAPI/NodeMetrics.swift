@@ -9,6 +9,12 @@ public final class NodeMetrics: Sendable {
         var count = 0
         var sum = 0.0
         var buckets = [Int](repeating: 0, count: NodeMetrics.bucketBounds.count)
+
+        mutating func add(_ seconds: Double) {
+            count += 1
+            sum += seconds
+            for (index, bound) in NodeMetrics.bucketBounds.enumerated() where seconds <= bound { buckets[index] += 1 }
+        }
     }
 
     private let requests = Mutex<[String: [Int: Series]]>([:])
@@ -22,13 +28,9 @@ public final class NodeMetrics: Sendable {
     let feedStreams = Atomic<Int>(0)
 
     func record(route: String, status: Int, seconds: Double) {
-        requests.withLock { table in
-            var series = table[route, default: [:]][status, default: Series()]
-            series.count += 1
-            series.sum += seconds
-            for (index, bound) in Self.bucketBounds.enumerated() where seconds <= bound { series.buckets[index] += 1 }
-            table[route, default: [:]][status] = series
-        }
+        // Changed where it lies: a copy taken out and written back copies its buckets (the
+        // table still shares them), one allocation per request.
+        requests.withLock { table in table[route, default: [:]][status, default: Series()].add(seconds) }
     }
 
     /// One metric without labels, with its HELP and TYPE lines.

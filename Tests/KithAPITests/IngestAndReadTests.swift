@@ -122,6 +122,27 @@ struct IngestAndReadTests {
         #expect(test.call("DELETE", "/v1/profiles/user_id:u-1/links/nonsense", role: .admin)?.errorCode == "invalid_identifier")
     }
 
+    @Test func requestHistogramsCountEachRequestOnce() {
+        let metrics = NodeMetrics()
+        // One on a bucket's bound: it counts in that bucket (le: less than or equal).
+        for (status, seconds) in [(200, 0.0004), (200, 0.004), (404, 0.25), (200, 0.004)] {
+            metrics.record(route: "/v1/profiles/{identifier}", status: status, seconds: seconds)
+        }
+        let text = metrics.prometheusText()
+        let route = #"route="/v1/profiles/{identifier}""#
+        for line in [
+            #"kith_http_requests_total{\#(route),status="200"} 3"#, #"kith_http_requests_total{\#(route),status="404"} 1"#,
+            #"kith_http_request_duration_seconds_bucket{\#(route),le="0.0005"} 1"#,
+            #"kith_http_request_duration_seconds_bucket{\#(route),le="0.005"} 3"#,
+            #"kith_http_request_duration_seconds_bucket{\#(route),le="0.1"} 3"#,
+            #"kith_http_request_duration_seconds_bucket{\#(route),le="0.25"} 4"#,
+            #"kith_http_request_duration_seconds_bucket{\#(route),le="+Inf"} 4"#,
+            #"kith_http_request_duration_seconds_count{\#(route)} 4"#,
+        ] {
+            #expect(text.contains(line + "\n"), "\(line)")
+        }
+    }
+
     @Test func statusMetricsAndHealth() throws {
         let test = try TestAPI()
         #expect(test.ingest("/v1/identify", #"{"userId":"u-1","messageId":"s1"}"#)?.status == 200)
