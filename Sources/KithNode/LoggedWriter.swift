@@ -52,8 +52,10 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         var stopped = false
     }
     private let unsynced = Mutex(SyncWork())
-    /// Requests appended to the log but not yet written to its file (the writer's alone).
+    /// Requests appended to the log but not yet written to its file, and their messages (the
+    /// writer's alone).
     private var unwritten: [(Completion, WriteCommitted)] = []
+    private var unwrittenMessages = 0
     private let syncWakeup = DispatchSemaphore(value: 0)
     private let syncFinished = DispatchSemaphore(value: 0)
     private let acknowledged = Atomic<UInt64>(0)
@@ -173,6 +175,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                         requests[index].logSequence = logSequence
                         appended += 1
                         unwritten.append((requests[index].completion, WriteCommitted(outcomes: outcomes, ownSequence: logSequence)))
+                        unwrittenMessages += requests[index].deltas.count
                     },
                     logPosition: { [log] in log.nextSequence - 1 })
                 break
@@ -248,9 +251,12 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                 writeAndHandToSync()
                 return nil
             case .take:
-                // Records go to the file while the sync thread is free, so that one sync is
-                // always under way with every record since the last; more wait for it.
-                if unsynced.withLock({ !$0.syncing && $0.answers.isEmpty }) { writeAndHandToSync() }
+                // Records go to the file while the sync thread is free and enough wait, so that
+                // a sync is under way with the records since the last; more wait for it.
+                let free = unsynced.withLock { !$0.syncing && $0.answers.isEmpty }
+                if batching.writesBeforeTaking(requests: unwritten.count, messages: unwrittenMessages, syncThreadFree: free) {
+                    writeAndHandToSync()
+                }
                 guard case .messages(let deltas, let completion)? = queue.take() else {
                     preconditionFailure("the writer's queue changed under it: only the writer takes jobs")
                 }
@@ -272,6 +278,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         log.flush()
         let answers = unwritten
         unwritten.removeAll(keepingCapacity: true)
+        unwrittenMessages = 0
         unsynced.withLock { $0.answers += answers }
         syncWakeup.signal()
     }

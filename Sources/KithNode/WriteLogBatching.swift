@@ -15,6 +15,18 @@ struct WriteLogBatching: Equatable, Sendable {
     var idleNanoseconds: UInt64 = 1_000_000
     var maximumMessages = 10_000
 
+    /// Before taking another request, buffered records go to the file (and the sync thread)
+    /// only when the sync thread is free and there are this many requests, or messages, to
+    /// make the sync worth it; otherwise when the writer would wait or commit. Fewer, fuller
+    /// syncs: each costs the sync thread about the same whatever it carries.
+    var requestsPerWrite = 8
+    var messagesPerWrite = 32
+
+    /// Whether to write the buffered records before taking the next request.
+    func writesBeforeTaking(requests: Int, messages: Int, syncThreadFree: Bool) -> Bool {
+        syncThreadFree && requests > 0 && (requests >= requestsPerWrite || messages >= messagesPerWrite)
+    }
+
     enum Next: Equatable {
         /// Nothing queued, for `idleNanoseconds` so far.
         case nothing(idleNanoseconds: UInt64)

@@ -173,5 +173,11 @@ struct WriteAheadLogTests {
         #expect(batching.decide(.nothing(idleNanoseconds: 2), age: 18, messages: 1) == .wait(nanoseconds: 2))
         #expect(batching.decide(.nothing(idleNanoseconds: 5), age: 6, messages: 1) == .commit)
         #expect(batching.decide(.nothing(idleNanoseconds: 0), age: 0, messages: 0) == .commit)
+        // Records are written before the next request only for a free sync thread and enough of them.
+        #expect(!batching.writesBeforeTaking(requests: 7, messages: 7, syncThreadFree: true))
+        #expect(batching.writesBeforeTaking(requests: 8, messages: 8, syncThreadFree: true))
+        #expect(batching.writesBeforeTaking(requests: 1, messages: 100, syncThreadFree: true))
+        #expect(!batching.writesBeforeTaking(requests: 8, messages: 100, syncThreadFree: false))
+        #expect(!batching.writesBeforeTaking(requests: 0, messages: 0, syncThreadFree: true))
     }
 }
