@@ -24,7 +24,7 @@ import Synchronization
 /// Every other write of the node (erasures, replicated changes, repairs) is a task run on the
 /// same thread between transactions, as with `GroupCommitter`.
 final class LoggedWriter: NodeWriter, @unchecked Sendable {
-    typealias Completion = @Sendable (Result<WriteCommitted, Error>) -> Void
+    typealias Completion = WriterQueue.Completion
 
     /// A request taken into the open transaction.
     private struct Request {
@@ -39,15 +39,14 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     private let batching: WriteLogBatching
     private let queue = WriterQueue()
     private let finished = DispatchSemaphore(value: 0)
-    /// Requests applied and appended, waiting for the log's sync; then answered.
-    /// What the sync thread has to do: answers waiting for the log's sync; commits whose log
-    /// entries replication may read once their records are synced (`committedThrough`); and,
-    /// after a rotation, the store's sync, then the segments before `removeBefore` can go.
+    /// What the sync thread has to do: answers waiting for the log's sync; a commit whose log
+    /// entries replication may read once their records are synced (`committedThrough`, nil:
+    /// none since the last round); and, after a rotation, the store's sync, then the segments
+    /// before `removeBefore` can go.
     private struct SyncWork {
         var answers: [(Completion, WriteCommitted)] = []
         var syncing = false
-        var storeCommitted = false
-        var committedThrough: UInt64 = 0
+        var committedThrough: UInt64? = nil
         var removeBefore: UInt64? = nil
         var stopped = false
     }
@@ -137,7 +136,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
 
     /// One transaction: requests taken while `batching` allows, each applied, appended and
     /// handed to the sync thread; then the commit. A request whose messages cannot be applied
-    /// (or appended) fails alone: the transaction runs again without it, the requests before it
+    /// fails alone: the transaction runs again without it, the requests before it
     /// applied again to the same effect.
     private func runTransaction() {
         var requests: [Request] = []
@@ -221,8 +220,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
         if idle && rotatedAt == nil { return }
         let through = committed.load(ordering: .acquiring)
         unsynced.withLock { state in
-            state.storeCommitted = true
-            state.committedThrough = max(state.committedThrough, through)
+            state.committedThrough = max(state.committedThrough ?? 0, through)
             if let rotatedAt { state.removeBefore = rotatedAt }
         }
         syncWakeup.signal()
@@ -313,11 +311,11 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                 for (completion, committed) in work.answers { completion(.success(committed)) }
             }
             unsynced.withLock { $0.syncing = false }
-            if work.storeCommitted {
+            if let committedThrough = work.committedThrough {
                 // The commit's records were handed here before the commit, so they are synced
                 // now (by this round or an earlier one): after any crash the node replays them
                 // to these same entries. Peers may copy them without waiting for LMDB's sync.
-                store.logIsDurable(through: work.committedThrough)
+                store.logIsDurable(through: committedThrough)
                 onCommit()
             }
             if let first = work.removeBefore {

@@ -215,13 +215,14 @@ public final class Node: Sendable {
         var records = recovery.records[...]
         var last = applied
         var messages = 0
+        // Transactions no larger than the writer makes: a long log replays in bounded steps.
+        let limit = WriteLogBatching().maximumMessages
         while !records.isEmpty {
-            // Transactions of at most 10,000 messages: a long log replays in bounded steps.
             var taken = 0
             try store.applyGroups(
                 deferringSync: false,
                 next: {
-                    guard let record = records.first, taken == 0 || taken + record.deltas.count <= 10_000 else { return nil }
+                    guard let record = records.first, taken == 0 || taken + record.deltas.count <= limit else { return nil }
                     records.removeFirst()
                     taken += record.deltas.count
                     last = record.sequence

@@ -40,7 +40,6 @@ final class WriteAheadLog: @unchecked Sendable {
     let segmentAgeLimitNanoseconds: UInt64
     private struct Segment {
         var descriptor: Int32
-        var first: UInt64
         var bytes: Int
         var opened: UInt64
     }
@@ -50,8 +49,6 @@ final class WriteAheadLog: @unchecked Sendable {
     private let current: Mutex<(segment: Segment, retired: [Int32])>
     /// The number the next record gets (the writer's alone).
     private(set) var nextSequence: UInt64
-    /// Bytes appended since the log was opened, for metrics.
-    let appendedBytes = Atomic<Int>(0)
 
     /// Reads every segment of `directory` (created if missing) and returns the records after
     /// `applied`. Damaged tails are renamed so that the next open does not read them again.
@@ -105,7 +102,7 @@ final class WriteAheadLog: @unchecked Sendable {
         nextSequence = lastSequence + 1
         let old = try Self.segments(in: directory)
         let descriptor = try Self.create(directory, first: nextSequence)
-        current = Mutex((Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime()), []))
+        current = Mutex((Segment(descriptor: descriptor, bytes: 0, opened: Self.uptime()), []))
         for (name, first) in old where first != nextSequence { try FileManager.default.removeItem(atPath: directory + "/" + name) }
         try Self.syncDirectory(directory)
     }
@@ -139,7 +136,6 @@ final class WriteAheadLog: @unchecked Sendable {
             fatalError("the write log could not take \(pending.count) bytes at \(offset): \(error)")
         }
         current.withLock { $0.segment.bytes += pending.count }
-        appendedBytes.wrappingAdd(pending.count, ordering: .relaxed)
         pending.removeAll(keepingCapacity: true)
     }
 
@@ -174,7 +170,7 @@ final class WriteAheadLog: @unchecked Sendable {
             try Self.syncDirectory(directory)
             // The sync thread may be syncing the old segment now: it closes it next time.
             files.retired.append(segment.descriptor)
-            files.segment = Segment(descriptor: descriptor, first: nextSequence, bytes: 0, opened: Self.uptime())
+            files.segment = Segment(descriptor: descriptor, bytes: 0, opened: Self.uptime())
             return nextSequence
         }
     }

@@ -43,22 +43,17 @@ enum WriteLogFormat {
 
     /// What a segment's bytes hold: the whole records from its start, in order, and where and
     /// why the readable part ends (nil when it ends exactly at the end of the bytes).
-    struct Scan: Equatable {
+    struct Scan {
         var records: [(sequence: UInt64, payload: Range<Int>)]
         /// Bytes from the start that hold whole, checked records.
         var validBytes: Int
         var damage: String?
-
-        static func == (a: Scan, b: Scan) -> Bool {
-            a.validBytes == b.validBytes && a.damage == b.damage && a.records.map(\.sequence) == b.records.map(\.sequence)
-                && a.records.map(\.payload) == b.records.map(\.payload)
-        }
     }
 
-    /// Reads records from the start of `bytes`; the first must be numbered `first` (nil: any),
-    /// each next one the one after. Stops at the first record that is cut short, fails its
+    /// Reads records from the start of `bytes`; the first must be numbered `first`, each next
+    /// one the one after. Stops at the first record that is cut short, fails its
     /// checksum, or is out of sequence: nothing after a damaged record is trusted.
-    static func scan(_ bytes: [UInt8], first: UInt64?) -> Scan {
+    static func scan(_ bytes: [UInt8], first: UInt64) -> Scan {
         var scan = Scan(records: [], validBytes: 0, damage: nil)
         var offset = 0
         var expected = first
@@ -79,7 +74,7 @@ enum WriteLogFormat {
                 scan.damage = "record at byte \(offset) fails its checksum"
                 break
             }
-            if let expected, sequence != expected {
+            if sequence != expected {
                 scan.damage = "record at byte \(offset) is numbered \(sequence), expected \(expected)"
                 break
             }
