@@ -33,7 +33,7 @@ extension NodeAPI {
         }
         let remaining = deadline - host.monotonicMillis()
         guard remaining > 0 else { return respond(Self.commitNotVisible) }
-        let waiter = FeedWaiters.Waiter { [self] expired, id in
+        let waiter = LogWaiters.Waiter { [self] expired, id in
             if !expired { commitWaiters.done(id) }
             host.background {
                 guard !expired else { return respond(Self.commitNotVisible) }

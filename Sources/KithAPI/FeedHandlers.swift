@@ -88,7 +88,7 @@ extension NodeAPI {
         }
         if !page.given.isEmpty || !page.atEnd { return host.background(walk) }
         let seen = feedWaiters.generation
-        let waiter = FeedWaiters.Waiter { [self] expired, id in
+        let waiter = LogWaiters.Waiter { [self] expired, id in
             if !expired { feedWaiters.done(id) }
             host.background {
                 if expired && !self.stopping.load(ordering: .relaxed) { stream.send(Array(": keep-alive\n\n".utf8)) }
@@ -150,7 +150,7 @@ extension NodeAPI {
             return answer(Self.attempt { throw error })
         }
         guard page.given.isEmpty, page.atEnd, host.monotonicMillis() < deadline else { return answer(.json(200, body)) }
-        let waiter = FeedWaiters.Waiter { [self] expired, id in
+        let waiter = LogWaiters.Waiter { [self] expired, id in
             host.background {
                 if expired { return respond(.json(200, body)) }
                 self.feedAnswer(request, from: page.token, deadline: deadline, id: id, respond: respond)

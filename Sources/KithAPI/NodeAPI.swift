@@ -99,9 +99,9 @@ public final class NodeAPI: Sendable {
     let startedAt: Int64
     public let metrics = NodeMetrics()
     /// Long polls of the change feed waiting for the log to grow.
-    let feedWaiters = FeedWaiters()
+    let feedWaiters = LogWaiters()
     /// Reads waiting for the commit of writes acknowledged before them (`afterAcknowledgedWrites`).
-    let commitWaiters = FeedWaiters()
+    let commitWaiters = LogWaiters()
     /// The webhook subscriptions this node delivers, and what their deliveries came to.
     let webhookRuns = Mutex<[String: WebhookRun]>([:])
     let webhookTotals = Mutex(WebhookTotals())
@@ -150,13 +150,13 @@ public final class NodeAPI: Sendable {
         commitWaiters.stop()
     }
 
-    /// The change log grew (a commit of the writer, local or replicated): long polls of the
-    /// change feed walk again, and reads waiting for a commit look again. Never waits; called
-    /// on the writer's thread.
     /// The writer committed writes it had acknowledged (durable in its write-ahead log, not
     /// yet synced in the store): reads waiting for them look again. Never waits.
     public func writesVisible() { commitWaiters.logAdvanced() }
 
+    /// The change log grew (a commit of the writer, local or replicated): long polls of the
+    /// change feed walk again, and reads waiting for a commit look again. Never waits; called
+    /// on the writer's thread.
     public func logAdvanced() {
         commitWaiters.logAdvanced()
         feedWaiters.logAdvanced()

@@ -1,11 +1,13 @@
 import Synchronization
 
-/// Long polls of the change feed waiting for the log to grow. Each poll is completed exactly
-/// once: by a commit that gives it something (it walks again and may wait again, under the same
-/// id and timer), by its deadline, or when the node stops — whoever takes it out of the table
-/// completes it. A generation counts commits, so that a commit between a walk and its wait is
-/// never missed; a deadline that passes while the poll is walking is kept for its next wait.
-final class FeedWaiters: Sendable {
+/// Callers waiting for the log to grow: long polls of the change feed (`feedWaiters`), and
+/// reads waiting for the commit of acknowledged writes (`commitWaiters`). Each is completed
+/// exactly once: by a commit that gives it something (it walks again and may wait again,
+/// under the same id and timer), by its deadline, or when the node stops — whoever takes it
+/// out of the table completes it. A generation counts commits, so that a commit between a walk
+/// and its wait is never missed; a deadline that passes while a caller is walking is kept for
+/// its next wait.
+final class LogWaiters: Sendable {
     struct Waiter: Sendable {
         /// Runs once a registration ends: `expired` when the deadline passed or the node stops.
         var wake: @Sendable (_ expired: Bool, _ id: UInt64) -> Void
