@@ -20,7 +20,7 @@ public protocol APIWriter: Sendable {
     func submit(_ deltas: [ProfileDelta], completion: @escaping @Sendable (Result<WriteCommitted, any Error>) -> Void)
     /// Runs `task` on the writer after what is queued before it (a task that writes opens its
     /// own transaction); false, without running it, once the writer is stopping.
-    func perform(_ task: @escaping @Sendable () -> Void) -> Bool
+    @discardableResult func perform(_ task: @escaping @Sendable () -> Void) -> Bool
     /// The highest local log sequence a write was acknowledged with, and the highest of those
     /// committed (readable). A writer that acknowledges only after its commit is readable
     /// (`GroupCommitter`) keeps both at 0; one that acknowledges once a write is in its

@@ -77,7 +77,7 @@ extension ClusterNode {
         try compareTrees(with: peer, now: now, resyncThrough: nil)
     }
 
-    private func compareTrees(with peer: Member, now: Int64, resyncThrough: UInt64?) throws -> UInt64 {
+    @discardableResult private func compareTrees(with peer: Member, now: Int64, resyncThrough: UInt64?) throws -> UInt64 {
         antiEntropy.lastRequest += 1
         antiEntropy.lastStarted[peer.id] = now
         var exchange = AntiEntropyState.Exchange(peer: peer.id, address: peer.address, request: antiEntropy.lastRequest, sentAt: now)

@@ -51,7 +51,8 @@ public final class HTTPClient {
     /// Connects to the first of the host's addresses that answers.
     private func connect() throws(SystemError) {
         var failure = SystemError(call: "connect \(host)", errno: EHOSTUNREACH)
-        for var (storage, length, family) in try resolvedAddresses(host: host, port: port) {
+        for (address, length, family) in try resolvedAddresses(host: host, port: port) {
+            var storage = address
             do {
                 descriptor = try connect(to: &storage, length, family)
                 return

@@ -213,11 +213,11 @@ extension EngineBackedStore {
 
     public func claimWriter() { writerClaim.claim() }
 
-    public func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
+    @discardableResult public func apply(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
         try modify { context in try batch.map { try context.apply($0) } }
     }
 
-    public func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
+    @discardableResult public func applyDeferringSync(_ batch: [ProfileDelta]) throws -> [ApplyOutcome] {
         try modify(deferringSync: true) { context in try batch.map { try context.apply($0) } }
     }
 
@@ -309,7 +309,7 @@ extension EngineBackedStore {
         try read { reader in try engine.changes(after: sequence, limit: limit, in: reader) }
     }
 
-    public func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int {
+    @discardableResult public func applyReplicated(_ entries: [ChangeEntry], from peer: UInt64, through position: UInt64?) throws -> Int {
         try modify { context in
             var applied = 0
             for entry in entries where try context.applyReplicated(entry) { applied += 1 }
@@ -389,7 +389,7 @@ extension EngineBackedStore {
         try read { reader in try engine.lastSequence(in: reader) }
     }
 
-    public func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
+    @discardableResult public func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
         precondition(limit > 0, "a truncation must be allowed to drop at least one record (limit \(limit))")
         return try write { txn in try engine.truncateLog(through: sequence, limit: limit, in: txn) }
     }

@@ -104,7 +104,7 @@ struct WebhookProcessTests {
             sent += (round * 50..<round * 50 + 50).map { "w-\($0)" }
         }
         // Two refusals (1 s, 2 s of backoff), a timeout (5 s, then 4 s), then the rest.
-        let arrived = try eventually(40) { Set(receiver.deliveries.flatMap { $0 }).isSuperset(of: sent) }
+        let arrived = eventually(40) { Set(receiver.deliveries.flatMap { $0 }).isSuperset(of: sent) }
         #expect(arrived, "delivered: \(receiver.deliveries)")
         let received = receiver.deliveries.flatMap { $0 }
         #expect(!received.contains("bad-signature"), "every signature verifies")
@@ -161,7 +161,7 @@ struct WebhookProcessTests {
             #expect(try others[0].ingest("/v1/identify?w=quorum", #"{"userId":"k-\#(index % 4)","messageId":"k-\#(index)"}"#) == 200)
             sent.append("k-\(index)")
         }
-        let arrived = try eventually(30) { Set(receiver.deliveries.flatMap { $0 }).isSuperset(of: sent) }
+        let arrived = eventually(30) { Set(receiver.deliveries.flatMap { $0 }).isSuperset(of: sent) }
         #expect(arrived, "missing after the owner died: \(Set(sent).subtracting(receiver.deliveries.flatMap { $0 }).sorted())")
     }
 
