@@ -77,6 +77,9 @@ extension NodeAPI {
         var compared: [Int64?]
         var log: LogExtent
         var truncation: LogTruncationPlan?
+        var forgetCompaction: ForgetCompactionState
+        /// Peers this node takes no data from until they drop their old data (forget compaction).
+        var quarantined: Set<UInt64>
 
         init(_ node: ClusterNode) throws {
             peers = node.peerStates
@@ -87,6 +90,8 @@ extension NodeAPI {
             compared = peers.map { node.lastTreeComparison(with: $0.member.id) }
             log = try node.store.logExtent()
             truncation = node.logTruncationPlan
+            forgetCompaction = try node.store.forgetCompactionState()
+            quarantined = Set(try peers.filter { try !node.takesData(from: $0.member.id) }.map(\.member.id))
         }
     }
 
@@ -108,6 +113,7 @@ extension NodeAPI {
                 "span": .number(JSONNumber(Int64(clamping: progress.log.span))),
                 "recordsTruncated": number(counters.logRecordsTruncated), "resyncsCompleted": number(counters.resyncsCompleted),
             ],
+            "forgetSet": forgetSetStatus(progress),
             "framesSent": number(links.framesSent), "framesReceived": number(links.framesReceived),
             "bytesSent": number(links.bytesSent), "bytesReceived": number(links.bytesReceived),
             "peers": .array(
@@ -126,9 +132,24 @@ extension NodeAPI {
                         object["holdsLogBack"] = .bool(reader.holdsBack)
                     }
                     if let past = state.truncatedPast { object["behindTruncatedLogThrough"] = .number(JSONNumber(Int64(clamping: past))) }
+                    if progress.quarantined.contains(member.id) { object["quarantined"] = .bool(true) }
                     return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
                 }),
         ]
+    }
+
+    /// Forget compaction: how far this node dropped forget records, how far it dropped its own
+    /// old data when a peer quarantined it, and what those did.
+    private static func forgetSetStatus(_ progress: SyncProgress) -> JSONValue {
+        let counters = progress.counters, state = progress.forgetCompaction
+        var object: [String: JSONValue] = [
+            "recordsCompacted": .number(JSONNumber(Int64(counters.forgetRecordsCompacted))),
+            "quarantinedMessagesRefused": .number(JSONNumber(Int64(counters.quarantinedMessagesRefused))),
+            "quarantinesCleared": .number(JSONNumber(Int64(counters.quarantinesCleared))),
+        ]
+        if let through = state.compactedThrough { object["compactedThrough"] = .number(JSONNumber(through)) }
+        if let cleared = state.clearedThrough { object["clearedThrough"] = .number(JSONNumber(cleared)) }
+        return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
     }
 
     /// A member as `kith members` shows it. `clock`: this node's own check (its offset from the

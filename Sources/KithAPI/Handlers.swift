@@ -459,6 +459,14 @@ extension NodeAPI {
                 "kith_change_log_truncations_failed_total", "counter", "Log truncations that failed (tried again at the next plan).",
                 counters.logTruncationsFailed
             ),
+            (
+                "kith_forget_records_compacted_total", "counter",
+                "Forget records dropped, every member that counts holding their erasures (forget compaction).", counters.forgetRecordsCompacted
+            ),
+            (
+                "kith_quarantined_messages_refused_total", "counter",
+                "Replication messages not taken from peers quarantined after a forget compaction.", counters.quarantinedMessagesRefused
+            ),
         ] {
             text += NodeMetrics.metric(name, type, help, value)
         }

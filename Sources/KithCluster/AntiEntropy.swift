@@ -54,7 +54,10 @@ extension ClusterNode {
             try compareTrees(with: behind, now: now, resyncThrough: try store.durableLogSequence())
             return
         }
-        let caughtUp = membership.reachable.filter { peer in peers[peer.id].map { $0.isCaughtUp && $0.hasReadOurLog } ?? false }
+        // Never with a quarantined peer: its document states are not taken until it has cleared.
+        let caughtUp = try membership.reachable.filter { peer in
+            try takesData(from: peer.id) && (peers[peer.id].map { $0.isCaughtUp && $0.hasReadOurLog } ?? false)
+        }
         if let asked = caughtUp.filter({ antiEntropy.requested.contains($0.id) }).min(by: { $0.id < $1.id }) {
             antiEntropy.requested.remove(asked.id)
             try compareTrees(with: asked, now: now)

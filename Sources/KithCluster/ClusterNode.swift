@@ -31,8 +31,13 @@ public struct ReplicationSettings: Sendable {
     public var maxOfflineWindow: Int64 = 30 * 86_400_000
     /// How often this node looks for log entries every member has read. 0 never truncates.
     public var truncationInterval: Int64 = 10_000
-    /// Change-log records dropped per write at most (a truncation never holds the writer long).
+    /// Change-log records dropped per write at most (a truncation never holds the writer long);
+    /// forget records too.
     public var truncationChunk = 1_000
+    /// Forget compaction (docs/replication.md, "Compacting forget entries"): the bounds of its
+    /// horizon; nil keeps every forget record (no `maxEventAge` configured). Planned with log
+    /// truncation, every `truncationInterval`.
+    public var forgetCompaction: ForgetCompactionPlan.Bounds?
 
     public init() {}
 }
@@ -106,6 +111,8 @@ public final class ClusterNode {
     /// Log truncation: when it was last planned, its plan, and peers brought up to date by
     /// comparison.
     var truncation = TruncationState()
+    /// Forget compaction: its last plan, its write in flight, the store's state of it.
+    var forgetCompaction = ForgetCompactionTracking()
     /// Peers' clocks as measured from membership round trips.
     public private(set) var clockOffsets: ClockOffsets
     private let hasSeeds: Bool
@@ -145,6 +152,16 @@ public final class ClusterNode {
         /// Peers' logs this node resumed reading after such a comparison (its own log then
         /// counts as truncated through its last entry).
         public var logsResumed = 0
+        /// Forget records this node dropped, and compaction steps that failed.
+        public var forgetRecordsCompacted = 0
+        public var forgetCompactionsFailed = 0
+        /// Messages from quarantined peers not taken (their pulls answered with the time to
+        /// drop through), and quarantines this node cleared (or failed to) when told.
+        public var quarantinedMessagesRefused = 0
+        public var quarantinesCleared = 0
+        public var quarantineClearsFailed = 0
+        /// Times to drop through refused as too recent (a peer's clock or configuration wrong).
+        public var quarantineClearsRefused = 0
     }
 
     /// What this node knows of one peer.
@@ -155,6 +172,8 @@ public final class ClusterNode {
         /// The peer's version vector and its position in our log, as of its last pull from us.
         public var versions: VersionVector?
         public var cursor: UInt64 = 0
+        /// How far the peer said (in its last pull) it dropped its old data when quarantined.
+        public var cleared: Int64?
         /// This node's own changes the peer holds durably, through this origin sequence (from
         /// its acknowledgements of pushes and from its pulls).
         public var holdsOwnThrough: UInt64 = 0
@@ -215,6 +234,7 @@ public final class ClusterNode {
         try pushOwnChanges()
         try compareTreesIfDue(now: now)
         try truncateLogIfDue(now: now)
+        try compactForgetRecordsIfDue(now: now, wall: wall ?? now)
     }
 
     /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
@@ -226,7 +246,10 @@ public final class ClusterNode {
             if now - sent < settings.pullTimeout { return }
             peers[peer.id]?.pullSentAt = nil
         }
-        let due = reachable.filter { peer in peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true }
+        // A quarantined peer is not read: its log may name people whose erasures are compacted.
+        let due = try reachable.filter { peer in
+            try takesData(from: peer.id) && peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true
+        }
         guard let next = due.min(by: { (peers[$0.id]?.lastPullCompleted ?? .min) < (peers[$1.id]?.lastPullCompleted ?? .min) }) else { return }
         try pull(from: next, now: now)
     }
@@ -252,10 +275,21 @@ public final class ClusterNode {
         peers[sender, default: PeerState()].lastContact = now
         switch message {
         case .membership(let message): perform(membership.receive(message, from: address, now: now, wall: wall), now: now)
-        case .pull(let cursor, let versions, let budget, let request):
+        case .pull(let cursor, let versions, let budget, let request, let cleared):
+            let wasTrusted = try takesData(from: sender)
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
+            peers[sender]?.cleared = cleared
             acknowledged(by: sender, through: versions[id])
+            if try !takesData(from: sender) {
+                counters.quarantinedMessagesRefused += 1
+                let through = try store.logExtent().truncatedThrough
+                return send(
+                    replyAddress(sender, address),
+                    .logTruncated(through: through, request: request, dropThrough: try compactionState().compactedThrough))
+            }
+            // A peer that has just cleared lacks what it dropped that was not erased: compare.
+            if !wasTrusted { antiEntropy.resyncRequested.insert(sender) }
             switch try pullAnswer(to: cursor, from: sender) {
             case .fromLog: break
             case .truncated(let through):
@@ -272,6 +306,11 @@ public final class ClusterNode {
                 try pull(from: member, now: now)
             }
         case .changes(let from, let through, let entries, let more, let ahead, let request):
+            guard try takesData(from: sender) else {
+                counters.quarantinedMessagesRefused += 1
+                peers[sender]?.pullSentAt = nil
+                return
+            }
             counters.changesReceived += entries.count
             let store = self.store
             // The writer decides staleness: an earlier reply's write may still be queued.
@@ -293,6 +332,7 @@ public final class ClusterNode {
                 try pulled(written.changed, from: sender, more: more, request: request, now: now)
             }
         case .push(let previous, let entries):
+            guard try takesData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
             // Pushes that arrive while one of the sender's is being written wait, and go in one
             // transaction after it: a peer under load applies one commit (one sync) for many.
             pushes[sender, default: PendingPushes()].queued.append(PushedChanges(previous: previous, entries: entries))
@@ -301,12 +341,15 @@ public final class ClusterNode {
         case .acknowledge(let through):
             acknowledged(by: sender, through: through)
         case .digestRequest(let request, let nodes):
+            guard try takesData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
             send(replyAddress(sender, address), .digestReply(request: request, children: try differingChildren(of: nodes)))
         case .digestReply(let request, let children):
             try received(children, request: request, from: sender, now: now)
         case .documents(let request, let states, let wanted):
+            guard try takesData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
             try received(states, wanted: wanted, request: request, from: sender, address: address, now: now)
-        case .logTruncated(let through, _):
+        case .logTruncated(let through, _, let dropThrough):
+            if let dropThrough { try clearForQuarantine(through: dropThrough, wall: wall ?? now) }
             // The pull is over, but nothing was read: not caught up. The peer compares trees
             // with this node and then answers the next pull from its log.
             counters.truncatedLogRepliesReceived += 1
@@ -403,7 +446,9 @@ public final class ClusterNode {
         counters.pullsSent += 1
         send(
             peer.address,
-            .pull(cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: settings.pullBudget, request: request))
+            .pull(
+                cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: settings.pullBudget, request: request,
+                cleared: try compactionState().clearedThrough))
     }
 
     /// Per reachable or known peer: what this node knows of it.

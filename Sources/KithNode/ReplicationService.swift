@@ -91,6 +91,11 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         settings.replicas = configuration.replicas
         settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
         settings.truncationInterval = Int64(configuration.logTruncationIntervalSeconds) * 1_000
+        // Forget records can go only once no message can be dated before them: with a maxEventAge.
+        if let maxEventAge = try configuration.maxEventAgeMillis() {
+            settings.forgetCompaction = ForgetCompactionPlan.Bounds(
+                maxEventAge: maxEventAge, clockBound: configuration.maxClockOffsetMillis, maxOfflineWindow: settings.maxOfflineWindow)
+        }
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()

@@ -25,15 +25,19 @@ public struct DocumentState: Equatable, Sendable {
     public var forgetKey: [UInt8]
     /// Nil when nothing but the forget entry is held.
     public var identifier: Identifier?
-    public var forgottenAt: Int64?
+    /// The forget-set record, if the identifier was ever erased.
+    public var forgotten: ForgetRecord?
     public var rows: [Row]
+
+    /// The erasure time, if the identifier was ever erased.
+    public var forgottenAt: Int64? { forgotten?.time }
 
     public static let forgetKeySize = 32
 
-    public init(forgetKey: [UInt8], identifier: Identifier?, forgottenAt: Int64?, rows: [Row]) {
+    public init(forgetKey: [UInt8], identifier: Identifier?, forgotten: ForgetRecord?, rows: [Row]) {
         self.forgetKey = forgetKey
         self.identifier = identifier
-        self.forgottenAt = forgottenAt
+        self.forgotten = forgotten
         self.rows = rows
     }
 }
@@ -43,8 +47,12 @@ extension DocumentState: BinaryCodable {
         writer.write(raw: forgetKey)
         writer.write(bool: identifier != nil)
         identifier?.encode(to: &writer)
-        writer.write(bool: forgottenAt != nil)
-        if let forgottenAt { writer.write(signed: forgottenAt) }
+        writer.write(bool: forgotten != nil)
+        if let forgotten {
+            writer.write(signed: forgotten.time)
+            writer.write(varint: forgotten.origin)
+            writer.write(varint: forgotten.sequence)
+        }
         writer.write(sequence: rows) { w, row in
             w.write(byte: row.part)
             w.write(bytes: row.suffix)
@@ -55,7 +63,15 @@ extension DocumentState: BinaryCodable {
     public init(from reader: inout BinaryReader) throws {
         forgetKey = try reader.readRaw(Self.forgetKeySize)
         identifier = try reader.readBool() ? try Identifier(from: &reader) : nil
-        forgottenAt = try reader.readBool() ? try reader.readSigned() : nil
+        if try reader.readBool() {
+            let time = try reader.readSigned()
+            let offset = reader.offset
+            let origin = try reader.readVarint(), sequence = try reader.readVarint()
+            guard sequence != 0 || origin == 0 else { throw BinaryDecodingError(.invalidValue, offset: offset, "an erasure's origin and sequence") }
+            forgotten = ForgetRecord(time: time, origin: origin, sequence: sequence)
+        } else {
+            forgotten = nil
+        }
         rows = try reader.readSequence(minimumItemSize: 3) { r in
             Row(part: try r.readByte(), suffix: Array(try r.readBytes()), value: Array(try r.readBytes()))
         }

@@ -9,7 +9,7 @@ public enum PeerMessage: Equatable, Sendable {
     /// receiver's log, the sender's version vector, and how many bytes of changes it wants.
     /// `request` numbers the sender's pulls; the replies echo it, so the sender knows which
     /// pull a reply answers (a quorum read counts only replies to pulls it sent).
-    case pull(cursor: UInt64, versions: VersionVector, budget: UInt32, request: UInt64)
+    case pull(cursor: UInt64, versions: VersionVector, budget: UInt32, request: UInt64, cleared: Int64? = nil)
     /// A reply to a pull: the changes in the sender's log positions (`from`, `through`] that the
     /// puller lacked, and whether more follow; `ahead`: erasures from later in the log the puller
     /// lacks and consent decisions, sent ahead of the backlog so that they take effect first.
@@ -33,7 +33,7 @@ public enum PeerMessage: Equatable, Sendable {
     /// through `through` are gone (truncated once every member had read them). The sender
     /// compares trees with the puller instead, and answers its pulls from the log once that
     /// comparison has ended (docs/replication.md, "Log truncation").
-    case logTruncated(through: UInt64, request: UInt64)
+    case logTruncated(through: UInt64, request: UInt64, dropThrough: Int64? = nil)
     /// A reply to a pull from behind the sender's truncated log once a tree comparison has
     /// brought the puller everything the sender's log held through `through`: the puller's
     /// cursor moves from `from` to `through`. The puller's own log then lacks what the comparison
@@ -67,11 +67,12 @@ extension PeerMessage {
         var writer = BinaryWriter(capacity: 64)
         switch self {
         case .membership(let message): message.encode(to: &writer)
-        case .pull(let cursor, let versions, let budget, let request):
+        case .pull(let cursor, let versions, let budget, let request, let cleared):
             writer.write(varint: cursor)
             versions.encode(to: &writer)
             writer.write(varint: UInt64(budget))
             writer.write(varint: request)
+            writer.write(optionalTime: cleared)
         case .changes(let from, let through, let entries, let more, let ahead, let request):
             writer.write(varint: from)
             writer.write(varint: through)
@@ -97,9 +98,10 @@ extension PeerMessage {
             writer.write(varint: request)
             writer.write(sequence: states) { w, state in state.encode(to: &w) }
             writer.write(sequence: wanted) { w, key in w.write(raw: key) }
-        case .logTruncated(let through, let request):
+        case .logTruncated(let through, let request, let dropThrough):
             writer.write(varint: through)
             writer.write(varint: request)
+            writer.write(optionalTime: dropThrough)
         case .logResumed(let from, let through, let request):
             writer.write(varint: from)
             writer.write(varint: through)
@@ -119,7 +121,8 @@ extension PeerMessage {
             let versions = try VersionVector(from: &reader)
             let budget = try reader.readVarint()
             guard budget <= UInt64(UInt32.max) else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "budget") }
-            self = .pull(cursor: cursor, versions: versions, budget: UInt32(budget), request: try reader.readVarint())
+            let request = try reader.readVarint()
+            self = .pull(cursor: cursor, versions: versions, budget: UInt32(budget), request: request, cleared: try reader.readOptionalTime())
         case 3:
             let from = try reader.readVarint(), through = try reader.readVarint()
             guard from <= through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "changes range") }
@@ -163,7 +166,8 @@ extension PeerMessage {
             self = .documents(request: request, states: states, wanted: wanted)
         case 9:
             let through = try reader.readVarint()
-            self = .logTruncated(through: through, request: try reader.readVarint())
+            let request = try reader.readVarint()
+            self = .logTruncated(through: through, request: request, dropThrough: try reader.readOptionalTime())
         case 10:
             let from = try reader.readVarint(), through = try reader.readVarint()
             guard from < through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "resumed range") }
@@ -291,8 +295,13 @@ extension MembershipMessage: BinaryCodable {
 }
 
 extension BinaryWriter {
+    /// An optional time: a bool, then the signed varint.
     fileprivate mutating func write(optionalTime time: Int64?) {
         write(bool: time != nil)
         if let time { write(signed: time) }
     }
+}
+
+extension BinaryReader {
+    fileprivate mutating func readOptionalTime() throws -> Int64? { try readBool() ? try readSigned() : nil }
 }

@@ -201,7 +201,7 @@ extension StoreEngine {
                 digest += hasher.rowDigest(.documents, documentPrefix(identifier.key) + [row.part] + row.suffix, row.value)
             }
         }
-        if let time = state.forgottenAt { digest += hasher.rowDigest(.forget, state.forgetKey, encodeForgetTime(time)) }
+        if let record = state.forgotten { digest += hasher.rowDigest(.forget, state.forgetKey, encodeForgetRecord(record)) }
         return digest
     }
 
@@ -274,7 +274,7 @@ extension StoreEngine {
         var states: [DocumentState] = []
         for forgetKey in forgetKeys {
             let identifier = identifiers[forgetKey]
-            let forgottenAt = try reader.get(.forget, forgetKey).map { try decodeForgetTime($0) }
+            let forgotten = try reader.get(.forget, forgetKey).map(decodeForgetRecord)
             var rows: [DocumentState.Row] = []
             if let identifier {
                 let prefix = documentPrefix(identifier.key)
@@ -286,8 +286,8 @@ extension StoreEngine {
                     return .next
                 }
             }
-            guard !rows.isEmpty || forgottenAt != nil else { continue }
-            states.append(DocumentState(forgetKey: forgetKey, identifier: rows.isEmpty ? nil : identifier, forgottenAt: forgottenAt, rows: rows))
+            guard !rows.isEmpty || forgotten != nil else { continue }
+            states.append(DocumentState(forgetKey: forgetKey, identifier: rows.isEmpty ? nil : identifier, forgotten: forgotten, rows: rows))
         }
         return states
     }

@@ -7,10 +7,19 @@ import KithProfile
 /// decisions out).
 struct ErasureCutoffs: Equatable {
     let times: [Identifier: Int64]
+    /// Everything dated at or before this goes, whoever it is about: what a member quarantined
+    /// after a forget compaction drops (`.min`: nothing).
+    var floor: Int64 = .min
+
+    /// The cutoff of `identifier`: its erasure time, or the floor if that is later.
+    func cutoff(of identifier: Identifier) -> Int64? {
+        guard floor != .min else { return times[identifier] }
+        return max(times[identifier] ?? .min, floor)
+    }
 
     /// Whether data about `identifier` dated `time` is erased: at or before its cutoff.
     func dominates(_ identifier: Identifier, at time: Int64) -> Bool {
-        times[identifier].map { time <= $0 } ?? false
+        cutoff(of: identifier).map { time <= $0 } ?? false
     }
 
     /// A logged change as it may stay after the erasure, or nil when it must go: a message
@@ -42,7 +51,7 @@ struct ErasureCutoffs: Equatable {
     /// times of its other copies the cutoff dominates (each copy asserted the row's links at
     /// its own time, and those assertions are erased).
     func fate(ofOwn row: LedgerRow, of member: Identifier) -> LedgerFate {
-        guard let cutoff = times[member] else { return .keep }
+        guard let cutoff = cutoff(of: member) else { return .keep }
         if row.entry.time <= cutoff { return .drop }
         guard row.otherCopyTimes.contains(where: { $0 <= cutoff }) else { return .keep }
         var row = row

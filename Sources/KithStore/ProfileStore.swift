@@ -177,6 +177,19 @@ public protocol ReplicaStore: AnyObject, Sendable {
 
     /// Joins a peer's document states in one transaction. Returns how many changed anything here.
     @discardableResult func join(_ states: [DocumentState]) throws -> Int
+
+    /// What forget compaction has done here, whom it trusts, and how far this node cleared.
+    func forgetCompactionState() throws -> ForgetCompactionState
+
+    /// Drops up to `limit` forget records dated at or before `horizon` whose erasures `held`
+    /// covers, in one transaction; when any go, `trusted` becomes the set of members whose data
+    /// is taken without their clearing first (docs/replication.md, "Compacting forget entries").
+    @discardableResult func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws
+        -> ForgetCompactionStep
+
+    /// A peer that compacted forget records quarantined this node: drops everything dated at or
+    /// before `floor`, and records that it did, in one transaction.
+    func clearForQuarantine(through floor: Int64) throws
 }
 
 extension ProfileWriting {
@@ -392,6 +405,20 @@ extension EngineBackedStore {
     @discardableResult public func truncateLog(through sequence: UInt64, limit: Int) throws -> Int {
         precondition(limit > 0, "a truncation must be allowed to drop at least one record (limit \(limit))")
         return try write { txn in try engine.truncateLog(through: sequence, limit: limit, in: txn) }
+    }
+
+    public func forgetCompactionState() throws -> ForgetCompactionState {
+        try read { reader in try engine.forgetCompactionState(in: reader) }
+    }
+
+    @discardableResult public func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws
+        -> ForgetCompactionStep
+    {
+        try modify { context in try context.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, limit: limit) }
+    }
+
+    public func clearForQuarantine(through floor: Int64) throws {
+        try modify { context in try context.clearForQuarantine(through: floor) }
     }
 
     public func resumeLog(from peer: UInt64, at position: UInt64) throws {

@@ -337,6 +337,11 @@ struct ChangeOrigin {
     package var sequence: UInt64
 }
 
+extension ForgetRecord {
+    /// The record of an erasure made by the change `origin`.
+    init(time: Int64, by origin: ChangeOrigin) { self.init(time: time, origin: origin.node, sequence: origin.sequence) }
+}
+
 /// meta key of how far this node has read `peer`'s change log.
 func cursorKey(_ peer: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 16)

@@ -15,8 +15,8 @@ extension WriteContext {
     /// Returns whether anything changed here.
     func join(_ state: DocumentState) throws -> Bool {
         var changed = false
-        if let time = state.forgottenAt, try txn.get(.forget, state.forgetKey).map({ try decodeTime($0) < time }) ?? true {
-            try forgetHashed([state.forgetKey], time: time)
+        if let record = state.forgotten, try forgetRecord(state.forgetKey).map({ $0 < record }) ?? true {
+            try forgetHashed([state.forgetKey], record)
             changed = true
         }
         guard let identifier = state.identifier else { return changed }

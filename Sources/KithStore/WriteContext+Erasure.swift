@@ -16,8 +16,8 @@ extension WriteContext {
             // Rows may still mention it (a neighbour's link): the same path as an erasure that
             // arrives from a peer, so every replica ends up the same.
             let forgetKeys = [engine.hasher.forgetKeyBytes(for: identifier)]
-            try forgetHashed(forgetKeys, time: requested)
-            try log(.erasure(forgetKeys: forgetKeys, time: requested), origin: nil)
+            let origin = try log(.erasure(forgetKeys: forgetKeys, time: requested), origin: nil)
+            try forgetHashed(forgetKeys, ForgetRecord(time: requested, by: origin))
             return Erasure(members: [identifier], boundary: requested)
         }
         let members = view.members
@@ -29,22 +29,24 @@ extension WriteContext {
             }
         }
         let forgetKeys = members.map { engine.hasher.forgetKeyBytes(for: $0) }
-        try remember(forgetKeys, time: time)
+        // Logged first for its sequence, which the forget records name; the erasure itself
+        // survives the purge of the log that forgetting runs.
+        let origin = try log(.erasure(forgetKeys: forgetKeys, time: time), origin: nil)
+        try remember(forgetKeys, ForgetRecord(time: time, by: origin))
         try forget(members)
-        try log(.erasure(forgetKeys: forgetKeys, time: time), origin: nil)
         return Erasure(members: members, boundary: time)
     }
 
     /// An erasure made on another node: it names forget keys only, so the identifiers held here
     /// are found by hashing each (linear in the identifiers held; erasures are rare).
     func applyErasure(forgetKeys: [[UInt8]], time: Int64, origin: ChangeOrigin) throws {
-        try forgetHashed(forgetKeys, time: time)
+        try forgetHashed(forgetKeys, ForgetRecord(time: time, by: origin))
         try log(.erasure(forgetKeys: forgetKeys, time: time), origin: origin)
     }
 
     /// The effect of an erasure that arrived as forget keys: the forget set, and the data here it dominates.
-    func forgetHashed(_ forgetKeys: [[UInt8]], time: Int64) throws {
-        try remember(forgetKeys, time: time)
+    func forgetHashed(_ forgetKeys: [[UInt8]], _ record: ForgetRecord) throws {
+        try remember(forgetKeys, record)
         try forget(try identifiers(hashingTo: Set(forgetKeys)))
     }
 
@@ -53,11 +55,12 @@ extension WriteContext {
         try txn.identifiers(withForgetKeys: wanted, hasher: engine.hasher)
     }
 
-    /// Adds forget-set entries (each keeps the latest erasure time).
-    private func remember(_ forgetKeys: [[UInt8]], time: Int64) throws {
+    /// Adds forget-set records (each keeps the later erasure, `ForgetRecord.joined`).
+    private func remember(_ forgetKeys: [[UInt8]], _ record: ForgetRecord) throws {
         for key in forgetKeys {
-            let previous = try txn.get(.forget, key).map { try decodeTime($0) } ?? time
-            try txn.put(.forget, key, encodeTime(max(previous, time)), mode: .upsert)
+            let previous = try forgetRecord(key)
+            let joined = previous.map { $0.joined(with: record) } ?? record
+            if joined != previous { try txn.put(.forget, key, encodeForgetRecord(joined), mode: .upsert) }
         }
         anyForgotten = true
     }
@@ -96,9 +99,31 @@ extension WriteContext {
         try txn.retireKeys(of: members)
     }
 
+    /// Drops everything held dated at or before `floor`, about anyone: ledger rows, head fields,
+    /// link assertions and logged changes, as an erasure of every identifier at that time would,
+    /// but leaving no forget record and keeping every data key (nobody was erased). What a
+    /// member quarantined after a forget compaction does before its peers take anything from it
+    /// again (docs/replication.md, "Compacting forget entries"); what was not erased comes back
+    /// from them by comparison. One transaction over the whole store: rare, and heavy.
+    func dropEverything(datedThrough floor: Int64) throws {
+        let everyone = try txn.identifiers(inBuckets: 0..<DigestTreeShape.bucketCount, hasher: engine.hasher)
+        let cutoffs = ErasureCutoffs(times: [:], floor: floor)
+        var edges: Set<LinkEdge> = []
+        for member in everyone {
+            try forgetLedger(of: member, cutoffs)
+            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
+                if let peer = Identifier(key: RowKey(stored: key).suffix) { edges.insert(link(member, peer)) }
+                return .next
+            }
+        }
+        for edge in edges.sorted() { try rebuildEdge(edge, floor: floor) }
+        try purgeChanges(cutoffs)
+        try rebuildProfiles(around: everyone)
+    }
+
     /// Drops or trims the member's ledger rows as its cutoff decides, and recomputes its head.
     private func forgetLedger(of member: Identifier, _ cutoffs: ErasureCutoffs) throws {
-        guard let time = cutoffs.times[member] else { preconditionFailure("\(pseudonym(member)) is forgotten without an erasure time") }
+        guard let time = cutoffs.cutoff(of: member) else { preconditionFailure("\(pseudonym(member)) is forgotten without an erasure time") }
         var dropped: [[UInt8]] = []
         var trimmed: [([UInt8], LedgerRow)] = []
         try txn.scan(.documents, prefix: documentKey(member.key, .ledger)) { key, value in
@@ -150,8 +175,8 @@ extension WriteContext {
 
     /// Recomputes a link from the ledger rows that assert it, keeping only what is newer than
     /// both endpoints' erasures (the summary alone cannot say which adds an erasure dominates).
-    func rebuildEdge(_ edge: LinkEdge) throws {
-        let cutoff = max(try forgottenTime(edge.low) ?? .min, try forgottenTime(edge.high) ?? .min)
+    func rebuildEdge(_ edge: LinkEdge, floor: Int64 = .min) throws {
+        let cutoff = max(try forgottenTime(edge.low) ?? .min, try forgottenTime(edge.high) ?? .min, floor)
         var adds: [LWWStamp] = []
         for (subject, peer) in [(edge.low, edge.high), (edge.high, edge.low)] {
             try txn.scan(.documents, prefix: documentKey(subject.key, .ledger)) { key, value in

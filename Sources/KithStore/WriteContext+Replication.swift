@@ -31,7 +31,8 @@ extension WriteContext {
     /// which is then applied again, changes nothing, and is logged for the peers further away.
     func applyAhead(_ entry: ChangeEntry) throws {
         switch entry.change {
-        case .erasure(let keys, let time): try forgetHashed(keys, time: time)
+        case .erasure(let keys, let time):
+            try forgetHashed(keys, ForgetRecord(time: time, by: ChangeOrigin(node: entry.origin, sequence: entry.originSequence)))
         case .message(let delta): _ = try apply(delta, origin: nil, logged: false)
         case .unlink, .setting: break
         }

@@ -178,20 +178,25 @@ extension WriteContext {
 
     /// The erasure time of `identifier`, if it was ever erased.
     func forgottenTime(_ identifier: Identifier) throws -> Int64? {
-        guard anyForgotten, let bytes = try txn.get(.forget, engine.hasher.forgetKeyBytes(for: identifier)) else { return nil }
-        return try decodeTime(bytes)
+        guard anyForgotten else { return nil }
+        return try forgetRecord(engine.hasher.forgetKeyBytes(for: identifier))?.time
     }
 
-    func encodeTime(_ time: Int64) -> [UInt8] { encodeForgetTime(time) }
-    func decodeTime(_ bytes: [UInt8]) throws -> Int64 { try decodeForgetTime(bytes) }
+    /// The forget-set record under `forgetKey`, if any.
+    func forgetRecord(_ forgetKey: [UInt8]) throws -> ForgetRecord? {
+        try txn.get(.forget, forgetKey).map(decodeForgetRecord)
+    }
 
     // MARK: Change log
 
     /// Logs a change accepted here (`origin` nil: this node, at its new sequence) or replicated.
-    func log(_ change: ChangeEntry.Change, origin: ChangeOrigin?) throws {
+    /// Returns the change's origin.
+    @discardableResult
+    func log(_ change: ChangeEntry.Change, origin: ChangeOrigin?) throws -> ChangeOrigin {
         sequence += 1
         let origin = origin ?? ChangeOrigin(node: engine.configuration.node, sequence: sequence)
         pendingChanges.append(ChangeEntry(sequence: sequence, origin: origin.node, originSequence: origin.sequence, change: change))
+        return origin
     }
 
     // MARK: Cached tables
@@ -241,17 +246,19 @@ extension WriteContext {
     }
 }
 
-/// A forget-set value: the erasure time.
-func encodeForgetTime(_ time: Int64) -> [UInt8] {
-    var writer = BinaryWriter(capacity: 10)
-    writer.write(signed: time)
+/// A forget-set value: the erasure's time and, when known, the change that made it.
+func encodeForgetRecord(_ record: ForgetRecord) -> [UInt8] {
+    var writer = BinaryWriter(capacity: 30)
+    record.encode(to: &writer)
     return writer.bytes
 }
 
-func decodeForgetTime(_ bytes: [UInt8]) throws -> Int64 {
+func decodeForgetRecord(_ bytes: [UInt8]) throws -> ForgetRecord {
     try decode(bytes, table: .forget) { bytes in
         var reader = BinaryReader(bytes)
-        return try reader.readSigned()
+        let record = try ForgetRecord(from: &reader)
+        try reader.expectEnd()
+        return record
     }
 }
 

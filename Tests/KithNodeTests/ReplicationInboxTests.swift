@@ -38,7 +38,7 @@ private final class LoneReplicatingNode {
         states: [
             DocumentState(
                 forgetKey: [UInt8](repeating: 7, count: DocumentState.forgetKeySize), identifier: Identifier(kind: .userId, value: "u-1"),
-                forgottenAt: nil, rows: [])
+                forgotten: nil, rows: [])
         ],
         wanted: [])
 

@@ -116,6 +116,8 @@ struct PeerMessageTests {
             .acknowledge(through: 1_234_567),
             .logTruncated(through: 9_876, request: 78),
             .logResumed(from: 12, through: 9_876, request: 79),
+            .pull(cursor: 12, versions: VersionVector(), budget: 1, request: 80, cleared: -1_760_000_000_000),
+            .logTruncated(through: 0, request: 81, dropThrough: 1_760_000_000_000),
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 9, payload: messages[7].encodePayload() + [0]) }
@@ -140,7 +142,7 @@ struct PeerMessageTests {
         let digest = Digest128(low: 1, high: 2)
         let identifier = Identifier(kind: .userId, value: "u-1")!
         let state = DocumentState(
-            forgetKey: key, identifier: identifier, forgottenAt: -5,
+            forgetKey: key, identifier: identifier, forgotten: ForgetRecord(time: -5, origin: 3, sequence: 8),
             rows: [DocumentState.Row(part: 2, suffix: [], value: [3, 0]), DocumentState.Row(part: 5, suffix: Array("m-1".utf8), value: [3, 1])])
         let messages: [PeerMessage] = [
             .digestRequest(request: 7, nodes: [DigestEntry(key: [], digest: digest), DigestEntry(key: [0x02, 0xAE], digest: .zero)]),
@@ -151,7 +153,10 @@ struct PeerMessageTests {
                     DigestChildren(node: [21], children: [DigestEntry(key: [0x02, 0xAE], digest: digest)]),
                     DigestChildren(node: [0x02, 0xAE], children: [DigestEntry(key: key, digest: digest)]),
                 ]),
-            .documents(request: 7, states: [state, DocumentState(forgetKey: key, identifier: nil, forgottenAt: 9, rows: [])], wanted: [key]),
+            .documents(
+                request: 7,
+                states: [state, DocumentState(forgetKey: key, identifier: nil, forgotten: ForgetRecord(time: 9, origin: 0, sequence: 0), rows: [])],
+                wanted: [key]),
         ]
         for message in messages {
             let payload = message.encodePayload()
@@ -175,7 +180,7 @@ struct PeerMessageTests {
         #expect(refused(.documents(request: 1, states: [], wanted: Array(repeating: key, count: 257))))
         // Rows need an identifier to belong to.
         #expect(
-            refused(.documents(request: 1, states: [DocumentState(forgetKey: key, identifier: nil, forgottenAt: nil, rows: state.rows)], wanted: [])))
+            refused(.documents(request: 1, states: [DocumentState(forgetKey: key, identifier: nil, forgotten: nil, rows: state.rows)], wanted: [])))
     }
 }
 

@@ -167,6 +167,11 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
     func digestChildren(of node: [UInt8]) throws -> [DigestEntry] { try store.digestChildren(of: node) }
     func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState] { try store.documentStates(for: forgetKeys) }
     func join(_ states: [DocumentState]) throws -> Int { try store.join(states) }
+    func forgetCompactionState() throws -> ForgetCompactionState { try store.forgetCompactionState() }
+    func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws -> ForgetCompactionStep {
+        try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, limit: limit)
+    }
+    func clearForQuarantine(through floor: Int64) throws { try store.clearForQuarantine(through: floor) }
 }
 
 @Suite("Log truncation in a node")

@@ -24,11 +24,13 @@ extension Ledger {
         let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1_000, forgetKeySecret: Simulation.secret))
         _ = try store.apply(acknowledged)
         for unlink in unlinks { try store.removeLink(unlink.a, unlink.b, stamp: unlink.stamp) }
-        let erasures = self.erasures.enumerated().map { index, erasure in
-            ChangeEntry(
-                sequence: 0, origin: 999, originSequence: UInt64(index + 1), change: .erasure(forgetKeys: erasure.keys, time: erasure.boundary))
+        // Each erasure as the change that made it, so that the forget records name the same one.
+        for erasure in self.erasures {
+            let entry = ChangeEntry(
+                sequence: 0, origin: erasure.origin, originSequence: erasure.sequence,
+                change: .erasure(forgetKeys: erasure.keys, time: erasure.boundary))
+            try store.applyReplicated([entry], from: erasure.origin, through: nil)
         }
-        try store.applyReplicated(erasures, from: 999, through: nil)
         return store
     }
 

@@ -109,11 +109,16 @@ final class Simulation {
     /// replication is not hidden by tree comparisons. `fastClock`: the second machine's clock
     /// runs two hours ahead (it must refuse to date writes; nothing it holds may swallow others').
     /// `maxOfflineWindow`: how long a silent member holds log truncation back (30 days unless given).
-    init(seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true, fastClock: Bool = false, maxOfflineWindow: Int64? = nil) throws {
+    /// `forgetCompaction`: the bounds under which forget records are compacted (none unless given).
+    init(
+        seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true, fastClock: Bool = false, maxOfflineWindow: Int64? = nil,
+        forgetCompaction: ForgetCompactionPlan.Bounds? = nil
+    ) throws {
         self.seed = seed
         var settings = Self.replicationSettings
         if !antiEntropy { settings.antiEntropyInterval = 0 }
         if let maxOfflineWindow { settings.maxOfflineWindow = maxOfflineWindow }
+        settings.forgetCompaction = forgetCompaction
         replicationSettings = settings
         random = SplitMix64(seed: seed)
         for index in 0..<nodes {

@@ -50,6 +50,9 @@ struct Ledger {
         var acknowledgedAt: Int64 = .max
         /// The erasing machine (for a failure's description).
         var machine = -1
+        /// The erasing change (its origin and sequence there), as forget records name it.
+        var origin: UInt64 = 0
+        var sequence: UInt64 = 0
     }
 
     var reference = ProfileState()
@@ -58,6 +61,8 @@ struct Ledger {
     var acknowledgedAt: [Int64] = []
     var acknowledgedBy: [Int] = []
     var erasures: [ErasureRecord] = []
+    /// Messages refused for being dated more than `maxEventAge` before their receipt.
+    var refusedForAge = 0
     /// Unlinks applied, in order.
     var unlinks: [(a: Identifier, b: Identifier, stamp: LWWStamp)] = []
     /// Writes and erasures a node refused because its clock was not trusted.
@@ -156,7 +161,16 @@ func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parse
     }
     if roll < 960 {
         // Clients' clocks are right give or take two seconds; the nodes' are off by up to one.
-        let delta = try parser.parse(generator.next(at: Simulation.epoch + sim.now), receivedAt: sim.clock(machine))
+        let message = generator.next(at: Simulation.epoch + sim.now)
+        let delta: ProfileDelta
+        do {
+            delta = try parser.parse(message, receivedAt: sim.clock(machine))
+        } catch {
+            // Dated before `maxEventAge` (a client's clock far behind): refused, as by `kith serve`.
+            guard parser.maximumAge != nil, error.field == "timestamp" else { throw error }
+            ledger.refusedForAge += 1
+            return
+        }
         if sim.defersSyncs && sim.random.chance(50) {
             // Answered once synced: the next steps acknowledge it, unless a crash comes first.
             try sim.commitDeferringSync(delta, at: machine)
@@ -176,15 +190,18 @@ func clientStep(_ sim: Simulation, _ generator: inout WorkloadGenerator, _ parse
         let acceptedAt = sim.clock(machine)
         let erasure = try machine.store.erase(subject, requestedAt: acceptedAt)
         guard !erasure.members.isEmpty,
-            case .erasure(let keys, let time) = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last?
-                .change,
+            let logged = try machine.store.changes(after: machine.store.versionVector()[machine.member.id] - 1, limit: 1).last,
+            case .erasure(let keys, let time) = logged.change,
             let check = machine.node?.clockCheck(now: acceptedAt)
         else { return }
         precondition(time == erasure.boundary, "the logged erasure time \(time) is not the boundary returned \(erasure.boundary)")
         ledger.reference.applyErasure(forgetKeys: keys.map(Crypto.hex), time: time, hasher: ledger.hasher)
         // Answered once the erasing node's clock reads `erasureAcknowledgement` (the node waits).
         let answeredAt = sim.now + max(0, check.erasureAcknowledgement(boundary: erasure.boundary, acceptedAt: acceptedAt) - acceptedAt)
-        ledger.erasures.append(.init(keys: keys, boundary: time, acceptedAt: acceptedAt, acknowledgedAt: answeredAt, machine: machine.index))
+        ledger.erasures.append(
+            .init(
+                keys: keys, boundary: time, acceptedAt: acceptedAt, acknowledgedAt: answeredAt, machine: machine.index, origin: logged.origin,
+                sequence: logged.originSequence))
     }
     try machine.node?.pushOwnChanges()
 }

@@ -1,0 +1,92 @@
+import KithCRDT
+import KithReplication
+import KithStore
+
+/// What a node keeps between the steps of forget compaction.
+struct ForgetCompactionTracking {
+    var lastPlanned: Int64?
+    /// The last plan made, for status.
+    var plan: ForgetCompactionPlan?
+    /// A compaction or a quarantine clearing is queued or running.
+    var writing = false
+    var clearing = false
+    /// The store's compaction state, read at the first use and after each write that changes it.
+    var state: ForgetCompactionState?
+}
+
+extension ClusterNode {
+    /// The store's compaction state, as last read.
+    func compactionState() throws -> ForgetCompactionState {
+        if let state = forgetCompaction.state { return state }
+        let state = try store.forgetCompactionState()
+        forgetCompaction.state = state
+        return state
+    }
+
+    /// Whether this node takes data from `peer` (pushes, pull replies, document states): yes,
+    /// unless it compacted forget records while `peer` did not count and `peer` has not said it
+    /// dropped everything dated at or before them since (`ForgetCompactionGate`).
+    public func takesData(from peer: UInt64) throws -> Bool {
+        ForgetCompactionGate.takesData(from: peer, state: try compactionState(), cleared: peers[peer]?.cleared)
+    }
+
+    /// Every `truncationInterval`, with forget compaction configured: plans which forget records
+    /// every member that counts holds, and drops up to `truncationChunk` of them through the
+    /// writer, recording whom this node trusts from now on (planning again at once while more
+    /// are left).
+    func compactForgetRecordsIfDue(now: Int64, wall: Int64) throws {
+        guard let bounds = settings.forgetCompaction, settings.truncationInterval > 0, !forgetCompaction.writing else { return }
+        if let last = forgetCompaction.lastPlanned, now - last < settings.truncationInterval { return }
+        forgetCompaction.lastPlanned = now
+        var contacts: [UInt64: ForgetCompactionPlan.Contact] = [:]
+        for (member, state) in peers { contacts[member] = .init(lastHeard: state.lastContact, versions: state.versions) }
+        let plan = ForgetCompactionPlan.plan(
+            members: Array(membership.members.values), contacts: contacts, since: truncation.since ?? now, now: now, wall: wall,
+            bounds: bounds)
+        forgetCompaction.plan = plan
+        guard let held = plan.held else { return }
+        let state = try compactionState()
+        let cleared = Set(peers.filter { ForgetCompactionGate.takesData(from: $0.key, state: state, cleared: $0.value.cleared) }.map(\.key))
+        let trusted = ForgetCompactionGate.trustedAfterCompaction(plan: plan, state: state, cleared: cleared)
+        forgetCompaction.writing = true
+        let store = self.store, horizon = plan.horizon, chunk = settings.truncationChunk
+        try write({
+            // A failed step is counted and planned again later: `writing` must be cleared on every path.
+            do {
+                return ReplicatedWrite(changed: try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, limit: chunk).dropped)
+            } catch { return .refusal }
+        }) { [self] written in
+            forgetCompaction.writing = false
+            guard !written.refused else { return counters.forgetCompactionsFailed += 1 }
+            guard written.changed > 0 else { return }
+            forgetCompaction.state = nil
+            counters.forgetRecordsCompacted += written.changed
+            if written.changed == chunk { forgetCompaction.lastPlanned = nil }
+        }
+    }
+
+    /// A peer that compacted forget records quarantined this node: drop everything dated at or
+    /// before `floor` (once), so that the next pulls say so and the peer takes data again. A
+    /// floor within `maxOfflineWindow` of this node's wall clock cannot come from the rule (the
+    /// horizon lies further back) and is refused: a peer whose clock or settings are wrong must
+    /// not make this node drop recent data.
+    func clearForQuarantine(through floor: Int64, wall: Int64) throws {
+        guard floor <= wall - settings.maxOfflineWindow else { return counters.quarantineClearsRefused += 1 }
+        guard !forgetCompaction.clearing, (try compactionState().clearedThrough ?? .min) < floor else { return }
+        forgetCompaction.clearing = true
+        let store = self.store
+        try write({
+            do {
+                try store.clearForQuarantine(through: floor)
+                return ReplicatedWrite(changed: 1)
+            } catch { return .refusal }
+        }) { [self] written in
+            forgetCompaction.clearing = false
+            forgetCompaction.state = nil
+            if written.refused { counters.quarantineClearsFailed += 1 } else { counters.quarantinesCleared += 1 }
+        }
+    }
+
+    /// The last forget-compaction plan.
+    public var forgetCompactionPlan: ForgetCompactionPlan? { forgetCompaction.plan }
+}

@@ -1,0 +1,108 @@
+import KithCRDT
+import KithProfile
+
+/// What a node's forget compaction has done so far, and which members it takes data from
+/// (docs/replication.md, "Compacting forget entries"; the decisions are `ForgetCompactionPlan`'s
+/// and `ForgetCompactionGate`'s in KithCluster, this keeps their state and carries them out).
+public struct ForgetCompactionState: Sendable, Equatable {
+    /// The newest erasure time among the records this node dropped; nil if it dropped none.
+    public var compactedThrough: Int64?
+    /// Members that held every record this node dropped, each time it dropped some: it takes
+    /// their data. Any other member must first say it dropped everything dated at or before
+    /// `compactedThrough`. Meaningless while nothing was dropped.
+    public var trusted: Set<UInt64>
+    /// How far this node dropped its own old data when a peer quarantined it (nil: never).
+    public var clearedThrough: Int64?
+
+    public init(compactedThrough: Int64? = nil, trusted: Set<UInt64> = [], clearedThrough: Int64? = nil) {
+        self.compactedThrough = compactedThrough
+        self.trusted = trusted
+        self.clearedThrough = clearedThrough
+    }
+}
+
+/// What one compaction step did.
+public struct ForgetCompactionStep: Sendable, Equatable {
+    public var dropped = 0
+    /// Records left that the same decision would drop (the step stopped at its limit).
+    public var more = false
+
+    public init(dropped: Int = 0, more: Bool = false) {
+        self.dropped = dropped
+        self.more = more
+    }
+}
+
+extension ForgetRecord {
+    /// Whether the record may go: dated at or before `horizon`, made by a known change that
+    /// `held` (what every member that counts holds) covers. `ForgetCompactionPlan` decides both.
+    public func isCompactable(horizon: Int64, held: VersionVector) -> Bool {
+        hasOrigin && time <= horizon && held.covers(origin: origin, sequence: sequence)
+    }
+}
+
+extension StoreEngine {
+    static let compactedThroughMetaKey = Array("forget-compacted-through".utf8)
+    static let trustedMetaKey = Array("forget-trusted".utf8)
+    static let clearedThroughMetaKey = Array("forget-cleared-through".utf8)
+
+    func forgetCompactionState(in reader: some StoreReading) throws -> ForgetCompactionState {
+        func time(_ key: [UInt8]) throws -> Int64? {
+            try reader.get(.meta, key).map { bytes in try decode(bytes, table: .meta) { try ProfileFormat.decode(SignedTime.self, from: $0).value } }
+        }
+        let trusted = try reader.get(.meta, Self.trustedMetaKey).map { bytes in
+            Set(try decode(bytes, table: .meta) { try ProfileFormat.decode(VersionVector.self, from: $0) }.sequences.keys)
+        }
+        return ForgetCompactionState(
+            compactedThrough: try time(Self.compactedThroughMetaKey), trusted: trusted ?? [], clearedThrough: try time(Self.clearedThroughMetaKey))
+    }
+
+}
+
+extension WriteContext {
+    /// Drops up to `limit` forget records `isCompactable` allows, in key order. When any go, the
+    /// members to trust from now on are `trusted` (the plan's counted members that were trusted
+    /// before or have cleared; the caller decides), recorded in the same transaction.
+    func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws -> ForgetCompactionStep {
+        precondition(limit > 0, "a compaction step drops at least one record, not \(limit)")
+        var doomed: [([UInt8], ForgetRecord)] = []
+        var more = false
+        try txn.scan(.forget, prefix: []) { key, value in
+            let record = try decodeForgetRecord(value)
+            guard record.isCompactable(horizon: horizon, held: held) else { return .next }
+            if doomed.count == limit {
+                more = true
+                return .stop
+            }
+            doomed.append((key, record))
+            return .next
+        }
+        guard !doomed.isEmpty else { return ForgetCompactionStep() }
+        for (key, _) in doomed { try txn.delete(.forget, key) }
+        let state = try engine.forgetCompactionState(in: txn)
+        let newest = max(state.compactedThrough ?? .min, doomed.map(\.1.time).max()!)
+        try txn.put(.meta, StoreEngine.compactedThroughMetaKey, ProfileFormat.encode(SignedTime(value: newest)), mode: .upsert)
+        // The member set is kept as a version vector's origins (ids), the sequences unused (1).
+        let members = VersionVector(Dictionary(uniqueKeysWithValues: trusted.map { ($0, UInt64(1)) }))
+        try txn.put(.meta, StoreEngine.trustedMetaKey, ProfileFormat.encode(members), mode: .upsert)
+        return ForgetCompactionStep(dropped: doomed.count, more: more)
+    }
+
+    /// A peer quarantined this node: drop everything dated at or before `floor`
+    /// (`dropEverything`) and record it, so that the next pulls say so.
+    func clearForQuarantine(through floor: Int64) throws {
+        let state = try engine.forgetCompactionState(in: txn)
+        guard (state.clearedThrough ?? .min) < floor else { return }
+        try dropEverything(datedThrough: floor)
+        try txn.put(.meta, StoreEngine.clearedThroughMetaKey, ProfileFormat.encode(SignedTime(value: floor)), mode: .upsert)
+    }
+}
+
+/// A time as a meta value.
+struct SignedTime: BinaryCodable, Equatable {
+    var value: Int64
+
+    func encode(to writer: inout BinaryWriter) { writer.write(signed: value) }
+    init(value: Int64) { self.value = value }
+    init(from reader: inout BinaryReader) throws { value = try reader.readSigned() }
+}
