@@ -4,7 +4,11 @@ import KithStore
 
 /// What a node keeps between the steps of forget compaction.
 struct ForgetCompactionTracking {
+    /// When the last step was planned, and when the current (or last) pass started.
     var lastPlanned: Int64?
+    var passStarted: Int64?
+    /// A pass over the forget set is under way: its next step is due at the next interval.
+    var passOpen = false
     /// The last plan made, for status.
     var plan: ForgetCompactionPlan?
     /// A compaction or a quarantine clearing is queued or running.
@@ -30,38 +34,50 @@ extension ClusterNode {
         ForgetCompactionGate.takesData(from: peer, state: try compactionState(), cleared: peers[peer]?.cleared)
     }
 
-    /// Every `truncationInterval`, with forget compaction configured: plans which forget records
-    /// every member that counts holds, and drops up to `truncationChunk` of them through the
-    /// writer, recording whom this node trusts from now on (planning again at once while more
-    /// are left).
+    /// With forget compaction configured: every `forgetCompactionInterval` a pass over the
+    /// forget set starts, one bounded step every `truncationInterval` until it ends. Each step is
+    /// planned afresh (`ForgetCompactionPlan`: which records every member that counts holds) and
+    /// carried out by the writer, which records whom this node trusts from then on.
     func compactForgetRecordsIfDue(now: Int64, wall: Int64) throws {
         guard let bounds = settings.forgetCompaction, settings.truncationInterval > 0, !forgetCompaction.writing else { return }
-        if let last = forgetCompaction.lastPlanned, now - last < settings.truncationInterval { return }
+        if forgetCompaction.passOpen {
+            if let last = forgetCompaction.lastPlanned, now - last < settings.truncationInterval { return }
+        } else if let started = forgetCompaction.passStarted, now - started < settings.forgetCompactionInterval {
+            return
+        }
         forgetCompaction.lastPlanned = now
+        if !forgetCompaction.passOpen { forgetCompaction.passStarted = now }
         var contacts: [UInt64: ForgetCompactionPlan.Contact] = [:]
         for (member, state) in peers { contacts[member] = .init(lastHeard: state.lastContact, versions: state.versions) }
         let plan = ForgetCompactionPlan.plan(
             members: Array(membership.members.values), contacts: contacts, since: truncation.since ?? now, now: now, wall: wall,
             bounds: bounds)
         forgetCompaction.plan = plan
-        guard let held = plan.held else { return }
+        guard let held = plan.held else {
+            forgetCompaction.passOpen = false
+            return
+        }
         let state = try compactionState()
         let cleared = Set(peers.filter { ForgetCompactionGate.takesData(from: $0.key, state: state, cleared: $0.value.cleared) }.map(\.key))
         let trusted = ForgetCompactionGate.trustedAfterCompaction(plan: plan, state: state, cleared: cleared)
         forgetCompaction.writing = true
-        let store = self.store, horizon = plan.horizon, chunk = settings.truncationChunk
+        let store = self.store, horizon = plan.horizon, scan = settings.forgetCompactionScan, limit = settings.truncationChunk
         try write({
-            // A failed step is counted and planned again later: `writing` must be cleared on every path.
+            // A failed step is counted and the pass tried again later: `writing` must be cleared on every path.
             do {
-                return ReplicatedWrite(changed: try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, limit: chunk).dropped)
+                let step = try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, scan: scan, limit: limit)
+                return ReplicatedWrite(changed: step.dropped, more: !step.passEnded)
             } catch { return .refusal }
         }) { [self] written in
             forgetCompaction.writing = false
-            guard !written.refused else { return counters.forgetCompactionsFailed += 1 }
+            guard !written.refused else {
+                forgetCompaction.passOpen = false
+                return counters.forgetCompactionsFailed += 1
+            }
+            forgetCompaction.passOpen = written.more
             guard written.changed > 0 else { return }
             forgetCompaction.state = nil
             counters.forgetRecordsCompacted += written.changed
-            if written.changed == chunk { forgetCompaction.lastPlanned = nil }
         }
     }
 

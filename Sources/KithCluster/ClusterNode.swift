@@ -35,9 +35,12 @@ public struct ReplicationSettings: Sendable {
     /// forget records too.
     public var truncationChunk = 1_000
     /// Forget compaction (docs/replication.md, "Compacting forget entries"): the bounds of its
-    /// horizon; nil keeps every forget record (no `maxEventAge` configured). Planned with log
-    /// truncation, every `truncationInterval`.
+    /// horizon; nil keeps every forget record (no `maxEventAge` configured).
     public var forgetCompaction: ForgetCompactionPlan.Bounds?
+    /// How often a pass over the forget set starts (1 h), and how many records each of its
+    /// steps reads (one step every `truncationInterval`; the writer is never held long).
+    public var forgetCompactionInterval: Int64 = 3_600_000
+    public var forgetCompactionScan = 10_000
 
     public init() {}
 }
@@ -51,12 +54,15 @@ public struct ReplicatedWrite: Sendable, Equatable {
     public var refused = false
     /// Pushes of a batch refused for a gap (the next pull fills it).
     public var refusedPushes = 0
+    /// Work done in bounded steps has more to do (a forget-compaction pass goes on).
+    public var more = false
 
-    public init(changed: Int = 0, appliedAhead: Int = 0, refused: Bool = false, refusedPushes: Int = 0) {
+    public init(changed: Int = 0, appliedAhead: Int = 0, refused: Bool = false, refusedPushes: Int = 0, more: Bool = false) {
         self.changed = changed
         self.appliedAhead = appliedAhead
         self.refused = refused
         self.refusedPushes = refusedPushes
+        self.more = more
     }
 
     public static let refusal = ReplicatedWrite(refused: true)

@@ -68,6 +68,21 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
     /// This node's origin id.
     private let origin: UInt64
 
+    /// The replication core's settings from the node's configuration.
+    static func settings(for configuration: NodeConfiguration) throws -> ReplicationSettings {
+        var settings = ReplicationSettings()
+        settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
+        settings.replicas = configuration.replicas
+        settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
+        settings.truncationInterval = Int64(configuration.logTruncationIntervalSeconds) * 1_000
+        // Forget records can go only once no message can be dated before them: with a maxEventAge.
+        if let maxEventAge = try configuration.maxEventAgeMillis() {
+            settings.forgetCompaction = ForgetCompactionPlan.Bounds(
+                maxEventAge: maxEventAge, clockBound: configuration.maxClockOffsetMillis, maxOfflineWindow: settings.maxOfflineWindow)
+        }
+        return settings
+    }
+
     /// `writer` runs a write on the node's one writer thread (`GroupCommitter.perform`); false
     /// once it is stopping.
     init(
@@ -86,16 +101,7 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
             id: origin, name: configuration.nodeName, address: transport.address, role: MemberRole(name: configuration.role)!,
             incarnation: UInt64(unixMillis()))
         let transport = self.transport
-        var settings = ReplicationSettings()
-        settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
-        settings.replicas = configuration.replicas
-        settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
-        settings.truncationInterval = Int64(configuration.logTruncationIntervalSeconds) * 1_000
-        // Forget records can go only once no message can be dated before them: with a maxEventAge.
-        if let maxEventAge = try configuration.maxEventAgeMillis() {
-            settings.forgetCompaction = ForgetCompactionPlan.Bounds(
-                maxEventAge: maxEventAge, clockBound: configuration.maxClockOffsetMillis, maxOfflineWindow: settings.maxOfflineWindow)
-        }
+        let settings = try Self.settings(for: configuration)
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()

@@ -24,12 +24,15 @@ public struct ForgetCompactionState: Sendable, Equatable {
 /// What one compaction step did.
 public struct ForgetCompactionStep: Sendable, Equatable {
     public var dropped = 0
-    /// Records left that the same decision would drop (the step stopped at its limit).
-    public var more = false
+    /// Records read.
+    public var read = 0
+    /// The step reached the end of the forget set: the pass is over.
+    public var passEnded = true
 
-    public init(dropped: Int = 0, more: Bool = false) {
+    public init(dropped: Int = 0, read: Int = 0, passEnded: Bool = true) {
         self.dropped = dropped
-        self.more = more
+        self.read = read
+        self.passEnded = passEnded
     }
 }
 
@@ -45,6 +48,7 @@ extension StoreEngine {
     static let compactedThroughMetaKey = Array("forget-compacted-through".utf8)
     static let trustedMetaKey = Array("forget-trusted".utf8)
     static let clearedThroughMetaKey = Array("forget-cleared-through".utf8)
+    static let compactionNextMetaKey = Array("forget-compaction-next".utf8)
 
     func forgetCompactionState(in reader: some StoreReading) throws -> ForgetCompactionState {
         func time(_ key: [UInt8]) throws -> Int64? {
@@ -60,24 +64,40 @@ extension StoreEngine {
 }
 
 extension WriteContext {
-    /// Drops up to `limit` forget records `isCompactable` allows, in key order. When any go, the
-    /// members to trust from now on are `trusted` (the plan's counted members that were trusted
-    /// before or have cleared; the caller decides), recorded in the same transaction.
-    func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws -> ForgetCompactionStep {
-        precondition(limit > 0, "a compaction step drops at least one record, not \(limit)")
+    /// One bounded step of a pass over the forget set: from where the last step stopped (`meta`
+    /// `forget-compaction-next`), reads up to `scan` records in key order and drops those
+    /// `isCompactable` allows, up to `limit`; the step that reaches the end of the set ends the
+    /// pass (the next starts from the first key). Bounded both ways so that the writer is never
+    /// held long, however many erasures the store remembers. When any go, the members to trust
+    /// from now on are `trusted` (the plan's counted members that were trusted before or have
+    /// cleared; the caller decides), recorded in the same transaction.
+    func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, scan: Int, limit: Int) throws
+        -> ForgetCompactionStep
+    {
+        precondition(scan > 0 && limit > 0, "a compaction step reads and drops at least one record, not \(scan) and \(limit)")
+        let after = try txn.get(.meta, StoreEngine.compactionNextMetaKey)
         var doomed: [([UInt8], ForgetRecord)] = []
-        var more = false
-        try txn.scan(.forget, prefix: []) { key, value in
-            let record = try decodeForgetRecord(value)
-            guard record.isCompactable(horizon: horizon, held: held) else { return .next }
-            if doomed.count == limit {
-                more = true
+        var read = 0
+        var last: [UInt8]?
+        var passEnded = true
+        try txn.scan(.forget, from: after ?? []) { key, value in
+            if let after, key == after { return .next }
+            guard read < scan, doomed.count < limit else {
+                passEnded = false
                 return .stop
             }
-            doomed.append((key, record))
+            read += 1
+            last = key
+            let record = try decodeForgetRecord(value)
+            if record.isCompactable(horizon: horizon, held: held) { doomed.append((key, record)) }
             return .next
         }
-        guard !doomed.isEmpty else { return ForgetCompactionStep() }
+        if passEnded {
+            try txn.delete(.meta, StoreEngine.compactionNextMetaKey)
+        } else if let last {
+            try txn.put(.meta, StoreEngine.compactionNextMetaKey, last, mode: .upsert)
+        }
+        guard !doomed.isEmpty else { return ForgetCompactionStep(read: read, passEnded: passEnded) }
         for (key, _) in doomed { try txn.delete(.forget, key) }
         let state = try engine.forgetCompactionState(in: txn)
         let newest = max(state.compactedThrough ?? .min, doomed.map(\.1.time).max()!)
@@ -85,7 +105,7 @@ extension WriteContext {
         // The member set is kept as a version vector's origins (ids), the sequences unused (1).
         let members = VersionVector(Dictionary(uniqueKeysWithValues: trusted.map { ($0, UInt64(1)) }))
         try txn.put(.meta, StoreEngine.trustedMetaKey, ProfileFormat.encode(members), mode: .upsert)
-        return ForgetCompactionStep(dropped: doomed.count, more: more)
+        return ForgetCompactionStep(dropped: doomed.count, read: read, passEnded: passEnded)
     }
 
     /// A peer quarantined this node: drop everything dated at or before `floor`

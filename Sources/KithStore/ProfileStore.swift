@@ -181,10 +181,12 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// What forget compaction has done here, whom it trusts, and how far this node cleared.
     func forgetCompactionState() throws -> ForgetCompactionState
 
-    /// Drops up to `limit` forget records dated at or before `horizon` whose erasures `held`
-    /// covers, in one transaction; when any go, `trusted` becomes the set of members whose data
-    /// is taken without their clearing first (docs/replication.md, "Compacting forget entries").
-    @discardableResult func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws
+    /// One step of a pass over the forget set, in one transaction: reads up to `scan` records
+    /// from where the last step stopped and drops those dated at or before `horizon` whose
+    /// erasures `held` covers, up to `limit`; when any go, `trusted` becomes the set of members
+    /// whose data is taken without their clearing first (docs/replication.md, "Compacting
+    /// forget entries").
+    @discardableResult func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, scan: Int, limit: Int) throws
         -> ForgetCompactionStep
 
     /// A peer that compacted forget records quarantined this node: drops everything dated at or
@@ -411,10 +413,10 @@ extension EngineBackedStore {
         try read { reader in try engine.forgetCompactionState(in: reader) }
     }
 
-    @discardableResult public func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws
-        -> ForgetCompactionStep
+    @discardableResult public func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, scan: Int, limit: Int)
+        throws -> ForgetCompactionStep
     {
-        try modify { context in try context.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, limit: limit) }
+        try modify { context in try context.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, scan: scan, limit: limit) }
     }
 
     public func clearForQuarantine(through floor: Int64) throws {

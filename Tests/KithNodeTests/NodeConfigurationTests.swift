@@ -118,6 +118,18 @@ struct NodeConfigurationTruncationTests {
         configuration.maxEventAge = "soon"
         #expect(throws: ConfigurationError.self) { try configuration.validate() }
     }
+
+    /// Forget records are compacted only with a `maxEventAge`, under a horizon of it, the clock
+    /// bound and the offline window before now.
+    @Test func maxEventAgeTurnsForgetCompactionOn() throws {
+        var configuration = NodeConfiguration()
+        #expect(try ReplicationService.settings(for: configuration).forgetCompaction == nil)
+        configuration.maxEventAge = "400d"
+        configuration.maxOfflineWindow = "7d"
+        configuration.maxClockOffsetMillis = 250
+        let bounds = try #require(try ReplicationService.settings(for: configuration).forgetCompaction)
+        #expect(bounds == ForgetCompactionPlan.Bounds(maxEventAge: 400 * 86_400_000, clockBound: 250, maxOfflineWindow: 7 * 86_400_000))
+    }
 }
 
 @Suite("Node configuration: the environment")

@@ -124,15 +124,39 @@ struct ForgetCompactionStoreTests {
         #expect(try store.contentDigest() == replica.contentDigest())
 
         let held = VersionVector([5: records[0].sequence])
-        let step = try store.compactForgetRecords(horizon: 5_000, held: held, trusted: [6], limit: 10)
-        #expect(step == ForgetCompactionStep(dropped: 1, more: false))
+        let step = try store.compactForgetRecords(horizon: 5_000, held: held, trusted: [6], scan: 10, limit: 10)
+        #expect(step == ForgetCompactionStep(dropped: 1, read: 2, passEnded: true))
         #expect(try store.erased(among: [key1]).isEmpty)
         #expect(try store.forgetCompactionState() == ForgetCompactionState(compactedThrough: records[0].time, trusted: [6]))
         let tree = try store.treeNodes()
         #expect(tree.stored == tree.expected, "the digest tree follows the dropped record")
         // Nothing more under the same decision; the later erasure waits for its horizon.
-        #expect(try store.compactForgetRecords(horizon: 5_000, held: VersionVector([5: 100]), trusted: [6], limit: 10).dropped == 0)
-        #expect(try store.compactForgetRecords(horizon: 10_000, held: VersionVector([5: 100]), trusted: [6], limit: 10).dropped == 1)
+        #expect(try store.compactForgetRecords(horizon: 5_000, held: VersionVector([5: 100]), trusted: [6], scan: 10, limit: 10).dropped == 0)
+        #expect(try store.compactForgetRecords(horizon: 10_000, held: VersionVector([5: 100]), trusted: [6], scan: 10, limit: 10).dropped == 1)
+    }
+
+    /// A pass goes over the forget set in steps that each read at most `scan` records and drop
+    /// at most `limit`, from where the last stopped; the step that reaches the end ends it.
+    @Test func aPassGoesInBoundedSteps() throws {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: Simulation.secret))
+        for n in 1...7 { _ = try store.erase(Identifier(kind: .userId, value: "u-\(n)")!, requestedAt: Int64(n) * 1_000) }
+        let everything = VersionVector([5: 100])
+        // Horizon 4.5 s: the erasures at 1–4 s may go, 5–7 s stay. Steps of three records.
+        var steps: [ForgetCompactionStep] = []
+        repeat {
+            steps.append(try store.compactForgetRecords(horizon: 4_500, held: everything, trusted: [], scan: 3, limit: 10))
+        } while !steps.last!.passEnded && steps.count < 10
+        #expect(steps.map(\.read) == [3, 3, 1] && steps.map(\.dropped).reduce(0, +) == 4)
+        #expect(try store.read { reader in try reader.count(.forget) } == 3)
+        // A drop limit of one stops a step early; the pass goes on from there.
+        for n in 8...9 { _ = try store.erase(Identifier(kind: .userId, value: "u-\(n)")!, requestedAt: 100) }
+        let first = try store.compactForgetRecords(horizon: 4_500, held: everything, trusted: [], scan: 10, limit: 1)
+        #expect(first.dropped == 1 && !first.passEnded)
+        let second = try store.compactForgetRecords(horizon: 4_500, held: everything, trusted: [], scan: 10, limit: 1)
+        #expect(second.dropped == 1)
+        #expect(try store.read { reader in try reader.count(.forget) } == 3)
+        let tree = try store.treeNodes()
+        #expect(tree.stored == tree.expected)
     }
 
     /// A stored record of the time alone (written before records named their change) reads as
@@ -338,6 +362,7 @@ struct ForgetCompactionNodeTests {
         let erasure = try #require(store.documentStates(for: [key]).first?.forgotten)
         var settings = ReplicationSettings()
         settings.truncationInterval = 100
+        settings.forgetCompactionInterval = 100
         settings.maxOfflineWindow = 5_000
         settings.forgetCompaction = ForgetCompactionPlan.Bounds(
             maxEventAge: 2_000, clockBound: 500, maxOfflineWindow: 5_000, margin: 0, quantum: 1_000)

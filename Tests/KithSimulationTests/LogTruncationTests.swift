@@ -168,8 +168,8 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
     func documentStates(for forgetKeys: [[UInt8]]) throws -> [DocumentState] { try store.documentStates(for: forgetKeys) }
     func join(_ states: [DocumentState]) throws -> Int { try store.join(states) }
     func forgetCompactionState() throws -> ForgetCompactionState { try store.forgetCompactionState() }
-    func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, limit: Int) throws -> ForgetCompactionStep {
-        try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, limit: limit)
+    func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, scan: Int, limit: Int) throws -> ForgetCompactionStep {
+        try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, scan: scan, limit: limit)
     }
     func clearForQuarantine(through floor: Int64) throws { try store.clearForQuarantine(through: floor) }
 }

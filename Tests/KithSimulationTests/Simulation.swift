@@ -100,6 +100,9 @@ final class Simulation {
         // Logs are truncated as members read them, in small chunks, every scenario long.
         settings.truncationInterval = 1_500
         settings.truncationChunk = 8
+        // Forget compaction (when a scenario configures it): a pass every 1.5 s, 5 records a step.
+        settings.forgetCompactionInterval = 1_500
+        settings.forgetCompactionScan = 5
         return settings
     }()
     static let clockSettings = ClockSettings()
