@@ -13,7 +13,9 @@ struct ForgetCompactionTracking {
     var plan: ForgetCompactionPlan?
     /// A compaction or a quarantine clearing is queued or running.
     var writing = false
+    /// A clearing step is queued or running, and the highest floor to clear through.
     var clearing = false
+    var clearingFloor: Int64?
     /// The store's compaction state, read at the first use and after each write that changes it.
     var state: ForgetCompactionState?
 }
@@ -50,8 +52,8 @@ extension ClusterNode {
         var contacts: [UInt64: ForgetCompactionPlan.Contact] = [:]
         for (member, state) in peers { contacts[member] = .init(lastHeard: state.lastContact, versions: state.versions) }
         let plan = ForgetCompactionPlan.plan(
-            members: Array(membership.members.values), contacts: contacts, since: truncation.since ?? now, now: now, wall: wall,
-            bounds: bounds)
+            members: Array(membership.members.values), contacts: contacts, own: try store.versionVector(), since: truncation.since ?? now,
+            now: now, wall: wall, bounds: bounds)
         forgetCompaction.plan = plan
         guard let held = plan.held else {
             forgetCompaction.passOpen = false
@@ -82,24 +84,40 @@ extension ClusterNode {
     }
 
     /// A peer that compacted forget records quarantined this node: drop everything dated at or
-    /// before `floor` (once), so that the next pulls say so and the peer takes data again. A
-    /// floor within `maxOfflineWindow` of this node's wall clock cannot come from the rule (the
-    /// horizon lies further back) and is refused: a peer whose clock or settings are wrong must
-    /// not make this node drop recent data.
+    /// before `floor` (once), so that the next pulls say so and the peer takes data again. The
+    /// writer does it in steps of `clearingBuckets` digest-tree buckets, one after another; a
+    /// higher floor told meanwhile takes over. A floor within `maxOfflineWindow` of this node's
+    /// wall clock cannot come from the rule (the horizon lies further back) and is refused: a
+    /// peer whose clock or settings are wrong must not make this node drop recent data.
     func clearForQuarantine(through floor: Int64, wall: Int64) throws {
         guard floor <= wall - settings.maxOfflineWindow else { return counters.quarantineClearsRefused += 1 }
-        guard !forgetCompaction.clearing, (try compactionState().clearedThrough ?? .min) < floor else { return }
+        guard (try compactionState().clearedThrough ?? .min) < floor else { return }
+        forgetCompaction.clearingFloor = max(forgetCompaction.clearingFloor ?? .min, floor)
+        // A step in flight goes on to the next with the highest floor told.
+        guard !forgetCompaction.clearing else { return }
+        try clearingStep()
+    }
+
+    private func clearingStep() throws {
+        guard let floor = forgetCompaction.clearingFloor else { return }
         forgetCompaction.clearing = true
-        let store = self.store
+        let store = self.store, buckets = settings.clearingBuckets
         try write({
             do {
-                try store.clearForQuarantine(through: floor)
-                return ReplicatedWrite(changed: 1)
+                let done = try store.clearForQuarantine(through: floor, buckets: buckets)
+                return ReplicatedWrite(changed: 1, more: !done)
             } catch { return .refusal }
         }) { [self] written in
             forgetCompaction.clearing = false
             forgetCompaction.state = nil
-            if written.refused { counters.quarantineClearsFailed += 1 } else { counters.quarantinesCleared += 1 }
+            guard !written.refused else {
+                // Told again at the peer's next answer, it starts again from where it stopped.
+                forgetCompaction.clearingFloor = nil
+                return counters.quarantineClearsFailed += 1
+            }
+            if written.more || (forgetCompaction.clearingFloor ?? .min) > floor { return try clearingStep() }
+            forgetCompaction.clearingFloor = nil
+            counters.quarantinesCleared += 1
         }
     }
 

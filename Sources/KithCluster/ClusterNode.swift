@@ -41,6 +41,9 @@ public struct ReplicationSettings: Sendable {
     /// steps reads (one step every `truncationInterval`; the writer is never held long).
     public var forgetCompactionInterval: Int64 = 3_600_000
     public var forgetCompactionScan = 10_000
+    /// Digest-tree buckets (of 1,024) a quarantined node clears per write when told to drop its
+    /// old data.
+    public var clearingBuckets = 8
 
     public init() {}
 }

@@ -10,7 +10,7 @@ import KithStore
 /// `maxEventAge`, the clock bound, `maxOfflineWindow` and a margin before now, rounded down to a
 /// whole day so that nodes whose clocks differ agree but near midnight) and every member that
 /// counts holds the erasure (its version vector, carried by its pulls, covers the change that
-/// made it). A member counts while it was heard from within `maxOfflineWindow` (one that left
+/// made it), and so does this node's own. A member counts while it was heard from within `maxOfflineWindow` (one that left
 /// too, unlike for log truncation: a restart leaves first). One that does not count may hold data about the erased person; it is
 /// quarantined: this node takes nothing from it until it says it dropped everything dated at or
 /// before what this node compacted (`ForgetCompactionGate`). A pure function of what the node
@@ -56,8 +56,8 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
 
     /// Records dated at or before this may go (if every counting member holds them).
     public var horizon: Int64
-    /// What every member that counts holds: the least of their vectors, origin by origin; nil
-    /// when a member that counts has not said (nothing may go).
+    /// What this node and every member that counts hold: the least of their vectors, origin by
+    /// origin; nil when a member that counts has not said (nothing may go).
     public var held: VersionVector?
     /// Members that do not count (silent past the window), by id: quarantined if anything is
     /// dropped under this plan.
@@ -79,14 +79,17 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
     }
 
     /// The plan at `now`, given the members known (`members`, this node not among them), what
-    /// each last said (`contacts`, by id), and when this node began counting silence (`since`).
+    /// each last said (`contacts`, by id), this node's own version vector (`own`), and when
+    /// this node began counting silence (`since`).
     /// `now` and `since` are on the clock that times silence (monotonic in `kith serve`); the
     /// horizon is reckoned from `wall`, the wall clock records are dated by.
-    public static func plan(members: [Member], contacts: [UInt64: Contact], since: Int64, now: Int64, wall: Int64, bounds: Bounds)
-        -> ForgetCompactionPlan
-    {
-        var held: VersionVector? = members.isEmpty ? nil : VersionVector()
-        var first = true
+    public static func plan(
+        members: [Member], contacts: [UInt64: Contact], own: VersionVector, since: Int64, now: Int64, wall: Int64, bounds: Bounds
+    ) -> ForgetCompactionPlan {
+        // This node's own vector counts too: a record it holds only through a tree comparison
+        // (which moves data, not vectors) stays until its log catches up, as it does on the
+        // peers that wait for it, so that every node reaches the same decision.
+        var held: VersionVector? = own
         var counted: [UInt64] = [], uncounted: [UInt64] = []
         for member in members.sorted(by: { $0.id < $1.id }) {
             let contact = contacts[member.id]
@@ -102,8 +105,7 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
                 held = nil
                 continue
             }
-            held = first ? versions : sofar.leastWith(versions)
-            first = false
+            held = sofar.leastWith(versions)
         }
         // Knowing no member that counts is not knowing that every member holds the erasure.
         if counted.isEmpty { held = nil }

@@ -49,6 +49,7 @@ extension StoreEngine {
     static let trustedMetaKey = Array("forget-trusted".utf8)
     static let clearedThroughMetaKey = Array("forget-cleared-through".utf8)
     static let compactionNextMetaKey = Array("forget-compaction-next".utf8)
+    static let clearingMetaKey = Array("forget-clearing".utf8)
 
     func forgetCompactionState(in reader: some StoreReading) throws -> ForgetCompactionState {
         func time(_ key: [UInt8]) throws -> Int64? {
@@ -108,13 +109,56 @@ extension WriteContext {
         return ForgetCompactionStep(dropped: doomed.count, read: read, passEnded: passEnded)
     }
 
-    /// A peer quarantined this node: drop everything dated at or before `floor`
-    /// (`dropEverything`) and record it, so that the next pulls say so.
-    func clearForQuarantine(through floor: Int64) throws {
+    /// A peer quarantined this node: one step of dropping everything dated at or before `floor`
+    /// — the identifiers of `buckets` digest-tree buckets from where the last step stopped (`meta`
+    /// `forget-clearing`: the floor and the next bucket), and after the last bucket the logged
+    /// changes. The last step records `clearedThrough`, which the node's pulls then carry. A
+    /// higher floor told in the middle starts over at the first bucket (the buckets done used the
+    /// lower one). Returns whether the clearing is complete.
+    func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool {
+        precondition(buckets > 0, "a clearing step covers at least one bucket, not \(buckets)")
         let state = try engine.forgetCompactionState(in: txn)
-        guard (state.clearedThrough ?? .min) < floor else { return }
-        try dropEverything(datedThrough: floor)
-        try txn.put(.meta, StoreEngine.clearedThroughMetaKey, ProfileFormat.encode(SignedTime(value: floor)), mode: .upsert)
+        guard (state.clearedThrough ?? .min) < floor else { return true }
+        var (doing, next) = (floor, 0)
+        if let bytes = try txn.get(.meta, StoreEngine.clearingMetaKey) {
+            let progress = try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }
+            if progress.floor >= floor { (doing, next) = (progress.floor, progress.nextBucket) }
+        }
+        let end = min(next + buckets, DigestTreeShape.bucketCount)
+        try dropEverything(of: try txn.identifiers(inBuckets: next..<end, hasher: engine.hasher), datedThrough: doing)
+        guard end == DigestTreeShape.bucketCount else {
+            let progress = ClearingProgress(floor: doing, nextBucket: end)
+            try txn.put(.meta, StoreEngine.clearingMetaKey, ProfileFormat.encode(progress), mode: .upsert)
+            return false
+        }
+        try purgeChanges(datedThrough: doing)
+        try txn.delete(.meta, StoreEngine.clearingMetaKey)
+        try txn.put(.meta, StoreEngine.clearedThroughMetaKey, ProfileFormat.encode(SignedTime(value: doing)), mode: .upsert)
+        return true
+    }
+}
+
+/// How far a clearing has gone: its floor and the next digest-tree bucket to clear.
+struct ClearingProgress: BinaryCodable, Equatable {
+    var floor: Int64
+    var nextBucket: Int
+
+    func encode(to writer: inout BinaryWriter) {
+        writer.write(signed: floor)
+        writer.write(varint: UInt64(nextBucket))
+    }
+
+    init(floor: Int64, nextBucket: Int) {
+        self.floor = floor
+        self.nextBucket = nextBucket
+    }
+
+    init(from reader: inout BinaryReader) throws {
+        floor = try reader.readSigned()
+        let offset = reader.offset
+        let bucket = try reader.readVarint()
+        guard bucket < UInt64(DigestTreeShape.bucketCount) else { throw BinaryDecodingError(.invalidValue, offset: offset, "bucket") }
+        nextBucket = Int(bucket)
     }
 }
 

@@ -189,9 +189,11 @@ public protocol ReplicaStore: AnyObject, Sendable {
     @discardableResult func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, scan: Int, limit: Int) throws
         -> ForgetCompactionStep
 
-    /// A peer that compacted forget records quarantined this node: drops everything dated at or
-    /// before `floor`, and records that it did, in one transaction.
-    func clearForQuarantine(through floor: Int64) throws
+    /// A peer that compacted forget records quarantined this node: one step (one transaction)
+    /// of dropping everything dated at or before `floor`, `buckets` digest-tree buckets of
+    /// identifiers at a time, then the logged changes; the last step records that it is done.
+    /// Returns whether it is.
+    @discardableResult func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool
 }
 
 extension ProfileWriting {
@@ -419,8 +421,8 @@ extension EngineBackedStore {
         try modify { context in try context.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, scan: scan, limit: limit) }
     }
 
-    public func clearForQuarantine(through floor: Int64) throws {
-        try modify { context in try context.clearForQuarantine(through: floor) }
+    @discardableResult public func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool {
+        try modify { context in try context.clearForQuarantine(through: floor, buckets: buckets) }
     }
 
     public func resumeLog(from peer: UInt64, at position: UInt64) throws {

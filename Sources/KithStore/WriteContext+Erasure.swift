@@ -99,26 +99,38 @@ extension WriteContext {
         try txn.retireKeys(of: members)
     }
 
-    /// Drops everything held dated at or before `floor`, about anyone: ledger rows, head fields,
-    /// link assertions and logged changes, as an erasure of every identifier at that time would,
-    /// but leaving no forget record and keeping every data key (nobody was erased). What a
-    /// member quarantined after a forget compaction does before its peers take anything from it
-    /// again (docs/replication.md, "Compacting forget entries"); what was not erased comes back
-    /// from them by comparison. One transaction over the whole store: rare, and heavy.
-    func dropEverything(datedThrough floor: Int64) throws {
-        let everyone = try txn.identifiers(inBuckets: 0..<DigestTreeShape.bucketCount, hasher: engine.hasher)
+    /// Drops everything `identifiers` hold dated at or before `floor`: ledger rows, head fields
+    /// and link assertions, as an erasure of each at that time would, but leaving no forget
+    /// record and keeping every data key (nobody was erased), and rebuilds the profiles around
+    /// them. What a member quarantined after a forget compaction does to all it holds, a few
+    /// buckets at a time, before its peers take anything from it again (docs/replication.md,
+    /// "Compacting forget entries"); what was not erased comes back from them by comparison. A
+    /// link is rebuilt from both ends' rows with the floor as its cutoff, so doing one end before
+    /// the other leaves the same link.
+    func dropEverything(of identifiers: [Identifier], datedThrough floor: Int64) throws {
         let cutoffs = ErasureCutoffs(times: [:], floor: floor)
         var edges: Set<LinkEdge> = []
-        for member in everyone {
+        // Whole profiles are rebuilt, not only this step's identifiers: a profile may have
+        // members in buckets not cleared yet, and a link dropped here may split it.
+        var around = Set(identifiers)
+        for member in identifiers {
+            if let canonical = try canonicalKey(member.key), let view = try view(canonical) { around.formUnion(view.members) }
             try forgetLedger(of: member, cutoffs)
             try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
-                if let peer = Identifier(key: RowKey(stored: key).suffix) { edges.insert(link(member, peer)) }
+                if let peer = Identifier(key: RowKey(stored: key).suffix) {
+                    edges.insert(link(member, peer))
+                    around.insert(peer)
+                }
                 return .next
             }
         }
         for edge in edges.sorted() { try rebuildEdge(edge, floor: floor) }
-        try purgeChanges(cutoffs)
-        try rebuildProfiles(around: everyone)
+        try rebuildProfiles(around: around.sorted())
+    }
+
+    /// Drops every logged change dated at or before `floor` (the last step of a clearing).
+    func purgeChanges(datedThrough floor: Int64) throws {
+        try purgeChanges(ErasureCutoffs(times: [:], floor: floor))
     }
 
     /// Drops or trims the member's ledger rows as its cutoff decides, and recomputes its head.
