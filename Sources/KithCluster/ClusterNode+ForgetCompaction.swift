@@ -29,11 +29,31 @@ extension ClusterNode {
         return state
     }
 
-    /// Whether this node takes data from `peer` (pushes, pull replies, document states): yes,
-    /// unless it compacted forget records while `peer` did not count and `peer` has not said it
-    /// dropped everything dated at or before them since (`ForgetCompactionGate`).
+    /// Whether this node trusts `peer`'s data: yes, unless it compacted forget records while
+    /// `peer` did not count and `peer` has not said it dropped everything dated at or before them
+    /// since (`ForgetCompactionGate`). A peer not trusted is quarantined.
     public func takesData(from peer: UInt64) throws -> Bool {
         ForgetCompactionGate.takesData(from: peer, state: try compactionState(), cleared: peers[peer]?.cleared)
+    }
+
+    /// Whether this node takes data in from `peer` now (pull replies, pushes, document states;
+    /// and whether it pulls or compares): it trusts the peer, and it is not itself clearing.
+    func acceptsData(from peer: UInt64) throws -> Bool {
+        try !isClearing && takesData(from: peer)
+    }
+
+    /// A clearing is under way (told and not finished, or left unfinished by a restart): the
+    /// node takes nothing in until it ends, or rows it had already cleared could come back beside
+    /// others it has not cleared yet (the simulation found a link lost that way).
+    var isClearing: Bool {
+        get throws { try forgetCompaction.clearingFloor != nil || compactionState().clearing != nil }
+    }
+
+    /// A clearing a restart left unfinished goes on.
+    func resumeClearingIfNeeded() throws {
+        guard !forgetCompaction.clearing, let floor = try compactionState().clearing else { return }
+        forgetCompaction.clearingFloor = max(forgetCompaction.clearingFloor ?? .min, floor)
+        try clearingStep()
     }
 
     /// With forget compaction configured: every `forgetCompactionInterval` a pass over the

@@ -244,6 +244,7 @@ public final class ClusterNode {
         try compareTreesIfDue(now: now)
         try truncateLogIfDue(now: now)
         try compactForgetRecordsIfDue(now: now, wall: wall ?? now)
+        try resumeClearingIfNeeded()
     }
 
     /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
@@ -257,7 +258,7 @@ public final class ClusterNode {
         }
         // A quarantined peer is not read: its log may name people whose erasures are compacted.
         let due = try reachable.filter { peer in
-            try takesData(from: peer.id) && peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true
+            try acceptsData(from: peer.id) && peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true
         }
         guard let next = due.min(by: { (peers[$0.id]?.lastPullCompleted ?? .min) < (peers[$1.id]?.lastPullCompleted ?? .min) }) else { return }
         try pull(from: next, now: now)
@@ -315,7 +316,7 @@ public final class ClusterNode {
                 try pull(from: member, now: now)
             }
         case .changes(let from, let through, let entries, let more, let ahead, let request):
-            guard try takesData(from: sender) else {
+            guard try acceptsData(from: sender) else {
                 counters.quarantinedMessagesRefused += 1
                 peers[sender]?.pullSentAt = nil
                 return
@@ -341,7 +342,7 @@ public final class ClusterNode {
                 try pulled(written.changed, from: sender, more: more, request: request, now: now)
             }
         case .push(let previous, let entries):
-            guard try takesData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
+            guard try acceptsData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
             // Pushes that arrive while one of the sender's is being written wait, and go in one
             // transaction after it: a peer under load applies one commit (one sync) for many.
             pushes[sender, default: PendingPushes()].queued.append(PushedChanges(previous: previous, entries: entries))
@@ -350,12 +351,12 @@ public final class ClusterNode {
         case .acknowledge(let through):
             acknowledged(by: sender, through: through)
         case .digestRequest(let request, let nodes):
-            guard try takesData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
+            guard try acceptsData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
             send(replyAddress(sender, address), .digestReply(request: request, children: try differingChildren(of: nodes)))
         case .digestReply(let request, let children):
             try received(children, request: request, from: sender, now: now)
         case .documents(let request, let states, let wanted):
-            guard try takesData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
+            guard try acceptsData(from: sender) else { return counters.quarantinedMessagesRefused += 1 }
             try received(states, wanted: wanted, request: request, from: sender, address: address, now: now)
         case .logTruncated(let through, _, let dropThrough):
             if let dropThrough { try clearForQuarantine(through: dropThrough, wall: wall ?? now) }

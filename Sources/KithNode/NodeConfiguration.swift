@@ -231,6 +231,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var logTruncationIntervalSeconds = 10
     /// Seconds between passes of the retention sweep (the policy's `retention`, docs/privacy.md).
     public var retentionSweepSeconds = 3_600
+    /// Seconds between passes of forget compaction (with `maxEventAge` set; docs/replication.md,
+    /// "Compacting forget entries"); a pass goes a step every `logTruncationIntervalSeconds`.
+    public var forgetCompactionIntervalSeconds = 3_600
     /// Webhook retries (docs/feed.md): the first wait, the longest, and the attempts before a
     /// batch is parked as a dead letter.
     public var webhookFirstRetryMillis = 1_000
@@ -259,7 +262,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
         case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
-        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog
+        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds
     }
 
     public init(from decoder: Decoder) throws {
@@ -292,6 +295,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         logTruncationIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
         retentionSweepSeconds = try container.decodeIfPresent(Int.self, forKey: .retentionSweepSeconds) ?? defaults.retentionSweepSeconds
+        forgetCompactionIntervalSeconds =
+            try container.decodeIfPresent(Int.self, forKey: .forgetCompactionIntervalSeconds) ?? defaults.forgetCompactionIntervalSeconds
         maxEventAge = try container.decodeIfPresent(String.self, forKey: .maxEventAge)
         webhookFirstRetryMillis = try container.decodeIfPresent(Int.self, forKey: .webhookFirstRetryMillis) ?? defaults.webhookFirstRetryMillis
         webhookMaxRetryMillis = try container.decodeIfPresent(Int.self, forKey: .webhookMaxRetryMillis) ?? defaults.webhookMaxRetryMillis
@@ -352,6 +357,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_MAX_EVENT_AGE"] { maxEventAge = value }
         if let seconds = try number("KITH_RETENTION_SWEEP_INTERVAL", " of seconds") { retentionSweepSeconds = seconds }
         if let seconds = try number("KITH_LOG_TRUNCATION_INTERVAL", " of seconds") { logTruncationIntervalSeconds = seconds }
+        if let seconds = try number("KITH_FORGET_COMPACTION_INTERVAL", " of seconds") { forgetCompactionIntervalSeconds = seconds }
         if let value = environment["KITH_PHONE_REGION"] { identity.phoneRegion = value }
         if let value = environment["KITH_CLUSTER_KEY_FILE"] { clusterKeyFile = value }
         if let value = environment["KITH_CLUSTER_KEY"] { clusterKey = value }
@@ -433,6 +439,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let age = try maxEventAgeMillis(), age <= window {
             throw ConfigurationError("maxEventAge (\(maxEventAge ?? "")) must be longer than maxOfflineWindow (\(maxOfflineWindow))")
         }
+        guard (1...604_800).contains(forgetCompactionIntervalSeconds) else {
+            throw ConfigurationError("forgetCompactionIntervalSeconds must be 1 to 604800")
+        }
         guard (0...86_400).contains(logTruncationIntervalSeconds) else {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
@@ -474,7 +483,7 @@ extension NodeConfiguration.CodingKeys {
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
         "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
-        "writeAheadLog",
+        "writeAheadLog", "forgetCompactionIntervalSeconds",
     ]
 }
 

@@ -75,6 +75,7 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         settings.replicas = configuration.replicas
         settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
         settings.truncationInterval = Int64(configuration.logTruncationIntervalSeconds) * 1_000
+        settings.forgetCompactionInterval = Int64(configuration.forgetCompactionIntervalSeconds) * 1_000
         // Forget records can go only once no message can be dated before them: with a maxEventAge.
         if let maxEventAge = try configuration.maxEventAgeMillis() {
             settings.forgetCompaction = ForgetCompactionPlan.Bounds(

@@ -13,11 +13,15 @@ public struct ForgetCompactionState: Sendable, Equatable {
     public var trusted: Set<UInt64>
     /// How far this node dropped its own old data when a peer quarantined it (nil: never).
     public var clearedThrough: Int64?
+    /// The floor of a clearing under way (some buckets done, not all): until it ends the node
+    /// takes no data in, or rows it had already cleared would come back beside others it has not.
+    public var clearing: Int64?
 
-    public init(compactedThrough: Int64? = nil, trusted: Set<UInt64> = [], clearedThrough: Int64? = nil) {
+    public init(compactedThrough: Int64? = nil, trusted: Set<UInt64> = [], clearedThrough: Int64? = nil, clearing: Int64? = nil) {
         self.compactedThrough = compactedThrough
         self.trusted = trusted
         self.clearedThrough = clearedThrough
+        self.clearing = clearing
     }
 }
 
@@ -50,6 +54,17 @@ extension StoreEngine {
     static let clearedThroughMetaKey = Array("forget-cleared-through".utf8)
     static let compactionNextMetaKey = Array("forget-compaction-next".utf8)
     static let clearingMetaKey = Array("forget-clearing".utf8)
+    static let lastPlanMetaKey = Array("forget-compaction-plan".utf8)
+
+    /// Whether the last compaction step's decision (its horizon and what every member held)
+    /// would drop `record`: such a record, offered back by a peer that has not dropped it yet,
+    /// is not taken (this node applied the erasure before it dropped its own copy), so that
+    /// copies do not go back and forth while the nodes' passes catch up with each other.
+    func wouldHaveDropped(_ record: ForgetRecord, in reader: some StoreReading) throws -> Bool {
+        guard let bytes = try reader.get(.meta, Self.lastPlanMetaKey) else { return false }
+        let plan = try decode(bytes, table: .meta) { try ProfileFormat.decode(CompactionDecision.self, from: $0) }
+        return record.isCompactable(horizon: plan.horizon, held: plan.held)
+    }
 
     func forgetCompactionState(in reader: some StoreReading) throws -> ForgetCompactionState {
         func time(_ key: [UInt8]) throws -> Int64? {
@@ -58,8 +73,12 @@ extension StoreEngine {
         let trusted = try reader.get(.meta, Self.trustedMetaKey).map { bytes in
             Set(try decode(bytes, table: .meta) { try ProfileFormat.decode(VersionVector.self, from: $0) }.sequences.keys)
         }
+        let clearing = try reader.get(.meta, Self.clearingMetaKey).map { bytes in
+            try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }.floor
+        }
         return ForgetCompactionState(
-            compactedThrough: try time(Self.compactedThroughMetaKey), trusted: trusted ?? [], clearedThrough: try time(Self.clearedThroughMetaKey))
+            compactedThrough: try time(Self.compactedThroughMetaKey), trusted: trusted ?? [], clearedThrough: try time(Self.clearedThroughMetaKey),
+            clearing: clearing)
     }
 
 }
@@ -93,6 +112,8 @@ extension WriteContext {
             if record.isCompactable(horizon: horizon, held: held) { doomed.append((key, record)) }
             return .next
         }
+        let decision = ProfileFormat.encode(CompactionDecision(horizon: horizon, held: held))
+        if try txn.get(.meta, StoreEngine.lastPlanMetaKey) != decision { try txn.put(.meta, StoreEngine.lastPlanMetaKey, decision, mode: .upsert) }
         if passEnded {
             try txn.delete(.meta, StoreEngine.compactionNextMetaKey)
         } else if let last {
@@ -110,9 +131,10 @@ extension WriteContext {
     }
 
     /// A peer quarantined this node: one step of dropping everything dated at or before `floor`
-    /// — the identifiers of `buckets` digest-tree buckets from where the last step stopped (`meta`
-    /// `forget-clearing`: the floor and the next bucket), and after the last bucket the logged
-    /// changes. The last step records `clearedThrough`, which the node's pulls then carry. A
+    /// — the logged changes at the first step, then the identifiers of `buckets` digest-tree
+    /// buckets (and all linked to them) from where the last step stopped (`meta`
+    /// `forget-clearing`: the floor and the next bucket). The last step records
+    /// `clearedThrough`, which the node's pulls then carry. A
     /// higher floor told in the middle starts over at the first bucket (the buckets done used the
     /// lower one). Returns whether the clearing is complete.
     func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool {
@@ -124,6 +146,8 @@ extension WriteContext {
             let progress = try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }
             if progress.floor >= floor { (doing, next) = (progress.floor, progress.nextBucket) }
         }
+        // The logged changes first, so that no peer reads from the log what the steps drop.
+        if next == 0 { try purgeChanges(datedThrough: doing) }
         let end = min(next + buckets, DigestTreeShape.bucketCount)
         try dropEverything(of: try txn.identifiers(inBuckets: next..<end, hasher: engine.hasher), datedThrough: doing)
         guard end == DigestTreeShape.bucketCount else {
@@ -131,10 +155,30 @@ extension WriteContext {
             try txn.put(.meta, StoreEngine.clearingMetaKey, ProfileFormat.encode(progress), mode: .upsert)
             return false
         }
-        try purgeChanges(datedThrough: doing)
         try txn.delete(.meta, StoreEngine.clearingMetaKey)
         try txn.put(.meta, StoreEngine.clearedThroughMetaKey, ProfileFormat.encode(SignedTime(value: doing)), mode: .upsert)
         return true
+    }
+}
+
+/// The decision of the last compaction step: its horizon and what every member held.
+struct CompactionDecision: BinaryCodable, Equatable {
+    var horizon: Int64
+    var held: VersionVector
+
+    func encode(to writer: inout BinaryWriter) {
+        writer.write(signed: horizon)
+        held.encode(to: &writer)
+    }
+
+    init(horizon: Int64, held: VersionVector) {
+        self.horizon = horizon
+        self.held = held
+    }
+
+    init(from reader: inout BinaryReader) throws {
+        horizon = try reader.readSigned()
+        held = try VersionVector(from: &reader)
     }
 }
 

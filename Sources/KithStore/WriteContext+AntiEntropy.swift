@@ -15,9 +15,13 @@ extension WriteContext {
     /// Returns whether anything changed here.
     func join(_ state: DocumentState) throws -> Bool {
         var changed = false
-        if let record = state.forgotten, try forgetRecord(state.forgetKey).map({ $0 < record }) ?? true {
-            try forgetHashed([state.forgetKey], record)
-            changed = true
+        if let record = state.forgotten {
+            let held = try forgetRecord(state.forgetKey)
+            // One this node compacted (its last decision would drop it) is not taken back.
+            if try held.map({ $0 < record }) ?? !engine.wouldHaveDropped(record, in: txn) {
+                try forgetHashed([state.forgetKey], record)
+                changed = true
+            }
         }
         guard let identifier = state.identifier else { return changed }
         guard engine.hasher.forgetKeyBytes(for: identifier) == state.forgetKey else {

@@ -99,30 +99,34 @@ extension WriteContext {
         try txn.retireKeys(of: members)
     }
 
-    /// Drops everything `identifiers` hold dated at or before `floor`: ledger rows, head fields
-    /// and link assertions, as an erasure of each at that time would, but leaving no forget
-    /// record and keeping every data key (nobody was erased), and rebuilds the profiles around
-    /// them. What a member quarantined after a forget compaction does to all it holds, a few
-    /// buckets at a time, before its peers take anything from it again (docs/replication.md,
-    /// "Compacting forget entries"); what was not erased comes back from them by comparison. A
-    /// link is rebuilt from both ends' rows with the floor as its cutoff, so doing one end before
-    /// the other leaves the same link.
+    /// Drops everything `identifiers` and every identifier linked to them, transitively, hold
+    /// dated at or before `floor`: ledger rows, head fields and link assertions, as an erasure of
+    /// each at that time would, but leaving no forget record and keeping every data key (nobody
+    /// was erased), and rebuilds their profiles. What a member quarantined after a forget
+    /// compaction does to all it holds, a few buckets at a time, before its peers take anything
+    /// from it again (docs/replication.md, "Compacting forget entries"); what was not erased comes
+    /// back from them by comparison. Linked identifiers go together so that every step leaves a
+    /// consistent store: a ledger row asserting a link whose rows a step dropped (its other end
+    /// in a bucket not cleared yet) would reach a peer comparing meanwhile and stay there for
+    /// good, its link lost (the simulation found it).
     func dropEverything(of identifiers: [Identifier], datedThrough floor: Int64) throws {
         let cutoffs = ErasureCutoffs(times: [:], floor: floor)
+        var group = Set(identifiers)
+        var frontier = identifiers
         var edges: Set<LinkEdge> = []
-        // Whole profiles are rebuilt, not only this step's identifiers: a profile may have
-        // members in buckets not cleared yet, and a link dropped here may split it.
-        var around = Set(identifiers)
-        for member in identifiers {
-            if let canonical = try canonicalKey(member.key), let view = try view(canonical) { around.formUnion(view.members) }
-            try forgetLedger(of: member, cutoffs)
+        while let member = frontier.popLast() {
             try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
                 if let peer = Identifier(key: RowKey(stored: key).suffix) {
                     edges.insert(link(member, peer))
-                    around.insert(peer)
+                    if group.insert(peer).inserted { frontier.append(peer) }
                 }
                 return .next
             }
+        }
+        var around = group
+        for member in group.sorted() {
+            if let canonical = try canonicalKey(member.key), let view = try view(canonical) { around.formUnion(view.members) }
+            try forgetLedger(of: member, cutoffs)
         }
         for edge in edges.sorted() { try rebuildEdge(edge, floor: floor) }
         try rebuildProfiles(around: around.sorted())
