@@ -11,7 +11,7 @@ struct ForgetCompactionTracking {
     var passOpen = false
     /// The last plan made, for status.
     var plan: ForgetCompactionPlan?
-    /// A compaction or a quarantine clearing is queued or running.
+    /// A compaction step is queued or running.
     var writing = false
     /// A clearing step is queued or running, and the highest floor to clear through.
     var clearing = false
@@ -131,7 +131,8 @@ extension ClusterNode {
             forgetCompaction.clearing = false
             forgetCompaction.state = nil
             guard !written.refused else {
-                // Told again at the peer's next answer, it starts again from where it stopped.
+                // Tried again from where it stopped: at the next tick if a step is recorded, else
+                // when the peer answers again.
                 forgetCompaction.clearingFloor = nil
                 return counters.quarantineClearsFailed += 1
             }
