@@ -325,21 +325,9 @@ func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], co
     }
     failures += try check(sim, checked, seed: seed)
     if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil {
-        func rows(_ store: MemoryProfileStore) throws -> [[UInt8]: [UInt8]] {
-            try store.read { reader in
-                var rows: [[UInt8]: [UInt8]] = [:]
-                for table in [Table.documents, .forget] {
-                    try reader.scan(table, prefix: []) { key, value in
-                        rows[[UInt8(table.rawValue)] + key] = value
-                        return .next
-                    }
-                }
-                return rows
-            }
-        }
-        let first = try rows(sim.machines[0].store)
+        let first = try replicatedRows(sim.machines[0].store)
         for machine in sim.machines.dropFirst() {
-            let theirs = try rows(machine.store)
+            let theirs = try replicatedRows(machine.store)
             for key in Set(first.keys).union(theirs.keys).sorted(by: { $0.lexicographicallyPrecedes($1) }) where first[key] != theirs[key] {
                 print(
                     "n1 vs \(machine.member.name): row \(Crypto.hex(Array(key.prefix(40)))) \(first[key]?.count ?? -1) / \(theirs[key]?.count ?? -1) bytes"

@@ -134,19 +134,7 @@ func runRetentionScenario(seed: UInt64) throws -> (failures: [String], dropped: 
     if try sim.machines[0].store.contentDigest() != expected.contentDigest() {
         failures.append("the replicas hold other rows than a store given only what the rules keep")
         if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil {
-            func rows(_ store: MemoryProfileStore) throws -> [[UInt8]: [UInt8]] {
-                try store.read { reader in
-                    var rows: [[UInt8]: [UInt8]] = [:]
-                    for table in [Table.documents, .forget] {
-                        try reader.scan(table, prefix: []) { key, value in
-                            rows[[UInt8(table.rawValue)] + key] = value
-                            return .next
-                        }
-                    }
-                    return rows
-                }
-            }
-            let mine = try rows(sim.machines[0].store), theirs = try rows(expected)
+            let mine = try replicatedRows(sim.machines[0].store), theirs = try replicatedRows(expected)
             for key in Set(mine.keys).union(theirs.keys) where mine[key] != theirs[key] {
                 print(
                     "row \(String(decoding: key.map { $0 < 32 ? 46 : $0 }, as: UTF8.self)): replica \(mine[key]?.count ?? -1) bytes, kept-only \(theirs[key]?.count ?? -1)"

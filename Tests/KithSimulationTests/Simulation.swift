@@ -342,3 +342,18 @@ final class Simulation {
 
     var isQuiet: Bool { queue.isEmpty }
 }
+
+/// Every replicated row of `store` (documents and forget set), keyed by table and key: to list
+/// the rows two replicas differ in when a run fails.
+func replicatedRows(_ store: MemoryProfileStore) throws -> [[UInt8]: [UInt8]] {
+    try store.read { reader in
+        var rows: [[UInt8]: [UInt8]] = [:]
+        for table in [Table.documents, .forget] {
+            try reader.scan(table, prefix: []) { key, value in
+                rows[[UInt8(table.rawValue)] + key] = value
+                return .next
+            }
+        }
+        return rows
+    }
+}
