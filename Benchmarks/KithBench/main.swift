@@ -322,6 +322,9 @@ try bytes.withUnsafeBufferPointer { buffer in
     report("store.size_vs_json_truncated", Double(held) / Double(jsonBytes), decimals: 2)
     try reportRowSizes(store, prefix: "store", messages: lines.count, jsonBytes: jsonBytes)
 
+    // Forget compaction and a quarantined node's clearing, step by step (this changes the store).
+    try measureForgetCompaction(store, customers: 2_000, node: 1)
+
     // 4. What retention sweeps cost ingest (alternated, medians).
     try measureRetentionCost(bytes: bytes, lines: lines, options: options, receivedAt: receivedAt)
 }

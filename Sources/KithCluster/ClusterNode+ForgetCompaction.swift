@@ -105,7 +105,7 @@ extension ClusterNode {
 
     /// A peer that compacted forget records quarantined this node: drop everything dated at or
     /// before `floor` (once), so that the next pulls say so and the peer takes data again. The
-    /// writer does it in steps of `clearingBuckets` digest-tree buckets, one after another; a
+    /// writer does it in steps of at most `clearingIdentifiers` identifiers, one after another; a
     /// higher floor told meanwhile takes over. A floor within `maxOfflineWindow` of this node's
     /// wall clock cannot come from the rule (the horizon lies further back) and is refused: a
     /// peer whose clock or settings are wrong must not make this node drop recent data.
@@ -121,10 +121,10 @@ extension ClusterNode {
     private func clearingStep() throws {
         guard let floor = forgetCompaction.clearingFloor else { return }
         forgetCompaction.clearing = true
-        let store = self.store, buckets = settings.clearingBuckets
+        let store = self.store, buckets = settings.clearingBuckets, identifiers = settings.clearingIdentifiers
         try write({
             do {
-                let done = try store.clearForQuarantine(through: floor, buckets: buckets)
+                let done = try store.clearForQuarantine(through: floor, buckets: buckets, identifiers: identifiers)
                 return ReplicatedWrite(changed: 1, more: !done)
             } catch { return .refusal }
         }) { [self] written in

@@ -41,8 +41,10 @@ public struct ReplicationSettings: Sendable {
     /// steps reads (one step every `truncationInterval`; the writer is never held long).
     public var forgetCompactionInterval: Int64 = 3_600_000
     public var forgetCompactionScan = 10_000
-    /// Digest-tree buckets (of 1,024) a quarantined node clears per write when told to drop its
-    /// old data.
+    /// Identifiers (with everything linked to them), from at most `clearingBuckets` digest-tree
+    /// buckets of 1,024, a quarantined node clears per write when told to drop its old data:
+    /// about 20 ms of the writer a step on the bench store (docs/benchmarks.md, "Forget compaction").
+    public var clearingIdentifiers = 100
     public var clearingBuckets = 8
 
     public init() {}

@@ -131,32 +131,43 @@ extension WriteContext {
     }
 
     /// A peer quarantined this node: one step of dropping everything dated at or before `floor`
-    /// — the logged changes at the first step, then the identifiers of `buckets` digest-tree
-    /// buckets (and all linked to them) from where the last step stopped (`meta`
-    /// `forget-clearing`: the floor and the next bucket). The last step records
+    /// — the logged changes at the first step, then up to `limit` identifiers of at most
+    /// `buckets` digest-tree buckets (and all linked to them) from where the last step stopped
+    /// (`meta` `forget-clearing`: the floor, the bucket, the last identifier done in it), so that
+    /// a step costs about the same however large the store. The last step records
     /// `clearedThrough`, which the node's pulls then carry. A
     /// higher floor told in the middle starts over at the first bucket (the buckets done used the
     /// lower one). Returns whether the clearing is complete.
-    func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool {
-        precondition(buckets > 0, "a clearing step covers at least one bucket, not \(buckets)")
+    func clearForQuarantine(through floor: Int64, buckets: Int, identifiers limit: Int) throws -> Bool {
+        precondition(buckets > 0 && limit > 0, "a clearing step covers at least one bucket and identifier, not \(buckets), \(limit)")
         let state = try engine.forgetCompactionState(in: txn)
         guard (state.clearedThrough ?? .min) < floor else { return true }
-        var (doing, next) = (floor, 0)
+        var progress = ClearingProgress(floor: floor, nextBucket: 0, after: nil)
         if let bytes = try txn.get(.meta, StoreEngine.clearingMetaKey) {
-            let progress = try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }
-            if progress.floor >= floor { (doing, next) = (progress.floor, progress.nextBucket) }
+            let stored = try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }
+            if stored.floor >= floor { progress = stored }
         }
         // The logged changes first, so that no peer reads from the log what the steps drop.
-        if next == 0 { try purgeChanges(datedThrough: doing) }
-        let end = min(next + buckets, DigestTreeShape.bucketCount)
-        try dropEverything(of: try txn.identifiers(inBuckets: next..<end, hasher: engine.hasher), datedThrough: doing)
-        guard end == DigestTreeShape.bucketCount else {
-            let progress = ClearingProgress(floor: doing, nextBucket: end)
+        if progress.nextBucket == 0, progress.after == nil { try purgeChanges(datedThrough: progress.floor) }
+        let end = min(progress.nextBucket + buckets, DigestTreeShape.bucketCount)
+        var held = try txn.identifiers(inBuckets: progress.nextBucket..<end, hasher: engine.hasher)
+        func bucket(_ identifier: Identifier) -> Int { DigestTreeShape.bucket(of: engine.hasher.forgetKeyBytes(for: identifier)) }
+        if let after = progress.after {
+            held.removeAll { bucket($0) == progress.nextBucket && !after.lexicographicallyPrecedes($0.key) }
+        }
+        let taken = Array(held.prefix(limit))
+        try dropEverything(of: taken, datedThrough: progress.floor)
+        if taken.count < held.count, let last = taken.last {
+            progress = ClearingProgress(floor: progress.floor, nextBucket: bucket(last), after: last.key)
+        } else {
+            progress = ClearingProgress(floor: progress.floor, nextBucket: end, after: nil)
+        }
+        guard progress.nextBucket == DigestTreeShape.bucketCount else {
             try txn.put(.meta, StoreEngine.clearingMetaKey, ProfileFormat.encode(progress), mode: .upsert)
             return false
         }
         try txn.delete(.meta, StoreEngine.clearingMetaKey)
-        try txn.put(.meta, StoreEngine.clearedThroughMetaKey, ProfileFormat.encode(SignedTime(value: doing)), mode: .upsert)
+        try txn.put(.meta, StoreEngine.clearedThroughMetaKey, ProfileFormat.encode(SignedTime(value: progress.floor)), mode: .upsert)
         return true
     }
 }
@@ -186,15 +197,20 @@ struct CompactionDecision: BinaryCodable, Equatable {
 struct ClearingProgress: BinaryCodable, Equatable {
     var floor: Int64
     var nextBucket: Int
+    /// The key of the last identifier cleared in `nextBucket`, when a step stopped inside it.
+    var after: [UInt8]?
 
     func encode(to writer: inout BinaryWriter) {
         writer.write(signed: floor)
         writer.write(varint: UInt64(nextBucket))
+        writer.write(bool: after != nil)
+        if let after { writer.write(bytes: after) }
     }
 
-    init(floor: Int64, nextBucket: Int) {
+    init(floor: Int64, nextBucket: Int, after: [UInt8]?) {
         self.floor = floor
         self.nextBucket = nextBucket
+        self.after = after
     }
 
     init(from reader: inout BinaryReader) throws {
@@ -203,6 +219,7 @@ struct ClearingProgress: BinaryCodable, Equatable {
         let bucket = try reader.readVarint()
         guard bucket < UInt64(DigestTreeShape.bucketCount) else { throw BinaryDecodingError(.invalidValue, offset: offset, "bucket") }
         nextBucket = Int(bucket)
+        after = try reader.readBool() ? Array(try reader.readBytes()) : nil
     }
 }
 

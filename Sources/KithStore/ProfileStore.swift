@@ -190,10 +190,10 @@ public protocol ReplicaStore: AnyObject, Sendable {
         -> ForgetCompactionStep
 
     /// A peer that compacted forget records quarantined this node: one step (one transaction)
-    /// of dropping everything dated at or before `floor`, `buckets` digest-tree buckets of
-    /// identifiers at a time, then the logged changes; the last step records that it is done.
-    /// Returns whether it is.
-    @discardableResult func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool
+    /// of dropping everything dated at or before `floor` — the logged changes first, then up to
+    /// `identifiers` identifiers of at most `buckets` digest-tree buckets at a time; the last step
+    /// records that it is done. Returns whether it is.
+    @discardableResult func clearForQuarantine(through floor: Int64, buckets: Int, identifiers: Int) throws -> Bool
 }
 
 extension ProfileWriting {
@@ -421,8 +421,8 @@ extension EngineBackedStore {
         try modify { context in try context.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, scan: scan, limit: limit) }
     }
 
-    @discardableResult public func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool {
-        try modify { context in try context.clearForQuarantine(through: floor, buckets: buckets) }
+    @discardableResult public func clearForQuarantine(through floor: Int64, buckets: Int, identifiers: Int) throws -> Bool {
+        try modify { context in try context.clearForQuarantine(through: floor, buckets: buckets, identifiers: identifiers) }
     }
 
     public func resumeLog(from peer: UInt64, at position: UInt64) throws {

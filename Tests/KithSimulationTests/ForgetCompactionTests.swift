@@ -196,13 +196,13 @@ struct ForgetCompactionStoreTests {
         try store.apply([old, new, other])
         // In steps of 100 buckets: eleven, the first one dropping the logged changes too.
         var steps = 1
-        while try !store.clearForQuarantine(through: 3_000, buckets: 100) { steps += 1 }
+        while try !store.clearForQuarantine(through: 3_000, buckets: 100, identifiers: 100) { steps += 1 }
         #expect(steps == 11)
         #expect(try !store.hasMessage(old.messageId, subject: old.subject) && !store.hasMessage(other.messageId, subject: other.subject))
         #expect(try store.hasMessage(new.messageId, subject: new.subject))
         #expect(try store.view(of: Identifier(kind: .anonymousId, value: "a-1")!) == nil, "the link asserted at 1 s went with its message")
         #expect(try store.forgetCompactionState().clearedThrough == 3_000)
-        #expect(try store.clearForQuarantine(through: 2_000, buckets: 1), "cleared through a later time already")
+        #expect(try store.clearForQuarantine(through: 2_000, buckets: 1, identifiers: 1), "cleared through a later time already")
         #expect(
             try store.changes(after: 0, limit: 100).allSatisfy { entry in
                 if case .message(let delta) = entry.change { return delta.times.eventTime > 3_000 }
@@ -215,11 +215,38 @@ struct ForgetCompactionStoreTests {
         try expected.apply([new])
         #expect(try store.view(of: new.subject).map(ProfileFormat.encode) == expected.view(of: new.subject).map(ProfileFormat.encode))
         // A higher floor told in the middle of a clearing starts it over with that floor.
-        for _ in 0..<3 { #expect(try !store.clearForQuarantine(through: 4_000, buckets: 100)) }
+        for _ in 0..<3 { #expect(try !store.clearForQuarantine(through: 4_000, buckets: 100, identifiers: 100)) }
         var rest = 1
-        while try !store.clearForQuarantine(through: 6_000, buckets: 100) { rest += 1 }
+        while try !store.clearForQuarantine(through: 6_000, buckets: 100, identifiers: 100) { rest += 1 }
         #expect(try rest == 11 && store.forgetCompactionState().clearedThrough == 6_000)
         #expect(try !store.hasMessage(new.messageId, subject: new.subject), "dated 5 s: dropped through 6 s")
+    }
+}
+
+extension ForgetCompactionStoreTests {
+    /// A clearing step takes at most its number of identifiers, however many one bucket holds:
+    /// with one a step, a store of three identifiers (two of them linked, so cleared together)
+    /// takes more than one step, and ends the same as clearing in one.
+    @Test func aClearingStepIsBoundedByIdentifiers() throws {
+        let messages = try [
+            Self.message(#"{"type":"identify","userId":"u-1","anonymousId":"a-1","timestamp":"1970-01-01T00:00:01Z"}"#, at: 1_000),
+            Self.message(#"{"type":"identify","userId":"u-2","timestamp":"1970-01-01T00:00:02Z"}"#, at: 2_000),
+            Self.message(#"{"type":"track","userId":"u-2","event":"Visit","timestamp":"1970-01-01T00:00:09Z"}"#, at: 9_000),
+        ]
+        func store() throws -> MemoryProfileStore {
+            let store = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: Simulation.secret))
+            try store.apply(messages)
+            return store
+        }
+        let stepped = try store(), whole = try store()
+        var steps = 1
+        while try !stepped.clearForQuarantine(through: 5_000, buckets: 1_024, identifiers: 1) { steps += 1 }
+        #expect(steps >= 2)
+        #expect(try whole.clearForQuarantine(through: 5_000, buckets: 1_024, identifiers: 1_000))
+        #expect(try stepped.contentDigest() == whole.contentDigest())
+        #expect(
+            try !stepped.hasMessage(messages[0].messageId, subject: messages[0].subject)
+                && stepped.hasMessage(messages[2].messageId, subject: messages[2].subject))
     }
 }
 

@@ -171,7 +171,9 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
     func compactForgetRecords(horizon: Int64, held: VersionVector, trusted: Set<UInt64>, scan: Int, limit: Int) throws -> ForgetCompactionStep {
         try store.compactForgetRecords(horizon: horizon, held: held, trusted: trusted, scan: scan, limit: limit)
     }
-    func clearForQuarantine(through floor: Int64, buckets: Int) throws -> Bool { try store.clearForQuarantine(through: floor, buckets: buckets) }
+    func clearForQuarantine(through floor: Int64, buckets: Int, identifiers: Int) throws -> Bool {
+        try store.clearForQuarantine(through: floor, buckets: buckets, identifiers: identifiers)
+    }
 }
 
 @Suite("Log truncation in a node")
