@@ -301,7 +301,3 @@ extension BinaryWriter {
         if let time { write(signed: time) }
     }
 }
-
-extension BinaryReader {
-    fileprivate mutating func readOptionalTime() throws -> Int64? { try readBool() ? try readSigned() : nil }
-}
