@@ -71,7 +71,7 @@ extension StoreEngine {
             try reader.get(.meta, key).map { bytes in try decode(bytes, table: .meta) { try ProfileFormat.decode(SignedTime.self, from: $0).value } }
         }
         let trusted = try reader.get(.meta, Self.trustedMetaKey).map { bytes in
-            Set(try decode(bytes, table: .meta) { try ProfileFormat.decode(VersionVector.self, from: $0) }.sequences.keys)
+            Set(try decode(bytes, table: .meta) { try ProfileFormat.decode(MemberIds.self, from: $0) }.ids)
         }
         let clearing = try reader.get(.meta, Self.clearingMetaKey).map { bytes in
             try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }.floor
@@ -124,9 +124,7 @@ extension WriteContext {
         let state = try engine.forgetCompactionState(in: txn)
         let newest = max(state.compactedThrough ?? .min, doomed.map(\.1.time).max()!)
         try txn.put(.meta, StoreEngine.compactedThroughMetaKey, ProfileFormat.encode(SignedTime(value: newest)), mode: .upsert)
-        // The member set is kept as a version vector's origins (ids), the sequences unused (1).
-        let members = VersionVector(Dictionary(uniqueKeysWithValues: trusted.map { ($0, UInt64(1)) }))
-        try txn.put(.meta, StoreEngine.trustedMetaKey, ProfileFormat.encode(members), mode: .upsert)
+        try txn.put(.meta, StoreEngine.trustedMetaKey, ProfileFormat.encode(MemberIds(ids: trusted.sorted())), mode: .upsert)
         return ForgetCompactionStep(dropped: doomed.count, read: read, passEnded: passEnded)
     }
 
@@ -139,30 +137,19 @@ extension WriteContext {
     /// higher floor told in the middle starts over at the first bucket (the buckets done used the
     /// lower one). Returns whether the clearing is complete.
     func clearForQuarantine(through floor: Int64, buckets: Int, identifiers limit: Int) throws -> Bool {
-        precondition(buckets > 0 && limit > 0, "a clearing step covers at least one bucket and identifier, not \(buckets), \(limit)")
         let state = try engine.forgetCompactionState(in: txn)
         guard (state.clearedThrough ?? .min) < floor else { return true }
-        var progress = ClearingProgress(floor: floor, nextBucket: 0, after: nil)
+        var progress = ClearingProgress(floor: floor, position: .start)
         if let bytes = try txn.get(.meta, StoreEngine.clearingMetaKey) {
             let stored = try decode(bytes, table: .meta) { try ProfileFormat.decode(ClearingProgress.self, from: $0) }
             if stored.floor >= floor { progress = stored }
         }
         // The logged changes first, so that no peer reads from the log what the steps drop.
-        if progress.nextBucket == 0, progress.after == nil { try purgeChanges(datedThrough: progress.floor) }
-        let end = min(progress.nextBucket + buckets, DigestTreeShape.bucketCount)
-        var held = try txn.identifiers(inBuckets: progress.nextBucket..<end, hasher: engine.hasher)
-        func bucket(_ identifier: Identifier) -> Int { DigestTreeShape.bucket(of: engine.hasher.forgetKeyBytes(for: identifier)) }
-        if let after = progress.after {
-            held.removeAll { bucket($0) == progress.nextBucket && !after.lexicographicallyPrecedes($0.key) }
-        }
-        let taken = Array(held.prefix(limit))
+        if progress.position == .start { try purgeChanges(datedThrough: progress.floor) }
+        let (taken, next) = try engine.walkStep(from: progress.position, buckets: buckets, limit: limit, in: txn)
         try dropEverything(of: taken, datedThrough: progress.floor)
-        if taken.count < held.count, let last = taken.last {
-            progress = ClearingProgress(floor: progress.floor, nextBucket: bucket(last), after: last.key)
-        } else {
-            progress = ClearingProgress(floor: progress.floor, nextBucket: end, after: nil)
-        }
-        guard progress.nextBucket == DigestTreeShape.bucketCount else {
+        progress.position = next
+        guard next.isAtEnd else {
             try txn.put(.meta, StoreEngine.clearingMetaKey, ProfileFormat.encode(progress), mode: .upsert)
             return false
         }
@@ -193,24 +180,21 @@ struct CompactionDecision: BinaryCodable, Equatable {
     }
 }
 
-/// How far a clearing has gone: its floor and the next digest-tree bucket to clear.
+/// How far a clearing has gone: its floor and where its walk over the identifiers stands.
 struct ClearingProgress: BinaryCodable, Equatable {
     var floor: Int64
-    var nextBucket: Int
-    /// The key of the last identifier cleared in `nextBucket`, when a step stopped inside it.
-    var after: [UInt8]?
+    var position: BucketWalkPosition
 
     func encode(to writer: inout BinaryWriter) {
         writer.write(signed: floor)
-        writer.write(varint: UInt64(nextBucket))
-        writer.write(bool: after != nil)
-        if let after { writer.write(bytes: after) }
+        writer.write(varint: UInt64(position.bucket))
+        writer.write(bool: position.after != nil)
+        if let after = position.after { writer.write(bytes: after) }
     }
 
-    init(floor: Int64, nextBucket: Int, after: [UInt8]?) {
+    init(floor: Int64, position: BucketWalkPosition) {
         self.floor = floor
-        self.nextBucket = nextBucket
-        self.after = after
+        self.position = position
     }
 
     init(from reader: inout BinaryReader) throws {
@@ -218,9 +202,17 @@ struct ClearingProgress: BinaryCodable, Equatable {
         let offset = reader.offset
         let bucket = try reader.readVarint()
         guard bucket < UInt64(DigestTreeShape.bucketCount) else { throw BinaryDecodingError(.invalidValue, offset: offset, "bucket") }
-        nextBucket = Int(bucket)
-        after = try reader.readBool() ? Array(try reader.readBytes()) : nil
+        position = BucketWalkPosition(bucket: Int(bucket), after: try reader.readBool() ? Array(try reader.readBytes()) : nil)
     }
+}
+
+/// Member ids as a meta value, ascending.
+struct MemberIds: BinaryCodable, Equatable {
+    var ids: [UInt64]
+
+    func encode(to writer: inout BinaryWriter) { writer.write(sequence: ids) { w, id in w.write(varint: id) } }
+    init(ids: [UInt64]) { self.ids = ids }
+    init(from reader: inout BinaryReader) throws { ids = try reader.readSequence(minimumItemSize: 1) { r in try r.readVarint() } }
 }
 
 /// A time as a meta value.

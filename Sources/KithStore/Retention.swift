@@ -25,42 +25,23 @@ extension StoreEngine {
     static let retentionProgressMetaKey = Array("retention-next".utf8)
 
     /// One step: from where the last one stopped, the identifiers of up to `buckets` buckets in
-    /// bucket then identifier order, at most `identifiers` of them.
+    /// bucket then identifier order, at most `identifiers` of them (`walkStep`).
     func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers limit: Int, in context: WriteContext) throws -> RetentionStep {
-        precondition(buckets > 0 && limit > 0, "a retention step covers at least one bucket and one identifier, not \(buckets) and \(limit)")
         let txn = context.txn
-        var bucket = 0
-        var after: [UInt8]?
+        var position = BucketWalkPosition.start
         if let progress = try txn.get(.meta, Self.retentionProgressMetaKey), progress.count >= 8 {
-            bucket = Int(min(try decodeSequence(Array(progress.prefix(8))), UInt64(DigestTreeShape.bucketCount)))
-            if progress.count > 8 { after = Array(progress.dropFirst(8)) }
+            position.bucket = Int(min(try decodeSequence(Array(progress.prefix(8))), UInt64(DigestTreeShape.bucketCount)))
+            if progress.count > 8 { position.after = Array(progress.dropFirst(8)) }
         }
+        let (taken, next) = try walkStep(from: position, buckets: buckets, limit: limit, in: txn)
         var step = RetentionStep()
-        // One read of the step's buckets (a store without pseudonyms finds them in one pass),
-        // then each bucket in identifier order, so that a step that stops inside a bucket knows
-        // where to go on.
-        let end = min(bucket + buckets, DigestTreeShape.bucketCount)
-        let byBucket = Dictionary(grouping: try txn.identifiers(inBuckets: bucket..<end, hasher: hasher)) {
-            DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0))
+        if !rules.isEmpty {
+            step.add(try context.expire(taken, under: rules, now: now))
+        } else {
+            step.identifiers += taken.count
         }
-        while bucket < end, step.identifiers < limit {
-            var held = (byBucket[bucket] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
-            if let after { held.removeAll { !after.lexicographicallyPrecedes($0.key) } }
-            let taken = Array(held.prefix(limit - step.identifiers))
-            if !rules.isEmpty {
-                step.add(try context.expire(taken, under: rules, now: now))
-            } else {
-                step.identifiers += taken.count
-            }
-            if taken.count < held.count {
-                try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(bucket)) + taken.last!.key, mode: .upsert)
-                return step
-            }
-            bucket += 1
-            after = nil
-        }
-        guard bucket == DigestTreeShape.bucketCount else {
-            try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(bucket)), mode: .upsert)
+        guard next.isAtEnd else {
+            try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
             return step
         }
         try txn.delete(.meta, Self.retentionProgressMetaKey)

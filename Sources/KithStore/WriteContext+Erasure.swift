@@ -103,7 +103,7 @@ extension WriteContext {
     /// dated at or before `floor`: ledger rows, head fields and link assertions, as an erasure of
     /// each at that time would, but leaving no forget record and keeping every data key (nobody
     /// was erased), and rebuilds their profiles. What a member quarantined after a forget
-    /// compaction does to all it holds, a few buckets at a time, before its peers take anything
+    /// compaction does to all it holds, a bounded step at a time, before its peers take anything
     /// from it again (docs/replication.md, "Compacting forget entries"); what was not erased comes
     /// back from them by comparison. Linked identifiers go together so that every step leaves a
     /// consistent store: a ledger row asserting a link whose rows a step dropped (its other end
@@ -132,7 +132,7 @@ extension WriteContext {
         try rebuildProfiles(around: around.sorted())
     }
 
-    /// Drops every logged change dated at or before `floor` (the last step of a clearing).
+    /// Drops every logged change dated at or before `floor` (the first step of a clearing).
     func purgeChanges(datedThrough floor: Int64) throws {
         try purgeChanges(ErasureCutoffs(times: [:], floor: floor))
     }
