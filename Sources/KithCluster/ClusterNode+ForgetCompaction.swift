@@ -69,10 +69,8 @@ extension ClusterNode {
         }
         forgetCompaction.lastPlanned = now
         if !forgetCompaction.passOpen { forgetCompaction.passStarted = now }
-        var contacts: [UInt64: ForgetCompactionPlan.Contact] = [:]
-        for (member, state) in peers { contacts[member] = .init(lastHeard: state.lastContact, versions: state.versions) }
         let plan = ForgetCompactionPlan.plan(
-            members: Array(membership.members.values), contacts: contacts, own: try store.versionVector(), since: truncation.since ?? now,
+            members: Array(membership.members.values), contacts: memberContacts, own: try store.versionVector(), since: truncation.since ?? now,
             now: now, wall: wall, bounds: bounds)
         forgetCompaction.plan = plan
         guard let held = plan.held else {

@@ -47,12 +47,8 @@ extension ClusterNode {
         if let last = truncation.lastPlanned, now - last < settings.truncationInterval { return }
         truncation.lastPlanned = now
         let extent = try store.logExtent()
-        var contacts: [UInt64: LogTruncationPlan.Contact] = [:]
-        for (member, state) in peers {
-            contacts[member] = LogTruncationPlan.Contact(lastHeard: state.lastContact, readThrough: state.versions == nil ? nil : state.cursor)
-        }
         let plan = LogTruncationPlan.plan(
-            log: extent, members: Array(membership.members.values), contacts: contacts, since: since, now: now,
+            log: extent, members: Array(membership.members.values), contacts: memberContacts, since: since, now: now,
             maxOfflineWindow: settings.maxOfflineWindow)
         truncation.plan = plan
         guard plan.truncates(extent) else { return }
@@ -67,6 +63,13 @@ extension ClusterNode {
             guard !written.refused else { return counters.logTruncationsFailed += 1 }
             counters.logRecordsTruncated += written.changed
             if written.changed == chunk { truncation.lastPlanned = nil }
+        }
+    }
+
+    /// What each member last said, as the plans that wait on members read it.
+    var memberContacts: [UInt64: MemberContact] {
+        peers.mapValues { state in
+            MemberContact(lastHeard: state.lastContact, readThrough: state.versions == nil ? nil : state.cursor, versions: state.versions)
         }
     }
 

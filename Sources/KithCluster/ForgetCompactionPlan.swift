@@ -43,16 +43,8 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         }
     }
 
-    /// What one member last said: when it was heard from, and the version vector of its last pull.
-    public struct Contact: Sendable, Equatable {
-        public var lastHeard: Int64?
-        public var versions: VersionVector?
-
-        public init(lastHeard: Int64?, versions: VersionVector?) {
-            self.lastHeard = lastHeard
-            self.versions = versions
-        }
-    }
+    /// What one member last said (its last pull's version vector, when it was heard from).
+    public typealias Contact = MemberContact
 
     /// Records dated at or before this may go (if every counting member holds them).
     public var horizon: Int64
@@ -93,7 +85,7 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         var counted: [UInt64] = [], uncounted: [UInt64] = []
         for member in members.sorted(by: { $0.id < $1.id }) {
             let contact = contacts[member.id]
-            let silentFor = now - max(contact?.lastHeard ?? since, since)
+            let silentFor = contact?.silence(since: since, now: now) ?? now - since
             // A member that left counts too until the window passes: `kith serve` leaves on
             // SIGTERM, and a node restarted must not come back to find itself quarantined.
             guard silentFor <= bounds.maxOfflineWindow else {

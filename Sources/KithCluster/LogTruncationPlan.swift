@@ -31,15 +31,7 @@ public struct LogTruncationPlan: Sendable, Equatable {
 
     /// What a member's state says: its last contact and, if it pulled since this node started,
     /// its cursor in this node's log.
-    public struct Contact: Sendable, Equatable {
-        public var lastHeard: Int64?
-        public var readThrough: UInt64?
-
-        public init(lastHeard: Int64?, readThrough: UInt64?) {
-            self.lastHeard = lastHeard
-            self.readThrough = readThrough
-        }
-    }
+    public typealias Contact = MemberContact
 
     /// The plan for a log of extent `log`, given the members known, what each last said
     /// (`contacts`, by member id), when this node began counting silence (`since`), and `now`.
@@ -53,7 +45,7 @@ public struct LogTruncationPlan: Sendable, Equatable {
         var readers: [Reader] = []
         for member in members.sorted(by: { ($0.name, $0.id) < ($1.name, $1.id) }) where member.status != .left {
             let contact = contacts[member.id]
-            let silentFor = now - max(contact?.lastHeard ?? since, since)
+            let silentFor = contact?.silence(since: since, now: now) ?? now - since
             let holdsBack = silentFor <= maxOfflineWindow
             if holdsBack { through = min(through, contact?.readThrough ?? log.truncatedThrough) }
             readers.append(Reader(id: member.id, name: member.name, readThrough: contact?.readThrough, silentFor: silentFor, holdsBack: holdsBack))
