@@ -30,24 +30,6 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
     private var waitCompletions: [UInt64: @Sendable (ConsistencyOutcome) -> Void] = [:]
     private var lastWait: UInt64 = 0
 
-    /// The queue into the replication thread.
-    private final class Inbox: Sendable {
-        let state = Mutex<(work: [Work], stopped: Bool)>(([], false))
-        let wakeup = DispatchSemaphore(value: 0)
-
-        /// Adds `work` unless stopped; returns whether it was added.
-        @discardableResult
-        func add(_ work: Work) -> Bool {
-            let added = state.withLock { state -> Bool in
-                guard !state.stopped else { return false }
-                state.work.append(work)
-                return true
-            }
-            if added { wakeup.signal() }
-            return added
-        }
-    }
-
     /// The latest clock check, published after every tick (`clock` reads it).
     private let publishedClock: Mutex<ClockState>
     /// Every member, this node included, published after every tick (`members` reads it).
@@ -56,7 +38,8 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
 
     let transport: PeerTransport
     private let node: ClusterNode
-    private let inbox = Inbox()
+    /// The queue into the replication thread.
+    private let inbox = ClosableQueue<Work>()
     /// Deadlines of calls into the replication thread, kept off that thread (also the node's
     /// other timed answers: an erasure answered once the clock has passed its boundary).
     let deadlines = Deadlines(name: "kith-deadlines")
@@ -137,8 +120,7 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
     func stop() {
         inbox.add(.call { [node] in node.leave() })
         Thread.sleep(forTimeInterval: 0.1)  // let the leave notes go out
-        inbox.state.withLock { $0.stopped = true }
-        inbox.wakeup.signal()
+        inbox.close()
         finished.wait()
         deadlines.stop()
         transport.stop()
@@ -252,9 +234,9 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         var nextKeyCheck: Int64 = 0
         while true {
             _ = inbox.wakeup.wait(timeout: .now() + .milliseconds(50))
-            let (work, stopped) = inbox.state.withLock { state in
-                defer { state.work.removeAll() }
-                return (state.work, state.stopped)
+            let (work, stopped) = inbox.withItems { items, closed in
+                defer { items.removeAll() }
+                return (items, closed)
             }
             // Timers and deadlines run on the monotonic clock (a wall clock set back must not stall
             // them); the wall clock only stamps membership messages, for measuring offsets.

@@ -1,7 +1,6 @@
 import Dispatch
 import KithAPI
 import KithProfile
-import Synchronization
 
 /// The queue in front of a node's one writer (`GroupCommitter`, `LoggedWriter`): requests'
 /// messages and tasks, in the order they came. Any thread adds; only the writer takes.
@@ -14,43 +13,30 @@ final class WriterQueue: Sendable {
         case task(@Sendable () -> Void)
     }
 
-    private let state = Mutex<(jobs: [Job], stopped: Bool)>(([], false))
+    private let queue = ClosableQueue<Job>()
     /// Signalled once for each job added, and at stop.
-    let wakeup = DispatchSemaphore(value: 0)
+    var wakeup: DispatchSemaphore { queue.wakeup }
 
     /// Queues `deltas`; `completion` gets the outcome (at once, failed, once the writer stops).
     func submit(_ deltas: [ProfileDelta], completion: @escaping Completion) {
-        if add(.messages(deltas, completion)) == false { completion(.failure(NodeError.shuttingDown)) }
+        if queue.add(.messages(deltas, completion)) == false { completion(.failure(NodeError.shuttingDown)) }
     }
 
     /// Queues `task`; false (without queueing it) once the writer is stopping.
-    func perform(_ task: @escaping @Sendable () -> Void) -> Bool { add(.task(task)) }
-
-    private func add(_ job: Job) -> Bool {
-        let accepted = state.withLock { state -> Bool in
-            guard !state.stopped else { return false }
-            state.jobs.append(job)
-            return true
-        }
-        if accepted { wakeup.signal() }
-        return accepted
-    }
+    func perform(_ task: @escaping @Sendable () -> Void) -> Bool { queue.add(.task(task)) }
 
     /// Jobs waiting (for load shedding).
-    var backlog: Int { state.withLock { $0.jobs.count } }
-    var stopped: Bool { state.withLock { $0.stopped } }
-    var stoppedAndEmpty: Bool { state.withLock { $0.stopped && $0.jobs.isEmpty } }
+    var backlog: Int { queue.count }
+    var stopped: Bool { queue.isClosed }
+    var stoppedAndEmpty: Bool { queue.withItems { jobs, closed in closed && jobs.isEmpty } }
 
     /// No job is added from now on; the writer finishes those queued.
-    func stop() {
-        state.withLock { $0.stopped = true }
-        wakeup.signal()
-    }
+    func stop() { queue.close() }
 
-    func peek() -> Job? { state.withLock { $0.jobs.first } }
+    func peek() -> Job? { queue.withItems { jobs, _ in jobs.first } }
 
-    func take() -> Job? { state.withLock { state in state.jobs.isEmpty ? nil : state.jobs.removeFirst() } }
+    func take() -> Job? { queue.withItems { jobs, _ in jobs.isEmpty ? nil : jobs.removeFirst() } }
 
     /// The queued jobs, to take several at once (the writer's alone).
-    func withJobs<T>(_ body: (inout [Job]) -> T) -> T { state.withLock { body(&$0.jobs) } }
+    func withJobs<T>(_ body: (inout [Job]) -> T) -> T { queue.withItems { jobs, _ in body(&jobs) } }
 }
