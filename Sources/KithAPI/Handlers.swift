@@ -202,7 +202,7 @@ extension NodeAPI {
             return .failure(IdentifierRefusal(response: Self.invalidIdentifier))
         }
         let sources = settings.identifierSources
-        guard let kind = IdentifierKind(name: name), kind == .groupId || sources.kinds.contains(kind) else {
+        guard let kind = IdentifierKind(name: name), kind == .groupId || sources.knows(kind) else {
             return .failure(
                 IdentifierRefusal(
                     response: .error(

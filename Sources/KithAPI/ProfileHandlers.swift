@@ -232,6 +232,8 @@ extension NodeAPI {
     /// `view` as reads show it now: without what the retention rules say has expired, whether or
     /// not the background sweep has dropped it yet (`RetentionRules.unexpired`).
     func readable(_ view: ProfileView) -> ProfileView {
+        // No rules, nothing expires: the view as it is, not a copy of it.
+        guard !policy.retention.isEmpty else { return view }
         var view = view
         view.head = policy.retention.unexpired(view.head, now: host.wallMillis())
         return view

@@ -138,16 +138,19 @@ public struct PolicyRenderer {
 
     /// `id` is shown as its identifier kind is: plainly, masked, or not at all.
     private func canonical(_ identifier: Identifier, into object: inout JSONWriter.ObjectWriter) {
-        let shown = decision.decide("identifiers." + identifier.kind.name)
-        if case .withhold = shown { return }
-        object.member("id", string: identifier.kind.name + ":" + Self.shown(identifier.value, shown))
+        let shown = decision.decide(identifier.kind.fieldName)
+        switch shown {
+        case .withhold: return
+        case .allow: object.member("id", string: identifier.description)
+        case .mask: object.member("id", string: identifier.kind.name + ":" + Self.shown(identifier.value, shown))
+        }
     }
 
     private mutating func identifiers(_ members: [Identifier], into writer: inout JSONWriter) {
         writer.writeObject { object in
             for kind in members.kinds {
                 let values = members.filter { $0.kind == kind }.map(\.value)
-                guard !values.isEmpty, let shown = decideOnce("identifiers." + kind.name) else { continue }
+                guard !values.isEmpty, let shown = decideOnce(kind.fieldName) else { continue }
                 object.member(kind.name) { w in
                     w.writeArray(values) { w, value in
                         w.write(string: Self.shown(value, shown))

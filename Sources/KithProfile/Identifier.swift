@@ -72,6 +72,12 @@ public struct IdentifierKind: Hashable, Comparable, Sendable, CustomStringConver
 
     public var name: String { isCustom ? customName : Self.builtInNames[Int(code)] }
 
+    private static let builtInFieldNames = builtInNames.map { "identifiers." + $0 }
+
+    /// `identifiers.<name>`, the policy's field for this kind's values (built once for the
+    /// built-in kinds: every read decides it).
+    public var fieldName: String { isCustom ? "identifiers." + customName : Self.builtInFieldNames[Int(code)] }
+
     public var description: String { name }
 
     /// Custom kinds order by `name:`, so that identifiers order as their keys do (a name that

@@ -59,6 +59,11 @@ public struct IdentifierSources: Sendable, Equatable {
     /// The kinds of people's identifiers: the built-in ones, then the custom ones in order.
     public var kinds: [IdentifierKind] { IdentifierKind.people + customKinds.keys.sorted() }
 
+    /// Whether `kind` is one of `kinds` (asked on every read: no array built).
+    public func knows(_ kind: IdentifierKind) -> Bool {
+        kind.isCustom ? customKinds[kind] != nil : kind != .groupId
+    }
+
     /// `text` as an identifier of `kind` in the kind's normal form: a national phone number read
     /// in `phoneRegion`, a custom kind's value in its form. Nil when it is no value of the kind
     /// (or the custom kind is not configured here). Messages and API paths alike come through it.
