@@ -1,0 +1,86 @@
+import KithCrypto
+import KithJSON
+import KithProfile
+
+/// Which customers a member holds (docs/replication.md, "Scope"): a statement about identity
+/// components, decided on a profile's view as the core holds it — never on single identifiers,
+/// so a component in scope brings every identifier, link and document of it, and a merge or an
+/// unmerge moves whole components in or out.
+///
+/// Pure: the same scope and the same views give the same answer on every node, so "who holds
+/// what" is judged by the simulation like membership and anti-entropy. The shells that carry
+/// its decisions out (projected document states, scoped digest comparison, purges) come next;
+/// until then every member holds everything (`everything`).
+///
+/// Not yet a clause: `seen` (customers whose messages this site ingested within N days). It
+/// needs each ledger row to name the origin that accepted it, so that an erasure leaves every
+/// replica able to recompute it identically (docs/replication.md, the `seen` clause).
+public enum Scope: Equatable, Sendable {
+    /// Every customer: core nodes today.
+    case everything
+    /// The customers of components that at least one clause holds (none: nobody).
+    case only([Clause])
+
+    public enum Clause: Equatable, Sendable {
+        /// Components whose profile has trait `name` equal to `value` (`homeStore` = "leeds-1").
+        /// The profile's trait is the component's joined trait, so the clause follows the
+        /// latest value whichever member's document carried it.
+        case trait(name: String, value: JSONValue)
+        /// Components with any of these identifiers as a member (tests, migrations).
+        case identifiers(Set<Identifier>)
+        /// Components whose canonical identifier's placement key (`Scope.placement(of:)`) falls
+        /// in the range: what a partitioned core's node holds.
+        case placement(ClosedRange<UInt64>)
+    }
+
+    /// Whether a member with this scope holds the component whose profile is `view`.
+    public func holds(_ view: ProfileView) -> Bool {
+        switch self {
+        case .everything: true
+        case .only(let clauses): clauses.contains { $0.holds(view) }
+        }
+    }
+
+    /// Where an identifier is placed among a partitioned core's ranges: the first eight bytes of
+    /// the SHA-256 of its key, so every node computes the same, and identifiers spread evenly
+    /// whatever their values look like (sequential user ids, one email domain).
+    public static func placement(of identifier: Identifier) -> UInt64 {
+        Crypto.sha256(identifier.key).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+
+    /// What a change of the profiles around one change (a message, a merge, an unmerge, a trait
+    /// update) means for a member with this scope: the identifiers whose documents it must now
+    /// receive, and those whose documents it must purge. `before` and `after` are the views of
+    /// every component the change touched, before and after it (a merge: two views before, one
+    /// after; an unmerge: the reverse). An identifier held before and after is in neither list.
+    public func transition(before: [ProfileView], after: [ProfileView]) -> ScopeTransition {
+        let heldBefore = Set(before.filter(holds).flatMap(\.members))
+        let heldAfter = Set(after.filter(holds).flatMap(\.members))
+        return ScopeTransition(entering: heldAfter.subtracting(heldBefore).sorted(), leaving: heldBefore.subtracting(heldAfter).sorted())
+    }
+}
+
+extension Scope.Clause {
+    func holds(_ view: ProfileView) -> Bool {
+        switch self {
+        case .trait(let name, let value): view.head.traits[name].map { $0.value.value == value } ?? false
+        case .identifiers(let identifiers): view.members.contains(where: identifiers.contains)
+        case .placement(let range): range.contains(Scope.placement(of: view.canonical))
+        }
+    }
+}
+
+/// The documents a scoped member gains and loses with one change (`Scope.transition`), sorted.
+public struct ScopeTransition: Equatable, Sendable {
+    /// Identifiers whose documents it must receive (their component came into scope).
+    public var entering: [Identifier]
+    /// Identifiers whose documents it must purge, retiring their data keys (their component left).
+    public var leaving: [Identifier]
+
+    public init(entering: [Identifier], leaving: [Identifier]) {
+        self.entering = entering
+        self.leaving = leaving
+    }
+
+    public var isEmpty: Bool { entering.isEmpty && leaving.isEmpty }
+}

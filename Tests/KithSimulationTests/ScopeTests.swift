@@ -1,0 +1,125 @@
+import KithCRDT
+import KithCluster
+import KithCrypto
+import KithJSON
+import KithProfile
+import KithStore
+import KithTestSupport
+import Testing
+
+/// Which customers a scoped member holds: decided on whole identity components, the same in
+/// any order of messages, and moving with merges, unmerges and trait changes.
+@Suite("Scope of a member")
+struct ScopeTests {
+    static let parser = SegmentMessageParser()
+    static let hasher = HMACForgetKeyHasher(secret: Array(repeating: 7, count: 32))
+    static let leeds = Scope.only([.trait(name: "homeStore", value: .string("leeds-1"))])
+
+    static func apply(_ json: String, at time: Int64, to state: inout ProfileState) throws {
+        let delta = try parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: time)
+        _ = state.apply(delta, hasher: hasher)
+    }
+
+    static func id(_ text: String) -> Identifier { Identifier(parsing: text)! }
+
+    /// The views of the components holding `identifiers`, each once.
+    static func views(_ state: ProfileState, _ identifiers: [String]) -> [ProfileView] {
+        var seen: Set<Identifier> = []
+        return identifiers.compactMap { state.view(of: id($0)) }.filter { seen.insert($0.canonical).inserted }
+    }
+
+    /// A trait carried by one member's document holds the whole component: a merge brings the
+    /// other members in, an unmerge sends them out again, and a new value of the trait takes
+    /// the component out.
+    @Test func componentsMoveInAndOutWithMergesUnmergesAndTraits() throws {
+        var state = ProfileState()
+        try Self.apply(
+            #"{"type":"identify","anonymousId":"a-1","traits":{"homeStore":"leeds-1"},"messageId":"m1","timestamp":"2026-01-01T00:00:00Z"}"#,
+            at: 1_000, to: &state)
+        try Self.apply(
+            #"{"type":"identify","userId":"u-1","traits":{"email":"ann@example.com"},"messageId":"m2","timestamp":"2026-01-01T00:00:01Z"}"#,
+            at: 2_000, to: &state)
+        let names = ["anonymous_id:a-1", "user_id:u-1", "email:ann@example.com"]
+        let apart = Self.views(state, names)
+        #expect(apart.count == 2)
+        #expect(apart.filter(Self.leeds.holds).map(\.members) == [[Self.id("anonymous_id:a-1")]])
+
+        // The web site learns who the visitor is: one component, held whole.
+        try Self.apply(
+            #"{"type":"identify","userId":"u-1","anonymousId":"a-1","messageId":"m3","timestamp":"2026-01-01T00:00:02Z"}"#, at: 3_000,
+            to: &state)
+        let merged = Self.views(state, names)
+        #expect(merged.count == 1 && Self.leeds.holds(merged[0]))
+        let entering = Self.leeds.transition(before: apart, after: merged)
+        #expect(entering == ScopeTransition(entering: [Self.id("user_id:u-1"), Self.id("email:ann@example.com")].sorted(), leaving: []))
+
+        // Unmerged: the user id and its email leave; the anonymous id holding the trait stays.
+        state.removeLink(Self.id("user_id:u-1"), Self.id("anonymous_id:a-1"), stamp: LWWStamp(time: 4_000, tiebreak: "unmerge"), hasher: Self.hasher)
+        let split = Self.views(state, names)
+        #expect(split.count == 2)
+        let leaving = Self.leeds.transition(before: merged, after: split)
+        #expect(leaving == ScopeTransition(entering: [], leaving: [Self.id("user_id:u-1"), Self.id("email:ann@example.com")].sorted()))
+
+        // The customer moves to another store: nothing of them is held any more.
+        try Self.apply(
+            #"{"type":"identify","anonymousId":"a-1","traits":{"homeStore":"york-2"},"messageId":"m4","timestamp":"2026-01-01T00:00:05Z"}"#,
+            at: 5_000, to: &state)
+        let moved = Self.views(state, names)
+        #expect(Self.leeds.transition(before: split, after: moved).leaving == [Self.id("anonymous_id:a-1")])
+        #expect(moved.allSatisfy { !Self.leeds.holds($0) })
+        #expect(Scope.everything.transition(before: split, after: moved).isEmpty, "a core node holds everyone throughout")
+    }
+
+    /// A listed identifier holds its whole component; an empty scope holds nobody.
+    @Test func listedIdentifiersHoldTheirComponents() throws {
+        var state = ProfileState()
+        try Self.apply(
+            #"{"type":"identify","userId":"u-9","anonymousId":"a-9","messageId":"m1","timestamp":"2026-01-01T00:00:00Z"}"#, at: 1_000,
+            to: &state)
+        let view = try #require(state.view(of: Self.id("user_id:u-9")))
+        #expect(Scope.only([.identifiers([Self.id("anonymous_id:a-9")])]).holds(view))
+        #expect(!Scope.only([.identifiers([Self.id("anonymous_id:a-8")])]).holds(view))
+        #expect(!Scope.only([]).holds(view))
+        #expect(Scope.everything.holds(view))
+    }
+
+    /// Placement is the first eight bytes of the SHA-256 of the identifier's key, so every node
+    /// and every build places alike (the value here was computed apart, with Python's hashlib,
+    /// over the key bytes: the kind's code 1, then `u-1`).
+    @Test func placementIsStableAndRangesPartitionComponents() throws {
+        #expect(Scope.placement(of: Self.id("user_id:u-1")) == Self.expectedPlacementOfU1)
+        // Four ranges over the whole space: every component held by exactly one of them.
+        let quarter = UInt64.max / 4
+        let ranges: [ClosedRange<UInt64>] = [0...quarter, quarter + 1...2 * quarter, 2 * quarter + 1...3 * quarter, 3 * quarter + 1...UInt64.max]
+        let scopes = ranges.map { Scope.only([.placement($0)]) }
+        var state = ProfileState()
+        for delta in WorkloadGenerator.deltas(seed: 11, customers: 400, count: 2_000) { _ = state.apply(delta, hasher: Self.hasher) }
+        var perRange = [0, 0, 0, 0]
+        for view in state.views {
+            let holders = scopes.indices.filter { scopes[$0].holds(view) }
+            #expect(holders.count == 1, "\(view.canonical) held by \(holders)")
+            for holder in holders { perRange[holder] += 1 }
+        }
+        // Spread: no quarter holds less than half its share.
+        #expect(perRange.allSatisfy { $0 * 8 >= state.views.count }, "\(perRange)")
+    }
+
+    /// Messages in any order give the same views, so every replica holding them decides the
+    /// same scope (the decision reads nothing but the view).
+    @Test func theSameMessagesInAnyOrderGiveTheSameDecisions() throws {
+        let deltas = WorkloadGenerator.deltas(seed: 5, customers: 150, count: 1_500)
+        let oslo = Scope.only([.trait(name: "city", value: .string("Oslo")), .identifiers([Self.id("user_id:u-7")])])
+        var inOrder = ProfileState()
+        for delta in deltas { _ = inOrder.apply(delta, hasher: Self.hasher) }
+        var random = SplitMix64(seed: 99)
+        for _ in 0..<3 {
+            var shuffled = ProfileState()
+            for delta in deltas.shuffled(using: &random) { _ = shuffled.apply(delta, hasher: Self.hasher) }
+            let held = Set(shuffled.views.filter(oslo.holds).flatMap(\.members))
+            #expect(held == Set(inOrder.views.filter(oslo.holds).flatMap(\.members)))
+            #expect(!held.isEmpty && held.count < Set(inOrder.views.flatMap(\.members)).count, "some customers held, not all")
+        }
+    }
+
+    static let expectedPlacementOfU1: UInt64 = 3_344_275_836_949_950_266
+}
