@@ -12,9 +12,6 @@ import KithProfile
 /// its decisions out (projected document states, scoped digest comparison, purges) come next;
 /// until then every member holds everything (`everything`).
 ///
-/// Not yet a clause: `seen` (customers whose messages this site ingested within N days). It
-/// needs each ledger row to name the origin that accepted it, so that an erasure leaves every
-/// replica able to recompute it identically (docs/replication.md, the `seen` clause).
 public enum Scope: Equatable, Sendable {
     /// Every customer: core nodes today.
     case everything
@@ -31,13 +28,29 @@ public enum Scope: Equatable, Sendable {
         /// Components whose canonical identifier's placement key (`Scope.placement(of:)`) falls
         /// in the range: what a partitioned core's node holds.
         case placement(ClosedRange<UInt64>)
+        /// Components about which node `node` accepted a message from a client within the last
+        /// `withinMillis` (a site's own customers: it took in their messages). Decided on the
+        /// component's `SeenBy`, which every replica derives alike from the same rows.
+        case seen(node: UInt64, withinMillis: Int64)
     }
 
-    /// Whether a member with this scope holds the component whose profile is `view`.
-    public func holds(_ view: ProfileView) -> Bool {
+    /// A component as a scope decides on it: its profile, and who accepted its messages when.
+    public struct Component: Equatable, Sendable {
+        public var view: ProfileView
+        public var seenBy: SeenBy
+
+        public init(view: ProfileView, seenBy: SeenBy = SeenBy()) {
+            self.view = view
+            self.seenBy = seenBy
+        }
+    }
+
+    /// Whether a member with this scope holds `component` at `now` (a `seen` clause lapses as
+    /// time passes, the same at the same `now` on every node).
+    public func holds(_ component: Component, now: Int64) -> Bool {
         switch self {
         case .everything: true
-        case .only(let clauses): clauses.contains { $0.holds(view) }
+        case .only(let clauses): clauses.contains { $0.holds(component, now: now) }
         }
     }
 
@@ -49,23 +62,26 @@ public enum Scope: Equatable, Sendable {
     }
 
     /// What a change of the profiles around one change (a message, a merge, an unmerge, a trait
-    /// update) means for a member with this scope: the identifiers whose documents it must now
-    /// receive, and those whose documents it must purge. `before` and `after` are the views of
-    /// every component the change touched, before and after it (a merge: two views before, one
-    /// after; an unmerge: the reverse). An identifier held before and after is in neither list.
-    public func transition(before: [ProfileView], after: [ProfileView]) -> ScopeTransition {
-        let heldBefore = Set(before.filter(holds).flatMap(\.members))
-        let heldAfter = Set(after.filter(holds).flatMap(\.members))
+    /// update) means for a member with this scope at `now`: the identifiers whose documents it
+    /// must now receive, and those whose documents it must purge. `before` and `after` are the
+    /// components the change touched, before and after it (a merge: two before, one after; an
+    /// unmerge: the reverse). An identifier held before and after is in neither list. (A `seen`
+    /// clause also lapses with no change at all: the shell re-decides those as time passes.)
+    public func transition(before: [Component], after: [Component], now: Int64) -> ScopeTransition {
+        let heldBefore = Set(before.filter { holds($0, now: now) }.flatMap(\.view.members))
+        let heldAfter = Set(after.filter { holds($0, now: now) }.flatMap(\.view.members))
         return ScopeTransition(entering: heldAfter.subtracting(heldBefore).sorted(), leaving: heldBefore.subtracting(heldAfter).sorted())
     }
 }
 
 extension Scope.Clause {
-    func holds(_ view: ProfileView) -> Bool {
+    func holds(_ component: Scope.Component, now: Int64) -> Bool {
+        let view = component.view
         switch self {
-        case .trait(let name, let value): view.head.traits[name].map { $0.value.value == value } ?? false
-        case .identifiers(let identifiers): view.members.contains(where: identifiers.contains)
-        case .placement(let range): range.contains(Scope.placement(of: view.canonical))
+        case .trait(let name, let value): return view.head.traits[name].map { $0.value.value == value } ?? false
+        case .identifiers(let identifiers): return view.members.contains(where: identifiers.contains)
+        case .placement(let range): return range.contains(Scope.placement(of: view.canonical))
+        case .seen(let node, let within): return component.seenBy.seen(by: node, since: now - within)
         }
     }
 }

@@ -48,15 +48,12 @@ struct ErasureCutoffs: Equatable {
     }
 
     /// A row of `member`'s ledger dated at or before its cutoff goes; a later row forgets the
-    /// times of its other copies the cutoff dominates (each copy asserted the row's links at
-    /// its own time, and those assertions are erased).
+    /// other copies the cutoff dominates (each copy asserted the row's links at its own time,
+    /// and was accepted by a node then: both are erased).
     func fate(ofOwn row: LedgerRow, of member: Identifier) -> LedgerFate {
         guard let cutoff = cutoff(of: member) else { return .keep }
         if row.entry.time <= cutoff { return .drop }
-        guard row.otherCopyTimes.contains(where: { $0 <= cutoff }) else { return .keep }
-        var row = row
-        row.otherCopyTimes.removeAll { $0 <= cutoff }
-        return .rewrite(row)
+        return row.forgettingCopies { $0 <= cutoff }.map { .rewrite($0) } ?? .keep
     }
 
     /// A neighbour's ledger row without its link to `member`, when the member's cutoff

@@ -27,6 +27,10 @@ public protocol ProfileReading: AnyObject, Sendable {
     /// oldest first: the customer's consent history.
     func consentHistory(of identifier: Identifier) throws -> [ConsentChange]
 
+    /// When each node last accepted a message about the profile `identifier` belongs to (the
+    /// `seen` clause of a scope).
+    func seenBy(_ identifier: Identifier) throws -> SeenBy
+
     /// The cluster settings whose names begin with `prefix` (`StoredSetting`), removed ones too.
     func settings(prefix: String) throws -> [StoredSetting]
 
@@ -312,6 +316,10 @@ extension EngineBackedStore {
 
     public func consentHistory(of identifier: Identifier) throws -> [ConsentChange] {
         try read { reader in try engine.consentHistory(of: identifier, in: reader) }
+    }
+
+    public func seenBy(_ identifier: Identifier) throws -> SeenBy {
+        try read { reader in try engine.seenBy(identifier, in: reader) }
     }
 
     public func profiles(after canonical: Identifier?, limit: Int) throws -> [ProfileView] {

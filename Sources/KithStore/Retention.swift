@@ -71,15 +71,14 @@ extension WriteContext {
             var expired: [[UInt8]] = []
             var trimmed: [([UInt8], LedgerRow)] = []
             try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { key, value in
-                var row = try decode(LedgerRow.self, value, table: .documents)
+                let row = try decode(LedgerRow.self, value, table: .documents)
                 guard row.entry.type.isEvent else { return .next }
                 if rules.isExpired(event: row.entry.name, at: row.entry.time, now: now) {
                     expired.append(key)
-                } else if row.otherCopyTimes.contains(where: { rules.isExpired(event: row.entry.name, at: $0, now: now) }) {
+                } else if let kept = row.forgettingCopies(where: { rules.isExpired(event: row.entry.name, at: $0, now: now) }) {
                     // Copies of the message dated earlier go too: a replica that swept the first
                     // copy before the next arrived holds the same row as one that saw both.
-                    row.otherCopyTimes.removeAll { rules.isExpired(event: row.entry.name, at: $0, now: now) }
-                    trimmed.append((key, row))
+                    trimmed.append((key, kept))
                 }
                 return .next
             }

@@ -94,24 +94,45 @@ struct LedgerRow: BinaryCodable, Equatable {
     /// the customer's consent history, which the registers (latest decision only) do not keep.
     package var consent: [ConsentDecision] = []
     package var channel = ""
+    /// Which nodes accepted a copy of the message from a client, and when (sorted; one per copy
+    /// and node). What a site has seen of a customer (`seenBy`) is derived from these, so an
+    /// erasure or an expiry that drops rows or copies changes it the same on every replica.
+    /// Empty in rows written before nodes recorded it.
+    package var acceptances: [Acceptance] = []
 
-    init(entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "") {
+    init(
+        entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "",
+        acceptances: [Acceptance] = []
+    ) {
         self.entry = entry
         self.event = event
         self.links = links
         self.consent = consent
         self.channel = consent.isEmpty ? "" : channel
+        self.acceptances = acceptances
     }
 
     /// The times of every copy absorbed, this row's own included.
     var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
 
     /// This row joined with another copy of the same message: the greater row, remembering the
-    /// times of both.
+    /// times of both and who accepted each copy.
     package func joined(with other: LedgerRow) -> LedgerRow {
         var result = isLess(than: other) ? other : self
         result.otherCopyTimes = Set(copyTimes + other.copyTimes).subtracting([result.entry.time]).sorted()
+        result.acceptances = Acceptance.joined(acceptances, other.acceptances)
         return result
+    }
+
+    /// The row without the copies dated as `dropped` says (an erasure's cutoff, an expiry):
+    /// their times and their acceptances go together. The row's own copy stays; callers drop
+    /// the whole row when that one goes.
+    package func forgettingCopies(where dropped: (Int64) -> Bool) -> LedgerRow? {
+        guard otherCopyTimes.contains(where: dropped) || acceptances.contains(where: { dropped($0.copyTime) }) else { return nil }
+        var row = self
+        row.otherCopyTimes.removeAll(where: dropped)
+        row.acceptances.removeAll { dropped($0.copyTime) }
+        return row
     }
 
     /// Of two differing copies of one message, every replica keeps the greater.
@@ -143,6 +164,9 @@ struct LedgerRow: BinaryCodable, Equatable {
             w.write(bool: decision.granted)
         }
         writer.write(string: channel)
+        // Written only when there are some, so a row without them has the bytes rows had
+        // before nodes recorded them, and replicas holding either agree byte for byte.
+        if !acceptances.isEmpty { writer.write(sequence: acceptances) { w, acceptance in acceptance.encode(to: &w) } }
     }
 
     package init(from reader: inout BinaryReader) throws {
@@ -152,6 +176,58 @@ struct LedgerRow: BinaryCodable, Equatable {
         otherCopyTimes = try reader.readSequence { r in try r.readSigned() }
         consent = try reader.readSequence(minimumItemSize: 2) { r in ConsentDecision(category: try r.readString(), granted: try r.readBool()) }
         channel = try reader.readString()
+        guard !reader.isAtEnd else { return }
+        let offset = reader.offset
+        acceptances = try reader.readSequence(minimumItemSize: 3) { r in try Acceptance(from: &r) }
+        guard !acceptances.isEmpty, acceptances == Acceptance.joined(acceptances, []) else {
+            throw BinaryDecodingError(.invalidValue, offset: offset, "ledger row acceptances (empty, unsorted or repeated)")
+        }
+    }
+}
+
+/// A node's acceptance of one copy of a message from a client: the copy's event time, the node,
+/// and when it received the copy.
+struct Acceptance: Equatable, Comparable {
+    package var copyTime: Int64
+    package var origin: UInt64
+    package var receivedAt: Int64
+
+    package static func < (a: Acceptance, b: Acceptance) -> Bool {
+        (a.copyTime, a.origin, a.receivedAt) < (b.copyTime, b.origin, b.receivedAt)
+    }
+
+    /// The acceptances of both, one per copy and node: the earliest receipt (a client that
+    /// retries a message at one node does not move when that node first saw it). Sorted.
+    static func joined(_ a: [Acceptance], _ b: [Acceptance]) -> [Acceptance] {
+        var earliest: [Pair: Int64] = [:]
+        for acceptance in a + b {
+            let pair = Pair(copyTime: acceptance.copyTime, origin: acceptance.origin)
+            earliest[pair] = min(earliest[pair] ?? acceptance.receivedAt, acceptance.receivedAt)
+        }
+        return earliest.map { Acceptance(copyTime: $0.key.copyTime, origin: $0.key.origin, receivedAt: $0.value) }.sorted()
+    }
+
+    private struct Pair: Hashable {
+        var copyTime: Int64
+        var origin: UInt64
+    }
+
+    func encode(to writer: inout BinaryWriter) {
+        writer.write(signed: copyTime)
+        writer.write(varint: origin)
+        writer.write(signed: receivedAt)
+    }
+
+    init(copyTime: Int64, origin: UInt64, receivedAt: Int64) {
+        self.copyTime = copyTime
+        self.origin = origin
+        self.receivedAt = receivedAt
+    }
+
+    init(from reader: inout BinaryReader) throws {
+        copyTime = try reader.readTime()
+        origin = try reader.readVarint()
+        receivedAt = try reader.readTime()
     }
 }
 
@@ -282,6 +358,17 @@ func sequenceKey(_ sequence: UInt64) -> [UInt8] {
 /// meta keys: the store's format version, the last local change sequence, and the version
 /// vector of replicated origins.
 package let formatMetaKey = Array("format".utf8)
+
+/// What the `format` meta row holds: the record format, then the store's revision of it.
+/// Revision 1: ledger rows may end with the acceptances of their copies (`LedgerRow`). A store
+/// of the record format without a revision (written before) is read as it is — its rows simply
+/// have none — and is marked with the revision when opened, so that a build that does not know
+/// the revision refuses the store instead of failing on its first such row.
+package enum StoreFormat {
+    package static let current: [UInt8] = [ProfileFormat.version, 1]
+    /// Formats this build opens, and upgrades to `current` by writing it.
+    package static let readable: Set<[UInt8]> = [[ProfileFormat.version], current]
+}
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
 package let sealedLayoutMetaKey = Array("sealed".utf8)
 let sequenceMetaKey = Array("sequence".utf8)

@@ -76,6 +76,20 @@ package struct StoreEngine: Sendable {
         return changes.sorted { ($0.time, $0.messageId) < ($1.time, $1.messageId) }
     }
 
+    /// When each node last accepted a message about the profile `identifier` belongs to: the
+    /// latest receipt per node over the acceptances its members' ledger rows hold (empty when
+    /// no profile has it). Derived from the rows, so an erasure or an expiry that drops them
+    /// changes it identically on every replica. Linear in the profile's history, like `events`.
+    package func seenBy(_ identifier: Identifier, in reader: some StoreReading) throws -> SeenBy {
+        var latest: [UInt64: Int64] = [:]
+        try scanMembers(of: identifier, .ledger, in: reader) { _, _, _, value in
+            for acceptance in try decode(LedgerRow.self, value, table: .documents).acceptances {
+                latest[acceptance.origin] = max(latest[acceptance.origin] ?? acceptance.receivedAt, acceptance.receivedAt)
+            }
+        }
+        return SeenBy(latest)
+    }
+
     /// Runs `body` on each row of `part` of every member of `identifier`'s profile (on none
     /// when no profile has it), with the member and all the members.
     private func scanMembers(

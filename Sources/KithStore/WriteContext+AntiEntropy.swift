@@ -69,7 +69,7 @@ extension WriteContext {
         var incoming = try decode(LedgerRow.self, row.value, table: .documents)
         if let cutoff {
             if incoming.entry.time <= cutoff { return false }
-            incoming.otherCopyTimes.removeAll { $0 <= cutoff }
+            if let trimmed = incoming.forgettingCopies(where: { $0 <= cutoff }) { incoming = trimmed }
         }
         var links: [Identifier] = []
         for peer in incoming.links where try !isForgotten(peer, at: incoming.entry.time) { links.append(peer) }

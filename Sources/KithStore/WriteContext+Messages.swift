@@ -13,14 +13,19 @@ extension WriteContext {
     /// Applies a message accepted here (`origin` nil) or replicated from `origin`, and logs it
     /// (unless it is applied ahead of its place, `logged` false). A replicated copy is logged
     /// even when this node already held it, so the peers that read only this node's log get it.
-    func apply(_ delta: ProfileDelta, origin: ChangeOrigin?, logged: Bool = true) throws -> ApplyOutcome {
+    /// `acceptedBy` is the node that took the message from its client: `origin`'s, else this one.
+    func apply(_ delta: ProfileDelta, origin: ChangeOrigin?, logged: Bool = true, acceptedBy: UInt64? = nil) throws -> ApplyOutcome {
         let time = delta.times.eventTime
         if try isForgotten(delta.subject, at: time) { return .forgotten }
         let subjectKey = delta.subject.key
         let ledgerKey = documentKey(subjectKey, .ledger, delta.messageId.utf8)
         var links: [Identifier] = []
         for peer in delta.links where try !isForgotten(peer, at: time) { links.append(peer) }
-        let row = LedgerRow(entry: LedgerEntry(delta: delta), event: delta.event, links: links, consent: delta.consent, channel: delta.channel)
+        let acceptance = Acceptance(
+            copyTime: time, origin: acceptedBy ?? origin?.node ?? engine.configuration.node, receivedAt: delta.times.receivedAt)
+        let row = LedgerRow(
+            entry: LedgerEntry(delta: delta), event: delta.event, links: links, consent: delta.consent, channel: delta.channel,
+            acceptances: [acceptance])
         guard try txn.put(.documents, ledgerKey, ProfileFormat.encode(row), mode: .insertOnly) else {
             if try joinCopy(delta, row, at: ledgerKey) || origin != nil, logged { try log(.message(delta), origin: origin) }
             return .duplicate

@@ -33,7 +33,7 @@ extension WriteContext {
         switch entry.change {
         case .erasure(let keys, let time):
             try forgetHashed(keys, ForgetRecord(time: time, by: ChangeOrigin(node: entry.origin, sequence: entry.originSequence)))
-        case .message(let delta): _ = try apply(delta, origin: nil, logged: false)
+        case .message(let delta): _ = try apply(delta, origin: nil, logged: false, acceptedBy: entry.origin)
         case .unlink, .setting: break
         }
     }

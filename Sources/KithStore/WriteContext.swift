@@ -106,8 +106,8 @@ final class WriteContext {
         }
         sequence = try engine.lastSequence(in: txn)
         anyForgotten = try txn.count(.forget) > 0
-        if try txn.get(.meta, formatMetaKey) == nil {
-            try txn.put(.meta, formatMetaKey, [ProfileFormat.version], mode: .upsert)
+        if try txn.get(.meta, formatMetaKey) != StoreFormat.current {
+            try txn.put(.meta, formatMetaKey, StoreFormat.current, mode: .upsert)
         }
     }
 

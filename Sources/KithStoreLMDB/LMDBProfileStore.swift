@@ -12,7 +12,7 @@ public final class LMDBProfileStore: EngineBackedStore {
     package let engine: StoreEngine
     package let writerClaim = WriterClaim()
     public let environment: LMDBEnvironment
-    private let tables: LMDBTables
+    let tables: LMDBTables
     let sealing: Sealing
     /// The log sequence of the newest commit, and of the newest one known to be on disk (they
     /// differ while commits whose sync was deferred wait for `synchronize`).
@@ -66,8 +66,12 @@ public final class LMDBProfileStore: EngineBackedStore {
     private func checkFormat() throws {
         try environment.write { txn in
             let plain = LMDBWriting(transaction: txn, tables: tables)
-            if let format = try plain.get(.meta, formatMetaKey), format != [ProfileFormat.version] {
-                throw StoreCorruption(table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
+            if let format = try plain.get(.meta, formatMetaKey) {
+                guard StoreFormat.readable.contains(format) else {
+                    throw StoreCorruption(
+                        table: "meta", underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "store format \(format)"))
+                }
+                if format != StoreFormat.current { _ = try plain.put(.meta, formatMetaKey, StoreFormat.current, mode: .upsert) }
             }
             switch try plain.get(.meta, sealedLayoutMetaKey) {
             case [Self.sealedLayout]?:

@@ -22,15 +22,30 @@ extension Ledger {
     /// replica must hold, row for row, once swept at the same time.
     func store() throws -> MemoryProfileStore {
         let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1_000, forgetKeySecret: Simulation.secret))
-        _ = try store.apply(acknowledged)
-        for unlink in unlinks { try store.removeLink(unlink.a, unlink.b, stamp: unlink.stamp) }
         // Each erasure as the change that made it, so that the forget records name the same one.
+        // First: the order does not change what is kept, and the messages below take sequences
+        // after the erasures' own, which must not count as held before they are applied.
+        var sequences: [UInt64: UInt64] = [:]
         for erasure in self.erasures {
             let entry = ChangeEntry(
                 sequence: 0, origin: erasure.origin, originSequence: erasure.sequence,
                 change: .erasure(forgetKeys: erasure.keys, time: erasure.boundary))
             try store.applyReplicated([entry], from: erasure.origin, through: nil)
+            sequences[erasure.origin] = max(sequences[erasure.origin] ?? 0, erasure.sequence)
         }
+        // Each message as accepted by the machine that acknowledged it (node id = index + 1), so
+        // that the rows name the same acceptances as the replicas' do.
+        for (index, delta) in acknowledged.enumerated() {
+            guard acknowledgedBy[index] >= 0 else {
+                _ = try store.apply([delta])
+                continue
+            }
+            let origin = UInt64(acknowledgedBy[index] + 1)
+            sequences[origin, default: 0] += 1
+            let entry = ChangeEntry(sequence: 0, origin: origin, originSequence: sequences[origin]!, change: .message(delta))
+            try store.applyReplicated([entry], from: origin, through: nil)
+        }
+        for unlink in unlinks { try store.removeLink(unlink.a, unlink.b, stamp: unlink.stamp) }
         return store
     }
 

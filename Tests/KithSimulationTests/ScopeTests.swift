@@ -22,6 +22,15 @@ struct ScopeTests {
 
     static func id(_ text: String) -> Identifier { Identifier(parsing: text)! }
 
+    /// Components without acceptances (the model keeps none): the clauses but `seen`.
+    static func components(_ views: [ProfileView]) -> [Scope.Component] { views.map { Scope.Component(view: $0) } }
+
+    static func holds(_ scope: Scope, _ view: ProfileView) -> Bool { scope.holds(Scope.Component(view: view), now: 0) }
+
+    static func transition(_ scope: Scope, _ before: [ProfileView], _ after: [ProfileView]) -> ScopeTransition {
+        scope.transition(before: components(before), after: components(after), now: 0)
+    }
+
     /// The views of the components holding `identifiers`, each once.
     static func views(_ state: ProfileState, _ identifiers: [String]) -> [ProfileView] {
         var seen: Set<Identifier> = []
@@ -42,22 +51,22 @@ struct ScopeTests {
         let names = ["anonymous_id:a-1", "user_id:u-1", "email:ann@example.com"]
         let apart = Self.views(state, names)
         #expect(apart.count == 2)
-        #expect(apart.filter(Self.leeds.holds).map(\.members) == [[Self.id("anonymous_id:a-1")]])
+        #expect(apart.filter { Self.holds(Self.leeds, $0) }.map(\.members) == [[Self.id("anonymous_id:a-1")]])
 
         // The web site learns who the visitor is: one component, held whole.
         try Self.apply(
             #"{"type":"identify","userId":"u-1","anonymousId":"a-1","messageId":"m3","timestamp":"2026-01-01T00:00:02Z"}"#, at: 3_000,
             to: &state)
         let merged = Self.views(state, names)
-        #expect(merged.count == 1 && Self.leeds.holds(merged[0]))
-        let entering = Self.leeds.transition(before: apart, after: merged)
+        #expect(merged.count == 1 && Self.holds(Self.leeds, merged[0]))
+        let entering = Self.transition(Self.leeds, apart, merged)
         #expect(entering == ScopeTransition(entering: [Self.id("user_id:u-1"), Self.id("email:ann@example.com")].sorted(), leaving: []))
 
         // Unmerged: the user id and its email leave; the anonymous id holding the trait stays.
         state.removeLink(Self.id("user_id:u-1"), Self.id("anonymous_id:a-1"), stamp: LWWStamp(time: 4_000, tiebreak: "unmerge"), hasher: Self.hasher)
         let split = Self.views(state, names)
         #expect(split.count == 2)
-        let leaving = Self.leeds.transition(before: merged, after: split)
+        let leaving = Self.transition(Self.leeds, merged, split)
         #expect(leaving == ScopeTransition(entering: [], leaving: [Self.id("user_id:u-1"), Self.id("email:ann@example.com")].sorted()))
 
         // The customer moves to another store: nothing of them is held any more.
@@ -65,9 +74,9 @@ struct ScopeTests {
             #"{"type":"identify","anonymousId":"a-1","traits":{"homeStore":"york-2"},"messageId":"m4","timestamp":"2026-01-01T00:00:05Z"}"#,
             at: 5_000, to: &state)
         let moved = Self.views(state, names)
-        #expect(Self.leeds.transition(before: split, after: moved).leaving == [Self.id("anonymous_id:a-1")])
-        #expect(moved.allSatisfy { !Self.leeds.holds($0) })
-        #expect(Scope.everything.transition(before: split, after: moved).isEmpty, "a core node holds everyone throughout")
+        #expect(Self.transition(Self.leeds, split, moved).leaving == [Self.id("anonymous_id:a-1")])
+        #expect(moved.allSatisfy { !Self.holds(Self.leeds, $0) })
+        #expect(Self.transition(.everything, split, moved).isEmpty, "a core node holds everyone throughout")
     }
 
     /// A listed identifier holds its whole component; an empty scope holds nobody.
@@ -77,10 +86,10 @@ struct ScopeTests {
             #"{"type":"identify","userId":"u-9","anonymousId":"a-9","messageId":"m1","timestamp":"2026-01-01T00:00:00Z"}"#, at: 1_000,
             to: &state)
         let view = try #require(state.view(of: Self.id("user_id:u-9")))
-        #expect(Scope.only([.identifiers([Self.id("anonymous_id:a-9")])]).holds(view))
-        #expect(!Scope.only([.identifiers([Self.id("anonymous_id:a-8")])]).holds(view))
-        #expect(!Scope.only([]).holds(view))
-        #expect(Scope.everything.holds(view))
+        #expect(Self.holds(.only([.identifiers([Self.id("anonymous_id:a-9")])]), view))
+        #expect(!Self.holds(.only([.identifiers([Self.id("anonymous_id:a-8")])]), view))
+        #expect(!Self.holds(.only([]), view))
+        #expect(Self.holds(.everything, view))
     }
 
     /// Placement is the first eight bytes of the SHA-256 of the identifier's key, so every node
@@ -96,7 +105,7 @@ struct ScopeTests {
         for delta in WorkloadGenerator.deltas(seed: 11, customers: 400, count: 2_000) { _ = state.apply(delta, hasher: Self.hasher) }
         var perRange = [0, 0, 0, 0]
         for view in state.views {
-            let holders = scopes.indices.filter { scopes[$0].holds(view) }
+            let holders = scopes.indices.filter { Self.holds(scopes[$0], view) }
             #expect(holders.count == 1, "\(view.canonical) held by \(holders)")
             for holder in holders { perRange[holder] += 1 }
         }
@@ -115,10 +124,49 @@ struct ScopeTests {
         for _ in 0..<3 {
             var shuffled = ProfileState()
             for delta in deltas.shuffled(using: &random) { _ = shuffled.apply(delta, hasher: Self.hasher) }
-            let held = Set(shuffled.views.filter(oslo.holds).flatMap(\.members))
-            #expect(held == Set(inOrder.views.filter(oslo.holds).flatMap(\.members)))
+            let held = Set(shuffled.views.filter { Self.holds(oslo, $0) }.flatMap(\.members))
+            #expect(held == Set(inOrder.views.filter { Self.holds(oslo, $0) }.flatMap(\.members)))
             #expect(!held.isEmpty && held.count < Set(inOrder.views.flatMap(\.members)).count, "some customers held, not all")
         }
+    }
+
+    /// `seen`: the customers whose messages a site took in within the window, decided on what
+    /// a core replica derives from its rows — it lapses with time, moves with merges, and an
+    /// erasure takes it.
+    @Test func aSiteSeesTheCustomersItTookInWithinItsWindow() throws {
+        let day: Int64 = 86_400_000
+        let secret = [UInt8](repeating: 7, count: 32)
+        let site = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: secret))
+        let core = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: secret))
+        func take(_ json: String, at time: Int64, into store: MemoryProfileStore) throws {
+            try store.apply([try Self.parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: time)])
+        }
+        func component(_ text: String) throws -> Scope.Component {
+            Scope.Component(view: try #require(try core.view(of: Self.id(text))), seenBy: try core.seenBy(Self.id(text)))
+        }
+        let kiosk = Scope.only([.seen(node: 5, withinMillis: 30 * day)])
+        try take(
+            #"{"type":"track","event":"Visit","anonymousId":"a-1","messageId":"k1","timestamp":"2026-01-01T00:00:00Z"}"#, at: 10 * day, into: site)
+        try take(#"{"type":"identify","userId":"u-1","messageId":"w1","timestamp":"2026-01-01T00:00:00Z"}"#, at: 12 * day, into: core)
+        let entries = try site.changes(after: 0, limit: 100)
+        try core.applyReplicated(entries, from: 5, through: entries.last?.sequence)
+        #expect(kiosk.holds(try component("anonymous_id:a-1"), now: 20 * day))
+        #expect(!kiosk.holds(try component("anonymous_id:a-1"), now: 41 * day), "the window passed")
+        #expect(!kiosk.holds(try component("user_id:u-1"), now: 20 * day), "seen on the web only")
+        let apart = [try component("anonymous_id:a-1"), try component("user_id:u-1")]
+
+        // The customer signs in on the web with the kiosk's anonymous id: the whole person enters.
+        try take(
+            #"{"type":"identify","userId":"u-1","anonymousId":"a-1","messageId":"w2","timestamp":"2026-01-01T00:00:00Z"}"#, at: 13 * day,
+            into: core)
+        let merged = [try component("user_id:u-1")]
+        #expect(kiosk.transition(before: apart, after: merged, now: 20 * day).entering == [Self.id("user_id:u-1")])
+
+        // Erased: nothing of the kiosk's message is left to have been seen.
+        _ = try core.erase(Self.id("user_id:u-1"), requestedAt: 14 * day)
+        try take(#"{"type":"identify","userId":"u-1","messageId":"w3","timestamp":"2026-01-20T00:00:00Z"}"#, at: 20 * day, into: core)
+        #expect(try core.seenBy(Self.id("user_id:u-1")) == SeenBy([6: 20 * day]))
+        #expect(!kiosk.holds(try component("user_id:u-1"), now: 20 * day))
     }
 
     static let expectedPlacementOfU1: UInt64 = 3_344_275_836_949_950_266
