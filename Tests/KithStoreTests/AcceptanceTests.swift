@@ -135,10 +135,30 @@ struct AcceptanceTests {
         empty.write(count: 0)
         #expect(throws: BinaryDecodingError.self) { try ProfileFormat.decode(LedgerRow.self, from: [ProfileFormat.version] + empty.bytes) }
         var unsorted = former
-        unsorted.write(sequence: [Acceptance(copyTime: 9, origin: 1, receivedAt: 9), Acceptance(copyTime: 5, origin: 1, receivedAt: 5)]) {
-            $1.encode(to: &$0)
+        unsorted.write(sequence: [Acceptance(copyTime: 5, origin: 1, receivedAt: 9), Acceptance(copyTime: 3, origin: 1, receivedAt: 5)]) {
+            $1.encode(to: &$0, rowTime: 5)
         }
         #expect(throws: BinaryDecodingError.self) { try ProfileFormat.decode(LedgerRow.self, from: [ProfileFormat.version] + unsorted.bytes) }
+        // A receipt that would fall outside ±10^15 ms is refused.
+        var far = former
+        far.write(count: 1)
+        far.write(varint: 0)
+        far.write(varint: 1)
+        far.write(signed: MessageTimes.limit)
+        #expect(throws: BinaryDecodingError.self) { try ProfileFormat.decode(LedgerRow.self, from: [ProfileFormat.version] + far.bytes) }
+
+        // Kept relative to the row's time: the usual one acceptance (the row's own copy, taken
+        // in a few seconds after it is dated) costs a handful of bytes, and reads back the same.
+        var accepted = row
+        accepted.entry.time = 1_760_000_000_000
+        accepted.acceptances = [Acceptance(copyTime: 1_760_000_000_000, origin: 12, receivedAt: 1_760_000_004_000)]
+        let bytes = ProfileFormat.encode(accepted)
+        var plain = accepted
+        plain.acceptances = []
+        #expect(bytes.count - ProfileFormat.encode(plain).count <= 6)
+        #expect(try ProfileFormat.decode(LedgerRow.self, from: bytes) == accepted)
+        accepted.acceptances.insert(Acceptance(copyTime: 1_759_000_000_000, origin: 3, receivedAt: 1_758_000_000_000), at: 0)
+        #expect(try ProfileFormat.decode(LedgerRow.self, from: ProfileFormat.encode(accepted)) == accepted)
     }
 
     /// A store written before the revision opens, is marked with it, and keeps its data; a store
