@@ -76,7 +76,7 @@ let package = Package(
         .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),
         .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
-        .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithStoreLMDB", "KithLMDB", "KithTestSupport"]),
+        .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithStoreLMDB", "KithLMDB", "KithPolicy", "KithTestSupport"]),
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithCryptoTests", dependencies: ["KithCrypto", "KithCRDT", "KithTestSupport"]),

@@ -71,16 +71,24 @@ public struct SiteProjection: Sendable {
             }
         }
         if decide("groups") != .allow { projected.groups = ORSet() }
-        if decide("events") != .allow {
-            projected.recent = []
-        } else if decide("revenue") != .allow {
-            projected.recent = head.recent.map { event in
-                var event = event
-                event.revenueMicros = nil
-                return event
-            }
-        }
+        projected.recent = head.recent.compactMap { project($0) }
         return projected
+    }
+
+    /// An event as the site may hold it: only where a purpose shows events, and its revenue only
+    /// where one shows revenue.
+    public func project(_ event: EventRecord) -> EventRecord? {
+        guard decide("events") == .allow else { return nil }
+        var projected = event
+        if decide("revenue") != .allow { projected.revenueMicros = nil }
+        return projected
+    }
+
+    /// The same, for documents as the store ships them (`DocumentState.projected(by:)`).
+    public var documentProjection: DocumentProjection {
+        DocumentProjection(
+            holds: { [self] in holds($0.kind) }, head: { [self] in project($0) }, entry: { [self] in project($0) },
+            event: { [self] in project($0) })
     }
 
     /// A ledger entry as the site may hold it: its revenue only where a purpose shows revenue,
