@@ -38,6 +38,16 @@ struct AcceptanceTests {
             entries.filter { !held.covers(origin: $0.origin, sequence: $0.originSequence) }, from: node, through: entries.last?.sequence)
     }
 
+    /// Nodes 5 and 6 each take message m1 in (at the times given), then read each other's logs.
+    static func copiesExchanged(at firstAt: Int64, and secondAt: Int64) throws -> (MemoryProfileStore, MemoryProfileStore) {
+        let a = store(5), b = store(6)
+        try a.apply([try message("m1", receivedAt: firstAt)])
+        try b.apply([try message("m1", receivedAt: secondAt)])
+        try pull(a, from: b, node: 6)
+        try pull(b, from: a, node: 5)
+        return (a, b)
+    }
+
     static func documents(_ store: any ProfileStore) throws -> [[UInt8]] {
         try rawEntries(store).filter { $0.table == .documents }.map { $0.key + [0xFF] + $0.value }
     }
@@ -61,11 +71,7 @@ struct AcceptanceTests {
     /// A client that sends one message to two nodes: both copies are kept with their
     /// acceptances, in either order; a retry at the same node does not move its first receipt.
     @Test func copiesAcceptedAtTwoNodesAreKeptAlikeInEitherOrder() throws {
-        let a = Self.store(5), b = Self.store(6)
-        try a.apply([try Self.message("m1", receivedAt: 1_000)])
-        try b.apply([try Self.message("m1", receivedAt: 2_000)])
-        try Self.pull(a, from: b, node: 6)
-        try Self.pull(b, from: a, node: 5)
+        let (a, b) = try Self.copiesExchanged(at: 1_000, and: 2_000)
         #expect(try a.seenBy(Self.u1) == SeenBy([5: 1_000, 6: 2_000]))
         #expect(try Self.documents(a) == Self.documents(b))
         #expect(try a.contentDigest() == b.contentDigest())
@@ -104,11 +110,7 @@ struct AcceptanceTests {
 
     /// Retention drops expired copies with their acceptances, as an erasure does.
     @Test func anExpiryTakesTheExpiredCopiesWithTheirAcceptances() throws {
-        let a = Self.store(5), b = Self.store(6)
-        try a.apply([try Self.message("m1", receivedAt: 1_000)])
-        try b.apply([try Self.message("m1", receivedAt: 50_000)])
-        try Self.pull(a, from: b, node: 6)
-        try Self.pull(b, from: a, node: 5)
+        let (a, b) = try Self.copiesExchanged(at: 1_000, and: 50_000)
         var rules = RetentionRules()
         rules.events = RetentionRules.Keep(millis: 86_400_000, purpose: "test")
         let now: Int64 = 86_400_000 + 10_000  // the copy at 1,000 is a day old, the one at 50,000 not
