@@ -100,6 +100,12 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// boundary: everything about them dated at or before it is gone, here and wherever it arrives.
     @discardableResult func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure
 
+    /// Drops every document of `identifiers`, every mention of them in other documents and this
+    /// node's log entries about them, retiring their data keys and leaving no forget record: a
+    /// scoped site purging customers that left its scope. Only once the node's peers hold what
+    /// it accepted about them.
+    func purge(_ identifiers: [Identifier]) throws
+
     /// Whether some profiles may have been built under other identity rules than the
     /// configured ones (`IdentityRules.version`).
     func identityRulesNeedWork() throws -> Bool
@@ -290,6 +296,10 @@ extension EngineBackedStore {
 
     public func erase(_ identifier: Identifier, requestedAt time: Int64) throws -> Erasure {
         try modify { context in try context.erase(identifier, requestedAt: time) }
+    }
+
+    public func purge(_ identifiers: [Identifier]) throws {
+        try modify { context in try context.purge(identifiers) }
     }
 
     public func identityRulesNeedWork() throws -> Bool {

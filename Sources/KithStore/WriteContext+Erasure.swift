@@ -99,6 +99,44 @@ extension WriteContext {
         try txn.retireKeys(of: members)
     }
 
+    /// Drops every document of `members` and every mention of them in their neighbours' (the
+    /// links, and the links of ledger rows) and rebuilds the profiles around them; their data
+    /// keys retire with their rows: a scoped site purging customers that left its scope (docs/replication.md,
+    /// "Scope"). Unlike an erasure it leaves no forget record — the customers live on
+    /// elsewhere — and unlike a clearing it takes exactly `members`, not their link closures
+    /// (after an unmerge, the component that stays is still joined to the one that leaves by the
+    /// removed link). This node's log entries about them go too, as their retired keys would
+    /// leave them unreadable in a sealed store anyway: call it only once the node's peers hold
+    /// what it accepted about `members` (a site purges out-of-scope writes once the core has
+    /// acknowledged them durably).
+    func purge(_ members: [Identifier]) throws {
+        let purged = Set(members)
+        let everything = ErasureCutoffs(times: Dictionary(uniqueKeysWithValues: purged.map { ($0, MessageTimes.limit) }))
+        var touched = purged
+        var edges: Set<LinkEdge> = []
+        for member in purged.sorted() {
+            try forgetLedger(of: member, everything)
+            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
+                if let peer = Identifier(key: RowKey(stored: key).suffix) {
+                    edges.insert(link(member, peer))
+                    touched.insert(peer)
+                }
+                return .next
+            }
+        }
+        for edge in edges.sorted() {
+            for (member, neighbour) in [(edge.low, edge.high), (edge.high, edge.low)] where purged.contains(member) && !purged.contains(neighbour) {
+                try stripMentions(of: member, fromLedgerOf: neighbour, everything)
+            }
+            // Every add and removal of a link with a purged end is dated before the floor: both rows go.
+            try rebuildEdge(edge, floor: MessageTimes.limit)
+        }
+        try purgeChanges(everything)
+        try rebuildProfiles(around: touched.sorted())
+        // No `retireKeys`: no row of theirs is left, and a sealed store retires an owner's key
+        // with its last row (`SealedWriting.finish`).
+    }
+
     /// Drops everything `identifiers` and every identifier linked to them, transitively, hold
     /// dated at or before `floor`: ledger rows, head fields and link assertions, as an erasure of
     /// each at that time would, but leaving no forget record and keeping every data key (nobody

@@ -77,6 +77,51 @@ struct ProjectedDocumentsTests {
         #expect(shown.head.recent.first?.revenueMicros == nil && shown.head.traits["birthday"].map { "\($0.value)" } == #""1986""#)
     }
 
+    /// A purge of a component that left a site's scope leaves the site exactly as if it had
+    /// never been sent that component: the same rows, byte for byte, as a site sent only the
+    /// rest with links to the purged customers left out; the component that stays after an
+    /// unmerge is untouched, and no purged identifier is named anywhere.
+    @Test func aPurgeLeavesTheSiteAsIfTheComponentHadNeverBeenSent() throws {
+        let core = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: secret))
+        for (index, json) in [
+            #"{"type":"identify","anonymousId":"a-1","traits":{"homeStore":"leeds-1"},"context":{"consent":{"categoryPreferences":{"analytics":true}}}}"#,
+            #"{"type":"identify","userId":"u-1","anonymousId":"a-1","traits":{"plan":"plus","email":"ann@example.com"}}"#,
+            #"{"type":"track","userId":"u-1","event":"Visit","properties":{"page":"/shoes"}}"#,
+            #"{"type":"track","anonymousId":"a-1","event":"Visit","properties":{"page":"/bags"}}"#,
+            #"{"type":"identify","userId":"u-2","traits":{"plan":"free"}}"#,
+        ].enumerated() {
+            let message = String(json.dropLast()) + #","messageId":"p\#(index)","timestamp":"2026-01-01T00:00:0\#(index)Z"}"#
+            try Self.take(message, at: 1_767_225_700_000, into: core)
+        }
+        // The customer signs out of the shared device: u-1 leaves the component that holds the trait.
+        try core.removeLink(Self.u1, Identifier(kind: .anonymousId, value: "a-1")!, stamp: LWWStamp(time: 1_767_225_800_000, tiebreak: "unmerge"))
+        let projection = try SiteProjection(policy: .builtIn, purposes: ["analytics"], consent: ConsentState(decisions: ["analytics": true]))
+        let a1 = Identifier(kind: .anonymousId, value: "a-1")!
+        // Either side of the unmerge leaves: the user (its rows name the device in their links),
+        // or the device (the user's rows name it, and must stop naming it).
+        for (leaver, stayer) in [(Self.u1, a1), (a1, Self.u1)] {
+            let leaving = try #require(try core.view(of: leaver)).members
+            let purged = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: secret))
+            try Self.send(from: core, to: purged, projection)
+            #expect(try purged.view(of: leaver) != nil)
+            try purged.purge(leaving)
+
+            let neverSent = MemoryProfileStore(configuration: StoreConfiguration(node: 7, forgetKeySecret: secret))
+            var withoutThem = projection.documentProjection
+            let holdsKind = withoutThem.holds
+            withoutThem.holds = { holdsKind($0) && !leaving.contains($0) }
+            let keys = try core.profiles(after: nil, limit: 100).flatMap(\.members).map { core.engine.hasher.forgetKeyBytes(for: $0) }
+            try neverSent.join(try core.documentStates(for: keys).compactMap { try $0.projected(by: withoutThem) })
+
+            let rows = { (store: MemoryProfileStore) in try rawEntries(store).filter { $0.table == .documents }.map { $0.key + [0xFF] + $0.value } }
+            #expect(try rows(purged) == rows(neverSent), "\(leaver) left")
+            #expect(try purged.view(of: leaver) == nil && purged.view(of: stayer) != nil)
+            #expect(try purged.view(of: Identifier(kind: .userId, value: "u-2")!) != nil)
+            let named = try Self.siteText(purged).contains(leaver.value)
+            #expect(!named, "the purged \(leaver.kind) is named in the site's rows")
+        }
+    }
+
     /// The site merges what it receives with the ordinary join: sending again after more data,
     /// or sending an older state again, leaves it at the projection of the core's newest state.
     @Test func theSiteConvergesOnTheProjectionOfTheCore() throws {

@@ -50,6 +50,34 @@ struct SealingTests {
         return canaries.filter { contains(data, Array($0.utf8)) }
     }
 
+    /// A site's purge of a customer that left its scope retires their data keys as an erasure
+    /// does (a backup taken before cannot be read), leaves no forget record, and keeps everyone else.
+    @Test func aPurgeRetiresTheDataKeysAndLeavesNoForgetRecord() throws {
+        let path = Self.directory(), backup = path + "-backup"
+        defer { Self.remove(path, backup) }
+        let user = Identifier(kind: .userId, value: "canary-user-0a9b")!
+        var store: LMDBProfileStore? = try Self.open(path)
+        _ = try store!.apply(Self.canaryMessages())
+        try store!.backup(to: backup)
+        let members = try #require(try store!.view(of: user)?.members)
+        let keys = try members.compactMap { try store!.dataKeyID(of: $0).flatMap(store!.sealing.keys.key(for:)) }
+        #expect(keys.count == 3)
+        try store!.purge(members)
+        #expect(try store!.view(of: user) == nil && store!.view(of: Identifier(kind: .userId, value: "other-user")!) != nil)
+        for member in members { #expect(try store!.dataKeyID(of: member) == nil, "no row is left that names \(member)") }
+        #expect(try rawEntries(store!).allSatisfy { $0.table != .forget }, "a purge is no erasure: no forget record")
+        let logged = try store!.changes(after: 0, limit: 100).compactMap { entry -> String? in
+            if case .message(let delta) = entry.change { return delta.subject.value }
+            return nil
+        }
+        #expect(logged == ["other-user"], "the log keeps only what is about others")
+        store = nil
+        let keyFile = try Self.bytes(path + ".keys")
+        for key in keys { #expect(!contains(keyFile, key.byteArray), "a purged customer's key is still in the key file") }
+        let restored = try Self.open(backup, keyFile: path + ".keys")
+        #expect(try restored.view(of: user) == nil, "the backup from before the purge cannot be read for them")
+    }
+
     @Test(
         "no canary is ever on disk in plain text; after erasure a backup taken before it cannot be read, and the key file holds none of the erased keys"
     )
