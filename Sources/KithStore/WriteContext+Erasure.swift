@@ -79,12 +79,9 @@ extension WriteContext {
         var edges: Set<LinkEdge> = []
         for member in members {
             try forgetLedger(of: member, cutoffs)
-            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
-                if let peer = Identifier(key: RowKey(stored: key).suffix) {
-                    edges.insert(link(member, peer))
-                    touched.insert(peer)
-                }
-                return .next
+            for peer in try linkedPeers(of: member) {
+                edges.insert(link(member, peer))
+                touched.insert(peer)
             }
         }
         for member in members {
@@ -116,12 +113,9 @@ extension WriteContext {
         var edges: Set<LinkEdge> = []
         for member in purged.sorted() {
             try forgetLedger(of: member, everything)
-            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
-                if let peer = Identifier(key: RowKey(stored: key).suffix) {
-                    edges.insert(link(member, peer))
-                    touched.insert(peer)
-                }
-                return .next
+            for peer in try linkedPeers(of: member) {
+                edges.insert(link(member, peer))
+                touched.insert(peer)
             }
         }
         for edge in edges.sorted() {
@@ -135,6 +129,16 @@ extension WriteContext {
         try rebuildProfiles(around: touched.sorted())
         // No `retireKeys`: no row of theirs is left, and a sealed store retires an owner's key
         // with its last row (`SealedWriting.finish`).
+    }
+
+    /// The identifiers `member` has a link row to, active or not.
+    private func linkedPeers(of member: Identifier) throws -> [Identifier] {
+        var peers: [Identifier] = []
+        try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
+            if let peer = Identifier(key: RowKey(stored: key).suffix) { peers.append(peer) }
+            return .next
+        }
+        return peers
     }
 
     /// Drops everything `identifiers` and every identifier linked to them, transitively, hold
@@ -153,12 +157,9 @@ extension WriteContext {
         var frontier = identifiers
         var edges: Set<LinkEdge> = []
         while let member = frontier.popLast() {
-            try txn.scan(.documents, prefix: documentKey(member.key, .edge)) { key, _ in
-                if let peer = Identifier(key: RowKey(stored: key).suffix) {
-                    edges.insert(link(member, peer))
-                    if group.insert(peer).inserted { frontier.append(peer) }
-                }
-                return .next
+            for peer in try linkedPeers(of: member) {
+                edges.insert(link(member, peer))
+                if group.insert(peer).inserted { frontier.append(peer) }
             }
         }
         var around = group
