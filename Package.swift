@@ -54,7 +54,7 @@ let package = Package(
         // The durable store: LMDB, sealing, the key file. Kept apart so the replication core does not link LMDB.
         .target(name: "KithStoreLMDB", dependencies: ["KithStore", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // Replication over a store, with no I/O of its own: run on sockets by KithNode, in one process by the simulation.
-        .target(name: "KithCluster", dependencies: ["KithStore", "KithReplication"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithCluster", dependencies: ["KithStore", "KithReplication", "KithPolicy"], swiftSettings: optimizeAcrossModules),
 
         // Fuzzing: `make fuzz` builds kith-fuzz with libFuzzer; a normal build replays corpora.
         .target(name: "CFuzzerDriver"),
@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "KithTerminalTests", dependencies: ["KithTerminal", "KithJSON"]),
         .testTarget(name: "KithReplicationTests", dependencies: ["KithReplication", "KithCrypto", "KithTestSupport"]),
         .testTarget(name: "KithPolicyTests", dependencies: ["KithPolicy", "KithTestSupport"]),
-        .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithTestSupport"]),
+        .testTarget(name: "KithSimulationTests", dependencies: ["KithCluster", "KithPolicy", "KithTestSupport"]),
         .testTarget(
             name: "KithAPITests",
             dependencies: [
