@@ -74,7 +74,16 @@ extension WriteContext {
         guard !members.isEmpty else { return }
         var times: [Identifier: Int64] = [:]
         for member in members { times[member] = try erasureTime(of: member) }
-        let cutoffs = ErasureCutoffs(times: times)
+        // The links' floor is the members' own erasure times, which their forget records give.
+        try drop(members, ErasureCutoffs(times: times), linkFloor: .min)
+    }
+
+    /// What an erasure and a purge both do to `members`: their ledger rows and head fields as
+    /// `cutoffs` decide, every mention of them in their neighbours' ledger rows, their links
+    /// rebuilt from what survives (no add or removal at or before `linkFloor`, nor before an
+    /// end's erasure), their entries in the change log, the people around them rebuilt, and
+    /// their data keys retired.
+    private func drop(_ members: [Identifier], _ cutoffs: ErasureCutoffs, linkFloor: Int64) throws {
         var touched: Set<Identifier> = Set(members)
         var edges: Set<LinkEdge> = []
         for member in members {
@@ -89,7 +98,7 @@ extension WriteContext {
                 try stripMentions(of: member, fromLedgerOf: edge.other(than: member), cutoffs)
             }
         }
-        for edge in edges.sorted() { try rebuildEdge(edge) }
+        for edge in edges.sorted() { try rebuildEdge(edge, floor: linkFloor) }
         try purgeChanges(cutoffs)
         try rebuildProfiles(around: touched.sorted())
         // Heads and views still cached here are written back at `finish`, under the new keys.
@@ -97,8 +106,8 @@ extension WriteContext {
     }
 
     /// Drops every document of `members` and every mention of them in their neighbours' (the
-    /// links, and the links of ledger rows) and rebuilds the profiles around them; their data
-    /// keys retire with their rows: a scoped site purging customers that left its scope (docs/replication.md,
+    /// links, and the links of ledger rows) and rebuilds the profiles around them, retiring their
+    /// data keys, as an erasure does: a scoped site purging customers that left its scope (docs/replication.md,
     /// "Scope"). Unlike an erasure it leaves no forget record — the customers live on
     /// elsewhere — and unlike a clearing it takes exactly `members`, not their link closures
     /// (after an unmerge, the component that stays is still joined to the one that leaves by the
@@ -107,28 +116,11 @@ extension WriteContext {
     /// what it accepted about `members` (a site purges out-of-scope writes once the core has
     /// acknowledged them durably).
     func purge(_ members: [Identifier]) throws {
-        let purged = Set(members)
-        let everything = ErasureCutoffs(times: Dictionary(uniqueKeysWithValues: purged.map { ($0, MessageTimes.limit) }))
-        var touched = purged
-        var edges: Set<LinkEdge> = []
-        for member in purged.sorted() {
-            try forgetLedger(of: member, everything)
-            for peer in try linkedPeers(of: member) {
-                edges.insert(link(member, peer))
-                touched.insert(peer)
-            }
-        }
-        for edge in edges.sorted() {
-            for (member, neighbour) in [(edge.low, edge.high), (edge.high, edge.low)] where purged.contains(member) && !purged.contains(neighbour) {
-                try stripMentions(of: member, fromLedgerOf: neighbour, everything)
-            }
-            // Every add and removal of a link with a purged end is dated before the floor: both rows go.
-            try rebuildEdge(edge, floor: MessageTimes.limit)
-        }
-        try purgeChanges(everything)
-        try rebuildProfiles(around: touched.sorted())
-        // No `retireKeys`: no row of theirs is left, and a sealed store retires an owner's key
-        // with its last row (`SealedWriting.finish`).
+        let purged = Set(members).sorted()
+        // Everything of theirs is dated before the limit: every row, and every add and removal
+        // of a link with a purged end, goes.
+        try drop(
+            purged, ErasureCutoffs(times: Dictionary(uniqueKeysWithValues: purged.map { ($0, MessageTimes.limit) })), linkFloor: MessageTimes.limit)
     }
 
     /// The identifiers `member` has a link row to, active or not.
