@@ -60,18 +60,6 @@ public enum Scope: Equatable, Sendable {
     public static func placement(of identifier: Identifier) -> UInt64 {
         Crypto.sha256(identifier.key).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
     }
-
-    /// What a change of the profiles around one change (a message, a merge, an unmerge, a trait
-    /// update) means for a member with this scope at `now`: the identifiers whose documents it
-    /// must now receive, and those whose documents it must purge. `before` and `after` are the
-    /// components the change touched, before and after it (a merge: two before, one after; an
-    /// unmerge: the reverse). An identifier held before and after is in neither list. (A `seen`
-    /// clause also lapses with no change at all: the shell re-decides those as time passes.)
-    public func transition(before: [Component], after: [Component], now: Int64) -> ScopeTransition {
-        let heldBefore = Set(before.filter { holds($0, now: now) }.flatMap(\.view.members))
-        let heldAfter = Set(after.filter { holds($0, now: now) }.flatMap(\.view.members))
-        return ScopeTransition(entering: heldAfter.subtracting(heldBefore).sorted(), leaving: heldBefore.subtracting(heldAfter).sorted())
-    }
 }
 
 extension Scope.Clause {
@@ -84,19 +72,4 @@ extension Scope.Clause {
         case .seen(let node, let within): return component.seenBy.seen(by: node, since: now - within)
         }
     }
-}
-
-/// The documents a scoped member gains and loses with one change (`Scope.transition`), sorted.
-public struct ScopeTransition: Equatable, Sendable {
-    /// Identifiers whose documents it must receive (their component came into scope).
-    public var entering: [Identifier]
-    /// Identifiers whose documents it must purge, retiring their data keys (their component left).
-    public var leaving: [Identifier]
-
-    public init(entering: [Identifier], leaving: [Identifier]) {
-        self.entering = entering
-        self.leaving = leaving
-    }
-
-    public var isEmpty: Bool { entering.isEmpty && leaving.isEmpty }
 }

@@ -2,6 +2,7 @@ import KithCRDT
 import KithCluster
 import KithCrypto
 import KithJSON
+import KithPolicy
 import KithProfile
 import KithStore
 import KithTestSupport
@@ -27,8 +28,10 @@ struct ScopeTests {
 
     static func holds(_ scope: Scope, _ view: ProfileView) -> Bool { scope.holds(Scope.Component(view: view), now: 0) }
 
-    static func transition(_ scope: Scope, _ before: [ProfileView], _ after: [ProfileView]) -> ScopeTransition {
-        scope.transition(before: components(before), after: components(after), now: 0)
+    /// What a change means for a site of this scope serving support (which needs no consent and
+    /// sees every kind), so that the scope alone decides.
+    static func plan(_ scope: Scope, _ before: [ProfileView], _ after: [ProfileView]) throws -> SitePlan {
+        try SiteHoldings(scope: scope, purposes: ["support"], policy: .builtIn).plan(before: components(before), after: components(after), now: 0)
     }
 
     /// The views of the components holding `identifiers`, each once.
@@ -59,24 +62,24 @@ struct ScopeTests {
             to: &state)
         let merged = Self.views(state, names)
         #expect(merged.count == 1 && Self.holds(Self.leeds, merged[0]))
-        let entering = Self.transition(Self.leeds, apart, merged)
-        #expect(entering == ScopeTransition(entering: [Self.id("user_id:u-1"), Self.id("email:ann@example.com")].sorted(), leaving: []))
+        let u1 = Self.id("user_id:u-1"), email = Self.id("email:ann@example.com"), a1 = Self.id("anonymous_id:a-1")
+        #expect(try Self.plan(Self.leeds, apart, merged) == SitePlan(purge: [], send: [u1, email, a1].sorted()))
 
         // Unmerged: the user id and its email leave; the anonymous id holding the trait stays.
         state.removeLink(Self.id("user_id:u-1"), Self.id("anonymous_id:a-1"), stamp: LWWStamp(time: 4_000, tiebreak: "unmerge"), hasher: Self.hasher)
         let split = Self.views(state, names)
         #expect(split.count == 2)
-        let leaving = Self.transition(Self.leeds, merged, split)
-        #expect(leaving == ScopeTransition(entering: [], leaving: [Self.id("user_id:u-1"), Self.id("email:ann@example.com")].sorted()))
+        #expect(try Self.plan(Self.leeds, merged, split) == SitePlan(purge: [u1, email].sorted(), send: [a1]))
 
         // The customer moves to another store: nothing of them is held any more.
         try Self.apply(
             #"{"type":"identify","anonymousId":"a-1","traits":{"homeStore":"york-2"},"messageId":"m4","timestamp":"2026-01-01T00:00:05Z"}"#,
             at: 5_000, to: &state)
         let moved = Self.views(state, names)
-        #expect(Self.transition(Self.leeds, split, moved).leaving == [Self.id("anonymous_id:a-1")])
+        #expect(try Self.plan(Self.leeds, split, moved) == SitePlan(purge: [a1], send: []))
         #expect(moved.allSatisfy { !Self.holds(Self.leeds, $0) })
-        #expect(Self.transition(.everything, split, moved).isEmpty, "a core node holds everyone throughout")
+        #expect(
+            try Self.plan(.everything, split, moved) == SitePlan(purge: [], send: [u1, email, a1].sorted()), "a core node holds everyone throughout")
     }
 
     /// A listed identifier holds its whole component; an empty scope holds nobody.
@@ -160,7 +163,10 @@ struct ScopeTests {
             #"{"type":"identify","userId":"u-1","anonymousId":"a-1","messageId":"w2","timestamp":"2026-01-01T00:00:00Z"}"#, at: 13 * day,
             into: core)
         let merged = [try component("user_id:u-1")]
-        #expect(kiosk.transition(before: apart, after: merged, now: 20 * day).entering == [Self.id("user_id:u-1")])
+        let holdings = try SiteHoldings(scope: kiosk, purposes: ["support"], policy: .builtIn)
+        #expect(
+            holdings.plan(before: apart, after: merged, now: 20 * day)
+                == SitePlan(purge: [], send: [Self.id("user_id:u-1"), Self.id("anonymous_id:a-1")].sorted()))
 
         // Erased: nothing of the kiosk's message is left to have been seen.
         _ = try core.erase(Self.id("user_id:u-1"), requestedAt: 14 * day)
