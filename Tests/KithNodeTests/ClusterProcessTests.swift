@@ -33,6 +33,14 @@ final class ClusterFixture {
         return node
     }
 
+    /// Two core nodes and an edge site, the second core and the edge joining through the first.
+    func startCoresAndEdge(extraEnvironment: [String: String] = [:]) throws -> (core: NodeProcess, other: NodeProcess, edge: NodeProcess) {
+        let core = try start("core-1", extraEnvironment: extraEnvironment)
+        let other = try start("core-2", seeds: [core.gossipAddress!], extraEnvironment: extraEnvironment)
+        let edge = try start("edge-1", role: "edge", seeds: [core.gossipAddress!], extraEnvironment: extraEnvironment)
+        return (core, other, edge)
+    }
+
     /// Starts `count` nodes joining through the first and waits until the first sees all alive.
     func startAll(_ count: Int) throws -> [NodeProcess] {
         let first = try start("n1")
@@ -124,9 +132,7 @@ struct ClusterProcessTests {
 
     @Test func anEdgeSiteWorksOfflineAndSyncsBothWaysOnReconnect() throws {
         let cluster = try ClusterFixture()
-        let core = try cluster.start("core-1")
-        try cluster.start("core-2", seeds: [core.gossipAddress!])
-        let edge = try cluster.start("edge-1", role: "edge", seeds: [core.gossipAddress!])
+        let (core, _, edge) = try cluster.startCoresAndEdge()
         #expect(try edge.ingest("/v1/identify", #"{"userId":"shopper","traits":{"store":"Leeds"},"messageId":"e-first"}"#) == 200)
         #expect(try eventually(10) { try messageCount(core, "shopper") == 1 })
 
@@ -201,9 +207,7 @@ struct ClusterProcessTests {
             "KITH_MAX_OFFLINE_WINDOW": "3s", "KITH_LOG_TRUNCATION_INTERVAL": "1", "KITH_RETENTION_SWEEP_INTERVAL": "1",
             "KITH_POLICY_FILE": policyPath,
         ]
-        let core = try cluster.start("core-1", extraEnvironment: fast)
-        let other = try cluster.start("core-2", seeds: [core.gossipAddress!], extraEnvironment: fast)
-        let edge = try cluster.start("edge-1", role: "edge", seeds: [core.gossipAddress!], extraEnvironment: fast)
+        let (core, other, edge) = try cluster.startCoresAndEdge(extraEnvironment: fast)
         #expect(try edge.ingest("/v1/identify", #"{"userId":"u-x","traits":{"plan":"gold"},"messageId":"x-1"}"#) == 200)
         #expect(try eventually(10) { try messageCount(core, "u-x") == 1 && messageCount(other, "u-x") == 1 })
 

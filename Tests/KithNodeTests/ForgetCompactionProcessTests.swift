@@ -22,9 +22,7 @@ struct ForgetCompactionProcessTests {
             "KITH_MAX_OFFLINE_WINDOW": "3s", "KITH_MAX_EVENT_AGE": "1m", "KITH_LOG_TRUNCATION_INTERVAL": "1",
             "KITH_FORGET_COMPACTION_INTERVAL": "1",
         ].merging(clock.environment) { $1 }
-        let core = try cluster.start("core-1", extraEnvironment: settings)
-        let other = try cluster.start("core-2", seeds: [core.gossipAddress!], extraEnvironment: settings)
-        let edge = try cluster.start("edge-1", role: "edge", seeds: [core.gossipAddress!], extraEnvironment: settings)
+        let (core, other, edge) = try cluster.startCoresAndEdge(extraEnvironment: settings)
         #expect(try edge.ingest("/v1/identify", #"{"userId":"u-y","traits":{"plan":"gold"},"messageId":"y-1"}"#) == 200)
         #expect(try eventually(10) { try messageCount(core, "u-y") == 1 && messageCount(other, "u-y") == 1 })
 
