@@ -19,10 +19,12 @@ public struct SiteHoldings: Sendable {
     }
 
     /// The projection of `component` for this site, under the consent its profile holds now.
-    public func projection(of component: Scope.Component) -> SiteProjection {
+    public func projection(of component: Scope.Component) -> SiteProjection { projection(under: consent(of: component)) }
+
+    private func projection(under consent: ConsentState) -> SiteProjection {
         // The purposes were checked at init, and a consent state cannot make one unknown.
         do {
-            return try SiteProjection(policy: policy, purposes: purposes, consent: consent(of: component))
+            return try SiteProjection(policy: policy, purposes: purposes, consent: consent)
         } catch {
             preconditionFailure("purposes \(purposes) checked at init were refused: \(error)")
         }
@@ -51,28 +53,29 @@ public struct SiteHoldings: Sendable {
     /// cannot be taken back by the join, so the component is purged and sent again.
     /// Only identifiers of kinds the site may hold are named: the others never reach it.
     public func plan(before: [Scope.Component], after: [Scope.Component], now: Int64) -> SitePlan {
-        let heldBefore = before.filter { holds($0, now: now) }
-        let heldAfter = after.filter { holds($0, now: now) }
         var deciding: [Identifier: Decisive] = [:]
-        for component in heldBefore {
-            let decisive = Decisive(consent(of: component))
-            for member in sent(component) { deciding[member] = decisive }
+        for component in held(before, now: now) {
+            for member in component.sent { deciding[member] = component.decisive }
         }
-        var purge = Set(deciding.keys).subtracting(heldAfter.flatMap(sent))
-        for component in heldAfter {
-            let decisive = Decisive(consent(of: component))
-            let members = sent(component)
-            if members.contains(where: { deciding[$0].map { $0 != decisive } ?? false }) {
-                purge.formUnion(members.filter { deciding[$0] != nil })
-            }
+        let heldAfter = held(after, now: now)
+        var purge = Set(deciding.keys).subtracting(heldAfter.flatMap(\.sent))
+        for component in heldAfter where component.sent.contains(where: { deciding[$0].map { $0 != component.decisive } ?? false }) {
+            purge.formUnion(component.sent.filter { deciding[$0] != nil })
         }
-        return SitePlan(purge: purge.sorted(), send: Array(Set(heldAfter.flatMap(sent))).sorted())
+        return SitePlan(purge: purge.sorted(), send: Array(Set(heldAfter.flatMap(\.sent))).sorted())
     }
 
-    /// The members of `component` whose documents may go to the site.
-    private func sent(_ component: Scope.Component) -> [Identifier] {
-        let projection = projection(of: component)
-        return component.view.members.filter { projection.holds($0.kind) }
+    /// Of `components`, those the site holds at `now`, each with the members whose documents may
+    /// go to it and the consent its projection depends on: every component's consent and
+    /// projection worked out once.
+    private func held(_ components: [Scope.Component], now: Int64) -> [(sent: [Identifier], decisive: Decisive)] {
+        components.compactMap { component in
+            guard scope.holds(component, now: now) else { return nil }
+            let consent = consent(of: component)
+            let projection = projection(under: consent)
+            guard projection.holdsAnything else { return nil }
+            return (component.view.members.filter { projection.holds($0.kind) }, Decisive(consent))
+        }
     }
 
     private func consent(of component: Scope.Component) -> ConsentState {
