@@ -20,7 +20,7 @@ let package = Package(
         // Pure cores: stdlib only, no I/O, no clocks, no global randomness.
         .target(name: "KithCRDT", swiftSettings: optimizeAcrossModules),
         .target(name: "KithJSON", dependencies: ["KithCRDT"], swiftSettings: optimizeAcrossModules),
-        .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithProfile", dependencies: ["KithCRDT", "KithJSON", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         .target(name: "KithHTTP", swiftSettings: optimizeAcrossModules),
         .target(name: "KithReplication", dependencies: ["KithCRDT", "KithProfile"], swiftSettings: optimizeAcrossModules),
         // Consent and purpose evaluation, masking, and the rendering of a profile as one read may see it.

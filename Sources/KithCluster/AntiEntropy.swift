@@ -46,7 +46,7 @@ extension ClusterNode {
             antiEntropy.exchange = nil
             counters.antiEntropyAbandoned += 1
         }
-        if let behind = try membership.reachable.first(where: { try antiEntropy.resyncRequested.contains($0.id) && acceptsData(from: $0.id) }) {
+        if let behind = try dataPeers.first(where: { try antiEntropy.resyncRequested.contains($0.id) && acceptsData(from: $0.id) }) {
             antiEntropy.resyncRequested.remove(behind.id)
             // What the comparison brings the peer is this node's log through its last durable
             // entry at least (never past its last entry): later entries may be undone by a
@@ -56,7 +56,7 @@ extension ClusterNode {
         }
         // Never with a quarantined peer (its document states are not taken until it has cleared),
         // nor while this node clears.
-        let caughtUp = try membership.reachable.filter { peer in
+        let caughtUp = try dataPeers.filter { peer in
             try acceptsData(from: peer.id) && (peers[peer.id].map { $0.isCaughtUp && $0.hasReadOurLog } ?? false)
         }
         if let asked = caughtUp.filter({ antiEntropy.requested.contains($0.id) }).min(by: { $0.id < $1.id }) {

@@ -17,22 +17,33 @@ struct TruncationState {
 
 extension ClusterNode {
     /// How to answer a pull from `cursor`: from the log, if it holds everything after the
-    /// cursor; else by moving the peer's cursor to where a finished tree comparison with it
+    /// cursor; on a scoped site, by moving the cursor past what the puller already holds; else by moving the peer's cursor to where a finished tree comparison with it
     /// reached; else by saying the log is truncated, and asking for that comparison
     /// (`compareTreesIfDue` runs it first).
     enum PullAnswer: Equatable {
         case fromLog
         case resumed(at: UInt64)
         case truncated(through: UInt64)
+        /// The puller lacks none of the truncated entries: a reply with none moves its cursor on.
+        case skipped(to: UInt64)
     }
 
     func pullAnswer(to cursor: UInt64, from peer: UInt64) throws -> PullAnswer {
-        let truncated = try store.logExtent().truncatedThrough
+        let extent = try store.logExtent()
+        let truncated = extent.truncatedThrough
         guard cursor < truncated else {
             truncation.resynced[peer] = nil
             return .fromLog
         }
         if let reached = truncation.resynced[peer], reached >= truncated { return .resumed(at: reached) }
+        // No tree comparison with a scoped site: its log holds only its own changes, so a
+        // puller that holds every one the log dropped (from another member) lacks nothing
+        // before the truncation point, and reads on from there. One that does not is told the
+        // log is truncated until it has them from a core.
+        if membership.me.scoped, !extent.rebuilt, let versions = peers[peer]?.versions, versions.covers(extent.floor) {
+            return .skipped(to: truncated)
+        }
+        if membership.me.scoped { return .truncated(through: truncated) }
         antiEntropy.resyncRequested.insert(peer)
         return .truncated(through: truncated)
     }
@@ -48,7 +59,7 @@ extension ClusterNode {
         truncation.lastPlanned = now
         let extent = try store.logExtent()
         let plan = LogTruncationPlan.plan(
-            log: extent, members: Array(membership.members.values), contacts: memberContacts, since: since, now: now,
+            log: extent, members: membership.members.values.filter(\.holdsEverything), contacts: memberContacts, since: since, now: now,
             maxOfflineWindow: settings.maxOfflineWindow)
         truncation.plan = plan
         guard plan.truncates(extent) else { return }

@@ -1,4 +1,5 @@
 import KithCRDT
+import KithPolicy
 import KithProfile
 import KithReplication
 import KithStore
@@ -46,6 +47,17 @@ public struct ReplicationSettings: Sendable {
     /// about 20 ms of the writer a step on the bench store (docs/benchmarks.md, "Forget compaction").
     public var clearingIdentifiers = 100
     public var clearingBuckets = 8
+    /// This member is a scoped site (docs/replication.md, "Scope"): its scope and purposes. Nil:
+    /// it holds everything.
+    public var site: SiteSettings?
+    /// What a scoped site's purposes may see: a core answering site syncs projects by it.
+    public var policy: Policy = .builtIn
+    /// How often a scoped site syncs with a core (at once while the core has more to send).
+    public var siteSyncInterval: Int64 = 1_000
+    /// Identifiers a core's sweep for a site looks at per sync until it has swept every
+    /// identifier once (the site's first sync), and after.
+    public var siteSweepFirst = 2_000
+    public var siteSweep = 200
 
     public init() {}
 }
@@ -61,6 +73,8 @@ public struct ReplicatedWrite: Sendable, Equatable {
     public var refusedPushes = 0
     /// Work done in bounded steps has more to do (a forget-compaction pass goes on).
     public var more = false
+    /// What a scoped site did with a core's update.
+    public var site: SiteUpdateOutcome?
 
     public init(changed: Int = 0, appliedAhead: Int = 0, refused: Bool = false, refusedPushes: Int = 0, more: Bool = false) {
         self.changed = changed
@@ -124,6 +138,9 @@ public final class ClusterNode {
     var truncation = TruncationState()
     /// Forget compaction: its last plan, its write in flight, the store's state of it.
     var forgetCompaction = ForgetCompactionTracking()
+    /// A scoped site's sync in flight; a core's memory of each scoped site.
+    var siteSyncing = SiteSyncing()
+    var sites: [UInt64: SiteTracking] = [:]
     /// Peers' clocks as measured from membership round trips.
     public private(set) var clockOffsets: ClockOffsets
     private let hasSeeds: Bool
@@ -173,6 +190,21 @@ public final class ClusterNode {
         public var quarantineClearsFailed = 0
         /// Times to drop through refused as too recent (a peer's clock or configuration wrong).
         public var quarantineClearsRefused = 0
+        /// Site syncs: on a scoped site, sent, completed, given up and stale answers dropped,
+        /// with the documents joined, purged and replaced; on a core, refused (not from a
+        /// scoped member, or purposes this node's policy does not define) and documents sent.
+        /// Data refused because it would bring a scoped site another member's raw log.
+        public var siteSyncsSent = 0
+        public var siteSyncsCompleted = 0
+        public var siteSyncsAbandoned = 0
+        public var staleSiteUpdatesDropped = 0
+        public var siteUpdatesFailed = 0
+        public var siteDocumentsJoined = 0
+        public var sitePurged = 0
+        public var siteReplaced = 0
+        public var siteSyncsRefused = 0
+        public var siteDocumentsSent = 0
+        public var rawDataRefused = 0
     }
 
     /// What this node knows of one peer.
@@ -224,6 +256,7 @@ public final class ClusterNode {
         self.send = send
         self.write = write
         clockOffsets = ClockOffsets(settings: clockSettings)
+        precondition(me.scoped == (settings.site != nil), "member \(me.name) scoped: \(me.scoped), but site settings: \(settings.site != nil)")
         hasSeeds = !seeds.filter { $0 != me.address }.isEmpty
         self.startedAt = startedAt
         membership = Membership(me: me, seeds: seeds, settings: membershipSettings, seed: seed)
@@ -247,12 +280,23 @@ public final class ClusterNode {
         try truncateLogIfDue(now: now)
         try compactForgetRecordsIfDue(now: now, wall: wall ?? now)
         try resumeClearingIfNeeded()
+        try syncSiteIfDue(now: now)
     }
+
+    /// The reachable peers this node exchanges whole logs and document states with: none for a
+    /// scoped site (it takes no raw log: site syncs bring it its customers), and never a scoped
+    /// site, which may hold none of it. A scoped site's own log is still pulled (`logPeers`).
+    var dataPeers: [Member] {
+        membership.me.scoped ? [] : membership.reachable.filter(\.holdsEverything)
+    }
+
+    /// The reachable peers whose logs this node pulls: every one, unless this node is scoped.
+    var logPeers: [Member] { membership.me.scoped ? [] : membership.reachable }
 
     /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
     /// each bring the same missing changes (both are answered against the same version vector).
     private func pullOneDuePeer(now: Int64) throws {
-        let reachable = membership.reachable
+        let reachable = logPeers
         for peer in reachable {
             guard let sent = peers[peer.id]?.pullSentAt else { continue }
             if now - sent < settings.pullTimeout { return }
@@ -275,7 +319,7 @@ public final class ClusterNode {
         guard let newest = own.last else { return }
         let message = PeerMessage.push(previous: lastPushedOwn, entries: own)
         lastPushedOwn = newest.originSequence
-        for peer in membership.reachable {
+        for peer in membership.reachable where peer.holdsEverything {
             counters.pushesSent += 1
             send(peer.address, message)
         }
@@ -285,6 +329,7 @@ public final class ClusterNode {
     /// `now` and `wall` as for `tick`.
     public func receive(_ message: PeerMessage, from sender: UInt64, address: String, now: Int64, wall: Int64? = nil) throws {
         peers[sender, default: PeerState()].lastContact = now
+        if bringsRawData(message, from: sender) { return counters.rawDataRefused += 1 }
         switch message {
         case .membership(let message): perform(membership.receive(message, from: address, now: now, wall: wall), now: now)
         case .pull(let cursor, let versions, let budget, let request, let cleared):
@@ -309,12 +354,15 @@ public final class ClusterNode {
                 return send(replyAddress(sender, address), .logTruncated(through: through, request: request))
             case .resumed(let position):
                 return send(replyAddress(sender, address), .logResumed(from: cursor, through: position, request: request))
+            case .skipped(let position):
+                return send(
+                    replyAddress(sender, address), .changes(from: cursor, through: position, entries: [], more: true, ahead: [], request: request))
             }
             let answer = try reply(after: cursor, lacking: versions, budget: budget, request: request)
             if case .changes(_, _, _, let more, _, _) = answer { peers[sender]?.hasReadOurLog = !more }
             send(replyAddress(sender, address), answer)
             // Read repair, both ways: a puller that holds what this node lacks is pulled from now.
-            if try holdsLess(than: versions), peers[sender]?.pullSentAt == nil, let member = membership.members[sender] {
+            if !membership.me.scoped, try holdsLess(than: versions), peers[sender]?.pullSentAt == nil, let member = membership.members[sender] {
                 try pull(from: member, now: now)
             }
         case .changes(let from, let through, let entries, let more, let ahead, let request):
@@ -368,6 +416,10 @@ public final class ClusterNode {
             peers[sender]?.pullSentAt = nil
             peers[sender]?.lastPullCompleted = now
             peers[sender]?.truncatedPast = through
+        case .siteSync(let request, let scope, let purposes, let held):
+            try answerSiteSync(from: sender, address: address, request: request, scope: scope, purposes: purposes, held: held, now: wall ?? now)
+        case .siteUpdate(let request, let components, let purge, let more):
+            try receivedSiteUpdate(request: request, components: components, purge: purge, more: more, now: now)
         case .logResumed(let from, let through, let request):
             let store = self.store
             try write({
@@ -379,6 +431,18 @@ public final class ClusterNode {
                 counters.logsResumed += 1
                 try pulled(0, from: sender, more: true, request: request, now: now)
             }
+        }
+    }
+
+    /// Whether `message` would bring raw data (log entries, whole document states, tree
+    /// digests) between a scoped site and another member: never taken, whatever a peer with a
+    /// stale view of the membership sends.
+    private func bringsRawData(_ message: PeerMessage, from sender: UInt64) -> Bool {
+        let scopedPeer = membership.members[sender]?.scoped ?? false
+        switch message {
+        case .changes, .push: return membership.me.scoped
+        case .digestRequest, .digestReply, .documents: return membership.me.scoped || scopedPeer
+        case .membership, .pull, .acknowledge, .logTruncated, .logResumed, .siteSync, .siteUpdate: return false
         }
     }
 

@@ -64,7 +64,7 @@ extension ClusterNode {
         waits.byNumber[number] = pending
         switch wait {
         case .replicas: try pushOwnChanges()
-        case .session: for peer in membership.reachable { try pull(from: peer, now: now) }
+        case .session: for peer in logPeers { try pull(from: peer, now: now) }
         case .replicaReads: try askReplicas(&waits.byNumber[number]!, now: now)
         }
         return nil
@@ -133,7 +133,7 @@ extension ClusterNode {
     /// reachable since the read began is asked too).
     private func askReplicas(_ pending: inout PendingWaits.Pending, now: Int64) throws {
         let replicas = replicaIDs
-        for peer in membership.reachable where replicas.contains(peer.id) && pending.requests[peer.id] == nil {
+        for peer in logPeers where replicas.contains(peer.id) && pending.requests[peer.id] == nil {
             pending.requests[peer.id] = try pull(from: peer, now: now)
         }
     }

@@ -28,6 +28,18 @@ public struct ChangeEntry: Equatable, Sendable {
     }
 }
 
+extension ChangeEntry {
+    /// The identifiers whose documents this change writes: a message's subject and the
+    /// identifiers it links, an unlink's two ends. An erasure names only forget keys.
+    public var identifiersWritten: [Identifier] {
+        switch change {
+        case .message(let delta): [delta.subject] + delta.links
+        case .unlink(let edge, _): [edge.low, edge.high]
+        case .erasure, .setting: []
+        }
+    }
+}
+
 extension ChangeEntry: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
         writer.write(varint: sequence)

@@ -28,17 +28,28 @@ public struct Member: Equatable, Sendable {
     /// the cluster-wide read audit); empty if not advertised.
     public var api: String = ""
     public var role: MemberRole
+    /// A scoped site (docs/replication.md, "Scope"): it holds only the customers of its scope,
+    /// projected for its purposes, so it never takes a peer's raw log (no pushes to it, no pulls
+    /// by it, no tree comparisons with it) and is brought its customers by site syncs instead.
+    public var scoped: Bool
     public var incarnation: UInt64
     public var status: MemberStatus
 
-    public init(id: UInt64, name: String, address: String, role: MemberRole, incarnation: UInt64 = 0, status: MemberStatus = .alive) {
+    public init(
+        id: UInt64, name: String, address: String, role: MemberRole, scoped: Bool = false, incarnation: UInt64 = 0, status: MemberStatus = .alive
+    ) {
+        precondition(!scoped || role == .edge, "only an edge member may be scoped (member \(name), role \(role))")
         self.id = id
         self.name = name
         self.address = address
         self.role = role
+        self.scoped = scoped
         self.incarnation = incarnation
         self.status = status
     }
+
+    /// Whether this member takes whole logs and document states: every member but a scoped site.
+    public var holdsEverything: Bool { !scoped }
 
     /// Whether this record overrides `other` for the same member (SWIM's precedence: a higher
     /// incarnation wins; at equal incarnation the worse state wins, so a suspicion sticks until

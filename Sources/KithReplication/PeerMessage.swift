@@ -39,6 +39,15 @@ public enum PeerMessage: Equatable, Sendable {
     /// cursor moves from `from` to `through`. The puller's own log then lacks what the comparison
     /// brought, so it serves its log only from there on (docs/replication.md, "Log truncation").
     case logResumed(from: UInt64, through: UInt64, request: UInt64)
+    /// A scoped site asks a core for its customers (docs/replication.md, "Scope"): its scope and
+    /// purposes (from its configuration; the core decides with them), and every document it
+    /// holds with the digest of its state.
+    case siteSync(request: UInt64, scope: Scope, purposes: [String], held: [HeldDocument])
+    /// The core's answer to a site sync: the projected document states of components the site
+    /// holds that differ there, component by component (joined, or replaced where a join cannot
+    /// take a field back), and documents to `purge` (out of the site's scope; the site keeps
+    /// those its log still names). `more`: the core has more to send.
+    case siteUpdate(request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool)
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -53,6 +62,8 @@ public enum PeerMessage: Equatable, Sendable {
         case .documents: 8
         case .logTruncated: 9
         case .logResumed: 10
+        case .siteSync: 11
+        case .siteUpdate: 12
         }
     }
 
@@ -106,6 +117,16 @@ extension PeerMessage {
             writer.write(varint: from)
             writer.write(varint: through)
             writer.write(varint: request)
+        case .siteSync(let request, let scope, let purposes, let held):
+            writer.write(varint: request)
+            scope.encode(to: &writer)
+            writer.write(sequence: purposes) { w, purpose in w.write(string: purpose) }
+            writer.write(sequence: held) { w, document in document.encode(to: &w) }
+        case .siteUpdate(let request, let components, let purge, let more):
+            writer.write(varint: request)
+            writer.write(sequence: components) { w, states in w.write(sequence: states) { w, state in state.encode(to: &w) } }
+            writer.write(sequence: purge) { w, identifier in identifier.encode(to: &w) }
+            writer.write(bool: more)
         }
         return writer.bytes
     }
@@ -172,6 +193,20 @@ extension PeerMessage {
             let from = try reader.readVarint(), through = try reader.readVarint()
             guard from < through else { throw BinaryDecodingError(.invalidValue, offset: reader.offset, "resumed range") }
             self = .logResumed(from: from, through: through, request: try reader.readVarint())
+        case 11:
+            let request = try reader.readVarint()
+            let scope = try Scope(from: &reader)
+            let purposes = try reader.readSequence { r in try r.readString() }
+            self = .siteSync(
+                request: request, scope: scope, purposes: purposes,
+                held: try reader.readSequence(minimumItemSize: 2 + Digest128.byteCount) { r in try HeldDocument(from: &r) })
+        case 12:
+            let request = try reader.readVarint()
+            let components = try reader.readSequence { r in
+                try r.readSequence(minimumItemSize: DocumentState.forgetKeySize + 3) { r in try DocumentState(from: &r) }
+            }
+            let purge = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
+            self = .siteUpdate(request: request, components: components, purge: purge, more: try reader.readBool())
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()
@@ -223,12 +258,15 @@ extension DigestEntry {
 }
 
 extension Member: BinaryCodable {
+    static let scopedBit: UInt8 = 0x80
+
     public func encode(to writer: inout BinaryWriter) {
         writer.write(bigEndian: id)
         writer.write(string: name)
         writer.write(string: address)
         writer.write(string: api)
-        writer.write(byte: role.rawValue)
+        // The high bit of the role byte says the member is scoped (protocol version 4).
+        writer.write(byte: role.rawValue | (scoped ? Self.scopedBit : 0))
         writer.write(varint: incarnation)
         writer.write(byte: status.rawValue)
     }
@@ -239,8 +277,12 @@ extension Member: BinaryCodable {
         address = try reader.readString()
         api = try reader.readString()
         let offset = reader.offset
-        guard let role = MemberRole(rawValue: try reader.readByte()) else { throw BinaryDecodingError(.invalidValue, offset: offset, "role") }
+        let roleByte = try reader.readByte()
+        guard let role = MemberRole(rawValue: roleByte & ~Self.scopedBit), roleByte & Self.scopedBit == 0 || role == .edge else {
+            throw BinaryDecodingError(.invalidValue, offset: offset, "role")
+        }
         self.role = role
+        scoped = roleByte & Self.scopedBit != 0
         incarnation = try reader.readVarint()
         guard let status = MemberStatus(rawValue: try reader.readByte()) else {
             throw BinaryDecodingError(.invalidValue, offset: reader.offset - 1, "status")

@@ -4,14 +4,14 @@ import KithProfile
 /// Where a walk over every identifier held stands, in digest-tree bucket order then key order:
 /// the next bucket, and the key of the last identifier done in it when a step stopped inside it.
 /// Retention sweeps and a quarantined node's clearing go this way, a bounded step at a time.
-struct BucketWalkPosition: Equatable {
+public struct BucketWalkPosition: Equatable, Sendable {
     var bucket: Int
     var after: [UInt8]?
 
-    static let start = BucketWalkPosition(bucket: 0, after: nil)
+    public static let start = BucketWalkPosition(bucket: 0, after: nil)
 
     /// The walk has gone past the last bucket.
-    var isAtEnd: Bool { bucket == DigestTreeShape.bucketCount }
+    public var isAtEnd: Bool { bucket == DigestTreeShape.bucketCount }
 }
 
 extension StoreEngine {

@@ -268,7 +268,7 @@ extension StoreEngine {
     }
 
     /// The states of `forgetKeys`, whose identifiers held here (by forget key) are known.
-    private func documentStates(for forgetKeys: [[UInt8]], of identifiers: [[UInt8]: Identifier], in reader: some StoreReading) throws
+    func documentStates(for forgetKeys: [[UInt8]], of identifiers: [[UInt8]: Identifier], in reader: some StoreReading) throws
         -> [DocumentState]
     {
         var states: [DocumentState] = []

@@ -188,6 +188,19 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// Joins a peer's document states in one transaction. Returns how many changed anything here.
     @discardableResult func join(_ states: [DocumentState]) throws -> Int
 
+    /// Site syncs (docs/replication.md, "Scope"). On the core: the component of `identifier` as
+    /// a scope decides on it (with `seenBy` only if asked; nil if unknown), the states of
+    /// documents by identifier, and a step of a walk over every identifier held.
+    func scopeComponent(of identifier: Identifier, withSeenBy: Bool) throws -> Scope.Component?
+    func documentStates(of identifiers: [Identifier]) throws -> [DocumentState]
+    func identifiers(from position: BucketWalkPosition, buckets: Int, limit: Int) throws -> (identifiers: [Identifier], next: BucketWalkPosition)
+
+    /// On a scoped site: every document held, with the digest of its state; and a core's update
+    /// applied (`StoreEngine.joinSiteUpdate`, then `replaceDiffering`, two transactions: nothing
+    /// this node's log still holds is dropped).
+    func heldDocuments() throws -> [HeldDocument]
+    @discardableResult func applySiteUpdate(components: [[DocumentState]], purge: [Identifier]) throws -> SiteUpdateOutcome
+
     /// What forget compaction has done here, whom it trusts, and how far this node cleared.
     func forgetCompactionState() throws -> ForgetCompactionState
 
@@ -413,6 +426,31 @@ extension EngineBackedStore {
 
     public func join(_ states: [DocumentState]) throws -> Int {
         try modify { context in try states.reduce(0) { count, state in try context.join(state) ? count + 1 : count } }
+    }
+
+    public func scopeComponent(of identifier: Identifier, withSeenBy: Bool) throws -> Scope.Component? {
+        try read { reader in try engine.scopeComponent(of: identifier, withSeenBy: withSeenBy, in: reader) }
+    }
+
+    public func documentStates(of identifiers: [Identifier]) throws -> [DocumentState] {
+        try read { reader in try engine.documentStates(of: identifiers, in: reader) }
+    }
+
+    public func identifiers(from position: BucketWalkPosition, buckets: Int, limit: Int) throws
+        -> (identifiers: [Identifier], next: BucketWalkPosition)
+    {
+        try read { reader in try engine.walkStep(from: position, buckets: buckets, limit: limit, in: reader) }
+    }
+
+    public func heldDocuments() throws -> [HeldDocument] {
+        try read { reader in try engine.heldDocuments(in: reader) }
+    }
+
+    public func applySiteUpdate(components: [[DocumentState]], purge: [Identifier]) throws -> SiteUpdateOutcome {
+        var outcome = try modify { context in try engine.joinSiteUpdate(components: components, purge: purge, in: context) }
+        // Apart: the join's rows must be written before they are compared with what was sent.
+        outcome.replaced = try modify { context in try engine.replaceDiffering(components: components, in: context) }
+        return outcome
     }
 
     public func logExtent() throws -> LogExtent {

@@ -121,6 +121,33 @@ struct PeerMessageTests {
         ]
         for message in messages { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 9, payload: messages[7].encodePayload() + [0]) }
+        // A scoped member's flag travels in its role byte; a scoped core is refused.
+        let site = Member(id: 8, name: "kiosk", address: "127.0.0.1:7947", role: .edge, scoped: true, incarnation: 2)
+        let gossip = PeerMessage.membership(MembershipMessage(sender: site, kind: .ping(1), updates: [site, member]))
+        #expect(try PeerMessage(tag: gossip.tag, payload: gossip.encodePayload()) == gossip)
+        var scopedCore = gossip.encodePayload()
+        let roleAt = 8 + 1 + 5 + 1 + 14 + 1
+        #expect(scopedCore[roleAt] == 0x81, "the role byte of the scoped edge sender")
+        scopedCore[roleAt] = 0x80
+        #expect(throws: (any Error).self) { try PeerMessage(tag: gossip.tag, payload: scopedCore) }
+        // Site syncs: a scope of every clause, and an update of two components and a purge.
+        let u1 = Identifier(kind: .userId, value: "u-1")!, a1 = Identifier(kind: .anonymousId, value: "a-1")!
+        let scope = Scope.only([
+            .trait(name: "homeStore", value: .string("leeds-1")), .identifiers([u1, a1]), .placement(5...1 << 60),
+            .seen(node: 8, withinMillis: 86_400_000),
+        ])
+        let state = DocumentState(
+            forgetKey: Array(repeating: 3, count: DocumentState.forgetKeySize), identifier: u1, forgotten: nil,
+            rows: [DocumentState.Row(part: 1, suffix: [], value: [1, 2, 3])])
+        let syncs: [PeerMessage] = [
+            .siteSync(
+                request: 5, scope: scope, purposes: ["analytics", "support"], held: [HeldDocument(identifier: u1, digest: state.contentDigest)]),
+            .siteSync(request: 6, scope: .everything, purposes: [], held: []),
+            .siteUpdate(request: 5, components: [[state], [state, state]], purge: [a1], more: true),
+            .siteUpdate(request: 6, components: [], purge: [], more: false),
+        ]
+        for message in syncs { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 11, payload: syncs[0].encodePayload().dropLast(1).map { $0 }) }
         // A resumed log moves a cursor forward, never back or nowhere.
         #expect(throws: (any Error).self) {
             try PeerMessage(tag: 10, payload: PeerMessage.logResumed(from: 9, through: 9, request: 1).encodePayload())

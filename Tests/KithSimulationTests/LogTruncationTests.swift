@@ -174,6 +174,17 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
     func clearForQuarantine(through floor: Int64, buckets: Int, identifiers: Int) throws -> Bool {
         try store.clearForQuarantine(through: floor, buckets: buckets, identifiers: identifiers)
     }
+    func scopeComponent(of identifier: Identifier, withSeenBy: Bool) throws -> Scope.Component? {
+        try store.scopeComponent(of: identifier, withSeenBy: withSeenBy)
+    }
+    func documentStates(of identifiers: [Identifier]) throws -> [DocumentState] { try store.documentStates(of: identifiers) }
+    func identifiers(from position: BucketWalkPosition, buckets: Int, limit: Int) throws -> (identifiers: [Identifier], next: BucketWalkPosition) {
+        try store.identifiers(from: position, buckets: buckets, limit: limit)
+    }
+    func heldDocuments() throws -> [HeldDocument] { try store.heldDocuments() }
+    func applySiteUpdate(components: [[DocumentState]], purge: [Identifier]) throws -> SiteUpdateOutcome {
+        try store.applySiteUpdate(components: components, purge: purge)
+    }
 }
 
 @Suite("Log truncation in a node")

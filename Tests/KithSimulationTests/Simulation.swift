@@ -107,16 +107,20 @@ final class Simulation {
     }()
     static let clockSettings = ClockSettings()
     let replicationSettings: ReplicationSettings
+    /// Scoped sites' settings, by machine index.
+    private(set) var siteSettings: [Int: SiteSettings] = [:]
 
     /// `antiEntropy` false leaves repair to the change logs alone, so that a fault in log
     /// replication is not hidden by tree comparisons. `fastClock`: the second machine's clock
     /// runs two hours ahead (it must refuse to date writes; nothing it holds may swallow others').
     /// `maxOfflineWindow`: how long a silent member holds log truncation back (30 days unless given).
     /// `forgetCompaction`: the bounds under which forget records are compacted (none unless given).
+    /// `sites`: the last `sites.count` edges are scoped sites with these settings.
     init(
         seed: UInt64, nodes: Int, edges: Int, antiEntropy: Bool = true, fastClock: Bool = false, maxOfflineWindow: Int64? = nil,
-        forgetCompaction: ForgetCompactionPlan.Bounds? = nil
+        forgetCompaction: ForgetCompactionPlan.Bounds? = nil, sites: [SiteSettings] = []
     ) throws {
+        precondition(sites.count <= edges, "\(sites.count) sites but \(edges) edges")
         self.seed = seed
         var settings = Self.replicationSettings
         if !antiEntropy { settings.antiEntropyInterval = 0 }
@@ -126,7 +130,9 @@ final class Simulation {
         random = SplitMix64(seed: seed)
         for index in 0..<nodes {
             let role: MemberRole = index >= nodes - edges ? .edge : .core
-            let member = Member(id: UInt64(index + 1), name: "n\(index + 1)", address: "n\(index + 1)", role: role)
+            if index >= nodes - sites.count { siteSettings[index] = sites[index - (nodes - sites.count)] }
+            let member = Member(
+                id: UInt64(index + 1), name: "n\(index + 1)", address: "n\(index + 1)", role: role, scoped: siteSettings[index] != nil)
             let store = MemoryProfileStore(configuration: StoreConfiguration(node: member.id, forgetKeySecret: Self.secret))
             var skew = Int64(random.below(901)) - 450
             if fastClock && index == 1 { skew += 7_200_000 }
@@ -146,9 +152,11 @@ final class Simulation {
         let index = machine.index
         var me = machine.member
         me.incarnation = UInt64(clock(machine))
+        var settings = replicationSettings
+        settings.site = siteSettings[index]
         machine.node = try ClusterNode(
             store: machine.store, me: me, seeds: Array(seeds), membershipSettings: Self.membershipSettings,
-            settings: replicationSettings, clockSettings: Self.clockSettings, startedAt: clock(machine),
+            settings: settings, clockSettings: Self.clockSettings, startedAt: clock(machine),
             seed: seed &+ UInt64(index) &* 7919 &+ UInt64(now),
             write: { [unowned self, unowned machine] write, then in
                 // As on a node: the write waits its turn at the one writer, commits 1–20 ms
@@ -337,7 +345,7 @@ final class Simulation {
         repeat {
             settled += 2_000
             try run(until: settled)
-        } while try Set(machines.map { try $0.store.contentDigest() }).count > 1 && settled < limit
+        } while try Set(machines.filter(\.member.holdsEverything).map { try $0.store.contentDigest() }).count > 1 && settled < limit
     }
 
     var isQuiet: Bool { queue.isEmpty }

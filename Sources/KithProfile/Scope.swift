@@ -1,6 +1,6 @@
+import KithCRDT
 import KithCrypto
 import KithJSON
-import KithProfile
 
 /// Which customers a member holds (docs/replication.md, "Scope"): a statement about identity
 /// components, decided on a profile's view as the core holds it — never on single identifiers,
@@ -8,10 +8,9 @@ import KithProfile
 /// unmerge moves whole components in or out.
 ///
 /// Pure: the same scope and the same views give the same answer on every node, so "who holds
-/// what" is judged by the simulation like membership and anti-entropy. The shells that carry
-/// its decisions out (projected document states, scoped digest comparison, purges) come next;
-/// until then every member holds everything (`everything`).
-///
+/// what" is judged by the simulation like membership and anti-entropy. A scoped site sends its
+/// scope with every site sync (`PeerMessage.siteSync`); the core decides with it
+/// (`SiteHoldings`, `SiteSync`).
 public enum Scope: Equatable, Sendable {
     /// Every customer: core nodes today.
     case everything
@@ -70,6 +69,62 @@ extension Scope.Clause {
         case .identifiers(let identifiers): return view.members.contains(where: identifiers.contains)
         case .placement(let range): return range.contains(Scope.placement(of: view.canonical))
         case .seen(let node, let within): return component.seenBy.seen(by: node, since: now - within)
+        }
+    }
+}
+
+extension Scope: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case .everything: writer.write(byte: 0)
+        case .only(let clauses):
+            writer.write(byte: 1)
+            writer.write(sequence: clauses) { writer, clause in clause.encode(to: &writer) }
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let offset = reader.offset
+        switch try reader.readByte() {
+        case 0: self = .everything
+        case 1: self = .only(try reader.readSequence { reader in try Clause(from: &reader) })
+        default: throw BinaryDecodingError(.invalidValue, offset: offset, "scope")
+        }
+    }
+}
+
+extension Scope.Clause: BinaryCodable {
+    public func encode(to writer: inout BinaryWriter) {
+        switch self {
+        case .trait(let name, let value):
+            writer.write(byte: 1)
+            writer.write(string: name)
+            value.encode(to: &writer)
+        case .identifiers(let identifiers):
+            writer.write(byte: 2)
+            writer.write(sequence: identifiers.sorted()) { writer, identifier in identifier.encode(to: &writer) }
+        case .placement(let range):
+            writer.write(byte: 3)
+            writer.write(varint: range.lowerBound)
+            writer.write(varint: range.upperBound)
+        case .seen(let node, let within):
+            writer.write(byte: 4)
+            writer.write(varint: node)
+            writer.write(signed: within)
+        }
+    }
+
+    public init(from reader: inout BinaryReader) throws {
+        let offset = reader.offset
+        switch try reader.readByte() {
+        case 1: self = .trait(name: try reader.readString(), value: try JSONValue(from: &reader))
+        case 2: self = .identifiers(Set(try reader.readSequence { reader in try Identifier(from: &reader) }))
+        case 3:
+            let lower = try reader.readVarint(), upper = try reader.readVarint()
+            guard lower <= upper else { throw BinaryDecodingError(.invalidValue, offset: offset, "placement range") }
+            self = .placement(lower...upper)
+        case 4: self = .seen(node: try reader.readVarint(), withinMillis: try reader.readSigned())
+        default: throw BinaryDecodingError(.invalidValue, offset: offset, "scope clause")
         }
     }
 }

@@ -1,0 +1,176 @@
+import KithCRDT
+import KithPolicy
+import KithProfile
+import KithReplication
+import KithStore
+
+/// A scoped site: what it holds and for which purposes (docs/replication.md, "Scope").
+public struct SiteSettings: Sendable {
+    public var scope: Scope
+    public var purposes: [String]
+
+    public init(scope: Scope, purposes: [String]) {
+        self.scope = scope
+        self.purposes = purposes
+    }
+}
+
+/// A scoped site's side of site syncs: the one in flight, and when the last ended.
+struct SiteSyncing {
+    var request: UInt64 = 0
+    var sentAt: Int64?
+    var lastCompleted: Int64?
+    /// The core said it had more to send: sync again at once.
+    var more = false
+    /// An update's write is queued or running.
+    var writing = false
+}
+
+/// A core's memory of one scoped site between its syncs: how far its sweep over every
+/// identifier and its reading of this node's log have gone, and what an earlier sync's budget
+/// left over. Lost at a restart, which only starts the sweep again.
+struct SiteTracking {
+    var sweep = BucketWalkPosition.start
+    var sweptOnce = false
+    /// This node's log through this position has been looked at for the site.
+    var logCursor: UInt64
+    var pending: [Identifier] = []
+}
+
+extension ClusterNode {
+    // MARK: The site's side
+
+    /// A scoped site syncs with a core when the last sync ended `siteSyncInterval` ago, or at
+    /// once when the core said it has more; a sync not answered within `pullTimeout` is given up.
+    func syncSiteIfDue(now: Int64) throws {
+        guard let site = settings.site, !siteSyncing.writing else { return }
+        if let sent = siteSyncing.sentAt {
+            guard now - sent >= settings.pullTimeout else { return }
+            siteSyncing.sentAt = nil
+            counters.siteSyncsAbandoned += 1
+        }
+        if let last = siteSyncing.lastCompleted, !siteSyncing.more, now - last < settings.siteSyncInterval { return }
+        // The core syncs rotate, so that one core's sweep does not decide alone for long.
+        let cores = membership.reachable.filter { $0.role == .core && $0.holdsEverything }.sorted { $0.id < $1.id }
+        guard !cores.isEmpty else { return }
+        siteSyncing.request += 1
+        let core = cores[Int(siteSyncing.request % UInt64(cores.count))]
+        siteSyncing.sentAt = now
+        counters.siteSyncsSent += 1
+        send(core.address, .siteSync(request: siteSyncing.request, scope: site.scope, purposes: site.purposes, held: try store.heldDocuments()))
+    }
+
+    /// A core's update, applied through the writer (`ProfileStore.applySiteUpdate`).
+    func receivedSiteUpdate(request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, now: Int64) throws {
+        guard settings.site != nil, request == siteSyncing.request, siteSyncing.sentAt != nil, !siteSyncing.writing else {
+            return counters.staleSiteUpdatesDropped += 1
+        }
+        siteSyncing.writing = true
+        let store = self.store
+        // A failed write is counted and the next sync starts over: the continuation must run on
+        // every path, or `writing` would stay set and the site would never sync again.
+        try write({
+            var written = ReplicatedWrite()
+            do { written.site = try store.applySiteUpdate(components: components, purge: purge) } catch {
+                return .refusal
+            }
+            return written
+        }) { [self] written in
+            siteSyncing.writing = false
+            siteSyncing.sentAt = nil
+            siteSyncing.lastCompleted = now
+            guard !written.refused, let outcome = written.site else { return counters.siteUpdatesFailed += 1 }
+            siteSyncing.more = more
+            counters.siteSyncsCompleted += 1
+            counters.siteDocumentsJoined += outcome.joined
+            counters.sitePurged += outcome.purged
+            counters.siteReplaced += outcome.replaced
+        }
+    }
+
+    // MARK: The core's side
+
+    /// Answers a scoped site's sync (`SiteSync`): looks at the components of what the site
+    /// reported, of what this node's log wrote since the site's last sync, and of the next step
+    /// of a sweep over every identifier held; sends the projected states of held components the
+    /// site lacks or holds otherwise, up to `documentBudget` bytes, and names the reported
+    /// documents of components it does not hold.
+    func answerSiteSync(
+        from sender: UInt64, address: String, request: UInt64, scope: Scope, purposes: [String], held reported: [HeldDocument], now: Int64
+    ) throws {
+        guard membership.me.role == .core, membership.me.holdsEverything, membership.members[sender]?.scoped == true else {
+            return counters.siteSyncsRefused += 1
+        }
+        let holdings: SiteHoldings
+        do {
+            holdings = try SiteHoldings(scope: scope, purposes: purposes, policy: settings.policy)
+        } catch {
+            // A site whose purposes this node's policy does not define gets nothing: it may
+            // not be sent what no purpose here says it may see.
+            return counters.siteSyncsRefused += 1
+        }
+        var tracking = try sites[sender] ?? SiteTracking(logCursor: store.logExtent().last)
+        var candidates = reported.map(\.identifier) + tracking.pending
+        if try store.logExtent().truncatedThrough > tracking.logCursor {
+            // What was logged meanwhile is gone: the sweep finds it instead.
+            tracking = SiteTracking(logCursor: try store.logExtent().last)
+        }
+        let logged = try store.changes(after: tracking.logCursor, limit: settings.scanLimit)
+        candidates += logged.flatMap(\.identifiersWritten)
+        tracking.logCursor = logged.last?.sequence ?? tracking.logCursor
+        let step = try store.identifiers(
+            from: tracking.sweep, buckets: tracking.sweptOnce ? 8 : 64, limit: tracking.sweptOnce ? settings.siteSweep : settings.siteSweepFirst)
+        candidates += step.identifiers
+        tracking.sweep = step.next.isAtEnd ? .start : step.next
+        if step.next.isAtEnd { tracking.sweptOnce = true }
+
+        let needsSeen = scope.needsSeenBy
+        var looked: Set<Identifier> = []
+        var held: [SiteSync.HeldComponent] = []
+        var projected: [Identifier: DocumentState] = [:]
+        for candidate in candidates where !looked.contains(candidate) {
+            guard let component = try store.scopeComponent(of: candidate, withSeenBy: needsSeen) else {
+                looked.insert(candidate)
+                continue
+            }
+            looked.formUnion(component.view.members)
+            guard holdings.holds(component, now: now) else { continue }
+            let projection = holdings.documentProjection(of: component)
+            var members: [Identifier: Digest128] = [:]
+            for state in try store.documentStates(of: component.view.members.filter(projection.holds)) {
+                guard let state = try state.projected(by: projection), let identifier = state.identifier else { continue }
+                members[identifier] = state.contentDigest
+                projected[identifier] = state
+            }
+            held.append(SiteSync.HeldComponent(members: members))
+        }
+        let answer = SiteSync.answer(reported: reported, held: held)
+
+        var components: [[DocumentState]] = []
+        var bytes = 0
+        tracking.pending = []
+        for members in answer.send {
+            let states = members.compactMap { projected[$0] }
+            let size = states.reduce(0) { $0 + $1.encoded().count }
+            if bytes + size > settings.documentBudget && !components.isEmpty {
+                tracking.pending.append(members[0])
+                continue
+            }
+            bytes += size
+            components.append(states)
+        }
+        sites[sender] = tracking
+        counters.siteDocumentsSent += components.reduce(0) { $0 + $1.count }
+        send(
+            replyAddress(sender, address),
+            .siteUpdate(request: request, components: components, purge: answer.purge, more: !tracking.pending.isEmpty || !tracking.sweptOnce))
+    }
+}
+
+extension Scope {
+    /// Whether deciding needs who accepted a component's messages (a `seen` clause).
+    var needsSeenBy: Bool {
+        guard case .only(let clauses) = self else { return false }
+        return clauses.contains { if case .seen = $0 { true } else { false } }
+    }
+}
