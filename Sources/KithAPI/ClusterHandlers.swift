@@ -61,8 +61,14 @@ extension NodeAPI {
                 return .json(202, Self.jsonBody(["repairing": .array(started.map { .string($0) })]))
             }
         default:
-            answer(SyncProgress.init) { [replication, host] progress in
-                .json(200, Self.jsonBody(Self.syncStatus(progress, replication.links, now: host.monotonicMillis())))
+            answer(SyncProgress.init) { [replication, host, store] progress in
+                var status = Self.syncStatus(progress, replication.links, now: host.monotonicMillis())
+                if let site = progress.site, var object = status.objectValue {
+                    object.members.append(
+                        JSONObject.Member("site", Self.siteStatus(site.settings, site.holds, progress.counters, fileBytes: store.fileBytes)))
+                    status = .object(object)
+                }
+                return .json(200, Self.jsonBody(status))
             }
         }
     }
@@ -80,6 +86,9 @@ extension NodeAPI {
         var forgetCompaction: ForgetCompactionState
         /// Peers this node takes no data from until they drop their old data (forget compaction).
         var quarantined: Set<UInt64>
+        /// On a scoped site: its settings, and the profiles and documents it holds (a scan of
+        /// what it holds: a site holds its scope only).
+        var site: (settings: SiteSettings, holds: StoreStatistics)?
 
         init(_ node: ClusterNode) throws {
             peers = node.peerStates
@@ -92,6 +101,9 @@ extension NodeAPI {
             truncation = node.logTruncationPlan
             forgetCompaction = try node.store.forgetCompactionState()
             quarantined = Set(try peers.filter { try !node.takesData(from: $0.member.id) }.map(\.member.id))
+            if let settings = node.settings.site, let store = node.store as? any ProfileReading {
+                site = (settings, try store.statistics())
+            }
         }
     }
 
@@ -120,6 +132,7 @@ extension NodeAPI {
                 zip(zip(progress.peers, progress.lags), progress.compared).map { pair, compared in
                     let ((member, state), lag) = pair
                     var object: [String: JSONValue] = ["name": .string(member.name), "status": .string(member.status.description)]
+                    if member.scoped { object["scoped"] = .bool(true) }
                     if let contact = state.lastContact { object["lastContactMsAgo"] = .number(JSONNumber(now - contact)) }
                     if let compared { object["lastTreeComparisonMsAgo"] = .number(JSONNumber(now - compared)) }
                     if let lag {
@@ -135,6 +148,21 @@ extension NodeAPI {
                     if progress.quarantined.contains(member.id) { object["quarantined"] = .bool(true) }
                     return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
                 }),
+        ]
+    }
+
+    /// A scoped site: what it serves and holds (customers in scope, documents, the data file's
+    /// bytes), and what its syncs with the core did.
+    private static func siteStatus(_ settings: SiteSettings, _ holds: StoreStatistics, _ counters: ClusterNode.Counters, fileBytes: Int)
+        -> JSONValue
+    {
+        func number(_ value: Int) -> JSONValue { .number(JSONNumber(Int64(value))) }
+        return [
+            "purposes": .array(settings.purposes.map { .string($0) }), "customers": number(holds.profiles), "documents": number(holds.sources),
+            "dataFileBytes": number(fileBytes), "syncsCompleted": number(counters.siteSyncsCompleted),
+            "syncsAbandoned": number(counters.siteSyncsAbandoned), "documentsJoined": number(counters.siteDocumentsJoined),
+            "documentsPurged": number(counters.sitePurged), "documentsReplaced": number(counters.siteReplaced),
+            "updatesFailed": number(counters.siteUpdatesFailed),
         ]
     }
 

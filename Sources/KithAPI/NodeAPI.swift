@@ -52,6 +52,9 @@ public final class NodeAPI: Sendable {
         public var webhookSigner: WebhookSigner
         /// When a failed webhook batch goes again, and when it is parked.
         public var webhookRetry: WebhookRetryPolicy
+        /// This node is a scoped site (docs/replication.md, "Scope"): a read of a customer it
+        /// does not hold goes to a core, or is answered 503 `not_held_here`.
+        public var scopedSite = false
 
         public init(
             nodeName: String, dataDirectory: String, origin: UInt64, ingestQueueLimit: Int, logRequests: Bool, writeKeys: [String],

@@ -18,6 +18,14 @@ extension NodeAPI {
         case read(resource: String)
         case consent, setConsent, links, unlink, erase, export, audit
         case restrict(Bool)
+
+        /// Whether it answers from the profile held (a scoped site forwards those it does not hold).
+        var reads: Bool {
+            switch self {
+            case .read, .consent, .links, .export: true
+            case .setConsent, .unlink, .erase, .audit, .restrict: false
+            }
+        }
     }
 
     /// A profile resource (`/v1/profiles/{identifier}…`): its caller already holds a role the
@@ -158,6 +166,7 @@ extension NodeAPI {
         _ action: ProfileAction, _ identifier: Identifier, _ request: HTTPRequest, _ query: [String: String], _ principal: Principal,
         _ parameters: RouteTable<NodeRoute>.Parameters, respond: @escaping Respond
     ) {
+        if settings.scopedSite && action.reads && !heldHere(identifier) { return forwardToCore(request, respond: respond) }
         switch action {
         case .read(let resource): read(identifier, resource, request, query, principal, respond: respond)
         case .consent: consent(identifier, principal, respond: respond)
@@ -176,6 +185,36 @@ extension NodeAPI {
     }
 
     // MARK: - Reads
+
+    /// Whether this node holds a profile for `identifier`. A store that fails to answer says yes:
+    /// the read that follows reports the failure as it would anywhere.
+    private func heldHere(_ identifier: Identifier) -> Bool {
+        do { return try store.view(of: identifier) != nil } catch { return true }
+    }
+
+    /// A scoped site asked about a customer it does not hold: the read goes to a core node that
+    /// answers (with the caller's credentials; the core decides and audits it), else 503
+    /// `not_held_here`. A forwarded request is never forwarded again.
+    private func forwardToCore(_ request: HTTPRequest, respond: @escaping Respond) {
+        let cores = (replication?.members ?? []).filter { $0.role == .core && $0.holdsEverything && $0.status == .alive && !$0.api.isEmpty }
+        guard request.header(Self.forwardedHeader) == nil, let core = cores.min(by: { $0.name < $1.name }) else {
+            return respond(Self.notHeldHere)
+        }
+        let headers = request.headers.filter { $0.hasName("authorization") } + [HTTPHeader(Self.forwardedHeader, settings.nodeName)]
+        host.forward(to: core.api, request.method, request.target, headers: headers, body: request.body, timeoutMillis: 5_000) { result in
+            switch result {
+            case .success(var answer):
+                answer.headers.append(HTTPHeader("Kith-Served-By", core.name))
+                respond(answer)
+            case .failure: respond(Self.notHeldHere)
+            }
+        }
+    }
+
+    static let forwardedHeader = "Kith-Forwarded-By"
+    static let notHeldHere = HTTPResponse.error(
+        503, code: "not_held_here",
+        message: "this site holds only the customers of its scope, and no core node answered for this one; retry when the site is online")
 
     /// A read for a purpose: the profile as the policy and the customer's consent let this
     /// principal see it, recorded in the audit.

@@ -156,6 +156,12 @@ public protocol APIHost: Sendable {
     /// status, or the failure (refused, reset, no answer within `timeoutMillis`).
     func post(
         _ url: WebhookURL, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int, completion: @escaping @Sendable (Result<Int, any Error>) -> Void)
+    /// Sends `method target` with `headers` and `body` to the HTTP API at `address`, off the
+    /// caller's thread: a scoped site forwarding a read of a customer it does not hold to a
+    /// core. `completion` gets the answer, or the failure (refused, reset, no answer in time).
+    func forward(
+        to address: String, _ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int,
+        completion: @escaping @Sendable (Result<HTTPResponse, any Error>) -> Void)
     /// What the retention sweeps have dropped since the node started (metrics).
     var retention: RetentionTotals { get }
 }

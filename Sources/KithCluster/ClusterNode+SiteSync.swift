@@ -5,7 +5,7 @@ import KithReplication
 import KithStore
 
 /// A scoped site: what it holds and for which purposes (docs/replication.md, "Scope").
-public struct SiteSettings: Sendable {
+public struct SiteSettings: Equatable, Sendable {
     public var scope: Scope
     public var purposes: [String]
 

@@ -119,10 +119,11 @@ public final class Node: Sendable {
             ) { pushes.committed() }
         }
         self.committer = committer
+        let policy = try Self.loadPolicy(configuration.policyFile)
         if !standalone {
             let (keys, sending) = try configuration.clusterKeys()
             let replication = try ReplicationService(
-                store: store, origin: origin, configuration: configuration, keys: ClusterKeys(keys: keys, sending: sending),
+                store: store, origin: origin, configuration: configuration, policy: policy, keys: ClusterKeys(keys: keys, sending: sending),
                 forgetKeySecret: secret, log: log,
                 writer: { task in
                     committer.perform {
@@ -135,7 +136,6 @@ public final class Node: Sendable {
         } else {
             replication = nil
         }
-        let policy = try Self.loadPolicy(configuration.policyFile)
         sweeper = RetentionSweeper(
             rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), log: log
         ) { committer.perform($0) }
@@ -147,7 +147,7 @@ public final class Node: Sendable {
         http.loops = configuration.loops
         let route = RouteBox()
         server = HTTPServer(configuration: http) { request, responder in route.api?.handle(request, responder) }
-        let settings = NodeAPI.Settings(
+        var settings = NodeAPI.Settings(
             nodeName: configuration.nodeName, dataDirectory: configuration.dataDirectory, origin: origin,
             ingestQueueLimit: configuration.ingestQueueLimit, logRequests: configuration.logRequests, writeKeys: configuration.writeKeys,
             principals: try configuration.tokens.map { token in try Self.principal(token, policy) }, policy: policy,
@@ -156,6 +156,7 @@ public final class Node: Sendable {
             identifierSources: try configuration.identity.identifierSources(), identityRules: rules,
             maxEventAge: try configuration.maxEventAgeMillis(), webhookSigner: WebhookSigner(secret: secret),
             webhookRetry: configuration.webhookRetry)
+        settings.scopedSite = configuration.site != nil
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit,
             host: ProcessHost(server: server, sweeper: sweeper, deadlines: feedDeadlines),
@@ -339,6 +340,22 @@ struct ProcessHost: APIHost {
                 Result {
                     let client = try HTTPClient(address: url.address, timeoutSeconds: max(1, timeoutMillis / 1_000))
                     return try client.request("POST", url.target, headers: headers + [HTTPHeader("Connection", "close")], body: body).status
+                })
+        }
+    }
+    /// On Dispatch's global queue, one connection a request: a forwarded read waits on the core,
+    /// never on a loop.
+    func forward(
+        to address: String, _ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int,
+        completion: @escaping @Sendable (Result<HTTPResponse, any Error>) -> Void
+    ) {
+        DispatchQueue.global().async {
+            completion(
+                Result {
+                    let client = try HTTPClient(address: address, timeoutSeconds: max(1, timeoutMillis / 1_000))
+                    let answer = try client.request(method, target, headers: headers + [HTTPHeader("Connection", "close")], body: body)
+                    let kept = answer.headers.filter { $0.hasName("content-type") }
+                    return HTTPResponse(status: answer.status, headers: kept, body: answer.body)
                 })
         }
     }

@@ -255,6 +255,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var maxClockOffsetMillis: Int64 = 500
     /// Where messages carry identifiers (phone region, field paths, external id types).
     public var identity = Identity()
+    /// Set on a scoped edge site: its purposes and scope (`Site`). Unset: the node holds every
+    /// customer.
+    public var site: Site?
 
     public init() {}
 
@@ -262,7 +265,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
         case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
-        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds
+        case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds, site
     }
 
     public init(from decoder: Decoder) throws {
@@ -301,6 +304,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         webhookFirstRetryMillis = try container.decodeIfPresent(Int.self, forKey: .webhookFirstRetryMillis) ?? defaults.webhookFirstRetryMillis
         webhookMaxRetryMillis = try container.decodeIfPresent(Int.self, forKey: .webhookMaxRetryMillis) ?? defaults.webhookMaxRetryMillis
         webhookAttempts = try container.decodeIfPresent(Int.self, forKey: .webhookAttempts) ?? defaults.webhookAttempts
+        site = try container.decodeIfPresent(Site.self, forKey: .site)
     }
 
     /// Reads a JSON configuration file; unknown keys are refused (a typo must not pass silently).
@@ -314,6 +318,16 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         let known = Set(CodingKeys.allNames)
         if let unknown = object.keys.sorted().first(where: { !known.contains($0) }) {
             throw ConfigurationError("\(path): unknown setting \"\(unknown)\"")
+        }
+        if let site = object["site"] as? [String: Any] {
+            if let unknown = site.keys.sorted().first(where: { !["purposes", "scope"].contains($0) }) {
+                throw ConfigurationError("\(path): unknown setting \"site.\(unknown)\"")
+            }
+            for clause in site["scope"] as? [[String: Any]] ?? [] {
+                if let unknown = clause.keys.sorted().first(where: { !["trait", "equals", "seenWithinDays", "identifiers"].contains($0) }) {
+                    throw ConfigurationError("\(path): unknown setting \"site.scope[].\(unknown)\"")
+                }
+            }
         }
         if let identity = object["identity"] as? [String: Any] {
             let settings = Set(Identity.CodingKeys.allCases.map(\.rawValue))
@@ -367,7 +381,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let millis = try number("KITH_WEBHOOK_FIRST_RETRY_MS", " of milliseconds") { webhookFirstRetryMillis = millis }
         if let millis = try number("KITH_WEBHOOK_MAX_RETRY_MS", " of milliseconds") { webhookMaxRetryMillis = millis }
         if let attempts = try number("KITH_WEBHOOK_ATTEMPTS", "") { webhookAttempts = attempts }
-        try validate()
+        // Flags come after: what they may still set (role, gossip) is checked with them.
+        try validate(beforeFlags: true)
     }
 
     /// Adds an all-purpose token given on the command line or in the environment (admin by
@@ -403,7 +418,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         return try ClusterKeys.parse("1 \(clusterKey)")
     }
 
-    public func validate() throws {
+    /// `beforeFlags`: checked before the command line's flags apply, which may still set the
+    /// role and the gossip address a site needs.
+    public func validate(beforeFlags: Bool = false) throws {
         _ = try httpAddress()
         if let gossip {
             guard let colon = gossip.lastIndex(of: ":"), UInt16(gossip[gossip.index(after: colon)...]) != nil else {
@@ -412,6 +429,12 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             _ = try clusterKeys()
         }
         guard ["core", "edge"].contains(role) else { throw ConfigurationError("role must be core or edge") }
+        if let site {
+            guard beforeFlags || (role == "edge" && gossip != nil) else {
+                throw ConfigurationError("site is for an edge node that replicates (role edge, gossip set)")
+            }
+            _ = try site.settings(origin: 0)
+        }
         if let replicas, !(1...1_000).contains(replicas) { throw ConfigurationError("replicas must be 1 to 1000") }
         guard (0...86_400).contains(antiEntropyIntervalSeconds) else {
             throw ConfigurationError("antiEntropyIntervalSeconds must be 0 (off) to 86400")
@@ -483,7 +506,7 @@ extension NodeConfiguration.CodingKeys {
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
         "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
-        "writeAheadLog", "forgetCompactionIntervalSeconds",
+        "writeAheadLog", "forgetCompactionIntervalSeconds", "site",
     ]
 }
 

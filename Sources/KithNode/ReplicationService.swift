@@ -4,6 +4,7 @@ import KithCRDT
 import KithCluster
 import KithCrypto
 import KithJSON
+import KithPolicy
 import KithReplication
 import KithStore
 import Synchronization
@@ -52,8 +53,21 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
     private let origin: UInt64
 
     /// The replication core's settings from the node's configuration.
-    static func settings(for configuration: NodeConfiguration) throws -> ReplicationSettings {
+    /// `origin` names this node in a site's `seen` clauses; `policy` decides what a scoped site's
+    /// purposes may see (this node answering its syncs).
+    static func settings(for configuration: NodeConfiguration, origin: UInt64, policy: Policy) throws -> ReplicationSettings {
         var settings = ReplicationSettings()
+        settings.site = try configuration.site?.settings(origin: origin)
+        settings.policy = policy
+        if let site = settings.site {
+            // Refused at start, not at the first sync: a core would refuse every sync of a site
+            // whose purposes the policy does not define.
+            do {
+                _ = try SiteHoldings(scope: site.scope, purposes: site.purposes, policy: policy)
+            } catch {
+                throw ConfigurationError("site.purposes: \(error)")
+            }
+        }
         settings.antiEntropyInterval = Int64(configuration.antiEntropyIntervalSeconds) * 1_000
         settings.replicas = configuration.replicas
         settings.maxOfflineWindow = try configuration.maxOfflineWindowMillis()
@@ -70,8 +84,8 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
     /// `writer` runs a write on the node's one writer thread (`GroupCommitter.perform`); false
     /// once it is stopping.
     init(
-        store: any ReplicaStore, origin: UInt64, configuration: NodeConfiguration, keys: ClusterKeys, forgetKeySecret: [UInt8], log: Log,
-        writer: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
+        store: any ReplicaStore, origin: UInt64, configuration: NodeConfiguration, policy: Policy, keys: ClusterKeys, forgetKeySecret: [UInt8],
+        log: Log, writer: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
     ) throws {
         self.log = log
         self.origin = origin
@@ -83,9 +97,9 @@ final class ReplicationService: APIReplication, @unchecked Sendable {
         ) { message, sender, address in inbox.add(.message(message, sender, address)) }
         let member = Member(
             id: origin, name: configuration.nodeName, address: transport.address, role: MemberRole(name: configuration.role)!,
-            incarnation: UInt64(unixMillis()))
+            scoped: configuration.site != nil, incarnation: UInt64(unixMillis()))
         let transport = self.transport
-        let settings = try Self.settings(for: configuration)
+        let settings = try Self.settings(for: configuration, origin: origin, policy: policy)
         var clockSettings = ClockSettings()
         clockSettings.maximumOffset = configuration.maxClockOffsetMillis
         let now = monotonicMillis()

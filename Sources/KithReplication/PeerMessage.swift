@@ -67,7 +67,7 @@ public enum PeerMessage: Equatable, Sendable {
         }
     }
 
-    public static let knownTags: ClosedRange<UInt8> = 1...10
+    public static let knownTags: ClosedRange<UInt8> = 1...12
 
     /// The most tree nodes one digest request names, and forget keys one documents message wants.
     public static let maximumNodesPerRequest = 256

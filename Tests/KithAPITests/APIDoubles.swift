@@ -230,6 +230,18 @@ final class TestHost: APIHost, Sendable {
         completion(answer)
     }
 
+    /// What a core answers a forwarded read (nil: no core answers), and the reads forwarded.
+    let forwardAnswer = Mutex<HTTPResponse?>(nil)
+    let forwarded = Mutex<[(address: String, target: String, headers: [HTTPHeader])]>([])
+    struct Unreachable: Error {}
+    func forward(
+        to address: String, _ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8], timeoutMillis: Int,
+        completion: @escaping @Sendable (Result<HTTPResponse, any Error>) -> Void
+    ) {
+        forwarded.withLock { $0.append((address, target, headers)) }
+        completion(forwardAnswer.withLock { $0 }.map { .success($0) } ?? .failure(Unreachable()))
+    }
+
     /// Runs the timers set so far; returns how many ran.
     @discardableResult func fireTimers() -> Int {
         let due = timers.withLock { timers in
@@ -266,7 +278,7 @@ final class TestAPI {
     /// `tokens`: more principals besides one per role (`TestAPI.tokens`).
     init(
         replicated: Bool = false, ingestQueueLimit: Int = 1_000, tokens extra: [Token] = [],
-        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn, maxEventAge: Int64? = nil
+        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn, maxEventAge: Int64? = nil, scopedSite: Bool = false
     ) throws {
         let secret = Array(repeating: UInt8(7), count: 32)
         store = MemoryProfileStore(configuration: StoreConfiguration(node: Self.origin, forgetKeySecret: secret, replicates: replicated))
@@ -282,11 +294,12 @@ final class TestAPI {
             + extra.map { token in
                 (hash: Crypto.sha256(Array(token.name.utf8)), principal: Principal(name: token.name, role: token.role, purposes: token.purposes))
             }
-        let settings = NodeAPI.Settings(
+        var settings = NodeAPI.Settings(
             nodeName: "api-test", dataDirectory: "/nowhere", origin: Self.origin, ingestQueueLimit: ingestQueueLimit, logRequests: false,
             writeKeys: [Self.writeKey], principals: principals, policy: policy, subjectHasher: HMACForgetKeyHasher(secret: secret),
             exportCursor: ExportCursor(secret: secret), clockNode: 1,
             identifierSources: identifierSources, maxEventAge: maxEventAge, webhookSigner: WebhookSigner(secret: secret))
+        settings.scopedSite = scopedSite
         api = NodeAPI(settings: settings, store: store, writer: writer, replication: replication, audit: audit, host: host, log: Log(minimum: .off))
     }
 

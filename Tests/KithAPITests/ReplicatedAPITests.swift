@@ -45,6 +45,39 @@ struct ReplicatedAPITests {
         #expect(test.ingest("/v1/identify?w=2", identify)?.errorCode == "invalid_query")
     }
 
+    // MARK: Reads at a scoped site
+
+    @Test func aScopedSiteForwardsReadsOfCustomersItDoesNotHoldOrAnswersNotHeldHere() throws {
+        let test = try TestAPI(replicated: true, scopedSite: true)
+        #expect(test.ingest("/v1/identify", identify)?.status == 200)
+        let core = Member(id: 2, name: "core-1", address: "127.0.0.1:2", role: .core)
+        var withAPI = core
+        withAPI.api = "127.0.0.1:7081"
+        // Held here: answered here, nothing forwarded.
+        let local = try #require(test.call("GET", "/v1/profiles/user_id:u-r?purpose=support", role: .reader))
+        #expect(local.status == 200 && local.header("Kith-Served-By") == nil && test.host.forwarded.withLock { $0.isEmpty })
+        // Not held, and no core with an API known: 503 not_held_here.
+        let alone = try #require(test.call("GET", "/v1/profiles/user_id:elsewhere?purpose=support", role: .reader))
+        #expect(alone.status == 503 && alone.errorCode == "not_held_here")
+        // A core known, that answers: its answer, relayed, with the caller's credentials.
+        test.replication!.script.withLock { $0.members = [core, withAPI] }
+        test.host.forwardAnswer.withLock { $0 = .json(200, Array(#"{"traits":{"plan":"free"}}"#.utf8)) }
+        let forwarded = try #require(test.call("GET", "/v1/profiles/user_id:elsewhere/consent", role: .reader))
+        #expect(forwarded.status == 200 && forwarded.header("Kith-Served-By") == "core-1" && forwarded.json?["traits"]?["plan"] == "free")
+        let sent = try #require(test.host.forwarded.withLock { $0.last })
+        #expect(sent.address == "127.0.0.1:7081" && sent.target == "/v1/profiles/user_id:elsewhere/consent")
+        #expect(sent.headers.contains { $0.hasName("authorization") } && sent.headers.contains { $0.hasName("Kith-Forwarded-By") })
+        // The core does not answer: 503 not_held_here. A request already forwarded goes no further.
+        test.host.forwardAnswer.withLock { $0 = nil }
+        #expect(test.call("GET", "/v1/profiles/user_id:elsewhere?purpose=support", role: .reader)?.errorCode == "not_held_here")
+        let count = test.host.forwarded.withLock { $0.count }
+        let again = test.call(
+            "GET", "/v1/profiles/user_id:elsewhere?purpose=support", role: .reader, headers: [HTTPHeader("Kith-Forwarded-By", "site-2")])
+        #expect(again?.errorCode == "not_held_here" && test.host.forwarded.withLock { $0.count } == count)
+        // Writes about a customer it does not hold are taken here, as ever.
+        #expect(test.ingest("/v1/identify", #"{"userId":"elsewhere","traits":{"plan":"plus"},"messageId":"m-e"}"#)?.status == 200)
+    }
+
     // MARK: Reads at a consistency level
 
     @Test func aQuorumReadSaysHowManyReplicasAnswered() throws {

@@ -24,8 +24,11 @@ final class ClusterFixture {
     /// Starts a node named `name`, joining through `seeds`.
     @discardableResult
     /// `extraEnvironment`: for this node only (a skewed clock, say).
-    func start(_ name: String, role: String = "core", seeds: [String] = [], extraEnvironment: [String: String] = [:]) throws -> NodeProcess {
-        var arguments = ["--node-name", name, "--gossip", "127.0.0.1:0", "--role", role]
+    /// `extraArguments`: more `kith serve` flags for this node (a `--config` file).
+    func start(
+        _ name: String, role: String = "core", seeds: [String] = [], extraEnvironment: [String: String] = [:], extraArguments: [String] = []
+    ) throws -> NodeProcess {
+        var arguments = ["--node-name", name, "--gossip", "127.0.0.1:0", "--role", role] + extraArguments
         if !seeds.isEmpty { arguments += ["--seeds", seeds.joined(separator: ",")] }
         let node = try NodeProcess(
             dataDirectory: directory + "/" + name, environment: environment.merging(extraEnvironment) { $1 }, arguments: arguments)

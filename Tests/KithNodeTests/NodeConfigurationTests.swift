@@ -123,11 +123,11 @@ struct NodeConfigurationTruncationTests {
     /// bound and the offline window before now.
     @Test func maxEventAgeTurnsForgetCompactionOn() throws {
         var configuration = NodeConfiguration()
-        #expect(try ReplicationService.settings(for: configuration).forgetCompaction == nil)
+        #expect(try ReplicationService.settings(for: configuration, origin: 1, policy: .builtIn).forgetCompaction == nil)
         configuration.maxEventAge = "400d"
         configuration.maxOfflineWindow = "7d"
         configuration.maxClockOffsetMillis = 250
-        let bounds = try #require(try ReplicationService.settings(for: configuration).forgetCompaction)
+        let bounds = try #require(try ReplicationService.settings(for: configuration, origin: 1, policy: .builtIn).forgetCompaction)
         #expect(bounds == ForgetCompactionPlan.Bounds(maxEventAge: 400 * 86_400_000, clockBound: 250, maxOfflineWindow: 7 * 86_400_000))
     }
 }
@@ -168,5 +168,62 @@ struct NodeConfigurationEnvironmentTests {
             var other = NodeConfiguration()
             #expect(throws: ConfigurationError.self) { try other.apply(environment: environment) }
         }
+    }
+}
+
+/// The configuration's `site` section: a scoped edge site's purposes and scope.
+@Suite("Node configuration: scoped site")
+struct NodeConfigurationSiteTests {
+    let identity = NodeConfigurationIdentityTests()
+    static let edge = #""role":"edge","gossip":"127.0.0.1:7953""#
+
+    /// Loaded and checked as `kith serve` does (the cluster key from the environment).
+    func validated(_ json: String) throws -> NodeConfiguration {
+        var configuration = try identity.load(json)
+        configuration.clusterKey = String(repeating: "0f", count: 32)
+        try configuration.validate()
+        return configuration
+    }
+
+    @Test func aSiteComesIntoForceWithItsOwnNodeInSeenClauses() throws {
+        let configuration = try validated(
+            #"{\#(Self.edge),"site":{"purposes":["analytics"],"scope":[{"trait":"homeStore","equals":"store-12"},{"seenWithinDays":30},{"identifiers":["user_id:u-1"]}]}}"#
+        )
+        let settings = try ReplicationService.settings(for: configuration, origin: 0x5151, policy: .builtIn)
+        #expect(settings.site?.purposes == ["analytics"])
+        #expect(
+            settings.site?.scope
+                == .only([
+                    .trait(name: "homeStore", value: .string("store-12")), .seen(node: 0x5151, withinMillis: 30 * 86_400_000),
+                    .identifiers([Identifier(kind: .userId, value: "u-1")!]),
+                ]))
+        #expect(try ReplicationService.settings(for: NodeConfiguration(), origin: 1, policy: .builtIn).site == nil)
+    }
+
+    @Test func siteMistakesAreRefusedByName() throws {
+        for (json, message) in [
+            (#"{\#(Self.edge),"site":{"purposes":[],"scope":[{"seenWithinDays":3}]}}"#, "site.purposes must name at least one purpose"),
+            (#"{\#(Self.edge),"site":{"purposes":["support"],"scope":[]}}"#, "site.scope must have at least one clause"),
+            (#"{\#(Self.edge),"site":{"purposes":["support"],"scope":[{"seenWithinDays":0}]}}"#, "seenWithinDays must be 1 to 3650"),
+            (
+                #"{\#(Self.edge),"site":{"purposes":["support"],"scope":[{"seenWithinDays":3,"trait":"x","equals":"y"}]}}"#,
+                "must have exactly one of trait and equals, seenWithinDays, identifiers"
+            ),
+            (#"{\#(Self.edge),"site":{"purposes":["support"],"scope":[{"trait":"homeStore"}]}}"#, "needs both trait and equals"),
+            (#"{\#(Self.edge),"site":{"purposes":["support"],"scope":[{"identifiers":["nokind"]}]}}"#, "\"nokind\" is not an identifier"),
+            (#"{"site":{"purposes":["support"],"scope":[{"seenWithinDays":3}]}}"#, "site is for an edge node that replicates"),
+            (#"{\#(Self.edge),"site":{"purposes":["support"],"scope":[{"seen":3}]}}"#, "unknown setting \"site.scope[].seen\""),
+            (#"{\#(Self.edge),"site":{"purpose":["support"]}}"#, "unknown setting \"site.purpose\""),
+        ] {
+            do {
+                _ = try validated(json)
+                Issue.record("accepted \(json)")
+            } catch {
+                #expect("\(error)".contains(message), "\(json): \(error)")
+            }
+        }
+        // A purpose the policy does not define is refused when the node starts, by name.
+        let unknown = try validated(#"{\#(Self.edge),"site":{"purposes":["billing"],"scope":[{"seenWithinDays":3}]}}"#)
+        #expect(throws: ConfigurationError.self) { try ReplicationService.settings(for: unknown, origin: 1, policy: .builtIn) }
     }
 }

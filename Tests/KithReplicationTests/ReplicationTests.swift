@@ -147,6 +147,8 @@ struct PeerMessageTests {
             .siteUpdate(request: 6, components: [], purge: [], more: false),
         ]
         for message in syncs { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
+        // Every kind gets through a connection's frame decoder (which refuses unknown types).
+        for message in messages + syncs { #expect(PeerMessage.knownTags.contains(message.tag), "tag \(message.tag) refused by frames") }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 11, payload: syncs[0].encodePayload().dropLast(1).map { $0 }) }
         // A resumed log moves a cursor forward, never back or nowhere.
         #expect(throws: (any Error).self) {
