@@ -124,53 +124,13 @@ extension ClusterNode {
         tracking.sweep = step.next.isAtEnd ? .start : step.next
         if step.next.isAtEnd { tracking.sweptOnce = true }
 
-        let needsSeen = scope.needsSeenBy
-        var looked: Set<Identifier> = []
-        var held: [SiteSync.HeldComponent] = []
-        var projected: [Identifier: DocumentState] = [:]
-        for candidate in candidates where !looked.contains(candidate) {
-            guard let component = try store.scopeComponent(of: candidate, withSeenBy: needsSeen) else {
-                looked.insert(candidate)
-                continue
-            }
-            looked.formUnion(component.view.members)
-            guard holdings.holds(component, now: now) else { continue }
-            let projection = holdings.documentProjection(of: component)
-            var members: [Identifier: Digest128] = [:]
-            for state in try store.documentStates(of: component.view.members.filter(projection.holds)) {
-                guard let state = try state.projected(by: projection), let identifier = state.identifier else { continue }
-                members[identifier] = state.contentDigest
-                projected[identifier] = state
-            }
-            held.append(SiteSync.HeldComponent(members: members))
-        }
-        let answer = SiteSync.answer(reported: reported, held: held)
-
-        var components: [[DocumentState]] = []
-        var bytes = 0
-        tracking.pending = []
-        for members in answer.send {
-            let states = members.compactMap { projected[$0] }
-            let size = states.reduce(0) { $0 + $1.encoded().count }
-            if bytes + size > settings.documentBudget && !components.isEmpty {
-                tracking.pending.append(members[0])
-                continue
-            }
-            bytes += size
-            components.append(states)
-        }
+        let update = try SiteSync.update(for: holdings, reported: reported, candidates: candidates, in: store, now: now)
+        let (components, left) = update.components(budget: settings.documentBudget)
+        tracking.pending = left
         sites[sender] = tracking
         counters.siteDocumentsSent += components.reduce(0) { $0 + $1.count }
         send(
             replyAddress(sender, address),
-            .siteUpdate(request: request, components: components, purge: answer.purge, more: !tracking.pending.isEmpty || !tracking.sweptOnce))
-    }
-}
-
-extension Scope {
-    /// Whether deciding needs who accepted a component's messages (a `seen` clause).
-    var needsSeenBy: Bool {
-        guard case .only(let clauses) = self else { return false }
-        return clauses.contains { if case .seen = $0 { true } else { false } }
+            .siteUpdate(request: request, components: components, purge: update.answer.purge, more: !left.isEmpty || !tracking.sweptOnce))
     }
 }

@@ -1,5 +1,6 @@
 import KithCRDT
 import KithProfile
+import KithStore
 
 /// What a core answers a scoped site's sync (docs/replication.md, "Scope"). Pure, like
 /// `SiteHoldings`, which decides which components the site holds: this compares what the site
@@ -30,6 +31,11 @@ public enum SiteSync {
         public var send: [[Identifier]]
         /// Reported documents of no held component, sorted.
         public var purge: [Identifier]
+
+        public init(send: [[Identifier]], purge: [Identifier]) {
+            self.send = send
+            self.purge = purge
+        }
     }
 
     public static func answer(reported: [HeldDocument], held: [HeldComponent]) -> Answer {
@@ -43,5 +49,65 @@ public enum SiteSync {
         }
         let purge = site.keys.filter { !heldMembers.contains($0) }.sorted()
         return Answer(send: send.sorted { $0.lexicographicallyPrecedes($1) }, purge: purge)
+    }
+
+    /// What a core sends a site for one sync: the answer, and the projected states it names.
+    public struct Update: Sendable {
+        public var answer: Answer
+        public var states: [Identifier: DocumentState]
+
+        /// The states of the components to send, component by component, until `budget` bytes
+        /// (at least one component goes); and the first member of each left for a later sync.
+        public func components(budget: Int) -> (components: [[DocumentState]], left: [Identifier]) {
+            var components: [[DocumentState]] = [], left: [Identifier] = []
+            var bytes = 0
+            for members in answer.send {
+                let component = members.compactMap { states[$0] }
+                let size = component.reduce(0) { $0 + $1.encoded().count }
+                if bytes + size > budget && !components.isEmpty {
+                    left.append(members[0])
+                    continue
+                }
+                bytes += size
+                components.append(component)
+            }
+            return (components, left)
+        }
+    }
+
+    /// The update for a site with `holdings` that `reported` what it holds, looking at the
+    /// components of `candidates` (what it reported, and what changed or was swept since) as
+    /// `store` holds them at `now`. Reads the store; decides nothing the store does not say.
+    public static func update(
+        for holdings: SiteHoldings, reported: [HeldDocument], candidates: [Identifier], in store: any ReplicaStore, now: Int64
+    ) throws -> Update {
+        let needsSeen = holdings.scope.needsSeenBy
+        var looked: Set<Identifier> = []
+        var held: [HeldComponent] = []
+        var states: [Identifier: DocumentState] = [:]
+        for candidate in candidates where !looked.contains(candidate) {
+            guard let component = try store.scopeComponent(of: candidate, withSeenBy: needsSeen) else {
+                looked.insert(candidate)
+                continue
+            }
+            looked.formUnion(component.view.members)
+            guard let (members, projection) = holdings.held(component, now: now) else { continue }
+            var digests: [Identifier: Digest128] = [:]
+            for state in try store.documentStates(of: members) {
+                guard let state = try state.projected(by: projection), let identifier = state.identifier else { continue }
+                digests[identifier] = state.contentDigest
+                states[identifier] = state
+            }
+            held.append(HeldComponent(members: digests))
+        }
+        return Update(answer: answer(reported: reported, held: held), states: states)
+    }
+}
+
+extension Scope {
+    /// Whether deciding needs who accepted a component's messages (a `seen` clause).
+    var needsSeenBy: Bool {
+        guard case .only(let clauses) = self else { return false }
+        return clauses.contains { if case .seen = $0 { true } else { false } }
     }
 }

@@ -6,10 +6,11 @@ import KithProfile
 import KithStore
 import Testing
 
-/// A scoped site kept by the plans `SiteHoldings` makes, carried out against real stores: after
-/// every change at the core the site holds, row for row, what a site freshly given only the
-/// components it holds now would hold — through merges, unmerges, consent withdrawn and given
-/// again, and a customer moving to another store.
+/// A scoped site kept by the updates a core makes for it (`SiteSync.update`, with `SiteHoldings`
+/// deciding) and the site applies (`applySiteUpdate`), against real stores: after every change
+/// at the core the site holds, row for row, what a site freshly given only the components it
+/// holds now would hold — through merges, unmerges, consent withdrawn and given again, and a
+/// customer moving to another store.
 @Suite("Site holdings")
 struct SiteHoldingsTests {
     static let secret = [UInt8](repeating: 7, count: 32)
@@ -19,45 +20,45 @@ struct SiteHoldingsTests {
 
     static func id(_ text: String) -> Identifier { Identifier(parsing: text)! }
 
-    /// The components holding `identifiers` at `core`, each once.
-    static func components(_ core: MemoryProfileStore, _ identifiers: [Identifier]) throws -> [Scope.Component] {
-        var seen: Set<Identifier> = []
-        return try identifiers.compactMap { identifier in
-            guard let view = try core.view(of: identifier), seen.insert(view.canonical).inserted else { return nil }
-            return Scope.Component(view: view, seenBy: try core.seenBy(identifier))
-        }
+    /// One sync: the site reports what it holds, the core answers looking at `touched` and
+    /// what the site reported, and the site applies the answer. Returns the answer.
+    @discardableResult
+    static func sync(_ site: MemoryProfileStore, with core: MemoryProfileStore, touched: [Identifier]) throws -> SiteSync.Answer {
+        let reported = try site.heldDocuments()
+        let update = try SiteSync.update(for: leeds, reported: reported, candidates: reported.map(\.identifier) + touched, in: core, now: 0)
+        try site.applySiteUpdate(components: update.components(budget: .max).components, purge: update.answer.purge)
+        return update.answer
     }
 
-    /// Sends `site` the projected documents of the components held among `components`.
-    static func send(_ components: [Scope.Component], from core: MemoryProfileStore, to site: MemoryProfileStore) throws {
-        for component in components where leeds.holds(component, now: 0) {
-            let keys = component.view.members.map { core.engine.hasher.forgetKeyBytes(for: $0) }
-            let projection = leeds.documentProjection(of: component)
-            try site.join(try core.documentStates(for: keys).compactMap { try $0.projected(by: projection) })
+    /// A site given exactly the components held among `core`'s profiles.
+    static func fresh(from core: MemoryProfileStore) throws -> MemoryProfileStore {
+        let fresh = MemoryProfileStore(configuration: StoreConfiguration(node: 7, forgetKeySecret: Self.secret))
+        for view in try core.profiles(after: nil, limit: 100) {
+            guard let (members, projection) = leeds.held(Scope.Component(view: view, seenBy: try core.seenBy(view.canonical)), now: 0) else {
+                continue
+            }
+            try fresh.join(try core.documentStates(of: members).compactMap { try $0.projected(by: projection) })
         }
+        return fresh
     }
 
-    @Test func theSiteHoldsExactlyWhatItsPlansSayAfterEveryChange() throws {
+    @Test func theSiteHoldsExactlyWhatItsUpdatesSayAfterEveryChange() throws {
         let core = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: Self.secret))
         let site = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: Self.secret))
         let a1 = Self.id("anonymous_id:a-1"), u1 = Self.id("user_id:u-1"), u2 = Self.id("user_id:u-2")
         var time: Int64 = 1_767_225_600_000
-        var plans: [SitePlan] = []
+        var answers: [SiteSync.Answer] = []
 
-        /// One change at the core, the plan for it carried out at the site, and the check.
+        /// One change at the core, one sync of the site, and the check; then a second sync,
+        /// which finds nothing left to do.
         func change(_ touched: [Identifier], _ step: String, _ body: () throws -> Void) throws {
-            let before = try Self.components(core, touched)
             try body()
-            let after = try Self.components(core, touched)
-            let plan = Self.leeds.plan(before: before, after: after, now: 0)
-            plans.append(plan)
-            if !plan.purge.isEmpty { try site.purge(plan.purge) }
-            try Self.send(after, from: core, to: site)
-
-            let fresh = MemoryProfileStore(configuration: StoreConfiguration(node: 7, forgetKeySecret: Self.secret))
-            try Self.send(try Self.components(core, try core.profiles(after: nil, limit: 100).map(\.canonical)), from: core, to: fresh)
+            let answer = try Self.sync(site, with: core, touched: touched)
+            answers.append(answer)
             let documents = { (store: MemoryProfileStore) in try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) } }
-            #expect(try documents(site) == documents(fresh), "after \(step): \(plan)")
+            #expect(try documents(site) == documents(try Self.fresh(from: core)), "after \(step): \(answer)")
+            let again = try Self.sync(site, with: core, touched: touched)
+            #expect(again.send.isEmpty && again.purge.isEmpty, "after \(step), a second sync: \(again)")
         }
         func take(_ json: String) throws {
             time += 1_000
@@ -75,12 +76,12 @@ struct SiteHoldingsTests {
             try take(#"{"type":"identify","userId":"u-2","traits":{"plan":"free"}}"#)
         }
         try change([u1, a1], "u-1 signs in on the kiosk") { try take(#"{"type":"identify","userId":"u-1","anonymousId":"a-1"}"#) }
-        #expect(plans.last == SitePlan(purge: [], send: [u1, a1].sorted()))
+        #expect(answers.last == SiteSync.Answer(send: [[u1, a1].sorted()], purge: []))
         try change([u1], "a purchase") { try take(#"{"type":"track","userId":"u-1","event":"Order Completed","properties":{"revenue":20}}"#) }
         try change([u1], "analytics consent withdrawn") {
             try take(#"{"type":"identify","userId":"u-1","context":{"consent":{"categoryPreferences":{"analytics":false}}}}"#)
         }
-        #expect(plans.last == SitePlan(purge: [u1, a1].sorted(), send: []))
+        #expect(answers.last == SiteSync.Answer(send: [], purge: [u1, a1].sorted()))
         try change([u1], "analytics consent given again") {
             try take(#"{"type":"identify","userId":"u-1","context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#)
         }
@@ -88,34 +89,43 @@ struct SiteHoldingsTests {
             time += 1_000
             try core.removeLink(u1, a1, stamp: LWWStamp(time: time, tiebreak: "unmerge"))
         }
-        #expect(plans.last?.purge == [u1])
+        #expect(answers.last?.purge == [u1])
         // The kiosk's documents keep their removed link to u-1, which must not name u-1 at the site.
         let rows = try replicatedRows(site).flatMap { $0.key + $0.value }
         let named = String(decoding: rows, as: UTF8.self).contains("u-1")
         #expect(!named, "the site's rows name the customer who left")
         try change([a1], "the visitor moves to york-2") { try take(#"{"type":"identify","anonymousId":"a-1","traits":{"homeStore":"york-2"}}"#) }
-        #expect(plans.last == SitePlan(purge: [a1], send: []))
+        #expect(answers.last == SiteSync.Answer(send: [], purge: [a1]))
         #expect(try replicatedRows(site).isEmpty, "nobody is left at the site")
     }
 
-    /// A consent change that keeps the customer at the site but changes what a purpose may see
-    /// is a purge and a resend: the join could not take a field back.
-    @Test func aConsentChangeWhileHeldPurgesAndSendsAgain() throws {
-        let site = try SiteHoldings(
+    /// A consent change that keeps the customer at the site but changes what a purpose may see:
+    /// the field it may no longer see goes, though a join could not take it back (the site
+    /// replaces the component).
+    @Test func aConsentChangeWhileHeldReplacesWhatTheSiteMayNoLongerSee() throws {
+        let holdings = try SiteHoldings(
             scope: .only([.identifiers([Self.id("user_id:u-1")])]), purposes: ["analytics", "advertising"], policy: .builtIn)
-        func component(_ consent: String) throws -> Scope.Component {
-            var head = SourceHead()
+        let core = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: Self.secret))
+        let site = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: Self.secret))
+        func take(_ consent: String, _ id: String, at time: Int64, traits: String = #"{}"#) throws {
             let json =
-                #"{"type":"identify","userId":"u-1","traits":{"birthday":"1986-07-07"},"context":{"consent":{"categoryPreferences":{\#(consent)}}},"messageId":"m1"}"#
-            head.absorb(try Self.parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: 1_000), historyLimit: 10)
-            return Scope.Component(view: ProfileView(canonical: Self.id("user_id:u-1"), members: [Self.id("user_id:u-1")], head: head))
+                #"{"type":"identify","userId":"u-1","traits":\#(traits),"context":{"consent":{"categoryPreferences":{\#(consent)}}},"messageId":"\#(id)"}"#
+            try core.apply([try Self.parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: time)])
         }
-        let both = try component(#""analytics":true,"advertising":true"#), advertisingOnly = try component(#""analytics":false,"advertising":true"#)
-        #expect(site.projection(of: both).decide("traits.birthday") == .allow)
-        #expect(site.projection(of: advertisingOnly).decide("traits.birthday") != .allow, "advertising masks demographics")
-        #expect(
-            site.plan(before: [both], after: [advertisingOnly], now: 0) == SitePlan(purge: [Self.id("user_id:u-1")], send: [Self.id("user_id:u-1")]))
-        #expect(site.plan(before: [both], after: [both], now: 0) == SitePlan(purge: [], send: [Self.id("user_id:u-1")]))
+        func sync() throws -> SiteUpdateOutcome {
+            let reported = try site.heldDocuments()
+            let update = try SiteSync.update(for: holdings, reported: reported, candidates: [Self.id("user_id:u-1")], in: core, now: 0)
+            return try site.applySiteUpdate(components: update.components(budget: .max).components, purge: update.answer.purge)
+        }
+        let birthday = { String(decoding: try replicatedRows(site).flatMap { $0.value }, as: UTF8.self).contains("1986-07-07") }
+        try take(#""analytics":true,"advertising":true"#, "m1", at: 1_000, traits: #"{"birthday":"1986-07-07"}"#)
+        #expect(try sync().joined == 1)
+        #expect(try birthday(), "analytics sees demographics")
+        // Only the consent changes: the birthday's register is the one the site holds, unmasked.
+        try take(#""analytics":false,"advertising":true"#, "m2", at: 2_000)
+        let outcome = try sync()
+        let kept = try birthday()
+        #expect(outcome.replaced == 1 && !kept, "advertising masks demographics: \(outcome)")
         #expect(throws: ReadRefusal.self) { try SiteHoldings(scope: .everything, purposes: ["nope"], policy: .builtIn) }
     }
 }
