@@ -16,7 +16,12 @@ import KithProfile
 ///   they sent (none: converged trees have equal roots);
 /// - `read.local_p99_ms`, `read.quorum_p99_ms`, `read.session_p99_ms`, `write.local_p99_ms`,
 ///   `write.quorum_p99_ms`: 3 core nodes; reads at one node (a session read right after a write
-///   at another, presenting its token), writes acknowledged at one node or at a majority.
+///   at another, presenting its token), writes acknowledged at one node or at a majority;
+/// - `edge.scoped_size_ratio`, `edge.initial_sync_bytes_ratio`, `edge.idle_bytes_per_s`: a core
+///   holding 100,000 customers and a kiosk scoped to the 1 % whose `homeStore` is its own; its
+///   data file over the core's, the bytes its first sync moved (both ways) over its data file,
+///   and what it exchanges per second once in sync (`edge.idle_bytes_per_s_per_customer`, with a
+///   kiosk scoped to 2 % beside it, shows that cost follows the scope).
 struct ClusterBenchmark {
     let kithBinary: String
     let directory = "Benchmarks/.work/cluster"
@@ -32,6 +37,7 @@ struct ClusterBenchmark {
     }
 
     func run() throws {
+        try scopedSites()
         try convergence()
         try catchUpAndIdle()
         try consistencyLatency()
@@ -182,6 +188,64 @@ struct ClusterBenchmark {
         report("sync.catchup_bytes_ratio", Double(wire) / Double(changedBytes), decimals: 2)
     }
 
+    // MARK: Scoped edge sites
+
+    func scopedSites() throws {
+        let core = try BenchNode(self, name: "scoped-core", seeds: [])
+        var sites: [BenchNode] = []
+        defer { for node in [core] + sites { node.stop() } }
+        // 100,000 customers; one in 100 shops at store-0, one in 50 at store-0 or store-1.
+        for start in stride(from: 0, to: 100_000, by: 500) {
+            try core.ingest(
+                (start..<start + 500).map {
+                    #"{"type":"identify","userId":"s-\#($0)","traits":{"plan":"free","city":"Leeds","homeStore":"store-\#($0 % 100 < 2 ? $0 % 100 : 2 + $0 % 98)"},"messageId":"s-\#($0)","timestamp":"2026-01-01T00:00:00.000Z"}"#
+                })
+        }
+        try waitUntil(60, "the core to hold its customers") { try core.hasProfile("s-99999") }
+        func site(_ name: String, stores: [Int]) throws -> BenchNode {
+            let config = directory + "/\(name).json"
+            let clauses = stores.map { #"{"trait":"homeStore","equals":"store-\#($0)"}"# }.joined(separator: ",")
+            let text = #"{"site":{"purposes":["support"],"scope":[\#(clauses)]}}"#
+            guard FileManager.default.createFile(atPath: config, contents: Data(text.utf8)) else { throw BenchmarkFailed("cannot write \(config)") }
+            return try BenchNode(self, name: name, seeds: [core.gossip], role: "edge", extraArguments: ["--config", config])
+        }
+        let started = Date()
+        let kiosk = try site("kiosk-1pc", stores: [0])
+        sites.append(kiosk)
+        try waitUntil(300, "the kiosk to hold its 1,000 customers") { try kiosk.siteStatus()["customers"].map(Self.count) == 1_000 }
+        let synced = Date().timeIntervalSince(started)
+        let moved = try kiosk.bytesSent() + kiosk.bytesReceived()
+        let kioskBytes = Self.count(try kiosk.siteStatus()["dataFileBytes"] ?? 0)
+        let coreBytes = Self.count(
+            try JSONParser.parse(try core.client.request("GET", "/v1/admin/status", headers: [BenchNode.token]).body)["lmdbFileBytes"] ?? 0)
+        report("edge.scoped_customers", 1_000)
+        report("edge.initial_sync_s", synced, decimals: 2)
+        report("edge.site_file_bytes", Double(kioskBytes))
+        report("edge.core_file_bytes", Double(coreBytes))
+        report("edge.scoped_size_ratio", Double(kioskBytes) / Double(coreBytes), decimals: 4)
+        report("edge.initial_sync_bytes", Double(moved))
+        report("edge.initial_sync_bytes_ratio", Double(moved) / Double(kioskBytes), decimals: 2)
+
+        // Idle: the 1 % kiosk and a 2 % one beside it, both in sync, over 20 s.
+        let wider = try site("kiosk-2pc", stores: [0, 1])
+        sites.append(wider)
+        try waitUntil(300, "the wider kiosk to hold its 2,000 customers") { try wider.siteStatus()["customers"].map(Self.count) == 2_000 }
+        Thread.sleep(forTimeInterval: 2)
+        let before = try sites.map { try $0.bytesSent() + $0.bytesReceived() }
+        Thread.sleep(forTimeInterval: 20)
+        let after = try sites.map { try $0.bytesSent() + $0.bytesReceived() }
+        let perSecond = zip(before, after).map { Double($1 - $0) / 20 }
+        report("edge.idle_bytes_per_s", perSecond[0], decimals: 0)
+        report("edge.idle_bytes_per_s_per_customer", perSecond[0] / 1_000, decimals: 2)
+        report("edge.idle_bytes_per_s_2pc", perSecond[1], decimals: 0)
+        report("edge.idle_bytes_per_s_per_customer_2pc", perSecond[1] / 2_000, decimals: 2)
+    }
+
+    private static func count(_ value: JSONValue) -> Int {
+        guard case .number(let number) = value else { return -1 }
+        return Int(number.literal) ?? -1
+    }
+
     /// The encoded size of the change-log entries the messages become (as they travel).
     private func encodedSize(of messages: [String]) throws -> Int {
         let parser = SegmentMessageParser()
@@ -228,17 +292,19 @@ final class BenchNode {
     let address: String
     let gossip: String
 
-    convenience init(_ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core", replicas: Int? = nil) throws {
+    convenience init(
+        _ bench: ClusterBenchmark, name: String, seeds: [String], role: String = "core", replicas: Int? = nil, extraArguments: [String] = []
+    ) throws {
         try self.init(
             kithBinary: bench.kithBinary, directory: bench.directory, environment: bench.environment, name: name, seeds: seeds, role: role,
-            replicas: replicas)
+            replicas: replicas, extraArguments: extraArguments)
     }
 
     /// A node of a cluster whose members share `environment` (cluster key, forget secret), with
     /// its data in `directory/name`.
     init(
         kithBinary: String, directory: String, environment: [String: String], name: String, seeds: [String], role: String = "core",
-        replicas: Int? = nil
+        replicas: Int? = nil, extraArguments: [String] = []
     ) throws {
         self.name = name
         process.executableURL = URL(fileURLWithPath: kithBinary)
@@ -249,6 +315,7 @@ final class BenchNode {
                 // Tree comparisons every 5 s rather than 30: the idle and catch-up figures include them.
                 "--anti-entropy-interval", "5",
             ] + (seeds.isEmpty ? [] : ["--seeds", seeds.joined(separator: ",")]) + (replicas.map { ["--replicas", String($0)] } ?? [])
+            + extraArguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         let output = Pipe()
         process.standardOutput = output
@@ -304,6 +371,8 @@ final class BenchNode {
     }
 
     func bytesSent() throws -> Int { number(try sync()["bytesSent"]) }
+    /// A scoped site's own part of its sync status.
+    func siteStatus() throws -> JSONValue { try sync()["site"] ?? .null }
     func treeComparisons() throws -> Int { number(try sync()["antiEntropy"]?["completed"]) }
     func documentsSent() throws -> Int { number(try sync()["antiEntropy"]?["documentsSent"]) }
     func bytesReceived() throws -> Int { number(try sync()["bytesReceived"]) }

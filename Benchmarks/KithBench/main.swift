@@ -34,6 +34,8 @@ struct Options {
     var clusterBinary: String?
     /// `--feed <kith binary>`: only the change-feed part of `--cluster` (`ClusterBenchmark.feedDelivery`).
     var feedBinary: String?
+    /// `--scoped <kith binary>`: only the scoped-site part of `--cluster` (`ClusterBenchmark.scopedSites`).
+    var scopedBinary: String?
     /// `--lmdb-ceiling <scratch dir>`: measure bare LMDB with Kith's rows instead (the store at
     /// `--data-dir`, built by an in-process run, gives the row sizes and the rows to read).
     var ceilingScratch: String?
@@ -74,6 +76,7 @@ struct Options {
             case "--seconds": seconds = Double(value) ?? 0
             case "--cluster": clusterBinary = value
             case "--feed": feedBinary = value
+            case "--scoped": scopedBinary = value
             case "--lmdb-ceiling": ceilingScratch = value
             case "--messages": ceilingMessages = Int(value) ?? 0
             case "--reads-only": readsOnly = value != "false"
@@ -85,7 +88,7 @@ struct Options {
             default: Self.fail("unknown option \(argument)")
             }
         }
-        if clusterBinary != nil || feedBinary != nil { return }
+        if clusterBinary != nil || feedBinary != nil || scopedBinary != nil { return }
         if postgresComparisonBinary != nil {
             if workload.isEmpty || rounds <= 0 || seconds < 1 { Self.fail("--vs-postgres needs --workload, --rounds ≥ 1 and --seconds ≥ 1") }
             return
@@ -105,7 +108,7 @@ struct Options {
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
             Self.fail(
-                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --feed KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
+                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --feed KITH | --scoped KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
             )
         }
     }
@@ -156,6 +159,10 @@ func lineRanges(_ bytes: UnsafeBufferPointer<UInt8>) -> [Range<Int>] {
 let options = Options(arguments: CommandLine.arguments)
 if let feedBinary = options.feedBinary {
     do { try ClusterBenchmark(kithBinary: feedBinary).feedDelivery() } catch { Options.fail("\(error)") }
+    exit(0)
+}
+if let scopedBinary = options.scopedBinary {
+    do { try ClusterBenchmark(kithBinary: scopedBinary).scopedSites() } catch { Options.fail("\(error)") }
     exit(0)
 }
 if let clusterBinary = options.clusterBinary {

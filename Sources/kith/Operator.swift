@@ -253,6 +253,15 @@ func configCheck(_ arguments: [String]) -> Never {
         } else {
             say("  national phone numbers are not identifiers (no identity.phoneRegion)")
         }
+        if let site = configuration.site {
+            // This node's id is not known before it starts: `seen` clauses name it as "this site".
+            let clauses = site.scope.map { clause in
+                if let days = clause.seenWithinDays { return "seen here within \(days) days" }
+                if let identifiers = clause.identifiers { return "the customers of " + identifiers.joined(separator: ", ") }
+                return "\(clause.trait ?? "") = \(clause.equals ?? "")"
+            }
+            say("  scoped site for " + site.purposes.joined(separator: ", ") + ": holds customers with " + clauses.joined(separator: ", or "))
+        }
         exit(Exit.ok.rawValue)
     } catch {
         fail("\(error)", .failure)

@@ -89,6 +89,25 @@ struct ScopedSiteProcessTests {
         #expect(alone.status == 503 && alone.body.contains("not_held_here"))
     }
 
+    /// The scoped kiosk of `cluster-configs/edge-site` passes `kith config check`, which says
+    /// what it holds.
+    @Test func theScopedKioskExampleChecks() throws {
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let example = try String(contentsOf: repository.appendingPathComponent("cluster-configs/edge-site/kiosk-7.json"), encoding: .utf8)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("kith-kiosk-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }  // a temporary folder; a leftover is harmless
+        #expect(FileManager.default.createFile(atPath: directory + "/cluster.key", contents: Data("1 \(String(repeating: "0f", count: 32))\n".utf8)))
+        let config = directory + "/kiosk-7.json"
+        #expect(
+            FileManager.default.createFile(
+                atPath: config,
+                contents: Data(example.replacingOccurrences(of: "./data/edge-site/cluster.key", with: directory + "/cluster.key").utf8)))
+        let checked = try runKith(["config", "check", config])
+        #expect(checked.status == 0, "\(checked.error)")
+        #expect(checked.output.contains("scoped site for personalization: holds customers with homeStore = store-7, or seen here within 30 days"))
+    }
+
     /// The `site` object of the node's sync status.
     func siteStatus(_ node: NodeProcess) throws -> JSONValue? {
         guard let answer = try node.request("GET", "/v1/admin/sync", headers: ["Authorization: Bearer tk"]), answer.status == 200 else { return nil }
