@@ -25,7 +25,7 @@ final class Simulation {
         /// Replaced, with the same data, when the machine restarts under other settings.
         var store: MemoryProfileStore
         /// The machine's clock: `skew` ms off, running `drift` parts per million fast or slow.
-        let skew: Int64
+        var skew: Int64
         let drift: Int64
         var node: ClusterNode?
         var nextTick: Int64 = 0
