@@ -24,6 +24,14 @@ struct SiteSyncing {
     var more = false
     /// An update's write is queued or running.
     var writing = false
+    /// The sync in flight: to which core, with which report's summary, and whether it carried
+    /// the report itself.
+    var core: UInt64?
+    var summary = Digest128.zero
+    var sentReport = false
+    /// Core → the summary of the report it last took from this site: an unchanged report goes to
+    /// it as its summary alone.
+    var reported: [UInt64: Digest128] = [:]
 }
 
 /// A core's memory of one scoped site between its syncs: how far its sweep over every
@@ -35,6 +43,9 @@ struct SiteTracking {
     /// This node's log through this position has been looked at for the site.
     var logCursor: UInt64
     var pending: [Identifier] = []
+    /// The site's last report, and its summary: a sync with the same summary reuses it.
+    var report: [HeldDocument] = []
+    var summary: Digest128?
 }
 
 extension ClusterNode {
@@ -55,16 +66,36 @@ extension ClusterNode {
         guard !cores.isEmpty else { return }
         siteSyncing.request += 1
         let core = cores[Int(siteSyncing.request % UInt64(cores.count))]
+        let held = try store.heldDocuments()
+        let summary = HeldDocument.summary(of: held)
+        let known = siteSyncing.reported[core.id] == summary
         siteSyncing.sentAt = now
+        siteSyncing.core = core.id
+        siteSyncing.summary = summary
+        siteSyncing.sentReport = !known
         counters.siteSyncsSent += 1
-        send(core.address, .siteSync(request: siteSyncing.request, scope: site.scope, purposes: site.purposes, held: try store.heldDocuments()))
+        if known { counters.siteSummariesSent += 1 }
+        send(
+            core.address,
+            .siteSync(request: siteSyncing.request, scope: site.scope, purposes: site.purposes, summary: summary, held: known ? [] : held))
     }
 
     /// A core's update, applied through the writer (`ProfileStore.applySiteUpdate`).
-    func receivedSiteUpdate(request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, now: Int64) throws {
-        guard settings.site != nil, request == siteSyncing.request, siteSyncing.sentAt != nil, !siteSyncing.writing else {
+    func receivedSiteUpdate(
+        request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, reportWanted: Bool, from core: UInt64, now: Int64
+    ) throws {
+        guard settings.site != nil, request == siteSyncing.request, siteSyncing.sentAt != nil, !siteSyncing.writing, core == siteSyncing.core
+        else {
             return counters.staleSiteUpdatesDropped += 1
         }
+        if reportWanted {
+            // The core does not know the summary sent (it restarted): the report goes at once.
+            siteSyncing.reported[core] = nil
+            siteSyncing.sentAt = nil
+            siteSyncing.more = true
+            return counters.siteReportsWanted += 1
+        }
+        if siteSyncing.sentReport { siteSyncing.reported[core] = siteSyncing.summary }
         siteSyncing.writing = true
         let store = self.store
         // A failed write is counted and the next sync starts over: the continuation must run on
@@ -96,7 +127,8 @@ extension ClusterNode {
     /// site lacks or holds otherwise, up to `documentBudget` bytes, and names the reported
     /// documents of components it does not hold.
     func answerSiteSync(
-        from sender: UInt64, address: String, request: UInt64, scope: Scope, purposes: [String], held reported: [HeldDocument], now: Int64
+        from sender: UInt64, address: String, request: UInt64, scope: Scope, purposes: [String], summary: Digest128, held: [HeldDocument],
+        now: Int64
     ) throws {
         guard membership.me.role == .core, membership.me.holdsEverything, membership.members[sender]?.scoped == true else {
             return counters.siteSyncsRefused += 1
@@ -110,10 +142,20 @@ extension ClusterNode {
             return counters.siteSyncsRefused += 1
         }
         var tracking = try sites[sender] ?? SiteTracking(logCursor: store.logExtent().last)
+        if !held.isEmpty || summary == HeldDocument.summary(of: []) {
+            guard HeldDocument.summary(of: held) == summary else { return counters.siteSyncsRefused += 1 }
+            tracking.report = held
+            tracking.summary = summary
+        } else if tracking.summary != summary {
+            // Only a summary, of a report this node never took (or forgot at a restart).
+            sites[sender] = tracking
+            return send(replyAddress(sender, address), .siteUpdate(request: request, components: [], purge: [], more: true, reportWanted: true))
+        }
+        let reported = tracking.report
         var candidates = reported.map(\.identifier) + tracking.pending
         if try store.logExtent().truncatedThrough > tracking.logCursor {
             // What was logged meanwhile is gone: the sweep finds it instead.
-            tracking = SiteTracking(logCursor: try store.logExtent().last)
+            tracking = SiteTracking(logCursor: try store.logExtent().last, report: tracking.report, summary: tracking.summary)
         }
         let logged = try store.changes(after: tracking.logCursor, limit: settings.scanLimit)
         candidates += logged.flatMap(\.identifiersWritten)

@@ -199,6 +199,10 @@ public final class ClusterNode {
         public var siteSyncsAbandoned = 0
         public var staleSiteUpdatesDropped = 0
         public var siteUpdatesFailed = 0
+        /// Syncs a core answered by asking for the whole report (it did not know the summary),
+        /// and syncs sent with the summary alone (the core took the same report before).
+        public var siteReportsWanted = 0
+        public var siteSummariesSent = 0
         public var siteDocumentsJoined = 0
         public var sitePurged = 0
         public var siteReplaced = 0
@@ -416,10 +420,12 @@ public final class ClusterNode {
             peers[sender]?.pullSentAt = nil
             peers[sender]?.lastPullCompleted = now
             peers[sender]?.truncatedPast = through
-        case .siteSync(let request, let scope, let purposes, let held):
-            try answerSiteSync(from: sender, address: address, request: request, scope: scope, purposes: purposes, held: held, now: wall ?? now)
-        case .siteUpdate(let request, let components, let purge, let more):
-            try receivedSiteUpdate(request: request, components: components, purge: purge, more: more, now: now)
+        case .siteSync(let request, let scope, let purposes, let summary, let held):
+            try answerSiteSync(
+                from: sender, address: address, request: request, scope: scope, purposes: purposes, summary: summary, held: held, now: wall ?? now)
+        case .siteUpdate(let request, let components, let purge, let more, let reportWanted):
+            try receivedSiteUpdate(
+                request: request, components: components, purge: purge, more: more, reportWanted: reportWanted, from: sender, now: now)
         case .logResumed(let from, let through, let request):
             let store = self.store
             try write({

@@ -15,6 +15,16 @@ public struct HeldDocument: Equatable, Sendable {
     }
 }
 
+extension HeldDocument {
+    /// The digest of a whole report (documents in identifier order): a site whose report has
+    /// not changed since a core last took it sends only this (`PeerMessage.siteSync`).
+    public static func summary(of documents: [HeldDocument]) -> Digest128 {
+        var writer = BinaryWriter(capacity: documents.count * 40 + 8)
+        writer.write(sequence: documents.sorted { $0.identifier < $1.identifier }) { writer, document in document.encode(to: &writer) }
+        return Digest128(bytes: Crypto.sha256(writer.bytes).prefix(Digest128.byteCount))
+    }
+}
+
 extension HeldDocument: BinaryCodable {
     public func encode(to writer: inout BinaryWriter) {
         identifier.encode(to: &writer)

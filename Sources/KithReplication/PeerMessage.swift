@@ -40,14 +40,16 @@ public enum PeerMessage: Equatable, Sendable {
     /// brought, so it serves its log only from there on (docs/replication.md, "Log truncation").
     case logResumed(from: UInt64, through: UInt64, request: UInt64)
     /// A scoped site asks a core for its customers (docs/replication.md, "Scope"): its scope and
-    /// purposes (from its configuration; the core decides with them), and every document it
-    /// holds with the digest of its state.
-    case siteSync(request: UInt64, scope: Scope, purposes: [String], held: [HeldDocument])
+    /// purposes (from its configuration; the core decides with them), the summary of its report
+    /// (`HeldDocument.summary`), and the report — every document it holds with the digest of its
+    /// state — unless the core took the same report before (then `held` is empty).
+    case siteSync(request: UInt64, scope: Scope, purposes: [String], summary: Digest128, held: [HeldDocument])
     /// The core's answer to a site sync: the projected document states of components the site
     /// holds that differ there, component by component (joined, or replaced where a join cannot
     /// take a field back), and documents to `purge` (out of the site's scope; the site keeps
-    /// those its log still names). `more`: the core has more to send.
-    case siteUpdate(request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool)
+    /// those its log still names). `more`: the core has more to send. `reportWanted`: the sync
+    /// sent only a summary the core does not know (it restarted): the site sends its report.
+    case siteUpdate(request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, reportWanted: Bool = false)
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -117,16 +119,18 @@ extension PeerMessage {
             writer.write(varint: from)
             writer.write(varint: through)
             writer.write(varint: request)
-        case .siteSync(let request, let scope, let purposes, let held):
+        case .siteSync(let request, let scope, let purposes, let summary, let held):
             writer.write(varint: request)
             scope.encode(to: &writer)
             writer.write(sequence: purposes) { w, purpose in w.write(string: purpose) }
+            writer.write(raw: summary.bytes)
             writer.write(sequence: held) { w, document in document.encode(to: &w) }
-        case .siteUpdate(let request, let components, let purge, let more):
+        case .siteUpdate(let request, let components, let purge, let more, let reportWanted):
             writer.write(varint: request)
             writer.write(sequence: components) { w, states in w.write(sequence: states) { w, state in state.encode(to: &w) } }
             writer.write(sequence: purge) { w, identifier in identifier.encode(to: &w) }
             writer.write(bool: more)
+            writer.write(bool: reportWanted)
         }
         return writer.bytes
     }
@@ -197,8 +201,9 @@ extension PeerMessage {
             let request = try reader.readVarint()
             let scope = try Scope(from: &reader)
             let purposes = try reader.readSequence { r in try r.readString() }
+            let summary = Digest128(bytes: try reader.readRaw(Digest128.byteCount))
             self = .siteSync(
-                request: request, scope: scope, purposes: purposes,
+                request: request, scope: scope, purposes: purposes, summary: summary,
                 held: try reader.readSequence(minimumItemSize: 2 + Digest128.byteCount) { r in try HeldDocument(from: &r) })
         case 12:
             let request = try reader.readVarint()
@@ -206,7 +211,8 @@ extension PeerMessage {
                 try r.readSequence(minimumItemSize: DocumentState.forgetKeySize + 3) { r in try DocumentState(from: &r) }
             }
             let purge = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
-            self = .siteUpdate(request: request, components: components, purge: purge, more: try reader.readBool())
+            let more = try reader.readBool()
+            self = .siteUpdate(request: request, components: components, purge: purge, more: more, reportWanted: try reader.readBool())
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()

@@ -141,10 +141,12 @@ struct PeerMessageTests {
             rows: [DocumentState.Row(part: 1, suffix: [], value: [1, 2, 3])])
         let syncs: [PeerMessage] = [
             .siteSync(
-                request: 5, scope: scope, purposes: ["analytics", "support"], held: [HeldDocument(identifier: u1, digest: state.contentDigest)]),
-            .siteSync(request: 6, scope: .everything, purposes: [], held: []),
+                request: 5, scope: scope, purposes: ["analytics", "support"], summary: Digest128(low: 1, high: 2),
+                held: [HeldDocument(identifier: u1, digest: state.contentDigest)]),
+            .siteSync(request: 6, scope: .everything, purposes: [], summary: HeldDocument.summary(of: []), held: []),
             .siteUpdate(request: 5, components: [[state], [state, state]], purge: [a1], more: true),
             .siteUpdate(request: 6, components: [], purge: [], more: false),
+            .siteUpdate(request: 7, components: [], purge: [], more: true, reportWanted: true),
         ]
         for message in syncs { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
         // Every kind gets through a connection's frame decoder (which refuses unknown types).
