@@ -46,6 +46,10 @@ struct SiteTracking {
     /// The site's last report, and its summary: a sync with the same summary reuses it.
     var report: [HeldDocument] = []
     var summary: Digest128?
+    /// The scope and purposes of its last sync: when they change, the sweep starts again as for
+    /// a first sync, so that the customers the site now holds reach it soon.
+    var scope: Scope?
+    var purposes: [String] = []
 }
 
 extension ClusterNode {
@@ -151,11 +155,16 @@ extension ClusterNode {
             sites[sender] = tracking
             return send(replyAddress(sender, address), .siteUpdate(request: request, components: [], purge: [], more: true, reportWanted: true))
         }
+        if tracking.scope != scope || tracking.purposes != purposes {
+            (tracking.scope, tracking.purposes, tracking.sweep, tracking.sweptOnce) = (scope, purposes, .start, false)
+        }
         let reported = tracking.report
         var candidates = reported.map(\.identifier) + tracking.pending
         if try store.logExtent().truncatedThrough > tracking.logCursor {
             // What was logged meanwhile is gone: the sweep finds it instead.
-            tracking = SiteTracking(logCursor: try store.logExtent().last, report: tracking.report, summary: tracking.summary)
+            tracking = SiteTracking(
+                logCursor: try store.logExtent().last, report: tracking.report, summary: tracking.summary, scope: tracking.scope,
+                purposes: tracking.purposes)
         }
         let logged = try store.changes(after: tracking.logCursor, limit: settings.scanLimit)
         candidates += logged.flatMap(\.identifiersWritten)

@@ -169,3 +169,60 @@ struct OfflineScopedSiteSimulationTests {
         _ = try expectEverySeedPasses(ci: 20, replay: "OfflineScopedSiteSimulationTests") { seed in try runOfflineSiteScenario(seed: seed) }
     }
 }
+
+/// A kiosk's scope grows (its configuration changes to take a second city, and it restarts):
+/// the cores send it the customers it now holds by their sweep, at once, and it holds exactly
+/// its new scope; shrinking it back purges them.
+@Suite("Simulation: a scoped site whose scope changes")
+struct ScopeChangeSimulationTests {
+    @Test func aKioskWhoseScopeGrowsReceivesItsNewCustomersAndShrinkingPurgesThem() throws {
+        var grew = 0
+        let seeds = simulationSeeds(ci: 10)
+        defer { #expect(seeds.count < 5 || grew > 0, "no seed's scope brought anyone new") }
+        for seed in seeds {
+            let leeds = SiteSettings(scope: .only([.trait(name: "city", value: .string("Leeds"))]), purposes: ["support"])
+            let both = SiteSettings(
+                scope: .only([.trait(name: "city", value: .string("Leeds")), .trait(name: "city", value: .string("Paris"))]), purposes: ["support"])
+            let sim = try Simulation(seed: seed, nodes: 3, edges: 1, sites: [leeds])
+            var generator = WorkloadGenerator(seed: seed, customers: 30)
+            var ledger = Ledger()
+            let parser = SegmentMessageParser(sources: WorkloadGenerator.identifierSources)
+            try sim.run(until: 5_000) { sim in
+                // Writes at the cores only: what the kiosk holds comes from them.
+                guard sim.random.chance(45), sim.machines[0].node != nil else { return }
+                let delta = try parser.parse(generator.next(at: Simulation.epoch + sim.now), receivedAt: sim.clock(sim.machines[0]))
+                try sim.machines[0].store.apply([delta])
+                ledger.acknowledge(delta, at: sim.now, by: 0)
+                try sim.machines[0].node?.pushOwnChanges()
+            }
+            let kiosk = sim.machines[2]
+            func holdsExactly(_ settings: SiteSettings, within millis: Int64) throws -> Bool {
+                let limit = sim.now + millis
+                let documents = { (store: MemoryProfileStore) in try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) }
+                }
+                repeat {
+                    try sim.run(until: sim.now + 500)
+                    let expected = try siteAsHeld(by: settings, from: sim.machines[0].store, now: sim.clock(sim.machines[0]))
+                    if try documents(kiosk.store) == documents(expected) { return true }
+                } while sim.now < limit
+                return false
+            }
+            #expect(try holdsExactly(leeds, within: 20_000), "seed \(seed): the kiosk never held Leeds")
+            let before = try kiosk.store.heldDocuments().count
+            try sim.restart(kiosk, as: both)
+            // 30 customers fit in one sweep step, so a resweep is a sync or two away; the slow
+            // sweep after a first one takes 8 buckets of 1,024 a sync.
+            #expect(try holdsExactly(both, within: 4_000), "seed \(seed): the kiosk's new customers did not come at once")
+            let core = sim.machines[0].store, now = sim.clock(sim.machines[0])
+            if try siteAsHeld(by: both, from: core, now: now).heldDocuments().count
+                > siteAsHeld(by: leeds, from: core, now: now).heldDocuments()
+                .count
+            {
+                grew += 1
+                #expect(try kiosk.store.heldDocuments().count > before, "seed \(seed): Paris brought nobody")
+            }
+            try sim.restart(kiosk, as: leeds)
+            #expect(try holdsExactly(leeds, within: 4_000), "seed \(seed): shrinking the scope left customers")
+        }
+    }
+}

@@ -197,6 +197,14 @@ final class Simulation {
 
     /// Stops `machine` and starts it again over the same data under `rules`, bringing its
     /// profiles under them first, as `kith serve` does when its configured rules change.
+    /// Restarts a scoped site under other settings (its configuration changed).
+    func restart(_ machine: Machine, as site: SiteSettings) throws {
+        precondition(siteSettings[machine.index] != nil, "\(machine.member.name) is not a scoped site")
+        crash(machine)
+        siteSettings[machine.index] = site
+        try start(machine)
+    }
+
     func restart(_ machine: Machine, under rules: IdentityRules) throws {
         crash(machine)
         machine.store = MemoryProfileStore(

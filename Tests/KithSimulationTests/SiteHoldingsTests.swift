@@ -85,6 +85,18 @@ struct SiteHoldingsTests {
         try change([u1], "analytics consent given again") {
             try take(#"{"type":"identify","userId":"u-1","context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#)
         }
+        /// Processing restricted (Art. 18), as `POST …/restrict` writes it: a consent decision.
+        func restrict(_ on: Bool) throws {
+            time += 1_000
+            let json = #"{"type":"identify","userId":"u-1","messageId":"r\#(time)","timestamp":"\#(ISO8601.format(millis: time))"}"#
+            var delta = try Self.parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: time)
+            delta.consent = [ConsentDecision(category: ConsentDecision.processingCategory, granted: !on)]
+            try core.apply([delta])
+        }
+        try change([u1], "processing restricted") { try restrict(true) }
+        #expect(answers.last == SiteSync.Answer(send: [], purge: [u1, a1].sorted()))
+        try change([u1], "the restriction lifted") { try restrict(false) }
+        #expect(answers.last == SiteSync.Answer(send: [[u1, a1].sorted()], purge: []))
         try change([u1, a1], "u-1 signs out: unmerged") {
             time += 1_000
             try core.removeLink(u1, a1, stamp: LWWStamp(time: time, tiebreak: "unmerge"))
