@@ -48,8 +48,7 @@ func runScopedSiteScenario(seed: UInt64) throws -> (failures: [String], counters
         for (index, settings) in sim.siteSettings.sorted(by: { $0.key < $1.key }) {
             let site = sim.machines[index]
             let expected = try siteAsHeld(by: settings, from: core.store, now: sim.clock(core))
-            let documents = { (store: MemoryProfileStore) in try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) } }
-            let (held, wanted) = (try documents(site.store), try documents(expected))
+            let (held, wanted) = (try documentRows(site.store), try documentRows(expected))
             if held != wanted {
                 let extra = held.keys.filter { wanted[$0] != held[$0] }.count, missing = wanted.keys.filter { held[$0] == nil }.count
                 differing.append("\(site.member.name): \(extra) rows differ or should not be there, \(missing) missing")
@@ -155,8 +154,7 @@ func runOfflineSiteScenario(seed: UInt64) throws -> [String] {
         settled += 1_000
         try sim.run(until: settled)
         let expected = try siteAsHeld(by: kiosk, from: sim.machines[0].store, now: sim.clock(sim.machines[0]))
-        let documents = { (store: MemoryProfileStore) in try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) } }
-        differs = try documents(site.store) != documents(expected)
+        differs = try documentRows(site.store) != documentRows(expected)
     } while differs && settled < limit
     if differs { failures.append("the kiosk does not hold exactly its scope after coming back") }
     if try site.store.heldDocuments().isEmpty { failures.append("the kiosk holds nobody: the scenario checked nothing") }
@@ -198,12 +196,10 @@ struct ScopeChangeSimulationTests {
             let kiosk = sim.machines[2]
             func holdsExactly(_ settings: SiteSettings, within millis: Int64) throws -> Bool {
                 let limit = sim.now + millis
-                let documents = { (store: MemoryProfileStore) in try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) }
-                }
                 repeat {
                     try sim.run(until: sim.now + 500)
                     let expected = try siteAsHeld(by: settings, from: sim.machines[0].store, now: sim.clock(sim.machines[0]))
-                    if try documents(kiosk.store) == documents(expected) { return true }
+                    if try documentRows(kiosk.store) == documentRows(expected) { return true }
                 } while sim.now < limit
                 return false
             }

@@ -359,6 +359,11 @@ final class Simulation {
     var isQuiet: Bool { queue.isEmpty }
 }
 
+/// The rows of `store`'s documents table (what a scoped site holds, compared row for row).
+func documentRows(_ store: MemoryProfileStore) throws -> [[UInt8]: [UInt8]] {
+    try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) }
+}
+
 /// Every replicated row of `store` (documents and forget set), keyed by table and key: to list
 /// the rows two replicas differ in when a run fails.
 func replicatedRows(_ store: MemoryProfileStore) throws -> [[UInt8]: [UInt8]] {

@@ -55,8 +55,7 @@ struct SiteHoldingsTests {
             try body()
             let answer = try Self.sync(site, with: core, touched: touched)
             answers.append(answer)
-            let documents = { (store: MemoryProfileStore) in try replicatedRows(store).filter { $0.key.first == UInt8(Table.documents.rawValue) } }
-            #expect(try documents(site) == documents(try Self.fresh(from: core)), "after \(step): \(answer)")
+            #expect(try documentRows(site) == documentRows(try Self.fresh(from: core)), "after \(step): \(answer)")
             let again = try Self.sync(site, with: core, touched: touched)
             #expect(again.send.isEmpty && again.purge.isEmpty, "after \(step), a second sync: \(again)")
         }
