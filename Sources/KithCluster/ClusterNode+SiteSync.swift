@@ -24,14 +24,16 @@ struct SiteSyncing {
     var more = false
     /// An update's write is queued or running.
     var writing = false
-    /// The sync in flight: to which core, with which report's summary, and whether it carried
-    /// the report itself.
+    /// The sync in flight: to which core, with which report's summary, and the page of the
+    /// report it carried (nil: the summary alone).
     var core: UInt64?
     var summary = Digest128.zero
-    var sentReport = false
-    /// Core → the summary of the report it last took from this site: an unchanged report goes to
-    /// it as its summary alone.
+    var page: ReportPage?
+    /// Core → the summary of the report it last took whole from this site: an unchanged report
+    /// goes to it as its summary alone.
     var reported: [UInt64: Digest128] = [:]
+    /// Core → where the next page of the report it is being sent starts (a report in pages).
+    var nextPage: [UInt64: Identifier] = [:]
 }
 
 /// A core's memory of one scoped site between its syncs: how far its sweep over every
@@ -65,23 +67,29 @@ extension ClusterNode {
             counters.siteSyncsAbandoned += 1
         }
         if let last = siteSyncing.lastCompleted, !siteSyncing.more, now - last < settings.siteSyncInterval { return }
-        // The core syncs rotate, so that one core's sweep does not decide alone for long.
+        // The core syncs rotate, so that one core's sweep does not decide alone for long; a
+        // report going in pages goes on to the core taking it.
         let cores = membership.reachable.filter { $0.role == .core && $0.holdsEverything }.sorted { $0.id < $1.id }
         guard !cores.isEmpty else { return }
         siteSyncing.request += 1
-        let core = cores[Int(siteSyncing.request % UInt64(cores.count))]
+        let core =
+            cores.first { siteSyncing.nextPage[$0.id] != nil } ?? cores[Int(siteSyncing.request % UInt64(cores.count))]
         let held = try store.heldDocuments()
         let summary = HeldDocument.summary(of: held)
-        let known = siteSyncing.reported[core.id] == summary
+        var page: ReportPage?
+        if siteSyncing.reported[core.id] != summary {
+            let after = siteSyncing.nextPage[core.id]
+            let start = after.map { after in held.firstIndex { $0.identifier > after } ?? held.count } ?? 0
+            let end = min(held.count, start + settings.siteReportPage)
+            page = ReportPage(after: after, documents: Array(held[start..<end]), last: end == held.count)
+        }
         siteSyncing.sentAt = now
         siteSyncing.core = core.id
         siteSyncing.summary = summary
-        siteSyncing.sentReport = !known
+        siteSyncing.page = page
         counters.siteSyncsSent += 1
-        if known { counters.siteSummariesSent += 1 }
-        send(
-            core.address,
-            .siteSync(request: siteSyncing.request, scope: site.scope, purposes: site.purposes, summary: summary, held: known ? [] : held))
+        if page == nil { counters.siteSummariesSent += 1 }
+        send(core.address, .siteSync(request: siteSyncing.request, scope: site.scope, purposes: site.purposes, summary: summary, page: page))
     }
 
     /// A core's update, applied through the writer (`ProfileStore.applySiteUpdate`).
@@ -95,11 +103,21 @@ extension ClusterNode {
         if reportWanted {
             // The core does not know the summary sent (it restarted): the report goes at once.
             siteSyncing.reported[core] = nil
+            siteSyncing.nextPage[core] = nil
             siteSyncing.sentAt = nil
             siteSyncing.more = true
             return counters.siteReportsWanted += 1
         }
-        if siteSyncing.sentReport { siteSyncing.reported[core] = siteSyncing.summary }
+        var more = more
+        if let page = siteSyncing.page {
+            if page.last {
+                siteSyncing.reported[core] = siteSyncing.summary
+                siteSyncing.nextPage[core] = nil
+            } else {
+                siteSyncing.nextPage[core] = page.documents.last?.identifier
+                more = true
+            }
+        }
         siteSyncing.writing = true
         let store = self.store
         // A failed write is counted and the next sync starts over: the continuation must run on
@@ -131,7 +149,7 @@ extension ClusterNode {
     /// site lacks or holds otherwise, up to `documentBudget` bytes, and names the reported
     /// documents of components it does not hold.
     func answerSiteSync(
-        from sender: UInt64, address: String, request: UInt64, scope: Scope, purposes: [String], summary: Digest128, held: [HeldDocument],
+        from sender: UInt64, address: String, request: UInt64, scope: Scope, purposes: [String], summary: Digest128, page: ReportPage?,
         now: Int64
     ) throws {
         guard membership.me.role == .core, membership.me.holdsEverything, membership.members[sender]?.scoped == true else {
@@ -146,10 +164,11 @@ extension ClusterNode {
             return counters.siteSyncsRefused += 1
         }
         var tracking = try sites[sender] ?? SiteTracking(logCursor: store.logExtent().last)
-        if !held.isEmpty || summary == HeldDocument.summary(of: []) {
-            guard HeldDocument.summary(of: held) == summary else { return counters.siteSyncsRefused += 1 }
-            tracking.report = held
-            tracking.summary = summary
+        if let page {
+            // The report as its pages so far make it: the same as the site's once a whole
+            // report has come with no change meanwhile (then its summary is the site's).
+            tracking.report = page.applied(to: tracking.report)
+            tracking.summary = page.last ? HeldDocument.summary(of: tracking.report) : nil
         } else if tracking.summary != summary {
             // Only a summary, of a report this node never took (or forgot at a restart).
             sites[sender] = tracking

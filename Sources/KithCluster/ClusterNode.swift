@@ -58,6 +58,9 @@ public struct ReplicationSettings: Sendable {
     /// identifier once (the site's first sync), and after.
     public var siteSweepFirst = 2_000
     public var siteSweep = 200
+    /// Documents of a site's report one sync carries (about 40 bytes each): a larger report
+    /// goes in pages, one a sync, so that no sync is larger than a frame may be.
+    public var siteReportPage = 50_000
 
     public init() {}
 }
@@ -420,9 +423,9 @@ public final class ClusterNode {
             peers[sender]?.pullSentAt = nil
             peers[sender]?.lastPullCompleted = now
             peers[sender]?.truncatedPast = through
-        case .siteSync(let request, let scope, let purposes, let summary, let held):
+        case .siteSync(let request, let scope, let purposes, let summary, let page):
             try answerSiteSync(
-                from: sender, address: address, request: request, scope: scope, purposes: purposes, summary: summary, held: held, now: wall ?? now)
+                from: sender, address: address, request: request, scope: scope, purposes: purposes, summary: summary, page: page, now: wall ?? now)
         case .siteUpdate(let request, let components, let purge, let more, let reportWanted):
             try receivedSiteUpdate(
                 request: request, components: components, purge: purge, more: more, reportWanted: reportWanted, from: sender, now: now)

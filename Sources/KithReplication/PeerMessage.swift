@@ -41,9 +41,10 @@ public enum PeerMessage: Equatable, Sendable {
     case logResumed(from: UInt64, through: UInt64, request: UInt64)
     /// A scoped site asks a core for its customers (docs/replication.md, "Scope"): its scope and
     /// purposes (from its configuration; the core decides with them), the summary of its report
-    /// (`HeldDocument.summary`), and the report — every document it holds with the digest of its
-    /// state — unless the core took the same report before (then `held` is empty).
-    case siteSync(request: UInt64, scope: Scope, purposes: [String], summary: Digest128, held: [HeldDocument])
+    /// (`HeldDocument.summary`), and a page of the report — every document it holds with the
+    /// digest of its state, in pages of `ReportPage` — unless the core took the same report
+    /// before (then no page).
+    case siteSync(request: UInt64, scope: Scope, purposes: [String], summary: Digest128, page: ReportPage?)
     /// The core's answer to a site sync: the projected document states of components the site
     /// holds that differ there, component by component (joined, or replaced where a join cannot
     /// take a field back), and documents to `purge` (out of the site's scope; the site keeps
@@ -119,12 +120,13 @@ extension PeerMessage {
             writer.write(varint: from)
             writer.write(varint: through)
             writer.write(varint: request)
-        case .siteSync(let request, let scope, let purposes, let summary, let held):
+        case .siteSync(let request, let scope, let purposes, let summary, let page):
             writer.write(varint: request)
             scope.encode(to: &writer)
             writer.write(sequence: purposes) { w, purpose in w.write(string: purpose) }
             writer.write(raw: summary.bytes)
-            writer.write(sequence: held) { w, document in document.encode(to: &w) }
+            writer.write(bool: page != nil)
+            page?.encode(to: &writer)
         case .siteUpdate(let request, let components, let purge, let more, let reportWanted):
             writer.write(varint: request)
             writer.write(sequence: components) { w, states in w.write(sequence: states) { w, state in state.encode(to: &w) } }
@@ -204,7 +206,7 @@ extension PeerMessage {
             let summary = Digest128(bytes: try reader.readRaw(Digest128.byteCount))
             self = .siteSync(
                 request: request, scope: scope, purposes: purposes, summary: summary,
-                held: try reader.readSequence(minimumItemSize: 2 + Digest128.byteCount) { r in try HeldDocument(from: &r) })
+                page: try reader.readBool() ? try ReportPage(from: &reader) : nil)
         case 12:
             let request = try reader.readVarint()
             let components = try reader.readSequence { r in

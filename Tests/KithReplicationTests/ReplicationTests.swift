@@ -142,8 +142,11 @@ struct PeerMessageTests {
         let syncs: [PeerMessage] = [
             .siteSync(
                 request: 5, scope: scope, purposes: ["analytics", "support"], summary: Digest128(low: 1, high: 2),
-                held: [HeldDocument(identifier: u1, digest: state.contentDigest)]),
-            .siteSync(request: 6, scope: .everything, purposes: [], summary: HeldDocument.summary(of: []), held: []),
+                page: ReportPage(after: min(u1, a1), documents: [HeldDocument(identifier: max(u1, a1), digest: state.contentDigest)], last: false)),
+            .siteSync(request: 6, scope: .everything, purposes: [], summary: HeldDocument.summary(of: []), page: nil),
+            .siteSync(
+                request: 7, scope: .everything, purposes: [], summary: HeldDocument.summary(of: []),
+                page: ReportPage(after: nil, documents: [], last: true)),
             .siteUpdate(request: 5, components: [[state], [state, state]], purge: [a1], more: true),
             .siteUpdate(request: 6, components: [], purge: [], more: false),
             .siteUpdate(request: 7, components: [], purge: [], more: true, reportWanted: true),
@@ -152,6 +155,11 @@ struct PeerMessageTests {
         // Every kind gets through a connection's frame decoder (which refuses unknown types).
         for message in messages + syncs { #expect(PeerMessage.knownTags.contains(message.tag), "tag \(message.tag) refused by frames") }
         #expect(throws: (any Error).self) { try PeerMessage(tag: 11, payload: syncs[0].encodePayload().dropLast(1).map { $0 }) }
+        // A page's documents come in order, after where it starts.
+        let backwards = PeerMessage.siteSync(
+            request: 8, scope: .everything, purposes: [], summary: .zero,
+            page: ReportPage(after: max(u1, a1), documents: [HeldDocument(identifier: min(u1, a1), digest: .zero)], last: true))
+        #expect(throws: (any Error).self) { try PeerMessage(tag: 11, payload: backwards.encodePayload()) }
         // A resumed log moves a cursor forward, never back or nowhere.
         #expect(throws: (any Error).self) {
             try PeerMessage(tag: 10, payload: PeerMessage.logResumed(from: 9, through: 9, request: 1).encodePayload())

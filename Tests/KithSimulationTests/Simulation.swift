@@ -103,6 +103,9 @@ final class Simulation {
         // Forget compaction (when a scenario configures it): a pass every 1.5 s, 5 records a step.
         settings.forgetCompactionInterval = 1_500
         settings.forgetCompactionScan = 5
+        // Scoped sites report what they hold in pages of 7 documents: every report of a few
+        // customers goes in several syncs.
+        settings.siteReportPage = 7
         return settings
     }()
     static let clockSettings = ClockSettings()
