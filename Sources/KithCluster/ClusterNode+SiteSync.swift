@@ -52,6 +52,13 @@ struct SiteTracking {
     /// a first sync, so that the customers the site now holds reach it soon.
     var scope: Scope?
     var purposes: [String] = []
+    /// The projected digest of each held document as this node last worked it out, and syncs
+    /// since it last looked at every reported document: a reported document its log has not
+    /// written since, with that digest, is not looked at again (`SiteSync.update`'s
+    /// `unchanged`) but every `siteFullCheck` syncs — what changed with no log entry (a
+    /// repair, an expiry) or with time alone (a `seen` window) is caught then, or by the sweep.
+    var projected: [Identifier: Digest128] = [:]
+    var syncsSinceFullCheck = 0
 }
 
 extension ClusterNode {
@@ -176,9 +183,9 @@ extension ClusterNode {
         }
         if tracking.scope != scope || tracking.purposes != purposes {
             (tracking.scope, tracking.purposes, tracking.sweep, tracking.sweptOnce) = (scope, purposes, .start, false)
+            tracking.projected = [:]
         }
         let reported = tracking.report
-        var candidates = reported.map(\.identifier) + tracking.pending
         if try store.logExtent().truncatedThrough > tracking.logCursor {
             // What was logged meanwhile is gone: the sweep finds it instead.
             tracking = SiteTracking(
@@ -186,15 +193,28 @@ extension ClusterNode {
                 purposes: tracking.purposes)
         }
         let logged = try store.changes(after: tracking.logCursor, limit: settings.scanLimit)
-        candidates += logged.flatMap(\.identifiersWritten)
+        let written = Set(logged.flatMap(\.identifiersWritten))
         tracking.logCursor = logged.last?.sequence ?? tracking.logCursor
+        tracking.syncsSinceFullCheck += 1
+        if tracking.syncsSinceFullCheck >= settings.siteFullCheck {
+            tracking.syncsSinceFullCheck = 0
+            tracking.projected = [:]
+        }
+        var unchanged: [Identifier: Digest128] = [:]
+        for document in reported where !written.contains(document.identifier) && tracking.projected[document.identifier] == document.digest {
+            unchanged[document.identifier] = document.digest
+        }
+        var candidates = reported.map(\.identifier).filter { unchanged[$0] == nil } + tracking.pending + written.sorted()
         let step = try store.identifiers(
             from: tracking.sweep, buckets: tracking.sweptOnce ? 8 : 64, limit: tracking.sweptOnce ? settings.siteSweep : settings.siteSweepFirst)
         candidates += step.identifiers
         tracking.sweep = step.next.isAtEnd ? .start : step.next
         if step.next.isAtEnd { tracking.sweptOnce = true }
 
-        let update = try SiteSync.update(for: holdings, reported: reported, candidates: candidates, in: store, now: now)
+        let update = try SiteSync.update(
+            for: holdings, reported: reported, candidates: candidates, unchanged: unchanged, in: store, now: now)
+        for identifier in update.looked { tracking.projected[identifier] = update.states[identifier]?.contentDigest }
+        counters.siteDocumentsLooked += update.looked.count
         let (components, left) = update.components(budget: settings.documentBudget)
         tracking.pending = left
         sites[sender] = tracking

@@ -61,6 +61,9 @@ public struct ReplicationSettings: Sendable {
     /// Documents of a site's report one sync carries (about 40 bytes each): a larger report
     /// goes in pages, one a sync, so that no sync is larger than a frame may be.
     public var siteReportPage = 50_000
+    /// Every this many syncs of a site, a core looks at every document it reported again, not
+    /// only at what its log wrote since (`SiteTracking.projected`).
+    public var siteFullCheck = 60
 
     public init() {}
 }
@@ -211,6 +214,8 @@ public final class ClusterNode {
         public var siteReplaced = 0
         public var siteSyncsRefused = 0
         public var siteDocumentsSent = 0
+        /// Identifiers whose components a core looked at for its answers to site syncs.
+        public var siteDocumentsLooked = 0
         public var rawDataRefused = 0
     }
 

@@ -55,6 +55,8 @@ public enum SiteSync {
     public struct Update: Sendable {
         public var answer: Answer
         public var states: [Identifier: DocumentState]
+        /// Every identifier whose component was looked at: those held have a state in `states`.
+        public var looked: Set<Identifier>
 
         /// The states of the components to send, component by component, until `budget` bytes
         /// (at least one component goes); and the first member of each left for a later sync.
@@ -77,9 +79,13 @@ public enum SiteSync {
 
     /// The update for a site with `holdings` that `reported` what it holds, looking at the
     /// components of `candidates` (what it reported, and what changed or was swept since) as
-    /// `store` holds them at `now`. Reads the store; decides nothing the store does not say.
+    /// `store` holds them at `now`. `unchanged`: reported documents the caller knows are held
+    /// with these projected digests (nothing of theirs changed since it last looked), not looked
+    /// at again unless a candidate's component holds them. Reads the store; decides nothing the
+    /// store does not say.
     public static func update(
-        for holdings: SiteHoldings, reported: [HeldDocument], candidates: [Identifier], in store: any ReplicaStore, now: Int64
+        for holdings: SiteHoldings, reported: [HeldDocument], candidates: [Identifier], unchanged: [Identifier: Digest128] = [:],
+        in store: any ReplicaStore, now: Int64
     ) throws -> Update {
         let needsSeen = holdings.scope.needsSeenBy
         var looked: Set<Identifier> = []
@@ -100,7 +106,8 @@ public enum SiteSync {
             }
             held.append(HeldComponent(members: digests))
         }
-        return Update(answer: answer(reported: reported, held: held), states: states)
+        for (identifier, digest) in unchanged where !looked.contains(identifier) { held.append(HeldComponent(members: [identifier: digest])) }
+        return Update(answer: answer(reported: reported, held: held), states: states, looked: looked)
     }
 }
 

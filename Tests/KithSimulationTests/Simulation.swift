@@ -106,6 +106,8 @@ final class Simulation {
         // Scoped sites report what they hold in pages of 7 documents: every report of a few
         // customers goes in several syncs.
         settings.siteReportPage = 7
+        // Cores look again at every document a site reports every 10 syncs (60 by default).
+        settings.siteFullCheck = 10
         return settings
     }()
     static let clockSettings = ClockSettings()
