@@ -59,7 +59,8 @@ extension ClusterNode {
         truncation.lastPlanned = now
         let extent = try store.logExtent()
         let plan = LogTruncationPlan.plan(
-            log: extent, members: membership.members.values.filter(\.holdsEverything), contacts: memberContacts, since: since, now: now,
+            log: extent, members: membership.members.values.filter { $0.holdsEverything || answersSiteSyncs }, contacts: memberContacts,
+            since: since, now: now,
             maxOfflineWindow: settings.maxOfflineWindow)
         truncation.plan = plan
         guard plan.truncates(extent) else { return }
@@ -78,10 +79,20 @@ extension ClusterNode {
     }
 
     /// What each member last said, as the plans that wait on members read it.
+    /// Whether scoped sites read this node's log (through their syncs): a core's, which answers
+    /// them. Other members' logs no scoped site reads, and none holds their truncation back.
+    var answersSiteSyncs: Bool { membership.me.role == .core && membership.me.holdsEverything }
+
+    /// A scoped site reads this node's log through its syncs: this node looks at what its log
+    /// wrote for the site (`SiteTracking.logCursor`), and keeps the entries it has not looked at
+    /// yet, as for any member. (Dropping them forced a look at everything the site holds, and
+    /// a new sweep of every identifier, each time the log was truncated past a site's cursor.)
     var memberContacts: [UInt64: MemberContact] {
-        peers.mapValues { state in
+        var contacts = peers.mapValues { state in
             MemberContact(lastHeard: state.lastContact, readThrough: state.versions == nil ? nil : state.cursor, versions: state.versions)
         }
+        for (site, tracking) in sites { contacts[site, default: MemberContact(lastHeard: nil)].readThrough = tracking.logCursor }
+        return contacts
     }
 
     /// The last truncation plan: who holds the log back, and how far each member has read.

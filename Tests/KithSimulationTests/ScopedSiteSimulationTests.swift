@@ -204,6 +204,19 @@ struct ScopeChangeSimulationTests {
                 return false
             }
             #expect(try holdsExactly(leeds, within: 20_000), "seed \(seed): the kiosk never held Leeds")
+            // Idle, then a held customer changes at a core: the core's log names it, so it
+            // reaches the kiosk at the next sync, not at the next full look (10 syncs here).
+            try sim.run(until: sim.now + 12_000)
+            if let customer = try sim.machines[0].store.profiles(after: nil, limit: 100).first(where: { view in
+                leeds.scope.holds(Scope.Component(view: view), now: 0)
+            }) {
+                let json = #"{"type":"identify","userId":"placeholder","traits":{"plan":"changed-plan"},"messageId":"c-\#(seed)"}"#
+                var delta = try parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: sim.clock(sim.machines[0]))
+                delta.subject = customer.canonical
+                try sim.machines[0].store.apply([delta])
+                try sim.machines[0].node?.pushOwnChanges()
+                #expect(try holdsExactly(leeds, within: 2_500), "seed \(seed): a change the core logged waited for the full look")
+            }
             let before = try kiosk.store.heldDocuments().count
             try sim.restart(kiosk, as: both)
             // 30 customers fit in one sweep step, so a resweep is a sync or two away; the slow

@@ -106,8 +106,11 @@ final class Simulation {
         // Scoped sites report what they hold in pages of 7 documents: every report of a few
         // customers goes in several syncs.
         settings.siteReportPage = 7
-        // Cores look again at every document a site reports every 10 syncs (60 by default).
+        // Cores look again at every document a site reports every 10 syncs (60 by default), and
+        // after a first sweep, sweep one identifier a sync: what reaches a site between those
+        // comes by the cores' logs.
         settings.siteFullCheck = 10
+        settings.siteSweep = 1
         return settings
     }()
     static let clockSettings = ClockSettings()
