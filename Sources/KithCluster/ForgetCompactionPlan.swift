@@ -84,6 +84,15 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         var held: VersionVector? = own
         var counted: [UInt64] = [], uncounted: [UInt64] = []
         for member in members.sorted(by: { $0.id < $1.id }) {
+            // A scoped site never says what it holds (it does not pull), and a quarantine would
+            // never reach it (it is told in answers to pulls): it counts, however long it is away,
+            // and nothing goes while one is a member. Safe; storage waits on it (docs/replication.md,
+            // "Scope", "Not built yet").
+            if member.scoped {
+                counted.append(member.id)
+                held = nil
+                continue
+            }
             let contact = contacts[member.id]
             let silentFor = contact?.silence(since: since, now: now) ?? now - since
             // A member that left counts too until the window passes: `kith serve` leaves on

@@ -86,6 +86,11 @@ struct ForgetCompactionPlanTests {
         #expect(!self.plan([Self.member(2), Self.member(5)], withSilent).mayDrop(old), "member 5 counts but never said what it holds")
         #expect(!self.plan([], [:]).mayDrop(old))
         #expect(!self.plan([Self.member(3)], contacts).mayDrop(old), "no member counts")
+        // A scoped site, in touch or away past the window, holds everything back and is never
+        // quarantined (it could never be told).
+        let site = Member(id: 6, name: "kiosk", address: "n6", role: .edge, scoped: true)
+        let withSite = self.plan([Self.member(2), site], contacts.merging([6: .init(lastHeard: now - 40 * Self.day)]) { $1 })
+        #expect(!withSite.mayDrop(old) && withSite.counted == [2, 6] && withSite.uncounted.isEmpty)
     }
 
     /// After a compaction a node trusts the members that counted and were trusted (everyone
