@@ -59,6 +59,12 @@ struct SiteTracking {
     /// repair, an expiry) or with time alone (a `seen` window) is caught then, or by the sweep.
     var projected: [Identifier: Digest128] = [:]
     var syncsSinceFullCheck = 0
+
+    /// Forgets what this node knew the site holds and sweeps every identifier again, as for a
+    /// first sync: its scope or purposes changed, or log entries it had not looked at are gone.
+    mutating func lookAgainAtEverything() {
+        (sweep, sweptOnce, projected) = (.start, false, [:])
+    }
 }
 
 extension ClusterNode {
@@ -170,7 +176,8 @@ extension ClusterNode {
             // not be sent what no purpose here says it may see.
             return counters.siteSyncsRefused += 1
         }
-        var tracking = try sites[sender] ?? SiteTracking(logCursor: store.logExtent().last)
+        let extent = try store.logExtent()
+        var tracking = sites[sender] ?? SiteTracking(logCursor: extent.last)
         if let page {
             // The report as its pages so far make it: the same as the site's once a whole
             // report has come with no change meanwhile (then its summary is the site's).
@@ -182,15 +189,14 @@ extension ClusterNode {
             return send(replyAddress(sender, address), .siteUpdate(request: request, components: [], purge: [], more: true, reportWanted: true))
         }
         if tracking.scope != scope || tracking.purposes != purposes {
-            (tracking.scope, tracking.purposes, tracking.sweep, tracking.sweptOnce) = (scope, purposes, .start, false)
-            tracking.projected = [:]
+            (tracking.scope, tracking.purposes) = (scope, purposes)
+            tracking.lookAgainAtEverything()
         }
         let reported = tracking.report
-        if try store.logExtent().truncatedThrough > tracking.logCursor {
+        if extent.truncatedThrough > tracking.logCursor {
             // What was logged meanwhile is gone: the sweep finds it instead.
-            tracking = SiteTracking(
-                logCursor: try store.logExtent().last, report: tracking.report, summary: tracking.summary, scope: tracking.scope,
-                purposes: tracking.purposes)
+            tracking.lookAgainAtEverything()
+            tracking.logCursor = extent.last
         }
         let logged = try store.changes(after: tracking.logCursor, limit: settings.scanLimit)
         let written = Set(logged.flatMap(\.identifiersWritten))

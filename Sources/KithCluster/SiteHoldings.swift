@@ -20,7 +20,7 @@ public struct SiteHoldings: Sendable {
     }
 
     /// The projection of `component` for this site, under the consent its profile holds now.
-    public func projection(of component: Scope.Component) -> SiteProjection {
+    private func projection(of component: Scope.Component) -> SiteProjection {
         // The purposes were checked at init, and a consent state cannot make one unknown.
         do {
             return try SiteProjection(
@@ -46,10 +46,6 @@ public struct SiteHoldings: Sendable {
     /// How `component`'s documents go to the site: through its projection, and only the
     /// documents of its own members (a link names its far end, which may be a customer the site
     /// does not hold).
-    public func documentProjection(of component: Scope.Component) -> DocumentProjection {
-        documentProjection(projection(of: component), component)
-    }
-
     private func documentProjection(_ site: SiteProjection, _ component: Scope.Component) -> DocumentProjection {
         var projection = site.documentProjection
         let kind = projection.holds

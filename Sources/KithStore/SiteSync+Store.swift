@@ -34,9 +34,9 @@ extension StoreEngine {
     /// The states of the documents of `identifiers`, forget records included (none for an
     /// identifier of which nothing is held).
     package func documentStates(of identifiers: [Identifier], in reader: some StoreReading) throws -> [DocumentState] {
-        var byKey: [[UInt8]: Identifier] = [:]
-        for identifier in identifiers { byKey[hasher.forgetKeyBytes(for: identifier)] = identifier }
-        return try documentStates(for: identifiers.map { hasher.forgetKeyBytes(for: $0) }, of: byKey, in: reader)
+        // One HMAC an identifier: the forget keys in order, and the identifier of each.
+        let keys = identifiers.map { hasher.forgetKeyBytes(for: $0) }
+        return try documentStates(for: keys, of: Dictionary(zip(keys, identifiers), uniquingKeysWith: { first, _ in first }), in: reader)
     }
 
     /// Every document held here, with the digest of its state: what a scoped site reports.

@@ -89,10 +89,10 @@ func siteAsHeld(by settings: SiteSettings, from core: MemoryProfileStore, now: I
     let holdings = try SiteHoldings(scope: settings.scope, purposes: settings.purposes, policy: .builtIn)
     let site = MemoryProfileStore(configuration: StoreConfiguration(node: 99, forgetKeySecret: Simulation.secret))
     for view in try core.profiles(after: nil, limit: .max) {
-        let component = Scope.Component(view: view, seenBy: try core.seenBy(view.canonical))
-        guard holdings.holds(component, now: now) else { continue }
-        let projection = holdings.documentProjection(of: component)
-        try site.join(try core.documentStates(of: view.members.filter(projection.holds)).compactMap { try $0.projected(by: projection) })
+        guard let (members, projection) = holdings.held(Scope.Component(view: view, seenBy: try core.seenBy(view.canonical)), now: now) else {
+            continue
+        }
+        try site.join(try core.documentStates(of: members).compactMap { try $0.projected(by: projection) })
     }
     return site
 }
