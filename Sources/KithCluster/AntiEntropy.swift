@@ -23,6 +23,10 @@ struct AntiEntropyState {
         var keysOrdered = false
         /// States too large to send: the comparison did not bring the peer everything.
         var skipped = 0
+        /// Scoped sites whose logs this node is behind, truncated through the position given,
+        /// whose changes through there the peer held when the comparison began: once it ends,
+        /// this node reads those logs on from there (`resumeSiteLog`).
+        var siteLogs: [UInt64: UInt64] = [:]
     }
 
     var exchange: Exchange?
@@ -86,6 +90,11 @@ extension ClusterNode {
         antiEntropy.lastStarted[peer.id] = now
         var exchange = AntiEntropyState.Exchange(peer: peer.id, address: peer.address, request: antiEntropy.lastRequest, sentAt: now)
         exchange.resyncThrough = resyncThrough
+        if let held = peers[peer.id]?.versions {
+            for (site, state) in peers where membership.members[site]?.scoped == true {
+                if let past = state.truncatedPast, held.covers(origin: site, sequence: past) { exchange.siteLogs[site] = past }
+            }
+        }
         exchange.nodes = [DigestEntry(key: [], digest: try store.digest(of: []))]
         antiEntropy.exchange = exchange
         counters.antiEntropyStarted += 1
@@ -192,6 +201,9 @@ extension ClusterNode {
             antiEntropy.exchange = nil
             counters.antiEntropyCompleted += 1
             if let through = exchange.resyncThrough, exchange.skipped == 0 { resynced(exchange.peer, through: through) }
+            if exchange.skipped == 0 {
+                for (site, position) in exchange.siteLogs.sorted(by: { $0.key < $1.key }) { try resumeSiteLog(site, at: position) }
+            }
         }
     }
 

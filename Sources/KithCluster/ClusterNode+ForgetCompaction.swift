@@ -60,8 +60,11 @@ extension ClusterNode {
     /// forget set starts, one bounded step every `truncationInterval` until it ends. Each step is
     /// planned afresh (`ForgetCompactionPlan`: which records every member that counts holds) and
     /// carried out by the writer, which records whom this node trusts from then on.
+    /// A scoped site compacts nothing itself: its forget records are those the cores send it
+    /// with the documents it holds, and go when theirs do (`replaceDiffering`).
     func compactForgetRecordsIfDue(now: Int64, wall: Int64) throws {
-        guard let bounds = settings.forgetCompaction, settings.truncationInterval > 0, !forgetCompaction.writing else { return }
+        guard let bounds = settings.forgetCompaction, settings.truncationInterval > 0, !forgetCompaction.writing, !membership.me.scoped
+        else { return }
         if forgetCompaction.passOpen {
             if let last = forgetCompaction.lastPlanned, now - last < settings.truncationInterval { return }
         } else if let started = forgetCompaction.passStarted, now - started < settings.forgetCompactionInterval {
@@ -71,7 +74,7 @@ extension ClusterNode {
         if !forgetCompaction.passOpen { forgetCompaction.passStarted = now }
         let plan = ForgetCompactionPlan.plan(
             members: Array(membership.members.values), contacts: memberContacts, own: try store.versionVector(), since: truncation.since ?? now,
-            now: now, wall: wall, bounds: bounds)
+            now: now, wall: wall, bounds: bounds, readsSites: answersSiteSyncs)
         forgetCompaction.plan = plan
         guard let held = plan.held else {
             forgetCompaction.passOpen = false

@@ -58,10 +58,14 @@ extension ClusterNode {
         if let last = truncation.lastPlanned, now - last < settings.truncationInterval { return }
         truncation.lastPlanned = now
         let extent = try store.logExtent()
+        // A scoped site's log is the only way its writes ever leave it (its documents never do):
+        // a member silent past the window still holds it back there, or a site away that long
+        // would drop every write it took meanwhile (the forget-compaction simulation found it).
+        // A member reaped from membership, or that left, no longer counts.
         let plan = LogTruncationPlan.plan(
-            log: extent, members: membership.members.values.filter { $0.holdsEverything || answersSiteSyncs }, contacts: memberContacts,
+            log: extent, members: membership.members.values.filter(readsOurLog), contacts: memberContacts,
             since: since, now: now,
-            maxOfflineWindow: settings.maxOfflineWindow)
+            maxOfflineWindow: membership.me.scoped ? .max : settings.maxOfflineWindow)
         truncation.plan = plan
         guard plan.truncates(extent) else { return }
         truncation.writing = true
@@ -78,10 +82,20 @@ extension ClusterNode {
         }
     }
 
+    /// Whether scoped sites read this node's log (through their syncs) and it reads theirs: a
+    /// core's, which answers them. Other members' logs no scoped site reads, and none holds their
+    /// truncation back.
+    var answersSiteSyncs: Bool { membership.me.answersSiteSyncs }
+
+    /// Whether `member` reads this node's log, and so holds its truncation back: every member
+    /// that holds everything, and on a core the scoped sites too (through their syncs). A scoped
+    /// site's log only the cores read: its writes reach the other members through theirs.
+    func readsOurLog(_ member: Member) -> Bool {
+        if membership.me.scoped { return member.answersSiteSyncs }
+        return member.holdsEverything || answersSiteSyncs
+    }
+
     /// What each member last said, as the plans that wait on members read it.
-    /// Whether scoped sites read this node's log (through their syncs): a core's, which answers
-    /// them. Other members' logs no scoped site reads, and none holds their truncation back.
-    var answersSiteSyncs: Bool { membership.me.role == .core && membership.me.holdsEverything }
 
     /// A scoped site reads this node's log through its syncs: this node looks at what its log
     /// wrote for the site (`SiteTracking.logCursor`), and keeps the entries it has not looked at
@@ -89,7 +103,9 @@ extension ClusterNode {
     /// a new sweep of every identifier, each time the log was truncated past a site's cursor.)
     var memberContacts: [UInt64: MemberContact] {
         var contacts = peers.mapValues { state in
-            MemberContact(lastHeard: state.lastContact, readThrough: state.versions == nil ? nil : state.cursor, versions: state.versions)
+            MemberContact(
+                lastHeard: state.lastContact, readThrough: state.versions == nil ? nil : state.cursor, versions: state.versions,
+                logReadAsOf: state.logReadAsOf)
         }
         for (site, tracking) in sites { contacts[site, default: MemberContact(lastHeard: nil)].readThrough = tracking.logCursor }
         return contacts
@@ -103,5 +119,32 @@ extension ClusterNode {
     func resynced(_ peer: UInt64, through: UInt64) {
         truncation.resynced[peer] = max(truncation.resynced[peer] ?? 0, through)
         counters.resyncsCompleted += 1
+    }
+
+    /// A scoped site answered a pull from behind its truncated log: no tree comparison with a
+    /// site is possible, so this node asks for one with a core that held the site's changes
+    /// through that point (its last pull's vector covers them; a site's log holds only its own
+    /// changes, numbered as its origin sequences).
+    func fellBehindSiteLog(_ site: UInt64, through: UInt64) {
+        let core = dataPeers.filter { peers[$0.id]?.versions?.covers(origin: site, sequence: through) ?? false }.min { $0.id < $1.id }
+        if let core { antiEntropy.requested.insert(core.id) }
+    }
+
+    /// A finished comparison with a core that held a scoped site's changes through where the
+    /// site truncated its log brought this node everything they wrote: it reads the site's log
+    /// on from there, its own log counting as truncated (as after any resync: what the
+    /// comparison brought is in none of its entries).
+    func resumeSiteLog(_ site: UInt64, at position: UInt64) throws {
+        let store = self.store
+        try write({
+            guard try store.cursor(of: site) < position else { return .refusal }
+            try store.resumeLog(from: site, at: position)
+            return ReplicatedWrite()
+        }) { [self] written in
+            guard !written.refused else { return }
+            peers[site]?.truncatedPast = nil
+            peers[site]?.lastPullCompleted = nil
+            counters.logsResumed += 1
+        }
     }
 }

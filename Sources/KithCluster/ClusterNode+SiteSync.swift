@@ -67,13 +67,20 @@ struct SiteTracking {
     }
 }
 
+extension Member {
+    /// Whether this member answers scoped sites' syncs and reads their logs: a core that holds
+    /// everything (docs/replication.md, "Scope").
+    public var answersSiteSyncs: Bool { role == .core && holdsEverything }
+}
+
 extension ClusterNode {
     // MARK: The site's side
 
     /// A scoped site syncs with a core when the last sync ended `siteSyncInterval` ago, or at
     /// once when the core said it has more; a sync not answered within `pullTimeout` is given up.
     func syncSiteIfDue(now: Int64) throws {
-        guard let site = settings.site, !siteSyncing.writing else { return }
+        // While it clears for a quarantine a site takes nothing in: it syncs again once done.
+        guard let site = settings.site, !siteSyncing.writing, try !isClearing else { return }
         if let sent = siteSyncing.sentAt {
             guard now - sent >= settings.pullTimeout else { return }
             siteSyncing.sentAt = nil
@@ -82,7 +89,7 @@ extension ClusterNode {
         if let last = siteSyncing.lastCompleted, !siteSyncing.more, now - last < settings.siteSyncInterval { return }
         // The core syncs rotate, so that one core's sweep does not decide alone for long; a
         // report going in pages goes on to the core taking it.
-        let cores = membership.reachable.filter { $0.role == .core && $0.holdsEverything }.sorted { $0.id < $1.id }
+        let cores = membership.reachable.filter(\.answersSiteSyncs).sorted { $0.id < $1.id }
         guard !cores.isEmpty else { return }
         siteSyncing.request += 1
         let core =
@@ -102,16 +109,29 @@ extension ClusterNode {
         siteSyncing.page = page
         counters.siteSyncsSent += 1
         if page == nil { counters.siteSummariesSent += 1 }
-        send(core.address, .siteSync(request: siteSyncing.request, scope: site.scope, purposes: site.purposes, summary: summary, page: page))
+        send(
+            core.address,
+            .siteSync(
+                request: siteSyncing.request, scope: site.scope, purposes: site.purposes, summary: summary, page: page,
+                cleared: try compactionState().clearedThrough))
     }
 
-    /// A core's update, applied through the writer (`ProfileStore.applySiteUpdate`).
+    /// A core's update, applied through the writer (`ProfileStore.applySiteUpdate`); or the
+    /// core's quarantine, cleared for (`clearForQuarantine`, as a member told by an answer to its
+    /// pull does) before the site syncs again.
     func receivedSiteUpdate(
-        request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, reportWanted: Bool, from core: UInt64, now: Int64
+        request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, reportWanted: Bool, dropThrough: Int64?,
+        from core: UInt64, now: Int64, wall: Int64
     ) throws {
-        guard settings.site != nil, request == siteSyncing.request, siteSyncing.sentAt != nil, !siteSyncing.writing, core == siteSyncing.core
+        guard settings.site != nil, request == siteSyncing.request, siteSyncing.sentAt != nil, !siteSyncing.writing, core == siteSyncing.core,
+            try !isClearing
         else {
             return counters.staleSiteUpdatesDropped += 1
+        }
+        if let dropThrough {
+            siteSyncing.sentAt = nil
+            siteSyncing.lastCompleted = now
+            return try clearForQuarantine(through: dropThrough, wall: wall)
         }
         if reportWanted {
             // The core does not know the summary sent (it restarted): the report goes at once.
@@ -163,10 +183,20 @@ extension ClusterNode {
     /// documents of components it does not hold.
     func answerSiteSync(
         from sender: UInt64, address: String, request: UInt64, scope: Scope, purposes: [String], summary: Digest128, page: ReportPage?,
-        now: Int64
+        cleared: Int64?, now: Int64
     ) throws {
-        guard membership.me.role == .core, membership.me.holdsEverything, membership.members[sender]?.scoped == true else {
+        guard answersSiteSyncs, membership.members[sender]?.scoped == true else {
             return counters.siteSyncsRefused += 1
+        }
+        // A site is quarantined as a member that pulls is (`ForgetCompactionGate`): told how far
+        // to drop, and neither read nor sent anything until it says it has.
+        let wasTrusted = try takesData(from: sender)
+        peers[sender]?.cleared = cleared
+        guard try takesData(from: sender) else {
+            counters.quarantinedMessagesRefused += 1
+            return send(
+                replyAddress(sender, address),
+                .siteUpdate(request: request, components: [], purge: [], more: false, dropThrough: try compactionState().compactedThrough))
         }
         let holdings: SiteHoldings
         do {
@@ -188,7 +218,9 @@ extension ClusterNode {
             sites[sender] = tracking
             return send(replyAddress(sender, address), .siteUpdate(request: request, components: [], purge: [], more: true, reportWanted: true))
         }
-        if tracking.scope != scope || tracking.purposes != purposes {
+        if tracking.scope != scope || tracking.purposes != purposes || !wasTrusted {
+            // A new scope, or a site that has just cleared (it lacks what it dropped that was
+            // not erased): everything it holds is looked at again soon.
             (tracking.scope, tracking.purposes) = (scope, purposes)
             tracking.lookAgainAtEverything()
         }

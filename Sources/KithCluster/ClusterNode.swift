@@ -235,8 +235,14 @@ public final class ClusterNode {
         /// The last pull request whose chain of replies ended with nothing more to send: then
         /// this node held everything the peer held when it answered that request.
         public var caughtUpThrough: UInt64 = 0
-        /// The request of the last pull sent to the peer (a chain of replies continues under it).
+        /// The request of the last pull sent to the peer (a chain of replies continues under it),
+        /// and when the chain under it began.
         public var lastPullRequest: UInt64 = 0
+        public var lastPullStarted: Int64?
+        /// When the newest chain of pulls that ended with nothing more to send began: this node
+        /// holds everything the peer's log held then (what a forget compaction needs of a scoped
+        /// site, whose log is all it ever sends).
+        public var logReadAsOf: Int64?
         /// Whether the last reply this node sent to the peer's pulls left nothing more to send:
         /// the peer holds this node's log as of then (unless the reply is lost; it pulls again).
         public var hasReadOurLog = false
@@ -302,8 +308,13 @@ public final class ClusterNode {
         membership.me.scoped ? [] : membership.reachable.filter(\.holdsEverything)
     }
 
-    /// The reachable peers whose logs this node pulls: every one, unless this node is scoped.
-    var logPeers: [Member] { membership.me.scoped ? [] : membership.reachable }
+    /// The reachable peers whose logs this node pulls: none for a scoped site; every one for a
+    /// core; for any other member every one but the scoped sites, whose writes reach it through
+    /// the cores' logs (only the cores can tell a site it is quarantined, so only they take its
+    /// data: docs/replication.md, "Compacting forget entries").
+    var logPeers: [Member] {
+        membership.me.scoped ? [] : membership.reachable.filter { answersSiteSyncs || !$0.scoped }
+    }
 
     /// Pulls from one peer at a time, the one waited on longest: two pulls in flight at once would
     /// each bring the same missing changes (both are answered against the same version vector).
@@ -331,7 +342,7 @@ public final class ClusterNode {
         guard let newest = own.last else { return }
         let message = PeerMessage.push(previous: lastPushedOwn, entries: own)
         lastPushedOwn = newest.originSequence
-        for peer in membership.reachable where peer.holdsEverything {
+        for peer in membership.reachable where membership.me.scoped ? peer.answersSiteSyncs : peer.holdsEverything {
             counters.pushesSent += 1
             send(peer.address, message)
         }
@@ -428,12 +439,15 @@ public final class ClusterNode {
             peers[sender]?.pullSentAt = nil
             peers[sender]?.lastPullCompleted = now
             peers[sender]?.truncatedPast = through
-        case .siteSync(let request, let scope, let purposes, let summary, let page):
+            if membership.members[sender]?.scoped == true { fellBehindSiteLog(sender, through: through) }
+        case .siteSync(let request, let scope, let purposes, let summary, let page, let cleared):
             try answerSiteSync(
-                from: sender, address: address, request: request, scope: scope, purposes: purposes, summary: summary, page: page, now: wall ?? now)
-        case .siteUpdate(let request, let components, let purge, let more, let reportWanted):
+                from: sender, address: address, request: request, scope: scope, purposes: purposes, summary: summary, page: page,
+                cleared: cleared, now: wall ?? now)
+        case .siteUpdate(let request, let components, let purge, let more, let reportWanted, let dropThrough):
             try receivedSiteUpdate(
-                request: request, components: components, purge: purge, more: more, reportWanted: reportWanted, from: sender, now: now)
+                request: request, components: components, purge: purge, more: more, reportWanted: reportWanted, dropThrough: dropThrough,
+                from: sender, now: now, wall: wall ?? now)
         case .logResumed(let from, let through, let request):
             let store = self.store
             try write({
@@ -449,12 +463,12 @@ public final class ClusterNode {
     }
 
     /// Whether `message` would bring raw data (log entries, whole document states, tree
-    /// digests) between a scoped site and another member: never taken, whatever a peer with a
-    /// stale view of the membership sends.
+    /// digests) between a scoped site and another member — a site's own log to a core excepted:
+    /// never taken, whatever a peer with a stale view of the membership sends.
     private func bringsRawData(_ message: PeerMessage, from sender: UInt64) -> Bool {
         let scopedPeer = membership.members[sender]?.scoped ?? false
         switch message {
-        case .changes, .push: return membership.me.scoped
+        case .changes, .push: return membership.me.scoped || (scopedPeer && !answersSiteSyncs)
         case .digestRequest, .digestReply, .documents: return membership.me.scoped || scopedPeer
         case .membership, .pull, .acknowledge, .logTruncated, .logResumed, .siteSync, .siteUpdate: return false
         }
@@ -497,6 +511,10 @@ public final class ClusterNode {
         } else {
             let previous = peers[sender]?.caughtUpThrough ?? 0
             peers[sender]?.caughtUpThrough = max(previous, request)
+            // Only the newest chain's start is known; an older chain ending late says nothing newer.
+            if let state = peers[sender], request == state.lastPullRequest, let started = state.lastPullStarted {
+                peers[sender]?.logReadAsOf = max(state.logReadAsOf ?? .min, started)
+            }
         }
     }
 
@@ -532,6 +550,7 @@ public final class ClusterNode {
 
     private func pull(from peer: Member, now: Int64, request: UInt64) throws {
         peers[peer.id, default: PeerState()].pullSentAt = now
+        if peers[peer.id]?.lastPullRequest != request { peers[peer.id]?.lastPullStarted = now }
         peers[peer.id]?.lastPullRequest = request
         counters.pullsSent += 1
         send(

@@ -10,7 +10,8 @@ import KithStore
 /// `maxEventAge`, the clock bound, `maxOfflineWindow` and a margin before now, rounded down to a
 /// whole day so that nodes whose clocks differ agree but near midnight) and every member that
 /// counts holds the erasure (its version vector, carried by its pulls, covers the change that
-/// made it), and so does this node's own. A member counts while it was heard from within `maxOfflineWindow` (one that left
+/// made it), and so does this node's own; of a scoped site, that this node read its log through
+/// within the window. A member counts while it was heard from within `maxOfflineWindow` (one that left
 /// too, unlike for log truncation: a restart leaves first). One that does not count may hold data about the erased person; it is
 /// quarantined: this node takes nothing from it until it says it dropped everything dated at or
 /// before what this node compacted (`ForgetCompactionGate`). A pure function of what the node
@@ -75,24 +76,19 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
     /// this node began counting silence (`since`).
     /// `now` and `since` are on the clock that times silence (monotonic in `kith serve`); the
     /// horizon is reckoned from `wall`, the wall clock records are dated by.
+    /// `readsSites`: this node reads scoped sites' logs and answers their syncs (a core). Any
+    /// other member takes nothing from a site: a site's writes reach it through the cores' logs,
+    /// where erasures filtered them, so sites do not enter its plan (docs/replication.md).
     public static func plan(
-        members: [Member], contacts: [UInt64: Contact], own: VersionVector, since: Int64, now: Int64, wall: Int64, bounds: Bounds
+        members: [Member], contacts: [UInt64: Contact], own: VersionVector, since: Int64, now: Int64, wall: Int64, bounds: Bounds,
+        readsSites: Bool = true
     ) -> ForgetCompactionPlan {
         // This node's own vector counts too: a record it holds only through a tree comparison
         // (which moves data, not vectors) stays until its log catches up, as it does on the
         // peers that wait for it, so that every node reaches the same decision.
         var held: VersionVector? = own
         var counted: [UInt64] = [], uncounted: [UInt64] = []
-        for member in members.sorted(by: { $0.id < $1.id }) {
-            // A scoped site never says what it holds (it does not pull), and a quarantine would
-            // never reach it (it is told in answers to pulls): it counts, however long it is away,
-            // and nothing goes while one is a member. Safe; storage waits on it (docs/replication.md,
-            // "Scope", "Not built yet").
-            if member.scoped {
-                counted.append(member.id)
-                held = nil
-                continue
-            }
+        for member in members.sorted(by: { $0.id < $1.id }) where readsSites || !member.scoped {
             let contact = contacts[member.id]
             let silentFor = contact?.silence(since: since, now: now) ?? now - since
             // A member that left counts too until the window passes: `kith serve` leaves on
@@ -102,6 +98,17 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
                 continue
             }
             counted.append(member.id)
+            if member.scoped {
+                // A scoped site's documents never leave it: all it sends is its own log, and it
+                // never pulls, so it has no vector to say. What must hold of it instead is that
+                // this node read its log through recently (a chain of pulls begun within the
+                // window ended with nothing more): every message it took before then is here,
+                // where the erasure dominated it, and one it takes later is dated after the
+                // horizon (`maxEventAge` at its ingest; the horizon adds the clock bound, the
+                // window and the margin). Until then it holds everything back.
+                if contact?.logReadAsOf.map({ now - $0 > bounds.maxOfflineWindow }) ?? true { held = nil }
+                continue
+            }
             guard let versions = contact?.versions, let sofar = held else {
                 held = nil
                 continue

@@ -15,7 +15,7 @@ public protocol FrameAuthenticator: Sendable {
 /// One frame on a peer connection (docs/wire-format.md has the layout byte by byte).
 public struct Frame: Equatable, Sendable {
     public static let magic: [UInt8] = [0x4B, 0x54]  // "KT"
-    public static let version: UInt8 = 4
+    public static let version: UInt8 = 5
     public static let headerSize = 28
     public static let tagSize = 32
     public static let nonceSize = 16

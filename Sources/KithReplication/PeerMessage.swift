@@ -43,14 +43,19 @@ public enum PeerMessage: Equatable, Sendable {
     /// purposes (from its configuration; the core decides with them), the summary of its report
     /// (`HeldDocument.summary`), and a page of the report — every document it holds with the
     /// digest of its state, in pages of `ReportPage` — unless the core took the same report
-    /// before (then no page).
-    case siteSync(request: UInt64, scope: Scope, purposes: [String], summary: Digest128, page: ReportPage?)
+    /// before (then no page). `cleared`: how far the site dropped its old data when a core
+    /// quarantined it, as pulls say it (docs/replication.md, "Compacting forget entries").
+    case siteSync(request: UInt64, scope: Scope, purposes: [String], summary: Digest128, page: ReportPage?, cleared: Int64? = nil)
     /// The core's answer to a site sync: the projected document states of components the site
     /// holds that differ there, component by component (joined, or replaced where a join cannot
     /// take a field back), and documents to `purge` (out of the site's scope; the site keeps
     /// those its log still names). `more`: the core has more to send. `reportWanted`: the sync
     /// sent only a summary the core does not know (it restarted): the site sends its report.
-    case siteUpdate(request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, reportWanted: Bool = false)
+    /// `dropThrough`: the core compacted forget records while the site did not count, and takes
+    /// nothing from it until it has dropped everything dated at or before this time (as
+    /// `logTruncated` tells a member that pulls); such an answer carries nothing else.
+    case siteUpdate(
+        request: UInt64, components: [[DocumentState]], purge: [Identifier], more: Bool, reportWanted: Bool = false, dropThrough: Int64? = nil)
 
     /// The frame type tag.
     public var tag: UInt8 {
@@ -120,19 +125,21 @@ extension PeerMessage {
             writer.write(varint: from)
             writer.write(varint: through)
             writer.write(varint: request)
-        case .siteSync(let request, let scope, let purposes, let summary, let page):
+        case .siteSync(let request, let scope, let purposes, let summary, let page, let cleared):
             writer.write(varint: request)
             scope.encode(to: &writer)
             writer.write(sequence: purposes) { w, purpose in w.write(string: purpose) }
             writer.write(raw: summary.bytes)
             writer.write(bool: page != nil)
             page?.encode(to: &writer)
-        case .siteUpdate(let request, let components, let purge, let more, let reportWanted):
+            writer.write(optionalTime: cleared)
+        case .siteUpdate(let request, let components, let purge, let more, let reportWanted, let dropThrough):
             writer.write(varint: request)
             writer.write(sequence: components) { w, states in w.write(sequence: states) { w, state in state.encode(to: &w) } }
             writer.write(sequence: purge) { w, identifier in identifier.encode(to: &w) }
             writer.write(bool: more)
             writer.write(bool: reportWanted)
+            writer.write(optionalTime: dropThrough)
         }
         return writer.bytes
     }
@@ -204,17 +211,18 @@ extension PeerMessage {
             let scope = try Scope(from: &reader)
             let purposes = try reader.readSequence { r in try r.readString() }
             let summary = Digest128(bytes: try reader.readRaw(Digest128.byteCount))
-            self = .siteSync(
-                request: request, scope: scope, purposes: purposes, summary: summary,
-                page: try reader.readBool() ? try ReportPage(from: &reader) : nil)
+            let page = try reader.readBool() ? try ReportPage(from: &reader) : nil
+            self = .siteSync(request: request, scope: scope, purposes: purposes, summary: summary, page: page, cleared: try reader.readOptionalTime())
         case 12:
             let request = try reader.readVarint()
             let components = try reader.readSequence { r in
                 try r.readSequence(minimumItemSize: DocumentState.forgetKeySize + 3) { r in try DocumentState(from: &r) }
             }
             let purge = try reader.readSequence(minimumItemSize: 2) { r in try Identifier(from: &r) }
-            let more = try reader.readBool()
-            self = .siteUpdate(request: request, components: components, purge: purge, more: more, reportWanted: try reader.readBool())
+            let more = try reader.readBool(), reportWanted = try reader.readBool()
+            self = .siteUpdate(
+                request: request, components: components, purge: purge, more: more, reportWanted: reportWanted,
+                dropThrough: try reader.readOptionalTime())
         default: throw BinaryDecodingError(.unknownTag, offset: 0, "message type \(tag)")
         }
         try reader.expectEnd()

@@ -90,6 +90,9 @@ extension StoreEngine {
         for component in differing {
             let members = component.compactMap(\.identifier)
             try context.purge(members)
+            // A state sent is the whole document, its forget record too: one the cores no longer
+            // hold (compacted) goes here as well, or this site would differ from them for good.
+            for state in component { try context.txn.delete(.forget, state.forgetKey) }
             for state in component { _ = try context.join(state) }
             replaced += members.count
         }

@@ -150,6 +150,10 @@ struct PeerMessageTests {
             .siteUpdate(request: 5, components: [[state], [state, state]], purge: [a1], more: true),
             .siteUpdate(request: 6, components: [], purge: [], more: false),
             .siteUpdate(request: 7, components: [], purge: [], more: true, reportWanted: true),
+            // A quarantined site is told how far to drop; it says how far it cleared.
+            .siteSync(request: 9, scope: .everything, purposes: [], summary: .zero, page: nil, cleared: 1_760_000_000_000),
+            .siteSync(request: 10, scope: .everything, purposes: [], summary: .zero, page: nil, cleared: -5),
+            .siteUpdate(request: 9, components: [], purge: [], more: false, dropThrough: 1_760_000_000_000),
         ]
         for message in syncs { #expect(try PeerMessage(tag: message.tag, payload: message.encodePayload()) == message) }
         // Every kind gets through a connection's frame decoder (which refuses unknown types).

@@ -86,11 +86,35 @@ struct ForgetCompactionPlanTests {
         #expect(!self.plan([Self.member(2), Self.member(5)], withSilent).mayDrop(old), "member 5 counts but never said what it holds")
         #expect(!self.plan([], [:]).mayDrop(old))
         #expect(!self.plan([Self.member(3)], contacts).mayDrop(old), "no member counts")
-        // A scoped site, in touch or away past the window, holds everything back and is never
-        // quarantined (it could never be told).
+    }
+
+    /// A scoped site says no vector (it never pulls; all it sends is its own log): at a core it
+    /// counts while heard within the window, and lets a record go once the core has read its log
+    /// through within the window; silent past it, it is quarantined as any member is.
+    @Test func aScopedSiteCountsOnceItsLogWasReadWithinTheWindow() {
+        let now = 500 * Self.day
+        let old = ForgetRecord(time: Self.bounds.horizon(at: now) - 1, origin: 7, sequence: 1)
         let site = Member(id: 6, name: "kiosk", address: "n6", role: .edge, scoped: true)
-        let withSite = self.plan([Self.member(2), site], contacts.merging([6: .init(lastHeard: now - 40 * Self.day)]) { $1 })
-        #expect(!withSite.mayDrop(old) && withSite.counted == [2, 6] && withSite.uncounted.isEmpty)
+        let core: [UInt64: ForgetCompactionPlan.Contact] = [2: .init(lastHeard: now, versions: VersionVector([7: 1]))]
+        func with(_ contact: ForgetCompactionPlan.Contact) -> ForgetCompactionPlan {
+            plan([Self.member(2), site], core.merging([6: contact]) { $1 })
+        }
+        let read = with(.init(lastHeard: now, logReadAsOf: now - 29 * Self.day))
+        #expect(read.mayDrop(old) && read.counted == [2, 6] && read.uncounted.isEmpty)
+        #expect(!with(.init(lastHeard: now)).mayDrop(old), "its log never read since this node started")
+        #expect(!with(.init(lastHeard: now, logReadAsOf: now - 31 * Self.day)).mayDrop(old), "its log last read before the window")
+        // Its version vector, were one known, is not what counts: a site takes no raw log.
+        #expect(with(.init(lastHeard: now, versions: VersionVector(), logReadAsOf: now)).mayDrop(old))
+        let away = with(.init(lastHeard: now - 31 * Self.day, logReadAsOf: now - 31 * Self.day))
+        #expect(away.mayDrop(old) && away.counted == [2] && away.uncounted == [6], "away past the window: quarantined")
+        // A member that is not a core takes nothing from a site (its writes come through the
+        // cores' logs): sites are not in its plan, in touch or away.
+        for contact in [ForgetCompactionPlan.Contact(lastHeard: now), .init(lastHeard: now - 31 * Self.day)] {
+            let edge = ForgetCompactionPlan.plan(
+                members: [Self.member(2), site], contacts: core.merging([6: contact]) { $1 }, own: VersionVector([7: 1]), since: 0, now: now,
+                wall: now, bounds: Self.bounds, readsSites: false)
+            #expect(edge.mayDrop(old) && edge.counted == [2] && edge.uncounted.isEmpty)
+        }
     }
 
     /// After a compaction a node trusts the members that counted and were trusted (everyone
@@ -259,7 +283,14 @@ extension ForgetCompactionStoreTests {
 /// away past `maxOfflineWindow` taking writes (some about customers erased meanwhile). When it
 /// comes back its peers, which compacted while it did not count, quarantine it: it drops what
 /// is dated at or before their compaction, and only then do they take its data.
-func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], compacted: Int, cleared: Int, refusedForAge: Int) {
+///
+/// With `site`, the last member is a scoped site (a kiosk holding the customers it took messages
+/// about, and `u-0`): in about half the seeds it is the member away, otherwise it stays in touch
+/// (or is the deaf one) and must not hold compaction back for good. It must end holding exactly
+/// what the cores' projected documents say, forget records included.
+func runForgetCompactionScenario(seed: UInt64, site: Bool = false) throws -> (
+    failures: [String], compacted: Int, cleared: Int, refusedForAge: Int
+) {
     var setup = SplitMix64(seed: seed ^ 0xF0C)
     // A simulated day is a second: horizon = now − (3 + 0.5 + 4 + 0.5) s, rounded down to a second.
     let window: Int64 = 4_000
@@ -268,9 +299,15 @@ func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], co
     // Periodic tree comparisons on in every seed: a record dropped by some nodes while a member
     // did not count, and kept by others once it counts again behind them, is taken back only by
     // a comparison (a node takes back a record its last decision would no longer drop).
+    let (nodes, edges) = (3 + setup.below(2), setup.below(2))
+    let kiosk = SiteSettings(
+        scope: .only([
+            .seen(node: UInt64(nodes + edges + 1), withinMillis: 3_600_000), .identifiers([Identifier(kind: .userId, value: "u-0")!]),
+        ]),
+        purposes: ["support"])
     let sim = try Simulation(
-        seed: seed, nodes: 3 + setup.below(2), edges: setup.below(2), antiEntropy: true, maxOfflineWindow: window,
-        forgetCompaction: bounds)
+        seed: seed, nodes: nodes + (site ? 1 : 0), edges: edges + (site ? 1 : 0), antiEntropy: true, maxOfflineWindow: window,
+        forgetCompaction: bounds, sites: site ? [kiosk] : [])
     sim.faults = .init(lossPercent: setup.below(10), duplicatePercent: setup.below(10), maximumDelay: 5 + Int64(setup.below(40)))
     var generator = WorkloadGenerator(seed: seed, customers: 20)
     generator.sendsSentAt = seed % 2 == 0
@@ -311,8 +348,11 @@ func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], co
     let returnedAt = sim.clock(awayMachine)
     // What only the away member holds as it comes back: its writes that may be lost.
     var onlyAway: Set<Int> = []
+    // (A scoped site's copy is not one: nothing it holds but its own log leaves it.)
     for (index, delta) in ledger.acknowledged.enumerated() where ledger.acknowledgedBy[index] == away {
-        if try !sim.machines.contains(where: { machine in try machine.index != away && copyHeld(delta, by: machine.store) }) {
+        if try !sim.machines.contains(where: { machine in
+            try machine.index != away && machine.member.holdsEverything && copyHeld(delta, by: machine.store)
+        }) {
             onlyAway.insert(index)
         }
     }
@@ -356,6 +396,7 @@ func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], co
         checked.reference.applyErasure(forgetKeys: erasure.keys.map(Crypto.hex), time: erasure.boundary, hasher: ledger.hasher)
     }
     failures += try check(sim, checked, seed: seed)
+    if site { failures += try siteHoldsWhatTheCoresSay(sim) }
     if ProcessInfo.processInfo.environment["KITH_SIM_VERBOSE"] != nil {
         let first = try replicatedRows(sim.machines[0].store)
         for machine in sim.machines.dropFirst() {
@@ -367,6 +408,19 @@ func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], co
             }
         }
         print("away \(awayMachine.member.name) cleared \(cleared.map { $0 - Simulation.epoch } ?? -1) returned \(returnedAt - Simulation.epoch)")
+        for index in sim.siteSettings.keys {
+            let site = sim.machines[index]
+            print("site \(site.member.name) extent \(try site.store.logExtent()) plan \(String(describing: site.node?.logTruncationPlan))")
+            for (member, state) in site.node?.peerStates ?? [] {
+                print("  \(member.name) \(member.status) cursor \(state.cursor) versions \(String(describing: state.versions))")
+            }
+            for machine in sim.machines where machine.member.holdsEverything {
+                let state = machine.node?.peerStates.first { $0.member.id == site.member.id }?.state
+                print(
+                    "  at \(machine.member.name): takes data \(try machine.node?.takesData(from: site.member.id) ?? false) cleared \(String(describing: state?.cleared)) read as of \(String(describing: state?.logReadAsOf)) truncated past \(String(describing: state?.truncatedPast)) pull sent \(String(describing: state?.pullSentAt)) completed \(String(describing: state?.lastPullCompleted))"
+                )
+            }
+        }
         for machine in sim.machines {
             print("\(machine.member.name) \(try machine.store.forgetCompactionState()) \(machine.node.map { "\($0.counters)" } ?? "down")")
             print("   plan \(machine.node?.forgetCompactionPlan.map { "\($0)" } ?? "-") vv \(try machine.store.versionVector()) now \(sim.now)")
@@ -445,6 +499,31 @@ func runForgetCompactionScenario(seed: UInt64) throws -> (failures: [String], co
     return (failures, compacted, clears, ledger.refusedForAge)
 }
 
+/// Each scoped site, given a few syncs, holds row for row what the first core's projected
+/// documents of the components it holds say, and the same forget record for each.
+func siteHoldsWhatTheCoresSay(_ sim: Simulation, within limit: Int64 = 20_000) throws -> [String] {
+    let core = sim.machines[0]
+    let end = sim.now + limit
+    var differing: [String] = []
+    repeat {
+        try sim.run(until: sim.now + 1_000)
+        differing = []
+        for (index, settings) in sim.siteSettings.sorted(by: { $0.key < $1.key }) {
+            let site = sim.machines[index]
+            let expected = try siteAsHeld(by: settings, from: core.store, now: sim.clock(core))
+            let (held, wanted) = (try documentRows(site.store), try documentRows(expected))
+            let identifiers = try expected.heldDocuments().map(\.identifier)
+            let records = { (store: MemoryProfileStore) in try store.documentStates(of: identifiers).map(\.forgotten) }
+            if held != wanted {
+                differing.append("\(site.member.name): \(held.keys.filter { wanted[$0] != held[$0] }.count) rows differ or should not be there")
+            } else if try records(site.store) != records(expected) {
+                differing.append("\(site.member.name): forget records differ from the cores'")
+            }
+        }
+    } while !differing.isEmpty && sim.now < end
+    return differing
+}
+
 /// Whether `store` holds this copy of a message (the copy dated as `delta` is).
 func copyHeld(_ delta: ProfileDelta, by store: MemoryProfileStore) throws -> Bool {
     try store.read { reader in
@@ -464,6 +543,20 @@ func unlinkHeld(_ a: Identifier, _ b: Identifier, _ stamp: LWWStamp, by store: M
 
 @Suite("Forget compaction in the simulation")
 struct ForgetCompactionSimulationTests {
+    /// The same with a scoped site among the members, away past the window in about half the
+    /// seeds: it is quarantined through its syncs and clears; in touch, it lets records go once
+    /// the cores have read its log.
+    @Test func nothingErasedComesBackWithAScopedSiteAmongTheMembers() throws {
+        var compacted = 0, cleared = 0
+        let seeds = try expectEverySeedPasses(ci: 20, replay: "nothingErasedComesBackWithAScopedSite") { seed in
+            let (failures, dropped, clears, _) = try runForgetCompactionScenario(seed: seed, site: true)
+            compacted += dropped
+            cleared += clears
+            return failures
+        }
+        #expect(compacted > seeds * 5 && cleared >= seeds / 2, "forget records compacted \(compacted), quarantines cleared \(cleared)")
+    }
+
     @Test func nothingErasedComesBackAsForgetRecordsGo() throws {
         var compacted = 0, cleared = 0, refusedForAge = 0
         let seeds = try expectEverySeedPasses(ci: 40, replay: "ForgetCompactionSimulationTests") { seed in
@@ -556,5 +649,117 @@ struct ForgetCompactionNodeTests {
         try node.pull(from: peer, now: 20)
         guard case .pull(_, _, _, _, let cleared)? = sent.last?.1 else { Issue.record("sent \(sent)"); return }
         #expect(cleared == 2_000)
+    }
+}
+
+/// Forget compaction with scoped sites, as one core and one site carry it out: the core waits
+/// until it has read a site's log through, quarantines a site silent past the window in its
+/// answer to the site's sync, and reads and answers it again once it says it cleared; the site
+/// clears when told, takes nothing in meanwhile, and says so in its next sync.
+@Suite("Forget compaction with scoped sites")
+struct ForgetCompactionSiteTests {
+    static func settings() -> ReplicationSettings {
+        var settings = ReplicationSettings()
+        settings.truncationInterval = 100
+        settings.forgetCompactionInterval = 100
+        settings.maxOfflineWindow = 5_000
+        settings.forgetCompaction = ForgetCompactionPlan.Bounds(
+            maxEventAge: 2_000, clockBound: 500, maxOfflineWindow: 5_000, margin: 0, quantum: 1_000)
+        return settings
+    }
+
+    @Test func aCoreWaitsUntilItReadASitesLogAndQuarantinesOneAwayPastTheWindow() throws {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
+        _ = try store.erase(Identifier(kind: .userId, value: "u-1")!, requestedAt: 1_000)
+        let key = store.engine.hasher.forgetKeyBytes(for: Identifier(kind: .userId, value: "u-1")!)
+        let erasure = try #require(store.documentStates(for: [key]).first?.forgotten)
+        var sent: [(String, PeerMessage)] = []
+        let node = try ClusterNode(
+            store: store, me: Member(id: 1, name: "n1", address: "n1", role: .core), seeds: [], settings: Self.settings(), seed: 1
+        ) { sent.append(($0, $1)) }
+        try node.tick(now: 1)
+        let peer = Member(id: 2, name: "n2", address: "n2", role: .core)
+        let kiosk = Member(id: 6, name: "n6", address: "n6", role: .edge, scoped: true)
+        let away = Member(id: 7, name: "n7", address: "n7", role: .edge, scoped: true)
+        try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer, kiosk, away])), from: 2, address: "n2", now: 0)
+        func sync(_ site: Member, request: UInt64, cleared: Int64? = nil, at now: Int64) throws -> PeerMessage? {
+            sent.removeAll()
+            try node.receive(
+                .siteSync(request: request, scope: .everything, purposes: [], summary: HeldDocument.summary(of: []), page: nil, cleared: cleared),
+                from: site.id, address: site.address, now: now)
+            return sent.first { $0.0 == site.address }?.1
+        }
+        // n2 holds the erasure; the kiosk syncs, but its log has not been read.
+        try node.receive(
+            .pull(cursor: 1, versions: VersionVector([1: erasure.sequence]), budget: 1_024, request: 1), from: 2, address: "n2", now: 9_900)
+        _ = try sync(kiosk, request: 1, at: 9_950)
+        try node.tick(now: 10_000)
+        #expect(try store.erased(among: [key]) == [key], "the kiosk's log is not read yet")
+        // A chain of pulls from the kiosk ends with nothing more: its log is read as of its start.
+        let request = try node.pull(from: kiosk, now: 10_010)
+        try node.receive(
+            .changes(from: 0, through: 0, entries: [], more: false, ahead: [], request: request), from: 6, address: "n6", now: 10_020)
+        #expect(node.peerStates.first { $0.member.id == 6 }?.state.logReadAsOf == 10_010)
+        try node.tick(now: 10_200)
+        #expect(try store.erased(among: [key]).isEmpty && node.counters.forgetRecordsCompacted == 1)
+        #expect(try store.forgetCompactionState().trusted == [2, 6], "n7, silent past the window, did not count")
+
+        // n7 comes back: its sync is answered with the time to drop through and nothing else; its
+        // log is not read and its pushes not taken.
+        guard case .siteUpdate(_, let components, let purge, _, _, let dropThrough)? = try sync(away, request: 1, at: 10_300) else {
+            Issue.record("answered \(sent)")
+            return
+        }
+        #expect(components.isEmpty && purge.isEmpty && dropThrough == erasure.time)
+        let delta = try SegmentMessageParser().parse(try JSONParser.parse(Array(#"{"type":"identify","userId":"u-7"}"#.utf8)), receivedAt: 9_000)
+        let push = PeerMessage.push(previous: 0, entries: [ChangeEntry(sequence: 1, origin: 7, originSequence: 1, change: .message(delta))])
+        try node.receive(push, from: 7, address: "n7", now: 10_310)
+        #expect(try !node.takesData(from: 7) && !store.hasMessage(delta.messageId, subject: delta.subject))
+        // Once it says it cleared through that time, it is answered and read again.
+        guard case .siteUpdate(_, _, _, _, _, let none)? = try sync(away, request: 2, cleared: erasure.time, at: 11_100) else {
+            Issue.record("answered \(sent)")
+            return
+        }
+        #expect(none == nil && node.counters.quarantinedMessagesRefused == 2)
+        try node.receive(push, from: 7, address: "n7", now: 11_110)
+        #expect(try node.takesData(from: 7) && store.hasMessage(delta.messageId, subject: delta.subject))
+    }
+
+    @Test func aSiteToldToDropClearsTakesNothingMeanwhileAndSaysSo() throws {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: Simulation.secret))
+        let old = try SegmentMessageParser().parse(
+            try JSONParser.parse(Array(#"{"type":"identify","userId":"u-1","timestamp":"1970-01-01T00:00:01Z"}"#.utf8)), receivedAt: 1_000)
+        try store.apply([old])
+        var settings = Self.settings()
+        settings.site = SiteSettings(scope: .everything, purposes: [])
+        settings.clearingIdentifiers = 1
+        var sent: [(String, PeerMessage)] = []
+        // Writes wait until the test runs them: a clearing in steps is under way meanwhile.
+        var queued: [() throws -> Void] = []
+        let node = try ClusterNode(
+            store: store, me: Member(id: 6, name: "n6", address: "n6", role: .edge, scoped: true), seeds: [], settings: settings, seed: 1,
+            write: { body, done in queued.append { try done(body()) } }
+        ) { sent.append(($0, $1)) }
+        let core = Member(id: 1, name: "n1", address: "n1", role: .core)
+        try node.receive(.membership(MembershipMessage(sender: core, kind: .join, updates: [core])), from: 1, address: "n1", now: 0)
+        func lastSync() -> (request: UInt64, cleared: Int64?)? {
+            for (_, message) in sent.reversed() { if case .siteSync(let request, _, _, _, _, let cleared) = message { return (request, cleared) } }
+            return nil
+        }
+        let wall = 2_000 + settings.maxOfflineWindow
+        try node.tick(now: 10, wall: wall)
+        let first = try #require(lastSync())
+        #expect(first.cleared == nil)
+        try node.receive(
+            .siteUpdate(request: first.request, components: [], purge: [], more: false, dropThrough: 2_000), from: 1, address: "n1", now: 20,
+            wall: wall)
+        // While it clears, no sync goes.
+        sent.removeAll()
+        try node.tick(now: 2_000, wall: wall)
+        #expect(lastSync() == nil)
+        while !queued.isEmpty { try queued.removeFirst()() }
+        #expect(try !store.hasMessage(old.messageId, subject: old.subject) && node.counters.quarantinesCleared == 1)
+        try node.tick(now: 4_000, wall: wall)
+        #expect(lastSync()?.cleared == 2_000)
     }
 }
