@@ -16,13 +16,35 @@ struct ForgetCompactionProcessTests {
     /// before the erasure, clears on its return, and the message never comes back anywhere,
     /// while what it took after the erasure and what the cores hold reach it.
     @Test func anEdgeBackPastTheWindowIsQuarantinedAndNothingErasedReturns() throws {
+        try runQuarantine(scoped: false)
+    }
+
+    /// The same with a scoped kiosk (holding the customers it sees) in the edge's place: it is
+    /// told of its quarantine in the answer to its sync, clears, says so in its next one, and the
+    /// cores read its log again.
+    @Test func aScopedSiteBackPastTheWindowIsQuarantinedThroughItsSync() throws {
+        try runQuarantine(scoped: true)
+    }
+
+    private func runQuarantine(scoped: Bool) throws {
         let cluster = try ClusterFixture()
         let clock = try SkewedClock(directory: cluster.directory, offset: "+0")
         let settings = [
             "KITH_MAX_OFFLINE_WINDOW": "3s", "KITH_MAX_EVENT_AGE": "1m", "KITH_LOG_TRUNCATION_INTERVAL": "1",
             "KITH_FORGET_COMPACTION_INTERVAL": "1",
         ].merging(clock.environment) { $1 }
-        let (core, other, edge) = try cluster.startCoresAndEdge(extraEnvironment: settings)
+        let (core, other, edge): (NodeProcess, NodeProcess, NodeProcess)
+        if scoped {
+            core = try cluster.start("core-1", extraEnvironment: settings)
+            other = try cluster.start("core-2", seeds: [core.gossipAddress!], extraEnvironment: settings)
+            let config = cluster.directory + "/kiosk.json"
+            let site = #"{"site":{"purposes":["support"],"scope":[{"seenWithinDays":30}]}}"#
+            #expect(FileManager.default.createFile(atPath: config, contents: Data(site.utf8)))
+            edge = try cluster.start(
+                "kiosk-1", role: "edge", seeds: [core.gossipAddress!], extraEnvironment: settings, extraArguments: ["--config", config])
+        } else {
+            (core, other, edge) = try cluster.startCoresAndEdge(extraEnvironment: settings)
+        }
         #expect(try edge.ingest("/v1/identify", #"{"userId":"u-y","traits":{"plan":"gold"},"messageId":"y-1"}"#) == 200)
         #expect(try eventually(10) { try messageCount(core, "u-y") == 1 && messageCount(other, "u-y") == 1 })
 
@@ -62,6 +84,11 @@ struct ForgetCompactionProcessTests {
         #expect(converged, "\(held)")
         let status = try JSONParser.parse(Array((try edge.request("GET", "/v1/admin/sync", headers: Self.admin)?.body ?? "").utf8))
         #expect(status["forgetSet"]?["clearedThrough"] != nil, "\(status["forgetSet"] ?? .null)")
+        if scoped {
+            // The kiosk holds the customer it took a message about after its return, itself.
+            let read = try edge.profile("user_id:u-new")
+            #expect(read?.status == 200 && read?.headers["kith-served-by"] == nil, "\(String(describing: read))")
+        }
         #expect(try [core, other].contains { try metric($0, "kith_quarantined_messages_refused_total") >= 1 })
         // Some time later still nothing erased has come back.
         Thread.sleep(forTimeInterval: 2)
