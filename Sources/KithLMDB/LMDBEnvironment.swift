@@ -258,16 +258,6 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return stat("\(path)/data.mdb", &status) == 0 ? Int(status.st_size) : 0
     }
 
-    /// A consistent, compacted copy of the live environment into `directory` (created; must not
-    /// already hold a database). Writers keep going while it runs; the copy is of one snapshot.
-    public func backup(to directory: String) throws {
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw LMDBError(returnCode: errno, operation: "mkdir \(directory)") }
-        if access("\(directory)/data.mdb", F_OK) == 0 { throw LMDBError(returnCode: EEXIST, operation: "backup into \(directory)") }
-        pthread_rwlock_rdlock(resizeLock)
-        defer { pthread_rwlock_unlock(resizeLock) }
-        try LMDBError.check(mdb_env_copy2(env, directory, UInt32(MDB_CP_COMPACT)), "mdb_env_copy2 \(directory)")
-    }
-
     /// Whether LMDB leaves the metadata sync out of commits (MDB_NOMETASYNC, from `allowsDeferredSync`).
     public var defersMetaSync: Bool {
         var flags: UInt32 = 0

@@ -155,8 +155,11 @@ public final class LMDBProfileStore: EngineBackedStore {
         }
     }
 
-    /// A compacted, consistent copy of the store into `directory`, taken while it keeps serving.
-    public func backup(to directory: String) throws { try environment.backup(to: directory) }
+    /// A consistent copy of the store into `directory` with every page full, taken while it
+    /// keeps serving (`LMDBEnvironment.backup`). Returns the copy's bytes.
+    @discardableResult public func backup(to directory: String) throws -> Int {
+        try environment.backup(to: directory, databases: tables.databases)
+    }
 
     /// Bytes of pages in use by the whole environment.
     public var usedBytes: Int { environment.info().usedBytes }
