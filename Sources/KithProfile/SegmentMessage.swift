@@ -289,11 +289,14 @@ public struct SegmentMessageParser: Sendable {
     /// usable identifiers of their kind are skipped, never refused.
     private func foundIdentifiers(_ message: JSONObject, context: JSONObject, traits: JSONObject?) -> [Identifier] {
         var found: [Identifier] = []
-        for source in sources.sources {
-            if let text = sources.value(at: source, message: message, context: context, traits: traits),
-                let identifier = usableIdentifier(source.kind, text)
-            {
-                found.append(identifier)
+        sources.sources.withUnsafeBufferPointer { buffer in
+            guard let first = buffer.baseAddress else { return }
+            for index in 0..<buffer.count {
+                if let text = IdentifierSources.value(at: first + index, message: message, context: context, traits: traits),
+                    let identifier = usableIdentifier(buffer[index].kind, text)
+                {
+                    found.append(identifier)
+                }
             }
         }
         if case .array(let entries)? = context["externalIds"] {

@@ -148,6 +148,7 @@ final class NodeProcess {
         stop(kill: true)
         try? FileManager.default.removeItem(atPath: dataDirectory)
         try? FileManager.default.removeItem(atPath: dataDirectory + ".secret")
+        try? FileManager.default.removeItem(atPath: dataDirectory + ".keys")  // the data keys, beside the directory
         try? FileManager.default.removeItem(atPath: logPath)
     }
 }
