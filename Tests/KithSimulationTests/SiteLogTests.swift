@@ -1,0 +1,90 @@
+import KithCRDT
+import KithCluster
+import KithJSON
+import KithProfile
+import KithReplication
+import KithStore
+import KithTestSupport
+import Testing
+
+/// Who reads a scoped site's log (docs/replication.md, "Site syncs"): the cores alone. They
+/// alone answer its syncs, so they alone can quarantine it; a full edge gets its writes through
+/// the cores' logs. And the site keeps its log for every core, however long one is silent: the
+/// log is the only way its writes ever leave it.
+@Suite("A scoped site's log")
+struct SiteLogTests {
+    static let core = Member(id: 1, name: "n1", address: "n1", role: .core)
+    static let edge = Member(id: 2, name: "n2", address: "n2", role: .edge)
+    static let site = Member(id: 6, name: "n6", address: "n6", role: .edge, scoped: true)
+
+    static func message(_ id: String) throws -> ProfileDelta {
+        try SegmentMessageParser().parse(
+            try JSONParser.parse(Array(#"{"type":"identify","userId":"u-1","messageId":"\#(id)"}"#.utf8)), receivedAt: 1_000)
+    }
+
+    /// A full edge pulls the core and not the site, and takes neither a push nor a pull reply
+    /// from it; a core pulls the site.
+    @Test func onlyCoresReadASitesLog() throws {
+        for me in [Self.edge, Self.core] {
+            let store = MemoryProfileStore(configuration: StoreConfiguration(node: me.id, forgetKeySecret: Simulation.secret))
+            var sent: [(String, PeerMessage)] = []
+            let node = try ClusterNode(store: store, me: me, seeds: [], seed: 1) { sent.append(($0, $1)) }
+            let others = [Self.core, Self.edge, Self.site].filter { $0.id != me.id }
+            try node.receive(
+                .membership(MembershipMessage(sender: others[0], kind: .join, updates: others)), from: others[0].id, address: others[0].address,
+                now: 0)
+            var pulled: Set<String> = []
+            for now in stride(from: Int64(0), through: 3_000, by: 100) {
+                sent.removeAll()
+                try node.tick(now: now)
+                for (address, message) in sent { if case .pull = message { pulled.insert(address) } }
+                // Every pull is answered at once with nothing, so the next one goes.
+                for (address, message) in sent {
+                    guard case .pull(let cursor, _, _, let request, _) = message, let peer = others.first(where: { $0.address == address })
+                    else { continue }
+                    try node.receive(
+                        .changes(from: cursor, through: cursor, entries: [], more: false, ahead: [], request: request), from: peer.id,
+                        address: address, now: now)
+                }
+            }
+            let delta = try Self.message("s-1")
+            let push = PeerMessage.push(previous: 0, entries: [ChangeEntry(sequence: 1, origin: 6, originSequence: 1, change: .message(delta))])
+            try node.receive(push, from: 6, address: "n6", now: 3_100)
+            if me.role == .core {
+                #expect(try pulled.contains("n6") && store.hasMessage(delta.messageId, subject: delta.subject), "a core reads and takes a site's log")
+            } else {
+                #expect(!pulled.contains("n6") && pulled.contains("n1"), "an edge pulled \(pulled)")
+                #expect(try !store.hasMessage(delta.messageId, subject: delta.subject) && node.counters.rawDataRefused == 1)
+            }
+        }
+    }
+
+    /// A site truncates only what every core has read, and a core silent past the window still
+    /// holds its log back there; its pushes go to cores only.
+    @Test func aSiteKeepsItsLogForACoreAwayPastTheWindow() throws {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: Simulation.secret))
+        var settings = ReplicationSettings()
+        settings.site = SiteSettings(scope: .everything, purposes: [])
+        settings.truncationInterval = 100
+        settings.maxOfflineWindow = 1_000
+        var sent: [(String, PeerMessage)] = []
+        let node = try ClusterNode(store: store, me: Self.site, seeds: [], settings: settings, seed: 1) { sent.append(($0, $1)) }
+        let away = Member(id: 3, name: "n3", address: "n3", role: .core)
+        try node.tick(now: 0)  // silence is counted from here
+        try node.receive(
+            .membership(MembershipMessage(sender: Self.core, kind: .join, updates: [Self.core, away, Self.edge])), from: 1, address: "n1", now: 0)
+        try store.apply([try Self.message("s-1"), try Self.message("s-2")])
+        sent.removeAll()
+        try node.pushOwnChanges()
+        #expect(Set(sent.map(\.0)) == ["n1", "n3"], "pushed to \(sent.map(\.0))")
+        // n1 reads the whole log; n3 never pulls, silent far past the window; the edge reads nothing.
+        try node.receive(.pull(cursor: 2, versions: VersionVector([6: 2]), budget: 1_024, request: 1), from: 1, address: "n1", now: 5_000)
+        for now in stride(from: Int64(5_000), through: 6_000, by: 100) { try node.tick(now: now) }
+        #expect(try store.logExtent().truncatedThrough == 0, "truncated while n3 had read nothing")
+        #expect(node.logTruncationPlan?.readers.map(\.name) == ["n1", "n3"], "the edge does not read a site's log")
+        // n3 reads it too: now it may go.
+        try node.receive(.pull(cursor: 2, versions: VersionVector([6: 2]), budget: 1_024, request: 1), from: 3, address: "n3", now: 6_100)
+        for now in stride(from: Int64(6_200), through: 6_600, by: 100) { try node.tick(now: now) }
+        #expect(try store.logExtent().truncatedThrough == 2)
+    }
+}
