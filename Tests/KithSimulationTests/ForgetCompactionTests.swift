@@ -573,26 +573,36 @@ struct ForgetCompactionSimulationTests {
     }
 }
 
+/// Settings under which a node compacts within seconds: a 5 s window, `maxEventAge` 2 s, a
+/// one-second "day", no margin; plans every 100 ms.
+func compactingSettings() -> ReplicationSettings {
+    var settings = ReplicationSettings()
+    settings.truncationInterval = 100
+    settings.forgetCompactionInterval = 100
+    settings.maxOfflineWindow = 5_000
+    settings.forgetCompaction = ForgetCompactionPlan.Bounds(maxEventAge: 2_000, clockBound: 500, maxOfflineWindow: 5_000, margin: 0, quantum: 1_000)
+    return settings
+}
+
+/// A store of node 1 that erased `u-1` at 1 s: the erased forget key and its record.
+func storeWithOneErasure() throws -> (store: MemoryProfileStore, key: [UInt8], erasure: ForgetRecord) {
+    let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
+    _ = try store.erase(Identifier(kind: .userId, value: "u-1")!, requestedAt: 1_000)
+    let key = store.engine.hasher.forgetKeyBytes(for: Identifier(kind: .userId, value: "u-1")!)
+    return (store, key, try #require(store.documentStates(for: [key]).first?.forgotten))
+}
+
 /// Forget compaction as one node carries it out: it drops a record only once every member that
 /// counts says (in its pulls) it holds the erasure, and then answers a member that did not
 /// count with the time to drop through, taking nothing from it until it has.
 @Suite("Forget compaction in a node")
 struct ForgetCompactionNodeTests {
     @Test func aNodeWaitsForEveryMemberThenQuarantinesTheOnesThatDidNotCount() throws {
-        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
-        _ = try store.erase(Identifier(kind: .userId, value: "u-1")!, requestedAt: 1_000)
-        let key = store.engine.hasher.forgetKeyBytes(for: Identifier(kind: .userId, value: "u-1")!)
-        let erasure = try #require(store.documentStates(for: [key]).first?.forgotten)
-        var settings = ReplicationSettings()
-        settings.truncationInterval = 100
-        settings.forgetCompactionInterval = 100
-        settings.maxOfflineWindow = 5_000
-        settings.forgetCompaction = ForgetCompactionPlan.Bounds(
-            maxEventAge: 2_000, clockBound: 500, maxOfflineWindow: 5_000, margin: 0, quantum: 1_000)
+        let (store, key, erasure) = try storeWithOneErasure()
         var sent: [(String, PeerMessage)] = []
-        let node = try ClusterNode(store: store, me: Member(id: 1, name: "n1", address: "n1", role: .core), seeds: [], settings: settings, seed: 1) {
-            sent.append(($0, $1))
-        }
+        let node = try ClusterNode(
+            store: store, me: Member(id: 1, name: "n1", address: "n1", role: .core), seeds: [], settings: compactingSettings(), seed: 1
+        ) { sent.append(($0, $1)) }
         try node.tick(now: 1)  // silence is counted from here
         let (peer, gone) = (Member(id: 2, name: "n2", address: "n2", role: .core), Member(id: 3, name: "n3", address: "n3", role: .edge))
         try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer, gone])), from: 2, address: "n2", now: 0)
@@ -658,24 +668,11 @@ struct ForgetCompactionNodeTests {
 /// clears when told, takes nothing in meanwhile, and says so in its next sync.
 @Suite("Forget compaction with scoped sites")
 struct ForgetCompactionSiteTests {
-    static func settings() -> ReplicationSettings {
-        var settings = ReplicationSettings()
-        settings.truncationInterval = 100
-        settings.forgetCompactionInterval = 100
-        settings.maxOfflineWindow = 5_000
-        settings.forgetCompaction = ForgetCompactionPlan.Bounds(
-            maxEventAge: 2_000, clockBound: 500, maxOfflineWindow: 5_000, margin: 0, quantum: 1_000)
-        return settings
-    }
-
     @Test func aCoreWaitsUntilItReadASitesLogAndQuarantinesOneAwayPastTheWindow() throws {
-        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 1, forgetKeySecret: Simulation.secret))
-        _ = try store.erase(Identifier(kind: .userId, value: "u-1")!, requestedAt: 1_000)
-        let key = store.engine.hasher.forgetKeyBytes(for: Identifier(kind: .userId, value: "u-1")!)
-        let erasure = try #require(store.documentStates(for: [key]).first?.forgotten)
+        let (store, key, erasure) = try storeWithOneErasure()
         var sent: [(String, PeerMessage)] = []
         let node = try ClusterNode(
-            store: store, me: Member(id: 1, name: "n1", address: "n1", role: .core), seeds: [], settings: Self.settings(), seed: 1
+            store: store, me: Member(id: 1, name: "n1", address: "n1", role: .core), seeds: [], settings: compactingSettings(), seed: 1
         ) { sent.append(($0, $1)) }
         try node.tick(now: 1)
         let peer = Member(id: 2, name: "n2", address: "n2", role: .core)
@@ -730,7 +727,7 @@ struct ForgetCompactionSiteTests {
         let old = try SegmentMessageParser().parse(
             try JSONParser.parse(Array(#"{"type":"identify","userId":"u-1","timestamp":"1970-01-01T00:00:01Z"}"#.utf8)), receivedAt: 1_000)
         try store.apply([old])
-        var settings = Self.settings()
+        var settings = compactingSettings()
         settings.site = SiteSettings(scope: .everything, purposes: [])
         settings.clearingIdentifiers = 1
         var sent: [(String, PeerMessage)] = []
