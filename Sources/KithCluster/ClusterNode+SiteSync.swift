@@ -34,6 +34,9 @@ struct SiteSyncing {
     var reported: [UInt64: Digest128] = [:]
     /// Core → where the next page of the report it is being sent starts (a report in pages).
     var nextPage: [UInt64: Identifier] = [:]
+    /// The last report worked out, its summary, and the store's last commit before it: an idle
+    /// site reuses it rather than read and hash everything it holds at every sync.
+    var report: (commit: UInt64, held: [HeldDocument], summary: Digest128)?
 }
 
 /// A core's memory of one scoped site between its syncs: how far its sweep over every
@@ -94,8 +97,7 @@ extension ClusterNode {
         siteSyncing.request += 1
         let core =
             cores.first { siteSyncing.nextPage[$0.id] != nil } ?? cores[Int(siteSyncing.request % UInt64(cores.count))]
-        let held = try store.heldDocuments()
-        let summary = HeldDocument.summary(of: held)
+        let (held, summary) = try currentReport()
         var page: ReportPage?
         if siteSyncing.reported[core.id] != summary {
             let after = siteSyncing.nextPage[core.id]
@@ -114,6 +116,19 @@ extension ClusterNode {
             .siteSync(
                 request: siteSyncing.request, scope: site.scope, purposes: site.purposes, summary: summary, page: page,
                 cleared: try compactionState().clearedThrough))
+    }
+
+    /// Every document this site holds with its digest, and the summary: worked out again only
+    /// when the store committed something since the last time (its last commit is read first,
+    /// so a commit during the read makes the next sync work it out again).
+    private func currentReport() throws -> (held: [HeldDocument], summary: Digest128) {
+        let commit = try store.lastCommit()
+        if let report = siteSyncing.report, report.commit == commit { return (report.held, report.summary) }
+        let held = try store.heldDocuments()
+        let summary = HeldDocument.summary(of: held)
+        siteSyncing.report = (commit, held, summary)
+        counters.siteReportsWorkedOut += 1
+        return (held, summary)
     }
 
     /// A core's update, applied through the writer (`ProfileStore.applySiteUpdate`); or the
@@ -150,6 +165,14 @@ extension ClusterNode {
                 siteSyncing.nextPage[core] = page.documents.last?.identifier
                 more = true
             }
+        }
+        if components.isEmpty && purge.isEmpty {
+            // Nothing to apply (an idle site's every sync): no write, and the store's last
+            // commit stays, so the next sync reuses the report.
+            siteSyncing.sentAt = nil
+            siteSyncing.lastCompleted = now
+            siteSyncing.more = more
+            return counters.siteSyncsCompleted += 1
         }
         siteSyncing.writing = true
         let store = self.store

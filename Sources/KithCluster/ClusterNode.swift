@@ -217,6 +217,9 @@ public final class ClusterNode {
         /// Identifiers whose components a core looked at for its answers to site syncs.
         public var siteDocumentsLooked = 0
         public var rawDataRefused = 0
+        /// On a scoped site: reports worked out (read and hashed) for its syncs; an idle site
+        /// reuses its last.
+        public var siteReportsWorkedOut = 0
     }
 
     /// What this node knows of one peer.

@@ -241,6 +241,9 @@ public final class LMDBEnvironment: @unchecked Sendable {
         /// Bytes of pages in use (last page number + 1, times the page size).
         public var usedBytes: Int
         public var pageSize: Int
+        /// The id of the last committed write transaction: it moves with every commit that
+        /// changed anything.
+        public var lastTransaction: Int = 0
     }
 
     public func info() -> Info {
@@ -249,7 +252,9 @@ public final class LMDBEnvironment: @unchecked Sendable {
         mdb_env_info(env, &envInfo)
         mdb_env_stat(env, &stat)
         let pageSize = Int(stat.ms_psize)
-        return Info(mapSize: envInfo.me_mapsize, usedBytes: (envInfo.me_last_pgno + 1) * pageSize, pageSize: pageSize)
+        return Info(
+            mapSize: envInfo.me_mapsize, usedBytes: (envInfo.me_last_pgno + 1) * pageSize, pageSize: pageSize,
+            lastTransaction: envInfo.me_last_txnid)
     }
 
     /// The size of `data.mdb` on disk.

@@ -199,6 +199,10 @@ public protocol ReplicaStore: AnyObject, Sendable {
     /// applied (`StoreEngine.joinSiteUpdate`, then `replaceDiffering`, two transactions: nothing
     /// this node's log still holds is dropped).
     func heldDocuments() throws -> [HeldDocument]
+    /// A number that moves with every commit that may have changed the store (LMDB's last
+    /// transaction id; a count of writes in memory): read before a read of the store, an
+    /// unchanged number says nothing changed since (a site reuses its report then).
+    func lastCommit() throws -> UInt64
     @discardableResult func applySiteUpdate(components: [[DocumentState]], purge: [Identifier]) throws -> SiteUpdateOutcome
 
     /// What forget compaction has done here, whom it trusts, and how far this node cleared.
@@ -556,14 +560,23 @@ public final class MemoryProfileStore: EngineBackedStore {
                 defer { state = nil }; return state
             })
         else { return }
+        commits.withLock { $0 += 1 }
         storage.withLock { tables in
             tables.tables = synced.tables
             tables.bytes = synced.bytes
         }
     }
 
+    /// Writes begun, and the restores of `loseUnsyncedCommits` (`lastCommit`).
+    private let commits = Mutex<UInt64>(0)
+
+    public func lastCommit() throws -> UInt64 { commits.withLock { $0 } }
+
     package func write<T>(deferringSync: Bool, _ body: (any StoreWriting) throws -> T) throws -> T {
         writerClaim.check()
+        // Counted before the write: a reader that reads the count, then the tables, sees either
+        // an older count or the write's result with the new one.
+        commits.withLock { $0 += 1 }
         return try storage.withLock { tables in
             let writer = MemoryWriting(storage: tables)
             // The disk's state is taken before the first deferred commit only: holding the

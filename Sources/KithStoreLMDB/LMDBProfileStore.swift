@@ -164,6 +164,8 @@ public final class LMDBProfileStore: EngineBackedStore {
     /// Bytes of pages in use by the whole environment.
     public var usedBytes: Int { environment.info().usedBytes }
 
+    public func lastCommit() throws -> UInt64 { UInt64(environment.info().lastTransaction) }
+
     /// Bytes of pages each table occupies, by table name.
     public func tableBytes() throws -> [String: Int] {
         try environment.read { txn in

@@ -182,6 +182,7 @@ final class StoreFailingOneTruncation: ReplicaStore, @unchecked Sendable {
         try store.identifiers(from: position, buckets: buckets, limit: limit)
     }
     func heldDocuments() throws -> [HeldDocument] { try store.heldDocuments() }
+    func lastCommit() throws -> UInt64 { try store.lastCommit() }
     func applySiteUpdate(components: [[DocumentState]], purge: [Identifier]) throws -> SiteUpdateOutcome {
         try store.applySiteUpdate(components: components, purge: purge)
     }

@@ -88,3 +88,40 @@ struct SiteLogTests {
         #expect(try store.logExtent().truncatedThrough == 2)
     }
 }
+
+/// What an idle site does at each sync: it reuses its report (no read and hash of everything
+/// it holds) and writes nothing, until its store commits something.
+@Suite("An idle site's syncs")
+struct IdleSiteTests {
+    @Test func anIdleSiteReusesItsReportUntilItsStoreChanges() throws {
+        let store = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: Simulation.secret))
+        try store.apply([try SiteLogTests.message("s-1")])
+        var settings = ReplicationSettings()
+        settings.site = SiteSettings(scope: .everything, purposes: [])
+        settings.siteSyncInterval = 100
+        var sent: [(String, PeerMessage)] = []
+        let node = try ClusterNode(store: store, me: SiteLogTests.site, seeds: [], settings: settings, seed: 1) { sent.append(($0, $1)) }
+        try node.receive(
+            .membership(MembershipMessage(sender: SiteLogTests.core, kind: .join, updates: [SiteLogTests.core])), from: 1, address: "n1", now: 0)
+        /// One sync at `now`, answered with nothing to do: the summary it carried.
+        func sync(at now: Int64) throws -> Digest128? {
+            sent.removeAll()
+            try node.tick(now: now)
+            for (_, message) in sent {
+                guard case .siteSync(let request, _, _, let summary, _, _) = message else { continue }
+                try node.receive(.siteUpdate(request: request, components: [], purge: [], more: false), from: 1, address: "n1", now: now + 5)
+                return summary
+            }
+            return nil
+        }
+        let first = try #require(try sync(at: 0))
+        let commit = try store.lastCommit()
+        for now in stride(from: Int64(200), through: 1_000, by: 200) { #expect(try sync(at: now) == first) }
+        #expect(node.counters.siteReportsWorkedOut == 1 && node.counters.siteSyncsCompleted == 6)
+        #expect(try store.lastCommit() == commit, "an empty update is not written")
+        // The site takes a message: the next report is worked out again, and differs.
+        try store.apply([try SiteLogTests.message("s-2")])
+        let changed = try #require(try sync(at: 1_200))
+        #expect(changed != first && node.counters.siteReportsWorkedOut == 2)
+    }
+}
