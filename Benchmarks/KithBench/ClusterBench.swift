@@ -232,13 +232,15 @@ struct ClusterBenchmark {
         try waitUntil(300, "the wider kiosk to hold its 2,000 customers") { try wider.siteStatus()["customers"].map(Self.count) == 2_000 }
         Thread.sleep(forTimeInterval: 2)
         let before = try sites.map { try $0.bytesSent() + $0.bytesReceived() }
-        let coreCPUBefore = try core.cpuMillis()
+        let coreCPUBefore = try core.cpuMillis(), siteCPUBefore = try wider.cpuMillis()
         Thread.sleep(forTimeInterval: 20)
         let after = try sites.map { try $0.bytesSent() + $0.bytesReceived() }
         let perSecond = zip(before, after).map { Double($1 - $0) / 20 }
         // The core's CPU while two sites of 3,000 customers between them sync once a second and
         // nothing changes (its own idle work included).
         report("edge.idle_core_cpu_ms_per_s", Double(try core.cpuMillis() - coreCPUBefore) / 20, decimals: 1)
+        // The 2 % kiosk's own CPU meanwhile: its syncs' reports, membership, its idle work.
+        report("edge.idle_site_cpu_ms_per_s", Double(try wider.cpuMillis() - siteCPUBefore) / 20, decimals: 1)
         report("edge.idle_bytes_per_s", perSecond[0], decimals: 0)
         report("edge.idle_bytes_per_s_per_customer", perSecond[0] / 1_000, decimals: 2)
         report("edge.idle_bytes_per_s_2pc", perSecond[1], decimals: 0)
