@@ -84,6 +84,8 @@ extension NodeAPI {
         var log: LogExtent
         var truncation: LogTruncationPlan?
         var forgetCompaction: ForgetCompactionState
+        /// The last forget-compaction plan: the members it waited on.
+        var forgetPlan: ForgetCompactionPlan?
         /// Peers this node takes no data from until they drop their old data (forget compaction).
         var quarantined: Set<UInt64>
         /// On a scoped site: its settings, and the profiles and documents it holds (a scan of
@@ -100,6 +102,7 @@ extension NodeAPI {
             log = try node.store.logExtent()
             truncation = node.logTruncationPlan
             forgetCompaction = try node.store.forgetCompactionState()
+            forgetPlan = node.forgetCompactionPlan
             quarantined = Set(try peers.filter { try !node.takesData(from: $0.member.id) }.map(\.member.id))
             if let settings = node.settings.site, let store = node.store as? any ProfileReading {
                 site = (settings, try store.statistics())
@@ -146,6 +149,11 @@ extension NodeAPI {
                     }
                     if let past = state.truncatedPast { object["behindTruncatedLogThrough"] = .number(JSONNumber(Int64(clamping: past))) }
                     if progress.quarantined.contains(member.id) { object["quarantined"] = .bool(true) }
+                    // Whether forget compaction waits for it (it has not said what it holds; a
+                    // scoped site: its log not read within the window), and when its log was last
+                    // read through.
+                    if progress.forgetPlan?.waitingOn.contains(member.id) == true { object["holdsForgetRecordsBack"] = .bool(true) }
+                    if let read = state.logReadAsOf { object["logReadMsAgo"] = .number(JSONNumber(now - read)) }
                     return .object(JSONObject(object.keys.sorted().map { JSONObject.Member($0, object[$0]!) }))
                 }),
         ]

@@ -57,12 +57,16 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
     public var uncounted: [UInt64]
     /// Members that count, by id.
     public var counted: [UInt64]
+    /// Members that count and hold every record back: not heard what they hold since this node
+    /// started, or (a scoped site) their log not read within the window. For status.
+    public var waitingOn: [UInt64]
 
-    public init(horizon: Int64, held: VersionVector?, uncounted: [UInt64], counted: [UInt64]) {
+    public init(horizon: Int64, held: VersionVector?, uncounted: [UInt64], counted: [UInt64], waitingOn: [UInt64] = []) {
         self.horizon = horizon
         self.held = held
         self.uncounted = uncounted
         self.counted = counted
+        self.waitingOn = waitingOn
     }
 
     /// Whether `record` may go under this plan.
@@ -87,7 +91,7 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         // (which moves data, not vectors) stays until its log catches up, as it does on the
         // peers that wait for it, so that every node reaches the same decision.
         var held: VersionVector? = own
-        var counted: [UInt64] = [], uncounted: [UInt64] = []
+        var counted: [UInt64] = [], uncounted: [UInt64] = [], waitingOn: [UInt64] = []
         for member in members.sorted(by: { $0.id < $1.id }) where readsSites || !member.scoped {
             let contact = contacts[member.id]
             let silentFor = contact?.silence(since: since, now: now) ?? now - since
@@ -106,18 +110,24 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
                 // where the erasure dominated it, and one it takes later is dated after the
                 // horizon (`maxEventAge` at its ingest; the horizon adds the clock bound, the
                 // window and the margin). Until then it holds everything back.
-                if contact?.logReadAsOf.map({ now - $0 > bounds.maxOfflineWindow }) ?? true { held = nil }
+                if contact?.logReadAsOf.map({ now - $0 > bounds.maxOfflineWindow }) ?? true {
+                    held = nil
+                    waitingOn.append(member.id)
+                }
                 continue
             }
-            guard let versions = contact?.versions, let sofar = held else {
+            guard let versions = contact?.versions else {
                 held = nil
+                waitingOn.append(member.id)
                 continue
             }
+            guard let sofar = held else { continue }
             held = sofar.leastWith(versions)
         }
         // Knowing no member that counts is not knowing that every member holds the erasure.
         if counted.isEmpty { held = nil }
-        return ForgetCompactionPlan(horizon: bounds.horizon(at: wall), held: held, uncounted: uncounted, counted: counted)
+        return ForgetCompactionPlan(
+            horizon: bounds.horizon(at: wall), held: held, uncounted: uncounted, counted: counted, waitingOn: waitingOn)
     }
 }
 

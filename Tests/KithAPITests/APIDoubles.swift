@@ -98,9 +98,9 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
     let pushes = Atomic<Int>(0)
     let sessionWaits = Mutex<[VersionVector]>([])
 
-    init(store: MemoryProfileStore, origin: UInt64) throws {
+    init(store: MemoryProfileStore, origin: UInt64, settings: ReplicationSettings = ReplicationSettings()) throws {
         let me = Member(id: origin, name: "api-test", address: "127.0.0.1:1", role: .core)
-        node = try ClusterNode(store: store, me: me, seeds: [], seed: 1) { _, _ in }
+        node = try ClusterNode(store: store, me: me, seeds: [], settings: settings, seed: 1) { _, _ in }
         script = Mutex(Script(clock: ClockState(check: Self.check(.withinBound), peers: [], jumps: 0)))
     }
 
@@ -111,8 +111,8 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
     }
 
     /// A peer named `name` joins this node's cluster (its membership sees it alive).
-    func meet(_ name: String, id: UInt64) throws {
-        let peer = Member(id: id, name: name, address: "127.0.0.1:\(id)", role: .core)
+    func meet(_ name: String, id: UInt64, role: MemberRole = .core, scoped: Bool = false) throws {
+        let peer = Member(id: id, name: name, address: "127.0.0.1:\(id)", role: role, scoped: scoped)
         try lock.withLock {
             try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer])), from: id, address: peer.address, now: 0)
         }
@@ -121,6 +121,14 @@ final class ScriptedReplication: APIReplication, @unchecked Sendable {
     /// A message from the peer `id` (met before), at `now`.
     func receive(_ message: PeerMessage, from id: UInt64, now: Int64) throws {
         try lock.withLock { try node.receive(message, from: id, address: "127.0.0.1:\(id)", now: now) }
+    }
+
+    /// A pull from the peer `id` (met before) now: its request number, nil if the peer is unknown.
+    func pull(from id: UInt64, now: Int64) throws -> UInt64? {
+        try lock.withLock {
+            guard let member = node.peerStates.first(where: { $0.member.id == id })?.member else { return nil }
+            return try node.pull(from: member, now: now)
+        }
     }
 
     /// The replication core's timers at `now` (pulls, pushes, log truncation).
@@ -278,12 +286,13 @@ final class TestAPI {
     /// `tokens`: more principals besides one per role (`TestAPI.tokens`).
     init(
         replicated: Bool = false, ingestQueueLimit: Int = 1_000, tokens extra: [Token] = [],
-        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn, maxEventAge: Int64? = nil, scopedSite: Bool = false
+        identifierSources: IdentifierSources = .builtIn, policy: Policy = .builtIn, maxEventAge: Int64? = nil, scopedSite: Bool = false,
+        replicationSettings: ReplicationSettings = ReplicationSettings()
     ) throws {
         let secret = Array(repeating: UInt8(7), count: 32)
         store = MemoryProfileStore(configuration: StoreConfiguration(node: Self.origin, forgetKeySecret: secret, replicates: replicated))
         writer = InlineWriter(store: store, origin: Self.origin)
-        replication = replicated ? try ScriptedReplication(store: store, origin: Self.origin) : nil
+        replication = replicated ? try ScriptedReplication(store: store, origin: Self.origin, settings: replicationSettings) : nil
         let principals =
             Self.tokens.map { role, token in
                 (

@@ -1,5 +1,6 @@
 import Foundation
 import KithCRDT
+import KithCluster
 import KithHTTP
 import KithJSON
 import KithPolicy
@@ -282,6 +283,32 @@ struct ReplicatedAPITests {
         ] {
             #expect(metrics.contains(line), "\(line)")
         }
+    }
+
+    /// With forget compaction configured, sync status says which members it waits for: a core
+    /// that has not said what it holds, and a scoped site whose log has not been read; once the
+    /// site's log is read, when, and it no longer waits for it.
+    @Test func syncStatusShowsWhomForgetCompactionWaitsFor() throws {
+        var settings = ReplicationSettings()
+        settings.truncationInterval = 100
+        settings.forgetCompactionInterval = 100
+        settings.forgetCompaction = ForgetCompactionPlan.Bounds(maxEventAge: 2_000, clockBound: 500, maxOfflineWindow: 60_000)
+        let test = try TestAPI(replicated: true, replicationSettings: settings)
+        try test.replication!.meet("core-2", id: 8)
+        try test.replication!.meet("kiosk", id: 9, role: .edge, scoped: true)
+        try test.replication!.tick(now: 10)
+        func peer(_ name: String) throws -> JSONValue {
+            let sync = try #require(test.call("GET", "/v1/admin/sync", role: .admin)?.json)
+            return try #require(sync["peers"]?.arrayValue?.first(where: { $0["name"] == .string(name) }))
+        }
+        #expect(try peer("core-2")["holdsForgetRecordsBack"] == .bool(true) && peer("kiosk")["holdsForgetRecordsBack"] == .bool(true))
+        // The core says what it holds; the kiosk's log is read through (a chain of pulls ended).
+        try test.replication!.receive(.pull(cursor: 0, versions: VersionVector(), budget: 1_024, request: 1), from: 8, now: 20)
+        let pulled = try #require(try test.replication!.pull(from: 9, now: 30))
+        try test.replication!.receive(.changes(from: 0, through: 0, entries: [], more: false, ahead: [], request: pulled), from: 9, now: 40)
+        try test.replication!.tick(now: 250)
+        #expect(try peer("core-2")["holdsForgetRecordsBack"] == nil && peer("kiosk")["holdsForgetRecordsBack"] == nil)
+        #expect(try peer("kiosk")["logReadMsAgo"] != nil)
     }
 
     @Test func metricsIncludeTheClockTheLinksAndTheCoreWhenItAnswers() throws {

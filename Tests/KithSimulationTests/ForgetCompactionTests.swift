@@ -84,6 +84,7 @@ struct ForgetCompactionPlanTests {
         var withSilent = contacts
         withSilent[5] = .init(lastHeard: now, versions: nil)
         #expect(!self.plan([Self.member(2), Self.member(5)], withSilent).mayDrop(old), "member 5 counts but never said what it holds")
+        #expect(self.plan([Self.member(2), Self.member(5)], withSilent).waitingOn == [5])
         #expect(!self.plan([], [:]).mayDrop(old))
         #expect(!self.plan([Self.member(3)], contacts).mayDrop(old), "no member counts")
     }
@@ -102,6 +103,7 @@ struct ForgetCompactionPlanTests {
         let read = with(.init(lastHeard: now, logReadAsOf: now - 29 * Self.day))
         #expect(read.mayDrop(old) && read.counted == [2, 6] && read.uncounted.isEmpty)
         #expect(!with(.init(lastHeard: now)).mayDrop(old), "its log never read since this node started")
+        #expect(with(.init(lastHeard: now)).waitingOn == [6] && read.waitingOn.isEmpty)
         #expect(!with(.init(lastHeard: now, logReadAsOf: now - 31 * Self.day)).mayDrop(old), "its log last read before the window")
         // Its version vector, were one known, is not what counts: a site takes no raw log.
         #expect(with(.init(lastHeard: now, versions: VersionVector(), logReadAsOf: now)).mayDrop(old))
