@@ -328,10 +328,14 @@ public final class ClusterNode {
             if now - sent < settings.pullTimeout { return }
             peers[peer.id]?.pullSentAt = nil
         }
-        // A quarantined peer is not read: its log may name people whose erasures are compacted.
-        let due = try reachable.filter { peer in
-            try acceptsData(from: peer.id) && peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true
-        }
+        // A quarantined peer is pulled all the same, and what it answers is refused (its log may
+        // name people whose erasures are compacted): a pull carries how far this node cleared,
+        // and its answer is how this node learns it must clear. Two members that each
+        // quarantined the other (one back from away compacted before it heard the rest) would
+        // otherwise wait for each other's pull for good (the simulation found it). Not while
+        // this node clears: it takes nothing in, and its pulls could not yet say how far.
+        guard try !isClearing else { return }
+        let due = reachable.filter { peer in peers[peer.id]?.lastPullCompleted.map { now - $0 >= settings.pullInterval } ?? true }
         guard let next = due.min(by: { (peers[$0.id]?.lastPullCompleted ?? .min) < (peers[$1.id]?.lastPullCompleted ?? .min) }) else { return }
         try pull(from: next, now: now)
     }
@@ -393,8 +397,10 @@ public final class ClusterNode {
             }
         case .changes(let from, let through, let entries, let more, let ahead, let request):
             guard try acceptsData(from: sender) else {
+                // The pull is over (the next one waits its interval), and nothing was read.
                 counters.quarantinedMessagesRefused += 1
                 peers[sender]?.pullSentAt = nil
+                peers[sender]?.lastPullCompleted = now
                 return
             }
             counters.changesReceived += entries.count

@@ -762,3 +762,44 @@ struct ForgetCompactionSiteTests {
         #expect(lastSync()?.cleared == 2_000)
     }
 }
+
+extension ForgetCompactionNodeTests {
+    /// A node pulls a peer it quarantined all the same, refusing what it answers, no more often
+    /// than any pull: its pulls say how far it cleared and their answers tell it to clear, so
+    /// two members that each quarantined the other do not wait for each other for good (the
+    /// simulation with a scoped site found it: an edge back from away compacted before it
+    /// heard the cores, and neither side ever pulled the other again).
+    @Test func aNodePullsAPeerItQuarantinedAndRefusesItsAnswer() throws {
+        let (store, key, erasure) = try storeWithOneErasure()
+        // Compacted with no member trusted: every peer must clear before its data is taken.
+        _ = try store.compactForgetRecords(horizon: .max, held: VersionVector([1: erasure.sequence]), trusted: [], scan: 10, limit: 10)
+        #expect(try store.erased(among: [key]).isEmpty && store.forgetCompactionState().compactedThrough == erasure.time)
+        var settings = compactingSettings()
+        settings.pullInterval = 300
+        var sent: [(String, PeerMessage)] = []
+        let node = try ClusterNode(
+            store: store, me: Member(id: 1, name: "n1", address: "n1", role: .core), seeds: [], settings: settings, seed: 1
+        ) { sent.append(($0, $1)) }
+        let peer = Member(id: 4, name: "n4", address: "n4", role: .edge)
+        try node.receive(.membership(MembershipMessage(sender: peer, kind: .join, updates: [peer])), from: 4, address: "n4", now: 0)
+        #expect(try !node.takesData(from: 4))
+        func pulls(at now: Int64) throws -> [UInt64] {
+            sent.removeAll()
+            try node.tick(now: now)
+            return sent.compactMap { if $0.0 == "n4", case .pull(_, _, _, let request, _) = $0.1 { request } else { nil } }
+        }
+        let request = try #require(try pulls(at: 10).first, "a quarantined peer is pulled")
+        let delta = try SegmentMessageParser().parse(try JSONParser.parse(Array(#"{"type":"identify","userId":"u-4"}"#.utf8)), receivedAt: 5)
+        try node.receive(
+            .changes(
+                from: 0, through: 1, entries: [ChangeEntry(sequence: 1, origin: 4, originSequence: 1, change: .message(delta))], more: false,
+                ahead: [], request: request), from: 4, address: "n4", now: 20)
+        #expect(try !store.hasMessage(delta.messageId, subject: delta.subject), "what it answers is refused")
+        #expect(try pulls(at: 100).isEmpty, "and pulled again only after the interval")
+        #expect(try !pulls(at: 400).isEmpty)
+        // Its pull says it cleared through the compaction: it is trusted again.
+        try node.receive(
+            .pull(cursor: 0, versions: VersionVector(), budget: 1_024, request: 1, cleared: erasure.time), from: 4, address: "n4", now: 450)
+        #expect(try node.takesData(from: 4))
+    }
+}
