@@ -562,10 +562,13 @@ public final class ClusterNode {
         if peers[peer.id]?.lastPullRequest != request { peers[peer.id]?.lastPullStarted = now }
         peers[peer.id]?.lastPullRequest = request
         counters.pullsSent += 1
+        // A peer whose data this node refuses (quarantined) is asked for as little as it can
+        // send: the pull is for what it says, the answer is dropped.
+        let budget = try takesData(from: peer.id) ? settings.pullBudget : 1
         send(
             peer.address,
             .pull(
-                cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: settings.pullBudget, request: request,
+                cursor: try store.cursor(of: peer.id), versions: try store.versionVector(), budget: budget, request: request,
                 cleared: try compactionState().clearedThrough))
     }
 

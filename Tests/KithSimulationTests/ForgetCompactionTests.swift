@@ -786,7 +786,11 @@ extension ForgetCompactionNodeTests {
         func pulls(at now: Int64) throws -> [UInt64] {
             sent.removeAll()
             try node.tick(now: now)
-            return sent.compactMap { if $0.0 == "n4", case .pull(_, _, _, let request, _) = $0.1 { request } else { nil } }
+            return sent.compactMap { message in
+                guard message.0 == "n4", case .pull(_, _, let budget, let request, _) = message.1 else { return nil }
+                #expect(budget == 1, "a quarantined peer is asked for as little as it can send")
+                return request
+            }
         }
         let request = try #require(try pulls(at: 10).first, "a quarantined peer is pulled")
         let delta = try SegmentMessageParser().parse(try JSONParser.parse(Array(#"{"type":"identify","userId":"u-4"}"#.utf8)), receivedAt: 5)
