@@ -126,6 +126,13 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         }
         // Knowing no member that counts is not knowing that every member holds the erasure.
         if counted.isEmpty { held = nil }
+        // Silent past the window are more of the members (those that left aside) than this node
+        // hears: more likely this node was the one away. Compacting now would quarantine most of
+        // the cluster — each would drop what is dated before the compaction and resync — where
+        // waiting until this node hears them again costs nothing (the simulation found a member
+        // back from away quarantining the cores).
+        let silent = uncounted.filter { id in members.first { $0.id == id }?.status != .left }
+        if silent.count > counted.count { held = nil }
         return ForgetCompactionPlan(
             horizon: bounds.horizon(at: wall), held: held, uncounted: uncounted, counted: counted, waitingOn: waitingOn)
     }

@@ -81,6 +81,14 @@ struct ForgetCompactionPlanTests {
             [Self.member(2), Self.member(3), Self.member(4, .left)],
             contacts.merging([2: .init(lastHeard: now + 31 * Self.day, versions: VersionVector([7: 1]))]) { $1 }, now: now + 31 * Self.day)
         #expect(later.mayDrop(old) && later.counted == [2] && later.uncounted == [3, 4])
+        // More members silent past the window than heard (those that left aside): this node
+        // is more likely the one that was away, and compacting would quarantine most of the
+        // cluster; it waits.
+        let fewHeard = self.plan(
+            [Self.member(2), Self.member(3), Self.member(5)],
+            contacts.merging([2: .init(lastHeard: now + 31 * Self.day, versions: VersionVector([7: 1])), 5: .init(lastHeard: 0)]) { $1 },
+            now: now + 31 * Self.day)
+        #expect(!fewHeard.mayDrop(old) && fewHeard.counted == [2] && fewHeard.uncounted == [3, 5])
         var withSilent = contacts
         withSilent[5] = .init(lastHeard: now, versions: nil)
         #expect(!self.plan([Self.member(2), Self.member(5)], withSilent).mayDrop(old), "member 5 counts but never said what it holds")
