@@ -36,6 +36,15 @@ extension ClusterNode {
         ForgetCompactionGate.takesData(from: peer, state: try compactionState(), cleared: peers[peer]?.cleared)
     }
 
+    /// What `peer` says it dropped when quarantined (in its pulls; a scoped site in its syncs),
+    /// recorded; and whether this node took its data before it said so and takes it now. A peer
+    /// that has just become trusted lacks what it dropped that was not erased.
+    func heardCleared(_ cleared: Int64?, from peer: UInt64) throws -> (before: Bool, now: Bool) {
+        let before = try takesData(from: peer)
+        peers[peer]?.cleared = cleared
+        return (before, try takesData(from: peer))
+    }
+
     /// Whether this node takes data in from `peer` now (pull replies, pushes, document states;
     /// and whether it pulls or compares): it trusts the peer, and it is not itself clearing.
     func acceptsData(from peer: UInt64) throws -> Bool {

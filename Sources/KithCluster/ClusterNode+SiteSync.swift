@@ -37,6 +37,12 @@ struct SiteSyncing {
     /// The last report worked out, its summary, and the store's last commit before it: an idle
     /// site reuses it rather than read and hash everything it holds at every sync.
     var report: (commit: UInt64, held: [HeldDocument], summary: Digest128)?
+
+    /// The sync in flight is over (answered, or its write done): the next is due an interval on.
+    mutating func ended(at now: Int64) {
+        sentAt = nil
+        lastCompleted = now
+    }
 }
 
 /// A core's memory of one scoped site between its syncs: how far its sweep over every
@@ -144,8 +150,7 @@ extension ClusterNode {
             return counters.staleSiteUpdatesDropped += 1
         }
         if let dropThrough {
-            siteSyncing.sentAt = nil
-            siteSyncing.lastCompleted = now
+            siteSyncing.ended(at: now)
             return try clearForQuarantine(through: dropThrough, wall: wall)
         }
         if reportWanted {
@@ -169,8 +174,7 @@ extension ClusterNode {
         if components.isEmpty && purge.isEmpty {
             // Nothing to apply (an idle site's every sync): no write, and the store's last
             // commit stays, so the next sync reuses the report.
-            siteSyncing.sentAt = nil
-            siteSyncing.lastCompleted = now
+            siteSyncing.ended(at: now)
             siteSyncing.more = more
             return counters.siteSyncsCompleted += 1
         }
@@ -186,8 +190,7 @@ extension ClusterNode {
             return written
         }) { [self] written in
             siteSyncing.writing = false
-            siteSyncing.sentAt = nil
-            siteSyncing.lastCompleted = now
+            siteSyncing.ended(at: now)
             guard !written.refused, let outcome = written.site else { return counters.siteUpdatesFailed += 1 }
             siteSyncing.more = more
             counters.siteSyncsCompleted += 1
@@ -213,9 +216,8 @@ extension ClusterNode {
         }
         // A site is quarantined as a member that pulls is (`ForgetCompactionGate`): told how far
         // to drop, and neither read nor sent anything until it says it has.
-        let wasTrusted = try takesData(from: sender)
-        peers[sender]?.cleared = cleared
-        guard try takesData(from: sender) else {
+        let trusted = try heardCleared(cleared, from: sender)
+        guard trusted.now else {
             counters.quarantinedMessagesRefused += 1
             return send(
                 replyAddress(sender, address),
@@ -241,7 +243,7 @@ extension ClusterNode {
             sites[sender] = tracking
             return send(replyAddress(sender, address), .siteUpdate(request: request, components: [], purge: [], more: true, reportWanted: true))
         }
-        if tracking.scope != scope || tracking.purposes != purposes || !wasTrusted {
+        if tracking.scope != scope || tracking.purposes != purposes || !trusted.before {
             // A new scope, or a site that has just cleared (it lacks what it dropped that was
             // not erased): everything it holds is looked at again soon.
             (tracking.scope, tracking.purposes) = (scope, purposes)

@@ -363,12 +363,11 @@ public final class ClusterNode {
         switch message {
         case .membership(let message): perform(membership.receive(message, from: address, now: now, wall: wall), now: now)
         case .pull(let cursor, let versions, let budget, let request, let cleared):
-            let wasTrusted = try takesData(from: sender)
             peers[sender]?.versions = versions
             peers[sender]?.cursor = cursor
-            peers[sender]?.cleared = cleared
+            let trusted = try heardCleared(cleared, from: sender)
             acknowledged(by: sender, through: versions[id])
-            if try !takesData(from: sender) {
+            if !trusted.now {
                 counters.quarantinedMessagesRefused += 1
                 let through = try store.logExtent().truncatedThrough
                 return send(
@@ -376,7 +375,7 @@ public final class ClusterNode {
                     .logTruncated(through: through, request: request, dropThrough: try compactionState().compactedThrough))
             }
             // A peer that has just cleared lacks what it dropped that was not erased: compare.
-            if !wasTrusted { antiEntropy.resyncRequested.insert(sender) }
+            if !trusted.before { antiEntropy.resyncRequested.insert(sender) }
             switch try pullAnswer(to: cursor, from: sender) {
             case .fromLog: break
             case .truncated(let through):

@@ -92,6 +92,8 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         // peers that wait for it, so that every node reaches the same decision.
         var held: VersionVector? = own
         var counted: [UInt64] = [], uncounted: [UInt64] = [], waitingOn: [UInt64] = []
+        // Of the uncounted, those silent (not those that left).
+        var silent = 0
         for member in members.sorted(by: { $0.id < $1.id }) where readsSites || !member.scoped {
             let contact = contacts[member.id]
             let silentFor = contact?.silence(since: since, now: now) ?? now - since
@@ -99,6 +101,7 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
             // SIGTERM, and a node restarted must not come back to find itself quarantined.
             guard silentFor <= bounds.maxOfflineWindow else {
                 uncounted.append(member.id)
+                if member.status != .left { silent += 1 }
                 continue
             }
             counted.append(member.id)
@@ -131,8 +134,7 @@ public struct ForgetCompactionPlan: Sendable, Equatable {
         // the cluster — each would drop what is dated before the compaction and resync — where
         // waiting until this node hears them again costs nothing (the simulation found a member
         // back from away quarantining the cores).
-        let silent = uncounted.filter { id in members.first { $0.id == id }?.status != .left }
-        if silent.count > counted.count { held = nil }
+        if silent > counted.count { held = nil }
         return ForgetCompactionPlan(
             horizon: bounds.horizon(at: wall), held: held, uncounted: uncounted, counted: counted, waitingOn: waitingOn)
     }

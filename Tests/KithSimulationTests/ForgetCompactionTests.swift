@@ -509,31 +509,6 @@ func runForgetCompactionScenario(seed: UInt64, site: Bool = false) throws -> (
     return (failures, compacted, clears, ledger.refusedForAge)
 }
 
-/// Each scoped site, given a few syncs, holds row for row what the first core's projected
-/// documents of the components it holds say, and the same forget record for each.
-func siteHoldsWhatTheCoresSay(_ sim: Simulation, within limit: Int64 = 20_000) throws -> [String] {
-    let core = sim.machines[0]
-    let end = sim.now + limit
-    var differing: [String] = []
-    repeat {
-        try sim.run(until: sim.now + 1_000)
-        differing = []
-        for (index, settings) in sim.siteSettings.sorted(by: { $0.key < $1.key }) {
-            let site = sim.machines[index]
-            let expected = try siteAsHeld(by: settings, from: core.store, now: sim.clock(core))
-            let (held, wanted) = (try documentRows(site.store), try documentRows(expected))
-            let identifiers = try expected.heldDocuments().map(\.identifier)
-            let records = { (store: MemoryProfileStore) in try store.documentStates(of: identifiers).map(\.forgotten) }
-            if held != wanted {
-                differing.append("\(site.member.name): \(held.keys.filter { wanted[$0] != held[$0] }.count) rows differ or should not be there")
-            } else if try records(site.store) != records(expected) {
-                differing.append("\(site.member.name): forget records differ from the cores'")
-            }
-        }
-    } while !differing.isEmpty && sim.now < end
-    return differing
-}
-
 /// Whether `store` holds this copy of a message (the copy dated as `delta` is).
 func copyHeld(_ delta: ProfileDelta, by store: MemoryProfileStore) throws -> Bool {
     try store.read { reader in
