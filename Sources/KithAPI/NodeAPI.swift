@@ -97,6 +97,8 @@ public final class NodeAPI: Sendable {
     let clock: Mutex<HybridLogicalClock>
     let parser: SegmentMessageParser
     let stopping = Atomic<Bool>(false)
+    /// The state of `nextRequestIdentifier`'s generator, from a random start.
+    private let requestSequence = Atomic<UInt64>(UInt64.random(in: .min ... .max))
     /// The time of the last privacy change made here, per customer named (recent ones only).
     private let lastChangeTimes = Mutex<[Identifier: Int64]>([:])
     let startedAt: Int64
@@ -176,7 +178,7 @@ public final class NodeAPI: Sendable {
     /// Answers `request` through `responder`, with a `Request-Id`, counted in the metrics and
     /// logged (every request, or only 5xx answers).
     public func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
-        let requestId = Self.requestIdentifier()
+        let requestId = nextRequestIdentifier()
         let started = host.monotonicNanos()
         let match = Self.routes.match(method: request.method, path: request.path)
         let route = Self.routeName(match)
@@ -210,7 +212,11 @@ public final class NodeAPI: Sendable {
         return number
     }
 
-    static func requestIdentifier() -> String {
-        String(UInt64.random(in: 0...UInt64.max), radix: 16)
+    /// A `Request-Id`: SplitMix64's output for a state that steps once a request from a random
+    /// start. Distinct for every request of this process (the output function is a bijection),
+    /// unlikely to repeat across restarts, and no system call for random bytes per request (one
+    /// was 2 % of a point read).
+    func nextRequestIdentifier() -> String {
+        String(SplitMix64.mix(requestSequence.wrappingAdd(SplitMix64.increment, ordering: .relaxed).newValue), radix: 16)
     }
 }

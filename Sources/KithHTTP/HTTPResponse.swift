@@ -30,15 +30,37 @@ public struct HTTPResponse: Equatable, Sendable {
 
     /// The response on the wire, with `Content-Length` and, when `closing`, `Connection: close`.
     package func serialized(closing: Bool) -> [UInt8] {
-        var head = "HTTP/1.1 \(status) \(Self.reason(status))\r\n"
-        for header in headers { head += "\(header.name): \(header.value)\r\n" }
-        if stream == nil { head += "Content-Length: \(body.count)\r\n" }
-        if closing || stream != nil { head += "Connection: close\r\n" }
-        head += "\r\n"
-        return Array(head.utf8) + body
+        var bytes: [UInt8] = []
+        serialize(closing: closing, into: &bytes)
+        return bytes
     }
 
-    package static func reason(_ status: Int) -> String {
+    /// The same, appended to `output` (a connection's buffer): every response of a server
+    /// passes here, so the head is written piece by piece, with no `String` built for it.
+    package func serialize(closing: Bool, into output: inout [UInt8]) {
+        output.reserveCapacity(output.count + 128 + body.count)
+        output.append(static: "HTTP/1.1 ")
+        output.append(decimal: status)
+        output.append(UInt8(ascii: " "))
+        output.append(static: Self.reason(status))
+        output.append(static: "\r\n")
+        for header in headers {
+            output.append(utf8Of: header.name)
+            output.append(static: ": ")
+            output.append(utf8Of: header.value)
+            output.append(static: "\r\n")
+        }
+        if stream == nil {
+            output.append(static: "Content-Length: ")
+            output.append(decimal: body.count)
+            output.append(static: "\r\n")
+        }
+        if closing || stream != nil { output.append(static: "Connection: close\r\n") }
+        output.append(static: "\r\n")
+        output.append(contentsOf: body)
+    }
+
+    package static func reason(_ status: Int) -> StaticString {
         switch status {
         case 100: "Continue"
         case 200: "OK"
@@ -73,4 +95,31 @@ public struct HTTPResponder: Sendable {
     public init(_ deliver: @escaping @Sendable (HTTPResponse) -> Void) { self.deliver = deliver }
 
     public func respond(_ response: HTTPResponse) { deliver(response) }
+}
+
+extension [UInt8] {
+    fileprivate mutating func append(static text: StaticString) {
+        append(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    fileprivate mutating func append(utf8Of text: String) {
+        var text = text
+        text.withUTF8 { append(contentsOf: $0) }
+    }
+
+    /// A non-negative integer's decimal digits.
+    fileprivate mutating func append(decimal value: Int) {
+        precondition(value >= 0, "a status or length is never negative: \(value)")
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)  // 24 bytes: room for any Int's 19 digits
+        Swift.withUnsafeMutableBytes(of: &digits) { scratch in
+            var at = scratch.count
+            var rest = value
+            repeat {
+                at -= 1
+                scratch[at] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            append(contentsOf: scratch[at...])
+        }
+    }
 }

@@ -132,7 +132,7 @@ final class Connection: @unchecked Sendable {
     private func flush() {
         var closeAfter = false
         while let first = slots.first, let response = first.response {
-            enqueueRaw(response.serialized(closing: first.closes))
+            response.serialize(closing: first.closes, into: &output)
             slots.removeFirst()
             firstSlotNumber += 1
             if let stream = response.stream {

@@ -273,10 +273,6 @@ public final class Node: Sendable {
         Crypto.sha256(Array(name.utf8)).prefix(8).reduce(0) { $0 << 8 | UInt64($1) }
     }
 
-    static func requestIdentifier() -> String {
-        String(UInt64.random(in: 0...UInt64.max), radix: 16)
-    }
-
     /// Reads the forget-key secret, creating a random one (mode 0600) on first start. Every node
     /// of a cluster must share it (peers with another secret are refused).
     static func loadSecret(_ path: String) throws -> [UInt8] {

@@ -32,6 +32,13 @@ struct IngestAndReadTests {
         #expect(test.call("GET", "/v1/profiles/user_id:u-1")?.status == 401)
     }
 
+    @Test func everyResponseCarriesARequestIdOfItsOwn() throws {
+        let test = try TestAPI()
+        let ids = (0..<500).compactMap { _ in read(test, "user_id:nobody")?.header("Request-Id") }
+        #expect(ids.count == 500 && Set(ids).count == 500)
+        #expect(ids.allSatisfy { (1...16).contains($0.count) && UInt64($0, radix: 16) != nil })
+    }
+
     @Test func basicAuthorizationIsReadAsClientsSendIt() throws {
         let key = Data("wk:".utf8).base64EncodedString()
         for header in ["Basic \(key)", "basic \(key)", "BASIC   \(key)\t ", "bAsIc \(key)"] {
