@@ -54,10 +54,10 @@ func measureReads(_ store: LMDBProfileStore, options: Options, receivedAt: Int64
     var policyDone = 0, policyBytes = 0
     let policyTime = try seconds {
         while policyDone < done {
-            if let view = try store.view(of: identifiers[policyDone % identifiers.count]) {
+            if let view = try store.encodedView(of: identifiers[policyDone % identifiers.count]) {
                 let decision = try ReadDecision(
                     policy: .builtIn, principal: analyst, requestedPurpose: "analytics",
-                    consent: ConsentState(view.head, vocabulary: Policy.builtIn.consentVocabulary))
+                    consent: ConsentState(view, vocabulary: Policy.builtIn.consentVocabulary))
                 var renderer = PolicyRenderer(decision: decision)
                 let body = renderer.profile(view)
                 policyBytes += body.count + Crypto.sha256(body).count

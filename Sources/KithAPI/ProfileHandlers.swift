@@ -229,14 +229,14 @@ extension NodeAPI {
         }
         respond(
             Self.attempt {
-                guard let view = try store.view(of: identifier).map(readable) else { return Self.notFound }
-                let consent = ConsentState(view.head, vocabulary: policy.consentVocabulary)
+                guard let view = try readableView(of: identifier) else { return Self.notFound }
+                let consent = ConsentState(view, vocabulary: policy.consentVocabulary)
                 if !consent.unmapped.isEmpty { metrics.unmappedConsentReads.wrappingAdd(1, ordering: .relaxed) }
                 let decision = try ReadDecision(policy: policy, principal: principal, requestedPurpose: purpose, consent: consent)
                 var renderer = PolicyRenderer(decision: decision)
                 let body: [UInt8]
                 switch resource {
-                case "traits": body = renderer.traitsResource(view.head)
+                case "traits": body = renderer.traitsResource(view)
                 case "identifiers": body = renderer.identifiersResource(view.members)
                 case "events": body = try eventsPage(identifier, query, &renderer)
                 default: body = renderer.profile(view)
@@ -266,6 +266,13 @@ extension NodeAPI {
                 }
             }
         }
+    }
+
+    /// The view of `identifier` as reads show it now (`readable`). Without retention rules that is
+    /// the stored encoding as it is, rendered without decoding it.
+    private func readableView(of identifier: Identifier) throws -> EncodedProfileView? {
+        guard policy.retention.isEmpty else { return try store.view(of: identifier).map { EncodedProfileView(encoding: readable($0)) } }
+        return try store.encodedView(of: identifier)
     }
 
     /// `view` as reads show it now: without what the retention rules say has expired, whether or

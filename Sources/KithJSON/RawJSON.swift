@@ -21,7 +21,12 @@ public struct RawJSON: Hashable, Comparable, Sendable, CustomStringConvertible {
     }
 
     /// The parsed value (the text is always valid JSON).
-    public var value: JSONValue { (try? JSONParser.parse(bytes)) ?? .null }  // bytes are checked JSON when made: cannot fail
+    public var value: JSONValue { Self.value(ofStored: bytes) }
+
+    /// The value of JSON text Kith stored (as `bytes` of one of these).
+    public static func value(ofStored text: some Collection<UInt8>) -> JSONValue {
+        (try? JSONParser.parse(Array(text))) ?? .null  // stored text is checked JSON when made: cannot fail
+    }
 
     public var description: String { String(decoding: bytes, as: UTF8.self) }
 

@@ -17,9 +17,23 @@ extension ConsentState {
     /// (`advertising` from one touchpoint, `ad_storage` from another): the latest decision wins,
     /// by the same rule as two decisions under one name (`ConsentRegister`).
     public init(_ head: SourceHead, vocabulary: ConsentVocabulary) {
+        self.init(registers: head.consent.pairs, vocabulary: vocabulary)
+    }
+
+    /// The same, for a view as stored.
+    public init(_ view: EncodedProfileView, vocabulary: ConsentVocabulary) {
+        self.init(registers: view.consentRegisters.lazy.map { ($0.name, $0.register) }, vocabulary: vocabulary)
+    }
+
+    private init(registers: some Sequence<(String, ConsentRegister)>, vocabulary: ConsentVocabulary) {
         var winners: [String: (name: String, register: ConsentRegister)] = [:]
         var unmapped: [String] = []
-        for (name, register) in head.consent.pairs where !name.hasPrefix(ConsentDecision.reservedPrefix) {
+        var restricted = false
+        for (name, register) in registers {
+            guard !name.hasPrefix(ConsentDecision.reservedPrefix) else {
+                if name == ConsentDecision.processingCategory { restricted = !register.granted }
+                continue
+            }
             guard let category = vocabulary.category(of: name) else {
                 unmapped.append(name)
                 continue
@@ -34,8 +48,7 @@ extension ConsentState {
             if merged != current.register { winners[category] = (name, register) }
         }
         self.init(
-            decisions: winners.mapValues(\.register.granted), decidedBy: winners.mapValues(\.name), unmapped: unmapped,
-            restricted: head.consent[ConsentDecision.processingCategory]?.granted == false)
+            decisions: winners.mapValues(\.register.granted), decidedBy: winners.mapValues(\.name), unmapped: unmapped, restricted: restricted)
     }
 }
 
@@ -53,27 +66,34 @@ public struct PolicyRenderer {
 
     /// The whole profile, with `withheld` and `masked` lists at the end.
     public mutating func profile(_ view: ProfileView) -> [UInt8] {
-        var writer = JSONWriter(capacity: 1_024)
+        profile(EncodedProfileView(encoding: view))
+    }
+
+    /// The same, from the view as stored: what the read shows whole (consent, events, totals) is
+    /// written straight from the stored bytes; only the fields decided one by one are taken apart.
+    public mutating func profile(_ view: EncodedProfileView) -> [UInt8] {
+        var writer = JSONWriter(capacity: 2 * view.bytes.count + 256)
         writer.writeObject { object in
             canonical(view.canonical, into: &object)
             object.member("purpose", string: decision.purposeName)
             object.member("identifiers") { identifiers(view.members, into: &$0) }
-            object.member("traits") { traits(view.head, into: &$0) }
-            object.member("consent") { $0.writeConsent(view.head) }
-            if !view.head.groups.live.isEmpty { groups(view.head, into: &object) }
+            object.member("traits") { traits(view, into: &$0) }
+            object.member("consent") { view.writeConsent(to: &$0) }
+            if view.hasGroups { groups(view.groupNames, into: &object) }
+            let revenue = view.aggregatesHaveRevenue
             if let aggregates = fieldDecision("aggregates") {
-                object.member("aggregates") { self.aggregates(view.head, aggregates, into: &$0) }
+                object.member("aggregates") { self.aggregates(view, revenue: revenue, aggregates, into: &$0) }
             }
-            object.member("events") { events(view.head.recent, into: &$0) }
-            accountForHiddenRevenue(view.head)
+            object.member("events") { events(view, into: &$0) }
+            accountForHiddenRevenue(aggregatesHaveRevenue: revenue)
             lists(into: &object)
         }
         return writer.bytes
     }
 
     /// `{"traits": {...}, "withheld": [...], "masked": [...]}`.
-    public mutating func traitsResource(_ head: SourceHead) -> [UInt8] {
-        resource { renderer, object in object.member("traits") { renderer.traits(head, into: &$0) } }
+    public mutating func traitsResource(_ view: EncodedProfileView) -> [UInt8] {
+        resource { renderer, object in object.member("traits") { renderer.traits(view, into: &$0) } }
     }
 
     public mutating func identifiersResource(_ members: [Identifier]) -> [UInt8] {
@@ -160,23 +180,24 @@ public struct PolicyRenderer {
         }
     }
 
-    private mutating func traits(_ head: SourceHead, into writer: inout JSONWriter) {
+    private mutating func traits(_ view: EncodedProfileView, into writer: inout JSONWriter) {
         writer.writeObject { object in
-            for (key, register) in head.traits.pairs {
-                guard let shown = decideOnce("traits." + key) else { continue }
+            view.forEachTrait { name, value in
+                let key = String(decoding: name, as: UTF8.self)
+                guard let shown = decideOnce("traits." + key) else { return }
                 if case .mask(let rule) = shown {
-                    object.member(key, string: rule.mask(register.value.value))
+                    object.member(utf8: name) { $0.write(string: rule.mask(RawJSON.value(ofStored: value))) }
                 } else {
-                    object.member(key) { $0.write(raw: register.value) }
+                    object.member(utf8: name) { $0.append(value) }
                 }
             }
         }
     }
 
-    private mutating func groups(_ head: SourceHead, into object: inout JSONWriter.ObjectWriter) {
+    private mutating func groups(_ names: [String], into object: inout JSONWriter.ObjectWriter) {
         guard let shown = fieldDecision("groups") else { return }
         object.member("groups") { w in
-            w.writeArray(head.groups.elements) { w, group in
+            w.writeArray(names) { w, group in
                 w.write(string: Self.shown(group, shown))
             }
         }
@@ -184,8 +205,8 @@ public struct PolicyRenderer {
 
     /// Counts are behavioural; revenue sums are their own field (financial by default). Masked
     /// aggregates show only that there are messages.
-    private mutating func aggregates(_ head: SourceHead, _ shown: FieldDecision, into writer: inout JSONWriter) {
-        let decided = head.aggregates.pairs.contains { $0.1.revenueMicros != 0 } ? fieldDecision("revenue") : nil
+    private mutating func aggregates(_ view: EncodedProfileView, revenue hasRevenue: Bool, _ shown: FieldDecision, into writer: inout JSONWriter) {
+        let decided = hasRevenue ? fieldDecision("revenue") : nil
         guard shown == .allow else {
             return writer.writeObject { object in object.member("messages", string: MaskRule.hidden) }
         }
@@ -195,13 +216,13 @@ public struct PolicyRenderer {
         case .mask?: revenue = .replaced(by: MaskRule.hidden)
         case .withhold?, nil: revenue = .omitted
         }
-        writer.writeAggregates(head, revenue: revenue)
+        view.writeAggregates(revenue: revenue, to: &writer)
     }
 
     /// Revenue lives inside aggregates and events; when both are hidden it is hidden with them,
     /// and the outcome says so (as withheld with the aggregates' reason, or as masked).
-    private mutating func accountForHiddenRevenue(_ head: SourceHead) {
-        guard head.aggregates.pairs.contains(where: { $0.1.revenueMicros != 0 }), recorded.insert("revenue").inserted else { return }
+    private mutating func accountForHiddenRevenue(aggregatesHaveRevenue: Bool) {
+        guard aggregatesHaveRevenue, recorded.insert("revenue").inserted else { return }
         if case .withhold(let withheld) = decision.decide("revenue") { return outcome.withheld.append(withheld) }
         if var container = outcome.withheld.first(where: { $0.field == "aggregates" }) {
             container.field = "revenue"
@@ -209,6 +230,16 @@ public struct PolicyRenderer {
         } else {
             outcome.masked.append("revenue")
         }
+    }
+
+    /// A view's recent events: as stored when the read may see them whole (the common case),
+    /// else taken apart as `events(_:into:)` shows them.
+    private mutating func events(_ view: EncodedProfileView, into writer: inout JSONWriter) {
+        let recent = view.recentEventsSummary
+        guard !recent.isEmpty, fieldDecision("events") == .allow, !recent.haveRevenue || fieldDecision("revenue") == .allow else {
+            return events(view.recentEvents, into: &writer)
+        }
+        view.writeEvents(to: &writer)
     }
 
     /// Events with their properties; a revenue the read may not see is taken out of them. Masked

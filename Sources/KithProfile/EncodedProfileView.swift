@@ -17,23 +17,27 @@ import KithJSON
 /// what `ProfileView.writeJSON` writes for the decoded view (a property test holds them equal).
 public struct EncodedProfileView: Sendable {
     public let bytes: [UInt8]
-    private let membersAt: Int
-    private let traitsAt: Int
-    private let consentAt: Int
-    private let groupsAt: Int
-    private let recentAt: Int
-    private let aggregatesAt: Int
-    private let totalsAt: Int
-    /// Whether the groups' live set is empty (the JSON leaves `groups` out then).
-    private let hasGroups: Bool
+    /// The canonical identifier and the members, decoded: a read under the policy decides on
+    /// them as a whole and records the members in the audit.
+    public let canonical: Identifier
+    public let members: [Identifier]
+    let membersAt: Int
+    let traitsAt: Int
+    let consentAt: Int
+    let groupsAt: Int
+    let recentAt: Int
+    let aggregatesAt: Int
+    let totalsAt: Int
+    /// Whether the groups' live set is not empty (the JSON leaves `groups` out when it is).
+    public let hasGroups: Bool
 
     public init(_ bytes: [UInt8]) throws {
         var reader = BinaryReader(bytes)
         let found = try reader.readByte()
         guard found == ProfileFormat.version else { throw BinaryDecodingError(.unsupportedVersion, offset: 0, "format \(found)") }
-        try Self.skipIdentifier(&reader)
+        canonical = try Self.readIdentifier(&reader)
         membersAt = reader.offset
-        try Self.skipSequence(&reader, minimumItemSize: 2, Self.skipIdentifier)
+        members = try reader.readSequence(minimumItemSize: 2, Self.readIdentifier)
         traitsAt = reader.offset
         try Self.skipSequence(&reader, minimumItemSize: 2) { r in
             _ = try r.readStringRange()
@@ -95,7 +99,7 @@ public struct EncodedProfileView: Sendable {
                 writeGroups(text, to: &output)
             }
             output.append(static: #","aggregates":"#)
-            writeAggregates(text, to: &output)
+            writeAggregates(text, revenue: .plain, to: &output)
             output.append(static: #","events":"#)
             writeEvents(text, to: &output)
             output.append(byte: UInt8(ascii: "}"))
@@ -104,7 +108,7 @@ public struct EncodedProfileView: Sendable {
 
     // MARK: - Rendering (re-reads what `init` checked)
 
-    private func writeCanonical<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeCanonical<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: 1)
         let (code, stored) = r.identifier()
         // The canonical identifier's description, `kind:value`, as one JSON string (a custom
@@ -119,7 +123,7 @@ public struct EncodedProfileView: Sendable {
     /// `{"user_id":[…],"email":[…],…,"loyalty_card":[…]}`: kinds in their order, each kind's
     /// members in theirs. Members are encoded in order, so custom kinds come last, each kind's
     /// members together.
-    private func writeIdentifiers<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeIdentifiers<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: membersAt)
         let count = r.count()
         let start = r.offset
@@ -183,7 +187,7 @@ public struct EncodedProfileView: Sendable {
         }
     }
 
-    private func writeTraits<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeTraits<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: traitsAt)
         output.append(byte: UInt8(ascii: "{"))
         for index in 0..<r.count() {
@@ -198,7 +202,7 @@ public struct EncodedProfileView: Sendable {
         output.append(byte: UInt8(ascii: "}"))
     }
 
-    private func writeConsent<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeConsent<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: consentAt)
         var first = true
         output.append(byte: UInt8(ascii: "{"))
@@ -221,7 +225,7 @@ public struct EncodedProfileView: Sendable {
         output.append(byte: UInt8(ascii: "}"))
     }
 
-    private func writeGroups<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeGroups<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: groupsAt)
         output.append(byte: UInt8(ascii: "["))
         for index in 0..<r.count() {
@@ -232,7 +236,9 @@ public struct EncodedProfileView: Sendable {
         output.append(byte: UInt8(ascii: "]"))
     }
 
-    private func writeAggregates<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeAggregates<Output: JSONOutput & ~Copyable>(
+        _ text: UnsafeBufferPointer<UInt8>, revenue display: JSONWriter.RevenueDisplay, to output: inout Output
+    ) {
         var totals = CheckedBytes(text, at: totalsAt)
         let messages = totals.signed()
         let firstSeen = totals.optionalSigned()
@@ -258,8 +264,16 @@ public struct EncodedProfileView: Sendable {
             output.append(static: #":{"count":"#)
             output.appendFixedPoint(count, scale: 0)
             if revenue != 0 {
-                output.append(static: #","revenue":"#)
-                output.appendFixedPoint128(revenue, scale: 6)
+                switch display {
+                case .plain:
+                    output.append(static: #","revenue":"#)
+                    output.appendFixedPoint128(revenue, scale: 6)
+                case .replaced(let text):
+                    output.append(static: #","revenue":"#)
+                    var text = text
+                    text.withUTF8 { output.appendString(utf8: $0) }
+                case .omitted: break
+                }
             }
             output.append(byte: UInt8(ascii: "}"))
         }
@@ -267,7 +281,7 @@ public struct EncodedProfileView: Sendable {
     }
 
     /// Each event as `JSONWriter.writeEvent` writes it, its fixed text written in whole pieces.
-    private func writeEvents<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
+    func writeEvents<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
         var r = CheckedBytes(text, at: recentAt)
         output.append(byte: UInt8(ascii: "["))
         for index in 0..<r.count() {
@@ -306,7 +320,7 @@ public struct EncodedProfileView: Sendable {
 
     /// A second walk over bytes `init` checked, for rendering: no errors to handle, and a trap
     /// (never a read outside the bytes) should the two walks ever disagree.
-    private struct CheckedBytes {
+    struct CheckedBytes {
         let bytes: UnsafeBufferPointer<UInt8>
         private(set) var offset: Int
 
@@ -374,6 +388,9 @@ public struct EncodedProfileView: Sendable {
             return offset..<(offset + length)
         }
 
+        /// A string (checked as UTF-8 by `init`), made a `String`.
+        mutating func string() -> String { String(decoding: self[range()], as: UTF8.self) }
+
         /// A member's kind code and stored value (`Identifier.storedValue`).
         mutating func identifier() -> (code: UInt8, stored: Range<Int>) {
             (byte(), range())
@@ -395,12 +412,17 @@ public struct EncodedProfileView: Sendable {
 
     /// An identifier as `Identifier`'s decoder accepts it: a known kind and a value in the form
     /// `Identifier(kind:value:)` keeps (so the view shows what decoding would give).
-    private static func skipIdentifier(_ r: inout BinaryReader) throws {
+    private static func readIdentifier(_ r: inout BinaryReader) throws -> Identifier {
         let offset = r.offset
         let code = try r.readByte()
         let value = try r.readStringRange()
-        let stored = r.bytes.withUnsafeBufferPointer { Identifier.isStoredForm(code: code, utf8: UnsafeBufferPointer(rebasing: $0[value])) }
-        guard stored else { throw BinaryDecodingError(.invalidValue, offset: offset, "identifier") }
+        let identifier = r.bytes.withUnsafeBufferPointer { bytes -> Identifier? in
+            let stored = UnsafeBufferPointer(rebasing: bytes[value])
+            guard Identifier.isStoredForm(code: code, utf8: stored) else { return nil }
+            return Identifier(code: code, storedValue: String(decoding: stored, as: UTF8.self))
+        }
+        guard let identifier else { throw BinaryDecodingError(.invalidValue, offset: offset, "identifier") }
+        return identifier
     }
 
     private static func skipStamp(_ r: inout BinaryReader) throws {

@@ -2,6 +2,7 @@ import KithCRDT
 import KithJSON
 import KithPolicy
 import KithProfile
+import KithTestSupport
 import Testing
 
 /// Random profiles, consent states, principals and policies: whatever the combination, a
@@ -52,6 +53,28 @@ import Testing
         }
         if withheld.contains("events") || masked.contains("events") {
             #expect(!body.contains("note-\(seed)-"), "event properties of a withheld or masked history")
+        }
+    }
+
+    /// A read the policy lets see everything shows each profile as stored: the same members,
+    /// in the same bytes, as the view's own JSON, with the purpose and two empty lists added.
+    @Test func aReadAllowedEverythingShowsTheViewAsStored() throws {
+        let access = Policy.defaultCategories.map { "\"\($0)\":\"allow\"" }.joined(separator: ",")
+        let policy = try Policy(parsing: Array(#"{"version":1,"purposes":{"all":{"categories":{\#(access)}}}}"#.utf8))
+        let principal = Principal(name: "p", role: .reader, purposes: ["all"])
+        var state = ProfileState()
+        for delta in WorkloadGenerator.deltas(seed: 77, customers: 40, count: 2_000) { state.apply(delta, hasher: PlainHasher()) }
+        #expect(state.views.count > 20 && state.views.contains { !$0.head.recent.isEmpty && !$0.head.consent.isEmpty })
+        for view in state.views {
+            let decision = try ReadDecision(
+                policy: policy, principal: principal, requestedPurpose: "all", consent: ConsentState(view.head, vocabulary: policy.consentVocabulary))
+            var renderer = PolicyRenderer(decision: decision)
+            let body = String(decoding: renderer.profile(EncodedProfileView(encoding: view)), as: UTF8.self)
+            let stored = String(decoding: view.jsonBytes, as: UTF8.self)
+            let idEnd = try #require(stored.range(of: #","identifiers":"#)).lowerBound
+            let expected = stored[..<idEnd] + #","purpose":"all""# + stored[idEnd...].dropLast() + #","withheld":[],"masked":[]}"#
+            #expect(body == expected)
+            #expect(renderer.outcome.withheld.isEmpty && renderer.outcome.masked.isEmpty)
         }
     }
 

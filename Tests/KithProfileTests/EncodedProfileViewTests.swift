@@ -81,6 +81,7 @@ struct EncodedProfileViewTests {
             if let decoded, isCanonical {
                 canonical += 1
                 #expect(json == decoded.jsonBytes)
+                expectSameParts(encoded, decoded)
             }
         }
         #expect(refused > 100 && canonical > 100)
@@ -98,6 +99,33 @@ struct EncodedProfileViewTests {
         let encoded = try EncodedProfileView(ProfileFormat.encode(view))
         #expect(encoded.jsonBytes == view.jsonBytes, "\(String(decoding: encoded.jsonBytes, as: UTF8.self))")
         #expect(try encoded.decoded() == view)
+        expectSameParts(encoded, view)
+    }
+
+    /// The parts a read under the policy takes one at a time are the decoded view's, and what it
+    /// writes whole is what the decoded view's writers write.
+    private func expectSameParts(_ encoded: EncodedProfileView, _ view: ProfileView) {
+        let head = view.head
+        #expect(encoded.canonical == view.canonical && encoded.members == view.members)
+        var traits: [(String, [UInt8])] = []
+        encoded.forEachTrait { name, value in traits.append((String(decoding: name, as: UTF8.self), Array(value))) }
+        #expect(traits.elementsEqual(head.traits.pairs) { $0.0 == $1.0 && $0.1 == $1.1.value.bytes })
+        #expect(encoded.consentRegisters.elementsEqual(head.consent.pairs) { $0.name == $1.0 && $0.register == $1.1 })
+        #expect(encoded.hasGroups == !head.groups.live.isEmpty && encoded.groupNames == head.groups.elements)
+        #expect(encoded.aggregatesHaveRevenue == head.aggregates.pairs.contains { $0.1.revenueMicros != 0 })
+        let summary = encoded.recentEventsSummary
+        #expect(summary.isEmpty == head.recent.isEmpty && summary.haveRevenue == head.recent.contains { $0.revenueMicros != nil })
+        #expect(encoded.recentEvents == head.recent)
+        func written(_ write: (inout JSONWriter) -> Void) -> [UInt8] {
+            var writer = JSONWriter()
+            write(&writer)
+            return writer.bytes
+        }
+        #expect(written { encoded.writeConsent(to: &$0) } == written { $0.writeConsent(head) })
+        for display in [JSONWriter.RevenueDisplay.plain, .replaced(by: "***"), .omitted] {
+            #expect(written { encoded.writeAggregates(revenue: display, to: &$0) } == written { $0.writeAggregates(head, revenue: display) })
+        }
+        #expect(written { encoded.writeEvents(to: &$0) } == written { w in w.writeArray(head.recent) { $0.writeEvent($1) } })
     }
 
     /// Every part filled, with strings that need escaping, non-ASCII text, a reserved consent
