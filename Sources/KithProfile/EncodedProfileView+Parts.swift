@@ -7,71 +7,49 @@ import KithJSON
 extension EncodedProfileView {
     /// Each trait's name and JSON text, in the stored (ascending) order.
     public func forEachTrait(_ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Void) {
-        bytes.withUnsafeBufferPointer { text in
-            var r = CheckedBytes(text, at: traitsAt)
-            for _ in 0..<r.count() {
-                let name = r.range()
-                r.skipStamp()
-                let value = r.range()
-                body(r[name], r[value])
-            }
-        }
+        bytes.withUnsafeBufferPointer { forEachTrait(in: $0, body) }
     }
 
     /// The consent registers under their names, reserved ones included, in the stored order.
     public var consentRegisters: [(name: String, register: ConsentRegister)] {
         bytes.withUnsafeBufferPointer { text in
-            var r = CheckedBytes(text, at: consentAt)
-            return (0..<r.count()).map { _ in
-                let name = r.string()
-                let granted = r.bool()
-                let stamp = LWWStamp(time: r.signed(), tiebreak: r.string())
-                return (name, ConsentRegister(granted: granted, stamp: stamp, source: r.string()))
+            var registers: [(name: String, register: ConsentRegister)] = []
+            forEachConsent(in: text) { consent in
+                let stamp = LWWStamp(time: consent.time, tiebreak: String(decoding: consent.tiebreak, as: UTF8.self))
+                let register = ConsentRegister(granted: consent.granted, stamp: stamp, source: String(decoding: consent.source, as: UTF8.self))
+                registers.append((String(decoding: consent.name, as: UTF8.self), register))
             }
+            return registers
         }
     }
 
     /// The groups' live elements, in order (`ORSet.elements`).
     public var groupNames: [String] {
         bytes.withUnsafeBufferPointer { text in
-            var r = CheckedBytes(text, at: groupsAt)
-            return (0..<r.count()).map { _ in
-                let name = r.string()
-                for _ in 0..<r.count() { r.skipStamp() }
-                return name
-            }
+            var names: [String] = []
+            forEachGroup(in: text) { names.append(String(decoding: $0, as: UTF8.self)) }
+            return names
         }
     }
 
     /// Whether any event's total carries revenue (`EventAggregate.revenueMicros` not zero).
     public var aggregatesHaveRevenue: Bool {
         bytes.withUnsafeBufferPointer { text in
-            var r = CheckedBytes(text, at: aggregatesAt)
-            for _ in 0..<r.count() {
-                _ = r.range()
-                _ = r.signed()
-                if r.signed128() != 0 { return true }
-            }
-            return false
+            var found = false
+            forEachAggregate(in: text) { found = found || $0.revenue != 0 }
+            return found
         }
     }
 
     /// Whether the recent events are none, and whether any of them carries revenue.
     public var recentEventsSummary: (isEmpty: Bool, haveRevenue: Bool) {
         bytes.withUnsafeBufferPointer { text in
-            var r = CheckedBytes(text, at: recentAt)
-            let count = r.count()
-            for _ in 0..<count {
-                _ = r.range()
-                let typeByte = r.byte()
-                _ = r.range()
-                _ = r.signed()
-                if typeByte & clientTimestampFlag != 0 { _ = r.signed() }
-                _ = r.range()
-                if r.optionalSigned() != nil { return (false, true) }
-                _ = r.range()
+            var summary = (isEmpty: true, haveRevenue: false)
+            forEachEvent(in: text) { event in
+                summary.isEmpty = false
+                summary.haveRevenue = summary.haveRevenue || event.revenueMicros != nil
             }
-            return (count == 0, false)
+            return summary
         }
     }
 

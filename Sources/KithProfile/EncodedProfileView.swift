@@ -188,50 +188,42 @@ public struct EncodedProfileView: Sendable {
     }
 
     func writeTraits<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
-        var r = CheckedBytes(text, at: traitsAt)
+        var first = true
         output.append(byte: UInt8(ascii: "{"))
-        for index in 0..<r.count() {
-            let key = r.range()
-            r.skipStamp()
-            let value = r.range()
-            if index > 0 { output.append(byte: UInt8(ascii: ",")) }
-            output.appendString(utf8: r[key])
+        forEachTrait(in: text) { name, value in
+            if !first { output.append(byte: UInt8(ascii: ",")) }
+            first = false
+            output.appendString(utf8: name)
             output.append(byte: UInt8(ascii: ":"))
-            output.append(r[value])
+            output.append(value)
         }
         output.append(byte: UInt8(ascii: "}"))
     }
 
     func writeConsent<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
-        var r = CheckedBytes(text, at: consentAt)
         var first = true
         output.append(byte: UInt8(ascii: "{"))
-        for _ in 0..<r.count() {
-            let category = r.range()
-            let granted = r.bool()
-            let time = r.signed()
-            _ = r.range()
-            let source = r.range()
-            guard !Self.isReserved(r[category]) else { continue }
+        forEachConsent(in: text) { consent in
+            guard !Self.isReserved(consent.name) else { return }
             if !first { output.append(byte: UInt8(ascii: ",")) }
             first = false
-            output.appendString(utf8: r[category])
-            output.append(static: granted ? #":{"status":"granted","time":"# : #":{"status":"denied","time":"#)
-            ISO8601.append(millis: time, to: &output, quoted: true)
+            output.appendString(utf8: consent.name)
+            output.append(static: consent.granted ? #":{"status":"granted","time":"# : #":{"status":"denied","time":"#)
+            ISO8601.append(millis: consent.time, to: &output, quoted: true)
             output.append(static: #","source":"#)
-            output.appendString(utf8: r[source])
+            output.appendString(utf8: consent.source)
             output.append(byte: UInt8(ascii: "}"))
         }
         output.append(byte: UInt8(ascii: "}"))
     }
 
     func writeGroups<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
-        var r = CheckedBytes(text, at: groupsAt)
+        var first = true
         output.append(byte: UInt8(ascii: "["))
-        for index in 0..<r.count() {
-            if index > 0 { output.append(byte: UInt8(ascii: ",")) }
-            output.appendString(utf8: r[r.range()])
-            for _ in 0..<r.count() { r.skipStamp() }
+        forEachGroup(in: text) { name in
+            if !first { output.append(byte: UInt8(ascii: ",")) }
+            first = false
+            output.appendString(utf8: name)
         }
         output.append(byte: UInt8(ascii: "]"))
     }
@@ -254,20 +246,18 @@ public struct EncodedProfileView: Sendable {
             ISO8601.append(millis: lastSeen, to: &output, quoted: true)
         }
         output.append(static: #","events":{"#)
-        var r = CheckedBytes(text, at: aggregatesAt)
-        for index in 0..<r.count() {
-            let name = r.range()
-            let count = r.signed()
-            let revenue = r.signed128()
-            if index > 0 { output.append(byte: UInt8(ascii: ",")) }
-            output.appendString(utf8: r[name])
+        var first = true
+        forEachAggregate(in: text) { aggregate in
+            if !first { output.append(byte: UInt8(ascii: ",")) }
+            first = false
+            output.appendString(utf8: aggregate.name)
             output.append(static: #":{"count":"#)
-            output.appendFixedPoint(count, scale: 0)
-            if revenue != 0 {
+            output.appendFixedPoint(aggregate.count, scale: 0)
+            if aggregate.revenue != 0 {
                 switch display {
                 case .plain:
                     output.append(static: #","revenue":"#)
-                    output.appendFixedPoint128(revenue, scale: 6)
+                    output.appendFixedPoint128(aggregate.revenue, scale: 6)
                 case .replaced(let text):
                     output.append(static: #","revenue":"#)
                     var text = text
@@ -282,9 +272,106 @@ public struct EncodedProfileView: Sendable {
 
     /// Each event as `JSONWriter.writeEvent` writes it, its fixed text written in whole pieces.
     func writeEvents<Output: JSONOutput & ~Copyable>(_ text: UnsafeBufferPointer<UInt8>, to output: inout Output) {
-        var r = CheckedBytes(text, at: recentAt)
+        var first = true
         output.append(byte: UInt8(ascii: "["))
-        for index in 0..<r.count() {
+        forEachEvent(in: text) { event in
+            output.append(static: first ? #"{"messageId":"# : #",{"messageId":"#)
+            first = false
+            output.appendString(utf8: event.messageId)
+            output.append(static: event.type.jsonTypeAndNameKey)
+            output.appendString(utf8: event.name)
+            output.append(static: #","timestamp":"#)
+            ISO8601.append(millis: event.time, to: &output, quoted: true)
+            if let clientTimestamp = event.clientTimestamp {
+                output.append(static: #","clientTimestamp":"#)
+                ISO8601.append(millis: clientTimestamp, to: &output, quoted: true)
+            }
+            output.append(static: #","channel":"#)
+            output.appendString(utf8: event.channel)
+            output.append(static: #","properties":"#)
+            output.append(event.properties)
+            output.append(byte: UInt8(ascii: "}"))
+        }
+        output.append(byte: UInt8(ascii: "]"))
+    }
+
+    // MARK: - Walks over the parts (each part's layout is read here only)
+
+    /// Each trait's name and JSON text, in the stored (ascending) order.
+    func forEachTrait(in text: UnsafeBufferPointer<UInt8>, _ body: (_ name: UnsafeBufferPointer<UInt8>, _ value: UnsafeBufferPointer<UInt8>) -> Void)
+    {
+        var r = CheckedBytes(text, at: traitsAt)
+        for _ in 0..<r.count() {
+            let name = r.range()
+            r.skipStamp()
+            let value = r.range()
+            body(r[name], r[value])
+        }
+    }
+
+    /// A consent register as stored, under its name.
+    struct StoredConsent {
+        var name: UnsafeBufferPointer<UInt8>
+        var granted: Bool
+        var time: Int64
+        var tiebreak: UnsafeBufferPointer<UInt8>
+        var source: UnsafeBufferPointer<UInt8>
+    }
+
+    /// Each consent register, reserved names included, in the stored order.
+    func forEachConsent(in text: UnsafeBufferPointer<UInt8>, _ body: (StoredConsent) -> Void) {
+        var r = CheckedBytes(text, at: consentAt)
+        for _ in 0..<r.count() {
+            let name = r.range()
+            let granted = r.bool()
+            let time = r.signed()
+            let tiebreak = r.range()
+            let source = r.range()
+            body(StoredConsent(name: r[name], granted: granted, time: time, tiebreak: r[tiebreak], source: r[source]))
+        }
+    }
+
+    /// Each live group's name, in order (`ORSet.elements`).
+    func forEachGroup(in text: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        var r = CheckedBytes(text, at: groupsAt)
+        for _ in 0..<r.count() {
+            let name = r.range()
+            for _ in 0..<r.count() { r.skipStamp() }
+            body(r[name])
+        }
+    }
+
+    /// An event's totals as stored.
+    struct StoredAggregate {
+        var name: UnsafeBufferPointer<UInt8>
+        var count: Int64
+        var revenue: Int128
+    }
+
+    func forEachAggregate(in text: UnsafeBufferPointer<UInt8>, _ body: (StoredAggregate) -> Void) {
+        var r = CheckedBytes(text, at: aggregatesAt)
+        for _ in 0..<r.count() {
+            let name = r.range()
+            let count = r.signed()
+            body(StoredAggregate(name: r[name], count: count, revenue: r.signed128()))
+        }
+    }
+
+    /// A recent event as stored.
+    struct StoredEvent {
+        var messageId: UnsafeBufferPointer<UInt8>
+        var type: MessageType
+        var name: UnsafeBufferPointer<UInt8>
+        var time: Int64
+        var clientTimestamp: Int64?
+        var channel: UnsafeBufferPointer<UInt8>
+        var revenueMicros: Int64?
+        var properties: UnsafeBufferPointer<UInt8>
+    }
+
+    func forEachEvent(in text: UnsafeBufferPointer<UInt8>, _ body: (StoredEvent) -> Void) {
+        var r = CheckedBytes(text, at: recentAt)
+        for _ in 0..<r.count() {
             let messageId = r.range()
             let typeByte = r.byte()
             let type = MessageType(code: typeByte & ~clientTimestampFlag)!
@@ -292,25 +379,13 @@ public struct EncodedProfileView: Sendable {
             let time = r.signed()
             let clientTimestamp = typeByte & clientTimestampFlag != 0 ? r.signed() : nil
             let channel = r.range()
-            _ = r.optionalSigned()
+            let revenueMicros = r.optionalSigned()
             let properties = r.range()
-            output.append(static: index == 0 ? #"{"messageId":"# : #",{"messageId":"#)
-            output.appendString(utf8: r[messageId])
-            output.append(static: type.jsonTypeAndNameKey)
-            output.appendString(utf8: r[name])
-            output.append(static: #","timestamp":"#)
-            ISO8601.append(millis: time, to: &output, quoted: true)
-            if let clientTimestamp {
-                output.append(static: #","clientTimestamp":"#)
-                ISO8601.append(millis: clientTimestamp, to: &output, quoted: true)
-            }
-            output.append(static: #","channel":"#)
-            output.appendString(utf8: r[channel])
-            output.append(static: #","properties":"#)
-            output.append(r[properties])
-            output.append(byte: UInt8(ascii: "}"))
+            body(
+                StoredEvent(
+                    messageId: r[messageId], type: type, name: r[name], time: time, clientTimestamp: clientTimestamp, channel: r[channel],
+                    revenueMicros: revenueMicros, properties: r[properties]))
         }
-        output.append(byte: UInt8(ascii: "]"))
     }
 
     private static func isReserved(_ category: UnsafeBufferPointer<UInt8>) -> Bool {
