@@ -91,9 +91,9 @@ extension ClusterNode {
         var exchange = AntiEntropyState.Exchange(peer: peer.id, address: peer.address, request: antiEntropy.lastRequest, sentAt: now)
         exchange.resyncThrough = resyncThrough
         if let held = peers[peer.id]?.versions {
-            for (site, state) in peers where membership.members[site]?.scoped == true {
-                if let past = state.truncatedPast, held.covers(origin: site, sequence: past) { exchange.siteLogs[site] = past }
-            }
+            var behind: [UInt64: UInt64] = [:]
+            for (site, state) in peers where membership.members[site]?.scoped == true { behind[site] = state.truncatedPast }
+            exchange.siteLogs = SiteLogRecovery.logsToResume(held: held, behind: behind)
         }
         exchange.nodes = [DigestEntry(key: [], digest: try store.digest(of: []))]
         antiEntropy.exchange = exchange

@@ -121,13 +121,11 @@ extension ClusterNode {
         counters.resyncsCompleted += 1
     }
 
-    /// A scoped site answered a pull from behind its truncated log: no tree comparison with a
-    /// site is possible, so this node asks for one with a core that held the site's changes
-    /// through that point (its last pull's vector covers them; a site's log holds only its own
-    /// changes, numbered as its origin sequences).
+    /// A scoped site answered a pull from behind its truncated log: this node asks for a tree
+    /// comparison with the core `SiteLogRecovery` names.
     func fellBehindSiteLog(_ site: UInt64, through: UInt64) {
-        let core = dataPeers.filter { peers[$0.id]?.versions?.covers(origin: site, sequence: through) ?? false }.min { $0.id < $1.id }
-        if let core { antiEntropy.requested.insert(core.id) }
+        let cores = dataPeers.map { (id: $0.id, versions: peers[$0.id]?.versions) }
+        if let core = SiteLogRecovery.coreToCompare(site: site, through: through, cores: cores) { antiEntropy.requested.insert(core) }
     }
 
     /// A finished comparison with a core that held a scoped site's changes through where the

@@ -125,3 +125,27 @@ struct IdleSiteTests {
         #expect(changed != first && node.counters.siteReportsWorkedOut == 2)
     }
 }
+
+/// A node behind a scoped site's truncated log (`SiteLogRecovery`): whom it compares trees with,
+/// and which sites' logs a comparison lets it read on.
+@Suite("Recovering a site's truncated log")
+struct SiteLogRecoveryTests {
+    @Test func comparesWithTheFirstCoreThatHeldTheSitesChanges() {
+        let site: UInt64 = 6
+        let cores: [(id: UInt64, versions: VersionVector?)] = [
+            (3, VersionVector([site: 40])), (1, VersionVector([site: 9])), (2, nil), (4, VersionVector([site: 60])),
+        ]
+        #expect(SiteLogRecovery.coreToCompare(site: site, through: 40, cores: cores) == 3)
+        #expect(SiteLogRecovery.coreToCompare(site: site, through: 9, cores: cores) == 1)
+        #expect(SiteLogRecovery.coreToCompare(site: site, through: 61, cores: cores) == nil, "no core held that far yet")
+        #expect(SiteLogRecovery.coreToCompare(site: 7, through: 1, cores: cores) == nil, "another site's changes")
+        #expect(SiteLogRecovery.coreToCompare(site: site, through: 1, cores: []) == nil)
+    }
+
+    @Test func readsOnTheLogsOfTheSitesThePeerHeldThatFar() {
+        let held = VersionVector([6: 40, 7: 5])
+        #expect(SiteLogRecovery.logsToResume(held: held, behind: [6: 40, 7: 6, 8: 1]) == [6: 40])
+        #expect(SiteLogRecovery.logsToResume(held: held, behind: [6: 12, 7: 5]) == [6: 12, 7: 5])
+        #expect(SiteLogRecovery.logsToResume(held: held, behind: [:]).isEmpty)
+    }
+}
