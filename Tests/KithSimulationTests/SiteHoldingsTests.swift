@@ -139,4 +139,31 @@ struct SiteHoldingsTests {
         #expect(outcome.replaced == 1 && !kept, "advertising masks demographics: \(outcome)")
         #expect(throws: ReadRefusal.self) { try SiteHoldings(scope: .everything, purposes: ["nope"], policy: .builtIn) }
     }
+
+    /// A customer the site wrote about and the core then erased: the site's own write is still
+    /// in its log, unread by some member, so a purge would keep it. The core sends the forget
+    /// record instead, and the site drops the customer's data and the log entry with it (else a
+    /// member away past the window reads the entry after the cores compacted the record, and
+    /// the customer comes back: the simulation's seed 167 of the scoped-site scenario).
+    @Test func anErasureReachesASiteThatHoldsWritesNoMemberReadYet() throws {
+        let holdings = try SiteHoldings(scope: .only([.identifiers([Self.id("user_id:u-1")])]), purposes: ["support"], policy: .builtIn)
+        let core = MemoryProfileStore(configuration: StoreConfiguration(node: 6, forgetKeySecret: Self.secret))
+        let site = MemoryProfileStore(configuration: StoreConfiguration(node: 5, forgetKeySecret: Self.secret))
+        let json = #"{"type":"track","userId":"u-1","event":"Store Visit","properties":{"sku":"canary-77"},"messageId":"m-1"}"#
+        let visit = try Self.parser.parse(try JSONParser.parse(Array(json.utf8)), receivedAt: 1_000)
+        try site.apply([visit])
+        try core.apply([visit])  // as the site's push brought it
+        try core.erase(Self.id("user_id:u-1"), requestedAt: 2_000)
+
+        let reported = try site.heldDocuments()
+        let update = try SiteSync.update(for: holdings, reported: reported, candidates: reported.map(\.identifier), in: core, now: 0)
+        #expect(update.answer.purge == [Self.id("user_id:u-1")] && update.answer.send == [[Self.id("user_id:u-1")]])
+        try site.applySiteUpdate(components: update.components(budget: .max).components, purge: update.answer.purge)
+
+        let rows = String(decoding: try replicatedRows(site).flatMap { $0.key + $0.value }, as: UTF8.self)
+        #expect(!rows.contains("canary-77") && !rows.contains("u-1"), "the erased customer's rows are gone from the site")
+        let logged = try site.changes(after: 0, limit: .max).contains { if case .message = $0.change { true } else { false } }
+        #expect(!logged, "the site's log no longer carries the erased customer's message")
+        #expect(try site.documentStates(of: [Self.id("user_id:u-1")]).first?.forgotten != nil, "the site keeps the erasure")
+    }
 }
