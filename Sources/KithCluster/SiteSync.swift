@@ -108,15 +108,16 @@ public enum SiteSync {
         }
         for (identifier, digest) in unchanged where !looked.contains(identifier) { held.append(HeldComponent(members: [identifier: digest])) }
         var answer = answer(reported: reported, held: held)
-        // A reported document whose customer this core erased (it holds the forget record
-        // alone) goes to the site as that record, a component of its own. Joining it drops
-        // what the site holds of the customer dated at or before the erasure, and the entries
-        // of its log that name them, even those no member has read yet, which a purge leaves
-        // until every member has: a member away past the window would read them from the
-        // site's log after the cores compacted the record, and bring the customer back.
+        // A document to purge whose customer this core erased goes to the site as the forget
+        // record alone (never the rows: what is held now may be outside the site's scope), a
+        // component of its own. Joining it drops what the site holds of the customer dated at
+        // or before the erasure, and the entries of its log that name them, even those no
+        // member has read yet, which a purge leaves until every member has: a member away past
+        // the window would read them from the site's log after the cores compacted the record,
+        // and bring the customer back.
         for identifier in answer.purge {
-            guard let state = try store.documentStates(of: [identifier]).first, state.identifier == nil, state.forgotten != nil else { continue }
-            states[identifier] = state
+            guard let state = try store.documentStates(of: [identifier]).first, let record = state.forgotten else { continue }
+            states[identifier] = DocumentState(forgetKey: state.forgetKey, identifier: nil, forgotten: record, rows: [])
             answer.send.append([identifier])
         }
         answer.send.sort { $0.lexicographicallyPrecedes($1) }

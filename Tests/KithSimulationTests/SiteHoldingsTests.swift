@@ -165,5 +165,23 @@ struct SiteHoldingsTests {
         let logged = try site.changes(after: 0, limit: .max).contains { if case .message = $0.change { true } else { false } }
         #expect(!logged, "the site's log no longer carries the erased customer's message")
         #expect(try site.documentStates(of: [Self.id("user_id:u-1")]).first?.forgotten != nil, "the site keeps the erasure")
+
+        // The same for a customer outside the site's scope who came back after the erasure: the
+        // record goes, the core's newer data does not.
+        let json2 = #"{"type":"track","userId":"u-2","event":"Store Visit","properties":{"sku":"canary-88"},"messageId":"m-2"}"#
+        let visit2 = try Self.parser.parse(try JSONParser.parse(Array(json2.utf8)), receivedAt: 3_000)
+        try site.apply([visit2])
+        try core.apply([visit2])
+        try core.erase(Self.id("user_id:u-2"), requestedAt: 4_000)
+        let back = #"{"type":"identify","userId":"u-2","traits":{"plan":"canary-99"},"messageId":"m-3"}"#
+        try core.apply([try Self.parser.parse(try JSONParser.parse(Array(back.utf8)), receivedAt: 5_000)])
+        let reported2 = try site.heldDocuments()
+        let update2 = try SiteSync.update(for: holdings, reported: reported2, candidates: reported2.map(\.identifier), in: core, now: 0)
+        #expect(update2.answer.purge == [Self.id("user_id:u-2")] && update2.answer.send == [[Self.id("user_id:u-2")]])
+        try site.applySiteUpdate(components: update2.components(budget: .max).components, purge: update2.answer.purge)
+        let rows2 = String(decoding: try replicatedRows(site).flatMap { $0.key + $0.value }, as: UTF8.self)
+        #expect(!rows2.contains("canary-88") && !rows2.contains("canary-99") && !rows2.contains("u-2"), "\(rows2)")
+        let logged2 = try site.changes(after: 0, limit: .max).contains { if case .message = $0.change { true } else { false } }
+        #expect(!logged2, "the site's log no longer carries the erased customer's message")
     }
 }
