@@ -353,6 +353,16 @@ public final class ClusterNode {
             counters.pushesSent += 1
             send(peer.address, message)
         }
+        // A node that knows no member yet (restarted, and not heard back from its seeds) pushes
+        // to the seeds: it may be heard where it cannot hear, and a write only it holds would
+        // otherwise stay here while it is taken for silent, quarantined and made to drop it
+        // (the simulation's deaf member, restarted, lost acknowledged writes that way).
+        if membership.members.isEmpty {
+            for seed in membership.seeds {
+                counters.pushesSent += 1
+                send(seed, message)
+            }
+        }
     }
 
     /// Handles one message from peer `sender` (its node id, from the authenticated frame).

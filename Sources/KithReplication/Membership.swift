@@ -122,7 +122,8 @@ public struct Membership: Sendable {
     public private(set) var me: Member
     /// Every other member known, by id.
     public private(set) var members: [UInt64: Member] = [:]
-    private var seeds: [String]
+    /// The configured addresses this node joins through (its own left out).
+    public private(set) var seeds: [String]
     private var random: SplitMix64
     private var probeOrder: [UInt64] = []
     private var nextProbeAt: Int64 = 0

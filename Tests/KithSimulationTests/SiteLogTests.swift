@@ -149,3 +149,30 @@ struct SiteLogRecoveryTests {
         #expect(SiteLogRecovery.logsToResume(held: held, behind: [:]).isEmpty)
     }
 }
+
+/// A member that knows no one (restarted, and not heard back from its seeds) pushes what it
+/// accepts to its seeds: it may be heard where it cannot hear, and a write only it holds would
+/// otherwise wait there until it is quarantined as silent and drops it (seeds 226 and 248 of
+/// the scoped-site forget scenario: a deaf member restarted and lost acknowledged writes).
+@Suite("Pushes of a member that knows no one")
+struct PushesWithoutMembersTests {
+    @Test func aMemberThatKnowsNoOnePushesToItsSeeds() throws {
+        for me in [SiteLogTests.core, SiteLogTests.edge] {
+            let store = MemoryProfileStore(configuration: StoreConfiguration(node: me.id, forgetKeySecret: Simulation.secret))
+            var sent: [(String, PeerMessage)] = []
+            let node = try ClusterNode(store: store, me: me, seeds: ["n2", "n3"], seed: 1) { sent.append(($0, $1)) }
+            try store.apply([try SiteLogTests.message("w-\(me.id)")])
+            try node.pushOwnChanges()
+            let pushedTo = sent.compactMap { address, message in if case .push = message { address } else { nil } }
+            #expect(pushedTo == ["n2", "n3"].filter { $0 != me.address }, "\(me.name) pushed to \(pushedTo)")
+            // Once it knows members, it pushes to them as usual, and no longer to the seeds as such.
+            let other = me.id == SiteLogTests.core.id ? SiteLogTests.edge : SiteLogTests.core
+            try node.receive(
+                .membership(MembershipMessage(sender: other, kind: .join, updates: [other])), from: other.id, address: other.address, now: 0)
+            sent.removeAll()
+            try store.apply([try SiteLogTests.message("x-\(me.id)")])
+            try node.pushOwnChanges()
+            #expect(!sent.contains { address, message in if case .push = message { address == "n3" } else { false } })
+        }
+    }
+}
