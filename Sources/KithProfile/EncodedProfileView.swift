@@ -253,18 +253,7 @@ public struct EncodedProfileView: Sendable {
             output.appendString(utf8: aggregate.name)
             output.append(static: #":{"count":"#)
             output.appendFixedPoint(aggregate.count, scale: 0)
-            if aggregate.revenue != 0 {
-                switch display {
-                case .plain:
-                    output.append(static: #","revenue":"#)
-                    output.appendFixedPoint128(aggregate.revenue, scale: 6)
-                case .replaced(let text):
-                    output.append(static: #","revenue":"#)
-                    var text = text
-                    text.withUTF8 { output.appendString(utf8: $0) }
-                case .omitted: break
-                }
-            }
+            output.appendRevenueMember(aggregate.revenue, display)
             output.append(byte: UInt8(ascii: "}"))
         }
         output.append(static: "}}")

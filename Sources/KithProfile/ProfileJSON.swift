@@ -86,17 +86,7 @@ extension JSONWriter {
             write(string: key)
             raw(static: #":{"count":"#)
             write(integer: aggregate.count)
-            if aggregate.revenueMicros != 0 {
-                switch revenue {
-                case .plain:
-                    raw(static: #","revenue":"#)
-                    write(fixedPoint128: aggregate.revenueMicros, scale: 6)
-                case .replaced(let text):
-                    raw(static: #","revenue":"#)
-                    write(string: text)
-                case .omitted: break
-                }
-            }
+            appendRevenueMember(aggregate.revenueMicros, revenue)
             raw(byte: UInt8(ascii: "}"))
         }
         raw(static: "}}")
@@ -119,6 +109,25 @@ extension JSONWriter {
         raw(static: #","properties":"#)
         write(raw: record.properties)
         raw(byte: UInt8(ascii: "}"))
+    }
+}
+
+extension JSONOutput where Self: ~Copyable {
+    /// A total's `,"revenue":…` member as `display` shows it; nothing when it carries none. The
+    /// one writing of it for decoded views (`JSONWriter.writeAggregates`) and stored ones
+    /// (`EncodedProfileView`).
+    mutating func appendRevenueMember(_ micros: Int128, _ display: JSONWriter.RevenueDisplay) {
+        guard micros != 0 else { return }
+        switch display {
+        case .plain:
+            append(static: #","revenue":"#)
+            appendFixedPoint128(micros, scale: 6)
+        case .replaced(let text):
+            append(static: #","revenue":"#)
+            var text = text
+            text.withUTF8 { appendString(utf8: $0) }
+        case .omitted: break
+        }
     }
 }
 

@@ -47,6 +47,21 @@ struct EncodedProfileViewTests {
         try expectSameReading(view)
     }
 
+    /// How a total's revenue is shown, pinned in text (both views write it through one helper).
+    @Test func writesRevenueAsEachDisplayShowsIt() throws {
+        let encoded = try EncodedProfileView(ProfileFormat.encode(Self.awkwardView()))
+        func aggregates(_ display: JSONWriter.RevenueDisplay) -> String {
+            var writer = JSONWriter()
+            encoded.writeAggregates(revenue: display, to: &writer)
+            return writer.string
+        }
+        let order = #""Order \"Completed\"\n":{"count":2"#
+        #expect(aggregates(.plain).contains(order + #","revenue":-1.000001}"#))
+        #expect(aggregates(.replaced(by: "***")).contains(order + #","revenue":"***"}"#))
+        #expect(aggregates(.omitted).contains(order + "}") && !aggregates(.omitted).contains("revenue"))
+        #expect(aggregates(.plain).contains(#""Home":{"count":1}"#), "a total without revenue shows none")
+    }
+
     @Test func refusesEveryTruncationAndAnUnknownVersion() throws {
         let bytes = ProfileFormat.encode(Self.awkwardView())
         for length in 0..<bytes.count {
