@@ -38,7 +38,6 @@ public struct HTTPResponse: Equatable, Sendable {
     /// The same, appended to `output` (a connection's buffer): every response of a server
     /// passes here, so the head is written piece by piece, with no `String` built for it.
     package func serialize(closing: Bool, into output: inout [UInt8]) {
-        output.reserveCapacity(output.count + 128 + body.count)
         output.append(static: "HTTP/1.1 ")
         output.append(decimal: status)
         output.append(UInt8(ascii: " "))
