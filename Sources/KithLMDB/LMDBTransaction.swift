@@ -64,6 +64,22 @@ public struct LMDBReadTransaction {
         if rc != MDB_NOTFOUND { try LMDBError.check(rc, "mdb_cursor_get \(database.name)") }
     }
 
+    /// The first key ≥ `start`, or nil when there is none; its value is neither copied nor read.
+    public func firstKey(_ database: LMDBDatabase, from start: [UInt8]) throws -> [UInt8]? {
+        var cursor: OpaquePointer?
+        try LMDBError.check(mdb_cursor_open(txn, database.handle, &cursor), "mdb_cursor_open \(database.name)")
+        defer { mdb_cursor_close(cursor) }
+        var startKey = start
+        var k = MDB_val(), v = MDB_val()
+        let rc: Int32 = startKey.withUnsafeMutableBytes { bytes in
+            k = MDB_val(mv_size: bytes.count, mv_data: bytes.baseAddress)
+            return mdb_cursor_get(cursor, &k, &v, bytes.isEmpty ? MDB_FIRST : MDB_SET_RANGE)
+        }
+        if rc == MDB_NOTFOUND { return nil }
+        try LMDBError.check(rc, "mdb_cursor_get \(database.name)")
+        return copy(k)
+    }
+
     /// Visits every entry whose key starts with `prefix`, in key order.
     public func scan(
         _ database: LMDBDatabase, prefix: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep

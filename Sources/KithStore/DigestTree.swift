@@ -111,6 +111,15 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
         return true
     }
 
+    /// Passed on whole, so that the table below writes each block once.
+    package func write(_ table: Table, _ changes: [(key: [UInt8], value: [UInt8]?)]) throws {
+        let old = try changes.map { DigestTree.isCovered(table, $0.key) ? try previous(table, $0.key) : nil }
+        try base.write(table, changes)
+        for (change, old) in zip(changes, old) where DigestTree.isCovered(table, change.key) {
+            record(table, change.key, old: old, new: change.value)
+        }
+    }
+
     package func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
 
     /// The change log is not covered by the tree.

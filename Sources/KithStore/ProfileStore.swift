@@ -533,7 +533,7 @@ public final class MemoryProfileStore: EngineBackedStore {
     }
 
     package func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
-        try storage.withLock { tables in try body(MemoryReading(storage: tables)) }
+        try storage.withLock { tables in try body(LedgerBlockReading(base: MemoryReading(storage: tables))) }
     }
 
     /// What a disk would hold while commits with a deferred sync wait for `synchronize`: the
@@ -584,7 +584,7 @@ public final class MemoryProfileStore: EngineBackedStore {
             let before =
                 deferringSync && lastSynced.withLock({ $0 == nil }) ? (tables.tables, tables.bytes, try engine.lastSequence(in: writer)) : nil
             do {
-                let result = try body(writer)
+                let result = try body(LedgerBlockWriting(base: writer))
                 // A synced commit makes every commit before it durable too.
                 lastSynced.withLock { synced in synced = deferringSync ? synced ?? before : nil }
                 return result

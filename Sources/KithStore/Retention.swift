@@ -82,8 +82,7 @@ extension WriteContext {
                 }
                 return .next
             }
-            for key in expired { try txn.delete(.documents, key) }
-            for (key, row) in trimmed { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+            try txn.write(.documents, expired.map { ($0, nil) } + trimmed.map { ($0.0, ProfileFormat.encode($0.1)) })
             step.eventsDropped += expired.count
             var head = try source(identifier.key) ?? SourceHead()
             let traits = head.traits.count

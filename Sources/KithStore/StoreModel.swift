@@ -380,9 +380,11 @@ package let formatMetaKey = Array("format".utf8)
 /// have none — and is marked with the revision when opened, so that a build that does not know
 /// the revision refuses the store instead of failing on its first such row.
 package enum StoreFormat {
-    package static let current: [UInt8] = [ProfileFormat.version, 1]
+    /// Revision 2: ledger rows kept in blocks (`LedgerBlock`); a row stored alone, as revisions
+    /// before wrote them all, reads as a block of one.
+    package static let current: [UInt8] = [ProfileFormat.version, 2]
     /// Formats this build opens, and upgrades to `current` by writing it.
-    package static let readable: Set<[UInt8]> = [[ProfileFormat.version], current]
+    package static let readable: Set<[UInt8]> = [[ProfileFormat.version], [ProfileFormat.version, 1], current]
 }
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
 package let sealedLayoutMetaKey = Array("sealed".utf8)

@@ -138,6 +138,9 @@ package protocol StoreReading {
     /// Visits entries in key order from the first key ≥ `start`, while `body` says `.next`.
     func scan(_ table: Table, from start: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
     func lastKey(_ table: Table) throws -> [UInt8]?
+    /// The first key ≥ `start` that begins with `prefix`, its value not read (not opened, when
+    /// sealed): how a ledger row finds its block (`LedgerBlocks`).
+    func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]?
     func count(_ table: Table) throws -> Int
     /// The identifiers held here whose forget keys are in `wanted`.
     func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
@@ -151,6 +154,11 @@ extension StoreReading {
     /// A copy lent: for tables whose values are not in memory as bytes already.
     package func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
         try get(table, Array(key)).map { try $0.withUnsafeBytes(body) }
+    }
+
+    /// From a scan: for tables whose values are not opened to be read.
+    package func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
+        try firstKeyByScanning(self, table, from: start, sharing: prefix)
     }
 
     /// Plain tables know no pseudonyms: hash each identifier held (one seek per identifier).
@@ -199,10 +207,23 @@ extension StoreReading {
     }
 }
 
+/// `StoreReading.firstKey` read from `reading`'s scan: the key of the first entry it visits.
+package func firstKeyByScanning(_ reading: some StoreReading, _ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
+    var found: [UInt8]?
+    try reading.scan(table, from: start) { key, _ in
+        if key.starts(with: prefix) { found = key }
+        return .stop
+    }
+    return found
+}
+
 /// Reads and writes inside one atomic transaction.
 package protocol StoreWriting: StoreReading {
     @discardableResult func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool
     @discardableResult func delete(_ table: Table, _ key: [UInt8]) throws -> Bool
+    /// Puts (upserts) each change with a value and deletes each without, no key twice: a table
+    /// that stores rows together (`LedgerBlockWriting`) writes each block they fall in once.
+    func write(_ table: Table, _ changes: [(key: [UInt8], value: [UInt8]?)]) throws
     /// The erased `identifiers`' data keys are to be destroyed when this transaction commits.
     func retireKeys(of identifiers: [Identifier]) throws
     /// Stores a transaction's change-log entries as one record (`ChangeRecord`): a writer that
@@ -225,6 +246,9 @@ extension ReadingThrough {
         try readThrough.scan(table, from: start, body)
     }
     package func lastKey(_ table: Table) throws -> [UInt8]? { try readThrough.lastKey(table) }
+    package func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
+        try readThrough.firstKey(table, from: start, sharing: prefix)
+    }
     package func count(_ table: Table) throws -> Int { try readThrough.count(table) }
     package func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try readThrough.identifiers(withForgetKeys: wanted, hasher: hasher)
@@ -239,6 +263,13 @@ extension ReadingThrough {
 }
 
 extension StoreWriting {
+    /// One by one, for tables that store each row alone.
+    package func write(_ table: Table, _ changes: [(key: [UInt8], value: [UInt8]?)]) throws {
+        for (key, value) in changes {
+            if let value { try put(table, key, value, mode: .upsert) } else { try delete(table, key) }
+        }
+    }
+
     /// Plain tables have no keys to destroy.
     package func retireKeys(of identifiers: [Identifier]) throws {}
 

@@ -181,8 +181,7 @@ extension WriteContext {
             }
             return .next
         }
-        for key in dropped { try txn.delete(.documents, key) }
-        for (key, row) in trimmed { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+        try txn.write(.documents, dropped.map { ($0, nil) } + trimmed.map { ($0.0, ProfileFormat.encode($0.1)) })
         guard var head = try source(member.key) else { return }
         head.dropFields(upTo: time)
         try recount(&head, of: member)
@@ -196,7 +195,7 @@ extension WriteContext {
             if let row = cutoffs.stripped(try decode(LedgerRow.self, value, table: .documents), of: member) { rewrites.append((key, row)) }
             return .next
         }
-        for (key, row) in rewrites { try txn.put(.documents, key, ProfileFormat.encode(row), mode: .upsert) }
+        try txn.write(.documents, rewrites.map { ($0.0, ProfileFormat.encode($0.1)) })
     }
 
     /// Rebuilds the profiles around `identifiers`, whose own data just shrank (an erasure, an

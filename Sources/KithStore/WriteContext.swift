@@ -276,7 +276,7 @@ extension StoreWriting {
             keys.append(key)
             return .next
         }
-        for key in keys { try delete(table, key) }
+        try write(table, keys.map { ($0, nil) })
         return keys.count
     }
 }

@@ -93,7 +93,8 @@ public final class LMDBProfileStore: EngineBackedStore {
 
     package func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
         try environment.read { txn in
-            try body(SealedReading(base: LMDBReading(reader: txn, tables: tables), session: SealingSession(sealing, writing: false)))
+            let sealed = SealedReading(base: LMDBReading(reader: txn, tables: tables), session: SealingSession(sealing, writing: false))
+            return try body(LedgerBlockReading(base: sealed))
         }
     }
 
@@ -113,9 +114,10 @@ public final class LMDBProfileStore: EngineBackedStore {
             result = try environment.write(deferringSync: deferringSync) { txn in
                 let session = SealingSession(sealing, writing: true)
                 sessions.append(session)
-                let writer = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
+                let sealed = SealedWriting(base: LMDBWriting(transaction: txn, tables: tables), session: session)
+                let writer = LedgerBlockWriting(base: sealed)
                 let value = try body(writer)
-                try writer.finish()
+                try sealed.finish()
                 lastSequence = try engine.lastSequence(in: writer)
                 return value
             }

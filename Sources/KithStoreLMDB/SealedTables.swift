@@ -398,6 +398,18 @@ struct SealedReading: StoreReading {
         }
     }
 
+    /// For `documents`, within one part of one owner (`owner ‖ 0 ‖ part`), whose suffixes are
+    /// stored plain: every part's but an edge's.
+    func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
+        guard table == .documents else { return try base.firstKey(table, from: start, sharing: prefix) }
+        guard let part = RowKey(prefix), part.suffix.isEmpty, part.part != .edge, start.starts(with: prefix) else {
+            preconditionFailure("a sealed first key asked for outside one part of one owner (prefix of \(prefix.count) bytes)")
+        }
+        let sealedPrefix = session.sealedKey(prefix)
+        guard let found = try base.firstKey(.documents, from: session.sealedKey(start), sharing: sealedPrefix) else { return nil }
+        return prefix + found[sealedPrefix.count...]
+    }
+
     func lastKey(_ table: Table) throws -> [UInt8]? {
         precondition(table != .documents, "documents are not in plain key order when sealed")
         return try base.lastKey(table)

@@ -189,7 +189,10 @@ struct AcceptanceTests {
         try setFormat([ProfileFormat.version])
         #expect(try open().view(of: Self.u1)?.head.messageCount == 1)
         #expect(try format() == StoreFormat.current, "marked with the revision when opened")
-        try setFormat([ProfileFormat.version, 2])
+        try setFormat([ProfileFormat.version, 1])
+        #expect(try open().view(of: Self.u1)?.head.messageCount == 1)
+        #expect(try format() == StoreFormat.current)
+        try setFormat([ProfileFormat.version, 3])
         #expect(throws: StoreCorruption.self) { try open() }
     }
 }

@@ -161,8 +161,8 @@ struct SealingTests {
         #expect(try store.encodedView(of: user)?.decoded() == (try store.view(of: user)))
         #expect(try store.view(of: user) != nil)
 
-        // The same for a row found by a scan (the customer's events).
-        let ledgerKey = Array(viewKey.dropLast()) + [DocumentPart.ledger.rawValue] + Array("c-2".utf8)
+        // The same for a row found by a scan (the customer's events, in their one ledger block).
+        let ledgerKey = Array(viewKey.dropLast()) + [DocumentPart.ledger.rawValue] + LedgerBlock.tailSuffix
         let ledger = try #require(try store.environment.read { try $0.get(documents, ledgerKey) })
         let events = try store.events(of: user, before: nil, limit: 10).events
         #expect(events.contains { $0.messageId == "c-2" })

@@ -1,0 +1,238 @@
+import KithCRDT
+import KithProfile
+
+/// A run of one identifier's ledger rows stored as one value of `documents` (docs/storage.md,
+/// "Ledger blocks"). A row of its own cost a key, a seal and LMDB's node header — 73 bytes
+/// beside a median of 80 of row — so an identifier's rows are kept together, a block each run
+/// of about `maximumBytes`, and the engine still reads and writes them one by one
+/// (`LedgerBlockTables`).
+///
+/// A block is stored under `identifier key ‖ 0 ‖ ledger ‖ s`, where `s` is the messageId of its
+/// last row, except the identifier's last block, stored under `tailSuffix` (no messageId is that
+/// byte: messageIds are UTF-8). Blocks partition the messageIds: the block holding a messageId,
+/// or the one it would go into, is the first stored at or after it. So every lookup is one
+/// forward seek, and rows arriving in messageId order land in the tail block.
+///
+/// A value that does not start with `tag` is one row as stores before blocks wrote it
+/// (`ProfileFormat`'s version byte first), stored under its own messageId: a block of one.
+package struct LedgerBlock: Equatable, Sendable {
+    /// A ledger row whose messageId is longer than `maximumSuffixBytes`, refused.
+    package struct MessageIdTooLong: Error, CustomStringConvertible {
+        package let bytes: Int
+        package var description: String { "a messageId of \(bytes) bytes (at most \(LedgerBlock.maximumSuffixBytes) are stored)" }
+    }
+
+    /// The first byte of a block's encoding; never a `ProfileFormat` version.
+    package static let tag: UInt8 = 0xB1
+    /// The key suffix of an identifier's last block.
+    package static let tailSuffix: [UInt8] = [0xFF]
+    /// A block that grows past this many encoded bytes is split. Blocks of a kilobyte keep
+    /// the key, seal and node header under a tenth of what they hold, keep four blocks to a
+    /// page, and cost a write about a kilobyte to open and seal again.
+    package static let maximumBytes = 1_024
+
+    /// The longest messageId a ledger row may have: a block is stored under its last one, and
+    /// that key must fit LMDB's limit (511 bytes) once sealed (a 16-byte pseudonym and the part
+    /// byte before it). The API takes messageIds of at most 200 bytes.
+    package static let maximumSuffixBytes = 494
+
+    /// A block changed to fewer bytes than this joins the next one, if the two fit in one.
+    package static let mergingBytes = maximumBytes / 4
+
+    package struct Row: Equatable, Sendable {
+        /// The messageId's bytes (the logical row key's suffix).
+        package var suffix: [UInt8]
+        package var value: [UInt8]
+
+        package init(suffix: [UInt8], value: [UInt8]) {
+            self.suffix = suffix
+            self.value = value
+        }
+    }
+
+    /// In ascending suffix order, no suffix twice, none empty.
+    package private(set) var rows: [Row]
+
+    package init(rows: [Row] = []) {
+        for (earlier, later) in zip(rows, rows.dropFirst()) {
+            precondition(
+                earlier.suffix.lexicographicallyPrecedes(later.suffix), "ledger block rows out of order: \(earlier.suffix) then \(later.suffix)")
+        }
+        precondition(!rows.contains { $0.suffix.isEmpty }, "a ledger block row without a messageId")
+        self.rows = rows
+    }
+
+    /// The block stored under key suffix `keySuffix` with value `stored` (a block, or one row as
+    /// stores before blocks wrote it). Checks what lookups rely on: rows in ascending order, and
+    /// every row at or before the key it is stored under.
+    package init(stored: [UInt8], keySuffix: ArraySlice<UInt8>) throws {
+        guard stored.first == Self.tag else {
+            guard !keySuffix.isEmpty, keySuffix.elementsEqual(Self.tailSuffix) == false else {
+                throw BinaryDecodingError(.invalidValue, offset: 0, "a ledger row under \(keySuffix.count == 0 ? "no messageId" : "the tail key")")
+            }
+            rows = [Row(suffix: Array(keySuffix), value: stored)]
+            return
+        }
+        var reader = BinaryReader(stored, at: 1)
+        let count = try reader.readCount(minimumItemSize: 3)
+        guard count > 0 else { throw BinaryDecodingError(.invalidValue, offset: 1, "an empty ledger block") }
+        var rows: [Row] = []
+        rows.reserveCapacity(count)
+        var previous: [UInt8] = []
+        for _ in 0..<count {
+            let start = reader.offset
+            let shared = Int(try reader.readVarint())
+            let rest = try reader.readBytes()
+            guard shared <= previous.count, shared + rest.count > 0 else {
+                throw BinaryDecodingError(.invalidValue, offset: start, "a ledger block row sharing \(shared) bytes of \(previous.count)")
+            }
+            let suffix = Array(previous[..<shared]) + rest
+            guard rows.isEmpty || previous.lexicographicallyPrecedes(suffix) else {
+                throw BinaryDecodingError(.invalidValue, offset: start, "ledger block rows out of order")
+            }
+            rows.append(Row(suffix: suffix, value: Array(try reader.readBytes())))
+            previous = suffix
+        }
+        try reader.expectEnd()
+        if !keySuffix.elementsEqual(Self.tailSuffix), keySuffix.lexicographicallyPrecedes(previous) {
+            throw BinaryDecodingError(.invalidValue, offset: 0, "a ledger block holding rows after the key it is stored under")
+        }
+        self.rows = rows
+    }
+
+    /// The encoding: `tag`, the row count, then each row as the bytes its messageId shares with
+    /// the previous one's, the rest of it, and the value.
+    package func encoded() -> [UInt8] {
+        var writer = BinaryWriter(capacity: encodedCount)
+        writer.write(byte: Self.tag)
+        writer.write(count: rows.count)
+        var previous: [UInt8] = []
+        for row in rows {
+            let shared = zip(previous, row.suffix).prefix { $0 == $1 }.count
+            writer.write(count: shared)
+            writer.write(bytes: row.suffix[shared...])
+            writer.write(bytes: row.value)
+            previous = row.suffix
+        }
+        return writer.bytes
+    }
+
+    /// At most the length of `encoded()` (its messageIds counted whole): what splitting goes by,
+    /// so that where a block splits does not depend on its neighbours' messageIds.
+    package var encodedCount: Int { 1 + 5 + rows.reduce(0) { $0 + Self.rowBytes($1) } }
+
+    private static func rowBytes(_ row: Row) -> Int { 1 + 5 + row.suffix.count + 5 + row.value.count }
+
+    /// The encoding of the block `stored` with the row `suffix` added after its last one,
+    /// written without decoding the block into rows: the usual write, a new message of a
+    /// customer whose messageIds grow, lands in the customer's last block. Nil when `stored`
+    /// is not a block, `suffix` does not sort after its rows, or the row would take it past
+    /// `maximumBytes` (`encodedCount`, as splitting counts): `set` and `layout` decide then.
+    package static func appending(_ suffix: [UInt8], _ value: [UInt8], toEncoded stored: [UInt8]) throws -> [UInt8]? {
+        guard stored.count >= 2, stored[0] == tag, stored[1] < 0x7F else { return nil }
+        var reader = BinaryReader(stored, at: 2)
+        var last: [UInt8] = []
+        last.reserveCapacity(64)
+        var estimate = 6
+        for _ in 0..<Int(stored[1]) {
+            let shared = Int(try reader.readVarint())
+            let rest = try reader.readBytesRange()
+            guard shared <= last.count else {
+                throw BinaryDecodingError(.invalidValue, offset: rest.lowerBound, "a ledger block row sharing \(shared) bytes of \(last.count)")
+            }
+            last.removeLast(last.count - shared)
+            last.append(contentsOf: stored[rest])
+            let value = try reader.readBytesRange()
+            estimate += 11 + last.count + value.count
+        }
+        try reader.expectEnd()
+        guard last.lexicographicallyPrecedes(suffix), estimate + 11 + suffix.count + value.count <= maximumBytes else { return nil }
+        let shared = zip(last, suffix).prefix { $0 == $1 }.count
+        var tail = BinaryWriter(capacity: suffix.count - shared + value.count + 6)
+        tail.write(count: shared)
+        tail.write(bytes: suffix[shared...])
+        tail.write(bytes: value)
+        var bytes = stored
+        bytes[1] += 1
+        bytes.append(contentsOf: tail.bytes)
+        return bytes
+    }
+
+    /// Where `suffix` is, or where it would go.
+    package func position(of suffix: some Collection<UInt8>) -> (index: Int, found: Bool) {
+        var low = 0, high = rows.count
+        while low < high {
+            let mid = (low + high) / 2
+            if rows[mid].suffix.lexicographicallyPrecedes(suffix) { low = mid + 1 } else { high = mid }
+        }
+        return (low, low < rows.count && rows[low].suffix.elementsEqual(suffix))
+    }
+
+    package func value(of suffix: some Collection<UInt8>) -> [UInt8]? {
+        let place = position(of: suffix)
+        return place.found ? rows[place.index].value : nil
+    }
+
+    /// Sets the row `suffix`; returns whether it was new.
+    @discardableResult
+    package mutating func set(_ suffix: [UInt8], _ value: [UInt8]) -> Bool {
+        precondition(!suffix.isEmpty, "a ledger row without a messageId")
+        let place = position(of: suffix)
+        if place.found {
+            rows[place.index].value = value
+            return false
+        }
+        rows.insert(Row(suffix: suffix, value: value), at: place.index)
+        return true
+    }
+
+    /// Removes the row `suffix`; returns whether there was one.
+    @discardableResult
+    package mutating func remove(_ suffix: some Collection<UInt8>) -> Bool {
+        let place = position(of: suffix)
+        guard place.found else { return false }
+        rows.remove(at: place.index)
+        return true
+    }
+
+    /// This block's rows and then `next`'s, as one block, if it stays within `maximumBytes`.
+    package func joined(with next: LedgerBlock) -> LedgerBlock? {
+        guard encodedCount + next.encodedCount - 6 <= Self.maximumBytes else { return nil }
+        return LedgerBlock(rows: rows + next.rows)
+    }
+
+    /// The blocks to store in place of this one, stored under `keySuffix`, after a change, each
+    /// with the suffix it goes under; none when it holds no rows. A block past `maximumBytes` is
+    /// cut in two — before its last row when that row was just `appended` (rows arriving in
+    /// messageId order then leave full blocks behind), else in the middle of its bytes — and
+    /// again while a part is too large and has two rows. Every block but the last goes under its
+    /// last messageId; the last keeps the tail key if the block had it, else goes under its own
+    /// last messageId too.
+    package func layout(storedAt keySuffix: [UInt8], appended: Bool) -> [(keySuffix: [UInt8], block: LedgerBlock)] {
+        var parts = split(rows[...], appended: appended)
+        guard !parts.isEmpty else { return [] }
+        let isTail = keySuffix == Self.tailSuffix
+        var layout: [(keySuffix: [UInt8], block: LedgerBlock)] = []
+        let last = parts.removeLast()
+        for part in parts { layout.append((part.last!.suffix, LedgerBlock(rows: Array(part)))) }
+        layout.append((isTail ? Self.tailSuffix : last.last!.suffix, LedgerBlock(rows: Array(last))))
+        return layout
+    }
+
+    private func split(_ rows: ArraySlice<Row>, appended: Bool) -> [ArraySlice<Row>] {
+        guard !rows.isEmpty else { return [] }
+        let bytes = rows.reduce(6) { $0 + Self.rowBytes($1) }
+        guard bytes > Self.maximumBytes, rows.count > 1 else { return [rows] }
+        var cut = rows.endIndex - 1
+        if !appended {
+            var before = 6
+            cut = rows.startIndex
+            while cut < rows.endIndex - 1, before + Self.rowBytes(rows[cut]) <= bytes / 2 {
+                before += Self.rowBytes(rows[cut])
+                cut += 1
+            }
+            cut = max(cut, rows.startIndex + 1)
+        }
+        return split(rows[..<cut], appended: false) + split(rows[cut...], appended: false)
+    }
+}
