@@ -50,7 +50,7 @@ let package = Package(
             name: "kith", dependencies: ["KithNode", "KithAPI", "KithNet", "KithHTTP", "KithJSON", "KithPolicy", "KithProfile", "KithTerminal"],
             swiftSettings: optimizeAcrossModules
         ),
-        .target(name: "KithStore", dependencies: ["KithProfile", "KithCrypto"], swiftSettings: optimizeAcrossModules),
+        .target(name: "KithStore", dependencies: ["KithProfile", "KithCrypto", "KithCompression"], swiftSettings: optimizeAcrossModules),
         // The durable store: LMDB, sealing, the key file. Kept apart so the replication core does not link LMDB.
         .target(name: "KithStoreLMDB", dependencies: ["KithStore", "KithLMDB", "KithCrypto"], swiftSettings: optimizeAcrossModules),
         // Replication over a store, with no I/O of its own: run on sockets by KithNode, in one process by the simulation.

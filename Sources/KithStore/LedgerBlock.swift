@@ -1,4 +1,5 @@
 import KithCRDT
+import KithCompression
 import KithProfile
 
 /// A run of one identifier's ledger rows stored as one value of `documents` (docs/storage.md,
@@ -24,6 +25,14 @@ package struct LedgerBlock: Equatable, Sendable {
 
     /// The first byte of a block's encoding; never a `ProfileFormat` version.
     package static let tag: UInt8 = 0xB1
+    /// The first byte of a block deflated (`dictionary`): then the length of the encoding
+    /// after its tag, and that encoding deflated. Blocks other than an identifier's last are
+    /// stored so (`encoded(compressed:)`): they change seldom when messageIds grow, whereas
+    /// the last takes every new row.
+    package static let compressedTag: UInt8 = 0xB2
+    /// The most an encoding may say it inflates to: far above any block (a block past
+    /// `maximumBytes` holds one row, and a row is a message's), far below what would hurt.
+    static let largestInflated = 1 << 24
     /// The key suffix of an identifier's last block.
     package static let tailSuffix: [UInt8] = [0xFF]
     /// A block that grows past this many encoded bytes is split. Blocks of a kilobyte keep
@@ -66,6 +75,7 @@ package struct LedgerBlock: Equatable, Sendable {
     /// stores before blocks wrote it). Checks what lookups rely on: rows in ascending order, and
     /// every row at or before the key it is stored under.
     package init(stored: [UInt8], keySuffix: ArraySlice<UInt8>) throws {
+        let stored = stored.first == Self.compressedTag ? try Self.inflated(stored) : stored
         guard stored.first == Self.tag else {
             guard !keySuffix.isEmpty, keySuffix.elementsEqual(Self.tailSuffix) == false else {
                 throw BinaryDecodingError(.invalidValue, offset: 0, "a ledger row under \(keySuffix.count == 0 ? "no messageId" : "the tail key")")
@@ -115,6 +125,32 @@ package struct LedgerBlock: Equatable, Sendable {
             previous = row.suffix
         }
         return writer.bytes
+    }
+
+    /// `encoded()`, deflated when `compressed` and that is smaller.
+    package func encoded(compressed: Bool) -> [UInt8] {
+        let plain = encoded()
+        guard compressed else { return plain }
+        let body = Array(plain[1...])
+        var writer = BinaryWriter(capacity: body.count / 2 + 8)
+        writer.write(byte: Self.compressedTag)
+        writer.write(count: body.count)
+        writer.write(raw: RawDeflate.compress(body, dictionary: Self.dictionary))
+        return writer.bytes.count < plain.count ? writer.bytes : plain
+    }
+
+    /// A deflated block's plain encoding.
+    private static func inflated(_ stored: [UInt8]) throws -> [UInt8] {
+        var reader = BinaryReader(stored, at: 1)
+        let size = try reader.readVarint()
+        guard size > 0, size <= UInt64(largestInflated) else {
+            throw BinaryDecodingError(.invalidValue, offset: 1, "a deflated ledger block of \(size) bytes")
+        }
+        do {
+            return [tag] + (try RawDeflate.decompress(Array(stored[reader.offset...]), dictionary: dictionary, size: Int(size)))
+        } catch {
+            throw BinaryDecodingError(.invalidValue, offset: reader.offset, "a deflated ledger block: \(error)")
+        }
     }
 
     /// At most the length of `encoded()` (its messageIds counted whole): what splitting goes by,

@@ -239,7 +239,10 @@ package final class LedgerBlockWriting: StoreWriting, ReadingThrough {
         let layout = block.layout(storedAt: keySuffix, appended: appended)
         let keys = layout.map { prefix + $0.keySuffix }
         for key in replaced where !keys.contains(key) { try base.delete(.documents, key) }
-        for (key, part) in zip(keys, layout) { try base.put(.documents, key, part.block.encoded(), mode: .upsert) }
+        for (key, part) in zip(keys, layout) {
+            let compressed = part.keySuffix != LedgerBlock.tailSuffix
+            try base.put(.documents, key, part.block.encoded(compressed: compressed), mode: .upsert)
+        }
         blockWrites += 1
     }
 }

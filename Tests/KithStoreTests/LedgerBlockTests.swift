@@ -21,6 +21,23 @@ struct LedgerBlockTests {
         #expect(decoded.value(of: Array("m-0003".utf8)) == nil)
     }
 
+    @Test func aDeflatedBlockReadsBackAndDamageIsRefused() throws {
+        let block = LedgerBlock(rows: (0..<8).map { Self.row(String(format: "m-%04d", $0), 60, 0x41) })
+        let stored = block.encoded(compressed: true)
+        #expect(stored.first == LedgerBlock.compressedTag)
+        #expect(stored.count * 2 < block.encoded().count)
+        #expect(try LedgerBlock(stored: stored, keySuffix: LedgerBlock.tailSuffix[...]) == block)
+        for damaged in [
+            Array(stored.dropLast(3)), stored + [1], [LedgerBlock.compressedTag, 0], [LedgerBlock.compressedTag, 0x80, 0x80, 0x80, 0x80, 0x08],
+        ] {
+            #expect(throws: BinaryDecodingError.self) { try LedgerBlock(stored: damaged, keySuffix: LedgerBlock.tailSuffix[...]) }
+        }
+        // Incompressible rows are stored plain.
+        var random = SplitMix64(seed: 3)
+        let noise = LedgerBlock(rows: [LedgerBlock.Row(suffix: [0x61], value: (0..<40).map { _ in UInt8(truncatingIfNeeded: random.next()) })])
+        #expect(noise.encoded(compressed: true) == noise.encoded())
+    }
+
     @Test func aRowStoredAloneReadsAsABlockOfOne() throws {
         let value = ProfileFormat.encode(LedgerRow.sample)
         let block = try LedgerBlock(stored: value, keySuffix: Array("m-7".utf8)[...])
@@ -205,6 +222,13 @@ struct LedgerBlockFillTests {
         }
         let blocks = try Self.blocks(in: storage)
         #expect(blocks.reduce(0) { $0 + $1.rows.count } == 200)
+        // Every block but the owner's last is stored deflated.
+        var tags: [UInt8] = []
+        try MemoryReading(storage: storage).scan(.documents, prefix: documentKey(Self.owner, .ledger)) { _, value in
+            tags.append(value[0])
+            return .next
+        }
+        #expect(tags.dropLast().allSatisfy { $0 == LedgerBlock.compressedTag } && tags.last == LedgerBlock.tag)
         #expect(blocks.count <= (inOrder ? 21 : 40), "\(blocks.count) blocks")
     }
 
