@@ -64,8 +64,8 @@ public struct LMDBReadTransaction {
         if rc != MDB_NOTFOUND { try LMDBError.check(rc, "mdb_cursor_get \(database.name)") }
     }
 
-    /// The first key ≥ `start`, or nil when there is none; its value is neither copied nor read.
-    public func firstKey(_ database: LMDBDatabase, from start: [UInt8]) throws -> [UInt8]? {
+    /// The first entry at or after `start`, or nil when there is none.
+    public func firstEntry(_ database: LMDBDatabase, from start: [UInt8]) throws -> (key: [UInt8], value: [UInt8])? {
         var cursor: OpaquePointer?
         try LMDBError.check(mdb_cursor_open(txn, database.handle, &cursor), "mdb_cursor_open \(database.name)")
         defer { mdb_cursor_close(cursor) }
@@ -77,7 +77,7 @@ public struct LMDBReadTransaction {
         }
         if rc == MDB_NOTFOUND { return nil }
         try LMDBError.check(rc, "mdb_cursor_get \(database.name)")
-        return copy(k)
+        return (copy(k), copy(v))
     }
 
     /// Visits every entry whose key starts with `prefix`, in key order.

@@ -20,8 +20,8 @@ enum LedgerBlocks {
     /// The block that holds `row`, or would take it: the first stored at or after its key.
     static func block(for row: RowKey, in base: any StoreReading) throws -> (key: [UInt8], block: LedgerBlock)? {
         let prefix = prefix(of: row)
-        guard let key = try base.firstKey(.documents, from: row.bytes, sharing: prefix),
-            let value = try base.get(.documents, key)  // nil: its owner was erased (a destroyed key)
+        guard let (key, value) = try base.firstEntry(.documents, from: row.bytes, sharing: prefix),
+            let value  // nil: its owner was erased (a destroyed key)
         else { return nil }
         return (key, try decodeBlock(key, value, prefixCount: prefix.count))
     }
@@ -73,12 +73,13 @@ enum LedgerBlocks {
     }
 }
 
-/// Reads of tables whose ledger rows are in blocks.
-package struct LedgerBlockReading: ReadingThrough {
-    package let readThrough: any StoreReading
+/// The reads of both block layers: rows found in their blocks, everything else read through.
+package protocol ReadingLedgerBlocks: ReadingThrough {
+    /// Blocks written in this transaction so far (`LedgerBlocks.scan`; none when only reading).
+    var blockWritesSoFar: Int { get }
+}
 
-    package init(base: any StoreReading) { readThrough = base }
-
+extension ReadingLedgerBlocks {
     package func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
         guard let row = LedgerBlocks.ledgerRow(table, key) else { return try readThrough.get(table, key) }
         return try LedgerBlocks.get(row, in: readThrough)
@@ -92,45 +93,31 @@ package struct LedgerBlockReading: ReadingThrough {
 
     package func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
         guard table == .documents else { return try readThrough.scan(table, from: start, body) }
-        try LedgerBlocks.scan(readThrough, from: start, writes: { 0 }, body)
+        try LedgerBlocks.scan(readThrough, from: start, writes: { blockWritesSoFar }, body)
     }
 
-    package func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-        guard table == .documents else { return try readThrough.firstKey(table, from: start, sharing: prefix) }
-        return try firstKeyByScanning(self, table, from: start, sharing: prefix)
+    package func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)? {
+        guard table == .documents else { return try readThrough.firstEntry(table, from: start, sharing: prefix) }
+        return try firstEntryByScanning(self, table, from: start, sharing: prefix)
     }
 }
 
+/// Reads of tables whose ledger rows are in blocks.
+package struct LedgerBlockReading: ReadingLedgerBlocks {
+    package let readThrough: any StoreReading
+    package var blockWritesSoFar: Int { 0 }
+
+    package init(base: any StoreReading) { readThrough = base }
+}
+
 /// Writes of tables whose ledger rows are in blocks (reads as `LedgerBlockReading`).
-package final class LedgerBlockWriting: StoreWriting, ReadingThrough {
+package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
     package let base: any StoreWriting
-    /// Blocks written by this transaction so far (`LedgerBlocks.scan`).
-    private var blockWrites = 0
+    package private(set) var blockWritesSoFar = 0
 
     package init(base: any StoreWriting) { self.base = base }
 
     package var readThrough: any StoreReading { base }
-
-    package func get(_ table: Table, _ key: [UInt8]) throws -> [UInt8]? {
-        guard let row = LedgerBlocks.ledgerRow(table, key) else { return try base.get(table, key) }
-        return try LedgerBlocks.get(row, in: base)
-    }
-
-    package func withValue<T>(_ table: Table, _ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
-        let bytes = Array(key)
-        guard let row = LedgerBlocks.ledgerRow(table, bytes) else { return try base.withValue(table, key, body) }
-        return try LedgerBlocks.get(row, in: base).map { try $0.withUnsafeBytes(body) }
-    }
-
-    package func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
-        guard table == .documents else { return try base.scan(table, from: start, body) }
-        try LedgerBlocks.scan(base, from: start, writes: { blockWrites }, body)
-    }
-
-    package func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-        guard table == .documents else { return try base.firstKey(table, from: start, sharing: prefix) }
-        return try firstKeyByScanning(self, table, from: start, sharing: prefix)
-    }
 
     @discardableResult
     package func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
@@ -140,7 +127,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingThrough {
         guard suffix.count <= LedgerBlock.maximumSuffixBytes else { throw LedgerBlock.MessageIdTooLong(bytes: suffix.count) }
         let prefix = LedgerBlocks.prefix(of: row)
         // The block that holds the row or would take it; nil: its owner was erased (a destroyed key).
-        guard let blockKey = try base.firstKey(.documents, from: key, sharing: prefix), let stored = try base.get(.documents, blockKey) else {
+        guard let (blockKey, stored) = try base.firstEntry(.documents, from: key, sharing: prefix), let stored else {
             try store(LedgerBlock(rows: [.init(suffix: suffix, value: value)]), of: row, replacing: nil, appended: true)
             return true
         }
@@ -148,7 +135,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingThrough {
             let appended = try LedgerBlocks.decoding(blockKey, { try LedgerBlock.appending(suffix, value, toEncoded: stored) })
         {
             try base.put(.documents, blockKey, appended, mode: .upsert)
-            blockWrites += 1
+            blockWritesSoFar += 1
             return true
         }
         let found = (key: blockKey, block: try LedgerBlocks.decodeBlock(blockKey, stored, prefixCount: prefix.count))
@@ -227,7 +214,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingThrough {
         var replaced = old.map { [$0] } ?? []
         var keySuffix = old.map { Array($0[prefix.count...]) } ?? LedgerBlock.tailSuffix
         if let old, !appended, keySuffix != LedgerBlock.tailSuffix, block.encodedCount < LedgerBlock.mergingBytes,
-            let nextKey = try base.firstKey(.documents, from: old + [0], sharing: prefix), let nextValue = try base.get(.documents, nextKey)
+            let (nextKey, nextValue) = try base.firstEntry(.documents, from: old + [0], sharing: prefix), let nextValue
         {
             let next = try LedgerBlocks.decodeBlock(nextKey, nextValue, prefixCount: prefix.count)
             if let joined = block.joined(with: next) {
@@ -243,6 +230,6 @@ package final class LedgerBlockWriting: StoreWriting, ReadingThrough {
             let compressed = part.keySuffix != LedgerBlock.tailSuffix
             try base.put(.documents, key, part.block.encoded(compressed: compressed), mode: .upsert)
         }
-        blockWrites += 1
+        blockWritesSoFar += 1
     }
 }

@@ -138,9 +138,10 @@ package protocol StoreReading {
     /// Visits entries in key order from the first key ≥ `start`, while `body` says `.next`.
     func scan(_ table: Table, from start: [UInt8], _ body: (_ key: [UInt8], _ value: [UInt8]) throws -> ScanStep) throws
     func lastKey(_ table: Table) throws -> [UInt8]?
-    /// The first key ≥ `start` that begins with `prefix`, its value not read (not opened, when
-    /// sealed): how a ledger row finds its block (`LedgerBlocks`).
-    func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]?
+    /// The first entry at or after `start` whose key begins with `prefix`, read in one seek: how
+    /// a ledger row finds its block (`LedgerBlocks`). Sealed, the value is opened only when the
+    /// key is within `prefix`, and is nil when it is gone (a row under a destroyed key).
+    func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)?
     func count(_ table: Table) throws -> Int
     /// The identifiers held here whose forget keys are in `wanted`.
     func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
@@ -157,8 +158,8 @@ extension StoreReading {
     }
 
     /// From a scan: for tables whose values are not opened to be read.
-    package func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-        try firstKeyByScanning(self, table, from: start, sharing: prefix)
+    package func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)? {
+        try firstEntryByScanning(self, table, from: start, sharing: prefix)
     }
 
     /// Plain tables know no pseudonyms: hash each identifier held (one seek per identifier).
@@ -207,11 +208,13 @@ extension StoreReading {
     }
 }
 
-/// `StoreReading.firstKey` read from `reading`'s scan: the key of the first entry it visits.
-package func firstKeyByScanning(_ reading: some StoreReading, _ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-    var found: [UInt8]?
-    try reading.scan(table, from: start) { key, _ in
-        if key.starts(with: prefix) { found = key }
+/// `StoreReading.firstEntry` read from `reading`'s scan.
+package func firstEntryByScanning(_ reading: some StoreReading, _ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (
+    key: [UInt8], value: [UInt8]?
+)? {
+    var found: (key: [UInt8], value: [UInt8]?)?
+    try reading.scan(table, from: start) { key, value in
+        if key.starts(with: prefix) { found = (key, value) }
         return .stop
     }
     return found
@@ -246,8 +249,8 @@ extension ReadingThrough {
         try readThrough.scan(table, from: start, body)
     }
     package func lastKey(_ table: Table) throws -> [UInt8]? { try readThrough.lastKey(table) }
-    package func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-        try readThrough.firstKey(table, from: start, sharing: prefix)
+    package func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)? {
+        try readThrough.firstEntry(table, from: start, sharing: prefix)
     }
     package func count(_ table: Table) throws -> Int { try readThrough.count(table) }
     package func identifiers(withForgetKeys wanted: Set<[UInt8]>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {

@@ -28,8 +28,9 @@ extension LMDBTableAccess {
         try reader.scan(tables[table], from: start) { key, value in try body(key, value) == .next ? .next : .stop }
     }
     func lastKey(_ table: Table) throws -> [UInt8]? { try reader.lastKey(tables[table]) }
-    func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-        try reader.firstKey(tables[table], from: start).flatMap { $0.starts(with: prefix) ? $0 : nil }
+    func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)? {
+        guard let entry = try reader.firstEntry(tables[table], from: start), entry.key.starts(with: prefix) else { return nil }
+        return (entry.key, entry.value)
     }
     func count(_ table: Table) throws -> Int { try reader.count(tables[table]) }
 }

@@ -399,15 +399,23 @@ struct SealedReading: StoreReading {
     }
 
     /// For `documents`, within one part of one owner (`owner ‖ 0 ‖ part`), whose suffixes are
-    /// stored plain: every part's but an edge's.
-    func firstKey(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> [UInt8]? {
-        guard table == .documents else { return try base.firstKey(table, from: start, sharing: prefix) }
+    /// stored plain (every part's but an edge's); the value is opened only when the key is
+    /// within that part.
+    func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)? {
+        guard table == .documents else { return try base.firstEntry(table, from: start, sharing: prefix) }
         guard let part = RowKey(prefix), part.suffix.isEmpty, part.part != .edge, start.starts(with: prefix) else {
-            preconditionFailure("a sealed first key asked for outside one part of one owner (prefix of \(prefix.count) bytes)")
+            preconditionFailure("a sealed first entry asked for outside one part of one owner (prefix of \(prefix.count) bytes)")
         }
+        // The part's suffixes are stored plain: the start's sealed key is the prefix's and the rest.
         let sealedPrefix = session.sealedKey(prefix)
-        guard let found = try base.firstKey(.documents, from: session.sealedKey(start), sharing: sealedPrefix) else { return nil }
-        return prefix + found[sealedPrefix.count...]
+        guard let found = try base.firstEntry(.documents, from: sealedPrefix + start[prefix.count...], sharing: sealedPrefix),
+            let sealed = found.value
+        else {
+            return nil
+        }
+        let plain = try session.open(sealed, associatedData: found.key, table: .documents)
+        if plain == nil { try checkErased(owner: found.key.prefix(Sealing.pseudonymSize)) }
+        return (prefix + found.key[sealedPrefix.count...], plain)
     }
 
     func lastKey(_ table: Table) throws -> [UInt8]? {
