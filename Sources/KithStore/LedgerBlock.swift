@@ -26,9 +26,8 @@ package struct LedgerBlock: Equatable, Sendable {
     /// The first byte of a block's encoding; never a `ProfileFormat` version.
     package static let tag: UInt8 = 0xB1
     /// The first byte of a block deflated (`dictionary`): then the length of the encoding
-    /// after its tag, and that encoding deflated. Blocks other than an identifier's last are
-    /// stored so (`encoded(compressed:)`): they change seldom when messageIds grow, whereas
-    /// the last takes every new row.
+    /// after its tag, and that encoding deflated (level 1: as small as level 6 within 3 % on
+    /// the bench store's blocks). Which blocks are stored so: `LedgerBlockWriting.store`.
     package static let compressedTag: UInt8 = 0xB2
     /// The most an encoding may say it inflates to: far above any block (a block past
     /// `maximumBytes` holds one row, and a row is a message's), far below what would hurt.
@@ -135,7 +134,7 @@ package struct LedgerBlock: Equatable, Sendable {
         var writer = BinaryWriter(capacity: body.count / 2 + 8)
         writer.write(byte: Self.compressedTag)
         writer.write(count: body.count)
-        writer.write(raw: RawDeflate.compress(body, dictionary: Self.dictionary))
+        writer.write(raw: RawDeflate.compress(body, dictionary: Self.dictionary, level: 1))
         return writer.bytes.count < plain.count ? writer.bytes : plain
     }
 
@@ -159,39 +158,80 @@ package struct LedgerBlock: Equatable, Sendable {
 
     private static func rowBytes(_ row: Row) -> Int { 1 + 5 + row.suffix.count + 5 + row.value.count }
 
-    /// The encoding of the block `stored` with the row `suffix` added after its last one,
-    /// written without decoding the block into rows: the usual write, a new message of a
-    /// customer whose messageIds grow, lands in the customer's last block. Nil when `stored`
-    /// is not a block, `suffix` does not sort after its rows, or the row would take it past
-    /// `maximumBytes` (`encodedCount`, as splitting counts): `set` and `layout` decide then.
-    package static func appending(_ suffix: [UInt8], _ value: [UInt8], toEncoded stored: [UInt8]) throws -> [UInt8]? {
-        guard stored.count >= 2, stored[0] == tag, stored[1] < 0x7F else { return nil }
+    /// What `inserting` found.
+    package enum Insertion: Equatable {
+        /// The block holds the row already.
+        case present
+        /// The block's encoding with the row in its place.
+        case inserted([UInt8])
+        /// Not decided from the bytes: the block is deflated, or too full to take the row.
+        case undecided
+    }
+
+    /// The plain block `stored` with the row `suffix` inserted in its place, written without
+    /// decoding the block into rows: a new message's row goes into its identifier's block for
+    /// the cost of a walk and a copy. Only the row after the new one is written again (the bytes
+    /// of its messageId it shares with the previous row change). `.undecided` when the block is
+    /// deflated or the row would take it past `maximumBytes` (`encodedCount`, as splitting
+    /// counts): `set` and `layout` decide then. A block of 127 rows or more is left to them too
+    /// (its count takes another byte).
+    package static func inserting(_ suffix: [UInt8], _ value: [UInt8], intoEncoded stored: [UInt8]) throws -> Insertion {
+        guard stored.count >= 2, stored[0] == tag, stored[1] < 0x7F, !suffix.isEmpty else { return .undecided }
         var reader = BinaryReader(stored, at: 2)
-        var last: [UInt8] = []
-        last.reserveCapacity(64)
-        var estimate = 6
+        var current: [UInt8] = []
+        current.reserveCapacity(64)
+        var previous: [UInt8] = []
+        var estimate = 6 + 11 + suffix.count + value.count
+        // Where the row after the new one starts, its messageId, and where its value starts.
+        var following: (start: Int, suffix: [UInt8], valueStart: Int)?
+        var before: [UInt8] = []
         for _ in 0..<Int(stored[1]) {
+            let start = reader.offset
             let shared = Int(try reader.readVarint())
             let rest = try reader.readBytesRange()
-            guard shared <= last.count else {
-                throw BinaryDecodingError(.invalidValue, offset: rest.lowerBound, "a ledger block row sharing \(shared) bytes of \(last.count)")
+            guard shared <= current.count else {
+                throw BinaryDecodingError(.invalidValue, offset: start, "a ledger block row sharing \(shared) bytes of \(current.count)")
             }
-            last.removeLast(last.count - shared)
-            last.append(contentsOf: stored[rest])
-            let value = try reader.readBytesRange()
-            estimate += 11 + last.count + value.count
+            if following == nil { previous = current }
+            current.removeLast(current.count - shared)
+            current.append(contentsOf: stored[rest])
+            let valueStart = reader.offset
+            let valueRange = try reader.readBytesRange()
+            estimate += 11 + current.count + valueRange.count
+            if following == nil {
+                if current == suffix { return .present }
+                if suffix.lexicographicallyPrecedes(current) {
+                    following = (start, current, valueStart)
+                    before = previous
+                }
+            }
         }
         try reader.expectEnd()
-        guard last.lexicographicallyPrecedes(suffix), estimate + 11 + suffix.count + value.count <= maximumBytes else { return nil }
-        let shared = zip(last, suffix).prefix { $0 == $1 }.count
-        var tail = BinaryWriter(capacity: suffix.count - shared + value.count + 6)
-        tail.write(count: shared)
-        tail.write(bytes: suffix[shared...])
-        tail.write(bytes: value)
-        var bytes = stored
+        guard estimate <= maximumBytes else { return .undecided }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(stored.count + suffix.count + value.count + 8)
+        var row = BinaryWriter(capacity: suffix.count + value.count + 8)
+        if let following {
+            let shared = zip(before, suffix).prefix { $0 == $1 }.count
+            row.write(count: shared)
+            row.write(bytes: suffix[shared...])
+            row.write(bytes: value)
+            let next = zip(suffix, following.suffix).prefix { $0 == $1 }.count
+            row.write(count: next)
+            row.write(bytes: following.suffix[next...])
+            bytes.append(contentsOf: stored[..<following.start])
+            bytes.append(contentsOf: row.bytes)
+            bytes.append(contentsOf: stored[following.valueStart...])
+        } else {
+            let shared = zip(current, suffix).prefix { $0 == $1 }.count
+            row.write(count: shared)
+            row.write(bytes: suffix[shared...])
+            row.write(bytes: value)
+            bytes.append(contentsOf: stored)
+            bytes.append(contentsOf: row.bytes)
+        }
         bytes[1] += 1
-        bytes.append(contentsOf: tail.bytes)
-        return bytes
+        return .inserted(bytes)
     }
 
     /// Where `suffix` is, or where it would go.

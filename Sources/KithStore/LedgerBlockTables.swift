@@ -18,12 +18,12 @@ enum LedgerBlocks {
     static func prefix(of row: RowKey) -> [UInt8] { Array(row.bytes[..<(row.ownerCount + 2)]) }
 
     /// The block that holds `row`, or would take it: the first stored at or after its key.
-    static func block(for row: RowKey, in base: any StoreReading) throws -> (key: [UInt8], block: LedgerBlock)? {
+    static func block(for row: RowKey, in base: any StoreReading) throws -> (key: [UInt8], block: LedgerBlock, deflated: Bool)? {
         let prefix = prefix(of: row)
         guard let (key, value) = try base.firstEntry(.documents, from: row.bytes, sharing: prefix),
             let value  // nil: its owner was erased (a destroyed key)
         else { return nil }
-        return (key, try decodeBlock(key, value, prefixCount: prefix.count))
+        return (key, try decodeBlock(key, value, prefixCount: prefix.count), value.first == LedgerBlock.compressedTag)
     }
 
     static func decodeBlock(_ key: [UInt8], _ value: [UInt8], prefixCount: Int) throws -> LedgerBlock {
@@ -128,15 +128,18 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
         let prefix = LedgerBlocks.prefix(of: row)
         // The block that holds the row or would take it; nil: its owner was erased (a destroyed key).
         guard let (blockKey, stored) = try base.firstEntry(.documents, from: key, sharing: prefix), let stored else {
-            try store(LedgerBlock(rows: [.init(suffix: suffix, value: value)]), of: row, replacing: nil, appended: true)
+            try store(LedgerBlock(rows: [.init(suffix: suffix, value: value)]), of: row, replacing: nil, appended: true, deflated: false)
             return true
         }
-        if blockKey[prefix.count...].elementsEqual(LedgerBlock.tailSuffix),
-            let appended = try LedgerBlocks.decoding(blockKey, { try LedgerBlock.appending(suffix, value, toEncoded: stored) })
-        {
-            try base.put(.documents, blockKey, appended, mode: .upsert)
+        switch try LedgerBlocks.decoding(blockKey, { try LedgerBlock.inserting(suffix, value, intoEncoded: stored) }) {
+        case .present where mode == .insertOnly:
+            return false
+        case .inserted(let bytes):
+            try base.put(.documents, blockKey, bytes, mode: .upsert)
             blockWritesSoFar += 1
             return true
+        case .present, .undecided:
+            break
         }
         let found = (key: blockKey, block: try LedgerBlocks.decodeBlock(blockKey, stored, prefixCount: prefix.count))
         var block = found.block
@@ -145,7 +148,9 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
             guard old != value else { return true }
         }
         let isNew = block.set(suffix, value)
-        try store(block, of: row, replacing: found.key, appended: isNew && block.rows.last?.suffix == suffix)
+        try store(
+            block, of: row, replacing: found.key, appended: isNew && block.rows.last?.suffix == suffix,
+            deflated: stored.first == LedgerBlock.compressedTag)
         return true
     }
 
@@ -155,7 +160,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
         guard let found = try LedgerBlocks.block(for: row, in: base) else { return false }
         var block = found.block
         guard block.remove(row.suffix) else { return false }
-        try store(block, of: row, replacing: found.key, appended: false)
+        try store(block, of: row, replacing: found.key, appended: false, deflated: found.deflated)
         return true
     }
 
@@ -194,7 +199,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
                 }
                 next += 1
             }
-            if block != found.block { try store(block, of: first, replacing: found.key, appended: false) }
+            if block != found.block { try store(block, of: first, replacing: found.key, appended: false, deflated: found.deflated) }
         }
     }
 
@@ -208,17 +213,25 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
     /// that shrank below `LedgerBlock.mergingBytes` joins the owner's next block when both fit
     /// in one: deletes (sweeps, erasures) would otherwise leave blocks that cost a key and a
     /// seal for a row or two.
-    private func store(_ block: LedgerBlock, of row: RowKey, replacing old: [UInt8]?, appended: Bool) throws {
+    ///
+    /// Which blocks are deflated: what an append cuts off the last block (rows arriving in
+    /// messageId order, which are seldom written again), and a block that was deflated before.
+    /// Blocks made by splits in the middle stay plain: rows arriving out of order (random
+    /// messageIds, as Segment's libraries make them) go on landing in them, and deflating a
+    /// block for each new row cost batches of 100 over HTTP about 40 % (benchmarks.md).
+    private func store(_ block: LedgerBlock, of row: RowKey, replacing old: [UInt8]?, appended: Bool, deflated: Bool) throws {
         let prefix = LedgerBlocks.prefix(of: row)
         var block = block
         var replaced = old.map { [$0] } ?? []
         var keySuffix = old.map { Array($0[prefix.count...]) } ?? LedgerBlock.tailSuffix
+        var deflated = deflated || (appended && keySuffix == LedgerBlock.tailSuffix)
         if let old, !appended, keySuffix != LedgerBlock.tailSuffix, block.encodedCount < LedgerBlock.mergingBytes,
             let (nextKey, nextValue) = try base.firstEntry(.documents, from: old + [0], sharing: prefix), let nextValue
         {
             let next = try LedgerBlocks.decodeBlock(nextKey, nextValue, prefixCount: prefix.count)
             if let joined = block.joined(with: next) {
                 block = joined
+                deflated = deflated || nextValue.first == LedgerBlock.compressedTag
                 replaced.append(nextKey)
                 keySuffix = Array(nextKey[prefix.count...])
             }
@@ -227,7 +240,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
         let keys = layout.map { prefix + $0.keySuffix }
         for key in replaced where !keys.contains(key) { try base.delete(.documents, key) }
         for (key, part) in zip(keys, layout) {
-            let compressed = part.keySuffix != LedgerBlock.tailSuffix
+            let compressed = deflated && part.keySuffix != LedgerBlock.tailSuffix
             try base.put(.documents, key, part.block.encoded(compressed: compressed), mode: .upsert)
         }
         blockWritesSoFar += 1

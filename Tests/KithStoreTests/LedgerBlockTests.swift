@@ -222,13 +222,17 @@ struct LedgerBlockFillTests {
         }
         let blocks = try Self.blocks(in: storage)
         #expect(blocks.reduce(0) { $0 + $1.rows.count } == 200)
-        // Every block but the owner's last is stored deflated.
+        // In order, every block but the owner's last is cut off by an append and deflated; out
+        // of order, blocks are split in the middle and stay plain (rows go on landing in them),
+        // but for those an append happened to cut off.
         var tags: [UInt8] = []
         try MemoryReading(storage: storage).scan(.documents, prefix: documentKey(Self.owner, .ledger)) { _, value in
             tags.append(value[0])
             return .next
         }
-        #expect(tags.dropLast().allSatisfy { $0 == LedgerBlock.compressedTag } && tags.last == LedgerBlock.tag)
+        #expect(tags.last == LedgerBlock.tag)
+        let deflated = tags.filter { $0 == LedgerBlock.compressedTag }.count
+        #expect(inOrder ? deflated == tags.count - 1 : deflated * 4 < tags.count, "\(deflated) of \(tags.count) deflated")
         #expect(blocks.count <= (inOrder ? 21 : 40), "\(blocks.count) blocks")
     }
 
@@ -253,6 +257,13 @@ struct LedgerBlockFillTests {
         // Two rows left, but the next block is full: they stay.
         for n in 0..<8 { #expect(try writer.delete(.documents, key(n))) }
         #expect(try Self.blocks(in: storage).map(\.rows.count) == [2, 10, 10])
+        // Blocks an append cut off were deflated, and stay so when rewritten.
+        var tags: [UInt8] = []
+        try MemoryReading(storage: storage).scan(.documents, prefix: documentKey(Self.owner, .ledger)) { _, value in
+            tags.append(value[0])
+            return .next
+        }
+        #expect(tags == [LedgerBlock.compressedTag, LedgerBlock.compressedTag, LedgerBlock.tag])
         for n in 10..<15 { #expect(try writer.delete(.documents, key(n))) }
         #expect(try Self.blocks(in: storage).map(\.rows.count) == [2, 5, 10])
         #expect(try writer.delete(.documents, key(8)))
