@@ -82,31 +82,47 @@ package struct LedgerBlock: Equatable, Sendable {
             rows = [Row(suffix: Array(keySuffix), value: stored)]
             return
         }
-        var reader = BinaryReader(stored, at: 1)
-        let count = try reader.readCount(minimumItemSize: 3)
-        guard count > 0 else { throw BinaryDecodingError(.invalidValue, offset: 1, "an empty ledger block") }
         var rows: [Row] = []
-        rows.reserveCapacity(count)
-        var previous: [UInt8] = []
-        for _ in 0..<count {
-            let start = reader.offset
-            let shared = Int(try reader.readVarint())
-            let rest = try reader.readBytes()
-            guard shared <= previous.count, shared + rest.count > 0 else {
-                throw BinaryDecodingError(.invalidValue, offset: start, "a ledger block row sharing \(shared) bytes of \(previous.count)")
-            }
-            let suffix = Array(previous[..<shared]) + rest
-            guard rows.isEmpty || previous.lexicographicallyPrecedes(suffix) else {
-                throw BinaryDecodingError(.invalidValue, offset: start, "ledger block rows out of order")
-            }
-            rows.append(Row(suffix: suffix, value: Array(try reader.readBytes())))
-            previous = suffix
+        let last = try Self.walk(stored) { _, suffix, _, value in
+            rows.append(Row(suffix: suffix, value: Array(stored[value])))
+            return true
         }
-        try reader.expectEnd()
-        if !keySuffix.elementsEqual(Self.tailSuffix), keySuffix.lexicographicallyPrecedes(previous) {
+        if !keySuffix.elementsEqual(Self.tailSuffix), keySuffix.lexicographicallyPrecedes(last) {
             throw BinaryDecodingError(.invalidValue, offset: 0, "a ledger block holding rows after the key it is stored under")
         }
         self.rows = rows
+    }
+
+    /// Walks a plain block's encoding, checking what lookups rely on (rows there, each messageId
+    /// sharing no more than the previous one has, in ascending order, nothing after the last),
+    /// giving `body` each row's start, messageId, where its value's length starts and the
+    /// value's bytes, until it says false. Returns the last row's messageId walked.
+    private static func walk(
+        _ stored: [UInt8], _ body: (_ start: Int, _ suffix: [UInt8], _ valueStart: Int, _ value: Range<Int>) throws -> Bool
+    ) throws -> [UInt8] {
+        var reader = BinaryReader(stored, at: 1)
+        let count = try reader.readCount(minimumItemSize: 3)
+        guard count > 0 else { throw BinaryDecodingError(.invalidValue, offset: 1, "an empty ledger block") }
+        var suffix: [UInt8] = []
+        for index in 0..<count {
+            let start = reader.offset
+            let shared = Int(try reader.readVarint())
+            let rest = try reader.readBytesRange()
+            guard shared <= suffix.count, shared + rest.count > 0 else {
+                throw BinaryDecodingError(.invalidValue, offset: start, "a ledger block row sharing \(shared) bytes of \(suffix.count)")
+            }
+            let previous = suffix
+            suffix.removeLast(suffix.count - shared)
+            suffix.append(contentsOf: stored[rest])
+            guard index == 0 || previous.lexicographicallyPrecedes(suffix) else {
+                throw BinaryDecodingError(.invalidValue, offset: start, "ledger block rows out of order")
+            }
+            let valueStart = reader.offset
+            let value = try reader.readBytesRange()
+            guard try body(start, suffix, valueStart, value) else { return suffix }
+        }
+        try reader.expectEnd()
+        return suffix
     }
 
     /// The encoding: `tag`, the row count, then each row as the bytes its messageId shares with
@@ -177,36 +193,28 @@ package struct LedgerBlock: Equatable, Sendable {
     /// (its count takes another byte).
     package static func inserting(_ suffix: [UInt8], _ value: [UInt8], intoEncoded stored: [UInt8]) throws -> Insertion {
         guard stored.count >= 2, stored[0] == tag, stored[1] < 0x7F, !suffix.isEmpty else { return .undecided }
-        var reader = BinaryReader(stored, at: 2)
-        var current: [UInt8] = []
-        current.reserveCapacity(64)
-        var previous: [UInt8] = []
         var estimate = 6 + 11 + suffix.count + value.count
+        var present = false
+        var previous: [UInt8] = []
         // Where the row after the new one starts, its messageId, and where its value starts.
         var following: (start: Int, suffix: [UInt8], valueStart: Int)?
         var before: [UInt8] = []
-        for _ in 0..<Int(stored[1]) {
-            let start = reader.offset
-            let shared = Int(try reader.readVarint())
-            let rest = try reader.readBytesRange()
-            guard shared <= current.count else {
-                throw BinaryDecodingError(.invalidValue, offset: start, "a ledger block row sharing \(shared) bytes of \(current.count)")
-            }
-            if following == nil { previous = current }
-            current.removeLast(current.count - shared)
-            current.append(contentsOf: stored[rest])
-            let valueStart = reader.offset
-            let valueRange = try reader.readBytesRange()
+        let last = try walk(stored) { start, current, valueStart, valueRange in
             estimate += 11 + current.count + valueRange.count
             if following == nil {
-                if current == suffix { return .present }
+                if current == suffix {
+                    present = true
+                    return false
+                }
                 if suffix.lexicographicallyPrecedes(current) {
                     following = (start, current, valueStart)
                     before = previous
                 }
+                previous = current
             }
+            return true
         }
-        try reader.expectEnd()
+        if present { return .present }
         guard estimate <= maximumBytes else { return .undecided }
         var bytes: [UInt8] = []
         bytes.reserveCapacity(stored.count + suffix.count + value.count + 8)
@@ -223,7 +231,7 @@ package struct LedgerBlock: Equatable, Sendable {
             bytes.append(contentsOf: row.bytes)
             bytes.append(contentsOf: stored[following.valueStart...])
         } else {
-            let shared = zip(current, suffix).prefix { $0 == $1 }.count
+            let shared = zip(last, suffix).prefix { $0 == $1 }.count
             row.write(count: shared)
             row.write(bytes: suffix[shared...])
             row.write(bytes: value)

@@ -14,6 +14,12 @@ enum LedgerBlocks {
         return row
     }
 
+    /// The row's messageId, if a block may be stored under it (`LedgerBlock.maximumSuffixBytes`).
+    static func storableSuffix(of row: RowKey) throws -> [UInt8] {
+        guard row.suffix.count <= LedgerBlock.maximumSuffixBytes else { throw LedgerBlock.MessageIdTooLong(bytes: row.suffix.count) }
+        return Array(row.suffix)
+    }
+
     /// `owner ‖ 0 ‖ ledger`: what every row and block of the owner's ledger starts with.
     static func prefix(of row: RowKey) -> [UInt8] { Array(row.bytes[..<(row.ownerCount + 2)]) }
 
@@ -123,8 +129,7 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
     package func put(_ table: Table, _ key: [UInt8], _ value: [UInt8], mode: PutMode) throws -> Bool {
         guard let row = LedgerBlocks.ledgerRow(table, key) else { return try base.put(table, key, value, mode: mode) }
         precondition(mode != .append, "a ledger row appended: ledger rows are put or inserted")
-        let suffix = Array(row.suffix)
-        guard suffix.count <= LedgerBlock.maximumSuffixBytes else { throw LedgerBlock.MessageIdTooLong(bytes: suffix.count) }
+        let suffix = try LedgerBlocks.storableSuffix(of: row)
         let prefix = LedgerBlocks.prefix(of: row)
         // The block that holds the row or would take it; nil: its owner was erased (a destroyed key).
         guard let (blockKey, stored) = try base.firstEntry(.documents, from: key, sharing: prefix), let stored else {
@@ -190,12 +195,10 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
             let prefix = LedgerBlocks.prefix(of: first)
             var block = found.block
             while next < rows.endIndex, rows[next].row.bytes.starts(with: prefix), !found.key.lexicographicallyPrecedes(rows[next].row.bytes) {
-                let suffix = Array(rows[next].row.suffix)
                 if let value = rows[next].value {
-                    guard suffix.count <= LedgerBlock.maximumSuffixBytes else { throw LedgerBlock.MessageIdTooLong(bytes: suffix.count) }
-                    block.set(suffix, value)
+                    block.set(try LedgerBlocks.storableSuffix(of: rows[next].row), value)
                 } else {
-                    block.remove(suffix)
+                    block.remove(rows[next].row.suffix)
                 }
                 next += 1
             }
@@ -217,8 +220,9 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
     /// Which blocks are deflated: what an append cuts off the last block (rows arriving in
     /// messageId order, which are seldom written again), and a block that was deflated before.
     /// Blocks made by splits in the middle stay plain: rows arriving out of order (random
-    /// messageIds, as Segment's libraries make them) go on landing in them, and deflating a
-    /// block for each new row cost batches of 100 over HTTP about 40 % (benchmarks.md).
+    /// messageIds, as Segment's libraries make them) go on landing in them, and each such row
+    /// would inflate and deflate its block again. (Measured over HTTP, this alone did not win
+    /// back what blocks cost batches: benchmarks.md, "Ledger rows in blocks".)
     private func store(_ block: LedgerBlock, of row: RowKey, replacing old: [UInt8]?, appended: Bool, deflated: Bool) throws {
         let prefix = LedgerBlocks.prefix(of: row)
         var block = block
