@@ -236,6 +236,39 @@ struct LedgerBlockFillTests {
         #expect(blocks.count <= (inOrder ? 21 : 40), "\(blocks.count) blocks")
     }
 
+    /// Ingest does not deflate a block again: a deflated block that takes a new row is stored
+    /// plain, and rows left it (a sweep, an erasure) leave it deflated.
+    @Test func aDeflatedBlockThatTakesARowIsStoredPlain() throws {
+        let storage = MemoryTables(byteLimit: .max)
+        let writer = LedgerBlockWriting(base: MemoryWriting(storage: storage))
+        let key = { (n: Int) in documentKey(Self.owner, .ledger, Array(String(format: "m-%05d", n * 2).utf8)) }
+        let tags = {
+            var tags: [UInt8] = []
+            try MemoryReading(storage: storage).scan(.documents, prefix: documentKey(Self.owner, .ledger)) { _, value in
+                tags.append(value[0])
+                return .next
+            }
+            return tags
+        }
+        for n in 0..<30 { try writer.put(.documents, key(n), [UInt8](repeating: 3, count: 60), mode: .insertOnly) }
+        let deflated = [UInt8](repeating: LedgerBlock.compressedTag, count: try tags().count - 1) + [LedgerBlock.tag]
+        #expect(try tags() == deflated)
+        // A row between the first block's rows: it splits that full block in the middle into
+        // two plain ones; the others stay deflated.
+        let between = documentKey(Self.owner, .ledger, Array("m-00003".utf8))
+        #expect(try writer.put(.documents, between, [4], mode: .insertOnly))
+        let split = [LedgerBlock.tag, LedgerBlock.tag] + deflated.dropFirst()
+        #expect(try tags() == split)
+        #expect(try writer.get(.documents, between) == [4])
+        // A row inserted into the first of those (it has room) keeps it plain.
+        #expect(try writer.put(.documents, documentKey(Self.owner, .ledger, Array("m-00001".utf8)), [4], mode: .insertOnly))
+        #expect(try tags() == split)
+        // A row deleted from a deflated block leaves it deflated.
+        #expect(try writer.delete(.documents, key(20)))
+        #expect(try tags() == split)
+        #expect(try Self.blocks(in: storage).map(\.rows.count).reduce(0, +) == 31)
+    }
+
     /// A block goes under its last messageId, so one too long for a key is refused up front,
     /// not when a later row splits the block it sits in.
     @Test func messageIdsTooLongForAKeyAreRefused() throws {
