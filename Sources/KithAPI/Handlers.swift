@@ -351,6 +351,9 @@ extension NodeAPI {
         text += NodeMetrics.metric(
             "kith_retention_grants_lapsed_total", "counter", "Consent grants dropped because their retention had passed (they read as never given).",
             retention.grantsDropped)
+        text += NodeMetrics.metric(
+            "kith_ledger_blocks_deflated_total", "counter", "Ledger blocks the sweeps stored deflated (ingest leaves them plain).",
+            retention.blocksDeflated)
         if let log = try? store.logExtent() {  // a log that cannot be read is left out; the other metrics still answer
             text += NodeMetrics.metric(
                 "kith_change_log_span", "gauge", "Local sequences the change log holds (an upper bound on its entries).", Int(clamping: log.span))

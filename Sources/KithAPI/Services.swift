@@ -166,19 +166,22 @@ public protocol APIHost: Sendable {
     var retention: RetentionTotals { get }
 }
 
-/// Retention passes finished, and the events and traits they dropped.
+/// Sweeps finished, the events and traits they dropped, and the ledger blocks they deflated.
 public struct RetentionTotals: Sendable, Equatable {
     public var passes = 0
     public var eventsDropped = 0
     public var traitsDropped = 0
     /// Consent grants that lapsed under a consent retention rule.
     public var grantsDropped = 0
+    /// Ledger blocks the sweeps deflated (ingest leaves them plain).
+    public var blocksDeflated = 0
 
-    public init(passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0) {
+    public init(passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0) {
         self.passes = passes
         self.eventsDropped = eventsDropped
         self.traitsDropped = traitsDropped
         self.grantsDropped = grantsDropped
+        self.blocksDeflated = blocksDeflated
     }
 }
 

@@ -10,6 +10,8 @@ import Synchronization
 /// store every `interval`, one step at a time, each step a job of the one writer queued behind
 /// whatever ingest is already waiting — so a sweep never holds ingest back for longer than one
 /// step (a few buckets' identifiers). Its own thread waits for each step; no event loop does.
+/// It runs without retention rules too: the same steps deflate the ledger blocks ingest left
+/// plain.
 final class RetentionSweeper: @unchecked Sendable {
 
     private let rules: RetentionRules
@@ -43,7 +45,6 @@ final class RetentionSweeper: @unchecked Sendable {
     var dropped: RetentionTotals { state.withLock { totals } }
 
     func start() {
-        guard !rules.isEmpty else { return }
         state.withLock { started = true }
         let thread = Thread { [self] in
             defer { finished.signal() }
@@ -85,6 +86,7 @@ final class RetentionSweeper: @unchecked Sendable {
                 pass.eventsDropped += step.eventsDropped
                 pass.traitsDropped += step.traitsDropped
                 pass.grantsDropped += step.grantsDropped
+                pass.blocksDeflated += step.blocksDeflated
                 pass.identifiers += step.identifiers
                 pass.passEnded = step.passEnded
             case .failure(let error)?:
@@ -99,6 +101,7 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.eventsDropped += pass.eventsDropped
             totals.traitsDropped += pass.traitsDropped
             totals.grantsDropped += pass.grantsDropped
+            totals.blocksDeflated += pass.blocksDeflated
         }
         log(
             .info, "retention pass",
@@ -106,6 +109,7 @@ final class RetentionSweeper: @unchecked Sendable {
                 ("identifiers", .number(JSONNumber(Int64(pass.identifiers)))), ("eventsDropped", .number(JSONNumber(Int64(pass.eventsDropped)))),
                 ("traitsDropped", .number(JSONNumber(Int64(pass.traitsDropped)))),
                 ("grantsDropped", .number(JSONNumber(Int64(pass.grantsDropped)))),
+                ("blocksDeflated", .number(JSONNumber(Int64(pass.blocksDeflated)))),
             ])
         return true
     }

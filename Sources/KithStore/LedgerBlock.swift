@@ -47,6 +47,16 @@ package struct LedgerBlock: Equatable, Sendable {
     /// A block changed to fewer bytes than this joins the next one, if the two fit in one.
     package static let mergingBytes = maximumBytes / 4
 
+    /// Whether the background sweep deflates the block stored as `stored`: a plain block (not
+    /// a lone row of an older store, not one deflated already) of at least `mergingBytes` (less
+    /// gives deflate too little to work with). Ingest leaves such blocks plain, since rows keep
+    /// landing in them (`LedgerBlockWriting.put`); the sweep passes once an interval, so a
+    /// block written again costs one inflate, not a deflate per row. Identifiers' last blocks
+    /// too: with a few messages each, most customers' rows are all in their last block.
+    package static func isDeflatedBySweep(stored: [UInt8]) -> Bool {
+        stored.first == tag && stored.count >= mergingBytes
+    }
+
     package struct Row: Equatable, Sendable {
         /// The messageId's bytes (the logical row key's suffix).
         package var suffix: [UInt8]

@@ -9,6 +9,8 @@ public struct RetentionStep: Sendable, Equatable {
     public var traitsDropped = 0
     /// Consent grants that lapsed (a grant kept past its rule reads as never given).
     public var grantsDropped = 0
+    /// Ledger blocks deflated: those ingest left plain (`LedgerBlock.isDeflatedBySweep`).
+    public var blocksDeflated = 0
     /// This step ended a pass over every bucket (the next step starts another).
     public var passEnded = false
 
@@ -18,7 +20,8 @@ public struct RetentionStep: Sendable, Equatable {
 /// Retention: the store drops what the policy's retention rules say has expired at a time it is
 /// given (`RetentionRules`, pure), a few digest-tree buckets per transaction, going round every
 /// bucket in turn. Nothing is logged: every replica sweeps its own data under the same rules,
-/// and expiry only grows with time, so replicas end holding the same rows.
+/// and expiry only grows with time, so replicas end holding the same rows. The same walk, rules
+/// or none, deflates the ledger blocks ingest left plain (the rows stay the same).
 extension StoreEngine {
     /// `retention-next` → where the sweep goes on: a bucket (8 bytes), and the key of the last
     /// identifier done in it when a step stopped inside it (absent: the first bucket).
@@ -40,6 +43,8 @@ extension StoreEngine {
         } else {
             step.identifiers += taken.count
         }
+        // The same walk stores in fewer bytes what ingest left plain; with or without rules.
+        for identifier in taken { step.blocksDeflated += try context.txn.deflateLedgerBlocks(of: identifier.key) }
         guard next.isAtEnd else {
             try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
             return step
@@ -56,6 +61,7 @@ extension RetentionStep {
         eventsDropped += other.eventsDropped
         traitsDropped += other.traitsDropped
         grantsDropped += other.grantsDropped
+        blocksDeflated += other.blocksDeflated
     }
 }
 

@@ -269,6 +269,49 @@ struct LedgerBlockFillTests {
         #expect(try Self.blocks(in: storage).map(\.rows.count).reduce(0, +) == 31)
     }
 
+    /// The sweep's deflation: every plain block of `mergingBytes` or more stored deflated (the
+    /// last one too), the same rows in the same blocks; a second call finds nothing to do.
+    @Test func theSweepDeflatesWhatIngestLeftPlain() throws {
+        let storage = MemoryTables(byteLimit: .max)
+        let writer = LedgerBlockWriting(base: MemoryWriting(storage: storage))
+        var order = Array(0..<120)
+        var random = SplitMix64(seed: 11)
+        order.shuffle(using: &random)
+        for n in order {
+            try writer.put(
+                .documents, documentKey(Self.owner, .ledger, Array(String(format: "m-%05d", n).utf8)), [UInt8](repeating: UInt8(n % 7), count: 70),
+                mode: .insertOnly)
+        }
+        let stored = {
+            var stored: [(key: [UInt8], value: [UInt8])] = []
+            try MemoryReading(storage: storage).scan(.documents, prefix: documentKey(Self.owner, .ledger)) { key, value in
+                stored.append((key, value))
+                return .next
+            }
+            return stored
+        }
+        let rows = {
+            var rows: [[UInt8]] = []
+            try writer.scan(.documents, prefix: documentKey(Self.owner, .ledger)) { key, value in
+                rows.append(key + value)
+                return .next
+            }
+            return rows
+        }
+        let before = try stored()
+        let rowsBefore = try rows()
+        let eligible = before.filter { $0.value[0] == LedgerBlock.tag && $0.value.count >= LedgerBlock.mergingBytes }.count
+        #expect(eligible > 2, "\(before.map { $0.value[0] })")
+        #expect(try writer.deflateLedgerBlocks(of: Self.owner) == eligible)
+        let after = try stored()
+        #expect(after.map(\.key) == before.map(\.key), "the same blocks")
+        #expect(after.allSatisfy { $0.value[0] == LedgerBlock.compressedTag || $0.value.count < LedgerBlock.mergingBytes })
+        #expect(after.last?.value[0] == LedgerBlock.compressedTag, "the last block too")
+        #expect(after.map(\.value.count).reduce(0, +) < before.map(\.value.count).reduce(0, +))
+        #expect(try rows() == rowsBefore)
+        #expect(try writer.deflateLedgerBlocks(of: Self.owner) == 0)
+    }
+
     /// A block goes under its last messageId, so one too long for a key is refused up front,
     /// not when a later row splits the block it sits in.
     @Test func messageIdsTooLongForAKeyAreRefused() throws {

@@ -149,6 +149,43 @@ struct RetentionSweepTests {
         #expect(try fixture.store.view(of: Identifier(kind: .userId, value: "u-d")!)?.head.consent["Advertising"]?.granted == true)
     }
 
+    /// Without rules the sweep still walks every identifier, and stores the ledger blocks
+    /// ingest left plain deflated: the same rows, the same content digest, the same events.
+    @Test(arguments: StoreKind.allCases)
+    func aSweepWithoutRulesDeflatesWhatIngestLeftPlain(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        var random = SplitMix64(seed: 5)
+        let order = Array(0..<150).shuffled(using: &random)
+        _ = try fixture.store.apply(
+            try order.map { index in
+                try delta(
+                    #"{"type":"track","userId":"u-1","event":"Product Viewed","messageId":"v-\#(index)","properties":{"sku":"sku-\#(index)"}}"#,
+                    daysAgo: 2)
+            })
+        let customer = Identifier(kind: .userId, value: "u-1")!
+        let digest = try fixture.store.contentDigest()
+        let events = try fixture.store.events(of: customer, before: nil, limit: 500).events
+        let sweep = {
+            var deflated = 0
+            var step: RetentionStep
+            repeat {
+                step = try fixture.store.expire(under: .none, now: Self.now, buckets: 64)
+                deflated += step.blocksDeflated
+            } while !step.passEnded
+            return deflated
+        }
+        #expect(try sweep() > 2)
+        #expect(try fixture.store.contentDigest() == digest)
+        #expect(try fixture.store.events(of: customer, before: nil, limit: 500).events == events && events.count == 150)
+        #expect(try sweep() == 0, "nothing left plain")
+        // A row landing in a deflated block leaves it plain again, for the next sweep.
+        _ = try fixture.store.apply([
+            try delta(#"{"type":"track","userId":"u-1","event":"Product Viewed","messageId":"v-5x"}"#, daysAgo: 1)
+        ])
+        #expect(try sweep() == 1)
+        #expect(try fixture.store.hasMessage("v-5x", subject: customer) && fixture.store.hasMessage("v-77", subject: customer))
+    }
+
     /// Same data, same rules, same time: the same rows dropped, byte for byte, wherever the
     /// sweep stopped between steps and in whatever order the messages came.
     @Test(arguments: StoreKind.allCases)
