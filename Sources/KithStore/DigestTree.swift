@@ -123,7 +123,9 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
     package func retireKeys(of identifiers: [Identifier]) throws { try base.retireKeys(of: identifiers) }
 
     /// Rows stay as they were: nothing to add to the tree.
-    package func deflateLedgerBlocks(of owner: [UInt8]) throws -> Int { try base.deflateLedgerBlocks(of: owner) }
+    package func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int {
+        try base.deflateLedgerBlocks(of: owner, atMost: limit)
+    }
 
     /// The change log is not covered by the tree.
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {

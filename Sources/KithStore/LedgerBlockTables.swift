@@ -213,17 +213,18 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
         try base.putChanges(entries, at: key, mode: mode)
     }
 
-    /// Deflates the blocks of `owner`'s ledger that ingest left plain, as
+    /// Deflates the first `limit` blocks of `owner`'s ledger that ingest left plain, as
     /// `LedgerBlock.isDeflatedBySweep` decides; returns how many it stored again. Rows do not
     /// change: the same rows in the same blocks, fewer bytes.
-    package func deflateLedgerBlocks(of owner: [UInt8]) throws -> Int {
+    package func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int {
+        precondition(limit > 0, "deflating at most \(limit) blocks")
         let prefix = documentKey(owner, .ledger)
         var plain: [(key: [UInt8], block: LedgerBlock)] = []
         try base.scan(.documents, prefix: prefix) { key, value in
             if LedgerBlock.isDeflatedBySweep(stored: value) {
                 plain.append((key, try LedgerBlocks.decodeBlock(key, value, prefixCount: prefix.count)))
             }
-            return .next
+            return plain.count < limit ? .next : .stop
         }
         for (key, block) in plain { try base.put(.documents, key, block.encoded(compressed: true), mode: .upsert) }
         blockWritesSoFar += plain.count

@@ -118,7 +118,10 @@ public protocol ProfileWriting: AnyObject, Sendable {
     /// identifiers of the next `buckets` buckets, in one transaction (docs/storage.md, "Retention").
     /// At most `identifiers` identifiers a step, whatever the buckets hold: a large store's
     /// buckets hold many, and a step is one transaction the writer's other jobs wait behind.
-    @discardableResult func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int) throws -> RetentionStep
+    /// For the same reason it deflates at most `blocks` ledger blocks; the identifiers past
+    /// that wait for the next pass.
+    @discardableResult func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int, blocks: Int) throws
+        -> RetentionStep
 }
 
 /// What replication reads and writes: the change log, version vectors and cursors, entries that
@@ -228,6 +231,11 @@ extension ProfileWriting {
     @discardableResult public func expire(under rules: RetentionRules, now: Int64, buckets: Int) throws -> RetentionStep {
         try expire(under: rules, now: now, buckets: buckets, identifiers: 2_000)
     }
+
+    /// A retention step deflating at most 1,024 ledger blocks (about 12 ms of deflate).
+    @discardableResult public func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int) throws -> RetentionStep {
+        try expire(under: rules, now: now, buckets: buckets, identifiers: identifiers, blocks: 1_024)
+    }
 }
 
 /// One push of a peer's own changes: applied only by a replica that holds the peer's changes up
@@ -327,8 +335,10 @@ extension EngineBackedStore {
         try modify { context in try engine.reevaluateIdentity(buckets: buckets, in: context) }
     }
 
-    public func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int) throws -> RetentionStep {
-        try modify { context in try engine.expire(under: rules, now: now, buckets: buckets, identifiers: identifiers, in: context) }
+    public func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers: Int, blocks: Int) throws -> RetentionStep {
+        try modify { context in
+            try engine.expire(under: rules, now: now, buckets: buckets, identifiers: identifiers, blocks: blocks, in: context)
+        }
     }
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {

@@ -28,8 +28,11 @@ extension StoreEngine {
     static let retentionProgressMetaKey = Array("retention-next".utf8)
 
     /// One step: from where the last one stopped, the identifiers of up to `buckets` buckets in
-    /// bucket then identifier order, at most `identifiers` of them (`walkStep`).
-    func expire(under rules: RetentionRules, now: Int64, buckets: Int, identifiers limit: Int, in context: WriteContext) throws -> RetentionStep {
+    /// bucket then identifier order, at most `identifiers` of them (`walkStep`), and at most
+    /// `blocks` of their ledger blocks deflated.
+    func expire(
+        under rules: RetentionRules, now: Int64, buckets: Int, identifiers limit: Int, blocks: Int, in context: WriteContext
+    ) throws -> RetentionStep {
         let txn = context.txn
         var position = BucketWalkPosition.start
         if let progress = try txn.get(.meta, Self.retentionProgressMetaKey), progress.count >= 8 {
@@ -44,7 +47,9 @@ extension StoreEngine {
             step.identifiers += taken.count
         }
         // The same walk stores in fewer bytes what ingest left plain; with or without rules.
-        for identifier in taken { step.blocksDeflated += try context.txn.deflateLedgerBlocks(of: identifier.key) }
+        for identifier in taken where step.blocksDeflated < blocks {
+            step.blocksDeflated += try context.txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated)
+        }
         guard next.isAtEnd else {
             try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
             return step

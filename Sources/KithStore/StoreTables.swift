@@ -230,8 +230,8 @@ package protocol StoreWriting: StoreReading {
     /// The erased `identifiers`' data keys are to be destroyed when this transaction commits.
     func retireKeys(of identifiers: [Identifier]) throws
     /// Stores `owner`'s ledger rows in fewer bytes where ingest left them plain, rows unchanged
-    /// (`LedgerBlockWriting`); returns how many values it stored again.
-    func deflateLedgerBlocks(of owner: [UInt8]) throws -> Int
+    /// (`LedgerBlockWriting`), at most `limit` values; returns how many it stored again.
+    func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int
     /// Stores a transaction's change-log entries as one record (`ChangeRecord`): a writer that
     /// seals entries one by one takes them as values, not as a record to decode again.
     func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws
@@ -280,7 +280,7 @@ extension StoreWriting {
     package func retireKeys(of identifiers: [Identifier]) throws {}
 
     /// Tables that store each row alone have no blocks to deflate.
-    package func deflateLedgerBlocks(of owner: [UInt8]) throws -> Int { 0 }
+    package func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int { 0 }
 
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try put(.changes, key, ChangeRecord.encode(entries), mode: mode)

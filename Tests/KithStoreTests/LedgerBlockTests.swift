@@ -302,14 +302,15 @@ struct LedgerBlockFillTests {
         let rowsBefore = try rows()
         let eligible = before.filter { $0.value[0] == LedgerBlock.tag && $0.value.count >= LedgerBlock.mergingBytes }.count
         #expect(eligible > 2, "\(before.map { $0.value[0] })")
-        #expect(try writer.deflateLedgerBlocks(of: Self.owner) == eligible)
+        #expect(try writer.deflateLedgerBlocks(of: Self.owner, atMost: 2) == 2)
+        #expect(try writer.deflateLedgerBlocks(of: Self.owner, atMost: .max) == eligible - 2)
         let after = try stored()
         #expect(after.map(\.key) == before.map(\.key), "the same blocks")
         #expect(after.allSatisfy { $0.value[0] == LedgerBlock.compressedTag || $0.value.count < LedgerBlock.mergingBytes })
         #expect(after.last?.value[0] == LedgerBlock.compressedTag, "the last block too")
         #expect(after.map(\.value.count).reduce(0, +) < before.map(\.value.count).reduce(0, +))
         #expect(try rows() == rowsBefore)
-        #expect(try writer.deflateLedgerBlocks(of: Self.owner) == 0)
+        #expect(try writer.deflateLedgerBlocks(of: Self.owner, atMost: .max) == 0)
     }
 
     /// A block goes under its last messageId, so one too long for a key is refused up front,
