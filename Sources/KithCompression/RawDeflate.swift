@@ -14,22 +14,12 @@ public enum RawDeflate {
         var stream = z_stream()
         precondition(kith_deflate_init_raw(&stream, level, windowBits, memoryLevel) == Z_OK, "zlib deflateInit2 failed")
         defer { deflateEnd(&stream) }
-        let status = dictionary.withUnsafeBufferPointer { deflateSetDictionary(&stream, $0.baseAddress, UInt32($0.count)) }
-        precondition(status == Z_OK, "zlib deflateSetDictionary failed: \(status)")
+        let preset = dictionary.withUnsafeBufferPointer { deflateSetDictionary(&stream, $0.baseAddress, UInt32($0.count)) }
+        precondition(preset == Z_OK, "zlib deflateSetDictionary failed: \(preset)")
         var output = [UInt8](repeating: 0, count: Int(deflateBound(&stream, UInt(input.count))))
-        var input = input
-        let written = input.withUnsafeMutableBufferPointer { inBuffer in
-            output.withUnsafeMutableBufferPointer { outBuffer in
-                stream.next_in = inBuffer.baseAddress
-                stream.avail_in = UInt32(inBuffer.count)
-                stream.next_out = outBuffer.baseAddress
-                stream.avail_out = UInt32(outBuffer.count)
-                // deflateBound is enough for one call to finish.
-                let status = deflate(&stream, Z_FINISH)
-                precondition(status == Z_STREAM_END, "zlib deflate did not finish within deflateBound: \(status)")
-                return outBuffer.count - Int(stream.avail_out)
-            }
-        }
+        // deflateBound is enough for one call to finish.
+        let (status, written, _) = finishing(&stream, input, into: &output) { deflate(&$0, Z_FINISH) }
+        precondition(status == Z_STREAM_END, "zlib deflate did not finish within deflateBound: \(status)")
         output.removeLast(output.count - written)
         return output
     }
@@ -45,17 +35,7 @@ public enum RawDeflate {
         guard preset == Z_OK else { throw GzipError(.corrupt) }
         // One byte more than expected, so that a stream that inflates past `size` is caught.
         var output = [UInt8](repeating: 0, count: size + 1)
-        var input = input
-        let (status, produced, left) = input.withUnsafeMutableBufferPointer { inBuffer in
-            output.withUnsafeMutableBufferPointer { outBuffer in
-                stream.next_in = inBuffer.baseAddress
-                stream.avail_in = UInt32(inBuffer.count)
-                stream.next_out = outBuffer.baseAddress
-                stream.avail_out = UInt32(outBuffer.count)
-                let status = inflate(&stream, Z_FINISH)
-                return (status, outBuffer.count - Int(stream.avail_out), Int(stream.avail_in))
-            }
-        }
+        let (status, produced, left) = finishing(&stream, input, into: &output) { inflate(&$0, Z_FINISH) }
         guard produced <= size else { throw GzipError(.tooLarge) }
         switch status {
         case Z_STREAM_END:
@@ -67,5 +47,23 @@ public enum RawDeflate {
         }
         output.removeLast()
         return output
+    }
+
+    /// One call of `step` (deflate or inflate with `Z_FINISH`) over the whole of `input` into
+    /// `output`: its status, the bytes it wrote, and the input it left.
+    private static func finishing(
+        _ stream: inout z_stream, _ input: [UInt8], into output: inout [UInt8], _ step: (inout z_stream) -> Int32
+    ) -> (status: Int32, produced: Int, left: Int) {
+        var input = input
+        return input.withUnsafeMutableBufferPointer { inBuffer in
+            output.withUnsafeMutableBufferPointer { outBuffer in
+                stream.next_in = inBuffer.baseAddress
+                stream.avail_in = UInt32(inBuffer.count)
+                stream.next_out = outBuffer.baseAddress
+                stream.avail_out = UInt32(outBuffer.count)
+                let status = step(&stream)
+                return (status, outBuffer.count - Int(stream.avail_out), Int(stream.avail_in))
+            }
+        }
     }
 }

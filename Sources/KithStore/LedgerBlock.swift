@@ -143,14 +143,22 @@ package struct LedgerBlock: Equatable, Sendable {
         writer.write(count: rows.count)
         var previous: [UInt8] = []
         for row in rows {
-            let shared = zip(previous, row.suffix).prefix { $0 == $1 }.count
-            writer.write(count: shared)
-            writer.write(bytes: row.suffix[shared...])
-            writer.write(bytes: row.value)
+            Self.writeRow(row.suffix, row.value, after: previous, into: &writer)
             previous = row.suffix
         }
         return writer.bytes
     }
+
+    /// One row of the encoding: the bytes its messageId shares with `previous`'s (the row before
+    /// it), the rest of the messageId, and the value.
+    private static func writeRow(_ suffix: [UInt8], _ value: [UInt8], after previous: [UInt8], into writer: inout BinaryWriter) {
+        let shared = sharedCount(previous, suffix)
+        writer.write(count: shared)
+        writer.write(bytes: suffix[shared...])
+        writer.write(bytes: value)
+    }
+
+    private static func sharedCount(_ one: [UInt8], _ other: [UInt8]) -> Int { zip(one, other).prefix { $0 == $1 }.count }
 
     /// `encoded()`, deflated when `compressed` and that is smaller.
     package func encoded(compressed: Bool) -> [UInt8] {
@@ -182,7 +190,11 @@ package struct LedgerBlock: Equatable, Sendable {
     /// so that where a block splits does not depend on its neighbours' messageIds.
     package var encodedCount: Int { 1 + 5 + rows.reduce(0) { $0 + Self.rowBytes($1) } }
 
-    private static func rowBytes(_ row: Row) -> Int { 1 + 5 + row.suffix.count + 5 + row.value.count }
+    private static func rowBytes(_ row: Row) -> Int { rowBytes(suffixCount: row.suffix.count, valueCount: row.value.count) }
+
+    /// A row's bytes at most: the shared count, the messageId's length and the value's, each a
+    /// varint of up to 5 bytes, and the bytes themselves.
+    private static func rowBytes(suffixCount: Int, valueCount: Int) -> Int { 1 + 5 + suffixCount + 5 + valueCount }
 
     /// What `inserting` found.
     package enum Insertion: Equatable {
@@ -203,14 +215,14 @@ package struct LedgerBlock: Equatable, Sendable {
     /// (its count takes another byte).
     package static func inserting(_ suffix: [UInt8], _ value: [UInt8], intoEncoded stored: [UInt8]) throws -> Insertion {
         guard stored.count >= 2, stored[0] == tag, stored[1] < 0x7F, !suffix.isEmpty else { return .undecided }
-        var estimate = 6 + 11 + suffix.count + value.count
+        var estimate = 6 + rowBytes(suffixCount: suffix.count, valueCount: value.count)
         var present = false
         var previous: [UInt8] = []
         // Where the row after the new one starts, its messageId, and where its value starts.
         var following: (start: Int, suffix: [UInt8], valueStart: Int)?
         var before: [UInt8] = []
         let last = try walk(stored) { start, current, valueStart, valueRange in
-            estimate += 11 + current.count + valueRange.count
+            estimate += rowBytes(suffixCount: current.count, valueCount: valueRange.count)
             if following == nil {
                 if current == suffix {
                     present = true
@@ -229,22 +241,16 @@ package struct LedgerBlock: Equatable, Sendable {
         var bytes: [UInt8] = []
         bytes.reserveCapacity(stored.count + suffix.count + value.count + 8)
         var row = BinaryWriter(capacity: suffix.count + value.count + 8)
+        writeRow(suffix, value, after: following == nil ? last : before, into: &row)
         if let following {
-            let shared = zip(before, suffix).prefix { $0 == $1 }.count
-            row.write(count: shared)
-            row.write(bytes: suffix[shared...])
-            row.write(bytes: value)
-            let next = zip(suffix, following.suffix).prefix { $0 == $1 }.count
+            // The following row's messageId against the new one; its value stays where it was.
+            let next = sharedCount(suffix, following.suffix)
             row.write(count: next)
             row.write(bytes: following.suffix[next...])
             bytes.append(contentsOf: stored[..<following.start])
             bytes.append(contentsOf: row.bytes)
             bytes.append(contentsOf: stored[following.valueStart...])
         } else {
-            let shared = zip(last, suffix).prefix { $0 == $1 }.count
-            row.write(count: shared)
-            row.write(bytes: suffix[shared...])
-            row.write(bytes: value)
             bytes.append(contentsOf: stored)
             bytes.append(contentsOf: row.bytes)
         }

@@ -48,7 +48,7 @@ extension StoreEngine {
         }
         // The same walk stores in fewer bytes what ingest left plain; with or without rules.
         for identifier in taken where step.blocksDeflated < blocks {
-            step.blocksDeflated += try context.txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated)
+            step.blocksDeflated += try txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated)
         }
         guard next.isAtEnd else {
             try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
