@@ -134,21 +134,18 @@ final class DataKeyStore: @unchecked Sendable {
     init(path: String) throws {
         self.path = path
         descriptor = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        // Every stored property is set from here on, so a throw below still runs `deinit`,
+        // which closes the descriptor: closing it here too would close whatever file another
+        // thread had been given the same number in between.
         guard descriptor >= 0 else { throw DataKeyError("cannot open the key file \(path): \(String(cString: strerror(errno)))") }
         // One store at a time: two stores would hand out the same slots.
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            close(descriptor)
-            throw DataKeyError("the key file \(path) is in use by another store")
-        }
-        do {
-            try load()
-        } catch {
-            close(descriptor)
-            throw error
-        }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else { throw DataKeyError("the key file \(path) is in use by another store") }
+        try load()
     }
 
-    deinit { close(descriptor) }
+    deinit {
+        if descriptor >= 0 { close(descriptor) }
+    }
 
     /// Removes the file this open created (when the store refuses it), so that a later open
     /// does not take the empty file for the store's keys.

@@ -4,6 +4,7 @@ import KithCrypto
 import KithJSON
 import KithLMDB
 import KithProfile
+import Synchronization
 import Testing
 
 @testable import KithStore
@@ -250,6 +251,38 @@ struct SealingTests {
         try FileManager.default.removeItem(atPath: path + ".keys")
         #expect(throws: DataKeyError.self) { try Self.open(path) }
         #expect(throws: DataKeyError.self) { try Self.open(path) }
+    }
+
+    /// A key file refused at open (here: locked by another store) closes its descriptor once.
+    /// A second close would close whatever file another thread had just been given that number
+    /// (an LMDB environment opening in a test running beside this one failed so, with EBADF).
+    /// One thread is refused the locked file over and over while another writes through a file
+    /// of its own: every write must land.
+    @Test("a key file refused at open closes its descriptor once")
+    func refusedKeyFileClosesOnce() throws {
+        let path = Self.directory(), scratch = Self.directory()
+        defer { Self.remove(path, scratch) }
+        let held = try DataKeyStore(path: path + ".keys")
+        let stop = Mutex(false)
+        let refusals = Thread {
+            for _ in 0..<20_000 where !stop.withLock({ $0 }) {
+                _ = try? DataKeyStore(path: path + ".keys")  // refused: the lock is held; counted below
+            }
+        }
+        refusals.start()
+        var failedWrites = 0
+        let deadline = Date().addingTimeInterval(2)
+        while Date() < deadline {
+            let descriptor = Glibc.open(scratch, O_WRONLY | O_CREAT | O_CLOEXEC, 0o600)
+            #expect(descriptor >= 0)
+            var byte: UInt8 = 1
+            for _ in 0..<8 where write(descriptor, &byte, 1) != 1 { failedWrites += 1 }
+            if close(descriptor) != 0 { failedWrites += 1 }
+        }
+        stop.withLock { $0 = true }
+        #expect(failedWrites == 0, "\(failedWrites) writes or closes failed: a descriptor was closed under them")
+        #expect(throws: DataKeyError.self) { try DataKeyStore(path: path + ".keys") }
+        _ = held
     }
 
     @Test("two stores cannot share a key file")
