@@ -76,7 +76,9 @@ let package = Package(
         .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),
         .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
-        .testTarget(name: "KithStoreTests", dependencies: ["KithStore", "KithStoreLMDB", "KithLMDB", "KithPolicy", "KithTestSupport"]),
+        .testTarget(
+            name: "KithStoreTests", dependencies: ["KithStore", "KithStoreLMDB", "KithLMDB", "KithPolicy", "KithCompression", "KithTestSupport"],
+            exclude: ["Fixtures"]),
         .testTarget(name: "KithHTTPTests", dependencies: ["KithHTTP", "KithTestSupport"]),
         .testTarget(name: "KithCompressionTests", dependencies: ["KithCompression", "KithTestSupport"]),
         .testTarget(name: "KithCryptoTests", dependencies: ["KithCrypto", "KithCRDT", "KithTestSupport"]),

@@ -77,6 +77,9 @@ public final class Node: Sendable {
         let store = try LMDBProfileStore(
             path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         self.store = store
+        if store.identifiersMovedOnOpen > 0 {
+            log(.info, "moved the store to identifier rows", [("identifiers", .number(JSONNumber(Int64(store.identifiersMovedOnOpen))))])
+        }
         // Writes answered from the write-ahead log before a crash reach the store first, before
         // anything else writes: replayed from the state they were first applied to, they land
         // where their answers said. Also when the log is now turned off (a log left by an

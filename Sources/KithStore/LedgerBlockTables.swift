@@ -61,9 +61,12 @@ enum LedgerBlocks {
             try base.scan(.documents, from: from) { key, value in
                 guard let row = ledgerRow(.documents, key) else { return try body(key, value) }
                 let prefixCount = row.ownerCount + 2
+                // Only the start's own block holds rows before it: a sealed store gives owners in
+                // pseudonym order, where a later owner's plain keys may sort before the start.
+                let startsHere = from.count > row.ownerCount && from.starts(with: key[...row.ownerCount])
                 for stored in try decodeBlock(key, value, prefixCount: prefixCount).rows {
                     let rowKey = key[..<prefixCount] + stored.suffix
-                    guard !rowKey.lexicographicallyPrecedes(from) else { continue }
+                    guard !(startsHere && rowKey.lexicographicallyPrecedes(from)) else { continue }
                     let before = writes()
                     if try body(Array(rowKey), stored.value) == .stop { return .stop }
                     if writes() != before {

@@ -14,6 +14,8 @@ public final class LMDBProfileStore: EngineBackedStore {
     public let environment: LMDBEnvironment
     let tables: LMDBTables
     let sealing: Sealing
+    /// Identifiers this open moved from sealed layout 1 (`moveToIdentifierRows`), for the log.
+    public let identifiersMovedOnOpen: Int
     /// The log sequence of the newest commit, and of the newest one known to be on disk (they
     /// differ while commits whose sync was deferred wait for `synchronize`).
     private let logSequences = Mutex<(committed: UInt64, durable: UInt64)>((0, 0))
@@ -23,7 +25,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         environment = try LMDBEnvironment(path: path, configuration: lmdb)
         tables = try LMDBTables(environment: environment)
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
-        try checkFormat()
+        identifiersMovedOnOpen = try Self.checkFormat(environment: environment, tables: tables, sealing: sealing)
         try destroyRetiredKeys()
         if try read({ try engine.replicationStateNeedsWork(in: $0) }) {
             try write { txn in try engine.reconcileReplicationState(in: txn) }
@@ -63,8 +65,10 @@ public final class LMDBProfileStore: EngineBackedStore {
         }
     }
 
-    private func checkFormat() throws {
-        try environment.write { txn in
+    /// Checks the store's format and sealed layout; moves a store of layout 1 to layout 2 and
+    /// returns how many identifiers it moved.
+    private static func checkFormat(environment: LMDBEnvironment, tables: LMDBTables, sealing: Sealing) throws -> Int {
+        let layout = try environment.write { txn in
             let plain = LMDBWriting(transaction: txn, tables: tables)
             if let format = try plain.get(.meta, formatMetaKey) {
                 guard StoreFormat.readable.contains(format) else {
@@ -73,8 +77,9 @@ public final class LMDBProfileStore: EngineBackedStore {
                 }
                 if format != StoreFormat.current { _ = try plain.put(.meta, formatMetaKey, StoreFormat.current, mode: .upsert) }
             }
-            switch try plain.get(.meta, sealedLayoutMetaKey) {
-            case [Self.sealedLayout]?:
+            let layout = try plain.get(.meta, sealedLayoutMetaKey)
+            switch layout {
+            case [Self.sealedLayout]?, [Self.separateRowsLayout]?:
                 if sealing.keys.createdNow, try plain.count(.documents) > 0 {
                     sealing.keys.discardIfCreatedNow()
                     throw DataKeyError(
@@ -86,10 +91,16 @@ public final class LMDBProfileStore: EngineBackedStore {
                     table: "meta",
                     underlying: BinaryDecodingError(.unsupportedVersion, offset: 0, "a store written without sealing, or in another sealed layout"))
             }
+            return layout
         }
+        guard layout == [Self.separateRowsLayout] else { return 0 }
+        return try moveToIdentifierRows(environment: environment, tables: tables, sealing: sealing)
     }
 
-    static let sealedLayout: UInt8 = 1
+    /// Sealed layout 2: an identifier's index, head and view live in its owner row (`IdentifierRow`).
+    static let sealedLayout: UInt8 = 2
+    /// Sealed layout 1: each of them was a row of its own. Opening such a store moves it to layout 2.
+    static let separateRowsLayout: UInt8 = 1
 
     package func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
         try environment.read { txn in
@@ -177,7 +188,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         }
     }
 
-    /// What the rows of `documents` hold, by part (`owner` for the rows holding identifier keys):
+    /// What the rows of `documents` hold, by part (`identifier` for identifier rows, `IdentifierRow`):
     /// how many, their key bytes, and their value bytes with what sealing adds to each (key id,
     /// nonce and tag). Page overhead is the table's pages less these (docs/storage.md, "Where
     /// the bytes go").
@@ -186,7 +197,7 @@ public final class LMDBProfileStore: EngineBackedStore {
             var sizes: [String: (rows: Int, keyBytes: Int, valueBytes: Int, sealingBytes: Int)] = [:]
             try LMDBReading(reader: txn, tables: tables).scan(.documents, from: []) { key, value in
                 let partByte = key.count > Sealing.pseudonymSize ? key[Sealing.pseudonymSize] : Sealing.ownerPart
-                let name = partByte == Sealing.ownerPart ? "owner" : DocumentPart(rawValue: partByte).map { "\($0)" } ?? "part\(partByte)"
+                let name = partByte == Sealing.ownerPart ? "identifier" : DocumentPart(rawValue: partByte).map { "\($0)" } ?? "part\(partByte)"
                 let sealing = (try SealingSession.keyID(value).offset) + AESGCM.overhead
                 var size = sizes[name, default: (0, 0, 0, 0)]
                 size.rows += 1

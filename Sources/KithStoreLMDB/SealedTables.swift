@@ -55,6 +55,11 @@ final class SealingSession {
     var retired: [DataKeyID] = []
     /// Owners some of whose rows this transaction deleted: their owner rows go if nothing else is left.
     var deletedFrom: Set<[UInt8]> = []
+    /// Identifier rows a write has read (nil: none stored, or under a destroyed key) or changed,
+    /// by pseudonym. The changed ones are sealed once, by `SealedWriting.finish`: a message sets
+    /// its subject's head and its profile's view, which share one row.
+    private var identifierRows: [ByteKey: IdentifierRow?] = [:]
+    private var changedIdentifierRows: Set<ByteKey> = []
     /// Whether point reads remember the pseudonyms they compute. A write reads an identifier's
     /// rows and then writes them, so it meets each pseudonym again; a read transaction is
     /// mostly one point read, where remembering costs more than it could save.
@@ -110,6 +115,39 @@ final class SealingSession {
     func owner(of pseudonym: [UInt8]) -> [UInt8]? { pseudonyms.owner(of: pseudonym) }
 
     func remember(owner: [UInt8], of pseudonym: [UInt8]) { pseudonyms.insert(owner: owner, pseudonym: pseudonym) }
+
+    /// The identifier row of `pseudonym` as this write left it: `.some(nil)` when it has none,
+    /// nil when this session does not know (a read session never keeps them).
+    func cachedIdentifierRow(_ pseudonym: some Collection<UInt8>) -> IdentifierRow?? {
+        identifierRows.isEmpty ? nil : identifierRows[ByteKey(Array(pseudonym))]
+    }
+
+    /// Keeps `row` as `pseudonym`'s (read sessions keep nothing: they rarely meet a row twice);
+    /// `changed` marks it to be sealed and written before commit.
+    func keepIdentifierRow(_ pseudonym: [UInt8], _ row: IdentifierRow?, changed: Bool) {
+        guard remembersPointReads else {
+            precondition(!changed, "a read session changed the identifier row of a pseudonym")
+            return
+        }
+        identifierRows[ByteKey(pseudonym)] = .some(row)
+        if changed { changedIdentifierRows.insert(ByteKey(pseudonym)) }
+    }
+
+    /// Whether this session keeps the identifier rows it reads (a write does).
+    var keepsIdentifierRows: Bool { remembersPointReads }
+
+    /// Drops what this write knew of `pseudonym`'s row (its rows were all deleted).
+    func dropIdentifierRow(_ pseudonym: [UInt8]) {
+        identifierRows[ByteKey(pseudonym)] = nil
+        changedIdentifierRows.remove(ByteKey(pseudonym))
+    }
+
+    /// The changed identifier rows, in pseudonym order, marked written.
+    func takeChangedIdentifierRows() -> [(pseudonym: [UInt8], row: IdentifierRow?)] {
+        let changed = changedIdentifierRows.map(\.bytes).sorted { $0.lexicographicallyPrecedes($1) }
+        changedIdentifierRows = []
+        return changed.map { ($0, identifierRows[ByteKey($0)] ?? nil) }
+    }
 
     /// The key an owner's new rows get in this transaction, once known.
     func keyInUse(_ pseudonym: [UInt8]) -> (id: DataKeyID, key: AESGCM.Key)? { keysInUse[ByteKey(pseudonym)] }
@@ -355,6 +393,9 @@ struct SealedReading: StoreReading {
             // A point read needs only the value: no owner row, no key to rebuild. The row is
             // opened where it lies in the map: its plaintext is the only copy made.
             return try session.withSealedKey(key) { sealedKey in
+                if sealedKey.count == Sealing.pseudonymSize + 1, IdentifierRow.holds(sealedKey[Sealing.pseudonymSize]) {
+                    return try record(sealedKey[Sealing.pseudonymSize], ofIdentifierRowAt: sealedKey)
+                }
                 let opened = try base.withValue(.documents, sealedKey) { value in
                     guard let plain = try session.open(value, associatedData: sealedKey, table: .documents) else {
                         try checkErased(owner: sealedKey.prefix(Sealing.pseudonymSize))
@@ -378,10 +419,29 @@ struct SealedReading: StoreReading {
     func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> KithStore.ScanStep) throws {
         switch table {
         case .documents:
-            try base.scan(.documents, from: session.sealedKey(start)) { key, value in
-                guard key.count > Sealing.pseudonymSize, key[Sealing.pseudonymSize] != Sealing.ownerPart,
-                    let row = try openRow(key, value)
-                else { return .next }
+            // An identifier row comes before the owner's other rows and holds its first parts:
+            // a start within them begins at the row, and skips what sorts before the start.
+            var sealedStart = session.sealedKey(start)
+            // The owner whose records may sort before the start (others follow it in pseudonym order).
+            var startOwner: [UInt8]?
+            if sealedStart.count > Sealing.pseudonymSize, IdentifierRow.holds(sealedStart[Sealing.pseudonymSize]) {
+                startOwner = Array(sealedStart.prefix(Sealing.pseudonymSize))
+                sealedStart = startOwner! + [Sealing.ownerPart]
+            }
+            try base.scan(.documents, from: sealedStart) { key, value in
+                guard key.count > Sealing.pseudonymSize else { return .next }
+                guard key[Sealing.pseudonymSize] != Sealing.ownerPart else {
+                    guard key.count == Sealing.pseudonymSize + 1 else { return .next }
+                    let pseudonym = Array(key.prefix(Sealing.pseudonymSize))
+                    guard let row = try identifierRow(pseudonym, stored: value) else { return .next }
+                    for record in row.records {
+                        let plainKey = documentPrefix(row.owner) + [record.part]
+                        guard pseudonym != startOwner || !plainKey.lexicographicallyPrecedes(start) else { continue }
+                        if try body(plainKey, record.value) == .stop { return .stop }
+                    }
+                    return .next
+                }
+                guard let row = try openRow(key, value) else { return .next }
                 return try body(row.key, row.value)
             }
         case .changes:
@@ -403,7 +463,8 @@ struct SealedReading: StoreReading {
     /// within that part.
     func firstEntry(_ table: Table, from start: [UInt8], sharing prefix: [UInt8]) throws -> (key: [UInt8], value: [UInt8]?)? {
         guard table == .documents else { return try base.firstEntry(table, from: start, sharing: prefix) }
-        guard let part = RowKey(prefix), part.suffix.isEmpty, part.part != .edge, start.starts(with: prefix) else {
+        guard let part = RowKey(prefix), part.suffix.isEmpty, part.part != .edge, !IdentifierRow.holds(part.partByte), start.starts(with: prefix)
+        else {
             preconditionFailure("a sealed first entry asked for outside one part of one owner (prefix of \(prefix.count) bytes)")
         }
         // The part's suffixes are stored plain: the start's sealed key is the prefix's and the rest.
@@ -501,6 +562,31 @@ struct SealedReading: StoreReading {
         }
     }
 
+    /// An identifier row whose key is destroyed is an erased owner's, and so are its owner's
+    /// other rows (an erasure deletes or seals again all of them). If the next of them still
+    /// opens, the row's key header was damaged: reported, not read as an erasure. (An owner with
+    /// no other row cannot be told apart; every owner with a head has a ledger.)
+    private func checkErased(identifierRow rowKey: [UInt8]) throws {
+        var next: [UInt8]?
+        try base.scan(.documents, from: rowKey + [0]) { key, value in
+            if key.starts(with: rowKey.prefix(Sealing.pseudonymSize)) { next = value }
+            return .stop
+        }
+        guard let next else { return }
+        let id: DataKeyID
+        do {
+            id = try SealingSession.keyID(next).id
+        } catch {
+            throw StoreCorruption(table: Table.documents.name, underlying: error)
+        }
+        guard session.sealing.keys.key(for: id) == nil else {
+            throw StoreCorruption(
+                table: Table.documents.name,
+                underlying: BinaryDecodingError(
+                    .invalidValue, offset: 0, "an identifier row's key header names no live key, and its owner's next row does"))
+        }
+    }
+
     /// An edge's plaintext: the peer's identifier key, then the engine's value.
     private static func splitEdge(_ plain: [UInt8]) throws -> (peer: ArraySlice<UInt8>, value: [UInt8]) {
         var reader = BinaryReader(plain)
@@ -511,12 +597,65 @@ struct SealedReading: StoreReading {
     /// The identifier key a pseudonym stands for: known from this transaction, or from its owner row.
     func ownerKey(_ pseudonym: [UInt8]) throws -> [UInt8]? {
         if let known = session.owner(of: pseudonym) { return known }
-        let rowKey = pseudonym + [Sealing.ownerPart]
-        guard let value = try base.get(.documents, rowKey), let owner = try session.open(value, associatedData: rowKey, table: .documents) else {
-            return nil
-        }
+        guard let owner = try identifierRow(pseudonym)?.owner else { return nil }
         session.remember(owner: owner, of: pseudonym)
         return owner
+    }
+
+    /// `pseudonym`'s identifier row as this transaction sees it; nil when it has none, or when
+    /// its key is destroyed (its owner was erased).
+    func identifierRow(_ pseudonym: [UInt8]) throws -> IdentifierRow? {
+        if let known = session.cachedIdentifierRow(pseudonym) { return known }
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        let row = try rowKey.withUnsafeBytes { rowKeyBytes in
+            try base.withValue(.documents, rowKeyBytes) { value in try openIdentifierRow(value, key: rowKeyBytes) } ?? nil
+        }
+        session.keepIdentifierRow(pseudonym, row, changed: false)
+        return row
+    }
+
+    /// The record of `part` in the identifier row of the pseudonym `sealedKey` begins with: a
+    /// write's from the rows it keeps, a read's from the row where it lies.
+    private func record(_ part: UInt8, ofIdentifierRowAt sealedKey: UnsafeRawBufferPointer) throws -> [UInt8]? {
+        let pseudonym = Array(sealedKey.prefix(Sealing.pseudonymSize))
+        if session.keepsIdentifierRows { return try identifierRow(pseudonym)?.record(part) }
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        return try rowKey.withUnsafeBytes { rowKeyBytes in
+            try base.withValue(.documents, rowKeyBytes) { value in
+                guard let plain = try session.open(value, associatedData: rowKeyBytes, table: .documents) else {
+                    try checkErased(identifierRow: rowKey)
+                    return nil
+                }
+                do {
+                    return try IdentifierRow.record(part, in: plain)
+                } catch {
+                    throw StoreCorruption(table: Table.documents.name, underlying: error)
+                }
+            } ?? nil
+        }
+    }
+
+    /// The same, for a row a scan has in hand.
+    private func identifierRow(_ pseudonym: [UInt8], stored value: [UInt8]) throws -> IdentifierRow? {
+        if let known = session.cachedIdentifierRow(pseudonym) { return known }
+        let row = try (pseudonym + [Sealing.ownerPart]).withUnsafeBytes { key in
+            try value.withUnsafeBytes { try openIdentifierRow($0, key: key) }
+        }
+        if let row { session.remember(owner: row.owner, of: pseudonym) }
+        session.keepIdentifierRow(pseudonym, row, changed: false)
+        return row
+    }
+
+    private func openIdentifierRow(_ sealed: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) throws -> IdentifierRow? {
+        guard let plain = try session.open(sealed, associatedData: key, table: .documents) else {
+            try checkErased(identifierRow: Array(key))
+            return nil
+        }
+        do {
+            return try IdentifierRow(decoding: plain)
+        } catch {
+            throw StoreCorruption(table: Table.documents.name, underlying: error)
+        }
     }
 }
 
@@ -540,6 +679,15 @@ struct SealedWriting: StoreWriting, ReadingThrough {
             let row = RowKey(stored: key)
             let owner = Array(row.owner)
             let pseudonym = session.pseudonym(owner)
+            if row.suffix.isEmpty, IdentifierRow.holds(row.partByte) {
+                precondition(mode != .append, "an append to an identifier row")
+                _ = try currentKey(pseudonym, owner: owner)
+                var identifierRow = try reading.identifierRow(pseudonym) ?? IdentifierRow(owner: owner)
+                if mode == .insertOnly, identifierRow.record(row.partByte) != nil { return false }
+                identifierRow.set(row.partByte, value)
+                session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
+                return true
+            }
             let sealedKey = session.sealedKey(key, separatorAt: row.ownerCount, ownerPseudonym: pseudonym)
             var plaintext = value
             if row.part == .edge {
@@ -570,13 +718,28 @@ struct SealedWriting: StoreWriting, ReadingThrough {
     func delete(_ table: Table, _ key: [UInt8]) throws -> Bool {
         guard table == .documents else { return try base.delete(table, key) }
         let sealedKey = session.sealedKey(key)
-        session.deletedFrom.insert(Array(sealedKey.prefix(Sealing.pseudonymSize)))
+        let pseudonym = Array(sealedKey.prefix(Sealing.pseudonymSize))
+        session.deletedFrom.insert(pseudonym)
+        if sealedKey.count == Sealing.pseudonymSize + 1, IdentifierRow.holds(sealedKey[Sealing.pseudonymSize]) {
+            guard var identifierRow = try reading.identifierRow(pseudonym), identifierRow.set(sealedKey[Sealing.pseudonymSize], nil) else {
+                return false
+            }
+            session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
+            return true
+        }
         return try base.delete(.documents, sealedKey)
     }
 
-    /// Before commit: an owner row whose owner has no other row left is deleted, and its key
+    /// Before commit: the identifier rows this transaction changed are sealed and written; then
+    /// an owner row whose owner has nothing left, in it or beside it, is deleted, and its key
     /// retired — it sealed the owner's identifier, which must not outlive the owner's data.
     func finish() throws {
+        for (pseudonym, row) in session.takeChangedIdentifierRows() {
+            guard let row else { continue }
+            let rowKey = pseudonym + [Sealing.ownerPart]
+            let (id, key) = try currentKey(pseudonym, owner: row.owner)
+            try base.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
+        }
         for pseudonym in session.deletedFrom.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
             let rowKey = pseudonym + [Sealing.ownerPart]
             var others = false
@@ -584,10 +747,11 @@ struct SealedWriting: StoreWriting, ReadingThrough {
                 others = key.starts(with: pseudonym)
                 return .stop
             }
-            guard !others, let row = try base.get(.documents, rowKey) else { continue }
+            guard !others, try reading.identifierRow(pseudonym)?.isEmpty ?? true, let row = try base.get(.documents, rowKey) else { continue }
             let id = try SealingSession.keyID(row).id
             try base.delete(.documents, rowKey)
             session.setKeyInUse(pseudonym, nil)
+            session.dropIdentifierRow(pseudonym)
             if !session.retired.contains(id) {
                 session.retired.append(id)
                 try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert)
@@ -617,7 +781,10 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         }
         let (id, key) = try session.sealing.keys.issue()
         session.issued.append(id)
-        try base.put(.documents, rowKey, try session.seal(owner, id, key, associatedData: rowKey), mode: .upsert)
+        // Written now, not at commit: scans and erasures in this transaction find owners by these rows.
+        let row = IdentifierRow(owner: owner)
+        try base.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
+        session.keepIdentifierRow(pseudonym, row, changed: false)
         session.setKeyInUse(pseudonym, (id, key))
         return (id, key)
     }
@@ -655,6 +822,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
             }
             for row in rows { try base.delete(.documents, row) }
             session.setKeyInUse(pseudonym, nil)
+            session.dropIdentifierRow(pseudonym)
         }
         for id in retired.sorted(by: { ($0.slot, $0.tag) < ($1.slot, $1.tag) }) {
             try base.put(.meta, Sealing.retiredPrefix + Self.idBytes(id), [], mode: .upsert)

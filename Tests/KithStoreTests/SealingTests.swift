@@ -137,9 +137,10 @@ struct SealingTests {
         let user = Identifier(kind: .userId, value: "canary-user-0a9b")!
         let store = try Self.open(path)
         _ = try store.apply(Self.canaryMessages())
-        let viewKey = Array(store.engine.hasher.forgetKeyBytes(for: user).prefix(Sealing.pseudonymSize)) + [DocumentPart.view.rawValue]
+        // The view is in the user's identifier row, with their index and head.
+        let identifierRowKey = Array(store.engine.hasher.forgetKeyBytes(for: user).prefix(Sealing.pseudonymSize)) + [Sealing.ownerPart]
         let documents = try store.environment.database(named: Table.documents.name, create: false)
-        let original = try #require(try store.environment.read { try $0.get(documents, viewKey) })
+        let original = try #require(try store.environment.read { try $0.get(documents, identifierRowKey) })
         let header = try SealingSession.keyID(original).offset
         func changed(_ position: Int) -> [UInt8] {
             var bytes = original
@@ -150,20 +151,20 @@ struct SealingTests {
             ("nonce", changed(header)), ("body", changed(header + AESGCM.nonceSize + 3)), ("tag", changed(original.count - 1)),
             ("cut in the header", Array(original.prefix(header - 3))), ("cut in the box", Array(original.prefix(header + 20))),
             ("empty", []),
-            // A header that names no live key while the owner's row does: damage, not an erasure.
+            // A header that names no live key while the owner's other rows do: damage, not an erasure.
             ("key slot", changed(0)), ("key tag", changed(header - 1)),
         ]
         for (what, bytes) in damaged {
-            try store.environment.write { try $0.put(documents, viewKey, bytes) }
+            try store.environment.write { try $0.put(documents, identifierRowKey, bytes) }
             #expect(throws: StoreCorruption.self, "\(what)") { try store.view(of: user) }
             #expect(throws: StoreCorruption.self, "\(what)") { try store.encodedView(of: user) }
         }
-        try store.environment.write { try $0.put(documents, viewKey, original) }
+        try store.environment.write { try $0.put(documents, identifierRowKey, original) }
         #expect(try store.encodedView(of: user)?.decoded() == (try store.view(of: user)))
         #expect(try store.view(of: user) != nil)
 
         // The same for a row found by a scan (the customer's events, in their one ledger block).
-        let ledgerKey = Array(viewKey.dropLast()) + [DocumentPart.ledger.rawValue] + LedgerBlock.tailSuffix
+        let ledgerKey = Array(identifierRowKey.dropLast()) + [DocumentPart.ledger.rawValue] + LedgerBlock.tailSuffix
         let ledger = try #require(try store.environment.read { try $0.get(documents, ledgerKey) })
         let events = try store.events(of: user, before: nil, limit: 10).events
         #expect(events.contains { $0.messageId == "c-2" })

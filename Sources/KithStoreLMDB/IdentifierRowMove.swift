@@ -1,0 +1,71 @@
+import KithCRDT
+import KithLMDB
+import KithStore
+
+extension LMDBProfileStore {
+    /// Moves a store of sealed layout 1 (an identifier's index, head and view each in a row of
+    /// its own) to identifier rows, before the store serves. Each transaction moves at most
+    /// `ownersPerTransaction` owners, every one whole: their records sealed into the owner row
+    /// under the key that sealed it, their own rows deleted. A stop in between (or after
+    /// `transactionLimit` transactions, for tests) leaves moved and unmoved owners; the next
+    /// open goes on from the start, skipping owner rows already moved (`IdentifierRow` reads
+    /// both forms). The layout is set to 2 in the last transaction. Returns the owners moved.
+    static func moveToIdentifierRows(
+        environment: LMDBEnvironment, tables: LMDBTables, sealing: Sealing, ownersPerTransaction: Int = 5_000, transactionLimit: Int = .max
+    ) throws -> Int {
+        var start: [UInt8] = []
+        var moved = 0
+        for _ in 0..<transactionLimit {
+            let next: [UInt8]? = try environment.write { txn in
+                let plain = LMDBWriting(transaction: txn, tables: tables)
+                let session = SealingSession(sealing, writing: true)
+                var owners: [(pseudonym: [UInt8], sealed: [UInt8])] = []
+                var next: [UInt8]?
+                try plain.scan(.documents, from: start) { key, value in
+                    guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart else { return .next }
+                    guard owners.count < ownersPerTransaction else {
+                        next = key
+                        return .stop
+                    }
+                    owners.append((Array(key.prefix(Sealing.pseudonymSize)), value))
+                    return .next
+                }
+                for owner in owners {
+                    moved += try moveOwner(owner.pseudonym, sealed: owner.sealed, in: plain, session: session, sealing: sealing) ? 1 : 0
+                }
+                if next == nil { _ = try plain.put(.meta, sealedLayoutMetaKey, [sealedLayout], mode: .upsert) }
+                return next
+            }
+            guard let next else { break }
+            start = next
+        }
+        return moved
+    }
+
+    /// Moves one owner; false when there was nothing to move (moved before, or erased: a row
+    /// under a destroyed key cannot be read, and the erasure left nothing else of it).
+    private static func moveOwner(
+        _ pseudonym: [UInt8], sealed: [UInt8], in plain: LMDBWriting, session: SealingSession, sealing: Sealing
+    ) throws -> Bool {
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        let id = try SealingSession.keyID(sealed).id
+        guard let key = sealing.keys.key(for: id), let opened = try session.open(sealed, associatedData: rowKey, table: .documents) else {
+            return false
+        }
+        guard opened.first != 0 else { return false }
+        var row = try IdentifierRow(decoding: opened)
+        for part in IdentifierRow.heldParts.sorted() {
+            let partKey = pseudonym + [part]
+            guard let stored = try plain.get(.documents, partKey) else { continue }
+            guard let value = try session.open(stored, associatedData: partKey, table: .documents) else {
+                throw StoreCorruption(
+                    table: Table.documents.name,
+                    underlying: BinaryDecodingError(.invalidValue, offset: 0, "a row under a destroyed key beside a live owner row"))
+            }
+            row.set(part, value)
+            try plain.delete(.documents, partKey)
+        }
+        try plain.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
+        return true
+    }
+}

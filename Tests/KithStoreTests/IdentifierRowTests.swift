@@ -1,0 +1,273 @@
+import Foundation
+import KithCRDT
+import KithCompression
+import KithJSON
+import KithLMDB
+import KithProfile
+import Testing
+
+@testable import KithStore
+@testable import KithStoreLMDB
+
+@Suite("Identifier rows")
+struct IdentifierRowTests {
+    let owner = Identifier(kind: .userId, value: "user-1")!.key
+
+    @Test func aRowReadsBackWhatWasSet() throws {
+        var row = IdentifierRow(owner: owner)
+        let existed = [
+            row.set(DocumentPart.view.rawValue, [3, 3]), row.set(DocumentPart.index.rawValue, [1]), row.set(DocumentPart.view.rawValue, [3]),
+        ]
+        #expect(existed == [false, false, true])
+        #expect(try IdentifierRow(decoding: row.encoded()) == row)
+        #expect(row.records.map(\.part) == [DocumentPart.index.rawValue, DocumentPart.view.rawValue])
+        #expect(row.record(DocumentPart.view.rawValue) == [3] && row.record(DocumentPart.head.rawValue) == nil)
+        for part in DocumentPart.allCases.map(\.rawValue) where IdentifierRow.holds(part) {
+            #expect(try IdentifierRow.record(part, in: row.encoded()) == row.record(part), "part \(part) read where it lies")
+        }
+        #expect(try IdentifierRow.record(DocumentPart.view.rawValue, in: owner) == nil, "a layout-1 owner row holds no records")
+        let removed = [row.set(DocumentPart.index.rawValue, nil), row.set(DocumentPart.index.rawValue, nil)]
+        #expect(removed == [true, false])
+        row.set(DocumentPart.view.rawValue, nil)
+        let decoded = try IdentifierRow(decoding: row.encoded())
+        #expect(row.isEmpty && decoded == row)
+    }
+
+    /// A layout-1 owner row is the identifier key alone: it reads as a row without records.
+    @Test func aLayoutOneOwnerRowReadsAsARowWithoutRecords() throws {
+        #expect(try IdentifierRow(decoding: owner) == IdentifierRow(owner: owner))
+    }
+
+    @Test func damagedRowsAreRefused() throws {
+        var row = IdentifierRow(owner: owner)
+        row.set(DocumentPart.head.rawValue, [2])
+        row.set(DocumentPart.view.rawValue, [3])
+        let bytes = row.encoded()
+        var swapped = bytes
+        let headAt = try #require(bytes.firstIndex(of: DocumentPart.head.rawValue))
+        swapped[headAt] = DocumentPart.view.rawValue
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: swapped) }
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow.record(DocumentPart.view.rawValue, in: Array(bytes.dropLast())) }
+        var ledger = bytes
+        ledger[headAt] = DocumentPart.ledger.rawValue
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: ledger) }
+        // A point read stops at its record: it checks what lies before it (the seal vouches for the rest).
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow.record(DocumentPart.view.rawValue, in: ledger) }
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: Array(bytes.dropLast())) }
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: []) }
+    }
+
+    /// On disk an identifier's index, head and view are in its owner row: no row of their own.
+    @Test func indexHeadAndViewHaveNoRowsOfTheirOwn() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        _ = try store.apply(try Self.fixtureMessages())
+        let user = Identifier(kind: .userId, value: "user-1")!
+        #expect(try store.view(of: user) != nil)
+        let parts = try Self.storedParts(store)
+        #expect(parts[DocumentPart.index.rawValue] == nil && parts[DocumentPart.head.rawValue] == nil && parts[DocumentPart.view.rawValue] == nil)
+        let engineParts = try Self.engineParts(store)
+        #expect(engineParts[DocumentPart.index.rawValue] == parts[Sealing.ownerPart], "every identifier has an index, in its owner row")
+        #expect((engineParts[DocumentPart.view.rawValue] ?? 0) > 0 && (engineParts[DocumentPart.head.rawValue] ?? 0) > 0)
+    }
+
+    /// A scan that starts between an identifier's parts sees only what sorts after its start.
+    @Test func aScanFromWithinAnIdentifierRowStartsThere() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        _ = try store.apply(try Self.fixtureMessages())
+        let user = Identifier(kind: .userId, value: "user-1")!
+        let firstParts = { (start: [UInt8]) throws -> [UInt8] in
+            try store.read { reader in
+                var parts: [UInt8] = []
+                try reader.scan(.documents, from: start) { key, _ in
+                    guard let row = RowKey(key), row.owner.elementsEqual(user.key) else { return .stop }
+                    parts.append(row.partByte)
+                    return parts.count < 3 ? .next : .stop
+                }
+                return parts
+            }
+        }
+        let index = DocumentPart.index.rawValue, head = DocumentPart.head.rawValue, view = DocumentPart.view.rawValue
+        #expect(try firstParts(documentPrefix(user.key)) == [index, head, view])
+        #expect(try firstParts(documentKey(user.key, .head)) == [head, view, DocumentPart.edge.rawValue])
+        #expect(try firstParts(documentKey(user.key, .head) + [0]) == [view, DocumentPart.edge.rawValue, DocumentPart.edge.rawValue])
+        #expect(try firstParts(documentKey(user.key, .edge)).allSatisfy { $0 == DocumentPart.edge.rawValue })
+    }
+
+    /// A scan from just after a record goes on with every record after it, across owners:
+    /// what paging by a cursor (the export's, after a profile's view) relies on. Both layers
+    /// that read records out of a row skipped what sorted before the start in other owners too.
+    @Test func aScanFromAfterAnyRecordSeesEveryRecordAfterIt() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        _ = try store.apply(try Self.fixtureMessages())
+        let all = try store.read { reader in
+            var keys: [[UInt8]] = []
+            try reader.scan(.documents, from: []) { key, _ in
+                keys.append(key)
+                return .next
+            }
+            return keys
+        }
+        #expect(all.count > 30)
+        // Not after an edge: sealed, an owner's edges are in the order of their peers' pseudonyms.
+        for (position, key) in all.enumerated() where RowKey(stored: key).part != .edge {
+            let after = try store.read { reader in
+                var keys: [[UInt8]] = []
+                try reader.scan(.documents, from: key + [0]) { key, _ in
+                    keys.append(key)
+                    return .next
+                }
+                return keys
+            }
+            let expected = Array(all[(position + 1)...])
+            let differsAt = zip(after, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(after.count, expected.count)
+            #expect(
+                after == expected,
+                "after row \(position) (part \(RowKey(stored: key).partByte)): \(after.count) rows against \(expected.count), first differing at \(differsAt): \(after.dropFirst(differsAt).first.map { RowKey(stored: $0).partByte } ?? 0) vs \(expected.dropFirst(differsAt).first.map { RowKey(stored: $0).partByte } ?? 0)"
+            )
+        }
+    }
+
+    /// A store of sealed layout 1, written by `c1ce36b` from `layoutOneFixtureMessages` and an
+    /// erasure, opens as layout 2 holding what a store written now from the same input holds.
+    @Test func aLayoutOneStoreMovesOnOpen() throws {
+        let (path, fresh) = (try Self.unpackFixture(), SealingTests.directory())
+        defer { SealingTests.remove(path, fresh) }
+        do {
+            let moved = try SealingTests.open(path, keyFile: path + ".keys")
+            #expect(moved.identifiersMovedOnOpen == 8)
+            try Self.expectSameAsWrittenNow(moved, fresh: fresh)
+        }
+        #expect(try SealingTests.open(path, keyFile: path + ".keys").identifiersMovedOnOpen == 0)
+    }
+
+    /// A move stopped after its first transaction goes on at the next open.
+    @Test func aMoveStoppedHalfwayGoesOnAtTheNextOpen() throws {
+        let (path, fresh) = (try Self.unpackFixture(), SealingTests.directory())
+        defer { SealingTests.remove(path, fresh) }
+        do {
+            let environment = try LMDBEnvironment(path: path)
+            let tables = try LMDBTables(environment: environment)
+            let sealing = Sealing(keys: try DataKeyStore(path: path + ".keys"), hasher: StoreEngine(configuration: configuration).hasher)
+            let moved = try LMDBProfileStore.moveToIdentifierRows(
+                environment: environment, tables: tables, sealing: sealing, ownersPerTransaction: 3, transactionLimit: 1)
+            #expect(moved == 3)
+            let layout = try environment.read { try LMDBReading(reader: $0, tables: tables).get(.meta, sealedLayoutMetaKey) }
+            #expect(layout == [LMDBProfileStore.separateRowsLayout])
+        }
+        let store = try SealingTests.open(path, keyFile: path + ".keys")
+        #expect(store.identifiersMovedOnOpen == 5)
+        try Self.expectSameAsWrittenNow(store, fresh: fresh)
+    }
+
+    /// An owner whose last row beside its identifier row goes keeps the row while it holds a
+    /// record, and its data key; once its records go too, the row goes and the key is retired.
+    @Test func anIdentifierRowOutlivesTheOwnersOtherRows() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        let owner = Identifier(kind: .userId, value: "user-9")!, peer = Identifier(kind: .anonymousId, value: "anon-9")!
+        let (headKey, edgeKey) = (documentKey(owner.key, .head), documentKey(owner.key, .edge, peer.key))
+        try store.write { writer in
+            try writer.put(.documents, headKey, [7, 7], mode: .upsert)
+            try writer.put(.documents, edgeKey, [1], mode: .upsert)
+        }
+        let key = try #require(try store.dataKeyID(of: owner))
+        try store.write { writer in _ = try writer.delete(.documents, edgeKey) }
+        #expect(try store.read { try $0.get(.documents, headKey) } == [7, 7])
+        #expect(try store.dataKeyID(of: owner) == key && store.sealing.keys.key(for: key) != nil)
+        try store.write { writer in _ = try writer.delete(.documents, headKey) }
+        #expect(try store.read { try $0.get(.documents, headKey) } == nil)
+        #expect(try store.dataKeyID(of: owner) == nil && store.sealing.keys.key(for: key) == nil, "an owner with nothing left keeps no key")
+        #expect(try Self.storedParts(store).isEmpty)
+    }
+
+    /// Records changed in a transaction are read back in it, before the row is sealed at commit.
+    @Test func aTransactionReadsTheRecordsItChanged() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        let owner = Identifier(kind: .userId, value: "user-9")!
+        let (indexKey, viewKey) = (documentKey(owner.key, .index), documentKey(owner.key, .view))
+        let seen = try store.write { writer in
+            try writer.put(.documents, viewKey, [3], mode: .upsert)
+            let inserted = try writer.put(.documents, indexKey, [1], mode: .insertOnly)
+            let again = try writer.put(.documents, indexKey, [2], mode: .insertOnly)
+            var scanned: [[UInt8]] = []
+            try writer.scan(.documents, prefix: documentPrefix(owner.key)) { _, value in
+                scanned.append(value)
+                return .next
+            }
+            return (inserted, again, try writer.get(.documents, indexKey), scanned)
+        }
+        #expect(seen.0 && !seen.1 && seen.2 == [1] && seen.3 == [[1], [3]])
+        #expect(try store.read { [try $0.get(.documents, indexKey), try $0.get(.documents, viewKey)] } == [[1], [3]])
+    }
+
+    static func fixtureMessages() throws -> [ProfileDelta] {
+        try layoutOneFixtureMessages.map { try SegmentMessageParser().parse(JSONParser.parse(Array($0.utf8)), receivedAt: 1_759_312_800_000) }
+    }
+
+    /// What the fixture was written from, written now into `fresh`, reads the same through the
+    /// engine's eyes, table by table; and no row of a held part is left on disk.
+    static func expectSameAsWrittenNow(_ store: LMDBProfileStore, fresh: String) throws {
+        let written = try SealingTests.open(fresh)
+        _ = try written.apply(try fixtureMessages())
+        _ = try written.erase(Identifier(kind: .userId, value: "erased-user")!, requestedAt: 1_759_400_000_000)
+        let (left, right) = (try rawEntries(store), try rawEntries(written))
+        #expect(left.count == right.count && left.count > 40)
+        for (a, b) in zip(left, right) {
+            #expect(a.table == b.table && a.key == b.key && a.value == b.value, "\(a.table) \(a.key)")
+        }
+        let (stored, storedWritten) = (try storedParts(store), try storedParts(written))
+        #expect(stored == storedWritten)
+        #expect(
+            try store.view(of: Identifier(kind: .userId, value: "user-1")!)?.members.map(\.value).sorted() == [
+                "anon-1", "old-user-1", "one@example.com", "user-1",
+            ])
+        #expect(try store.view(of: Identifier(kind: .userId, value: "erased-user")!) == nil)
+        let layout = try store.environment.read { try LMDBReading(reader: $0, tables: store.tables).get(.meta, sealedLayoutMetaKey) }
+        #expect(layout == [LMDBProfileStore.sealedLayout])
+    }
+
+    /// Rows on disk in `documents`, by the part byte after the pseudonym.
+    static func storedParts(_ store: LMDBProfileStore) throws -> [UInt8: Int] {
+        try store.environment.read { txn in
+            var parts: [UInt8: Int] = [:]
+            try LMDBReading(reader: txn, tables: store.tables).scan(.documents, from: []) { key, _ in
+                parts[key[Sealing.pseudonymSize], default: 0] += 1
+                return .next
+            }
+            return parts
+        }
+    }
+
+    /// Records of `documents` as the engine reads them, by part.
+    static func engineParts(_ store: LMDBProfileStore) throws -> [UInt8: Int] {
+        try store.read { reader in
+            var parts: [UInt8: Int] = [:]
+            try reader.scan(.documents, prefix: []) { key, _ in
+                parts[RowKey(stored: key).partByte, default: 0] += 1
+                return .next
+            }
+            return parts
+        }
+    }
+
+    /// The fixture's store and key file, unpacked into a directory of their own.
+    static func unpackFixture() throws -> String {
+        let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("Fixtures/sealed-layout-1")
+        let path = SealingTests.directory()
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        for (name, target) in [("data.mdb.gz", path + "/data.mdb"), ("store.keys.gz", path + ".keys")] {
+            let packed = Array(try Data(contentsOf: fixtures.appendingPathComponent(name)))
+            try Data(try Gzip.decompress(packed, limit: 1 << 20)).write(to: URL(fileURLWithPath: target))
+        }
+        return path
+    }
+}
