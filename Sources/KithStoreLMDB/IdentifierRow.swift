@@ -42,11 +42,19 @@ struct IdentifierRow: Equatable {
     }
 
     /// The record of `part` in a row's plaintext, without decoding the rest into a row (a point
-    /// read wants one record).
-    static func record(_ part: UInt8, in plaintext: [UInt8]) throws -> [UInt8]? {
-        var found: [UInt8]?
+    /// read wants one record): the plaintext cut down to it in place, so the read allocates
+    /// nothing beyond what opening the row did.
+    static func record(_ part: UInt8, in plaintext: consuming [UInt8]) throws -> [UInt8]? {
+        guard let range = try recordRange(part, in: plaintext) else { return nil }
+        plaintext.removeSubrange(range.upperBound...)
+        plaintext.removeSubrange(..<range.lowerBound)
+        return plaintext
+    }
+
+    private static func recordRange(_ part: UInt8, in plaintext: [UInt8]) throws -> Range<Int>? {
+        var found: Range<Int>?
         _ = try visit(plaintext) { recordPart, value in
-            if recordPart == part { found = Array(value) }
+            if recordPart == part { found = value.indices }
             return recordPart < part
         }
         return found

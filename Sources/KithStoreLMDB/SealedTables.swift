@@ -617,13 +617,15 @@ struct SealedReading: StoreReading {
     /// The record of `part` in the identifier row of the pseudonym `sealedKey` begins with: a
     /// write's from the rows it keeps, a read's from the row where it lies.
     private func record(_ part: UInt8, ofIdentifierRowAt sealedKey: UnsafeRawBufferPointer) throws -> [UInt8]? {
-        let pseudonym = Array(sealedKey.prefix(Sealing.pseudonymSize))
-        if session.keepsIdentifierRows { return try identifierRow(pseudonym)?.record(part) }
-        let rowKey = pseudonym + [Sealing.ownerPart]
-        return try rowKey.withUnsafeBytes { rowKeyBytes in
-            try base.withValue(.documents, rowKeyBytes) { value in
+        if session.keepsIdentifierRows { return try identifierRow(Array(sealedKey.prefix(Sealing.pseudonymSize)))?.record(part) }
+        // The row's key made on the stack, as the part's was.
+        return try withUnsafeTemporaryAllocation(byteCount: Sealing.pseudonymSize + 1, alignment: 1) { rowKey in
+            rowKey.copyMemory(from: UnsafeRawBufferPointer(rebasing: sealedKey.prefix(Sealing.pseudonymSize)))
+            rowKey[Sealing.pseudonymSize] = Sealing.ownerPart
+            let rowKeyBytes = UnsafeRawBufferPointer(rowKey)
+            return try base.withValue(.documents, rowKeyBytes) { value in
                 guard let plain = try session.open(value, associatedData: rowKeyBytes, table: .documents) else {
-                    try checkErased(identifierRow: rowKey)
+                    try checkErased(identifierRow: Array(rowKeyBytes))
                     return nil
                 }
                 do {
