@@ -2,29 +2,49 @@ import KithCRDT
 import KithStore
 
 /// The row `pseudonym ‖ 0` of sealed `documents`: the identifier's key, and the engine's records
-/// of which an identifier has at most one — its index, head and view — sealed together.
+/// of which an identifier has at most one — its index, head and view — sealed together, with up
+/// to `inlineEdgeLimit` of its edges.
 ///
 /// Each of those was a row of its own (sealed layout 1), and under churn, where most customers
 /// have two or three messages, rows like these were most of the store: every row pays its key
-/// (17 bytes), its seal (key id, nonce and tag, about 39) and LMDB's node (10). One row for all
-/// of them pays that once (docs/storage.md, "Where the bytes go"); a message, which changes its
-/// subject's head and its profile's view, seals one row instead of two.
+/// (17 bytes, 33 for an edge), its seal (key id, nonce and tag, about 39) and LMDB's node (10).
+/// One row for all of them pays that once (docs/storage.md, "Where the bytes go"); a message,
+/// which changes its subject's head and its profile's view, seals one row instead of two.
+/// Edges past the limit stay rows of their own (`pseudonym ‖ 4 ‖ peer pseudonym`), so an
+/// identifier linked to thousands does not seal them all whenever it changes.
 ///
-/// Plaintext: `0 ‖ bytes(identifier key) ‖ (part ‖ bytes(value))*`, parts ascending. A layout-1
-/// owner row is the identifier key alone, whose first byte (the identifier's kind) is never 0:
-/// that is how `init(decoding:)` reads both, which the move from layout 1 needs.
+/// Plaintext: `0 ‖ bytes(identifier key) ‖ record*`, a record `part ‖ bytes(value)` for the index,
+/// head and view, `4 ‖ bytes(peer's identifier key) ‖ bytes(value)` for an edge, in plain key
+/// order (part, then peer). A layout-1 owner row is the identifier key alone, whose first byte
+/// (the identifier's kind) is never 0: that is how `init(decoding:)` reads both, which the move
+/// from layout 1 needs.
 struct IdentifierRow: Equatable {
+    struct Record: Equatable {
+        let part: UInt8
+        /// The peer's identifier key for an edge; empty for the others.
+        let suffix: [UInt8]
+        var value: [UInt8]
+
+        /// Plain key order within one owner.
+        func precedes(_ part: UInt8, _ suffix: some Collection<UInt8>) -> Bool {
+            self.part != part ? self.part < part : self.suffix.lexicographicallyPrecedes(suffix)
+        }
+    }
+
     /// The identifier's key.
     let owner: [UInt8]
-    /// The records this row holds, by `DocumentPart` raw value, ascending.
-    private(set) var records: [(part: UInt8, value: [UInt8])] = []
+    /// The records this row holds, in plain key order.
+    private(set) var records: [Record] = []
 
-    /// Parts kept in this row rather than in rows of their own.
+    /// Parts of which an identifier has at most one, always kept in this row.
     static let heldParts: Set<UInt8> = [DocumentPart.index.rawValue, DocumentPart.head.rawValue, DocumentPart.view.rawValue]
+    /// How many of an identifier's edges this row keeps; the rest are rows of their own.
+    static let inlineEdgeLimit = 8
 
     static func holds(_ part: UInt8) -> Bool { heldParts.contains(part) }
 
     private static let formatByte: UInt8 = 0
+    private static let edgePart = DocumentPart.edge.rawValue
 
     init(owner: [UInt8]) {
         precondition(owner.first.map { $0 != Self.formatByte } ?? false, "an identifier key of \(owner.count) bytes starting with 0")
@@ -32,19 +52,20 @@ struct IdentifierRow: Equatable {
     }
 
     init(decoding plaintext: [UInt8]) throws {
-        var records: [(part: UInt8, value: [UInt8])] = []
+        var records: [Record] = []
         owner = Array(
-            try Self.visit(plaintext) { part, value in
-                records.append((part, Array(value)))
+            try Self.visit(plaintext) { part, suffix, value in
+                records.append(Record(part: part, suffix: Array(suffix), value: Array(value)))
                 return true
             })
         self.records = records
     }
 
-    /// The record of `part` in a row's plaintext, without decoding the rest into a row (a point
-    /// read wants one record): the plaintext cut down to it in place, so the read allocates
-    /// nothing beyond what opening the row did.
+    /// The record of held part `part` in a row's plaintext, without decoding the rest into a
+    /// row (a point read wants one record): the plaintext cut down to it in place, so the read
+    /// allocates nothing beyond what opening the row did.
     static func record(_ part: UInt8, in plaintext: consuming [UInt8]) throws -> [UInt8]? {
+        precondition(holds(part), "part \(part) read where it lies in an identifier row")
         guard let range = try recordRange(part, in: plaintext) else { return nil }
         plaintext.removeSubrange(range.upperBound...)
         plaintext.removeSubrange(..<range.lowerBound)
@@ -53,16 +74,18 @@ struct IdentifierRow: Equatable {
 
     private static func recordRange(_ part: UInt8, in plaintext: [UInt8]) throws -> Range<Int>? {
         var found: Range<Int>?
-        _ = try visit(plaintext) { recordPart, value in
+        _ = try visit(plaintext) { recordPart, _, value in
             if recordPart == part { found = value.indices }
             return recordPart < part
         }
         return found
     }
 
-    /// Reads a row's plaintext (either form), checking it: gives `body` each record in part
-    /// order while it says to go on, and returns the owner's key.
-    private static func visit(_ plaintext: [UInt8], _ body: (UInt8, ArraySlice<UInt8>) throws -> Bool) throws -> ArraySlice<UInt8> {
+    /// Reads a row's plaintext (either form), checking it: gives `body` each record in order
+    /// while it says to go on, and returns the owner's key.
+    private static func visit(
+        _ plaintext: [UInt8], _ body: (UInt8, ArraySlice<UInt8>, ArraySlice<UInt8>) throws -> Bool
+    ) throws -> ArraySlice<UInt8> {
         guard plaintext.first == formatByte else {
             guard !plaintext.isEmpty else { throw BinaryDecodingError(.truncated, offset: 0, "identifier row") }
             return plaintext[...]
@@ -70,49 +93,55 @@ struct IdentifierRow: Equatable {
         var reader = BinaryReader(plaintext, at: 1)
         let owner = try reader.readBytes()
         guard let first = owner.first, first != formatByte else { throw BinaryDecodingError(.invalidValue, offset: 1, "identifier row owner") }
-        var previous: UInt8?
+        var previous: (part: UInt8, suffix: ArraySlice<UInt8>)?
         while !reader.isAtEnd {
             let offset = reader.offset
             let part = try reader.readByte()
-            guard holds(part), previous.map({ $0 < part }) ?? true else {
+            let suffix = part == edgePart ? try reader.readBytes() : plaintext[offset..<offset]
+            let ordered = previous.map { $0.part != part ? $0.part < part : $0.suffix.lexicographicallyPrecedes(suffix) } ?? true
+            guard holds(part) || (part == edgePart && !suffix.isEmpty), ordered else {
                 throw BinaryDecodingError(.invalidValue, offset: offset, "identifier row part \(part)")
             }
-            previous = part
-            guard try body(part, try reader.readBytes()) else { break }
+            previous = (part, suffix)
+            guard try body(part, suffix, try reader.readBytes()) else { break }
         }
         return owner
     }
 
     func encoded() -> [UInt8] {
-        var writer = BinaryWriter(capacity: owner.count + records.reduce(4) { $0 + $1.value.count + 4 })
+        var writer = BinaryWriter(capacity: owner.count + records.reduce(4) { $0 + $1.suffix.count + $1.value.count + 6 })
         writer.write(byte: Self.formatByte)
         writer.write(bytes: owner)
         for record in records {
             writer.write(byte: record.part)
+            if record.part == Self.edgePart { writer.write(bytes: record.suffix) }
             writer.write(bytes: record.value)
         }
         return writer.bytes
     }
 
-    func record(_ part: UInt8) -> [UInt8]? { records.first { $0.part == part }?.value }
+    func record(_ part: UInt8, _ suffix: some Collection<UInt8> = [UInt8]()) -> [UInt8]? {
+        records.first { $0.part == part && $0.suffix.elementsEqual(suffix) }?.value
+    }
 
     var isEmpty: Bool { records.isEmpty }
 
-    /// Sets (a value) or removes (nil) the record of `part`; says whether it was there before.
-    @discardableResult mutating func set(_ part: UInt8, _ value: [UInt8]?) -> Bool {
-        precondition(Self.holds(part), "part \(part) is not kept in an identifier row")
-        let index = records.firstIndex { $0.part >= part } ?? records.endIndex
-        let existed = index < records.endIndex && records[index].part == part
+    var edgeCount: Int { records.count { $0.part == Self.edgePart } }
+
+    /// Sets (a value) or removes (nil) the record of `part` (and, for an edge, `suffix`, the
+    /// peer's key); says whether it was there before.
+    @discardableResult mutating func set(_ part: UInt8, _ suffix: [UInt8] = [], _ value: [UInt8]?) -> Bool {
+        precondition(
+            (Self.holds(part) && suffix.isEmpty) || (part == Self.edgePart && !suffix.isEmpty),
+            "part \(part) with a suffix of \(suffix.count) bytes is not kept in an identifier row")
+        let index = records.firstIndex { !$0.precedes(part, suffix) } ?? records.endIndex
+        let existed = index < records.endIndex && records[index].part == part && records[index].suffix == suffix
         switch (value, existed) {
         case (let value?, true): records[index].value = value
-        case (let value?, false): records.insert((part, value), at: index)
+        case (let value?, false): records.insert(Record(part: part, suffix: suffix, value: value), at: index)
         case (nil, true): records.remove(at: index)
         case (nil, false): break
         }
         return existed
-    }
-
-    static func == (left: IdentifierRow, right: IdentifierRow) -> Bool {
-        left.owner == right.owner && left.records.elementsEqual(right.records) { $0.part == $1.part && $0.value == $1.value }
     }
 }

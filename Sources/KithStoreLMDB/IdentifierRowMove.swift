@@ -3,8 +3,8 @@ import KithLMDB
 import KithStore
 
 extension LMDBProfileStore {
-    /// Moves a store of sealed layout 1 (an identifier's index, head and view each in a row of
-    /// its own) to identifier rows, before the store serves. Each transaction moves at most
+    /// Moves a store of sealed layout 1 (an identifier's index, head, view and edges each in a
+    /// row of its own) to identifier rows, before the store serves. Each transaction moves at most
     /// `ownersPerTransaction` owners, every one whole: their records sealed into the owner row
     /// under the key that sealed it, their own rows deleted. A stop in between (or after
     /// `transactionLimit` transactions, for tests) leaves moved and unmoved owners; the next
@@ -54,16 +54,35 @@ extension LMDBProfileStore {
         }
         guard opened.first != 0 else { return false }
         var row = try IdentifierRow(decoding: opened)
-        for part in IdentifierRow.heldParts.sorted() {
-            let partKey = pseudonym + [part]
-            guard let stored = try plain.get(.documents, partKey) else { continue }
-            guard let value = try session.open(stored, associatedData: partKey, table: .documents) else {
+        let open = { (key: [UInt8], stored: [UInt8]) throws -> [UInt8] in
+            guard let value = try session.open(stored, associatedData: key, table: .documents) else {
                 throw StoreCorruption(
                     table: Table.documents.name,
                     underlying: BinaryDecodingError(.invalidValue, offset: 0, "a row under a destroyed key beside a live owner row"))
             }
-            row.set(part, value)
+            return value
+        }
+        for part in IdentifierRow.heldParts.sorted() {
+            let partKey = pseudonym + [part]
+            guard let stored = try plain.get(.documents, partKey) else { continue }
+            row.set(part, [], try open(partKey, stored))
             try plain.delete(.documents, partKey)
+        }
+        // Its first edges too, as a store written now keeps them (`IdentifierRow.inlineEdgeLimit`).
+        let edgePrefix = pseudonym + [DocumentPart.edge.rawValue]
+        var edges: [(key: [UInt8], stored: [UInt8])] = []
+        try plain.scan(.documents, from: edgePrefix) { key, stored in
+            guard key.starts(with: edgePrefix), edges.count < IdentifierRow.inlineEdgeLimit else { return .stop }
+            edges.append((key, stored))
+            return .next
+        }
+        for edge in edges {
+            // A stored edge's plaintext: the peer's identifier key, then the engine's value.
+            let opened = try open(edge.key, edge.stored)
+            var reader = BinaryReader(opened)
+            let peer = Array(try reader.readBytes())
+            row.set(DocumentPart.edge.rawValue, peer, Array(opened[reader.offset...]))
+            try plain.delete(.documents, edge.key)
         }
         try plain.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
         return true

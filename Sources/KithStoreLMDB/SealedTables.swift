@@ -396,6 +396,12 @@ struct SealedReading: StoreReading {
                 if sealedKey.count == Sealing.pseudonymSize + 1, IdentifierRow.holds(sealedKey[Sealing.pseudonymSize]) {
                     return try record(sealedKey[Sealing.pseudonymSize], ofIdentifierRowAt: sealedKey)
                 }
+                if sealedKey.count > Sealing.pseudonymSize + 1, sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue,
+                    let row = RowKey(key),
+                    let inline = try identifierRow(Array(sealedKey.prefix(Sealing.pseudonymSize)))?.record(row.partByte, row.suffix)
+                {
+                    return inline
+                }
                 let opened = try base.withValue(.documents, sealedKey) { value in
                     guard let plain = try session.open(value, associatedData: sealedKey, table: .documents) else {
                         try checkErased(owner: sealedKey.prefix(Sealing.pseudonymSize))
@@ -421,10 +427,15 @@ struct SealedReading: StoreReading {
         case .documents:
             // An identifier row comes before the owner's other rows and holds its first parts:
             // a start within them begins at the row, and skips what sorts before the start.
-            var sealedStart = session.sealedKey(start)
-            // The owner whose records may sort before the start (others follow it in pseudonym order).
+            let startKey = session.sealedKey(start)
+            var sealedStart = startKey
+            // The owner whose records may sort before the start (others follow it in pseudonym
+            // order): its identifier row's records are compared with the start's plain key, its
+            // other rows with the start's sealed key, as a scan from there would have found them.
             var startOwner: [UInt8]?
-            if sealedStart.count > Sealing.pseudonymSize, IdentifierRow.holds(sealedStart[Sealing.pseudonymSize]) {
+            if sealedStart.count > Sealing.pseudonymSize, sealedStart[Sealing.pseudonymSize] != Sealing.ownerPart,
+                IdentifierRow.holds(sealedStart[Sealing.pseudonymSize]) || sealedStart[Sealing.pseudonymSize] == DocumentPart.edge.rawValue
+            {
                 startOwner = Array(sealedStart.prefix(Sealing.pseudonymSize))
                 sealedStart = startOwner! + [Sealing.ownerPart]
             }
@@ -435,12 +446,13 @@ struct SealedReading: StoreReading {
                     let pseudonym = Array(key.prefix(Sealing.pseudonymSize))
                     guard let row = try identifierRow(pseudonym, stored: value) else { return .next }
                     for record in row.records {
-                        let plainKey = documentPrefix(row.owner) + [record.part]
+                        let plainKey = documentPrefix(row.owner) + [record.part] + record.suffix
                         guard pseudonym != startOwner || !plainKey.lexicographicallyPrecedes(start) else { continue }
                         if try body(plainKey, record.value) == .stop { return .stop }
                     }
                     return .next
                 }
+                if let startOwner, key.starts(with: startOwner), key.lexicographicallyPrecedes(startKey) { return .next }
                 guard let row = try openRow(key, value) else { return .next }
                 return try body(row.key, row.value)
             }
@@ -682,15 +694,20 @@ struct SealedWriting: StoreWriting, ReadingThrough {
             let owner = Array(row.owner)
             let pseudonym = session.pseudonym(owner)
             if row.suffix.isEmpty, IdentifierRow.holds(row.partByte) {
-                precondition(mode != .append, "an append to an identifier row")
-                _ = try currentKey(pseudonym, owner: owner)
-                var identifierRow = try reading.identifierRow(pseudonym) ?? IdentifierRow(owner: owner)
-                if mode == .insertOnly, identifierRow.record(row.partByte) != nil { return false }
-                identifierRow.set(row.partByte, value)
-                session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
-                return true
+                return try putRecord(row.partByte, [], value, mode: mode, pseudonym: pseudonym, owner: owner)
             }
             let sealedKey = session.sealedKey(key, separatorAt: row.ownerCount, ownerPseudonym: pseudonym)
+            // An edge goes in the identifier row when it is there already, or is new and the
+            // row has room; an edge stored as a row of its own stays one.
+            if row.part == .edge, !row.suffix.isEmpty {
+                let peer = Array(row.suffix)
+                let identifierRow = try reading.identifierRow(pseudonym)
+                let inline = identifierRow?.record(DocumentPart.edge.rawValue, peer) != nil
+                let room = (identifierRow?.edgeCount ?? 0) < IdentifierRow.inlineEdgeLimit
+                if try inline || (room && base.get(.documents, sealedKey) == nil) {
+                    return try putRecord(DocumentPart.edge.rawValue, peer, value, mode: mode, pseudonym: pseudonym, owner: owner)
+                }
+            }
             var plaintext = value
             if row.part == .edge {
                 var writer = BinaryWriter(capacity: value.count + 40)
@@ -711,6 +728,17 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         }
     }
 
+    /// Puts a record in `pseudonym`'s identifier row, sealed with the row at commit (`finish`).
+    private func putRecord(_ part: UInt8, _ suffix: [UInt8], _ value: [UInt8], mode: PutMode, pseudonym: [UInt8], owner: [UInt8]) throws -> Bool {
+        precondition(mode != .append, "an append to an identifier row")
+        _ = try currentKey(pseudonym, owner: owner)
+        var identifierRow = try reading.identifierRow(pseudonym) ?? IdentifierRow(owner: owner)
+        if mode == .insertOnly, identifierRow.record(part, suffix) != nil { return false }
+        identifierRow.set(part, suffix, value)
+        session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
+        return true
+    }
+
     /// Each entry sealed as it is, without encoding the record and decoding it again (`put`).
     func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try base.put(.changes, key, try sealEntries(entries, .changes, key), mode: mode)
@@ -722,12 +750,13 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         let sealedKey = session.sealedKey(key)
         let pseudonym = Array(sealedKey.prefix(Sealing.pseudonymSize))
         session.deletedFrom.insert(pseudonym)
-        if sealedKey.count == Sealing.pseudonymSize + 1, IdentifierRow.holds(sealedKey[Sealing.pseudonymSize]) {
-            guard var identifierRow = try reading.identifierRow(pseudonym), identifierRow.set(sealedKey[Sealing.pseudonymSize], nil) else {
-                return false
+        if let row = RowKey(key), (row.suffix.isEmpty && IdentifierRow.holds(row.partByte)) || (row.part == .edge && !row.suffix.isEmpty) {
+            if var identifierRow = try reading.identifierRow(pseudonym), identifierRow.set(row.partByte, Array(row.suffix), nil) {
+                session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
+                return true
             }
-            session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
-            return true
+            // An index, head or view is never a row of its own; an edge may be.
+            guard row.part == .edge else { return false }
         }
         return try base.delete(.documents, sealedKey)
     }

@@ -16,7 +16,8 @@ struct IdentifierRowTests {
     @Test func aRowReadsBackWhatWasSet() throws {
         var row = IdentifierRow(owner: owner)
         let existed = [
-            row.set(DocumentPart.view.rawValue, [3, 3]), row.set(DocumentPart.index.rawValue, [1]), row.set(DocumentPart.view.rawValue, [3]),
+            row.set(DocumentPart.view.rawValue, [], [3, 3]), row.set(DocumentPart.index.rawValue, [], [1]),
+            row.set(DocumentPart.view.rawValue, [], [3]),
         ]
         #expect(existed == [false, false, true])
         #expect(try IdentifierRow(decoding: row.encoded()) == row)
@@ -26,9 +27,9 @@ struct IdentifierRowTests {
             #expect(try IdentifierRow.record(part, in: row.encoded()) == row.record(part), "part \(part) read where it lies")
         }
         #expect(try IdentifierRow.record(DocumentPart.view.rawValue, in: owner) == nil, "a layout-1 owner row holds no records")
-        let removed = [row.set(DocumentPart.index.rawValue, nil), row.set(DocumentPart.index.rawValue, nil)]
+        let removed = [row.set(DocumentPart.index.rawValue, [], nil), row.set(DocumentPart.index.rawValue, [], nil)]
         #expect(removed == [true, false])
-        row.set(DocumentPart.view.rawValue, nil)
+        row.set(DocumentPart.view.rawValue, [], nil)
         let decoded = try IdentifierRow(decoding: row.encoded())
         #expect(row.isEmpty && decoded == row)
     }
@@ -40,8 +41,8 @@ struct IdentifierRowTests {
 
     @Test func damagedRowsAreRefused() throws {
         var row = IdentifierRow(owner: owner)
-        row.set(DocumentPart.head.rawValue, [2])
-        row.set(DocumentPart.view.rawValue, [3])
+        row.set(DocumentPart.head.rawValue, [], [2])
+        row.set(DocumentPart.view.rawValue, [], [3])
         let bytes = row.encoded()
         var swapped = bytes
         let headAt = try #require(bytes.firstIndex(of: DocumentPart.head.rawValue))
@@ -97,6 +98,52 @@ struct IdentifierRowTests {
         #expect(try firstParts(documentKey(user.key, .edge)).allSatisfy { $0 == DocumentPart.edge.rawValue })
     }
 
+    /// The first `inlineEdgeLimit` edges of an identifier go in its identifier row, the rest in
+    /// rows of their own; reads, scans, updates and deletes find each where it is, an edge
+    /// stored alone stays alone, and a new edge takes a place an inline one left.
+    @Test func edgesPastTheLimitAreRowsOfTheirOwn() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        let owner = Identifier(kind: .userId, value: "hub")!
+        let limit = IdentifierRow.inlineEdgeLimit
+        let peers = (0..<(limit + 3)).map { Identifier(kind: .anonymousId, value: "device-\($0)")!.key }
+        let edge = { (peer: [UInt8]) in documentKey(owner.key, .edge, peer) }
+        try store.write { writer in
+            try writer.put(.documents, documentKey(owner.key, .head), [2], mode: .upsert)
+            for (number, peer) in peers.enumerated() { try writer.put(.documents, edge(peer), [UInt8(number)], mode: .upsert) }
+        }
+        let edges = {
+            try store.read { reader in
+                var found: [[UInt8]: [UInt8]] = [:]
+                try reader.scan(.documents, prefix: documentKey(owner.key, .edge)) { key, value in
+                    found[Array(RowKey(stored: key).suffix)] = value
+                    return .next
+                }
+                return found
+            }
+        }
+        #expect(try Self.storedParts(store)[DocumentPart.edge.rawValue] == 3)
+        #expect(try edges() == Dictionary(uniqueKeysWithValues: peers.enumerated().map { ($0.element, [UInt8($0.offset)]) }))
+        for (number, peer) in peers.enumerated() { #expect(try store.read { try $0.get(.documents, edge(peer)) } == [UInt8(number)]) }
+        // One inline and one separate edge go; the separate ones are rewritten, and a new edge takes the freed place.
+        let newcomer = Identifier(kind: .anonymousId, value: "device-new")!.key
+        try store.write { writer in
+            #expect(try writer.delete(.documents, edge(peers[0])) && writer.delete(.documents, edge(peers[limit])))
+            #expect(try !writer.delete(.documents, edge(peers[0])))
+            for peer in peers[(limit + 1)...] { try writer.put(.documents, edge(peer), [99], mode: .upsert) }
+            try writer.put(.documents, edge(newcomer), [7], mode: .upsert)
+        }
+        #expect(try Self.storedParts(store)[DocumentPart.edge.rawValue] == 2)
+        var expected = Dictionary(uniqueKeysWithValues: peers.enumerated().map { ($0.element, [UInt8($0.offset)]) })
+        expected[peers[0]] = nil
+        expected[peers[limit]] = nil
+        for peer in peers[(limit + 1)...] { expected[peer] = [99] }
+        expected[newcomer] = [7]
+        #expect(try edges() == expected)
+        #expect(try store.read { try $0.get(.documents, documentKey(owner.key, .head)) } == [2])
+    }
+
     /// A scan from just after a record goes on with every record after it, across owners:
     /// what paging by a cursor (the export's, after a profile's view) relies on. Both layers
     /// that read records out of a row skipped what sorted before the start in other owners too.
@@ -114,8 +161,7 @@ struct IdentifierRowTests {
             return keys
         }
         #expect(all.count > 30)
-        // Not after an edge: sealed, an owner's edges are in the order of their peers' pseudonyms.
-        for (position, key) in all.enumerated() where RowKey(stored: key).part != .edge {
+        for (position, key) in all.enumerated() {
             let after = try store.read { reader in
                 var keys: [[UInt8]] = []
                 try reader.scan(.documents, from: key + [0]) { key, _ in
@@ -171,8 +217,8 @@ struct IdentifierRowTests {
         let path = SealingTests.directory()
         defer { SealingTests.remove(path) }
         let store = try SealingTests.open(path)
-        let owner = Identifier(kind: .userId, value: "user-9")!, peer = Identifier(kind: .anonymousId, value: "anon-9")!
-        let (headKey, edgeKey) = (documentKey(owner.key, .head), documentKey(owner.key, .edge, peer.key))
+        let owner = Identifier(kind: .userId, value: "user-9")!
+        let (headKey, edgeKey) = (documentKey(owner.key, .head), documentKey(owner.key, .ledger, Array("m-9".utf8)))
         try store.write { writer in
             try writer.put(.documents, headKey, [7, 7], mode: .upsert)
             try writer.put(.documents, edgeKey, [1], mode: .upsert)
