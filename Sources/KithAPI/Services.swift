@@ -175,13 +175,18 @@ public struct RetentionTotals: Sendable, Equatable {
     public var grantsDropped = 0
     /// Ledger blocks the sweeps deflated (ingest leaves them plain).
     public var blocksDeflated = 0
+    /// Identifier rows the sweeps deflated (ingest leaves them plain).
+    public var rowsDeflated = 0
 
-    public init(passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0) {
+    public init(
+        passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0, rowsDeflated: Int = 0
+    ) {
         self.passes = passes
         self.eventsDropped = eventsDropped
         self.traitsDropped = traitsDropped
         self.grantsDropped = grantsDropped
         self.blocksDeflated = blocksDeflated
+        self.rowsDeflated = rowsDeflated
     }
 }
 

@@ -87,6 +87,7 @@ final class RetentionSweeper: @unchecked Sendable {
                 pass.traitsDropped += step.traitsDropped
                 pass.grantsDropped += step.grantsDropped
                 pass.blocksDeflated += step.blocksDeflated
+                pass.rowsDeflated += step.rowsDeflated
                 pass.identifiers += step.identifiers
                 pass.passEnded = step.passEnded
             case .failure(let error)?:
@@ -102,6 +103,7 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.traitsDropped += pass.traitsDropped
             totals.grantsDropped += pass.grantsDropped
             totals.blocksDeflated += pass.blocksDeflated
+            totals.rowsDeflated += pass.rowsDeflated
         }
         log(
             .info, "retention pass",
@@ -110,6 +112,7 @@ final class RetentionSweeper: @unchecked Sendable {
                 ("traitsDropped", .number(JSONNumber(Int64(pass.traitsDropped)))),
                 ("grantsDropped", .number(JSONNumber(Int64(pass.grantsDropped)))),
                 ("blocksDeflated", .number(JSONNumber(Int64(pass.blocksDeflated)))),
+                ("rowsDeflated", .number(JSONNumber(Int64(pass.rowsDeflated)))),
             ])
         return true
     }

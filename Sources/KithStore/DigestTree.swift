@@ -127,6 +127,8 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
         try base.deflateLedgerBlocks(of: owner, atMost: limit)
     }
 
+    package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { try base.deflateIdentifierRow(of: owner) }
+
     /// The change log is not covered by the tree.
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try base.putChanges(entries, at: key, mode: mode)

@@ -6,7 +6,7 @@ extension LedgerBlock {
     /// taken from the bench workload. zlib counts strings near the end as the nearest, so the
     /// most common come last. The bytes are part of the stored format: a different dictionary
     /// needs a new tag, and blocks under the old tag keep this one.
-    static let dictionary: [UInt8] = {
+    package static let dictionary: [UInt8] = {
         let eventNames = [
             "Video Content Playing", "Video Playback Started", "Push Notification Tapped", "Push Notification Received",
             "Email Link Clicked", "Email Opened", "Subscription Cancelled", "Subscription Started", "Trial Started",

@@ -216,6 +216,8 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
         try base.putChanges(entries, at: key, mode: mode)
     }
 
+    package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { try base.deflateIdentifierRow(of: owner) }
+
     /// Deflates the first `limit` blocks of `owner`'s ledger that ingest left plain, as
     /// `LedgerBlock.isDeflatedBySweep` decides; returns how many it stored again. Rows do not
     /// change: the same rows in the same blocks, fewer bytes.

@@ -11,6 +11,8 @@ public struct RetentionStep: Sendable, Equatable {
     public var grantsDropped = 0
     /// Ledger blocks deflated: those ingest left plain (`LedgerBlock.isDeflatedBySweep`).
     public var blocksDeflated = 0
+    /// Identifier rows deflated (sealed stores: `StoreWriting.deflateIdentifierRow`).
+    public var rowsDeflated = 0
     /// This step ended a pass over every bucket (the next step starts another).
     public var passEnded = false
 
@@ -29,7 +31,7 @@ extension StoreEngine {
 
     /// One step: from where the last one stopped, the identifiers of up to `buckets` buckets in
     /// bucket then identifier order, at most `identifiers` of them (`walkStep`), and at most
-    /// `blocks` of their ledger blocks deflated.
+    /// `blocks` of their ledger blocks and identifier rows deflated.
     func expire(
         under rules: RetentionRules, now: Int64, buckets: Int, identifiers limit: Int, blocks: Int, in context: WriteContext
     ) throws -> RetentionStep {
@@ -47,8 +49,10 @@ extension StoreEngine {
             step.identifiers += taken.count
         }
         // The same walk stores in fewer bytes what ingest left plain; with or without rules.
-        for identifier in taken where step.blocksDeflated < blocks {
-            step.blocksDeflated += try txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated)
+        // Blocks and identifier rows count alike against the step's bound.
+        for identifier in taken where step.blocksDeflated + step.rowsDeflated < blocks {
+            step.blocksDeflated += try txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated - step.rowsDeflated)
+            if step.blocksDeflated + step.rowsDeflated < blocks, try txn.deflateIdentifierRow(of: identifier.key) { step.rowsDeflated += 1 }
         }
         guard next.isAtEnd else {
             try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
@@ -67,6 +71,7 @@ extension RetentionStep {
         traitsDropped += other.traitsDropped
         grantsDropped += other.grantsDropped
         blocksDeflated += other.blocksDeflated
+        rowsDeflated += other.rowsDeflated
     }
 }
 

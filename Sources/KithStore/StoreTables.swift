@@ -232,6 +232,9 @@ package protocol StoreWriting: StoreReading {
     /// Stores `owner`'s ledger rows in fewer bytes where ingest left them plain, rows unchanged
     /// (`LedgerBlockWriting`), at most `limit` values; returns how many it stored again.
     func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int
+    /// Stores what `owner` has one of (sealed: its identifier row) in fewer bytes where ingest
+    /// left it plain, records unchanged; says whether it stored anything again.
+    func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool
     /// Stores a transaction's change-log entries as one record (`ChangeRecord`): a writer that
     /// seals entries one by one takes them as values, not as a record to decode again.
     func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws
@@ -281,6 +284,9 @@ extension StoreWriting {
 
     /// Tables that store each row alone have no blocks to deflate.
     package func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int { 0 }
+
+    /// Plain tables keep no identifier rows.
+    package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { false }
 
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try put(.changes, key, ChangeRecord.encode(entries), mode: mode)

@@ -1,4 +1,5 @@
 import KithCRDT
+import KithCompression
 import KithStore
 
 /// The row `pseudonym ‖ 0` of sealed `documents`: the identifier's key, and the engine's records
@@ -17,7 +18,9 @@ import KithStore
 /// head and view, `4 ‖ bytes(peer's identifier key) ‖ bytes(value)` for an edge, in plain key
 /// order (part, then peer). A layout-1 owner row is the identifier key alone, whose first byte
 /// (the identifier's kind) is never 0: that is how `init(decoding:)` reads both, which the move
-/// from layout 1 needs.
+/// from layout 1 needs. The retention sweep stores a row deflated (`deflated`): `0 ‖ 0 ‖
+/// varint(size) ‖ raw deflate` with the ledger blocks' dictionary — an owner's key is never
+/// empty, so no plain row starts `0 ‖ 0`. Ingest writes rows plain, as it does ledger blocks.
 struct IdentifierRow: Equatable {
     struct Record: Equatable {
         let part: UInt8
@@ -61,11 +64,46 @@ struct IdentifierRow: Equatable {
         self.records = records
     }
 
+    /// The row's plaintext stored deflated, when that is shorter (nil when it is not, or the row
+    /// is too short to gain: under `deflatedFrom` bytes).
+    static func deflated(_ plaintext: [UInt8]) -> [UInt8]? {
+        guard plaintext.count >= deflatedFrom, plaintext.first == formatByte, !isDeflated(plaintext) else { return nil }
+        var writer = BinaryWriter(capacity: plaintext.count / 2 + 8)
+        writer.write(byte: formatByte)
+        writer.write(byte: deflatedMarker)
+        writer.write(varint: UInt64(plaintext.count))
+        writer.write(raw: RawDeflate.compress(plaintext, dictionary: LedgerBlock.dictionary, level: 1))
+        return writer.bytes.count < plaintext.count ? writer.bytes : nil
+    }
+
+    static let deflatedFrom = 64
+    private static let deflatedMarker: UInt8 = 0
+    /// A row is never larger than an LMDB value may be; a size past this is damage.
+    private static let largestRow = 1 << 28
+
+    static func isDeflated(_ plaintext: [UInt8]) -> Bool {
+        plaintext.count >= 2 && plaintext[0] == formatByte && plaintext[1] == deflatedMarker
+    }
+
+    /// A row's plaintext as `visit` reads it: inflated when the sweep deflated it.
+    private static func inflatedIfDeflated(_ plaintext: consuming [UInt8]) throws -> [UInt8] {
+        guard isDeflated(plaintext) else { return plaintext }
+        var reader = BinaryReader(copy plaintext, at: 2)
+        let size = try reader.readVarint()
+        guard size <= largestRow else { throw BinaryDecodingError(.invalidValue, offset: 2, "deflated identifier row of \(size) bytes") }
+        let inflated = try RawDeflate.decompress(Array(plaintext[reader.offset...]), dictionary: LedgerBlock.dictionary, size: Int(size))
+        guard inflated.first == formatByte, !isDeflated(inflated) else {
+            throw BinaryDecodingError(.invalidValue, offset: 2, "a deflated identifier row holding no plain row")
+        }
+        return inflated
+    }
+
     /// The record of held part `part` in a row's plaintext, without decoding the rest into a
     /// row (a point read wants one record): the plaintext cut down to it in place, so the read
     /// allocates nothing beyond what opening the row did.
     static func record(_ part: UInt8, in plaintext: consuming [UInt8]) throws -> [UInt8]? {
         precondition(holds(part), "part \(part) read where it lies in an identifier row")
+        var plaintext = try inflatedIfDeflated(plaintext)
         guard let range = try recordRange(part, in: plaintext) else { return nil }
         plaintext.removeSubrange(range.upperBound...)
         plaintext.removeSubrange(..<range.lowerBound)
@@ -84,8 +122,9 @@ struct IdentifierRow: Equatable {
     /// Reads a row's plaintext (either form), checking it: gives `body` each record in order
     /// while it says to go on, and returns the owner's key.
     private static func visit(
-        _ plaintext: [UInt8], _ body: (UInt8, ArraySlice<UInt8>, ArraySlice<UInt8>) throws -> Bool
+        _ stored: [UInt8], _ body: (UInt8, ArraySlice<UInt8>, ArraySlice<UInt8>) throws -> Bool
     ) throws -> ArraySlice<UInt8> {
+        let plaintext = try inflatedIfDeflated(stored)
         guard plaintext.first == formatByte else {
             guard !plaintext.isEmpty else { throw BinaryDecodingError(.truncated, offset: 0, "identifier row") }
             return plaintext[...]

@@ -133,6 +133,9 @@ final class SealingSession {
         if changed { changedIdentifierRows.insert(ByteKey(pseudonym)) }
     }
 
+    /// Whether this write changed `pseudonym`'s identifier row (it is sealed at commit).
+    func changedIdentifierRow(_ pseudonym: [UInt8]) -> Bool { changedIdentifierRows.contains(ByteKey(pseudonym)) }
+
     /// Whether this session keeps the identifier rows it reads (a write does).
     var keepsIdentifierRows: Bool { remembersPointReads }
 
@@ -726,6 +729,22 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         case .meta, .forget, .merkle:
             return try base.put(table, key, value, mode: mode)
         }
+    }
+
+    /// Stores `owner`'s identifier row deflated (`IdentifierRow.deflated`) when ingest left it
+    /// plain and that is shorter, sealed again under the key that sealed it; not a row this
+    /// transaction changed, which is written plain at commit. Records do not change.
+    func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool {
+        let pseudonym = session.pseudonym(owner)
+        guard !session.changedIdentifierRow(pseudonym) else { return false }
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        guard let stored = try base.get(.documents, rowKey), let plain = try session.open(stored, associatedData: rowKey, table: .documents),
+            let deflated = IdentifierRow.deflated(plain)
+        else { return false }
+        let id = try SealingSession.keyID(stored).id
+        guard let key = session.sealing.keys.key(for: id) else { return false }
+        try base.put(.documents, rowKey, try session.seal(deflated, id, key, associatedData: rowKey), mode: .upsert)
+        return true
     }
 
     /// Puts a record in `pseudonym`'s identifier row, sealed with the row at commit (`finish`).

@@ -34,6 +34,71 @@ struct IdentifierRowTests {
         #expect(row.isEmpty && decoded == row)
     }
 
+    /// A row the sweep deflated reads as the row it was; a short one, or one deflated already,
+    /// is left as it is.
+    @Test func aDeflatedRowReadsAsTheRowItWas() throws {
+        var row = IdentifierRow(owner: owner)
+        row.set(DocumentPart.head.rawValue, [], Array("traits plan gold city Oslo email".utf8))
+        row.set(DocumentPart.view.rawValue, [], Array(repeating: Array("Order Completed revenue ".utf8), count: 6).flatMap { $0 })
+        row.set(DocumentPart.edge.rawValue, Identifier(kind: .anonymousId, value: "anon-1")!.key, [1, 2, 3])
+        let plain = row.encoded()
+        let deflated = try #require(IdentifierRow.deflated(plain))
+        #expect(deflated.count < plain.count / 2 && IdentifierRow.isDeflated(deflated) && !IdentifierRow.isDeflated(plain))
+        #expect(try IdentifierRow(decoding: deflated) == row)
+        for part in [DocumentPart.index, .head, .view].map(\.rawValue) {
+            #expect(try IdentifierRow.record(part, in: deflated) == row.record(part))
+        }
+        #expect(IdentifierRow.deflated(deflated) == nil && IdentifierRow.deflated(IdentifierRow(owner: owner).encoded()) == nil)
+        var cut = deflated
+        cut.removeLast(3)
+        #expect(throws: (any Error).self) { try IdentifierRow(decoding: cut) }
+    }
+
+    /// The sweep stores identifier rows deflated, every record as it was; the next write of an
+    /// identifier stores its row plain again.
+    @Test func theSweepDeflatesIdentifierRowsAndIngestWritesThemPlain() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        _ = try store.apply(try Self.fixtureMessages())
+        let before = try rawEntries(store).filter { $0.table == .documents }
+        #expect(try Self.deflatedRows(store) == 0)
+        var step: RetentionStep
+        var deflated = 0
+        repeat {
+            step = try store.expire(under: .none, now: 0, buckets: 64)
+            deflated += step.rowsDeflated
+        } while !step.passEnded
+        let stored = try Self.deflatedRows(store)
+        #expect(deflated > 3 && deflated == stored)
+        let after = try rawEntries(store).filter { $0.table == .documents }
+        #expect(after.count == before.count && zip(after, before).allSatisfy { $0.key == $1.key && $0.value == $1.value })
+        let user = Identifier(kind: .userId, value: "user-1")!
+        let view = try store.view(of: user)
+        #expect(view?.members.count == 4)
+        let message = #"{"type":"identify","messageId":"m-13","userId":"user-1","timestamp":"2025-10-04T10:00:00Z","traits":{"plan":"platinum"}}"#
+        _ = try store.apply([try SegmentMessageParser().parse(JSONParser.parse(Array(message.utf8)), receivedAt: 1_759_312_800_000)])
+        let storedAfterWrite = try Self.deflatedRows(store)
+        #expect(storedAfterWrite < deflated, "the written identifier's row is plain again")
+        #expect(try store.view(of: user)?.head.traits["plan"] != nil)
+    }
+
+    /// Identifier rows stored deflated.
+    static func deflatedRows(_ store: LMDBProfileStore) throws -> Int {
+        try store.environment.read { txn in
+            let session = SealingSession(store.sealing, writing: false)
+            var count = 0
+            try LMDBReading(reader: txn, tables: store.tables).scan(.documents, from: []) { key, value in
+                guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart,
+                    let plain = try session.open(value, associatedData: key, table: .documents)
+                else { return .next }
+                count += IdentifierRow.isDeflated(plain) ? 1 : 0
+                return .next
+            }
+            return count
+        }
+    }
+
     /// A layout-1 owner row is the identifier key alone: it reads as a row without records.
     @Test func aLayoutOneOwnerRowReadsAsARowWithoutRecords() throws {
         #expect(try IdentifierRow(decoding: owner) == IdentifierRow(owner: owner))
