@@ -106,10 +106,13 @@ struct YearBenchmark {
         while let batch = try keptBatches.next() { _ = try reference.apply(batch) }
         // Passes until one deflates nothing: a first pass over a store whose rows are all plain
         // stops deflating at each step's bound, where the year's store had a pass a week.
+        var referencePasses = 0
         while true {
             let pass = try sweep(reference, under: rules, now: newest)
+            referencePasses += 1
             if pass.blocksDeflated + pass.rowsDeflated == 0 { break }
         }
+        print("year.kept_store_sweep_passes: \(referencePasses)")
 
         try store.backup(to: "\(scratch)/year-compacted")
         try reference.backup(to: "\(scratch)/kept-compacted")

@@ -60,6 +60,8 @@ final class SealingSession {
     /// its subject's head and its profile's view, which share one row.
     private var identifierRows: [ByteKey: IdentifierRow?] = [:]
     private var changedIdentifierRows: Set<ByteKey> = []
+    /// Changed rows the sweep asked to be stored deflated (`SealedWriting.deflateIdentifierRow`).
+    private var rowsToDeflate: Set<ByteKey> = []
     /// Whether point reads remember the pseudonyms they compute. A write reads an identifier's
     /// rows and then writes them, so it meets each pseudonym again; a read transaction is
     /// mostly one point read, where remembering costs more than it could save.
@@ -136,6 +138,9 @@ final class SealingSession {
     /// Whether this write changed `pseudonym`'s identifier row (it is sealed at commit).
     func changedIdentifierRow(_ pseudonym: [UInt8]) -> Bool { changedIdentifierRows.contains(ByteKey(pseudonym)) }
 
+    /// `pseudonym`'s changed row is to be stored deflated at commit.
+    func deflateAtCommit(_ pseudonym: [UInt8]) { rowsToDeflate.insert(ByteKey(pseudonym)) }
+
     /// Whether this session keeps the identifier rows it reads (a write does).
     var keepsIdentifierRows: Bool { remembersPointReads }
 
@@ -143,13 +148,15 @@ final class SealingSession {
     func dropIdentifierRow(_ pseudonym: [UInt8]) {
         identifierRows[ByteKey(pseudonym)] = nil
         changedIdentifierRows.remove(ByteKey(pseudonym))
+        rowsToDeflate.remove(ByteKey(pseudonym))
     }
 
-    /// The changed identifier rows, in pseudonym order, marked written.
-    func takeChangedIdentifierRows() -> [(pseudonym: [UInt8], row: IdentifierRow?)] {
+    /// The changed identifier rows, in pseudonym order, marked written, each with whether to
+    /// store it deflated.
+    func takeChangedIdentifierRows() -> [(pseudonym: [UInt8], row: IdentifierRow?, deflated: Bool)] {
         let changed = changedIdentifierRows.map(\.bytes).sorted { $0.lexicographicallyPrecedes($1) }
-        changedIdentifierRows = []
-        return changed.map { ($0, identifierRows[ByteKey($0)] ?? nil) }
+        defer { (changedIdentifierRows, rowsToDeflate) = ([], []) }
+        return changed.map { ($0, identifierRows[ByteKey($0)] ?? nil, rowsToDeflate.contains(ByteKey($0))) }
     }
 
     /// The key an owner's new rows get in this transaction, once known.
@@ -732,11 +739,16 @@ struct SealedWriting: StoreWriting, ReadingThrough {
     }
 
     /// Stores `owner`'s identifier row deflated (`IdentifierRow.deflated`) when ingest left it
-    /// plain and that is shorter, sealed again under the key that sealed it; not a row this
-    /// transaction changed, which is written plain at commit. Records do not change.
+    /// plain and that is shorter, sealed again under the key that sealed it. A row this
+    /// transaction changed (a sweep that dropped some of its data) is stored deflated when it is
+    /// sealed at commit. Records do not change.
     func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool {
         let pseudonym = session.pseudonym(owner)
-        guard !session.changedIdentifierRow(pseudonym) else { return false }
+        if session.changedIdentifierRow(pseudonym) {
+            guard let row = try reading.identifierRow(pseudonym), IdentifierRow.deflated(row.encoded()) != nil else { return false }
+            session.deflateAtCommit(pseudonym)
+            return true
+        }
         let rowKey = pseudonym + [Sealing.ownerPart]
         guard let stored = try base.get(.documents, rowKey), let plain = try session.open(stored, associatedData: rowKey, table: .documents),
             let deflated = IdentifierRow.deflated(plain)
@@ -784,11 +796,13 @@ struct SealedWriting: StoreWriting, ReadingThrough {
     /// an owner row whose owner has nothing left, in it or beside it, is deleted, and its key
     /// retired — it sealed the owner's identifier, which must not outlive the owner's data.
     func finish() throws {
-        for (pseudonym, row) in session.takeChangedIdentifierRows() {
+        for (pseudonym, row, deflated) in session.takeChangedIdentifierRows() {
             guard let row else { continue }
             let rowKey = pseudonym + [Sealing.ownerPart]
             let (id, key) = try currentKey(pseudonym, owner: row.owner)
-            try base.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
+            let plaintext = row.encoded()
+            let stored = deflated ? IdentifierRow.deflated(plaintext) ?? plaintext : plaintext
+            try base.put(.documents, rowKey, try session.seal(stored, id, key, associatedData: rowKey), mode: .upsert)
         }
         for pseudonym in session.deletedFrom.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
             let rowKey = pseudonym + [Sealing.ownerPart]

@@ -83,6 +83,23 @@ struct IdentifierRowTests {
         #expect(try store.view(of: user)?.head.traits["plan"] != nil)
     }
 
+    /// A row the sweep's transaction changed (a sweep that dropped some of its data) is stored
+    /// deflated when it is sealed at commit; read back, it is what was written.
+    @Test func aRowChangedInTheSweepsTransactionIsStoredDeflated() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        let owner = Identifier(kind: .userId, value: "user-9")!
+        let head = Array(repeating: Array("Order Completed revenue currency ".utf8), count: 8).flatMap { $0 }
+        let deflated = try store.write { writer in
+            try writer.put(.documents, documentKey(owner.key, .head), head, mode: .upsert)
+            return try writer.deflateIdentifierRow(of: owner.key)
+        }
+        #expect(deflated)
+        #expect(try Self.deflatedRows(store) == 1)
+        #expect(try store.read { try $0.get(.documents, documentKey(owner.key, .head)) } == head)
+    }
+
     /// Identifier rows stored deflated.
     static func deflatedRows(_ store: LMDBProfileStore) throws -> Int {
         try store.environment.read { txn in
