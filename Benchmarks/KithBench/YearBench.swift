@@ -165,10 +165,3 @@ struct YearBenchmark {
         (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
     }
 }
-
-extension RetentionStep {
-    mutating func add(_ other: RetentionStep) {
-        eventsDropped += other.eventsDropped
-        traitsDropped += other.traitsDropped
-    }
-}

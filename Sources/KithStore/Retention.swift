@@ -65,7 +65,8 @@ extension StoreEngine {
 }
 
 extension RetentionStep {
-    mutating func add(_ other: RetentionStep) {
+    /// Counts `other`'s work in with this one's (a pass is the sum of its steps).
+    public mutating func add(_ other: RetentionStep) {
         identifiers += other.identifiers
         eventsDropped += other.eventsDropped
         traitsDropped += other.traitsDropped
