@@ -23,7 +23,8 @@ public struct RetentionStep: Sendable, Equatable {
 /// given (`RetentionRules`, pure), a few digest-tree buckets per transaction, going round every
 /// bucket in turn. Nothing is logged: every replica sweeps its own data under the same rules,
 /// and expiry only grows with time, so replicas end holding the same rows. The same walk, rules
-/// or none, deflates the ledger blocks ingest left plain (the rows stay the same).
+/// or none, deflates the ledger blocks and identifier rows ingest left plain (the rows stay the
+/// same).
 extension StoreEngine {
     /// `retention-next` → where the sweep goes on: a bucket (8 bytes), and the key of the last
     /// identifier done in it when a step stopped inside it (absent: the first bucket).

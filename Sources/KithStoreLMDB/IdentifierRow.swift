@@ -49,6 +49,9 @@ struct IdentifierRow: Equatable {
     private static let formatByte: UInt8 = 0
     private static let edgePart = DocumentPart.edge.rawValue
 
+    /// Whether `plaintext` is an owner row of sealed layout 1: the identifier key alone.
+    static func isSeparateRowsOwner(_ plaintext: [UInt8]) -> Bool { plaintext.first.map { $0 != formatByte } ?? false }
+
     init(owner: [UInt8]) {
         precondition(owner.first.map { $0 != Self.formatByte } ?? false, "an identifier key of \(owner.count) bytes starting with 0")
         self.owner = owner

@@ -52,8 +52,8 @@ extension LMDBProfileStore {
         guard let key = sealing.keys.key(for: id), let opened = try session.open(sealed, associatedData: rowKey, table: .documents) else {
             return false
         }
-        guard opened.first != 0 else { return false }
-        var row = try IdentifierRow(decoding: opened)
+        guard IdentifierRow.isSeparateRowsOwner(opened) else { return false }
+        var row = try decode(opened, table: .documents) { try IdentifierRow(decoding: $0) }
         let open = { (key: [UInt8], stored: [UInt8]) throws -> [UInt8] in
             guard let value = try session.open(stored, associatedData: key, table: .documents) else {
                 throw StoreCorruption(
@@ -77,11 +77,8 @@ extension LMDBProfileStore {
             return .next
         }
         for edge in edges {
-            // A stored edge's plaintext: the peer's identifier key, then the engine's value.
-            let opened = try open(edge.key, edge.stored)
-            var reader = BinaryReader(opened)
-            let peer = Array(try reader.readBytes())
-            row.set(DocumentPart.edge.rawValue, peer, Array(opened[reader.offset...]))
+            let (peer, value) = try decode(try open(edge.key, edge.stored), table: .documents) { try SealedReading.splitEdge($0) }
+            row.set(DocumentPart.edge.rawValue, Array(peer), value)
             try plain.delete(.documents, edge.key)
         }
         try plain.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)

@@ -97,7 +97,8 @@ public final class LMDBProfileStore: EngineBackedStore {
         return try moveToIdentifierRows(environment: environment, tables: tables, sealing: sealing)
     }
 
-    /// Sealed layout 2: an identifier's index, head and view live in its owner row (`IdentifierRow`).
+    /// Sealed layout 2: an identifier's index, head, view and first edges live in its owner row
+    /// (`IdentifierRow`).
     static let sealedLayout: UInt8 = 2
     /// Sealed layout 1: each of them was a row of its own. Opening such a store moves it to layout 2.
     static let separateRowsLayout: UInt8 = 1

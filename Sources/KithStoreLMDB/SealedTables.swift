@@ -569,19 +569,8 @@ struct SealedReading: StoreReading {
     /// An owner row that still opens means the row's key header was damaged: that is reported,
     /// not read as an erasure.
     private func checkErased(owner pseudonym: some Collection<UInt8>) throws {
-        let rowKey = Array(pseudonym) + [Sealing.ownerPart]
-        guard let ownerRow = try base.get(.documents, rowKey) else { return }
-        let ownerKey: DataKeyID
-        do {
-            ownerKey = try SealingSession.keyID(ownerRow).id
-        } catch {
-            throw StoreCorruption(table: Table.documents.name, underlying: error)
-        }
-        guard session.sealing.keys.key(for: ownerKey) == nil else {
-            throw StoreCorruption(
-                table: Table.documents.name,
-                underlying: BinaryDecodingError(.invalidValue, offset: 0, "a row's key header names no live key, and its owner's row does"))
-        }
+        guard let ownerRow = try base.get(.documents, Array(pseudonym) + [Sealing.ownerPart]) else { return }
+        try expectDestroyedKey(ownerRow, "a row's key header names no live key, and its owner's row does")
     }
 
     /// An identifier row whose key is destroyed is an erased owner's, and so are its owner's
@@ -595,22 +584,20 @@ struct SealedReading: StoreReading {
             return .stop
         }
         guard let next else { return }
-        let id: DataKeyID
-        do {
-            id = try SealingSession.keyID(next).id
-        } catch {
-            throw StoreCorruption(table: Table.documents.name, underlying: error)
-        }
+        try expectDestroyedKey(next, "an identifier row's key header names no live key, and its owner's next row does")
+    }
+
+    /// Throws `StoreCorruption` unless the key that sealed `sealed` is destroyed: a row that
+    /// vouches for an erasure must be sealed under a dead key, or the erasure is damage (`damage`).
+    private func expectDestroyedKey(_ sealed: [UInt8], _ damage: String) throws {
+        let id = try decode(sealed, table: .documents) { try SealingSession.keyID($0).id }
         guard session.sealing.keys.key(for: id) == nil else {
-            throw StoreCorruption(
-                table: Table.documents.name,
-                underlying: BinaryDecodingError(
-                    .invalidValue, offset: 0, "an identifier row's key header names no live key, and its owner's next row does"))
+            throw StoreCorruption(table: Table.documents.name, underlying: BinaryDecodingError(.invalidValue, offset: 0, damage))
         }
     }
 
     /// An edge's plaintext: the peer's identifier key, then the engine's value.
-    private static func splitEdge(_ plain: [UInt8]) throws -> (peer: ArraySlice<UInt8>, value: [UInt8]) {
+    static func splitEdge(_ plain: [UInt8]) throws -> (peer: ArraySlice<UInt8>, value: [UInt8]) {
         var reader = BinaryReader(plain)
         let peer = try reader.readBytes()
         return (peer, Array(plain[reader.offset...]))
@@ -675,11 +662,7 @@ struct SealedReading: StoreReading {
             try checkErased(identifierRow: Array(key))
             return nil
         }
-        do {
-            return try IdentifierRow(decoding: plain)
-        } catch {
-            throw StoreCorruption(table: Table.documents.name, underlying: error)
-        }
+        return try decode(plain, table: .documents) { try IdentifierRow(decoding: $0) }
     }
 }
 

@@ -57,30 +57,28 @@ struct IdentifierRowTests {
     /// The sweep stores identifier rows deflated, every record as it was; the next write of an
     /// identifier stores its row plain again.
     @Test func theSweepDeflatesIdentifierRowsAndIngestWritesThemPlain() throws {
-        let path = SealingTests.directory()
-        defer { SealingTests.remove(path) }
-        let store = try SealingTests.open(path)
-        _ = try store.apply(try Self.fixtureMessages())
-        let before = try rawEntries(store).filter { $0.table == .documents }
-        #expect(try Self.deflatedRows(store) == 0)
-        var step: RetentionStep
-        var deflated = 0
-        repeat {
-            step = try store.expire(under: .none, now: 0, buckets: 64)
-            deflated += step.rowsDeflated
-        } while !step.passEnded
-        let stored = try Self.deflatedRows(store)
-        #expect(deflated > 3 && deflated == stored)
-        let after = try rawEntries(store).filter { $0.table == .documents }
-        #expect(after.count == before.count && zip(after, before).allSatisfy { $0.key == $1.key && $0.value == $1.value })
-        let user = Identifier(kind: .userId, value: "user-1")!
-        let view = try store.view(of: user)
-        #expect(view?.members.count == 4)
-        let message = #"{"type":"identify","messageId":"m-13","userId":"user-1","timestamp":"2025-10-04T10:00:00Z","traits":{"plan":"platinum"}}"#
-        _ = try store.apply([try SegmentMessageParser().parse(JSONParser.parse(Array(message.utf8)), receivedAt: 1_759_312_800_000)])
-        let storedAfterWrite = try Self.deflatedRows(store)
-        #expect(storedAfterWrite < deflated, "the written identifier's row is plain again")
-        #expect(try store.view(of: user)?.head.traits["plan"] != nil)
+        try Self.withFixtureStore { store in
+            let before = try rawEntries(store).filter { $0.table == .documents }
+            #expect(try Self.deflatedRows(store) == 0)
+            var step: RetentionStep
+            var deflated = 0
+            repeat {
+                step = try store.expire(under: .none, now: 0, buckets: 64)
+                deflated += step.rowsDeflated
+            } while !step.passEnded
+            let stored = try Self.deflatedRows(store)
+            #expect(deflated > 3 && deflated == stored)
+            let after = try rawEntries(store).filter { $0.table == .documents }
+            #expect(after.count == before.count && zip(after, before).allSatisfy { $0.key == $1.key && $0.value == $1.value })
+            let user = Identifier(kind: .userId, value: "user-1")!
+            let view = try store.view(of: user)
+            #expect(view?.members.count == 4)
+            let message = #"{"type":"identify","messageId":"m-13","userId":"user-1","timestamp":"2025-10-04T10:00:00Z","traits":{"plan":"platinum"}}"#
+            _ = try store.apply([try SegmentMessageParser().parse(JSONParser.parse(Array(message.utf8)), receivedAt: 1_759_312_800_000)])
+            let storedAfterWrite = try Self.deflatedRows(store)
+            #expect(storedAfterWrite < deflated, "the written identifier's row is plain again")
+            #expect(try store.view(of: user)?.head.traits["plan"] != nil)
+        }
     }
 
     /// A row the sweep's transaction changed (a sweep that dropped some of its data) is stored
@@ -142,42 +140,41 @@ struct IdentifierRowTests {
 
     /// On disk an identifier's index, head and view are in its owner row: no row of their own.
     @Test func indexHeadAndViewHaveNoRowsOfTheirOwn() throws {
-        let path = SealingTests.directory()
-        defer { SealingTests.remove(path) }
-        let store = try SealingTests.open(path)
-        _ = try store.apply(try Self.fixtureMessages())
-        let user = Identifier(kind: .userId, value: "user-1")!
-        #expect(try store.view(of: user) != nil)
-        let parts = try Self.storedParts(store)
-        #expect(parts[DocumentPart.index.rawValue] == nil && parts[DocumentPart.head.rawValue] == nil && parts[DocumentPart.view.rawValue] == nil)
-        let engineParts = try Self.engineParts(store)
-        #expect(engineParts[DocumentPart.index.rawValue] == parts[Sealing.ownerPart], "every identifier has an index, in its owner row")
-        #expect((engineParts[DocumentPart.view.rawValue] ?? 0) > 0 && (engineParts[DocumentPart.head.rawValue] ?? 0) > 0)
+        try Self.withFixtureStore { store in
+            let user = Identifier(kind: .userId, value: "user-1")!
+            #expect(try store.view(of: user) != nil)
+            let parts = try Self.storedParts(store)
+            #expect(parts[DocumentPart.index.rawValue] == nil && parts[DocumentPart.head.rawValue] == nil && parts[DocumentPart.view.rawValue] == nil)
+            let engineParts = try Self.engineParts(store)
+            #expect(engineParts[DocumentPart.index.rawValue] == parts[Sealing.ownerPart], "every identifier has an index, in its owner row")
+            #expect((engineParts[DocumentPart.view.rawValue] ?? 0) > 0 && (engineParts[DocumentPart.head.rawValue] ?? 0) > 0)
+        }
     }
 
     /// A scan that starts between an identifier's parts sees only what sorts after its start.
     @Test func aScanFromWithinAnIdentifierRowStartsThere() throws {
-        let path = SealingTests.directory()
-        defer { SealingTests.remove(path) }
-        let store = try SealingTests.open(path)
-        _ = try store.apply(try Self.fixtureMessages())
-        let user = Identifier(kind: .userId, value: "user-1")!
-        let firstParts = { (start: [UInt8]) throws -> [UInt8] in
-            try store.read { reader in
-                var parts: [UInt8] = []
-                try reader.scan(.documents, from: start) { key, _ in
-                    guard let row = RowKey(key), row.owner.elementsEqual(user.key) else { return .stop }
-                    parts.append(row.partByte)
-                    return parts.count < 3 ? .next : .stop
+        try Self.withFixtureStore { store in
+            let user = Identifier(kind: .userId, value: "user-1")!
+            func firstParts(_ start: [UInt8]) throws -> [UInt8] {
+                try store.read { reader in
+                    var parts: [UInt8] = []
+                    try reader.scan(.documents, from: start) { key, _ in
+                        guard let row = RowKey(key), row.owner.elementsEqual(user.key) else { return .stop }
+                        parts.append(row.partByte)
+                        return parts.count < 3 ? .next : .stop
+                    }
+                    return parts
                 }
-                return parts
             }
+            let index = DocumentPart.index.rawValue, head = DocumentPart.head.rawValue, view = DocumentPart.view.rawValue
+            let edge = DocumentPart.edge.rawValue
+            let (fromPrefix, fromHead) = (try firstParts(documentPrefix(user.key)), try firstParts(documentKey(user.key, .head)))
+            let (afterHead, fromEdges) = (try firstParts(documentKey(user.key, .head) + [0]), try firstParts(documentKey(user.key, .edge)))
+            #expect(fromPrefix == [index, head, view])
+            #expect(fromHead == [head, view, edge])
+            #expect(afterHead == [view, edge, edge])
+            #expect(fromEdges.allSatisfy { $0 == edge })
         }
-        let index = DocumentPart.index.rawValue, head = DocumentPart.head.rawValue, view = DocumentPart.view.rawValue
-        #expect(try firstParts(documentPrefix(user.key)) == [index, head, view])
-        #expect(try firstParts(documentKey(user.key, .head)) == [head, view, DocumentPart.edge.rawValue])
-        #expect(try firstParts(documentKey(user.key, .head) + [0]) == [view, DocumentPart.edge.rawValue, DocumentPart.edge.rawValue])
-        #expect(try firstParts(documentKey(user.key, .edge)).allSatisfy { $0 == DocumentPart.edge.rawValue })
     }
 
     /// The first `inlineEdgeLimit` edges of an identifier go in its identifier row, the rest in
@@ -230,34 +227,32 @@ struct IdentifierRowTests {
     /// what paging by a cursor (the export's, after a profile's view) relies on. Both layers
     /// that read records out of a row skipped what sorted before the start in other owners too.
     @Test func aScanFromAfterAnyRecordSeesEveryRecordAfterIt() throws {
-        let path = SealingTests.directory()
-        defer { SealingTests.remove(path) }
-        let store = try SealingTests.open(path)
-        _ = try store.apply(try Self.fixtureMessages())
-        let all = try store.read { reader in
-            var keys: [[UInt8]] = []
-            try reader.scan(.documents, from: []) { key, _ in
-                keys.append(key)
-                return .next
-            }
-            return keys
-        }
-        #expect(all.count > 30)
-        for (position, key) in all.enumerated() {
-            let after = try store.read { reader in
+        try Self.withFixtureStore { store in
+            let all = try store.read { reader in
                 var keys: [[UInt8]] = []
-                try reader.scan(.documents, from: key + [0]) { key, _ in
+                try reader.scan(.documents, from: []) { key, _ in
                     keys.append(key)
                     return .next
                 }
                 return keys
             }
-            let expected = Array(all[(position + 1)...])
-            let differsAt = zip(after, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(after.count, expected.count)
-            #expect(
-                after == expected,
-                "after row \(position) (part \(RowKey(stored: key).partByte)): \(after.count) rows against \(expected.count), first differing at \(differsAt): \(after.dropFirst(differsAt).first.map { RowKey(stored: $0).partByte } ?? 0) vs \(expected.dropFirst(differsAt).first.map { RowKey(stored: $0).partByte } ?? 0)"
-            )
+            #expect(all.count > 30)
+            for (position, key) in all.enumerated() {
+                let after = try store.read { reader in
+                    var keys: [[UInt8]] = []
+                    try reader.scan(.documents, from: key + [0]) { key, _ in
+                        keys.append(key)
+                        return .next
+                    }
+                    return keys
+                }
+                let expected = Array(all[(position + 1)...])
+                let differsAt = zip(after, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(after.count, expected.count)
+                #expect(
+                    after == expected,
+                    "after row \(position) (part \(RowKey(stored: key).partByte)): \(after.count) rows against \(expected.count), first differing at \(differsAt): \(after.dropFirst(differsAt).first.map { RowKey(stored: $0).partByte } ?? 0) vs \(expected.dropFirst(differsAt).first.map { RowKey(stored: $0).partByte } ?? 0)"
+                )
+            }
         }
     }
 
@@ -335,6 +330,15 @@ struct IdentifierRowTests {
         }
         #expect(seen.0 && !seen.1 && seen.2 == [1] && seen.3 == [[1], [3]])
         #expect(try store.read { [try $0.get(.documents, indexKey), try $0.get(.documents, viewKey)] } == [[1], [3]])
+    }
+
+    /// A fresh sealed store holding the fixture's messages, removed once `body` returns.
+    static func withFixtureStore(_ body: (LMDBProfileStore) throws -> Void) throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        _ = try store.apply(try fixtureMessages())
+        try body(store)
     }
 
     static func fixtureMessages() throws -> [ProfileDelta] {
