@@ -80,6 +80,9 @@ public final class Node: Sendable {
         if store.identifiersMovedOnOpen > 0 {
             log(.info, "moved the store to identifier rows", [("identifiers", .number(JSONNumber(Int64(store.identifiersMovedOnOpen))))])
         }
+        if store.identifierRowsCheckedOnOpen > 0 {
+            log(.info, "gave identifier rows a key header check", [("rows", .number(JSONNumber(Int64(store.identifierRowsCheckedOnOpen))))])
+        }
         // Writes answered from the write-ahead log before a crash reach the store first, before
         // anything else writes: replayed from the state they were first applied to, they land
         // where their answers said. Also when the log is now turned off (a log left by an

@@ -128,6 +128,9 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
     }
 
     package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { try base.deflateIdentifierRow(of: owner) }
+    package func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool {
+        try base.keepsLedgerTailWithIdentifierRow(of: owner)
+    }
 
     /// The change log is not covered by the tree.
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {

@@ -224,9 +224,11 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
     package func deflateLedgerBlocks(of owner: [UInt8], atMost limit: Int) throws -> Int {
         precondition(limit > 0, "deflating at most \(limit) blocks")
         let prefix = documentKey(owner, .ledger)
+        // A tail kept with the identifier row is deflated with it, sharing its words.
+        let tailKey = try base.keepsLedgerTailWithIdentifierRow(of: owner) ? prefix + LedgerBlock.tailSuffix : nil
         var plain: [(key: [UInt8], block: LedgerBlock)] = []
         try base.scan(.documents, prefix: prefix) { key, value in
-            if LedgerBlock.isDeflatedBySweep(stored: value) {
+            if key != tailKey, LedgerBlock.isDeflatedBySweep(stored: value) {
                 plain.append((key, try LedgerBlocks.decodeBlock(key, value, prefixCount: prefix.count)))
             }
             return plain.count < limit ? .next : .stop

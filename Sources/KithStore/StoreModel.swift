@@ -388,6 +388,9 @@ package enum StoreFormat {
 }
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
 package let sealedLayoutMetaKey = Array("sealed".utf8)
+/// While a store of sealed layout 2 is brought to 3: the key of the first identifier row
+/// whose key header has no check yet (`LMDBProfileStore.checkIdentifierRows`).
+package let identifierRowChecksFromMetaKey = Array("sealed-checks-from".utf8)
 let sequenceMetaKey = Array("sequence".utf8)
 /// Present once the digest tree covers everything in the store (stores from before it are rebuilt at open).
 package let digestsMetaKey = Array("digests".utf8)

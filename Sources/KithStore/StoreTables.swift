@@ -235,6 +235,10 @@ package protocol StoreWriting: StoreReading {
     /// Stores what `owner` has one of (sealed: its identifier row) in fewer bytes where ingest
     /// left it plain, records unchanged; says whether it stored anything again.
     func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool
+    /// Whether `owner`'s last ledger block is stored with what it has one of (sealed: in its
+    /// identifier row, while short), so that `deflateIdentifierRow` deflates it, not
+    /// `deflateLedgerBlocks`.
+    func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool
     /// Stores a transaction's change-log entries as one record (`ChangeRecord`): a writer that
     /// seals entries one by one takes them as values, not as a record to decode again.
     func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws
@@ -287,6 +291,7 @@ extension StoreWriting {
 
     /// Plain tables keep no identifier rows.
     package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { false }
+    package func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool { false }
 
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try put(.changes, key, ChangeRecord.encode(entries), mode: mode)

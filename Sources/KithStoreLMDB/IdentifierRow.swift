@@ -4,7 +4,7 @@ import KithStore
 
 /// The row `pseudonym ‖ 0` of sealed `documents`: the identifier's key, and the engine's records
 /// of which an identifier has at most one — its index, head and view — sealed together, with up
-/// to `inlineEdgeLimit` of its edges.
+/// to `inlineEdgeLimit` of its edges and, while it is short, the last block of its ledger.
 ///
 /// Each of those was a row of its own (sealed layout 1), and under churn, where most customers
 /// have two or three messages, rows like these were most of the store: every row pays its key
@@ -12,11 +12,15 @@ import KithStore
 /// One row for all of them pays that once (docs/storage.md, "Where the bytes go"); a message,
 /// which changes its subject's head and its profile's view, seals one row instead of two.
 /// Edges past the limit stay rows of their own (`pseudonym ‖ 4 ‖ peer pseudonym`), so an
-/// identifier linked to thousands does not seal them all whenever it changes.
+/// identifier linked to thousands does not seal them all whenever it changes. An identifier's
+/// last ledger block (`LedgerBlock.tailSuffix`) is here while its encoding is at most
+/// `inlineLedgerTailLimit` bytes: under churn most customers have one block, which then costs
+/// no key, seal or node of its own, and deflates with the recent events of the head and view,
+/// which repeat its newest rows. A message changes its subject's head and that block: one seal.
 ///
 /// Plaintext: `0 ‖ bytes(identifier key) ‖ record*`, a record `part ‖ bytes(value)` for the index,
-/// head and view, `4 ‖ bytes(peer's identifier key) ‖ bytes(value)` for an edge, in plain key
-/// order (part, then peer). A layout-1 owner row is the identifier key alone, whose first byte
+/// head, view and ledger tail (whose suffix, the tail's, is not written), `4 ‖ bytes(peer's
+/// identifier key) ‖ bytes(value)` for an edge, in plain key order (part, then peer). A layout-1 owner row is the identifier key alone, whose first byte
 /// (the identifier's kind) is never 0: that is how `init(decoding:)` reads both, which the move
 /// from layout 1 needs. The retention sweep stores a row deflated (`deflated`): `0 ‖ 0 ‖
 /// varint(size) ‖ raw deflate` with the ledger blocks' dictionary — an owner's key is never
@@ -44,10 +48,25 @@ struct IdentifierRow: Equatable {
     /// How many of an identifier's edges this row keeps; the rest are rows of their own.
     static let inlineEdgeLimit = 8
 
+    /// The longest ledger tail this row keeps; a longer one is a row of its own, until it is
+    /// short again. Reads of the view open the whole row, so a long tail would slow them.
+    static let inlineLedgerTailLimit = 512
+
     static func holds(_ part: UInt8) -> Bool { heldParts.contains(part) }
+
+    /// Whether a record of `part` with `suffix` may be kept in the row: a held part (no suffix),
+    /// an edge (a peer's key), or the ledger's tail block.
+    static func mayHold(_ part: UInt8, _ suffix: some Collection<UInt8>) -> Bool {
+        switch part {
+        case edgePart: !suffix.isEmpty
+        case ledgerPart: suffix.elementsEqual(LedgerBlock.tailSuffix)
+        default: holds(part) && suffix.isEmpty
+        }
+    }
 
     private static let formatByte: UInt8 = 0
     private static let edgePart = DocumentPart.edge.rawValue
+    static let ledgerPart = DocumentPart.ledger.rawValue
 
     /// Whether `plaintext` is an owner row of sealed layout 1: the identifier key alone.
     static func isSeparateRowsOwner(_ plaintext: [UInt8]) -> Bool { plaintext.first.map { $0 != formatByte } ?? false }
@@ -139,9 +158,14 @@ struct IdentifierRow: Equatable {
         while !reader.isAtEnd {
             let offset = reader.offset
             let part = try reader.readByte()
-            let suffix = part == edgePart ? try reader.readBytes() : plaintext[offset..<offset]
+            let suffix =
+                switch part {
+                case edgePart: try reader.readBytes()
+                case ledgerPart: LedgerBlock.tailSuffix[...]
+                default: plaintext[offset..<offset]
+                }
             let ordered = previous.map { $0.part != part ? $0.part < part : $0.suffix.lexicographicallyPrecedes(suffix) } ?? true
-            guard holds(part) || (part == edgePart && !suffix.isEmpty), ordered else {
+            guard mayHold(part, suffix), ordered else {
                 throw BinaryDecodingError(.invalidValue, offset: offset, "identifier row part \(part)")
             }
             previous = (part, suffix)
@@ -170,12 +194,13 @@ struct IdentifierRow: Equatable {
 
     var edgeCount: Int { records.count { $0.part == Self.edgePart } }
 
+    /// The ledger's tail block, when the row keeps it.
+    var ledgerTail: [UInt8]? { records.last.flatMap { $0.part == Self.ledgerPart ? $0.value : nil } }
+
     /// Sets (a value) or removes (nil) the record of `part` (and, for an edge, `suffix`, the
-    /// peer's key); says whether it was there before.
+    /// peer's key; for the ledger, the tail's); says whether it was there before.
     @discardableResult mutating func set(_ part: UInt8, _ suffix: [UInt8] = [], _ value: [UInt8]?) -> Bool {
-        precondition(
-            (Self.holds(part) && suffix.isEmpty) || (part == Self.edgePart && !suffix.isEmpty),
-            "part \(part) with a suffix of \(suffix.count) bytes is not kept in an identifier row")
+        precondition(Self.mayHold(part, suffix), "part \(part) with a suffix of \(suffix.count) bytes is not kept in an identifier row")
         let index = records.firstIndex { !$0.precedes(part, suffix) } ?? records.endIndex
         let existed = index < records.endIndex && records[index].part == part && records[index].suffix == suffix
         switch (value, existed) {

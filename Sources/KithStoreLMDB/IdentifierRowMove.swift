@@ -9,7 +9,8 @@ extension LMDBProfileStore {
     /// under the key that sealed it, their own rows deleted. A stop in between (or after
     /// `transactionLimit` transactions, for tests) leaves moved and unmoved owners; the next
     /// open goes on from the start, skipping owner rows already moved (`IdentifierRow` reads
-    /// both forms). The layout is set to 2 in the last transaction. Returns the owners moved.
+    /// both forms). The layout is set to 2 in the last transaction (its rows
+    /// without the key header check of layout 3, which `checkIdentifierRows` adds). Returns the owners moved.
     static func moveToIdentifierRows(
         environment: LMDBEnvironment, tables: LMDBTables, sealing: Sealing, ownersPerTransaction: Int = 5_000, transactionLimit: Int = .max
     ) throws -> Int {
@@ -33,13 +34,55 @@ extension LMDBProfileStore {
                 for owner in owners {
                     moved += try moveOwner(owner.pseudonym, sealed: owner.sealed, in: plain, session: session, sealing: sealing) ? 1 : 0
                 }
-                if next == nil { _ = try plain.put(.meta, sealedLayoutMetaKey, [sealedLayout], mode: .upsert) }
+                if next == nil { _ = try plain.put(.meta, sealedLayoutMetaKey, [identifierRowsLayout], mode: .upsert) }
                 return next
             }
             guard let next else { break }
             start = next
         }
         return moved
+    }
+
+    /// Sealed layout 2 to 3: gives each identifier row the check of its key header
+    /// (`SealingSession.sealIdentifierRow`). Headers are plain and a box's associated data is
+    /// its row's key, so no row is opened. Each transaction checks at most `rowsPerTransaction`
+    /// rows and records in `meta` where the next one begins; the last deletes that record. A
+    /// stop in between (or after `transactionLimit` transactions, for tests) is taken up at the
+    /// next open. Returns the rows checked; none when the store has nothing left to check.
+    static func checkIdentifierRows(
+        environment: LMDBEnvironment, tables: LMDBTables, rowsPerTransaction: Int = 20_000, transactionLimit: Int = .max
+    ) throws -> Int {
+        var checked = 0
+        for _ in 0..<transactionLimit {
+            let more = try environment.write { txn -> Bool in
+                let plain = LMDBWriting(transaction: txn, tables: tables)
+                guard let start = try plain.get(.meta, identifierRowChecksFromMetaKey) else { return false }
+                var rows: [(key: [UInt8], sealed: [UInt8])] = []
+                var next: [UInt8]?
+                try plain.scan(.documents, from: start) { key, value in
+                    guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart else { return .next }
+                    guard rows.count < rowsPerTransaction else {
+                        next = key
+                        return .stop
+                    }
+                    rows.append((key, value))
+                    return .next
+                }
+                for row in rows {
+                    let withCheck = try decode(row.sealed, table: .documents) { try SealingSession.addingHeaderCheck($0) }
+                    try plain.put(.documents, row.key, withCheck, mode: .upsert)
+                }
+                checked += rows.count
+                if let next {
+                    _ = try plain.put(.meta, identifierRowChecksFromMetaKey, next, mode: .upsert)
+                } else {
+                    _ = try plain.delete(.meta, identifierRowChecksFromMetaKey)
+                }
+                return next != nil
+            }
+            guard more else { break }
+        }
+        return checked
     }
 
     /// Moves one owner; false when there was nothing to move (moved before, or erased: a row
@@ -80,6 +123,15 @@ extension LMDBProfileStore {
             let (peer, value) = try decode(try open(edge.key, edge.stored), table: .documents) { try SealedReading.splitEdge($0) }
             row.set(DocumentPart.edge.rawValue, Array(peer), value)
             try plain.delete(.documents, edge.key)
+        }
+        // And its ledger tail, when short (`IdentifierRow.inlineLedgerTailLimit`).
+        let tailKey = pseudonym + [IdentifierRow.ledgerPart] + LedgerBlock.tailSuffix
+        if let stored = try plain.get(.documents, tailKey) {
+            let tail = try open(tailKey, stored)
+            if tail.count <= IdentifierRow.inlineLedgerTailLimit {
+                row.set(IdentifierRow.ledgerPart, LedgerBlock.tailSuffix, tail)
+                try plain.delete(.documents, tailKey)
+            }
         }
         try plain.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
         return true

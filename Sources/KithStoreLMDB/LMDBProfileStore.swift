@@ -16,6 +16,8 @@ public final class LMDBProfileStore: EngineBackedStore {
     let sealing: Sealing
     /// Identifiers this open moved from sealed layout 1 (`moveToIdentifierRows`), for the log.
     public let identifiersMovedOnOpen: Int
+    /// Identifier rows this open gave a key header check (`checkIdentifierRows`), for the log.
+    public let identifierRowsCheckedOnOpen: Int
     /// The log sequence of the newest commit, and of the newest one known to be on disk (they
     /// differ while commits whose sync was deferred wait for `synchronize`).
     private let logSequences = Mutex<(committed: UInt64, durable: UInt64)>((0, 0))
@@ -25,7 +27,7 @@ public final class LMDBProfileStore: EngineBackedStore {
         environment = try LMDBEnvironment(path: path, configuration: lmdb)
         tables = try LMDBTables(environment: environment)
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
-        identifiersMovedOnOpen = try Self.checkFormat(environment: environment, tables: tables, sealing: sealing)
+        (identifiersMovedOnOpen, identifierRowsCheckedOnOpen) = try Self.checkFormat(environment: environment, tables: tables, sealing: sealing)
         try destroyRetiredKeys()
         if try read({ try engine.replicationStateNeedsWork(in: $0) }) {
             try write { txn in try engine.reconcileReplicationState(in: txn) }
@@ -60,14 +62,14 @@ public final class LMDBProfileStore: EngineBackedStore {
         try environment.read { txn in
             let pseudonym = Array(engine.hasher.forgetKeyBytes(for: identifier).prefix(Sealing.pseudonymSize))
             return try LMDBReading(reader: txn, tables: tables).get(.documents, pseudonym + [Sealing.ownerPart]).map {
-                try SealingSession.keyID($0).id
+                try SealingSession.identifierRowKeyID($0).id
             }
         }
     }
 
-    /// Checks the store's format and sealed layout; moves a store of layout 1 to layout 2 and
-    /// returns how many identifiers it moved.
-    private static func checkFormat(environment: LMDBEnvironment, tables: LMDBTables, sealing: Sealing) throws -> Int {
+    /// Checks the store's format and sealed layout; brings a store of layout 1 or 2 to layout 3
+    /// and returns how many identifiers it moved (from 1) and identifier rows it checked (from 2).
+    private static func checkFormat(environment: LMDBEnvironment, tables: LMDBTables, sealing: Sealing) throws -> (moved: Int, checked: Int) {
         let layout = try environment.write { txn in
             let plain = LMDBWriting(transaction: txn, tables: tables)
             if let format = try plain.get(.meta, formatMetaKey) {
@@ -79,12 +81,13 @@ public final class LMDBProfileStore: EngineBackedStore {
             }
             let layout = try plain.get(.meta, sealedLayoutMetaKey)
             switch layout {
-            case [Self.sealedLayout]?, [Self.separateRowsLayout]?:
+            case [Self.sealedLayout]?, [Self.identifierRowsLayout]?, [Self.separateRowsLayout]?:
                 if sealing.keys.createdNow, try plain.count(.documents) > 0 {
                     sealing.keys.discardIfCreatedNow()
                     throw DataKeyError(
                         "the key file \(sealing.keys.path) did not exist, but this store holds sealed data: give the store's key file (--key-file)")
                 }
+
             case nil where try plain.count(.documents) == 0: _ = try plain.put(.meta, sealedLayoutMetaKey, [Self.sealedLayout], mode: .upsert)
             default:
                 throw StoreCorruption(
@@ -93,14 +96,34 @@ public final class LMDBProfileStore: EngineBackedStore {
             }
             return layout
         }
-        guard layout == [Self.separateRowsLayout] else { return 0 }
-        return try moveToIdentifierRows(environment: environment, tables: tables, sealing: sealing)
+        let moved = layout == [Self.separateRowsLayout] ? try moveToIdentifierRows(environment: environment, tables: tables, sealing: sealing) : 0
+        if layout == [Self.separateRowsLayout] || layout == [Self.identifierRowsLayout] {
+            try startIdentifierRowChecks(environment: environment, tables: tables)
+        }
+        return (moved, try checkIdentifierRows(environment: environment, tables: tables))
     }
 
-    /// Sealed layout 2: an identifier's index, head, view and first edges live in its owner row
-    /// (`IdentifierRow`).
-    static let sealedLayout: UInt8 = 2
-    /// Sealed layout 1: each of them was a row of its own. Opening such a store moves it to layout 2.
+    /// Sets a store of layout 2 to layout 3 (builds that cannot read it refuse the store from
+    /// here), with every identifier row still to be checked (`checkIdentifierRows`).
+    static func startIdentifierRowChecks(environment: LMDBEnvironment, tables: LMDBTables) throws {
+        try environment.write { txn in
+            let plain = LMDBWriting(transaction: txn, tables: tables)
+            let layout = try plain.get(.meta, sealedLayoutMetaKey)
+            precondition(layout == [identifierRowsLayout], "identifier rows checked in a store of layout \(layout ?? [])")
+            _ = try plain.put(.meta, sealedLayoutMetaKey, [sealedLayout], mode: .upsert)
+            _ = try plain.put(.meta, identifierRowChecksFromMetaKey, [], mode: .upsert)
+        }
+    }
+
+    /// Sealed layout 3: an identifier's index, head, view, first edges and short ledger tail
+    /// live in its owner row (`IdentifierRow`), whose key header carries a check
+    /// (`SealingSession.sealIdentifierRow`).
+    static let sealedLayout: UInt8 = 3
+    /// Sealed layout 2: the same without the check, every ledger tail a row of its own. Opening
+    /// such a store checks its identifier rows (`checkIdentifierRows`).
+    static let identifierRowsLayout: UInt8 = 2
+    /// Sealed layout 1: each of them was a row of its own. Opening such a store moves it to
+    /// layout 2, then 3.
     static let separateRowsLayout: UInt8 = 1
 
     package func read<T>(_ body: (any StoreReading) throws -> T) throws -> T {
@@ -199,7 +222,8 @@ public final class LMDBProfileStore: EngineBackedStore {
             try LMDBReading(reader: txn, tables: tables).scan(.documents, from: []) { key, value in
                 let partByte = key.count > Sealing.pseudonymSize ? key[Sealing.pseudonymSize] : Sealing.ownerPart
                 let name = partByte == Sealing.ownerPart ? "identifier" : DocumentPart(rawValue: partByte).map { "\($0)" } ?? "part\(partByte)"
-                let sealing = (try SealingSession.keyID(value).offset) + AESGCM.overhead
+                let header = partByte == Sealing.ownerPart ? try SealingSession.identifierRowKeyID(value) : try SealingSession.keyID(value)
+                let sealing = header.offset + AESGCM.overhead
                 var size = sizes[name, default: (0, 0, 0, 0)]
                 size.rows += 1
                 size.keyBytes += key.count

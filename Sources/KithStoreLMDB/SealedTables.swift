@@ -1,4 +1,5 @@
 import KithCRDT
+import KithCompression
 import KithCrypto
 import KithLMDB
 import KithProfile
@@ -195,10 +196,76 @@ final class SealingSession {
     private var nonces = NonceSource()
 
     func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: AESGCM.Key, associatedData: [UInt8]) throws -> [UInt8] {
-        var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 14)
+        try seal(plaintext, id, key, associatedData: associatedData, checked: false)
+    }
+
+    private func seal(_ plaintext: [UInt8], _ id: DataKeyID, _ key: AESGCM.Key, associatedData: [UInt8], checked: Bool) throws -> [UInt8] {
+        var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 18)
         writer.write(varint: UInt64(id.slot))
         writer.write(bigEndian: id.tag)
+        if checked { writer.write(raw: Self.headerCheck(writer.bytes[...])) }
         writer.write(raw: try cipher.seal(plaintext, key: key, nonce: try nonces.next(), associatedData: associatedData))
+        return writer.bytes
+    }
+
+    // MARK: - Identifier rows
+
+    /// An identifier row (`pseudonym ‖ 0`) is sealed as other rows are, with a CRC-32 of its key
+    /// header after the header: `varint(slot) ‖ tag ‖ crc (4 bytes, big-endian) ‖ box` (sealed
+    /// layout 3). A row whose key is destroyed is an erased owner's; the check tells that apart
+    /// from a header damaged into naming no live key, which no other row of the owner may be
+    /// there to show (most owners keep everything in this row).
+    func sealIdentifierRow(_ plaintext: [UInt8], _ id: DataKeyID, _ key: AESGCM.Key, rowKey: [UInt8]) throws -> [UInt8] {
+        try seal(plaintext, id, key, associatedData: rowKey, checked: true)
+    }
+
+    static let headerCheckSize = 4
+
+    /// CRC-32 of a key header, big-endian.
+    private static func headerCheck(_ header: ArraySlice<UInt8>) -> [UInt8] {
+        let crc = Checksum.crc32(header)
+        return (0..<headerCheckSize).map { UInt8(truncatingIfNeeded: crc >> (24 - 8 * UInt32($0))) }
+    }
+
+    /// Which key sealed an identifier row, its header checked; the offset is the box's.
+    static func identifierRowKeyID(_ sealed: [UInt8]) throws -> (id: DataKeyID, offset: Int) {
+        try sealed.withUnsafeBytes { try identifierRowKeyID($0) }
+    }
+
+    static func identifierRowKeyID(_ sealed: UnsafeRawBufferPointer) throws -> (id: DataKeyID, offset: Int) {
+        let (id, header) = try keyID(sealed)
+        guard sealed.count >= header + headerCheckSize else { throw BinaryDecodingError(.truncated, offset: header, "key header check") }
+        let check = headerCheck(Array(sealed[..<header])[...])
+        guard check.indices.allSatisfy({ sealed[header + $0] == check[$0] }) else {
+            throw BinaryDecodingError(.invalidValue, offset: header, "an identifier row's key header does not match its check")
+        }
+        return (id, header + headerCheckSize)
+    }
+
+    /// An identifier row's plaintext, or nil when the key that sealed it has been destroyed (its
+    /// owner was erased); a damaged row throws.
+    func openIdentifierRow(_ sealed: UnsafeRawBufferPointer, rowKey: UnsafeRawBufferPointer) throws -> [UInt8]? {
+        do {
+            let (id, offset) = try Self.identifierRowKeyID(sealed)
+            guard let key = sealing.keys.key(for: id) else { return nil }
+            return try cipher.open(UnsafeRawBufferPointer(rebasing: sealed[offset...]), key: key, associatedData: rowKey)
+        } catch {
+            throw StoreCorruption(table: Table.documents.name, underlying: error)
+        }
+    }
+
+    func openIdentifierRow(_ sealed: [UInt8], rowKey: [UInt8]) throws -> [UInt8]? {
+        try sealed.withUnsafeBytes { sealed in try rowKey.withUnsafeBytes { try openIdentifierRow(sealed, rowKey: $0) } }
+    }
+
+    /// A row of sealed layout 2 with its header's check added (the box is unchanged: its
+    /// associated data is the row's key, not the header).
+    static func addingHeaderCheck(_ sealed: [UInt8]) throws -> [UInt8] {
+        let header = try keyID(sealed).offset
+        var writer = BinaryWriter(capacity: sealed.count + headerCheckSize)
+        writer.write(raw: Array(sealed[..<header]))
+        writer.write(raw: headerCheck(sealed[..<header]))
+        writer.write(raw: Array(sealed[header...]))
         return writer.bytes
     }
 
@@ -406,8 +473,7 @@ struct SealedReading: StoreReading {
                 if sealedKey.count == Sealing.pseudonymSize + 1, IdentifierRow.holds(sealedKey[Sealing.pseudonymSize]) {
                     return try record(sealedKey[Sealing.pseudonymSize], ofIdentifierRowAt: sealedKey)
                 }
-                if sealedKey.count > Sealing.pseudonymSize + 1, sealedKey[Sealing.pseudonymSize] == DocumentPart.edge.rawValue,
-                    let row = RowKey(key),
+                if sealedKey.count > Sealing.pseudonymSize + 1, let row = RowKey(key), IdentifierRow.mayHold(row.partByte, row.suffix),
                     let inline = try identifierRow(Array(sealedKey.prefix(Sealing.pseudonymSize)))?.record(row.partByte, row.suffix)
                 {
                     return inline
@@ -443,13 +509,30 @@ struct SealedReading: StoreReading {
             // order): its identifier row's records are compared with the start's plain key, its
             // other rows with the start's sealed key, as a scan from there would have found them.
             var startOwner: [UInt8]?
-            if sealedStart.count > Sealing.pseudonymSize, sealedStart[Sealing.pseudonymSize] != Sealing.ownerPart,
-                IdentifierRow.holds(sealedStart[Sealing.pseudonymSize]) || sealedStart[Sealing.pseudonymSize] == DocumentPart.edge.rawValue
-            {
-                startOwner = Array(sealedStart.prefix(Sealing.pseudonymSize))
-                sealedStart = startOwner! + [Sealing.ownerPart]
+            // A ledger tail kept in an identifier row sorts after the owner's ledger rows: it is
+            // given when the scan leaves the owner (or the table ends).
+            var heldTail: (pseudonym: [UInt8], key: [UInt8], value: [UInt8])?
+            if sealedStart.count > Sealing.pseudonymSize, sealedStart[Sealing.pseudonymSize] != Sealing.ownerPart {
+                let (part, pseudonym) = (sealedStart[Sealing.pseudonymSize], Array(sealedStart.prefix(Sealing.pseudonymSize)))
+                if IdentifierRow.holds(part) || part == DocumentPart.edge.rawValue {
+                    startOwner = pseudonym
+                    sealedStart = pseudonym + [Sealing.ownerPart]
+                } else if part == IdentifierRow.ledgerPart, let row = try identifierRow(pseudonym), let tail = row.ledgerTail {
+                    let tailKey = documentKey(row.owner, .ledger, LedgerBlock.tailSuffix)
+                    if !tailKey.lexicographicallyPrecedes(start) { heldTail = (pseudonym, tailKey, tail) }
+                }
+            }
+            var stopped = false
+            func give(_ key: [UInt8], _ value: [UInt8]) throws -> KithStore.ScanStep {
+                let step = try body(key, value)
+                stopped = step == .stop
+                return step
             }
             try base.scan(.documents, from: sealedStart) { key, value in
+                if let tail = heldTail, !key.starts(with: tail.pseudonym) {
+                    heldTail = nil
+                    if try give(tail.key, tail.value) == .stop { return .stop }
+                }
                 guard key.count > Sealing.pseudonymSize else { return .next }
                 guard key[Sealing.pseudonymSize] != Sealing.ownerPart else {
                     guard key.count == Sealing.pseudonymSize + 1 else { return .next }
@@ -458,14 +541,19 @@ struct SealedReading: StoreReading {
                     for record in row.records {
                         let plainKey = documentPrefix(row.owner) + [record.part] + record.suffix
                         guard pseudonym != startOwner || !plainKey.lexicographicallyPrecedes(start) else { continue }
-                        if try body(plainKey, record.value) == .stop { return .stop }
+                        if record.part == IdentifierRow.ledgerPart {
+                            heldTail = (pseudonym, plainKey, record.value)
+                            continue
+                        }
+                        if try give(plainKey, record.value) == .stop { return .stop }
                     }
                     return .next
                 }
                 if let startOwner, key.starts(with: startOwner), key.lexicographicallyPrecedes(startKey) { return .next }
                 guard let row = try openRow(key, value) else { return .next }
-                return try body(row.key, row.value)
+                return try give(row.key, row.value)
             }
+            if !stopped, let tail = heldTail { _ = try body(tail.key, tail.value) }
         case .changes:
             try base.scan(table, from: start) { key, value in
                 try body(key, ChangeRecord.encode(try session.openEntries(value, table: table, key: key)))
@@ -491,11 +579,16 @@ struct SealedReading: StoreReading {
         }
         // The part's suffixes are stored plain: the start's sealed key is the prefix's and the rest.
         let sealedPrefix = session.sealedKey(prefix)
-        guard let found = try base.firstEntry(.documents, from: sealedPrefix + start[prefix.count...], sharing: sealedPrefix),
-            let sealed = found.value
-        else {
-            return nil
+        guard let found = try base.firstEntry(.documents, from: sealedPrefix + start[prefix.count...], sharing: sealedPrefix) else {
+            // None stored at or after the start: the ledger tail an identifier row keeps sorts
+            // after every row of the part.
+            guard part.partByte == IdentifierRow.ledgerPart,
+                let tail = try identifierRow(Array(sealedPrefix.prefix(Sealing.pseudonymSize)))?.ledgerTail
+            else { return nil }
+            let tailKey = prefix + LedgerBlock.tailSuffix
+            return tailKey.lexicographicallyPrecedes(start) ? nil : (tailKey, tail)
         }
+        guard let sealed = found.value else { return nil }
         let plain = try session.open(sealed, associatedData: found.key, table: .documents)
         if plain == nil { try checkErased(owner: found.key.prefix(Sealing.pseudonymSize)) }
         return (prefix + found.key[sealedPrefix.count...], plain)
@@ -563,36 +656,18 @@ struct SealedReading: StoreReading {
         return (plainKey, plain)
     }
 
-    /// A row whose key is destroyed is an erased owner's, and its owner row is sealed under a
-    /// destroyed key too: an erasure deletes or seals again every row of the owner in one
-    /// transaction, and each live row of an owner is sealed under the key its owner row names.
-    /// An owner row that still opens means the row's key header was damaged: that is reported,
-    /// not read as an erasure.
+    /// A row whose key is destroyed is an erased owner's, and its identifier row is sealed under
+    /// a destroyed key too: an erasure deletes or seals again every row of the owner in one
+    /// transaction, and each live row of an owner is sealed under the key its identifier row
+    /// names. An identifier row that still opens means the row's key header was damaged: that
+    /// is reported, not read as an erasure. (An identifier row's own header carries a check.)
     private func checkErased(owner pseudonym: some Collection<UInt8>) throws {
         guard let ownerRow = try base.get(.documents, Array(pseudonym) + [Sealing.ownerPart]) else { return }
-        try expectDestroyedKey(ownerRow, "a row's key header names no live key, and its owner's row does")
-    }
-
-    /// An identifier row whose key is destroyed is an erased owner's, and so are its owner's
-    /// other rows (an erasure deletes or seals again all of them). If the next of them still
-    /// opens, the row's key header was damaged: reported, not read as an erasure. (An owner with
-    /// no other row cannot be told apart; every owner with a head has a ledger.)
-    private func checkErased(identifierRow rowKey: [UInt8]) throws {
-        var next: [UInt8]?
-        try base.scan(.documents, from: rowKey + [0]) { key, value in
-            if key.starts(with: rowKey.prefix(Sealing.pseudonymSize)) { next = value }
-            return .stop
-        }
-        guard let next else { return }
-        try expectDestroyedKey(next, "an identifier row's key header names no live key, and its owner's next row does")
-    }
-
-    /// Throws `StoreCorruption` unless the key that sealed `sealed` is destroyed: a row that
-    /// vouches for an erasure must be sealed under a dead key, or the erasure is damage (`damage`).
-    private func expectDestroyedKey(_ sealed: [UInt8], _ damage: String) throws {
-        let id = try decode(sealed, table: .documents) { try SealingSession.keyID($0).id }
+        let id = try decode(ownerRow, table: .documents) { try SealingSession.identifierRowKeyID($0).id }
         guard session.sealing.keys.key(for: id) == nil else {
-            throw StoreCorruption(table: Table.documents.name, underlying: BinaryDecodingError(.invalidValue, offset: 0, damage))
+            throw StoreCorruption(
+                table: Table.documents.name,
+                underlying: BinaryDecodingError(.invalidValue, offset: 0, "a row's key header names no live key, and its owner's row does"))
         }
     }
 
@@ -633,10 +708,7 @@ struct SealedReading: StoreReading {
             rowKey[Sealing.pseudonymSize] = Sealing.ownerPart
             let rowKeyBytes = UnsafeRawBufferPointer(rowKey)
             return try base.withValue(.documents, rowKeyBytes) { value in
-                guard let plain = try session.open(value, associatedData: rowKeyBytes, table: .documents) else {
-                    try checkErased(identifierRow: Array(rowKeyBytes))
-                    return nil
-                }
+                guard let plain = try session.openIdentifierRow(value, rowKey: rowKeyBytes) else { return nil }
                 do {
                     return try IdentifierRow.record(part, in: plain)
                 } catch {
@@ -658,10 +730,7 @@ struct SealedReading: StoreReading {
     }
 
     private func openIdentifierRow(_ sealed: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) throws -> IdentifierRow? {
-        guard let plain = try session.open(sealed, associatedData: key, table: .documents) else {
-            try checkErased(identifierRow: Array(key))
-            return nil
-        }
+        guard let plain = try session.openIdentifierRow(sealed, rowKey: key) else { return nil }
         return try decode(plain, table: .documents) { try IdentifierRow(decoding: $0) }
     }
 }
@@ -690,6 +759,9 @@ struct SealedWriting: StoreWriting, ReadingThrough {
                 return try putRecord(row.partByte, [], value, mode: mode, pseudonym: pseudonym, owner: owner)
             }
             let sealedKey = session.sealedKey(key, separatorAt: row.ownerCount, ownerPseudonym: pseudonym)
+            if row.part == .ledger, row.suffix.elementsEqual(LedgerBlock.tailSuffix) {
+                if let put = try putLedgerTail(value, mode: mode, sealedKey: sealedKey, pseudonym: pseudonym, owner: owner) { return put }
+            }
             // An edge goes in the identifier row when it is there already, or is new and the
             // row has room; an edge stored as a row of its own stays one.
             if row.part == .edge, !row.suffix.isEmpty {
@@ -733,13 +805,39 @@ struct SealedWriting: StoreWriting, ReadingThrough {
             return true
         }
         let rowKey = pseudonym + [Sealing.ownerPart]
-        guard let stored = try base.get(.documents, rowKey), let plain = try session.open(stored, associatedData: rowKey, table: .documents),
+        guard let stored = try base.get(.documents, rowKey), let plain = try session.openIdentifierRow(stored, rowKey: rowKey),
             let deflated = IdentifierRow.deflated(plain)
         else { return false }
-        let id = try SealingSession.keyID(stored).id
+        let id = try SealingSession.identifierRowKeyID(stored).id
         guard let key = session.sealing.keys.key(for: id) else { return false }
-        try base.put(.documents, rowKey, try session.seal(deflated, id, key, associatedData: rowKey), mode: .upsert)
+        try base.put(.documents, rowKey, try session.sealIdentifierRow(deflated, id, key, rowKey: rowKey), mode: .upsert)
         return true
+    }
+
+    func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool {
+        try reading.identifierRow(session.pseudonym(owner))?.ledgerTail != nil
+    }
+
+    /// Puts an identifier's ledger tail block in its identifier row when it is at most
+    /// `IdentifierRow.inlineLedgerTailLimit` bytes (a tail stored alone moves in), and returns
+    /// whether it was put; or takes it out of the row when it has grown past that and returns
+    /// nil: the caller stores it as a row of its own.
+    private func putLedgerTail(_ value: [UInt8], mode: PutMode, sealedKey: [UInt8], pseudonym: [UInt8], owner: [UInt8]) throws -> Bool? {
+        let tail = LedgerBlock.tailSuffix
+        let identifierRow = try reading.identifierRow(pseudonym)
+        let inline = identifierRow?.ledgerTail != nil
+        guard value.count <= IdentifierRow.inlineLedgerTailLimit else {
+            if var identifierRow, inline {
+                identifierRow.set(IdentifierRow.ledgerPart, tail, nil)
+                session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
+            }
+            return nil
+        }
+        if !inline {
+            if mode == .insertOnly, try base.get(.documents, sealedKey) != nil { return false }
+            try base.delete(.documents, sealedKey)
+        }
+        return try putRecord(IdentifierRow.ledgerPart, tail, value, mode: mode, pseudonym: pseudonym, owner: owner)
     }
 
     /// Puts a record in `pseudonym`'s identifier row, sealed with the row at commit (`finish`).
@@ -764,13 +862,13 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         let sealedKey = session.sealedKey(key)
         let pseudonym = Array(sealedKey.prefix(Sealing.pseudonymSize))
         session.deletedFrom.insert(pseudonym)
-        if let row = RowKey(key), (row.suffix.isEmpty && IdentifierRow.holds(row.partByte)) || (row.part == .edge && !row.suffix.isEmpty) {
+        if let row = RowKey(key), IdentifierRow.mayHold(row.partByte, row.suffix) {
             if var identifierRow = try reading.identifierRow(pseudonym), identifierRow.set(row.partByte, Array(row.suffix), nil) {
                 session.keepIdentifierRow(pseudonym, identifierRow, changed: true)
                 return true
             }
-            // An index, head or view is never a row of its own; an edge may be.
-            guard row.part == .edge else { return false }
+            // An index, head or view is never a row of its own; an edge or a ledger tail may be.
+            guard !IdentifierRow.holds(row.partByte) else { return false }
         }
         return try base.delete(.documents, sealedKey)
     }
@@ -785,7 +883,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
             let (id, key) = try currentKey(pseudonym, owner: row.owner)
             let plaintext = row.encoded()
             let stored = deflated ? IdentifierRow.deflated(plaintext) ?? plaintext : plaintext
-            try base.put(.documents, rowKey, try session.seal(stored, id, key, associatedData: rowKey), mode: .upsert)
+            try base.put(.documents, rowKey, try session.sealIdentifierRow(stored, id, key, rowKey: rowKey), mode: .upsert)
         }
         for pseudonym in session.deletedFrom.sorted(by: { $0.lexicographicallyPrecedes($1) }) {
             let rowKey = pseudonym + [Sealing.ownerPart]
@@ -795,7 +893,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
                 return .stop
             }
             guard !others, try reading.identifierRow(pseudonym)?.isEmpty ?? true, let row = try base.get(.documents, rowKey) else { continue }
-            let id = try SealingSession.keyID(row).id
+            let id = try decode(row, table: .documents) { try SealingSession.identifierRowKeyID($0).id }
             try base.delete(.documents, rowKey)
             session.setKeyInUse(pseudonym, nil)
             session.dropIdentifierRow(pseudonym)
@@ -820,7 +918,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         if let known = session.keyInUse(pseudonym) { return known }
         let rowKey = pseudonym + [Sealing.ownerPart]
         if let row = try base.get(.documents, rowKey) {
-            let id = try SealingSession.keyID(row).id
+            let id = try decode(row, table: .documents) { try SealingSession.identifierRowKeyID($0).id }
             if let key = session.sealing.keys.key(for: id) {
                 session.setKeyInUse(pseudonym, (id, key))
                 return (id, key)
@@ -830,7 +928,7 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         session.issued.append(id)
         // Written now, not at commit: scans and erasures in this transaction find owners by these rows.
         let row = IdentifierRow(owner: owner)
-        try base.put(.documents, rowKey, try session.seal(row.encoded(), id, key, associatedData: rowKey), mode: .upsert)
+        try base.put(.documents, rowKey, try session.sealIdentifierRow(row.encoded(), id, key, rowKey: rowKey), mode: .upsert)
         session.keepIdentifierRow(pseudonym, row, changed: false)
         session.setKeyInUse(pseudonym, (id, key))
         return (id, key)

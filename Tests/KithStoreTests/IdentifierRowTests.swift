@@ -105,7 +105,7 @@ struct IdentifierRowTests {
             var count = 0
             try LMDBReading(reader: txn, tables: store.tables).scan(.documents, from: []) { key, value in
                 guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart,
-                    let plain = try session.open(value, associatedData: key, table: .documents)
+                    let plain = try session.openIdentifierRow(value, rowKey: key)
                 else { return .next }
                 count += IdentifierRow.isDeflated(plain) ? 1 : 0
                 return .next
@@ -129,11 +129,14 @@ struct IdentifierRowTests {
         swapped[headAt] = DocumentPart.view.rawValue
         #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: swapped) }
         #expect(throws: BinaryDecodingError.self) { try IdentifierRow.record(DocumentPart.view.rawValue, in: Array(bytes.dropLast())) }
-        var ledger = bytes
-        ledger[headAt] = DocumentPart.ledger.rawValue
-        #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: ledger) }
+        var unknown = bytes
+        unknown[headAt] = DocumentPart.ledger.rawValue + 1
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: unknown) }
         // A point read stops at its record: it checks what lies before it (the seal vouches for the rest).
-        #expect(throws: BinaryDecodingError.self) { try IdentifierRow.record(DocumentPart.view.rawValue, in: ledger) }
+        #expect(throws: BinaryDecodingError.self) { try IdentifierRow.record(DocumentPart.view.rawValue, in: unknown) }
+        var ledgerFirst = bytes
+        ledgerFirst[headAt] = DocumentPart.ledger.rawValue
+        #expect(throws: BinaryDecodingError.self, "a ledger tail before the view") { try IdentifierRow(decoding: ledgerFirst) }
         #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: Array(bytes.dropLast())) }
         #expect(throws: BinaryDecodingError.self) { try IdentifierRow(decoding: []) }
     }
@@ -257,7 +260,7 @@ struct IdentifierRowTests {
     }
 
     /// A store of sealed layout 1, written by `c1ce36b` from `layoutOneFixtureMessages` and an
-    /// erasure, opens as layout 2 holding what a store written now from the same input holds.
+    /// erasure, opens as layout 3 holding what a store written now from the same input holds.
     @Test func aLayoutOneStoreMovesOnOpen() throws {
         let (path, fresh) = (try Self.unpackFixture(), SealingTests.directory())
         defer { SealingTests.remove(path, fresh) }
@@ -286,6 +289,118 @@ struct IdentifierRowTests {
         let store = try SealingTests.open(path, keyFile: path + ".keys")
         #expect(store.identifiersMovedOnOpen == 5)
         try Self.expectSameAsWrittenNow(store, fresh: fresh)
+    }
+
+    /// A store of sealed layout 2 gets its identifier rows' header checks at open, a stop in
+    /// between taken up at the next open; then it holds what a store written now holds.
+    @Test func aLayoutTwoStoreIsCheckedOnOpen() throws {
+        let (path, fresh) = (try Self.unpackFixture(), SealingTests.directory())
+        defer { SealingTests.remove(path, fresh) }
+        let rows: Int
+        do {
+            let environment = try LMDBEnvironment(path: path)
+            let tables = try LMDBTables(environment: environment)
+            let sealing = Sealing(keys: try DataKeyStore(path: path + ".keys"), hasher: StoreEngine(configuration: configuration).hasher)
+            #expect(try LMDBProfileStore.moveToIdentifierRows(environment: environment, tables: tables, sealing: sealing) == 8)
+            rows = try Self.storedParts(environment: environment, tables: tables)[Sealing.ownerPart] ?? 0
+            try LMDBProfileStore.startIdentifierRowChecks(environment: environment, tables: tables)
+            let checked = try LMDBProfileStore.checkIdentifierRows(
+                environment: environment, tables: tables, rowsPerTransaction: 3, transactionLimit: 1)
+            #expect(checked == 3 && rows > 6)
+        }
+        do {
+            let store = try SealingTests.open(path, keyFile: path + ".keys")
+            #expect(store.identifiersMovedOnOpen == 0 && store.identifierRowsCheckedOnOpen == rows - 3)
+            try Self.expectSameAsWrittenNow(store, fresh: fresh)
+        }
+        #expect(try SealingTests.open(path, keyFile: path + ".keys").identifierRowsCheckedOnOpen == 0)
+    }
+
+    /// An identifier's ledger tail is kept in its identifier row while it is at most
+    /// `inlineLedgerTailLimit` bytes, as a row of its own past that, and back in the row once
+    /// short again; reads, scans (in key order, the tail after the owner's other blocks) and
+    /// deletes find each row where it is.
+    @Test func aShortLedgerTailIsKeptInTheIdentifierRow() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try SealingTests.open(path)
+        let owner = Identifier(kind: .userId, value: "buyer")!
+        let pseudonym = Array(store.engine.hasher.forgetKeyBytes(for: owner).prefix(Sealing.pseudonymSize))
+        let rowKey = pseudonym + [Sealing.ownerPart]
+        let tailKey = pseudonym + [DocumentPart.ledger.rawValue] + LedgerBlock.tailSuffix
+        let messageIds = (1...6).map { "m-0\($0)" }
+        let moreIds = (10...17).map { "m-\($0)" }
+        let ledger = { (messageId: String) in documentKey(owner.key, .ledger, Array(messageId.utf8)) }
+        let value = { (messageId: String) in Array(repeating: UInt8(messageId.utf8.last!), count: 100) }
+        func rows(from start: [UInt8] = documentKey(owner.key, .ledger)) throws -> [[UInt8]: [UInt8]] {
+            try store.read { reader in
+                var found: [[UInt8]: [UInt8]] = [:]
+                var previous: [UInt8]?
+                try reader.scan(.documents, from: start) { key, value in
+                    guard key.starts(with: documentKey(owner.key, .ledger)) else { return found.isEmpty ? .next : .stop }
+                    #expect(previous.map { $0.lexicographicallyPrecedes(key) } ?? true, "rows in key order")
+                    previous = key
+                    found[key] = value
+                    return .next
+                }
+                return found
+            }
+        }
+        func expected(_ ids: ArraySlice<String>) -> [[UInt8]: [UInt8]] { Dictionary(uniqueKeysWithValues: ids.map { (ledger($0), value($0)) }) }
+        try store.write { writer in
+            try writer.put(.documents, documentKey(owner.key, .head), [2], mode: .upsert)
+            for id in messageIds[..<3] { try writer.put(.documents, ledger(id), value(id), mode: .upsert) }
+        }
+        #expect(try Self.storedRows(store, of: pseudonym) == [rowKey])
+        #expect(try rows() == expected(messageIds[..<3]))
+        try store.write { writer in
+            for id in messageIds[3...] { try writer.put(.documents, ledger(id), value(id), mode: .upsert) }
+        }
+        #expect(try Self.storedRows(store, of: pseudonym) == [rowKey, tailKey], "a long tail is a row of its own")
+        #expect(try rows() == expected(messageIds[...]))
+        #expect(try rows(from: ledger("m-03")) == expected(messageIds[2...]))
+        for id in messageIds { #expect(try store.read { try $0.get(.documents, ledger(id)) } == value(id)) }
+        let deleted = try store.write { writer in try messageIds[3...].map { try writer.delete(.documents, ledger($0)) } }
+        #expect(deleted == [true, true, true])
+        #expect(try Self.storedRows(store, of: pseudonym) == [rowKey], "short again, the tail is back in the row")
+        #expect(try rows() == expected(messageIds[..<3]))
+        #expect(try rows(from: ledger("m-02") + [0]) == expected(messageIds[2..<3]))
+        // Rows appended past a block's size cut blocks off the tail, which is short again:
+        // blocks of their own, then the tail in the row, given after them.
+        try store.write { writer in
+            for id in moreIds { try writer.put(.documents, ledger(id), value(id), mode: .upsert) }
+        }
+        let stored = try Self.storedRows(store, of: pseudonym)
+        #expect(stored.first == rowKey && stored.count > 1 && !stored.contains(tailKey), "\(stored.count) rows")
+        #expect(try rows() == expected(messageIds[..<3] + moreIds[...]))
+        #expect(try rows(from: ledger("m-15")) == expected(moreIds[5...]))
+        #expect(try rows(from: documentPrefix(owner.key)) == expected(messageIds[..<3] + moreIds[...]), "from the identifier row")
+        #expect(try rows(from: []) == expected(messageIds[..<3] + moreIds[...]), "from the table's start")
+        try store.write { writer in
+            for id in moreIds { try writer.delete(.documents, ledger(id)) }
+        }
+        #expect(try rows() == expected(messageIds[..<3]))
+        // Another owner's tail, before and after this one in the table, is given after its own blocks.
+        let other = Identifier(kind: .userId, value: "other-buyer")!
+        try store.write { writer in try writer.put(.documents, documentKey(other.key, .ledger, Array("x-1".utf8)), [9], mode: .upsert) }
+        let all = try store.read { reader in
+            var keys: [[UInt8]] = []
+            try reader.scan(.documents, from: []) { key, _ in
+                keys.append(key)
+                return .next
+            }
+            return keys
+        }
+        for owner in [owner, other] {
+            let ownerKeys = all.filter { $0.starts(with: documentPrefix(owner.key)) }
+            #expect(ownerKeys == ownerKeys.sorted { $0.lexicographicallyPrecedes($1) }, "an owner's rows in key order")
+        }
+        let deletedAll = try store.write { writer in
+            try messageIds[..<3].map { try writer.delete(.documents, ledger($0)) } + [try writer.delete(.documents, ledger("m-01"))]
+        }
+        #expect(deletedAll == [true, true, true, false])
+        #expect(try rows().isEmpty)
+        #expect(try store.read { try $0.get(.documents, documentKey(owner.key, .head)) } == [2])
     }
 
     /// An owner whose last row beside its identifier row goes keeps the row while it holds a
@@ -369,13 +484,30 @@ struct IdentifierRowTests {
 
     /// Rows on disk in `documents`, by the part byte after the pseudonym.
     static func storedParts(_ store: LMDBProfileStore) throws -> [UInt8: Int] {
-        try store.environment.read { txn in
+        try storedParts(environment: store.environment, tables: store.tables)
+    }
+
+    static func storedParts(environment: LMDBEnvironment, tables: LMDBTables) throws -> [UInt8: Int] {
+        try environment.read { txn in
             var parts: [UInt8: Int] = [:]
-            try LMDBReading(reader: txn, tables: store.tables).scan(.documents, from: []) { key, _ in
+            try LMDBReading(reader: txn, tables: tables).scan(.documents, from: []) { key, _ in
                 parts[key[Sealing.pseudonymSize], default: 0] += 1
                 return .next
             }
             return parts
+        }
+    }
+
+    /// The keys on disk of the rows of the owner with `pseudonym`.
+    static func storedRows(_ store: LMDBProfileStore, of pseudonym: [UInt8]) throws -> [[UInt8]] {
+        try store.environment.read { txn in
+            var keys: [[UInt8]] = []
+            try LMDBReading(reader: txn, tables: store.tables).scan(.documents, from: pseudonym) { key, _ in
+                guard key.starts(with: pseudonym) else { return .stop }
+                keys.append(key)
+                return .next
+            }
+            return keys
         }
     }
 

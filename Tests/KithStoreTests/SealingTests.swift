@@ -137,11 +137,16 @@ struct SealingTests {
         let user = Identifier(kind: .userId, value: "canary-user-0a9b")!
         let store = try Self.open(path)
         _ = try store.apply(Self.canaryMessages())
-        // The view is in the user's identifier row, with their index and head.
-        let identifierRowKey = Array(store.engine.hasher.forgetKeyBytes(for: user).prefix(Sealing.pseudonymSize)) + [Sealing.ownerPart]
+        // The view is in the user's identifier row, with their index, head and ledger: the
+        // user has no other row, so only the header's check tells damage from an erasure.
+        let pseudonym = Array(store.engine.hasher.forgetKeyBytes(for: user).prefix(Sealing.pseudonymSize))
+        let identifierRowKey = pseudonym + [Sealing.ownerPart]
         let documents = try store.environment.database(named: Table.documents.name, create: false)
         let original = try #require(try store.environment.read { try $0.get(documents, identifierRowKey) })
-        let header = try SealingSession.keyID(original).offset
+        #expect(try IdentifierRowTests.storedRows(store, of: pseudonym) == [identifierRowKey])
+        let keyHeader = try SealingSession.keyID(original).offset
+        let header = try SealingSession.identifierRowKeyID(original).offset
+        #expect(header == keyHeader + SealingSession.headerCheckSize)
         func changed(_ position: Int) -> [UInt8] {
             var bytes = original
             bytes[position] ^= 0x01
@@ -149,10 +154,10 @@ struct SealingTests {
         }
         let damaged: [(String, [UInt8])] = [
             ("nonce", changed(header)), ("body", changed(header + AESGCM.nonceSize + 3)), ("tag", changed(original.count - 1)),
-            ("cut in the header", Array(original.prefix(header - 3))), ("cut in the box", Array(original.prefix(header + 20))),
-            ("empty", []),
-            // A header that names no live key while the owner's other rows do: damage, not an erasure.
-            ("key slot", changed(0)), ("key tag", changed(header - 1)),
+            ("cut in the header", Array(original.prefix(keyHeader - 3))), ("cut in the check", Array(original.prefix(keyHeader + 2))),
+            ("cut in the box", Array(original.prefix(header + 20))), ("empty", []),
+            // A header that names no live key: damage, not an erasure.
+            ("key slot", changed(0)), ("key tag", changed(keyHeader - 1)), ("check", changed(keyHeader + 1)),
         ]
         for (what, bytes) in damaged {
             try store.environment.write { try $0.put(documents, identifierRowKey, bytes) }
@@ -163,17 +168,27 @@ struct SealingTests {
         #expect(try store.encodedView(of: user)?.decoded() == (try store.view(of: user)))
         #expect(try store.view(of: user) != nil)
 
-        // The same for a row found by a scan (the customer's events, in their one ledger block).
-        let ledgerKey = Array(identifierRowKey.dropLast()) + [DocumentPart.ledger.rawValue] + LedgerBlock.tailSuffix
+        // The same for a row found by a scan (the customer's events, in ledger blocks of their
+        // own once there are more than the identifier row's tail keeps).
+        let more = try (3..<12).map { number in
+            let text =
+                #"{"type":"track","messageId":"c-\#(number)","userId":"canary-user-0a9b","event":"Product Viewed","timestamp":"2025-10-01T10:\#(10 + number):00Z","properties":{"note":"a note long enough to fill the tail \#(number)"}}"#
+            return try SegmentMessageParser().parse(JSONParser.parse(Array(text.utf8)), receivedAt: 1_759_312_800_000)
+        }
+        _ = try store.apply(more)
+        let rowsNow = try IdentifierRowTests.storedRows(store, of: pseudonym)
+        #expect(rowsNow.first == identifierRowKey && rowsNow.count >= 2)
+        let ledgerKey = try #require(rowsNow.last)
+        #expect(ledgerKey[Sealing.pseudonymSize] == DocumentPart.ledger.rawValue)
         let ledger = try #require(try store.environment.read { try $0.get(documents, ledgerKey) })
-        let events = try store.events(of: user, before: nil, limit: 10).events
-        #expect(events.contains { $0.messageId == "c-2" })
+        let events = try store.events(of: user, before: nil, limit: 20).events
+        #expect(events.contains { $0.messageId == "c-2" } && events.count == 10)
         var damagedLedger = ledger
         damagedLedger[try SealingSession.keyID(ledger).offset - 1] ^= 0x01
         try store.environment.write { try $0.put(documents, ledgerKey, damagedLedger) }
-        #expect(throws: StoreCorruption.self) { try store.events(of: user, before: nil, limit: 10) }
+        #expect(throws: StoreCorruption.self) { try store.events(of: user, before: nil, limit: 20) }
         try store.environment.write { try $0.put(documents, ledgerKey, ledger) }
-        #expect(try store.events(of: user, before: nil, limit: 10).events == events)
+        #expect(try store.events(of: user, before: nil, limit: 20).events == events)
     }
 
     @Test("keys an erasure retired are destroyed at the next open if the process stopped before")
