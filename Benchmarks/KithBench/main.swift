@@ -338,17 +338,17 @@ try bytes.withUnsafeBufferPointer { buffer in
     try? FileManager.default.removeItem(atPath: backupDirectory)  // scratch space only
     // One pass of the background sweep without retention rules: it deflates the ledger blocks
     // ingest left plain (rows out of messageId order land inside blocks; docs/storage.md).
-    var (blocksDeflated, rowsDeflated) = (0, 0)
+    var pass = RetentionStep()
     let sweepTime = try seconds {
         var step: RetentionStep
         repeat {
             step = try store.expire(under: .none, now: 0, buckets: 8)
-            blocksDeflated += step.blocksDeflated
-            rowsDeflated += step.rowsDeflated
+            pass.add(step)
         } while !step.passEnded
     }
-    print("store.sweep_blocks_deflated: \(blocksDeflated)")
-    print("store.sweep_rows_deflated: \(rowsDeflated)")
+    print("store.sweep_blocks_deflated: \(pass.blocksDeflated)")
+    print("store.sweep_rows_deflated: \(pass.rowsDeflated)")
+    print("store.sweep_rows_repacked: \(pass.rowsRepacked)")
     report("store.sweep_seconds", sweepTime, decimals: 2)
     report("store.size_vs_json_truncated_swept", Double(try store.tableBytes().values.reduce(0, +)) / Double(jsonBytes), decimals: 2)
     let sweptBackupBytes = try store.backup(to: backupDirectory)

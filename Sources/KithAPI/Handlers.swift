@@ -357,6 +357,8 @@ extension NodeAPI {
         text += NodeMetrics.metric(
             "kith_identifier_rows_deflated_total", "counter", "Identifier rows the sweeps stored deflated (ingest leaves them plain).",
             retention.rowsDeflated)
+        text += NodeMetrics.metric(
+            "kith_rows_repacked_total", "counter", "Rows the sweeps wrote again in their stored order, to fill their pages.", retention.rowsRepacked)
         if let log = try? store.logExtent() {  // a log that cannot be read is left out; the other metrics still answer
             text += NodeMetrics.metric(
                 "kith_change_log_span", "gauge", "Local sequences the change log holds (an upper bound on its entries).", Int(clamping: log.span))

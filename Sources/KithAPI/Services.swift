@@ -177,9 +177,12 @@ public struct RetentionTotals: Sendable, Equatable {
     public var blocksDeflated = 0
     /// Identifier rows the sweeps deflated (ingest leaves them plain).
     public var rowsDeflated = 0
+    /// Rows the sweeps wrote again in their stored order, to fill their pages.
+    public var rowsRepacked = 0
 
     public init(
-        passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0, rowsDeflated: Int = 0
+        passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0, rowsDeflated: Int = 0,
+        rowsRepacked: Int = 0
     ) {
         self.passes = passes
         self.eventsDropped = eventsDropped
@@ -187,6 +190,7 @@ public struct RetentionTotals: Sendable, Equatable {
         self.grantsDropped = grantsDropped
         self.blocksDeflated = blocksDeflated
         self.rowsDeflated = rowsDeflated
+        self.rowsRepacked = rowsRepacked
     }
 }
 

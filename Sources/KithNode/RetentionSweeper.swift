@@ -83,12 +83,7 @@ final class RetentionSweeper: @unchecked Sendable {
             done.wait()
             switch outcome.withLock({ $0 }) {
             case .success(let step)?:
-                pass.eventsDropped += step.eventsDropped
-                pass.traitsDropped += step.traitsDropped
-                pass.grantsDropped += step.grantsDropped
-                pass.blocksDeflated += step.blocksDeflated
-                pass.rowsDeflated += step.rowsDeflated
-                pass.identifiers += step.identifiers
+                pass.add(step)
                 pass.passEnded = step.passEnded
             case .failure(let error)?:
                 log(.error, "a retention step failed; the next pass tries again", [("error", .string("\(error)"))])
@@ -104,6 +99,7 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.grantsDropped += pass.grantsDropped
             totals.blocksDeflated += pass.blocksDeflated
             totals.rowsDeflated += pass.rowsDeflated
+            totals.rowsRepacked += pass.rowsRepacked
         }
         log(
             .info, "retention pass",
@@ -113,6 +109,7 @@ final class RetentionSweeper: @unchecked Sendable {
                 ("grantsDropped", .number(JSONNumber(Int64(pass.grantsDropped)))),
                 ("blocksDeflated", .number(JSONNumber(Int64(pass.blocksDeflated)))),
                 ("rowsDeflated", .number(JSONNumber(Int64(pass.rowsDeflated)))),
+                ("rowsRepacked", .number(JSONNumber(Int64(pass.rowsRepacked)))),
             ])
         return true
     }

@@ -128,6 +128,9 @@ final class DigestingWriter: StoreWriting, ReadingThrough {
     }
 
     package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { try base.deflateIdentifierRow(of: owner) }
+    package func repack(from start: [UInt8], beforeBucket bucket: Int, atMost limit: Int) throws -> (rows: Int, next: [UInt8]?) {
+        try base.repack(from: start, beforeBucket: bucket, atMost: limit)
+    }
     package func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool {
         try base.keepsLedgerTailWithIdentifierRow(of: owner)
     }

@@ -217,6 +217,9 @@ package final class LedgerBlockWriting: StoreWriting, ReadingLedgerBlocks {
     }
 
     package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { try base.deflateIdentifierRow(of: owner) }
+    package func repack(from start: [UInt8], beforeBucket bucket: Int, atMost limit: Int) throws -> (rows: Int, next: [UInt8]?) {
+        try base.repack(from: start, beforeBucket: bucket, atMost: limit)
+    }
 
     /// Deflates the first `limit` blocks of `owner`'s ledger that ingest left plain, as
     /// `LedgerBlock.isDeflatedBySweep` decides; returns how many it stored again. Rows do not

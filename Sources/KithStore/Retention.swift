@@ -13,6 +13,9 @@ public struct RetentionStep: Sendable, Equatable {
     public var blocksDeflated = 0
     /// Identifier rows deflated (sealed stores: `StoreWriting.deflateIdentifierRow`).
     public var rowsDeflated = 0
+    /// Rows written again in their stored order to fill their pages (sealed stores:
+    /// `StoreWriting.repack`).
+    public var rowsRepacked = 0
     /// This step ended a pass over every bucket (the next step starts another).
     public var passEnded = false
 
@@ -23,12 +26,17 @@ public struct RetentionStep: Sendable, Equatable {
 /// given (`RetentionRules`, pure), a few digest-tree buckets per transaction, going round every
 /// bucket in turn. Nothing is logged: every replica sweeps its own data under the same rules,
 /// and expiry only grows with time, so replicas end holding the same rows. The same walk, rules
-/// or none, deflates the ledger blocks and identifier rows ingest left plain (the rows stay the
-/// same).
+/// or none, deflates the ledger blocks and identifier rows ingest left plain, and writes the
+/// stored rows of the buckets it has walked again in order (the rows stay the same).
 extension StoreEngine {
     /// `retention-next` → where the sweep goes on: a bucket (8 bytes), and the key of the last
     /// identifier done in it when a step stopped inside it (absent: the first bucket).
     static let retentionProgressMetaKey = Array("retention-next".utf8)
+    /// `repack-next` → the stored key from which the next step's repacking goes on (absent:
+    /// the table's start). Node-local, as is how rows are stored.
+    static let repackProgressMetaKey = Array("repack-next".utf8)
+    /// Rows one step writes again at most (a few megabytes): a step stays a short transaction.
+    static let repackRowLimit = 8_192
 
     /// One step: from where the last one stopped, the identifiers of up to `buckets` buckets in
     /// bucket then identifier order, at most `identifiers` of them (`walkStep`), and at most
@@ -55,6 +63,17 @@ extension StoreEngine {
             step.blocksDeflated += try txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated - step.rowsDeflated)
             if step.blocksDeflated + step.rowsDeflated < blocks, try txn.deflateIdentifierRow(of: identifier.key) { step.rowsDeflated += 1 }
         }
+        // The stored rows of the buckets walked so far, written again in their order to fill
+        // their pages (the walk shrank values in place; ingest inserts in random key order), at
+        // most `repackRowLimit` a step: a store whose buckets hold more catches up later.
+        let repackFrom = try txn.get(.meta, Self.repackProgressMetaKey) ?? []
+        let repacked = try txn.repack(from: repackFrom, beforeBucket: next.bucket, atMost: Self.repackRowLimit)
+        step.rowsRepacked = repacked.rows
+        if let repackNext = repacked.next {
+            try txn.put(.meta, Self.repackProgressMetaKey, repackNext, mode: .upsert)
+        } else if !repackFrom.isEmpty {
+            try txn.delete(.meta, Self.repackProgressMetaKey)
+        }
         guard next.isAtEnd else {
             try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
             return step
@@ -74,6 +93,7 @@ extension RetentionStep {
         grantsDropped += other.grantsDropped
         blocksDeflated += other.blocksDeflated
         rowsDeflated += other.rowsDeflated
+        rowsRepacked += other.rowsRepacked
     }
 }
 

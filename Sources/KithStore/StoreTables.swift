@@ -239,6 +239,13 @@ package protocol StoreWriting: StoreReading {
     /// identifier row, while short), so that `deflateIdentifierRow` deflates it, not
     /// `deflateLedgerBlocks`.
     func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool
+    /// Writes stored rows of `documents` again, as they are, in stored key order, so that they
+    /// fill their pages: from `start` (where the last call said to go on; empty: the table's
+    /// first row) up to the rows of owners in digest-tree bucket `bucket` (`bucketCount`: the
+    /// table's end; a start past it goes on to the table's end), at most `limit` of them.
+    /// Returns how many, and where the next call goes on (nil: this one reached the table's
+    /// end). Rows do not change; tables that keep no pages (in memory) do nothing.
+    func repack(from start: [UInt8], beforeBucket bucket: Int, atMost limit: Int) throws -> (rows: Int, next: [UInt8]?)
     /// Stores a transaction's change-log entries as one record (`ChangeRecord`): a writer that
     /// seals entries one by one takes them as values, not as a record to decode again.
     func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws
@@ -292,6 +299,7 @@ extension StoreWriting {
     /// Plain tables keep no identifier rows.
     package func deflateIdentifierRow(of owner: [UInt8]) throws -> Bool { false }
     package func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool { false }
+    package func repack(from start: [UInt8], beforeBucket bucket: Int, atMost limit: Int) throws -> (rows: Int, next: [UInt8]?) { (0, nil) }
 
     package func putChanges(_ entries: [ChangeEntry], at key: [UInt8], mode: PutMode) throws {
         try put(.changes, key, ChangeRecord.encode(entries), mode: mode)

@@ -814,6 +814,32 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         return true
     }
 
+    /// Deletes a run of rows and puts them back in key order: LMDB splits a page in the middle
+    /// when a row goes inside it, so rows written in random key order (pseudonyms) leave pages
+    /// about two-thirds full, and fewer still once the sweep has shrunk their values in place;
+    /// rows put in ascending order into a gap fill each page before the next (a page split for
+    /// a row at its end keeps all it can on the left). Values are the same bytes, sealed under
+    /// the same keys (a box's associated data is its row's key).
+    /// Pseudonyms are a forget key's first bytes, so a bucket's owners are one run of the table.
+    func repack(from start: [UInt8], beforeBucket bucket: Int, atMost limit: Int) throws -> (rows: Int, next: [UInt8]?) {
+        precondition(limit > 0 && (0...DigestTreeShape.bucketCount).contains(bucket), "repacking \(limit) rows before bucket \(bucket)")
+        var end = bucket < DigestTreeShape.bucketCount ? DigestTreeShape.firstBytes(ofBucket: bucket) : nil
+        if let bucketStart = end, !start.lexicographicallyPrecedes(bucketStart) { end = nil }
+        var rows: [(key: [UInt8], value: [UInt8])] = []
+        var next: [UInt8]?
+        try base.scan(.documents, from: start) { key, value in
+            guard rows.count < limit, end.map({ key.lexicographicallyPrecedes($0) }) ?? true else {
+                next = key
+                return .stop
+            }
+            rows.append((key, value))
+            return .next
+        }
+        for row in rows { try base.delete(.documents, row.key) }
+        for row in rows { try base.put(.documents, row.key, row.value, mode: .upsert) }
+        return (rows.count, next)
+    }
+
     func keepsLedgerTailWithIdentifierRow(of owner: [UInt8]) throws -> Bool {
         try reading.identifierRow(session.pseudonym(owner))?.ledgerTail != nil
     }

@@ -481,8 +481,8 @@ struct KithProcessTests {
         #expect(metrics.contains("kith_retention_events_dropped_total 1\n") && !metrics.contains("kith_retention_passes_total 0\n"), "\(metrics)")
     }
 
-    /// Without retention rules the sweep still runs, and stores the ledger blocks and identifier
-    /// rows ingest left plain deflated; the customer's events all stay.
+    /// Without retention rules the sweep still runs, stores the ledger blocks and identifier
+    /// rows ingest left plain deflated, and repacks rows; the customer's events all stay.
     @Test func theSweepDeflatesLedgerBlocksWithoutRetentionRules() throws {
         let node = try NodeProcess(environment: ["KITH_RETENTION_SWEEP_INTERVAL": "1"])
         // MessageIds out of order, as random ones arrive: rows land inside blocks, which stay plain.
@@ -492,7 +492,7 @@ struct KithProcessTests {
         #expect(try node.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
         let deflated = { () throws -> Bool in
             let metrics = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
-            return ["kith_ledger_blocks_deflated_total", "kith_identifier_rows_deflated_total"].allSatisfy {
+            return ["kith_ledger_blocks_deflated_total", "kith_identifier_rows_deflated_total", "kith_rows_repacked_total"].allSatisfy {
                 metrics.contains($0) && !metrics.contains("\($0) 0\n")
             }
         }
