@@ -74,6 +74,16 @@ public final class Node: Sendable {
         // (`ReplicaStore.durableLogSequence`).
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.allowsDeferredSync = true
+        if configuration.compactOnStart,
+            let compaction = try LMDBProfileStore.compactDataFile(path: configuration.dataDirectory, keyFile: configuration.keyFile)
+        {
+            log(
+                .info, "compacted the data file",
+                [
+                    ("bytesBefore", .number(JSONNumber(Int64(compaction.bytesBefore)))),
+                    ("bytesAfter", .number(JSONNumber(Int64(compaction.bytesAfter)))),
+                ])
+        }
         let store = try LMDBProfileStore(
             path: configuration.dataDirectory, configuration: storeConfiguration, keyFile: configuration.keyFile, lmdb: lmdb)
         self.store = store

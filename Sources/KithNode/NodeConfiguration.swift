@@ -202,6 +202,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// transactions (docs/storage.md, "The write-ahead log"); false: once each group's LMDB
     /// commit is durable, as before the log.
     public var writeAheadLog = true
+    /// Before opening the store, replace the data file with a compacting copy of it, giving the
+    /// file's free pages back to the file system (docs/storage.md, "Retention and file size");
+    /// env `KITH_COMPACT_ON_START`. The start takes as long as a backup of the store.
+    public var compactOnStart = false
     /// The size past which the write-ahead log starts a new segment (and drops the applied
     /// ones) at the next commit; env `KITH_WRITE_LOG_SEGMENT_BYTES` only (tests make it small).
     public var writeLogSegmentBytes = 32 << 20
@@ -266,6 +270,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
         case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
         case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds, site
+        case compactOnStart
     }
 
     public init(from decoder: Decoder) throws {
@@ -283,6 +288,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         logRequests = try container.decodeIfPresent(Bool.self, forKey: .logRequests) ?? false
         ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
         writeAheadLog = try container.decodeIfPresent(Bool.self, forKey: .writeAheadLog) ?? defaults.writeAheadLog
+        compactOnStart = try container.decodeIfPresent(Bool.self, forKey: .compactOnStart) ?? defaults.compactOnStart
         gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
         seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
         replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
@@ -355,6 +361,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_KEY_FILE"] { keyFile = value }
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         if let value = environment["KITH_WRITE_AHEAD_LOG"] { writeAheadLog = value == "1" || value == "true" }
+        if let value = environment["KITH_COMPACT_ON_START"] { compactOnStart = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
         if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
         /// The whole number `name` holds, if set; `unit` names what it counts in the error.
@@ -506,7 +513,7 @@ extension NodeConfiguration.CodingKeys {
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
         "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
-        "writeAheadLog", "forgetCompactionIntervalSeconds", "site",
+        "writeAheadLog", "forgetCompactionIntervalSeconds", "site", "compactOnStart",
     ]
 }
 

@@ -481,6 +481,29 @@ struct KithProcessTests {
         #expect(metrics.contains("kith_retention_events_dropped_total 1\n") && !metrics.contains("kith_retention_passes_total 0\n"), "\(metrics)")
     }
 
+    /// With `KITH_COMPACT_ON_START` a restarted node replaces its data file with a compacting
+    /// copy before it serves, says so, and serves what it held.
+    @Test func aNodeCompactsItsDataFileAtStart() throws {
+        let node = try NodeProcess(environment: ["KITH_COMPACT_ON_START": "1"])
+        #expect(!node.logs.contains("compacted the data file"), "nothing to compact in a new directory")
+        let calls = (0..<300).map { n in
+            #"{"type":"identify","userId":"c-\#(n)","messageId":"c-m-\#(n)","traits":{"email":"c\#(n)@example.com","plan":"plan-\#(n % 7)"}}"#
+        }
+        #expect(try node.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
+        let before = try #require(try node.profile("email:c42@example.com"))
+        #expect(before.status == 200)
+        node.stop()
+        try node.start()
+        let line = try #require(node.logs.split(separator: "\n").first { $0.contains("compacted the data file") })
+        let sizes = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        let (bytesBefore, bytesAfter) = (sizes?["bytesBefore"] as? Int ?? 0, sizes?["bytesAfter"] as? Int ?? 0)
+        #expect(bytesAfter > 0 && bytesAfter < bytesBefore, "\(line)")
+        let after = try #require(try node.profile("email:c42@example.com"))
+        #expect(after.status == 200 && after.body == before.body)
+        #expect(try node.ingest("/v1/identify", #"{"userId":"c-42","traits":{"plan":"gold"}}"#) == 200)
+        #expect(try node.profile("user_id:c-42")?.body.contains(#""plan":"gold""#) == true)
+    }
+
     /// Without retention rules the sweep still runs, stores the ledger blocks and identifier
     /// rows ingest left plain deflated, and repacks rows; the customer's events all stay.
     @Test func theSweepDeflatesLedgerBlocksWithoutRetentionRules() throws {

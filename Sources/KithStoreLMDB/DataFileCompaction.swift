@@ -1,0 +1,63 @@
+import Foundation
+import KithLMDB
+
+extension LMDBProfileStore {
+    /// The sizes of a data file before and after `compactDataFile`.
+    public struct Compaction: Sendable, Equatable {
+        public let bytesBefore: Int
+        public let bytesAfter: Int
+    }
+
+    /// Gives the data file's free pages back to the file system before the store opens: LMDB
+    /// never shrinks its file, which keeps the most pages ever in use (the change log's before
+    /// truncation, rows before retention dropped them). A compacting copy of every table
+    /// (`LMDBEnvironment.backup`: each table in key order, every page full, synced) is made in
+    /// `<path>/compacting` and renamed over `data.mdb`, the directory synced; LMDB's lock file
+    /// goes too (it describes the old file's readers). Rows are copied as they lie, sealed under
+    /// the same keys; the write-ahead log, the origin and the audit beside them are the same
+    /// store's, as after a clean stop.
+    ///
+    /// Holds the key file's lock throughout, so no other store has this data open. A stop before
+    /// the rename leaves the old file in place (the unfinished copy is removed at the next
+    /// call); after it, the copy is complete and synced. Returns nil when there is no store
+    /// (nothing to compact, or no key file: the open that follows reports that).
+    public static func compactDataFile(path: String, keyFile: String? = nil) throws -> Compaction? {
+        let files = FileManager.default
+        let file = path + "/data.mdb", scratch = path + "/compacting"
+        if files.fileExists(atPath: scratch) { try files.removeItem(atPath: scratch) }
+        guard files.fileExists(atPath: file) else { return nil }
+        let keys = try DataKeyStore(path: keyFile ?? path + ".keys")
+        guard !keys.createdNow else {
+            keys.discardIfCreatedNow()
+            return nil
+        }
+        let before = try Self.fileSize(file)
+        do {
+            let environment = try LMDBEnvironment(path: path)
+            defer { environment.close() }
+            _ = try environment.backup(to: scratch, databases: try LMDBTables(environment: environment).databases)
+        }
+        guard rename(scratch + "/data.mdb", file) == 0 else {
+            throw LMDBError(returnCode: errno, operation: "rename the compacted copy over \(file)")
+        }
+        try Self.syncDirectory(path)
+        try files.removeItem(atPath: scratch)
+        if files.fileExists(atPath: path + "/lock.mdb") { try files.removeItem(atPath: path + "/lock.mdb") }
+        withExtendedLifetime(keys) {}
+        return Compaction(bytesBefore: before, bytesAfter: try Self.fileSize(file))
+    }
+
+    private static func fileSize(_ file: String) throws -> Int {
+        var status = stat()
+        guard stat(file, &status) == 0 else { throw LMDBError(returnCode: errno, operation: "stat \(file)") }
+        return Int(status.st_size)
+    }
+
+    /// A rename is durable once its directory is synced.
+    private static func syncDirectory(_ path: String) throws {
+        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw LMDBError(returnCode: errno, operation: "open \(path)") }
+        defer { close(descriptor) }
+        guard fsync(descriptor) == 0 else { throw LMDBError(returnCode: errno, operation: "fsync \(path)") }
+    }
+}

@@ -1,0 +1,69 @@
+import Foundation
+import KithCRDT
+import KithProfile
+import Testing
+
+@testable import KithStore
+@testable import KithStoreLMDB
+
+/// A data file replaced by a compacting copy of itself before the store opens.
+@Suite("Compacting the data file")
+struct DataFileCompactionTests {
+    static func flattened(_ entries: [(table: Table, key: [UInt8], value: [UInt8])]) -> [[UInt8]] {
+        entries.map { [UInt8($0.table.rawValue)] + $0.key + [0xFF] + $0.value }
+    }
+
+    /// After most rows are deleted the file keeps its pages; compacted, it holds the same rows,
+    /// sealed bytes and all, in far fewer bytes, and the store takes writes as before. A copy
+    /// left by a stop before the swap is removed first.
+    @Test func aCompactedFileHoldsTheSameRowsInFewerBytes() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let (engineRows, storedRows): ([[UInt8]], [[UInt8]: [UInt8]])
+        do {
+            let store = try RepackTests.storeWithRandomRows(path)
+            try store.write { writer in
+                for batch in 0..<25 {
+                    for number in 0..<100 {
+                        try writer.delete(.documents, documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head))
+                    }
+                }
+            }
+            (engineRows, storedRows) = (Self.flattened(try rawEntries(store)), try RepackTests.storedRows(store))
+            #expect(storedRows.count == 500)
+        }
+        try FileManager.default.createDirectory(atPath: path + "/compacting", withIntermediateDirectories: true)
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: path + "/compacting/data.mdb"))
+        let compaction = try #require(try LMDBProfileStore.compactDataFile(path: path))
+        #expect(compaction.bytesAfter * 3 < compaction.bytesBefore, "\(compaction)")
+        #expect(!FileManager.default.fileExists(atPath: path + "/compacting"))
+        let store = try SealingTests.open(path)
+        #expect(Self.flattened(try rawEntries(store)) == engineRows)
+        #expect(try RepackTests.storedRows(store) == storedRows)
+        let owner = Identifier(kind: .userId, value: "user-29-7")!
+        try store.write { writer in try writer.put(.documents, documentKey(owner.key, .head), [4, 2], mode: .upsert) }
+        #expect(try store.read { try $0.get(.documents, documentKey(owner.key, .head)) } == [4, 2])
+    }
+
+    /// A store open elsewhere holds its key file's lock: compacting under it is refused, the
+    /// file untouched.
+    @Test func compactingAStoreThatIsOpenIsRefused() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try RepackTests.storeWithRandomRows(path)
+        let before = try RepackTests.storedRows(store)
+        #expect(throws: DataKeyError.self) { try LMDBProfileStore.compactDataFile(path: path) }
+        #expect(try RepackTests.storedRows(store) == before)
+    }
+
+    /// Nothing to compact: no store yet, or no key file for it (the open says so, and no key
+    /// file is left behind).
+    @Test func withoutAStoreThereIsNothingToCompact() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        #expect(try LMDBProfileStore.compactDataFile(path: path) == nil)
+        do { _ = try RepackTests.storeWithRandomRows(path) }
+        #expect(try LMDBProfileStore.compactDataFile(path: path, keyFile: path + ".other-keys") == nil)
+        #expect(!FileManager.default.fileExists(atPath: path + ".other-keys"))
+    }
+}
