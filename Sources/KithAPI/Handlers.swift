@@ -337,6 +337,10 @@ extension NodeAPI {
             "kith_applied_messages_total", "counter", "Messages committed (new, duplicate or forgotten).",
             writer.committedMessages)
         text += NodeMetrics.metric("kith_lmdb_size_bytes", "gauge", "Size of the LMDB data file.", store.fileBytes)
+        if let used = try? store.usedBytes() {  // tables that cannot be read are left out; the other metrics still answer
+            text += NodeMetrics.metric(
+                "kith_lmdb_used_bytes", "gauge", "Bytes of the pages the tables hold (the rest of the file is free pages).", used)
+        }
         text += NodeMetrics.metric("kith_write_log_bytes", "gauge", "Bytes in the write-ahead log's open segment.", writer.writeLogBytes)
         text += NodeMetrics.metric(
             "kith_write_log_syncs_total", "counter", "Syncs of the write-ahead log (each answers every write waiting).", writer.writeLogSyncs)

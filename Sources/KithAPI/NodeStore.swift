@@ -7,6 +7,8 @@ public protocol NodeStore: ProfileStore {
     /// Bytes of the data file, and of the map it may grow to.
     var fileBytes: Int { get }
     var mapBytes: Int { get }
+    /// Bytes of the pages the tables hold: what a compacting copy would keep of the file, at most.
+    func usedBytes() throws -> Int
     /// A compacted, consistent copy into `directory`, taken while the node serves; returns the
     /// copy's size in bytes.
     func backup(into directory: String) throws -> Int
@@ -22,5 +24,6 @@ struct NothingToBackUp: Error, CustomStringConvertible {
 extension MemoryProfileStore: NodeStore {
     public var fileBytes: Int { 0 }
     public var mapBytes: Int { 0 }
+    public func usedBytes() throws -> Int { 0 }
     public func backup(into directory: String) throws -> Int { throw NothingToBackUp() }
 }

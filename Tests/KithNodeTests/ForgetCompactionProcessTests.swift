@@ -63,9 +63,9 @@ struct ForgetCompactionProcessTests {
         Thread.sleep(forTimeInterval: 4)
         try clock.set("+3d")
         let compacted = try eventually(30) {
-            try [core, other].allSatisfy { node in try metric(node, "kith_forget_records_compacted_total") >= 1 }
+            try [core, other].allSatisfy { node in try (node.metric("kith_forget_records_compacted_total") ?? 0) >= 1 }
         }
-        let counts = try [core, other].map { try metric($0, "kith_forget_records_compacted_total") }
+        let counts = try [core, other].map { try $0.metric("kith_forget_records_compacted_total") ?? 0 }
         #expect(compacted, "forget records compacted: \(counts)")
         #expect(try [core, other].allSatisfy { try messageCount($0, "u-y") == 0 })
 
@@ -89,18 +89,9 @@ struct ForgetCompactionProcessTests {
             let read = try edge.profile("user_id:u-new")
             #expect(read?.status == 200 && read?.headers["kith-served-by"] == nil, "\(String(describing: read))")
         }
-        #expect(try [core, other].contains { try metric($0, "kith_quarantined_messages_refused_total") >= 1 })
+        #expect(try [core, other].contains { try ($0.metric("kith_quarantined_messages_refused_total") ?? 0) >= 1 })
         // Some time later still nothing erased has come back.
         Thread.sleep(forTimeInterval: 2)
         #expect(try nodes.allSatisfy { try messageCount($0, "u-y") == 0 })
     }
-}
-
-/// A counter or gauge from a node's `/metrics` (0 when absent).
-private func metric(_ node: NodeProcess, _ name: String) throws -> Int {
-    let text = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
-    for line in text.split(separator: "\n") where line.hasPrefix(name + " ") {
-        return Int(line.dropFirst(name.count + 1)) ?? 0
-    }
-    return 0
 }

@@ -132,6 +132,12 @@ final class NodeProcess {
         return client.readResponse()
     }
 
+    /// A counter or gauge from the node's `/metrics`; nil when it is not there.
+    func metric(_ name: String) throws -> Int? {
+        let text = try request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
+        return text.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Int($0.dropFirst(name.count + 1)) }
+    }
+
     func ingest(_ path: String, _ json: String, headers: [String] = ["Authorization: Basic d2s6"]) throws -> Int? {
         try request("POST", path, body: Array(json.utf8), headers: headers + ["Content-Type: application/json"])?.status
     }
@@ -500,6 +506,8 @@ struct KithProcessTests {
         #expect(bytesAfter > 0 && bytesAfter < bytesBefore, "\(line)")
         let after = try #require(try node.profile("email:c42@example.com"))
         #expect(after.status == 200 && after.body == before.body)
+        let (used, file) = (try #require(try node.metric("kith_lmdb_used_bytes")), try #require(try node.metric("kith_lmdb_size_bytes")))
+        #expect(used > 0 && used <= file && file == bytesAfter, "used \(used), file \(file), compacted to \(bytesAfter)")
         #expect(try node.ingest("/v1/identify", #"{"userId":"c-42","traits":{"plan":"gold"}}"#) == 200)
         #expect(try node.profile("user_id:c-42")?.body.contains(#""plan":"gold""#) == true)
     }
