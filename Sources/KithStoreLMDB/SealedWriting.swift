@@ -69,6 +69,8 @@ struct SealedWriting: StoreWriting, ReadingThrough {
         let tail = LedgerBlock.tailSuffix
         let identifierRow = try reading.identifierRow(pseudonym)
         let inline = identifierRow?.ledgerTail != nil
+        // An insert only where a tail is kept already changes nothing, wherever the new one would go.
+        if mode == .insertOnly, inline { return false }
         guard value.count <= IdentifierRow.inlineLedgerTailLimit else {
             if var identifierRow, inline {
                 identifierRow.set(IdentifierRow.ledgerPart, tail, nil)

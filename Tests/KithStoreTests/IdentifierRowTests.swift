@@ -353,6 +353,18 @@ struct IdentifierRowTests {
         }
         #expect(try Self.storedRows(store, of: pseudonym) == [rowKey])
         #expect(try rows() == expected(messageIds[..<3]))
+        // A block inserted only where none is: the row's tail stays, long or short the new one.
+        let plainTailKey = documentKey(owner.key, .ledger) + LedgerBlock.tailSuffix
+        let inserted = try store.write { writer in
+            let sealed = try #require(writer as? LedgerBlockWriting).base
+            return [
+                try sealed.put(.documents, plainTailKey, [UInt8](repeating: 7, count: 600), mode: .insertOnly),
+                try sealed.put(.documents, plainTailKey, [7], mode: .insertOnly),
+            ]
+        }
+        #expect(inserted == [false, false])
+        #expect(try Self.storedRows(store, of: pseudonym) == [rowKey])
+        #expect(try rows() == expected(messageIds[..<3]))
         try store.write { writer in
             for id in messageIds[3...] { try writer.put(.documents, ledger(id), value(id), mode: .upsert) }
         }
