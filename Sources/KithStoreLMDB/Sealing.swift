@@ -201,7 +201,7 @@ final class SealingSession {
         var writer = BinaryWriter(capacity: plaintext.count + AESGCM.overhead + 18)
         writer.write(varint: UInt64(id.slot))
         writer.write(bigEndian: id.tag)
-        if checked { writer.write(raw: Self.headerCheck(writer.bytes[...])) }
+        if checked { writer.write(raw: Self.bigEndian(Checksum.crc32(writer.bytes))) }
         writer.write(raw: try cipher.seal(plaintext, key: key, nonce: try nonces.next(), associatedData: associatedData))
         return writer.bytes
     }
@@ -219,10 +219,9 @@ final class SealingSession {
 
     static let headerCheckSize = 4
 
-    /// CRC-32 of a key header, big-endian.
-    private static func headerCheck(_ header: ArraySlice<UInt8>) -> [UInt8] {
-        let crc = Checksum.crc32(header)
-        return (0..<headerCheckSize).map { UInt8(truncatingIfNeeded: crc >> (24 - 8 * UInt32($0))) }
+    /// A header check as stored: the CRC-32, big-endian.
+    private static func bigEndian(_ check: UInt32) -> [UInt8] {
+        (0..<headerCheckSize).map { UInt8(truncatingIfNeeded: check >> (24 - 8 * UInt32($0))) }
     }
 
     /// Which key sealed an identifier row, its header checked; the offset is the box's.
@@ -233,8 +232,9 @@ final class SealingSession {
     static func identifierRowKeyID(_ sealed: UnsafeRawBufferPointer) throws -> (id: DataKeyID, offset: Int) {
         let (id, header) = try keyID(sealed)
         guard sealed.count >= header + headerCheckSize else { throw BinaryDecodingError(.truncated, offset: header, "key header check") }
-        let check = headerCheck(Array(sealed[..<header])[...])
-        guard check.indices.allSatisfy({ sealed[header + $0] == check[$0] }) else {
+        // Read where the row lies: a point read checks every identifier row it opens.
+        let stored = (0..<headerCheckSize).reduce(UInt32(0)) { $0 << 8 | UInt32(sealed[header + $1]) }
+        guard stored == Checksum.crc32(UnsafeRawBufferPointer(rebasing: sealed[..<header])) else {
             throw BinaryDecodingError(.invalidValue, offset: header, "an identifier row's key header does not match its check")
         }
         return (id, header + headerCheckSize)
@@ -262,7 +262,7 @@ final class SealingSession {
         let header = try keyID(sealed).offset
         var writer = BinaryWriter(capacity: sealed.count + headerCheckSize)
         writer.write(raw: Array(sealed[..<header]))
-        writer.write(raw: headerCheck(sealed[..<header]))
+        writer.write(raw: bigEndian(Checksum.crc32(sealed[..<header])))
         writer.write(raw: Array(sealed[header...]))
         return writer.bytes
     }
