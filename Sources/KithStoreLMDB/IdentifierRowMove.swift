@@ -20,19 +20,10 @@ extension LMDBProfileStore {
             let next: [UInt8]? = try environment.write { txn in
                 let plain = LMDBWriting(transaction: txn, tables: tables)
                 let session = SealingSession(sealing, writing: true)
-                var owners: [(pseudonym: [UInt8], sealed: [UInt8])] = []
-                var next: [UInt8]?
-                try plain.scan(.documents, from: start) { key, value in
-                    guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart else { return .next }
-                    guard owners.count < ownersPerTransaction else {
-                        next = key
-                        return .stop
-                    }
-                    owners.append((Array(key.prefix(Sealing.pseudonymSize)), value))
-                    return .next
-                }
+                let (owners, next) = try identifierRows(in: plain, from: start, atMost: ownersPerTransaction)
                 for owner in owners {
-                    moved += try moveOwner(owner.pseudonym, sealed: owner.sealed, in: plain, session: session, sealing: sealing) ? 1 : 0
+                    let pseudonym = Array(owner.key.prefix(Sealing.pseudonymSize))
+                    moved += try moveOwner(pseudonym, sealed: owner.sealed, in: plain, session: session, sealing: sealing) ? 1 : 0
                 }
                 if next == nil { _ = try plain.put(.meta, sealedLayoutMetaKey, [identifierRowsLayout], mode: .upsert) }
                 return next
@@ -57,17 +48,7 @@ extension LMDBProfileStore {
             let more = try environment.write { txn -> Bool in
                 let plain = LMDBWriting(transaction: txn, tables: tables)
                 guard let start = try plain.get(.meta, identifierRowChecksFromMetaKey) else { return false }
-                var rows: [(key: [UInt8], sealed: [UInt8])] = []
-                var next: [UInt8]?
-                try plain.scan(.documents, from: start) { key, value in
-                    guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart else { return .next }
-                    guard rows.count < rowsPerTransaction else {
-                        next = key
-                        return .stop
-                    }
-                    rows.append((key, value))
-                    return .next
-                }
+                let (rows, next) = try identifierRows(in: plain, from: start, atMost: rowsPerTransaction)
                 for row in rows {
                     let withCheck = try decode(row.sealed, table: .documents) { try SealingSession.addingHeaderCheck($0) }
                     try plain.put(.documents, row.key, withCheck, mode: .upsert)
@@ -83,6 +64,25 @@ extension LMDBProfileStore {
             guard more else { break }
         }
         return checked
+    }
+
+    /// The stored identifier rows (`pseudonym ‖ 0`) from `start`, at most `limit` of them, and
+    /// the key of the next one (nil: none is left): one transaction's share of a pass over them.
+    private static func identifierRows(in plain: LMDBWriting, from start: [UInt8], atMost limit: Int) throws -> (
+        rows: [(key: [UInt8], sealed: [UInt8])], next: [UInt8]?
+    ) {
+        var rows: [(key: [UInt8], sealed: [UInt8])] = []
+        var next: [UInt8]?
+        try plain.scan(.documents, from: start) { key, value in
+            guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart else { return .next }
+            guard rows.count < limit else {
+                next = key
+                return .stop
+            }
+            rows.append((key, value))
+            return .next
+        }
+        return (rows, next)
     }
 
     /// Moves one owner; false when there was nothing to move (moved before, or erased: a row

@@ -231,24 +231,10 @@ struct IdentifierRowTests {
     /// that read records out of a row skipped what sorted before the start in other owners too.
     @Test func aScanFromAfterAnyRecordSeesEveryRecordAfterIt() throws {
         try Self.withFixtureStore { store in
-            let all = try store.read { reader in
-                var keys: [[UInt8]] = []
-                try reader.scan(.documents, from: []) { key, _ in
-                    keys.append(key)
-                    return .next
-                }
-                return keys
-            }
+            let all = try Self.engineKeys(store)
             #expect(all.count > 30)
             for (position, key) in all.enumerated() {
-                let after = try store.read { reader in
-                    var keys: [[UInt8]] = []
-                    try reader.scan(.documents, from: key + [0]) { key, _ in
-                        keys.append(key)
-                        return .next
-                    }
-                    return keys
-                }
+                let after = try Self.engineKeys(store, from: key + [0])
                 let expected = Array(all[(position + 1)...])
                 let differsAt = zip(after, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(after.count, expected.count)
                 #expect(
@@ -395,14 +381,7 @@ struct IdentifierRowTests {
         // Another owner's tail, before and after this one in the table, is given after its own blocks.
         let other = Identifier(kind: .userId, value: "other-buyer")!
         try store.write { writer in try writer.put(.documents, documentKey(other.key, .ledger, Array("x-1".utf8)), [9], mode: .upsert) }
-        let all = try store.read { reader in
-            var keys: [[UInt8]] = []
-            try reader.scan(.documents, from: []) { key, _ in
-                keys.append(key)
-                return .next
-            }
-            return keys
-        }
+        let all = try Self.engineKeys(store)
         for owner in [owner, other] {
             let ownerKeys = all.filter { $0.starts(with: documentPrefix(owner.key)) }
             #expect(ownerKeys == ownerKeys.sorted { $0.lexicographicallyPrecedes($1) }, "an owner's rows in key order")
@@ -516,6 +495,18 @@ struct IdentifierRowTests {
             var keys: [[UInt8]] = []
             try LMDBReading(reader: txn, tables: store.tables).scan(.documents, from: pseudonym) { key, _ in
                 guard key.starts(with: pseudonym) else { return .stop }
+                keys.append(key)
+                return .next
+            }
+            return keys
+        }
+    }
+
+    /// The keys of `documents` as the engine reads them, from `start` to the end.
+    static func engineKeys(_ store: LMDBProfileStore, from start: [UInt8] = []) throws -> [[UInt8]] {
+        try store.read { reader in
+            var keys: [[UInt8]] = []
+            try reader.scan(.documents, from: start) { key, _ in
                 keys.append(key)
                 return .next
             }
