@@ -75,7 +75,7 @@ let package = Package(
         .testTarget(name: "KithCRDTTests", dependencies: ["KithCRDT", "KithTestSupport"]),
         .testTarget(name: "KithJSONTests", dependencies: ["KithJSON", "KithTestSupport"]),
         .testTarget(name: "KithProfileTests", dependencies: ["KithProfile", "KithTestSupport"]),
-        .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithTestSupport"]),
+        .testTarget(name: "KithLMDBTests", dependencies: ["KithLMDB", "KithCRDT", "KithTestSupport"]),
         .testTarget(
             name: "KithStoreTests", dependencies: ["KithStore", "KithStoreLMDB", "KithLMDB", "KithPolicy", "KithCompression", "KithTestSupport"],
             exclude: ["Fixtures"]),

@@ -11,7 +11,8 @@ import KithStoreLMDB
 /// Every 30 simulated days it prints the store's pages and the JSON bytes of the messages the
 /// rules still keep; at the end it builds a second store from only the kept messages and
 /// compares compacted copies of both: what a year of writes, sweeps and freed pages leaves
-/// beyond what the rules keep.
+/// beyond what the rules keep. After a sweep the store compacts its file when a node would
+/// (`FileCompactionRule`, a quarter of the file free), so the file is what a running node keeps.
 struct YearBenchmark {
     let workload: String
     let scratch: String
@@ -22,6 +23,11 @@ struct YearBenchmark {
     /// timestamp (an event time is never after the time a node received the message).
     static let receivedAt: Int64 = 1_800_000_000_000
     static let day: Int64 = 86_400_000
+
+    /// A node's rule, compacting once the file has grown a fifth past the last compaction (a
+    /// node's default is half), its least bytes scaled down with the store (5,000 customers at a
+    /// time, tens of megabytes; a node's default is 64 MiB).
+    static let compactionRule = FileCompactionRule(freeFraction: 0.25, growthFraction: 0.2, minimumFreeBytes: 1 << 20)
 
     static var rules: RetentionRules {
         var rules = RetentionRules()
@@ -62,6 +68,21 @@ struct YearBenchmark {
         var firstTime: Int64?
         var nextSweep = Int64.min, nextReport = Int64.min
         var swept = RetentionStep()
+        var compactions = 0
+        var compactedBytes: Int? = nil
+        /// The JSON bytes of the messages the store holds: those the rules kept at the last
+        /// sweep, and those taken since (expired ones stay until a sweep drops them).
+        var heldJSON = 0
+        var peakDay = 0
+        func compactIfDue() throws {
+            guard Self.compactionRule.isDue(fileBytes: store.environment.fileSize(), usedBytes: try store.usedBytes(), compactedBytes: compactedBytes)
+            else { return }
+            try compactWhileOpen(store)
+            compactedBytes = store.environment.fileSize()
+            compactions += 1
+        }
+        var peak = 0.0
+        var nextCheck = Int64.min
         let batches = ParsedBatches(bytes: bytes, lines: lines, batchSize: batchSize, receivedAt: Self.receivedAt)
         batches.startParsing()
         defer { batches.stop() }
@@ -75,16 +96,29 @@ struct YearBenchmark {
                     lineIds.append(delta.messageId)
                     newest = max(newest, delta.times.eventTime)
                     guard seen.insert(delta.messageId).inserted else { continue }
+                    heldJSON += lines[line].count
                     held.append(
                         Held(messageId: delta.messageId, eventName: delta.event?.name, eventTime: delta.times.eventTime, jsonBytes: lines[line].count)
                     )
                 }
                 let start = firstTime ?? newest
                 firstTime = start
-                if nextSweep == .min { (nextSweep, nextReport) = (start + 7 * Self.day, start + 30 * Self.day) }
+                if nextSweep == .min { (nextSweep, nextReport, nextCheck) = (start + 7 * Self.day, start + 30 * Self.day, start + Self.day) }
+                // The file as a day of ingest left it, before the day's sweep and compaction.
+                let sampled = newest >= nextCheck
+                if sampled, newest - start >= 30 * Self.day {
+                    let ratio = Double(store.environment.fileSize()) / Double(heldJSON)
+                    if ratio > peak { (peak, peakDay) = (ratio, Int((newest - start) / Self.day)) }
+                }
                 if newest >= nextSweep {
                     swept.add(try sweep(store, under: rules, now: newest))
+                    heldJSON = held.reduce(0) { $0 + ($1.isKept(under: rules, now: newest) ? $1.jsonBytes : 0) }
                     nextSweep += 7 * Self.day
+                }
+                // A node checks after every retention pass (hourly by default); here once a day.
+                if sampled {
+                    try compactIfDue()
+                    nextCheck += Self.day
                 }
                 if newest >= nextReport {
                     try reportDay(Int((newest - start) / Self.day), store, held: held, now: newest)
@@ -93,8 +127,14 @@ struct YearBenchmark {
             }
         }
         swept.add(try sweep(store, under: rules, now: newest))
+        try compactIfDue()
         try reportDay(Int((newest - (firstTime ?? newest)) / Self.day), store, held: held, now: newest)
         report("year.apply_events_per_s", Double(lines.count) / applyTime)
+        print("year.compactions: \(compactions)")
+        // The largest file at a daily check after the first month, as the day's ingest left it
+        // (before that day's sweep and compaction), against the JSON of the messages it held.
+        report("year.peak_file_vs_held_json", peak, decimals: 2)
+        print("year.peak_day: \(peakDay)")
         print("year.events_dropped: \(swept.eventsDropped)")
         print("year.traits_dropped: \(swept.traitsDropped)")
 
@@ -125,6 +165,7 @@ struct YearBenchmark {
         print("year.kept_json_bytes: \(keptJSON)")
         report("year.size_vs_kept_store", Double(compacted) / Double(keptCompacted), decimals: 2)
         report("year.file_vs_kept_store", Double(store.environment.fileSize()) / Double(keptCompacted), decimals: 2)
+        report("year.file_vs_kept_json", Double(store.environment.fileSize()) / Double(keptJSON), decimals: 2)
         report("year.size_vs_kept_json", Double(compacted) / Double(keptJSON), decimals: 2)
         print("year.profiles: \(try store.statistics().profiles)")
         print("year.identifiers: \(try store.statistics().identifiers)")
@@ -164,4 +205,16 @@ struct YearBenchmark {
     private func fileBytes(_ path: String) throws -> Int {
         (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
     }
+}
+
+/// Compacts `store`'s data file while it is open, as a node does (`FileCompactor`): start, copy,
+/// swap, all on this thread (the one writer here). Returns the seconds the copy and the swap took.
+@discardableResult
+func compactWhileOpen(_ store: LMDBProfileStore) throws -> (copy: Double, swap: Double) {
+    guard let compaction = try store.startCompaction(waitingUpTo: 1) else { Options.fail("no moment to start a compaction") }
+    let copy = try seconds { try compaction.copy() }
+    var outcome = LMDBCompaction.Outcome.readersBusy
+    let swap = try seconds { outcome = try store.swap(compaction, waitingUpTo: 1) }
+    guard case .swapped = outcome else { Options.fail("the compaction did not swap: \(outcome)") }
+    return (copy, swap)
 }

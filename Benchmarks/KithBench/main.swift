@@ -354,6 +354,13 @@ try bytes.withUnsafeBufferPointer { buffer in
     let sweptBackupBytes = try store.backup(to: backupDirectory)
     report("store.size_vs_json_backup_swept", Double(sweptBackupBytes) / Double(jsonBytes), decimals: 2)
     try? FileManager.default.removeItem(atPath: backupDirectory)  // scratch space only
+    // The same copy swapped in for the open store's file, as a node does after a sweep when the
+    // file is mostly free pages (`FileCompactionRule`): the data file itself, after truncation.
+    print("store.compaction_due: \(FileCompactionRule().isDue(fileBytes: store.environment.fileSize(), usedBytes: try store.usedBytes()))")
+    let compactionTime = try compactWhileOpen(store)
+    report("store.compaction_copy_seconds", compactionTime.copy, decimals: 2)
+    report("store.compaction_swap_ms", compactionTime.swap * 1_000, decimals: 1)
+    report("store.size_vs_json_compacted", Double(store.environment.fileSize()) / Double(jsonBytes), decimals: 2)
     try reportRowSizes(store, prefix: "store", messages: lines.count, jsonBytes: jsonBytes)
 
     // Forget compaction and a quarantined node's clearing, step by step (this changes the store).

@@ -363,6 +363,12 @@ extension NodeAPI {
             retention.rowsDeflated)
         text += NodeMetrics.metric(
             "kith_rows_repacked_total", "counter", "Rows the sweeps wrote again in their stored order, to fill their pages.", retention.rowsRepacked)
+        text += NodeMetrics.metric(
+            "kith_data_file_compactions_total", "counter", "Compacting copies of the data file swapped in while serving.", retention.compactions)
+        text += NodeMetrics.metric(
+            "kith_data_file_compactions_given_up_total", "counter",
+            "Compactions of the data file that gave up (readers busy, too many writes during the copy, or a failure).",
+            retention.compactionsGivenUp)
         if let log = try? store.logExtent() {  // a log that cannot be read is left out; the other metrics still answer
             text += NodeMetrics.metric(
                 "kith_change_log_span", "gauge", "Local sequences the change log holds (an upper bound on its entries).", Int(clamping: log.span))

@@ -166,7 +166,8 @@ public protocol APIHost: Sendable {
     var retention: RetentionTotals { get }
 }
 
-/// Sweeps finished, the events and traits they dropped, and the ledger blocks they deflated.
+/// Sweeps finished, the events and traits they dropped, the rows they deflated and repacked,
+/// and the compactions of the data file that followed them.
 public struct RetentionTotals: Sendable, Equatable {
     public var passes = 0
     public var eventsDropped = 0
@@ -179,10 +180,13 @@ public struct RetentionTotals: Sendable, Equatable {
     public var rowsDeflated = 0
     /// Rows the sweeps wrote again in their stored order, to fill their pages.
     public var rowsRepacked = 0
+    /// Compactions of the data file swapped in while serving, and those that gave up.
+    public var compactions = 0
+    public var compactionsGivenUp = 0
 
     public init(
         passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0, rowsDeflated: Int = 0,
-        rowsRepacked: Int = 0
+        rowsRepacked: Int = 0, compactions: Int = 0, compactionsGivenUp: Int = 0
     ) {
         self.passes = passes
         self.eventsDropped = eventsDropped
@@ -191,6 +195,8 @@ public struct RetentionTotals: Sendable, Equatable {
         self.blocksDeflated = blocksDeflated
         self.rowsDeflated = rowsDeflated
         self.rowsRepacked = rowsRepacked
+        self.compactions = compactions
+        self.compactionsGivenUp = compactionsGivenUp
     }
 }
 

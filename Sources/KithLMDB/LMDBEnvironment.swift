@@ -23,6 +23,8 @@ public struct LMDBDatabase: Sendable, Hashable {
 ///   and the write closure run again. Write closures must therefore only touch the transaction.
 /// - Stale reader slots left by crashed processes are cleared at open.
 /// - Never open the same path twice in one process (LMDB's locks are per process).
+/// - A compacting swap (`startCompaction`) replaces the file under the open environment; like a
+///   map resize it holds the exclusive lock while it does, so every use of `env` holds the lock.
 public final class LMDBEnvironment: @unchecked Sendable {
     public struct Configuration: Sendable {
         /// The initial map size; it doubles on demand up to `maximumMapSize`.
@@ -45,38 +47,33 @@ public final class LMDBEnvironment: @unchecked Sendable {
     }
 
     public let path: String
-    private let env: OpaquePointer
-    private let configuration: Configuration
-    /// Held shared by every transaction, exclusively by a map resize.
-    private let resizeLock: UnsafeMutablePointer<pthread_rwlock_t>
-    private var closed = false
+    /// LMDB's environment: replaced only by a compacting swap, under the exclusive lock.
+    var env: OpaquePointer
+    let configuration: Configuration
+    /// Held shared by every transaction and every other use of `env`, exclusively by a map
+    /// resize and a compacting swap.
+    let resizeLock: UnsafeMutablePointer<pthread_rwlock_t>
+    var closed = false
     /// How many stale reader slots were cleared when the environment was opened.
     public let staleReadersCleared: Int
+    /// Whether LMDB leaves the metadata sync out of commits (MDB_NOMETASYNC, from `allowsDeferredSync`).
+    public let defersMetaSync: Bool
+    /// The tables opened so far, in the order they were opened: a swap opens them again in that
+    /// order, so that each handle stays what it was.
+    var openedDatabases: [LMDBDatabase] = []
+    /// Added to LMDB's transaction ids, so that `Info.lastTransaction` keeps growing across a
+    /// compacting swap (the copy numbers its transactions afresh).
+    var transactionOffset = 0
+    /// The writes committed since a compaction started, while one runs (`startCompaction`).
+    let journal = Mutex<CompactionJournal?>(nil)
 
     /// Opens (creating if needed) the environment in directory `path`.
     public init(path: String, configuration: Configuration = Configuration()) throws {
         self.path = path
         self.configuration = configuration
         if mkdir(path, 0o700) != 0 && errno != EEXIST { throw LMDBError(returnCode: errno, operation: "mkdir \(path)") }
-        var env: OpaquePointer?
-        try LMDBError.check(mdb_env_create(&env), "mdb_env_create")
-        guard let env else { throw LMDBError(returnCode: ENOMEM, operation: "mdb_env_create") }
-        do {
-            try LMDBError.check(mdb_env_set_mapsize(env, configuration.mapSize), "mdb_env_set_mapsize")
-            try LMDBError.check(mdb_env_set_maxdbs(env, configuration.maximumDatabases), "mdb_env_set_maxdbs")
-            try LMDBError.check(mdb_env_set_maxreaders(env, configuration.maximumReaders), "mdb_env_set_maxreaders")
-            var flags = UInt32(MDB_NOTLS)
-            if !configuration.durable { flags |= UInt32(MDB_NOSYNC) }
-            if configuration.durable && configuration.allowsDeferredSync { flags |= UInt32(MDB_NOMETASYNC) }
-            try LMDBError.check(mdb_env_open(env, path, flags, 0o600), "mdb_env_open \(path)")
-            var dead: Int32 = 0
-            try LMDBError.check(mdb_reader_check(env, &dead), "mdb_reader_check")
-            staleReadersCleared = Int(dead)
-        } catch {
-            mdb_env_close(env)
-            throw error
-        }
-        self.env = env
+        (env, staleReadersCleared) = try Self.open(path: path, configuration: configuration, mapSize: configuration.mapSize)
+        defersMetaSync = configuration.durable && configuration.allowsDeferredSync
         resizeLock = .allocate(capacity: 1)
         var attributes = pthread_rwlockattr_t()
         pthread_rwlockattr_init(&attributes)
@@ -88,6 +85,28 @@ public final class LMDBEnvironment: @unchecked Sendable {
         try adoptMapSize()
     }
 
+    /// An environment of LMDB opened in directory `path`, and how many stale reader slots it cleared.
+    static func open(path: String, configuration: Configuration, mapSize: Int) throws -> (OpaquePointer, staleReaders: Int) {
+        var env: OpaquePointer?
+        try LMDBError.check(mdb_env_create(&env), "mdb_env_create")
+        guard let env else { throw LMDBError(returnCode: ENOMEM, operation: "mdb_env_create") }
+        do {
+            try LMDBError.check(mdb_env_set_mapsize(env, mapSize), "mdb_env_set_mapsize")
+            try LMDBError.check(mdb_env_set_maxdbs(env, configuration.maximumDatabases), "mdb_env_set_maxdbs")
+            try LMDBError.check(mdb_env_set_maxreaders(env, configuration.maximumReaders), "mdb_env_set_maxreaders")
+            var flags = UInt32(MDB_NOTLS)
+            if !configuration.durable { flags |= UInt32(MDB_NOSYNC) }
+            if configuration.durable && configuration.allowsDeferredSync { flags |= UInt32(MDB_NOMETASYNC) }
+            try LMDBError.check(mdb_env_open(env, path, flags, 0o600), "mdb_env_open \(path)")
+            var dead: Int32 = 0
+            try LMDBError.check(mdb_reader_check(env, &dead), "mdb_reader_check")
+            return (env, Int(dead))
+        } catch {
+            mdb_env_close(env)
+            throw error
+        }
+    }
+
     deinit {
         close()
         pthread_rwlock_destroy(resizeLock)
@@ -96,6 +115,8 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Closes the environment. Every transaction must have ended.
     public func close() {
+        pthread_rwlock_wrlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
         guard !closed else { return }
         closed = true
         dropSpareReaders()
@@ -104,12 +125,15 @@ public final class LMDBEnvironment: @unchecked Sendable {
 
     /// Opens (creating if asked) a named database.
     public func database(named name: String, create: Bool = true) throws -> LMDBDatabase {
-        try write { transaction in
+        precondition(journal.withLock { $0 == nil }, "table \(name) opened while a compaction of \(path) runs")
+        let database = try write { transaction in
             var handle: MDB_dbi = 0
             try LMDBError.check(
                 mdb_dbi_open(transaction.txn, name, create ? UInt32(MDB_CREATE) : 0, &handle), "mdb_dbi_open \(name)")
             return LMDBDatabase(handle: handle, name: name)
         }
+        if !openedDatabases.contains(database) { openedDatabases.append(database) }
+        return database
     }
 
     // MARK: - Transactions
@@ -153,7 +177,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
     }
 
     /// Frees the spare read transactions (before the map is resized or the environment closed).
-    private func dropSpareReaders() {
+    func dropSpareReaders() {
         for address in spareReaders.withLock({ spares in
             defer { spares.removeAll() }; return spares
         }) {
@@ -187,15 +211,19 @@ public final class LMDBEnvironment: @unchecked Sendable {
         let txn = try begin(flags: 0)
         let lifetime = TransactionLifetime()
         defer { lifetime.isOpen = false }
+        // A compaction starts only while no transaction is open, so a transaction that begins
+        // without a journal commits before the compaction's copy takes its snapshot.
+        let writes = journal.withLock { $0 == nil } ? nil : JournalledWrites()
         let result: T
         do {
-            result = try body(LMDBWriteTransaction(handle: txn, lifetime: lifetime))
+            result = try body(LMDBWriteTransaction(handle: txn, lifetime: lifetime, journal: writes))
         } catch {
             mdb_txn_abort(txn)
             throw error
         }
         // mdb_txn_commit frees the transaction whether or not it succeeds.
         try LMDBError.check(mdb_txn_commit(txn), "mdb_txn_commit")
+        if let writes { journal.withLock { $0?.add(writes) } }
         return result
     }
 
@@ -226,7 +254,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
         pthread_rwlock_wrlock(resizeLock)
         defer { pthread_rwlock_unlock(resizeLock) }
         dropSpareReaders()
-        let current = info().mapSize
+        let current = infoHoldingLock().mapSize
         guard current < configuration.maximumMapSize else {
             throw LMDBError(returnCode: MDB_MAP_FULL, operation: "grow map beyond \(configuration.maximumMapSize) bytes")
         }
@@ -242,11 +270,18 @@ public final class LMDBEnvironment: @unchecked Sendable {
         public var usedBytes: Int
         public var pageSize: Int
         /// The id of the last committed write transaction: it moves with every commit that
-        /// changed anything.
+        /// changed anything, and with a compacting swap (never back).
         public var lastTransaction: Int = 0
     }
 
     public func info() -> Info {
+        pthread_rwlock_rdlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
+        return infoHoldingLock()
+    }
+
+    /// `info()` for a caller that holds the lock, shared or exclusive.
+    func infoHoldingLock() -> Info {
         var envInfo = MDB_envinfo()
         var stat = MDB_stat()
         mdb_env_info(env, &envInfo)
@@ -254,7 +289,7 @@ public final class LMDBEnvironment: @unchecked Sendable {
         let pageSize = Int(stat.ms_psize)
         return Info(
             mapSize: envInfo.me_mapsize, usedBytes: (envInfo.me_last_pgno + 1) * pageSize, pageSize: pageSize,
-            lastTransaction: envInfo.me_last_txnid)
+            lastTransaction: envInfo.me_last_txnid + transactionOffset)
     }
 
     /// The size of `data.mdb` on disk.
@@ -263,16 +298,11 @@ public final class LMDBEnvironment: @unchecked Sendable {
         return stat("\(path)/data.mdb", &status) == 0 ? Int(status.st_size) : 0
     }
 
-    /// Whether LMDB leaves the metadata sync out of commits (MDB_NOMETASYNC, from `allowsDeferredSync`).
-    public var defersMetaSync: Bool {
-        var flags: UInt32 = 0
-        mdb_env_get_flags(env, &flags)
-        return flags & UInt32(MDB_NOMETASYNC) != 0
-    }
-
     /// Flushes every commit so far to disk: those whose sync was deferred, or all of them in
     /// an environment opened non-durable.
     public func sync() throws {
+        pthread_rwlock_rdlock(resizeLock)
+        defer { pthread_rwlock_unlock(resizeLock) }
         try LMDBError.check(mdb_env_sync(env, 1), "mdb_env_sync")
     }
 }

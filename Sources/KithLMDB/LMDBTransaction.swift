@@ -121,6 +121,8 @@ public struct LMDBReadTransaction {
 public struct LMDBWriteTransaction {
     let handle: OpaquePointer
     let lifetime: TransactionLifetime
+    /// Where this transaction's writes are noted while a compaction runs (nil otherwise).
+    let journal: JournalledWrites?
 
     var txn: OpaquePointer { reader.txn }
 
@@ -167,6 +169,7 @@ public struct LMDBWriteTransaction {
                 let rc = mdb_put(txn, database.handle, &k, &v, flags)
                 if rc == MDB_KEYEXIST && mode == .insertOnly { return false }
                 try LMDBError.check(rc, "mdb_put \(database.name)")
+                journal?.writes.append(.put(database, key, value))
                 return true
             }
         }
@@ -180,12 +183,14 @@ public struct LMDBWriteTransaction {
             let rc = mdb_del(txn, database.handle, &k, nil)
             if rc == MDB_NOTFOUND { return false }
             try LMDBError.check(rc, "mdb_del \(database.name)")
+            journal?.writes.append(.delete(database, key))
             return true
         }
     }
 
     /// Deletes `database` and everything in it from the environment; its handle must not be used again.
     public func drop(_ database: LMDBDatabase) throws {
+        precondition(journal == nil, "table \(database.name) dropped while a compaction runs")
         try LMDBError.check(mdb_drop(txn, database.handle, 1), "mdb_drop \(database.name)")
     }
 

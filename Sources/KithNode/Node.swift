@@ -152,8 +152,11 @@ public final class Node: Sendable {
         } else {
             replication = nil
         }
+        let compactor = configuration.compactionRule.map { rule in
+            FileCompactor(store: store, rule: rule, perform: { committer.perform($0) }, log: log)
+        }
         sweeper = RetentionSweeper(
-            rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), log: log
+            rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), compactor: compactor, log: log
         ) { committer.perform($0) }
         audit = try ReadAudit(path: configuration.dataDirectory + "/audit", retentionDays: configuration.auditRetentionDays, log: log)
         let (host, port) = try configuration.httpAddress()

@@ -2,6 +2,7 @@ import Foundation
 import KithCluster
 import KithCrypto
 import KithProfile
+import KithStore
 
 /// A node's settings: from a JSON file (`--config`), overridden by `KITH_*` environment
 /// variables, overridden by command-line flags.
@@ -206,6 +207,23 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// file's free pages back to the file system (docs/storage.md, "Retention and file size");
     /// env `KITH_COMPACT_ON_START`. The start takes as long as a backup of the store.
     public var compactOnStart = false
+    /// Give the data file's free pages back while serving: after a retention pass, when the
+    /// free pages are at least `compactionFreeFraction` of the file and `compactionMinimumFreeBytes`
+    /// (`FileCompactionRule`), a compacting copy is made while the node goes on and swapped in
+    /// (docs/storage.md, "Retention and file size"); env `KITH_COMPACT_WHILE_SERVING`.
+    public var compactWhileServing = true
+    public var compactionFreeFraction = 0.25
+    /// Due too once the file has grown by this share past what the last compaction made it.
+    public var compactionGrowthFraction = 0.5
+    /// env `KITH_COMPACTION_MINIMUM_FREE_BYTES`.
+    public var compactionMinimumFreeBytes = 64 << 20
+
+    /// When the node compacts its data file while serving; nil when it does not.
+    var compactionRule: FileCompactionRule? {
+        compactWhileServing
+            ? FileCompactionRule(
+                freeFraction: compactionFreeFraction, growthFraction: compactionGrowthFraction, minimumFreeBytes: compactionMinimumFreeBytes) : nil
+    }
     /// The size past which the write-ahead log starts a new segment (and drops the applied
     /// ones) at the next commit; env `KITH_WRITE_LOG_SEGMENT_BYTES` only (tests make it small).
     public var writeLogSegmentBytes = 32 << 20
@@ -270,7 +288,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
         case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
         case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds, site
-        case compactOnStart
+        case compactOnStart, compactWhileServing, compactionFreeFraction, compactionGrowthFraction, compactionMinimumFreeBytes
     }
 
     public init(from decoder: Decoder) throws {
@@ -289,6 +307,12 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         ingestQueueLimit = try container.decodeIfPresent(Int.self, forKey: .ingestQueueLimit) ?? defaults.ingestQueueLimit
         writeAheadLog = try container.decodeIfPresent(Bool.self, forKey: .writeAheadLog) ?? defaults.writeAheadLog
         compactOnStart = try container.decodeIfPresent(Bool.self, forKey: .compactOnStart) ?? defaults.compactOnStart
+        compactWhileServing = try container.decodeIfPresent(Bool.self, forKey: .compactWhileServing) ?? defaults.compactWhileServing
+        compactionFreeFraction = try container.decodeIfPresent(Double.self, forKey: .compactionFreeFraction) ?? defaults.compactionFreeFraction
+        compactionGrowthFraction =
+            try container.decodeIfPresent(Double.self, forKey: .compactionGrowthFraction) ?? defaults.compactionGrowthFraction
+        compactionMinimumFreeBytes =
+            try container.decodeIfPresent(Int.self, forKey: .compactionMinimumFreeBytes) ?? defaults.compactionMinimumFreeBytes
         gossip = try container.decodeIfPresent(String.self, forKey: .gossip)
         seeds = try container.decodeIfPresent([String].self, forKey: .seeds) ?? []
         replicas = try container.decodeIfPresent(Int.self, forKey: .replicas)
@@ -362,6 +386,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_LOG_REQUESTS"] { logRequests = value == "1" || value == "true" }
         if let value = environment["KITH_WRITE_AHEAD_LOG"] { writeAheadLog = value == "1" || value == "true" }
         if let value = environment["KITH_COMPACT_ON_START"] { compactOnStart = value == "1" || value == "true" }
+        if let value = environment["KITH_COMPACT_WHILE_SERVING"] { compactWhileServing = value == "1" || value == "true" }
         if let value = environment["KITH_GOSSIP"] { gossip = value }
         if let value = environment["KITH_SEEDS"] { seeds = Self.list(value) }
         /// The whole number `name` holds, if set; `unit` names what it counts in the error.
@@ -377,6 +402,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
         if let value = environment["KITH_MAX_EVENT_AGE"] { maxEventAge = value }
         if let seconds = try number("KITH_RETENTION_SWEEP_INTERVAL", " of seconds") { retentionSweepSeconds = seconds }
+        if let bytes = try number("KITH_COMPACTION_MINIMUM_FREE_BYTES", " of bytes") { compactionMinimumFreeBytes = bytes }
         if let seconds = try number("KITH_LOG_TRUNCATION_INTERVAL", " of seconds") { logTruncationIntervalSeconds = seconds }
         if let seconds = try number("KITH_FORGET_COMPACTION_INTERVAL", " of seconds") { forgetCompactionIntervalSeconds = seconds }
         if let value = environment["KITH_PHONE_REGION"] { identity.phoneRegion = value }
@@ -476,6 +502,11 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
         guard (1...604_800).contains(retentionSweepSeconds) else { throw ConfigurationError("retentionSweepSeconds must be 1 to 604800") }
+        guard compactionFreeFraction > 0 && compactionFreeFraction < 1 else {
+            throw ConfigurationError("compactionFreeFraction must be above 0 and below 1")
+        }
+        guard compactionGrowthFraction > 0 else { throw ConfigurationError("compactionGrowthFraction must be above 0") }
+        guard compactionMinimumFreeBytes >= 0 else { throw ConfigurationError("compactionMinimumFreeBytes must not be negative") }
         guard (1...3_600_000).contains(webhookFirstRetryMillis), (webhookFirstRetryMillis...86_400_000).contains(webhookMaxRetryMillis),
             (1...1_000).contains(webhookAttempts)
         else {
@@ -513,7 +544,8 @@ extension NodeConfiguration.CodingKeys {
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
         "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
-        "writeAheadLog", "forgetCompactionIntervalSeconds", "site", "compactOnStart",
+        "writeAheadLog", "forgetCompactionIntervalSeconds", "site", "compactOnStart", "compactWhileServing", "compactionFreeFraction",
+        "compactionGrowthFraction", "compactionMinimumFreeBytes",
     ]
 }
 

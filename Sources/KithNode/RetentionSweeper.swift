@@ -11,14 +11,15 @@ import Synchronization
 /// whatever ingest is already waiting — so a sweep never holds ingest back for longer than one
 /// step (a few buckets' identifiers). Its own thread waits for each step; no event loop does.
 /// It runs without retention rules too: the same steps deflate the ledger blocks ingest left
-/// plain.
+/// plain. After a pass, the data file is compacted if it is due (`FileCompactor`).
 final class RetentionSweeper: @unchecked Sendable {
 
     private let rules: RetentionRules
     private let store: any ProfileStore
     private let interval: Double
     private let buckets: Int
-    private let perform: (@escaping @Sendable () -> Void) -> Bool
+    private let perform: @Sendable (@escaping @Sendable () -> Void) -> Bool
+    private let compactor: FileCompactor?
     private let log: Log
     private let stopping = DispatchSemaphore(value: 0)
     private let finished = DispatchSemaphore(value: 0)
@@ -29,8 +30,8 @@ final class RetentionSweeper: @unchecked Sendable {
 
     /// `perform` runs a job on the writer (false once the writer stops).
     init(
-        rules: RetentionRules, store: any ProfileStore, interval: Double, buckets: Int = 8, log: Log,
-        perform: @escaping (@escaping @Sendable () -> Void) -> Bool
+        rules: RetentionRules, store: any ProfileStore, interval: Double, buckets: Int = 8, compactor: FileCompactor? = nil, log: Log,
+        perform: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
     ) {
         precondition(interval > 0 && buckets > 0, "a retention sweep every \(interval) s over \(buckets) buckets a step")
         self.rules = rules
@@ -38,6 +39,7 @@ final class RetentionSweeper: @unchecked Sendable {
         self.interval = interval
         self.buckets = buckets
         self.log = log
+        self.compactor = compactor
         self.perform = perform
     }
 
@@ -72,24 +74,16 @@ final class RetentionSweeper: @unchecked Sendable {
         var pass = RetentionStep()
         while !pass.passEnded {
             if state.withLock({ stopped }) { return false }
-            let done = DispatchSemaphore(value: 0)
-            let outcome = Mutex<Result<RetentionStep, any Error>?>(nil)
             let (rules, store, buckets) = (rules, store, buckets)
-            let accepted = perform {
-                outcome.withLock { $0 = Result { try store.expire(under: rules, now: unixMillis(), buckets: buckets) } }
-                done.signal()
-            }
-            guard accepted else { return false }
-            done.wait()
-            switch outcome.withLock({ $0 }) {
-            case .success(let step)?:
+            switch runOnWriter(perform, { try store.expire(under: rules, now: unixMillis(), buckets: buckets) }) {
+            case nil:
+                return false
+            case .success(let step):
                 pass.add(step)
                 pass.passEnded = step.passEnded
-            case .failure(let error)?:
+            case .failure(let error):
                 log(.error, "a retention step failed; the next pass tries again", [("error", .string("\(error)"))])
                 return true
-            case nil:
-                preconditionFailure("a retention step signalled without an outcome")
             }
         }
         state.withLock {
@@ -101,6 +95,7 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.rowsDeflated += pass.rowsDeflated
             totals.rowsRepacked += pass.rowsRepacked
         }
+
         log(
             .info, "retention pass",
             [
@@ -111,6 +106,11 @@ final class RetentionSweeper: @unchecked Sendable {
                 ("rowsDeflated", .number(JSONNumber(Int64(pass.rowsDeflated)))),
                 ("rowsRepacked", .number(JSONNumber(Int64(pass.rowsRepacked)))),
             ])
+        switch compactor?.compactIfDue() {
+        case .compacted?: state.withLock { totals.compactions += 1 }
+        case .gaveUp?: state.withLock { totals.compactionsGivenUp += 1 }
+        case .notDue?, nil: break
+        }
         return true
     }
 }

@@ -23,7 +23,7 @@ extension LMDBProfileStore {
     /// (nothing to compact, or no key file: the open that follows reports that).
     public static func compactDataFile(path: String, keyFile: String? = nil) throws -> Compaction? {
         let files = FileManager.default
-        let file = path + "/data.mdb", scratch = path + "/compacting"
+        let file = path + "/data.mdb", scratch = LMDBEnvironment.compactingDirectory(of: path)
         if files.fileExists(atPath: scratch) { try files.removeItem(atPath: scratch) }
         guard files.fileExists(atPath: file) else { return nil }
         let keys = try DataKeyStore(path: keyFile ?? path + ".keys")
@@ -40,7 +40,7 @@ extension LMDBProfileStore {
         guard rename(scratch + "/data.mdb", file) == 0 else {
             throw LMDBError(returnCode: errno, operation: "rename the compacted copy over \(file)")
         }
-        try Self.syncDirectory(path)
+        try LMDBEnvironment.syncDirectory(path)
         try files.removeItem(atPath: scratch)
         if files.fileExists(atPath: path + "/lock.mdb") { try files.removeItem(atPath: path + "/lock.mdb") }
         withExtendedLifetime(keys) {}
@@ -52,12 +52,25 @@ extension LMDBProfileStore {
         guard stat(file, &status) == 0 else { throw LMDBError(returnCode: errno, operation: "stat \(file)") }
         return Int(status.st_size)
     }
+}
 
-    /// A rename is durable once its directory is synced.
-    private static func syncDirectory(_ path: String) throws {
-        let descriptor = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw LMDBError(returnCode: errno, operation: "open \(path)") }
-        defer { close(descriptor) }
-        guard fsync(descriptor) == 0 else { throw LMDBError(returnCode: errno, operation: "fsync \(path)") }
+extension LMDBProfileStore {
+    /// Starts giving the data file's free pages back while the store serves (`LMDBCompaction`):
+    /// run by the one writer between its transactions. Nil when readers left no moment to start
+    /// in within `seconds`. The copy (`LMDBCompaction.copy`) may then be made on any thread.
+    public func startCompaction(waitingUpTo seconds: Double) throws -> LMDBCompaction? {
+        writerClaim.check()
+        return try environment.startCompaction(waitingUpTo: seconds)
+    }
+
+    /// Swaps a copied compaction in, by the one writer between its transactions: the writes it
+    /// committed meanwhile are in the copy, and the copy is synced, so every commit is durable
+    /// after it.
+    public func swap(_ compaction: LMDBCompaction, waitingUpTo seconds: Double) throws -> LMDBCompaction.Outcome {
+        writerClaim.check()
+        precondition(compaction.environment === environment, "a compaction of \(compaction.environment.path) swapped into \(environment.path)")
+        let outcome = try compaction.swap(waitingUpTo: seconds)
+        if case .swapped = outcome { try synchronize() }
+        return outcome
     }
 }

@@ -27,6 +27,9 @@ public final class LMDBProfileStore: EngineBackedStore {
         environment = try LMDBEnvironment(path: path, configuration: lmdb)
         tables = try LMDBTables(environment: environment)
         sealing = Sealing(keys: try DataKeyStore(path: keyFile ?? path + ".keys"), hasher: engine.hasher)
+        // A stop during a compaction leaves its unfinished copy (the key file's lock, held from
+        // here, says no other store is making one).
+        LMDBEnvironment.removeLeftoverCopy(LMDBEnvironment.compactingDirectory(of: path))
         (identifiersMovedOnOpen, identifierRowsCheckedOnOpen) = try Self.checkFormat(environment: environment, tables: tables, sealing: sealing)
         try destroyRetiredKeys()
         if try read({ try engine.replicationStateNeedsWork(in: $0) }) {

@@ -512,6 +512,29 @@ struct KithProcessTests {
         #expect(try node.profile("user_id:c-42")?.body.contains(#""plan":"gold""#) == true)
     }
 
+    /// A node whose data file is mostly free pages after a sweep compacts it while it serves:
+    /// it says so, the file shrinks, and it serves what it held and takes writes after.
+    @Test func aNodeCompactsItsDataFileWhileServing() throws {
+        let node = try NodeProcess(environment: ["KITH_RETENTION_SWEEP_INTERVAL": "1", "KITH_COMPACTION_MINIMUM_FREE_BYTES": "0"])
+        let calls = (0..<400).map { n in
+            #"{"type":"track","userId":"w-\#(n % 40)","event":"Product Viewed","messageId":"w-m-\#((n * 37) % 400)","properties":{"sku":"sku-\#(n)"}}"#
+        }
+        #expect(try node.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
+        let before = try #require(try node.profile("user_id:w-7"))
+        #expect(before.status == 200)
+        #expect(eventually(15) { node.logs.contains("compacted the data file while serving") }, "\(node.logs)")
+        let line = try #require(node.logs.split(separator: "\n").first { $0.contains("compacted the data file while serving") })
+        let sizes = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        let (bytesBefore, bytesAfter) = (sizes?["bytesBefore"] as? Int ?? 0, sizes?["bytesAfter"] as? Int ?? 0)
+        #expect(bytesAfter > 0 && bytesAfter < bytesBefore, "\(line)")
+        #expect(try #require(try node.metric("kith_data_file_compactions_total")) >= 1)
+        let after = try #require(try node.profile("user_id:w-7"))
+        #expect(after.status == 200 && after.body == before.body)
+        #expect(try node.ingest("/v1/track", #"{"userId":"w-7","event":"Order Completed","messageId":"w-after"}"#) == 200)
+        #expect(try node.profile("user_id:w-7")?.body.contains("Order Completed") == true)
+        #expect(try messageCount(node, "w-7") == 11)
+    }
+
     /// Without retention rules the sweep still runs, stores the ledger blocks and identifier
     /// rows ingest left plain deflated, and repacks rows; the customer's events all stay.
     @Test func theSweepDeflatesLedgerBlocksWithoutRetentionRules() throws {

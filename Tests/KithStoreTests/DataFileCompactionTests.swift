@@ -66,4 +66,61 @@ struct DataFileCompactionTests {
         #expect(try LMDBProfileStore.compactDataFile(path: path, keyFile: path + ".other-keys") == nil)
         #expect(!FileManager.default.fileExists(atPath: path + ".other-keys"))
     }
+
+    /// The same, while the store is open: writes committed during the copy are in the swapped
+    /// file, sealed rows read as before, and `lastCommit` moves on (a site's cached report
+    /// keyed by it is not reused).
+    @Test func aCompactionWhileOpenKeepsWritesMadeDuringTheCopy() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let store = try RepackTests.storeWithRandomRows(path)
+        let key = { (batch: Int, number: Int) in documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head) }
+        try store.write { writer in
+            for batch in 0..<25 { for number in 0..<100 { try writer.delete(.documents, key(batch, number)) } }
+        }
+        let (fileBefore, commitBefore) = (store.environment.fileSize(), try store.lastCommit())
+        let compaction = try #require(try store.startCompaction(waitingUpTo: 1))
+        try compaction.copy()
+        try store.write { writer in
+            try writer.put(.documents, key(29, 7), [4, 2], mode: .upsert)
+            try writer.delete(.documents, key(29, 8))
+        }
+        let (engineRows, storedRows) = (Self.flattened(try rawEntries(store)), try RepackTests.storedRows(store))
+        let outcome = try store.swap(compaction, waitingUpTo: 1)
+        guard case .swapped(let bytesBefore, let bytesAfter) = outcome else {
+            Issue.record("not swapped: \(outcome)")
+            return
+        }
+        #expect(bytesBefore == fileBefore && bytesAfter * 3 < bytesBefore, "\(outcome)")
+        #expect(Self.flattened(try rawEntries(store)) == engineRows)
+        #expect(try RepackTests.storedRows(store) == storedRows)
+        #expect(try store.read { try $0.get(.documents, key(29, 7)) } == [4, 2])
+        #expect(try store.lastCommit() > commitBefore)
+        #expect(store.durableLogSequence() == (try store.read { try store.engine.lastSequence(in: $0) }))
+    }
+
+    /// A stop during a compaction leaves the old file whole and the unfinished copy beside it:
+    /// the next open serves the old file and removes the copy.
+    @Test func aStopDuringACompactionLeavesTheOldFile() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        let storedRows: [[UInt8]: [UInt8]]
+        do {
+            let store = try RepackTests.storeWithRandomRows(path)
+            let compaction = try #require(try store.startCompaction(waitingUpTo: 1))
+            try compaction.copy()
+            try store.write { writer in
+                try writer.put(.documents, documentKey(Identifier(kind: .userId, value: "user-3-4")!.key, .head), [7], mode: .upsert)
+            }
+            storedRows = try RepackTests.storedRows(store)
+            // The process stops here: a copy in `compacting`, never swapped in. (The test's own
+            // objects go; the compaction's would be lost with the process.)
+            try FileManager.default.copyItem(atPath: path + "/compacting", toPath: path + "/left")
+            compaction.abandon()
+        }
+        try FileManager.default.moveItem(atPath: path + "/left", toPath: path + "/compacting")
+        let store = try SealingTests.open(path)
+        #expect(!FileManager.default.fileExists(atPath: path + "/compacting"))
+        #expect(try RepackTests.storedRows(store) == storedRows)
+    }
 }
