@@ -18,16 +18,16 @@ struct YearBenchmark {
     let scratch: String
     let durable: Bool
     let batchSize: Int
+    let compactionGrowth: Double
 
     /// Later than every message of the workload, so each message's event time is its own
     /// timestamp (an event time is never after the time a node received the message).
     static let receivedAt: Int64 = 1_800_000_000_000
     static let day: Int64 = 86_400_000
 
-    /// A node's rule, compacting once the file has grown a fifth past the last compaction (a
-    /// node's default is half), its least bytes scaled down with the store (5,000 customers at a
-    /// time, tens of megabytes; a node's default is 64 MiB).
-    static let compactionRule = FileCompactionRule(freeFraction: 0.25, growthFraction: 0.2, minimumFreeBytes: 1 << 20)
+    /// A node's rule (`--compaction-growth`, a node's default half), its least bytes scaled down
+    /// with the store (5,000 customers at a time, tens of megabytes; a node's default is 64 MiB).
+    var compactionRule: FileCompactionRule { FileCompactionRule(freeFraction: 0.25, growthFraction: compactionGrowth, minimumFreeBytes: 1 << 20) }
 
     static var rules: RetentionRules {
         var rules = RetentionRules()
@@ -74,8 +74,9 @@ struct YearBenchmark {
         /// sweep, and those taken since (expired ones stay until a sweep drops them).
         var heldJSON = 0
         var peakDay = 0
+        var (ratioSum, samples) = (0.0, 0)
         func compactIfDue() throws {
-            guard Self.compactionRule.isDue(fileBytes: store.environment.fileSize(), usedBytes: try store.usedBytes(), compactedBytes: compactedBytes)
+            guard compactionRule.isDue(fileBytes: store.environment.fileSize(), usedBytes: try store.usedBytes(), compactedBytes: compactedBytes)
             else { return }
             try compactWhileOpen(store)
             compactedBytes = store.environment.fileSize()
@@ -109,6 +110,7 @@ struct YearBenchmark {
                 if sampled, newest - start >= 30 * Self.day {
                     let ratio = Double(store.environment.fileSize()) / Double(heldJSON)
                     if ratio > peak { (peak, peakDay) = (ratio, Int((newest - start) / Self.day)) }
+                    (ratioSum, samples) = (ratioSum + ratio, samples + 1)
                 }
                 if newest >= nextSweep {
                     swept.add(try sweep(store, under: rules, now: newest))
@@ -135,6 +137,7 @@ struct YearBenchmark {
         // (before that day's sweep and compaction), against the JSON of the messages it held.
         report("year.peak_file_vs_held_json", peak, decimals: 2)
         print("year.peak_day: \(peakDay)")
+        report("year.mean_file_vs_held_json", ratioSum / Double(max(samples, 1)), decimals: 2)
         print("year.events_dropped: \(swept.eventsDropped)")
         print("year.traits_dropped: \(swept.traitsDropped)")
 
@@ -208,13 +211,14 @@ struct YearBenchmark {
 }
 
 /// Compacts `store`'s data file while it is open, as a node does (`FileCompactor`): start, copy,
-/// swap, all on this thread (the one writer here). Returns the seconds the copy and the swap took.
+/// swap, all on this thread (the one writer here). Returns the seconds the copy and the swap took,
+/// and the milliseconds the swap held the exclusive lock.
 @discardableResult
-func compactWhileOpen(_ store: LMDBProfileStore) throws -> (copy: Double, swap: Double) {
+func compactWhileOpen(_ store: LMDBProfileStore) throws -> (copy: Double, swap: Double, exclusiveMillis: Double) {
     guard let compaction = try store.startCompaction(waitingUpTo: 1) else { Options.fail("no moment to start a compaction") }
     let copy = try seconds { try compaction.copy() }
     var outcome = LMDBCompaction.Outcome.readersBusy
     let swap = try seconds { outcome = try store.swap(compaction, waitingUpTo: 1) }
     guard case .swapped = outcome else { Options.fail("the compaction did not swap: \(outcome)") }
-    return (copy, swap)
+    return (copy, swap, Double(compaction.exclusiveNanoseconds) / 1e6)
 }

@@ -16,6 +16,8 @@ struct Options {
     var workload = ""
     var dataDirectory = "Benchmarks/.work/lmdb"
     var batchSize = 500
+    /// `--year`: the compaction rule's growth fraction (`FileCompactionRule`).
+    var compactionGrowth = 0.5
     var reads = 1_000_000
     var readSeconds = 10.0
     var customers = 100_000
@@ -83,6 +85,7 @@ struct Options {
             case "--parse-thread": parseThread = value != "false"
             case "--catch-up": catchUpScratch = value
             case "--year": yearWorkload = value
+            case "--compaction-growth": compactionGrowth = Double(value) ?? 0
             case "--vs-postgres": postgresComparisonBinary = value
             case "--rounds": rounds = Int(value) ?? 0
             default: Self.fail("unknown option \(argument)")
@@ -95,6 +98,7 @@ struct Options {
         }
         if yearWorkload != nil {
             if batchSize <= 0 { Self.fail("--batch takes a positive number") }
+            if compactionGrowth <= 0 { Self.fail("--compaction-growth takes a positive fraction") }
             return
         }
         if catchUpScratch != nil {
@@ -175,7 +179,10 @@ if let scratch = options.catchUpScratch {
 }
 if let workload = options.yearWorkload {
     do {
-        try YearBenchmark(workload: workload, scratch: options.dataDirectory, durable: options.durable, batchSize: options.batchSize).run()
+        try YearBenchmark(
+            workload: workload, scratch: options.dataDirectory, durable: options.durable, batchSize: options.batchSize,
+            compactionGrowth: options.compactionGrowth
+        ).run()
     } catch {
         Options.fail("\(error)")
     }
@@ -360,6 +367,7 @@ try bytes.withUnsafeBufferPointer { buffer in
     let compactionTime = try compactWhileOpen(store)
     report("store.compaction_copy_seconds", compactionTime.copy, decimals: 2)
     report("store.compaction_swap_ms", compactionTime.swap * 1_000, decimals: 1)
+    report("store.compaction_exclusive_ms", compactionTime.exclusiveMillis, decimals: 1)
     report("store.size_vs_json_compacted", Double(store.environment.fileSize()) / Double(jsonBytes), decimals: 2)
     try reportRowSizes(store, prefix: "store", messages: lines.count, jsonBytes: jsonBytes)
 
