@@ -285,6 +285,32 @@ extension NodeAPI {
         }
     }
 
+    /// Compacts the data file now, while the node serves (docs/storage.md, "Compaction while
+    /// serving"): the free pages go back to the file system. No body.
+    func adminCompact(_ request: HTTPRequest, respond: @escaping @Sendable (HTTPResponse) -> Void) {
+        // The copy takes as long as a backup: off the event loop.
+        host.background { [host] in
+            switch host.compactDataFile() {
+            case .compacted(let bytesBefore, let bytesAfter):
+                respond(
+                    .json(
+                        200,
+                        Self.object { o in
+                            o.member("bytesBefore", integer: Int64(bytesBefore))
+                            o.member("bytesAfter", integer: Int64(bytesAfter))
+                        }))
+            case .gaveUp(let reason):
+                respond(.error(409, code: "compaction_gave_up", message: "the compaction gave up and changed nothing: \(reason); try again"))
+            case .running:
+                respond(.error(409, code: "compaction_running", message: "a compaction of the data file is under way"))
+            case .nothingToCompact:
+                respond(.error(409, code: "nothing_to_compact", message: "this node's store is in memory: there is no data file to compact"))
+            case .notDue:
+                preconditionFailure("a compaction asked for was found not due")
+            }
+        }
+    }
+
     /// The principal of the request's bearer token, if it is one of ours.
     func principal(_ request: HTTPRequest) -> Principal? {
         guard let authorization = request.header("authorization") else { return nil }

@@ -80,6 +80,9 @@ extension NodeAPI {
                     "POST", "/v1/admin/backup",
                     NodeRoute(access: .roles([.admin])) { node, call in node.adminBackup(call.request, respond: call.respond) }),
                 .init(
+                    "POST", "/v1/admin/compact",
+                    NodeRoute(access: .roles([.admin])) { node, call in node.adminCompact(call.request, respond: call.respond) }),
+                .init(
                     "GET", "/v1/admin/export",
                     NodeRoute(access: .roles([.admin])) { node, call in node.adminExport(call) }),
                 .init(

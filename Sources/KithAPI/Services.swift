@@ -164,6 +164,23 @@ public protocol APIHost: Sendable {
         completion: @escaping @Sendable (Result<HTTPResponse, any Error>) -> Void)
     /// What the retention sweeps have dropped since the node started (metrics).
     var retention: RetentionTotals { get }
+    /// Compacts the data file now (`POST /v1/admin/compact`); blocks for as long as a backup
+    /// takes, so never on an event loop.
+    func compactDataFile() -> DataFileCompactionOutcome
+}
+
+/// What a compaction of the data file while the node serves did.
+public enum DataFileCompactionOutcome: Sendable, Equatable {
+    /// The rule did not call for one.
+    case notDue
+    /// The compacting copy is the data file now.
+    case compacted(bytesBefore: Int, bytesAfter: Int)
+    /// Nothing changed, for this reason (the next pass, or request, tries again).
+    case gaveUp(String)
+    /// Another compaction is under way.
+    case running
+    /// This node has no data file to compact (its store is in memory).
+    case nothingToCompact
 }
 
 /// Sweeps finished, the events and traits they dropped, the rows they deflated and repacked,

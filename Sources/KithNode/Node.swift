@@ -152,9 +152,7 @@ public final class Node: Sendable {
         } else {
             replication = nil
         }
-        let compactor = configuration.compactionRule.map { rule in
-            FileCompactor(store: store, rule: rule, perform: { committer.perform($0) }, log: log)
-        }
+        let compactor = FileCompactor(store: store, rule: configuration.compactionRule, perform: { committer.perform($0) }, log: log)
         sweeper = RetentionSweeper(
             rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), compactor: compactor, log: log
         ) { committer.perform($0) }
@@ -178,7 +176,7 @@ public final class Node: Sendable {
         settings.scopedSite = configuration.site != nil
         api = NodeAPI(
             settings: settings, store: store, writer: committer, replication: replication, audit: audit,
-            host: ProcessHost(server: server, sweeper: sweeper, deadlines: feedDeadlines),
+            host: ProcessHost(server: server, sweeper: sweeper, compactor: compactor, deadlines: feedDeadlines),
             log: log)
         route.api = api
         pushes.feed.withLock { $0 = api }
@@ -342,8 +340,10 @@ private final class RouteBox: @unchecked Sendable {
 struct ProcessHost: APIHost {
     let server: HTTPServer
     let sweeper: RetentionSweeper
+    let compactor: FileCompactor
     let deadlines: Deadlines
     var retention: RetentionTotals { sweeper.dropped }
+    func compactDataFile() -> DataFileCompactionOutcome { compactor.compact() }
     func after(millis: Int, _ body: @escaping @Sendable () -> Void) -> Bool { deadlines.after(millis: millis, body) }
 
     /// On Dispatch's global queue: a delivery waits on its receiver, never on a loop.

@@ -19,6 +19,7 @@ let commands: [Command] = [
     Command(name: "export", run: export, words: ["--purpose"] + clientOptions),
     Command(name: "changes", run: changes, words: ["--purpose", "--since", "--follow", "--limit"] + clientOptions),
     Command(name: "backup", run: backup, words: clientOptions),
+    Command(name: "compact", run: compact, words: clientOptions),
     Command(name: "config", run: configCheck, words: ["check", "--help"]),
     Command(name: "members", run: members, words: clientOptions),
     Command(name: "join", run: join, words: clientOptions),

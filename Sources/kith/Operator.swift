@@ -180,6 +180,18 @@ func backup(_ arguments: [String]) -> Never {
     postField(options, "/v1/admin/backup", "directory", options.positional[0])
 }
 
+/// Like `etcdctl defrag`: the node swaps a compacting copy in for its data file while it serves.
+func compact(_ arguments: [String]) -> Never {
+    let options = ClientOptions(
+        arguments,
+        help: "OVERVIEW: Give the data file's free pages back to the file system, while the node serves\n"
+            + "(a compacting copy swapped in for the file; docs/storage.md, \"Compaction while serving\").\n\n"
+            + "USAGE: kith compact [options]\n\nOPTIONS:\n" + ClientOptions.help)
+    guard options.positional.isEmpty else { fail("kith compact takes no arguments", .usage) }
+    show(call(options.client(), "POST", "/v1/admin/compact", headers: options.authorization).body, format: options.format)
+    exit(Exit.ok.rawValue)
+}
+
 /// POSTs `{"<field>": value}` to `path`, shows the answer, and exits.
 func postField(_ options: ClientOptions, _ path: String, _ field: String, _ value: String) -> Never {
     var writer = JSONWriter()

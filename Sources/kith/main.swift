@@ -41,6 +41,7 @@ let overview = """
       export                  Write every profile as NDJSON.
       changes                 Print the change feed as NDJSON (--follow to keep waiting).
       backup                  Take a live, compacted backup on the node's machine.
+      compact                 Give the data file's free pages back, while the node serves.
       config check            Check a configuration file.
       members                 List the cluster's members.
       join                    Join the cluster through a peer.

@@ -218,6 +218,8 @@ final class TestHost: APIHost, Sendable {
     func monotonicNanos() -> UInt64 { monotonic.load(ordering: .relaxed) }
     func background(_ work: @escaping @Sendable () -> Void) { work() }
     var retention: RetentionTotals { RetentionTotals(passes: 2, eventsDropped: 5, traitsDropped: 1) }
+    /// An in-memory store has no file: what a node over one answers.
+    func compactDataFile() -> DataFileCompactionOutcome { .nothingToCompact }
 
     /// Timers wait until the test fires them (`fireTimers`).
     private let timers = Mutex<[@Sendable () -> Void]>([])

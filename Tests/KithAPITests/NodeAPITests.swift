@@ -112,6 +112,10 @@ struct NodeAPITests {
         #expect(api.call("GET", "/v1/admin/export?limit=0", role: .admin)?.status == 400)
         // A store in memory has no file to copy: the backup says so.
         #expect(api.call("POST", "/v1/admin/backup", role: .admin, body: #"{"directory":"/tmp/x"}"#)?.errorCode == "backup_failed")
+        // Nor a file to compact; and compaction is the admin's alone.
+        let compact = api.call("POST", "/v1/admin/compact", role: .admin)
+        #expect(compact?.status == 409 && compact?.errorCode == "nothing_to_compact")
+        #expect(api.call("POST", "/v1/admin/compact", role: .reader)?.status == 403)
         for (method, target) in [("GET", "/v1/admin/members"), ("POST", "/v1/admin/join"), ("GET", "/v1/admin/sync")] {
             let answer = api.call(method, target, role: .admin, body: #"{"address":"127.0.0.1:1"}"#)
             #expect(answer?.status == 409 && answer?.errorCode == "not_clustered", "\(target)")
@@ -180,6 +184,7 @@ struct EveryRouteSucceedsTests {
                 Call(
                     method: "POST", pattern: "/v1/admin/backup", target: "/v1/admin/backup", role: .admin, body: #"{"directory":"/tmp/none"}"#,
                     status: 409),
+                Call(method: "POST", pattern: "/v1/admin/compact", target: "/v1/admin/compact", role: .admin, status: 409),
                 Call(method: "GET", pattern: "/v1/admin/members", target: "/v1/admin/members", role: .admin),
                 Call(method: "GET", pattern: "/v1/admin/sync", target: "/v1/admin/sync", role: .admin),
                 Call(method: "POST", pattern: "/v1/admin/repair", target: "/v1/admin/repair", role: .admin, body: #"{"peer":"peer-2"}"#, status: 202),

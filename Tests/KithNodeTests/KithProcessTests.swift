@@ -559,6 +559,27 @@ struct KithProcessTests {
         #expect(try node.profile("user_id:w-7")?.body == before.body)
     }
 
+    /// `kith compact` (as `etcdctl defrag`) makes a node swap a compacting copy in at once,
+    /// whatever its rule says, and prints the file's sizes; it asks for the admin token.
+    @Test func kithCompactCompactsTheDataFileNow() throws {
+        let node = try NodeProcess(environment: ["KITH_COMPACT_WHILE_SERVING": "0"])
+        let calls = (0..<300).map { n in
+            #"{"type":"identify","userId":"k-\#(n)","messageId":"k-m-\#(n)","traits":{"plan":"plan-\#(n % 7)"}}"#
+        }
+        #expect(try node.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
+        let before = try #require(try node.profile("user_id:k-42"))
+        let refused = try runKith(["compact", "--host", "127.0.0.1:\(node.port)", "--token", "nope"])
+        #expect(refused.status != 0 && refused.error.contains("401"), "\(refused.output)\(refused.error)")
+        let run = try runKith(["compact", "--host", "127.0.0.1:\(node.port)", "--token", "tk"])
+        #expect(run.status == 0, "\(run.output)\(run.error)")
+        let sizes = try JSONSerialization.jsonObject(with: Data(run.output.utf8)) as? [String: Any]
+        let (bytesBefore, bytesAfter) = (sizes?["bytesBefore"] as? Int ?? 0, sizes?["bytesAfter"] as? Int ?? 0)
+        #expect(bytesAfter > 0 && bytesAfter < bytesBefore, "\(run.output)")
+        #expect(node.logs.contains("compacted the data file while serving"))
+        #expect(try node.metric("kith_lmdb_size_bytes") == bytesAfter)
+        #expect(try node.profile("user_id:k-42")?.body == before.body)
+    }
+
     /// Without retention rules the sweep still runs, stores the ledger blocks and identifier
     /// rows ingest left plain deflated, and repacks rows; the customer's events all stay.
     @Test func theSweepDeflatesLedgerBlocksWithoutRetentionRules() throws {
