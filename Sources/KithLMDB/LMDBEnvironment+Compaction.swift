@@ -168,11 +168,7 @@ public final class LMDBCompaction: @unchecked Sendable {
         abandon()
     }
 
-    private func removeScratch() {
-        unlink(scratch + "/data.mdb")
-        unlink(scratch + "/lock.mdb")
-        rmdir(scratch)
-    }
+    private func removeScratch() { LMDBEnvironment.removeLeftoverCopy(scratch) }
 
     /// The journal's writes so far (nil if it overflowed); `stopping`: the journal ends too.
     private func takeJournal(stopping: Bool) -> [JournalledWrite]? {
