@@ -211,14 +211,16 @@ struct YearBenchmark {
 }
 
 /// Compacts `store`'s data file while it is open, as a node does (`FileCompactor`): start, copy,
-/// swap, all on this thread (the one writer here). Returns the seconds the copy and the swap took,
-/// and the milliseconds the swap held the exclusive lock.
+/// swap, all on this thread (the one writer here). Returns the seconds the copy and the swap took
+/// (the old file's blocks freed after it, as off a node's writer), and the milliseconds the swap
+/// held the exclusive lock.
 @discardableResult
 func compactWhileOpen(_ store: LMDBProfileStore) throws -> (copy: Double, swap: Double, exclusiveMillis: Double) {
     guard let compaction = try store.startCompaction(waitingUpTo: 1) else { Options.fail("no moment to start a compaction") }
     let copy = try seconds { try compaction.copy() }
     var outcome = LMDBCompaction.Outcome.readersBusy
     let swap = try seconds { outcome = try store.swap(compaction, waitingUpTo: 1) }
+    compaction.releaseOldFile()  // as a node does, off its writer
     guard case .swapped = outcome else { Options.fail("the compaction did not swap: \(outcome)") }
     return (copy, swap, Double(compaction.exclusiveNanoseconds) / 1e6)
 }

@@ -1,6 +1,7 @@
 import CLMDB
 import Dispatch
 import Glibc
+import Synchronization
 
 /// One write of a committed transaction, kept while a compaction runs to be done again in its copy.
 enum JournalledWrite {
@@ -92,8 +93,25 @@ public final class LMDBCompaction: @unchecked Sendable {
         bytesBefore = environment.fileSize()
     }
 
-    /// A compaction let go unfinished (its caller stopped) must not leave the journal running.
-    deinit { abandon() }
+    /// The swapped-out data file, still open: its blocks go when it is closed.
+    let retiredFile = Mutex<Int32>(-1)
+
+    /// Closes the swapped-out data file, which frees its blocks (a while for a large file): on
+    /// any thread, after `swap`. Nothing if there is none.
+    public func releaseOldFile() {
+        let file = retiredFile.withLock { file in
+            defer { file = -1 }
+            return file
+        }
+        if file >= 0 { Glibc.close(file) }
+    }
+
+    /// A compaction let go unfinished (its caller stopped) must not leave the journal running,
+    /// nor the old file open.
+    deinit {
+        abandon()
+        releaseOldFile()
+    }
 
     /// Writes the compacting copy (step 2). Readers and the writer go on meanwhile.
     public func copy() throws {
@@ -122,9 +140,10 @@ public final class LMDBCompaction: @unchecked Sendable {
             // The copy's pages go to disk before the lock: under it only the last writes' do.
             try LMDBError.check(mdb_env_sync(copy, 1), "mdb_env_sync \(scratch)")
             // The old file, held open through the rename: the file system frees its blocks when
-            // the last descriptor goes (tens of milliseconds for 100 MB here), after the lock.
+            // the last descriptor goes (tens of milliseconds for 100 MB here), not under the
+            // lock, and not on the writer either when the caller lets it go (`releaseOldFile`).
             var oldFile: Int32 = -1
-            defer { if oldFile >= 0 { Glibc.close(oldFile) } }
+            defer { if oldFile >= 0 { retiredFile.withLock { $0 = oldFile } } }
             let swapped = try environment.holdingExclusiveLock(waitingUpTo: seconds) { () throws -> Bool in
                 let start = DispatchTime.now().uptimeNanoseconds
                 defer { exclusiveNanoseconds = DispatchTime.now().uptimeNanoseconds - start }

@@ -81,6 +81,8 @@ final class FileCompactor: Sendable {
             return gaveUp("the compacting copy failed: \(error)")
         }
         let store = store
+        // The old file's blocks are freed here, not on the writer.
+        defer { compaction.releaseOldFile() }
         switch runOnWriter(perform, { try store.swap(compaction, waitingUpTo: Self.readerWait) }) {
         case nil:
             compaction.abandon()

@@ -56,6 +56,13 @@ struct LMDBCompactionTests {
         let compaction = try #require(try environment.startCompaction(waitingUpTo: 1))
         try compaction.copy()
         let outcome = try compaction.swap(waitingUpTo: 1)
+        // The old file stays open, its blocks held, until the caller lets it go: then it is
+        // closed (its link count is 0: it is the file the copy replaced).
+        let retired = compaction.retiredFile.withLock { $0 }
+        var status = stat()
+        #expect(retired >= 0 && fstat(retired, &status) == 0 && status.st_nlink == 0)
+        compaction.releaseOldFile()
+        #expect(compaction.retiredFile.withLock { $0 } == -1)
         // A number that moves with every commit moves with the swap too, never back.
         #expect(environment.info().lastTransaction == lastTransaction + 1)
         guard case .swapped(let bytesBefore, let bytesAfter) = outcome else {
