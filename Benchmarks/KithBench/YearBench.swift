@@ -11,8 +11,9 @@ import KithStoreLMDB
 /// Every 30 simulated days it prints the store's pages and the JSON bytes of the messages the
 /// rules still keep; at the end it builds a second store from only the kept messages and
 /// compares compacted copies of both: what a year of writes, sweeps and freed pages leaves
-/// beyond what the rules keep. After a sweep the store compacts its file when a node would
-/// (`FileCompactionRule`, a quarter of the file free), so the file is what a running node keeps.
+/// beyond what the rules keep. Once a simulated day the store compacts its file when a node's
+/// rule would (`FileCompactionRule`; a node checks after every pass), so the file is what a
+/// running node keeps; the file is sampled before each day's sweep and compaction.
 struct YearBenchmark {
     let workload: String
     let scratch: String

@@ -16,14 +16,8 @@ extension LMDBEnvironment {
         if mkdir(directory, 0o700) != 0 && errno != EEXIST { throw LMDBError(returnCode: errno, operation: "mkdir \(directory)") }
         let file = "\(directory)/data.mdb"
         if access(file, F_OK) == 0 { throw LMDBError(returnCode: EEXIST, operation: "backup into \(directory)") }
-        var copy: OpaquePointer?
-        try LMDBError.check(mdb_env_create(&copy), "mdb_env_create")
-        guard let copy else { throw LMDBError(returnCode: ENOMEM, operation: "mdb_env_create") }
+        let copy = try openPrivateCopy(directory, tables: databases.count)
         do {
-            try LMDBError.check(mdb_env_set_mapsize(copy, info().mapSize), "mdb_env_set_mapsize")
-            try LMDBError.check(mdb_env_set_maxdbs(copy, UInt32(max(databases.count, 1))), "mdb_env_set_maxdbs")
-            try LMDBError.check(
-                mdb_env_open(copy, directory, UInt32(MDB_NOSYNC | MDB_NOLOCK | MDB_NOTLS), 0o600), "mdb_env_open \(directory)")
             try read { snapshot in
                 for database in databases { try Self.append(database, from: snapshot.txn, into: copy) }
             }
@@ -37,6 +31,24 @@ extension LMDBEnvironment {
         var status = stat()
         // The copy is made and synced; its size is only reported (0 if it cannot be read back).
         return stat(file, &status) == 0 ? Int(status.st_size) : 0
+    }
+
+    /// A copy's environment in `directory`, opened privately: no lock file (no other user), no
+    /// syncs until the caller's last, room for this environment's map and `tables` tables.
+    func openPrivateCopy(_ directory: String, tables: Int) throws -> OpaquePointer {
+        var copy: OpaquePointer?
+        try LMDBError.check(mdb_env_create(&copy), "mdb_env_create")
+        guard let copy else { throw LMDBError(returnCode: ENOMEM, operation: "mdb_env_create") }
+        do {
+            try LMDBError.check(mdb_env_set_mapsize(copy, info().mapSize), "mdb_env_set_mapsize")
+            try LMDBError.check(mdb_env_set_maxdbs(copy, UInt32(max(tables, 1))), "mdb_env_set_maxdbs")
+            try LMDBError.check(
+                mdb_env_open(copy, directory, UInt32(MDB_NOSYNC | MDB_NOLOCK | MDB_NOTLS), 0o600), "mdb_env_open \(directory)")
+        } catch {
+            mdb_env_close(copy)
+            throw error
+        }
+        return copy
     }
 
     /// Entries of a transaction's write before it commits: bounds the dirty pages one holds

@@ -54,18 +54,19 @@ struct CompactionJournal {
 }
 
 /// A compacting copy of an open environment, swapped in for its file while it serves
-/// (docs/storage.md, "Retention and file size"): LMDB never shrinks its file, and this gives the
+/// (docs/storage.md, "Compaction while serving"): LMDB never shrinks its file, and this gives the
 /// free pages back without a restart.
 ///
 /// 1. `LMDBEnvironment.startCompaction`, at a moment when no transaction is open: from here
 ///    every committed write is also noted in a journal.
 /// 2. `copy()`, on any thread, while readers and the writer go on: every table, from one
 ///    snapshot, in key order with every page full (`backup`), into `<path>/compacting`.
-/// 3. `swap(waitingUpTo:)`: the journal's writes are done again in the copy while the writer goes
-///    on; then, at a moment when no transaction is open (the exclusive lock, taken only when no
-///    reader holds it, so that no event loop waits behind it), the last writes too, the copy is
-///    synced, the environment closed, the copy renamed over `data.mdb`, the directory synced and
-///    the environment opened again on it, each table at the handle it had.
+/// 3. `swap(waitingUpTo:)`: the journal's writes are done again in the copy and the copy synced
+///    while the writer goes on; then, holding the exclusive lock (`holdingExclusiveLock`: no
+///    transaction open, readers held back at most `readerStallLimit` while it waits), the last
+///    writes too, the environment closed, the copy renamed over `data.mdb`, the directory synced
+///    and the environment opened again on it, each table at the handle it had. The old file
+///    stays open until `releaseOldFile`, so that its blocks are freed outside the lock.
 ///
 /// A stop at any point before the rename leaves the old file, complete (the copy is removed at
 /// the next open); after it, the copy holds every commit so far and is synced.
@@ -132,7 +133,7 @@ public final class LMDBCompaction: @unchecked Sendable {
         let copyFile = scratch + "/data.mdb"
         var copy: OpaquePointer?
         do {
-            copy = try openCopy()
+            copy = try environment.openPrivateCopy(scratch, tables: environment.openedDatabases.count)
             guard try replay(takeJournal(stopping: false), into: copy!) else {
                 abandonClosing(&copy)
                 return .tooManyWrites
@@ -198,22 +199,6 @@ public final class LMDBCompaction: @unchecked Sendable {
         }
     }
 
-    /// The copy, opened privately (no lock file, no syncs until the last).
-    private func openCopy() throws -> OpaquePointer {
-        var copy: OpaquePointer?
-        try LMDBError.check(mdb_env_create(&copy), "mdb_env_create")
-        guard let copy else { throw LMDBError(returnCode: ENOMEM, operation: "mdb_env_create") }
-        do {
-            try LMDBError.check(mdb_env_set_mapsize(copy, environment.info().mapSize), "mdb_env_set_mapsize")
-            try LMDBError.check(mdb_env_set_maxdbs(copy, UInt32(max(environment.openedDatabases.count, 1))), "mdb_env_set_maxdbs")
-            try LMDBError.check(mdb_env_open(copy, scratch, UInt32(MDB_NOSYNC | MDB_NOLOCK | MDB_NOTLS), 0o600), "mdb_env_open \(scratch)")
-        } catch {
-            mdb_env_close(copy)
-            throw error
-        }
-        return copy
-    }
-
     /// Does `writes` again in the copy, in one transaction; false when the journal overflowed.
     private func replay(_ writes: [JournalledWrite]?, into copy: OpaquePointer) throws -> Bool {
         guard let writes else { return false }
@@ -221,33 +206,22 @@ public final class LMDBCompaction: @unchecked Sendable {
         var txn: OpaquePointer?
         try LMDBError.check(mdb_txn_begin(copy, nil, 0, &txn), "mdb_txn_begin \(scratch)")
         do {
-            var handles: [String: MDB_dbi] = [:]
-            func handle(_ database: LMDBDatabase) throws -> MDB_dbi {
-                if let known = handles[database.name] { return known }
-                var opened: MDB_dbi = 0
-                try LMDBError.check(mdb_dbi_open(txn, database.name, 0, &opened), "mdb_dbi_open \(database.name) in \(scratch)")
-                handles[database.name] = opened
-                return opened
+            // The copy's own handles, by name; the writes go through the same calls as any.
+            let transaction = LMDBWriteTransaction(handle: txn!, lifetime: TransactionLifetime(), journal: nil)
+            defer { transaction.lifetime.isOpen = false }
+            var tables: [String: LMDBDatabase] = [:]
+            func table(_ database: LMDBDatabase) throws -> LMDBDatabase {
+                if let known = tables[database.name] { return known }
+                var handle: MDB_dbi = 0
+                try LMDBError.check(mdb_dbi_open(txn, database.name, 0, &handle), "mdb_dbi_open \(database.name) in \(scratch)")
+                tables[database.name] = LMDBDatabase(handle: handle, name: database.name)
+                return tables[database.name]!
             }
             for write in writes {
                 switch write {
-                case .put(let database, var key, var value):
-                    let table = try handle(database)
-                    try key.withUnsafeMutableBytes { keyBytes in
-                        try value.withUnsafeMutableBytes { valueBytes in
-                            var k = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
-                            var v = MDB_val(mv_size: valueBytes.count, mv_data: valueBytes.baseAddress)
-                            try LMDBError.check(mdb_put(txn, table, &k, &v, 0), "mdb_put \(database.name) in \(scratch)")
-                        }
-                    }
-                case .delete(let database, var key):
-                    let table = try handle(database)
-                    try key.withUnsafeMutableBytes { keyBytes in
-                        var k = MDB_val(mv_size: keyBytes.count, mv_data: keyBytes.baseAddress)
-                        let rc = mdb_del(txn, table, &k, nil)
-                        // The snapshot may have been taken after the write: nothing to delete.
-                        if rc != MDB_NOTFOUND { try LMDBError.check(rc, "mdb_del \(database.name) in \(scratch)") }
-                    }
+                case .put(let database, let key, let value): try transaction.put(table(database), key, value)
+                // The snapshot may have been taken after the write: then there is nothing to delete.
+                case .delete(let database, let key): try transaction.delete(table(database), key)
                 }
             }
         } catch {
@@ -280,7 +254,8 @@ extension LMDBEnvironment {
         return started == nil ? nil : LMDBCompaction(environment: self, scratch: scratch)
     }
 
-    /// Removes an unfinished compacting copy (a stop during a compaction leaves one).
+    /// Removes an unfinished compacting copy (a stop during a compaction leaves one). Failures
+    /// are not reported here: a copy left in place makes the next one refuse, naming it (`backup`).
     public static func removeLeftoverCopy(_ scratch: String) {
         unlink(scratch + "/data.mdb")
         unlink(scratch + "/lock.mdb")
@@ -293,13 +268,9 @@ extension LMDBEnvironment {
     /// moment, so then it is waited for, for at most `readerStallLimit`: the longest a reader
     /// waits behind a compaction, besides the swap itself.
     func holdingExclusiveLock<T>(waitingUpTo seconds: Double, _ body: () throws -> T) throws -> T? {
-        var start = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &start)
+        let giveUpAt = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
         var locked = pthread_rwlock_trywrlock(resizeLock) == 0
-        while !locked {
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            if Double(now.tv_sec - start.tv_sec) + Double(now.tv_nsec - start.tv_nsec) / 1e9 > seconds { break }
+        while !locked && DispatchTime.now().uptimeNanoseconds < giveUpAt {
             usleep(50)
             locked = pthread_rwlock_trywrlock(resizeLock) == 0
         }
@@ -323,28 +294,25 @@ extension LMDBEnvironment {
     /// lock. Before the rename a failure leaves the environment as it was; after it, the copy is
     /// the store on disk, and an environment that cannot be opened on it stops the process.
     func replaceFileHoldingLock(with copyFile: String) throws {
-        let (mapSize, lastTransaction) = (infoHoldingLock().mapSize, infoHoldingLock().lastTransaction)
+        let before = infoHoldingLock()
         dropSpareReaders()
         mdb_env_close(env)
-        if rename(copyFile, path + "/data.mdb") != 0 {
-            let failure = LMDBError(returnCode: errno, operation: "rename the compacted copy over \(path)/data.mdb")
-            do {
-                (env, _) = try Self.open(path: path, configuration: configuration, mapSize: mapSize)
-                try reopenDatabasesHoldingLock()
-            } catch {
-                preconditionFailure("LMDB environment \(path) could not be opened again after a failed swap: \(error)")
-            }
-            throw failure
-        }
+        let renameFailure =
+            rename(copyFile, path + "/data.mdb") == 0
+            ? nil : LMDBError(returnCode: errno, operation: "rename the compacted copy over \(path)/data.mdb")
         do {
-            try Self.syncDirectory(path)
-            (env, _) = try Self.open(path: path, configuration: configuration, mapSize: mapSize)
+            if renameFailure == nil { try Self.syncDirectory(path) }
+            (env, _) = try Self.open(path: path, configuration: configuration, mapSize: before.mapSize)
             try reopenDatabasesHoldingLock()
-            transactionOffset = 0
-            transactionOffset = lastTransaction + 1 - infoHoldingLock().lastTransaction
         } catch {
-            preconditionFailure("the compacted copy is \(path)/data.mdb now, complete and synced, but could not be opened: \(error)")
+            preconditionFailure(
+                renameFailure == nil
+                    ? "the compacted copy is \(path)/data.mdb now, complete and synced, but could not be opened: \(error)"
+                    : "LMDB environment \(path) could not be opened again after a failed swap: \(error)")
         }
+        if let renameFailure { throw renameFailure }
+        // The copy numbers its transactions afresh: the offset carries the count on.
+        transactionOffset += before.lastTransaction + 1 - infoHoldingLock().lastTransaction
     }
 
     /// Opens every table this environment had open, in the same order, so each keeps its handle.

@@ -208,9 +208,11 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// env `KITH_COMPACT_ON_START`. The start takes as long as a backup of the store.
     public var compactOnStart = false
     /// Give the data file's free pages back while serving: after a retention pass, when the
-    /// free pages are at least `compactionFreeFraction` of the file and `compactionMinimumFreeBytes`
-    /// (`FileCompactionRule`), a compacting copy is made while the node goes on and swapped in
-    /// (docs/storage.md, "Retention and file size"); env `KITH_COMPACT_WHILE_SERVING`.
+    /// free pages are at least `compactionFreeFraction` of the file, or the file has grown by
+    /// `compactionGrowthFraction` past the last compaction, by at least
+    /// `compactionMinimumFreeBytes` either way (`FileCompactionRule`), a compacting copy is made
+    /// while the node goes on and swapped in (docs/storage.md, "Compaction while serving"); env
+    /// `KITH_COMPACT_WHILE_SERVING`.
     public var compactWhileServing = true
     public var compactionFreeFraction = 0.25
     /// Due too once the file has grown by this share past what the last compaction made it.

@@ -24,7 +24,7 @@ extension LMDBProfileStore {
     public static func compactDataFile(path: String, keyFile: String? = nil) throws -> Compaction? {
         let files = FileManager.default
         let file = path + "/data.mdb", scratch = LMDBEnvironment.compactingDirectory(of: path)
-        if files.fileExists(atPath: scratch) { try files.removeItem(atPath: scratch) }
+        LMDBEnvironment.removeLeftoverCopy(scratch)
         guard files.fileExists(atPath: file) else { return nil }
         let keys = try DataKeyStore(path: keyFile ?? path + ".keys")
         guard !keys.createdNow else {
@@ -41,7 +41,7 @@ extension LMDBProfileStore {
             throw LMDBError(returnCode: errno, operation: "rename the compacted copy over \(file)")
         }
         try LMDBEnvironment.syncDirectory(path)
-        try files.removeItem(atPath: scratch)
+        LMDBEnvironment.removeLeftoverCopy(scratch)
         if files.fileExists(atPath: path + "/lock.mdb") { try files.removeItem(atPath: path + "/lock.mdb") }
         withExtendedLifetime(keys) {}
         return Compaction(bytesBefore: before, bytesAfter: try Self.fileSize(file))

@@ -24,6 +24,16 @@ private struct Planned: Error {}
 
 @Suite("LMDB compacting swap")
 struct LMDBCompactionTests {
+    /// A compaction that gave up left the file, the rows and the journal as they were, and no copy.
+    private func expectNothingChanged(
+        _ environment: LMDBEnvironment, _ path: String, _ rows: LMDBDatabase, _ model: [[UInt8]: [UInt8]], fileBytes: Int
+    ) throws {
+        #expect(environment.fileSize() == fileBytes)
+        #expect(environment.journal.withLock { $0 == nil })
+        #expect(!FileManager.default.fileExists(atPath: LMDBEnvironment.compactingDirectory(of: path)))
+        #expect(try contents(environment, rows) == model)
+    }
+
     /// 20,000 rows of 200 bytes, nine in ten then deleted: the file keeps the pages of them all.
     private func filledAndThinned(_ path: String) throws -> (LMDBEnvironment, LMDBDatabase, LMDBDatabase, [[UInt8]: [UInt8]]) {
         let environment = try LMDBEnvironment(path: path)
@@ -144,10 +154,7 @@ struct LMDBCompactionTests {
         release.signal()
         done.wait()
         #expect(outcome == .readersBusy)
-        #expect(environment.fileSize() == before)
-        #expect(environment.journal.withLock { $0 == nil })
-        #expect(!FileManager.default.fileExists(atPath: LMDBEnvironment.compactingDirectory(of: path)))
-        #expect(try contents(environment, rows) == model)
+        try expectNothingChanged(environment, path, rows, model, fileBytes: before)
 
         let again = try #require(try environment.startCompaction(waitingUpTo: 1))
         try again.copy()
@@ -171,9 +178,7 @@ struct LMDBCompactionTests {
             }
         }
         #expect(try compaction.swap(waitingUpTo: 1) == .tooManyWrites)
-        #expect(environment.fileSize() == before)
-        #expect(try contents(environment, rows) == model)
-        #expect(environment.journal.withLock { $0 == nil })
+        try expectNothingChanged(environment, path, rows, model, fileBytes: before)
     }
 
     @Test("a leftover copy goes at the start; a compaction let go stops its journal and removes its copy")
