@@ -16,9 +16,11 @@ public struct BucketWalkPosition: Equatable, Sendable {
 
 extension StoreEngine {
     /// One step of a walk from `position`: the identifiers of up to `buckets` buckets, in bucket
-    /// then key order, at most `limit` of them, and where the next step starts. One read of the
-    /// step's buckets (a store without pseudonyms finds them in one pass), then each bucket in
-    /// key order, so that a step that stops inside a bucket knows where to go on.
+    /// then key order, at most `limit` of them, and where the next step starts. Buckets are read
+    /// one at a time, and only until the step has its `limit` (a sealed store opens a row of
+    /// every identifier it lists: reading all of a step's buckets to take a few of them cost
+    /// a store of 160,000 identifiers five times the reads its steps needed). Each bucket in key
+    /// order, so that a step that stops inside a bucket knows where to go on.
     func walkStep(from position: BucketWalkPosition, buckets: Int, limit: Int, in reader: some StoreReading) throws
         -> (identifiers: [Identifier], next: BucketWalkPosition)
     {
@@ -26,12 +28,9 @@ extension StoreEngine {
         var bucket = position.bucket
         var after = position.after
         let end = min(bucket + buckets, DigestTreeShape.bucketCount)
-        let byBucket = Dictionary(grouping: try reader.identifiers(inBuckets: bucket..<end, hasher: hasher)) {
-            DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0))
-        }
         var taken: [Identifier] = []
         while bucket < end, taken.count < limit {
-            var held = (byBucket[bucket] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            var held = try reader.identifiers(inBucket: bucket, hasher: hasher).sorted { $0.key.lexicographicallyPrecedes($1.key) }
             if let after { held.removeAll { !after.lexicographicallyPrecedes($0.key) } }
             let some = held.prefix(limit - taken.count)
             taken += some

@@ -122,6 +122,36 @@ struct RetentionSweepTests {
         #expect(try (0..<60).allSatisfy { try fixture.store.view(of: Identifier(kind: .userId, value: "b-\($0)")!) == nil })
     }
 
+    /// A step reads the buckets it takes identifiers from and no more: one that stops at its
+    /// bound leaves the buckets after it unread (a sealed store opens a row of every identifier
+    /// a bucket lists). Every identifier once over the walk.
+    @Test(arguments: StoreKind.allCases)
+    func aStepReadsOnlyTheBucketsItTakesFrom(_ kind: StoreKind) throws {
+        let fixture = try StoreFixture(kind)
+        _ = try fixture.store.apply(
+            try (0..<60).map { index in
+                try delta(#"{"type":"track","userId":"r-\#(index)","event":"Page Viewed","messageId":"p-\#(index)"}"#, daysAgo: 1)
+            })
+        let store = try #require(fixture.store as? any EngineBackedStore)
+        try store.read { reader in
+            let counting = BucketCountingReader(readThrough: reader)
+            var position = BucketWalkPosition.start
+            var seen: [Identifier] = []
+            repeat {
+                counting.bucketsRead = []
+                let (taken, next) = try store.engine.walkStep(from: position, buckets: 1_024, limit: 7, in: counting)
+                let lastTaken = next.after == nil ? next.bucket - 1 : next.bucket
+                #expect(
+                    counting.bucketsRead.allSatisfy { (position.bucket...lastTaken).contains($0) },
+                    "a step from bucket \(position.bucket) to \(lastTaken) read \(counting.bucketsRead.count) buckets, up to \(counting.bucketsRead.max() ?? -1)"
+                )
+                seen += taken
+                position = next
+            } while !position.isAtEnd
+            #expect(seen.count == 60 && Set(seen).count == 60)
+        }
+    }
+
     /// A consent grant kept past its rule lapses (reads as never given) in the sweep; a denial
     /// of the same age stays, and a fresh grant stays.
     @Test(arguments: StoreKind.allCases)
@@ -219,5 +249,23 @@ struct RetentionSweepTests {
         _ = try early.store.apply(try messages())
         let step = try sweep(early.store, now: Self.now - 100 * Self.day)
         #expect(step.eventsDropped == 1 && step.traitsDropped == 0, "\(step)")
+    }
+}
+
+/// Reads through a store's tables, noting which digest-tree buckets' identifiers were asked for.
+final class BucketCountingReader: ReadingThrough {
+    let readThrough: any StoreReading
+    var bucketsRead: [Int] = []
+
+    init(readThrough: any StoreReading) { self.readThrough = readThrough }
+
+    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        bucketsRead.append(bucket)
+        return try readThrough.identifiers(inBucket: bucket, hasher: hasher)
+    }
+
+    func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
+        bucketsRead += Array(buckets)
+        return try readThrough.identifiers(inBuckets: buckets, hasher: hasher)
     }
 }
