@@ -275,7 +275,7 @@ try bytes.withUnsafeBufferPointer { buffer in
 
     let statistics = try store.statistics()
     let fileSize = store.environment.fileSize()
-    let used = store.usedBytes
+    let used = store.highWaterBytes
     print("store.profiles: \(statistics.profiles)")
     print("store.identifiers: \(statistics.identifiers)")
     print("store.change_log_entries: \(statistics.changes)")

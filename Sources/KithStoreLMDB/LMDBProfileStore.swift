@@ -201,8 +201,9 @@ public final class LMDBProfileStore: EngineBackedStore {
         try environment.backup(to: directory, databases: tables.databases)
     }
 
-    /// Bytes of pages in use by the whole environment.
-    public var usedBytes: Int { environment.info().usedBytes }
+    /// Bytes up to the highest page LMDB has used: the tables, the free pages below them and
+    /// LMDB's own (the tables alone: `usedBytes()`, `NodeStore`).
+    public var highWaterBytes: Int { environment.info().usedBytes }
 
     public func lastCommit() throws -> UInt64 { UInt64(environment.info().lastTransaction) }
 
