@@ -7,7 +7,8 @@ import KithStoreLMDB
 /// Storage over a simulated year (issue 23): a workload whose messages span a year, with a tenth
 /// of the customers replaced every day (`generate-workload.py --interval-ms 86400
 /// --churn-per-day 0.1`), applied in order into one store that sweeps retention once a
-/// simulated week and truncates its change log as a cluster does once every member has read it.
+/// simulated day (`--sweep-days`) and truncates its change log as a cluster does once every
+/// member has read it.
 /// Every 30 simulated days it prints the store's pages and the JSON bytes of the messages the
 /// rules still keep; at the end it builds a second store from only the kept messages and
 /// compares compacted copies of both: what a year of writes, sweeps and freed pages leaves
@@ -20,13 +21,15 @@ struct YearBenchmark {
     let durable: Bool
     let batchSize: Int
     let compactionGrowth: Double
+    /// Simulated days between sweeps (`--sweep-days`; a node sweeps hourly by default).
+    let sweepDays: Int
 
     /// Later than every message of the workload, so each message's event time is its own
     /// timestamp (an event time is never after the time a node received the message).
     static let receivedAt: Int64 = 1_800_000_000_000
     static let day: Int64 = 86_400_000
 
-    /// A node's rule (`--compaction-growth`, a node's default half), its least bytes scaled down
+    /// A node's rule (`--compaction-growth`, a node's default fifth), its least bytes scaled down
     /// with the store (5,000 customers at a time, tens of megabytes; a node's default is 64 MiB).
     var compactionRule: FileCompactionRule { FileCompactionRule(freeFraction: 0.25, growthFraction: compactionGrowth, minimumFreeBytes: 1 << 20) }
 
@@ -75,7 +78,7 @@ struct YearBenchmark {
         /// sweep, and those taken since (expired ones stay until a sweep drops them).
         var heldJSON = 0
         var peakDay = 0
-        var (ratioSum, samples) = (0.0, 0)
+        var (ratioSum, tableRatioSum, samples) = (0.0, 0.0, 0)
         func compactIfDue() throws {
             guard compactionRule.isDue(fileBytes: store.environment.fileSize(), usedBytes: try store.usedBytes(), compactedBytes: compactedBytes)
             else { return }
@@ -105,18 +108,21 @@ struct YearBenchmark {
                 }
                 let start = firstTime ?? newest
                 firstTime = start
-                if nextSweep == .min { (nextSweep, nextReport, nextCheck) = (start + 7 * Self.day, start + 30 * Self.day, start + Self.day) }
+                if nextSweep == .min {
+                    (nextSweep, nextReport, nextCheck) = (start + Int64(sweepDays) * Self.day, start + 30 * Self.day, start + Self.day)
+                }
                 // The file as a day of ingest left it, before the day's sweep and compaction.
                 let sampled = newest >= nextCheck
                 if sampled, newest - start >= 30 * Self.day {
                     let ratio = Double(store.environment.fileSize()) / Double(heldJSON)
                     if ratio > peak { (peak, peakDay) = (ratio, Int((newest - start) / Self.day)) }
-                    (ratioSum, samples) = (ratioSum + ratio, samples + 1)
+                    let tables = Double(try store.tableBytes().values.reduce(0, +)) / Double(heldJSON)
+                    (ratioSum, tableRatioSum, samples) = (ratioSum + ratio, tableRatioSum + tables, samples + 1)
                 }
                 if newest >= nextSweep {
                     swept.add(try sweep(store, under: rules, now: newest))
                     heldJSON = held.reduce(0) { $0 + ($1.isKept(under: rules, now: newest) ? $1.jsonBytes : 0) }
-                    nextSweep += 7 * Self.day
+                    nextSweep += Int64(sweepDays) * Self.day
                 }
                 // A node checks after every retention pass (hourly by default); here once a day.
                 if sampled {
@@ -139,6 +145,8 @@ struct YearBenchmark {
         report("year.peak_file_vs_held_json", peak, decimals: 2)
         print("year.peak_day: \(peakDay)")
         report("year.mean_file_vs_held_json", ratioSum / Double(max(samples, 1)), decimals: 2)
+        // The same samples' tables (their pages in use): what the file holds beyond them is free.
+        report("year.mean_tables_vs_held_json", tableRatioSum / Double(max(samples, 1)), decimals: 2)
         print("year.events_dropped: \(swept.eventsDropped)")
         print("year.traits_dropped: \(swept.traitsDropped)")
 

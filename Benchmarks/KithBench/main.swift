@@ -16,8 +16,11 @@ struct Options {
     var workload = ""
     var dataDirectory = "Benchmarks/.work/lmdb"
     var batchSize = 500
-    /// `--year`: the compaction rule's growth fraction (`FileCompactionRule`).
-    var compactionGrowth = 0.5
+    /// `--year`: the compaction rule's growth fraction (a node's default, `FileCompactionRule`).
+    var compactionGrowth = FileCompactionRule().growthFraction
+    /// `--year`: simulated days between sweeps (a node sweeps hourly by default; weekly sweeps
+    /// left a week of rows as ingest wrote them between compactions).
+    var sweepDays = 1
     var reads = 1_000_000
     var readSeconds = 10.0
     var customers = 100_000
@@ -86,6 +89,7 @@ struct Options {
             case "--catch-up": catchUpScratch = value
             case "--year": yearWorkload = value
             case "--compaction-growth": compactionGrowth = Double(value) ?? 0
+            case "--sweep-days": sweepDays = Int(value) ?? 0
             case "--vs-postgres": postgresComparisonBinary = value
             case "--rounds": rounds = Int(value) ?? 0
             default: Self.fail("unknown option \(argument)")
@@ -99,6 +103,7 @@ struct Options {
         if yearWorkload != nil {
             if batchSize <= 0 { Self.fail("--batch takes a positive number") }
             if compactionGrowth <= 0 { Self.fail("--compaction-growth takes a positive fraction") }
+            if sweepDays <= 0 { Self.fail("--sweep-days takes a positive number of days") }
             return
         }
         if catchUpScratch != nil {
@@ -112,7 +117,7 @@ struct Options {
         if readsOnly && reads > 0 && customers > 0 { return }
         if workload.isEmpty || batchSize <= 0 || reads <= 0 || customers <= 0 {
             Self.fail(
-                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --feed KITH | --scoped KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
+                "usage: kith-bench --workload FILE.jsonl [--data-dir DIR] [--batch N] [--reads N] [--read-seconds S] [--customers N] [--durable false] [--replicating true] [--parse-thread false] | --reads-only true [--data-dir DIR] [--reads N] [--read-seconds S] [--customers N] | --http KITH [--baseline KITH] [--seconds S] | --cluster KITH | --feed KITH | --scoped KITH | --catch-up SCRATCH_DIR [--customers N] [--durable false] | --year FILE.jsonl [--data-dir SCRATCH_DIR] [--durable false] [--batch N] [--compaction-growth F] [--sweep-days N] | --vs-postgres KITH --workload FILE.jsonl [--seconds S] [--rounds N] | --lmdb-ceiling SCRATCH_DIR [--data-dir STORE] [--messages N] [--batch N] [--customers N] [--read-seconds S]"
             )
         }
     }
@@ -181,7 +186,7 @@ if let workload = options.yearWorkload {
     do {
         try YearBenchmark(
             workload: workload, scratch: options.dataDirectory, durable: options.durable, batchSize: options.batchSize,
-            compactionGrowth: options.compactionGrowth
+            compactionGrowth: options.compactionGrowth, sweepDays: options.sweepDays
         ).run()
     } catch {
         Options.fail("\(error)")

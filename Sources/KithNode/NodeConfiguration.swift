@@ -215,8 +215,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     /// `KITH_COMPACT_WHILE_SERVING`.
     public var compactWhileServing = true
     public var compactionFreeFraction = 0.25
-    /// Due too once the file has grown by this share past what the last compaction made it.
-    public var compactionGrowthFraction = 0.5
+    /// Due too once the file has grown by this share past what the last compaction made it
+    /// (`FileCompactionRule`'s default).
+    public var compactionGrowthFraction = FileCompactionRule().growthFraction
     /// env `KITH_COMPACTION_MINIMUM_FREE_BYTES`.
     public var compactionMinimumFreeBytes = 64 << 20
 

@@ -29,13 +29,14 @@ struct FileCompactionRuleTests {
         #expect(!rule.isDue(fileBytes: 8_000, usedBytes: 8_000, compactedBytes: 10_000))
     }
 
-    @Test("the defaults: a quarter of the file free, or half again past the last compaction, and 64 MiB")
+    @Test("the defaults: a quarter of the file free, or a fifth's growth past the last compaction, and 64 MiB")
     func defaults() {
         let rule = FileCompactionRule()
         #expect(rule.isDue(fileBytes: 256 << 20, usedBytes: 192 << 20))
         #expect(!rule.isDue(fileBytes: 255 << 20, usedBytes: 192 << 20))
         #expect(!rule.isDue(fileBytes: 200 << 20, usedBytes: 150 << 20))  // a quarter, under 64 MiB
-        #expect(rule.isDue(fileBytes: 300 << 20, usedBytes: 300 << 20, compactedBytes: 200 << 20))
-        #expect(!rule.isDue(fileBytes: 299 << 20, usedBytes: 299 << 20, compactedBytes: 200 << 20))
+        #expect(rule.isDue(fileBytes: 480 << 20, usedBytes: 480 << 20, compactedBytes: 400 << 20))
+        #expect(!rule.isDue(fileBytes: 479 << 20, usedBytes: 479 << 20, compactedBytes: 400 << 20))
+        #expect(!rule.isDue(fileBytes: 300 << 20, usedBytes: 300 << 20, compactedBytes: 250 << 20))  // a fifth, under 64 MiB
     }
 }
