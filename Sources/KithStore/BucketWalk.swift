@@ -16,11 +16,12 @@ public struct BucketWalkPosition: Equatable, Sendable {
 
 extension StoreEngine {
     /// One step of a walk from `position`: the identifiers of up to `buckets` buckets, in bucket
-    /// then key order, at most `limit` of them, and where the next step starts. Buckets are read
-    /// one at a time, and only until the step has its `limit` (a sealed store opens a row of
-    /// every identifier it lists: reading all of a step's buckets to take a few of them cost
-    /// a store of 160,000 identifiers five times the reads its steps needed). Each bucket in key
-    /// order, so that a step that stops inside a bucket knows where to go on.
+    /// then key order, at most `limit` of them, and where the next step starts. A sealed store
+    /// lists buckets only until the step has its `limit` (it opens a row of every identifier it
+    /// lists: listing all of a step's buckets to take a few of them cost a store of 160,000
+    /// identifiers five times the reads its steps needed); a plain one lists them all in one
+    /// pass. Each bucket in key order, so that a step that stops inside a bucket knows where to
+    /// go on.
     func walkStep(from position: BucketWalkPosition, buckets: Int, limit: Int, in reader: some StoreReading) throws
         -> (identifiers: [Identifier], next: BucketWalkPosition)
     {
@@ -29,8 +30,16 @@ extension StoreEngine {
         var after = position.after
         let end = min(bucket + buckets, DigestTreeShape.bucketCount)
         var taken: [Identifier] = []
+        var listed: [Int: [Identifier]] = [:]
+        var listedThrough = bucket
         while bucket < end, taken.count < limit {
-            var held = try reader.identifiers(inBucket: bucket, hasher: hasher).sorted { $0.key.lexicographicallyPrecedes($1.key) }
+            if bucket >= listedThrough {
+                let (found, through) = try reader.identifiers(inBuckets: bucket..<end, untilAtLeast: limit - taken.count, hasher: hasher)
+                precondition(through > bucket, "listing from bucket \(bucket) listed none (through \(through))")
+                listed = Dictionary(grouping: found) { DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: $0)) }
+                listedThrough = through
+            }
+            var held = (listed[bucket] ?? []).sorted { $0.key.lexicographicallyPrecedes($1.key) }
             if let after { held.removeAll { !after.lexicographicallyPrecedes($0.key) } }
             let some = held.prefix(limit - taken.count)
             taken += some

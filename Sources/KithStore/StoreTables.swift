@@ -149,6 +149,12 @@ package protocol StoreReading {
     func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier]
     /// The same for a run of buckets, in bucket order.
     func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
+    /// The identifiers of the first buckets of `buckets`, in bucket order, and the end of the
+    /// buckets listed (at least one): every bucket's until `limit` are found (a walk step's).
+    /// Sealed tables list no bucket past that (each identifier listed opens a row); plain tables
+    /// list them all in one pass.
+    func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> (identifiers: [Identifier], through: Int)
 }
 
 extension StoreReading {
@@ -180,6 +186,13 @@ extension StoreReading {
             return false
         })
         return found.sorted { ($0.bucket, $0.identifier) < ($1.bucket, $1.identifier) }.map(\.identifier)
+    }
+
+    /// Plain tables: every bucket's, in the one pass.
+    package func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> (identifiers: [Identifier], through: Int)
+    {
+        (try identifiers(inBuckets: buckets, hasher: hasher), buckets.upperBound)
     }
 
     private func identifiers(where wanted: (Identifier) -> Bool) throws -> [Identifier] {
@@ -279,6 +292,12 @@ extension ReadingThrough {
 
     package func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
         try readThrough.identifiers(inBuckets: buckets, hasher: hasher)
+    }
+
+    package func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> (identifiers: [Identifier], through: Int)
+    {
+        try readThrough.identifiers(inBuckets: buckets, untilAtLeast: limit, hasher: hasher)
     }
 }
 

@@ -163,6 +163,20 @@ struct SealedReading: StoreReading {
         try buckets.flatMap { try identifiers(inBucket: $0, hasher: hasher) }
     }
 
+    /// Sealed: bucket by bucket, none past the one that brings `limit`.
+    func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> (identifiers: [Identifier], through: Int)
+    {
+        precondition(!buckets.isEmpty, "listing the identifiers of no bucket")
+        var found: [Identifier] = []
+        var through = buckets.lowerBound
+        repeat {
+            found += try identifiers(inBucket: through, hasher: hasher)
+            through += 1
+        } while through < buckets.upperBound && found.count < limit
+        return (found, through)
+    }
+
     /// Owners are in pseudonym order, and a pseudonym is a forget key's first bytes: a bucket's
     /// owners are one run of the table, read by their owner rows.
     func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
