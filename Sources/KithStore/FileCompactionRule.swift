@@ -17,7 +17,7 @@ public struct FileCompactionRule: Sendable, Equatable {
 
     /// A fifth's growth: on a year of churning customers (`kith-bench --year`, swept daily) the
     /// file averaged 1.00x the JSON of the messages it held between compactions at a fifth, and
-    /// 1.19x at half (docs/benchmarks.md, "Compaction while serving").
+    /// 1.19x at half (docs/benchmarks.md, "Sweeps as often as a node's").
     public init(freeFraction: Double = 0.25, growthFraction: Double = 0.2, minimumFreeBytes: Int = 64 << 20) {
         precondition(freeFraction > 0 && freeFraction < 1, "a compaction due at \(freeFraction) of the file free")
         precondition(growthFraction > 0, "a compaction due at \(growthFraction) of growth")

@@ -61,6 +61,14 @@ struct RetentionSweepTests {
         try SegmentMessageParser().parse(try JSONParser.parse(Array(text.utf8)), receivedAt: Self.now - daysAgo * Self.day)
     }
 
+    /// A page view by each of `count` customers (`userPrefix` and a number), all of one age.
+    func pageViews(of count: Int, userPrefix: String, daysAgo: Int64) throws -> [ProfileDelta] {
+        try (0..<count).map { index in
+            try delta(
+                #"{"type":"track","userId":"\#(userPrefix)\#(index)","event":"Page Viewed","messageId":"p-\#(index)"}"#, daysAgo: daysAgo)
+        }
+    }
+
     /// A customer with events and traits of every age, and one known only by an old event.
     func messages() throws -> [ProfileDelta] {
         [
@@ -109,10 +117,7 @@ struct RetentionSweepTests {
     @Test(arguments: StoreKind.allCases)
     func stepsAreBoundedByIdentifiers(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
-        _ = try fixture.store.apply(
-            try (0..<60).map { index in
-                try delta(#"{"type":"track","userId":"b-\#(index)","event":"Page Viewed","messageId":"p-\#(index)"}"#, daysAgo: 400)
-            })
+        _ = try fixture.store.apply(try pageViews(of: 60, userPrefix: "b-", daysAgo: 400))
         var steps: [RetentionStep] = []
         repeat {
             steps.append(try fixture.store.expire(under: Self.rules, now: Self.now, buckets: 1_024, identifiers: 7))
@@ -128,10 +133,7 @@ struct RetentionSweepTests {
     @Test(arguments: StoreKind.allCases)
     func aStepReadsOnlyTheBucketsItTakesFrom(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
-        _ = try fixture.store.apply(
-            try (0..<60).map { index in
-                try delta(#"{"type":"track","userId":"r-\#(index)","event":"Page Viewed","messageId":"p-\#(index)"}"#, daysAgo: 1)
-            })
+        _ = try fixture.store.apply(try pageViews(of: 60, userPrefix: "r-", daysAgo: 1))
         let store = try #require(fixture.store as? any EngineBackedStore)
         try store.read { reader in
             let counting = BucketCountingReader(readThrough: reader)
