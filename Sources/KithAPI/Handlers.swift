@@ -379,6 +379,10 @@ extension NodeAPI {
         text += NodeMetrics.metric(
             "kith_retention_traits_dropped_total", "counter", "Traits dropped because their retention had passed.", retention.traitsDropped)
         text += NodeMetrics.metric(
+            "kith_retention_messages_dropped_total", "counter",
+            "Records of identify, group and alias calls dropped because their retention had passed.",
+            retention.messagesDropped)
+        text += NodeMetrics.metric(
             "kith_retention_grants_lapsed_total", "counter", "Consent grants dropped because their retention had passed (they read as never given).",
             retention.grantsDropped)
         text += NodeMetrics.metric(

@@ -556,14 +556,18 @@ extension NodeAPI {
                         o.member("events") { w in w.writeArray(events) { $0.writeEvent($1) } }
                         o.member("links") { $0.raw(bytes: links) }
                         o.member("reads") { w in w.writeArray(reads) { Self.writeAuditRecord($1, &$0) } }
-                        o.member("retention") { Self.writeRetention(view, events, settings.policy.retention, &$0) }
+                        o.member("retention") { Self.writeRetention(view, events, history, settings.policy.retention, &$0) }
                     })
             })
     }
 
-    /// For every trait and event held: the purpose that keeps it, for how long, and when it
-    /// expires (a datum no rule names is kept as long as the profile: `"kept": "no rule"`).
-    static func writeRetention(_ view: ProfileView, _ events: [EventRecord], _ rules: RetentionRules, _ writer: inout JSONWriter) {
+    /// For every trait, event and consent-history record held: the purpose that keeps it, for
+    /// how long, and when it expires (a datum no rule names is kept as long as the profile:
+    /// `"kept": "no rule"`). A record of the consent history goes with the message that
+    /// carried it: an event's by its name's rule, an identify's by the `messages` rule.
+    static func writeRetention(
+        _ view: ProfileView, _ events: [EventRecord], _ history: [ConsentChange], _ rules: RetentionRules, _ writer: inout JSONWriter
+    ) {
         func keep(_ keep: RetentionRules.Keep?, expiresAt: Int64?, into w: inout JSONWriter) {
             w.writeObject { o in
                 guard let keep, let expiresAt else { return o.member("kept", string: "no rule") }
@@ -587,6 +591,15 @@ extension NodeAPI {
                     for event in events {
                         byMessage.member(event.messageId) {
                             keep(rules.keep(forEvent: event.name), expiresAt: rules.expiry(ofEvent: event.name, at: event.time), into: &$0)
+                        }
+                    }
+                }
+            }
+            o.member("consentHistory") { w in
+                w.writeObject { byMessage in
+                    for change in history {
+                        byMessage.member(change.messageId) {
+                            keep(rules.keep(forMessage: change.message), expiresAt: rules.expiry(ofMessage: change.message), into: &$0)
                         }
                     }
                 }

@@ -189,6 +189,8 @@ public struct RetentionTotals: Sendable, Equatable {
     public var passes = 0
     public var eventsDropped = 0
     public var traitsDropped = 0
+    /// Records of identify, group and alias calls dropped under a `messages` rule.
+    public var messagesDropped = 0
     /// Consent grants that lapsed under a consent retention rule.
     public var grantsDropped = 0
     /// Ledger blocks the sweeps deflated (ingest leaves them plain).
@@ -202,12 +204,13 @@ public struct RetentionTotals: Sendable, Equatable {
     public var compactionsGivenUp = 0
 
     public init(
-        passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, grantsDropped: Int = 0, blocksDeflated: Int = 0, rowsDeflated: Int = 0,
-        rowsRepacked: Int = 0, compactions: Int = 0, compactionsGivenUp: Int = 0
+        passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, messagesDropped: Int = 0, grantsDropped: Int = 0,
+        blocksDeflated: Int = 0, rowsDeflated: Int = 0, rowsRepacked: Int = 0, compactions: Int = 0, compactionsGivenUp: Int = 0
     ) {
         self.passes = passes
         self.eventsDropped = eventsDropped
         self.traitsDropped = traitsDropped
+        self.messagesDropped = messagesDropped
         self.grantsDropped = grantsDropped
         self.blocksDeflated = blocksDeflated
         self.rowsDeflated = rowsDeflated

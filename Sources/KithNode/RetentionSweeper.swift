@@ -94,6 +94,7 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.passes += 1
             totals.eventsDropped += pass.eventsDropped
             totals.traitsDropped += pass.traitsDropped
+            totals.messagesDropped += pass.messagesDropped
             totals.grantsDropped += pass.grantsDropped
             totals.blocksDeflated += pass.blocksDeflated
             totals.rowsDeflated += pass.rowsDeflated
@@ -105,6 +106,7 @@ final class RetentionSweeper: @unchecked Sendable {
             [
                 ("identifiers", .number(JSONNumber(Int64(pass.identifiers)))), ("eventsDropped", .number(JSONNumber(Int64(pass.eventsDropped)))),
                 ("traitsDropped", .number(JSONNumber(Int64(pass.traitsDropped)))),
+                ("messagesDropped", .number(JSONNumber(Int64(pass.messagesDropped)))),
                 ("grantsDropped", .number(JSONNumber(Int64(pass.grantsDropped)))),
                 ("blocksDeflated", .number(JSONNumber(Int64(pass.blocksDeflated)))),
                 ("rowsDeflated", .number(JSONNumber(Int64(pass.rowsDeflated)))),

@@ -9,14 +9,17 @@ import KithProfile
 ///   {"events": ["Order Completed"], "days": 2557, "purpose": "tax"},
 ///   {"category": "behavioral", "days": 396, "purpose": "analytics"},
 ///   {"traits": ["favouriteColour"], "days": 730, "purpose": "personalization"},
-///   {"consent": ["advertising"], "days": 395, "purpose": "advertising"}
+///   {"consent": ["advertising"], "days": 395, "purpose": "advertising"},
+///   {"messages": ["identify", "alias"], "days": 730, "purpose": "support"}
 /// ]
 /// ```
 ///
 /// A category rule covers the events when the policy puts `events` in that category, and every
 /// trait in it. A rule by name wins over a category rule; of two rules naming the same data, the
 /// longer keeps it. A consent rule makes grants of those consent categories lapse (under any
-/// name that decides them): the customer is asked again.
+/// name that decides them): the customer is asked again. A messages rule keeps the records of
+/// identify, group and alias calls (when, where, the consent they carried) that long; what they
+/// set follows the trait and consent rules, and the links they made stay.
 extension Policy {
     static let longestRetentionDays = 36_500
 
@@ -34,7 +37,7 @@ extension Policy {
         for (index, item) in items.enumerated() {
             let path = "retention[\(index)]"
             guard case .object(let rule) = item else { throw PolicyError(path, "a rule is an object") }
-            try refuseUnknownKeys(rule, path, ["events", "traits", "category", "consent", "days", "purpose"])
+            try refuseUnknownKeys(rule, path, ["events", "traits", "category", "consent", "messages", "days", "purpose"])
             guard case .number(let number)? = rule["days"], let days = Int(number.literal), (1...longestRetentionDays).contains(days) else {
                 throw PolicyError("\(path).days", "must be a whole number of days from 1 to \(longestRetentionDays)")
             }
@@ -42,9 +45,21 @@ extension Policy {
                 throw PolicyError("\(path).purpose", "must name a purpose of the policy (the one that justifies keeping the data)")
             }
             let keep = RetentionRules.Keep(millis: Int64(days) * 86_400_000, purpose: purpose)
-            let targets = ["events", "traits", "category", "consent"].filter { rule[$0] != nil }
-            guard targets.count == 1 else { throw PolicyError(path, "a rule names exactly one of events, traits, category or consent") }
-            if let consent = rule["consent"] {
+            let targets = ["events", "traits", "category", "consent", "messages"].filter { rule[$0] != nil }
+            guard targets.count == 1 else {
+                throw PolicyError(path, "a rule names exactly one of events, traits, category, consent or messages")
+            }
+            if let messages = rule["messages"] {
+                for name in try strings(messages, "\(path).messages") {
+                    guard let type = MessageType(rawValue: name), RetentionRules.recordTypes.contains(type) else {
+                        throw PolicyError(
+                            "\(path).messages",
+                            "must name message types among \(RetentionRules.recordTypes.map(\.rawValue).joined(separator: ", ")) (\"\(name)\" is not one; events are kept by events and category rules)"
+                        )
+                    }
+                    rules.messagesByType[type] = keep.longer(rules.messagesByType[type])
+                }
+            } else if let consent = rule["consent"] {
                 for category in try strings(consent, "\(path).consent") {
                     guard !vocabulary.names(of: category).isEmpty else {
                         throw PolicyError("\(path).consent", "must name consent categories of the policy (\"\(category)\" is not one)")

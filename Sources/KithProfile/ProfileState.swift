@@ -76,6 +76,19 @@ public struct ProfileState: Equatable, Sendable {
         return isNew ? .applied : .duplicate
     }
 
+    /// A message whose record had expired under the retention rules when it came: what it set
+    /// and the links it asserted, as a store keeps them once its sweep has passed; it counts
+    /// in no total and leaves no event (docs/privacy.md, "Retention").
+    public mutating func applyExpired(_ delta: ProfileDelta, hasher: some ForgetKeyHasher) {
+        if isForgotten(delta.subject, at: delta.times.eventTime, hasher) { return }
+        var document = documents[delta.subject] ?? SourceDocument()
+        document.absorbFields(of: delta, historyLimit: configuration.historyLimit)
+        documents[delta.subject] = document.isEmpty ? nil : document
+        for peer in delta.links where !isForgotten(peer, at: delta.times.eventTime, hasher) {
+            graph.merge(key: LinkEdge(delta.subject, peer)!, LinkState(adds: [delta.stamp: delta.channel]))
+        }
+    }
+
     /// Unmerge: removes the link between `a` and `b` as of `stamp` (normally a node's HLC time).
     /// A removal dated at or before an endpoint's erasure is dominated by it and dropped.
     public mutating func removeLink(_ a: Identifier, _ b: Identifier, stamp: LWWStamp, hasher: some ForgetKeyHasher) {

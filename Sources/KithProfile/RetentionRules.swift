@@ -40,6 +40,11 @@ public struct RetentionRules: Sendable, Equatable {
     /// name the policy's vocabulary maps to a category a rule names). A grant expires and then
     /// reads as never given; a denial never expires (a withdrawal must not lapse into consent).
     public var grantsByName: [String: Keep] = [:]
+    /// The records of identify, group and alias calls by their type: when such a message was
+    /// received, where (which nodes accepted it) and the consent decisions it carried. What it
+    /// set lives on under the rules for traits and consent; the links it asserted stay while
+    /// the profile does (a link record, docs/privacy.md, "Retention").
+    public var messagesByType: [MessageType: Keep] = [:]
 
     public init() {}
 
@@ -47,7 +52,12 @@ public struct RetentionRules: Sendable, Equatable {
 
     public var isEmpty: Bool {
         eventsByName.isEmpty && events == nil && traitsByName.isEmpty && traitsByCategory.isEmpty && grantsByName.isEmpty
+            && messagesByType.isEmpty
     }
+
+    /// The message types a `messages` rule may name: those that record no event (events are
+    /// kept by their names' and their category's rules).
+    public static let recordTypes: [MessageType] = MessageType.allCases.filter { !$0.isEvent }
 
     /// How long a consent grant under `name` counts; nil: until it is changed.
     public func keep(forGrant name: String) -> Keep? {
@@ -57,8 +67,7 @@ public struct RetentionRules: Sendable, Equatable {
     /// Whether `register` (a decision under `name`) is a grant that has lapsed at `now`.
     public func isExpired(grant register: ConsentRegister, name: String, now: Int64) -> Bool {
         guard register.granted, let keep = keep(forGrant: name) else { return false }
-        let time = register.stamp.time
-        return (time.addingReportingOverflow(keep.millis).overflow ? .max : time + keep.millis) <= now
+        return Self.adding(keep, to: register.stamp.time) <= now
     }
 
     /// How long an event named `name` is kept; nil: as long as the profile.
@@ -70,14 +79,35 @@ public struct RetentionRules: Sendable, Equatable {
         return (traitCategories[name] ?? unnamedTraitCategory).flatMap { traitsByCategory[$0] }
     }
 
+    /// How long the record of a message is kept: an event's by its name, an identify's, group's
+    /// or alias's by its type; nil: as long as the profile.
+    public func keep(forMessage entry: LedgerEntry) -> Keep? {
+        entry.type.isEvent ? keep(forEvent: entry.name) : messagesByType[entry.type]
+    }
+
+    /// When the record of a message (its ledger entry) expires.
+    public func expiry(ofMessage entry: LedgerEntry) -> Int64? {
+        keep(forMessage: entry).map { Self.adding($0, to: entry.time) }
+    }
+
+    /// Whether the record of a message dated `time` (one of its copies') has expired at `now`.
+    public func isExpired(message entry: LedgerEntry, at time: Int64, now: Int64) -> Bool {
+        keep(forMessage: entry).map { Self.adding($0, to: time) <= now } ?? false
+    }
+
+    /// `time` plus `keep`, or the far end of the range rather than wrapping around.
+    private static func adding(_ keep: Keep, to time: Int64) -> Int64 {
+        time.addingReportingOverflow(keep.millis).overflow ? .max : time + keep.millis
+    }
+
     /// When an event named `name` dated `time` expires (it is gone at and after that time).
     public func expiry(ofEvent name: String, at time: Int64) -> Int64? {
-        keep(forEvent: name).map { time.addingReportingOverflow($0.millis).overflow ? .max : time + $0.millis }
+        keep(forEvent: name).map { Self.adding($0, to: time) }
     }
 
     /// When trait `name`, last updated at `time`, expires.
     public func expiry(ofTrait name: String, updatedAt time: Int64) -> Int64? {
-        keep(forTrait: name).map { time.addingReportingOverflow($0.millis).overflow ? .max : time + $0.millis }
+        keep(forTrait: name).map { Self.adding($0, to: time) }
     }
 
     public func isExpired(event name: String, at time: Int64, now: Int64) -> Bool {

@@ -211,6 +211,14 @@ public struct SourceDocument: Equatable, Sendable {
         return false
     }
 
+    /// The fields `delta` set, without counting it or keeping its event: what a store keeps of a
+    /// message whose record expired under the retention rules (docs/privacy.md, "Retention").
+    public mutating func absorbFields(of delta: ProfileDelta, historyLimit: Int) {
+        var copy = SourceHead()
+        copy.absorb(delta, historyLimit: 0)
+        head.mergeFields(copy, historyLimit: historyLimit)
+    }
+
     /// The join of two replicas of the same identifier's document.
     public mutating func merge(_ other: SourceDocument, historyLimit: Int) {
         for (id, entry) in other.ledger where ledger[id].map({ $0 < entry }) ?? true { ledger[id] = entry }

@@ -15,7 +15,8 @@ public protocol FrameAuthenticator: Sendable {
 /// One frame on a peer connection (docs/wire-format.md has the layout byte by byte).
 public struct Frame: Equatable, Sendable {
     public static let magic: [UInt8] = [0x4B, 0x54]  // "KT"
-    public static let version: UInt8 = 5
+    /// 6: document states may carry link records (`LedgerRow`), which a peer of 5 cannot read.
+    public static let version: UInt8 = 6
     public static let headerSize = 28
     public static let tagSize = 32
     public static let nonceSize = 16

@@ -23,6 +23,8 @@ extension DocumentState {
                 ledger.entry = projection.entry(ledger.entry)
                 ledger.event = ledger.event.flatMap(projection.event)
                 ledger.links.removeAll { !projection.holds($0) }
+                // A link record to no one the member holds says nothing to it.
+                if ledger.isLinkRecord && ledger.links.isEmpty { continue }
                 kept.append(Row(part: row.part, suffix: row.suffix, value: ProfileFormat.encode(ledger)))
             case .edge?:
                 guard let peer = Identifier(key: row.suffix) else { throw DocumentStateRejected("a link to an invalid identifier") }

@@ -16,7 +16,8 @@ public protocol ProfileReading: AnyObject, Sendable {
     /// without building the view (`EncodedProfileView`).
     func encodedView(of identifier: Identifier) throws -> EncodedProfileView?
 
-    /// Whether the source document of `subject` has absorbed the message `messageId`.
+    /// Whether the source document of `subject` holds the message `messageId` (a link record,
+    /// all its expiry left, does not count).
     func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool
 
     /// A page of the events of the profile `identifier` belongs to, newest first, strictly older
@@ -342,7 +343,10 @@ extension EngineBackedStore {
     }
 
     public func hasMessage(_ messageId: String, subject: Identifier) throws -> Bool {
-        try read { reader in try reader.get(.documents, documentKey(subject.key, .ledger, messageId.utf8)) != nil }
+        try read { reader in
+            guard let row = try reader.get(.documents, documentKey(subject.key, .ledger, messageId.utf8)) else { return false }
+            return try !decode(LedgerRow.self, row, table: .documents).isLinkRecord
+        }
     }
 
     public func events(of identifier: Identifier, before cursor: EventCursor?, limit: Int) throws

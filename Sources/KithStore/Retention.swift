@@ -7,6 +7,8 @@ public struct RetentionStep: Sendable, Equatable {
     public var identifiers = 0
     public var eventsDropped = 0
     public var traitsDropped = 0
+    /// Records of identify, group and alias messages dropped (`messages` rules).
+    public var messagesDropped = 0
     /// Consent grants that lapsed (a grant kept past its rule reads as never given).
     public var grantsDropped = 0
     /// Ledger blocks deflated: those ingest left plain (`LedgerBlock.isDeflatedBySweep`).
@@ -90,6 +92,7 @@ extension RetentionStep {
         identifiers += other.identifiers
         eventsDropped += other.eventsDropped
         traitsDropped += other.traitsDropped
+        messagesDropped += other.messagesDropped
         grantsDropped += other.grantsDropped
         blocksDeflated += other.blocksDeflated
         rowsDeflated += other.rowsDeflated
@@ -98,7 +101,8 @@ extension RetentionStep {
 }
 
 extension WriteContext {
-    /// Drops the expired events (ledger rows), traits and consent grants of `identifiers`,
+    /// Drops the expired events and message records (ledger rows; a row that linked others
+    /// leaves its link record), traits and consent grants of `identifiers`,
     /// recounts their heads, and rebuilds the profiles around them from what is left. An
     /// identifier left with nothing (no data, no link) leaves its profile, as after an erasure.
     func expire(_ identifiers: [Identifier], under rules: RetentionRules, now: Int64) throws -> RetentionStep {
@@ -108,12 +112,16 @@ extension WriteContext {
             step.identifiers += 1
             var expired: [[UInt8]] = []
             var trimmed: [([UInt8], LedgerRow)] = []
+            var messagesDropped = 0
             try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
-                guard row.entry.type.isEvent else { return .next }
-                if rules.isExpired(event: row.entry.name, at: row.entry.time, now: now) {
-                    expired.append(key)
-                } else if let kept = row.forgettingCopies(where: { rules.isExpired(event: row.entry.name, at: $0, now: now) }) {
+                guard !row.isLinkRecord else { return .next }
+                if rules.isExpired(message: row.entry, at: row.entry.time, now: now) {
+                    // The row's own copy is its newest: every copy has expired. What linked
+                    // the subject to others leaves its link record.
+                    if row.entry.type.isEvent { step.eventsDropped += 1 } else { messagesDropped += 1 }
+                    if let record = row.expired { trimmed.append((key, record)) } else { expired.append(key) }
+                } else if let kept = row.forgettingExpiredCopies(where: { rules.isExpired(message: row.entry, at: $0, now: now) }) {
                     // Copies of the message dated earlier go too: a replica that swept the first
                     // copy before the next arrived holds the same row as one that saw both.
                     trimmed.append((key, kept))
@@ -121,7 +129,7 @@ extension WriteContext {
                 return .next
             }
             try txn.write(.documents, expired.map { ($0, nil) } + trimmed.map { ($0.0, ProfileFormat.encode($0.1)) })
-            step.eventsDropped += expired.count
+            step.messagesDropped += messagesDropped
             var head = try source(identifier.key) ?? SourceHead()
             let traits = head.traits.count
             head.traits.retain { name, register in !rules.isExpired(trait: name, updatedAt: register.stamp.time, now: now) }

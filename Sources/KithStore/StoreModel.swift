@@ -99,6 +99,12 @@ struct LedgerRow: BinaryCodable, Equatable {
     /// erasure or an expiry that drops rows or copies changes it the same on every replica.
     /// Empty in rows written before nodes recorded it.
     package var acceptances: [Acceptance] = []
+    /// Whether this row is what an expiry left of a message that linked its subject to others:
+    /// the message's type, its copies' times and its links — the provenance an erasure rebuilds
+    /// links from (`rebuildEdge`) — and nothing else. The link outlives the data that came with
+    /// it, as it is part of the person; the row is not counted in any total. See
+    /// docs/privacy.md, "Retention".
+    package private(set) var isLinkRecord = false
 
     init(
         entry: LedgerEntry, event: EventRecord?, links: [Identifier], consent: [ConsentDecision] = [], channel: String = "",
@@ -115,12 +121,23 @@ struct LedgerRow: BinaryCodable, Equatable {
     /// The times of every copy absorbed, this row's own included.
     var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
 
+    /// What is left of this row once its message has expired: its link record, or nil when it
+    /// linked nothing (the row then goes). Every copy's time stays, as each asserted the links.
+    var expired: LedgerRow? {
+        guard !links.isEmpty else { return nil }
+        var record = LedgerRow(entry: LedgerEntry(type: entry.type, name: "", time: entry.time, revenueMicros: nil), event: nil, links: links)
+        record.otherCopyTimes = otherCopyTimes
+        record.isLinkRecord = true
+        return record
+    }
+
     /// This row joined with another copy of the same message: the greater row, remembering the
-    /// times of both and who accepted each copy.
+    /// times of both and who accepted each copy. A link record keeps no acceptance: the copies
+    /// it has taken in are as old as it, so expired too.
     package func joined(with other: LedgerRow) -> LedgerRow {
         var result = isLess(than: other) ? other : self
         result.otherCopyTimes = Set(copyTimes + other.copyTimes).subtracting([result.entry.time]).sorted()
-        result.acceptances = Acceptance.joined(acceptances, other.acceptances)
+        result.acceptances = result.isLinkRecord ? [] : Acceptance.joined(acceptances, other.acceptances)
         return result
     }
 
@@ -135,8 +152,31 @@ struct LedgerRow: BinaryCodable, Equatable {
         return row
     }
 
+    /// The row without what its copies that `expired` says brought: their acceptances, and
+    /// their times unless the row links its subject to others (each copy asserted the links
+    /// at its time, and an erasure rebuilds them from those times). Nil when nothing goes.
+    func forgettingExpiredCopies(where expired: (Int64) -> Bool) -> LedgerRow? {
+        guard links.isEmpty else {
+            guard acceptances.contains(where: { expired($0.copyTime) }) else { return nil }
+            var row = self
+            row.acceptances.removeAll { expired($0.copyTime) }
+            return row
+        }
+        return forgettingCopies(where: expired)
+    }
+
     /// Of two differing copies of one message, every replica keeps the greater.
+    ///
+    /// A link record against a copy: the newer wins, so a copy dated after the expired one
+    /// (not expired itself, perhaps) is kept whole, and the record wins over a copy of its own
+    /// time — one that expired with it — so that a replica that swept before the copy came ends
+    /// as one that swept after. Two link records of one time keep the greater links.
     func isLess(than other: LedgerRow) -> Bool {
+        if isLinkRecord || other.isLinkRecord {
+            if entry.time != other.entry.time { return entry.time < other.entry.time }
+            if isLinkRecord != other.isLinkRecord { return other.isLinkRecord }
+            return links.lexicographicallyPrecedes(other.links)
+        }
         if entry != other.entry { return entry < other.entry }
         switch (event, other.event) {
         case (nil, _): return true
@@ -165,11 +205,18 @@ struct LedgerRow: BinaryCodable, Equatable {
         }
         writer.write(string: channel)
         // Written only when there are some, so a row without them has the bytes rows had
-        // before nodes recorded them, and replicas holding either agree byte for byte.
-        if !acceptances.isEmpty {
+        // before nodes recorded them, and replicas holding either agree byte for byte. A link
+        // record has none, written as an empty list followed by its mark.
+        if isLinkRecord {
+            writer.write(count: 0)
+            writer.write(byte: Self.linkRecordMark)
+        } else if !acceptances.isEmpty {
             writer.write(sequence: acceptances) { w, acceptance in acceptance.encode(to: &w, rowTime: entry.time) }
         }
     }
+
+    /// The byte after a link record's empty acceptances (no other row writes an empty list).
+    private static let linkRecordMark: UInt8 = 1
 
     package init(from reader: inout BinaryReader) throws {
         entry = try LedgerEntry(from: &reader)
@@ -182,7 +229,17 @@ struct LedgerRow: BinaryCodable, Equatable {
         let offset = reader.offset
         let rowTime = entry.time
         acceptances = try reader.readSequence(minimumItemSize: 3) { r in try Acceptance(from: &r, rowTime: rowTime) }
-        guard !acceptances.isEmpty, acceptances == Acceptance.joined(acceptances, []) else {
+        if acceptances.isEmpty {
+            guard try reader.readByte() == Self.linkRecordMark else {
+                throw BinaryDecodingError(.invalidValue, offset: offset, "ledger row acceptances (empty without a link record's mark)")
+            }
+            isLinkRecord = true
+            guard event == nil, entry.name.isEmpty, entry.revenueMicros == nil, consent.isEmpty, channel.isEmpty, !links.isEmpty else {
+                throw BinaryDecodingError(.invalidValue, offset: offset, "a link record holding more than its links, or none")
+            }
+            return
+        }
+        guard acceptances == Acceptance.joined(acceptances, []) else {
             throw BinaryDecodingError(.invalidValue, offset: offset, "ledger row acceptances (empty, unsorted or repeated)")
         }
     }
@@ -320,8 +377,11 @@ public struct ConsentChange: Equatable, Sendable {
     /// The identifier whose document absorbed the message.
     public var identifier: Identifier
     public var messageId: String
-    /// The message's (skew-corrected) time.
-    public var time: Int64
+    /// The message's record: its type, its event's name for an event, and its (skew-corrected)
+    /// time; what its retention goes by (`RetentionRules.expiry(ofMessage:)`).
+    public var message: LedgerEntry
+    /// The message's time.
+    public var time: Int64 { message.time }
     /// The message's channel: where the decision was made.
     public var source: String
     public var decisions: [ConsentDecision]
@@ -380,11 +440,15 @@ package let formatMetaKey = Array("format".utf8)
 /// have none — and is marked with the revision when opened, so that a build that does not know
 /// the revision refuses the store instead of failing on its first such row.
 package enum StoreFormat {
-    /// Revision 2: ledger rows kept in blocks (`LedgerBlock`); a row stored alone, as revisions
-    /// before wrote them all, reads as a block of one.
-    package static let current: [UInt8] = [ProfileFormat.version, 2]
+    /// Revision 3: a ledger row may be a link record (`LedgerRow.isLinkRecord`), what an expiry
+    /// leaves of a message that linked others. Revision 2: ledger rows kept in blocks
+    /// (`LedgerBlock`); a row stored alone, as revisions before wrote them all, reads as a
+    /// block of one.
+    package static let current: [UInt8] = [ProfileFormat.version, 3]
     /// Formats this build opens, and upgrades to `current` by writing it.
-    package static let readable: Set<[UInt8]> = [[ProfileFormat.version], [ProfileFormat.version, 1], current]
+    package static let readable: Set<[UInt8]> = [
+        [ProfileFormat.version], [ProfileFormat.version, 1], [ProfileFormat.version, 2], current,
+    ]
 }
 /// Which sealed layout the durable store's tables are in (`LMDBProfileStore.sealedLayout`).
 package let sealedLayoutMetaKey = Array("sealed".utf8)

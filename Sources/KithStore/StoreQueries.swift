@@ -70,7 +70,7 @@ package struct StoreEngine: Sendable {
             guard !row.consent.isEmpty else { return }
             changes.append(
                 ConsentChange(
-                    identifier: member, messageId: String(decoding: RowKey(stored: key).suffix, as: UTF8.self), time: row.entry.time,
+                    identifier: member, messageId: String(decoding: RowKey(stored: key).suffix, as: UTF8.self), message: row.entry,
                     source: row.channel, decisions: row.consent))
         }
         return changes.sorted { ($0.time, $0.messageId) < ($1.time, $1.messageId) }

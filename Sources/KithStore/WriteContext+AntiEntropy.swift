@@ -73,6 +73,8 @@ extension WriteContext {
         }
         var links: [Identifier] = []
         for peer in incoming.links where try !isForgotten(peer, at: incoming.entry.time) { links.append(peer) }
+        // A link record left with no link carries nothing (the sender will drop it too).
+        if incoming.isLinkRecord && links.isEmpty { return false }
         incoming.links = links
         let key = documentKey(identifier.key, .ledger, row.suffix)
         let existing = try txn.get(.documents, key).map { try decode(LedgerRow.self, $0, table: .documents) }

@@ -188,14 +188,17 @@ extension WriteContext {
         if head.isEmpty { deleteSource(member.key) } else { setSource(member.key, head) }
     }
 
-    /// Removes `member` from the links listed in `neighbour`'s ledger rows its cutoff dominates.
+    /// Removes `member` from the links listed in `neighbour`'s ledger rows its cutoff dominates
+    /// (a link record left with no link goes).
     private func stripMentions(of member: Identifier, fromLedgerOf neighbour: Identifier, _ cutoffs: ErasureCutoffs) throws {
-        var rewrites: [([UInt8], LedgerRow)] = []
+        var rewrites: [([UInt8], [UInt8]?)] = []
         try txn.scan(.documents, prefix: documentKey(neighbour.key, .ledger)) { key, value in
-            if let row = cutoffs.stripped(try decode(LedgerRow.self, value, table: .documents), of: member) { rewrites.append((key, row)) }
+            if let row = cutoffs.stripped(try decode(LedgerRow.self, value, table: .documents), of: member) {
+                rewrites.append((key, row.isLinkRecord && row.links.isEmpty ? nil : ProfileFormat.encode(row)))
+            }
             return .next
         }
-        try txn.write(.documents, rewrites.map { ($0.0, ProfileFormat.encode($0.1)) })
+        try txn.write(.documents, rewrites)
     }
 
     /// Rebuilds the profiles around `identifiers`, whose own data just shrank (an erasure, an

@@ -104,7 +104,8 @@ extension WriteContext {
             return true
         }
         try recount(&head, of: delta.subject)
-        setSource(delta.subject.key, head)
+        // A copy joined into a link record counts in nothing, and may have set nothing either.
+        if head.isEmpty { deleteSource(delta.subject.key) } else { setSource(delta.subject.key, head) }
         try recompute(around: [delta.subject] + row.links)
         return true
     }
@@ -114,11 +115,12 @@ extension WriteContext {
     /// count the joined row's entry instead of the old one, and the newest events hold the
     /// joined row's event. The result is what `recount` and `recompute` would build. Returns
     /// false, having changed nothing, when it cannot be had that way: a first-seen time may
-    /// move, or an event would leave a full list of newest events that only ledgers can refill.
+    /// move, an event would leave a full list of newest events that only ledgers can refill, or
+    /// a link record (counted in no total) is replaced or kept.
     private func absorbCopy(
         _ copy: SourceHead, replacing old: LedgerRow, with joined: LedgerRow, into head: inout SourceHead, of subject: Identifier
     ) throws -> Bool {
-        guard joined.event != nil || old.event == nil else { return false }
+        guard joined.event != nil || old.event == nil, !old.isLinkRecord, !joined.isLinkRecord else { return false }
         guard let canonical = try canonicalKey(subject.key), var view = try view(canonical) else { return false }
         var newHead = head
         guard newHead.recount(replacing: old.entry, with: joined.entry), view.head.recount(replacing: old.entry, with: joined.entry) else {
@@ -135,14 +137,15 @@ extension WriteContext {
         return true
     }
 
-    /// Recomputes a head's totals from its identifier's ledger rows.
+    /// Recomputes a head's totals from its identifier's ledger rows (link records count in none).
     func recount(_ head: inout SourceHead, of identifier: Identifier) throws {
         head.messageCount = 0
         head.firstSeen = nil
         head.lastSeen = nil
         head.aggregates = SortedDictionary()
         try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { _, value in
-            head.count(try decode(LedgerRow.self, value, table: .documents).entry)
+            let row = try decode(LedgerRow.self, value, table: .documents)
+            if !row.isLinkRecord { head.count(row.entry) }
             return .next
         }
     }

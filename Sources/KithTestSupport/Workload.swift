@@ -21,6 +21,10 @@ public struct WorkloadGenerator {
     public var sentAtPercent = 30
     /// What message ids start with (generators feeding different nodes need different ones).
     public var messageIdPrefix = "m-"
+    /// Whether a track call by a known user carries the user's first anonymous id too, as a
+    /// browser's library sends it after an identify: the event then links the two. Draws
+    /// nothing from `random`.
+    public var tracksCarryAnonymousId = false
     /// Percent of messages dated a year ahead with no `sentAt` (a client whose clock is wrong).
     public var futureDatedPercent = 0
     /// Customer churn: every `dayMillis` of message time after the first message, `percent` of
@@ -96,6 +100,7 @@ public struct WorkloadGenerator {
                 message["anonymousId"] = .string("a-\(c)-\(random.below(3))")
             } else {
                 message["userId"] = .string(userId)
+                if tracksCarryAnonymousId { message["anonymousId"] = .string("a-\(c)-0") }
             }
         } else if roll < 94 {
             message["type"] = "alias"

@@ -217,7 +217,7 @@ final class TestHost: APIHost, Sendable {
     func wallMillis() -> Int64 { wall.load(ordering: .relaxed) }
     func monotonicNanos() -> UInt64 { monotonic.load(ordering: .relaxed) }
     func background(_ work: @escaping @Sendable () -> Void) { work() }
-    var retention: RetentionTotals { RetentionTotals(passes: 2, eventsDropped: 5, traitsDropped: 1) }
+    var retention: RetentionTotals { RetentionTotals(passes: 2, eventsDropped: 5, traitsDropped: 1, messagesDropped: 3) }
     /// An in-memory store has no file: what a node over one answers.
     func compactDataFile() -> DataFileCompactionOutcome { .nothingToCompact }
 

@@ -180,10 +180,12 @@ struct RetentionExportTests {
         var policy = Policy.builtIn
         policy.retention.eventsByName["Order Completed"] = .init(millis: 2_557 * 86_400_000, purpose: "support")
         policy.retention.traitsByName["plan"] = .init(millis: 30 * 86_400_000, purpose: "support")
+        policy.retention.messagesByType[.identify] = .init(millis: 730 * 86_400_000, purpose: "support")
         let test = try TestAPI(policy: policy)
+        let consent = #""context":{"consent":{"categoryPreferences":{"Analytics":true}}}"#
         let messages = [
-            #"{"type":"identify","userId":"u-x","traits":{"plan":"plus","city":"Leeds"},"messageId":"i-1","timestamp":"2026-01-01T00:00:00Z"}"#,
-            #"{"type":"track","userId":"u-x","event":"Order Completed","messageId":"o-1","timestamp":"2026-01-02T00:00:00Z"}"#,
+            #"{"type":"identify","userId":"u-x","traits":{"plan":"plus","city":"Leeds"},"messageId":"i-1","timestamp":"2026-01-01T00:00:00Z",\#(consent)}"#,
+            #"{"type":"track","userId":"u-x","event":"Order Completed","messageId":"o-1","timestamp":"2026-01-02T00:00:00Z",\#(consent)}"#,
         ]
         for message in messages { #expect(test.ingest("/v1/batch", #"{"batch":[\#(message)]}"#)?.status == 200) }
         let export = try #require(test.call("GET", "/v1/profiles/user_id:u-x/export", role: .privacy)?.json)
@@ -192,6 +194,11 @@ struct RetentionExportTests {
         #expect(retention["traits"]?["plan"]?["expiresAt"] != nil && retention["traits"]?["city"]?["kept"] == "no rule")
         #expect(
             retention["events"]?["o-1"]?["days"] == 2557 && retention["events"]?["o-1"]?["expiresAt"]?.stringValue?.hasPrefix("2033-01-0") == true)
+        // The consent history's records go with their messages: the identify's by the
+        // messages rule, the order's by its event's.
+        let history = try #require(retention["consentHistory"])
+        #expect(history["i-1"]?["days"] == 730 && history["i-1"]?["expiresAt"]?.stringValue?.hasPrefix("2028-01-01") == true, "\(history)")
+        #expect(history["o-1"]?["days"] == 2557 && history["o-1"]?["purpose"] == "support")
     }
 
     /// Reads never show what has expired, whether or not the sweep has dropped it yet: the

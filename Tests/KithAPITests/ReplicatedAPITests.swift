@@ -280,6 +280,7 @@ struct ReplicatedAPITests {
         for line in [
             "kith_change_log_span 1", "kith_change_log_truncated_through 2", "kith_change_log_records_truncated_total 2",
             "kith_retention_passes_total 2", "kith_retention_events_dropped_total 5", "kith_retention_traits_dropped_total 1",
+            "kith_retention_messages_dropped_total 3",
         ] {
             #expect(metrics.contains(line), "\(line)")
         }

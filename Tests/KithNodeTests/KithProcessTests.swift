@@ -464,12 +464,15 @@ struct KithProcessTests {
         #expect(!advertising.body.contains("gold"))
     }
 
-    /// A node whose policy keeps page views 30 days drops older ones in the background, while
-    /// it serves: the profile's totals and history no longer count them; newer ones stay.
+    /// A node whose policy keeps page views and identify records 30 days drops older ones in
+    /// the background, while it serves: the profile's totals and history no longer count them;
+    /// newer ones stay, and so does the link an old identify made.
     @Test func theRetentionSweepDropsWhatThePolicyNoLongerKeeps() throws {
         let example = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("../../cluster-configs/policy.example.json")
         var policy = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: example)) as? [String: Any])
-        policy["retention"] = [["events": ["Page Viewed"], "days": 30, "purpose": "support"]]
+        policy["retention"] = [
+            ["events": ["Page Viewed"], "days": 30, "purpose": "support"], ["messages": ["identify"], "days": 30, "purpose": "support"],
+        ]
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("kith-policy-\(UUID().uuidString).json").path
         defer { try? FileManager.default.removeItem(atPath: path) }  // a temporary file; a leftover is harmless
         #expect(FileManager.default.createFile(atPath: path, contents: try JSONSerialization.data(withJSONObject: policy)))
@@ -479,13 +482,16 @@ struct KithProcessTests {
         let calls = [("p-old", old, "Page Viewed"), ("p-new", new, "Page Viewed"), ("o-old", old, "Order Completed")].map { id, time, event in
             #"{"type":"track","userId":"u-r","event":"\#(event)","messageId":"\#(id)","timestamp":"\#(time)"}"#
         }
-        #expect(try node.ingest("/v1/batch", #"{"batch":[\#(calls.joined(separator: ","))]}"#) == 200)
-        #expect(try eventually(10) { try messageCount(node, "u-r") == 2 }, "the old page view expires; the old order has no rule")
+        let identify = #"{"type":"identify","userId":"u-r","anonymousId":"a-r","messageId":"i-old","timestamp":"\#(old)"}"#
+        #expect(try node.ingest("/v1/batch", #"{"batch":[\#((calls + [identify]).joined(separator: ","))]}"#) == 200)
+        #expect(try eventually(10) { try messageCount(node, "u-r") == 2 }, "the old page view and identify expire; the old order has no rule")
+        #expect(try node.profile("anonymous_id:a-r")?.body.contains(#""id":"user_id:u-r""#) == true, "the link stays")
         let profile = try #require(try node.profile("user_id:u-r")?.body)
         #expect(!profile.contains("p-old") && profile.contains("p-new") && profile.contains("o-old"), "\(profile)")
         #expect(eventually(10) { node.logs.contains("retention pass") })
         let metrics = try node.request("GET", "/metrics", headers: ["Authorization: Bearer tk"])?.body ?? ""
         #expect(metrics.contains("kith_retention_events_dropped_total 1\n") && !metrics.contains("kith_retention_passes_total 0\n"), "\(metrics)")
+        #expect(metrics.contains("kith_retention_messages_dropped_total 1\n"), "\(metrics)")
     }
 
     /// With `KITH_COMPACT_ON_START` a restarted node replaces its data file with a compacting

@@ -87,7 +87,9 @@ import Testing
                  "retention":[{"events":["Order Completed"],"days":2557,"purpose":"tax"},
                               {"category":"behavioral","days":396,"purpose":"analytics"},
                               {"events":["Order Completed"],"days":30,"purpose":"support"},
-                              {"traits":["email"],"days":730,"purpose":"support"}]}
+                              {"traits":["email"],"days":730,"purpose":"support"},
+                              {"messages":["identify","alias"],"days":400,"purpose":"support"},
+                              {"messages":["identify"],"days":30,"purpose":"analytics"}]}
                 """#.utf8))
         let day: Int64 = 86_400_000
         let rules = policy.retention
@@ -95,6 +97,12 @@ import Testing
         #expect(rules.keep(forEvent: "Page Viewed") == .init(millis: 396 * day, purpose: "analytics"), "events are behavioral")
         #expect(rules.keep(forTrait: "favouriteColour")?.purpose == "analytics" && rules.keep(forTrait: "email")?.purpose == "support")
         #expect(rules.keep(forTrait: "plan") == nil)
+        // Identify and alias records by type, the longer rule of two; group's kept as long as the profile.
+        #expect(
+            rules.messagesByType == [.identify: .init(millis: 400 * day, purpose: "support"), .alias: .init(millis: 400 * day, purpose: "support")])
+        #expect(rules.keep(forMessage: LedgerEntry(type: .identify, name: "", time: 0, revenueMicros: nil))?.purpose == "support")
+        #expect(rules.keep(forMessage: LedgerEntry(type: .track, name: "Order Completed", time: 0, revenueMicros: nil))?.purpose == "tax")
+        #expect(rules.keep(forMessage: LedgerEntry(type: .group, name: "", time: 0, revenueMicros: nil)) == nil)
         #expect(try Policy(parsing: Array(#"{"version":1,"purposes":{"p":{}}}"#.utf8)).retention.isEmpty)
         // A consent rule covers every name that decides its category: aliases, Consent Mode
         // types, TCF purposes the category alone has, in any case.
@@ -114,7 +122,11 @@ import Testing
             ),
             (
                 #"{"events":["E"],"traits":["t"],"days":1,"purpose":"p"}"#,
-                "retention[0]: a rule names exactly one of events, traits, category or consent"
+                "retention[0]: a rule names exactly one of events, traits, category, consent or messages"
+            ),
+            (
+                #"{"messages":["track"],"days":1,"purpose":"p"}"#,
+                #"retention[0].messages: must name message types among identify, group, alias ("track" is not one; events are kept by events and category rules)"#
             ),
             (
                 #"{"consent":["telepathy"],"days":1,"purpose":"p"}"#,

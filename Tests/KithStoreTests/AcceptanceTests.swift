@@ -189,10 +189,12 @@ struct AcceptanceTests {
         try setFormat([ProfileFormat.version])
         #expect(try open().view(of: Self.u1)?.head.messageCount == 1)
         #expect(try format() == StoreFormat.current, "marked with the revision when opened")
-        try setFormat([ProfileFormat.version, 1])
-        #expect(try open().view(of: Self.u1)?.head.messageCount == 1)
-        #expect(try format() == StoreFormat.current)
-        try setFormat([ProfileFormat.version, 3])
+        for revision: UInt8 in [1, 2] {
+            try setFormat([ProfileFormat.version, revision])
+            #expect(try open().view(of: Self.u1)?.head.messageCount == 1)
+            #expect(try format() == StoreFormat.current, "revision \(revision) marked with the current one when opened")
+        }
+        try setFormat([ProfileFormat.version, 4])
         #expect(throws: StoreCorruption.self) { try open() }
     }
 }

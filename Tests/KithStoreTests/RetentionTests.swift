@@ -81,12 +81,11 @@ struct RetentionSweepTests {
         ]
     }
 
-    func sweep(_ store: any ProfileStore, now: Int64 = Self.now) throws -> RetentionStep {
+    func sweep(_ store: any ProfileStore, under rules: RetentionRules = Self.rules, now: Int64 = Self.now) throws -> RetentionStep {
         var total = RetentionStep()
         repeat {
-            let step = try store.expire(under: Self.rules, now: now, buckets: 100)
-            total.eventsDropped += step.eventsDropped
-            total.traitsDropped += step.traitsDropped
+            let step = try store.expire(under: rules, now: now, buckets: 100)
+            total.add(step)
             total.passEnded = step.passEnded
         } while !total.passEnded
         return total
@@ -253,6 +252,79 @@ struct RetentionSweepTests {
         _ = try early.store.apply(try messages())
         let step = try sweep(early.store, now: Self.now - 100 * Self.day)
         #expect(step.eventsDropped == 1 && step.traitsDropped == 0, "\(step)")
+    }
+
+    /// Identify records kept 30 days: older ones go with the consent history and acceptances
+    /// they held, while what they set (traits, consent) stays under its own rules and a link
+    /// one made stays as its link record. Group records, no rule, stay.
+    @Test(arguments: StoreKind.allCases)
+    func expiredIdentifyRecordsGoAndTheirLinksStay(_ kind: StoreKind) throws {
+        var rules = RetentionRules()
+        rules.messagesByType[.identify] = .init(millis: 30 * Self.day, purpose: "support")
+        let user = Identifier(kind: .userId, value: "u-5")!, anonymous = Identifier(kind: .anonymousId, value: "a-5")!
+        let fixture = try StoreFixture(kind)
+        _ = try fixture.store.apply([
+            try delta(
+                #"{"type":"identify","userId":"u-5","traits":{"plan":"plus"},"messageId":"id-a","context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#,
+                daysAgo: 60),
+            try delta(#"{"type":"identify","userId":"u-5","anonymousId":"a-5","messageId":"id-b"}"#, daysAgo: 60),
+            try delta(#"{"type":"identify","userId":"u-5","traits":{"city":"Oslo"},"messageId":"id-c"}"#, daysAgo: 10),
+            try delta(#"{"type":"group","userId":"u-5","groupId":"g-1","messageId":"group-1"}"#, daysAgo: 60),
+        ])
+        #expect(try fixture.store.consentHistory(of: user).count == 1)
+        let step = try sweep(fixture.store, under: rules)
+        #expect(step.messagesDropped == 2 && step.eventsDropped == 0 && step.traitsDropped == 0, "\(step)")
+        let view = try #require(try fixture.store.view(of: anonymous))
+        #expect(view.members.contains(user), "the link id-b made stays")
+        #expect(view.head.messageCount == 2 && view.head.firstSeen == Self.now - 60 * Self.day, "group-1 and id-c: \(view.head)")
+        #expect(view.head.traits["plan"] != nil && view.head.consent["Analytics"]?.granted == true, "what the records set stays")
+        #expect(try fixture.store.consentHistory(of: user).isEmpty, "the history went with its record")
+        #expect(try ["id-a", "id-b"].allSatisfy { try !fixture.store.hasMessage($0, subject: user) })
+        #expect(try ["id-c", "group-1"].allSatisfy { try fixture.store.hasMessage($0, subject: user) })
+        let again = try sweep(fixture.store, under: rules)
+        #expect(again.messagesDropped == 0, "a link record is not dropped again: \(again)")
+    }
+
+    /// An expired event that linked two identifiers leaves the link: its row becomes a link
+    /// record (when, and to whom), which is what an erasure rebuilds links from. A replica
+    /// that took the erasure of one end before its sweep and one that took it after end alike.
+    @Test(arguments: StoreKind.allCases)
+    func anExpiredEventLeavesTheLinkItAsserted(_ kind: StoreKind) throws {
+        let anonymous = Identifier(kind: .anonymousId, value: "a-9")!, user = Identifier(kind: .userId, value: "u-9")!
+        let early = try delta(#"{"type":"track","anonymousId":"a-9","event":"Page Viewed","messageId":"early"}"#, daysAgo: 500)
+        // Dated after the erasure below, so it survives it: the cookie came back and was linked.
+        let linking = try delta(
+            #"{"type":"track","userId":"u-9","anonymousId":"a-9","event":"Page Viewed","messageId":"linking","context":{"consent":{"categoryPreferences":{"Analytics":true}}}}"#,
+            daysAgo: 400)
+        let eraser = try StoreFixture(kind), before = try StoreFixture(kind), after = try StoreFixture(kind)
+        _ = try eraser.store.apply([early])
+        try eraser.store.erase(anonymous, requestedAt: Self.now - 450 * Self.day)
+        // The erasure as another node (99) sends it.
+        let erasure = try eraser.store.changes(after: 0, limit: .max).compactMap { entry -> ChangeEntry? in
+            guard case .erasure = entry.change else { return nil }
+            return ChangeEntry(sequence: 0, origin: 99, originSequence: 1, change: entry.change)
+        }
+        #expect(erasure.count == 1)
+        _ = try before.store.apply([early])
+        try before.store.applyReplicated(erasure, from: 99, through: nil)
+        _ = try before.store.apply([linking])
+        _ = try sweep(before.store)
+        _ = try after.store.apply([early, linking])
+        _ = try sweep(after.store)
+        try after.store.applyReplicated(erasure, from: 99, through: nil)
+        for store in [before.store, after.store] {
+            let view = try #require(try store.view(of: user))
+            #expect(view.members.contains(anonymous), "the link outlives the event that asserted it")
+            #expect(view.head.messageCount == 0 && view.head.recent.isEmpty, "\(view.head)")
+            #expect(try !store.hasMessage("linking", subject: user) && store.consentHistory(of: user).isEmpty)
+            #expect(try store.seenBy(user) == SeenBy([:]), "the acceptances went with the event")
+        }
+        #expect(try before.store.contentDigest() == after.store.contentDigest())
+        // Once an end is erased after the link, the link record goes with the rest.
+        try after.store.erase(user, requestedAt: Self.now)
+        #expect(try after.store.view(of: anonymous) == nil && after.store.view(of: user) == nil)
+        let left = try after.store.statistics()
+        #expect(left.sources == 0 && left.ledgerEntries == 0 && left.links == 0 && left.profiles == 0, "\(left)")
     }
 }
 
