@@ -181,6 +181,9 @@ struct CompactionDecision: BinaryCodable, Equatable {
 }
 
 /// How far a clearing has gone: its floor and where its walk over the identifiers stands.
+/// Written with a last byte `1`: its position is in forget-key order. One without it (written
+/// before walks went in that order) names an identifier key, and its bucket is cleared again
+/// from the start (a clearing repeated on an identifier drops nothing more).
 struct ClearingProgress: BinaryCodable, Equatable {
     var floor: Int64
     var position: BucketWalkPosition
@@ -190,7 +193,10 @@ struct ClearingProgress: BinaryCodable, Equatable {
         writer.write(varint: UInt64(position.bucket))
         writer.write(bool: position.after != nil)
         if let after = position.after { writer.write(bytes: after) }
+        writer.write(byte: Self.forgetKeyOrder)
     }
+
+    private static let forgetKeyOrder: UInt8 = 1
 
     init(floor: Int64, position: BucketWalkPosition) {
         self.floor = floor
@@ -202,7 +208,16 @@ struct ClearingProgress: BinaryCodable, Equatable {
         let offset = reader.offset
         let bucket = try reader.readVarint()
         guard bucket < UInt64(DigestTreeShape.bucketCount) else { throw BinaryDecodingError(.invalidValue, offset: offset, "bucket") }
-        position = BucketWalkPosition(bucket: Int(bucket), after: try reader.readBool() ? Array(try reader.readBytes()) : nil)
+        let after = try reader.readBool() ? Array(try reader.readBytes()) : nil
+        guard !reader.isAtEnd else {
+            position = BucketWalkPosition(bucket: Int(bucket), after: nil)
+            return
+        }
+        let mark = reader.offset
+        guard try reader.readByte() == Self.forgetKeyOrder,
+            after.map({ $0.count == DocumentState.forgetKeySize && DigestTreeShape.bucket(of: $0) == Int(bucket) }) ?? true
+        else { throw BinaryDecodingError(.invalidValue, offset: mark, "a clearing's position") }
+        position = BucketWalkPosition(bucket: Int(bucket), after: after)
     }
 }
 

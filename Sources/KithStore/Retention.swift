@@ -31,9 +31,13 @@ public struct RetentionStep: Sendable, Equatable {
 /// or none, deflates the ledger blocks and identifier rows ingest left plain, and writes the
 /// stored rows of the buckets it has walked again in order (the rows stay the same).
 extension StoreEngine {
-    /// `retention-next` → where the sweep goes on: a bucket (8 bytes), and the key of the last
-    /// identifier done in it when a step stopped inside it (absent: the first bucket).
-    static let retentionProgressMetaKey = Array("retention-next".utf8)
+    /// `retention-walk` → where the sweep goes on (`BucketWalkPosition.stored`; absent: the
+    /// first bucket).
+    static let retentionWalkMetaKey = Array("retention-walk".utf8)
+    /// `retention-next` → where the sweep went on in stores written before walks went in
+    /// forget-key order: a bucket (8 bytes), then the identifier key of the last one done in
+    /// it. Read once, for its bucket, which is walked again from its start.
+    static let legacyRetentionProgressMetaKey = Array("retention-next".utf8)
     /// `repack-next` → the stored key from which the next step's repacking goes on (absent:
     /// the table's start). Node-local, as is how rows are stored.
     static let repackProgressMetaKey = Array("repack-next".utf8)
@@ -41,16 +45,20 @@ extension StoreEngine {
     static let repackRowLimit = 8_192
 
     /// One step: from where the last one stopped, the identifiers of up to `buckets` buckets in
-    /// bucket then identifier order, at most `identifiers` of them (`walkStep`), and at most
+    /// forget-key order, at most `identifiers` of them (`walkStep`), and at most
     /// `blocks` of their ledger blocks and identifier rows deflated.
     func expire(
         under rules: RetentionRules, now: Int64, buckets: Int, identifiers limit: Int, blocks: Int, in context: WriteContext
     ) throws -> RetentionStep {
         let txn = context.txn
         var position = BucketWalkPosition.start
-        if let progress = try txn.get(.meta, Self.retentionProgressMetaKey), progress.count >= 8 {
-            position.bucket = Int(min(try decodeSequence(Array(progress.prefix(8))), UInt64(DigestTreeShape.bucketCount)))
-            if progress.count > 8 { position.after = Array(progress.dropFirst(8)) }
+        if let stored = try txn.get(.meta, Self.retentionWalkMetaKey) {
+            position = try decode(stored, table: .meta) { try BucketWalkPosition(stored: $0) }
+        } else if let legacy = try txn.get(.meta, Self.legacyRetentionProgressMetaKey), legacy.count >= 8 {
+            // A sweep in an older order: its bucket again from the start (a sweep repeated on
+            // an identifier changes nothing; one skipped would keep expired data a pass longer).
+            position.bucket = Int(min(try decodeSequence(Array(legacy.prefix(8))), UInt64(DigestTreeShape.bucketCount)))
+            try txn.delete(.meta, Self.legacyRetentionProgressMetaKey)
         }
         let (taken, next) = try walkStep(from: position, buckets: buckets, limit: limit, in: txn)
         var step = RetentionStep()
@@ -77,10 +85,10 @@ extension StoreEngine {
             try txn.delete(.meta, Self.repackProgressMetaKey)
         }
         guard next.isAtEnd else {
-            try txn.put(.meta, Self.retentionProgressMetaKey, sequenceKey(UInt64(next.bucket)) + (next.after ?? []), mode: .upsert)
+            try txn.put(.meta, Self.retentionWalkMetaKey, next.stored, mode: .upsert)
             return step
         }
-        try txn.delete(.meta, Self.retentionProgressMetaKey)
+        try txn.delete(.meta, Self.retentionWalkMetaKey)
         step.passEnded = true
         return step
     }

@@ -149,12 +149,14 @@ package protocol StoreReading {
     func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier]
     /// The same for a run of buckets, in bucket order.
     func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier]
-    /// The identifiers of the first buckets of `buckets`, in bucket order, and the end of the
-    /// buckets listed (at least one): every bucket's until `limit` are found (a walk step's).
-    /// Sealed tables list no bucket past that (each identifier listed opens a row); plain tables
-    /// list them all in one pass.
-    func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
-        -> (identifiers: [Identifier], through: Int)
+    /// The first `limit` identifiers held whose forget keys come after `position` and lie in a
+    /// bucket before `endBucket`, in forget-key order (a walk's: a bucket is a forget key's
+    /// leading bits), each with its forget key. Sealed tables read from the position on and no
+    /// further than the limit (their rows are in pseudonym order, a pseudonym being a forget
+    /// key's first bytes, and each identifier listed opens a row); plain tables hash every
+    /// identifier held, in one pass.
+    func identifiers(after position: BucketWalkPosition, before endBucket: Int, atMost limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> [(forgetKey: [UInt8], identifier: Identifier)]
 }
 
 extension StoreReading {
@@ -188,11 +190,19 @@ extension StoreReading {
         return found.sorted { ($0.bucket, $0.identifier) < ($1.bucket, $1.identifier) }.map(\.identifier)
     }
 
-    /// Plain tables: every bucket's, in the one pass.
-    package func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
-        -> (identifiers: [Identifier], through: Int)
+    /// Plain tables: one pass over every identifier, hashing each once.
+    package func identifiers(after position: BucketWalkPosition, before endBucket: Int, atMost limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> [(forgetKey: [UInt8], identifier: Identifier)]
     {
-        (try identifiers(inBuckets: buckets, hasher: hasher), buckets.upperBound)
+        guard position.bucket < endBucket else { return [] }
+        var found: [(forgetKey: [UInt8], identifier: Identifier)] = []
+        _ = try identifiers(where: { identifier in
+            let forgetKey = hasher.forgetKeyBytes(for: identifier)
+            if position.precedes(forgetKey), DigestTreeShape.bucket(of: forgetKey) < endBucket { found.append((forgetKey, identifier)) }
+            return false
+        })
+        found.sort { $0.forgetKey.lexicographicallyPrecedes($1.forgetKey) }
+        return Array(found.prefix(limit))
     }
 
     private func identifiers(where wanted: (Identifier) -> Bool) throws -> [Identifier] {
@@ -294,10 +304,10 @@ extension ReadingThrough {
         try readThrough.identifiers(inBuckets: buckets, hasher: hasher)
     }
 
-    package func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
-        -> (identifiers: [Identifier], through: Int)
+    package func identifiers(after position: BucketWalkPosition, before endBucket: Int, atMost limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> [(forgetKey: [UInt8], identifier: Identifier)]
     {
-        try readThrough.identifiers(inBuckets: buckets, untilAtLeast: limit, hasher: hasher)
+        try readThrough.identifiers(after: position, before: endBucket, atMost: limit, hasher: hasher)
     }
 }
 

@@ -163,18 +163,25 @@ struct SealedReading: StoreReading {
         try buckets.flatMap { try identifiers(inBucket: $0, hasher: hasher) }
     }
 
-    /// Sealed: bucket by bucket, none past the one that brings `limit`.
-    func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
-        -> (identifiers: [Identifier], through: Int)
+    /// Sealed: one run of the table from the position's pseudonym (the owner last done, whose
+    /// rows are skipped) or its bucket's first, read by the owner rows, until `limit`.
+    func identifiers(after position: BucketWalkPosition, before endBucket: Int, atMost limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> [(forgetKey: [UInt8], identifier: Identifier)]
     {
-        precondition(!buckets.isEmpty, "listing the identifiers of no bucket")
-        var found: [Identifier] = []
-        var through = buckets.lowerBound
-        repeat {
-            found += try identifiers(inBucket: through, hasher: hasher)
-            through += 1
-        } while through < buckets.upperBound && found.count < limit
-        return (found, through)
+        guard position.bucket < endBucket, limit > 0 else { return [] }
+        var found: [(forgetKey: [UInt8], identifier: Identifier)] = []
+        let start = position.after.map { Array($0.prefix(Sealing.pseudonymSize)) } ?? DigestTreeShape.firstBytes(ofBucket: position.bucket)
+        try base.scan(.documents, from: start) { key, _ in
+            guard DigestTreeShape.bucket(of: key) < endBucket else { return .stop }
+            guard key.count == Sealing.pseudonymSize + 1, key[Sealing.pseudonymSize] == Sealing.ownerPart,
+                let owner = try ownerKey(Array(key.prefix(Sealing.pseudonymSize))), let identifier = Identifier(key: owner[...])
+            else { return .next }
+            let forgetKey = hasher.forgetKeyBytes(for: identifier)
+            guard position.precedes(forgetKey) else { return .next }
+            found.append((forgetKey, identifier))
+            return found.count < limit ? .next : .stop
+        }
+        return found
     }
 
     /// Owners are in pseudonym order, and a pseudonym is a forget key's first bytes: a bucket's

@@ -5,6 +5,7 @@ import KithProfile
 import Testing
 
 @testable import KithStore
+@testable import KithStoreLMDB
 
 /// The retention rules on their own: which rule keeps what, and when it expires.
 @Suite("Retention rules")
@@ -126,33 +127,97 @@ struct RetentionSweepTests {
         #expect(try (0..<60).allSatisfy { try fixture.store.view(of: Identifier(kind: .userId, value: "b-\($0)")!) == nil })
     }
 
-    /// A step of a sealed store reads the buckets it takes identifiers from and no more: one
-    /// that stops at its bound leaves the buckets after it unread (a sealed store opens a row of
-    /// every identifier a bucket lists). Every identifier once over the walk, in either store.
+    /// Steps go in forget-key order, each asking for one more identifier than it takes from
+    /// where the last one stopped: every identifier once over the walk, in either store.
     @Test(arguments: StoreKind.allCases)
-    func aStepReadsOnlyTheBucketsItTakesFrom(_ kind: StoreKind) throws {
+    func stepsGoOnFromWhereTheLastStopped(_ kind: StoreKind) throws {
         let fixture = try StoreFixture(kind)
         _ = try fixture.store.apply(try pageViews(of: 60, userPrefix: "r-", daysAgo: 1))
         let store = try #require(fixture.store as? any EngineBackedStore)
         try store.read { reader in
-            let counting = BucketCountingReader(readThrough: reader)
+            let asking = WalkRecordingReader(readThrough: reader)
             var position = BucketWalkPosition.start
             var seen: [Identifier] = []
             repeat {
-                counting.bucketsRead = []
-                let (taken, next) = try store.engine.walkStep(from: position, buckets: 1_024, limit: 7, in: counting)
-                let lastTaken = next.after == nil ? next.bucket - 1 : next.bucket
-                // Sealed tables list no bucket past the last taken from; plain ones list every
-                // bucket of the step in one pass.
-                #expect(
-                    kind == .memory || counting.bucketsRead.allSatisfy { (position.bucket...lastTaken).contains($0) },
-                    "a step from bucket \(position.bucket) to \(lastTaken) read \(counting.bucketsRead.count) buckets, up to \(counting.bucketsRead.max() ?? -1)"
-                )
+                let (taken, next) = try store.engine.walkStep(from: position, buckets: 1_024, limit: 7, in: asking)
+                #expect(asking.asked.last?.position == position && asking.asked.last?.limit == 8)
                 seen += taken
                 position = next
             } while !position.isAtEnd
-            #expect(seen.count == 60 && Set(seen).count == 60)
+            #expect(asking.asked.count == 9 && seen.count == 60 && Set(seen).count == 60)
+            let keys = seen.map { store.engine.hasher.forgetKeyBytes(for: $0) }
+            #expect(zip(keys, keys.dropFirst()).allSatisfy { $0.lexicographicallyPrecedes($1) }, "in forget-key order")
         }
+    }
+
+    /// A sealed store's step reads the table from where the last one stopped, not from its
+    /// bucket's start: a pass over a bucket of 120 identifiers in steps of 7 reads each row about
+    /// once (from the bucket's start each time, it read them nine times over).
+    @Test func aSealedStepReadsFromWhereTheLastStopped() throws {
+        let fixture = try StoreFixture(.lmdb)
+        let store = try #require(fixture.store as? LMDBProfileStore)
+        let hasher = store.engine.hasher
+        let bucket = 700
+        var users: [String] = []
+        var candidate = 0
+        while users.count < 120 {
+            let user = "s-\(candidate)"
+            if DigestTreeShape.bucket(of: hasher.forgetKeyBytes(for: Identifier(kind: .userId, value: user)!)) == bucket { users.append(user) }
+            candidate += 1
+        }
+        _ = try store.apply(
+            try users.map { try delta(#"{"type":"track","userId":"\#($0)","event":"Page Viewed","messageId":"p-\#($0)"}"#, daysAgo: 1) })
+        try store.environment.read { txn in
+            let counting = RowCountingReader(readThrough: LMDBReading(reader: txn, tables: store.tables))
+            let sealed = SealedReading(base: counting, session: SealingSession(store.sealing, writing: false))
+            var rows = 0
+            try counting.readThrough.scan(.documents, from: DigestTreeShape.firstBytes(ofBucket: bucket)) { key, _ in
+                guard DigestTreeShape.bucket(of: key) == bucket else { return .stop }
+                rows += 1
+                return .next
+            }
+            var position = BucketWalkPosition(bucket: bucket, after: nil)
+            var seen = 0
+            repeat {
+                let (taken, next) = try store.engine.walkStep(from: position, buckets: 1, limit: 7, in: sealed)
+                seen += taken.count
+                position = next
+            } while position.bucket == bucket
+            #expect(seen == 120)
+            #expect(counting.rowsScanned <= 2 * rows, "\(counting.rowsScanned) rows read for a bucket of \(rows)")
+        }
+    }
+
+    /// Positions as stored: a sweep's and a clearing's round-trip; those written before walks
+    /// went in forget-key order (an identifier key after the bucket) are read for their bucket,
+    /// walked again from its start, and a sweep's old row goes once it has been read.
+    @Test func storedWalkPositionsAndTheirFormerForms() throws {
+        let forgetKey = HMACForgetKeyHasher(secret: secret).forgetKeyBytes(for: Identifier(kind: .userId, value: "w-1")!)
+        let position = BucketWalkPosition(bucket: DigestTreeShape.bucket(of: forgetKey), after: forgetKey)
+        #expect(try BucketWalkPosition(stored: position.stored) == position)
+        #expect(throws: BinaryDecodingError.self) { try BucketWalkPosition(stored: sequenceKey(3) + [1, 2, 3]) }
+        #expect(throws: BinaryDecodingError.self) { try BucketWalkPosition(stored: sequenceKey(UInt64(position.bucket + 1) % 1_024) + forgetKey) }
+        let clearing = ClearingProgress(floor: 7, position: position)
+        #expect(try ProfileFormat.decode(ClearingProgress.self, from: ProfileFormat.encode(clearing)) == clearing)
+        var former = BinaryWriter()
+        former.write(signed: 7)
+        former.write(varint: 12)
+        former.write(bool: true)
+        former.write(bytes: Identifier(kind: .userId, value: "w-1")!.key)
+        let read = try ProfileFormat.decode(ClearingProgress.self, from: [ProfileFormat.version] + former.bytes)
+        #expect(read == ClearingProgress(floor: 7, position: BucketWalkPosition(bucket: 12, after: nil)))
+
+        let fixture = try StoreFixture(.lmdb)
+        let store = try #require(fixture.store as? LMDBProfileStore)
+        try store.environment.write { txn in
+            _ = try LMDBWriting(transaction: txn, tables: store.tables).put(
+                .meta, StoreEngine.legacyRetentionProgressMetaKey, sequenceKey(1_023) + Identifier(kind: .userId, value: "w-1")!.key, mode: .upsert)
+        }
+        #expect(try store.expire(under: Self.rules, now: Self.now, buckets: 1).passEnded, "the last bucket, from its start")
+        let left = try store.environment.read { txn in
+            try LMDBReading(reader: txn, tables: store.tables).get(.meta, StoreEngine.legacyRetentionProgressMetaKey)
+        }
+        #expect(left == nil)
     }
 
     /// A consent grant kept past its rule lapses (reads as never given) in the sweep; a denial
@@ -328,28 +393,32 @@ struct RetentionSweepTests {
     }
 }
 
-/// Reads through a store's tables, noting which digest-tree buckets' identifiers were asked for.
-final class BucketCountingReader: ReadingThrough {
+/// Reads through a store's tables, noting where each walk listing started and how many it asked for.
+final class WalkRecordingReader: ReadingThrough {
     let readThrough: any StoreReading
-    var bucketsRead: [Int] = []
+    var asked: [(position: BucketWalkPosition, limit: Int)] = []
 
     init(readThrough: any StoreReading) { self.readThrough = readThrough }
 
-    func identifiers(inBucket bucket: Int, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
-        bucketsRead.append(bucket)
-        return try readThrough.identifiers(inBucket: bucket, hasher: hasher)
-    }
-
-    func identifiers(inBuckets buckets: Range<Int>, hasher: HMACForgetKeyHasher) throws -> [Identifier] {
-        bucketsRead += Array(buckets)
-        return try readThrough.identifiers(inBuckets: buckets, hasher: hasher)
-    }
-
-    func identifiers(inBuckets buckets: Range<Int>, untilAtLeast limit: Int, hasher: HMACForgetKeyHasher) throws
-        -> (identifiers: [Identifier], through: Int)
+    func identifiers(after position: BucketWalkPosition, before endBucket: Int, atMost limit: Int, hasher: HMACForgetKeyHasher) throws
+        -> [(forgetKey: [UInt8], identifier: Identifier)]
     {
-        let listed = try readThrough.identifiers(inBuckets: buckets, untilAtLeast: limit, hasher: hasher)
-        bucketsRead += Array(buckets.lowerBound..<listed.through)
-        return listed
+        asked.append((position, limit))
+        return try readThrough.identifiers(after: position, before: endBucket, atMost: limit, hasher: hasher)
+    }
+}
+
+/// Reads through a store's tables, counting the rows scans go over.
+final class RowCountingReader: ReadingThrough {
+    let readThrough: any StoreReading
+    var rowsScanned = 0
+
+    init(readThrough: any StoreReading) { self.readThrough = readThrough }
+
+    func scan(_ table: Table, from start: [UInt8], _ body: ([UInt8], [UInt8]) throws -> ScanStep) throws {
+        try readThrough.scan(table, from: start) { key, value in
+            rowsScanned += 1
+            return try body(key, value)
+        }
     }
 }
