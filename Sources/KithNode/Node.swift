@@ -68,7 +68,7 @@ public final class Node: Sendable {
         let rules = try configuration.identity.identityRules()
         let storeConfiguration = StoreConfiguration(
             node: origin, forgetKeySecret: secret, profile: ProfileConfiguration(rules: rules, historyLimit: configuration.historyLimit),
-            replicates: !standalone)
+            replicates: !standalone, repackPeriodMillis: Int64(configuration.repackPeriodSeconds) * 1_000)
         // Commits of messages defer LMDB's second sync (docs/storage.md, "Durability"): on a
         // node with peers too, since replication reads only entries already on disk
         // (`ReplicaStore.durableLogSequence`).

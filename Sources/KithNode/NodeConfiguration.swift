@@ -256,6 +256,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var logTruncationIntervalSeconds = 10
     /// Seconds between passes of the retention sweep (the policy's `retention`, docs/privacy.md).
     public var retentionSweepSeconds = 3_600
+    /// The sweep writes the stored rows again in order on its first pass of each such period
+    /// (UTC days by default; `RepackSchedule`, docs/storage.md "Retention and file size"); env
+    /// `KITH_REPACK_PERIOD`.
+    public var repackPeriodSeconds = 86_400
     /// Seconds between passes of forget compaction (with `maxEventAge` set; docs/replication.md,
     /// "Compacting forget entries"); a pass goes a step every `logTruncationIntervalSeconds`.
     public var forgetCompactionIntervalSeconds = 3_600
@@ -289,7 +293,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, maxEventAge
+        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, repackPeriodSeconds, maxEventAge
         case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds, site
         case compactOnStart, compactWhileServing, compactionFreeFraction, compactionGrowthFraction, compactionMinimumFreeBytes
     }
@@ -331,6 +335,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         logTruncationIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
         retentionSweepSeconds = try container.decodeIfPresent(Int.self, forKey: .retentionSweepSeconds) ?? defaults.retentionSweepSeconds
+        repackPeriodSeconds = try container.decodeIfPresent(Int.self, forKey: .repackPeriodSeconds) ?? defaults.repackPeriodSeconds
         forgetCompactionIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .forgetCompactionIntervalSeconds) ?? defaults.forgetCompactionIntervalSeconds
         maxEventAge = try container.decodeIfPresent(String.self, forKey: .maxEventAge)
@@ -405,6 +410,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
         if let value = environment["KITH_MAX_EVENT_AGE"] { maxEventAge = value }
         if let seconds = try number("KITH_RETENTION_SWEEP_INTERVAL", " of seconds") { retentionSweepSeconds = seconds }
+        if let seconds = try number("KITH_REPACK_PERIOD", " of seconds") { repackPeriodSeconds = seconds }
         if let bytes = try number("KITH_COMPACTION_MINIMUM_FREE_BYTES", " of bytes") { compactionMinimumFreeBytes = bytes }
         if let seconds = try number("KITH_LOG_TRUNCATION_INTERVAL", " of seconds") { logTruncationIntervalSeconds = seconds }
         if let seconds = try number("KITH_FORGET_COMPACTION_INTERVAL", " of seconds") { forgetCompactionIntervalSeconds = seconds }
@@ -505,6 +511,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
         guard (1...604_800).contains(retentionSweepSeconds) else { throw ConfigurationError("retentionSweepSeconds must be 1 to 604800") }
+        guard (1...2_592_000).contains(repackPeriodSeconds) else { throw ConfigurationError("repackPeriodSeconds must be 1 to 2592000") }
         guard compactionFreeFraction > 0 && compactionFreeFraction < 1 else {
             throw ConfigurationError("compactionFreeFraction must be above 0 and below 1")
         }
@@ -546,7 +553,7 @@ extension NodeConfiguration.CodingKeys {
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
-        "retentionSweepSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
+        "retentionSweepSeconds", "repackPeriodSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
         "writeAheadLog", "forgetCompactionIntervalSeconds", "site", "compactOnStart", "compactWhileServing", "compactionFreeFraction",
         "compactionGrowthFraction", "compactionMinimumFreeBytes",
     ]

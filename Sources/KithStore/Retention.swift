@@ -28,8 +28,9 @@ public struct RetentionStep: Sendable, Equatable {
 /// given (`RetentionRules`, pure), a few digest-tree buckets per transaction, going round every
 /// bucket in turn. Nothing is logged: every replica sweeps its own data under the same rules,
 /// and expiry only grows with time, so replicas end holding the same rows. The same walk, rules
-/// or none, deflates the ledger blocks and identifier rows ingest left plain, and writes the
-/// stored rows of the buckets it has walked again in order (the rows stay the same).
+/// or none, deflates the ledger blocks and identifier rows ingest left plain, and, on the first
+/// pass of each repack period, writes the stored rows of the buckets it has walked again in
+/// order (the rows stay the same).
 extension StoreEngine {
     /// `retention-walk` → where the sweep goes on (`BucketWalkPosition.stored`; absent: the
     /// first bucket).
@@ -41,6 +42,10 @@ extension StoreEngine {
     /// `repack-next` → the stored key from which the next step's repacking goes on (absent:
     /// the table's start). Node-local, as is how rows are stored.
     static let repackProgressMetaKey = Array("repack-next".utf8)
+    /// `repack-last` → when the last pass that repacked started (`RepackSchedule`).
+    static let lastRepackMetaKey = Array("repack-last".utf8)
+    /// `repack-pass` → present while the pass under way repacks.
+    static let repackingPassMetaKey = Array("repack-pass".utf8)
     /// Rows one step writes again at most (a few megabytes): a step stays a short transaction.
     static let repackRowLimit = 8_192
 
@@ -59,7 +64,19 @@ extension StoreEngine {
             // an identifier changes nothing; one skipped would keep expired data a pass longer).
             position.bucket = Int(min(try decodeSequence(Array(legacy.prefix(8))), UInt64(DigestTreeShape.bucketCount)))
             try txn.delete(.meta, Self.legacyRetentionProgressMetaKey)
+        } else {
+            // A pass starts: whether it repacks is the schedule's to say, and stays so to its end.
+            let last = try txn.get(.meta, Self.lastRepackMetaKey).map { bytes in
+                try decode(bytes, table: .meta) { try ProfileFormat.decode(SignedTime.self, from: $0).value }
+            }
+            if RepackSchedule(periodMillis: configuration.repackPeriodMillis).repacks(passStartingAt: now, lastRepackedAt: last) {
+                try txn.put(.meta, Self.lastRepackMetaKey, ProfileFormat.encode(SignedTime(value: now)), mode: .upsert)
+                try txn.put(.meta, Self.repackingPassMetaKey, [1], mode: .upsert)
+            } else {
+                try txn.delete(.meta, Self.repackingPassMetaKey)
+            }
         }
+        let repacking = try txn.get(.meta, Self.repackingPassMetaKey) != nil
         let (taken, next) = try walkStep(from: position, buckets: buckets, limit: limit, in: txn)
         var step = RetentionStep()
         if !rules.isEmpty {
@@ -73,22 +90,26 @@ extension StoreEngine {
             step.blocksDeflated += try txn.deflateLedgerBlocks(of: identifier.key, atMost: blocks - step.blocksDeflated - step.rowsDeflated)
             if step.blocksDeflated + step.rowsDeflated < blocks, try txn.deflateIdentifierRow(of: identifier.key) { step.rowsDeflated += 1 }
         }
-        // The stored rows of the buckets walked so far, written again in their order to fill
-        // their pages (the walk shrank values in place; ingest inserts in random key order), at
-        // most `repackRowLimit` a step: a store whose buckets hold more catches up later.
-        let repackFrom = try txn.get(.meta, Self.repackProgressMetaKey) ?? []
-        let repacked = try txn.repack(from: repackFrom, beforeBucket: next.bucket, atMost: Self.repackRowLimit)
-        step.rowsRepacked = repacked.rows
-        if let repackNext = repacked.next {
-            try txn.put(.meta, Self.repackProgressMetaKey, repackNext, mode: .upsert)
-        } else if !repackFrom.isEmpty {
-            try txn.delete(.meta, Self.repackProgressMetaKey)
+        // On a repacking pass, the stored rows of the buckets walked so far, written again in
+        // their order to fill their pages (the walk shrank values in place; ingest inserts in
+        // random key order), at most `repackRowLimit` a step: a store whose buckets hold more
+        // catches up later.
+        if repacking {
+            let repackFrom = try txn.get(.meta, Self.repackProgressMetaKey) ?? []
+            let repacked = try txn.repack(from: repackFrom, beforeBucket: next.bucket, atMost: Self.repackRowLimit)
+            step.rowsRepacked = repacked.rows
+            if let repackNext = repacked.next {
+                try txn.put(.meta, Self.repackProgressMetaKey, repackNext, mode: .upsert)
+            } else if !repackFrom.isEmpty {
+                try txn.delete(.meta, Self.repackProgressMetaKey)
+            }
         }
         guard next.isAtEnd else {
             try txn.put(.meta, Self.retentionWalkMetaKey, next.stored, mode: .upsert)
             return step
         }
         try txn.delete(.meta, Self.retentionWalkMetaKey)
+        if repacking { try txn.delete(.meta, Self.repackingPassMetaKey) }
         step.passEnded = true
         return step
     }
@@ -152,5 +173,31 @@ extension WriteContext {
         }
         try rebuildProfiles(around: changed)
         return step
+    }
+}
+
+/// When the retention sweep writes the stored rows again in their order (`StoreWriting.repack`):
+/// on the first pass that starts in each period of `periodMillis`, counted from the Unix epoch
+/// (UTC days by default). A repack writes about the whole table; passes run hourly, while pages
+/// empty and split at the pace of ingest, so once a day keeps the file near the tables for a
+/// day's pages written (docs/storage.md, "Retention and file size") at a twenty-fourth of the
+/// writes. A clock set back repacks again at its next pass (a period other than the last).
+public struct RepackSchedule: Sendable, Equatable {
+    public static let day: Int64 = 86_400_000
+    public var periodMillis: Int64
+
+    public init(periodMillis: Int64) {
+        precondition(periodMillis > 0, "a repack period of \(periodMillis) ms")
+        self.periodMillis = periodMillis
+    }
+
+    /// Whether a pass starting at `now` repacks, the last that did having started at `last`.
+    public func repacks(passStartingAt now: Int64, lastRepackedAt last: Int64?) -> Bool {
+        guard let last else { return true }
+        return period(of: now) != period(of: last)
+    }
+
+    private func period(of time: Int64) -> Int64 {
+        time >= 0 ? time / periodMillis : (time + 1) / periodMillis - 1
     }
 }

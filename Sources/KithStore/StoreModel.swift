@@ -17,15 +17,22 @@ public struct StoreConfiguration: Sendable {
     /// durable store opened without them drops what it had of them, and one opened with them
     /// again rebuilds them, the tree from the rows and the copies from the log.
     public var replicates: Bool
+    /// How often the retention sweep writes the stored rows again in their order, so that they
+    /// fill their pages (`RepackSchedule`): on its first pass of each such period (a UTC day by
+    /// default). Every pass would write the whole table once an hour.
+    public var repackPeriodMillis: Int64
 
     public init(
-        node: UInt64, forgetKeySecret: [UInt8], profile: ProfileConfiguration = ProfileConfiguration(), replicates: Bool = true
+        node: UInt64, forgetKeySecret: [UInt8], profile: ProfileConfiguration = ProfileConfiguration(), replicates: Bool = true,
+        repackPeriodMillis: Int64 = RepackSchedule.day
     ) {
         precondition(forgetKeySecret.count >= 16, "the forget-key secret must have at least 16 bytes")
+        precondition(repackPeriodMillis > 0, "rows are repacked once a positive period, not every \(repackPeriodMillis) ms")
         self.node = node
         self.forgetKeySecret = forgetKeySecret
         self.profile = profile
         self.replicates = replicates
+        self.repackPeriodMillis = repackPeriodMillis
     }
 }
 

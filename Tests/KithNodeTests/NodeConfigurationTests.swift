@@ -159,6 +159,13 @@ struct NodeConfigurationEnvironmentTests {
             var other = NodeConfiguration()
             #expect(throws: ConfigurationError.self) { try other.apply(environment: environment) }
         }
+        // Repacking once a day by default, or as often as asked; refused out of range.
+        var repacking = NodeConfiguration()
+        #expect(repacking.repackPeriodSeconds == 86_400)
+        try repacking.apply(environment: ["KITH_REPACK_PERIOD": "604800"])
+        #expect(repacking.repackPeriodSeconds == 604_800)
+        var never = NodeConfiguration()
+        #expect(throws: ConfigurationError.self) { try never.apply(environment: ["KITH_REPACK_PERIOD": "0"]) }
         // The write-ahead log: on by default, off when asked; its limits taken, and refused out of range.
         var logged = NodeConfiguration()
         #expect(logged.writeAheadLog && logged.writeLogMaxAgeMillis == 15 && logged.writeLogSegmentBytes == 32 << 20)

@@ -100,6 +100,31 @@ struct RepackTests {
             entries.filter { $0.table == .documents }.map { $0.key + [0xFF] + $0.value }
         }
         #expect(documents(after) == documents(engineRows))
+        // Passes later the same day write nothing again; the first pass of the next day does.
+        func passRepacks(at now: Int64) throws -> Int {
+            var repacked = 0
+            repeat {
+                step = try store.expire(under: .none, now: now, buckets: 64)
+                repacked += step.rowsRepacked
+            } while !step.passEnded
+            return repacked
+        }
+        #expect(try passRepacks(at: RepackSchedule.day - 1) == 0)
+        #expect(try passRepacks(at: RepackSchedule.day) == rows)
+    }
+
+    /// The first pass of each period repacks (UTC days by default), whenever in it the pass
+    /// starts; the first pass ever does; a clock set back repacks at its next pass.
+    @Test func repacksOnTheFirstPassOfEachPeriod() {
+        let daily = RepackSchedule(periodMillis: RepackSchedule.day)
+        let day = RepackSchedule.day
+        #expect(daily.repacks(passStartingAt: 5, lastRepackedAt: nil))
+        #expect(!daily.repacks(passStartingAt: day - 1, lastRepackedAt: 0) && daily.repacks(passStartingAt: day, lastRepackedAt: day - 1))
+        #expect(!daily.repacks(passStartingAt: 3 * day + 7, lastRepackedAt: 3 * day + 1), "an hour's passes: once a day")
+        #expect(daily.repacks(passStartingAt: 2 * day, lastRepackedAt: 3 * day), "a clock set back")
+        #expect(!daily.repacks(passStartingAt: -1, lastRepackedAt: -day) && daily.repacks(passStartingAt: 0, lastRepackedAt: -1), "before 1970")
+        let hourly = RepackSchedule(periodMillis: 3_600_000)
+        #expect(hourly.repacks(passStartingAt: 3_600_000, lastRepackedAt: 3_599_999))
     }
 
     /// Repacking stops before the bucket the walk has not finished, and at its bound; a start
