@@ -18,6 +18,8 @@ func measureRetentionCost(bytes: [UInt8], lines: [Range<Int>], options: Options,
     var dropped = RetentionStep()
     var sizes: [Bool: Int] = [:]
     var stepMillis: [Double] = []
+    var written: [Bool: [Double]] = [:]
+    var idlePasses: [(written: Double, seconds: Double)] = []
     for sweeping in [false, true, false, true] {
         let path = options.dataDirectory + (sweeping ? "-retention-with" : "-retention-without")
         try? FileManager.default.removeItem(atPath: path)  // a previous run's scratch store, if any
@@ -33,6 +35,7 @@ func measureRetentionCost(bytes: [UInt8], lines: [Range<Int>], options: Options,
         var totals = RetentionStep()
         var steps = 0
         var stepTime = 0.0
+        let wroteBefore = try bytesWritten()
         let time = try seconds {
             while let batch = try batches.next() {
                 _ = try store.apply(batch)
@@ -45,12 +48,36 @@ func measureRetentionCost(bytes: [UInt8], lines: [Range<Int>], options: Options,
             }
         }
         batches.stop()
+        written[sweeping, default: []].append(Double(try bytesWritten() - wroteBefore))
         rates[sweeping, default: []].append(Double(used.count) / time)
         if sweeping {
             dropped = totals
             stepMillis.append(1_000 * stepTime / Double(max(steps, 1)))
         }
         sizes[sweeping] = try store.tableBytes()["documents", default: 0]
+        // Passes over the store with nothing new to drop or deflate, at the last step's time
+        // (after those that still find some): what an hourly pass of a quiet node writes, its
+        // repacking included when due.
+        if sweeping {
+            var busy = true
+            for _ in 0..<10 where busy {
+                var pass = RetentionStep()
+                var step = RetentionStep()
+                repeat {
+                    step = try store.expire(under: rules, now: newest, buckets: 8)
+                    pass.add(step)
+                } while !step.passEnded
+                busy = pass.eventsDropped + pass.traitsDropped + pass.blocksDeflated + pass.rowsDeflated > 0
+            }
+            for _ in 0..<2 {
+                let before = try bytesWritten()
+                var step = RetentionStep()
+                let elapsed = try seconds {
+                    repeat { step = try store.expire(under: rules, now: newest, buckets: 8) } while !step.passEnded
+                }
+                idlePasses.append((Double(try bytesWritten() - before), elapsed))
+            }
+        }
     }
     func median(_ values: [Double]) -> Double { values.sorted()[values.count / 2] }
     let without = median(rates[false]!), with = median(rates[true]!)
@@ -62,4 +89,18 @@ func measureRetentionCost(bytes: [UInt8], lines: [Range<Int>], options: Options,
     print("retention.traits_dropped: \(dropped.traitsDropped)")
     print("retention.documents_bytes_without_sweeps: \(sizes[false]!)")
     print("retention.documents_bytes_with_sweeps: \(sizes[true]!)")
+    report("retention.written_mb_without_sweeps", median(written[false]!) / 1e6, decimals: 1)
+    report("retention.written_mb_with_sweeps", median(written[true]!) / 1e6, decimals: 1)
+    report("retention.idle_pass_written_mb", median(idlePasses.map(\.written)) / 1e6, decimals: 1)
+    report("retention.idle_pass_ms", 1_000 * median(idlePasses.map(\.seconds)), decimals: 0)
+}
+
+/// Bytes this process has passed to `write` and its kin so far (`wchar` in `/proc/self/io`):
+/// LMDB writes its pages with `pwrite`, so during a store's run these are its page writes.
+func bytesWritten() throws -> Int {
+    let text = try String(contentsOfFile: "/proc/self/io", encoding: .utf8)
+    guard let line = text.split(separator: "\n").first(where: { $0.hasPrefix("wchar:") }),
+        let value = Int(line.dropFirst("wchar:".count).trimmingCharacters(in: .whitespaces))
+    else { Options.fail("no wchar line in /proc/self/io") }
+    return value
 }

@@ -185,7 +185,10 @@ struct YearBenchmark {
     }
 
     private func openScratchStore(_ path: String) throws -> LMDBProfileStore {
-        let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32))
+        // A node repacks on its first pass of each day (`RepackSchedule`); this store sweeps
+        // once a simulated day or less often, at the newest message's time, which need not
+        // cross midnight between two sweeps: every pass repacks, as a node's first of the day.
+        let configuration = StoreConfiguration(node: 1, forgetKeySecret: [UInt8](repeating: 42, count: 32), repackPeriodMillis: 3_600_000)
         var lmdb = LMDBEnvironment.Configuration()
         lmdb.durable = durable
         lmdb.mapSize = 4 << 30
