@@ -144,16 +144,12 @@ extension WriteContext {
             var messagesDropped = 0
             try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
-                guard !row.isLinkRecord else { return .next }
-                if rules.isExpired(message: row.entry, at: row.entry.time, now: now) {
-                    // The row's own copy is its newest: every copy has expired. What linked
-                    // the subject to others leaves its link record.
+                switch row.swept(expiring: { rules.isExpired(message: row.entry, at: $0, now: now) }) {
+                case .keep: break
+                case .trim(let kept): trimmed.append((key, kept))
+                case .expire(let record):
                     if row.entry.type.isEvent { step.eventsDropped += 1 } else { messagesDropped += 1 }
-                    if let record = row.expired { trimmed.append((key, record)) } else { expired.append(key) }
-                } else if let kept = row.forgettingExpiredCopies(where: { rules.isExpired(message: row.entry, at: $0, now: now) }) {
-                    // Copies of the message dated earlier go too: a replica that swept the first
-                    // copy before the next arrived holds the same row as one that saw both.
-                    trimmed.append((key, kept))
+                    if let record { trimmed.append((key, record)) } else { expired.append(key) }
                 }
                 return .next
             }

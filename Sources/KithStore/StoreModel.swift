@@ -159,6 +159,24 @@ struct LedgerRow: BinaryCodable, Equatable {
         return row
     }
 
+    /// What a retention sweep does to this row, `expired` saying which of its copies' times
+    /// have passed their rule.
+    enum SweepFate: Equatable {
+        case keep
+        /// Copies dated earlier expired: the row without them (`forgettingExpiredCopies`).
+        case trim(LedgerRow)
+        /// The row's own copy, its newest, expired, so all did: its link record, or nothing.
+        case expire(LedgerRow?)
+    }
+
+    /// What a retention sweep does to this row. A replica that swept before a copy came and
+    /// one that swept after end with the same row once both have swept (`LedgerRowJoinTests`).
+    func swept(expiring expired: (Int64) -> Bool) -> SweepFate {
+        if isLinkRecord { return .keep }
+        if expired(entry.time) { return .expire(self.expired) }
+        return forgettingExpiredCopies(where: expired).map { .trim($0) } ?? .keep
+    }
+
     /// The row without what its copies that `expired` says brought: their acceptances, and
     /// their times unless the row links its subject to others (each copy asserted the links
     /// at its time, and an erasure rebuilds them from those times). Nil when nothing goes.
