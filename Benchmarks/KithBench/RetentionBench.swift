@@ -59,22 +59,23 @@ func measureRetentionCost(bytes: [UInt8], lines: [Range<Int>], options: Options,
         // (after those that still find some): what an hourly pass of a quiet node writes, its
         // repacking included when due.
         if sweeping {
-            var busy = true
-            for _ in 0..<10 where busy {
+            func wholePass() throws -> RetentionStep {
                 var pass = RetentionStep()
                 var step = RetentionStep()
                 repeat {
                     step = try store.expire(under: rules, now: newest, buckets: 8)
                     pass.add(step)
                 } while !step.passEnded
+                return pass
+            }
+            var busy = true
+            for _ in 0..<10 where busy {
+                let pass = try wholePass()
                 busy = pass.eventsDropped + pass.traitsDropped + pass.blocksDeflated + pass.rowsDeflated > 0
             }
             for _ in 0..<2 {
                 let before = try bytesWritten()
-                var step = RetentionStep()
-                let elapsed = try seconds {
-                    repeat { step = try store.expire(under: rules, now: newest, buckets: 8) } while !step.passEnded
-                }
+                let elapsed = try seconds { _ = try wholePass() }
                 idlePasses.append((Double(try bytesWritten() - before), elapsed))
             }
         }

@@ -70,9 +70,7 @@ public struct ProfileState: Equatable, Sendable {
         // A second copy is joined in too (see `SourceDocument.apply`), links included.
         let isNew = document.apply(delta, historyLimit: configuration.historyLimit)
         documents[delta.subject] = document
-        for peer in delta.links where !isForgotten(peer, at: delta.times.eventTime, hasher) {
-            graph.merge(key: LinkEdge(delta.subject, peer)!, LinkState(adds: [delta.stamp: delta.channel]))
-        }
+        assertLinks(of: delta, hasher)
         return isNew ? .applied : .duplicate
     }
 
@@ -84,6 +82,11 @@ public struct ProfileState: Equatable, Sendable {
         var document = documents[delta.subject] ?? SourceDocument()
         document.absorbFields(of: delta, historyLimit: configuration.historyLimit)
         documents[delta.subject] = document.isEmpty ? nil : document
+        assertLinks(of: delta, hasher)
+    }
+
+    /// The links `delta` asserted, each to a peer not erased as of its time.
+    private mutating func assertLinks(of delta: ProfileDelta, _ hasher: some ForgetKeyHasher) {
         for peer in delta.links where !isForgotten(peer, at: delta.times.eventTime, hasher) {
             graph.merge(key: LinkEdge(delta.subject, peer)!, LinkState(adds: [delta.stamp: delta.channel]))
         }

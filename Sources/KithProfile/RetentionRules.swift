@@ -18,6 +18,12 @@ public struct RetentionRules: Sendable, Equatable {
             self.purpose = purpose
         }
 
+        /// When data dated `time` goes under this rule (the far end of the range rather than
+        /// wrapping around).
+        public func expiry(from time: Int64) -> Int64 {
+            time.addingReportingOverflow(millis).overflow ? .max : time + millis
+        }
+
         /// The longer of two (a datum two rules name is kept as long as either purpose needs it).
         public func longer(_ other: Keep?) -> Keep {
             guard let other, other.millis > millis || (other.millis == millis && other.purpose < purpose) else { return self }
@@ -67,7 +73,7 @@ public struct RetentionRules: Sendable, Equatable {
     /// Whether `register` (a decision under `name`) is a grant that has lapsed at `now`.
     public func isExpired(grant register: ConsentRegister, name: String, now: Int64) -> Bool {
         guard register.granted, let keep = keep(forGrant: name) else { return false }
-        return Self.adding(keep, to: register.stamp.time) <= now
+        return keep.expiry(from: register.stamp.time) <= now
     }
 
     /// How long an event named `name` is kept; nil: as long as the profile.
@@ -87,27 +93,22 @@ public struct RetentionRules: Sendable, Equatable {
 
     /// When the record of a message (its ledger entry) expires.
     public func expiry(ofMessage entry: LedgerEntry) -> Int64? {
-        keep(forMessage: entry).map { Self.adding($0, to: entry.time) }
+        keep(forMessage: entry).map { $0.expiry(from: entry.time) }
     }
 
     /// Whether the record of a message dated `time` (one of its copies') has expired at `now`.
     public func isExpired(message entry: LedgerEntry, at time: Int64, now: Int64) -> Bool {
-        keep(forMessage: entry).map { Self.adding($0, to: time) <= now } ?? false
-    }
-
-    /// `time` plus `keep`, or the far end of the range rather than wrapping around.
-    private static func adding(_ keep: Keep, to time: Int64) -> Int64 {
-        time.addingReportingOverflow(keep.millis).overflow ? .max : time + keep.millis
+        keep(forMessage: entry).map { $0.expiry(from: time) <= now } ?? false
     }
 
     /// When an event named `name` dated `time` expires (it is gone at and after that time).
     public func expiry(ofEvent name: String, at time: Int64) -> Int64? {
-        keep(forEvent: name).map { Self.adding($0, to: time) }
+        keep(forEvent: name).map { $0.expiry(from: time) }
     }
 
     /// When trait `name`, last updated at `time`, expires.
     public func expiry(ofTrait name: String, updatedAt time: Int64) -> Int64? {
-        keep(forTrait: name).map { Self.adding($0, to: time) }
+        keep(forTrait: name).map { $0.expiry(from: time) }
     }
 
     public func isExpired(event name: String, at time: Int64, now: Int64) -> Bool {

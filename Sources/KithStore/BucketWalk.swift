@@ -13,12 +13,18 @@ public struct BucketWalkPosition: Equatable, Sendable {
 
     package init(bucket: Int, after: [UInt8]?) {
         precondition(
-            (0...DigestTreeShape.bucketCount).contains(bucket)
-                && after.map { $0.count == DocumentState.forgetKeySize && DigestTreeShape.bucket(of: $0) == bucket } ?? true,
+            Self.isValid(bucket: bucket, after: after),
             "a walk position at bucket \(bucket) after a key of \(after?.count ?? 0) bytes in bucket \(after.map { DigestTreeShape.bucket(of: $0) } ?? -1)"
         )
         self.bucket = bucket
         self.after = after
+    }
+
+    /// Whether a position may stand at `bucket` after `after`: a bucket of the tree or its end,
+    /// and a forget key in that bucket. What stored positions are checked against when read.
+    package static func isValid(bucket: Int, after: [UInt8]?) -> Bool {
+        (0...DigestTreeShape.bucketCount).contains(bucket)
+            && after.map { $0.count == DocumentState.forgetKeySize && DigestTreeShape.bucket(of: $0) == bucket } ?? true
     }
 
     public static let start = BucketWalkPosition(bucket: 0, after: nil)
@@ -36,14 +42,12 @@ public struct BucketWalkPosition: Equatable, Sendable {
     package var stored: [UInt8] { sequenceKey(UInt64(bucket)) + (after ?? []) }
 
     package init(stored bytes: [UInt8]) throws {
-        guard bytes.count == 8 || bytes.count == 8 + DocumentState.forgetKeySize else {
-            throw BinaryDecodingError(.invalidValue, offset: 0, "a walk position of \(bytes.count) bytes")
-        }
+        guard bytes.count >= 8 else { throw BinaryDecodingError(.invalidValue, offset: 0, "a walk position of \(bytes.count) bytes") }
         var reader = BinaryReader(bytes)
         let bucket = try reader.readBigEndianUInt64()
         let after = bytes.count > 8 ? Array(bytes.dropFirst(8)) : nil
-        guard bucket <= UInt64(DigestTreeShape.bucketCount), after.map({ DigestTreeShape.bucket(of: $0) == Int(bucket) }) ?? true else {
-            throw BinaryDecodingError(.invalidValue, offset: 0, "a walk position after a key outside its bucket")
+        guard bucket <= UInt64(DigestTreeShape.bucketCount), Self.isValid(bucket: Int(bucket), after: after) else {
+            throw BinaryDecodingError(.invalidValue, offset: 0, "a walk position of \(bytes.count) bytes, or after a key outside its bucket")
         }
         self.init(bucket: Int(bucket), after: after)
     }

@@ -24,7 +24,7 @@ extension DocumentState {
                 ledger.event = ledger.event.flatMap(projection.event)
                 ledger.links.removeAll { !projection.holds($0) }
                 // A link record to no one the member holds says nothing to it.
-                if ledger.isLinkRecord && ledger.links.isEmpty { continue }
+                if ledger.isEmptyLinkRecord { continue }
                 kept.append(Row(part: row.part, suffix: row.suffix, value: ProfileFormat.encode(ledger)))
             case .edge?:
                 guard let peer = Identifier(key: row.suffix) else { throw DocumentStateRejected("a link to an invalid identifier") }

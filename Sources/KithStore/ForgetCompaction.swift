@@ -214,9 +214,9 @@ struct ClearingProgress: BinaryCodable, Equatable {
             return
         }
         let mark = reader.offset
-        guard try reader.readByte() == Self.forgetKeyOrder,
-            after.map({ $0.count == DocumentState.forgetKeySize && DigestTreeShape.bucket(of: $0) == Int(bucket) }) ?? true
-        else { throw BinaryDecodingError(.invalidValue, offset: mark, "a clearing's position") }
+        guard try reader.readByte() == Self.forgetKeyOrder, BucketWalkPosition.isValid(bucket: Int(bucket), after: after) else {
+            throw BinaryDecodingError(.invalidValue, offset: mark, "a clearing's position")
+        }
         position = BucketWalkPosition(bucket: Int(bucket), after: after)
     }
 }

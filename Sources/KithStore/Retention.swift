@@ -141,20 +141,19 @@ extension WriteContext {
             step.identifiers += 1
             var expired: [[UInt8]] = []
             var trimmed: [([UInt8], LedgerRow)] = []
-            var messagesDropped = 0
             try txn.scan(.documents, prefix: documentKey(identifier.key, .ledger)) { key, value in
                 let row = try decode(LedgerRow.self, value, table: .documents)
-                switch row.swept(expiring: { rules.isExpired(message: row.entry, at: $0, now: now) }) {
+                guard let keep = rules.keep(forMessage: row.entry) else { return .next }
+                switch row.swept(expiring: { keep.expiry(from: $0) <= now }) {
                 case .keep: break
                 case .trim(let kept): trimmed.append((key, kept))
                 case .expire(let record):
-                    if row.entry.type.isEvent { step.eventsDropped += 1 } else { messagesDropped += 1 }
+                    if row.entry.type.isEvent { step.eventsDropped += 1 } else { step.messagesDropped += 1 }
                     if let record { trimmed.append((key, record)) } else { expired.append(key) }
                 }
                 return .next
             }
             try txn.write(.documents, expired.map { ($0, nil) } + trimmed.map { ($0.0, ProfileFormat.encode($0.1)) })
-            step.messagesDropped += messagesDropped
             var head = try source(identifier.key) ?? SourceHead()
             let traits = head.traits.count
             head.traits.retain { name, register in !rules.isExpired(trait: name, updatedAt: register.stamp.time, now: now) }

@@ -128,9 +128,13 @@ struct LedgerRow: BinaryCodable, Equatable {
     /// The times of every copy absorbed, this row's own included.
     var copyTimes: [Int64] { otherCopyTimes + [entry.time] }
 
+    /// A link record whose links all went (an erasure stripped them, or a member may not hold
+    /// them) says nothing: it is neither stored nor sent, and a decoder refuses one.
+    var isEmptyLinkRecord: Bool { isLinkRecord && links.isEmpty }
+
     /// What is left of this row once its message has expired: its link record, or nil when it
     /// linked nothing (the row then goes). Every copy's time stays, as each asserted the links.
-    var expired: LedgerRow? {
+    var linkRecord: LedgerRow? {
         guard !links.isEmpty else { return nil }
         var record = LedgerRow(entry: LedgerEntry(type: entry.type, name: "", time: entry.time, revenueMicros: nil), event: nil, links: links)
         record.otherCopyTimes = otherCopyTimes
@@ -173,7 +177,7 @@ struct LedgerRow: BinaryCodable, Equatable {
     /// one that swept after end with the same row once both have swept (`LedgerRowJoinTests`).
     func swept(expiring expired: (Int64) -> Bool) -> SweepFate {
         if isLinkRecord { return .keep }
-        if expired(entry.time) { return .expire(self.expired) }
+        if expired(entry.time) { return .expire(linkRecord) }
         return forgettingExpiredCopies(where: expired).map { .trim($0) } ?? .keep
     }
 
@@ -259,7 +263,7 @@ struct LedgerRow: BinaryCodable, Equatable {
                 throw BinaryDecodingError(.invalidValue, offset: offset, "ledger row acceptances (empty without a link record's mark)")
             }
             isLinkRecord = true
-            guard event == nil, entry.name.isEmpty, entry.revenueMicros == nil, consent.isEmpty, channel.isEmpty, !links.isEmpty else {
+            guard event == nil, entry.name.isEmpty, entry.revenueMicros == nil, consent.isEmpty, channel.isEmpty, !isEmptyLinkRecord else {
                 throw BinaryDecodingError(.invalidValue, offset: offset, "a link record holding more than its links, or none")
             }
             return

@@ -73,9 +73,9 @@ extension WriteContext {
         }
         var links: [Identifier] = []
         for peer in incoming.links where try !isForgotten(peer, at: incoming.entry.time) { links.append(peer) }
-        // A link record left with no link carries nothing (the sender will drop it too).
-        if incoming.isLinkRecord && links.isEmpty { return false }
         incoming.links = links
+        // A link record left with no link carries nothing (the sender will drop it too).
+        if incoming.isEmptyLinkRecord { return false }
         let key = documentKey(identifier.key, .ledger, row.suffix)
         let existing = try txn.get(.documents, key).map { try decode(LedgerRow.self, $0, table: .documents) }
         let joined = existing.map { $0.joined(with: incoming) } ?? incoming

@@ -194,7 +194,7 @@ extension WriteContext {
         var rewrites: [([UInt8], [UInt8]?)] = []
         try txn.scan(.documents, prefix: documentKey(neighbour.key, .ledger)) { key, value in
             if let row = cutoffs.stripped(try decode(LedgerRow.self, value, table: .documents), of: member) {
-                rewrites.append((key, row.isLinkRecord && row.links.isEmpty ? nil : ProfileFormat.encode(row)))
+                rewrites.append((key, row.isEmptyLinkRecord ? nil : ProfileFormat.encode(row)))
             }
             return .next
         }
