@@ -19,7 +19,8 @@ final class FileCompactor: Sendable {
     let log: Log
     private struct State {
         var running = false
-        /// The file's size after the last compaction since the node started (`FileCompactionRule`).
+        /// The file's size after the last compaction, or when the store was created
+        /// (`FileCompactionRule`; kept in the store, so it outlives a restart).
         var compactedBytes: Int?
         var compactions = 0
         var givenUp = 0
@@ -28,11 +29,13 @@ final class FileCompactor: Sendable {
 
     init(
         store: LMDBProfileStore, rule: FileCompactionRule?, perform: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool, log: Log
-    ) {
+    ) throws {
         self.store = store
         self.rule = rule
         self.perform = perform
         self.log = log
+        let compactedBytes = try store.compactedFileBytes()
+        state.withLock { $0.compactedBytes = compactedBytes }
     }
 
     /// How long the writer waits for a moment with no reader, to start and to swap.

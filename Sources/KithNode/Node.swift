@@ -152,7 +152,7 @@ public final class Node: Sendable {
         } else {
             replication = nil
         }
-        let compactor = FileCompactor(store: store, rule: configuration.compactionRule, perform: { committer.perform($0) }, log: log)
+        let compactor = try FileCompactor(store: store, rule: configuration.compactionRule, perform: { committer.perform($0) }, log: log)
         sweeper = RetentionSweeper(
             rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), compactor: compactor, log: log
         ) { committer.perform($0) }

@@ -453,7 +453,7 @@ public struct StoreCorruption: Error, CustomStringConvertible {
     }
 }
 
-func sequenceKey(_ sequence: UInt64) -> [UInt8] {
+package func sequenceKey(_ sequence: UInt64) -> [UInt8] {
     var writer = BinaryWriter(capacity: 8)
     writer.write(bigEndian: sequence)
     return writer.bytes
@@ -498,6 +498,10 @@ let logFloorMetaKey = Array("log-floor".utf8)
 /// Present once a tree comparison rebuilt the log (`resumeLog`): changes arrived that no entry
 /// holds, so no token from another node can be resumed here (docs/feed.md).
 let logRebuiltMetaKey = Array("log-rebuilt".utf8)
+/// The data file's size when a compaction last left it, or when the store was created (absent:
+/// a store from before it was kept): what `FileCompactionRule` measures growth from, across
+/// restarts. 8 bytes, big-endian.
+package let compactedFileBytesMetaKey = Array("compacted-file-bytes".utf8)
 /// The last record of the node's write-ahead log applied here (absent: none), written in the
 /// transaction that applied it (`ProfileWriting.applyGroups`).
 let writeLogAppliedMetaKey = Array("write-log-applied".utf8)

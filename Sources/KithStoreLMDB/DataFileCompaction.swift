@@ -1,5 +1,7 @@
 import Foundation
+import KithCRDT
 import KithLMDB
+import KithStore
 
 extension LMDBProfileStore {
     /// The sizes of a data file before and after `compactDataFile`.
@@ -43,8 +45,36 @@ extension LMDBProfileStore {
         try LMDBEnvironment.syncDirectory(path)
         LMDBEnvironment.removeLeftoverCopy(scratch)
         if files.fileExists(atPath: path + "/lock.mdb") { try files.removeItem(atPath: path + "/lock.mdb") }
+        let after = try Self.fileSize(file)
+        do {
+            let environment = try LMDBEnvironment(path: path)
+            defer { environment.close() }
+            try recordCompactedFileBytes(after, environment: environment, tables: try LMDBTables(environment: environment))
+        }
         withExtendedLifetime(keys) {}
-        return Compaction(bytesBefore: before, bytesAfter: try Self.fileSize(file))
+        return Compaction(bytesBefore: before, bytesAfter: after)
+    }
+
+    /// Records the file's size as a compaction left it (`compactedFileBytesMetaKey`), synced:
+    /// the growth a node's `FileCompactionRule` measures is from there, also after a restart.
+    static func recordCompactedFileBytes(_ bytes: Int, environment: LMDBEnvironment, tables: LMDBTables) throws {
+        try environment.write { txn in
+            _ = try LMDBWriting(transaction: txn, tables: tables).put(.meta, compactedFileBytesMetaKey, sequenceKey(UInt64(bytes)), mode: .upsert)
+        }
+    }
+
+    /// The data file's size when a compaction last left it, or when the store was created; nil
+    /// for a store an earlier build created and never compacted.
+    public func compactedFileBytes() throws -> Int? {
+        try environment.read { txn in
+            guard let bytes = try LMDBReading(reader: txn, tables: tables).get(.meta, compactedFileBytesMetaKey) else { return nil }
+            var reader = BinaryReader(bytes)
+            guard bytes.count == 8, let value = Int(exactly: try reader.readBigEndianUInt64()) else {
+                throw StoreCorruption(
+                    table: "meta", underlying: BinaryDecodingError(.invalidValue, offset: 0, "a compacted file size of \(bytes.count) bytes"))
+            }
+            return value
+        }
     }
 
     private static func fileSize(_ file: String) throws -> Int {
@@ -70,7 +100,10 @@ extension LMDBProfileStore {
         writerClaim.check()
         precondition(compaction.environment === environment, "a compaction of \(compaction.environment.path) swapped into \(environment.path)")
         let outcome = try compaction.swap(waitingUpTo: seconds)
-        if case .swapped = outcome { try synchronize() }
+        if case .swapped(_, let bytesAfter) = outcome {
+            try Self.recordCompactedFileBytes(bytesAfter, environment: environment, tables: tables)
+            try synchronize()
+        }
         return outcome
     }
 }

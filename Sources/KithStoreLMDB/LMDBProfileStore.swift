@@ -40,6 +40,10 @@ public final class LMDBProfileStore: EngineBackedStore {
         if environment.defersMetaSync { try environment.sync() }
         let last = try read { try engine.lastSequence(in: $0) }
         logSequences.withLock { $0 = (last, last) }
+        // A new file is as compact as a file gets: growth is measured from its size once open.
+        if try compactedFileBytes() == nil, try environment.read({ try LMDBReading(reader: $0, tables: tables).count(.documents) }) == 0 {
+            try Self.recordCompactedFileBytes(environment.fileSize(), environment: environment, tables: tables)
+        }
     }
 
     /// The key file in use.
@@ -91,7 +95,8 @@ public final class LMDBProfileStore: EngineBackedStore {
                         "the key file \(sealing.keys.path) did not exist, but this store holds sealed data: give the store's key file (--key-file)")
                 }
 
-            case nil where try plain.count(.documents) == 0: _ = try plain.put(.meta, sealedLayoutMetaKey, [Self.sealedLayout], mode: .upsert)
+            case nil where try plain.count(.documents) == 0:
+                _ = try plain.put(.meta, sealedLayoutMetaKey, [Self.sealedLayout], mode: .upsert)
             default:
                 throw StoreCorruption(
                     table: "meta",

@@ -99,6 +99,55 @@ struct DataFileCompactionTests {
         #expect(store.durableLogSequence() == (try store.read { try store.engine.lastSequence(in: $0) }))
     }
 
+    /// The size growth is measured from (`FileCompactionRule`) is kept in the store: a new
+    /// store's file, then what each compaction left, while open or before the open, and a
+    /// store opened again reads it.
+    @Test func theFileSizeGrowthIsMeasuredFromOutlivesTheStore() throws {
+        let path = SealingTests.directory()
+        defer { SealingTests.remove(path) }
+        do {
+            let store = try SealingTests.open(path)
+            let created = try #require(try store.compactedFileBytes())
+            #expect(created > 0 && created <= store.environment.fileSize())
+        }
+        let swappedBytes: Int
+        do {
+            let store = try RepackTests.storeWithRandomRows(path)
+            try store.write { writer in
+                for batch in 0..<25 {
+                    for number in 0..<100 {
+                        try writer.delete(.documents, documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head))
+                    }
+                }
+            }
+            let compaction = try #require(try store.startCompaction(waitingUpTo: 1))
+            try compaction.copy()
+            guard case .swapped(_, let bytesAfter) = try store.swap(compaction, waitingUpTo: 1) else {
+                Issue.record("not swapped")
+                return
+            }
+            swappedBytes = bytesAfter
+            #expect(try store.compactedFileBytes() == bytesAfter)
+        }
+        #expect(try SealingTests.open(path).compactedFileBytes() == swappedBytes)
+        do {
+            let store = try SealingTests.open(path)
+            try store.write { writer in
+                for number in 0..<2_000 {
+                    try writer.put(
+                        .documents, documentKey(Identifier(kind: .userId, value: "more-\(number)")!.key, .head), [UInt8](repeating: 7, count: 300),
+                        mode: .upsert)
+                }
+            }
+            try store.write { writer in
+                for number in 0..<2_000 { try writer.delete(.documents, documentKey(Identifier(kind: .userId, value: "more-\(number)")!.key, .head)) }
+            }
+        }
+        let compaction = try #require(try LMDBProfileStore.compactDataFile(path: path))
+        #expect(compaction.bytesAfter < compaction.bytesBefore, "\(compaction)")
+        #expect(try SealingTests.open(path).compactedFileBytes() == compaction.bytesAfter)
+    }
+
     /// A stop during a compaction leaves the old file whole and the unfinished copy beside it:
     /// the next open serves the old file and removes the copy.
     @Test func aStopDuringACompactionLeavesTheOldFile() throws {

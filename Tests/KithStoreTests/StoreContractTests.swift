@@ -73,7 +73,8 @@ func rawEntries(_ store: any ProfileStore) throws -> [(table: Table, key: [UInt8
         var all: [(Table, [UInt8], [UInt8])] = []
         for table in Table.allCases {
             try reader.scan(table, prefix: []) { key, value in
-                all.append((table, key, value))
+                // The file's size when last compacted describes the file, not what it holds.
+                if !(table == .meta && key == compactedFileBytesMetaKey) { all.append((table, key, value)) }
                 return .next
             }
         }
