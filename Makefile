@@ -163,7 +163,7 @@ bench: deps
 	  echo "generating a year of messages (5000 customers, 10 % churn a day) ..." >&2; \
 	  python3 Benchmarks/scripts/generate-workload.py --customers 5000 --events 365000 --interval-ms 86400 --churn-per-day 0.1 --out $$y.tmp && mv $$y.tmp $$y; \
 	fi; \
-	.build/release/kith-bench --year $$y --data-dir $(BENCH_DIR)/year --batch 100
+	.build/release/kith-bench --year $$y --data-dir $(BENCH_DIR)/year --batch 10
 
 # Kith beside PostgreSQL and nginx in one run (issue 25's shapes; Benchmarks/KithBench/PeersBench.swift).
 PEERS_APT_PACKAGES := wrk nginx-light postgresql
