@@ -45,18 +45,20 @@ extension LMDBProfileStore {
         try LMDBEnvironment.syncDirectory(path)
         LMDBEnvironment.removeLeftoverCopy(scratch)
         if files.fileExists(atPath: path + "/lock.mdb") { try files.removeItem(atPath: path + "/lock.mdb") }
-        let after = try Self.fileSize(file)
         do {
             let environment = try LMDBEnvironment(path: path)
             defer { environment.close() }
-            try recordCompactedFileBytes(after, environment: environment, tables: try LMDBTables(environment: environment))
+            try recordCompactedFileBytes(try Self.fileSize(file), environment: environment, tables: try LMDBTables(environment: environment))
         }
         withExtendedLifetime(keys) {}
-        return Compaction(bytesBefore: before, bytesAfter: after)
+        return Compaction(bytesBefore: before, bytesAfter: try Self.fileSize(file))
     }
 
     /// Records the file's size as a compaction left it (`compactedFileBytesMetaKey`), synced:
     /// the growth a node's `FileCompactionRule` measures is from there, also after a restart.
+    /// The copy has no free page, so this write's pages go past its end: the file is a few
+    /// pages larger than the size it records, and the sizes a compaction reports are the
+    /// file's, after it.
     static func recordCompactedFileBytes(_ bytes: Int, environment: LMDBEnvironment, tables: LMDBTables) throws {
         try environment.write { txn in
             _ = try LMDBWriting(transaction: txn, tables: tables).put(.meta, compactedFileBytesMetaKey, sequenceKey(UInt64(bytes)), mode: .upsert)
@@ -100,10 +102,9 @@ extension LMDBProfileStore {
         writerClaim.check()
         precondition(compaction.environment === environment, "a compaction of \(compaction.environment.path) swapped into \(environment.path)")
         let outcome = try compaction.swap(waitingUpTo: seconds)
-        if case .swapped(_, let bytesAfter) = outcome {
-            try Self.recordCompactedFileBytes(bytesAfter, environment: environment, tables: tables)
-            try synchronize()
-        }
-        return outcome
+        guard case .swapped(let bytesBefore, let copied) = outcome else { return outcome }
+        try Self.recordCompactedFileBytes(copied, environment: environment, tables: tables)
+        try synchronize()
+        return .swapped(bytesBefore: bytesBefore, bytesAfter: environment.fileSize())
     }
 }

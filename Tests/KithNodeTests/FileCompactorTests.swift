@@ -60,6 +60,8 @@ struct FileCompactorTests {
             return
         }
         #expect(bytesAfter <= bytesBefore)
-        #expect(try store.compactedFileBytes() == bytesAfter)
+        // What it records is the copy's size; the file also holds the few pages that took.
+        let recorded = try #require(try store.compactedFileBytes())
+        #expect(recorded <= bytesAfter && bytesAfter - recorded <= 8 * 4_096, "recorded \(recorded), file \(bytesAfter)")
     }
 }

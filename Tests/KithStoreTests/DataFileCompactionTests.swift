@@ -127,9 +127,9 @@ struct DataFileCompactionTests {
                 return
             }
             swappedBytes = bytesAfter
-            #expect(try store.compactedFileBytes() == bytesAfter)
+            #expect(try Self.recordsItsCopy(try store.compactedFileBytes(), reported: bytesAfter))
         }
-        #expect(try SealingTests.open(path).compactedFileBytes() == swappedBytes)
+        #expect(try Self.recordsItsCopy(try SealingTests.open(path).compactedFileBytes(), reported: swappedBytes))
         do {
             let store = try SealingTests.open(path)
             try store.write { writer in
@@ -145,7 +145,14 @@ struct DataFileCompactionTests {
         }
         let compaction = try #require(try LMDBProfileStore.compactDataFile(path: path))
         #expect(compaction.bytesAfter < compaction.bytesBefore, "\(compaction)")
-        #expect(try SealingTests.open(path).compactedFileBytes() == compaction.bytesAfter)
+        #expect(try Self.recordsItsCopy(try SealingTests.open(path).compactedFileBytes(), reported: compaction.bytesAfter))
+    }
+
+    /// The size recorded is the copy's; the file reported after the compaction also holds the
+    /// few pages that recording took (the copy has none free).
+    static func recordsItsCopy(_ recorded: Int?, reported bytesAfter: Int) -> Bool {
+        guard let recorded else { return false }
+        return recorded <= bytesAfter && bytesAfter - recorded <= 8 * 4_096
     }
 
     /// A stop during a compaction leaves the old file whole and the unfinished copy beside it:
