@@ -56,6 +56,8 @@ extension NodeAPI {
     /// as its `id`, which a reconnecting client sends back as `Last-Event-ID`. A token the log
     /// no longer holds is refused before the stream starts (410, as for a long poll).
     private func feedStream(_ request: FeedRequest, from token: FeedToken, respond: Respond) {
+        // Commits counted before the walk: one landing after it is walked, not waited past.
+        let seen = feedWaiters.generation
         let page: FeedPage
         let events: [UInt8]
         do {
@@ -72,12 +74,13 @@ extension NodeAPI {
         let headers = [HTTPHeader("Content-Type", "text/event-stream"), HTTPHeader("Cache-Control", "no-cache")]
         respond(HTTPResponse(status: 200, headers: headers, stream: stream))
         stream.send(Array("retry: 2000\n\n".utf8) + events)
-        feedStreamNext(request, after: page, stream: stream)
+        feedStreamNext(request, after: page, walkedAt: seen, stream: stream)
     }
 
     /// What an event stream does after sending `page`: walks on at once while the log holds
     /// more, and otherwise waits for a commit, sending a heartbeat every `feedHeartbeatMillis`.
-    private func feedStreamNext(_ request: FeedRequest, after page: FeedPage, stream: HTTPBodyStream) {
+    /// `seen`: the commits counted before the walk that gave `page`.
+    private func feedStreamNext(_ request: FeedRequest, after page: FeedPage, walkedAt seen: UInt64, stream: HTTPBodyStream) {
         guard !stream.isClosed else { return }
         guard !stopping.load(ordering: .relaxed) else { return stream.finish() }
         let walk: @Sendable () -> Void = { [self] in feedStreamStep(request, from: page.token, stream: stream) }
@@ -87,12 +90,12 @@ extension NodeAPI {
             return
         }
         if !page.given.isEmpty || !page.atEnd { return host.background(walk) }
-        let seen = feedWaiters.generation
         let waiter = LogWaiters.Waiter { [self] expired, id in
             if !expired { feedWaiters.done(id) }
             host.background {
                 if expired && !self.stopping.load(ordering: .relaxed) { stream.send(Array(": keep-alive\n\n".utf8)) }
-                self.feedStreamNext(request, after: FeedPage(given: [], token: page.token, atEnd: false), stream: stream)
+                // Not at the end: it walks again (after a pause for a slow client), whatever `seen`.
+                self.feedStreamNext(request, after: FeedPage(given: [], token: page.token, atEnd: false), walkedAt: seen, stream: stream)
             }
         }
         switch feedWaiters.wait(waiter, id: nil, unless: seen) {
@@ -106,10 +109,11 @@ extension NodeAPI {
     /// One walk of an event stream, its events sent.
     private func feedStreamStep(_ request: FeedRequest, from token: FeedToken, stream: HTTPBodyStream) {
         guard !stream.isClosed else { return }
+        let seen = feedWaiters.generation
         do {
             let page = try feedWalk(from: token, request)
             stream.send(try feedEvents(page, request))
-            feedStreamNext(request, after: page, stream: stream)
+            feedStreamNext(request, after: page, walkedAt: seen, stream: stream)
         } catch {
             // The log moved past the stream (truncated while the client was slow) or could not
             // be read: an error event, and the stream ends; the client resumes or resyncs.

@@ -288,6 +288,30 @@ import Testing
         #expect(test.call("GET", "/v1/changes?purpose=support&since=\(FeedTokenText.text(ahead))", role: .reader)?.status == 410)
     }
 
+    /// A commit that lands while an event stream is between a walk and its wait (here: as its
+    /// answer starts, after the first walk found nothing) is walked at once, not left for the
+    /// next commit or heartbeat. (The stream once read the commit count after its walk, and
+    /// waited: a write a client had been answered for reached an open stream 15 s late.)
+    @Test func aCommitBetweenAStreamsWalkAndItsWaitIsNotMissed() throws {
+        let test = try TestAPI()
+        identify(test, "u-1", #"{"name":"Ana"}"#, "m1")
+        nonisolated(unsafe) let racing = test  // the doubles answer on the calling thread
+        let opened = Mutex<HTTPResponse?>(nil)
+        let headers = [HTTPHeader("Accept", "text/event-stream"), HTTPHeader("Authorization", "Bearer \(TestAPI.tokens[.reader]!)")]
+        let request = HTTPRequest(method: "GET", target: "/v1/changes?purpose=support", version: .http11, headers: headers, body: [])
+        test.api.handle(
+            request,
+            HTTPResponder { [self] response in
+                opened.withLock { $0 = response }
+                identify(racing, "u-2", #"{"name":"Ben"}"#, "m2")
+                racing.api.logAdvanced()
+            })
+        let stream = try #require(opened.withLock { $0 }?.stream)
+        let received = Received()
+        stream.attach { received.add($0) }
+        #expect(received.events.compactMap { $0.data?["id"]?.stringValue } == ["user_id:u-2"], "\(received.text)")
+    }
+
     /// `Accept: text/event-stream`: a record an event, the token after each page as the `id` of
     /// its last event, heartbeats while nothing happens, a reconnect with `Last-Event-ID` that
     /// gives nothing twice, and the stream finished when the node stops.
