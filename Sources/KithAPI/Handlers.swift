@@ -394,6 +394,8 @@ extension NodeAPI {
         text += NodeMetrics.metric(
             "kith_rows_repacked_total", "counter", "Rows the sweeps wrote again in their stored order, to fill their pages.", retention.rowsRepacked)
         text += NodeMetrics.metric(
+            "kith_retention_writer_seconds_total", "counter", "Seconds the writer spent on retention sweep steps.", retention.writerSeconds)
+        text += NodeMetrics.metric(
             "kith_data_file_compactions_total", "counter", "Compacting copies of the data file swapped in while serving.", retention.compactions)
         text += NodeMetrics.metric(
             "kith_data_file_compactions_given_up_total", "counter",

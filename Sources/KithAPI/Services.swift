@@ -202,10 +202,13 @@ public struct RetentionTotals: Sendable, Equatable {
     /// Compactions of the data file swapped in while serving, and those that gave up.
     public var compactions = 0
     public var compactionsGivenUp = 0
+    /// Seconds the writer spent on the sweeps' steps (`RetentionPacing` keeps it to a share).
+    public var writerSeconds = 0.0
 
     public init(
         passes: Int = 0, eventsDropped: Int = 0, traitsDropped: Int = 0, messagesDropped: Int = 0, grantsDropped: Int = 0,
-        blocksDeflated: Int = 0, rowsDeflated: Int = 0, rowsRepacked: Int = 0, compactions: Int = 0, compactionsGivenUp: Int = 0
+        blocksDeflated: Int = 0, rowsDeflated: Int = 0, rowsRepacked: Int = 0, compactions: Int = 0, compactionsGivenUp: Int = 0,
+        writerSeconds: Double = 0
     ) {
         self.passes = passes
         self.eventsDropped = eventsDropped
@@ -217,6 +220,7 @@ public struct RetentionTotals: Sendable, Equatable {
         self.rowsRepacked = rowsRepacked
         self.compactions = compactions
         self.compactionsGivenUp = compactionsGivenUp
+        self.writerSeconds = writerSeconds
     }
 }
 

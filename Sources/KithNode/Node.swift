@@ -154,7 +154,8 @@ public final class Node: Sendable {
         }
         let compactor = try FileCompactor(store: store, rule: configuration.compactionRule, perform: { committer.perform($0) }, log: log)
         sweeper = RetentionSweeper(
-            rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds), compactor: compactor, log: log
+            rules: policy.retention, store: store, interval: Double(configuration.retentionSweepSeconds),
+            pacing: RetentionPacing(share: configuration.retentionSweepShare), compactor: compactor, log: log
         ) { committer.perform($0) }
         audit = try ReadAudit(path: configuration.dataDirectory + "/audit", retentionDays: configuration.auditRetentionDays, log: log)
         let (host, port) = try configuration.httpAddress()

@@ -256,6 +256,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     public var logTruncationIntervalSeconds = 10
     /// Seconds between passes of the retention sweep (the policy's `retention`, docs/privacy.md).
     public var retentionSweepSeconds = 3_600
+    /// The most of the writer's time a retention pass takes while it runs (`RetentionPacing`):
+    /// above 0, at most 1 (steps back to back); env `KITH_RETENTION_SWEEP_SHARE`.
+    public var retentionSweepShare = RetentionPacing().share
     /// The sweep writes the stored rows again in order on its first pass of each such period
     /// (UTC days by default; `RepackSchedule`, docs/storage.md "Retention and file size"); env
     /// `KITH_REPACK_PERIOD`.
@@ -293,7 +296,8 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey {
         case nodeName, dataDirectory, http, writeKeys, tokens, loops, historyLimit, secretFile, keyFile, logRequests, ingestQueueLimit
         case gossip, seeds, replicas, role, clusterKeyFile, policyFile, auditRetentionDays, antiEntropyIntervalSeconds
-        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, repackPeriodSeconds, maxEventAge
+        case maxClockOffsetMillis, identity, maxOfflineWindow, logTruncationIntervalSeconds, retentionSweepSeconds, retentionSweepShare
+        case repackPeriodSeconds, maxEventAge
         case webhookFirstRetryMillis, webhookMaxRetryMillis, webhookAttempts, writeAheadLog, forgetCompactionIntervalSeconds, site
         case compactOnStart, compactWhileServing, compactionFreeFraction, compactionGrowthFraction, compactionMinimumFreeBytes
     }
@@ -335,6 +339,7 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         logTruncationIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .logTruncationIntervalSeconds) ?? defaults.logTruncationIntervalSeconds
         retentionSweepSeconds = try container.decodeIfPresent(Int.self, forKey: .retentionSweepSeconds) ?? defaults.retentionSweepSeconds
+        retentionSweepShare = try container.decodeIfPresent(Double.self, forKey: .retentionSweepShare) ?? defaults.retentionSweepShare
         repackPeriodSeconds = try container.decodeIfPresent(Int.self, forKey: .repackPeriodSeconds) ?? defaults.repackPeriodSeconds
         forgetCompactionIntervalSeconds =
             try container.decodeIfPresent(Int.self, forKey: .forgetCompactionIntervalSeconds) ?? defaults.forgetCompactionIntervalSeconds
@@ -410,6 +415,10 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
         if let value = environment["KITH_MAX_OFFLINE_WINDOW"] { maxOfflineWindow = value }
         if let value = environment["KITH_MAX_EVENT_AGE"] { maxEventAge = value }
         if let seconds = try number("KITH_RETENTION_SWEEP_INTERVAL", " of seconds") { retentionSweepSeconds = seconds }
+        if let value = environment["KITH_RETENTION_SWEEP_SHARE"] {
+            guard let share = Double(value) else { throw ConfigurationError("KITH_RETENTION_SWEEP_SHARE must be a number") }
+            retentionSweepShare = share
+        }
         if let seconds = try number("KITH_REPACK_PERIOD", " of seconds") { repackPeriodSeconds = seconds }
         if let bytes = try number("KITH_COMPACTION_MINIMUM_FREE_BYTES", " of bytes") { compactionMinimumFreeBytes = bytes }
         if let seconds = try number("KITH_LOG_TRUNCATION_INTERVAL", " of seconds") { logTruncationIntervalSeconds = seconds }
@@ -511,6 +520,9 @@ public struct NodeConfiguration: Codable, Sendable, Equatable {
             throw ConfigurationError("logTruncationIntervalSeconds must be 0 (off) to 86400")
         }
         guard (1...604_800).contains(retentionSweepSeconds) else { throw ConfigurationError("retentionSweepSeconds must be 1 to 604800") }
+        guard retentionSweepShare > 0 && retentionSweepShare <= 1 else {
+            throw ConfigurationError("retentionSweepShare must be above 0 and at most 1")
+        }
         guard (1...2_592_000).contains(repackPeriodSeconds) else { throw ConfigurationError("repackPeriodSeconds must be 1 to 2592000") }
         guard compactionFreeFraction > 0 && compactionFreeFraction < 1 else {
             throw ConfigurationError("compactionFreeFraction must be above 0 and below 1")
@@ -553,7 +565,8 @@ extension NodeConfiguration.CodingKeys {
         "nodeName", "dataDirectory", "http", "writeKeys", "tokens", "loops", "historyLimit", "secretFile", "keyFile", "logRequests",
         "ingestQueueLimit", "gossip", "seeds", "replicas", "role", "clusterKeyFile", "policyFile", "auditRetentionDays",
         "antiEntropyIntervalSeconds", "maxClockOffsetMillis", "identity", "maxOfflineWindow", "logTruncationIntervalSeconds",
-        "retentionSweepSeconds", "repackPeriodSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis", "webhookAttempts",
+        "retentionSweepSeconds", "retentionSweepShare", "repackPeriodSeconds", "maxEventAge", "webhookFirstRetryMillis", "webhookMaxRetryMillis",
+        "webhookAttempts",
         "writeAheadLog", "forgetCompactionIntervalSeconds", "site", "compactOnStart", "compactWhileServing", "compactionFreeFraction",
         "compactionGrowthFraction", "compactionMinimumFreeBytes",
     ]

@@ -17,6 +17,7 @@ final class RetentionSweeper: @unchecked Sendable {
     private let rules: RetentionRules
     private let store: any ProfileStore
     private let interval: Double
+    private let pacing: RetentionPacing
     private let buckets: Int
     private let perform: @Sendable (@escaping @Sendable () -> Void) -> Bool
     private let compactor: FileCompactor?
@@ -30,13 +31,14 @@ final class RetentionSweeper: @unchecked Sendable {
 
     /// `perform` runs a job on the writer (false once the writer stops).
     init(
-        rules: RetentionRules, store: any ProfileStore, interval: Double, buckets: Int = 8, compactor: FileCompactor? = nil, log: Log,
-        perform: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
+        rules: RetentionRules, store: any ProfileStore, interval: Double, pacing: RetentionPacing = RetentionPacing(), buckets: Int = 8,
+        compactor: FileCompactor? = nil, log: Log, perform: @escaping @Sendable (@escaping @Sendable () -> Void) -> Bool
     ) {
         precondition(interval > 0 && buckets > 0, "a retention sweep every \(interval) s over \(buckets) buckets a step")
         self.rules = rules
         self.store = store
         self.interval = interval
+        self.pacing = pacing
         self.buckets = buckets
         self.log = log
         self.compactor = compactor
@@ -73,18 +75,31 @@ final class RetentionSweeper: @unchecked Sendable {
         finished.wait()
     }
 
-    /// One pass, step by step. False when the node is stopping or the writer refused a step.
+    /// One pass, step by step, each followed by the pause `pacing` asks for. False when the
+    /// node is stopping or the writer refused a step.
     private func sweepOnce() -> Bool {
         var pass = RetentionStep()
+        var writerNanoseconds: UInt64 = 0
         while !pass.passEnded {
             if state.withLock({ stopped }) { return false }
             let (rules, store, buckets) = (rules, store, buckets)
-            switch runOnWriter(perform, { try store.expire(under: rules, now: unixMillis(), buckets: buckets) }) {
+            // Timed on the writer: the time it spent, not the time the step waited for it.
+            let stepped = runOnWriter(perform) { () throws -> (RetentionStep, UInt64) in
+                let start = DispatchTime.now().uptimeNanoseconds
+                let step = try store.expire(under: rules, now: unixMillis(), buckets: buckets)
+                return (step, DispatchTime.now().uptimeNanoseconds - start)
+            }
+            switch stepped {
             case nil:
                 return false
-            case .success(let step):
+            case .success(let (step, nanoseconds)):
                 pass.add(step)
                 pass.passEnded = step.passEnded
+                writerNanoseconds += nanoseconds
+                let pause = pacing.pause(afterStepTaking: nanoseconds)
+                if !pass.passEnded, pause > 0, stopping.wait(timeout: .now() + .nanoseconds(Int(min(pause, UInt64(Int.max))))) == .success {
+                    return false
+                }
             case .failure(let error):
                 log(.error, "a retention step failed; the next pass tries again", [("error", .string("\(error)"))])
                 return true
@@ -99,6 +114,7 @@ final class RetentionSweeper: @unchecked Sendable {
             totals.blocksDeflated += pass.blocksDeflated
             totals.rowsDeflated += pass.rowsDeflated
             totals.rowsRepacked += pass.rowsRepacked
+            totals.writerSeconds += Double(writerNanoseconds) / 1e9
         }
 
         log(
@@ -111,6 +127,7 @@ final class RetentionSweeper: @unchecked Sendable {
                 ("blocksDeflated", .number(JSONNumber(Int64(pass.blocksDeflated)))),
                 ("rowsDeflated", .number(JSONNumber(Int64(pass.rowsDeflated)))),
                 ("rowsRepacked", .number(JSONNumber(Int64(pass.rowsRepacked)))),
+                ("writerMillis", .number(JSONNumber(Int64(writerNanoseconds / 1_000_000)))),
             ])
         _ = compactor?.compactIfDue()  // it logs and counts what it did
         return true

@@ -166,6 +166,15 @@ struct NodeConfigurationEnvironmentTests {
         #expect(repacking.repackPeriodSeconds == 604_800)
         var never = NodeConfiguration()
         #expect(throws: ConfigurationError.self) { try never.apply(environment: ["KITH_REPACK_PERIOD": "0"]) }
+        // The sweep's share of the writer: a tenth by default, as asked; refused out of range.
+        var paced = NodeConfiguration()
+        #expect(paced.retentionSweepShare == 0.1)
+        try paced.apply(environment: ["KITH_RETENTION_SWEEP_SHARE": "0.5"])
+        #expect(paced.retentionSweepShare == 0.5)
+        for value in ["0", "1.5", "half"] {
+            var other = NodeConfiguration()
+            #expect(throws: ConfigurationError.self) { try other.apply(environment: ["KITH_RETENTION_SWEEP_SHARE": value]) }
+        }
         // The write-ahead log: on by default, off when asked; its limits taken, and refused out of range.
         var logged = NodeConfiguration()
         #expect(logged.writeAheadLog && logged.writeLogMaxAgeMillis == 15 && logged.writeLogSegmentBytes == 32 << 20)
