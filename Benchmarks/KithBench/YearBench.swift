@@ -88,7 +88,7 @@ struct YearBenchmark {
             compactions += 1
         }
         var peak = 0.0
-        var nextCheck = Int64.min
+        var nextSample = Int64.min
         var nextCompactionCheck = Int64.min
         let batches = ParsedBatches(bytes: bytes, lines: lines, batchSize: batchSize, receivedAt: Self.receivedAt)
         batches.startParsing()
@@ -111,11 +111,11 @@ struct YearBenchmark {
                 let start = firstTime ?? newest
                 firstTime = start
                 if nextSweep == .min {
-                    (nextSweep, nextReport, nextCheck) = (start + Int64(sweepDays) * Self.day, start + 30 * Self.day, start + Self.day)
+                    (nextSweep, nextReport, nextSample) = (start + Int64(sweepDays) * Self.day, start + 30 * Self.day, start + Self.day)
                     nextCompactionCheck = start + Self.hour
                 }
                 // The file as a day of ingest left it, before the day's sweep and compaction.
-                let sampled = newest >= nextCheck
+                let sampled = newest >= nextSample
                 if sampled, newest - start >= 30 * Self.day {
                     let ratio = Double(store.environment.fileSize()) / Double(heldJSON)
                     if ratio > peak { (peak, peakDay) = (ratio, Int((newest - start) / Self.day)) }
@@ -128,7 +128,7 @@ struct YearBenchmark {
                     heldJSON = held.reduce(0) { $0 + ($1.isKept(under: rules, now: newest) ? $1.jsonBytes : 0) }
                     nextSweep += Int64(sweepDays) * Self.day
                 }
-                if sampled { nextCheck += Self.day }
+                if sampled { nextSample += Self.day }
                 // A node checks after every retention pass, hourly by default; so does this
                 // store, while it sweeps less often (a pass reads every row).
                 if newest >= nextCompactionCheck {

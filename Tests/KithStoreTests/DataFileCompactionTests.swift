@@ -9,6 +9,21 @@ import Testing
 /// A data file replaced by a compacting copy of itself before the store opens.
 @Suite("Compacting the data file")
 struct DataFileCompactionTests {
+    /// The head of `RepackTests.storeWithRandomRows`' user `number` of `batch`.
+    static func headKey(batch: Int, number: Int) -> [UInt8] {
+        documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head)
+    }
+
+    /// `RepackTests.storeWithRandomRows` with 25 of its 30 batches deleted: the file keeps the
+    /// pages they took.
+    static func storeMostlyDeleted(_ path: String) throws -> LMDBProfileStore {
+        let store = try RepackTests.storeWithRandomRows(path)
+        try store.write { writer in
+            for batch in 0..<25 { for number in 0..<100 { try writer.delete(.documents, headKey(batch: batch, number: number)) } }
+        }
+        return store
+    }
+
     static func flattened(_ entries: [(table: Table, key: [UInt8], value: [UInt8])]) -> [[UInt8]] {
         entries.map { [UInt8($0.table.rawValue)] + $0.key + [0xFF] + $0.value }
     }
@@ -21,14 +36,7 @@ struct DataFileCompactionTests {
         defer { SealingTests.remove(path) }
         let (engineRows, storedRows): ([[UInt8]], [[UInt8]: [UInt8]])
         do {
-            let store = try RepackTests.storeWithRandomRows(path)
-            try store.write { writer in
-                for batch in 0..<25 {
-                    for number in 0..<100 {
-                        try writer.delete(.documents, documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head))
-                    }
-                }
-            }
+            let store = try Self.storeMostlyDeleted(path)
             (engineRows, storedRows) = (Self.flattened(try rawEntries(store)), try RepackTests.storedRows(store))
             #expect(storedRows.count == 500)
         }
@@ -73,17 +81,13 @@ struct DataFileCompactionTests {
     @Test func aCompactionWhileOpenKeepsWritesMadeDuringTheCopy() throws {
         let path = SealingTests.directory()
         defer { SealingTests.remove(path) }
-        let store = try RepackTests.storeWithRandomRows(path)
-        let key = { (batch: Int, number: Int) in documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head) }
-        try store.write { writer in
-            for batch in 0..<25 { for number in 0..<100 { try writer.delete(.documents, key(batch, number)) } }
-        }
+        let store = try Self.storeMostlyDeleted(path)
         let (fileBefore, commitBefore) = (store.environment.fileSize(), try store.lastCommit())
         let compaction = try #require(try store.startCompaction(waitingUpTo: 1))
         try compaction.copy()
         try store.write { writer in
-            try writer.put(.documents, key(29, 7), [4, 2], mode: .upsert)
-            try writer.delete(.documents, key(29, 8))
+            try writer.put(.documents, Self.headKey(batch: 29, number: 7), [4, 2], mode: .upsert)
+            try writer.delete(.documents, Self.headKey(batch: 29, number: 8))
         }
         let (engineRows, storedRows) = (Self.flattened(try rawEntries(store)), try RepackTests.storedRows(store))
         let outcome = try store.swap(compaction, waitingUpTo: 1)
@@ -94,7 +98,7 @@ struct DataFileCompactionTests {
         #expect(bytesBefore == fileBefore && bytesAfter * 3 < bytesBefore, "\(outcome)")
         #expect(Self.flattened(try rawEntries(store)) == engineRows)
         #expect(try RepackTests.storedRows(store) == storedRows)
-        #expect(try store.read { try $0.get(.documents, key(29, 7)) } == [4, 2])
+        #expect(try store.read { try $0.get(.documents, Self.headKey(batch: 29, number: 7)) } == [4, 2])
         #expect(try store.lastCommit() > commitBefore)
         #expect(store.durableLogSequence() == (try store.read { try store.engine.lastSequence(in: $0) }))
     }
@@ -112,14 +116,7 @@ struct DataFileCompactionTests {
         }
         let swappedBytes: Int
         do {
-            let store = try RepackTests.storeWithRandomRows(path)
-            try store.write { writer in
-                for batch in 0..<25 {
-                    for number in 0..<100 {
-                        try writer.delete(.documents, documentKey(Identifier(kind: .userId, value: "user-\(batch)-\(number)")!.key, .head))
-                    }
-                }
-            }
+            let store = try Self.storeMostlyDeleted(path)
             let compaction = try #require(try store.startCompaction(waitingUpTo: 1))
             try compaction.copy()
             guard case .swapped(_, let bytesAfter) = try store.swap(compaction, waitingUpTo: 1) else {
