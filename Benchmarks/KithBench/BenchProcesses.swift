@@ -111,8 +111,9 @@ func readScript(paths: [String], token: String) throws -> String {
 }
 
 /// nginx serving a fixed 300-byte body on loopback, measured by `wrk`: the ceiling of this
-/// machine for a trivial HTTP server. Nil when nginx is not installed.
-func nginxBaseline(_ wrk: Wrk) throws -> WrkResult? {
+/// machine for a trivial HTTP server, and what nginx and wrk spent doing it. Nil when nginx is
+/// not installed.
+func nginxBaseline(_ wrk: Wrk) throws -> (WrkResult, CPUUse)? {
     guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/nginx") else { return nil }
     let directory = FileManager.default.currentDirectoryPath + "/Benchmarks/.work/nginx"
     try FileManager.default.createDirectory(atPath: directory + "/logs", withIntermediateDirectories: true)
@@ -141,7 +142,7 @@ func nginxBaseline(_ wrk: Wrk) throws -> WrkResult? {
         nginx.waitUntilExit()
     }
     usleep(300_000)
-    return try wrk.run(url: "http://127.0.0.1:\(port)/", script: nil)
+    return try CPUUse.measure(servers: [nginx.processIdentifier]) { try wrk.run(url: "http://127.0.0.1:\(port)/", script: nil) }
 }
 
 /// A loopback port free a moment ago.

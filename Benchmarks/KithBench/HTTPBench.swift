@@ -82,7 +82,7 @@ struct HTTPBenchmark {
             report("read.policy_rps", policy.rps)
             report("read.policy_p99_ms", policy.p99Milliseconds, decimals: 2)
             print("read.policy_non_2xx: \(policy.non2xx)")
-            if let nginx = try nginxBaseline(Wrk(seconds: seconds)) {
+            if let (nginx, _) = try nginxBaseline(Wrk(seconds: seconds)) {
                 report("http.nginx_rps", nginx.rps)
                 report("http.read_vs_nginx", ours.rps / nginx.rps, decimals: 2)
             } else {

@@ -60,27 +60,56 @@ struct PeersBenchmark {
             figures[name, default: []].append(value)
             print("round.\(name): \(Int(value))")
         }
-        func kith(_ wrk: Wrk, _ address: String, _ script: String, perRequest: Double = 1) throws -> Double {
+        /// The rate of `shape`, and what one of its operations cost the servers and the client
+        /// in CPU (`cpu.SHAPE.server_us`, `.client_us`) and how many cores the run kept busy.
+        func record(_ shape: String, rate: Double, operationsPerUnit: Double = 1, _ use: CPUUse) {
+            record(shape + "_per_s", rate)
+            let operations = rate / operationsPerUnit * use.wallSeconds
+            for (name, value) in [
+                ("cpu.\(shape).server_us", use.serverSeconds / operations * 1e6), ("cpu.\(shape).client_us", use.clientSeconds / operations * 1e6),
+            ] {
+                figures[name, default: []].append(value)
+                print("round.\(name): \(String(format: "%.1f", value))")
+            }
+            figures["cpu.\(shape).busy_cores", default: []].append(use.busyCores)
+        }
+        func kith(_ wrk: Wrk, _ address: String, _ script: String) throws -> Double {
             let result = try wrk.run(url: "http://\(address)", script: script)
             guard result.non2xx == 0 else { throw BenchmarkFailed("kith answered \(result.non2xx) requests with an error (\(script))") }
-            return result.rps * perRequest
+            return result.rps
         }
+        let postgresServer = [postgres.processIdentifier]
+        let alone = [node.processIdentifier]
+        let peers = cluster.map(\.process.processIdentifier)
         for round in 1...rounds {
             progress("round \(round) of \(rounds)")
-            record("pg.upsert_per_s", try postgres.pgbench(script: "upsert.sql", clients: 16, seconds: seconds))
-            record("kith.identify_per_s", try kith(single, address, identify))
-            record("peers.identify_per_s", try kith(single, cluster[0].address, identify))
-            record("pg.batch_rows_per_s", 100 * (try postgres.pgbench(script: "batch.sql", clients: 4, seconds: seconds)))
-            record("kith.batch_events_per_s", try kith(batches, address, batch, perRequest: 100))
-            record("pg.read_per_s", try postgres.pgbench(script: "read.sql", clients: 8, seconds: seconds))
-            record("kith.read_per_s", try kith(reader, address, reads))
-            if let nginx = try nginxBaseline(reader) { record("nginx.read_per_s", nginx.rps) }
+            var (rate, use) = try CPUUse.measure(servers: postgresServer) {
+                try postgres.pgbench(script: "upsert.sql", clients: 16, seconds: seconds)
+            }
+            record("pg.upsert", rate: rate, use)
+            (rate, use) = try CPUUse.measure(servers: alone) { try kith(single, address, identify) }
+            record("kith.identify", rate: rate, use)
+            (rate, use) = try CPUUse.measure(servers: peers) { try kith(single, cluster[0].address, identify) }
+            record("peers.identify", rate: rate, use)
+            (rate, use) = try CPUUse.measure(servers: postgresServer) {
+                100 * (try postgres.pgbench(script: "batch.sql", clients: 4, seconds: seconds))
+            }
+            record("pg.batch_rows", rate: rate, use)
+            (rate, use) = try CPUUse.measure(servers: alone) { 100 * (try kith(batches, address, batch)) }
+            record("kith.batch_events", rate: rate, use)
+            (rate, use) = try CPUUse.measure(servers: postgresServer) { try postgres.pgbench(script: "read.sql", clients: 8, seconds: seconds) }
+            record("pg.read", rate: rate, use)
+            (rate, use) = try CPUUse.measure(servers: alone) { try kith(reader, address, reads) }
+            record("kith.read", rate: rate, use)
+            if let (nginx, use) = try nginxBaseline(reader) { record("nginx.read", rate: nginx.rps, use) }
         }
         let median = { (name: String) -> Double in
             let values = figures[name, default: [0]].sorted()
             return values[values.count / 2]
         }
-        for name in figures.keys.sorted() { report(name, median(name)) }
+        for name in figures.keys.sorted() {
+            report(name, median(name), decimals: name.hasPrefix("cpu.") ? (name.hasSuffix("busy_cores") ? 2 : 1) : 0)
+        }
         report("vs_pg.identify_ratio", median("kith.identify_per_s") / median("pg.upsert_per_s"), decimals: 2)
         report("vs_pg.batch_ratio", median("kith.batch_events_per_s") / median("pg.batch_rows_per_s"), decimals: 2)
         report("vs_pg.read_ratio", median("kith.read_per_s") / median("pg.read_per_s"), decimals: 2)
@@ -153,6 +182,9 @@ final class PostgresServer {
     let port: UInt16
     let binaries: String
     private let process = Process()
+    /// The server's root process (`runuser` when we are root, the postmaster otherwise): every
+    /// PostgreSQL process descends from it.
+    var processIdentifier: Int32 { process.processIdentifier }
 
     init() throws {
         let versions = (try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []
