@@ -159,6 +159,11 @@ public final class NodeAPI: Sendable {
     /// yet synced in the store): reads waiting for them look again. Never waits.
     public func writesVisible() { commitWaiters.logAdvanced() }
 
+    /// Whether a read waits for a commit of writes this node acknowledged, or a long poll or an
+    /// event stream of the change feed waits for the log to grow: the writer then commits
+    /// sooner (`WriteLogBatching`). Asked by the writer before each request it takes.
+    public var waitsForCommits: Bool { commitWaiters.count > 0 || feedWaiters.count > 0 }
+
     /// The change log grew (a commit of the writer, local or replicated): long polls of the
     /// change feed walk again, and reads waiting for a commit look again. Never waits; called
     /// on the writer's thread.

@@ -66,15 +66,18 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
     let onCommit: @Sendable () -> Void
     /// Called right after a transaction commits: reads waiting for it look again.
     let onVisible: @Sendable () -> Void
+    /// Whether anyone waits for a commit now (`WriteLogBatching`): asked before each request.
+    let watched: @Sendable () -> Bool
 
     init(
         store: any ProfileWriting & ReplicaStore, log: WriteAheadLog, batching: WriteLogBatching = WriteLogBatching(),
-        claim: @escaping @Sendable () -> Void = {}, onVisible: @escaping @Sendable () -> Void = {},
-        onCommit: @escaping @Sendable () -> Void = {}
+        claim: @escaping @Sendable () -> Void = {}, watched: @escaping @Sendable () -> Bool = { true },
+        onVisible: @escaping @Sendable () -> Void = {}, onCommit: @escaping @Sendable () -> Void = {}
     ) {
         self.store = store
         self.log = log
         self.batching = batching
+        self.watched = watched
         self.onVisible = onVisible
         self.onCommit = onCommit
         let thread = Thread { [self] in
@@ -244,7 +247,7 @@ final class LoggedWriter: NodeWriter, @unchecked Sendable {
                 idleSince = idleSince ?? now
                 next = .nothing(idleNanoseconds: now - idleSince!)
             }
-            switch batching.decide(next, age: now - started, messages: messages) {
+            switch batching.decide(next, age: now - started, messages: messages, watched: watched()) {
             case .commit:
                 writeAndHandToSync()
                 return nil

@@ -50,6 +50,8 @@ public final class Node: Sendable {
         func logAdvanced() { feed.withLock { $0 }?.logAdvanced() }
         /// Committed, not yet durable: reads waiting for acknowledged writes may go ahead.
         func visible() { feed.withLock { $0 }?.writesVisible() }
+        /// Whether a read or a feed waits for a commit (before the API exists: nobody can).
+        func awaited() -> Bool { feed.withLock { $0 }?.waitsForCommits ?? false }
     }
 
     public init(configuration: NodeConfiguration) throws {
@@ -125,7 +127,9 @@ public final class Node: Sendable {
             var batching = WriteLogBatching()
             batching.maximumAgeNanoseconds = UInt64(configuration.writeLogMaxAgeMillis) * 1_000_000
             committer = LoggedWriter(
-                store: store, log: writeLog, batching: batching, claim: { store.claimWriter() }, onVisible: { pushes.visible() }
+                store: store, log: writeLog, batching: batching, claim: { store.claimWriter() },
+                // Peers copy only committed changes: they always watch.
+                watched: { !standalone || pushes.awaited() }, onVisible: { pushes.visible() }
             ) {
                 pushes.committed()
             }

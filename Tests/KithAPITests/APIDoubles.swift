@@ -27,6 +27,8 @@ final class InlineWriter: APIWriter, Sendable {
         var backlog = 0
         var failing = false
         var stopped = false
+        var acknowledged: UInt64 = 0
+        var committed: UInt64 = 0
     }
     private let state = Mutex(State())
 
@@ -41,6 +43,14 @@ final class InlineWriter: APIWriter, Sendable {
     func fail() { state.withLock { $0.failing = true } }
     /// The writer refuses jobs, as one that is stopping does.
     func stop() { state.withLock { $0.stopped = true } }
+
+    /// As a writer with a write-ahead log reports them: acknowledged writes a commit has not
+    /// yet made readable when `acknowledged` is past `committed` (0 and 0: none).
+    func setLogSequences(acknowledged: UInt64, committed: UInt64) {
+        state.withLock { ($0.acknowledged, $0.committed) = (acknowledged, committed) }
+    }
+    var acknowledgedLogSequence: UInt64 { state.withLock { $0.acknowledged } }
+    var committedLogSequence: UInt64 { state.withLock { $0.committed } }
 
     var backlog: Int { state.withLock { $0.backlog } }
     var commits: Int { state.withLock { $0.commits } }

@@ -124,3 +124,34 @@ struct LoggedWriterTests {
         #expect(try WriteAheadLog.recover(directory: path + "/wal", after: 0).records.count == 10)
     }
 }
+
+/// A writer's transaction outlives the watched age while nobody waits for a commit; once
+/// someone does, the next decision ends it.
+@Suite("Writer transactions and watchers")
+struct LoggedWriterWatchTests {
+    @Test("unwatched, a transaction stays open past the watched limit; a watcher ends it")
+    func watchedCommitsSooner() throws {
+        let watching = Atomic<Bool>(false)
+        let batching = WriteLogBatching(
+            maximumAgeNanoseconds: 20_000_000, unwatchedMaximumAgeNanoseconds: 60_000_000_000, idleNanoseconds: 60_000_000_000)
+        let path = WriteAheadLogTests.scratch()
+        let store = try LoggedWriterTests.openStore(path)
+        let log = try Node.recoverWriteLog(path + "/wal", store: store, log: Log())
+        let writer = LoggedWriter(
+            store: store, log: log, batching: batching, claim: { store.claimWriter() }, watched: { watching.load(ordering: .relaxed) })
+        defer { writer.stop() }
+        #expect(LoggedWriterTests.submit(writer, 3, prefix: "w").count == 3)
+        // Answered from the log; ten times the watched limit later, still not committed.
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(writer.acknowledgedLogSequence == 6)
+        #expect(writer.committedLogSequence == 0)
+
+        // Someone waits: the next request finds the transaction too old and commits it, and its
+        // own transaction commits once the watched limit passes.
+        watching.store(true, ordering: .relaxed)
+        #expect(LoggedWriterTests.submit(writer, 1, prefix: "x").count == 1)
+        let deadline = Date().addingTimeInterval(10)
+        while writer.committedLogSequence < 8 && Date() < deadline { Thread.sleep(forTimeInterval: 0.005) }
+        #expect(writer.committedLogSequence == 8)
+    }
+}
