@@ -58,7 +58,7 @@ func splitAtMessageId(_ line: [UInt8]) -> (before: [UInt8], after: [UInt8])? {
 }
 
 /// A wrk script posting `path` bodies built from `templates` (at most 20,000 of them), each
-/// with messageIds no other request has: wrk thread number and a counter (a batch template
+/// with messageIds no other request has: the run's start time, wrk thread number and a counter (a batch template
 /// holds several messageId slots, each given the counter and its place).
 func postScript(_ templates: [[[UInt8]]], path: String, to file: String) throws -> String {
     let quoted = templates.prefix(20_000).compactMap { template -> String? in
@@ -73,13 +73,16 @@ func postScript(_ templates: [[[UInt8]]], path: String, to file: String) throws 
           threads = threads + 1
           thread:set("id", threads)
         end
+        -- Each run's messageIds are its own: a later run against the same node sends new
+        -- messages, not redeliveries of the last run's (which measure duplicate handling).
+        run = string.format("%x", os.time())
         counter = 0
         request = function()
           counter = counter + 1
           local body = bodies[(counter * 7919) % #bodies + 1]
           local parts = {body[1]}
           for i = 2, #body do
-            parts[#parts + 1] = "bench-" .. id .. "-" .. counter .. "-" .. i
+            parts[#parts + 1] = "bench-" .. run .. "-" .. id .. "-" .. counter .. "-" .. i
             parts[#parts + 1] = body[i]
           end
           return wrk.format("POST", "\(path)", {["Authorization"] = "Basic \(Data("bench:".utf8).base64EncodedString())",
