@@ -165,7 +165,8 @@ bench: deps
 	fi; \
 	.build/release/kith-bench --year $$y --data-dir $(BENCH_DIR)/year --batch 10
 
-# Kith beside PostgreSQL and nginx in one run (issue 25's shapes; Benchmarks/KithBench/PeersBench.swift).
+# Kith beside PostgreSQL and nginx in one run (issue 25's shapes; Benchmarks/KithBench/PeersBench.swift),
+# with each shape's CPU per operation (cpu.SHAPE.server_us / client_us / busy_cores).
 PEERS_APT_PACKAGES := wrk nginx-light postgresql
 PEERS_BENCH_SECONDS ?= 5
 PEERS_BENCH_ROUNDS ?= 3
