@@ -349,14 +349,30 @@ final class TestAPI {
     /// `firingTimers`: the replication core's timers fire before the answer is taken (an
     /// erasure's acknowledgement waits for one).
     func send(_ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8], firingTimers: Bool = false) -> HTTPResponse? {
-        let answered = Mutex<[HTTPResponse]>([])
-        let request = HTTPRequest(method: method, target: target, version: .http11, headers: headers, body: body)
-        api.handle(request, HTTPResponder { response in answered.withLock { $0.append(response) } })
+        let answered = start(method, target, headers: headers, body: body)
         if firingTimers { _ = replication?.fireTimers() }
-        let responses = answered.withLock { $0 }
+        let responses = answered.responses.withLock { $0 }
         if responses.count > 1 { Issue.record("\(method) \(target) was answered \(responses.count) times") }
         return responses.first
     }
+
+    /// A `GET` with `role`'s bearer token whose answer may come after the call returns (a long
+    /// poll, a read waiting for a commit): what it answered so far is in the result.
+    func start(_ target: String, role: Role) -> Answers {
+        start("GET", target, headers: [HTTPHeader("Authorization", "Bearer \(Self.tokens[role]!)")], body: [])
+    }
+
+    func start(_ method: String, _ target: String, headers: [HTTPHeader], body: [UInt8]) -> Answers {
+        let answered = Answers()
+        let request = HTTPRequest(method: method, target: target, version: .http11, headers: headers, body: body)
+        api.handle(request, HTTPResponder { response in answered.responses.withLock { $0.append(response) } })
+        return answered
+    }
+}
+
+/// What a handler answered so far (a long poll answers later than its call returns).
+final class Answers: Sendable {
+    let responses = Mutex<[HTTPResponse]>([])
 }
 
 extension HTTPResponse {

@@ -199,14 +199,7 @@ import Testing
 
     @Test func aLongPollEndsByACommitTheDeadlineOrTheStop() throws {
         let test = try TestAPI()
-        func poll(_ token: String) -> Answers {
-            let answered = Answers()
-            let request = HTTPRequest(
-                method: "GET", target: "/v1/changes?purpose=support&wait=30&since=\(token)", version: .http11,
-                headers: [HTTPHeader("Authorization", "Bearer \(TestAPI.tokens[.reader]!)")], body: [])
-            test.api.handle(request, HTTPResponder { response in answered.responses.withLock { $0.append(response) } })
-            return answered
-        }
+        func poll(_ token: String) -> Answers { test.start("/v1/changes?purpose=support&wait=30&since=\(token)", role: .reader) }
         // A commit ends it with the change.
         let first = poll(try page(test, "purpose=support").next)
         #expect(first.responses.withLock { $0.isEmpty }, "nothing to give: it waits")
@@ -234,11 +227,7 @@ import Testing
         let test = try TestAPI()
         identify(test, "u-1", #"{"name":"Ana"}"#, "m1")
         let token = try page(test, "purpose=support").next
-        let answered = Answers()
-        let request = HTTPRequest(
-            method: "GET", target: "/v1/changes?purpose=support&wait=30&since=\(token)", version: .http11,
-            headers: [HTTPHeader("Authorization", "Bearer \(TestAPI.tokens[.reader]!)")], body: [])
-        test.api.handle(request, HTTPResponder { response in answered.responses.withLock { $0.append(response) } })
+        let answered = test.start("/v1/changes?purpose=support&wait=30&since=\(token)", role: .reader)
         #expect(answered.responses.withLock { $0.isEmpty })
         #expect(test.call("DELETE", "/v1/profiles/user_id:u-1", role: .privacy, firingTimers: true)?.status == 200)
         let records = answered.responses.withLock { $0.first?.json?["changes"]?.arrayValue }
@@ -359,11 +348,6 @@ import Testing
             "GET", "/v1/changes?purpose=support&since=garbage", role: .reader, headers: [HTTPHeader("Accept", "text/event-stream")])
         #expect(refused?.status == 400 && refused?.stream == nil)
     }
-}
-
-/// What a handler answered so far (a long poll answers later than its call returns).
-final class Answers: Sendable {
-    let responses = Mutex<[HTTPResponse]>([])
 }
 
 /// What an event stream sent, as the server would write it.

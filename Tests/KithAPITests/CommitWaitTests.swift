@@ -1,5 +1,3 @@
-import KithHTTP
-import Synchronization
 import Testing
 
 @testable import KithAPI
@@ -16,11 +14,7 @@ struct CommitWaitTests {
 
         // Acknowledged through 5, committed through 4: the read waits.
         test.writer.setLogSequences(acknowledged: 5, committed: 4)
-        let answered = Answers()
-        let request = HTTPRequest(
-            method: "GET", target: "/v1/profiles/user_id:u-1?purpose=support", version: .http11,
-            headers: [HTTPHeader("Authorization", "Bearer \(TestAPI.tokens[.reader]!)")], body: [])
-        test.api.handle(request, HTTPResponder { response in answered.responses.withLock { $0.append(response) } })
+        let answered = test.start("/v1/profiles/user_id:u-1?purpose=support", role: .reader)
         #expect(answered.responses.withLock { $0.isEmpty })
         #expect(test.api.waitsForCommits)
 
@@ -34,11 +28,7 @@ struct CommitWaitTests {
     @Test func aLongPollWaitingForChangesIsWhatTheWriterWatches() throws {
         let test = try TestAPI()
         let first = try #require(test.call("GET", "/v1/changes?purpose=support", role: .reader)?.json?["next"]?.stringValue)
-        let answered = Answers()
-        let request = HTTPRequest(
-            method: "GET", target: "/v1/changes?purpose=support&wait=30&since=\(first)", version: .http11,
-            headers: [HTTPHeader("Authorization", "Bearer \(TestAPI.tokens[.reader]!)")], body: [])
-        test.api.handle(request, HTTPResponder { response in answered.responses.withLock { $0.append(response) } })
+        let answered = test.start("/v1/changes?purpose=support&wait=30&since=\(first)", role: .reader)
         #expect(answered.responses.withLock { $0.isEmpty })
         #expect(test.api.waitsForCommits)
         #expect(test.ingest("/v1/identify", #"{"userId":"u-1","traits":{"name":"Ana"},"messageId":"m1"}"#)?.status == 200)
