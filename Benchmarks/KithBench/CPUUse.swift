@@ -19,29 +19,32 @@ struct CPUUse {
     /// Runs `body` (which runs the client to its end, as a child of this process) and measures
     /// the processes rooted at `servers` meanwhile.
     static func measure<Result>(servers: [Int32], _ body: () throws -> Result) rethrows -> (Result, CPUUse) {
-        let serverBefore = servers.reduce(0) { $0 + treeSeconds(of: $1) }
+        let serverBefore = treeSeconds(of: servers)
         let clientBefore = waitedChildrenSeconds()
         let started = DispatchTime.now().uptimeNanoseconds
         let result = try body()
         let wall = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-        let serverAfter = servers.reduce(0) { $0 + treeSeconds(of: $1) }
+        let serverAfter = treeSeconds(of: servers)
         return (
             result,
             CPUUse(serverSeconds: serverAfter - serverBefore, clientSeconds: waitedChildrenSeconds() - clientBefore, wallSeconds: wall)
         )
     }
 
-    /// User and system seconds of `pid`, its live descendants, and the children it has waited
-    /// for (PostgreSQL's backends end with their connections; their time moves to the
-    /// postmaster's waited-children fields, so a tree's total only grows).
-    static func treeSeconds(of pid: Int32) -> Double {
+    /// User and system seconds of the processes `roots`, their live descendants, and the
+    /// children they have waited for (PostgreSQL's backends end with their connections; their
+    /// time moves to the postmaster's waited-children fields, so a tree's total only grows).
+    /// One reading of `/proc` for all of them.
+    static func treeSeconds(of roots: [Int32]) -> Double {
         let processes = allProcesses()
+        var children: [Int32: [Int32]] = [:]
+        for (pid, process) in processes { children[process.parent, default: []].append(pid) }
         var total = 0.0
-        var pending = [pid]
+        var pending = roots
         while let next = pending.popLast() {
             guard let process = processes[next] else { continue }
             total += process.seconds + process.waitedChildrenSeconds
-            pending += processes.filter { $0.value.parent == next }.map(\.key)
+            pending += children[next, default: []]
         }
         return total
     }

@@ -62,9 +62,9 @@ struct PeersBenchmark {
         }
         /// The rate of `shape`, and what one of its operations cost the servers and the client
         /// in CPU (`cpu.SHAPE.server_us`, `.client_us`) and how many cores the run kept busy.
-        func record(_ shape: String, rate: Double, operationsPerUnit: Double = 1, _ use: CPUUse) {
+        func record(_ shape: String, rate: Double, _ use: CPUUse) {
             record(shape + "_per_s", rate)
-            let operations = rate / operationsPerUnit * use.wallSeconds
+            let operations = rate * use.wallSeconds
             for (name, value) in [
                 ("cpu.\(shape).server_us", use.serverSeconds / operations * 1e6), ("cpu.\(shape).client_us", use.clientSeconds / operations * 1e6),
             ] {
